@@ -1,0 +1,62 @@
+//! Turn an app directory into loaded functions: the work `check` and
+//! `serve` share. Every problem is collected, not just the first.
+
+use std::time::Instant;
+
+use anyhow::{Context as _, Result};
+use bulkhead_manifest::App;
+use bulkhead_runtime::{CacheOutcome, CompileCache, EngineSettings, LoadedFunction, Runtime};
+
+pub struct Deployment {
+    pub app: App,
+    pub functions: Vec<LoadedFunction>,
+}
+
+/// Load every function of `app`; on failure, every problem found.
+pub fn deploy(app: App, progress: &dyn Fn(&str)) -> Result<Deployment, Vec<String>> {
+    let settings = EngineSettings {
+        max_instances: app.limits.max_instances,
+        max_memory: app
+            .functions
+            .iter()
+            .map(|f| f.limits.memory.as_usize())
+            .max()
+            .unwrap_or(0),
+    };
+    let runtime = Runtime::new(&settings).map_err(|e| vec![e.to_string()])?;
+    let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
+    let mut functions = Vec::new();
+    let mut problems = Vec::new();
+    for function in &app.functions {
+        let started = Instant::now();
+        match runtime.load(&cache, function) {
+            Ok((loaded, outcome)) => {
+                let how = match outcome {
+                    CacheOutcome::Hit => "from the compile cache",
+                    CacheOutcome::Miss => "compiled and cached",
+                    CacheOutcome::Rejected => {
+                        "compiled again: the cached copy failed its integrity check and was replaced"
+                    }
+                };
+                progress(&format!(
+                    "function `{}` ready ({how}, {} ms)",
+                    function.name,
+                    started.elapsed().as_millis()
+                ));
+                functions.push(loaded);
+            }
+            Err(e) => problems.push(format!("function `{}`: {e}", function.name)),
+        }
+    }
+    if problems.is_empty() {
+        Ok(Deployment { app, functions })
+    } else {
+        Err(problems)
+    }
+}
+
+fn open_cache(app: &App, runtime: &Runtime) -> Result<CompileCache> {
+    let dir = app.state_dir().join("compile-cache");
+    CompileCache::open(&dir, runtime.engine())
+        .with_context(|| format!("cannot use the compile cache in {}", dir.display()))
+}

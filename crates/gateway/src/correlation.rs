@@ -1,0 +1,133 @@
+//! W3C Trace Context (`traceparent`): a valid one is continued, anything
+//! else starts a new trace. The trace ID is the request's correlation ID
+//! (T08).
+
+use http::HeaderMap;
+
+/// The response header carrying the correlation ID.
+pub const CORRELATION_HEADER: &str = "bulkhead-correlation-id";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    trace_id: String,
+    /// The span ID of this hop, handed to the function as its parent.
+    span_id: String,
+    flags: String,
+}
+
+impl TraceContext {
+    /// Continue the caller's trace if its `traceparent` is valid; start one otherwise.
+    pub fn from_headers(headers: &HeaderMap) -> Self {
+        let continued = headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_traceparent);
+        match continued {
+            Some((trace_id, flags)) => Self {
+                trace_id,
+                span_id: random_hex::<8>(),
+                flags,
+            },
+            None => Self {
+                trace_id: random_hex::<16>(),
+                span_id: random_hex::<8>(),
+                flags: "00".into(),
+            },
+        }
+    }
+
+    /// The correlation ID: the 32-hex-digit trace ID.
+    pub fn correlation_id(&self) -> &str {
+        &self.trace_id
+    }
+
+    /// The `traceparent` for the function's view of the request.
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+/// `version-traceid-parentid-flags`, lowercase hex, no all-zero IDs.
+fn parse_traceparent(value: &str) -> Option<(String, String)> {
+    let mut parts = value.trim().split('-');
+    let version = parts.next()?;
+    let trace_id = parts.next()?;
+    let parent_id = parts.next()?;
+    let flags = parts.next()?;
+    let is_hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    // Version 00 has exactly four fields; later versions may append more.
+    let valid = is_hex(version, 2)
+        && version != "ff"
+        && (version != "00" || parts.next().is_none())
+        && is_hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && is_hex(parent_id, 16)
+        && parent_id.bytes().any(|b| b != b'0')
+        && is_hex(flags, 2);
+    valid.then(|| (trace_id.to_string(), flags.to_string()))
+}
+
+fn random_hex<const N: usize>() -> String {
+    let mut bytes = [0u8; N];
+    // The OS random source failing is not something a request can cause;
+    // fall back to a clock-derived ID rather than refuse to serve.
+    if getrandom::fill(&mut bytes).is_err() || bytes.iter().all(|b| *b == 0) {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() | 1);
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = (nanos >> ((i % 16) * 8)) as u8;
+        }
+    }
+    hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("traceparent", value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn continues_a_valid_trace() {
+        let ctx = TraceContext::from_headers(&headers(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ));
+        assert_eq!(ctx.correlation_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert!(
+            ctx.traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
+        assert!(ctx.traceparent().ends_with("-01"));
+        assert!(!ctx.traceparent().contains("00f067aa0ba902b7"));
+    }
+
+    #[test]
+    fn starts_a_new_trace_for_anything_invalid() {
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            let ctx = TraceContext::from_headers(&headers(bad));
+            assert_ne!(
+                ctx.correlation_id(),
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "{bad}"
+            );
+            assert_eq!(ctx.correlation_id().len(), 32);
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The gateway: the listener and the request pipeline in front of the
+//! sandbox, one module per stage.
+
+mod admission;
+pub mod correlation;
+mod pipeline;
+pub mod problem;
+mod router;
+mod server;
+
+use std::sync::Arc;
+
+use bulkhead_manifest::{App, AppLimits};
+use bulkhead_runtime::LoadedFunction;
+
+use admission::Gate;
+use router::Router;
+
+/// An app ready to serve: its functions loaded, its gates set.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    limits: AppLimits,
+    router: Router,
+    app_gate: Arc<Gate>,
+    functions: Vec<FunctionSlot>,
+}
+
+pub(crate) struct FunctionSlot {
+    function: LoadedFunction,
+    gate: Arc<Gate>,
+}
+
+impl Gateway {
+    /// `functions` are the app's functions, loaded, in manifest order.
+    pub fn new(app: &App, functions: Vec<LoadedFunction>) -> Self {
+        let router = Router::new(
+            app.functions
+                .iter()
+                .map(|f| (f.route.clone(), f.methods.clone())),
+        );
+        let functions = functions
+            .into_iter()
+            .map(|function| {
+                let limits = function.limits();
+                let gate = Gate::new(
+                    limits.max_concurrent_requests,
+                    limits.max_outstanding_requests,
+                );
+                FunctionSlot { function, gate }
+            })
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                limits: app.limits.clone(),
+                router,
+                app_gate: Gate::new(
+                    app.limits.max_concurrent_requests,
+                    app.limits.max_outstanding_requests,
+                ),
+                functions,
+            }),
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! The request pipeline: correlate -> route -> admit -> read body -> queue
+//! -> invoke -> respond. Cheap checks come first, so a refused request never
+//! instantiates a function. Every outcome ends in one access-log record.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bulkhead_runtime::{Invocation, InvokeError};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tracing::{info, warn};
+
+use crate::Shared;
+use crate::correlation::{CORRELATION_HEADER, TraceContext};
+use crate::problem::Problem;
+use crate::router::RouteMatch;
+
+/// Headers that describe one hop's connection, not the request: never
+/// forwarded to the function or back to the client.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+/// Header prefix reserved for what the gateway tells the function; a client
+/// can never set one (T11).
+const RESERVED_PREFIX: &str = "bulkhead-";
+
+/// What the access log says about one request.
+struct Outcome {
+    function: Option<String>,
+    reason: Option<&'static str>,
+    detail: Option<String>,
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bytes> {
+    let started = Instant::now();
+    let trace = TraceContext::from_headers(request.headers());
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let mut outcome = Outcome {
+        function: None,
+        reason: None,
+        detail: None,
+    };
+    let mut response = match pipeline(&shared, request, &trace, &mut outcome).await {
+        Ok(response) => response,
+        Err(problem) => {
+            outcome.reason = Some(problem.slug);
+            problem.into_response(trace.correlation_id())
+        }
+    };
+    if let Ok(id) = HeaderValue::from_str(trace.correlation_id()) {
+        response.headers_mut().insert(CORRELATION_HEADER, id);
+    }
+    let status = response.status().as_u16();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let function = outcome.function.as_deref().unwrap_or("");
+    match outcome.reason {
+        None => info!(
+            target: "bulkhead::access",
+            correlation_id = trace.correlation_id(),
+            method,
+            path,
+            function,
+            status,
+            duration_ms,
+            "request"
+        ),
+        Some(reason) => warn!(
+            target: "bulkhead::access",
+            correlation_id = trace.correlation_id(),
+            method,
+            path,
+            function,
+            status,
+            duration_ms,
+            reason,
+            detail = outcome.detail.as_deref().unwrap_or(""),
+            "request refused"
+        ),
+    }
+    response
+}
+
+async fn pipeline(
+    shared: &Shared,
+    request: Request<Incoming>,
+    trace: &TraceContext,
+    outcome: &mut Outcome,
+) -> Result<Response<Bytes>, Problem> {
+    // Route.
+    let slot = match shared
+        .router
+        .find(request.method().as_str(), request.uri().path())
+    {
+        RouteMatch::Found { function, .. } => &shared.functions[function],
+        RouteMatch::MethodNotAllowed { allow } => {
+            return Err(Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                "This route does not accept that method; the Allow header lists the ones it does.",
+            )
+            .allow(allow));
+        }
+        RouteMatch::NotFound => {
+            return Err(Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "No function is served on this path.",
+            ));
+        }
+    };
+    let function = &slot.function;
+    outcome.function = Some(function.name().to_string());
+
+    // Admit: app-wide, then per function; over either bound, 429 at once (T01).
+    let too_many = |scope: &str| {
+        Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            "Too many requests",
+            format!("The {scope} has as many requests outstanding as it accepts; retry later."),
+        )
+        .retry_after(1)
+    };
+    let app_place = shared.app_gate.try_admit().ok_or_else(|| too_many("app"))?;
+    let function_place = slot.gate.try_admit().ok_or_else(|| too_many("function"))?;
+
+    // Read the body, bounded in size and time (T01).
+    let limits = function.limits();
+    let (parts, body) = request.into_parts();
+    let max_body = limits.max_request_body.as_usize();
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("This function accepts request bodies of at most {max_body} bytes."),
+        )
+    };
+    if declared_length(&parts.headers).is_some_and(|n| n > max_body as u64) {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(
+        shared.limits.body_read_timeout.get(),
+        Limited::new(body, max_body).collect(),
+    )
+    .await;
+    let body = match read {
+        Err(_) => {
+            return Err(Problem::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "Request body too slow",
+                "The request body did not arrive in time.",
+            ));
+        }
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(too_large());
+        }
+        Ok(Err(e)) => {
+            outcome.detail = Some(e.to_string());
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-body",
+                "Malformed request body",
+                "The request body could not be read.",
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+
+    // Queue for a running slot, app-wide and per function; a request waits
+    // at most its function's timeout.
+    let queue_timeout = limits.timeout.get();
+    let permits = tokio::time::timeout(queue_timeout, async {
+        let app = app_place.run().await;
+        let function = function_place.run().await;
+        app.zip(function)
+    })
+    .await;
+    let _permits = match permits {
+        Ok(Some(permits)) => permits,
+        _ => {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue-timeout",
+                "Service busy",
+                "The request waited too long for a free slot; retry later.",
+            )
+            .retry_after(1));
+        }
+    };
+
+    // Invoke.
+    let guest_request = guest_request(parts, body, trace)?;
+    let invocation = Invocation {
+        correlation_id: trace.correlation_id().to_string(),
+    };
+    match function.invoke(guest_request, &invocation).await {
+        Ok(response) => Ok(client_response(response)),
+        Err(error) => {
+            outcome.detail = Some(error.to_string());
+            Err(invoke_problem(&error))
+        }
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The request as the function sees it: absolute URI, connection headers
+/// and client-sent `bulkhead-*` headers removed, trace context continued.
+fn guest_request(
+    parts: http::request::Parts,
+    body: Bytes,
+    trace: &TraceContext,
+) -> Result<Request<Bytes>, Problem> {
+    let authority = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| h.parse::<http::uri::Authority>().is_ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_string();
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "bad-request-target",
+                "Malformed request target",
+                "The request's path or Host header is not valid.",
+            )
+        })?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    let headers = request.headers_mut();
+    for (name, value) in &parts.headers {
+        let name_str = name.as_str();
+        if HOP_BY_HOP.contains(&name_str)
+            || name_str.starts_with(RESERVED_PREFIX)
+            || name_str == "traceparent"
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
+        headers.insert("traceparent", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(trace.correlation_id()) {
+        headers.insert(CORRELATION_HEADER, value);
+    }
+    Ok(request)
+}
+
+/// The function's response as the client gets it: framing is ours.
+fn client_response(mut response: Response<Bytes>) -> Response<Bytes> {
+    let headers = response.headers_mut();
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+    response
+}
+
+fn invoke_problem(error: &InvokeError) -> Problem {
+    let failed = |slug, title, detail: &str| {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, slug, title, detail)
+    };
+    match error {
+        InvokeError::Timeout => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "function-timeout",
+            "Function timed out",
+            "The function did not finish within its time limit and was stopped.",
+        ),
+        InvokeError::MemoryLimit => failed(
+            "memory-limit",
+            "Function exceeded its memory limit",
+            "The function tried to use more memory than it is allowed and was stopped.",
+        ),
+        InvokeError::StackOverflow => failed(
+            "stack-overflow",
+            "Function overflowed its stack",
+            "The function recursed too deeply and was stopped.",
+        ),
+        InvokeError::Trap(_) => failed(
+            "function-trapped",
+            "Function failed",
+            "The function stopped with an error.",
+        ),
+        InvokeError::NoResponse => failed(
+            "no-response",
+            "Function gave no response",
+            "The function finished without sending a response.",
+        ),
+        InvokeError::GuestError(_) => failed(
+            "function-error",
+            "Function reported an error",
+            "The function reported an error instead of a response.",
+        ),
+        InvokeError::ResponseTooLarge { .. } => failed(
+            "response-too-large",
+            "Function response too large",
+            "The function's response was larger than it is allowed to send.",
+        ),
+        InvokeError::Capacity => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity",
+            "No capacity",
+            "Every sandbox slot is in use; retry shortly.",
+        )
+        .retry_after(1),
+        InvokeError::Internal(_) => failed(
+            "internal",
+            "Internal error",
+            "The gateway could not run the function.",
+        ),
+    }
+}

@@ -1,0 +1,147 @@
+//! `bulkhead.toml` -> a validated app model.
+//!
+//! The manifest is the whole deployment (T19): every function, its route and
+//! its limits. Unknown keys and bad values are errors that name the file,
+//! the line and what would be valid; [`load`] reports every problem at once.
+
+mod problem;
+mod raw;
+mod resolve;
+pub mod route;
+pub mod units;
+
+use std::path::{Path, PathBuf};
+
+pub use problem::{Problem, Problems};
+pub use route::RoutePattern;
+pub use units::{ByteSize, Duration};
+
+/// The manifest's file name inside an app directory.
+pub const MANIFEST_FILE: &str = "bulkhead.toml";
+
+/// The environment used when none is named.
+pub const DEFAULT_ENV: &str = "dev";
+
+/// Environments that exist without being declared in `[env.*]`.
+pub const STANDARD_ENVS: &[&str] = &["dev", "staging", "prod"];
+
+/// A validated app, for one environment.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: String,
+    pub dir: PathBuf,
+    pub manifest_path: PathBuf,
+    pub env: String,
+    pub limits: AppLimits,
+    pub functions: Vec<Function>,
+}
+
+impl App {
+    /// Where this app keeps state for its environment (compile cache, data).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join(".bulkhead").join(&self.env)
+    }
+}
+
+/// App-wide bounds (T01).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppLimits {
+    /// Requests running at once across all functions.
+    pub max_concurrent_requests: u32,
+    /// Requests running or queued across all functions; beyond it: 429.
+    pub max_outstanding_requests: u32,
+    /// Live WebAssembly instances at once (the pooling allocator's size).
+    pub max_instances: u32,
+    /// Open client connections at once.
+    pub max_connections: u32,
+    /// Time a client has to send a request's headers (slowloris); also how
+    /// long an idle keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a request's body.
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line plus headers).
+    pub max_header_bytes: ByteSize,
+    /// Most header fields in one request.
+    pub max_headers: u32,
+}
+
+/// One function: a component served on a route, sealed in its limits.
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub component: PathBuf,
+    /// Expected SHA-256 of the component, when the manifest pins one (T18).
+    pub digest: Option<[u8; 32]>,
+    pub route: RoutePattern,
+    pub methods: Vec<String>,
+    pub limits: FunctionLimits,
+}
+
+/// Per-call bounds of one function (T01, T05).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionLimits {
+    /// Wall-clock limit of one call; beyond it the guest is stopped (504).
+    pub timeout: Duration,
+    /// Linear memory one instance may use.
+    pub memory: ByteSize,
+    /// Calls of this function running at once.
+    pub max_concurrent_requests: u32,
+    /// Calls running or queued; beyond it: 429 at once.
+    pub max_outstanding_requests: u32,
+    pub max_request_body: ByteSize,
+    pub max_response_body: ByteSize,
+}
+
+/// Built-in defaults, used where neither `[limits]` nor the function says.
+pub mod defaults {
+    use super::{ByteSize, Duration};
+
+    pub const MAX_CONCURRENT_REQUESTS: u32 = 64;
+    pub const MAX_OUTSTANDING_REQUESTS: u32 = 256;
+    pub const MAX_INSTANCES: u32 = 256;
+    pub const MAX_CONNECTIONS: u32 = 1024;
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_HEADER_BYTES: ByteSize = ByteSize::kib(16);
+    pub const MAX_HEADERS: u32 = 64;
+    pub const TIMEOUT: Duration = Duration::from_secs(10);
+    pub const MEMORY: ByteSize = ByteSize::mib(128);
+    pub const MAX_REQUEST_BODY: ByteSize = ByteSize::mib(1);
+    pub const MAX_RESPONSE_BODY: ByteSize = ByteSize::mib(6);
+    pub const METHODS: &[&str] = &["GET"];
+}
+
+/// Read and validate `APP_DIR/bulkhead.toml` for environment `env`.
+pub fn load(app_dir: &Path, env: &str) -> Result<App, Problems> {
+    let manifest_path = app_dir.join(MANIFEST_FILE);
+    let source = std::fs::read_to_string(&manifest_path).map_err(|e| {
+        Problems(vec![Problem {
+            file: manifest_path.clone(),
+            location: None,
+            message: format!(
+                "cannot read the manifest ({e}); an app directory holds a `{MANIFEST_FILE}`"
+            ),
+        }])
+    })?;
+    parse(app_dir, &manifest_path, &source, env)
+}
+
+/// Validate manifest text as if it were read from `manifest_path`.
+pub fn parse(
+    app_dir: &Path,
+    manifest_path: &Path,
+    source: &str,
+    env: &str,
+) -> Result<App, Problems> {
+    let raw: raw::RawManifest = toml::from_str(source).map_err(|e| {
+        let location = e
+            .span()
+            .map(|span| problem::line_and_column(source, span.start));
+        Problems(vec![Problem {
+            file: manifest_path.to_path_buf(),
+            location,
+            message: e.message().trim().to_string(),
+        }])
+    })?;
+    resolve::resolve(app_dir, manifest_path, source, env, raw)
+}

@@ -1,0 +1,362 @@
+//! From the manifest as written to a validated [`App`]: defaults applied,
+//! environment overlaid, every value checked, every problem collected.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Component as PathPart, Path};
+
+use toml::Spanned;
+
+use crate::problem::{Collector, Problems};
+use crate::raw::{RawFunction, RawLimits, RawManifest};
+use crate::route::RoutePattern;
+use crate::units::{ByteSize, Duration};
+use crate::{App, AppLimits, Function, FunctionLimits, STANDARD_ENVS, defaults};
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+const MIN_MEMORY: ByteSize = ByteSize::mib(1);
+const MAX_MEMORY: ByteSize = ByteSize::mib(4096);
+const MAX_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// hyper cannot read a request head into a smaller buffer than this.
+const MIN_HEADER_BYTES: ByteSize = ByteSize::kib(8);
+
+pub(crate) fn resolve(
+    app_dir: &Path,
+    manifest_path: &Path,
+    source: &str,
+    env: &str,
+    raw: RawManifest,
+) -> Result<App, Problems> {
+    let mut out = Collector::new(manifest_path, source);
+
+    check_name(&mut out, "app name", &raw.app.name);
+
+    let limits = match raw.env.get(env) {
+        Some(overlay) => raw.limits.overlaid(&overlay.get_ref().limits),
+        None if STANDARD_ENVS.contains(&env) => raw.limits.clone(),
+        None => {
+            let mut known: Vec<&str> = STANDARD_ENVS.to_vec();
+            known.extend(raw.env.keys().map(String::as_str));
+            out.at(
+                None,
+                format!(
+                    "environment `{env}` is not declared; use one of {} or add an `[env.{env}]` section",
+                    known.join(", ")
+                ),
+            );
+            raw.limits.clone()
+        }
+    };
+    let app_limits = app_limits(&mut out, &limits);
+
+    let mut functions = Vec::new();
+    let mut names = HashSet::new();
+    for spanned in &raw.function {
+        let f = spanned.get_ref();
+        if !names.insert(f.name.get_ref().clone()) {
+            out.at(
+                Some(f.name.span()),
+                format!(
+                    "function name `{}` is used twice; names must be unique",
+                    f.name.get_ref()
+                ),
+            );
+        }
+        if let Some(function) = function(&mut out, app_dir, &limits, &app_limits, f) {
+            functions.push((spanned.span(), function));
+        }
+    }
+    if raw.function.is_empty() {
+        out.at(
+            None,
+            "the app has no functions; add a `[[function]]` with `name`, `component` and `route`",
+        );
+    }
+    check_route_conflicts(&mut out, &functions);
+
+    if !out.problems.is_empty() {
+        return Err(Problems(out.problems));
+    }
+    Ok(App {
+        name: raw.app.name.into_inner(),
+        dir: app_dir.to_path_buf(),
+        manifest_path: manifest_path.to_path_buf(),
+        env: env.to_string(),
+        limits: app_limits,
+        functions: functions.into_iter().map(|(_, f)| f).collect(),
+    })
+}
+
+fn check_name(out: &mut Collector<'_>, what: &str, name: &Spanned<String>) {
+    let text = name.get_ref();
+    let valid = !text.is_empty()
+        && text.len() <= 63
+        && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        out.at(
+            Some(name.span()),
+            format!("{what} must be 1 to 63 lowercase letters, digits or `-`, like `hello-world`"),
+        );
+    }
+}
+
+fn positive(out: &mut Collector<'_>, key: &str, value: Option<&Spanned<u32>>, default: u32) -> u32 {
+    match value {
+        Some(v) if *v.get_ref() == 0 => {
+            out.at(Some(v.span()), format!("`{key}` must be at least 1"));
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    }
+}
+
+fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
+    let max_concurrent_requests = positive(
+        out,
+        "max_concurrent_requests",
+        raw.max_concurrent_requests.as_ref(),
+        defaults::MAX_CONCURRENT_REQUESTS,
+    );
+    let max_outstanding_requests = positive(
+        out,
+        "max_outstanding_requests",
+        raw.max_outstanding_requests.as_ref(),
+        defaults::MAX_OUTSTANDING_REQUESTS,
+    );
+    if max_outstanding_requests < max_concurrent_requests {
+        let span = raw.max_outstanding_requests.as_ref().map(Spanned::span);
+        out.at(
+            span,
+            format!(
+                "`max_outstanding_requests` ({max_outstanding_requests}) counts running and queued requests, so it cannot be below `max_concurrent_requests` ({max_concurrent_requests})"
+            ),
+        );
+    }
+    let max_header_bytes = raw
+        .max_header_bytes
+        .as_ref()
+        .map_or(defaults::MAX_HEADER_BYTES, |v| *v.get_ref());
+    if max_header_bytes < MIN_HEADER_BYTES {
+        let span = raw.max_header_bytes.as_ref().map(Spanned::span);
+        out.at(
+            span,
+            format!("`max_header_bytes` must be at least {MIN_HEADER_BYTES}"),
+        );
+    }
+    AppLimits {
+        max_concurrent_requests,
+        max_outstanding_requests,
+        max_instances: positive(
+            out,
+            "max_instances",
+            raw.max_instances.as_ref(),
+            defaults::MAX_INSTANCES,
+        ),
+        max_connections: positive(
+            out,
+            "max_connections",
+            raw.max_connections.as_ref(),
+            defaults::MAX_CONNECTIONS,
+        ),
+        header_read_timeout: raw
+            .header_read_timeout
+            .unwrap_or(defaults::HEADER_READ_TIMEOUT),
+        body_read_timeout: raw.body_read_timeout.unwrap_or(defaults::BODY_READ_TIMEOUT),
+        max_header_bytes: max_header_bytes.max(MIN_HEADER_BYTES),
+        max_headers: positive(
+            out,
+            "max_headers",
+            raw.max_headers.as_ref(),
+            defaults::MAX_HEADERS,
+        ),
+    }
+}
+
+/// A function's value, else the app-wide `[limits]` default, else the built-in one.
+fn pick<T: Copy>(
+    own: &Option<Spanned<T>>,
+    app: &Option<Spanned<T>>,
+    builtin: T,
+) -> (T, Option<std::ops::Range<usize>>) {
+    match (own, app) {
+        (Some(v), _) | (None, Some(v)) => (*v.get_ref(), Some(v.span())),
+        (None, None) => (builtin, None),
+    }
+}
+
+fn function(
+    out: &mut Collector<'_>,
+    app_dir: &Path,
+    app: &RawLimits,
+    app_limits: &AppLimits,
+    f: &RawFunction,
+) -> Option<Function> {
+    let name = f.name.get_ref();
+    check_name(out, "function name", &f.name);
+    let before = out.problems.len();
+
+    let component = f.component.get_ref();
+    let relative = Path::new(component);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|p| matches!(p, PathPart::ParentDir))
+    {
+        out.at(
+            Some(f.component.span()),
+            format!("function `{name}`: `component` must be a path inside the app directory, without `..`"),
+        );
+    } else if !app_dir.join(relative).is_file() {
+        out.at(
+            Some(f.component.span()),
+            format!("function `{name}`: component file `{component}` does not exist; build it first or fix the path"),
+        );
+    }
+
+    let digest = f.digest.as_ref().and_then(|d| match parse_digest(d.get_ref()) {
+        Some(bytes) => Some(bytes),
+        None => {
+            out.at(
+                Some(d.span()),
+                format!("function `{name}`: `digest` must be `sha256:` followed by 64 hex digits (run `sha256sum` on the component)"),
+            );
+            None
+        }
+    });
+
+    let route = RoutePattern::parse(f.route.get_ref())
+        .map_err(|e| out.at(Some(f.route.span()), format!("function `{name}`: {e}")))
+        .ok();
+
+    let methods = match &f.methods {
+        None => defaults::METHODS.iter().map(|m| m.to_string()).collect(),
+        Some(list) => {
+            let mut seen = Vec::new();
+            for m in list.get_ref() {
+                let upper = m.to_ascii_uppercase();
+                if !METHODS.contains(&upper.as_str()) {
+                    out.at(
+                        Some(list.span()),
+                        format!(
+                            "function `{name}`: method `{m}` is not one of {}",
+                            METHODS.join(", ")
+                        ),
+                    );
+                } else if !seen.contains(&upper) {
+                    seen.push(upper);
+                }
+            }
+            if list.get_ref().is_empty() {
+                out.at(
+                    Some(list.span()),
+                    format!(
+                        "function `{name}`: `methods` is empty; list at least one, like [\"GET\"]"
+                    ),
+                );
+            }
+            seen
+        }
+    };
+
+    let (timeout, timeout_span) = pick(&f.timeout, &app.timeout, defaults::TIMEOUT);
+    if timeout > MAX_TIMEOUT {
+        out.at(
+            timeout_span,
+            format!("function `{name}`: `timeout` may be at most {MAX_TIMEOUT}"),
+        );
+    }
+    let (memory, memory_span) = pick(&f.memory, &app.memory, defaults::MEMORY);
+    if memory < MIN_MEMORY || memory > MAX_MEMORY {
+        out.at(
+            memory_span,
+            format!("function `{name}`: `memory` must be between {MIN_MEMORY} and {MAX_MEMORY}"),
+        );
+    }
+    let (max_request_body, _) = pick(
+        &f.max_request_body,
+        &app.max_request_body,
+        defaults::MAX_REQUEST_BODY,
+    );
+    let (max_response_body, _) = pick(
+        &f.max_response_body,
+        &app.max_response_body,
+        defaults::MAX_RESPONSE_BODY,
+    );
+
+    // A function's admission bounds default to, and may not exceed, the app's.
+    let max_concurrent_requests = positive(
+        out,
+        "max_concurrent_requests",
+        f.max_concurrent_requests.as_ref(),
+        app_limits.max_concurrent_requests,
+    );
+    let max_outstanding_requests = positive(
+        out,
+        "max_outstanding_requests",
+        f.max_outstanding_requests.as_ref(),
+        app_limits
+            .max_outstanding_requests
+            .max(max_concurrent_requests),
+    );
+    if max_outstanding_requests < max_concurrent_requests {
+        let span = f.max_outstanding_requests.as_ref().map(Spanned::span);
+        out.at(
+            span,
+            format!("function `{name}`: `max_outstanding_requests` ({max_outstanding_requests}) cannot be below `max_concurrent_requests` ({max_concurrent_requests})"),
+        );
+    }
+
+    if out.problems.len() > before {
+        return None;
+    }
+    Some(Function {
+        name: name.clone(),
+        component: app_dir.join(relative),
+        digest,
+        route: route?,
+        methods,
+        limits: FunctionLimits {
+            timeout,
+            memory,
+            max_concurrent_requests,
+            max_outstanding_requests,
+            max_request_body,
+            max_response_body,
+        },
+    })
+}
+
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    let hex_digits = text.strip_prefix("sha256:")?;
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_digits, &mut bytes).ok()?;
+    Some(bytes)
+}
+
+/// Two functions whose routes match the same paths with a common method
+/// would make routing depend on file order: refuse it.
+fn check_route_conflicts(
+    out: &mut Collector<'_>,
+    functions: &[(std::ops::Range<usize>, Function)],
+) {
+    let mut seen: HashMap<Vec<Option<&str>>, Vec<&Function>> = HashMap::new();
+    for (span, f) in functions {
+        let shape = f.route.shape();
+        let others = seen.entry(shape).or_default();
+        for other in others.iter() {
+            if let Some(method) = f.methods.iter().find(|m| other.methods.contains(m)) {
+                out.at(
+                    Some(span.clone()),
+                    format!(
+                        "functions `{}` and `{}` both serve {method} on routes that match the same paths (`{}`, `{}`); change one route or split the methods",
+                        other.name, f.name, other.route, f.route
+                    ),
+                );
+            }
+        }
+        others.push(f);
+    }
+}

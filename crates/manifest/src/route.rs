@@ -1,0 +1,168 @@
+//! Route patterns: `/register/{handle}`. A pattern is a sequence of literal
+//! segments and named parameters; it matches a path with exactly as many
+//! segments. Literal segments are restricted to RFC 3986 unreserved
+//! characters so a route can never be ambiguous once a path is decoded.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    text: String,
+    segments: Vec<Segment>,
+}
+
+impl RoutePattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text.strip_prefix('/').ok_or_else(|| {
+            format!("route `{text}` must start with `/`, like `/hello` or `/users/{{id}}`")
+        })?;
+        let mut segments = Vec::new();
+        if !rest.is_empty() {
+            for raw in rest.split('/') {
+                segments.push(parse_segment(text, raw)?);
+            }
+        }
+        let mut names: Vec<&str> = segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Param(name) => Some(name.as_str()),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "route `{text}` names the parameter `{}` twice; give each one its own name",
+                pair[0]
+            ));
+        }
+        Ok(Self {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn segments(&self) -> &[Segment] {
+        &self.segments
+    }
+
+    /// Names of the `{param}` segments, in order.
+    pub fn params(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Param(name) => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// The pattern with every parameter blanked: two routes with the same
+    /// shape match exactly the same paths.
+    pub fn shape(&self) -> Vec<Option<&str>> {
+        self.segments
+            .iter()
+            .map(|s| match s {
+                Segment::Literal(l) => Some(l.as_str()),
+                Segment::Param(_) => None,
+            })
+            .collect()
+    }
+
+    /// Match already split path segments; returns the parameter values.
+    pub fn matches<'p>(&self, path: &[&'p str]) -> Option<Vec<(&str, &'p str)>> {
+        if path.len() != self.segments.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (segment, value) in self.segments.iter().zip(path) {
+            match segment {
+                Segment::Literal(l) if l == value => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.as_str(), *value)),
+            }
+        }
+        Some(params)
+    }
+
+    /// How many leading literal segments; a more literal route wins.
+    pub fn specificity(&self) -> Vec<bool> {
+        self.segments
+            .iter()
+            .map(|s| matches!(s, Segment::Literal(_)))
+            .collect()
+    }
+}
+
+impl fmt::Display for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn parse_segment(route: &str, raw: &str) -> Result<Segment, String> {
+    if raw.is_empty() {
+        return Err(format!(
+            "route `{route}` has an empty segment (`//` or a trailing `/`); remove it"
+        ));
+    }
+    if let Some(inner) = raw.strip_prefix('{') {
+        let name = inner.strip_suffix('}').ok_or_else(|| {
+            format!("route `{route}`: segment `{raw}` opens `{{` without closing it")
+        })?;
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(format!(
+                "route `{route}`: parameter `{{{name}}}` must be a lowercase name like `{{user_id}}`"
+            ));
+        }
+        return Ok(Segment::Param(name.to_string()));
+    }
+    let unreserved = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '~');
+    if !raw.chars().all(unreserved) || raw == "." || raw == ".." {
+        return Err(format!(
+            "route `{route}`: segment `{raw}` may only use letters, digits, `-`, `.`, `_` and `~`"
+        ));
+    }
+    Ok(Segment::Literal(raw.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_matches() {
+        let route = RoutePattern::parse("/register/{handle}").unwrap();
+        assert_eq!(
+            route.matches(&["register", "ada"]),
+            Some(vec![("handle", "ada")])
+        );
+        assert_eq!(route.matches(&["register"]), None);
+        assert_eq!(route.matches(&["other", "ada"]), None);
+        let root = RoutePattern::parse("/").unwrap();
+        assert_eq!(root.matches(&[]), Some(vec![]));
+    }
+
+    #[test]
+    fn refuses_bad_routes() {
+        for bad in [
+            "hello", "/a//b", "/a/", "/{x}/{x}", "/{X}", "/{x", "/a b", "/..", "/%2e",
+        ] {
+            assert!(RoutePattern::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+}

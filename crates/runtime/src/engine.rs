@@ -1,0 +1,110 @@
+//! The wasmtime engine every function shares: component model, pooling
+//! allocator with copy-on-write memory images, and epoch interruption driven
+//! by a ticker thread, so a busy guest is stopped on time (T05).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::RuntimeError;
+
+/// How often the epoch advances. A timeout is rounded up to whole ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Settings that shape the engine. They are part of the compile-cache key,
+/// through wasmtime's own compatibility hash.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Live component instances at once, across all functions.
+    pub max_instances: u32,
+    /// The largest linear memory any function may grow to.
+    pub max_memory: usize,
+}
+
+/// Core instances and memories one component may bring: language runtimes
+/// (componentize-py, componentize-js) link several modules per component.
+const CORE_INSTANCES_PER_COMPONENT: u32 = 24;
+const MEMORIES_PER_COMPONENT: u32 = 4;
+const TABLES_PER_COMPONENT: u32 = 8;
+/// Table slots per table; CPython's function table is large.
+const TABLE_ELEMENTS: usize = 100_000;
+/// Guard pages after each linear memory; with the 4 GiB reservation, wasm
+/// loads and stores need no explicit bounds checks.
+const MEMORY_GUARD: u64 = 32 << 20;
+const MEMORY_RESERVATION: u64 = 4 << 30;
+/// Native stack a guest may use before it traps with a stack overflow.
+const MAX_WASM_STACK: usize = 1 << 20;
+
+pub(crate) fn build_engine(settings: &EngineSettings) -> Result<Engine, RuntimeError> {
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = settings.max_instances.max(1);
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+        .total_memories(instances.saturating_mul(MEMORIES_PER_COMPONENT))
+        .total_tables(instances.saturating_mul(TABLES_PER_COMPONENT))
+        .total_stacks(instances)
+        .max_memory_size(settings.max_memory)
+        .table_elements(TABLE_ELEMENTS)
+        .max_core_instance_size(8 << 20)
+        .max_component_instance_size(8 << 20);
+
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(MAX_WASM_STACK)
+        .memory_reservation(MEMORY_RESERVATION.max(settings.max_memory as u64))
+        .memory_guard_size(MEMORY_GUARD)
+        .memory_init_cow(true)
+        .parallel_compilation(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub fn start(engine: &Engine) -> Result<Self, RuntimeError> {
+        let weak = engine.weak();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("bulkhead-epoch".into())
+            .spawn(move || {
+                while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Ticks to allow for `timeout`, rounded up, plus one for the partial tick
+/// already under way when the call starts.
+pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    let ticks = timeout.as_nanos().div_ceil(tick);
+    u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+}

@@ -1,0 +1,117 @@
+//! What one call's Store holds: WASI with nothing granted, wasi:http with
+//! outbound calls refused, a memory limiter, and the guest's captured output.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::outbound::DenyOutbound;
+use crate::output::GuestOutput;
+
+pub struct HostState {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: DenyOutbound,
+    pub(crate) limits: MemoryCap,
+}
+
+impl HostState {
+    pub(crate) fn new(
+        memory_cap: MemoryCap,
+        stdout: GuestOutput,
+        stderr: GuestOutput,
+        hooks: DenyOutbound,
+    ) -> Self {
+        // T05: no preopened directories, no environment, no arguments, no
+        // stdin, no network. Runtimes that import these interfaces by habit
+        // (Python, JavaScript, Rust std) link and run, and can reach nothing.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout)
+            .stderr(stderr)
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        Self {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks,
+            limits: memory_cap,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
+/// Caps the total linear memory of one instance (all its memories together)
+/// and remembers whether the cap was hit, so a trap that follows a refused
+/// growth is reported as what it is (T05).
+pub(crate) struct MemoryCap {
+    limit: usize,
+    used: usize,
+    hit: Arc<AtomicBool>,
+}
+
+/// Table growth is capped too, so a guest cannot hoard host memory there.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl MemoryCap {
+    pub fn new(limit: usize, hit: Arc<AtomicBool>) -> Self {
+        Self {
+            limit,
+            used: 0,
+            hit,
+        }
+    }
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let growth = desired.saturating_sub(current);
+        let total = self.used.saturating_add(growth);
+        if total > self.limit {
+            self.hit.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

@@ -1,0 +1,215 @@
+//! One call: a fresh Store and instance, the epoch deadline and memory cap
+//! set, the request handed to `wasi:http/incoming-handler`, the response
+//! collected under the size cap, and every way it can fail named (T05).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bulkhead_manifest::FunctionLimits;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+
+use crate::engine::deadline_ticks;
+use crate::host::{HostState, MemoryCap};
+use crate::outbound::DenyOutbound;
+use crate::output::GuestOutput;
+
+pub(crate) struct Sealed {
+    pub name: String,
+    pub limits: FunctionLimits,
+    pub pre: ProxyPre<HostState>,
+    pub _ticker: Arc<crate::engine::EpochTicker>,
+}
+
+/// What the gateway knows about the request that the sandbox needs.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub correlation_id: String,
+}
+
+/// How a call failed. The gateway turns each into a problem response; the
+/// detail strings are for the operator's log, never for the client.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the function ran past its timeout")]
+    Timeout,
+    #[error("the function tried to use more memory than its cap")]
+    MemoryLimit,
+    #[error("the function overflowed its stack")]
+    StackOverflow,
+    #[error("the function trapped: {0}")]
+    Trap(String),
+    #[error("the function returned without setting a response")]
+    NoResponse,
+    #[error("the function answered with an error code: {0}")]
+    GuestError(String),
+    #[error("the function's response body is over its {limit}-byte cap")]
+    ResponseTooLarge { limit: usize },
+    #[error("no instance slot is free (the live-instance cap is reached)")]
+    Capacity,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why the guest task ended early.
+enum Failure {
+    Deadline,
+    Wasm(wasmtime::Error),
+}
+
+/// Aborts the guest task when the call is abandoned (the client went away):
+/// no work is paid for that nobody waits for.
+struct AbortOnDrop(JoinHandle<Result<(), Failure>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs the guest's output however the call ends, even when aborted.
+struct FlushOutput {
+    function: String,
+    correlation_id: String,
+    stdout: GuestOutput,
+    stderr: GuestOutput,
+}
+
+impl Drop for FlushOutput {
+    fn drop(&mut self) {
+        self.stdout
+            .flush_to_log(&self.function, &self.correlation_id, "stdout");
+        self.stderr
+            .flush_to_log(&self.function, &self.correlation_id, "stderr");
+    }
+}
+
+pub(crate) async fn invoke(
+    sealed: Arc<Sealed>,
+    request: http::Request<Bytes>,
+    invocation: &Invocation,
+) -> Result<http::Response<Bytes>, InvokeError> {
+    let timeout = sealed.limits.timeout.get();
+    let deadline = Instant::now() + timeout;
+    let memory_hit = Arc::new(AtomicBool::new(false));
+    let flush = FlushOutput {
+        function: sealed.name.clone(),
+        correlation_id: invocation.correlation_id.clone(),
+        stdout: GuestOutput::new(),
+        stderr: GuestOutput::new(),
+    };
+    let state = HostState::new(
+        MemoryCap::new(sealed.limits.memory.as_usize(), memory_hit.clone()),
+        flush.stdout.clone(),
+        flush.stderr.clone(),
+        DenyOutbound {
+            function: sealed.name.clone(),
+            correlation_id: invocation.correlation_id.clone(),
+        },
+    );
+    let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));
+    let mut store = Store::try_new(sealed.pre.engine(), state).map_err(internal)?;
+    store.limiter(|state| &mut state.limits);
+    store.set_epoch_deadline(deadline_ticks(timeout));
+
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let request = request.map(|body| {
+        Full::new(body).map_err(
+            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+        )
+    });
+    let request = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, request)
+        .map_err(internal)?;
+    let outparam = store
+        .data_mut()
+        .http()
+        .new_response_outparam(sender)
+        .map_err(internal)?;
+
+    let pre = sealed.pre.clone();
+    let task = AbortOnDrop(tokio::spawn(async move {
+        let _flush = flush;
+        let run = async {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, outparam)
+                .await
+        };
+        // Epochs stop busy guests; this stops guests blocked in a host call.
+        match tokio::time::timeout_at(deadline, run).await {
+            Ok(result) => result.map_err(Failure::Wasm),
+            Err(_) => Err(Failure::Deadline),
+        }
+    }));
+
+    let classify = |failure: Failure| classify(failure, memory_hit.load(Ordering::Relaxed));
+    let response = match receiver.await {
+        Ok(Ok(response)) => response,
+        Ok(Err(code)) => return Err(InvokeError::GuestError(format!("{code:?}"))),
+        // The guest never called `response-outparam.set`: find out why.
+        Err(_) => {
+            return Err(match finish(task).await {
+                Err(failure) => classify(failure),
+                Ok(()) => InvokeError::NoResponse,
+            });
+        }
+    };
+
+    let limit = sealed.limits.max_response_body.as_usize();
+    let (parts, body) = response.into_parts();
+    let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await;
+    let body = match collected {
+        Err(_) => return Err(InvokeError::Timeout),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(InvokeError::ResponseTooLarge { limit });
+        }
+        Ok(Err(e)) => {
+            return Err(match finish(task).await {
+                Err(failure) => classify(failure),
+                Ok(()) => InvokeError::Internal(format!("response body failed: {e}")),
+            });
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    // A Store dropped mid-body ends the body cleanly, so a complete-looking
+    // body proves nothing: the call succeeded only if the handler returned.
+    finish(task).await.map_err(classify)?;
+    Ok(http::Response::from_parts(parts, body))
+}
+
+async fn finish(mut task: AbortOnDrop) -> Result<(), Failure> {
+    match (&mut task.0).await {
+        Ok(result) => result,
+        Err(join) => Err(Failure::Wasm(wasmtime::Error::msg(format!(
+            "guest task failed: {join}"
+        )))),
+    }
+}
+
+fn classify(failure: Failure, memory_hit: bool) -> InvokeError {
+    let error = match failure {
+        Failure::Deadline => return InvokeError::Timeout,
+        Failure::Wasm(error) => error,
+    };
+    if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
+        return InvokeError::Capacity;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InvokeError::Timeout,
+        Some(Trap::StackOverflow) => InvokeError::StackOverflow,
+        // A refused growth usually ends in an abort or a trap: name the cause.
+        _ if memory_hit => InvokeError::MemoryLimit,
+        Some(trap) => InvokeError::Trap(trap.to_string()),
+        None => InvokeError::Trap(format!("{error:#}")),
+    }
+}

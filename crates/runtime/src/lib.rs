@@ -1,0 +1,209 @@
+//! The sandbox: wasmtime with the component model, one fresh instance per
+//! call, nothing granted, hard limits on time, memory and output (T05).
+//!
+//! [`Runtime`] owns the engine and the linker; [`Runtime::load`] turns a
+//! manifest function into a [`LoadedFunction`] (digest checked, compiled or
+//! taken from the [`CompileCache`], imports linked); [`LoadedFunction::invoke`]
+//! runs one request through it.
+
+mod cache;
+mod engine;
+mod host;
+mod invoke;
+mod outbound;
+mod output;
+
+use std::sync::Arc;
+
+use bulkhead_manifest::{Function, FunctionLimits};
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+pub use cache::{CacheOutcome, CompileCache};
+pub use engine::{EPOCH_TICK, EngineSettings};
+pub use invoke::{Invocation, InvokeError};
+
+use engine::EpochTicker;
+use host::HostState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot configure the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("compile cache: {0}")]
+    Cache(String),
+    #[error("cannot compile the component: {0}")]
+    Compile(String),
+    #[error("cannot link the host interfaces: {0}")]
+    Link(String),
+}
+
+/// Why a function could not be made ready to serve.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read component `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "component `{path}` has SHA-256 {actual}, but the manifest pins {expected}; the artifact changed since it was pinned: rebuild it from trusted source or update `digest`"
+    )]
+    DigestMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "`{path}` is not a WebAssembly component that wasmtime accepts ({detail}); build it as a wasi:http component (for Rust: `cargo build --target wasm32-wasip2`)"
+    )]
+    NotAComponent { path: String, detail: String },
+    #[error(
+        "component `{path}` imports an interface Bulkhead does not offer ({detail}); Bulkhead offers wasi:http and WASI 0.2 (filesystem, environment, sockets and the like, with nothing granted)"
+    )]
+    UnsupportedImport { path: String, detail: String },
+    #[error(
+        "component `{path}` does not export `wasi:http/incoming-handler` ({detail}); a function must be a wasi:http proxy component"
+    )]
+    NoHandler { path: String, detail: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// The engine, the epoch ticker and the linker every function shares.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    /// Shared with every loaded function: timeouts work while any lives.
+    ticker: Arc<EpochTicker>,
+}
+
+impl Runtime {
+    pub fn new(settings: &EngineSettings) -> Result<Self, RuntimeError> {
+        let engine = engine::build_engine(settings)?;
+        let mut linker = Linker::new(&engine);
+        // Full WASI 0.2 (each part with nothing granted, see `HostState`)
+        // plus wasi:http; a proxy-only linker would refuse components built
+        // by language toolchains that import filesystem or sockets by habit.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        let ticker = EpochTicker::start(&engine)?;
+        Ok(Self {
+            engine,
+            linker,
+            ticker: Arc::new(ticker),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Read, verify, compile (or take from `cache`) and link one function.
+    pub fn load(
+        &self,
+        cache: &CompileCache,
+        function: &Function,
+    ) -> Result<(LoadedFunction, CacheOutcome), LoadError> {
+        let path = function.component.display().to_string();
+        let wasm = std::fs::read(&function.component).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let sha256: [u8; 32] = Sha256::digest(&wasm).into();
+        if let Some(expected) = function.digest
+            && expected != sha256
+        {
+            return Err(LoadError::DigestMismatch {
+                path,
+                expected: format!("sha256:{}", hex::encode(expected)),
+                actual: format!("sha256:{}", hex::encode(sha256)),
+            });
+        }
+        let (component, outcome) = cache
+            .load_or_compile(&self.engine, &wasm, &sha256)
+            .map_err(|e| match e {
+                RuntimeError::Compile(detail) => LoadError::NotAComponent {
+                    path: path.clone(),
+                    detail,
+                },
+                other => LoadError::Runtime(other),
+            })?;
+        let imports = imports_of(&self.engine, &component);
+        let pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|e| LoadError::UnsupportedImport {
+                    path: path.clone(),
+                    detail: format!("{e:#}"),
+                })?;
+        let pre = ProxyPre::new(pre).map_err(|e| LoadError::NoHandler {
+            path,
+            detail: format!("{e:#}"),
+        })?;
+        Ok((
+            LoadedFunction {
+                inner: Arc::new(invoke::Sealed {
+                    name: function.name.clone(),
+                    limits: function.limits.clone(),
+                    pre,
+                    _ticker: self.ticker.clone(),
+                }),
+                sha256,
+                imports,
+            },
+            outcome,
+        ))
+    }
+}
+
+fn imports_of(engine: &Engine, component: &Component) -> Vec<String> {
+    let mut names: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A function ready to serve: cheap to clone, each call a fresh instance.
+#[derive(Clone)]
+pub struct LoadedFunction {
+    inner: Arc<invoke::Sealed>,
+    sha256: [u8; 32],
+    imports: Vec<String>,
+}
+
+impl LoadedFunction {
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    pub fn limits(&self) -> &FunctionLimits {
+        &self.inner.limits
+    }
+
+    /// `sha256:…` of the component as loaded.
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", hex::encode(self.sha256))
+    }
+
+    /// The interfaces the component imports, sorted.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// Run one request in a fresh, limited instance.
+    pub async fn invoke(
+        &self,
+        request: http::Request<bytes::Bytes>,
+        invocation: &Invocation,
+    ) -> Result<http::Response<bytes::Bytes>, InvokeError> {
+        invoke::invoke(self.inner.clone(), request, invocation).await
+    }
+}

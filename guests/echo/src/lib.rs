@@ -1,0 +1,62 @@
+//! Echoes what the function was handed: method, path, headers and body, as
+//! JSON. Tests use it to see exactly what the gateway let through.
+use std::io::{Read as _, Write as _};
+
+use wasip2::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
+    ResponseOutparam,
+};
+
+wasip2::http::proxy::export!(Echo);
+
+struct Echo;
+
+impl wasip2::exports::http::incoming_handler::Guest for Echo {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let method = match request.method() {
+            Method::Get => "GET".to_string(),
+            Method::Post => "POST".to_string(),
+            Method::Put => "PUT".to_string(),
+            Method::Delete => "DELETE".to_string(),
+            Method::Head => "HEAD".to_string(),
+            Method::Options => "OPTIONS".to_string(),
+            Method::Patch => "PATCH".to_string(),
+            Method::Connect => "CONNECT".to_string(),
+            Method::Trace => "TRACE".to_string(),
+            Method::Other(m) => m,
+        };
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let mut body = Vec::new();
+        if let Ok(incoming) = request.consume() {
+            if let Ok(mut stream) = incoming.stream() {
+                let _ = stream.read_to_end(&mut body);
+            }
+            let _ = IncomingBody::finish(incoming);
+        }
+        let reply = serde_json::json!({
+            "method": method,
+            "path_with_query": request.path_with_query(),
+            "authority": request.authority(),
+            "headers": headers,
+            "body": String::from_utf8_lossy(&body),
+        });
+        let headers = Fields::from_list(&[(
+            "content-type".to_string(),
+            b"application/json".to_vec(),
+        )])
+        .expect("static header is valid");
+        let resp = OutgoingResponse::new(headers);
+        let out_body = resp.body().expect("body is taken once");
+        ResponseOutparam::set(response_out, Ok(resp));
+        let mut out = out_body.write().expect("stream is taken once");
+        out.write_all(reply.to_string().as_bytes())
+            .expect("write succeeds");
+        drop(out);
+        OutgoingBody::finish(out_body, None).expect("finish succeeds");
+    }
+}

@@ -1,0 +1,156 @@
+//! A guest that misbehaves on purpose, one behaviour per path (the last path
+//! segment picks it), so tests can show each attack contained (T05, T17):
+//!
+//! - `/loop`      spins forever (wall-clock timeout)
+//! - `/membomb`   allocates until memory runs out (memory cap)
+//! - `/recurse`   recurses without end (stack overflow)
+//! - `/big`       answers with a 64 MiB body (response size cap)
+//! - `/trap`      hits `unreachable`
+//! - `/file`      tries to read and create files (no preopens)
+//! - `/env`       reports the environment and arguments it can see
+//! - `/outbound`  tries an outbound HTTP call (no grant)
+//! - `/sleep`     sleeps `?ms=N` milliseconds, then answers (slow work)
+//! - `/shout`     writes hostile text to stdout and stderr, then answers
+//! - `/nobody`    returns without ever setting a response
+use std::io::Write as _;
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+wasip2::http::proxy::export!(Hostile);
+
+struct Hostile;
+
+impl wasip2::exports::http::incoming_handler::Guest for Hostile {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_default();
+        let (path, query) = path_with_query
+            .split_once('?')
+            .unwrap_or((path_with_query.as_str(), ""));
+        let behaviour = path.rsplit('/').next().unwrap_or_default();
+        match behaviour {
+            "loop" => spin(),
+            "membomb" => reply(response_out, 200, &membomb()),
+            "recurse" => reply(response_out, 200, &recurse(1).to_string()),
+            "big" => big(response_out),
+            "trap" => std::process::abort(),
+            "file" => reply(response_out, 200, &try_files()),
+            "env" => reply(response_out, 200, &environment()),
+            "outbound" => reply(response_out, 200, &outbound()),
+            "sleep" => {
+                let ms: u64 = query
+                    .strip_prefix("ms=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(100);
+                wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+                reply(response_out, 200, "slept")
+            }
+            "shout" => {
+                let forged = "line one\r\n{\"level\":\"INFO\",\"forged\":true}\n\x1b[31mred\x1b[0m\u{2028}after";
+                println!("{forged}");
+                eprintln!("{forged}");
+                for i in 0..10_000 {
+                    println!("flood line {i} {}", "x".repeat(200));
+                }
+                reply(response_out, 200, "shouted")
+            }
+            "nobody" => drop(response_out),
+            _ => reply(response_out, 404, "unknown behaviour"),
+        }
+    }
+}
+
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn membomb() -> String {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page so the memory is really used.
+        hoard.push(vec![0xA5; 1 << 20]);
+        if hoard.len() > 1 << 16 {
+            return format!("hoarded {} MiB", hoard.len());
+        }
+    }
+}
+
+/// Recursion that lives on the wasm stack itself (no shadow-stack frame),
+/// so it ends in the engine's stack-overflow trap.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    // An indirect call cannot be turned into a loop by the optimiser.
+    let next: fn(u64) -> u64 = std::hint::black_box(recurse);
+    next(depth + 1).wrapping_mul(31).wrapping_add(depth)
+}
+
+fn big(response_out: ResponseOutparam) {
+    let resp = OutgoingResponse::new(Fields::new());
+    let body = resp.body().expect("body is taken once");
+    ResponseOutparam::set(response_out, Ok(resp));
+    let mut out = body.write().expect("stream is taken once");
+    let chunk = vec![b'B'; 1 << 16];
+    for _ in 0..1024 {
+        if out.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+    drop(out);
+    let _ = OutgoingBody::finish(body, None);
+}
+
+fn try_files() -> String {
+    let read = match std::fs::read_to_string("/etc/passwd") {
+        Ok(text) => format!("LEAKED {} bytes", text.len()),
+        Err(e) => format!("read refused: {e}"),
+    };
+    let write = match std::fs::write("bulkhead-escape.txt", b"escaped") {
+        Ok(()) => "WROTE a file".to_string(),
+        Err(e) => format!("write refused: {e}"),
+    };
+    let list = match std::fs::read_dir("/") {
+        Ok(_) => "LISTED the root".to_string(),
+        Err(e) => format!("list refused: {e}"),
+    };
+    format!("{read}\n{write}\n{list}\n")
+}
+
+fn environment() -> String {
+    let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+    let args: Vec<String> = std::env::args().collect();
+    format!("vars={} args={}\n", vars.len(), args.len())
+}
+
+fn outbound() -> String {
+    let request = OutgoingRequest::new(Fields::new());
+    let _ = request.set_scheme(Some(&Scheme::Http));
+    let _ = request.set_authority(Some("127.0.0.1:9"));
+    let _ = request.set_path_with_query(Some("/"));
+    match wasip2::http::outgoing_handler::handle(request, None) {
+        Err(e) => format!("outbound refused: {e:?}"),
+        Ok(future) => {
+            future.subscribe().block();
+            match future.get() {
+                Some(Ok(Ok(resp))) => format!("REACHED status {}", resp.status()),
+                Some(Ok(Err(e))) => format!("outbound refused: {e:?}"),
+                other => format!("outbound failed: {other:?}"),
+            }
+        }
+    }
+}
+
+fn reply(response_out: ResponseOutparam, status: u16, text: &str) {
+    let resp = OutgoingResponse::new(Fields::new());
+    let _ = resp.set_status_code(status);
+    let body = resp.body().expect("body is taken once");
+    ResponseOutparam::set(response_out, Ok(resp));
+    let mut out = body.write().expect("stream is taken once");
+    let _ = out.write_all(text.as_bytes());
+    drop(out);
+    let _ = OutgoingBody::finish(body, None);
+}
