@@ -86,6 +86,8 @@ impl RoutePattern {
             match segment {
                 Segment::Literal(l) if l == value => {}
                 Segment::Literal(_) => return None,
+                // An empty segment (`/users/`) is not a value.
+                Segment::Param(_) if value.is_empty() => return None,
                 Segment::Param(name) => params.push((name.as_str(), *value)),
             }
         }
@@ -152,6 +154,7 @@ mod tests {
             Some(vec![("handle", "ada")])
         );
         assert_eq!(route.matches(&["register"]), None);
+        assert_eq!(route.matches(&["register", ""]), None);
         assert_eq!(route.matches(&["other", "ada"]), None);
         let root = RoutePattern::parse("/").unwrap();
         assert_eq!(root.matches(&[]), Some(vec![]));

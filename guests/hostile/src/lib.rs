@@ -12,6 +12,7 @@
 //! - `/sleep`     sleeps `?ms=N` milliseconds, then answers (slow work)
 //! - `/shout`     writes hostile text to stdout and stderr, then answers
 //! - `/nobody`    returns without ever setting a response
+//! - `/counter`   counts calls in a global: always 1 if no state survives
 use std::io::Write as _;
 
 use wasip2::http::types::{
@@ -22,6 +23,8 @@ use wasip2::http::types::{
 wasip2::http::proxy::export!(Hostile);
 
 struct Hostile;
+
+static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl wasip2::exports::http::incoming_handler::Guest for Hostile {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -57,6 +60,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                 reply(response_out, 200, "shouted")
             }
             "nobody" => drop(response_out),
+            "counter" => {
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                reply(response_out, 200, &n.to_string())
+            }
             _ => reply(response_out, 404, "unknown behaviour"),
         }
     }

@@ -1,0 +1,216 @@
+//! `bulkhead check`: the manifest is validated with every problem named by
+//! file, line and fix; components are verified (T18 digest pin), compiled
+//! once and cached with an integrity check; environments overlay (T19).
+
+mod support;
+
+use std::fs;
+
+use support::{Server, TestApp};
+
+const VALID: &str = r#"
+[app]
+name = "checked"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+"#;
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn a_valid_app_checks_out_and_lists_what_it_serves() {
+    let app = TestApp::new(VALID, &["hello"]);
+    let out = app.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("GET /hello -> hello"), "{text}");
+    assert!(text.contains("timeout 10s, memory 128MiB"), "{text}");
+    assert!(
+        text.contains("wasi:http/types"),
+        "imports are listed: {text}"
+    );
+}
+
+#[test]
+fn an_unknown_key_names_the_line_and_the_valid_keys() {
+    let app = TestApp::new(
+        &VALID.replace("route = \"/hello\"", "route = \"/hello\"\ncolour = \"red\""),
+        &["hello"],
+    );
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("bulkhead.toml:9:1"), "{err}");
+    assert!(err.contains("unknown field `colour`"), "{err}");
+    assert!(err.contains("expected one of"), "{err}");
+}
+
+#[test]
+fn a_bad_value_says_what_would_be_valid() {
+    let app = TestApp::new(
+        &VALID.replace(
+            "route = \"/hello\"",
+            "route = \"/hello\"\ntimeout = \"2 parsecs\"",
+        ),
+        &["hello"],
+    );
+    let err = stderr(&app.run(&["check"]));
+    assert!(err.contains("bulkhead.toml:9:"), "{err}");
+    assert!(err.contains("`2s`"), "{err}");
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "Not Valid"
+
+[[function]]
+name = "a"
+component = "missing.wasm"
+route = "no-slash"
+max_concurrent_requests = 0
+
+[[function]]
+name = "a"
+component = "hello.wasm"
+route = "/x/{id}/{id}"
+methods = ["FETCH"]
+memory = "16GiB"
+"#,
+        &["hello"],
+    );
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for expected in [
+        "bulkhead.toml:3:8: app name must be",
+        "bulkhead.toml:7:13: function `a`: component file `missing.wasm` does not exist",
+        "bulkhead.toml:8:9: function `a`: route `no-slash` must start with `/`",
+        "bulkhead.toml:9:27: `max_concurrent_requests` must be at least 1",
+        "bulkhead.toml:12:8: function name `a` is used twice",
+        "parameter `id` twice",
+        "method `FETCH` is not one of",
+        "`memory` must be between",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn a_missing_manifest_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("check")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("an app directory holds a `bulkhead.toml`"));
+}
+
+/// T18: a pinned digest that does not match refuses the deploy, for both
+/// `check` and `serve`; the right digest passes.
+#[test]
+fn a_swapped_artifact_is_refused() {
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let manifest = VALID.replace(
+        "route = \"/hello\"",
+        &format!("route = \"/hello\"\ndigest = \"{wrong}\""),
+    );
+    let app = TestApp::new(&manifest, &["hello"]);
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("but the manifest pins"), "{err}");
+    assert!(err.contains(&wrong));
+
+    let serve = app.run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!serve.status.success(), "serve refuses too");
+    assert!(stderr(&serve).contains("but the manifest pins"));
+
+    let actual = err
+        .split("has SHA-256 ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .expect("the error names the actual digest")
+        .to_string();
+    fs::write(
+        app.path().join("bulkhead.toml"),
+        manifest.replace(&wrong, &actual),
+    )
+    .unwrap();
+    let out = app.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_file_that_is_not_a_component_is_refused() {
+    let app = TestApp::new(VALID, &[]);
+    fs::write(app.path().join("hello.wasm"), b"\0asm not really").unwrap();
+    let err = stderr(&app.run(&["check"]));
+    assert!(err.contains("is not a WebAssembly component"), "{err}");
+}
+
+/// Components are compiled once; a tampered cache entry is detected,
+/// rebuilt and never loaded.
+#[test]
+fn the_compile_cache_is_reused_and_tampering_is_detected() {
+    let app = TestApp::new(VALID, &["hello"]);
+    assert!(stderr(&app.run(&["check"])).contains("compiled and cached"));
+    assert!(stderr(&app.run(&["check"])).contains("from the compile cache"));
+
+    let cache = app.path().join(".bulkhead/dev/compile-cache");
+    let entry = fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("a cache entry");
+    let mut bytes = fs::read(&entry).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&entry, &bytes).unwrap();
+
+    let out = app.run(&["check"]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("failed its integrity check and was replaced"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&app.run(&["check"])).contains("from the compile cache"));
+
+    // And the server still serves the real thing.
+    let server = Server::start(&app);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(support::get(server.addr, "/hello"));
+    assert_eq!(reply.status, 200);
+}
+
+/// T19: one manifest, overlays per environment; an undeclared environment
+/// is an error that lists the known ones.
+#[test]
+fn environments_overlay_the_limits() {
+    let manifest = format!(
+        "{VALID}\n[env.prod.limits]\ntimeout = \"1s\"\n\n[env.canary.limits]\nmemory = \"64MiB\"\n"
+    );
+    let app = TestApp::new(&manifest, &["hello"]);
+    assert!(stdout(&app.run(&["check"])).contains("timeout 10s"));
+    assert!(stdout(&app.run(&["check", "--env", "prod"])).contains("timeout 1s"));
+    assert!(stdout(&app.run(&["check", "--env", "canary"])).contains("memory 64MiB"));
+    let err = stderr(&app.run(&["check", "--env", "prdo"]));
+    assert!(err.contains("environment `prdo` is not declared"), "{err}");
+    assert!(err.contains("canary"), "{err}");
+    // Each environment keeps its own state.
+    assert!(app.path().join(".bulkhead/prod/compile-cache").is_dir());
+}

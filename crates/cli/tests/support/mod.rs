@@ -1,0 +1,277 @@
+//! Shared test support: real guests built from source, a real `bulkhead`
+//! process on a loopback port, real HTTP. Nothing here stands in for the
+//! thing under test.
+#![allow(dead_code)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde_json::Value;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Build the test guests (once per test binary) and return their directory.
+pub fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let guests = repo_root().join("guests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(guests.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(guests.join("target"))
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .expect("cargo runs");
+        assert!(
+            status.success(),
+            "building the test guests failed; is the target installed? `rustup target add wasm32-wasip2`"
+        );
+        guests.join("target/wasm32-wasip2/release")
+    })
+}
+
+pub fn guest(name: &str) -> PathBuf {
+    guests_dir().join(format!("{name}.wasm"))
+}
+
+/// An app directory in a temporary folder.
+pub struct TestApp {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    /// Write `manifest` and copy the named guests (as `NAME.wasm`).
+    pub fn new(manifest: &str, guests: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        for name in guests {
+            std::fs::copy(guest(name), dir.path().join(format!("{name}.wasm")))
+                .expect("copy guest");
+        }
+        std::fs::write(dir.path().join("bulkhead.toml"), manifest).expect("write manifest");
+        Self { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run `bulkhead ARGS... APP_DIR` to completion.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(args)
+            .arg(self.path())
+            .env("BULKHEAD_LOG", "info")
+            .output()
+            .expect("bulkhead runs")
+    }
+}
+
+/// A running `bulkhead serve`, killed on drop.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+}
+
+impl Server {
+    pub fn start(app: &TestApp) -> Self {
+        Self::start_with(app, &[])
+    }
+
+    pub fn start_with(app: &TestApp, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("serve")
+            .arg(app.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("BULKHEAD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bulkhead starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lines, ready) = &*sink;
+                lines.lock().unwrap().push(line);
+                ready.notify_all();
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            logs,
+        };
+        let listening =
+            server.wait_for_log(|r| r["message"] == "listening", Duration::from_secs(120));
+        let addr = listening["address"].as_str().expect("address field");
+        server.addr = addr.parse().expect("socket address");
+        server
+    }
+
+    /// Every log line so far, each of which must be one JSON object (T07).
+    pub fn logs(&self) -> Vec<Value> {
+        let lines = self.logs.0.lock().unwrap().clone();
+        lines
+            .iter()
+            .map(|line| {
+                serde_json::from_str::<Value>(line)
+                    .unwrap_or_else(|e| panic!("log line is not one JSON object ({e}): {line:?}"))
+            })
+            .collect()
+    }
+
+    /// Wait (bounded) for a log record matching `pred` and return it. Logs
+    /// reach the pipe before the response does, but our reader thread may
+    /// lag; this only synchronises, it asserts nothing about time.
+    pub fn wait_for_log(&self, pred: impl Fn(&Value) -> bool, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        let (lines, ready) = &*self.logs;
+        let mut guard = lines.lock().unwrap();
+        loop {
+            for line in guard.iter() {
+                if let Ok(record) = serde_json::from_str::<Value>(line)
+                    && pred(&record)
+                {
+                    return record;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("no matching log record; logs were:\n{}", guard.join("\n"));
+            }
+            guard = ready.wait_timeout(guard, deadline - now).unwrap().0;
+        }
+    }
+
+    /// The access-log record of the request with this correlation ID.
+    pub fn access_record(&self, correlation_id: &str) -> Value {
+        self.wait_for_log(
+            |r| r["target"] == "bulkhead::access" && r["correlation_id"] == correlation_id,
+            Duration::from_secs(10),
+        )
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, fully read.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn correlation_id(&self) -> String {
+        self.header("bulkhead-correlation-id")
+            .expect("every response carries a correlation ID")
+            .to_string()
+    }
+
+    /// Assert an RFC 9457 problem response of `status` and type slug `slug`,
+    /// carrying the correlation ID; returns the problem body.
+    pub fn assert_problem(&self, status: u16, slug: &str) -> Value {
+        assert_eq!(self.status, status, "status; body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let problem = self.json();
+        assert_eq!(
+            problem["type"],
+            format!("https://bulkhead.dev/problems/{slug}")
+        );
+        assert_eq!(problem["status"], status);
+        assert!(problem["title"].is_string() && problem["detail"].is_string());
+        assert_eq!(problem["correlation_id"], self.correlation_id());
+        problem
+    }
+}
+
+/// Send one request over a fresh HTTP/1.1 connection (hyper's client).
+pub async fn send(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
+    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.expect("response");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+pub fn request(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> http::Request<Full<Bytes>> {
+    http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string())
+        .body(Full::new(body.into()))
+        .expect("valid request")
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    send(addr, request("GET", addr, path, Bytes::new())).await
+}
+
+/// Write raw bytes and read until the server closes or `limit` passes.
+/// For requests no well-behaved client would send.
+pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let _ = stream.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
