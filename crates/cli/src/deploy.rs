@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::{Context as _, Result};
 use bulkhead_manifest::App;
 use bulkhead_runtime::{CacheOutcome, CompileCache, EngineSettings, LoadedFunction, Runtime};
+use bulkhead_store::AuditLog;
 
 pub struct Deployment {
     pub app: App,
@@ -13,7 +14,11 @@ pub struct Deployment {
 }
 
 /// Load every function of `app`; on failure, every problem found.
-pub fn deploy(app: App, progress: &dyn Fn(&str)) -> Result<Deployment, Vec<String>> {
+pub fn deploy(
+    app: App,
+    audit: AuditLog,
+    progress: &dyn Fn(&str),
+) -> Result<Deployment, Vec<String>> {
     let settings = EngineSettings {
         max_instances: app.limits.max_instances,
         max_memory: app
@@ -23,7 +28,7 @@ pub fn deploy(app: App, progress: &dyn Fn(&str)) -> Result<Deployment, Vec<Strin
             .max()
             .unwrap_or(0),
     };
-    let runtime = Runtime::new(&settings).map_err(|e| vec![e.to_string()])?;
+    let runtime = Runtime::new(&settings, audit).map_err(|e| vec![e.to_string()])?;
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();
     let mut problems = Vec::new();

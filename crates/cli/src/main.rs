@@ -1,18 +1,21 @@
 //! `bulkhead`: serve and check secure-by-default wasi:http functions.
 
+mod admin_cmd;
+mod audit_cmd;
+mod check;
 mod deploy;
+mod serve;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
-use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-use bulkhead_gateway::Gateway;
-use bulkhead_manifest::{DEFAULT_ENV, MANIFEST_FILE};
+use bulkhead_manifest::DEFAULT_ENV;
+use bulkhead_store::Store;
 
 #[derive(Parser)]
 #[command(
@@ -21,7 +24,8 @@ use bulkhead_manifest::{DEFAULT_ENV, MANIFEST_FILE};
     about = "Serve WebAssembly functions behind a gateway where every control is on by default",
     long_about = "Bulkhead serves wasi:http WebAssembly components (Rust, Python, JavaScript, Go, C) \
                   described in one bulkhead.toml. Each call runs in a fresh sandbox with nothing \
-                  granted and hard limits on time, memory and output.\n\n\
+                  granted and hard limits on time, memory and output; every refusal is logged and \
+                  kept in a tamper-evident audit trail.\n\n\
                   Start with `bulkhead check APP_DIR`, then `bulkhead serve APP_DIR`.",
     after_help = "Logs are JSON lines on stderr; set BULKHEAD_LOG (e.g. `debug`, `bulkhead=info`) to change the level."
 )]
@@ -30,25 +34,64 @@ struct Cli {
     command: Command,
 }
 
+/// The app and environment every command works on.
+#[derive(clap::Args)]
+struct Target {
+    /// The app directory, holding bulkhead.toml.
+    app_dir: PathBuf,
+    /// The environment: dev, staging, prod, or one declared in [env.NAME].
+    /// Each keeps its own state (cache, audit trail, tokens).
+    #[arg(long, default_value = DEFAULT_ENV, value_name = "NAME")]
+    env: String,
+}
+
+impl Target {
+    /// The environment's store, which must already exist unless `create`.
+    fn store(&self, create: bool) -> Result<Store> {
+        if !bulkhead_manifest::valid_env_name(&self.env) {
+            bail!(
+                "environment name `{}` must be lowercase letters, digits or `-`",
+                self.env
+            );
+        }
+        let dir = bulkhead_manifest::state_dir(&self.app_dir, &self.env);
+        if !create && !dir.is_dir() {
+            bail!(
+                "no state for environment `{}` in {} yet; serve the app there first (`bulkhead serve {} --env {}`)",
+                self.env,
+                self.app_dir.display(),
+                self.app_dir.display(),
+                self.env
+            );
+        }
+        Ok(Store::open(&dir)?)
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve every function of an app on its route.
     #[command(
         long_about = "Serve every function of the app in APP_DIR on its route.\n\n\
                       Components are compiled once and cached (integrity-checked) under \
-                      APP_DIR/.bulkhead/ENV/compile-cache, so a restart is fast. Stop with Ctrl-C: \
-                      requests under way are allowed to finish.",
-        after_help = "Example:\n  bulkhead serve examples/hello --listen 127.0.0.1:8080"
+                      APP_DIR/.bulkhead/ENV/compile-cache, so a restart is fast. Metrics and health \
+                      are served on a separate admin address. Stop with Ctrl-C: requests under way \
+                      are allowed to finish.",
+        after_help = "Examples:\n  bulkhead serve examples/hello\n  bulkhead serve examples/hello --listen 0.0.0.0:8080 --admin-listen off\n  bulkhead serve my-app --env prod --log-file /var/log/bulkhead.jsonl"
     )]
     Serve {
-        /// The app directory, holding bulkhead.toml.
-        app_dir: PathBuf,
-        /// The environment overlay to apply: dev, staging, prod, or one declared in [env.NAME].
-        #[arg(long, default_value = DEFAULT_ENV, value_name = "NAME")]
-        env: String,
+        #[command(flatten)]
+        target: Target,
         /// Address to listen on. Port 0 picks a free port (the log says which).
         #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
         listen: SocketAddr,
+        /// Admin address for /metrics, /healthz and /readyz, or `off`. Outside
+        /// `dev` on loopback it needs a token (`bulkhead admin token`).
+        #[arg(long, default_value = "127.0.0.1:9901", value_name = "ADDR|off")]
+        admin_listen: String,
+        /// Write the JSON log lines to this file (appended) instead of stderr.
+        #[arg(long, value_name = "PATH")]
+        log_file: Option<PathBuf>,
     },
     /// Validate the manifest and every component without serving.
     #[command(
@@ -58,24 +101,37 @@ enum Command {
         after_help = "Example:\n  bulkhead check examples/hello --env prod"
     )]
     Check {
-        /// The app directory, holding bulkhead.toml.
-        app_dir: PathBuf,
-        /// The environment overlay to apply.
-        #[arg(long, default_value = DEFAULT_ENV, value_name = "NAME")]
-        env: String,
+        #[command(flatten)]
+        target: Target,
     },
+    /// Inspect the tamper-evident audit trail.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
+    /// Manage access to the admin listener.
+    #[command(subcommand)]
+    Admin(admin_cmd::AdminCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    let log_file = match &cli.command {
+        Command::Serve { log_file, .. } => log_file.clone(),
+        _ => None,
+    };
+    if let Err(e) = init_logging(log_file.as_deref()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Serve {
-            app_dir,
-            env,
+            target,
             listen,
-        } => serve(app_dir, &env, listen),
-        Command::Check { app_dir, env } => check(app_dir, &env),
+            admin_listen,
+            ..
+        } => serve::run(&target, listen, &admin_listen),
+        Command::Check { target } => check::run(&target),
+        Command::Audit(command) => audit_cmd::run(command),
+        Command::Admin(command) => admin_cmd::run(command),
     };
     match result {
         Ok(code) => code,
@@ -86,16 +142,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(file: Option<&Path>) -> Result<()> {
     let filter = EnvFilter::try_from_env("BULKHEAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_env_filter(filter);
+    match file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?;
+            builder.with_writer(std::sync::Mutex::new(file)).init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
 }
 
 /// Print each problem on its own line; the caller exits non-zero.
@@ -107,109 +173,7 @@ fn report(problems: &[String]) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn load_app(app_dir: &std::path::Path, env: &str) -> Result<bulkhead_manifest::App, Vec<String>> {
-    bulkhead_manifest::load(app_dir, env)
+fn load_app(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {
+    bulkhead_manifest::load(&target.app_dir, &target.env)
         .map_err(|problems| problems.0.iter().map(ToString::to_string).collect())
-}
-
-fn check(app_dir: PathBuf, env: &str) -> Result<ExitCode> {
-    let app = match load_app(&app_dir, env) {
-        Ok(app) => app,
-        Err(problems) => return Ok(report(&problems)),
-    };
-    let deployment = match deploy::deploy(app, &|line| eprintln!("{line}")) {
-        Ok(deployment) => deployment,
-        Err(problems) => return Ok(report(&problems)),
-    };
-    let app = &deployment.app;
-    println!(
-        "app `{}` (env {}): {} function(s), all OK",
-        app.name,
-        app.env,
-        app.functions.len()
-    );
-    for (spec, loaded) in app.functions.iter().zip(&deployment.functions) {
-        let l = &spec.limits;
-        println!(
-            "\n{} {} -> {}",
-            spec.methods.join(","),
-            spec.route,
-            spec.name
-        );
-        println!(
-            "  component  {} ({})",
-            spec.component.display(),
-            loaded.digest()
-        );
-        println!(
-            "  limits     timeout {}, memory {}, request body {}, response body {}, {} running / {} outstanding",
-            l.timeout,
-            l.memory,
-            l.max_request_body,
-            l.max_response_body,
-            l.max_concurrent_requests,
-            l.max_outstanding_requests
-        );
-        println!("  imports    {}", loaded.imports().join(", "));
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn serve(app_dir: PathBuf, env: &str, listen: SocketAddr) -> Result<ExitCode> {
-    let app = match load_app(&app_dir, env) {
-        Ok(app) => app,
-        Err(problems) => return Ok(report(&problems)),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("bulkhead")
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
-        let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
-        let deployment = match tokio::task::block_in_place(|| deploy::deploy(app, &progress)) {
-            Ok(deployment) => deployment,
-            Err(problems) => return Ok(report(&problems)),
-        };
-        let gateway = Gateway::new(&deployment.app, deployment.functions.clone());
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}; is another server using it? pick another with --listen"))?;
-        let address = listener.local_addr().context("cannot read the listening address")?;
-        info!(
-            target: "bulkhead::listener",
-            address = %address,
-            app = %deployment.app.name,
-            env = %deployment.app.env,
-            functions = deployment.functions.len(),
-            manifest = %deployment.app.dir.join(MANIFEST_FILE).display(),
-            "listening"
-        );
-        gateway.serve(listener, shutdown_signal()).await.context("the listener failed")?;
-        drop(deployment);
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(_) => {
-                    let _ = interrupt.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
-    }
 }

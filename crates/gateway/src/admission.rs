@@ -37,7 +37,6 @@ impl Gate {
         Some(Admitted { gate: self.clone() })
     }
 
-    #[cfg(test)]
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Acquire)
     }

@@ -1,20 +1,28 @@
 //! The gateway: the listener and the request pipeline in front of the
 //! sandbox, one module per stage.
 
+mod admin;
 mod admission;
+mod audit;
 pub mod correlation;
+mod metrics;
 mod pipeline;
 pub mod problem;
 mod router;
 mod server;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use bulkhead_manifest::{App, AppLimits};
 use bulkhead_runtime::LoadedFunction;
+use bulkhead_store::AuditLog;
 
 use admission::Gate;
+use metrics::Metrics;
 use router::Router;
+
+pub use admin::AdminAccess;
 
 /// An app ready to serve: its functions loaded, its gates set.
 #[derive(Clone)]
@@ -27,6 +35,10 @@ pub(crate) struct Shared {
     router: Router,
     app_gate: Arc<Gate>,
     functions: Vec<FunctionSlot>,
+    audit: AuditLog,
+    metrics: Metrics,
+    /// Serving and not draining: what `/readyz` reports.
+    ready: AtomicBool,
 }
 
 pub(crate) struct FunctionSlot {
@@ -36,7 +48,7 @@ pub(crate) struct FunctionSlot {
 
 impl Gateway {
     /// `functions` are the app's functions, loaded, in manifest order.
-    pub fn new(app: &App, functions: Vec<LoadedFunction>) -> Self {
+    pub fn new(app: &App, functions: Vec<LoadedFunction>, audit: AuditLog) -> Self {
         let router = Router::new(
             app.functions
                 .iter()
@@ -62,6 +74,9 @@ impl Gateway {
                     app.limits.max_outstanding_requests,
                 ),
                 functions,
+                audit,
+                metrics: Metrics::new(),
+                ready: AtomicBool::new(false),
             }),
         }
     }

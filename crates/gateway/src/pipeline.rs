@@ -12,10 +12,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use crate::Shared;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
+use crate::{Shared, audit};
 
 /// Headers that describe one hop's connection, not the request: never
 /// forwarded to the function or back to the client.
@@ -62,12 +62,17 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
         response.headers_mut().insert(CORRELATION_HEADER, id);
     }
     let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let function = outcome.function.as_deref().unwrap_or("");
+    let correlation_id = trace.correlation_id();
+    shared
+        .metrics
+        .observe(function, status, elapsed.as_secs_f64(), outcome.reason);
     match outcome.reason {
         None => info!(
             target: "bulkhead::access",
-            correlation_id = trace.correlation_id(),
+            correlation_id,
             method,
             path,
             function,
@@ -75,18 +80,33 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
             duration_ms,
             "request"
         ),
-        Some(reason) => warn!(
-            target: "bulkhead::access",
-            correlation_id = trace.correlation_id(),
-            method,
-            path,
-            function,
-            status,
-            duration_ms,
-            reason,
-            detail = outcome.detail.as_deref().unwrap_or(""),
-            "request refused"
-        ),
+        Some(reason) => {
+            let detail = outcome.detail.as_deref().unwrap_or("");
+            warn!(
+                target: "bulkhead::access",
+                correlation_id,
+                method,
+                path,
+                function,
+                status,
+                duration_ms,
+                reason,
+                detail,
+                "request refused"
+            );
+            audit::refusal(
+                &shared.audit,
+                audit::RequestFacts {
+                    correlation_id,
+                    function,
+                    method: &method,
+                    path: &path,
+                    status,
+                    reason,
+                    detail,
+                },
+            );
+        }
     }
     response
 }
@@ -110,7 +130,7 @@ async fn pipeline(
                 "Method not allowed",
                 "This route does not accept that method; the Allow header lists the ones it does.",
             )
-            .allow(allow));
+            .allow(&allow));
         }
         RouteMatch::NotFound => {
             return Err(Problem::new(

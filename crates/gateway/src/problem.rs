@@ -3,7 +3,7 @@
 //! input) and the correlation ID.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 /// Where problem types live; `type` is this plus the problem's slug.
 pub const PROBLEM_BASE: &str = "https://bulkhead.dev/problems/";
@@ -16,10 +16,8 @@ pub struct Problem {
     pub slug: &'static str,
     pub title: &'static str,
     pub detail: String,
-    /// Seconds the client should wait before retrying (`Retry-After`).
-    pub retry_after: Option<u64>,
-    /// Methods the route accepts (`Allow`, for 405).
-    pub allow: Option<String>,
+    /// Headers the response carries besides the problem body.
+    headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Problem {
@@ -34,18 +32,34 @@ impl Problem {
             slug,
             title,
             detail: detail.into(),
-            retry_after: None,
-            allow: None,
+            headers: Vec::new(),
         }
     }
 
-    pub fn retry_after(mut self, seconds: u64) -> Self {
-        self.retry_after = Some(seconds);
-        self
+    /// Seconds the client should wait before retrying (`Retry-After`).
+    pub fn retry_after(self, seconds: u64) -> Self {
+        self.header(header::RETRY_AFTER, HeaderValue::from(seconds))
     }
 
-    pub fn allow(mut self, methods: String) -> Self {
-        self.allow = Some(methods);
+    /// Methods the route accepts (`Allow`, for 405).
+    pub fn allow(self, methods: &str) -> Self {
+        self.header_text(header::ALLOW, methods)
+    }
+
+    /// The challenge for a 401 (`WWW-Authenticate`).
+    pub fn challenge(self, challenge: &str) -> Self {
+        self.header_text(header::WWW_AUTHENTICATE, challenge)
+    }
+
+    fn header_text(self, name: HeaderName, value: &str) -> Self {
+        match HeaderValue::from_str(value) {
+            Ok(value) => self.header(name, value),
+            Err(_) => self,
+        }
+    }
+
+    fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
         self
     }
 
@@ -65,11 +79,8 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(seconds) = self.retry_after {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-        }
-        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
-            headers.insert(header::ALLOW, allow);
+        for (name, value) in self.headers {
+            headers.insert(name, value);
         }
         response
     }

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -16,8 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::Gateway;
-use crate::pipeline;
+use crate::{Gateway, Shared, audit, pipeline};
 
 /// How long shutdown waits for requests under way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -40,6 +40,7 @@ impl Gateway {
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        self.shared.ready.store(true, Ordering::Release);
 
         loop {
             let (stream, peer) = tokio::select! {
@@ -56,6 +57,8 @@ impl Gateway {
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 warn!(target: "bulkhead::listener", peer = %peer, reason = "connection-limit", "connection refused");
+                self.shared.metrics.refuse("connection-limit");
+                audit::listener_refusal(&self.shared.audit, &peer.to_string(), "connection-limit");
                 drop(stream);
                 continue;
             };
@@ -70,14 +73,16 @@ impl Gateway {
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
+            let shared = self.shared.clone();
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
-                    log_connection_error(peer, &e);
+                    log_connection_error(&shared, peer, &e);
                 }
                 drop(permit);
             });
         }
 
+        self.shared.ready.store(false, Ordering::Release);
         info!(target: "bulkhead::listener", "shutting down; draining requests under way");
         drop(listener);
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
@@ -92,7 +97,7 @@ impl Gateway {
 
 /// Malformed framing, oversized heads and slow clients end here: the HTTP
 /// parser has already answered (400/431) or closed the connection.
-fn log_connection_error(peer: SocketAddr, error: &hyper::Error) {
+fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error) {
     let reason = if error.is_timeout() {
         "header-timeout"
     } else if error.is_parse_too_large() {
@@ -108,5 +113,7 @@ fn log_connection_error(peer: SocketAddr, error: &hyper::Error) {
         debug!(target: "bulkhead::listener", peer = %peer, reason, "connection ended");
     } else {
         warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, "connection refused");
+        shared.metrics.refuse(reason);
+        audit::listener_refusal(&shared.audit, &peer.to_string(), reason);
     }
 }

@@ -39,8 +39,23 @@ pub struct App {
 impl App {
     /// Where this app keeps state for its environment (compile cache, data).
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.join(".bulkhead").join(&self.env)
+        state_dir(&self.dir, &self.env)
     }
+}
+
+/// Where the app in `app_dir` keeps state for `env`: each environment has
+/// its own data, keys and audit trail (T19).
+pub fn state_dir(app_dir: &Path, env: &str) -> PathBuf {
+    app_dir.join(".bulkhead").join(env)
+}
+
+/// Environment names are path components: lowercase letters, digits, `-`.
+pub fn valid_env_name(env: &str) -> bool {
+    !env.is_empty()
+        && env.len() <= 32
+        && env
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 /// App-wide bounds (T01).

@@ -29,6 +29,14 @@ pub(crate) fn resolve(
     let mut out = Collector::new(manifest_path, source);
 
     check_name(&mut out, "app name", &raw.app.name);
+    for (name, section) in &raw.env {
+        if !crate::valid_env_name(name) {
+            out.at(
+                Some(section.span()),
+                format!("environment name `{name}` must be lowercase letters, digits or `-`, like `staging`"),
+            );
+        }
+    }
 
     let limits = match raw.env.get(env) {
         Some(overlay) => raw.limits.overlaid(&overlay.get_ref().limits),

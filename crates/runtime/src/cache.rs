@@ -9,9 +9,9 @@
 
 use std::fs;
 use std::hash::{Hash, Hasher};
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use bulkhead_store::files;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -59,8 +59,15 @@ impl CompileCache {
         let io = |what: &str, e: std::io::Error| {
             RuntimeError::Cache(format!("{what} {}: {e}", dir.display()))
         };
-        create_private_dir(dir).map_err(|e| io("cannot create the compile cache directory", e))?;
-        let mac_key = load_or_create_key(&dir.join(KEY_FILE))
+        files::create_private_dir(dir)
+            .map_err(|e| io("cannot create the compile cache directory", e))?;
+        // A lost or damaged key only costs a recompile: start afresh.
+        let key_path = dir.join(KEY_FILE);
+        let mac_key = files::load_or_create_key(&key_path)
+            .or_else(|_| {
+                let _ = fs::remove_file(&key_path);
+                files::load_or_create_key(&key_path)
+            })
             .map_err(|e| io("cannot read or create the cache key in", e))?;
         let mut hasher = StableHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -131,51 +138,7 @@ impl CompileCache {
         let mut mac = self.mac();
         mac.update(artefact);
         let tag = mac.finalize().into_bytes();
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = (|| {
-            let mut file = private_file(&tmp)?;
-            file.write_all(&tag)?;
-            file.write_all(artefact)?;
-            file.sync_all()?;
-            fs::rename(&tmp, path)
-        })();
-        written.map_err(|e| {
-            let _ = fs::remove_file(&tmp);
-            RuntimeError::Cache(format!("cannot write {}: {e}", path.display()))
-        })
+        files::write_private(path, &[&tag, artefact])
+            .map_err(|e| RuntimeError::Cache(format!("cannot write {}: {e}", path.display())))
     }
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
-}
-
-fn private_file(path: &Path) -> std::io::Result<fs::File> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)
-}
-
-fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
-    if let Ok(bytes) = fs::read(path)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
-    {
-        return Ok(key);
-    }
-    // A missing or malformed key: start afresh. Old entries then fail
-    // their check and are rebuilt.
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = private_file(&tmp)?;
-    file.write_all(&key)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    Ok(key)
 }

@@ -24,6 +24,7 @@ pub(crate) struct Sealed {
     pub name: String,
     pub limits: FunctionLimits,
     pub pre: ProxyPre<HostState>,
+    pub audit: bulkhead_store::AuditLog,
     pub _ticker: Arc<crate::engine::EpochTicker>,
 }
 
@@ -111,6 +112,7 @@ pub(crate) async fn invoke(
         DenyOutbound {
             function: sealed.name.clone(),
             correlation_id: invocation.correlation_id.clone(),
+            audit: sealed.audit.clone(),
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

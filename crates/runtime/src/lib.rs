@@ -16,6 +16,7 @@ mod output;
 use std::sync::Arc;
 
 use bulkhead_manifest::{Function, FunctionLimits};
+use bulkhead_store::AuditLog;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
@@ -75,13 +76,15 @@ pub enum LoadError {
 /// The engine, the epoch ticker and the linker every function shares.
 pub struct Runtime {
     engine: Engine,
+    audit: AuditLog,
     linker: Linker<HostState>,
     /// Shared with every loaded function: timeouts work while any lives.
     ticker: Arc<EpochTicker>,
 }
 
 impl Runtime {
-    pub fn new(settings: &EngineSettings) -> Result<Self, RuntimeError> {
+    /// `audit` receives the sandbox's security events (capability denials).
+    pub fn new(settings: &EngineSettings, audit: AuditLog) -> Result<Self, RuntimeError> {
         let engine = engine::build_engine(settings)?;
         let mut linker = Linker::new(&engine);
         // Full WASI 0.2 (each part with nothing granted, see `HostState`)
@@ -94,6 +97,7 @@ impl Runtime {
         let ticker = EpochTicker::start(&engine)?;
         Ok(Self {
             engine,
+            audit,
             linker,
             ticker: Arc::new(ticker),
         })
@@ -151,6 +155,7 @@ impl Runtime {
                     name: function.name.clone(),
                     limits: function.limits.clone(),
                     pre,
+                    audit: self.audit.clone(),
                     _ticker: self.ticker.clone(),
                 }),
                 sha256,
@@ -191,6 +196,15 @@ impl LoadedFunction {
     /// `sha256:…` of the component as loaded.
     pub fn digest(&self) -> String {
         format!("sha256:{}", hex::encode(self.sha256))
+    }
+
+    /// Component instances alive right now, across the whole engine.
+    pub fn live_instances(&self) -> u64 {
+        self.inner
+            .pre
+            .engine()
+            .pooling_allocator_metrics()
+            .map_or(0, |m| m.component_instances())
     }
 
     /// The interfaces the component imports, sorted.

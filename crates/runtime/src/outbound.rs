@@ -3,12 +3,14 @@
 
 use std::future::Future;
 
+use bulkhead_store::{AuditEvent, AuditLog};
 use tracing::warn;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 pub(crate) struct DenyOutbound {
     pub function: String,
     pub correlation_id: String,
+    pub audit: AuditLog,
 }
 
 type SendResult = Result<
@@ -26,14 +28,23 @@ impl WasiHttpHooks for DenyOutbound {
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
+        let host = request.uri().host().unwrap_or("").to_string();
         warn!(
             target: "bulkhead::capability",
             function = %self.function,
             correlation_id = %self.correlation_id,
             capability = "outbound-http",
-            host = request.uri().host().unwrap_or(""),
+            host,
             reason = "no outbound grant",
             "outbound request denied"
+        );
+        self.audit.record(
+            AuditEvent::new("capability.denied")
+                .correlation_id(&self.correlation_id)
+                .function(&self.function)
+                .detail("capability", "outbound-http")
+                .detail("host", host)
+                .detail("reason", "no outbound grant"),
         );
         Box::new(async { Err(Error::HttpRequestDenied) })
     }

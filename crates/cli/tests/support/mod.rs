@@ -45,9 +45,10 @@ pub fn guest(name: &str) -> PathBuf {
     guests_dir().join(format!("{name}.wasm"))
 }
 
-/// An app directory in a temporary folder.
+/// An app directory: a temporary one, or one of the repository's examples.
 pub struct TestApp {
-    pub dir: tempfile::TempDir,
+    path: PathBuf,
+    _temp: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -59,11 +60,22 @@ impl TestApp {
                 .expect("copy guest");
         }
         std::fs::write(dir.path().join("bulkhead.toml"), manifest).expect("write manifest");
-        Self { dir }
+        Self {
+            path: dir.path().to_path_buf(),
+            _temp: Some(dir),
+        }
+    }
+
+    /// An app directory that already exists (it is not deleted afterwards).
+    pub fn existing(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            _temp: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Run `bulkhead ARGS... APP_DIR` to completion.
@@ -81,6 +93,8 @@ impl TestApp {
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when it runs.
+    pub admin: Option<SocketAddr>,
     logs: Arc<(Mutex<Vec<String>>, Condvar)>,
 }
 
@@ -89,11 +103,18 @@ impl Server {
         Self::start_with(app, &[])
     }
 
+    /// Start with extra arguments; the admin listener gets a free loopback
+    /// port unless `extra` says otherwise.
     pub fn start_with(app: &TestApp, extra: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        command
             .arg("serve")
             .arg(app.path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--admin-listen") {
+            command.args(["--admin-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .args(extra)
             .env("BULKHEAD_LOG", "info")
             .stdout(Stdio::null())
@@ -114,12 +135,18 @@ impl Server {
         let mut server = Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
+            admin: None,
             logs,
         };
         let listening =
-            server.wait_for_log(|r| r["message"] == "listening", Duration::from_secs(120));
+            server.wait_for_log(|r| r["message"] == "listening", Duration::from_secs(180));
         let addr = listening["address"].as_str().expect("address field");
         server.addr = addr.parse().expect("socket address");
+        server.admin = server
+            .logs()
+            .iter()
+            .find(|r| r["message"] == "admin listening")
+            .and_then(|r| r["address"].as_str()?.parse().ok());
         server
     }
 
@@ -172,6 +199,13 @@ impl Server {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Ask the server to stop (SIGTERM) and wait for it to exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("server exits")
     }
 }
 
@@ -231,20 +265,33 @@ impl Reply {
 
 /// Send one request over a fresh HTTP/1.1 connection (hyper's client).
 pub async fn send(addr: SocketAddr, request: http::Request<Full<Bytes>>) -> Reply {
-    let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    try_send(addr, request).await.expect("an HTTP response")
+}
+
+/// Like `send`, but a closed connection is an `Err`, not a panic.
+pub async fn try_send(
+    addr: SocketAddr,
+    request: http::Request<Full<Bytes>>,
+) -> Result<Reply, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .expect("handshake");
+            .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
-    let response = sender.send_request(request).await.expect("response");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.expect("body").to_bytes();
-    Reply {
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply {
         status: parts.status.as_u16(),
         headers: parts.headers,
         body,
-    }
+    })
 }
 
 pub fn request(

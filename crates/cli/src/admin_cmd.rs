@@ -1,0 +1,59 @@
+//! `bulkhead admin`: tokens for the admin listener.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use bulkhead_store::{AuditEvent, AuditLog};
+use clap::Subcommand;
+
+use crate::Target;
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin token; it is printed once and stored only as a hash.
+    #[command(
+        long_about = "Create a 256-bit admin token for the admin listener (/metrics, /healthz, \
+                      /readyz). It is printed once on stdout and stored only as a SHA-256 hash; \
+                      send it as `Authorization: Bearer TOKEN`. Outside `dev` on loopback the \
+                      admin listener does not start without one.",
+        after_help = "Example:\n  bulkhead admin token my-app --env prod > admin-token && chmod 600 admin-token"
+    )]
+    Token {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Revoke every admin token of an environment.
+    RevokeTokens {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+pub fn run(command: AdminCommand) -> Result<ExitCode> {
+    match command {
+        AdminCommand::Token { target } => {
+            let store = target.store(true)?;
+            let token = store.create_admin_token()?;
+            let audit = AuditLog::start(&store)?;
+            audit.record(
+                AuditEvent::new("admin.token_created").detail("token_id", token.id.as_str()),
+            );
+            audit.close();
+            eprintln!(
+                "admin token {} created for `{}`; it is shown once, keep it secret:",
+                token.id, target.env
+            );
+            println!("{}", token.secret);
+            Ok(ExitCode::SUCCESS)
+        }
+        AdminCommand::RevokeTokens { target } => {
+            let store = target.store(false)?;
+            let revoked = store.revoke_admin_tokens()?;
+            let audit = AuditLog::start(&store)?;
+            audit.record(AuditEvent::new("admin.tokens_revoked").detail("count", revoked));
+            audit.close();
+            eprintln!("revoked {revoked} admin token(s) of `{}`", target.env);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! `bulkhead audit`: verify the chain, and tell the story of a request or
+//! a caller.
+
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use bulkhead_store::{AuditQuery, AuditRecord, Verification};
+use clap::{Subcommand, ValueEnum};
+
+use crate::Target;
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check that no audit record was edited, inserted or deleted.
+    #[command(
+        long_about = "Walk the whole audit hash chain and check its keyed head. Prints OK with \
+                      the number of records, or names the first record that was edited, \
+                      inserted or deleted, and exits non-zero.",
+        after_help = "Example:\n  bulkhead audit verify my-app --env prod"
+    )]
+    Verify {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show audit records, oldest first, filtered.
+    #[command(
+        after_help = "Examples:\n  bulkhead audit query my-app --correlation-id 4bf92f3577b34da6a3ce929d0e0e4736\n  bulkhead audit query my-app --function register --since 1h --format json"
+    )]
+    Query {
+        #[command(flatten)]
+        target: Target,
+        /// Only records of this request (the `bulkhead-correlation-id` header).
+        #[arg(long, value_name = "ID")]
+        correlation_id: Option<String>,
+        /// Only records about this caller.
+        #[arg(long, value_name = "SUBJECT")]
+        subject: Option<String>,
+        /// Only records about this function.
+        #[arg(long, value_name = "NAME")]
+        function: Option<String>,
+        /// Only records of this kind (e.g. request.refused, sandbox.limit, deploy).
+        #[arg(long, value_name = "KIND")]
+        kind: Option<String>,
+        /// Only records newer than this, like 15m, 1h or 7d.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// One aligned line per record.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+pub fn run(command: AuditCommand) -> Result<ExitCode> {
+    match command {
+        AuditCommand::Verify { target } => {
+            let store = target.store(false)?;
+            match store.verify_audit()? {
+                Verification::Intact { records } => {
+                    println!(
+                        "OK: the audit trail of `{}` is intact ({records} records)",
+                        target.env
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Verification::Broken { seq, reason } => {
+                    println!("BROKEN at record {seq}: {reason}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        AuditCommand::Query {
+            target,
+            correlation_id,
+            subject,
+            function,
+            kind,
+            since,
+            limit,
+            format,
+        } => {
+            let since_ms = since
+                .map(|text| {
+                    humantime::parse_duration(&text)
+                        .with_context(|| {
+                            format!("--since `{text}` is not a duration like 15m, 1h or 7d")
+                        })
+                        .map(|d| {
+                            bulkhead_store::now_ms()
+                                - i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+                        })
+                })
+                .transpose()?;
+            let store = target.store(false)?;
+            let records = store.query_audit(&AuditQuery {
+                correlation_id,
+                subject,
+                function,
+                kind,
+                since_ms,
+                limit,
+            })?;
+            match format {
+                Format::Json => {
+                    for record in &records {
+                        let mut value = serde_json::to_value(record)?;
+                        value["time"] = record.time().into();
+                        println!("{value}");
+                    }
+                }
+                Format::Table => print_table(&records),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_table(records: &[AuditRecord]) {
+    println!(
+        "{:>6}  {:<24}  {:<18}  {:<32}  {:<16}  DETAIL",
+        "SEQ", "TIME", "KIND", "CORRELATION", "FUNCTION"
+    );
+    for r in records {
+        println!(
+            "{:>6}  {:<24}  {:<18}  {:<32}  {:<16}  {}",
+            r.seq,
+            r.time(),
+            r.kind,
+            r.correlation_id.as_deref().unwrap_or("-"),
+            r.function.as_deref().unwrap_or("-"),
+            r.detail
+        );
+    }
+    eprintln!("{} record(s)", records.len());
+}

@@ -1,0 +1,179 @@
+//! `bulkhead serve`: deploy, listen, serve until asked to stop, drain.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use bulkhead_gateway::{AdminAccess, Gateway};
+use bulkhead_manifest::MANIFEST_FILE;
+use bulkhead_store::{AuditEvent, AuditLog, Store};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{Target, deploy, load_app, report};
+
+pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<ExitCode> {
+    let admin_address = match admin_listen {
+        "off" => None,
+        text => Some(text.parse::<SocketAddr>().with_context(|| {
+            format!("--admin-listen `{text}` is not an address like 127.0.0.1:9901 (or `off`)")
+        })?),
+    };
+    let app = match load_app(target) {
+        Ok(app) => app,
+        Err(problems) => return Ok(report(&problems)),
+    };
+    let store = target.store(true)?;
+    let access = match admin_address {
+        Some(address) => Some((address, admin_access(&store, &app.env, address, target)?)),
+        None => None,
+    };
+    let audit = AuditLog::start(&store)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bulkhead")
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(serve(app, listen, access, audit.clone()));
+    audit.close();
+    result
+}
+
+/// The admin listener's policy: tokens if any exist; open only in `dev` on
+/// loopback; otherwise refuse to start rather than expose metrics.
+fn admin_access(
+    store: &Store,
+    env: &str,
+    address: SocketAddr,
+    target: &Target,
+) -> Result<AdminAccess> {
+    if !store.admin_token_hashes()?.is_empty() {
+        let store = store.clone();
+        return Ok(AdminAccess::Token(Box::new(move || {
+            store.admin_token_hashes().unwrap_or_default()
+        })));
+    }
+    if env == "dev" && address.ip().is_loopback() {
+        warn!(
+            target: "bulkhead::admin",
+            address = %address,
+            "admin listener has no token: open to this machine only (dev). Create one with `bulkhead admin token`"
+        );
+        return Ok(AdminAccess::LoopbackOpen);
+    }
+    bail!(
+        "the admin listener on {address} needs a token outside `dev` on loopback: run `bulkhead admin token {} --env {env}` first, or pass `--admin-listen off`",
+        target.app_dir.display()
+    )
+}
+
+async fn serve(
+    app: bulkhead_manifest::App,
+    listen: SocketAddr,
+    admin: Option<(SocketAddr, AdminAccess)>,
+    audit: AuditLog,
+) -> Result<ExitCode> {
+    let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
+    let deployment =
+        match tokio::task::block_in_place(|| deploy::deploy(app, audit.clone(), &progress)) {
+            Ok(deployment) => deployment,
+            Err(problems) => return Ok(report(&problems)),
+        };
+    let app = &deployment.app;
+    let gateway = Gateway::new(app, deployment.functions.clone(), audit.clone());
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {listen}; is another server using it? pick another with --listen"
+            )
+        })?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let admin_task = match admin {
+        Some((admin_address, access)) => {
+            let admin_listener = tokio::net::TcpListener::bind(admin_address).await.with_context(|| {
+                format!("cannot listen on {admin_address} for the admin listener; pick another with --admin-listen (or `off`)")
+            })?;
+            let bound = admin_listener
+                .local_addr()
+                .context("cannot read the admin address")?;
+            info!(target: "bulkhead::admin", address = %bound, "admin listening");
+            Some(tokio::spawn(gateway.clone().serve_admin(
+                admin_listener,
+                access,
+                until_stopped(),
+            )))
+        }
+        None => None,
+    };
+
+    audit.record(
+        AuditEvent::new("deploy")
+            .detail("app", app.name.as_str())
+            .detail("env", app.env.as_str())
+            .detail("listen", address.to_string())
+            .detail(
+                "functions",
+                app.functions
+                    .iter()
+                    .zip(&deployment.functions)
+                    .map(|(spec, loaded)| {
+                        json!({"name": spec.name, "route": spec.route.as_str(), "digest": loaded.digest()})
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+    );
+    info!(
+        target: "bulkhead::listener",
+        address = %address,
+        app = %app.name,
+        env = %app.env,
+        functions = deployment.functions.len(),
+        manifest = %app.dir.join(MANIFEST_FILE).display(),
+        "listening"
+    );
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    gateway
+        .serve(listener, until_stopped())
+        .await
+        .context("the listener failed")?;
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    audit.record(AuditEvent::new("shutdown").detail("app", app.name.as_str()));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut terminate) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = interrupt.await;
+            return;
+        };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}

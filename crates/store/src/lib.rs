@@ -1,0 +1,137 @@
+//! Everything that must last, for one app and environment: the audit
+//! chain and admin tokens, in one embedded SQLite database (WAL) beside the
+//! keys that protect them.
+
+pub mod audit;
+mod audit_writer;
+pub mod files;
+pub mod tokens;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+pub use audit::{AuditEvent, AuditQuery, AuditRecord, Verification};
+pub use audit_writer::AuditLog;
+
+const DB_FILE: &str = "state.db";
+const AUDIT_KEY_FILE: &str = "audit.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot use the state directory {dir}: {source}")]
+    Dir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state database {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("key file: {0}")]
+    Key(std::io::Error),
+}
+
+/// The state directory of one app environment.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[r"
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY,
+        time_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        correlation_id TEXT,
+        subject TEXT,
+        function TEXT,
+        detail TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+    CREATE INDEX audit_by_correlation ON audit (correlation_id);
+    CREATE INDEX audit_by_time ON audit (time_ms);
+    CREATE TABLE audit_head (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        mac TEXT NOT NULL
+    );
+    CREATE TABLE admin_tokens (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+"];
+
+impl Store {
+    /// Open (creating and migrating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        files::create_private_dir(dir).map_err(|source| StoreError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        let store = Self {
+            dir: dir.to_path_buf(),
+        };
+        let mut conn = store.connect()?;
+        store.migrate(&mut conn)?;
+        Ok(store)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    fn db_error(&self, source: rusqlite::Error) -> StoreError {
+        StoreError::Db {
+            path: self.db_path(),
+            source,
+        }
+    }
+
+    /// A new connection; each thread that needs the database opens its own.
+    pub(crate) fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open(self.db_path()).map_err(|e| self.db_error(e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))
+            .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"))
+            .and_then(|()| conn.pragma_update(None, "foreign_keys", "ON"))
+            .map_err(|e| self.db_error(e))?;
+        Ok(conn)
+    }
+
+    fn migrate(&self, conn: &mut Connection) -> Result<(), StoreError> {
+        let tx = conn.transaction().map_err(|e| self.db_error(e))?;
+        let version: i64 = tx
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| self.db_error(e))?;
+        for (i, migration) in (0_i64..)
+            .zip(MIGRATIONS)
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
+            tx.execute_batch(migration).map_err(|e| self.db_error(e))?;
+            tx.pragma_update(None, "user_version", i + 1)
+                .map_err(|e| self.db_error(e))?;
+        }
+        tx.commit().map_err(|e| self.db_error(e))
+    }
+
+    pub(crate) fn audit_key(&self) -> Result<[u8; 32], StoreError> {
+        files::load_or_create_key(&self.dir.join(AUDIT_KEY_FILE)).map_err(StoreError::Key)
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
