@@ -230,6 +230,7 @@ async fn pipeline(
     let guest_request = guest_request(parts, body, trace)?;
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
+        traceparent: trace.traceparent(),
     };
     match function.invoke(guest_request, &invocation).await {
         Ok(response) => Ok(client_response(response)),

@@ -4,6 +4,7 @@
 //! its limits. Unknown keys and bad values are errors that name the file,
 //! the line and what would be valid; [`load`] reports every problem at once.
 
+pub mod grants;
 mod problem;
 mod raw;
 mod resolve;
@@ -12,6 +13,7 @@ pub mod units;
 
 use std::path::{Path, PathBuf};
 
+pub use grants::{Grants, OutboundRule};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use units::{ByteSize, Duration};
@@ -90,6 +92,7 @@ pub struct Function {
     pub route: RoutePattern,
     pub methods: Vec<String>,
     pub limits: FunctionLimits,
+    pub grants: Grants,
 }
 
 /// Per-call bounds of one function (T01, T05).

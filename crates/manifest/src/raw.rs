@@ -83,6 +83,16 @@ pub(crate) struct RawFunction {
     pub max_outstanding_requests: Option<Spanned<u32>>,
     pub max_request_body: Option<Spanned<ByteSize>>,
     pub max_response_body: Option<Spanned<ByteSize>>,
+    #[serde(default)]
+    pub grants: RawGrants,
+}
+
+/// `grants = { ... }`: capabilities, none unless named (T16).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGrants {
+    #[serde(default)]
+    pub outbound: Vec<Spanned<String>>,
 }
 
 /// `[env.NAME]`: what changes in one environment.

@@ -6,6 +6,7 @@ use std::path::{Component as PathPart, Path};
 
 use toml::Spanned;
 
+use crate::grants::{Grants, OutboundRule};
 use crate::problem::{Collector, Problems};
 use crate::raw::{RawFunction, RawLimits, RawManifest};
 use crate::route::RoutePattern;
@@ -317,6 +318,14 @@ fn function(
         );
     }
 
+    let mut outbound = Vec::new();
+    for entry in &f.grants.outbound {
+        match OutboundRule::parse(entry.get_ref()) {
+            Ok(rule) => outbound.push(rule),
+            Err(e) => out.at(Some(entry.span()), format!("function `{name}`: {e}")),
+        }
+    }
+
     if out.problems.len() > before {
         return None;
     }
@@ -334,6 +343,7 @@ fn function(
             max_request_body,
             max_response_body,
         },
+        grants: Grants { outbound },
     })
 }
 

@@ -9,14 +9,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::outbound::DenyOutbound;
+use crate::outbound::Outbound;
 use crate::output::GuestOutput;
 
 pub struct HostState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
-    hooks: DenyOutbound,
+    hooks: Outbound,
     pub(crate) limits: MemoryCap,
 }
 
@@ -25,7 +25,7 @@ impl HostState {
         memory_cap: MemoryCap,
         stdout: GuestOutput,
         stderr: GuestOutput,
-        hooks: DenyOutbound,
+        hooks: Outbound,
     ) -> Self {
         // T05: no preopened directories, no environment, no arguments, no
         // stdin, no network. Runtimes that import these interfaces by habit

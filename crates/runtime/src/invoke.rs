@@ -17,13 +17,14 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
 use crate::engine::deadline_ticks;
 use crate::host::{HostState, MemoryCap};
-use crate::outbound::DenyOutbound;
+use crate::outbound::Outbound;
 use crate::output::GuestOutput;
 
 pub(crate) struct Sealed {
     pub name: String,
     pub limits: FunctionLimits,
     pub pre: ProxyPre<HostState>,
+    pub outbound: Arc<[bulkhead_manifest::OutboundRule]>,
     pub audit: bulkhead_store::AuditLog,
     pub _ticker: Arc<crate::engine::EpochTicker>,
 }
@@ -32,6 +33,8 @@ pub(crate) struct Sealed {
 #[derive(Debug, Clone)]
 pub struct Invocation {
     pub correlation_id: String,
+    /// The trace context to hand on to outbound calls (T08).
+    pub traceparent: String,
 }
 
 /// How a call failed. The gateway turns each into a problem response; the
@@ -109,10 +112,14 @@ pub(crate) async fn invoke(
         MemoryCap::new(sealed.limits.memory.as_usize(), memory_hit.clone()),
         flush.stdout.clone(),
         flush.stderr.clone(),
-        DenyOutbound {
+        Outbound {
+            rules: sealed.outbound.clone(),
             function: sealed.name.clone(),
             correlation_id: invocation.correlation_id.clone(),
+            traceparent: invocation.traceparent.clone(),
             audit: sealed.audit.clone(),
+            deadline,
+            sent: 0,
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

@@ -10,6 +10,7 @@ mod cache;
 mod engine;
 mod host;
 mod invoke;
+mod net;
 mod outbound;
 mod output;
 
@@ -155,6 +156,7 @@ impl Runtime {
                     name: function.name.clone(),
                     limits: function.limits.clone(),
                     pre,
+                    outbound: function.grants.outbound.clone().into(),
                     audit: self.audit.clone(),
                     _ticker: self.ticker.clone(),
                 }),

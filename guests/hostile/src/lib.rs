@@ -13,6 +13,7 @@
 //! - `/shout`     writes hostile text to stdout and stderr, then answers
 //! - `/nobody`    returns without ever setting a response
 //! - `/counter`   counts calls in a global: always 1 if no state survives
+//! - `/fetch`     GETs `?url=http://host:port/path` and answers with what came back
 use std::io::Write as _;
 
 use wasip2::http::types::{
@@ -42,6 +43,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
             "file" => reply(response_out, 200, &try_files()),
             "env" => reply(response_out, 200, &environment()),
             "outbound" => reply(response_out, 200, &outbound()),
+            "fetch" => {
+                let url = query.strip_prefix("url=").unwrap_or_default();
+                reply(response_out, 200, &fetch(url))
+            }
             "sleep" => {
                 let ms: u64 = query
                     .strip_prefix("ms=")
@@ -134,16 +139,37 @@ fn environment() -> String {
 }
 
 fn outbound() -> String {
+    fetch("http://127.0.0.1:9/")
+}
+
+/// GET `url` (`scheme://authority/path`) and describe the outcome.
+fn fetch(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
     let request = OutgoingRequest::new(Fields::new());
-    let _ = request.set_scheme(Some(&Scheme::Http));
-    let _ = request.set_authority(Some("127.0.0.1:9"));
-    let _ = request.set_path_with_query(Some("/"));
+    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+    let _ = request.set_scheme(Some(&scheme));
+    let _ = request.set_authority(Some(authority));
+    let _ = request.set_path_with_query(Some(path));
     match wasip2::http::outgoing_handler::handle(request, None) {
         Err(e) => format!("outbound refused: {e:?}"),
         Ok(future) => {
             future.subscribe().block();
             match future.get() {
-                Some(Ok(Ok(resp))) => format!("REACHED status {}", resp.status()),
+                Some(Ok(Ok(resp))) => {
+                    let status = resp.status();
+                    let mut body = Vec::new();
+                    if let Ok(incoming) = resp.consume()
+                        && let Ok(mut stream) = incoming.stream()
+                    {
+                        use std::io::Read as _;
+                        let _ = stream.read_to_end(&mut body);
+                    }
+                    format!("REACHED status {status}\n{}", String::from_utf8_lossy(&body))
+                }
                 Some(Ok(Err(e))) => format!("outbound refused: {e:?}"),
                 other => format!("outbound failed: {other:?}"),
             }

@@ -80,10 +80,17 @@ impl TestApp {
 
     /// Run `bulkhead ARGS... APP_DIR` to completion.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.run_with(args, &[])
+    }
+
+    /// Run `bulkhead ARGS... APP_DIR OPTIONS...` to completion.
+    pub fn run_with(&self, args: &[&str], options: &[&str]) -> std::process::Output {
         Command::new(env!("CARGO_BIN_EXE_bulkhead"))
             .args(args)
             .arg(self.path())
+            .args(options)
             .env("BULKHEAD_LOG", "info")
+            .stdin(Stdio::null())
             .output()
             .expect("bulkhead runs")
     }

@@ -1,0 +1,362 @@
+//! T07, T08, T09: injection-proof logs, one correlation ID from gateway to
+//! function to outbound call to a second app and into the audit trail, a
+//! tamper-evident audit trail checked with `bulkhead audit verify`, and
+//! Prometheus metrics on the admin listener only.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Server, TestApp, get, raw_exchange, request, send};
+
+const APP: &str = r#"
+[app]
+name = "observed"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo/{word}"
+methods = ["GET", "POST"]
+"#;
+
+/// Every way a request can carry hostile bytes into a log line: each log
+/// line still parses as exactly one JSON object, and each request's access
+/// record is its own, with the path kept as data.
+#[tokio::test]
+async fn log_injection_corpus_cannot_forge_records() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    let corpus: &[&[u8]] = &[
+        b"GET /echo/a%0d%0a%7b%22level%22%3a%22ERROR%22%7d HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /echo/%1b%5b31mred%1b%5b0m HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /echo/%e2%80%a8after-line-separator HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /nowhere/\",\"forged\":true,\"x\":\" HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /echo/q?v=%0a%7b%22forged%22%3atrue%7d&w=\xe2\x80\xa8 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /echo/h HTTP/1.1\r\nhost: x\r\nx-evil: \xe2\x80\xa8{\"forged\":true}\r\nuser-agent: \x1b[2J\r\nconnection: close\r\n\r\n",
+        b"GET /echo/bad\x1bpath HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        b"GET /echo/crlf\r\nforged: header\r\n\r\n",
+    ];
+    let body = "\r\n{\"forged\":true}\r\n\u{1b}[0m\0\0";
+    let post = format!(
+        "POST /echo/body HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let long_path = format!(
+        "GET /echo/{} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "A".repeat(6000)
+    );
+    let mut answered = Vec::new();
+    for raw in corpus
+        .iter()
+        .copied()
+        .chain([long_path.as_bytes(), post.as_bytes()])
+    {
+        let response = raw_exchange(server.addr, raw, Duration::from_secs(10));
+        if let Some(id) = response
+            .lines()
+            .find_map(|l| l.strip_prefix("bulkhead-correlation-id: "))
+        {
+            answered.push(id.trim().to_string());
+        }
+    }
+    assert!(
+        answered.len() >= 7,
+        "most of the corpus reaches the gateway"
+    );
+    for id in &answered {
+        let record = server.access_record(id);
+        assert_eq!(record["target"], "bulkhead::access");
+        assert!(record["path"].is_string());
+    }
+    // The guest's own hostile output is covered in sandbox.rs; here the
+    // whole log must still be one JSON object per line, none forged.
+    let logs = server.logs();
+    assert!(!logs.iter().any(|r| r.get("forged").is_some()));
+    assert!(!logs.iter().any(|r| r["level"] == "ERROR"));
+    let access = logs
+        .iter()
+        .filter(|r| r["target"] == "bulkhead::access")
+        .count();
+    assert_eq!(
+        access,
+        answered.len(),
+        "one access record per answered request"
+    );
+}
+
+/// One trace, three hops: client -> app A's function -> outbound call to
+/// app B's function. Both apps log the same correlation ID; app A's audit
+/// trail holds the outbound call, found with `audit query`.
+#[tokio::test]
+async fn one_correlation_id_follows_the_request_across_apps() {
+    let b_app = TestApp::new(APP, &["hello", "echo"]);
+    let b = Server::start(&b_app);
+    let a_app = TestApp::new(
+        &format!(
+            r#"
+[app]
+name = "caller"
+
+[[function]]
+name = "caller"
+component = "hostile.wasm"
+route = "/call/{{what}}"
+grants = {{ outbound = ["http://127.0.0.1:{}"] }}
+"#,
+            b.addr.port()
+        ),
+        &["hostile"],
+    );
+    let a = Server::start(&a_app);
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let mut req = request(
+        "GET",
+        a.addr,
+        &format!(
+            "/call/fetch?url=http://127.0.0.1:{}/echo/hop",
+            b.addr.port()
+        ),
+        Bytes::new(),
+    );
+    req.headers_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    let reply = send(a.addr, req).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.correlation_id(), trace_id);
+    let text = reply.text();
+    assert!(text.starts_with("REACHED status 200"), "{text}");
+    assert!(
+        text.contains(&format!("00-{trace_id}-")),
+        "B's function saw the trace: {text}"
+    );
+
+    assert_eq!(a.access_record(trace_id)["function"], "caller");
+    assert_eq!(b.access_record(trace_id)["function"], "echo");
+
+    assert!(a.stop().success());
+    let story = a_app.run_with(
+        &["audit", "query"],
+        &["--correlation-id", trace_id, "--format", "json"],
+    );
+    assert!(story.status.success());
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&story.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records.iter().any(|r| r["kind"] == "capability.used"
+            && r["detail"]["destination"] == format!("http://127.0.0.1:{}", b.addr.port())),
+        "{records:?}"
+    );
+    assert!(records.iter().all(|r| r["correlation_id"] == trace_id));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// T09: refusals land in the audit trail; editing, deleting or inserting a
+/// record in the SQLite file is caught by `bulkhead audit verify`, which
+/// names the first bad record.
+#[tokio::test]
+async fn audit_verify_names_the_first_tampered_record() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    for i in 0..6 {
+        get(server.addr, &format!("/missing/{i}"))
+            .await
+            .assert_problem(404, "not-found");
+    }
+    assert!(server.stop().success());
+
+    let verify = |dir: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(["audit", "verify"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("intact (8 records)"),
+        "deploy + 6 refusals + shutdown: {text}"
+    );
+
+    let refusals = app.run_with(
+        &["audit", "query"],
+        &["--kind", "request.refused", "--format", "json"],
+    );
+    assert_eq!(String::from_utf8_lossy(&refusals.stdout).lines().count(), 6);
+
+    let tamper = |statement: &str, expect: &str| {
+        let copy = tempfile::tempdir().unwrap();
+        copy_dir(app.path(), copy.path());
+        let db = copy.path().join(".bulkhead/dev/state.db");
+        rusqlite::Connection::open(&db)
+            .unwrap()
+            .execute_batch(statement)
+            .unwrap();
+        let (ok, text) = verify(copy.path());
+        assert!(!ok, "tampering with `{statement}` went unnoticed");
+        assert!(text.contains(expect), "{statement}: {text}");
+    };
+    tamper(
+        "UPDATE audit SET detail = '{\"reason\":\"not-found\",\"path\":\"/innocent\"}' WHERE seq = 3",
+        "BROKEN at record 3",
+    );
+    tamper("DELETE FROM audit WHERE seq = 5", "BROKEN at record 5");
+    tamper("DELETE FROM audit WHERE seq = 8", "BROKEN at record 8");
+    tamper(
+        "INSERT INTO audit (seq, time_ms, kind, detail, prev_hash, hash) SELECT 9, 0, 'deploy', '{}', hash, 'f00d' FROM audit WHERE seq = 8",
+        "BROKEN at record 9",
+    );
+}
+
+/// T08: metrics on the admin listener (parsed by a real Prometheus text
+/// parser), never on the public port.
+#[tokio::test]
+async fn metrics_are_served_on_the_admin_listener_only() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    for _ in 0..3 {
+        assert_eq!(get(server.addr, "/hello").await.status, 200);
+    }
+    get(server.addr, "/nope")
+        .await
+        .assert_problem(404, "not-found");
+    get(server.addr, "/metrics")
+        .await
+        .assert_problem(404, "not-found");
+
+    let admin = server.admin.expect("admin listener");
+    let metrics = get(admin, "/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = metrics.text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+    let value = |name: &str, label: (&str, &str)| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    };
+    assert_eq!(
+        value("bulkhead_requests_total", ("function", "hello")),
+        Some(3.0)
+    );
+    assert_eq!(
+        value("bulkhead_refusals_total", ("reason", "not-found")),
+        Some(2.0)
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric.starts_with("bulkhead_request_duration_seconds"))
+    );
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "bulkhead_live_instances")
+    );
+
+    assert_eq!(get(admin, "/healthz").await.status, 200);
+    assert_eq!(get(admin, "/readyz").await.status, 200);
+}
+
+/// The admin listener refuses a missing or wrong token once one exists,
+/// and outside dev it will not start without one.
+#[tokio::test]
+async fn the_admin_listener_requires_its_token() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let refused = app.run_with(
+        &["serve"],
+        &[
+            "--env",
+            "prod",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("bulkhead admin token"));
+
+    let created = app.run_with(&["admin", "token"], &["--env", "prod"]);
+    assert!(created.status.success());
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(token.starts_with("bha_") && token.len() > 60);
+
+    let server = Server::start_with(&app, &["--env", "prod"]);
+    let admin = server.admin.expect("admin listener");
+    let missing = get(admin, "/metrics").await;
+    missing.assert_problem(401, "admin-token-missing");
+    assert!(
+        missing
+            .header("www-authenticate")
+            .is_some_and(|v| v.starts_with("Bearer"))
+    );
+    let mut wrong = request("GET", admin, "/metrics", Bytes::new());
+    wrong
+        .headers_mut()
+        .insert("authorization", "Bearer bha_0000".parse().unwrap());
+    send(admin, wrong)
+        .await
+        .assert_problem(401, "admin-token-invalid");
+    let mut right = request("GET", admin, "/metrics", Bytes::new());
+    right
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert_eq!(send(admin, right).await.status, 200);
+    assert!(server.stop().success());
+
+    let refusals = app.run_with(
+        &["audit", "query"],
+        &[
+            "--env",
+            "prod",
+            "--kind",
+            "admin.refused",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&refusals.stdout).lines().count(), 2);
+    // The token itself is never stored or logged.
+    let db = std::fs::read(app.path().join(".bulkhead/prod/state.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(&token));
+}

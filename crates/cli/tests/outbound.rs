@@ -1,0 +1,111 @@
+//! T17: outbound HTTP leaves only for granted destinations, and never for
+//! loopback, private, link-local or metadata addresses — whatever name or
+//! encoding the guest uses — unless a grant names that exact address.
+//! Every denial is audited. No test here sends traffic off this machine:
+//! the non-loopback destinations are refused before any connection.
+
+mod support;
+
+use support::{Server, TestApp, get};
+
+fn caller_app(target_port: u16) -> TestApp {
+    TestApp::new(
+        &format!(
+            r#"
+[app]
+name = "egress"
+
+[[function]]
+name = "caller"
+component = "hostile.wasm"
+route = "/call/{{what}}"
+grants = {{ outbound = [
+    "http://127.0.0.1:{target_port}",
+    "http://localhost:{target_port}",
+    "http://2130706433:{target_port}",
+    "http://0x7f000001:{target_port}",
+] }}
+
+[[function]]
+name = "ungranted"
+component = "hostile.wasm"
+route = "/bare/{{what}}"
+"#
+        ),
+        &["hostile"],
+    )
+}
+
+#[tokio::test]
+async fn only_granted_public_destinations_are_reached() {
+    let target_app = TestApp::new(
+        "[app]\nname = \"target\"\n\n[[function]]\nname = \"hello\"\ncomponent = \"hello.wasm\"\nroute = \"/hello\"\n",
+        &["hello"],
+    );
+    let target = Server::start(&target_app);
+    let port = target.addr.port();
+    let app = caller_app(port);
+    let server = Server::start(&app);
+    let fetch = |url: String| {
+        let addr = server.addr;
+        async move { get(addr, &format!("/call/fetch?url={url}")).await.text() }
+    };
+
+    // The exact address a grant names is reachable, loopback or not.
+    let reached = fetch(format!("http://127.0.0.1:{port}/hello")).await;
+    assert!(reached.starts_with("REACHED status 200"), "{reached}");
+    assert!(reached.contains("sealed compartment"));
+
+    // Granted by name, but the name resolves to loopback: refused after DNS.
+    for url in [
+        format!("http://localhost:{port}/hello"),
+        format!("http://2130706433:{port}/hello"),
+        format!("http://0x7f000001:{port}/hello"),
+    ] {
+        let text = fetch(url.clone()).await;
+        assert!(text.contains("outbound refused"), "{url}: {text}");
+        assert!(!text.contains("REACHED"), "{url}");
+    }
+
+    // Not granted at all.
+    for url in [
+        "http://[::1]:9/".to_string(),
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.1/".to_string(),
+        "http://example.com/".to_string(),
+        format!("http://127.0.0.1:{}/hello", port.wrapping_add(1)),
+        format!("https://127.0.0.1:{port}/hello"),
+    ] {
+        let text = fetch(url.clone()).await;
+        assert!(text.contains("HttpRequestDenied"), "{url}: {text}");
+    }
+
+    // A function with no grant reaches nothing, not even what another may.
+    let bare = get(
+        server.addr,
+        &format!("/bare/fetch?url=http://127.0.0.1:{port}/hello"),
+    )
+    .await;
+    assert!(bare.text().contains("HttpRequestDenied"), "{}", bare.text());
+
+    let denials: Vec<_> = server
+        .logs()
+        .into_iter()
+        .filter(|r| {
+            r["target"] == "bulkhead::capability" && r["message"] == "outbound request denied"
+        })
+        .collect();
+    assert_eq!(denials.len(), 10, "{denials:?}");
+    assert!(denials.iter().any(|r| {
+        r["reason"]
+            .as_str()
+            .is_some_and(|why| why.contains("private, loopback"))
+    }));
+    assert!(server.stop().success());
+
+    let audited = app.run_with(
+        &["audit", "query"],
+        &["--kind", "capability.denied", "--format", "json"],
+    );
+    assert_eq!(String::from_utf8_lossy(&audited.stdout).lines().count(), 10);
+}
