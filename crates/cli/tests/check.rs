@@ -162,6 +162,23 @@ fn a_file_that_is_not_a_component_is_refused() {
     assert!(err.contains("is not a WebAssembly component"), "{err}");
 }
 
+/// T18: an interface Bulkhead does not offer is refused at deploy, by name.
+#[test]
+fn a_component_importing_an_unknown_interface_is_refused() {
+    let app = TestApp::new(&VALID.replace("hello.wasm", "greedy.wasm"), &["greedy"]);
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("imports an interface Bulkhead does not offer"),
+        "{err}"
+    );
+    assert!(
+        err.contains("attacker:vault/secrets"),
+        "the interface is named: {err}"
+    );
+}
+
 /// Components are compiled once; a tampered cache entry is detected,
 /// rebuilt and never loaded.
 #[test]
