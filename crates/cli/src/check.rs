@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
+use bulkhead_gateway::Gateway;
+use bulkhead_manifest::Access;
 
 use crate::{Target, deploy, load_app, report};
 
@@ -13,11 +15,15 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     };
     let store = target.store(true)?;
     let audit = bulkhead_store::AuditLog::start(&store)?;
-    let deployment = match deploy::deploy(app, audit, &|line| eprintln!("{line}")) {
+    let deployment = match deploy::deploy(app, audit.clone(), &|line| eprintln!("{line}")) {
         Ok(deployment) => deployment,
         Err(problems) => return Ok(report(&problems)),
     };
     let app = &deployment.app;
+    // Builds the authenticator too: a bad JWKS or JWE key is a problem now.
+    if let Err(problem) = Gateway::new(app, deployment.functions.clone(), audit, store) {
+        return Ok(report(&[problem]));
+    }
     println!(
         "app `{}` (env {}): {} function(s), all OK",
         app.name,
@@ -32,6 +38,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             spec.route,
             spec.name
         );
+        println!("  access     {}", describe_access(&spec.access));
         println!(
             "  component  {} ({})",
             spec.component.display(),
@@ -48,5 +55,37 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         );
         println!("  imports    {}", loaded.imports().join(", "));
     }
+    let public: Vec<&str> = app
+        .functions
+        .iter()
+        .filter(|f| f.access.is_public())
+        .map(|f| f.route.as_str())
+        .collect();
+    if public.is_empty() {
+        println!("\nno public routes: every route requires a credential");
+    } else {
+        println!(
+            "\npublic routes (no credential required): {}",
+            public.join(", ")
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe_access(access: &Access) -> String {
+    match access {
+        Access::Public => "PUBLIC (anyone may call)".into(),
+        Access::Authenticated { kinds, scopes } => {
+            let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+            if scopes.is_empty() {
+                format!("authenticated ({})", kinds.join(", "))
+            } else {
+                format!(
+                    "authenticated ({}), scopes {}",
+                    kinds.join(", "),
+                    scopes.join(" ")
+                )
+            }
+        }
+    }
 }

@@ -3,6 +3,7 @@
 mod admin_cmd;
 mod audit_cmd;
 mod check;
+mod credentials_cmd;
 mod deploy;
 mod serve;
 
@@ -110,6 +111,12 @@ enum Command {
     /// Manage access to the admin listener.
     #[command(subcommand)]
     Admin(admin_cmd::AdminCommand),
+    /// Issue, list and revoke opaque session tokens.
+    #[command(subcommand)]
+    Token(credentials_cmd::TokenCommand),
+    /// Create, list and revoke API keys.
+    #[command(subcommand)]
+    Keys(credentials_cmd::KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -132,6 +139,8 @@ fn main() -> ExitCode {
         Command::Check { target } => check::run(&target),
         Command::Audit(command) => audit_cmd::run(command),
         Command::Admin(command) => admin_cmd::run(command),
+        Command::Token(command) => credentials_cmd::run_token(command),
+        Command::Keys(command) => credentials_cmd::run_keys(command),
     };
     match result {
         Ok(code) => code,

@@ -34,7 +34,7 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
         .thread_name("bulkhead")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(app, listen, access, audit.clone()));
+    let result = runtime.block_on(serve(app, listen, access, audit.clone(), store));
     audit.close();
     result
 }
@@ -72,6 +72,7 @@ async fn serve(
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
+    store: Store,
 ) -> Result<ExitCode> {
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
     let deployment =
@@ -80,7 +81,10 @@ async fn serve(
             Err(problems) => return Ok(report(&problems)),
         };
     let app = &deployment.app;
-    let gateway = Gateway::new(app, deployment.functions.clone(), audit.clone());
+    let gateway = match Gateway::new(app, deployment.functions.clone(), audit.clone(), store) {
+        Ok(gateway) => gateway,
+        Err(problem) => return Ok(report(&[problem])),
+    };
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {

@@ -25,6 +25,7 @@ timeout = "20s"
 name = "slow"
 component = "hostile.wasm"
 route = "/slow/{what}"
+auth = "public"
 max_concurrent_requests = 2
 max_outstanding_requests = 4
 "#,
@@ -87,11 +88,13 @@ max_outstanding_requests = 2
 name = "a"
 component = "hostile.wasm"
 route = "/a/{what}"
+auth = "public"
 
 [[function]]
 name = "b"
 component = "hostile.wasm"
 route = "/b/{what}"
+auth = "public"
 "#,
         &["hostile"],
     );
@@ -134,6 +137,7 @@ max_header_bytes = "8KiB"
 name = "echo"
 component = "echo.wasm"
 route = "/echo"
+auth = "public"
 methods = ["POST"]
 max_request_body = "1KiB"
 "#;
@@ -244,6 +248,7 @@ header_read_timeout = "30s"
 name = "hello"
 component = "hello.wasm"
 route = "/hello"
+auth = "public"
 "#,
         &["hello"],
     );

@@ -16,6 +16,7 @@ name = "checked"
 name = "hello"
 component = "hello.wasm"
 route = "/hello"
+auth = "public"
 "#;
 
 fn stderr(output: &std::process::Output) -> String {
@@ -79,6 +80,7 @@ name = "Not Valid"
 name = "a"
 component = "missing.wasm"
 route = "no-slash"
+auth = "everyone"
 max_concurrent_requests = 0
 
 [[function]]
@@ -97,8 +99,9 @@ memory = "16GiB"
         "bulkhead.toml:3:8: app name must be",
         "bulkhead.toml:7:13: function `a`: component file `missing.wasm` does not exist",
         "bulkhead.toml:8:9: function `a`: route `no-slash` must start with `/`",
-        "bulkhead.toml:9:27: `max_concurrent_requests` must be at least 1",
-        "bulkhead.toml:12:8: function name `a` is used twice",
+        "bulkhead.toml:9:8: function `a`: auth `everyone` is not one of \"public\"",
+        "bulkhead.toml:10:27: `max_concurrent_requests` must be at least 1",
+        "bulkhead.toml:13:8: function name `a` is used twice",
         "parameter `id` twice",
         "method `FETCH` is not one of",
         "`memory` must be between",

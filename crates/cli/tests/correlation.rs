@@ -16,6 +16,7 @@ name = "correlation"
 name = "echo"
 component = "echo.wasm"
 route = "/echo"
+auth = "public"
 methods = ["GET", "POST"]
 "#;
 

@@ -19,11 +19,13 @@ name = "observed"
 name = "hello"
 component = "hello.wasm"
 route = "/hello"
+auth = "public"
 
 [[function]]
 name = "echo"
 component = "echo.wasm"
 route = "/echo/{word}"
+auth = "public"
 methods = ["GET", "POST"]
 "#;
 
@@ -109,6 +111,7 @@ name = "caller"
 name = "caller"
 component = "hostile.wasm"
 route = "/call/{{what}}"
+auth = "public"
 grants = {{ outbound = ["http://127.0.0.1:{}"] }}
 "#,
             b.addr.port()

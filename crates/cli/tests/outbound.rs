@@ -19,6 +19,7 @@ name = "egress"
 name = "caller"
 component = "hostile.wasm"
 route = "/call/{{what}}"
+auth = "public"
 grants = {{ outbound = [
     "http://127.0.0.1:{target_port}",
     "http://localhost:{target_port}",
@@ -30,6 +31,7 @@ grants = {{ outbound = [
 name = "ungranted"
 component = "hostile.wasm"
 route = "/bare/{{what}}"
+auth = "public"
 "#
         ),
         &["hostile"],
@@ -39,7 +41,7 @@ route = "/bare/{{what}}"
 #[tokio::test]
 async fn only_granted_public_destinations_are_reached() {
     let target_app = TestApp::new(
-        "[app]\nname = \"target\"\n\n[[function]]\nname = \"hello\"\ncomponent = \"hello.wasm\"\nroute = \"/hello\"\n",
+        "[app]\nname = \"target\"\n\n[[function]]\nname = \"hello\"\ncomponent = \"hello.wasm\"\nroute = \"/hello\"\nauth = \"public\"\n",
         &["hello"],
     );
     let target = Server::start(&target_app);

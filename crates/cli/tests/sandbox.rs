@@ -20,11 +20,13 @@ memory = "32MiB"
 name = "hello"
 component = "hello.wasm"
 route = "/hello"
+auth = "public"
 
 [[function]]
 name = "hostile"
 component = "hostile.wasm"
 route = "/hostile/{behaviour}"
+auth = "public"
 max_response_body = "1MiB"
 "#;
 

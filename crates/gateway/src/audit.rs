@@ -9,7 +9,9 @@ fn kind_of(slug: &str) -> &'static str {
         "function-timeout" | "memory-limit" | "stack-overflow" | "response-too-large"
         | "capacity" => "sandbox.limit",
         "function-trapped" | "no-response" | "function-error" | "internal" => "function.failed",
-        "too-many-requests" | "queue-timeout" => "request.throttled",
+        "too-many-requests" | "queue-timeout" | "auth-backoff" => "request.throttled",
+        "unauthenticated" | "invalid-token" => "auth.failed",
+        "insufficient-scope" => "authz.denied",
         _ => "request.refused",
     }
 }
@@ -17,6 +19,7 @@ fn kind_of(slug: &str) -> &'static str {
 pub struct RequestFacts<'a> {
     pub correlation_id: &'a str,
     pub function: &'a str,
+    pub subject: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
@@ -32,6 +35,9 @@ pub fn refusal(audit: &AuditLog, facts: RequestFacts<'_>) {
         .detail("status", facts.status)
         .detail("method", facts.method)
         .detail("path", facts.path);
+    if !facts.subject.is_empty() {
+        event = event.subject(facts.subject);
+    }
     if !facts.detail.is_empty() {
         event = event.detail("detail", facts.detail);
     }

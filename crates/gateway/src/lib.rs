@@ -4,6 +4,7 @@
 mod admin;
 mod admission;
 mod audit;
+mod authn;
 pub mod correlation;
 mod metrics;
 mod pipeline;
@@ -16,7 +17,7 @@ use std::sync::atomic::AtomicBool;
 
 use bulkhead_manifest::{App, AppLimits};
 use bulkhead_runtime::LoadedFunction;
-use bulkhead_store::AuditLog;
+use bulkhead_store::{AuditLog, Store};
 
 use admission::Gate;
 use metrics::Metrics;
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     app_gate: Arc<Gate>,
     functions: Vec<FunctionSlot>,
     audit: AuditLog,
+    authenticator: authn::Authenticator,
     metrics: Metrics,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
@@ -44,11 +46,19 @@ pub(crate) struct Shared {
 pub(crate) struct FunctionSlot {
     function: LoadedFunction,
     gate: Arc<Gate>,
+    access: bulkhead_manifest::Access,
 }
 
 impl Gateway {
     /// `functions` are the app's functions, loaded, in manifest order.
-    pub fn new(app: &App, functions: Vec<LoadedFunction>, audit: AuditLog) -> Self {
+    /// Fails if the app's authentication keys are unusable.
+    pub fn new(
+        app: &App,
+        functions: Vec<LoadedFunction>,
+        audit: AuditLog,
+        store: Store,
+    ) -> Result<Self, String> {
+        let authenticator = authn::Authenticator::new(app, store)?;
         let router = Router::new(
             app.functions
                 .iter()
@@ -56,16 +66,21 @@ impl Gateway {
         );
         let functions = functions
             .into_iter()
-            .map(|function| {
+            .zip(&app.functions)
+            .map(|(function, spec)| {
                 let limits = function.limits();
                 let gate = Gate::new(
                     limits.max_concurrent_requests,
                     limits.max_outstanding_requests,
                 );
-                FunctionSlot { function, gate }
+                FunctionSlot {
+                    function,
+                    gate,
+                    access: spec.access.clone(),
+                }
             })
             .collect();
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 limits: app.limits.clone(),
                 router,
@@ -75,9 +90,10 @@ impl Gateway {
                 ),
                 functions,
                 audit,
+                authenticator,
                 metrics: Metrics::new(),
                 ready: AtomicBool::new(false),
             }),
-        }
+        })
     }
 }

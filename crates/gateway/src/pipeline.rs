@@ -2,6 +2,7 @@
 //! -> invoke -> respond. Cheap checks come first, so a refused request never
 //! instantiates a function. Every outcome ends in one access-log record.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use crate::authn::Identity;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
@@ -37,21 +39,27 @@ const RESERVED_PREFIX: &str = "bulkhead-";
 /// What the access log says about one request.
 struct Outcome {
     function: Option<String>,
+    subject: Option<String>,
     reason: Option<&'static str>,
     detail: Option<String>,
 }
 
-pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bytes> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+    peer: IpAddr,
+) -> Response<Bytes> {
     let started = Instant::now();
     let trace = TraceContext::from_headers(request.headers());
     let method = request.method().as_str().to_string();
     let path = request.uri().path().to_string();
     let mut outcome = Outcome {
         function: None,
+        subject: None,
         reason: None,
         detail: None,
     };
-    let mut response = match pipeline(&shared, request, &trace, &mut outcome).await {
+    let mut response = match pipeline(&shared, request, peer, &trace, &mut outcome).await {
         Ok(response) => response,
         Err(problem) => {
             outcome.reason = Some(problem.slug);
@@ -65,6 +73,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let function = outcome.function.as_deref().unwrap_or("");
+    let subject = outcome.subject.as_deref().unwrap_or("");
     let correlation_id = trace.correlation_id();
     shared
         .metrics
@@ -76,6 +85,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
             method,
             path,
             function,
+            subject,
             status,
             duration_ms,
             "request"
@@ -88,10 +98,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
                 method,
                 path,
                 function,
+                subject,
                 status,
                 duration_ms,
                 reason,
                 detail,
+                peer = %peer,
                 "request refused"
             );
             audit::refusal(
@@ -99,6 +111,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
                 audit::RequestFacts {
                     correlation_id,
                     function,
+                    subject,
                     method: &method,
                     path: &path,
                     status,
@@ -114,6 +127,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
 async fn pipeline(
     shared: &Shared,
     request: Request<Incoming>,
+    peer: IpAddr,
     trace: &TraceContext,
     outcome: &mut Outcome,
 ) -> Result<Response<Bytes>, Problem> {
@@ -143,6 +157,16 @@ async fn pipeline(
     };
     let function = &slot.function;
     outcome.function = Some(function.name().to_string());
+
+    // Authenticate and authorize (T11) before anything costs more.
+    let identity = shared
+        .authenticator
+        .check(request.headers(), &slot.access, peer)
+        .map_err(|refusal| {
+            outcome.detail = Some(refusal.reason);
+            refusal.problem
+        })?;
+    outcome.subject = identity.as_ref().map(|i| i.subject.clone());
 
     // Admit: app-wide, then per function; over either bound, 429 at once (T01).
     let too_many = |scope: &str| {
@@ -227,7 +251,7 @@ async fn pipeline(
     };
 
     // Invoke.
-    let guest_request = guest_request(parts, body, trace)?;
+    let guest_request = guest_request(parts, body, trace, identity.as_ref())?;
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
@@ -256,6 +280,7 @@ fn guest_request(
     parts: http::request::Parts,
     body: Bytes,
     trace: &TraceContext,
+    identity: Option<&Identity>,
 ) -> Result<Request<Bytes>, Problem> {
     let authority = parts
         .headers
@@ -301,6 +326,18 @@ fn guest_request(
     }
     if let Ok(value) = HeaderValue::from_str(trace.correlation_id()) {
         headers.insert(CORRELATION_HEADER, value);
+    }
+    // The verified identity, in headers only the gateway can set (T11, T13).
+    if let Some(identity) = identity {
+        for (name, value) in [
+            ("bulkhead-subject", identity.subject.clone()),
+            ("bulkhead-scopes", identity.scopes.join(" ")),
+            ("bulkhead-credential", identity.kind.as_str().to_string()),
+        ] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
+        }
     }
     Ok(request)
 }

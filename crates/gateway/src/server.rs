@@ -67,7 +67,7 @@ impl Gateway {
             let service = service_fn(move |request| {
                 let shared = shared.clone();
                 async move {
-                    let response = pipeline::handle(shared, request).await;
+                    let response = pipeline::handle(shared, request, peer.ip()).await;
                     Ok::<_, std::convert::Infallible>(response.map(Full::new))
                 }
             });

@@ -4,6 +4,7 @@
 //! its limits. Unknown keys and bad values are errors that name the file,
 //! the line and what would be valid; [`load`] reports every problem at once.
 
+pub mod auth;
 pub mod grants;
 mod problem;
 mod raw;
@@ -13,6 +14,7 @@ pub mod units;
 
 use std::path::{Path, PathBuf};
 
+pub use auth::{Access, CredentialKind, JweSettings, JwtSettings};
 pub use grants::{Grants, OutboundRule};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
@@ -35,6 +37,10 @@ pub struct App {
     pub manifest_path: PathBuf,
     pub env: String,
     pub limits: AppLimits,
+    /// `[auth.jwt]`, when the app trusts a token issuer.
+    pub jwt: Option<JwtSettings>,
+    /// Failed authentications per client address per minute before back-off.
+    pub failed_auth_per_minute: u32,
     pub functions: Vec<Function>,
 }
 
@@ -93,6 +99,8 @@ pub struct Function {
     pub methods: Vec<String>,
     pub limits: FunctionLimits,
     pub grants: Grants,
+    /// Who may call it (T11); authenticated unless `auth = "public"`.
+    pub access: Access,
 }
 
 /// Per-call bounds of one function (T01, T05).

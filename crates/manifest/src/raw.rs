@@ -18,6 +18,37 @@ pub(crate) struct RawManifest {
     pub function: Vec<Spanned<RawFunction>>,
     #[serde(default)]
     pub env: BTreeMap<String, Spanned<RawEnv>>,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[auth]`: how callers authenticate (T11).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAuth {
+    pub jwt: Option<Spanned<RawJwt>>,
+    pub failed_attempts_per_minute: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawJwt {
+    pub issuer: Spanned<String>,
+    pub audience: Spanned<String>,
+    pub jwks: Spanned<String>,
+    pub algorithms: Spanned<Vec<String>>,
+    pub leeway: Option<Spanned<Duration>>,
+    pub max_token_lifetime: Option<Spanned<Duration>>,
+    pub decryption_key: Option<Spanned<String>>,
+    pub decryption_algorithm: Option<Spanned<String>>,
+}
+
+/// `auth = "public"`, `auth = "jwt"` or `auth = ["jwt", "session"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawAccess {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +116,8 @@ pub(crate) struct RawFunction {
     pub max_response_body: Option<Spanned<ByteSize>>,
     #[serde(default)]
     pub grants: RawGrants,
+    pub auth: Option<Spanned<RawAccess>>,
+    pub scopes: Option<Spanned<Vec<String>>>,
 }
 
 /// `grants = { ... }`: capabilities, none unless named (T16).

@@ -2,7 +2,7 @@
 //! environment overlaid, every value checked, every problem collected.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Component as PathPart, Path};
+use std::path::{Component as PathPart, Path, PathBuf};
 
 use toml::Spanned;
 
@@ -56,6 +56,18 @@ pub(crate) fn resolve(
         }
     };
     let app_limits = app_limits(&mut out, &limits);
+    let jwt = raw
+        .auth
+        .jwt
+        .as_ref()
+        .and_then(|jwt| crate::auth::resolve_jwt(&mut out, app_dir, jwt));
+    let jwt_configured = raw.auth.jwt.is_some();
+    let failed_auth_per_minute = positive(
+        &mut out,
+        "failed_attempts_per_minute",
+        raw.auth.failed_attempts_per_minute.as_ref(),
+        crate::auth::defaults::FAILED_ATTEMPTS_PER_MINUTE,
+    );
 
     let mut functions = Vec::new();
     let mut names = HashSet::new();
@@ -70,7 +82,8 @@ pub(crate) fn resolve(
                 ),
             );
         }
-        if let Some(function) = function(&mut out, app_dir, &limits, &app_limits, f) {
+        if let Some(function) = function(&mut out, app_dir, &limits, &app_limits, jwt_configured, f)
+        {
             functions.push((spanned.span(), function));
         }
     }
@@ -91,6 +104,8 @@ pub(crate) fn resolve(
         manifest_path: manifest_path.to_path_buf(),
         env: env.to_string(),
         limits: app_limits,
+        jwt,
+        failed_auth_per_minute,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
     })
 }
@@ -201,29 +216,20 @@ fn function(
     app_dir: &Path,
     app: &RawLimits,
     app_limits: &AppLimits,
+    jwt_configured: bool,
     f: &RawFunction,
 ) -> Option<Function> {
     let name = f.name.get_ref();
     check_name(out, "function name", &f.name);
     let before = out.problems.len();
 
-    let component = f.component.get_ref();
-    let relative = Path::new(component);
-    if relative.is_absolute()
-        || relative
-            .components()
-            .any(|p| matches!(p, PathPart::ParentDir))
-    {
-        out.at(
-            Some(f.component.span()),
-            format!("function `{name}`: `component` must be a path inside the app directory, without `..`"),
-        );
-    } else if !app_dir.join(relative).is_file() {
-        out.at(
-            Some(f.component.span()),
-            format!("function `{name}`: component file `{component}` does not exist; build it first or fix the path"),
-        );
-    }
+    let component = app_file(
+        out,
+        app_dir,
+        &f.component,
+        &format!("function `{name}`: component"),
+        "build it first or fix the path",
+    );
 
     let digest = f.digest.as_ref().and_then(|d| match parse_digest(d.get_ref()) {
         Some(bytes) => Some(bytes),
@@ -318,6 +324,14 @@ fn function(
         );
     }
 
+    let access = crate::auth::resolve_access(
+        out,
+        name,
+        f.auth.as_ref(),
+        f.scopes.as_ref(),
+        jwt_configured,
+    );
+
     let mut outbound = Vec::new();
     for entry in &f.grants.outbound {
         match OutboundRule::parse(entry.get_ref()) {
@@ -331,7 +345,7 @@ fn function(
     }
     Some(Function {
         name: name.clone(),
-        component: app_dir.join(relative),
+        component: component?,
         digest,
         route: route?,
         methods,
@@ -344,7 +358,40 @@ fn function(
             max_response_body,
         },
         grants: Grants { outbound },
+        access,
     })
+}
+
+/// A file named in the manifest: inside the app directory, existing.
+pub(crate) fn app_file(
+    out: &mut Collector<'_>,
+    app_dir: &Path,
+    value: &Spanned<String>,
+    what: &str,
+    fix: &str,
+) -> Option<PathBuf> {
+    let text = value.get_ref();
+    let relative = Path::new(text);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|p| matches!(p, PathPart::ParentDir))
+    {
+        out.at(
+            Some(value.span()),
+            format!("{what} `{text}` must be a path inside the app directory, without `..`"),
+        );
+        return None;
+    }
+    let path = app_dir.join(relative);
+    if !path.is_file() {
+        out.at(
+            Some(value.span()),
+            format!("{what} file `{text}` does not exist; {fix}"),
+        );
+        return None;
+    }
+    Some(path)
 }
 
 fn parse_digest(text: &str) -> Option<[u8; 32]> {

@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod audit_writer;
+pub mod credentials;
 pub mod files;
 pub mod tokens;
 
@@ -40,7 +41,8 @@ pub struct Store {
 }
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE audit (
         seq INTEGER PRIMARY KEY,
         time_ms INTEGER NOT NULL,
@@ -65,7 +67,21 @@ const MIGRATIONS: &[&str] = &[r"
         hash TEXT NOT NULL,
         created_ms INTEGER NOT NULL
     );
-"];
+",
+    r"
+    CREATE TABLE credentials (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('session', 'api-key')),
+        hash TEXT NOT NULL UNIQUE,
+        subject TEXT NOT NULL,
+        scopes TEXT NOT NULL,
+        label TEXT,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        revoked_ms INTEGER
+    );
+",
+];
 
 impl Store {
     /// Open (creating and migrating if needed) the store in `dir`.

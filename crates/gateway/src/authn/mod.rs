@@ -1,0 +1,270 @@
+//! Authentication and authorization stage (T11, T12, T03). Every route is
+//! authenticated unless the manifest says `auth = "public"`. A caller
+//! presents `Authorization: Bearer …`: a signed JWT, an encrypted JWT
+//! (JWE), a session token (`bhs_…`) or an API key (`bhk_…`). The verified
+//! identity reaches the function as `bulkhead-subject` and
+//! `bulkhead-scopes`; refusals say as little as RFC 6750 allows, and the
+//! log says exactly why.
+
+mod backoff;
+mod jwe;
+mod jwt;
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bulkhead_manifest::{Access, App, CredentialKind};
+use bulkhead_store::Store;
+use bulkhead_store::credentials::Kind;
+use http::{HeaderMap, StatusCode, header};
+
+use crate::problem::Problem;
+use backoff::FailedAuthThrottle;
+use jwe::JweOpener;
+use jwt::JwtVerifier;
+
+/// Longest `Authorization` value looked at; longer is refused unread.
+const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
+
+/// Who the caller is, once verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub kind: CredentialKind,
+}
+
+/// A verified token's claims, before the kind is known.
+pub struct Verified {
+    pub subject: String,
+    pub scopes: Vec<String>,
+}
+
+/// A refusal: the problem for the client and the precise reason for the log.
+pub struct Refusal {
+    pub problem: Problem,
+    pub reason: String,
+}
+
+pub struct Authenticator {
+    jwt: Option<JwtVerifier>,
+    jwe: Option<JweOpener>,
+    store: Store,
+    /// Connections reused across requests (one is taken per check).
+    connections: Mutex<Vec<rusqlite::Connection>>,
+    throttle: FailedAuthThrottle,
+}
+
+impl Authenticator {
+    /// Set up from the app's `[auth]`; keys are loaded now, so a bad JWKS
+    /// or JWE key fails the deploy rather than the first request.
+    pub fn new(app: &App, store: Store) -> Result<Self, String> {
+        let jwt = app.jwt.as_ref().map(JwtVerifier::new).transpose()?;
+        let jwe = app
+            .jwt
+            .as_ref()
+            .and_then(|j| j.jwe.as_ref())
+            .map(JweOpener::new)
+            .transpose()?;
+        Ok(Self {
+            jwt,
+            jwe,
+            store,
+            connections: Mutex::new(Vec::new()),
+            throttle: FailedAuthThrottle::new(app.failed_auth_per_minute),
+        })
+    }
+
+    /// Authenticate and authorize a request for a function with `access`.
+    pub fn check(
+        &self,
+        headers: &HeaderMap,
+        access: &Access,
+        peer: IpAddr,
+    ) -> Result<Option<Identity>, Refusal> {
+        let Access::Authenticated { kinds, scopes } = access else {
+            return Ok(None);
+        };
+        if let Some(wait) = self.throttle.blocked(peer) {
+            return Err(backoff_refusal(wait));
+        }
+        let identity = match self.authenticate(headers, kinds) {
+            Ok(identity) => identity,
+            Err(refusal) => {
+                // Only a presented, wrong credential counts as a guess.
+                if refusal.problem.slug == "invalid-token"
+                    && let Some(wait) = self.throttle.failed(peer)
+                {
+                    return Err(Refusal {
+                        reason: format!(
+                            "{}; address now shut out for {}s",
+                            refusal.reason,
+                            wait.as_secs()
+                        ),
+                        problem: backoff_refusal(wait).problem,
+                    });
+                }
+                return Err(refusal);
+            }
+        };
+        let missing: Vec<&String> = scopes
+            .iter()
+            .filter(|s| !identity.scopes.contains(s))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Refusal {
+                problem: Problem::new(
+                    StatusCode::FORBIDDEN,
+                    "insufficient-scope",
+                    "Insufficient scope",
+                    "The credential does not grant what this function requires.",
+                )
+                .challenge(&format!(
+                    "Bearer realm=\"bulkhead\", error=\"insufficient_scope\", scope=\"{}\"",
+                    scopes.join(" ")
+                )),
+                reason: format!(
+                    "subject lacks scope(s) {}",
+                    missing
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok(Some(identity))
+    }
+
+    fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        kinds: &[CredentialKind],
+    ) -> Result<Identity, Refusal> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let Some(value) = values.next() else {
+            return Err(unauthenticated());
+        };
+        if values.next().is_some() {
+            return Err(invalid("more than one Authorization header"));
+        }
+        if value.len() > MAX_CREDENTIAL_BYTES {
+            return Err(invalid("credential over 8 KiB"));
+        }
+        let Some(token) = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+        else {
+            return Err(invalid("not a Bearer credential"));
+        };
+        let kind = if token.starts_with(Kind::Session.prefix()) {
+            CredentialKind::Session
+        } else if token.starts_with(Kind::ApiKey.prefix()) {
+            CredentialKind::ApiKey
+        } else {
+            CredentialKind::Jwt
+        };
+        if !kinds.contains(&kind) {
+            return Err(invalid(&format!(
+                "this function does not accept {} credentials",
+                kind.as_str()
+            )));
+        }
+        let verified = match kind {
+            CredentialKind::Jwt => self.verify_jwt(token),
+            CredentialKind::Session => self.verify_opaque(Kind::Session, token),
+            CredentialKind::ApiKey => self.verify_opaque(Kind::ApiKey, token),
+        }
+        .map_err(|reason| invalid(&reason))?;
+        Ok(Identity {
+            subject: verified.subject,
+            scopes: verified.scopes,
+            kind,
+        })
+    }
+
+    fn verify_jwt(&self, token: &str) -> Result<Verified, String> {
+        let verifier = self
+            .jwt
+            .as_ref()
+            .ok_or("no [auth.jwt] issuer is configured")?;
+        match token.matches('.').count() {
+            2 => verifier.verify(token),
+            4 => {
+                let opener = self
+                    .jwe
+                    .as_ref()
+                    .ok_or("encrypted token, but no JWE key is configured")?;
+                verifier.verify(&opener.open(token)?)
+            }
+            _ => Err("not a JWT or JWE in compact form".into()),
+        }
+    }
+
+    fn verify_opaque(&self, kind: Kind, token: &str) -> Result<Verified, String> {
+        let conn = match self.connections.lock().ok().and_then(|mut pool| pool.pop()) {
+            Some(conn) => conn,
+            None => self
+                .store
+                .reader()
+                .map_err(|e| format!("credential store unavailable: {e}"))?,
+        };
+        let result = self.store.verify_credential(&conn, kind, token);
+        if let Ok(mut pool) = self.connections.lock() {
+            pool.push(conn);
+        }
+        match result.map_err(|e| format!("credential store unavailable: {e}"))? {
+            Ok(grant) => Ok(Verified {
+                subject: grant.subject,
+                scopes: grant.scopes,
+            }),
+            Err(rejection) => Err(rejection.as_str().to_string()),
+        }
+    }
+}
+
+fn unauthenticated() -> Refusal {
+    Refusal {
+        problem: Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Authentication required",
+            "This function requires a Bearer credential.",
+        )
+        .challenge("Bearer realm=\"bulkhead\""),
+        reason: "no credential".into(),
+    }
+}
+
+/// One answer for every bad credential: no oracle beyond RFC 6750's code.
+fn invalid(reason: &str) -> Refusal {
+    Refusal {
+        problem: Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-token",
+            "Invalid credential",
+            "The credential is not valid.",
+        )
+        .challenge("Bearer realm=\"bulkhead\", error=\"invalid_token\""),
+        reason: reason.to_string(),
+    }
+}
+
+fn backoff_refusal(wait: Duration) -> Refusal {
+    Refusal {
+        problem: Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "auth-backoff",
+            "Too many failed attempts",
+            "Too many invalid credentials came from this address; wait before trying again.",
+        )
+        .retry_after(wait.as_secs().max(1)),
+        reason: "failed-authentication back-off".into(),
+    }
+}
