@@ -4,7 +4,7 @@
 mod admin;
 mod admission;
 mod audit;
-mod authn;
+pub mod authn;
 pub mod correlation;
 mod metrics;
 mod pipeline;

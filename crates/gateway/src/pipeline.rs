@@ -164,7 +164,8 @@ async fn pipeline(
         .check(request.headers(), &slot.access, peer)
         .map_err(|refusal| {
             outcome.detail = Some(refusal.reason);
-            refusal.problem
+            outcome.subject = refusal.subject;
+            *refusal.problem
         })?;
     outcome.subject = identity.as_ref().map(|i| i.subject.clone());
 

@@ -103,6 +103,8 @@ pub struct Server {
     /// The admin listener's address, when it runs.
     pub admin: Option<SocketAddr>,
     logs: Arc<(Mutex<Vec<String>>, Condvar)>,
+    /// Set when the server's stderr closed (it exited).
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Server {
@@ -131,6 +133,8 @@ impl Server {
         let stderr = child.stderr.take().expect("stderr is piped");
         let logs = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
         let sink = logs.clone();
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let eof = closed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -138,12 +142,15 @@ impl Server {
                 lines.lock().unwrap().push(line);
                 ready.notify_all();
             }
+            eof.store(true, std::sync::atomic::Ordering::SeqCst);
+            sink.1.notify_all();
         });
         let mut server = Self {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
             admin: None,
             logs,
+            closed,
         };
         let listening =
             server.wait_for_log(|r| r["message"] == "listening", Duration::from_secs(180));
@@ -185,8 +192,17 @@ impl Server {
                 }
             }
             let now = Instant::now();
-            if now >= deadline {
-                panic!("no matching log record; logs were:\n{}", guard.join("\n"));
+            let exited = self.closed.load(std::sync::atomic::Ordering::SeqCst);
+            if now >= deadline || exited {
+                let why = if exited {
+                    "the server exited"
+                } else {
+                    "timed out"
+                };
+                panic!(
+                    "no matching log record ({why}); logs were:\n{}",
+                    guard.join("\n")
+                );
             }
             guard = ready.wait_timeout(guard, deadline - now).unwrap().0;
         }

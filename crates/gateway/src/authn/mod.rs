@@ -43,8 +43,11 @@ pub struct Verified {
 
 /// A refusal: the problem for the client and the precise reason for the log.
 pub struct Refusal {
-    pub problem: Problem,
+    /// Boxed: refusals are the rare path, keep `Result` small.
+    pub problem: Box<Problem>,
     pub reason: String,
+    /// Who was refused, when the credential itself was valid (403).
+    pub subject: Option<String>,
 }
 
 pub struct Authenticator {
@@ -103,6 +106,7 @@ impl Authenticator {
                             wait.as_secs()
                         ),
                         problem: backoff_refusal(wait).problem,
+                        subject: None,
                     });
                 }
                 return Err(refusal);
@@ -114,16 +118,18 @@ impl Authenticator {
             .collect();
         if !missing.is_empty() {
             return Err(Refusal {
-                problem: Problem::new(
-                    StatusCode::FORBIDDEN,
-                    "insufficient-scope",
-                    "Insufficient scope",
-                    "The credential does not grant what this function requires.",
-                )
-                .challenge(&format!(
-                    "Bearer realm=\"bulkhead\", error=\"insufficient_scope\", scope=\"{}\"",
-                    scopes.join(" ")
-                )),
+                problem: Box::new(
+                    Problem::new(
+                        StatusCode::FORBIDDEN,
+                        "insufficient-scope",
+                        "Insufficient scope",
+                        "The credential does not grant what this function requires.",
+                    )
+                    .challenge(&format!(
+                        "Bearer realm=\"bulkhead\", error=\"insufficient_scope\", scope=\"{}\"",
+                        scopes.join(" ")
+                    )),
+                ),
                 reason: format!(
                     "subject lacks scope(s) {}",
                     missing
@@ -132,6 +138,7 @@ impl Authenticator {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
+                subject: Some(identity.subject.clone()),
             });
         }
         Ok(Some(identity))
@@ -231,40 +238,49 @@ impl Authenticator {
 
 fn unauthenticated() -> Refusal {
     Refusal {
-        problem: Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "Authentication required",
-            "This function requires a Bearer credential.",
-        )
-        .challenge("Bearer realm=\"bulkhead\""),
+        problem: Box::new(
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "Authentication required",
+                "This function requires a Bearer credential.",
+            )
+            .challenge("Bearer realm=\"bulkhead\""),
+        ),
         reason: "no credential".into(),
+        subject: None,
     }
 }
 
 /// One answer for every bad credential: no oracle beyond RFC 6750's code.
 fn invalid(reason: &str) -> Refusal {
     Refusal {
-        problem: Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid-token",
-            "Invalid credential",
-            "The credential is not valid.",
-        )
-        .challenge("Bearer realm=\"bulkhead\", error=\"invalid_token\""),
+        problem: Box::new(
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid-token",
+                "Invalid credential",
+                "The credential is not valid.",
+            )
+            .challenge("Bearer realm=\"bulkhead\", error=\"invalid_token\""),
+        ),
         reason: reason.to_string(),
+        subject: None,
     }
 }
 
 fn backoff_refusal(wait: Duration) -> Refusal {
     Refusal {
-        problem: Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "auth-backoff",
-            "Too many failed attempts",
-            "Too many invalid credentials came from this address; wait before trying again.",
-        )
-        .retry_after(wait.as_secs().max(1)),
+        problem: Box::new(
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "auth-backoff",
+                "Too many failed attempts",
+                "Too many invalid credentials came from this address; wait before trying again.",
+            )
+            .retry_after(wait.as_secs().max(1)),
+        ),
         reason: "failed-authentication back-off".into(),
+        subject: None,
     }
 }

@@ -1,0 +1,629 @@
+//! T11, T12, T03: every route is authenticated unless declared public. An
+//! attack corpus of forged, expired, confused, tampered and revoked
+//! credentials is refused with 401 (and a log record naming the precise
+//! reason); valid JWTs (EdDSA, ES256, RS256), JWEs, sessions and API keys
+//! reach the function with the verified subject and scopes; failed
+//! attempts from one address are throttled with growing back-off.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use support::{Reply, Server, TestApp, request, send};
+
+const ISSUER: &str = "https://id.example.org";
+const AUDIENCE: &str = "guarded";
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/auth")
+            .join(name),
+    )
+    .unwrap()
+}
+
+fn manifest(failures_per_minute: u32) -> String {
+    format!(
+        r#"
+[app]
+name = "guarded"
+
+[auth]
+failed_attempts_per_minute = {failures_per_minute}
+
+[auth.jwt]
+issuer = "{ISSUER}"
+audience = "{AUDIENCE}"
+jwks = "keys/jwks.json"
+algorithms = ["EdDSA", "ES256", "RS256"]
+max_token_lifetime = "15m"
+decryption_key = "keys/jwe.pem"
+decryption_algorithm = "ECDH-ES+A256KW"
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo"
+scopes = ["conference:register"]
+
+[[function]]
+name = "open"
+component = "echo.wasm"
+route = "/open"
+auth = "public"
+
+[[function]]
+name = "keys-only"
+component = "echo.wasm"
+route = "/keys-only"
+auth = "api-key"
+"#
+    )
+}
+
+fn app(failures_per_minute: u32) -> TestApp {
+    let app = TestApp::new(&manifest(failures_per_minute), &["echo"]);
+    let keys = app.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for file in ["jwks.json", "jwe.pem"] {
+        std::fs::write(keys.join(file), fixture(file)).unwrap();
+    }
+    app
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn claims() -> Value {
+    json!({
+        "sub": "ada",
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "iat": now(),
+        "exp": now() + 300,
+        "scope": "conference:register profile:read",
+    })
+}
+
+fn with(mut base: Value, key: &str, value: Value) -> Value {
+    base[key] = value;
+    base
+}
+
+fn without(mut base: Value, key: &str) -> Value {
+    base.as_object_mut().unwrap().remove(key);
+    base
+}
+
+fn sign(alg: Algorithm, kid: Option<&str>, key: &EncodingKey, claims: &Value) -> String {
+    let mut header = Header::new(alg);
+    header.kid = kid.map(String::from);
+    jsonwebtoken::encode(&header, claims, key).unwrap()
+}
+
+fn ed() -> EncodingKey {
+    EncodingKey::from_ed_pem(&fixture("ed25519.pem")).unwrap()
+}
+
+fn ed_token(claims: &Value) -> String {
+    sign(Algorithm::EdDSA, Some("ed-1"), &ed(), claims)
+}
+
+fn b64(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+fn jwe(inner: &str, recipient_pem: &[u8]) -> String {
+    use josekit::jwe::{ECDH_ES_A256KW, JweHeader};
+    let mut header = JweHeader::new();
+    header.set_content_encryption("A256GCM");
+    header.set_content_type("JWT");
+    let encrypter = ECDH_ES_A256KW.encrypter_from_pem(recipient_pem).unwrap();
+    josekit::jwe::serialize_compact(inner.as_bytes(), &header, &encrypter).unwrap()
+}
+
+/// Flip one character of base64url segment `index` of a compact token.
+fn flip(token: &str, index: usize) -> String {
+    let mut parts: Vec<String> = token.split('.').map(String::from).collect();
+    let segment = &mut parts[index];
+    let middle = segment.len() / 2;
+    let replacement = if &segment[middle..=middle] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    segment.replace_range(middle..=middle, replacement);
+    parts.join(".")
+}
+
+async fn call(server: &Server, path: &str, credential: Option<&str>) -> Reply {
+    let mut req = request("GET", server.addr, path, Bytes::new());
+    if let Some(credential) = credential {
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+    }
+    send(server.addr, req).await
+}
+
+fn echoed(reply: &Reply) -> Vec<(String, String)> {
+    reply.json()["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn header_of(reply: &Reply, name: &str) -> Vec<String> {
+    echoed(reply)
+        .into_iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_attack_corpus_is_refused() {
+    let app = app(10_000);
+    let session = app.run_with(
+        &["token", "issue"],
+        &["--subject", "ada", "--scopes", "conference:register"],
+    );
+    assert!(session.status.success());
+    let session = String::from_utf8_lossy(&session.stdout).trim().to_string();
+    let server = Server::start(&app);
+
+    let valid = ed_token(&claims());
+    let rsa_public = fixture("rsa.pub.pem");
+    let header_none = b64(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = b64(claims().to_string().as_bytes());
+    let stranger = EncodingKey::from_ed_pem(&fixture("stranger.pem")).unwrap();
+    let es = EncodingKey::from_ec_pem(&fixture("p256.pem")).unwrap();
+    let rs = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
+    let jwe_ok = jwe(&valid, &fixture("jwe.pub.pem"));
+    let parts: Vec<&str> = valid.split('.').collect();
+
+    let corpus: Vec<(&str, String)> = vec![
+        ("alg none", format!("{header_none}.{body}.")),
+        (
+            "alg none, signature kept",
+            format!("{header_none}.{body}.{}", parts[2]),
+        ),
+        (
+            "HS256 with the RSA public key (confusion)",
+            sign(
+                Algorithm::HS256,
+                Some("rsa-1"),
+                &EncodingKey::from_secret(&rsa_public),
+                &claims(),
+            ),
+        ),
+        (
+            "HS256 with the Ed25519 key id",
+            sign(
+                Algorithm::HS256,
+                Some("ed-1"),
+                &EncodingKey::from_secret(b"fixture"),
+                &claims(),
+            ),
+        ),
+        (
+            "ES256 key claiming the EdDSA kid",
+            sign(Algorithm::ES256, Some("ed-1"), &es, &claims()),
+        ),
+        (
+            "RS256 signature under the ES256 kid",
+            sign(Algorithm::RS256, Some("ec-1"), &rs, &claims()),
+        ),
+        (
+            "signed by a stranger",
+            sign(Algorithm::EdDSA, Some("ed-1"), &stranger, &claims()),
+        ),
+        (
+            "expired",
+            ed_token(&with(
+                with(claims(), "iat", json!(now() - 600)),
+                "exp",
+                json!(now() - 300),
+            )),
+        ),
+        (
+            "nbf in the future",
+            ed_token(&with(claims(), "nbf", json!(now() + 600))),
+        ),
+        (
+            "iat in the future",
+            ed_token(&with(
+                with(claims(), "iat", json!(now() + 600)),
+                "exp",
+                json!(now() + 900),
+            )),
+        ),
+        (
+            "lifetime over the maximum",
+            ed_token(&with(claims(), "exp", json!(now() + 3600))),
+        ),
+        ("no exp", ed_token(&without(claims(), "exp"))),
+        ("no iat", ed_token(&without(claims(), "iat"))),
+        ("no sub", ed_token(&without(claims(), "sub"))),
+        (
+            "wrong issuer",
+            ed_token(&with(claims(), "iss", json!("https://evil.example"))),
+        ),
+        ("no issuer", ed_token(&without(claims(), "iss"))),
+        (
+            "wrong audience",
+            ed_token(&with(claims(), "aud", json!("someone-else"))),
+        ),
+        ("no audience", ed_token(&without(claims(), "aud"))),
+        (
+            "unknown kid",
+            sign(Algorithm::EdDSA, Some("ed-9"), &ed(), &claims()),
+        ),
+        (
+            "kid path traversal",
+            sign(
+                Algorithm::EdDSA,
+                Some("../../../../etc/passwd"),
+                &ed(),
+                &claims(),
+            ),
+        ),
+        (
+            "kid URL",
+            sign(
+                Algorithm::EdDSA,
+                Some("https://evil.example/jwks.json"),
+                &ed(),
+                &claims(),
+            ),
+        ),
+        (
+            "kid with a suffix",
+            sign(Algorithm::EdDSA, Some("ed-1/../ed-1"), &ed(), &claims()),
+        ),
+        ("stripped signature", format!("{}.{}.", parts[0], parts[1])),
+        (
+            "truncated signature",
+            format!("{}.{}.{}", parts[0], parts[1], &parts[2][..20]),
+        ),
+        ("bit-flipped signature", flip(&valid, 2)),
+        ("bit-flipped payload", flip(&valid, 1)),
+        (
+            "oversized token",
+            format!("{}.{}.{}", parts[0], "A".repeat(10_000), parts[2]),
+        ),
+        ("garbage", "not-a-token".to_string()),
+        ("JWE with tampered ciphertext", flip(&jwe_ok, 3)),
+        ("JWE with tampered tag", flip(&jwe_ok, 4)),
+        ("JWE with tampered header", flip(&jwe_ok, 0)),
+        (
+            "JWE for another key",
+            jwe(&valid, &fixture("other-jwe.pub.pem")),
+        ),
+        (
+            "JWE holding an expired JWT",
+            jwe(
+                &ed_token(&with(
+                    with(claims(), "iat", json!(now() - 600)),
+                    "exp",
+                    json!(now() - 300),
+                )),
+                &fixture("jwe.pub.pem"),
+            ),
+        ),
+        (
+            "JWE holding an unsigned JWT",
+            jwe(&format!("{header_none}.{body}."), &fixture("jwe.pub.pem")),
+        ),
+        ("unknown session", format!("bhs_{}", "0".repeat(64))),
+        ("unknown API key", format!("bhk_{}", "1".repeat(64))),
+        ("session on an API-key-only route", session.clone()),
+    ];
+    for (case, token) in &corpus {
+        let path = if *case == "session on an API-key-only route" {
+            "/keys-only"
+        } else {
+            "/echo"
+        };
+        let reply = call(&server, path, Some(token)).await;
+        let problem = reply.assert_problem(401, "invalid-token");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer realm=\"bulkhead\", error=\"invalid_token\""),
+            "{case}"
+        );
+        assert!(
+            !problem.to_string().contains(&token[..token.len().min(40)]),
+            "{case}: never echoed"
+        );
+        let record = server.access_record(&reply.correlation_id());
+        assert_eq!(record["reason"], "invalid-token", "{case}");
+        assert!(
+            record["detail"].as_str().is_some_and(|d| !d.is_empty()),
+            "{case}: the log says why"
+        );
+    }
+
+    // No credential at all: 401 without an error code (RFC 6750 §3.1).
+    let bare = call(&server, "/echo", None).await;
+    bare.assert_problem(401, "unauthenticated");
+    assert_eq!(
+        bare.header("www-authenticate"),
+        Some("Bearer realm=\"bulkhead\"")
+    );
+
+    // Valid, but without the scope the function requires: 403.
+    let narrow = ed_token(&with(claims(), "scope", json!("profile:read")));
+    let forbidden = call(&server, "/echo", Some(&narrow)).await;
+    forbidden.assert_problem(403, "insufficient-scope");
+    assert!(
+        forbidden
+            .header("www-authenticate")
+            .is_some_and(|h| h.contains("insufficient_scope") && h.contains("conference:register"))
+    );
+    assert_eq!(
+        server.access_record(&forbidden.correlation_id())["subject"],
+        "ada"
+    );
+
+    // The public route needs nothing.
+    assert_eq!(call(&server, "/open", None).await.status, 200);
+}
+
+#[tokio::test]
+async fn valid_credentials_of_each_kind_reach_the_function() {
+    let app = app(10_000);
+    let issued = app.run_with(
+        &["token", "issue"],
+        &[
+            "--subject",
+            "grace",
+            "--scopes",
+            "conference:register,talks:read",
+        ],
+    );
+    let session = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    let created = app.run_with(
+        &["keys", "create"],
+        &[
+            "--subject",
+            "ci-bot",
+            "--scopes",
+            "conference:register",
+            "--label",
+            "CI",
+        ],
+    );
+    let api_key = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(session.starts_with("bhs_") && api_key.starts_with("bhk_"));
+    let server = Server::start(&app);
+
+    let es = EncodingKey::from_ec_pem(&fixture("p256.pem")).unwrap();
+    let rs = EncodingKey::from_rsa_pem(&fixture("rsa.pem")).unwrap();
+    let scp_list = with(
+        without(claims(), "scope"),
+        "scp",
+        json!(["conference:register"]),
+    );
+    let cases = [
+        ("EdDSA JWT", ed_token(&claims()), "ada", "jwt"),
+        (
+            "ES256 JWT",
+            sign(Algorithm::ES256, Some("ec-1"), &es, &claims()),
+            "ada",
+            "jwt",
+        ),
+        (
+            "RS256 JWT with scp",
+            sign(Algorithm::RS256, Some("rsa-1"), &rs, &scp_list),
+            "ada",
+            "jwt",
+        ),
+        (
+            "JWE",
+            jwe(&ed_token(&claims()), &fixture("jwe.pub.pem")),
+            "ada",
+            "jwt",
+        ),
+        ("session", session.clone(), "grace", "session"),
+        ("API key", api_key.clone(), "ci-bot", "api-key"),
+    ];
+    for (case, token, subject, kind) in &cases {
+        let mut req = request("GET", server.addr, "/echo", Bytes::new());
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        // A client's own identity headers never get through.
+        req.headers_mut()
+            .insert("bulkhead-subject", "root".parse().unwrap());
+        req.headers_mut()
+            .insert("bulkhead-scopes", "everything".parse().unwrap());
+        let reply = send(server.addr, req).await;
+        assert_eq!(reply.status, 200, "{case}: {}", reply.text());
+        assert_eq!(
+            header_of(&reply, "bulkhead-subject"),
+            vec![subject.to_string()],
+            "{case}"
+        );
+        assert_eq!(
+            header_of(&reply, "bulkhead-credential"),
+            vec![kind.to_string()],
+            "{case}"
+        );
+        let scopes = header_of(&reply, "bulkhead-scopes");
+        assert_eq!(scopes.len(), 1, "{case}");
+        assert!(
+            scopes[0].split(' ').any(|s| s == "conference:register"),
+            "{case}: {scopes:?}"
+        );
+        assert_eq!(
+            server.access_record(&reply.correlation_id())["subject"],
+            *subject
+        );
+    }
+    // An API key on the API-key-only route.
+    assert_eq!(
+        call(&server, "/keys-only", Some(&api_key)).await.status,
+        200
+    );
+
+    // Revocation is immediate, for sessions and API keys alike.
+    let session_id = listed_id(&app, "token", "grace");
+    let key_id = listed_id(&app, "keys", "ci-bot");
+    assert!(
+        app.run_with(&["token", "revoke"], &[&session_id])
+            .status
+            .success()
+    );
+    assert!(
+        app.run_with(&["keys", "revoke"], &[&key_id])
+            .status
+            .success()
+    );
+    call(&server, "/echo", Some(&session))
+        .await
+        .assert_problem(401, "invalid-token");
+    call(&server, "/echo", Some(&api_key))
+        .await
+        .assert_problem(401, "invalid-token");
+    let listing = app.run_with(&["token", "list"], &[]);
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("revoked") && !listing.contains(&session));
+}
+
+fn listed_id(app: &TestApp, command: &str, subject: &str) -> String {
+    let out = app.run_with(&[command, "list"], &[]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(subject))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("listed")
+        .to_string()
+}
+
+#[tokio::test]
+async fn sessions_expire() {
+    let app = app(10_000);
+    let issued = app.run_with(
+        &["token", "issue"],
+        &[
+            "--subject",
+            "ada",
+            "--scopes",
+            "conference:register",
+            "--ttl",
+            "1s",
+        ],
+    );
+    let session = String::from_utf8_lossy(&issued.stdout).trim().to_string();
+    let server = Server::start(&app);
+    // Wait out the one-second lifetime (a wait, not a timing assertion).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = call(&server, "/echo", Some(&session)).await;
+    reply.assert_problem(401, "invalid-token");
+    assert_eq!(
+        server.access_record(&reply.correlation_id())["detail"],
+        "credential expired"
+    );
+    // The store holds only the hash, never the token.
+    let db = std::fs::read(app.path().join(".bulkhead/dev/state.db")).unwrap();
+    assert!(!String::from_utf8_lossy(&db).contains(&session));
+}
+
+/// T03: after the allowance of failures, an address is shut out — even
+/// with a valid credential — for a time that grows with each strike.
+#[tokio::test]
+async fn guessing_is_throttled_with_growing_back_off() {
+    let app = app(3);
+    let server = Server::start(&app);
+    for _ in 0..3 {
+        call(&server, "/echo", Some("bhk_guess"))
+            .await
+            .assert_problem(401, "invalid-token");
+    }
+    let first = call(&server, "/echo", Some("bhk_guess")).await;
+    first.assert_problem(429, "auth-backoff");
+    let retry: u64 = first.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1);
+    let shut_out = call(&server, "/echo", Some(&ed_token(&claims()))).await;
+    shut_out.assert_problem(429, "auth-backoff");
+    // Public routes stay open to everyone.
+    assert_eq!(call(&server, "/open", None).await.status, 200);
+    assert!(
+        server
+            .logs()
+            .iter()
+            .any(|r| r["detail"].as_str().is_some_and(|d| d.contains("shut out")))
+    );
+}
+
+#[test]
+fn check_lists_public_routes_and_refuses_weak_settings() {
+    let app = app(10);
+    let out = app.run(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("public routes (no credential required): /open"),
+        "{text}"
+    );
+    assert!(
+        text.contains("authenticated (jwt, session, api-key), scopes conference:register"),
+        "{text}"
+    );
+
+    for (weak, expected) in [
+        (
+            r#"algorithms = ["EdDSA", "ES256", "RS256"]"#,
+            r#"algorithms = ["none"]"#,
+        ),
+        (
+            r#"algorithms = ["EdDSA", "ES256", "RS256"]"#,
+            r#"algorithms = ["HS256"]"#,
+        ),
+        (
+            r#"max_token_lifetime = "15m""#,
+            r#"max_token_lifetime = "30d""#,
+        ),
+    ] {
+        std::fs::write(
+            app.path().join("bulkhead.toml"),
+            manifest(10).replace(weak, expected),
+        )
+        .unwrap();
+        let out = app.run(&["check"]);
+        assert!(!out.status.success(), "{expected} must be refused");
+    }
+    // A JWKS listing a key whose algorithm is not allowed is refused at deploy.
+    std::fs::write(
+        app.path().join("bulkhead.toml"),
+        manifest(10).replace(r#"["EdDSA", "ES256", "RS256"]"#, r#"["EdDSA"]"#),
+    )
+    .unwrap();
+    let err = String::from_utf8_lossy(&app.run(&["check"]).stderr).into_owned();
+    assert!(
+        err.contains("which [auth.jwt] `algorithms` does not list"),
+        "{err}"
+    );
+}
