@@ -37,7 +37,7 @@ name = "bench"
 issuer = "https://id.example.org"
 audience = "bench"
 jwks = "keys/jwks.json"
-algorithms = ["EdDSA", "ES256"]
+algorithms = ["EdDSA", "ES256", "RS256"]
 decryption_key = "keys/jwe.pem"
 decryption_algorithm = "ECDH-ES+A256KW"
 [[function]]
