@@ -48,5 +48,13 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         );
         println!("  imports    {}", loaded.imports().join(", "));
     }
+    if let Some(t) = &app.telemetry {
+        println!(
+            "\ntelemetry  one span per request to {} (OTLP/HTTP), service `{}`, sample_ratio {:?}",
+            t.traces_url(),
+            t.service_name,
+            t.sample_ratio
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ mod pipeline;
 pub mod problem;
 mod router;
 mod server;
+pub mod spans;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,6 +24,7 @@ use metrics::Metrics;
 use router::Router;
 
 pub use admin::AdminAccess;
+pub use spans::{RequestSpan, SpanExport};
 
 /// An app ready to serve: its functions loaded, its gates set.
 #[derive(Clone)]
@@ -37,18 +39,28 @@ pub(crate) struct Shared {
     functions: Vec<FunctionSlot>,
     audit: AuditLog,
     metrics: Metrics,
+    /// Where request spans go, when trace export is on (T08).
+    spans: Option<Arc<dyn SpanExport>>,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
 }
 
 pub(crate) struct FunctionSlot {
     function: LoadedFunction,
+    /// The route as the manifest writes it, like `/users/{id}`.
+    route: String,
     gate: Arc<Gate>,
 }
 
 impl Gateway {
-    /// `functions` are the app's functions, loaded, in manifest order.
-    pub fn new(app: &App, functions: Vec<LoadedFunction>, audit: AuditLog) -> Self {
+    /// `functions` are the app's functions, loaded, in manifest order;
+    /// `spans`, where request spans are exported, if anywhere.
+    pub fn new(
+        app: &App,
+        functions: Vec<LoadedFunction>,
+        audit: AuditLog,
+        spans: Option<Arc<dyn SpanExport>>,
+    ) -> Self {
         let router = Router::new(
             app.functions
                 .iter()
@@ -56,13 +68,19 @@ impl Gateway {
         );
         let functions = functions
             .into_iter()
-            .map(|function| {
+            .zip(&app.functions)
+            .map(|(function, spec)| {
                 let limits = function.limits();
                 let gate = Gate::new(
                     limits.max_concurrent_requests,
                     limits.max_outstanding_requests,
                 );
-                FunctionSlot { function, gate }
+                let route = spec.route.to_string();
+                FunctionSlot {
+                    function,
+                    route,
+                    gate,
+                }
             })
             .collect();
         Self {
@@ -76,6 +94,7 @@ impl Gateway {
                 functions,
                 audit,
                 metrics: Metrics::new(),
+                spans,
                 ready: AtomicBool::new(false),
             }),
         }

@@ -3,7 +3,7 @@
 //! instantiates a function. Every outcome ends in one access-log record.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bulkhead_runtime::{Invocation, InvokeError};
 use bytes::Bytes;
@@ -15,7 +15,8 @@ use tracing::{info, warn};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
-use crate::{Shared, audit};
+use crate::spans::{RequestSpan, method_name};
+use crate::{FunctionSlot, Shared, audit};
 
 /// Headers that describe one hop's connection, not the request: never
 /// forwarded to the function or back to the client.
@@ -35,19 +36,28 @@ const HOP_BY_HOP: &[&str] = &[
 const RESERVED_PREFIX: &str = "bulkhead-";
 
 /// What the access log says about one request.
-struct Outcome {
-    function: Option<String>,
+struct Outcome<'s> {
+    slot: Option<&'s FunctionSlot>,
     reason: Option<&'static str>,
     detail: Option<String>,
 }
 
 pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bytes> {
     let started = Instant::now();
-    let trace = TraceContext::from_headers(request.headers());
+    let started_at = SystemTime::now();
+    let mut trace = TraceContext::from_headers(request.headers());
+    let spans = shared
+        .spans
+        .as_deref()
+        .filter(|spans| spans.sampled(&trace));
+    if spans.is_some() {
+        trace.mark_sampled();
+    }
     let method = request.method().as_str().to_string();
+    let span_method = method_name(request.method());
     let path = request.uri().path().to_string();
     let mut outcome = Outcome {
-        function: None,
+        slot: None,
         reason: None,
         detail: None,
     };
@@ -64,11 +74,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    let function = outcome.function.as_deref().unwrap_or("");
+    let function = outcome.slot.map_or("", |slot| slot.function.name());
     let correlation_id = trace.correlation_id();
     shared
         .metrics
         .observe(function, status, elapsed.as_secs_f64(), outcome.reason);
+    if let Some(spans) = spans {
+        spans.export(RequestSpan {
+            trace: &trace,
+            start: started_at,
+            end: started_at + elapsed,
+            function: outcome.slot.map(|slot| slot.function.name()),
+            route: outcome.slot.map(|slot| slot.route.as_str()),
+            method: span_method,
+            status,
+            refusal_reason: outcome.reason,
+        });
+    }
     match outcome.reason {
         None => info!(
             target: "bulkhead::access",
@@ -111,11 +133,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, request: Request<Incoming>) -> R
     response
 }
 
-async fn pipeline(
-    shared: &Shared,
+async fn pipeline<'s>(
+    shared: &'s Shared,
     request: Request<Incoming>,
     trace: &TraceContext,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Result<Response<Bytes>, Problem> {
     // Route.
     let slot = match shared
@@ -142,7 +164,7 @@ async fn pipeline(
         }
     };
     let function = &slot.function;
-    outcome.function = Some(function.name().to_string());
+    outcome.slot = Some(slot);
 
     // Admit: app-wide, then per function; over either bound, 429 at once (T01).
     let too_many = |scope: &str| {

@@ -39,8 +39,9 @@ pub(crate) fn resolve(
         }
     }
 
-    let limits = match raw.env.get(env) {
-        Some(overlay) => raw.limits.overlaid(&overlay.get_ref().limits),
+    let overlay = raw.env.get(env).map(Spanned::get_ref);
+    let limits = match overlay {
+        Some(overlay) => raw.limits.overlaid(&overlay.limits),
         None if STANDARD_ENVS.contains(&env) => raw.limits.clone(),
         None => {
             let mut known: Vec<&str> = STANDARD_ENVS.to_vec();
@@ -56,6 +57,11 @@ pub(crate) fn resolve(
         }
     };
     let app_limits = app_limits(&mut out, &limits);
+    let telemetry = match overlay {
+        Some(overlay) => raw.telemetry.overlaid(&overlay.telemetry),
+        None => raw.telemetry.clone(),
+    };
+    let telemetry = crate::telemetry::resolve(&mut out, raw.app.name.get_ref(), &telemetry);
 
     let mut functions = Vec::new();
     let mut names = HashSet::new();
@@ -92,6 +98,7 @@ pub(crate) fn resolve(
         env: env.to_string(),
         limits: app_limits,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
+        telemetry,
     })
 }
 
