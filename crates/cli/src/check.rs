@@ -21,7 +21,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     };
     let app = &deployment.app;
     // Builds the authenticator too: a bad JWKS or JWE key is a problem now.
-    if let Err(problem) = Gateway::new(app, deployment.functions.clone(), audit, store) {
+    if let Err(problem) = Gateway::new(app, deployment.functions.clone(), audit, store, None) {
         return Ok(report(&[problem]));
     }
     println!(
@@ -67,6 +67,14 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         println!(
             "\npublic routes (no credential required): {}",
             public.join(", ")
+        );
+    }
+    if let Some(t) = &app.telemetry {
+        println!(
+            "\ntelemetry  one span per request to {} (OTLP/HTTP), service `{}`, sample_ratio {:?}",
+            t.traces_url(),
+            t.service_name,
+            t.sample_ratio
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,8 @@ mod audit_cmd;
 mod check;
 mod credentials_cmd;
 mod deploy;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod serve;
 
 use std::net::SocketAddr;
@@ -183,6 +185,26 @@ fn report(problems: &[String]) -> ExitCode {
 }
 
 fn load_app(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {
-    bulkhead_manifest::load(&target.app_dir, &target.env)
-        .map_err(|problems| problems.0.iter().map(ToString::to_string).collect())
+    let app = bulkhead_manifest::load(&target.app_dir, &target.env).map_err(|problems| {
+        problems
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    })?;
+    if let Some(telemetry) = &app.telemetry
+        && !cfg!(feature = "otlp")
+    {
+        let problem = bulkhead_manifest::Problem {
+            file: app.manifest_path.clone(),
+            location: telemetry.location,
+            message: "`[telemetry]` asks for OpenTelemetry export, but this bulkhead was built \
+                      without the `otlp` feature; build it with \
+                      `cargo build --release -p bulkhead-cli --features otlp`, or remove \
+                      `otlp_endpoint`"
+                .into(),
+        };
+        return Err(vec![problem.to_string()]);
+    }
+    Ok(app)
 }

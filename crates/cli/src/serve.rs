@@ -2,10 +2,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
-use bulkhead_gateway::{AdminAccess, Gateway};
-use bulkhead_manifest::MANIFEST_FILE;
+use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
+use bulkhead_manifest::{App, MANIFEST_FILE};
 use bulkhead_store::{AuditEvent, AuditLog, Store};
 use serde_json::json;
 use tracing::{info, warn};
@@ -34,9 +35,37 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
         .thread_name("bulkhead")
         .build()
         .context("cannot start the async runtime")?;
-    let result = runtime.block_on(serve(app, listen, access, audit.clone(), store));
+    let spans = span_export(&app, runtime.handle())?;
+    let result = runtime.block_on(serve(
+        app,
+        listen,
+        access,
+        audit.clone(),
+        store,
+        spans.clone(),
+    ));
+    // After the drain, so every request's span is queued; the runtime still
+    // runs the last exports.
+    if let Some(spans) = spans
+        && let Err(e) = spans.shutdown()
+    {
+        warn!(target: "bulkhead::telemetry", error = %e, "could not send every queued span");
+    }
     audit.close();
     result
+}
+
+/// Where request spans go: a collector, when the binary has the `otlp`
+/// feature and the manifest's `[telemetry]` names one.
+#[cfg(feature = "otlp")]
+fn span_export(app: &App, runtime: &tokio::runtime::Handle) -> Result<Option<Arc<dyn SpanExport>>> {
+    crate::otlp::start(app, runtime)
+}
+
+/// Without the `otlp` feature `load_app` refuses `[telemetry]`: nothing to export.
+#[cfg(not(feature = "otlp"))]
+fn span_export(_: &App, _: &tokio::runtime::Handle) -> Result<Option<Arc<dyn SpanExport>>> {
+    Ok(None)
 }
 
 /// The admin listener's policy: tokens if any exist; open only in `dev` on
@@ -68,11 +97,12 @@ fn admin_access(
 }
 
 async fn serve(
-    app: bulkhead_manifest::App,
+    app: App,
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
     store: Store,
+    spans: Option<Arc<dyn SpanExport>>,
 ) -> Result<ExitCode> {
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
     let deployment =
@@ -81,7 +111,13 @@ async fn serve(
             Err(problems) => return Ok(report(&problems)),
         };
     let app = &deployment.app;
-    let gateway = match Gateway::new(app, deployment.functions.clone(), audit.clone(), store) {
+    let gateway = match Gateway::new(
+        app,
+        deployment.functions.clone(),
+        audit.clone(),
+        store,
+        spans,
+    ) {
         Ok(gateway) => gateway,
         Err(problem) => return Ok(report(&[problem])),
     };

@@ -234,3 +234,31 @@ fn environments_overlay_the_limits() {
     // Each environment keeps its own state.
     assert!(app.path().join(".bulkhead/prod/compile-cache").is_dir());
 }
+
+/// A binary built without the `otlp` feature refuses `[telemetry]` rather
+/// than silently exporting nothing (T08), in `check` and in `serve`, and
+/// says how to build one that exports.
+#[cfg(not(feature = "otlp"))]
+#[test]
+fn telemetry_without_the_otlp_feature_is_refused_with_how_to_build_it() {
+    let manifest =
+        format!("{VALID}\n[env.prod.telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n");
+    let app = TestApp::new(&manifest, &["hello"]);
+    assert!(app.run(&["check"]).status.success(), "dev exports nothing");
+    let serve_options = ["--listen", "127.0.0.1:0", "--admin-listen", "off"];
+    for (command, options) in [("check", &[][..]), ("serve", &serve_options[..])] {
+        let options = [&["--env", "prod"][..], options].concat();
+        let out = app.run_with(&[command], &options);
+        assert!(!out.status.success(), "{command}");
+        let err = stderr(&out);
+        assert!(err.contains("bulkhead.toml:12:17"), "{command}: {err}");
+        assert!(
+            err.contains("without the `otlp` feature"),
+            "{command}: {err}"
+        );
+        assert!(
+            err.contains("cargo build --release -p bulkhead-cli --features otlp"),
+            "{command}: {err}"
+        );
+    }
+}

@@ -12,7 +12,9 @@ pub struct TraceContext {
     trace_id: String,
     /// The span ID of this hop, handed to the function as its parent.
     span_id: String,
-    flags: String,
+    /// The caller's span ID, when its trace is continued.
+    parent_span_id: Option<String>,
+    flags: u8,
 }
 
 impl TraceContext {
@@ -23,17 +25,40 @@ impl TraceContext {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_traceparent);
         match continued {
-            Some((trace_id, flags)) => Self {
+            Some((trace_id, parent_span_id, flags)) => Self {
                 trace_id,
                 span_id: random_hex::<8>(),
+                parent_span_id: Some(parent_span_id),
                 flags,
             },
             None => Self {
                 trace_id: random_hex::<16>(),
                 span_id: random_hex::<8>(),
-                flags: "00".into(),
+                parent_span_id: None,
+                flags: 0,
             },
         }
+    }
+
+    /// The 16-hex-digit span ID of this hop: the span exported for this
+    /// request, and the parent of what the function does.
+    pub fn span_id(&self) -> &str {
+        &self.span_id
+    }
+
+    /// The caller's span ID, when its `traceparent` was continued.
+    pub fn parent_span_id(&self) -> Option<&str> {
+        self.parent_span_id.as_deref()
+    }
+
+    /// Did the caller (or this hop) decide to record the trace?
+    pub fn sampled(&self) -> bool {
+        self.flags & SAMPLED != 0
+    }
+
+    /// This hop records the trace: say so to the function and its calls.
+    pub fn mark_sampled(&mut self) {
+        self.flags |= SAMPLED;
     }
 
     /// The correlation ID: the 32-hex-digit trace ID.
@@ -43,12 +68,15 @@ impl TraceContext {
 
     /// The `traceparent` for the function's view of the request.
     pub fn traceparent(&self) -> String {
-        format!("00-{}-{}-{}", self.trace_id, self.span_id, self.flags)
+        format!("00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
     }
 }
 
+/// The `sampled` bit of the trace flags.
+const SAMPLED: u8 = 0x01;
+
 /// `version-traceid-parentid-flags`, lowercase hex, no all-zero IDs.
-fn parse_traceparent(value: &str) -> Option<(String, String)> {
+fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
     let mut parts = value.trim().split('-');
     let version = parts.next()?;
     let trace_id = parts.next()?;
@@ -68,7 +96,11 @@ fn parse_traceparent(value: &str) -> Option<(String, String)> {
         && is_hex(parent_id, 16)
         && parent_id.bytes().any(|b| b != b'0')
         && is_hex(flags, 2);
-    valid.then(|| (trace_id.to_string(), flags.to_string()))
+    if !valid {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
+    Some((trace_id.to_string(), parent_id.to_string(), flags))
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -108,6 +140,19 @@ mod tests {
         );
         assert!(ctx.traceparent().ends_with("-01"));
         assert!(!ctx.traceparent().contains("00f067aa0ba902b7"));
+        assert_eq!(ctx.parent_span_id(), Some("00f067aa0ba902b7"));
+        assert!(ctx.sampled());
+    }
+
+    #[test]
+    fn a_new_trace_is_unsampled_until_this_hop_records_it() {
+        let mut ctx = TraceContext::from_headers(&HeaderMap::new());
+        assert_eq!(ctx.parent_span_id(), None);
+        assert!(!ctx.sampled());
+        assert!(ctx.traceparent().ends_with("-00"));
+        ctx.mark_sampled();
+        assert!(ctx.traceparent().ends_with("-01"));
+        assert_eq!(ctx.traceparent().split('-').nth(2), Some(ctx.span_id()));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod pipeline;
 pub mod problem;
 mod router;
 mod server;
+pub mod spans;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -24,6 +25,7 @@ use metrics::Metrics;
 use router::Router;
 
 pub use admin::AdminAccess;
+pub use spans::{RequestSpan, SpanExport};
 
 /// An app ready to serve: its functions loaded, its gates set.
 #[derive(Clone)]
@@ -39,24 +41,30 @@ pub(crate) struct Shared {
     audit: AuditLog,
     authenticator: authn::Authenticator,
     metrics: Metrics,
+    /// Where request spans go, when trace export is on (T08).
+    spans: Option<Arc<dyn SpanExport>>,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
 }
 
 pub(crate) struct FunctionSlot {
     function: LoadedFunction,
+    /// The route as the manifest writes it, like `/users/{id}`.
+    route: String,
     gate: Arc<Gate>,
     access: bulkhead_manifest::Access,
 }
 
 impl Gateway {
-    /// `functions` are the app's functions, loaded, in manifest order.
-    /// Fails if the app's authentication keys are unusable.
+    /// `functions` are the app's functions, loaded, in manifest order;
+    /// `spans`, where request spans are exported, if anywhere. Fails if
+    /// the app's authentication keys are unusable.
     pub fn new(
         app: &App,
         functions: Vec<LoadedFunction>,
         audit: AuditLog,
         store: Store,
+        spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
         let authenticator = authn::Authenticator::new(app, store)?;
         let router = Router::new(
@@ -73,8 +81,10 @@ impl Gateway {
                     limits.max_concurrent_requests,
                     limits.max_outstanding_requests,
                 );
+                let route = spec.route.to_string();
                 FunctionSlot {
                     function,
+                    route,
                     gate,
                     access: spec.access.clone(),
                 }
@@ -92,6 +102,7 @@ impl Gateway {
                 audit,
                 authenticator,
                 metrics: Metrics::new(),
+                spans,
                 ready: AtomicBool::new(false),
             }),
         })

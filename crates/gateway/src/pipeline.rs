@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use bulkhead_runtime::{Invocation, InvokeError};
 use bytes::Bytes;
@@ -17,7 +17,8 @@ use crate::authn::Identity;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
-use crate::{Shared, audit};
+use crate::spans::{RequestSpan, method_name};
+use crate::{FunctionSlot, Shared, audit};
 
 /// Headers that describe one hop's connection, not the request: never
 /// forwarded to the function or back to the client.
@@ -37,8 +38,8 @@ const HOP_BY_HOP: &[&str] = &[
 const RESERVED_PREFIX: &str = "bulkhead-";
 
 /// What the access log says about one request.
-struct Outcome {
-    function: Option<String>,
+struct Outcome<'s> {
+    slot: Option<&'s FunctionSlot>,
     subject: Option<String>,
     reason: Option<&'static str>,
     detail: Option<String>,
@@ -50,11 +51,20 @@ pub(crate) async fn handle(
     peer: IpAddr,
 ) -> Response<Bytes> {
     let started = Instant::now();
-    let trace = TraceContext::from_headers(request.headers());
+    let started_at = SystemTime::now();
+    let mut trace = TraceContext::from_headers(request.headers());
+    let spans = shared
+        .spans
+        .as_deref()
+        .filter(|spans| spans.sampled(&trace));
+    if spans.is_some() {
+        trace.mark_sampled();
+    }
     let method = request.method().as_str().to_string();
+    let span_method = method_name(request.method());
     let path = request.uri().path().to_string();
     let mut outcome = Outcome {
-        function: None,
+        slot: None,
         subject: None,
         reason: None,
         detail: None,
@@ -72,12 +82,24 @@ pub(crate) async fn handle(
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
-    let function = outcome.function.as_deref().unwrap_or("");
+    let function = outcome.slot.map_or("", |slot| slot.function.name());
     let subject = outcome.subject.as_deref().unwrap_or("");
     let correlation_id = trace.correlation_id();
     shared
         .metrics
         .observe(function, status, elapsed.as_secs_f64(), outcome.reason);
+    if let Some(spans) = spans {
+        spans.export(RequestSpan {
+            trace: &trace,
+            start: started_at,
+            end: started_at + elapsed,
+            function: outcome.slot.map(|slot| slot.function.name()),
+            route: outcome.slot.map(|slot| slot.route.as_str()),
+            method: span_method,
+            status,
+            refusal_reason: outcome.reason,
+        });
+    }
     match outcome.reason {
         None => info!(
             target: "bulkhead::access",
@@ -124,12 +146,12 @@ pub(crate) async fn handle(
     response
 }
 
-async fn pipeline(
-    shared: &Shared,
+async fn pipeline<'s>(
+    shared: &'s Shared,
     request: Request<Incoming>,
     peer: IpAddr,
     trace: &TraceContext,
-    outcome: &mut Outcome,
+    outcome: &mut Outcome<'s>,
 ) -> Result<Response<Bytes>, Problem> {
     // Route.
     let slot = match shared
@@ -156,7 +178,7 @@ async fn pipeline(
         }
     };
     let function = &slot.function;
-    outcome.function = Some(function.name().to_string());
+    outcome.slot = Some(slot);
 
     // Authenticate and authorize (T11) before anything costs more.
     let identity = shared

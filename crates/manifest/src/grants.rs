@@ -60,42 +60,7 @@ impl OutboundRule {
         let invalid = |why: &str| {
             format!("outbound entry `{text}` {why}; write `https://host` or `https://host:port`")
         };
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| invalid("has no scheme"))?;
-        let scheme = match scheme {
-            "http" => Scheme::Http,
-            "https" => Scheme::Https,
-            _ => return Err(invalid("must use http or https")),
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains(['/', '?', '#', '@']) {
-            return Err(invalid(
-                "may name only a scheme, a host and a port (no path, query or user)",
-            ));
-        }
-        let (host, port) =
-            split_host_port(authority).ok_or_else(|| invalid("has an invalid port"))?;
-        let port = port.unwrap_or(scheme.default_port());
-        let host = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            HostPattern::Ip(
-                ip.parse()
-                    .map_err(|_| invalid("has an invalid IPv6 address"))?,
-            )
-        } else if let Ok(ip) = host.parse::<IpAddr>() {
-            HostPattern::Ip(ip)
-        } else if let Some(parent) = host.strip_prefix("*.") {
-            if !valid_dns_name(parent) || !parent.contains('.') {
-                return Err(invalid(
-                    "has an invalid wildcard; only a leading `*.` below a domain like `*.example.com` is allowed",
-                ));
-            }
-            HostPattern::Subdomains(parent.to_ascii_lowercase())
-        } else if valid_dns_name(host) {
-            HostPattern::Name(host.to_ascii_lowercase())
-        } else {
-            return Err(invalid("has an invalid host name"));
-        };
+        let (scheme, host, port) = parse_origin(text).map_err(invalid)?;
         Ok(Self { scheme, host, port })
     }
 
@@ -129,6 +94,41 @@ impl fmt::Display for OutboundRule {
         };
         write!(f, "{}://{host}:{}", self.scheme.as_str(), self.port)
     }
+}
+
+/// Parse `scheme://host[:port]` (a trailing `/` at most): the scheme,
+/// the host (a DNS name, a leading-`*.` wildcard or an IP address) and the
+/// port, defaulted from the scheme. The error says what is wrong with it.
+pub fn parse_origin(text: &str) -> Result<(Scheme, HostPattern, u16), &'static str> {
+    let (scheme, authority) = text.split_once("://").ok_or("has no scheme")?;
+    let scheme = match scheme {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return Err("must use http or https"),
+    };
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err("may name only a scheme, a host and a port (no path, query or user)");
+    }
+    let (host, port) = split_host_port(authority).ok_or("has an invalid port")?;
+    let port = port.unwrap_or(scheme.default_port());
+    let host = if let Some(ip) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        HostPattern::Ip(ip.parse().map_err(|_| "has an invalid IPv6 address")?)
+    } else if let Ok(ip) = host.parse::<IpAddr>() {
+        HostPattern::Ip(ip)
+    } else if let Some(parent) = host.strip_prefix("*.") {
+        if !valid_dns_name(parent) || !parent.contains('.') {
+            return Err(
+                "has an invalid wildcard; only a leading `*.` below a domain like `*.example.com` is allowed",
+            );
+        }
+        HostPattern::Subdomains(parent.to_ascii_lowercase())
+    } else if valid_dns_name(host) {
+        HostPattern::Name(host.to_ascii_lowercase())
+    } else {
+        return Err("has an invalid host name");
+    };
+    Ok((scheme, host, port))
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {

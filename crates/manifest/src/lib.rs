@@ -10,6 +10,7 @@ mod problem;
 mod raw;
 mod resolve;
 pub mod route;
+mod telemetry;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -42,6 +43,8 @@ pub struct App {
     /// Failed authentications per client address per minute before back-off.
     pub failed_auth_per_minute: u32,
     pub functions: Vec<Function>,
+    /// Trace export, when `[telemetry]` names an endpoint.
+    pub telemetry: Option<Telemetry>,
 }
 
 impl App {
@@ -86,6 +89,27 @@ pub struct AppLimits {
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request.
     pub max_headers: u32,
+}
+
+/// Export of one span per request over OTLP/HTTP (T08).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// The collector's OTLP/HTTP base URL, without a trailing `/`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans: the app name unless set.
+    pub service_name: String,
+    /// Share of new traces recorded, 0.0 to 1.0; a continued trace follows
+    /// its caller's sampled flag.
+    pub sample_ratio: f64,
+    /// Where the manifest sets `otlp_endpoint` (1-based line and column).
+    pub location: Option<(usize, usize)>,
+}
+
+impl Telemetry {
+    /// Where spans are posted: the endpoint's `/v1/traces`.
+    pub fn traces_url(&self) -> String {
+        format!("{}/v1/traces", self.otlp_endpoint)
+    }
 }
 
 /// One function: a component served on a route, sealed in its limits.

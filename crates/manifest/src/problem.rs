@@ -58,8 +58,13 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// 1-based line and column where `span` starts.
+    pub fn location(&self, span: Range<usize>) -> (usize, usize) {
+        line_and_column(self.source, span.start)
+    }
+
     pub fn at(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
-        let location = span.map(|s| line_and_column(self.source, s.start));
+        let location = span.map(|s| self.location(s));
         self.problems.push(Problem {
             file: self.file.to_path_buf(),
             location,

@@ -8,12 +8,28 @@ use toml::Spanned;
 
 use crate::units::{ByteSize, Duration};
 
+/// `Section::overlaid(&self, overlay)`: the section with every key that
+/// `overlay` sets replaced, for a section whose keys are all optional.
+macro_rules! overlaid {
+    ($section:ident { $($key:ident),* $(,)? }) => {
+        impl $section {
+            pub fn overlaid(&self, overlay: &$section) -> $section {
+                $section {
+                    $($key: overlay.$key.clone().or_else(|| self.$key.clone()),)*
+                }
+            }
+        }
+    };
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawManifest {
     pub app: RawApp,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     #[serde(default)]
     pub function: Vec<Spanned<RawFunction>>,
     #[serde(default)]
@@ -78,27 +94,20 @@ pub(crate) struct RawLimits {
     pub max_response_body: Option<Spanned<ByteSize>>,
 }
 
-impl RawLimits {
-    /// `self` with every key that `overlay` sets replaced.
-    pub fn overlaid(&self, overlay: &RawLimits) -> RawLimits {
-        let o = overlay.clone();
-        let b = self.clone();
-        RawLimits {
-            max_concurrent_requests: o.max_concurrent_requests.or(b.max_concurrent_requests),
-            max_outstanding_requests: o.max_outstanding_requests.or(b.max_outstanding_requests),
-            max_instances: o.max_instances.or(b.max_instances),
-            max_connections: o.max_connections.or(b.max_connections),
-            header_read_timeout: o.header_read_timeout.or(b.header_read_timeout),
-            body_read_timeout: o.body_read_timeout.or(b.body_read_timeout),
-            max_header_bytes: o.max_header_bytes.or(b.max_header_bytes),
-            max_headers: o.max_headers.or(b.max_headers),
-            timeout: o.timeout.or(b.timeout),
-            memory: o.memory.or(b.memory),
-            max_request_body: o.max_request_body.or(b.max_request_body),
-            max_response_body: o.max_response_body.or(b.max_response_body),
-        }
-    }
-}
+overlaid!(RawLimits {
+    max_concurrent_requests,
+    max_outstanding_requests,
+    max_instances,
+    max_connections,
+    header_read_timeout,
+    body_read_timeout,
+    max_header_bytes,
+    max_headers,
+    timeout,
+    memory,
+    max_request_body,
+    max_response_body,
+});
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -128,10 +137,27 @@ pub(crate) struct RawGrants {
     pub outbound: Vec<Spanned<String>>,
 }
 
+/// `[telemetry]`: optional export of one span per request over OTLP (T08).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTelemetry {
+    pub otlp_endpoint: Option<Spanned<String>>,
+    pub service_name: Option<Spanned<String>>,
+    pub sample_ratio: Option<Spanned<f64>>,
+}
+
+overlaid!(RawTelemetry {
+    otlp_endpoint,
+    service_name,
+    sample_ratio,
+});
+
 /// `[env.NAME]`: what changes in one environment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEnv {
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
 }

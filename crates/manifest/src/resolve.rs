@@ -39,8 +39,9 @@ pub(crate) fn resolve(
         }
     }
 
-    let limits = match raw.env.get(env) {
-        Some(overlay) => raw.limits.overlaid(&overlay.get_ref().limits),
+    let overlay = raw.env.get(env).map(Spanned::get_ref);
+    let limits = match overlay {
+        Some(overlay) => raw.limits.overlaid(&overlay.limits),
         None if STANDARD_ENVS.contains(&env) => raw.limits.clone(),
         None => {
             let mut known: Vec<&str> = STANDARD_ENVS.to_vec();
@@ -68,6 +69,11 @@ pub(crate) fn resolve(
         raw.auth.failed_attempts_per_minute.as_ref(),
         crate::auth::defaults::FAILED_ATTEMPTS_PER_MINUTE,
     );
+    let telemetry = match overlay {
+        Some(overlay) => raw.telemetry.overlaid(&overlay.telemetry),
+        None => raw.telemetry.clone(),
+    };
+    let telemetry = crate::telemetry::resolve(&mut out, raw.app.name.get_ref(), &telemetry);
 
     let mut functions = Vec::new();
     let mut names = HashSet::new();
@@ -107,6 +113,7 @@ pub(crate) fn resolve(
         jwt,
         failed_auth_per_minute,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
+        telemetry,
     })
 }
 

@@ -26,6 +26,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub use cache::{CacheOutcome, CompileCache};
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use invoke::{Invocation, InvokeError};
+pub use outbound::tls_connector;
 
 use engine::EpochTicker;
 use host::HostState;

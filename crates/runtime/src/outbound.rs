@@ -290,7 +290,9 @@ where
     Ok((response, connection))
 }
 
-fn tls_connector() -> tokio_rustls::TlsConnector {
+/// The TLS client settings for every connection Bulkhead makes: rustls
+/// (aws-lc-rs) with the webpki roots.
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     let config = CONFIG.get_or_init(|| {
         let roots = rustls::RootCertStore {
