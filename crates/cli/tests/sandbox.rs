@@ -167,3 +167,46 @@ async fn guest_output_is_logged_escaped_and_capped() {
     assert!(!logs.iter().any(|r| r.get("forged").is_some()));
     assert!(guest.iter().any(|r| r["stream"] == "stderr"));
 }
+
+/// T05: the global cap on live instances holds. With room for one instance,
+/// a second concurrent call is refused with 503 and `Retry-After` rather
+/// than queued for memory, and the first still completes.
+#[tokio::test]
+async fn the_live_instance_cap_holds() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "capped"
+
+[limits]
+max_instances = 1
+timeout = "20s"
+
+[[function]]
+name = "hostile"
+component = "hostile.wasm"
+route = "/hostile/{behaviour}"
+auth = "public"
+"#,
+        &["hostile"],
+    );
+    let server = Server::start(&app);
+    let addr = server.addr;
+    let slow = tokio::spawn(async move { get(addr, "/hostile/sleep?ms=3000").await });
+    // Wait until the first call holds the only instance (its sleep is long).
+    let mut refused = None;
+    for _ in 0..100 {
+        let reply = get(addr, "/hostile/counter").await;
+        if reply.status == 503 {
+            refused = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.expect("a second instance is refused while the first runs");
+    refused.assert_problem(503, "capacity");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(slow.await.unwrap().text(), "slept");
+    // With the slot free again, calls succeed.
+    assert_eq!(get(addr, "/hostile/counter").await.status, 200);
+}
