@@ -627,3 +627,65 @@ fn check_lists_public_routes_and_refuses_weak_settings() {
         "{err}"
     );
 }
+
+/// Keys may be written inline in the manifest instead of a JWKS file.
+#[tokio::test]
+async fn inline_keys_verify_tokens() {
+    let jwks: Value = serde_json::from_slice(&fixture("jwks.json")).unwrap();
+    let ed_jwk = &jwks["keys"][0];
+    let inline = format!(
+        "keys = [{{ kty = \"OKP\", crv = \"Ed25519\", x = \"{}\", kid = \"ed-1\", alg = \"EdDSA\" }}]",
+        ed_jwk["x"].as_str().unwrap()
+    );
+    let manifest = manifest(10_000).replace("jwks = \"keys/jwks.json\"", &inline);
+    let app = TestApp::new(&manifest, &["echo"]);
+    let keys = app.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::write(keys.join("jwe.pem"), fixture("jwe.pem")).unwrap();
+    let server = Server::start(&app);
+    assert_eq!(
+        call(&server, "/echo", Some(&ed_token(&claims())))
+            .await
+            .status,
+        200
+    );
+    let es = EncodingKey::from_ec_pem(&fixture("p256.pem")).unwrap();
+    call(
+        &server,
+        "/echo",
+        Some(&sign(Algorithm::ES256, Some("ec-1"), &es, &claims())),
+    )
+    .await
+    .assert_problem(401, "invalid-token");
+}
+
+/// The JWKS file is reloaded when it changes: a key removed from it stops
+/// verifying without a restart.
+#[tokio::test]
+async fn a_key_removed_from_the_jwks_stops_working() {
+    let app = app(10_000);
+    let server = Server::start(&app);
+    let token = ed_token(&claims());
+    assert_eq!(call(&server, "/echo", Some(&token)).await.status, 200);
+    let mut jwks: Value = serde_json::from_slice(&fixture("jwks.json")).unwrap();
+    jwks["keys"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|k| k["kid"] != "ed-1");
+    // A new modification time, then a pause past the one-second re-check.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(app.path().join("keys/jwks.json"), jwks.to_string()).unwrap();
+    let mut refused = false;
+    for _ in 0..50 {
+        if call(&server, "/echo", Some(&token)).await.status == 401 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the removed key must stop verifying");
+    server.wait_for_log(
+        |r| r["message"] == "reloaded the JWKS",
+        Duration::from_secs(10),
+    );
+}

@@ -21,8 +21,8 @@ pub const JWE_ALGORITHMS: &[&str] = &["ECDH-ES+A256KW", "RSA-OAEP-256"];
 pub struct JwtSettings {
     pub issuer: String,
     pub audience: String,
-    /// A JWKS file (public keys), reloaded when it changes.
-    pub jwks: PathBuf,
+    /// Where the issuer's public keys come from.
+    pub keys: JwtKeys,
     pub algorithms: Vec<String>,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     pub leeway: Duration,
@@ -30,6 +30,14 @@ pub struct JwtSettings {
     pub max_token_lifetime: Duration,
     /// Encrypted tokens (nested JWT in a compact JWE), when configured.
     pub jwe: Option<JweSettings>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeys {
+    /// A JWKS file, reloaded when it changes.
+    File(PathBuf),
+    /// Keys written in the manifest, as JWKS JSON.
+    Inline(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,13 +121,35 @@ pub(crate) fn resolve_jwt(
             );
         }
     }
-    let jwks = crate::resolve::app_file(
-        out,
-        app_dir,
-        &jwt.jwks,
-        "[auth.jwt] jwks",
-        "write the issuer's public keys there as a JWKS (`{\"keys\": [...]}`)",
-    );
+    let keys = match (&jwt.jwks, &jwt.keys) {
+        (Some(file), None) => crate::resolve::app_file(
+            out,
+            app_dir,
+            file,
+            "[auth.jwt] jwks",
+            "write the issuer's public keys there as a JWKS (`{\"keys\": [...]}`)",
+        )
+        .map(JwtKeys::File),
+        (None, Some(inline)) => {
+            match serde_json::to_string(&serde_json::json!({ "keys": inline.get_ref() })) {
+                Ok(json) => Some(JwtKeys::Inline(json)),
+                Err(e) => {
+                    out.at(
+                        Some(inline.span()),
+                        format!("[auth.jwt] `keys` cannot be read as JWKs: {e}"),
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            out.at(
+                Some(raw.span()),
+                "[auth.jwt] needs exactly one of `jwks` (a JWKS file) or `keys` (inline JWKs)",
+            );
+            None
+        }
+    };
     let mut algorithms = Vec::new();
     for alg in jwt.algorithms.get_ref() {
         if alg.eq_ignore_ascii_case("none") {
@@ -207,7 +237,7 @@ pub(crate) fn resolve_jwt(
     Some(JwtSettings {
         issuer: jwt.issuer.get_ref().clone(),
         audience: jwt.audience.get_ref().clone(),
-        jwks: jwks?,
+        keys: keys?,
         algorithms,
         leeway,
         max_token_lifetime,

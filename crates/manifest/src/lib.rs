@@ -15,7 +15,7 @@ pub mod units;
 
 use std::path::{Path, PathBuf};
 
-pub use auth::{Access, CredentialKind, JweSettings, JwtSettings};
+pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
 pub use grants::{Grants, OutboundRule};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;

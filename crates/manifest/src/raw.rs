@@ -51,7 +51,9 @@ pub(crate) struct RawAuth {
 pub(crate) struct RawJwt {
     pub issuer: Spanned<String>,
     pub audience: Spanned<String>,
-    pub jwks: Spanned<String>,
+    pub jwks: Option<Spanned<String>>,
+    /// Inline public keys (JWKs as TOML tables), instead of a JWKS file.
+    pub keys: Option<Spanned<Vec<toml::Value>>>,
     pub algorithms: Spanned<Vec<String>>,
     pub leeway: Option<Spanned<Duration>>,
     pub max_token_lifetime: Option<Spanned<Duration>>,

@@ -3,12 +3,11 @@
 //! key's, and the claims must hold issuer, audience, subject, `exp` and
 //! `iat` with `exp - iat` under the maximum lifetime.
 
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use bulkhead_manifest::JwtSettings;
+use bulkhead_manifest::{JwtKeys, JwtSettings};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -60,19 +59,22 @@ enum ScopeList {
 impl JwtVerifier {
     /// Load the JWKS now; an unusable file is an error (for `check`).
     pub fn new(settings: &JwtSettings) -> Result<Self, String> {
-        let keys = load_keys(&settings.jwks, &settings.algorithms)?;
+        let keys = load_keys(&settings.keys, &settings.algorithms)?;
         Ok(Self {
             settings: settings.clone(),
             keys: RwLock::new(KeySet {
                 keys,
-                modified: modified(&settings.jwks),
+                modified: modified(&settings.keys),
                 checked: Instant::now(),
             }),
         })
     }
 
-    /// Reload the JWKS if it changed; a bad new file keeps the old keys.
+    /// Reload the JWKS file if it changed; a bad new file keeps the old keys.
     fn refresh(&self) {
+        let JwtKeys::File(path) = &self.settings.keys else {
+            return;
+        };
         let stale = self
             .keys
             .read()
@@ -85,15 +87,15 @@ impl JwtVerifier {
             return;
         };
         set.checked = Instant::now();
-        let now = modified(&self.settings.jwks);
+        let now = modified(&self.settings.keys);
         if now == set.modified {
             return;
         }
-        match load_keys(&self.settings.jwks, &self.settings.algorithms) {
+        match load_keys(&self.settings.keys, &self.settings.algorithms) {
             Ok(keys) => {
                 set.keys = keys;
                 set.modified = now;
-                tracing::info!(target: "bulkhead::auth", jwks = %self.settings.jwks.display(), "reloaded the JWKS");
+                tracing::info!(target: "bulkhead::auth", jwks = %path.display(), "reloaded the JWKS");
             }
             Err(e) => {
                 tracing::error!(target: "bulkhead::auth", error = %e, "the changed JWKS is unusable; keeping the previous keys")
@@ -177,16 +179,25 @@ impl JwtVerifier {
     }
 }
 
-fn modified(path: &PathBuf) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn modified(keys: &JwtKeys) -> Option<SystemTime> {
+    match keys {
+        JwtKeys::File(path) => std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+        JwtKeys::Inline(_) => None,
+    }
 }
 
 /// Read a JWKS; each key gets exactly one algorithm, which must be allowed.
-fn load_keys(path: &PathBuf, allowed: &[String]) -> Result<Vec<Key>, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))?;
-    let set: JwkSet = serde_json::from_str(&text)
-        .map_err(|e| format!("JWKS {} is not valid: {e}", path.display()))?;
+fn load_keys(source: &JwtKeys, allowed: &[String]) -> Result<Vec<Key>, String> {
+    let (text, path) = match source {
+        JwtKeys::File(path) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))?,
+            path.display().to_string(),
+        ),
+        JwtKeys::Inline(json) => (json.clone(), "[auth.jwt] keys".to_string()),
+    };
+    let set: JwkSet =
+        serde_json::from_str(&text).map_err(|e| format!("JWKS {path} is not valid: {e}"))?;
     let mut keys = Vec::new();
     for (i, jwk) in set.keys.iter().enumerate() {
         let name = jwk.common.key_id.clone().unwrap_or_else(|| format!("#{i}"));
@@ -208,12 +219,11 @@ fn load_keys(path: &PathBuf, allowed: &[String]) -> Result<Vec<Key>, String> {
         });
     }
     if keys.is_empty() {
-        return Err(format!("JWKS {} has no keys", path.display()));
+        return Err(format!("JWKS {path} has no keys"));
     }
     if keys.len() > 1 && keys.iter().any(|k| k.kid.is_none()) {
         return Err(format!(
-            "JWKS {}: with more than one key, every key needs a `kid`",
-            path.display()
+            "JWKS {path}: with more than one key, every key needs a `kid`"
         ));
     }
     Ok(keys)
