@@ -109,6 +109,7 @@ name = "caller"
 name = "caller"
 component = "hostile.wasm"
 route = "/call/{{what}}"
+input.query.url = 'http://\S{{1,200}}'
 grants = {{ outbound = ["http://127.0.0.1:{}"] }}
 "#,
             b.addr.port()

@@ -19,6 +19,7 @@ name = "egress"
 name = "caller"
 component = "hostile.wasm"
 route = "/call/{{what}}"
+input.query.url = 'https?://\S{{1,200}}'
 grants = {{ outbound = [
     "http://127.0.0.1:{target_port}",
     "http://localhost:{target_port}",
@@ -30,6 +31,7 @@ grants = {{ outbound = [
 name = "ungranted"
 component = "hostile.wasm"
 route = "/bare/{{what}}"
+input.query.url = 'https?://\S{{1,200}}'
 "#
         ),
         &["hostile"],

@@ -10,6 +10,7 @@ mod pipeline;
 pub mod problem;
 mod router;
 mod server;
+pub mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -44,6 +45,8 @@ pub(crate) struct Shared {
 pub(crate) struct FunctionSlot {
     function: LoadedFunction,
     gate: Arc<Gate>,
+    /// The function's input rules, compiled once (T10).
+    rules: validate::Rules,
 }
 
 impl Gateway {
@@ -56,13 +59,19 @@ impl Gateway {
         );
         let functions = functions
             .into_iter()
-            .map(|function| {
+            .zip(&app.functions)
+            .map(|(function, spec)| {
                 let limits = function.limits();
                 let gate = Gate::new(
                     limits.max_concurrent_requests,
                     limits.max_outstanding_requests,
                 );
-                FunctionSlot { function, gate }
+                let rules = validate::Rules::new(&spec.input);
+                FunctionSlot {
+                    function,
+                    gate,
+                    rules,
+                }
             })
             .collect();
         Self {

@@ -5,6 +5,7 @@
 //! the line and what would be valid; [`load`] reports every problem at once.
 
 pub mod grants;
+pub mod input;
 mod problem;
 mod raw;
 mod resolve;
@@ -14,6 +15,7 @@ pub mod units;
 use std::path::{Path, PathBuf};
 
 pub use grants::{Grants, OutboundRule};
+pub use input::{BodySchema, Input, Param, Pattern};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use units::{ByteSize, Duration};
@@ -93,6 +95,8 @@ pub struct Function {
     pub methods: Vec<String>,
     pub limits: FunctionLimits,
     pub grants: Grants,
+    /// What a well-formed request looks like (T10).
+    pub input: Input,
 }
 
 /// Per-call bounds of one function (T01, T05).
@@ -106,6 +110,7 @@ pub struct FunctionLimits {
     pub max_concurrent_requests: u32,
     /// Calls running or queued; beyond it: 429 at once.
     pub max_outstanding_requests: u32,
+    /// The body cap: `input.max_body` (or its alias `max_request_body`).
     pub max_request_body: ByteSize,
     pub max_response_body: ByteSize,
 }
