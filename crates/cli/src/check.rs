@@ -54,6 +54,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             l.max_outstanding_requests
         );
         println!("  imports    {}", loaded.imports().join(", "));
+        print_input(&spec.input);
     }
     let public: Vec<&str> = app
         .functions
@@ -96,4 +97,37 @@ fn describe_access(access: &Access) -> String {
             }
         }
     }
+}
+
+/// The function's input allowlist (T10), as `check` shows it.
+fn print_input(input: &bulkhead_manifest::Input) {
+    let params = |params: &[bulkhead_manifest::Param]| {
+        if params.is_empty() {
+            return "none".to_string();
+        }
+        params
+            .iter()
+            .map(|p| format!("{} ^(?:{})$", p.name, p.pattern.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("  path       {}", params(&input.path));
+    println!(
+        "  query      {}{}",
+        params(&input.query),
+        if input.allow_unknown_query {
+            " (undeclared allowed)"
+        } else {
+            " (undeclared refused)"
+        }
+    );
+    println!("  headers    {}", input.headers.join(", "));
+    let body = match (&input.content_types, &input.body_schema) {
+        (None, _) => "any media type".to_string(),
+        (Some(types), None) => types.join(", "),
+        (Some(types), Some(schema)) => {
+            format!("{}, schema {}", types.join(", "), schema.path.display())
+        }
+    };
+    println!("  body       {body}");
 }

@@ -26,6 +26,7 @@ name = "slow"
 component = "hostile.wasm"
 route = "/slow/{what}"
 auth = "public"
+input.query.ms = "[0-9]{1,5}"
 max_concurrent_requests = 2
 max_outstanding_requests = 4
 "#,
@@ -89,12 +90,14 @@ name = "a"
 component = "hostile.wasm"
 route = "/a/{what}"
 auth = "public"
+input.query.ms = "[0-9]{1,5}"
 
 [[function]]
 name = "b"
 component = "hostile.wasm"
 route = "/b/{what}"
 auth = "public"
+input.query.ms = "[0-9]{1,5}"
 "#,
         &["hostile"],
     );
@@ -158,7 +161,8 @@ async fn oversized_bodies_get_413_and_never_reach_the_function() {
         !problem.to_string().contains("xxxx"),
         "never echoes the input"
     );
-    // Chunked, so no length is declared: the cap still holds.
+    // Chunked, so no length is declared: refused before any of it is read
+    // (T10: a body must come with a Content-Length).
     let mut chunked = String::from(
         "POST /echo HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n",
     );
@@ -169,7 +173,8 @@ async fn oversized_bodies_get_413_and_never_reach_the_function() {
     }
     chunked.push_str("0\r\n\r\n");
     let raw = raw_exchange(server.addr, chunked.as_bytes(), Duration::from_secs(10));
-    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.starts_with("HTTP/1.1 411"), "{raw}");
+    assert!(raw.contains("length-required"), "{raw}");
     // A body within the cap is served.
     let fine = send(server.addr, request("POST", server.addr, "/echo", "small")).await;
     assert_eq!(fine.status, 200);

@@ -262,3 +262,81 @@ fn telemetry_without_the_otlp_feature_is_refused_with_how_to_build_it() {
         );
     }
 }
+
+/// `bulkhead check` compiles every pattern and schema and names the file
+/// and line of each problem; for a schema, the schema file.
+#[test]
+fn check_reports_bad_patterns_and_schemas_with_file_and_line() {
+    let manifest = r#"
+[app]
+name = "badinput"
+
+[[function]]
+name = "one"
+component = "echo.wasm"
+route = "/one/{id}"
+input.path.id = "[a-z"
+input.path.other = "[a-z]+"
+input.query.page = "(?=lookahead)"
+input.headers = ["bulkhead-subject", "x ok"]
+input.content_types = ["text/*"]
+input.max_body = "1KiB"
+max_request_body = "2KiB"
+input.colour = "red"
+
+[[function]]
+name = "two"
+component = "echo.wasm"
+route = "/two"
+methods = ["POST"]
+input.body_schema = "schemas/broken.json"
+
+[[function]]
+name = "three"
+component = "echo.wasm"
+route = "/three"
+methods = ["POST"]
+input.body_schema = "schemas/remote.json"
+input.content_types = ["text/plain"]
+"#;
+    let app = TestApp::new(manifest, &["echo"]);
+    std::fs::create_dir(app.path().join("schemas")).unwrap();
+    std::fs::write(
+        app.path().join("schemas/broken.json"),
+        "{\n  \"type\": \"object\",\n  \"properties\": {,}\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        app.path().join("schemas/remote.json"),
+        r#"{"$ref": "https://example.com/schema.json"}"#,
+    )
+    .unwrap();
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    // An unknown key under `input` is a parse error that stops at once.
+    assert!(
+        err.contains("bulkhead.toml:16:") && err.contains("unknown field `colour`"),
+        "{err}"
+    );
+
+    let fixed = manifest.replace("input.colour = \"red\"\n", "");
+    std::fs::write(app.path().join("bulkhead.toml"), &fixed).unwrap();
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    for expected in [
+        "bulkhead.toml:9:17: function `one`: `input.path.id` is not a valid pattern",
+        "bulkhead.toml:10:20: function `one`: `input.path.other` names no parameter of the route; the route has `{id}`",
+        "bulkhead.toml:11:20: function `one`: `input.query.page` is not a valid pattern",
+        "bulkhead.toml:12:18: function `one`: header `bulkhead-subject` is set by the gateway",
+        "bulkhead.toml:12:38: function `one`: `x ok` is not a header name",
+        "bulkhead.toml:13:24: function `one`: `text/*` is not a media type",
+        "bulkhead.toml:14:18: function `one`: `input.max_body` and `max_request_body` are the same limit",
+        "schemas/broken.json:3:18: function `two`: the body schema is not valid JSON",
+        "schemas/remote.json: function `three`: the body schema does not compile",
+        "bulkhead.toml:30:24: function `three`: `text/plain` is not JSON",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+}

@@ -103,13 +103,15 @@ async fn refusals_are_problem_json_with_the_correlation_id_and_a_log_record() {
     let server = Server::start(&app);
     let hostile_path = "/no-such-%0d%0aforged:%20yes";
     let reply = get(server.addr, hostile_path).await;
-    let problem = reply.assert_problem(404, "not-found");
+    // Control characters in the decoded path: refused before routing (T10).
+    let problem = reply.assert_problem(400, "invalid-path");
+    assert_eq!(problem["rule"], "control-character");
     assert!(
         !problem.to_string().contains("forged"),
         "never echoes the input"
     );
     let record = server.access_record(&reply.correlation_id());
-    assert_eq!(record["reason"], "not-found");
+    assert_eq!(record["reason"], "invalid-path");
     assert_eq!(record["path"], hostile_path, "the path is logged as data");
 
     let reply = send(

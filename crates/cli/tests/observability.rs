@@ -112,6 +112,7 @@ name = "caller"
 component = "hostile.wasm"
 route = "/call/{{what}}"
 auth = "public"
+input.query.url = 'http://\S{{1,200}}'
 grants = {{ outbound = ["http://127.0.0.1:{}"] }}
 "#,
             b.addr.port()

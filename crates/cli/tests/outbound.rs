@@ -20,6 +20,7 @@ name = "caller"
 component = "hostile.wasm"
 route = "/call/{{what}}"
 auth = "public"
+input.query.url = 'https?://\S{{1,200}}'
 grants = {{ outbound = [
     "http://127.0.0.1:{target_port}",
     "http://localhost:{target_port}",
@@ -32,6 +33,7 @@ name = "ungranted"
 component = "hostile.wasm"
 route = "/bare/{{what}}"
 auth = "public"
+input.query.url = 'https?://\S{{1,200}}'
 "#
         ),
         &["hostile"],

@@ -12,6 +12,7 @@ pub mod problem;
 mod router;
 mod server;
 pub mod spans;
+pub mod validate;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -53,6 +54,8 @@ pub(crate) struct FunctionSlot {
     route: String,
     gate: Arc<Gate>,
     access: bulkhead_manifest::Access,
+    /// The function's input rules, compiled once (T10).
+    rules: validate::Rules,
 }
 
 impl Gateway {
@@ -82,11 +85,13 @@ impl Gateway {
                     limits.max_outstanding_requests,
                 );
                 let route = spec.route.to_string();
+                let rules = validate::Rules::new(&spec.input);
                 FunctionSlot {
                     function,
                     route,
                     gate,
                     access: spec.access.clone(),
+                    rules,
                 }
             })
             .collect();

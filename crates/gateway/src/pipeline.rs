@@ -1,11 +1,13 @@
-//! The request pipeline: correlate -> route -> admit -> read body -> queue
-//! -> invoke -> respond. Cheap checks come first, so a refused request never
-//! instantiates a function. Every outcome ends in one access-log record.
+//! The request pipeline: correlate -> decode path -> route -> validate head
+//! -> admit -> read body -> validate body -> queue -> invoke -> respond.
+//! Cheap checks come first, so a refused request never instantiates a
+//! function. Every outcome ends in one access-log record.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use bulkhead_manifest::input::HOP_BY_HOP;
 use bulkhead_runtime::{Invocation, InvokeError};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -18,20 +20,8 @@ use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
 use crate::spans::{RequestSpan, method_name};
+use crate::validate::{self, Rules};
 use crate::{FunctionSlot, Shared, audit};
-
-/// Headers that describe one hop's connection, not the request: never
-/// forwarded to the function or back to the client.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
 
 /// Header prefix reserved for what the gateway tells the function; a client
 /// can never set one (T11).
@@ -153,12 +143,14 @@ async fn pipeline<'s>(
     trace: &TraceContext,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<Bytes>, Problem> {
+    // Decode the path once and refuse what is ambiguous, before routing (T10).
+    let decoded = validate::decode_path(request.uri().path())
+        .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
+    let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
+
     // Route.
-    let slot = match shared
-        .router
-        .find(request.method().as_str(), request.uri().path())
-    {
-        RouteMatch::Found { function, .. } => &shared.functions[function],
+    let (slot, params) = match shared.router.find(request.method().as_str(), &segments) {
+        RouteMatch::Found { function, params } => (&shared.functions[function], params),
         RouteMatch::MethodNotAllowed { allow } => {
             return Err(Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -190,6 +182,11 @@ async fn pipeline<'s>(
             *refusal.problem
         })?;
     outcome.subject = identity.as_ref().map(|i| i.subject.clone());
+
+    // Validate parameters, query, framing and content type (T10).
+    slot.rules
+        .check_head(&params, request.uri().query(), request.headers())
+        .map_err(|r| refuse(r, outcome))?;
 
     // Admit: app-wide, then per function; over either bound, 429 at once (T01).
     let too_many = |scope: &str| {
@@ -251,6 +248,11 @@ async fn pipeline<'s>(
         Ok(Ok(collected)) => collected.to_bytes(),
     };
 
+    // Validate the body: strict JSON, then the schema (T10).
+    slot.rules
+        .check_body(&parts.method, &parts.headers, &body)
+        .map_err(|r| refuse(r, outcome))?;
+
     // Queue for a running slot, app-wide and per function; a request waits
     // at most its function's timeout.
     let queue_timeout = limits.timeout.get();
@@ -274,7 +276,7 @@ async fn pipeline<'s>(
     };
 
     // Invoke.
-    let guest_request = guest_request(parts, body, trace, identity.as_ref())?;
+    let guest_request = guest_request(parts, body, trace, identity.as_ref(), &slot.rules)?;
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
@@ -288,6 +290,12 @@ async fn pipeline<'s>(
     }
 }
 
+/// A validation refusal (T10): the log gets field and rule, the client the problem.
+fn refuse(refusal: validate::Refusal, outcome: &mut Outcome) -> Problem {
+    outcome.detail = Some(refusal.to_string());
+    refusal.to_problem()
+}
+
 fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
@@ -297,13 +305,15 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The request as the function sees it: absolute URI, connection headers
-/// and client-sent `bulkhead-*` headers removed, trace context continued.
+/// The request as the function sees it: absolute URI, only the client
+/// headers its input rules let through (T10; never connection headers or
+/// client-sent `bulkhead-*` ones, T11), trace context continued.
 fn guest_request(
     parts: http::request::Parts,
     body: Bytes,
     trace: &TraceContext,
     identity: Option<&Identity>,
+    rules: &Rules,
 ) -> Result<Request<Bytes>, Problem> {
     let authority = parts
         .headers
@@ -339,6 +349,7 @@ fn guest_request(
         if HOP_BY_HOP.contains(&name_str)
             || name_str.starts_with(RESERVED_PREFIX)
             || name_str == "traceparent"
+            || !rules.lets_through(name)
         {
             continue;
         }

@@ -16,6 +16,10 @@ pub struct Problem {
     pub slug: &'static str,
     pub title: &'static str,
     pub detail: String,
+    /// For validation refusals (T10): which field failed and which rule,
+    /// as extension members. Both come from the manifest, the schema or
+    /// the gateway, never from the request.
+    check: Option<Box<(String, String)>>,
     /// Headers the response carries besides the problem body.
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -32,8 +36,21 @@ impl Problem {
             slug,
             title,
             detail: detail.into(),
+            check: None,
             headers: Vec::new(),
         }
+    }
+
+    /// Name the field and the rule a validation refusal is about.
+    pub fn field(mut self, field: &str, rule: &str) -> Self {
+        self.check = Some(Box::new((field.to_string(), rule.to_string())));
+        self
+    }
+
+    /// Close the connection after this response: whatever else the client
+    /// sent on it is never read as another request (request smuggling).
+    pub fn close_connection(self) -> Self {
+        self.header(header::CONNECTION, HeaderValue::from_static("close"))
     }
 
     /// Seconds the client should wait before retrying (`Retry-After`).
@@ -64,13 +81,17 @@ impl Problem {
     }
 
     pub fn into_response(self, correlation_id: &str) -> Response<Bytes> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("{PROBLEM_BASE}{}", self.slug),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
             "correlation_id": correlation_id,
         });
+        if let Some((field, rule)) = self.check.map(|b| *b) {
+            body["field"] = field.into();
+            body["rule"] = rule.into();
+        }
         let mut response = Response::new(Bytes::from(body.to_string()));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();

@@ -12,10 +12,7 @@ pub struct Router {
 pub enum RouteMatch<'r, 'p> {
     Found {
         function: usize,
-        #[cfg_attr(
-            not(test),
-            expect(dead_code, reason = "read by input validation (T10), which comes next")
-        )]
+        /// Route parameter names and their decoded values, in route order.
         params: Vec<(&'r str, &'p str)>,
     },
     /// The path exists but not for this method; `allow` lists the methods.
@@ -36,16 +33,13 @@ impl Router {
         Self { routes }
     }
 
-    /// `path` is the request path as sent (no query).
-    pub fn find<'r, 'p>(&'r self, method: &str, path: &'p str) -> RouteMatch<'r, 'p> {
-        let segments: Vec<&str> = match path.strip_prefix('/') {
-            Some("") => Vec::new(),
-            Some(rest) => rest.split('/').collect(),
-            None => return RouteMatch::NotFound,
-        };
+    /// `segments` are the request path's segments, each decoded exactly
+    /// once by the validation stage (T10): a literal route segment matches
+    /// the decoded segment.
+    pub fn find<'r, 'p>(&'r self, method: &str, segments: &[&'p str]) -> RouteMatch<'r, 'p> {
         let mut allowed: Vec<&str> = Vec::new();
         for (route, methods, function) in &self.routes {
-            if let Some(params) = route.matches(&segments) {
+            if let Some(params) = route.matches(segments) {
                 if methods.iter().any(|m| m == method) {
                     return RouteMatch::Found {
                         function: *function,
@@ -71,6 +65,30 @@ impl Router {
 mod tests {
     use super::*;
 
+    /// What a lookup found, owned, so a test can compare it.
+    #[derive(Debug, PartialEq)]
+    enum Lookup {
+        Function(usize, Vec<(String, String)>),
+        NotAllowed(String),
+        NotFound,
+    }
+
+    fn find(r: &Router, method: &str, path: &str) -> Lookup {
+        let decoded = crate::validate::decode_path(path).expect("a well-formed path");
+        let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
+        match r.find(method, &segments) {
+            RouteMatch::Found { function, params } => Lookup::Function(
+                function,
+                params
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            RouteMatch::MethodNotAllowed { allow } => Lookup::NotAllowed(allow),
+            RouteMatch::NotFound => Lookup::NotFound,
+        }
+    }
+
     fn router() -> Router {
         Router::new([
             (
@@ -91,42 +109,29 @@ mod tests {
     #[test]
     fn the_most_literal_route_wins() {
         let r = router();
-        assert!(matches!(
-            r.find("GET", "/users/me"),
-            RouteMatch::Found { function: 1, .. }
-        ));
-        match r.find("GET", "/users/ada") {
-            RouteMatch::Found { function, params } => {
-                assert_eq!(function, 0);
-                assert_eq!(params, vec![("id", "ada")]);
-            }
-            _ => panic!("expected a match"),
-        }
-        assert!(matches!(
-            r.find("GET", "/"),
-            RouteMatch::Found { function: 2, .. }
-        ));
+        assert_eq!(find(&r, "GET", "/users/me"), Lookup::Function(1, vec![]));
+        assert_eq!(
+            find(&r, "GET", "/users/ada"),
+            Lookup::Function(0, vec![("id".into(), "ada".into())])
+        );
+        assert_eq!(find(&r, "GET", "/"), Lookup::Function(2, vec![]));
+        // Literal segments match the decoded segment; parameters get it decoded.
+        assert_eq!(find(&r, "GET", "/users/%6De"), Lookup::Function(1, vec![]));
+        assert_eq!(
+            find(&r, "GET", "/users/a%20b"),
+            Lookup::Function(0, vec![("id".into(), "a b".into())])
+        );
     }
 
     #[test]
     fn wrong_method_and_unknown_paths() {
         let r = router();
-        assert!(
-            matches!(r.find("DELETE", "/users/me"), RouteMatch::MethodNotAllowed { allow } if allow == "GET")
+        assert_eq!(
+            find(&r, "DELETE", "/users/me"),
+            Lookup::NotAllowed("GET".into())
         );
-        for path in [
-            "/nope",
-            "/users",
-            "/users/",
-            "/users/a/b",
-            "",
-            "users",
-            "//",
-        ] {
-            assert!(
-                matches!(r.find("GET", path), RouteMatch::NotFound),
-                "{path}"
-            );
+        for path in ["/nope", "/users", "/users/a/b", "/Users/me"] {
+            assert_eq!(find(&r, "GET", path), Lookup::NotFound, "{path}");
         }
     }
 }

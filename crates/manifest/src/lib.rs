@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod grants;
+pub mod input;
 mod problem;
 mod raw;
 mod resolve;
@@ -17,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
 pub use grants::{Grants, OutboundRule};
+pub use input::{BodySchema, Input, Param, Pattern};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use units::{ByteSize, Duration};
@@ -125,6 +127,8 @@ pub struct Function {
     pub grants: Grants,
     /// Who may call it (T11); authenticated unless `auth = "public"`.
     pub access: Access,
+    /// What a well-formed request looks like (T10).
+    pub input: Input,
 }
 
 /// Per-call bounds of one function (T01, T05).
@@ -138,6 +142,7 @@ pub struct FunctionLimits {
     pub max_concurrent_requests: u32,
     /// Calls running or queued; beyond it: 429 at once.
     pub max_outstanding_requests: u32,
+    /// The body cap: `input.max_body` (or its alias `max_request_body`).
     pub max_request_body: ByteSize,
     pub max_response_body: ByteSize,
 }

@@ -73,6 +73,17 @@ impl<'a> Collector<'a> {
     }
 }
 
+impl Collector<'_> {
+    /// A problem in another file the manifest names (a body schema).
+    pub fn in_file(&mut self, file: &Path, location: Option<(usize, usize)>, message: String) {
+        self.problems.push(Problem {
+            file: file.to_path_buf(),
+            location,
+            message,
+        });
+    }
+}
+
 pub(crate) fn line_and_column(source: &str, offset: usize) -> (usize, usize) {
     let before = source.get(..offset).unwrap_or(source);
     let line = before.matches('\n').count() + 1;

@@ -129,6 +129,32 @@ pub(crate) struct RawFunction {
     pub grants: RawGrants,
     pub auth: Option<Spanned<RawAccess>>,
     pub scopes: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub input: RawInput,
+}
+
+/// `input.*`: what a well-formed request to this function looks like (T10).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawInput {
+    #[serde(default)]
+    pub path: BTreeMap<String, Spanned<RawParam>>,
+    #[serde(default)]
+    pub query: BTreeMap<String, Spanned<RawParam>>,
+    pub allow_unknown_query: Option<bool>,
+    #[serde(default)]
+    pub headers: Vec<Spanned<String>>,
+    pub content_types: Option<Spanned<Vec<Spanned<String>>>>,
+    pub max_body: Option<Spanned<ByteSize>>,
+    pub body_schema: Option<Spanned<String>>,
+}
+
+/// `input.query.NAME = "PATTERN"`, or `= true` for the default pattern.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawParam {
+    Pattern(String),
+    Declared(bool),
 }
 
 /// `grants = { ... }`: capabilities, none unless named (T16).

@@ -7,6 +7,7 @@ use std::path::{Component as PathPart, Path, PathBuf};
 use toml::Spanned;
 
 use crate::grants::{Grants, OutboundRule};
+use crate::input;
 use crate::problem::{Collector, Problems};
 use crate::raw::{RawFunction, RawLimits, RawManifest};
 use crate::route::RoutePattern;
@@ -253,6 +254,8 @@ fn function(
         .map_err(|e| out.at(Some(f.route.span()), format!("function `{name}`: {e}")))
         .ok();
 
+    let input = input::resolve(out, app_dir, name, route.as_ref(), &f.input);
+
     let methods = match &f.methods {
         None => defaults::METHODS.iter().map(|m| m.to_string()).collect(),
         Some(list) => {
@@ -297,8 +300,11 @@ fn function(
             format!("function `{name}`: `memory` must be between {MIN_MEMORY} and {MAX_MEMORY}"),
         );
     }
+    // `input.max_body` is the body cap; `max_request_body` its older alias.
+    let own_max_body = input::max_body(out, name, &f.input.max_body, &f.max_request_body)
+        .map(|(value, span)| Spanned::new(span, value));
     let (max_request_body, _) = pick(
-        &f.max_request_body,
+        &own_max_body,
         &app.max_request_body,
         defaults::MAX_REQUEST_BODY,
     );
@@ -366,6 +372,7 @@ fn function(
         },
         grants: Grants { outbound },
         access,
+        input: input?,
     })
 }
 

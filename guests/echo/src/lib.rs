@@ -1,5 +1,7 @@
 //! Echoes what the function was handed: method, path, headers and body, as
-//! JSON. Tests use it to see exactly what the gateway let through.
+//! JSON. Tests use it to see exactly what the gateway let through. It also
+//! prints one line to stdout on every call, so a test can count the calls
+//! that reached it in the log (`bulkhead::guest` records, by correlation ID).
 use std::io::{Read as _, Write as _};
 
 use wasip2::http::types::{
@@ -13,6 +15,7 @@ struct Echo;
 
 impl wasip2::exports::http::incoming_handler::Guest for Echo {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        println!("echo called");
         let method = match request.method() {
             Method::Get => "GET".to_string(),
             Method::Post => "POST".to_string(),

@@ -1,0 +1,297 @@
+//! T10: every request that is not perfectly formed is refused before any
+//! function runs. A corpus of hostile requests, sent as raw bytes over TCP
+//! to the real server, each refused with a 4xx problem (or, for broken
+//! framing, by the HTTP parser itself: a 4xx or a closed connection), never
+//! a 5xx. The echo guest prints one line per call, so the log proves which
+//! requests reached it: exactly the valid ones, none of the corpus.
+
+#[path = "validation/corpus.rs"]
+mod corpus;
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use corpus::Expect::{Problem, Refused};
+use corpus::{get, json, post};
+use serde_json::Value;
+use support::{Server, TestApp, raw_exchange};
+
+const MANIFEST: &str = r#"
+[app]
+name = "validation"
+
+[[function]]
+name = "register"
+component = "echo.wasm"
+route = "/register/{handle}"
+auth = "public"
+methods = ["POST"]
+input.path.handle = "[a-z0-9-]{1,20}"
+input.body_schema = "schemas/register.json"
+input.max_body = "64KiB"
+input.headers = ["x-request-source"]
+
+[[function]]
+name = "items"
+component = "echo.wasm"
+route = "/items/{id}"
+auth = "public"
+input.query.page = "[0-9]{1,3}"
+input.query.q = "[A-Za-z0-9 ]{1,32}"
+input.query.sort = true
+
+[[function]]
+name = "notes"
+component = "echo.wasm"
+route = "/notes"
+auth = "public"
+methods = ["POST"]
+input.content_types = ["text/plain"]
+input.max_body = "1KiB"
+
+[[function]]
+name = "open"
+component = "echo.wasm"
+route = "/open/{word}"
+auth = "public"
+input.allow_unknown_query = true
+"#;
+
+const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["name", "email"],
+  "additionalProperties": false,
+  "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 64},
+    "email": {"type": "string", "format": "email", "maxLength": 254},
+    "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "tags": {"type": "array", "maxItems": 16, "items": {"type": "string", "pattern": "^[a-z]{1,16}$"}},
+    "extra": {"type": "object"}
+  }
+}"#;
+
+fn start() -> (TestApp, Server) {
+    let app = TestApp::new(MANIFEST, &["echo"]);
+    std::fs::create_dir(app.path().join("schemas")).unwrap();
+    std::fs::write(app.path().join("schemas/register.json"), SCHEMA).unwrap();
+    let server = Server::start(&app);
+    (app, server)
+}
+
+/// A response read off the wire.
+struct Answer {
+    status: Option<u16>,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Answer {
+    fn parse(raw: &str) -> Self {
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok());
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.to_string(),
+        }
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn exchange(server: &Server, raw: &[u8]) -> Answer {
+    Answer::parse(&raw_exchange(server.addr, raw, Duration::from_secs(10)))
+}
+
+/// The correlation IDs of every call that reached the echo guest.
+fn guest_calls(server: &Server) -> BTreeSet<String> {
+    server
+        .logs()
+        .iter()
+        .filter(|r| r["target"] == "bulkhead::guest" && r["line"] == "echo called")
+        .filter_map(|r| r["correlation_id"].as_str().map(String::from))
+        .collect()
+}
+
+fn echo_headers(body: &Value) -> Vec<(String, String)> {
+    body["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn hostile_corpus_is_refused_before_any_function_runs() {
+    let (_app, server) = start();
+    let cases = corpus::all();
+    assert!(cases.len() >= 100, "the corpus has {} cases", cases.len());
+    let mut refused_ids = Vec::new();
+    for (name, raw, expect) in &cases {
+        let answer = exchange(&server, raw);
+        if let Some(status) = answer.status {
+            assert!(
+                (400..500).contains(&status),
+                "{name}: status {status}: {}",
+                answer.body
+            );
+        }
+        match expect {
+            Problem(status, slug, rule) => {
+                assert_eq!(answer.status, Some(*status), "{name}: {}", answer.body);
+                assert_eq!(
+                    answer.header("content-type"),
+                    Some("application/problem+json"),
+                    "{name}"
+                );
+                let problem: Value = serde_json::from_str(&answer.body)
+                    .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.body));
+                assert_eq!(
+                    problem["type"],
+                    format!("https://bulkhead.dev/problems/{slug}"),
+                    "{name}"
+                );
+                if *slug != "not-found" && *slug != "body-too-large" {
+                    assert!(
+                        problem["field"].is_string() && problem["rule"].is_string(),
+                        "{name}: {problem}"
+                    );
+                }
+                if !rule.is_empty() {
+                    assert_eq!(problem["rule"], *rule, "{name}: {problem}");
+                }
+                let id = answer
+                    .header("bulkhead-correlation-id")
+                    .expect("correlation ID")
+                    .to_string();
+                refused_ids.push((name, id, *slug));
+            }
+            Refused => {
+                if let Some(id) = answer.header("bulkhead-correlation-id") {
+                    refused_ids.push((name, id.to_string(), ""));
+                }
+            }
+        }
+        assert!(
+            !answer.body.to_ascii_lowercase().contains("evil"),
+            "{name}: the problem echoes the input: {}",
+            answer.body
+        );
+    }
+
+    // Valid requests pass, and are the only ones that reach the guest.
+    let mut valid = Vec::new();
+    for raw in [
+        get("/items/abc123?page=2&q=hello%20world&sort=asc"),
+        get("/items/%61bc"),
+        get("/open/word?anything=goes&x"),
+        post("/notes", Some("text/plain; charset=utf-8"), b"a note"),
+        json(r#"{"name":"Ada","email":"ada@example.org","age":36,"tags":["math"]}"#),
+    ] {
+        let answer = exchange(&server, &raw);
+        assert_eq!(answer.status, Some(200), "{}", answer.body);
+        valid.push(
+            answer
+                .header("bulkhead-correlation-id")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let last = valid.last().unwrap().clone();
+    server.wait_for_log(
+        |r| r["target"] == "bulkhead::guest" && r["correlation_id"] == last.as_str(),
+        Duration::from_secs(10),
+    );
+    let reached = guest_calls(&server);
+    assert_eq!(
+        reached,
+        valid.iter().cloned().collect::<BTreeSet<_>>(),
+        "only the valid requests reached the function"
+    );
+
+    // Each refusal has its access record naming the reason, and no 5xx anywhere.
+    for (name, id, slug) in &refused_ids {
+        let record = server.access_record(id);
+        if !slug.is_empty() {
+            assert_eq!(record["reason"], *slug, "{name}");
+        }
+        assert!(
+            record["status"]
+                .as_u64()
+                .is_some_and(|s| (400..500).contains(&s)),
+            "{name}"
+        );
+    }
+    assert!(
+        !server
+            .logs()
+            .iter()
+            .any(|r| r["status"].as_u64().is_some_and(|s| s >= 500)),
+        "no 5xx"
+    );
+}
+
+#[test]
+fn valid_requests_reach_the_function_with_filtered_headers() {
+    let (_app, server) = start();
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let body = r#"{"name":"Ada","email":"ada@example.org"}"#;
+    let raw = format!(
+        "POST /register/ada-lovelace HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         user-agent: tester\r\naccept: application/json\r\nx-request-source: unit\r\ncookie: session=secret\r\n\
+         authorization: Bearer secret\r\nx-forwarded-for: 10.0.0.1\r\nbulkhead-subject: admin\r\n\
+         traceparent: 00-{trace}-00f067aa0ba902b7-01\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(&server, raw.as_bytes());
+    assert_eq!(answer.status, Some(200), "{}", answer.body);
+    let echo: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(echo["body"], body);
+    assert_eq!(echo["path_with_query"], "/register/ada-lovelace");
+    let headers = echo_headers(&echo);
+    let names: BTreeSet<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "accept",
+            "bulkhead-correlation-id",
+            "content-type",
+            "traceparent",
+            "user-agent",
+            "x-request-source",
+        ]),
+        "{headers:?}"
+    );
+    let traceparent = &headers.iter().find(|(k, _)| k == "traceparent").unwrap().1;
+    assert!(
+        traceparent.starts_with(&format!("00-{trace}-")),
+        "the gateway's traceparent"
+    );
+    assert_eq!(answer.header("bulkhead-correlation-id"), Some(trace));
+
+    // The path the function sees is the one sent: validated, never rewritten.
+    let answer = exchange(&server, &get("/items/%61bc?q=a%20b"));
+    let echo: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(echo["path_with_query"], "/items/%61bc?q=a%20b");
+}

@@ -1,0 +1,326 @@
+//! The hostile-input corpus for `validation.rs`: raw HTTP/1.1 requests and
+//! what each must get. Targets are written as a client would send them;
+//! nothing here is normalised before it reaches the server.
+
+/// What a hostile request must get.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect {
+    /// This status, problem type and (unless empty) rule, from the gateway.
+    Problem(u16, &'static str, &'static str),
+    /// Broken framing: whatever the HTTP parser or the gateway answers, a
+    /// 4xx or a closed connection.
+    Refused,
+}
+use Expect::{Problem, Refused};
+
+pub type Case = (&'static str, Vec<u8>, Expect);
+
+const fn path(rule: &'static str) -> Expect {
+    Problem(400, "invalid-path", rule)
+}
+const fn param(rule: &'static str) -> Expect {
+    Problem(400, "invalid-parameter", rule)
+}
+const fn body(rule: &'static str) -> Expect {
+    Problem(400, "invalid-body", rule)
+}
+const fn media(rule: &'static str) -> Expect {
+    Problem(415, "unsupported-media-type", rule)
+}
+const UNKNOWN: Expect = Problem(400, "unknown-parameter", "undeclared");
+const TOO_LARGE: Expect = Problem(413, "body-too-large", "");
+const NOT_FOUND: Expect = Problem(404, "not-found", "");
+
+/// GET targets: traversal, control and invisible characters, look-alikes,
+/// double encoding, the query allowlist.
+#[rustfmt::skip]
+const TARGETS: &[(&str, &str, Expect)] = &[
+    // Traversal, in its encodings.
+    ("dot-dot", "/items/../admin", path("dot-segment")),
+    ("dot", "/items/./x", path("dot-segment")),
+    ("leading dot", "/./items/x", path("dot-segment")),
+    ("encoded dot-dot", "/items/%2e%2e/admin", path("dot-segment")),
+    ("encoded dot-dot upper", "/items/%2E%2E", path("dot-segment")),
+    ("half encoded dot-dot", "/items/.%2e/x", path("dot-segment")),
+    ("half encoded dot-dot 2", "/items/%2e./x", path("dot-segment")),
+    ("encoded dot", "/items/%2e", path("dot-segment")),
+    ("absolute form dot-dot", "http://x/items/../a", path("dot-segment")),
+    ("double encoded dot-dot", "/items/%252e%252e", path("double-encoding")),
+    ("encoded slash", "/items/..%2fadmin", path("encoded-slash")),
+    ("encoded slash upper", "/items/..%2Fadmin", path("encoded-slash")),
+    ("encoded passwd", "/items/%2e%2e%2fetc%2fpasswd", path("encoded-slash")),
+    ("encoded backslash", "/items/..%5cadmin", path("encoded-slash")),
+    ("encoded slash alone", "/items/%2fetc", path("encoded-slash")),
+    ("raw backslash", "/items/..\\admin", Refused),
+    ("overlong dot-dot", "/items/%c0%ae%c0%ae/x", path("invalid-utf8")),
+    ("overlong slash", "/items/a%c0%afb", path("invalid-utf8")),
+    ("overlong 3-byte dot", "/items/%e0%80%ae", path("invalid-utf8")),
+    ("overlong 4-byte dot", "/items/%f0%80%80%ae", path("invalid-utf8")),
+    ("overlong backslash", "/items/%c1%9c", path("invalid-utf8")),
+    ("utf-16 surrogate", "/items/%ed%a0%80", path("invalid-utf8")),
+    ("invalid bytes", "/items/%ff%fe", path("invalid-utf8")),
+    ("truncated sequence", "/items/a%e2%80", path("invalid-utf8")),
+    ("double encoded overlong", "/items/%25c0%25ae", path("double-encoding")),
+    ("iis unicode escape", "/items/%u002e%u002e", path("bad-escape")),
+    ("truncated escape", "/items/a%2", path("bad-escape")),
+    ("empty segment", "/items//x", path("empty-segment")),
+    ("trailing slash", "/items/x/", path("empty-segment")),
+    ("leading double slash", "//items/x", path("empty-segment")),
+    // NUL and control characters.
+    ("nul", "/items/a%00b", path("control-character")),
+    ("trailing nul", "/items/a%00", path("control-character")),
+    ("crlf injection", "/items/a%0d%0aSet-Cookie:%20evil", path("control-character")),
+    ("line feed", "/items/a%0a", path("control-character")),
+    ("tab", "/items/a%09", path("control-character")),
+    ("ansi escape", "/items/a%1b%5b31m", path("control-character")),
+    ("delete", "/items/a%7f", path("control-character")),
+    ("c1 next line", "/items/a%c2%85", path("control-character")),
+    ("c1 csi", "/items/a%c2%9b", path("control-character")),
+    ("query nul", "/items/x?q=a%00", param("control-character")),
+    ("query crlf", "/items/x?q=a%0d%0aevil", param("control-character")),
+    // Unicode look-alikes, invisible and bidi characters.
+    ("cyrillic a", "/items/%d0%b0dmin", param("pattern")),
+    ("fullwidth a", "/items/%ef%bd%81", param("pattern")),
+    ("fullwidth dots", "/items/%ef%bc%8e%ef%bc%8e", param("pattern")),
+    ("lookalike literal", "/it%d0%b5ms/x", NOT_FOUND),
+    ("right-to-left override", "/items/%e2%80%aeevil", path("invisible-character")),
+    ("zero width space", "/items/abc%e2%80%8b", path("invisible-character")),
+    ("byte order mark", "/items/%ef%bb%bfabc", path("invisible-character")),
+    ("left-to-right isolate", "/items/a%e2%81%a6b", path("invisible-character")),
+    ("arabic letter mark", "/items/a%d8%9cb", path("invisible-character")),
+    ("line separator", "/items/%e2%80%a8", path("invisible-character")),
+    ("hangul filler", "/items/%e1%85%9f", path("invisible-character")),
+    ("tag character", "/items/a%f3%a0%80%81", path("invisible-character")),
+    ("query bidi", "/items/x?q=%e2%80%ae", param("invisible-character")),
+    ("query cyrillic", "/items/x?q=%d0%b0", param("pattern")),
+    ("raw utf-8 in path", "/items/\u{e9}", Refused),
+    // Double encoding.
+    ("double encoded letter", "/items/%2541", path("double-encoding")),
+    ("double encoded slash", "/items/%252f", path("double-encoding")),
+    ("double encoded backslash", "/items/%255c", path("double-encoding")),
+    ("triple encoded dot", "/items/%25252e", path("double-encoding")),
+    ("query double encoded", "/items/x?q=%252e%252e", param("pattern")),
+    ("query double encoded digit", "/items/x?page=%2531", param("pattern")),
+    // The query allowlist.
+    ("undeclared", "/items/x?debug=1", UNKNOWN),
+    ("undeclared after declared", "/items/x?page=1&admin=true", UNKNOWN),
+    ("case differs", "/items/x?PAGE=1", UNKNOWN),
+    ("repeated", "/items/x?page=1&page=2", param("repeated")),
+    ("letters for digits", "/items/x?page=abc", param("pattern")),
+    ("too long", "/items/x?page=1000", param("pattern")),
+    ("negative", "/items/x?page=-1", param("pattern")),
+    ("empty value", "/items/x?page=", param("pattern")),
+    ("no value", "/items/x?page", param("pattern")),
+    ("empty pair", "/items/x?page=1&&q=a", param("empty-parameter")),
+    ("only ampersand", "/items/x?&", param("empty-parameter")),
+    ("semicolon separator", "/items/x?page=1;q=a", param("pattern")),
+    ("bad escape", "/items/x?page=%zz", param("bad-escape")),
+    ("empty name", "/items/x?=1", param("empty-parameter")),
+    ("plus is not space", "/items/x?q=a+b", param("pattern")),
+    ("sql in query", "/items/x?q=%27%20OR%201=1--", param("pattern")),
+    ("script in query", "/items/x?q=%3Cscript%3Eevil%3C/script%3E", param("pattern")),
+    ("sql in path", "/items/1%27%20OR%20%271%27=%271", param("pattern")),
+];
+
+/// JSON bodies POSTed to `/register/ada`: structure first, then the schema.
+#[rustfmt::skip]
+const BODIES: &[(&str, &str, Expect)] = &[
+    ("duplicate key", r#"{"name":"Ada","email":"ada@example.org","name":"admin"}"#, body("duplicate-key")),
+    ("duplicate key escaped", r#"{"name":"Ada","email":"a@b.org","\u006eame":"x"}"#, body("duplicate-key")),
+    ("nested duplicate", r#"{"name":"Ada","email":"a@b.org","extra":{"x":1,"x":2}}"#, body("duplicate-key")),
+    ("huge exponent", r#"{"name":"Ada","email":"ada@example.org","age":1e400}"#, body("number-magnitude")),
+    ("past 2^53", r#"{"name":"Ada","email":"a@b.org","age":9007199254740993}"#, body("number-magnitude")),
+    ("huge negative", r#"{"name":"Ada","email":"a@b.org","age":-99999999999999999999}"#, body("number-magnitude")),
+    ("big float", r#"{"name":"Ada","email":"ada@example.org","age":1e308}"#, body("number-magnitude")),
+    ("not json", "name=ada&email=ada@example.org", body("json-syntax")),
+    ("trailing garbage", r#"{"name":"Ada","email":"ada@example.org"} evil"#, body("json-syntax")),
+    ("byte order mark", "\u{feff}{\"name\":\"Ada\",\"email\":\"ada@example.org\"}", body("json-syntax")),
+    ("lone surrogate", r#"{"name":"Ada","email":"a@b.org","tags":["\ud800"]}"#, body("json-syntax")),
+    ("raw nul in string", "{\"name\":\"a\0b\",\"email\":\"ada@example.org\"}", body("json-syntax")),
+    ("single quotes", "{'name':'ada'}", body("json-syntax")),
+    ("empty body", "", body("missing")),
+    ("missing field", r#"{"name":"Ada"}"#, Problem(400, "invalid-body", "required")),
+    ("extra field", r#"{"name":"Ada","email":"ada@example.org","admin":true}"#, body("additionalProperties")),
+    ("prototype pollution", r#"{"name":"A","email":"a@b.org","__proto__":{"admin":1}}"#, body("additionalProperties")),
+    ("wrong type", r#"{"name":1,"email":"ada@example.org"}"#, body("type")),
+    ("bad email", r#"{"name":"Ada","email":"evil"}"#, body("format")),
+    ("negative age", r#"{"name":"Ada","email":"ada@example.org","age":-1}"#, body("minimum")),
+    ("fractional age", r#"{"name":"Ada","email":"ada@example.org","age":1.5}"#, body("type")),
+    ("tag pattern", r#"{"name":"Ada","email":"ada@example.org","tags":["EVIL"]}"#, body("pattern")),
+    ("array body", "[]", body("type")),
+    ("null body", "null", body("type")),
+];
+
+/// Media types and sizes: (name, target, content type, body, expected).
+#[rustfmt::skip]
+const TYPED: &[(&str, &str, Option<&str>, &str, Expect)] = &[
+    ("text for json", "/register/ada", Some("text/plain"), "{}", media("not-allowed")),
+    ("no content type", "/register/ada", None, "{}", media("missing")),
+    ("utf-16 json", "/register/ada", Some("application/json; charset=utf-16"), "{}", media("charset")),
+    ("xml", "/register/ada", Some("application/xml"), "<a/>", media("not-allowed")),
+    ("form", "/register/ada", Some("application/x-www-form-urlencoded"), "a=b", media("not-allowed")),
+    ("multipart", "/register/ada", Some("multipart/form-data; boundary=x"), "--x--", media("not-allowed")),
+    ("two types in one", "/register/ada", Some("application/json, text/plain"), "{}", media("malformed")),
+    ("json for text", "/notes", Some("application/json"), "{}", media("not-allowed")),
+];
+
+pub fn get(target: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").into_bytes()
+}
+
+pub fn post(target: &str, content_type: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let mut head = format!(
+        "POST {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    if let Some(ct) = content_type {
+        head.push_str(&format!("content-type: {ct}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut raw = head.into_bytes();
+    raw.extend_from_slice(body);
+    raw
+}
+
+pub fn json(body: &str) -> Vec<u8> {
+    post("/register/ada", Some("application/json"), body.as_bytes())
+}
+
+/// A valid registration with `extra` spliced into its `extra` object.
+fn with_extra(extra: &str) -> Vec<u8> {
+    json(&format!(
+        r#"{{"name":"Ada","email":"ada@example.org","extra":{{"a":{extra}}}}}"#
+    ))
+}
+
+/// Every hostile request.
+pub fn all() -> Vec<Case> {
+    let mut cases: Vec<Case> = TARGETS
+        .iter()
+        .map(|(name, target, expect)| (*name, get(target), *expect))
+        .collect();
+    cases.extend(
+        BODIES
+            .iter()
+            .map(|(name, text, expect)| (*name, json(text), *expect)),
+    );
+    cases.extend(TYPED.iter().map(|(name, target, ct, text, expect)| {
+        (*name, post(target, *ct, text.as_bytes()), *expect)
+    }));
+    let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+    // Valid bodies on hostile `/register/{handle}` paths.
+    let valid = br#"{"name":"Ada","email":"ada@example.org"}"#;
+    for (name, target, expect) in [
+        ("dotless i", "/register/adm%c4%b1n", param("pattern")),
+        ("path pattern", "/register/ADMIN", param("pattern")),
+        (
+            "double encoded post",
+            "/register/..%252f",
+            path("double-encoding"),
+        ),
+        (
+            "post traversal",
+            "/register/../items/x",
+            path("dot-segment"),
+        ),
+    ] {
+        cases.push((name, post(target, Some("application/json"), valid), expect));
+    }
+    cases.extend([
+        ("deep nesting", with_extra(&nested(40)), body("depth")),
+        (
+            "very deep nesting",
+            with_extra(&nested(5000)),
+            body("depth"),
+        ),
+        (
+            "too many values",
+            with_extra(&format!("[{}0]", "0,".repeat(10_000))),
+            body("too-many-values"),
+        ),
+        (
+            "too many pairs",
+            get(&format!("/items/x?{}", vec!["sort=a"; 65].join("&"))),
+            param("too-many"),
+        ),
+        (
+            "too long name",
+            json(&format!(
+                r#"{{"name":"{}","email":"a@b.org"}}"#,
+                "a".repeat(65)
+            )),
+            body("maxLength"),
+        ),
+        (
+            "oversized json",
+            json(&format!(r#"{{"name":"{}"}}"#, "a".repeat(70_000))),
+            TOO_LARGE,
+        ),
+        (
+            "oversized note",
+            post("/notes", Some("text/plain"), &[b'a'; 2000]),
+            TOO_LARGE,
+        ),
+    ]);
+    for (name, raw) in [
+        (
+            "raw nul",
+            &b"GET /items/a\0b HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"[..],
+        ),
+        (
+            "raw cr",
+            b"GET /items/a\rb HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        ),
+        (
+            "raw escape",
+            b"GET /items/a\x1bb HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        ),
+    ] {
+        cases.push((name, raw.to_vec(), Refused));
+    }
+    cases.extend(smuggling());
+    cases
+}
+
+/// Framing attacks. The outer request is one `notes` would accept; the
+/// request smuggled inside must never run either. (Two identical
+/// `Content-Length` values are not here: RFC 9110 lets a recipient read them
+/// as one, hyper does, and so nothing is ambiguous.) No `connection: close`:
+/// if the server read the smuggled bytes as a next request, the echo guest
+/// would log a call.
+fn smuggling() -> Vec<Case> {
+    let smuggled = "GET /items/smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
+    let inner = format!("0\r\n\r\n{smuggled}");
+    let n = inner.len();
+    let framed = |headers: String, body: &str| {
+        format!(
+            "POST /notes HTTP/1.1\r\nhost: x\r\ncontent-type: text/plain\r\n{headers}\r\n{body}"
+        )
+        .into_bytes()
+    };
+    let hello_smuggled = format!("hello{smuggled}");
+    #[rustfmt::skip]
+    let cases = vec![
+        ("cl and te", framed(format!("content-length: {n}\r\ntransfer-encoding: chunked\r\n"), &inner)),
+        ("te and cl", framed(format!("transfer-encoding: chunked\r\ncontent-length: {n}\r\n"), &inner)),
+        ("two lengths differ", framed("content-length: 5\r\ncontent-length: 40\r\n".into(), &hello_smuggled)),
+        ("length list", framed("content-length: 5, 40\r\n".into(), &hello_smuggled)),
+        ("signed length", framed("content-length: +5\r\n".into(), "hello")),
+        ("negative length", framed("content-length: -1\r\n".into(), "hello")),
+        ("te not chunked", framed("transfer-encoding: xchunked\r\n".into(), &inner)),
+        ("te chunked then identity", framed("transfer-encoding: chunked, identity\r\n".into(), &inner)),
+        ("te space before colon", framed("transfer-encoding : chunked\r\ncontent-length: 3\r\n".into(), "0\r\n")),
+        ("te obs-fold", framed("transfer-encoding:\r\n chunked\r\n".into(), &inner)),
+        ("te twice", framed("transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n".into(), "hello")),
+        ("chunk size overflow", framed("transfer-encoding: chunked\r\n".into(), "ffffffffffffffffff1\r\nx\r\n0\r\n\r\n")),
+        ("chunk extension nul", framed("transfer-encoding: chunked\r\n".into(), "5;\0\r\nhello\r\n0\r\n\r\n")),
+        ("header name with space", framed("content length: 5\r\n".into(), "hello")),
+        ("http/1.0 te and cl", format!(
+            "POST /notes HTTP/1.0\r\nhost: x\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ncontent-length: {n}\r\n\r\n{inner}"
+        ).into_bytes()),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, raw)| (name, raw, Refused))
+        .collect()
+}

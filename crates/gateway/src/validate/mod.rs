@@ -1,0 +1,443 @@
+//! Validation stage (T10, and T06/T07 in depth): a request that is not
+//! perfectly formed is refused before any function is instantiated.
+//!
+//! The path is decoded once and checked before routing ([`decode_path`]);
+//! then, per function, [`Rules`] (compiled once from the manifest's `input`)
+//! checks path parameters, the query string, framing headers and the
+//! content type before the body is read ([`Rules::check_head`]), and the
+//! body after ([`Rules::check_body`]): strict JSON first, then the schema.
+//! Refusals name the field and the rule that failed, never the value.
+
+mod json;
+mod uri;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use bulkhead_manifest::input::is_json_media_type;
+use bulkhead_manifest::{BodySchema, Input, Param};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, Method, StatusCode, header};
+
+use crate::problem::Problem;
+
+pub use json::{MAX_DEPTH, MAX_NUMBER, MAX_VALUES};
+pub use uri::{MAX_QUERY_PAIRS, decode_path};
+
+/// Why a request was refused: a stable name, shown as the problem's `rule`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    // Encoding of a path segment or query component.
+    NotOriginForm,
+    RawCharacter,
+    BadEscape,
+    InvalidUtf8,
+    ControlCharacter,
+    InvisibleCharacter,
+    // Path structure.
+    EmptySegment,
+    DotSegment,
+    EncodedSlash,
+    DoubleEncoding,
+    // Parameters.
+    Pattern,
+    Repeated,
+    EmptyParameter,
+    TooMany,
+    Undeclared,
+    // Framing headers.
+    ChunkedBody,
+    // Content type.
+    MissingMediaType,
+    MalformedMediaType,
+    MediaTypeNotAllowed,
+    Charset,
+    // Body.
+    MissingBody,
+    JsonSyntax,
+    Depth,
+    TooManyValues,
+    NumberMagnitude,
+    DuplicateKey,
+}
+
+impl Rule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::NotOriginForm => "origin-form",
+            Rule::RawCharacter => "raw-character",
+            Rule::BadEscape => "bad-escape",
+            Rule::InvalidUtf8 => "invalid-utf8",
+            Rule::ControlCharacter => "control-character",
+            Rule::InvisibleCharacter => "invisible-character",
+            Rule::EmptySegment => "empty-segment",
+            Rule::DotSegment => "dot-segment",
+            Rule::EncodedSlash => "encoded-slash",
+            Rule::DoubleEncoding => "double-encoding",
+            Rule::Pattern => "pattern",
+            Rule::Repeated => "repeated",
+            Rule::EmptyParameter => "empty-parameter",
+            Rule::TooMany => "too-many",
+            Rule::Undeclared => "undeclared",
+            Rule::ChunkedBody => "chunked-body",
+            Rule::MissingMediaType => "missing",
+            Rule::MalformedMediaType => "malformed",
+            Rule::MediaTypeNotAllowed => "not-allowed",
+            Rule::Charset => "charset",
+            Rule::MissingBody => "missing",
+            Rule::JsonSyntax => "json-syntax",
+            Rule::Depth => "depth",
+            Rule::TooManyValues => "too-many-values",
+            Rule::NumberMagnitude => "number-magnitude",
+            Rule::DuplicateKey => "duplicate-key",
+        }
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which part of the request failed; decides status and problem type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Path,
+    Parameter,
+    UnknownParameter,
+    Header,
+    Length,
+    MediaType,
+    Body,
+}
+
+/// A refusal: the part, the field (a name from the manifest or the schema,
+/// or a fixed word: never request data) and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct Refusal {
+    pub part: Part,
+    pub field: String,
+    /// A [`Rule`] name, or a JSON Schema keyword for schema failures.
+    pub rule: String,
+}
+
+impl Refusal {
+    fn new(part: Part, field: impl Into<String>, rule: Rule) -> Self {
+        Self {
+            part,
+            field: field.into(),
+            rule: rule.as_str().to_string(),
+        }
+    }
+
+    /// A refusal of the request path itself, before routing.
+    pub fn path(rule: Rule) -> Self {
+        Self::new(Part::Path, "path", rule)
+    }
+
+    /// The RFC 9457 problem for this refusal.
+    pub fn to_problem(&self) -> Problem {
+        use StatusCode as S;
+        let (field, rule) = (&self.field, &self.rule);
+        let breaks = format!("`{field}` breaks the `{rule}` rule.");
+        let (status, slug, title, detail) = match self.part {
+            Part::Path => (
+                S::BAD_REQUEST,
+                "invalid-path",
+                "Malformed path",
+                format!(
+                    "The request path breaks the `{rule}` rule; paths are decoded once and refused, never rewritten."
+                ),
+            ),
+            Part::Parameter => (
+                S::BAD_REQUEST,
+                "invalid-parameter",
+                "Invalid parameter",
+                breaks,
+            ),
+            Part::UnknownParameter => (
+                S::BAD_REQUEST,
+                "unknown-parameter",
+                "Unknown parameter",
+                "The query string has a parameter this function does not declare.".to_string(),
+            ),
+            Part::Header => (S::BAD_REQUEST, "invalid-header", "Invalid header", breaks),
+            Part::Length => (
+                S::LENGTH_REQUIRED,
+                "length-required",
+                "Length required",
+                "A request body must be sent with a Content-Length, not with Transfer-Encoding."
+                    .to_string(),
+            ),
+            Part::MediaType => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+                format!(
+                    "The body's media type breaks the `{rule}` rule; this function accepts only the media types it declares."
+                ),
+            ),
+            Part::Body => (S::BAD_REQUEST, "invalid-body", "Invalid body", breaks),
+        };
+        // The body may be unread and the framing may be the attack: no
+        // byte after a refused request is ever read as another one.
+        Problem::new(status, slug, title, detail)
+            .field(field, rule)
+            .close_connection()
+    }
+}
+
+/// One function's input rules, compiled once when the gateway starts.
+pub struct Rules {
+    path: Vec<Param>,
+    query: Vec<Param>,
+    allow_unknown_query: bool,
+    headers: Vec<HeaderName>,
+    content_types: Option<Vec<String>>,
+    schema: Option<BodySchema>,
+}
+
+impl Rules {
+    pub fn new(input: &Input) -> Self {
+        let mut query = input.query.clone();
+        query.sort_by(|a, b| a.name.cmp(&b.name));
+        Self {
+            path: input.path.clone(),
+            query,
+            allow_unknown_query: input.allow_unknown_query,
+            headers: input
+                .headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            content_types: input.content_types.clone(),
+            schema: input.body_schema.clone(),
+        }
+    }
+
+    /// Whether the function sees this client header.
+    pub fn lets_through(&self, name: &HeaderName) -> bool {
+        self.headers.contains(name)
+    }
+
+    /// Everything that can be checked before the body is read: route
+    /// parameters (already decoded, in route order), the raw query string,
+    /// framing and the content type.
+    pub fn check_head(
+        &self,
+        params: &[(&str, &str)],
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
+        for (name, value) in params {
+            if let Some(param) = self.path.iter().find(|p| p.name == *name)
+                && !param.pattern.is_match(value)
+            {
+                return Err(Refusal::new(
+                    Part::Parameter,
+                    format!("path.{}", param.name),
+                    Rule::Pattern,
+                ));
+            }
+        }
+        self.check_query(query.unwrap_or(""))?;
+        let has_body = check_framing(headers)?;
+        if has_body && let Some(allowed) = &self.content_types {
+            check_media_type(headers, allowed)?;
+        }
+        Ok(())
+    }
+
+    fn check_query(&self, raw: &str) -> Result<(), Refusal> {
+        let pairs =
+            uri::query_pairs(raw).map_err(|rule| Refusal::new(Part::Parameter, "query", rule))?;
+        let mut seen: Vec<&str> = Vec::new();
+        for pair in pairs {
+            let name = pair
+                .name
+                .map_err(|rule| Refusal::new(Part::Parameter, "query", rule))?;
+            let declared = self
+                .query
+                .binary_search_by(|p| p.name.as_str().cmp(&name))
+                .ok()
+                .and_then(|i| self.query.get(i));
+            let Some(param) = declared else {
+                if self.allow_unknown_query {
+                    pair.value
+                        .map_err(|rule| Refusal::new(Part::Parameter, "query", rule))?;
+                    continue;
+                }
+                return Err(Refusal::new(
+                    Part::UnknownParameter,
+                    "query",
+                    Rule::Undeclared,
+                ));
+            };
+            // From here on the field is named by the manifest's spelling.
+            let field = || format!("query.{}", param.name);
+            let value = pair
+                .value
+                .map_err(|rule| Refusal::new(Part::Parameter, field(), rule))?;
+            // One value per name: `a=1&a=2` means different things to
+            // different frameworks (parameter pollution).
+            if seen.contains(&param.name.as_str()) {
+                return Err(Refusal::new(Part::Parameter, field(), Rule::Repeated));
+            }
+            seen.push(&param.name);
+            if !param.pattern.is_match(&value) {
+                return Err(Refusal::new(Part::Parameter, field(), Rule::Pattern));
+            }
+        }
+        Ok(())
+    }
+
+    /// The body, once read: a JSON body must be strict JSON; with a schema,
+    /// every body must be and must match it.
+    pub fn check_body(
+        &self,
+        method: &Method,
+        headers: &HeaderMap,
+        body: &Bytes,
+    ) -> Result<(), Refusal> {
+        if body.is_empty() {
+            let needs_body = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+            if self.schema.is_some() && needs_body {
+                return Err(Refusal::new(Part::Body, "body", Rule::MissingBody));
+            }
+            return Ok(());
+        }
+        let says_json = media_type(headers).is_some_and(|m| is_json_media_type(&m.essence));
+        if !says_json && self.schema.is_none() {
+            return Ok(());
+        }
+        let value = json::parse(body).map_err(|rule| Refusal::new(Part::Body, "body", rule))?;
+        if let Some(schema) = &self.schema
+            && let Err(error) = schema.validator().validate(&value)
+        {
+            return Err(Refusal {
+                part: Part::Body,
+                field: schema_field(&error),
+                rule: error.kind().keyword().to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Framing must be unambiguous (request smuggling). A body must come with
+/// one `Content-Length`: hyper reads `Transfer-Encoding` with
+/// `Content-Length` as chunked (RFC 9112 allows it) and drops the length,
+/// so the gateway cannot see that conflict; it refuses every
+/// `Transfer-Encoding` instead (411). The gateway reads whole bodies before
+/// a call anyway, so chunked uploads gain a function nothing. Returns
+/// whether a body is announced.
+fn check_framing(headers: &HeaderMap) -> Result<bool, Refusal> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(Refusal::new(
+            Part::Length,
+            "header.transfer-encoding",
+            Rule::ChunkedBody,
+        ));
+    }
+    for name in [header::CONTENT_LENGTH, header::CONTENT_TYPE] {
+        if headers.get_all(&name).iter().count() > 1 {
+            return Err(Refusal::new(
+                Part::Header,
+                format!("header.{name}"),
+                Rule::Repeated,
+            ));
+        }
+    }
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    Ok(length.is_some_and(|n| n > 0))
+}
+
+/// A parsed `Content-Type`: the lowercase `type/subtype` and its charset.
+struct MediaType {
+    essence: String,
+    charset: Option<String>,
+}
+
+fn media_type(headers: &HeaderMap) -> Option<MediaType> {
+    let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let mut parts = text.split(';');
+    let essence = parts.next()?.trim().to_ascii_lowercase();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let (kind, sub) = essence.split_once('/')?;
+    if !token(kind) || !token(sub) {
+        return None;
+    }
+    let mut charset = None;
+    for param in parts {
+        let (name, value) = param.split_once('=')?;
+        let name = name.trim().to_ascii_lowercase();
+        if !token(&name) {
+            return None;
+        }
+        if name == "charset" {
+            charset = Some(value.trim().trim_matches('"').to_ascii_lowercase());
+        }
+    }
+    Some(MediaType { essence, charset })
+}
+
+fn check_media_type(headers: &HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
+    let refuse = |rule| Refusal::new(Part::MediaType, "header.content-type", rule);
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        return Err(refuse(Rule::MissingMediaType));
+    }
+    let media = media_type(headers).ok_or_else(|| refuse(Rule::MalformedMediaType))?;
+    if !allowed.contains(&media.essence) {
+        return Err(refuse(Rule::MediaTypeNotAllowed));
+    }
+    // JSON is UTF-8 (RFC 8259); any other declared charset is a lie or a trap.
+    if is_json_media_type(&media.essence) && media.charset.as_deref().is_some_and(|c| c != "utf-8")
+    {
+        return Err(refuse(Rule::Charset));
+    }
+    Ok(())
+}
+
+/// The field a schema failure is about, named only from the schema:
+/// `body`, then each `properties` name and `[]` for array items along the
+/// evaluation path, then the missing name for `required`.
+fn schema_field(error: &jsonschema::ValidationError<'_>) -> String {
+    let mut field = String::from("body");
+    let path = error.evaluation_path().as_str();
+    let mut tokens = path.split('/').skip(1);
+    while let Some(token) = tokens.next() {
+        match token {
+            "properties" => {
+                if let Some(name) = tokens.next() {
+                    field.push('.');
+                    field.push_str(&name.replace("~1", "/").replace("~0", "~"));
+                }
+            }
+            "items" => field.push_str("[]"),
+            "prefixItems" => {
+                if let Some(index) = tokens.next() {
+                    field.push_str(&format!("[{index}]"));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let jsonschema::error::ValidationErrorKind::Required { property } = error.kind()
+        && let Some(name) = property.as_str()
+    {
+        field.push('.');
+        field.push_str(name);
+    }
+    field
+}

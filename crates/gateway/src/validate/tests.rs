@@ -1,0 +1,403 @@
+//! Unit tests of the validation stage, and a property test that throws
+//! random paths, queries, headers and bodies at the router and the rules
+//! and asserts that nothing panics and every refusal is well named.
+
+use bulkhead_manifest::{BodySchema, Input, Param, Pattern, RoutePattern};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::*;
+use crate::router::{RouteMatch, Router};
+
+fn param(name: &str, pattern: &str) -> Param {
+    Param {
+        name: name.to_string(),
+        pattern: Pattern::new(pattern).unwrap(),
+    }
+}
+
+fn schema() -> BodySchema {
+    let schema = json!({
+        "type": "object",
+        "required": ["name", "tags"],
+        "additionalProperties": false,
+        "properties": {
+            "name": {"type": "string", "maxLength": 16},
+            "email": {"type": "string", "format": "email"},
+            "tags": {"type": "array", "items": {"type": "string", "pattern": "^[a-z]+$"}},
+            "address": {
+                "type": "object",
+                "required": ["zip"],
+                "properties": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}}
+            }
+        }
+    });
+    BodySchema::compile("schema.json".into(), &schema).unwrap()
+}
+
+fn rules() -> Rules {
+    let route = RoutePattern::parse("/users/{handle}").unwrap();
+    let mut input = Input::for_route(&route);
+    input.path = vec![param("handle", "[a-z]{1,8}")];
+    input.query = vec![param("page", "[0-9]{1,3}"), param("q", "[A-Za-z0-9]+")];
+    input.content_types = Some(vec!["application/json".into()]);
+    input.body_schema = Some(schema());
+    Rules::new(&input)
+}
+
+fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (name, value) in pairs {
+        map.append(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    map
+}
+
+fn head(query: Option<&str>, pairs: &[(&str, &str)]) -> Result<(), (String, String)> {
+    rules()
+        .check_head(&[("handle", "ada")], query, &headers(pairs))
+        .map_err(|r| (r.field, r.rule))
+}
+
+fn body(text: &str) -> Result<(), (String, String)> {
+    rules()
+        .check_body(
+            &Method::POST,
+            &headers(&[("content-type", "application/json")]),
+            &Bytes::from(text.to_string()),
+        )
+        .map_err(|r| (r.field, r.rule))
+}
+
+fn refused(field: &str, rule: &str) -> Result<(), (String, String)> {
+    Err((field.to_string(), rule.to_string()))
+}
+
+#[test]
+fn path_parameters_match_their_patterns() {
+    let r = rules();
+    let none = HeaderMap::new();
+    assert!(r.check_head(&[("handle", "ada")], None, &none).is_ok());
+    for bad in ["Ada", "ada1", "toolonghandle", "a\u{430}a"] {
+        let refusal = r.check_head(&[("handle", bad)], None, &none).unwrap_err();
+        assert_eq!(
+            (refusal.part, refusal.field.as_str()),
+            (Part::Parameter, "path.handle")
+        );
+        assert_eq!(refusal.rule, "pattern");
+    }
+}
+
+#[test]
+fn the_query_is_an_allowlist() {
+    assert_eq!(head(Some("page=2&q=abc"), &[]), Ok(()));
+    assert_eq!(head(Some(""), &[]), Ok(()));
+    assert_eq!(
+        head(Some("page=2&debug=1"), &[]),
+        refused("query", "undeclared")
+    );
+    assert_eq!(
+        head(Some("page=2&page=3"), &[]),
+        refused("query.page", "repeated")
+    );
+    assert_eq!(
+        head(Some("page=1000"), &[]),
+        refused("query.page", "pattern")
+    );
+    assert_eq!(head(Some("page="), &[]), refused("query.page", "pattern"));
+    assert_eq!(head(Some("q=a+b"), &[]), refused("query.q", "pattern"));
+    assert_eq!(
+        head(Some("q=%00"), &[]),
+        refused("query.q", "control-character")
+    );
+    assert_eq!(
+        head(Some("q=%c0%ae"), &[]),
+        refused("query.q", "invalid-utf8")
+    );
+    assert_eq!(
+        head(Some("page=1&&q=a"), &[]),
+        refused("query", "empty-parameter")
+    );
+    assert_eq!(
+        head(Some("p%61ge=1"), &[]),
+        Ok(()),
+        "names are decoded once"
+    );
+    assert_eq!(head(Some("%zz=1"), &[]), refused("query", "bad-escape"));
+
+    let route = RoutePattern::parse("/x").unwrap();
+    let mut open = Input::for_route(&route);
+    open.allow_unknown_query = true;
+    let open = Rules::new(&open);
+    assert!(
+        open.check_head(&[], Some("anything=goes&x"), &HeaderMap::new())
+            .is_ok()
+    );
+    let refusal = open
+        .check_head(&[], Some("x=%ff"), &HeaderMap::new())
+        .unwrap_err();
+    assert_eq!(
+        refusal.rule, "invalid-utf8",
+        "opting out keeps the encoding checks"
+    );
+}
+
+#[test]
+fn framing_and_media_types() {
+    let json = ("content-type", "application/json");
+    assert_eq!(head(None, &[json, ("content-length", "2")]), Ok(()));
+    assert_eq!(
+        head(None, &[("content-length", "0")]),
+        Ok(()),
+        "no body, no type needed"
+    );
+    assert_eq!(
+        head(None, &[("content-length", "2")]),
+        refused("header.content-type", "missing")
+    );
+    assert_eq!(
+        head(
+            None,
+            &[("content-type", "text/plain"), ("content-length", "2")]
+        ),
+        refused("header.content-type", "not-allowed")
+    );
+    assert_eq!(
+        head(
+            None,
+            &[
+                ("content-type", "application/json; charset=utf-16"),
+                ("content-length", "2")
+            ]
+        ),
+        refused("header.content-type", "charset")
+    );
+    assert_eq!(
+        head(
+            None,
+            &[
+                ("content-type", "Application/JSON; Charset=\"UTF-8\""),
+                ("content-length", "2")
+            ]
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        head(None, &[("content-type", "json"), ("content-length", "2")]),
+        refused("header.content-type", "malformed")
+    );
+    assert_eq!(
+        head(None, &[json, json, ("content-length", "2")]),
+        refused("header.content-type", "repeated")
+    );
+    assert_eq!(
+        head(
+            None,
+            &[
+                json,
+                ("content-length", "2"),
+                ("transfer-encoding", "chunked")
+            ]
+        ),
+        refused("header.transfer-encoding", "chunked-body")
+    );
+    assert_eq!(
+        head(None, &[("transfer-encoding", "chunked")]),
+        refused("header.transfer-encoding", "chunked-body")
+    );
+    assert_eq!(
+        head(
+            None,
+            &[json, ("content-length", "2"), ("content-length", "2")]
+        ),
+        refused("header.content-length", "repeated")
+    );
+}
+
+#[test]
+fn bodies_are_strict_json_then_the_schema() {
+    assert_eq!(body(r#"{"name":"ada","tags":["x"]}"#), Ok(()));
+    assert_eq!(
+        body(r#"{"name":"ada","tags":["x"],"name":"eve"}"#),
+        refused("body", "duplicate-key")
+    );
+    assert_eq!(body(r#"{"name":"ada"}"#), refused("body.tags", "required"));
+    assert_eq!(
+        body(r#"{"name":"ada","tags":[],"admin":true}"#),
+        refused("body", "additionalProperties")
+    );
+    assert_eq!(
+        body(r#"{"name":1,"tags":[]}"#),
+        refused("body.name", "type")
+    );
+    assert_eq!(
+        body(r#"{"name":"ada","tags":["X"]}"#),
+        refused("body.tags[]", "pattern")
+    );
+    assert_eq!(
+        body(r#"{"name":"ada","tags":[],"email":"not-an-email"}"#),
+        refused("body.email", "format")
+    );
+    assert_eq!(
+        body(r#"{"name":"ada","tags":[],"address":{"zip":"1"}}"#),
+        refused("body.address.zip", "pattern")
+    );
+    assert_eq!(
+        body(r#"{"name":"ada","tags":[],"address":{}}"#),
+        refused("body.address.zip", "required")
+    );
+    assert_eq!(body("[1, 2"), refused("body", "json-syntax"));
+    let r = rules();
+    let empty = r.check_body(&Method::POST, &HeaderMap::new(), &Bytes::new());
+    assert_eq!(empty.unwrap_err().rule, "missing");
+    assert!(
+        r.check_body(&Method::GET, &HeaderMap::new(), &Bytes::new())
+            .is_ok()
+    );
+}
+
+#[test]
+fn json_bodies_are_strict_even_without_a_schema() {
+    let route = RoutePattern::parse("/x").unwrap();
+    let plain = Rules::new(&Input::for_route(&route));
+    let json = headers(&[("content-type", "application/json")]);
+    let dup = Bytes::from_static(br#"{"a":1,"a":2}"#);
+    assert_eq!(
+        plain
+            .check_body(&Method::POST, &json, &dup)
+            .unwrap_err()
+            .rule,
+        "duplicate-key"
+    );
+    let text = headers(&[("content-type", "text/plain")]);
+    assert!(plain.check_body(&Method::POST, &text, &dup).is_ok());
+}
+
+#[test]
+fn problems_name_field_and_rule_never_the_value() {
+    let refusal = rules()
+        .check_head(
+            &[("handle", "EVIL<script>")],
+            Some("q=SECRET%00"),
+            &HeaderMap::new(),
+        )
+        .unwrap_err();
+    let response = refusal.to_problem().into_response("0123");
+    let text = String::from_utf8_lossy(response.body()).into_owned();
+    assert_eq!(response.status(), 400);
+    assert!(
+        text.contains("\"field\":\"path.handle\"") && text.contains("\"rule\":\"pattern\""),
+        "{text}"
+    );
+    assert!(!text.contains("EVIL") && !text.contains("script"), "{text}");
+}
+
+/// Characters that make paths and queries interesting.
+fn hostile_text() -> impl Strategy<Value = String> {
+    let alphabet: Vec<&str> = vec![
+        "a",
+        "Z",
+        "0",
+        "/",
+        ".",
+        "..",
+        "%",
+        "%2e",
+        "%2f",
+        "%5c",
+        "%00",
+        "%c0%ae",
+        "%ff",
+        "%25",
+        "?",
+        "&",
+        "=",
+        "+",
+        "\\",
+        "é",
+        "\u{202e}",
+        "%e2%80%ae",
+        "~",
+        ";",
+        "@",
+        "{",
+        "}",
+        "%zz",
+    ];
+    prop_oneof![
+        proptest::collection::vec(proptest::sample::select(alphabet), 0..24)
+            .prop_map(|v| v.concat()),
+        any::<String>(),
+    ]
+}
+
+fn random_body() -> impl Strategy<Value = Vec<u8>> {
+    let fragments: Vec<&str> = vec![
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        ":",
+        "\"a\"",
+        "\"name\"",
+        "\"tags\"",
+        "1",
+        "-1e400",
+        "9007199254740993",
+        "true",
+        "null",
+        "\"\\ud800\"",
+        " ",
+        "\"x\"",
+    ];
+    prop_oneof![
+        proptest::collection::vec(proptest::sample::select(fragments), 0..64)
+            .prop_map(|v| v.concat().into_bytes()),
+        proptest::collection::vec(any::<u8>(), 0..256),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_requests_never_panic(
+        path in prop_oneof![hostile_text(), hostile_text().prop_map(|t| format!("users/{t}"))],
+        query in hostile_text(),
+        content_type in prop_oneof![Just("application/json"), Just("text/plain"), Just("a/b; charset=x"), Just(";;")],
+        payload in random_body(),
+    ) {
+        let router = Router::new([
+            (RoutePattern::parse("/users/{handle}").unwrap(), vec!["POST".to_string()]),
+            (RoutePattern::parse("/users/me").unwrap(), vec!["GET".to_string()]),
+        ]);
+        let r = rules();
+        let raw = format!("/{path}");
+        let Ok(decoded) = decode_path(&raw) else { return Ok(()) };
+        let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
+        for segment in &segments {
+            prop_assert!(!segment.is_empty() && *segment != "." && *segment != "..");
+            prop_assert!(!segment.contains(['/', '\\', '%', '\0']));
+        }
+        if let RouteMatch::Found { params, .. } = router.find("POST", &segments) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_str(content_type) {
+                h.insert(http::header::CONTENT_TYPE, v);
+            }
+            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(payload.len()));
+            if let Err(refusal) = r.check_head(&params, Some(&query), &h) {
+                let field = refusal.field.as_str();
+                prop_assert!(["path.handle", "query", "query.page", "query.q", "header.content-type"].contains(&field));
+            }
+            if let Err(refusal) = r.check_body(&Method::POST, &h, &Bytes::from(payload)) {
+                prop_assert!(refusal.field.starts_with("body"));
+            }
+        }
+    }
+}
