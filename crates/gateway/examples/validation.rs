@@ -43,7 +43,7 @@ fn schema() -> serde_json::Value {
 
 /// A registration of about 1 KiB.
 fn body() -> Bytes {
-    let talks: Vec<_> = (0..9)
+    let talks: Vec<_> = (0..11)
         .map(|i| {
             json!({
                 "id": format!("talk-{i:02}"),
