@@ -91,6 +91,8 @@ name = "echo"
 component = "echo.wasm"
 route = "/echo/{{word}}"
 auth = "public"
+input.path.word = "[A-Za-z0-9-]+"
+input.query.token = "[A-Za-z0-9-]+"
 
 [telemetry]
 otlp_endpoint = "http://{collector}"

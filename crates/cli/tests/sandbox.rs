@@ -187,6 +187,7 @@ name = "hostile"
 component = "hostile.wasm"
 route = "/hostile/{behaviour}"
 auth = "public"
+input.query.ms = "[0-9]{1,5}"
 "#,
         &["hostile"],
     );
