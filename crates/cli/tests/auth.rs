@@ -157,22 +157,9 @@ async fn call(server: &Server, path: &str, credential: Option<&str>) -> Reply {
     send(server.addr, req).await
 }
 
-fn echoed(reply: &Reply) -> Vec<(String, String)> {
-    reply.json()["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 fn header_of(reply: &Reply, name: &str) -> Vec<String> {
-    echoed(reply)
+    reply
+        .echoed_headers()
         .into_iter()
         .filter(|(k, _)| k == name)
         .map(|(_, v)| v)

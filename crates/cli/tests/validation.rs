@@ -128,20 +128,6 @@ fn guest_calls(server: &Server) -> BTreeSet<String> {
         .collect()
 }
 
-fn echo_headers(body: &Value) -> Vec<(String, String)> {
-    body["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            (
-                p[0].as_str().unwrap().to_string(),
-                p[1].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn hostile_corpus_is_refused_before_any_function_runs() {
     let (_app, server) = start();
@@ -269,7 +255,7 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
     let echo: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(echo["body"], body);
     assert_eq!(echo["path_with_query"], "/register/ada-lovelace");
-    let headers = echo_headers(&echo);
+    let headers = support::echoed_headers(&echo);
     let names: BTreeSet<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         names,

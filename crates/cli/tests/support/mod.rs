@@ -256,6 +256,11 @@ impl Reply {
             .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
     }
 
+    /// The request headers the echo guest reports it was handed.
+    pub fn echoed_headers(&self) -> Vec<(String, String)> {
+        echoed_headers(&self.json())
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -284,6 +289,21 @@ impl Reply {
         assert_eq!(problem["correlation_id"], self.correlation_id());
         problem
     }
+}
+
+/// The `headers` pairs of an echo guest's reply body.
+pub fn echoed_headers(body: &Value) -> Vec<(String, String)> {
+    body["headers"]
+        .as_array()
+        .expect("the echo guest lists headers")
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap_or_default().to_string(),
+                p[1].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// Send one request over a fresh HTTP/1.1 connection (hyper's client).
