@@ -65,10 +65,8 @@ max_outstanding_requests = 4
     }
     assert_eq!((ok, refused), (4, 6));
     let refusals = server
-        .logs()
-        .into_iter()
-        .filter(|r| r["reason"] == "too-many-requests")
-        .count();
+        .wait_for_count(|r| r["reason"] == "too-many-requests", 6)
+        .len();
     assert_eq!(refusals, 6, "each refusal leaves a log record");
 }
 

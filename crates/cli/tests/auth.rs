@@ -553,11 +553,9 @@ async fn guessing_is_throttled_with_growing_back_off() {
     shut_out.assert_problem(429, "auth-backoff");
     // Public routes stay open to everyone.
     assert_eq!(call(&server, "/open", None).await.status, 200);
-    assert!(
-        server
-            .logs()
-            .iter()
-            .any(|r| r["detail"].as_str().is_some_and(|d| d.contains("shut out")))
+    server.wait_for_log(
+        |r| r["detail"].as_str().is_some_and(|d| d.contains("shut out")),
+        Duration::from_secs(10),
     );
 }
 

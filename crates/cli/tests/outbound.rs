@@ -92,13 +92,10 @@ async fn only_granted_public_destinations_are_reached() {
     .await;
     assert!(bare.text().contains("HttpRequestDenied"), "{}", bare.text());
 
-    let denials: Vec<_> = server
-        .logs()
-        .into_iter()
-        .filter(|r| {
-            r["target"] == "bulkhead::capability" && r["message"] == "outbound request denied"
-        })
-        .collect();
+    let denials = server.wait_for_count(
+        |r| r["target"] == "bulkhead::capability" && r["message"] == "outbound request denied",
+        10,
+    );
     assert_eq!(denials.len(), 10, "{denials:?}");
     assert!(denials.iter().any(|r| {
         r["reason"]

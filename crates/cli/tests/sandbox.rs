@@ -136,11 +136,16 @@ async fn guest_output_is_logged_escaped_and_capped() {
     let reply = get(server.addr, "/hostile/shout").await;
     assert_eq!(reply.status, 200);
     let id = reply.correlation_id();
+    // stdout is flushed to the log first, then stderr: wait for both.
     server.wait_for_log(
         |r| {
             r["correlation_id"] == id.as_str()
                 && r["message"] == "guest output over the cap was dropped"
         },
+        Duration::from_secs(10),
+    );
+    server.wait_for_log(
+        |r| r["correlation_id"] == id.as_str() && r["stream"] == "stderr",
         Duration::from_secs(10),
     );
     let logs = server.logs(); // panics if any line is not exactly one JSON object

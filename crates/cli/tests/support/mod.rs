@@ -208,6 +208,18 @@ impl Server {
         }
     }
 
+    /// Wait (bounded) until `count` log records match `pred`; return them.
+    pub fn wait_for_count(&self, pred: impl Fn(&Value) -> bool, count: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let matching: Vec<Value> = self.logs().into_iter().filter(|r| pred(r)).collect();
+            if matching.len() >= count || Instant::now() >= deadline {
+                return matching;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The access-log record of the request with this correlation ID.
     pub fn access_record(&self, correlation_id: &str) -> Value {
         self.wait_for_log(
