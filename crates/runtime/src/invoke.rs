@@ -3,7 +3,7 @@
 //! collected under the size cap, and every way it can fail named (T05).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bulkhead_manifest::FunctionLimits;
 use bytes::Bytes;
@@ -35,6 +35,8 @@ pub struct Invocation {
     pub correlation_id: String,
     /// The trace context to hand on to outbound calls (T08).
     pub traceparent: String,
+    /// Outbound HTTP bytes of this call, sent and received, for the meter.
+    pub outbound_bytes: Arc<AtomicU64>,
 }
 
 /// How a call failed. The gateway turns each into a problem response; the
@@ -120,6 +122,8 @@ pub(crate) async fn invoke(
             audit: sealed.audit.clone(),
             deadline,
             sent: 0,
+            bytes: invocation.outbound_bytes.clone(),
+            max_bytes: sealed.limits.max_outbound_bytes.bytes(),
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

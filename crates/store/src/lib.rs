@@ -6,6 +6,7 @@ pub mod audit;
 mod audit_writer;
 pub mod credentials;
 pub mod files;
+pub mod meter;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use rusqlite::Connection;
 
 pub use audit::{AuditEvent, AuditQuery, AuditRecord, Verification};
 pub use audit_writer::AuditLog;
+pub use meter::{MeterLog, Usage};
 
 const DB_FILE: &str = "state.db";
 const AUDIT_KEY_FILE: &str = "audit.key";
@@ -81,6 +83,7 @@ const MIGRATIONS: &[&str] = &[
         revoked_ms INTEGER
     );
 ",
+    meter::MIGRATION,
 ];
 
 impl Store {
@@ -106,7 +109,7 @@ impl Store {
         self.dir.join(DB_FILE)
     }
 
-    fn db_error(&self, source: rusqlite::Error) -> StoreError {
+    pub(crate) fn db_error(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Db {
             path: self.db_path(),
             source,
