@@ -8,6 +8,7 @@ mod deploy;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod serve;
+mod usage_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,6 +109,27 @@ enum Command {
         target: Target,
     },
     /// Inspect the tamper-evident audit trail.
+    /// What the functions used and what it costs, from the durable meter.
+    #[command(
+        long_about = "Report the usage the meter recorded for APP_DIR: requests, wall time, \
+                      GB-seconds (memory reserved x time), bytes in and out (responses plus \
+                      outbound HTTP), and their cost at the manifest's [pricing]. Calls refused \
+                      before they ran are not billed. Usage is kept per hour, so --since is \
+                      rounded down to the start of an hour.",
+        after_help = "Examples:\n  bulkhead usage my-app\n  bulkhead usage my-app --by caller --since 7d\n  bulkhead usage my-app --env prod --by hour --format json"
+    )]
+    Usage {
+        #[command(flatten)]
+        target: Target,
+        /// How to group the report.
+        #[arg(long, value_enum, default_value_t = usage_cmd::GroupBy::Function)]
+        by: usage_cmd::GroupBy,
+        /// How far back, like 24h, 7d or 30m.
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        since: String,
+        #[arg(long, value_enum, default_value_t = usage_cmd::Format::Table)]
+        format: usage_cmd::Format,
+    },
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
     /// Manage access to the admin listener.
@@ -139,6 +161,12 @@ fn main() -> ExitCode {
             ..
         } => serve::run(&target, listen, &admin_listen),
         Command::Check { target } => check::run(&target),
+        Command::Usage {
+            target,
+            by,
+            since,
+            format,
+        } => usage_cmd::run(&target, by, &since, format),
         Command::Audit(command) => audit_cmd::run(command),
         Command::Admin(command) => admin_cmd::run(command),
         Command::Token(command) => credentials_cmd::run_token(command),
