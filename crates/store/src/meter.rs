@@ -18,6 +18,10 @@ use crate::{Store, StoreError};
 /// How often pending usage is committed.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
+/// Meter rows name callers (addresses, subjects): personal data, kept this
+/// long and then deleted when the meter starts (T20).
+pub const RETENTION_DAYS: i64 = 90;
+
 pub(crate) const MIGRATION: &str = r"
     CREATE TABLE meters (
         hour INTEGER NOT NULL,
@@ -92,9 +96,13 @@ pub struct MeterLog {
 impl MeterLog {
     /// Start the writer for `store`.
     pub fn start(store: &Store) -> Result<Self, StoreError> {
+        let conn = store.connect()?;
+        let oldest_kept = hour_of(crate::now_ms()) - RETENTION_DAYS * 24;
+        conn.execute("DELETE FROM meters WHERE hour < ?1", [oldest_kept])
+            .map_err(|e| store.db_error(e))?;
         let pending = Arc::new(Pending {
             tally: Mutex::new(HashMap::new()),
-            conn: Mutex::new(store.connect()?),
+            conn: Mutex::new(conn),
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
             sleeping: Mutex::new(()),
