@@ -149,10 +149,13 @@ fn main() -> ExitCode {
         Command::Serve { log_file, .. } => log_file.clone(),
         _ => None,
     };
-    if let Err(e) = init_logging(log_file.as_deref()) {
-        eprintln!("error: {e:#}");
-        return ExitCode::FAILURE;
-    }
+    let _log_guard = match init_logging(log_file.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Serve {
             target,
@@ -181,26 +184,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(file: Option<&Path>) -> Result<()> {
+/// JSON logs on stderr or to `file`. Lines are written by a worker thread,
+/// so a request never waits on the terminal or the disk; the buffer blocks
+/// rather than drops when full (a log line is evidence), and the returned
+/// guard flushes it when dropped.
+fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::try_from_env("BULKHEAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    let sink: Box<dyn std::io::Write + Send> = match file {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("bulkhead-log")
+        .finish(sink);
+    tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_env_filter(filter);
-    match file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?;
-            builder.with_writer(std::sync::Mutex::new(file)).init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .init();
+    Ok(guard)
 }
 
 /// Print each problem on its own line; the caller exits non-zero.
