@@ -260,10 +260,10 @@ pub(crate) fn resolve_grants(
     let mut kv = BTreeMap::new();
     for (name, access) in &raw.kv {
         let access_value = parse_access(out, function, access.get_ref(), access.span());
-        if store_of_kind(out, function, name, "kv", stores, declared) {
-            if let Some(a) = access_value {
-                kv.insert(name.get_ref().clone(), a);
-            }
+        if store_of_kind(out, function, name, "kv", stores, declared)
+            && let Some(a) = access_value
+        {
+            kv.insert(name.get_ref().clone(), a);
         }
     }
     let mut sql = BTreeMap::new();
@@ -273,18 +273,20 @@ pub(crate) fn resolve_grants(
             RawSqlGrant::Table(t) => (t.access.as_str(), t.statements.clone()),
         };
         let access = parse_access(out, function, access, grant.span());
-        if let Some(list) = &statements {
-            if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
-                out.at(
-                    Some(grant.span()),
-                    format!("function `{function}`: `statements` must list at least one non-empty statement"),
-                );
-            }
+        if let Some(list) = &statements
+            && (list.is_empty() || list.iter().any(|s| s.trim().is_empty()))
+        {
+            out.at(
+                Some(grant.span()),
+                format!(
+                    "function `{function}`: `statements` must list at least one non-empty statement"
+                ),
+            );
         }
-        if store_of_kind(out, function, name, "sql", stores, declared) {
-            if let Some(access) = access {
-                sql.insert(name.get_ref().clone(), SqlGrant { access, statements });
-            }
+        if store_of_kind(out, function, name, "sql", stores, declared)
+            && let Some(access) = access
+        {
+            sql.insert(name.get_ref().clone(), SqlGrant { access, statements });
         }
     }
     let mut secrets = Vec::new();
