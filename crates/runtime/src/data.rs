@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_manifest::{Grants, StoreSpec};
-use bulkhead_store::crypto::{Keyring, MasterKey};
+use bulkhead_store::crypto::Keyring;
 use bulkhead_store::kv::Kv;
 use bulkhead_store::secrets::Secrets;
 use bulkhead_store::{AuditEvent, AuditLog, Store};
@@ -62,7 +62,7 @@ impl DataPlane {
         if !needs_kv && !needs_secrets {
             return Ok(plane);
         }
-        let keyring = Arc::new(Keyring::new(MasterKey::load(store.dir(), &app.env)?));
+        let keyring = Arc::new(Keyring::open(store.dir(), &app.env)?);
         if needs_kv {
             plane.kv = Some(Arc::new(Kv::open(store, keyring.clone())?));
         }
