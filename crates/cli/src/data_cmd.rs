@@ -1,4 +1,4 @@
-//! `bulkhead data`: a subject's rights over its data (T14). `erase`
+//! `bulkhead data`: a subject's rights over its data (T20). `erase`
 //! crypto-shreds the subject: its data keys are destroyed, then its records
 //! in every subject-scoped store are deleted, so any copy left (a backup of
 //! the data, a free page) is unreadable. `export` prints its records as

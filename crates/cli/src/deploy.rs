@@ -14,7 +14,7 @@ use bulkhead_store::{AuditLog, Store};
 pub struct Deployment {
     pub app: App,
     pub functions: Vec<LoadedFunction>,
-    /// Key-value, secrets and config backends (T13-T15).
+    /// Key-value, secrets and config backends (T13-T16).
     pub data: Arc<DataPlane>,
 }
 

@@ -1,5 +1,5 @@
 //! `bulkhead secrets`: values functions read through `wasi:config` when
-//! their grants name them (T15). A value is read from stdin or a file,
+//! their grants name them (T14). A value is read from stdin or a file,
 //! never from the command line (argv is visible to every user of the
 //! machine and lands in shell history); it is stored sealed under the
 //! environment's master key; `list` shows names and versions only; every

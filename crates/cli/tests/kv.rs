@@ -1,4 +1,4 @@
-//! Key-value capability end to end (T13, T14, T16): a real server, the
+//! Key-value capability end to end (T13, T15, T16, T20): a real server, the
 //! `kv` guest built from source, real SQLite files on disk.
 //!
 //! - grants: an ungranted or undeclared store cannot be opened, a read
@@ -212,7 +212,7 @@ async fn t16_grants_decide_which_store_and_what_access() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn t14_subject_scope_separates_subjects_and_erase_shreds() {
+async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
     let app = TestApp::new(&manifest(), &["kv"]);
     let alice = api_key(&app, "alice");
     let bob = api_key(&app, "bob");
@@ -340,7 +340,7 @@ async fn t14_subject_scope_separates_subjects_and_erase_shreds() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn t14_expired_records_are_never_returned_and_are_swept() {
+async fn t20_expired_records_are_never_returned_and_are_swept() {
     let app = TestApp::new(&manifest(), &["kv"]);
     let server = Server::start(&app);
     assert_eq!(
@@ -436,7 +436,7 @@ fn assert_nowhere_on_disk(app: &TestApp, needles: &[&str]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn t14_t15_no_plaintext_value_key_or_secret_on_disk() {
+async fn t15_no_plaintext_value_key_or_secret_on_disk() {
     let app = TestApp::new(&manifest(), &["kv"]);
     let alice = api_key(&app, "alice");
     let mut set = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))

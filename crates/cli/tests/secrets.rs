@@ -1,4 +1,4 @@
-//! Secrets and config end to end (T15, T16): set through the CLI from
+//! Secrets and config end to end (T14, T15, T16): set through the CLI from
 //! stdin (never argv), read by the `config` guest only when granted, every
 //! read audited by name, the value redacted from the guest's output and
 //! never on disk in plaintext; master-key rules outside `dev`.
@@ -83,7 +83,7 @@ fn audit(app: &TestApp, kind: &str) -> Vec<serde_json::Value> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn t15_secrets_are_granted_audited_redacted_and_sealed() {
+async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
     let app = TestApp::new(MANIFEST, &["config"]);
 
     // The value never goes on the command line: an extra argument is refused.

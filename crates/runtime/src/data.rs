@@ -77,7 +77,7 @@ impl DataPlane {
 }
 
 /// Secret values read during one call: redacted from its output and from
-/// the errors the gateway logs for it (T15).
+/// the errors the gateway logs for it (T14).
 #[derive(Clone, Default)]
 pub(crate) struct Redactions(Arc<Mutex<Vec<SecretString>>>);
 

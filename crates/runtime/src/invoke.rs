@@ -39,7 +39,7 @@ pub struct Invocation {
     /// The trace context to hand on to outbound calls (T08).
     pub traceparent: String,
     /// The verified identity of the caller, `None` on a public route; a
-    /// subject-scoped store confines the call to it (T14).
+    /// subject-scoped store confines the call to it (T13).
     pub subject: Option<String>,
 }
 

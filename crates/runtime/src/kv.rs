@@ -1,5 +1,6 @@
-//! The key-value capability, `wasi:keyvalue@0.2.0-draft` (T13, T14, T16):
-//! store, atomics and batch, backed by `bulkhead_store::kv` (SQLite, values
+//! The key-value capability, `wasi:keyvalue@0.2.0-draft` (T13 other
+//! subjects' data, T15 sealed at rest, T16 grants, T20 retention): store,
+//! atomics and batch, backed by `bulkhead_store::kv` (SQLite, values
 //! sealed at rest).
 //!
 //! - `open(name)` succeeds only for a store the function's grants name;

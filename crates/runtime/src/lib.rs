@@ -86,7 +86,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// Shared with every loaded function: timeouts work while any lives.
     ticker: Arc<EpochTicker>,
-    /// Key-value, secrets and config backends (T13-T15).
+    /// Key-value, secrets and config backends (T13-T16).
     data: Arc<DataPlane>,
 }
 

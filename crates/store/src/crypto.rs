@@ -1,4 +1,4 @@
-//! Envelope encryption at rest (T14, T15).
+//! Envelope encryption at rest (T14, T15, T20).
 //!
 //! - The master key (32 bytes) comes from the file named by
 //!   `BULKHEAD_MASTER_KEY_FILE` (raw bytes or 64 hex digits, readable by its
@@ -243,7 +243,7 @@ impl Aad {
 
 /// The file holding the wrapped data keys, apart from the data itself:
 /// a backup of `state.db` taken before an erase is unreadable once the
-/// subject's key is gone from here (crypto-shredding, T14).
+/// subject's key is gone from here (crypto-shredding, T20).
 pub const KEYS_DB_FILE: &str = "keys.db";
 
 /// Wrapped data keys in `keys.db`. Opening it needs no master key: erasing
@@ -261,7 +261,7 @@ impl KeyStore {
         let conn = Connection::open(state_dir.join(KEYS_DB_FILE))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Deleted keys are overwritten, not left in free pages (T14).
+        // Deleted keys are overwritten, not left in free pages (T20).
         conn.pragma_update(None, "secure_delete", "ON")?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS data_keys (

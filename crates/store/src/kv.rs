@@ -1,4 +1,4 @@
-//! The key-value backend (T13, T14): records in the `kv` table of the
+//! The key-value backend (T13, T15, T20): records in the `kv` table of the
 //! state database, keys and values sealed under a data key per store, or per
 //! subject for a subject-scoped store.
 //!

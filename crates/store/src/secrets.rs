@@ -1,4 +1,4 @@
-//! Secrets (T15): values set by an operator through the CLI (stdin or a
+//! Secrets (T14, T15): values set by an operator through the CLI (stdin or a
 //! file, never argv), sealed under the app's secrets data key, read only by
 //! functions granted them. Only the newest version of a secret is kept:
 //! `rotate` replaces the value and bumps the version, so a leaked old value
