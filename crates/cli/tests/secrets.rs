@@ -27,6 +27,7 @@ auth = "public"
 input.query.key = '[a-z_]+'
 input.query.print = true
 input.query.all = true
+input.query.fail = true
 grants = { secrets = ["stripe_key"], config = ["greeting"] }
 
 [[function]]
@@ -182,6 +183,13 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
             "{line}"
         );
     }
+    // A guest error carrying the value: redacted in the access log (and
+    // in the audit record made from it).
+    let reply = get(server.addr, "/granted?key=stripe_key&fail=yes").await;
+    reply.assert_problem(500, "function-error");
+    let access = server.access_record(&reply.correlation_id());
+    let detail = access["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("failed holding [REDACTED]"), "{access}");
     let denials = server.wait_for_count(
         |r| r["message"] == "capability denied" && r["capability"] == "config",
         4,
@@ -243,11 +251,11 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
         used.iter()
             .filter(|r| r.to_string().contains("stripe_key"))
             .count()
-            >= 4,
+            == 5,
         "{used:?}"
     );
     let denied = audit(&app, "capability.denied");
-    assert!(denied.len() >= 5, "{denied:?}");
+    assert_eq!(denied.len(), 5, "{denied:?}");
     for kind in ["secret.set", "secret.rotated", "secret.removed"] {
         assert!(!audit(&app, kind).is_empty(), "{kind}");
     }
