@@ -189,12 +189,27 @@ async fn t16_grants_decide_which_store_and_what_access() {
         "open-error:access-denied"
     );
 
-    // 4 writes under a read grant + 3 opens: each logged, never the key or value.
+    // A call may make at most 10 000 key-value operations (T04).
+    assert_eq!(
+        call(&server, "/r?op=flood&store=shared&key=k1", None).await,
+        "refused-at:10001:error:other:at most 10000 key-value operations per call"
+    );
+    server.wait_for_log(
+        |r| {
+            r["message"] == "capability denied"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("operations in one call"))
+        },
+        Duration::from_secs(10),
+    );
+
+    // 4 writes under a read grant + 3 opens + 1 flood: each logged, never the key or value.
     let denials = server.wait_for_count(
         |r| r["target"] == "bulkhead::capability" && r["message"] == "capability denied",
-        7,
+        8,
     );
-    assert_eq!(denials.len(), 7, "{denials:?}");
+    assert_eq!(denials.len(), 8, "{denials:?}");
     for d in &denials {
         assert_eq!(d["capability"], "kv");
         assert!(d["correlation_id"].as_str().is_some_and(|c| !c.is_empty()));
@@ -202,7 +217,7 @@ async fn t16_grants_decide_which_store_and_what_access() {
     }
     assert!(server.stop().success());
     let audited = audit_lines(&app, "capability.denied");
-    assert_eq!(audited.len(), 7, "{audited:?}");
+    assert_eq!(audited.len(), 8, "{audited:?}");
     assert!(
         audited
             .iter()

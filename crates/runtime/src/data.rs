@@ -127,11 +127,13 @@ pub(crate) struct CallData {
     pub subject: Option<String>,
     pub audit: AuditLog,
     pub redactions: Redactions,
+    /// Key-value operations so far in this call.
+    pub kv_ops: usize,
 }
 
 /// A guest-chosen name, safe to log: only a valid resource name is kept.
 fn loggable(name: &str) -> &str {
-    if valid_resource_name(name) {
+    if name.is_empty() || valid_resource_name(name) {
         name
     } else {
         "<invalid name>"

@@ -163,6 +163,7 @@ async fn run(
             subject: invocation.subject.clone(),
             audit: sealed.audit.clone(),
             redactions: redactions.clone(),
+            kv_ops: 0,
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

@@ -41,6 +41,9 @@ const MAX_KEY_BYTES: usize = 1024;
 const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Most keys in one batch call.
 const MAX_BATCH: usize = 100;
+/// Most key-value operations (a batch counts each key) in one call: a
+/// guest cannot grind the shared database (T04).
+pub(crate) const MAX_OPS_PER_CALL: usize = 10_000;
 
 /// An opened store, as the guest holds it.
 pub struct Bucket {
@@ -80,6 +83,25 @@ impl HostState {
             return Err(Error::AccessDenied);
         }
         self.kv_backend()
+    }
+
+    /// Count `n` operations against the call's budget.
+    fn spend(&mut self, n: usize) -> Result<(), Error> {
+        let before = self.data.kv_ops;
+        self.data.kv_ops = before.saturating_add(n);
+        if self.data.kv_ops <= MAX_OPS_PER_CALL {
+            return Ok(());
+        }
+        if before <= MAX_OPS_PER_CALL {
+            self.data.deny(
+                "kv",
+                "",
+                &format!("over {MAX_OPS_PER_CALL} key-value operations in one call"),
+            );
+        }
+        Err(Error::Other(format!(
+            "at most {MAX_OPS_PER_CALL} key-value operations per call"
+        )))
     }
 
     fn kv_backend(&self) -> Result<Arc<Kv>, Error> {
@@ -178,6 +200,9 @@ impl store::Host for HostState {
 
 impl store::HostBucket for HostState {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
@@ -195,6 +220,9 @@ impl store::HostBucket for HostState {
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Outcome<()> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "set") {
             Ok(kv) => kv,
@@ -209,6 +237,9 @@ impl store::HostBucket for HostState {
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<()> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "delete") {
             Ok(kv) => kv,
@@ -223,6 +254,9 @@ impl store::HostBucket for HostState {
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<bool> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
@@ -241,6 +275,9 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Outcome<KeyResponse> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.kv_backend() {
             Ok(kv) => kv,
@@ -268,6 +305,9 @@ impl atomics::Host for HostState {
         key: String,
         delta: u64,
     ) -> Outcome<u64> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "increment") {
             Ok(kv) => kv,
@@ -288,6 +328,9 @@ impl batch::Host for HostState {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Outcome<Vec<Option<(String, Vec<u8>)>>> {
+        if let Err(e) = self.spend(keys.len()) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         if keys.len() > MAX_BATCH {
             return Ok(Err(Error::Other(format!(
@@ -316,6 +359,9 @@ impl batch::Host for HostState {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Outcome<()> {
+        if let Err(e) = self.spend(key_values.len()) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "set-many") {
             Ok(kv) => kv,
@@ -343,6 +389,9 @@ impl batch::Host for HostState {
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Outcome<()> {
+        if let Err(e) = self.spend(keys.len()) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "delete-many") {
             Ok(kv) => kv,

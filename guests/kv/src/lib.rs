@@ -1,7 +1,7 @@
 //! A guest that uses `wasi:keyvalue` as its query says, so one component
 //! can try legitimate and overstepping operations (T13, T14, T16):
 //!
-//! `?op=get|set|delete|exists|list|incr|getmany|setmany&store=NAME&key=K&value=V`
+//! `?op=get|set|delete|exists|list|incr|getmany|setmany|flood&store=NAME&key=K&value=V`
 //!
 //! The body is the outcome: `ok`, `value:V`, `none`, `true`/`false`,
 //! `keys:a,b`, `count:N` or `error:access-denied`, `error:no-such-store`,
@@ -86,6 +86,17 @@ fn run(query: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(",")
         }),
+        // Reads until refused: reports the first refused operation.
+        "flood" => {
+            let mut refused = None;
+            for i in 1..=20_000u32 {
+                if let Err(e) = bucket.exists(key) {
+                    refused = Some(format!("refused-at:{i}:{}", error(e)));
+                    break;
+                }
+            }
+            Ok(refused.unwrap_or_else(|| "never-refused".into()))
+        }
         _ => Ok("unknown op".into()),
     };
     result.unwrap_or_else(error)
