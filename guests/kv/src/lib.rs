@@ -97,9 +97,47 @@ fn run(query: &str) -> String {
             }
             Ok(refused.unwrap_or_else(|| "never-refused".into()))
         }
+        // `bench/kv`: time `value` (a count) sets, then as many gets.
+        "bench" => Ok(bench(&bucket, value.parse().unwrap_or(1000))),
         _ => Ok("unknown op".into()),
     };
     result.unwrap_or_else(error)
+}
+
+/// Per-operation latency percentiles, in microseconds, as seen by the guest.
+fn bench(bucket: &store::Bucket, n: u32) -> String {
+    use wasip2::clocks::monotonic_clock::now;
+    let n = n.clamp(1, 4000);
+    let payload = vec![b'x'; 100];
+    let mut sets = Vec::new();
+    let mut gets = Vec::new();
+    for i in 0..n {
+        let key = format!("bench-{i}");
+        let started = now();
+        if bucket.set(&key, &payload).is_err() {
+            return "bench-set-failed".into();
+        }
+        sets.push(now() - started);
+    }
+    for i in 0..n {
+        let key = format!("bench-{i}");
+        let started = now();
+        if !matches!(bucket.get(&key), Ok(Some(_))) {
+            return "bench-get-failed".into();
+        }
+        gets.push(now() - started);
+    }
+    let pct = |v: &mut Vec<u64>, p: usize| {
+        v.sort_unstable();
+        v[(v.len() - 1) * p / 100] as f64 / 1000.0
+    };
+    format!(
+        "n={n} put_p50_us={:.1} put_p99_us={:.1} get_p50_us={:.1} get_p99_us={:.1}",
+        pct(&mut sets, 50),
+        pct(&mut sets, 99),
+        pct(&mut gets, 50),
+        pct(&mut gets, 99)
+    )
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Kv {
