@@ -295,6 +295,15 @@ fn t15_outside_dev_the_master_key_must_come_from_a_private_file() {
         "{message}"
     );
     assert!(!app.path().join(".bulkhead/prod/master.key").exists());
+    // `check` (and so `serve`) refuses such an app the same way.
+    let out = bulkhead(&app, &["check"], &["--env", "prod"], b"", &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("BULKHEAD_MASTER_KEY_FILE"),
+        "{}",
+        text(&out)
+    );
+    assert!(!app.path().join(".bulkhead/prod/master.key").exists());
 
     // A group-readable key file is refused.
     let dir = tempfile::tempdir().unwrap();
