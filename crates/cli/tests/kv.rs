@@ -451,7 +451,7 @@ fn assert_nowhere_on_disk(app: &TestApp, needles: &[&str]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn t15_no_plaintext_value_key_or_secret_on_disk() {
+async fn t15_no_plaintext_on_disk_and_moved_ciphertext_fails() {
     let app = TestApp::new(&manifest(), &["kv"]);
     let alice = api_key(&app, "alice");
     let mut set = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
@@ -508,6 +508,87 @@ async fn t15_no_plaintext_value_key_or_secret_on_disk() {
     assert_eq!(
         call(&server, "/w?op=get&store=shared&key=KeyCanary5150", None).await,
         "value:PlainTextCanary7319"
+    );
+
+    // Someone with write access to the database swaps two sealed values
+    // (same store, same data key) and copies one subject's value over
+    // another's: each read fails authentication, none returns the other
+    // record's value.
+    assert_eq!(
+        call(
+            &server,
+            "/w?op=set&store=shared&key=second&value=SecondValue",
+            None
+        )
+        .await,
+        "ok"
+    );
+    let bob = api_key(&app, "bob");
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=PrivKeyCanary616&value=BobsOwn",
+            Some(&bob)
+        )
+        .await,
+        "ok"
+    );
+    let db = rusqlite::Connection::open(state(&app).join("state.db")).unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = db
+        .prepare("SELECT key_id, value_sealed FROM kv WHERE store = 'shared'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let swap = "UPDATE kv SET value_sealed = ?1 WHERE store = 'shared' AND key_id = ?2";
+    db.execute(swap, rusqlite::params![rows[1].1, rows[0].0])
+        .unwrap();
+    db.execute(swap, rusqlite::params![rows[0].1, rows[1].0])
+        .unwrap();
+    db.execute(
+        "UPDATE kv SET value_sealed = (SELECT value_sealed FROM kv WHERE store = 'private' AND subject = 'alice')
+         WHERE store = 'private' AND subject = 'bob'",
+        [],
+    )
+    .unwrap();
+    for path in [
+        "/w?op=get&store=shared&key=KeyCanary5150",
+        "/w?op=get&store=shared&key=second",
+    ] {
+        assert_eq!(
+            call(&server, path, None).await,
+            "error:other:storage error",
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=get&store=private&key=PrivKeyCanary616",
+            Some(&bob)
+        )
+        .await,
+        "error:other:storage error"
+    );
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=get&store=private&key=PrivKeyCanary616",
+            Some(&alice)
+        )
+        .await,
+        "value:PrivValueCanary8080"
+    );
+    server.wait_for_log(
+        |r| {
+            r["message"] == "capability backend failed"
+                && r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("failed authentication"))
+        },
+        Duration::from_secs(10),
     );
     assert!(server.stop().success());
     assert_nowhere_on_disk(&app, &needles);
