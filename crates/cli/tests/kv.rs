@@ -581,17 +581,12 @@ async fn t15_no_plaintext_on_disk_and_moved_ciphertext_fails() {
         .await,
         "value:PrivValueCanary8080"
     );
-    server.wait_for_log(
-        |r| {
-            r["message"] == "capability backend failed"
-                && r["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("failed authentication"))
-        },
-        Duration::from_secs(10),
-    );
+    let tampered =
+        server.wait_for_count(|r| r["message"] == "stored record failed authentication", 3);
+    assert_eq!(tampered.len(), 3, "{tampered:?}");
     assert!(server.stop().success());
     assert_nowhere_on_disk(&app, &needles);
+    assert_eq!(audit_lines(&app, "storage.integrity_failed").len(), 3);
     let names: Vec<String> = {
         let mut files = Vec::new();
         files_under(&state(&app), &mut files);
