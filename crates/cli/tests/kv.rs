@@ -52,6 +52,8 @@ name = "reader"
 component = "kv.wasm"
 route = "/r"
 auth = "public"
+# Room for the 10 000-operation flood on a slow, shared machine.
+timeout = "120s"
 {QUERY}grants = {{ kv = {{ shared = "read" }} }}
 
 [[function]]
