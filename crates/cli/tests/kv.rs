@@ -113,6 +113,23 @@ fn state(app: &TestApp) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn t16_grants_decide_which_store_and_what_access() {
     let app = TestApp::new(&manifest(), &["kv"]);
+    // `check` shows each function's grants and the stores, for review.
+    let checked = app.run(&["check"]);
+    let listing = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{listing}");
+    assert!(
+        listing.contains("  kv         shared (read-write), shortlived (read-write)"),
+        "{listing}"
+    );
+    assert!(listing.contains("  kv         shared (read)"), "{listing}");
+    assert!(
+        listing.contains("  private          kv, one key space per subject, personal data"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("  shortlived       kv, app-wide, retention 4s"),
+        "{listing}"
+    );
     let server = Server::start(&app);
 
     // Legitimate use: set, get, exists, list, increment, batch, delete.

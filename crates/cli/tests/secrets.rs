@@ -129,6 +129,11 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
         "{listing}"
     );
 
+    let checked = app.run(&["check"]);
+    let listing = String::from_utf8_lossy(&checked.stdout);
+    assert!(listing.contains("  secrets    stripe_key"), "{listing}");
+    assert!(listing.contains("  config     greeting"), "{listing}");
+
     let server = Server::start(&app);
     // Granted secret and granted config value.
     assert_eq!(
