@@ -1,16 +1,21 @@
 //! Turn an app directory into loaded functions: the work `check` and
 //! `serve` share. Every problem is collected, not just the first.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
 use bulkhead_manifest::App;
-use bulkhead_runtime::{CacheOutcome, CompileCache, EngineSettings, LoadedFunction, Runtime};
-use bulkhead_store::AuditLog;
+use bulkhead_runtime::{
+    CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Runtime,
+};
+use bulkhead_store::{AuditLog, Store};
 
 pub struct Deployment {
     pub app: App,
     pub functions: Vec<LoadedFunction>,
+    /// Key-value, secrets and config backends (T13-T16).
+    pub data: Arc<DataPlane>,
 }
 
 /// Load every function of `app`; on failure, every problem found.
@@ -28,7 +33,10 @@ pub fn deploy(
             .max()
             .unwrap_or(0),
     };
-    let runtime = Runtime::new(&settings, audit).map_err(|e| vec![e.to_string()])?;
+    let data = open_data(&app).map_err(|e| vec![format!("{e:#}")])?;
+    let runtime = Runtime::new(&settings, audit)
+        .map_err(|e| vec![e.to_string()])?
+        .with_data(data.clone());
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();
     let mut problems = Vec::new();
@@ -54,10 +62,21 @@ pub fn deploy(
         }
     }
     if problems.is_empty() {
-        Ok(Deployment { app, functions })
+        Ok(Deployment {
+            app,
+            functions,
+            data,
+        })
     } else {
         Err(problems)
     }
+}
+
+/// The data backends: the master key is needed only if the app declares a
+/// key-value store or grants a secret (T14/T15).
+fn open_data(app: &App) -> Result<Arc<DataPlane>> {
+    let store = Store::open(&app.state_dir())?;
+    Ok(Arc::new(DataPlane::open(app, &store)?))
 }
 
 fn open_cache(app: &App, runtime: &Runtime) -> Result<CompileCache> {

@@ -342,6 +342,8 @@ async fn pipeline<'s>(
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
         outbound_bytes: Arc::default(),
+        // The verified identity: subject-scoped stores confine the call to it (T13).
+        subject: identity.as_ref().map(|i| i.subject.clone()),
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(

@@ -12,6 +12,7 @@ mod problem;
 mod raw;
 mod resolve;
 pub mod route;
+pub mod stores;
 mod telemetry;
 pub mod traffic;
 pub mod units;
@@ -20,10 +21,11 @@ use std::path::{Path, PathBuf};
 
 pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
 pub use cost::{Budget, Pricing};
-pub use grants::{Grants, OutboundRule};
+pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
+pub use stores::{Scope, StoreKind, StoreSpec};
 pub use traffic::{RateLimit, Throttle, TrustedProxies};
 pub use units::{ByteSize, Duration};
 
@@ -57,9 +59,21 @@ pub struct App {
     pub pricing: Pricing,
     /// App-wide daily spend limits (`[limits] budget`).
     pub budget: Budget,
+    /// `[store.NAME]` sections (T13/T14).
+    pub stores: Vec<StoreSpec>,
+    /// `[config]`: plain values a function reads through `wasi:config`
+    /// when its grants name them.
+    pub config: std::collections::BTreeMap<String, String>,
+    /// `[app] strict_imports`: the default of every function's (T18).
+    pub strict_imports: bool,
 }
 
 impl App {
+    /// The declared store called `name`.
+    pub fn store(&self, name: &str) -> Option<&StoreSpec> {
+        self.stores.iter().find(|s| s.name == name)
+    }
+
     /// Where this app keeps state for its environment (compile cache, data).
     pub fn state_dir(&self) -> PathBuf {
         state_dir(&self.dir, &self.env)
@@ -147,6 +161,9 @@ pub struct Function {
     pub input: Input,
     /// Daily spend limits of this function (T04).
     pub budget: Budget,
+    /// Refuse the component if it imports a capability interface that its
+    /// grants do not enable (T18); the function's value, else `[app]`'s.
+    pub strict_imports: bool,
 }
 
 /// Per-call bounds of one function (T01, T05).

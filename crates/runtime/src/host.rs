@@ -9,15 +9,18 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::data::CallData;
 use crate::outbound::Outbound;
 use crate::output::GuestOutput;
 
 pub struct HostState {
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: Outbound,
     pub(crate) limits: MemoryCap,
+    /// Key-value, secrets and config for this call (T13-T16).
+    pub(crate) data: CallData,
 }
 
 impl HostState {
@@ -26,6 +29,7 @@ impl HostState {
         stdout: GuestOutput,
         stderr: GuestOutput,
         hooks: Outbound,
+        data: CallData,
     ) -> Self {
         // T05: no preopened directories, no environment, no arguments, no
         // stdin, no network. Runtimes that import these interfaces by habit
@@ -44,6 +48,7 @@ impl HostState {
             http: WasiHttpCtx::new(),
             hooks,
             limits: memory_cap,
+            data,
         }
     }
 }

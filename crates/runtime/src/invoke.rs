@@ -15,6 +15,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::data::{CallData, Redactions};
 use crate::engine::deadline_ticks;
 use crate::host::{HostState, MemoryCap};
 use crate::outbound::Outbound;
@@ -25,6 +26,8 @@ pub(crate) struct Sealed {
     pub limits: FunctionLimits,
     pub pre: ProxyPre<HostState>,
     pub outbound: Arc<[bulkhead_manifest::OutboundRule]>,
+    pub grants: Arc<bulkhead_manifest::Grants>,
+    pub data: Arc<crate::data::DataPlane>,
     pub audit: bulkhead_store::AuditLog,
     pub _ticker: Arc<crate::engine::EpochTicker>,
 }
@@ -37,6 +40,9 @@ pub struct Invocation {
     pub traceparent: String,
     /// Outbound HTTP bytes of this call, sent and received, for the meter.
     pub outbound_bytes: Arc<AtomicU64>,
+    /// The verified identity of the caller, `None` on a public route; a
+    /// subject-scoped store confines the call to it (T13).
+    pub subject: Option<String>,
 }
 
 /// How a call failed. The gateway turns each into a problem response; the
@@ -61,6 +67,22 @@ pub enum InvokeError {
     Capacity,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl InvokeError {
+    /// The error with every secret value the call read replaced (T15): the
+    /// gateway logs these strings, and a guest chooses some of them.
+    fn redacted(self, redactions: &Redactions) -> Self {
+        if redactions.is_empty() {
+            return self;
+        }
+        match self {
+            Self::Trap(text) => Self::Trap(redactions.apply(&text)),
+            Self::GuestError(text) => Self::GuestError(redactions.apply(&text)),
+            Self::Internal(text) => Self::Internal(redactions.apply(&text)),
+            other => other,
+        }
+    }
 }
 
 /// Why the guest task ended early.
@@ -101,14 +123,26 @@ pub(crate) async fn invoke(
     request: http::Request<Bytes>,
     invocation: &Invocation,
 ) -> Result<http::Response<Bytes>, InvokeError> {
+    let redactions = Redactions::default();
+    run(sealed, request, invocation, redactions.clone())
+        .await
+        .map_err(|e| e.redacted(&redactions))
+}
+
+async fn run(
+    sealed: Arc<Sealed>,
+    request: http::Request<Bytes>,
+    invocation: &Invocation,
+    redactions: Redactions,
+) -> Result<http::Response<Bytes>, InvokeError> {
     let timeout = sealed.limits.timeout.get();
     let deadline = Instant::now() + timeout;
     let memory_hit = Arc::new(AtomicBool::new(false));
     let flush = FlushOutput {
         function: sealed.name.clone(),
         correlation_id: invocation.correlation_id.clone(),
-        stdout: GuestOutput::new(),
-        stderr: GuestOutput::new(),
+        stdout: GuestOutput::new(redactions.clone()),
+        stderr: GuestOutput::new(redactions.clone()),
     };
     let state = HostState::new(
         MemoryCap::new(sealed.limits.memory.as_usize(), memory_hit.clone()),
@@ -124,6 +158,16 @@ pub(crate) async fn invoke(
             sent: 0,
             bytes: invocation.outbound_bytes.clone(),
             max_bytes: sealed.limits.max_outbound_bytes.bytes(),
+        },
+        CallData {
+            plane: sealed.data.clone(),
+            grants: sealed.grants.clone(),
+            function: sealed.name.clone(),
+            correlation_id: invocation.correlation_id.clone(),
+            subject: invocation.subject.clone(),
+            audit: sealed.audit.clone(),
+            redactions: redactions.clone(),
+            kv_ops: 0,
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

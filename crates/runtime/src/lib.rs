@@ -7,9 +7,12 @@
 //! runs one request through it.
 
 mod cache;
+mod config;
+pub mod data;
 mod engine;
 mod host;
 mod invoke;
+mod kv;
 mod net;
 mod outbound;
 mod output;
@@ -24,6 +27,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{CacheOutcome, CompileCache};
+pub use data::DataPlane;
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use invoke::{Invocation, InvokeError};
 pub use outbound::tls_connector;
@@ -82,6 +86,8 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// Shared with every loaded function: timeouts work while any lives.
     ticker: Arc<EpochTicker>,
+    /// Key-value, secrets and config backends (T13-T16).
+    data: Arc<DataPlane>,
 }
 
 impl Runtime {
@@ -96,13 +102,23 @@ impl Runtime {
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        // Capabilities: linked always, usable only as the grants say.
+        kv::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Self {
             engine,
             audit,
             linker,
             ticker: Arc::new(ticker),
+            data: Arc::new(DataPlane::empty()),
         })
+    }
+
+    /// Serve functions with these data backends (default: none).
+    pub fn with_data(mut self, data: Arc<DataPlane>) -> Self {
+        self.data = data;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -158,6 +174,8 @@ impl Runtime {
                     limits: function.limits.clone(),
                     pre,
                     outbound: function.grants.outbound.clone().into(),
+                    grants: Arc::new(function.grants.clone()),
+                    data: self.data.clone(),
                     audit: self.audit.clone(),
                     _ticker: self.ticker.clone(),
                 }),

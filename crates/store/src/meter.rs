@@ -256,16 +256,19 @@ mod tests {
             response_bytes: 20,
             outbound_bytes: 0,
         };
+        let now = crate::now_ms();
         let meter = MeterLog::start(&store).unwrap();
+        meter.record(now, "hello", "ip:127.0.0.1", &one);
+        meter.record(now, "hello", "ip:127.0.0.1", &one);
+        // A row past the retention is deleted when the meter next starts.
         meter.record(7_200_000, "hello", "ip:127.0.0.1", &one);
-        meter.record(7_200_001, "hello", "ip:127.0.0.1", &one);
         meter.close();
         let again = MeterLog::start(&store).unwrap();
-        again.record(7_200_002, "hello", "ip:127.0.0.1", &one);
+        again.record(now, "hello", "ip:127.0.0.1", &one);
         again.close();
         let rows = usage_since(&store, 0).unwrap();
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].hour, 2);
+        assert_eq!(rows[0].hour, hour_of(now));
         assert_eq!(rows[0].usage.requests, 3);
         assert_eq!(rows[0].usage.wall_us, 4500);
         assert_eq!(rows[0].usage.egress_bytes(), 60);
