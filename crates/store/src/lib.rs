@@ -6,6 +6,7 @@ pub mod audit;
 mod audit_writer;
 pub mod credentials;
 pub mod files;
+pub mod sql;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
