@@ -2,6 +2,7 @@
 //! not name. This module parses and checks each grant; the runtime enforces
 //! them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -10,6 +11,50 @@ use std::net::IpAddr;
 pub struct Grants {
     /// Outbound HTTP destinations (T17).
     pub outbound: Vec<OutboundRule>,
+    /// Key-value stores by name (T13/T16): `kv = { NAME = "read" }`.
+    pub kv: BTreeMap<String, StoreAccess>,
+    /// SQL stores by name (T13/T16).
+    pub sql: BTreeMap<String, SqlGrant>,
+    /// Secrets this function may read through `wasi:config` (T15).
+    pub secrets: Vec<String>,
+    /// `[config]` keys this function may read through `wasi:config`.
+    pub config: Vec<String>,
+}
+
+/// What a store grant allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreAccess {
+    Read,
+    ReadWrite,
+}
+
+impl StoreAccess {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "read" => Some(Self::Read),
+            "read-write" => Some(Self::ReadWrite),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::ReadWrite => "read-write",
+        }
+    }
+
+    pub fn can_write(self) -> bool {
+        self == Self::ReadWrite
+    }
+}
+
+/// One `sql = { NAME = ... }` grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlGrant {
+    pub access: StoreAccess,
+    /// When set, the only statements this function may run (exact text).
+    pub statements: Option<Vec<String>>,
 }
 
 /// One `scheme://host[:port]` entry of `outbound`.

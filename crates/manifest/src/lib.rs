@@ -11,16 +11,18 @@ mod problem;
 mod raw;
 mod resolve;
 pub mod route;
+pub mod stores;
 mod telemetry;
 pub mod units;
 
 use std::path::{Path, PathBuf};
 
 pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
-pub use grants::{Grants, OutboundRule};
+pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
+pub use stores::{Scope, StoreKind, StoreSpec};
 pub use units::{ByteSize, Duration};
 
 /// The manifest's file name inside an app directory.
@@ -47,9 +49,21 @@ pub struct App {
     pub functions: Vec<Function>,
     /// Trace export, when `[telemetry]` names an endpoint.
     pub telemetry: Option<Telemetry>,
+    /// `[store.NAME]` sections (T13/T14).
+    pub stores: Vec<StoreSpec>,
+    /// `[config]`: plain values a function reads through `wasi:config`
+    /// when its grants name them.
+    pub config: std::collections::BTreeMap<String, String>,
+    /// `[app] strict_imports`: the default of every function's (T18).
+    pub strict_imports: bool,
 }
 
 impl App {
+    /// The declared store called `name`.
+    pub fn store(&self, name: &str) -> Option<&StoreSpec> {
+        self.stores.iter().find(|s| s.name == name)
+    }
+
     /// Where this app keeps state for its environment (compile cache, data).
     pub fn state_dir(&self) -> PathBuf {
         state_dir(&self.dir, &self.env)
@@ -129,6 +143,9 @@ pub struct Function {
     pub access: Access,
     /// What a well-formed request looks like (T10).
     pub input: Input,
+    /// Refuse the component if it imports a capability interface that its
+    /// grants do not enable (T18); the function's value, else `[app]`'s.
+    pub strict_imports: bool,
 }
 
 /// Per-call bounds of one function (T01, T05).

@@ -36,6 +36,38 @@ pub(crate) struct RawManifest {
     pub env: BTreeMap<String, Spanned<RawEnv>>,
     #[serde(default)]
     pub auth: RawAuth,
+    /// `[store.NAME]`: key-value and SQL stores (T13/T14).
+    #[serde(default)]
+    pub store: BTreeMap<Spanned<String>, Spanned<RawStore>>,
+    /// `[config]`: plain app-wide values read through `wasi:config`.
+    #[serde(default)]
+    pub config: BTreeMap<Spanned<String>, Spanned<String>>,
+}
+
+/// `[store.NAME]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawStore {
+    pub kind: Spanned<String>,
+    pub scope: Option<Spanned<String>>,
+    pub retention: Option<Spanned<Duration>>,
+    pub personal_data: Option<bool>,
+    pub migrations: Option<Spanned<String>>,
+}
+
+/// `sql = { NAME = "read" }` or `sql = { NAME = { access = "read", statements = [..] } }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSqlGrant {
+    Access(String),
+    Table(RawSqlGrantTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSqlGrantTable {
+    pub access: String,
+    pub statements: Option<Vec<String>>,
 }
 
 /// `[auth]`: how callers authenticate (T11).
@@ -73,6 +105,8 @@ pub(crate) enum RawAccess {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawApp {
     pub name: Spanned<String>,
+    /// Refuse components importing a capability they were not granted (T18).
+    pub strict_imports: Option<bool>,
 }
 
 /// `[limits]`: app-wide bounds and the defaults every function inherits.
@@ -131,6 +165,7 @@ pub(crate) struct RawFunction {
     pub scopes: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub input: RawInput,
+    pub strict_imports: Option<bool>,
 }
 
 /// `input.*`: what a well-formed request to this function looks like (T10).
@@ -163,6 +198,14 @@ pub(crate) enum RawParam {
 pub(crate) struct RawGrants {
     #[serde(default)]
     pub outbound: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub kv: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    pub sql: BTreeMap<Spanned<String>, Spanned<RawSqlGrant>>,
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub config: Vec<Spanned<String>>,
 }
 
 /// `[telemetry]`: optional export of one span per request over OTLP (T08).

@@ -1,7 +1,7 @@
 //! From the manifest as written to a validated [`App`]: defaults applied,
 //! environment overlaid, every value checked, every problem collected.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Component as PathPart, Path, PathBuf};
 
 use toml::Spanned;
@@ -9,8 +9,9 @@ use toml::Spanned;
 use crate::grants::{Grants, OutboundRule};
 use crate::input;
 use crate::problem::{Collector, Problems};
-use crate::raw::{RawFunction, RawLimits, RawManifest};
+use crate::raw::{RawFunction, RawLimits, RawManifest, RawStore};
 use crate::route::RoutePattern;
+use crate::stores::StoreSpec;
 use crate::units::{ByteSize, Duration};
 use crate::{App, AppLimits, Function, FunctionLimits, STANDARD_ENVS, defaults};
 
@@ -76,6 +77,15 @@ pub(crate) fn resolve(
     };
     let telemetry = crate::telemetry::resolve(&mut out, raw.app.name.get_ref(), &telemetry);
 
+    let stores = crate::stores::resolve_stores(&mut out, app_dir, &raw.store);
+    let config = crate::stores::resolve_config(&mut out, &raw.config);
+    let shared = Shared {
+        stores: &stores,
+        raw_stores: &raw.store,
+        config: &config,
+        strict_imports: raw.app.strict_imports.unwrap_or(false),
+    };
+
     let mut functions = Vec::new();
     let mut names = HashSet::new();
     for spanned in &raw.function {
@@ -89,8 +99,15 @@ pub(crate) fn resolve(
                 ),
             );
         }
-        if let Some(function) = function(&mut out, app_dir, &limits, &app_limits, jwt_configured, f)
-        {
+        if let Some(function) = function(
+            &mut out,
+            app_dir,
+            &limits,
+            &app_limits,
+            jwt_configured,
+            &shared,
+            f,
+        ) {
             functions.push((spanned.span(), function));
         }
     }
@@ -115,6 +132,9 @@ pub(crate) fn resolve(
         failed_auth_per_minute,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
         telemetry,
+        stores,
+        config,
+        strict_imports: raw.app.strict_imports.unwrap_or(false),
     })
 }
 
@@ -219,12 +239,21 @@ fn pick<T: Copy>(
     }
 }
 
+/// App-wide sections a function's grants refer to.
+struct Shared<'a> {
+    stores: &'a [StoreSpec],
+    raw_stores: &'a BTreeMap<Spanned<String>, Spanned<RawStore>>,
+    config: &'a BTreeMap<String, String>,
+    strict_imports: bool,
+}
+
 fn function(
     out: &mut Collector<'_>,
     app_dir: &Path,
     app: &RawLimits,
     app_limits: &AppLimits,
     jwt_configured: bool,
+    shared: &Shared<'_>,
     f: &RawFunction,
 ) -> Option<Function> {
     let name = f.name.get_ref();
@@ -353,6 +382,15 @@ fn function(
         }
     }
 
+    let stored = crate::stores::resolve_grants(
+        out,
+        name,
+        &f.grants,
+        shared.stores,
+        shared.raw_stores,
+        shared.config,
+    );
+
     if out.problems.len() > before {
         return None;
     }
@@ -370,9 +408,16 @@ fn function(
             max_request_body,
             max_response_body,
         },
-        grants: Grants { outbound },
+        grants: Grants {
+            outbound,
+            kv: stored.kv,
+            sql: stored.sql,
+            secrets: stored.secrets,
+            config: stored.config,
+        },
         access,
         input: input?,
+        strict_imports: f.strict_imports.unwrap_or(shared.strict_imports),
     })
 }
 
