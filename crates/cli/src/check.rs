@@ -15,7 +15,9 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     };
     let store = target.store(true)?;
     let audit = bulkhead_store::AuditLog::start(&store)?;
-    let deployment = match deploy::deploy(app, audit.clone(), &|line| eprintln!("{line}")) {
+    let deployment = match deploy::deploy(app, audit.clone(), deploy::Mode::Check, &|line| {
+        eprintln!("{line}")
+    }) {
         Ok(deployment) => deployment,
         Err(problems) => return Ok(report(&problems)),
     };

@@ -11,12 +11,14 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::outbound::Outbound;
 use crate::output::GuestOutput;
+use crate::sql::SqlCtx;
 
 pub struct HostState {
     table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: Outbound,
+    pub(crate) sql: SqlCtx,
     pub(crate) limits: MemoryCap,
 }
 
@@ -26,6 +28,7 @@ impl HostState {
         stdout: GuestOutput,
         stderr: GuestOutput,
         hooks: Outbound,
+        sql: SqlCtx,
     ) -> Self {
         // T05: no preopened directories, no environment, no arguments, no
         // stdin, no network. Runtimes that import these interfaces by habit
@@ -43,6 +46,7 @@ impl HostState {
             wasi,
             http: WasiHttpCtx::new(),
             hooks,
+            sql,
             limits: memory_cap,
         }
     }

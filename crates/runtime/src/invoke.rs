@@ -25,6 +25,7 @@ pub(crate) struct Sealed {
     pub limits: FunctionLimits,
     pub pre: ProxyPre<HostState>,
     pub outbound: Arc<[bulkhead_manifest::OutboundRule]>,
+    pub sql: Arc<crate::sql::SqlBindings>,
     pub audit: bulkhead_store::AuditLog,
     pub _ticker: Arc<crate::engine::EpochTicker>,
 }
@@ -120,6 +121,14 @@ pub(crate) async fn invoke(
             audit: sealed.audit.clone(),
             deadline,
             sent: 0,
+        },
+        crate::sql::SqlCtx {
+            bindings: sealed.sql.clone(),
+            function: sealed.name.clone(),
+            correlation_id: invocation.correlation_id.clone(),
+            audit: sealed.audit.clone(),
+            deadline,
+            queries: 0,
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

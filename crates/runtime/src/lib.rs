@@ -13,6 +13,7 @@ mod invoke;
 mod net;
 mod outbound;
 mod output;
+mod sql;
 
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub use cache::{CacheOutcome, CompileCache};
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use invoke::{Invocation, InvokeError};
 pub use outbound::tls_connector;
+pub use sql::SqlStores;
 
 use engine::EpochTicker;
 use host::HostState;
@@ -82,6 +84,8 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// Shared with every loaded function: timeouts work while any lives.
     ticker: Arc<EpochTicker>,
+    /// The deployment's open SQL stores (T13); grants bind to these.
+    sql_stores: SqlStores,
 }
 
 impl Runtime {
@@ -96,13 +100,21 @@ impl Runtime {
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        sql::add_to_linker(&mut linker, |state: &mut HostState| &mut state.sql)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Self {
             engine,
             audit,
             linker,
             ticker: Arc::new(ticker),
+            sql_stores: SqlStores::new(),
         })
+    }
+
+    /// The SQL stores functions loaded from now on may be granted.
+    pub fn set_sql_stores(&mut self, stores: SqlStores) {
+        self.sql_stores = stores;
     }
 
     pub fn engine(&self) -> &Engine {
@@ -158,6 +170,7 @@ impl Runtime {
                     limits: function.limits.clone(),
                     pre,
                     outbound: function.grants.outbound.clone().into(),
+                    sql: Arc::new(sql::bind(&function.grants.sql, &self.sql_stores)),
                     audit: self.audit.clone(),
                     _ticker: self.ticker.clone(),
                 }),
