@@ -55,7 +55,14 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             l.max_concurrent_requests,
             l.max_outstanding_requests
         );
-        println!("  imports    {}", loaded.imports().join(", "));
+        // T18: every import beside the grant that would enable it.
+        for (i, import) in loaded.imports().iter().enumerate() {
+            let label = if i == 0 { "imports" } else { "" };
+            println!("  {label:<10} {import}");
+        }
+        if spec.strict_imports {
+            println!("  strict     yes: a capability import without its grant is refused");
+        }
         print_input(&spec.input);
     }
     let public: Vec<&str> = app

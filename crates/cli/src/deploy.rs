@@ -7,6 +7,7 @@ use anyhow::{Context as _, Result};
 use std::sync::Arc;
 
 use bulkhead_manifest::{App, StoreKind};
+use bulkhead_runtime::imports::ImportKind;
 use bulkhead_runtime::{
     CacheOutcome, CompileCache, EngineSettings, LoadedFunction, Runtime, SqlStores,
 };
@@ -63,6 +64,14 @@ pub fn deploy(
                     function.name,
                     started.elapsed().as_millis()
                 ));
+                // T18: each capability import beside its grant.
+                if mode == Mode::Serve {
+                    for import in loaded.imports() {
+                        if matches!(import.kind, ImportKind::Capability { .. }) {
+                            progress(&format!("function `{}`: {import}", function.name));
+                        }
+                    }
+                }
                 functions.push(loaded);
             }
             Err(e) => problems.push(format!("function `{}`: {e}", function.name)),

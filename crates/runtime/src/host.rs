@@ -30,6 +30,11 @@ impl HostState {
         hooks: Outbound,
         sql: SqlCtx,
     ) -> Self {
+        let (audit, function, correlation_id) = (
+            sql.audit.clone(),
+            sql.function.clone(),
+            sql.correlation_id.clone(),
+        );
         // T05: no preopened directories, no environment, no arguments, no
         // stdin, no network. Runtimes that import these interfaces by habit
         // (Python, JavaScript, Rust std) link and run, and can reach nothing.
@@ -39,7 +44,11 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .socket_addr_check(move |addr, use_| {
+                let what = crate::sockets::describe(addr, &format!("{use_:?}"));
+                crate::sockets::deny(&audit, &function, &correlation_id, &what);
+                Box::pin(async { false })
+            })
             .build();
         Self {
             table: ResourceTable::new(),
@@ -49,6 +58,18 @@ impl HostState {
             sql,
             limits: memory_cap,
         }
+    }
+}
+
+impl HostState {
+    /// A socket the guest tried to create: refused, logged and audited.
+    pub(crate) fn deny_socket(&self, what: &str) {
+        crate::sockets::deny(
+            &self.sql.audit,
+            &self.sql.function,
+            &self.sql.correlation_id,
+            what,
+        );
     }
 }
 

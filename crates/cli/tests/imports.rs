@@ -1,0 +1,149 @@
+//! T18: the import check at deploy. `bulkhead check` lists every import
+//! beside the grant that would enable it; an interface Bulkhead does not
+//! offer is refused by name; with `strict_imports` a capability import
+//! the function was not granted refuses the component before it runs.
+
+mod support;
+
+use support::{Server, TestApp, get};
+
+fn manifest(app_extra: &str, function_extra: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "imports"
+{app_extra}
+
+[store.events]
+kind = "sql"
+migrations = "migrations"
+
+[[function]]
+name = "q"
+component = "sqlguest.wasm"
+route = "/q/{{op}}"
+auth = "public"
+{function_extra}
+
+[[function]]
+name = "net"
+component = "hostile.wasm"
+route = "/h/{{what}}"
+auth = "public"
+grants = {{ outbound = ["https://example.com"] }}
+"#
+    )
+}
+
+fn app(app_extra: &str, function_extra: &str) -> TestApp {
+    let app = TestApp::new(
+        &manifest(app_extra, function_extra),
+        &["sqlguest", "hostile"],
+    );
+    let dir = app.path().join("migrations");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("001.sql"),
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT);",
+    )
+    .unwrap();
+    app
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn t18_ungranted_capability_import_links_by_default_and_every_call_is_refused() {
+    let app = app("", "");
+    let out = app.run(&["check"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("bulkhead:sql/sql@0.1.0 -> grant `sql` (NOT granted"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"grants = { sql = { STORE = "read" } }"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("wasi:http/outgoing-handler@0.2")
+            && stdout.contains("-> grant `outbound` (granted)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("-> bound to deny-all"), "{stdout}");
+
+    // Linked, but with no grant every call is refused.
+    let server = Server::start(&app);
+    let reply = get(server.addr, "/q/count").await.text();
+    assert_eq!(reply, "err not-granted: events");
+}
+
+#[test]
+fn t18_strict_imports_refuses_an_ungranted_capability_import() {
+    for (app_extra, function_extra) in
+        [("strict_imports = true", ""), ("", "strict_imports = true")]
+    {
+        let app = app(app_extra, function_extra);
+        let out = app.run(&["check"]);
+        let (_, stderr) = text(&out);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("imports `bulkhead:sql/sql@0.1.0`, which needs grant `sql`"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(r#"add grants = { sql = { STORE = "read" } } to the function"#),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("function `net`: component"), "{stderr}");
+    }
+    // Granted: strict mode accepts it.
+    let app = app(
+        "strict_imports = true",
+        r#"grants = { sql = { events = "read" } }"#,
+    );
+    let out = app.run(&["check"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("bulkhead:sql/sql@0.1.0 -> grant `sql` (granted)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("strict     yes"), "{stdout}");
+}
+
+/// T18/T05: sockets are bound to deny-all. Rust std and raw wasi:sockets
+/// both fail to create a socket, and every attempt is logged and audited.
+#[tokio::test]
+async fn t18_every_socket_is_refused_and_audited() {
+    let app = app("", "");
+    let server = Server::start(&app);
+    let reply = get(server.addr, "/h/socket").await;
+    let body = reply.text();
+    assert_eq!(body.matches("refused").count(), 4, "{body}");
+    assert!(!body.contains("CONNECTED") && !body.contains("CREATED") && !body.contains("BOUND"));
+    let id = reply.correlation_id();
+    let refused = server.wait_for_count(
+        |r| r["message"] == "socket refused" && r["correlation_id"] == id.as_str(),
+        4,
+    );
+    assert!(refused.iter().any(|r| r["attempt"] == "create-tcp-socket"));
+    assert!(refused.iter().any(|r| r["attempt"] == "create-udp-socket"));
+    assert!(server.stop().success());
+    let audited = app.run_with(
+        &["audit", "query"],
+        &["--kind", "capability.denied", "--format", "json"],
+    );
+    let audited = String::from_utf8_lossy(&audited.stdout).into_owned();
+    assert_eq!(
+        audited.matches("\"capability\":\"sockets\"").count(),
+        4,
+        "{audited}"
+    );
+}
