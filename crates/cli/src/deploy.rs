@@ -84,7 +84,7 @@ pub fn deploy(
     }
 }
 
-/// Open every SQL store and bring its schema up to date (T13). The
+/// Open every SQL store and bring its schema up to date (T06, T15). The
 /// database is encrypted with the key in `STATE_DIR/sql.key` (0600) until
 /// per-store data keys under the master key replace it.
 fn open_sql_stores(

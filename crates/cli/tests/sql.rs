@@ -1,4 +1,4 @@
-//! The `bulkhead:sql` capability end to end (T13, T14, T16, T20): a real
+//! The `bulkhead:sql` capability end to end (T06, T15, T16, T05): a real
 //! guest built from source, a real server, a real SQLCipher file on disk.
 //! The guest uses its grant legitimately and tries every way to overstep:
 //! an ungranted store, a write under a read grant, an undeclared
@@ -67,7 +67,7 @@ fn ledger() -> TestApp {
 }
 
 #[tokio::test]
-async fn t13_t14_t16_guest_sql_is_confined_and_encrypted_at_rest() {
+async fn t06_t15_t16_guest_sql_is_confined_and_encrypted_at_rest() {
     let app = ledger();
     let server = Server::start(&app);
     let call = |path: &str| {
@@ -89,7 +89,7 @@ async fn t13_t14_t16_guest_sql_is_confined_and_encrypted_at_rest() {
         format!("ok columns=body changes=0 rows=[[\"{marker}\"]]")
     );
 
-    // T13: the injection string is a value, stored and found as written.
+    // T06: the injection string is a value, stored and found as written.
     let injected = call("/w/inject").await;
     assert_eq!(
         injected,
@@ -101,7 +101,7 @@ async fn t13_t14_t16_guest_sql_is_confined_and_encrypted_at_rest() {
             .starts_with("ok columns=count(*) changes=0 rows=[[2]]")
     );
 
-    // T14/T16: every overstep refused, and the reason named.
+    // T06/T16: every overstep refused, and the reason named.
     let cases = [
         ("/w/count?store=other", "err not-granted: other"),
         ("/w/count?store=nosuch", "err not-granted: nosuch"),
@@ -149,7 +149,7 @@ async fn t13_t14_t16_guest_sql_is_confined_and_encrypted_at_rest() {
     assert!(audited.lines().count() >= cases.len(), "{audited}");
     assert!(audited.contains("\"store\":\"other\"") && audited.contains("\"capability\":\"sql\""));
 
-    // T13: the database on disk holds no plaintext, and no SQLite header.
+    // T15: the database on disk holds no plaintext, and no SQLite header.
     let sql_dir = app.path().join(".bulkhead/dev/sql");
     let mut files = 0;
     for entry in std::fs::read_dir(&sql_dir).unwrap() {
@@ -162,7 +162,7 @@ async fn t13_t14_t16_guest_sql_is_confined_and_encrypted_at_rest() {
 }
 
 #[test]
-fn t13_a_changed_applied_migration_is_refused_by_check_and_serve() {
+fn t06_a_changed_applied_migration_is_refused_by_check_and_serve() {
     let app = ledger();
     let out = app.run(&["check"]);
     assert!(

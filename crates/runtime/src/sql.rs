@@ -1,4 +1,4 @@
-//! The `bulkhead:sql` capability (T13, T14, T16, T20): the host side of
+//! The `bulkhead:sql` capability (T06, T15, T16, T05): the host side of
 //! `wit/sql/sql.wit`. A call names a store; it runs only if the function's
 //! grants name that store, with the grant's access and statement list. The
 //! SQL itself is confined by `bulkhead_store::sql` (read-only connection

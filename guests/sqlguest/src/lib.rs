@@ -1,4 +1,4 @@
-//! A guest of the `bulkhead:sql` capability (T13, T14, T16, T20): one
+//! A guest of the `bulkhead:sql` capability (T06, T15, T16, T05): one
 //! legitimate use and every way to overstep, chosen by the last path
 //! segment. It answers `ok changes=N rows=[…]` or `err KIND: message`.
 
@@ -58,6 +58,23 @@ impl wasip2::exports::http::incoming_handler::Guest for SqlGuest {
             "rekey" => run("PRAGMA rekey = 'guessable'", vec![]),
             "multi" => run("SELECT 1; DROP TABLE events", vec![]),
             "internal" => run("SELECT name FROM _bulkhead_migrations", vec![]),
+            // Benchmark: `n` point queries, each timed with the monotonic
+            // clock inside the guest; answers p50/p90/p99 in nanoseconds.
+            "bench" => {
+                let n: usize = param("n").and_then(|v| v.parse().ok()).unwrap_or(100);
+                bench(&store, id, n)
+            }
+            "seed" => {
+                let n: usize = param("n").and_then(|v| v.parse().ok()).unwrap_or(100);
+                let mut last = String::new();
+                for i in 0..n {
+                    last = run(
+                        "INSERT INTO events (body) VALUES (?1)",
+                        vec![Value::Text(format!("row-{i}"))],
+                    );
+                }
+                last
+            }
             "inject" => {
                 let inserted = run(
                     "INSERT INTO events (body) VALUES (?1)",
@@ -73,6 +90,33 @@ impl wasip2::exports::http::incoming_handler::Guest for SqlGuest {
         };
         reply(response_out, &text);
     }
+}
+
+fn bench(store: &str, id: i64, n: usize) -> String {
+    use wasip2::clocks::monotonic_clock::now;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n {
+        let key = Value::Integer(id + (i as i64 % 100));
+        let start = now();
+        let result = query(store, "SELECT body FROM events WHERE id = ?1", &[key]);
+        times.push(now() - start);
+        if let Err(e) = result {
+            return show(Err(e));
+        }
+    }
+    times.sort_unstable();
+    let at = |q: usize| {
+        times
+            .get((times.len() * q / 100).min(times.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    format!(
+        "n={n} p50_ns={} p90_ns={} p99_ns={}",
+        at(50),
+        at(90),
+        at(99)
+    )
 }
 
 fn show(result: Result<QueryResult, Error>) -> String {

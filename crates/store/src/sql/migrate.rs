@@ -1,4 +1,4 @@
-//! Schema from migration files, applied at deploy (T13): `*.sql` files in
+//! Schema from migration files, applied at deploy (T06: schema only from the operator): `*.sql` files in
 //! name order, each recorded with its SHA-256 so an applied migration that
 //! later changes (or disappears) is refused instead of silently diverging.
 

@@ -1,4 +1,4 @@
-//! SQL stores (T13, T14, T16, T20): one SQLCipher database per
+//! SQL stores (T06, T15, T16, T05): one SQLCipher database per
 //! `[store.NAME] kind = "sql"`, at `STATE_DIR/sql/NAME.db`, encrypted at
 //! rest with a 256-bit raw key (no passphrase derivation), its schema from
 //! migration files applied at deploy. Guests reach it one statement at a
@@ -143,7 +143,7 @@ pub struct QueryResult {
     pub changes: u64,
 }
 
-/// Per-query limits (T20).
+/// Per-query limits (T05).
 #[derive(Debug, Clone)]
 pub struct QueryLimits {
     pub max_rows: usize,
@@ -293,7 +293,7 @@ impl SqlDatabase {
     }
 
     /// A fresh guest connection: read-only flags for a read grant, the
-    /// authorizer, defensive mode and limits (T14, T20).
+    /// authorizer, defensive mode and limits (T06, T05).
     fn open_guest(&self, access: Access) -> Result<GuestConn, SqlStoreError> {
         let flags = match access {
             Access::Read => OpenFlags::SQLITE_OPEN_READ_ONLY,

@@ -1,4 +1,4 @@
-//! What a guest's SQL may do (T13, T14, T16): the authorizer every guest
+//! What a guest's SQL may do (T06, T16): the authorizer every guest
 //! connection runs, and the grant's statement allowlist. Migrations run on
 //! a connection of their own without this authorizer; nothing a guest sends
 //! can create, alter or drop schema, attach a file, run a pragma, open a
@@ -21,7 +21,7 @@ const DENIED_FUNCTIONS: &[&str] = &[
 /// Decide one authorizer callback: `Err(reason)` denies the whole statement.
 /// The reason is a category for the audit record, never the statement.
 pub(crate) fn authorize(access: Access, ctx: &AuthContext<'_>) -> Result<(), &'static str> {
-    // T14: only the store's own database, never `temp` or an attached one.
+    // T06/T16: only the store's own database, never `temp` or an attached one.
     if let Some(db) = ctx.database_name
         && db != "main"
     {

@@ -36,7 +36,7 @@ fn text(s: &str) -> SqlValue {
 }
 
 #[test]
-fn t13_database_is_encrypted_at_rest_and_refuses_the_wrong_key() {
+fn t15_database_is_encrypted_at_rest_and_refuses_the_wrong_key() {
     let (dir, db) = deployed();
     let secret = "plaintext-marker-4f1c9e";
     db.query(
@@ -70,7 +70,7 @@ fn t13_database_is_encrypted_at_rest_and_refuses_the_wrong_key() {
 }
 
 #[test]
-fn t13_changed_or_missing_applied_migration_is_refused() {
+fn t06_changed_or_missing_applied_migration_is_refused() {
     let (dir, db) = deployed();
     drop(db);
     let mut changed = migrations();
@@ -122,7 +122,7 @@ fn check_creates_nothing_and_reports_broken_migrations() {
 }
 
 #[test]
-fn t14_read_grant_cannot_write() {
+fn t06_read_grant_cannot_write() {
     let (_dir, db) = deployed();
     let err = db
         .query(
@@ -141,7 +141,7 @@ fn t14_read_grant_cannot_write() {
 }
 
 #[test]
-fn t14_ddl_attach_pragma_transactions_and_other_schemas_are_denied() {
+fn t06_ddl_attach_pragma_transactions_and_other_schemas_are_denied() {
     let (dir, db) = deployed();
     let other = dir.path().join("other.db");
     let attach = format!("ATTACH DATABASE '{}' AS other", other.display());
@@ -177,7 +177,7 @@ fn t14_ddl_attach_pragma_transactions_and_other_schemas_are_denied() {
 }
 
 #[test]
-fn t13_injection_string_as_parameter_is_inert() {
+fn t06_injection_string_as_parameter_is_inert() {
     let (_dir, db) = deployed();
     let hostile = "'); DROP TABLE events; --";
     let r = db
@@ -264,7 +264,7 @@ fn t16_only_declared_statements_run() {
 }
 
 #[test]
-fn t20_rows_and_deadline_are_capped() {
+fn t05_rows_and_deadline_are_capped() {
     let (_dir, db) = deployed();
     let mut small = limits();
     small.max_rows = 3;
