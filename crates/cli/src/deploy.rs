@@ -1,18 +1,18 @@
 //! Turn an app directory into loaded functions: the work `check` and
 //! `serve` share. Every problem is collected, not just the first.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use std::sync::Arc;
-
 use bulkhead_manifest::{App, StoreKind};
 use bulkhead_runtime::imports::ImportKind;
 use bulkhead_runtime::{
-    CacheOutcome, CompileCache, EngineSettings, LoadedFunction, Runtime, SqlStores,
+    CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Runtime, SqlStores,
 };
-use bulkhead_store::AuditLog;
+use bulkhead_store::crypto::{Keyring, MasterKey};
 use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
+use bulkhead_store::{AuditLog, Store};
 
 /// `serve` applies migrations; `check` runs them in a transaction it rolls
 /// back and creates no database.
@@ -25,6 +25,8 @@ pub enum Mode {
 pub struct Deployment {
     pub app: App,
     pub functions: Vec<LoadedFunction>,
+    /// Key-value, secrets and config backends (T13-T15).
+    pub data: Arc<DataPlane>,
 }
 
 /// Load every function of `app`; on failure, every problem found.
@@ -43,7 +45,10 @@ pub fn deploy(
             .max()
             .unwrap_or(0),
     };
-    let mut runtime = Runtime::new(&settings, audit).map_err(|e| vec![e.to_string()])?;
+    let data = open_data(&app).map_err(|e| vec![format!("{e:#}")])?;
+    let mut runtime = Runtime::new(&settings, audit)
+        .map_err(|e| vec![e.to_string()])?
+        .with_data(data.clone());
     runtime.set_sql_stores(open_sql_stores(&app, mode, progress)?);
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();
@@ -78,15 +83,19 @@ pub fn deploy(
         }
     }
     if problems.is_empty() {
-        Ok(Deployment { app, functions })
+        Ok(Deployment {
+            app,
+            functions,
+            data,
+        })
     } else {
         Err(problems)
     }
 }
 
-/// Open every SQL store and bring its schema up to date (T06, T15). The
-/// database is encrypted with the key in `STATE_DIR/sql.key` (0600) until
-/// per-store data keys under the master key replace it.
+/// Open every SQL store and bring its schema up to date (T06, T15). Each
+/// database is encrypted under its own key, derived from the store's data
+/// key, which is kept only wrapped by the master key (envelope encryption).
 fn open_sql_stores(
     app: &App,
     mode: Mode,
@@ -95,7 +104,7 @@ fn open_sql_stores(
     let mut stores = SqlStores::new();
     let mut problems = Vec::new();
     let state_dir = app.state_dir();
-    let mut key: Option<Arc<SqlKey>> = None;
+    let mut keys: Option<SqlKeys> = None;
     for spec in &app.stores {
         let StoreKind::Sql { migrations, .. } = &spec.kind else {
             continue;
@@ -107,18 +116,25 @@ fn open_sql_stores(
                 continue;
             }
         };
-        let key = match &key {
-            Some(k) => k.clone(),
-            None => match sql_key(&state_dir, mode) {
-                Ok(k) => key.insert(Arc::new(k)).clone(),
-                Err(e) => {
-                    problems.push(format!(
-                        "cannot read or create the SQL key in {}: {e}",
-                        state_dir.display()
-                    ));
-                    break;
-                }
-            },
+        let exists = bulkhead_store::sql::database_path(&state_dir, &spec.name).exists();
+        // `check` of a store not yet created: a throwaway key, in memory.
+        let key = if mode == Mode::Check && !exists {
+            bulkhead_store::files::random_bytes::<32>()
+                .map(SqlKey::new)
+                .map_err(|e| format!("randomness: {e}"))
+        } else {
+            let source = match &keys {
+                Some(k) => Ok(k),
+                None => SqlKeys::open(app).map(|k| &*keys.insert(k)),
+            };
+            source.and_then(|k| k.key(&spec.name, mode == Mode::Serve))
+        };
+        let key = match key {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                problems.push(format!("SQL store `{}`: {e}", spec.name));
+                continue;
+            }
         };
         let outcome = match mode {
             Mode::Serve => {
@@ -150,14 +166,43 @@ fn open_sql_stores(
     }
 }
 
-/// `check` never creates the key: without one there is no database yet,
-/// and a throwaway key checks the migrations in memory.
-fn sql_key(state_dir: &std::path::Path, mode: Mode) -> std::io::Result<SqlKey> {
-    let path = state_dir.join(bulkhead_store::sql::SQL_KEY_FILE);
-    if mode == Mode::Check && !path.exists() {
-        return bulkhead_store::files::random_bytes::<32>().map(SqlKey::new);
+/// The master key and the data-key table, opened once per deploy.
+struct SqlKeys {
+    keyring: Keyring,
+    conn: rusqlite::Connection,
+}
+
+impl SqlKeys {
+    fn open(app: &App) -> Result<Self, String> {
+        let store = Store::open(&app.state_dir()).map_err(|e| e.to_string())?;
+        let master = MasterKey::load(store.dir(), &app.env).map_err(|e| e.to_string())?;
+        let conn = store.connect().map_err(|e| e.to_string())?;
+        Ok(Self {
+            keyring: Keyring::new(master),
+            conn,
+        })
     }
-    SqlKey::load_or_create(state_dir)
+
+    /// The store's SQLCipher key; created with the store by `serve` only.
+    fn key(&self, store: &str, create: bool) -> Result<SqlKey, String> {
+        match self
+            .keyring
+            .data_key(&self.conn, bulkhead_store::sql::KEY_OWNER, store, "", create)
+        {
+            Ok(Some(dek)) => SqlKey::from_data_key(&dek, store).map_err(|e| e.to_string()),
+            Ok(None) => Err(
+                "the database exists but its data key is gone; restore the state directory from backup".into(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// The data backends: the master key is needed only if the app declares a
+/// key-value store or grants a secret (T14/T15).
+fn open_data(app: &App) -> Result<Arc<DataPlane>> {
+    let store = Store::open(&app.state_dir())?;
+    Ok(Arc::new(DataPlane::open(app, &store)?))
 }
 
 fn open_cache(app: &App, runtime: &Runtime) -> Result<CompileCache> {

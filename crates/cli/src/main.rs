@@ -8,6 +8,7 @@ mod deploy;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod serve;
+mod sweeper;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -112,6 +112,7 @@ async fn serve(
         Err(problems) => return Ok(report(&problems)),
     };
     let app = &deployment.app;
+    crate::sweeper::start(app, &deployment.data);
     let gateway = match Gateway::new(
         app,
         deployment.functions.clone(),

@@ -159,6 +159,16 @@ async fn t06_t15_t16_guest_sql_is_confined_and_encrypted_at_rest() {
         files += 1;
     }
     assert!(files >= 2);
+
+    // T15: the database key is derived from a data key wrapped by the
+    // master key; under another master key the store cannot be opened.
+    let master = app.path().join(".bulkhead/dev/master.key");
+    assert!(master.exists());
+    std::fs::write(&master, [0x5a_u8; 32]).unwrap();
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not unwrap under this master key"), "{stderr}");
 }
 
 #[test]

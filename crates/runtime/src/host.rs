@@ -9,17 +9,20 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::data::CallData;
 use crate::outbound::Outbound;
 use crate::output::GuestOutput;
 use crate::sql::SqlCtx;
 
 pub struct HostState {
-    table: ResourceTable,
+    pub(crate) table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: Outbound,
     pub(crate) sql: SqlCtx,
     pub(crate) limits: MemoryCap,
+    /// Key-value, secrets and config for this call (T13-T16).
+    pub(crate) data: CallData,
 }
 
 impl HostState {
@@ -29,6 +32,7 @@ impl HostState {
         stderr: GuestOutput,
         hooks: Outbound,
         sql: SqlCtx,
+        data: CallData,
     ) -> Self {
         let (audit, function, correlation_id) = (
             sql.audit.clone(),
@@ -57,6 +61,7 @@ impl HostState {
             hooks,
             sql,
             limits: memory_cap,
+            data,
         }
     }
 }

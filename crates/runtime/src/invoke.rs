@@ -15,6 +15,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 
+use crate::data::{CallData, Redactions};
 use crate::engine::deadline_ticks;
 use crate::host::{HostState, MemoryCap};
 use crate::outbound::Outbound;
@@ -26,6 +27,8 @@ pub(crate) struct Sealed {
     pub pre: ProxyPre<HostState>,
     pub outbound: Arc<[bulkhead_manifest::OutboundRule]>,
     pub sql: Arc<crate::sql::SqlBindings>,
+    pub grants: Arc<bulkhead_manifest::Grants>,
+    pub data: Arc<crate::data::DataPlane>,
     pub audit: bulkhead_store::AuditLog,
     pub _ticker: Arc<crate::engine::EpochTicker>,
 }
@@ -36,6 +39,9 @@ pub struct Invocation {
     pub correlation_id: String,
     /// The trace context to hand on to outbound calls (T08).
     pub traceparent: String,
+    /// The verified identity of the caller, `None` on a public route; a
+    /// subject-scoped store confines the call to it (T14).
+    pub subject: Option<String>,
 }
 
 /// How a call failed. The gateway turns each into a problem response; the
@@ -60,6 +66,22 @@ pub enum InvokeError {
     Capacity,
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl InvokeError {
+    /// The error with every secret value the call read replaced (T15): the
+    /// gateway logs these strings, and a guest chooses some of them.
+    fn redacted(self, redactions: &Redactions) -> Self {
+        if redactions.is_empty() {
+            return self;
+        }
+        match self {
+            Self::Trap(text) => Self::Trap(redactions.apply(&text)),
+            Self::GuestError(text) => Self::GuestError(redactions.apply(&text)),
+            Self::Internal(text) => Self::Internal(redactions.apply(&text)),
+            other => other,
+        }
+    }
 }
 
 /// Why the guest task ended early.
@@ -100,14 +122,26 @@ pub(crate) async fn invoke(
     request: http::Request<Bytes>,
     invocation: &Invocation,
 ) -> Result<http::Response<Bytes>, InvokeError> {
+    let redactions = Redactions::default();
+    run(sealed, request, invocation, redactions.clone())
+        .await
+        .map_err(|e| e.redacted(&redactions))
+}
+
+async fn run(
+    sealed: Arc<Sealed>,
+    request: http::Request<Bytes>,
+    invocation: &Invocation,
+    redactions: Redactions,
+) -> Result<http::Response<Bytes>, InvokeError> {
     let timeout = sealed.limits.timeout.get();
     let deadline = Instant::now() + timeout;
     let memory_hit = Arc::new(AtomicBool::new(false));
     let flush = FlushOutput {
         function: sealed.name.clone(),
         correlation_id: invocation.correlation_id.clone(),
-        stdout: GuestOutput::new(),
-        stderr: GuestOutput::new(),
+        stdout: GuestOutput::new(redactions.clone()),
+        stderr: GuestOutput::new(redactions.clone()),
     };
     let state = HostState::new(
         MemoryCap::new(sealed.limits.memory.as_usize(), memory_hit.clone()),
@@ -129,6 +163,15 @@ pub(crate) async fn invoke(
             audit: sealed.audit.clone(),
             deadline,
             queries: 0,
+        },
+        CallData {
+            plane: sealed.data.clone(),
+            grants: sealed.grants.clone(),
+            function: sealed.name.clone(),
+            correlation_id: invocation.correlation_id.clone(),
+            subject: invocation.subject.clone(),
+            audit: sealed.audit.clone(),
+            redactions: redactions.clone(),
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

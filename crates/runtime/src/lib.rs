@@ -7,10 +7,13 @@
 //! runs one request through it.
 
 mod cache;
+mod config;
+pub mod data;
 mod engine;
 mod host;
 pub mod imports;
 mod invoke;
+mod kv;
 mod net;
 mod outbound;
 mod output;
@@ -27,6 +30,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 pub use cache::{CacheOutcome, CompileCache};
+pub use data::DataPlane;
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use invoke::{Invocation, InvokeError};
 pub use outbound::tls_connector;
@@ -99,6 +103,8 @@ pub struct Runtime {
     ticker: Arc<EpochTicker>,
     /// The deployment's open SQL stores (T13); grants bind to these.
     sql_stores: SqlStores,
+    /// Key-value, secrets and config backends (T13-T15).
+    data: Arc<DataPlane>,
 }
 
 impl Runtime {
@@ -113,6 +119,9 @@ impl Runtime {
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        // Capabilities: linked always, usable only as the grants say.
+        kv::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         sockets::shadow_create(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         sql::add_to_linker(&mut linker, |state: &mut HostState| &mut state.sql)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
@@ -123,12 +132,19 @@ impl Runtime {
             linker,
             ticker: Arc::new(ticker),
             sql_stores: SqlStores::new(),
+            data: Arc::new(DataPlane::empty()),
         })
     }
 
     /// The SQL stores functions loaded from now on may be granted.
     pub fn set_sql_stores(&mut self, stores: SqlStores) {
         self.sql_stores = stores;
+    }
+
+    /// Serve functions with these data backends (default: none).
+    pub fn with_data(mut self, data: Arc<DataPlane>) -> Self {
+        self.data = data;
+        self
     }
 
     pub fn engine(&self) -> &Engine {
@@ -187,6 +203,8 @@ impl Runtime {
                     pre,
                     outbound: function.grants.outbound.clone().into(),
                     sql: Arc::new(sql::bind(&function.grants.sql, &self.sql_stores)),
+                    grants: Arc::new(function.grants.clone()),
+                    data: self.data.clone(),
                     audit: self.audit.clone(),
                     _ticker: self.ticker.clone(),
                 }),

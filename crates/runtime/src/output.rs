@@ -11,6 +11,8 @@ use tokio::io::AsyncWrite;
 use tracing::{info, warn};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
+use crate::data::Redactions;
+
 /// Bytes kept from one stream of one call.
 const CAPTURE_BYTES: usize = 64 * 1024;
 /// Log records made from one stream of one call.
@@ -21,6 +23,8 @@ const MAX_LINE_CHARS: usize = 2048;
 #[derive(Clone)]
 pub(crate) struct GuestOutput {
     inner: Arc<Mutex<Captured>>,
+    /// Secret values read by the call, replaced before anything is logged (T15).
+    redactions: Redactions,
 }
 
 #[derive(Default)]
@@ -30,9 +34,10 @@ struct Captured {
 }
 
 impl GuestOutput {
-    pub fn new() -> Self {
+    pub fn new(redactions: Redactions) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Captured::default())),
+            redactions,
         }
     }
 
@@ -42,7 +47,9 @@ impl GuestOutput {
             Ok(mut guard) => std::mem::take(&mut *guard),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        let text = String::from_utf8_lossy(&captured.bytes);
+        let text = self
+            .redactions
+            .apply(&String::from_utf8_lossy(&captured.bytes));
         let mut lines = text.lines();
         for line in lines.by_ref().take(MAX_LINES) {
             let line: String = line.chars().take(MAX_LINE_CHARS).collect();

@@ -5,7 +5,10 @@
 pub mod audit;
 mod audit_writer;
 pub mod credentials;
+pub mod crypto;
 pub mod files;
+pub mod kv;
+pub mod secrets;
 pub mod sql;
 pub mod tokens;
 
@@ -82,6 +85,48 @@ const MIGRATIONS: &[&str] = &[
         revoked_ms INTEGER
     );
 ",
+    // 3: reserved for the lead's meters (issue 6); the lead replaces this
+    // placeholder on merge.
+    "",
+    // 4: data keys (T14/T15), wrapped by the master key. `subject` is ''
+    // for an app-wide key.
+    r"
+    CREATE TABLE data_keys (
+        owner TEXT NOT NULL,
+        store TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        wrapped BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (owner, store, subject)
+    );
+",
+    // 5: key-value records (T13/T14). The subject is its own column, never a
+    // key prefix a guest could forge; keys and values are sealed, `key_id`
+    // is a keyed hash of the key for lookups.
+    r"
+    CREATE TABLE kv (
+        store TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        key_id BLOB NOT NULL,
+        key_sealed BLOB NOT NULL,
+        value_sealed BLOB NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        expires_ms INTEGER,
+        PRIMARY KEY (store, subject, key_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX kv_by_expiry ON kv (expires_ms) WHERE expires_ms IS NOT NULL;
+    CREATE INDEX kv_by_subject ON kv (subject);
+",
+    // 6: secrets (T15), sealed; only the newest version is kept.
+    r"
+    CREATE TABLE secrets (
+        name TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        sealed BLOB NOT NULL,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+",
 ];
 
 impl Store {
@@ -115,7 +160,7 @@ impl Store {
     }
 
     /// A new connection; each thread that needs the database opens its own.
-    pub(crate) fn connect(&self) -> Result<Connection, StoreError> {
+    pub fn connect(&self) -> Result<Connection, StoreError> {
         let conn = Connection::open(self.db_path()).map_err(|e| self.db_error(e))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .and_then(|()| conn.pragma_update(None, "journal_mode", "WAL"))

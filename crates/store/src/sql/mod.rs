@@ -21,13 +21,15 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use secrecy::{ExposeSecret, SecretBox};
 use zeroize::Zeroizing;
 
+use crate::crypto::DataKey;
+
 pub use migrate::{Migration, MigrationReport, read_migrations};
 pub use policy::{normalize_statement, statement_allowed};
 
 /// Directory under the state dir that holds the SQL databases.
 pub const SQL_DIR: &str = "sql";
-/// Fallback key file (until per-store data keys): see [`SqlKey::load_or_create`].
-pub const SQL_KEY_FILE: &str = "sql.key";
+/// The owner of SQL stores' data keys in the key table.
+pub const KEY_OWNER: &str = "sql";
 
 /// Largest database a store may grow to (SQLITE_FULL past it).
 const MAX_DB_BYTES: i64 = 1 << 30;
@@ -56,6 +58,8 @@ pub enum SqlStoreError {
         "SQL store `{store}`: this build has no SQLCipher, so the database would not be encrypted; refusing"
     )]
     NoCipher { store: String },
+    #[error("SQL store `{store}`: cannot derive the database key")]
+    KeyDerivation { store: String },
     #[error("cannot read migrations in {dir}: {source}")]
     Migrations {
         dir: PathBuf,
@@ -95,11 +99,19 @@ impl SqlKey {
         Self(SecretBox::new(Box::new(bytes)))
     }
 
-    /// The interim key: `STATE_DIR/sql.key` (0600), created on first use.
-    /// Replaced by a per-store data key under the master key once envelope
-    /// encryption is merged.
-    pub fn load_or_create(state_dir: &Path) -> std::io::Result<Self> {
-        crate::files::load_or_create_key(&state_dir.join(SQL_KEY_FILE)).map(Self::new)
+    /// The SQLCipher key of store `store`: derived (HMAC-SHA256, its own
+    /// context) from the store's data key, which exists only wrapped by the
+    /// master key. Destroying that data key makes the database unreadable.
+    pub fn from_data_key(dek: &DataKey, store: &str) -> Result<Self, SqlStoreError> {
+        let derived = Zeroizing::new(dek.lookup_id(b"bulkhead sqlcipher key v1", store.as_bytes()));
+        let bytes: [u8; 32] =
+            derived
+                .as_slice()
+                .try_into()
+                .map_err(|_| SqlStoreError::KeyDerivation {
+                    store: store.to_string(),
+                })?;
+        Ok(Self::new(bytes))
     }
 
     fn apply(&self, conn: &Connection) -> rusqlite::Result<()> {

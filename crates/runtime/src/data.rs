@@ -1,0 +1,202 @@
+//! What the capability modules (`kv`, `config`) share: the app's data
+//! plane (backends, declared stores, config) and, per call, who is calling
+//! with which grants. Denials and uses are logged and audited here, the
+//! same way for every capability (T16).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use bulkhead_manifest::stores::valid_resource_name;
+use bulkhead_manifest::{Grants, StoreSpec};
+use bulkhead_store::crypto::{Keyring, MasterKey};
+use bulkhead_store::kv::Kv;
+use bulkhead_store::secrets::Secrets;
+use bulkhead_store::{AuditEvent, AuditLog, Store};
+use rusqlite::Connection;
+use secrecy::{ExposeSecret, SecretString};
+use tracing::{info, warn};
+
+/// The app's data backends, shared by every call.
+pub struct DataPlane {
+    pub kv: Option<Arc<Kv>>,
+    pub(crate) secrets: Option<SecretSource>,
+    pub stores: Arc<[StoreSpec]>,
+    pub config: Arc<BTreeMap<String, String>>,
+}
+
+pub(crate) struct SecretSource {
+    pub secrets: Secrets,
+    pub conn: Mutex<Connection>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Crypto(#[from] bulkhead_store::crypto::CryptoError),
+    #[error(transparent)]
+    Kv(#[from] bulkhead_store::kv::KvError),
+    #[error(transparent)]
+    Store(#[from] bulkhead_store::StoreError),
+}
+
+impl DataPlane {
+    /// Nothing stored: no stores, no secrets, no config.
+    pub fn empty() -> Self {
+        Self {
+            kv: None,
+            secrets: None,
+            stores: Arc::from(Vec::new()),
+            config: Arc::new(BTreeMap::new()),
+        }
+    }
+
+    /// Open the backends `app` needs. The master key is loaded only when
+    /// the app declares a key-value store or grants a secret, so an app
+    /// without either runs anywhere without one.
+    pub fn open(app: &bulkhead_manifest::App, store: &Store) -> Result<Self, DataError> {
+        let needs_kv = app.stores.iter().any(StoreSpec::is_kv);
+        let needs_secrets = app.functions.iter().any(|f| !f.grants.secrets.is_empty());
+        let mut plane = Self::empty();
+        plane.stores = app.stores.clone().into();
+        plane.config = Arc::new(app.config.clone());
+        if !needs_kv && !needs_secrets {
+            return Ok(plane);
+        }
+        let keyring = Arc::new(Keyring::new(MasterKey::load(store.dir(), &app.env)?));
+        if needs_kv {
+            plane.kv = Some(Arc::new(Kv::open(store, keyring.clone())?));
+        }
+        if needs_secrets {
+            plane.secrets = Some(SecretSource {
+                secrets: Secrets::new(keyring),
+                conn: Mutex::new(store.connect()?),
+            });
+        }
+        Ok(plane)
+    }
+}
+
+/// Secret values read during one call: redacted from its output and from
+/// the errors the gateway logs for it (T15).
+#[derive(Clone, Default)]
+pub(crate) struct Redactions(Arc<Mutex<Vec<SecretString>>>);
+
+pub(crate) const REDACTED: &str = "[REDACTED]";
+
+impl Redactions {
+    pub fn add(&self, value: SecretString) {
+        if value.expose_secret().is_empty() {
+            return;
+        }
+        let mut list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !list
+            .iter()
+            .any(|v| v.expose_secret() == value.expose_secret())
+        {
+            list.push(value);
+        }
+    }
+
+    /// `text` with every secret value replaced by `[REDACTED]`.
+    pub fn apply(&self, text: &str) -> String {
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = text.to_string();
+        // Longest first, so a secret containing another is replaced whole.
+        let mut values: Vec<&str> = list.iter().map(|v| v.expose_secret()).collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for value in values {
+            if out.contains(value) {
+                out = out.replace(value, REDACTED);
+            }
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+}
+
+/// Per call: who calls, with which grants, and where to report.
+pub(crate) struct CallData {
+    pub plane: Arc<DataPlane>,
+    pub grants: Arc<Grants>,
+    pub function: String,
+    pub correlation_id: String,
+    /// The verified subject of the request, if the route authenticates.
+    pub subject: Option<String>,
+    pub audit: AuditLog,
+    pub redactions: Redactions,
+}
+
+/// A guest-chosen name, safe to log: only a valid resource name is kept.
+fn loggable(name: &str) -> &str {
+    if valid_resource_name(name) {
+        name
+    } else {
+        "<invalid name>"
+    }
+}
+
+impl CallData {
+    /// A refused capability use: logged and audited, never the key or value.
+    pub fn deny(&self, capability: &str, resource: &str, reason: &str) {
+        let resource = loggable(resource);
+        warn!(
+            target: "bulkhead::capability",
+            function = %self.function,
+            correlation_id = %self.correlation_id,
+            capability,
+            resource,
+            reason,
+            "capability denied"
+        );
+        let mut event = AuditEvent::new("capability.denied")
+            .correlation_id(&self.correlation_id)
+            .function(&self.function)
+            .detail("capability", capability)
+            .detail("resource", resource)
+            .detail("reason", reason);
+        if let Some(subject) = &self.subject {
+            event = event.subject(subject);
+        }
+        self.audit.record(event);
+    }
+
+    /// A granted use: logged and audited.
+    pub fn used(&self, capability: &str, resource: &str, access: &str) {
+        info!(
+            target: "bulkhead::capability",
+            function = %self.function,
+            correlation_id = %self.correlation_id,
+            capability,
+            resource,
+            access,
+            "capability used"
+        );
+        let mut event = AuditEvent::new("capability.used")
+            .correlation_id(&self.correlation_id)
+            .function(&self.function)
+            .detail("capability", capability)
+            .detail("resource", resource)
+            .detail("access", access);
+        if let Some(subject) = &self.subject {
+            event = event.subject(subject);
+        }
+        self.audit.record(event);
+    }
+
+    /// A backend failure: the operator's log gets the detail, the guest a
+    /// generic error.
+    pub fn backend_failure(&self, capability: &str, resource: &str, error: &str) {
+        warn!(
+            target: "bulkhead::capability",
+            function = %self.function,
+            correlation_id = %self.correlation_id,
+            capability,
+            resource = loggable(resource),
+            error,
+            "capability backend failed"
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! The key-value capability, `wasi:keyvalue@0.2.0-draft` (T13, T14, T16):
+//! store, atomics and batch, backed by `bulkhead_store::kv` (SQLite, values
+//! sealed at rest).
+//!
+//! - `open(name)` succeeds only for a store the function's grants name;
+//!   anything else is `access-denied` (an undeclared store looks the same as
+//!   an ungranted one) and audited as `capability.denied`.
+//! - Under a `read` grant every write is `access-denied` and audited.
+//! - A subject-scoped store confines every call to the verified subject of
+//!   the request (a separate column, never a key prefix); a call without a
+//!   subject (a public route) cannot open it.
+//! - One `capability.used` audit record per opened bucket per call (not per
+//!   operation, which would flood the chain); every denial is audited.
+//!   Keys and values never appear in logs or audit records.
+
+use std::sync::Arc;
+
+use bulkhead_manifest::StoreAccess;
+use bulkhead_store::kv::{Kv, KvError, Space};
+use wasmtime::component::{HasData, Linker, Resource};
+
+use crate::data::CallData;
+use crate::host::HostState;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "wit/keyvalue",
+        world: "wasi:keyvalue/imports",
+        imports: { default: async | trappable },
+        with: { "wasi:keyvalue/store.bucket": super::Bucket },
+    });
+}
+
+use bindings::wasi::keyvalue::{atomics, batch, store};
+use store::{Error, KeyResponse};
+
+/// Longest key accepted, in bytes.
+const MAX_KEY_BYTES: usize = 1024;
+/// Largest value accepted, in bytes.
+const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Most keys in one batch call.
+const MAX_BATCH: usize = 100;
+
+/// An opened store, as the guest holds it.
+pub struct Bucket {
+    name: String,
+    access: StoreAccess,
+    space: Space,
+}
+
+struct KvCapability;
+
+impl HasData for KvCapability {
+    type Data<'a> = &'a mut HostState;
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    store::add_to_linker::<HostState, KvCapability>(linker, |s| s)?;
+    atomics::add_to_linker::<HostState, KvCapability>(linker, |s| s)?;
+    batch::add_to_linker::<HostState, KvCapability>(linker, |s| s)?;
+    Ok(())
+}
+
+type Outcome<T> = wasmtime::Result<Result<T, Error>>;
+
+impl HostState {
+    fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<&Bucket> {
+        Ok(self.table.get(bucket)?)
+    }
+
+    /// The backend, and a refusal if this bucket may not be written.
+    fn writable(&self, bucket: &Bucket, operation: &str) -> Result<Arc<Kv>, Error> {
+        if !bucket.access.can_write() {
+            self.data.deny(
+                "kv",
+                &bucket.name,
+                &format!("{operation} under a read grant"),
+            );
+            return Err(Error::AccessDenied);
+        }
+        self.kv_backend()
+    }
+
+    fn kv_backend(&self) -> Result<Arc<Kv>, Error> {
+        self.data
+            .plane
+            .kv
+            .clone()
+            .ok_or_else(|| Error::Other("key-value storage is not available".into()))
+    }
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(Error::Other(format!(
+            "a key must be 1 to {MAX_KEY_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<(), Error> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::Other(format!(
+            "a value may be at most {MAX_VALUE_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Run a backend operation off the async threads; backend failures are
+/// logged here and reach the guest as a generic error.
+async fn blocking<T: Send + 'static>(
+    data: &CallData,
+    store: &str,
+    work: impl FnOnce() -> Result<T, KvError> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(KvError::NotACounter)) => {
+            Err(Error::Other("the value is not a decimal counter".into()))
+        }
+        Ok(Err(KvError::Overflow)) => Err(Error::Other("counter overflow".into())),
+        Ok(Err(e)) => {
+            data.backend_failure("kv", store, &e.to_string());
+            Err(Error::Other("storage error".into()))
+        }
+        Err(e) => {
+            data.backend_failure("kv", store, &e.to_string());
+            Err(Error::Other("storage error".into()))
+        }
+    }
+}
+
+impl store::Host for HostState {
+    async fn open(&mut self, identifier: String) -> Outcome<Resource<Bucket>> {
+        let data = &self.data;
+        let Some(access) = data.grants.kv.get(&identifier).copied() else {
+            data.deny("kv", &identifier, "store not granted to this function");
+            return Ok(Err(Error::AccessDenied));
+        };
+        let Some(spec) = data.plane.stores.iter().find(|s| s.name == identifier) else {
+            data.deny("kv", &identifier, "store not declared");
+            return Ok(Err(Error::NoSuchStore));
+        };
+        let subject = if spec.per_subject() {
+            match &data.subject {
+                Some(subject) if !subject.is_empty() => subject.clone(),
+                _ => {
+                    data.deny(
+                        "kv",
+                        &identifier,
+                        "subject-scoped store on a call without a verified subject",
+                    );
+                    return Ok(Err(Error::AccessDenied));
+                }
+            }
+        } else {
+            String::new()
+        };
+        let retention_ms = spec
+            .retention()
+            .map(|r| i64::try_from(r.get().as_millis()).unwrap_or(i64::MAX));
+        data.used("kv", &identifier, access.as_str());
+        let bucket = Bucket {
+            name: identifier.clone(),
+            access,
+            space: Space {
+                store: identifier,
+                subject,
+                retention_ms,
+            },
+        };
+        Ok(Ok(self.table.push(bucket)?))
+    }
+}
+
+impl store::HostBucket for HostState {
+    async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
+        let b = self.bucket(&bucket)?;
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let kv = match self.kv_backend() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || {
+            kv.get(&space, &key).map(|v| v.map(|v| v.to_vec()))
+        })
+        .await)
+    }
+
+    async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Outcome<()> {
+        let b = self.bucket(&bucket)?;
+        let kv = match self.writable(b, "set") {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_key(&key).and_then(|()| check_value(&value)) {
+            return Ok(Err(e));
+        }
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || kv.set(&space, &key, &value)).await)
+    }
+
+    async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<()> {
+        let b = self.bucket(&bucket)?;
+        let kv = match self.writable(b, "delete") {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || kv.delete(&space, &key)).await)
+    }
+
+    async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<bool> {
+        let b = self.bucket(&bucket)?;
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let kv = match self.kv_backend() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || kv.exists(&space, &key)).await)
+    }
+
+    async fn list_keys(
+        &mut self,
+        bucket: Resource<Bucket>,
+        cursor: Option<u64>,
+    ) -> Outcome<KeyResponse> {
+        let b = self.bucket(&bucket)?;
+        let kv = match self.kv_backend() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || {
+            kv.list(&space, cursor.unwrap_or(0))
+                .map(|(keys, cursor)| KeyResponse { keys, cursor })
+        })
+        .await)
+    }
+
+    async fn drop(&mut self, bucket: Resource<Bucket>) -> wasmtime::Result<()> {
+        self.table.delete(bucket)?;
+        Ok(())
+    }
+}
+
+impl atomics::Host for HostState {
+    async fn increment(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key: String,
+        delta: u64,
+    ) -> Outcome<u64> {
+        let b = self.bucket(&bucket)?;
+        let kv = match self.writable(b, "increment") {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Err(e) = check_key(&key) {
+            return Ok(Err(e));
+        }
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || kv.increment(&space, &key, delta)).await)
+    }
+}
+
+impl batch::Host for HostState {
+    async fn get_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        keys: Vec<String>,
+    ) -> Outcome<Vec<Option<(String, Vec<u8>)>>> {
+        let b = self.bucket(&bucket)?;
+        if keys.len() > MAX_BATCH {
+            return Ok(Err(Error::Other(format!(
+                "at most {MAX_BATCH} keys per batch"
+            ))));
+        }
+        if let Err(e) = keys.iter().try_for_each(|k| check_key(k)) {
+            return Ok(Err(e));
+        }
+        let kv = match self.kv_backend() {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || {
+            keys.into_iter()
+                .map(|key| Ok(kv.get(&space, &key)?.map(|v| (key, v.to_vec()))))
+                .collect()
+        })
+        .await)
+    }
+
+    async fn set_many(
+        &mut self,
+        bucket: Resource<Bucket>,
+        key_values: Vec<(String, Vec<u8>)>,
+    ) -> Outcome<()> {
+        let b = self.bucket(&bucket)?;
+        let kv = match self.writable(b, "set-many") {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        if key_values.len() > MAX_BATCH {
+            return Ok(Err(Error::Other(format!(
+                "at most {MAX_BATCH} keys per batch"
+            ))));
+        }
+        if let Err(e) = key_values
+            .iter()
+            .try_for_each(|(k, v)| check_key(k).and_then(|()| check_value(v)))
+        {
+            return Ok(Err(e));
+        }
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || {
+            key_values
+                .iter()
+                .try_for_each(|(key, value)| kv.set(&space, key, value))
+        })
+        .await)
+    }
+
+    async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Outcome<()> {
+        let b = self.bucket(&bucket)?;
+        let kv = match self.writable(b, "delete-many") {
+            Ok(kv) => kv,
+            Err(e) => return Ok(Err(e)),
+        };
+        if keys.len() > MAX_BATCH {
+            return Ok(Err(Error::Other(format!(
+                "at most {MAX_BATCH} keys per batch"
+            ))));
+        }
+        if let Err(e) = keys.iter().try_for_each(|k| check_key(k)) {
+            return Ok(Err(e));
+        }
+        let space = b.space.clone();
+        let name = b.name.clone();
+        Ok(blocking(&self.data, &name, move || {
+            keys.iter().try_for_each(|key| kv.delete(&space, key))
+        })
+        .await)
+    }
+}

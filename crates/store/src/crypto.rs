@@ -1,0 +1,411 @@
+//! Envelope encryption at rest (T14, T15).
+//!
+//! - The master key (32 bytes) comes from the file named by
+//!   `BULKHEAD_MASTER_KEY_FILE` (raw bytes or 64 hex digits, readable by its
+//!   owner only) or, in the `dev` environment only, from `master.key` in the
+//!   state directory, generated with mode 0600 on first run.
+//! - Every store, and every subject of a subject-scoped store, has its own
+//!   random 32-byte data key (DEK). DEKs are stored only wrapped by the
+//!   master key (AES key wrap, RFC 3394); destroying a subject's DEK makes
+//!   every copy of its records unreadable (crypto-shredding).
+//! - Values are sealed with XChaCha20Poly1305 under a DEK, a random 24-byte
+//!   nonce each time, and associated data binding the ciphertext to where it
+//!   lives (purpose, store, subject, key), so rows cannot be swapped.
+//!
+//! Nothing here is hand-rolled: chacha20poly1305, aes-kw, secrecy, zeroize.
+
+use std::path::{Path, PathBuf};
+
+use aes_kw::KwAes256;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rusqlite::{Connection, OptionalExtension, params};
+use secrecy::{ExposeSecret, SecretBox};
+use zeroize::Zeroizing;
+
+use crate::files;
+
+/// The environment variable naming the master key file.
+pub const MASTER_KEY_ENV: &str = "BULKHEAD_MASTER_KEY_FILE";
+/// The generated master key of the `dev` environment, in the state dir.
+pub const DEV_MASTER_KEY_FILE: &str = "master.key";
+
+const NONCE_LEN: usize = 24;
+const WRAPPED_LEN: usize = 40;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error(
+        "no master key for environment `{env}`: set {MASTER_KEY_ENV} to a file holding 32 random bytes, readable by this user only, for example:\n  head -c 32 /dev/urandom > /secure/bulkhead-master.key && chmod 600 /secure/bulkhead-master.key\n  export {MASTER_KEY_ENV}=/secure/bulkhead-master.key\n(only the `dev` environment generates one by itself; keep the file and a backup: data sealed under it cannot be read without it)"
+    )]
+    NoMasterKey { env: String },
+    #[error("master key file {path}: {why}")]
+    MasterKeyFile { path: PathBuf, why: String },
+    #[error(
+        "a stored data key does not unwrap under this master key (a different master key than the one the data was written with?)"
+    )]
+    Unwrap,
+    #[error("a stored value failed authentication (tampered, moved or sealed under another key)")]
+    Open,
+    #[error("cannot seal a value")]
+    Seal,
+    #[error("randomness: {0}")]
+    Random(std::io::Error),
+    #[error("data key table: {0}")]
+    Db(#[from] rusqlite::Error),
+}
+
+/// The key that wraps every data key. Never logged, zeroed on drop.
+pub struct MasterKey(SecretBox<[u8; 32]>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey([REDACTED])")
+    }
+}
+
+impl MasterKey {
+    /// The master key for `env`, whose state lives in `state_dir`.
+    pub fn load(state_dir: &Path, env: &str) -> Result<Self, CryptoError> {
+        match std::env::var_os(MASTER_KEY_ENV) {
+            Some(path) if !path.is_empty() => Self::from_file(Path::new(&path)),
+            _ if env == "dev" => {
+                let path = state_dir.join(DEV_MASTER_KEY_FILE);
+                files::create_private_dir(state_dir).map_err(|e| CryptoError::MasterKeyFile {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+                if path.exists() {
+                    return Self::from_file(&path);
+                }
+                let key =
+                    files::load_or_create_key(&path).map_err(|e| CryptoError::MasterKeyFile {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    })?;
+                Ok(Self(SecretBox::new(Box::new(key))))
+            }
+            _ => Err(CryptoError::NoMasterKey {
+                env: env.to_string(),
+            }),
+        }
+    }
+
+    /// Read a key file: 32 raw bytes or 64 hex digits (a trailing newline
+    /// allowed). Refuses a file that group or others may read.
+    pub fn from_file(path: &Path) -> Result<Self, CryptoError> {
+        let fail = |why: String| CryptoError::MasterKeyFile {
+            path: path.to_path_buf(),
+            why,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail("is not a regular file".into()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(fail(format!(
+                    "is readable by group or others (mode {mode:o}); run `chmod 600` on it"
+                )));
+            }
+        }
+        let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| fail(e.to_string()))?);
+        let mut key = Box::new([0u8; 32]);
+        if bytes.len() == 32 {
+            key.copy_from_slice(&bytes);
+        } else {
+            let text = std::str::from_utf8(&bytes)
+                .map(str::trim)
+                .map_err(|_| fail("must hold 32 raw bytes or 64 hex digits".into()))?;
+            hex::decode_to_slice(text, key.as_mut_slice())
+                .map_err(|_| fail("must hold 32 raw bytes or 64 hex digits".into()))?;
+        }
+        Ok(Self(SecretBox::new(key)))
+    }
+
+    fn kek(&self) -> KwAes256 {
+        KwAes256::new(&(*self.0.expose_secret()).into())
+    }
+
+    fn wrap(&self, dek: &DataKey) -> Result<Vec<u8>, CryptoError> {
+        let mut out = vec![0u8; WRAPPED_LEN];
+        self.kek()
+            .wrap_key(dek.0.expose_secret(), &mut out)
+            .map_err(|_| CryptoError::Seal)?;
+        Ok(out)
+    }
+
+    fn unwrap(&self, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
+        let mut key = Box::new([0u8; 32]);
+        if wrapped.len() != WRAPPED_LEN {
+            return Err(CryptoError::Unwrap);
+        }
+        self.kek()
+            .unwrap_key(wrapped, key.as_mut_slice())
+            .map_err(|_| CryptoError::Unwrap)?;
+        Ok(DataKey(SecretBox::new(key)))
+    }
+}
+
+/// One data key (DEK), unwrapped in memory only while it is used.
+pub struct DataKey(SecretBox<[u8; 32]>);
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataKey([REDACTED])")
+    }
+}
+
+impl DataKey {
+    fn generate() -> Result<Self, CryptoError> {
+        let key = Zeroizing::new(files::random_bytes::<32>().map_err(CryptoError::Random)?);
+        Ok(Self(SecretBox::new(Box::new(*key))))
+    }
+
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(&(*self.0.expose_secret()).into())
+    }
+
+    /// A deterministic keyed hash of `data` for lookups (a sealed key
+    /// cannot be searched): HMAC-SHA256 under a subkey derived from this
+    /// DEK for `context`, so the DEK itself is used for one purpose only.
+    pub fn lookup_id(&self, context: &[u8], data: &[u8]) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        type HmacSha256 = Hmac<sha2::Sha256>;
+        let mut derive = <HmacSha256 as Mac>::new_from_slice(self.0.expose_secret())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        derive.update(b"bulkhead lookup id v1\0");
+        derive.update(context);
+        let subkey: Zeroizing<[u8; 32]> = Zeroizing::new(derive.finalize().into_bytes().into());
+        let mut mac = <HmacSha256 as Mac>::new_from_slice(subkey.as_slice())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(data);
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// `nonce || ciphertext+tag`, bound to `aad`.
+    pub fn seal(&self, aad: &Aad, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let nonce = files::random_bytes::<NONCE_LEN>().map_err(CryptoError::Random)?;
+        let sealed = self
+            .cipher()
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &aad.0,
+                },
+            )
+            .map_err(|_| CryptoError::Seal)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// The plaintext of `blob` if it was sealed under this key with `aad`.
+    pub fn open(&self, aad: &Aad, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if blob.len() < NONCE_LEN {
+            return Err(CryptoError::Open);
+        }
+        let (nonce, sealed) = blob.split_at(NONCE_LEN);
+        let nonce = <[u8; NONCE_LEN]>::try_from(nonce).map_err(|_| CryptoError::Open)?;
+        self.cipher()
+            .decrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad.0,
+                },
+            )
+            .map(Zeroizing::new)
+            .map_err(|_| CryptoError::Open)
+    }
+}
+
+/// Associated data: where a sealed value belongs. Each part is length
+/// prefixed so no two different places encode alike.
+pub struct Aad(Vec<u8>);
+
+impl Aad {
+    pub fn new(parts: &[&[u8]]) -> Self {
+        let mut out = b"bulkhead/v1".to_vec();
+        for part in parts {
+            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            out.extend_from_slice(part);
+        }
+        Self(out)
+    }
+}
+
+/// Data keys kept wrapped in the `data_keys` table of the state database.
+/// `owner` is a namespace (`kv`, `secrets`), `store` the store, `subject`
+/// the subject of a subject-scoped store or `""` for an app-wide key.
+pub struct Keyring {
+    master: MasterKey,
+}
+
+impl Keyring {
+    pub fn new(master: MasterKey) -> Self {
+        Self { master }
+    }
+
+    /// The data key of (`owner`, `store`, `subject`), created when `create`.
+    pub fn data_key(
+        &self,
+        conn: &Connection,
+        owner: &str,
+        store: &str,
+        subject: &str,
+        create: bool,
+    ) -> Result<Option<DataKey>, CryptoError> {
+        let select = |conn: &Connection| {
+            conn.query_row(
+                "SELECT wrapped FROM data_keys WHERE owner = ?1 AND store = ?2 AND subject = ?3",
+                params![owner, store, subject],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()
+        };
+        if let Some(wrapped) = select(conn)? {
+            return self.master.unwrap(&wrapped).map(Some);
+        }
+        if !create {
+            return Ok(None);
+        }
+        let dek = DataKey::generate()?;
+        let wrapped = self.master.wrap(&dek)?;
+        // Another connection may have created it meanwhile: keep the first.
+        conn.execute(
+            "INSERT OR IGNORE INTO data_keys (owner, store, subject, wrapped, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![owner, store, subject, wrapped, crate::now_ms()],
+        )?;
+        match select(conn)? {
+            Some(wrapped) => self.master.unwrap(&wrapped).map(Some),
+            None => Err(CryptoError::Unwrap),
+        }
+    }
+
+    /// Destroy the data keys of `subject` under `owner`: what they sealed
+    /// can no longer be read, wherever copies of it are. Returns how many.
+    pub fn destroy_subject_keys(
+        conn: &Connection,
+        owner: &str,
+        subject: &str,
+    ) -> Result<usize, CryptoError> {
+        Ok(conn.execute(
+            "DELETE FROM data_keys WHERE owner = ?1 AND subject = ?2",
+            params![owner, subject],
+        )?)
+    }
+}
+
+/// The master key's path for display (never its bytes).
+pub fn master_key_source(state_dir: &Path) -> PathBuf {
+    std::env::var_os(MASTER_KEY_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| state_dir.join(DEV_MASTER_KEY_FILE), PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keyring(dir: &Path) -> Keyring {
+        let path = dir.join("k");
+        files::write_private(&path, &[&[7u8; 32]]).unwrap();
+        Keyring::new(MasterKey::from_file(&path).unwrap())
+    }
+
+    #[test]
+    fn seal_binds_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let conn = store.connect().unwrap();
+        let ring = keyring(dir.path());
+        let dek = ring
+            .data_key(&conn, "kv", "s", "alice", true)
+            .unwrap()
+            .unwrap();
+        let here = Aad::new(&[b"kv", b"s", b"alice", b"k1"]);
+        let blob = dek.seal(&here, b"value").unwrap();
+        assert_eq!(&dek.open(&here, &blob).unwrap()[..], b"value");
+        let elsewhere = Aad::new(&[b"kv", b"s", b"alice", b"k2"]);
+        assert!(
+            dek.open(&elsewhere, &blob).is_err(),
+            "rows cannot be swapped"
+        );
+        // The same key comes back; another subject gets another key.
+        let again = ring
+            .data_key(&conn, "kv", "s", "alice", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(&again.open(&here, &blob).unwrap()[..], b"value");
+        let bob = ring
+            .data_key(&conn, "kv", "s", "bob", true)
+            .unwrap()
+            .unwrap();
+        assert!(bob.open(&here, &blob).is_err());
+        // Shredded: the key is gone.
+        assert_eq!(
+            Keyring::destroy_subject_keys(&conn, "kv", "alice").unwrap(),
+            1
+        );
+        assert!(
+            ring.data_key(&conn, "kv", "s", "alice", false)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_wrong_master_key_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::Store::open(dir.path()).unwrap();
+        let conn = store.connect().unwrap();
+        keyring(dir.path())
+            .data_key(&conn, "kv", "s", "", true)
+            .unwrap();
+        let other = dir.path().join("other");
+        files::write_private(&other, &[hex::encode([9u8; 32]).as_bytes(), b"\n"]).unwrap();
+        let ring = Keyring::new(MasterKey::from_file(&other).unwrap());
+        assert!(matches!(
+            ring.data_key(&conn, "kv", "s", "", false),
+            Err(CryptoError::Unwrap)
+        ));
+    }
+
+    #[test]
+    fn master_key_files_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        files::write_private(&path, &[b"short"]).unwrap();
+        assert!(MasterKey::from_file(&path).is_err());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            files::write_private(&path, &[&[1u8; 32]]).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+            let err = MasterKey::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+        // Outside dev, no file is no key, with instructions.
+        let err = MasterKey::load(dir.path(), "prod").unwrap_err().to_string();
+        assert!(
+            err.contains(MASTER_KEY_ENV) && err.contains("head -c 32"),
+            "{err}"
+        );
+        // In dev it is generated 0600 and then reused.
+        let state = dir.path().join("state");
+        MasterKey::load(&state, "dev").unwrap();
+        let bytes = std::fs::read(state.join(DEV_MASTER_KEY_FILE)).unwrap();
+        assert_eq!(bytes.len(), 32);
+        MasterKey::load(&state, "dev").unwrap();
+        assert_eq!(
+            std::fs::read(state.join(DEV_MASTER_KEY_FILE)).unwrap(),
+            bytes
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! A guest that reads `wasi:config` as its query says (T15, T16):
+//!
+//! - `?key=NAME`            answers `value:V` or `none` (or `error:...`)
+//! - `?key=NAME&print=yes`  also writes the value to stdout and stderr,
+//!   which the host must redact
+//! - `?all=yes`             answers every `k=v` the function may read
+
+mod bindings {
+    wit_bindgen::generate!({ path: "wit", world: "bulkhead:test-guests/config", generate_all });
+}
+
+use bindings::wasi::config::store;
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+wasip2::http::proxy::export!(Config);
+
+struct Config;
+
+fn param<'a>(query: &'a str, name: &str) -> &'a str {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map_or("", |(_, v)| v)
+}
+
+fn error(e: store::Error) -> String {
+    match e {
+        store::Error::Upstream(m) => format!("error:upstream:{m}"),
+        store::Error::Io(m) => format!("error:io:{m}"),
+    }
+}
+
+fn run(query: &str) -> String {
+    if param(query, "all") == "yes" {
+        return match store::get_all() {
+            Ok(all) => all
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            Err(e) => error(e),
+        };
+    }
+    match store::get(param(query, "key")) {
+        Ok(Some(value)) => {
+            if param(query, "print") == "yes" {
+                println!("the value is {value} (stdout)");
+                eprintln!("the value is {value} (stderr)");
+                // Answer only the length: the body is the client's business.
+                return format!("printed:{}", value.len());
+            }
+            format!("value:{value}")
+        }
+        Ok(None) => "none".into(),
+        Err(e) => error(e),
+    }
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Config {
+    fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+        let path_with_query = request.path_with_query().unwrap_or_default();
+        let query = path_with_query.split_once('?').map_or("", |(_, q)| q);
+        reply(response_out, &run(query));
+    }
+}
+
+fn reply(out: ResponseOutparam, text: &str) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream");
+    stream
+        .blocking_write_and_flush(text.as_bytes())
+        .expect("write");
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finish");
+}
