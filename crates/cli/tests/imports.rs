@@ -7,7 +7,7 @@ mod support;
 
 use support::{Server, TestApp, get};
 
-fn manifest(app_extra: &str, function_extra: &str) -> String {
+fn manifest(app_extra: &str, function_extra: &str, kv_extra: &str) -> String {
     format!(
         r#"
 [app]
@@ -18,12 +18,22 @@ name = "imports"
 kind = "sql"
 migrations = "migrations"
 
+[store.cache]
+kind = "kv"
+
 [[function]]
 name = "q"
 component = "sqlguest.wasm"
 route = "/q/{{op}}"
 auth = "public"
 {function_extra}
+
+[[function]]
+name = "kv"
+component = "kv.wasm"
+route = "/kv"
+auth = "public"
+{kv_extra}
 
 [[function]]
 name = "net"
@@ -36,9 +46,13 @@ grants = {{ outbound = ["https://example.com"] }}
 }
 
 fn app(app_extra: &str, function_extra: &str) -> TestApp {
+    app_with(app_extra, function_extra, function_extra)
+}
+
+fn app_with(app_extra: &str, function_extra: &str, kv_extra: &str) -> TestApp {
     let app = TestApp::new(
-        &manifest(app_extra, function_extra),
-        &["sqlguest", "hostile"],
+        &manifest(app_extra, function_extra, kv_extra),
+        &["sqlguest", "hostile", "kv"],
     );
     let dir = app.path().join("migrations");
     std::fs::create_dir_all(&dir).unwrap();
@@ -101,12 +115,17 @@ fn t18_strict_imports_refuses_an_ungranted_capability_import() {
             stderr.contains(r#"add grants = { sql = { STORE = "read" } } to the function"#),
             "{stderr}"
         );
+        assert!(
+            stderr.contains("imports `wasi:keyvalue/atomics@0.2.0-draft`, which needs grant `kv`"),
+            "{stderr}"
+        );
         assert!(!stderr.contains("function `net`: component"), "{stderr}");
     }
     // Granted: strict mode accepts it.
-    let app = app(
+    let app = app_with(
         "strict_imports = true",
         r#"grants = { sql = { events = "read" } }"#,
+        r#"grants = { kv = { cache = "read" } }"#,
     );
     let out = app.run(&["check"]);
     let (stdout, stderr) = text(&out);

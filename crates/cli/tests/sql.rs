@@ -168,7 +168,10 @@ async fn t06_t15_t16_guest_sql_is_confined_and_encrypted_at_rest() {
     let out = app.run(&["check"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("does not unwrap under this master key"), "{stderr}");
+    assert!(
+        stderr.contains("does not unwrap under this master key"),
+        "{stderr}"
+    );
 }
 
 #[test]
