@@ -106,9 +106,22 @@ fn open_sql_stores(
     let state_dir = app.state_dir();
     let mut keys: Option<SqlKeys> = None;
     for spec in &app.stores {
-        let StoreKind::Sql { migrations, .. } = &spec.kind else {
+        let StoreKind::Sql {
+            migrations,
+            retention,
+            ..
+        } = &spec.kind
+        else {
             continue;
         };
+        // T20: a retention Bulkhead cannot enforce is refused, not ignored.
+        if retention.is_some() {
+            problems.push(format!(
+                "SQL store `{}`: `retention` is not supported on SQL stores (Bulkhead cannot know which rows expire); delete expired rows with a declared statement, or remove `retention`",
+                spec.name
+            ));
+            continue;
+        }
         let migrations = match read_migrations(migrations) {
             Ok(m) => m,
             Err(e) => {

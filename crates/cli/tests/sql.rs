@@ -207,3 +207,25 @@ fn t06_a_changed_applied_migration_is_refused_by_check_and_serve() {
         "{stderr}"
     );
 }
+
+/// T20: a retention Bulkhead cannot enforce on a SQL store is refused.
+#[test]
+fn t20_retention_on_a_sql_store_is_refused_not_ignored() {
+    let app = ledger();
+    let manifest = std::fs::read_to_string(app.path().join("bulkhead.toml")).unwrap();
+    std::fs::write(
+        app.path().join("bulkhead.toml"),
+        manifest.replace(
+            "migrations = \"migrations/other\"\n",
+            "migrations = \"migrations/other\"\nretention = \"48h\"\n",
+        ),
+    )
+    .unwrap();
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("SQL store `other`: `retention` is not supported on SQL stores"),
+        "{stderr}"
+    );
+}
