@@ -95,6 +95,7 @@ impl wasip2::exports::http::incoming_handler::Guest for SqlGuest {
 fn bench(store: &str, id: i64, n: usize) -> String {
     use wasip2::clocks::monotonic_clock::now;
     let mut times = Vec::with_capacity(n);
+    let began = now();
     for i in 0..n {
         let key = Value::Integer(id + (i as i64 % 100));
         let start = now();
@@ -104,6 +105,7 @@ fn bench(store: &str, id: i64, n: usize) -> String {
             return show(Err(e));
         }
     }
+    let mean = (now() - began) / (n.max(1) as u64);
     times.sort_unstable();
     let at = |q: usize| {
         times
@@ -112,7 +114,7 @@ fn bench(store: &str, id: i64, n: usize) -> String {
             .unwrap_or(0)
     };
     format!(
-        "n={n} p50_ns={} p90_ns={} p99_ns={}",
+        "n={n} p50_ns={} p90_ns={} p99_ns={} mean_ns={mean}",
         at(50),
         at(90),
         at(99)
