@@ -90,8 +90,13 @@ fn is_schema_table(name: &str) -> bool {
     )
 }
 
+/// Virtual tables that expose storage internals (page layout, raw pages,
+/// open statements) rather than the app's data.
+const INTERNAL_VTABS: &[&str] = &["dbstat", "sqlite_dbpage", "sqlite_stmt"];
+
 fn table(name: &str) -> Result<(), &'static str> {
-    if name.to_ascii_lowercase().starts_with(INTERNAL_PREFIX) {
+    let name = name.to_ascii_lowercase();
+    if name.starts_with(INTERNAL_PREFIX) || INTERNAL_VTABS.contains(&name.as_str()) {
         Err("a table the host keeps for itself")
     } else {
         Ok(())

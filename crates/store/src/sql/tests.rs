@@ -165,6 +165,7 @@ fn t06_ddl_attach_pragma_transactions_and_other_schemas_are_denied() {
         ("VACUUM", "ATTACH"),
         (vacuum_into.as_str(), "ATTACH"),
         ("REINDEX", "DDL"),
+        ("SELECT count(*) FROM dbstat", "host keeps"),
         ("ANALYZE", "DDL"),
     ] {
         for access in [Access::Read, Access::ReadWrite] {
@@ -304,4 +305,3 @@ fn t05_rows_and_deadline_are_capped() {
         .unwrap_err();
     assert!(matches!(err, QueryError::Invalid(_)));
 }
-
