@@ -145,13 +145,18 @@ async fn t18_every_socket_is_refused_and_audited() {
     let server = Server::start(&app);
     let reply = get(server.addr, "/h/socket").await;
     let body = reply.text();
-    assert_eq!(body.matches("refused").count(), 4, "{body}");
-    assert!(!body.contains("CONNECTED") && !body.contains("CREATED") && !body.contains("BOUND"));
+    assert_eq!(body.matches("refused").count(), 5, "{body}");
+    assert!(
+        !["CONNECTED", "CREATED", "BOUND", "RESOLVING"]
+            .iter()
+            .any(|w| body.contains(w))
+    );
     let id = reply.correlation_id();
     let refused = server.wait_for_count(
         |r| r["message"] == "socket refused" && r["correlation_id"] == id.as_str(),
-        4,
+        5,
     );
+    assert!(refused.iter().any(|r| r["attempt"] == "resolve-addresses"));
     assert!(refused.iter().any(|r| r["attempt"] == "create-tcp-socket"));
     assert!(refused.iter().any(|r| r["attempt"] == "create-udp-socket"));
     assert!(server.stop().success());
@@ -162,7 +167,7 @@ async fn t18_every_socket_is_refused_and_audited() {
     let audited = String::from_utf8_lossy(&audited.stdout).into_owned();
     assert_eq!(
         audited.matches("\"capability\":\"sockets\"").count(),
-        4,
+        5,
         "{audited}"
     );
 }

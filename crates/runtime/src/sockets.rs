@@ -1,8 +1,9 @@
 //! Sockets, bound to deny-all (T05, T18): `wasi:sockets` links because
 //! language runtimes import it by habit, but no socket is ever created.
-//! The two create functions are shadowed with ones that refuse and audit
-//! (so a guest probing the network leaves a record), and the address check
-//! behind them refuses and audits every address should it ever be reached.
+//! The two create functions and name lookup are shadowed with ones that
+//! refuse and audit (so a guest probing the network leaves a record), and
+//! the address check behind them refuses and audits every address should
+//! it ever be reached.
 //! Network access is a grant (`outbound`), and only through wasi:http.
 
 use std::net::SocketAddr;
@@ -10,7 +11,7 @@ use std::net::SocketAddr;
 use bulkhead_store::{AuditEvent, AuditLog};
 use tracing::warn;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource};
+use wasmtime::component::{Linker, Resource, Val};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily};
 use wasmtime_wasi::p2::{TcpSocket, UdpSocket};
 
@@ -71,6 +72,27 @@ pub(crate) fn shadow_create(linker: &mut Linker<HostState>) -> wasmtime::Result<
             Ok((Err::<Resource<UdpSocket>, ErrorCode>(
                 ErrorCode::AccessDenied,
             ),))
+        },
+    )?;
+    // Name lookups are refused too (`allow_ip_name_lookup(false)`), and
+    // audited here. Untyped: the stream type is private to wasmtime-wasi.
+    let mut dns = linker.instance(&format!("wasi:sockets/ip-name-lookup@{SOCKETS}"))?;
+    dns.func_new_async(
+        "resolve-addresses",
+        |mut store: StoreContextMut<'_, HostState>, _ty, params: &[Val], results: &mut [Val]| {
+            Box::new(async move {
+                store.data().deny_socket("resolve-addresses");
+                // A dynamic host function must release the borrowed network.
+                for param in params {
+                    if let Val::Resource(network) = param {
+                        network.resource_drop_async(&mut store).await?;
+                    }
+                }
+                if let Some(result) = results.first_mut() {
+                    *result = Val::Result(Err(Some(Box::new(Val::Enum("access-denied".into())))));
+                }
+                Ok(())
+            })
         },
     )?;
     linker.allow_shadowing(false);

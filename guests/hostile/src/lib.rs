@@ -198,7 +198,12 @@ fn sockets() -> String {
         Ok(_) => "CREATED".to_string(),
         Err(e) => format!("refused ({e:?})"),
     };
-    format!("std tcp {std_tcp}; std udp {std_udp}; tcp {tcp}; udp {udp}")
+    let network = wasip2::sockets::instance_network::instance_network();
+    let dns = match wasip2::sockets::ip_name_lookup::resolve_addresses(&network, "example.com") {
+        Ok(_) => "RESOLVING".to_string(),
+        Err(e) => format!("refused ({e:?})"),
+    };
+    format!("std tcp {std_tcp}; std udp {std_udp}; tcp {tcp}; udp {udp}; dns {dns}")
 }
 
 fn reply(response_out: ResponseOutparam, status: u16, text: &str) {
