@@ -60,6 +60,26 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             let label = if i == 0 { "imports" } else { "" };
             println!("  {label:<10} {import}");
         }
+        if !spec.grants.sql.is_empty() {
+            let grants: Vec<String> = spec
+                .grants
+                .sql
+                .iter()
+                .map(|(store, grant)| {
+                    let access = match grant.access {
+                        bulkhead_manifest::grants::StoreAccess::Read => "read",
+                        bulkhead_manifest::grants::StoreAccess::ReadWrite => "read-write",
+                    };
+                    match &grant.statements {
+                        None => format!("{store} ({access}, any statement)"),
+                        Some(list) => {
+                            format!("{store} ({access}, {} declared statement(s))", list.len())
+                        }
+                    }
+                })
+                .collect();
+            println!("  sql        {}", grants.join(", "));
+        }
         if spec.strict_imports {
             println!("  strict     yes: a capability import without its grant is refused");
         }

@@ -135,6 +135,10 @@ fn t18_strict_imports_refuses_an_ungranted_capability_import() {
         "{stdout}"
     );
     assert!(stdout.contains("strict     yes"), "{stdout}");
+    assert!(
+        stdout.contains("sql        events (read, any statement)"),
+        "{stdout}"
+    );
 }
 
 /// T18/T05: sockets are bound to deny-all. Rust std and raw wasi:sockets
