@@ -10,7 +10,7 @@ use bulkhead_runtime::imports::ImportKind;
 use bulkhead_runtime::{
     CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Runtime, SqlStores,
 };
-use bulkhead_store::crypto::{Keyring, MasterKey};
+use bulkhead_store::crypto::Keyring;
 use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
 use bulkhead_store::{AuditLog, Store};
 
@@ -25,7 +25,7 @@ pub enum Mode {
 pub struct Deployment {
     pub app: App,
     pub functions: Vec<LoadedFunction>,
-    /// Key-value, secrets and config backends (T13-T15).
+    /// Key-value, secrets and config backends (T13-T16).
     pub data: Arc<DataPlane>,
 }
 
@@ -179,28 +179,23 @@ fn open_sql_stores(
     }
 }
 
-/// The master key and the data-key table, opened once per deploy.
+/// The environment's keyring (master key and wrapped data keys), opened
+/// once per deploy.
 struct SqlKeys {
     keyring: Keyring,
-    conn: rusqlite::Connection,
 }
 
 impl SqlKeys {
     fn open(app: &App) -> Result<Self, String> {
-        let store = Store::open(&app.state_dir()).map_err(|e| e.to_string())?;
-        let master = MasterKey::load(store.dir(), &app.env).map_err(|e| e.to_string())?;
-        let conn = store.connect().map_err(|e| e.to_string())?;
-        Ok(Self {
-            keyring: Keyring::new(master),
-            conn,
-        })
+        let keyring = Keyring::open(&app.state_dir(), &app.env).map_err(|e| e.to_string())?;
+        Ok(Self { keyring })
     }
 
     /// The store's SQLCipher key; created with the store by `serve` only.
     fn key(&self, store: &str, create: bool) -> Result<SqlKey, String> {
         match self
             .keyring
-            .data_key(&self.conn, bulkhead_store::sql::KEY_OWNER, store, "", create)
+            .data_key(bulkhead_store::sql::KEY_OWNER, store, "", create)
         {
             Ok(Some(dek)) => SqlKey::from_data_key(&dek, store).map_err(|e| e.to_string()),
             Ok(None) => Err(

@@ -4,9 +4,11 @@ mod admin_cmd;
 mod audit_cmd;
 mod check;
 mod credentials_cmd;
+mod data_cmd;
 mod deploy;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod secrets_cmd;
 mod serve;
 mod sweeper;
 
@@ -120,6 +122,12 @@ enum Command {
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(credentials_cmd::KeysCommand),
+    /// Set, list, rotate and remove secrets functions read via wasi:config.
+    #[command(subcommand)]
+    Secrets(secrets_cmd::SecretsCommand),
+    /// Erase or export one subject's data (subject-scoped stores).
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
 }
 
 fn main() -> ExitCode {
@@ -144,6 +152,8 @@ fn main() -> ExitCode {
         Command::Admin(command) => admin_cmd::run(command),
         Command::Token(command) => credentials_cmd::run_token(command),
         Command::Keys(command) => credentials_cmd::run_keys(command),
+        Command::Secrets(command) => secrets_cmd::run(command),
+        Command::Data(command) => data_cmd::run(command),
     };
     match result {
         Ok(code) => code,

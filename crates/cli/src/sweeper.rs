@@ -1,4 +1,4 @@
-//! The retention sweeper (T14): deletes expired key-value records at
+//! The retention sweeper (T20): deletes expired key-value records at
 //! startup and then periodically. Reads never return an expired record
 //! anyway; the sweeper makes sure it is gone from disk too.
 

@@ -280,7 +280,7 @@ async fn pipeline<'s>(
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
-        // The verified identity: subject-scoped stores confine the call to it (T14).
+        // The verified identity: subject-scoped stores confine the call to it (T13).
         subject: identity.as_ref().map(|i| i.subject.clone()),
     };
     match function.invoke(guest_request, &invocation).await {

@@ -1,5 +1,5 @@
 //! `[store.NAME]`, `[config]` and the store, secret and config grants
-//! (T13, T14, T15, T16): every store is declared once for the app; a
+//! (T13, T14, T16, T20): every store is declared once for the app; a
 //! function reaches one only through a grant naming it with the right kind.
 
 use std::collections::BTreeMap;
@@ -83,7 +83,7 @@ impl StoreSpec {
 pub enum Scope {
     /// One key space for the whole app.
     App,
-    /// One key space per verified subject (T14).
+    /// One key space per verified subject (T13).
     Subject,
 }
 

@@ -1,4 +1,4 @@
-//! Secrets and plain config, `wasi:config/store@0.2.0-rc.1` (T15, T16).
+//! Secrets and plain config, `wasi:config/store@0.2.0-rc.1` (T14, T16).
 //!
 //! `get(key)` returns a secret the function's grants name (decrypted from
 //! the store) or a `[config]` value they name; anything else is `none`,

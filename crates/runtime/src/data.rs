@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_manifest::{Grants, StoreSpec};
-use bulkhead_store::crypto::{Keyring, MasterKey};
+use bulkhead_store::crypto::Keyring;
 use bulkhead_store::kv::Kv;
 use bulkhead_store::secrets::Secrets;
 use bulkhead_store::{AuditEvent, AuditLog, Store};
@@ -62,7 +62,7 @@ impl DataPlane {
         if !needs_kv && !needs_secrets {
             return Ok(plane);
         }
-        let keyring = Arc::new(Keyring::new(MasterKey::load(store.dir(), &app.env)?));
+        let keyring = Arc::new(Keyring::open(store.dir(), &app.env)?);
         if needs_kv {
             plane.kv = Some(Arc::new(Kv::open(store, keyring.clone())?));
         }
@@ -77,7 +77,7 @@ impl DataPlane {
 }
 
 /// Secret values read during one call: redacted from its output and from
-/// the errors the gateway logs for it (T15).
+/// the errors the gateway logs for it (T14).
 #[derive(Clone, Default)]
 pub(crate) struct Redactions(Arc<Mutex<Vec<SecretString>>>);
 
@@ -127,11 +127,13 @@ pub(crate) struct CallData {
     pub subject: Option<String>,
     pub audit: AuditLog,
     pub redactions: Redactions,
+    /// Key-value operations so far in this call.
+    pub kv_ops: usize,
 }
 
 /// A guest-chosen name, safe to log: only a valid resource name is kept.
 fn loggable(name: &str) -> &str {
-    if valid_resource_name(name) {
+    if name.is_empty() || valid_resource_name(name) {
         name
     } else {
         "<invalid name>"

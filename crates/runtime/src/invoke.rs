@@ -40,7 +40,7 @@ pub struct Invocation {
     /// The trace context to hand on to outbound calls (T08).
     pub traceparent: String,
     /// The verified identity of the caller, `None` on a public route; a
-    /// subject-scoped store confines the call to it (T14).
+    /// subject-scoped store confines the call to it (T13).
     pub subject: Option<String>,
 }
 
@@ -172,6 +172,7 @@ async fn run(
             subject: invocation.subject.clone(),
             audit: sealed.audit.clone(),
             redactions: redactions.clone(),
+            kv_ops: 0,
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

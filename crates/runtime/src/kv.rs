@@ -1,5 +1,6 @@
-//! The key-value capability, `wasi:keyvalue@0.2.0-draft` (T13, T14, T16):
-//! store, atomics and batch, backed by `bulkhead_store::kv` (SQLite, values
+//! The key-value capability, `wasi:keyvalue@0.2.0-draft` (T13 other
+//! subjects' data, T15 sealed at rest, T16 grants, T20 retention): store,
+//! atomics and batch, backed by `bulkhead_store::kv` (SQLite, values
 //! sealed at rest).
 //!
 //! - `open(name)` succeeds only for a store the function's grants name;
@@ -40,6 +41,9 @@ const MAX_KEY_BYTES: usize = 1024;
 const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Most keys in one batch call.
 const MAX_BATCH: usize = 100;
+/// Most key-value operations (a batch counts each key) in one call: a
+/// guest cannot grind the shared database (T04).
+pub(crate) const MAX_OPS_PER_CALL: usize = 10_000;
 
 /// An opened store, as the guest holds it.
 pub struct Bucket {
@@ -79,6 +83,25 @@ impl HostState {
             return Err(Error::AccessDenied);
         }
         self.kv_backend()
+    }
+
+    /// Count `n` operations against the call's budget.
+    fn spend(&mut self, n: usize) -> Result<(), Error> {
+        let before = self.data.kv_ops;
+        self.data.kv_ops = before.saturating_add(n);
+        if self.data.kv_ops <= MAX_OPS_PER_CALL {
+            return Ok(());
+        }
+        if before <= MAX_OPS_PER_CALL {
+            self.data.deny(
+                "kv",
+                "",
+                &format!("over {MAX_OPS_PER_CALL} key-value operations in one call"),
+            );
+        }
+        Err(Error::Other(format!(
+            "at most {MAX_OPS_PER_CALL} key-value operations per call"
+        )))
     }
 
     fn kv_backend(&self) -> Result<Arc<Kv>, Error> {
@@ -177,6 +200,9 @@ impl store::Host for HostState {
 
 impl store::HostBucket for HostState {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
@@ -194,6 +220,9 @@ impl store::HostBucket for HostState {
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Outcome<()> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "set") {
             Ok(kv) => kv,
@@ -208,6 +237,9 @@ impl store::HostBucket for HostState {
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<()> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "delete") {
             Ok(kv) => kv,
@@ -222,6 +254,9 @@ impl store::HostBucket for HostState {
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<bool> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         if let Err(e) = check_key(&key) {
             return Ok(Err(e));
@@ -240,6 +275,9 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Outcome<KeyResponse> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.kv_backend() {
             Ok(kv) => kv,
@@ -267,6 +305,9 @@ impl atomics::Host for HostState {
         key: String,
         delta: u64,
     ) -> Outcome<u64> {
+        if let Err(e) = self.spend(1) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "increment") {
             Ok(kv) => kv,
@@ -287,6 +328,9 @@ impl batch::Host for HostState {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Outcome<Vec<Option<(String, Vec<u8>)>>> {
+        if let Err(e) = self.spend(keys.len()) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         if keys.len() > MAX_BATCH {
             return Ok(Err(Error::Other(format!(
@@ -315,6 +359,9 @@ impl batch::Host for HostState {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Outcome<()> {
+        if let Err(e) = self.spend(key_values.len()) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "set-many") {
             Ok(kv) => kv,
@@ -342,6 +389,9 @@ impl batch::Host for HostState {
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Outcome<()> {
+        if let Err(e) = self.spend(keys.len()) {
+            return Ok(Err(e));
+        }
         let b = self.bucket(&bucket)?;
         let kv = match self.writable(b, "delete-many") {
             Ok(kv) => kv,

@@ -101,9 +101,9 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// Shared with every loaded function: timeouts work while any lives.
     ticker: Arc<EpochTicker>,
-    /// The deployment's open SQL stores (T13); grants bind to these.
+    /// The deployment's open SQL stores (T06); grants bind to these.
     sql_stores: SqlStores,
-    /// Key-value, secrets and config backends (T13-T15).
+    /// Key-value, secrets and config backends (T13-T16).
     data: Arc<DataPlane>,
 }
 

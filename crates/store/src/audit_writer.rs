@@ -152,9 +152,20 @@ impl Writer {
     }
 
     fn append(&mut self, events: &[(AuditEvent, i64)]) -> rusqlite::Result<()> {
-        let tx = self.conn.transaction()?;
-        let mut seq = self.seq;
-        let mut prev_hash = self.prev_hash.clone();
+        // Another process (a CLI command such as `secrets set` or `keys
+        // create` while the server runs) may have appended since: take the
+        // write lock first, then continue the chain from its real head.
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let last: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        let (mut seq, mut prev_hash) = last.unwrap_or((0, GENESIS.to_string()));
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO audit (seq, time_ms, kind, correlation_id, subject, function, detail, prev_hash, hash)

@@ -1,4 +1,4 @@
-//! Envelope encryption at rest (T14, T15).
+//! Envelope encryption at rest (T14, T15, T20).
 //!
 //! - The master key (32 bytes) comes from the file named by
 //!   `BULKHEAD_MASTER_KEY_FILE` (raw bytes or 64 hex digits, readable by its
@@ -15,6 +15,7 @@
 //! Nothing here is hand-rolled: chacha20poly1305, aes-kw, secrecy, zeroize.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use aes_kw::KwAes256;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -240,27 +241,94 @@ impl Aad {
     }
 }
 
-/// Data keys kept wrapped in the `data_keys` table of the state database.
-/// `owner` is a namespace (`kv`, `secrets`), `store` the store, `subject`
-/// the subject of a subject-scoped store or `""` for an app-wide key.
+/// The file holding the wrapped data keys, apart from the data itself:
+/// a backup of `state.db` taken before an erase is unreadable once the
+/// subject's key is gone from here (crypto-shredding, T20).
+pub const KEYS_DB_FILE: &str = "keys.db";
+
+/// Wrapped data keys in `keys.db`. Opening it needs no master key: erasing
+/// a subject's keys must work even when the master key is elsewhere.
+pub struct KeyStore {
+    conn: Mutex<Connection>,
+}
+
+impl KeyStore {
+    pub fn open(state_dir: &Path) -> Result<Self, CryptoError> {
+        files::create_private_dir(state_dir).map_err(|e| CryptoError::MasterKeyFile {
+            path: state_dir.to_path_buf(),
+            why: e.to_string(),
+        })?;
+        let conn = Connection::open(state_dir.join(KEYS_DB_FILE))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Deleted keys are overwritten, not left in free pages (T20).
+        conn.pragma_update(None, "secure_delete", "ON")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS data_keys (
+                owner TEXT NOT NULL,
+                store TEXT NOT NULL,
+                subject TEXT NOT NULL,
+                wrapped BLOB NOT NULL,
+                created_ms INTEGER NOT NULL,
+                PRIMARY KEY (owner, store, subject)
+            );",
+        )?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Destroy the data keys of `subject` under `owner`: what they sealed
+    /// can no longer be read, wherever copies of it are. The WAL is then
+    /// checkpointed and truncated so no old page keeps the key (a running
+    /// server's readers may delay that until they finish). Returns how many.
+    pub fn destroy_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError> {
+        let conn = self.conn();
+        let destroyed = conn.execute(
+            "DELETE FROM data_keys WHERE owner = ?1 AND subject = ?2",
+            params![owner, subject],
+        )?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(destroyed)
+    }
+}
+
+/// The master key and the wrapped data keys it protects. `owner` is a
+/// namespace (`kv`, `secrets`), `store` the store, `subject` the subject of
+/// a subject-scoped store or `""` for an app-wide key.
 pub struct Keyring {
     master: MasterKey,
+    keys: KeyStore,
 }
 
 impl Keyring {
-    pub fn new(master: MasterKey) -> Self {
-        Self { master }
+    pub fn new(master: MasterKey, keys: KeyStore) -> Self {
+        Self { master, keys }
+    }
+
+    /// The keyring of the environment `env` whose state is in `state_dir`.
+    pub fn open(state_dir: &Path, env: &str) -> Result<Self, CryptoError> {
+        let master = MasterKey::load(state_dir, env)?;
+        Ok(Self::new(master, KeyStore::open(state_dir)?))
+    }
+
+    pub fn key_store(&self) -> &KeyStore {
+        &self.keys
     }
 
     /// The data key of (`owner`, `store`, `subject`), created when `create`.
     pub fn data_key(
         &self,
-        conn: &Connection,
         owner: &str,
         store: &str,
         subject: &str,
         create: bool,
     ) -> Result<Option<DataKey>, CryptoError> {
+        let conn = self.keys.conn();
         let select = |conn: &Connection| {
             conn.query_row(
                 "SELECT wrapped FROM data_keys WHERE owner = ?1 AND store = ?2 AND subject = ?3",
@@ -269,7 +337,7 @@ impl Keyring {
             )
             .optional()
         };
-        if let Some(wrapped) = select(conn)? {
+        if let Some(wrapped) = select(&conn)? {
             return self.master.unwrap(&wrapped).map(Some);
         }
         if !create {
@@ -277,28 +345,15 @@ impl Keyring {
         }
         let dek = DataKey::generate()?;
         let wrapped = self.master.wrap(&dek)?;
-        // Another connection may have created it meanwhile: keep the first.
+        // Another process may have created it meanwhile: keep the first.
         conn.execute(
             "INSERT OR IGNORE INTO data_keys (owner, store, subject, wrapped, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![owner, store, subject, wrapped, crate::now_ms()],
         )?;
-        match select(conn)? {
+        match select(&conn)? {
             Some(wrapped) => self.master.unwrap(&wrapped).map(Some),
             None => Err(CryptoError::Unwrap),
         }
-    }
-
-    /// Destroy the data keys of `subject` under `owner`: what they sealed
-    /// can no longer be read, wherever copies of it are. Returns how many.
-    pub fn destroy_subject_keys(
-        conn: &Connection,
-        owner: &str,
-        subject: &str,
-    ) -> Result<usize, CryptoError> {
-        Ok(conn.execute(
-            "DELETE FROM data_keys WHERE owner = ?1 AND subject = ?2",
-            params![owner, subject],
-        )?)
     }
 }
 
@@ -316,19 +371,17 @@ mod tests {
     fn keyring(dir: &Path) -> Keyring {
         let path = dir.join("k");
         files::write_private(&path, &[&[7u8; 32]]).unwrap();
-        Keyring::new(MasterKey::from_file(&path).unwrap())
+        Keyring::new(
+            MasterKey::from_file(&path).unwrap(),
+            KeyStore::open(dir).unwrap(),
+        )
     }
 
     #[test]
     fn seal_binds_the_place() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::Store::open(dir.path()).unwrap();
-        let conn = store.connect().unwrap();
         let ring = keyring(dir.path());
-        let dek = ring
-            .data_key(&conn, "kv", "s", "alice", true)
-            .unwrap()
-            .unwrap();
+        let dek = ring.data_key("kv", "s", "alice", true).unwrap().unwrap();
         let here = Aad::new(&[b"kv", b"s", b"alice", b"k1"]);
         let blob = dek.seal(&here, b"value").unwrap();
         assert_eq!(&dek.open(&here, &blob).unwrap()[..], b"value");
@@ -338,41 +391,27 @@ mod tests {
             "rows cannot be swapped"
         );
         // The same key comes back; another subject gets another key.
-        let again = ring
-            .data_key(&conn, "kv", "s", "alice", false)
-            .unwrap()
-            .unwrap();
+        let again = ring.data_key("kv", "s", "alice", false).unwrap().unwrap();
         assert_eq!(&again.open(&here, &blob).unwrap()[..], b"value");
-        let bob = ring
-            .data_key(&conn, "kv", "s", "bob", true)
-            .unwrap()
-            .unwrap();
+        let bob = ring.data_key("kv", "s", "bob", true).unwrap().unwrap();
         assert!(bob.open(&here, &blob).is_err());
         // Shredded: the key is gone.
-        assert_eq!(
-            Keyring::destroy_subject_keys(&conn, "kv", "alice").unwrap(),
-            1
-        );
-        assert!(
-            ring.data_key(&conn, "kv", "s", "alice", false)
-                .unwrap()
-                .is_none()
-        );
+        assert_eq!(ring.key_store().destroy_subject("kv", "alice").unwrap(), 1);
+        assert!(ring.data_key("kv", "s", "alice", false).unwrap().is_none());
     }
 
     #[test]
     fn a_wrong_master_key_is_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::Store::open(dir.path()).unwrap();
-        let conn = store.connect().unwrap();
-        keyring(dir.path())
-            .data_key(&conn, "kv", "s", "", true)
-            .unwrap();
+        keyring(dir.path()).data_key("kv", "s", "", true).unwrap();
         let other = dir.path().join("other");
         files::write_private(&other, &[hex::encode([9u8; 32]).as_bytes(), b"\n"]).unwrap();
-        let ring = Keyring::new(MasterKey::from_file(&other).unwrap());
+        let ring = Keyring::new(
+            MasterKey::from_file(&other).unwrap(),
+            KeyStore::open(dir.path()).unwrap(),
+        );
         assert!(matches!(
-            ring.data_key(&conn, "kv", "s", "", false),
+            ring.data_key("kv", "s", "", false),
             Err(CryptoError::Unwrap)
         ));
     }

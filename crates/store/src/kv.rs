@@ -1,4 +1,4 @@
-//! The key-value backend (T13, T14): records in the `kv` table of the
+//! The key-value backend (T13, T15, T20): records in the `kv` table of the
 //! state database, keys and values sealed under a data key per store, or per
 //! subject for a subject-scoped store.
 //!
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
-use crate::crypto::{Aad, CryptoError, DataKey, Keyring};
+use crate::crypto::{Aad, CryptoError, DataKey, KeyStore, Keyring};
 use crate::{Store, StoreError, now_ms};
 
 const OWNER: &str = "kv";
@@ -75,15 +75,10 @@ impl Kv {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn dek(
-        &self,
-        conn: &Connection,
-        space: &Space,
-        create: bool,
-    ) -> Result<Option<DataKey>, KvError> {
+    fn dek(&self, space: &Space, create: bool) -> Result<Option<DataKey>, KvError> {
         Ok(self
             .keyring
-            .data_key(conn, OWNER, &space.store, &space.subject, create)?)
+            .data_key(OWNER, &space.store, &space.subject, create)?)
     }
 
     fn value_aad(space: &Space, key: &str) -> Aad {
@@ -111,7 +106,7 @@ impl Kv {
     /// The value of `key`, unless absent or expired.
     pub fn get(&self, space: &Space, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KvError> {
         let conn = self.conn();
-        let Some(dek) = self.dek(&conn, space, false)? else {
+        let Some(dek) = self.dek(space, false)? else {
             return Ok(None);
         };
         let sealed: Option<Vec<u8>> = conn
@@ -134,11 +129,11 @@ impl Kv {
     /// Write `value` under `key`, restarting its retention.
     pub fn set(&self, space: &Space, key: &str, value: &[u8]) -> Result<(), KvError> {
         let conn = self.conn();
-        Self::set_in(&conn, &self.dek_or_create(&conn, space)?, space, key, value)
+        Self::set_in(&conn, &self.dek_or_create(space)?, space, key, value)
     }
 
-    fn dek_or_create(&self, conn: &Connection, space: &Space) -> Result<DataKey, KvError> {
-        self.dek(conn, space, true)?
+    fn dek_or_create(&self, space: &Space) -> Result<DataKey, KvError> {
+        self.dek(space, true)?
             .ok_or(KvError::Crypto(CryptoError::Unwrap))
     }
 
@@ -165,7 +160,7 @@ impl Kv {
     /// Delete `key` (no error when absent).
     pub fn delete(&self, space: &Space, key: &str) -> Result<(), KvError> {
         let conn = self.conn();
-        let Some(dek) = self.dek(&conn, space, false)? else {
+        let Some(dek) = self.dek(space, false)? else {
             return Ok(());
         };
         conn.execute(
@@ -178,7 +173,7 @@ impl Kv {
     /// One page of live keys from `offset`, and the next page's offset.
     pub fn list(&self, space: &Space, offset: u64) -> Result<(Vec<String>, Option<u64>), KvError> {
         let conn = self.conn();
-        let Some(dek) = self.dek(&conn, space, false)? else {
+        let Some(dek) = self.dek(space, false)? else {
             return Ok((Vec::new(), None));
         };
         let mut stmt = conn.prepare(
@@ -206,7 +201,7 @@ impl Kv {
     /// Add `delta` to the decimal counter at `key` (absent: 0), atomically.
     pub fn increment(&self, space: &Space, key: &str, delta: u64) -> Result<u64, KvError> {
         let mut conn = self.conn();
-        let dek = self.dek_or_create(&conn, space)?;
+        let dek = self.dek_or_create(space)?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let sealed: Option<Vec<u8>> = tx
             .query_row(
@@ -242,15 +237,7 @@ impl Kv {
     /// Crypto-shred `subject`: destroy its data keys, then delete its rows
     /// in every subject-scoped store. Returns (keys destroyed, rows deleted).
     pub fn erase_subject(&self, subject: &str) -> Result<(usize, usize), KvError> {
-        if subject.is_empty() {
-            return Ok((0, 0));
-        }
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let keys = Keyring::destroy_subject_keys(&tx, OWNER, subject)?;
-        let rows = tx.execute("DELETE FROM kv WHERE subject = ?1", params![subject])?;
-        tx.commit()?;
-        Ok((keys, rows))
+        erase_subject(self.keyring.key_store(), &mut self.conn(), subject)
     }
 
     /// Every live record of `subject` in the named stores, decrypted.
@@ -267,7 +254,7 @@ impl Kv {
                 subject: subject.to_string(),
                 retention_ms: None,
             };
-            let Some(dek) = self.dek(&conn, &space, false)? else {
+            let Some(dek) = self.dek(&space, false)? else {
                 continue;
             };
             let mut stmt = conn.prepare(
@@ -302,16 +289,39 @@ impl Kv {
     }
 }
 
+/// Crypto-shred `subject` (see [`Kv::erase_subject`]); needs no master
+/// key: the wrapped keys and the rows are deleted, not read.
+/// The keys go first: once they are destroyed the rows are unreadable
+/// even if deleting them fails or a backup holds them.
+pub fn erase_subject(
+    keys: &KeyStore,
+    conn: &mut Connection,
+    subject: &str,
+) -> Result<(usize, usize), KvError> {
+    if subject.is_empty() {
+        return Ok((0, 0));
+    }
+    let destroyed = keys.destroy_subject(OWNER, subject)?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    let rows = conn.execute("DELETE FROM kv WHERE subject = ?1", params![subject])?;
+    // Best effort: a running server's readers may hold the WAL a while.
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    Ok((destroyed, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::MasterKey;
+    use crate::crypto::{KeyStore, MasterKey};
 
     fn kv(dir: &std::path::Path) -> Kv {
         let store = Store::open(dir).unwrap();
         let path = dir.join("master");
         crate::files::write_private(&path, &[&[3u8; 32]]).unwrap();
-        let ring = Arc::new(Keyring::new(MasterKey::from_file(&path).unwrap()));
+        let ring = Arc::new(Keyring::new(
+            MasterKey::from_file(&path).unwrap(),
+            KeyStore::open(dir).unwrap(),
+        ));
         Kv::open(&store, ring).unwrap()
     }
 

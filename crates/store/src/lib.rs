@@ -88,19 +88,7 @@ const MIGRATIONS: &[&str] = &[
     // 3: reserved for the lead's meters (issue 6); the lead replaces this
     // placeholder on merge.
     "",
-    // 4: data keys (T14/T15), wrapped by the master key. `subject` is ''
-    // for an app-wide key.
-    r"
-    CREATE TABLE data_keys (
-        owner TEXT NOT NULL,
-        store TEXT NOT NULL,
-        subject TEXT NOT NULL,
-        wrapped BLOB NOT NULL,
-        created_ms INTEGER NOT NULL,
-        PRIMARY KEY (owner, store, subject)
-    );
-",
-    // 5: key-value records (T13/T14). The subject is its own column, never a
+    // 4: key-value records (T13/T14). The subject is its own column, never a
     // key prefix a guest could forge; keys and values are sealed, `key_id`
     // is a keyed hash of the key for lookups.
     r"
@@ -117,7 +105,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX kv_by_expiry ON kv (expires_ms) WHERE expires_ms IS NOT NULL;
     CREATE INDEX kv_by_subject ON kv (subject);
 ",
-    // 6: secrets (T15), sealed; only the newest version is kept.
+    // 5: secrets (T15), sealed; only the newest version is kept.
     r"
     CREATE TABLE secrets (
         name TEXT PRIMARY KEY,

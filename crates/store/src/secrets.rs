@@ -1,4 +1,4 @@
-//! Secrets (T15): values set by an operator through the CLI (stdin or a
+//! Secrets (T14, T15): values set by an operator through the CLI (stdin or a
 //! file, never argv), sealed under the app's secrets data key, read only by
 //! functions granted them. Only the newest version of a secret is kept:
 //! `rotate` replaces the value and bumps the version, so a leaked old value
@@ -89,7 +89,7 @@ impl Secrets {
     ) -> Result<(), SecretError> {
         let dek = self
             .keyring
-            .data_key(conn, OWNER, "", "", true)?
+            .data_key(OWNER, "", "", true)?
             .ok_or(CryptoError::Unwrap)?;
         let sealed = dek.seal(&aad(name, version), value)?;
         let now = now_ms();
@@ -140,7 +140,7 @@ impl Secrets {
         };
         let dek = self
             .keyring
-            .data_key(conn, OWNER, "", "", false)?
+            .data_key(OWNER, "", "", false)?
             .ok_or(CryptoError::Unwrap)?;
         let plain = dek.open(&aad(name, version), &sealed)?;
         let text = String::from_utf8(plain.to_vec()).map_err(|_| SecretError::BadValue)?;
@@ -170,7 +170,10 @@ mod tests {
         let conn = store.connect().unwrap();
         let path = dir.path().join("master");
         crate::files::write_private(&path, &[&[5u8; 32]]).unwrap();
-        let secrets = Secrets::new(Arc::new(Keyring::new(MasterKey::from_file(&path).unwrap())));
+        let secrets = Secrets::new(Arc::new(Keyring::new(
+            MasterKey::from_file(&path).unwrap(),
+            crate::crypto::KeyStore::open(dir.path()).unwrap(),
+        )));
         assert_eq!(secrets.set(&conn, "api", b"one").unwrap(), 1);
         assert!(matches!(
             secrets.set(&conn, "api", b"x"),

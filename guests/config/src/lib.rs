@@ -3,6 +3,8 @@
 //! - `?key=NAME`            answers `value:V` or `none` (or `error:...`)
 //! - `?key=NAME&print=yes`  also writes the value to stdout and stderr,
 //!   which the host must redact
+//! - `?key=NAME&fail=yes`   fails the call with an error code that carries
+//!   the value, which the host must redact from what it logs
 //! - `?all=yes`             answers every `k=v` the function may read
 
 mod bindings {
@@ -11,7 +13,7 @@ mod bindings {
 
 use bindings::wasi::config::store;
 use wasip2::http::types::{
-    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
+    ErrorCode, Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
 
 wasip2::http::proxy::export!(Config);
@@ -63,6 +65,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Config {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
         let path_with_query = request.path_with_query().unwrap_or_default();
         let query = path_with_query.split_once('?').map_or("", |(_, q)| q);
+        if param(query, "fail") == "yes" {
+            let value = store::get(param(query, "key"))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let code = ErrorCode::InternalError(Some(format!("failed holding {value}")));
+            ResponseOutparam::set(response_out, Err(code));
+            return;
+        }
         reply(response_out, &run(query));
     }
 }

@@ -1,7 +1,7 @@
 //! A guest that uses `wasi:keyvalue` as its query says, so one component
 //! can try legitimate and overstepping operations (T13, T14, T16):
 //!
-//! `?op=get|set|delete|exists|list|incr|getmany|setmany&store=NAME&key=K&value=V`
+//! `?op=get|set|delete|exists|list|incr|getmany|setmany|flood&store=NAME&key=K&value=V`
 //!
 //! The body is the outcome: `ok`, `value:V`, `none`, `true`/`false`,
 //! `keys:a,b`, `count:N` or `error:access-denied`, `error:no-such-store`,
@@ -86,9 +86,58 @@ fn run(query: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(",")
         }),
+        // Reads until refused: reports the first refused operation.
+        "flood" => {
+            let mut refused = None;
+            for i in 1..=20_000u32 {
+                if let Err(e) = bucket.exists(key) {
+                    refused = Some(format!("refused-at:{i}:{}", error(e)));
+                    break;
+                }
+            }
+            Ok(refused.unwrap_or_else(|| "never-refused".into()))
+        }
+        // `bench/kv`: time `value` (a count) sets, then as many gets.
+        "bench" => Ok(bench(&bucket, value.parse().unwrap_or(1000))),
         _ => Ok("unknown op".into()),
     };
     result.unwrap_or_else(error)
+}
+
+/// Per-operation latency percentiles, in microseconds, as seen by the guest.
+fn bench(bucket: &store::Bucket, n: u32) -> String {
+    use wasip2::clocks::monotonic_clock::now;
+    let n = n.clamp(1, 4000);
+    let payload = vec![b'x'; 100];
+    let mut sets = Vec::new();
+    let mut gets = Vec::new();
+    for i in 0..n {
+        let key = format!("bench-{i}");
+        let started = now();
+        if bucket.set(&key, &payload).is_err() {
+            return "bench-set-failed".into();
+        }
+        sets.push(now() - started);
+    }
+    for i in 0..n {
+        let key = format!("bench-{i}");
+        let started = now();
+        if !matches!(bucket.get(&key), Ok(Some(_))) {
+            return "bench-get-failed".into();
+        }
+        gets.push(now() - started);
+    }
+    let pct = |v: &mut Vec<u64>, p: usize| {
+        v.sort_unstable();
+        v[(v.len() - 1) * p / 100] as f64 / 1000.0
+    };
+    format!(
+        "n={n} put_p50_us={:.1} put_p99_us={:.1} get_p50_us={:.1} get_p99_us={:.1}",
+        pct(&mut sets, 50),
+        pct(&mut sets, 99),
+        pct(&mut gets, 50),
+        pct(&mut gets, 99)
+    )
 }
 
 impl wasip2::exports::http::incoming_handler::Guest for Kv {

@@ -1,0 +1,525 @@
+//! Key-value capability end to end (T13, T15, T16, T20): a real server, the
+//! `kv` guest built from source, real SQLite files on disk.
+//!
+//! - grants: an ungranted or undeclared store cannot be opened, a read
+//!   grant cannot write; every denial is logged and audited;
+//! - subject scope: each API key's subject sees only its own records, and a
+//!   public route cannot open a subject-scoped store;
+//! - retention: an expired record is never returned and the sweeper
+//!   deletes the row;
+//! - erase / export; no plaintext value or key anywhere on disk.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use support::{Reply, Server, TestApp, request, send};
+
+const QUERY: &str = "input.query.op = true\ninput.query.store = true\ninput.query.key = true\ninput.query.value = true\n";
+
+fn manifest() -> String {
+    format!(
+        r#"
+[app]
+name = "kvapp"
+
+[store.shared]
+kind = "kv"
+
+[store.private]
+kind = "kv"
+scope = "subject"
+personal_data = true
+
+[store.shortlived]
+kind = "kv"
+retention = "4s"
+
+[store.unused]
+kind = "kv"
+
+[[function]]
+name = "writer"
+component = "kv.wasm"
+route = "/w"
+auth = "public"
+{QUERY}grants = {{ kv = {{ shared = "read-write", shortlived = "read-write" }} }}
+
+[[function]]
+name = "reader"
+component = "kv.wasm"
+route = "/r"
+auth = "public"
+{QUERY}grants = {{ kv = {{ shared = "read" }} }}
+
+[[function]]
+name = "mine"
+component = "kv.wasm"
+route = "/mine"
+{QUERY}grants = {{ kv = {{ private = "read-write" }} }}
+
+[[function]]
+name = "public-private"
+component = "kv.wasm"
+route = "/pp"
+auth = "public"
+{QUERY}grants = {{ kv = {{ private = "read-write" }} }}
+"#
+    )
+}
+
+async fn call(server: &Server, path: &str, key: Option<&str>) -> String {
+    let mut req = request("GET", server.addr, path, Bytes::new());
+    if let Some(key) = key {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    let reply: Reply = send(server.addr, req).await;
+    assert_eq!(reply.status, 200, "{path}: {}", reply.text());
+    reply.text()
+}
+
+fn api_key(app: &TestApp, subject: &str) -> String {
+    let out = app.run_with(&["keys", "create"], &["--subject", subject]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn audit_lines(app: &TestApp, kind: &str) -> Vec<serde_json::Value> {
+    let out = app.run_with(&["audit", "query"], &["--kind", kind, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn state(app: &TestApp) -> std::path::PathBuf {
+    app.path().join(".bulkhead/dev")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t16_grants_decide_which_store_and_what_access() {
+    let app = TestApp::new(&manifest(), &["kv"]);
+    let server = Server::start(&app);
+
+    // Legitimate use: set, get, exists, list, increment, batch, delete.
+    assert_eq!(
+        call(&server, "/w?op=set&store=shared&key=k1&value=one", None).await,
+        "ok"
+    );
+    assert_eq!(
+        call(&server, "/w?op=get&store=shared&key=k1", None).await,
+        "value:one"
+    );
+    assert_eq!(
+        call(&server, "/w?op=exists&store=shared&key=k1", None).await,
+        "true"
+    );
+    assert_eq!(
+        call(&server, "/w?op=incr&store=shared&key=n", None).await,
+        "count:1"
+    );
+    assert_eq!(
+        call(&server, "/w?op=incr&store=shared&key=n", None).await,
+        "count:2"
+    );
+    assert_eq!(
+        call(&server, "/w?op=setmany&store=shared&key=b&value=v", None).await,
+        "ok"
+    );
+    assert_eq!(
+        call(&server, "/w?op=getmany&store=shared&key=b", None).await,
+        "b=v,b2=v"
+    );
+    let listed = call(&server, "/w?op=list&store=shared", None).await;
+    let mut keys: Vec<&str> = listed.strip_prefix("keys:").unwrap().split(',').collect();
+    keys.sort();
+    assert_eq!(keys, ["b", "b2", "k1", "n"]);
+    assert_eq!(
+        call(&server, "/w?op=delete&store=shared&key=b2", None).await,
+        "ok"
+    );
+    assert_eq!(
+        call(&server, "/w?op=get&store=shared&key=b2", None).await,
+        "none"
+    );
+
+    // A read grant reads what another function wrote...
+    assert_eq!(
+        call(&server, "/r?op=get&store=shared&key=k1", None).await,
+        "value:one"
+    );
+    // ...and can write nothing.
+    for op in ["set", "delete", "incr", "setmany"] {
+        let text = call(
+            &server,
+            &format!("/r?op={op}&store=shared&key=k1&value=x"),
+            None,
+        )
+        .await;
+        assert_eq!(text, "error:access-denied", "{op}");
+    }
+    assert_eq!(
+        call(&server, "/r?op=get&store=shared&key=k1", None).await,
+        "value:one"
+    );
+
+    // Ungranted (declared) and undeclared stores look the same: denied.
+    assert_eq!(
+        call(&server, "/r?op=get&store=unused&key=k1", None).await,
+        "open-error:access-denied"
+    );
+    assert_eq!(
+        call(&server, "/w?op=get&store=nosuchstore&key=k1", None).await,
+        "open-error:access-denied"
+    );
+    assert_eq!(
+        call(&server, "/w?op=get&store=private&key=k1", None).await,
+        "open-error:access-denied"
+    );
+
+    // A call may make at most 10 000 key-value operations (T04).
+    assert_eq!(
+        call(&server, "/r?op=flood&store=shared&key=k1", None).await,
+        "refused-at:10001:error:other:at most 10000 key-value operations per call"
+    );
+    server.wait_for_log(
+        |r| {
+            r["message"] == "capability denied"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("operations in one call"))
+        },
+        Duration::from_secs(10),
+    );
+
+    // 4 writes under a read grant + 3 opens + 1 flood: each logged, never the key or value.
+    let denials = server.wait_for_count(
+        |r| r["target"] == "bulkhead::capability" && r["message"] == "capability denied",
+        8,
+    );
+    assert_eq!(denials.len(), 8, "{denials:?}");
+    for d in &denials {
+        assert_eq!(d["capability"], "kv");
+        assert!(d["correlation_id"].as_str().is_some_and(|c| !c.is_empty()));
+        assert!(!d.to_string().contains("value:one"));
+    }
+    assert!(server.stop().success());
+    let audited = audit_lines(&app, "capability.denied");
+    assert_eq!(audited.len(), 8, "{audited:?}");
+    assert!(
+        audited
+            .iter()
+            .any(|r| r.to_string().contains("set under a read grant"))
+    );
+    assert!(!audit_lines(&app, "capability.used").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
+    let app = TestApp::new(&manifest(), &["kv"]);
+    let alice = api_key(&app, "alice");
+    let bob = api_key(&app, "bob");
+    let server = Server::start(&app);
+
+    let set = |key: &'static str, value: &'static str| {
+        format!("/mine?op=set&store=private&key={key}&value={value}")
+    };
+    assert_eq!(
+        call(&server, &set("k", "alicevalue"), Some(&alice)).await,
+        "ok"
+    );
+    assert_eq!(
+        call(&server, &set("other", "alicemore"), Some(&alice)).await,
+        "ok"
+    );
+    // Bob cannot read, list or guess Alice's keys...
+    let get = "/mine?op=get&store=private&key=k";
+    assert_eq!(call(&server, get, Some(&bob)).await, "none");
+    assert_eq!(
+        call(&server, "/mine?op=exists&store=private&key=k", Some(&bob)).await,
+        "false"
+    );
+    assert_eq!(
+        call(&server, "/mine?op=list&store=private", Some(&bob)).await,
+        "keys:"
+    );
+    // ...nor overwrite or delete them: his writes land in his own space.
+    assert_eq!(call(&server, &set("k", "bobvalue"), Some(&bob)).await, "ok");
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=delete&store=private&key=other",
+            Some(&bob)
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(call(&server, get, Some(&alice)).await, "value:alicevalue");
+    assert_eq!(call(&server, get, Some(&bob)).await, "value:bobvalue");
+    let listed = call(&server, "/mine?op=list&store=private", Some(&alice)).await;
+    assert!(
+        listed == "keys:k,other" || listed == "keys:other,k",
+        "{listed}"
+    );
+
+    // Without a verified subject (a public route) the store cannot be opened.
+    assert_eq!(
+        call(&server, "/pp?op=get&store=private&key=k", None).await,
+        "open-error:access-denied"
+    );
+    server.wait_for_log(
+        |r| {
+            r["message"] == "capability denied"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("without a verified subject"))
+        },
+        Duration::from_secs(10),
+    );
+
+    // The subject is a column of its own, never part of the stored key.
+    let db = rusqlite::Connection::open(state(&app).join("state.db")).unwrap();
+    let subjects: Vec<String> = db
+        .prepare("SELECT DISTINCT subject FROM kv WHERE store = 'private' ORDER BY subject")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(subjects, ["alice", "bob"]);
+
+    // Export shows Alice's data, decrypted, and nobody else's.
+    let out = app.run_with(&["data", "export"], &["--subject", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = exported.to_string();
+    assert!(
+        text.contains("alicevalue") && text.contains("alicemore"),
+        "{text}"
+    );
+    assert!(!text.contains("bobvalue"), "{text}");
+    assert_eq!(exported["records"].as_array().unwrap().len(), 2);
+
+    // Erase: keys destroyed, rows gone, reads give nothing; Bob untouched.
+    let out = app.run_with(&["data", "erase"], &["--subject", "alice"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(call(&server, get, Some(&alice)).await, "none");
+    assert_eq!(
+        call(&server, "/mine?op=list&store=private", Some(&alice)).await,
+        "keys:"
+    );
+    assert_eq!(call(&server, get, Some(&bob)).await, "value:bobvalue");
+    let rows: i64 = db
+        .query_row("SELECT count(*) FROM kv WHERE subject = 'alice'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(rows, 0);
+    let keys = rusqlite::Connection::open(state(&app).join("keys.db")).unwrap();
+    let alice_keys: i64 = keys
+        .query_row(
+            "SELECT count(*) FROM data_keys WHERE subject = 'alice'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(alice_keys, 0);
+    let out = app.run_with(&["data", "export"], &["--subject", "alice"]);
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(exported["records"].as_array().unwrap().len(), 0);
+    assert!(server.stop().success());
+    let erased = audit_lines(&app, "data.erased");
+    assert_eq!(erased.len(), 1);
+    assert_eq!(erased[0]["subject"], "alice");
+    assert_eq!(audit_lines(&app, "data.exported").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t20_expired_records_are_never_returned_and_are_swept() {
+    let app = TestApp::new(&manifest(), &["kv"]);
+    let server = Server::start(&app);
+    assert_eq!(
+        call(
+            &server,
+            "/w?op=set&store=shortlived&key=brief&value=soon",
+            None
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(
+        call(&server, "/w?op=set&store=shared&key=kept&value=stays", None).await,
+        "ok"
+    );
+    // Poll (bounded) until the record is past its retention: from then on
+    // it is never returned, whether or not the sweeper has run yet.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = call(&server, "/w?op=get&store=shortlived&key=brief", None).await;
+        if text == "none" {
+            break;
+        }
+        assert_eq!(text, "value:soon");
+        assert!(Instant::now() < deadline, "the record never expired");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        call(&server, "/w?op=list&store=shortlived", None).await,
+        "keys:"
+    );
+    assert_eq!(
+        call(&server, "/w?op=exists&store=shortlived&key=brief", None).await,
+        "false"
+    );
+    // The sweeper deletes the row itself.
+    let db = rusqlite::Connection::open(state(&app).join("state.db")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows: i64 = db
+            .query_row(
+                "SELECT count(*) FROM kv WHERE store = 'shortlived'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        if rows == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sweeper never deleted the row"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    server.wait_for_log(
+        |r| r["message"] == "expired key-value records deleted",
+        Duration::from_secs(10),
+    );
+    // A store without retention keeps its records.
+    assert_eq!(
+        call(&server, "/w?op=get&store=shared&key=kept", None).await,
+        "value:stays"
+    );
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+fn assert_nowhere_on_disk(app: &TestApp, needles: &[&str]) -> usize {
+    let mut files = Vec::new();
+    files_under(&app.path().join(".bulkhead"), &mut files);
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "plaintext {needle:?} found in {}",
+                file.display()
+            );
+        }
+    }
+    files.len()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t15_no_plaintext_value_key_or_secret_on_disk() {
+    let app = TestApp::new(&manifest(), &["kv"]);
+    let alice = api_key(&app, "alice");
+    let mut set = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["secrets", "set"])
+        .arg(app.path())
+        .arg("canary_secret")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(b"SecretCanary4242xyz\n")
+        .unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let server = Server::start(&app);
+    assert_eq!(
+        call(
+            &server,
+            "/w?op=set&store=shared&key=KeyCanary5150&value=PlainTextCanary7319",
+            None
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=PrivKeyCanary616&value=PrivValueCanary8080",
+            Some(&alice)
+        )
+        .await,
+        "ok"
+    );
+    let needles = [
+        "PlainTextCanary7319",
+        "KeyCanary5150",
+        "PrivKeyCanary616",
+        "PrivValueCanary8080",
+        "SecretCanary4242xyz",
+    ];
+    // While serving (the WAL holds the latest pages) and after a clean stop.
+    let scanned = assert_nowhere_on_disk(&app, &needles);
+    assert!(scanned >= 3, "the database files were scanned");
+    // Sealed, yet read back intact.
+    assert_eq!(
+        call(&server, "/w?op=get&store=shared&key=KeyCanary5150", None).await,
+        "value:PlainTextCanary7319"
+    );
+    assert!(server.stop().success());
+    assert_nowhere_on_disk(&app, &needles);
+    let names: Vec<String> = {
+        let mut files = Vec::new();
+        files_under(&state(&app), &mut files);
+        files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert!(names.iter().any(|n| n == "state.db"), "{names:?}");
+    assert!(names.iter().any(|n| n == "keys.db"), "{names:?}");
+    assert!(names.iter().any(|n| n == "master.key"), "{names:?}");
+}
