@@ -15,7 +15,9 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     };
     let store = target.store(true)?;
     let audit = bulkhead_store::AuditLog::start(&store)?;
-    let deployment = match deploy::deploy(app, audit.clone(), &|line| eprintln!("{line}")) {
+    let deployment = match deploy::deploy(app, audit.clone(), deploy::Mode::Check, &|line| {
+        eprintln!("{line}")
+    }) {
         Ok(deployment) => deployment,
         Err(problems) => return Ok(report(&problems)),
     };
@@ -59,7 +61,34 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             describe_rate(spec.limits.rate_limit.as_ref()),
             describe_budget(&spec.budget, &app.pricing.currency)
         );
-        println!("  imports    {}", loaded.imports().join(", "));
+        // T18: every import beside the grant that would enable it.
+        for (i, import) in loaded.imports().iter().enumerate() {
+            let label = if i == 0 { "imports" } else { "" };
+            println!("  {label:<10} {import}");
+        }
+        if !spec.grants.sql.is_empty() {
+            let grants: Vec<String> = spec
+                .grants
+                .sql
+                .iter()
+                .map(|(store, grant)| {
+                    let access = match grant.access {
+                        bulkhead_manifest::grants::StoreAccess::Read => "read",
+                        bulkhead_manifest::grants::StoreAccess::ReadWrite => "read-write",
+                    };
+                    match &grant.statements {
+                        None => format!("{store} ({access}, any statement)"),
+                        Some(list) => {
+                            format!("{store} ({access}, {} declared statement(s))", list.len())
+                        }
+                    }
+                })
+                .collect();
+            println!("  sql        {}", grants.join(", "));
+        }
+        if spec.strict_imports {
+            println!("  strict     yes: a capability import without its grant is refused");
+        }
         print_input(&spec.input);
         print_data_grants(spec);
     }

@@ -5,11 +5,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, Result};
-use bulkhead_manifest::App;
+use bulkhead_manifest::{App, StoreKind};
+use bulkhead_runtime::imports::ImportKind;
 use bulkhead_runtime::{
-    CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Runtime,
+    CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Runtime, SqlStores,
 };
+use bulkhead_store::crypto::Keyring;
+use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
 use bulkhead_store::{AuditLog, Store};
+
+/// `serve` applies migrations; `check` runs them in a transaction it rolls
+/// back and creates no database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Check,
+}
 
 pub struct Deployment {
     pub app: App,
@@ -22,6 +33,7 @@ pub struct Deployment {
 pub fn deploy(
     app: App,
     audit: AuditLog,
+    mode: Mode,
     progress: &dyn Fn(&str),
 ) -> Result<Deployment, Vec<String>> {
     let settings = EngineSettings {
@@ -34,9 +46,10 @@ pub fn deploy(
             .unwrap_or(0),
     };
     let data = open_data(&app).map_err(|e| vec![format!("{e:#}")])?;
-    let runtime = Runtime::new(&settings, audit)
+    let mut runtime = Runtime::new(&settings, audit)
         .map_err(|e| vec![e.to_string()])?
         .with_data(data.clone());
+    runtime.set_sql_stores(open_sql_stores(&app, mode, progress)?);
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();
     let mut problems = Vec::new();
@@ -56,6 +69,14 @@ pub fn deploy(
                     function.name,
                     started.elapsed().as_millis()
                 ));
+                // T18: each capability import beside its grant.
+                if mode == Mode::Serve {
+                    for import in loaded.imports() {
+                        if matches!(import.kind, ImportKind::Capability { .. }) {
+                            progress(&format!("function `{}`: {import}", function.name));
+                        }
+                    }
+                }
                 functions.push(loaded);
             }
             Err(e) => problems.push(format!("function `{}`: {e}", function.name)),
@@ -69,6 +90,119 @@ pub fn deploy(
         })
     } else {
         Err(problems)
+    }
+}
+
+/// Open every SQL store and bring its schema up to date (T06, T15). Each
+/// database is encrypted under its own key, derived from the store's data
+/// key, which is kept only wrapped by the master key (envelope encryption).
+fn open_sql_stores(
+    app: &App,
+    mode: Mode,
+    progress: &dyn Fn(&str),
+) -> Result<SqlStores, Vec<String>> {
+    let mut stores = SqlStores::new();
+    let mut problems = Vec::new();
+    let state_dir = app.state_dir();
+    let mut keys: Option<SqlKeys> = None;
+    for spec in &app.stores {
+        let StoreKind::Sql {
+            migrations,
+            retention,
+            ..
+        } = &spec.kind
+        else {
+            continue;
+        };
+        // T20: a retention Bulkhead cannot enforce is refused, not ignored.
+        if retention.is_some() {
+            problems.push(format!(
+                "SQL store `{}`: `retention` is not supported on SQL stores (Bulkhead cannot know which rows expire); delete expired rows with a declared statement, or remove `retention`",
+                spec.name
+            ));
+            continue;
+        }
+        let migrations = match read_migrations(migrations) {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(format!("store `{}`: {e}", spec.name));
+                continue;
+            }
+        };
+        let exists = bulkhead_store::sql::database_path(&state_dir, &spec.name).exists();
+        // `check` of a store not yet created: a throwaway key, in memory.
+        let key = if mode == Mode::Check && !exists {
+            bulkhead_store::files::random_bytes::<32>()
+                .map(SqlKey::new)
+                .map_err(|e| format!("randomness: {e}"))
+        } else {
+            let source = match &keys {
+                Some(k) => Ok(k),
+                None => SqlKeys::open(app).map(|k| &*keys.insert(k)),
+            };
+            source.and_then(|k| k.key(&spec.name, mode == Mode::Serve))
+        };
+        let key = match key {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                problems.push(format!("SQL store `{}`: {e}", spec.name));
+                continue;
+            }
+        };
+        let outcome = match mode {
+            Mode::Serve => {
+                SqlDatabase::deploy(&state_dir, &spec.name, key, &migrations).map(|(db, report)| {
+                    stores.insert(spec.name.clone(), Arc::new(db));
+                    report
+                })
+            }
+            Mode::Check => SqlDatabase::check(&state_dir, &spec.name, key, &migrations),
+        };
+        match outcome {
+            Ok(report) => progress(&format!(
+                "SQL store `{}`: {} migration(s) already applied, {} {}",
+                spec.name,
+                report.already.len(),
+                report.applied.len(),
+                match mode {
+                    Mode::Serve => "applied now",
+                    Mode::Check => "pending (checked, not applied)",
+                }
+            )),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if problems.is_empty() {
+        Ok(stores)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The environment's keyring (master key and wrapped data keys), opened
+/// once per deploy.
+struct SqlKeys {
+    keyring: Keyring,
+}
+
+impl SqlKeys {
+    fn open(app: &App) -> Result<Self, String> {
+        let keyring = Keyring::open(&app.state_dir(), &app.env).map_err(|e| e.to_string())?;
+        Ok(Self { keyring })
+    }
+
+    /// The store's SQLCipher key; created with the store by `serve` only.
+    fn key(&self, store: &str, create: bool) -> Result<SqlKey, String> {
+        match self
+            .keyring
+            .data_key(bulkhead_store::sql::KEY_OWNER, store, "", create)
+        {
+            Ok(Some(dek)) => SqlKey::from_data_key(&dek, store).map_err(|e| e.to_string()),
+            Ok(None) => Err(
+                "the database exists but its data key is gone; restore the state directory from backup".into(),
+            ),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }
 

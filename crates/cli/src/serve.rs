@@ -105,11 +105,12 @@ async fn serve(
     spans: Option<Arc<dyn SpanExport>>,
 ) -> Result<ExitCode> {
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
-    let deployment =
-        match tokio::task::block_in_place(|| deploy::deploy(app, audit.clone(), &progress)) {
-            Ok(deployment) => deployment,
-            Err(problems) => return Ok(report(&problems)),
-        };
+    let deployment = match tokio::task::block_in_place(|| {
+        deploy::deploy(app, audit.clone(), deploy::Mode::Serve, &progress)
+    }) {
+        Ok(deployment) => deployment,
+        Err(problems) => return Ok(report(&problems)),
+    };
     let app = &deployment.app;
     crate::sweeper::start(app, &deployment.data);
     let gateway = match Gateway::new(

@@ -12,12 +12,14 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::data::CallData;
 use crate::outbound::Outbound;
 use crate::output::GuestOutput;
+use crate::sql::SqlCtx;
 
 pub struct HostState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: Outbound,
+    pub(crate) sql: SqlCtx,
     pub(crate) limits: MemoryCap,
     /// Key-value, secrets and config for this call (T13-T16).
     pub(crate) data: CallData,
@@ -29,8 +31,14 @@ impl HostState {
         stdout: GuestOutput,
         stderr: GuestOutput,
         hooks: Outbound,
+        sql: SqlCtx,
         data: CallData,
     ) -> Self {
+        let (audit, function, correlation_id) = (
+            sql.audit.clone(),
+            sql.function.clone(),
+            sql.correlation_id.clone(),
+        );
         // T05: no preopened directories, no environment, no arguments, no
         // stdin, no network. Runtimes that import these interfaces by habit
         // (Python, JavaScript, Rust std) link and run, and can reach nothing.
@@ -40,16 +48,33 @@ impl HostState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .socket_addr_check(move |addr, use_| {
+                let what = crate::sockets::describe(addr, &format!("{use_:?}"));
+                crate::sockets::deny(&audit, &function, &correlation_id, &what);
+                Box::pin(async { false })
+            })
             .build();
         Self {
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
             hooks,
+            sql,
             limits: memory_cap,
             data,
         }
+    }
+}
+
+impl HostState {
+    /// A socket the guest tried to create: refused, logged and audited.
+    pub(crate) fn deny_socket(&self, what: &str) {
+        crate::sockets::deny(
+            &self.sql.audit,
+            &self.sql.function,
+            &self.sql.correlation_id,
+            what,
+        );
     }
 }
 

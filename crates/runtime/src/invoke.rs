@@ -26,6 +26,7 @@ pub(crate) struct Sealed {
     pub limits: FunctionLimits,
     pub pre: ProxyPre<HostState>,
     pub outbound: Arc<[bulkhead_manifest::OutboundRule]>,
+    pub sql: Arc<crate::sql::SqlBindings>,
     pub grants: Arc<bulkhead_manifest::Grants>,
     pub data: Arc<crate::data::DataPlane>,
     pub audit: bulkhead_store::AuditLog,
@@ -158,6 +159,14 @@ async fn run(
             sent: 0,
             bytes: invocation.outbound_bytes.clone(),
             max_bytes: sealed.limits.max_outbound_bytes.bytes(),
+        },
+        crate::sql::SqlCtx {
+            bindings: sealed.sql.clone(),
+            function: sealed.name.clone(),
+            correlation_id: invocation.correlation_id.clone(),
+            audit: sealed.audit.clone(),
+            deadline,
+            queries: 0,
         },
         CallData {
             plane: sealed.data.clone(),

@@ -11,11 +11,14 @@ mod config;
 pub mod data;
 mod engine;
 mod host;
+pub mod imports;
 mod invoke;
 mod kv;
 mod net;
 mod outbound;
 mod output;
+mod sockets;
+mod sql;
 
 use std::sync::Arc;
 
@@ -31,6 +34,7 @@ pub use data::DataPlane;
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use invoke::{Invocation, InvokeError};
 pub use outbound::tls_connector;
+pub use sql::SqlStores;
 
 use engine::EpochTicker;
 use host::HostState;
@@ -68,9 +72,20 @@ pub enum LoadError {
     )]
     NotAComponent { path: String, detail: String },
     #[error(
-        "component `{path}` imports an interface Bulkhead does not offer ({detail}); Bulkhead offers wasi:http and WASI 0.2 (filesystem, environment, sockets and the like, with nothing granted)"
+        "component `{path}` imports an interface Bulkhead does not offer: `{interface}`; Bulkhead offers wasi:http, bulkhead:sql, wasi:keyvalue, wasi:config and WASI 0.2 (filesystem, environment, sockets and the like, with nothing granted)"
     )]
-    UnsupportedImport { path: String, detail: String },
+    UnsupportedImport { path: String, interface: String },
+    #[error("component `{path}` cannot be linked: {detail}")]
+    Link { path: String, detail: String },
+    #[error(
+        "component `{path}` imports `{import}`, which needs grant `{grant}`, but the function is not granted it and `strict_imports` is on (T18); add {example} to the function, or rebuild the component without that import"
+    )]
+    UngrantedImport {
+        path: String,
+        import: String,
+        grant: &'static str,
+        example: &'static str,
+    },
     #[error(
         "component `{path}` does not export `wasi:http/incoming-handler` ({detail}); a function must be a wasi:http proxy component"
     )]
@@ -86,6 +101,8 @@ pub struct Runtime {
     linker: Linker<HostState>,
     /// Shared with every loaded function: timeouts work while any lives.
     ticker: Arc<EpochTicker>,
+    /// The deployment's open SQL stores (T06); grants bind to these.
+    sql_stores: SqlStores,
     /// Key-value, secrets and config backends (T13-T16).
     data: Arc<DataPlane>,
 }
@@ -105,14 +122,23 @@ impl Runtime {
         // Capabilities: linked always, usable only as the grants say.
         kv::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        sockets::shadow_create(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        sql::add_to_linker(&mut linker, |state: &mut HostState| &mut state.sql)
+            .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine)?;
         Ok(Self {
             engine,
             audit,
             linker,
             ticker: Arc::new(ticker),
+            sql_stores: SqlStores::new(),
             data: Arc::new(DataPlane::empty()),
         })
+    }
+
+    /// The SQL stores functions loaded from now on may be granted.
+    pub fn set_sql_stores(&mut self, stores: SqlStores) {
+        self.sql_stores = stores;
     }
 
     /// Serve functions with these data backends (default: none).
@@ -155,14 +181,16 @@ impl Runtime {
                 },
                 other => LoadError::Runtime(other),
             })?;
-        let imports = imports_of(&self.engine, &component);
-        let pre =
-            self.linker
-                .instantiate_pre(&component)
-                .map_err(|e| LoadError::UnsupportedImport {
-                    path: path.clone(),
-                    detail: format!("{e:#}"),
-                })?;
+        let imports =
+            imports::classify_all(&imports_of(&self.engine, &component), &function.grants);
+        check_imports(&path, &imports, function.strict_imports)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link {
+                path: path.clone(),
+                detail: format!("{e:#}"),
+            })?;
         let pre = ProxyPre::new(pre).map_err(|e| LoadError::NoHandler {
             path,
             detail: format!("{e:#}"),
@@ -174,6 +202,7 @@ impl Runtime {
                     limits: function.limits.clone(),
                     pre,
                     outbound: function.grants.outbound.clone().into(),
+                    sql: Arc::new(sql::bind(&function.grants.sql, &self.sql_stores)),
                     grants: Arc::new(function.grants.clone()),
                     data: self.data.clone(),
                     audit: self.audit.clone(),
@@ -185,6 +214,34 @@ impl Runtime {
             outcome,
         ))
     }
+}
+
+/// T18: refuse what Bulkhead does not offer, and under `strict_imports`
+/// every capability import the function was not granted.
+fn check_imports(path: &str, imports: &[imports::Import], strict: bool) -> Result<(), LoadError> {
+    for import in imports {
+        match import.kind {
+            imports::ImportKind::Unsupported => {
+                return Err(LoadError::UnsupportedImport {
+                    path: path.to_string(),
+                    interface: import.name.clone(),
+                });
+            }
+            imports::ImportKind::Capability {
+                capability,
+                granted: false,
+            } if strict => {
+                return Err(LoadError::UngrantedImport {
+                    path: path.to_string(),
+                    import: import.name.clone(),
+                    grant: capability.grant_key(),
+                    example: capability.example_grant(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn imports_of(engine: &Engine, component: &Component) -> Vec<String> {
@@ -202,7 +259,7 @@ fn imports_of(engine: &Engine, component: &Component) -> Vec<String> {
 pub struct LoadedFunction {
     inner: Arc<invoke::Sealed>,
     sha256: [u8; 32],
-    imports: Vec<String>,
+    imports: Vec<imports::Import>,
 }
 
 impl LoadedFunction {
@@ -228,8 +285,9 @@ impl LoadedFunction {
             .map_or(0, |m| m.component_instances())
     }
 
-    /// The interfaces the component imports, sorted.
-    pub fn imports(&self) -> &[String] {
+    /// The interfaces the component imports, sorted, each classified
+    /// against the function's grants (T18).
+    pub fn imports(&self) -> &[imports::Import] {
         &self.imports
     }
 

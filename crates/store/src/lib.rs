@@ -10,6 +10,7 @@ pub mod files;
 pub mod kv;
 pub mod meter;
 pub mod secrets;
+pub mod sql;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};

@@ -55,6 +55,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                 wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 reply(response_out, 200, "slept")
             }
+            "socket" => reply(response_out, 200, &sockets()),
             "shout" => {
                 let forged = "line one\r\n{\"level\":\"INFO\",\"forged\":true}\n\x1b[31mred\x1b[0m\u{2028}after";
                 println!("{forged}");
@@ -175,6 +176,34 @@ fn fetch(url: &str) -> String {
             }
         }
     }
+}
+
+/// Try the network without wasi:http: Rust std (as a language runtime
+/// would) and wasi:sockets directly. Every attempt must be refused (T18).
+fn sockets() -> String {
+    use wasip2::sockets::network::IpAddressFamily;
+    let std_tcp = match std::net::TcpStream::connect("127.0.0.1:9") {
+        Ok(_) => "CONNECTED".to_string(),
+        Err(e) => format!("refused ({})", e.kind()),
+    };
+    let std_udp = match std::net::UdpSocket::bind("0.0.0.0:0") {
+        Ok(_) => "BOUND".to_string(),
+        Err(e) => format!("refused ({})", e.kind()),
+    };
+    let tcp = match wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4) {
+        Ok(_) => "CREATED".to_string(),
+        Err(e) => format!("refused ({e:?})"),
+    };
+    let udp = match wasip2::sockets::udp_create_socket::create_udp_socket(IpAddressFamily::Ipv6) {
+        Ok(_) => "CREATED".to_string(),
+        Err(e) => format!("refused ({e:?})"),
+    };
+    let network = wasip2::sockets::instance_network::instance_network();
+    let dns = match wasip2::sockets::ip_name_lookup::resolve_addresses(&network, "example.com") {
+        Ok(_) => "RESOLVING".to_string(),
+        Err(e) => format!("refused ({e:?})"),
+    };
+    format!("std tcp {std_tcp}; std udp {std_udp}; tcp {tcp}; udp {udp}; dns {dns}")
 }
 
 fn reply(response_out: ResponseOutparam, status: u16, text: &str) {

@@ -1,0 +1,217 @@
+//! The import check at deploy (T18): every interface a component imports
+//! is classified before it is linked. Capabilities (outbound HTTP,
+//! key-value, config and secrets, SQL) are listed beside the grant that
+//! enables them; the WASI interfaces language runtimes import by habit are
+//! bound to implementations that grant nothing (no preopens, empty
+//! environment, every socket address refused and audited); anything else
+//! is refused by name. With `strict_imports`, a capability import the
+//! function was not granted refuses the component before it ever runs.
+
+use std::fmt;
+
+use bulkhead_manifest::Grants;
+
+/// A capability a grant enables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capability {
+    Outbound,
+    KeyValue,
+    Config,
+    Sql,
+}
+
+impl Capability {
+    /// The `grants` key that enables it.
+    pub fn grant_key(self) -> &'static str {
+        match self {
+            Capability::Outbound => "outbound",
+            Capability::KeyValue => "kv",
+            Capability::Config => "config / secrets",
+            Capability::Sql => "sql",
+        }
+    }
+
+    /// A grant line that would allow it, for messages.
+    pub fn example_grant(self) -> &'static str {
+        match self {
+            Capability::Outbound => r#"grants = { outbound = ["https://HOST"] }"#,
+            Capability::KeyValue => r#"grants = { kv = { STORE = "read" } }"#,
+            Capability::Config => {
+                r#"grants = { config = ["KEY"] } or grants = { secrets = ["NAME"] }"#
+            }
+            Capability::Sql => r#"grants = { sql = { STORE = "read" } }"#,
+        }
+    }
+
+    fn granted(self, grants: &Grants) -> bool {
+        match self {
+            Capability::Outbound => !grants.outbound.is_empty(),
+            Capability::KeyValue => !grants.kv.is_empty(),
+            Capability::Config => !grants.config.is_empty() || !grants.secrets.is_empty(),
+            Capability::Sql => !grants.sql.is_empty(),
+        }
+    }
+}
+
+/// What one import is to Bulkhead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    /// Enabled by a grant; `granted` says whether this function has it.
+    Capability {
+        capability: Capability,
+        granted: bool,
+    },
+    /// Types and streams every wasi:http component needs; grant nothing.
+    Plumbing,
+    /// Imported by habit (files, environment, sockets, terminal): bound to
+    /// an implementation that denies everything.
+    DenyAll,
+    /// Bulkhead does not offer it: the component is refused.
+    Unsupported,
+}
+
+/// One import and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Import {
+    /// As the component names it, e.g. `wasi:http/outgoing-handler@0.2.0`.
+    pub name: String,
+    pub kind: ImportKind,
+}
+
+impl fmt::Display for Import {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            ImportKind::Capability {
+                capability,
+                granted: true,
+            } => write!(
+                f,
+                "{} -> grant `{}` (granted)",
+                self.name,
+                capability.grant_key()
+            ),
+            ImportKind::Capability {
+                capability,
+                granted: false,
+            } => write!(
+                f,
+                "{} -> grant `{}` (NOT granted: every call is refused; to allow it add {})",
+                self.name,
+                capability.grant_key(),
+                capability.example_grant()
+            ),
+            ImportKind::Plumbing => write!(f, "{} -> WASI basics (nothing to grant)", self.name),
+            ImportKind::DenyAll => write!(f, "{} -> bound to deny-all", self.name),
+            ImportKind::Unsupported => write!(f, "{} -> NOT OFFERED (refused)", self.name),
+        }
+    }
+}
+
+/// The interface part of an import name: `wasi:http/types@0.2.3` ->
+/// (`wasi:http`, `types`).
+fn split(name: &str) -> (&str, &str) {
+    let bare = name.split_once('@').map_or(name, |(n, _)| n);
+    bare.split_once('/').unwrap_or((bare, ""))
+}
+
+pub fn classify(name: &str, grants: &Grants) -> ImportKind {
+    let capability = |capability: Capability| ImportKind::Capability {
+        capability,
+        granted: capability.granted(grants),
+    };
+    match split(name) {
+        ("wasi:http", "outgoing-handler") => capability(Capability::Outbound),
+        ("wasi:http", "types") => ImportKind::Plumbing,
+        ("wasi:keyvalue", _) => capability(Capability::KeyValue),
+        ("wasi:config", "store") => capability(Capability::Config),
+        ("bulkhead:sql", "sql") => capability(Capability::Sql),
+        ("wasi:io" | "wasi:clocks" | "wasi:random", _) => ImportKind::Plumbing,
+        ("wasi:cli", "stdout" | "stderr" | "stdin" | "exit") => ImportKind::Plumbing,
+        ("wasi:cli", _) | ("wasi:filesystem", _) | ("wasi:sockets", _) => ImportKind::DenyAll,
+        _ => ImportKind::Unsupported,
+    }
+}
+
+/// Classify every import, in the order given.
+pub fn classify_all(names: &[String], grants: &Grants) -> Vec<Import> {
+    names
+        .iter()
+        .map(|name| Import {
+            name: name.clone(),
+            kind: classify(name, grants),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bulkhead_manifest::grants::{SqlGrant, StoreAccess};
+
+    use super::*;
+
+    #[test]
+    fn t18_imports_are_classified() {
+        let none = Grants::default();
+        let sql = Grants {
+            sql: BTreeMap::from([(
+                "events".to_string(),
+                SqlGrant {
+                    access: StoreAccess::Read,
+                    statements: None,
+                },
+            )]),
+            ..Grants::default()
+        };
+        assert_eq!(
+            classify("bulkhead:sql/sql@0.1.0", &none),
+            ImportKind::Capability {
+                capability: Capability::Sql,
+                granted: false
+            }
+        );
+        assert_eq!(
+            classify("bulkhead:sql/sql@0.1.0", &sql),
+            ImportKind::Capability {
+                capability: Capability::Sql,
+                granted: true
+            }
+        );
+        assert_eq!(
+            classify("wasi:keyvalue/atomics@0.2.0-draft", &none),
+            ImportKind::Capability {
+                capability: Capability::KeyValue,
+                granted: false
+            }
+        );
+        assert_eq!(
+            classify("wasi:sockets/tcp@0.2.0", &none),
+            ImportKind::DenyAll
+        );
+        assert_eq!(
+            classify("wasi:filesystem/preopens@0.2.3", &none),
+            ImportKind::DenyAll
+        );
+        assert_eq!(
+            classify("wasi:cli/environment@0.2.3", &none),
+            ImportKind::DenyAll
+        );
+        assert_eq!(
+            classify("wasi:io/streams@0.2.3", &none),
+            ImportKind::Plumbing
+        );
+        assert_eq!(
+            classify("attacker:vault/secrets", &none),
+            ImportKind::Unsupported
+        );
+        assert_eq!(
+            classify("wasi:http-evil/types", &none),
+            ImportKind::Unsupported
+        );
+        assert_eq!(
+            classify("bulkhead:sqlx/sql", &none),
+            ImportKind::Unsupported
+        );
+    }
+}
