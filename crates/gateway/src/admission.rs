@@ -41,6 +41,8 @@ struct State {
 #[derive(Default)]
 struct CallerState {
     outstanding: u32,
+    /// Admitted, not yet queued: still reading and checking their bodies.
+    reading: Vec<u64>,
     queue: VecDeque<Waiter>,
 }
 
@@ -93,9 +95,11 @@ impl Gate {
         }
         state.outstanding += 1;
         self.outstanding.store(state.outstanding, Ordering::Release);
-        state.callers.entry(caller.clone()).or_default().outstanding += 1;
         let ticket = state.next_ticket;
         state.next_ticket += 1;
+        let entry = state.callers.entry(caller.clone()).or_default();
+        entry.outstanding += 1;
+        entry.reading.push(ticket);
         Some(Admitted {
             gate: self.clone(),
             caller: caller.clone(),
@@ -103,26 +107,31 @@ impl Gate {
         })
     }
 
-    /// Refuse the newest queued request of the caller holding the most
-    /// places, if it holds more than `share`; its place is freed now.
+    /// Refuse the newest request not yet running of the caller holding the
+    /// most places, if it holds more than `share`: a queued one first, else
+    /// one still sending its body (a slow body must not hold a place
+    /// against lighter callers). Its place is freed now.
     fn push_out_heaviest(&self, state: &mut State, share: u32) -> Option<()> {
         let heaviest = state
             .callers
             .iter()
-            .filter(|(_, c)| !c.queue.is_empty())
+            .filter(|(_, c)| !c.queue.is_empty() || !c.reading.is_empty())
             .max_by_key(|(_, c)| c.outstanding)
             .filter(|(_, c)| c.outstanding > share)
             .map(|(caller, _)| caller.clone())?;
         let entry = state.callers.get_mut(&heaviest)?;
-        let waiter = entry.queue.pop_back()?;
+        // Dropping a waiter's sender tells it that it was pushed out; a
+        // reader finds out when it asks to run.
+        let ticket = match entry.queue.pop_back() {
+            Some(waiter) => waiter.ticket,
+            None => entry.reading.pop()?,
+        };
         entry.outstanding -= 1;
         if entry.queue.is_empty() {
             state.turns.retain(|c| *c != heaviest);
         }
         state.outstanding -= 1;
-        state.evicted.insert(waiter.ticket);
-        // Dropping the sender tells the waiter it was pushed out.
-        drop(waiter);
+        state.evicted.insert(ticket);
         Some(())
     }
 
@@ -165,6 +174,12 @@ impl Admitted {
         let receiver = {
             let gate = &self.gate;
             let mut state = gate.lock();
+            if state.evicted.contains(&self.ticket) {
+                return Err(PushedOut);
+            }
+            if let Some(entry) = state.callers.get_mut(&self.caller) {
+                entry.reading.retain(|t| *t != self.ticket);
+            }
             if state.running < gate.max_running && state.turns.is_empty() {
                 state.running += 1;
                 return Ok(Running {
@@ -200,7 +215,8 @@ impl Drop for Admitted {
         let mut gone = false;
         if let Some(entry) = state.callers.get_mut(&self.caller) {
             entry.outstanding -= 1;
-            // Still queued (it gave up waiting): leave the queue.
+            // Still reading, or queued and it gave up waiting: leave.
+            entry.reading.retain(|t| *t != self.ticket);
             entry.queue.retain(|w| w.ticket != self.ticket);
             gone = entry.outstanding == 0 && entry.queue.is_empty();
         }
@@ -230,12 +246,7 @@ mod tests {
     use super::*;
 
     fn caller(n: u8) -> Caller {
-        Caller::of(
-            None,
-            std::net::IpAddr::from([192, 0, 2, n]),
-            &http::HeaderMap::new(),
-            &Default::default(),
-        )
+        Caller::of(None, std::net::IpAddr::from([192, 0, 2, n]))
     }
 
     #[tokio::test]
@@ -281,6 +292,21 @@ mod tests {
         assert!(futures_poll(queued[1].as_mut()).is_none());
         // A second flooder request cannot push out a caller at its share.
         assert!(gate.try_admit(&caller(1)).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_flooder_still_sending_bodies_is_pushed_out_too_t02() {
+        let gate = Gate::new(1, 3);
+        // Three places held by requests still reading their bodies.
+        let slow: Vec<Admitted> = (0..3)
+            .map(|_| gate.try_admit(&caller(1)).unwrap())
+            .collect();
+        let newcomer = gate.try_admit(&caller(2)).expect("a fair share");
+        // The flooder's newest learns it was pushed out when it asks to run.
+        assert_eq!(slow[2].run().await.err(), Some(PushedOut));
+        assert!(newcomer.run().await.is_ok());
+        drop(slow);
+        assert_eq!(gate.outstanding(), 1);
     }
 
     fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
 
 use bulkhead_manifest::TrustedProxies;
-use bulkhead_manifest::traffic::canonical;
+use bulkhead_manifest::traffic::{ForwardedHeader, canonical};
 use http::HeaderMap;
 
 use crate::authn::Identity;
@@ -19,18 +19,11 @@ use crate::authn::Identity;
 pub struct Caller(Arc<str>);
 
 impl Caller {
-    pub fn of(
-        identity: Option<&Identity>,
-        peer: IpAddr,
-        headers: &HeaderMap,
-        proxies: &TrustedProxies,
-    ) -> Self {
+    /// `client` is the client's address from [`client_address`].
+    pub fn of(identity: Option<&Identity>, client: IpAddr) -> Self {
         match identity {
             Some(identity) => Self(format!("sub:{}", identity.subject).into()),
-            None => {
-                let client = client_address(peer, headers, proxies);
-                Self(format!("ip:{}", network_of(client)).into())
-            }
+            None => Self(format!("ip:{}", network_of(client)).into()),
         }
     }
 
@@ -49,19 +42,19 @@ fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The client's address: the peer, unless the peer is a trusted proxy; then
-/// the nearest address in the forwarding chain that is not a trusted proxy
-/// (`Forwarded` first, else `X-Forwarded-For`). Entries further left were
-/// written by the client and prove nothing.
-pub(crate) fn client_address(
-    peer: IpAddr,
-    headers: &HeaderMap,
-    proxies: &TrustedProxies,
-) -> IpAddr {
+/// The client's address (IPv4-mapped IPv6 as IPv4): the peer, unless the
+/// peer is a trusted proxy; then the nearest address in the proxies'
+/// forwarding header that is not a trusted proxy. Entries further left
+/// were written by the client and prove nothing.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, proxies: &TrustedProxies) -> IpAddr {
+    let peer = canonical(peer);
     if proxies.is_empty() || !proxies.contains(peer) {
         return peer;
     }
-    let chain = forwarded_chain(headers).or_else(|| x_forwarded_for_chain(headers));
+    let chain = match proxies.header {
+        ForwardedHeader::XForwardedFor => x_forwarded_for_chain(headers),
+        ForwardedHeader::Forwarded => forwarded_chain(headers),
+    };
     let Some(chain) = chain else {
         return peer;
     };
@@ -71,7 +64,7 @@ pub(crate) fn client_address(
     for hop in chain.iter().rev() {
         match hop {
             Some(ip) => {
-                client = *ip;
+                client = canonical(*ip);
                 if !proxies.contains(*ip) {
                     break;
                 }
@@ -119,8 +112,12 @@ mod tests {
     use super::*;
 
     fn proxies(list: &[&str]) -> TrustedProxies {
+        proxies_reading(list, "x-forwarded-for")
+    }
+
+    fn proxies_reading(list: &[&str], header: &str) -> TrustedProxies {
         let source = format!(
-            "[app]\nname = \"t\"\n[limits]\ntrusted_proxies = [{}]\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/\"\nauth = \"public\"\n",
+            "[app]\nname = \"t\"\n[limits]\nforwarded_header = \"{header}\"\ntrusted_proxies = [{}]\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/\"\nauth = \"public\"\n",
             list.iter()
                 .map(|p| format!("\"{p}\""))
                 .collect::<Vec<_>>()
@@ -168,10 +165,22 @@ mod tests {
             "198.51.100.7".parse::<IpAddr>().unwrap()
         );
         let forwarded = headers(&[("forwarded", "for=1.1.1.1, for=\"[2001:db8::1]:4711\"")]);
+        let rfc7239 = proxies_reading(&["10.0.0.0/8"], "forwarded");
         assert_eq!(
-            client_address(peer, &forwarded, &trusted),
+            client_address(peer, &forwarded, &rfc7239),
             "2001:db8::1".parse::<IpAddr>().unwrap()
         );
+        // Only the configured header is read: a client-written `Forwarded`
+        // passed through by an X-Forwarded-For proxy names nobody.
+        let both = headers(&[
+            ("forwarded", "for=192.0.2.99"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(
+            client_address(peer, &both, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(client_address(peer, &forwarded, &trusted), peer);
         let garbage = headers(&[("x-forwarded-for", "not-an-address")]);
         assert_eq!(client_address(peer, &garbage, &trusted), peer);
     }

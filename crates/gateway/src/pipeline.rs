@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use crate::admission::PushedOut;
 use crate::authn::Identity;
-use crate::caller::Caller;
+use crate::caller::{Caller, client_address};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
@@ -174,10 +174,14 @@ async fn pipeline<'s>(
     let function = &slot.function;
     outcome.slot = Some(slot);
 
-    // Authenticate and authorize (T11) before anything costs more.
+    // The client's address: the peer, or what a trusted proxy says (T02).
+    let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
+
+    // Authenticate and authorize (T11) before anything costs more; failed
+    // attempts are counted per client, not per proxy (T03).
     let identity = shared
         .authenticator
-        .check(request.headers(), &slot.access, peer)
+        .check(request.headers(), &slot.access, client)
         .map_err(|refusal| {
             outcome.detail = Some(refusal.reason);
             outcome.subject = refusal.subject;
@@ -186,12 +190,7 @@ async fn pipeline<'s>(
     outcome.subject = identity.as_ref().map(|i| i.subject.clone());
 
     // Rate limits per caller, app-wide then this function's (T02, T03).
-    let caller = Caller::of(
-        identity.as_ref(),
-        peer,
-        request.headers(),
-        &shared.limits.trusted_proxies,
-    );
+    let caller = Caller::of(identity.as_ref(), client);
     for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_ref()]
         .into_iter()
         .flatten()
@@ -314,16 +313,14 @@ async fn pipeline<'s>(
     // timeout.
     let queue_timeout = limits.timeout.get();
     let permits = tokio::time::timeout(queue_timeout, async {
-        let function = function_place.run().await?;
-        let app = app_place.run().await?;
+        let function = function_place.run().await.map_err(|PushedOut| "function")?;
+        let app = app_place.run().await.map_err(|PushedOut| "app")?;
         Ok((function, app))
     })
     .await;
     let _permits = match permits {
         Ok(Ok(permits)) => permits,
-        Ok(Err(PushedOut)) => {
-            return Err(too_many("function"));
-        }
+        Ok(Err(scope)) => return Err(too_many(scope)),
         Err(_) => {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -63,24 +63,14 @@ mod tests {
             period: Duration::from_secs(60),
             burst: 3,
         });
-        let caller = Caller::of(
-            None,
-            "192.0.2.1".parse().unwrap(),
-            &http::HeaderMap::new(),
-            &Default::default(),
-        );
+        let caller = Caller::of(None, "192.0.2.1".parse().unwrap());
         for _ in 0..3 {
             assert!(limiter.check(&caller).is_ok());
         }
         let wait = limiter.check(&caller).unwrap_err();
         assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
         // Another caller has its own allowance.
-        let other = Caller::of(
-            None,
-            "192.0.2.2".parse().unwrap(),
-            &http::HeaderMap::new(),
-            &Default::default(),
-        );
+        let other = Caller::of(None, "192.0.2.2".parse().unwrap());
         assert!(limiter.check(&other).is_ok());
     }
 }

@@ -136,6 +136,7 @@ pub(crate) struct RawLimits {
     // Floods and the bill (T01-T04).
     pub rate_limit: Option<Spanned<RawRateLimit>>,
     pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub forwarded_header: Option<Spanned<String>>,
     pub dynamic_throttle: Option<Spanned<RawThrottle>>,
     pub metering: Option<Spanned<bool>>,
     pub budget: Option<Spanned<RawBudget>>,
@@ -157,6 +158,7 @@ overlaid!(RawLimits {
     max_outbound_bytes,
     rate_limit,
     trusted_proxies,
+    forwarded_header,
     dynamic_throttle,
     metering,
     budget,

@@ -235,7 +235,11 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
     };
     AppLimits {
         rate_limit,
-        trusted_proxies: crate::traffic::resolve_proxies(out, raw.trusted_proxies.as_ref()),
+        trusted_proxies: crate::traffic::resolve_proxies(
+            out,
+            raw.trusted_proxies.as_ref(),
+            raw.forwarded_header.as_ref(),
+        ),
         metering: raw.metering.as_ref().is_none_or(|m| *m.get_ref()),
         max_concurrent_requests,
         max_outstanding_requests,

@@ -107,20 +107,35 @@ pub(crate) fn resolve_rate_limit(
     })
 }
 
-/// Addresses of reverse proxies whose `Forwarded` / `X-Forwarded-For` are
-/// believed (T02). Empty: forwarding headers are ignored, so a client
-/// cannot pick its own rate-limit key by sending one.
+/// Addresses of reverse proxies whose forwarding header is believed (T02),
+/// and which header that is. Empty: forwarding headers are ignored, so a
+/// client cannot pick its own rate-limit key by sending one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+    pub header: ForwardedHeader,
+}
+
+/// The one header the proxies write. Only one is read: a proxy appends to
+/// its own header and passes the other through, so a client could write
+/// any address it likes into the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1` (nginx, HAProxy, cloud balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
 
 impl TrustedProxies {
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
+        self.nets.iter().any(|net| net.contains(&ip))
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.nets.is_empty()
     }
 }
 
@@ -135,7 +150,20 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 pub(crate) fn resolve_proxies(
     out: &mut Collector<'_>,
     raw: Option<&Spanned<Vec<Spanned<String>>>>,
+    header: Option<&Spanned<String>>,
 ) -> TrustedProxies {
+    let header = match header.map(|h| (h, h.get_ref().to_ascii_lowercase())) {
+        None => ForwardedHeader::XForwardedFor,
+        Some((_, name)) if name == "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+        Some((_, name)) if name == "forwarded" => ForwardedHeader::Forwarded,
+        Some((h, _)) => {
+            out.at(
+                Some(h.span()),
+                "`forwarded_header` is `x-forwarded-for` or `forwarded`: the one header your proxies write",
+            );
+            ForwardedHeader::XForwardedFor
+        }
+    };
     let mut nets = Vec::new();
     for entry in raw.map(|r| r.get_ref().as_slice()).unwrap_or_default() {
         let text = entry.get_ref().trim();
@@ -152,7 +180,7 @@ pub(crate) fn resolve_proxies(
             ),
         }
     }
-    TrustedProxies(nets)
+    TrustedProxies { nets, header }
 }
 
 /// Shed new work while the process is overloaded (T01, T04). A signal is a
@@ -206,12 +234,12 @@ pub(crate) fn resolve_throttle(
     ] {
         if let Some(v) = value {
             let share = *v.get_ref();
-            if share.is_finite() && share > 0.0 && share <= 1.0 {
+            if share.is_finite() && share > Throttle::HYSTERESIS && share <= 1.0 {
                 *slot = share;
             } else {
                 out.at(
                     Some(v.span()),
-                    format!("`dynamic_throttle.{key}` is a share of capacity: a number above 0 and at most 1, like 0.8"),
+                    format!("`dynamic_throttle.{key}` is a share of capacity: a number above {} and at most 1, like 0.8", Throttle::HYSTERESIS),
                 );
             }
         }
@@ -239,7 +267,10 @@ mod tests {
 
     #[test]
     fn mapped_addresses_match_their_ipv4_network() {
-        let proxies = TrustedProxies(vec!["10.0.0.0/8".parse().unwrap()]);
+        let proxies = TrustedProxies {
+            nets: vec!["10.0.0.0/8".parse().unwrap()],
+            header: ForwardedHeader::XForwardedFor,
+        };
         assert!(proxies.contains("10.1.2.3".parse().unwrap()));
         assert!(proxies.contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!proxies.contains("11.1.2.3".parse().unwrap()));

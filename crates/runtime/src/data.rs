@@ -112,6 +112,25 @@ impl Redactions {
         out
     }
 
+    /// Like [`Self::apply`] for text that was lowercased (a URL's host):
+    /// each secret is matched lowercased too.
+    pub fn apply_lowercase(&self, text: &str) -> String {
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut values: Vec<String> = list
+            .iter()
+            .map(|v| v.expose_secret().to_ascii_lowercase())
+            .collect();
+        drop(list);
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        let mut out = text.to_string();
+        for value in &values {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), REDACTED);
+            }
+        }
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
     }
@@ -224,5 +243,23 @@ impl CallData {
             error,
             "capability backend failed"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_in_a_lowercased_host_is_redacted_t14() {
+        let redactions = Redactions::default();
+        redactions.add(SecretString::from("Sk-Live-42"));
+        // The outbound check lowercases the host a guest wrote.
+        let host = "http://sk-live-42.attacker.example:80";
+        assert_eq!(
+            redactions.apply_lowercase(host),
+            "http://[REDACTED].attacker.example:80"
+        );
+        assert_eq!(redactions.apply("say Sk-Live-42"), "say [REDACTED]");
     }
 }

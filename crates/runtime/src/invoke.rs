@@ -159,6 +159,7 @@ async fn run(
             sent: 0,
             bytes: invocation.outbound_bytes.clone(),
             max_bytes: sealed.limits.max_outbound_bytes.bytes(),
+            redactions: redactions.clone(),
         },
         crate::sql::SqlCtx {
             bindings: sealed.sql.clone(),

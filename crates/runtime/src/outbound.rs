@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
+use crate::data::Redactions;
 use crate::net::is_public;
 
 /// Outbound requests one call may make.
@@ -46,6 +47,9 @@ pub(crate) struct Outbound {
     /// Bytes sent and received so far in this call, against `max_bytes`.
     pub bytes: Arc<AtomicU64>,
     pub max_bytes: u64,
+    /// Secrets this call read: the destination a guest writes may carry
+    /// one, and it must not reach the log or the audit trail (T14).
+    pub redactions: Redactions,
 }
 
 type SendResult = Result<
@@ -94,10 +98,13 @@ struct Reporter {
     audit: AuditLog,
     function: String,
     correlation_id: String,
+    redactions: Redactions,
 }
 
 impl Reporter {
     fn deny(&self, destination: &str, reason: &str) {
+        let destination = self.redactions.apply_lowercase(destination);
+        let destination = destination.as_str();
         warn!(
             target: "bulkhead::capability",
             function = %self.function,
@@ -118,6 +125,8 @@ impl Reporter {
     }
 
     fn used(&self, destination: &str, address: SocketAddr) {
+        let destination = self.redactions.apply_lowercase(destination);
+        let destination = destination.as_str();
         info!(
             target: "bulkhead::capability",
             function = %self.function,
@@ -149,6 +158,7 @@ impl WasiHttpHooks for Outbound {
             audit: self.audit.clone(),
             function: self.function.clone(),
             correlation_id: self.correlation_id.clone(),
+            redactions: self.redactions.clone(),
         };
         let Some(destination) = Destination::of(request.uri()) else {
             reporter.deny("(no host)", "the request names no http(s) host");

@@ -96,7 +96,12 @@ const INTERNAL_VTABS: &[&str] = &["dbstat", "sqlite_dbpage", "sqlite_stmt"];
 
 fn table(name: &str) -> Result<(), &'static str> {
     let name = name.to_ascii_lowercase();
-    if name.starts_with(INTERNAL_PREFIX) || INTERNAL_VTABS.contains(&name.as_str()) {
+    // `pragma_*` are PRAGMAs as table-valued functions: the database's
+    // path, compile options, the host's own schema.
+    if name.starts_with(INTERNAL_PREFIX)
+        || name.starts_with("pragma_")
+        || INTERNAL_VTABS.contains(&name.as_str())
+    {
         Err("a table the host keeps for itself")
     } else {
         Ok(())

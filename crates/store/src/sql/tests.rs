@@ -157,6 +157,12 @@ fn t06_ddl_attach_pragma_transactions_and_other_schemas_are_denied() {
         ("PRAGMA table_info(events)", "PRAGMA"),
         ("PRAGMA key = 'x'", "PRAGMA"),
         ("SELECT * FROM pragma_table_info('events')", ""),
+        ("SELECT * FROM pragma_database_list", ""),
+        ("SELECT * FROM pragma_compile_options", ""),
+        (
+            "SELECT * FROM pragma_table_info('_bulkhead_migrations')",
+            "",
+        ),
         ("BEGIN", "transaction"),
         ("SELECT * FROM _bulkhead_migrations", "host keeps"),
         ("SELECT * FROM temp.sqlite_master", "another database"),
