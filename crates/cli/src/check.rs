@@ -84,6 +84,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             println!("  strict     yes: a capability import without its grant is refused");
         }
         print_input(&spec.input);
+        print_data_grants(spec);
     }
     let public: Vec<&str> = app
         .functions
@@ -99,6 +100,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             public.join(", ")
         );
     }
+    print_stores(app);
     if let Some(t) = &app.telemetry {
         println!(
             "\ntelemetry  one span per request to {} (OTLP/HTTP), service `{}`, sample_ratio {:?}",
@@ -159,4 +161,49 @@ fn print_input(input: &bulkhead_manifest::Input) {
         }
     };
     println!("  body       {body}");
+}
+
+/// The function's key-value, secret and config grants (T16): what a
+/// privilege review reads.
+fn print_data_grants(spec: &bulkhead_manifest::Function) {
+    let grants = &spec.grants;
+    if !grants.kv.is_empty() {
+        let kv: Vec<String> = grants
+            .kv
+            .iter()
+            .map(|(store, access)| format!("{store} ({})", access.as_str()))
+            .collect();
+        println!("  kv         {}", kv.join(", "));
+    }
+    if !grants.secrets.is_empty() {
+        println!("  secrets    {}", grants.secrets.join(", "));
+    }
+    if !grants.config.is_empty() {
+        println!("  config     {}", grants.config.join(", "));
+    }
+}
+
+/// The app's declared stores (T13, T20).
+fn print_stores(app: &bulkhead_manifest::App) {
+    if app.stores.is_empty() {
+        return;
+    }
+    println!("\nstores");
+    for store in &app.stores {
+        let mut facts = vec![store.kind_name().to_string()];
+        if store.is_kv() {
+            facts.push(if store.per_subject() {
+                "one key space per subject".into()
+            } else {
+                "app-wide".into()
+            });
+        }
+        if let Some(retention) = store.retention() {
+            facts.push(format!("retention {retention}"));
+        }
+        if store.personal_data() {
+            facts.push("personal data".into());
+        }
+        println!("  {:<16} {}", store.name, facts.join(", "));
+    }
 }

@@ -45,6 +45,7 @@ pub enum DataCommand {
     Export {
         #[command(flatten)]
         target: Target,
+        /// The subject (the verified identity the records were written under).
         #[arg(long)]
         subject: String,
     },

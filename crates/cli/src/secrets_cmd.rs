@@ -44,6 +44,7 @@ pub enum SecretsCommand {
         from_file: Option<PathBuf>,
     },
     /// List secrets: names, versions and times, never values.
+    #[command(after_help = "Example:\n  bulkhead secrets list my-app --env prod")]
     List {
         #[command(flatten)]
         target: Target,
@@ -60,14 +61,18 @@ pub enum SecretsCommand {
     Rotate {
         #[command(flatten)]
         target: Target,
+        /// The existing secret's name, as `list` shows it.
         name: String,
+        /// Read the new value from this file instead of stdin.
         #[arg(long, value_name = "PATH")]
         from_file: Option<PathBuf>,
     },
     /// Delete a secret; functions granted it then read nothing.
+    #[command(after_help = "Example:\n  bulkhead secrets rm my-app stripe_key --env prod")]
     Rm {
         #[command(flatten)]
         target: Target,
+        /// The secret's name, as `list` shows it.
         name: String,
     },
 }

@@ -52,6 +52,8 @@ name = "reader"
 component = "kv.wasm"
 route = "/r"
 auth = "public"
+# Room for the 10 000-operation flood on a slow, shared machine.
+timeout = "120s"
 {QUERY}grants = {{ kv = {{ shared = "read" }} }}
 
 [[function]]
@@ -111,6 +113,23 @@ fn state(app: &TestApp) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn t16_grants_decide_which_store_and_what_access() {
     let app = TestApp::new(&manifest(), &["kv"]);
+    // `check` shows each function's grants and the stores, for review.
+    let checked = app.run(&["check"]);
+    let listing = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{listing}");
+    assert!(
+        listing.contains("  kv         shared (read-write), shortlived (read-write)"),
+        "{listing}"
+    );
+    assert!(listing.contains("  kv         shared (read)"), "{listing}");
+    assert!(
+        listing.contains("  private          kv, one key space per subject, personal data"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("  shortlived       kv, app-wide, retention 4s"),
+        "{listing}"
+    );
     let server = Server::start(&app);
 
     // Legitimate use: set, get, exists, list, increment, batch, delete.
@@ -451,7 +470,7 @@ fn assert_nowhere_on_disk(app: &TestApp, needles: &[&str]) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn t15_no_plaintext_value_key_or_secret_on_disk() {
+async fn t15_no_plaintext_on_disk_and_moved_ciphertext_fails() {
     let app = TestApp::new(&manifest(), &["kv"]);
     let alice = api_key(&app, "alice");
     let mut set = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
@@ -509,8 +528,84 @@ async fn t15_no_plaintext_value_key_or_secret_on_disk() {
         call(&server, "/w?op=get&store=shared&key=KeyCanary5150", None).await,
         "value:PlainTextCanary7319"
     );
+
+    // Someone with write access to the database swaps two sealed values
+    // (same store, same data key) and copies one subject's value over
+    // another's: each read fails authentication, none returns the other
+    // record's value.
+    assert_eq!(
+        call(
+            &server,
+            "/w?op=set&store=shared&key=second&value=SecondValue",
+            None
+        )
+        .await,
+        "ok"
+    );
+    let bob = api_key(&app, "bob");
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=PrivKeyCanary616&value=BobsOwn",
+            Some(&bob)
+        )
+        .await,
+        "ok"
+    );
+    let db = rusqlite::Connection::open(state(&app).join("state.db")).unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = db
+        .prepare("SELECT key_id, value_sealed FROM kv WHERE store = 'shared'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let swap = "UPDATE kv SET value_sealed = ?1 WHERE store = 'shared' AND key_id = ?2";
+    db.execute(swap, rusqlite::params![rows[1].1, rows[0].0])
+        .unwrap();
+    db.execute(swap, rusqlite::params![rows[0].1, rows[1].0])
+        .unwrap();
+    db.execute(
+        "UPDATE kv SET value_sealed = (SELECT value_sealed FROM kv WHERE store = 'private' AND subject = 'alice')
+         WHERE store = 'private' AND subject = 'bob'",
+        [],
+    )
+    .unwrap();
+    for path in [
+        "/w?op=get&store=shared&key=KeyCanary5150",
+        "/w?op=get&store=shared&key=second",
+    ] {
+        assert_eq!(
+            call(&server, path, None).await,
+            "error:other:storage error",
+            "{path}"
+        );
+    }
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=get&store=private&key=PrivKeyCanary616",
+            Some(&bob)
+        )
+        .await,
+        "error:other:storage error"
+    );
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=get&store=private&key=PrivKeyCanary616",
+            Some(&alice)
+        )
+        .await,
+        "value:PrivValueCanary8080"
+    );
+    let tampered =
+        server.wait_for_count(|r| r["message"] == "stored record failed authentication", 3);
+    assert_eq!(tampered.len(), 3, "{tampered:?}");
     assert!(server.stop().success());
     assert_nowhere_on_disk(&app, &needles);
+    assert_eq!(audit_lines(&app, "storage.integrity_failed").len(), 3);
     let names: Vec<String> = {
         let mut files = Vec::new();
         files_under(&state(&app), &mut files);

@@ -129,6 +129,11 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
         "{listing}"
     );
 
+    let checked = app.run(&["check"]);
+    let listing = String::from_utf8_lossy(&checked.stdout);
+    assert!(listing.contains("  secrets    stripe_key"), "{listing}");
+    assert!(listing.contains("  config     greeting"), "{listing}");
+
     let server = Server::start(&app);
     // Granted secret and granted config value.
     assert_eq!(
@@ -293,6 +298,15 @@ fn t15_outside_dev_the_master_key_must_come_from_a_private_file() {
     assert!(
         message.contains("BULKHEAD_MASTER_KEY_FILE") && message.contains("head -c 32"),
         "{message}"
+    );
+    assert!(!app.path().join(".bulkhead/prod/master.key").exists());
+    // `check` (and so `serve`) refuses such an app the same way.
+    let out = bulkhead(&app, &["check"], &["--env", "prod"], b"", &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("BULKHEAD_MASTER_KEY_FILE"),
+        "{}",
+        text(&out)
     );
     assert!(!app.path().join(".bulkhead/prod/master.key").exists());
 

@@ -7,6 +7,8 @@
 //! redaction list: it is replaced by `[REDACTED]` in the guest's captured
 //! output and in the errors logged for the call.
 
+use bulkhead_store::crypto::CryptoError;
+use bulkhead_store::secrets::SecretError;
 use secrecy::ExposeSecret;
 use wasmtime::component::{HasData, Linker};
 
@@ -65,6 +67,10 @@ async fn read_secret(data: &CallData, name: &str) -> Result<Option<String>, Erro
                     "granted secret is not set (bulkhead secrets set)",
                 );
                 Ok(None)
+            }
+            Ok(Err(SecretError::Crypto(CryptoError::Open))) => {
+                data.integrity_failure("secret", name);
+                Err(Error::Io("secret store error".into()))
             }
             Ok(Err(e)) => {
                 data.backend_failure("secrets", name, &e.to_string());

@@ -188,6 +188,30 @@ impl CallData {
         self.audit.record(event);
     }
 
+    /// A sealed record that failed authentication: tampered with, moved
+    /// between rows or subjects, or sealed under another key (T15). Logged
+    /// as an error and audited; the guest gets a generic error.
+    pub fn integrity_failure(&self, capability: &str, resource: &str) {
+        let resource = loggable(resource);
+        tracing::error!(
+            target: "bulkhead::capability",
+            function = %self.function,
+            correlation_id = %self.correlation_id,
+            capability,
+            resource,
+            "stored record failed authentication"
+        );
+        let mut event = AuditEvent::new("storage.integrity_failed")
+            .correlation_id(&self.correlation_id)
+            .function(&self.function)
+            .detail("capability", capability)
+            .detail("resource", resource);
+        if let Some(subject) = &self.subject {
+            event = event.subject(subject);
+        }
+        self.audit.record(event);
+    }
+
     /// A backend failure: the operator's log gets the detail, the guest a
     /// generic error.
     pub fn backend_failure(&self, capability: &str, resource: &str, error: &str) {

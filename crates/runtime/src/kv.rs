@@ -17,6 +17,7 @@
 use std::sync::Arc;
 
 use bulkhead_manifest::StoreAccess;
+use bulkhead_store::crypto::CryptoError;
 use bulkhead_store::kv::{Kv, KvError, Space};
 use wasmtime::component::{HasData, Linker, Resource};
 
@@ -144,6 +145,10 @@ async fn blocking<T: Send + 'static>(
             Err(Error::Other("the value is not a decimal counter".into()))
         }
         Ok(Err(KvError::Overflow)) => Err(Error::Other("counter overflow".into())),
+        Ok(Err(KvError::Crypto(CryptoError::Open))) => {
+            data.integrity_failure("kv", store);
+            Err(Error::Other("storage error".into()))
+        }
         Ok(Err(e)) => {
             data.backend_failure("kv", store, &e.to_string());
             Err(Error::Other("storage error".into()))
