@@ -32,6 +32,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         app.env,
         app.functions.len()
     );
+    print_flood_controls(app);
     for (spec, loaded) in app.functions.iter().zip(&deployment.functions) {
         let l = &spec.limits;
         println!(
@@ -54,6 +55,11 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             l.max_response_body,
             l.max_concurrent_requests,
             l.max_outstanding_requests
+        );
+        println!(
+            "  traffic    rate limit {}; budget {}",
+            describe_rate(spec.limits.rate_limit.as_ref()),
+            describe_budget(&spec.budget, &app.pricing.currency)
         );
         // T18: every import beside the grant that would enable it.
         for (i, import) in loaded.imports().iter().enumerate() {
@@ -161,6 +167,76 @@ fn print_input(input: &bulkhead_manifest::Input) {
         }
     };
     println!("  body       {body}");
+}
+
+/// App-wide flood and cost controls (T01-T04), as `check` reports them.
+fn print_flood_controls(app: &bulkhead_manifest::App) {
+    let limits = &app.limits;
+    println!(
+        "  app-wide   rate limit {}; budget {}; {} running / {} outstanding",
+        describe_rate(limits.rate_limit.as_ref()),
+        describe_budget(&app.budget, &app.pricing.currency),
+        limits.max_concurrent_requests,
+        limits.max_outstanding_requests
+    );
+    match &app.throttle {
+        Some(t) => println!(
+            "  throttle   shed new requests at cpu {:.0}%, memory {:.0}% or in-flight {:.0}%, sampled every {}",
+            t.cpu * 100.0,
+            t.memory * 100.0,
+            t.in_flight * 100.0,
+            t.interval
+        ),
+        None => println!("  throttle   off (`dynamic_throttle.enabled = false`)"),
+    }
+    if !limits.trusted_proxies.is_empty() {
+        println!("  proxies    forwarding headers are believed from the trusted proxies only");
+    }
+    let p = &app.pricing;
+    println!(
+        "  pricing    {} {} per million requests, {} per GB-second, {} per GB out{}",
+        p.per_million_requests,
+        p.currency,
+        p.per_gb_second,
+        p.per_gb_egress,
+        if limits.metering {
+            ""
+        } else {
+            " (metering off: no usage is kept)"
+        }
+    );
+}
+
+fn describe_rate(rate: Option<&bulkhead_manifest::RateLimit>) -> String {
+    match rate {
+        Some(r) => format!(
+            "{} per {} per caller, burst {}",
+            r.count,
+            humantime::format_duration(r.period),
+            r.burst
+        ),
+        None => "none".into(),
+    }
+}
+
+fn describe_budget(budget: &bulkhead_manifest::Budget, currency: &str) -> String {
+    let mut parts = Vec::new();
+    for (who, limits) in [("", &budget.total), (" per caller", &budget.per_caller)] {
+        if let Some(money) = limits.money {
+            parts.push(format!("{money} {currency}/day{who}"));
+        }
+        if let Some(requests) = limits.requests {
+            parts.push(format!("{requests} requests/day{who}"));
+        }
+        if let Some(gb) = limits.gb_seconds {
+            parts.push(format!("{gb} GB-s/day{who}"));
+        }
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// The function's key-value, secret and config grants (T16): what a

@@ -11,6 +11,7 @@ mod otlp;
 mod secrets_cmd;
 mod serve;
 mod sweeper;
+mod usage_cmd;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -111,6 +112,27 @@ enum Command {
         target: Target,
     },
     /// Inspect the tamper-evident audit trail.
+    /// What the functions used and what it costs, from the durable meter.
+    #[command(
+        long_about = "Report the usage the meter recorded for APP_DIR: requests, wall time, \
+                      GB-seconds (memory reserved x time), bytes in and out (responses plus \
+                      outbound HTTP), and their cost at the manifest's [pricing]. Calls refused \
+                      before they ran are not billed. Usage is kept per hour, so --since is \
+                      rounded down to the start of an hour.",
+        after_help = "Examples:\n  bulkhead usage my-app\n  bulkhead usage my-app --by caller --since 7d\n  bulkhead usage my-app --env prod --by hour --format json"
+    )]
+    Usage {
+        #[command(flatten)]
+        target: Target,
+        /// How to group the report.
+        #[arg(long, value_enum, default_value_t = usage_cmd::GroupBy::Function)]
+        by: usage_cmd::GroupBy,
+        /// How far back, like 24h, 7d or 30m.
+        #[arg(long, default_value = "24h", value_name = "DURATION")]
+        since: String,
+        #[arg(long, value_enum, default_value_t = usage_cmd::Format::Table)]
+        format: usage_cmd::Format,
+    },
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
     /// Manage access to the admin listener.
@@ -136,10 +158,13 @@ fn main() -> ExitCode {
         Command::Serve { log_file, .. } => log_file.clone(),
         _ => None,
     };
-    if let Err(e) = init_logging(log_file.as_deref()) {
-        eprintln!("error: {e:#}");
-        return ExitCode::FAILURE;
-    }
+    let _log_guard = match init_logging(log_file.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Serve {
             target,
@@ -148,6 +173,12 @@ fn main() -> ExitCode {
             ..
         } => serve::run(&target, listen, &admin_listen),
         Command::Check { target } => check::run(&target),
+        Command::Usage {
+            target,
+            by,
+            since,
+            format,
+        } => usage_cmd::run(&target, by, &since, format),
         Command::Audit(command) => audit_cmd::run(command),
         Command::Admin(command) => admin_cmd::run(command),
         Command::Token(command) => credentials_cmd::run_token(command),
@@ -164,26 +195,36 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(file: Option<&Path>) -> Result<()> {
+/// JSON logs on stderr or to `file`. Lines are written by a worker thread,
+/// so a request never waits on the terminal or the disk; the buffer blocks
+/// rather than drops when full (a log line is evidence), and the returned
+/// guard flushes it when dropped.
+fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::WorkerGuard> {
     let filter = EnvFilter::try_from_env("BULKHEAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    let sink: Box<dyn std::io::Write + Send> = match file {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(64 * 1024)
+        .thread_name("bulkhead-log")
+        .finish(sink);
+    tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
-        .with_env_filter(filter);
-    match file {
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?;
-            builder.with_writer(std::sync::Mutex::new(file)).init();
-        }
-        None => builder.with_writer(std::io::stderr).init(),
-    }
-    Ok(())
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .init();
+    Ok(guard)
 }
 
 /// Print each problem on its own line; the caller exits non-zero.

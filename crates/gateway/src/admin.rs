@@ -164,6 +164,14 @@ fn route(shared: &Shared, request: &Request<Incoming>, correlation_id: &str) -> 
                 .functions
                 .iter()
                 .map(|slot| (slot.function.name(), slot.gate.outstanding()));
+            if let Some(meter) = &shared.meter {
+                shared.metrics.set_budget_shares(meter.shares());
+            }
+            if let Some(shedder) = &shared.shedder {
+                shared
+                    .metrics
+                    .set_throttle(shedder.shedding(), shedder.last());
+            }
             text(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -5,13 +5,17 @@ mod admin;
 mod admission;
 mod audit;
 pub mod authn;
+mod budget;
+mod caller;
 pub mod correlation;
 mod metrics;
 mod pipeline;
 pub mod problem;
+mod ratelimit;
 mod router;
 mod server;
 pub mod spans;
+mod throttle;
 pub mod validate;
 
 use std::sync::Arc;
@@ -22,8 +26,11 @@ use bulkhead_runtime::LoadedFunction;
 use bulkhead_store::{AuditLog, Store};
 
 use admission::Gate;
+use budget::Meter;
 use metrics::Metrics;
+use ratelimit::CallerLimiter;
 use router::Router;
+use throttle::Shedder;
 
 pub use admin::AdminAccess;
 pub use spans::{RequestSpan, SpanExport};
@@ -38,6 +45,12 @@ pub(crate) struct Shared {
     limits: AppLimits,
     router: Router,
     app_gate: Arc<Gate>,
+    /// Per-caller rate limit across the app (T02, T03).
+    app_limiter: Option<CallerLimiter>,
+    /// Sheds new work while the process is overloaded (T01).
+    shedder: Option<Arc<Shedder>>,
+    /// Meters every call and enforces budgets (T04); `None` if metering is off.
+    meter: Option<Arc<Meter>>,
     functions: Vec<FunctionSlot>,
     audit: AuditLog,
     authenticator: authn::Authenticator,
@@ -49,10 +62,13 @@ pub(crate) struct Shared {
 }
 
 pub(crate) struct FunctionSlot {
+    /// Position in the manifest (and in the meter's ledger).
+    index: usize,
     function: LoadedFunction,
     /// The route as the manifest writes it, like `/users/{id}`.
     route: String,
     gate: Arc<Gate>,
+    limiter: Option<CallerLimiter>,
     access: bulkhead_manifest::Access,
     /// The function's input rules, compiled once (T10).
     rules: validate::Rules,
@@ -69,16 +85,22 @@ impl Gateway {
         store: Store,
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
-        let authenticator = authn::Authenticator::new(app, store)?;
+        let authenticator = authn::Authenticator::new(app, store.clone())?;
         let router = Router::new(
             app.functions
                 .iter()
                 .map(|f| (f.route.clone(), f.methods.clone())),
         );
+        let meter = if app.limits.metering {
+            Some(Meter::new(app, &store).map_err(|e| format!("cannot open the meter: {e}"))?)
+        } else {
+            None
+        };
         let functions = functions
             .into_iter()
             .zip(&app.functions)
-            .map(|(function, spec)| {
+            .enumerate()
+            .map(|(index, (function, spec))| {
                 let limits = function.limits();
                 let gate = Gate::new(
                     limits.max_concurrent_requests,
@@ -87,6 +109,8 @@ impl Gateway {
                 let route = spec.route.to_string();
                 let rules = validate::Rules::new(&spec.input);
                 FunctionSlot {
+                    index,
+                    limiter: limits.rate_limit.as_ref().map(CallerLimiter::new),
                     function,
                     route,
                     gate,
@@ -103,6 +127,9 @@ impl Gateway {
                     app.limits.max_concurrent_requests,
                     app.limits.max_outstanding_requests,
                 ),
+                app_limiter: app.limits.rate_limit.as_ref().map(CallerLimiter::new),
+                shedder: app.throttle.map(Shedder::new),
+                meter,
                 functions,
                 audit,
                 authenticator,

@@ -3,6 +3,8 @@
 //! only from the manifest and from our own reason names, never from
 //! request input, so a client cannot blow up the series count.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +24,19 @@ struct FunctionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BudgetLabels {
+    scope: String,
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignalLabels {
+    signal: String,
+}
+
+type Share = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -33,6 +48,9 @@ pub struct Metrics {
     refusals: Family<ReasonLabels, Counter>,
     outstanding: Family<FunctionLabels, Gauge>,
     live_instances: Gauge,
+    budget_used: Family<BudgetLabels, Share>,
+    throttle_shedding: Gauge,
+    throttle_signals: Family<SignalLabels, Share>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -75,6 +93,24 @@ impl Metrics {
             "WebAssembly instances alive right now",
             live_instances.clone(),
         );
+        let budget_used = Family::<BudgetLabels, Share>::default();
+        registry.register(
+            "budget_used_ratio",
+            "Share of today's budget used (the largest of its limits), app-wide and by function",
+            budget_used.clone(),
+        );
+        let throttle_shedding = Gauge::default();
+        registry.register(
+            "throttle_shedding",
+            "1 while the dynamic throttle sheds new requests",
+            throttle_shedding.clone(),
+        );
+        let throttle_signals = Family::<SignalLabels, Share>::default();
+        registry.register(
+            "throttle_signal_ratio",
+            "The load signals the dynamic throttle last sampled",
+            throttle_signals.clone(),
+        );
         Self {
             registry,
             requests,
@@ -82,6 +118,9 @@ impl Metrics {
             refusals,
             outstanding,
             live_instances,
+            budget_used,
+            throttle_shedding,
+            throttle_signals,
         }
     }
 
@@ -110,6 +149,36 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc();
+    }
+
+    pub fn set_budget_shares(&self, shares: Vec<(Option<&str>, f64)>) {
+        for (function, share) in shares {
+            let labels = BudgetLabels {
+                scope: if function.is_some() {
+                    "function"
+                } else {
+                    "app"
+                }
+                .to_string(),
+                function: function.unwrap_or("").to_string(),
+            };
+            self.budget_used.get_or_create(&labels).set(share);
+        }
+    }
+
+    pub fn set_throttle(&self, shedding: bool, signals: crate::throttle::Signals) {
+        self.throttle_shedding.set(i64::from(shedding));
+        for (name, value) in [
+            ("cpu", signals.cpu),
+            ("memory", signals.memory),
+            ("in_flight", signals.in_flight),
+        ] {
+            self.throttle_signals
+                .get_or_create(&SignalLabels {
+                    signal: name.to_string(),
+                })
+                .set(value);
+        }
     }
 
     /// The registry in OpenMetrics text, with the gauges read just now.

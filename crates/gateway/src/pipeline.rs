@@ -15,7 +15,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
+use crate::admission::PushedOut;
 use crate::authn::Identity;
+use crate::caller::Caller;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::router::RouteMatch;
@@ -183,12 +185,46 @@ async fn pipeline<'s>(
         })?;
     outcome.subject = identity.as_ref().map(|i| i.subject.clone());
 
+    // Rate limits per caller, app-wide then this function's (T02, T03).
+    let caller = Caller::of(
+        identity.as_ref(),
+        peer,
+        request.headers(),
+        &shared.limits.trusted_proxies,
+    );
+    for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        limiter.check(&caller).map_err(|wait| {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Rate limit reached",
+                "You are sending requests faster than this service allows; wait as long as Retry-After says.",
+            )
+            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
+        })?;
+    }
+
     // Validate parameters, query, framing and content type (T10).
     slot.rules
         .check_head(&params, request.uri().query(), request.headers())
         .map_err(|r| refuse(r, outcome))?;
 
-    // Admit: app-wide, then per function; over either bound, 429 at once (T01).
+    // Shed new work while the process is overloaded (T01).
+    if let Some(shedder) = shared.shedder.as_ref().filter(|s| s.shedding()) {
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            "Service overloaded",
+            "The service is shedding load to stay up; retry after the time Retry-After gives.",
+        )
+        .retry_after(shedder.retry_after()));
+    }
+
+    // Admit: app-wide, then per function, fairly between callers; over
+    // either bound, 429 at once (T01, T02).
     let too_many = |scope: &str| {
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -198,8 +234,14 @@ async fn pipeline<'s>(
         )
         .retry_after(1)
     };
-    let app_place = shared.app_gate.try_admit().ok_or_else(|| too_many("app"))?;
-    let function_place = slot.gate.try_admit().ok_or_else(|| too_many("function"))?;
+    let app_place = shared
+        .app_gate
+        .try_admit(&caller)
+        .ok_or_else(|| too_many("app"))?;
+    let function_place = slot
+        .gate
+        .try_admit(&caller)
+        .ok_or_else(|| too_many("function"))?;
 
     // Read the body, bounded in size and time (T01).
     let limits = function.limits();
@@ -253,18 +295,36 @@ async fn pipeline<'s>(
         .check_body(&parts.method, &parts.headers, &body)
         .map_err(|r| refuse(r, outcome))?;
 
-    // Queue for a running slot, app-wide and per function; a request waits
-    // at most its function's timeout.
+    // Budgets (T04): refused before it can cost anything.
+    let mut charge = match &shared.meter {
+        Some(meter) => Some(meter.admit(slot.index, &caller).map_err(|spent| {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "budget-exhausted",
+                "Budget exhausted",
+                format!("{}; it renews at 00:00 UTC.", spent.scope.describe()),
+            )
+            .retry_after(spent.retry_after)
+        })?),
+        None => None,
+    };
+
+    // Queue for a running slot, this function's then the app's, taking
+    // turns with other callers; a request waits at most its function's
+    // timeout.
     let queue_timeout = limits.timeout.get();
     let permits = tokio::time::timeout(queue_timeout, async {
-        let app = app_place.run().await;
-        let function = function_place.run().await;
-        app.zip(function)
+        let function = function_place.run().await?;
+        let app = app_place.run().await?;
+        Ok((function, app))
     })
     .await;
     let _permits = match permits {
-        Ok(Some(permits)) => permits,
-        _ => {
+        Ok(Ok(permits)) => permits,
+        Ok(Err(PushedOut)) => {
+            return Err(too_many("function"));
+        }
+        Err(_) => {
             return Err(Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "queue-timeout",
@@ -275,15 +335,29 @@ async fn pipeline<'s>(
         }
     };
 
-    // Invoke.
+    // Invoke, metered from here on (T04).
+    let request_bytes = body.len() as u64;
     let guest_request = guest_request(parts, body, trace, identity.as_ref(), &slot.rules)?;
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
+        outbound_bytes: Arc::default(),
         // The verified identity: subject-scoped stores confine the call to it (T13).
         subject: identity.as_ref().map(|i| i.subject.clone()),
     };
-    match function.invoke(guest_request, &invocation).await {
+    if let Some(charge) = charge.as_mut() {
+        charge.start(
+            limits.memory.bytes() >> 20,
+            request_bytes,
+            invocation.outbound_bytes.clone(),
+        );
+    }
+    let result = function.invoke(guest_request, &invocation).await;
+    if let Some(charge) = charge {
+        let response_bytes = result.as_ref().map_or(0, |r| r.body().len() as u64);
+        charge.finish(response_bytes);
+    }
+    match result {
         Ok(response) => Ok(client_response(response)),
         Err(error) => {
             outcome.detail = Some(error.to_string());

@@ -40,6 +40,12 @@ impl Gateway {
             .keep_alive(true);
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
+        if let Some(shedder) = &self.shared.shedder {
+            shedder.start(
+                self.shared.app_gate.clone(),
+                limits.max_outstanding_requests,
+            );
+        }
         self.shared.ready.store(true, Ordering::Release);
 
         loop {
@@ -90,6 +96,10 @@ impl Gateway {
             .is_err()
         {
             warn!(target: "bulkhead::listener", "drain timed out; closing remaining connections");
+        }
+        // Commit the last usage: a restart must not forget what was spent (T04).
+        if let Some(meter) = &self.shared.meter {
+            meter.close();
         }
         Ok(())
     }

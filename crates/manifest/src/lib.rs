@@ -5,6 +5,7 @@
 //! the line and what would be valid; [`load`] reports every problem at once.
 
 pub mod auth;
+pub mod cost;
 pub mod grants;
 pub mod input;
 mod problem;
@@ -13,16 +14,19 @@ mod resolve;
 pub mod route;
 pub mod stores;
 mod telemetry;
+pub mod traffic;
 pub mod units;
 
 use std::path::{Path, PathBuf};
 
 pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
+pub use cost::{Budget, Pricing};
 pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use stores::{Scope, StoreKind, StoreSpec};
+pub use traffic::{RateLimit, Throttle, TrustedProxies};
 pub use units::{ByteSize, Duration};
 
 /// The manifest's file name inside an app directory.
@@ -49,6 +53,12 @@ pub struct App {
     pub functions: Vec<Function>,
     /// Trace export, when `[telemetry]` names an endpoint.
     pub telemetry: Option<Telemetry>,
+    /// Shedding under overload, unless `dynamic_throttle.enabled = false`.
+    pub throttle: Option<Throttle>,
+    /// What calls cost (`[pricing]`).
+    pub pricing: Pricing,
+    /// App-wide daily spend limits (`[limits] budget`).
+    pub budget: Budget,
     /// `[store.NAME]` sections (T13/T14).
     pub stores: Vec<StoreSpec>,
     /// `[config]`: plain values a function reads through `wasi:config`
@@ -88,6 +98,12 @@ pub fn valid_env_name(env: &str) -> bool {
 /// App-wide bounds (T01).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppLimits {
+    /// Requests per caller across the app; `None` when `per_caller = "off"`.
+    pub rate_limit: Option<RateLimit>,
+    /// Proxies whose forwarding headers name the real client (T02).
+    pub trusted_proxies: TrustedProxies,
+    /// Every invocation is metered (and budgets enforced) unless `false`.
+    pub metering: bool,
     /// Requests running at once across all functions.
     pub max_concurrent_requests: u32,
     /// Requests running or queued across all functions; beyond it: 429.
@@ -143,6 +159,8 @@ pub struct Function {
     pub access: Access,
     /// What a well-formed request looks like (T10).
     pub input: Input,
+    /// Daily spend limits of this function (T04).
+    pub budget: Budget,
     /// Refuse the component if it imports a capability interface that its
     /// grants do not enable (T18); the function's value, else `[app]`'s.
     pub strict_imports: bool,
@@ -162,6 +180,10 @@ pub struct FunctionLimits {
     /// The body cap: `input.max_body` (or its alias `max_request_body`).
     pub max_request_body: ByteSize,
     pub max_response_body: ByteSize,
+    /// Bytes one call may send and receive over outbound HTTP (T17, T04).
+    pub max_outbound_bytes: ByteSize,
+    /// Requests per caller to this function; `None` when not set.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Built-in defaults, used where neither `[limits]` nor the function says.
@@ -180,6 +202,7 @@ pub mod defaults {
     pub const MEMORY: ByteSize = ByteSize::mib(128);
     pub const MAX_REQUEST_BODY: ByteSize = ByteSize::mib(1);
     pub const MAX_RESPONSE_BODY: ByteSize = ByteSize::mib(6);
+    pub const MAX_OUTBOUND_BYTES: ByteSize = ByteSize::mib(16);
     pub const METHODS: &[&str] = &["GET"];
 }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::cost::{RawBudget, RawPricing};
+use crate::traffic::{RawRateLimit, RawThrottle};
 use crate::units::{ByteSize, Duration};
 
 /// `Section::overlaid(&self, overlay)`: the section with every key that
@@ -36,6 +38,8 @@ pub(crate) struct RawManifest {
     pub env: BTreeMap<String, Spanned<RawEnv>>,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub pricing: RawPricing,
     /// `[store.NAME]`: key-value and SQL stores (T13/T14).
     #[serde(default)]
     pub store: BTreeMap<Spanned<String>, Spanned<RawStore>>,
@@ -128,6 +132,13 @@ pub(crate) struct RawLimits {
     pub memory: Option<Spanned<ByteSize>>,
     pub max_request_body: Option<Spanned<ByteSize>>,
     pub max_response_body: Option<Spanned<ByteSize>>,
+    pub max_outbound_bytes: Option<Spanned<ByteSize>>,
+    // Floods and the bill (T01-T04).
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub trusted_proxies: Option<Spanned<Vec<Spanned<String>>>>,
+    pub dynamic_throttle: Option<Spanned<RawThrottle>>,
+    pub metering: Option<Spanned<bool>>,
+    pub budget: Option<Spanned<RawBudget>>,
 }
 
 overlaid!(RawLimits {
@@ -143,6 +154,12 @@ overlaid!(RawLimits {
     memory,
     max_request_body,
     max_response_body,
+    max_outbound_bytes,
+    rate_limit,
+    trusted_proxies,
+    dynamic_throttle,
+    metering,
+    budget,
 });
 
 #[derive(Debug, Deserialize)]
@@ -159,6 +176,9 @@ pub(crate) struct RawFunction {
     pub max_outstanding_requests: Option<Spanned<u32>>,
     pub max_request_body: Option<Spanned<ByteSize>>,
     pub max_response_body: Option<Spanned<ByteSize>>,
+    pub max_outbound_bytes: Option<Spanned<ByteSize>>,
+    pub rate_limit: Option<Spanned<RawRateLimit>>,
+    pub budget: Option<Spanned<RawBudget>>,
     #[serde(default)]
     pub grants: RawGrants,
     pub auth: Option<Spanned<RawAccess>>,

@@ -59,6 +59,18 @@ pub(crate) fn resolve(
         }
     };
     let app_limits = app_limits(&mut out, &limits);
+    let pricing = crate::cost::resolve_pricing(&mut out, &raw.pricing);
+    let throttle = crate::traffic::resolve_throttle(&mut out, limits.dynamic_throttle.as_ref());
+    let mut budget = match &limits.budget {
+        Some(raw) => crate::cost::resolve_budget(&mut out, "`[limits]`", raw.get_ref(), &pricing),
+        None => crate::cost::Budget {
+            total: crate::cost::Limits {
+                money: Some(crate::cost::defaults::APP_PER_DAY),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    };
     let jwt = raw
         .auth
         .jwt
@@ -84,6 +96,7 @@ pub(crate) fn resolve(
         raw_stores: &raw.store,
         config: &config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
+        pricing: &pricing,
     };
 
     let mut functions = Vec::new();
@@ -118,6 +131,21 @@ pub(crate) fn resolve(
         );
     }
     check_route_conflicts(&mut out, &functions);
+    if !app_limits.metering {
+        // Budgets are kept by the meter: without it, none can hold (T04).
+        let budgeted = limits.budget.as_ref().map(Spanned::span).or_else(|| {
+            raw.function
+                .iter()
+                .find_map(|f| f.get_ref().budget.as_ref().map(Spanned::span))
+        });
+        if let Some(span) = budgeted {
+            out.at(
+                Some(span),
+                "a `budget` needs metering; remove `metering = false` from `[limits]` or the budget",
+            );
+        }
+        budget = crate::cost::Budget::default();
+    }
 
     if !out.problems.is_empty() {
         return Err(Problems(out.problems));
@@ -132,6 +160,9 @@ pub(crate) fn resolve(
         failed_auth_per_minute,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
         telemetry,
+        throttle,
+        pricing,
+        budget,
         stores,
         config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
@@ -198,7 +229,14 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             format!("`max_header_bytes` must be at least {MIN_HEADER_BYTES}"),
         );
     }
+    let rate_limit = match &raw.rate_limit {
+        Some(r) => crate::traffic::resolve_rate_limit(out, "`[limits] rate_limit`", r.get_ref()),
+        None => Some(crate::traffic::defaults::RATE_LIMIT),
+    };
     AppLimits {
+        rate_limit,
+        trusted_proxies: crate::traffic::resolve_proxies(out, raw.trusted_proxies.as_ref()),
+        metering: raw.metering.as_ref().is_none_or(|m| *m.get_ref()),
         max_concurrent_requests,
         max_outstanding_requests,
         max_instances: positive(
@@ -245,6 +283,7 @@ struct Shared<'a> {
     raw_stores: &'a BTreeMap<Spanned<String>, Spanned<RawStore>>,
     config: &'a BTreeMap<String, String>,
     strict_imports: bool,
+    pricing: &'a crate::cost::Pricing,
 }
 
 fn function(
@@ -342,6 +381,21 @@ fn function(
         &app.max_response_body,
         defaults::MAX_RESPONSE_BODY,
     );
+    let (max_outbound_bytes, _) = pick(
+        &f.max_outbound_bytes,
+        &app.max_outbound_bytes,
+        defaults::MAX_OUTBOUND_BYTES,
+    );
+    let what = format!("function `{name}`");
+    let rate_limit = f
+        .rate_limit
+        .as_ref()
+        .and_then(|r| crate::traffic::resolve_rate_limit(out, &what, r.get_ref()));
+    let budget = f
+        .budget
+        .as_ref()
+        .map(|b| crate::cost::resolve_budget(out, &what, b.get_ref(), shared.pricing))
+        .unwrap_or_default();
 
     // A function's admission bounds default to, and may not exceed, the app's.
     let max_concurrent_requests = positive(
@@ -407,6 +461,8 @@ fn function(
             max_outstanding_requests,
             max_request_body,
             max_response_body,
+            max_outbound_bytes,
+            rate_limit,
         },
         grants: Grants {
             outbound,
@@ -417,6 +473,7 @@ fn function(
         },
         access,
         input: input?,
+        budget,
         strict_imports: f.strict_imports.unwrap_or(shared.strict_imports),
     })
 }

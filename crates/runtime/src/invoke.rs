@@ -3,7 +3,7 @@
 //! collected under the size cap, and every way it can fail named (T05).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bulkhead_manifest::FunctionLimits;
 use bytes::Bytes;
@@ -39,6 +39,8 @@ pub struct Invocation {
     pub correlation_id: String,
     /// The trace context to hand on to outbound calls (T08).
     pub traceparent: String,
+    /// Outbound HTTP bytes of this call, sent and received, for the meter.
+    pub outbound_bytes: Arc<AtomicU64>,
     /// The verified identity of the caller, `None` on a public route; a
     /// subject-scoped store confines the call to it (T13).
     pub subject: Option<String>,
@@ -155,6 +157,8 @@ async fn run(
             audit: sealed.audit.clone(),
             deadline,
             sent: 0,
+            bytes: invocation.outbound_bytes.clone(),
+            max_bytes: sealed.limits.max_outbound_bytes.bytes(),
         },
         crate::sql::SqlCtx {
             bindings: sealed.sql.clone(),

@@ -68,6 +68,23 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
 
 type Outcome<T> = wasmtime::Result<Result<T, Error>>;
 
+/// `Ok(Err(e))` to the guest on a refusal, else the value.
+macro_rules! refuse_or {
+    ($outcome:expr) => {
+        match $outcome? {
+            Ok(value) => value,
+            Err(e) => return Ok(Err(e)),
+        }
+    };
+}
+
+/// What an operation needs once its checks have passed.
+struct Prepared {
+    kv: Arc<Kv>,
+    space: Space,
+    name: String,
+}
+
 impl HostState {
     fn bucket(&self, bucket: &Resource<Bucket>) -> wasmtime::Result<&Bucket> {
         Ok(self.table.get(bucket)?)
@@ -84,6 +101,37 @@ impl HostState {
             return Err(Error::AccessDenied);
         }
         self.kv_backend()
+    }
+
+    /// The checks every operation starts with: count it (each key of a
+    /// batch counts), find the bucket, refuse a write (`write` names the
+    /// operation) under a read grant, check the number and size of `keys`.
+    fn prepare(
+        &mut self,
+        bucket: &Resource<Bucket>,
+        write: Option<&str>,
+        keys: &[&str],
+    ) -> Outcome<Prepared> {
+        if let Err(e) = self.spend(keys.len().max(1)) {
+            return Ok(Err(e));
+        }
+        let b = self.bucket(bucket)?;
+        let kv = match write {
+            Some(operation) => self.writable(b, operation),
+            None => self.kv_backend(),
+        };
+        let checked = kv.and_then(|kv| {
+            if keys.len() > MAX_BATCH {
+                return Err(Error::Other(format!("at most {MAX_BATCH} keys per batch")));
+            }
+            keys.iter().try_for_each(|k| check_key(k))?;
+            Ok(Prepared {
+                kv,
+                space: b.space.clone(),
+                name: b.name.clone(),
+            })
+        });
+        Ok(checked)
     }
 
     /// Count `n` operations against the call's budget.
@@ -205,19 +253,7 @@ impl store::Host for HostState {
 
 impl store::HostBucket for HostState {
     async fn get(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<Option<Vec<u8>>> {
-        if let Err(e) = self.spend(1) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let kv = match self.kv_backend() {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let Prepared { kv, space, name } = refuse_or!(self.prepare(&bucket, None, &[&key]));
         Ok(blocking(&self.data, &name, move || {
             kv.get(&space, &key).map(|v| v.map(|v| v.to_vec()))
         })
@@ -225,53 +261,21 @@ impl store::HostBucket for HostState {
     }
 
     async fn set(&mut self, bucket: Resource<Bucket>, key: String, value: Vec<u8>) -> Outcome<()> {
-        if let Err(e) = self.spend(1) {
+        let Prepared { kv, space, name } = refuse_or!(self.prepare(&bucket, Some("set"), &[&key]));
+        if let Err(e) = check_value(&value) {
             return Ok(Err(e));
         }
-        let b = self.bucket(&bucket)?;
-        let kv = match self.writable(b, "set") {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let Err(e) = check_key(&key).and_then(|()| check_value(&value)) {
-            return Ok(Err(e));
-        }
-        let space = b.space.clone();
-        let name = b.name.clone();
         Ok(blocking(&self.data, &name, move || kv.set(&space, &key, &value)).await)
     }
 
     async fn delete(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<()> {
-        if let Err(e) = self.spend(1) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        let kv = match self.writable(b, "delete") {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let Prepared { kv, space, name } =
+            refuse_or!(self.prepare(&bucket, Some("delete"), &[&key]));
         Ok(blocking(&self.data, &name, move || kv.delete(&space, &key)).await)
     }
 
     async fn exists(&mut self, bucket: Resource<Bucket>, key: String) -> Outcome<bool> {
-        if let Err(e) = self.spend(1) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let kv = match self.kv_backend() {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let Prepared { kv, space, name } = refuse_or!(self.prepare(&bucket, None, &[&key]));
         Ok(blocking(&self.data, &name, move || kv.exists(&space, &key)).await)
     }
 
@@ -280,16 +284,7 @@ impl store::HostBucket for HostState {
         bucket: Resource<Bucket>,
         cursor: Option<u64>,
     ) -> Outcome<KeyResponse> {
-        if let Err(e) = self.spend(1) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        let kv = match self.kv_backend() {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let Prepared { kv, space, name } = refuse_or!(self.prepare(&bucket, None, &[]));
         Ok(blocking(&self.data, &name, move || {
             kv.list(&space, cursor.unwrap_or(0))
                 .map(|(keys, cursor)| KeyResponse { keys, cursor })
@@ -310,19 +305,8 @@ impl atomics::Host for HostState {
         key: String,
         delta: u64,
     ) -> Outcome<u64> {
-        if let Err(e) = self.spend(1) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        let kv = match self.writable(b, "increment") {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        if let Err(e) = check_key(&key) {
-            return Ok(Err(e));
-        }
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let Prepared { kv, space, name } =
+            refuse_or!(self.prepare(&bucket, Some("increment"), &[&key]));
         Ok(blocking(&self.data, &name, move || kv.increment(&space, &key, delta)).await)
     }
 }
@@ -333,24 +317,8 @@ impl batch::Host for HostState {
         bucket: Resource<Bucket>,
         keys: Vec<String>,
     ) -> Outcome<Vec<Option<(String, Vec<u8>)>>> {
-        if let Err(e) = self.spend(keys.len()) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        if keys.len() > MAX_BATCH {
-            return Ok(Err(Error::Other(format!(
-                "at most {MAX_BATCH} keys per batch"
-            ))));
-        }
-        if let Err(e) = keys.iter().try_for_each(|k| check_key(k)) {
-            return Ok(Err(e));
-        }
-        let kv = match self.kv_backend() {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let Prepared { kv, space, name } = refuse_or!(self.prepare(&bucket, None, &names));
         Ok(blocking(&self.data, &name, move || {
             keys.into_iter()
                 .map(|key| Ok(kv.get(&space, &key)?.map(|v| (key, v.to_vec()))))
@@ -364,27 +332,12 @@ impl batch::Host for HostState {
         bucket: Resource<Bucket>,
         key_values: Vec<(String, Vec<u8>)>,
     ) -> Outcome<()> {
-        if let Err(e) = self.spend(key_values.len()) {
+        let names: Vec<&str> = key_values.iter().map(|(k, _)| k.as_str()).collect();
+        let Prepared { kv, space, name } =
+            refuse_or!(self.prepare(&bucket, Some("set-many"), &names));
+        if let Err(e) = key_values.iter().try_for_each(|(_, v)| check_value(v)) {
             return Ok(Err(e));
         }
-        let b = self.bucket(&bucket)?;
-        let kv = match self.writable(b, "set-many") {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        if key_values.len() > MAX_BATCH {
-            return Ok(Err(Error::Other(format!(
-                "at most {MAX_BATCH} keys per batch"
-            ))));
-        }
-        if let Err(e) = key_values
-            .iter()
-            .try_for_each(|(k, v)| check_key(k).and_then(|()| check_value(v)))
-        {
-            return Ok(Err(e));
-        }
-        let space = b.space.clone();
-        let name = b.name.clone();
         Ok(blocking(&self.data, &name, move || {
             key_values
                 .iter()
@@ -394,24 +347,9 @@ impl batch::Host for HostState {
     }
 
     async fn delete_many(&mut self, bucket: Resource<Bucket>, keys: Vec<String>) -> Outcome<()> {
-        if let Err(e) = self.spend(keys.len()) {
-            return Ok(Err(e));
-        }
-        let b = self.bucket(&bucket)?;
-        let kv = match self.writable(b, "delete-many") {
-            Ok(kv) => kv,
-            Err(e) => return Ok(Err(e)),
-        };
-        if keys.len() > MAX_BATCH {
-            return Ok(Err(Error::Other(format!(
-                "at most {MAX_BATCH} keys per batch"
-            ))));
-        }
-        if let Err(e) = keys.iter().try_for_each(|k| check_key(k)) {
-            return Ok(Err(e));
-        }
-        let space = b.space.clone();
-        let name = b.name.clone();
+        let names: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let Prepared { kv, space, name } =
+            refuse_or!(self.prepare(&bucket, Some("delete-many"), &names));
         Ok(blocking(&self.data, &name, move || {
             keys.iter().try_for_each(|key| kv.delete(&space, key))
         })

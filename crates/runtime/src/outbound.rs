@@ -9,13 +9,18 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bulkhead_manifest::grants::{HostPattern, OutboundRule, Scheme};
 use bulkhead_store::{AuditEvent, AuditLog};
+use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::{BodyExt, Limited};
+use http_body::{Body, Frame};
+use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{info, warn};
@@ -26,8 +31,6 @@ use crate::net::is_public;
 
 /// Outbound requests one call may make.
 const MAX_REQUESTS_PER_CALL: u32 = 16;
-/// Largest outbound response body a guest may read.
-const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// Longest time to resolve and connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -40,6 +43,9 @@ pub(crate) struct Outbound {
     pub audit: AuditLog,
     pub deadline: Instant,
     pub sent: u32,
+    /// Bytes sent and received so far in this call, against `max_bytes`.
+    pub bytes: Arc<AtomicU64>,
+    pub max_bytes: u64,
 }
 
 type SendResult = Result<
@@ -181,6 +187,13 @@ impl WasiHttpHooks for Outbound {
             }
         }
         let deadline = self.deadline;
+        let meter = ByteMeter {
+            used: self.bytes.clone(),
+            cap: self.max_bytes,
+            reporter: reporter.clone(),
+            url: url.clone(),
+        };
+        let request = request.map(|body| meter.wrap(body, Direction::Sent));
         Box::new(async move {
             let address =
                 resolve(&destination, &exact, deadline)
@@ -190,8 +203,84 @@ impl WasiHttpHooks for Outbound {
                         error
                     })?;
             reporter.used(&url, address);
-            send(request, &destination, address, deadline).await
+            let (response, connection) = send(request, &destination, address, deadline).await?;
+            let response = response.map(|body| meter.wrap(body, Direction::Received));
+            Ok((response, connection))
         })
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Sent,
+    Received,
+}
+
+/// Counts the bytes of one call's outbound bodies, both ways, and fails the
+/// body that would take the call past its cap (T17, T04): a guest cannot
+/// exfiltrate or download without bound, and the meter bills egress.
+#[derive(Clone)]
+struct ByteMeter {
+    used: Arc<AtomicU64>,
+    cap: u64,
+    reporter: Reporter,
+    url: String,
+}
+
+impl ByteMeter {
+    fn wrap(&self, body: WasiBody, direction: Direction) -> WasiBody {
+        Metered {
+            body,
+            meter: self.clone(),
+            direction,
+        }
+        .boxed_unsync()
+    }
+}
+
+struct Metered {
+    body: WasiBody,
+    meter: ByteMeter,
+    direction: Direction,
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let len = data.len() as u64;
+            let meter = &self.meter;
+            let before = meter.used.fetch_add(len, Ordering::Relaxed);
+            if before.saturating_add(len) > meter.cap {
+                if before <= meter.cap {
+                    meter
+                        .reporter
+                        .deny(&meter.url, "the call's outbound byte cap is spent");
+                }
+                let cap = Some(meter.cap);
+                return Poll::Ready(Some(Err(match self.direction {
+                    Direction::Sent => Error::HttpRequestBodySize(cap),
+                    Direction::Received => Error::HttpResponseBodySize(cap),
+                })));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -254,14 +343,7 @@ async fn send(
             exchange(TokioIo::new(tls), request, deadline).await?
         }
     };
-    let response = response.map(|body| {
-        Limited::new(body, MAX_RESPONSE_BYTES)
-            .map_err(|e| match e.downcast::<hyper::Error>() {
-                Ok(hyper) => Error::from(*hyper),
-                Err(_) => Error::HttpResponseBodySize(Some(MAX_RESPONSE_BYTES as u64)),
-            })
-            .boxed_unsync()
-    });
+    let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
     Ok((response, connection))
 }
 

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod crypto;
 pub mod files;
 pub mod kv;
+pub mod meter;
 pub mod secrets;
 pub mod sql;
 pub mod tokens;
@@ -18,6 +19,7 @@ use rusqlite::Connection;
 
 pub use audit::{AuditEvent, AuditQuery, AuditRecord, Verification};
 pub use audit_writer::AuditLog;
+pub use meter::{MeterLog, Usage};
 
 const DB_FILE: &str = "state.db";
 const AUDIT_KEY_FILE: &str = "audit.key";
@@ -85,9 +87,8 @@ const MIGRATIONS: &[&str] = &[
         revoked_ms INTEGER
     );
 ",
-    // 3: reserved for the lead's meters (issue 6); the lead replaces this
-    // placeholder on merge.
-    "",
+    // 3: the meter (T04).
+    meter::MIGRATION,
     // 4: key-value records (T13/T14). The subject is its own column, never a
     // key prefix a guest could forge; keys and values are sealed, `key_id`
     // is a keyed hash of the key for lookups.
@@ -140,7 +141,7 @@ impl Store {
         self.dir.join(DB_FILE)
     }
 
-    fn db_error(&self, source: rusqlite::Error) -> StoreError {
+    pub(crate) fn db_error(&self, source: rusqlite::Error) -> StoreError {
         StoreError::Db {
             path: self.db_path(),
             source,

@@ -244,6 +244,14 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Kill the server at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

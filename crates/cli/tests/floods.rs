@@ -1,0 +1,449 @@
+//! Floods and the bill (T01, T02, T03, T04), against the real binary over
+//! loopback: per-caller rate limits with exact refusal counts, forwarding
+//! headers believed only from trusted proxies, fair admission under a
+//! flood, the dynamic throttle starting and stopping, and budgets that
+//! hold across a restart and a crash.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::Value;
+use support::{Reply, Server, TestApp, get, request, send};
+
+/// GET `path` as client `ip` (sent in `X-Forwarded-For`).
+async fn get_as(addr: SocketAddr, path: &str, ip: &str) -> Reply {
+    let mut req = request("GET", addr, path, Bytes::new());
+    req.headers_mut()
+        .insert("x-forwarded-for", ip.parse().expect("header value"));
+    send(addr, req).await
+}
+
+fn retry_after(reply: &Reply) -> u64 {
+    reply
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds")
+}
+
+/// The value of one sample line of the OpenMetrics text, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// T02/T03: a burst of 5, then one every 3 s: of 8 quick calls exactly 3
+/// are refused with `rate-limited` and a Retry-After; after waiting that
+/// long exactly one more call passes. The refusals are counted in the
+/// metrics by reason.
+#[tokio::test]
+async fn a_burst_then_the_steady_rate_with_exact_refusals_t02() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "rates"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+rate_limit = { per_caller = "20/m", burst = 5 }
+"#,
+        &["hello"],
+    );
+    let server = Server::start(&app);
+    let mut statuses = Vec::new();
+    let mut last = None;
+    for _ in 0..8 {
+        let reply = get(server.addr, "/hello").await;
+        statuses.push(reply.status);
+        if reply.status == 429 {
+            reply.assert_problem(429, "rate-limited");
+            let wait = retry_after(&reply);
+            assert!((1..=3).contains(&wait), "Retry-After {wait}");
+            last = Some(wait);
+        }
+    }
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429]);
+
+    // One cell comes back every 3 s: after Retry-After, one call passes.
+    tokio::time::sleep(Duration::from_millis(last.unwrap() * 1000 + 200)).await;
+    assert_eq!(get(server.addr, "/hello").await.status, 200);
+    get(server.addr, "/hello")
+        .await
+        .assert_problem(429, "rate-limited");
+
+    let admin = server.admin.expect("admin listener");
+    let metrics = get(admin, "/metrics").await.text();
+    assert_eq!(
+        metric(&metrics, "bulkhead_refusals_total{reason=\"rate-limited\"}"),
+        Some(4.0)
+    );
+    // Each refusal left an audit record too.
+    let stopped = server.stop();
+    assert!(stopped.success());
+    let out = app.run(&[
+        "audit",
+        "query",
+        "--kind",
+        "request.refused",
+        "--format",
+        "json",
+    ]);
+    let refused = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("rate-limited"))
+        .count();
+    assert_eq!(refused, 4);
+}
+
+/// T02: a client cannot escape its limit by inventing `X-Forwarded-For`
+/// addresses; behind a trusted proxy, the header does name the caller.
+#[tokio::test]
+async fn forwarding_headers_count_only_from_trusted_proxies_t02() {
+    let manifest = |proxies: &str| {
+        format!(
+            r#"
+[app]
+name = "proxies"
+
+[limits]
+rate_limit = {{ per_caller = "1/h", burst = 2 }}
+{proxies}
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#
+        )
+    };
+    // No trusted proxy: three invented addresses are one caller.
+    let app = TestApp::new(&manifest(""), &["hello"]);
+    let server = Server::start(&app);
+    let mut statuses = Vec::new();
+    for ip in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        statuses.push(get_as(server.addr, "/hello", ip).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    drop(server);
+
+    // Loopback is a trusted proxy: each forwarded address is its own caller.
+    let app = TestApp::new(
+        &manifest(r#"trusted_proxies = ["127.0.0.1", "::1"]"#),
+        &["hello"],
+    );
+    let server = Server::start(&app);
+    for ip in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        assert_eq!(get_as(server.addr, "/hello", ip).await.status, 200);
+    }
+    assert_eq!(
+        get_as(server.addr, "/hello", "198.51.100.1").await.status,
+        200
+    );
+    get_as(server.addr, "/hello", "198.51.100.1")
+        .await
+        .assert_problem(429, "rate-limited");
+}
+
+/// T02: one caller floods a slow function at many times its capacity
+/// while four others call it one request at a time. The flood is refused
+/// in part; the well-behaved callers succeed at least 99 % of the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooder_cannot_lock_out_well_behaved_callers_t02() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "fairness"
+
+[limits]
+rate_limit = { per_caller = "off" }
+trusted_proxies = ["127.0.0.1"]
+dynamic_throttle = { enabled = false }
+
+[[function]]
+name = "slow"
+component = "hostile.wasm"
+route = "/slow/{what}"
+auth = "public"
+input.query.ms = "[0-9]{1,4}"
+max_concurrent_requests = 2
+max_outstanding_requests = 8
+"#,
+        &["hostile"],
+    );
+    let server = Server::start(&app);
+    let addr = server.addr;
+    let done = Arc::new(AtomicBool::new(false));
+    let flood_ok = Arc::new(AtomicU32::new(0));
+    let flood_refused = Arc::new(AtomicU32::new(0));
+    // 24 connections from one caller, each calling back to back: capacity
+    // is 2 calls per 50 ms, the flood asks for 12 times that at all times.
+    let flooders: Vec<_> = (0..24)
+        .map(|_| {
+            let (done, ok, refused) = (done.clone(), flood_ok.clone(), flood_refused.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                while !done.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) {
+                    let reply = get_as(addr, "/slow/sleep?ms=50", "203.0.113.66").await;
+                    match reply.status {
+                        200 => ok.fetch_add(1, Ordering::Relaxed),
+                        429 => refused.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("flood got {other}"),
+                    };
+                }
+            })
+        })
+        .collect();
+    // Let the flood fill the queue first.
+    while flood_refused.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let callers: Vec<_> = (1..=4)
+        .map(|n| {
+            tokio::spawn(async move {
+                let ip = format!("198.51.100.{n}");
+                let mut ok = 0;
+                for _ in 0..25 {
+                    let reply = get_as(addr, "/slow/sleep?ms=50", &ip).await;
+                    if reply.status == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for caller in callers {
+        succeeded += caller.await.unwrap();
+    }
+    done.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.await.unwrap();
+    }
+    assert!(
+        succeeded >= 99,
+        "well-behaved callers succeeded {succeeded} of 100 times"
+    );
+    assert!(flood_refused.load(Ordering::Relaxed) > 0);
+    assert!(flood_ok.load(Ordering::Relaxed) > 0);
+}
+
+/// T01: while requests outstanding pass the throttle's threshold, new
+/// requests are shed with `overloaded` before they run; once the slow
+/// calls finish, admission resumes.
+#[tokio::test]
+async fn the_dynamic_throttle_sheds_and_recovers_t01() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "throttle"
+
+[limits]
+max_concurrent_requests = 8
+max_outstanding_requests = 8
+dynamic_throttle = { in_flight = 0.25, cpu = 1.0, memory = 1.0, interval = "100ms" }
+timeout = "20s"
+
+[[function]]
+name = "slow"
+component = "hostile.wasm"
+route = "/slow/{what}"
+auth = "public"
+input.query.ms = "[0-9]{1,5}"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#,
+        &["hostile", "hello"],
+    );
+    let server = Server::start(&app);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/hello").await.status, 200);
+    // Three of eight places busy: 0.375 >= 0.25.
+    let slow: Vec<_> = (0..3)
+        .map(|_| tokio::spawn(async move { get(addr, "/slow/sleep?ms=3000").await.status }))
+        .collect();
+    let shed = poll_until(|| async { get(addr, "/hello").await }, |r| r.status == 429).await;
+    shed.assert_problem(429, "overloaded");
+    assert!(retry_after(&shed) >= 1);
+    server.wait_for_log(
+        |r| r["message"] == "overloaded: shedding new requests" && r["signal"] == "in_flight",
+        Duration::from_secs(10),
+    );
+    let admin = server.admin.expect("admin listener");
+    let metrics = get(admin, "/metrics").await.text();
+    assert_eq!(metric(&metrics, "bulkhead_throttle_shedding"), Some(1.0));
+
+    for call in slow {
+        assert_eq!(call.await.unwrap(), 200);
+    }
+    poll_until(|| async { get(addr, "/hello").await }, |r| r.status == 200).await;
+    server.wait_for_log(
+        |r| r["message"] == "recovered: admitting new requests again",
+        Duration::from_secs(10),
+    );
+}
+
+async fn poll_until<F, Fut>(call: F, done: impl Fn(&Reply) -> bool) -> Reply
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Reply>,
+{
+    let started = Instant::now();
+    loop {
+        let reply = call().await;
+        if done(&reply) {
+            return reply;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the expected response never came"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn usage_json(app: &TestApp, by: &str) -> Value {
+    let out = app.run(&["usage", "--by", by, "--format", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("usage prints JSON")
+}
+
+/// T04: at one (list) dollar a request, a 5-dollar daily budget allows
+/// exactly five calls; the 80 % and 100 % marks are logged; the sixth call
+/// is refused with `budget-exhausted` and a Retry-After to midnight UTC;
+/// after a graceful restart and after a crash it is still refused; the
+/// meter's totals match the calls made.
+#[tokio::test]
+async fn a_spent_budget_stays_spent_across_restarts_and_crashes_t04() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "budget"
+
+[pricing]
+per_million_requests = "1000000 USD"
+per_gb_second = "0 USD"
+per_gb_egress = "0 USD"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+budget = { per_day = "5 USD" }
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo"
+auth = "public"
+budget = { per_caller_requests_per_day = 2 }
+
+[limits]
+trusted_proxies = ["127.0.0.1"]
+# Above the built-in 10 USD a day, which these prices would reach.
+budget = { per_day = "1000 USD" }
+"#,
+        &["hello", "echo"],
+    );
+    let server = Server::start(&app);
+    for _ in 0..5 {
+        assert_eq!(get(server.addr, "/hello").await.status, 200);
+    }
+    let refused = get(server.addr, "/hello").await;
+    refused.assert_problem(429, "budget-exhausted");
+    let wait = retry_after(&refused);
+    assert!((1..=86_400).contains(&wait), "Retry-After {wait}");
+    server.wait_for_log(
+        |r| r["message"] == "daily budget 80% used" && r["function"] == "hello",
+        Duration::from_secs(10),
+    );
+    let exhausted = server.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("daily budget exhausted"))
+        },
+        Duration::from_secs(10),
+    );
+    assert_eq!(exhausted["level"], "ERROR");
+
+    // Per caller: each forwarded client gets two calls of `echo`.
+    for ip in ["198.51.100.1", "198.51.100.2"] {
+        for _ in 0..2 {
+            assert_eq!(get_as(server.addr, "/echo", ip).await.status, 200);
+        }
+        get_as(server.addr, "/echo", ip)
+            .await
+            .assert_problem(429, "budget-exhausted");
+    }
+    assert!(server.stop().success());
+
+    // A graceful restart remembers.
+    let server = Server::start(&app);
+    get(server.addr, "/hello")
+        .await
+        .assert_problem(429, "budget-exhausted");
+    get_as(server.addr, "/echo", "198.51.100.1")
+        .await
+        .assert_problem(429, "budget-exhausted");
+    // A third client's calls are committed within the flush window ...
+    assert_eq!(
+        get_as(server.addr, "/echo", "198.51.100.3").await.status,
+        200
+    );
+    assert_eq!(
+        get_as(server.addr, "/echo", "198.51.100.3").await.status,
+        200
+    );
+    let started = Instant::now();
+    while usage_json(&app, "caller")["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["key"] != "ip:198.51.100.3" || r["requests"] != 2)
+    {
+        assert!(started.elapsed() < Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // ... so a crash right after forgets nothing.
+    server.kill();
+    let server = Server::start(&app);
+    get_as(server.addr, "/echo", "198.51.100.3")
+        .await
+        .assert_problem(429, "budget-exhausted");
+    assert!(server.stop().success());
+
+    // The meter: exactly the calls that ran, none of the refused ones.
+    let by_function = usage_json(&app, "function");
+    let rows = by_function["rows"].as_array().unwrap();
+    let requests = |name: &str| {
+        rows.iter()
+            .find(|r| r["key"] == name)
+            .map(|r| r["requests"].as_u64().unwrap())
+    };
+    assert_eq!(requests("hello"), Some(5));
+    assert_eq!(requests("echo"), Some(6));
+    assert_eq!(by_function["total"]["requests"], 11);
+    assert_eq!(by_function["currency"], "USD");
+    let cost = by_function["total"]["cost"].as_f64().unwrap();
+    assert!((cost - 11.0).abs() < 1e-9, "cost {cost}");
+    let gb_seconds = by_function["total"]["gb_seconds"].as_f64().unwrap();
+    assert!(gb_seconds > 0.0);
+}

@@ -1,0 +1,406 @@
+//! Metering and hard budgets (T04, Denial of Wallet). Every invocation's
+//! usage goes to the durable meter; a ledger of today's totals (UTC) per
+//! scope (the app, each function, and each caller of either) decides,
+//! before a request may queue, whether the budget allows it. The ledger is
+//! rebuilt from the meter at start, so a restart never resets a budget.
+//! Usage crossing 80 % of a budget logs a warning; reaching it, an error.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bulkhead_manifest::cost::Limits;
+use bulkhead_manifest::{App, Budget, Pricing};
+use bulkhead_store::meter::{MeterLog, Usage, hour_of, usage_since};
+use bulkhead_store::{Store, StoreError, now_ms};
+use tracing::{error, warn};
+
+use crate::caller::Caller;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Which budget refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    App,
+    AppPerCaller,
+    Function,
+    FunctionPerCaller,
+}
+
+impl Scope {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Scope::App => "The app has spent its daily budget",
+            Scope::AppPerCaller => "You have spent your daily budget for this app",
+            Scope::Function => "This function has spent its daily budget",
+            Scope::FunctionPerCaller => "You have spent your daily budget for this function",
+        }
+    }
+}
+
+/// A refusal: which budget, and seconds until it renews (UTC midnight).
+#[derive(Debug, Clone, Copy)]
+pub struct Exhausted {
+    pub scope: Scope,
+    pub retry_after: u64,
+}
+
+pub struct Meter {
+    pricing: Pricing,
+    app_budget: Budget,
+    function_budgets: Vec<Budget>,
+    function_names: Vec<String>,
+    log: MeterLog,
+    ledger: Mutex<Ledger>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    day: i64,
+    app: Usage,
+    app_callers: HashMap<Arc<str>, Usage>,
+    functions: Vec<Usage>,
+    function_callers: Vec<HashMap<Arc<str>, Usage>>,
+    /// Budget alerts already logged today: (scope, function, caller, level).
+    alerted: HashSet<(u8, usize, Arc<str>, u8)>,
+}
+
+/// A request's place in today's budgets: its request is charged on
+/// admission and refunded if it never runs.
+pub struct Charge {
+    meter: Arc<Meter>,
+    function: usize,
+    caller: Arc<str>,
+    running: Option<Running>,
+    settled: bool,
+}
+
+/// A call under way: what its usage is measured from.
+struct Running {
+    started: Instant,
+    memory_mib: u64,
+    request_bytes: u64,
+    outbound_bytes: Arc<AtomicU64>,
+}
+
+impl Meter {
+    pub fn new(app: &App, store: &Store) -> Result<Arc<Self>, StoreError> {
+        let log = MeterLog::start(store)?;
+        let function_names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
+        let meter = Self {
+            pricing: app.pricing.clone(),
+            app_budget: app.budget.clone(),
+            function_budgets: app.functions.iter().map(|f| f.budget.clone()).collect(),
+            ledger: Mutex::new(Ledger::empty(day_of(now_ms()), function_names.len())),
+            function_names,
+            log,
+        };
+        meter.reload(store)?;
+        Ok(Arc::new(meter))
+    }
+
+    /// Rebuild today's totals from the durable meter.
+    fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let today = day_of(now_ms());
+        let rows = usage_since(store, hour_of(today * DAY_MS))?;
+        let mut ledger = self.lock();
+        *ledger = Ledger::empty(today, self.function_names.len());
+        for row in rows {
+            let caller: Arc<str> = row.caller.as_str().into();
+            ledger.app.add(&row.usage);
+            ledger
+                .app_callers
+                .entry(caller.clone())
+                .or_default()
+                .add(&row.usage);
+            if let Some(i) = self.function_names.iter().position(|f| *f == row.function) {
+                ledger.functions[i].add(&row.usage);
+                ledger.function_callers[i]
+                    .entry(caller)
+                    .or_default()
+                    .add(&row.usage);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Charge one request to every budget of `function` for `caller`, or
+    /// refuse it if any is spent.
+    pub fn admit(self: &Arc<Self>, function: usize, caller: &Caller) -> Result<Charge, Exhausted> {
+        let now = now_ms();
+        let mut ledger = self.lock();
+        ledger.roll(day_of(now), self.function_names.len());
+        let caller: Arc<str> = caller.as_str().into();
+        let one = Usage {
+            requests: 1,
+            ..Usage::default()
+        };
+        let ledger = &mut *ledger;
+        let scopes = self.scopes(ledger, function, &caller);
+        for (scope, limits, used) in &scopes {
+            if self.share(limits, used, &one) > 1.0 {
+                self.alert(ledger, *scope, function, &caller, 100, 1.0);
+                return Err(Exhausted {
+                    scope: *scope,
+                    retry_after: seconds_to_midnight(now),
+                });
+            }
+        }
+        ledger.add(function, &caller, &one);
+        let after = self.scopes(ledger, function, &caller);
+        for (scope, limits, used) in after {
+            let share = self.share(limits, &used, &Usage::default());
+            if share >= 1.0 {
+                self.alert(ledger, scope, function, &caller, 100, share);
+            } else if share >= 0.8 {
+                self.alert(ledger, scope, function, &caller, 80, share);
+            }
+        }
+        Ok(Charge {
+            meter: self.clone(),
+            function,
+            caller,
+            running: None,
+            settled: false,
+        })
+    }
+
+    /// Each budget that applies to a call of `function` by `caller`, with
+    /// what it has used today.
+    fn scopes(
+        &self,
+        ledger: &Ledger,
+        function: usize,
+        caller: &Arc<str>,
+    ) -> [(Scope, &Limits, Usage); 4] {
+        let budget = &self.function_budgets[function];
+        [
+            (Scope::App, &self.app_budget.total, ledger.app),
+            (
+                Scope::AppPerCaller,
+                &self.app_budget.per_caller,
+                usage_of(&ledger.app_callers, caller),
+            ),
+            (Scope::Function, &budget.total, ledger.functions[function]),
+            (
+                Scope::FunctionPerCaller,
+                &budget.per_caller,
+                usage_of(&ledger.function_callers[function], caller),
+            ),
+        ]
+    }
+
+    /// The largest share of any limit that `used` plus `extra` would take.
+    fn share(&self, limits: &Limits, used: &Usage, extra: &Usage) -> f64 {
+        let mut total = *used;
+        total.add(extra);
+        let mut share: f64 = 0.0;
+        if let Some(limit) = limits.requests {
+            share = share.max(ratio(total.requests as f64, limit as f64));
+        }
+        if let Some(limit) = limits.gb_seconds {
+            share = share.max(ratio(total.gb_seconds(), limit));
+        }
+        if let Some(limit) = limits.money {
+            let cost = self
+                .pricing
+                .cost(total.requests, total.gb_seconds(), total.egress_bytes());
+            share = share.max(ratio(cost, limit));
+        }
+        share
+    }
+
+    fn alert(
+        &self,
+        ledger: &mut Ledger,
+        scope: Scope,
+        function: usize,
+        caller: &Arc<str>,
+        level: u8,
+        share: f64,
+    ) {
+        let caller_key: Arc<str> = match scope {
+            Scope::AppPerCaller | Scope::FunctionPerCaller => caller.clone(),
+            _ => "".into(),
+        };
+        let function_index = match scope {
+            Scope::Function | Scope::FunctionPerCaller => function,
+            _ => usize::MAX,
+        };
+        if !ledger
+            .alerted
+            .insert((scope as u8, function_index, caller_key.clone(), level))
+        {
+            return;
+        }
+        let function = self
+            .function_names
+            .get(function_index)
+            .map_or("", String::as_str);
+        let scope_name = format!("{scope:?}");
+        let used_percent = (share * 100.0).round();
+        if level >= 100 {
+            error!(target: "bulkhead::budget", scope = scope_name, function, caller = &*caller_key, used_percent, "daily budget exhausted: requests are refused until 00:00 UTC");
+        } else {
+            warn!(target: "bulkhead::budget", scope = scope_name, function, caller = &*caller_key, used_percent, "daily budget 80% used");
+        }
+    }
+
+    /// Budget shares for metrics: the app, then each function.
+    pub fn shares(&self) -> Vec<(Option<&str>, f64)> {
+        let mut ledger = self.lock();
+        ledger.roll(day_of(now_ms()), self.function_names.len());
+        let mut out = vec![(
+            None,
+            self.share(&self.app_budget.total, &ledger.app, &Usage::default()),
+        )];
+        for (i, name) in self.function_names.iter().enumerate() {
+            let share = self.share(
+                &self.function_budgets[i].total,
+                &ledger.functions[i],
+                &Usage::default(),
+            );
+            out.push((Some(name.as_str()), share));
+        }
+        out
+    }
+
+    /// Commit pending usage and stop the meter's writer.
+    pub fn close(&self) {
+        self.log.close();
+    }
+}
+
+impl Charge {
+    /// The call starts now, reserving `memory_mib` for its duration. From
+    /// here on it is billed even if the client goes away mid-call.
+    pub fn start(&mut self, memory_mib: u64, request_bytes: u64, outbound_bytes: Arc<AtomicU64>) {
+        self.running = Some(Running {
+            started: Instant::now(),
+            memory_mib,
+            request_bytes,
+            outbound_bytes,
+        });
+    }
+
+    /// The call ended, having sent `response_bytes` back.
+    pub fn finish(mut self, response_bytes: u64) {
+        self.settle(response_bytes);
+    }
+
+    fn settle(&mut self, response_bytes: u64) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        self.settled = true;
+        let wall_us = u64::try_from(running.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let mut usage = Usage {
+            requests: 0,
+            wall_us,
+            mib_us: wall_us.saturating_mul(running.memory_mib),
+            request_bytes: running.request_bytes,
+            response_bytes,
+            outbound_bytes: running.outbound_bytes.load(Ordering::Relaxed),
+        };
+        let meter = &self.meter;
+        {
+            let mut ledger = meter.lock();
+            if ledger.day == day_of(now_ms()) {
+                ledger.add(self.function, &self.caller, &usage);
+            }
+        }
+        usage.requests = 1;
+        meter.log.record(
+            now_ms(),
+            &meter.function_names[self.function],
+            &self.caller,
+            &usage,
+        );
+    }
+}
+
+impl Drop for Charge {
+    /// A call abandoned mid-way is billed for what it ran; a request that
+    /// never ran costs nothing, so its charge is given back.
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if self.running.is_some() {
+            self.settle(0);
+            return;
+        }
+        let mut ledger = self.meter.lock();
+        if ledger.day != day_of(now_ms()) {
+            return;
+        }
+        let (function, caller) = (self.function, &self.caller);
+        let refund = |u: &mut Usage| u.requests = u.requests.saturating_sub(1);
+        refund(&mut ledger.app);
+        if let Some(u) = ledger.app_callers.get_mut(caller) {
+            refund(u);
+        }
+        refund(&mut ledger.functions[function]);
+        if let Some(u) = ledger.function_callers[function].get_mut(caller) {
+            refund(u);
+        }
+    }
+}
+
+impl Ledger {
+    fn empty(day: i64, functions: usize) -> Self {
+        Self {
+            day,
+            functions: vec![Usage::default(); functions],
+            function_callers: vec![HashMap::new(); functions],
+            ..Default::default()
+        }
+    }
+
+    /// A new UTC day starts every budget afresh.
+    fn roll(&mut self, day: i64, functions: usize) {
+        if day != self.day {
+            *self = Self::empty(day, functions);
+        }
+    }
+
+    fn add(&mut self, function: usize, caller: &Arc<str>, usage: &Usage) {
+        self.app.add(usage);
+        self.app_callers
+            .entry(caller.clone())
+            .or_default()
+            .add(usage);
+        self.functions[function].add(usage);
+        self.function_callers[function]
+            .entry(caller.clone())
+            .or_default()
+            .add(usage);
+    }
+}
+
+fn usage_of(map: &HashMap<Arc<str>, Usage>, caller: &Arc<str>) -> Usage {
+    map.get(caller).copied().unwrap_or_default()
+}
+
+fn ratio(used: f64, limit: f64) -> f64 {
+    if limit <= 0.0 {
+        if used > 0.0 { f64::INFINITY } else { 0.0 }
+    } else {
+        used / limit
+    }
+}
+
+fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(DAY_MS)
+}
+
+fn seconds_to_midnight(ms: i64) -> u64 {
+    let left = DAY_MS - ms.rem_euclid(DAY_MS);
+    u64::try_from(left).unwrap_or(0).div_ceil(1000).max(1)
+}

@@ -1,0 +1,189 @@
+//! Who is calling, for rate limits, fair queueing, metering and budgets
+//! (T02, T03, T04): the verified subject when there is one, else the
+//! client's address. A forwarding header names the client only when the
+//! connection comes from a trusted proxy; otherwise a flooder could pick a
+//! new key for every request by sending a new header.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+
+use bulkhead_manifest::TrustedProxies;
+use bulkhead_manifest::traffic::canonical;
+use http::HeaderMap;
+
+use crate::authn::Identity;
+
+/// A caller key: `sub:SUBJECT` or `ip:ADDRESS` (IPv6 by its /64, since one
+/// host commonly holds a whole /64).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Caller(Arc<str>);
+
+impl Caller {
+    pub fn of(
+        identity: Option<&Identity>,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        proxies: &TrustedProxies,
+    ) -> Self {
+        match identity {
+            Some(identity) => Self(format!("sub:{}", identity.subject).into()),
+            None => {
+                let client = client_address(peer, headers, proxies);
+                Self(format!("ip:{}", network_of(client)).into())
+            }
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+fn network_of(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy; then
+/// the nearest address in the forwarding chain that is not a trusted proxy
+/// (`Forwarded` first, else `X-Forwarded-For`). Entries further left were
+/// written by the client and prove nothing.
+pub(crate) fn client_address(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxies: &TrustedProxies,
+) -> IpAddr {
+    if proxies.is_empty() || !proxies.contains(peer) {
+        return peer;
+    }
+    let chain = forwarded_chain(headers).or_else(|| x_forwarded_for_chain(headers));
+    let Some(chain) = chain else {
+        return peer;
+    };
+    // Walk from the nearest hop outwards; an unreadable hop ends the walk at
+    // the last address we could trust.
+    let mut client = peer;
+    for hop in chain.iter().rev() {
+        match hop {
+            Some(ip) => {
+                client = *ip;
+                if !proxies.contains(*ip) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    client
+}
+
+/// `Forwarded: for=…` (RFC 7239), every header line in order.
+fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+    let mut chain = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        let text = value.to_str().ok()?;
+        for node in rfc7239::parse(text) {
+            let ip = node
+                .ok()
+                .and_then(|n| n.forwarded_for)
+                .and_then(|id| match id.name {
+                    rfc7239::NodeName::Ip(ip) => Some(ip),
+                    _ => None,
+                });
+            chain.push(ip);
+        }
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+/// `X-Forwarded-For: client, proxy1, proxy2`.
+fn x_forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
+    let mut chain = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        let text = value.to_str().ok()?;
+        chain.extend(
+            text.split(',')
+                .map(|part| part.trim().parse::<IpAddr>().ok()),
+        );
+    }
+    (!chain.is_empty()).then_some(chain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxies(list: &[&str]) -> TrustedProxies {
+        let source = format!(
+            "[app]\nname = \"t\"\n[limits]\ntrusted_proxies = [{}]\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/\"\nauth = \"public\"\n",
+            list.iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let path = dir.path().join("bulkhead.toml");
+        bulkhead_manifest::parse(dir.path(), &path, &source, "dev")
+            .unwrap()
+            .limits
+            .trusted_proxies
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn forwarding_headers_from_untrusted_peers_are_ignored_t02() {
+        let peer: IpAddr = "203.0.113.9".parse().unwrap();
+        let spoofed = headers(&[("x-forwarded-for", "198.51.100.1")]);
+        assert_eq!(client_address(peer, &spoofed, &proxies(&[])), peer);
+        assert_eq!(
+            client_address(peer, &spoofed, &proxies(&["10.0.0.0/8"])),
+            peer
+        );
+    }
+
+    #[test]
+    fn the_nearest_untrusted_hop_is_the_client() {
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let trusted = proxies(&["10.0.0.0/8"]);
+        // The client wrote the first entry itself: it proves nothing.
+        let chain = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.7, 10.0.0.3")]);
+        assert_eq!(
+            client_address(peer, &chain, &trusted),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
+        let forwarded = headers(&[("forwarded", "for=1.1.1.1, for=\"[2001:db8::1]:4711\"")]);
+        assert_eq!(
+            client_address(peer, &forwarded, &trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+        let garbage = headers(&[("x-forwarded-for", "not-an-address")]);
+        assert_eq!(client_address(peer, &garbage, &trusted), peer);
+    }
+
+    #[test]
+    fn ipv6_callers_share_their_slash_64() {
+        let a = network_of("2001:db8:1:2:aaaa::1".parse().unwrap());
+        let b = network_of("2001:db8:1:2:bbbb::9".parse().unwrap());
+        assert_eq!(a, b);
+        assert_eq!(
+            network_of("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
+    }
+}

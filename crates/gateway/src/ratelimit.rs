@@ -1,0 +1,86 @@
+//! Per-caller rate limits (T02, T03): a GCRA limiter (governor) per scope,
+//! keyed by [`Caller`]. Over the limit, the request is refused before its
+//! body is read, with the time until the caller may try again.
+
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bulkhead_manifest::RateLimit;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::caller::Caller;
+
+/// Callers tracked before idle ones are swept.
+const SWEEP_ABOVE: usize = 50_000;
+/// Checks between sweeps of idle callers.
+const SWEEP_EVERY: u32 = 4096;
+
+pub struct CallerLimiter {
+    limiter: DefaultKeyedRateLimiter<Caller>,
+    clock: DefaultClock,
+    checks: AtomicU32,
+}
+
+impl CallerLimiter {
+    pub fn new(limit: &RateLimit) -> Self {
+        let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(limit.interval().max(Duration::from_nanos(1)))
+            .map_or_else(|| Quota::per_second(burst), |q| q.allow_burst(burst));
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            checks: AtomicU32::new(0),
+        }
+    }
+
+    /// `Err(wait)` when `caller` is over its rate.
+    pub fn check(&self, caller: &Caller) -> Result<(), Duration> {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+            && self.limiter.len() > SWEEP_ABOVE
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter
+            .check_key(caller)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_passes_then_the_next_waits_about_one_interval() {
+        let limiter = CallerLimiter::new(&RateLimit {
+            count: 1,
+            period: Duration::from_secs(60),
+            burst: 3,
+        });
+        let caller = Caller::of(
+            None,
+            "192.0.2.1".parse().unwrap(),
+            &http::HeaderMap::new(),
+            &Default::default(),
+        );
+        for _ in 0..3 {
+            assert!(limiter.check(&caller).is_ok());
+        }
+        let wait = limiter.check(&caller).unwrap_err();
+        assert!(wait > Duration::from_secs(50) && wait <= Duration::from_secs(60));
+        // Another caller has its own allowance.
+        let other = Caller::of(
+            None,
+            "192.0.2.2".parse().unwrap(),
+            &http::HeaderMap::new(),
+            &Default::default(),
+        );
+        assert!(limiter.check(&other).is_ok());
+    }
+}

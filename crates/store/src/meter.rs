@@ -1,0 +1,276 @@
+//! The meter (T04): what every invocation used, per hour, function and
+//! caller, kept durably. Calls add to an in-memory tally that a writer
+//! thread commits every [`FLUSH_EVERY`], so the request path never waits
+//! on the disk; a crash loses at most that window, and `close` commits the
+//! rest. Budgets are read back from here at start, so restarting the
+//! server never resets them.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use tracing::error;
+
+use crate::{Store, StoreError};
+
+/// How often pending usage is committed.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+/// Meter rows name callers (addresses, subjects): personal data, kept this
+/// long and then deleted when the meter starts (T20).
+pub const RETENTION_DAYS: i64 = 90;
+
+pub(crate) const MIGRATION: &str = r"
+    CREATE TABLE meters (
+        hour INTEGER NOT NULL,
+        function TEXT NOT NULL,
+        caller TEXT NOT NULL,
+        requests INTEGER NOT NULL,
+        wall_us INTEGER NOT NULL,
+        mib_us INTEGER NOT NULL,
+        request_bytes INTEGER NOT NULL,
+        response_bytes INTEGER NOT NULL,
+        outbound_bytes INTEGER NOT NULL,
+        PRIMARY KEY (hour, function, caller)
+    ) WITHOUT ROWID;
+";
+
+/// What some calls used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Usage {
+    pub requests: u64,
+    /// Wall time of the calls, in microseconds.
+    pub wall_us: u64,
+    /// Memory reserved (the function's cap, in MiB) times wall time in
+    /// microseconds: GB-seconds, the way FaaS bills them.
+    pub mib_us: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    /// Bytes sent and received over outbound HTTP.
+    pub outbound_bytes: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.wall_us = self.wall_us.saturating_add(other.wall_us);
+        self.mib_us = self.mib_us.saturating_add(other.mib_us);
+        self.request_bytes = self.request_bytes.saturating_add(other.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_add(other.response_bytes);
+        self.outbound_bytes = self.outbound_bytes.saturating_add(other.outbound_bytes);
+    }
+
+    pub fn gb_seconds(&self) -> f64 {
+        self.mib_us as f64 / 1024.0 / 1e6
+    }
+
+    /// Bytes that left: responses and outbound traffic.
+    pub fn egress_bytes(&self) -> u64 {
+        self.response_bytes.saturating_add(self.outbound_bytes)
+    }
+}
+
+/// Hours since the Unix epoch, of `ms` milliseconds since it.
+pub fn hour_of(ms: i64) -> i64 {
+    ms.div_euclid(3_600_000)
+}
+
+type Key = (i64, String, String);
+
+struct Pending {
+    tally: Mutex<HashMap<Key, Usage>>,
+    conn: Mutex<Connection>,
+    stop: AtomicBool,
+    wake: Condvar,
+    sleeping: Mutex<()>,
+}
+
+/// A handle to the meter; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct MeterLog {
+    pending: Arc<Pending>,
+}
+
+impl MeterLog {
+    /// Start the writer for `store`.
+    pub fn start(store: &Store) -> Result<Self, StoreError> {
+        let conn = store.connect()?;
+        let oldest_kept = hour_of(crate::now_ms()) - RETENTION_DAYS * 24;
+        conn.execute("DELETE FROM meters WHERE hour < ?1", [oldest_kept])
+            .map_err(|e| store.db_error(e))?;
+        let pending = Arc::new(Pending {
+            tally: Mutex::new(HashMap::new()),
+            conn: Mutex::new(conn),
+            stop: AtomicBool::new(false),
+            wake: Condvar::new(),
+            sleeping: Mutex::new(()),
+        });
+        let writer = pending.clone();
+        std::thread::Builder::new()
+            .name("bulkhead-meter".into())
+            .spawn(move || {
+                while !writer.stop.load(Ordering::Acquire) {
+                    if let Ok(guard) = writer.sleeping.lock() {
+                        let _ = writer.wake.wait_timeout(guard, FLUSH_EVERY);
+                    }
+                    writer.commit();
+                }
+            })
+            .map_err(|e| StoreError::Dir {
+                dir: store.dir().to_path_buf(),
+                source: e,
+            })?;
+        Ok(Self { pending })
+    }
+
+    /// Add one call's usage, at `time_ms`.
+    pub fn record(&self, time_ms: i64, function: &str, caller: &str, usage: &Usage) {
+        let key = (hour_of(time_ms), function.to_string(), caller.to_string());
+        if let Ok(mut tally) = self.pending.tally.lock() {
+            tally.entry(key).or_default().add(usage);
+        }
+    }
+
+    /// Commit everything recorded so far.
+    pub fn flush(&self) {
+        self.pending.commit();
+    }
+
+    /// Commit what is pending and stop the writer.
+    pub fn close(&self) {
+        self.pending.stop.store(true, Ordering::Release);
+        self.pending.wake.notify_all();
+        self.pending.commit();
+    }
+}
+
+impl Pending {
+    fn commit(&self) {
+        let Ok(mut conn) = self.conn.lock() else {
+            return;
+        };
+        let batch = match self.tally.lock() {
+            Ok(mut tally) if !tally.is_empty() => std::mem::take(&mut *tally),
+            _ => return,
+        };
+        if let Err(e) = write(&mut conn, &batch) {
+            error!(target: "bulkhead::meter", error = %e, rows = batch.len(), "cannot commit usage; keeping it for the next attempt");
+            if let Ok(mut tally) = self.tally.lock() {
+                for (key, usage) in batch {
+                    tally.entry(key).or_default().add(&usage);
+                }
+            }
+        }
+    }
+}
+
+fn write(conn: &mut Connection, batch: &HashMap<Key, Usage>) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO meters (hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (hour, function, caller) DO UPDATE SET
+                requests = requests + excluded.requests,
+                wall_us = wall_us + excluded.wall_us,
+                mib_us = mib_us + excluded.mib_us,
+                request_bytes = request_bytes + excluded.request_bytes,
+                response_bytes = response_bytes + excluded.response_bytes,
+                outbound_bytes = outbound_bytes + excluded.outbound_bytes",
+        )?;
+        for ((hour, function, caller), u) in batch {
+            upsert.execute(params![
+                hour,
+                function,
+                caller,
+                as_i64(u.requests),
+                as_i64(u.wall_us),
+                as_i64(u.mib_us),
+                as_i64(u.request_bytes),
+                as_i64(u.response_bytes),
+                as_i64(u.outbound_bytes),
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// One row of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UsageRow {
+    pub hour: i64,
+    pub function: String,
+    pub caller: String,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// Every meter row from `since_hour` on.
+pub fn usage_since(store: &Store, since_hour: i64) -> Result<Vec<UsageRow>, StoreError> {
+    let conn = store.connect()?;
+    let read = || -> rusqlite::Result<Vec<UsageRow>> {
+        let mut statement = conn.prepare(
+            "SELECT hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes
+             FROM meters WHERE hour >= ?1 ORDER BY hour, function, caller",
+        )?;
+        let rows = statement.query_map([since_hour], |row| {
+            let n = |i: usize| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+            Ok(UsageRow {
+                hour: row.get(0)?,
+                function: row.get(1)?,
+                caller: row.get(2)?,
+                usage: Usage {
+                    requests: n(3)?,
+                    wall_us: n(4)?,
+                    mib_us: n(5)?,
+                    request_bytes: n(6)?,
+                    response_bytes: n(7)?,
+                    outbound_bytes: n(8)?,
+                },
+            })
+        })?;
+        rows.collect()
+    };
+    read().map_err(|e| store.db_error(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_committed_and_added_up_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let one = Usage {
+            requests: 1,
+            wall_us: 1500,
+            mib_us: 128 * 1500,
+            request_bytes: 10,
+            response_bytes: 20,
+            outbound_bytes: 0,
+        };
+        let now = crate::now_ms();
+        let meter = MeterLog::start(&store).unwrap();
+        meter.record(now, "hello", "ip:127.0.0.1", &one);
+        meter.record(now, "hello", "ip:127.0.0.1", &one);
+        // A row past the retention is deleted when the meter next starts.
+        meter.record(7_200_000, "hello", "ip:127.0.0.1", &one);
+        meter.close();
+        let again = MeterLog::start(&store).unwrap();
+        again.record(now, "hello", "ip:127.0.0.1", &one);
+        again.close();
+        let rows = usage_since(&store, 0).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].hour, hour_of(now));
+        assert_eq!(rows[0].usage.requests, 3);
+        assert_eq!(rows[0].usage.wall_us, 4500);
+        assert_eq!(rows[0].usage.egress_bytes(), 60);
+    }
+}
