@@ -110,3 +110,58 @@ async fn only_granted_public_destinations_are_reached() {
     );
     assert_eq!(String::from_utf8_lossy(&audited.stdout).lines().count(), 10);
 }
+
+/// T17/T04: one call may send and receive at most `max_outbound_bytes`
+/// over outbound HTTP; the body that would pass the cap fails, the guest
+/// never sees the rest, the denial is logged and audited, and the bytes
+/// that did flow are metered.
+#[tokio::test]
+async fn a_call_cannot_pass_its_outbound_byte_cap() {
+    let target_app = TestApp::new(
+        "[app]\nname = \"target\"\n\n[[function]]\nname = \"hello\"\ncomponent = \"hello.wasm\"\nroute = \"/hello\"\nauth = \"public\"\n",
+        &["hello"],
+    );
+    let target = Server::start(&target_app);
+    let port = target.addr.port();
+    let app = TestApp::new(
+        &format!(
+            r#"
+[app]
+name = "capped"
+
+[[function]]
+name = "caller"
+component = "hostile.wasm"
+route = "/call/{{what}}"
+auth = "public"
+input.query.url = 'https?://\S{{1,200}}'
+max_outbound_bytes = "10B"
+grants = {{ outbound = ["http://127.0.0.1:{port}"] }}
+"#
+        ),
+        &["hostile"],
+    );
+    let server = Server::start(&app);
+    // hello answers 33 bytes: past the 10-byte cap.
+    let text = get(
+        server.addr,
+        &format!("/call/fetch?url=http://127.0.0.1:{port}/hello"),
+    )
+    .await
+    .text();
+    assert!(!text.contains("sealed compartment"), "{text}");
+    let denial = server.wait_for_log(
+        |r| r["message"] == "outbound request denied",
+        std::time::Duration::from_secs(10),
+    );
+    assert_eq!(denial["reason"], "the call's outbound byte cap is spent");
+    assert!(server.stop().success());
+    let usage = app.run_with(&["usage"], &["--format", "json"]);
+    let usage: serde_json::Value = serde_json::from_slice(&usage.stdout).expect("usage JSON");
+    assert!(usage["total"]["outbound_bytes"].as_u64().unwrap() > 10);
+    let audited = app.run_with(
+        &["audit", "query"],
+        &["--kind", "capability.denied", "--format", "json"],
+    );
+    assert!(String::from_utf8_lossy(&audited.stdout).contains("byte cap"));
+}
