@@ -172,16 +172,23 @@ impl CallData {
             reason,
             "capability denied"
         );
-        let mut event = AuditEvent::new("capability.denied")
+        self.audit.record(
+            self.event("capability.denied")
+                .detail("capability", capability)
+                .detail("resource", resource)
+                .detail("reason", reason),
+        );
+    }
+
+    /// An audit event about this call: who, which function, which request.
+    fn event(&self, kind: &str) -> AuditEvent {
+        let event = AuditEvent::new(kind)
             .correlation_id(&self.correlation_id)
-            .function(&self.function)
-            .detail("capability", capability)
-            .detail("resource", resource)
-            .detail("reason", reason);
-        if let Some(subject) = &self.subject {
-            event = event.subject(subject);
+            .function(&self.function);
+        match &self.subject {
+            Some(subject) => event.subject(subject),
+            None => event,
         }
-        self.audit.record(event);
     }
 
     /// A granted use: logged and audited.
@@ -195,16 +202,12 @@ impl CallData {
             access,
             "capability used"
         );
-        let mut event = AuditEvent::new("capability.used")
-            .correlation_id(&self.correlation_id)
-            .function(&self.function)
-            .detail("capability", capability)
-            .detail("resource", resource)
-            .detail("access", access);
-        if let Some(subject) = &self.subject {
-            event = event.subject(subject);
-        }
-        self.audit.record(event);
+        self.audit.record(
+            self.event("capability.used")
+                .detail("capability", capability)
+                .detail("resource", resource)
+                .detail("access", access),
+        );
     }
 
     /// A sealed record that failed authentication: tampered with, moved
@@ -220,15 +223,11 @@ impl CallData {
             resource,
             "stored record failed authentication"
         );
-        let mut event = AuditEvent::new("storage.integrity_failed")
-            .correlation_id(&self.correlation_id)
-            .function(&self.function)
-            .detail("capability", capability)
-            .detail("resource", resource);
-        if let Some(subject) = &self.subject {
-            event = event.subject(subject);
-        }
-        self.audit.record(event);
+        self.audit.record(
+            self.event("storage.integrity_failed")
+                .detail("capability", capability)
+                .detail("resource", resource),
+        );
     }
 
     /// A backend failure: the operator's log gets the detail, the guest a
