@@ -51,7 +51,7 @@ pub struct Meter {
     pricing: Pricing,
     app_budget: Budget,
     function_budgets: Vec<Budget>,
-    function_names: Vec<String>,
+    function_names: Vec<Arc<str>>,
     log: MeterLog,
     ledger: Mutex<Ledger>,
 }
@@ -88,7 +88,11 @@ struct Running {
 impl Meter {
     pub fn new(app: &App, store: &Store) -> Result<Arc<Self>, StoreError> {
         let log = MeterLog::start(store)?;
-        let function_names: Vec<String> = app.functions.iter().map(|f| f.name.clone()).collect();
+        let function_names: Vec<Arc<str>> = app
+            .functions
+            .iter()
+            .map(|f| f.name.as_str().into())
+            .collect();
         let meter = Self {
             pricing: app.pricing.clone(),
             app_budget: app.budget.clone(),
@@ -115,7 +119,11 @@ impl Meter {
                 .entry(caller.clone())
                 .or_default()
                 .add(&row.usage);
-            if let Some(i) = self.function_names.iter().position(|f| *f == row.function) {
+            if let Some(i) = self
+                .function_names
+                .iter()
+                .position(|f| **f == *row.function)
+            {
                 ledger.functions[i].add(&row.usage);
                 ledger.function_callers[i]
                     .entry(caller)
@@ -136,7 +144,7 @@ impl Meter {
         let now = now_ms();
         let mut ledger = self.lock();
         ledger.roll(day_of(now), self.function_names.len());
-        let caller: Arc<str> = caller.as_str().into();
+        let caller = caller.key();
         let one = Usage {
             requests: 1,
             ..Usage::default()
@@ -242,7 +250,7 @@ impl Meter {
         let function = self
             .function_names
             .get(function_index)
-            .map_or("", String::as_str);
+            .map_or("", |name| &**name);
         let scope_name = format!("{scope:?}");
         let used_percent = (share * 100.0).round();
         if level >= 100 {
@@ -266,7 +274,7 @@ impl Meter {
                 &ledger.functions[i],
                 &Usage::default(),
             );
-            out.push((Some(name.as_str()), share));
+            out.push((Some(&**name), share));
         }
         out
     }
@@ -340,16 +348,9 @@ impl Drop for Charge {
         if ledger.day != day_of(now_ms()) {
             return;
         }
-        let (function, caller) = (self.function, &self.caller);
-        let refund = |u: &mut Usage| u.requests = u.requests.saturating_sub(1);
-        refund(&mut ledger.app);
-        if let Some(u) = ledger.app_callers.get_mut(caller) {
-            refund(u);
-        }
-        refund(&mut ledger.functions[function]);
-        if let Some(u) = ledger.function_callers[function].get_mut(caller) {
-            refund(u);
-        }
+        ledger.each_scope(self.function, &self.caller, |u| {
+            u.requests = u.requests.saturating_sub(1);
+        });
     }
 }
 
@@ -371,16 +372,25 @@ impl Ledger {
     }
 
     fn add(&mut self, function: usize, caller: &Arc<str>, usage: &Usage) {
-        self.app.add(usage);
-        self.app_callers
-            .entry(caller.clone())
-            .or_default()
-            .add(usage);
-        self.functions[function].add(usage);
-        self.function_callers[function]
-            .entry(caller.clone())
-            .or_default()
-            .add(usage);
+        self.each_scope(function, caller, |u| u.add(usage));
+    }
+
+    /// Apply `change` to the totals of every scope a call of `function`
+    /// by `caller` counts in: the app, the function, and the caller of each.
+    fn each_scope(
+        &mut self,
+        function: usize,
+        caller: &Arc<str>,
+        mut change: impl FnMut(&mut Usage),
+    ) {
+        change(&mut self.app);
+        change(self.app_callers.entry(caller.clone()).or_default());
+        change(&mut self.functions[function]);
+        change(
+            self.function_callers[function]
+                .entry(caller.clone())
+                .or_default(),
+        );
     }
 }
 

@@ -27,12 +27,15 @@ impl Caller {
         }
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The key itself, shared.
+    pub fn key(&self) -> Arc<str> {
+        self.0.clone()
     }
 }
 
-fn network_of(ip: IpAddr) -> IpAddr {
+/// The key of an address: IPv4 as is (mapped forms folded), IPv6 by its
+/// /64, since one host commonly holds a whole /64.
+pub(crate) fn network_of(ip: IpAddr) -> IpAddr {
     match canonical(ip) {
         IpAddr::V6(v6) => {
             let s = v6.segments();

@@ -77,7 +77,7 @@ pub fn hour_of(ms: i64) -> i64 {
     ms.div_euclid(3_600_000)
 }
 
-type Key = (i64, String, String);
+type Key = (i64, Arc<str>, Arc<str>);
 
 struct Pending {
     tally: Mutex<HashMap<Key, Usage>>,
@@ -125,9 +125,10 @@ impl MeterLog {
         Ok(Self { pending })
     }
 
-    /// Add one call's usage, at `time_ms`.
-    pub fn record(&self, time_ms: i64, function: &str, caller: &str, usage: &Usage) {
-        let key = (hour_of(time_ms), function.to_string(), caller.to_string());
+    /// Add one call's usage, at `time_ms`. The names are shared, not
+    /// copied: this runs once per call.
+    pub fn record(&self, time_ms: i64, function: &Arc<str>, caller: &Arc<str>, usage: &Usage) {
+        let key = (hour_of(time_ms), function.clone(), caller.clone());
         if let Ok(mut tally) = self.pending.tally.lock() {
             tally.entry(key).or_default().add(usage);
         }
@@ -257,14 +258,15 @@ mod tests {
             outbound_bytes: 0,
         };
         let now = crate::now_ms();
+        let (hello, caller): (Arc<str>, Arc<str>) = ("hello".into(), "ip:127.0.0.1".into());
         let meter = MeterLog::start(&store).unwrap();
-        meter.record(now, "hello", "ip:127.0.0.1", &one);
-        meter.record(now, "hello", "ip:127.0.0.1", &one);
+        meter.record(now, &hello, &caller, &one);
+        meter.record(now, &hello, &caller, &one);
         // A row past the retention is deleted when the meter next starts.
-        meter.record(7_200_000, "hello", "ip:127.0.0.1", &one);
+        meter.record(7_200_000, &hello, &caller, &one);
         meter.close();
         let again = MeterLog::start(&store).unwrap();
-        again.record(now, "hello", "ip:127.0.0.1", &one);
+        again.record(now, &hello, &caller, &one);
         again.close();
         let rows = usage_since(&store, 0).unwrap();
         assert_eq!(rows.len(), 1);

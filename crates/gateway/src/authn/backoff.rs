@@ -11,21 +11,13 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+// IPv6 callers are keyed by their /64: one host has a whole /64.
+use crate::caller::network_of;
+
 const FIRST_PENALTY: Duration = Duration::from_secs(1);
 const MAX_PENALTY: Duration = Duration::from_secs(15 * 60);
 /// Addresses tracked at most; beyond it, expired entries are swept.
 const MAX_TRACKED: usize = 100_000;
-
-/// IPv6 callers are keyed by their /64: one host has a whole /64.
-fn key_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-    }
-}
 
 struct Penalty {
     strikes: u32,
@@ -51,13 +43,13 @@ impl FailedAuthThrottle {
     /// If `ip` is shut out, for how much longer.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
         let penalties = self.penalties.lock().ok()?;
-        let penalty = penalties.get(&key_of(ip))?;
+        let penalty = penalties.get(&network_of(ip))?;
         penalty.until.checked_duration_since(Instant::now())
     }
 
     /// Count a failure from `ip`; returns the penalty if one starts now.
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
-        let key = key_of(ip);
+        let key = network_of(ip);
         if self.limiter.check_key(&key).is_ok() {
             return None;
         }
