@@ -3,6 +3,7 @@
 //! with which grants. Denials and uses are logged and audited here, the
 //! same way for every capability (T16).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -99,33 +100,25 @@ impl Redactions {
 
     /// `text` with every secret value replaced by `[REDACTED]`.
     pub fn apply(&self, text: &str) -> String {
-        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = text.to_string();
-        // Longest first, so a secret containing another is replaced whole.
-        let mut values: Vec<&str> = list.iter().map(|v| v.expose_secret()).collect();
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        for value in values {
-            if out.contains(value) {
-                out = out.replace(value, REDACTED);
-            }
-        }
-        out
+        self.replace(text, |v| Cow::Borrowed(v))
     }
 
     /// Like [`Self::apply`] for text that was lowercased (a URL's host):
     /// each secret is matched lowercased too.
     pub fn apply_lowercase(&self, text: &str) -> String {
+        self.replace(text, |v| Cow::Owned(v.to_ascii_lowercase()))
+    }
+
+    /// `text` with each secret, in the `form` it would take there, replaced.
+    fn replace(&self, text: &str, form: impl for<'a> Fn(&'a str) -> Cow<'a, str>) -> String {
         let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut values: Vec<String> = list
-            .iter()
-            .map(|v| v.expose_secret().to_ascii_lowercase())
-            .collect();
-        drop(list);
+        // Longest first, so a secret containing another is replaced whole.
+        let mut values: Vec<Cow<'_, str>> = list.iter().map(|v| form(v.expose_secret())).collect();
         values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         let mut out = text.to_string();
         for value in &values {
-            if out.contains(value.as_str()) {
-                out = out.replace(value.as_str(), REDACTED);
+            if out.contains(value.as_ref()) {
+                out = out.replace(value.as_ref(), REDACTED);
             }
         }
         out
