@@ -211,6 +211,9 @@ fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::W
         ),
         None => Box::new(std::io::stderr()),
     };
+    // The writer thread flushes after each batch it drains, so buffering
+    // only turns a flood's thousands of lines into a few writes.
+    let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(64 * 1024)

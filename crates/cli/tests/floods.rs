@@ -84,22 +84,128 @@ rate_limit = { per_caller = "20/m", burst = 5 }
         metric(&metrics, "bulkhead_refusals_total{reason=\"rate-limited\"}"),
         Some(4.0)
     );
-    // Each refusal left an audit record too.
+    // Each refusal is on the audit trail too (T09): the first of each
+    // second in full, the repeats of that second counted in one record.
     let stopped = server.stop();
     assert!(stopped.success());
     let out = app.run(&[
         "audit",
         "query",
         "--kind",
-        "request.refused",
+        "request.throttled",
         "--format",
         "json",
     ]);
-    let refused = String::from_utf8_lossy(&out.stdout)
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("rate-limited"))
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .filter(|r: &Value| r["detail"]["reason"] == "rate-limited")
+        .collect();
+    let full = records
+        .iter()
+        .filter(|r| r["correlation_id"].is_string())
         .count();
-    assert_eq!(refused, 4);
+    let repeated: u64 = records
+        .iter()
+        .filter_map(|r| r["detail"]["repeated"].as_u64())
+        .sum();
+    assert!(full >= 2, "the refusals 3 s apart are recorded in full");
+    assert_eq!(full as u64 + repeated, 4, "{records:?}");
+    for summary in records.iter().filter(|r| r["detail"]["repeated"].is_u64()) {
+        assert_eq!(summary["detail"]["caller"], "ip:127.0.0.1");
+        assert!(summary["detail"]["last_correlation_id"].is_string());
+    }
+}
+
+/// T09 under T01: a flood of refusals cannot flood the audit trail. Each
+/// caller's repeats are folded into one record per second that counts
+/// them, so the trail accounts for every refusal with a handful of
+/// records, and every refused request still has its own access-log line.
+#[tokio::test]
+async fn a_flood_of_refusals_is_counted_on_the_audit_trail_not_copied_t09() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "folds"
+
+[limits]
+rate_limit = { per_caller = "1/h", burst = 1 }
+trusted_proxies = ["127.0.0.1", "::1"]
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#,
+        &["hello"],
+    );
+    let server = Server::start(&app);
+    let unix_second = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    };
+    let first_second = unix_second();
+    let floods = [("198.51.100.7", 120_u64), ("198.51.100.8", 40)];
+    let mut refused_ids = Vec::new();
+    for (ip, calls) in floods {
+        assert_eq!(get_as(server.addr, "/hello", ip).await.status, 200);
+        for _ in 0..calls {
+            let reply = get_as(server.addr, "/hello", ip).await;
+            reply.assert_problem(429, "rate-limited");
+            refused_ids.push(reply.correlation_id());
+        }
+    }
+    let seconds = unix_second() - first_second + 1;
+    let logs = server.wait_for_count(|r| r["reason"] == "rate-limited", refused_ids.len());
+    for id in &refused_ids {
+        assert!(logs.iter().any(|r| r["correlation_id"] == id.as_str()));
+    }
+    assert!(server.stop().success());
+
+    let out = app.run(&[
+        "audit",
+        "query",
+        "--kind",
+        "request.throttled",
+        "--format",
+        "json",
+    ]);
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .collect();
+    for (ip, calls) in floods {
+        let caller = format!("ip:{ip}");
+        let summaries: Vec<&Value> = records
+            .iter()
+            .filter(|r| r["detail"]["caller"] == caller.as_str())
+            .collect();
+        let folded: u64 = summaries
+            .iter()
+            .map(|r| r["detail"]["repeated"].as_u64().expect("a count"))
+            .sum();
+        assert!(!summaries.is_empty(), "{caller}: {records:?}");
+        assert!(
+            summaries.len() as u64 <= seconds,
+            "{caller}: one summary a second"
+        );
+        // The first refusal of each second is recorded in full.
+        assert!(folded < calls, "{caller}: the first refusal is in full");
+    }
+    // Every refusal is accounted for: records in full plus those counted.
+    let full = records
+        .iter()
+        .filter(|r| r["correlation_id"].is_string() && r["detail"]["reason"] == "rate-limited")
+        .count() as u64;
+    let folded: u64 = records
+        .iter()
+        .filter_map(|r| r["detail"]["repeated"].as_u64())
+        .sum();
+    assert_eq!(full + folded, refused_ids.len() as u64);
+    assert!(full <= 2 * seconds, "{full} full records in {seconds} s");
 }
 
 /// T02: a client cannot escape its limit by inventing `X-Forwarded-For`

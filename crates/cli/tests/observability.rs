@@ -185,10 +185,22 @@ fn copy_dir(from: &Path, to: &Path) {
 /// names the first bad record.
 #[tokio::test]
 async fn audit_verify_names_the_first_tampered_record() {
-    let app = TestApp::new(APP, &["hello", "echo"]);
+    // Six callers (behind a trusted proxy), so that no refusal is folded
+    // into another's record.
+    let manifest = APP.replacen(
+        "[[function]]",
+        "[limits]\ntrusted_proxies = [\"127.0.0.1\", \"::1\"]\n\n[[function]]",
+        1,
+    );
+    let app = TestApp::new(&manifest, &["hello", "echo"]);
     let server = Server::start(&app);
     for i in 0..6 {
-        get(server.addr, &format!("/missing/{i}"))
+        let mut missing = request("GET", server.addr, &format!("/missing/{i}"), Bytes::new());
+        missing.headers_mut().insert(
+            "x-forwarded-for",
+            format!("198.51.100.{i}").parse().unwrap(),
+        );
+        send(server.addr, missing)
             .await
             .assert_problem(404, "not-found");
     }

@@ -1,7 +1,24 @@
 //! The gateway's audit events (T09): every refusal and every sandbox limit
 //! hit becomes an audit record beside its log line.
+//!
+//! A flood repeats one refusal (the same reason, function and caller)
+//! thousands of times a second. Writing each in full would let the flood
+//! fill the disk through the audit trail and starve the writer, so that
+//! the events that matter get dropped (T01, T09). So refusals are folded:
+//! the first of each second for a (reason, function, caller) is recorded in
+//! full, and the rest of that second become one record counting them
+//! (`repeated`), naming the caller and the last correlation ID. However
+//! fast a caller is refused, it adds at most two records a second per
+//! reason and function. Each refused request still has its own access-log
+//! line with its correlation ID and detail.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bulkhead_store::{AuditEvent, AuditLog};
+
+use crate::caller::Caller;
 
 /// The audit kind for a problem slug.
 fn kind_of(slug: &str) -> &'static str {
@@ -9,12 +26,18 @@ fn kind_of(slug: &str) -> &'static str {
         "function-timeout" | "memory-limit" | "stack-overflow" | "response-too-large"
         | "capacity" => "sandbox.limit",
         "function-trapped" | "no-response" | "function-error" | "internal" => "function.failed",
-        "too-many-requests" | "queue-timeout" | "auth-backoff" => "request.throttled",
+        "too-many-requests" | "rate-limited" | "overloaded" | "budget-exhausted"
+        | "queue-timeout" | "auth-backoff" => "request.throttled",
         "unauthenticated" | "invalid-token" => "auth.failed",
         "insufficient-scope" => "authz.denied",
         _ => "request.refused",
     }
 }
+
+/// At most this many (reason, function, caller) windows are open at once;
+/// past it, refusals are recorded one by one (and the writer's own drop
+/// count bounds them).
+const MAX_WINDOWS: usize = 4096;
 
 pub struct RequestFacts<'a> {
     pub correlation_id: &'a str,
@@ -23,11 +46,110 @@ pub struct RequestFacts<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub status: u16,
-    pub reason: &'a str,
+    pub reason: &'static str,
     pub detail: &'a str,
+    /// Who was refused, once known: what folding keys on.
+    pub caller: Option<&'a Caller>,
 }
 
-pub fn refusal(audit: &AuditLog, facts: RequestFacts<'_>) {
+#[derive(PartialEq, Eq, Hash)]
+struct RepeatKey {
+    reason: &'static str,
+    function: Box<str>,
+    caller: Arc<str>,
+}
+
+/// One second of one repeated refusal.
+struct Window {
+    second: u64,
+    status: u16,
+    folded: u64,
+    last_correlation_id: String,
+}
+
+/// Records refusals, folding the repeats of a flood.
+#[derive(Default)]
+pub struct Refusals {
+    windows: Mutex<HashMap<RepeatKey, Window>>,
+}
+
+impl Refusals {
+    pub fn record(&self, audit: &AuditLog, facts: RequestFacts<'_>) {
+        if let Some(caller) = facts.caller {
+            let key = RepeatKey {
+                reason: facts.reason,
+                function: facts.function.into(),
+                caller: caller.key(),
+            };
+            let second = unix_second();
+            let closed = {
+                let Ok(mut windows) = self.windows.lock() else {
+                    return audit.record(full_record(&facts));
+                };
+                let open = windows.len();
+                match windows.get_mut(&key) {
+                    Some(window) if window.second == second => {
+                        window.folded += 1;
+                        facts
+                            .correlation_id
+                            .clone_into(&mut window.last_correlation_id);
+                        return;
+                    }
+                    Some(window) => {
+                        let fresh = Window::new(second, facts.status);
+                        Some(std::mem::replace(window, fresh))
+                    }
+                    None if open < MAX_WINDOWS => {
+                        windows.insert(key, Window::new(second, facts.status));
+                        None
+                    }
+                    None => None,
+                }
+            };
+            if let Some(window) = closed.filter(|w| w.folded > 0) {
+                audit.record(summary(
+                    facts.reason,
+                    facts.function,
+                    &caller.key(),
+                    &window,
+                ));
+            }
+        }
+        audit.record(full_record(&facts));
+    }
+
+    /// Record the folded count of every window before this second (or of
+    /// all of them, at shutdown) and forget those windows.
+    pub fn flush(&self, audit: &AuditLog, all: bool) {
+        let second = unix_second();
+        let closed: HashMap<RepeatKey, Window> = {
+            let Ok(mut windows) = self.windows.lock() else {
+                return;
+            };
+            let (closed, open) = windows
+                .drain()
+                .partition(|(_, window)| all || window.second < second);
+            *windows = open;
+            closed
+        };
+        for (key, window) in closed.iter().filter(|(_, w)| w.folded > 0) {
+            audit.record(summary(key.reason, &key.function, &key.caller, window));
+        }
+    }
+}
+
+impl Window {
+    fn new(second: u64, status: u16) -> Self {
+        Self {
+            second,
+            status,
+            folded: 0,
+            last_correlation_id: String::new(),
+        }
+    }
+}
+
+fn full_record(facts: &RequestFacts<'_>) -> AuditEvent {
     let mut event = AuditEvent::new(kind_of(facts.reason))
         .correlation_id(facts.correlation_id)
         .function(facts.function)
@@ -41,7 +163,29 @@ pub fn refusal(audit: &AuditLog, facts: RequestFacts<'_>) {
     if !facts.detail.is_empty() {
         event = event.detail("detail", facts.detail);
     }
-    audit.record(event);
+    event
+}
+
+/// The refusals folded into one second's window, after its first.
+fn summary(reason: &str, function: &str, caller: &str, window: &Window) -> AuditEvent {
+    let mut event = AuditEvent::new(kind_of(reason))
+        .function(function)
+        .detail("reason", reason)
+        .detail("status", window.status)
+        .detail("caller", caller)
+        .detail("repeated", window.folded)
+        .detail("second", window.second)
+        .detail("last_correlation_id", window.last_correlation_id.as_str());
+    if let Some(subject) = caller.strip_prefix("sub:") {
+        event = event.subject(subject);
+    }
+    event
+}
+
+fn unix_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// A connection refused before any request could be read.
@@ -51,4 +195,23 @@ pub fn listener_refusal(audit: &AuditLog, peer: &str, reason: &str) {
             .detail("peer", peer)
             .detail("reason", reason),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flood_refusals_are_throttle_kinds() {
+        for reason in [
+            "rate-limited",
+            "overloaded",
+            "too-many-requests",
+            "budget-exhausted",
+            "queue-timeout",
+            "auth-backoff",
+        ] {
+            assert_eq!(kind_of(reason), "request.throttled", "{reason}");
+        }
+    }
 }

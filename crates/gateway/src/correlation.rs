@@ -103,18 +103,11 @@ fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
     Some((trace_id.to_string(), parent_id.to_string(), flags))
 }
 
+/// IDs need to be unique and unguessable, not secret: the thread's CSPRNG
+/// (seeded and reseeded from the OS) spares a system call per request.
 fn random_hex<const N: usize>() -> String {
     let mut bytes = [0u8; N];
-    // The OS random source failing is not something a request can cause;
-    // fall back to a clock-derived ID rather than refuse to serve.
-    if getrandom::fill(&mut bytes).is_err() || bytes.iter().all(|b| *b == 0) {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() | 1);
-        for (i, b) in bytes.iter_mut().enumerate() {
-            *b = (nanos >> ((i % 16) * 8)) as u8;
-        }
-    }
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
     hex::encode(bytes)
 }
 

@@ -53,6 +53,8 @@ pub(crate) struct Shared {
     meter: Option<Arc<Meter>>,
     functions: Vec<FunctionSlot>,
     audit: AuditLog,
+    /// Audits refusals, folding a flood's repeats (T09).
+    refusals: audit::Refusals,
     authenticator: authn::Authenticator,
     metrics: Metrics,
     /// Where request spans go, when trace export is on (T08).
@@ -132,6 +134,7 @@ impl Gateway {
                 meter,
                 functions,
                 audit,
+                refusals: audit::Refusals::default(),
                 authenticator,
                 metrics: Metrics::new(),
                 spans,

@@ -33,6 +33,8 @@ const RESERVED_PREFIX: &str = "bulkhead-";
 struct Outcome<'s> {
     slot: Option<&'s FunctionSlot>,
     subject: Option<String>,
+    /// Who is calling, once the client address is known.
+    caller: Option<Caller>,
     reason: Option<&'static str>,
     detail: Option<String>,
 }
@@ -58,6 +60,7 @@ pub(crate) async fn handle(
     let mut outcome = Outcome {
         slot: None,
         subject: None,
+        caller: None,
         reason: None,
         detail: None,
     };
@@ -120,7 +123,7 @@ pub(crate) async fn handle(
                 peer = %peer,
                 "request refused"
             );
-            audit::refusal(
+            shared.refusals.record(
                 &shared.audit,
                 audit::RequestFacts {
                     correlation_id,
@@ -131,6 +134,7 @@ pub(crate) async fn handle(
                     status,
                     reason,
                     detail,
+                    caller: outcome.caller.as_ref(),
                 },
             );
         }
@@ -145,6 +149,11 @@ async fn pipeline<'s>(
     trace: &TraceContext,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<Bytes>, Problem> {
+    // The client's address: the peer, or what a trusted proxy says (T02);
+    // until a subject is verified, it names the caller.
+    let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
+    outcome.caller = Some(Caller::of(None, client));
+
     // Decode the path once and refuse what is ambiguous, before routing (T10).
     let decoded = validate::decode_path(request.uri().path())
         .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
@@ -174,9 +183,6 @@ async fn pipeline<'s>(
     let function = &slot.function;
     outcome.slot = Some(slot);
 
-    // The client's address: the peer, or what a trusted proxy says (T02).
-    let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
-
     // Authenticate and authorize (T11) before anything costs more; failed
     // attempts are counted per client, not per proxy (T03).
     let identity = shared
@@ -190,7 +196,11 @@ async fn pipeline<'s>(
     outcome.subject = identity.as_ref().map(|i| i.subject.clone());
 
     // Rate limits per caller, app-wide then this function's (T02, T03).
-    let caller = Caller::of(identity.as_ref(), client);
+    let caller = match (&identity, outcome.caller.take()) {
+        (None, Some(anonymous)) => anonymous,
+        _ => Caller::of(identity.as_ref(), client),
+    };
+    outcome.caller = Some(caller.clone());
     for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_ref()]
         .into_iter()
         .flatten()

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
 
 /// Where problem types live; `type` is this plus the problem's slug.
 pub const PROBLEM_BASE: &str = "https://bulkhead.dev/problems/";
@@ -81,18 +82,23 @@ impl Problem {
     }
 
     pub fn into_response(self, correlation_id: &str) -> Response<Bytes> {
-        let mut body = serde_json::json!({
-            "type": format!("{PROBLEM_BASE}{}", self.slug),
-            "title": self.title,
-            "status": self.status.as_u16(),
-            "detail": self.detail,
-            "correlation_id": correlation_id,
-        });
-        if let Some((field, rule)) = self.check.map(|b| *b) {
-            body["field"] = field.into();
-            body["rule"] = rule.into();
-        }
-        let mut response = Response::new(Bytes::from(body.to_string()));
+        let (field, rule) = match self.check.as_deref() {
+            Some((field, rule)) => (Some(field.as_str()), Some(rule.as_str())),
+            None => (None, None),
+        };
+        let body = ProblemBody {
+            kind: format!("{PROBLEM_BASE}{}", self.slug),
+            title: self.title,
+            status: self.status.as_u16(),
+            detail: &self.detail,
+            correlation_id,
+            field,
+            rule,
+        };
+        // Serializing plain strings and numbers cannot fail; an empty body
+        // would still carry the status.
+        let body = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = Response::new(Bytes::from(body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.insert(
@@ -105,4 +111,19 @@ impl Problem {
         }
         response
     }
+}
+
+/// The problem document, members in the RFC's order.
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: &'a str,
+    correlation_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rule: Option<&'a str>,
 }

@@ -46,6 +46,17 @@ impl Gateway {
                 limits.max_outstanding_requests,
             );
         }
+        // Folded refusals are recorded once their second is over (T09).
+        let flusher = tokio::spawn({
+            let shared = self.shared.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    shared.refusals.flush(&shared.audit, false);
+                }
+            }
+        });
         self.shared.ready.store(true, Ordering::Release);
 
         loop {
@@ -97,6 +108,8 @@ impl Gateway {
         {
             warn!(target: "bulkhead::listener", "drain timed out; closing remaining connections");
         }
+        flusher.abort();
+        self.shared.refusals.flush(&self.shared.audit, true);
         // Commit the last usage: a restart must not forget what was spent (T04).
         if let Some(meter) = &self.shared.meter {
             meter.close();
