@@ -216,7 +216,9 @@ fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::W
     let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
-        .buffered_lines_limit(64 * 1024)
+        // Every slot is allocated and touched at start-up; 16 Ki lines is a
+        // fraction of a second of the worst flood.
+        .buffered_lines_limit(16 * 1024)
         .thread_name("bulkhead-log")
         .finish(sink);
     tracing_subscriber::fmt()
