@@ -553,3 +553,57 @@ budget = { per_day = "1000 USD" }
     let gb_seconds = by_function["total"]["gb_seconds"].as_f64().unwrap();
     assert!(gb_seconds > 0.0);
 }
+
+/// T04: calls running at once cannot spend past a budget together. Each
+/// admitted call reserves its worst case (4 s at 64 MiB: 0.25 GB-s) until
+/// it ends, so of six concurrent 3-second calls against a 0.3 GB-s budget
+/// some are refused, and whatever the interleaving, what was spent stays
+/// within the budget plus one call's worst case. Without the reservation
+/// all six would run: 1.125 GB-s, almost four times the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_calls_cannot_overshoot_a_budget_together_t04() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "reserved"
+
+[[function]]
+name = "hostile"
+component = "hostile.wasm"
+route = "/hostile/{behaviour}"
+auth = "public"
+timeout = "4s"
+memory = "64MiB"
+input.query.ms = "[0-9]{1,5}"
+budget = { gb_seconds_per_day = 0.3 }
+"#,
+        &["hostile"],
+    );
+    let server = Server::start(&app);
+    let addr = server.addr;
+    let calls: Vec<_> = (0..6)
+        .map(|_| tokio::spawn(async move { get(addr, "/hostile/sleep?ms=3000").await }))
+        .collect();
+    let mut admitted = 0;
+    let mut refused = 0;
+    for call in calls {
+        let reply = call.await.expect("the call's task");
+        if reply.status == 200 {
+            admitted += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "{admitted} admitted, none refused");
+    assert!(server.stop().success());
+
+    let by_function = usage_json(&app, "function");
+    assert_eq!(by_function["total"]["requests"], admitted);
+    let spent = by_function["total"]["gb_seconds"].as_f64().unwrap();
+    let worst_case = 4.0 * 64.0 / 1024.0;
+    assert!(
+        spent <= 0.3 + worst_case,
+        "{admitted} calls spent {spent} GB-s against a 0.3 GB-s budget"
+    );
+}

@@ -4,6 +4,14 @@
 //! before a request may queue, whether the budget allows it. The ledger is
 //! rebuilt from the meter at start, so a restart never resets a budget.
 //! Usage crossing 80 % of a budget logs a warning; reaching it, an error.
+//!
+//! A call's cost is known only when it ends, so each admitted call reserves
+//! its worst case (its timeout times its memory, its response and outbound
+//! byte caps) in every scope until it settles for what it really used. A
+//! request is admitted only if what is spent, plus what running calls have
+//! reserved, leaves room for its price: so however many calls run at once,
+//! a budget is overshot by at most the last call admitted, and by no more
+//! than that call's worst case.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bulkhead_manifest::cost::Limits;
-use bulkhead_manifest::{App, Budget, Pricing};
+use bulkhead_manifest::{App, Budget, FunctionLimits, Pricing};
 use bulkhead_store::meter::{MeterLog, Usage, hour_of, usage_since};
 use bulkhead_store::{Store, StoreError, now_ms};
 use tracing::{error, warn};
@@ -51,6 +59,8 @@ pub struct Meter {
     pricing: Pricing,
     app_budget: Budget,
     function_budgets: Vec<Budget>,
+    /// The most one call of each function can cost: what it reserves.
+    worst_cases: Vec<Usage>,
     function_names: Vec<Arc<str>>,
     log: MeterLog,
     ledger: Mutex<Ledger>,
@@ -59,16 +69,24 @@ pub struct Meter {
 #[derive(Default)]
 struct Ledger {
     day: i64,
-    app: Usage,
-    app_callers: HashMap<Arc<str>, Usage>,
-    functions: Vec<Usage>,
-    function_callers: Vec<HashMap<Arc<str>, Usage>>,
+    app: Totals,
+    app_callers: HashMap<Arc<str>, Totals>,
+    functions: Vec<Totals>,
+    function_callers: Vec<HashMap<Arc<str>, Totals>>,
     /// Budget alerts already logged today: (scope, function, caller, level).
     alerted: HashSet<(u8, usize, Arc<str>, u8)>,
 }
 
-/// A request's place in today's budgets: its request is charged on
-/// admission and refunded if it never runs.
+/// One scope's day: what is spent, and what running calls have reserved.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    spent: Usage,
+    reserved: Usage,
+}
+
+/// A request's place in today's budgets: its request is charged and its
+/// worst case reserved on admission; the reservation becomes its real usage
+/// when it ends, and both are given back if it never runs.
 pub struct Charge {
     meter: Arc<Meter>,
     function: usize,
@@ -86,7 +104,12 @@ struct Running {
 }
 
 impl Meter {
-    pub fn new(app: &App, store: &Store) -> Result<Arc<Self>, StoreError> {
+    /// `limits` are the functions' own, in manifest order.
+    pub fn new(
+        app: &App,
+        limits: &[&FunctionLimits],
+        store: &Store,
+    ) -> Result<Arc<Self>, StoreError> {
         let log = MeterLog::start(store)?;
         let function_names: Vec<Arc<str>> = app
             .functions
@@ -97,6 +120,7 @@ impl Meter {
             pricing: app.pricing.clone(),
             app_budget: app.budget.clone(),
             function_budgets: app.functions.iter().map(|f| f.budget.clone()).collect(),
+            worst_cases: limits.iter().map(|l| worst_case(l)).collect(),
             ledger: Mutex::new(Ledger::empty(day_of(now_ms()), function_names.len())),
             function_names,
             log,
@@ -113,21 +137,23 @@ impl Meter {
         *ledger = Ledger::empty(today, self.function_names.len());
         for row in rows {
             let caller: Arc<str> = row.caller.as_str().into();
-            ledger.app.add(&row.usage);
+            ledger.app.spent.add(&row.usage);
             ledger
                 .app_callers
                 .entry(caller.clone())
                 .or_default()
+                .spent
                 .add(&row.usage);
             if let Some(i) = self
                 .function_names
                 .iter()
                 .position(|f| **f == *row.function)
             {
-                ledger.functions[i].add(&row.usage);
+                ledger.functions[i].spent.add(&row.usage);
                 ledger.function_callers[i]
                     .entry(caller)
                     .or_default()
+                    .spent
                     .add(&row.usage);
             }
         }
@@ -151,8 +177,10 @@ impl Meter {
         };
         let ledger = &mut *ledger;
         let scopes = self.scopes(ledger, function, &caller);
-        for (scope, limits, used) in &scopes {
-            if self.share(limits, used, &one) > 1.0 {
+        for (scope, limits, totals) in &scopes {
+            let mut committed = totals.spent;
+            committed.add(&totals.reserved);
+            if self.share(limits, &committed, &one) > 1.0 {
                 self.alert(ledger, *scope, function, &caller, 100, 1.0);
                 return Err(Exhausted {
                     scope: *scope,
@@ -160,10 +188,14 @@ impl Meter {
                 });
             }
         }
-        ledger.add(function, &caller, &one);
+        let worst = self.worst_cases[function];
+        ledger.each_scope(function, &caller, |t| {
+            t.spent.add(&one);
+            t.reserved.add(&worst);
+        });
         let after = self.scopes(ledger, function, &caller);
-        for (scope, limits, used) in after {
-            let share = self.share(limits, &used, &Usage::default());
+        for (scope, limits, totals) in after {
+            let share = self.share(limits, &totals.spent, &Usage::default());
             if share >= 1.0 {
                 self.alert(ledger, scope, function, &caller, 100, share);
             } else if share >= 0.8 {
@@ -186,7 +218,7 @@ impl Meter {
         ledger: &Ledger,
         function: usize,
         caller: &Arc<str>,
-    ) -> [(Scope, &Limits, Usage); 4] {
+    ) -> [(Scope, &Limits, Totals); 4] {
         let budget = &self.function_budgets[function];
         [
             (Scope::App, &self.app_budget.total, ledger.app),
@@ -266,12 +298,12 @@ impl Meter {
         ledger.roll(day_of(now_ms()), self.function_names.len());
         let mut out = vec![(
             None,
-            self.share(&self.app_budget.total, &ledger.app, &Usage::default()),
+            self.share(&self.app_budget.total, &ledger.app.spent, &Usage::default()),
         )];
         for (i, name) in self.function_names.iter().enumerate() {
             let share = self.share(
                 &self.function_budgets[i].total,
-                &ledger.functions[i],
+                &ledger.functions[i].spent,
                 &Usage::default(),
             );
             out.push((Some(&**name), share));
@@ -320,7 +352,11 @@ impl Charge {
         {
             let mut ledger = meter.lock();
             if ledger.day == day_of(now_ms()) {
-                ledger.add(self.function, &self.caller, &usage);
+                let worst = meter.worst_cases[self.function];
+                ledger.each_scope(self.function, &self.caller, |t| {
+                    t.reserved.sub(&worst);
+                    t.spent.add(&usage);
+                });
             }
         }
         usage.requests = 1;
@@ -348,8 +384,10 @@ impl Drop for Charge {
         if ledger.day != day_of(now_ms()) {
             return;
         }
-        ledger.each_scope(self.function, &self.caller, |u| {
-            u.requests = u.requests.saturating_sub(1);
+        let worst = self.meter.worst_cases[self.function];
+        ledger.each_scope(self.function, &self.caller, |t| {
+            t.spent.requests = t.spent.requests.saturating_sub(1);
+            t.reserved.sub(&worst);
         });
     }
 }
@@ -358,7 +396,7 @@ impl Ledger {
     fn empty(day: i64, functions: usize) -> Self {
         Self {
             day,
-            functions: vec![Usage::default(); functions],
+            functions: vec![Totals::default(); functions],
             function_callers: vec![HashMap::new(); functions],
             ..Default::default()
         }
@@ -371,17 +409,13 @@ impl Ledger {
         }
     }
 
-    fn add(&mut self, function: usize, caller: &Arc<str>, usage: &Usage) {
-        self.each_scope(function, caller, |u| u.add(usage));
-    }
-
     /// Apply `change` to the totals of every scope a call of `function`
     /// by `caller` counts in: the app, the function, and the caller of each.
     fn each_scope(
         &mut self,
         function: usize,
         caller: &Arc<str>,
-        mut change: impl FnMut(&mut Usage),
+        mut change: impl FnMut(&mut Totals),
     ) {
         change(&mut self.app);
         change(self.app_callers.entry(caller.clone()).or_default());
@@ -394,8 +428,22 @@ impl Ledger {
     }
 }
 
-fn usage_of(map: &HashMap<Arc<str>, Usage>, caller: &Arc<str>) -> Usage {
+fn usage_of(map: &HashMap<Arc<str>, Totals>, caller: &Arc<str>) -> Totals {
     map.get(caller).copied().unwrap_or_default()
+}
+
+/// The most one call can use: all of its time at all of its memory, and
+/// every byte its caps let it send.
+fn worst_case(limits: &FunctionLimits) -> Usage {
+    let wall_us = u64::try_from(limits.timeout.get().as_micros()).unwrap_or(u64::MAX);
+    Usage {
+        requests: 0,
+        wall_us,
+        mib_us: wall_us.saturating_mul(limits.memory.bytes() >> 20),
+        request_bytes: 0,
+        response_bytes: limits.max_response_body.bytes(),
+        outbound_bytes: limits.max_outbound_bytes.bytes(),
+    }
 }
 
 fn ratio(used: f64, limit: f64) -> f64 {

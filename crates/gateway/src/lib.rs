@@ -94,7 +94,11 @@ impl Gateway {
                 .map(|f| (f.route.clone(), f.methods.clone())),
         );
         let meter = if app.limits.metering {
-            Some(Meter::new(app, &store).map_err(|e| format!("cannot open the meter: {e}"))?)
+            let limits: Vec<_> = functions.iter().map(|f| f.limits()).collect();
+            Some(
+                Meter::new(app, &limits, &store)
+                    .map_err(|e| format!("cannot open the meter: {e}"))?,
+            )
         } else {
             None
         };

@@ -62,6 +62,16 @@ impl Usage {
         self.outbound_bytes = self.outbound_bytes.saturating_add(other.outbound_bytes);
     }
 
+    /// Take `other` back, field by field, never below zero.
+    pub fn sub(&mut self, other: &Usage) {
+        self.requests = self.requests.saturating_sub(other.requests);
+        self.wall_us = self.wall_us.saturating_sub(other.wall_us);
+        self.mib_us = self.mib_us.saturating_sub(other.mib_us);
+        self.request_bytes = self.request_bytes.saturating_sub(other.request_bytes);
+        self.response_bytes = self.response_bytes.saturating_sub(other.response_bytes);
+        self.outbound_bytes = self.outbound_bytes.saturating_sub(other.outbound_bytes);
+    }
+
     pub fn gb_seconds(&self) -> f64 {
         self.mib_us as f64 / 1024.0 / 1e6
     }
