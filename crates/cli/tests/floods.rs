@@ -88,18 +88,10 @@ rate_limit = { per_caller = "20/m", burst = 5 }
     // second in full, the repeats of that second counted in one record.
     let stopped = server.stop();
     assert!(stopped.success());
-    let out = app.run(&[
-        "audit",
-        "query",
-        "--kind",
-        "request.throttled",
-        "--format",
-        "json",
-    ]);
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
-        .filter(|r: &Value| r["detail"]["reason"] == "rate-limited")
+    let records: Vec<Value> = app
+        .audit_records("request.throttled")
+        .into_iter()
+        .filter(|r| r["detail"]["reason"] == "rate-limited")
         .collect();
     let full = records
         .iter()
@@ -165,18 +157,7 @@ auth = "public"
     }
     assert!(server.stop().success());
 
-    let out = app.run(&[
-        "audit",
-        "query",
-        "--kind",
-        "request.throttled",
-        "--format",
-        "json",
-    ]);
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
-        .collect();
+    let records = app.audit_records("request.throttled");
     for (ip, calls) in floods {
         let caller = format!("ip:{ip}");
         let summaries: Vec<&Value> = records

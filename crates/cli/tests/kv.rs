@@ -93,19 +93,6 @@ fn api_key(app: &TestApp, subject: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn audit_lines(app: &TestApp, kind: &str) -> Vec<serde_json::Value> {
-    let out = app.run_with(&["audit", "query"], &["--kind", kind, "--format", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn state(app: &TestApp) -> std::path::PathBuf {
     app.path().join(".bulkhead/dev")
 }
@@ -235,14 +222,14 @@ async fn t16_grants_decide_which_store_and_what_access() {
         assert!(!d.to_string().contains("value:one"));
     }
     assert!(server.stop().success());
-    let audited = audit_lines(&app, "capability.denied");
+    let audited = app.audit_records("capability.denied");
     assert_eq!(audited.len(), 8, "{audited:?}");
     assert!(
         audited
             .iter()
             .any(|r| r.to_string().contains("set under a read grant"))
     );
-    assert!(!audit_lines(&app, "capability.used").is_empty());
+    assert!(!app.audit_records("capability.used").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -367,10 +354,10 @@ async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
     let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(exported["records"].as_array().unwrap().len(), 0);
     assert!(server.stop().success());
-    let erased = audit_lines(&app, "data.erased");
+    let erased = app.audit_records("data.erased");
     assert_eq!(erased.len(), 1);
     assert_eq!(erased[0]["subject"], "alice");
-    assert_eq!(audit_lines(&app, "data.exported").len(), 2);
+    assert_eq!(app.audit_records("data.exported").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -605,7 +592,7 @@ async fn t15_no_plaintext_on_disk_and_moved_ciphertext_fails() {
     assert_eq!(tampered.len(), 3, "{tampered:?}");
     assert!(server.stop().success());
     assert_nowhere_on_disk(&app, &needles);
-    assert_eq!(audit_lines(&app, "storage.integrity_failed").len(), 3);
+    assert_eq!(app.audit_records("storage.integrity_failed").len(), 3);
     let names: Vec<String> = {
         let mut files = Vec::new();
         files_under(&state(&app), &mut files);

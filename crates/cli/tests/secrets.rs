@@ -74,15 +74,6 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn audit(app: &TestApp, kind: &str) -> Vec<serde_json::Value> {
-    let out = app.run_with(&["audit", "query"], &["--kind", kind, "--format", "json"]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
     let app = TestApp::new(MANIFEST, &["config"]);
@@ -251,7 +242,7 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
     assert!(server.stop().success());
 
     // Audit: every read by name, never a value; every change.
-    let used = audit(&app, "capability.used");
+    let used = app.audit_records("capability.used");
     assert!(
         used.iter()
             .filter(|r| r.to_string().contains("stripe_key"))
@@ -259,10 +250,10 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
             == 5,
         "{used:?}"
     );
-    let denied = audit(&app, "capability.denied");
+    let denied = app.audit_records("capability.denied");
     assert_eq!(denied.len(), 5, "{denied:?}");
     for kind in ["secret.set", "secret.rotated", "secret.removed"] {
-        assert!(!audit(&app, kind).is_empty(), "{kind}");
+        assert!(!app.audit_records(kind).is_empty(), "{kind}");
     }
     let everything = app.run_with(&["audit", "query"], &["--format", "json"]);
     let everything = text(&everything);

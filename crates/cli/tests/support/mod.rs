@@ -94,6 +94,20 @@ impl TestApp {
             .output()
             .expect("bulkhead runs")
     }
+
+    /// The audit records of `kind` (`bulkhead audit query --kind KIND`).
+    pub fn audit_records(&self, kind: &str) -> Vec<Value> {
+        let out = self.run_with(&["audit", "query"], &["--kind", kind, "--format", "json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+            .collect()
+    }
 }
 
 /// A running `bulkhead serve`, killed on drop.
