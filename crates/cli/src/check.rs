@@ -56,10 +56,16 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             l.max_concurrent_requests,
             l.max_outstanding_requests
         );
+        // What one call reserves of its budgets while it runs (T04).
+        let worst = bulkhead_gateway::worst_case(l);
         println!(
-            "  traffic    rate limit {}; budget {}",
+            "  traffic    rate limit {}; budget {}; a call reserves up to {:.6} GB-s, {:.6} {}",
             describe_rate(spec.limits.rate_limit.as_ref()),
-            describe_budget(&spec.budget, &app.pricing.currency)
+            describe_budget(&spec.budget, &app.pricing.currency),
+            worst.gb_seconds(),
+            app.pricing
+                .cost(1, worst.gb_seconds(), worst.egress_bytes()),
+            app.pricing.currency
         );
         // T18: every import beside the grant that would enable it.
         for (i, import) in loaded.imports().iter().enumerate() {

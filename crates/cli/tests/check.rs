@@ -35,6 +35,12 @@ fn a_valid_app_checks_out_and_lists_what_it_serves() {
     let text = stdout(&out);
     assert!(text.contains("GET /hello -> hello"), "{text}");
     assert!(text.contains("timeout 10s, memory 128MiB"), "{text}");
+    // T04: what one call holds of its budgets while it runs: 10 s at
+    // 128 MiB, and its 6 MiB response and 16 MiB outbound caps at list price.
+    assert!(
+        text.contains("a call reserves up to 1.250000 GB-s, 0.002097 USD"),
+        "{text}"
+    );
     assert!(
         text.contains("wasi:http/types"),
         "imports are listed: {text}"

@@ -433,8 +433,9 @@ fn usage_of(map: &HashMap<Arc<str>, Totals>, caller: &Arc<str>) -> Totals {
 }
 
 /// The most one call can use: all of its time at all of its memory, and
-/// every byte its caps let it send.
-fn worst_case(limits: &FunctionLimits) -> Usage {
+/// every byte its caps let it send. An admitted call reserves this much of
+/// every budget it counts in until it ends.
+pub fn worst_case(limits: &FunctionLimits) -> Usage {
     let wall_us = u64::try_from(limits.timeout.get().as_micros()).unwrap_or(u64::MAX);
     Usage {
         requests: 0,

@@ -33,6 +33,7 @@ use router::Router;
 use throttle::Shedder;
 
 pub use admin::AdminAccess;
+pub use budget::worst_case;
 pub use spans::{RequestSpan, SpanExport};
 
 /// An app ready to serve: its functions loaded, its gates set.
