@@ -155,6 +155,20 @@ auth = "public"
     for id in &refused_ids {
         assert!(logs.iter().any(|r| r["correlation_id"] == id.as_str()));
     }
+    // The counts are written once their second is over, while the server
+    // runs, not only when it stops.
+    let waited = Instant::now();
+    while !app
+        .audit_records("request.throttled")
+        .iter()
+        .any(|r| r["detail"]["repeated"].is_u64())
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "no folded count written while serving"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(server.stop().success());
 
     let records = app.audit_records("request.throttled");
@@ -536,11 +550,13 @@ budget = { per_day = "1000 USD" }
 }
 
 /// T04: calls running at once cannot spend past a budget together. Each
-/// admitted call reserves its worst case (4 s at 64 MiB: 0.25 GB-s) until
-/// it ends, so of six concurrent 3-second calls against a 0.3 GB-s budget
+/// admitted call reserves its worst case (8 s at 64 MiB: 0.5 GB-s) until
+/// it ends, so of six concurrent 4-second calls against a 0.6 GB-s budget
 /// some are refused, and whatever the interleaving, what was spent stays
 /// within the budget plus one call's worst case. Without the reservation
-/// all six would run: 1.125 GB-s, almost four times the budget.
+/// all six would run: 1.5 GB-s. A refusal while nothing is spent yet says
+/// the budget is held by running calls, with a Retry-After of the timeout,
+/// not of midnight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_calls_cannot_overshoot_a_budget_together_t04() {
     let app = TestApp::new(
@@ -553,17 +569,17 @@ name = "hostile"
 component = "hostile.wasm"
 route = "/hostile/{behaviour}"
 auth = "public"
-timeout = "4s"
+timeout = "8s"
 memory = "64MiB"
 input.query.ms = "[0-9]{1,5}"
-budget = { gb_seconds_per_day = 0.3 }
+budget = { gb_seconds_per_day = 0.6 }
 "#,
         &["hostile"],
     );
     let server = Server::start(&app);
     let addr = server.addr;
     let calls: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(async move { get(addr, "/hostile/sleep?ms=3000").await }))
+        .map(|_| tokio::spawn(async move { get(addr, "/hostile/sleep?ms=4000").await }))
         .collect();
     let mut admitted = 0;
     let mut refused = 0;
@@ -571,6 +587,11 @@ budget = { gb_seconds_per_day = 0.3 }
         let reply = call.await.expect("the call's task");
         if reply.status == 200 {
             admitted += 1;
+        } else if reply.json()["type"].as_str() == Some("https://bulkhead.dev/problems/budget-held")
+        {
+            reply.assert_problem(429, "budget-held");
+            assert_eq!(reply.header("retry-after"), Some("8"));
+            refused += 1;
         } else {
             reply.assert_problem(429, "budget-exhausted");
             refused += 1;
@@ -582,9 +603,9 @@ budget = { gb_seconds_per_day = 0.3 }
     let by_function = usage_json(&app, "function");
     assert_eq!(by_function["total"]["requests"], admitted);
     let spent = by_function["total"]["gb_seconds"].as_f64().unwrap();
-    let worst_case = 4.0 * 64.0 / 1024.0;
+    let worst_case = 8.0 * 64.0 / 1024.0;
     assert!(
-        spent <= 0.3 + worst_case,
-        "{admitted} calls spent {spent} GB-s against a 0.3 GB-s budget"
+        spent <= 0.6 + worst_case,
+        "{admitted} calls spent {spent} GB-s against a 0.6 GB-s budget"
     );
 }

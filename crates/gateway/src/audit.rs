@@ -27,17 +27,20 @@ fn kind_of(slug: &str) -> &'static str {
         | "capacity" => "sandbox.limit",
         "function-trapped" | "no-response" | "function-error" | "internal" => "function.failed",
         "too-many-requests" | "rate-limited" | "overloaded" | "budget-exhausted"
-        | "queue-timeout" | "auth-backoff" => "request.throttled",
+        | "budget-held" | "queue-timeout" | "auth-backoff" => "request.throttled",
         "unauthenticated" | "invalid-token" => "auth.failed",
         "insufficient-scope" => "authz.denied",
         _ => "request.refused",
     }
 }
 
-/// At most this many (reason, function, caller) windows are open at once;
-/// past it, refusals are recorded one by one (and the writer's own drop
-/// count bounds them).
+/// At most this many (reason, function, caller) windows are open at once.
+/// Past it (a flood from more callers than that, say many IPv6 /64s), new
+/// callers share one window per reason and function, caller `*`.
 const MAX_WINDOWS: usize = 4096;
+
+/// The caller of the shared window past [`MAX_WINDOWS`].
+const MANY_CALLERS: &str = "*";
 
 pub struct RequestFacts<'a> {
     pub correlation_id: &'a str,
@@ -52,7 +55,7 @@ pub struct RequestFacts<'a> {
     pub caller: Option<&'a Caller>,
 }
 
-#[derive(PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct RepeatKey {
     reason: &'static str,
     function: Box<str>,
@@ -76,17 +79,17 @@ pub struct Refusals {
 impl Refusals {
     pub fn record(&self, audit: &AuditLog, facts: RequestFacts<'_>) {
         if let Some(caller) = facts.caller {
-            let key = RepeatKey {
+            let mut key = RepeatKey {
                 reason: facts.reason,
                 function: facts.function.into(),
                 caller: caller.key(),
             };
             let second = unix_second();
             let closed = {
-                let Ok(mut windows) = self.windows.lock() else {
-                    return audit.record(full_record(&facts));
-                };
-                let open = windows.len();
+                let mut windows = self.lock();
+                if windows.len() >= MAX_WINDOWS && !windows.contains_key(&key) {
+                    key.caller = MANY_CALLERS.into();
+                }
                 match windows.get_mut(&key) {
                     Some(window) if window.second == second => {
                         window.folded += 1;
@@ -99,20 +102,14 @@ impl Refusals {
                         let fresh = Window::new(second, facts.status);
                         Some(std::mem::replace(window, fresh))
                     }
-                    None if open < MAX_WINDOWS => {
-                        windows.insert(key, Window::new(second, facts.status));
+                    None => {
+                        windows.insert(key.clone(), Window::new(second, facts.status));
                         None
                     }
-                    None => None,
                 }
             };
             if let Some(window) = closed.filter(|w| w.folded > 0) {
-                audit.record(summary(
-                    facts.reason,
-                    facts.function,
-                    &caller.key(),
-                    &window,
-                ));
+                audit.record(summary(facts.reason, facts.function, &key.caller, &window));
             }
         }
         audit.record(full_record(&facts));
@@ -123,18 +120,24 @@ impl Refusals {
     pub fn flush(&self, audit: &AuditLog, all: bool) {
         let second = unix_second();
         let closed: HashMap<RepeatKey, Window> = {
-            let Ok(mut windows) = self.windows.lock() else {
-                return;
-            };
+            let mut windows = self.lock();
+            // `!=`, not `<`: a wall clock stepped back must not hold a
+            // window open until it catches up.
             let (closed, open) = windows
                 .drain()
-                .partition(|(_, window)| all || window.second < second);
+                .partition(|(_, window)| all || window.second != second);
             *windows = open;
             closed
         };
         for (key, window) in closed.iter().filter(|(_, w)| w.folded > 0) {
             audit.record(summary(key.reason, &key.function, &key.caller, window));
         }
+    }
+
+    /// The windows; a panic elsewhere while holding them leaves counts
+    /// that are still worth recording.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RepeatKey, Window>> {
+        self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -199,7 +202,72 @@ pub fn listener_refusal(audit: &AuditLog, peer: &str, reason: &str) {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use bulkhead_store::{AuditQuery, Store};
+
     use super::*;
+
+    /// T09 under a flood from more callers than there are windows (an
+    /// IPv6 attacker with many /64s): the newcomers share one window, so
+    /// the trail still grows by a bounded number of records a second, and
+    /// every refusal is still counted.
+    #[test]
+    fn past_the_window_cap_new_callers_share_one_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = AuditLog::start(&store).unwrap();
+        let refusals = Refusals::default();
+        let callers: Vec<Caller> = (0..MAX_WINDOWS + 500)
+            .map(|i| {
+                let net = Ipv6Addr::new(0x2001, 0xdb8, (i >> 16) as u16, i as u16, 0, 0, 0, 1);
+                Caller::of(None, IpAddr::V6(net))
+            })
+            .collect();
+        let first = unix_second();
+        for _ in 0..3 {
+            for caller in &callers {
+                refusals.record(
+                    &audit,
+                    RequestFacts {
+                        correlation_id: "0af7651916cd43dd8448eb211c80319c",
+                        function: "hello",
+                        subject: "",
+                        method: "GET",
+                        path: "/",
+                        status: 429,
+                        reason: "rate-limited",
+                        detail: "",
+                        caller: Some(caller),
+                    },
+                );
+            }
+        }
+        let seconds = unix_second() - first + 1;
+        refusals.flush(&audit, true);
+        audit.flush();
+
+        let records = store
+            .query_audit(&AuditQuery {
+                kind: Some("request.throttled".into()),
+                ..AuditQuery::default()
+            })
+            .unwrap();
+        let full = records
+            .iter()
+            .filter(|r| r.correlation_id.is_some())
+            .count() as u64;
+        let folded: u64 = records
+            .iter()
+            .filter_map(|r| r.detail["repeated"].as_u64())
+            .sum();
+        assert_eq!(full + folded, 3 * callers.len() as u64);
+        assert!(
+            full <= (MAX_WINDOWS as u64 + 1) * seconds,
+            "{full} full records in {seconds} s"
+        );
+        assert!(records.iter().any(|r| r.detail["caller"] == MANY_CALLERS));
+    }
 
     #[test]
     fn flood_refusals_are_throttle_kinds() {
@@ -208,6 +276,7 @@ mod tests {
             "overloaded",
             "too-many-requests",
             "budget-exhausted",
+            "budget-held",
             "queue-timeout",
             "auth-backoff",
         ] {

@@ -10,8 +10,10 @@
 //! byte caps) in every scope until it settles for what it really used. A
 //! request is admitted only if what is spent, plus what running calls have
 //! reserved, leaves room for its price: so however many calls run at once,
-//! a budget is overshot by at most the last call admitted, and by no more
-//! than that call's worst case.
+//! a budget is overshot by at most the last call admitted, and by little
+//! more than that call's worst case (a call can outrun its timeout by an
+//! epoch tick). A request refused only because of reservations is told to
+//! retry once the running calls end, not at midnight: nothing is spent yet.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,12 +48,27 @@ impl Scope {
             Scope::FunctionPerCaller => "You have spent your daily budget for this function",
         }
     }
+
+    /// The same scope, when it is only held by calls still running.
+    pub fn describe_held(self) -> &'static str {
+        match self {
+            Scope::App => "The app's daily budget is taken",
+            Scope::AppPerCaller => "Your daily budget for this app is taken",
+            Scope::Function => "This function's daily budget is taken",
+            Scope::FunctionPerCaller => "Your daily budget for this function is taken",
+        }
+    }
 }
 
-/// A refusal: which budget, and seconds until it renews (UTC midnight).
+/// A refusal: which budget, whether it is spent or only held by running
+/// calls, and seconds until retrying makes sense.
 #[derive(Debug, Clone, Copy)]
 pub struct Exhausted {
     pub scope: Scope,
+    /// True when what is spent leaves room, but running calls' reservations
+    /// do not: retry once they end (after `retry_after`, the function's
+    /// timeout), not at midnight.
+    pub held: bool,
     pub retry_after: u64,
 }
 
@@ -84,11 +101,23 @@ struct Totals {
     reserved: Usage,
 }
 
+impl Totals {
+    /// Nothing spent; `reserved` held by calls still running.
+    fn holding(reserved: Usage) -> Self {
+        Self {
+            spent: Usage::default(),
+            reserved,
+        }
+    }
+}
+
 /// A request's place in today's budgets: its request is charged and its
 /// worst case reserved on admission; the reservation becomes its real usage
 /// when it ends, and both are given back if it never runs.
 pub struct Charge {
     meter: Arc<Meter>,
+    /// The UTC day its request was charged to.
+    day: i64,
     function: usize,
     caller: Arc<str>,
     running: Option<Running>,
@@ -168,8 +197,9 @@ impl Meter {
     /// refuse it if any is spent.
     pub fn admit(self: &Arc<Self>, function: usize, caller: &Caller) -> Result<Charge, Exhausted> {
         let now = now_ms();
+        let day = day_of(now);
         let mut ledger = self.lock();
-        ledger.roll(day_of(now), self.function_names.len());
+        ledger.roll(day);
         let caller = caller.key();
         let one = Usage {
             requests: 1,
@@ -178,13 +208,24 @@ impl Meter {
         let ledger = &mut *ledger;
         let scopes = self.scopes(ledger, function, &caller);
         for (scope, limits, totals) in &scopes {
-            let mut committed = totals.spent;
-            committed.add(&totals.reserved);
-            if self.share(limits, &committed, &one) > 1.0 {
+            if self.share(limits, &totals.spent, &one) > 1.0 {
                 self.alert(ledger, *scope, function, &caller, 100, 1.0);
                 return Err(Exhausted {
                     scope: *scope,
+                    held: false,
                     retry_after: seconds_to_midnight(now),
+                });
+            }
+        }
+        for (scope, limits, totals) in &scopes {
+            let mut committed = totals.spent;
+            committed.add(&totals.reserved);
+            if self.share(limits, &committed, &one) > 1.0 {
+                let timeout_us = self.worst_cases[function].wall_us;
+                return Err(Exhausted {
+                    scope: *scope,
+                    held: true,
+                    retry_after: timeout_us.div_ceil(1_000_000).max(1),
                 });
             }
         }
@@ -204,6 +245,7 @@ impl Meter {
         }
         Ok(Charge {
             meter: self.clone(),
+            day,
             function,
             caller,
             running: None,
@@ -295,7 +337,7 @@ impl Meter {
     /// Budget shares for metrics: the app, then each function.
     pub fn shares(&self) -> Vec<(Option<&str>, f64)> {
         let mut ledger = self.lock();
-        ledger.roll(day_of(now_ms()), self.function_names.len());
+        ledger.roll(day_of(now_ms()));
         let mut out = vec![(
             None,
             self.share(&self.app_budget.total, &ledger.app.spent, &Usage::default()),
@@ -350,14 +392,15 @@ impl Charge {
         };
         let meter = &self.meter;
         {
+            // A call that ran across midnight is billed to the day it
+            // ended, as the meter records it; its reservation was carried.
             let mut ledger = meter.lock();
-            if ledger.day == day_of(now_ms()) {
-                let worst = meter.worst_cases[self.function];
-                ledger.each_scope(self.function, &self.caller, |t| {
-                    t.reserved.sub(&worst);
-                    t.spent.add(&usage);
-                });
-            }
+            ledger.roll(day_of(now_ms()));
+            let worst = meter.worst_cases[self.function];
+            ledger.each_scope(self.function, &self.caller, |t| {
+                t.reserved.sub(&worst);
+                t.spent.add(&usage);
+            });
         }
         usage.requests = 1;
         meter.log.record(
@@ -381,12 +424,11 @@ impl Drop for Charge {
             return;
         }
         let mut ledger = self.meter.lock();
-        if ledger.day != day_of(now_ms()) {
-            return;
-        }
+        ledger.roll(day_of(now_ms()));
+        let refund = u64::from(ledger.day == self.day);
         let worst = self.meter.worst_cases[self.function];
         ledger.each_scope(self.function, &self.caller, |t| {
-            t.spent.requests = t.spent.requests.saturating_sub(1);
+            t.spent.requests = t.spent.requests.saturating_sub(refund);
             t.reserved.sub(&worst);
         });
     }
@@ -402,11 +444,30 @@ impl Ledger {
         }
     }
 
-    /// A new UTC day starts every budget afresh.
-    fn roll(&mut self, day: i64, functions: usize) {
-        if day != self.day {
-            *self = Self::empty(day, functions);
+    /// A new UTC day starts every budget afresh, except for what calls
+    /// still running have reserved: they release it when they end.
+    fn roll(&mut self, day: i64) {
+        if day == self.day {
+            return;
         }
+        let held = |map: &HashMap<Arc<str>, Totals>| -> HashMap<Arc<str>, Totals> {
+            map.iter()
+                .filter(|(_, t)| t.reserved != Usage::default())
+                .map(|(caller, t)| (caller.clone(), Totals::holding(t.reserved)))
+                .collect()
+        };
+        *self = Self {
+            day,
+            app: Totals::holding(self.app.reserved),
+            app_callers: held(&self.app_callers),
+            functions: self
+                .functions
+                .iter()
+                .map(|t| Totals::holding(t.reserved))
+                .collect(),
+            function_callers: self.function_callers.iter().map(held).collect(),
+            alerted: HashSet::new(),
+        };
     }
 
     /// Apply `change` to the totals of every scope a call of `function`
@@ -462,4 +523,54 @@ fn day_of(ms: i64) -> i64 {
 fn seconds_to_midnight(ms: i64) -> u64 {
     let left = DAY_MS - ms.rem_euclid(DAY_MS);
     u64::try_from(left).unwrap_or(0).div_ceil(1000).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usage(requests: u64, mib_us: u64) -> Usage {
+        Usage {
+            requests,
+            mib_us,
+            ..Usage::default()
+        }
+    }
+
+    /// T04 at midnight: what yesterday's still-running calls reserved is
+    /// carried into the new day (so they can release it), and nothing
+    /// they spent yesterday is.
+    #[test]
+    fn a_new_day_keeps_only_what_running_calls_hold() {
+        let caller: Arc<str> = "ip:198.51.100.1".into();
+        let mut ledger = Ledger::empty(10, 2);
+        ledger.each_scope(1, &caller, |t| {
+            t.spent.add(&usage(5, 100));
+            t.reserved.add(&usage(0, 40));
+        });
+        let idle: Arc<str> = "ip:198.51.100.2".into();
+        ledger.each_scope(0, &idle, |t| t.spent.add(&usage(1, 1)));
+
+        ledger.roll(11);
+        assert_eq!(ledger.day, 11);
+        for totals in [
+            ledger.app,
+            ledger.functions[1],
+            ledger.app_callers[&caller],
+            ledger.function_callers[1][&caller],
+        ] {
+            assert_eq!(totals.spent, Usage::default());
+            assert_eq!(totals.reserved, usage(0, 40));
+        }
+        assert_eq!(ledger.functions[0].reserved, Usage::default());
+        assert!(!ledger.app_callers.contains_key(&idle));
+
+        // The call ends after midnight: its reservation comes off today.
+        ledger.each_scope(1, &caller, |t| {
+            t.reserved.sub(&usage(0, 40));
+            t.spent.add(&usage(0, 30));
+        });
+        assert_eq!(ledger.app.reserved, Usage::default());
+        assert_eq!(ledger.app.spent, usage(0, 30));
+    }
 }
