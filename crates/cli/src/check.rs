@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use bulkhead_gateway::Gateway;
+use bulkhead_gateway::authn::Authenticator;
 use bulkhead_manifest::Access;
 
 use crate::{Target, deploy, load_app, report};
@@ -15,15 +15,16 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     };
     let store = target.store(true)?;
     let audit = bulkhead_store::AuditLog::start(&store)?;
-    let deployment = match deploy::deploy(app, audit.clone(), deploy::Mode::Check, &|line| {
-        eprintln!("{line}")
-    }) {
-        Ok(deployment) => deployment,
-        Err(problems) => return Ok(report(&problems)),
-    };
+    let deployment =
+        match deploy::deploy(app, audit, deploy::Mode::Check, &|line| eprintln!("{line}")) {
+            Ok(deployment) => deployment,
+            Err(problems) => return Ok(report(&problems)),
+        };
     let app = &deployment.app;
-    // Builds the authenticator too: a bad JWKS or JWE key is a problem now.
-    if let Err(problem) = Gateway::new(app, deployment.functions.clone(), audit, store, None) {
+    // The authenticator, as `serve` builds it: a bad JWKS or JWE key is a
+    // problem now. (Not the whole gateway: a dry run has no use for the
+    // meter's writer and its retention sweep.)
+    if let Err(problem) = Authenticator::new(app, store) {
         return Ok(report(&[problem]));
     }
     println!(
