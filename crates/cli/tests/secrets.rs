@@ -28,6 +28,7 @@ input.query.key = '[a-z_]+'
 input.query.print = true
 input.query.all = true
 input.query.fail = true
+input.query.pad = '[0-9]{1,6}'
 grants = { secrets = ["stripe_key"], config = ["greeting"] }
 
 [[function]]
@@ -179,6 +180,46 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
             "{line}"
         );
     }
+    // Cut by the 64 KiB capture cap ten characters into the value: none
+    // of it reaches the log.
+    let cut_at = 65_536 - "the value is ".len() - 10;
+    let reply = get(
+        server.addr,
+        &format!("/granted?key=stripe_key&print=yes&pad={cut_at}"),
+    )
+    .await;
+    assert_eq!(reply.text(), format!("printed:{}", VALUE.len()));
+    let correlation_id = reply.correlation_id();
+    let cut_line = server.wait_for_log(
+        |r| {
+            r["correlation_id"] == correlation_id.as_str()
+                && r["stream"] == "stdout"
+                && r["line"]
+                    .as_str()
+                    .is_some_and(|l| l.contains("the value is"))
+        },
+        Duration::from_secs(10),
+    );
+    assert!(
+        cut_line["line"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("the value is [REDACTED]")),
+        "{cut_line}"
+    );
+    server.wait_for_log(
+        |r| {
+            r["correlation_id"] == correlation_id.as_str()
+                && r["message"] == "guest output over the cap was dropped"
+        },
+        Duration::from_secs(10),
+    );
+    for record in server.logs() {
+        assert!(
+            !record.to_string().contains(&VALUE[..10]),
+            "a cut secret in the log: {record}"
+        );
+    }
+
     // A guest error carrying the value: redacted in the access log (and
     // in the audit record made from it).
     let reply = get(server.addr, "/granted?key=stripe_key&fail=yes").await;
@@ -247,7 +288,7 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
         used.iter()
             .filter(|r| r.to_string().contains("stripe_key"))
             .count()
-            == 5,
+            == 6,
         "{used:?}"
     );
     let denied = app.audit_records("capability.denied");

@@ -103,6 +103,28 @@ impl Redactions {
         self.replace(text, |v| Cow::Borrowed(v))
     }
 
+    /// Like [`Self::apply`] for text cut off at a cap: a secret cut in two
+    /// leaves its beginning at the very end, which is redacted too (at
+    /// worst a few innocent characters with it).
+    pub fn apply_cut(&self, text: &str) -> String {
+        let mut out = self.apply(text.trim_end_matches(char::REPLACEMENT_CHARACTER));
+        let list = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let cut = list
+            .iter()
+            .filter_map(|value| {
+                let value = value.expose_secret();
+                (1..value.len())
+                    .rev()
+                    .find(|&k| value.is_char_boundary(k) && out.ends_with(&value[..k]))
+            })
+            .max();
+        if let Some(len) = cut {
+            out.truncate(out.len() - len);
+            out.push_str(REDACTED);
+        }
+        out
+    }
+
     /// Like [`Self::apply`] for text that was lowercased (a URL's host):
     /// each secret is matched lowercased too.
     pub fn apply_lowercase(&self, text: &str) -> String {
@@ -253,5 +275,28 @@ mod tests {
             "http://[REDACTED].attacker.example:80"
         );
         assert_eq!(redactions.apply("say Sk-Live-42"), "say [REDACTED]");
+    }
+
+    /// T15: output cut at the capture cap in the middle of a secret keeps
+    /// none of it; whole secrets before the cut are redacted as ever.
+    #[test]
+    fn a_secret_cut_at_the_cap_leaves_nothing_of_itself() {
+        let redactions = Redactions::default();
+        redactions.add(SecretString::from("sk_live_Zq9é8Wx7"));
+        redactions.add(SecretString::from("other-secret"));
+        for (cut, expected) in [
+            ("key sk_live_Zq9", "key [REDACTED]"),
+            ("key s", "key [REDACTED]"),
+            // Cut inside the two bytes of `é`: the lossy conversion left a
+            // replacement character.
+            ("key sk_live_Zq9\u{FFFD}", "key [REDACTED]"),
+            (
+                "sk_live_Zq9é8Wx7 then other-sec",
+                "[REDACTED] then [REDACTED]",
+            ),
+            ("nothing secret here", "nothing secret here"),
+        ] {
+            assert_eq!(redactions.apply_cut(cut), expected, "{cut}");
+        }
     }
 }

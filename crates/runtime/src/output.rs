@@ -47,9 +47,13 @@ impl GuestOutput {
             Ok(mut guard) => std::mem::take(&mut *guard),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        let text = self
-            .redactions
-            .apply(&String::from_utf8_lossy(&captured.bytes));
+        let raw = String::from_utf8_lossy(&captured.bytes);
+        // Cut at the cap, the text may end inside a secret (T15).
+        let text = if captured.dropped > 0 {
+            self.redactions.apply_cut(&raw)
+        } else {
+            self.redactions.apply(&raw)
+        };
         let mut lines = text.lines();
         for line in lines.by_ref().take(MAX_LINES) {
             let line: String = line.chars().take(MAX_LINE_CHARS).collect();

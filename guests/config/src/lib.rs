@@ -2,7 +2,8 @@
 //!
 //! - `?key=NAME`            answers `value:V` or `none` (or `error:...`)
 //! - `?key=NAME&print=yes`  also writes the value to stdout and stderr,
-//!   which the host must redact
+//!   which the host must redact; `&pad=N` first writes N bytes of `x` lines
+//!   to stdout, to place the value where the host's capture cap cuts it
 //! - `?key=NAME&fail=yes`   fails the call with an error code that carries
 //!   the value, which the host must redact from what it logs
 //! - `?all=yes`             answers every `k=v` the function may read
@@ -49,6 +50,12 @@ fn run(query: &str) -> String {
     match store::get(param(query, "key")) {
         Ok(Some(value)) => {
             if param(query, "print") == "yes" {
+                let mut pad: usize = param(query, "pad").parse().unwrap_or(0);
+                while pad >= 1000 {
+                    println!("{}", "x".repeat(999));
+                    pad -= 1000;
+                }
+                print!("{}", "x".repeat(pad));
                 println!("the value is {value} (stdout)");
                 eprintln!("the value is {value} (stderr)");
                 // Answer only the length: the body is the client's business.
