@@ -12,11 +12,9 @@
 //! reason and function. Each refused request still has its own access-log
 //! line with its correlation ID and detail.
 
+use bulkhead_store::{AuditEvent, AuditLog, now_ms};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use bulkhead_store::{AuditEvent, AuditLog};
 
 use crate::caller::Caller;
 
@@ -186,9 +184,7 @@ fn summary(reason: &str, function: &str, caller: &str, window: &Window) -> Audit
 }
 
 fn unix_second() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    u64::try_from(now_ms() / 1000).unwrap_or(0)
 }
 
 /// A connection refused before any request could be read.

@@ -390,25 +390,31 @@ impl Charge {
             response_bytes,
             outbound_bytes: running.outbound_bytes.load(Ordering::Relaxed),
         };
-        let meter = &self.meter;
-        {
-            // A call that ran across midnight is billed to the day it
-            // ended, as the meter records it; its reservation was carried.
-            let mut ledger = meter.lock();
-            ledger.roll(day_of(now_ms()));
-            let worst = meter.worst_cases[self.function];
-            ledger.each_scope(self.function, &self.caller, |t| {
-                t.reserved.sub(&worst);
-                t.spent.add(&usage);
-            });
-        }
+        // A call that ran across midnight is billed to the day it ended, as
+        // the meter records it.
+        self.release(|spent, _| spent.add(&usage));
         usage.requests = 1;
+        let meter = &self.meter;
         meter.log.record(
             now_ms(),
             &meter.function_names[self.function],
             &self.caller,
             &usage,
         );
+    }
+
+    /// Give back this call's reservation in every scope of today's ledger
+    /// (where it was carried if the call ran past midnight), changing what
+    /// is spent with `settle`, told whether the request was charged today.
+    fn release(&self, settle: impl Fn(&mut Usage, bool)) {
+        let mut ledger = self.meter.lock();
+        ledger.roll(day_of(now_ms()));
+        let charged_today = ledger.day == self.day;
+        let worst = self.meter.worst_cases[self.function];
+        ledger.each_scope(self.function, &self.caller, |t| {
+            t.reserved.sub(&worst);
+            settle(&mut t.spent, charged_today);
+        });
     }
 }
 
@@ -423,13 +429,10 @@ impl Drop for Charge {
             self.settle(0);
             return;
         }
-        let mut ledger = self.meter.lock();
-        ledger.roll(day_of(now_ms()));
-        let refund = u64::from(ledger.day == self.day);
-        let worst = self.meter.worst_cases[self.function];
-        ledger.each_scope(self.function, &self.caller, |t| {
-            t.spent.requests = t.spent.requests.saturating_sub(refund);
-            t.reserved.sub(&worst);
+        self.release(|spent, charged_today| {
+            if charged_today {
+                spent.requests = spent.requests.saturating_sub(1);
+            }
         });
     }
 }
