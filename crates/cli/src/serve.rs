@@ -69,26 +69,30 @@ fn span_export(_: &App, _: &tokio::runtime::Handle) -> Result<Option<Arc<dyn Spa
 }
 
 /// The admin listener's policy: tokens if any exist; open only in `dev` on
-/// loopback; otherwise refuse to start rather than expose metrics.
+/// loopback, and only until the first token is created (which applies at
+/// once, without a restart); otherwise refuse to start rather than expose
+/// metrics.
 fn admin_access(
     store: &Store,
     env: &str,
     address: SocketAddr,
     target: &Target,
 ) -> Result<AdminAccess> {
-    if !store.admin_token_hashes()?.is_empty() {
-        let store = store.clone();
-        return Ok(AdminAccess::Token(Box::new(move || {
-            store.admin_token_hashes().unwrap_or_default()
-        })));
-    }
+    let reader = store.clone();
+    let read = Box::new(move || reader.admin_token_hashes().unwrap_or_default());
+    let has_token = !store.admin_token_hashes()?.is_empty();
     if env == "dev" && address.ip().is_loopback() {
-        warn!(
-            target: "bulkhead::admin",
-            address = %address,
-            "admin listener has no token: open to this machine only (dev). Create one with `bulkhead admin token`"
-        );
-        return Ok(AdminAccess::LoopbackOpen);
+        if !has_token {
+            warn!(
+                target: "bulkhead::admin",
+                address = %address,
+                "admin listener has no token: open to this machine only (dev) until one is created with `bulkhead admin token`"
+            );
+        }
+        return Ok(AdminAccess::open_until_token(read));
+    }
+    if has_token {
+        return Ok(AdminAccess::token(read));
     }
     bail!(
         "the admin listener on {address} needs a token outside `dev` on loopback: run `bulkhead admin token {} --env {env}` first, or pass `--admin-listen off`",
