@@ -179,6 +179,7 @@ async fn serve(
                     .collect::<Vec<_>>(),
             ),
     );
+    let signalled = shutdown_signal();
     info!(
         target: "bulkhead::listener",
         address = %address,
@@ -189,7 +190,7 @@ async fn serve(
         "listening"
     );
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         let _ = stop.send(true);
     });
     gateway
@@ -203,23 +204,23 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGTERM (and Ctrl-C). The SIGTERM handler is installed when this is
+/// called, not when the future is first polled: called before the server
+/// says it is listening, a SIGTERM sent as soon as it does is a graceful
+/// stop, not the default kill.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = interrupt.await;
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut terminate) = terminate {
+            tokio::select! {
+                _ = interrupt => {},
+                _ = terminate.recv() => {},
+            }
             return;
-        };
-        tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = interrupt.await;
     }
 }

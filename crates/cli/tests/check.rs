@@ -414,10 +414,6 @@ fn t18_a_cache_entry_copied_over_another_components_name_is_rejected() {
     // The attack: hello's valid entry under echo's name.
     fs::copy(&hello_entry, &echo_entry).unwrap();
     let server = Server::start(&app);
-    server.wait_for_log(
-        |r| r["reason"] == "cache-entry-rejected" && r["function"] == "echo",
-        std::time::Duration::from_secs(10),
-    );
     let reply = rt.block_on(support::get(server.addr, "/echo/x"));
     assert_eq!(reply.status, 200);
     assert!(
@@ -428,6 +424,10 @@ fn t18_a_cache_entry_copied_over_another_components_name_is_rejected() {
     assert_eq!(reply.json()["method"], "GET", "echo answers as echo");
     let hello = rt.block_on(support::get(server.addr, "/hello"));
     assert!(hello.text().contains("Hello from a sealed compartment"));
+    server.wait_for_log(
+        |r| r["reason"] == "cache-entry-rejected" && r["function"] == "echo",
+        std::time::Duration::from_secs(10),
+    );
     assert!(server.stop().success());
 
     let rejected = app.audit_records("cache.rejected");
