@@ -54,9 +54,10 @@ pub(crate) async fn handle(
     if spans.is_some() {
         trace.mark_sampled();
     }
-    let method = request.method().as_str().to_string();
+    // What the client wrote goes into the record capped (T09).
+    let method = audit::client_text(request.method().as_str()).into_owned();
     let span_method = method_name(request.method());
-    let path = request.uri().path().to_string();
+    let path = audit::client_text(request.uri().path()).into_owned();
     let mut outcome = Outcome {
         slot: None,
         subject: None,
@@ -78,7 +79,8 @@ pub(crate) async fn handle(
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let function = outcome.slot.map_or("", |slot| slot.function.name());
-    let subject = outcome.subject.as_deref().unwrap_or("");
+    let subject = audit::client_text(outcome.subject.as_deref().unwrap_or(""));
+    let subject = subject.as_ref();
     let correlation_id = trace.correlation_id();
     shared
         .metrics
@@ -108,7 +110,8 @@ pub(crate) async fn handle(
             "request"
         ),
         Some(reason) => {
-            let detail = outcome.detail.as_deref().unwrap_or("");
+            let detail = audit::client_text(outcome.detail.as_deref().unwrap_or(""));
+            let detail = detail.as_ref();
             warn!(
                 target: "bulkhead::access",
                 correlation_id,
