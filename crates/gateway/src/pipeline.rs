@@ -154,6 +154,16 @@ async fn pipeline<'s>(
     let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
     outcome.caller = Some(Caller::of(None, client));
 
+    // One valid Host, agreeing with an absolute-form target, one of
+    // `[app] hostnames` if set (T10, RFC 9112 §3.2).
+    validate::check_host(
+        request.version(),
+        request.uri(),
+        request.headers(),
+        shared.hostnames.as_deref(),
+    )
+    .map_err(|r| refuse(r, outcome))?;
+
     // Decode the path once and refuse what is ambiguous, before routing (T10).
     let decoded = validate::decode_path(request.uri().path())
         .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
