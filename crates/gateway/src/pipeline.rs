@@ -203,7 +203,8 @@ async fn pipeline<'s>(
             outcome.subject = refusal.subject;
             *refusal.problem
         })?;
-    outcome.subject = identity.as_ref().map(|i| i.subject.clone());
+    // Records name the qualified subject: `api-key:S`, `jwt:ISSUER:S` (T13).
+    outcome.subject = identity.as_ref().map(|i| i.principal.clone());
 
     // Rate limits per caller, app-wide then this function's (T02, T03).
     let caller = match (&identity, outcome.caller.take()) {
@@ -371,8 +372,9 @@ async fn pipeline<'s>(
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
         outbound_bytes: Arc::default(),
-        // The verified identity: subject-scoped stores confine the call to it (T13).
-        subject: identity.as_ref().map(|i| i.subject.clone()),
+        // The verified identity, qualified by credential kind and issuer:
+        // subject-scoped stores confine the call to it (T13).
+        subject: identity.as_ref().map(|i| i.principal.clone()),
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(
@@ -466,14 +468,18 @@ fn guest_request(
     if let Ok(value) = HeaderValue::from_str(trace.correlation_id()) {
         headers.insert(CORRELATION_HEADER, value);
     }
-    // The verified identity, in headers only the gateway can set (T11, T13).
+    // The verified identity, in headers only the gateway can set (T11, T13):
+    // the subject as its credential names it, so functions stay portable;
+    // credential kind and issuer make it unambiguous.
     if let Some(identity) = identity {
+        let scopes = identity.scopes.join(" ");
         for (name, value) in [
-            ("bulkhead-subject", identity.subject.clone()),
-            ("bulkhead-scopes", identity.scopes.join(" ")),
-            ("bulkhead-credential", identity.kind.as_str().to_string()),
+            ("bulkhead-subject", Some(identity.subject.as_str())),
+            ("bulkhead-scopes", Some(scopes.as_str())),
+            ("bulkhead-credential", Some(identity.kind.as_str())),
+            ("bulkhead-issuer", identity.issuer.as_deref()),
         ] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            if let Some(Ok(value)) = value.map(HeaderValue::from_str) {
                 headers.insert(name, value);
             }
         }
