@@ -422,10 +422,18 @@ fn guest_request(
     identity: Option<&Identity>,
     rules: &Rules,
 ) -> Result<Request<Bytes>, Problem> {
+    // The host `validate::check_host` accepted: an absolute-form target's
+    // (which agrees with `Host`), else `Host`, else (HTTP/1.0) `localhost`.
     let authority = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .filter(|h| h.parse::<http::uri::Authority>().is_ok())
         .unwrap_or("localhost")
         .to_string();
