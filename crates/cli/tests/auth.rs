@@ -368,7 +368,7 @@ async fn the_attack_corpus_is_refused() {
     );
     assert_eq!(
         server.access_record(&forbidden.correlation_id())["subject"],
-        "ada"
+        "jwt:https%3A//id.example.org:ada"
     );
 
     // The public route needs nothing.
@@ -460,9 +460,21 @@ async fn valid_credentials_of_each_kind_reach_the_function() {
             scopes[0].split(' ').any(|s| s == "conference:register"),
             "{case}: {scopes:?}"
         );
+        // The function sees the subject as its credential names it, with
+        // the kind and (for JWTs) the issuer; the gateway's records name
+        // the qualified subject, one namespace per kind and issuer (T13).
+        let issuer = header_of(&reply, "bulkhead-issuer");
+        let qualified = if *kind == "jwt" {
+            assert_eq!(issuer, vec![ISSUER.to_string()], "{case}");
+            format!("jwt:https%3A//id.example.org:{subject}")
+        } else {
+            assert!(issuer.is_empty(), "{case}: {issuer:?}");
+            format!("{kind}:{subject}")
+        };
         assert_eq!(
             server.access_record(&reply.correlation_id())["subject"],
-            *subject
+            qualified.as_str(),
+            "{case}"
         );
     }
     // An API key on the API-key-only route.

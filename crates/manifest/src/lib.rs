@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cost;
 pub mod grants;
+pub mod hosts;
 pub mod input;
 mod problem;
 mod raw;
@@ -66,6 +67,9 @@ pub struct App {
     pub config: std::collections::BTreeMap<String, String>,
     /// `[app] strict_imports`: the default of every function's (T18).
     pub strict_imports: bool,
+    /// `[app] hostnames`, canonical ([`hosts::canonical_host`]): the only
+    /// hosts a request may name; `None` accepts any well-formed host (T10).
+    pub hostnames: Option<Vec<String>>,
 }
 
 impl App {

@@ -111,6 +111,8 @@ pub(crate) struct RawApp {
     pub name: Spanned<String>,
     /// Refuse components importing a capability they were not granted (T18).
     pub strict_imports: Option<bool>,
+    /// The host names requests may name in `Host` (T10); any when unset.
+    pub hostnames: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[limits]`: app-wide bounds and the defaults every function inherits.

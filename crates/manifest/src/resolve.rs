@@ -89,6 +89,12 @@ pub(crate) fn resolve(
     };
     let telemetry = crate::telemetry::resolve(&mut out, raw.app.name.get_ref(), &telemetry);
 
+    let hostnames = raw
+        .app
+        .hostnames
+        .as_ref()
+        .map(|list| hostnames(&mut out, list));
+
     let stores = crate::stores::resolve_stores(&mut out, app_dir, &raw.store);
     let config = crate::stores::resolve_config(&mut out, &raw.config);
     let shared = Shared {
@@ -166,7 +172,34 @@ pub(crate) fn resolve(
         stores,
         config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
+        hostnames,
     })
+}
+
+/// `[app] hostnames`: host names or IP addresses as a client writes them
+/// in `Host`, without port; kept in canonical form (T10).
+fn hostnames(out: &mut Collector<'_>, list: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+    if list.get_ref().is_empty() {
+        out.at(
+            Some(list.span()),
+            "`hostnames` is empty, so no request could be served; list the names clients use, like [\"api.example.com\"], or remove the key to accept any",
+        );
+    }
+    let mut names = Vec::new();
+    for entry in list.get_ref() {
+        match crate::hosts::canonical_host(entry.get_ref()) {
+            Some(name) if !names.contains(&name) => names.push(name),
+            Some(_) => {}
+            None => out.at(
+                Some(entry.span()),
+                format!(
+                    "`{}` is not a host name; write a name like `api.example.com`, an IPv4 address or an IPv6 address in brackets like `[::1]`, without port, scheme or trailing dot",
+                    entry.get_ref()
+                ),
+            ),
+        }
+    }
+    names
 }
 
 fn check_name(out: &mut Collector<'_>, what: &str, name: &Spanned<String>) {
