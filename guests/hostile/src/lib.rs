@@ -20,6 +20,8 @@
 //!   TCP socket N times (a flood of denials, T07, T09)
 //! - `/fields`    holds `?n=N` header maps, each with `&v=V` values of
 //!   8 KiB (default 3) (host memory, T05)
+//! - `/requests`  holds `?n=N` outgoing requests, each with a 16 KiB path
+//!   (host memory, T05)
 use std::io::Write as _;
 
 use wasip2::http::types::{
@@ -58,6 +60,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                 };
                 let url = rest.strip_prefix("url=").unwrap_or_default();
                 reply(response_out, 200, &fetch_padded(url, pad))
+            }
+            "requests" => {
+                let n = param(query, "n").parse().unwrap_or(1);
+                reply(response_out, 200, &hoard_requests(n))
             }
             "fields" => {
                 let n = param(query, "n").parse().unwrap_or(1);
@@ -134,6 +140,20 @@ fn hoard_fields(n: u64, v: u32) -> String {
         held.push(fields);
     }
     format!("held {} header maps, {values} values of 8 KiB", held.len())
+}
+
+/// Hold `n` outgoing requests, each with a 16 KiB path, never sent.
+fn hoard_requests(n: u64) -> String {
+    let path = format!("/{}", "p".repeat(16 << 10));
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        if request.set_path_with_query(Some(&path)).is_err() {
+            break;
+        }
+        held.push(request);
+    }
+    format!("held {} requests", held.len())
 }
 
 fn spin() -> ! {
