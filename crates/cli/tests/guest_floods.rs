@@ -30,6 +30,16 @@ input.query.repeat = '[0-9]{1,7}'
 grants = { config = ["greeting"] }
 
 [[function]]
+name = "kv"
+component = "kv.wasm"
+route = "/kv"
+auth = "public"
+timeout = "60s"
+input.query.op = 'openflood'
+input.query.store = '[a-z]+'
+input.query.value = '[0-9]{1,7}'
+
+[[function]]
 name = "hostile"
 component = "hostile.wasm"
 route = "/h/{what}"
@@ -51,13 +61,13 @@ fn for_call<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-/// T07, T09: a call looping on a refused `config::get` and one looping on
-/// a refused socket each leave 16 full records and one summary whose
+/// T07, T09: calls looping on a refused `config::get`, a refused socket
+/// and a refused key-value `open` each leave 16 full records and one summary whose
 /// counts add up to the loop; calls running beside them keep every one of
 /// their own records, and nothing is dropped from the audit channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t07_t09_capability_floods_are_folded_per_call() {
-    let app = TestApp::new(FLOOD_MANIFEST, &["config", "hostile"]);
+    let app = TestApp::new(FLOOD_MANIFEST, &["config", "hostile", "kv"]);
     let server = Server::start(&app);
     let addr = server.addr;
 
@@ -65,23 +75,36 @@ async fn t07_t09_capability_floods_are_folded_per_call() {
         tokio::spawn(async move { get(addr, &format!("/config?key=nope&repeat={FLOOD}")).await });
     let socket_flood =
         tokio::spawn(async move { get(addr, &format!("/h/socket?n={FLOOD}")).await });
+    let kv_flood = tokio::spawn(async move {
+        get(
+            addr,
+            &format!("/kv?op=openflood&store=secret&value={FLOOD}"),
+        )
+        .await
+    });
     // Other calls while the floods run, each with one denial of its own.
     let mut others = Vec::new();
     for _ in 0..200 {
         let reply = get(addr, "/config?key=other").await;
         assert_eq!(reply.text(), "none");
         others.push(reply.correlation_id());
-        if others.len() >= 20 && config_flood.is_finished() && socket_flood.is_finished() {
+        if others.len() >= 20
+            && config_flood.is_finished()
+            && socket_flood.is_finished()
+            && kv_flood.is_finished()
+        {
             break;
         }
     }
     let config_flood = config_flood.await.expect("flood task");
     let socket_flood = socket_flood.await.expect("flood task");
+    let kv_flood = kv_flood.await.expect("flood task");
     assert_eq!(
         config_flood.text(),
         format!("repeated:{FLOOD} none:{FLOOD}")
     );
     assert_eq!(socket_flood.text(), format!("refused {FLOOD} of {FLOOD}"));
+    assert_eq!(kv_flood.text(), format!("refused {FLOOD} of {FLOOD}"));
     let floods = [
         (config_flood.correlation_id(), "config", "resource", "nope"),
         (
@@ -167,7 +190,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 /// less than that.
 #[tokio::test]
 async fn t05_host_memory_held_for_a_guest_is_capped() {
-    let app = TestApp::new(FLOOD_MANIFEST, &["config", "hostile"]);
+    let app = TestApp::new(FLOOD_MANIFEST, &["config", "hostile", "kv"]);
     let server = Server::start(&app);
     // Warm up: one small call, so the baseline includes a first instance.
     let warm = get(server.addr, "/h/fields?n=1").await.text();
