@@ -208,7 +208,9 @@ fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static
     let correlation_id = trace.correlation_id();
     warn!(target: "bulkhead::listener", peer = %peer, reason, correlation_id, "connection refused");
     shared.metrics.refuse(reason);
-    shared.refusals.record_listener(&shared.audit, peer.ip(), reason);
+    shared
+        .refusals
+        .record_listener(&shared.audit, peer.ip(), reason);
     let _ = stream.try_write(&refusal_response(reason, correlation_id));
     // Read what the client already sent, so closing does not reset the
     // connection before it reads the answer; never wait for more.
@@ -265,6 +267,8 @@ fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error)
     } else {
         warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, "connection refused");
         shared.metrics.refuse(reason);
-        shared.refusals.record_listener(&shared.audit, peer.ip(), reason);
+        shared
+            .refusals
+            .record_listener(&shared.audit, peer.ip(), reason);
     }
 }
