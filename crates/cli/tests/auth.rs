@@ -595,9 +595,23 @@ fn fresh_token(n: u64) -> String {
 #[tokio::test]
 async fn known_credentials_pass_a_back_off_guesses_do_not_t03() {
     let app = app(2);
+    let created = app.run_with(
+        &["keys", "create"],
+        &["--subject", "ci-bot", "--scopes", "conference:register"],
+    );
+    let api_key = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(api_key.starts_with("bhk_"), "{api_key}");
     let server = Server::start(&app);
     let known = ed_token(&with(claims(), "jti", json!("known")));
     assert_eq!(call(&server, "/echo", Some(&known)).await.status, 200);
+    // A key accepted once, then revoked: known, but no longer valid.
+    assert_eq!(call(&server, "/echo", Some(&api_key)).await.status, 200);
+    let key_id = listed_id(&app, "keys", "ci-bot");
+    assert!(
+        app.run_with(&["keys", "revoke"], &[&key_id])
+            .status
+            .success()
+    );
     // Guess until the address holds its third strike (a 4 s penalty).
     let mut strikes = 0;
     let started = std::time::Instant::now();
@@ -618,6 +632,18 @@ async fn known_credentials_pass_a_back_off_guesses_do_not_t03() {
     assert!(admitted.json()["headers"].is_array());
     assert!(penalty(&call(&server, "/echo", Some(&fresh_token(1))).await).is_some());
     assert!(penalty(&call(&server, "/echo", Some("bhk_guess")).await).is_some());
+    // A known credential is still verified during the back-off: revoked,
+    // it is refused, and the log says why.
+    let revoked = call(&server, "/echo", Some(&api_key)).await;
+    assert_ne!(revoked.status, 200, "{}", revoked.text());
+    server.wait_for_log(
+        |r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("credential revoked"))
+        },
+        Duration::from_secs(10),
+    );
 }
 
 /// T03: strikes decay. With one forgiven per second (`backoff_decay`), an
