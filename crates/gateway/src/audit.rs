@@ -179,9 +179,6 @@ impl Refusals {
 
     /// A connection the listener refused before reading a request, folded
     /// per peer (IPv6 by /64) and second, like [`Self::record_admin`].
-    // For the listener's accept loop (server.rs), which another change of
-    // issue 11 moves onto this; tested below.
-    #[allow(dead_code)]
     pub fn record_listener(&self, audit: &AuditLog, peer: IpAddr, reason: &'static str) {
         let caller = Caller::of(None, peer);
         self.record_folded(
@@ -325,15 +322,6 @@ fn summary(key: &RepeatKey, window: &Window) -> AuditEvent {
 
 fn unix_second() -> u64 {
     u64::try_from(now_ms() / 1000).unwrap_or(0)
-}
-
-/// A connection refused before any request could be read.
-pub fn listener_refusal(audit: &AuditLog, peer: &str, reason: &str) {
-    audit.record(
-        AuditEvent::new("listener.refused")
-            .detail("peer", peer)
-            .detail("reason", reason),
-    );
 }
 
 #[cfg(test)]

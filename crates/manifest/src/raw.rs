@@ -80,6 +80,8 @@ pub(crate) struct RawSqlGrantTable {
 pub(crate) struct RawAuth {
     pub jwt: Option<Spanned<RawJwt>>,
     pub failed_attempts_per_minute: Option<Spanned<u32>>,
+    /// One back-off strike is forgiven per this much time (T03).
+    pub backoff_decay: Option<Spanned<Duration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +127,7 @@ pub(crate) struct RawLimits {
     pub max_instances: Option<Spanned<u32>>,
     // Listener hygiene (T01: slowloris, oversized requests).
     pub max_connections: Option<Spanned<u32>>,
+    pub max_connections_per_address: Option<Spanned<u32>>,
     pub header_read_timeout: Option<Duration>,
     pub body_read_timeout: Option<Duration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
@@ -149,6 +152,7 @@ overlaid!(RawLimits {
     max_outstanding_requests,
     max_instances,
     max_connections,
+    max_connections_per_address,
     header_read_timeout,
     body_read_timeout,
     max_header_bytes,

@@ -105,7 +105,10 @@ impl Authenticator {
             jwe,
             store,
             connections: Mutex::new(Vec::new()),
-            throttle: FailedAuthThrottle::new(app.failed_auth_per_minute),
+            throttle: FailedAuthThrottle::new(
+                app.failed_auth_per_minute,
+                app.auth_backoff_decay.get(),
+            ),
         })
     }
 
@@ -119,8 +122,17 @@ impl Authenticator {
         let Access::Authenticated { kinds, scopes } = access else {
             return Ok(None);
         };
+        // What is remembered of the credential presented (one header: two
+        // are refused below anyway).
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| backoff::fingerprint(v.as_bytes()));
         if let Some(wait) = self.throttle.blocked(peer) {
-            return Err(backoff_refusal(wait));
+            // T03: during a back-off only a credential accepted before gets
+            // verified; a guess never is one (see `backoff`).
+            if !presented.is_some_and(|f| self.throttle.is_known(&f)) {
+                return Err(backoff_refusal(wait));
+            }
         }
         let identity = match self.authenticate(headers, kinds) {
             Ok(identity) => identity,
@@ -142,6 +154,9 @@ impl Authenticator {
                 return Err(refusal);
             }
         };
+        if let Some(fingerprint) = presented {
+            self.throttle.remember(fingerprint);
+        }
         let missing: Vec<&String> = scopes
             .iter()
             .filter(|s| !identity.scopes.contains(s))
