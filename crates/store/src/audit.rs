@@ -252,18 +252,20 @@ pub(crate) struct Anchored {
     pub file_valid: bool,
 }
 
-/// Compare the keyed database head and the head file with the chain's last
-/// record (`last`: its seq and hash; `None` for an empty table). This is
-/// what every writer checks before it appends, and `verify` at the end.
+/// Compare the keyed database head and the head file (`file`, read from
+/// `head_file` before the database snapshot was taken, so that it can
+/// never be newer than the snapshot) with the chain's last record
+/// (`last`: its seq and hash; `None` for an empty table). This is what
+/// every writer checks before it appends, and `verify` at the end.
 pub(crate) fn check_head(
     conn: &Connection,
     key: &[u8; 32],
     head_file: &Path,
+    file: HeadFile,
     last: Option<(i64, &str)>,
 ) -> rusqlite::Result<Result<Anchored, Break>> {
     let (last_seq, last_hash) = last.unwrap_or((0, GENESIS));
     let found = json!({"last_record": last_seq, "hash": last_hash});
-    let file = read_head_file(head_file, key);
     let file_seq = match &file {
         HeadFile::Valid { seq, .. } => *seq,
         _ => 0,
@@ -431,8 +433,14 @@ impl Store {
     /// ever: the record that says so is chained and covered by the head.
     pub fn verify_audit(&self) -> Result<Verification, StoreError> {
         let key = self.audit_key()?;
-        let conn = self.connect()?;
+        let head_file = self.dir().join(HEAD_FILE);
+        // The file first, then one snapshot for the walk and the head: a
+        // writer writes the file only after its commit, so a file ahead of
+        // the snapshot means a rollback, never a race.
+        let file = read_head_file(&head_file, &key);
+        let mut conn = self.connect()?;
         let db = |e| self.db_error(e);
+        let conn = conn.transaction().map_err(db)?;
         let mut problems: Vec<(i64, String)> = Vec::new();
         let mut records = 0_i64;
         let mut expected_seq = 1;
@@ -501,9 +509,7 @@ impl Store {
         if segment_ok {
             let last_seq = expected_seq - 1;
             let last = (records > 0).then_some((last_seq, prev_hash.as_str()));
-            if let Err(brk) =
-                check_head(&conn, &key, &self.dir().join(HEAD_FILE), last).map_err(db)?
-            {
+            if let Err(brk) = check_head(&conn, &key, &head_file, file, last).map_err(db)? {
                 problems.push((brk.seq, brk.reason));
             }
         }

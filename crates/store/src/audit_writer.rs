@@ -32,8 +32,8 @@ use serde_json::{Value, json};
 use tracing::{error, warn};
 
 use crate::audit::{
-    AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, check_head, head_mac, record_hash,
-    write_head_file,
+    AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, check_head, head_mac,
+    read_head_file, record_hash, write_head_file,
 };
 use crate::{Store, StoreError, now_ms};
 
@@ -287,10 +287,15 @@ impl Writer {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let last = last_record(&tx)?;
         let mut meta = read_meta(&tx)?;
+        // Read under the write lock: no writer can commit (and then write
+        // the file) until this transaction ends.
+        let file = read_head_file(&self.head_file, &self.key);
+        let file_valid = matches!(file, HeadFile::Valid { .. });
         let checked = check_head(
             &tx,
             &self.key,
             &self.head_file,
+            file,
             last.as_ref().map(|l| (l.seq, l.hash.as_str())),
         )?;
         let checked = match (checked, &last) {
@@ -328,10 +333,6 @@ impl Writer {
                             .detail("found", brk.found),
                         now,
                     ),
-                );
-                let file_valid = matches!(
-                    crate::audit::read_head_file(&self.head_file, &self.key),
-                    crate::HeadFile::Valid { .. }
                 );
                 (brk.high_water, GENESIS.to_string(), file_valid)
             }
