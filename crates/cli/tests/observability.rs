@@ -505,6 +505,7 @@ async fn t09_deleting_the_last_audit_records_is_reported_for_ever() {
         "still serving"
     );
     let breaks = metric(&server, "bulkhead_audit_chain_breaks").await;
+    let budget = metric(&server, "bulkhead_audit_max_size_bytes").await;
     // The writer checks the trail when it starts, before `listening`.
     let logs = server.logs();
     assert!(server.stop().success());
@@ -519,6 +520,11 @@ async fn t09_deleting_the_last_audit_records_is_reported_for_ever() {
         "{logs:?}"
     );
     assert_eq!(breaks, Some(1.0));
+    assert_eq!(
+        budget,
+        Some((1u64 << 30) as f64),
+        "the default [audit] max_size"
+    );
 
     // More writers later (a CLI command, another serve) change nothing.
     let key = app.run_with(&["keys", "create"], &["--subject", "ci-bot"]);

@@ -392,3 +392,31 @@ fn state_files_are_owner_only() {
     }
     log.close();
 }
+
+/// Two writers on one trail (the server and a CLI command, here two
+/// handles) interleave without either seeing the other's appends as a
+/// break: each checks and continues from the real head under the lock.
+#[test]
+fn t09_two_writers_interleave_without_false_breaks() {
+    let (_dir, store) = store_with(2);
+    let server = AuditLog::start(&store).unwrap();
+    for i in 0..20 {
+        server.record(AuditEvent::new("request.refused").detail("i", i));
+        if i % 3 == 0 {
+            server.flush();
+            let cli = AuditLog::start(&store).unwrap();
+            cli.record(AuditEvent::new("key.created").detail("i", i));
+            cli.close();
+        }
+    }
+    server.flush();
+    assert_eq!(server.status().chain_breaks, 0);
+    server.close();
+    assert!(kinds(&store, bulkhead_store::CHAIN_BROKEN).is_empty());
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact {
+            records: 2 + 20 + 7
+        }
+    );
+}
