@@ -13,6 +13,13 @@
 //! it found. That record is chained and covered by the new head, so
 //! `audit verify` reports the break for ever. Serving never stops for it.
 //!
+//! The head file (`audit.head`, MAC'd under the audit key) is brought up to
+//! date after a durable commit, at most every [`HEAD_FILE_EVERY`] while
+//! events keep coming, at once on a flush (every CLI command, shutdown) or
+//! a break, and by itself when the writer goes idle. Data commits stay
+//! `synchronous = NORMAL` (WAL); group-commit durability (issue 19) can
+//! make every batch durable without changing any of this.
+//!
 //! The trail has a size budget (`[audit] max_size`): past 80 % the writer
 //! warns (log, metric, one `audit.nearly_full` record); at 100 % it writes
 //! one `audit.full` record and from then on only counts what it would have
@@ -22,7 +29,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -52,6 +59,14 @@ const RECORD_OVERHEAD: u64 = 64;
 
 /// How often, at most, a full trail gets an `audit.suppressed` count.
 const SUPPRESSED_EVERY_MS: i64 = 60_000;
+
+/// How often, at most, the head file is brought up to date while events
+/// keep coming (and this long after the last batch when they stop). Each
+/// update costs a durable commit and two fsyncs; between updates the file
+/// lags, which only narrows what a rollback check sees. A flush (every CLI
+/// command, shutdown) and a break update it at once.
+const HEAD_FILE_EVERY: Duration = Duration::from_millis(200);
+const HEAD_FILE_EVERY_MS: i64 = 200;
 
 enum Message {
     /// Boxed: the channel allocates and touches every slot up front, and
@@ -102,10 +117,6 @@ impl AuditLog {
     /// recorded before anything else is written.
     pub fn start(store: &Store) -> Result<Self, StoreError> {
         let conn = store.connect()?;
-        // The head file must never get ahead of what is durable in the
-        // database, or a power cut would look like a rollback.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| store.db_error(e))?;
         let key = store.audit_key()?;
         let (sender, receiver) = sync_channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared::default());
@@ -115,8 +126,11 @@ impl AuditLog {
             head_file: store.dir().join(HEAD_FILE),
             shared: shared.clone(),
             budget: Budget::default(),
+            last: (0, GENESIS.to_string()),
+            file_stale: false,
+            file_written_ms: 0,
         };
-        if let Err(e) = writer.append(Vec::new(), false) {
+        if let Err(e) = writer.append(Vec::new(), true) {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
         }
         let thread = std::thread::Builder::new()
@@ -188,6 +202,12 @@ struct Writer {
     head_file: PathBuf,
     shared: Arc<Shared>,
     budget: Budget,
+    /// The head this writer last committed or found intact.
+    last: (i64, String),
+    /// The head file is behind `last`.
+    file_stale: bool,
+    /// When the head file was last written.
+    file_written_ms: i64,
 }
 
 /// The size budget's state in the writer.
@@ -234,7 +254,22 @@ fn record_bytes(event: &AuditEvent) -> u64 {
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Message>) {
-        while let Ok(first) = receiver.recv() {
+        loop {
+            let first = if self.file_stale {
+                match receiver.recv_timeout(HEAD_FILE_EVERY) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.anchor();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match receiver.recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match receiver.try_recv() {
@@ -273,6 +308,43 @@ impl Writer {
         {
             error!(target: "bulkhead::audit", error = %e, "cannot write the count of suppressed audit records");
         }
+        if self.file_stale {
+            self.anchor();
+        }
+    }
+
+    /// Bring the head file up to `last`. First one durable commit
+    /// (synchronous FULL syncs the WAL, and with it every commit before),
+    /// so that the file is never ahead of what survives a power cut, which
+    /// would look like a rollback; then the file, written whole.
+    fn anchor(&mut self) {
+        let durable = self
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .and_then(|()| {
+                self.conn.execute(
+                    "INSERT INTO audit_meta (id, size_bytes, anchors) VALUES (1, 0, 1)
+                     ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
+                    [],
+                )
+            })
+            .and_then(|_| self.conn.pragma_update(None, "synchronous", "NORMAL"));
+        let (seq, hash) = &self.last;
+        let result = durable
+            .map_err(std::io::Error::other)
+            .and_then(|()| write_head_file(&self.head_file, &self.key, *seq, hash));
+        match result {
+            Ok(()) => {
+                self.file_stale = false;
+                self.file_written_ms = now_ms();
+            }
+            // The database is committed; a lagging head file only narrows
+            // what a rollback check can see, so keep serving (and retry
+            // after the next batch).
+            Err(e) => {
+                error!(target: "bulkhead::audit", error = %e, path = %self.head_file.display(), "cannot write the audit head file");
+            }
+        }
     }
 
     /// Check the chain's end, then chain and commit `events` (one
@@ -309,6 +381,7 @@ impl Writer {
             (checked, _) => checked,
         };
         let now = now_ms();
+        let broke = checked.is_err();
         let (mut seq, mut prev_hash, anchored) = match checked {
             Ok(anchored) => {
                 let (seq, hash) = last.map_or((0, GENESIS.to_string()), |l| (l.seq, l.hash));
@@ -393,14 +466,16 @@ impl Writer {
             )?;
         }
         tx.commit()?;
+        self.last = (seq, prev_hash);
         // Also anchor a trail that has none yet (one written by an older
         // version) as soon as it is seen intact.
-        if (written || (!anchored && seq > 0))
-            && let Err(e) = write_head_file(&self.head_file, &self.key, seq, &prev_hash)
-        {
-            // The database is committed; a lagging head file only narrows
-            // what a rollback check can see, so keep serving.
-            error!(target: "bulkhead::audit", error = %e, path = %self.head_file.display(), "cannot write the audit head file");
+        if written || (!anchored && seq > 0) {
+            self.file_stale = true;
+        }
+        // After a break at once: the old head file names records that the
+        // new segment does not hold.
+        if self.file_stale && (broke || flush || now - self.file_written_ms >= HEAD_FILE_EVERY_MS) {
+            self.anchor();
         }
         let s = &self.shared;
         s.head_seq.store(seq, Ordering::Relaxed);

@@ -118,15 +118,17 @@ const MIGRATIONS: &[&str] = &[
 ",
     // 6: the audit trail's anchoring and size budget (T09). `anchored`
     // heads were written once the head file existed (their MAC says so);
-    // `audit_meta` keeps the trail's approximate size, its budget and how
-    // many breaks the writers recorded.
+    // `audit_meta` keeps the trail's approximate size, its budget, how
+    // many breaks the writers recorded, and counts the durable commits
+    // that precede each head file write.
     r"
     ALTER TABLE audit_head ADD COLUMN anchored INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE audit_meta (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         size_bytes INTEGER NOT NULL,
         max_bytes INTEGER,
-        breaks INTEGER NOT NULL DEFAULT 0
+        breaks INTEGER NOT NULL DEFAULT 0,
+        anchors INTEGER NOT NULL DEFAULT 0
     );
     INSERT INTO audit_meta (id, size_bytes)
     SELECT 1, coalesce(sum(

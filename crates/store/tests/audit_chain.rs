@@ -420,3 +420,27 @@ fn t09_two_writers_interleave_without_false_breaks() {
         }
     );
 }
+
+/// The head file lags the database by at most a moment: after a burst
+/// that no flush follows, the idle writer brings it up to date by itself.
+#[test]
+fn t09_the_head_file_catches_up_without_a_flush() {
+    let (_dir, store) = store_with(1);
+    let log = AuditLog::start(&store).unwrap();
+    for i in 0..4 {
+        log.record(AuditEvent::new("request.refused").detail("i", i));
+    }
+    let mut head = None;
+    for _ in 0..200 {
+        head = Some(store.audit_head_file().unwrap().1);
+        if matches!(head, Some(bulkhead_store::HeadFile::Valid { seq: 5, .. })) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        matches!(head, Some(bulkhead_store::HeadFile::Valid { seq: 5, .. })),
+        "{head:?}"
+    );
+    log.close();
+}
