@@ -327,8 +327,10 @@ impl Writer {
                      ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
                     [],
                 )
-            })
-            .and_then(|_| self.conn.pragma_update(None, "synchronous", "NORMAL"));
+            });
+        // Back to NORMAL whatever happened: data commits stay cheap.
+        let normal = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        let durable = durable.and(normal);
         let (seq, hash) = &self.last;
         let result = durable
             .map_err(std::io::Error::other)
