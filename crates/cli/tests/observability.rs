@@ -707,3 +707,71 @@ grants = { kv = { shared = "read-write" } }
         assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
     }
 }
+
+/// Issue 11 item 12 (T09, T01): the audit trail has a size budget. A trail
+/// near its `[audit] max_size` (its recorded size set just under 1 MiB, as
+/// after a long flood) gets one `audit.full` record, then only counts; the
+/// server keeps answering, `/metrics` says so, and the chain stays intact.
+#[tokio::test]
+async fn t09_a_full_audit_trail_counts_instead_of_filling_the_disk() {
+    // Callers behind a trusted proxy, so that no refusal is folded.
+    let manifest = APP.replacen(
+        "[[function]]",
+        "[limits]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[[function]]",
+        1,
+    ) + "\n[audit]\nmax_size = \"1MiB\"\n";
+    let app = TestApp::new(&manifest, &["hello", "echo"]);
+    let server = Server::start(&app);
+    assert!(server.stop().success());
+    rusqlite::Connection::open(state_db(&app))
+        .unwrap()
+        .execute_batch("UPDATE audit_meta SET size_bytes = 1048576 - 1500")
+        .unwrap();
+
+    let server = Server::start(&app);
+    for i in 0..30 {
+        let mut missing = request("GET", server.addr, &format!("/missing/{i}"), Bytes::new());
+        missing.headers_mut().insert(
+            "x-forwarded-for",
+            format!("198.51.100.{i}").parse().unwrap(),
+        );
+        send(server.addr, missing)
+            .await
+            .assert_problem(404, "not-found");
+    }
+    let mut full = None;
+    for _ in 0..200 {
+        full = metric(&server, "bulkhead_audit_full").await;
+        if full == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(full, Some(1.0));
+    assert_eq!(
+        metric(&server, "bulkhead_audit_max_size_bytes").await,
+        Some(1048576.0)
+    );
+    assert_eq!(
+        get(server.addr, "/hello").await.status,
+        200,
+        "still serving"
+    );
+    assert!(server.stop().success());
+
+    assert_eq!(app.audit_records("audit.full").len(), 1);
+    let written = app.audit_records("request.refused").len();
+    let counted: u64 = app
+        .audit_records("audit.suppressed")
+        .iter()
+        .filter_map(|r| r["detail"]["kinds"]["request.refused"].as_u64())
+        .sum();
+    assert!(written < 30, "{written} refusals written past the budget");
+    assert_eq!(
+        written as u64 + counted,
+        30,
+        "every refusal written or counted"
+    );
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+}
