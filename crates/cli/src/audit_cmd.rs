@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use bulkhead_store::{AuditQuery, AuditRecord, Verification};
+use bulkhead_store::{AuditQuery, AuditRecord, HeadFile, Verification};
 use clap::{Subcommand, ValueEnum};
 
 use crate::Target;
@@ -13,9 +13,13 @@ use crate::Target;
 pub enum AuditCommand {
     /// Check that no audit record was edited, inserted or deleted.
     #[command(
-        long_about = "Walk the whole audit hash chain and check its keyed head. Prints OK with \
+        long_about = "Walk the whole audit hash chain and check its keyed head, and the head \
+                      file beside the database (.bulkhead/ENV/audit.head), which catches an \
+                      older copy of the database restored. Prints the head file, then OK with \
                       the number of records, or names the first record that was edited, \
-                      inserted or deleted, and exits non-zero.",
+                      inserted or deleted, and exits non-zero. A break the server found and \
+                      recorded (an `audit.chain_broken` record starting a new segment) is \
+                      reported for ever.",
         after_help = "Example:\n  bulkhead audit verify my-app --env prod"
     )]
     Verify {
@@ -64,6 +68,16 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { target } => {
             let store = target.store(false)?;
+            let (path, head) = store.audit_head_file()?;
+            match head {
+                HeadFile::Valid { seq, hash } => {
+                    println!("head file {}: record {seq}, hash {hash}", path.display())
+                }
+                HeadFile::Missing => println!("head file {}: missing", path.display()),
+                HeadFile::Invalid(why) => {
+                    println!("head file {}: INVALID ({why})", path.display());
+                }
+            }
             match store.verify_audit()? {
                 Verification::Intact { records } => {
                     println!(

@@ -29,6 +29,9 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
         Some(address) => Some((address, admin_access(&store, &app.env, address, target)?)),
         None => None,
     };
+    // Every writer of the trail (this server, CLI commands) holds to the
+    // budget kept in the store (T09).
+    store.set_audit_max_size(app.audit_max_size.bytes())?;
     let audit = AuditLog::start(&store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

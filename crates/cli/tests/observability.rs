@@ -376,3 +376,402 @@ async fn the_admin_listener_requires_its_token() {
     let db = std::fs::read(app.path().join(".bulkhead/prod/state.db")).unwrap();
     assert!(!String::from_utf8_lossy(&db).contains(&token));
 }
+
+// ---- T09, issue 11: audit laundering, rollback and file modes ----
+
+/// `bulkhead audit verify APP_DIR`: (exit success, stdout).
+fn verify(dir: &Path) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn state_db(app: &TestApp) -> std::path::PathBuf {
+    app.path().join(".bulkhead/dev/state.db")
+}
+
+/// One refused request (404), which the gateway audits.
+async fn refuse(server: &Server) {
+    get(server.addr, "/missing")
+        .await
+        .assert_problem(404, "not-found");
+}
+
+/// A gauge or counter from the admin listener's `/metrics`.
+async fn metric(server: &Server, name: &str) -> Option<f64> {
+    let text = get(server.admin.expect("admin listener"), "/metrics")
+        .await
+        .text();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text");
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        })
+}
+
+/// Waits for the writer's error about a broken trail.
+fn wait_for_break(server: &Server) {
+    server.wait_for_log(
+        |r| {
+            r["target"] == "bulkhead::audit"
+                && r["level"] == "ERROR"
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("tampered"))
+        },
+        Duration::from_secs(30),
+    );
+}
+
+/// Recompute every record's hash from `from` on, as an attacker with
+/// write access to `state.db` can: the hash needs no key.
+fn rehash(db: &Path, from: i64) {
+    use sha2::{Digest, Sha256};
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut prev: String = conn
+        .query_row("SELECT prev_hash FROM audit WHERE seq = ?1", [from], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    type Fields = (
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let rows: Vec<Fields> = conn
+        .prepare("SELECT seq, time_ms, kind, correlation_id, subject, function, detail FROM audit WHERE seq >= ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([from], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (seq, time, kind, corr, subject, function, detail) in rows {
+        let canonical = serde_json::json!([seq, time, kind, corr, subject, function, detail, prev]);
+        let hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, hash, seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+}
+
+/// T09 (issue 11, item 1): delete the last audit records while the server
+/// is stopped, restart it and cause a refusal. The writer used to carry on
+/// from the shortened chain and write a fresh keyed head, so `verify` said
+/// OK again. Now it refuses to extend that chain, logs an error, raises
+/// `bulkhead_audit_chain_breaks`, keeps serving, and `verify` reports the
+/// break for ever.
+#[tokio::test]
+async fn t09_deleting_the_last_audit_records_is_reported_for_ever() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+    let (ok, text) = verify(app.path());
+    assert!(ok && text.contains("intact (3 records)"), "{text}");
+
+    // Hide the refusal and the shutdown.
+    rusqlite::Connection::open(state_db(&app))
+        .unwrap()
+        .execute_batch("DELETE FROM audit WHERE seq >= 2")
+        .unwrap();
+
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert_eq!(
+        get(server.addr, "/hello").await.status,
+        200,
+        "still serving"
+    );
+    let breaks = metric(&server, "bulkhead_audit_chain_breaks").await;
+    let budget = metric(&server, "bulkhead_audit_max_size_bytes").await;
+    // The writer checks the trail when it starts, before `listening`.
+    let logs = server.logs();
+    assert!(server.stop().success());
+    let (ok, text) = verify(app.path());
+    assert!(!ok, "the deletion was laundered: {text}");
+    assert!(text.contains("BROKEN at record 2"), "{text}");
+    assert!(text.contains("deleted from the end"), "{text}");
+    assert!(
+        logs.iter().any(|r| r["target"] == "bulkhead::audit"
+            && r["level"] == "ERROR"
+            && r["broken_at"] == 2),
+        "{logs:?}"
+    );
+    assert_eq!(breaks, Some(1.0));
+    assert_eq!(
+        budget,
+        Some((1u64 << 30) as f64),
+        "the default [audit] max_size"
+    );
+
+    // More writers later (a CLI command, another serve) change nothing.
+    let key = app.run_with(&["keys", "create"], &["--subject", "ci-bot"]);
+    assert!(key.status.success());
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+    let (ok, text) = verify(app.path());
+    assert!(!ok && text.contains("BROKEN at record 2"), "{text}");
+    assert_eq!(app.audit_records("audit.chain_broken").len(), 1);
+}
+
+/// T09 (issue 11, item 1): edit a record and recompute every later hash
+/// (no key needed), then cause `keys create`, which appends from another
+/// process. The keyed head no longer matches the re-hashed tail, so the
+/// CLI's writer records the break instead of signing the forgery.
+#[tokio::test]
+async fn t09_a_rehashed_audit_chain_is_not_laundered_by_keys_create() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+
+    let db = state_db(&app);
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch(
+            "UPDATE audit SET detail = '{\"reason\":\"not-found\",\"path\":\"/innocent\"}' WHERE seq = 2",
+        )
+        .unwrap();
+    rehash(&db, 2);
+
+    let key = app.run_with(&["keys", "create"], &["--subject", "ci-bot"]);
+    assert!(key.status.success());
+    let (ok, text) = verify(app.path());
+    assert!(!ok, "the edit was laundered: {text}");
+    assert!(text.contains("BROKEN at record 3"), "{text}");
+    assert!(text.contains("re-hashed"), "{text}");
+    let breaks = app.audit_records("audit.chain_broken");
+    assert_eq!(breaks.len(), 1, "{breaks:?}");
+    assert_eq!(breaks[0]["seq"], 4);
+    assert_eq!(app.audit_records("key.created").len(), 1);
+}
+
+/// T09 (issue 11, item 1): restore an older copy of `state.db`. The head
+/// file beside it (MAC'd, outside the database) is ahead: `verify` says
+/// the database was rolled back, and a server started on it records the
+/// break and exports it.
+#[tokio::test]
+async fn t09_a_restored_older_state_db_is_detected_through_the_head_file() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+
+    let aside = tempfile::tempdir().unwrap();
+    let suffixes = ["", "-wal", "-shm"];
+    let companion = |base: &Path, suffix: &str| {
+        let mut name = base.as_os_str().to_owned();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    let db = state_db(&app);
+    for suffix in suffixes {
+        let from = companion(&db, suffix);
+        if from.exists() {
+            std::fs::copy(&from, companion(&aside.path().join("state.db"), suffix)).unwrap();
+        }
+    }
+
+    let server = Server::start(&app);
+    refuse(&server).await;
+    // The writer commits in the background: wait (bounded) for the head
+    // gauge to reach the refusal.
+    let mut head = None;
+    for _ in 0..200 {
+        head = metric(&server, "bulkhead_audit_head_seq").await;
+        if head == Some(5.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(server.stop().success());
+
+    for suffix in suffixes {
+        let _ = std::fs::remove_file(companion(&db, suffix));
+        let from = companion(&aside.path().join("state.db"), suffix);
+        if from.exists() {
+            std::fs::copy(&from, companion(&db, suffix)).unwrap();
+        }
+    }
+    let (ok, text) = verify(app.path());
+    assert!(!ok, "the rollback went unnoticed: {text}");
+    assert!(text.contains("audit.head: record 6"), "{text}");
+    assert!(text.contains("BROKEN at record 4"), "{text}");
+    assert!(text.contains("rolled back"), "{text}");
+    assert_eq!(head, Some(5.0), "deploy + refusal after the first 3");
+
+    let server = Server::start(&app);
+    wait_for_break(&server);
+    assert_eq!(
+        metric(&server, "bulkhead_audit_chain_breaks").await,
+        Some(1.0)
+    );
+    assert!(server.stop().success());
+    let (ok, text) = verify(app.path());
+    assert!(!ok && text.contains("rolled back"), "{text}");
+}
+
+/// Issue 11 (smaller item): every file under `.bulkhead/ENV` is 0600 and
+/// every directory 0700, the SQLite -wal/-shm files, keys and the head
+/// file included, even when the state directory already existed 0755.
+#[cfg(unix)]
+#[tokio::test]
+async fn state_files_are_owner_only_even_in_a_loose_existing_dir() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = TestApp::new(
+        r#"
+[app]
+name = "private"
+
+[store.shared]
+kind = "kv"
+
+[[function]]
+name = "writer"
+component = "kv.wasm"
+route = "/w"
+auth = "public"
+input.query.op = true
+input.query.store = true
+input.query.key = true
+input.query.value = true
+grants = { kv = { shared = "read-write" } }
+"#,
+        &["kv"],
+    );
+    let state = app.path().join(".bulkhead/dev");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    /// Every directory 0700, every file 0600. A temp file renamed away
+    /// while we look (the head file is replaced after each commit) is
+    /// skipped.
+    fn walk(dir: &Path, names: &mut Vec<String>) {
+        let mode = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.is_dir(), m.permissions().mode() & 0o777))
+        };
+        assert_eq!(mode(dir), Some((true, 0o700)), "{}", dir.display());
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            match mode(&path) {
+                Some((true, _)) => walk(&path, names),
+                Some((false, m)) => {
+                    assert_eq!(m, 0o600, "{}", path.display());
+                    names.push(path.file_name().unwrap().to_string_lossy().into_owned());
+                }
+                None => {}
+            }
+        }
+    }
+
+    let server = Server::start(&app);
+    let set = get(server.addr, "/w?op=set&store=shared&key=k&value=v").await;
+    assert_eq!(set.status, 200, "{}", set.text());
+    // While serving: the databases' -wal and -shm files exist.
+    let mut names = Vec::new();
+    walk(&state, &mut names);
+    for name in ["state.db-wal", "state.db-shm", "keys.db", "master.key"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+    assert!(server.stop().success());
+    let mut names = Vec::new();
+    walk(&state, &mut names);
+    for name in ["state.db", "keys.db", "audit.key", "audit.head"] {
+        assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+    }
+}
+
+/// Issue 11 item 12 (T09, T01): the audit trail has a size budget. A trail
+/// near its `[audit] max_size` (its recorded size set just under 1 MiB, as
+/// after a long flood) gets one `audit.full` record, then only counts; the
+/// server keeps answering, `/metrics` says so, and the chain stays intact.
+#[tokio::test]
+async fn t09_a_full_audit_trail_counts_instead_of_filling_the_disk() {
+    // Callers behind a trusted proxy, so that no refusal is folded.
+    let manifest = APP.replacen(
+        "[[function]]",
+        "[limits]\ntrusted_proxies = [\"127.0.0.1\"]\n\n[[function]]",
+        1,
+    ) + "\n[audit]\nmax_size = \"1MiB\"\n";
+    let app = TestApp::new(&manifest, &["hello", "echo"]);
+    let server = Server::start(&app);
+    assert!(server.stop().success());
+    rusqlite::Connection::open(state_db(&app))
+        .unwrap()
+        .execute_batch("UPDATE audit_meta SET size_bytes = 1048576 - 1500")
+        .unwrap();
+
+    let server = Server::start(&app);
+    for i in 0..30 {
+        let mut missing = request("GET", server.addr, &format!("/missing/{i}"), Bytes::new());
+        missing.headers_mut().insert(
+            "x-forwarded-for",
+            format!("198.51.100.{i}").parse().unwrap(),
+        );
+        send(server.addr, missing)
+            .await
+            .assert_problem(404, "not-found");
+    }
+    let mut full = None;
+    for _ in 0..200 {
+        full = metric(&server, "bulkhead_audit_full").await;
+        if full == Some(1.0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(full, Some(1.0));
+    assert_eq!(
+        metric(&server, "bulkhead_audit_max_size_bytes").await,
+        Some(1048576.0)
+    );
+    assert_eq!(
+        get(server.addr, "/hello").await.status,
+        200,
+        "still serving"
+    );
+    assert!(server.stop().success());
+
+    assert_eq!(app.audit_records("audit.full").len(), 1);
+    let written = app.audit_records("request.refused").len();
+    let counted: u64 = app
+        .audit_records("audit.suppressed")
+        .iter()
+        .filter_map(|r| r["detail"]["kinds"]["request.refused"].as_u64())
+        .sum();
+    assert!(written < 30, "{written} refusals written past the budget");
+    assert_eq!(
+        written as u64 + counted,
+        30,
+        "every refusal written or counted"
+    );
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+}

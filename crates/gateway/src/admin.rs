@@ -311,6 +311,7 @@ fn route(shared: &Shared, request: &Request<Incoming>, correlation_id: &str) -> 
             if let Some(meter) = &shared.meter {
                 shared.metrics.set_budget_shares(meter.shares());
             }
+            shared.metrics.set_audit(shared.audit.status());
             if let Some(shedder) = &shared.shedder {
                 shared
                     .metrics

@@ -51,6 +51,22 @@ pub struct Metrics {
     budget_used: Family<BudgetLabels, Share>,
     throttle_shedding: Gauge,
     throttle_signals: Family<SignalLabels, Share>,
+    audit: AuditGauges,
+}
+
+/// The audit trail's state (T09): its head, recorded breaks, dropped
+/// events and size against its budget.
+#[derive(Default)]
+struct AuditGauges {
+    head_seq: Gauge,
+    chain_breaks: Gauge,
+    dropped: Counter,
+    /// What `dropped` has counted so far, to add only the difference.
+    dropped_seen: std::sync::atomic::AtomicU64,
+    size_bytes: Gauge,
+    max_size_bytes: Gauge,
+    size_ratio: Share,
+    full: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -111,7 +127,44 @@ impl Metrics {
             "The load signals the dynamic throttle last sampled",
             throttle_signals.clone(),
         );
+        let audit = AuditGauges::default();
+        registry.register(
+            "audit_head_seq",
+            "The audit chain's last record, as anchored in the head file",
+            audit.head_seq.clone(),
+        );
+        registry.register(
+            "audit_chain_breaks",
+            "Breaks the audit writers found and recorded (tampering or rollback); anything above 0 needs investigating",
+            audit.chain_breaks.clone(),
+        );
+        registry.register(
+            "audit_dropped",
+            "Audit events dropped because the writer's queue was full (counted in an audit.dropped record)",
+            audit.dropped.clone(),
+        );
+        registry.register(
+            "audit_size_bytes",
+            "The audit trail's approximate size",
+            audit.size_bytes.clone(),
+        );
+        registry.register(
+            "audit_max_size_bytes",
+            "The audit trail's size budget ([audit] max_size)",
+            audit.max_size_bytes.clone(),
+        );
+        registry.register(
+            "audit_size_ratio",
+            "Share of the audit trail's size budget used; a warning is logged at 0.8",
+            audit.size_ratio.clone(),
+        );
+        registry.register(
+            "audit_full",
+            "1 once the audit trail reached its size budget: events are counted, not written",
+            audit.full.clone(),
+        );
         Self {
+            audit,
             registry,
             requests,
             duration,
@@ -179,6 +232,27 @@ impl Metrics {
                 })
                 .set(value);
         }
+    }
+
+    pub fn set_audit(&self, status: bulkhead_store::AuditStatus) {
+        let gauges = &self.audit;
+        let int = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauges.head_seq.set(status.head_seq);
+        gauges.chain_breaks.set(int(status.chain_breaks));
+        let seen = gauges
+            .dropped_seen
+            .fetch_max(status.dropped, std::sync::atomic::Ordering::Relaxed);
+        if status.dropped > seen {
+            gauges.dropped.inc_by(status.dropped - seen);
+        }
+        gauges.size_bytes.set(int(status.size_bytes));
+        gauges.max_size_bytes.set(int(status.max_size_bytes));
+        if status.max_size_bytes > 0 {
+            gauges
+                .size_ratio
+                .set(status.size_bytes as f64 / status.max_size_bytes as f64);
+        }
+        gauges.full.set(i64::from(status.full));
     }
 
     /// The registry in OpenMetrics text, with the gauges read just now.

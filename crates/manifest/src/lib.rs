@@ -4,6 +4,7 @@
 //! its limits. Unknown keys and bad values are errors that name the file,
 //! the line and what would be valid; [`load`] reports every problem at once.
 
+mod audit;
 pub mod auth;
 pub mod cost;
 pub mod grants;
@@ -72,6 +73,9 @@ pub struct App {
     /// `[app] hostnames`, canonical ([`hosts::canonical_host`]): the only
     /// hosts a request may name; `None` accepts any well-formed host (T10).
     pub hostnames: Option<Vec<String>>,
+    /// `[audit] max_size`: past 80 % of it the audit writer warns, at 100 %
+    /// it only counts events (T09).
+    pub audit_max_size: ByteSize,
 }
 
 impl App {
@@ -229,6 +233,8 @@ pub mod defaults {
             max_connections
         }
     }
+    /// The audit trail's size budget (`[audit] max_size`).
+    pub const AUDIT_MAX_SIZE: ByteSize = ByteSize::mib(1024);
 }
 
 /// Read and validate `APP_DIR/bulkhead.toml` for environment `env`.

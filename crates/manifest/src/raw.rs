@@ -32,6 +32,9 @@ pub(crate) struct RawManifest {
     pub limits: RawLimits,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    /// `[audit]`: the audit trail's size budget (T09).
+    #[serde(default)]
+    pub audit: RawAudit,
     #[serde(default)]
     pub function: Vec<Spanned<RawFunction>>,
     #[serde(default)]
@@ -251,6 +254,15 @@ overlaid!(RawTelemetry {
     sample_ratio,
 });
 
+/// `[audit]`: the audit trail's size budget (T09).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAudit {
+    pub max_size: Option<Spanned<ByteSize>>,
+}
+
+overlaid!(RawAudit { max_size });
+
 /// `[env.NAME]`: what changes in one environment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -259,4 +271,6 @@ pub(crate) struct RawEnv {
     pub limits: RawLimits,
     #[serde(default)]
     pub telemetry: RawTelemetry,
+    #[serde(default)]
+    pub audit: RawAudit,
 }

@@ -103,6 +103,11 @@ pub(crate) fn resolve(
         None => raw.telemetry.clone(),
     };
     let telemetry = crate::telemetry::resolve(&mut out, raw.app.name.get_ref(), &telemetry);
+    let audit = match overlay {
+        Some(overlay) => raw.audit.overlaid(&overlay.audit),
+        None => raw.audit.clone(),
+    };
+    let audit_max_size = crate::audit::resolve(&mut out, &audit);
 
     let hostnames = raw
         .app
@@ -189,6 +194,7 @@ pub(crate) fn resolve(
         config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         hostnames,
+        audit_max_size,
     })
 }
 

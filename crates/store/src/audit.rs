@@ -3,8 +3,10 @@
 //! this host holds. Editing, inserting or deleting a record — at the end
 //! too — breaks the chain or the head, and `verify` names the first bad one.
 
+use std::path::{Path, PathBuf};
+
 use hmac::{Hmac, Mac};
-use rusqlite::{OptionalExtension, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -106,21 +108,277 @@ pub(crate) fn record_hash(
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-pub(crate) fn head_mac(key: &[u8; 32], seq: i64, hash: &str) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
-        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(format!("{seq}:{hash}").as_bytes());
-    hex::encode(mac.finalize().into_bytes())
+/// The keyed head stored in the database. `anchored` heads (written once
+/// the head file existed) cover that fact too, so that clearing the flag to
+/// excuse a deleted head file breaks the MAC.
+pub(crate) fn head_mac(key: &[u8; 32], seq: i64, hash: &str, anchored: bool) -> String {
+    hex::encode(mac_of(key, &head_mac_input(seq, hash, anchored)))
 }
 
-fn head_mac_valid(key: &[u8; 32], seq: i64, hash: &str, tag_hex: &str) -> bool {
+fn head_mac_input(seq: i64, hash: &str, anchored: bool) -> String {
+    if anchored {
+        format!("{seq}:{hash}:anchored")
+    } else {
+        format!("{seq}:{hash}")
+    }
+}
+
+fn mac_of(key: &[u8; 32], input: &str) -> Vec<u8> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(input.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
+fn mac_valid(key: &[u8; 32], input: &str, tag_hex: &str) -> bool {
     let Ok(tag) = hex::decode(tag_hex) else {
         return false;
     };
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
-    mac.update(format!("{seq}:{hash}").as_bytes());
+    mac.update(input.as_bytes());
     mac.verify_slice(&tag).is_ok()
+}
+
+/// The kind of the first record of a new segment: the writer found the
+/// chain broken and would not extend it (T09).
+pub const CHAIN_BROKEN: &str = "audit.chain_broken";
+
+/// The head file beside `state.db`: the chain's head anchored outside the
+/// database, so that restoring an older copy of the database is seen.
+pub(crate) const HEAD_FILE: &str = "audit.head";
+
+/// The head file's content, MAC'd under the audit key (with its own
+/// domain, so a database head cannot be passed off as a file head).
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct HeadFileBody {
+    version: u32,
+    seq: i64,
+    hash: String,
+    mac: String,
+}
+
+fn file_mac_input(seq: i64, hash: &str) -> String {
+    format!("bulkhead audit.head v1:{seq}:{hash}")
+}
+
+/// What the head file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadFile {
+    /// No head file (a trail not yet anchored, or one deleted).
+    Missing,
+    /// The head as of the last commit: record `seq` with hash `hash`.
+    Valid { seq: i64, hash: String },
+    /// Unreadable, or its MAC does not hold: forged or damaged.
+    Invalid(String),
+}
+
+pub(crate) fn read_head_file(path: &Path, key: &[u8; 32]) -> HeadFile {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HeadFile::Missing,
+        Err(e) => return HeadFile::Invalid(format!("cannot read it: {e}")),
+    };
+    let Ok(body) = serde_json::from_str::<HeadFileBody>(&text) else {
+        return HeadFile::Invalid("it is not a head file".into());
+    };
+    if body.version != 1 || !mac_valid(key, &file_mac_input(body.seq, &body.hash), &body.mac) {
+        return HeadFile::Invalid("its MAC does not hold (forged or edited)".into());
+    }
+    HeadFile::Valid {
+        seq: body.seq,
+        hash: body.hash,
+    }
+}
+
+/// Write the head file whole: temp file, fsync, rename, directory fsync.
+pub(crate) fn write_head_file(
+    path: &Path,
+    key: &[u8; 32],
+    seq: i64,
+    hash: &str,
+) -> std::io::Result<()> {
+    let body = HeadFileBody {
+        version: 1,
+        seq,
+        hash: hash.to_string(),
+        mac: hex::encode(mac_of(key, &file_mac_input(seq, hash))),
+    };
+    let mut text = serde_json::to_string(&body).map_err(std::io::Error::other)?;
+    text.push('\n');
+    crate::files::write_private(path, &[text.as_bytes()])
+}
+
+/// The keyed head as stored in the database.
+pub(crate) struct DbHead {
+    pub seq: i64,
+    pub hash: String,
+    mac: String,
+    pub anchored: bool,
+}
+
+pub(crate) fn read_db_head(conn: &Connection) -> rusqlite::Result<Option<DbHead>> {
+    conn.query_row(
+        "SELECT seq, hash, mac, anchored FROM audit_head WHERE id = 1",
+        [],
+        |row| {
+            Ok(DbHead {
+                seq: row.get(0)?,
+                hash: row.get(1)?,
+                mac: row.get(2)?,
+                anchored: row.get::<_, i64>(3)? != 0,
+            })
+        },
+    )
+    .optional()
+}
+
+/// A break in the chain, as the writer or `verify` finds it at its end.
+#[derive(Debug, Clone)]
+pub(crate) struct Break {
+    /// The first record concerned.
+    pub seq: i64,
+    pub reason: String,
+    /// What the keyed heads said, and what the database holds.
+    pub expected: Value,
+    pub found: Value,
+    /// The highest record number any trustworthy source knows of: a new
+    /// segment starts after it.
+    pub high_water: i64,
+}
+
+/// The head of an intact chain: whether the head file vouches for it.
+pub(crate) struct Anchored {
+    pub file_valid: bool,
+}
+
+/// Compare the keyed database head and the head file (`file`, read from
+/// `head_file` before the database snapshot was taken, so that it can
+/// never be newer than the snapshot) with the chain's last record
+/// (`last`: its seq and hash; `None` for an empty table). This is what
+/// every writer checks before it appends, and `verify` at the end.
+pub(crate) fn check_head(
+    conn: &Connection,
+    key: &[u8; 32],
+    head_file: &Path,
+    file: HeadFile,
+    last: Option<(i64, &str)>,
+) -> rusqlite::Result<Result<Anchored, Break>> {
+    let (last_seq, last_hash) = last.unwrap_or((0, GENESIS));
+    let found = json!({"last_record": last_seq, "hash": last_hash});
+    let file_seq = match &file {
+        HeadFile::Valid { seq, .. } => *seq,
+        _ => 0,
+    };
+    let brk = |seq: i64, reason: String, expected: Value, trusted: i64| Break {
+        seq,
+        reason,
+        expected,
+        found: found.clone(),
+        high_water: last_seq.max(trusted).max(file_seq),
+    };
+    let head = read_db_head(conn)?;
+    let anchored_db = match &head {
+        None if last_seq == 0 => false,
+        None => {
+            return Ok(Err(brk(
+                1,
+                "the chain's head record is missing (deleted)".into(),
+                Value::Null,
+                0,
+            )));
+        }
+        Some(h) => {
+            let expected = json!({"source": "database head", "record": h.seq, "hash": h.hash});
+            if !mac_valid(key, &head_mac_input(h.seq, &h.hash, h.anchored), &h.mac) {
+                return Ok(Err(brk(
+                    h.seq,
+                    "the chain's head record was forged or edited".into(),
+                    expected,
+                    0,
+                )));
+            }
+            if h.seq > last_seq {
+                return Ok(Err(brk(
+                    last_seq + 1,
+                    format!(
+                        "records {} to {} were deleted from the end",
+                        last_seq + 1,
+                        h.seq
+                    ),
+                    expected,
+                    h.seq,
+                )));
+            }
+            if h.seq < last_seq {
+                return Ok(Err(brk(
+                    h.seq + 1,
+                    format!(
+                        "record {} was appended outside Bulkhead (inserted)",
+                        h.seq + 1
+                    ),
+                    expected,
+                    h.seq,
+                )));
+            }
+            if h.hash != last_hash {
+                return Ok(Err(brk(
+                    last_seq,
+                    format!(
+                        "record {last_seq} is not the one the keyed head recorded (edited and re-hashed, or replaced)"
+                    ),
+                    expected,
+                    h.seq,
+                )));
+            }
+            h.anchored
+        }
+    };
+    let file_name = head_file.display();
+    match file {
+        HeadFile::Missing if anchored_db => Ok(Err(brk(
+            last_seq,
+            format!("the head file {file_name} was deleted"),
+            json!({"source": "database head", "head_file": "present"}),
+            0,
+        ))),
+        HeadFile::Missing => Ok(Ok(Anchored { file_valid: false })),
+        HeadFile::Invalid(why) => Ok(Err(brk(
+            last_seq,
+            format!("the head file {file_name} is not valid: {why}"),
+            Value::Null,
+            0,
+        ))),
+        HeadFile::Valid { seq, hash } => {
+            let expected = json!({"source": "head file", "record": seq, "hash": hash});
+            if seq > last_seq {
+                return Ok(Err(brk(
+                    last_seq + 1,
+                    format!(
+                        "the database was rolled back: the head file says the trail reached record {seq}, the database ends at record {last_seq}"
+                    ),
+                    expected,
+                    seq,
+                )));
+            }
+            if seq > 0 {
+                let at: Option<String> = conn
+                    .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0))
+                    .optional()?;
+                if at.as_deref() != Some(hash.as_str()) {
+                    return Ok(Err(brk(
+                        seq,
+                        format!(
+                            "record {seq} is not the one the head file recorded (the database was rolled back and written again, or edited)"
+                        ),
+                        expected,
+                        seq,
+                    )));
+                }
+            }
+            Ok(Ok(Anchored { file_valid: true }))
+        }
+    }
 }
 
 /// The outcome of `verify`.
@@ -169,103 +427,114 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 }
 
 impl Store {
-    /// Walk the whole chain and check the head: the first bad record, or OK.
+    /// Walk the whole chain and check the keyed head and the head file:
+    /// the first bad record, or OK. A segment started by the writer after
+    /// it found the chain broken (`audit.chain_broken`) is reported for
+    /// ever: the record that says so is chained and covered by the head.
     pub fn verify_audit(&self) -> Result<Verification, StoreError> {
         let key = self.audit_key()?;
-        let conn = self.connect()?;
+        let head_file = self.dir().join(HEAD_FILE);
+        // The file first, then one snapshot for the walk and the head: a
+        // writer writes the file only after its commit, so a file ahead of
+        // the snapshot means a rollback, never a race.
+        let file = read_head_file(&head_file, &key);
+        let mut conn = self.connect()?;
         let db = |e| self.db_error(e);
-        let mut statement = conn
-            .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))
-            .map_err(db)?;
-        let rows = statement.query_map([], read_row).map_err(db)?;
+        let conn = conn.transaction().map_err(db)?;
+        let mut problems: Vec<(i64, String)> = Vec::new();
+        let mut records = 0_i64;
         let mut expected_seq = 1;
         let mut prev_hash = GENESIS.to_string();
-        for row in rows {
-            let Row {
-                record: r,
-                detail_json,
-            } = row.map_err(db)?;
-            if r.seq != expected_seq {
-                return Ok(broken(
-                    expected_seq,
-                    format!("record {expected_seq} is missing (deleted)"),
-                ));
-            }
-            if r.prev_hash != prev_hash {
-                return Ok(broken(
+        // False from a segment's first bad record to the next segment.
+        let mut segment_ok = true;
+        {
+            let mut statement = conn
+                .prepare(&format!("SELECT {COLUMNS} FROM audit ORDER BY seq"))
+                .map_err(db)?;
+            let rows = statement.query_map([], read_row).map_err(db)?;
+            for row in rows {
+                let Row {
+                    record: r,
+                    detail_json,
+                } = row.map_err(db)?;
+                records += 1;
+                if r.kind == CHAIN_BROKEN && r.prev_hash == GENESIS {
+                    problems.push(describe_break(&r));
+                    expected_seq = r.seq;
+                    prev_hash = GENESIS.to_string();
+                    segment_ok = true;
+                } else if !segment_ok {
+                    continue;
+                }
+                let problem = if r.seq != expected_seq {
+                    Some((
+                        expected_seq,
+                        format!("record {expected_seq} is missing (deleted)"),
+                    ))
+                } else if r.prev_hash != prev_hash {
+                    Some((
+                        r.seq,
+                        format!(
+                            "record {} does not follow the record before it (a record was inserted, replaced or re-hashed)",
+                            r.seq
+                        ),
+                    ))
+                } else if record_hash(
                     r.seq,
-                    format!(
-                        "record {} does not follow the record before it (a record was inserted, replaced or re-hashed)",
-                        r.seq
-                    ),
-                ));
+                    r.time_ms,
+                    &r.kind,
+                    r.correlation_id.as_deref(),
+                    r.subject.as_deref(),
+                    r.function.as_deref(),
+                    &detail_json,
+                    &r.prev_hash,
+                ) != r.hash
+                {
+                    Some((
+                        r.seq,
+                        format!("record {} was changed after it was written (edited)", r.seq),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(problem) = problem {
+                    problems.push(problem);
+                    segment_ok = false;
+                    continue;
+                }
+                prev_hash = r.hash;
+                expected_seq += 1;
             }
-            let recomputed = record_hash(
-                r.seq,
-                r.time_ms,
-                &r.kind,
-                r.correlation_id.as_deref(),
-                r.subject.as_deref(),
-                r.function.as_deref(),
-                &detail_json,
-                &r.prev_hash,
-            );
-            if recomputed != r.hash {
-                return Ok(broken(
-                    r.seq,
-                    format!("record {} was changed after it was written (edited)", r.seq),
-                ));
+        }
+        if segment_ok {
+            let last_seq = expected_seq - 1;
+            let last = (records > 0).then_some((last_seq, prev_hash.as_str()));
+            if let Err(brk) = check_head(&conn, &key, &head_file, file, last).map_err(db)? {
+                problems.push((brk.seq, brk.reason));
             }
-            prev_hash = r.hash;
-            expected_seq += 1;
         }
-        let last_seq = expected_seq - 1;
-        let head: Option<(i64, String, String)> = conn
-            .query_row(
-                "SELECT seq, hash, mac FROM audit_head WHERE id = 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
-            )
-            .optional()
-            .map_err(db)?;
-        let Some((head_seq, head_hash, mac)) = head else {
-            return Ok(if last_seq == 0 {
-                Verification::Intact { records: 0 }
-            } else {
-                broken(1, "the chain's head record is missing (deleted)".into())
-            });
-        };
-        if !head_mac_valid(&key, head_seq, &head_hash, &mac) {
-            return Ok(broken(
-                head_seq,
-                "the chain's head record was forged or edited".into(),
-            ));
-        }
-        if head_seq > last_seq {
-            return Ok(broken(
-                last_seq + 1,
-                format!(
-                    "records {} to {head_seq} were deleted from the end",
-                    last_seq + 1
-                ),
-            ));
-        }
-        if head_seq < last_seq {
-            return Ok(broken(
-                head_seq + 1,
-                format!(
-                    "record {} was appended outside Bulkhead (inserted)",
-                    head_seq + 1
-                ),
-            ));
-        }
-        if head_hash != prev_hash {
-            return Ok(broken(
-                last_seq,
-                format!("record {last_seq} was changed after it was written (edited)"),
-            ));
-        }
-        Ok(Verification::Intact { records: last_seq })
+        let mut problems = problems.into_iter();
+        Ok(match problems.next() {
+            None => Verification::Intact { records },
+            Some((seq, mut reason)) => {
+                let more = problems.len();
+                if more > 0 {
+                    reason.push_str(&format!(
+                        "; and {more} later problem(s) (see `bulkhead audit query --kind {CHAIN_BROKEN}`)"
+                    ));
+                }
+                broken(seq, reason)
+            }
+        })
+    }
+
+    /// The head file beside the database and what it says (for
+    /// `audit verify`).
+    pub fn audit_head_file(&self) -> Result<(PathBuf, HeadFile), StoreError> {
+        let key = self.audit_key()?;
+        let path = self.dir().join(HEAD_FILE);
+        let head = read_head_file(&path, &key);
+        Ok((path, head))
     }
 
     /// Records matching `query`, oldest first.
@@ -302,4 +571,19 @@ impl Store {
 
 fn broken(seq: i64, reason: String) -> Verification {
     Verification::Broken { seq, reason }
+}
+
+/// What a segment's `audit.chain_broken` record says was wrong.
+fn describe_break(r: &AuditRecord) -> (i64, String) {
+    let at = r.detail["broken_at"].as_i64().unwrap_or(r.seq);
+    let why = r.detail["reason"]
+        .as_str()
+        .unwrap_or("the chain was found broken");
+    (
+        at,
+        format!(
+            "{why}; Bulkhead refused to extend that chain and started a new segment at record {} ({CHAIN_BROKEN})",
+            r.seq
+        ),
+    )
 }

@@ -3,21 +3,70 @@
 //! and commits them in batches. If the channel is full (a flood), events are
 //! counted, and the count is written as an `audit.dropped` record: the gap
 //! is itself on the record.
+//!
+//! Before each batch the writer checks the chain's end against both keyed
+//! heads: the one in the database and the head file beside it (T09). If
+//! they disagree (records deleted from the end, edited and re-hashed, or an
+//! older copy of the database restored) it does not extend that chain: it
+//! logs an error, counts the break for `/metrics`, and starts a new segment
+//! whose first record, `audit.chain_broken`, says what it expected and what
+//! it found. That record is chained and covered by the new head, so
+//! `audit verify` reports the break for ever. Serving never stops for it.
+//!
+//! The head file (`audit.head`, MAC'd under the audit key) is brought up to
+//! date after a durable commit, at most every [`HEAD_FILE_EVERY`] while
+//! events keep coming, at once on a flush (every CLI command, shutdown) or
+//! a break, and by itself when the writer goes idle. Data commits stay
+//! `synchronous = NORMAL` (WAL); group-commit durability (issue 19) can
+//! make every batch durable without changing any of this.
+//!
+//! The trail has a size budget (`[audit] max_size`): past 80 % the writer
+//! warns (log, metric, one `audit.nearly_full` record); at 100 % it writes
+//! one `audit.full` record and from then on only counts what it would have
+//! written (`audit.suppressed`, at most one a minute), so the trail cannot
+//! fill the disk.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tracing::error;
+use serde_json::{Value, json};
+use tracing::{error, warn};
 
-use crate::audit::{AuditEvent, GENESIS, head_mac, record_hash};
+use crate::audit::{
+    AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, check_head, head_mac,
+    read_head_file, record_hash, write_head_file,
+};
 use crate::{Store, StoreError, now_ms};
 
 const CHANNEL_CAPACITY: usize = 16_384;
 const BATCH: usize = 1024;
+
+/// The audit trail's size budget unless `[audit] max_size` says otherwise.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Share of the budget past which the writer warns.
+const WARN_PERCENT: u64 = 80;
+
+/// Bytes counted per record beyond its fields: row and index overhead,
+/// roughly. The size is an estimate, not the file's size.
+const RECORD_OVERHEAD: u64 = 64;
+
+/// How often, at most, a full trail gets an `audit.suppressed` count.
+const SUPPRESSED_EVERY_MS: i64 = 60_000;
+
+/// How often, at most, the head file is brought up to date while events
+/// keep coming (and this long after the last batch when they stop). Each
+/// update costs a durable commit and two fsyncs; between updates the file
+/// lags, which only narrows what a rollback check sees. A flush (every CLI
+/// command, shutdown) and a break update it at once.
+const HEAD_FILE_EVERY: Duration = Duration::from_millis(200);
+const HEAD_FILE_EVERY_MS: i64 = 200;
 
 enum Message {
     /// Boxed: the channel allocates and touches every slot up front, and
@@ -26,29 +75,64 @@ enum Message {
     Flush(SyncSender<()>),
 }
 
+/// The trail's state for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditStatus {
+    /// The last record this writer committed or found at the head.
+    pub head_seq: i64,
+    /// Breaks recorded in this trail (`audit.chain_broken` segments).
+    pub chain_breaks: u64,
+    /// Events dropped by this process because the channel was full.
+    pub dropped: u64,
+    /// The trail's approximate size, and its budget.
+    pub size_bytes: u64,
+    pub max_size_bytes: u64,
+    /// At or past the budget: events are counted, not written.
+    pub full: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Dropped and not yet on the record.
+    dropped: AtomicU64,
+    dropped_total: AtomicU64,
+    head_seq: AtomicI64,
+    breaks: AtomicU64,
+    size_bytes: AtomicU64,
+    max_bytes: AtomicU64,
+    full: AtomicBool,
+}
+
 /// A handle to the audit trail; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct AuditLog {
     sender: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
+    shared: Arc<Shared>,
     writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl AuditLog {
-    /// Start the writer for `store`.
+    /// Start the writer for `store`. The chain's end is checked against
+    /// its heads at once: a broken or rolled-back trail is logged and
+    /// recorded before anything else is written.
     pub fn start(store: &Store) -> Result<Self, StoreError> {
         let conn = store.connect()?;
         let key = store.audit_key()?;
         let (sender, receiver) = sync_channel(CHANNEL_CAPACITY);
-        let dropped = Arc::new(AtomicU64::new(0));
+        let shared = Arc::new(Shared::default());
         let mut writer = Writer {
             conn,
             key,
-            dropped: dropped.clone(),
-            seq: 0,
-            prev_hash: GENESIS.to_string(),
+            head_file: store.dir().join(HEAD_FILE),
+            shared: shared.clone(),
+            budget: Budget::default(),
+            last: (0, GENESIS.to_string()),
+            file_stale: false,
+            file_written_ms: 0,
         };
-        writer.reload_head();
+        if let Err(e) = writer.append(Vec::new(), true) {
+            error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
+        }
         let thread = std::thread::Builder::new()
             .name("bulkhead-audit".into())
             .spawn(move || writer.run(receiver))
@@ -58,7 +142,7 @@ impl AuditLog {
             })?;
         Ok(Self {
             sender,
-            dropped,
+            shared,
             writer: Arc::new(Mutex::new(Some(thread))),
         })
     }
@@ -71,7 +155,8 @@ impl AuditLog {
         {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -81,6 +166,19 @@ impl AuditLog {
         let (done, wait) = sync_channel(1);
         if self.sender.send(Message::Flush(done)).is_ok() {
             let _ = wait.recv_timeout(Duration::from_secs(10));
+        }
+    }
+
+    /// The trail's state as of the writer's last batch.
+    pub fn status(&self) -> AuditStatus {
+        let s = &self.shared;
+        AuditStatus {
+            head_seq: s.head_seq.load(Ordering::Relaxed),
+            chain_breaks: s.breaks.load(Ordering::Relaxed),
+            dropped: s.dropped_total.load(Ordering::Relaxed),
+            size_bytes: s.size_bytes.load(Ordering::Relaxed),
+            max_size_bytes: s.max_bytes.load(Ordering::Relaxed),
+            full: s.full.load(Ordering::Relaxed),
         }
     }
 
@@ -101,27 +199,77 @@ impl AuditLog {
 struct Writer {
     conn: Connection,
     key: [u8; 32],
-    dropped: Arc<AtomicU64>,
+    head_file: PathBuf,
+    shared: Arc<Shared>,
+    budget: Budget,
+    /// The head this writer last committed or found intact.
+    last: (i64, String),
+    /// The head file is behind `last`.
+    file_stale: bool,
+    /// When the head file was last written.
+    file_written_ms: i64,
+}
+
+/// The size budget's state in the writer.
+#[derive(Default)]
+struct Budget {
+    /// Events not written because the trail is full, by kind.
+    suppressed: BTreeMap<String, u64>,
+    /// When the oldest of them came (0: none pending).
+    suppressed_since: i64,
+    /// Warned (log) that the trail is past 80 % of its budget.
+    warned: bool,
+}
+
+/// The trail's bookkeeping row.
+struct Meta {
+    size_bytes: u64,
+    max_bytes: u64,
+    breaks: u64,
+}
+
+/// The chain's last record, whole, so that its hash can be recomputed.
+struct Last {
     seq: i64,
-    prev_hash: String,
+    hash: String,
+    intact: bool,
+}
+
+/// A record's approximate size on disk: its fields, its two hashes and
+/// [`RECORD_OVERHEAD`].
+fn record_bytes(event: &AuditEvent) -> u64 {
+    let text = |v: &Option<String>| v.as_ref().map_or(0, String::len);
+    let detail = Value::Object(event.detail.clone()).to_string().len();
+    u64::try_from(
+        event.kind.len()
+            + text(&event.correlation_id)
+            + text(&event.subject)
+            + text(&event.function)
+            + detail
+            + 2 * GENESIS.len(),
+    )
+    .unwrap_or(u64::MAX)
+    .saturating_add(RECORD_OVERHEAD)
 }
 
 impl Writer {
-    fn reload_head(&mut self) {
-        let last: Option<(i64, String)> = self
-            .conn
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .unwrap_or(None);
-        (self.seq, self.prev_hash) = last.unwrap_or((0, GENESIS.to_string()));
-    }
-
     fn run(mut self, receiver: Receiver<Message>) {
-        while let Ok(first) = receiver.recv() {
+        loop {
+            let first = if self.file_stale {
+                match receiver.recv_timeout(HEAD_FILE_EVERY) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.anchor();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            } else {
+                match receiver.recv() {
+                    Ok(message) => message,
+                    Err(_) => break,
+                }
+            };
             let mut batch = vec![first];
             while batch.len() < BATCH {
                 match receiver.try_recv() {
@@ -137,51 +285,146 @@ impl Writer {
                     Message::Flush(done) => flushes.push(done),
                 }
             }
-            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
             if dropped > 0 {
                 events.push((
                     AuditEvent::new("audit.dropped").detail("events", dropped),
                     now_ms(),
                 ));
             }
-            if !events.is_empty()
-                && let Err(e) = self.append(&events)
+            let lost = events.len();
+            if (lost > 0 || !flushes.is_empty())
+                && let Err(e) = self.append(events, !flushes.is_empty())
             {
-                error!(target: "bulkhead::audit", error = %e, lost = events.len(), "cannot write audit records");
-                self.reload_head();
+                error!(target: "bulkhead::audit", error = %e, lost, "cannot write audit records");
             }
             for done in flushes {
                 let _ = done.send(());
             }
         }
+        // Every handle is gone: put what a full trail counted on the record.
+        if !self.budget.suppressed.is_empty()
+            && let Err(e) = self.append(Vec::new(), true)
+        {
+            error!(target: "bulkhead::audit", error = %e, "cannot write the count of suppressed audit records");
+        }
+        if self.file_stale {
+            self.anchor();
+        }
     }
 
-    fn append(&mut self, events: &[(AuditEvent, i64)]) -> rusqlite::Result<()> {
+    /// Bring the head file up to `last`. First one durable commit
+    /// (synchronous FULL syncs the WAL, and with it every commit before),
+    /// so that the file is never ahead of what survives a power cut, which
+    /// would look like a rollback; then the file, written whole.
+    fn anchor(&mut self) {
+        let durable = self
+            .conn
+            .pragma_update(None, "synchronous", "FULL")
+            .and_then(|()| {
+                self.conn.execute(
+                    "INSERT INTO audit_meta (id, size_bytes, anchors) VALUES (1, 0, 1)
+                     ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
+                    [],
+                )
+            });
+        // Back to NORMAL whatever happened: data commits stay cheap.
+        let normal = self.conn.pragma_update(None, "synchronous", "NORMAL");
+        let durable = durable.and(normal);
+        let (seq, hash) = &self.last;
+        let result = durable
+            .map_err(std::io::Error::other)
+            .and_then(|()| write_head_file(&self.head_file, &self.key, *seq, hash));
+        match result {
+            Ok(()) => {
+                self.file_stale = false;
+                self.file_written_ms = now_ms();
+            }
+            // The database is committed; a lagging head file only narrows
+            // what a rollback check can see, so keep serving (and retry
+            // after the next batch).
+            Err(e) => {
+                error!(target: "bulkhead::audit", error = %e, path = %self.head_file.display(), "cannot write the audit head file");
+            }
+        }
+    }
+
+    /// Check the chain's end, then chain and commit `events` (one
+    /// transaction: one batch), then write the head file. `flush`: also
+    /// write the count of suppressed events now.
+    fn append(&mut self, mut events: Vec<(AuditEvent, i64)>, flush: bool) -> rusqlite::Result<()> {
         // Another process (a CLI command such as `secrets set` or `keys
         // create` while the server runs) may have appended since: take the
-        // write lock first, then continue the chain from its real head.
+        // write lock first, then check and continue from the real head.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let last: Option<(i64, String)> = tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let (mut seq, mut prev_hash) = last.unwrap_or((0, GENESIS.to_string()));
+        let last = last_record(&tx)?;
+        let mut meta = read_meta(&tx)?;
+        // Read under the write lock: no writer can commit (and then write
+        // the file) until this transaction ends.
+        let file = read_head_file(&self.head_file, &self.key);
+        let file_valid = matches!(file, HeadFile::Valid { .. });
+        let checked = check_head(
+            &tx,
+            &self.key,
+            &self.head_file,
+            file,
+            last.as_ref().map(|l| (l.seq, l.hash.as_str())),
+        )?;
+        let checked = match (checked, &last) {
+            (Ok(_), Some(l)) if !l.intact => Err(Break {
+                seq: l.seq,
+                reason: format!("record {} was changed after it was written (edited)", l.seq),
+                expected: json!({"source": "record hash", "record": l.seq, "hash": l.hash}),
+                found: json!({"last_record": l.seq}),
+                high_water: l.seq,
+            }),
+            (checked, _) => checked,
+        };
+        let now = now_ms();
+        let broke = checked.is_err();
+        let (mut seq, mut prev_hash, anchored) = match checked {
+            Ok(anchored) => {
+                let (seq, hash) = last.map_or((0, GENESIS.to_string()), |l| (l.seq, l.hash));
+                (seq, hash, anchored.file_valid)
+            }
+            Err(brk) => {
+                // T09: never launder a broken chain by extending it.
+                error!(
+                    target: "bulkhead::audit",
+                    broken_at = brk.seq,
+                    reason = %brk.reason,
+                    "the audit trail was tampered with or rolled back: starting a new segment that records the break"
+                );
+                meta.breaks += 1;
+                events.insert(
+                    0,
+                    (
+                        AuditEvent::new(CHAIN_BROKEN)
+                            .detail("broken_at", brk.seq)
+                            .detail("reason", brk.reason)
+                            .detail("expected", brk.expected)
+                            .detail("found", brk.found),
+                        now,
+                    ),
+                );
+                (brk.high_water, GENESIS.to_string(), file_valid)
+            }
+        };
+        let events = self.budget.apply(events, &mut meta, flush, now);
+        let written = !events.is_empty();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO audit (seq, time_ms, kind, correlation_id, subject, function, detail, prev_hash, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             for (event, time_ms) in events {
-                seq += 1;
-                let detail = serde_json::Value::Object(event.detail.clone()).to_string();
+                seq = seq.saturating_add(1);
+                let detail = Value::Object(event.detail).to_string();
                 let hash = record_hash(
                     seq,
-                    *time_ms,
+                    time_ms,
                     &event.kind,
                     event.correlation_id.as_deref(),
                     event.subject.as_deref(),
@@ -203,14 +446,178 @@ impl Writer {
                 prev_hash = hash;
             }
         }
-        tx.execute(
-            "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)
-             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
-            params![seq, prev_hash, head_mac(&self.key, seq, &prev_hash)],
-        )?;
+        if written {
+            tx.execute(
+                "INSERT INTO audit_head (id, seq, hash, mac, anchored) VALUES (1, ?1, ?2, ?3, ?4)
+                 ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
+                     mac = excluded.mac, anchored = excluded.anchored",
+                params![
+                    seq,
+                    prev_hash,
+                    head_mac(&self.key, seq, &prev_hash, anchored),
+                    anchored
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO audit_meta (id, size_bytes, breaks) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET size_bytes = excluded.size_bytes, breaks = excluded.breaks",
+                params![
+                    i64::try_from(meta.size_bytes).unwrap_or(i64::MAX),
+                    i64::try_from(meta.breaks).unwrap_or(i64::MAX)
+                ],
+            )?;
+        }
         tx.commit()?;
-        self.seq = seq;
-        self.prev_hash = prev_hash;
+        self.last = (seq, prev_hash);
+        // Also anchor a trail that has none yet (one written by an older
+        // version) as soon as it is seen intact.
+        if written || (!anchored && seq > 0) {
+            self.file_stale = true;
+        }
+        // After a break at once: the old head file names records that the
+        // new segment does not hold.
+        if self.file_stale && (broke || flush || now - self.file_written_ms >= HEAD_FILE_EVERY_MS) {
+            self.anchor();
+        }
+        let s = &self.shared;
+        s.head_seq.store(seq, Ordering::Relaxed);
+        s.breaks.store(meta.breaks, Ordering::Relaxed);
+        s.size_bytes.store(meta.size_bytes, Ordering::Relaxed);
+        s.max_bytes.store(meta.max_bytes, Ordering::Relaxed);
+        s.full
+            .store(meta.size_bytes >= meta.max_bytes, Ordering::Relaxed);
         Ok(())
     }
+}
+
+impl Budget {
+    /// Hold `events` to the size budget: what fits is returned to be
+    /// written; past the budget, events are only counted. Breaks are
+    /// always written.
+    fn apply(
+        &mut self,
+        events: Vec<(AuditEvent, i64)>,
+        meta: &mut Meta,
+        flush: bool,
+        now: i64,
+    ) -> Vec<(AuditEvent, i64)> {
+        let max = meta.max_bytes;
+        let warn_at = max / 100 * WARN_PERCENT;
+        if meta.size_bytes >= warn_at && !self.warned {
+            self.warned = true;
+            warn!(
+                target: "bulkhead::audit",
+                size_bytes = meta.size_bytes,
+                max_size_bytes = max,
+                "the audit trail is past 80 % of its size budget ([audit] max_size); raise it or archive the trail before it is full"
+            );
+        }
+        let mut out = Vec::with_capacity(events.len());
+        let add = |out: &mut Vec<_>, meta: &mut Meta, event: AuditEvent, time: i64| {
+            let before = meta.size_bytes;
+            meta.size_bytes = before.saturating_add(record_bytes(&event));
+            out.push((event, time));
+            before
+        };
+        for (event, time) in events {
+            if event.kind != CHAIN_BROKEN && meta.size_bytes >= max {
+                *self.suppressed.entry(event.kind).or_insert(0) += 1;
+                if self.suppressed_since == 0 {
+                    self.suppressed_since = time;
+                }
+                continue;
+            }
+            let before = add(&mut out, meta, event, time);
+            if before < warn_at && meta.size_bytes >= warn_at {
+                add(
+                    &mut out,
+                    meta,
+                    AuditEvent::new("audit.nearly_full")
+                        .detail("size_bytes", meta.size_bytes)
+                        .detail("max_size_bytes", max),
+                    now,
+                );
+            }
+            if before < max && meta.size_bytes >= max {
+                error!(
+                    target: "bulkhead::audit",
+                    size_bytes = meta.size_bytes,
+                    max_size_bytes = max,
+                    "the audit trail reached its size budget ([audit] max_size): from now on events are counted, not written"
+                );
+                add(
+                    &mut out,
+                    meta,
+                    AuditEvent::new("audit.full")
+                        .detail("size_bytes", meta.size_bytes)
+                        .detail("max_size_bytes", max),
+                    now,
+                );
+            }
+        }
+        if !self.suppressed.is_empty()
+            && (flush || now - self.suppressed_since >= SUPPRESSED_EVERY_MS)
+        {
+            let kinds = std::mem::take(&mut self.suppressed);
+            let total: u64 = kinds.values().sum();
+            let event = AuditEvent::new("audit.suppressed")
+                .detail("events", total)
+                .detail("kinds", json!(kinds))
+                .detail("since_ms", self.suppressed_since);
+            self.suppressed_since = 0;
+            add(&mut out, meta, event, now);
+        }
+        out
+    }
+}
+
+fn last_record(conn: &Connection) -> rusqlite::Result<Option<Last>> {
+    conn.query_row(
+        "SELECT seq, time_ms, kind, correlation_id, subject, function, detail, prev_hash, hash
+         FROM audit ORDER BY seq DESC LIMIT 1",
+        [],
+        |row| {
+            let seq: i64 = row.get(0)?;
+            let hash: String = row.get(8)?;
+            let correlation_id: Option<String> = row.get(3)?;
+            let subject: Option<String> = row.get(4)?;
+            let function: Option<String> = row.get(5)?;
+            let recomputed = record_hash(
+                seq,
+                row.get(1)?,
+                &row.get::<_, String>(2)?,
+                correlation_id.as_deref(),
+                subject.as_deref(),
+                function.as_deref(),
+                &row.get::<_, String>(6)?,
+                &row.get::<_, String>(7)?,
+            );
+            Ok(Last {
+                seq,
+                intact: recomputed == hash,
+                hash,
+            })
+        },
+    )
+    .optional()
+}
+
+fn read_meta(conn: &Connection) -> rusqlite::Result<Meta> {
+    let row: Option<(i64, Option<i64>, i64)> = conn
+        .query_row(
+            "SELECT size_bytes, max_bytes, breaks FROM audit_meta WHERE id = 1",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?;
+    let (size, max, breaks) = row.unwrap_or((0, None, 0));
+    let positive = |v: i64| u64::try_from(v).unwrap_or(0);
+    Ok(Meta {
+        size_bytes: positive(size),
+        max_bytes: max
+            .map(positive)
+            .filter(|&m| m > 0)
+            .unwrap_or(DEFAULT_AUDIT_MAX_BYTES),
+        breaks: positive(breaks),
+    })
 }

@@ -258,7 +258,13 @@ impl KeyStore {
             path: state_dir.to_path_buf(),
             why: e.to_string(),
         })?;
-        let conn = Connection::open(state_dir.join(KEYS_DB_FILE))?;
+        let path = state_dir.join(KEYS_DB_FILE);
+        // Owner-only before SQLite creates it: its -wal and -shm copy its mode.
+        files::create_private_file(&path).map_err(|e| CryptoError::MasterKeyFile {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        let conn = Connection::open(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Deleted keys are overwritten, not left in free pages (T20).

@@ -1,24 +1,86 @@
 //! Files only this host may read: directories 0700, files 0600, written
 //! whole (temp file, fsync, rename) so a crash never leaves half a key.
+//!
+//! Everything under `.bulkhead/` goes through here: the state directory is
+//! created 0700 (or tightened to 0700 if it already exists looser, and
+//! refused if it cannot be), databases are created 0600 before SQLite opens
+//! them, so that SQLite's `-wal` and `-shm` files, which copy the database
+//! file's mode, are 0600 too.
 
 use std::fs;
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Create `dir` (and its parents) owner-only; an existing `dir` readable or
+/// writable by group or others is tightened to 0700, and an error if that
+/// is not possible (say, it belongs to another user).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir)
+    builder.create(dir)?;
+    tighten(dir, 0o700).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!(
+                "{} is open to group or others and cannot be made private (chmod 700): {e}",
+                dir.display()
+            ),
+        )
+    })
 }
 
-/// Write `parts` to `path` atomically, readable by the owner only.
+/// Create `path` empty and owner-only if it does not exist; an existing one
+/// open to group or others is tightened to 0600. Its SQLite companions
+/// (`-wal`, `-shm`, `-journal`), if any, are tightened too.
+pub fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.append(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    drop(options.open(path)?);
+    tighten(path, 0o600)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut companion = path.as_os_str().to_owned();
+        companion.push(suffix);
+        match tighten(Path::new(&companion), 0o600) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Clear group and other bits of `path`, if any are set.
+#[cfg(unix)]
+fn tighten(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = fs::metadata(path)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(path: &Path, _mode: u32) -> std::io::Result<()> {
+    fs::metadata(path).map(drop)
+}
+
+/// Write `parts` to `path` atomically, readable by the owner only. The temp
+/// file's name is unique to this process and call, so two writers of the
+/// same file (two threads, two processes) never share one.
 pub fn write_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp{}.{n}", std::process::id()));
+    let tmp = path.with_file_name(name);
     let result = (|| {
         let mut options = fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
+        options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(&tmp)?;
@@ -26,7 +88,13 @@ pub fn write_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
             file.write_all(part)?;
         }
         file.sync_all()?;
-        fs::rename(&tmp, path)
+        fs::rename(&tmp, path)?;
+        // The rename itself lasts only once the directory is synced.
+        #[cfg(unix)]
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -37,12 +105,17 @@ pub fn write_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
 /// A 256-bit key kept in `path`, created on first use.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     match fs::read(path) {
-        Ok(bytes) => <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-            std::io::Error::other(format!(
-                "{} is not a 32-byte key; restore it from backup (deleting it invalidates what it protects)",
-                path.display()
-            ))
-        }),
+        Ok(bytes) => {
+            let key = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                std::io::Error::other(format!(
+                    "{} is not a 32-byte key; restore it from backup (deleting it invalidates what it protects)",
+                    path.display()
+                ))
+            })?;
+            // A key written by an older version, or copied in loosely.
+            tighten(path, 0o600)?;
+            Ok(key)
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = random_bytes::<32>()?;
             write_private(path, &[&key])?;
@@ -56,4 +129,46 @@ pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
     let mut bytes = [0u8; N];
     getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     Ok(bytes)
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The smaller item of issue 11: an existing, loose state directory is
+    /// tightened, files are created and tightened 0600.
+    #[test]
+    fn loose_dirs_and_files_are_tightened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+
+        let db = dir.join("x.db");
+        create_private_file(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        let wal = dir.join("x.db-wal");
+        fs::write(&wal, b"").unwrap();
+        fs::set_permissions(&wal, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::set_permissions(&db, fs::Permissions::from_mode(0o644)).unwrap();
+        create_private_file(&db).unwrap();
+        assert_eq!((mode(&db), mode(&wal)), (0o600, 0o600));
+
+        let key = dir.join("k.key");
+        load_or_create_key(&key).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        load_or_create_key(&key).unwrap();
+        assert_eq!(mode(&key), 0o600);
+        write_private(&dir.join("f"), &[b"x"]).unwrap();
+        assert_eq!(mode(&dir.join("f")), 0o600);
+    }
 }

@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-pub use audit::{AuditEvent, AuditQuery, AuditRecord, Verification};
-pub use audit_writer::AuditLog;
+pub use audit::{AuditEvent, AuditQuery, AuditRecord, CHAIN_BROKEN, HeadFile, Verification};
+pub use audit_writer::{AuditLog, AuditStatus, DEFAULT_AUDIT_MAX_BYTES};
 pub use meter::{MeterLog, Usage};
 
 const DB_FILE: &str = "state.db";
@@ -116,6 +116,27 @@ const MIGRATIONS: &[&str] = &[
         updated_ms INTEGER NOT NULL
     );
 ",
+    // 6: the audit trail's anchoring and size budget (T09). `anchored`
+    // heads were written once the head file existed (their MAC says so);
+    // `audit_meta` keeps the trail's approximate size, its budget, how
+    // many breaks the writers recorded, and counts the durable commits
+    // that precede each head file write.
+    r"
+    ALTER TABLE audit_head ADD COLUMN anchored INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE audit_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        size_bytes INTEGER NOT NULL,
+        max_bytes INTEGER,
+        breaks INTEGER NOT NULL DEFAULT 0,
+        anchors INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO audit_meta (id, size_bytes)
+    SELECT 1, coalesce(sum(
+        length(CAST(kind AS BLOB)) + coalesce(length(CAST(correlation_id AS BLOB)), 0)
+        + coalesce(length(CAST(subject AS BLOB)), 0) + coalesce(length(CAST(function AS BLOB)), 0)
+        + length(CAST(detail AS BLOB)) + length(prev_hash) + length(hash) + 64
+    ), 0) FROM audit;
+",
 ];
 
 impl Store {
@@ -128,6 +149,11 @@ impl Store {
         let store = Self {
             dir: dir.to_path_buf(),
         };
+        // Owner-only before SQLite creates it: its -wal and -shm copy its mode.
+        files::create_private_file(&store.db_path()).map_err(|source| StoreError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
         let mut conn = store.connect()?;
         store.migrate(&mut conn)?;
         Ok(store)
@@ -173,6 +199,20 @@ impl Store {
                 .map_err(|e| self.db_error(e))?;
         }
         tx.commit().map_err(|e| self.db_error(e))
+    }
+
+    /// The audit trail's size budget (`[audit] max_size`), kept in the
+    /// database so that every writer of the trail (the server, CLI
+    /// commands) holds to the same one.
+    pub fn set_audit_max_size(&self, bytes: u64) -> Result<(), StoreError> {
+        let conn = self.connect()?;
+        conn.execute(
+            "INSERT INTO audit_meta (id, size_bytes, max_bytes) VALUES (1, 0, ?1)
+             ON CONFLICT (id) DO UPDATE SET max_bytes = excluded.max_bytes",
+            [i64::try_from(bytes).unwrap_or(i64::MAX)],
+        )
+        .map(drop)
+        .map_err(|e| self.db_error(e))
     }
 
     pub(crate) fn audit_key(&self) -> Result<[u8; 32], StoreError> {

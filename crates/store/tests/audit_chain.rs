@@ -136,3 +136,311 @@ fn queries_filter_by_correlation_function_and_kind() {
         .unwrap();
     assert_eq!(all.len(), 5);
 }
+
+// ---- T09, issue 11: the writer must not launder a tampered chain ----
+
+/// The hash of one record, as the writer computes it: an attacker with
+/// write access to `state.db` has it too (it needs no key).
+fn rehash(store: &Store, from: i64) {
+    use sha2::{Digest, Sha256};
+    let conn = Connection::open(store.db_path()).unwrap();
+    let mut prev: String = conn
+        .query_row("SELECT prev_hash FROM audit WHERE seq = ?1", [from], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    type Fields = (
+        i64,
+        i64,
+        String,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        String,
+    );
+    let rows: Vec<Fields> = conn
+        .prepare("SELECT seq, time_ms, kind, correlation_id, subject, function, detail FROM audit WHERE seq >= ?1 ORDER BY seq")
+        .unwrap()
+        .query_map([from], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (seq, time, kind, corr, subject, function, detail) in rows {
+        let canonical = serde_json::json!([seq, time, kind, corr, subject, function, detail, prev]);
+        let hash = hex::encode(Sha256::digest(canonical.to_string().as_bytes()));
+        conn.execute(
+            "UPDATE audit SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            rusqlite::params![prev, hash, seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+}
+
+fn append(store: &Store, kind: &str) -> AuditLog {
+    let log = AuditLog::start(store).unwrap();
+    log.record(AuditEvent::new(kind));
+    log.flush();
+    log
+}
+
+fn kinds(store: &Store, kind: &str) -> Vec<bulkhead_store::AuditRecord> {
+    store
+        .query_audit(&AuditQuery {
+            kind: Some(kind.into()),
+            ..AuditQuery::default()
+        })
+        .unwrap()
+}
+
+/// Deleting the last records and then causing any audited event used to
+/// turn `verify` from BROKEN to OK. Now the writer records the break in a
+/// new segment and `verify` keeps reporting it, however much is appended.
+#[test]
+fn t09_records_deleted_from_the_end_are_not_laundered_by_the_next_append() {
+    let (_dir, store) = store_with(10);
+    sql(&store, "DELETE FROM audit WHERE seq >= 9");
+    let log = append(&store, "request.refused");
+    assert_eq!(log.status().chain_breaks, 1);
+    log.close();
+    for _ in 0..3 {
+        append(&store, "deploy").close();
+    }
+    assert_eq!(broken_at(&store), 9);
+    let breaks = kinds(&store, bulkhead_store::CHAIN_BROKEN);
+    assert_eq!(breaks.len(), 1, "one break, recorded once");
+    assert_eq!(
+        breaks[0].seq, 11,
+        "the new segment starts after the old head"
+    );
+    assert_eq!(breaks[0].detail["broken_at"], 9);
+    assert_eq!(breaks[0].detail["expected"]["record"], 10);
+    assert_eq!(breaks[0].detail["found"]["last_record"], 8);
+    // The break record itself cannot be removed: the keyed head covers it.
+    sql(&store, "DELETE FROM audit WHERE seq >= 11");
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Broken { .. }
+    ));
+}
+
+/// Editing a record and recomputing every later hash (no key needed) and
+/// then appending used to give a fresh, valid head.
+#[test]
+fn t09_an_edited_and_rehashed_chain_is_not_laundered_by_the_next_append() {
+    let (_dir, store) = store_with(10);
+    sql(
+        &store,
+        "UPDATE audit SET detail = '{\"reason\":\"nothing to see\"}' WHERE seq = 4",
+    );
+    rehash(&store, 4);
+    append(&store, "credential.created").close();
+    match store.verify_audit().unwrap() {
+        Verification::Broken { seq, reason } => {
+            assert_eq!(seq, 10, "{reason}");
+            assert!(reason.contains("new segment at record 11"), "{reason}");
+        }
+        other => panic!("laundered: {other:?}"),
+    }
+}
+
+/// An older copy of the database, restored: the head file beside it is
+/// ahead, and both `verify` and the next writer say so.
+#[test]
+fn t09_a_rolled_back_database_is_detected_through_the_head_file() {
+    let (dir, store) = store_with(5);
+    let (_, head) = store.audit_head_file().unwrap();
+    assert_eq!(
+        head,
+        bulkhead_store::HeadFile::Valid {
+            seq: 5,
+            hash: kinds(&store, "request.refused")[4].hash.clone()
+        }
+    );
+    let old = dir.path().join("old.db");
+    sql(&store, &format!("VACUUM INTO '{}'", old.display()));
+    append(&store, "deploy").close();
+    append(&store, "deploy").close();
+    // Roll the audit tables back to the copy.
+    sql(
+        &store,
+        &format!(
+            "ATTACH '{}' AS old; DELETE FROM audit; DELETE FROM audit_head;
+             INSERT INTO audit SELECT * FROM old.audit; INSERT INTO audit_head SELECT * FROM old.audit_head;",
+            old.display()
+        ),
+    );
+    match store.verify_audit().unwrap() {
+        Verification::Broken { seq, reason } => {
+            assert_eq!(seq, 6);
+            assert!(reason.contains("rolled back"), "{reason}");
+        }
+        other => panic!("rollback unnoticed: {other:?}"),
+    }
+    let log = append(&store, "deploy");
+    assert_eq!(log.status().chain_breaks, 1);
+    log.close();
+    let breaks = kinds(&store, bulkhead_store::CHAIN_BROKEN);
+    assert_eq!(breaks.len(), 1);
+    assert_eq!(
+        breaks[0].seq, 8,
+        "after the highest record the head file knew"
+    );
+    assert_eq!(broken_at(&store), 6);
+}
+
+/// Deleting the head file (to hide a rollback) is itself a break once the
+/// trail was anchored; a trail from before the head file gets anchored.
+#[test]
+fn t09_a_deleted_head_file_is_detected() {
+    let (dir, store) = store_with(3);
+    // An older trail, written before the head file existed, is accepted
+    // and anchored.
+    let head_file = dir.path().join("audit.head");
+    std::fs::remove_file(&head_file).unwrap();
+    append(&store, "deploy").close();
+    append(&store, "deploy").close();
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact { records: 5 }
+    );
+    std::fs::remove_file(&head_file).unwrap();
+    assert!(
+        matches!(store.verify_audit().unwrap(), Verification::Broken { seq: 5, ref reason } if reason.contains("deleted"))
+    );
+    // Clearing the head's `anchored` flag to excuse it breaks its MAC.
+    sql(&store, "UPDATE audit_head SET anchored = 0");
+    assert!(
+        matches!(store.verify_audit().unwrap(), Verification::Broken { reason, .. } if reason.contains("forged"))
+    );
+    // A forged head file is no better.
+    std::fs::write(
+        &head_file,
+        r#"{"version":1,"seq":1,"hash":"00","mac":"00"}"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Broken { .. }
+    ));
+}
+
+/// T09/T01 (issue 11, item 12): the trail has a size budget. Past it the
+/// writer records `audit.full` once and then only counts; it keeps taking
+/// events (never blocks, never fails).
+#[test]
+fn t09_the_audit_trail_stops_at_its_size_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.set_audit_max_size(20_000).unwrap();
+    let log = AuditLog::start(&store).unwrap();
+    for i in 0..400 {
+        log.record(
+            AuditEvent::new("request.refused")
+                .correlation_id(format!("c{i}"))
+                .detail("path", "/x".repeat(20)),
+        );
+        if i % 50 == 0 {
+            log.flush();
+        }
+    }
+    log.flush();
+    let status = log.status();
+    assert!(status.full, "{status:?}");
+    assert_eq!(status.max_size_bytes, 20_000);
+    log.close();
+    assert_eq!(kinds(&store, "audit.nearly_full").len(), 1);
+    assert_eq!(kinds(&store, "audit.full").len(), 1);
+    let written = kinds(&store, "request.refused").len() as u64;
+    let suppressed: u64 = kinds(&store, "audit.suppressed")
+        .iter()
+        .map(|r| r.detail["kinds"]["request.refused"].as_u64().unwrap())
+        .sum();
+    assert_eq!(written + suppressed, 400, "every event written or counted");
+    assert!(written < 100, "{written} written past a 20 kB budget");
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Intact { .. }
+    ));
+}
+
+/// The smaller item of issue 11: the state directory and every file the
+/// store writes are owner-only, the SQLite companions included.
+#[cfg(unix)]
+#[test]
+fn state_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(".bulkhead/dev");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::open(&dir).unwrap();
+    let log = append(&store, "deploy");
+    let _reader = store.connect().unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for name in [
+        "state.db",
+        "state.db-wal",
+        "state.db-shm",
+        "audit.key",
+        "audit.head",
+    ] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
+    }
+    log.close();
+}
+
+/// Two writers on one trail (the server and a CLI command, here two
+/// handles) interleave without either seeing the other's appends as a
+/// break: each checks and continues from the real head under the lock.
+#[test]
+fn t09_two_writers_interleave_without_false_breaks() {
+    let (_dir, store) = store_with(2);
+    let server = AuditLog::start(&store).unwrap();
+    for i in 0..20 {
+        server.record(AuditEvent::new("request.refused").detail("i", i));
+        if i % 3 == 0 {
+            server.flush();
+            let cli = AuditLog::start(&store).unwrap();
+            cli.record(AuditEvent::new("key.created").detail("i", i));
+            cli.close();
+        }
+    }
+    server.flush();
+    assert_eq!(server.status().chain_breaks, 0);
+    server.close();
+    assert!(kinds(&store, bulkhead_store::CHAIN_BROKEN).is_empty());
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact {
+            records: 2 + 20 + 7
+        }
+    );
+}
+
+/// The head file lags the database by at most a moment: after a burst
+/// that no flush follows, the idle writer brings it up to date by itself.
+#[test]
+fn t09_the_head_file_catches_up_without_a_flush() {
+    let (_dir, store) = store_with(1);
+    let log = AuditLog::start(&store).unwrap();
+    for i in 0..4 {
+        log.record(AuditEvent::new("request.refused").detail("i", i));
+    }
+    let mut head = None;
+    for _ in 0..200 {
+        head = Some(store.audit_head_file().unwrap().1);
+        if matches!(head, Some(bulkhead_store::HeadFile::Valid { seq: 5, .. })) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        matches!(head, Some(bulkhead_store::HeadFile::Valid { seq: 5, .. })),
+        "{head:?}"
+    );
+    log.close();
+}

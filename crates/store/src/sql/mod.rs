@@ -225,6 +225,12 @@ impl SqlDatabase {
             read: Mutex::new(Vec::new()),
             write: Mutex::new(Vec::new()),
         };
+        // Owner-only before SQLite creates it: its -wal and -shm copy its mode.
+        crate::files::create_private_file(&db.path).map_err(|source| SqlStoreError::Io {
+            store: name.to_string(),
+            path: db.path.clone(),
+            source,
+        })?;
         let mut conn = db.open_admin(&db.path)?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| db.sql(e))?;
