@@ -50,6 +50,7 @@ pub struct Metrics {
     live_instances: Gauge,
     budget_used: Family<BudgetLabels, Share>,
     throttle_shedding: Gauge,
+    throttle_limit: Gauge,
     throttle_signals: Family<SignalLabels, Share>,
 }
 
@@ -105,6 +106,12 @@ impl Metrics {
             "1 while the dynamic throttle sheds new requests",
             throttle_shedding.clone(),
         );
+        let throttle_limit = Gauge::default();
+        registry.register(
+            "throttle_limit",
+            "Requests the dynamic throttle lets be active (body read) app-wide; 0 while it sets no limit",
+            throttle_limit.clone(),
+        );
         let throttle_signals = Family::<SignalLabels, Share>::default();
         registry.register(
             "throttle_signal_ratio",
@@ -120,6 +127,7 @@ impl Metrics {
             live_instances,
             budget_used,
             throttle_shedding,
+            throttle_limit,
             throttle_signals,
         }
     }
@@ -168,6 +176,7 @@ impl Metrics {
 
     pub fn set_throttle(&self, shedding: bool, signals: crate::throttle::Signals) {
         self.throttle_shedding.set(i64::from(shedding));
+        self.throttle_limit.set(signals.limit.map_or(0, i64::from));
         for (name, value) in [
             ("cpu", signals.cpu),
             ("memory", signals.memory),
