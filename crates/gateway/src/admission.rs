@@ -114,6 +114,20 @@ pub enum Refused {
     Overloaded,
 }
 
+impl Refused {
+    /// For the access log and the audit record: which bound, at which gate.
+    pub fn describe(self, scope: &str) -> String {
+        let what = match self {
+            Refused::Full => "every outstanding place is taken",
+            Refused::CallerShare => "the caller holds its share of the outstanding places",
+            Refused::Overloaded => {
+                "over the dynamic throttle's limit, at or above the caller's part"
+            }
+        };
+        format!("{scope}: {what}")
+    }
+}
+
 /// What the dynamic throttle reads from a gate each interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sample {

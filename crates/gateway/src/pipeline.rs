@@ -249,14 +249,14 @@ async fn pipeline<'s>(
         Refused::Full => too_many(scope),
     }
     };
-    let mut app_place = shared
-        .app_gate
-        .try_admit(&caller)
-        .map_err(|r| refused(r, "app"))?;
-    let function_place = slot
-        .gate
-        .try_admit(&caller)
-        .map_err(|r| refused(r, "function"))?;
+    let mut app_place = shared.app_gate.try_admit(&caller).map_err(|r| {
+        outcome.detail = Some(r.describe("app"));
+        refused(r, "app")
+    })?;
+    let function_place = slot.gate.try_admit(&caller).map_err(|r| {
+        outcome.detail = Some(r.describe("function"));
+        refused(r, "function")
+    })?;
 
     // Read the body, bounded in size and time (T01).
     let limits = function.limits();
@@ -307,7 +307,10 @@ async fn pipeline<'s>(
 
     // Its body is read: it now counts against the dynamic throttle's limit,
     // unless that is reached and this caller holds its part (T01).
-    app_place.activate().map_err(|r| refused(r, "app"))?;
+    app_place.activate().map_err(|r| {
+        outcome.detail = Some(r.describe("app"));
+        refused(r, "app")
+    })?;
 
     // Validate the body: strict JSON, then the schema (T10).
     slot.rules
