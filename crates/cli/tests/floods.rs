@@ -365,13 +365,22 @@ async fn get_from(addr: SocketAddr, path: &str, from: &str) -> Reply {
     }
 }
 
-/// Open a raw connection and send the head of a POST whose body never
-/// comes.
-fn post_head_without_body(addr: SocketAddr, path: &str, length: usize) -> std::net::TcpStream {
-    use std::io::Write as _;
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+/// Open a raw connection from the local address `from` and send the head
+/// of a POST whose body never comes. A connection the server refuses (too
+/// many from that address) is kept as it is: it holds nothing.
+async fn post_head_without_body(
+    addr: SocketAddr,
+    path: &str,
+    length: usize,
+    from: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("an address");
+    socket.bind(local).expect("bind the client address");
+    let mut stream = socket.connect(addr).await.expect("connect");
     let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
-    stream.write_all(head.as_bytes()).expect("send the head");
+    let _ = stream.write_all(head.as_bytes()).await;
     stream
 }
 
@@ -393,33 +402,28 @@ route = "/hello"
 auth = "public"
 "#;
 
-/// T01/T02 (issue 11, item 3): one address opens 215 POSTs that declare a
-/// 100-byte body and never send it, paced within the default rate limit
-/// (100/s, burst 200). Before the fix the bodies held 215 of the 256
-/// outstanding places, the throttle's in-flight signal passed 80 % and
-/// every other caller was shed with `overloaded` for as long as the
+/// T01/T02 (issue 11, item 3): 215 POSTs that declare a 100-byte body and
+/// never send it, paced within the default rate limit (100/s, burst 200),
+/// from 127.0.0.1 and three more loopback addresses (54 each, within a
+/// per-address connection cap of 64). Before the fix the bodies held 215 of
+/// the 256 outstanding places, the throttle's in-flight signal passed 80 %
+/// and every other caller was shed with `overloaded` for as long as the
 /// connections stayed open. Now requests still reading their bodies do not
-/// count for the throttle and one caller holds at most its share (a
-/// quarter) of the places: with the dynamic throttle on (its defaults),
-/// a second address keeps getting 200s.
+/// count for the throttle: with the dynamic throttle on (its defaults), a
+/// fifth address, 127.0.0.2, keeps getting 200s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unsent_bodies_from_one_address_cannot_lock_out_another_t01_t02() {
+async fn unsent_bodies_cannot_lock_out_other_callers_t01_t02() {
     let app = TestApp::new(HOLDERS_APP, &["echo", "hello"]);
     let server = Server::start(&app);
     let addr = server.addr;
     assert_eq!(get_from(addr, "/hello", "127.0.0.2").await.status, 200);
-    let held = tokio::task::spawn_blocking(move || {
-        (0..215)
-            .map(|_| {
-                let stream = post_head_without_body(addr, "/echo", 100);
-                // Paced: about 200 a second, within burst plus refill.
-                std::thread::sleep(Duration::from_millis(5));
-                stream
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .expect("the flood opens");
+    let mut held = Vec::new();
+    for n in 0..215 {
+        let from = ["127.0.0.1", "127.0.0.3", "127.0.0.4", "127.0.0.5"][n % 4];
+        held.push(post_head_without_body(addr, "/echo", 100, from).await);
+        // Paced: about 200 a second, within burst plus refill.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     // Let the throttle sample the load twice (it samples every second).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let mut statuses = Vec::new();
@@ -432,12 +436,6 @@ async fn unsent_bodies_from_one_address_cannot_lock_out_another_t01_t02() {
     assert!(
         statuses.iter().all(|s| *s == 200),
         "the second address was refused: {statuses:?}"
-    );
-    let holding = metric(&metrics, "bulkhead_outstanding_requests{function=\"echo\"}")
-        .expect("the echo gate's outstanding requests");
-    assert!(
-        holding <= 64.0,
-        "one address holds {holding} places, more than its share"
     );
     assert_eq!(metric(&metrics, "bulkhead_throttle_shedding"), Some(0.0));
 }
@@ -459,15 +457,18 @@ async fn a_caller_holds_no_more_than_its_share_of_places_t02() {
     );
     let server = Server::start(&app);
     let addr = server.addr;
-    let mut streams: Vec<_> = (0..5)
-        .map(|_| {
-            let stream = post_head_without_body(addr, "/echo", 2);
-            stream
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .expect("a read timeout");
-            (stream, Vec::new())
-        })
-        .collect();
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let stream = post_head_without_body(addr, "/echo", 2, "127.0.0.1")
+            .await
+            .into_std()
+            .expect("a std stream");
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("a read timeout");
+        streams.push((stream, Vec::new()));
+    }
     // Collect the answers that come without a body (bounded wait).
     let started = Instant::now();
     let answered = |streams: &[(std::net::TcpStream, Vec<u8>)]| {
