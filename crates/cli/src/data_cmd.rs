@@ -3,6 +3,10 @@
 //! in every subject-scoped store are deleted, so any copy left (a backup of
 //! the data, a free page) is unreadable. `export` prints its records as
 //! JSON, decrypted. Both are audited.
+//!
+//! A subject is named as the gateway keys it (T13): qualified by the kind
+//! of credential and, for JWTs, the issuer, so `api-key:ci-bot` and
+//! `jwt:ISSUER:ci-bot` are two subjects with two sets of records.
 
 use std::process::ExitCode;
 
@@ -24,13 +28,18 @@ pub enum DataCommand {
                       (crypto-shredding: copies in backups of the data become unreadable), then its \
                       records are deleted. App-wide stores and SQL stores are not subject-scoped \
                       and are not touched: erase from those in your own code. Works without the \
-                      master key. Audited as `data.erased`.",
-        after_help = "Example:\n  bulkhead data erase my-app --subject user-123 --env prod"
+                      master key. Audited as `data.erased`.\n\n\
+                      S is the subject qualified as the access log and the audit trail name it: \
+                      `api-key:NAME` for an API key made for NAME, `session:NAME` for a session, \
+                      `jwt:ISSUER:SUB` for a JWT, with `%` and `:` in the issuer written as `%25` and \
+                      `%3A`.",
+        after_help = "Examples:\n  bulkhead data erase my-app --subject api-key:ci-bot --env prod\n  \
+                      bulkhead data erase my-app --subject 'jwt:https%3A//idp.example.com/:user-123' --env prod"
     )]
     Erase {
         #[command(flatten)]
         target: Target,
-        /// The subject (the verified identity the records were written under).
+        /// The qualified subject: `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB`.
         #[arg(long)]
         subject: String,
     },
@@ -39,13 +48,13 @@ pub enum DataCommand {
         long_about = "Print, as one JSON document on stdout, every live record the subject S has \
                       in the app's subject-scoped key-value stores, decrypted (values that are not \
                       UTF-8 are given as `value_hex`). Needs the master key. Audited as \
-                      `data.exported`.",
-        after_help = "Example:\n  bulkhead data export my-app --subject user-123 --env prod > user-123.json"
+                      `data.exported`. S is qualified as for `data erase`.",
+        after_help = "Example:\n  bulkhead data export my-app --subject session:user-123 --env prod > user-123.json"
     )]
     Export {
         #[command(flatten)]
         target: Target,
-        /// The subject (the verified identity the records were written under).
+        /// The qualified subject: `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB`.
         #[arg(long)]
         subject: String,
     },
@@ -59,8 +68,18 @@ pub fn run(command: DataCommand) -> Result<ExitCode> {
 }
 
 fn check_subject(subject: &str) -> Result<()> {
-    if subject.is_empty() || subject.len() > 256 || subject.chars().any(char::is_control) {
-        bail!("--subject must be 1 to 256 characters without control characters");
+    if subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
+        bail!("--subject must be 1 to 1024 characters without control characters");
+    }
+    // Records written before subjects were qualified (T13) are still
+    // addressed by the bare name, so it is allowed, but said.
+    if !["api-key:", "session:", "jwt:"]
+        .iter()
+        .any(|kind| subject.starts_with(kind))
+    {
+        eprintln!(
+            "note: `{subject}` is not qualified; calls write records under `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB` (see the access log), a bare name only addresses records written before that"
+        );
     }
     Ok(())
 }

@@ -12,7 +12,8 @@ use bulkhead_runtime::{
 };
 use bulkhead_store::crypto::Keyring;
 use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
-use bulkhead_store::{AuditLog, Store};
+use bulkhead_store::{AuditEvent, AuditLog, Store};
+use tracing::warn;
 
 /// `serve` applies migrations; `check` runs them in a transaction it rolls
 /// back and creates no database.
@@ -46,13 +47,14 @@ pub fn deploy(
             .unwrap_or(0),
     };
     let data = open_data(&app).map_err(|e| vec![format!("{e:#}")])?;
-    let mut runtime = Runtime::new(&settings, audit)
+    let mut runtime = Runtime::new(&settings, audit.clone())
         .map_err(|e| vec![e.to_string()])?
         .with_data(data.clone());
     runtime.set_sql_stores(open_sql_stores(&app, mode, progress)?);
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();
     let mut problems = Vec::new();
+    let mut rejected = false;
     for function in &app.functions {
         let started = Instant::now();
         match runtime.load(&cache, function) {
@@ -61,6 +63,8 @@ pub fn deploy(
                     CacheOutcome::Hit => "from the compile cache",
                     CacheOutcome::Miss => "compiled and cached",
                     CacheOutcome::Rejected => {
+                        cache_entry_rejected(&audit, &function.name, &loaded.digest());
+                        rejected = true;
                         "compiled again: the cached copy failed its integrity check and was replaced"
                     }
                 };
@@ -82,6 +86,24 @@ pub fn deploy(
             Err(e) => problems.push(format!("function `{}`: {e}", function.name)),
         }
     }
+    if rejected {
+        // `check` exits right after: the record must be committed first.
+        audit.flush();
+    }
+    // T18: a deploy keeps only its own entries, so an older build (or one
+    // of other engine settings) cannot be copied back into place later.
+    // A failed deploy prunes nothing: what is serving still has its own.
+    if problems.is_empty() && mode == Mode::Serve {
+        match cache.prune() {
+            Ok(0) => {}
+            Ok(n) => progress(&format!(
+                "compile cache: {n} entry(ies) no function of this deploy uses were deleted"
+            )),
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %e, "could not prune the compile cache")
+            }
+        }
+    }
     if problems.is_empty() {
         Ok(Deployment {
             app,
@@ -91,6 +113,25 @@ pub fn deploy(
     } else {
         Err(problems)
     }
+}
+
+/// T18: a cache entry that failed its check (tampered, or another
+/// component's entry copied over this one's name) was not loaded; say so
+/// in the log and the audit trail.
+fn cache_entry_rejected(audit: &AuditLog, function: &str, digest: &str) {
+    warn!(
+        target: "bulkhead::deploy",
+        function,
+        digest,
+        reason = "cache-entry-rejected",
+        "the compile cache entry failed its integrity check: not loaded, compiled again"
+    );
+    audit.record(
+        AuditEvent::new("cache.rejected")
+            .function(function)
+            .detail("reason", "integrity-check-failed")
+            .detail("digest", digest),
+    );
 }
 
 /// Open every SQL store and bring its schema up to date (T06, T15). Each

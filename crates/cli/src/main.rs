@@ -111,7 +111,6 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Inspect the tamper-evident audit trail.
     /// What the functions used and what it costs, from the durable meter.
     #[command(
         long_about = "Report the usage the meter recorded for APP_DIR: requests, wall time, \
@@ -133,6 +132,7 @@ enum Command {
         #[arg(long, value_enum, default_value_t = usage_cmd::Format::Table)]
         format: usage_cmd::Format,
     },
+    /// Inspect the tamper-evident audit trail.
     #[command(subcommand)]
     Audit(audit_cmd::AuditCommand),
     /// Manage access to the admin listener.

@@ -69,26 +69,30 @@ fn span_export(_: &App, _: &tokio::runtime::Handle) -> Result<Option<Arc<dyn Spa
 }
 
 /// The admin listener's policy: tokens if any exist; open only in `dev` on
-/// loopback; otherwise refuse to start rather than expose metrics.
+/// loopback, and only until the first token is created (which applies at
+/// once, without a restart); otherwise refuse to start rather than expose
+/// metrics.
 fn admin_access(
     store: &Store,
     env: &str,
     address: SocketAddr,
     target: &Target,
 ) -> Result<AdminAccess> {
-    if !store.admin_token_hashes()?.is_empty() {
-        let store = store.clone();
-        return Ok(AdminAccess::Token(Box::new(move || {
-            store.admin_token_hashes().unwrap_or_default()
-        })));
-    }
+    let reader = store.clone();
+    let read = Box::new(move || reader.admin_token_hashes().unwrap_or_default());
+    let has_token = !store.admin_token_hashes()?.is_empty();
     if env == "dev" && address.ip().is_loopback() {
-        warn!(
-            target: "bulkhead::admin",
-            address = %address,
-            "admin listener has no token: open to this machine only (dev). Create one with `bulkhead admin token`"
-        );
-        return Ok(AdminAccess::LoopbackOpen);
+        if !has_token {
+            warn!(
+                target: "bulkhead::admin",
+                address = %address,
+                "admin listener has no token: open to this machine only (dev) until one is created with `bulkhead admin token`"
+            );
+        }
+        return Ok(AdminAccess::open_until_token(read));
+    }
+    if has_token {
+        return Ok(AdminAccess::token(read));
     }
     bail!(
         "the admin listener on {address} needs a token outside `dev` on loopback: run `bulkhead admin token {} --env {env}` first, or pass `--admin-listen off`",
@@ -175,6 +179,7 @@ async fn serve(
                     .collect::<Vec<_>>(),
             ),
     );
+    let signalled = shutdown_signal();
     info!(
         target: "bulkhead::listener",
         address = %address,
@@ -185,7 +190,7 @@ async fn serve(
         "listening"
     );
     tokio::spawn(async move {
-        shutdown_signal().await;
+        signalled.await;
         let _ = stop.send(true);
     });
     gateway
@@ -199,23 +204,23 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// SIGTERM (and Ctrl-C). The SIGTERM handler is installed when this is
+/// called, not when the future is first polled: called before the server
+/// says it is listening, a SIGTERM sent as soon as it does is a graceful
+/// stop, not the default kill.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        let Ok(mut terminate) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = interrupt.await;
+    let terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        let interrupt = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        if let Some(mut terminate) = terminate {
+            tokio::select! {
+                _ = interrupt => {},
+                _ = terminate.recv() => {},
+            }
             return;
-        };
-        tokio::select! {
-            _ = interrupt => {},
-            _ = terminate.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = interrupt.await;
     }
 }

@@ -270,7 +270,11 @@ auth = "public"
         b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
         Duration::from_secs(10),
     );
-    assert_eq!(raw, "", "the third connection is closed unanswered");
+    // Closed before its request is read: at most a 429 (T01), never served.
+    assert!(
+        raw.is_empty() || raw.starts_with("HTTP/1.1 429 "),
+        "the third connection is refused: {raw:?}"
+    );
     server.wait_for_log(
         |r| r["reason"] == "connection-limit",
         Duration::from_secs(10),

@@ -368,7 +368,7 @@ async fn the_attack_corpus_is_refused() {
     );
     assert_eq!(
         server.access_record(&forbidden.correlation_id())["subject"],
-        "ada"
+        "jwt:https%3A//id.example.org:ada"
     );
 
     // The public route needs nothing.
@@ -460,9 +460,21 @@ async fn valid_credentials_of_each_kind_reach_the_function() {
             scopes[0].split(' ').any(|s| s == "conference:register"),
             "{case}: {scopes:?}"
         );
+        // The function sees the subject as its credential names it, with
+        // the kind and (for JWTs) the issuer; the gateway's records name
+        // the qualified subject, one namespace per kind and issuer (T13).
+        let issuer = header_of(&reply, "bulkhead-issuer");
+        let qualified = if *kind == "jwt" {
+            assert_eq!(issuer, vec![ISSUER.to_string()], "{case}");
+            format!("jwt:https%3A//id.example.org:{subject}")
+        } else {
+            assert!(issuer.is_empty(), "{case}: {issuer:?}");
+            format!("{kind}:{subject}")
+        };
         assert_eq!(
             server.access_record(&reply.correlation_id())["subject"],
-            *subject
+            qualified.as_str(),
+            "{case}"
         );
     }
     // An API key on the API-key-only route.
@@ -535,7 +547,8 @@ async fn sessions_expire() {
 }
 
 /// T03: after the allowance of failures, an address is shut out — even
-/// with a valid credential — for a time that grows with each strike.
+/// with a valid credential it has not used before — for a time that grows
+/// with each strike.
 #[tokio::test]
 async fn guessing_is_throttled_with_growing_back_off() {
     let app = app(3);
@@ -557,6 +570,131 @@ async fn guessing_is_throttled_with_growing_back_off() {
         |r| r["detail"].as_str().is_some_and(|d| d.contains("shut out")),
         Duration::from_secs(10),
     );
+}
+
+/// The back-off's penalty, if `reply` is one.
+fn penalty(reply: &Reply) -> Option<u64> {
+    (reply.status == 429).then(|| {
+        reply.assert_problem(429, "auth-backoff");
+        reply
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .expect("a Retry-After in seconds")
+    })
+}
+
+/// A valid token no one has presented before.
+fn fresh_token(n: u64) -> String {
+    ed_token(&with(claims(), "jti", json!(format!("fresh-{n}"))))
+}
+
+/// T03: behind an address in back-off (a NAT a guesser shares with real
+/// users), a credential that was accepted before still works, verified as
+/// usual; a valid credential not seen before is refused unread like any
+/// guess, so guessing gains nothing from it.
+#[tokio::test]
+async fn known_credentials_pass_a_back_off_guesses_do_not_t03() {
+    let app = app(2);
+    let created = app.run_with(
+        &["keys", "create"],
+        &["--subject", "ci-bot", "--scopes", "conference:register"],
+    );
+    let api_key = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    assert!(api_key.starts_with("bhk_"), "{api_key}");
+    let server = Server::start(&app);
+    let known = ed_token(&with(claims(), "jti", json!("known")));
+    assert_eq!(call(&server, "/echo", Some(&known)).await.status, 200);
+    // A key accepted once, then revoked: known, but no longer valid.
+    assert_eq!(call(&server, "/echo", Some(&api_key)).await.status, 200);
+    let key_id = listed_id(&app, "keys", "ci-bot");
+    assert!(
+        app.run_with(&["keys", "revoke"], &[&key_id])
+            .status
+            .success()
+    );
+    // Guess until the address holds its third strike (a 4 s penalty).
+    let mut strikes = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let reply = call(&server, "/echo", Some("bhk_guess")).await;
+        if penalty(&reply).is_some_and(|wait| wait >= 4) {
+            break;
+        }
+        strikes += 1;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no third strike after {strikes} guesses"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admitted = call(&server, "/echo", Some(&known)).await;
+    assert_eq!(admitted.status, 200, "{}", admitted.text());
+    assert!(admitted.json()["headers"].is_array());
+    assert!(penalty(&call(&server, "/echo", Some(&fresh_token(1))).await).is_some());
+    assert!(penalty(&call(&server, "/echo", Some("bhk_guess")).await).is_some());
+    // A known credential is still verified during the back-off: revoked,
+    // it is refused, and the log says why.
+    let revoked = call(&server, "/echo", Some(&api_key)).await;
+    assert_ne!(revoked.status, 200, "{}", revoked.text());
+    server.wait_for_log(
+        |r| {
+            r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("credential revoked"))
+        },
+        Duration::from_secs(10),
+    );
+}
+
+/// T03: strikes decay. With one forgiven per second (`backoff_decay`), an
+/// address that fails now and then, quietly in between, is never shut out
+/// for longer than the first penalty; without decay every strike doubles
+/// it for good (1 s, 2 s, 4 s, ...), which is how 11 bad tokens a quarter
+/// of an hour locked everyone behind one NAT out.
+#[tokio::test]
+async fn failed_authentication_strikes_decay_t03() {
+    let manifest = manifest(2).replace(
+        "failed_attempts_per_minute = 2",
+        "failed_attempts_per_minute = 2\nbackoff_decay = \"1s\"",
+    );
+    let app = TestApp::new(&manifest, &["echo"]);
+    let keys = app.path().join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    for file in ["jwks.json", "jwe.pem"] {
+        std::fs::write(keys.join(file), fixture(file)).unwrap();
+    }
+    let server = Server::start(&app);
+    let mut fresh = 0;
+    let mut penalties = Vec::new();
+    for _ in 0..3 {
+        // Guess until penalised (the allowance may have refilled a little).
+        let mut wait = None;
+        for _ in 0..10 {
+            wait = penalty(&call(&server, "/echo", Some("bhk_guess")).await);
+            if wait.is_some() {
+                break;
+            }
+        }
+        penalties.push(wait.expect("guessing is penalised"));
+        // Poll (bounded) until the address is admitted again, then stay
+        // quiet for longer than the decay period.
+        let started = std::time::Instant::now();
+        loop {
+            fresh += 1;
+            let reply = call(&server, "/echo", Some(&fresh_token(fresh))).await;
+            if reply.status == 200 {
+                break;
+            }
+            assert!(penalty(&reply).is_some(), "{}", reply.text());
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "still shut out"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(penalties, [1, 1, 1], "strikes never decay");
 }
 
 #[test]

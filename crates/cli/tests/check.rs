@@ -346,3 +346,124 @@ input.content_types = ["text/plain"]
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
 }
+
+/// The `.cwasm` entries of the dev compile cache.
+fn cache_entries(app: &TestApp) -> std::collections::BTreeSet<std::path::PathBuf> {
+    fs::read_dir(app.path().join(".bulkhead/dev/compile-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect()
+}
+
+/// The digest `check` reports for `component`.
+fn reported_digest(app: &TestApp, component: &str) -> String {
+    let out = app.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    text.split(&format!("/{component} ("))
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("no digest for {component} in {text}"))
+        .to_string()
+}
+
+const HELLO_ONLY: &str = r#"
+[app]
+name = "swapped"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#;
+
+/// T18: a valid entry of one component copied over another component's
+/// entry is not loaded: the MAC binds an entry to the component (and the
+/// engine) it was built from. The pinned function runs its own code, the
+/// deploy record's digest is what ran, and the swap is logged and audited.
+#[test]
+fn t18_a_cache_entry_copied_over_another_components_name_is_rejected() {
+    let app = TestApp::new(HELLO_ONLY, &["hello", "echo"]);
+    assert!(app.run(&["check"]).status.success());
+    let hello_entries = cache_entries(&app);
+    assert_eq!(hello_entries.len(), 1);
+    let hello_entry = hello_entries.iter().next().unwrap().clone();
+
+    let both = format!(
+        "{HELLO_ONLY}\n[[function]]\nname = \"echo\"\ncomponent = \"echo.wasm\"\nroute = \"/echo/{{word}}\"\nauth = \"public\"\n"
+    );
+    fs::write(app.path().join("bulkhead.toml"), &both).unwrap();
+    let digest = reported_digest(&app, "echo.wasm");
+    let echo_entry = cache_entries(&app)
+        .difference(&hello_entries)
+        .next()
+        .expect("an entry for echo")
+        .clone();
+    // Pin echo by digest, serve once, stop.
+    let pinned = format!("{both}digest = \"{digest}\"\n");
+    fs::write(app.path().join("bulkhead.toml"), &pinned).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = Server::start(&app);
+    let reply = rt.block_on(support::get(server.addr, "/echo/x"));
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["method"], "GET");
+    assert!(server.stop().success());
+
+    // The attack: hello's valid entry under echo's name.
+    fs::copy(&hello_entry, &echo_entry).unwrap();
+    let server = Server::start(&app);
+    let reply = rt.block_on(support::get(server.addr, "/echo/x"));
+    assert_eq!(reply.status, 200);
+    assert!(
+        !reply.text().contains("Hello from a sealed compartment"),
+        "echo ran hello's code: {}",
+        reply.text()
+    );
+    assert_eq!(reply.json()["method"], "GET", "echo answers as echo");
+    let hello = rt.block_on(support::get(server.addr, "/hello"));
+    assert!(hello.text().contains("Hello from a sealed compartment"));
+    server.wait_for_log(
+        |r| r["reason"] == "cache-entry-rejected" && r["function"] == "echo",
+        std::time::Duration::from_secs(10),
+    );
+    assert!(server.stop().success());
+
+    let rejected = app.audit_records("cache.rejected");
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0]["function"], "echo");
+    assert_eq!(rejected[0]["detail"]["digest"], digest.as_str());
+    // The rebuilt entry is echo's own: served from the cache from now on.
+    assert!(
+        stderr(&app.run(&["check"])).contains("function `echo` ready (from the compile cache"),
+        "the entry was replaced"
+    );
+    assert_ne!(
+        fs::read(&hello_entry).unwrap(),
+        fs::read(&echo_entry).unwrap()
+    );
+}
+
+/// T18: a deploy deletes the entries it does not use, so the entry of a
+/// superseded build is gone and cannot be copied back into place.
+#[test]
+fn t18_redeploying_a_changed_component_prunes_the_old_entry() {
+    let app = TestApp::new(HELLO_ONLY, &["hello", "echo"]);
+    let server = Server::start(&app);
+    assert!(server.stop().success());
+    let old = cache_entries(&app);
+    assert_eq!(old.len(), 1);
+
+    // A new build of the function's component.
+    fs::copy(app.path().join("echo.wasm"), app.path().join("hello.wasm")).unwrap();
+    let server = Server::start(&app);
+    assert!(server.stop().success());
+    let new = cache_entries(&app);
+    assert_eq!(
+        new.len(),
+        1,
+        "only the deployed build's entry is kept: {new:?}"
+    );
+    assert!(old.is_disjoint(&new), "the old build's entry is gone");
+}

@@ -4,7 +4,9 @@
 //! - grants: an ungranted or undeclared store cannot be opened, a read
 //!   grant cannot write; every denial is logged and audited;
 //! - subject scope: each API key's subject sees only its own records, and a
-//!   public route cannot open a subject-scoped store;
+//!   public route cannot open a subject-scoped store; an API key and a JWT
+//!   for the same name are two subjects (subjects are keyed by credential
+//!   kind and issuer);
 //! - retention: an expired record is never returned and the sweeper
 //!   deletes the row;
 //! - erase / export; no plaintext value or key anywhere on disk.
@@ -304,10 +306,11 @@ async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(subjects, ["alice", "bob"]);
+    // Qualified by credential kind (T13): an API key's subject is `api-key:NAME`.
+    assert_eq!(subjects, ["api-key:alice", "api-key:bob"]);
 
     // Export shows Alice's data, decrypted, and nobody else's.
-    let out = app.run_with(&["data", "export"], &["--subject", "alice"]);
+    let out = app.run_with(&["data", "export"], &["--subject", "api-key:alice"]);
     assert!(
         out.status.success(),
         "{}",
@@ -323,7 +326,7 @@ async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
     assert_eq!(exported["records"].as_array().unwrap().len(), 2);
 
     // Erase: keys destroyed, rows gone, reads give nothing; Bob untouched.
-    let out = app.run_with(&["data", "erase"], &["--subject", "alice"]);
+    let out = app.run_with(&["data", "erase"], &["--subject", "api-key:alice"]);
     assert!(
         out.status.success(),
         "{}",
@@ -336,28 +339,129 @@ async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
     );
     assert_eq!(call(&server, get, Some(&bob)).await, "value:bobvalue");
     let rows: i64 = db
-        .query_row("SELECT count(*) FROM kv WHERE subject = 'alice'", [], |r| {
-            r.get(0)
-        })
+        .query_row(
+            "SELECT count(*) FROM kv WHERE subject = 'api-key:alice'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(rows, 0);
     let keys = rusqlite::Connection::open(state(&app).join("keys.db")).unwrap();
     let alice_keys: i64 = keys
         .query_row(
-            "SELECT count(*) FROM data_keys WHERE subject = 'alice'",
+            "SELECT count(*) FROM data_keys WHERE subject = 'api-key:alice'",
             [],
             |r| r.get(0),
         )
         .unwrap();
     assert_eq!(alice_keys, 0);
-    let out = app.run_with(&["data", "export"], &["--subject", "alice"]);
+    let out = app.run_with(&["data", "export"], &["--subject", "api-key:alice"]);
     let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(exported["records"].as_array().unwrap().len(), 0);
     assert!(server.stop().success());
     let erased = app.audit_records("data.erased");
     assert_eq!(erased.len(), 1);
-    assert_eq!(erased[0]["subject"], "alice");
+    assert_eq!(erased[0]["subject"], "api-key:alice");
     assert_eq!(app.audit_records("data.exported").len(), 2);
+}
+
+/// T13, T11: an API key made for `ci-bot` and a JWT with `sub = ci-bot`
+/// are two callers: neither reads, lists or overwrites the other's
+/// subject-scoped records, and `data erase` addresses each on its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn t13_an_api_key_and_a_jwt_for_the_same_name_are_two_subjects() {
+    const ISSUER: &str = "https://id.example.org";
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth");
+    let manifest = format!(
+        "{}\n[auth.jwt]\nissuer = \"{ISSUER}\"\naudience = \"kvapp\"\njwks = \"keys/jwks.json\"\nalgorithms = [\"EdDSA\", \"ES256\", \"RS256\"]\n",
+        manifest()
+    );
+    let app = TestApp::new(&manifest, &["kv"]);
+    std::fs::create_dir_all(app.path().join("keys")).unwrap();
+    std::fs::copy(
+        fixtures.join("jwks.json"),
+        app.path().join("keys/jwks.json"),
+    )
+    .unwrap();
+    let key = api_key(&app, "ci-bot");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = Some("ed-1".into());
+    let jwt = jsonwebtoken::encode(
+        &header,
+        &serde_json::json!({
+            "sub": "ci-bot", "iss": ISSUER, "aud": "kvapp", "iat": now, "exp": now + 300,
+        }),
+        &jsonwebtoken::EncodingKey::from_ed_pem(
+            &std::fs::read(fixtures.join("ed25519.pem")).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let server = Server::start(&app);
+
+    let get = "/mine?op=get&store=private&key=deploy";
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=deploy&value=fromkey",
+            Some(&key)
+        )
+        .await,
+        "ok"
+    );
+    // The JWT's `ci-bot` sees none of the key's records...
+    assert_eq!(call(&server, get, Some(&jwt)).await, "none");
+    assert_eq!(
+        call(&server, "/mine?op=list&store=private", Some(&jwt)).await,
+        "keys:"
+    );
+    // ...and its writes land in its own space.
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=deploy&value=fromjwt",
+            Some(&jwt)
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(call(&server, get, Some(&key)).await, "value:fromkey");
+    assert_eq!(call(&server, get, Some(&jwt)).await, "value:fromjwt");
+
+    let db = rusqlite::Connection::open(state(&app).join("state.db")).unwrap();
+    let subjects: Vec<String> = db
+        .prepare("SELECT DISTINCT subject FROM kv WHERE store = 'private' ORDER BY subject")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let jwt_subject = "jwt:https%3A//id.example.org:ci-bot";
+    assert_eq!(subjects, ["api-key:ci-bot", jwt_subject]);
+
+    // Each is addressed on its own: erasing the key's leaves the JWT's.
+    let out = app.run_with(&["data", "erase"], &["--subject", "api-key:ci-bot"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(call(&server, get, Some(&key)).await, "none");
+    assert_eq!(call(&server, get, Some(&jwt)).await, "value:fromjwt");
+    let out = app.run_with(&["data", "export"], &["--subject", jwt_subject]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(exported["records"].as_array().unwrap().len(), 1);
+    assert!(exported.to_string().contains("fromjwt"));
+    assert!(server.stop().success());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,6 +20,7 @@ use support::{Server, TestApp, raw_exchange};
 const MANIFEST: &str = r#"
 [app]
 name = "validation"
+hostnames = ["x"]
 
 [[function]]
 name = "register"
@@ -56,6 +57,14 @@ component = "echo.wasm"
 route = "/open/{word}"
 auth = "public"
 input.allow_unknown_query = true
+
+# No input rules: only strict JSON applies, decided by the media type.
+[[function]]
+name = "free"
+component = "echo.wasm"
+route = "/free"
+auth = "public"
+methods = ["POST"]
 "#;
 
 const SCHEMA: &str = r#"{
@@ -193,6 +202,14 @@ fn hostile_corpus_is_refused_before_any_function_runs() {
         get("/items/%61bc"),
         get("/open/word?anything=goes&x"),
         post("/notes", Some("text/plain; charset=utf-8"), b"a note"),
+        post(
+            "/free",
+            Some("application/json; charset=\"UTF-8\""),
+            br#"{"a":1}"#,
+        ),
+        post("/free", Some("text/plain"), br#"{"a":1,"a":2}"#),
+        b"GET http://X:80/items/abc HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(),
+        b"GET /items/abc HTTP/1.0\r\nhost: x:80\r\n\r\n".to_vec(),
         json(r#"{"name":"Ada","email":"ada@example.org","age":36,"tags":["math"]}"#),
     ] {
         let answer = exchange(&server, &raw);
@@ -280,4 +297,88 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
     let answer = exchange(&server, &get("/items/%61bc?q=a%20b"));
     let echo: Value = serde_json::from_str(&answer.body).unwrap();
     assert_eq!(echo["path_with_query"], "/items/%61bc?q=a%20b");
+}
+
+/// T10, RFC 9112 §3.2 without `[app] hostnames`: any well-formed host is
+/// served, HTTP/1.0 may leave `Host` out, but an HTTP/1.1 request without
+/// one, with two, with an invalid one or with an absolute-form target that
+/// names another host is refused, and none reaches the function.
+#[test]
+fn t10_host_rules_hold_without_an_allowlist() {
+    let app = TestApp::new(
+        r#"
+[app]
+name = "anyhost"
+
+[[function]]
+name = "items"
+component = "echo.wasm"
+route = "/items/{id}"
+auth = "public"
+"#,
+        &["echo"],
+    );
+    let server = Server::start(&app);
+    let mut served = Vec::new();
+    for raw in [
+        &b"GET /items/a HTTP/1.1\r\nhost: anything.example\r\nconnection: close\r\n\r\n"[..],
+        b"GET /items/a HTTP/1.1\r\nhost: 127.0.0.1:8080\r\nconnection: close\r\n\r\n",
+        b"GET /items/a HTTP/1.1\r\nhost: [::1]\r\nconnection: close\r\n\r\n",
+        b"GET /items/a HTTP/1.0\r\n\r\n",
+        b"GET http://other.example/items/a HTTP/1.1\r\nhost: other.example\r\nconnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(&server, raw);
+        assert_eq!(
+            answer.status,
+            Some(200),
+            "{}: {}",
+            String::from_utf8_lossy(raw),
+            answer.body
+        );
+        served.push(answer.header("bulkhead-correlation-id").unwrap().to_string());
+    }
+    for (raw, rule) in [
+        (&b"GET /items/a HTTP/1.1\r\nconnection: close\r\n\r\n"[..], "missing"),
+        (
+            b"GET /items/a HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\nconnection: close\r\n\r\n",
+            "repeated",
+        ),
+        (
+            b"GET /items/a HTTP/1.1\r\nhost: evil evil\r\nconnection: close\r\n\r\n",
+            "invalid",
+        ),
+        (
+            b"GET http://other.example/items/a HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n",
+            "mismatch",
+        ),
+    ] {
+        let answer = exchange(&server, raw);
+        assert_eq!(
+            answer.status,
+            Some(400),
+            "{}: {}",
+            String::from_utf8_lossy(raw),
+            answer.body
+        );
+        let problem: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(problem["type"], "https://bulkhead.dev/problems/invalid-host");
+        assert_eq!(problem["rule"], rule);
+        assert!(
+            !answer.body.contains("evil") && !answer.body.contains("example"),
+            "the problem never echoes the host: {}",
+            answer.body
+        );
+        let id = answer.header("bulkhead-correlation-id").unwrap().to_string();
+        assert_eq!(server.access_record(&id)["reason"], "invalid-host");
+    }
+    let last = served.last().unwrap().clone();
+    server.wait_for_log(
+        |r| r["target"] == "bulkhead::guest" && r["correlation_id"] == last.as_str(),
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        guest_calls(&server),
+        served.into_iter().collect::<BTreeSet<_>>(),
+        "only the served requests reached the function"
+    );
 }

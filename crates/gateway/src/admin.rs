@@ -1,15 +1,22 @@
 //! The admin listener (T08, T17): metrics and health on a separate address,
 //! never the public one, behind a bearer token stored hashed (or, in `dev`
 //! on loopback with no token made yet, open to the local machine only).
+//!
+//! A flood of admin requests is bounded (T09): each peer (IPv6 by /64) is
+//! rate-limited, refusals are audited folded per peer and second, and the
+//! client's path is recorded only capped ([`client_text`]).
 
 use std::future::Future;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use bulkhead_store::AuditEvent;
 use bulkhead_store::tokens::token_matches;
 use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -20,20 +27,119 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::audit::{AdminFacts, client_text};
+use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::{Gateway, Shared};
 
 const MAX_ADMIN_CONNECTIONS: usize = 16;
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin requests per second per peer, and the burst (T09): ample for
+/// scrapes and probes, far below what fills a disk.
+const ADMIN_RATE_PER_SECOND: u32 = 20;
+const ADMIN_BURST: u32 = 40;
+/// Peers tracked before idle ones are swept, and checks between sweeps.
+const SWEEP_ABOVE: usize = 10_000;
+const SWEEP_EVERY: u32 = 1024;
+/// How old the token list may be: a token made or revoked with
+/// `bulkhead admin token` applies within this, without a restart, and a
+/// flood reads the store at most this often.
+const TOKEN_REFRESH: Duration = Duration::from_millis(250);
+
+type TokenReader = Box<dyn Fn() -> Vec<[u8; 32]> + Send + Sync>;
+type TokenHashes = Arc<Vec<[u8; 32]>>;
 
 /// Who may use the admin listener.
-pub enum AdminAccess {
-    /// No token: only for `dev` on a loopback address.
-    LoopbackOpen,
-    /// A bearer token whose SHA-256 is among those the closure returns
-    /// (read on each request, so new and revoked tokens apply at once).
-    Token(Box<dyn Fn() -> Vec<[u8; 32]> + Send + Sync>),
+pub struct AdminAccess {
+    /// The SHA-256 of every admin token, read from the store.
+    read: TokenReader,
+    /// `dev` on loopback: open while no token exists. Once one exists,
+    /// tokens are required until the process ends (revoking them all does
+    /// not reopen it).
+    open_until_token: bool,
+    /// Set once a token has been seen; then the listener is never open.
+    token_seen: AtomicBool,
+    /// The hashes last read, and when.
+    cache: Mutex<Option<(Instant, TokenHashes)>>,
+}
+
+impl AdminAccess {
+    /// A bearer token whose SHA-256 is among those `read` returns.
+    pub fn token(read: TokenReader) -> Self {
+        Self::new(read, false)
+    }
+
+    /// For `dev` on a loopback address: open to this machine until the
+    /// first admin token is created (which applies without a restart),
+    /// then tokens as in [`Self::token`].
+    pub fn open_until_token(read: TokenReader) -> Self {
+        Self::new(read, true)
+    }
+
+    fn new(read: TokenReader, open_until_token: bool) -> Self {
+        Self {
+            read,
+            open_until_token,
+            token_seen: AtomicBool::new(false),
+            cache: Mutex::new(None),
+        }
+    }
+
+    /// The token hashes, re-read from the store when older than
+    /// [`TOKEN_REFRESH`].
+    fn hashes(&self) -> TokenHashes {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((read_at, hashes)) = cache.as_ref()
+            && read_at.elapsed() < TOKEN_REFRESH
+        {
+            return hashes.clone();
+        }
+        let hashes = Arc::new((self.read)());
+        *cache = Some((Instant::now(), hashes.clone()));
+        if !hashes.is_empty()
+            && self.open_until_token
+            && !self.token_seen.swap(true, Ordering::AcqRel)
+        {
+            info!(target: "bulkhead::admin", "an admin token exists: the admin listener now requires one");
+        }
+        hashes
+    }
+}
+
+/// Per-peer rate limit of the admin listener (T09).
+struct PeerLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    checks: AtomicU32,
+}
+
+impl PeerLimiter {
+    fn new() -> Self {
+        let rate = NonZeroU32::new(ADMIN_RATE_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(ADMIN_BURST).unwrap_or(NonZeroU32::MIN);
+        Self {
+            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            clock: DefaultClock::default(),
+            checks: AtomicU32::new(0),
+        }
+    }
+
+    /// `Err(wait)` when `peer` is over its rate.
+    fn check(&self, peer: IpAddr) -> Result<(), Duration> {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+            && self.limiter.len() > SWEEP_ABOVE
+        {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        self.limiter
+            .check_key(&network_of(peer))
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
 }
 
 impl Gateway {
@@ -45,6 +151,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let access = Arc::new(access);
+        let limiter = Arc::new(PeerLimiter::new());
         let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
         let mut builder = http1::Builder::new();
         builder
@@ -53,7 +160,7 @@ impl Gateway {
             .keep_alive(true);
         tokio::pin!(shutdown);
         loop {
-            let (stream, _peer) = tokio::select! {
+            let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(_) => {
@@ -61,15 +168,16 @@ impl Gateway {
                         continue;
                     }
                 },
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => break,
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 continue;
             };
             let shared = self.shared.clone();
             let access = access.clone();
+            let limiter = limiter.clone();
             let service = service_fn(move |request| {
-                let response = handle(&shared, &access, &request).map(Full::new);
+                let response = handle(&shared, &access, &limiter, peer, &request).map(Full::new);
                 async move { Ok::<_, std::convert::Infallible>(response) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
@@ -78,36 +186,72 @@ impl Gateway {
                 drop(permit);
             });
         }
+        // The folded counts of the last seconds (T09).
+        self.shared.refusals.flush(&self.shared.audit, true);
+        Ok(())
     }
 }
 
-fn handle(shared: &Shared, access: &AdminAccess, request: &Request<Incoming>) -> Response<Bytes> {
+fn handle(
+    shared: &Shared,
+    access: &AdminAccess,
+    limiter: &PeerLimiter,
+    peer: SocketAddr,
+    request: &Request<Incoming>,
+) -> Response<Bytes> {
     let trace = TraceContext::from_headers(request.headers());
-    let path = request.uri().path();
-    let mut response = match authorize(access, request) {
+    let correlation_id = trace.correlation_id();
+    // Whatever the client wrote is recorded capped (T09).
+    let path = client_text(request.uri().path());
+    let method = client_text(request.method().as_str());
+    let checked = limiter
+        .check(peer.ip())
+        .map_err(rate_limited)
+        .and_then(|()| authorize(access, request));
+    let mut response = match checked {
         Err(problem) => {
-            warn!(target: "bulkhead::admin", correlation_id = trace.correlation_id(), path, reason = problem.slug, "admin request refused");
-            shared.audit.record(
-                AuditEvent::new("admin.refused")
-                    .correlation_id(trace.correlation_id())
-                    .detail("reason", problem.slug)
-                    .detail("path", path),
+            let status = problem.status.as_u16();
+            warn!(target: "bulkhead::admin", correlation_id, method = %method, path = %path, peer = %peer.ip(), status, reason = problem.slug, "admin request refused");
+            shared.refusals.record_admin(
+                &shared.audit,
+                peer.ip(),
+                AdminFacts {
+                    correlation_id,
+                    method: &method,
+                    path: &path,
+                    status,
+                    reason: problem.slug,
+                },
             );
-            problem.into_response(trace.correlation_id())
+            problem.into_response(correlation_id)
         }
-        Ok(()) => route(shared, request, trace.correlation_id()),
+        Ok(()) => {
+            let response = route(shared, request, correlation_id);
+            info!(target: "bulkhead::admin", correlation_id, method = %method, path = %path, status = response.status().as_u16(), "admin request");
+            response
+        }
     };
-    if let Ok(id) = HeaderValue::from_str(trace.correlation_id()) {
+    if let Ok(id) = HeaderValue::from_str(correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, id);
     }
-    info!(target: "bulkhead::admin", correlation_id = trace.correlation_id(), path, status = response.status().as_u16(), "admin request");
     response
 }
 
+fn rate_limited(wait: Duration) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Too many admin requests",
+        "This address sent admin requests faster than the admin listener allows; retry after the time in Retry-After.",
+    )
+    .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+}
+
 fn authorize(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Problem> {
-    let AdminAccess::Token(hashes) = access else {
+    let hashes = access.hashes();
+    if hashes.is_empty() && access.open_until_token && !access.token_seen.load(Ordering::Acquire) {
         return Ok(());
-    };
+    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -127,7 +271,7 @@ fn authorize(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Pr
             "admin-token-missing",
             "Send an admin token as `Authorization: Bearer …`; create one with `bulkhead admin token`.",
         )),
-        Some(token) if token_matches(token.trim(), &hashes()) => Ok(()),
+        Some(token) if token_matches(token.trim(), hashes.as_slice()) => Ok(()),
         Some(_) => Err(unauthorized(
             "admin-token-invalid",
             "The admin token is not valid.",

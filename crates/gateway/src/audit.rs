@@ -11,12 +11,45 @@
 //! fast a caller is refused, it adds at most two records a second per
 //! reason and function. Each refused request still has its own access-log
 //! line with its correlation ID and detail.
+//!
+//! The same folding serves the admin listener's refusals (per peer, IPv6
+//! by /64) and is there for the listener's (`listener.refused`): one
+//! [`Refusals`] folds every kind, keyed by kind, reason, function and
+//! caller.
+//!
+//! Whatever a client wrote (path, method, subject, user agent, ...) goes
+//! into a log or audit record only through [`client_text`], which caps it,
+//! so one record cannot carry kilobytes of attacker-chosen text (T09).
 
 use bulkhead_store::{AuditEvent, AuditLog, now_ms};
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use crate::caller::Caller;
+
+/// The most bytes of one client-supplied string a log or audit record
+/// keeps, the cut marker included (T09).
+pub const MAX_CLIENT_TEXT: usize = 256;
+/// Room kept for the marker `…[cut, N bytes]` (at most 36 bytes).
+const MARKER_ROOM: usize = 40;
+
+/// `text` as a log or audit record may hold it: at most
+/// [`MAX_CLIENT_TEXT`] bytes; a longer text is cut on a character boundary
+/// and ends with a marker naming its original length. Applying it twice
+/// changes nothing. The one place the gateway bounds what clients write
+/// into the record (T09).
+pub fn client_text(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_CLIENT_TEXT {
+        return Cow::Borrowed(text);
+    }
+    let mut end = MAX_CLIENT_TEXT - MARKER_ROOM;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}…[cut, {} bytes]", &text[..end], text.len()))
+}
 
 /// The audit kind for a problem slug.
 fn kind_of(slug: &str) -> &'static str {
@@ -53,8 +86,33 @@ pub struct RequestFacts<'a> {
     pub caller: Option<&'a Caller>,
 }
 
+/// One refusal as folding sees it.
+pub struct Fold<'a> {
+    /// The audit kind, like `admin.refused`.
+    pub kind: &'static str,
+    pub reason: &'static str,
+    /// The function, or empty for the listeners.
+    pub function: &'a str,
+    /// Who was refused: the key each second's window is kept for.
+    pub caller: &'a Caller,
+    /// The HTTP status answered, or 0 when none was (a dropped connection).
+    pub status: u16,
+    /// Empty when no request was read.
+    pub correlation_id: &'a str,
+}
+
+/// What an admin request refusal records.
+pub struct AdminFacts<'a> {
+    pub correlation_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct RepeatKey {
+    kind: &'static str,
     reason: &'static str,
     function: Box<str>,
     caller: Arc<str>,
@@ -75,42 +133,114 @@ pub struct Refusals {
 }
 
 impl Refusals {
+    /// A refused request of the public listener.
     pub fn record(&self, audit: &AuditLog, facts: RequestFacts<'_>) {
-        if let Some(caller) = facts.caller {
-            let mut key = RepeatKey {
-                reason: facts.reason,
-                function: facts.function.into(),
-                caller: caller.key(),
-            };
-            let second = unix_second();
-            let closed = {
-                let mut windows = self.lock();
-                if windows.len() >= MAX_WINDOWS && !windows.contains_key(&key) {
-                    key.caller = MANY_CALLERS.into();
-                }
-                match windows.get_mut(&key) {
-                    Some(window) if window.second == second => {
-                        window.folded += 1;
-                        facts
-                            .correlation_id
-                            .clone_into(&mut window.last_correlation_id);
-                        return;
-                    }
-                    Some(window) => {
-                        let fresh = Window::new(second, facts.status);
-                        Some(std::mem::replace(window, fresh))
-                    }
-                    None => {
-                        windows.insert(key.clone(), Window::new(second, facts.status));
-                        None
-                    }
-                }
-            };
-            if let Some(window) = closed.filter(|w| w.folded > 0) {
-                audit.record(summary(facts.reason, facts.function, &key.caller, &window));
-            }
+        match facts.caller {
+            Some(caller) => self.record_folded(
+                audit,
+                Fold {
+                    kind: kind_of(facts.reason),
+                    reason: facts.reason,
+                    function: facts.function,
+                    caller,
+                    status: facts.status,
+                    correlation_id: facts.correlation_id,
+                },
+                || full_record(&facts),
+            ),
+            None => audit.record(full_record(&facts)),
         }
-        audit.record(full_record(&facts));
+    }
+
+    /// A refused admin request, folded per peer (IPv6 by /64) and second.
+    pub fn record_admin(&self, audit: &AuditLog, peer: IpAddr, facts: AdminFacts<'_>) {
+        let caller = Caller::of(None, peer);
+        self.record_folded(
+            audit,
+            Fold {
+                kind: "admin.refused",
+                reason: facts.reason,
+                function: "",
+                caller: &caller,
+                status: facts.status,
+                correlation_id: facts.correlation_id,
+            },
+            || {
+                AuditEvent::new("admin.refused")
+                    .correlation_id(facts.correlation_id)
+                    .detail("reason", facts.reason)
+                    .detail("status", facts.status)
+                    .detail("method", client_text(facts.method))
+                    .detail("path", client_text(facts.path))
+                    .detail("caller", caller.key().as_ref())
+            },
+        );
+    }
+
+    /// A connection the listener refused before reading a request, folded
+    /// per peer (IPv6 by /64) and second, like [`Self::record_admin`].
+    pub fn record_listener(&self, audit: &AuditLog, peer: IpAddr, reason: &'static str) {
+        let caller = Caller::of(None, peer);
+        self.record_folded(
+            audit,
+            Fold {
+                kind: "listener.refused",
+                reason,
+                function: "",
+                caller: &caller,
+                status: 0,
+                correlation_id: "",
+            },
+            || {
+                AuditEvent::new("listener.refused")
+                    .detail("peer", peer.to_string())
+                    .detail("reason", reason)
+            },
+        );
+    }
+
+    /// Record `full()` if it is the first refusal of its kind, reason,
+    /// function and caller this second; otherwise only count it. A window
+    /// of an earlier second is recorded as it closes.
+    pub fn record_folded(
+        &self,
+        audit: &AuditLog,
+        fold: Fold<'_>,
+        full: impl FnOnce() -> AuditEvent,
+    ) {
+        let mut key = RepeatKey {
+            kind: fold.kind,
+            reason: fold.reason,
+            function: fold.function.into(),
+            caller: fold.caller.key(),
+        };
+        let second = unix_second();
+        let closed = {
+            let mut windows = self.lock();
+            if windows.len() >= MAX_WINDOWS && !windows.contains_key(&key) {
+                key.caller = MANY_CALLERS.into();
+            }
+            match windows.get_mut(&key) {
+                Some(window) if window.second == second => {
+                    window.folded += 1;
+                    fold.correlation_id
+                        .clone_into(&mut window.last_correlation_id);
+                    return;
+                }
+                Some(window) => {
+                    let fresh = Window::new(second, fold.status);
+                    Some(std::mem::replace(window, fresh))
+                }
+                None => {
+                    windows.insert(key.clone(), Window::new(second, fold.status));
+                    None
+                }
+            }
+        };
+        if let Some(window) = closed.filter(|w| w.folded > 0) {
+            audit.record(summary(&key, &window));
+        }
+        audit.record(full());
     }
 
     /// Record the folded count of every window before this second (or of
@@ -128,7 +258,7 @@ impl Refusals {
             closed
         };
         for (key, window) in closed.iter().filter(|(_, w)| w.folded > 0) {
-            audit.record(summary(key.reason, &key.function, &key.caller, window));
+            audit.record(summary(key, window));
         }
     }
 
@@ -156,27 +286,34 @@ fn full_record(facts: &RequestFacts<'_>) -> AuditEvent {
         .function(facts.function)
         .detail("reason", facts.reason)
         .detail("status", facts.status)
-        .detail("method", facts.method)
-        .detail("path", facts.path);
+        .detail("method", client_text(facts.method))
+        .detail("path", client_text(facts.path));
     if !facts.subject.is_empty() {
-        event = event.subject(facts.subject);
+        event = event.subject(client_text(facts.subject));
     }
     if !facts.detail.is_empty() {
-        event = event.detail("detail", facts.detail);
+        event = event.detail("detail", client_text(facts.detail));
     }
     event
 }
 
 /// The refusals folded into one second's window, after its first.
-fn summary(reason: &str, function: &str, caller: &str, window: &Window) -> AuditEvent {
-    let mut event = AuditEvent::new(kind_of(reason))
-        .function(function)
-        .detail("reason", reason)
-        .detail("status", window.status)
-        .detail("caller", caller)
+fn summary(key: &RepeatKey, window: &Window) -> AuditEvent {
+    let caller = client_text(&key.caller);
+    let mut event = AuditEvent::new(key.kind)
+        .detail("reason", key.reason)
+        .detail("caller", caller.as_ref())
         .detail("repeated", window.folded)
-        .detail("second", window.second)
-        .detail("last_correlation_id", window.last_correlation_id.as_str());
+        .detail("second", window.second);
+    if !key.function.is_empty() {
+        event = event.function(&*key.function);
+    }
+    if window.status != 0 {
+        event = event.detail("status", window.status);
+    }
+    if !window.last_correlation_id.is_empty() {
+        event = event.detail("last_correlation_id", window.last_correlation_id.as_str());
+    }
     if let Some(subject) = caller.strip_prefix("sub:") {
         event = event.subject(subject);
     }
@@ -185,15 +322,6 @@ fn summary(reason: &str, function: &str, caller: &str, window: &Window) -> Audit
 
 fn unix_second() -> u64 {
     u64::try_from(now_ms() / 1000).unwrap_or(0)
-}
-
-/// A connection refused before any request could be read.
-pub fn listener_refusal(audit: &AuditLog, peer: &str, reason: &str) {
-    audit.record(
-        AuditEvent::new("listener.refused")
-            .detail("peer", peer)
-            .detail("reason", reason),
-    );
 }
 
 #[cfg(test)]
@@ -263,6 +391,88 @@ mod tests {
             "{full} full records in {seconds} s"
         );
         assert!(records.iter().any(|r| r.detail["caller"] == MANY_CALLERS));
+    }
+
+    #[test]
+    fn client_text_is_cut_on_a_char_boundary_with_a_marker_t09() {
+        assert_eq!(client_text("/short"), "/short");
+        let exact = "a".repeat(MAX_CLIENT_TEXT);
+        assert_eq!(client_text(&exact), exact.as_str());
+        // A two-byte character straddles the cut: it is dropped whole.
+        let keep = MAX_CLIENT_TEXT - MARKER_ROOM;
+        let long = format!("{}é{}", "a".repeat(keep - 1), "b".repeat(8000));
+        let cut = client_text(&long);
+        assert_eq!(
+            cut,
+            format!("{}…[cut, {} bytes]", "a".repeat(keep - 1), long.len())
+        );
+        assert!(cut.len() <= MAX_CLIENT_TEXT);
+        assert_eq!(client_text(&cut), cut, "cutting twice changes nothing");
+        let huge = "x".repeat(1 << 20);
+        assert!(client_text(&huge).len() <= MAX_CLIENT_TEXT);
+    }
+
+    /// T09: admin and listener refusals fold per peer (IPv6 by /64) and
+    /// second like request refusals; every refusal is counted and no
+    /// record carries more than the cap of the client's path.
+    #[test]
+    fn admin_and_listener_refusals_fold_per_peer_t09() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let audit = AuditLog::start(&store).unwrap();
+        let refusals = Refusals::default();
+        let path = format!("/{}", "A".repeat(8192));
+        let peers: [IpAddr; 3] = [
+            "2001:db8:1:2::1".parse().unwrap(),
+            "2001:db8:1:2::ffff".parse().unwrap(),
+            "192.0.2.7".parse().unwrap(),
+        ];
+        for _ in 0..500 {
+            for peer in peers {
+                refusals.record_admin(
+                    &audit,
+                    peer,
+                    AdminFacts {
+                        correlation_id: "0af7651916cd43dd8448eb211c80319c",
+                        method: "GET",
+                        path: &path,
+                        status: 401,
+                        reason: "admin-token-missing",
+                    },
+                );
+                refusals.record_listener(&audit, peer, "header-timeout");
+            }
+        }
+        refusals.flush(&audit, true);
+        audit.flush();
+        for kind in ["admin.refused", "listener.refused"] {
+            let records = store
+                .query_audit(&AuditQuery {
+                    kind: Some(kind.into()),
+                    ..AuditQuery::default()
+                })
+                .unwrap();
+            let full = records
+                .iter()
+                .filter(|r| r.detail["repeated"].is_null())
+                .count() as u64;
+            let folded: u64 = records
+                .iter()
+                .filter_map(|r| r.detail["repeated"].as_u64())
+                .sum();
+            assert_eq!(full + folded, 1500, "{kind}");
+            // Two callers (one /64, one IPv4): a few records, not 1500.
+            assert!(records.len() <= 2 * 2 * 3, "{kind}: {}", records.len());
+            assert!(
+                records
+                    .iter()
+                    .any(|r| r.detail["caller"] == "ip:2001:db8:1:2::"),
+                "{kind}"
+            );
+            for record in &records {
+                assert!(record.detail.to_string().len() < 1024, "{kind}");
+            }
+        }
     }
 
     #[test]

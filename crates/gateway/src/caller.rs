@@ -13,8 +13,9 @@ use http::HeaderMap;
 
 use crate::authn::Identity;
 
-/// A caller key: `sub:SUBJECT` or `ip:ADDRESS` (IPv6 by its /64, since one
-/// host commonly holds a whole /64).
+/// A caller key: `sub:PRINCIPAL` (the subject qualified by credential kind
+/// and issuer, [`crate::authn::principal`], T13) or `ip:ADDRESS` (IPv6 by
+/// its /64, since one host commonly holds a whole /64).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Caller(Arc<str>);
 
@@ -22,7 +23,7 @@ impl Caller {
     /// `client` is the client's address from [`client_address`].
     pub fn of(identity: Option<&Identity>, client: IpAddr) -> Self {
         match identity {
-            Some(identity) => Self(format!("sub:{}", identity.subject).into()),
+            Some(identity) => Self(format!("sub:{}", identity.principal).into()),
             None => Self(format!("ip:{}", network_of(client)).into()),
         }
     }
@@ -186,6 +187,53 @@ mod tests {
         assert_eq!(client_address(peer, &forwarded, &trusted), peer);
         let garbage = headers(&[("x-forwarded-for", "not-an-address")]);
         assert_eq!(client_address(peer, &garbage, &trusted), peer);
+    }
+
+    #[test]
+    fn subjects_are_keyed_by_kind_and_issuer_t13() {
+        use bulkhead_manifest::CredentialKind as Kind;
+
+        use crate::authn::principal;
+        let key = principal(Kind::ApiKey, None, "ci-bot");
+        let session = principal(Kind::Session, None, "ci-bot");
+        let jwt = principal(Kind::Jwt, Some("https://id.example.org"), "ci-bot");
+        assert_eq!(key, "api-key:ci-bot");
+        assert_eq!(session, "session:ci-bot");
+        assert_eq!(jwt, "jwt:https%3A//id.example.org:ci-bot");
+        // The issuer ends at the first `:`: no issuer and subject pair can
+        // spell another's principal.
+        assert_ne!(
+            principal(Kind::Jwt, Some("a:b"), "c"),
+            principal(Kind::Jwt, Some("a"), "b:c")
+        );
+        assert_ne!(
+            principal(Kind::Jwt, Some("a%3Ab"), "c"),
+            principal(Kind::Jwt, Some("a:b"), "c")
+        );
+        let client: IpAddr = "192.0.2.1".parse().unwrap();
+        let caller = |kind, issuer: Option<&str>| {
+            Caller::of(
+                Some(&Identity {
+                    subject: "ci-bot".into(),
+                    issuer: issuer.map(String::from),
+                    principal: principal(kind, issuer, "ci-bot"),
+                    scopes: vec![],
+                    kind,
+                }),
+                client,
+            )
+        };
+        let callers = [
+            caller(Kind::ApiKey, None),
+            caller(Kind::Session, None),
+            caller(Kind::Jwt, Some("https://a.example")),
+            caller(Kind::Jwt, Some("https://b.example")),
+        ];
+        for (i, a) in callers.iter().enumerate() {
+            for b in &callers[i + 1..] {
+                assert_ne!(a, b, "one rate limit and budget per kind and issuer");
+            }
+        }
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Gateway {
 
 pub(crate) struct Shared {
     limits: AppLimits,
+    /// `[app] hostnames`, canonical; `None` for any host (T10).
+    hostnames: Option<Vec<String>>,
     router: Router,
     app_gate: Arc<Gate>,
     /// Per-caller rate limit across the app (T02, T03).
@@ -130,6 +132,7 @@ impl Gateway {
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: app.limits.clone(),
+                hostnames: app.hostnames.clone(),
                 router,
                 app_gate: Gate::new(
                     app.limits.max_concurrent_requests,

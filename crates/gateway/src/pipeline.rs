@@ -54,9 +54,10 @@ pub(crate) async fn handle(
     if spans.is_some() {
         trace.mark_sampled();
     }
-    let method = request.method().as_str().to_string();
+    // What the client wrote goes into the record capped (T09).
+    let method = audit::client_text(request.method().as_str()).into_owned();
     let span_method = method_name(request.method());
-    let path = request.uri().path().to_string();
+    let path = audit::client_text(request.uri().path()).into_owned();
     let mut outcome = Outcome {
         slot: None,
         subject: None,
@@ -78,7 +79,8 @@ pub(crate) async fn handle(
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let function = outcome.slot.map_or("", |slot| slot.function.name());
-    let subject = outcome.subject.as_deref().unwrap_or("");
+    let subject = audit::client_text(outcome.subject.as_deref().unwrap_or(""));
+    let subject = subject.as_ref();
     let correlation_id = trace.correlation_id();
     shared
         .metrics
@@ -108,7 +110,8 @@ pub(crate) async fn handle(
             "request"
         ),
         Some(reason) => {
-            let detail = outcome.detail.as_deref().unwrap_or("");
+            let detail = audit::client_text(outcome.detail.as_deref().unwrap_or(""));
+            let detail = detail.as_ref();
             warn!(
                 target: "bulkhead::access",
                 correlation_id,
@@ -154,6 +157,16 @@ async fn pipeline<'s>(
     let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
     outcome.caller = Some(Caller::of(None, client));
 
+    // One valid Host, agreeing with an absolute-form target, one of
+    // `[app] hostnames` if set (T10, RFC 9112 §3.2).
+    validate::check_host(
+        request.version(),
+        request.uri(),
+        request.headers(),
+        shared.hostnames.as_deref(),
+    )
+    .map_err(|r| refuse(r, outcome))?;
+
     // Decode the path once and refuse what is ambiguous, before routing (T10).
     let decoded = validate::decode_path(request.uri().path())
         .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
@@ -193,7 +206,8 @@ async fn pipeline<'s>(
             outcome.subject = refusal.subject;
             *refusal.problem
         })?;
-    outcome.subject = identity.as_ref().map(|i| i.subject.clone());
+    // Records name the qualified subject: `api-key:S`, `jwt:ISSUER:S` (T13).
+    outcome.subject = identity.as_ref().map(|i| i.principal.clone());
 
     // Rate limits per caller, app-wide then this function's (T02, T03).
     let caller = match (&identity, outcome.caller.take()) {
@@ -374,8 +388,9 @@ async fn pipeline<'s>(
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
         outbound_bytes: Arc::default(),
-        // The verified identity: subject-scoped stores confine the call to it (T13).
-        subject: identity.as_ref().map(|i| i.subject.clone()),
+        // The verified identity, qualified by credential kind and issuer:
+        // subject-scoped stores confine the call to it (T13).
+        subject: identity.as_ref().map(|i| i.principal.clone()),
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(
@@ -434,10 +449,18 @@ fn guest_request(
     identity: Option<&Identity>,
     rules: &Rules,
 ) -> Result<Request<Bytes>, Problem> {
+    // The host `validate::check_host` accepted: an absolute-form target's
+    // (which agrees with `Host`), else `Host`, else (HTTP/1.0) `localhost`.
     let authority = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .filter(|h| h.parse::<http::uri::Authority>().is_ok())
         .unwrap_or("localhost")
         .to_string();
@@ -480,14 +503,18 @@ fn guest_request(
     if let Ok(value) = HeaderValue::from_str(trace.correlation_id()) {
         headers.insert(CORRELATION_HEADER, value);
     }
-    // The verified identity, in headers only the gateway can set (T11, T13).
+    // The verified identity, in headers only the gateway can set (T11, T13):
+    // the subject as its credential names it, so functions stay portable;
+    // credential kind and issuer make it unambiguous.
     if let Some(identity) = identity {
+        let scopes = identity.scopes.join(" ");
         for (name, value) in [
-            ("bulkhead-subject", identity.subject.clone()),
-            ("bulkhead-scopes", identity.scopes.join(" ")),
-            ("bulkhead-credential", identity.kind.as_str().to_string()),
+            ("bulkhead-subject", Some(identity.subject.as_str())),
+            ("bulkhead-scopes", Some(scopes.as_str())),
+            ("bulkhead-credential", Some(identity.kind.as_str())),
+            ("bulkhead-issuer", identity.issuer.as_deref()),
         ] {
-            if let Ok(value) = HeaderValue::from_str(&value) {
+            if let Some(Ok(value)) = value.map(HeaderValue::from_str) {
                 headers.insert(name, value);
             }
         }

@@ -1,23 +1,29 @@
-//! Listener stage (T01): bounded connections, bounded request heads, a
+//! Listener stage (T01): bounded connections (in all, and per client
+//! address, so one address cannot take them all), bounded request heads, a
 //! deadline on reading headers (slowloris; it also closes idle keep-alive
 //! connections), graceful shutdown that lets requests under way finish.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::StatusCode;
 use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
-use crate::{Gateway, Shared, audit, pipeline};
+use crate::caller::network_of;
+use crate::correlation::{CORRELATION_HEADER, TraceContext};
+use crate::problem::Problem;
+use crate::{Gateway, Shared, pipeline};
 
 /// How long shutdown waits for requests under way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -31,6 +37,10 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let limits = self.shared.limits.clone();
         let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let per_address = PerAddress::new(
+            limits.max_connections_per_address,
+            limits.max_connections_per_address < limits.max_connections,
+        );
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -72,11 +82,23 @@ impl Gateway {
                 },
                 () = &mut shutdown => break,
             };
+            // One address may not take every connection (T01): its share is
+            // checked first, so a flood from it never takes a global place.
+            // A trusted proxy carries many clients; only the total caps it.
+            let address_slot =
+                if !per_address.binds || self.shared.limits.trusted_proxies.contains(peer.ip()) {
+                    None
+                } else {
+                    match per_address.take(peer.ip()) {
+                        Some(slot) => Some(slot),
+                        None => {
+                            refuse(&self.shared, stream, peer, "address-connection-limit");
+                            continue;
+                        }
+                    }
+                };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
-                warn!(target: "bulkhead::listener", peer = %peer, reason = "connection-limit", "connection refused");
-                self.shared.metrics.refuse("connection-limit");
-                audit::listener_refusal(&self.shared.audit, &peer.to_string(), "connection-limit");
-                drop(stream);
+                refuse(&self.shared, stream, peer, "connection-limit");
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -96,6 +118,7 @@ impl Gateway {
                     log_connection_error(&shared, peer, &e);
                 }
                 drop(permit);
+                drop(address_slot);
             });
         }
 
@@ -118,6 +141,113 @@ impl Gateway {
     }
 }
 
+/// Open connections per client network (IPv6 by /64, as callers are
+/// keyed): a count, not a rate. Only networks with a connection open are
+/// held, so it is bounded by `max_connections`.
+struct PerAddress {
+    cap: u32,
+    /// False when the cap is the total: the total alone then decides.
+    binds: bool,
+    open: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// One connection's place in its network's share; given back on drop.
+struct AddressSlot {
+    table: Arc<PerAddress>,
+    network: IpAddr,
+}
+
+impl PerAddress {
+    fn new(cap: u32, binds: bool) -> Arc<Self> {
+        Arc::new(Self {
+            cap,
+            binds,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more connection from `peer`, unless its network
+    /// already holds its share.
+    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+        let network = network_of(peer);
+        let mut open = self.lock();
+        let count = open.entry(network).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            table: self.clone(),
+            network,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.lock();
+        if let Some(count) = open.get_mut(&self.network) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.network);
+            }
+        }
+    }
+}
+
+/// Refuse a connection before reading anything from it: a best-effort 429
+/// (one non-blocking write; there is no request yet, so nothing else can
+/// be answered), then close. Logged with its correlation ID, metered, and
+/// audited folded per peer network and second (T01, T09).
+fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
+    let trace = TraceContext::from_headers(&http::HeaderMap::new());
+    let correlation_id = trace.correlation_id();
+    warn!(target: "bulkhead::listener", peer = %peer, reason, correlation_id, "connection refused");
+    shared.metrics.refuse(reason);
+    shared
+        .refusals
+        .record_listener(&shared.audit, peer.ip(), reason);
+    let _ = stream.try_write(&refusal_response(reason, correlation_id));
+    // Read what the client already sent, so closing does not reset the
+    // connection before it reads the answer; never wait for more.
+    let mut sink = [0u8; 4096];
+    let _ = stream.try_read(&mut sink);
+    drop(stream);
+}
+
+/// The 429 for a refused connection, as bytes on the wire.
+fn refusal_response(reason: &str, correlation_id: &str) -> Vec<u8> {
+    let detail = if reason == "address-connection-limit" {
+        "Your address has too many connections open; close one before opening another."
+    } else {
+        "The server has too many connections open; try again shortly."
+    };
+    let response = Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too-many-connections",
+        "Too many connections",
+        detail,
+    )
+    .retry_after(1)
+    .close_connection()
+    .into_response(correlation_id);
+    let mut out = b"HTTP/1.1 429 Too Many Requests\r\n".to_vec();
+    for (name, value) in response.headers() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("{CORRELATION_HEADER}: {correlation_id}\r\n").as_bytes());
+    out.extend_from_slice(format!("content-length: {}\r\n\r\n", response.body().len()).as_bytes());
+    out.extend_from_slice(response.body());
+    out
+}
+
 /// Malformed framing, oversized heads and slow clients end here: the HTTP
 /// parser has already answered (400/431) or closed the connection.
 fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error) {
@@ -137,6 +267,8 @@ fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error)
     } else {
         warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, "connection refused");
         shared.metrics.refuse(reason);
-        audit::listener_refusal(&shared.audit, &peer.to_string(), reason);
+        shared
+            .refusals
+            .record_listener(&shared.audit, peer.ip(), reason);
     }
 }

@@ -103,6 +103,10 @@ pub mod defaults {
     pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
     /// Failed authentications per client address per minute before back-off (T03).
     pub const FAILED_ATTEMPTS_PER_MINUTE: u32 = 10;
+    /// One back-off strike is forgiven per this much time (T03): as long
+    /// as the longest penalty, so a guesser who keeps the address at its
+    /// longest back-off must still fail again every time it ends.
+    pub const BACKOFF_DECAY: Duration = Duration::from_secs(15 * 60);
 }
 
 /// From `[auth.jwt]` as written to [`JwtSettings`], collecting problems.

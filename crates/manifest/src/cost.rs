@@ -26,6 +26,9 @@ pub(crate) struct RawBudget {
     pub per_caller_requests_per_day: Option<Spanned<u64>>,
     pub gb_seconds_per_day: Option<Spanned<f64>>,
     pub per_caller_gb_seconds_per_day: Option<Spanned<f64>>,
+    /// Each caller's share of every daily limit that has no per-caller
+    /// value of its own, from 0 (exclusive) to 1 (T04).
+    pub per_caller_share: Option<Spanned<f64>>,
 }
 
 /// List prices; the defaults are a mainstream FaaS's public x86 prices.
@@ -91,6 +94,36 @@ pub mod defaults {
     /// App-wide spend per day unless `[limits] budget` says otherwise: a
     /// flood cannot run up more than this before it is refused (T04).
     pub const APP_PER_DAY: f64 = 10.0;
+    /// Each caller may use at most this share of each app-wide daily limit
+    /// that has no per-caller value (T04): one anonymous caller spending
+    /// the whole app budget would be a denial of service for everyone
+    /// until midnight, so it takes at least ten callers to do that.
+    pub const APP_PER_CALLER_SHARE: f64 = 0.10;
+}
+
+impl Budget {
+    /// Give each caller `share` of every total limit that has no per-caller
+    /// limit of its own (at least one request a day).
+    pub fn share_per_caller(&mut self, share: f64) {
+        let per_caller = &mut self.per_caller;
+        let total = &self.total;
+        if per_caller.money.is_none() {
+            per_caller.money = total.money.map(|m| round6(m * share));
+        }
+        if per_caller.gb_seconds.is_none() {
+            per_caller.gb_seconds = total.gb_seconds.map(|g| round6(g * share));
+        }
+        if per_caller.requests.is_none() {
+            per_caller.requests = total
+                .requests
+                .map(|r| ((r as f64 * share).floor() as u64).max(1));
+        }
+    }
+}
+
+/// To a millionth: a share of 3 USD is 0.3 USD, not 0.30000000000000004.
+fn round6(value: f64) -> f64 {
+    (value * 1e6).round() / 1e6
 }
 
 /// `"0.20 USD"` -> (0.20, "USD").
@@ -148,11 +181,14 @@ pub(crate) fn resolve_pricing(out: &mut Collector<'_>, raw: &RawPricing) -> Pric
     pricing
 }
 
+/// `default_share` is each caller's share of the totals unless
+/// `per_caller_share` says otherwise; `None`: no per-caller default.
 pub(crate) fn resolve_budget(
     out: &mut Collector<'_>,
     what: &str,
     raw: &RawBudget,
     pricing: &Pricing,
+    default_share: Option<f64>,
 ) -> Budget {
     let mut money = |key: &str, value: &Option<Spanned<String>>| -> Option<f64> {
         let value = value.as_ref()?;
@@ -194,7 +230,22 @@ pub(crate) fn resolve_budget(
         "per_caller_gb_seconds_per_day",
         &raw.per_caller_gb_seconds_per_day,
     );
-    Budget {
+    let share = match &raw.per_caller_share {
+        Some(v) => {
+            let share = *v.get_ref();
+            if share.is_finite() && share > 0.0 && share <= 1.0 {
+                Some(share)
+            } else {
+                out.at(
+                    Some(v.span()),
+                    format!("{what}: `budget.per_caller_share` is a share of each daily limit: a number above 0 and at most 1, like 0.1"),
+                );
+                default_share
+            }
+        }
+        None => default_share,
+    };
+    let mut budget = Budget {
         total: Limits {
             money: total_money,
             requests: raw.requests_per_day.as_ref().map(|v| *v.get_ref()),
@@ -208,7 +259,11 @@ pub(crate) fn resolve_budget(
                 .map(|v| *v.get_ref()),
             gb_seconds: caller_gb,
         },
+    };
+    if let Some(share) = share {
+        budget.share_per_caller(share);
     }
+    budget
 }
 
 #[cfg(test)]
@@ -223,6 +278,54 @@ mod tests {
         assert!(parse_money("5 dollars").is_err());
         assert!(parse_money("-1 USD").is_err());
         assert!(parse_money("NaN USD").is_err());
+    }
+
+    fn app(extra: &str) -> Result<crate::App, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let manifest = format!(
+            "[app]\nname = \"t\"\n\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/f\"\nauth = \"public\"\n{extra}"
+        );
+        crate::parse(
+            dir.path(),
+            &dir.path().join("bulkhead.toml"),
+            &manifest,
+            "dev",
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// T04: each caller gets a tenth of every app-wide limit that has no
+    /// per-caller value; a function's budget has no default share.
+    #[test]
+    fn callers_get_a_share_of_the_app_budget_t04() {
+        let default = app("").unwrap().budget;
+        assert_eq!(default.total.money, Some(10.0));
+        assert_eq!(default.per_caller.money, Some(1.0));
+
+        let set = app(
+            "[limits]\nbudget = { per_day = \"3 USD\", requests_per_day = 15, per_caller_gb_seconds_per_day = 2.0, gb_seconds_per_day = 100.0 }\n",
+        )
+        .unwrap()
+        .budget;
+        assert_eq!(set.per_caller.money, Some(0.3));
+        assert_eq!(set.per_caller.requests, Some(1));
+        assert_eq!(set.per_caller.gb_seconds, Some(2.0));
+
+        let own = app("[limits]\nbudget = { per_day = \"5 USD\", per_caller_share = 1 }\n")
+            .unwrap()
+            .budget;
+        assert_eq!(own.per_caller.money, Some(5.0));
+        for bad in ["0", "1.5", "-0.1"] {
+            let err = app(&format!(
+                "[limits]\nbudget = {{ per_day = \"5 USD\", per_caller_share = {bad} }}\n"
+            ))
+            .unwrap_err();
+            assert!(err.contains("per_caller_share"), "{err}");
+        }
+
+        let function = app("budget = { per_day = \"5 USD\" }\n").unwrap();
+        assert_eq!(function.functions[0].budget.per_caller.money, None);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod cost;
 pub mod grants;
+pub mod hosts;
 pub mod input;
 mod problem;
 mod raw;
@@ -50,6 +51,8 @@ pub struct App {
     pub jwt: Option<JwtSettings>,
     /// Failed authentications per client address per minute before back-off.
     pub failed_auth_per_minute: u32,
+    /// One failed-authentication strike is forgiven per this much time (T03).
+    pub auth_backoff_decay: Duration,
     pub functions: Vec<Function>,
     /// Trace export, when `[telemetry]` names an endpoint.
     pub telemetry: Option<Telemetry>,
@@ -66,6 +69,9 @@ pub struct App {
     pub config: std::collections::BTreeMap<String, String>,
     /// `[app] strict_imports`: the default of every function's (T18).
     pub strict_imports: bool,
+    /// `[app] hostnames`, canonical ([`hosts::canonical_host`]): the only
+    /// hosts a request may name; `None` accepts any well-formed host (T10).
+    pub hostnames: Option<Vec<String>>,
 }
 
 impl App {
@@ -114,6 +120,10 @@ pub struct AppLimits {
     pub max_instances: u32,
     /// Open client connections at once.
     pub max_connections: u32,
+    /// Open connections at once from one client address (IPv6: one /64),
+    /// so one address cannot take every connection (T01). Connections from
+    /// a trusted proxy are not capped by it: they carry many clients.
+    pub max_connections_per_address: u32,
     /// Time a client has to send a request's headers (slowloris); also how
     /// long an idle keep-alive connection waits for its next request.
     pub header_read_timeout: Duration,
@@ -211,6 +221,21 @@ pub mod defaults {
     pub const MAX_RESPONSE_BODY: ByteSize = ByteSize::mib(6);
     pub const MAX_OUTBOUND_BYTES: ByteSize = ByteSize::mib(16);
     pub const METHODS: &[&str] = &["GET"];
+
+    /// Connections one client address may hold (T01): a sixteenth of
+    /// `max_connections` (64 of the default 1024), at least 8. Enough for
+    /// a NAT'd office of browsers (about 6 connections each) or a client's
+    /// connection pool, yet one address alone holds at most 1/16 of the
+    /// listener; it takes 16 addresses to fill it instead of one.
+    pub const fn connections_per_address(max_connections: u32) -> u32 {
+        let share = max_connections / 16;
+        let floor = if share > 8 { share } else { 8 };
+        if floor < max_connections {
+            floor
+        } else {
+            max_connections
+        }
+    }
 }
 
 /// Read and validate `APP_DIR/bulkhead.toml` for environment `env`.

@@ -80,6 +80,8 @@ pub(crate) struct RawSqlGrantTable {
 pub(crate) struct RawAuth {
     pub jwt: Option<Spanned<RawJwt>>,
     pub failed_attempts_per_minute: Option<Spanned<u32>>,
+    /// One back-off strike is forgiven per this much time (T03).
+    pub backoff_decay: Option<Spanned<Duration>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +113,8 @@ pub(crate) struct RawApp {
     pub name: Spanned<String>,
     /// Refuse components importing a capability they were not granted (T18).
     pub strict_imports: Option<bool>,
+    /// The host names requests may name in `Host` (T10); any when unset.
+    pub hostnames: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[limits]`: app-wide bounds and the defaults every function inherits.
@@ -125,6 +129,7 @@ pub(crate) struct RawLimits {
     pub max_instances: Option<Spanned<u32>>,
     // Listener hygiene (T01: slowloris, oversized requests).
     pub max_connections: Option<Spanned<u32>>,
+    pub max_connections_per_address: Option<Spanned<u32>>,
     pub header_read_timeout: Option<Duration>,
     pub body_read_timeout: Option<Duration>,
     pub max_header_bytes: Option<Spanned<ByteSize>>,
@@ -150,6 +155,7 @@ overlaid!(RawLimits {
     max_outstanding_per_caller,
     max_instances,
     max_connections,
+    max_connections_per_address,
     header_read_timeout,
     body_read_timeout,
     max_header_bytes,

@@ -62,14 +62,24 @@ pub(crate) fn resolve(
     let pricing = crate::cost::resolve_pricing(&mut out, &raw.pricing);
     let throttle = crate::traffic::resolve_throttle(&mut out, limits.dynamic_throttle.as_ref());
     let mut budget = match &limits.budget {
-        Some(raw) => crate::cost::resolve_budget(&mut out, "`[limits]`", raw.get_ref(), &pricing),
-        None => crate::cost::Budget {
-            total: crate::cost::Limits {
-                money: Some(crate::cost::defaults::APP_PER_DAY),
+        Some(raw) => crate::cost::resolve_budget(
+            &mut out,
+            "`[limits]`",
+            raw.get_ref(),
+            &pricing,
+            Some(crate::cost::defaults::APP_PER_CALLER_SHARE),
+        ),
+        None => {
+            let mut budget = crate::cost::Budget {
+                total: crate::cost::Limits {
+                    money: Some(crate::cost::defaults::APP_PER_DAY),
+                    ..Default::default()
+                },
                 ..Default::default()
-            },
-            ..Default::default()
-        },
+            };
+            budget.share_per_caller(crate::cost::defaults::APP_PER_CALLER_SHARE);
+            budget
+        }
     };
     let jwt = raw
         .auth
@@ -83,11 +93,22 @@ pub(crate) fn resolve(
         raw.auth.failed_attempts_per_minute.as_ref(),
         crate::auth::defaults::FAILED_ATTEMPTS_PER_MINUTE,
     );
+    let auth_backoff_decay = raw
+        .auth
+        .backoff_decay
+        .as_ref()
+        .map_or(crate::auth::defaults::BACKOFF_DECAY, |d| *d.get_ref());
     let telemetry = match overlay {
         Some(overlay) => raw.telemetry.overlaid(&overlay.telemetry),
         None => raw.telemetry.clone(),
     };
     let telemetry = crate::telemetry::resolve(&mut out, raw.app.name.get_ref(), &telemetry);
+
+    let hostnames = raw
+        .app
+        .hostnames
+        .as_ref()
+        .map(|list| hostnames(&mut out, list));
 
     let stores = crate::stores::resolve_stores(&mut out, app_dir, &raw.store);
     let config = crate::stores::resolve_config(&mut out, &raw.config);
@@ -158,6 +179,7 @@ pub(crate) fn resolve(
         limits: app_limits,
         jwt,
         failed_auth_per_minute,
+        auth_backoff_decay,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
         telemetry,
         throttle,
@@ -166,7 +188,34 @@ pub(crate) fn resolve(
         stores,
         config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
+        hostnames,
     })
+}
+
+/// `[app] hostnames`: host names or IP addresses as a client writes them
+/// in `Host`, without port; kept in canonical form (T10).
+fn hostnames(out: &mut Collector<'_>, list: &Spanned<Vec<Spanned<String>>>) -> Vec<String> {
+    if list.get_ref().is_empty() {
+        out.at(
+            Some(list.span()),
+            "`hostnames` is empty, so no request could be served; list the names clients use, like [\"api.example.com\"], or remove the key to accept any",
+        );
+    }
+    let mut names = Vec::new();
+    for entry in list.get_ref() {
+        match crate::hosts::canonical_host(entry.get_ref()) {
+            Some(name) if !names.contains(&name) => names.push(name),
+            Some(_) => {}
+            None => out.at(
+                Some(entry.span()),
+                format!(
+                    "`{}` is not a host name; write a name like `api.example.com`, an IPv4 address or an IPv6 address in brackets like `[::1]`, without port, scheme or trailing dot",
+                    entry.get_ref()
+                ),
+            ),
+        }
+    }
+    names
 }
 
 fn check_name(out: &mut Collector<'_>, what: &str, name: &Spanned<String>) {
@@ -255,6 +304,12 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             format!("`max_header_bytes` must be at least {MIN_HEADER_BYTES}"),
         );
     }
+    let max_connections = positive(
+        out,
+        "max_connections",
+        raw.max_connections.as_ref(),
+        defaults::MAX_CONNECTIONS,
+    );
     let rate_limit = match &raw.rate_limit {
         Some(r) => crate::traffic::resolve_rate_limit(out, "`[limits] rate_limit`", r.get_ref()),
         None => Some(crate::traffic::defaults::RATE_LIMIT),
@@ -276,12 +331,8 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             raw.max_instances.as_ref(),
             defaults::MAX_INSTANCES,
         ),
-        max_connections: positive(
-            out,
-            "max_connections",
-            raw.max_connections.as_ref(),
-            defaults::MAX_CONNECTIONS,
-        ),
+        max_connections,
+        max_connections_per_address: per_address(out, raw, max_connections),
         header_read_timeout: raw
             .header_read_timeout
             .unwrap_or(defaults::HEADER_READ_TIMEOUT),
@@ -294,6 +345,29 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             defaults::MAX_HEADERS,
         ),
     }
+}
+
+/// `max_connections_per_address`, at most `max_connections`; by default a
+/// small share of it (T01): see [`defaults::connections_per_address`].
+fn per_address(out: &mut Collector<'_>, raw: &RawLimits, max_connections: u32) -> u32 {
+    let default = defaults::connections_per_address(max_connections);
+    let value = positive(
+        out,
+        "max_connections_per_address",
+        raw.max_connections_per_address.as_ref(),
+        default,
+    );
+    if value > max_connections {
+        let span = raw.max_connections_per_address.as_ref().map(Spanned::span);
+        out.at(
+            span,
+            format!(
+                "`max_connections_per_address` ({value}) cannot be above `max_connections` ({max_connections})"
+            ),
+        );
+        return default;
+    }
+    value
 }
 
 /// A function's value, else the app-wide `[limits]` default, else the built-in one.
@@ -425,7 +499,7 @@ fn function(
     let budget = f
         .budget
         .as_ref()
-        .map(|b| crate::cost::resolve_budget(out, &what, b.get_ref(), shared.pricing))
+        .map(|b| crate::cost::resolve_budget(out, &what, b.get_ref(), shared.pricing, None))
         .unwrap_or_default();
 
     // A function's admission bounds default to, and may not exceed, the app's.

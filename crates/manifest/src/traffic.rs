@@ -300,6 +300,57 @@ mod tests {
         assert!(parse_limits("max_outstanding_per_caller = 0", "").is_err());
     }
 
+    /// A manifest with one public function and `extra` after it.
+    fn app(extra: &str) -> Result<crate::App, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let manifest = format!(
+            "[app]\nname = \"t\"\n\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/f\"\nauth = \"public\"\n\n{extra}"
+        );
+        crate::parse(
+            dir.path(),
+            &dir.path().join("bulkhead.toml"),
+            &manifest,
+            "dev",
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    /// T01: one address gets a small share of the connections by default.
+    #[test]
+    fn connections_per_address_default_to_a_share_t01() {
+        assert_eq!(app("").unwrap().limits.max_connections_per_address, 64);
+        let small = app("[limits]\nmax_connections = 100\n").unwrap();
+        assert_eq!(small.limits.max_connections_per_address, 8);
+        let tiny = app("[limits]\nmax_connections = 4\n").unwrap();
+        assert_eq!(tiny.limits.max_connections_per_address, 4);
+        let set = app("[limits]\nmax_connections_per_address = 3\n").unwrap();
+        assert_eq!(set.limits.max_connections_per_address, 3);
+        let above =
+            app("[limits]\nmax_connections = 10\nmax_connections_per_address = 11\n").unwrap_err();
+        assert!(above.contains("bulkhead.toml:12:"), "{above}");
+        assert!(
+            above.contains("cannot be above `max_connections`"),
+            "{above}"
+        );
+        let zero = app("[limits]\nmax_connections_per_address = 0\n").unwrap_err();
+        assert!(zero.contains("at least 1"), "{zero}");
+    }
+
+    /// T03: the back-off decay is a duration; unknown keys stay errors.
+    #[test]
+    fn backoff_decay_is_configurable_t03() {
+        assert_eq!(
+            app("").unwrap().auth_backoff_decay,
+            crate::auth::defaults::BACKOFF_DECAY
+        );
+        let fast = app("[auth]\nbackoff_decay = \"2s\"\n").unwrap();
+        assert_eq!(fast.auth_backoff_decay.get().as_secs(), 2);
+        assert!(app("[auth]\nbackoff_decay = \"0s\"\n").is_err());
+        assert!(app("[auth]\nbackoff_forever = true\n").is_err());
+        assert!(app("[limits]\nconnections_per_address = 3\n").is_err());
+    }
+
     #[test]
     fn mapped_addresses_match_their_ipv4_network() {
         let proxies = TrustedProxies {

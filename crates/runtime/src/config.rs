@@ -56,7 +56,7 @@ async fn read_secret(data: &CallData, name: &str) -> Result<Option<String>, Erro
             Ok(Ok(Some(value))) => {
                 data.used("secret", name, "read");
                 let text = value.expose_secret().to_string();
-                data.redactions.add(value);
+                data.redactions().add(value);
                 Ok(Some(text))
             }
             Ok(Ok(None)) => {

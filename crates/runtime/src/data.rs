@@ -1,7 +1,7 @@
 //! What the capability modules (`kv`, `config`) share: the app's data
 //! plane (backends, declared stores, config) and, per call, who is calling
-//! with which grants. Denials and uses are logged and audited here, the
-//! same way for every capability (T16).
+//! with which grants. Denials and uses are reported through the call's
+//! one reporter (`call.rs`), folded past a per-call budget (T09, T16).
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_manifest::{Grants, StoreSpec};
+use bulkhead_store::Store;
 use bulkhead_store::crypto::Keyring;
 use bulkhead_store::kv::Kv;
 use bulkhead_store::secrets::Secrets;
-use bulkhead_store::{AuditEvent, AuditLog, Store};
 use rusqlite::Connection;
 use secrecy::{ExposeSecret, SecretString};
-use tracing::{info, warn};
+
+use crate::call::{CallContext, Kind, Outcome, Report, Target};
 
 /// The app's data backends, shared by every call.
 pub struct DataPlane {
@@ -155,12 +156,8 @@ impl Redactions {
 pub(crate) struct CallData {
     pub plane: Arc<DataPlane>,
     pub grants: Arc<Grants>,
-    pub function: String,
-    pub correlation_id: String,
-    /// The verified subject of the request, if the route authenticates.
-    pub subject: Option<String>,
-    pub audit: AuditLog,
-    pub redactions: Redactions,
+    /// The call's identity and its one reporter (folded per call, T09).
+    pub call: CallContext,
     /// Key-value operations so far in this call.
     pub kv_ops: usize,
 }
@@ -176,87 +173,51 @@ fn loggable(name: &str) -> &str {
 
 impl CallData {
     /// A refused capability use: logged and audited, never the key or value.
-    pub fn deny(&self, capability: &str, resource: &str, reason: &str) {
-        let resource = loggable(resource);
-        warn!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
-            capability,
-            resource,
-            reason,
-            "capability denied"
-        );
-        self.audit.record(
-            self.event("capability.denied")
-                .detail("capability", capability)
-                .detail("resource", resource)
-                .detail("reason", reason),
-        );
-    }
-
-    /// An audit event about this call: who, which function, which request.
-    fn event(&self, kind: &str) -> AuditEvent {
-        let event = AuditEvent::new(kind)
-            .correlation_id(&self.correlation_id)
-            .function(&self.function);
-        match &self.subject {
-            Some(subject) => event.subject(subject),
-            None => event,
-        }
+    pub fn deny(&self, capability: &'static str, resource: &str, reason: &str) {
+        self.call
+            .deny(capability, Target::Resource(loggable(resource)), reason);
     }
 
     /// A granted use: logged and audited.
-    pub fn used(&self, capability: &str, resource: &str, access: &str) {
-        info!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
+    pub fn used(&self, capability: &'static str, resource: &str, access: &str) {
+        self.call.used(
             capability,
-            resource,
-            access,
-            "capability used"
+            Target::Resource(loggable(resource)),
+            Outcome::Access(access),
         );
-        self.audit.record(
-            self.event("capability.used")
-                .detail("capability", capability)
-                .detail("resource", resource)
-                .detail("access", access),
-        );
+    }
+
+    /// The verified subject of the request, if the route authenticates.
+    pub fn subject(&self) -> Option<&str> {
+        self.call.subject()
+    }
+
+    /// Secret values read during this call.
+    pub fn redactions(&self) -> &Redactions {
+        self.call.redactions()
     }
 
     /// A sealed record that failed authentication: tampered with, moved
     /// between rows or subjects, or sealed under another key (T15). Logged
     /// as an error and audited; the guest gets a generic error.
-    pub fn integrity_failure(&self, capability: &str, resource: &str) {
-        let resource = loggable(resource);
-        tracing::error!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
+    pub fn integrity_failure(&self, capability: &'static str, resource: &str) {
+        self.call.report(Report {
+            kind: Kind::IntegrityFailed,
             capability,
-            resource,
-            "stored record failed authentication"
-        );
-        self.audit.record(
-            self.event("storage.integrity_failed")
-                .detail("capability", capability)
-                .detail("resource", resource),
-        );
+            target: Target::Resource(loggable(resource)),
+            outcome: Outcome::Nothing,
+        });
     }
 
     /// A backend failure: the operator's log gets the detail, the guest a
     /// generic error.
-    pub fn backend_failure(&self, capability: &str, resource: &str, error: &str) {
-        warn!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
+    pub fn backend_failure(&self, capability: &'static str, resource: &str, error: &str) {
+        self.call.report(Report {
+            kind: Kind::Failed,
             capability,
-            resource = loggable(resource),
-            error,
-            "capability backend failed"
-        );
+            target: Target::Resource(loggable(resource)),
+            outcome: Outcome::Error(error),
+        });
     }
 }
 

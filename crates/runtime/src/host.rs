@@ -14,6 +14,21 @@ use crate::outbound::Outbound;
 use crate::output::GuestOutput;
 use crate::sql::SqlCtx;
 
+/// Most resources (fields, requests, responses, bodies, streams,
+/// pollables, buckets) one instance may hold at once (T05). wasmtime's
+/// default is a million, which with fields of up to 128 KiB each let a
+/// guest make the host allocate gigabytes outside its memory cap. A guest
+/// past it traps, reported as a memory-limit failure.
+pub(crate) const MAX_RESOURCES: usize = 1024;
+
+/// Largest header or trailer map (names and values) a guest may build
+/// (wasmtime's default is 128 KiB): twice the default request header cap.
+pub(crate) const MAX_FIELDS_BYTES: usize = 32 << 10;
+
+/// Largest chunk an outgoing body buffers per write (wasmtime's default is
+/// 1 MiB); each outgoing body holds at most one such chunk unsent.
+pub(crate) const OUTGOING_BODY_CHUNK: usize = 64 << 10;
+
 pub struct HostState {
     pub(crate) table: ResourceTable,
     wasi: WasiCtx,
@@ -34,11 +49,7 @@ impl HostState {
         sql: SqlCtx,
         data: CallData,
     ) -> Self {
-        let (audit, function, correlation_id) = (
-            sql.audit.clone(),
-            sql.function.clone(),
-            sql.correlation_id.clone(),
-        );
+        let call = data.call.clone();
         // T05: no preopened directories, no environment, no arguments, no
         // stdin, no network. Runtimes that import these interfaces by habit
         // (Python, JavaScript, Rust std) link and run, and can reach nothing.
@@ -49,15 +60,21 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(move |addr, use_| {
-                let what = crate::sockets::describe(addr, &format!("{use_:?}"));
-                crate::sockets::deny(&audit, &function, &correlation_id, &what);
+                crate::sockets::deny(&call, crate::sockets::describe(addr, use_));
                 Box::pin(async { false })
             })
             .build();
+        // T05: host memory a guest can make the host hold is capped too:
+        // every resource (fields, requests, bodies, streams) is an entry
+        // in this table, and each fields map is bounded in size.
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
         Self {
-            table: ResourceTable::new(),
+            table,
             wasi,
-            http: WasiHttpCtx::new(),
+            http,
             hooks,
             sql,
             limits: memory_cap,
@@ -67,14 +84,10 @@ impl HostState {
 }
 
 impl HostState {
-    /// A socket the guest tried to create: refused, logged and audited.
+    /// A socket the guest tried to create: refused, logged and audited
+    /// (folded past the call's budget, T09).
     pub(crate) fn deny_socket(&self, what: &str) {
-        crate::sockets::deny(
-            &self.sql.audit,
-            &self.sql.function,
-            &self.sql.correlation_id,
-            what,
-        );
+        crate::sockets::deny(&self.data.call, what);
     }
 }
 

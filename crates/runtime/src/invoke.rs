@@ -10,11 +10,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
-use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::{FieldMapError, WasiHttpView};
 
+use crate::call::CallContext;
 use crate::data::{CallData, Redactions};
 use crate::engine::deadline_ticks;
 use crate::host::{HostState, MemoryCap};
@@ -145,38 +147,37 @@ async fn run(
         stdout: GuestOutput::new(redactions.clone()),
         stderr: GuestOutput::new(redactions.clone()),
     };
+    // The call's one context: every capability reports through it, and
+    // its events are folded past a per-call budget (T09).
+    let call = CallContext::new(
+        sealed.name.clone(),
+        invocation.correlation_id.clone(),
+        invocation.subject.clone(),
+        sealed.audit.clone(),
+        redactions.clone(),
+        deadline,
+    );
     let state = HostState::new(
         MemoryCap::new(sealed.limits.memory.as_usize(), memory_hit.clone()),
         flush.stdout.clone(),
         flush.stderr.clone(),
         Outbound {
             rules: sealed.outbound.clone(),
-            function: sealed.name.clone(),
-            correlation_id: invocation.correlation_id.clone(),
+            call: call.clone(),
             traceparent: invocation.traceparent.clone(),
-            audit: sealed.audit.clone(),
-            deadline,
             sent: 0,
             bytes: invocation.outbound_bytes.clone(),
             max_bytes: sealed.limits.max_outbound_bytes.bytes(),
-            redactions: redactions.clone(),
         },
         crate::sql::SqlCtx {
             bindings: sealed.sql.clone(),
-            function: sealed.name.clone(),
-            correlation_id: invocation.correlation_id.clone(),
-            audit: sealed.audit.clone(),
-            deadline,
+            call: call.clone(),
             queries: 0,
         },
         CallData {
             plane: sealed.data.clone(),
             grants: sealed.grants.clone(),
-            function: sealed.name.clone(),
-            correlation_id: invocation.correlation_id.clone(),
-            subject: invocation.subject.clone(),
-            audit: sealed.audit.clone(),
-            redactions: redactions.clone(),
+            call: call.clone(),
             kv_ops: 0,
         },
     );
@@ -233,7 +234,7 @@ async fn run(
         }
     }));
 
-    let classify = |failure: Failure| classify(failure, memory_hit.load(Ordering::Relaxed));
+    let classify = |failure: Failure| classify(failure, memory_hit.load(Ordering::Relaxed), &call);
     let response = match receiver.await {
         Ok(Ok(response)) => response,
         Ok(Err(code)) => return Err(InvokeError::GuestError(format!("{code:?}"))),
@@ -277,13 +278,36 @@ async fn finish(mut task: AbortOnDrop) -> Result<(), Failure> {
     }
 }
 
-fn classify(failure: Failure, memory_hit: bool) -> InvokeError {
+fn classify(failure: Failure, memory_hit: bool, call: &CallContext) -> InvokeError {
     let error = match failure {
         Failure::Deadline => return InvokeError::Timeout,
         Failure::Wasm(error) => error,
     };
     if error.downcast_ref::<PoolConcurrencyLimitError>().is_some() {
         return InvokeError::Capacity;
+    }
+    // T05: host memory counts against the memory cap too. A guest holding
+    // more host resources than the table allows, or building a header map
+    // past its size cap, traps in the host; say why.
+    let table_full = matches!(
+        error.downcast_ref::<ResourceTableError>(),
+        Some(ResourceTableError::Full)
+    );
+    let fields_full = matches!(
+        error.downcast_ref::<FieldMapError>(),
+        Some(FieldMapError::TotalSizeTooBig | FieldMapError::TooManyFields)
+    );
+    if table_full || fields_full {
+        tracing::warn!(
+            target: "bulkhead::sandbox",
+            function = %call.function(),
+            correlation_id = %call.correlation_id(),
+            max_resources = crate::host::MAX_RESOURCES,
+            max_fields_bytes = crate::host::MAX_FIELDS_BYTES,
+            cap = if table_full { "resources" } else { "header map size" },
+            "the function held more host memory than its cap and was stopped"
+        );
+        return InvokeError::MemoryLimit;
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => InvokeError::Timeout,

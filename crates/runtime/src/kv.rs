@@ -93,11 +93,17 @@ impl HostState {
     /// The backend, and a refusal if this bucket may not be written.
     fn writable(&self, bucket: &Bucket, operation: &str) -> Result<Arc<Kv>, Error> {
         if !bucket.access.can_write() {
-            self.data.deny(
-                "kv",
-                &bucket.name,
-                &format!("{operation} under a read grant"),
-            );
+            // Fixed text: nothing is formatted before the per-call budget
+            // decides whether this denial is reported in full (T09).
+            let reason = match operation {
+                "set" => "set under a read grant",
+                "delete" => "delete under a read grant",
+                "increment" => "increment under a read grant",
+                "set-many" => "set-many under a read grant",
+                "delete-many" => "delete-many under a read grant",
+                _ => "a write under a read grant",
+            };
+            self.data.deny("kv", &bucket.name, reason);
             return Err(Error::AccessDenied);
         }
         self.kv_backend()
@@ -141,6 +147,7 @@ impl HostState {
         if self.data.kv_ops <= MAX_OPS_PER_CALL {
             return Ok(());
         }
+        // Once per call: formatting here costs nothing a loop can repeat.
         if before <= MAX_OPS_PER_CALL {
             self.data.deny(
                 "kv",
@@ -220,8 +227,8 @@ impl store::Host for HostState {
             return Ok(Err(Error::NoSuchStore));
         };
         let subject = if spec.per_subject() {
-            match &data.subject {
-                Some(subject) if !subject.is_empty() => subject.clone(),
+            match data.subject() {
+                Some(subject) if !subject.is_empty() => subject.to_string(),
                 _ => {
                     data.deny(
                         "kv",

@@ -7,6 +7,7 @@
 //! runs one request through it.
 
 mod cache;
+mod call;
 mod config;
 pub mod data;
 mod engine;

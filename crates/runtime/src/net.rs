@@ -1,8 +1,8 @@
 //! Which IP addresses count as the public internet (T17). Anything else —
 //! loopback, private, link-local (cloud metadata at 169.254.169.254),
-//! carrier-grade NAT, unique-local, multicast, documentation, reserved, and
-//! IPv6 forms that embed such an IPv4 address — is refused unless a grant
-//! names the exact address.
+//! carrier-grade NAT, unique-local, site-local, multicast, documentation,
+//! reserved, the local-use NAT64 prefix, and IPv6 forms that embed such an
+//! IPv4 address — is refused unless a grant names the exact address.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -33,12 +33,15 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if let Some(v4) = embedded_v4(ip) {
         return is_public_v4(v4);
     }
-    let first = ip.segments()[0];
+    let s = ip.segments();
+    let first = s[0];
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
         || (first & 0xfe00) == 0xfc00 // unique local (fd00:ec2::254 metadata)
         || (first & 0xffc0) == 0xfe80 // link local
+        || (first & 0xffc0) == 0xfec0 // site local (deprecated, still routed inside some sites)
+        || s[..3] == [0x64, 0xff9b, 1] // NAT64 local use (RFC 8215): translates to anything inside
         || (first == 0x2001 && ip.segments()[1] == 0x0db8) // documentation
         || (first == 0x2001 && ip.segments()[1] == 0) // Teredo
         || ip.segments()[..6] == [0, 0, 0, 0, 0, 0]) // IPv4-compatible (deprecated)
@@ -95,6 +98,31 @@ mod tests {
                 !is_public(text.parse().unwrap()),
                 "{text} must not count as public"
             );
+        }
+    }
+
+    /// T17: the local-use NAT64 prefix (RFC 8215) translates to whatever
+    /// the site's NAT64 maps it to, private addresses included, and
+    /// site-local addresses are routed inside some networks still.
+    #[test]
+    fn refuses_local_nat64_and_site_local_t17() {
+        for text in [
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1::",
+            "64:ff9b:1:ffff:ffff:ffff:ffff:ffff",
+            "64:ff9b:1:2::808:808",
+            "fec0::1",
+            "fec0:0:0:ffff::1",
+            "feff:ffff::1",
+        ] {
+            assert!(
+                !is_public(text.parse().unwrap()),
+                "{text} must not count as public"
+            );
+        }
+        // Neighbours of those ranges stay public.
+        for text in ["64:ff9b::808:808", "2001:4860:4860::8888"] {
+            assert!(is_public(text.parse().unwrap()), "{text}");
         }
     }
 

@@ -16,18 +16,16 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bulkhead_manifest::grants::{HostPattern, OutboundRule, Scheme};
-use bulkhead_store::{AuditEvent, AuditLog};
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tracing::{info, warn};
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use crate::data::Redactions;
+use crate::call::{CallContext, Outcome, Target};
 use crate::net::is_public;
 
 /// Outbound requests one call may make.
@@ -37,19 +35,15 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Outbound {
     pub rules: Arc<[OutboundRule]>,
-    pub function: String,
-    pub correlation_id: String,
+    /// The call's identity, deadline and reporter. The secrets it read are
+    /// redacted from every destination it reports (T14).
+    pub call: CallContext,
     /// The `traceparent` to send: the caller's trace continues.
     pub traceparent: String,
-    pub audit: AuditLog,
-    pub deadline: Instant,
     pub sent: u32,
     /// Bytes sent and received so far in this call, against `max_bytes`.
     pub bytes: Arc<AtomicU64>,
     pub max_bytes: u64,
-    /// Secrets this call read: the destination a guest writes may carry
-    /// one, and it must not reach the log or the audit trail (T14).
-    pub redactions: Redactions,
 }
 
 type SendResult = Result<
@@ -92,74 +86,39 @@ impl Destination {
     }
 }
 
-/// What a denial or an audit record needs, movable into the send future.
+/// Reports an outbound request's use or denial through the call's one
+/// reporter (folded per call, T09); movable into the send future.
 #[derive(Clone)]
-struct Reporter {
-    audit: AuditLog,
-    function: String,
-    correlation_id: String,
-    redactions: Redactions,
-}
+struct Reporter(CallContext);
 
 impl Reporter {
     fn deny(&self, destination: &str, reason: &str) {
-        let destination = self.redactions.apply_lowercase(destination);
-        let destination = destination.as_str();
-        warn!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
-            capability = "outbound-http",
-            destination,
-            reason,
-            "outbound request denied"
-        );
-        self.audit.record(
-            AuditEvent::new("capability.denied")
-                .correlation_id(&self.correlation_id)
-                .function(&self.function)
-                .detail("capability", "outbound-http")
-                .detail("destination", destination)
-                .detail("reason", reason),
-        );
+        self.0
+            .deny("outbound-http", Target::Destination(destination), reason);
     }
 
     fn used(&self, destination: &str, address: SocketAddr) {
-        let destination = self.redactions.apply_lowercase(destination);
-        let destination = destination.as_str();
-        info!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
-            capability = "outbound-http",
-            destination,
-            address = %address,
-            "outbound request"
-        );
-        self.audit.record(
-            AuditEvent::new("capability.used")
-                .correlation_id(&self.correlation_id)
-                .function(&self.function)
-                .detail("capability", "outbound-http")
-                .detail("destination", destination)
-                .detail("address", address.to_string()),
+        self.0.used(
+            "outbound-http",
+            Target::Destination(destination),
+            Outcome::Address(address),
         );
     }
 }
 
 impl WasiHttpHooks for Outbound {
+    /// T05: an outgoing body holds at most this much unsent.
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        crate::host::OUTGOING_BODY_CHUNK
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
         _options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
-        let reporter = Reporter {
-            audit: self.audit.clone(),
-            function: self.function.clone(),
-            correlation_id: self.correlation_id.clone(),
-            redactions: self.redactions.clone(),
-        };
+        let reporter = Reporter(self.call.clone());
         let Some(destination) = Destination::of(request.uri()) else {
             reporter.deny("(no host)", "the request names no http(s) host");
             return Box::new(async { Err(Error::HttpRequestDenied) });
@@ -189,20 +148,28 @@ impl WasiHttpHooks for Outbound {
             .collect();
         let headers = request.headers_mut();
         for (name, value) in [
-            ("traceparent", &self.traceparent),
-            ("bulkhead-correlation-id", &self.correlation_id),
+            ("traceparent", self.traceparent.as_str()),
+            ("bulkhead-correlation-id", self.call.correlation_id()),
         ] {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.insert(name, value);
             }
         }
-        let deadline = self.deadline;
+        let deadline = self.call.deadline();
         let meter = ByteMeter {
             used: self.bytes.clone(),
             cap: self.max_bytes,
             reporter: reporter.clone(),
             url: url.clone(),
         };
+        // The request line and headers count against the cap like the body
+        // (T17): a guest cannot carry data out in a huge URI or headers.
+        let head = head_bytes(&request);
+        if !meter.charge(head) {
+            // Never sent, so never billed.
+            meter.used.fetch_sub(head, Ordering::Relaxed);
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
         let request = request.map(|body| meter.wrap(body, Direction::Sent));
         Box::new(async move {
             let address =
@@ -214,6 +181,9 @@ impl WasiHttpHooks for Outbound {
                     })?;
             reporter.used(&url, address);
             let (response, connection) = send(request, &destination, address, deadline).await?;
+            if !meter.charge(response_head_bytes(&response)) {
+                return Err(Error::HttpResponseHeaderSectionSize(None));
+            }
             let response = response.map(|body| meter.wrap(body, Direction::Received));
             Ok((response, connection))
         })
@@ -237,7 +207,45 @@ struct ByteMeter {
     url: String,
 }
 
+/// The bytes of a request's line and header section as sent: method,
+/// URI (counted whole, scheme and authority too), version and every
+/// `name: value` line.
+fn head_bytes<B>(request: &http::Request<B>) -> u64 {
+    let line = request.method().as_str().len() + request.uri().to_string().len() + 12;
+    (line + headers_bytes(request.headers())) as u64
+}
+
+/// The bytes of a response's status line and header section.
+fn response_head_bytes<B>(response: &http::Response<B>) -> u64 {
+    (STATUS_LINE_BYTES + headers_bytes(response.headers())) as u64
+}
+
+/// `HTTP/1.1 200 OK\r\n`, near enough.
+const STATUS_LINE_BYTES: usize = 17;
+
+fn headers_bytes(headers: &http::HeaderMap) -> usize {
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    fields + 2
+}
+
 impl ByteMeter {
+    /// Count `len` bytes; `false` (reported once) if that takes the call
+    /// past its cap.
+    fn charge(&self, len: u64) -> bool {
+        let before = self.used.fetch_add(len, Ordering::Relaxed);
+        if before.saturating_add(len) <= self.cap {
+            return true;
+        }
+        if before <= self.cap {
+            self.reporter
+                .deny(&self.url, "the call's outbound byte cap is spent");
+        }
+        false
+    }
+
     fn wrap(&self, body: WasiBody, direction: Direction) -> WasiBody {
         Metered {
             body,
@@ -265,22 +273,13 @@ impl Body for Metered {
         let polled = Pin::new(&mut self.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(data) = frame.data_ref()
+            && !self.meter.charge(data.len() as u64)
         {
-            let len = data.len() as u64;
-            let meter = &self.meter;
-            let before = meter.used.fetch_add(len, Ordering::Relaxed);
-            if before.saturating_add(len) > meter.cap {
-                if before <= meter.cap {
-                    meter
-                        .reporter
-                        .deny(&meter.url, "the call's outbound byte cap is spent");
-                }
-                let cap = Some(meter.cap);
-                return Poll::Ready(Some(Err(match self.direction {
-                    Direction::Sent => Error::HttpRequestBodySize(cap),
-                    Direction::Received => Error::HttpResponseBodySize(cap),
-                })));
-            }
+            let cap = Some(self.meter.cap);
+            return Poll::Ready(Some(Err(match self.direction {
+                Direction::Sent => Error::HttpRequestBodySize(cap),
+                Direction::Received => Error::HttpResponseBodySize(cap),
+            })));
         }
         polled
     }

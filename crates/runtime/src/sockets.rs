@@ -8,47 +8,48 @@
 
 use std::net::SocketAddr;
 
-use bulkhead_store::{AuditEvent, AuditLog};
-use tracing::warn;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, Val};
 use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddressFamily};
 use wasmtime_wasi::p2::{TcpSocket, UdpSocket};
+use wasmtime_wasi::sockets::SocketAddrUse;
 
+use crate::call::{CallContext, Target};
 use crate::host::HostState;
 
 /// The wasi:sockets version wasmtime-wasi 48 defines; any 0.2.x import
 /// links to it.
 const SOCKETS: &str = "0.2.12";
 
-pub(crate) fn deny(audit: &AuditLog, function: &str, correlation_id: &str, what: &str) {
-    warn!(
-        target: "bulkhead::capability",
-        function,
-        correlation_id,
-        capability = "sockets",
-        attempt = what,
-        "socket refused"
-    );
-    audit.record(
-        AuditEvent::new("capability.denied")
-            .correlation_id(correlation_id)
-            .function(function)
-            .detail("capability", "sockets")
-            .detail("attempt", what)
-            .detail(
-                "reason",
-                "sockets are bound to deny-all; use an outbound grant",
-            ),
-    );
+/// Why every socket is refused.
+const REASON: &str = "sockets are bound to deny-all; use an outbound grant";
+
+/// A refused socket operation, reported through the call's one reporter
+/// (folded per call: a guest looping on sockets cannot flood, T09).
+pub(crate) fn deny(call: &CallContext, what: &str) {
+    call.deny("sockets", Target::Attempt(what), REASON);
 }
 
-/// What the address check reports: the family and use, never more.
-pub(crate) fn describe(addr: SocketAddr, kind: &str) -> String {
-    format!(
-        "{kind} to an {} address",
-        if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-    )
+/// What the address check reports: the operation and family, never the
+/// address; fixed text, so nothing is formatted before the per-call budget.
+pub(crate) fn describe(addr: SocketAddr, use_: SocketAddrUse) -> &'static str {
+    use SocketAddrUse::*;
+    match (use_, addr.is_ipv4()) {
+        (TcpBind, true) => "TcpBind to an IPv4 address",
+        (TcpBind, false) => "TcpBind to an IPv6 address",
+        (TcpListen, true) => "TcpListen to an IPv4 address",
+        (TcpListen, false) => "TcpListen to an IPv6 address",
+        (TcpAccept, true) => "TcpAccept to an IPv4 address",
+        (TcpAccept, false) => "TcpAccept to an IPv6 address",
+        (TcpConnect, true) => "TcpConnect to an IPv4 address",
+        (TcpConnect, false) => "TcpConnect to an IPv6 address",
+        (UdpBind, true) => "UdpBind to an IPv4 address",
+        (UdpBind, false) => "UdpBind to an IPv6 address",
+        (UdpSend, true) => "UdpSend to an IPv4 address",
+        (UdpSend, false) => "UdpSend to an IPv6 address",
+        (UdpReceive, true) => "UdpReceive to an IPv4 address",
+        (UdpReceive, false) => "UdpReceive to an IPv6 address",
+    }
 }
 
 /// Replace the create functions `add_to_linker_async` defined.

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use bulkhead_manifest::grants::{SqlGrant, StoreAccess};
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_store::sql::{Access, QueryError, QueryLimits, SqlDatabase, SqlValue};
-use bulkhead_store::{AuditEvent, AuditLog};
-use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::debug;
 use wasmtime::component::HasData;
 
 wasmtime::component::bindgen!({
@@ -24,6 +22,8 @@ wasmtime::component::bindgen!({
 });
 
 use bulkhead::sql::sql::{Error, Host, QueryResult, Row, Value};
+
+use crate::call::{CallContext, Kind, Outcome, Report, Target};
 
 /// Largest statement text a guest may send.
 const MAX_STATEMENT_BYTES: usize = 64 << 10;
@@ -73,10 +73,8 @@ pub(crate) fn bind(grants: &BTreeMap<String, SqlGrant>, stores: &SqlStores) -> S
 /// Per-call state of the capability.
 pub(crate) struct SqlCtx {
     pub bindings: Arc<SqlBindings>,
-    pub function: String,
-    pub correlation_id: String,
-    pub audit: AuditLog,
-    pub deadline: Instant,
+    /// The call's identity and its one reporter (T09).
+    pub call: CallContext,
     pub queries: u32,
 }
 
@@ -95,24 +93,9 @@ pub(crate) fn add_to_linker<T: Send + 'static>(
 }
 
 impl SqlCtx {
+    /// A refusal, audited under the `store` field as ever.
     fn deny(&self, store: &str, reason: &str) {
-        warn!(
-            target: "bulkhead::capability",
-            function = %self.function,
-            correlation_id = %self.correlation_id,
-            capability = "sql",
-            store,
-            reason,
-            "SQL statement denied"
-        );
-        self.audit.record(
-            AuditEvent::new("capability.denied")
-                .correlation_id(&self.correlation_id)
-                .function(&self.function)
-                .detail("capability", "sql")
-                .detail("store", store)
-                .detail("reason", reason),
-        );
+        self.call.deny("sql", Target::Store(store), reason);
     }
 }
 
@@ -158,7 +141,7 @@ impl Host for SqlCtx {
         let limits = QueryLimits {
             max_rows: MAX_ROWS,
             max_bytes: MAX_RESULT_BYTES,
-            deadline: self.deadline.into_std(),
+            deadline: self.call.deadline().into_std(),
         };
         let outcome = tokio::task::spawn_blocking(move || {
             db.query(access, statements.as_deref(), &statement, &params, &limits)
@@ -169,8 +152,8 @@ impl Host for SqlCtx {
             Ok(result) => {
                 debug!(
                     target: "bulkhead::capability",
-                    function = %self.function,
-                    correlation_id = %self.correlation_id,
+                    function = %self.call.function(),
+                    correlation_id = %self.call.correlation_id(),
                     capability = "sql",
                     store = %shown,
                     rows = result.rows.len(),
@@ -212,15 +195,12 @@ impl SqlCtx {
             }
             QueryError::Invalid(why) => Error::Invalid(why),
             QueryError::Limit(why) => {
-                warn!(
-                    target: "bulkhead::capability",
-                    function = %self.function,
-                    correlation_id = %self.correlation_id,
-                    capability = "sql",
-                    store,
-                    limit = %why,
-                    "SQL statement hit a limit"
-                );
+                self.call.report(Report {
+                    kind: Kind::Failed,
+                    capability: "sql",
+                    target: Target::Store(store),
+                    outcome: Outcome::Limit(&why),
+                });
                 Error::Limit(why)
             }
             QueryError::Internal => Error::Invalid("the store failed; see the host log".into()),

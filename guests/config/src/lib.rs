@@ -7,6 +7,8 @@
 //! - `?key=NAME&fail=yes`   fails the call with an error code that carries
 //!   the value, which the host must redact from what it logs
 //! - `?all=yes`             answers every `k=v` the function may read
+//! - `?key=NAME&repeat=N`   reads the key N times and answers how often it
+//!   was `none` (a flood of capability events, T07, T09)
 
 mod bindings {
     wit_bindgen::generate!({ path: "wit", world: "bulkhead:test-guests/config", generate_all });
@@ -37,6 +39,13 @@ fn error(e: store::Error) -> String {
 }
 
 fn run(query: &str) -> String {
+    if let Ok(n) = param(query, "repeat").parse::<u64>() {
+        let key = param(query, "key");
+        let none = (0..n)
+            .filter(|_| matches!(store::get(key), Ok(None)))
+            .count();
+        return format!("repeated:{n} none:{none}");
+    }
     if param(query, "all") == "yes" {
         return match store::get_all() {
             Ok(all) => all

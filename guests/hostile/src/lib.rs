@@ -15,7 +15,15 @@
 //! - `/shout`     writes hostile text to stdout and stderr, then answers
 //! - `/nobody`    returns without ever setting a response
 //! - `/counter`   counts calls in a global: always 1 if no state survives
-//! - `/fetch`     GETs `?url=http://host:port/path` and answers with what came back
+//! - `/fetch`     GETs `?url=http://host:port/path` and answers with what came back;
+//!   `&pad=N` adds an `x-pad` header of N bytes (headers count against the
+//!   outbound byte cap, T17)
+//! - `/socket`    tries sockets every way; `?n=N` instead tries to create a
+//!   TCP socket N times (a flood of denials, T07, T09)
+//! - `/fields`    holds `?n=N` header maps, each with `&v=V` values of
+//!   8 KiB (default 3) (host memory, T05)
+//! - `/requests`  holds `?n=N` outgoing requests, each with a 16 KiB path
+//!   (host memory, T05)
 use std::io::Write as _;
 
 use wasip2::http::types::{
@@ -46,8 +54,23 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
             "env" => reply(response_out, 200, &environment()),
             "outbound" => reply(response_out, 200, &outbound()),
             "fetch" => {
-                let url = query.strip_prefix("url=").unwrap_or_default();
-                reply(response_out, 200, &fetch(url))
+                // The URL is the rest of the query (it may hold `&`),
+                // less a trailing `&pad=N`.
+                let (rest, pad) = match query.rsplit_once("&pad=") {
+                    Some((rest, pad)) => (rest, pad.parse().unwrap_or(0)),
+                    None => (query, 0),
+                };
+                let url = rest.strip_prefix("url=").unwrap_or_default();
+                reply(response_out, 200, &fetch_padded(url, pad))
+            }
+            "requests" => {
+                let n = param(query, "n").parse().unwrap_or(1);
+                reply(response_out, 200, &hoard_requests(n))
+            }
+            "fields" => {
+                let n = param(query, "n").parse().unwrap_or(1);
+                let v = param(query, "v").parse().unwrap_or(3);
+                reply(response_out, 200, &hoard_fields(n, v))
             }
             "sleep" => {
                 let ms: u64 = query
@@ -64,7 +87,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                     .unwrap_or(1000);
                 reply(response_out, 200, &burn(n).to_string())
             }
-            "socket" => reply(response_out, 200, &sockets()),
+            "socket" => match param(query, "n").parse::<u64>() {
+                Ok(n) => reply(response_out, 200, &socket_flood(n)),
+                Err(_) => reply(response_out, 200, &sockets()),
+            },
             "shout" => {
                 let forged = "line one\r\n{\"level\":\"INFO\",\"forged\":true}\n\x1b[31mred\x1b[0m\u{2028}after";
                 println!("{forged}");
@@ -82,6 +108,61 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
             _ => reply(response_out, 404, "unknown behaviour"),
         }
     }
+}
+
+/// The value of `name` in a query string, or "".
+fn param<'a>(query: &'a str, name: &str) -> &'a str {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map_or("", |(_, v)| v)
+}
+
+/// Ask for a TCP socket `n` times; every one must be refused.
+fn socket_flood(n: u64) -> String {
+    use wasip2::sockets::network::IpAddressFamily;
+    let mut refused = 0u64;
+    for _ in 0..n {
+        if wasip2::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4).is_err() {
+            refused += 1;
+        }
+    }
+    format!("refused {refused} of {n}")
+}
+
+/// Hold `n` header maps, each with `v` values of 8 KiB: host memory the
+/// guest's own memory cap never sees. (A map past the host's size limit
+/// traps in the host.)
+fn hoard_fields(n: u64, v: u32) -> String {
+    let value = vec![b'v'; 8 << 10];
+    let mut held = Vec::new();
+    let mut values = 0u64;
+    for _ in 0..n {
+        let fields = Fields::new();
+        for i in 0..v {
+            if fields.append(&format!("x-{i}"), &value).is_err() {
+                break;
+            }
+            values += 1;
+        }
+        held.push(fields);
+    }
+    format!("held {} header maps, {values} values of 8 KiB", held.len())
+}
+
+/// Hold `n` outgoing requests, each with a 16 KiB path, never sent.
+fn hoard_requests(n: u64) -> String {
+    let path = format!("/{}", "p".repeat(16 << 10));
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let request = OutgoingRequest::new(Fields::new());
+        if request.set_path_with_query(Some(&path)).is_err() {
+            break;
+        }
+        held.push(request);
+    }
+    format!("held {} requests", held.len())
 }
 
 fn spin() -> ! {
@@ -164,13 +245,26 @@ fn outbound() -> String {
 
 /// GET `url` (`scheme://authority/path`) and describe the outcome.
 fn fetch(url: &str) -> String {
+    fetch_padded(url, 0)
+}
+
+/// Like [`fetch`], with an `x-pad` header of `pad` bytes.
+fn fetch_padded(url: &str, pad: usize) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
     let (authority, path) = match rest.find('/') {
         Some(i) => rest.split_at(i),
         None => (rest, "/"),
     };
-    let request = OutgoingRequest::new(Fields::new());
-    let scheme = if scheme == "https" { Scheme::Https } else { Scheme::Http };
+    let headers = Fields::new();
+    if pad > 0 && headers.append("x-pad", &vec![b'p'; pad]).is_err() {
+        return "the host refused the header".into();
+    }
+    let request = OutgoingRequest::new(headers);
+    let scheme = if scheme == "https" {
+        Scheme::Https
+    } else {
+        Scheme::Http
+    };
     let _ = request.set_scheme(Some(&scheme));
     let _ = request.set_authority(Some(authority));
     let _ = request.set_path_with_query(Some(path));
@@ -188,7 +282,10 @@ fn fetch(url: &str) -> String {
                         use std::io::Read as _;
                         let _ = stream.read_to_end(&mut body);
                     }
-                    format!("REACHED status {status}\n{}", String::from_utf8_lossy(&body))
+                    format!(
+                        "REACHED status {status}\n{}",
+                        String::from_utf8_lossy(&body)
+                    )
                 }
                 Some(Ok(Err(e))) => format!("outbound refused: {e:?}"),
                 other => format!("outbound failed: {other:?}"),

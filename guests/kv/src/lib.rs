@@ -1,7 +1,8 @@
 //! A guest that uses `wasi:keyvalue` as its query says, so one component
 //! can try legitimate and overstepping operations (T13, T14, T16):
 //!
-//! `?op=get|set|delete|exists|list|incr|getmany|setmany|flood&store=NAME&key=K&value=V`
+//! `?op=get|set|delete|exists|list|incr|getmany|setmany|flood|openflood&store=NAME&key=K&value=V`
+//! (`openflood` opens the store `value` times)
 //!
 //! The body is the outcome: `ok`, `value:V`, `none`, `true`/`false`,
 //! `keys:a,b`, `count:N` or `error:access-denied`, `error:no-such-store`,
@@ -37,6 +38,15 @@ fn error(e: store::Error) -> String {
 }
 
 fn run(query: &str) -> String {
+    // Opens the store `value` times and counts the refusals (a flood of
+    // capability events, T07, T09).
+    if param(query, "op") == "openflood" {
+        let n: u64 = param(query, "value").parse().unwrap_or(1);
+        let refused = (0..n)
+            .filter(|_| store::open(param(query, "store")).is_err())
+            .count();
+        return format!("refused {refused} of {n}");
+    }
     let bucket = match store::open(param(query, "store")) {
         Ok(b) => b,
         Err(e) => return format!("open-{}", error(e)),

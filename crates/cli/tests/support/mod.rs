@@ -246,6 +246,11 @@ impl Server {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// The server's process ID (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -27,6 +27,9 @@ const fn body(rule: &'static str) -> Expect {
 const fn media(rule: &'static str) -> Expect {
     Problem(415, "unsupported-media-type", rule)
 }
+const fn host(rule: &'static str) -> Expect {
+    Problem(400, "invalid-host", rule)
+}
 const UNKNOWN: Expect = Problem(400, "unknown-parameter", "undeclared");
 const TOO_LARGE: Expect = Problem(413, "body-too-large", "");
 const NOT_FOUND: Expect = Problem(404, "not-found", "");
@@ -162,6 +165,55 @@ const TYPED: &[(&str, &str, Option<&str>, &str, Expect)] = &[
     ("multipart", "/register/ada", Some("multipart/form-data; boundary=x"), "--x--", media("not-allowed")),
     ("two types in one", "/register/ada", Some("application/json, text/plain"), "{}", media("malformed")),
     ("json for text", "/notes", Some("application/json"), "{}", media("not-allowed")),
+    // T10: a `Content-Type` that is not exactly one media type never skips
+    // strict JSON; `/free` declares no content types, so only the media
+    // type's own grammar refuses these (each body has a duplicate key and a
+    // number past 2^53).
+    ("json empty parameter", "/free", Some("application/json;"), SMUGGLED_JSON, media("malformed")),
+    ("json parameter without value", "/free", Some("application/json; charset"), SMUGGLED_JSON, media("malformed")),
+    ("json trailing semicolon", "/free", Some("application/json;charset=utf-8;"), SMUGGLED_JSON, media("malformed")),
+    ("json listed with text", "/free", Some("application/json, text/plain"), SMUGGLED_JSON, media("malformed")),
+    ("json repeated charset", "/free", Some("application/json; charset=utf-8; charset=latin1"), SMUGGLED_JSON, media("malformed")),
+    ("json unterminated quote", "/free", Some("application/json; charset=\"utf-8"), SMUGGLED_JSON, media("malformed")),
+    ("json strict anyway", "/free", Some("application/json"), SMUGGLED_JSON, body("duplicate-key")),
+    ("suffix json strict", "/free", Some("Application/Problem+JSON; charset=\"utf-8\""), SMUGGLED_JSON, body("duplicate-key")),
+];
+
+/// A body two JSON parsers read differently: a duplicate key, and a
+/// number JavaScript rounds.
+const SMUGGLED_JSON: &str = r#"{"role":"user","role":"admin","id":9007199254740993}"#;
+
+/// Host rules (RFC 9112 §3.2, T10), raw request heads sent to `/items/x`;
+/// the app's `hostnames` is `["x"]`.
+#[rustfmt::skip]
+const HOSTS: &[(&str, &str, Expect)] = &[
+    ("no host on http/1.1", "GET /items/x HTTP/1.1\r\n", host("missing")),
+    ("two hosts", "GET /items/x HTTP/1.1\r\nhost: x\r\nhost: evil.example\r\n", host("repeated")),
+    ("two equal hosts", "GET /items/x HTTP/1.1\r\nhost: x\r\nhost: x\r\n", host("repeated")),
+    ("empty host", "GET /items/x HTTP/1.1\r\nhost: \r\n", host("invalid")),
+    ("host with space", "GET /items/x HTTP/1.1\r\nhost: x evil\r\n", host("invalid")),
+    ("host list", "GET /items/x HTTP/1.1\r\nhost: x,evil.example\r\n", host("invalid")),
+    ("host with userinfo", "GET /items/x HTTP/1.1\r\nhost: evil@x\r\n", host("invalid")),
+    ("host with path", "GET /items/x HTTP/1.1\r\nhost: x/evil\r\n", host("invalid")),
+    ("host as url", "GET /items/x HTTP/1.1\r\nhost: http://x\r\n", host("invalid")),
+    ("host port too big", "GET /items/x HTTP/1.1\r\nhost: x:99999\r\n", host("invalid")),
+    ("host port signed", "GET /items/x HTTP/1.1\r\nhost: x:+80\r\n", host("invalid")),
+    ("host port empty", "GET /items/x HTTP/1.1\r\nhost: x:\r\n", host("invalid")),
+    ("host two ports", "GET /items/x HTTP/1.1\r\nhost: x:80:81\r\n", host("invalid")),
+    ("host percent escape", "GET /items/x HTTP/1.1\r\nhost: %78\r\n", host("invalid")),
+    ("host trailing dot", "GET /items/x HTTP/1.1\r\nhost: x.\r\n", host("invalid")),
+    ("host open bracket", "GET /items/x HTTP/1.1\r\nhost: [::1\r\n", host("invalid")),
+    ("host zone id", "GET /items/x HTTP/1.1\r\nhost: [fe80::1%25evil]\r\n", host("invalid")),
+    ("host not allowed", "GET /items/x HTTP/1.1\r\nhost: evil.example\r\n", host("not-allowed")),
+    ("host case is not a bypass", "GET /items/x HTTP/1.1\r\nhost: EVIL.example\r\n", host("not-allowed")),
+    ("absolute form to another host", "GET http://evil.example/items/x HTTP/1.1\r\nhost: x\r\n", host("mismatch")),
+    ("absolute form other port", "GET http://x:8080/items/x HTTP/1.1\r\nhost: x\r\n", host("mismatch")),
+    ("absolute form agreeing elsewhere", "GET http://evil.example/items/x HTTP/1.1\r\nhost: evil.example\r\n", host("not-allowed")),
+    ("absolute form no host", "GET http://x/items/x HTTP/1.1\r\n", host("missing")),
+    ("absolute form userinfo", "GET http://evil@x/items/x HTTP/1.1\r\nhost: x\r\n", host("invalid")),
+    ("absolute form other scheme", "GET ftp://x/items/x HTTP/1.1\r\nhost: x\r\n", host("invalid")),
+    ("http/1.0 without host", "GET /items/x HTTP/1.0\r\n", host("missing")),
+    ("http/1.0 absolute form elsewhere", "GET http://evil.example/items/x HTTP/1.0\r\n", host("not-allowed")),
 ];
 
 pub fn get(target: &str) -> Vec<u8> {
@@ -206,6 +258,13 @@ pub fn all() -> Vec<Case> {
     );
     cases.extend(TYPED.iter().map(|(name, target, ct, text, expect)| {
         (*name, post(target, *ct, text.as_bytes()), *expect)
+    }));
+    cases.extend(HOSTS.iter().map(|(name, head, expect)| {
+        (
+            *name,
+            format!("{head}connection: close\r\n\r\n").into_bytes(),
+            *expect,
+        )
     }));
     let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
     // Valid bodies on hostile `/register/{handle}` paths.

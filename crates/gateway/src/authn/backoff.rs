@@ -1,7 +1,26 @@
 //! Failed-authentication throttle (T03): failures per client address are
 //! counted with a GCRA limiter (governor); each time an address exceeds
-//! its allowance it is shut out for a period that doubles with every
-//! strike, so guessing tokens or keys gets slower and slower.
+//! its allowance it earns a strike and is shut out for a period that
+//! doubles with every strike it holds, so guessing tokens or keys gets
+//! slower and slower.
+//!
+//! Strikes decay: they are a second GCRA bucket (governor) that gives one
+//! strike back per `decay` (the `[auth] backoff_decay`, 15 minutes by
+//! default). Precisely: a strike taken when the address holds `n` strikes
+//! (after decay) starts a penalty of 2^n seconds, at most 15 minutes, and
+//! the count falls by one for every `decay` that passes. So an address
+//! that stops failing is forgiven entirely, and a few bad tokens every
+//! quarter of an hour keep it at short penalties instead of shutting
+//! everyone behind it (a NAT) out for good.
+//!
+//! While an address is shut out, its requests are refused unread, except
+//! those presenting a credential that was already accepted before (from
+//! any address), which are verified as usual. A guesser gains nothing:
+//! a guess is never among them, a guess is not even verified during the
+//! back-off (so a right one is refused just like a wrong one), and the
+//! back-off still applies to everything else. Users behind the same
+//! address who already hold a working credential keep working; someone
+//! signing in anew waits for the penalty, which decays.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -9,78 +28,125 @@ use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sha2::{Digest, Sha256};
 
 // IPv6 callers are keyed by their /64: one host has a whole /64.
 use crate::caller::network_of;
 
 const FIRST_PENALTY: Duration = Duration::from_secs(1);
 const MAX_PENALTY: Duration = Duration::from_secs(15 * 60);
+/// Strikes held at most: past 11 the penalty is at its longest anyway.
+const MAX_STRIKES: u32 = 16;
 /// Addresses tracked at most; beyond it, expired entries are swept.
 const MAX_TRACKED: usize = 100_000;
+/// Accepted credentials remembered at most, and for how long.
+const MAX_KNOWN: usize = 65_536;
+const KNOWN_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
-struct Penalty {
-    strikes: u32,
-    until: Instant,
-}
+/// The SHA-256 of a presented credential: what is remembered of it.
+pub type Fingerprint = [u8; 32];
 
 pub struct FailedAuthThrottle {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    penalties: Mutex<HashMap<IpAddr, Penalty>>,
+    /// Failures allowed before a strike.
+    allowance: DefaultKeyedRateLimiter<IpAddr>,
+    /// Strikes held: each takes a cell, one comes back per decay period.
+    strikes: DefaultKeyedRateLimiter<IpAddr, StateInformationMiddleware>,
+    /// When each penalised address may try again.
+    penalties: Mutex<HashMap<IpAddr, Instant>>,
+    /// Credentials accepted before, and when last.
+    known: Mutex<HashMap<Fingerprint, Instant>>,
 }
 
 impl FailedAuthThrottle {
     /// Allow `per_minute` failures per address (as a burst, refilled
-    /// evenly over the minute) before the first penalty.
-    pub fn new(per_minute: u32) -> Self {
+    /// evenly over the minute) before the first strike; forgive one strike
+    /// per `decay`.
+    pub fn new(per_minute: u32, decay: Duration) -> Self {
         let allowance = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
+        let most = NonZeroU32::new(MAX_STRIKES).unwrap_or(NonZeroU32::MIN);
+        let strikes = Quota::with_period(decay.max(Duration::from_millis(1)))
+            .unwrap_or(Quota::per_hour(NonZeroU32::MIN))
+            .allow_burst(most);
         Self {
-            limiter: RateLimiter::keyed(Quota::per_minute(allowance).allow_burst(allowance)),
+            allowance: RateLimiter::keyed(Quota::per_minute(allowance).allow_burst(allowance)),
+            strikes: RateLimiter::keyed(strikes).with_middleware::<StateInformationMiddleware>(),
             penalties: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
         }
     }
 
     /// If `ip` is shut out, for how much longer.
     pub fn blocked(&self, ip: IpAddr) -> Option<Duration> {
-        let penalties = self.penalties.lock().ok()?;
-        let penalty = penalties.get(&network_of(ip))?;
-        penalty.until.checked_duration_since(Instant::now())
+        let penalties = self.penalties.lock().unwrap_or_else(|p| p.into_inner());
+        let until = penalties.get(&network_of(ip))?;
+        until.checked_duration_since(Instant::now())
     }
 
     /// Count a failure from `ip`; returns the penalty if one starts now.
     pub fn failed(&self, ip: IpAddr) -> Option<Duration> {
         let key = network_of(ip);
-        if self.limiter.check_key(&key).is_ok() {
+        if self.allowance.check_key(&key).is_ok() {
             return None;
         }
-        let Ok(mut penalties) = self.penalties.lock() else {
-            return None;
+        // Strikes held, this one included, after what has decayed.
+        let strikes = match self.strikes.check_key(&key) {
+            Ok(state) => MAX_STRIKES.saturating_sub(state.remaining_burst_capacity()),
+            Err(_) => MAX_STRIKES,
         };
-        if penalties.len() >= MAX_TRACKED {
-            let now = Instant::now();
-            penalties.retain(|_, p| p.until > now);
-            self.limiter.retain_recent();
-        }
-        let penalty = penalties.entry(key).or_insert(Penalty {
-            strikes: 0,
-            until: Instant::now(),
-        });
-        penalty.strikes = penalty.strikes.saturating_add(1);
         let length = FIRST_PENALTY
-            .saturating_mul(1u32 << penalty.strikes.saturating_sub(1).min(20))
+            .saturating_mul(1u32 << strikes.saturating_sub(1).min(20))
             .min(MAX_PENALTY);
-        penalty.until = Instant::now() + length;
+        let now = Instant::now();
+        let mut penalties = self.penalties.lock().unwrap_or_else(|p| p.into_inner());
+        if penalties.len() >= MAX_TRACKED {
+            penalties.retain(|_, until| *until > now);
+            self.allowance.retain_recent();
+            self.strikes.retain_recent();
+        }
+        penalties.insert(key, now + length);
         Some(length)
     }
+
+    /// Whether `credential` was accepted before (within a day).
+    pub fn is_known(&self, credential: &Fingerprint) -> bool {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(credential)
+            .is_some_and(|at| at.elapsed() < KNOWN_FOR)
+    }
+
+    /// Remember that `credential` was accepted; at most [`MAX_KNOWN`]
+    /// are kept (the oldest forgotten first when full).
+    pub fn remember(&self, credential: Fingerprint) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_KNOWN && !known.contains_key(&credential) {
+            known.retain(|_, at| at.elapsed() < KNOWN_FOR);
+            if known.len() >= MAX_KNOWN
+                && let Some(oldest) = known.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k)
+            {
+                known.remove(&oldest);
+            }
+        }
+        known.insert(credential, Instant::now());
+    }
+}
+
+/// What is remembered of a credential: its SHA-256, never the secret.
+pub fn fingerprint(credential: &[u8]) -> Fingerprint {
+    Sha256::digest(credential).into()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const HOUR: Duration = Duration::from_secs(3600);
+
     #[test]
     fn penalties_start_after_the_allowance_and_grow() {
-        let throttle = FailedAuthThrottle::new(3);
+        let throttle = FailedAuthThrottle::new(3, HOUR);
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
         for _ in 0..3 {
             assert_eq!(throttle.failed(ip), None);
@@ -88,6 +154,7 @@ mod tests {
         assert!(throttle.blocked(ip).is_none());
         let first = throttle.failed(ip).unwrap();
         let second = throttle.failed(ip).unwrap();
+        assert_eq!(first, FIRST_PENALTY);
         assert!(second > first);
         assert!(throttle.blocked(ip).is_some());
         // Another address is not affected; IPv6 neighbours in one /64 are one.
@@ -98,5 +165,31 @@ mod tests {
             throttle.failed(a);
         }
         assert!(throttle.blocked(b).is_some());
+    }
+
+    /// T03: strikes are forgiven one per decay period.
+    #[test]
+    fn strikes_decay_t03() {
+        let throttle = FailedAuthThrottle::new(1, Duration::from_millis(100));
+        let ip: IpAddr = "203.0.113.9".parse().unwrap();
+        assert_eq!(throttle.failed(ip), None);
+        assert_eq!(throttle.failed(ip), Some(FIRST_PENALTY));
+        std::thread::sleep(Duration::from_millis(250));
+        // The earlier strike is forgiven: this one is a first strike again.
+        assert_eq!(throttle.failed(ip), Some(FIRST_PENALTY));
+    }
+
+    #[test]
+    fn known_credentials_are_bounded() {
+        let throttle = FailedAuthThrottle::new(1, HOUR);
+        let first = fingerprint(b"bhk_first");
+        throttle.remember(first);
+        assert!(throttle.is_known(&first));
+        assert!(!throttle.is_known(&fingerprint(b"bhk_other")));
+        for i in 0..MAX_KNOWN {
+            throttle.remember(fingerprint(&i.to_le_bytes()));
+        }
+        let known = throttle.known.lock().unwrap();
+        assert!(known.len() <= MAX_KNOWN);
     }
 }

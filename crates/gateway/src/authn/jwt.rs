@@ -70,6 +70,11 @@ impl JwtVerifier {
         })
     }
 
+    /// The issuer every accepted token names (`iss`).
+    pub fn issuer(&self) -> &str {
+        &self.settings.issuer
+    }
+
     /// Reload the JWKS file if it changed; a bad new file keeps the old keys.
     fn refresh(&self) {
         let JwtKeys::File(path) = &self.settings.keys else {

@@ -2,8 +2,10 @@
 //! authenticated unless the manifest says `auth = "public"`. A caller
 //! presents `Authorization: Bearer …`: a signed JWT, an encrypted JWT
 //! (JWE), a session token (`bhs_…`) or an API key (`bhk_…`). The verified
-//! identity reaches the function as `bulkhead-subject` and
-//! `bulkhead-scopes`; refusals say as little as RFC 6750 allows, and the
+//! identity reaches the function as `bulkhead-subject`, `bulkhead-credential`,
+//! `bulkhead-issuer` (JWTs) and `bulkhead-scopes`; everything the gateway
+//! keys on a caller uses the subject qualified by kind and issuer
+//! ([`principal`]). Refusals say as little as RFC 6750 allows, and the
 //! log says exactly why.
 
 mod backoff;
@@ -30,9 +32,37 @@ const MAX_CREDENTIAL_BYTES: usize = 8 * 1024;
 /// Who the caller is, once verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The subject as its credential names it (a JWT's `sub`, the subject
+    /// a key or session was made for).
     pub subject: String,
+    /// The JWT issuer that vouches for `subject`; `None` for the gateway's
+    /// own credentials (sessions, API keys).
+    pub issuer: Option<String>,
+    /// `subject` qualified by kind and issuer ([`principal`]): what rate
+    /// limits, budgets, subject-scoped data and the records key on.
+    pub principal: String,
     pub scopes: Vec<String>,
     pub kind: CredentialKind,
+}
+
+/// Characters escaped in an issuer inside a principal: `:` ends it, `%`
+/// escapes, controls never reach a record.
+const ISSUER_ESCAPES: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(b':');
+
+/// One namespace per credential kind and issuer (T13, T11): an API key made
+/// for `ci-bot`, a session for `ci-bot` and a JWT with `sub = ci-bot` are
+/// three callers: `api-key:ci-bot`, `session:ci-bot` and
+/// `jwt:ISSUER:ci-bot`, the issuer with `%` and `:` percent-escaped so the
+/// first `:` after it ends it (`jwt:https%3A//idp.example.com/:ci-bot`).
+pub fn principal(kind: CredentialKind, issuer: Option<&str>, subject: &str) -> String {
+    match issuer {
+        Some(issuer) => format!(
+            "{}:{}:{subject}",
+            kind.as_str(),
+            percent_encoding::utf8_percent_encode(issuer, ISSUER_ESCAPES)
+        ),
+        None => format!("{}:{subject}", kind.as_str()),
+    }
 }
 
 /// A verified token's claims, before the kind is known.
@@ -75,7 +105,10 @@ impl Authenticator {
             jwe,
             store,
             connections: Mutex::new(Vec::new()),
-            throttle: FailedAuthThrottle::new(app.failed_auth_per_minute),
+            throttle: FailedAuthThrottle::new(
+                app.failed_auth_per_minute,
+                app.auth_backoff_decay.get(),
+            ),
         })
     }
 
@@ -89,8 +122,17 @@ impl Authenticator {
         let Access::Authenticated { kinds, scopes } = access else {
             return Ok(None);
         };
+        // What is remembered of the credential presented (one header: two
+        // are refused below anyway).
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map(|v| backoff::fingerprint(v.as_bytes()));
         if let Some(wait) = self.throttle.blocked(peer) {
-            return Err(backoff_refusal(wait));
+            // T03: during a back-off only a credential accepted before gets
+            // verified; a guess never is one (see `backoff`).
+            if !presented.is_some_and(|f| self.throttle.is_known(&f)) {
+                return Err(backoff_refusal(wait));
+            }
         }
         let identity = match self.authenticate(headers, kinds) {
             Ok(identity) => identity,
@@ -112,6 +154,9 @@ impl Authenticator {
                 return Err(refusal);
             }
         };
+        if let Some(fingerprint) = presented {
+            self.throttle.remember(fingerprint);
+        }
         let missing: Vec<&String> = scopes
             .iter()
             .filter(|s| !identity.scopes.contains(s))
@@ -138,7 +183,7 @@ impl Authenticator {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                subject: Some(identity.subject.clone()),
+                subject: Some(identity.principal.clone()),
             });
         }
         Ok(Some(identity))
@@ -189,7 +234,13 @@ impl Authenticator {
             CredentialKind::ApiKey => self.verify_opaque(Kind::ApiKey, token),
         }
         .map_err(|reason| invalid(&reason))?;
+        let issuer = match kind {
+            CredentialKind::Jwt => self.jwt.as_ref().map(JwtVerifier::issuer),
+            CredentialKind::Session | CredentialKind::ApiKey => None,
+        };
         Ok(Identity {
+            principal: principal(kind, issuer, &verified.subject),
+            issuer: issuer.map(str::to_string),
             subject: verified.subject,
             scopes: verified.scopes,
             kind,

@@ -1,13 +1,15 @@
 //! Validation stage (T10, and T06/T07 in depth): a request that is not
 //! perfectly formed is refused before any function is instantiated.
 //!
-//! The path is decoded once and checked before routing ([`decode_path`]);
+//! `Host` and the target's authority are checked first ([`check_host`]), the
+//! path is decoded once and checked before routing ([`decode_path`]);
 //! then, per function, [`Rules`] (compiled once from the manifest's `input`)
 //! checks path parameters, the query string, framing headers and the
 //! content type before the body is read ([`Rules::check_head`]), and the
 //! body after ([`Rules::check_body`]): strict JSON first, then the schema.
 //! Refusals name the field and the rule that failed, never the value.
 
+mod host;
 mod json;
 mod uri;
 
@@ -23,6 +25,7 @@ use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
 use crate::problem::Problem;
 
+pub use host::check_host;
 pub use json::{MAX_DEPTH, MAX_NUMBER, MAX_VALUES};
 pub use uri::{MAX_QUERY_PAIRS, decode_path};
 
@@ -47,6 +50,11 @@ pub enum Rule {
     EmptyParameter,
     TooMany,
     Undeclared,
+    // Host (RFC 9112 §3.2).
+    MissingHost,
+    InvalidHost,
+    HostMismatch,
+    HostNotAllowed,
     // Framing headers.
     ChunkedBody,
     // Content type.
@@ -81,6 +89,10 @@ impl Rule {
             Rule::EmptyParameter => "empty-parameter",
             Rule::TooMany => "too-many",
             Rule::Undeclared => "undeclared",
+            Rule::MissingHost => "missing",
+            Rule::InvalidHost => "invalid",
+            Rule::HostMismatch => "mismatch",
+            Rule::HostNotAllowed => "not-allowed",
             Rule::ChunkedBody => "chunked-body",
             Rule::MissingMediaType => "missing",
             Rule::MalformedMediaType => "malformed",
@@ -105,6 +117,7 @@ impl fmt::Display for Rule {
 /// Which part of the request failed; decides status and problem type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Part {
+    Host,
     Path,
     Parameter,
     UnknownParameter,
@@ -145,6 +158,14 @@ impl Refusal {
         let (field, rule) = (&self.field, &self.rule);
         let breaks = format!("`{field}` breaks the `{rule}` rule.");
         let (status, slug, title, detail) = match self.part {
+            Part::Host => (
+                S::BAD_REQUEST,
+                "invalid-host",
+                "Invalid host",
+                format!(
+                    "The request's host breaks the `{rule}` rule; an HTTP/1.1 request names one valid host this service answers to, in one `Host` header that agrees with the request target."
+                ),
+            ),
             Part::Path => (
                 S::BAD_REQUEST,
                 "invalid-path",
@@ -246,8 +267,11 @@ impl Rules {
         }
         self.check_query(query.unwrap_or(""))?;
         let has_body = check_framing(headers)?;
+        // A `Content-Type` is exactly one well-formed media type, body or
+        // not: one that parsers read differently is refused, not guessed at.
+        let media = media_type(headers)?;
         if has_body && let Some(allowed) = &self.content_types {
-            check_media_type(headers, allowed)?;
+            check_media_type(media, allowed)?;
         }
         Ok(())
     }
@@ -310,7 +334,8 @@ impl Rules {
             }
             return Ok(());
         }
-        let says_json = media_type(headers).is_some_and(|m| is_json_media_type(&m.essence));
+        // JSON or not is decided by type and subtype alone (T10).
+        let says_json = media_type(headers)?.is_some_and(|m| is_json_media_type(&m.essence));
         if !says_json && self.schema.is_none() {
             return Ok(());
         }
@@ -360,44 +385,114 @@ fn check_framing(headers: &HeaderMap) -> Result<bool, Refusal> {
 }
 
 /// A parsed `Content-Type`: the lowercase `type/subtype` and its charset.
+#[derive(Debug, PartialEq, Eq)]
 struct MediaType {
     essence: String,
     charset: Option<String>,
 }
 
-fn media_type(headers: &HeaderMap) -> Option<MediaType> {
-    let text = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
-    let mut parts = text.split(';');
-    let essence = parts.next()?.trim().to_ascii_lowercase();
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+fn malformed_media_type() -> Refusal {
+    Refusal::new(
+        Part::MediaType,
+        "header.content-type",
+        Rule::MalformedMediaType,
+    )
+}
+
+/// The request's media type: `None` without a `Content-Type`, a refusal
+/// when it is not exactly one media type ([`parse_media_type`]).
+fn media_type(headers: &HeaderMap) -> Result<Option<MediaType>, Refusal> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
     };
-    let (kind, sub) = essence.split_once('/')?;
-    if !token(kind) || !token(sub) {
-        return None;
-    }
+    let text = value.to_str().map_err(|_| malformed_media_type())?;
+    parse_media_type(text)
+        .map(Some)
+        .ok_or_else(malformed_media_type)
+}
+
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// One media type by RFC 9110 §8.3.1, strictly:
+/// `token "/" token *( OWS ";" OWS token "=" ( token / quoted-string ) )`.
+/// RFC 9110 §5.6.6 also lets a parameter be left out (`type/sub;`); that,
+/// a parameter without a value, a list (`a/b, c/d`) and a repeated
+/// parameter name are refused here: each is read differently by different
+/// parsers, and one that gives up on the header may skip strict JSON.
+fn parse_media_type(text: &str) -> Option<MediaType> {
+    let bytes = text.trim_matches([' ', '\t']).as_bytes();
+    let mut at = 0;
+    let token = |at: &mut usize| -> Option<String> {
+        let start = *at;
+        while bytes.get(*at).copied().is_some_and(is_token_byte) {
+            *at += 1;
+        }
+        let token = bytes.get(start..*at).filter(|t| !t.is_empty())?;
+        Some(String::from_utf8_lossy(token).to_ascii_lowercase())
+    };
+    let ows = |at: &mut usize| {
+        while matches!(bytes.get(*at), Some(b' ' | b'\t')) {
+            *at += 1;
+        }
+    };
+    let kind = token(&mut at)?;
+    (bytes.get(at) == Some(&b'/')).then_some(())?;
+    at += 1;
+    let subtype = token(&mut at)?;
+    let mut names: Vec<String> = Vec::new();
     let mut charset = None;
-    for param in parts {
-        let (name, value) = param.split_once('=')?;
-        let name = name.trim().to_ascii_lowercase();
-        if !token(&name) {
+    loop {
+        ows(&mut at);
+        match bytes.get(at) {
+            None => break,
+            Some(b';') => at += 1,
+            Some(_) => return None,
+        }
+        ows(&mut at);
+        let name = token(&mut at)?;
+        (bytes.get(at) == Some(&b'=')).then_some(())?;
+        at += 1;
+        let value = if bytes.get(at) == Some(&b'"') {
+            at += 1;
+            let mut value = Vec::new();
+            loop {
+                match *bytes.get(at)? {
+                    b'"' => break,
+                    b'\\' => {
+                        at += 1;
+                        let escaped = *bytes.get(at)?;
+                        (escaped == b'\t' || (b' '..=b'~').contains(&escaped)).then_some(())?;
+                        value.push(escaped);
+                    }
+                    b if b == b'\t' || (b' '..=b'~').contains(&b) => value.push(b),
+                    _ => return None,
+                }
+                at += 1;
+            }
+            at += 1;
+            String::from_utf8_lossy(&value).into_owned()
+        } else {
+            token(&mut at)?
+        };
+        if names.contains(&name) {
             return None;
         }
         if name == "charset" {
-            charset = Some(value.trim().trim_matches('"').to_ascii_lowercase());
+            charset = Some(value.to_ascii_lowercase());
         }
+        names.push(name);
     }
-    Some(MediaType { essence, charset })
+    Some(MediaType {
+        essence: format!("{kind}/{subtype}"),
+        charset,
+    })
 }
 
-fn check_media_type(headers: &HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
+fn check_media_type(media: Option<MediaType>, allowed: &[String]) -> Result<(), Refusal> {
     let refuse = |rule| Refusal::new(Part::MediaType, "header.content-type", rule);
-    if !headers.contains_key(header::CONTENT_TYPE) {
-        return Err(refuse(Rule::MissingMediaType));
-    }
-    let media = media_type(headers).ok_or_else(|| refuse(Rule::MalformedMediaType))?;
+    let media = media.ok_or_else(|| refuse(Rule::MissingMediaType))?;
     if !allowed.contains(&media.essence) {
         return Err(refuse(Rule::MediaTypeNotAllowed));
     }

@@ -1,0 +1,271 @@
+//! The admin listener under attack (T09, T17): a flood of refused admin
+//! requests with long paths stays a bounded, folded record with capped
+//! strings; a flooding peer is rate-limited while another still gets
+//! through; in `dev` a new admin token applies without a restart.
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use serde_json::Value;
+use support::{Server, TestApp, get, request, send};
+
+const APP: &str = r#"
+[app]
+name = "administered"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#;
+
+/// The recorded-string cap, the cut marker included.
+const CAP: usize = 256;
+
+/// Bytes of the state database, its WAL included.
+fn state_bytes(state: &Path) -> u64 {
+    ["state.db", "state.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(state.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Send `count` pipelined GETs with `path` on one connection (the last
+/// closes it) and return the status of every response.
+fn pipelined(addr: SocketAddr, path: &str, count: usize) -> Vec<u16> {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let mut reader = stream.try_clone().unwrap();
+    let read = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = reader.read_to_end(&mut out);
+        out
+    });
+    for i in 0..count {
+        let close = if i + 1 == count {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        let raw = format!("GET {path} HTTP/1.1\r\nhost: admin\r\n{close}\r\n");
+        if stream.write_all(raw.as_bytes()).is_err() {
+            break;
+        }
+    }
+    let out = read.join().unwrap();
+    let text = String::from_utf8_lossy(&out);
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, m)| text.get(at + m.len()..at + m.len() + 3)?.parse().ok())
+        .collect()
+}
+
+/// Every string in `value`, recursively.
+fn strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+/// GET `path` on `addr` from the local address `from`.
+async fn get_from(from: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let stream = socket.connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut builder = http::Request::builder()
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let response = sender
+        .send_request(builder.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+/// T09: thousands of pipelined admin requests with 8 KiB paths and no
+/// token. On main each wrote a full audit record with the whole path (tens
+/// of MB of state.db); now the refusals are folded per peer and second
+/// (every one still counted), the state database barely grows, no stored
+/// string is longer than the cap, the flooding peer gets 429 and another
+/// peer (127.0.0.2) still gets through.
+#[test]
+fn t09_an_admin_flood_is_folded_capped_and_rate_limited_per_peer() {
+    let app = TestApp::new(APP, &["hello"]);
+    let created = app.run(&["admin", "token"]);
+    assert!(created.status.success());
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let state = app.path().join(".bulkhead/dev");
+    let before = state_bytes(&state);
+
+    const CONNECTIONS: usize = 4;
+    const PER_CONNECTION: usize = 750;
+    let path = format!("/{}", "A".repeat(8 * 1024));
+    let started = Instant::now();
+    let floods: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || pipelined(admin, &path, PER_CONNECTION))
+        })
+        .collect();
+    let statuses: Vec<u16> = floods.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let seconds = started.elapsed().as_secs() + 2;
+    assert_eq!(
+        statuses.len(),
+        CONNECTIONS * PER_CONNECTION,
+        "every request answered"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 401 || *s == 429),
+        "{statuses:?}"
+    );
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+
+    // Another peer is not shut out by the flood.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert_eq!(
+        rt.block_on(get_from("127.0.0.2", admin, "/healthz", Some(&token))),
+        200
+    );
+    assert_eq!(
+        rt.block_on(get_from("127.0.0.2", admin, "/metrics", None)),
+        401
+    );
+    assert!(server.stop().success());
+
+    // Folded: a few records a second, and the counts add up.
+    let records = app.audit_records("admin.refused");
+    let grown = state_bytes(&state).saturating_sub(before);
+    eprintln!(
+        "admin flood: {} requests ({limited} rate-limited), {} audit records, state.db +{grown} bytes",
+        statuses.len(),
+        records.len()
+    );
+    let full = records
+        .iter()
+        .filter(|r| r["correlation_id"].is_string())
+        .count();
+    let folded: u64 = records
+        .iter()
+        .filter_map(|r| r["detail"]["repeated"].as_u64())
+        .sum();
+    assert_eq!(
+        full as u64 + folded,
+        statuses.len() as u64 + 1,
+        "every refusal is counted (the flood and 127.0.0.2's)"
+    );
+    // At most a full record and a count per reason (missing token,
+    // rate-limited) and peer each second.
+    assert!(
+        (records.len() as u64) <= 2 * 2 * seconds + 2,
+        "{} records in {seconds} s",
+        records.len()
+    );
+    assert!(records.len() < statuses.len() / 10);
+    assert!(
+        records
+            .iter()
+            .any(|r| r["detail"]["caller"] == "ip:127.0.0.2")
+    );
+
+    // The state database grew by kilobytes, not by the flood's megabytes.
+    assert!(grown < 2 * 1024 * 1024, "state.db grew by {grown} bytes");
+
+    // No stored string is longer than the cap (plus its marker).
+    let db = rusqlite::Connection::open(state.join("state.db")).unwrap();
+    let mut statement = db
+        .prepare("SELECT kind, correlation_id, subject, function, detail FROM audit")
+        .unwrap();
+    let rows = statement
+        .query_map([], |row| {
+            let mut texts = Vec::new();
+            for i in 0..4 {
+                if let Some(text) = row.get::<_, Option<String>>(i)? {
+                    texts.push(text);
+                }
+            }
+            let detail: String = row.get(4)?;
+            Ok((texts, detail))
+        })
+        .unwrap();
+    let mut cut = 0;
+    for row in rows {
+        let (mut texts, detail) = row.unwrap();
+        strings(&serde_json::from_str(&detail).unwrap(), &mut texts);
+        for text in texts {
+            assert!(text.len() <= CAP, "a {} byte string was stored", text.len());
+            cut += usize::from(text.contains("…[cut, 8193 bytes]"));
+        }
+    }
+    assert!(cut > 0, "the path is kept, cut, with a marker");
+    assert!(
+        limited > statuses.len() / 2,
+        "the flooding peer is rate-limited: {limited}"
+    );
+}
+
+/// In `dev` on loopback the admin listener starts open (no token yet);
+/// `bulkhead admin token` against the running server closes it without a
+/// restart, and the new token opens it.
+#[tokio::test]
+async fn a_token_created_in_dev_applies_to_the_running_server() {
+    let app = TestApp::new(APP, &["hello"]);
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(
+        get(admin, "/metrics").await.status,
+        200,
+        "open in dev until a token exists"
+    );
+
+    let created = app.run(&["admin", "token"]);
+    assert!(created.status.success());
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+
+    // Bounded: the listener re-reads the token store at most every
+    // fraction of a second.
+    let mut status = 200;
+    for _ in 0..50 {
+        status = get(admin, "/metrics").await.status;
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    get(admin, "/metrics")
+        .await
+        .assert_problem(401, "admin-token-missing");
+    assert_eq!(status, 401, "the new token is required without a restart");
+    let mut right = request("GET", admin, "/metrics", Bytes::new());
+    right
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    assert_eq!(send(admin, right).await.status, 200);
+    server.wait_for_log(
+        |r| r["message"] == "an admin token exists: the admin listener now requires one",
+        Duration::from_secs(10),
+    );
+}

@@ -1,0 +1,116 @@
+//! `[app] hostnames`: the names an app answers to (T10, RFC 9112 §3.2).
+//! The manifest and the gateway's Host check share one canonical form, so
+//! an entry and a request's host are equal exactly when they name the same
+//! host, however either was spelled.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Longest host name in text form (RFC 1035).
+pub const MAX_HOST_LEN: usize = 253;
+
+/// The canonical form of the host part of an authority (what
+/// `http::uri::Authority::host()` gives): an IPv6 literal `[…]` or an IPv4
+/// address re-written from the parsed address, a name in lowercase. `None`
+/// for anything else a parser might read differently: percent-escapes,
+/// sub-delimiters (`,` `;` `!` …), zone IDs, IPvFuture literals, empty
+/// labels (including a trailing dot), over-long names or labels.
+pub fn canonical_host(host: &str) -> Option<String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
+        return Some(format!("[{ip}]"));
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Some(ip.to_string());
+    }
+    let is_name = !host.is_empty()
+        && host.len() <= MAX_HOST_LEN
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    is_name.then(|| host.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_spelling_per_host() {
+        assert_eq!(
+            canonical_host("API.Example.com").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(canonical_host("localhost").unwrap(), "localhost");
+        assert_eq!(canonical_host("127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(canonical_host("[0:0::1]").unwrap(), "[::1]");
+        assert_eq!(
+            canonical_host("[::FFFF:1.2.3.4]").unwrap(),
+            "[::ffff:1.2.3.4]"
+        );
+        for bad in [
+            "",
+            "example.com.",
+            "a..b",
+            "ex%61mple.com",
+            "a,b",
+            "a;b",
+            "a b",
+            "user@host",
+            "host:80",
+            "[fe80::1%25eth0]",
+            "[v1.x]",
+            "[::1",
+            "::1",
+            "é.example",
+            &"a".repeat(64),
+            &["a"; 130].join("."),
+        ] {
+            assert_eq!(canonical_host(bad), None, "{bad:?}");
+        }
+    }
+
+    fn app(app_keys: &str) -> Result<crate::App, String> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let manifest = format!(
+            "[app]\nname = \"hosted\"\n{app_keys}\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/f\"\n"
+        );
+        crate::parse(
+            dir.path(),
+            &dir.path().join("bulkhead.toml"),
+            &manifest,
+            "dev",
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn hostnames_are_optional_and_checked_with_their_line() {
+        assert_eq!(app("").unwrap().hostnames, None);
+        let app_ =
+            app("hostnames = [\"API.example.com\", \"[::1]\", \"api.example.com\"]").unwrap();
+        assert_eq!(
+            app_.hostnames.unwrap(),
+            ["api.example.com".to_string(), "[::1]".to_string()]
+        );
+        for (value, expected) in [
+            (
+                "[\"api.example.com:8080\"]",
+                "`api.example.com:8080` is not a host name",
+            ),
+            ("[\"https://api.example.com\"]", "is not a host name"),
+            ("[\"*.example.com\"]", "is not a host name"),
+            ("[]", "`hostnames` is empty"),
+        ] {
+            let err = app(&format!("hostnames = {value}")).unwrap_err();
+            assert!(err.contains("bulkhead.toml:3:"), "{value}: {err}");
+            assert!(err.contains(expected), "{value}: {err}");
+        }
+        let err = app("hostname = [\"a\"]").unwrap_err();
+        assert!(err.contains("unknown field `hostname`"), "{err}");
+    }
+}
