@@ -49,13 +49,14 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             loaded.digest()
         );
         println!(
-            "  limits     timeout {}, memory {}, request body {}, response body {}, {} running / {} outstanding",
+            "  limits     timeout {}, memory {}, request body {}, response body {}, {} running / {} outstanding, {} per caller",
             l.timeout,
             l.memory,
             l.max_request_body,
             l.max_response_body,
             l.max_concurrent_requests,
-            l.max_outstanding_requests
+            l.max_outstanding_requests,
+            l.max_outstanding_per_caller
         );
         // What one call reserves of its budgets while it runs (T04).
         let worst = bulkhead_gateway::worst_case(l);
@@ -180,15 +181,16 @@ fn print_input(input: &bulkhead_manifest::Input) {
 fn print_flood_controls(app: &bulkhead_manifest::App) {
     let limits = &app.limits;
     println!(
-        "  app-wide   rate limit {}; budget {}; {} running / {} outstanding",
+        "  app-wide   rate limit {}; budget {}; {} running / {} outstanding, {} per caller",
         describe_rate(limits.rate_limit.as_ref()),
         describe_budget(&app.budget, &app.pricing.currency),
         limits.max_concurrent_requests,
-        limits.max_outstanding_requests
+        limits.max_outstanding_requests,
+        limits.max_outstanding_per_caller
     );
     match &app.throttle {
         Some(t) => println!(
-            "  throttle   shed new requests at cpu {:.0}%, memory {:.0}% or in-flight {:.0}%, sampled every {}",
+            "  throttle   past cpu {:.0}%, memory {:.0}% or in-flight {:.0}%, limit active requests and shed the excess, heaviest callers first; sampled every {}",
             t.cpu * 100.0,
             t.memory * 100.0,
             t.in_flight * 100.0,

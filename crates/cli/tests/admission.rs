@@ -29,6 +29,8 @@ auth = "public"
 input.query.ms = "[0-9]{1,5}"
 max_concurrent_requests = 2
 max_outstanding_requests = 4
+# One caller sends all ten: let it hold every place (T02 caps it by default).
+max_outstanding_per_caller = 4
 "#,
         &["hostile"],
     );
@@ -82,6 +84,7 @@ name = "appwide"
 timeout = "20s"
 max_concurrent_requests = 1
 max_outstanding_requests = 2
+max_outstanding_per_caller = 2
 
 [[function]]
 name = "a"

@@ -254,8 +254,9 @@ auth = "public"
 }
 
 /// T02: one caller floods a slow function at many times its capacity
-/// while four others call it one request at a time. The flood is refused
-/// in part; the well-behaved callers succeed at least 99 % of the time.
+/// while four others call it one request at a time, with the dynamic
+/// throttle on (its defaults). The flood is refused in part; the
+/// well-behaved callers succeed at least 99 % of the time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flooder_cannot_lock_out_well_behaved_callers_t02() {
     let app = TestApp::new(
@@ -266,7 +267,6 @@ name = "fairness"
 [limits]
 rate_limit = { per_caller = "off" }
 trusted_proxies = ["127.0.0.1"]
-dynamic_throttle = { enabled = false }
 
 [[function]]
 name = "slow"
@@ -337,9 +337,187 @@ max_outstanding_requests = 8
     assert!(flood_ok.load(Ordering::Relaxed) > 0);
 }
 
-/// T01: while requests outstanding pass the throttle's threshold, new
-/// requests are shed with `overloaded` before they run; once the slow
-/// calls finish, admission resumes.
+/// GET `path` over a connection from the local address `from` (another
+/// loopback address, such as 127.0.0.2: another caller).
+async fn get_from(addr: SocketAddr, path: &str, from: &str) -> Reply {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("an address");
+    socket.bind(local).expect("bind the client address");
+    let stream = socket.connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request("GET", addr, path, Bytes::new()))
+        .await
+        .expect("a response");
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("a body")
+        .to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Open a raw connection from the local address `from` and send the head
+/// of a POST whose body never comes. A connection the server refuses (too
+/// many from that address) is kept as it is: it holds nothing.
+async fn post_head_without_body(
+    addr: SocketAddr,
+    path: &str,
+    length: usize,
+    from: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt as _;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("an address");
+    socket.bind(local).expect("bind the client address");
+    let mut stream = socket.connect(addr).await.expect("connect");
+    let head = format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
+    let _ = stream.write_all(head.as_bytes()).await;
+    stream
+}
+
+const HOLDERS_APP: &str = r#"
+[app]
+name = "holders"
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo"
+auth = "public"
+methods = ["POST"]
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#;
+
+/// T01/T02 (issue 11, item 3): 215 POSTs that declare a 100-byte body and
+/// never send it, paced within the default rate limit (100/s, burst 200),
+/// from 127.0.0.1 and three more loopback addresses (54 each, within a
+/// per-address connection cap of 64). Before the fix the bodies held 215 of
+/// the 256 outstanding places, the throttle's in-flight signal passed 80 %
+/// and every other caller was shed with `overloaded` for as long as the
+/// connections stayed open. Now requests still reading their bodies do not
+/// count for the throttle: with the dynamic throttle on (its defaults), a
+/// fifth address, 127.0.0.2, keeps getting 200s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_bodies_cannot_lock_out_other_callers_t01_t02() {
+    let app = TestApp::new(HOLDERS_APP, &["echo", "hello"]);
+    let server = Server::start(&app);
+    let addr = server.addr;
+    assert_eq!(get_from(addr, "/hello", "127.0.0.2").await.status, 200);
+    let mut held = Vec::new();
+    for n in 0..215 {
+        let from = ["127.0.0.1", "127.0.0.3", "127.0.0.4", "127.0.0.5"][n % 4];
+        held.push(post_head_without_body(addr, "/echo", 100, from).await);
+        // Paced: about 200 a second, within burst plus refill.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Let the throttle sample the load twice (it samples every second).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(get_from(addr, "/hello", "127.0.0.2").await.status);
+    }
+    let admin = server.admin.expect("admin listener");
+    let metrics = get(admin, "/metrics").await.text();
+    drop(held);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "the second address was refused: {statuses:?}"
+    );
+    assert_eq!(metric(&metrics, "bulkhead_throttle_shedding"), Some(0.0));
+}
+
+/// T02: a caller cannot hold more than its share of the outstanding
+/// places. With 8 places (2 per caller), of 5 requests one address holds
+/// open, 3 are refused at once with `too-many-requests`, the other 2 wait
+/// for their bodies and then succeed, and another address is served
+/// meanwhile.
+#[tokio::test]
+async fn a_caller_holds_no_more_than_its_share_of_places_t02() {
+    use std::io::{Read as _, Write as _};
+    let app = TestApp::new(
+        &HOLDERS_APP.replace(
+            "[[function]]\nname = \"echo\"",
+            "[limits]\nmax_concurrent_requests = 4\nmax_outstanding_requests = 8\n\n[[function]]\nname = \"echo\"",
+        ),
+        &["echo", "hello"],
+    );
+    let server = Server::start(&app);
+    let addr = server.addr;
+    let mut streams = Vec::new();
+    for _ in 0..5 {
+        let stream = post_head_without_body(addr, "/echo", 2, "127.0.0.1")
+            .await
+            .into_std()
+            .expect("a std stream");
+        stream.set_nonblocking(false).expect("blocking");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("a read timeout");
+        streams.push((stream, Vec::new()));
+    }
+    // Collect the answers that come without a body (bounded wait).
+    let started = Instant::now();
+    let answered = |streams: &[(std::net::TcpStream, Vec<u8>)]| {
+        streams
+            .iter()
+            .filter(|(_, got)| got.starts_with(b"HTTP/1.1 "))
+            .count()
+    };
+    while answered(&streams) < 3 && started.elapsed() < Duration::from_secs(20) {
+        for (stream, got) in &mut streams {
+            let mut buf = [0_u8; 4096];
+            if let Ok(n) = stream.read(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+    assert_eq!(
+        answered(&streams),
+        3,
+        "one address held more than 2 of 8 places"
+    );
+    for (_, got) in streams.iter().filter(|(_, got)| !got.is_empty()) {
+        let text = String::from_utf8_lossy(got);
+        assert!(text.starts_with("HTTP/1.1 429"), "{text}");
+        assert!(text.contains("too-many-requests"), "{text}");
+    }
+    // Another address is served meanwhile.
+    assert_eq!(get_from(addr, "/hello", "127.0.0.2").await.status, 200);
+    // The two held requests get their bodies and succeed.
+    for (stream, got) in streams.iter_mut().filter(|(_, got)| got.is_empty()) {
+        stream.write_all(b"hi").expect("send the body");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("a read timeout");
+        let mut buf = [0_u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(got);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    }
+}
+
+/// T01: while active requests pass the throttle's in-flight threshold, the
+/// caller holding them is shed with `overloaded` before its next request
+/// runs; once the slow calls finish, admission resumes.
 #[tokio::test]
 async fn the_dynamic_throttle_sheds_and_recovers_t01() {
     let app = TestApp::new(
@@ -350,6 +528,8 @@ name = "throttle"
 [limits]
 max_concurrent_requests = 8
 max_outstanding_requests = 8
+# One caller sends them all: let it hold every place (T02 caps it by default).
+max_outstanding_per_caller = 8
 dynamic_throttle = { in_flight = 0.25, cpu = 1.0, memory = 1.0, interval = "100ms" }
 timeout = "20s"
 

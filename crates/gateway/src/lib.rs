@@ -114,6 +114,7 @@ impl Gateway {
                 let gate = Gate::new(
                     limits.max_concurrent_requests,
                     limits.max_outstanding_requests,
+                    limits.max_outstanding_per_caller,
                 );
                 let route = spec.route.to_string();
                 let rules = validate::Rules::new(&spec.input);
@@ -136,6 +137,7 @@ impl Gateway {
                 app_gate: Gate::new(
                     app.limits.max_concurrent_requests,
                     app.limits.max_outstanding_requests,
+                    app.limits.max_outstanding_per_caller,
                 ),
                 app_limiter: app.limits.rate_limit.as_ref().map(CallerLimiter::new),
                 shedder: app.throttle.map(Shedder::new),

@@ -50,6 +50,7 @@ pub struct Metrics {
     live_instances: Gauge,
     budget_used: Family<BudgetLabels, Share>,
     throttle_shedding: Gauge,
+    throttle_limit: Gauge,
     throttle_signals: Family<SignalLabels, Share>,
     audit: AuditGauges,
 }
@@ -121,6 +122,12 @@ impl Metrics {
             "1 while the dynamic throttle sheds new requests",
             throttle_shedding.clone(),
         );
+        let throttle_limit = Gauge::default();
+        registry.register(
+            "throttle_limit",
+            "Requests the dynamic throttle lets be active (body read) app-wide; 0 while it sets no limit",
+            throttle_limit.clone(),
+        );
         let throttle_signals = Family::<SignalLabels, Share>::default();
         registry.register(
             "throttle_signal_ratio",
@@ -173,6 +180,7 @@ impl Metrics {
             live_instances,
             budget_used,
             throttle_shedding,
+            throttle_limit,
             throttle_signals,
         }
     }
@@ -221,6 +229,7 @@ impl Metrics {
 
     pub fn set_throttle(&self, shedding: bool, signals: crate::throttle::Signals) {
         self.throttle_shedding.set(i64::from(shedding));
+        self.throttle_limit.set(signals.limit.map_or(0, i64::from));
         for (name, value) in [
             ("cpu", signals.cpu),
             ("memory", signals.memory),

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
-use crate::admission::PushedOut;
+use crate::admission::{PushedOut, Refused};
 use crate::authn::Identity;
 use crate::caller::{Caller, client_address};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
@@ -235,19 +235,6 @@ async fn pipeline<'s>(
         .check_head(&params, request.uri().query(), request.headers())
         .map_err(|r| refuse(r, outcome))?;
 
-    // Shed new work while the process is overloaded (T01).
-    if let Some(shedder) = shared.shedder.as_ref().filter(|s| s.shedding()) {
-        return Err(Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "overloaded",
-            "Service overloaded",
-            "The service is shedding load to stay up; retry after the time Retry-After gives.",
-        )
-        .retry_after(shedder.retry_after()));
-    }
-
-    // Admit: app-wide, then per function, fairly between callers; over
-    // either bound, 429 at once (T01, T02).
     let too_many = |scope: &str| {
         Problem::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -257,14 +244,33 @@ async fn pipeline<'s>(
         )
         .retry_after(1)
     };
-    let app_place = shared
-        .app_gate
-        .try_admit(&caller)
-        .ok_or_else(|| too_many("app"))?;
-    let function_place = slot
-        .gate
-        .try_admit(&caller)
-        .ok_or_else(|| too_many("function"))?;
+    // Admit: app-wide, then per function, fairly between callers (T01,
+    // T02): over either bound or a caller's share of it, 429 at once; while
+    // the dynamic throttle limits active requests, the heaviest callers'
+    // excess is shed with `overloaded`.
+    let refused = |refusal: Refused, scope: &str| {
+        match refusal {
+        Refused::Overloaded => overloaded(shared),
+        Refused::CallerShare => Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-requests",
+            "Too many requests",
+            format!(
+                "You have as many requests outstanding at the {scope} as one caller may; retry once one has finished."
+            ),
+        )
+        .retry_after(1),
+        Refused::Full => too_many(scope),
+    }
+    };
+    let mut app_place = shared.app_gate.try_admit(&caller).map_err(|r| {
+        outcome.detail = Some(r.describe("app"));
+        refused(r, "app")
+    })?;
+    let function_place = slot.gate.try_admit(&caller).map_err(|r| {
+        outcome.detail = Some(r.describe("function"));
+        refused(r, "function")
+    })?;
 
     // Read the body, bounded in size and time (T01).
     let limits = function.limits();
@@ -312,6 +318,13 @@ async fn pipeline<'s>(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+
+    // Its body is read: it now counts against the dynamic throttle's limit,
+    // unless that is reached and this caller holds its part (T01).
+    app_place.activate().map_err(|r| {
+        outcome.detail = Some(r.describe("app"));
+        refused(r, "app")
+    })?;
 
     // Validate the body: strict JSON, then the schema (T10).
     slot.rules
@@ -398,6 +411,17 @@ async fn pipeline<'s>(
             Err(invoke_problem(&error))
         }
     }
+}
+
+/// Shed by the dynamic throttle (T01).
+fn overloaded(shared: &Shared) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "overloaded",
+        "Service overloaded",
+        "The service is shedding load to stay up; retry after the time Retry-After gives.",
+    )
+    .retry_after(shared.shedder.as_ref().map_or(1, |s| s.retry_after()))
 }
 
 /// A validation refusal (T10): the log gets field and rule, the client the problem.

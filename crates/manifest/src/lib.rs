@@ -118,6 +118,8 @@ pub struct AppLimits {
     pub max_concurrent_requests: u32,
     /// Requests running or queued across all functions; beyond it: 429.
     pub max_outstanding_requests: u32,
+    /// Of those, the most one caller may hold (T02); default a quarter.
+    pub max_outstanding_per_caller: u32,
     /// Live WebAssembly instances at once (the pooling allocator's size).
     pub max_instances: u32,
     /// Open client connections at once.
@@ -191,6 +193,8 @@ pub struct FunctionLimits {
     pub max_concurrent_requests: u32,
     /// Calls running or queued; beyond it: 429 at once.
     pub max_outstanding_requests: u32,
+    /// Of those, the most one caller may hold (T02); default a quarter.
+    pub max_outstanding_per_caller: u32,
     /// The body cap: `input.max_body` (or its alias `max_request_body`).
     pub max_request_body: ByteSize,
     pub max_response_body: ByteSize,
@@ -206,6 +210,9 @@ pub mod defaults {
 
     pub const MAX_CONCURRENT_REQUESTS: u32 = 64;
     pub const MAX_OUTSTANDING_REQUESTS: u32 = 256;
+    /// A caller's default share of the outstanding places (T02): one
+    /// caller can never hold more than this part of a gate.
+    pub const CALLER_SHARE_DIVISOR: u32 = 4;
     pub const MAX_INSTANCES: u32 = 256;
     pub const MAX_CONNECTIONS: u32 = 1024;
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

@@ -127,6 +127,8 @@ pub(crate) struct RawLimits {
     // App-wide admission (T01).
     pub max_concurrent_requests: Option<Spanned<u32>>,
     pub max_outstanding_requests: Option<Spanned<u32>>,
+    /// Places one caller may hold of `max_outstanding_requests` (T02).
+    pub max_outstanding_per_caller: Option<Spanned<u32>>,
     pub max_instances: Option<Spanned<u32>>,
     // Listener hygiene (T01: slowloris, oversized requests).
     pub max_connections: Option<Spanned<u32>>,
@@ -153,6 +155,7 @@ pub(crate) struct RawLimits {
 overlaid!(RawLimits {
     max_concurrent_requests,
     max_outstanding_requests,
+    max_outstanding_per_caller,
     max_instances,
     max_connections,
     max_connections_per_address,
@@ -185,6 +188,7 @@ pub(crate) struct RawFunction {
     pub memory: Option<Spanned<ByteSize>>,
     pub max_concurrent_requests: Option<Spanned<u32>>,
     pub max_outstanding_requests: Option<Spanned<u32>>,
+    pub max_outstanding_per_caller: Option<Spanned<u32>>,
     pub max_request_body: Option<Spanned<ByteSize>>,
     pub max_response_body: Option<Spanned<ByteSize>>,
     pub max_outbound_bytes: Option<Spanned<ByteSize>>,

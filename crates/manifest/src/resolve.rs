@@ -251,6 +251,24 @@ fn positive(out: &mut Collector<'_>, key: &str, value: Option<&Spanned<u32>>, de
     }
 }
 
+/// `max_outstanding_per_caller`: at least 1, at most the gate's bound.
+fn caller_share(
+    out: &mut Collector<'_>,
+    key: &str,
+    value: Option<&Spanned<u32>>,
+    max_outstanding: u32,
+    default: u32,
+) -> u32 {
+    let share = positive(out, key, value, default.max(1));
+    if share > max_outstanding {
+        out.at(
+            value.map(Spanned::span),
+            format!("`{key}` ({share}) is a share of `max_outstanding_requests` ({max_outstanding}), so it cannot be above it"),
+        );
+    }
+    share.min(max_outstanding)
+}
+
 fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
     let max_concurrent_requests = positive(
         out,
@@ -273,6 +291,14 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             ),
         );
     }
+    // One caller's share of the outstanding places (T02): a quarter unless set.
+    let max_outstanding_per_caller = caller_share(
+        out,
+        "max_outstanding_per_caller",
+        raw.max_outstanding_per_caller.as_ref(),
+        max_outstanding_requests,
+        max_outstanding_requests.div_ceil(defaults::CALLER_SHARE_DIVISOR),
+    );
     let max_header_bytes = raw
         .max_header_bytes
         .as_ref()
@@ -304,6 +330,7 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
         metering: raw.metering.as_ref().is_none_or(|m| *m.get_ref()),
         max_concurrent_requests,
         max_outstanding_requests,
+        max_outstanding_per_caller,
         max_instances: positive(
             out,
             "max_instances",
@@ -504,6 +531,21 @@ fn function(
         );
     }
 
+    // A function's own bound gets its own quarter; an inherited one, the
+    // app's per-caller share (T02).
+    let default_share = if f.max_outstanding_requests.is_some() {
+        max_outstanding_requests.div_ceil(defaults::CALLER_SHARE_DIVISOR)
+    } else {
+        app_limits.max_outstanding_per_caller
+    };
+    let max_outstanding_per_caller = caller_share(
+        out,
+        "max_outstanding_per_caller",
+        f.max_outstanding_per_caller.as_ref(),
+        max_outstanding_requests,
+        default_share.min(max_outstanding_requests),
+    );
+
     let access = crate::auth::resolve_access(
         out,
         name,
@@ -543,6 +585,7 @@ fn function(
             memory,
             max_concurrent_requests,
             max_outstanding_requests,
+            max_outstanding_per_caller,
             max_request_body,
             max_response_body,
             max_outbound_bytes,

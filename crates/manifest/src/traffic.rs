@@ -183,9 +183,11 @@ pub(crate) fn resolve_proxies(
     TrustedProxies { nets, header }
 }
 
-/// Shed new work while the process is overloaded (T01, T04). A signal is a
-/// share from 0 to 1: process CPU over all cores, resident memory over
-/// the memory available, requests outstanding over the app's bound.
+/// Shed the excess while the process is overloaded (T01, T04). A signal is
+/// a share from 0 to 1: process CPU over all cores, resident memory over
+/// the memory available, active requests (body read, queued or running)
+/// over the app's `max_outstanding_requests`. Past a threshold the gateway
+/// limits active requests adaptively (see the gateway's `throttle` module).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Throttle {
     pub cpu: f64,
@@ -196,7 +198,8 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// Shedding stops once every signal is this far below its threshold.
+    /// The limit grows back (and is lifted) only while every signal is
+    /// this far below its threshold.
     pub const HYSTERESIS: f64 = 0.10;
 }
 
@@ -263,6 +266,38 @@ mod tests {
         assert!(parse_rate("10").is_err());
         assert!(parse_rate("10/fortnight").is_err());
         assert!(parse_rate("-1/s").is_err());
+    }
+
+    fn parse_limits(limits: &str, function: &str) -> Result<crate::App, String> {
+        let source = format!(
+            "[app]\nname = \"t\"\n[limits]\n{limits}\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/\"\nauth = \"public\"\n{function}\n"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let path = dir.path().join("bulkhead.toml");
+        crate::parse(dir.path(), &path, &source, "dev").map_err(|e| e.to_string())
+    }
+
+    /// T02: one caller's share of the outstanding places is a quarter by
+    /// default, app-wide and per function, and can be set but not above
+    /// the bound it shares.
+    #[test]
+    fn a_callers_share_of_outstanding_places_t02() {
+        let app = parse_limits("", "").unwrap();
+        assert_eq!(app.limits.max_outstanding_per_caller, 64);
+        assert_eq!(app.functions[0].limits.max_outstanding_per_caller, 64);
+        let app = parse_limits(
+            "max_outstanding_per_caller = 200",
+            "max_concurrent_requests = 2\nmax_outstanding_requests = 10",
+        )
+        .unwrap();
+        assert_eq!(app.limits.max_outstanding_per_caller, 200);
+        assert_eq!(app.functions[0].limits.max_outstanding_per_caller, 3);
+        let app = parse_limits("max_outstanding_per_caller = 200", "").unwrap();
+        assert_eq!(app.functions[0].limits.max_outstanding_per_caller, 200);
+        let err = parse_limits("max_outstanding_per_caller = 300", "").unwrap_err();
+        assert!(err.contains("max_outstanding_per_caller"), "{err}");
+        assert!(parse_limits("max_outstanding_per_caller = 0", "").is_err());
     }
 
     /// A manifest with one public function and `extra` after it.

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::ResourceTableError;
-use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap, UpdateDeadline};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::{FieldMapError, WasiHttpView};
@@ -184,7 +184,21 @@ async fn run(
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));
     let mut store = Store::try_new(sealed.pre.engine(), state).map_err(internal)?;
     store.limiter(|state| &mut state.limits);
-    store.set_epoch_deadline(deadline_ticks(timeout));
+    // Every epoch tick the guest yields to the executor, and at the deadline
+    // it traps (T01, T05). A CPU-bound guest must not hold a worker thread
+    // for its whole run: under overload the gateway could then not even read,
+    // shed or refuse new requests, and the backlog would wait, unseen by the
+    // throttle, in front of it (issue 11, item 4).
+    let mut ticks_left = deadline_ticks(timeout);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        ticks_left = ticks_left.saturating_sub(1);
+        Ok(if ticks_left == 0 {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+        })
+    });
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let request = request.map(|body| {

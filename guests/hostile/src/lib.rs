@@ -10,6 +10,8 @@
 //! - `/env`       reports the environment and arguments it can see
 //! - `/outbound`  tries an outbound HTTP call (no grant)
 //! - `/sleep`     sleeps `?ms=N` milliseconds, then answers (slow work)
+//! - `/burn`      does `?n=N` thousand rounds of arithmetic, then answers
+//!                (CPU work, for the overload bench)
 //! - `/shout`     writes hostile text to stdout and stderr, then answers
 //! - `/nobody`    returns without ever setting a response
 //! - `/counter`   counts calls in a global: always 1 if no state survives
@@ -77,6 +79,13 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                     .unwrap_or(100);
                 wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
                 reply(response_out, 200, "slept")
+            }
+            "burn" => {
+                let n: u64 = query
+                    .strip_prefix("n=")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1000);
+                reply(response_out, 200, &burn(n).to_string())
             }
             "socket" => match param(query, "n").parse::<u64>() {
                 Ok(n) => reply(response_out, 200, &socket_flood(n)),
@@ -161,6 +170,16 @@ fn spin() -> ! {
     loop {
         n = std::hint::black_box(n.wrapping_add(1));
     }
+}
+
+/// `n` thousand rounds of a multiply-xor hash: CPU work whose cost does
+/// not depend on anything but `n`.
+fn burn(n: u64) -> u64 {
+    let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+    for i in 0..n.saturating_mul(1000) {
+        x = std::hint::black_box((x ^ i).wrapping_mul(0x0100_0000_01b3));
+    }
+    x
 }
 
 fn membomb() -> String {
