@@ -269,3 +269,41 @@ async fn a_token_created_in_dev_applies_to_the_running_server() {
         Duration::from_secs(10),
     );
 }
+
+/// While the dev admin listener is open (no token yet), only loopback host
+/// names reach it: a page on another name rebound to 127.0.0.1 (DNS
+/// rebinding) sends that name as `Host` and is refused; the Host rules of
+/// the public listener hold too (T10, T17).
+#[tokio::test]
+async fn the_open_dev_admin_listener_answers_loopback_names_only() {
+    let app = TestApp::new(APP, &["hello"]);
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let ask = |host: &str| {
+        let head = if host.is_empty() {
+            "GET /metrics HTTP/1.1\r\nconnection: close\r\n\r\n".to_string()
+        } else {
+            format!("GET /metrics HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n")
+        };
+        support::raw_exchange(admin, head.as_bytes(), Duration::from_secs(5))
+    };
+    for host in [
+        "localhost".to_string(),
+        format!("127.0.0.1:{}", admin.port()),
+        format!("[::1]:{}", admin.port()),
+    ] {
+        let reply = ask(&host);
+        assert!(reply.starts_with("HTTP/1.1 200"), "{host}: {reply}");
+    }
+    for host in [
+        "rebound.example",
+        "rebound.example:9901",
+        "127.0.0.1.nip.io",
+        "",
+    ] {
+        let reply = ask(host);
+        assert!(reply.starts_with("HTTP/1.1 400"), "{host:?}: {reply}");
+        assert!(reply.contains("invalid-host"), "{host:?}: {reply}");
+        assert!(!reply.contains("rebound"), "never echoed: {reply}");
+    }
+}

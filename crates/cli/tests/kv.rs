@@ -662,12 +662,15 @@ async fn t15_no_plaintext_on_disk_and_moved_ciphertext_fails() {
         .unwrap();
     db.execute(swap, rusqlite::params![rows[0].1, rows[1].0])
         .unwrap();
-    db.execute(
-        "UPDATE kv SET value_sealed = (SELECT value_sealed FROM kv WHERE store = 'private' AND subject = 'alice')
-         WHERE store = 'private' AND subject = 'bob'",
-        [],
-    )
-    .unwrap();
+    let copied = db
+        .execute(
+            "UPDATE kv SET value_sealed = (SELECT value_sealed FROM kv WHERE store = 'private' AND subject = 'api-key:alice')
+             WHERE store = 'private' AND subject = 'api-key:bob'",
+            [],
+        )
+        .unwrap();
+    // The copy must really land on bob's row, or the check below proves nothing.
+    assert_eq!(copied, 1, "bob's private row was not found");
     for path in [
         "/w?op=get&store=shared&key=KeyCanary5150",
         "/w?op=get&store=shared&key=second",

@@ -31,6 +31,7 @@ use crate::audit::{AdminFacts, client_text};
 use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
+use crate::validate;
 use crate::{Gateway, Shared};
 
 const MAX_ADMIN_CONNECTIONS: usize = 16;
@@ -104,6 +105,12 @@ impl AdminAccess {
             info!(target: "bulkhead::admin", "an admin token exists: the admin listener now requires one");
         }
         hashes
+    }
+
+    /// Open without a token: `dev` on loopback while no token exists or
+    /// has ever been seen by this process.
+    fn is_open(&self, hashes: &[[u8; 32]]) -> bool {
+        hashes.is_empty() && self.open_until_token && !self.token_seen.load(Ordering::Acquire)
     }
 }
 
@@ -207,6 +214,7 @@ fn handle(
     let checked = limiter
         .check(peer.ip())
         .map_err(rate_limited)
+        .and_then(|()| check_host(access, request))
         .and_then(|()| authorize(access, request));
     let mut response = match checked {
         Err(problem) => {
@@ -247,9 +255,28 @@ fn rate_limited(wait: Duration) -> Problem {
     .retry_after(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
 }
 
+/// Host names a browser on this machine uses for a loopback listener.
+const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
+
+/// The Host rules of the public listener (T10). While the listener is open
+/// without a token (`dev` on loopback), the host must also be a loopback
+/// name: a web page whose own name was rebound to 127.0.0.1 (DNS
+/// rebinding) sends its own name as `Host` and is refused.
+fn check_host(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Problem> {
+    let loopback: Vec<String>;
+    let allowed = if access.is_open(access.hashes().as_slice()) {
+        loopback = LOOPBACK_HOSTS.iter().map(|h| (*h).to_string()).collect();
+        Some(loopback.as_slice())
+    } else {
+        None
+    };
+    validate::check_host(request.version(), request.uri(), request.headers(), allowed)
+        .map_err(|refusal| refusal.to_problem())
+}
+
 fn authorize(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Problem> {
     let hashes = access.hashes();
-    if hashes.is_empty() && access.open_until_token && !access.token_seen.load(Ordering::Acquire) {
+    if access.is_open(hashes.as_slice()) {
         return Ok(());
     }
     let presented = request
