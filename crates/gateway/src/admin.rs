@@ -9,14 +9,13 @@
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_store::tokens::token_matches;
 use bytes::Bytes;
-use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::Quota;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -31,6 +30,7 @@ use crate::audit::{AdminFacts, client_text};
 use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
+use crate::ratelimit::KeyedLimiter;
 use crate::validate;
 use crate::{Gateway, Shared};
 
@@ -40,9 +40,6 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// scrapes and probes, far below what fills a disk.
 const ADMIN_RATE_PER_SECOND: u32 = 20;
 const ADMIN_BURST: u32 = 40;
-/// Peers tracked before idle ones are swept, and checks between sweeps.
-const SWEEP_ABOVE: usize = 10_000;
-const SWEEP_EVERY: u32 = 1024;
 /// How old the token list may be: a token made or revoked with
 /// `bulkhead admin token` applies within this, without a restart, and a
 /// flood reads the store at most this often.
@@ -114,39 +111,12 @@ impl AdminAccess {
     }
 }
 
-/// Per-peer rate limit of the admin listener (T09).
-struct PeerLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    clock: DefaultClock,
-    checks: AtomicU32,
-}
-
-impl PeerLimiter {
-    fn new() -> Self {
-        let rate = NonZeroU32::new(ADMIN_RATE_PER_SECOND).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(ADMIN_BURST).unwrap_or(NonZeroU32::MIN);
-        Self {
-            limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
-            clock: DefaultClock::default(),
-            checks: AtomicU32::new(0),
-        }
-    }
-
-    /// `Err(wait)` when `peer` is over its rate.
-    fn check(&self, peer: IpAddr) -> Result<(), Duration> {
-        if self
-            .checks
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(SWEEP_EVERY)
-            && self.limiter.len() > SWEEP_ABOVE
-        {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
-        }
-        self.limiter
-            .check_key(&network_of(peer))
-            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
-    }
+/// Per-peer rate limit of the admin listener (T09), keyed by network
+/// (IPv6 by /64).
+fn peer_limiter() -> KeyedLimiter<IpAddr> {
+    let rate = NonZeroU32::new(ADMIN_RATE_PER_SECOND).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(ADMIN_BURST).unwrap_or(NonZeroU32::MIN);
+    KeyedLimiter::with_quota(Quota::per_second(rate).allow_burst(burst))
 }
 
 impl Gateway {
@@ -158,7 +128,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let access = Arc::new(access);
-        let limiter = Arc::new(PeerLimiter::new());
+        let limiter = Arc::new(peer_limiter());
         let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
         let mut builder = http1::Builder::new();
         builder
@@ -202,7 +172,7 @@ impl Gateway {
 fn handle(
     shared: &Shared,
     access: &AdminAccess,
-    limiter: &PeerLimiter,
+    limiter: &KeyedLimiter<IpAddr>,
     peer: SocketAddr,
     request: &Request<Incoming>,
 ) -> Response<Bytes> {
@@ -212,7 +182,7 @@ fn handle(
     let path = client_text(request.uri().path());
     let method = client_text(request.method().as_str());
     let checked = limiter
-        .check(peer.ip())
+        .check(&network_of(peer.ip()))
         .map_err(rate_limited)
         .and_then(|()| check_host(access, request))
         .and_then(|()| authorize(access, request));

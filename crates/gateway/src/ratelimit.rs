@@ -2,6 +2,7 @@
 //! keyed by [`Caller`]. Over the limit, the request is refused before its
 //! body is read, with the time until the caller may try again.
 
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -12,22 +13,33 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::caller::Caller;
 
-/// Callers tracked before idle ones are swept.
+/// Keys tracked before idle ones are swept.
 const SWEEP_ABOVE: usize = 50_000;
-/// Checks between sweeps of idle callers.
+/// Checks between sweeps of idle keys.
 const SWEEP_EVERY: u32 = 4096;
 
-pub struct CallerLimiter {
-    limiter: DefaultKeyedRateLimiter<Caller>,
+/// A GCRA limiter per key (governor) whose idle keys are swept, so a flood
+/// of new keys cannot grow it without bound.
+pub struct KeyedLimiter<K: Hash + Eq + Clone> {
+    limiter: DefaultKeyedRateLimiter<K>,
     clock: DefaultClock,
     checks: AtomicU32,
 }
+
+/// Per-caller rate limit of one scope (the app or a function).
+pub type CallerLimiter = KeyedLimiter<Caller>;
 
 impl CallerLimiter {
     pub fn new(limit: &RateLimit) -> Self {
         let burst = NonZeroU32::new(limit.burst).unwrap_or(NonZeroU32::MIN);
         let quota = Quota::with_period(limit.interval().max(Duration::from_nanos(1)))
             .map_or_else(|| Quota::per_second(burst), |q| q.allow_burst(burst));
+        Self::with_quota(quota)
+    }
+}
+
+impl<K: Hash + Eq + Clone> KeyedLimiter<K> {
+    pub fn with_quota(quota: Quota) -> Self {
         Self {
             limiter: RateLimiter::keyed(quota),
             clock: DefaultClock::default(),
@@ -35,8 +47,8 @@ impl CallerLimiter {
         }
     }
 
-    /// `Err(wait)` when `caller` is over its rate.
-    pub fn check(&self, caller: &Caller) -> Result<(), Duration> {
+    /// `Err(wait)` when `key` is over its rate.
+    pub fn check(&self, key: &K) -> Result<(), Duration> {
         if self
             .checks
             .fetch_add(1, Ordering::Relaxed)
@@ -47,7 +59,7 @@ impl CallerLimiter {
             self.limiter.shrink_to_fit();
         }
         self.limiter
-            .check_key(caller)
+            .check_key(key)
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 }
