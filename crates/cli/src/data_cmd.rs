@@ -67,20 +67,41 @@ pub fn run(command: DataCommand) -> Result<ExitCode> {
     }
 }
 
-fn check_subject(subject: &str) -> Result<()> {
+fn check_subject(store: &Store, subject: &str) -> Result<()> {
     if subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
         bail!("--subject must be 1 to 1024 characters without control characters");
     }
-    // Records written before subjects were qualified (T13) are still
-    // addressed by the bare name, so it is allowed, but said.
-    if !["api-key:", "session:", "jwt:"]
+    if ["api-key:", "session:", "jwt:"]
         .iter()
         .any(|kind| subject.starts_with(kind))
     {
-        eprintln!(
-            "note: `{subject}` is not qualified; calls write records under `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB` (see the access log), a bare name only addresses records written before that"
+        return Ok(());
+    }
+    // A bare name addresses only records written before subjects were
+    // qualified (T13). Records under the qualified forms of the same name
+    // mean the operator meant those: doing nothing and saying "erased"
+    // would leave the subject's data in place (T20).
+    let conn = store.connect()?;
+    let named = kv::subjects_named(&conn, subject, 20)?;
+    if !named.is_empty() {
+        bail!(
+            "`{subject}` is not qualified and holds no records of its own; the records are kept under:\n  {}\nrun again with --subject set to one of them (the access log names the subject of each call)",
+            named.join("\n  ")
         );
     }
+    let bare: i64 = conn.query_row(
+        "SELECT count(*) FROM kv WHERE subject = ?1",
+        [subject],
+        |row| row.get(0),
+    )?;
+    if bare == 0 {
+        bail!(
+            "no records are kept under `{subject}`; subjects are qualified: `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB` (the access log names the subject of each call)"
+        );
+    }
+    eprintln!(
+        "note: `{subject}` is not qualified; it addresses the records written before subjects were qualified"
+    );
     Ok(())
 }
 
@@ -92,8 +113,8 @@ fn audited(store: &Store, event: AuditEvent) -> Result<()> {
 }
 
 fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
-    check_subject(subject)?;
     let store = target.store(false)?;
+    check_subject(&store, subject)?;
     let keys = KeyStore::open(store.dir())?;
     let mut conn = store.connect()?;
     let (destroyed, deleted) = kv::erase_subject(&keys, &mut conn, subject)?;
@@ -109,12 +130,12 @@ fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
 }
 
 fn export(target: &Target, subject: &str) -> Result<ExitCode> {
-    check_subject(subject)?;
     let app = match crate::load_app(target) {
         Ok(app) => app,
         Err(problems) => return Ok(crate::report(&problems)),
     };
     let store = target.store(false)?;
+    check_subject(&store, subject)?;
     let stores: Vec<String> = app
         .stores
         .iter()

@@ -443,6 +443,22 @@ async fn t13_an_api_key_and_a_jwt_for_the_same_name_are_two_subjects() {
     let jwt_subject = "jwt:https%3A//id.example.org:ci-bot";
     assert_eq!(subjects, ["api-key:ci-bot", jwt_subject]);
 
+    // A bare name matches no record: the erasure is refused, naming the
+    // qualified subjects, and nothing is erased (never a silent success).
+    let out = app.run_with(&["data", "erase"], &["--subject", "ci-bot"]);
+    assert!(!out.status.success(), "a bare subject must not succeed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("api-key:ci-bot") && stderr.contains(jwt_subject),
+        "{stderr}"
+    );
+    assert_eq!(call(&server, get, Some(&key)).await, "value:fromkey");
+    let out = app.run_with(&["data", "export"], &["--subject", "ci-bot"]);
+    assert!(
+        !out.status.success(),
+        "a bare subject must not export nothing"
+    );
+
     // Each is addressed on its own: erasing the key's leaves the JWT's.
     let out = app.run_with(&["data", "erase"], &["--subject", "api-key:ci-bot"]);
     assert!(

@@ -381,4 +381,19 @@ auth = "public"
         served.into_iter().collect::<BTreeSet<_>>(),
         "only the served requests reached the function"
     );
+
+    // The function sees the host the check accepted, in its one canonical
+    // spelling, never the client's own: what it builds links from is what
+    // was checked (issue 11 review, T10).
+    for (host, seen) in [
+        ("API.Example.COM:08080", "api.example.com:8080"),
+        ("[0:0::1]", "[::1]"),
+        ("Localhost", "localhost"),
+    ] {
+        let raw = format!("GET /items/a HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let answer = exchange(&server, raw.as_bytes());
+        assert_eq!(answer.status, Some(200), "{host}: {}", answer.body);
+        let echo: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(echo["authority"], seen, "{host}");
+    }
 }

@@ -450,7 +450,9 @@ fn guest_request(
     rules: &Rules,
 ) -> Result<Request<Bytes>, Problem> {
     // The host `validate::check_host` accepted: an absolute-form target's
-    // (which agrees with `Host`), else `Host`, else (HTTP/1.0) `localhost`.
+    // (which agrees with `Host`), else `Host`, else (HTTP/1.0) `localhost`;
+    // canonical, so the function never sees a spelling other than the one
+    // checked (`API.Example.com:08080` is `api.example.com:8080`).
     let authority = parts
         .uri
         .authority()
@@ -461,9 +463,8 @@ fn guest_request(
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
         })
-        .filter(|h| h.parse::<http::uri::Authority>().is_ok())
-        .unwrap_or("localhost")
-        .to_string();
+        .and_then(validate::canonical_authority)
+        .unwrap_or_else(|| "localhost".to_string());
     let path_and_query = parts
         .uri
         .path_and_query()

@@ -337,12 +337,14 @@ fn headers(out: &mut Collector<'_>, function: &str, raw: &[Spanned<String>]) -> 
     headers
 }
 
-/// A JSON media type: `application/json` or any `…+json`.
+/// A JSON media type: any type whose subtype is `json` or `x-json`
+/// (`application/json`, `text/json`, `application/x-json`…) or ends in
+/// `+json`. Every spelling a guest's parser may read as JSON counts, so
+/// none of them skips strict JSON (T10).
 pub fn is_json_media_type(media_type: &str) -> bool {
-    media_type == "application/json"
-        || media_type
-            .split_once('/')
-            .is_some_and(|(_, sub)| sub.ends_with("+json"))
+    media_type
+        .split_once('/')
+        .is_some_and(|(_, sub)| sub == "json" || sub == "x-json" || sub.ends_with("+json"))
 }
 
 /// `type/subtype`, lowercase tokens, no parameters or wildcards.
@@ -503,6 +505,9 @@ mod tests {
         assert!(is_json_media_type("application/json"));
         assert!(is_json_media_type("application/problem+json"));
         assert!(!is_json_media_type("text/plain"));
+        assert!(is_json_media_type("text/json"));
+        assert!(is_json_media_type("application/x-json"));
+        assert!(!is_json_media_type("application/jsonx"));
         assert!(valid_media_type("text/plain"));
         for bad in [
             "text",

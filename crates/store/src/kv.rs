@@ -289,6 +289,21 @@ impl Kv {
     }
 }
 
+/// Qualified subjects (`api-key:NAME`, `session:NAME`, `jwt:ISSUER:NAME`)
+/// whose name is `name`, at most `limit` of them: what an operator who
+/// typed a bare name most likely meant (T20).
+pub fn subjects_named(conn: &Connection, name: &str, limit: u32) -> Result<Vec<String>, KvError> {
+    let mut statement = conn.prepare(
+        "SELECT DISTINCT subject FROM kv
+         WHERE length(subject) > length(?1) AND substr(subject, -length(?1) - 1) = ':' || ?1
+         ORDER BY subject LIMIT ?2",
+    )?;
+    let subjects = statement
+        .query_map(params![name, limit], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(subjects)
+}
+
 /// Crypto-shred `subject` (see [`Kv::erase_subject`]); needs no master
 /// key: the wrapped keys and the rows are deleted, not read.
 /// The keys go first: once they are destroyed the rows are unreadable

@@ -177,6 +177,16 @@ const TYPED: &[(&str, &str, Option<&str>, &str, Expect)] = &[
     ("json unterminated quote", "/free", Some("application/json; charset=\"utf-8"), SMUGGLED_JSON, media("malformed")),
     ("json strict anyway", "/free", Some("application/json"), SMUGGLED_JSON, body("duplicate-key")),
     ("suffix json strict", "/free", Some("Application/Problem+JSON; charset=\"utf-8\""), SMUGGLED_JSON, body("duplicate-key")),
+    // Other spellings of JSON are JSON too: a guest's parser reads them
+    // as JSON whatever the gateway thinks (issue 11 review, T10).
+    ("text/json strict", "/free", Some("text/json"), SMUGGLED_JSON, body("duplicate-key")),
+    ("x-json strict", "/free", Some("application/x-json"), SMUGGLED_JSON, body("duplicate-key")),
+    ("text/x-json strict", "/free", Some("text/x-json; charset=utf-8"), SMUGGLED_JSON, body("duplicate-key")),
+    // A request's type is one type, never a range.
+    ("wildcard type", "/free", Some("*/*"), SMUGGLED_JSON, media("malformed")),
+    ("wildcard subtype", "/free", Some("application/*"), SMUGGLED_JSON, media("malformed")),
+    // A NUL in a key makes `a\u0000b` and `a` one key to a C parser.
+    ("nul in a key", "/free", Some("application/json"), r#"{"role\u0000x":"admin","role":"user"}"#, body("control-character")),
 ];
 
 /// A body two JSON parsers read differently: a duplicate key, and a

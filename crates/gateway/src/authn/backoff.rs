@@ -9,9 +9,12 @@
 //! default). Precisely: a strike taken when the address holds `n` strikes
 //! (after decay) starts a penalty of 2^n seconds, at most 15 minutes, and
 //! the count falls by one for every `decay` that passes. So an address
-//! that stops failing is forgiven entirely, and a few bad tokens every
-//! quarter of an hour keep it at short penalties instead of shutting
-//! everyone behind it (a NAT) out for good.
+//! that stops failing is forgiven entirely, one strike per `decay`. Bad
+//! tokens within the allowance earn no strike at all; but an address that
+//! goes past its allowance once per `decay` (about `per_minute` + 1 bad
+//! tokens every quarter of an hour by default) keeps its strikes and stays
+//! at the longest penalty, and with it everyone behind it (a NAT) who has
+//! no credential accepted before: see below.
 //!
 //! While an address is shut out, its requests are refused unread, except
 //! those presenting a credential that was already accepted before (from
@@ -20,7 +23,9 @@
 //! back-off (so a right one is refused just like a wrong one), and the
 //! back-off still applies to everything else. Users behind the same
 //! address who already hold a working credential keep working; someone
-//! signing in anew waits for the penalty, which decays.
+//! signing in anew waits for the penalty, which decays. The memory of
+//! accepted credentials lives in this process: after a restart a
+//! credential is known again once it is accepted outside a back-off.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -56,6 +56,16 @@ fn parse(text: &str) -> Option<Host> {
     Some(Host { name, port })
 }
 
+/// `host[:port]` in its one canonical spelling, or `None` if `text` is not
+/// a valid host: what a function is told the request's host is, so that it
+/// sees exactly what [`check_host`] checked (T10).
+pub fn canonical_authority(text: &str) -> Option<String> {
+    parse(text).map(|host| match host.port {
+        Some(port) => format!("{}:{port}", host.name),
+        None => host.name,
+    })
+}
+
 fn header_host(value: &HeaderValue) -> Option<Host> {
     parse(value.to_str().ok()?)
 }

@@ -155,6 +155,11 @@ impl<'de> Visitor<'de> for Node<'_> {
         let mut map = Map::new();
         // Keys are compared decoded: `"a"` and `"\u0061"` are the same key.
         while let Some(key) = access.next_key::<String>()? {
+            // A NUL ends a key for C and many guest parsers: `"a\u0000b"`
+            // would be a second `"a"` to them (T10).
+            if key.contains('\0') {
+                return Err(self.0.refuse(Rule::ControlCharacter));
+            }
             if map.contains_key(&key) {
                 return Err(self.0.refuse(Rule::DuplicateKey));
             }
@@ -201,6 +206,7 @@ mod tests {
             (&br#"{"a":1,"a":2}"#[..], Rule::DuplicateKey),
             (br#"{"a":1,"\u0061":2}"#, Rule::DuplicateKey),
             (br#"{"x":{"a":1,"a":1}}"#, Rule::DuplicateKey),
+            (br#"{"a\u0000b":1,"a":2}"#, Rule::ControlCharacter),
             (b"9007199254740992", Rule::NumberMagnitude),
             (b"-9007199254740992", Rule::NumberMagnitude),
             (b"1e300", Rule::NumberMagnitude),

@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
 use crate::problem::Problem;
 
-pub use host::check_host;
+pub use host::{canonical_authority, check_host};
 pub use json::{MAX_DEPTH, MAX_NUMBER, MAX_VALUES};
 pub use uri::{MAX_QUERY_PAIRS, decode_path};
 
@@ -441,6 +441,10 @@ fn parse_media_type(text: &str) -> Option<MediaType> {
     (bytes.get(at) == Some(&b'/')).then_some(())?;
     at += 1;
     let subtype = token(&mut at)?;
+    // A body has one type, never a range (`*/*`, `application/*`).
+    if kind.contains('*') || subtype.contains('*') {
+        return None;
+    }
     let mut names: Vec<String> = Vec::new();
     let mut charset = None;
     loop {
