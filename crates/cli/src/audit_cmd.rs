@@ -15,7 +15,7 @@ pub enum AuditCommand {
     #[command(
         long_about = "Walk the whole audit hash chain and check its keyed head, and the head \
                       file beside the database (.bulkhead/ENV/audit.head), which catches an \
-                      older copy of the database restored. Prints the head file, then OK with \
+                      older copy of the database restored and a wiped trail. Prints the head file, then OK with \
                       the number of records, or names the first record that was edited, \
                       inserted or deleted, and exits non-zero. A break the server found and \
                       recorded (an `audit.chain_broken` record starting a new segment) is \

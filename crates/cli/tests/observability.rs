@@ -775,3 +775,151 @@ async fn t09_a_full_audit_trail_counts_instead_of_filling_the_disk() {
     let (ok, text) = verify(app.path());
     assert!(ok, "{text}");
 }
+
+/// Outside attack, finding 1 (T09): the server opened its store again
+/// while its audit writer ran, and that dropped SQLite's locks on
+/// `state.db`. Another process closing the database (a CLI command, or
+/// here the `sqlite3` module of Python, as a backup script would) then
+/// took itself for the last user and deleted the WAL the server was
+/// writing to: later records were lost and the head file looked like a
+/// rollback.
+#[tokio::test]
+async fn t09_other_processes_while_serving_lose_no_audit_records() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    let key = app.run_with(&["keys", "create"], &["--subject", "ci-bot"]);
+    assert!(key.status.success());
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+    let python = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('SELECT count(*) FROM audit').fetchone(); c.close()",
+        ])
+        .arg(state_db(&app))
+        .status()
+        .expect("python3 runs");
+    assert!(python.success());
+    refuse(&server).await;
+    // deploy, refusal, key.created, refusal: wait (bounded) for the
+    // server's head file to reach the last one.
+    let mut last = (false, String::new());
+    for _ in 0..200 {
+        last = verify(app.path());
+        if !last.0 || last.1.contains("audit.head: record 4") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        last.0 && last.1.contains("intact (4 records)"),
+        "{}",
+        last.1
+    );
+    assert!(server.stop().success());
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+    assert_eq!(app.audit_records("request.refused").len(), 2);
+    assert_eq!(app.audit_records("key.created").len(), 1);
+}
+
+/// Outside attack, finding 2a (T09): delete every audit record, the keyed
+/// head and the head file. `verify` used to call that an intact, empty
+/// trail. Now it says BROKEN, and the next writer records the break.
+#[tokio::test]
+async fn t09_wiping_the_whole_audit_trail_is_reported() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+
+    rusqlite::Connection::open(state_db(&app))
+        .unwrap()
+        .execute_batch("DELETE FROM audit; DELETE FROM audit_head;")
+        .unwrap();
+    std::fs::remove_file(app.path().join(".bulkhead/dev/audit.head")).unwrap();
+    let (ok, text) = verify(app.path());
+    assert!(!ok, "the wipe went unnoticed: {text}");
+    assert!(text.contains("BROKEN at record 1"), "{text}");
+    assert!(text.contains("wiped"), "{text}");
+
+    let key = app.run_with(&["keys", "create"], &["--subject", "ci-bot"]);
+    assert!(key.status.success());
+    let breaks = app.audit_records("audit.chain_broken");
+    assert_eq!(breaks.len(), 1, "{breaks:?}");
+    let (ok, text) = verify(app.path());
+    assert!(!ok && text.contains("wiped"), "{text}");
+}
+
+/// Outside attack, finding 2b (T09): wipe the trail and reset the
+/// unkeyed counters (breaks, anchors) so that a missing head file looks
+/// like an old store that was never anchored. The server records the
+/// break when it starts, and `verify` reports it.
+#[tokio::test]
+async fn t09_a_wiped_trail_with_reset_counters_is_reported() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+
+    rusqlite::Connection::open(state_db(&app))
+        .unwrap()
+        .execute_batch(
+            "DELETE FROM audit; DELETE FROM audit_head; UPDATE audit_meta SET breaks = 0, anchors = 0;",
+        )
+        .unwrap();
+    std::fs::remove_file(app.path().join(".bulkhead/dev/audit.head")).unwrap();
+    let (ok, text) = verify(app.path());
+    assert!(!ok && text.contains("BROKEN"), "{text}");
+
+    let server = Server::start(&app);
+    wait_for_break(&server);
+    assert_eq!(
+        metric(&server, "bulkhead_audit_chain_breaks").await,
+        Some(1.0)
+    );
+    assert!(server.stop().success());
+    assert_eq!(app.audit_records("audit.chain_broken").len(), 1);
+    let (ok, text) = verify(app.path());
+    assert!(!ok && text.contains("wiped"), "{text}");
+}
+
+/// Outside attack, finding 3 (T09, T17): `.bulkhead` itself (which holds
+/// every environment), compile-cache entries and the head file are
+/// tightened when found open to group or others, not only `.bulkhead/ENV`.
+#[cfg(unix)]
+#[tokio::test]
+async fn t17_a_loose_state_root_cache_entries_and_head_file_are_tightened() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let loosen =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    assert!(server.stop().success());
+    let root = app.path().join(".bulkhead");
+    let head = root.join("dev/audit.head");
+    let entries: Vec<_> = std::fs::read_dir(root.join("dev/compile-cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+
+    loosen(&root, 0o755);
+    loosen(&head, 0o644);
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+    assert_eq!(mode(&root), 0o700, ".bulkhead");
+    assert_eq!(mode(&head), 0o600, "audit.head");
+
+    for entry in &entries {
+        loosen(entry, 0o644);
+    }
+    let server = Server::start(&app);
+    assert!(server.stop().success());
+    for entry in &entries {
+        assert_eq!(mode(entry), 0o600, "{}", entry.display());
+    }
+}

@@ -81,6 +81,15 @@ impl CompileCache {
                 files::load_or_create_key(&key_path)
             })
             .map_err(|e| io("cannot read or create the cache key in", e))?;
+        // Entries written by an older version, or copied in loosely, are
+        // owner-only like everything under `.bulkhead` (T17).
+        let entries = fs::read_dir(dir).map_err(|e| io("cannot list", e))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == ENTRY_EXTENSION) {
+                files::make_private(&path).map_err(|e| io("cannot make private an entry in", e))?;
+            }
+        }
         let mut hasher = StableHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Ok(Self {

@@ -2,6 +2,22 @@
 //! the one before (a hash chain), and a head record MAC'd under a key only
 //! this host holds. Editing, inserting or deleting a record — at the end
 //! too — breaks the chain or the head, and `verify` names the first bad one.
+//!
+//! The keyed head also covers whether the head file vouched for it
+//! (`anchored`) and how many breaks were recorded. A new store is anchored
+//! when it is created (a keyed head and a head file for record 0), so
+//! deleting the keyed head, the head file, or every record with both (a
+//! wipe) is a break too. A store of an older Bulkhead is told apart by its
+//! head's MAC (the old way), or, when it holds no record at all, by its
+//! schema version (see `Store::anchor_new_trail`).
+//!
+//! What stays undetectable here, with only this host's files to go on: a
+//! consistent restore of the whole state directory (database, head file,
+//! keys) to an earlier copy, or deleting it (or deleting the trail together
+//! with its audit key, or rewinding an emptied database's schema to an
+//! older version: the same as a new store). Only a copy kept elsewhere
+//! shows that: export the trail off-host (OTLP, or `audit query --format
+//! json` shipped by the operator).
 
 use std::path::{Path, PathBuf};
 
@@ -108,14 +124,32 @@ pub(crate) fn record_hash(
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
 
-/// The keyed head stored in the database. `anchored` heads (written once
-/// the head file existed) cover that fact too, so that clearing the flag to
-/// excuse a deleted head file breaks the MAC.
-pub(crate) fn head_mac(key: &[u8; 32], seq: i64, hash: &str, anchored: bool) -> String {
-    hex::encode(mac_of(key, &head_mac_input(seq, hash, anchored)))
+/// The keyed head stored in the database. It covers whether the head was
+/// written once the head file existed (`anchored`), so that clearing the
+/// flag to excuse a deleted head file breaks the MAC, and how many breaks
+/// the writers recorded, so that resetting the count (for `/metrics`)
+/// does too (T09).
+pub(crate) fn head_mac(
+    key: &[u8; 32],
+    seq: i64,
+    hash: &str,
+    anchored: bool,
+    breaks: u64,
+) -> String {
+    hex::encode(mac_of(key, &head_mac_input(seq, hash, anchored, breaks)))
 }
 
-fn head_mac_input(seq: i64, hash: &str, anchored: bool) -> String {
+fn head_mac_input(seq: i64, hash: &str, anchored: bool, breaks: u64) -> String {
+    format!(
+        "bulkhead audit head v2:{seq}:{hash}:{}:{breaks}",
+        u8::from(anchored)
+    )
+}
+
+/// The head's MAC input before the break count was covered. A head MAC'd
+/// this way is still accepted (a store of an older Bulkhead), and the next
+/// writer MACs it the new way.
+fn legacy_head_mac_input(seq: i64, hash: &str, anchored: bool) -> String {
     if anchored {
         format!("{seq}:{hash}:anchored")
     } else {
@@ -215,11 +249,13 @@ pub(crate) struct DbHead {
     pub hash: String,
     mac: String,
     pub anchored: bool,
+    /// As stored: trustworthy only once the MAC is checked.
+    pub breaks: u64,
 }
 
 pub(crate) fn read_db_head(conn: &Connection) -> rusqlite::Result<Option<DbHead>> {
     conn.query_row(
-        "SELECT seq, hash, mac, anchored FROM audit_head WHERE id = 1",
+        "SELECT seq, hash, mac, anchored, breaks FROM audit_head WHERE id = 1",
         [],
         |row| {
             Ok(DbHead {
@@ -227,10 +263,25 @@ pub(crate) fn read_db_head(conn: &Connection) -> rusqlite::Result<Option<DbHead>
                 hash: row.get(1)?,
                 mac: row.get(2)?,
                 anchored: row.get::<_, i64>(3)? != 0,
+                breaks: u64::try_from(row.get::<_, i64>(4)?).unwrap_or(0),
             })
         },
     )
     .optional()
+}
+
+impl DbHead {
+    /// Whether the MAC holds: `Some(true)` the current way, `Some(false)`
+    /// the way of an older Bulkhead (its break count not covered), `None`
+    /// forged or edited.
+    fn mac_holds(&self, key: &[u8; 32]) -> Option<bool> {
+        let input = head_mac_input(self.seq, &self.hash, self.anchored, self.breaks);
+        if mac_valid(key, &input, &self.mac) {
+            return Some(true);
+        }
+        let legacy = legacy_head_mac_input(self.seq, &self.hash, self.anchored);
+        mac_valid(key, &legacy, &self.mac).then_some(false)
+    }
 }
 
 /// A break in the chain, as the writer or `verify` finds it at its end.
@@ -247,9 +298,15 @@ pub(crate) struct Break {
     pub high_water: i64,
 }
 
-/// The head of an intact chain: whether the head file vouches for it.
-pub(crate) struct Anchored {
+/// The head of an intact chain, as checked.
+pub(crate) struct Checked {
+    /// The head file vouches for it.
     pub file_valid: bool,
+    /// The keyed head says it was written once the head file existed.
+    pub head_anchored: bool,
+    /// The recorded breaks, when the keyed head covers the count (`None`:
+    /// a head MAC'd the way of an older Bulkhead, to be MAC'd anew).
+    pub breaks: Option<u64>,
 }
 
 /// Compare the keyed database head and the head file (`file`, read from
@@ -263,87 +320,117 @@ pub(crate) fn check_head(
     head_file: &Path,
     file: HeadFile,
     last: Option<(i64, &str)>,
-) -> rusqlite::Result<Result<Anchored, Break>> {
+) -> rusqlite::Result<Result<Checked, Break>> {
     let (last_seq, last_hash) = last.unwrap_or((0, GENESIS));
-    let found = json!({"last_record": last_seq, "hash": last_hash});
-    let file_seq = match &file {
-        HeadFile::Valid { seq, .. } => *seq,
-        _ => 0,
-    };
-    let brk = |seq: i64, reason: String, expected: Value, trusted: i64| Break {
-        seq,
-        reason,
-        expected,
-        found: found.clone(),
-        high_water: last_seq.max(trusted).max(file_seq),
+    let end = End {
+        last_seq,
+        found: json!({"last_record": last_seq, "hash": last_hash}),
+        file_seq: match &file {
+            HeadFile::Valid { seq, .. } => *seq,
+            _ => 0,
+        },
     };
     let head = read_db_head(conn)?;
-    let anchored_db = match &head {
-        None if last_seq == 0 => false,
-        None => {
-            return Ok(Err(brk(
-                1,
-                "the chain's head record is missing (deleted)".into(),
-                Value::Null,
-                0,
-            )));
-        }
-        Some(h) => {
-            let expected = json!({"source": "database head", "record": h.seq, "hash": h.hash});
-            if !mac_valid(key, &head_mac_input(h.seq, &h.hash, h.anchored), &h.mac) {
-                return Ok(Err(brk(
-                    h.seq,
-                    "the chain's head record was forged or edited".into(),
-                    expected,
-                    0,
-                )));
-            }
-            if h.seq > last_seq {
-                return Ok(Err(brk(
-                    last_seq + 1,
-                    format!(
-                        "records {} to {} were deleted from the end",
-                        last_seq + 1,
-                        h.seq
-                    ),
-                    expected,
-                    h.seq,
-                )));
-            }
-            if h.seq < last_seq {
-                return Ok(Err(brk(
-                    h.seq + 1,
-                    format!(
-                        "record {} was appended outside Bulkhead (inserted)",
-                        h.seq + 1
-                    ),
-                    expected,
-                    h.seq,
-                )));
-            }
-            if h.hash != last_hash {
-                return Ok(Err(brk(
-                    last_seq,
-                    format!(
-                        "record {last_seq} is not the one the keyed head recorded (edited and re-hashed, or replaced)"
-                    ),
-                    expected,
-                    h.seq,
-                )));
-            }
-            h.anchored
-        }
+    let Some(h) = head else {
+        // Every store has a keyed head from the moment it is created (or,
+        // for a store of an older Bulkhead, from its first record): none
+        // means it was deleted, with the records when there are none.
+        let reason = if last_seq == 0 {
+            "the audit trail was wiped: its records and its keyed head are gone (the audit key shows the trail existed)"
+        } else {
+            "the chain's head record is missing (deleted)"
+        };
+        return Ok(Err(end.brk(1, reason.into(), Value::Null, 0)));
     };
+    let expected = json!({"source": "database head", "record": h.seq, "hash": h.hash});
+    let Some(current) = h.mac_holds(key) else {
+        return Ok(Err(end.brk(
+            h.seq,
+            "the chain's head record was forged or edited".into(),
+            expected,
+            0,
+        )));
+    };
+    let mismatch = if h.seq > last_seq {
+        Some((
+            last_seq + 1,
+            format!(
+                "records {} to {} were deleted from the end",
+                last_seq + 1,
+                h.seq
+            ),
+        ))
+    } else if h.seq < last_seq {
+        Some((
+            h.seq + 1,
+            format!(
+                "record {} was appended outside Bulkhead (inserted)",
+                h.seq + 1
+            ),
+        ))
+    } else if h.hash != last_hash {
+        Some((
+            last_seq,
+            format!(
+                "record {last_seq} is not the one the keyed head recorded (edited and re-hashed, or replaced)"
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((seq, reason)) = mismatch {
+        return Ok(Err(end.brk(seq, reason, expected, h.seq)));
+    }
+    let checked = |file_valid| Checked {
+        file_valid,
+        head_anchored: h.anchored,
+        breaks: current.then_some(h.breaks),
+    };
+    Ok(check_head_file(conn, head_file, file, h.anchored, &end)?.map(checked))
+}
+
+/// The chain's end as found, for the breaks `check_head` reports.
+struct End {
+    last_seq: i64,
+    found: Value,
+    file_seq: i64,
+}
+
+impl End {
+    /// A break at `seq`; `trusted`: the highest record a keyed source
+    /// says existed.
+    fn brk(&self, seq: i64, reason: String, expected: Value, trusted: i64) -> Break {
+        Break {
+            seq,
+            reason,
+            expected,
+            found: self.found.clone(),
+            high_water: self.last_seq.max(trusted).max(self.file_seq),
+        }
+    }
+}
+
+/// The head file against an intact keyed head: whether it vouches for
+/// the chain's end (`Ok(true)`), is missing where that is allowed (a head
+/// not yet anchored: `Ok(false)`), or shows a deletion or a rollback.
+fn check_head_file(
+    conn: &Connection,
+    head_file: &Path,
+    file: HeadFile,
+    head_anchored: bool,
+    end: &End,
+) -> rusqlite::Result<Result<bool, Break>> {
+    let last_seq = end.last_seq;
     let file_name = head_file.display();
     match file {
-        HeadFile::Missing if anchored_db => Ok(Err(brk(
+        HeadFile::Missing if head_anchored => Ok(Err(end.brk(
             last_seq,
             format!("the head file {file_name} was deleted"),
             json!({"source": "database head", "head_file": "present"}),
             0,
         ))),
-        HeadFile::Missing => Ok(Ok(Anchored { file_valid: false })),
-        HeadFile::Invalid(why) => Ok(Err(brk(
+        HeadFile::Missing => Ok(Ok(false)),
+        HeadFile::Invalid(why) => Ok(Err(end.brk(
             last_seq,
             format!("the head file {file_name} is not valid: {why}"),
             Value::Null,
@@ -352,7 +439,7 @@ pub(crate) fn check_head(
         HeadFile::Valid { seq, hash } => {
             let expected = json!({"source": "head file", "record": seq, "hash": hash});
             if seq > last_seq {
-                return Ok(Err(brk(
+                return Ok(Err(end.brk(
                     last_seq + 1,
                     format!(
                         "the database was rolled back: the head file says the trail reached record {seq}, the database ends at record {last_seq}"
@@ -366,7 +453,7 @@ pub(crate) fn check_head(
                     .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |r| r.get(0))
                     .optional()?;
                 if at.as_deref() != Some(hash.as_str()) {
-                    return Ok(Err(brk(
+                    return Ok(Err(end.brk(
                         seq,
                         format!(
                             "record {seq} is not the one the head file recorded (the database was rolled back and written again, or edited)"
@@ -376,7 +463,7 @@ pub(crate) fn check_head(
                     )));
                 }
             }
-            Ok(Ok(Anchored { file_valid: true }))
+            Ok(Ok(true))
         }
     }
 }
@@ -526,6 +613,70 @@ impl Store {
                 broken(seq, reason)
             }
         })
+    }
+
+    /// Anchor a trail that has no head yet (called by [`Store::open`] under
+    /// the write lock, `schema` being the database's schema version before
+    /// this open migrated it): a keyed head and a head file for record 0,
+    /// the file first, so that a crash leaves only the file and the next
+    /// open finishes the job. From then on a deleted keyed head or head
+    /// file is a break (T09).
+    ///
+    /// A trail without a keyed head, records or head file is new only if
+    /// its audit key does not exist yet, or if this open upgrades a store
+    /// of an older Bulkhead (schema below [`crate::ANCHORED_SCHEMA`]: it
+    /// never had a head before its first record, say after only `bulkhead
+    /// check`). Otherwise it was wiped: it stays without a head and every
+    /// check reports the break. Nothing in an empty trail is MAC'd, so
+    /// an attacker who also deletes the audit key, or rewinds the schema
+    /// to an older version, makes a wiped trail look new; that is no more
+    /// than deleting the state directory, which only an off-host copy of
+    /// the trail can reveal (README, Known limits).
+    pub(crate) fn anchor_new_trail(&self, tx: &Connection, schema: i64) -> Result<(), StoreError> {
+        let db = |e| self.db_error(e);
+        if read_db_head(tx).map_err(db)?.is_some() {
+            return Ok(());
+        }
+        let has_records: bool = tx
+            .query_row("SELECT EXISTS (SELECT 1 FROM audit)", [], |r| r.get(0))
+            .map_err(db)?;
+        if has_records {
+            return Ok(());
+        }
+        let exists = |path: &Path| match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        };
+        let head_file = self.dir().join(HEAD_FILE);
+        let key_exists =
+            exists(&self.dir().join(crate::AUDIT_KEY_FILE)).map_err(StoreError::Key)?;
+        let file_exists = exists(&head_file).map_err(StoreError::HeadFile)?;
+        let new = match (key_exists, file_exists) {
+            (false, false) => true,
+            // The key was deleted: the file says there was a trail.
+            (false, true) => false,
+            (true, false) => (1..crate::ANCHORED_SCHEMA).contains(&schema),
+            // A crash after the file was written, before the commit.
+            (true, true) => {
+                read_head_file(&head_file, &self.audit_key()?)
+                    == (HeadFile::Valid {
+                        seq: 0,
+                        hash: GENESIS.into(),
+                    })
+            }
+        };
+        if !new {
+            return Ok(());
+        }
+        let key = self.audit_key()?;
+        write_head_file(&head_file, &key, 0, GENESIS).map_err(StoreError::HeadFile)?;
+        tx.execute(
+            "INSERT INTO audit_head (id, seq, hash, mac, anchored, breaks) VALUES (1, 0, ?1, ?2, 1, 0)",
+            rusqlite::params![GENESIS, head_mac(&key, 0, GENESIS, true, 0)],
+        )
+        .map(drop)
+        .map_err(db)
     }
 
     /// The head file beside the database and what it says (for

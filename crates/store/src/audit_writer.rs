@@ -13,6 +13,10 @@
 //! it found. That record is chained and covered by the new head, so
 //! `audit verify` reports the break for ever. Serving never stops for it.
 //!
+//! A trail with no keyed head at all (a wipe) is such a break as well, and
+//! the count of breaks (for `/metrics`) is kept in the keyed head, so it
+//! cannot be reset without breaking the head's MAC.
+//!
 //! The head file (`audit.head`, MAC'd under the audit key) is brought up to
 //! date after a durable commit, at most every [`HEAD_FILE_EVERY`] while
 //! events keep coming, at once on a flush (every CLI command, shutdown) or
@@ -20,11 +24,16 @@
 //! `synchronous = NORMAL` (WAL); group-commit durability (issue 19) can
 //! make every batch durable without changing any of this.
 //!
+//! Once the head file is written for a head that did not say so yet (a
+//! new segment, a store of an older Bulkhead), the keyed head is marked
+//! anchored: from then on a deleted head file is a break.
+//!
 //! The trail has a size budget (`[audit] max_size`): past 80 % the writer
 //! warns (log, metric, one `audit.nearly_full` record); at 100 % it writes
 //! one `audit.full` record and from then on only counts what it would have
 //! written (`audit.suppressed`, at most one a minute), so the trail cannot
-//! fill the disk.
+//! fill the disk. The size is an estimate of SQLite's pages per record
+//! ([`RECORD_OVERHEAD`]), kept unkeyed in `audit_meta` with the budget.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,7 +49,7 @@ use tracing::{error, warn};
 
 use crate::audit::{
     AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, check_head, head_mac,
-    read_head_file, record_hash, write_head_file,
+    read_db_head, read_head_file, record_hash, write_head_file,
 };
 use crate::{Store, StoreError, now_ms};
 
@@ -53,9 +62,14 @@ pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// Share of the budget past which the writer warns.
 const WARN_PERCENT: u64 = 80;
 
-/// Bytes counted per record beyond its fields: row and index overhead,
-/// roughly. The size is an estimate, not the file's size.
-const RECORD_OVERHEAD: u64 = 64;
+/// Bytes counted per record beyond its fields and hashes: the row's
+/// header and rowid, its entry in the time index, the correlation index's
+/// entry beyond the ID itself, B-tree page slack. Calibrated against SQLite
+/// (pages used per 4000 records, `t09_the_audit_size_estimate_tracks_sqlites_usage`):
+/// the estimate is within a few per cent for request records and over,
+/// never under, for small ones. It is an estimate, not the file's size
+/// (the WAL, freed pages and other tables are not counted).
+const RECORD_OVERHEAD: u64 = 72;
 
 /// How often, at most, a full trail gets an `audit.suppressed` count.
 const SUPPRESSED_EVERY_MS: i64 = 60_000;
@@ -127,6 +141,8 @@ impl AuditLog {
             shared: shared.clone(),
             budget: Budget::default(),
             last: (0, GENESIS.to_string()),
+            head_anchored: false,
+            breaks: 0,
             file_stale: false,
             file_written_ms: 0,
         };
@@ -204,6 +220,10 @@ struct Writer {
     budget: Budget,
     /// The head this writer last committed or found intact.
     last: (i64, String),
+    /// Whether that head, in the database, says the head file vouches for
+    /// it; and the breaks it counts.
+    head_anchored: bool,
+    breaks: u64,
     /// The head file is behind `last`.
     file_stale: bool,
     /// When the head file was last written.
@@ -221,7 +241,9 @@ struct Budget {
     warned: bool,
 }
 
-/// The trail's bookkeeping row.
+/// The trail's bookkeeping: its size and budget from `audit_meta`
+/// (unkeyed: an estimate and a setting), the break count from the keyed
+/// head.
 struct Meta {
     size_bytes: u64,
     max_bytes: u64,
@@ -235,14 +257,15 @@ struct Last {
     intact: bool,
 }
 
-/// A record's approximate size on disk: its fields, its two hashes and
+/// A record's approximate size on disk: its fields, its two hashes, its
+/// correlation ID a second time (its index holds a copy) and
 /// [`RECORD_OVERHEAD`].
 fn record_bytes(event: &AuditEvent) -> u64 {
     let text = |v: &Option<String>| v.as_ref().map_or(0, String::len);
     let detail = Value::Object(event.detail.clone()).to_string().len();
     u64::try_from(
         event.kind.len()
-            + text(&event.correlation_id)
+            + 2 * text(&event.correlation_id)
             + text(&event.subject)
             + text(&event.function)
             + detail
@@ -339,6 +362,11 @@ impl Writer {
             Ok(()) => {
                 self.file_stale = false;
                 self.file_written_ms = now_ms();
+                if !self.head_anchored
+                    && let Err(e) = self.mark_anchored()
+                {
+                    error!(target: "bulkhead::audit", error = %e, "cannot mark the audit head as anchored");
+                }
             }
             // The database is committed; a lagging head file only narrows
             // what a rollback check can see, so keep serving (and retry
@@ -347,6 +375,27 @@ impl Writer {
                 error!(target: "bulkhead::audit", error = %e, path = %self.head_file.display(), "cannot write the audit head file");
             }
         }
+    }
+
+    /// The head file now vouches for the head: say so in the keyed head,
+    /// so that deleting the file from now on is a break (T09). Only if
+    /// the head is still the one this writer wrote or found; a writer that
+    /// moved on since wrote its own.
+    fn mark_anchored(&mut self) -> rusqlite::Result<()> {
+        let (seq, hash) = &self.last;
+        let breaks = i64::try_from(self.breaks).unwrap_or(i64::MAX);
+        self.conn.execute(
+            "UPDATE audit_head SET anchored = 1, mac = ?1
+             WHERE id = 1 AND seq = ?2 AND hash = ?3 AND breaks = ?4 AND anchored = 0",
+            params![
+                head_mac(&self.key, *seq, hash, true, self.breaks),
+                seq,
+                hash,
+                breaks
+            ],
+        )?;
+        self.head_anchored = true;
+        Ok(())
     }
 
     /// Check the chain's end, then chain and commit `events` (one
@@ -384,10 +433,16 @@ impl Writer {
         };
         let now = now_ms();
         let broke = checked.is_err();
-        let (mut seq, mut prev_hash, anchored) = match checked {
-            Ok(anchored) => {
+        let (mut seq, mut prev_hash, anchored, rewrite_head) = match checked {
+            Ok(checked) => {
+                // A head MAC'd the way of an older Bulkhead does not cover
+                // the count: take the old one and MAC it anew at once.
+                if let Some(breaks) = checked.breaks {
+                    meta.breaks = breaks;
+                }
+                self.head_anchored = checked.head_anchored;
                 let (seq, hash) = last.map_or((0, GENESIS.to_string()), |l| (l.seq, l.hash));
-                (seq, hash, anchored.file_valid)
+                (seq, hash, checked.file_valid, checked.breaks.is_none())
             }
             Err(brk) => {
                 // T09: never launder a broken chain by extending it.
@@ -397,7 +452,7 @@ impl Writer {
                     reason = %brk.reason,
                     "the audit trail was tampered with or rolled back: starting a new segment that records the break"
                 );
-                meta.breaks += 1;
+                meta.breaks = breaks_so_far(&tx, meta.breaks)?.saturating_add(1);
                 events.insert(
                     0,
                     (
@@ -409,7 +464,7 @@ impl Writer {
                         now,
                     ),
                 );
-                (brk.high_water, GENESIS.to_string(), file_valid)
+                (brk.high_water, GENESIS.to_string(), file_valid, true)
             }
         };
         let events = self.budget.apply(events, &mut meta, flush, now);
@@ -446,32 +501,36 @@ impl Writer {
                 prev_hash = hash;
             }
         }
-        if written {
+        if written || rewrite_head {
             tx.execute(
-                "INSERT INTO audit_head (id, seq, hash, mac, anchored) VALUES (1, ?1, ?2, ?3, ?4)
+                "INSERT INTO audit_head (id, seq, hash, mac, anchored, breaks) VALUES (1, ?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash,
-                     mac = excluded.mac, anchored = excluded.anchored",
+                     mac = excluded.mac, anchored = excluded.anchored, breaks = excluded.breaks",
                 params![
                     seq,
                     prev_hash,
-                    head_mac(&self.key, seq, &prev_hash, anchored),
-                    anchored
-                ],
-            )?;
-            tx.execute(
-                "INSERT INTO audit_meta (id, size_bytes, breaks) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET size_bytes = excluded.size_bytes, breaks = excluded.breaks",
-                params![
-                    i64::try_from(meta.size_bytes).unwrap_or(i64::MAX),
+                    head_mac(&self.key, seq, &prev_hash, anchored, meta.breaks),
+                    anchored,
                     i64::try_from(meta.breaks).unwrap_or(i64::MAX)
                 ],
             )?;
         }
+        if written {
+            tx.execute(
+                "INSERT INTO audit_meta (id, size_bytes) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET size_bytes = excluded.size_bytes",
+                [i64::try_from(meta.size_bytes).unwrap_or(i64::MAX)],
+            )?;
+        }
         tx.commit()?;
         self.last = (seq, prev_hash);
-        // Also anchor a trail that has none yet (one written by an older
-        // version) as soon as it is seen intact.
-        if written || (!anchored && seq > 0) {
+        self.breaks = meta.breaks;
+        if written || rewrite_head {
+            self.head_anchored = anchored;
+        }
+        // Bring the file up to date, and anchor a head that is not yet
+        // (one written by an older version, or a new segment's first).
+        if written || !self.head_anchored {
             self.file_stale = true;
         }
         // After a break at once: the old head file names records that the
@@ -602,6 +661,22 @@ fn last_record(conn: &Connection) -> rusqlite::Result<Option<Last>> {
     .optional()
 }
 
+/// The breaks recorded so far, when the keyed head that counts them cannot
+/// be trusted: the most that any source says (the head's count as stored,
+/// the count an older Bulkhead kept in `audit_meta`, the segments in the
+/// chain), so that resetting the count hides no break from `/metrics`.
+fn breaks_so_far(conn: &Connection, legacy: u64) -> rusqlite::Result<u64> {
+    let stored = read_db_head(conn)?.map_or(0, |h| h.breaks);
+    let segments: i64 = conn.query_row(
+        "SELECT count(*) FROM audit WHERE kind = ?1 AND prev_hash = ?2",
+        params![CHAIN_BROKEN, GENESIS],
+        |r| r.get(0),
+    )?;
+    Ok(stored.max(legacy).max(u64::try_from(segments).unwrap_or(0)))
+}
+
+/// `audit_meta`: the size and budget, and the break count of a store whose
+/// keyed head is still MAC'd the old way (ignored once it is not).
 fn read_meta(conn: &Connection) -> rusqlite::Result<Meta> {
     let row: Option<(i64, Option<i64>, i64)> = conn
         .query_row(

@@ -1,11 +1,13 @@
 //! Files only this host may read: directories 0700, files 0600, written
 //! whole (temp file, fsync, rename) so a crash never leaves half a key.
 //!
-//! Everything under `.bulkhead/` goes through here: the state directory is
-//! created 0700 (or tightened to 0700 if it already exists looser, and
-//! refused if it cannot be), databases are created 0600 before SQLite opens
-//! them, so that SQLite's `-wal` and `-shm` files, which copy the database
-//! file's mode, are 0600 too.
+//! Everything under `.bulkhead/` goes through here: the state directory
+//! and `.bulkhead` itself are created 0700 (or tightened to 0700 if they
+//! already exist looser, and refused if they cannot be), databases are
+//! created 0600 before SQLite opens them, so that SQLite's `-wal` and
+//! `-shm` files, which copy the database file's mode, are 0600 too. An
+//! existing database is never opened here, only chmod'ed (T09: see
+//! [`create_private_file`]).
 
 use std::fs;
 use std::io::Write as _;
@@ -35,22 +37,88 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// Create `path` empty and owner-only if it does not exist; an existing one
 /// open to group or others is tightened to 0600. Its SQLite companions
 /// (`-wal`, `-shm`, `-journal`), if any, are tightened too.
+///
+/// An existing file is only looked at and chmod'ed, never opened (T09):
+/// closing any handle on a file drops every POSIX lock this process holds
+/// on it, SQLite's included. Another process closing the database would
+/// then take itself for its last user and checkpoint and delete the WAL
+/// that this process is still appending to: those records would be lost.
 pub fn create_private_file(path: &Path) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.append(true).create(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    drop(options.open(path)?);
+    create_absent(path)?;
     tighten(path, 0o600)?;
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut companion = path.as_os_str().to_owned();
         companion.push(suffix);
-        match tighten(Path::new(&companion), 0o600) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
+        make_private(Path::new(&companion))?;
     }
     Ok(())
+}
+
+/// Tighten an existing file open to group or others to 0600 (by path,
+/// without opening it); a missing one is fine.
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    match tighten(path, 0o600) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Create `dir` (an environment's state directory) as
+/// [`create_private_dir`] does, and tighten its parent too when that is
+/// `.bulkhead`, which holds every environment of the app: writable by
+/// others, it would let them move an environment's state away and put
+/// their own in its place (T09, T17).
+pub fn create_state_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    match dir.parent() {
+        Some(root) if root.file_name() == Some(std::ffi::OsStr::new(".bulkhead")) => {
+            create_private_dir(root)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Create `path` empty, mode 0600, unless something is there already. The
+/// file is made under a temporary name and linked into place, so `path`
+/// itself is never opened, not even when another thread of this process
+/// opens the database in between (see [`create_private_file`]).
+fn create_absent(path: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let tmp = temp_sibling(path);
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    drop(options.open(&tmp)?);
+    let linked = fs::hard_link(&tmp, path);
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // No hard links on this file system: create it in place. A new,
+        // empty file is open to nobody else yet.
+        Err(_) => match options.open(path) {
+            Ok(file) => {
+                drop(file);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// A name beside `path` unique to this process and call.
+fn temp_sibling(path: &Path) -> std::path::PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".tmp{}.{n}", std::process::id()));
+    path.with_file_name(name)
 }
 
 /// Clear group and other bits of `path`, if any are set.
@@ -73,11 +141,7 @@ fn tighten(path: &Path, _mode: u32) -> std::io::Result<()> {
 /// file's name is unique to this process and call, so two writers of the
 /// same file (two threads, two processes) never share one.
 pub fn write_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(format!(".tmp{}.{n}", std::process::id()));
-    let tmp = path.with_file_name(name);
+    let tmp = temp_sibling(path);
     let result = (|| {
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);

@@ -22,7 +22,7 @@ pub use audit_writer::{AuditLog, AuditStatus, DEFAULT_AUDIT_MAX_BYTES};
 pub use meter::{MeterLog, Usage};
 
 const DB_FILE: &str = "state.db";
-const AUDIT_KEY_FILE: &str = "audit.key";
+pub(crate) const AUDIT_KEY_FILE: &str = "audit.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -38,6 +38,8 @@ pub enum StoreError {
     },
     #[error("key file: {0}")]
     Key(std::io::Error),
+    #[error("audit head file: {0}")]
+    HeadFile(std::io::Error),
 }
 
 /// The state directory of one app environment.
@@ -45,6 +47,11 @@ pub enum StoreError {
 pub struct Store {
     dir: PathBuf,
 }
+
+/// The schema version from which every store has a keyed audit head from
+/// the moment it is created (migration 7 and [`Store::open`]): a store
+/// below it is one of an older Bulkhead (T09).
+pub(crate) const ANCHORED_SCHEMA: i64 = 7;
 
 /// Schema versions, applied in order; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
@@ -137,23 +144,31 @@ const MIGRATIONS: &[&str] = &[
         + length(CAST(detail AS BLOB)) + length(prev_hash) + length(hash) + 64
     ), 0) FROM audit;
 ",
+    // 7: the count of recorded breaks moves into the keyed head, under its
+    // MAC (T09): in `audit_meta` anyone could reset it. `audit_meta.breaks`
+    // is read only while the head is still MAC'd the old way.
+    r"
+    ALTER TABLE audit_head ADD COLUMN breaks INTEGER NOT NULL DEFAULT 0;
+",
 ];
 
 impl Store {
     /// Open (creating and migrating if needed) the store in `dir`.
+    /// A new store's audit trail is anchored at once (T09): its keyed head
+    /// and head file name record 0, so that deleting them later is seen.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        files::create_private_dir(dir).map_err(|source| StoreError::Dir {
+        let dir_error = |source| StoreError::Dir {
             dir: dir.to_path_buf(),
             source,
-        })?;
+        };
+        files::create_state_dir(dir).map_err(dir_error)?;
         let store = Self {
             dir: dir.to_path_buf(),
         };
-        // Owner-only before SQLite creates it: its -wal and -shm copy its mode.
-        files::create_private_file(&store.db_path()).map_err(|source| StoreError::Dir {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
+        // Owner-only before SQLite creates it: its -wal and -shm copy its
+        // mode. An existing database is not opened (T09: SQLite's locks).
+        files::create_private_file(&store.db_path()).map_err(dir_error)?;
+        files::make_private(&dir.join(audit::HEAD_FILE)).map_err(dir_error)?;
         let mut conn = store.connect()?;
         store.migrate(&mut conn)?;
         Ok(store)
@@ -185,8 +200,13 @@ impl Store {
         Ok(conn)
     }
 
+    /// Run the migrations not yet applied, and anchor a new audit trail,
+    /// under the write lock: two processes opening one new store at once
+    /// take turns.
     fn migrate(&self, conn: &mut Connection) -> Result<(), StoreError> {
-        let tx = conn.transaction().map_err(|e| self.db_error(e))?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(|e| self.db_error(e))?;
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(|e| self.db_error(e))?;
@@ -198,6 +218,7 @@ impl Store {
             tx.pragma_update(None, "user_version", i + 1)
                 .map_err(|e| self.db_error(e))?;
         }
+        self.anchor_new_trail(&tx, version)?;
         tx.commit().map_err(|e| self.db_error(e))
     }
 

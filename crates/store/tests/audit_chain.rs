@@ -296,10 +296,11 @@ fn t09_a_rolled_back_database_is_detected_through_the_head_file() {
 #[test]
 fn t09_a_deleted_head_file_is_detected() {
     let (dir, store) = store_with(3);
-    // An older trail, written before the head file existed, is accepted
-    // and anchored.
+    // An older trail, written before the head file existed (its head MAC'd
+    // the old way, unanchored), is accepted and anchored.
     let head_file = dir.path().join("audit.head");
-    std::fs::remove_file(&head_file).unwrap();
+    make_pre_anchoring(&store);
+    let store = Store::open(dir.path()).unwrap();
     append(&store, "deploy").close();
     append(&store, "deploy").close();
     assert_eq!(
@@ -443,4 +444,346 @@ fn t09_the_head_file_catches_up_without_a_flush() {
         "{head:?}"
     );
     log.close();
+}
+
+// ---- T09, outside attack on the release binary: locks, wipes, counters ----
+
+/// Run `script` in a Python child process with `db` as `sys.argv[1]`: a
+/// second process using the database, as a CLI command does while the
+/// server runs.
+fn python(script: &str, db: &std::path::Path) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(db)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Opening the store again while its audit writer runs (the server does,
+/// when it deploys) used to open and close a plain handle on `state.db`,
+/// which drops every POSIX lock this process holds on it, SQLite's
+/// included. Another process closing the database then took itself for
+/// the last user: it checkpointed and deleted the WAL the writer was still
+/// appending to, and those records were lost.
+#[cfg(unix)]
+#[test]
+fn t09_reopening_the_store_keeps_sqlites_locks() {
+    use std::os::unix::fs::MetadataExt as _;
+    let (dir, store) = store_with(3);
+    let log = append(&store, "deploy");
+    let wal = dir.path().join("state.db-wal");
+    let wal_inode = std::fs::metadata(&wal).unwrap().ino();
+    // The server opens the store again while its writer runs.
+    Store::open(dir.path()).unwrap();
+    bulkhead_store::files::create_private_file(&store.db_path()).unwrap();
+    // A CLI command opens and closes the database.
+    let seen = python(
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         print(c.execute('SELECT count(*) FROM audit').fetchone()[0])\n\
+         c.close()",
+        &store.db_path(),
+    );
+    assert_eq!(seen, "4");
+    assert_eq!(
+        std::fs::metadata(&wal).map(|m| m.ino()).ok(),
+        Some(wal_inode),
+        "the WAL was deleted under the writer"
+    );
+    for i in 0..5 {
+        log.record(AuditEvent::new("request.refused").detail("i", i));
+    }
+    log.flush();
+    let seen = python(
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1])\n\
+         print(c.execute('SELECT count(*) FROM audit').fetchone()[0])\n\
+         c.close()",
+        &store.db_path(),
+    );
+    assert_eq!(seen, "9", "records written after the other process closed");
+    log.close();
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact { records: 9 }
+    );
+}
+
+/// The audit key, as the store holds it; tests use it to build what an
+/// older Bulkhead wrote (the attacker of these tests does not have it).
+fn old_head_mac(store: &Store, seq: i64, hash: &str, anchored: bool) -> String {
+    use hmac::{Hmac, Mac};
+    let key = std::fs::read(store.dir().join("audit.key")).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    let input = if anchored {
+        format!("{seq}:{hash}:anchored")
+    } else {
+        format!("{seq}:{hash}")
+    };
+    mac.update(input.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Take the schema back to version 5, before the head file: what an older
+/// Bulkhead left, or what an attacker makes a store look like.
+fn rewind_to_v5(conn: &Connection) {
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('audit_head')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for column in columns {
+        if !["id", "seq", "hash", "mac"].contains(&column.as_str()) {
+            conn.execute_batch(&format!("ALTER TABLE audit_head DROP COLUMN {column}"))
+                .unwrap();
+        }
+    }
+    conn.execute_batch("DROP TABLE IF EXISTS audit_meta; PRAGMA user_version = 5")
+        .unwrap();
+}
+
+/// Make `store` a genuine store of a Bulkhead from before the head file:
+/// schema 5, its head MAC'd the old way (unanchored), no head file.
+fn make_pre_anchoring(store: &Store) {
+    let conn = Connection::open(store.db_path()).unwrap();
+    let last: Option<(i64, String)> = conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    rewind_to_v5(&conn);
+    conn.execute("DELETE FROM audit_head", []).unwrap();
+    if let Some((seq, hash)) = last {
+        conn.execute(
+            "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?1, ?2, ?3)",
+            rusqlite::params![seq, hash, old_head_mac(store, seq, &hash, false)],
+        )
+        .unwrap();
+    }
+    let _ = std::fs::remove_file(store.dir().join("audit.head"));
+}
+
+/// A break must be reported by `verify` and recorded by the next writer.
+fn assert_break_recorded(store: &Store, expect_reason: &str) {
+    match store.verify_audit().unwrap() {
+        Verification::Broken { reason, .. } => {
+            assert!(reason.contains(expect_reason), "{reason}")
+        }
+        other => panic!("tampering went unnoticed: {other:?}"),
+    }
+    let before = kinds(store, bulkhead_store::CHAIN_BROKEN).len();
+    let log = append(store, "deploy");
+    assert!(log.status().chain_breaks >= 1, "{:?}", log.status());
+    log.close();
+    assert_eq!(
+        kinds(store, bulkhead_store::CHAIN_BROKEN).len(),
+        before + 1,
+        "the writer recorded the break"
+    );
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Broken { .. }
+    ));
+}
+
+/// Attack (a): delete every record, the keyed head and the head file. The
+/// trail used to verify as an intact, empty one.
+#[test]
+fn t09_a_wiped_trail_is_detected() {
+    let (dir, store) = store_with(5);
+    sql(&store, "DELETE FROM audit; DELETE FROM audit_head;");
+    std::fs::remove_file(dir.path().join("audit.head")).unwrap();
+    assert_break_recorded(&store, "wiped");
+}
+
+/// Attack (a) as well, on a trail with nothing in it yet: a new store is
+/// anchored at once, so deleting its head afterwards is seen too.
+#[test]
+fn t09_a_wiped_empty_trail_is_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.audit_head_file().unwrap().1,
+        bulkhead_store::HeadFile::Valid {
+            seq: 0,
+            hash: "0".repeat(64)
+        },
+        "a new trail is anchored when the store is created"
+    );
+    sql(&store, "DELETE FROM audit_head");
+    std::fs::remove_file(dir.path().join("audit.head")).unwrap();
+    assert_break_recorded(&store, "wiped");
+}
+
+/// Attack (b): wipe the trail and make the store look like one an older
+/// Bulkhead wrote and never anchored: break and anchor counts reset (they
+/// are not what tells an old store from a wiped one).
+#[test]
+fn t09_a_wiped_trail_dressed_as_an_old_store_is_detected() {
+    let (dir, store) = store_with(5);
+    sql(
+        &store,
+        "DELETE FROM audit; DELETE FROM audit_head; UPDATE audit_meta SET breaks = 0, anchors = 0;",
+    );
+    std::fs::remove_file(dir.path().join("audit.head")).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_break_recorded(&store, "wiped");
+}
+
+/// Attack (b): the count of recorded breaks (for `/metrics`) was kept
+/// outside every MAC; resetting it hid earlier breaks from the metric.
+#[test]
+fn t09_resetting_the_break_count_is_detected() {
+    let (_dir, store) = store_with(5);
+    sql(&store, "DELETE FROM audit WHERE seq = 5");
+    let log = append(&store, "deploy");
+    assert_eq!(log.status().chain_breaks, 1);
+    log.close();
+    let conn = Connection::open(store.db_path()).unwrap();
+    conn.execute_batch("UPDATE audit_meta SET breaks = 0, anchors = 0")
+        .unwrap();
+    let has_breaks_column: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('audit_head') WHERE name = 'breaks'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if has_breaks_column {
+        conn.execute_batch("UPDATE audit_head SET breaks = 0")
+            .unwrap();
+    }
+    drop(conn);
+    let log = append(&store, "deploy");
+    let status = log.status();
+    log.close();
+    assert_eq!(status.chain_breaks, 2, "{status:?}");
+    let breaks = kinds(&store, bulkhead_store::CHAIN_BROKEN);
+    assert_eq!(breaks.len(), 2, "{breaks:?}");
+    assert!(
+        breaks[1].detail["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("forged")),
+        "{breaks:?}"
+    );
+}
+
+/// Upgrades raise no false alarm: a store an older Bulkhead wrote (before
+/// the head file; its head MAC'd the old way) opens intact, is anchored,
+/// and from then on a deleted head file is a break.
+#[test]
+fn t09_an_old_store_upgrades_without_a_false_alarm() {
+    let (dir, store) = store_with(3);
+    make_pre_anchoring(&store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact { records: 3 }
+    );
+    let log = append(&store, "deploy");
+    assert_eq!(log.status().chain_breaks, 0);
+    log.close();
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact { records: 4 }
+    );
+    assert!(matches!(
+        store.audit_head_file().unwrap().1,
+        bulkhead_store::HeadFile::Valid { seq: 4, .. }
+    ));
+    std::fs::remove_file(dir.path().join("audit.head")).unwrap();
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Broken { .. }
+    ));
+
+    // Older stores that never wrote a record: with an audit key (after
+    // only `bulkhead check`, which starts the writer) and without.
+    for keep_key in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        AuditLog::start(&store).unwrap().close();
+        make_pre_anchoring(&store);
+        if !keep_key {
+            std::fs::remove_file(dir.path().join("audit.key")).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.verify_audit().unwrap(),
+            Verification::Intact { records: 0 }
+        );
+        assert!(matches!(
+            store.audit_head_file().unwrap().1,
+            bulkhead_store::HeadFile::Valid { seq: 0, .. }
+        ));
+        let log = append(&store, "deploy");
+        assert_eq!(log.status().chain_breaks, 0);
+        log.close();
+    }
+}
+
+/// Issue 11 item 12, calibrated: the size the writer counts for each
+/// record tracks what SQLite really uses for it (pages of the table and
+/// its indexes), and never undercounts it by much: request records with a
+/// correlation ID, and small records without one.
+#[test]
+fn t09_the_audit_size_estimate_tracks_sqlites_usage() {
+    use sha2::Digest as _;
+    let request = |i: u32| {
+        AuditEvent::new("request.refused")
+            // Random like real trace IDs: index pages fill as in life.
+            .correlation_id(&hex::encode(sha2::Sha256::digest(i.to_string()))[..32])
+            .function("register")
+            .subject(format!("api-key:k{i}"))
+            .detail("reason", "not-found")
+            .detail("method", "GET")
+            .detail("path", format!("/items/{i}"))
+    };
+    let small = |_: u32| AuditEvent::new("deploy");
+    for (shape, event) in [
+        ("request", &request as &dyn Fn(u32) -> AuditEvent),
+        ("small", &small),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let pages = || -> i64 {
+            let conn = store.connect().unwrap();
+            let count: i64 = conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .unwrap();
+            let size: i64 = conn
+                .query_row("PRAGMA page_size", [], |r| r.get(0))
+                .unwrap();
+            count * size
+        };
+        let log = AuditLog::start(&store).unwrap();
+        log.record(AuditEvent::new("deploy"));
+        log.flush();
+        let (disk_before, counted_before) = (pages(), log.status().size_bytes);
+        for i in 0..4000 {
+            log.record(event(i));
+            if i % 500 == 0 {
+                log.flush();
+            }
+        }
+        log.flush();
+        let disk = (pages() - disk_before) as f64;
+        let counted = (log.status().size_bytes - counted_before) as f64;
+        log.close();
+        let ratio = counted / disk;
+        assert!(
+            (0.97..=1.2).contains(&ratio),
+            "{shape}: counted {counted} bytes for {disk} bytes of pages (ratio {ratio:.3})"
+        );
+    }
 }
