@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
-use support::{Reply, Server, TestApp, get, request, send};
+use support::{Reply, Server, TestApp, get, get_from, request, send};
 
 /// GET `path` as client `ip` (sent in `X-Forwarded-For`).
 async fn get_as(addr: SocketAddr, path: &str, ip: &str) -> Reply {
@@ -335,34 +335,6 @@ max_outstanding_requests = 8
     );
     assert!(flood_refused.load(Ordering::Relaxed) > 0);
     assert!(flood_ok.load(Ordering::Relaxed) > 0);
-}
-
-/// GET `path` over a connection from the local address `from` (another
-/// loopback address, such as 127.0.0.2: another caller).
-async fn get_from(addr: SocketAddr, path: &str, from: &str) -> Reply {
-    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
-    let local: SocketAddr = format!("{from}:0").parse().expect("an address");
-    socket.bind(local).expect("bind the client address");
-    let stream = socket.connect(addr).await.expect("connect");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request("GET", addr, path, Bytes::new()))
-        .await
-        .expect("a response");
-    let (parts, body) = response.into_parts();
-    let body = http_body_util::BodyExt::collect(body)
-        .await
-        .expect("a body")
-        .to_bytes();
-    Reply {
-        status: parts.status.as_u16(),
-        headers: parts.headers,
-        body,
-    }
 }
 
 /// Open a raw connection from the local address `from` and send the head

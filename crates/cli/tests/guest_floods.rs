@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Server, TestApp, get};
+use support::{Server, TestApp, get, get_from};
 
 const FLOOD_MANIFEST: &str = r#"
 [app]
@@ -171,6 +171,91 @@ async fn t07_t09_capability_floods_are_folded_per_call() {
         let sum: u64 = counts.iter().filter_map(|c| c["count"].as_u64()).sum();
         assert_eq!(sum + FULL_PER_KIND, FLOOD);
     }
+}
+
+/// Calls of the flood in the next test: 17 records each (16 full denials
+/// and a summary), together past the audit queue's 16,384 places.
+const CROWDING_CALLS: usize = 1100;
+
+/// T09 (issue 11, outside attack, finding A): one caller (127.0.0.1)
+/// running many calls, each leaving its 17 folded records, while the
+/// audit writer is slow, used to fill the audit queue that every caller
+/// shares, so that another caller's records were dropped. Now a caller
+/// holds at most its share of the queue: 127.0.0.2's denials and refusals
+/// are all on the record, and what the flooder lost is counted under its
+/// name. The writer is held back by holding the database's write lock (as
+/// a slow disk would), so the queue fills whatever this machine's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t09_one_callers_calls_cannot_crowd_another_callers_records_out() {
+    // No rate limit: the flood is calls that run, not refusals.
+    let manifest = FLOOD_MANIFEST.replacen(
+        "[config]",
+        "[limits]\nrate_limit = { per_caller = \"off\" }\n\n[config]",
+        1,
+    );
+    let app = TestApp::new(&manifest, &["config", "hostile", "kv"]);
+    let server = Server::start(&app);
+    let addr = server.addr;
+    assert_eq!(get(addr, "/config?key=greeting").await.status, 200);
+
+    let lock = rusqlite::Connection::open(app.path().join(".bulkhead/dev/state.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut flooders = Vec::new();
+    for _ in 0..8 {
+        flooders.push(tokio::spawn(async move {
+            for _ in 0..CROWDING_CALLS / 8 + 1 {
+                let reply = get(addr, "/config?key=nope&repeat=17").await;
+                assert_eq!(reply.text(), "repeated:17 none:17");
+            }
+        }));
+    }
+    for flooder in flooders {
+        flooder.await.expect("flood task");
+    }
+    let mut victim = Vec::new();
+    for _ in 0..5 {
+        let reply = get_from(addr, "/config?key=other", "127.0.0.2").await;
+        assert_eq!(reply.text(), "none");
+        victim.push(reply.correlation_id());
+    }
+    let mut refused = Vec::new();
+    for _ in 0..5 {
+        let reply = get_from(addr, "/missing", "127.0.0.2").await;
+        reply.assert_problem(404, "not-found");
+        refused.push(reply.correlation_id());
+    }
+    lock.execute_batch("COMMIT").unwrap();
+    assert!(server.stop().success());
+
+    let denied = app.audit_records("capability.denied");
+    for id in &victim {
+        let mine = for_call(&denied, id);
+        assert_eq!(mine.len(), 1, "the denial of 127.0.0.2's call {id}");
+        assert_eq!(mine[0]["detail"]["resource"], "other");
+    }
+    // Refusals fold per caller and second: full records plus counts.
+    let refusals = app.audit_records("request.refused");
+    let full = refusals
+        .iter()
+        .filter(|r| refused.iter().any(|id| r["correlation_id"] == id.as_str()))
+        .count() as u64;
+    let folded: u64 = refusals
+        .iter()
+        .filter(|r| r["detail"]["caller"] == "ip:127.0.0.2")
+        .filter_map(|r| r["detail"]["repeated"].as_u64())
+        .sum();
+    assert_eq!(full + folded, 5, "127.0.0.2's refusals: {refusals:?}");
+    let dropped = app.audit_records("audit.dropped");
+    let flooder: u64 = dropped
+        .iter()
+        .filter_map(|r| r["detail"]["sources"]["ip:127.0.0.1"].as_u64())
+        .sum();
+    assert!(flooder > 0, "the flooder's excess is counted: {dropped:?}");
+    assert!(
+        dropped
+            .iter()
+            .all(|r| r["detail"]["sources"]["ip:127.0.0.2"].is_null())
+    );
 }
 
 /// Peak resident memory of a process, from /proc (kB).

@@ -708,12 +708,16 @@ grants = { kv = { shared = "read-write" } }
     }
 }
 
-/// Issue 11 item 12 (T09, T01): the audit trail has a size budget. A trail
-/// near its `[audit] max_size` (its recorded size set just under 1 MiB, as
-/// after a long flood) gets one `audit.full` record, then only counts; the
-/// server keeps answering, `/metrics` says so, and the chain stays intact.
+/// Issue 11 item 12 and the outside attack's finding B (T09, T01): the
+/// audit trail has a size budget, and traffic may fill only 90 % of it.
+/// A trail just under 90 % of its `[audit] max_size` (its recorded size
+/// set there, as after a long flood) gets one `audit.traffic_full` record,
+/// then only counts refusals; the server keeps answering and `/metrics`
+/// says so. Admin events (`keys create`) are still written in full, up to
+/// 100 %: there one `audit.full`, then they too are only counted. The
+/// chain stays intact.
 #[tokio::test]
-async fn t09_a_full_audit_trail_counts_instead_of_filling_the_disk() {
+async fn t09_a_full_audit_trail_counts_traffic_and_keeps_room_for_admin_events() {
     // Callers behind a trusted proxy, so that no refusal is folded.
     let manifest = APP.replacen(
         "[[function]]",
@@ -723,31 +727,37 @@ async fn t09_a_full_audit_trail_counts_instead_of_filling_the_disk() {
     let app = TestApp::new(&manifest, &["hello", "echo"]);
     let server = Server::start(&app);
     assert!(server.stop().success());
-    rusqlite::Connection::open(state_db(&app))
-        .unwrap()
-        .execute_batch("UPDATE audit_meta SET size_bytes = 1048576 - 1500")
-        .unwrap();
+    let set_size = |bytes: i64| {
+        rusqlite::Connection::open(state_db(&app))
+            .unwrap()
+            .execute("UPDATE audit_meta SET size_bytes = ?1", [bytes])
+            .unwrap();
+    };
+    set_size(1048576 / 100 * 90 - 1500);
 
+    // More refusals than the last 10 % holds (~300 bytes each).
+    let refusals = 500u64;
     let server = Server::start(&app);
-    for i in 0..30 {
+    for i in 0..refusals {
         let mut missing = request("GET", server.addr, &format!("/missing/{i}"), Bytes::new());
         missing.headers_mut().insert(
             "x-forwarded-for",
-            format!("198.51.100.{i}").parse().unwrap(),
+            format!("10.0.{}.{}", i / 250, i % 250).parse().unwrap(),
         );
         send(server.addr, missing)
             .await
             .assert_problem(404, "not-found");
     }
-    let mut full = None;
+    let mut traffic_full = None;
     for _ in 0..200 {
-        full = metric(&server, "bulkhead_audit_full").await;
-        if full == Some(1.0) {
+        traffic_full = metric(&server, "bulkhead_audit_traffic_full").await;
+        if traffic_full == Some(1.0) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(full, Some(1.0));
+    assert_eq!(traffic_full, Some(1.0));
+    assert_eq!(metric(&server, "bulkhead_audit_full").await, Some(0.0));
     assert_eq!(
         metric(&server, "bulkhead_audit_max_size_bytes").await,
         Some(1048576.0)
@@ -759,19 +769,42 @@ async fn t09_a_full_audit_trail_counts_instead_of_filling_the_disk() {
     );
     assert!(server.stop().success());
 
-    assert_eq!(app.audit_records("audit.full").len(), 1);
-    let written = app.audit_records("request.refused").len();
+    // The operator's events are written in the part kept for them.
+    let key = app.run_with(&["keys", "create"], &["--subject", "ci-bot"]);
+    assert!(key.status.success());
+    assert_eq!(app.audit_records("key.created").len(), 1, "key.created");
+    assert_eq!(app.audit_records("audit.traffic_full").len(), 1);
+    assert!(app.audit_records("audit.full").is_empty());
+    let written = app.audit_records("request.refused").len() as u64;
     let counted: u64 = app
         .audit_records("audit.suppressed")
         .iter()
         .filter_map(|r| r["detail"]["kinds"]["request.refused"].as_u64())
         .sum();
-    assert!(written < 30, "{written} refusals written past the budget");
+    assert!(
+        written < 30,
+        "{written} refusals written past the traffic share"
+    );
     assert_eq!(
-        written as u64 + counted,
-        30,
+        written + counted,
+        refusals,
         "every refusal written or counted"
     );
+
+    // At 100 % admin events stop too: one `audit.full`, then counts.
+    set_size(1048576 - 100);
+    for subject in ["ci-bot-2", "ci-bot-3"] {
+        let key = app.run_with(&["keys", "create"], &["--subject", subject]);
+        assert!(key.status.success());
+    }
+    assert_eq!(app.audit_records("key.created").len(), 2);
+    assert_eq!(app.audit_records("audit.full").len(), 1);
+    let counted: u64 = app
+        .audit_records("audit.suppressed")
+        .iter()
+        .filter_map(|r| r["detail"]["kinds"]["key.created"].as_u64())
+        .sum();
+    assert_eq!(counted, 1);
     let (ok, text) = verify(app.path());
     assert!(ok, "{text}");
 }

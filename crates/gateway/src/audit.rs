@@ -17,6 +17,12 @@
 //! [`Refusals`] folds every kind, keyed by kind, reason, function and
 //! caller.
 //!
+//! Every record here is recorded with its caller as its source
+//! ([`AuditLog::record_from`]), so that one caller's refusals can fill only
+//! that caller's share of the audit writer's queue and the traffic share
+//! of the trail's size budget, never another caller's or the operator's
+//! (T09).
+//!
 //! Whatever a client wrote (path, method, subject, user agent, ...) goes
 //! into a log or audit record only through [`client_text`], which caps it,
 //! so one record cannot carry kilobytes of attacker-chosen text (T09).
@@ -148,6 +154,7 @@ impl Refusals {
                 },
                 || full_record(&facts),
             ),
+            // Not reached from the pipeline, which names the caller first.
             None => audit.record(full_record(&facts)),
         }
     }
@@ -238,9 +245,9 @@ impl Refusals {
             }
         };
         if let Some(window) = closed.filter(|w| w.folded > 0) {
-            audit.record(summary(&key, &window));
+            audit.record_from(key.caller.clone(), summary(&key, &window));
         }
-        audit.record(full());
+        audit.record_from(fold.caller.key(), full());
     }
 
     /// Record the folded count of every window before this second (or of
@@ -258,7 +265,7 @@ impl Refusals {
             closed
         };
         for (key, window) in closed.iter().filter(|(_, w)| w.folded > 0) {
-            audit.record(summary(key, window));
+            audit.record_from(key.caller.clone(), summary(key, window));
         }
     }
 

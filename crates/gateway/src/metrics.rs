@@ -68,6 +68,7 @@ struct AuditGauges {
     max_size_bytes: Gauge,
     size_ratio: Share,
     full: Gauge,
+    traffic_full: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -147,7 +148,7 @@ impl Metrics {
         );
         registry.register(
             "audit_dropped",
-            "Audit events dropped because the writer's queue was full (counted in an audit.dropped record)",
+            "Audit events dropped because the writer's queue was full or their caller held its share of it (counted, by caller, in an audit.dropped record)",
             audit.dropped.clone(),
         );
         registry.register(
@@ -169,6 +170,11 @@ impl Metrics {
             "audit_full",
             "1 once the audit trail reached its size budget: events are counted, not written",
             audit.full.clone(),
+        );
+        registry.register(
+            "audit_traffic_full",
+            "1 once the audit trail reached 90 % of its size budget: request and guest events are counted, not written; admin and security events still are",
+            audit.traffic_full.clone(),
         );
         Self {
             audit,
@@ -262,6 +268,7 @@ impl Metrics {
                 .set(status.size_bytes as f64 / status.max_size_bytes as f64);
         }
         gauges.full.set(i64::from(status.full));
+        gauges.traffic_full.set(i64::from(status.traffic_full));
     }
 
     /// The registry in OpenMetrics text, with the gauges read just now.

@@ -391,6 +391,8 @@ async fn pipeline<'s>(
         // The verified identity, qualified by credential kind and issuer:
         // subject-scoped stores confine the call to it (T13).
         subject: identity.as_ref().map(|i| i.principal.clone()),
+        // The call's audit records count against this caller's share (T09).
+        caller: caller.key(),
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(

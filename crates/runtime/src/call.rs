@@ -15,6 +15,11 @@
 //! counts. The budget is checked before anything is formatted, so a folded
 //! event costs a lock and a short scan, nothing more. One call therefore
 //! adds at most `MAX_FULL_PER_CALL + 1` records to the audit channel.
+//!
+//! Folding bounds one call, not a caller running many calls at once or one
+//! after another: every record is recorded from the caller key, so all of
+//! one caller's calls together hold only that caller's share of the audit
+//! queue, and its excess is counted under its key (T09).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -28,9 +33,7 @@ use crate::data::Redactions;
 /// Events of one kind (audit kind and capability) reported in full per call.
 pub(crate) const FULL_PER_KIND: u32 = 16;
 /// Events reported in full per call, all kinds together. With the summary,
-/// one call adds at most 49 records to the audit channel; at the default
-/// 256 live instances all flooding at once that is 12,544, under the
-/// channel's 16,384 places, so other calls' records keep room.
+/// one call adds at most 49 records to the audit channel.
 pub(crate) const MAX_FULL_PER_CALL: u32 = 48;
 /// Distinct (kind, capability, resource, outcome) counts kept per call;
 /// past it, folded events are counted under `other`.
@@ -264,6 +267,10 @@ struct Inner {
     correlation_id: String,
     /// The verified subject of the request, if the route authenticates.
     subject: Option<String>,
+    /// The caller key: every record of the call is recorded from it, so a
+    /// caller running many calls fills only its own share of the audit
+    /// queue (T09).
+    caller: Arc<str>,
     audit: AuditLog,
     /// Secret values read during the call: redacted from what is reported.
     redactions: Redactions,
@@ -321,6 +328,7 @@ impl CallContext {
         function: String,
         correlation_id: String,
         subject: Option<String>,
+        caller: Arc<str>,
         audit: AuditLog,
         redactions: Redactions,
         deadline: Instant,
@@ -330,6 +338,7 @@ impl CallContext {
                 function,
                 correlation_id,
                 subject,
+                caller,
                 audit,
                 redactions,
                 deadline,
@@ -475,7 +484,7 @@ impl CallContext {
             Outcome::Address(address) => event = event.detail("address", address.to_string()),
             Outcome::Error(_) | Outcome::Limit(_) | Outcome::Nothing => {}
         }
-        inner.audit.record(event);
+        inner.audit.record_from(inner.caller.clone(), event);
     }
 
     /// An audit event about this call: who, which function, which request.
@@ -524,7 +533,7 @@ impl Drop for Inner {
         if let Some(subject) = &self.subject {
             event = event.subject(subject);
         }
-        self.audit.record(event);
+        self.audit.record_from(self.caller.clone(), event);
     }
 }
 

@@ -46,6 +46,10 @@ pub struct Invocation {
     /// The verified identity of the caller, `None` on a public route; a
     /// subject-scoped store confines the call to it (T13).
     pub subject: Option<String>,
+    /// The caller as the gateway keys it (`sub:…`, `ip:…`): the source of
+    /// the call's audit records, held to its share of the audit queue and
+    /// budget (T09).
+    pub caller: Arc<str>,
 }
 
 /// How a call failed. The gateway turns each into a problem response; the
@@ -153,6 +157,7 @@ async fn run(
         sealed.name.clone(),
         invocation.correlation_id.clone(),
         invocation.subject.clone(),
+        invocation.caller.clone(),
         sealed.audit.clone(),
         redactions.clone(),
         deadline,

@@ -4,6 +4,14 @@
 //! counted, and the count is written as an `audit.dropped` record: the gap
 //! is itself on the record.
 //!
+//! Events a request or a guest causes are recorded with their source, the
+//! caller ([`AuditLog::record_from`]); admin, CLI and system events have
+//! none ([`AuditLog::record`]). One source may hold only a sixteenth of
+//! the queue and all sources together three quarters of it (T09, see
+//! `audit_quota`): a flooding caller loses its own excess, counted under
+//! its name in `audit.dropped`, never another caller's or the operator's
+//! records.
+//!
 //! Before each batch the writer checks the chain's end against both keyed
 //! heads: the one in the database and the head file beside it (T09). If
 //! they disagree (records deleted from the end, edited and re-hashed, or an
@@ -28,14 +36,11 @@
 //! new segment, a store of an older Bulkhead), the keyed head is marked
 //! anchored: from then on a deleted head file is a break.
 //!
-//! The trail has a size budget (`[audit] max_size`): past 80 % the writer
-//! warns (log, metric, one `audit.nearly_full` record); at 100 % it writes
-//! one `audit.full` record and from then on only counts what it would have
-//! written (`audit.suppressed`, at most one a minute), so the trail cannot
-//! fill the disk. The size is an estimate of SQLite's pages per record
-//! ([`RECORD_OVERHEAD`]), kept unkeyed in `audit_meta` with the budget.
+//! Every batch is held to the trail's size budget (`[audit] max_size`, see
+//! `audit_budget`): traffic stops at 90 % so that the rest is kept for
+//! admin, security and system events, everything at 100 %, breaks never.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
@@ -45,34 +50,20 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
-use tracing::{error, warn};
+use tracing::error;
 
 use crate::audit::{
     AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, check_head, head_mac,
     read_db_head, read_head_file, record_hash, write_head_file,
 };
+use crate::audit_budget::{Budget, Meta, Pending, traffic_max};
+use crate::audit_quota::{CHANNEL_CAPACITY, Quota};
 use crate::{Store, StoreError, now_ms};
 
-const CHANNEL_CAPACITY: usize = 16_384;
 const BATCH: usize = 1024;
 
 /// The audit trail's size budget unless `[audit] max_size` says otherwise.
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
-
-/// Share of the budget past which the writer warns.
-const WARN_PERCENT: u64 = 80;
-
-/// Bytes counted per record beyond its fields and hashes: the row's
-/// header and rowid, its entry in the time index, the correlation index's
-/// entry beyond the ID itself, B-tree page slack. Calibrated against SQLite
-/// (pages used per 4000 records, `t09_the_audit_size_estimate_tracks_sqlites_usage`):
-/// the estimate is within a few per cent for request records and over,
-/// never under, for small ones. It is an estimate, not the file's size
-/// (the WAL, freed pages and other tables are not counted).
-const RECORD_OVERHEAD: u64 = 72;
-
-/// How often, at most, a full trail gets an `audit.suppressed` count.
-const SUPPRESSED_EVERY_MS: i64 = 60_000;
 
 /// How often, at most, the head file is brought up to date while events
 /// keep coming (and this long after the last batch when they stop). Each
@@ -85,8 +76,17 @@ const HEAD_FILE_EVERY_MS: i64 = 200;
 enum Message {
     /// Boxed: the channel allocates and touches every slot up front, and
     /// small slots keep that off the start-up time.
-    Event(Box<AuditEvent>, i64),
+    Event(Box<Queued>),
     Flush(SyncSender<()>),
+}
+
+/// An event on its way to the writer.
+struct Queued {
+    event: AuditEvent,
+    time_ms: i64,
+    /// Who caused it (a caller key), or `None` for admin, CLI and system
+    /// events.
+    source: Option<Arc<str>>,
 }
 
 /// The trail's state for `/metrics`.
@@ -96,25 +96,32 @@ pub struct AuditStatus {
     pub head_seq: i64,
     /// Breaks recorded in this trail (`audit.chain_broken` segments).
     pub chain_breaks: u64,
-    /// Events dropped by this process because the channel was full.
+    /// Events dropped by this process because the channel was full or
+    /// their source held its share of it.
     pub dropped: u64,
     /// The trail's approximate size, and its budget.
     pub size_bytes: u64,
     pub max_size_bytes: u64,
     /// At or past the budget: events are counted, not written.
     pub full: bool,
+    /// At or past the traffic share of the budget: sourced (request and
+    /// guest) events are counted, not written.
+    pub traffic_full: bool,
 }
 
 #[derive(Default)]
 struct Shared {
-    /// Dropped and not yet on the record.
+    /// Unsourced events dropped and not yet on the record.
     dropped: AtomicU64,
+    /// Sourced events: places held in the queue, and drops (T09).
+    quota: Quota,
     dropped_total: AtomicU64,
     head_seq: AtomicI64,
     breaks: AtomicU64,
     size_bytes: AtomicU64,
     max_bytes: AtomicU64,
     full: AtomicBool,
+    traffic_full: AtomicBool,
 }
 
 /// A handle to the audit trail; cheap to clone, usable from any thread.
@@ -163,17 +170,48 @@ impl AuditLog {
         })
     }
 
-    /// Append `event`; never blocks.
+    /// Append an admin, CLI or system `event` (one no request or guest
+    /// caused); never blocks.
     pub fn record(&self, event: AuditEvent) {
-        match self
-            .sender
-            .try_send(Message::Event(Box::new(event), now_ms()))
-        {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
-            }
+        self.enqueue(event, None);
+    }
+
+    /// Append `event`, caused by `source`: the caller key of the request
+    /// or call (`sub:…`, `ip:…`). Never blocks. Past the source's share of
+    /// the queue, or all sources' share, the event is dropped and counted
+    /// under `source` (T09).
+    pub fn record_from(&self, source: impl Into<Arc<str>>, event: AuditEvent) {
+        let source = source.into();
+        if !self.shared.quota.take(&source) {
+            self.shared.quota.dropped(&source);
+            self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.enqueue(event, Some(source));
+    }
+
+    fn enqueue(&self, event: AuditEvent, source: Option<Arc<str>>) {
+        let queued = Box::new(Queued {
+            event,
+            time_ms: now_ms(),
+            source,
+        });
+        let Err(refused) = self.sender.try_send(Message::Event(queued)) else {
+            return;
+        };
+        self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
+        let (TrySendError::Full(message) | TrySendError::Disconnected(message)) = refused;
+        match message {
+            Message::Event(queued) => match &queued.source {
+                Some(source) => {
+                    self.shared.quota.give_back(source, 1);
+                    self.shared.quota.dropped(source);
+                }
+                None => {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            Message::Flush(_) => {}
         }
     }
 
@@ -195,6 +233,7 @@ impl AuditLog {
             size_bytes: s.size_bytes.load(Ordering::Relaxed),
             max_size_bytes: s.max_bytes.load(Ordering::Relaxed),
             full: s.full.load(Ordering::Relaxed),
+            traffic_full: s.traffic_full.load(Ordering::Relaxed),
         }
     }
 
@@ -230,49 +269,11 @@ struct Writer {
     file_written_ms: i64,
 }
 
-/// The size budget's state in the writer.
-#[derive(Default)]
-struct Budget {
-    /// Events not written because the trail is full, by kind.
-    suppressed: BTreeMap<String, u64>,
-    /// When the oldest of them came (0: none pending).
-    suppressed_since: i64,
-    /// Warned (log) that the trail is past 80 % of its budget.
-    warned: bool,
-}
-
-/// The trail's bookkeeping: its size and budget from `audit_meta`
-/// (unkeyed: an estimate and a setting), the break count from the keyed
-/// head.
-struct Meta {
-    size_bytes: u64,
-    max_bytes: u64,
-    breaks: u64,
-}
-
 /// The chain's last record, whole, so that its hash can be recomputed.
 struct Last {
     seq: i64,
     hash: String,
     intact: bool,
-}
-
-/// A record's approximate size on disk: its fields, its two hashes, its
-/// correlation ID a second time (its index holds a copy) and
-/// [`RECORD_OVERHEAD`].
-fn record_bytes(event: &AuditEvent) -> u64 {
-    let text = |v: &Option<String>| v.as_ref().map_or(0, String::len);
-    let detail = Value::Object(event.detail.clone()).to_string().len();
-    u64::try_from(
-        event.kind.len()
-            + 2 * text(&event.correlation_id)
-            + text(&event.subject)
-            + text(&event.function)
-            + detail
-            + 2 * GENESIS.len(),
-    )
-    .unwrap_or(u64::MAX)
-    .saturating_add(RECORD_OVERHEAD)
 }
 
 impl Writer {
@@ -302,19 +303,33 @@ impl Writer {
             }
             let mut events = Vec::with_capacity(batch.len() + 1);
             let mut flushes = Vec::new();
+            // Places given back once per source and batch, not per event.
+            let mut taken: HashMap<Arc<str>, u32> = HashMap::new();
             for message in batch {
                 match message {
-                    Message::Event(event, time) => events.push((*event, time)),
+                    Message::Event(queued) => {
+                        let Queued {
+                            event,
+                            time_ms,
+                            source,
+                        } = *queued;
+                        let traffic = source.is_some();
+                        if let Some(source) = source {
+                            *taken.entry(source).or_insert(0) += 1;
+                        }
+                        events.push(Pending {
+                            event,
+                            time_ms,
+                            traffic,
+                        });
+                    }
                     Message::Flush(done) => flushes.push(done),
                 }
             }
-            let dropped = self.shared.dropped.swap(0, Ordering::Relaxed);
-            if dropped > 0 {
-                events.push((
-                    AuditEvent::new("audit.dropped").detail("events", dropped),
-                    now_ms(),
-                ));
+            for (source, n) in &taken {
+                self.shared.quota.give_back(source, *n);
             }
+            events.extend(self.dropped_record());
             let lost = events.len();
             if (lost > 0 || !flushes.is_empty())
                 && let Err(e) = self.append(events, !flushes.is_empty())
@@ -325,15 +340,45 @@ impl Writer {
                 let _ = done.send(());
             }
         }
-        // Every handle is gone: put what a full trail counted on the record.
-        if !self.budget.suppressed.is_empty()
-            && let Err(e) = self.append(Vec::new(), true)
+        // Every handle is gone: put what was dropped, and what a full trail
+        // counted, on the record.
+        let dropped: Vec<Pending> = self.dropped_record().into_iter().collect();
+        if (!dropped.is_empty() || self.budget.has_counts())
+            && let Err(e) = self.append(dropped, true)
         {
             error!(target: "bulkhead::audit", error = %e, "cannot write the count of suppressed audit records");
         }
         if self.file_stale {
             self.anchor();
         }
+    }
+
+    /// One `audit.dropped` record for the events dropped since the last
+    /// one, if any: how many, and by which source (T09). A record of
+    /// traffic drops alone counts as traffic for the size budget, so a
+    /// flood cannot spend the admin reserve through its drops.
+    fn dropped_record(&self) -> Option<Pending> {
+        let unsourced = self.shared.dropped.swap(0, Ordering::Relaxed);
+        let sourced = self.shared.quota.take_dropped();
+        let total = unsourced.saturating_add(sourced.total());
+        if total == 0 {
+            return None;
+        }
+        let mut event = AuditEvent::new("audit.dropped").detail("events", total);
+        if unsourced > 0 {
+            event = event.detail("unsourced", unsourced);
+        }
+        if !sourced.by_source.is_empty() {
+            event = event.detail("sources", Value::Object(sourced.sources_detail()));
+        }
+        if sourced.other_sources > 0 {
+            event = event.detail("other_sources", sourced.other_sources);
+        }
+        Some(Pending {
+            event,
+            time_ms: now_ms(),
+            traffic: unsourced == 0,
+        })
     }
 
     /// Bring the head file up to `last`. First one durable commit
@@ -401,7 +446,7 @@ impl Writer {
     /// Check the chain's end, then chain and commit `events` (one
     /// transaction: one batch), then write the head file. `flush`: also
     /// write the count of suppressed events now.
-    fn append(&mut self, mut events: Vec<(AuditEvent, i64)>, flush: bool) -> rusqlite::Result<()> {
+    fn append(&mut self, mut events: Vec<Pending>, flush: bool) -> rusqlite::Result<()> {
         // Another process (a CLI command such as `secrets set` or `keys
         // create` while the server runs) may have appended since: take the
         // write lock first, then check and continue from the real head.
@@ -455,7 +500,7 @@ impl Writer {
                 meta.breaks = breaks_so_far(&tx, meta.breaks)?.saturating_add(1);
                 events.insert(
                     0,
-                    (
+                    Pending::system(
                         AuditEvent::new(CHAIN_BROKEN)
                             .detail("broken_at", brk.seq)
                             .detail("reason", brk.reason)
@@ -545,88 +590,11 @@ impl Writer {
         s.max_bytes.store(meta.max_bytes, Ordering::Relaxed);
         s.full
             .store(meta.size_bytes >= meta.max_bytes, Ordering::Relaxed);
+        s.traffic_full.store(
+            meta.size_bytes >= traffic_max(meta.max_bytes),
+            Ordering::Relaxed,
+        );
         Ok(())
-    }
-}
-
-impl Budget {
-    /// Hold `events` to the size budget: what fits is returned to be
-    /// written; past the budget, events are only counted. Breaks are
-    /// always written.
-    fn apply(
-        &mut self,
-        events: Vec<(AuditEvent, i64)>,
-        meta: &mut Meta,
-        flush: bool,
-        now: i64,
-    ) -> Vec<(AuditEvent, i64)> {
-        let max = meta.max_bytes;
-        let warn_at = max / 100 * WARN_PERCENT;
-        if meta.size_bytes >= warn_at && !self.warned {
-            self.warned = true;
-            warn!(
-                target: "bulkhead::audit",
-                size_bytes = meta.size_bytes,
-                max_size_bytes = max,
-                "the audit trail is past 80 % of its size budget ([audit] max_size); raise it or archive the trail before it is full"
-            );
-        }
-        let mut out = Vec::with_capacity(events.len());
-        let add = |out: &mut Vec<_>, meta: &mut Meta, event: AuditEvent, time: i64| {
-            let before = meta.size_bytes;
-            meta.size_bytes = before.saturating_add(record_bytes(&event));
-            out.push((event, time));
-            before
-        };
-        for (event, time) in events {
-            if event.kind != CHAIN_BROKEN && meta.size_bytes >= max {
-                *self.suppressed.entry(event.kind).or_insert(0) += 1;
-                if self.suppressed_since == 0 {
-                    self.suppressed_since = time;
-                }
-                continue;
-            }
-            let before = add(&mut out, meta, event, time);
-            if before < warn_at && meta.size_bytes >= warn_at {
-                add(
-                    &mut out,
-                    meta,
-                    AuditEvent::new("audit.nearly_full")
-                        .detail("size_bytes", meta.size_bytes)
-                        .detail("max_size_bytes", max),
-                    now,
-                );
-            }
-            if before < max && meta.size_bytes >= max {
-                error!(
-                    target: "bulkhead::audit",
-                    size_bytes = meta.size_bytes,
-                    max_size_bytes = max,
-                    "the audit trail reached its size budget ([audit] max_size): from now on events are counted, not written"
-                );
-                add(
-                    &mut out,
-                    meta,
-                    AuditEvent::new("audit.full")
-                        .detail("size_bytes", meta.size_bytes)
-                        .detail("max_size_bytes", max),
-                    now,
-                );
-            }
-        }
-        if !self.suppressed.is_empty()
-            && (flush || now - self.suppressed_since >= SUPPRESSED_EVERY_MS)
-        {
-            let kinds = std::mem::take(&mut self.suppressed);
-            let total: u64 = kinds.values().sum();
-            let event = AuditEvent::new("audit.suppressed")
-                .detail("events", total)
-                .detail("kinds", json!(kinds))
-                .detail("since_ms", self.suppressed_since);
-            self.suppressed_since = 0;
-            add(&mut out, meta, event, now);
-        }
-        out
     }
 }
 

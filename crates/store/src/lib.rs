@@ -3,6 +3,8 @@
 //! keys that protect them.
 
 pub mod audit;
+mod audit_budget;
+mod audit_quota;
 mod audit_writer;
 pub mod credentials;
 pub mod crypto;

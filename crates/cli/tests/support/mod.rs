@@ -394,6 +394,34 @@ pub async fn get(addr: SocketAddr, path: &str) -> Reply {
     send(addr, request("GET", addr, path, Bytes::new())).await
 }
 
+/// GET `path` over a connection from the local address `from` (another
+/// loopback address, such as 127.0.0.2: another caller).
+pub async fn get_from(addr: SocketAddr, path: &str, from: &str) -> Reply {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    let local: SocketAddr = format!("{from}:0").parse().expect("an address");
+    socket.bind(local).expect("bind the client address");
+    let stream = socket.connect(addr).await.expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request("GET", addr, path, Bytes::new()))
+        .await
+        .expect("a response");
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::BodyExt::collect(body)
+        .await
+        .expect("a body")
+        .to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
 /// Write raw bytes and read until the server closes or `limit` passes.
 /// For requests no well-behaved client would send.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
