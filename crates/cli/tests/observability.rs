@@ -403,6 +403,16 @@ async fn refuse(server: &Server) {
         .assert_problem(404, "not-found");
 }
 
+/// An app served once, with one refused request on its audit trail, and
+/// stopped: the starting point of the tampering tests.
+async fn served_once() -> TestApp {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    assert!(server.stop().success());
+    app
+}
+
 /// A gauge or counter from the admin listener's `/metrics`.
 async fn metric(server: &Server, name: &str) -> Option<f64> {
     let text = get(server.admin.expect("admin listener"), "/metrics")
@@ -484,10 +494,7 @@ fn rehash(db: &Path, from: i64) {
 /// break for ever.
 #[tokio::test]
 async fn t09_deleting_the_last_audit_records_is_reported_for_ever() {
-    let app = TestApp::new(APP, &["hello", "echo"]);
-    let server = Server::start(&app);
-    refuse(&server).await;
-    assert!(server.stop().success());
+    let app = served_once().await;
     let (ok, text) = verify(app.path());
     assert!(ok && text.contains("intact (3 records)"), "{text}");
 
@@ -543,10 +550,7 @@ async fn t09_deleting_the_last_audit_records_is_reported_for_ever() {
 /// CLI's writer records the break instead of signing the forgery.
 #[tokio::test]
 async fn t09_a_rehashed_audit_chain_is_not_laundered_by_keys_create() {
-    let app = TestApp::new(APP, &["hello", "echo"]);
-    let server = Server::start(&app);
-    refuse(&server).await;
-    assert!(server.stop().success());
+    let app = served_once().await;
 
     let db = state_db(&app);
     rusqlite::Connection::open(&db)
@@ -575,10 +579,7 @@ async fn t09_a_rehashed_audit_chain_is_not_laundered_by_keys_create() {
 /// break and exports it.
 #[tokio::test]
 async fn t09_a_restored_older_state_db_is_detected_through_the_head_file() {
-    let app = TestApp::new(APP, &["hello", "echo"]);
-    let server = Server::start(&app);
-    refuse(&server).await;
-    assert!(server.stop().success());
+    let app = served_once().await;
     let (ok, text) = verify(app.path());
     assert!(ok, "{text}");
 
@@ -862,10 +863,7 @@ async fn t09_other_processes_while_serving_lose_no_audit_records() {
 /// trail. Now it says BROKEN, and the next writer records the break.
 #[tokio::test]
 async fn t09_wiping_the_whole_audit_trail_is_reported() {
-    let app = TestApp::new(APP, &["hello", "echo"]);
-    let server = Server::start(&app);
-    refuse(&server).await;
-    assert!(server.stop().success());
+    let app = served_once().await;
 
     rusqlite::Connection::open(state_db(&app))
         .unwrap()
@@ -891,10 +889,7 @@ async fn t09_wiping_the_whole_audit_trail_is_reported() {
 /// break when it starts, and `verify` reports it.
 #[tokio::test]
 async fn t09_a_wiped_trail_with_reset_counters_is_reported() {
-    let app = TestApp::new(APP, &["hello", "echo"]);
-    let server = Server::start(&app);
-    refuse(&server).await;
-    assert!(server.stop().success());
+    let app = served_once().await;
 
     rusqlite::Connection::open(state_db(&app))
         .unwrap()
