@@ -50,7 +50,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
-use tracing::error;
+use tracing::{error, warn};
 
 use crate::audit::{
     AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, check_head, head_mac,
@@ -72,6 +72,10 @@ pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// command, shutdown) and a break update it at once.
 const HEAD_FILE_EVERY: Duration = Duration::from_millis(200);
 const HEAD_FILE_EVERY_MS: i64 = 200;
+
+/// How soon a batch kept after a failed append is tried again (each try
+/// waits up to SQLite's busy timeout for the lock).
+const RETRY_EVERY: Duration = Duration::from_millis(500);
 
 enum Message {
     /// Boxed: the channel allocates and touches every slot up front, and
@@ -152,8 +156,9 @@ impl AuditLog {
             breaks: 0,
             file_stale: false,
             file_written_ms: 0,
+            retry: Vec::new(),
         };
-        if let Err(e) = writer.append(Vec::new(), true) {
+        if let Err(e) = writer.append(&mut Vec::new(), true) {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
         }
         let thread = std::thread::Builder::new()
@@ -265,6 +270,10 @@ struct Writer {
     breaks: u64,
     /// The head file is behind `last`.
     file_stale: bool,
+    /// A batch that could not be written because the database was locked
+    /// past SQLite's busy timeout (another process's long transaction):
+    /// kept and tried again, never thrown away (T09). At most one batch.
+    retry: Vec<Pending>,
     /// When the head file was last written.
     file_written_ms: i64,
 }
@@ -279,29 +288,42 @@ struct Last {
 impl Writer {
     fn run(mut self, receiver: Receiver<Message>) {
         loop {
-            let first = if self.file_stale {
-                match receiver.recv_timeout(HEAD_FILE_EVERY) {
-                    Ok(message) => message,
+            let wait = if !self.retry.is_empty() {
+                Some(RETRY_EVERY)
+            } else if self.file_stale {
+                Some(HEAD_FILE_EVERY)
+            } else {
+                None
+            };
+            let first = match wait {
+                Some(wait) => match receiver.recv_timeout(wait) {
+                    Ok(message) => Some(message),
+                    // A kept batch is tried again even when nothing comes.
+                    Err(RecvTimeoutError::Timeout) if !self.retry.is_empty() => None,
                     Err(RecvTimeoutError::Timeout) => {
                         self.anchor();
                         continue;
                     }
                     Err(RecvTimeoutError::Disconnected) => break,
-                }
-            } else {
-                match receiver.recv() {
-                    Ok(message) => message,
+                },
+                None => match receiver.recv() {
+                    Ok(message) => Some(message),
                     Err(_) => break,
-                }
+                },
             };
-            let mut batch = vec![first];
-            while batch.len() < BATCH {
+            let mut batch: Vec<Message> = first.into_iter().collect();
+            // A kept batch takes its places in this one: what waits stays
+            // bounded, and what does not fit waits in the channel (whose
+            // overflow is counted).
+            while batch.len() + self.retry.len() < BATCH {
                 match receiver.try_recv() {
                     Ok(message) => batch.push(message),
                     Err(_) => break,
                 }
             }
-            let mut events = Vec::with_capacity(batch.len() + 1);
+            let retrying = !self.retry.is_empty();
+            let mut events = std::mem::take(&mut self.retry);
+            events.reserve(batch.len() + 1);
             let mut flushes = Vec::new();
             // Places given back once per source and batch, not per event.
             let mut taken: HashMap<Arc<str>, u32> = HashMap::new();
@@ -329,12 +351,15 @@ impl Writer {
             for (source, n) in &taken {
                 self.shared.quota.give_back(source, *n);
             }
-            events.extend(self.dropped_record());
-            let lost = events.len();
-            if (lost > 0 || !flushes.is_empty())
-                && let Err(e) = self.append(events, !flushes.is_empty())
+            // One drop count per written batch, not one per retry.
+            if !retrying {
+                events.extend(self.dropped_record());
+            }
+            let pending = events.len();
+            if (pending > 0 || !flushes.is_empty())
+                && let Err(e) = self.append(&mut events, !flushes.is_empty())
             {
-                error!(target: "bulkhead::audit", error = %e, lost, "cannot write audit records");
+                self.keep_or_count(events, pending, &e);
             }
             for done in flushes {
                 let _ = done.send(());
@@ -342,14 +367,31 @@ impl Writer {
         }
         // Every handle is gone: put what was dropped, and what a full trail
         // counted, on the record.
-        let dropped: Vec<Pending> = self.dropped_record().into_iter().collect();
-        if (!dropped.is_empty() || self.budget.has_counts())
-            && let Err(e) = self.append(dropped, true)
+        let mut last = std::mem::take(&mut self.retry);
+        last.extend(self.dropped_record());
+        if (!last.is_empty() || self.budget.has_counts())
+            && let Err(e) = self.append(&mut last, true)
         {
-            error!(target: "bulkhead::audit", error = %e, "cannot write the count of suppressed audit records");
+            error!(target: "bulkhead::audit", error = %e, pending = last.len(), "cannot write the last audit records and counts");
         }
         if self.file_stale {
             self.anchor();
+        }
+    }
+
+    /// After a failed append: a batch the writer could not start on (the
+    /// database locked past the busy timeout) is kept for the next try; one
+    /// that failed while being written is gone, and counted as dropped so
+    /// that the next `audit.dropped` record says so (T09).
+    fn keep_or_count(&mut self, events: Vec<Pending>, pending: usize, e: &rusqlite::Error) {
+        if events.is_empty() {
+            let lost = u64::try_from(pending).unwrap_or(u64::MAX);
+            self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+            self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
+            error!(target: "bulkhead::audit", error = %e, lost, "cannot write audit records: counted as dropped");
+        } else {
+            warn!(target: "bulkhead::audit", error = %e, pending, "cannot write audit records yet: kept, trying again");
+            self.retry = events;
         }
     }
 
@@ -446,7 +488,11 @@ impl Writer {
     /// Check the chain's end, then chain and commit `events` (one
     /// transaction: one batch), then write the head file. `flush`: also
     /// write the count of suppressed events now.
-    fn append(&mut self, mut events: Vec<Pending>, flush: bool) -> rusqlite::Result<()> {
+    ///
+    /// `events` is left untouched when the append fails before it could
+    /// check the chain (the write lock not granted): the caller keeps it.
+    /// From the checks on, it is taken.
+    fn append(&mut self, events: &mut Vec<Pending>, flush: bool) -> rusqlite::Result<()> {
         // Another process (a CLI command such as `secrets set` or `keys
         // create` while the server runs) may have appended since: take the
         // write lock first, then check and continue from the real head.
@@ -474,8 +520,24 @@ impl Writer {
                 found: json!({"last_record": l.seq}),
                 high_water: l.seq,
             }),
+            // The trail ends before what this writer itself committed: it
+            // was rolled back while the writer ran, heads and file with it.
+            (Ok(_), end) if is_behind(&self.last, end.as_ref()) => {
+                let found = end.as_ref().map_or(0, |l| l.seq);
+                Err(Break {
+                    seq: found.min(self.last.0),
+                    reason: format!(
+                        "the trail ends at record {found} but this writer committed record {} (rolled back while it ran)",
+                        self.last.0
+                    ),
+                    expected: json!({"source": "this writer", "record": self.last.0, "hash": self.last.1}),
+                    found: json!({"last_record": found}),
+                    high_water: found.max(self.last.0),
+                })
+            }
             (checked, _) => checked,
         };
+        let mut events = std::mem::take(events);
         let now = now_ms();
         let broke = checked.is_err();
         let (mut seq, mut prev_hash, anchored, rewrite_head) = match checked {
@@ -595,6 +657,20 @@ impl Writer {
             Ordering::Relaxed,
         );
         Ok(())
+    }
+}
+
+/// Whether the chain's end `end` is behind `committed`, the head a writer
+/// last committed: fewer records, or as many with another hash. Other
+/// writers only ever add records, so that is a rollback (T09).
+fn is_behind(committed: &(i64, String), end: Option<&Last>) -> bool {
+    let (seq, hash) = committed;
+    if *seq == 0 {
+        return false;
+    }
+    match end {
+        None => true,
+        Some(end) => end.seq < *seq || (end.seq == *seq && end.hash != *hash),
     }
 }
 

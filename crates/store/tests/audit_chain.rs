@@ -787,3 +787,67 @@ fn t09_the_audit_size_estimate_tracks_sqlites_usage() {
         );
     }
 }
+
+/// Second outside attack (T09): another process holding the database's
+/// write lock longer than SQLite's busy timeout (a `VACUUM`, a long shell
+/// transaction) made the writer throw its batch away, logged and nothing
+/// else: records gone, no `audit.dropped`, `verify` OK. The writer keeps
+/// the batch and writes it once the lock is free.
+#[test]
+fn t09_a_batch_that_meets_a_held_lock_is_kept_and_written_later() {
+    let (_dir, store) = store_with(2);
+    let log = AuditLog::start(&store).unwrap();
+    log.flush();
+    let blocker = Connection::open(store.db_path()).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for i in 0..3 {
+        log.record(AuditEvent::new("key.created").detail("n", i));
+    }
+    // Past the writer's 5 s busy timeout: its first attempt fails.
+    std::thread::sleep(std::time::Duration::from_secs(7));
+    blocker.execute_batch("COMMIT").unwrap();
+    log.flush();
+    log.close();
+    assert_eq!(kinds(&store, "key.created").len(), 3, "no record lost");
+    assert_eq!(
+        store.verify_audit().unwrap(),
+        Verification::Intact { records: 5 }
+    );
+}
+
+/// Second outside attack (T09): with the writer running, save the keyed
+/// head and the head file, let it write more, then delete the new records
+/// and put the saved head and file back. Every check agreed with itself,
+/// so the running writer continued as if nothing had happened. It knows
+/// what it committed itself: a trail that ends before that is a break.
+#[test]
+fn t09_rolling_back_under_a_running_writer_is_a_break() {
+    let (dir, store) = store_with(3);
+    let log = AuditLog::start(&store).unwrap();
+    log.flush();
+    let head_file = dir.path().join("audit.head");
+    let saved_file = std::fs::read(&head_file).unwrap();
+    let saved = dir.path().join("saved.db");
+    sql(&store, &format!("VACUUM INTO '{}'", saved.display()));
+    log.record(AuditEvent::new("key.created"));
+    log.record(AuditEvent::new("key.created"));
+    log.flush();
+    sql(
+        &store,
+        &format!(
+            "ATTACH '{}' AS saved; DELETE FROM audit WHERE seq > 3; DELETE FROM audit_head;
+             INSERT INTO audit_head SELECT * FROM saved.audit_head;",
+            saved.display()
+        ),
+    );
+    std::fs::write(&head_file, saved_file).unwrap();
+    log.record(AuditEvent::new("deploy"));
+    log.flush();
+    log.close();
+    let breaks = kinds(&store, bulkhead_store::CHAIN_BROKEN);
+    assert_eq!(breaks.len(), 1, "the running writer saw the rollback");
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Broken { .. }
+    ));
+}
