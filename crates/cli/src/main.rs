@@ -203,10 +203,7 @@ fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::W
     let filter = EnvFilter::try_from_env("BULKHEAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let sink: Box<dyn std::io::Write + Send> = match file {
         Some(path) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
+            open_log_file(path)
                 .map_err(|e| anyhow::anyhow!("cannot open the log file {}: {e}", path.display()))?,
         ),
         None => Box::new(std::io::stderr()),
@@ -230,6 +227,23 @@ fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::W
         .with_writer(writer)
         .init();
     Ok(guard)
+}
+
+/// The log file, appended to and owner-only (T09, T19): its lines name
+/// peers, paths and subjects. A new one is created 0600 whatever the
+/// umask; an existing regular file open to group or others is tightened to
+/// 0600, as the state files are. A device or pipe (`/dev/stderr`) is used
+/// as it is: never chmod'ed.
+fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let special = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    if !special {
+        bulkhead_store::files::make_private(path)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
 }
 
 /// Print each problem on its own line; the caller exits non-zero.

@@ -82,7 +82,9 @@ fn admin_access(
     target: &Target,
 ) -> Result<AdminAccess> {
     let reader = store.clone();
-    let read = Box::new(move || reader.admin_token_hashes().unwrap_or_default());
+    // A failed read is an error, never "no tokens", which would open the
+    // `dev` listener (T08): the listener keeps the tokens it last read.
+    let read = Box::new(move || reader.admin_token_hashes().map_err(|e| e.to_string()));
     let has_token = !store.admin_token_hashes()?.is_empty();
     if env == "dev" && address.ip().is_loopback() {
         if !has_token {

@@ -39,7 +39,8 @@ fn state_bytes(state: &Path) -> u64 {
 }
 
 /// Send `count` pipelined GETs with `path` on one connection (the last
-/// closes it) and return the status of every response.
+/// closes it) and return the status of every response the server sent
+/// before it closed the connection.
 fn pipelined(addr: SocketAddr, path: &str, count: usize) -> Vec<u16> {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream
@@ -69,6 +70,23 @@ fn pipelined(addr: SocketAddr, path: &str, count: usize) -> Vec<u16> {
         .collect()
 }
 
+/// `count` GETs with `path`, each on a new connection (a refused one is
+/// closed by the server): the status of each, and whether it was refused
+/// as a connection (over the per-peer share) rather than as a request.
+fn one_by_one(addr: SocketAddr, path: &str, count: usize) -> Vec<(u16, bool)> {
+    let raw = format!("GET {path} HTTP/1.1\r\nhost: admin\r\n\r\n");
+    (0..count)
+        .map(|_| {
+            let answer = drain(held(addr, raw.as_bytes()));
+            let status = answer
+                .strip_prefix("HTTP/1.1 ")
+                .and_then(|rest| rest.get(..3)?.parse().ok())
+                .unwrap_or(0);
+            (status, answer.contains("/problems/too-many-connections"))
+        })
+        .collect()
+}
+
 /// Every string in `value`, recursively.
 fn strings(value: &Value, out: &mut Vec<String>) {
     match value {
@@ -81,13 +99,26 @@ fn strings(value: &Value, out: &mut Vec<String>) {
 
 /// GET `path` on `addr` from the local address `from`.
 async fn get_from(from: &str, addr: SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    try_get_from(from, addr, path, token)
+        .await
+        .expect("an HTTP response")
+        .0
+}
+
+/// Like `get_from`, with the body; a closed connection is an `Err`.
+async fn try_get_from(
+    from: &str,
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-    let stream = socket.connect(addr).await.expect("connect");
+    let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
-            .unwrap();
+            .map_err(|e| e.to_string())?;
     tokio::spawn(connection);
     let mut builder = http::Request::builder()
         .uri(path)
@@ -98,18 +129,48 @@ async fn get_from(from: &str, addr: SocketAddr, path: &str, token: Option<&str>)
     let response = sender
         .send_request(builder.body(Full::new(Bytes::new())).unwrap())
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
-    let _ = response.into_body().collect().await;
-    status
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// T09: thousands of pipelined admin requests with 8 KiB paths and no
-/// token. On main each wrote a full audit record with the whole path (tens
-/// of MB of state.db); now the refusals are folded per peer and second
-/// (every one still counted), the state database barely grows, no stored
-/// string is longer than the cap, the flooding peer gets 429 and another
-/// peer (127.0.0.2) still gets through.
+/// The value of one metric series in an OpenMetrics text.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// A connection from 127.0.0.1 that sends `bytes` and is held open.
+fn held(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    stream
+}
+
+/// Everything the server sends on `stream` until it closes it.
+fn drain(mut stream: TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// T09: thousands of admin requests with 8 KiB paths and no token. On
+/// main each wrote a full audit record with the whole path (tens of MB of
+/// state.db); now the refusals are folded per peer and second (every one
+/// still counted), the state database barely grows, no stored string is
+/// longer than the cap, the flooding peer gets 429 and another peer
+/// (127.0.0.2) still gets through. A refused answer closes its connection
+/// (T01, T08), so a pipelined flood gets one answer per connection, and
+/// the flood comes on a new connection per request.
 #[test]
 fn t09_an_admin_flood_is_folded_capped_and_rate_limited_per_peer() {
     let app = TestApp::new(APP, &["hello"]);
@@ -121,27 +182,33 @@ fn t09_an_admin_flood_is_folded_capped_and_rate_limited_per_peer() {
     let state = app.path().join(".bulkhead/dev");
     let before = state_bytes(&state);
 
-    const CONNECTIONS: usize = 4;
-    const PER_CONNECTION: usize = 750;
+    // Two at a time: with the one each may leave closing, within the
+    // address's share of 4 connections.
+    const FLOODS: usize = 2;
+    const PER_FLOOD: usize = 1500;
     let path = format!("/{}", "A".repeat(8 * 1024));
     let started = Instant::now();
-    let floods: Vec<_> = (0..CONNECTIONS)
+    let pipelined_answers = pipelined(admin, &path, 10);
+    assert_eq!(pipelined_answers.len(), 1, "{pipelined_answers:?}");
+    let floods: Vec<_> = (0..FLOODS)
         .map(|_| {
             let path = path.clone();
-            std::thread::spawn(move || pipelined(admin, &path, PER_CONNECTION))
+            std::thread::spawn(move || one_by_one(admin, &path, PER_FLOOD))
         })
         .collect();
-    let statuses: Vec<u16> = floods.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let answers: Vec<(u16, bool)> = floods.into_iter().flat_map(|t| t.join().unwrap()).collect();
     let seconds = started.elapsed().as_secs() + 2;
-    assert_eq!(
-        statuses.len(),
-        CONNECTIONS * PER_CONNECTION,
-        "every request answered"
-    );
     assert!(
-        statuses.iter().all(|s| *s == 401 || *s == 429),
-        "{statuses:?}"
+        answers.iter().all(|(s, _)| *s == 401 || *s == 429),
+        "every request answered: {answers:?}"
     );
+    // Requests refused by the admin listener (not as connections over the
+    // address's share, which are audited as `listener.refused`).
+    let statuses: Vec<u16> = pipelined_answers
+        .into_iter()
+        .chain(answers.iter().filter(|(_, c)| !c).map(|(s, _)| *s))
+        .collect();
+    assert!(statuses.len() > FLOODS * PER_FLOOD * 9 / 10, "{answers:?}");
     let limited = statuses.iter().filter(|s| **s == 429).count();
 
     // Another peer is not shut out by the flood.
@@ -306,4 +373,99 @@ async fn the_open_dev_admin_listener_answers_loopback_names_only() {
         assert!(reply.contains("invalid-host"), "{host:?}: {reply}");
         assert!(!reply.contains("rebound"), "never echoed: {reply}");
     }
+}
+
+/// T01, T08 (second attack on the release binary): one address held every
+/// admin connection (16 in all, no share per address) by sending a refused
+/// request on each and keeping it alive, and a peer with a valid token was
+/// dropped without a word. Now a refused answer closes its connection, and
+/// one address (IPv6 by /64) holds at most 4 of the 16, even while it
+/// sends nothing (half a head, until the header deadline); the connections
+/// over its share are answered 429 `too-many-connections`, logged, metered
+/// and audited folded, and 127.0.0.2 with a token is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t08_one_address_cannot_hold_every_admin_connection() {
+    let app = TestApp::new(APP, &["hello"]);
+    let created = app.run(&["admin", "token"]);
+    assert!(created.status.success());
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+
+    // The attack as reported: a refused request on each of 20 connections
+    // (more than the 16 in all), and the start of the next one, held.
+    let refused = "GET /metrics HTTP/1.1\r\nhost: admin\r\n\r\nGET /metrics HT";
+    let attack: Vec<TcpStream> = (0..20).map(|_| held(admin, refused.as_bytes())).collect();
+    let reply = try_get_from("127.0.0.2", admin, "/metrics", Some(&token)).await;
+    assert_eq!(
+        reply.as_ref().map(|r| r.0),
+        Ok(200),
+        "127.0.0.1 locked 127.0.0.2 out: {reply:?}"
+    );
+    // Each got one answer (its 401, or a 429 when over its share), and
+    // then its connection was closed, not kept alive.
+    for stream in attack {
+        let answer = drain(stream);
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+        assert!(
+            answer.starts_with("HTTP/1.1 401 ") || answer.starts_with("HTTP/1.1 429 "),
+            "{answer}"
+        );
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+
+    // Connections that send nothing whole hold a place until the header
+    // deadline: 127.0.0.1 gets 4 of them, and 127.0.0.2 is still served.
+    let slow: Vec<TcpStream> = (0..20)
+        .map(|_| held(admin, b"GET /metrics HTTP/1.1\r\nhost: admin\r\n"))
+        .collect();
+    let probe = drain(held(admin, b""));
+    let (status, metrics) = try_get_from("127.0.0.2", admin, "/metrics", Some(&token))
+        .await
+        .expect("127.0.0.2 is served while 127.0.0.1 holds its share");
+    assert_eq!(status, 200);
+    assert!(probe.starts_with("HTTP/1.1 429 "), "{probe:?}");
+    assert!(
+        probe.contains("https://bulkhead.dev/problems/too-many-connections"),
+        "{probe:?}"
+    );
+    drop(slow);
+
+    // Every refused connection is logged and metered one by one (the
+    // accept loop refuses them before it takes 127.0.0.2's connection)...
+    let series = "bulkhead_refusals_total{reason=\"admin-address-connection-limit\"}";
+    let refusals = metric(&metrics, series).unwrap_or(0.0) as usize;
+    assert!(
+        refusals > 16, // the slow 20 over the 4, and the probe
+        "{refusals} refusals metered:\n{metrics}"
+    );
+    let logged = server.wait_for_count(
+        |r| {
+            r["message"] == "connection refused"
+                && r["reason"] == "admin-address-connection-limit"
+                && r["peer"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("127.0.0.1:"))
+        },
+        refusals,
+    );
+    assert_eq!(logged.len(), refusals);
+    assert!(server.stop().success());
+
+    // ... and audited folded per peer and second (T09).
+    let records: Vec<Value> = app
+        .audit_records("listener.refused")
+        .into_iter()
+        .filter(|r| r["detail"]["reason"] == "admin-address-connection-limit")
+        .collect();
+    let full = records
+        .iter()
+        .filter(|r| r["detail"]["peer"].is_string())
+        .count();
+    let folded: u64 = records
+        .iter()
+        .filter_map(|r| r["detail"]["repeated"].as_u64())
+        .sum();
+    assert_eq!(full as u64 + folded, refusals as u64, "{records:?}");
+    assert!(full < refusals, "folded, not one record each: {records:?}");
 }

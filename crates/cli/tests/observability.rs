@@ -709,6 +709,38 @@ grants = { kv = { shared = "read-write" } }
     }
 }
 
+/// The second outside attack (T09, T19): the `--log-file` file, which
+/// holds peer addresses, paths and subjects, was created 0644 under the
+/// usual umask 022. It is created 0600, and an existing one open to group
+/// or others is tightened to 0600 (its lines are appended, never lost).
+#[cfg(unix)]
+#[test]
+fn the_log_file_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    // A manifest that does not load: `serve` opens its log file, then stops.
+    let app = TestApp::new("[app\n", &[]);
+    let logs = tempfile::tempdir().unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+
+    let fresh = logs.path().join("fresh.log");
+    let out = app.run_with(&["serve"], &["--log-file", fresh.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(mode(&fresh), 0o600, "a new log file");
+
+    let loose = logs.path().join("loose.log");
+    std::fs::write(&loose, b"{\"earlier\":true}\n").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = app.run_with(&["serve"], &["--log-file", loose.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert_eq!(mode(&loose), 0o600, "an existing log file, tightened");
+    assert!(
+        std::fs::read_to_string(&loose)
+            .unwrap()
+            .starts_with("{\"earlier\":true}\n"),
+        "appended to, not truncated"
+    );
+}
+
 /// Issue 11 item 12 and the outside attack's finding B (T09, T01): the
 /// audit trail has a size budget, and traffic may fill only 90 % of it.
 /// A trail just under 90 % of its `[audit] max_size` (its recorded size

@@ -5,6 +5,13 @@
 //! A flood of admin requests is bounded (T09): each peer (IPv6 by /64) is
 //! rate-limited, refusals are audited folded per peer and second, and the
 //! client's path is recorded only capped ([`client_text`]).
+//!
+//! Its connections are bounded in all and per peer (T01, T08): one address
+//! holds at most [`MAX_ADMIN_CONNECTIONS_PER_PEER`] of them, and a refused
+//! answer closes its connection, so no one keeps a place with refused
+//! requests; idle connections end at the header deadline. A connection
+//! over either cap gets the public listener's best-effort 429 and is
+//! logged, metered and audited folded like its refusals.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -31,10 +38,17 @@ use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::ratelimit::KeyedLimiter;
+use crate::server::{PerAddress, refuse};
 use crate::validate;
 use crate::{Gateway, Shared};
 
 const MAX_ADMIN_CONNECTIONS: usize = 16;
+/// One peer network's share of [`MAX_ADMIN_CONNECTIONS`] (T01, T08): a
+/// scraper and a few probes, never every place.
+const MAX_ADMIN_CONNECTIONS_PER_PEER: u32 = 4;
+/// The deadline for a request's head (slowloris), and so how long an idle
+/// keep-alive connection keeps its place: hyper runs it while it waits for
+/// the next request (T01).
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Admin requests per second per peer, and the burst (T09): ample for
 /// scrapes and probes, far below what fills a disk.
@@ -45,7 +59,9 @@ const ADMIN_BURST: u32 = 40;
 /// flood reads the store at most this often.
 const TOKEN_REFRESH: Duration = Duration::from_millis(250);
 
-type TokenReader = Box<dyn Fn() -> Vec<[u8; 32]> + Send + Sync>;
+/// Reads the SHA-256 of every admin token from the store; an `Err` when
+/// the store cannot be read.
+type TokenReader = Box<dyn Fn() -> Result<Vec<[u8; 32]>, String> + Send + Sync>;
 type TokenHashes = Arc<Vec<[u8; 32]>>;
 
 /// Who may use the admin listener.
@@ -56,10 +72,27 @@ pub struct AdminAccess {
     /// tokens are required until the process ends (revoking them all does
     /// not reopen it).
     open_until_token: bool,
-    /// Set once a token has been seen; then the listener is never open.
+    /// Set once a token has been seen (at start, too); then the listener
+    /// is never open.
     token_seen: AtomicBool,
-    /// The hashes last read, and when.
-    cache: Mutex<Option<(Instant, TokenHashes)>>,
+    /// The hashes last read (None until a read succeeds), and when the
+    /// store was last asked.
+    cache: Mutex<TokenCache>,
+}
+
+struct TokenCache {
+    asked_at: Instant,
+    hashes: Option<TokenHashes>,
+    /// The last read failed: logged once, until a read succeeds again.
+    failing: bool,
+}
+
+/// What the admin listener asks of a request.
+enum Gate {
+    /// `dev` on loopback with no token: no token asked.
+    Open,
+    /// A token among these (none: every request is refused).
+    Tokens(TokenHashes),
 }
 
 impl AdminAccess {
@@ -75,39 +108,79 @@ impl AdminAccess {
         Self::new(read, true)
     }
 
+    /// The tokens are read once now: a token present at start closes the
+    /// `dev` listener for good at once, even if it is revoked before the
+    /// first admin request (T08).
     fn new(read: TokenReader, open_until_token: bool) -> Self {
-        Self {
+        let access = Self {
             read,
             open_until_token,
             token_seen: AtomicBool::new(false),
-            cache: Mutex::new(None),
+            cache: Mutex::new(TokenCache {
+                asked_at: Instant::now(),
+                hashes: None,
+                failing: false,
+            }),
+        };
+        access.refresh(&mut access.lock());
+        access
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, TokenCache> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ask the store. A failed read keeps the hashes last read (T08: never
+    /// "no tokens", which would open the `dev` listener); with none read
+    /// yet, every request is refused until a read succeeds.
+    fn refresh(&self, cache: &mut TokenCache) {
+        cache.asked_at = Instant::now();
+        match (self.read)() {
+            Ok(hashes) => {
+                if cache.failing {
+                    info!(target: "bulkhead::admin", "the admin tokens can be read again");
+                }
+                cache.failing = false;
+                if !hashes.is_empty()
+                    && self.open_until_token
+                    && !self.token_seen.swap(true, Ordering::AcqRel)
+                    && cache.hashes.is_some()
+                {
+                    info!(target: "bulkhead::admin", "an admin token exists: the admin listener now requires one");
+                }
+                cache.hashes = Some(Arc::new(hashes));
+            }
+            Err(error) => {
+                // Once per failing spell, not per request (T09).
+                if !cache.failing {
+                    warn!(target: "bulkhead::admin", error = %error, kept = cache.hashes.is_some(), "cannot read the admin tokens: the last ones read still apply (none read yet: every admin request is refused)");
+                }
+                cache.failing = true;
+            }
         }
     }
 
-    /// The token hashes, re-read from the store when older than
-    /// [`TOKEN_REFRESH`].
-    fn hashes(&self) -> TokenHashes {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((read_at, hashes)) = cache.as_ref()
-            && read_at.elapsed() < TOKEN_REFRESH
-        {
-            return hashes.clone();
+    /// What a request must show now; the token list is re-read from the
+    /// store when older than [`TOKEN_REFRESH`].
+    fn gate(&self) -> Gate {
+        let mut cache = self.lock();
+        if cache.asked_at.elapsed() >= TOKEN_REFRESH {
+            self.refresh(&mut cache);
         }
-        let hashes = Arc::new((self.read)());
-        *cache = Some((Instant::now(), hashes.clone()));
-        if !hashes.is_empty()
-            && self.open_until_token
-            && !self.token_seen.swap(true, Ordering::AcqRel)
-        {
-            info!(target: "bulkhead::admin", "an admin token exists: the admin listener now requires one");
+        match &cache.hashes {
+            // Open without a token: `dev` on loopback while no token
+            // exists or has ever been seen by this process.
+            Some(hashes)
+                if hashes.is_empty()
+                    && self.open_until_token
+                    && !self.token_seen.load(Ordering::Acquire) =>
+            {
+                Gate::Open
+            }
+            Some(hashes) => Gate::Tokens(hashes.clone()),
+            // Never read: closed (T08).
+            None => Gate::Tokens(Arc::new(Vec::new())),
         }
-        hashes
-    }
-
-    /// Open without a token: `dev` on loopback while no token exists or
-    /// has ever been seen by this process.
-    fn is_open(&self, hashes: &[[u8; 32]]) -> bool {
-        hashes.is_empty() && self.open_until_token && !self.token_seen.load(Ordering::Acquire)
     }
 }
 
@@ -130,6 +203,7 @@ impl Gateway {
         let access = Arc::new(access);
         let limiter = Arc::new(peer_limiter());
         let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+        let per_peer = PerAddress::new(MAX_ADMIN_CONNECTIONS_PER_PEER, true);
         let mut builder = http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -147,7 +221,16 @@ impl Gateway {
                 },
                 () = &mut shutdown => break,
             };
+            // One peer may not hold every admin connection (T01, T08): its
+            // share is checked first, so its flood never takes a global
+            // place. Refusals are answered, logged, metered and audited
+            // folded (T09), as on the public listener.
+            let Some(peer_slot) = per_peer.take(peer.ip()) else {
+                refuse(&self.shared, stream, peer, "admin-address-connection-limit");
+                continue;
+            };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
+                refuse(&self.shared, stream, peer, "admin-connection-limit");
                 continue;
             };
             let shared = self.shared.clone();
@@ -161,6 +244,7 @@ impl Gateway {
             tokio::spawn(async move {
                 let _ = connection.await;
                 drop(permit);
+                drop(peer_slot);
             });
         }
         // The folded counts of the last seconds (T09).
@@ -212,6 +296,14 @@ fn handle(
     if let Ok(id) = HeaderValue::from_str(correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, id);
     }
+    // A refused request (401, 404, 429, ...) ends its connection (T01,
+    // T08): otherwise one refused request every few seconds would keep a
+    // connection, and its place, forever without a token.
+    if response.status().is_client_error() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
@@ -234,7 +326,7 @@ const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
 /// rebinding) sends its own name as `Host` and is refused.
 fn check_host(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Problem> {
     let loopback: Vec<String>;
-    let allowed = if access.is_open(access.hashes().as_slice()) {
+    let allowed = if matches!(access.gate(), Gate::Open) {
         loopback = LOOPBACK_HOSTS.iter().map(|h| (*h).to_string()).collect();
         Some(loopback.as_slice())
     } else {
@@ -245,10 +337,10 @@ fn check_host(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), P
 }
 
 fn authorize(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Problem> {
-    let hashes = access.hashes();
-    if access.is_open(hashes.as_slice()) {
-        return Ok(());
-    }
+    let hashes = match access.gate() {
+        Gate::Open => return Ok(()),
+        Gate::Tokens(hashes) => hashes,
+    };
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -347,5 +439,79 @@ fn route(shared: &Shared, request: &Request<Incoming>, correlation_id: &str) -> 
             "The admin listener serves /metrics, /healthz and /readyz.",
         )
         .into_response(correlation_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Store = Arc<Mutex<Result<Vec<[u8; 32]>, String>>>;
+
+    /// An access whose token store is `store`, as the test sets it.
+    fn access(store: &Store, open_until_token: bool) -> AdminAccess {
+        let store = store.clone();
+        let read: TokenReader =
+            Box::new(move || store.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        if open_until_token {
+            AdminAccess::open_until_token(read)
+        } else {
+            AdminAccess::token(read)
+        }
+    }
+
+    fn set(store: &Store, value: Result<Vec<[u8; 32]>, String>) {
+        *store.lock().unwrap_or_else(|p| p.into_inner()) = value;
+    }
+
+    /// The next `gate()` reads the store again (no waiting).
+    fn expire(access: &AdminAccess) {
+        let mut cache = access.lock();
+        if let Some(old) = Instant::now().checked_sub(TOKEN_REFRESH) {
+            cache.asked_at = old;
+        }
+    }
+
+    fn tokens(gate: Gate) -> Option<Vec<[u8; 32]>> {
+        match gate {
+            Gate::Open => None,
+            Gate::Tokens(hashes) => Some(hashes.to_vec()),
+        }
+    }
+
+    /// T08 (second attack, info): a token present when `dev` starts closes
+    /// its listener for good at once; revoking every token before the
+    /// first admin request does not reopen it.
+    #[test]
+    fn a_token_present_at_start_keeps_dev_closed_t08() {
+        let store: Store = Arc::new(Mutex::new(Ok(vec![[1; 32]])));
+        let access = access(&store, true);
+        set(&store, Ok(Vec::new()));
+        expire(&access);
+        assert_eq!(tokens(access.gate()), Some(Vec::new()), "closed, no token");
+    }
+
+    /// T08 (second attack, info): a failed read of the token store is not
+    /// "no tokens" (which opened the `dev` listener): the tokens last read
+    /// still apply, and with none read yet every request is refused.
+    #[test]
+    fn a_failed_token_read_fails_closed_t08() {
+        // No read has ever succeeded: closed, even in `dev`.
+        let store: Store = Arc::new(Mutex::new(Err("disk I/O error".into())));
+        let access_dev = access(&store, true);
+        assert_eq!(tokens(access_dev.gate()), Some(Vec::new()));
+        // The store comes back with no token: `dev` opens as it should.
+        set(&store, Ok(Vec::new()));
+        expire(&access_dev);
+        assert_eq!(tokens(access_dev.gate()), None);
+
+        // A token was read; then the store fails: the token still applies.
+        let store: Store = Arc::new(Mutex::new(Ok(vec![[2; 32]])));
+        let access_token = access(&store, false);
+        set(&store, Err("database is locked".into()));
+        for _ in 0..3 {
+            expire(&access_token);
+            assert_eq!(tokens(access_token.gate()), Some(vec![[2; 32]]));
+        }
     }
 }

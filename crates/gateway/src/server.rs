@@ -143,8 +143,9 @@ impl Gateway {
 
 /// Open connections per client network (IPv6 by /64, as callers are
 /// keyed): a count, not a rate. Only networks with a connection open are
-/// held, so it is bounded by `max_connections`.
-struct PerAddress {
+/// held, so it is bounded by `max_connections`. The admin listener keeps
+/// one too (T01, T08).
+pub(crate) struct PerAddress {
     cap: u32,
     /// False when the cap is the total: the total alone then decides.
     binds: bool,
@@ -152,13 +153,13 @@ struct PerAddress {
 }
 
 /// One connection's place in its network's share; given back on drop.
-struct AddressSlot {
+pub(crate) struct AddressSlot {
     table: Arc<PerAddress>,
     network: IpAddr,
 }
 
 impl PerAddress {
-    fn new(cap: u32, binds: bool) -> Arc<Self> {
+    pub(crate) fn new(cap: u32, binds: bool) -> Arc<Self> {
         Arc::new(Self {
             cap,
             binds,
@@ -168,7 +169,7 @@ impl PerAddress {
 
     /// A place for one more connection from `peer`, unless its network
     /// already holds its share.
-    fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
+    pub(crate) fn take(self: &Arc<Self>, peer: IpAddr) -> Option<AddressSlot> {
         let network = network_of(peer);
         let mut open = self.lock();
         let count = open.entry(network).or_insert(0);
@@ -202,8 +203,9 @@ impl Drop for AddressSlot {
 /// Refuse a connection before reading anything from it: a best-effort 429
 /// (one non-blocking write; there is no request yet, so nothing else can
 /// be answered), then close. Logged with its correlation ID, metered, and
-/// audited folded per peer network and second (T01, T09).
-fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
+/// audited folded per peer network and second (T01, T09). The admin
+/// listener's refusals come here too, under their own reasons (`admin-…`).
+pub(crate) fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
     let trace = TraceContext::from_headers(&http::HeaderMap::new());
     let correlation_id = trace.correlation_id();
     warn!(target: "bulkhead::listener", peer = %peer, reason, correlation_id, "connection refused");
@@ -221,7 +223,7 @@ fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static
 
 /// The 429 for a refused connection, as bytes on the wire.
 fn refusal_response(reason: &str, correlation_id: &str) -> Vec<u8> {
-    let detail = if reason == "address-connection-limit" {
+    let detail = if reason.ends_with("address-connection-limit") {
         "Your address has too many connections open; close one before opening another."
     } else {
         "The server has too many connections open; try again shortly."
