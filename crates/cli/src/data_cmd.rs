@@ -11,6 +11,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
+use bulkhead_gateway::authn::principal;
+use bulkhead_manifest::CredentialKind;
 use bulkhead_store::crypto::{KeyStore, Keyring};
 use bulkhead_store::kv::{self, Kv};
 use bulkhead_store::{AuditEvent, AuditLog, Store};
@@ -32,7 +34,8 @@ pub enum DataCommand {
                       S is the subject qualified as the access log and the audit trail name it: \
                       `api-key:NAME` for an API key made for NAME, `session:NAME` for a session, \
                       `jwt:ISSUER:SUB` for a JWT, with `%` and `:` in the issuer written as `%25` and \
-                      `%3A`.",
+                      `%3A`. A subject that holds no records and no data keys is refused (exit \
+                      status 1, nothing erased or audited), naming the close matches.",
         after_help = "Examples:\n  bulkhead data erase my-app --subject api-key:ci-bot --env prod\n  \
                       bulkhead data erase my-app --subject 'jwt:https%3A//idp.example.com/:user-123' --env prod"
     )]
@@ -67,42 +70,110 @@ pub fn run(command: DataCommand) -> Result<ExitCode> {
     }
 }
 
-fn check_subject(store: &Store, subject: &str) -> Result<()> {
+/// The kinds a subject is qualified by, as the gateway writes them (T13).
+const KINDS: [&str; 3] = ["api-key:", "session:", "jwt:"];
+
+/// How many close matches a refusal names.
+const CLOSE_MATCHES: usize = 20;
+
+/// The name part of a subject as the gateway writes it: after the kind
+/// and, for a JWT, after the percent-encoded issuer; a bare name is itself.
+fn name_of(subject: &str) -> &str {
+    if let Some(rest) = subject.strip_prefix("jwt:") {
+        return rest.split_once(':').map_or(rest, |(_, name)| name);
+    }
+    KINDS
+        .iter()
+        .find_map(|kind| subject.strip_prefix(kind))
+        .unwrap_or(subject)
+}
+
+/// The names, lowercased, an operator typing `subject` may have meant: its
+/// name part and, for a JWT whose issuer was written as in the token
+/// (`jwt:https://idp.example.com:ada`), every part after a `:`.
+fn names_meant(subject: &str) -> Vec<String> {
+    let Some(rest) = subject.strip_prefix("jwt:") else {
+        return vec![name_of(subject).to_lowercase()];
+    };
+    let mut names: Vec<String> = rest
+        .match_indices(':')
+        .map(|(at, _)| rest[at + 1..].to_lowercase())
+        .collect();
+    if names.is_empty() {
+        names.push(rest.to_lowercase());
+    }
+    names
+}
+
+/// `jwt:ISSUER:SUB` with the issuer unencoded, spelled as the gateway
+/// writes it, for each `:` the issuer may end at.
+fn encoded_spellings(subject: &str) -> Vec<String> {
+    let Some(rest) = subject.strip_prefix("jwt:") else {
+        return Vec::new();
+    };
+    let mut spellings: Vec<String> = rest
+        .match_indices(':')
+        .map(|(at, _)| principal(CredentialKind::Jwt, Some(&rest[..at]), &rest[at + 1..]))
+        .filter(|spelled| spelled != subject)
+        .collect();
+    spellings.dedup();
+    spellings
+}
+
+fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
     if subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
         bail!("--subject must be 1 to 1024 characters without control characters");
     }
-    if ["api-key:", "session:", "jwt:"]
-        .iter()
-        .any(|kind| subject.starts_with(kind))
-    {
+    let conn = store.connect()?;
+    let names = names_meant(subject);
+    let close = |other: &str| other != subject && names.contains(&name_of(other).to_lowercase());
+    let (data_keys, rows) = kv::subject_holdings(keys, &conn, subject)?;
+    if data_keys + rows > 0 {
+        if !KINDS.iter().any(|kind| subject.starts_with(kind)) {
+            // A bare name holding rows addresses records written before
+            // subjects were qualified (T13); its namesakes are other
+            // subjects, named so the operator knows they are kept (T20).
+            let namesakes = kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)?;
+            let mut note = format!(
+                "note: `{subject}` is not qualified; it addresses the records written before subjects were qualified"
+            );
+            if !namesakes.is_empty() {
+                note.push_str(&format!(
+                    "; these qualified subjects are other subjects and are not touched:\n  {}",
+                    namesakes.join("\n  ")
+                ));
+            }
+            eprintln!("{note}");
+        }
         return Ok(());
     }
-    // A bare name addresses only records written before subjects were
-    // qualified (T13). Records under the qualified forms of the same name
-    // mean the operator meant those: doing nothing and saying "erased"
-    // would leave the subject's data in place (T20).
-    let conn = store.connect()?;
-    let named = kv::subjects_named(&conn, subject, 20)?;
-    if !named.is_empty() {
+    // The subject holds nothing: a mistyped subject (another case, another
+    // kind, the issuer as in the token). Erasing it and saying "erased"
+    // would leave the subject's data in place (T20): refuse, name what the
+    // operator most likely meant, destroy and audit nothing.
+    let mut lines = Vec::new();
+    for spelled in encoded_spellings(subject) {
+        if kv::subject_holdings(keys, &conn, &spelled)? != (0, 0) {
+            lines.push(format!("{spelled}   (the issuer percent-encoded)"));
+        }
+    }
+    for other in kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)? {
+        if !lines
+            .iter()
+            .any(|line| line.split(' ').next() == Some(other.as_str()))
+        {
+            lines.push(other);
+        }
+    }
+    if lines.is_empty() {
         bail!(
-            "`{subject}` is not qualified and holds no records of its own; the records are kept under:\n  {}\nrun again with --subject set to one of them (the access log names the subject of each call)",
-            named.join("\n  ")
+            "`{subject}` holds no records and no data keys; nothing was done. Subjects are qualified as the gateway names them: `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB` with `%` and `:` in the issuer written as `%25` and `%3A` (the access log names the subject of each call)"
         );
     }
-    let bare: i64 = conn.query_row(
-        "SELECT count(*) FROM kv WHERE subject = ?1",
-        [subject],
-        |row| row.get(0),
-    )?;
-    if bare == 0 {
-        bail!(
-            "no records are kept under `{subject}`; subjects are qualified: `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB` (the access log names the subject of each call)"
-        );
-    }
-    eprintln!(
-        "note: `{subject}` is not qualified; it addresses the records written before subjects were qualified"
+    bail!(
+        "`{subject}` holds no records and no data keys; nothing was done. Close matches that do:\n  {}\nrun again with --subject set to one of them (the access log names the subject of each call)",
+        lines.join("\n  ")
     );
-    Ok(())
 }
 
 fn audited(store: &Store, event: AuditEvent) -> Result<()> {
@@ -114,8 +185,8 @@ fn audited(store: &Store, event: AuditEvent) -> Result<()> {
 
 fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
     let store = target.store(false)?;
-    check_subject(&store, subject)?;
     let keys = KeyStore::open(store.dir())?;
+    check_subject(&store, &keys, subject)?;
     let mut conn = store.connect()?;
     let (destroyed, deleted) = kv::erase_subject(&keys, &mut conn, subject)?;
     audited(
@@ -135,7 +206,7 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
         Err(problems) => return Ok(crate::report(&problems)),
     };
     let store = target.store(false)?;
-    check_subject(&store, subject)?;
+    check_subject(&store, &KeyStore::open(store.dir())?, subject)?;
     let stores: Vec<String> = app
         .stores
         .iter()

@@ -355,14 +355,18 @@ async fn t13_subject_scope_separates_subjects_and_t20_erase_shreds() {
         )
         .unwrap();
     assert_eq!(alice_keys, 0);
-    let out = app.run_with(&["data", "export"], &["--subject", "api-key:alice"]);
-    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(exported["records"].as_array().unwrap().len(), 0);
+    // Once erased the subject holds nothing: exporting or erasing it again
+    // is refused rather than reported as done (T20).
+    for command in ["export", "erase"] {
+        let out = app.run_with(&["data", command], &["--subject", "api-key:alice"]);
+        assert_eq!(out.status.code(), Some(1), "data {command} after erase");
+        assert!(out.stdout.is_empty());
+    }
     assert!(server.stop().success());
     let erased = app.audit_records("data.erased");
     assert_eq!(erased.len(), 1);
     assert_eq!(erased[0]["subject"], "api-key:alice");
-    assert_eq!(app.audit_records("data.exported").len(), 2);
+    assert_eq!(app.audit_records("data.exported").len(), 1);
 }
 
 /// T13, T11: an API key made for `ci-bot` and a JWT with `sub = ci-bot`
@@ -459,6 +463,70 @@ async fn t13_an_api_key_and_a_jwt_for_the_same_name_are_two_subjects() {
         "a bare subject must not export nothing"
     );
 
+    // T20: a qualified subject that holds nothing is refused too, naming
+    // the close matches: the issuer as written in the token (unencoded),
+    // another case, another kind. Nothing is erased or exported.
+    let unencoded = "jwt:https://id.example.org:ci-bot";
+    for (subject, named) in [
+        (unencoded, vec![jwt_subject]),
+        ("api-key:CI-Bot", vec!["api-key:ci-bot", jwt_subject]),
+        ("session:ci-bot", vec!["api-key:ci-bot", jwt_subject]),
+    ] {
+        for command in ["erase", "export"] {
+            let out = app.run_with(&["data", command], &["--subject", subject]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {subject}: {stderr}");
+            assert!(out.stdout.is_empty(), "{command} {subject}");
+            for name in &named {
+                assert!(stderr.contains(name), "{command} {subject}: {stderr}");
+            }
+        }
+    }
+    let out = app.run_with(&["data", "erase"], &["--subject", unencoded]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("percent-encoded"), "{stderr}");
+    assert_eq!(call(&server, get, Some(&key)).await, "value:fromkey");
+    assert_eq!(call(&server, get, Some(&jwt)).await, "value:fromjwt");
+
+    // A bare name that holds records of its own (written before subjects
+    // were qualified) is erased, with a note naming its namesakes; the
+    // namesakes are untouched. The legacy row is made by relabelling one.
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=legacy&value=old",
+            Some(&key)
+        )
+        .await,
+        "ok"
+    );
+    let relabelled = db
+        .execute(
+            "UPDATE kv SET subject = 'ci-bot' WHERE store = 'private' AND subject = 'api-key:ci-bot'
+             AND updated_ms = (SELECT max(updated_ms) FROM kv WHERE store = 'private' AND subject = 'api-key:ci-bot')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(relabelled, 1);
+    let out = app.run_with(&["data", "erase"], &["--subject", "ci-bot"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("api-key:ci-bot") && stderr.contains(jwt_subject),
+        "{stderr}"
+    );
+    assert!(stderr.contains("1 record(s) deleted"), "{stderr}");
+    let legacy: i64 = db
+        .query_row(
+            "SELECT count(*) FROM kv WHERE subject = 'ci-bot'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(legacy, 0);
+    assert_eq!(call(&server, get, Some(&key)).await, "value:fromkey");
+    assert_eq!(call(&server, get, Some(&jwt)).await, "value:fromjwt");
+
     // Each is addressed on its own: erasing the key's leaves the JWT's.
     let out = app.run_with(&["data", "erase"], &["--subject", "api-key:ci-bot"]);
     assert!(
@@ -478,6 +546,14 @@ async fn t13_an_api_key_and_a_jwt_for_the_same_name_are_two_subjects() {
     assert_eq!(exported["records"].as_array().unwrap().len(), 1);
     assert!(exported.to_string().contains("fromjwt"));
     assert!(server.stop().success());
+    // Only the two erasures that found something were audited.
+    let erased: Vec<_> = app
+        .audit_records("data.erased")
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(erased, ["ci-bot", "api-key:ci-bot"]);
+    assert_eq!(app.audit_records("data.exported").len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

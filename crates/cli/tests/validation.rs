@@ -347,6 +347,23 @@ auth = "public"
             b"GET /items/a HTTP/1.1\r\nhost: evil evil\r\nconnection: close\r\n\r\n",
             "invalid",
         ),
+        // T10: names a browser reads as 127.0.0.1 never reach the function.
+        (
+            b"GET /items/a HTTP/1.1\r\nhost: 2130706433\r\nconnection: close\r\n\r\n",
+            "invalid",
+        ),
+        (
+            b"GET /items/a HTTP/1.1\r\nhost: 0x7f.0.0.1\r\nconnection: close\r\n\r\n",
+            "invalid",
+        ),
+        (
+            b"GET /items/a HTTP/1.1\r\nhost: 127.000.000.001\r\nconnection: close\r\n\r\n",
+            "invalid",
+        ),
+        (
+            b"GET /items/a HTTP/1.1\r\nhost: 0177.1:8080\r\nconnection: close\r\n\r\n",
+            "invalid",
+        ),
         (
             b"GET http://other.example/items/a HTTP/1.1\r\nhost: a.example\r\nconnection: close\r\n\r\n",
             "mismatch",

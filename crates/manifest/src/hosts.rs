@@ -13,7 +13,8 @@ pub const MAX_HOST_LEN: usize = 253;
 /// address re-written from the parsed address, a name in lowercase. `None`
 /// for anything else a parser might read differently: percent-escapes,
 /// sub-delimiters (`,` `;` `!` …), zone IDs, IPvFuture literals, empty
-/// labels (including a trailing dot), over-long names or labels.
+/// labels (including a trailing dot), over-long names or labels, and names
+/// ending in a number that are not a plain dotted quad.
 pub fn canonical_host(host: &str) -> Option<String> {
     if let Some(inner) = host.strip_prefix('[') {
         let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
@@ -21,6 +22,17 @@ pub fn canonical_host(host: &str) -> Option<String> {
     }
     if let Ok(ip) = host.parse::<Ipv4Addr>() {
         return Some(ip.to_string());
+    }
+    // A browser reads a name whose last label is a number (`2130706433`,
+    // `0x7f.0.0.1`, `0177.1`, `127.000.000.001`) as an IPv4 address (WHATWG
+    // URL); only the dotted quad std parses above (no leading zeros) is
+    // one. Any other is read two ways: refused (T10).
+    let last = host.rsplit('.').next().unwrap_or(host);
+    if (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()))
+        || last.starts_with("0x")
+        || last.starts_with("0X")
+    {
+        return None;
     }
     let is_name = !host.is_empty()
         && host.len() <= MAX_HOST_LEN
@@ -46,6 +58,8 @@ mod tests {
         );
         assert_eq!(canonical_host("localhost").unwrap(), "localhost");
         assert_eq!(canonical_host("127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(canonical_host("123.Example.x1").unwrap(), "123.example.x1");
+        assert_eq!(canonical_host("0x.example").unwrap(), "0x.example");
         assert_eq!(canonical_host("[0:0::1]").unwrap(), "[::1]");
         assert_eq!(
             canonical_host("[::FFFF:1.2.3.4]").unwrap(),
@@ -68,6 +82,17 @@ mod tests {
             "é.example",
             &"a".repeat(64),
             &["a"; 130].join("."),
+            // What a browser reads as 127.0.0.1 (WHATWG URL: a name ending
+            // in a number is an IPv4 address), and other numeric endings.
+            "2130706433",
+            "0x7f.0.0.1",
+            "127.000.000.001",
+            "0177.1",
+            "127.1",
+            "0X7F",
+            "a.0x",
+            "example.123",
+            "1.2.3.4.5",
         ] {
             assert_eq!(canonical_host(bad), None, "{bad:?}");
         }
@@ -104,6 +129,8 @@ mod tests {
             ),
             ("[\"https://api.example.com\"]", "is not a host name"),
             ("[\"*.example.com\"]", "is not a host name"),
+            ("[\"2130706433\"]", "`2130706433` is not a host name"),
+            ("[\"0x7f.0.0.1\"]", "is not a host name"),
             ("[]", "`hostnames` is empty"),
         ] {
             let err = app(&format!("hostnames = {value}")).unwrap_err();

@@ -301,6 +301,40 @@ impl KeyStore {
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         Ok(destroyed)
     }
+
+    /// How many data keys `subject` has under `owner` (read-only): whether
+    /// an erase would destroy anything (T20).
+    pub fn count_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError> {
+        let count: i64 = self.conn().query_row(
+            "SELECT count(*) FROM data_keys WHERE owner = ?1 AND subject = ?2",
+            params![owner, subject],
+            |row| row.get(0),
+        )?;
+        Ok(usize::try_from(count).unwrap_or(0))
+    }
+
+    /// The subjects with data keys under `owner` that `keep` accepts, at
+    /// most `limit` of them (read-only).
+    pub fn subjects(
+        &self,
+        owner: &str,
+        keep: &dyn Fn(&str) -> bool,
+        limit: usize,
+    ) -> Result<Vec<String>, CryptoError> {
+        let conn = self.conn();
+        let mut statement = conn
+            .prepare("SELECT DISTINCT subject FROM data_keys WHERE owner = ?1 AND subject <> ''")?;
+        let mut rows = statement.query(params![owner])?;
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(row) = rows.next()? else { break };
+            let subject: String = row.get(0)?;
+            if keep(&subject) {
+                out.push(subject);
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The master key and the wrapped data keys it protects. `owner` is a

@@ -289,19 +289,45 @@ impl Kv {
     }
 }
 
-/// Qualified subjects (`api-key:NAME`, `session:NAME`, `jwt:ISSUER:NAME`)
-/// whose name is `name`, at most `limit` of them: what an operator who
-/// typed a bare name most likely meant (T20).
-pub fn subjects_named(conn: &Connection, name: &str, limit: u32) -> Result<Vec<String>, KvError> {
-    let mut statement = conn.prepare(
-        "SELECT DISTINCT subject FROM kv
-         WHERE length(subject) > length(?1) AND substr(subject, -length(?1) - 1) = ':' || ?1
-         ORDER BY subject LIMIT ?2",
+/// What `subject` holds (read-only): (data keys, rows, expired or not)
+/// in the subject-scoped stores, what [`erase_subject`] would destroy.
+/// An erasure or export of a subject holding nothing is a mistyped
+/// subject, never a success (T20).
+pub fn subject_holdings(
+    keys: &KeyStore,
+    conn: &Connection,
+    subject: &str,
+) -> Result<(usize, usize), KvError> {
+    let data_keys = keys.count_subject(OWNER, subject)?;
+    let rows: i64 = conn.query_row(
+        "SELECT count(*) FROM kv WHERE subject = ?1",
+        params![subject],
+        |row| row.get(0),
     )?;
-    let subjects = statement
-        .query_map(params![name, limit], |row| row.get(0))?
-        .collect::<Result<Vec<String>, _>>()?;
-    Ok(subjects)
+    Ok((data_keys, usize::try_from(rows).unwrap_or(0)))
+}
+
+/// The subjects holding rows or data keys that `keep` accepts, sorted, at
+/// most `limit` of them (read-only): the close matches named to an
+/// operator whose subject holds nothing (T20).
+pub fn find_subjects(
+    keys: &KeyStore,
+    conn: &Connection,
+    keep: &dyn Fn(&str) -> bool,
+    limit: usize,
+) -> Result<Vec<String>, KvError> {
+    let mut found = std::collections::BTreeSet::new();
+    let mut statement = conn.prepare("SELECT DISTINCT subject FROM kv WHERE subject <> ''")?;
+    let mut rows = statement.query([])?;
+    while found.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        let subject: String = row.get(0)?;
+        if keep(&subject) {
+            found.insert(subject);
+        }
+    }
+    found.extend(keys.subjects(OWNER, keep, limit)?);
+    Ok(found.into_iter().take(limit).collect())
 }
 
 /// Crypto-shred `subject` (see [`Kv::erase_subject`]); needs no master
@@ -368,7 +394,15 @@ mod tests {
         ));
         let exported = kv.export_subject("alice", &["s".into()]).unwrap();
         assert_eq!(exported.len(), 2);
+        // What an erase would destroy, and the close matches, read-only.
+        let holdings = |subject| subject_holdings(kv.keyring.key_store(), &kv.conn(), subject);
+        assert_eq!(holdings("alice").unwrap(), (1, 2));
+        assert_eq!(holdings("Alice").unwrap(), (0, 0));
+        let like_alice = |s: &str| s.eq_ignore_ascii_case("ALICE");
+        let found = find_subjects(kv.keyring.key_store(), &kv.conn(), &like_alice, 20);
+        assert_eq!(found.unwrap(), ["alice"]);
         assert_eq!(kv.erase_subject("alice").unwrap(), (1, 2));
+        assert_eq!(holdings("alice").unwrap(), (0, 0));
         assert!(kv.get(&alice, "k").unwrap().is_none());
         assert_eq!(&kv.get(&bob, "k").unwrap().unwrap()[..], b"bob-value");
         kv.delete(&bob, "k").unwrap();

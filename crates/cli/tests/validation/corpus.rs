@@ -187,6 +187,16 @@ const TYPED: &[(&str, &str, Option<&str>, &str, Expect)] = &[
     ("wildcard subtype", "/free", Some("application/*"), SMUGGLED_JSON, media("malformed")),
     // A NUL in a key makes `a\u0000b` and `a` one key to a C parser.
     ("nul in a key", "/free", Some("application/json"), r#"{"role\u0000x":"admin","role":"user"}"#, body("control-character")),
+    // Go reads object keys into struct fields case-insensitively, with
+    // Unicode simple folding, the last one winning (T10).
+    ("keys equal but for case", "/free", Some("application/json"), r#"{"admin":false,"Admin":true}"#, body("duplicate-key")),
+    ("kelvin sign key", "/free", Some("application/json"), r#"{"k":1,"\u212a":2}"#, body("duplicate-key")),
+    ("long s key", "/free", Some("application/json"), r#"{"ss":1,"\u017fs":2}"#, body("duplicate-key")),
+    // JSON is UTF-8 (RFC 8259 §8.1): another charset is refused even where
+    // the function declares no content types, as a guest may decode by it.
+    ("json latin-1", "/free", Some("application/json; charset=iso-8859-1"), r#"{"a":"\u00e9"}"#, media("charset")),
+    ("suffix json latin-1", "/free", Some("application/problem+json; charset=latin1"), "{}", media("charset")),
+    ("json utf-16 charset", "/free", Some("text/json; charset=utf-16"), "{}", media("charset")),
 ];
 
 /// A body two JSON parsers read differently: a duplicate key, and a
@@ -214,6 +224,10 @@ const HOSTS: &[(&str, &str, Expect)] = &[
     ("host trailing dot", "GET /items/x HTTP/1.1\r\nhost: x.\r\n", host("invalid")),
     ("host open bracket", "GET /items/x HTTP/1.1\r\nhost: [::1\r\n", host("invalid")),
     ("host zone id", "GET /items/x HTTP/1.1\r\nhost: [fe80::1%25evil]\r\n", host("invalid")),
+    // A name ending in a number is an IPv4 address to a browser (WHATWG
+    // URL): only the plain dotted quad is one (T10).
+    ("host as one number", "GET /items/x HTTP/1.1\r\nhost: 2130706433\r\n", host("invalid")),
+    ("host in hex", "GET /items/x HTTP/1.1\r\nhost: 0x7f.0.0.1\r\n", host("invalid")),
     ("host not allowed", "GET /items/x HTTP/1.1\r\nhost: evil.example\r\n", host("not-allowed")),
     ("host case is not a bypass", "GET /items/x HTTP/1.1\r\nhost: EVIL.example\r\n", host("not-allowed")),
     ("absolute form to another host", "GET http://evil.example/items/x HTTP/1.1\r\nhost: x\r\n", host("mismatch")),

@@ -1,11 +1,13 @@
 //! Strict JSON (T10): a body that says it is JSON is parsed once, here,
 //! with limits on depth, number of values and number magnitude, and with
-//! duplicate keys refused, before any schema runs. Two parsers that read
+//! duplicate keys refused (compared case-folded, as Go reads them), before
+//! any schema runs. Two parsers that read
 //! `{"role":"user","role":"admin"}` differently (first wins, last wins) are
 //! a classic parser differential; so are integers past 2^53, which
 //! JavaScript and many JSON libraries silently round (RFC 7493, I-JSON).
 
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -153,6 +155,7 @@ impl<'de> Visitor<'de> for Node<'_> {
         self.0.count()?;
         self.0.enter()?;
         let mut map = Map::new();
+        let mut folded_keys = HashSet::new();
         // Keys are compared decoded: `"a"` and `"\u0061"` are the same key.
         while let Some(key) = access.next_key::<String>()? {
             // A NUL ends a key for C and many guest parsers: `"a\u0000b"`
@@ -160,7 +163,11 @@ impl<'de> Visitor<'de> for Node<'_> {
             if key.contains('\0') {
                 return Err(self.0.refuse(Rule::ControlCharacter));
             }
-            if map.contains_key(&key) {
+            // Go's encoding/json matches struct fields case-insensitively
+            // (Unicode simple folding, `\u212a` is `k`, `\u017f` is `s`)
+            // and the last key wins: keys equal under folding are one key
+            // to a Go guest, two to the gateway (T10).
+            if !folded_keys.insert(fold(&key)) {
                 return Err(self.0.refuse(Rule::DuplicateKey));
             }
             let value = access.next_value_seed(Node(self.0))?;
@@ -171,6 +178,17 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 }
 
+/// `key` case-folded: each character as the lowercase of its uppercase,
+/// which maps `ſ` (U+017F) to `s` and the Kelvin sign (U+212A) to `k`.
+/// Coarser than Go's simple folding where they differ (`ß` is `ss`): such
+/// keys are refused, never read two ways.
+fn fold(key: &str) -> String {
+    key.chars()
+        .flat_map(char::to_uppercase)
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +197,8 @@ mod tests {
     fn accepts_ordinary_json() {
         let v = parse(br#"{"a":[1,2.5,-3,true,null,"x"],"b":{"c":"d"}}"#).unwrap();
         assert_eq!(v["b"]["c"], "d");
+        // Keys that differ other than by case are two keys.
+        assert!(parse(br#"{"ab":1,"a":2,"b":3,"ba":4,"k":5,"K1":6}"#).is_ok());
         assert!(parse(b"9007199254740991").is_ok());
         assert!(parse(b"-9007199254740991").is_ok());
         assert!(
@@ -206,6 +226,12 @@ mod tests {
             (&br#"{"a":1,"a":2}"#[..], Rule::DuplicateKey),
             (br#"{"a":1,"\u0061":2}"#, Rule::DuplicateKey),
             (br#"{"x":{"a":1,"a":1}}"#, Rule::DuplicateKey),
+            // Go matches struct fields case-insensitively with simple
+            // folding, the last key winning: one key to a Go guest (T10).
+            (br#"{"admin":false,"Admin":true}"#, Rule::DuplicateKey),
+            (br#"{"k":1,"\u212a":2}"#, Rule::DuplicateKey),
+            (br#"{"ss":1,"\u017fs":2}"#, Rule::DuplicateKey),
+            (br#"{"x":{"ROLE":1,"role":2}}"#, Rule::DuplicateKey),
             (br#"{"a\u0000b":1,"a":2}"#, Rule::ControlCharacter),
             (b"9007199254740992", Rule::NumberMagnitude),
             (b"-9007199254740992", Rule::NumberMagnitude),

@@ -270,8 +270,11 @@ impl Rules {
         // A `Content-Type` is exactly one well-formed media type, body or
         // not: one that parsers read differently is refused, not guessed at.
         let media = media_type(headers)?;
-        if has_body && let Some(allowed) = &self.content_types {
-            check_media_type(media, allowed)?;
+        if has_body {
+            if let Some(allowed) = &self.content_types {
+                check_media_type(media.as_ref(), allowed)?;
+            }
+            check_json_charset(media.as_ref())?;
         }
         Ok(())
     }
@@ -335,7 +338,9 @@ impl Rules {
             return Ok(());
         }
         // JSON or not is decided by type and subtype alone (T10).
-        let says_json = media_type(headers)?.is_some_and(|m| is_json_media_type(&m.essence));
+        let media = media_type(headers)?;
+        check_json_charset(media.as_ref())?;
+        let says_json = media.is_some_and(|m| is_json_media_type(&m.essence));
         if !says_json && self.schema.is_none() {
             return Ok(());
         }
@@ -494,16 +499,29 @@ fn parse_media_type(text: &str) -> Option<MediaType> {
     })
 }
 
-fn check_media_type(media: Option<MediaType>, allowed: &[String]) -> Result<(), Refusal> {
+fn check_media_type(media: Option<&MediaType>, allowed: &[String]) -> Result<(), Refusal> {
     let refuse = |rule| Refusal::new(Part::MediaType, "header.content-type", rule);
     let media = media.ok_or_else(|| refuse(Rule::MissingMediaType))?;
     if !allowed.contains(&media.essence) {
         return Err(refuse(Rule::MediaTypeNotAllowed));
     }
-    // JSON is UTF-8 (RFC 8259); any other declared charset is a lie or a trap.
-    if is_json_media_type(&media.essence) && media.charset.as_deref().is_some_and(|c| c != "utf-8")
+    Ok(())
+}
+
+/// JSON is UTF-8 (RFC 8259 §8.1); any other declared charset is a lie or a
+/// trap: a guest decoding the body by it reads other text than the gateway
+/// checked (T10). Refused for every JSON body, whatever the function
+/// declares.
+fn check_json_charset(media: Option<&MediaType>) -> Result<(), Refusal> {
+    if let Some(media) = media
+        && is_json_media_type(&media.essence)
+        && media.charset.as_deref().is_some_and(|c| c != "utf-8")
     {
-        return Err(refuse(Rule::Charset));
+        return Err(Refusal::new(
+            Part::MediaType,
+            "header.content-type",
+            Rule::Charset,
+        ));
     }
     Ok(())
 }

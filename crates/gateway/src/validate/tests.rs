@@ -348,8 +348,31 @@ fn t10_malformed_media_types_never_skip_strict_json() {
         let refusal = plain.check_body(&Method::POST, &h, &smuggled).unwrap_err();
         assert_eq!(refusal.rule, "duplicate-key", "{good:?}");
     }
+    // JSON is UTF-8 whatever the function declares (T10): another charset
+    // is refused even without `input.content_types`.
+    for latin in [
+        "application/json; charset=iso-8859-1",
+        "application/problem+json; charset=latin1",
+        "text/json; charset=\"UTF-16\"",
+    ] {
+        let h = headers(&[("content-type", latin), ("content-length", "52")]);
+        let refusal = plain.check_head(&[], None, &h).unwrap_err();
+        assert_eq!(
+            (refusal.part, refusal.rule.as_str()),
+            (Part::MediaType, "charset"),
+            "{latin:?}"
+        );
+        assert_eq!(refusal.to_problem().status, 415, "{latin:?}");
+        let refusal = plain.check_body(&Method::POST, &h, &smuggled).unwrap_err();
+        assert_eq!(refusal.rule, "charset", "{latin:?}");
+    }
     let text = headers(&[("content-type", "text/plain; charset=utf-8")]);
     assert!(plain.check_body(&Method::POST, &text, &smuggled).is_ok());
+    let latin_text = headers(&[
+        ("content-type", "text/plain; charset=iso-8859-1"),
+        ("content-length", "52"),
+    ]);
+    assert!(plain.check_head(&[], None, &latin_text).is_ok());
     assert_eq!(
         parse_media_type("Application/Problem+JSON; Charset=\"UTF-8\""),
         Some(MediaType {
