@@ -279,6 +279,7 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
         BTreeSet::from([
             "accept",
             "bulkhead-correlation-id",
+            "content-length",
             "content-type",
             "traceparent",
             "user-agent",
@@ -286,6 +287,13 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
         ]),
         "{headers:?}"
     );
+    // The length of the body the gateway read and hands over (issue 12).
+    let length = &headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .unwrap()
+        .1;
+    assert_eq!(length, &body.len().to_string());
     let traceparent = &headers.iter().find(|(k, _)| k == "traceparent").unwrap().1;
     assert!(
         traceparent.starts_with(&format!("00-{trace}-")),

@@ -485,6 +485,8 @@ fn guest_request(
                 "The request's path or Host header is not valid.",
             )
         })?;
+    let body_len = body.len();
+    let parts_had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
     let mut request = Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
@@ -502,6 +504,11 @@ fn guest_request(
     }
     if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
         headers.insert("traceparent", value);
+    }
+    // The length of the body the gateway read, which is the whole body the
+    // function gets: its own framing, never the client's (issue 12).
+    if body_len > 0 || parts_had_length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
     }
     if let Ok(value) = HeaderValue::from_str(trace.correlation_id()) {
         headers.insert(CORRELATION_HEADER, value);
