@@ -120,6 +120,6 @@ async fn refusals_are_problem_json_with_the_correlation_id_and_a_log_record() {
     )
     .await;
     reply.assert_problem(405, "method-not-allowed");
-    assert_eq!(reply.header("allow"), Some("GET, POST"));
+    assert_eq!(reply.header("allow"), Some("GET, HEAD, POST"));
     server.logs(); // every line is one JSON object
 }

@@ -422,3 +422,32 @@ auth = "public"
         assert_eq!(echo["authority"], seen, "{host}");
     }
 }
+
+/// Issue 12, item 4 (RFC 9110 §9.3.2): a route that allows GET answers
+/// HEAD too; the function sees HEAD and the client gets the head of the
+/// answer without its body. A route without GET does not.
+#[test]
+fn head_is_answered_where_get_is_allowed_without_a_body() {
+    let (_app, server) = start();
+    let answer = exchange(
+        &server,
+        b"HEAD /items/abc HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(answer.status, Some(200), "{}", answer.body);
+    assert_eq!(answer.body, "", "no body in an answer to HEAD");
+    let id = answer
+        .header("bulkhead-correlation-id")
+        .unwrap()
+        .to_string();
+    let record = server.access_record(&id);
+    assert_eq!(record["method"], "HEAD");
+    assert_eq!(record["function"], "items");
+    assert!(guest_calls(&server).contains(&id), "the function ran");
+
+    // `/notes` allows POST only: HEAD is not allowed there.
+    let answer = exchange(
+        &server,
+        b"HEAD /notes HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    );
+    assert_eq!(answer.status, Some(405));
+}

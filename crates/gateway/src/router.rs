@@ -27,7 +27,14 @@ impl Router {
         let mut routes: Vec<_> = routes
             .into_iter()
             .enumerate()
-            .map(|(i, (route, methods))| (route, methods, i))
+            .map(|(i, (route, mut methods))| {
+                // A route that allows GET answers HEAD too (RFC 9110
+                // §9.3.2): the function sees HEAD, hyper sends no body.
+                if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+                    methods.push("HEAD".to_string());
+                }
+                (route, methods, i)
+            })
             .collect();
         routes.sort_by_key(|(route, _, _)| std::cmp::Reverse(route.specificity()));
         Self { routes }
@@ -128,7 +135,7 @@ mod tests {
         let r = router();
         assert_eq!(
             find(&r, "DELETE", "/users/me"),
-            Lookup::NotAllowed("GET".into())
+            Lookup::NotAllowed("GET, HEAD".into())
         );
         for path in ["/nope", "/users", "/users/a/b", "/Users/me"] {
             assert_eq!(find(&r, "GET", path), Lookup::NotFound, "{path}");
