@@ -512,6 +512,7 @@ impl Writer {
             file,
             last.as_ref().map(|l| (l.seq, l.hash.as_str())),
         )?;
+        let own_gone = own_record_gone(&tx, &self.last)?;
         let checked = match (checked, &last) {
             (Ok(_), Some(l)) if !l.intact => Err(Break {
                 seq: l.seq,
@@ -520,14 +521,15 @@ impl Writer {
                 found: json!({"last_record": l.seq}),
                 high_water: l.seq,
             }),
-            // The trail ends before what this writer itself committed: it
-            // was rolled back while the writer ran, heads and file with it.
-            (Ok(_), end) if is_behind(&self.last, end.as_ref()) => {
+            // The record this writer committed last is gone or changed: the
+            // trail was rolled back while it ran, heads and file with it,
+            // whether or not another writer has appended since.
+            (Ok(_), end) if own_gone => {
                 let found = end.as_ref().map_or(0, |l| l.seq);
                 Err(Break {
                     seq: found.min(self.last.0),
                     reason: format!(
-                        "the trail ends at record {found} but this writer committed record {} (rolled back while it ran)",
+                        "record {} that this writer committed is gone or changed (rolled back while it ran); the trail now ends at record {found}",
                         self.last.0
                     ),
                     expected: json!({"source": "this writer", "record": self.last.0, "hash": self.last.1}),
@@ -660,18 +662,20 @@ impl Writer {
     }
 }
 
-/// Whether the chain's end `end` is behind `committed`, the head a writer
-/// last committed: fewer records, or as many with another hash. Other
-/// writers only ever add records, so that is a rollback (T09).
-fn is_behind(committed: &(i64, String), end: Option<&Last>) -> bool {
+/// Whether `committed`, the record a writer committed last, is no longer
+/// in the chain as it wrote it. Writers only ever add records, so that is
+/// a rollback (T09), even when other writers have appended since.
+fn own_record_gone(conn: &Connection, committed: &(i64, String)) -> rusqlite::Result<bool> {
     let (seq, hash) = committed;
     if *seq == 0 {
-        return false;
+        return Ok(false);
     }
-    match end {
-        None => true,
-        Some(end) => end.seq < *seq || (end.seq == *seq && end.hash != *hash),
-    }
+    let stored: Option<String> = conn
+        .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq], |row| {
+            row.get(0)
+        })
+        .optional()?;
+    Ok(stored.as_deref() != Some(hash.as_str()))
 }
 
 fn last_record(conn: &Connection) -> rusqlite::Result<Option<Last>> {

@@ -851,3 +851,47 @@ fn t09_rolling_back_under_a_running_writer_is_a_break() {
         Verification::Broken { .. }
     ));
 }
+
+/// Third outside attack (T09): the same rollback, then another writer (a
+/// CLI command) appends until the trail ends past the running writer's
+/// last record. Comparing ends saw nothing; the running writer now checks
+/// that its own last record is still in the chain.
+#[test]
+fn t09_a_rollback_extended_by_another_writer_is_still_a_break() {
+    let (dir, store) = store_with(3);
+    let log = AuditLog::start(&store).unwrap();
+    log.flush();
+    let head_file = dir.path().join("audit.head");
+    let saved_file = std::fs::read(&head_file).unwrap();
+    let saved = dir.path().join("saved.db");
+    sql(&store, &format!("VACUUM INTO '{}'", saved.display()));
+    log.record(AuditEvent::new("key.created"));
+    log.record(AuditEvent::new("key.created"));
+    log.flush();
+    sql(
+        &store,
+        &format!(
+            "ATTACH '{}' AS saved; DELETE FROM audit WHERE seq > 3; DELETE FROM audit_head;
+             INSERT INTO audit_head SELECT * FROM saved.audit_head;",
+            saved.display()
+        ),
+    );
+    std::fs::write(&head_file, saved_file).unwrap();
+    let other = AuditLog::start(&store).unwrap();
+    for _ in 0..3 {
+        other.record(AuditEvent::new("key.created"));
+    }
+    other.close();
+    log.record(AuditEvent::new("deploy"));
+    log.flush();
+    log.close();
+    assert_eq!(
+        kinds(&store, bulkhead_store::CHAIN_BROKEN).len(),
+        1,
+        "the running writer saw its own records gone"
+    );
+    assert!(matches!(
+        store.verify_audit().unwrap(),
+        Verification::Broken { .. }
+    ));
+}
