@@ -337,6 +337,27 @@ async fn a_token_created_in_dev_applies_to_the_running_server() {
     );
 }
 
+/// Third outside attack (T08): a token created and revoked while no admin
+/// request came used to go unseen (the store was read only on requests),
+/// so the dev listener reopened. It watches the store by itself now.
+#[tokio::test]
+async fn a_token_created_and_revoked_between_requests_still_closes_dev() {
+    let app = TestApp::new(APP, &["hello"]);
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(get(admin, "/metrics").await.status, 200, "open in dev");
+    assert!(app.run(&["admin", "token"]).status.success());
+    // No admin request: the listener notices the token by itself.
+    server.wait_for_log(
+        |r| r["message"] == "an admin token exists: the admin listener now requires one",
+        Duration::from_secs(10),
+    );
+    assert!(app.run(&["admin", "revoke-tokens"]).status.success());
+    get(admin, "/metrics")
+        .await
+        .assert_problem(401, "admin-token-missing");
+}
+
 /// While the dev admin listener is open (no token yet), only loopback host
 /// names reach it: a page on another name rebound to 127.0.0.1 (DNS
 /// rebinding) sends that name as `Host` and is refused; the Host rules of
@@ -431,26 +452,25 @@ async fn t08_one_address_cannot_hold_every_admin_connection() {
     );
     drop(slow);
 
-    // Every refused connection is logged and metered one by one (the
-    // accept loop refuses them before it takes 127.0.0.2's connection)...
+    // Every refused connection is metered one by one (the accept loop
+    // refuses them before it takes 127.0.0.2's connection)...
     let series = "bulkhead_refusals_total{reason=\"admin-address-connection-limit\"}";
     let refusals = metric(&metrics, series).unwrap_or(0.0) as usize;
     assert!(
         refusals > 16, // the slow 20 over the 4, and the probe
         "{refusals} refusals metered:\n{metrics}"
     );
-    let logged = server.wait_for_count(
-        |r| {
+    let logs = server.stop_with_logs();
+    let logged = logs
+        .iter()
+        .filter(|r| {
             r["message"] == "connection refused"
                 && r["reason"] == "admin-address-connection-limit"
                 && r["peer"]
                     .as_str()
                     .is_some_and(|p| p.starts_with("127.0.0.1:"))
-        },
-        refusals,
-    );
-    assert_eq!(logged.len(), refusals);
-    assert!(server.stop().success());
+        })
+        .count();
 
     // ... and audited folded per peer and second (T09).
     let records: Vec<Value> = app
@@ -468,4 +488,6 @@ async fn t08_one_address_cannot_hold_every_admin_connection() {
         .sum();
     assert_eq!(full as u64 + folded, refusals as u64, "{records:?}");
     assert!(full < refusals, "folded, not one record each: {records:?}");
+    // Logged like audited: one line per peer and second (T09).
+    assert_eq!(logged, full, "one log line per audited refusal");
 }

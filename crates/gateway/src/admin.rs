@@ -160,6 +160,22 @@ impl AdminAccess {
         }
     }
 
+    /// Whether the `dev` listener is still open and needs watching.
+    fn watching(&self) -> bool {
+        self.open_until_token && !self.token_seen.load(Ordering::Acquire)
+    }
+
+    /// Re-read the store if the last read is older than [`TOKEN_REFRESH`]:
+    /// run in the background while the `dev` listener is open, so that a
+    /// token created and revoked between two admin requests still closes
+    /// it for good (T08).
+    fn watch(&self) {
+        let mut cache = self.lock();
+        if cache.asked_at.elapsed() >= TOKEN_REFRESH {
+            self.refresh(&mut cache);
+        }
+    }
+
     /// What a request must show now; the token list is re-read from the
     /// store when older than [`TOKEN_REFRESH`].
     fn gate(&self) -> Gate {
@@ -201,6 +217,19 @@ impl Gateway {
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let access = Arc::new(access);
+        // While the `dev` listener is open, the store is watched even when
+        // no admin request comes; it stops once a token has been seen.
+        let watcher = access.watching().then(|| {
+            let access = access.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(TOKEN_REFRESH);
+                while access.watching() {
+                    tick.tick().await;
+                    let access = access.clone();
+                    let _ = tokio::task::spawn_blocking(move || access.watch()).await;
+                }
+            })
+        });
         let limiter = Arc::new(peer_limiter());
         let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
         let per_peer = PerAddress::new(MAX_ADMIN_CONNECTIONS_PER_PEER, true);
@@ -246,6 +275,9 @@ impl Gateway {
                 drop(permit);
                 drop(peer_slot);
             });
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
         }
         // The folded counts of the last seconds (T09).
         self.shared.refusals.flush(&self.shared.audit, true);

@@ -142,18 +142,20 @@ impl Refusals {
     /// A refused request of the public listener.
     pub fn record(&self, audit: &AuditLog, facts: RequestFacts<'_>) {
         match facts.caller {
-            Some(caller) => self.record_folded(
-                audit,
-                Fold {
-                    kind: kind_of(facts.reason),
-                    reason: facts.reason,
-                    function: facts.function,
-                    caller,
-                    status: facts.status,
-                    correlation_id: facts.correlation_id,
-                },
-                || full_record(&facts),
-            ),
+            Some(caller) => {
+                self.record_folded(
+                    audit,
+                    Fold {
+                        kind: kind_of(facts.reason),
+                        reason: facts.reason,
+                        function: facts.function,
+                        caller,
+                        status: facts.status,
+                        correlation_id: facts.correlation_id,
+                    },
+                    || full_record(&facts),
+                );
+            }
             // Not reached from the pipeline, which names the caller first.
             None => audit.record(full_record(&facts)),
         }
@@ -186,7 +188,11 @@ impl Refusals {
 
     /// A connection the listener refused before reading a request, folded
     /// per peer (IPv6 by /64) and second, like [`Self::record_admin`].
-    pub fn record_listener(&self, audit: &AuditLog, peer: IpAddr, reason: &'static str) {
+    /// Returns whether it was recorded in full (the first of its second):
+    /// only that one is logged, so a flood of connections cannot fill the
+    /// disk through the log either (T09).
+    #[must_use]
+    pub fn record_listener(&self, audit: &AuditLog, peer: IpAddr, reason: &'static str) -> bool {
         let caller = Caller::of(None, peer);
         self.record_folded(
             audit,
@@ -203,18 +209,18 @@ impl Refusals {
                     .detail("peer", peer.to_string())
                     .detail("reason", reason)
             },
-        );
+        )
     }
 
     /// Record `full()` if it is the first refusal of its kind, reason,
-    /// function and caller this second; otherwise only count it. A window
-    /// of an earlier second is recorded as it closes.
+    /// function and caller this second, and return `true`; otherwise only
+    /// count it. A window of an earlier second is recorded as it closes.
     pub fn record_folded(
         &self,
         audit: &AuditLog,
         fold: Fold<'_>,
         full: impl FnOnce() -> AuditEvent,
-    ) {
+    ) -> bool {
         let mut key = RepeatKey {
             kind: fold.kind,
             reason: fold.reason,
@@ -232,7 +238,7 @@ impl Refusals {
                     window.folded += 1;
                     fold.correlation_id
                         .clone_into(&mut window.last_correlation_id);
-                    return;
+                    return false;
                 }
                 Some(window) => {
                     let fresh = Window::new(second, fold.status);
@@ -248,6 +254,7 @@ impl Refusals {
             audit.record_from(key.caller.clone(), summary(&key, &window));
         }
         audit.record_from(fold.caller.key(), full());
+        true
     }
 
     /// Record the folded count of every window before this second (or of
@@ -447,7 +454,7 @@ mod tests {
                         reason: "admin-token-missing",
                     },
                 );
-                refusals.record_listener(&audit, peer, "header-timeout");
+                let _ = refusals.record_listener(&audit, peer, "header-timeout");
             }
         }
         refusals.flush(&audit, true);

@@ -208,11 +208,16 @@ impl Drop for AddressSlot {
 pub(crate) fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
     let trace = TraceContext::from_headers(&http::HeaderMap::new());
     let correlation_id = trace.correlation_id();
-    warn!(target: "bulkhead::listener", peer = %peer, reason, correlation_id, "connection refused");
     shared.metrics.refuse(reason);
-    shared
+    // Logged like it is audited: the first per peer network and second in
+    // full, the rest counted (metric, audit summary), so a flood of
+    // connections cannot fill the disk through the log (T09).
+    if shared
         .refusals
-        .record_listener(&shared.audit, peer.ip(), reason);
+        .record_listener(&shared.audit, peer.ip(), reason)
+    {
+        warn!(target: "bulkhead::listener", peer = %peer, reason, correlation_id, "connection refused");
+    }
     let _ = stream.try_write(&refusal_response(reason, correlation_id));
     // Read what the client already sent, so closing does not reset the
     // connection before it reads the answer; never wait for more.
@@ -267,10 +272,12 @@ fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error)
     if reason == "client-gone" {
         debug!(target: "bulkhead::listener", peer = %peer, reason, "connection ended");
     } else {
-        warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, "connection refused");
         shared.metrics.refuse(reason);
-        shared
+        if shared
             .refusals
-            .record_listener(&shared.audit, peer.ip(), reason);
+            .record_listener(&shared.audit, peer.ip(), reason)
+        {
+            warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, "connection refused");
+        }
     }
 }

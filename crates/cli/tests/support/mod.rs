@@ -261,6 +261,16 @@ impl Server {
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         self.child.wait().expect("server exits")
     }
+
+    /// Stop the server (SIGTERM), wait for it, and read its whole log:
+    /// what it wrote while shutting down included. Asserts a clean exit.
+    pub fn stop_with_logs(mut self) -> Vec<Value> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = self.child.wait().expect("server exits");
+        assert!(status.success(), "{status}");
+        self.logs()
+    }
 }
 
 impl Server {

@@ -192,6 +192,7 @@ const TYPED: &[(&str, &str, Option<&str>, &str, Expect)] = &[
     ("keys equal but for case", "/free", Some("application/json"), r#"{"admin":false,"Admin":true}"#, body("duplicate-key")),
     ("kelvin sign key", "/free", Some("application/json"), r#"{"k":1,"\u212a":2}"#, body("duplicate-key")),
     ("long s key", "/free", Some("application/json"), r#"{"ss":1,"\u017fs":2}"#, body("duplicate-key")),
+    ("sharp s and capital sharp s", "/free", Some("application/json"), r#"{"\u00df":1,"\u1e9e":2}"#, body("duplicate-key")),
     // JSON is UTF-8 (RFC 8259 §8.1): another charset is refused even where
     // the function declares no content types, as a guest may decode by it.
     ("json latin-1", "/free", Some("application/json; charset=iso-8859-1"), r#"{"a":"\u00e9"}"#, media("charset")),

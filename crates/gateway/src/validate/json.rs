@@ -178,12 +178,14 @@ impl<'de> Visitor<'de> for Node<'_> {
     }
 }
 
-/// `key` case-folded: each character as the lowercase of its uppercase,
-/// which maps `ſ` (U+017F) to `s` and the Kelvin sign (U+212A) to `k`.
-/// Coarser than Go's simple folding where they differ (`ß` is `ss`): such
-/// keys are refused, never read two ways.
+/// `key` case-folded: each character lowercased, uppercased and lowercased
+/// again, which maps `ſ` (U+017F) to `s`, the Kelvin sign (U+212A) to `k`
+/// and both `ß` and `ẞ` (U+1E9E) to `ss`. Coarser than Go's simple folding
+/// where they differ (`ß` and `ss` are one key here): such keys are
+/// refused, never read two ways (T10).
 fn fold(key: &str) -> String {
     key.chars()
+        .flat_map(char::to_lowercase)
         .flat_map(char::to_uppercase)
         .flat_map(char::to_lowercase)
         .collect()
@@ -231,6 +233,7 @@ mod tests {
             (br#"{"admin":false,"Admin":true}"#, Rule::DuplicateKey),
             (br#"{"k":1,"\u212a":2}"#, Rule::DuplicateKey),
             (br#"{"ss":1,"\u017fs":2}"#, Rule::DuplicateKey),
+            (br#"{"\u00df":1,"\u1e9e":2}"#, Rule::DuplicateKey),
             (br#"{"x":{"ROLE":1,"role":2}}"#, Rule::DuplicateKey),
             (br#"{"a\u0000b":1,"a":2}"#, Rule::ControlCharacter),
             (b"9007199254740992", Rule::NumberMagnitude),
