@@ -48,6 +48,9 @@ async fn each_hostile_guest_is_contained() {
         ("big", 500, "response-too-large"),
         ("trap", 500, "function-trapped"),
         ("nobody", 500, "no-response"),
+        // The function's own body failing is its error, not the gateway's
+        // (issue 12, item 6).
+        ("brokenbody", 500, "function-error"),
     ];
     for (behaviour, status, slug) in cases {
         let reply = get(server.addr, &format!("/hostile/{behaviour}")).await;

@@ -263,7 +263,10 @@ async fn run(
         Ok(Err(e)) => {
             return Err(match finish(task).await {
                 Err(failure) => classify(failure),
-                Ok(()) => InvokeError::Internal(format!("response body failed: {e}")),
+                // The handler returned but its body stream failed (dropped
+                // unfinished, a wrong length): the function's error, not
+                // the gateway's (issue 12, item 6).
+                Ok(()) => InvokeError::GuestError(format!("its response body failed: {e}")),
             });
         }
         Ok(Ok(collected)) => collected.to_bytes(),

@@ -49,6 +49,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
             "membomb" => reply(response_out, 200, &membomb()),
             "recurse" => reply(response_out, 200, &recurse(1).to_string()),
             "big" => big(response_out),
+            "brokenbody" => broken_body(response_out),
             "trap" => std::process::abort(),
             "file" => reply(response_out, 200, &try_files()),
             "env" => reply(response_out, 200, &environment()),
@@ -215,6 +216,18 @@ fn big(response_out: ResponseOutparam) {
     }
     drop(out);
     let _ = OutgoingBody::finish(body, None);
+}
+
+/// A head, part of a body, then the body dropped without `finish`: the
+/// body stream ends in an error (issue 12, item 6: the function's failure).
+fn broken_body(response_out: ResponseOutparam) {
+    let resp = OutgoingResponse::new(Fields::new());
+    let body = resp.body().expect("body is taken once");
+    ResponseOutparam::set(response_out, Ok(resp));
+    let out = body.write().expect("stream is taken once");
+    let _ = out.blocking_write_and_flush(b"partial ");
+    drop(out);
+    drop(body);
 }
 
 fn try_files() -> String {
