@@ -8,6 +8,7 @@
 //! of credential and, for JWTs, the issuer, so `api-key:ci-bot` and
 //! `jwt:ISSUER:ci-bot` are two subjects with two sets of records.
 
+use std::borrow::Cow;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
@@ -35,7 +36,10 @@ pub enum DataCommand {
                       `api-key:NAME` for an API key made for NAME, `session:NAME` for a session, \
                       `jwt:ISSUER:SUB` for a JWT, with `%` and `:` in the issuer written as `%25` and \
                       `%3A`. A subject that holds no records and no data keys is refused (exit \
-                      status 1, nothing erased or audited), naming the close matches.",
+                      status 1, nothing erased or audited), naming the close matches. S is taken \
+                      exactly as given, up to 64 KiB, control characters included (records an older \
+                      version stored under such a subject stay erasable); such a subject is printed \
+                      quoted and escaped, never raw.",
         after_help = "Examples:\n  bulkhead data erase my-app --subject api-key:ci-bot --env prod\n  \
                       bulkhead data erase my-app --subject 'jwt:https%3A//idp.example.com/:user-123' --env prod"
     )]
@@ -75,6 +79,39 @@ const KINDS: [&str; 3] = ["api-key:", "session:", "jwt:"];
 
 /// How many close matches a refusal names.
 const CLOSE_MATCHES: usize = 20;
+
+/// The longest `--subject` taken, in bytes: generous, so that records an
+/// older version stored under a long subject can still be erased (T20).
+const MAX_SUBJECT_BYTES: usize = 64 * 1024;
+
+/// `subject` as printed: verbatim, or, when it has a character that would
+/// reach the terminal raw as a control (C0, DEL, C1) or not show at all,
+/// quoted and escaped as Rust writes it (`"ada\tx\u{85}"`) (T20).
+fn shown(subject: &str) -> Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control() || (c.escape_debug().count() > 1 && !matches!(c, '\\' | '\'' | '"'))
+    };
+    if subject.chars().any(hidden) {
+        Cow::Owned(format!("{subject:?}"))
+    } else {
+        Cow::Borrowed(subject)
+    }
+}
+
+/// `json` with DEL and C1 controls, which JSON allows raw in strings (C0
+/// ones the serializer always escapes), written as `\u00XX`: the same
+/// document, with no control reaching a terminal raw (T20).
+fn raw_controls_escaped(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if matches!(c, '\u{7f}'..='\u{9f}') {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// The name part of a subject as the gateway writes it: after the kind
 /// and, for a JWT, after the percent-encoded issuer; a bare name is itself.
@@ -121,8 +158,11 @@ fn encoded_spellings(subject: &str) -> Vec<String> {
 }
 
 fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
-    if subject.is_empty() || subject.len() > 1024 || subject.chars().any(char::is_control) {
-        bail!("--subject must be 1 to 1024 characters without control characters");
+    // Any subject argv carries is taken: records stored by older versions
+    // under a subject the gateway now refuses (control characters, over
+    // 1024 bytes) must stay erasable (T20). Printed only through `shown`.
+    if subject.is_empty() || subject.len() > MAX_SUBJECT_BYTES {
+        bail!("--subject must be 1 byte to 64 KiB long");
     }
     let conn = store.connect()?;
     let names = names_meant(subject);
@@ -135,9 +175,11 @@ fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
             // subjects, named so the operator knows they are kept (T20).
             let namesakes = kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)?;
             let mut note = format!(
-                "note: `{subject}` is not qualified; it addresses the records written before subjects were qualified"
+                "note: `{}` is not qualified; it addresses the records written before subjects were qualified",
+                shown(subject)
             );
             if !namesakes.is_empty() {
+                let namesakes: Vec<_> = namesakes.iter().map(|s| shown(s)).collect();
                 note.push_str(&format!(
                     "; these qualified subjects are other subjects and are not touched:\n  {}",
                     namesakes.join("\n  ")
@@ -154,17 +196,22 @@ fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
     let mut lines = Vec::new();
     for spelled in encoded_spellings(subject) {
         if kv::subject_holdings(keys, &conn, &spelled)? != (0, 0) {
-            lines.push(format!("{spelled}   (the issuer percent-encoded)"));
+            lines.push(format!(
+                "{}   (the issuer percent-encoded)",
+                shown(&spelled)
+            ));
         }
     }
     for other in kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)? {
+        let other = shown(&other).into_owned();
         if !lines
             .iter()
-            .any(|line| line.split(' ').next() == Some(other.as_str()))
+            .any(|line| line.split("   ").next() == Some(other.as_str()))
         {
             lines.push(other);
         }
     }
+    let subject = shown(subject);
     if lines.is_empty() {
         bail!(
             "`{subject}` holds no records and no data keys; nothing was done. Subjects are qualified as the gateway names them: `api-key:NAME`, `session:NAME` or `jwt:ISSUER:SUB` with `%` and `:` in the issuer written as `%25` and `%3A` (the access log names the subject of each call)"
@@ -188,15 +235,25 @@ fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
     let keys = KeyStore::open(store.dir())?;
     check_subject(&store, &keys, subject)?;
     let mut conn = store.connect()?;
-    let (destroyed, deleted) = kv::erase_subject(&keys, &mut conn, subject)?;
+    let erased = kv::erase_subject(&keys, &mut conn, subject)?;
+    let (destroyed, deleted) = (erased.keys_destroyed, erased.records_deleted);
     audited(
         &store,
         AuditEvent::new("data.erased")
             .subject(subject)
             .detail("keys_destroyed", destroyed)
-            .detail("records_deleted", deleted),
+            .detail("records_deleted", deleted)
+            .detail("keys_checkpointed", erased.keys_checkpointed),
     )?;
     eprintln!("subject erased: {destroyed} data key(s) destroyed, {deleted} record(s) deleted");
+    if !erased.keys_checkpointed {
+        // The keys are deleted, but their wrapped bytes may stay in the
+        // WAL until a later checkpoint: say so rather than imply they are
+        // gone from disk (T20).
+        eprintln!(
+            "warning: keys.db-wal could not be checkpointed (another process, such as a running `bulkhead serve`, holds a read transaction on keys.db): the destroyed data keys, wrapped under the master key, may stay in that file until its next checkpoint. It completes when the server stops (its last connection to keys.db closes) or at a later `data erase` run while the server is idle"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -207,12 +264,31 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
     };
     let store = target.store(false)?;
     check_subject(&store, &KeyStore::open(store.dir())?, subject)?;
-    let stores: Vec<String> = app
+    let mut stores: Vec<String> = app
         .stores
         .iter()
         .filter(|s| s.per_subject())
         .map(|s| s.name.clone())
         .collect();
+    // Every store holding rows of the subject, declared or not: a store
+    // renamed or made app-wide keeps its rows under the old name, and an
+    // export leaving them out would say "nothing" while data stays (T20).
+    let undeclared: Vec<String> = kv::subject_stores(&store.connect()?, subject)?
+        .into_iter()
+        .filter(|name| !stores.contains(name))
+        .collect();
+    if !undeclared.is_empty() {
+        eprintln!(
+            "note: records of `{}` are in store(s) the manifest does not declare subject-scoped (renamed, removed or made app-wide); they are exported too: {}",
+            shown(subject),
+            undeclared
+                .iter()
+                .map(|name| format!("`{}`", shown(name)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    stores.extend(undeclared.iter().cloned());
     let keyring = Keyring::open(store.dir(), &target.env)?;
     let kv = Kv::open(&store, std::sync::Arc::new(keyring))?;
     let records = kv.export_subject(subject, &stores)?;
@@ -237,9 +313,13 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
         "env": app.env,
         "subject": subject,
         "stores": stores,
+        "undeclared_stores": undeclared,
         "records": records,
     });
-    println!("{}", serde_json::to_string_pretty(&document)?);
+    println!(
+        "{}",
+        raw_controls_escaped(&serde_json::to_string_pretty(&document)?)
+    );
     audited(
         &store,
         AuditEvent::new("data.exported")
@@ -251,4 +331,29 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_and_json_never_carry_raw_controls() {
+        assert_eq!(
+            shown("jwt:https%3A//id.example.org:ada"),
+            "jwt:https%3A//id.example.org:ada"
+        );
+        assert_eq!(shown("o'brien \"x\" a\\b"), "o'brien \"x\" a\\b");
+        assert_eq!(shown("ada\tx\u{85}\u{7f}"), r#""ada\tx\u{85}\u{7f}""#);
+        assert_eq!(shown("a\u{202e}b"), r#""a\u{202e}b""#);
+        let json = serde_json::to_string_pretty(&json!({"s": "a\tb\u{85}c\u{7f}\u{9b}"}))
+            .unwrap_or_default();
+        let escaped = raw_controls_escaped(&json);
+        assert!(
+            !escaped.chars().any(|c| c.is_control() && c != '\n'),
+            "{escaped}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&escaped).unwrap_or_default();
+        assert_eq!(back["s"], "a\tb\u{85}c\u{7f}\u{9b}");
+    }
 }

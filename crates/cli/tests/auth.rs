@@ -250,6 +250,32 @@ async fn the_attack_corpus_is_refused() {
         ("no exp", ed_token(&without(claims(), "exp"))),
         ("no iat", ed_token(&without(claims(), "iat"))),
         ("no sub", ed_token(&without(claims(), "sub"))),
+        // T20, T13: a `sub` that `data erase|export --subject` could not
+        // address, or that would reach a terminal raw, is refused.
+        (
+            "sub with a tab",
+            ed_token(&with(claims(), "sub", json!("ada\tx"))),
+        ),
+        (
+            "sub with a newline",
+            ed_token(&with(claims(), "sub", json!("ada\nx"))),
+        ),
+        (
+            "sub with C1 NEL (U+0085)",
+            ed_token(&with(claims(), "sub", json!("bob\u{85}"))),
+        ),
+        (
+            "sub with C1 CSI (U+009B)",
+            ed_token(&with(claims(), "sub", json!("bob\u{9b}31m"))),
+        ),
+        (
+            "sub with DEL",
+            ed_token(&with(claims(), "sub", json!("dan\u{7f}"))),
+        ),
+        (
+            "sub over 1024 bytes",
+            ed_token(&with(claims(), "sub", json!("é".repeat(513)))),
+        ),
         (
             "wrong issuer",
             ed_token(&with(claims(), "iss", json!("https://evil.example"))),
@@ -373,6 +399,10 @@ async fn the_attack_corpus_is_refused() {
 
     // The public route needs nothing.
     assert_eq!(call(&server, "/open", None).await.status, 200);
+
+    // The `sub` bound is 1024 bytes, inclusive.
+    let longest = ed_token(&with(claims(), "sub", json!("a".repeat(1024))));
+    assert_eq!(call(&server, "/echo", Some(&longest)).await.status, 200);
 }
 
 #[tokio::test]

@@ -556,6 +556,129 @@ async fn t13_an_api_key_and_a_jwt_for_the_same_name_are_two_subjects() {
     assert_eq!(app.audit_records("data.exported").len(), 1);
 }
 
+/// T20: records an older version stored under a subject the gateway now
+/// refuses (control characters in the JWT `sub`, over 1024 bytes) can be
+/// erased with that exact subject, and the CLI never prints such a subject
+/// raw. The old records are made by relabelling rows (and data keys).
+#[tokio::test(flavor = "multi_thread")]
+async fn t20_subjects_with_control_characters_or_long_are_erasable() {
+    let app = TestApp::new(&manifest(), &["kv"]);
+    let ada = api_key(&app, "ada");
+    let bob = api_key(&app, "bob");
+    let server = Server::start(&app);
+    for key in [&ada, &bob] {
+        assert_eq!(
+            call(
+                &server,
+                "/mine?op=set&store=private&key=k&value=v",
+                Some(key)
+            )
+            .await,
+            "ok"
+        );
+    }
+    assert!(server.stop().success());
+    let odd = "jwt:https%3A//id.example.org:ada\tx\u{85}";
+    let long = format!("jwt:https%3A//id.example.org:{}", "b".repeat(1500));
+    let db = rusqlite::Connection::open(state(&app).join("state.db")).unwrap();
+    let keys = rusqlite::Connection::open(state(&app).join("keys.db")).unwrap();
+    for (from, to) in [("api-key:ada", odd), ("api-key:bob", long.as_str())] {
+        let relabel = |conn: &rusqlite::Connection, table: &str| {
+            conn.execute(
+                &format!("UPDATE {table} SET subject = ?1 WHERE subject = ?2"),
+                rusqlite::params![to, from],
+            )
+            .unwrap()
+        };
+        assert_eq!(relabel(&db, "kv"), 1);
+        assert_eq!(relabel(&keys, "data_keys"), 1);
+    }
+
+    // A near miss is refused, naming the subject and the close match
+    // escaped: no control character reaches the terminal raw.
+    let near = "jwt:https%3A//id.example.org:ADA\tx\u{85}";
+    let out = app.run_with(&["data", "erase"], &["--subject", near]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r"ada\tx\u{85}") && stderr.contains(r"ADA\tx\u{85}"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains('\t') && !stderr.contains('\u{85}'),
+        "{stderr}"
+    );
+
+    for subject in [odd, long.as_str()] {
+        let out = app.run_with(&["data", "erase"], &["--subject", subject]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("1 data key(s) destroyed, 1 record(s) deleted"),
+            "{stderr}"
+        );
+        let rows: i64 = db
+            .query_row(
+                "SELECT count(*) FROM kv WHERE subject = ?1",
+                [subject],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(rows, 0);
+        let data_keys: i64 = keys
+            .query_row(
+                "SELECT count(*) FROM data_keys WHERE subject = ?1",
+                [subject],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(data_keys, 0);
+    }
+    let erased: Vec<_> = app
+        .audit_records("data.erased")
+        .iter()
+        .map(|r| r["subject"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(erased, [odd.to_string(), long]);
+}
+
+/// T20: a store renamed in the manifest (or made app-wide) keeps its rows
+/// under the old name; `data export` still includes them, naming the store
+/// the manifest no longer declares, never an empty export.
+#[tokio::test(flavor = "multi_thread")]
+async fn t20_export_includes_stores_the_manifest_no_longer_declares() {
+    let app = TestApp::new(&manifest(), &["kv"]);
+    let ada = api_key(&app, "ada");
+    let server = Server::start(&app);
+    assert_eq!(
+        call(
+            &server,
+            "/mine?op=set&store=private&key=k&value=kept",
+            Some(&ada)
+        )
+        .await,
+        "ok"
+    );
+    assert!(server.stop().success());
+    let renamed = manifest()
+        .replace("[store.private]", "[store.personal]")
+        .replace("private = \"read-write\"", "personal = \"read-write\"");
+    std::fs::write(app.path().join("bulkhead.toml"), renamed).unwrap();
+
+    let out = app.run_with(&["data", "export"], &["--subject", "api-key:ada"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let exported: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let records = exported["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1, "{exported}");
+    assert_eq!(records[0]["store"], "private");
+    assert_eq!(records[0]["value"], "kept");
+    assert!(
+        stderr.contains("`private`") && stderr.contains("not declare"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn t20_expired_records_are_never_returned_and_are_swept() {
     let app = TestApp::new(&manifest(), &["kv"]);

@@ -246,6 +246,16 @@ impl Aad {
 /// subject's key is gone from here (crypto-shredding, T20).
 pub const KEYS_DB_FILE: &str = "keys.db";
 
+/// What [`KeyStore::destroy_subject`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destroyed {
+    /// How many data keys were destroyed.
+    pub keys: usize,
+    /// Whether `keys.db-wal` was checkpointed and truncated: if not, the
+    /// destroyed wrapped keys may stay in it until a later checkpoint.
+    pub checkpointed: bool,
+}
+
 /// Wrapped data keys in `keys.db`. Opening it needs no master key: erasing
 /// a subject's keys must work even when the master key is elsewhere.
 pub struct KeyStore {
@@ -290,16 +300,29 @@ impl KeyStore {
 
     /// Destroy the data keys of `subject` under `owner`: what they sealed
     /// can no longer be read, wherever copies of it are. The WAL is then
-    /// checkpointed and truncated so no old page keeps the key (a running
-    /// server's readers may delay that until they finish). Returns how many.
-    pub fn destroy_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError> {
+    /// checkpointed and truncated so no old page keeps the key; another
+    /// process's open read transaction (a running server) can stop that,
+    /// which the result says (T20).
+    pub fn destroy_subject(&self, owner: &str, subject: &str) -> Result<Destroyed, CryptoError> {
         let conn = self.conn();
-        let destroyed = conn.execute(
+        let keys = conn.execute(
             "DELETE FROM data_keys WHERE owner = ?1 AND subject = ?2",
             params![owner, subject],
         )?;
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        Ok(destroyed)
+        // (busy, frames in the WAL, frames checkpointed): busy, or frames
+        // left behind, means the wrapped keys may still be in `keys.db-wal`
+        // until a later checkpoint. The keys are deleted either way, so an
+        // error here is reported the same way, not as a failed erase.
+        let checkpointed = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            })
+            .is_ok_and(|(busy, log, done)| busy == 0 && log == done);
+        Ok(Destroyed { keys, checkpointed })
     }
 
     /// How many data keys `subject` has under `owner` (read-only): whether
@@ -436,8 +459,38 @@ mod tests {
         let bob = ring.data_key("kv", "s", "bob", true).unwrap().unwrap();
         assert!(bob.open(&here, &blob).is_err());
         // Shredded: the key is gone.
-        assert_eq!(ring.key_store().destroy_subject("kv", "alice").unwrap(), 1);
+        let destroyed = ring.key_store().destroy_subject("kv", "alice").unwrap();
+        assert_eq!(
+            destroyed,
+            Destroyed {
+                keys: 1,
+                checkpointed: true
+            }
+        );
         assert!(ring.data_key("kv", "s", "alice", false).unwrap().is_none());
+    }
+
+    /// T20: an open read transaction in another connection (a running
+    /// server) keeps the WAL from being truncated; the erase says so.
+    #[test]
+    fn a_checkpoint_a_reader_blocks_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = keyring(dir.path());
+        ring.data_key("kv", "s", "alice", true).unwrap();
+        ring.data_key("kv", "s", "bob", true).unwrap();
+        let reader = Connection::open(dir.path().join(KEYS_DB_FILE)).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM data_keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 2);
+        let destroyed = ring.key_store().destroy_subject("kv", "alice").unwrap();
+        assert_eq!(destroyed.keys, 1);
+        assert!(!destroyed.checkpointed, "a reader holds the WAL");
+        reader.execute_batch("COMMIT").unwrap();
+        let destroyed = ring.key_store().destroy_subject("kv", "bob").unwrap();
+        assert_eq!(destroyed.keys, 1);
+        assert!(destroyed.checkpointed);
     }
 
     #[test]

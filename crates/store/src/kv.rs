@@ -235,8 +235,8 @@ impl Kv {
     }
 
     /// Crypto-shred `subject`: destroy its data keys, then delete its rows
-    /// in every subject-scoped store. Returns (keys destroyed, rows deleted).
-    pub fn erase_subject(&self, subject: &str) -> Result<(usize, usize), KvError> {
+    /// in every subject-scoped store.
+    pub fn erase_subject(&self, subject: &str) -> Result<Erased, KvError> {
         erase_subject(self.keyring.key_store(), &mut self.conn(), subject)
     }
 
@@ -307,6 +307,19 @@ pub fn subject_holdings(
     Ok((data_keys, usize::try_from(rows).unwrap_or(0)))
 }
 
+/// The stores, sorted, holding rows of `subject` (read-only), whether or
+/// not the manifest still declares them subject-scoped: a store renamed or
+/// made app-wide keeps its rows under the old name, and an export must not
+/// leave them out (T20).
+pub fn subject_stores(conn: &Connection, subject: &str) -> Result<Vec<String>, KvError> {
+    let mut statement =
+        conn.prepare("SELECT DISTINCT store FROM kv WHERE subject = ?1 ORDER BY store")?;
+    let stores = statement
+        .query_map(params![subject], |row| row.get(0))?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(stores)
+}
+
 /// The subjects holding rows or data keys that `keep` accepts, sorted, at
 /// most `limit` of them (read-only): the close matches named to an
 /// operator whose subject holds nothing (T20).
@@ -338,16 +351,35 @@ pub fn erase_subject(
     keys: &KeyStore,
     conn: &mut Connection,
     subject: &str,
-) -> Result<(usize, usize), KvError> {
+) -> Result<Erased, KvError> {
     if subject.is_empty() {
-        return Ok((0, 0));
+        return Ok(Erased {
+            keys_destroyed: 0,
+            records_deleted: 0,
+            keys_checkpointed: true,
+        });
     }
     let destroyed = keys.destroy_subject(OWNER, subject)?;
     conn.pragma_update(None, "secure_delete", "ON")?;
     let rows = conn.execute("DELETE FROM kv WHERE subject = ?1", params![subject])?;
-    // Best effort: a running server's readers may hold the WAL a while.
+    // Best effort: a running server's readers may hold the WAL a while;
+    // what stays there is sealed under keys destroyed above.
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
-    Ok((destroyed, rows))
+    Ok(Erased {
+        keys_destroyed: destroyed.keys,
+        records_deleted: rows,
+        keys_checkpointed: destroyed.checkpointed,
+    })
+}
+
+/// What an erasure did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Erased {
+    pub keys_destroyed: usize,
+    pub records_deleted: usize,
+    /// Whether `keys.db-wal` was truncated: if not, the destroyed wrapped
+    /// keys may stay in it until a later checkpoint (T20).
+    pub keys_checkpointed: bool,
 }
 
 #[cfg(test)]
@@ -401,7 +433,9 @@ mod tests {
         let like_alice = |s: &str| s.eq_ignore_ascii_case("ALICE");
         let found = find_subjects(kv.keyring.key_store(), &kv.conn(), &like_alice, 20);
         assert_eq!(found.unwrap(), ["alice"]);
-        assert_eq!(kv.erase_subject("alice").unwrap(), (1, 2));
+        assert_eq!(subject_stores(&kv.conn(), "alice").unwrap(), ["s"]);
+        let erased = kv.erase_subject("alice").unwrap();
+        assert_eq!((erased.keys_destroyed, erased.records_deleted), (1, 2));
         assert_eq!(holdings("alice").unwrap(), (0, 0));
         assert!(kv.get(&alice, "k").unwrap().is_none());
         assert_eq!(&kv.get(&bob, "k").unwrap().unwrap()[..], b"bob-value");

@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use super::Verified;
 
+/// The longest `sub` accepted, in bytes (T20).
+pub const MAX_SUB_BYTES: usize = 1024;
+
 /// How often the JWKS file's modification time is looked at.
 const RELOAD_CHECK: Duration = Duration::from_secs(1);
 
@@ -164,6 +167,18 @@ impl JwtVerifier {
         }
         if claims.sub.is_empty() {
             return Err("empty `sub`".into());
+        }
+        // The subject keys stored personal data: one `data erase|export
+        // --subject` cannot address, or that reaches a terminal or log raw,
+        // is refused (T20, T13). The reason goes to the log only (T11).
+        if claims.sub.len() > MAX_SUB_BYTES {
+            return Err(format!(
+                "`sub` is {} bytes, over the maximum {MAX_SUB_BYTES}",
+                claims.sub.len()
+            ));
+        }
+        if claims.sub.chars().any(char::is_control) {
+            return Err("`sub` has control characters".into());
         }
         let mut scopes: Vec<String> = claims
             .scope
