@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use bulkhead_store::{AuditQuery, AuditRecord, HeadFile, Verification};
+use bulkhead_store::{AuditLog, AuditQuery, AuditRecord, HeadFile, Store, Verification};
 use clap::{Subcommand, ValueEnum};
 
 use crate::Target;
@@ -19,7 +19,8 @@ pub enum AuditCommand {
                       the number of records, or names the first record that was edited, \
                       inserted or deleted, and exits non-zero. A break the server found and \
                       recorded (an `audit.chain_broken` record starting a new segment) is \
-                      reported for ever.",
+                      reported for ever. Records a writer spilled at its close (the \
+                      database was locked) are appended first.",
         after_help = "Example:\n  bulkhead audit verify my-app --env prod"
     )]
     Verify {
@@ -64,10 +65,21 @@ pub enum Format {
     Json,
 }
 
+/// Records a writer spilled at its close (the database was locked) are
+/// appended by the next writer to start: start one first, so that what is
+/// verified or shown includes them (T09).
+fn take_in_spills(store: &Store) -> Result<()> {
+    if store.audit_spill_pending() {
+        AuditLog::start(store)?.close();
+    }
+    Ok(())
+}
+
 pub fn run(command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { target } => {
             let store = target.store(false)?;
+            take_in_spills(&store)?;
             let (path, head) = store.audit_head_file()?;
             match head {
                 HeadFile::Valid { seq, hash } => {
@@ -115,6 +127,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 })
                 .transpose()?;
             let store = target.store(false)?;
+            take_in_spills(&store)?;
             let records = store.query_audit(&AuditQuery {
                 correlation_id,
                 subject,

@@ -890,6 +890,47 @@ async fn t09_other_processes_while_serving_lose_no_audit_records() {
     assert_eq!(app.audit_records("key.created").len(), 1);
 }
 
+/// Outside review (T09): stopped (SIGTERM) while another process held the
+/// database's write lock, the server lost the batch it kept, its drop
+/// counts and the `shutdown` record, and `verify` said OK. Now its writer
+/// spills them at close, and the next command appends them, marked.
+#[tokio::test]
+async fn t09_records_held_back_by_a_lock_at_shutdown_are_spilled_and_recovered() {
+    let app = TestApp::new(APP, &["hello", "echo"]);
+    let server = Server::start(&app);
+    refuse(&server).await;
+    let blocker = rusqlite::Connection::open(state_db(&app)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    for _ in 0..3 {
+        refuse(&server).await;
+    }
+    assert!(server.stop().success(), "the shutdown finishes");
+    let spills = std::fs::read_dir(app.path().join(".bulkhead/dev"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("audit.spill-") && !name.ends_with(".rejected")
+        })
+        .count();
+    assert_eq!(spills, 1, "what could not be written was spilled");
+    blocker.execute_batch("COMMIT").unwrap();
+    drop(blocker);
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+    let recovered = |records: Vec<serde_json::Value>| {
+        records
+            .iter()
+            .filter(|r| r["detail"]["recovered"] == true)
+            .count()
+    };
+    assert_eq!(recovered(app.audit_records("shutdown")), 1);
+    assert!(recovered(app.audit_records("request.refused")) >= 1);
+    assert_eq!(app.audit_records("audit.recovered").len(), 1);
+    let (ok, text) = verify(app.path());
+    assert!(ok, "{text}");
+}
+
 /// Outside attack, finding 2a (T09): delete every audit record, the keyed
 /// head and the head file. `verify` used to call that an intact, empty
 /// trail. Now it says BROKEN, and the next writer records the break.

@@ -157,14 +157,14 @@ fn legacy_head_mac_input(seq: i64, hash: &str, anchored: bool) -> String {
     }
 }
 
-fn mac_of(key: &[u8; 32], input: &str) -> Vec<u8> {
+pub(crate) fn mac_of(key: &[u8; 32], input: &str) -> Vec<u8> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key)
         .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
     mac.update(input.as_bytes());
     mac.finalize().into_bytes().to_vec()
 }
 
-fn mac_valid(key: &[u8; 32], input: &str, tag_hex: &str) -> bool {
+pub(crate) fn mac_valid(key: &[u8; 32], input: &str, tag_hex: &str) -> bool {
     let Ok(tag) = hex::decode(tag_hex) else {
         return false;
     };

@@ -35,6 +35,7 @@ const RECORD_OVERHEAD: u64 = 72;
 const SUPPRESSED_EVERY_MS: i64 = 60_000;
 
 /// An event the writer holds to the size budget.
+#[derive(Clone)]
 pub(crate) struct Pending {
     pub event: AuditEvent,
     pub time_ms: i64,

@@ -39,9 +39,16 @@
 //! Every batch is held to the trail's size budget (`[audit] max_size`, see
 //! `audit_budget`): traffic stops at 90 % so that the rest is kept for
 //! admin, security and system events, everything at 100 %, breaks never.
+//!
+//! A batch that meets the database's write lock held by another process
+//! past SQLite's busy timeout is kept and tried again. On close (or once
+//! every handle is gone) the writer takes what is still queued, gets one
+//! last, short try, and spills what it still cannot write, drop counts
+//! included, to a MAC'd file beside the database that the next writer to
+//! start appends (T09, see `audit_spill`). `close` waits for that, bounded.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
@@ -58,6 +65,7 @@ use crate::audit::{
 };
 use crate::audit_budget::{Budget, Meta, Pending, traffic_max};
 use crate::audit_quota::{CHANNEL_CAPACITY, Quota};
+use crate::audit_spill::{self, RECOVERED, Spill, aside_path, rejected_record};
 use crate::{Store, StoreError, now_ms};
 
 const BATCH: usize = 1024;
@@ -77,11 +85,22 @@ const HEAD_FILE_EVERY_MS: i64 = 200;
 /// waits up to SQLite's busy timeout for the lock).
 const RETRY_EVERY: Duration = Duration::from_millis(500);
 
+/// The busy timeout of a closing writer's last try: short, since a
+/// shutdown must finish; what it cannot write is spilled (T09).
+const LAST_TRY: Duration = Duration::from_secs(2);
+
+/// How long `close` waits for the writer: a try under way (the 5 s busy
+/// timeout), the last try, a head file update and the spill.
+const CLOSE_WAIT: Duration = Duration::from_secs(15);
+
 enum Message {
     /// Boxed: the channel allocates and touches every slot up front, and
     /// small slots keep that off the start-up time.
     Event(Box<Queued>),
     Flush(SyncSender<()>),
+    /// Wakes the writer to close; who waits is in `Shared::closers`, so
+    /// that a full channel cannot keep a close from being seen.
+    Close,
 }
 
 /// An event on its way to the writer.
@@ -126,6 +145,8 @@ struct Shared {
     max_bytes: AtomicU64,
     full: AtomicBool,
     traffic_full: AtomicBool,
+    /// Handles waiting in `close` for the writer to finish.
+    closers: Mutex<Vec<SyncSender<()>>>,
 }
 
 /// A handle to the audit trail; cheap to clone, usable from any thread.
@@ -145,9 +166,13 @@ impl AuditLog {
         let key = store.audit_key()?;
         let (sender, receiver) = sync_channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared::default());
+        // T09: records a writer spilled at its close, verified; spills
+        // that are not appended are set aside and recorded.
+        let (recovered, mut first) = audit_spill::read_all(store.dir(), &key);
         let mut writer = Writer {
             conn,
             key,
+            dir: store.dir().to_path_buf(),
             head_file: store.dir().join(HEAD_FILE),
             shared: shared.clone(),
             budget: Budget::default(),
@@ -157,9 +182,12 @@ impl AuditLog {
             file_stale: false,
             file_written_ms: 0,
             retry: Vec::new(),
+            recovered,
         };
-        if let Err(e) = writer.append(&mut Vec::new(), true) {
+        let pending = first.len();
+        if let Err(e) = writer.append(&mut first, true) {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
+            writer.keep_or_count(first, pending, &e);
         }
         let thread = std::thread::Builder::new()
             .name("bulkhead-audit".into())
@@ -216,7 +244,7 @@ impl AuditLog {
                     self.shared.dropped.fetch_add(1, Ordering::Relaxed);
                 }
             },
-            Message::Flush(_) => {}
+            Message::Flush(_) | Message::Close => {}
         }
     }
 
@@ -243,14 +271,27 @@ impl AuditLog {
     }
 
     /// Commit what is pending and stop the writer (other handles then
-    /// record nothing more).
+    /// record nothing more). Bounded: what the writer cannot commit in its
+    /// last try (the database locked by another process) it spills for the
+    /// next start to append (T09).
     pub fn close(self) {
-        self.flush();
+        let (done, wait) = sync_channel(1);
+        if let Ok(mut closers) = self.shared.closers.lock() {
+            closers.push(done);
+        }
+        // Never blocks: with the channel full the writer is busy, and sees
+        // the request after its current batch.
+        if !matches!(
+            self.sender.try_send(Message::Close),
+            Err(TrySendError::Disconnected(_))
+        ) {
+            let _ = wait.recv_timeout(CLOSE_WAIT);
+        }
         let thread = self.writer.lock().ok().and_then(|mut w| w.take());
         drop(self.sender);
         if let Some(thread) = thread {
-            // The writer ends once every sender is gone; handles still held
-            // elsewhere keep it alive, so do not wait on it here.
+            // Not joined: the wait above is the bound; a writer still busy
+            // past it (its disk hung) must not hold the shutdown up.
             drop(thread);
         }
     }
@@ -259,6 +300,8 @@ impl AuditLog {
 struct Writer {
     conn: Connection,
     key: [u8; 32],
+    /// The store's directory (spill files).
+    dir: PathBuf,
     head_file: PathBuf,
     shared: Arc<Shared>,
     budget: Budget,
@@ -274,6 +317,9 @@ struct Writer {
     /// past SQLite's busy timeout (another process's long transaction):
     /// kept and tried again, never thrown away (T09). At most one batch.
     retry: Vec<Pending>,
+    /// Spill files read at start, appended with the next batch that
+    /// commits; each file is deleted only after that commit (T09).
+    recovered: Vec<Spill>,
     /// When the head file was last written.
     file_written_ms: i64,
 }
@@ -287,8 +333,11 @@ struct Last {
 
 impl Writer {
     fn run(mut self, receiver: Receiver<Message>) {
-        loop {
-            let wait = if !self.retry.is_empty() {
+        let (events, flushes) = loop {
+            // A kept batch, or spills read at start, are tried again even
+            // when nothing comes.
+            let waiting = !self.retry.is_empty() || !self.recovered.is_empty();
+            let wait = if waiting {
                 Some(RETRY_EVERY)
             } else if self.file_stale {
                 Some(HEAD_FILE_EVERY)
@@ -298,17 +347,18 @@ impl Writer {
             let first = match wait {
                 Some(wait) => match receiver.recv_timeout(wait) {
                     Ok(message) => Some(message),
-                    // A kept batch is tried again even when nothing comes.
-                    Err(RecvTimeoutError::Timeout) if !self.retry.is_empty() => None,
+                    Err(RecvTimeoutError::Timeout) if waiting => None,
                     Err(RecvTimeoutError::Timeout) => {
                         self.anchor();
                         continue;
                     }
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(RecvTimeoutError::Disconnected) => {
+                        break (std::mem::take(&mut self.retry), Vec::new());
+                    }
                 },
                 None => match receiver.recv() {
                     Ok(message) => Some(message),
-                    Err(_) => break,
+                    Err(_) => break (std::mem::take(&mut self.retry), Vec::new()),
                 },
             };
             let mut batch: Vec<Message> = first.into_iter().collect();
@@ -325,38 +375,20 @@ impl Writer {
             let mut events = std::mem::take(&mut self.retry);
             events.reserve(batch.len() + 1);
             let mut flushes = Vec::new();
-            // Places given back once per source and batch, not per event.
-            let mut taken: HashMap<Arc<str>, u32> = HashMap::new();
-            for message in batch {
-                match message {
-                    Message::Event(queued) => {
-                        let Queued {
-                            event,
-                            time_ms,
-                            source,
-                        } = *queued;
-                        let traffic = source.is_some();
-                        if let Some(source) = source {
-                            *taken.entry(source).or_insert(0) += 1;
-                        }
-                        events.push(Pending {
-                            event,
-                            time_ms,
-                            traffic,
-                        });
-                    }
-                    Message::Flush(done) => flushes.push(done),
-                }
-            }
-            for (source, n) in &taken {
-                self.shared.quota.give_back(source, *n);
+            let closing = self.take_messages(batch, &mut events, &mut flushes);
+            if closing || self.close_requested() {
+                // T09: what is still queued goes into the last try (or the
+                // spill), not down with the process.
+                let rest: Vec<Message> = receiver.try_iter().collect();
+                self.take_messages(rest, &mut events, &mut flushes);
+                break (events, flushes);
             }
             // One drop count per written batch, not one per retry.
             if !retrying {
                 events.extend(self.dropped_record());
             }
             let pending = events.len();
-            if (pending > 0 || !flushes.is_empty())
+            if (pending > 0 || !flushes.is_empty() || !self.recovered.is_empty())
                 && let Err(e) = self.append(&mut events, !flushes.is_empty())
             {
                 self.keep_or_count(events, pending, &e);
@@ -364,27 +396,122 @@ impl Writer {
             for done in flushes {
                 let _ = done.send(());
             }
+        };
+        // From here on a sender sees the writer gone (a late `close` does
+        // not wait for it).
+        drop(receiver);
+        self.finish(events);
+        let closers = self
+            .shared
+            .closers
+            .lock()
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default();
+        for done in flushes.into_iter().chain(closers) {
+            let _ = done.send(());
         }
-        // Every handle is gone: put what was dropped, and what a full trail
-        // counted, on the record.
-        let mut last = std::mem::take(&mut self.retry);
-        last.extend(self.dropped_record());
-        if (!last.is_empty() || self.budget.has_counts())
-            && let Err(e) = self.append(&mut last, true)
+    }
+
+    /// Unpack `batch` into `events` and `flushes`, giving back the places
+    /// its sourced events held; whether it asks the writer to close.
+    fn take_messages(
+        &self,
+        batch: Vec<Message>,
+        events: &mut Vec<Pending>,
+        flushes: &mut Vec<SyncSender<()>>,
+    ) -> bool {
+        let mut closing = false;
+        // Places given back once per source and batch, not per event.
+        let mut taken: HashMap<Arc<str>, u32> = HashMap::new();
+        for message in batch {
+            match message {
+                Message::Event(queued) => {
+                    let Queued {
+                        event,
+                        time_ms,
+                        source,
+                    } = *queued;
+                    let traffic = source.is_some();
+                    if let Some(source) = source {
+                        *taken.entry(source).or_insert(0) += 1;
+                    }
+                    events.push(Pending {
+                        event,
+                        time_ms,
+                        traffic,
+                    });
+                }
+                Message::Flush(done) => flushes.push(done),
+                Message::Close => closing = true,
+            }
+        }
+        for (source, n) in &taken {
+            self.shared.quota.give_back(source, *n);
+        }
+        closing
+    }
+
+    fn close_requested(&self) -> bool {
+        self.shared.closers.lock().is_ok_and(|c| !c.is_empty())
+    }
+
+    /// The writer's end (closed, or every handle gone): put `events`, what
+    /// was dropped and what a full trail counted on the record in one last,
+    /// short try; spill what cannot be written (T09).
+    fn finish(&mut self, mut events: Vec<Pending>) {
+        events.extend(self.dropped_record());
+        if let Err(e) = self.conn.busy_timeout(LAST_TRY) {
+            warn!(target: "bulkhead::audit", error = %e, "cannot shorten the busy timeout for the last audit batch");
+        }
+        let pending = events.len();
+        if (pending > 0 || !self.recovered.is_empty() || self.budget.has_counts())
+            && let Err(e) = self.append(&mut events, true)
         {
-            error!(target: "bulkhead::audit", error = %e, pending = last.len(), "cannot write the last audit records and counts");
+            if events.is_empty() && pending > 0 {
+                // Failed while being written: gone, but counted, and the
+                // count is spilled.
+                let lost = u64::try_from(pending).unwrap_or(u64::MAX);
+                self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+                self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
+                events.extend(self.dropped_record());
+            }
+            error!(target: "bulkhead::audit", error = %e, pending, "cannot write the last audit records and counts");
+            if !self.recovered.is_empty() {
+                warn!(target: "bulkhead::audit", files = self.recovered.len(), "audit spill files not appended yet: they stay for the next start");
+            }
+            if !events.is_empty() {
+                self.spill(events);
+            }
         }
         if self.file_stale {
             self.anchor();
         }
     }
 
+    /// Write `events` to a spill file for the next writer to append.
+    fn spill(&mut self, events: Vec<Pending>) {
+        let count = events.len();
+        match audit_spill::write(&self.dir, &self.key, events) {
+            Ok((path, cut)) => {
+                error!(target: "bulkhead::audit", path = %path.display(), events = count, cut, "audit records could not be written before the writer stopped (database locked): spilled beside it; the next start appends them");
+            }
+            Err(e) => {
+                let lost = u64::try_from(count).unwrap_or(u64::MAX);
+                self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
+                error!(target: "bulkhead::audit", error = %e, lost, "cannot spill the audit records that could not be written: they are lost");
+            }
+        }
+    }
+
     /// After a failed append: a batch the writer could not start on (the
     /// database locked past the busy timeout) is kept for the next try; one
     /// that failed while being written is gone, and counted as dropped so
-    /// that the next `audit.dropped` record says so (T09).
+    /// that the next `audit.dropped` record says so (T09). Spills read at
+    /// start are never taken by a failed append.
     fn keep_or_count(&mut self, events: Vec<Pending>, pending: usize, e: &rusqlite::Error) {
-        if events.is_empty() {
+        if pending == 0 {
+            warn!(target: "bulkhead::audit", error = %e, "cannot write to the audit trail yet: trying again");
+        } else if events.is_empty() {
             let lost = u64::try_from(pending).unwrap_or(u64::MAX);
             self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
             self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
@@ -539,7 +666,34 @@ impl Writer {
             }
             (checked, _) => checked,
         };
-        let mut events = std::mem::take(events);
+        // Spills read at start (T09) go first, once: one whose id is on the
+        // chain already is a copy put back (a replay), or one another
+        // writer took in since it was read.
+        let mut replayed = Vec::with_capacity(self.recovered.len());
+        for spill in &self.recovered {
+            let on_chain: bool = tx.query_row(
+                "SELECT EXISTS (SELECT 1 FROM audit WHERE kind = ?1 AND instr(detail, ?2) > 0)",
+                params![RECOVERED, format!("\"spill\":\"{}\"", spill.id)],
+                |r| r.get(0),
+            )?;
+            replayed.push(on_chain);
+        }
+        let mut events = {
+            let mut all = Vec::new();
+            for (spill, &replayed) in self.recovered.iter().zip(&replayed) {
+                if !replayed {
+                    all.extend(spill.events.iter().cloned());
+                } else if spill.path.exists() {
+                    all.push(rejected_record(
+                        spill.bytes,
+                        "it was recovered already (a copy put back)",
+                        &aside_path(&spill.path),
+                    ));
+                }
+            }
+            all.append(events);
+            all
+        };
         let now = now_ms();
         let broke = checked.is_err();
         let (mut seq, mut prev_hash, anchored, rewrite_head) = match checked {
@@ -632,6 +786,12 @@ impl Writer {
             )?;
         }
         tx.commit()?;
+        for (spill, replayed) in std::mem::take(&mut self.recovered)
+            .into_iter()
+            .zip(replayed)
+        {
+            settle_spill(&spill.path, replayed);
+        }
         self.last = (seq, prev_hash);
         self.breaks = meta.breaks;
         if written || rewrite_head {
@@ -659,6 +819,27 @@ impl Writer {
             Ordering::Relaxed,
         );
         Ok(())
+    }
+}
+
+/// After the commit that took a spill in: delete the file, or set aside a
+/// copy of one recovered already, for evidence (T09).
+fn settle_spill(path: &Path, replayed: bool) {
+    let done = if replayed {
+        std::fs::rename(path, aside_path(path))
+    } else {
+        std::fs::remove_file(path)
+    };
+    match done {
+        Ok(()) if !replayed => {
+            warn!(target: "bulkhead::audit", path = %path.display(), "audit records spilled at an earlier shutdown were appended to the trail");
+        }
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // Its id is on the chain: the next start sets it aside.
+        Err(e) => {
+            error!(target: "bulkhead::audit", error = %e, path = %path.display(), "cannot remove an audit spill file that was appended");
+        }
     }
 }
 

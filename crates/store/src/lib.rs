@@ -5,6 +5,7 @@
 pub mod audit;
 mod audit_budget;
 mod audit_quota;
+mod audit_spill;
 mod audit_writer;
 pub mod credentials;
 pub mod crypto;
