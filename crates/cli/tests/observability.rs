@@ -916,8 +916,31 @@ async fn t09_records_held_back_by_a_lock_at_shutdown_are_spilled_and_recovered()
     assert_eq!(spills, 1, "what could not be written was spilled");
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
+    // Junk spill files named to be taken first (third outside attack): one
+    // start takes in four files, so a single round used to leave the real
+    // spill waiting while `verify` said OK. Every file is taken in now.
+    for n in 0..5 {
+        std::fs::write(
+            app.path()
+                .join(format!(".bulkhead/dev/audit.spill-{n:032x}")),
+            b"junk",
+        )
+        .unwrap();
+    }
     let (ok, text) = verify(app.path());
     assert!(ok, "{text}");
+    // That one `verify` took every file in (read from disk, before any
+    // other command could).
+    let waiting = std::fs::read_dir(app.path().join(".bulkhead/dev"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("audit.spill-") && !name.ends_with(".rejected")
+        })
+        .count();
+    assert_eq!(waiting, 0, "verify said OK with spills waiting: {text}");
+    assert_eq!(app.audit_records("audit.spill_rejected").len(), 5);
     let recovered = |records: Vec<serde_json::Value>| {
         records
             .iter()

@@ -14,6 +14,15 @@ use serde_json::{Value, json};
 use tracing::{error, warn};
 
 use crate::audit::{AuditEvent, CHAIN_BROKEN, GENESIS};
+use crate::audit_spill::{RECOVERED, SPILL_REJECTED};
+
+/// Records written whatever the budget says (T09): a break, and what a
+/// spill file became. A spill taken in is known as such only by its
+/// `audit.recovered` record, so suppressing it would let a copy of the
+/// file be taken in again.
+fn always_written(kind: &str) -> bool {
+    kind == CHAIN_BROKEN || kind == RECOVERED || kind == SPILL_REJECTED
+}
 
 /// Share of the budget past which the writer warns.
 const WARN_PERCENT: u64 = 80;
@@ -148,7 +157,7 @@ impl Budget {
         {
             // T09: traffic cannot spend the part kept for admin events.
             let limit = if traffic { traffic_at } else { max };
-            if event.kind != CHAIN_BROKEN && meta.size_bytes >= limit {
+            if !always_written(&event.kind) && meta.size_bytes >= limit {
                 *self.suppressed.entry(event.kind).or_insert(0) += 1;
                 if self.suppressed_since == 0 {
                     self.suppressed_since = time_ms;
@@ -237,12 +246,20 @@ mod tests {
 
         meta.size_bytes = 10_000;
         let out = budget.apply(
-            vec![pending("secret.set", false), pending(CHAIN_BROKEN, false)],
+            vec![
+                pending("secret.set", false),
+                pending(CHAIN_BROKEN, false),
+                pending(RECOVERED, false),
+                pending(SPILL_REJECTED, false),
+            ],
             &mut meta,
             true,
             1,
         );
-        assert_eq!(kinds(&out), [CHAIN_BROKEN, "audit.suppressed"]);
+        assert_eq!(
+            kinds(&out),
+            [CHAIN_BROKEN, RECOVERED, SPILL_REJECTED, "audit.suppressed"]
+        );
         assert!(!budget.has_counts());
     }
 
