@@ -403,6 +403,19 @@ async fn refuse(server: &Server) {
         .assert_problem(404, "not-found");
 }
 
+/// Spill files waiting beside the app's `dev` database (not those set
+/// aside as rejected).
+fn waiting_spills(app: &TestApp) -> usize {
+    std::fs::read_dir(app.path().join(".bulkhead/dev"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("audit.spill-") && !name.ends_with(".rejected")
+        })
+        .count()
+}
+
 /// An app served once, with one refused request on its audit trail, and
 /// stopped: the starting point of the tampering tests.
 async fn served_once() -> TestApp {
@@ -905,14 +918,7 @@ async fn t09_records_held_back_by_a_lock_at_shutdown_are_spilled_and_recovered()
         refuse(&server).await;
     }
     assert!(server.stop().success(), "the shutdown finishes");
-    let spills = std::fs::read_dir(app.path().join(".bulkhead/dev"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("audit.spill-") && !name.ends_with(".rejected")
-        })
-        .count();
+    let spills = waiting_spills(&app);
     assert_eq!(spills, 1, "what could not be written was spilled");
     blocker.execute_batch("COMMIT").unwrap();
     drop(blocker);
@@ -931,14 +937,7 @@ async fn t09_records_held_back_by_a_lock_at_shutdown_are_spilled_and_recovered()
     assert!(ok, "{text}");
     // That one `verify` took every file in (read from disk, before any
     // other command could).
-    let waiting = std::fs::read_dir(app.path().join(".bulkhead/dev"))
-        .unwrap()
-        .filter(|e| {
-            let name = e.as_ref().unwrap().file_name();
-            let name = name.to_string_lossy();
-            name.starts_with("audit.spill-") && !name.ends_with(".rejected")
-        })
-        .count();
+    let waiting = waiting_spills(&app);
     assert_eq!(waiting, 0, "verify said OK with spills waiting: {text}");
     assert_eq!(app.audit_records("audit.spill_rejected").len(), 5);
     let recovered = |records: Vec<serde_json::Value>| {

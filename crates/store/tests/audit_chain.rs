@@ -815,13 +815,10 @@ fn t09_a_batch_that_meets_a_held_lock_is_kept_and_written_later() {
     );
 }
 
-/// Second outside attack (T09): with the writer running, save the keyed
-/// head and the head file, let it write more, then delete the new records
-/// and put the saved head and file back. Every check agreed with itself,
-/// so the running writer continued as if nothing had happened. It knows
-/// what it committed itself: a trail that ends before that is a break.
-#[test]
-fn t09_rolling_back_under_a_running_writer_is_a_break() {
+/// A store of three records whose writer is still running, after its
+/// two newer records were deleted and the keyed head and head file saved
+/// before them were put back (T09).
+fn rolled_back_under_a_running_writer() -> (tempfile::TempDir, Store, AuditLog) {
     let (dir, store) = store_with(3);
     let log = AuditLog::start(&store).unwrap();
     log.flush();
@@ -841,6 +838,17 @@ fn t09_rolling_back_under_a_running_writer_is_a_break() {
         ),
     );
     std::fs::write(&head_file, saved_file).unwrap();
+    (dir, store, log)
+}
+
+/// Second outside attack (T09): with the writer running, save the keyed
+/// head and the head file, let it write more, then delete the new records
+/// and put the saved head and file back. Every check agreed with itself,
+/// so the running writer continued as if nothing had happened. It knows
+/// what it committed itself: a trail that ends before that is a break.
+#[test]
+fn t09_rolling_back_under_a_running_writer_is_a_break() {
+    let (_dir, store, log) = rolled_back_under_a_running_writer();
     log.record(AuditEvent::new("deploy"));
     log.flush();
     log.close();
@@ -858,25 +866,7 @@ fn t09_rolling_back_under_a_running_writer_is_a_break() {
 /// that its own last record is still in the chain.
 #[test]
 fn t09_a_rollback_extended_by_another_writer_is_still_a_break() {
-    let (dir, store) = store_with(3);
-    let log = AuditLog::start(&store).unwrap();
-    log.flush();
-    let head_file = dir.path().join("audit.head");
-    let saved_file = std::fs::read(&head_file).unwrap();
-    let saved = dir.path().join("saved.db");
-    sql(&store, &format!("VACUUM INTO '{}'", saved.display()));
-    log.record(AuditEvent::new("key.created"));
-    log.record(AuditEvent::new("key.created"));
-    log.flush();
-    sql(
-        &store,
-        &format!(
-            "ATTACH '{}' AS saved; DELETE FROM audit WHERE seq > 3; DELETE FROM audit_head;
-             INSERT INTO audit_head SELECT * FROM saved.audit_head;",
-            saved.display()
-        ),
-    );
-    std::fs::write(&head_file, saved_file).unwrap();
+    let (_dir, store, log) = rolled_back_under_a_running_writer();
     let other = AuditLog::start(&store).unwrap();
     for _ in 0..3 {
         other.record(AuditEvent::new("key.created"));
