@@ -365,6 +365,7 @@ fn check_host(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), P
         None
     };
     validate::check_host(request.version(), request.uri(), request.headers(), allowed)
+        .map(drop)
         .map_err(|refusal| refusal.to_problem())
 }
 

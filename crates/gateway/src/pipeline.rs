@@ -158,8 +158,9 @@ async fn pipeline<'s>(
     outcome.caller = Some(Caller::of(None, client));
 
     // One valid Host, agreeing with an absolute-form target, one of
-    // `[app] hostnames` if set (T10, RFC 9112 §3.2).
-    validate::check_host(
+    // `[app] hostnames` if set (T10, RFC 9112 §3.2); kept, canonical, for
+    // the function.
+    let host = validate::check_host(
         request.version(),
         request.uri(),
         request.headers(),
@@ -383,7 +384,7 @@ async fn pipeline<'s>(
 
     // Invoke, metered from here on (T04).
     let request_bytes = body.len() as u64;
-    let guest_request = guest_request(parts, body, trace, identity.as_ref(), &slot.rules)?;
+    let guest_request = guest_request(parts, host, body, trace, identity.as_ref(), &slot.rules)?;
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
@@ -446,27 +447,17 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// client-sent `bulkhead-*` ones, T11), trace context continued.
 fn guest_request(
     parts: http::request::Parts,
+    host: Option<String>,
     body: Bytes,
     trace: &TraceContext,
     identity: Option<&Identity>,
     rules: &Rules,
 ) -> Result<Request<Bytes>, Problem> {
-    // The host `validate::check_host` accepted: an absolute-form target's
-    // (which agrees with `Host`), else `Host`, else (HTTP/1.0) `localhost`;
-    // canonical, so the function never sees a spelling other than the one
-    // checked (`API.Example.com:08080` is `api.example.com:8080`).
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-        })
-        .and_then(validate::canonical_authority)
-        .unwrap_or_else(|| "localhost".to_string());
+    // The host `validate::check_host` accepted, canonical (an HTTP/1.0
+    // request without one: `localhost`), so the function never sees a
+    // spelling other than the one checked (`API.Example.com:08080` is
+    // `api.example.com:8080`).
+    let authority = host.unwrap_or_else(|| "localhost".to_string());
     let path_and_query = parts
         .uri
         .path_and_query()

@@ -24,6 +24,14 @@ struct Host {
 }
 
 impl Host {
+    /// `host[:port]` in its one canonical spelling.
+    fn into_authority(self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.name),
+            None => self.name,
+        }
+    }
+
     /// `Host` and an absolute-form target agree when they name the same
     /// host on the same port, an absent port meaning the scheme's default.
     fn agrees(&self, other: &Host, default_port: u16) -> bool {
@@ -56,16 +64,6 @@ fn parse(text: &str) -> Option<Host> {
     Some(Host { name, port })
 }
 
-/// `host[:port]` in its one canonical spelling, or `None` if `text` is not
-/// a valid host: what a function is told the request's host is, so that it
-/// sees exactly what [`check_host`] checked (T10).
-pub fn canonical_authority(text: &str) -> Option<String> {
-    parse(text).map(|host| match host.port {
-        Some(port) => format!("{}:{port}", host.name),
-        None => host.name,
-    })
-}
-
 fn header_host(value: &HeaderValue) -> Option<Host> {
     parse(value.to_str().ok()?)
 }
@@ -75,13 +73,16 @@ fn refuse(field: &str, rule: Rule) -> Refusal {
 }
 
 /// Check the request's `Host` and target authority; `allowed` is the
-/// canonical `[app] hostnames` list, `None` for any host.
+/// canonical `[app] hostnames` list, `None` for any host. Returns the host
+/// accepted (an absolute-form target's, else `Host`'s) as canonical
+/// `host[:port]`, `None` for an HTTP/1.0 request that names none: what the
+/// function is told, so it sees exactly what was checked (T10).
 pub fn check_host(
     version: Version,
     uri: &Uri,
     headers: &HeaderMap,
     allowed: Option<&[String]>,
-) -> Result<(), Refusal> {
+) -> Result<Option<String>, Refusal> {
     let mut values = headers.get_all(header::HOST).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -116,15 +117,16 @@ pub fn check_host(
         }
         None => None,
     };
+    let accepted = from_target.or(from_header);
     let Some(allowed) = allowed else {
-        return Ok(());
+        return Ok(accepted.map(Host::into_authority));
     };
-    let Some(host) = from_target.or(from_header) else {
+    let Some(host) = accepted else {
         // An HTTP/1.0 request that names no host cannot be one of ours.
         return Err(refuse("header.host", Rule::MissingHost));
     };
     if !allowed.contains(&host.name) {
         return Err(refuse("header.host", Rule::HostNotAllowed));
     }
-    Ok(())
+    Ok(Some(host.into_authority()))
 }

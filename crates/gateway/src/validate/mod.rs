@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, Method, StatusCode, header};
 
 use crate::problem::Problem;
 
-pub use host::{canonical_authority, check_host};
+pub use host::check_host;
 pub use json::{MAX_DEPTH, MAX_NUMBER, MAX_VALUES};
 pub use uri::{MAX_QUERY_PAIRS, decode_path};
 
