@@ -52,7 +52,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -154,7 +153,6 @@ struct Shared {
 pub struct AuditLog {
     sender: SyncSender<Message>,
     shared: Arc<Shared>,
-    writer: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl AuditLog {
@@ -189,18 +187,16 @@ impl AuditLog {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
             writer.keep_or_count(first, pending, &e);
         }
-        let thread = std::thread::Builder::new()
+        // Never joined: `close` waits for the writer's reply, bounded, so a
+        // writer whose disk hangs cannot hold a shutdown up.
+        std::thread::Builder::new()
             .name("bulkhead-audit".into())
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Dir {
                 dir: store.dir().to_path_buf(),
                 source: e,
             })?;
-        Ok(Self {
-            sender,
-            shared,
-            writer: Arc::new(Mutex::new(Some(thread))),
-        })
+        Ok(Self { sender, shared })
     }
 
     /// Append an admin, CLI or system `event` (one no request or guest
@@ -287,13 +283,7 @@ impl AuditLog {
         ) {
             let _ = wait.recv_timeout(CLOSE_WAIT);
         }
-        let thread = self.writer.lock().ok().and_then(|mut w| w.take());
         drop(self.sender);
-        if let Some(thread) = thread {
-            // Not joined: the wait above is the bound; a writer still busy
-            // past it (its disk hung) must not hold the shutdown up.
-            drop(thread);
-        }
     }
 }
 
@@ -470,9 +460,7 @@ impl Writer {
             if events.is_empty() && pending > 0 {
                 // Failed while being written: gone, but counted, and the
                 // count is spilled.
-                let lost = u64::try_from(pending).unwrap_or(u64::MAX);
-                self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
-                self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
+                self.count_lost(pending);
                 events.extend(self.dropped_record());
             }
             error!(target: "bulkhead::audit", error = %e, pending, "cannot write the last audit records and counts");
@@ -512,14 +500,20 @@ impl Writer {
         if pending == 0 {
             warn!(target: "bulkhead::audit", error = %e, "cannot write to the audit trail yet: trying again");
         } else if events.is_empty() {
-            let lost = u64::try_from(pending).unwrap_or(u64::MAX);
-            self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
-            self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
-            error!(target: "bulkhead::audit", error = %e, lost, "cannot write audit records: counted as dropped");
+            self.count_lost(pending);
+            error!(target: "bulkhead::audit", error = %e, lost = pending, "cannot write audit records: counted as dropped");
         } else {
             warn!(target: "bulkhead::audit", error = %e, pending, "cannot write audit records yet: kept, trying again");
             self.retry = events;
         }
+    }
+
+    /// Count `n` events lost while being written as dropped: the next
+    /// `audit.dropped` record says so (T09).
+    fn count_lost(&self, n: usize) {
+        let lost = u64::try_from(n).unwrap_or(u64::MAX);
+        self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
+        self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
     }
 
     /// One `audit.dropped` record for the events dropped since the last
