@@ -30,6 +30,13 @@ auth = "public"
 const CAP: usize = 256;
 
 /// Bytes of the state database, its WAL included.
+/// Create an admin token with `bulkhead admin token`; the token printed.
+fn admin_token(app: &TestApp) -> String {
+    let created = app.run(&["admin", "token"]);
+    assert!(created.status.success());
+    String::from_utf8_lossy(&created.stdout).trim().to_string()
+}
+
 fn state_bytes(state: &Path) -> u64 {
     ["state.db", "state.db-wal"]
         .iter()
@@ -174,9 +181,7 @@ fn drain(mut stream: TcpStream) -> String {
 #[test]
 fn t09_an_admin_flood_is_folded_capped_and_rate_limited_per_peer() {
     let app = TestApp::new(APP, &["hello"]);
-    let created = app.run(&["admin", "token"]);
-    assert!(created.status.success());
-    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let token = admin_token(&app);
     let server = Server::start(&app);
     let admin = server.admin.expect("admin listener");
     let state = app.path().join(".bulkhead/dev");
@@ -308,9 +313,7 @@ async fn a_token_created_in_dev_applies_to_the_running_server() {
         "open in dev until a token exists"
     );
 
-    let created = app.run(&["admin", "token"]);
-    assert!(created.status.success());
-    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let token = admin_token(&app);
 
     // Bounded: the listener re-reads the token store at most every
     // fraction of a second.
@@ -407,9 +410,7 @@ async fn the_open_dev_admin_listener_answers_loopback_names_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t08_one_address_cannot_hold_every_admin_connection() {
     let app = TestApp::new(APP, &["hello"]);
-    let created = app.run(&["admin", "token"]);
-    assert!(created.status.success());
-    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let token = admin_token(&app);
     let server = Server::start(&app);
     let admin = server.admin.expect("admin listener");
 

@@ -446,6 +446,18 @@ async fn metric(server: &Server, name: &str) -> Option<f64> {
 }
 
 /// Waits for the writer's error about a broken trail.
+/// Serve `app` until its writer has recorded one break and `/metrics`
+/// exports it, then stop.
+async fn serve_until_the_break_is_exported(app: &TestApp) {
+    let server = Server::start(app);
+    wait_for_break(&server);
+    assert_eq!(
+        metric(&server, "bulkhead_audit_chain_breaks").await,
+        Some(1.0)
+    );
+    assert!(server.stop().success());
+}
+
 fn wait_for_break(server: &Server) {
     server.wait_for_log(
         |r| {
@@ -639,13 +651,7 @@ async fn t09_a_restored_older_state_db_is_detected_through_the_head_file() {
     assert!(text.contains("rolled back"), "{text}");
     assert_eq!(head, Some(5.0), "deploy + refusal after the first 3");
 
-    let server = Server::start(&app);
-    wait_for_break(&server);
-    assert_eq!(
-        metric(&server, "bulkhead_audit_chain_breaks").await,
-        Some(1.0)
-    );
-    assert!(server.stop().success());
+    serve_until_the_break_is_exported(&app).await;
     let (ok, text) = verify(app.path());
     assert!(!ok && text.contains("rolled back"), "{text}");
 }
@@ -996,13 +1002,7 @@ async fn t09_a_wiped_trail_with_reset_counters_is_reported() {
     let (ok, text) = verify(app.path());
     assert!(!ok && text.contains("BROKEN"), "{text}");
 
-    let server = Server::start(&app);
-    wait_for_break(&server);
-    assert_eq!(
-        metric(&server, "bulkhead_audit_chain_breaks").await,
-        Some(1.0)
-    );
-    assert!(server.stop().success());
+    serve_until_the_break_is_exported(&app).await;
     assert_eq!(app.audit_records("audit.chain_broken").len(), 1);
     let (ok, text) = verify(app.path());
     assert!(!ok && text.contains("wiped"), "{text}");

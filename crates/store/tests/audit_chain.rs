@@ -220,10 +220,7 @@ fn t09_records_deleted_from_the_end_are_not_laundered_by_the_next_append() {
     assert_eq!(breaks[0].detail["found"]["last_record"], 8);
     // The break record itself cannot be removed: the keyed head covers it.
     sql(&store, "DELETE FROM audit WHERE seq >= 11");
-    assert!(matches!(
-        store.verify_audit().unwrap(),
-        Verification::Broken { .. }
-    ));
+    broken_at(&store);
 }
 
 /// Editing a record and recomputing every later hash (no key needed) and
@@ -322,10 +319,7 @@ fn t09_a_deleted_head_file_is_detected() {
         r#"{"version":1,"seq":1,"hash":"00","mac":"00"}"#,
     )
     .unwrap();
-    assert!(matches!(
-        store.verify_audit().unwrap(),
-        Verification::Broken { .. }
-    ));
+    broken_at(&store);
 }
 
 /// T09/T01 (issue 11, item 12): the trail has a size budget. Past it the
@@ -590,10 +584,7 @@ fn assert_break_recorded(store: &Store, expect_reason: &str) {
         before + 1,
         "the writer recorded the break"
     );
-    assert!(matches!(
-        store.verify_audit().unwrap(),
-        Verification::Broken { .. }
-    ));
+    broken_at(store);
 }
 
 /// Attack (a): delete every record, the keyed head and the head file. The
@@ -702,10 +693,7 @@ fn t09_an_old_store_upgrades_without_a_false_alarm() {
         bulkhead_store::HeadFile::Valid { seq: 4, .. }
     ));
     std::fs::remove_file(dir.path().join("audit.head")).unwrap();
-    assert!(matches!(
-        store.verify_audit().unwrap(),
-        Verification::Broken { .. }
-    ));
+    broken_at(&store);
 
     // Older stores that never wrote a record: with an audit key (after
     // only `bulkhead check`, which starts the writer) and without.
@@ -854,10 +842,7 @@ fn t09_rolling_back_under_a_running_writer_is_a_break() {
     log.close();
     let breaks = kinds(&store, bulkhead_store::CHAIN_BROKEN);
     assert_eq!(breaks.len(), 1, "the running writer saw the rollback");
-    assert!(matches!(
-        store.verify_audit().unwrap(),
-        Verification::Broken { .. }
-    ));
+    broken_at(&store);
 }
 
 /// Third outside attack (T09): the same rollback, then another writer (a
@@ -880,10 +865,7 @@ fn t09_a_rollback_extended_by_another_writer_is_still_a_break() {
         1,
         "the running writer saw its own records gone"
     );
-    assert!(matches!(
-        store.verify_audit().unwrap(),
-        Verification::Broken { .. }
-    ));
+    broken_at(&store);
 }
 
 /// The spill files beside the database (not those set aside).
