@@ -193,24 +193,22 @@ fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
     // kind, the issuer as in the token). Erasing it and saying "erased"
     // would leave the subject's data in place (T20): refuse, name what the
     // operator most likely meant, destroy and audit nothing.
-    let mut lines = Vec::new();
+    // (subject, why it is named), each subject once.
+    let mut matches: Vec<(String, &str)> = Vec::new();
     for spelled in encoded_spellings(subject) {
         if kv::subject_holdings(keys, &conn, &spelled)? != (0, 0) {
-            lines.push(format!(
-                "{}   (the issuer percent-encoded)",
-                shown(&spelled)
-            ));
+            matches.push((spelled, "   (the issuer percent-encoded)"));
         }
     }
     for other in kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)? {
-        let other = shown(&other).into_owned();
-        if !lines
-            .iter()
-            .any(|line| line.split("   ").next() == Some(other.as_str()))
-        {
-            lines.push(other);
+        if !matches.iter().any(|(named, _)| *named == other) {
+            matches.push((other, ""));
         }
     }
+    let lines: Vec<String> = matches
+        .iter()
+        .map(|(named, why)| format!("{}{why}", shown(named)))
+        .collect();
     let subject = shown(subject);
     if lines.is_empty() {
         bail!(
