@@ -178,6 +178,9 @@ pub(crate) fn mac_valid(key: &[u8; 32], input: &str, tag_hex: &str) -> bool {
 /// chain broken and would not extend it (T09).
 pub const CHAIN_BROKEN: &str = "audit.chain_broken";
 
+/// The detail of a break record naming the chain's end it found.
+pub(crate) const SEGMENT_END: &str = "segment_end";
+
 /// The head file beside `state.db`: the chain's head anchored outside the
 /// database, so that restoring an older copy of the database is seen.
 pub(crate) const HEAD_FILE: &str = "audit.head";
@@ -532,6 +535,9 @@ impl Store {
         let mut records = 0_i64;
         let mut expected_seq = 1;
         let mut prev_hash = GENESIS.to_string();
+        // The row read before, whatever its segment: what a break record
+        // says it found at the chain's end.
+        let mut prev_row: Option<(i64, String)> = None;
         // False from a segment's first bad record to the next segment.
         let mut segment_ok = true;
         {
@@ -545,7 +551,12 @@ impl Store {
                     detail_json,
                 } = row.map_err(db)?;
                 records += 1;
+                let row = (r.seq, r.hash.clone());
+                let before = prev_row.replace(row);
                 if r.kind == CHAIN_BROKEN && r.prev_hash == GENESIS {
+                    if let Some(problem) = history_changed(&r, before.as_ref()) {
+                        problems.push(problem);
+                    }
                     problems.push(describe_break(&r));
                     expected_seq = r.seq;
                     prev_hash = GENESIS.to_string();
@@ -725,6 +736,34 @@ fn broken(seq: i64, reason: String) -> Verification {
 }
 
 /// What a segment's `audit.chain_broken` record says was wrong.
+/// A break record names the chain's end it found (`segment_end`: number
+/// and stored hash, null when no record was left). The record before it
+/// must be that one: if not, records before the break were deleted, or
+/// rewritten and re-hashed, after it (T09). Break records written before
+/// this field existed are not checked.
+fn history_changed(r: &AuditRecord, before: Option<&(i64, String)>) -> Option<(i64, String)> {
+    let end = r.detail.get(SEGMENT_END)?;
+    let found = match end {
+        Value::Null => None,
+        end => Some((end["seq"].as_i64()?, end["hash"].as_str()?)),
+    };
+    let intact = match (found, before) {
+        (None, None) => true,
+        (Some((seq, hash)), Some((prev_seq, prev_hash))) => seq == *prev_seq && hash == prev_hash,
+        _ => false,
+    };
+    (!intact).then(|| {
+        let seq = found.map_or(1, |(seq, _)| seq);
+        (
+            seq,
+            format!(
+                "the records before the break at record {} are not those it found (record {seq} and those before it were deleted or rewritten after the break)",
+                r.seq
+            ),
+        )
+    })
+}
+
 fn describe_break(r: &AuditRecord) -> (i64, String) {
     let at = r.detail["broken_at"].as_i64().unwrap_or(r.seq);
     let why = r.detail["reason"]

@@ -59,8 +59,8 @@ use serde_json::{Value, json};
 use tracing::{error, warn};
 
 use crate::audit::{
-    AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, check_head, head_mac,
-    read_db_head, read_head_file, record_hash, write_head_file,
+    AuditEvent, Break, CHAIN_BROKEN, GENESIS, HEAD_FILE, HeadFile, SEGMENT_END, check_head,
+    head_mac, read_db_head, read_head_file, record_hash, write_head_file,
 };
 use crate::audit_budget::{Budget, Meta, Pending, traffic_max};
 use crate::audit_quota::{CHANNEL_CAPACITY, Quota};
@@ -710,6 +710,13 @@ impl Writer {
                     "the audit trail was tampered with or rolled back: starting a new segment that records the break"
                 );
                 meta.breaks = breaks_so_far(&tx, meta.breaks)?.saturating_add(1);
+                // The chain's end as found, number and stored hash: it ties
+                // every record before the break to the new segment, which
+                // the keyed head covers, so `verify` sees them deleted or
+                // rewritten later (null: no record was left).
+                let segment_end = last
+                    .as_ref()
+                    .map_or(Value::Null, |l| json!({"seq": l.seq, "hash": l.hash}));
                 events.insert(
                     0,
                     Pending::system(
@@ -717,7 +724,8 @@ impl Writer {
                             .detail("broken_at", brk.seq)
                             .detail("reason", brk.reason)
                             .detail("expected", brk.expected)
-                            .detail("found", brk.found),
+                            .detail("found", brk.found)
+                            .detail(SEGMENT_END, segment_end),
                         now,
                     ),
                 );

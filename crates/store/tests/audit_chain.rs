@@ -142,6 +142,12 @@ fn queries_filter_by_correlation_function_and_kind() {
 /// The hash of one record, as the writer computes it: an attacker with
 /// write access to `state.db` has it too (it needs no key).
 fn rehash(store: &Store, from: i64) {
+    rehash_range(store, from, i64::MAX);
+}
+
+/// Recompute the hashes of records `from..=to`, as an attacker without
+/// the key can.
+fn rehash_range(store: &Store, from: i64, to: i64) {
     use sha2::{Digest, Sha256};
     let conn = Connection::open(store.db_path()).unwrap();
     let mut prev: String = conn
@@ -159,9 +165,9 @@ fn rehash(store: &Store, from: i64) {
         String,
     );
     let rows: Vec<Fields> = conn
-        .prepare("SELECT seq, time_ms, kind, correlation_id, subject, function, detail FROM audit WHERE seq >= ?1 ORDER BY seq")
+        .prepare("SELECT seq, time_ms, kind, correlation_id, subject, function, detail FROM audit WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq")
         .unwrap()
-        .query_map([from], |r| {
+        .query_map([from, to], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
         })
         .unwrap()
@@ -960,4 +966,51 @@ fn t09_a_tampered_spill_file_is_rejected_and_recorded_not_appended() {
         store.verify_audit().unwrap(),
         Verification::Intact { records: 3 }
     );
+}
+
+/// Fourth outside attack (T09): once one break was recorded, `verify`
+/// restarted its walk at each break record and nothing tied the records
+/// before a break to it: every earlier record could be deleted, or
+/// rewritten and re-hashed, and `verify` said exactly what it said before.
+/// Each break record now names the chain's end it found (number and hash),
+/// and `verify` checks the record before it against that.
+#[test]
+fn t09_history_before_a_break_cannot_be_deleted_or_rewritten() {
+    let (dir, store) = store_with(5);
+    std::fs::remove_file(dir.path().join("audit.head")).unwrap();
+    append(&store, "key.created").close();
+    assert_eq!(kinds(&store, bulkhead_store::CHAIN_BROKEN).len(), 1);
+    let before = match store.verify_audit().unwrap() {
+        Verification::Broken { reason, .. } => reason,
+        other => panic!("the deleted head file went unnoticed: {other:?}"),
+    };
+    assert!(!before.contains("before it"), "{before}");
+
+    // Rewritten and re-hashed: record 3 edited, 3..5 re-hashed.
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    let rewritten = Store::open(copy.path()).unwrap();
+    sql(
+        &rewritten,
+        "UPDATE audit SET detail = '{\"reason\":\"nothing to see\"}' WHERE seq = 3",
+    );
+    rehash_range(&rewritten, 3, 5);
+    match rewritten.verify_audit().unwrap() {
+        Verification::Broken { reason, .. } => {
+            assert!(reason.contains("before it"), "rewrite unnoticed: {reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Deleted: every record before the break.
+    sql(&store, "DELETE FROM audit WHERE seq <= 5");
+    match store.verify_audit().unwrap() {
+        Verification::Broken { reason, .. } => {
+            assert!(reason.contains("before it"), "deletion unnoticed: {reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
