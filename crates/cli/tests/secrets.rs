@@ -29,6 +29,8 @@ input.query.print = true
 input.query.all = true
 input.query.fail = true
 input.query.pad = '[0-9]{1,6}'
+input.query.split = '[0-9]{1,3}'
+input.query.gap = '[0-9]{1,4}'
 grants = { secrets = ["stripe_key"], config = ["greeting"] }
 
 [[function]]
@@ -128,10 +130,21 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
 
     let server = Server::start(&app);
     // Granted secret and granted config value.
+    // A granted secret is read (`value:`, not `none`), and its value never
+    // leaves in the response body either (T14): redacted like the log.
     assert_eq!(
         get(server.addr, "/granted?key=stripe_key").await.text(),
-        format!("value:{VALUE}")
+        "value:[REDACTED]"
     );
+    // Split between two writes 50 ms apart, streamed: still replaced whole.
+    for split in [1, 5, VALUE.len() - 1] {
+        let reply = get(
+            server.addr,
+            &format!("/granted?key=stripe_key&split={split}&gap=50"),
+        )
+        .await;
+        assert_eq!(reply.text(), "value:[REDACTED] end", "split at {split}");
+    }
     assert_eq!(
         get(server.addr, "/granted?key=greeting").await.text(),
         "value:hello"
@@ -153,7 +166,7 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
     // get-all: only what is granted.
     let all = get(server.addr, "/granted?all=yes").await.text();
     assert!(
-        all.contains("greeting=hello") && all.contains(&format!("stripe_key={VALUE}")),
+        all.contains("greeting=hello") && all.contains("stripe_key=[REDACTED]"),
         "{all}"
     );
     assert!(
@@ -248,9 +261,12 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
         &[],
     );
     assert!(out.status.success(), "{}", text(&out));
+    // The body is redacted (T14): the new value's length shows it was read.
     assert_eq!(
-        get(server.addr, "/granted?key=stripe_key").await.text(),
-        "value:sk_live_Rotated42"
+        get(server.addr, "/granted?key=stripe_key&print=yes")
+            .await
+            .text(),
+        format!("printed:{}", "sk_live_Rotated42".len())
     );
     let listing = text(&app.run_with(&["secrets", "list"], &[]));
     let line = listing
@@ -288,7 +304,7 @@ async fn t14_t15_secrets_are_granted_audited_redacted_and_sealed() {
         used.iter()
             .filter(|r| r.to_string().contains("stripe_key"))
             .count()
-            == 6,
+            == 9,
         "{used:?}"
     );
     let denied = app.audit_records("capability.denied");

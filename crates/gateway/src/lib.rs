@@ -12,6 +12,7 @@ mod metrics;
 mod pipeline;
 pub mod problem;
 mod ratelimit;
+mod respond;
 mod router;
 mod server;
 pub mod spans;

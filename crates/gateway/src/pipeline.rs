@@ -5,10 +5,10 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bulkhead_manifest::input::HOP_BY_HOP;
-use bulkhead_runtime::{Invocation, InvokeError};
+use bulkhead_runtime::Invocation;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -20,6 +20,7 @@ use crate::authn::Identity;
 use crate::caller::{Caller, client_address};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
+use crate::respond::{self, CutReport, Held, Outgoing};
 use crate::router::RouteMatch;
 use crate::spans::{RequestSpan, method_name};
 use crate::validate::{self, Rules};
@@ -43,7 +44,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     peer: IpAddr,
-) -> Response<Bytes> {
+) -> Response<Outgoing> {
     let started = Instant::now();
     let started_at = SystemTime::now();
     let mut trace = TraceContext::from_headers(request.headers());
@@ -69,7 +70,9 @@ pub(crate) async fn handle(
         Ok(response) => response,
         Err(problem) => {
             outcome.reason = Some(problem.slug);
-            problem.into_response(trace.correlation_id())
+            problem
+                .into_response(trace.correlation_id())
+                .map(Outgoing::bytes)
         }
     };
     if let Ok(id) = HeaderValue::from_str(trace.correlation_id()) {
@@ -95,6 +98,18 @@ pub(crate) async fn handle(
             method: span_method,
             status,
             refusal_reason: outcome.reason,
+        });
+    }
+    if outcome.reason.is_none() {
+        response.body_mut().on_cut(CutReport {
+            shared: shared.clone(),
+            correlation_id: correlation_id.to_string(),
+            function: function.to_string(),
+            subject: subject.to_string(),
+            method: method.clone(),
+            path: path.clone(),
+            status,
+            caller: outcome.caller.clone(),
         });
     }
     match outcome.reason {
@@ -151,7 +166,7 @@ async fn pipeline<'s>(
     peer: IpAddr,
     trace: &TraceContext,
     outcome: &mut Outcome<'s>,
-) -> Result<Response<Bytes>, Problem> {
+) -> Result<Response<Outgoing>, Problem> {
     // The client's address: the peer, or what a trusted proxy says (T02);
     // until a subject is verified, it names the caller.
     let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
@@ -368,7 +383,7 @@ async fn pipeline<'s>(
         Ok((function, app))
     })
     .await;
-    let _permits = match permits {
+    let places = match permits {
         Ok(Ok(permits)) => permits,
         Ok(Err(scope)) => return Err(too_many(scope)),
         Err(_) => {
@@ -402,16 +417,24 @@ async fn pipeline<'s>(
             invocation.outbound_bytes.clone(),
         );
     }
-    let result = function.invoke(guest_request, &invocation).await;
-    if let Some(charge) = charge {
-        let response_bytes = result.as_ref().map_or(0, |r| r.body().len() as u64);
-        charge.finish(response_bytes);
-    }
-    match result {
-        Ok(response) => Ok(client_response(response)),
+    // The instance ends by its timeout (and a grace second for the runtime's
+    // own clock): a stream's places are held no longer.
+    let deadline = tokio::time::Instant::now() + limits.timeout.get() + Duration::from_secs(1);
+    match function.invoke(guest_request, &invocation).await {
+        Ok(response) => Ok(respond::guest_response(
+            response,
+            Held {
+                _places: Box::new(places),
+                charge,
+            },
+            deadline,
+        )),
         Err(error) => {
+            if let Some(charge) = charge {
+                charge.finish(0);
+            }
             outcome.detail = Some(error.to_string());
-            Err(invoke_problem(&error))
+            Err(respond::invoke_problem(&error))
         }
     }
 }
@@ -521,69 +544,4 @@ fn guest_request(
         }
     }
     Ok(request)
-}
-
-/// The function's response as the client gets it: framing is ours.
-fn client_response(mut response: Response<Bytes>) -> Response<Bytes> {
-    let headers = response.headers_mut();
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-    response
-}
-
-fn invoke_problem(error: &InvokeError) -> Problem {
-    let failed = |slug, title, detail: &str| {
-        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, slug, title, detail)
-    };
-    match error {
-        InvokeError::Timeout => Problem::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "function-timeout",
-            "Function timed out",
-            "The function did not finish within its time limit and was stopped.",
-        ),
-        InvokeError::MemoryLimit => failed(
-            "memory-limit",
-            "Function exceeded its memory limit",
-            "The function tried to use more memory than it is allowed and was stopped.",
-        ),
-        InvokeError::StackOverflow => failed(
-            "stack-overflow",
-            "Function overflowed its stack",
-            "The function recursed too deeply and was stopped.",
-        ),
-        InvokeError::Trap(_) => failed(
-            "function-trapped",
-            "Function failed",
-            "The function stopped with an error.",
-        ),
-        InvokeError::NoResponse => failed(
-            "no-response",
-            "Function gave no response",
-            "The function finished without sending a response.",
-        ),
-        InvokeError::GuestError(_) => failed(
-            "function-error",
-            "Function reported an error",
-            "The function reported an error instead of a response.",
-        ),
-        InvokeError::ResponseTooLarge { .. } => failed(
-            "response-too-large",
-            "Function response too large",
-            "The function's response was larger than it is allowed to send.",
-        ),
-        InvokeError::Capacity => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "capacity",
-            "No capacity",
-            "Every sandbox slot is in use; retry shortly.",
-        )
-        .retry_after(1),
-        InvokeError::Internal(_) => failed(
-            "internal",
-            "Internal error",
-            "The gateway could not run the function.",
-        ),
-    }
 }

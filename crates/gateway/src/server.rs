@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
-use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -107,7 +106,7 @@ impl Gateway {
                 let shared = shared.clone();
                 async move {
                     let response = pipeline::handle(shared, request, peer.ip()).await;
-                    Ok::<_, std::convert::Infallible>(response.map(Full::new))
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);

@@ -148,7 +148,17 @@ impl Redactions {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        self.len() == 0
+    }
+
+    /// How many values were read; the list only ever grows during a call.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// `f` over the values read so far, in the order they were read.
+    pub fn with_values<R>(&self, f: impl FnOnce(&[SecretString]) -> R) -> R {
+        f(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 

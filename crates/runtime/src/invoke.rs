@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 
 use bulkhead_manifest::FunctionLimits;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wasmtime::component::ResourceTableError;
@@ -22,6 +23,7 @@ use crate::engine::deadline_ticks;
 use crate::host::{HostState, MemoryCap};
 use crate::outbound::Outbound;
 use crate::output::GuestOutput;
+use crate::response::{ResponseBody, Settle, Stream};
 
 pub(crate) struct Sealed {
     pub name: String,
@@ -79,7 +81,7 @@ pub enum InvokeError {
 impl InvokeError {
     /// The error with every secret value the call read replaced (T15): the
     /// gateway logs these strings, and a guest chooses some of them.
-    fn redacted(self, redactions: &Redactions) -> Self {
+    pub(crate) fn redacted(self, redactions: &Redactions) -> Self {
         if redactions.is_empty() {
             return self;
         }
@@ -93,14 +95,14 @@ impl InvokeError {
 }
 
 /// Why the guest task ended early.
-enum Failure {
+pub(crate) enum Failure {
     Deadline,
     Wasm(wasmtime::Error),
 }
 
 /// Aborts the guest task when the call is abandoned (the client went away):
 /// no work is paid for that nobody waits for.
-struct AbortOnDrop(JoinHandle<Result<(), Failure>>);
+pub(crate) struct AbortOnDrop(pub JoinHandle<Result<(), Failure>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -129,7 +131,7 @@ pub(crate) async fn invoke(
     sealed: Arc<Sealed>,
     request: http::Request<Bytes>,
     invocation: &Invocation,
-) -> Result<http::Response<Bytes>, InvokeError> {
+) -> Result<http::Response<ResponseBody>, InvokeError> {
     let redactions = Redactions::default();
     run(sealed, request, invocation, redactions.clone())
         .await
@@ -141,7 +143,7 @@ async fn run(
     request: http::Request<Bytes>,
     invocation: &Invocation,
     redactions: Redactions,
-) -> Result<http::Response<Bytes>, InvokeError> {
+) -> Result<http::Response<ResponseBody>, InvokeError> {
     let timeout = sealed.limits.timeout.get();
     let deadline = Instant::now() + timeout;
     let memory_hit = Arc::new(AtomicBool::new(false));
@@ -253,28 +255,88 @@ async fn run(
     };
 
     let limit = sealed.limits.max_response_body.as_usize();
-    let (parts, body) = response.into_parts();
-    let collected = tokio::time::timeout_at(deadline, Limited::new(body, limit).collect()).await;
-    let body = match collected {
-        Err(_) => return Err(InvokeError::Timeout),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return Err(InvokeError::ResponseTooLarge { limit });
+    let (parts, guest_body) = response.into_parts();
+    let declared = declared_length(&parts.headers);
+    // A length declared over the cap is refused before anything is sent.
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(InvokeError::ResponseTooLarge { limit });
+    }
+    // The declared length goes to the client only when no redaction can
+    // change it: a function that may read secrets is sent chunked (T14).
+    let exact_length = declared.filter(|&n| n > 0 && sealed.grants.secrets.is_empty());
+    let mut stream = Stream::new(
+        guest_body,
+        Settle {
+            task,
+            memory_hit,
+            call,
+            redactions,
+        },
+        limit,
+        deadline,
+        exact_length,
+    );
+    // Take what the guest has already written, without waiting for more: a
+    // body complete by now goes out whole, with its length, and its failure
+    // still as a problem response. Anything slower streams (item 1), so the
+    // head and first bytes go out as soon as the guest writes them.
+    let mut whole = Vec::new();
+    let mut taken = 0usize;
+    let mut trailers = None;
+    loop {
+        let frame = if stream.body_ended() {
+            // Only the handler's return is awaited: it decides whether the
+            // body was whole (a Store dropped mid-body ends it cleanly).
+            std::future::poll_fn(|cx| stream.poll_frame(cx)).await
+        } else {
+            match std::future::poll_fn(|cx| Poll::Ready(stream.poll_frame(cx))).await {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => break,
+            }
+        };
+        match frame {
+            None => {
+                let data = if whole.len() == 1 {
+                    whole.swap_remove(0)
+                } else {
+                    Bytes::from(whole.concat())
+                };
+                return Ok(http::Response::from_parts(
+                    parts,
+                    ResponseBody::whole(data, trailers),
+                ));
+            }
+            Some(Err(error)) => return Err(error),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    taken += data.len();
+                    whole.push(data);
+                    if taken >= WHOLE_BYTES && !stream.body_ended() {
+                        break;
+                    }
+                }
+                Err(frame) => trailers = frame.into_trailers().ok(),
+            },
         }
-        Ok(Err(e)) => {
-            return Err(match finish(task).await {
-                Err(failure) => classify(failure),
-                // The handler returned but its body stream failed (dropped
-                // unfinished, a wrong length): the function's error, not
-                // the gateway's (issue 12, item 6).
-                Ok(()) => InvokeError::GuestError(format!("its response body failed: {e}")),
-            });
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
-    // A Store dropped mid-body ends the body cleanly, so a complete-looking
-    // body proves nothing: the call succeeded only if the handler returned.
-    finish(task).await.map_err(classify)?;
-    Ok(http::Response::from_parts(parts, body))
+    }
+    stream.put_back(whole);
+    Ok(http::Response::from_parts(
+        parts,
+        ResponseBody::streaming(stream),
+    ))
+}
+
+/// What the guest wrote before the head is sent, at most, when it keeps
+/// writing: the rest streams.
+const WHOLE_BYTES: usize = 64 * 1024;
+
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 async fn finish(mut task: AbortOnDrop) -> Result<(), Failure> {
@@ -286,7 +348,7 @@ async fn finish(mut task: AbortOnDrop) -> Result<(), Failure> {
     }
 }
 
-fn classify(failure: Failure, memory_hit: bool, call: &CallContext) -> InvokeError {
+pub(crate) fn classify(failure: Failure, memory_hit: bool, call: &CallContext) -> InvokeError {
     let error = match failure {
         Failure::Deadline => return InvokeError::Timeout,
         Failure::Wasm(error) => error,

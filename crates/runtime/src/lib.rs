@@ -18,6 +18,7 @@ mod kv;
 mod net;
 mod outbound;
 mod output;
+mod response;
 mod sockets;
 mod sql;
 
@@ -35,6 +36,7 @@ pub use data::DataPlane;
 pub use engine::{EPOCH_TICK, EngineSettings};
 pub use invoke::{Invocation, InvokeError};
 pub use outbound::tls_connector;
+pub use response::ResponseBody;
 pub use sql::SqlStores;
 
 use engine::EpochTicker;
@@ -297,7 +299,7 @@ impl LoadedFunction {
         &self,
         request: http::Request<bytes::Bytes>,
         invocation: &Invocation,
-    ) -> Result<http::Response<bytes::Bytes>, InvokeError> {
+    ) -> Result<http::Response<ResponseBody>, InvokeError> {
         invoke::invoke(self.inner.clone(), request, invocation).await
     }
 }

@@ -7,6 +7,8 @@
 //! - `?key=NAME&fail=yes`   fails the call with an error code that carries
 //!   the value, which the host must redact from what it logs
 //! - `?all=yes`             answers every `k=v` the function may read
+//! - `?key=NAME&split=K&gap=MS` answers `value:V end`, written in two
+//!   parts split at byte K, MS milliseconds apart (a streamed body, T14)
 //! - `?key=NAME&repeat=N`   reads the key N times and answers how often it
 //!   was `none` (a flood of capability events, T07, T09)
 
@@ -90,8 +92,32 @@ impl wasip2::exports::http::incoming_handler::Guest for Config {
             ResponseOutparam::set(response_out, Err(code));
             return;
         }
+        if let Ok(split) = param(query, "split").parse::<usize>() {
+            let value = store::get(param(query, "key"))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let split = split.min(value.len());
+            let gap: u64 = param(query, "gap").parse().unwrap_or(0);
+            split_reply(response_out, &value[..split], &value[split..], gap);
+            return;
+        }
         reply(response_out, &run(query));
     }
+}
+
+/// The value written in two parts, `gap` milliseconds apart, so the host
+/// sees it split between two writes of a streamed body (T14).
+fn split_reply(out: ResponseOutparam, head: &str, tail: &str, gap: u64) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("stream");
+    let _ = stream.blocking_write_and_flush(format!("value:{head}").as_bytes());
+    wasip2::clocks::monotonic_clock::subscribe_duration(gap * 1_000_000).block();
+    let _ = stream.blocking_write_and_flush(format!("{tail} end").as_bytes());
+    drop(stream);
+    let _ = OutgoingBody::finish(body, None);
 }
 
 fn reply(out: ResponseOutparam, text: &str) {

@@ -1,0 +1,350 @@
+//! Issue 12, item 1: a function's response streams to the client as the
+//! guest writes it, over raw loopback sockets against the real binary and
+//! the real `stream` guest. Its caps still hold mid-stream (T05): a body
+//! that passes `max_response_body`, or a guest that fails, after the head
+//! was sent cuts the connection, and the cut is logged and audited (T09).
+
+mod support;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{Server, TestApp};
+
+fn app(extra: &str) -> TestApp {
+    TestApp::new(
+        &format!(
+            r#"
+[app]
+name = "streams"
+
+[[function]]
+name = "stream"
+component = "stream.wasm"
+route = "/s/{{what}}"
+auth = "public"
+input.query.port = '[0-9]{{1,5}}'
+input.query.lines = '[0-9]{{1,3}}'
+input.query.gap = '[0-9]{{1,4}}'
+input.query.bytes = '[0-9]{{1,9}}'
+input.query.chunk = '[0-9]{{1,9}}'
+input.query.declare = 'yes'
+{extra}
+"#
+        ),
+        &["stream"],
+    )
+}
+
+/// Send `request` and read the answer as it comes, each read timestamped.
+/// Stops at the end of the connection, or once `until` is in what came.
+fn read_timed(stream: &mut TcpStream, until: Option<&[u8]>) -> Vec<(Instant, Vec<u8>)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut reads = Vec::new();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 65536];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => return reads,
+            Ok(n) => {
+                seen.extend_from_slice(&buffer[..n]);
+                reads.push((Instant::now(), buffer[..n].to_vec()));
+                if until.is_some_and(|u| contains(&seen, u)) {
+                    return reads;
+                }
+            }
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn send(addr: SocketAddr, path: &str, headers: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\n{headers}connection: close\r\n\r\n"
+    )
+    .expect("send");
+    stream
+}
+
+fn all(reads: &[(Instant, Vec<u8>)]) -> String {
+    String::from_utf8_lossy(
+        &reads
+            .iter()
+            .flat_map(|(_, b)| b.clone())
+            .collect::<Vec<_>>(),
+    )
+    .into_owned()
+}
+
+/// The head of a raw response, lowercased, and its body, de-chunked, and
+/// whether the chunked body was complete (its last chunk was read).
+fn split_chunked(raw: &str) -> (String, Vec<u8>, bool) {
+    let (head, mut rest) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    let mut body = Vec::new();
+    loop {
+        let Some((size, after)) = rest.split_once("\r\n") else {
+            return (head.to_ascii_lowercase(), body, false);
+        };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            return (head.to_ascii_lowercase(), body, false);
+        };
+        if size == 0 {
+            return (head.to_ascii_lowercase(), body, true);
+        }
+        if after.len() < size + 2 {
+            body.extend_from_slice(&after.as_bytes()[..after.len().min(size)]);
+            return (head.to_ascii_lowercase(), body, false);
+        }
+        body.extend_from_slice(&after.as_bytes()[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+/// Server-sent events arrive one by one as the guest writes them, not all
+/// at the end: the read that brought the first event did not bring the
+/// last, written a second later, and the head came without a length.
+#[test]
+fn server_sent_events_arrive_as_the_guest_writes_them() {
+    let app = app("");
+    let server = Server::start(&app);
+    let mut stream = send(server.addr, "/s/sse?lines=6&gap=200", "");
+    let asked = Instant::now();
+    let reads = read_timed(&mut stream, None);
+    let text = all(&reads);
+    let (head, body, complete) = split_chunked(&text);
+    assert!(head.starts_with("http/1.1 200"), "{text}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(!head.contains("content-length"), "{head}");
+    assert!(complete, "{text}");
+    let body = String::from_utf8_lossy(&body);
+    for i in 1..=6 {
+        assert!(body.contains(&format!("data: event {i} of 6")), "{body}");
+    }
+    let first = reads
+        .iter()
+        .position(|(_, b)| contains(b, b"event 1 of 6"))
+        .expect("event 1 read");
+    let last = reads
+        .iter()
+        .position(|(_, b)| contains(b, b"event 6 of 6"))
+        .expect("event 6 read");
+    for (at, bytes) in &reads {
+        eprintln!(
+            "{:>6} ms: {:?}",
+            at.duration_since(asked).as_millis(),
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert!(
+        first < last,
+        "the first event came in the same read as the last: the body was held back"
+    );
+}
+
+/// Proof without clocks: the guest writes `first`, then waits for an
+/// outbound answer the test gives only once its client has read `first`
+/// from the gateway. A gateway that held the body back until the guest
+/// finished would deadlock here, and the call would end in a timeout.
+#[test]
+fn a_body_reaches_the_client_before_the_guest_finishes_it() {
+    let release = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = release.local_addr().expect("addr").port();
+    let (got_first, wait_for_first) = mpsc::channel::<()>();
+    let releaser = std::thread::spawn(move || {
+        let (mut conn, _) = release.accept().expect("the guest calls");
+        let mut head = [0u8; 4096];
+        let _ = conn.read(&mut head);
+        // Held until the client has the first line.
+        let released = wait_for_first.recv_timeout(Duration::from_secs(30)).is_ok();
+        let _ =
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        released
+    });
+    let app = app(&format!(
+        "grants = {{ outbound = [\"http://127.0.0.1:{port}\"] }}\ntimeout = \"60s\"\n"
+    ));
+    let server = Server::start(&app);
+    let mut stream = send(server.addr, &format!("/s/gate?port={port}"), "");
+    let reads = read_timed(&mut stream, Some(b"first\n"));
+    let text = all(&reads);
+    assert!(
+        text.contains("first\n"),
+        "the client never got `first` while the guest waited: {text}"
+    );
+    got_first.send(()).expect("releaser waits");
+    let rest = all(&read_timed(&mut stream, None));
+    assert!(
+        releaser.join().expect("releaser"),
+        "released only by the timeout"
+    );
+    let (_, body, complete) = split_chunked(&(text + &rest));
+    assert!(complete);
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        "first\nsecond after status 200\n"
+    );
+}
+
+/// T05: `max_response_body` holds on the bytes streamed. Past it mid-way,
+/// the connection is cut (the chunked body never ends, so no client takes
+/// it for whole), the cut is logged with its reason and audited. A length
+/// declared over the cap is refused before anything is sent.
+#[test]
+fn t05_the_response_cap_cuts_a_stream_mid_way_and_says_so() {
+    let app = app("max_response_body = \"256KiB\"\n");
+    let server = Server::start(&app);
+
+    let mut stream = send(server.addr, "/s/big?bytes=1048576", "");
+    let text = all(&read_timed(&mut stream, None));
+    let (head, body, complete) = split_chunked(&text);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!complete, "a cut stream must not end like a whole one");
+    assert!(body.len() <= 256 << 10, "{} bytes sent", body.len());
+    let correlation_id = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-correlation-id: "))
+        .or_else(|| {
+            head.lines()
+                .find_map(|l| l.strip_prefix("bulkhead-correlation-id: "))
+        })
+        .map(str::to_string);
+    let cut = server.wait_for_log(
+        |r| r["message"] == "response cut" && r["reason"] == "response-too-large",
+        Duration::from_secs(10),
+    );
+    assert_eq!(cut["function"], "stream");
+    assert_eq!(cut["status"], 200);
+    if let Some(id) = correlation_id {
+        assert_eq!(cut["correlation_id"], id.as_str());
+    }
+
+    // Declared over the cap: nothing sent yet, so a problem answers.
+    let mut stream = send(server.addr, "/s/big?bytes=1048576&declare=yes", "");
+    let text = all(&read_timed(&mut stream, None));
+    assert!(text.starts_with("HTTP/1.1 500"), "{text}");
+    assert!(text.contains("response-too-large"), "{text}");
+
+    // Under the cap, a declared length goes to the client as it is.
+    let mut stream = send(
+        server.addr,
+        "/s/big?bytes=200000&declare=yes&chunk=1000",
+        "",
+    );
+    let text = all(&read_timed(&mut stream, None));
+    let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 200000"),
+        "{head}"
+    );
+    assert_eq!(rest.len(), 200_000);
+
+    assert!(server.stop().success());
+    let audited = app.audit_records("sandbox.limit");
+    assert!(
+        audited
+            .iter()
+            .any(|r| r.to_string().contains("response-too-large")
+                && r.to_string().contains("cut after")),
+        "{audited:?}"
+    );
+}
+
+/// Issue 12, item 6 while streaming: a guest that dies mid-body has its
+/// connection cut and the failure logged as the function's.
+#[test]
+fn a_guest_failing_mid_stream_is_cut_and_logged_as_the_functions_failure() {
+    let app = app("");
+    let server = Server::start(&app);
+    let mut stream = send(server.addr, "/s/fail?bytes=262144", "");
+    let text = all(&read_timed(&mut stream, None));
+    let (head, _, complete) = split_chunked(&text);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!complete, "a failed body must not end like a whole one");
+    let cut = server.wait_for_log(|r| r["message"] == "response cut", Duration::from_secs(10));
+    assert_eq!(cut["reason"], "function-trapped", "{cut}");
+    // The gateway keeps serving.
+    let mut stream = send(server.addr, "/s/big?bytes=10", "");
+    let text = all(&read_timed(&mut stream, None));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// Trailers the guest sends reach a client that asked for them (`TE:
+/// trailers`), and only such a client.
+#[test]
+fn response_trailers_reach_clients_that_ask_for_them() {
+    let app = app("");
+    let server = Server::start(&app);
+    let mut stream = send(server.addr, "/s/trailers", "te: trailers\r\n");
+    let asked = all(&read_timed(&mut stream, None)).to_ascii_lowercase();
+    assert!(asked.contains("payload"), "{asked}");
+    assert!(asked.contains("\r\n0\r\nx-checksum: abc123\r\n"), "{asked}");
+
+    let mut stream = send(server.addr, "/s/trailers", "");
+    let plain = all(&read_timed(&mut stream, None)).to_ascii_lowercase();
+    assert!(plain.contains("payload"), "{plain}");
+    assert!(!plain.contains("abc123"), "{plain}");
+}
+
+/// T01: a client that takes a stream's head and then stops reading cannot
+/// hold the call's admission places past the function's timeout. With one
+/// place, another caller is refused while the stream runs, and admitted
+/// once the timeout has passed, the stalled client still connected.
+#[test]
+fn t01_a_client_that_stops_reading_cannot_hold_the_places_past_the_timeout() {
+    let app = app(
+        "timeout = \"2s\"\nmax_concurrent_requests = 1\nmax_outstanding_requests = 1\nmax_response_body = \"512MiB\"\n",
+    );
+    let server = Server::start(&app);
+    let mut stalled = send(server.addr, "/s/big?bytes=400000000", "");
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut head = [0u8; 64];
+    let n = stalled.read(&mut head).expect("the head comes");
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+    // From here on the client reads nothing more.
+
+    let other = |path: &str| {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        let _ = stream.read_to_string(&mut out);
+        out
+    };
+    // Held: refused at once (429) or after queueing its timeout (503).
+    let refused = other("/s/big?bytes=10");
+    assert!(
+        refused.starts_with("HTTP/1.1 429") || refused.starts_with("HTTP/1.1 503"),
+        "{refused}"
+    );
+
+    // Bounded wait, not a timing assertion: the places must come back.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = other("/s/big?bytes=10");
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the stalled stream still holds the places: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(stalled);
+}

@@ -1,0 +1,307 @@
+//! Respond stage: the function's answer goes to the client as the guest
+//! writes it (issue 12, item 1). A body still being written streams; one
+//! that fails or passes `max_response_body` after its head was sent cuts
+//! the connection (the client sees an incomplete response, never a whole
+//! one), and the cut is logged and audited like a refusal (T05, T09). What
+//! was sent is metered when the body ends (T04), and the call's admission
+//! places are held while its instance still runs, never past its timeout
+//! (T01: a client that stops reading cannot pin them).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bulkhead_manifest::input::HOP_BY_HOP;
+use bulkhead_runtime::{InvokeError, ResponseBody};
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+use crate::budget::Charge;
+use crate::caller::Caller;
+use crate::problem::Problem;
+use crate::{Shared, audit};
+
+/// A response body as the public listener sends it.
+pub(crate) struct Outgoing(Kind);
+
+enum Kind {
+    /// The gateway's own answer (a problem) or nothing.
+    Bytes(Option<Bytes>),
+    /// The function's.
+    Guest(Box<GuestStream>),
+}
+
+impl Outgoing {
+    pub(crate) fn bytes(bytes: Bytes) -> Self {
+        Self(Kind::Bytes((!bytes.is_empty()).then_some(bytes)))
+    }
+
+    /// What to say, and to whom, should the stream be cut: set once the
+    /// request's record is known.
+    pub(crate) fn on_cut(&mut self, report: CutReport) {
+        if let Kind::Guest(stream) = &mut self.0 {
+            stream.report = Some(report);
+        }
+    }
+}
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = InvokeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
+        match &mut self.get_mut().0 {
+            Kind::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Guest(stream) => stream.poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Bytes(bytes) => bytes.is_none(),
+            Kind::Guest(stream) => stream.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Bytes(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Kind::Guest(stream) => stream.body.size_hint(),
+        }
+    }
+}
+
+/// What a running call holds until its body ends.
+pub(crate) struct Held {
+    /// Its places in the function's and the app's admission (T01).
+    pub _places: Box<dyn Send>,
+    /// Its budget charge, settled with the bytes sent (T04).
+    pub charge: Option<Charge>,
+}
+
+/// Who to name when a stream is cut.
+pub(crate) struct CutReport {
+    pub shared: Arc<Shared>,
+    pub correlation_id: String,
+    pub function: String,
+    pub subject: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub caller: Option<Caller>,
+}
+
+/// The function's body on its way out.
+struct GuestStream {
+    body: ResponseBody,
+    sent: u64,
+    /// Shared with the guard that releases it at the call's deadline.
+    held: Arc<Mutex<Option<Held>>>,
+    guard: Option<JoinHandle<()>>,
+    report: Option<CutReport>,
+}
+
+/// The function's response as the client gets it: framing is ours. A body
+/// the guest finished before its head was sent is settled now; one it is
+/// still writing keeps `held` until it ends, or at the latest until
+/// `deadline`.
+pub(crate) fn guest_response(
+    response: Response<ResponseBody>,
+    mut held: Held,
+    deadline: tokio::time::Instant,
+) -> Response<Outgoing> {
+    let (mut parts, body) = response.into_parts();
+    for name in HOP_BY_HOP {
+        // The guest's `Trailer` declaration stays: hyper sends the declared
+        // trailers when the client asked for them (`TE: trailers`).
+        if *name != "trailer" {
+            parts.headers.remove(*name);
+        }
+    }
+    if body.is_whole() {
+        if let Some(charge) = held.charge.take() {
+            charge.finish(body.size_hint().exact().unwrap_or(0));
+        }
+        drop(held);
+        let stream = GuestStream {
+            body,
+            sent: 0,
+            held: Arc::default(),
+            guard: None,
+            report: None,
+        };
+        return Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))));
+    }
+    let held = Arc::new(Mutex::new(Some(held)));
+    // The instance is gone at its deadline whether or not the client reads;
+    // its places are given back then too.
+    let guard = tokio::spawn({
+        let held = held.clone();
+        async move {
+            tokio::time::sleep_until(deadline).await;
+            release(&held, None);
+        }
+    });
+    let stream = GuestStream {
+        body,
+        sent: 0,
+        held,
+        guard: Some(guard),
+        report: None,
+    };
+    Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))))
+}
+
+/// Settle the charge with what was sent (`None`: as far as it got) and give
+/// the places back.
+fn release(held: &Mutex<Option<Held>>, sent: Option<u64>) {
+    let taken = held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(mut held) = taken
+        && let Some(charge) = held.charge.take()
+    {
+        charge.finish(sent.unwrap_or(0));
+    }
+}
+
+impl GuestStream {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(None) => self.end(),
+            Poll::Ready(Some(Err(error))) => {
+                self.report_cut(error);
+                self.end();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn end(&mut self) {
+        release(&self.held, Some(self.sent));
+        if let Some(guard) = self.guard.take() {
+            guard.abort();
+        }
+    }
+
+    /// The head is sent, so the client cannot get a problem: the connection
+    /// is cut, and the cut recorded as the problem it would have been.
+    fn report_cut(&mut self, error: &InvokeError) {
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        let problem = invoke_problem(error);
+        let detail = format!("cut after {} bytes were sent: {error}", self.sent);
+        let shared = &report.shared;
+        shared.metrics.refuse(problem.slug);
+        warn!(
+            target: "bulkhead::access",
+            correlation_id = %report.correlation_id,
+            method = %report.method,
+            path = %report.path,
+            function = %report.function,
+            subject = %report.subject,
+            status = report.status,
+            reason = problem.slug,
+            detail = %detail,
+            "response cut"
+        );
+        shared.refusals.record(
+            &shared.audit,
+            audit::RequestFacts {
+                correlation_id: &report.correlation_id,
+                function: &report.function,
+                subject: &report.subject,
+                method: &report.method,
+                path: &report.path,
+                status: report.status,
+                reason: problem.slug,
+                detail: &detail,
+                caller: report.caller.as_ref(),
+            },
+        );
+    }
+}
+
+impl Drop for GuestStream {
+    /// The client went away, or was sent no body (HEAD): what was sent is
+    /// billed, and the call stopped (the runtime aborts it with its body).
+    fn drop(&mut self) {
+        if self.guard.is_some() {
+            debug!(target: "bulkhead::access", sent = self.sent, "response stream dropped before its end");
+            self.end();
+        }
+    }
+}
+
+pub(crate) fn invoke_problem(error: &InvokeError) -> Problem {
+    let failed = |slug, title, detail: &str| {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, slug, title, detail)
+    };
+    match error {
+        InvokeError::Timeout => Problem::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "function-timeout",
+            "Function timed out",
+            "The function did not finish within its time limit and was stopped.",
+        ),
+        InvokeError::MemoryLimit => failed(
+            "memory-limit",
+            "Function exceeded its memory limit",
+            "The function tried to use more memory than it is allowed and was stopped.",
+        ),
+        InvokeError::StackOverflow => failed(
+            "stack-overflow",
+            "Function overflowed its stack",
+            "The function recursed too deeply and was stopped.",
+        ),
+        InvokeError::Trap(_) => failed(
+            "function-trapped",
+            "Function failed",
+            "The function stopped with an error.",
+        ),
+        InvokeError::NoResponse => failed(
+            "no-response",
+            "Function gave no response",
+            "The function finished without sending a response.",
+        ),
+        InvokeError::GuestError(_) => failed(
+            "function-error",
+            "Function reported an error",
+            "The function reported an error instead of a response.",
+        ),
+        InvokeError::ResponseTooLarge { .. } => failed(
+            "response-too-large",
+            "Function response too large",
+            "The function's response was larger than it is allowed to send.",
+        ),
+        InvokeError::Capacity => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity",
+            "No capacity",
+            "Every sandbox slot is in use; retry shortly.",
+        )
+        .retry_after(1),
+        InvokeError::Internal(_) => failed(
+            "internal",
+            "Internal error",
+            "The gateway could not run the function.",
+        ),
+    }
+}

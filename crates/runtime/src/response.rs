@@ -1,0 +1,444 @@
+//! The function's response body on its way to the client (issue 12, item 1):
+//! streamed as the guest writes it, with its size cap enforced on the bytes
+//! the guest wrote (T05), every secret value the call read replaced even
+//! when it straddles two writes (T14), and the call settled when the body
+//! ends: a body that ends cleanly while its handler failed is cut, never
+//! finished, so a client cannot take a broken answer for a whole one.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use secrecy::ExposeSecret;
+use tokio::time::{Instant, Sleep};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::call::CallContext;
+use crate::data::{REDACTED, Redactions};
+use crate::invoke::{AbortOnDrop, Failure, InvokeError, classify};
+
+/// The response body a call hands the gateway.
+pub struct ResponseBody {
+    state: State,
+}
+
+enum State {
+    /// Complete before the head was sent: its length is known.
+    Whole {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
+    /// Still being written by the guest.
+    Streaming(Box<Stream>),
+    Done,
+}
+
+impl ResponseBody {
+    pub(crate) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        Self {
+            state: State::Whole {
+                data: (!data.is_empty()).then_some(data),
+                trailers,
+            },
+        }
+    }
+
+    pub(crate) fn streaming(stream: Stream) -> Self {
+        Self {
+            state: State::Streaming(Box::new(stream)),
+        }
+    }
+
+    /// Whether the body was complete before its head was sent.
+    pub fn is_whole(&self) -> bool {
+        matches!(self.state, State::Whole { .. })
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = InvokeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
+        let this = self.get_mut();
+        match &mut this.state {
+            State::Whole { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                let trailers = trailers.take();
+                this.state = State::Done;
+                Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))))
+            }
+            State::Streaming(stream) => {
+                let polled = stream.poll_frame(cx);
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) {
+                    this.state = State::Done;
+                }
+                polled
+            }
+            State::Done => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.state {
+            State::Whole { data, trailers } => data.is_none() && trailers.is_none(),
+            State::Streaming(_) => false,
+            State::Done => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.state {
+            // Trailers go only in a chunked body: no length then.
+            State::Whole {
+                trailers: Some(_), ..
+            } => SizeHint::default(),
+            State::Whole { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            State::Streaming(stream) => match stream.exact_remaining {
+                Some(n) => SizeHint::with_exact(n),
+                None => SizeHint::default(),
+            },
+            State::Done => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// How the guest task ended, found out once its body is over.
+pub(crate) struct Settle {
+    pub task: AbortOnDrop,
+    pub memory_hit: Arc<AtomicBool>,
+    pub call: CallContext,
+    pub redactions: Redactions,
+}
+
+impl Settle {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), InvokeError>> {
+        let failure = match Pin::new(&mut self.task.0).poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(Ok(()))) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(Err(failure))) => failure,
+            Poll::Ready(Err(join)) => {
+                Failure::Wasm(wasmtime::Error::msg(format!("guest task failed: {join}")))
+            }
+        };
+        let error = classify(failure, self.memory_hit.load(Ordering::Relaxed), &self.call);
+        Poll::Ready(Err(error.redacted(&self.redactions)))
+    }
+}
+
+enum Phase {
+    /// Reading what the guest writes.
+    Reading,
+    /// The guest's body ended (`Some`: with this error); waiting for its
+    /// handler to return, which decides whether the body was whole.
+    Settling(Option<String>),
+    Finished,
+}
+
+/// A body the guest is still writing.
+pub(crate) struct Stream {
+    guest: HyperOutgoingBody,
+    settle: Settle,
+    phase: Phase,
+    /// Redacted bytes ready to send.
+    ready: VecDeque<Bytes>,
+    trailers: Option<HeaderMap>,
+    redactor: Redactor,
+    /// `max_response_body`, on the bytes the guest writes (T05).
+    limit: usize,
+    read: usize,
+    deadline: Pin<Box<Sleep>>,
+    /// The length still to send, when the guest declared one and no
+    /// redaction can change it.
+    exact_remaining: Option<u64>,
+}
+
+impl Stream {
+    pub(crate) fn new(
+        guest: HyperOutgoingBody,
+        settle: Settle,
+        limit: usize,
+        deadline: Instant,
+        exact_length: Option<u64>,
+    ) -> Self {
+        let redactor = Redactor::new(settle.redactions.clone());
+        Self {
+            guest,
+            settle,
+            phase: Phase::Reading,
+            ready: VecDeque::new(),
+            trailers: None,
+            redactor,
+            limit,
+            read: 0,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            exact_remaining: exact_length,
+        }
+    }
+
+    /// Data taken from [`Self::poll_frame`] that is to be sent after all.
+    pub(crate) fn put_back(&mut self, taken: Vec<Bytes>) {
+        for data in taken.into_iter().rev() {
+            if let Some(n) = self.exact_remaining.as_mut() {
+                *n += data.len() as u64;
+            }
+            self.ready.push_front(data);
+        }
+    }
+
+    /// Whether the guest's body is over (only its handler's end is awaited).
+    pub(crate) fn body_ended(&self) -> bool {
+        !matches!(self.phase, Phase::Reading)
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
+        loop {
+            if let Some(data) = self.ready.pop_front() {
+                if let Some(n) = self.exact_remaining.as_mut() {
+                    *n = n.saturating_sub(data.len() as u64);
+                }
+                return Poll::Ready(Some(Ok(Frame::data(data))));
+            }
+            match &self.phase {
+                Phase::Reading => {
+                    // The function's timeout bounds its whole answer (T05).
+                    if self.deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Some(Err(InvokeError::Timeout)));
+                    }
+                    match Pin::new(&mut self.guest).poll_frame(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                            Ok(data) => {
+                                self.read = self.read.saturating_add(data.len());
+                                if self.read > self.limit {
+                                    return Poll::Ready(Some(Err(InvokeError::ResponseTooLarge {
+                                        limit: self.limit,
+                                    })));
+                                }
+                                let out = self.redactor.push(data);
+                                if !out.is_empty() {
+                                    self.ready.push_back(out);
+                                }
+                            }
+                            Err(frame) => {
+                                self.trailers = frame.into_trailers().ok();
+                                self.end_of_body(None);
+                            }
+                        },
+                        Poll::Ready(Some(Err(error))) => self.end_of_body(Some(error.to_string())),
+                        Poll::Ready(None) => self.end_of_body(None),
+                    }
+                }
+                Phase::Settling(body_error) => {
+                    let body_error = body_error.clone();
+                    match self.settle.poll(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
+                        Poll::Ready(Ok(())) => {
+                            self.phase = Phase::Finished;
+                            // The handler returned but its body failed
+                            // (dropped unfinished, a wrong length): the
+                            // function's error, not the gateway's (item 6).
+                            if let Some(error) = body_error {
+                                let error = InvokeError::GuestError(format!(
+                                    "its response body failed: {error}"
+                                ));
+                                return Poll::Ready(Some(Err(
+                                    error.redacted(&self.settle.redactions)
+                                )));
+                            }
+                            if let Some(trailers) = self.trailers.take() {
+                                return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                            }
+                        }
+                    }
+                }
+                Phase::Finished => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn end_of_body(&mut self, error: Option<String>) {
+        let tail = self.redactor.finish();
+        if !tail.is_empty() {
+            self.ready.push_back(tail);
+        }
+        self.phase = Phase::Settling(error);
+    }
+}
+
+/// Replaces the call's secret values in the bytes it sends (T14). A value
+/// may be split between two writes, so up to the longest value's length
+/// less one byte is held back until the next write or the end. Values only
+/// ever get added during a call; those read after some bytes were sent are
+/// replaced from then on.
+pub(crate) struct Redactor {
+    redactions: Redactions,
+    held: Vec<u8>,
+    /// The matcher for the first `count` values, rebuilt when more are read.
+    matcher: Option<(usize, AhoCorasick)>,
+}
+
+impl Redactor {
+    pub(crate) fn new(redactions: Redactions) -> Self {
+        Self {
+            redactions,
+            held: Vec::new(),
+            matcher: None,
+        }
+    }
+
+    /// The bytes of `data` (after what was held back) that can be sent.
+    pub(crate) fn push(&mut self, data: Bytes) -> Bytes {
+        if self.held.is_empty() && self.redactions.is_empty() {
+            return data;
+        }
+        let mut buffer = std::mem::take(&mut self.held);
+        buffer.extend_from_slice(&data);
+        let Some(matcher) = self.matcher() else {
+            return Bytes::from(buffer);
+        };
+        let hold = matcher.max_pattern_len().saturating_sub(1);
+        let mut cut = buffer.len().saturating_sub(hold);
+        let mut out = Vec::with_capacity(buffer.len());
+        let mut copied = 0;
+        for found in matcher.find_iter(&buffer) {
+            if found.end() > cut {
+                // Could grow into a longer value with the next write.
+                cut = cut.min(found.start());
+                break;
+            }
+            out.extend_from_slice(&buffer[copied..found.start()]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            copied = found.end();
+        }
+        out.extend_from_slice(&buffer[copied..cut]);
+        self.held = buffer.split_off(cut);
+        Bytes::from(out)
+    }
+
+    /// What was held back, redacted: the body is over.
+    pub(crate) fn finish(&mut self) -> Bytes {
+        let buffer = std::mem::take(&mut self.held);
+        if buffer.is_empty() {
+            return Bytes::new();
+        }
+        let Some(matcher) = self.matcher() else {
+            return Bytes::from(buffer);
+        };
+        let mut out = Vec::with_capacity(buffer.len());
+        let mut copied = 0;
+        for found in matcher.find_iter(&buffer) {
+            out.extend_from_slice(&buffer[copied..found.start()]);
+            out.extend_from_slice(REDACTED.as_bytes());
+            copied = found.end();
+        }
+        out.extend_from_slice(&buffer[copied..]);
+        Bytes::from(out)
+    }
+
+    fn matcher(&mut self) -> Option<&AhoCorasick> {
+        let count = self.redactions.len();
+        if count == 0 {
+            return None;
+        }
+        if self
+            .matcher
+            .as_ref()
+            .is_none_or(|(built, _)| *built != count)
+        {
+            // Leftmost-longest: a value containing another is replaced whole.
+            let matcher = self.redactions.with_values(|values| {
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(values.iter().map(|v| v.expose_secret().as_bytes()))
+                    .ok()
+            })?;
+            self.matcher = Some((count, matcher));
+        }
+        self.matcher.as_ref().map(|(_, matcher)| matcher)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    fn redactor(values: &[&str]) -> Redactor {
+        let redactions = Redactions::default();
+        for value in values {
+            redactions.add(SecretString::from(value.to_string()));
+        }
+        Redactor::new(redactions)
+    }
+
+    /// Every way of cutting the body into writes gives the same bytes out.
+    fn through(values: &[&str], body: &str) -> Vec<String> {
+        let mut outputs = Vec::new();
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                let mut r = redactor(values);
+                let mut out = Vec::new();
+                for part in [&body[..a], &body[a..b], &body[b..]] {
+                    out.extend_from_slice(&r.push(Bytes::copy_from_slice(part.as_bytes())));
+                }
+                out.extend_from_slice(&r.finish());
+                outputs.push(String::from_utf8(out).unwrap_or_default());
+            }
+        }
+        outputs
+    }
+
+    #[test]
+    fn t14_a_secret_split_across_writes_is_still_replaced() {
+        for out in through(&["hunter2"], "pw=hunter2; again hunter2.") {
+            assert_eq!(out, "pw=[REDACTED]; again [REDACTED].");
+        }
+    }
+
+    #[test]
+    fn t14_a_secret_containing_another_is_replaced_whole_however_cut() {
+        for out in through(&["abc", "abcdef"], "xabcdefy abcz") {
+            assert_eq!(out, "x[REDACTED]y [REDACTED]z");
+        }
+    }
+
+    #[test]
+    fn nothing_is_held_or_copied_without_secrets() {
+        let mut r = redactor(&[]);
+        let data = Bytes::from_static(b"hello");
+        let out = r.push(data.clone());
+        assert_eq!(out.as_ptr(), data.as_ptr(), "passed through, not copied");
+        assert!(r.finish().is_empty());
+    }
+
+    #[test]
+    fn a_secret_read_mid_body_is_replaced_from_then_on() {
+        let redactions = Redactions::default();
+        let mut r = Redactor::new(redactions.clone());
+        assert_eq!(r.push(Bytes::from_static(b"token ")), "token ");
+        redactions.add(SecretString::from("s3cr3t".to_string()));
+        let mut out = r.push(Bytes::from_static(b"s3c")).to_vec();
+        out.extend_from_slice(&r.push(Bytes::from_static(b"r3t!")));
+        out.extend_from_slice(&r.finish());
+        assert_eq!(out, b"[REDACTED]!");
+    }
+}
