@@ -160,6 +160,78 @@ mod tests {
         assert_eq!(root.matches(&[]), Some(vec![]));
     }
 
+    fn tail<'p>(route: &str, path: &[&'p str]) -> Option<Vec<(String, String)>> {
+        let route = RoutePattern::parse(route).unwrap();
+        route.matches(path).map(|params| {
+            params
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.into_owned()))
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_wildcard_matches_one_or_more_trailing_segments() {
+        let pair = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(tail("/api/{*rest}", &["api", "users"]), Some(pair("rest", "users")));
+        assert_eq!(
+            tail("/api/{*rest}", &["api", "users", "42", "x.json"]),
+            Some(pair("rest", "users/42/x.json"))
+        );
+        // Zero segments is not a match: `/api` is not under `/api/{*rest}`.
+        assert_eq!(tail("/api/{*rest}", &["api"]), None);
+        assert_eq!(tail("/api/{*rest}", &["apix", "users"]), None);
+        assert_eq!(tail("/api/{*rest}", &["api", ""]), None);
+        assert_eq!(tail("/api/{*rest}", &["api", "a", ""]), None);
+        assert_eq!(tail("/{*all}", &["a"]), Some(pair("all", "a")));
+        assert_eq!(tail("/{*all}", &[]), None);
+        // With a `{param}` before it, both are named.
+        assert_eq!(
+            tail("/t/{tenant}/{*path}", &["t", "acme", "a", "b"]),
+            Some(vec![
+                ("tenant".to_string(), "acme".to_string()),
+                ("path".to_string(), "a/b".to_string())
+            ])
+        );
+        let route = RoutePattern::parse("/t/{tenant}/{*path}").unwrap();
+        assert_eq!(route.params().collect::<Vec<_>>(), ["tenant", "path"]);
+        assert_eq!(route.wildcard(), Some("path"));
+        assert_eq!(RoutePattern::parse("/t/{id}").unwrap().wildcard(), None);
+    }
+
+    #[test]
+    fn a_wildcard_and_a_param_have_different_shapes() {
+        let shape = |r: &str| {
+            RoutePattern::parse(r)
+                .unwrap()
+                .shape()
+                .into_iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+        };
+        assert_ne!(shape("/api/{id}"), shape("/api/{*rest}"));
+        assert_eq!(shape("/api/{*rest}"), shape("/api/{*tail}"));
+    }
+
+    #[test]
+    fn refuses_misplaced_and_badly_named_wildcards() {
+        for (bad, says) in [
+            ("/api/{*rest}/more", "must be the last segment"),
+            ("/{*a}/{*b}", "must be the last segment"),
+            ("/api/{*}", "needs a name"),
+            ("/api/{*Rest}", "lowercase name like `{*rest}`"),
+            ("/api/{**rest}", "lowercase name like `{*rest}`"),
+            ("/api/{*rest-x}", "lowercase name like `{*rest}`"),
+            ("/api/{rest*}", "lowercase name like `{user_id}`"),
+            ("/api/*", "write `{*rest}`"),
+            ("/api/*rest", "write `{*rest}`"),
+            ("/{id}/{*id}", "twice"),
+        ] {
+            let err = RoutePattern::parse(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn refuses_bad_routes() {
         for bad in [
