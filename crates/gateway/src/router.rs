@@ -1,6 +1,10 @@
-//! Route stage: which function serves a path and method. The most literal
-//! route wins (`/users/me` before `/users/{id}`); the manifest refuses two
-//! routes that would tie.
+//! Route stage: which function serves a path and method. The most specific
+//! route wins: compared segment by segment from the left, a literal beats a
+//! `{param}`, which beats a trailing `{*wildcard}` (`/users/me` before
+//! `/users/{id}` before `/users/{*rest}`; `/api/v2/{*rest}` before
+//! `/api/{*rest}`). The manifest refuses two routes that would tie.
+
+use std::borrow::Cow;
 
 use bulkhead_manifest::RoutePattern;
 
@@ -12,8 +16,9 @@ pub struct Router {
 pub enum RouteMatch<'r, 'p> {
     Found {
         function: usize,
-        /// Route parameter names and their decoded values, in route order.
-        params: Vec<(&'r str, &'p str)>,
+        /// Route parameter names and their decoded values, in route order;
+        /// a wildcard's value is its decoded segments joined by `/`.
+        params: Vec<(&'r str, Cow<'p, str>)>,
     },
     /// The path exists but not for this method; `allow` lists the methods.
     MethodNotAllowed {
@@ -36,6 +41,8 @@ impl Router {
                 (route, methods, i)
             })
             .collect();
+        // Routes that tie here match the same paths only with different
+        // methods: the manifest refuses the rest.
         routes.sort_by_key(|(route, _, _)| std::cmp::Reverse(route.specificity()));
         Self { routes }
     }
