@@ -243,11 +243,14 @@ pub(crate) fn resolve(
                 DEFAULT_PATTERN
             };
             match raw.path.get(*name) {
-                Some(param) => param_pattern(out, function, "path", name, param, default)
-                    .map(|pattern| Param {
-                        name: name.to_string(),
-                        pattern,
-                    }),
+                Some(param) => {
+                    param_pattern(out, function, "path", name, param, default).map(|pattern| {
+                        Param {
+                            name: name.to_string(),
+                            pattern,
+                        }
+                    })
+                }
                 None => Some(default_param(name, is_wildcard)),
             }
         })

@@ -41,7 +41,9 @@ impl RoutePattern {
         if !rest.is_empty() {
             for raw in rest.split('/') {
                 if let Some(Segment::Wildcard(name)) = segments.last() {
-                    let before = text.split_once(&format!("{{*{name}}}")).map_or("", |(b, _)| b);
+                    let before = text
+                        .split_once(&format!("{{*{name}}}"))
+                        .map_or("", |(b, _)| b);
                     return Err(format!(
                         "route `{text}`: the wildcard `{{*{name}}}` must be the last segment, since it takes the rest of the path; write `{before}{{*{name}}}` and let the function route what follows"
                     ));
@@ -235,7 +237,7 @@ mod tests {
         assert_eq!(root.matches(&[]), Some(vec![]));
     }
 
-    fn tail<'p>(route: &str, path: &[&'p str]) -> Option<Vec<(String, String)>> {
+    fn tail(route: &str, path: &[&str]) -> Option<Vec<(String, String)>> {
         let route = RoutePattern::parse(route).unwrap();
         route.matches(path).map(|params| {
             params
@@ -248,7 +250,10 @@ mod tests {
     #[test]
     fn a_wildcard_matches_one_or_more_trailing_segments() {
         let pair = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
-        assert_eq!(tail("/api/{*rest}", &["api", "users"]), Some(pair("rest", "users")));
+        assert_eq!(
+            tail("/api/{*rest}", &["api", "users"]),
+            Some(pair("rest", "users"))
+        );
         assert_eq!(
             tail("/api/{*rest}", &["api", "users", "42", "x.json"]),
             Some(pair("rest", "users/42/x.json"))

@@ -25,7 +25,10 @@ impl wasip2::exports::http::incoming_handler::Guest for Router {
         let (status, reply) = match segments.as_slice() {
             ["api", "health"] => (200, serde_json::json!({"route": "health"})),
             ["api", "users", id] => (200, serde_json::json!({"route": "user", "id": id})),
-            _ => (404, serde_json::json!({"error": "no such route in the guest"})),
+            _ => (
+                404,
+                serde_json::json!({"error": "no such route in the guest"}),
+            ),
         };
         let mut reply = reply;
         reply["path_with_query"] = serde_json::json!(path_with_query);
@@ -34,11 +37,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Router {
 }
 
 fn respond(out: ResponseOutparam, status: u16, body: &[u8]) {
-    let headers = Fields::from_list(&[(
-        "content-type".to_string(),
-        b"application/json".to_vec(),
-    )])
-    .expect("static header is valid");
+    let headers = Fields::from_list(&[("content-type".to_string(), b"application/json".to_vec())])
+        .expect("static header is valid");
     let resp = OutgoingResponse::new(headers);
     resp.set_status_code(status).expect("a valid status");
     let out_body = resp.body().expect("body is taken once");
