@@ -1,6 +1,10 @@
-//! Route stage: which function serves a path and method. The most literal
-//! route wins (`/users/me` before `/users/{id}`); the manifest refuses two
-//! routes that would tie.
+//! Route stage: which function serves a path and method. The most specific
+//! route wins: compared segment by segment from the left, a literal beats a
+//! `{param}`, which beats a trailing `{*wildcard}` (`/users/me` before
+//! `/users/{id}` before `/users/{*rest}`; `/api/v2/{*rest}` before
+//! `/api/{*rest}`). The manifest refuses two routes that would tie.
+
+use std::borrow::Cow;
 
 use bulkhead_manifest::RoutePattern;
 
@@ -12,8 +16,9 @@ pub struct Router {
 pub enum RouteMatch<'r, 'p> {
     Found {
         function: usize,
-        /// Route parameter names and their decoded values, in route order.
-        params: Vec<(&'r str, &'p str)>,
+        /// Route parameter names and their decoded values, in route order;
+        /// a wildcard's value is its decoded segments joined by `/`.
+        params: Vec<(&'r str, Cow<'p, str>)>,
     },
     /// The path exists but not for this method; `allow` lists the methods.
     MethodNotAllowed {
@@ -36,6 +41,8 @@ impl Router {
                 (route, methods, i)
             })
             .collect();
+        // Routes that tie here match the same paths only with different
+        // methods: the manifest refuses the rest.
         routes.sort_by_key(|(route, _, _)| std::cmp::Reverse(route.specificity()));
         Self { routes }
     }
@@ -128,6 +135,94 @@ mod tests {
             find(&r, "GET", "/users/a%20b"),
             Lookup::Function(0, vec![("id".into(), "a b".into())])
         );
+    }
+
+    fn wildcard_router() -> Router {
+        let get = || vec!["GET".to_string()];
+        Router::new([
+            (RoutePattern::parse("/{*all}").unwrap(), get()),
+            (RoutePattern::parse("/api/{*rest}").unwrap(), get()),
+            (RoutePattern::parse("/api/health").unwrap(), get()),
+            (RoutePattern::parse("/api/{section}").unwrap(), get()),
+            (RoutePattern::parse("/api/v2/{*rest}").unwrap(), get()),
+            (RoutePattern::parse("/{any}/docs/{*page}").unwrap(), get()),
+            (
+                RoutePattern::parse("/api/users/{id}").unwrap(),
+                vec!["POST".to_string()],
+            ),
+        ])
+    }
+
+    #[test]
+    fn literal_beats_param_beats_wildcard_longest_literal_prefix_first() {
+        let r = wildcard_router();
+        let p = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>()
+        };
+        // A literal route beats a wildcard that also matches.
+        assert_eq!(find(&r, "GET", "/api/health"), Lookup::Function(2, vec![]));
+        // A `{param}` beats `{*rest}` for a single segment...
+        assert_eq!(
+            find(&r, "GET", "/api/users"),
+            Lookup::Function(3, p(&[("section", "users")]))
+        );
+        // ...and the wildcard takes more than one.
+        assert_eq!(
+            find(&r, "GET", "/api/users/42/avatar.png"),
+            Lookup::Function(1, p(&[("rest", "users/42/avatar.png")]))
+        );
+        // The longer literal prefix wins between wildcards.
+        assert_eq!(
+            find(&r, "GET", "/api/v2/things"),
+            Lookup::Function(4, p(&[("rest", "things")]))
+        );
+        // Compared from the left: `/api/…` (a literal first) beats `/{any}/docs/…`.
+        assert_eq!(
+            find(&r, "GET", "/api/docs/intro"),
+            Lookup::Function(1, p(&[("rest", "docs/intro")]))
+        );
+        assert_eq!(
+            find(&r, "GET", "/guide/docs/intro/part-1"),
+            Lookup::Function(5, p(&[("any", "guide"), ("page", "intro/part-1")]))
+        );
+        // Everything else falls to `/{*all}`, but `/` has no tail to match.
+        assert_eq!(
+            find(&r, "GET", "/other/a%20b/c"),
+            Lookup::Function(0, p(&[("all", "other/a b/c")]))
+        );
+        assert_eq!(
+            find(&r, "GET", "/api"),
+            Lookup::Function(0, p(&[("all", "api")]))
+        );
+        assert_eq!(find(&r, "GET", "/"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn a_wildcard_serves_other_methods_of_a_more_specific_route() {
+        let r = wildcard_router();
+        // POST /api/users/7 is `/api/users/{id}`'s; GET of the same path is
+        // not refused with 405 but served by the wildcard, which allows GET.
+        assert_eq!(
+            find(&r, "POST", "/api/users/7"),
+            Lookup::Function(6, vec![("id".into(), "7".into())])
+        );
+        assert_eq!(
+            find(&r, "GET", "/api/users/7"),
+            Lookup::Function(1, vec![("rest".into(), "users/7".into())])
+        );
+        assert_eq!(
+            find(&r, "DELETE", "/api/users/7"),
+            Lookup::NotAllowed("GET, HEAD, POST".into())
+        );
+        // Without a wildcard, zero tail segments is simply not found.
+        let only = Router::new([(
+            RoutePattern::parse("/api/{*rest}").unwrap(),
+            vec!["GET".to_string()],
+        )]);
+        assert_eq!(find(&only, "GET", "/api"), Lookup::NotFound);
     }
 
     #[test]

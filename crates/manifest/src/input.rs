@@ -17,6 +17,11 @@ use crate::route::RoutePattern;
 /// The pattern every parameter gets unless the manifest declares one.
 pub const DEFAULT_PATTERN: &str = "[A-Za-z0-9]+";
 
+/// The pattern a route's `{*wildcard}` gets unless the manifest declares
+/// one. It matches the whole tail, its decoded segments joined by `/`:
+/// one or more segments of unreserved characters (T10).
+pub const DEFAULT_TAIL_PATTERN: &str = "[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*";
+
 /// Client headers every function sees; `input.headers` adds to these. All
 /// other client headers are dropped before the call.
 pub const DEFAULT_HEADERS: &[&str] = &["accept", "accept-language", "content-type", "user-agent"];
@@ -146,7 +151,8 @@ impl fmt::Debug for BodySchema {
 /// What a well-formed request to one function looks like (T10).
 #[derive(Debug, Clone)]
 pub struct Input {
-    /// One per `{param}` of the route, in route order.
+    /// One per `{param}` (and the `{*wildcard}`) of the route, in route
+    /// order; the wildcard's matches its whole tail.
     pub path: Vec<Param>,
     /// Declared query parameters, sorted by name; each is optional.
     pub query: Vec<Param>,
@@ -164,7 +170,10 @@ impl Input {
     /// What a function that declares nothing gets.
     pub fn for_route(route: &RoutePattern) -> Self {
         Self {
-            path: route.params().map(default_param).collect(),
+            path: route
+                .params()
+                .map(|name| default_param(name, route.wildcard() == Some(name)))
+                .collect(),
             query: Vec::new(),
             allow_unknown_query: false,
             headers: DEFAULT_HEADERS.iter().map(|h| h.to_string()).collect(),
@@ -174,14 +183,17 @@ impl Input {
     }
 }
 
-/// Compiled once; a constant that compiles (a unit test below proves it).
+/// Compiled once; constants that compile (a unit test below proves it).
 static DEFAULT: LazyLock<Pattern> =
     LazyLock::new(|| Pattern::new(DEFAULT_PATTERN).expect("the default pattern compiles"));
+static DEFAULT_TAIL: LazyLock<Pattern> = LazyLock::new(|| {
+    Pattern::new(DEFAULT_TAIL_PATTERN).expect("the default tail pattern compiles")
+});
 
-fn default_param(name: &str) -> Param {
+fn default_param(name: &str, wildcard: bool) -> Param {
     Param {
         name: name.to_string(),
-        pattern: DEFAULT.clone(),
+        pattern: Pattern::clone(if wildcard { &DEFAULT_TAIL } else { &DEFAULT }),
     }
 }
 
@@ -196,6 +208,7 @@ pub(crate) fn resolve(
 ) -> Option<Input> {
     let before = out.problems.len();
     let route_params: Vec<&str> = route.map(|r| r.params().collect()).unwrap_or_default();
+    let wildcard = route.and_then(RoutePattern::wildcard);
 
     for (name, param) in &raw.path {
         if route.is_some() && !route_params.contains(&name.as_str()) {
@@ -208,7 +221,11 @@ pub(crate) fn resolve(
                     } else {
                         route_params
                             .iter()
-                            .map(|p| format!("`{{{p}}}`"))
+                            .map(|p| if wildcard == Some(*p) {
+                                format!("`{{*{p}}}`")
+                            } else {
+                                format!("`{{{p}}}`")
+                            })
                             .collect::<Vec<_>>()
                             .join(", ")
                     }
@@ -218,12 +235,24 @@ pub(crate) fn resolve(
     }
     let path = route_params
         .iter()
-        .filter_map(|name| match raw.path.get(*name) {
-            Some(param) => param_pattern(out, function, "path", name, param).map(|pattern| Param {
-                name: name.to_string(),
-                pattern,
-            }),
-            None => Some(default_param(name)),
+        .filter_map(|name| {
+            let is_wildcard = wildcard == Some(*name);
+            let default = if is_wildcard {
+                DEFAULT_TAIL_PATTERN
+            } else {
+                DEFAULT_PATTERN
+            };
+            match raw.path.get(*name) {
+                Some(param) => {
+                    param_pattern(out, function, "path", name, param, default).map(|pattern| {
+                        Param {
+                            name: name.to_string(),
+                            pattern,
+                        }
+                    })
+                }
+                None => Some(default_param(name, is_wildcard)),
+            }
         })
         .collect();
 
@@ -236,7 +265,7 @@ pub(crate) fn resolve(
             );
             continue;
         }
-        if let Some(pattern) = param_pattern(out, function, "query", name, param) {
+        if let Some(pattern) = param_pattern(out, function, "query", name, param, DEFAULT_PATTERN) {
             query.push(Param {
                 name: name.clone(),
                 pattern,
@@ -267,14 +296,15 @@ fn param_pattern(
     kind: &str,
     name: &str,
     param: &Spanned<RawParam>,
+    default: &str,
 ) -> Option<Pattern> {
     let source = match param.get_ref() {
         RawParam::Pattern(source) => source.as_str(),
-        RawParam::Declared(true) => DEFAULT_PATTERN,
+        RawParam::Declared(true) => default,
         RawParam::Declared(false) => {
             out.at(
                 Some(param.span()),
-                format!("function `{function}`: `input.{kind}.{name}` takes a pattern, or `true` for the default `{DEFAULT_PATTERN}`; to refuse the parameter, leave it out"),
+                format!("function `{function}`: `input.{kind}.{name}` takes a pattern, or `true` for the default `{default}`; to refuse the parameter, leave it out"),
             );
             return None;
         }
@@ -496,6 +526,13 @@ mod tests {
         let multiline = Pattern::new("(?m)a$").unwrap();
         assert!(!multiline.is_match("a\nb"));
         assert!(Pattern::new(DEFAULT_PATTERN).is_ok());
+        let tail = Pattern::new(DEFAULT_TAIL_PATTERN).unwrap();
+        for ok in ["a", "users/42", "v1.2/a_b/c~d-e", "..x/.y"] {
+            assert!(tail.is_match(ok), "{ok}");
+        }
+        for bad in ["", "/a", "a/", "a//b", "a b", "a/%2e", "caf\u{e9}", "a/b?c"] {
+            assert!(!tail.is_match(bad), "{bad}");
+        }
         assert!(Pattern::new("(?=a)").is_err(), "no look-around");
         assert!(Pattern::new("a{1000}{1000}").is_err(), "size limit");
     }

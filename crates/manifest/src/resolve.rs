@@ -10,7 +10,7 @@ use crate::grants::{Grants, OutboundRule};
 use crate::input;
 use crate::problem::{Collector, Problems};
 use crate::raw::{RawFunction, RawLimits, RawManifest, RawStore};
-use crate::route::RoutePattern;
+use crate::route::{RoutePattern, Shape};
 use crate::stores::StoreSpec;
 use crate::units::{ByteSize, Duration};
 use crate::{App, AppLimits, Function, FunctionLimits, STANDARD_ENVS, defaults};
@@ -650,7 +650,7 @@ fn check_route_conflicts(
     out: &mut Collector<'_>,
     functions: &[(std::ops::Range<usize>, Function)],
 ) {
-    let mut seen: HashMap<Vec<Option<&str>>, Vec<&Function>> = HashMap::new();
+    let mut seen: HashMap<Vec<Shape<'_>>, Vec<&Function>> = HashMap::new();
     for (span, f) in functions {
         let shape = f.route.shape();
         let others = seen.entry(shape).or_default();

@@ -37,7 +37,7 @@ const NOT_FOUND: Expect = Problem(404, "not-found", "");
 /// GET targets: traversal, control and invisible characters, look-alikes,
 /// double encoding, the query allowlist.
 #[rustfmt::skip]
-const TARGETS: &[(&str, &str, Expect)] = &[
+pub const TARGETS: &[(&str, &str, Expect)] = &[
     // Traversal, in its encodings.
     ("dot-dot", "/items/../admin", path("dot-segment")),
     ("dot", "/items/./x", path("dot-segment")),

@@ -246,8 +246,8 @@ impl Rules {
     }
 
     /// Everything that can be checked before the body is read: route
-    /// parameters (already decoded, in route order), the raw query string,
-    /// framing and the content type.
+    /// parameters (already decoded, in route order; a wildcard's tail
+    /// joined by `/`), the raw query string, framing and the content type.
     pub fn check_head(
         &self,
         params: &[(&str, &str)],
