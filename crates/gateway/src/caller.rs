@@ -79,6 +79,60 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, proxies: &TrustedProxie
     client
 }
 
+/// The scheme the client used (issue 12, T02/T11): the listener's own,
+/// `http`, unless the peer is a trusted proxy that says `https` in its
+/// header: `X-Forwarded-Proto` (one value, `http` or `https`) beside
+/// `X-Forwarded-For`, or `proto=` in the `Forwarded` element that names the
+/// client (the hop [`client_address`] stops at). From anyone else these
+/// headers are ignored: a client cannot pretend it came over TLS.
+pub fn client_scheme(peer: IpAddr, headers: &HeaderMap, proxies: &TrustedProxies) -> &'static str {
+    let peer = canonical(peer);
+    if proxies.is_empty() || !proxies.contains(peer) {
+        return "http";
+    }
+    let said = match proxies.header {
+        ForwardedHeader::XForwardedFor => x_forwarded_proto(headers),
+        ForwardedHeader::Forwarded => forwarded_proto(headers, proxies),
+    };
+    match said {
+        Some(proto) if proto.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
+}
+
+/// `X-Forwarded-Proto`, only when it is exactly one value: a list means
+/// some proxy appended to what the client wrote, and nothing says which
+/// entry is whose.
+fn x_forwarded_proto(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all("x-forwarded-proto").iter();
+    let value = values.next()?.to_str().ok()?.trim();
+    (values.next().is_none() && !value.contains(',')).then_some(value)
+}
+
+/// `proto=` of the `Forwarded` element the trusted proxies wrote about the
+/// client: walking from the nearest element outwards, the first whose
+/// `for=` is not a trusted proxy. An unreadable element ends the walk with
+/// nothing, like an element further left, which the client wrote itself.
+fn forwarded_proto<'h>(headers: &'h HeaderMap, proxies: &TrustedProxies) -> Option<&'h str> {
+    let mut elements = Vec::new();
+    for value in headers.get_all(http::header::FORWARDED) {
+        elements.extend(rfc7239::parse(value.to_str().ok()?));
+    }
+    for element in elements.into_iter().rev() {
+        let element = element.ok()?;
+        let hop = element.forwarded_for.as_ref().and_then(|id| match id.name {
+            rfc7239::NodeName::Ip(ip) => Some(ip),
+            _ => None,
+        });
+        match hop {
+            Some(ip) if proxies.contains(ip) => continue,
+            Some(_) => return element.protocol,
+            None => return None,
+        }
+    }
+    None
+}
+
 /// `Forwarded: for=…` (RFC 7239), every header line in order.
 fn forwarded_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
     let mut chain = Vec::new();
@@ -187,6 +241,48 @@ mod tests {
         assert_eq!(client_address(peer, &forwarded, &trusted), peer);
         let garbage = headers(&[("x-forwarded-for", "not-an-address")]);
         assert_eq!(client_address(peer, &garbage, &trusted), peer);
+    }
+
+    /// Issue 12, T02/T11: only a trusted proxy can say the client used
+    /// https, in the one header it is configured to write.
+    #[test]
+    fn https_is_believed_only_from_trusted_proxies() {
+        let proxy: IpAddr = "10.0.0.2".parse().unwrap();
+        let stranger: IpAddr = "203.0.113.9".parse().unwrap();
+        let xfp = proxies(&["10.0.0.0/8"]);
+        let https = headers(&[("x-forwarded-proto", "HTTPS")]);
+        assert_eq!(client_scheme(proxy, &https, &xfp), "https");
+        assert_eq!(client_scheme(stranger, &https, &xfp), "http");
+        assert_eq!(client_scheme(proxy, &https, &proxies(&[])), "http");
+        for odd in ["https, http", "ftp", "", "https;x", "javascript"] {
+            let h = headers(&[("x-forwarded-proto", odd)]);
+            assert_eq!(client_scheme(proxy, &h, &xfp), "http", "{odd:?}");
+        }
+        let twice = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert_eq!(client_scheme(proxy, &twice, &xfp), "http");
+        // The other header is passed through as the client wrote it.
+        let other = headers(&[("forwarded", "for=192.0.2.1;proto=https")]);
+        assert_eq!(client_scheme(proxy, &other, &xfp), "http");
+
+        let rfc = proxies_reading(&["10.0.0.0/8"], "forwarded");
+        let client = headers(&[(
+            "forwarded",
+            "for=192.0.2.1;proto=https, for=10.0.0.3;proto=http",
+        )]);
+        assert_eq!(client_scheme(proxy, &client, &rfc), "https");
+        assert_eq!(client_scheme(stranger, &client, &rfc), "http");
+        // What the client wrote further left proves nothing.
+        let forged = headers(&[(
+            "forwarded",
+            "for=1.1.1.1;proto=https, for=192.0.2.1;proto=http",
+        )]);
+        assert_eq!(client_scheme(proxy, &forged, &rfc), "http");
+        let garbage = headers(&[("forwarded", "for=192.0.2.1;proto=https;;=, for")]);
+        assert_eq!(client_scheme(proxy, &garbage, &rfc), "http");
+        assert_eq!(client_scheme(proxy, &https, &rfc), "http");
     }
 
     #[test]

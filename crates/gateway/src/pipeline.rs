@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bulkhead_manifest::input::HOP_BY_HOP;
-use bulkhead_runtime::Invocation;
+use bulkhead_runtime::{Invocation, RequestTrailers};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tracing::{info, warn};
 
 use crate::admission::{PushedOut, Refused};
 use crate::authn::Identity;
-use crate::caller::{Caller, client_address};
+use crate::caller::{Caller, client_address, client_scheme};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::respond::{self, CutReport, Held, Outgoing};
@@ -170,6 +170,8 @@ async fn pipeline<'s>(
     // The client's address: the peer, or what a trusted proxy says (T02);
     // until a subject is verified, it names the caller.
     let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
+    // The scheme the client used: https only if a trusted proxy says so.
+    let scheme = client_scheme(peer, request.headers(), &shared.limits.trusted_proxies);
     outcome.caller = Some(Caller::of(None, client));
 
     // One valid Host, agreeing with an absolute-form target, one of
@@ -289,7 +291,8 @@ async fn pipeline<'s>(
         refused(r, "function")
     })?;
 
-    // Read the body, bounded in size and time (T01).
+    // Read the body, bounded in size and time (T01), framed by its length
+    // or chunked: a chunked one is cut off as soon as it passes the cap.
     let limits = function.limits();
     let (parts, body) = request.into_parts();
     let max_body = limits.max_request_body.as_usize();
@@ -300,6 +303,7 @@ async fn pipeline<'s>(
             "Request body too large",
             format!("This function accepts request bodies of at most {max_body} bytes."),
         )
+        .close_connection()
     };
     if declared_length(&parts.headers).is_some_and(|n| n > max_body as u64) {
         return Err(too_large());
@@ -309,14 +313,15 @@ async fn pipeline<'s>(
         Limited::new(body, max_body).collect(),
     )
     .await;
-    let body = match read {
+    let (body, trailers) = match read {
         Err(_) => {
             return Err(Problem::new(
                 StatusCode::REQUEST_TIMEOUT,
                 "body-timeout",
                 "Request body too slow",
                 "The request body did not arrive in time.",
-            ));
+            )
+            .close_connection());
         }
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -331,9 +336,13 @@ async fn pipeline<'s>(
                 "bad-body",
                 "Malformed request body",
                 "The request body could not be read.",
-            ));
+            )
+            .close_connection());
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Ok(collected)) => {
+            let trailers = collected.trailers().map(|t| guest_trailers(t, &slot.rules));
+            (collected.to_bytes(), trailers)
+        }
     };
 
     // Its body is read: it now counts against the dynamic throttle's limit,
@@ -400,7 +409,18 @@ async fn pipeline<'s>(
 
     // Invoke, metered from here on (T04).
     let request_bytes = body.len() as u64;
-    let guest_request = guest_request(parts, host, body, trace, identity.as_ref(), &slot.rules)?;
+    let mut guest_request = guest_request(
+        parts,
+        host,
+        scheme,
+        body,
+        trace,
+        identity.as_ref(),
+        &slot.rules,
+    )?;
+    if let Some(trailers) = trailers.filter(|t| !t.0.is_empty()) {
+        guest_request.extensions_mut().insert(trailers);
+    }
     let invocation = Invocation {
         correlation_id: trace.correlation_id().to_string(),
         traceparent: trace.traceparent(),
@@ -472,6 +492,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 fn guest_request(
     parts: http::request::Parts,
     host: Option<String>,
+    scheme: &str,
     body: Bytes,
     trace: &TraceContext,
     identity: Option<&Identity>,
@@ -488,7 +509,7 @@ fn guest_request(
         .map_or("/", |pq| pq.as_str())
         .to_string();
     let uri = http::Uri::builder()
-        .scheme("http")
+        .scheme(scheme)
         .authority(authority)
         .path_and_query(path_and_query)
         .build()
@@ -501,21 +522,17 @@ fn guest_request(
             )
         })?;
     let body_len = body.len();
-    let parts_had_length = parts.headers.contains_key(header::CONTENT_LENGTH);
+    // A chunked body has a length once read, even an empty one.
+    let parts_had_length = parts.headers.contains_key(header::CONTENT_LENGTH)
+        || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let mut request = Request::new(body);
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
     for (name, value) in &parts.headers {
-        let name_str = name.as_str();
-        if HOP_BY_HOP.contains(&name_str)
-            || name_str.starts_with(RESERVED_PREFIX)
-            || name_str == "traceparent"
-            || !rules.lets_through(name)
-        {
-            continue;
+        if passes_to_guest(name, rules) {
+            headers.append(name.clone(), value.clone());
         }
-        headers.append(name.clone(), value.clone());
     }
     if let Ok(value) = HeaderValue::from_str(&trace.traceparent()) {
         headers.insert("traceparent", value);
@@ -545,4 +562,40 @@ fn guest_request(
         }
     }
     Ok(request)
+}
+
+/// Whether the function sees this client field: one its input rules let
+/// through, never a connection field, `traceparent` (the gateway's) or a
+/// `bulkhead-*` one (T10, T11).
+fn passes_to_guest(name: &HeaderName, rules: &Rules) -> bool {
+    let text = name.as_str();
+    !(HOP_BY_HOP.contains(&text) || text.starts_with(RESERVED_PREFIX) || text == "traceparent")
+        && rules.lets_through(name)
+}
+
+/// The chunked body's trailer fields the function gets (issue 12): those a
+/// header of that name would pass ([`passes_to_guest`]), minus what may not
+/// be a trailer (RFC 9110 §6.5.1: framing, routing, authentication,
+/// content). hyper already bounds the trailer section (16 KiB, at most
+/// `max_headers` fields) or refuses the body.
+fn guest_trailers(trailers: &HeaderMap, rules: &Rules) -> RequestTrailers {
+    const NOT_TRAILERS: &[&str] = &[
+        "authorization",
+        "content-encoding",
+        "content-range",
+        "content-type",
+        "cookie",
+        "expect",
+        "host",
+        "max-forwards",
+        "proxy-authorization",
+        "range",
+    ];
+    let mut kept = HeaderMap::new();
+    for (name, value) in trailers {
+        if passes_to_guest(name, rules) && !NOT_TRAILERS.contains(&name.as_str()) {
+            kept.append(name.clone(), value.clone());
+        }
+    }
+    RequestTrailers(kept)
 }

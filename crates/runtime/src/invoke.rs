@@ -54,6 +54,13 @@ pub struct Invocation {
     pub caller: Arc<str>,
 }
 
+/// Trailer fields of a chunked request body, already filtered by the
+/// gateway, carried as an extension of the request handed to
+/// [`crate::LoadedFunction::invoke`]: the function gets them after the body
+/// (`incoming-body.finish`), as the client sent them (issue 12).
+#[derive(Debug, Clone, Default)]
+pub struct RequestTrailers(pub http::HeaderMap);
+
 /// How a call failed. The gateway turns each into a problem response; the
 /// detail strings are for the operator's log, never for the client.
 #[derive(Debug, thiserror::Error)]
@@ -140,7 +147,7 @@ pub(crate) async fn invoke(
 
 async fn run(
     sealed: Arc<Sealed>,
-    request: http::Request<Bytes>,
+    mut request: http::Request<Bytes>,
     invocation: &Invocation,
     redactions: Redactions,
 ) -> Result<http::Response<ResponseBody>, InvokeError> {
@@ -208,15 +215,23 @@ async fn run(
     });
 
     let (sender, receiver) = tokio::sync::oneshot::channel();
+    // The scheme the client used, as the gateway wrote it into the URI.
+    let scheme = match request.uri().scheme_str() {
+        Some("https") => Scheme::Https,
+        _ => Scheme::Http,
+    };
+    let trailers = request.extensions_mut().remove::<RequestTrailers>();
     let request = request.map(|body| {
-        Full::new(body).map_err(
-            |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
-        )
+        Full::new(body)
+            .with_trailers(std::future::ready(trailers.map(|t| Ok(t.0))))
+            .map_err(
+                |never: std::convert::Infallible| -> wasmtime_wasi_http::Error { match never {} },
+            )
     });
     let request = store
         .data_mut()
         .http()
-        .new_incoming_request(Scheme::Http, request)
+        .new_incoming_request(scheme, request)
         .map_err(internal)?;
     let outparam = store
         .data_mut()

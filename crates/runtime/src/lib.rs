@@ -34,7 +34,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 pub use cache::{CacheOutcome, CompileCache};
 pub use data::DataPlane;
 pub use engine::{EPOCH_TICK, EngineSettings};
-pub use invoke::{Invocation, InvokeError};
+pub use invoke::{Invocation, InvokeError, RequestTrailers};
 pub use outbound::tls_connector;
 pub use response::ResponseBody;
 pub use sql::SqlStores;

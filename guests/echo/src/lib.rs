@@ -1,12 +1,13 @@
 //! Echoes what the function was handed: method, path, headers and body, as
-//! JSON. Tests use it to see exactly what the gateway let through. It also
+//! JSON, with the scheme, the body's length and the trailers that followed
+//! the body. Tests use it to see exactly what the gateway let through. It also
 //! prints one line to stdout on every call, so a test can count the calls
 //! that reached it in the log (`bulkhead::guest` records, by correlation ID).
 use std::io::{Read as _, Write as _};
 
 use wasip2::http::types::{
     Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse,
-    ResponseOutparam,
+    ResponseOutparam, Scheme,
 };
 
 wasip2::http::proxy::export!(Echo);
@@ -34,19 +35,38 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
             .into_iter()
             .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
             .collect();
+        let scheme = match request.scheme() {
+            Some(Scheme::Http) => "http".to_string(),
+            Some(Scheme::Https) => "https".to_string(),
+            Some(Scheme::Other(s)) => s,
+            None => String::new(),
+        };
         let mut body = Vec::new();
+        let mut trailers: Vec<(String, String)> = Vec::new();
         if let Ok(incoming) = request.consume() {
             if let Ok(mut stream) = incoming.stream() {
                 let _ = stream.read_to_end(&mut body);
             }
-            let _ = IncomingBody::finish(incoming);
+            // The stream must be gone before the trailers can be had.
+            let future = IncomingBody::finish(incoming);
+            future.subscribe().block();
+            if let Some(Ok(Ok(Some(fields)))) = future.get() {
+                trailers = fields
+                    .entries()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+                    .collect();
+            }
         }
         let reply = serde_json::json!({
             "method": method,
             "path_with_query": request.path_with_query(),
             "authority": request.authority(),
+            "scheme": scheme,
             "headers": headers,
             "body": String::from_utf8_lossy(&body),
+            "body_length": body.len(),
+            "trailers": trailers,
         });
         let headers = Fields::from_list(&[(
             "content-type".to_string(),

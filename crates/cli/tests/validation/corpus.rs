@@ -362,17 +362,34 @@ pub fn all() -> Vec<Case> {
     ] {
         cases.push((name, raw.to_vec(), Refused));
     }
-    cases.extend(smuggling());
     cases
 }
 
+/// What a framing attack may get on a keep-alive connection (issue 12):
+/// counted in responses to the case's own requests; a probe request sent
+/// after it on the same connection shows whether the connection was kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// Refused (a 4xx, or closed unanswered), and nothing after it read.
+    Refused,
+    /// Answered at most once, served or refused, and the connection then
+    /// closed, so nothing after it is ever read as a request: both framings
+    /// at once, which hyper reads as chunked (RFC 9112 §6.1).
+    Once,
+    /// Framed without doubt: this many answers, then the probe's.
+    Kept(usize),
+}
+
+pub type FramingCase = (&'static str, Vec<u8>, Framing);
+
 /// Framing attacks. The outer request is one `notes` would accept; the
-/// request smuggled inside must never run either. (Two identical
-/// `Content-Length` values are not here: RFC 9110 lets a recipient read them
-/// as one, hyper does, and so nothing is ambiguous.) No `connection: close`:
-/// if the server read the smuggled bytes as a next request, the echo guest
-/// would log a call.
-fn smuggling() -> Vec<Case> {
+/// request smuggled inside (`GET /items/smuggled`) must never be read as a
+/// request at all. (Two identical `Content-Length` values are not here: RFC
+/// 9110 lets a recipient read them as one, hyper does, and so nothing is
+/// ambiguous.) No `connection: close`: the connection is kept alive unless
+/// the server closes it.
+pub fn smuggling() -> Vec<FramingCase> {
+    use Framing::{Kept, Once, Refused};
     let smuggled = "GET /items/smuggled HTTP/1.1\r\nhost: x\r\n\r\n";
     let inner = format!("0\r\n\r\n{smuggled}");
     let n = inner.len();
@@ -382,29 +399,64 @@ fn smuggling() -> Vec<Case> {
         )
         .into_bytes()
     };
+    let chunked = |body: &str| framed("transfer-encoding: chunked\r\n".into(), body);
+    let coded = |coding: &str, body: &str| framed(format!("transfer-encoding: {coding}\r\n"), body);
     let hello_smuggled = format!("hello{smuggled}");
+    // The smuggled request as the data of one chunk: body, never a request.
+    let in_chunk = format!("{:x}\r\n{smuggled}\r\n0\r\n\r\n", smuggled.len());
+    let pipelined = [
+        chunked("5\r\nhello\r\n0\r\n\r\n"),
+        b"GET /items/abc HTTP/1.1\r\nhost: x\r\n\r\n".to_vec(),
+    ]
+    .concat();
     #[rustfmt::skip]
     let cases = vec![
-        ("cl and te", framed(format!("content-length: {n}\r\ntransfer-encoding: chunked\r\n"), &inner)),
-        ("te and cl", framed(format!("transfer-encoding: chunked\r\ncontent-length: {n}\r\n"), &inner)),
-        ("two lengths differ", framed("content-length: 5\r\ncontent-length: 40\r\n".into(), &hello_smuggled)),
-        ("length list", framed("content-length: 5, 40\r\n".into(), &hello_smuggled)),
-        ("signed length", framed("content-length: +5\r\n".into(), "hello")),
-        ("negative length", framed("content-length: -1\r\n".into(), "hello")),
-        ("te not chunked", framed("transfer-encoding: xchunked\r\n".into(), &inner)),
-        ("te chunked then identity", framed("transfer-encoding: chunked, identity\r\n".into(), &inner)),
-        ("te space before colon", framed("transfer-encoding : chunked\r\ncontent-length: 3\r\n".into(), "0\r\n")),
-        ("te obs-fold", framed("transfer-encoding:\r\n chunked\r\n".into(), &inner)),
-        ("te twice", framed("transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n".into(), "hello")),
-        ("chunk size overflow", framed("transfer-encoding: chunked\r\n".into(), "ffffffffffffffffff1\r\nx\r\n0\r\n\r\n")),
-        ("chunk extension nul", framed("transfer-encoding: chunked\r\n".into(), "5;\0\r\nhello\r\n0\r\n\r\n")),
-        ("header name with space", framed("content length: 5\r\n".into(), "hello")),
+        // Both framings: read as chunked, answered once, closed (hyper).
+        ("cl and te", framed(format!("content-length: {n}\r\ntransfer-encoding: chunked\r\n"), &inner), Once),
+        ("te and cl", framed(format!("transfer-encoding: chunked\r\ncontent-length: {n}\r\n"), &inner), Once),
+        ("te and cl of the smuggled part", framed("transfer-encoding: chunked\r\ncontent-length: 5\r\n".into(), &format!("5\r\nhello\r\n{inner}")), Once),
+        ("two lengths differ", framed("content-length: 5\r\ncontent-length: 40\r\n".into(), &hello_smuggled), Refused),
+        ("length list", framed("content-length: 5, 40\r\n".into(), &hello_smuggled), Refused),
+        ("signed length", framed("content-length: +5\r\n".into(), "hello"), Refused),
+        ("negative length", framed("content-length: -1\r\n".into(), "hello"), Refused),
+        ("te not chunked", coded("xchunked", &inner), Refused),
+        ("te chunked then identity", coded("chunked, identity", &inner), Refused),
+        ("te gzip then chunked", coded("gzip, chunked", &inner), Refused),
+        ("te chunked twice in one line", coded("chunked, chunked", &inner), Refused),
+        ("te identity then chunked", coded("identity, chunked", &inner), Refused),
+        ("te space before colon", framed("transfer-encoding : chunked\r\ncontent-length: 3\r\n".into(), "0\r\n"), Refused),
+        ("te obs-fold", framed("transfer-encoding:\r\n chunked\r\n".into(), &inner), Refused),
+        ("te obs-fold after chunked", framed("transfer-encoding: chunked\r\n , identity\r\n".into(), &inner), Refused),
+        ("te vertical tab", coded("\x0bchunked", &inner), Refused),
+        ("te twice", framed("transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n".into(), "hello"), Refused),
+        ("te twice without length", framed("transfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n".into(), &inner), Refused),
+        ("te then other te", framed("transfer-encoding: chunked\r\ntransfer-encoding: identity\r\n".into(), &inner), Refused),
+        ("chunk size overflow", chunked("ffffffffffffffffff1\r\nx\r\n0\r\n\r\n"), Refused),
+        ("chunk size 2^64", chunked("10000000000000000\r\nx\r\n0\r\n\r\n"), Refused),
+        ("negative chunk size", chunked("-5\r\nhello\r\n0\r\n\r\n"), Refused),
+        ("hex prefix chunk size", chunked("0x5\r\nhello\r\n0\r\n\r\n"), Refused),
+        ("junk chunk size", chunked("5g\r\nhello\r\n0\r\n\r\n"), Refused),
+        ("empty chunk size", chunked("\r\nhello\r\n0\r\n\r\n"), Refused),
+        ("chunk longer than its size", chunked("3\r\nhello\r\n0\r\n\r\n"), Refused),
+        ("chunk shorter than its size", chunked(&format!("9\r\nhello\r\n{inner}")), Refused),
+        ("bare lf after size", chunked("5\nhello\r\n0\r\n\r\n"), Refused),
+        ("bare lf after data", chunked("5\r\nhello\n0\r\n\r\n"), Refused),
+        ("bare lf in extension", chunked("5;a\nhello\r\n0\r\n\r\n"), Refused),
+        ("chunk extension nul", chunked("5;\0\r\nhello\r\n0\r\n\r\n"), Kept(1)),
+        ("chunk extensions", chunked("5;name=value;quoted=\"a b\"\r\nhello\r\n0;last\r\n\r\n"), Kept(1)),
+        ("header name with space", framed("content length: 5\r\n".into(), "hello"), Refused),
         ("http/1.0 te and cl", format!(
             "POST /notes HTTP/1.0\r\nhost: x\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\ncontent-length: {n}\r\n\r\n{inner}"
-        ).into_bytes()),
+        ).into_bytes(), Refused),
+        ("http/1.0 chunked", format!(
+            "POST /notes HTTP/1.0\r\nhost: x\r\ncontent-type: text/plain\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n{inner}"
+        ).into_bytes(), Refused),
+        // Framed well: the body is data, whatever it looks like, and the
+        // connection goes on with the next request.
+        ("te upper case", coded("CHUNKED", "5\r\nhello\r\n0\r\n\r\n"), Kept(1)),
+        ("te tab before value", framed("transfer-encoding:\tchunked \r\n".into(), "5\r\nhello\r\n0\r\n\r\n"), Kept(1)),
+        ("smuggled request inside a chunk", chunked(&in_chunk), Kept(1)),
+        ("chunked then pipelined", pipelined, Kept(2)),
     ];
     cases
-        .into_iter()
-        .map(|(name, raw)| (name, raw, Refused))
-        .collect()
 }

@@ -204,11 +204,41 @@ fn framing_and_media_types() {
                 ("transfer-encoding", "chunked")
             ]
         ),
-        refused("header.transfer-encoding", "chunked-body")
+        refused("header.transfer-encoding", "both-framings")
+    );
+    // Issue 12: a chunked body alone is framed well; any other coding, a
+    // list or a second line is refused (T10).
+    assert_eq!(
+        head(None, &[json, ("transfer-encoding", "chunked")]),
+        Ok(())
     );
     assert_eq!(
-        head(None, &[("transfer-encoding", "chunked")]),
-        refused("header.transfer-encoding", "chunked-body")
+        head(None, &[json, ("transfer-encoding", "Chunked")]),
+        Ok(())
+    );
+    for coding in [
+        "gzip, chunked",
+        "chunked, chunked",
+        "identity",
+        "chunked;q=1",
+        "xchunked",
+    ] {
+        assert_eq!(
+            head(None, &[json, ("transfer-encoding", coding)]),
+            refused("header.transfer-encoding", "only-chunked"),
+            "{coding}"
+        );
+    }
+    assert_eq!(
+        head(
+            None,
+            &[
+                json,
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ]
+        ),
+        refused("header.transfer-encoding", "repeated")
     );
     assert_eq!(
         head(
