@@ -523,8 +523,8 @@ fn check_lists_outbound_destinations_and_warns_about_unreachable_ones_t17() {
 
 /// T17/T19: outside `dev` a grant naming `localhost` is refused by `check`
 /// and `serve` at its line, saying why and what to do instead; a grant of
-/// loopback by address still deploys there, but `check` warns that it
-/// reaches this machine.
+/// loopback by address still deploys there, but `check` warns and `serve`
+/// logs that it reaches this machine.
 #[test]
 fn outside_dev_a_localhost_grant_is_refused_and_loopback_warned_t19() {
     let app = TestApp::new(&with_outbound(r#""http://localhost:3000""#), &["hello"]);
@@ -555,4 +555,17 @@ fn outside_dev_a_localhost_grant_is_refused_and_loopback_warned_t19() {
         "{text}"
     );
     assert!(!stdout(&app.run(&["check"])).contains("warning"));
+    // `serve` does not reach it silently either: the deploy logs it.
+    let server = Server::start_with(&app, &["--env", "prod", "--admin-listen", "off"]);
+    let warning = server.wait_for_log(
+        |r| {
+            r["target"] == "bulkhead::deploy"
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("reaches this machine's loopback"))
+        },
+        std::time::Duration::from_secs(10),
+    );
+    assert_eq!(warning["function"], "hello", "{warning}");
+    assert_eq!(warning["level"], "WARN", "{warning}");
 }

@@ -183,8 +183,8 @@ impl WasiHttpHooks for Outbound {
                     reporter.deny(&url, reason);
                     error
                 })?;
-            let (tcp, address) = connect(&addresses, deadline).await?;
-            reporter.used(&url, address);
+            // Each address tried is a use, reported before connecting.
+            let tcp = connect(&addresses, deadline, |address| reporter.used(&url, address)).await?;
             let (response, connection) = send(request, &destination, tcp, deadline).await?;
             if !meter.charge(response_head_bytes(&response)) {
                 return Err(Error::HttpResponseHeaderSectionSize(None));
@@ -340,17 +340,20 @@ async fn resolve(
         ))
 }
 
-/// Connect to the first of `addresses` that accepts; which one it was.
+/// Connect to the first of `addresses` that accepts, calling `trying`
+/// with each before it is tried.
 async fn connect(
     addresses: &[SocketAddr],
     deadline: Instant,
-) -> Result<(TcpStream, SocketAddr), Error> {
+    trying: impl Fn(SocketAddr),
+) -> Result<TcpStream, Error> {
     let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
     let mut failure = Error::ConnectionRefused;
     for &address in addresses {
+        trying(address);
         match tokio::time::timeout_at(limit, TcpStream::connect(address)).await {
             Err(_) => return Err(Error::ConnectionTimeout),
-            Ok(Ok(tcp)) => return Ok((tcp, address)),
+            Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e)) => failure = Error::Connect(e),
         }
     }
