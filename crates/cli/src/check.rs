@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use bulkhead_gateway::authn::Authenticator;
 use bulkhead_manifest::Access;
+use bulkhead_runtime::egress::{self, Reach};
 
 use crate::{Target, deploy, load_app, report};
 
@@ -74,6 +75,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             let label = if i == 0 { "imports" } else { "" };
             println!("  {label:<10} {import}");
         }
+        print_outbound(spec, app.env == bulkhead_manifest::DEFAULT_ENV);
         if !spec.grants.sql.is_empty() {
             let grants: Vec<String> = spec
                 .grants
@@ -140,6 +142,34 @@ fn describe_access(access: &Access) -> String {
                     scopes.join(" ")
                 )
             }
+        }
+    }
+}
+
+/// T17: each outbound destination, what it reaches, and a warning for one
+/// that reaches this machine's loopback outside `dev` or a metadata
+/// service, or that the egress rules refuse at every call.
+fn print_outbound(spec: &bulkhead_manifest::Function, dev: bool) {
+    if spec.grants.outbound.is_empty() {
+        println!("  outbound   none");
+        return;
+    }
+    for (i, rule) in spec.grants.outbound.iter().enumerate() {
+        let label = if i == 0 { "outbound" } else { "" };
+        let note = match egress::review(rule, dev) {
+            Reach::Public => String::new(),
+            Reach::DevLoopback => format!(
+                " (dev: this machine's loopback, port {} only, never resolved)",
+                rule.port
+            ),
+            Reach::Internal { .. } => " (an internal address, granted exactly)".into(),
+            Reach::Never(_) => " (never reached)".into(),
+        };
+        println!("  {label:<10} {rule}{note}");
+    }
+    for rule in &spec.grants.outbound {
+        if let Some(warning) = egress::warning(rule, dev) {
+            println!("  {:<10} {warning}", "warning");
         }
     }
 }

@@ -73,6 +73,16 @@ pub fn deploy(
                     function.name,
                     started.elapsed().as_millis()
                 ));
+                // T17: a grant reaching this machine or the metadata
+                // service, or never reached, is not served silently.
+                if mode == Mode::Serve {
+                    let dev = app.env == bulkhead_manifest::DEFAULT_ENV;
+                    for rule in &function.grants.outbound {
+                        if let Some(warning) = bulkhead_runtime::egress::warning(rule, dev) {
+                            warn!(target: "bulkhead::deploy", function = %function.name, "{warning}");
+                        }
+                    }
+                }
                 // T18: each capability import beside its grant.
                 if mode == Mode::Serve {
                     for import in loaded.imports() {

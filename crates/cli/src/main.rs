@@ -104,7 +104,10 @@ enum Command {
     #[command(
         long_about = "Validate APP_DIR/bulkhead.toml and every component it names: digests, \
                       compilation, imports and exports. Prints what each function would serve \
-                      with and exits non-zero listing every problem found.",
+                      with, including its outbound destinations with a warning for any that \
+                      reaches this machine or a metadata service or can never be reached, and \
+                      exits non-zero listing every problem found (such as a grant naming \
+                      `localhost` outside `dev`).",
         after_help = "Example:\n  bulkhead check examples/hello --env prod"
     )]
     Check {

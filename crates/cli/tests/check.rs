@@ -467,3 +467,105 @@ fn t18_redeploying_a_changed_component_prunes_the_old_entry() {
     );
     assert!(old.is_disjoint(&new), "the old build's entry is gone");
 }
+
+/// An app whose one function is granted `outbound` (a TOML array body).
+fn with_outbound(entries: &str) -> String {
+    VALID.replace(
+        "auth = \"public\"",
+        &format!("auth = \"public\"\ngrants = {{ outbound = [{entries}] }}"),
+    )
+}
+
+/// T17: `check` lists each function's outbound destinations and warns,
+/// naming the destination and the reason, about one no call can ever
+/// reach (a name the resolver reads as loopback, a `.localhost` name, a
+/// multicast address) and about one reaching the cloud metadata service;
+/// `localhost` in dev is loopback on its port; a function with no grant
+/// reaches nothing.
+#[test]
+fn check_lists_outbound_destinations_and_warns_about_unreachable_ones_t17() {
+    let app = TestApp::new(
+        &format!(
+            "{}\n[[function]]\nname = \"bare\"\ncomponent = \"hello.wasm\"\nroute = \"/bare\"\nauth = \"public\"\n",
+            with_outbound(
+                r#""https://api.example.com", "http://localhost:3000", "http://10.0.0.5:8080",
+                "http://2130706433", "http://app.localhost:3000", "http://224.0.0.1",
+                "http://169.254.169.254", "http://127.0.0.1:9000""#,
+            )
+        ),
+        &["hello"],
+    );
+    let out = app.run(&["check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "  outbound   https://api.example.com:443\n",
+        "             http://localhost:3000 (dev: this machine's loopback, port 3000 only, never resolved)\n",
+        "             http://10.0.0.5:8080 (an internal address, granted exactly)\n",
+        "             http://2130706433:80 (never reached)\n",
+        "  warning    http://2130706433:80 can never be reached: `2130706433` is the address 127.0.0.1 written another way",
+        "  warning    http://app.localhost:3000 can never be reached: names under `.localhost` resolve to loopback",
+        "  warning    http://224.0.0.1:80 can never be reached: 224.0.0.1 is a multicast or broadcast address",
+        "  warning    http://169.254.169.254:80 reaches a cloud metadata service",
+        "  outbound   none\n",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    // Loopback named exactly is what dev is for: no warning there, nor
+    // for the private address a grant names on purpose.
+    assert!(!text.contains("warning    http://127.0.0.1:9000"), "{text}");
+    assert!(!text.contains("warning    http://10.0.0.5"), "{text}");
+    assert!(
+        !text.contains("warning    https://api.example.com"),
+        "{text}"
+    );
+}
+
+/// T17/T19: outside `dev` a grant naming `localhost` is refused by `check`
+/// and `serve` at its line, saying why and what to do instead; a grant of
+/// loopback by address still deploys there, but `check` warns and `serve`
+/// logs that it reaches this machine.
+#[test]
+fn outside_dev_a_localhost_grant_is_refused_and_loopback_warned_t19() {
+    let app = TestApp::new(&with_outbound(r#""http://localhost:3000""#), &["hello"]);
+    assert!(app.run(&["check"]).status.success(), "dev allows it");
+    let serve_options = ["--listen", "127.0.0.1:0", "--admin-listen", "off"];
+    for env in ["staging", "prod"] {
+        for (command, options) in [("check", &[][..]), ("serve", &serve_options[..])] {
+            let options = [&["--env", env][..], options].concat();
+            let out = app.run_with(&[command], &options);
+            assert!(!out.status.success(), "{command} --env {env}");
+            let err = stderr(&out);
+            assert!(err.contains("bulkhead.toml:10:"), "{command}: {err}");
+            assert!(
+                err.contains("outbound entry `http://localhost:3000` names `localhost`"),
+                "{command}: {err}"
+            );
+            assert!(err.contains("allowed only in `dev`"), "{command}: {err}");
+            assert!(err.contains("grant the real host"), "{command}: {err}");
+        }
+    }
+
+    let app = TestApp::new(&with_outbound(r#""http://127.0.0.1:9000""#), &["hello"]);
+    let out = app.run_with(&["check"], &["--env", "prod"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("  warning    http://127.0.0.1:9000 reaches this machine's loopback"),
+        "{text}"
+    );
+    assert!(!stdout(&app.run(&["check"])).contains("warning"));
+    // `serve` does not reach it silently either: the deploy logs it.
+    let server = Server::start_with(&app, &["--env", "prod", "--admin-listen", "off"]);
+    let warning = server.wait_for_log(
+        |r| {
+            r["target"] == "bulkhead::deploy"
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("reaches this machine's loopback"))
+        },
+        std::time::Duration::from_secs(10),
+    );
+    assert_eq!(warning["function"], "hello", "{warning}");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+}

@@ -98,6 +98,14 @@ pub enum HostPattern {
     Ip(IpAddr),
 }
 
+impl HostPattern {
+    /// `localhost` exactly: in `dev` this machine's loopback on the granted
+    /// port, reached without DNS; refused in every other environment (T17).
+    pub fn is_localhost(&self) -> bool {
+        matches!(self, Self::Name(name) if name == "localhost")
+    }
+}
+
 impl OutboundRule {
     /// Parse `https://api.github.com`, `http://10.0.0.5:8080` or
     /// `https://*.example.com:8443`.
@@ -221,11 +229,42 @@ mod tests {
         assert!(!wildcard.allows(Scheme::Https, "example.com", 8443));
         assert!(!wildcard.allows(Scheme::Https, "badexample.com", 8443));
 
+        let named = OutboundRule::parse("http://LocalHost:3000").unwrap();
+        assert!(named.host.is_localhost());
+        assert!(named.allows(Scheme::Http, "localhost", 3000));
+        assert!(!named.allows(Scheme::Http, "localhost", 3001));
+        assert!(!named.allows(Scheme::Http, "127.0.0.1", 3000));
+        for other in [
+            "http://localhost.localdomain:3000",
+            "http://a.localhost:3000",
+        ] {
+            assert!(!OutboundRule::parse(other).unwrap().host.is_localhost());
+        }
+
         let local = OutboundRule::parse("http://127.0.0.1:8080").unwrap();
         assert!(local.allows(Scheme::Http, "127.0.0.1", 8080));
         assert!(!local.allows(Scheme::Http, "localhost", 8080));
         let v6 = OutboundRule::parse("http://[::1]:9000").unwrap();
         assert!(v6.allows(Scheme::Http, "[::1]", 9000));
+    }
+
+    /// T17/T19: `localhost` is a grant only in `dev`; elsewhere the
+    /// manifest is refused at its line with the reason and the fix.
+    #[test]
+    fn localhost_is_granted_only_in_dev_t17() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        let path = dir.path().join("bulkhead.toml");
+        let source = "[app]\nname = \"t\"\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/\"\nauth = \"public\"\ngrants = { outbound = [\"http://localhost:3000\"] }\n";
+        let app = crate::parse(dir.path(), &path, source, "dev").unwrap();
+        assert!(app.functions[0].grants.outbound[0].host.is_localhost());
+        for env in ["staging", "prod"] {
+            let err = crate::parse(dir.path(), &path, source, env)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("bulkhead.toml:8:"), "{err}");
+            assert!(err.contains("allowed only in `dev`"), "{err}");
+        }
     }
 
     #[test]

@@ -123,6 +123,7 @@ pub(crate) fn resolve(
         config: &config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         pricing: &pricing,
+        dev: env == crate::DEFAULT_ENV,
     };
 
     let mut functions = Vec::new();
@@ -395,6 +396,8 @@ struct Shared<'a> {
     config: &'a BTreeMap<String, String>,
     strict_imports: bool,
     pricing: &'a crate::cost::Pricing,
+    /// The environment is `dev`: only there may a grant name `localhost`.
+    dev: bool,
 }
 
 fn function(
@@ -557,6 +560,15 @@ fn function(
     let mut outbound = Vec::new();
     for entry in &f.grants.outbound {
         match OutboundRule::parse(entry.get_ref()) {
+            // T17/T19: `localhost` means this machine's loopback, which only
+            // a developer's own machine should reach by name.
+            Ok(rule) if rule.host.is_localhost() && !shared.dev => out.at(
+                Some(entry.span()),
+                format!(
+                    "function `{name}`: outbound entry `{}` names `localhost`, which means this machine's loopback and is allowed only in `dev`; grant the real host the function calls in this environment (e.g. `https://api.example.com`), or run in `dev`",
+                    entry.get_ref()
+                ),
+            ),
             Ok(rule) => outbound.push(rule),
             Err(e) => out.at(Some(entry.span()), format!("function `{name}`: {e}")),
         }

@@ -10,6 +10,7 @@ mod cache;
 mod call;
 mod config;
 pub mod data;
+pub mod egress;
 mod engine;
 mod host;
 pub mod imports;

@@ -3,12 +3,15 @@
 //! loopback, private, link-local, unique-local, multicast and metadata
 //! addresses are refused unless the grant names that exact address. The
 //! connection goes to the checked address, so DNS cannot be re-resolved
-//! to a different one in between. Redirects are never followed; each call
+//! to a different one in between. A grant naming `localhost` exists only
+//! in `dev` (the manifest refuses it elsewhere) and means this machine's
+//! loopback on that port, never asked of DNS, so a hosts file or resolver
+//! cannot send it elsewhere; no other name reaches loopback (rebinding). Redirects are never followed; each call
 //! may make a bounded number of requests; responses are size-capped; the
 //! trace context travels with the request.
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -138,6 +141,8 @@ impl WasiHttpHooks for Outbound {
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
         self.sent += 1;
+        // `localhost` granted (dev only): loopback, without DNS (T17).
+        let loopback = granted.iter().any(|rule| rule.host.is_localhost());
         // Addresses a grant names exactly may be reached even if private.
         let exact: Vec<IpAddr> = granted
             .iter()
@@ -172,15 +177,15 @@ impl WasiHttpHooks for Outbound {
         }
         let request = request.map(|body| meter.wrap(body, Direction::Sent));
         Box::new(async move {
-            let address =
-                resolve(&destination, &exact, deadline)
-                    .await
-                    .map_err(|(error, reason)| {
-                        reporter.deny(&url, reason);
-                        error
-                    })?;
-            reporter.used(&url, address);
-            let (response, connection) = send(request, &destination, address, deadline).await?;
+            let addresses = resolve(&destination, &exact, loopback, deadline)
+                .await
+                .map_err(|(error, reason)| {
+                    reporter.deny(&url, reason);
+                    error
+                })?;
+            // Each address tried is a use, reported before connecting.
+            let tcp = connect(&addresses, deadline, |address| reporter.used(&url, address)).await?;
+            let (response, connection) = send(request, &destination, tcp, deadline).await?;
             if !meter.charge(response_head_bytes(&response)) {
                 return Err(Error::HttpResponseHeaderSectionSize(None));
             }
@@ -293,12 +298,28 @@ impl Body for Metered {
     }
 }
 
-/// Resolve once and pick the first permitted address.
+/// Where `localhost` goes in `dev`: IPv4 loopback, then IPv6 (a dev server
+/// may listen on either).
+const LOOPBACK: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+];
+
+/// The permitted addresses to try, in order: the first permitted address
+/// the name resolves to (resolved once), or loopback for a granted
+/// `localhost` (never resolved).
 async fn resolve(
     destination: &Destination,
     exact: &[IpAddr],
+    loopback: bool,
     deadline: Instant,
-) -> Result<SocketAddr, (Error, &'static str)> {
+) -> Result<Vec<SocketAddr>, (Error, &'static str)> {
+    if loopback {
+        return Ok(LOOPBACK
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, destination.port))
+            .collect());
+    }
     let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
     let host = destination.bare_host();
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
@@ -312,23 +333,40 @@ async fn resolve(
     addresses
         .into_iter()
         .find(|a| exact.contains(&a.ip()) || is_public(a.ip()))
+        .map(|address| vec![address])
         .ok_or((
             Error::DestinationIpProhibited,
             "the destination resolves only to private, loopback, link-local or metadata addresses",
         ))
 }
 
+/// Connect to the first of `addresses` that accepts, calling `trying`
+/// with each before it is tried.
+async fn connect(
+    addresses: &[SocketAddr],
+    deadline: Instant,
+    trying: impl Fn(SocketAddr),
+) -> Result<TcpStream, Error> {
+    let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+    let mut failure = Error::ConnectionRefused;
+    for &address in addresses {
+        trying(address);
+        match tokio::time::timeout_at(limit, TcpStream::connect(address)).await {
+            Err(_) => return Err(Error::ConnectionTimeout),
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => failure = Error::Connect(e),
+        }
+    }
+    Err(failure)
+}
+
 async fn send(
     mut request: http::Request<WasiBody>,
     destination: &Destination,
-    address: SocketAddr,
+    tcp: TcpStream,
     deadline: Instant,
 ) -> SendResult {
     let limit = deadline.min(Instant::now() + CONNECT_TIMEOUT);
-    let tcp = tokio::time::timeout_at(limit, TcpStream::connect(address))
-        .await
-        .map_err(|_| Error::ConnectionTimeout)?
-        .map_err(Error::Connect)?;
     let _ = tcp.set_nodelay(true);
     // The request line carries only the path: we are not a proxy.
     let path = request
