@@ -19,7 +19,7 @@ name = "wstd-compat"
 
 [[function]]
 name = "app"
-component = "wstd-app.wasm"
+component = "wstd_app.wasm"
 route = "/app/{*rest}"
 methods = ["GET", "POST"]
 auth = "public"
@@ -55,7 +55,7 @@ fn get(path: &str, extra: &str) -> Vec<u8> {
 
 #[test]
 fn a_wstd_app_runs_unchanged_behind_a_wildcard_route() {
-    let app = TestApp::new(MANIFEST, &["wstd-app"]);
+    let app = TestApp::new(MANIFEST, &["wstd_app"]);
     let server = Server::start(&app);
 
     // The in-guest router gets every path under the wildcard.
@@ -79,10 +79,12 @@ fn a_wstd_app_runs_unchanged_behind_a_wildcard_route() {
     }
     let first = reads
         .iter()
-        .position(|r| String::from_utf8_lossy(r).contains("line 1 at"));
+        .position(|r| String::from_utf8_lossy(r).contains("line 1 at"))
+        .expect("line 1 read");
     let last = reads
         .iter()
-        .position(|r| String::from_utf8_lossy(r).contains("line 5 at"));
+        .position(|r| String::from_utf8_lossy(r).contains("line 5 at"))
+        .expect("line 5 read");
     assert!(first < last, "held back until the end: {reads:?}");
 
     // A chunked upload (no Content-Length), echoed back by the app.
