@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use corpus::Expect::{self, Problem, Refused};
 use serde_json::Value;
-use support::{Server, TestApp, get, raw_exchange};
+use support::{RawAnswer, Server, TestApp, get, guest_calls, raw_answer};
 
 /// The router guest behind `/api/{*rest}`, a literal `/api/health` served
 /// by another function, and the corpus's `/items/{id}` (same query rules)
@@ -66,56 +66,15 @@ fn start() -> (TestApp, Server) {
     (app, server)
 }
 
-/// A response read off the wire.
-struct Answer {
-    status: Option<u16>,
-    content_type: Option<String>,
-    correlation_id: Option<String>,
-    body: String,
-}
-
-fn exchange(server: &Server, raw: &[u8]) -> Answer {
-    let raw = raw_exchange(server.addr, raw, Duration::from_secs(10));
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok());
-    let mut content_type = None;
-    let mut correlation_id = None;
-    for (name, value) in lines.filter_map(|l| l.split_once(':')) {
-        match name.trim().to_ascii_lowercase().as_str() {
-            "content-type" => content_type = Some(value.trim().to_string()),
-            "bulkhead-correlation-id" => correlation_id = Some(value.trim().to_string()),
-            _ => {}
-        }
-    }
-    Answer {
-        status,
-        content_type,
-        correlation_id,
-        body: body.to_string(),
-    }
-}
-
-/// The correlation IDs of every call that reached `guest` (each guest
-/// prints `GUEST called` once per call).
-fn guest_calls(server: &Server, guest: &str) -> BTreeSet<String> {
-    let line = format!("{guest} called");
-    server
-        .logs()
-        .iter()
-        .filter(|r| r["target"] == "bulkhead::guest" && r["line"] == line.as_str())
-        .filter_map(|r| r["correlation_id"].as_str().map(String::from))
-        .collect()
+fn exchange(server: &Server, raw: &[u8]) -> RawAnswer {
+    raw_answer(server.addr, raw)
 }
 
 /// What the gateway answered, as compared between a path with and without
 /// the wildcard: status, problem type and rule (the field differs: the
 /// route's parameter is named differently).
-fn verdict(answer: &Answer) -> (Option<u16>, Option<String>, Option<String>) {
-    let problem: Option<Value> = serde_json::from_str(&answer.body).ok();
+fn verdict(answer: &RawAnswer) -> (Option<u16>, Option<String>, Option<String>) {
+    let problem: Option<Value> = serde_json::from_slice(&answer.body).ok();
     let get = |key: &str| {
         problem
             .as_ref()
@@ -125,23 +84,23 @@ fn verdict(answer: &Answer) -> (Option<u16>, Option<String>, Option<String>) {
     (answer.status, get("type"), get("rule"))
 }
 
-fn assert_matches_expectation(name: &str, answer: &Answer, expect: Expect) {
+fn assert_matches_expectation(name: &str, answer: &RawAnswer, expect: Expect) {
     if let Some(status) = answer.status {
         assert!(
             (400..500).contains(&status),
             "{name}: status {status}: {}",
-            answer.body
+            answer.text()
         );
     }
     if let Problem(status, slug, rule) = expect {
-        assert_eq!(answer.status, Some(status), "{name}: {}", answer.body);
+        assert_eq!(answer.status, Some(status), "{name}: {}", answer.text());
         assert_eq!(
-            answer.content_type.as_deref(),
+            answer.header("content-type"),
             Some("application/problem+json"),
             "{name}"
         );
-        let problem: Value = serde_json::from_str(&answer.body)
-            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.body));
+        let problem: Value = serde_json::from_slice(&answer.body)
+            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.text()));
         assert_eq!(
             problem["type"],
             format!("https://bulkhead.dev/problems/{slug}"),
@@ -152,14 +111,14 @@ fn assert_matches_expectation(name: &str, answer: &Answer, expect: Expect) {
         }
         assert_eq!(
             problem["correlation_id"].as_str(),
-            answer.correlation_id.as_deref(),
+            answer.header("bulkhead-correlation-id"),
             "{name}"
         );
     }
     assert!(
-        !answer.body.to_ascii_lowercase().contains("evil"),
+        !answer.echoes("evil"),
         "{name}: the answer echoes the input: {}",
-        answer.body
+        answer.text()
     );
 }
 
@@ -199,7 +158,7 @@ fn t10_hostile_path_corpus_under_a_wildcard_is_refused_as_without_one() {
             assert_matches_expectation(&label, &answer, *expect);
             assert_eq!(verdict(&answer), verdict(&baseline), "{label}");
             if let Problem(_, "invalid-parameter", _) = expect {
-                let problem: Value = serde_json::from_str(&answer.body).unwrap();
+                let problem = answer.json();
                 let field = problem["field"].as_str().unwrap_or_default();
                 assert!(
                     field == "path.rest" || field.starts_with("query"),
@@ -216,8 +175,8 @@ fn t10_hostile_path_corpus_under_a_wildcard_is_refused_as_without_one() {
 
     // A valid request reaches the router; it is the only one that did.
     let valid = exchange(&server, &corpus::get("/api/users/ada?page=2"));
-    assert_eq!(valid.status, Some(200), "{}", valid.body);
-    let id = valid.correlation_id.expect("a correlation ID");
+    assert_eq!(valid.status, Some(200), "{}", valid.text());
+    let id = valid.correlation_id();
     server.wait_for_log(
         |r| r["target"] == "bulkhead::guest" && r["correlation_id"] == id.as_str(),
         Duration::from_secs(10),
@@ -262,24 +221,28 @@ input.query.sort = true
         let answer = exchange(&server, &corpus::get(target));
         assert_matches_expectation(name, &answer, expect);
         if let Problem(_, "invalid-parameter", _) = expect {
-            let problem: Value = serde_json::from_str(&answer.body).unwrap();
+            let problem = answer.json();
             let field = problem["field"].as_str().unwrap_or_default();
             assert!(field == "path.all" || field.starts_with("query"), "{name}");
         }
     }
     // `/` has no tail: the wildcard matches one or more segments.
     let root = exchange(&server, &corpus::get("/"));
-    assert_eq!(root.status, Some(404), "{}", root.body);
-    assert!(root.body.contains("/problems/not-found"), "{}", root.body);
+    assert_eq!(root.status, Some(404), "{}", root.text());
+    assert!(
+        root.text().contains("/problems/not-found"),
+        "{}",
+        root.text()
+    );
     let valid = exchange(&server, &corpus::get("/anything/at/all.json"));
     assert_eq!(
         valid.status,
         Some(404),
         "the guest's own 404: {}",
-        valid.body
+        valid.text()
     );
-    assert_eq!(valid.content_type.as_deref(), Some("application/json"));
-    let id = valid.correlation_id.expect("a correlation ID");
+    assert_eq!(valid.header("content-type"), Some("application/json"));
+    let id = valid.correlation_id();
     server.wait_for_log(
         |r| r["target"] == "bulkhead::guest" && r["correlation_id"] == id.as_str(),
         Duration::from_secs(10),

@@ -11,7 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{Server, TestApp};
+use support::{RawAnswer, Server, TestApp};
 
 fn app(extra: &str) -> TestApp {
     TestApp::new(
@@ -85,30 +85,6 @@ fn all(reads: &[(Instant, Vec<u8>)]) -> String {
     .into_owned()
 }
 
-/// The head of a raw response, lowercased, and its body, de-chunked, and
-/// whether the chunked body was complete (its last chunk was read).
-fn split_chunked(raw: &str) -> (String, Vec<u8>, bool) {
-    let (head, mut rest) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
-    let mut body = Vec::new();
-    loop {
-        let Some((size, after)) = rest.split_once("\r\n") else {
-            return (head.to_ascii_lowercase(), body, false);
-        };
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            return (head.to_ascii_lowercase(), body, false);
-        };
-        if size == 0 {
-            return (head.to_ascii_lowercase(), body, true);
-        }
-        if after.len() < size + 2 {
-            body.extend_from_slice(&after.as_bytes()[..after.len().min(size)]);
-            return (head.to_ascii_lowercase(), body, false);
-        }
-        body.extend_from_slice(&after.as_bytes()[..size]);
-        rest = &after[size + 2..];
-    }
-}
-
 /// Server-sent events arrive one by one as the guest writes them, not all
 /// at the end: the read that brought the first event did not bring the
 /// last, written a second later, and the head came without a length.
@@ -120,13 +96,21 @@ fn server_sent_events_arrive_as_the_guest_writes_them() {
     let asked = Instant::now();
     let reads = read_timed(&mut stream, None);
     let text = all(&reads);
-    let (head, body, complete) = split_chunked(&text);
-    assert!(head.starts_with("http/1.1 200"), "{text}");
-    assert!(head.contains("content-type: text/event-stream"), "{head}");
-    assert!(head.contains("transfer-encoding: chunked"), "{head}");
-    assert!(!head.contains("content-length"), "{head}");
-    assert!(complete, "{text}");
-    let body = String::from_utf8_lossy(&body);
+    let answer = RawAnswer::parse(text.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        answer.header("content-type"),
+        Some("text/event-stream"),
+        "{text}"
+    );
+    assert_eq!(
+        answer.header("transfer-encoding"),
+        Some("chunked"),
+        "{text}"
+    );
+    assert!(answer.header("content-length").is_none(), "{text}");
+    assert!(answer.complete, "{text}");
+    let body = answer.text();
     for i in 1..=6 {
         assert!(body.contains(&format!("data: event {i} of 6")), "{body}");
     }
@@ -187,12 +171,9 @@ fn a_body_reaches_the_client_before_the_guest_finishes_it() {
         releaser.join().expect("releaser"),
         "released only by the timeout"
     );
-    let (_, body, complete) = split_chunked(&(text + &rest));
-    assert!(complete);
-    assert_eq!(
-        String::from_utf8_lossy(&body),
-        "first\nsecond after status 200\n"
-    );
+    let answer = RawAnswer::parse((text + &rest).as_bytes());
+    assert!(answer.complete);
+    assert_eq!(answer.text(), "first\nsecond after status 200\n");
 }
 
 /// T05: `max_response_body` holds on the bytes streamed. Past it mid-way,
@@ -206,17 +187,20 @@ fn t05_the_response_cap_cuts_a_stream_mid_way_and_says_so() {
 
     let mut stream = send(server.addr, "/s/big?bytes=1048576", "");
     let text = all(&read_timed(&mut stream, None));
-    let (head, body, complete) = split_chunked(&text);
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(!complete, "a cut stream must not end like a whole one");
-    assert!(body.len() <= 256 << 10, "{} bytes sent", body.len());
-    let correlation_id = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-correlation-id: "))
-        .or_else(|| {
-            head.lines()
-                .find_map(|l| l.strip_prefix("bulkhead-correlation-id: "))
-        })
+    let answer = RawAnswer::parse(text.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 200"), "{:?}", answer.headers);
+    assert!(
+        !answer.complete,
+        "a cut stream must not end like a whole one"
+    );
+    assert!(
+        answer.body.len() <= 256 << 10,
+        "{} bytes sent",
+        answer.body.len()
+    );
+    let correlation_id = answer
+        .header("x-correlation-id")
+        .or_else(|| answer.header("bulkhead-correlation-id"))
         .map(str::to_string);
     let cut = server.wait_for_log(
         |r| r["message"] == "response cut" && r["reason"] == "response-too-large",
@@ -267,9 +251,12 @@ fn a_guest_failing_mid_stream_is_cut_and_logged_as_the_functions_failure() {
     let server = Server::start(&app);
     let mut stream = send(server.addr, "/s/fail?bytes=262144", "");
     let text = all(&read_timed(&mut stream, None));
-    let (head, _, complete) = split_chunked(&text);
-    assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(!complete, "a failed body must not end like a whole one");
+    let answer = RawAnswer::parse(text.as_bytes());
+    assert!(text.starts_with("HTTP/1.1 200"), "{:?}", answer.headers);
+    assert!(
+        !answer.complete,
+        "a failed body must not end like a whole one"
+    );
     let cut = server.wait_for_log(|r| r["message"] == "response cut", Duration::from_secs(10));
     assert_eq!(cut["reason"], "function-trapped", "{cut}");
     // The gateway keeps serving.

@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Server, TestApp};
+use support::{RawAnswer, Server, TestApp, guest_calls};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -34,52 +34,12 @@ input.max_body = "64KiB"
 input.headers = ["x-checksum"]
 "#;
 
-/// A response read off the wire: status, headers, body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
-    }
-
-    /// An RFC 9457 problem of `status` and `slug` with the correlation ID,
-    /// echoing nothing of the request.
-    fn assert_problem(&self, status: u16, slug: &str) -> String {
-        assert_eq!(
-            self.status,
-            status,
-            "{}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(
-            self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let problem = self.json();
-        assert_eq!(
-            problem["type"],
-            format!("https://bulkhead.dev/problems/{slug}")
-        );
-        let id = self
-            .header("bulkhead-correlation-id")
-            .expect("a correlation ID")
-            .to_string();
-        assert_eq!(problem["correlation_id"], id.as_str());
-        assert!(!problem.to_string().contains("secret-payload"));
-        id
-    }
+/// An RFC 9457 problem of `status` and `slug` with the correlation ID,
+/// echoing nothing of the request; returns the correlation ID.
+fn refused(answer: &RawAnswer, status: u16, slug: &str) -> String {
+    let problem = answer.assert_problem(status, slug);
+    assert!(!problem.to_string().contains("secret-payload"));
+    answer.correlation_id()
 }
 
 /// One client connection; bytes read past one response are kept for the
@@ -112,42 +72,27 @@ impl Conn {
         n
     }
 
-    /// Read exactly one response: the head, then `content-length` bytes.
-    /// It does not wait for the connection to close, so it shows the
-    /// server answered while the client still holds its side open.
-    fn answer(&mut self) -> Answer {
-        let head_end = loop {
-            if let Some(at) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
+    /// Read exactly one response, as far as its framing (`content-length`
+    /// or chunked; the echo guest's answers stream, so come chunked). It
+    /// does not wait for the connection to close, so it shows the server
+    /// answered while the client still holds its side open.
+    fn answer(&mut self) -> RawAnswer {
+        loop {
+            let answer = RawAnswer::parse(&self.pending);
+            if answer.complete {
+                assert!(answer.status.is_some(), "a status line");
+                assert!(
+                    answer.header("content-length").is_some()
+                        || answer.header("transfer-encoding") == Some("chunked"),
+                    "a framed answer: {:?}",
+                    answer.headers
+                );
+                let used = self.pending.len() - answer.rest.len();
+                self.pending.drain(..used);
+                return answer;
             }
             let raw = String::from_utf8_lossy(&self.pending).into_owned();
-            assert!(self.fill() > 0, "closed without an answer: {raw}");
-        };
-        let head = String::from_utf8_lossy(&self.pending[..head_end]).into_owned();
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .expect("a content-length");
-        while self.pending.len() < head_end + length {
-            assert!(self.fill() > 0, "closed mid-body");
-        }
-        let body = self.pending[head_end..head_end + length].to_vec();
-        self.pending.drain(..head_end + length);
-        Answer {
-            status,
-            headers,
-            body,
+            assert!(self.fill() > 0, "closed before a whole answer: {raw}");
         }
     }
 
@@ -181,7 +126,7 @@ fn chunked(body: &[u8], sizes: &[usize], trailers: &str) -> Vec<u8> {
     out
 }
 
-fn upload(addr: SocketAddr, raw: &[u8]) -> Answer {
+fn upload(addr: SocketAddr, raw: &[u8]) -> RawAnswer {
     let mut conn = Conn::open(addr);
     conn.send(raw);
     conn.answer()
@@ -193,14 +138,6 @@ fn echoed(reply: &Value, name: &str) -> Vec<String> {
         .filter(|(k, _)| k == name)
         .map(|(_, v)| v)
         .collect()
-}
-
-fn guest_calls(server: &Server) -> usize {
-    server
-        .logs()
-        .iter()
-        .filter(|r| r["target"] == "bulkhead::guest" && r["line"] == "echo called")
-        .count()
 }
 
 /// Item 3: chunked bodies of 0, 1, 1000 bytes, 64 KiB in many chunks of
@@ -225,12 +162,7 @@ fn chunked_uploads_reach_the_function_with_their_length() {
         ]
         .concat();
         let answer = upload(server.addr, &raw);
-        assert_eq!(
-            answer.status,
-            200,
-            "{size}: {}",
-            String::from_utf8_lossy(&answer.body)
-        );
+        assert_eq!(answer.status, Some(200), "{size}: {}", answer.text());
         let reply = answer.json();
         assert_eq!(reply["body_length"], size, "{size}");
         assert_eq!(reply["body"].as_str().unwrap().as_bytes(), body, "{size}");
@@ -278,7 +210,7 @@ fn a_chunked_upload_over_the_cap_is_refused_while_it_streams_t01() {
     // Exactly the cap so far; one byte more passes it. No last chunk.
     conn.send(b"1\r\nx\r\n");
     let answer = conn.answer();
-    let id = answer.assert_problem(413, "body-too-large");
+    let id = refused(&answer, 413, "body-too-large");
     assert_eq!(answer.header("connection"), Some("close"));
     let record = server.access_record(&id);
     assert_eq!(record["reason"], "body-too-large");
@@ -291,7 +223,7 @@ fn a_chunked_upload_over_the_cap_is_refused_while_it_streams_t01() {
         !String::from_utf8_lossy(&rest).contains("HTTP/1.1"),
         "one answer"
     );
-    assert_eq!(guest_calls(&server), 0);
+    assert!(guest_calls(&server, "echo").is_empty());
     // A clean stop, so the audit writer has flushed.
     assert!(server.stop().success());
     let audited = app
@@ -310,10 +242,10 @@ fn a_stalled_chunked_upload_gets_408_t01() {
     let mut conn = Conn::open(server.addr);
     conn.send(format!("{}5\r\nhello\r\n", head("")).as_bytes());
     let answer = conn.answer();
-    let id = answer.assert_problem(408, "body-timeout");
+    let id = refused(&answer, 408, "body-timeout");
     assert_eq!(answer.header("connection"), Some("close"));
     assert_eq!(server.access_record(&id)["reason"], "body-timeout");
-    assert_eq!(guest_calls(&server), 0);
+    assert!(guest_calls(&server, "echo").is_empty());
 }
 
 /// Item 3, T10/T11: trailers reach the function after the body, filtered
@@ -334,12 +266,7 @@ fn trailers_reach_the_function_filtered_t11() {
     ]
     .concat();
     let answer = upload(server.addr, &raw);
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    assert_eq!(answer.status, Some(200), "{}", answer.text());
     let reply = answer.json();
     assert_eq!(reply["body"], "payload");
     assert_eq!(
@@ -358,13 +285,17 @@ fn trailers_reach_the_function_filtered_t11() {
     ]
     .concat();
     let answer = upload(server.addr, &raw);
-    let id = answer.assert_problem(400, "bad-body");
+    let id = refused(&answer, 400, "bad-body");
     assert_eq!(server.access_record(&id)["reason"], "bad-body");
-    assert_eq!(guest_calls(&server), 1, "only the first upload ran");
+    assert_eq!(
+        guest_calls(&server, "echo").len(),
+        1,
+        "only the first upload ran"
+    );
 }
 
 /// Send `raw` from the local address `from` and read one answer.
-async fn exchange_from(addr: SocketAddr, from: &str, raw: &str) -> Answer {
+async fn exchange_from(addr: SocketAddr, from: &str, raw: &str) -> RawAnswer {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket
@@ -374,22 +305,13 @@ async fn exchange_from(addr: SocketAddr, from: &str, raw: &str) -> Answer {
     stream.write_all(raw.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut out)).await;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("a status");
-    Answer {
-        status,
-        headers: lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-    }
+    let answer = RawAnswer::parse(&out);
+    assert!(
+        answer.status.is_some(),
+        "an answer: {}",
+        String::from_utf8_lossy(&out)
+    );
+    answer
 }
 
 /// What scheme and authority the function saw for a GET carrying `header`.
@@ -398,12 +320,7 @@ async fn seen(server: &Server, from: &str, header: &str) -> (String, String) {
         "POST /upload HTTP/1.1\r\nhost: API.Example.com:08443\r\n{header}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
     );
     let answer = exchange_from(server.addr, from, &raw).await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    assert_eq!(answer.status, Some(200), "{}", answer.text());
     let reply = answer.json();
     (
         reply["scheme"].as_str().unwrap().to_string(),

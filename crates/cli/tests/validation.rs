@@ -15,7 +15,7 @@ use std::time::Duration;
 use corpus::Expect::{Problem, Refused};
 use corpus::{get, json, post};
 use serde_json::Value;
-use support::{Server, TestApp, raw_exchange};
+use support::{RawAnswer, Server, TestApp, guest_calls, raw_answer};
 
 const MANIFEST: &str = r#"
 [app]
@@ -89,52 +89,8 @@ fn start() -> (TestApp, Server) {
     (app, server)
 }
 
-/// A response read off the wire.
-struct Answer {
-    status: Option<u16>,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Answer {
-    fn parse(raw: &str) -> Self {
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok());
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Self {
-            status,
-            headers,
-            body: body.to_string(),
-        }
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-fn exchange(server: &Server, raw: &[u8]) -> Answer {
-    Answer::parse(&raw_exchange(server.addr, raw, Duration::from_secs(10)))
-}
-
-/// The correlation IDs of every call that reached the echo guest.
-fn guest_calls(server: &Server) -> BTreeSet<String> {
-    server
-        .logs()
-        .iter()
-        .filter(|r| r["target"] == "bulkhead::guest" && r["line"] == "echo called")
-        .filter_map(|r| r["correlation_id"].as_str().map(String::from))
-        .collect()
+fn exchange(server: &Server, raw: &[u8]) -> RawAnswer {
+    raw_answer(server.addr, raw)
 }
 
 #[test]
@@ -149,19 +105,19 @@ fn hostile_corpus_is_refused_before_any_function_runs() {
             assert!(
                 (400..500).contains(&status),
                 "{name}: status {status}: {}",
-                answer.body
+                answer.text()
             );
         }
         match expect {
             Problem(status, slug, rule) => {
-                assert_eq!(answer.status, Some(*status), "{name}: {}", answer.body);
+                assert_eq!(answer.status, Some(*status), "{name}: {}", answer.text());
                 assert_eq!(
                     answer.header("content-type"),
                     Some("application/problem+json"),
                     "{name}"
                 );
-                let problem: Value = serde_json::from_str(&answer.body)
-                    .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.body));
+                let problem: Value = serde_json::from_slice(&answer.body)
+                    .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.text()));
                 assert_eq!(
                     problem["type"],
                     format!("https://bulkhead.dev/problems/{slug}"),
@@ -189,9 +145,9 @@ fn hostile_corpus_is_refused_before_any_function_runs() {
             }
         }
         assert!(
-            !answer.body.to_ascii_lowercase().contains("evil"),
+            !answer.echoes("evil"),
             "{name}: the problem echoes the input: {}",
-            answer.body
+            answer.text()
         );
     }
 
@@ -213,7 +169,7 @@ fn hostile_corpus_is_refused_before_any_function_runs() {
         json(r#"{"name":"Ada","email":"ada@example.org","age":36,"tags":["math"]}"#),
     ] {
         let answer = exchange(&server, &raw);
-        assert_eq!(answer.status, Some(200), "{}", answer.body);
+        assert_eq!(answer.status, Some(200), "{}", answer.text());
         valid.push(
             answer
                 .header("bulkhead-correlation-id")
@@ -226,7 +182,7 @@ fn hostile_corpus_is_refused_before_any_function_runs() {
         |r| r["target"] == "bulkhead::guest" && r["correlation_id"] == last.as_str(),
         Duration::from_secs(10),
     );
-    let reached = guest_calls(&server);
+    let reached = guest_calls(&server, "echo");
     assert_eq!(
         reached,
         valid.iter().cloned().collect::<BTreeSet<_>>(),
@@ -255,25 +211,6 @@ fn hostile_corpus_is_refused_before_any_function_runs() {
     );
 }
 
-/// Every response on one connection, in order: status, headers, body by
-/// its `content-length` (the gateway frames every answer so).
-fn answers_on_the_wire(mut raw: &[u8]) -> Vec<Answer> {
-    let mut answers = Vec::new();
-    while let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-        let head = String::from_utf8_lossy(&raw[..end + 4]).into_owned();
-        let mut answer = Answer::parse(&head);
-        let length: usize = answer
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let body_end = (end + 4 + length).min(raw.len());
-        answer.body = String::from_utf8_lossy(&raw[end + 4..body_end]).into_owned();
-        answers.push(answer);
-        raw = &raw[body_end..];
-    }
-    answers
-}
-
 /// Issue 12, T10: chunked bodies are accepted, and still no request can be
 /// smuggled either way on a keep-alive connection. Each framing attack is
 /// followed on its connection by a probe request (`GET /probe`, 404): a
@@ -297,13 +234,13 @@ fn smuggling_corpus_answers_each_request_once_on_keep_alive() {
         let _ = stream.write_all(&[raw.as_slice(), probe].concat());
         let mut out = Vec::new();
         let _ = stream.read_to_end(&mut out);
-        let answers = answers_on_the_wire(&out);
+        let answers = RawAnswer::parse_all(&out);
         let statuses: Vec<Option<u16>> = answers.iter().map(|a| a.status).collect();
         for answer in &answers {
             let status = answer.status.unwrap_or(0);
-            assert!(status < 500, "{name}: {statuses:?}: {}", answer.body);
+            assert!(status < 500, "{name}: {statuses:?}: {}", answer.text());
             assert!(
-                !answer.body.to_ascii_lowercase().contains("evil"),
+                !answer.text().to_ascii_lowercase().contains("evil"),
                 "{name}: echoes the input"
             );
         }
@@ -367,8 +304,8 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
         body.len()
     );
     let answer = exchange(&server, raw.as_bytes());
-    assert_eq!(answer.status, Some(200), "{}", answer.body);
-    let echo: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(answer.status, Some(200), "{}", answer.text());
+    let echo = answer.json();
     assert_eq!(echo["body"], body);
     assert_eq!(echo["path_with_query"], "/register/ada-lovelace");
     let headers = support::echoed_headers(&echo);
@@ -402,7 +339,7 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
 
     // The path the function sees is the one sent: validated, never rewritten.
     let answer = exchange(&server, &get("/items/%61bc?q=a%20b"));
-    let echo: Value = serde_json::from_str(&answer.body).unwrap();
+    let echo = answer.json();
     assert_eq!(echo["path_with_query"], "/items/%61bc?q=a%20b");
 }
 
@@ -440,7 +377,7 @@ auth = "public"
             Some(200),
             "{}: {}",
             String::from_utf8_lossy(raw),
-            answer.body
+            answer.text()
         );
         served.push(answer.header("bulkhead-correlation-id").unwrap().to_string());
     }
@@ -482,15 +419,15 @@ auth = "public"
             Some(400),
             "{}: {}",
             String::from_utf8_lossy(raw),
-            answer.body
+            answer.text()
         );
-        let problem: Value = serde_json::from_str(&answer.body).unwrap();
+        let problem = answer.json();
         assert_eq!(problem["type"], "https://bulkhead.dev/problems/invalid-host");
         assert_eq!(problem["rule"], rule);
         assert!(
-            !answer.body.contains("evil") && !answer.body.contains("example"),
+            !answer.echoes("evil") && !answer.echoes("example"),
             "the problem never echoes the host: {}",
-            answer.body
+            answer.text()
         );
         let id = answer.header("bulkhead-correlation-id").unwrap().to_string();
         assert_eq!(server.access_record(&id)["reason"], "invalid-host");
@@ -501,7 +438,7 @@ auth = "public"
         Duration::from_secs(10),
     );
     assert_eq!(
-        guest_calls(&server),
+        guest_calls(&server, "echo"),
         served.into_iter().collect::<BTreeSet<_>>(),
         "only the served requests reached the function"
     );
@@ -516,8 +453,8 @@ auth = "public"
     ] {
         let raw = format!("GET /items/a HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
         let answer = exchange(&server, raw.as_bytes());
-        assert_eq!(answer.status, Some(200), "{host}: {}", answer.body);
-        let echo: Value = serde_json::from_str(&answer.body).unwrap();
+        assert_eq!(answer.status, Some(200), "{host}: {}", answer.text());
+        let echo = answer.json();
         assert_eq!(echo["authority"], seen, "{host}");
     }
 }
@@ -532,8 +469,11 @@ fn head_is_answered_where_get_is_allowed_without_a_body() {
         &server,
         b"HEAD /items/abc HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     );
-    assert_eq!(answer.status, Some(200), "{}", answer.body);
-    assert_eq!(answer.body, "", "no body in an answer to HEAD");
+    assert_eq!(answer.status, Some(200), "{}", answer.text());
+    assert!(
+        answer.body.is_empty() && answer.rest.is_empty(),
+        "no body in an answer to HEAD"
+    );
     let id = answer
         .header("bulkhead-correlation-id")
         .unwrap()
@@ -541,7 +481,10 @@ fn head_is_answered_where_get_is_allowed_without_a_body() {
     let record = server.access_record(&id);
     assert_eq!(record["method"], "HEAD");
     assert_eq!(record["function"], "items");
-    assert!(guest_calls(&server).contains(&id), "the function ran");
+    assert!(
+        guest_calls(&server, "echo").contains(&id),
+        "the function ran"
+    );
 
     // `/notes` allows POST only: HEAD is not allowed there.
     let answer = exchange(

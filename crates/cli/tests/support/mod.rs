@@ -3,6 +3,7 @@
 //! thing under test.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -323,21 +324,41 @@ impl Reply {
     /// Assert an RFC 9457 problem response of `status` and type slug `slug`,
     /// carrying the correlation ID; returns the problem body.
     pub fn assert_problem(&self, status: u16, slug: &str) -> Value {
-        assert_eq!(self.status, status, "status; body: {}", self.text());
-        assert_eq!(
+        assert_problem_in(
+            Some(self.status),
             self.header("content-type"),
-            Some("application/problem+json")
-        );
-        let problem = self.json();
-        assert_eq!(
-            problem["type"],
-            format!("https://bulkhead.dev/problems/{slug}")
-        );
-        assert_eq!(problem["status"], status);
-        assert!(problem["title"].is_string() && problem["detail"].is_string());
-        assert_eq!(problem["correlation_id"], self.correlation_id());
-        problem
+            self.header("bulkhead-correlation-id"),
+            &self.body,
+            status,
+            slug,
+        )
     }
+}
+
+/// The RFC 9457 checks of `Reply::assert_problem` and
+/// `RawAnswer::assert_problem`: one definition of a well-formed refusal.
+fn assert_problem_in(
+    seen: Option<u16>,
+    content_type: Option<&str>,
+    correlation_id: Option<&str>,
+    body: &[u8],
+    status: u16,
+    slug: &str,
+) -> Value {
+    let text = String::from_utf8_lossy(body);
+    assert_eq!(seen, Some(status), "status; body: {text}");
+    assert_eq!(content_type, Some("application/problem+json"));
+    let problem: Value =
+        serde_json::from_slice(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {text}"));
+    assert_eq!(
+        problem["type"],
+        format!("https://bulkhead.dev/problems/{slug}")
+    );
+    assert_eq!(problem["status"], status);
+    assert!(problem["title"].is_string() && problem["detail"].is_string());
+    let correlation_id = correlation_id.expect("every response carries a correlation ID");
+    assert_eq!(problem["correlation_id"], correlation_id);
+    problem
 }
 
 /// The `headers` pairs of an echo guest's reply body.
@@ -435,10 +456,202 @@ pub async fn get_from(addr: SocketAddr, path: &str, from: &str) -> Reply {
 /// Write raw bytes and read until the server closes or `limit` passes.
 /// For requests no well-behaved client would send.
 pub fn raw_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> String {
+    String::from_utf8_lossy(&raw_bytes(addr, bytes, limit)).into_owned()
+}
+
+/// `raw_exchange`, the bytes as they came.
+pub fn raw_bytes(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Vec<u8> {
     let mut stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(limit)).expect("timeout");
+    // The server may refuse and close before it has read everything: fine.
     let _ = stream.write_all(bytes);
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// Write raw bytes, read until the server closes (10 s at most) and parse
+/// the first answer.
+pub fn raw_answer(addr: SocketAddr, bytes: &[u8]) -> RawAnswer {
+    RawAnswer::parse(&raw_bytes(addr, bytes, Duration::from_secs(10)))
+}
+
+/// A response as read off a raw socket, for tests that must see the wire
+/// itself: hostile framing (T10), a stream cut mid-body (T05), answers
+/// pipelined on one keep-alive connection. Lenient on purpose: it parses
+/// whatever came, and says how much of the answer that was.
+pub struct RawAnswer {
+    /// `None` when no status line came (the connection closed first).
+    pub status: Option<u16>,
+    /// In the order sent; names lowercased, values trimmed.
+    pub headers: Vec<(String, String)>,
+    /// De-chunked when chunked; only what came when cut short.
+    pub body: Vec<u8>,
+    /// The whole answer came: the head's end, and a chunked body's last
+    /// (zero) chunk or all of a `content-length` body. A body without
+    /// either framing runs to the end of what was read.
+    pub complete: bool,
+    /// What came after this answer: the next one on a keep-alive
+    /// connection, or anything sent past the framing.
+    pub rest: Vec<u8>,
+}
+
+impl RawAnswer {
+    /// Parse the first answer in `raw` (everything read so far).
+    pub fn parse(raw: &[u8]) -> Self {
+        let (head, after) = match find(raw, b"\r\n\r\n") {
+            Some(end) => (&raw[..end], Some(&raw[end + 4..])),
+            None => (raw, None),
+        };
+        let head = String::from_utf8_lossy(head);
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok());
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let mut answer = Self {
+            status,
+            headers,
+            body: Vec::new(),
+            complete: false,
+            rest: Vec::new(),
+        };
+        let Some(after) = after else {
+            return answer;
+        };
+        let chunked = answer.header("transfer-encoding").is_some_and(|v| {
+            v.rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"))
+        });
+        let length = answer
+            .header("content-length")
+            .and_then(|v| v.parse::<usize>().ok());
+        // RFC 9112 §6.3: 1xx, 204 and 304 answers have no body.
+        if status.is_some_and(|s| s < 200 || s == 204 || s == 304) {
+            answer.complete = true;
+            answer.rest = after.to_vec();
+        } else if chunked {
+            (answer.body, answer.complete, answer.rest) = dechunk(after);
+        } else if let Some(length) = length {
+            let came = length.min(after.len());
+            answer.body = after[..came].to_vec();
+            answer.complete = came == length;
+            answer.rest = after[came..].to_vec();
+        } else {
+            answer.body = after.to_vec();
+            answer.complete = true;
+        }
+        answer
+    }
+
+    /// Every answer in `raw`, in order (those pipelined on one connection).
+    pub fn parse_all(raw: &[u8]) -> Vec<Self> {
+        let mut answers = Vec::new();
+        let mut raw = raw.to_vec();
+        while find(&raw, b"\r\n\r\n").is_some() {
+            let answer = Self::parse(&raw);
+            raw = answer.rest.clone();
+            answers.push(answer);
+        }
+        answers
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn correlation_id(&self) -> String {
+        self.header("bulkhead-correlation-id")
+            .expect("every response carries a correlation ID")
+            .to_string()
+    }
+
+    /// Whether `word` appears, in any case, in the body or anything after
+    /// it on the connection: the answer echoes the input (T10).
+    pub fn echoes(&self, word: &str) -> bool {
+        let word = word.to_ascii_lowercase();
+        [&self.body, &self.rest].iter().any(|bytes| {
+            String::from_utf8_lossy(bytes)
+                .to_ascii_lowercase()
+                .contains(&word)
+        })
+    }
+
+    /// As `Reply::assert_problem`: an RFC 9457 problem of `status` and
+    /// `slug` with the correlation ID; returns the problem body.
+    pub fn assert_problem(&self, status: u16, slug: &str) -> Value {
+        assert_problem_in(
+            self.status,
+            self.header("content-type"),
+            self.header("bulkhead-correlation-id"),
+            &self.body,
+            status,
+            slug,
+        )
+    }
+}
+
+/// A chunked body: (data, whether its last chunk came, what followed).
+fn dechunk(mut raw: &[u8]) -> (Vec<u8>, bool, Vec<u8>) {
+    let mut body = Vec::new();
+    loop {
+        let Some(line) = find(raw, b"\r\n") else {
+            return (body, false, Vec::new());
+        };
+        let size = String::from_utf8_lossy(&raw[..line]);
+        let size = size.split(';').next().unwrap_or_default().trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            return (body, false, Vec::new());
+        };
+        let data = &raw[line + 2..];
+        if size == 0 {
+            // The trailer section ends with an empty line.
+            let rest = if data.starts_with(b"\r\n") {
+                &data[2..]
+            } else {
+                find(data, b"\r\n\r\n").map_or(&[][..], |end| &data[end + 4..])
+            };
+            return (body, true, rest.to_vec());
+        }
+        if data.len() < size.saturating_add(2) {
+            body.extend_from_slice(&data[..data.len().min(size)]);
+            return (body, false, Vec::new());
+        }
+        body.extend_from_slice(&data[..size]);
+        raw = &data[size + 2..];
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The correlation IDs of the calls that reached `guest`: each test guest
+/// logs `GUEST called` once per call.
+pub fn guest_calls(server: &Server, guest: &str) -> BTreeSet<String> {
+    let line = format!("{guest} called");
+    server
+        .logs()
+        .iter()
+        .filter(|r| r["target"] == "bulkhead::guest" && r["line"] == line.as_str())
+        .filter_map(|r| r["correlation_id"].as_str().map(String::from))
+        .collect()
 }
