@@ -89,7 +89,11 @@ async fn each_hostile_guest_is_contained() {
 
 /// GET, with a connection cut mid-body an `Err`.
 async fn try_get(addr: std::net::SocketAddr, path: &str) -> Result<support::Reply, String> {
-    support::try_send(addr, support::request("GET", addr, path, bytes::Bytes::new())).await
+    support::try_send(
+        addr,
+        support::request("GET", addr, path, bytes::Bytes::new()),
+    )
+    .await
 }
 
 /// Attacks running at the same time as normal traffic do not disturb it.
