@@ -20,7 +20,7 @@ use crate::authn::Identity;
 use crate::caller::{Caller, client_address, client_scheme};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
-use crate::respond::{self, CutReport, Held, Outgoing};
+use crate::respond::{self, ConnectionCut, CutReport, Held, Outgoing};
 use crate::router::RouteMatch;
 use crate::spans::{RequestSpan, method_name};
 use crate::validate::{self, Rules};
@@ -28,7 +28,7 @@ use crate::{FunctionSlot, Shared, audit};
 
 /// Header prefix reserved for what the gateway tells the function; a client
 /// can never set one (T11).
-const RESERVED_PREFIX: &str = "bulkhead-";
+pub(crate) const RESERVED_PREFIX: &str = "bulkhead-";
 
 /// What the access log says about one request.
 struct Outcome<'s> {
@@ -44,6 +44,7 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     request: Request<Incoming>,
     peer: IpAddr,
+    connection: ConnectionCut,
 ) -> Response<Outgoing> {
     let started = Instant::now();
     let started_at = SystemTime::now();
@@ -66,15 +67,16 @@ pub(crate) async fn handle(
         reason: None,
         detail: None,
     };
-    let mut response = match pipeline(&shared, request, peer, &trace, &mut outcome).await {
-        Ok(response) => response,
-        Err(problem) => {
-            outcome.reason = Some(problem.slug);
-            problem
-                .into_response(trace.correlation_id())
-                .map(Outgoing::bytes)
-        }
-    };
+    let mut response =
+        match pipeline(&shared, request, peer, &connection, &trace, &mut outcome).await {
+            Ok(response) => response,
+            Err(problem) => {
+                outcome.reason = Some(problem.slug);
+                problem
+                    .into_response(trace.correlation_id())
+                    .map(Outgoing::bytes)
+            }
+        };
     if let Ok(id) = HeaderValue::from_str(trace.correlation_id()) {
         response.headers_mut().insert(CORRELATION_HEADER, id);
     }
@@ -164,6 +166,7 @@ async fn pipeline<'s>(
     shared: &'s Shared,
     request: Request<Incoming>,
     peer: IpAddr,
+    connection: &ConnectionCut,
     trace: &TraceContext,
     outcome: &mut Outcome<'s>,
 ) -> Result<Response<Outgoing>, Problem> {
@@ -409,6 +412,7 @@ async fn pipeline<'s>(
 
     // Invoke, metered from here on (T04).
     let request_bytes = body.len() as u64;
+    let client_can_stream = parts.version >= http::Version::HTTP_11;
     let mut guest_request = guest_request(
         parts,
         host,
@@ -430,6 +434,7 @@ async fn pipeline<'s>(
         subject: identity.as_ref().map(|i| i.principal.clone()),
         // The call's audit records count against this caller's share (T09).
         caller: caller.key(),
+        can_stream: client_can_stream,
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(
@@ -445,10 +450,14 @@ async fn pipeline<'s>(
         Ok(response) => Ok(respond::guest_response(
             response,
             Held {
-                _places: Box::new(places),
+                // Running slots and outstanding places alike: a stream
+                // counts against both bounds, its caller's share and the
+                // throttle until it ends (outside attack on issue 12).
+                _places: Box::new((places, function_place, app_place)),
                 charge,
             },
             deadline,
+            connection,
         )),
         Err(error) => {
             if let Some(charge) = charge {

@@ -8,19 +8,22 @@
 //! (T01: a client that stops reading cannot pin them).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use bulkhead_manifest::input::HOP_BY_HOP;
 use bulkhead_runtime::{InvokeError, ResponseBody};
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
 use crate::budget::Charge;
 use crate::caller::Caller;
+use crate::pipeline::RESERVED_PREFIX;
 use crate::problem::Problem;
 use crate::{Shared, audit};
 
@@ -43,7 +46,11 @@ impl Outgoing {
     /// request's record is known.
     pub(crate) fn on_cut(&mut self, report: CutReport) {
         if let Kind::Guest(stream) = &mut self.0 {
-            stream.report = Some(report);
+            *stream
+                .state
+                .report
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(report);
         }
     }
 }
@@ -99,117 +106,56 @@ pub(crate) struct CutReport {
     pub caller: Option<Caller>,
 }
 
-/// The function's body on its way out.
-struct GuestStream {
-    body: ResponseBody,
-    sent: u64,
-    /// Shared with the guard that releases it at the call's deadline.
-    held: Arc<Mutex<Option<Held>>>,
-    guard: Option<JoinHandle<()>>,
-    report: Option<CutReport>,
+/// Closes the client's connection from outside hyper: a response the
+/// client stopped reading is never polled again, so only the connection's
+/// task can end it (T01).
+#[derive(Clone, Default)]
+pub(crate) struct ConnectionCut(Arc<Notify>);
+
+impl ConnectionCut {
+    /// Resolves once a stream on this connection asked for it to be cut.
+    pub(crate) async fn requested(&self) {
+        self.0.notified().await;
+    }
+
+    fn cut(&self) {
+        self.0.notify_one();
+    }
 }
 
-/// The function's response as the client gets it: framing is ours. A body
-/// the guest finished before its head was sent is settled now; one it is
-/// still writing keeps `held` until it ends, or at the latest until
-/// `deadline`.
-pub(crate) fn guest_response(
-    response: Response<ResponseBody>,
-    mut held: Held,
-    deadline: tokio::time::Instant,
-) -> Response<Outgoing> {
-    let (mut parts, body) = response.into_parts();
-    for name in HOP_BY_HOP {
-        // The guest's `Trailer` declaration stays: hyper sends the declared
-        // trailers when the client asked for them (`TE: trailers`).
-        if *name != "trailer" {
-            parts.headers.remove(*name);
-        }
-    }
-    if body.is_whole() {
-        if let Some(charge) = held.charge.take() {
-            charge.finish(body.size_hint().exact().unwrap_or(0));
-        }
-        drop(held);
-        let stream = GuestStream {
-            body,
-            sent: 0,
-            held: Arc::default(),
-            guard: None,
-            report: None,
+/// What the stream and its deadline guard share.
+struct StreamState {
+    held: Mutex<Option<Held>>,
+    sent: AtomicU64,
+    report: Mutex<Option<CutReport>>,
+}
+
+impl StreamState {
+    /// Settle the charge with the bytes sent and give the places back;
+    /// false if that was done already.
+    fn release(&self) -> bool {
+        let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut held) = taken else {
+            return false;
         };
-        return Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))));
-    }
-    let held = Arc::new(Mutex::new(Some(held)));
-    // The instance is gone at its deadline whether or not the client reads;
-    // its places are given back then too.
-    let guard = tokio::spawn({
-        let held = held.clone();
-        async move {
-            tokio::time::sleep_until(deadline).await;
-            release(&held, None);
+        if let Some(charge) = held.charge.take() {
+            charge.finish(self.sent.load(Ordering::Relaxed));
         }
-    });
-    let stream = GuestStream {
-        body,
-        sent: 0,
-        held,
-        guard: Some(guard),
-        report: None,
-    };
-    Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))))
-}
-
-/// Settle the charge with what was sent (`None`: as far as it got) and give
-/// the places back.
-fn release(held: &Mutex<Option<Held>>, sent: Option<u64>) {
-    let taken = held.lock().unwrap_or_else(|p| p.into_inner()).take();
-    if let Some(mut held) = taken
-        && let Some(charge) = held.charge.take()
-    {
-        charge.finish(sent.unwrap_or(0));
-    }
-}
-
-impl GuestStream {
-    fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    self.sent += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) => self.end(),
-            Poll::Ready(Some(Err(error))) => {
-                self.report_cut(error);
-                self.end();
-            }
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn end(&mut self) {
-        release(&self.held, Some(self.sent));
-        if let Some(guard) = self.guard.take() {
-            guard.abort();
-        }
+        true
     }
 
     /// The head is sent, so the client cannot get a problem: the connection
     /// is cut, and the cut recorded as the problem it would have been.
-    fn report_cut(&mut self, error: &InvokeError) {
-        let Some(report) = self.report.take() else {
+    fn report_cut(&self, slug: &'static str, why: &dyn std::fmt::Display) {
+        let Some(report) = self.report.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
         };
-        let problem = invoke_problem(error);
-        let detail = format!("cut after {} bytes were sent: {error}", self.sent);
+        let detail = format!(
+            "cut after {} bytes were sent: {why}",
+            self.sent.load(Ordering::Relaxed)
+        );
         let shared = &report.shared;
-        shared.metrics.refuse(problem.slug);
+        shared.metrics.refuse(slug);
         warn!(
             target: "bulkhead::access",
             correlation_id = %report.correlation_id,
@@ -218,7 +164,7 @@ impl GuestStream {
             function = %report.function,
             subject = %report.subject,
             status = report.status,
-            reason = problem.slug,
+            reason = slug,
             detail = %detail,
             "response cut"
         );
@@ -231,11 +177,125 @@ impl GuestStream {
                 method: &report.method,
                 path: &report.path,
                 status: report.status,
-                reason: problem.slug,
+                reason: slug,
                 detail: &detail,
                 caller: report.caller.as_ref(),
             },
         );
+    }
+}
+
+/// The function's body on its way out.
+struct GuestStream {
+    body: ResponseBody,
+    state: Arc<StreamState>,
+    guard: Option<JoinHandle<()>>,
+}
+
+/// The function's response as the client gets it: framing is ours, and so
+/// are `bulkhead-*` fields (T11). A body the guest finished before its head
+/// was sent is settled now; one it is still writing keeps `held` until it
+/// ends, or at the latest until `deadline`, when the connection is cut
+/// whether or not the client still reads (T01).
+pub(crate) fn guest_response(
+    response: Response<ResponseBody>,
+    mut held: Held,
+    deadline: tokio::time::Instant,
+    connection: &ConnectionCut,
+) -> Response<Outgoing> {
+    let (mut parts, body) = response.into_parts();
+    strip_fields(&mut parts.headers, false);
+    let state = Arc::new(StreamState {
+        held: Mutex::new(None),
+        sent: AtomicU64::new(0),
+        report: Mutex::new(None),
+    });
+    if body.is_whole() {
+        if let Some(charge) = held.charge.take() {
+            charge.finish(body.size_hint().exact().unwrap_or(0));
+        }
+        drop(held);
+        let stream = GuestStream {
+            body,
+            state,
+            guard: None,
+        };
+        return Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))));
+    }
+    *state.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
+    let guard = tokio::spawn({
+        let state = state.clone();
+        let connection = connection.clone();
+        async move {
+            tokio::time::sleep_until(deadline).await;
+            if state.release() {
+                state.report_cut(
+                    "response-timeout",
+                    &"the response was not delivered within the function's timeout",
+                );
+                connection.cut();
+            }
+        }
+    });
+    let stream = GuestStream {
+        body,
+        state,
+        guard: Some(guard),
+    };
+    Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))))
+}
+
+/// Connection fields, and the `bulkhead-*` ones only the gateway may set,
+/// out of a guest's header or trailer map. The guest's `Trailer`
+/// declaration stays in its head: hyper sends the declared trailers when
+/// the client asked for them (`TE: trailers`).
+fn strip_fields(fields: &mut HeaderMap, trailers: bool) {
+    for name in HOP_BY_HOP {
+        if trailers || *name != "trailer" {
+            fields.remove(*name);
+        }
+    }
+    let reserved: Vec<HeaderName> = fields
+        .keys()
+        .filter(|name| name.as_str().starts_with(RESERVED_PREFIX))
+        .cloned()
+        .collect();
+    for name in reserved {
+        fields.remove(name);
+    }
+}
+
+impl GuestStream {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
+        let mut polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &mut polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.state
+                        .sent
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                } else if let Some(trailers) = frame.trailers_mut() {
+                    strip_fields(trailers, true);
+                }
+            }
+            Poll::Ready(None) => self.end(),
+            Poll::Ready(Some(Err(error))) => {
+                self.state.report_cut(invoke_problem(error).slug, error);
+                self.end();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn end(&mut self) {
+        self.state.release();
+        if let Some(guard) = self.guard.take() {
+            guard.abort();
+        }
     }
 }
 
@@ -244,7 +304,11 @@ impl Drop for GuestStream {
     /// billed, and the call stopped (the runtime aborts it with its body).
     fn drop(&mut self) {
         if self.guard.is_some() {
-            debug!(target: "bulkhead::access", sent = self.sent, "response stream dropped before its end");
+            debug!(
+                target: "bulkhead::access",
+                sent = self.state.sent.load(Ordering::Relaxed),
+                "response stream dropped before its end"
+            );
             self.end();
         }
     }

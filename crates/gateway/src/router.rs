@@ -52,8 +52,17 @@ impl Router {
     /// the decoded segment.
     pub fn find<'r, 'p>(&'r self, method: &str, segments: &[&'p str]) -> RouteMatch<'r, 'p> {
         let mut allowed: Vec<&str> = Vec::new();
+        // The most specific route that matches the path owns it: another
+        // route of the same shape may serve other methods, but a less
+        // specific one never does, so a public wildcard cannot answer the
+        // other methods of an authenticated route (outside attack, issue 12).
+        let mut owner = None;
         for (route, methods, function) in &self.routes {
+            if owner.as_ref().is_some_and(|shape| *shape != route.shape()) {
+                continue;
+            }
             if let Some(params) = route.matches(segments) {
+                owner.get_or_insert_with(|| route.shape());
                 if methods.iter().any(|m| m == method) {
                     return RouteMatch::Found {
                         function: *function,
@@ -201,21 +210,22 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_serves_other_methods_of_a_more_specific_route() {
+    fn a_more_specific_route_owns_its_path_for_every_method() {
         let r = wildcard_router();
-        // POST /api/users/7 is `/api/users/{id}`'s; GET of the same path is
-        // not refused with 405 but served by the wildcard, which allows GET.
+        // POST /api/users/7 is `/api/users/{id}`'s, and so is the path: a
+        // GET of it is refused with 405, never served by the wildcard, which
+        // may have other (or no) authentication.
         assert_eq!(
             find(&r, "POST", "/api/users/7"),
             Lookup::Function(6, vec![("id".into(), "7".into())])
         );
         assert_eq!(
             find(&r, "GET", "/api/users/7"),
-            Lookup::Function(1, vec![("rest".into(), "users/7".into())])
+            Lookup::NotAllowed("POST".into())
         );
         assert_eq!(
             find(&r, "DELETE", "/api/users/7"),
-            Lookup::NotAllowed("GET, HEAD, POST".into())
+            Lookup::NotAllowed("POST".into())
         );
         // Without a wildcard, zero tail segments is simply not found.
         let only = Router::new([(

@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
+use crate::respond::ConnectionCut;
 use crate::{Gateway, Shared, pipeline};
 
 /// How long shutdown waits for requests under way.
@@ -102,19 +103,33 @@ impl Gateway {
             };
             let _ = stream.set_nodelay(true);
             let shared = self.shared.clone();
-            let service = service_fn(move |request| {
-                let shared = shared.clone();
-                async move {
-                    let response = pipeline::handle(shared, request, peer.ip()).await;
-                    Ok::<_, std::convert::Infallible>(response)
+            // A response stream stalled past its call's deadline ends the
+            // connection: hyper would wait on a client that reads nothing.
+            let cut = ConnectionCut::default();
+            let service = service_fn({
+                let cut = cut.clone();
+                move |request| {
+                    let shared = shared.clone();
+                    let cut = cut.clone();
+                    async move {
+                        let response = pipeline::handle(shared, request, peer.ip(), cut).await;
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
                 }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
             let shared = self.shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    log_connection_error(&shared, peer, &e);
+                tokio::select! {
+                    result = connection => {
+                        if let Err(e) = result {
+                            log_connection_error(&shared, peer, &e);
+                        }
+                    }
+                    () = cut.requested() => {
+                        debug!(target: "bulkhead::listener", peer = %peer, "connection cut: its response stalled");
+                    }
                 }
                 drop(permit);
                 drop(address_slot);

@@ -23,7 +23,7 @@ use crate::engine::deadline_ticks;
 use crate::host::{HostState, MemoryCap};
 use crate::outbound::Outbound;
 use crate::output::GuestOutput;
-use crate::response::{ResponseBody, Settle, Stream};
+use crate::response::{ResponseBody, Settle, Stream, redact_fields};
 
 pub(crate) struct Sealed {
     pub name: String,
@@ -52,6 +52,11 @@ pub struct Invocation {
     /// the call's audit records, held to its share of the audit queue and
     /// budget (T09).
     pub caller: Arc<str>,
+    /// Whether the client can tell a body cut short from a whole one: an
+    /// HTTP/1.0 client cannot (no chunked framing, the end of a body is the
+    /// end of the connection), so its answer is read whole before its head
+    /// is sent, and a failure still gets a problem response (issue 12).
+    pub can_stream: bool,
 }
 
 /// Trailer fields of a chunked request body, already filtered by the
@@ -270,7 +275,9 @@ async fn run(
     };
 
     let limit = sealed.limits.max_response_body.as_usize();
-    let (parts, guest_body) = response.into_parts();
+    let (mut parts, guest_body) = response.into_parts();
+    // Secret values read so far never leave in a header (T14).
+    redact_fields(&redactions, &mut parts.headers);
     let declared = declared_length(&parts.headers);
     // A length declared over the cap is refused before anything is sent.
     if declared.is_some_and(|n| n > limit as u64) {
@@ -299,7 +306,7 @@ async fn run(
     let mut taken = 0usize;
     let mut trailers = None;
     loop {
-        let frame = if stream.body_ended() {
+        let frame = if stream.body_ended() || !invocation.can_stream {
             // Only the handler's return is awaited: it decides whether the
             // body was whole (a Store dropped mid-body ends it cleanly).
             std::future::poll_fn(|cx| stream.poll_frame(cx)).await
@@ -326,7 +333,7 @@ async fn run(
                 Ok(data) => {
                     taken += data.len();
                     whole.push(data);
-                    if taken >= WHOLE_BYTES && !stream.body_ended() {
+                    if taken >= WHOLE_BYTES && !stream.body_ended() && invocation.can_stream {
                         break;
                     }
                 }

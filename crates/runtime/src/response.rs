@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,7 +15,7 @@ use std::task::{Context, Poll};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use secrecy::ExposeSecret;
 use tokio::time::{Instant, Sleep};
@@ -238,7 +239,10 @@ impl Stream {
                                 }
                             }
                             Err(frame) => {
-                                self.trailers = frame.into_trailers().ok();
+                                self.trailers = frame.into_trailers().ok().map(|mut t| {
+                                    redact_fields(&self.settle.redactions, &mut t);
+                                    t
+                                });
                                 self.end_of_body(None);
                             }
                         },
@@ -316,20 +320,14 @@ impl Redactor {
             return Bytes::from(buffer);
         };
         let hold = matcher.max_pattern_len().saturating_sub(1);
+        let ranges = secret_ranges(matcher, &buffer);
         let mut cut = buffer.len().saturating_sub(hold);
-        let mut out = Vec::with_capacity(buffer.len());
-        let mut copied = 0;
-        for found in matcher.find_iter(&buffer) {
-            if found.end() > cut {
-                // Could grow into a longer value with the next write.
-                cut = cut.min(found.start());
-                break;
-            }
-            out.extend_from_slice(&buffer[copied..found.start()]);
-            out.extend_from_slice(REDACTED.as_bytes());
-            copied = found.end();
+        // A value that ends past the cut could grow into a longer one with
+        // the next write: it is held back whole.
+        if let Some(straddling) = ranges.iter().find(|r| r.start < cut && r.end > cut) {
+            cut = straddling.start;
         }
-        out.extend_from_slice(&buffer[copied..cut]);
+        let out = replace_ranges(&buffer[..cut], ranges.iter().filter(|r| r.end <= cut));
         self.held = buffer.split_off(cut);
         Bytes::from(out)
     }
@@ -343,15 +341,8 @@ impl Redactor {
         let Some(matcher) = self.matcher() else {
             return Bytes::from(buffer);
         };
-        let mut out = Vec::with_capacity(buffer.len());
-        let mut copied = 0;
-        for found in matcher.find_iter(&buffer) {
-            out.extend_from_slice(&buffer[copied..found.start()]);
-            out.extend_from_slice(REDACTED.as_bytes());
-            copied = found.end();
-        }
-        out.extend_from_slice(&buffer[copied..]);
-        Bytes::from(out)
+        let ranges = secret_ranges(matcher, &buffer);
+        Bytes::from(replace_ranges(&buffer, ranges.iter()))
     }
 
     fn matcher(&mut self) -> Option<&AhoCorasick> {
@@ -364,16 +355,65 @@ impl Redactor {
             .as_ref()
             .is_none_or(|(built, _)| *built != count)
         {
-            // Leftmost-longest: a value containing another is replaced whole.
+            // Every occurrence of every value, overlapping ones included.
             let matcher = self.redactions.with_values(|values| {
                 AhoCorasick::builder()
-                    .match_kind(MatchKind::LeftmostLongest)
+                    .match_kind(MatchKind::Standard)
                     .build(values.iter().map(|v| v.expose_secret().as_bytes()))
                     .ok()
             })?;
             self.matcher = Some((count, matcher));
         }
         self.matcher.as_ref().map(|(_, matcher)| matcher)
+    }
+}
+
+/// Where secret values stand in `buffer`: every occurrence of every value,
+/// overlapping ones merged, so a value overlapping another is replaced
+/// whole too.
+fn secret_ranges(matcher: &AhoCorasick, buffer: &[u8]) -> Vec<Range<usize>> {
+    let mut found: Vec<Range<usize>> = matcher
+        .find_overlapping_iter(buffer)
+        .map(|m| m.range())
+        .collect();
+    found.sort_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(found.len());
+    for range in found {
+        match merged.last_mut() {
+            Some(last) if range.start < last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+/// `buffer` with each of `ranges` (sorted, disjoint, within it) replaced.
+fn replace_ranges<'r>(buffer: &[u8], ranges: impl Iterator<Item = &'r Range<usize>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buffer.len());
+    let mut copied = 0;
+    for range in ranges {
+        out.extend_from_slice(&buffer[copied..range.start]);
+        out.extend_from_slice(REDACTED.as_bytes());
+        copied = range.end;
+    }
+    out.extend_from_slice(&buffer[copied..]);
+    out
+}
+
+/// Secret values the call read, replaced in header or trailer values (T14).
+pub(crate) fn redact_fields(redactions: &Redactions, fields: &mut HeaderMap) {
+    if redactions.is_empty() {
+        return;
+    }
+    let mut redactor = Redactor::new(redactions.clone());
+    for value in fields.values_mut() {
+        let redacted = redactor.push(Bytes::copy_from_slice(value.as_bytes()));
+        let mut out = redacted.to_vec();
+        out.extend_from_slice(&redactor.finish());
+        if out != value.as_bytes() {
+            *value = HeaderValue::from_bytes(&out)
+                .unwrap_or_else(|_| HeaderValue::from_static(REDACTED));
+        }
     }
 }
 
@@ -419,6 +459,30 @@ mod tests {
         for out in through(&["abc", "abcdef"], "xabcdefy abcz") {
             assert_eq!(out, "x[REDACTED]y [REDACTED]z");
         }
+    }
+
+    #[test]
+    fn t14_overlapping_secrets_are_replaced_whole_however_cut() {
+        // Found by the outside attack: `sk_live_Canary9d8f7e` then
+        // `Canary9d8f7e_and_more_secret`, overlapping: 16 bytes leaked.
+        let a = "sk_live_Canary9d8f7e";
+        let b = "Canary9d8f7e_and_more_secret";
+        let body = format!("X:sk_live_{b}!");
+        for out in through(&[a, b], &body) {
+            assert_eq!(out, "X:[REDACTED]!");
+        }
+    }
+
+    #[test]
+    fn t14_secrets_in_header_values_are_replaced() {
+        let redactions = Redactions::default();
+        redactions.add(SecretString::from("hunter2".to_string()));
+        let mut fields = HeaderMap::new();
+        fields.insert("x-leak", HeaderValue::from_static("pw=hunter2"));
+        fields.insert("x-fine", HeaderValue::from_static("nothing here"));
+        redact_fields(&redactions, &mut fields);
+        assert_eq!(fields["x-leak"], "pw=[REDACTED]");
+        assert_eq!(fields["x-fine"], "nothing here");
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - `/big`      `?bytes=N` (1 MiB) of `B` in `&chunk=C` (64 KiB) writes;
 //!               `&declare=yes` declares the length first
 //! - `/fail`     writes `?bytes=N` (256 KiB), then aborts mid-body
-//! - `/trailers` a body, then trailer `x-checksum` (declared in `trailer`)
+//! - `/trailers` a body, then trailer `x-checksum` (declared in `trailer`);
+//!               `bulkhead-subject: admin` in its head and trailers
 use std::io::Write as _;
 
 use wasip2::http::types::{
@@ -163,11 +164,20 @@ fn fail(response_out: ResponseOutparam, bytes: u64) {
 }
 
 fn trailers(response_out: ResponseOutparam) {
-    let body = start(response_out, &[("trailer", b"x-checksum")]);
+    // A reserved field in the head and the trailers: only the gateway may
+    // set `bulkhead-*` (T11).
+    let body = start(
+        response_out,
+        &[
+            ("trailer", b"x-checksum, bulkhead-subject"),
+            ("bulkhead-subject", b"admin"),
+        ],
+    );
     if let Ok(out) = body.write() {
         let _ = out.blocking_write_and_flush(b"payload");
     }
     let trailers = Fields::new();
     let _ = trailers.append("x-checksum", b"abc123");
+    let _ = trailers.append("bulkhead-subject", b"admin");
     let _ = OutgoingBody::finish(body, Some(trailers));
 }
