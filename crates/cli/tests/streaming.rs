@@ -391,3 +391,72 @@ fn an_http_1_0_client_never_gets_a_cut_body_that_looks_whole() {
     assert!(text.contains("content-length: "), "{text}");
     assert!(text.contains("event 3 of 3"), "{text}");
 }
+
+/// Outside attack: a guest's status must be a final one; an informational
+/// status or one past 599 is its error, answered with a problem.
+#[test]
+fn a_status_that_is_not_final_is_the_functions_error() {
+    let app = app("input.query.code = '[0-9]{1,3}'\n");
+    let server = Server::start(&app);
+    for code in [100, 101, 103, 199, 600, 999] {
+        let mut stream = send(server.addr, &format!("/s/status?code={code}"), "");
+        let text = all(&read_timed(&mut stream, None));
+        assert!(text.starts_with("HTTP/1.1 500"), "{code}: {text}");
+        assert!(text.contains("function-error"), "{code}: {text}");
+    }
+    let mut stream = send(server.addr, "/s/status?code=204", "");
+    assert!(all(&read_timed(&mut stream, None)).starts_with("HTTP/1.1 204"));
+}
+
+/// Outside attack: once the whole declared length is sent, hyper drops
+/// the body; the guest still finishes its work (bounded by its timeout),
+/// and a failure after its body is logged, not lost.
+#[test]
+fn a_guest_finishes_its_work_after_its_whole_declared_body_was_sent() {
+    let app = app("");
+    let server = Server::start(&app);
+    let mut stream = send(server.addr, "/s/afterbody", "");
+    let text = all(&read_timed(&mut stream, None));
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    server.wait_for_log(
+        |r| r["line"] == "work after the body",
+        Duration::from_secs(10),
+    );
+    server.wait_for_log(
+        |r| r["message"] == "the function failed after its whole response was sent",
+        Duration::from_secs(10),
+    );
+}
+
+/// Outside attack: a client that takes an answer's head and then reads
+/// nothing (here an HTTP/1.0 client, whose answer is read whole first) is
+/// disconnected once a write has made no progress for the send timeout
+/// (`header_read_timeout`), so such clients cannot pin connections and the
+/// memory buffered for them; the disconnection is logged.
+#[test]
+fn t01_a_client_that_reads_nothing_is_disconnected() {
+    let app = app("max_response_body = \"16MiB\"\n\n[limits]\nheader_read_timeout = \"2s\"\n");
+    let server = Server::start(&app);
+    let mut stalled = TcpStream::connect(server.addr).expect("connect");
+    write!(
+        stalled,
+        "GET /s/big?bytes=12000000 HTTP/1.0\r\nhost: localhost\r\n\r\n"
+    )
+    .expect("send");
+    server.wait_for_log(|r| r["reason"] == "send-timeout", Duration::from_secs(30));
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut sink = vec![0u8; 1 << 20];
+    let mut received = 0usize;
+    let closed = loop {
+        match stalled.read(&mut sink) {
+            Ok(0) => break true,
+            Ok(n) => received += n,
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert!(closed, "the server kept the connection open");
+    assert!(received < 12_000_000, "all {received} bytes came");
+}

@@ -14,6 +14,7 @@ pub mod problem;
 mod ratelimit;
 mod respond;
 mod router;
+mod send_timeout;
 mod server;
 pub mod spans;
 mod throttle;

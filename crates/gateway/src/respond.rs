@@ -8,7 +8,7 @@
 //! (T01: a client that stops reading cannot pin them).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -33,7 +33,9 @@ pub(crate) struct Outgoing(Kind);
 enum Kind {
     /// The gateway's own answer (a problem) or nothing.
     Bytes(Option<Bytes>),
-    /// The function's.
+    /// The function's, complete before its head was sent.
+    Whole(ResponseBody),
+    /// The function's, still being written.
     Guest(Box<GuestStream>),
 }
 
@@ -65,6 +67,16 @@ impl Body for Outgoing {
     ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
         match &mut self.get_mut().0 {
             Kind::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Whole(body) => Pin::new(body).poll_frame(cx).map(|frame| {
+                frame.map(|frame| {
+                    frame.map(|mut frame| {
+                        if let Some(trailers) = frame.trailers_mut() {
+                            strip_fields(trailers, true);
+                        }
+                        frame
+                    })
+                })
+            }),
             Kind::Guest(stream) => stream.poll_frame(cx),
         }
     }
@@ -72,6 +84,7 @@ impl Body for Outgoing {
     fn is_end_stream(&self) -> bool {
         match &self.0 {
             Kind::Bytes(bytes) => bytes.is_none(),
+            Kind::Whole(body) => body.is_end_stream(),
             Kind::Guest(stream) => stream.body.is_end_stream(),
         }
     }
@@ -81,6 +94,7 @@ impl Body for Outgoing {
             Kind::Bytes(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Kind::Whole(body) => body.size_hint(),
             Kind::Guest(stream) => stream.body.size_hint(),
         }
     }
@@ -128,20 +142,20 @@ struct StreamState {
     held: Mutex<Option<Held>>,
     sent: AtomicU64,
     report: Mutex<Option<CutReport>>,
+    /// Set once the body ended, or the guard cut it: whichever comes first.
+    ended: AtomicBool,
 }
 
 impl StreamState {
-    /// Settle the charge with the bytes sent and give the places back;
-    /// false if that was done already.
-    fn release(&self) -> bool {
+    /// Settle the charge with the bytes sent and give the places back,
+    /// once.
+    fn release(&self) {
         let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(mut held) = taken else {
-            return false;
-        };
-        if let Some(charge) = held.charge.take() {
+        if let Some(mut held) = taken
+            && let Some(charge) = held.charge.take()
+        {
             charge.finish(self.sent.load(Ordering::Relaxed));
         }
-        true
     }
 
     /// The head is sent, so the client cannot get a problem: the connection
@@ -205,30 +219,28 @@ pub(crate) fn guest_response(
 ) -> Response<Outgoing> {
     let (mut parts, body) = response.into_parts();
     strip_fields(&mut parts.headers, false);
-    let state = Arc::new(StreamState {
-        held: Mutex::new(None),
-        sent: AtomicU64::new(0),
-        report: Mutex::new(None),
-    });
     if body.is_whole() {
+        // The instance is gone: settle now. A client that then reads
+        // nothing is closed by the listener's send timeout (T01).
         if let Some(charge) = held.charge.take() {
             charge.finish(body.size_hint().exact().unwrap_or(0));
         }
         drop(held);
-        let stream = GuestStream {
-            body,
-            state,
-            guard: None,
-        };
-        return Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))));
+        return Response::from_parts(parts, Outgoing(Kind::Whole(body)));
     }
-    *state.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(held);
+    let state = Arc::new(StreamState {
+        held: Mutex::new(Some(held)),
+        sent: AtomicU64::new(0),
+        report: Mutex::new(None),
+        ended: AtomicBool::new(false),
+    });
     let guard = tokio::spawn({
         let state = state.clone();
         let connection = connection.clone();
         async move {
             tokio::time::sleep_until(deadline).await;
-            if state.release() {
+            if !state.ended.swap(true, Ordering::AcqRel) {
+                state.release();
                 state.report_cut(
                     "response-timeout",
                     &"the response was not delivered within the function's timeout",
@@ -292,6 +304,7 @@ impl GuestStream {
     }
 
     fn end(&mut self) {
+        self.state.ended.store(true, Ordering::Release);
         self.state.release();
         if let Some(guard) = self.guard.take() {
             guard.abort();

@@ -56,13 +56,13 @@ impl Router {
         // route of the same shape may serve other methods, but a less
         // specific one never does, so a public wildcard cannot answer the
         // other methods of an authenticated route (outside attack, issue 12).
-        let mut owner = None;
+        let mut owner: Option<&RoutePattern> = None;
         for (route, methods, function) in &self.routes {
-            if owner.as_ref().is_some_and(|shape| *shape != route.shape()) {
+            if owner.is_some_and(|owner| !owner.same_shape(route)) {
                 continue;
             }
             if let Some(params) = route.matches(segments) {
-                owner.get_or_insert_with(|| route.shape());
+                owner.get_or_insert(route);
                 if methods.iter().any(|m| m == method) {
                     return RouteMatch::Found {
                         function: *function,

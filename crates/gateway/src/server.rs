@@ -23,6 +23,7 @@ use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
 use crate::respond::ConnectionCut;
+use crate::send_timeout::{SendTimeout, is_send_timeout};
 use crate::{Gateway, Shared, pipeline};
 
 /// How long shutdown waits for requests under way.
@@ -117,6 +118,9 @@ impl Gateway {
                     }
                 }
             });
+            // Closed once its client reads nothing for as long as a head may
+            // take to arrive (T01).
+            let stream = SendTimeout::new(stream, limits.header_read_timeout.get());
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let connection = graceful.watch(connection);
             let shared = self.shared.clone();
@@ -272,7 +276,9 @@ fn refusal_response(reason: &str, correlation_id: &str) -> Vec<u8> {
 /// Malformed framing, oversized heads and slow clients end here: the HTTP
 /// parser has already answered (400/431) or closed the connection.
 fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error) {
-    let reason = if error.is_timeout() {
+    let reason = if is_send_timeout(error) {
+        "send-timeout"
+    } else if error.is_timeout() {
         "header-timeout"
     } else if error.is_parse_too_large() {
         "head-too-large"

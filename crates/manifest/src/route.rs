@@ -99,6 +99,22 @@ impl RoutePattern {
             .collect()
     }
 
+    /// Whether `other` has this route's shape (see [`Self::shape`]),
+    /// without building either.
+    pub fn same_shape(&self, other: &RoutePattern) -> bool {
+        self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|pair| match pair {
+                    (Segment::Literal(a), Segment::Literal(b)) => a == b,
+                    (Segment::Param(_), Segment::Param(_))
+                    | (Segment::Wildcard(_), Segment::Wildcard(_)) => true,
+                    _ => false,
+                })
+    }
+
     /// Match already split (and decoded) path segments; returns the
     /// parameter values. A wildcard's value is its segments joined by `/`:
     /// unambiguous, since a decoded segment never holds a `/` (T10).

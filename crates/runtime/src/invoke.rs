@@ -2,6 +2,7 @@
 //! set, the request handed to `wasi:http/incoming-handler`, the response
 //! collected under the size cap, and every way it can fail named (T05).
 
+use std::future::Future as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::Poll;
@@ -114,11 +115,42 @@ pub(crate) enum Failure {
 
 /// Aborts the guest task when the call is abandoned (the client went away):
 /// no work is paid for that nobody waits for.
-pub(crate) struct AbortOnDrop(pub JoinHandle<Result<(), Failure>>);
+pub(crate) struct AbortOnDrop(Option<JoinHandle<Result<(), Failure>>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+impl AbortOnDrop {
+    fn new(task: JoinHandle<Result<(), Failure>>) -> Self {
+        Self(Some(task))
+    }
+
+    /// A handle to no task (what is left once one was detached).
+    pub(crate) fn finished() -> Self {
+        Self(None)
+    }
+
+    /// How the guest task ended, once it has.
+    pub(crate) fn poll_end(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Result<Result<(), Failure>, tokio::task::JoinError>> {
+        match self.0.as_mut() {
+            Some(task) => std::pin::Pin::new(task).poll(cx),
+            None => Poll::Ready(Ok(Ok(()))),
+        }
+    }
+
+    /// Let the guest run to its end (still bounded by its deadline): the
+    /// client has everything it asked for, and the guest may have work
+    /// after its body. Returns the task's handle to watch.
+    pub(crate) fn detach(mut self) -> Option<JoinHandle<Result<(), Failure>>> {
+        self.0.take()
     }
 }
 
@@ -245,7 +277,7 @@ async fn run(
         .map_err(internal)?;
 
     let pre = sealed.pre.clone();
-    let task = AbortOnDrop(tokio::spawn(async move {
+    let task = AbortOnDrop::new(tokio::spawn(async move {
         let _flush = flush;
         let run = async {
             let proxy = pre.instantiate_async(&mut store).await?;
@@ -274,6 +306,14 @@ async fn run(
         }
     };
 
+    // Only a final status can be a function's answer: an informational one
+    // (1xx, a 101 upgrade) or one past 599 is its error (outside attack).
+    if !(200..=599).contains(&response.status().as_u16()) {
+        return Err(InvokeError::GuestError(format!(
+            "it answered with status {}, which is not a final HTTP status",
+            response.status().as_u16()
+        )));
+    }
     let limit = sealed.limits.max_response_body.as_usize();
     let (mut parts, guest_body) = response.into_parts();
     // Secret values read so far never leave in a header (T14).
@@ -295,7 +335,6 @@ async fn run(
             redactions,
         },
         limit,
-        deadline,
         exact_length,
     );
     // Take what the guest has already written, without waiting for more: a
@@ -362,7 +401,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 async fn finish(mut task: AbortOnDrop) -> Result<(), Failure> {
-    match (&mut task.0).await {
+    match std::future::poll_fn(|cx| task.poll_end(cx)).await {
         Ok(result) => result,
         Err(join) => Err(Failure::Wasm(wasmtime::Error::msg(format!(
             "guest task failed: {join}"

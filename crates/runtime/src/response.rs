@@ -6,7 +6,6 @@
 //! finished, so a client cannot take a broken answer for a whole one.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +17,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use secrecy::ExposeSecret;
-use tokio::time::{Instant, Sleep};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::call::CallContext;
@@ -128,7 +126,7 @@ pub(crate) struct Settle {
 
 impl Settle {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), InvokeError>> {
-        let failure = match Pin::new(&mut self.task.0).poll(cx) {
+        let failure = match self.task.poll_end(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(Ok(()))) => return Poll::Ready(Ok(())),
             Poll::Ready(Ok(Err(failure))) => failure,
@@ -162,7 +160,6 @@ pub(crate) struct Stream {
     /// `max_response_body`, on the bytes the guest writes (T05).
     limit: usize,
     read: usize,
-    deadline: Pin<Box<Sleep>>,
     /// The length still to send, when the guest declared one and no
     /// redaction can change it.
     exact_remaining: Option<u64>,
@@ -173,7 +170,6 @@ impl Stream {
         guest: HyperOutgoingBody,
         settle: Settle,
         limit: usize,
-        deadline: Instant,
         exact_length: Option<u64>,
     ) -> Self {
         let redactor = Redactor::new(settle.redactions.clone());
@@ -186,7 +182,6 @@ impl Stream {
             redactor,
             limit,
             read: 0,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
             exact_remaining: exact_length,
         }
     }
@@ -219,10 +214,9 @@ impl Stream {
             }
             match &self.phase {
                 Phase::Reading => {
-                    // The function's timeout bounds its whole answer (T05).
-                    if self.deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Some(Err(InvokeError::Timeout)));
-                    }
+                    // The function's timeout bounds its whole answer (T05):
+                    // the guest task ends at it, dropping its body, and
+                    // settling says why.
                     match Pin::new(&mut self.guest).poll_frame(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
@@ -279,12 +273,55 @@ impl Stream {
         }
     }
 
+    /// The guest's task, when the client got the whole declared length:
+    /// hyper drops a body once its length is reached, before its handler
+    /// has returned, and the guest may still have work to do.
+    fn fully_sent(&self) -> bool {
+        self.exact_remaining == Some(0) && !matches!(self.phase, Phase::Finished)
+    }
+
     fn end_of_body(&mut self, error: Option<String>) {
         let tail = self.redactor.finish();
         if !tail.is_empty() {
             self.ready.push_back(tail);
         }
         self.phase = Phase::Settling(error);
+    }
+}
+
+impl Drop for Stream {
+    /// A body dropped after its whole declared length was sent lets its
+    /// guest finish (bounded by its deadline) and logs a failure it ends
+    /// with; otherwise the client went away and the guest is stopped.
+    fn drop(&mut self) {
+        if !self.fully_sent() {
+            return;
+        }
+        let placeholder = AbortOnDrop::finished();
+        let Some(task) = std::mem::replace(&mut self.settle.task, placeholder).detach() else {
+            return;
+        };
+        let memory_hit = self.settle.memory_hit.clone();
+        let call = self.settle.call.clone();
+        let redactions = self.settle.redactions.clone();
+        tokio::spawn(async move {
+            let failure = match task.await {
+                Ok(Ok(())) => return,
+                Ok(Err(failure)) => failure,
+                Err(join) => {
+                    Failure::Wasm(wasmtime::Error::msg(format!("guest task failed: {join}")))
+                }
+            };
+            let error =
+                classify(failure, memory_hit.load(Ordering::Relaxed), &call).redacted(&redactions);
+            tracing::warn!(
+                target: "bulkhead::sandbox",
+                function = %call.function(),
+                correlation_id = %call.correlation_id(),
+                error = %error,
+                "the function failed after its whole response was sent"
+            );
+        });
     }
 }
 
@@ -400,10 +437,26 @@ fn replace_ranges<'r>(buffer: &[u8], ranges: impl Iterator<Item = &'r Range<usiz
     out
 }
 
-/// Secret values the call read, replaced in header or trailer values (T14).
+/// Secret values the call read, replaced in header or trailer values and
+/// never sent as a field's name (T14): names are lowercase on the wire, so
+/// a name holding a value in any case is dropped with its field.
 pub(crate) fn redact_fields(redactions: &Redactions, fields: &mut HeaderMap) {
     if redactions.is_empty() {
         return;
+    }
+    let leaking: Vec<http::HeaderName> = redactions.with_values(|values| {
+        let lowered: Vec<String> = values
+            .iter()
+            .map(|v| v.expose_secret().to_ascii_lowercase())
+            .collect();
+        fields
+            .keys()
+            .filter(|name| lowered.iter().any(|v| name.as_str().contains(v.as_str())))
+            .cloned()
+            .collect()
+    });
+    for name in leaking {
+        fields.remove(name);
     }
     let mut redactor = Redactor::new(redactions.clone());
     for value in fields.values_mut() {
@@ -480,9 +533,12 @@ mod tests {
         let mut fields = HeaderMap::new();
         fields.insert("x-leak", HeaderValue::from_static("pw=hunter2"));
         fields.insert("x-fine", HeaderValue::from_static("nothing here"));
+        fields.insert("x-hunter2-name", HeaderValue::from_static("v"));
         redact_fields(&redactions, &mut fields);
         assert_eq!(fields["x-leak"], "pw=[REDACTED]");
         assert_eq!(fields["x-fine"], "nothing here");
+        // A value as (part of) a field's name: the field is dropped.
+        assert!(!fields.contains_key("x-hunter2-name"));
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //! - `/big`      `?bytes=N` (1 MiB) of `B` in `&chunk=C` (64 KiB) writes;
 //!               `&declare=yes` declares the length first
 //! - `/fail`     writes `?bytes=N` (256 KiB), then aborts mid-body
+//! - `/status`   an empty answer with status `?code=N`
+//! - `/afterbody` declares and sends `ok`, finishes its body, then prints a
+//!               line and aborts: work after the body, and its failure
 //! - `/trailers` a body, then trailer `x-checksum` (declared in `trailer`);
 //!               `bulkhead-subject: admin` in its head and trailers
 use std::io::Write as _;
@@ -65,6 +68,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Stream {
             ),
             "fail" => fail(response_out, number(query, "bytes", 256 << 10)),
             "trailers" => trailers(response_out),
+            "status" => {
+                let code = number(query, "code", 200) as u16;
+                let resp = OutgoingResponse::new(Fields::new());
+                let _ = resp.set_status_code(code);
+                let body = resp.body().expect("body is taken once");
+                ResponseOutparam::set(response_out, Ok(resp));
+                let _ = OutgoingBody::finish(body, None);
+            }
+            "afterbody" => after_body(response_out),
             _ => {
                 let body = start(response_out, &[]);
                 if let Ok(out) = body.write() {
@@ -180,4 +192,15 @@ fn trailers(response_out: ResponseOutparam) {
     let _ = trailers.append("x-checksum", b"abc123");
     let _ = trailers.append("bulkhead-subject", b"admin");
     let _ = OutgoingBody::finish(body, Some(trailers));
+}
+
+fn after_body(response_out: ResponseOutparam) {
+    let body = start(response_out, &[("content-length", b"2")]);
+    if let Ok(out) = body.write() {
+        let _ = out.blocking_write_and_flush(b"ok");
+    }
+    let _ = OutgoingBody::finish(body, None);
+    wasip2::clocks::monotonic_clock::subscribe_duration(100_000_000).block();
+    println!("work after the body");
+    std::process::abort();
 }
