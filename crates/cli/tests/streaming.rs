@@ -61,6 +61,24 @@ fn read_timed(stream: &mut TcpStream, until: Option<&[u8]>) -> Vec<(Instant, Vec
     }
 }
 
+/// Read until the server closes the connection (an end or a reset) and
+/// say how many bytes came; `None` if it is still open after 30 s.
+fn read_until_closed(stream: &mut TcpStream) -> Option<usize> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut sink = vec![0u8; 1 << 20];
+    let mut received = 0usize;
+    loop {
+        match stream.read(&mut sink) {
+            Ok(0) => return Some(received),
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Some(received),
+            Err(_) => return None,
+        }
+    }
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -335,18 +353,10 @@ fn t01_a_client_that_stops_reading_cannot_hold_the_places_past_the_timeout() {
     }
     // The stalled connection itself is closed by the server, and the cut
     // logged: the client cannot pin a connection either.
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut sink = vec![0u8; 1 << 20];
-    let closed = loop {
-        match stalled.read(&mut sink) {
-            Ok(0) => break true,
-            Ok(_) => continue,
-            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    };
-    assert!(closed, "the server kept the stalled connection open");
+    assert!(
+        read_until_closed(&mut stalled).is_some(),
+        "the server kept the stalled connection open"
+    );
     let cut = server.wait_for_log(
         |r| r["message"] == "response cut" && r["reason"] == "response-timeout",
         Duration::from_secs(10),
@@ -445,18 +455,6 @@ fn t01_a_client_that_reads_nothing_is_disconnected() {
     )
     .expect("send");
     server.wait_for_log(|r| r["reason"] == "send-timeout", Duration::from_secs(30));
-    stalled
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    let mut sink = vec![0u8; 1 << 20];
-    let mut received = 0usize;
-    let closed = loop {
-        match stalled.read(&mut sink) {
-            Ok(0) => break true,
-            Ok(n) => received += n,
-            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
-        }
-    };
-    assert!(closed, "the server kept the connection open");
+    let received = read_until_closed(&mut stalled).expect("the server closes the connection");
     assert!(received < 12_000_000, "all {received} bytes came");
 }
