@@ -102,7 +102,8 @@ pub(crate) async fn handle(
             refusal_reason: outcome.reason,
         });
     }
-    if outcome.reason.is_none() {
+    // Only a stream can be cut after its head: only it needs the record.
+    if outcome.reason.is_none() && response.body().is_streaming() {
         response.body_mut().on_cut(CutReport {
             shared: shared.clone(),
             correlation_id: correlation_id.to_string(),

@@ -44,6 +44,11 @@ impl Outgoing {
         Self(Kind::Bytes((!bytes.is_empty()).then_some(bytes)))
     }
 
+    /// Whether this is a body still being written (one that can be cut).
+    pub(crate) fn is_streaming(&self) -> bool {
+        matches!(self.0, Kind::Guest(_))
+    }
+
     /// What to say, and to whom, should the stream be cut: set once the
     /// request's record is known.
     pub(crate) fn on_cut(&mut self, report: CutReport) {
