@@ -267,6 +267,18 @@ pub(crate) fn guest_response(
 /// declaration stays in its head: hyper sends the declared trailers when
 /// the client asked for them (`TE: trailers`).
 fn strip_fields(fields: &mut HeaderMap, trailers: bool) {
+    // Fields the guest's `Connection` names are connection fields too
+    // (RFC 9110 §7.6.1): they go with it.
+    let named: Vec<HeaderName> = fields
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        fields.remove(name);
+    }
     for name in HOP_BY_HOP {
         if trailers || *name != "trailer" {
             fields.remove(*name);
@@ -385,5 +397,31 @@ pub(crate) fn invoke_problem(error: &InvokeError) -> Problem {
             "Internal error",
             "The gateway could not run the function.",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn connection_fields_reserved_fields_and_the_fields_connection_names_go() {
+        let mut fields = HeaderMap::new();
+        fields.insert("connection", HeaderValue::from_static("keep-alive, X-Foo"));
+        fields.insert("x-foo", HeaderValue::from_static("hop"));
+        fields.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        fields.insert("bulkhead-subject", HeaderValue::from_static("admin"));
+        fields.insert("trailer", HeaderValue::from_static("x-sum"));
+        fields.insert("x-kept", HeaderValue::from_static("end to end"));
+        strip_fields(&mut fields, false);
+        let names: Vec<&str> = fields.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(fields.contains_key("x-kept") && fields.contains_key("trailer"));
+        // In trailers, a `trailer` field is never kept.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("trailer", HeaderValue::from_static("x"));
+        strip_fields(&mut trailers, true);
+        assert!(trailers.is_empty());
     }
 }
