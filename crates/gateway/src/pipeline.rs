@@ -309,7 +309,7 @@ async fn pipeline<'s>(
         )
         .close_connection()
     };
-    if declared_length(&parts.headers).is_some_and(|n| n > max_body as u64) {
+    if validate::declared_length(&parts.headers).is_some_and(|n| n > max_body as u64) {
         return Err(too_large());
     }
     let read = tokio::time::timeout(
@@ -485,15 +485,6 @@ fn overloaded(shared: &Shared) -> Problem {
 fn refuse(refusal: validate::Refusal, outcome: &mut Outcome) -> Problem {
     outcome.detail = Some(refusal.to_string());
     refusal.to_problem()
-}
-
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// The request as the function sees it: absolute URI, only the client

@@ -8,7 +8,7 @@
 //! (T01: a client that stops reading cannot pin them).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -70,20 +70,18 @@ impl Body for Outgoing {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
-        match &mut self.get_mut().0 {
-            Kind::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Kind::Whole(body) => Pin::new(body).poll_frame(cx).map(|frame| {
-                frame.map(|frame| {
-                    frame.map(|mut frame| {
-                        if let Some(trailers) = frame.trailers_mut() {
-                            strip_fields(trailers, true);
-                        }
-                        frame
-                    })
-                })
-            }),
+        let mut polled = match &mut self.get_mut().0 {
+            Kind::Bytes(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Kind::Whole(body) => Pin::new(body).poll_frame(cx),
             Kind::Guest(stream) => stream.poll_frame(cx),
+        };
+        // A guest's trailers are held to the rules of its head (T11).
+        if let Poll::Ready(Some(Ok(frame))) = &mut polled
+            && let Some(trailers) = frame.trailers_mut()
+        {
+            strip_fields(trailers, true);
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -147,20 +145,20 @@ struct StreamState {
     held: Mutex<Option<Held>>,
     sent: AtomicU64,
     report: Mutex<Option<CutReport>>,
-    /// Set once the body ended, or the guard cut it: whichever comes first.
-    ended: AtomicBool,
 }
 
 impl StreamState {
-    /// Settle the charge with the bytes sent and give the places back,
-    /// once.
-    fn release(&self) {
+    /// Settle the charge with the bytes sent and give the places back;
+    /// false if the stream's end or its guard did so already.
+    fn release(&self) -> bool {
         let taken = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(mut held) = taken
-            && let Some(charge) = held.charge.take()
-        {
+        let Some(mut held) = taken else {
+            return false;
+        };
+        if let Some(charge) = held.charge.take() {
             charge.finish(self.sent.load(Ordering::Relaxed));
         }
+        true
     }
 
     /// The head is sent, so the client cannot get a problem: the connection
@@ -237,15 +235,13 @@ pub(crate) fn guest_response(
         held: Mutex::new(Some(held)),
         sent: AtomicU64::new(0),
         report: Mutex::new(None),
-        ended: AtomicBool::new(false),
     });
     let guard = tokio::spawn({
         let state = state.clone();
         let connection = connection.clone();
         async move {
             tokio::time::sleep_until(deadline).await;
-            if !state.ended.swap(true, Ordering::AcqRel) {
-                state.release();
+            if state.release() {
                 state.report_cut(
                     "response-timeout",
                     &"the response was not delivered within the function's timeout",
@@ -299,15 +295,13 @@ impl GuestStream {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
-        let mut polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &mut polled {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     self.state
                         .sent
                         .fetch_add(data.len() as u64, Ordering::Relaxed);
-                } else if let Some(trailers) = frame.trailers_mut() {
-                    strip_fields(trailers, true);
                 }
             }
             Poll::Ready(None) => self.end(),
@@ -321,7 +315,6 @@ impl GuestStream {
     }
 
     fn end(&mut self) {
-        self.state.ended.store(true, Ordering::Release);
         self.state.release();
         if let Some(guard) = self.guard.take() {
             guard.abort();

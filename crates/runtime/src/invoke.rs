@@ -139,18 +139,17 @@ impl AbortOnDrop {
     pub(crate) fn poll_end(
         &mut self,
         cx: &mut std::task::Context<'_>,
-    ) -> Poll<Result<Result<(), Failure>, tokio::task::JoinError>> {
-        match self.0.as_mut() {
-            Some(task) => std::pin::Pin::new(task).poll(cx),
-            None => Poll::Ready(Ok(Ok(()))),
-        }
-    }
-
-    /// Let the guest run to its end (still bounded by its deadline): the
-    /// client has everything it asked for, and the guest may have work
-    /// after its body. Returns the task's handle to watch.
-    pub(crate) fn detach(mut self) -> Option<JoinHandle<Result<(), Failure>>> {
-        self.0.take()
+    ) -> Poll<Result<(), Failure>> {
+        let Some(task) = self.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        std::pin::Pin::new(task).poll(cx).map(|joined| {
+            joined.unwrap_or_else(|join| {
+                Err(Failure::Wasm(wasmtime::Error::msg(format!(
+                    "guest task failed: {join}"
+                ))))
+            })
+        })
     }
 }
 
@@ -401,12 +400,7 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 async fn finish(mut task: AbortOnDrop) -> Result<(), Failure> {
-    match std::future::poll_fn(|cx| task.poll_end(cx)).await {
-        Ok(result) => result,
-        Err(join) => Err(Failure::Wasm(wasmtime::Error::msg(format!(
-            "guest task failed: {join}"
-        )))),
-    }
+    std::future::poll_fn(|cx| task.poll_end(cx)).await
 }
 
 pub(crate) fn classify(failure: Failure, memory_hit: bool, call: &CallContext) -> InvokeError {

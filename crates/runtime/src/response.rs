@@ -21,7 +21,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 use crate::call::CallContext;
 use crate::data::{REDACTED, Redactions};
-use crate::invoke::{AbortOnDrop, Failure, InvokeError, classify};
+use crate::invoke::{AbortOnDrop, InvokeError, classify};
 
 /// The response body a call hands the gateway.
 pub struct ResponseBody {
@@ -126,16 +126,10 @@ pub(crate) struct Settle {
 
 impl Settle {
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), InvokeError>> {
-        let failure = match self.task.poll_end(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(Ok(()))) => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(Err(failure))) => failure,
-            Poll::Ready(Err(join)) => {
-                Failure::Wasm(wasmtime::Error::msg(format!("guest task failed: {join}")))
-            }
-        };
-        let error = classify(failure, self.memory_hit.load(Ordering::Relaxed), &self.call);
-        Poll::Ready(Err(error.redacted(&self.redactions)))
+        self.task.poll_end(cx).map_err(|failure| {
+            classify(failure, self.memory_hit.load(Ordering::Relaxed), &self.call)
+                .redacted(&self.redactions)
+        })
     }
 }
 
@@ -244,17 +238,17 @@ impl Stream {
                         Poll::Ready(None) => self.end_of_body(None),
                     }
                 }
-                Phase::Settling(body_error) => {
-                    let body_error = body_error.clone();
+                Phase::Settling(_) => {
                     match self.settle.poll(cx) {
                         Poll::Pending => return Poll::Pending,
                         Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
                         Poll::Ready(Ok(())) => {
-                            self.phase = Phase::Finished;
                             // The handler returned but its body failed
                             // (dropped unfinished, a wrong length): the
                             // function's error, not the gateway's (item 6).
-                            if let Some(error) = body_error {
+                            if let Phase::Settling(Some(error)) =
+                                std::mem::replace(&mut self.phase, Phase::Finished)
+                            {
                                 let error = InvokeError::GuestError(format!(
                                     "its response body failed: {error}"
                                 ));
@@ -297,30 +291,24 @@ impl Drop for Stream {
         if !self.fully_sent() {
             return;
         }
-        let placeholder = AbortOnDrop::finished();
-        let Some(task) = std::mem::replace(&mut self.settle.task, placeholder).detach() else {
-            return;
+        // The guest task goes on in a watcher of its own, which settles it
+        // as the stream would have.
+        let mut settle = Settle {
+            task: std::mem::replace(&mut self.settle.task, AbortOnDrop::finished()),
+            memory_hit: self.settle.memory_hit.clone(),
+            call: self.settle.call.clone(),
+            redactions: self.settle.redactions.clone(),
         };
-        let memory_hit = self.settle.memory_hit.clone();
-        let call = self.settle.call.clone();
-        let redactions = self.settle.redactions.clone();
         tokio::spawn(async move {
-            let failure = match task.await {
-                Ok(Ok(())) => return,
-                Ok(Err(failure)) => failure,
-                Err(join) => {
-                    Failure::Wasm(wasmtime::Error::msg(format!("guest task failed: {join}")))
-                }
-            };
-            let error =
-                classify(failure, memory_hit.load(Ordering::Relaxed), &call).redacted(&redactions);
-            tracing::warn!(
-                target: "bulkhead::sandbox",
-                function = %call.function(),
-                correlation_id = %call.correlation_id(),
-                error = %error,
-                "the function failed after its whole response was sent"
-            );
+            if let Err(error) = std::future::poll_fn(|cx| settle.poll(cx)).await {
+                tracing::warn!(
+                    target: "bulkhead::sandbox",
+                    function = %settle.call.function(),
+                    correlation_id = %settle.call.correlation_id(),
+                    error = %error,
+                    "the function failed after its whole response was sent"
+                );
+            }
         });
     }
 }

@@ -393,11 +393,17 @@ fn check_framing(headers: &HeaderMap) -> Result<bool, Refusal> {
         }
         return Ok(true);
     }
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    Ok(length.is_some_and(|n| n > 0))
+    Ok(declared_length(headers).is_some_and(|n| n > 0))
+}
+
+/// The body length a request declares, if it declares a readable one.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A parsed `Content-Type`: the lowercase `type/subtype` and its charset.
