@@ -16,9 +16,9 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use corpus::Expect::{self, Problem, Refused};
+use corpus::Expect::{Problem, Refused};
 use serde_json::Value;
-use support::{RawAnswer, Server, TestApp, get, guest_calls, raw_answer};
+use support::{RawAnswer, Server, TestApp, assert_no_5xx, get, guest_calls, raw_answer};
 
 /// The router guest behind `/api/{*rest}`, a literal `/api/health` served
 /// by another function, and the corpus's `/items/{id}` (same query rules)
@@ -84,44 +84,6 @@ fn verdict(answer: &RawAnswer) -> (Option<u16>, Option<String>, Option<String>) 
     (answer.status, get("type"), get("rule"))
 }
 
-fn assert_matches_expectation(name: &str, answer: &RawAnswer, expect: Expect) {
-    if let Some(status) = answer.status {
-        assert!(
-            (400..500).contains(&status),
-            "{name}: status {status}: {}",
-            answer.text()
-        );
-    }
-    if let Problem(status, slug, rule) = expect {
-        assert_eq!(answer.status, Some(status), "{name}: {}", answer.text());
-        assert_eq!(
-            answer.header("content-type"),
-            Some("application/problem+json"),
-            "{name}"
-        );
-        let problem: Value = serde_json::from_slice(&answer.body)
-            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.text()));
-        assert_eq!(
-            problem["type"],
-            format!("https://bulkhead.dev/problems/{slug}"),
-            "{name}"
-        );
-        if !rule.is_empty() {
-            assert_eq!(problem["rule"], rule, "{name}: {problem}");
-        }
-        assert_eq!(
-            problem["correlation_id"].as_str(),
-            answer.header("bulkhead-correlation-id"),
-            "{name}"
-        );
-    }
-    assert!(
-        !answer.echoes("evil"),
-        "{name}: the answer echoes the input: {}",
-        answer.text()
-    );
-}
-
 /// `target` with its `/items/` prefix moved under a wildcard: `prefix`
 /// replaces `items`, `suffix` is appended to the path (so the hostile
 /// segment sits first, deep, or in the middle of the tail).
@@ -150,12 +112,12 @@ fn t10_hostile_path_corpus_under_a_wildcard_is_refused_as_without_one() {
     let mut sent = 0;
     for (name, target, expect) in corpus::TARGETS {
         let baseline = exchange(&server, &corpus::get(target));
-        assert_matches_expectation(name, &baseline, *expect);
+        corpus::assert_answer(name, &baseline, *expect);
         for (prefix, suffix) in [("api", ""), ("api/v1/deep", ""), ("api/first", "/last")] {
             let moved = under(target, prefix, suffix);
             let label = format!("{name} as {moved}");
             let answer = exchange(&server, &corpus::get(&moved));
-            assert_matches_expectation(&label, &answer, *expect);
+            corpus::assert_answer(&label, &answer, *expect);
             assert_eq!(verdict(&answer), verdict(&baseline), "{label}");
             if let Problem(_, "invalid-parameter", _) = expect {
                 let problem = answer.json();
@@ -183,13 +145,7 @@ fn t10_hostile_path_corpus_under_a_wildcard_is_refused_as_without_one() {
     );
     assert_eq!(guest_calls(&server, "router"), BTreeSet::from([id]));
     assert!(guest_calls(&server, "echo").is_empty());
-    assert!(
-        !server
-            .logs()
-            .iter()
-            .any(|r| r["status"].as_u64().is_some_and(|s| s >= 500)),
-        "no 5xx"
-    );
+    assert_no_5xx(&server);
 }
 
 /// Under `/{*all}` every path but `/` reaches one function, and the
@@ -219,7 +175,7 @@ input.query.sort = true
             other => *other,
         };
         let answer = exchange(&server, &corpus::get(target));
-        assert_matches_expectation(name, &answer, expect);
+        corpus::assert_answer(name, &answer, expect);
         if let Problem(_, "invalid-parameter", _) = expect {
             let problem = answer.json();
             let field = problem["field"].as_str().unwrap_or_default();

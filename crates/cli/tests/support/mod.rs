@@ -646,6 +646,17 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The correlation IDs of the calls that reached `guest`: each test guest
 /// logs `GUEST called` once per call.
+/// Assert that the server answered no request with a 5xx (its access log).
+pub fn assert_no_5xx(server: &Server) {
+    assert!(
+        !server
+            .logs()
+            .iter()
+            .any(|r| r["status"].as_u64().is_some_and(|s| s >= 500)),
+        "no 5xx"
+    );
+}
+
 pub fn guest_calls(server: &Server, guest: &str) -> BTreeSet<String> {
     let line = format!("{guest} called");
     server

@@ -15,6 +15,59 @@ use Expect::{Problem, Refused};
 
 pub type Case = (&'static str, Vec<u8>, Expect);
 
+/// Assert that `answer` is what `expect` says a hostile request gets: a
+/// 4xx or nothing; for a problem, its status, problem JSON, type, rule and
+/// correlation ID (and a field and rule where validation refused it);
+/// never the input echoed. Returns the correlation ID when one came.
+pub fn assert_answer(
+    name: &str,
+    answer: &crate::support::RawAnswer,
+    expect: Expect,
+) -> Option<String> {
+    if let Some(status) = answer.status {
+        assert!(
+            (400..500).contains(&status),
+            "{name}: status {status}: {}",
+            answer.text()
+        );
+    }
+    if let Problem(status, slug, rule) = expect {
+        assert_eq!(answer.status, Some(status), "{name}: {}", answer.text());
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{name}"
+        );
+        let problem: serde_json::Value = serde_json::from_slice(&answer.body)
+            .unwrap_or_else(|e| panic!("{name}: not JSON ({e}): {}", answer.text()));
+        assert_eq!(
+            problem["type"],
+            format!("https://bulkhead.dev/problems/{slug}"),
+            "{name}"
+        );
+        if slug != "not-found" && slug != "body-too-large" {
+            assert!(
+                problem["field"].is_string() && problem["rule"].is_string(),
+                "{name}: {problem}"
+            );
+        }
+        if !rule.is_empty() {
+            assert_eq!(problem["rule"], rule, "{name}: {problem}");
+        }
+        assert_eq!(
+            problem["correlation_id"].as_str(),
+            answer.header("bulkhead-correlation-id"),
+            "{name}"
+        );
+    }
+    assert!(
+        !answer.echoes("evil"),
+        "{name}: the answer echoes the input: {}",
+        answer.text()
+    );
+    answer.header("bulkhead-correlation-id").map(String::from)
+}
+
 const fn path(rule: &'static str) -> Expect {
     Problem(400, "invalid-path", rule)
 }
