@@ -79,6 +79,12 @@ fn read_until_closed(stream: &mut TcpStream) -> Option<usize> {
     }
 }
 
+/// GET `path` (with extra `headers` lines) on a connection of its own and
+/// read the whole answer, raw.
+fn fetch(addr: SocketAddr, path: &str, headers: &str) -> String {
+    all(&read_timed(&mut send(addr, path, headers), None))
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -203,8 +209,7 @@ fn t05_the_response_cap_cuts_a_stream_mid_way_and_says_so() {
     let app = app("max_response_body = \"256KiB\"\n");
     let server = Server::start(&app);
 
-    let mut stream = send(server.addr, "/s/big?bytes=1048576", "");
-    let text = all(&read_timed(&mut stream, None));
+    let text = fetch(server.addr, "/s/big?bytes=1048576", "");
     let answer = RawAnswer::parse(text.as_bytes());
     assert!(text.starts_with("HTTP/1.1 200"), "{:?}", answer.headers);
     assert!(
@@ -231,18 +236,16 @@ fn t05_the_response_cap_cuts_a_stream_mid_way_and_says_so() {
     }
 
     // Declared over the cap: nothing sent yet, so a problem answers.
-    let mut stream = send(server.addr, "/s/big?bytes=1048576&declare=yes", "");
-    let text = all(&read_timed(&mut stream, None));
+    let text = fetch(server.addr, "/s/big?bytes=1048576&declare=yes", "");
     assert!(text.starts_with("HTTP/1.1 500"), "{text}");
     assert!(text.contains("response-too-large"), "{text}");
 
     // Under the cap, a declared length goes to the client as it is.
-    let mut stream = send(
+    let text = fetch(
         server.addr,
         "/s/big?bytes=200000&declare=yes&chunk=1000",
         "",
     );
-    let text = all(&read_timed(&mut stream, None));
     let (head, rest) = text.split_once("\r\n\r\n").expect("a head");
     assert!(
         head.to_ascii_lowercase().contains("content-length: 200000"),
@@ -267,8 +270,7 @@ fn t05_the_response_cap_cuts_a_stream_mid_way_and_says_so() {
 fn a_guest_failing_mid_stream_is_cut_and_logged_as_the_functions_failure() {
     let app = app("");
     let server = Server::start(&app);
-    let mut stream = send(server.addr, "/s/fail?bytes=262144", "");
-    let text = all(&read_timed(&mut stream, None));
+    let text = fetch(server.addr, "/s/fail?bytes=262144", "");
     let answer = RawAnswer::parse(text.as_bytes());
     assert!(text.starts_with("HTTP/1.1 200"), "{:?}", answer.headers);
     assert!(
@@ -278,8 +280,7 @@ fn a_guest_failing_mid_stream_is_cut_and_logged_as_the_functions_failure() {
     let cut = server.wait_for_log(|r| r["message"] == "response cut", Duration::from_secs(10));
     assert_eq!(cut["reason"], "function-trapped", "{cut}");
     // The gateway keeps serving.
-    let mut stream = send(server.addr, "/s/big?bytes=10", "");
-    let text = all(&read_timed(&mut stream, None));
+    let text = fetch(server.addr, "/s/big?bytes=10", "");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
 
@@ -289,15 +290,13 @@ fn a_guest_failing_mid_stream_is_cut_and_logged_as_the_functions_failure() {
 fn response_trailers_reach_clients_that_ask_for_them() {
     let app = app("");
     let server = Server::start(&app);
-    let mut stream = send(server.addr, "/s/trailers", "te: trailers\r\n");
-    let asked = all(&read_timed(&mut stream, None)).to_ascii_lowercase();
+    let asked = fetch(server.addr, "/s/trailers", "te: trailers\r\n").to_ascii_lowercase();
     assert!(asked.contains("payload"), "{asked}");
     assert!(asked.contains("\r\n0\r\nx-checksum: abc123\r\n"), "{asked}");
     // T11: a guest cannot set the gateway's own fields, head or trailers.
     assert!(!asked.contains("bulkhead-subject: admin"), "{asked}");
 
-    let mut stream = send(server.addr, "/s/trailers", "");
-    let plain = all(&read_timed(&mut stream, None)).to_ascii_lowercase();
+    let plain = fetch(server.addr, "/s/trailers", "").to_ascii_lowercase();
     assert!(plain.contains("payload"), "{plain}");
     assert!(!plain.contains("abc123"), "{plain}");
 }
@@ -409,13 +408,11 @@ fn a_status_that_is_not_final_is_the_functions_error() {
     let app = app("input.query.code = '[0-9]{1,3}'\n");
     let server = Server::start(&app);
     for code in [100, 101, 103, 199, 600, 999] {
-        let mut stream = send(server.addr, &format!("/s/status?code={code}"), "");
-        let text = all(&read_timed(&mut stream, None));
+        let text = fetch(server.addr, &format!("/s/status?code={code}"), "");
         assert!(text.starts_with("HTTP/1.1 500"), "{code}: {text}");
         assert!(text.contains("function-error"), "{code}: {text}");
     }
-    let mut stream = send(server.addr, "/s/status?code=204", "");
-    assert!(all(&read_timed(&mut stream, None)).starts_with("HTTP/1.1 204"));
+    assert!(fetch(server.addr, "/s/status?code=204", "").starts_with("HTTP/1.1 204"));
 }
 
 /// Outside attack: once the whole declared length is sent, hyper drops
@@ -425,8 +422,7 @@ fn a_status_that_is_not_final_is_the_functions_error() {
 fn a_guest_finishes_its_work_after_its_whole_declared_body_was_sent() {
     let app = app("");
     let server = Server::start(&app);
-    let mut stream = send(server.addr, "/s/afterbody", "");
-    let text = all(&read_timed(&mut stream, None));
+    let text = fetch(server.addr, "/s/afterbody", "");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.ends_with("\r\n\r\nok"), "{text}");
     server.wait_for_log(
