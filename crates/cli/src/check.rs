@@ -75,7 +75,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             let label = if i == 0 { "imports" } else { "" };
             println!("  {label:<10} {import}");
         }
-        print_outbound(spec, app.env == bulkhead_manifest::DEFAULT_ENV);
+        print_outbound(spec, app.is_dev());
         if !spec.grants.sql.is_empty() {
             let grants: Vec<String> = spec
                 .grants
@@ -154,9 +154,12 @@ fn print_outbound(spec: &bulkhead_manifest::Function, dev: bool) {
         println!("  outbound   none");
         return;
     }
+    let mut warnings = Vec::new();
     for (i, rule) in spec.grants.outbound.iter().enumerate() {
         let label = if i == 0 { "outbound" } else { "" };
-        let note = match egress::review(rule, dev) {
+        let reach = egress::review(rule, dev);
+        warnings.extend(reach.warning(rule));
+        let note = match reach {
             Reach::Public => String::new(),
             Reach::DevLoopback => format!(
                 " (dev: this machine's loopback, port {} only, never resolved)",
@@ -167,10 +170,8 @@ fn print_outbound(spec: &bulkhead_manifest::Function, dev: bool) {
         };
         println!("  {label:<10} {rule}{note}");
     }
-    for rule in &spec.grants.outbound {
-        if let Some(warning) = egress::warning(rule, dev) {
-            println!("  {:<10} {warning}", "warning");
-        }
+    for warning in warnings {
+        println!("  {:<10} {warning}", "warning");
     }
 }
 

@@ -76,7 +76,7 @@ pub fn deploy(
                 // T17: a grant reaching this machine or the metadata
                 // service, or never reached, is not served silently.
                 if mode == Mode::Serve {
-                    let dev = app.env == bulkhead_manifest::DEFAULT_ENV;
+                    let dev = app.is_dev();
                     for rule in &function.grants.outbound {
                         if let Some(warning) = bulkhead_runtime::egress::warning(rule, dev) {
                             warn!(target: "bulkhead::deploy", function = %function.name, "{warning}");

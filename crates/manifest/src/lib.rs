@@ -79,6 +79,12 @@ pub struct App {
 }
 
 impl App {
+    /// Whether this is the development environment, where a few
+    /// conveniences (an outbound `localhost` grant) are allowed.
+    pub fn is_dev(&self) -> bool {
+        self.env == DEFAULT_ENV
+    }
+
     /// The declared store called `name`.
     pub fn store(&self, name: &str) -> Option<&StoreSpec> {
         self.stores.iter().find(|s| s.name == name)

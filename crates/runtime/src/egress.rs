@@ -65,12 +65,19 @@ pub fn review(rule: &OutboundRule, dev: bool) -> Reach {
 
 /// The warning `check` prints and `serve` logs for `rule`, if any.
 pub fn warning(rule: &OutboundRule, dev: bool) -> Option<String> {
-    match review(rule, dev) {
-        Reach::Never(why) => Some(format!("{rule} can never be reached: {why}")),
-        Reach::Internal { what, warn: true } => Some(format!(
-            "{rule} reaches {what}; it is allowed because the grant names the address: remove it unless that is meant"
-        )),
-        _ => None,
+    review(rule, dev).warning(rule)
+}
+
+impl Reach {
+    /// The warning for `rule`, which was judged this, if it deserves one.
+    pub fn warning(&self, rule: &OutboundRule) -> Option<String> {
+        match self {
+            Reach::Never(why) => Some(format!("{rule} can never be reached: {why}")),
+            Reach::Internal { what, warn: true } => Some(format!(
+                "{rule} reaches {what}; it is allowed because the grant names the address: remove it unless that is meant"
+            )),
+            _ => None,
+        }
     }
 }
 
