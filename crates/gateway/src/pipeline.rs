@@ -253,7 +253,6 @@ async fn pipeline<'s>(
     }
 
     // Validate parameters, query, framing and content type (T10).
-    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_ref())).collect();
     slot.rules
         .check_head(&params, request.uri().query(), request.headers())
         .map_err(|r| refuse(r, outcome))?;

@@ -244,13 +244,13 @@ impl Rules {
     /// joined by `/`), the raw query string, framing and the content type.
     pub fn check_head(
         &self,
-        params: &[(&str, &str)],
+        params: &[(&str, impl AsRef<str>)],
         query: Option<&str>,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
         for (name, value) in params {
             if let Some(param) = self.path.iter().find(|p| p.name == *name)
-                && !param.pattern.is_match(value)
+                && !param.pattern.is_match(value.as_ref())
             {
                 return Err(Refusal::new(
                     Part::Parameter,

@@ -9,6 +9,9 @@ use proptest::prelude::*;
 use serde_json::json;
 
 use super::*;
+
+/// A route without path parameters.
+const NO_PARAMS: &[(&str, &str)] = &[];
 use crate::router::{RouteMatch, Router};
 
 fn param(name: &str, pattern: &str) -> Param {
@@ -135,11 +138,11 @@ fn the_query_is_an_allowlist() {
     open.allow_unknown_query = true;
     let open = Rules::new(&open);
     assert!(
-        open.check_head(&[], Some("anything=goes&x"), &HeaderMap::new())
+        open.check_head(NO_PARAMS, Some("anything=goes&x"), &HeaderMap::new())
             .is_ok()
     );
     let refusal = open
-        .check_head(&[], Some("x=%ff"), &HeaderMap::new())
+        .check_head(NO_PARAMS, Some("x=%ff"), &HeaderMap::new())
         .unwrap_err();
     assert_eq!(
         refusal.rule, "invalid-utf8",
@@ -353,7 +356,7 @@ fn t10_malformed_media_types_never_skip_strict_json() {
         "",
     ] {
         let h = headers(&[("content-type", bad), ("content-length", "52")]);
-        let refusal = plain.check_head(&[], None, &h).unwrap_err();
+        let refusal = plain.check_head(NO_PARAMS, None, &h).unwrap_err();
         assert_eq!(
             (refusal.part, refusal.field.as_str(), refusal.rule.as_str()),
             (Part::MediaType, "header.content-type", "malformed"),
@@ -374,7 +377,7 @@ fn t10_malformed_media_types_never_skip_strict_json() {
         "application/vnd.api+json; ext=\"x\"",
     ] {
         let h = headers(&[("content-type", good), ("content-length", "52")]);
-        assert!(plain.check_head(&[], None, &h).is_ok(), "{good:?}");
+        assert!(plain.check_head(NO_PARAMS, None, &h).is_ok(), "{good:?}");
         let refusal = plain.check_body(&Method::POST, &h, &smuggled).unwrap_err();
         assert_eq!(refusal.rule, "duplicate-key", "{good:?}");
     }
@@ -386,7 +389,7 @@ fn t10_malformed_media_types_never_skip_strict_json() {
         "text/json; charset=\"UTF-16\"",
     ] {
         let h = headers(&[("content-type", latin), ("content-length", "52")]);
-        let refusal = plain.check_head(&[], None, &h).unwrap_err();
+        let refusal = plain.check_head(NO_PARAMS, None, &h).unwrap_err();
         assert_eq!(
             (refusal.part, refusal.rule.as_str()),
             (Part::MediaType, "charset"),
@@ -402,7 +405,7 @@ fn t10_malformed_media_types_never_skip_strict_json() {
         ("content-type", "text/plain; charset=iso-8859-1"),
         ("content-length", "52"),
     ]);
-    assert!(plain.check_head(&[], None, &latin_text).is_ok());
+    assert!(plain.check_head(NO_PARAMS, None, &latin_text).is_ok());
     assert_eq!(
         parse_media_type("Application/Problem+JSON; Charset=\"UTF-8\""),
         Some(MediaType {
