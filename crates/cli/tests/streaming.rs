@@ -454,3 +454,44 @@ fn t01_a_client_that_reads_nothing_is_disconnected() {
     let received = read_until_closed(&mut stalled).expect("the server closes the connection");
     assert!(received < 12_000_000, "all {received} bytes came");
 }
+
+/// Third outside attack: an answer read whole before its head (an HTTP/1.0
+/// client's) to a client that reads it slowly but steadily (so the send
+/// timeout never fires) must not hold its connection and the buffered
+/// answer past the function's timeout either: it is cut like a stream,
+/// and the cut logged.
+#[test]
+fn t01_a_whole_answer_read_slowly_is_cut_at_the_deadline() {
+    let app = app("timeout = \"2s\"\nmax_response_body = \"16MiB\"\n");
+    let server = Server::start(&app);
+    let mut slow = TcpStream::connect(server.addr).expect("connect");
+    write!(
+        slow,
+        "GET /s/big?bytes=12000000 HTTP/1.0\r\nhost: localhost\r\n\r\n"
+    )
+    .expect("send");
+    slow.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // 16 KiB every 100 ms: 160 KiB/s, the whole answer would take 75 s.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut chunk = [0u8; 16 << 10];
+    let mut received = 0usize;
+    let closed = loop {
+        match slow.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => received += n,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
+        }
+        if Instant::now() > give_up {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(closed, "still open after {received} bytes");
+    assert!(received < 12_000_000, "all {received} bytes came");
+    server.wait_for_log(
+        |r| r["message"] == "response cut" && r["reason"] == "response-timeout",
+        Duration::from_secs(10),
+    );
+}

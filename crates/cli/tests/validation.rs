@@ -290,6 +290,22 @@ fn valid_requests_reach_the_function_with_filtered_headers() {
     );
     assert_eq!(answer.header("bulkhead-correlation-id"), Some(trace));
 
+    // A field the client's `Connection` names is for that hop only, even
+    // one `input.headers` lets through (RFC 9110 §7.6.1; third outside
+    // attack).
+    let hop = format!(
+        "POST /register/ada-lovelace HTTP/1.1\r\nhost: x\r\nconnection: close, X-Request-Source\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         x-request-source: unit\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(&server, hop.as_bytes());
+    assert_eq!(answer.status, Some(200), "{}", answer.text());
+    let headers = support::echoed_headers(&answer.json());
+    assert!(
+        !headers.iter().any(|(k, _)| k == "x-request-source"),
+        "{headers:?}"
+    );
+
     // The path the function sees is the one sent: validated, never rewritten.
     let answer = exchange(&server, &get("/items/%61bc?q=a%20b"));
     let echo = answer.json();

@@ -529,8 +529,10 @@ fn guest_request(
     *request.method_mut() = parts.method;
     *request.uri_mut() = uri;
     let headers = request.headers_mut();
+    // What the client's `Connection` names is for this hop only (T11).
+    let hop_only = connection_named(&parts.headers);
     for (name, value) in &parts.headers {
-        if passes_to_guest(name, rules) {
+        if passes_to_guest(name, rules) && !hop_only.contains(name) {
             headers.append(name.clone(), value.clone());
         }
     }
@@ -562,6 +564,18 @@ fn guest_request(
         }
     }
     Ok(request)
+}
+
+/// The fields a message's `Connection` header names: connection fields
+/// too, for the hop they came over only (RFC 9110 §7.6.1).
+pub(crate) fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// Whether the function sees this client field: one its input rules let

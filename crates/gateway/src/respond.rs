@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use crate::budget::Charge;
 use crate::caller::Caller;
-use crate::pipeline::RESERVED_PREFIX;
+use crate::pipeline::{RESERVED_PREFIX, connection_named};
 use crate::problem::Problem;
 use crate::{Shared, audit};
 
@@ -223,13 +223,20 @@ pub(crate) fn guest_response(
     let (mut parts, body) = response.into_parts();
     strip_fields(&mut parts.headers, false);
     if body.is_whole() {
-        // The instance is gone: settle now. A client that then reads
-        // nothing is closed by the listener's send timeout (T01).
-        if let Some(charge) = held.charge.take() {
-            charge.finish(body.size_hint().exact().unwrap_or(0));
+        // The instance is gone: its places go back now.
+        held._places = Box::new(());
+        let length = body.size_hint().exact().unwrap_or(0);
+        // A small body fits the socket's buffer at once: billed and done. A
+        // larger one may be read slowly for as long as a client likes (an
+        // HTTP/1.0 client's is read whole, up to the cap), so it is sent
+        // under the same deadline guard as a stream, and billed for what
+        // was sent (outside attack).
+        if length <= UNGUARDED_WHOLE_BYTES {
+            if let Some(charge) = held.charge.take() {
+                charge.finish(length);
+            }
+            return Response::from_parts(parts, Outgoing(Kind::Whole(body)));
         }
-        drop(held);
-        return Response::from_parts(parts, Outgoing(Kind::Whole(body)));
     }
     let state = Arc::new(StreamState {
         held: Mutex::new(Some(held)),
@@ -258,6 +265,10 @@ pub(crate) fn guest_response(
     Response::from_parts(parts, Outgoing(Kind::Guest(Box::new(stream))))
 }
 
+/// Whole bodies up to this size are sent without a deadline guard: the
+/// socket's buffer takes them at once.
+const UNGUARDED_WHOLE_BYTES: u64 = 64 * 1024;
+
 /// Connection fields, and the `bulkhead-*` ones only the gateway may set,
 /// out of a guest's header or trailer map. The guest's `Trailer`
 /// declaration stays in its head: hyper sends the declared trailers when
@@ -265,14 +276,7 @@ pub(crate) fn guest_response(
 fn strip_fields(fields: &mut HeaderMap, trailers: bool) {
     // Fields the guest's `Connection` names are connection fields too
     // (RFC 9110 §7.6.1): they go with it.
-    let named: Vec<HeaderName> = fields
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|list| list.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    for name in connection_named(fields) {
         fields.remove(name);
     }
     for name in HOP_BY_HOP {

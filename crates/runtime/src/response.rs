@@ -39,6 +39,9 @@ enum State {
     Done,
 }
 
+/// The most of a whole body handed to hyper at once.
+const WHOLE_FRAME: usize = 64 * 1024;
+
 impl ResponseBody {
     pub(crate) fn whole(data: Bytes, trailers: Option<HeaderMap>) -> Self {
         Self {
@@ -72,8 +75,17 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         match &mut this.state {
             State::Whole { data, trailers } => {
-                if let Some(data) = data.take() {
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                // In frames, so that hyper takes the next only once it has
+                // written the last: the body ends when the answer is
+                // nearly all written, which the gateway's deadline guard
+                // watches (T01), not when the first write was queued.
+                if let Some(rest) = data.as_mut() {
+                    let frame = if rest.len() > WHOLE_FRAME {
+                        rest.split_to(WHOLE_FRAME)
+                    } else {
+                        data.take().unwrap_or_default()
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(frame))));
                 }
                 let trailers = trailers.take();
                 this.state = State::Done;
