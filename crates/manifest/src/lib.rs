@@ -4,12 +4,14 @@
 //! its limits. Unknown keys and bad values are errors that name the file,
 //! the line and what would be valid; [`load`] reports every problem at once.
 
+mod accept;
 mod audit;
 pub mod auth;
 pub mod cost;
 pub mod grants;
 pub mod hosts;
 pub mod input;
+mod lines;
 mod problem;
 mod raw;
 mod resolve;
@@ -21,10 +23,12 @@ pub mod units;
 
 use std::path::{Path, PathBuf};
 
+pub use accept::AcceptedRisk;
 pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
 pub use cost::{Budget, Pricing};
 pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
+pub use lines::SourceLines;
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use stores::{Scope, StoreKind, StoreSpec};
@@ -76,6 +80,10 @@ pub struct App {
     /// `[audit] max_size`: past 80 % of it the audit writer warns, at 100 %
     /// it only counts events (T09).
     pub audit_max_size: ByteSize,
+    /// `[[accept]]`: findings of the threat model accepted, with a reason.
+    pub accepted: Vec<AcceptedRisk>,
+    /// Where each setting is written, for reports (T21).
+    pub lines: SourceLines,
 }
 
 impl App {
@@ -282,5 +290,8 @@ pub fn parse(
             message: e.message().trim().to_string(),
         }])
     })?;
-    resolve::resolve(app_dir, manifest_path, source, env, raw)
+    let lines = lines::map(source, &raw, env);
+    let mut app = resolve::resolve(app_dir, manifest_path, source, env, raw)?;
+    app.lines = lines;
+    Ok(app)
 }

@@ -58,6 +58,11 @@ impl<'a> Collector<'a> {
         }
     }
 
+    /// The manifest's text.
+    pub fn source(&self) -> &str {
+        self.source
+    }
+
     /// 1-based line and column where `span` starts.
     pub fn location(&self, span: Range<usize>) -> (usize, usize) {
         line_and_column(self.source, span.start)

@@ -49,6 +49,19 @@ pub(crate) struct RawManifest {
     /// `[config]`: plain app-wide values read through `wasi:config`.
     #[serde(default)]
     pub config: BTreeMap<Spanned<String>, Spanned<String>>,
+    /// `[[accept]]`: risks the threat model reports as accepted (T21).
+    #[serde(default)]
+    pub accept: Vec<Spanned<RawAccept>>,
+}
+
+/// `[[accept]]` as written: a finding of the threat model, its target and
+/// why it is accepted.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAccept {
+    pub rule: Spanned<String>,
+    pub target: Option<Spanned<String>>,
+    pub reason: Spanned<String>,
 }
 
 /// `[store.NAME]` as written.

@@ -117,6 +117,7 @@ pub(crate) fn resolve(
 
     let stores = crate::stores::resolve_stores(&mut out, app_dir, &raw.store);
     let config = crate::stores::resolve_config(&mut out, &raw.config);
+    let accepted = crate::accept::resolve(&mut out, &raw.accept);
     let shared = Shared {
         stores: &stores,
         raw_stores: &raw.store,
@@ -196,6 +197,8 @@ pub(crate) fn resolve(
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         hostnames,
         audit_max_size,
+        accepted,
+        lines: crate::SourceLines::default(),
     })
 }
 

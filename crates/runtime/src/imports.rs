@@ -132,6 +132,35 @@ pub fn classify(name: &str, grants: &Grants) -> ImportKind {
     }
 }
 
+/// The names a component's own import section lists, read from its bytes
+/// without compiling it (the threat model reads every component of an app
+/// in milliseconds). Imports of components and modules nested inside are
+/// satisfied within it and are not listed.
+pub fn read_component_imports(bytes: &[u8]) -> Result<Vec<String>, String> {
+    use wasmparser::{Encoding, Parser, Payload};
+    let mut names = Vec::new();
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| format!("not a valid WebAssembly binary: {e}"))? {
+            Payload::Version { encoding, .. } => {
+                if depth == 0 && encoding != Encoding::Component {
+                    return Err("a core WebAssembly module, not a component".into());
+                }
+                depth += 1;
+            }
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 1 => {
+                for import in reader {
+                    let import = import.map_err(|e| format!("unreadable import: {e}"))?;
+                    names.push(import.name.name.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(names)
+}
+
 /// Classify every import, in the order given.
 pub fn classify_all(names: &[String], grants: &Grants) -> Vec<Import> {
     names

@@ -1,0 +1,151 @@
+//! Where each setting is written in `bulkhead.toml`, so a report can point
+//! at the line that causes or mitigates a threat (T21): the threat model's
+//! findings and the privilege review's grants carry these lines.
+//!
+//! Keys are dotted paths as the manifest spells them, with the function's
+//! or store's name in place of the array index: `function.NAME.route`,
+//! `function.NAME.grants.kv.STORE`, `store.NAME.retention`,
+//! `limits.rate_limit`, `accept.2`.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use toml::Spanned;
+
+use crate::problem::line_and_column;
+use crate::raw::{RawLimits, RawManifest};
+
+/// Setting -> 1-based line in the manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SourceLines(BTreeMap<String, usize>);
+
+impl SourceLines {
+    /// The line of `key`, if the manifest writes it.
+    pub fn get(&self, key: &str) -> Option<usize> {
+        self.0.get(key).copied()
+    }
+
+    /// The line of the first of `keys` the manifest writes: the most
+    /// specific setting first, its section last.
+    pub fn first(&self, keys: &[&str]) -> Option<usize> {
+        keys.iter().find_map(|key| self.get(key))
+    }
+
+    /// Every key and its line, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+}
+
+struct Builder<'a> {
+    source: &'a str,
+    lines: BTreeMap<String, usize>,
+}
+
+impl Builder<'_> {
+    fn at(&mut self, key: String, span: Range<usize>) {
+        let (line, _) = line_and_column(self.source, span.start);
+        self.lines.entry(key).or_insert(line);
+    }
+
+    fn opt<T>(&mut self, key: String, value: &Option<Spanned<T>>) {
+        if let Some(value) = value {
+            self.at(key, value.span());
+        }
+    }
+
+    /// `[limits]` keys a threat model cites; an environment's overlay
+    /// (visited first) wins over the base section.
+    fn limits(&mut self, prefix: &str, limits: &RawLimits) {
+        let key = |name: &str| format!("{prefix}.{name}");
+        self.opt(key("rate_limit"), &limits.rate_limit);
+        self.opt(key("budget"), &limits.budget);
+        self.opt(key("metering"), &limits.metering);
+        self.opt(key("dynamic_throttle"), &limits.dynamic_throttle);
+        self.opt(key("trusted_proxies"), &limits.trusted_proxies);
+        self.opt(key("timeout"), &limits.timeout);
+        self.opt(key("memory"), &limits.memory);
+        self.opt(key("max_concurrent_requests"), &limits.max_concurrent_requests);
+    }
+}
+
+pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
+    let mut b = Builder {
+        source,
+        lines: BTreeMap::new(),
+    };
+    b.at("app".into(), raw.app.name.span());
+    b.opt("app.hostnames".into(), &raw.app.hostnames);
+    if let Some(overlay) = raw.env.get(env) {
+        b.at(format!("env.{env}"), overlay.span());
+        b.limits("limits", &overlay.get_ref().limits);
+        b.opt(
+            "telemetry.otlp_endpoint".into(),
+            &overlay.get_ref().telemetry.otlp_endpoint,
+        );
+    }
+    b.limits("limits", &raw.limits);
+    b.opt("telemetry.otlp_endpoint".into(), &raw.telemetry.otlp_endpoint);
+    if let Some(jwt) = &raw.auth.jwt {
+        b.at("auth.jwt".into(), jwt.span());
+        b.at("auth.jwt.algorithms".into(), jwt.get_ref().algorithms.span());
+        b.opt(
+            "auth.jwt.max_token_lifetime".into(),
+            &jwt.get_ref().max_token_lifetime,
+        );
+    }
+    for (name, store) in &raw.store {
+        let prefix = format!("store.{}", name.get_ref());
+        b.at(prefix.clone(), name.span());
+        let s = store.get_ref();
+        b.at(format!("{prefix}.kind"), s.kind.span());
+        b.opt(format!("{prefix}.scope"), &s.scope);
+        b.opt(format!("{prefix}.retention"), &s.retention);
+    }
+    for (key, value) in &raw.config {
+        b.at(format!("config.{}", key.get_ref()), value.span());
+    }
+    for spanned in &raw.function {
+        let f = spanned.get_ref();
+        let prefix = format!("function.{}", f.name.get_ref());
+        let key = |name: &str| format!("{prefix}.{name}");
+        b.at(prefix.clone(), f.name.span());
+        b.at(key("component"), f.component.span());
+        b.at(key("route"), f.route.span());
+        b.opt(key("digest"), &f.digest);
+        b.opt(key("methods"), &f.methods);
+        b.opt(key("auth"), &f.auth);
+        b.opt(key("scopes"), &f.scopes);
+        b.opt(key("rate_limit"), &f.rate_limit);
+        b.opt(key("budget"), &f.budget);
+        b.opt(key("timeout"), &f.timeout);
+        b.opt(key("memory"), &f.memory);
+        b.opt(key("input.body_schema"), &f.input.body_schema);
+        b.opt(key("input.max_body"), &f.input.max_body);
+        let g = &f.grants;
+        for origin in &g.outbound {
+            b.at(key("grants.outbound"), origin.span());
+            b.at(key(&format!("grants.outbound.{}", origin.get_ref())), origin.span());
+        }
+        for (store, access) in &g.kv {
+            b.at(key("grants.kv"), store.span());
+            b.at(key(&format!("grants.kv.{}", store.get_ref())), access.span());
+        }
+        for (store, grant) in &g.sql {
+            b.at(key("grants.sql"), store.span());
+            b.at(key(&format!("grants.sql.{}", store.get_ref())), grant.span());
+        }
+        for secret in &g.secrets {
+            b.at(key("grants.secrets"), secret.span());
+            b.at(key(&format!("grants.secrets.{}", secret.get_ref())), secret.span());
+        }
+        for config in &g.config {
+            b.at(key("grants.config"), config.span());
+            b.at(key(&format!("grants.config.{}", config.get_ref())), config.span());
+        }
+    }
+    for (i, accept) in raw.accept.iter().enumerate() {
+        b.at(format!("accept.{i}"), accept.get_ref().rule.span());
+    }
+    SourceLines(b.lines)
+}

@@ -1,0 +1,1 @@
+//! `bulkhead review privileges`: grants never exercised (T16).
