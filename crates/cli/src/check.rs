@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use bulkhead_gateway::authn::Authenticator;
-use bulkhead_manifest::Access;
+use bulkhead_report::describe;
 use bulkhead_runtime::egress::{self, Reach};
 
 use crate::{Target, deploy, load_app, report};
@@ -43,7 +43,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             spec.route,
             spec.name
         );
-        println!("  access     {}", describe_access(&spec.access));
+        println!("  access     {}", describe::access(&spec.access));
         println!(
             "  component  {} ({})",
             spec.component.display(),
@@ -63,8 +63,8 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         let worst = bulkhead_gateway::worst_case(l);
         println!(
             "  traffic    rate limit {}; budget {}; a call reserves up to {:.6} GB-s, {:.6} {}",
-            describe_rate(spec.limits.rate_limit.as_ref()),
-            describe_budget(&spec.budget, &app.pricing.currency),
+            describe::rate(spec.limits.rate_limit.as_ref()),
+            describe::budget(&spec.budget, &app.pricing.currency),
             worst.gb_seconds(),
             app.pricing
                 .cost(1, worst.gb_seconds(), worst.egress_bytes()),
@@ -126,24 +126,6 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn describe_access(access: &Access) -> String {
-    match access {
-        Access::Public => "PUBLIC (anyone may call)".into(),
-        Access::Authenticated { kinds, scopes } => {
-            let kinds: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
-            if scopes.is_empty() {
-                format!("authenticated ({})", kinds.join(", "))
-            } else {
-                format!(
-                    "authenticated ({}), scopes {}",
-                    kinds.join(", "),
-                    scopes.join(" ")
-                )
-            }
-        }
-    }
 }
 
 /// T17: each outbound destination, what it reaches, and a warning for one
@@ -213,8 +195,8 @@ fn print_flood_controls(app: &bulkhead_manifest::App) {
     let limits = &app.limits;
     println!(
         "  app-wide   rate limit {}; budget {}; {} running / {} outstanding, {} per caller",
-        describe_rate(limits.rate_limit.as_ref()),
-        describe_budget(&app.budget, &app.pricing.currency),
+        describe::rate(limits.rate_limit.as_ref()),
+        describe::budget(&app.budget, &app.pricing.currency),
         limits.max_concurrent_requests,
         limits.max_outstanding_requests,
         limits.max_outstanding_per_caller
@@ -245,38 +227,6 @@ fn print_flood_controls(app: &bulkhead_manifest::App) {
             " (metering off: no usage is kept)"
         }
     );
-}
-
-fn describe_rate(rate: Option<&bulkhead_manifest::RateLimit>) -> String {
-    match rate {
-        Some(r) => format!(
-            "{} per {} per caller, burst {}",
-            r.count,
-            humantime::format_duration(r.period),
-            r.burst
-        ),
-        None => "none".into(),
-    }
-}
-
-fn describe_budget(budget: &bulkhead_manifest::Budget, currency: &str) -> String {
-    let mut parts = Vec::new();
-    for (who, limits) in [("", &budget.total), (" per caller", &budget.per_caller)] {
-        if let Some(money) = limits.money {
-            parts.push(format!("{money} {currency}/day{who}"));
-        }
-        if let Some(requests) = limits.requests {
-            parts.push(format!("{requests} requests/day{who}"));
-        }
-        if let Some(gb) = limits.gb_seconds {
-            parts.push(format!("{gb} GB-s/day{who}"));
-        }
-    }
-    if parts.is_empty() {
-        "none".into()
-    } else {
-        parts.join(", ")
-    }
 }
 
 /// The function's key-value, secret and config grants (T16): what a

@@ -11,6 +11,7 @@ mod otlp;
 mod secrets_cmd;
 mod serve;
 mod sweeper;
+mod threat_model_cmd;
 mod usage_cmd;
 
 use std::net::SocketAddr;
@@ -114,6 +115,41 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Write the app's threat model, derived from what is deployed.
+    #[command(
+        name = "threat-model",
+        long_about = "Derive the threat model of the app in APP_DIR from its manifest and the \
+                      components it names: an inventory (entry points, functions and their imports, \
+                      stores, secrets and config, outbound destinations, admin listener, telemetry, \
+                      trust boundaries), a data-flow diagram, the personal data it keeps (GDPR), and \
+                      STRIDE threats per element, each tied to a threat ID (T01..T21) and marked \
+                      mitigated (naming the manifest line or built-in control), open (with its \
+                      severity and the exact fix) or accepted (an `[[accept]]` entry with its reason).\n\n\
+                      Nothing is compiled and no state is read: it runs in milliseconds, so run it \
+                      in CI on every change. With --fail-on, the exit status is 1 when an open \
+                      finding at or above that severity exists. A summary goes to stderr.",
+        after_help = "Examples:\n  bulkhead threat-model examples/hello\n  \
+                      bulkhead threat-model my-app --env prod --fail-on high\n  \
+                      bulkhead threat-model my-app --format html --output threat-model.html\n  \
+                      bulkhead threat-model my-app --format sarif --output bulkhead.sarif\n  \
+                      bulkhead threat-model my-app --format threat-dragon --output my-app.json\n\n\
+                      Accept a risk in bulkhead.toml (it stays listed, as accepted):\n  \
+                      [[accept]]\n  rule = \"public-route\"\n  target = \"hello\"\n  \
+                      reason = \"a greeting for anyone; it holds and reaches nothing\""
+    )]
+    ThreatModel {
+        #[command(flatten)]
+        target: Target,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = threat_model_cmd::Format::Md)]
+        format: threat_model_cmd::Format,
+        /// Write to this file (replaced atomically) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Exit 1 when an open finding at or above this severity exists.
+        #[arg(long, value_enum, value_name = "SEVERITY")]
+        fail_on: Option<threat_model_cmd::FailOn>,
+    },
     /// What the functions used and what it costs, from the durable meter.
     #[command(
         long_about = "Report the usage the meter recorded for APP_DIR: requests, wall time, \
@@ -176,6 +212,12 @@ fn main() -> ExitCode {
             ..
         } => serve::run(&target, listen, &admin_listen),
         Command::Check { target } => check::run(&target),
+        Command::ThreatModel {
+            target,
+            format,
+            output,
+            fail_on,
+        } => threat_model_cmd::run(&target, format, output.as_deref(), fail_on),
         Command::Usage {
             target,
             by,

@@ -45,10 +45,7 @@ fn valid_rule(rule: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-pub(crate) fn resolve(
-    out: &mut Collector<'_>,
-    raw: &[Spanned<RawAccept>],
-) -> Vec<AcceptedRisk> {
+pub(crate) fn resolve(out: &mut Collector<'_>, raw: &[Spanned<RawAccept>]) -> Vec<AcceptedRisk> {
     let mut accepted = Vec::new();
     for spanned in raw {
         let a = spanned.get_ref();

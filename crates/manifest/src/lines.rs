@@ -65,7 +65,10 @@ impl Builder<'_> {
         self.opt(key("trusted_proxies"), &limits.trusted_proxies);
         self.opt(key("timeout"), &limits.timeout);
         self.opt(key("memory"), &limits.memory);
-        self.opt(key("max_concurrent_requests"), &limits.max_concurrent_requests);
+        self.opt(
+            key("max_concurrent_requests"),
+            &limits.max_concurrent_requests,
+        );
     }
 }
 
@@ -85,10 +88,16 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         );
     }
     b.limits("limits", &raw.limits);
-    b.opt("telemetry.otlp_endpoint".into(), &raw.telemetry.otlp_endpoint);
+    b.opt(
+        "telemetry.otlp_endpoint".into(),
+        &raw.telemetry.otlp_endpoint,
+    );
     if let Some(jwt) = &raw.auth.jwt {
         b.at("auth.jwt".into(), jwt.span());
-        b.at("auth.jwt.algorithms".into(), jwt.get_ref().algorithms.span());
+        b.at(
+            "auth.jwt.algorithms".into(),
+            jwt.get_ref().algorithms.span(),
+        );
         b.opt(
             "auth.jwt.max_token_lifetime".into(),
             &jwt.get_ref().max_token_lifetime,
@@ -125,23 +134,42 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         let g = &f.grants;
         for origin in &g.outbound {
             b.at(key("grants.outbound"), origin.span());
-            b.at(key(&format!("grants.outbound.{}", origin.get_ref())), origin.span());
+            b.at(
+                key(&format!("grants.outbound.{}", origin.get_ref())),
+                origin.span(),
+            );
+            // Also under the origin as reports print it (`https://host:443`).
+            if let Ok(rule) = crate::OutboundRule::parse(origin.get_ref()) {
+                b.at(key(&format!("grants.outbound.{rule}")), origin.span());
+            }
         }
         for (store, access) in &g.kv {
             b.at(key("grants.kv"), store.span());
-            b.at(key(&format!("grants.kv.{}", store.get_ref())), access.span());
+            b.at(
+                key(&format!("grants.kv.{}", store.get_ref())),
+                access.span(),
+            );
         }
         for (store, grant) in &g.sql {
             b.at(key("grants.sql"), store.span());
-            b.at(key(&format!("grants.sql.{}", store.get_ref())), grant.span());
+            b.at(
+                key(&format!("grants.sql.{}", store.get_ref())),
+                grant.span(),
+            );
         }
         for secret in &g.secrets {
             b.at(key("grants.secrets"), secret.span());
-            b.at(key(&format!("grants.secrets.{}", secret.get_ref())), secret.span());
+            b.at(
+                key(&format!("grants.secrets.{}", secret.get_ref())),
+                secret.span(),
+            );
         }
         for config in &g.config {
             b.at(key("grants.config"), config.span());
-            b.at(key(&format!("grants.config.{}", config.get_ref())), config.span());
+            b.at(
+                key(&format!("grants.config.{}", config.get_ref())),
+                config.span(),
+            );
         }
     }
     for (i, accept) in raw.accept.iter().enumerate() {

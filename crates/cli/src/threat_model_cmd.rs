@@ -1,0 +1,155 @@
+//! `bulkhead threat-model`: the app's threat model, derived from what is
+//! deployed (T21), written in the format asked for, and an exit status a CI
+//! pipeline can gate on.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use bulkhead_report::{ComponentFacts, Severity, ThreatModel};
+use clap::ValueEnum;
+
+use crate::{Target, load_app, report};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// Markdown with a Mermaid diagram: hand it to a reviewer.
+    Md,
+    /// One self-contained page with an SVG diagram.
+    Html,
+    /// The model itself, as JSON.
+    Json,
+    /// An OWASP Threat Dragon v2 model.
+    ThreatDragon,
+    /// SARIF 2.1.0, for code scanning.
+    Sarif,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FailOn {
+    High,
+    Medium,
+    Low,
+}
+
+impl FailOn {
+    fn severity(self) -> Severity {
+        match self {
+            FailOn::High => Severity::High,
+            FailOn::Medium => Severity::Medium,
+            FailOn::Low => Severity::Low,
+        }
+    }
+}
+
+pub fn run(
+    target: &Target,
+    format: Format,
+    output: Option<&Path>,
+    fail_on: Option<FailOn>,
+) -> Result<ExitCode> {
+    let app = match load_app(target) {
+        Ok(app) => app,
+        Err(problems) => return Ok(report(&problems)),
+    };
+    let components: Vec<ComponentFacts> = app
+        .functions
+        .iter()
+        .map(|f| ComponentFacts::read(&f.component))
+        .collect();
+    let model = bulkhead_report::threat_model(&app, &components);
+    let text = match format {
+        Format::Md => bulkhead_report::markdown(&model),
+        Format::Html => bulkhead_report::html(&model),
+        Format::Json => bulkhead_report::json(&model),
+        Format::ThreatDragon => bulkhead_report::threat_dragon(&model),
+        Format::Sarif => bulkhead_report::sarif(&model),
+    };
+    match output {
+        Some(path) => {
+            write_atomically(path, text.as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a message.
+            if let Err(e) = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(e).context("cannot write the threat model to stdout");
+            }
+        }
+    }
+    eprintln!("{}", summary(&model));
+    Ok(gate(&model, fail_on))
+}
+
+fn summary(model: &ThreatModel) -> String {
+    let (open, mitigated, accepted) = model.counts();
+    let count = |s: Severity| {
+        model
+            .open_at_or_above(s)
+            .filter(|t| t.severity == s)
+            .count()
+    };
+    format!(
+        "threat model of `{}` (env {}): {open} open ({} high, {} medium, {} low), {mitigated} mitigated, {accepted} accepted",
+        model.app,
+        model.env,
+        count(Severity::High),
+        count(Severity::Medium),
+        count(Severity::Low)
+    )
+}
+
+/// Exit 1, listing them, when open findings at or above `fail_on` exist.
+fn gate(model: &ThreatModel, fail_on: Option<FailOn>) -> ExitCode {
+    let Some(fail_on) = fail_on else {
+        return ExitCode::SUCCESS;
+    };
+    let failing: Vec<_> = model.open_at_or_above(fail_on.severity()).collect();
+    if failing.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "error: {} open finding(s) at or above {}:",
+        failing.len(),
+        fail_on.severity().as_str()
+    );
+    for t in failing {
+        let at = t.line.map_or(String::new(), |l| format!(" (line {l})"));
+        eprintln!(
+            "  - [{}] {} {}{at}: {} (rule `{}`)",
+            t.severity.as_str(),
+            t.threat_id,
+            t.title,
+            t.detail,
+            t.rule
+        );
+    }
+    eprintln!(
+        "fix them, or record an accepted risk with `[[accept]] rule = \"RULE\", target = \"NAME\", reason = \"…\"`"
+    );
+    ExitCode::FAILURE
+}
+
+/// Write `bytes` to `path` through a temporary file beside it, so a crash
+/// or a full disk never leaves half a report where a CI step reads one.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("--output {} names no file", path.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("cannot write {}", path.display()))
+}

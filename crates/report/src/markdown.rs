@@ -1,0 +1,443 @@
+//! The threat model as a Markdown document a person can hand to a
+//! reviewer, laid out like a hand-written model: who calls the app, what
+//! data it keeps, how an attacker gets in and the control for each way in.
+//! The diagram is Mermaid, which code hosts render in place.
+
+use std::fmt::Write;
+
+use crate::model::*;
+
+/// A table cell: no line breaks, no column separators, code spans kept.
+fn cell(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
+}
+
+fn line(line: Option<usize>) -> String {
+    line.map_or(String::new(), |l| format!("L{l}"))
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+fn table(out: &mut String, head: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
+    let _ = writeln!(out, "| {} |", head.join(" | "));
+    let _ = writeln!(out, "|{}", "---|".repeat(head.len()));
+    for row in rows {
+        let cells: Vec<String> = row.iter().map(|c| cell(c)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    out.push('\n');
+}
+
+pub fn markdown(model: &ThreatModel) -> String {
+    let mut out = String::new();
+    let (open, mitigated, accepted) = model.counts();
+    let by = |s: Severity| {
+        model
+            .open_at_or_above(s)
+            .filter(|t| t.severity == s)
+            .count()
+    };
+    let _ = writeln!(out, "# Threat model: {} (env `{}`)\n", model.app, model.env);
+    let _ = writeln!(
+        out,
+        "Derived by {} from `{}` and the components it names: run \
+         `bulkhead threat-model` again after every change rather than editing this file.\n",
+        model.generator, model.manifest
+    );
+    let _ = writeln!(
+        out,
+        "**{open} open** ({} high, {} medium, {} low), {mitigated} mitigated, {accepted} accepted.\n",
+        by(Severity::High),
+        by(Severity::Medium),
+        by(Severity::Low)
+    );
+
+    overview(&mut out, model);
+
+    out.push_str("## Open findings\n\n");
+    let mut open: Vec<&Threat> = model
+        .threats
+        .iter()
+        .filter(|t| t.status == Status::Open)
+        .collect();
+    open.sort_by(|a, b| b.severity.cmp(&a.severity));
+    if open.is_empty() {
+        out.push_str("None.\n\n");
+    } else {
+        table(
+            &mut out,
+            &["Severity", "Threat", "Finding", "Fix", "Rule", "Line"],
+            open.iter().map(|t| {
+                vec![
+                    t.severity.as_str().into(),
+                    format!("{} {}", t.threat_id, t.stride.as_str()),
+                    t.title.clone(),
+                    t.detail.clone(),
+                    format!("`{}`", t.rule),
+                    line(t.line),
+                ]
+            }),
+        );
+    }
+
+    out.push_str("## Data-flow diagram\n\n");
+    out.push_str("Dashed boxes are trust boundaries; every arrow that leaves one crosses it.\n\n");
+    out.push_str("```mermaid\n");
+    out.push_str(&mermaid(&model.diagram));
+    out.push_str("```\n\n");
+
+    inventory(&mut out, model);
+    personal_data(&mut out, model);
+    stride(&mut out, model);
+    out
+}
+
+/// The questions a hand-written model opens with, answered from the app.
+fn overview(out: &mut String, model: &ThreatModel) {
+    let inv = &model.inventory;
+    let public: Vec<String> = inv
+        .entry_points
+        .iter()
+        .filter(|e| e.auth.iter().any(|a| a == "public"))
+        .map(|e| format!("`{}`", e.route))
+        .collect();
+    let authenticated = inv.entry_points.len() - public.len();
+    out.push_str("## The app in brief\n\n");
+    let _ = writeln!(
+        out,
+        "- **Who calls it:** {} route(s); {} public ({}), {authenticated} need a credential.",
+        inv.entry_points.len(),
+        public.len(),
+        list(&public)
+    );
+    let personal: Vec<String> = model
+        .personal_data
+        .iter()
+        .map(|p| {
+            format!(
+                "`{}` ({})",
+                p.store,
+                p.retention
+                    .as_ref()
+                    .map_or("kept for ever".to_string(), |r| format!("kept {r}"))
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "- **What data it keeps:** {} store(s); personal data in {}.",
+        inv.stores.len(),
+        list(&personal)
+    );
+    let outbound: Vec<String> = inv
+        .outbound
+        .iter()
+        .map(|o| format!("`{}`", o.origin))
+        .collect();
+    let _ = writeln!(out, "- **Where it reaches:** {}.", list(&outbound));
+    let secrets: Vec<String> = inv
+        .secrets_and_config
+        .iter()
+        .filter(|n| n.kind == "secret")
+        .map(|n| format!("`{}`", n.name))
+        .collect();
+    let _ = writeln!(out, "- **Secrets it reads:** {}.\n", list(&secrets));
+}
+
+fn inventory(out: &mut String, model: &ThreatModel) {
+    let inv = &model.inventory;
+    out.push_str("## Inventory\n\n### Entry points\n\n");
+    table(
+        out,
+        &[
+            "Route",
+            "Methods",
+            "Function",
+            "Auth",
+            "Scopes",
+            "Input",
+            "Limits",
+            "Rate limit",
+            "Budget",
+            "Line",
+        ],
+        inv.entry_points.iter().map(|e| {
+            vec![
+                format!("`{}`", e.route),
+                e.methods.join(", "),
+                e.function.clone(),
+                e.auth.join(", "),
+                list(&e.scopes),
+                e.input.join("; "),
+                e.limits.clone(),
+                e.rate_limit.clone(),
+                e.budget.clone(),
+                line(e.line),
+            ]
+        }),
+    );
+    out.push_str("### Functions\n\n");
+    table(
+        out,
+        &[
+            "Function",
+            "Component",
+            "Digest",
+            "Grants",
+            "Limits",
+            "Worst case per call",
+            "Line",
+        ],
+        inv.functions.iter().map(|f| {
+            let digest = match (&f.digest, f.pinned) {
+                (Some(d), true) => format!("`{d}` (pinned)"),
+                (Some(d), false) => format!("`{d}` (not pinned)"),
+                (None, _) => "unreadable".into(),
+            };
+            vec![
+                f.name.clone(),
+                format!("`{}`", f.component),
+                digest,
+                list(&f.grants),
+                f.limits.clone(),
+                f.worst_case.clone(),
+                line(f.line),
+            ]
+        }),
+    );
+    out.push_str("#### Imports and the grant behind each\n\n");
+    table(
+        out,
+        &["Function", "Import", "Behind it"],
+        inv.functions.iter().flat_map(|f| {
+            f.imports
+                .iter()
+                .map(|i| vec![f.name.clone(), format!("`{}`", i.name), i.behind.clone()])
+        }),
+    );
+    out.push_str("### Stores\n\n");
+    if inv.stores.is_empty() {
+        out.push_str("None: the app keeps no data of its own.\n\n");
+    } else {
+        table(
+            out,
+            &[
+                "Store",
+                "Kind",
+                "Scope",
+                "Retention",
+                "Personal data",
+                "Encryption",
+                "Read by",
+                "Written by",
+                "Line",
+            ],
+            inv.stores.iter().map(|s| {
+                vec![
+                    s.name.clone(),
+                    s.kind.clone(),
+                    s.scope.clone(),
+                    s.retention.clone().unwrap_or_else(|| "none".into()),
+                    if s.personal_data { "yes" } else { "no" }.into(),
+                    s.encryption.clone(),
+                    list(&s.readers),
+                    list(&s.writers),
+                    line(s.line),
+                ]
+            }),
+        );
+    }
+    out.push_str("### Secrets and config\n\n");
+    if inv.secrets_and_config.is_empty() {
+        out.push_str("None.\n\n");
+    } else {
+        table(
+            out,
+            &["Name", "Kind", "Read by"],
+            inv.secrets_and_config
+                .iter()
+                .map(|n| vec![format!("`{}`", n.name), n.kind.clone(), list(&n.functions)]),
+        );
+    }
+    out.push_str("### Outbound destinations\n\n");
+    if inv.outbound.is_empty() {
+        out.push_str("None: no function may make an outbound call.\n\n");
+    } else {
+        table(
+            out,
+            &["Origin", "Wildcard", "Functions"],
+            inv.outbound.iter().map(|o| {
+                vec![
+                    format!("`{}`", o.origin),
+                    if o.wildcard { "yes" } else { "no" }.into(),
+                    list(&o.functions),
+                ]
+            }),
+        );
+    }
+    let _ = writeln!(out, "### Admin listener\n\n{}.\n", inv.admin.summary);
+    out.push_str("### Telemetry export\n\n");
+    match &inv.telemetry {
+        Some(t) => {
+            let _ = writeln!(
+                out,
+                "One span per request to `{}`, sample ratio {}.\n",
+                t.endpoint, t.sample_ratio
+            );
+        }
+        None => out.push_str("None: logs and the audit trail stay on this host.\n\n"),
+    }
+    out.push_str("### Trust boundaries\n\n");
+    table(
+        out,
+        &["Boundary", "What crosses it", "Controls"],
+        inv.boundaries
+            .iter()
+            .map(|b| vec![b.name.clone(), b.crossing.clone(), b.controls.clone()]),
+    );
+}
+
+fn personal_data(out: &mut String, model: &ThreatModel) {
+    out.push_str("## Personal data (GDPR)\n\n");
+    if model.personal_data.is_empty() {
+        out.push_str(
+            "No store is declared `personal_data = true`. If a function keeps anything about a \
+             person, declare it so that retention and erasure are checked.\n\n",
+        );
+        return;
+    }
+    table(
+        out,
+        &[
+            "Store",
+            "Kind",
+            "Retention",
+            "Erasure",
+            "Export",
+            "Read by",
+            "Written by",
+            "Line",
+        ],
+        model.personal_data.iter().map(|p| {
+            vec![
+                p.store.clone(),
+                p.kind.clone(),
+                p.retention
+                    .clone()
+                    .unwrap_or_else(|| "none: kept for ever".into()),
+                p.erasure.clone(),
+                p.export.clone(),
+                list(&p.readers),
+                list(&p.writers),
+                line(p.line),
+            ]
+        }),
+    );
+}
+
+fn stride(out: &mut String, model: &ThreatModel) {
+    out.push_str("## Threats, element by element (STRIDE)\n\n");
+    for element in &model.diagram.elements {
+        let threats: Vec<&Threat> = model
+            .threats
+            .iter()
+            .filter(|t| t.element == element.id)
+            .collect();
+        if threats.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "### {} ({})\n", element.name, kind_name(element.kind));
+        table(
+            out,
+            &[
+                "STRIDE",
+                "Threat",
+                "Status",
+                "Severity",
+                "Mitigation, fix or reason",
+                "Line",
+            ],
+            threats.iter().map(|t| {
+                vec![
+                    format!("{} {}", t.stride.letter(), t.threat_id),
+                    t.title.clone(),
+                    t.status.as_str().into(),
+                    t.severity.as_str().into(),
+                    t.detail.clone(),
+                    line(t.line),
+                ]
+            }),
+        );
+    }
+}
+
+pub(crate) fn kind_name(kind: ElementKind) -> &'static str {
+    match kind {
+        ElementKind::Actor => "actor",
+        ElementKind::Process => "process",
+        ElementKind::Store => "data store",
+        ElementKind::External => "external system",
+    }
+}
+
+/// A Mermaid label: quotes and markup characters as entities.
+fn label(text: &str) -> String {
+    text.replace('"', "#quot;")
+        .replace('<', "#lt;")
+        .replace('>', "#gt;")
+        .replace(['\n', '\r'], " ")
+}
+
+/// A Mermaid flowchart: one subgraph per trust zone that holds anything.
+pub(crate) fn mermaid(diagram: &Diagram) -> String {
+    let mut out = String::from("flowchart LR\n");
+    let node = |id: &str| {
+        diagram
+            .elements
+            .iter()
+            .position(|e| e.id == id)
+            .map_or("missing".to_string(), |i| format!("n{i}"))
+    };
+    for (zi, zone) in diagram.zones.iter().enumerate() {
+        let members: Vec<(usize, &Element)> = diagram
+            .elements
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.zone == zone.id)
+            .collect();
+        if members.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  subgraph z{zi}[\"{}\"]", label(&zone.name));
+        for (i, e) in members {
+            let name = label(&e.name);
+            let shape = match e.kind {
+                ElementKind::Actor => format!("n{i}([\"{name}\"])"),
+                ElementKind::Process => format!("n{i}[\"{name}\"]"),
+                ElementKind::Store => format!("n{i}[(\"{name}\")]"),
+                ElementKind::External => format!("n{i}[/\"{name}\"/]"),
+            };
+            let _ = writeln!(out, "    {shape}");
+        }
+        out.push_str("  end\n");
+        let _ = writeln!(out, "  style z{zi} stroke-dasharray: 5 5");
+    }
+    for flow in &diagram.flows {
+        let _ = writeln!(
+            out,
+            "  {} -->|\"{}\"| {}",
+            node(&flow.from),
+            label(&flow.label),
+            node(&flow.to)
+        );
+    }
+    out
+}

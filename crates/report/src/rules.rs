@@ -1,0 +1,885 @@
+//! STRIDE per element: each rule looks at one kind of element and says
+//! whether the threat it names is mitigated (and by what line or built-in
+//! control) or open (how bad, and the exact fix). `[[accept]]` then marks
+//! open findings accepted. Every rule is tied to a threat of the catalogue.
+
+use bulkhead_manifest::grants::{HostPattern, Scheme};
+use bulkhead_manifest::{Access, App, Function, StoreSpec};
+use bulkhead_runtime::egress::{self, Reach};
+use bulkhead_runtime::imports::{self, Capability, ImportKind};
+
+use crate::ComponentFacts;
+use crate::derive::{budget_of, fn_id, origin_id, rate_limit_of, relative, store_id};
+use crate::model::{Severity, Status, Stride, Threat};
+
+/// One kind of finding: its stable id (SARIF `ruleId`, `[[accept]] rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub id: &'static str,
+    pub threat_id: &'static str,
+    pub stride: Stride,
+    /// One line: what the rule checks.
+    pub summary: &'static str,
+}
+
+macro_rules! rules {
+    ($($name:ident = $id:literal, $tid:literal, $stride:ident, $summary:literal;)*) => {
+        $(const $name: Rule = Rule { id: $id, threat_id: $tid, stride: Stride::$stride, summary: $summary };)*
+        /// Every rule, in report order.
+        pub const RULES: &[Rule] = &[$($name),*];
+    };
+}
+
+rules! {
+    PLAIN_HTTP = "plain-http", "T15", InformationDisclosure, "Requests and responses cross the network in clear";
+    ANY_HOST = "any-host", "T10", Spoofing, "Requests may name any host";
+    THROTTLE_OFF = "throttle-off", "T02", DenialOfService, "No shedding when the host is overloaded";
+    AUDIT = "audit-trail", "T09", Repudiation, "Security events can be denied or rewritten";
+    CORRELATION = "correlation", "T08", Repudiation, "What happened cannot be followed across the system";
+    TOKEN_LIFETIME = "token-lifetime", "T12", Spoofing, "Stolen tokens stay valid for long";
+    ADMIN = "admin-listener", "T17", ElevationOfPrivilege, "The admin surface is reachable by callers";
+    TELEMETRY_CLEAR = "telemetry-in-clear", "T15", InformationDisclosure, "Spans leave the host in clear";
+    PUBLIC_ROUTE = "public-route", "T11", Spoofing, "Anyone may call the route";
+    NO_SCOPES = "no-scopes", "T11", ElevationOfPrivilege, "Any authenticated caller may change data";
+    RATE_LIMIT_OFF = "rate-limit-off", "T03", DenialOfService, "One caller may send without limit";
+    NO_BUDGET = "no-budget", "T04", DenialOfService, "Calls can run up the bill without limit (Denial of Wallet)";
+    ADMISSION = "admission", "T01", DenialOfService, "A flood of requests exhausts the function";
+    INPUT = "input-validation", "T10", Tampering, "Malformed input reaches the function";
+    RUNAWAY = "runaway-code", "T05", ElevationOfPrivilege, "Hostile or buggy code runs unbounded or escapes";
+    UNPINNED = "unpinned-component", "T18", Tampering, "A swapped component would be served";
+    LOOSE_IMPORTS = "loose-imports", "T18", ElevationOfPrivilege, "A component reaches for more than it is granted";
+    UNUSED_GRANT = "unused-grant", "T16", ElevationOfPrivilege, "A grant the component cannot use";
+    SQL_ANY = "sql-any-statement", "T06", Tampering, "Any SQL statement may be run";
+    SECRETS = "secret-access", "T14", InformationDisclosure, "Secrets leak through the environment or logs";
+    OUTBOUND = "wide-outbound", "T17", ElevationOfPrivilege, "A function reaches more of the network than it needs";
+    RETENTION = "personal-data-retention", "T20", InformationDisclosure, "Personal data is kept for ever";
+    SHARED_PERSONAL = "personal-data-shared", "T13", InformationDisclosure, "One caller may read another's personal data";
+    AT_REST = "store-encryption", "T15", InformationDisclosure, "Stored data is readable on disk";
+    STALE_ACCEPT = "stale-acceptance", "T21", Repudiation, "An accepted risk no longer matches a finding";
+}
+
+enum Outcome {
+    Mitigated(String),
+    Open(String),
+}
+
+struct Findings<'a> {
+    app: &'a App,
+    threats: Vec<Threat>,
+}
+
+impl Findings<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &mut self,
+        rule: Rule,
+        element: &str,
+        target: &str,
+        key: &str,
+        severity: Severity,
+        title: String,
+        outcome: Outcome,
+        line: Option<usize>,
+    ) {
+        let (status, detail) = match outcome {
+            Outcome::Mitigated(d) => (Status::Mitigated, d),
+            Outcome::Open(d) => (Status::Open, d),
+        };
+        let id = if key.is_empty() {
+            format!("{}:{target}", rule.id)
+        } else {
+            format!("{}:{target}:{key}", rule.id)
+        };
+        self.threats.push(Threat {
+            id,
+            rule: rule.id,
+            threat_id: rule.threat_id,
+            stride: rule.stride,
+            element: element.into(),
+            target: target.into(),
+            title,
+            status,
+            severity,
+            detail,
+            line: line.or_else(|| self.app.lines.get("app")),
+        });
+    }
+
+    fn line(&self, keys: &[&str]) -> Option<usize> {
+        self.app.lines.first(keys)
+    }
+}
+
+/// At `line N` of the manifest, or `built in` when nothing is written.
+fn at(line: Option<usize>) -> String {
+    line.map_or("built in".into(), |l| format!("bulkhead.toml line {l}"))
+}
+
+pub(crate) fn threats(app: &App, components: &[ComponentFacts]) -> Vec<Threat> {
+    let mut f = Findings {
+        app,
+        threats: Vec::new(),
+    };
+    app_wide(&mut f);
+    for (function, facts) in app.functions.iter().zip(components) {
+        per_function(&mut f, function, facts);
+    }
+    for store in &app.stores {
+        per_store(&mut f, store);
+    }
+    accept(&mut f);
+    f.threats
+}
+
+fn app_wide(f: &mut Findings<'_>) {
+    let app = f.app;
+    let name = app.name.as_str();
+    let proxies = !app.limits.trusted_proxies.is_empty();
+    let severity = if app.is_dev() {
+        Severity::Low
+    } else {
+        Severity::Medium
+    };
+    let outcome = if proxies {
+        Outcome::Mitigated(format!(
+            "requests come through the trusted proxies, which terminate TLS ({})",
+            at(f.line(&["limits.trusted_proxies"]))
+        ))
+    } else {
+        Outcome::Open(
+            "Bulkhead's listener speaks plain HTTP: put a TLS-terminating proxy in front and \
+             list it in `[limits] trusted_proxies`, or keep the listener on loopback"
+                .into(),
+        )
+    };
+    f.add(
+        PLAIN_HTTP,
+        "gateway",
+        name,
+        "",
+        severity,
+        "the public listener speaks plain HTTP".into(),
+        outcome,
+        f.line(&["limits.trusted_proxies"]),
+    );
+
+    let outcome = match &app.hostnames {
+        Some(hosts) => Outcome::Mitigated(format!(
+            "only {} may be named in `Host` ({})",
+            hosts.join(", "),
+            at(f.line(&["app.hostnames"]))
+        )),
+        None => Outcome::Open(
+            "list the names the app is served under: `[app] hostnames = [\"api.example.com\"]`"
+                .into(),
+        ),
+    };
+    f.add(
+        ANY_HOST,
+        "gateway",
+        name,
+        "",
+        Severity::Low,
+        "requests may name any `Host`".into(),
+        outcome,
+        f.line(&["app.hostnames", "app"]),
+    );
+
+    let outcome = match &app.throttle {
+        Some(t) => Outcome::Mitigated(format!(
+            "past cpu {:.0}%, memory {:.0}% or in-flight {:.0}% new work is shed, heaviest callers first (built in)",
+            t.cpu * 100.0,
+            t.memory * 100.0,
+            t.in_flight * 100.0
+        )),
+        None => {
+            Outcome::Open("remove `dynamic_throttle = { enabled = false }` from `[limits]`".into())
+        }
+    };
+    f.add(
+        THROTTLE_OFF,
+        "gateway",
+        name,
+        "",
+        Severity::Medium,
+        "dynamic throttling".into(),
+        outcome,
+        f.line(&["limits.dynamic_throttle"]),
+    );
+
+    f.add(
+        AUDIT,
+        "audit",
+        name,
+        "",
+        Severity::High,
+        "the record of security events".into(),
+        Outcome::Mitigated(format!(
+            "a hash-chained audit trail of refusals, grants used and administration, \
+             checked by `bulkhead audit verify`; {} budget (built in)",
+            app.audit_max_size
+        )),
+        None,
+    );
+    let export = match &app.telemetry {
+        Some(t) => format!(", spans exported to {}", t.traces_url()),
+        None => String::new(),
+    };
+    f.add(
+        CORRELATION,
+        "gateway",
+        name,
+        "",
+        Severity::Medium,
+        "following one request through the system".into(),
+        Outcome::Mitigated(format!(
+            "a W3C `traceparent` correlation ID on every request, passed to the function, its \
+             outbound calls, every log line and audit record{export} (built in)"
+        )),
+        f.line(&["telemetry.otlp_endpoint"]),
+    );
+    if let Some(jwt) = &app.jwt {
+        let lifetime = jwt.max_token_lifetime.get();
+        let outcome = if lifetime <= std::time::Duration::from_secs(3600) {
+            Outcome::Mitigated(format!(
+                "JWTs live at most {} ({}), algorithms {}",
+                jwt.max_token_lifetime,
+                at(f.line(&["auth.jwt.max_token_lifetime", "auth.jwt"])),
+                jwt.algorithms.join(", ")
+            ))
+        } else {
+            Outcome::Open(format!(
+                "JWTs may live {}: set `[auth.jwt] max_token_lifetime = \"15m\"` (an hour at most)",
+                jwt.max_token_lifetime
+            ))
+        };
+        f.add(
+            TOKEN_LIFETIME,
+            "gateway",
+            name,
+            "",
+            Severity::Low,
+            "token lifetime".into(),
+            outcome,
+            f.line(&["auth.jwt.max_token_lifetime", "auth.jwt"]),
+        );
+    }
+    f.add(
+        ADMIN,
+        "operator",
+        name,
+        "",
+        Severity::Medium,
+        "the admin listener".into(),
+        Outcome::Mitigated(
+            "metrics and health are on a separate listener (loopback by default), never on the \
+             public one; outside `dev` it needs an admin token (built in)"
+                .into(),
+        ),
+        None,
+    );
+    if let Some(t) = &app.telemetry
+        && t.otlp_endpoint.starts_with("http://")
+    {
+        let loopback = ["http://127.", "http://localhost", "http://[::1]"]
+            .iter()
+            .any(|p| t.otlp_endpoint.starts_with(p));
+        let outcome = if loopback {
+            Outcome::Mitigated("the collector is on this machine's loopback".into())
+        } else {
+            Outcome::Open("send spans over HTTPS: `otlp_endpoint = \"https://…\"`".into())
+        };
+        f.add(
+            TELEMETRY_CLEAR,
+            "telemetry",
+            name,
+            "",
+            Severity::Medium,
+            "spans sent in clear".into(),
+            outcome,
+            f.line(&["telemetry.otlp_endpoint"]),
+        );
+    }
+}
+
+/// How bad a public route is: what the function can reach.
+fn public_severity(app: &App, function: &Function) -> Severity {
+    let g = &function.grants;
+    let admin = function
+        .route
+        .as_str()
+        .split('/')
+        .any(|segment| segment.eq_ignore_ascii_case("admin"));
+    let writes =
+        g.kv.values().any(|a| a.can_write()) || g.sql.values().any(|s| s.access.can_write());
+    let personal =
+        g.kv.keys()
+            .chain(g.sql.keys())
+            .any(|s| app.store(s).is_some_and(StoreSpec::personal_data));
+    if admin || writes || personal || !g.secrets.is_empty() {
+        Severity::High
+    } else if g.kv.is_empty() && g.sql.is_empty() && g.outbound.is_empty() && g.config.is_empty() {
+        Severity::Low
+    } else {
+        Severity::Medium
+    }
+}
+
+fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFacts) {
+    let app = f.app;
+    let name = function.name.as_str();
+    let element = fn_id(name);
+    let route = function.route.as_str();
+    let key = |k: &str| format!("function.{name}.{k}");
+    let fn_line = f.line(&[&key("route")]);
+
+    // Spoofing (T11).
+    let public = function.access.is_public();
+    let severity = public_severity(app, function);
+    let auth_line = f.line(&[&key("auth"), &key("route")]);
+    let outcome = match &function.access {
+        Access::Public => Outcome::Open(format!(
+            "require a credential: `auth = \"jwt\"` (or `\"session\"`, `\"api-key\"`) with `scopes`; \
+             if anyone may call `{route}`, record why with `[[accept]] rule = \"public-route\", target = \"{name}\"`"
+        )),
+        Access::Authenticated { kinds, scopes } => Outcome::Mitigated(format!(
+            "callers present {}{} ({})",
+            kinds
+                .iter()
+                .map(|k| k.as_str())
+                .collect::<Vec<_>>()
+                .join(" or "),
+            if scopes.is_empty() {
+                String::new()
+            } else {
+                format!(" holding scopes {}", scopes.join(" "))
+            },
+            at(auth_line)
+        )),
+    };
+    f.add(
+        PUBLIC_ROUTE,
+        &element,
+        name,
+        "",
+        severity,
+        format!("route `{route}` is public"),
+        outcome,
+        auth_line,
+    );
+
+    if let Access::Authenticated { scopes, .. } = &function.access {
+        let writes: Vec<&str> = function
+            .grants
+            .kv
+            .iter()
+            .filter(|(_, a)| a.can_write())
+            .map(|(s, _)| s.as_str())
+            .chain(
+                function
+                    .grants
+                    .sql
+                    .iter()
+                    .filter(|(_, g)| g.access.can_write())
+                    .map(|(s, _)| s.as_str()),
+            )
+            .collect();
+        if !writes.is_empty() {
+            let outcome = if scopes.is_empty() {
+                Outcome::Open(format!(
+                    "any authenticated caller may write {} through `{route}`: add `scopes = [\"…\"]` to `{name}`",
+                    writes.join(", ")
+                ))
+            } else {
+                Outcome::Mitigated(format!(
+                    "callers need scopes {} ({})",
+                    scopes.join(" "),
+                    at(f.line(&[&key("scopes")]))
+                ))
+            };
+            f.add(
+                NO_SCOPES,
+                &element,
+                name,
+                "",
+                Severity::Low,
+                format!("who may write through `{route}`"),
+                outcome,
+                f.line(&[&key("scopes"), &key("auth")]),
+            );
+        }
+    }
+
+    // Denial of service and of wallet (T01, T03, T04).
+    let outcome = if function.limits.rate_limit.is_none() && app.limits.rate_limit.is_none() {
+        Outcome::Open(format!(
+            "`rate_limit = \"off\"` in `[limits]` and `{name}` sets none: give it `rate_limit = {{ per_caller = \"10/s\", burst = 20 }}`"
+        ))
+    } else {
+        Outcome::Mitigated(format!(
+            "{} ({})",
+            rate_limit_of(app, function),
+            at(f.line(&[&key("rate_limit"), "limits.rate_limit"]))
+        ))
+    };
+    let severity = if public {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
+    f.add(
+        RATE_LIMIT_OFF,
+        &element,
+        name,
+        "",
+        severity,
+        format!("callers of `{route}` without a rate limit"),
+        outcome,
+        f.line(&[&key("rate_limit"), "limits.rate_limit"]),
+    );
+
+    let budget_line = f.line(&[&key("budget"), "limits.budget", "limits.metering"]);
+    let outcome = if !app.limits.metering {
+        Outcome::Open("`metering = false` in `[limits]`: no budget can hold; remove it".into())
+    } else if function.budget.is_unlimited() && app.budget.is_unlimited() {
+        Outcome::Open(format!(
+            "no daily budget: give `{name}` `budget = {{ per_day = \"5 {}\" }}` or set `[limits] budget`",
+            app.pricing.currency
+        ))
+    } else {
+        Outcome::Mitigated(format!(
+            "{} ({})",
+            budget_of(app, function),
+            at(budget_line)
+        ))
+    };
+    f.add(
+        NO_BUDGET,
+        &element,
+        name,
+        "",
+        severity,
+        format!("calls to `{route}` running up the bill"),
+        outcome,
+        budget_line,
+    );
+
+    let l = &function.limits;
+    f.add(
+        ADMISSION,
+        &element,
+        name,
+        "",
+        Severity::High,
+        format!("a flood of requests to `{route}`"),
+        Outcome::Mitigated(format!(
+            "at most {} running and {} outstanding, {} per caller; the rest get 429 at once; \
+             connection, header and body limits on the listener",
+            l.max_concurrent_requests, l.max_outstanding_requests, l.max_outstanding_per_caller
+        )),
+        fn_line,
+    );
+
+    // Tampering: input (T10).
+    let input = &function.input;
+    let mut gaps = Vec::new();
+    let takes_body = function
+        .methods
+        .iter()
+        .any(|m| matches!(m.as_str(), "POST" | "PUT" | "PATCH"));
+    if takes_body && input.body_schema.is_none() {
+        gaps.push(format!(
+            "`{name}` takes {} bodies without `input.body_schema`: declare a JSON Schema and `input.content_types`",
+            function.methods.join("/")
+        ));
+    }
+    if input.allow_unknown_query {
+        gaps.push(format!(
+            "`{name}` lets undeclared query parameters through: remove `input.allow_unknown_query`"
+        ));
+    }
+    let outcome = if gaps.is_empty() {
+        Outcome::Mitigated(format!(
+            "path and query allowlists ({} rule(s)), unknown parameters refused{}, body up to {}",
+            input.path.len() + input.query.len(),
+            if input.body_schema.is_some() {
+                ", body checked against its JSON Schema"
+            } else {
+                ""
+            },
+            l.max_request_body
+        ))
+    } else {
+        Outcome::Open(gaps.join("; "))
+    };
+    f.add(
+        INPUT,
+        &element,
+        name,
+        "",
+        Severity::Low,
+        format!("malformed input to `{route}`"),
+        outcome,
+        f.line(&[&key("input.body_schema"), &key("methods"), &key("route")]),
+    );
+
+    f.add(
+        RUNAWAY,
+        &element,
+        name,
+        "",
+        Severity::High,
+        format!("runaway or hostile code in `{name}`"),
+        Outcome::Mitigated(format!(
+            "a fresh WebAssembly sandbox per call with no ambient authority; stopped after {}, \
+             memory capped at {}, response at {}",
+            l.timeout, l.memory, l.max_response_body
+        )),
+        f.line(&[&key("timeout"), &key("memory"), &format!("function.{name}")]),
+    );
+
+    // Tampering: the supply chain (T18).
+    let component = relative(app, &function.component);
+    let outcome = match (&function.digest, &facts.digest) {
+        (Some(pin), _) => Outcome::Mitigated(format!(
+            "pinned to sha256:{}…; a changed file is refused ({})",
+            &hex::encode(pin)[..12],
+            at(f.line(&[&key("digest")]))
+        )),
+        (None, Some(actual)) => {
+            Outcome::Open(format!("pin it: `digest = \"{actual}\"` in `{name}`"))
+        }
+        (None, None) => Outcome::Open(format!(
+            "build `{component}`, then pin it with `digest = \"sha256:…\"`"
+        )),
+    };
+    f.add(
+        UNPINNED,
+        &element,
+        name,
+        "",
+        Severity::Medium,
+        format!("component `{component}` not pinned by digest"),
+        outcome,
+        f.line(&[&key("digest"), &key("component")]),
+    );
+
+    imports_findings(f, function, facts, &element);
+
+    // SQL (T06).
+    for (store, grant) in &function.grants.sql {
+        let line = f.line(&[&key(&format!("grants.sql.{store}"))]);
+        let outcome = match &grant.statements {
+            Some(list) => Outcome::Mitigated(format!(
+                "only {} declared statement(s), parameters bound, never spliced; {} enforced by the database",
+                list.len(),
+                grant.access.as_str()
+            )),
+            None => Outcome::Open(format!(
+                "list what `{name}` runs: `sql = {{ {store} = {{ access = \"{}\", statements = [\"…\"] }} }}`",
+                grant.access.as_str()
+            )),
+        };
+        let severity = if grant.access.can_write() {
+            Severity::Medium
+        } else {
+            Severity::Low
+        };
+        f.add(
+            SQL_ANY,
+            &store_id(store),
+            name,
+            store,
+            severity,
+            format!("`{name}` may run any statement on `{store}`"),
+            outcome,
+            line,
+        );
+    }
+
+    if !function.grants.secrets.is_empty() {
+        f.add(
+            SECRETS,
+            "secrets",
+            name,
+            "",
+            Severity::High,
+            format!("secrets read by `{name}`"),
+            Outcome::Mitigated(format!(
+                "{} read through `wasi:config` only (never the environment), each read audited, \
+                 values redacted from logs and responses ({})",
+                function.grants.secrets.join(", "),
+                at(f.line(&[&key("grants.secrets")]))
+            )),
+            f.line(&[&key("grants.secrets")]),
+        );
+    }
+
+    // Lateral movement (T17).
+    for rule in &function.grants.outbound {
+        let origin = rule.to_string();
+        let line = f.line(&[
+            &key(&format!("grants.outbound.{origin}")),
+            &key("grants.outbound"),
+        ]);
+        let reach = egress::review(rule, app.is_dev());
+        let (severity, outcome) = if let HostPattern::Subdomains(parent) = &rule.host {
+            (
+                Severity::Medium,
+                Outcome::Open(format!(
+                    "name the hosts `{name}` calls instead of every host under `{parent}`"
+                )),
+            )
+        } else if rule.scheme == Scheme::Http && !matches!(reach, Reach::DevLoopback) {
+            (
+                Severity::Medium,
+                Outcome::Open(format!(
+                    "`{name}` talks to `{origin}` in clear: use `https://`"
+                )),
+            )
+        } else {
+            match reach {
+                Reach::Public => (Severity::Medium, Outcome::Mitigated("this origin only; private, loopback and metadata addresses refused after DNS".into())),
+                Reach::DevLoopback => (Severity::Low, Outcome::Mitigated("this machine's loopback on this port, in `dev` only".into())),
+                Reach::Internal { .. } => (Severity::Medium, Outcome::Open(format!("`{name}` may reach the internal address `{origin}`; make sure that is meant"))),
+                Reach::Never(_) => (Severity::Low, Outcome::Open(format!("`{origin}` can never be reached: remove the grant"))),
+            }
+        };
+        f.add(
+            OUTBOUND,
+            &origin_id(&origin),
+            name,
+            &origin,
+            severity,
+            format!("function `{name}` may reach `{origin}`"),
+            outcome,
+            line,
+        );
+    }
+}
+
+fn imports_findings(
+    f: &mut Findings<'_>,
+    function: &Function,
+    facts: &ComponentFacts,
+    element: &str,
+) {
+    let name = function.name.as_str();
+    let key = |k: &str| format!("function.{name}.{k}");
+    let names = match &facts.imports {
+        Ok(names) => names,
+        Err(why) => {
+            f.add(
+                LOOSE_IMPORTS,
+                element,
+                name,
+                "",
+                Severity::Medium,
+                format!("the component of `{name}` cannot be read"),
+                Outcome::Open(format!("{why}; build it, then run `bulkhead check`")),
+                f.line(&[&key("component")]),
+            );
+            return;
+        }
+    };
+    let classified = imports::classify_all(names, &function.grants);
+    let ungranted: Vec<&str> = classified
+        .iter()
+        .filter(|i| matches!(i.kind, ImportKind::Capability { granted: false, .. }))
+        .map(|i| i.name.as_str())
+        .collect();
+    let habit: Vec<&str> = classified
+        .iter()
+        .filter(|i| i.kind == ImportKind::DenyAll)
+        .map(|i| i.name.as_str())
+        .collect();
+    let line = f.line(&[&key("component")]);
+    let (severity, outcome) = if function.strict_imports {
+        (
+            Severity::Medium,
+            Outcome::Mitigated(
+                "`strict_imports`: a capability import without its grant refuses the component"
+                    .into(),
+            ),
+        )
+    } else if !ungranted.is_empty() {
+        (
+            Severity::Medium,
+            Outcome::Open(format!(
+                "the component imports {} without a grant (every call is refused today, but a later grant would enable it): set `strict_imports = true` or rebuild without it",
+                ungranted.join(", ")
+            )),
+        )
+    } else if !habit.is_empty() {
+        (
+            Severity::Low,
+            Outcome::Open(format!(
+                "the component imports {} (bound to deny-all, nothing reachable); set `strict_imports = true` to refuse any capability it is not granted",
+                habit.join(", ")
+            )),
+        )
+    } else {
+        (
+            Severity::Medium,
+            Outcome::Mitigated(
+                "every capability import has its grant; nothing else is offered".into(),
+            ),
+        )
+    };
+    f.add(
+        LOOSE_IMPORTS,
+        element,
+        name,
+        "",
+        severity,
+        format!("what the component of `{name}` imports"),
+        outcome,
+        line,
+    );
+
+    // Least privilege (T16): a grant for a capability never imported.
+    let imported = |c: Capability| {
+        classified
+            .iter()
+            .any(|i| matches!(i.kind, ImportKind::Capability { capability, .. } if capability == c))
+    };
+    let g = &function.grants;
+    let unused: Vec<(String, Capability)> =
+        g.kv.keys()
+            .map(|s| (format!("kv.{s}"), Capability::KeyValue))
+            .chain(g.sql.keys().map(|s| (format!("sql.{s}"), Capability::Sql)))
+            .chain(
+                g.secrets
+                    .iter()
+                    .map(|s| (format!("secrets.{s}"), Capability::Config)),
+            )
+            .chain(
+                g.config
+                    .iter()
+                    .map(|s| (format!("config.{s}"), Capability::Config)),
+            )
+            .chain(
+                g.outbound
+                    .iter()
+                    .map(|o| (format!("outbound.{o}"), Capability::Outbound)),
+            )
+            .filter(|(_, c)| !imported(*c))
+            .collect();
+    for (grant, capability) in unused {
+        f.add(
+            UNUSED_GRANT,
+            element,
+            name,
+            &grant,
+            Severity::Low,
+            format!("`{name}` is granted `{grant}` but cannot use it"),
+            Outcome::Open(format!(
+                "the component imports no `{}` interface: remove `{grant}` from its grants",
+                capability.grant_key()
+            )),
+            f.line(&[&key(&format!("grants.{grant}"))]),
+        );
+    }
+}
+
+fn per_store(f: &mut Findings<'_>, store: &StoreSpec) {
+    let name = store.name.as_str();
+    let element = store_id(name);
+    let key = |k: &str| format!("store.{name}.{k}");
+    let section = f.line(&[&format!("store.{name}")]);
+    if store.personal_data() {
+        let line = f.line(&[&key("retention"), &format!("store.{name}")]);
+        let outcome = match store.retention() {
+            Some(r) => Outcome::Mitigated(format!(
+                "records older than {r} are never returned and are swept ({})",
+                at(line)
+            )),
+            None => Outcome::Open(format!(
+                "add `retention = \"48h\"` (as long as the data is needed) to `[store.{name}]`"
+            )),
+        };
+        f.add(
+            RETENTION,
+            &element,
+            name,
+            "",
+            Severity::High,
+            format!("store `{name}` holds personal data and has no `retention`"),
+            outcome,
+            line,
+        );
+
+        let outcome = if store.per_subject() {
+            Outcome::Mitigated(format!(
+                "`scope = \"subject\"`: each caller sees only its own records; `bulkhead data erase` and `export` per subject ({})",
+                at(f.line(&[&key("scope")]))
+            ))
+        } else if store.is_kv() {
+            Outcome::Open(format!("give `[store.{name}]` `scope = \"subject\"`"))
+        } else {
+            Outcome::Open(format!(
+                "SQL rows are app-wide: filter every statement on `{name}` by the caller's `bulkhead-subject`, and erase in your own code"
+            ))
+        };
+        f.add(
+            SHARED_PERSONAL,
+            &element,
+            name,
+            "",
+            Severity::Medium,
+            format!("personal data in `{name}` shared by every caller"),
+            outcome,
+            f.line(&[&key("scope"), &format!("store.{name}")]),
+        );
+    }
+    let sealed = if store.is_kv() {
+        "values sealed with XChaCha20-Poly1305 under a per-store key wrapped by the master key"
+    } else {
+        "the database file encrypted by SQLCipher under a key wrapped by the master key"
+    };
+    f.add(
+        AT_REST,
+        &element,
+        name,
+        "",
+        Severity::Medium,
+        format!("the data of `{name}` on disk"),
+        Outcome::Mitigated(format!("{sealed} (built in)")),
+        section,
+    );
+}
+
+/// Mark open findings `[[accept]]` covers; flag acceptances that cover
+/// nothing, so a stale one cannot hide a future finding.
+fn accept(f: &mut Findings<'_>) {
+    let app = f.app;
+    for risk in &app.accepted {
+        let mut matched = false;
+        for t in &mut f.threats {
+            if t.status != Status::Mitigated && risk.covers(t.rule, &t.target) {
+                matched = true;
+                t.status = Status::Accepted;
+                t.detail = format!(
+                    "accepted: {} (bulkhead.toml line {})",
+                    risk.reason, risk.line
+                );
+            }
+        }
+        if !matched {
+            let target = risk.target.as_deref().unwrap_or("*");
+            f.add(
+                STALE_ACCEPT,
+                "gateway",
+                &format!("{}/{target}", risk.rule),
+                "",
+                Severity::Low,
+                format!(
+                    "`[[accept]]` of `{}` for `{target}` matches no open finding",
+                    risk.rule
+                ),
+                Outcome::Open("remove it, or fix its `rule` and `target`".into()),
+                Some(risk.line),
+            );
+        }
+    }
+}
