@@ -59,8 +59,10 @@ rules! {
 }
 
 enum Outcome {
+    /// The control, and where it is set.
     Mitigated(String),
-    Open(String),
+    /// The finding, as a title, and the exact fix.
+    Open(String, String),
 }
 
 struct Findings<'a> {
@@ -81,9 +83,9 @@ impl Findings<'_> {
         outcome: Outcome,
         line: Option<usize>,
     ) {
-        let (status, detail) = match outcome {
-            Outcome::Mitigated(d) => (Status::Mitigated, d),
-            Outcome::Open(d) => (Status::Open, d),
+        let (status, title, detail) = match outcome {
+            Outcome::Mitigated(control) => (Status::Mitigated, title, control),
+            Outcome::Open(finding, fix) => (Status::Open, finding, fix),
         };
         let id = if key.is_empty() {
             format!("{}:{target}", rule.id)
@@ -147,8 +149,9 @@ fn app_wide(f: &mut Findings<'_>) {
         ))
     } else {
         Outcome::Open(
-            "Bulkhead's listener speaks plain HTTP: put a TLS-terminating proxy in front and \
-             list it in `[limits] trusted_proxies`, or keep the listener on loopback"
+            "the public listener speaks plain HTTP".into(),
+            "put a TLS-terminating proxy in front and list it in `[limits] trusted_proxies`, \
+             or keep the listener on loopback"
                 .into(),
         )
     };
@@ -158,7 +161,7 @@ fn app_wide(f: &mut Findings<'_>) {
         name,
         "",
         severity,
-        "the public listener speaks plain HTTP".into(),
+        "eavesdropping on requests and responses".into(),
         outcome,
         f.line(&["limits.trusted_proxies"]),
     );
@@ -170,6 +173,7 @@ fn app_wide(f: &mut Findings<'_>) {
             at(f.line(&["app.hostnames"]))
         )),
         None => Outcome::Open(
+            "requests may name any `Host`".into(),
             "list the names the app is served under: `[app] hostnames = [\"api.example.com\"]`"
                 .into(),
         ),
@@ -180,7 +184,7 @@ fn app_wide(f: &mut Findings<'_>) {
         name,
         "",
         Severity::Low,
-        "requests may name any `Host`".into(),
+        "requests naming a host the app does not serve".into(),
         outcome,
         f.line(&["app.hostnames", "app"]),
     );
@@ -192,9 +196,10 @@ fn app_wide(f: &mut Findings<'_>) {
             t.memory * 100.0,
             t.in_flight * 100.0
         )),
-        None => {
-            Outcome::Open("remove `dynamic_throttle = { enabled = false }` from `[limits]`".into())
-        }
+        None => Outcome::Open(
+            "no shedding when the host is overloaded (`dynamic_throttle` off)".into(),
+            "remove `dynamic_throttle = { enabled = false }` from `[limits]`".into(),
+        ),
     };
     f.add(
         THROTTLE_OFF,
@@ -202,7 +207,7 @@ fn app_wide(f: &mut Findings<'_>) {
         name,
         "",
         Severity::Medium,
-        "dynamic throttling".into(),
+        "overload of the host".into(),
         outcome,
         f.line(&["limits.dynamic_throttle"]),
     );
@@ -248,10 +253,10 @@ fn app_wide(f: &mut Findings<'_>) {
                 jwt.algorithms.join(", ")
             ))
         } else {
-            Outcome::Open(format!(
-                "JWTs may live {}: set `[auth.jwt] max_token_lifetime = \"15m\"` (an hour at most)",
-                jwt.max_token_lifetime
-            ))
+            Outcome::Open(
+                format!("JWTs may live {}", jwt.max_token_lifetime),
+                "set `[auth.jwt] max_token_lifetime = \"15m\"` (an hour at most)".into(),
+            )
         };
         f.add(
             TOKEN_LIFETIME,
@@ -259,7 +264,7 @@ fn app_wide(f: &mut Findings<'_>) {
             name,
             "",
             Severity::Low,
-            "token lifetime".into(),
+            "replay of a stolen token".into(),
             outcome,
             f.line(&["auth.jwt.max_token_lifetime", "auth.jwt"]),
         );
@@ -287,7 +292,10 @@ fn app_wide(f: &mut Findings<'_>) {
         let outcome = if loopback {
             Outcome::Mitigated("the collector is on this machine's loopback".into())
         } else {
-            Outcome::Open("send spans over HTTPS: `otlp_endpoint = \"https://…\"`".into())
+            Outcome::Open(
+                "spans go to the collector in clear".into(),
+                "send spans over HTTPS: `otlp_endpoint = \"https://…\"`".into(),
+            )
         };
         f.add(
             TELEMETRY_CLEAR,
@@ -295,7 +303,7 @@ fn app_wide(f: &mut Findings<'_>) {
             name,
             "",
             Severity::Medium,
-            "spans sent in clear".into(),
+            "spans read on the way to the collector".into(),
             outcome,
             f.line(&["telemetry.otlp_endpoint"]),
         );
@@ -338,10 +346,13 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
     let severity = public_severity(app, function);
     let auth_line = f.line(&[&key("auth"), &key("route")]);
     let outcome = match &function.access {
-        Access::Public => Outcome::Open(format!(
-            "require a credential: `auth = \"jwt\"` (or `\"session\"`, `\"api-key\"`) with `scopes`; \
+        Access::Public => Outcome::Open(
+            format!("route `{route}` is public"),
+            format!(
+                "require a credential: `auth = \"jwt\"` (or `\"session\"`, `\"api-key\"`) with `scopes`; \
              if anyone may call `{route}`, record why with `[[accept]] rule = \"public-route\", target = \"{name}\"`"
-        )),
+            ),
+        ),
         Access::Authenticated { kinds, scopes } => Outcome::Mitigated(format!(
             "callers present {}{} ({})",
             kinds
@@ -363,7 +374,7 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         name,
         "",
         severity,
-        format!("route `{route}` is public"),
+        format!("a caller of `{route}` posing as someone else"),
         outcome,
         auth_line,
     );
@@ -386,10 +397,13 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             .collect();
         if !writes.is_empty() {
             let outcome = if scopes.is_empty() {
-                Outcome::Open(format!(
-                    "any authenticated caller may write {} through `{route}`: add `scopes = [\"…\"]` to `{name}`",
-                    writes.join(", ")
-                ))
+                Outcome::Open(
+                    format!(
+                        "any authenticated caller may write {} through `{route}`",
+                        writes.join(", ")
+                    ),
+                    format!("add `scopes = [\"…\"]` to `{name}`"),
+                )
             } else {
                 Outcome::Mitigated(format!(
                     "callers need scopes {} ({})",
@@ -412,9 +426,12 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
 
     // Denial of service and of wallet (T01, T03, T04).
     let outcome = if function.limits.rate_limit.is_none() && app.limits.rate_limit.is_none() {
-        Outcome::Open(format!(
-            "`rate_limit = \"off\"` in `[limits]` and `{name}` sets none: give it `rate_limit = {{ per_caller = \"10/s\", burst = 20 }}`"
-        ))
+        Outcome::Open(
+            format!("`{route}` has no per-caller rate limit"),
+            format!(
+                "`rate_limit = \"off\"` in `[limits]` and `{name}` sets none: give it `rate_limit = {{ per_caller = \"10/s\", burst = 20 }}`"
+            ),
+        )
     } else {
         Outcome::Mitigated(format!(
             "{} ({})",
@@ -433,19 +450,25 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         name,
         "",
         severity,
-        format!("callers of `{route}` without a rate limit"),
+        format!("one caller flooding `{route}`"),
         outcome,
         f.line(&[&key("rate_limit"), "limits.rate_limit"]),
     );
 
     let budget_line = f.line(&[&key("budget"), "limits.budget", "limits.metering"]);
     let outcome = if !app.limits.metering {
-        Outcome::Open("`metering = false` in `[limits]`: no budget can hold; remove it".into())
+        Outcome::Open(
+            format!("`{route}` has no budget: metering is off"),
+            "remove `metering = false` from `[limits]`: without the meter no budget holds".into(),
+        )
     } else if function.budget.is_unlimited() && app.budget.is_unlimited() {
-        Outcome::Open(format!(
-            "no daily budget: give `{name}` `budget = {{ per_day = \"5 {}\" }}` or set `[limits] budget`",
-            app.pricing.currency
-        ))
+        Outcome::Open(
+            format!("`{route}` has no budget"),
+            format!(
+                "give `{name}` `budget = {{ per_day = \"5 {}\" }}` or set `[limits] budget`",
+                app.pricing.currency
+            ),
+        )
     } else {
         Outcome::Mitigated(format!(
             "{} ({})",
@@ -510,7 +533,10 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             l.max_request_body
         ))
     } else {
-        Outcome::Open(gaps.join("; "))
+        Outcome::Open(
+            format!("`{route}` lets unchecked input through"),
+            gaps.join("; "),
+        )
     };
     f.add(
         INPUT,
@@ -546,12 +572,14 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             &hex::encode(pin)[..12],
             at(f.line(&[&key("digest")]))
         )),
-        (None, Some(actual)) => {
-            Outcome::Open(format!("pin it: `digest = \"{actual}\"` in `{name}`"))
-        }
-        (None, None) => Outcome::Open(format!(
-            "build `{component}`, then pin it with `digest = \"sha256:…\"`"
-        )),
+        (None, Some(actual)) => Outcome::Open(
+            format!("component `{component}` is not pinned by digest"),
+            format!("pin it: `digest = \"{actual}\"` in `{name}`"),
+        ),
+        (None, None) => Outcome::Open(
+            format!("component `{component}` is not pinned by digest"),
+            format!("build `{component}`, then pin it with `digest = \"sha256:…\"`"),
+        ),
     };
     f.add(
         UNPINNED,
@@ -559,7 +587,7 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         name,
         "",
         Severity::Medium,
-        format!("component `{component}` not pinned by digest"),
+        format!("a swapped component for `{name}`"),
         outcome,
         f.line(&[&key("digest"), &key("component")]),
     );
@@ -575,10 +603,13 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
                 list.len(),
                 grant.access.as_str()
             )),
-            None => Outcome::Open(format!(
-                "list what `{name}` runs: `sql = {{ {store} = {{ access = \"{}\", statements = [\"…\"] }} }}`",
-                grant.access.as_str()
-            )),
+            None => Outcome::Open(
+                format!("`{name}` may run any statement on `{store}`"),
+                format!(
+                    "list what `{name}` runs: `sql = {{ {store} = {{ access = \"{}\", statements = [\"…\"] }} }}`",
+                    grant.access.as_str()
+                ),
+            ),
         };
         let severity = if grant.access.can_write() {
             Severity::Medium
@@ -591,7 +622,7 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             name,
             store,
             severity,
-            format!("`{name}` may run any statement on `{store}`"),
+            format!("statements `{name}` runs on `{store}`"),
             outcome,
             line,
         );
@@ -626,23 +657,25 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         let (severity, outcome) = if let HostPattern::Subdomains(parent) = &rule.host {
             (
                 Severity::Medium,
-                Outcome::Open(format!(
-                    "name the hosts `{name}` calls instead of every host under `{parent}`"
-                )),
+                Outcome::Open(
+                    format!("function `{name}` may reach `{origin}`"),
+                    format!("name the hosts `{name}` calls instead of every host under `{parent}`"),
+                ),
             )
         } else if rule.scheme == Scheme::Http && !matches!(reach, Reach::DevLoopback) {
             (
                 Severity::Medium,
-                Outcome::Open(format!(
-                    "`{name}` talks to `{origin}` in clear: use `https://`"
-                )),
+                Outcome::Open(
+                    format!("`{name}` talks to `{origin}` in clear"),
+                    "use `https://`".into(),
+                ),
             )
         } else {
             match reach {
                 Reach::Public => (Severity::Medium, Outcome::Mitigated("this origin only; private, loopback and metadata addresses refused after DNS".into())),
                 Reach::DevLoopback => (Severity::Low, Outcome::Mitigated("this machine's loopback on this port, in `dev` only".into())),
-                Reach::Internal { .. } => (Severity::Medium, Outcome::Open(format!("`{name}` may reach the internal address `{origin}`; make sure that is meant"))),
-                Reach::Never(_) => (Severity::Low, Outcome::Open(format!("`{origin}` can never be reached: remove the grant"))),
+                Reach::Internal { .. } => (Severity::Medium, Outcome::Open(format!("`{name}` may reach the internal address `{origin}`"), "make sure that is meant; it is granted exactly".into())),
+                Reach::Never(_) => (Severity::Low, Outcome::Open(format!("`{origin}` can never be reached"), "remove the grant".into())),
             }
         };
         f.add(
@@ -651,7 +684,7 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             name,
             &origin,
             severity,
-            format!("function `{name}` may reach `{origin}`"),
+            format!("calls from `{name}` to `{origin}`"),
             outcome,
             line,
         );
@@ -675,8 +708,11 @@ fn imports_findings(
                 name,
                 "",
                 Severity::Medium,
-                format!("the component of `{name}` cannot be read"),
-                Outcome::Open(format!("{why}; build it, then run `bulkhead check`")),
+                format!("what the component of `{name}` imports"),
+                Outcome::Open(
+                    format!("the component of `{name}` cannot be read"),
+                    format!("{why}; build it, then run `bulkhead check`"),
+                ),
                 f.line(&[&key("component")]),
             );
             return;
@@ -705,18 +741,29 @@ fn imports_findings(
     } else if !ungranted.is_empty() {
         (
             Severity::Medium,
-            Outcome::Open(format!(
-                "the component imports {} without a grant (every call is refused today, but a later grant would enable it): set `strict_imports = true` or rebuild without it",
-                ungranted.join(", ")
-            )),
+            Outcome::Open(
+                format!(
+                    "the component of `{name}` imports {} without a grant",
+                    ungranted.join(", ")
+                ),
+                "every call of it is refused today, but a later grant would enable it: set \
+                 `strict_imports = true`, or build the component without that import"
+                    .into(),
+            ),
         )
     } else if !habit.is_empty() {
         (
             Severity::Low,
-            Outcome::Open(format!(
-                "the component imports {} (bound to deny-all, nothing reachable); set `strict_imports = true` to refuse any capability it is not granted",
-                habit.join(", ")
-            )),
+            Outcome::Open(
+                format!(
+                    "`strict_imports` is off and the component of `{name}` imports {}",
+                    summarise(&habit)
+                ),
+                "they are bound to deny-all, so nothing is reachable today; set \
+                 `strict_imports = true` so that any capability import without its grant \
+                 refuses the component"
+                    .into(),
+            ),
         )
     } else {
         (
@@ -772,13 +819,30 @@ fn imports_findings(
             name,
             &grant,
             Severity::Low,
-            format!("`{name}` is granted `{grant}` but cannot use it"),
-            Outcome::Open(format!(
-                "the component imports no `{}` interface: remove `{grant}` from its grants",
-                capability.grant_key()
-            )),
+            format!("what `{name}` is granted"),
+            Outcome::Open(
+                format!(
+                    "`{name}` is granted `{grant}` but its component imports no `{}` interface",
+                    capability.grant_key()
+                ),
+                format!("remove `{grant}` from its grants"),
+            ),
             f.line(&[&key(&format!("grants.{grant}"))]),
         );
+    }
+}
+
+/// `a, b, c` or `a, b and N more`: import lists run long.
+fn summarise(names: &[&str]) -> String {
+    const SHOWN: usize = 3;
+    if names.len() <= SHOWN {
+        names.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            names[..SHOWN].join(", "),
+            names.len() - SHOWN
+        )
     }
 }
 
@@ -794,9 +858,12 @@ fn per_store(f: &mut Findings<'_>, store: &StoreSpec) {
                 "records older than {r} are never returned and are swept ({})",
                 at(line)
             )),
-            None => Outcome::Open(format!(
-                "add `retention = \"48h\"` (as long as the data is needed) to `[store.{name}]`"
-            )),
+            None => Outcome::Open(
+                format!("store `{name}` holds personal data and has no `retention`"),
+                format!(
+                    "add `retention = \"48h\"` (as long as the data is needed) to `[store.{name}]`"
+                ),
+            ),
         };
         f.add(
             RETENTION,
@@ -804,7 +871,7 @@ fn per_store(f: &mut Findings<'_>, store: &StoreSpec) {
             name,
             "",
             Severity::High,
-            format!("store `{name}` holds personal data and has no `retention`"),
+            format!("how long `{name}` keeps personal data"),
             outcome,
             line,
         );
@@ -815,11 +882,17 @@ fn per_store(f: &mut Findings<'_>, store: &StoreSpec) {
                 at(f.line(&[&key("scope")]))
             ))
         } else if store.is_kv() {
-            Outcome::Open(format!("give `[store.{name}]` `scope = \"subject\"`"))
+            Outcome::Open(
+                format!("personal data in `{name}` is shared by every caller"),
+                format!("give `[store.{name}]` `scope = \"subject\"`"),
+            )
         } else {
-            Outcome::Open(format!(
-                "SQL rows are app-wide: filter every statement on `{name}` by the caller's `bulkhead-subject`, and erase in your own code"
-            ))
+            Outcome::Open(
+                format!("personal data in `{name}` is shared by every caller"),
+                format!(
+                    "SQL rows are app-wide: filter every statement on `{name}` by the caller's `bulkhead-subject`, and erase in your own code"
+                ),
+            )
         };
         f.add(
             SHARED_PERSONAL,
@@ -827,7 +900,7 @@ fn per_store(f: &mut Findings<'_>, store: &StoreSpec) {
             name,
             "",
             Severity::Medium,
-            format!("personal data in `{name}` shared by every caller"),
+            format!("one caller reading another's data in `{name}`"),
             outcome,
             f.line(&[&key("scope"), &format!("store.{name}")]),
         );
@@ -873,11 +946,14 @@ fn accept(f: &mut Findings<'_>) {
                 &format!("{}/{target}", risk.rule),
                 "",
                 Severity::Low,
-                format!(
-                    "`[[accept]]` of `{}` for `{target}` matches no open finding",
-                    risk.rule
+                "accepted risks that still match a finding".into(),
+                Outcome::Open(
+                    format!(
+                        "`[[accept]]` of `{}` for `{target}` matches no open finding",
+                        risk.rule
+                    ),
+                    "remove it, or fix its `rule` and `target`".into(),
                 ),
-                Outcome::Open("remove it, or fix its `rule` and `target`".into()),
                 Some(risk.line),
             );
         }

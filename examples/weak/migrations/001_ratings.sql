@@ -1,0 +1,1 @@
+CREATE TABLE ratings (talk TEXT NOT NULL, handle TEXT NOT NULL, stars INTEGER NOT NULL);
