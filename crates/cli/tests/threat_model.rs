@@ -103,10 +103,7 @@ fn t21_a_careful_app_has_no_open_high_or_medium_finding() {
     // T18: unpinned components are the only medium findings, and the
     // fix the report gives (the digest line) closes them.
     let (model, _) = threat_model(&app, &[]);
-    let medium: Vec<_> = open(&model)
-        .into_iter()
-        .filter(|f| f.2 != "low")
-        .collect();
+    let medium: Vec<_> = open(&model).into_iter().filter(|f| f.2 != "low").collect();
     assert!(
         medium.iter().all(|f| f.0 == "unpinned-component") && medium.len() == 2,
         "{medium:#?}"
@@ -148,10 +145,10 @@ fn t21_a_careful_app_has_no_open_high_or_medium_finding() {
     // T18: the component's imports are read, each beside its grant.
     let imports = functions[0]["imports"].as_array().unwrap();
     assert!(
-        imports
-            .iter()
-            .any(|i| i["name"].as_str().unwrap().starts_with("wasi:keyvalue/")
-                && i["behind"].as_str().unwrap().contains("(granted)")),
+        imports.iter().any(
+            |i| i["name"].as_str().unwrap().starts_with("wasi:keyvalue/")
+                && i["behind"].as_str().unwrap().contains("(granted)")
+        ),
         "{imports:#?}"
     );
     assert!(
@@ -209,7 +206,11 @@ grants = {{ kv = {{ attendees = \"read-write\" }} }}
     );
     rewrite(&app, &manifest);
     let (after, out) = threat_model(&app, &["--fail-on", "high"]);
-    assert_eq!(out.status.code(), Some(1), "a new high finding fails the gate");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a new high finding fails the gate"
+    );
     let after = open(&after);
     let public = open_of(&after, "public-route");
     assert_eq!(public.len(), 1, "{after:#?}");
@@ -266,8 +267,10 @@ grants = {{ kv = {{ attendees = \"read-write\" }} }}
     let after = open(&after);
     let off = open_of(&after, "rate-limit-off");
     assert_eq!(off.len(), 2, "{after:#?}");
-    assert!(off.iter().all(|f| f.2 == "medium"
-        && f.3 == line_of(&manifest, "rate_limit = { per_caller = \"off\" }")));
+    assert!(
+        off.iter().all(|f| f.2 == "medium"
+            && f.3 == line_of(&manifest, "rate_limit = { per_caller = \"off\" }"))
+    );
 }
 
 #[test]
@@ -413,7 +416,10 @@ fn t21_every_example_has_no_open_high_finding_and_the_weak_one_is_flagged() {
         "unused-grant",
         "no-scopes",
     ] {
-        assert!(!open_of(&findings, rule).is_empty(), "{rule}: {findings:#?}");
+        assert!(
+            !open_of(&findings, rule).is_empty(),
+            "{rule}: {findings:#?}"
+        );
     }
 }
 
@@ -498,7 +504,10 @@ fn t21_a_component_that_is_not_one_is_a_finding_not_a_crash() {
         .find(|t| t["rule"] == "loose-imports" && t["target"] == "profile")
         .expect("an imports threat for profile");
     assert!(
-        loose["detail"].as_str().unwrap().contains("not a component"),
+        loose["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not a component"),
         "{loose}"
     );
 }

@@ -68,7 +68,7 @@ pub fn markdown(model: &ThreatModel) -> String {
         .iter()
         .filter(|t| t.status == Status::Open)
         .collect();
-    open.sort_by(|a, b| b.severity.cmp(&a.severity));
+    open.sort_by_key(|t| std::cmp::Reverse(t.severity));
     if open.is_empty() {
         out.push_str("None.\n\n");
     } else {
