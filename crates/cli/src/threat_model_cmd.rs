@@ -89,12 +89,7 @@ pub fn run(
 
 fn summary(model: &ThreatModel) -> String {
     let (open, mitigated, accepted) = model.counts();
-    let count = |s: Severity| {
-        model
-            .open_at_or_above(s)
-            .filter(|t| t.severity == s)
-            .count()
-    };
+    let count = |s: Severity| model.open_count(s);
     format!(
         "threat model of `{}` (env {}): {open} open ({} high, {} medium, {} low), {mitigated} mitigated, {accepted} accepted",
         model.app,

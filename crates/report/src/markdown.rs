@@ -39,12 +39,7 @@ fn table(out: &mut String, head: &[&str], rows: impl IntoIterator<Item = Vec<Str
 pub fn markdown(model: &ThreatModel) -> String {
     let mut out = String::new();
     let (open, mitigated, accepted) = model.counts();
-    let by = |s: Severity| {
-        model
-            .open_at_or_above(s)
-            .filter(|t| t.severity == s)
-            .count()
-    };
+    let by = |s: Severity| model.open_count(s);
     let _ = writeln!(out, "# Threat model: {} (env `{}`)\n", model.app, model.env);
     let _ = writeln!(
         out,

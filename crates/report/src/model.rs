@@ -29,6 +29,14 @@ impl ThreatModel {
             .filter(move |t| t.status == Status::Open && t.severity >= severity)
     }
 
+    /// Open threats of exactly `severity`.
+    pub fn open_count(&self, severity: Severity) -> usize {
+        self.threats
+            .iter()
+            .filter(|t| t.status == Status::Open && t.severity == severity)
+            .count()
+    }
+
     /// (open, mitigated, accepted) counts.
     pub fn counts(&self) -> (usize, usize, usize) {
         let count = |s: Status| self.threats.iter().filter(|t| t.status == s).count();
