@@ -20,6 +20,7 @@
 
 mod edit;
 mod evidence;
+mod notes;
 mod render;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,7 @@ use serde::Serialize;
 
 use edit::Edit;
 pub use evidence::Evidence;
-use evidence::{Capability, FunctionUse, Gap, Grant, GrantUse, HOUR_MS, MAX_HOSTS};
+use evidence::{Capability, FunctionUse, Grant, GrantUse, MAX_HOSTS};
 
 /// Wildcard grants under which at most this many hosts were called get
 /// the exact origins suggested instead.
@@ -190,7 +191,6 @@ impl Review {
         let mut grants = Vec::new();
         let mut functions = Vec::new();
         let mut edits: BTreeMap<usize, Vec<(Edit, String)>> = BTreeMap::new();
-        let mut notes = Vec::new();
         for function in &app.functions {
             let Some(tally) = evidence.functions.get(&function.name) else {
                 continue;
@@ -219,8 +219,7 @@ impl Review {
                 grants.push(report);
             }
         }
-        notes.extend(window_notes(app, evidence));
-        notes.extend(inference_notes(&grants));
+        let said = [notes::window(app, evidence), notes::inferences(&grants)].concat();
         let summary = summarise(&grants, &functions);
         let never: Vec<(usize, String)> = functions
             .iter()
@@ -246,7 +245,7 @@ impl Review {
                 until_ms: evidence.window.until_ms,
                 trail_starts: evidence.trail_start_ms.map(time),
             },
-            notes,
+            notes: said,
             grants,
             functions,
             summary,
@@ -432,114 +431,6 @@ fn called_origins(grant: &Grant, used: &GrantUse) -> Option<Vec<String>> {
     let few =
         !used.hosts.is_empty() && used.hosts.len() <= MAX_SUGGESTED_ORIGINS && used.more_hosts == 0;
     (grant.is_wildcard() && few).then(|| used.hosts.keys().cloned().collect())
-}
-
-/// What the window's records cannot show.
-fn window_notes(app: &App, evidence: &Evidence) -> Vec<String> {
-    let since = evidence.window.since_ms;
-    let mut notes = Vec::new();
-    let served = evidence.first_deploy_ms.filter(|t| *t > since);
-    match (evidence.trail_start_ms, served) {
-        (None, _) => notes.push("the audit trail is empty: nothing was recorded".to_string()),
-        (Some(start), served) if start > since => notes.push(format!(
-            "the audit trail starts at {}{}, after the window's start: the app was served here for less time than the window, or older records are gone; nothing before is known",
-            time(start),
-            served.map_or_else(String::new, |t| format!(" (first served in `{}` at {})", app.env, time(t)))
-        )),
-        (_, Some(first)) => notes.push(format!(
-            "the app was first served in `{}` at {}, after the window's start: nothing was used before",
-            app.env,
-            time(first)
-        )),
-        _ => {}
-    }
-    if !evidence.metered {
-        notes.push(
-            "metering is off (`[limits] metering = false`): calls are not counted, so a function is known to have run only from its capability records"
-                .to_string(),
-        );
-    } else {
-        let early: u64 = evidence
-            .functions
-            .values()
-            .map(|f| f.calls_first_hour)
-            .sum();
-        if early > 0 {
-            notes.push(format!(
-                "the meter counts calls per hour: {early} call(s) in the hour from {} may be from before the window",
-                time(since - since.rem_euclid(HOUR_MS))
-            ));
-        }
-        let kept_from = evidence.window.until_ms - METER_DAYS * 24 * HOUR_MS;
-        if since < kept_from {
-            notes.push(format!(
-                "the meter keeps {METER_DAYS} days: calls before {} are not counted",
-                time(kept_from)
-            ));
-        }
-    }
-    let mut lost = false;
-    for gap in &evidence.gaps {
-        let text = match gap {
-            Gap::Dropped { events, time_ms } => {
-                lost = true;
-                format!(
-                    "{events} audit event(s) were dropped before they were written (record at {})",
-                    time(*time_ms)
-                )
-            }
-            Gap::Suppressed { events, time_ms } => {
-                lost = true;
-                format!(
-                    "{events} audit event(s) were counted, not written, over the trail's size budget (record at {})",
-                    time(*time_ms)
-                )
-            }
-            Gap::Full { kind, time_ms } => {
-                lost = true;
-                format!(
-                    "the audit trail reached its size budget at {} (`{kind}`): later events were counted, not written; raise `[audit] max_size`",
-                    time(*time_ms)
-                )
-            }
-            Gap::ChainBroken { time_ms } => format!(
-                "the audit chain was found broken at {}: run `bulkhead audit verify`",
-                time(*time_ms)
-            ),
-            Gap::FoldedOther { function, events } => {
-                lost = true;
-                format!(
-                    "{events} capability event(s) of `{function}` were folded without saying which capability (past a call's key cap)"
-                )
-            }
-        };
-        notes.push(text);
-    }
-    if lost {
-        notes.push(
-            "because events went unrecorded, a grant shown unused may have been used".to_string(),
-        );
-    }
-    notes
-}
-
-/// One note per kind of inference the grants rest on.
-fn inference_notes(grants: &[GrantReport]) -> Vec<String> {
-    let count = |pred: &dyn Fn(&GrantReport) -> bool| grants.iter().filter(|g| pred(g)).count();
-    let mut notes = Vec::new();
-    let folded = count(&|g| g.inferred.iter().any(|i| i.contains("folded")));
-    if folded > 0 {
-        notes.push(format!(
-            "{folded} grant(s) used only or partly per folded counts: the uses are counted, their times are their calls' ends"
-        ));
-    }
-    let refused = count(&|g| g.status == Status::RefusedOnly);
-    if refused > 0 {
-        notes.push(format!(
-            "{refused} grant(s) were never used but were tried and refused: inferred as wanted, not suggested for removal"
-        ));
-    }
-    notes
 }
 
 fn summarise(grants: &[GrantReport], functions: &[FunctionReport]) -> Summary {

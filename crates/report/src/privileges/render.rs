@@ -44,6 +44,20 @@ fn line_label(line: Option<usize>) -> String {
     line.map_or_else(|| "-".to_string(), |n| n.to_string())
 }
 
+/// One titled table, or `none`.
+fn section(out: &mut String, title: &str, header: &[&str], rows: &[Vec<String>]) {
+    let _ = writeln!(out, "\n{title} ({}):", rows.len());
+    if rows.is_empty() {
+        out.push_str("  none\n");
+    } else {
+        out.push_str(&columns(header, rows));
+    }
+}
+
+fn or_dash(text: Option<String>) -> String {
+    text.unwrap_or_else(|| "-".to_string())
+}
+
 pub(super) fn table(review: &Review) -> String {
     let mut out = String::new();
     let w = &review.window;
@@ -52,9 +66,8 @@ pub(super) fn table(review: &Review) -> String {
         "Privilege review of `{}` in `{}`, {} to {}",
         review.app, review.env, w.since, w.until
     );
-    let _ = writeln!(
-        out,
-        "From the audit trail (each grant's uses and refusals) and the meter (calls per function per hour)."
+    out.push_str(
+        "From the audit trail (each grant's uses and refusals) and the meter (calls per function per hour).\n",
     );
     if !review.notes.is_empty() {
         out.push_str("Notes:\n");
@@ -63,75 +76,56 @@ pub(super) fn table(review: &Review) -> String {
         }
     }
 
-    let narrower: Vec<&GrantReport> = review
+    let narrower: Vec<Vec<String>> = review
         .grants
         .iter()
         .filter(|g| g.status != Status::Used)
+        .map(|g| {
+            let suggestion = g.suggestion.as_ref().map(|s| s.text.clone());
+            vec![
+                g.function.clone(),
+                grant_label(g),
+                line_label(g.line),
+                g.finding.clone(),
+                or_dash(suggestion),
+            ]
+        })
         .collect();
-    let _ = writeln!(
-        out,
-        "\nGrants unused or wider than their use ({}):",
-        narrower.len()
+    section(
+        &mut out,
+        "Grants unused or wider than their use",
+        &["FUNCTION", "GRANT", "LINE", "FINDING", "SUGGESTION"],
+        &narrower,
     );
-    if narrower.is_empty() {
-        out.push_str("  none\n");
-    } else {
-        let rows: Vec<Vec<String>> = narrower
-            .iter()
-            .map(|g| {
-                vec![
-                    g.function.clone(),
-                    grant_label(g),
-                    line_label(g.line),
-                    g.finding.clone(),
-                    g.suggestion
-                        .as_ref()
-                        .map_or_else(|| "-".to_string(), |s| s.text.clone()),
-                ]
-            })
-            .collect();
-        out.push_str(&columns(
-            &["FUNCTION", "GRANT", "LINE", "FINDING", "SUGGESTION"],
-            &rows,
-        ));
-    }
 
-    let never: Vec<Vec<String>> = review
+    let idle: Vec<Vec<String>> = review
         .functions
         .iter()
         .filter(|f| f.invoked != Invoked::Yes)
         .map(|f| {
             let finding = match f.invoked {
-                Invoked::Never => "never invoked".to_string(),
                 Invoked::PerhapsBeforeWindow => format!(
                     "{} call(s), all in the hour the window starts in: perhaps before it",
                     f.calls
                 ),
                 Invoked::Unknown => "not known (metering is off)".to_string(),
-                Invoked::Yes => String::new(),
+                Invoked::Never | Invoked::Yes => "never invoked".to_string(),
             };
             vec![
                 f.name.clone(),
                 f.route.clone(),
                 line_label(f.line),
                 finding,
-                f.suggestion.clone().unwrap_or_else(|| "-".to_string()),
+                or_dash(f.suggestion.clone()),
             ]
         })
         .collect();
-    let _ = writeln!(
-        out,
-        "\nFunctions not invoked in the window ({}):",
-        never.len()
+    section(
+        &mut out,
+        "Functions not invoked in the window",
+        &["FUNCTION", "ROUTE", "LINE", "FINDING", "SUGGESTION"],
+        &idle,
     );
-    if never.is_empty() {
-        out.push_str("  none\n");
-    } else {
-        out.push_str(&columns(
-            &["FUNCTION", "ROUTE", "LINE", "FINDING", "SUGGESTION"],
-            &never,
-        ));
-    }
 
     let used: Vec<Vec<String>> = review
         .grants
@@ -143,33 +137,29 @@ pub(super) fn table(review: &Review) -> String {
                 grant_label(g),
                 line_label(g.line),
                 g.uses.to_string(),
-                g.writes.map_or_else(|| "-".to_string(), |n| n.to_string()),
-                g.last_use.clone().unwrap_or_else(|| "-".to_string()),
+                or_dash(g.writes.map(|n| n.to_string())),
+                or_dash(g.last_use.clone()),
             ]
         })
         .collect();
-    let _ = writeln!(out, "\nGrants used ({}):", used.len());
-    if used.is_empty() {
-        out.push_str("  none\n");
-    } else {
-        out.push_str(&columns(
-            &["FUNCTION", "GRANT", "LINE", "USES", "WRITES", "LAST USE"],
-            &used,
-        ));
-    }
+    section(
+        &mut out,
+        "Grants used",
+        &["FUNCTION", "GRANT", "LINE", "USES", "WRITES", "LAST USE"],
+        &used,
+    );
 
-    let inferred: Vec<&GrantReport> = review
+    let inferred: Vec<String> = review
         .grants
         .iter()
-        .filter(|g| !g.inferred.is_empty())
+        .flat_map(|g| {
+            g.inferred
+                .iter()
+                .map(move |why| format!("  - {} {}: {why}", g.function, grant_label(g)))
+        })
         .collect();
     if !inferred.is_empty() {
-        out.push_str("\nInferred:\n");
-        for g in inferred {
-            for why in &g.inferred {
-                let _ = writeln!(out, "  - {} {}: {why}", g.function, grant_label(g));
-            }
-        }
+        let _ = writeln!(out, "\nInferred:\n{}", inferred.join("\n"));
     }
 
     let s = &review.summary;

@@ -7,6 +7,7 @@ use bulkhead_store::AuditRecord;
 use bulkhead_store::meter::{Usage, UsageRow};
 use serde_json::{Value, json};
 
+use super::evidence::HOUR_MS;
 use super::*;
 
 const MANIFEST: &str = r#"[app]
