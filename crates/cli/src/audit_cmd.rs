@@ -70,7 +70,7 @@ pub enum Format {
 /// verified or shown includes them (T09).
 /// Each start takes in a few spill files; a few rounds take in many. Returns
 /// whether spill files are still waiting (the database locked, say).
-fn take_in_spills(store: &Store) -> Result<bool> {
+pub(crate) fn take_in_spills(store: &Store) -> Result<bool> {
     for _ in 0..4 {
         if !store.audit_spill_pending() {
             return Ok(false);

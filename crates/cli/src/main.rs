@@ -8,6 +8,7 @@ mod data_cmd;
 mod deploy;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod review_cmd;
 mod secrets_cmd;
 mod serve;
 mod sweeper;
@@ -189,6 +190,9 @@ enum Command {
     /// Erase or export one subject's data (subject-scoped stores).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Review the app against what it did: grants never used (T16).
+    #[command(subcommand)]
+    Review(review_cmd::ReviewCommand),
 }
 
 fn main() -> ExitCode {
@@ -230,6 +234,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => credentials_cmd::run_keys(command),
         Command::Secrets(command) => secrets_cmd::run(command),
         Command::Data(command) => data_cmd::run(command),
+        Command::Review(command) => review_cmd::run(command),
     };
     match result {
         Ok(code) => code,

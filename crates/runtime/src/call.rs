@@ -276,6 +276,9 @@ struct Inner {
     redactions: Redactions,
     deadline: Instant,
     fold: Mutex<Fold>,
+    /// Uses already reported by [`CallContext::used_once`]: only granted
+    /// resources get here, so the list is as short as the grants.
+    once: Mutex<Vec<(&'static str, Box<str>, &'static str)>>,
 }
 
 /// Log one capability event with the target under its own field name
@@ -343,6 +346,7 @@ impl CallContext {
                 redactions,
                 deadline,
                 fold: Mutex::new(Fold::default()),
+                once: Mutex::new(Vec::new()),
             }),
         }
     }
@@ -397,6 +401,24 @@ impl CallContext {
             target,
             outcome,
         });
+    }
+
+    /// A granted use reported once per call for each capability, resource
+    /// and access: the privilege review (T16) needs to know that a store
+    /// was written or a config key read, not how often.
+    pub fn used_once(&self, capability: &'static str, target: Target<'_>, access: &'static str) {
+        {
+            let mut once = self.inner.once.lock().unwrap_or_else(|p| p.into_inner());
+            let resource = target.value();
+            if once
+                .iter()
+                .any(|(c, r, a)| *c == capability && **r == *resource && *a == access)
+            {
+                return;
+            }
+            once.push((capability, resource.into(), access));
+        }
+        self.used(capability, target, Outcome::Access(access));
     }
 
     fn emit(&self, report: Report<'_>) {

@@ -5,7 +5,9 @@
 //! logged and audited as `capability.denied`. Every secret read is audited
 //! with its name, never its value, and the value joins the call's
 //! redaction list: it is replaced by `[REDACTED]` in the guest's captured
-//! output and in the errors logged for the call.
+//! output and in the errors logged for the call. A granted config key read
+//! is audited once per call (`capability = "config"`), so the privilege
+//! review can tell a config grant that is never read (T16).
 
 use bulkhead_store::crypto::CryptoError;
 use bulkhead_store::secrets::SecretError;
@@ -91,6 +93,7 @@ impl store::Host for HostState {
             return Ok(read_secret(&self.data, &key).await);
         }
         if data.grants.config.contains(&key) {
+            data.used_once("config", &key, "read");
             return Ok(Ok(data.plane.config.get(&key).cloned()));
         }
         data.deny("config", &key, "key not granted to this function");
@@ -100,6 +103,7 @@ impl store::Host for HostState {
     async fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, Error>> {
         let mut all = Vec::new();
         for key in &self.data.grants.config {
+            self.data.used_once("config", key, "read");
             if let Some(value) = self.data.plane.config.get(key) {
                 all.push((key.clone(), value.clone()));
             }

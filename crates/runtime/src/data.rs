@@ -197,6 +197,14 @@ impl CallData {
         );
     }
 
+    /// A granted use, reported once per call for this resource and access
+    /// (a key-value write, a config read): evidence for the privilege
+    /// review (T16) without a record per operation.
+    pub fn used_once(&self, capability: &'static str, resource: &str, access: &'static str) {
+        self.call
+            .used_once(capability, Target::Resource(loggable(resource)), access);
+    }
+
     /// The verified subject of the request, if the route authenticates.
     pub fn subject(&self) -> Option<&str> {
         self.call.subject()

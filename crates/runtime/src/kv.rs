@@ -11,8 +11,10 @@
 //!   the request (a separate column, never a key prefix); a call without a
 //!   subject (a public route) cannot open it.
 //! - One `capability.used` audit record per opened bucket per call (not per
-//!   operation, which would flood the chain); every denial is audited.
-//!   Keys and values never appear in logs or audit records.
+//!   operation, which would flood the chain), and one with `access =
+//!   "write"` at the call's first write to a store, so the privilege review
+//!   can tell a read-write grant that never writes (T16); every denial is
+//!   audited. Keys and values never appear in logs or audit records.
 
 use std::sync::Arc;
 
@@ -131,6 +133,9 @@ impl HostState {
                 return Err(Error::Other(format!("at most {MAX_BATCH} keys per batch")));
             }
             keys.iter().try_for_each(|k| check_key(k))?;
+            if write.is_some() {
+                self.data.used_once("kv", &b.name, "write");
+            }
             Ok(Prepared {
                 kv,
                 space: b.space.clone(),

@@ -4,7 +4,10 @@
 //! SQL itself is confined by `bulkhead_store::sql` (read-only connection
 //! for a read grant, authorizer, limits, the call's deadline). Every denial
 //! is logged and audited with function, store, reason and correlation id,
-//! never a parameter value.
+//! never a parameter value. A statement that ran is audited once per call,
+//! store and kind (`access = "read"` or `"write"`), so the privilege review
+//! can tell a store never used and a read-write grant that never writes
+//! (T16).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -150,6 +153,8 @@ impl Host for SqlCtx {
         .unwrap_or(Err(QueryError::Internal));
         match outcome {
             Ok(result) => {
+                let access = if result.write { "write" } else { "read" };
+                self.call.used_once("sql", Target::Store(&shown), access);
                 debug!(
                     target: "bulkhead::capability",
                     function = %self.call.function(),

@@ -701,6 +701,19 @@ impl Store {
 
     /// Records matching `query`, oldest first.
     pub fn query_audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut records = Vec::new();
+        self.visit_audit(query, |record| records.push(record))?;
+        Ok(records)
+    }
+
+    /// Hand each record matching `query` to `visit`, oldest first, without
+    /// holding them all: a report over weeks of records (the privilege
+    /// review, T16) keeps only what it tallies.
+    pub fn visit_audit(
+        &self,
+        query: &AuditQuery,
+        mut visit: impl FnMut(AuditRecord),
+    ) -> Result<(), StoreError> {
         let conn = self.connect()?;
         let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1 = 1");
         let mut values: Vec<rusqlite::types::Value> = Vec::new();
@@ -727,7 +740,10 @@ impl Store {
         let rows = statement
             .query_map(params_from_iter(values), read_row)
             .map_err(db)?;
-        rows.map(|row| row.map(|r| r.record).map_err(db)).collect()
+        for row in rows {
+            visit(row.map_err(db)?.record);
+        }
+        Ok(())
     }
 }
 

@@ -153,6 +153,9 @@ pub struct QueryResult {
     pub columns: Vec<String>,
     pub rows: Vec<Vec<SqlValue>>,
     pub changes: u64,
+    /// The statement is a write (not read-only), whatever it changed: it
+    /// needed a read-write grant. The privilege review counts these (T16).
+    pub write: bool,
 }
 
 /// Per-query limits (T05).
@@ -461,6 +464,7 @@ fn run(
         let readonly = stmt.readonly();
         let mut out = QueryResult {
             columns,
+            write: !readonly,
             ..QueryResult::default()
         };
         let width = stmt.column_count();
