@@ -177,3 +177,58 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
     }
     SourceLines(b.lines)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::parse;
+
+    fn app(manifest: &str, env: &str) -> Result<crate::App, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        std::fs::write(dir.path().join("f.wasm"), b"").map_err(|e| e.to_string())?;
+        parse(dir.path(), &dir.path().join("bulkhead.toml"), manifest, env)
+            .map_err(|e| e.to_string())
+    }
+
+    const MANIFEST: &str = "[app]\nname = \"lined\"\n\n[limits]\nrate_limit = { per_caller = \"5/s\" }\n\n[env.prod.limits]\nrate_limit = { per_caller = \"1/s\" }\n\n[store.people]\nkind = \"kv\"\nretention = \"48h\"\n\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/f\"\nauth = \"public\"\ngrants = { kv = { people = \"read\" }, outbound = [\"https://api.example.com\"] }\n\n[[accept]]\nrule = \"public-route\"\nreason = \"anyone may call it\"\n";
+
+    #[test]
+    fn t21_each_setting_has_its_line_and_an_overlay_wins_in_its_env() {
+        let dev = app(MANIFEST, "dev").unwrap();
+        assert_eq!(dev.lines.get("limits.rate_limit"), Some(5));
+        assert_eq!(dev.lines.get("store.people.retention"), Some(12));
+        assert_eq!(dev.lines.get("function.f.route"), Some(17));
+        assert_eq!(dev.lines.get("function.f.grants.kv.people"), Some(19));
+        // Both as written and as reports print the origin.
+        assert_eq!(
+            dev.lines
+                .get("function.f.grants.outbound.https://api.example.com"),
+            Some(19)
+        );
+        assert_eq!(
+            dev.lines
+                .get("function.f.grants.outbound.https://api.example.com:443"),
+            Some(19)
+        );
+        assert_eq!(
+            dev.lines.first(&["function.f.digest", "function.f"]),
+            Some(15)
+        );
+        let prod = app(MANIFEST, "prod").unwrap();
+        assert_eq!(prod.lines.get("limits.rate_limit"), Some(8));
+    }
+
+    #[test]
+    fn t21_an_accepted_risk_needs_a_rule_name_and_a_reason() {
+        let dev = app(MANIFEST, "dev").unwrap();
+        let risk = &dev.accepted[0];
+        assert_eq!((risk.rule.as_str(), risk.line), ("public-route", 22));
+        assert!(risk.covers("public-route", "f") && risk.covers("public-route", "g"));
+        assert!(!risk.covers("no-budget", "f"));
+        let bad = MANIFEST.replace("rule = \"public-route\"", "rule = \"Public Route!\"");
+        assert!(app(&bad, "dev").unwrap_err().contains("`rule` must name"));
+        let bad = MANIFEST.replace("reason = \"anyone may call it\"", "reason = \" \"");
+        assert!(app(&bad, "dev").unwrap_err().contains("`reason` must say"));
+        let bad = MANIFEST.replace("reason = \"anyone may call it\"\n", "");
+        assert!(app(&bad, "dev").is_err(), "a reason is required");
+    }
+}
