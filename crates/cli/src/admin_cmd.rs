@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use bulkhead_store::{AuditEvent, AuditLog};
+use bulkhead_store::AuditEvent;
 use clap::Subcommand;
 
 use crate::Target;
@@ -33,12 +33,13 @@ pub fn run(command: AdminCommand) -> Result<ExitCode> {
     match command {
         AdminCommand::Token { target } => {
             let store = target.store(true)?;
-            let token = store.create_admin_token()?;
-            let audit = AuditLog::start(&store)?;
-            audit.record(
-                AuditEvent::new("admin.token_created").detail("token_id", token.id.as_str()),
-            );
-            audit.close();
+            // T09 (issue 19): the token and its record commit together.
+            let token = store.change_audited(|tx| {
+                let token = store.create_admin_token_in(tx)?;
+                let event =
+                    AuditEvent::new("admin.token_created").detail("token_id", token.id.as_str());
+                anyhow::Ok((token, vec![event]))
+            })?;
             eprintln!(
                 "admin token {} created for `{}`; it is shown once, keep it secret:",
                 token.id, target.env
@@ -48,10 +49,11 @@ pub fn run(command: AdminCommand) -> Result<ExitCode> {
         }
         AdminCommand::RevokeTokens { target } => {
             let store = target.store(false)?;
-            let revoked = store.revoke_admin_tokens()?;
-            let audit = AuditLog::start(&store)?;
-            audit.record(AuditEvent::new("admin.tokens_revoked").detail("count", revoked));
-            audit.close();
+            let revoked = store.change_audited(|tx| {
+                let revoked = store.revoke_admin_tokens_in(tx)?;
+                let event = AuditEvent::new("admin.tokens_revoked").detail("count", revoked);
+                anyhow::Ok((revoked, vec![event]))
+            })?;
             eprintln!("revoked {revoked} admin token(s) of `{}`", target.env);
             Ok(ExitCode::SUCCESS)
         }

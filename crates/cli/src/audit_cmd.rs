@@ -85,7 +85,10 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
         AuditCommand::Verify { target } => {
             let store = target.store(false)?;
             let waiting = take_in_spills(&store)?;
-            let (path, head) = store.audit_head_file()?;
+            // The head file as the records were checked against it (one
+            // read, then one snapshot: safe beside a running server).
+            let (head, verification) = store.verify_audit_and_head()?;
+            let (path, _) = store.audit_head_file()?;
             match head {
                 HeadFile::Valid { seq, hash } => {
                     println!("head file {}: record {seq}, hash {hash}", path.display())
@@ -95,7 +98,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                     println!("head file {}: INVALID ({why})", path.display());
                 }
             }
-            match store.verify_audit()? {
+            match verification {
                 // Records spilled at a shutdown and not yet taken in are
                 // not on the chain: the trail is not complete (T09).
                 Verification::Intact { records } if waiting => {

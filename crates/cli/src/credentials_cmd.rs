@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
+use bulkhead_store::AuditEvent;
 use bulkhead_store::credentials::{Kind, Listed};
-use bulkhead_store::{AuditEvent, AuditLog, Store};
 use clap::Subcommand;
 
 use crate::Target;
@@ -131,13 +131,6 @@ fn noun(kind: Kind) -> &'static str {
     }
 }
 
-fn audited(store: &Store, event: AuditEvent) -> Result<()> {
-    let audit = AuditLog::start(store)?;
-    audit.record(event);
-    audit.close();
-    Ok(())
-}
-
 fn issue(
     target: &Target,
     kind: Kind,
@@ -167,19 +160,20 @@ fn issue(
         bail!("scope `{bad}` must be printable ASCII without spaces");
     }
     let store = target.store(true)?;
-    let (id, secret) = store.issue_credential(kind, subject, &scopes, ttl_ms, label)?;
     let kind_name = match kind {
         Kind::Session => "token.issued",
         Kind::ApiKey => "key.created",
     };
-    audited(
-        &store,
-        AuditEvent::new(kind_name)
+    // T09 (issue 19): the credential and its record commit together.
+    let (id, secret) = store.change_audited(|tx| {
+        let (id, secret) = store.issue_credential_in(tx, kind, subject, &scopes, ttl_ms, label)?;
+        let event = AuditEvent::new(kind_name)
             .subject(subject)
             .detail("id", id.as_str())
             .detail("scopes", scopes.join(" "))
-            .detail("ttl_ms", ttl_ms),
-    )?;
+            .detail("ttl_ms", ttl_ms);
+        anyhow::Ok(((id, secret), vec![event]))
+    })?;
     eprintln!(
         "{} {id} issued for `{subject}` (expires in {ttl}); it is shown once, keep it secret:",
         noun(kind)
@@ -219,14 +213,17 @@ fn list(target: &Target, kind: Kind) -> Result<ExitCode> {
 
 fn revoke(target: &Target, kind: Kind, id: &str) -> Result<ExitCode> {
     let store = target.store(false)?;
-    if !store.revoke_credential(kind, id)? {
-        bail!("no active {} with id `{id}`; see `list`", noun(kind));
-    }
     let kind_name = match kind {
         Kind::Session => "token.revoked",
         Kind::ApiKey => "key.revoked",
     };
-    audited(&store, AuditEvent::new(kind_name).detail("id", id))?;
+    // T09 (issue 19): the revocation and its record commit together.
+    store.change_audited(|tx| {
+        if !store.revoke_credential_in(tx, kind, id)? {
+            bail!("no active {} with id `{id}`; see `list`", noun(kind));
+        }
+        Ok(((), vec![AuditEvent::new(kind_name).detail("id", id)]))
+    })?;
     eprintln!("{} {id} revoked", noun(kind));
     Ok(ExitCode::SUCCESS)
 }

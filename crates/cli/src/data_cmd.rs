@@ -16,7 +16,7 @@ use bulkhead_gateway::authn::principal;
 use bulkhead_manifest::CredentialKind;
 use bulkhead_store::crypto::{KeyStore, Keyring};
 use bulkhead_store::kv::{self, Kv};
-use bulkhead_store::{AuditEvent, AuditLog, Store};
+use bulkhead_store::{AuditEvent, Store};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -221,30 +221,31 @@ fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
     );
 }
 
-fn audited(store: &Store, event: AuditEvent) -> Result<()> {
-    let audit = AuditLog::start(store)?;
-    audit.record(event);
-    audit.close();
-    Ok(())
-}
-
 fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
     let store = target.store(false)?;
     let keys = KeyStore::open(store.dir())?;
     check_subject(&store, &keys, subject)?;
-    let mut conn = store.connect()?;
-    let erased = kv::erase_subject(&keys, &mut conn, subject)?;
-    let (destroyed, deleted) = (erased.keys_destroyed, erased.records_deleted);
-    audited(
-        &store,
-        AuditEvent::new("data.erased")
+    // T09, T20 (issue 19): the data keys live in keys.db, apart from the
+    // trail, so they cannot share its transaction. The intent is committed
+    // first: a run killed after it leaves `data.erase_started` without
+    // `data.erased` ("may be partly done: run it again"), never a key
+    // destroyed without a record. The rows and `data.erased` then commit
+    // together.
+    store.record_first(AuditEvent::new("data.erase_started").subject(subject))?;
+    let keys_gone = kv::destroy_subject_keys(&keys, subject)?;
+    let destroyed = keys_gone.keys;
+    let deleted = store.change_audited(|tx| {
+        let deleted = kv::delete_subject_records(tx, subject)?;
+        let event = AuditEvent::new("data.erased")
             .subject(subject)
             .detail("keys_destroyed", destroyed)
             .detail("records_deleted", deleted)
-            .detail("keys_checkpointed", erased.keys_checkpointed),
-    )?;
+            .detail("keys_checkpointed", keys_gone.checkpointed);
+        anyhow::Ok((deleted, vec![event]))
+    })?;
+    kv::checkpoint_after_erase(&store.connect()?);
     eprintln!("subject erased: {destroyed} data key(s) destroyed, {deleted} record(s) deleted");
-    if !erased.keys_checkpointed {
+    if !keys_gone.checkpointed {
         // The keys are deleted, but their wrapped bytes may stay in the
         // WAL until a later checkpoint: say so rather than imply they are
         // gone from disk (T20).
@@ -314,16 +315,15 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
         "undeclared_stores": undeclared,
         "records": records,
     });
-    println!(
-        "{}",
-        raw_controls_escaped(&serde_json::to_string_pretty(&document)?)
-    );
-    audited(
-        &store,
+    let text = raw_controls_escaped(&serde_json::to_string_pretty(&document)?);
+    // T09 (issue 19): the disclosure is recorded, durably, before the data
+    // leaves: a run killed in between over-reports, never hides, it.
+    store.record_first(
         AuditEvent::new("data.exported")
             .subject(subject)
             .detail("records", records.len()),
     )?;
+    println!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 

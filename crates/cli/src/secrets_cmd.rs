@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use bulkhead_manifest::stores::valid_resource_name;
+use bulkhead_store::AuditEvent;
 use bulkhead_store::crypto::Keyring;
 use bulkhead_store::secrets::{MAX_SECRET_BYTES, Secrets};
-use bulkhead_store::{AuditEvent, AuditLog, Store};
 use clap::Subcommand;
 use zeroize::Zeroizing;
 
@@ -140,36 +140,29 @@ fn read_value(file: Option<PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
     Ok(value)
 }
 
-fn audited(store: &Store, event: AuditEvent) -> Result<()> {
-    let audit = AuditLog::start(store)?;
-    audit.record(event);
-    audit.close();
-    Ok(())
-}
-
 fn write(target: &Target, name: &str, file: Option<PathBuf>, rotate: bool) -> Result<ExitCode> {
     check_name(name)?;
     let store = target.store(true)?;
     let keyring = Keyring::open(store.dir(), &target.env)?;
     let value = read_value(file)?;
     let secrets = Secrets::new(Arc::new(keyring));
-    let conn = store.connect()?;
-    let version = if rotate {
-        secrets.rotate(&conn, name, &value)?
-    } else {
-        secrets.set(&conn, name, &value)?
-    };
     let kind = if rotate {
         "secret.rotated"
     } else {
         "secret.set"
     };
-    audited(
-        &store,
-        AuditEvent::new(kind)
+    // T09 (issue 19): the new value and its record commit together.
+    let version = store.change_audited(|tx| {
+        let version = if rotate {
+            secrets.rotate(tx, name, &value)?
+        } else {
+            secrets.set(tx, name, &value)?
+        };
+        let event = AuditEvent::new(kind)
             .detail("name", name)
-            .detail("version", version),
-    )?;
+            .detail("version", version);
+        anyhow::Ok((version, vec![event]))
+    })?;
     eprintln!("secret `{name}` stored, version {version}");
     Ok(ExitCode::SUCCESS)
 }
@@ -204,15 +197,17 @@ fn time(ms: i64) -> String {
 fn remove(target: &Target, name: &str) -> Result<ExitCode> {
     check_name(name)?;
     let store = target.store(false)?;
-    let conn = store.connect()?;
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    if !Secrets::remove(&conn, name)? {
-        bail!("there is no secret `{name}`; `bulkhead secrets list` shows the names");
-    }
-    audited(
-        &store,
-        AuditEvent::new("secret.removed").detail("name", name),
-    )?;
+    // T09 (issue 19): the deletion and its record commit together.
+    store.change_audited(|tx| {
+        tx.pragma_update(None, "secure_delete", "ON")?;
+        if !Secrets::remove(tx, name)? {
+            bail!("there is no secret `{name}`; `bulkhead secrets list` shows the names");
+        }
+        Ok((
+            (),
+            vec![AuditEvent::new("secret.removed").detail("name", name)],
+        ))
+    })?;
     eprintln!("secret `{name}` removed");
     Ok(ExitCode::SUCCESS)
 }

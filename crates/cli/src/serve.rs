@@ -184,6 +184,9 @@ async fn serve(
                     .collect::<Vec<_>>(),
             ),
     );
+    // T09 (issue 19): the record first: committed before the first request
+    // is served, so a server killed at once still left its deploy record.
+    audit.flush();
     let signalled = shutdown_signal();
     info!(
         target: "bulkhead::listener",

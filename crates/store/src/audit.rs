@@ -522,12 +522,24 @@ impl Store {
     /// it found the chain broken (`audit.chain_broken`) is reported for
     /// ever: the record that says so is chained and covered by the head.
     pub fn verify_audit(&self) -> Result<Verification, StoreError> {
+        self.verify_audit_and_head()
+            .map(|(_, verification)| verification)
+    }
+
+    /// [`Store::verify_audit`], with the head file as read for it (what
+    /// `audit verify` prints: the file the records were checked against).
+    ///
+    /// Safe beside a running server (issue 19): the file is read first,
+    /// then the records and the keyed head in one read transaction (one
+    /// WAL snapshot). A writer writes the file only after its commit, so
+    /// the snapshot holds at least what the file names: a file ahead of it
+    /// is a rollback, never a race, and a writer committing meanwhile is
+    /// not seen at all (its records are after the snapshot's end).
+    pub fn verify_audit_and_head(&self) -> Result<(HeadFile, Verification), StoreError> {
         let key = self.audit_key()?;
         let head_file = self.dir().join(HEAD_FILE);
-        // The file first, then one snapshot for the walk and the head: a
-        // writer writes the file only after its commit, so a file ahead of
-        // the snapshot means a rollback, never a race.
         let file = read_head_file(&head_file, &key);
+        let shown = file.clone();
         let mut conn = self.connect()?;
         let db = |e| self.db_error(e);
         let conn = conn.transaction().map_err(db)?;
@@ -612,7 +624,7 @@ impl Store {
             }
         }
         let mut problems = problems.into_iter();
-        Ok(match problems.next() {
+        let verification = match problems.next() {
             None => Verification::Intact { records },
             Some((seq, mut reason)) => {
                 let more = problems.len();
@@ -623,7 +635,8 @@ impl Store {
                 }
                 broken(seq, reason)
             }
-        })
+        };
+        Ok((shown, verification))
     }
 
     /// Anchor a trail that has no head yet (called by [`Store::open`] under

@@ -160,28 +160,9 @@ impl AuditLog {
     /// its heads at once: a broken or rolled-back trail is logged and
     /// recorded before anything else is written.
     pub fn start(store: &Store) -> Result<Self, StoreError> {
-        let conn = store.connect()?;
-        let key = store.audit_key()?;
         let (sender, receiver) = sync_channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared::default());
-        // T09: records a writer spilled at its close, verified; spills
-        // that are not appended are set aside and recorded.
-        let (recovered, mut first) = audit_spill::read_all(store.dir(), &key);
-        let mut writer = Writer {
-            conn,
-            key,
-            dir: store.dir().to_path_buf(),
-            head_file: store.dir().join(HEAD_FILE),
-            shared: shared.clone(),
-            budget: Budget::default(),
-            last: (0, GENESIS.to_string()),
-            head_anchored: false,
-            breaks: 0,
-            file_stale: false,
-            file_written_ms: 0,
-            retry: Vec::new(),
-            recovered,
-        };
+        let (mut writer, mut first) = Writer::open(store, shared.clone())?;
         let pending = first.len();
         if let Err(e) = writer.append(&mut first, true) {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
@@ -319,6 +300,49 @@ struct Last {
     seq: i64,
     hash: String,
     intact: bool,
+}
+
+impl Writer {
+    /// A writer for `store`, and the records of the spill files it set
+    /// aside, to be appended first.
+    fn open(store: &Store, shared: Arc<Shared>) -> Result<(Self, Vec<Pending>), StoreError> {
+        let conn = store.connect()?;
+        let key = store.audit_key()?;
+        // T09: records a writer spilled at its close, verified; spills
+        // that are not appended are set aside and recorded.
+        let (recovered, first) = audit_spill::read_all(store.dir(), &key);
+        let writer = Writer {
+            conn,
+            key,
+            dir: store.dir().to_path_buf(),
+            head_file: store.dir().join(HEAD_FILE),
+            shared,
+            budget: Budget::default(),
+            last: (0, GENESIS.to_string()),
+            head_anchored: false,
+            breaks: 0,
+            file_stale: false,
+            file_written_ms: 0,
+            retry: Vec::new(),
+            recovered,
+        };
+        Ok((writer, first))
+    }
+}
+
+/// Issue 19 (T09): run `change` and append the records it returns in one
+/// transaction, with the same checks as every batch (a break is recorded
+/// first, in the same transaction), then bring the head file up to date.
+/// A writer of its own, no thread: used by the CLI commands whose change
+/// lives in `state.db` beside the trail (see `Store::change_audited`).
+/// `Err(Ok(e))`: the writer could not start; `Err(Err(e))`: the change or
+/// the append failed, and nothing was committed.
+pub(crate) fn append_once<E: From<rusqlite::Error>>(
+    store: &Store,
+    change: impl FnOnce(&Connection) -> Result<Vec<AuditEvent>, E>,
+) -> Result<(), Result<StoreError, E>> {
+    let (mut writer, mut first) = Writer::open(store, Arc::new(Shared::default())).map_err(Ok)?;
+    writer.append_with(&mut first, true, change).map_err(Err)
 }
 
 impl Writer {
@@ -614,12 +638,27 @@ impl Writer {
     /// check the chain (the write lock not granted): the caller keeps it.
     /// From the checks on, it is taken.
     fn append(&mut self, events: &mut Vec<Pending>, flush: bool) -> rusqlite::Result<()> {
+        self.append_with(events, flush, |_| Ok(Vec::new()))
+    }
+
+    /// [`Writer::append`], with `change` run first in the same
+    /// transaction and the records it returns appended after `events`
+    /// (issue 19: one change, one transaction).
+    fn append_with<E: From<rusqlite::Error>>(
+        &mut self,
+        events: &mut Vec<Pending>,
+        flush: bool,
+        change: impl FnOnce(&Connection) -> Result<Vec<AuditEvent>, E>,
+    ) -> Result<(), E> {
         // Another process (a CLI command such as `secrets set` or `keys
         // create` while the server runs) may have appended since: take the
         // write lock first, then check and continue from the real head.
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = change(&tx)?;
+        let time_ms = now_ms();
+        events.extend(changed.into_iter().map(|e| Pending::system(e, time_ms)));
         let last = last_record(&tx)?;
         let mut meta = read_meta(&tx)?;
         // Read under the write lock: no writer can commit (and then write

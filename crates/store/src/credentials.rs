@@ -103,6 +103,20 @@ impl Store {
         ttl_ms: i64,
         label: Option<&str>,
     ) -> Result<(String, String), StoreError> {
+        self.issue_credential_in(&self.connect()?, kind, subject, scopes, ttl_ms, label)
+    }
+
+    /// [`Store::issue_credential`] on `conn` (a transaction that also
+    /// appends the audit record: `Store::change_audited`).
+    pub fn issue_credential_in(
+        &self,
+        conn: &rusqlite::Connection,
+        kind: Kind,
+        subject: &str,
+        scopes: &[String],
+        ttl_ms: i64,
+        label: Option<&str>,
+    ) -> Result<(String, String), StoreError> {
         let id = hex::encode(files::random_bytes::<6>().map_err(StoreError::Key)?);
         let secret = format!(
             "{}{}",
@@ -110,7 +124,6 @@ impl Store {
             hex::encode(files::random_bytes::<32>().map_err(StoreError::Key)?)
         );
         let now = now_ms();
-        let conn = self.connect()?;
         conn.execute(
             "INSERT INTO credentials (id, kind, hash, subject, scopes, label, created_ms, expires_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -176,7 +189,16 @@ impl Store {
 
     /// Revoke a credential of `kind` by id; false if there is none.
     pub fn revoke_credential(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
-        let conn = self.connect()?;
+        self.revoke_credential_in(&self.connect()?, kind, id)
+    }
+
+    /// [`Store::revoke_credential`] on `conn`.
+    pub fn revoke_credential_in(
+        &self,
+        conn: &rusqlite::Connection,
+        kind: Kind,
+        id: &str,
+    ) -> Result<bool, StoreError> {
         let changed = conn
             .execute(
                 "UPDATE credentials SET revoked_ms = ?1 WHERE id = ?2 AND kind = ?3 AND revoked_ms IS NULL",

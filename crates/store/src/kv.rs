@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
-use crate::crypto::{Aad, CryptoError, DataKey, KeyStore, Keyring};
+use crate::crypto::{Aad, CryptoError, DataKey, Destroyed, KeyStore, Keyring};
 use crate::{Store, StoreError, now_ms};
 
 const OWNER: &str = "kv";
@@ -352,24 +352,45 @@ pub fn erase_subject(
     conn: &mut Connection,
     subject: &str,
 ) -> Result<Erased, KvError> {
-    if subject.is_empty() {
-        return Ok(Erased {
-            keys_destroyed: 0,
-            records_deleted: 0,
-            keys_checkpointed: true,
-        });
-    }
-    let destroyed = keys.destroy_subject(OWNER, subject)?;
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    let rows = conn.execute("DELETE FROM kv WHERE subject = ?1", params![subject])?;
-    // Best effort: a running server's readers may hold the WAL a while;
-    // what stays there is sealed under keys destroyed above.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+    let destroyed = destroy_subject_keys(keys, subject)?;
+    let rows = delete_subject_records(conn, subject)?;
+    checkpoint_after_erase(conn);
     Ok(Erased {
         keys_destroyed: destroyed.keys,
         records_deleted: rows,
         keys_checkpointed: destroyed.checkpointed,
     })
+}
+
+/// The first step of an erasure: destroy `subject`'s data keys in
+/// `keys.db` (nothing for the empty subject, the app-wide stores').
+pub fn destroy_subject_keys(keys: &KeyStore, subject: &str) -> Result<Destroyed, KvError> {
+    if subject.is_empty() {
+        return Ok(Destroyed {
+            keys: 0,
+            checkpointed: true,
+        });
+    }
+    Ok(keys.destroy_subject(OWNER, subject)?)
+}
+
+/// The second step: delete `subject`'s rows in `state.db`, overwritten
+/// (`secure_delete`). `conn` may be a transaction that also appends the
+/// `data.erased` record (T09, issue 19).
+pub fn delete_subject_records(conn: &Connection, subject: &str) -> Result<usize, KvError> {
+    if subject.is_empty() {
+        return Ok(0);
+    }
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    Ok(conn.execute("DELETE FROM kv WHERE subject = ?1", params![subject])?)
+}
+
+/// After the rows are deleted and committed: move the WAL into the
+/// database and truncate it. Best effort: a running server's readers may
+/// hold the WAL a while; what stays there is sealed under keys destroyed
+/// before.
+pub fn checkpoint_after_erase(conn: &Connection) {
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 /// What an erasure did.

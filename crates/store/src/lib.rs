@@ -7,6 +7,7 @@ mod audit_budget;
 mod audit_quota;
 mod audit_spill;
 mod audit_writer;
+mod audited;
 pub mod credentials;
 pub mod crypto;
 pub mod files;

@@ -20,12 +20,20 @@ fn digest(secret: &str) -> [u8; 32] {
 
 impl Store {
     pub fn create_admin_token(&self) -> Result<NewToken, StoreError> {
+        self.create_admin_token_in(&self.connect()?)
+    }
+
+    /// [`Store::create_admin_token`] on `conn` (a transaction that also
+    /// appends the audit record: `Store::change_audited`).
+    pub fn create_admin_token_in(
+        &self,
+        conn: &rusqlite::Connection,
+    ) -> Result<NewToken, StoreError> {
         let id = hex::encode(files::random_bytes::<4>().map_err(StoreError::Key)?);
         let secret = format!(
             "bha_{}",
             hex::encode(files::random_bytes::<32>().map_err(StoreError::Key)?)
         );
-        let conn = self.connect()?;
         conn.execute(
             "INSERT INTO admin_tokens (id, hash, created_ms) VALUES (?1, ?2, ?3)",
             params![id, hex::encode(digest(&secret)), now_ms()],
@@ -51,7 +59,11 @@ impl Store {
 
     /// Remove every admin token; returns how many there were.
     pub fn revoke_admin_tokens(&self) -> Result<usize, StoreError> {
-        let conn = self.connect()?;
+        self.revoke_admin_tokens_in(&self.connect()?)
+    }
+
+    /// [`Store::revoke_admin_tokens`] on `conn`.
+    pub fn revoke_admin_tokens_in(&self, conn: &rusqlite::Connection) -> Result<usize, StoreError> {
         conn.execute("DELETE FROM admin_tokens", [])
             .map_err(|e| self.db_error(e))
     }
