@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use bulkhead_report::{ComponentFacts, Severity, ThreatModel};
 use clap::ValueEnum;
 
@@ -120,8 +120,8 @@ fn gate(model: &ThreatModel, fail_on: Option<FailOn>) -> ExitCode {
             "  - [{}] {} {}{at}: {} (rule `{}`)",
             t.severity.as_str(),
             t.threat_id,
-            t.title,
-            t.detail,
+            bulkhead_report::plain(&t.title),
+            bulkhead_report::plain(&t.detail),
             t.rule
         );
     }
@@ -131,20 +131,42 @@ fn gate(model: &ThreatModel, fail_on: Option<FailOn>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Write `bytes` to `path` through a temporary file beside it, so a crash
-/// or a full disk never leaves half a report where a CI step reads one.
+/// Write `bytes` to `path` through a fresh temporary file beside it
+/// (random name, created exclusively, never a path someone planted), so a
+/// crash or a full disk never leaves half a report where a CI step reads
+/// one. Only a regular file is replaced: a device, FIFO, directory or
+/// symlink at `path` is refused rather than swapped for a report.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        bail!(
+            "--output {} exists and is not a regular file (a directory, symlink, device or pipe); \
+             name a new file, or leave out --output to write to stdout",
+            path.display()
+        );
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .with_context(|| format!("--output {} names no file", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".bulkhead-report-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    // A report is not a secret: readable like any file the user writes.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644));
     }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }

@@ -569,3 +569,41 @@ fn outside_dev_a_localhost_grant_is_refused_and_loopback_warned_t19() {
     assert_eq!(warning["function"], "hello", "{warning}");
     assert_eq!(warning["level"], "WARN", "{warning}");
 }
+
+/// A component holding `depth` components, each inside the last.
+fn nested_component(depth: usize) -> Vec<u8> {
+    const HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
+    let mut bytes = HEADER.to_vec();
+    for _ in 0..depth {
+        let mut outer = HEADER.to_vec();
+        outer.push(4); // a nested component section
+        let mut len = bytes.len();
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                outer.push(byte);
+                break;
+            }
+            outer.push(byte | 0x80);
+        }
+        outer.extend_from_slice(&bytes);
+        bytes = outer;
+    }
+    bytes
+}
+
+#[test]
+fn t05_a_component_nested_thousands_deep_is_refused_before_it_is_compiled() {
+    // Outside attack on issue 13: 20,000 levels in 238 KB took wasmtime's
+    // compiler past 3 GB; 200,000 levels, 23 GB and the OOM killer.
+    let app = TestApp::new(VALID, &["hello"]);
+    fs::write(app.path().join("hello.wasm"), nested_component(5000)).expect("write");
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(text.contains("nested more than 32 levels deep"), "{text}");
+    // The threat model reads it without compiling, and says nothing worse.
+    let out = app.run(&["threat-model"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

@@ -520,3 +520,200 @@ fn t21_the_model_is_the_same_on_every_run() {
     assert!(first.status.success());
     assert_eq!(first.stdout, second.stdout);
 }
+
+// Outside attack on issue 13: what a review found, each failing before
+// its fix.
+
+#[test]
+fn t21_output_replaces_only_a_regular_file_and_never_follows_a_planted_link() {
+    let app = TestApp::new(CAREFUL, &["kv", "hello"]);
+    let dir = app.path();
+    let victim = dir.join("victim.txt");
+    fs::write(&victim, "precious").expect("write");
+    // A symlink as the target: refused, the link and its target untouched.
+    std::os::unix::fs::symlink(&victim, dir.join("link.md")).expect("symlink");
+    let out = app.run_with(
+        &["threat-model"],
+        &["-o", dir.join("link.md").to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a regular file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::symlink_metadata(dir.join("link.md"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // A symlink planted where a fixed temporary name would have been: not
+    // followed, the report lands in a regular file.
+    std::os::unix::fs::symlink(&victim, dir.join(".model.md.tmp")).expect("symlink");
+    let out = app.run_with(
+        &["threat-model"],
+        &["-o", dir.join("model.md").to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        fs::symlink_metadata(dir.join("model.md"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    // A directory or a device: refused with the fix, nothing replaced.
+    for target in [dir.to_str().unwrap(), "/dev/null"] {
+        let out = app.run_with(&["threat-model"], &["-o", target]);
+        assert_eq!(out.status.code(), Some(1), "{target}");
+    }
+    assert!(
+        fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device_like()
+    );
+}
+
+trait CharDevice {
+    fn is_char_device_like(&self) -> bool;
+}
+
+impl CharDevice for fs::FileType {
+    fn is_char_device_like(&self) -> bool {
+        use std::os::unix::fs::FileTypeExt;
+        self.is_char_device()
+    }
+}
+
+#[test]
+fn t21_a_blanket_acceptance_never_covers_a_high_finding_nor_the_stale_guard() {
+    // hello accepts `public-route` without a target; a new public admin
+    // route writing personal data must still be open and high.
+    let manifest = format!(
+        "{CAREFUL}
+[[function]]
+name = \"greet\"
+component = \"hello.wasm\"
+route = \"/greet\"
+auth = \"public\"
+
+[[function]]
+name = \"admin\"
+component = \"kv.wasm\"
+route = \"/admin/{{*rest}}\"
+auth = \"public\"
+grants = {{ kv = {{ attendees = \"read-write\" }} }}
+
+[[accept]]
+rule = \"public-route\"
+reason = \"greetings for anyone\"
+"
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let (model, out) = threat_model(&app, &["--fail-on", "high"]);
+    assert_eq!(out.status.code(), Some(1));
+    let status = |target: &str| {
+        threats(&model)
+            .iter()
+            .find(|t| t["rule"] == "public-route" && t["target"] == target)
+            .map(|t| t["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(status("greet").as_deref(), Some("accepted"));
+    assert_eq!(status("admin").as_deref(), Some("open"));
+    // The guard itself cannot be accepted.
+    let manifest =
+        format!("{CAREFUL}\n[[accept]]\nrule = \"stale-acceptance\"\nreason = \"quiet\"\n");
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let out = app.run(&["threat-model"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be accepted"));
+}
+
+#[test]
+fn t04_a_money_budget_at_zero_prices_is_no_budget() {
+    let manifest = format!(
+        "{}\n[pricing]\nper_million_requests = \"0 USD\"\nper_gb_second = \"0 USD\"\nper_gb_egress = \"0 USD\"\n",
+        CAREFUL
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let (model, _) = threat_model(&app, &[]);
+    let budget = open_of(&open(&model), "no-budget")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(budget.len(), 2, "{budget:#?}");
+}
+
+#[test]
+fn t21_manifest_text_cannot_inject_into_the_markdown_or_the_terminal() {
+    let manifest = CAREFUL.replace(
+        "scopes = [\"conference:read\"]",
+        "scopes = [\"conference:read\"]\ninput.query.q = \"<img src=x onerror=alert(1)>|a\\u001b\\\\[31mred|b\\u202egnp\"",
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let out = app.run_with(&["threat-model"], &["--fail-on", "low"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("conference:register"), "{text}");
+    for raw in ["<img", "\u{1b}", "\u{202e}"] {
+        assert!(!text.contains(raw), "{raw:?} reached the Markdown");
+    }
+    assert!(text.contains("&lt;img"), "{text}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{202e}'),
+        "{stderr}"
+    );
+    // An accepted risk's target is a name, not markup.
+    let manifest = format!(
+        "{CAREFUL}\n[[accept]]\nrule = \"public-route\"\ntarget = \"x`<b>\"\nreason = \"r\"\n"
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let out = app.run(&["threat-model"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`target` must name"));
+}
+
+#[test]
+fn t21_one_origin_granted_twice_is_refused_not_two_findings_with_one_identity() {
+    let manifest = CAREFUL.replace(
+        "scopes = [\"conference:read\"]",
+        "scopes = [\"conference:read\"]\ngrants = { outbound = [\"https://api.example.com\", \"https://api.example.com:443\"] }",
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let out = app.run(&["threat-model"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("grants `https://api.example.com:443` again"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn t03_a_mitigated_rate_limit_cites_the_line_that_sets_it() {
+    // The function says "off"; the app-wide limit still holds, and that is
+    // the line to cite, not the "off".
+    let manifest = CAREFUL
+        .replace(
+            "[store.attendees]",
+            "[limits]\nrate_limit = { per_caller = \"5/s\" }\n\n[store.attendees]",
+        )
+        .replace(
+            "scopes = [\"conference:read\"]",
+            "scopes = [\"conference:read\"]\nrate_limit = { per_caller = \"off\" }",
+        );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let (model, _) = threat_model(&app, &[]);
+    let rate = threats(&model)
+        .iter()
+        .find(|t| t["rule"] == "rate-limit-off" && t["target"] == "profile")
+        .expect("a rate-limit threat for profile");
+    assert_eq!(rate["status"], "mitigated");
+    assert_eq!(rate["line"], line_of(&manifest, "per_caller = \"5/s\""));
+}

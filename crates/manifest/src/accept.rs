@@ -17,6 +17,30 @@ use crate::raw::RawAccept;
 /// Longest reason kept: a sentence or two, not a document.
 const MAX_REASON: usize = 500;
 
+/// The rule that guards acceptances themselves: accepting it would let a
+/// stale `[[accept]]` cover a new hole unseen.
+const STALE_ACCEPTANCE: &str = "stale-acceptance";
+
+/// Text that reaches reports and terminals: no control characters, no
+/// bidirectional overrides or invisible formatting that could make a
+/// reason or target read as something else.
+fn printable(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    })
+}
+
+/// A target names a function, store, origin or the app: no spaces, no
+/// backticks, nothing a report would have to quote.
+fn valid_target(target: &str) -> bool {
+    !target.is_empty()
+        && target.len() <= 256
+        && target
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._:/*{}@+-[]".contains(c))
+}
+
 /// One accepted risk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcceptedRisk {
@@ -31,9 +55,16 @@ pub struct AcceptedRisk {
 }
 
 impl AcceptedRisk {
-    /// Whether it accepts the finding of `rule` about `target`.
-    pub fn covers(&self, rule: &str, target: &str) -> bool {
-        self.rule == rule && self.target.as_deref().is_none_or(|t| t == target)
+    /// Whether it accepts the finding of `rule` about `target`. Without a
+    /// `target` it covers the rule's findings except `high` ones: a high
+    /// finding is accepted only by name, so a blanket acceptance written
+    /// for harmless cases never covers a new hole (T21).
+    pub fn covers(&self, rule: &str, target: &str, high: bool) -> bool {
+        self.rule == rule
+            && match self.target.as_deref() {
+                Some(t) => t == target,
+                None => !high,
+            }
     }
 }
 
@@ -58,7 +89,31 @@ pub(crate) fn resolve(out: &mut Collector<'_>, raw: &[Spanned<RawAccept>]) -> Ve
             );
             continue;
         }
+        if rule == STALE_ACCEPTANCE {
+            out.at(
+                Some(a.rule.span()),
+                "`stale-acceptance` cannot be accepted: remove or fix the `[[accept]]` entries it names",
+            );
+            continue;
+        }
+        if let Some(target) = &a.target
+            && !valid_target(target.get_ref())
+        {
+            out.at(
+                Some(target.span()),
+                "`[[accept]]` `target` must name a function, store or origin as the report prints it \
+                 (letters, digits and `._:/*{}@+-[]`, at most 256 bytes)",
+            );
+            continue;
+        }
         let reason = a.reason.get_ref().trim();
+        if !printable(reason) {
+            out.at(
+                Some(a.reason.span()),
+                "`[[accept]]` `reason` must be plain text: no control characters or invisible formatting",
+            );
+            continue;
+        }
         if reason.is_empty() || reason.len() > MAX_REASON {
             out.at(
                 Some(a.reason.span()),

@@ -222,8 +222,19 @@ mod tests {
         let dev = app(MANIFEST, "dev").unwrap();
         let risk = &dev.accepted[0];
         assert_eq!((risk.rule.as_str(), risk.line), ("public-route", 22));
-        assert!(risk.covers("public-route", "f") && risk.covers("public-route", "g"));
-        assert!(!risk.covers("no-budget", "f"));
+        assert!(risk.covers("public-route", "f", false) && risk.covers("public-route", "g", false));
+        // Without a target it never covers a high finding.
+        assert!(!risk.covers("public-route", "f", true));
+        assert!(!risk.covers("no-budget", "f", false));
+        let bad = MANIFEST.replace("rule = \"public-route\"", "rule = \"stale-acceptance\"");
+        assert!(app(&bad, "dev").unwrap_err().contains("cannot be accepted"));
+        let bad = MANIFEST.replace(
+            "rule = \"public-route\"",
+            "rule = \"public-route\"\ntarget = \"f`<b>\"",
+        );
+        assert!(app(&bad, "dev").unwrap_err().contains("`target` must name"));
+        let bad = MANIFEST.replace("anyone may call it", "anyone \\u202e may call it");
+        assert!(app(&bad, "dev").unwrap_err().contains("plain text"));
         let bad = MANIFEST.replace("rule = \"public-route\"", "rule = \"Public Route!\"");
         assert!(app(&bad, "dev").unwrap_err().contains("`rule` must name"));
         let bad = MANIFEST.replace("reason = \"anyone may call it\"", "reason = \" \"");

@@ -572,6 +572,15 @@ fn function(
                     entry.get_ref()
                 ),
             ),
+            // Twice the same origin (`https://h` and `https://h:443`) would
+            // be two findings with one identity in every report (T21).
+            Ok(rule) if outbound.contains(&rule) => out.at(
+                Some(entry.span()),
+                format!(
+                    "function `{name}`: outbound entry `{}` grants `{rule}` again; list each origin once",
+                    entry.get_ref()
+                ),
+            ),
             Ok(rule) => outbound.push(rule),
             Err(e) => out.at(Some(entry.span()), format!("function `{name}`: {e}")),
         }

@@ -22,11 +22,15 @@ use bulkhead_manifest::App;
 use sha2::{Digest, Sha256};
 
 pub use html::html;
-pub use markdown::markdown;
+pub use markdown::{markdown, plain};
 pub use model::{Severity, Status, ThreatModel};
 pub use rules::{RULES, Rule};
 pub use sarif::sarif;
 pub use threat_dragon::threat_dragon;
+
+/// Larger than any real component (a Python one is ~40 MiB): the model
+/// reads each whole, so a sparse multi-GiB file is refused, not read.
+const MAX_COMPONENT_BYTES: u64 = 512 << 20;
 
 /// What the model needs to know of one function's component.
 #[derive(Debug, Clone)]
@@ -41,15 +45,30 @@ impl ComponentFacts {
     /// Read the component at `path`: its digest and its imports, without
     /// compiling it.
     pub fn read(path: &Path) -> Self {
+        let unreadable = |why: String| Self {
+            digest: None,
+            imports: Err(why),
+        };
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() > MAX_COMPONENT_BYTES => {
+                return unreadable(format!(
+                    "the component is {} bytes, over the {} MiB a component may be",
+                    meta.len(),
+                    MAX_COMPONENT_BYTES >> 20
+                ));
+            }
+            Ok(meta) if !meta.is_file() => {
+                return unreadable("the component is not a regular file".into());
+            }
+            Ok(_) => {}
+            Err(e) => return unreadable(format!("cannot read the component ({e})")),
+        }
         match std::fs::read(path) {
             Ok(bytes) => Self {
                 digest: Some(format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))),
                 imports: bulkhead_runtime::imports::read_component_imports(&bytes),
             },
-            Err(e) => Self {
-                digest: None,
-                imports: Err(format!("cannot read the component ({e})")),
-            },
+            Err(e) => unreadable(format!("cannot read the component ({e})")),
         }
     }
 }

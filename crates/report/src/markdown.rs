@@ -7,11 +7,30 @@ use std::fmt::Write;
 
 use crate::model::*;
 
+/// Text from the manifest as Markdown shows it: `<` cannot open raw HTML
+/// (renderers pass it through), and control characters, bidirectional
+/// overrides and invisible formatting become U+FFFD, so nothing in a name
+/// or pattern can reorder, hide or colour what a reviewer reads (T21).
+pub fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_string(),
+            c if c.is_control() && c != '\n' => '\u{fffd}'.to_string(),
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => '\u{fffd}'.to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// A table cell: no line breaks, no column separators, code spans kept.
 fn cell(text: &str) -> String {
-    text.replace('\\', "\\\\")
+    plain(text)
+        .replace('\\', "\\\\")
         .replace('|', "\\|")
-        .replace(['\n', '\r'], " ")
+        .replace('\n', " ")
 }
 
 fn line(line: Option<usize>) -> String {
@@ -55,7 +74,9 @@ pub fn markdown(model: &ThreatModel) -> String {
         by(Severity::Low)
     );
 
-    overview(&mut out, model);
+    let mut brief = String::new();
+    overview(&mut brief, model);
+    out.push_str(&plain(&brief));
 
     out.push_str("## Open findings\n\n");
     let mut open: Vec<&Threat> = model
@@ -349,7 +370,12 @@ fn stride(out: &mut String, model: &ThreatModel) {
         if threats.is_empty() {
             continue;
         }
-        let _ = writeln!(out, "### {} ({})\n", element.name, kind_name(element.kind));
+        let _ = writeln!(
+            out,
+            "### {} ({})\n",
+            plain(&element.name),
+            kind_name(element.kind)
+        );
         table(
             out,
             &[
@@ -385,7 +411,9 @@ pub(crate) fn kind_name(kind: ElementKind) -> &'static str {
 
 /// A Mermaid label: quotes and markup characters as entities.
 fn label(text: &str) -> String {
-    text.replace('"', "#quot;")
+    plain(text)
+        .replace("&lt;", "#lt;")
+        .replace('"', "#quot;")
         .replace('<', "#lt;")
         .replace('>', "#gt;")
         .replace(['\n', '\r'], " ")

@@ -198,7 +198,7 @@ fn app_wide(f: &mut Findings<'_>) {
         )),
         None => Outcome::Open(
             "no shedding when the host is overloaded (`dynamic_throttle` off)".into(),
-            "remove `dynamic_throttle = { enabled = false }` from `[limits]`".into(),
+            "remove the `dynamic_throttle = { enabled = false }` at this line (in `[limits]` or the environment's `[env.NAME.limits]`)".into(),
         ),
     };
     f.add(
@@ -284,11 +284,9 @@ fn app_wide(f: &mut Findings<'_>) {
         None,
     );
     if let Some(t) = &app.telemetry
-        && t.otlp_endpoint.starts_with("http://")
+        && let Some(rest) = strip_prefix_ignore_case(&t.otlp_endpoint, "http://")
     {
-        let loopback = ["http://127.", "http://localhost", "http://[::1]"]
-            .iter()
-            .any(|p| t.otlp_endpoint.starts_with(p));
+        let loopback = is_loopback_authority(rest);
         let outcome = if loopback {
             Outcome::Mitigated("the collector is on this machine's loopback".into())
         } else {
@@ -308,6 +306,27 @@ fn app_wide(f: &mut Findings<'_>) {
             f.line(&["telemetry.otlp_endpoint"]),
         );
     }
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// Whether `host[:port][/path]` names this machine: `localhost` exactly or
+/// a loopback address, not a name that merely starts like one
+/// (`localhost.evil.example`, `127.0.0.1.nip.io`).
+fn is_loopback_authority(rest: &str) -> bool {
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// How bad a public route is: what the function can reach.
@@ -425,6 +444,13 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
     }
 
     // Denial of service and of wallet (T01, T03, T04).
+    // The line that sets the limit in force: the function's own, else
+    // `[limits]` (also when the function's says "off").
+    let rate_line = if function.limits.rate_limit.is_some() {
+        f.line(&[&key("rate_limit"), "limits.rate_limit"])
+    } else {
+        f.line(&["limits.rate_limit", &key("rate_limit")])
+    };
     let outcome = if function.limits.rate_limit.is_none() && app.limits.rate_limit.is_none() {
         Outcome::Open(
             format!("`{route}` has no per-caller rate limit"),
@@ -436,7 +462,7 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         Outcome::Mitigated(format!(
             "{} ({})",
             rate_limit_of(app, function),
-            at(f.line(&[&key("rate_limit"), "limits.rate_limit"]))
+            at(rate_line)
         ))
     };
     let severity = if public {
@@ -452,7 +478,7 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         severity,
         format!("one caller flooding `{route}`"),
         outcome,
-        f.line(&[&key("rate_limit"), "limits.rate_limit"]),
+        rate_line,
     );
 
     let budget_line = f.line(&[&key("budget"), "limits.budget", "limits.metering"]);
@@ -461,9 +487,14 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             format!("`{route}` has no budget: metering is off"),
             "remove `metering = false` from `[limits]`: without the meter no budget holds".into(),
         )
-    } else if function.budget.is_unlimited() && app.budget.is_unlimited() {
+    } else if !binds(&function.budget, &app.pricing) && !binds(&app.budget, &app.pricing) {
+        let why = if function.budget.is_unlimited() && app.budget.is_unlimited() {
+            String::new()
+        } else {
+            ": its money limits never bind, every price in `[pricing]` is 0".into()
+        };
         Outcome::Open(
-            format!("`{route}` has no budget"),
+            format!("`{route}` has no budget{why}"),
             format!(
                 "give `{name}` `budget = {{ per_day = \"5 {}\" }}` or set `[limits] budget`",
                 app.pricing.currency
@@ -689,6 +720,17 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
             line,
         );
     }
+}
+
+/// Whether a budget can ever stop a call: a request or GB-second limit
+/// always can, a money limit only when something has a price (T04).
+fn binds(budget: &bulkhead_manifest::Budget, pricing: &bulkhead_manifest::Pricing) -> bool {
+    let priced = pricing.per_million_requests > 0.0
+        || pricing.per_gb_second > 0.0
+        || pricing.per_gb_egress > 0.0;
+    [&budget.total, &budget.per_caller]
+        .iter()
+        .any(|l| l.requests.is_some() || l.gb_seconds.is_some() || (priced && l.money.is_some()))
 }
 
 fn imports_findings(
@@ -929,7 +971,10 @@ fn accept(f: &mut Findings<'_>) {
     for risk in &app.accepted {
         let mut matched = false;
         for t in &mut f.threats {
-            if t.status != Status::Mitigated && risk.covers(t.rule, &t.target) {
+            if t.status != Status::Mitigated
+                && t.rule != STALE_ACCEPT.id
+                && risk.covers(t.rule, &t.target, t.severity == Severity::High)
+            {
                 matched = true;
                 t.status = Status::Accepted;
                 t.detail = format!(
@@ -952,10 +997,39 @@ fn accept(f: &mut Findings<'_>) {
                         "`[[accept]]` of `{}` for `{target}` matches no open finding",
                         risk.rule
                     ),
-                    "remove it, or fix its `rule` and `target`".into(),
+                    "remove it, or fix its `rule` and `target` (without a `target` it never \
+                     covers a high finding: name the function, store or origin)"
+                        .into(),
                 ),
                 Some(risk.line),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn t15_only_a_real_loopback_collector_counts_as_local() {
+        for local in [
+            "127.0.0.1:4318",
+            "localhost:4318/v1",
+            "[::1]:4318",
+            "LOCALHOST",
+        ] {
+            assert!(is_loopback_authority(local), "{local}");
+        }
+        for remote in [
+            "localhost.evil.example:4318",
+            "127.0.0.1.nip.io:4318",
+            "collector.example.com",
+            "[2001:db8::1]:4318",
+        ] {
+            assert!(!is_loopback_authority(remote), "{remote}");
+        }
+        assert_eq!(strip_prefix_ignore_case("HTTP://x", "http://"), Some("x"));
+        assert_eq!(strip_prefix_ignore_case("htt", "http://"), None);
     }
 }

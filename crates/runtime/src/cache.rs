@@ -152,6 +152,9 @@ impl CompileCache {
             },
             Err(_) => CacheOutcome::Miss,
         };
+        // Compiling a component nested thousands of levels deep takes
+        // gigabytes (T05 at deploy): refuse it before wasmtime sees it.
+        crate::imports::check_nesting(wasm).map_err(RuntimeError::Compile)?;
         let component =
             Component::new(engine, wasm).map_err(|e| RuntimeError::Compile(format!("{e:#}")))?;
         let artefact = component

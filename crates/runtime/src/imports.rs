@@ -161,6 +161,35 @@ pub fn read_component_imports(bytes: &[u8]) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
+/// Deepest nesting of components and modules a deployed component may
+/// have. Real toolchains nest a few levels (componentize-py: 3); wasmtime's
+/// compiler needs memory growing with the depth, gigabytes at 20,000.
+pub const MAX_NESTING: usize = 32;
+
+/// Refuse a component nested deeper than [`MAX_NESTING`], read without
+/// compiling it.
+pub fn check_nesting(bytes: &[u8]) -> Result<(), String> {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(Payload::Version { .. }) => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(format!(
+                        "components and modules are nested more than {MAX_NESTING} levels deep"
+                    ));
+                }
+            }
+            Ok(Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(_) => {}
+            // Malformed bytes are the compiler's to describe.
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
 /// Classify every import, in the order given.
 pub fn classify_all(names: &[String], grants: &Grants) -> Vec<Import> {
     names
