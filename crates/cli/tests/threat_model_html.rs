@@ -173,8 +173,8 @@ reason = "<script>alert('x')</script> & \"anyone\" may browse"
 
 [[accept]]
 rule = "no-such-rule"
-target = "</td><img src=x onerror=alert(1)>"
-reason = "stale on purpose"
+target = "nobody"
+reason = "stale on purpose </td><img src=x onerror=alert(1)>"
 "#;
 
 fn shop() -> TestApp {
@@ -248,7 +248,10 @@ fn t21_html_report_of_an_app_with_stores_a_secret_and_an_outbound_origin() {
     assert!(accepted.contains(
         "accepted: &lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;anyone&quot; may browse"
     ));
-    assert!(page.contains("<code>&lt;/td&gt;&lt;img src=x onerror=alert(1)&gt;</code>"));
+    // (A target is a name: the manifest refuses markup there, see
+    // threat_model.rs; a stale acceptance's reason is not shown.)
+    assert!(page.contains("<code>nobody</code>"));
+    assert!(!page.contains("<img src=x"));
     // A pattern the author wrote, escaped in the entry-points table.
     assert!(page.contains("path item ^(?:[a-z&lt;&gt;&amp;&quot;]{1,32})$"));
 }

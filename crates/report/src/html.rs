@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::markdown::kind_name;
 use crate::model::*;
 use crate::svg::escape;
+use crate::tables::{self, Cell, Table};
 
 /// A piece of markup: escaped text, or tags this module writes.
 struct Html(String);
@@ -302,168 +303,61 @@ fn diagram(out: &mut String, model: &ThreatModel) {
     out.push_str("</figure>\n</section>\n");
 }
 
+fn html_cell(cell: &Cell) -> Html {
+    match cell {
+        Cell::Text(text) => Html::text(text),
+        Cell::Code(text) => Html::code(text),
+        Cell::List(items) => Html::list(items),
+        Cell::Lines(items) if items.is_empty() => Html::list(items),
+        Cell::Lines(items) => Html::lines(items),
+        Cell::Line(l) => Html::line(*l),
+        Cell::Digest {
+            digest: Some(d),
+            pinned,
+        } => Html(format!(
+            "<code class=\"digest\">{}</code> {}",
+            escape(d),
+            if *pinned {
+                "(pinned)"
+            } else {
+                "<span class=\"warn\">(not pinned)</span>"
+            }
+        )),
+        Cell::Digest { digest: None, .. } => Html::text("unreadable"),
+        Cell::Imports(names) => {
+            let names: Vec<String> = names.iter().map(|n| Html::code(n).0).collect();
+            Html(format!(
+                "<span class=\"imports\">{}</span>",
+                names.join(" ")
+            ))
+        }
+        Cell::OrWarning(Some(value), _) => Html::text(value),
+        Cell::OrWarning(None, warning) => {
+            Html(format!("<span class=\"warn\">{}</span>", escape(warning)))
+        }
+    }
+}
+
+fn render(out: &mut String, table: &Table) {
+    let _ = writeln!(out, "<h{0}>{1}</h{0}>", table.level, escape(table.heading));
+    match table.empty {
+        Some(empty) if table.rows.is_empty() => none(out, empty),
+        _ => self::table(
+            out,
+            table.head,
+            table
+                .rows
+                .iter()
+                .map(|row| row.iter().map(html_cell).collect()),
+        ),
+    }
+}
+
 fn inventory(out: &mut String, model: &ThreatModel) {
     let inv = &model.inventory;
-    out.push_str("<section id=\"inventory\">\n<h2>Inventory</h2>\n<h3>Entry points</h3>\n");
-    table(
-        out,
-        &[
-            "Route",
-            "Methods",
-            "Function",
-            "Auth",
-            "Scopes",
-            "Input",
-            "Limits",
-            "Rate limit",
-            "Budget",
-            "Line",
-        ],
-        inv.entry_points.iter().map(|e| {
-            vec![
-                Html::code(&e.route),
-                Html::text(&e.methods.join(", ")),
-                Html::text(&e.function),
-                Html::text(&e.auth.join(", ")),
-                Html::list(&e.scopes),
-                Html::lines(&e.input),
-                Html::text(&e.limits),
-                Html::text(&e.rate_limit),
-                Html::text(&e.budget),
-                Html::line(e.line),
-            ]
-        }),
-    );
-    out.push_str("<h3>Functions</h3>\n");
-    table(
-        out,
-        &[
-            "Function",
-            "Component",
-            "Digest",
-            "Grants",
-            "Limits",
-            "Worst case per call",
-            "Line",
-        ],
-        inv.functions.iter().map(|f| {
-            let digest = match (&f.digest, f.pinned) {
-                (Some(d), pinned) => Html(format!(
-                    "<code class=\"digest\">{}</code> {}",
-                    escape(d),
-                    if pinned {
-                        "(pinned)"
-                    } else {
-                        "<span class=\"warn\">(not pinned)</span>"
-                    }
-                )),
-                (None, _) => Html::text("unreadable"),
-            };
-            vec![
-                Html::text(&f.name),
-                Html::code(&f.component),
-                digest,
-                if f.grants.is_empty() {
-                    Html::list(&f.grants)
-                } else {
-                    Html::lines(&f.grants)
-                },
-                Html::text(&f.limits),
-                Html::text(&f.worst_case),
-                Html::line(f.line),
-            ]
-        }),
-    );
-    out.push_str("<h4>Imports and the grant behind each</h4>\n");
-    // One row per function and kind of import: the list stays readable
-    // for components that link fifty interfaces.
-    table(
-        out,
-        &["Function", "Behind it", "Imports"],
-        inv.functions.iter().flat_map(|f| {
-            let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
-            for i in &f.imports {
-                match groups.iter_mut().find(|(b, _)| *b == i.behind) {
-                    Some((_, names)) => names.push(&i.name),
-                    None => groups.push((&i.behind, vec![&i.name])),
-                }
-            }
-            groups.into_iter().map(|(behind, names)| {
-                let names: Vec<String> = names.into_iter().map(|n| Html::code(n).0).collect();
-                vec![
-                    Html::text(&f.name),
-                    Html::text(behind),
-                    Html(format!(
-                        "<span class=\"imports\">{}</span>",
-                        names.join(" ")
-                    )),
-                ]
-            })
-        }),
-    );
-    out.push_str("<h3>Stores</h3>\n");
-    if inv.stores.is_empty() {
-        none(out, "None: the app keeps no data of its own.");
-    } else {
-        table(
-            out,
-            &[
-                "Store",
-                "Kind",
-                "Scope",
-                "Retention",
-                "Personal data",
-                "Encryption",
-                "Read by",
-                "Written by",
-                "Line",
-            ],
-            inv.stores.iter().map(|s| {
-                vec![
-                    Html::text(&s.name),
-                    Html::text(&s.kind),
-                    Html::text(&s.scope),
-                    Html::text(s.retention.as_deref().unwrap_or("none")),
-                    Html::text(if s.personal_data { "yes" } else { "no" }),
-                    Html::text(&s.encryption),
-                    Html::list(&s.readers),
-                    Html::list(&s.writers),
-                    Html::line(s.line),
-                ]
-            }),
-        );
-    }
-    out.push_str("<h3>Secrets and config</h3>\n");
-    if inv.secrets_and_config.is_empty() {
-        none(out, "None.");
-    } else {
-        table(
-            out,
-            &["Name", "Kind", "Read by"],
-            inv.secrets_and_config.iter().map(|n| {
-                vec![
-                    Html::code(&n.name),
-                    Html::text(&n.kind),
-                    Html::list(&n.functions),
-                ]
-            }),
-        );
-    }
-    out.push_str("<h3>Outbound destinations</h3>\n");
-    if inv.outbound.is_empty() {
-        none(out, "None: no function may make an outbound call.");
-    } else {
-        table(
-            out,
-            &["Origin", "Wildcard", "Functions"],
-            inv.outbound.iter().map(|o| {
-                vec![
-                    Html::code(&o.origin),
-                    Html::text(if o.wildcard { "yes" } else { "no" }),
-                    Html::list(&o.functions),
-                ]
-            }),
-        );
+    out.push_str("<section id=\"inventory\">\n<h2>Inventory</h2>\n");
+    for table in tables::inventory(model) {
+        render(out, &table);
     }
     let _ = writeln!(
         out,
@@ -481,59 +375,13 @@ fn inventory(out: &mut String, model: &ThreatModel) {
         }
         None => none(out, "None: logs and the audit trail stay on this host."),
     }
-    out.push_str("<h3>Trust boundaries</h3>\n");
-    table(
-        out,
-        &["Boundary", "What crosses it", "Controls"],
-        inv.boundaries.iter().map(|b| {
-            vec![
-                Html::text(&b.name),
-                Html::text(&b.crossing),
-                Html::text(&b.controls),
-            ]
-        }),
-    );
+    render(out, &tables::boundaries(model));
     out.push_str("</section>\n");
 }
 
 fn personal_data(out: &mut String, model: &ThreatModel) {
-    out.push_str("<section id=\"personal-data\">\n<h2>Personal data (GDPR)</h2>\n");
-    if model.personal_data.is_empty() {
-        none(
-            out,
-            "No store is declared `personal_data = true`. If a function keeps anything about a \
-             person, declare it so that retention and erasure are checked.",
-        );
-    } else {
-        table(
-            out,
-            &[
-                "Store",
-                "Kind",
-                "Retention",
-                "Erasure",
-                "Export",
-                "Read by",
-                "Written by",
-                "Line",
-            ],
-            model.personal_data.iter().map(|p| {
-                vec![
-                    Html::text(&p.store),
-                    Html::text(&p.kind),
-                    match &p.retention {
-                        Some(r) => Html::text(r),
-                        None => Html("<span class=\"warn\">none: kept for ever</span>".into()),
-                    },
-                    Html::text(&p.erasure),
-                    Html::text(&p.export),
-                    Html::list(&p.readers),
-                    Html::list(&p.writers),
-                    Html::line(p.line),
-                ]
-            }),
-        );
-    }
+    out.push_str("<section id=\"personal-data\">\n");
+    render(out, &tables::personal_data(model));
     out.push_str("</section>\n");
 }
 

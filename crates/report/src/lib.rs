@@ -14,6 +14,7 @@ pub mod privileges;
 mod rules;
 mod sarif;
 mod svg;
+mod tables;
 mod threat_dragon;
 
 use std::path::Path;

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use crate::model::*;
+use crate::tables::{self, Cell, Table};
 
 /// Text from the manifest as Markdown shows it: `<` cannot open raw HTML
 /// (renderers pass it through), and control characters, bidirectional
@@ -168,136 +169,55 @@ fn overview(out: &mut String, model: &ThreatModel) {
     let _ = writeln!(out, "- **Secrets it reads:** {}.\n", list(&secrets));
 }
 
+fn md_cell(cell: &Cell) -> String {
+    match cell {
+        Cell::Text(text) => text.clone(),
+        Cell::Code(text) => format!("`{text}`"),
+        Cell::List(items) => list(items),
+        Cell::Lines(items) if items.is_empty() => "none".into(),
+        Cell::Lines(items) => items.join("; "),
+        Cell::Line(l) => line(*l),
+        Cell::Digest {
+            digest: Some(d),
+            pinned,
+        } => format!("`{d}` ({})", if *pinned { "pinned" } else { "not pinned" }),
+        Cell::Digest { digest: None, .. } => "unreadable".into(),
+        Cell::Imports(names) => names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Cell::OrWarning(value, warning) => value.clone().unwrap_or_else(|| (*warning).into()),
+    }
+}
+
+fn render(out: &mut String, table: &Table) {
+    let _ = writeln!(
+        out,
+        "{} {}\n",
+        "#".repeat(table.level.into()),
+        table.heading
+    );
+    match table.empty {
+        Some(empty) if table.rows.is_empty() => {
+            let _ = writeln!(out, "{empty}\n");
+        }
+        _ => self::table(
+            out,
+            table.head,
+            table
+                .rows
+                .iter()
+                .map(|row| row.iter().map(md_cell).collect()),
+        ),
+    }
+}
+
 fn inventory(out: &mut String, model: &ThreatModel) {
     let inv = &model.inventory;
-    out.push_str("## Inventory\n\n### Entry points\n\n");
-    table(
-        out,
-        &[
-            "Route",
-            "Methods",
-            "Function",
-            "Auth",
-            "Scopes",
-            "Input",
-            "Limits",
-            "Rate limit",
-            "Budget",
-            "Line",
-        ],
-        inv.entry_points.iter().map(|e| {
-            vec![
-                format!("`{}`", e.route),
-                e.methods.join(", "),
-                e.function.clone(),
-                e.auth.join(", "),
-                list(&e.scopes),
-                e.input.join("; "),
-                e.limits.clone(),
-                e.rate_limit.clone(),
-                e.budget.clone(),
-                line(e.line),
-            ]
-        }),
-    );
-    out.push_str("### Functions\n\n");
-    table(
-        out,
-        &[
-            "Function",
-            "Component",
-            "Digest",
-            "Grants",
-            "Limits",
-            "Worst case per call",
-            "Line",
-        ],
-        inv.functions.iter().map(|f| {
-            let digest = match (&f.digest, f.pinned) {
-                (Some(d), true) => format!("`{d}` (pinned)"),
-                (Some(d), false) => format!("`{d}` (not pinned)"),
-                (None, _) => "unreadable".into(),
-            };
-            vec![
-                f.name.clone(),
-                format!("`{}`", f.component),
-                digest,
-                list(&f.grants),
-                f.limits.clone(),
-                f.worst_case.clone(),
-                line(f.line),
-            ]
-        }),
-    );
-    out.push_str("#### Imports and the grant behind each\n\n");
-    table(
-        out,
-        &["Function", "Import", "Behind it"],
-        inv.functions.iter().flat_map(|f| {
-            f.imports
-                .iter()
-                .map(|i| vec![f.name.clone(), format!("`{}`", i.name), i.behind.clone()])
-        }),
-    );
-    out.push_str("### Stores\n\n");
-    if inv.stores.is_empty() {
-        out.push_str("None: the app keeps no data of its own.\n\n");
-    } else {
-        table(
-            out,
-            &[
-                "Store",
-                "Kind",
-                "Scope",
-                "Retention",
-                "Personal data",
-                "Encryption",
-                "Read by",
-                "Written by",
-                "Line",
-            ],
-            inv.stores.iter().map(|s| {
-                vec![
-                    s.name.clone(),
-                    s.kind.clone(),
-                    s.scope.clone(),
-                    s.retention.clone().unwrap_or_else(|| "none".into()),
-                    if s.personal_data { "yes" } else { "no" }.into(),
-                    s.encryption.clone(),
-                    list(&s.readers),
-                    list(&s.writers),
-                    line(s.line),
-                ]
-            }),
-        );
-    }
-    out.push_str("### Secrets and config\n\n");
-    if inv.secrets_and_config.is_empty() {
-        out.push_str("None.\n\n");
-    } else {
-        table(
-            out,
-            &["Name", "Kind", "Read by"],
-            inv.secrets_and_config
-                .iter()
-                .map(|n| vec![format!("`{}`", n.name), n.kind.clone(), list(&n.functions)]),
-        );
-    }
-    out.push_str("### Outbound destinations\n\n");
-    if inv.outbound.is_empty() {
-        out.push_str("None: no function may make an outbound call.\n\n");
-    } else {
-        table(
-            out,
-            &["Origin", "Wildcard", "Functions"],
-            inv.outbound.iter().map(|o| {
-                vec![
-                    format!("`{}`", o.origin),
-                    if o.wildcard { "yes" } else { "no" }.into(),
-                    list(&o.functions),
-                ]
-            }),
-        );
+    out.push_str("## Inventory\n\n");
+    for table in tables::inventory(model) {
+        render(out, &table);
     }
     let _ = writeln!(out, "### Admin listener\n\n{}.\n", inv.admin.summary);
     out.push_str("### Telemetry export\n\n");
@@ -311,52 +231,11 @@ fn inventory(out: &mut String, model: &ThreatModel) {
         }
         None => out.push_str("None: logs and the audit trail stay on this host.\n\n"),
     }
-    out.push_str("### Trust boundaries\n\n");
-    table(
-        out,
-        &["Boundary", "What crosses it", "Controls"],
-        inv.boundaries
-            .iter()
-            .map(|b| vec![b.name.clone(), b.crossing.clone(), b.controls.clone()]),
-    );
+    render(out, &tables::boundaries(model));
 }
 
 fn personal_data(out: &mut String, model: &ThreatModel) {
-    out.push_str("## Personal data (GDPR)\n\n");
-    if model.personal_data.is_empty() {
-        out.push_str(
-            "No store is declared `personal_data = true`. If a function keeps anything about a \
-             person, declare it so that retention and erasure are checked.\n\n",
-        );
-        return;
-    }
-    table(
-        out,
-        &[
-            "Store",
-            "Kind",
-            "Retention",
-            "Erasure",
-            "Export",
-            "Read by",
-            "Written by",
-            "Line",
-        ],
-        model.personal_data.iter().map(|p| {
-            vec![
-                p.store.clone(),
-                p.kind.clone(),
-                p.retention
-                    .clone()
-                    .unwrap_or_else(|| "none: kept for ever".into()),
-                p.erasure.clone(),
-                p.export.clone(),
-                list(&p.readers),
-                list(&p.writers),
-                line(p.line),
-            ]
-        }),
-    );
+    render(out, &tables::personal_data(model));
 }
 
 fn stride(out: &mut String, model: &ThreatModel) {
