@@ -316,7 +316,7 @@ fn judge(grant: &Grant, used: &GrantUse) -> (Status, String, Option<Smaller>) {
     if used.exercised() {
         let uses = used.used.count.max(used.writes.count);
         if grant.access == Some(StoreAccess::ReadWrite) && !used.writes.any() {
-            let edit = Edit::ReadOnly { store: name };
+            let edit = Edit::ReadOnly { field, store: name };
             let text = "grant \"read\": nothing was written".to_string();
             let finding = format!("used {uses} time(s), never written");
             return (Status::Wider, finding, Some(("read", text, edit)));
@@ -346,8 +346,8 @@ fn judge(grant: &Grant, used: &GrantUse) -> (Status, String, Option<Smaller>) {
         return (Status::RefusedOnly, finding, None);
     }
     let (never, edit) = match grant.capability {
-        Capability::Kv => ("never opened", Edit::RemoveKey { key: name }),
-        Capability::Sql => ("no statement ran", Edit::RemoveKey { key: name }),
+        Capability::Kv => ("never opened", Edit::RemoveKey { field, key: name }),
+        Capability::Sql => ("no statement ran", Edit::RemoveKey { field, key: name }),
         Capability::Secret | Capability::Config => {
             ("never read", Edit::RemoveItem { field, item: name })
         }

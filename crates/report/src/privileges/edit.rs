@@ -2,18 +2,23 @@
 //! (T16). Grants are often one inline table on one line (`grants = { kv =
 //! { a = "read-write" }, secrets = ["x"] }`), so an edit works inside the
 //! line: a small lexer finds keys, strings and brackets outside strings and
-//! comments, and an edit changes only the tokens it names. A line that does
-//! not hold what the edit expects (a table spread over several lines, say)
-//! is not guessed at: the edit fails and the diff says to change it by hand.
+//! comments, a reader gives every key its full path (the inline tables it
+//! sits in), and an edit changes only the grant at its own path: the store
+//! `kv` in `kv = { kv = .. }`, not the capability's table; the kv store
+//! `access`, not a SQL grant's `access`. A line that does not hold what the
+//! edit expects where it expects it (a table spread over several lines, a
+//! name found twice) is not guessed at: the edit fails and the diff says to
+//! change it by hand.
 
 /// A change to one grant's text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Edit {
     /// `STORE = "read-write"`, or `access = "read-write"` in the store's
-    /// table, becomes `"read"`.
-    ReadOnly { store: String },
-    /// `KEY = VALUE` goes, from an inline table or as its own line.
-    RemoveKey { key: String },
+    /// table, becomes `"read"`: the store's key in the `FIELD` table
+    /// (`kv`, `sql`), never a key of that name elsewhere on the line.
+    ReadOnly { field: &'static str, store: String },
+    /// `KEY = VALUE` goes from the `FIELD` table, or as its own line.
+    RemoveKey { field: &'static str, key: String },
     /// `"ITEM"` goes from the `FIELD = [...]` array.
     RemoveItem { field: &'static str, item: String },
     /// `"ITEM"` in the `FIELD = [...]` array becomes these items.
@@ -114,44 +119,271 @@ fn lex(line: &str) -> Option<Vec<Token>> {
     Some(tokens)
 }
 
-/// The index of the token closing the bracket at `open`, if on this line.
-fn closing(tokens: &[Token], open: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    for (i, t) in tokens.iter().enumerate().skip(open) {
-        match t.kind {
-            Kind::Punct(b'[' | b'{') => depth += 1,
-            Kind::Punct(b']' | b'}') => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i);
-                }
+/// One `key = value` of the line: its full key path (the inline tables
+/// it sits in, then its own dotted key), and where it is.
+#[derive(Debug, Clone)]
+struct Entry {
+    path: Vec<String>,
+    /// How much of `path` is the table it sits in.
+    base: usize,
+    /// The first token of its (dotted) key.
+    first: usize,
+    /// The first token of its value.
+    value: usize,
+    /// The last token of its value; `None` when it does not end on the
+    /// line.
+    end: Option<usize>,
+}
+
+/// A string item of an array on the line.
+#[derive(Debug, Clone)]
+struct Item {
+    /// The key path of its array; `None` for an item line of an array
+    /// opened on an earlier line.
+    array: Option<Vec<String>>,
+    token: usize,
+}
+
+/// What one line holds, read as TOML: its keys, each with its full path,
+/// and its arrays' string items.
+#[derive(Debug, Default)]
+struct Parsed {
+    entries: Vec<Entry>,
+    items: Vec<Item>,
+}
+
+/// Why reading stopped early.
+enum Halt {
+    /// The line ends inside a value (a table or array spread over lines).
+    Open,
+    /// Not what a grant line holds: read no further, guess nothing.
+    Bad,
+}
+
+struct Reader<'a> {
+    line: &'a str,
+    tokens: &'a [Token],
+    at: usize,
+    out: Parsed,
+}
+
+impl Reader<'_> {
+    fn peek(&self) -> Result<Token, Halt> {
+        self.tokens.get(self.at).copied().ok_or(Halt::Open)
+    }
+
+    /// `a.b.c = VALUE` inside the table at `prefix`.
+    fn keyval(&mut self, prefix: &[String]) -> Result<(), Halt> {
+        let first = self.at;
+        let mut path = prefix.to_vec();
+        loop {
+            let t = self.peek()?;
+            if !matches!(t.kind, Kind::Bare | Kind::Str) {
+                return Err(Halt::Bad);
             }
-            _ => {}
+            path.push(t.name(self.line).to_string());
+            self.at += 1;
+            let next = self.peek()?;
+            if next.is(b'.') {
+                self.at += 1;
+            } else if next.is(b'=') {
+                self.at += 1;
+                break;
+            } else {
+                return Err(Halt::Bad);
+            }
+        }
+        let index = self.out.entries.len();
+        self.out.entries.push(Entry {
+            path: path.clone(),
+            base: prefix.len(),
+            first,
+            value: self.at,
+            end: None,
+        });
+        self.value(&path, false)?;
+        self.out.entries[index].end = Some(self.at - 1);
+        Ok(())
+    }
+
+    /// One value at `path`; `in_array`: an item of the array at `path`.
+    fn value(&mut self, path: &[String], in_array: bool) -> Result<(), Halt> {
+        let t = self.peek()?;
+        self.at += 1;
+        match t.kind {
+            Kind::Str => {
+                if in_array {
+                    self.out.items.push(Item {
+                        array: Some(path.to_vec()),
+                        token: self.at - 1,
+                    });
+                }
+                Ok(())
+            }
+            Kind::Bare => Ok(()),
+            Kind::Punct(b'{') => self.sequence(b'}', |r| r.keyval(path)),
+            Kind::Punct(b'[') => self.sequence(b']', |r| r.value(path, true)),
+            Kind::Punct(_) => Err(Halt::Bad),
         }
     }
-    None
-}
 
-/// The key token named `key` that is followed by `=`, searched in
-/// `tokens[from..to]`.
-fn find_key(line: &str, tokens: &[Token], key: &str, from: usize, to: usize) -> Option<usize> {
-    (from..to.min(tokens.len())).find(|&i| {
-        let t = tokens[i];
-        matches!(t.kind, Kind::Bare | Kind::Str)
-            && t.name(line) == key
-            && tokens.get(i + 1).is_some_and(|n| n.is(b'='))
-    })
-}
-
-/// The last token of the value that starts at `tokens[at]`; `None` when a
-/// bracketed value does not close on this line.
-fn value_end(tokens: &[Token], at: usize) -> Option<usize> {
-    let t = tokens.get(at)?;
-    match t.kind {
-        Kind::Punct(b'[' | b'{') => closing(tokens, at),
-        Kind::Punct(_) => None,
-        Kind::Bare | Kind::Str => Some(at),
+    /// Elements separated by commas up to `close` (a trailing comma too).
+    fn sequence(
+        &mut self,
+        close: u8,
+        mut element: impl FnMut(&mut Self) -> Result<(), Halt>,
+    ) -> Result<(), Halt> {
+        loop {
+            if self.peek()?.is(close) {
+                self.at += 1;
+                return Ok(());
+            }
+            element(self)?;
+            let t = self.peek()?;
+            if t.is(b',') {
+                self.at += 1;
+            } else if !t.is(close) {
+                return Err(Halt::Bad);
+            }
+        }
     }
+}
+
+/// The line read as TOML; `None` for what is not a grant line as this
+/// reader knows them (a table header, bytes it does not read, a syntax it
+/// does not follow). A line that ends inside a value keeps what it read.
+fn parse(line: &str, tokens: &[Token]) -> Option<Parsed> {
+    let mut r = Reader {
+        line,
+        tokens,
+        at: 0,
+        out: Parsed::default(),
+    };
+    let starts_with_key =
+        tokens.len() >= 2 && matches!(tokens[0].kind, Kind::Bare | Kind::Str) && {
+            // `key =` or `a.b =`: a key/value line.
+            let mut i = 1;
+            while tokens.get(i).is_some_and(|t| t.is(b'.')) {
+                i += 2;
+            }
+            tokens.get(i).is_some_and(|t| t.is(b'='))
+        };
+    let result = if tokens.is_empty() {
+        Ok(())
+    } else if starts_with_key {
+        // Top-level `key = value`, or `key = value,` lines of an inline
+        // table spread over lines (TOML 1.1).
+        (|| {
+            loop {
+                r.keyval(&[])?;
+                match r.tokens.get(r.at) {
+                    None => return Ok(()),
+                    Some(t) if t.is(b',') => r.at += 1,
+                    Some(_) => return Err(Halt::Bad),
+                }
+                if r.at == r.tokens.len() {
+                    return Ok(());
+                }
+            }
+        })()
+    } else if tokens.iter().all(|t| t.kind == Kind::Str || t.is(b',')) {
+        // An item line of an array opened above: `"a", "b",`.
+        for (i, t) in tokens.iter().enumerate() {
+            if t.kind == Kind::Str {
+                r.out.items.push(Item {
+                    array: None,
+                    token: i,
+                });
+            }
+        }
+        Ok(())
+    } else {
+        Err(Halt::Bad)
+    };
+    match result {
+        Ok(()) | Err(Halt::Open) => Some(r.out),
+        Err(Halt::Bad) => None,
+    }
+}
+
+/// The entry granting `name` under `field` (`kv`, `sql`): the one key
+/// whose path is `grants.FIELD.NAME` (`grants = { kv = { NAME = .. } }`,
+/// `grants.kv.NAME = ..`) or `FIELD.NAME`, else the line's one top-level key `NAME` (the
+/// line sits in a `[function.grants.FIELD]` table). Never a key of the
+/// same name elsewhere on the line: in another capability's table or
+/// inside another grant.
+fn grant_entry<'p>(
+    tokens: &[Token],
+    parsed: &'p Parsed,
+    field: &str,
+    name: &str,
+) -> Option<&'p Entry> {
+    // `grants.FIELD.NAME` under `[[function]]`, `FIELD.NAME` under
+    // `[function.grants]`; a path that only ends so is another grant's
+    // key (`sql = { kv = { access = .. } }`).
+    let mut under = parsed.entries.iter().filter(|e| match e.path.as_slice() {
+        [f, n] => f == field && n == name,
+        [g, f, n] => g == "grants" && f == field && n == name,
+        _ => false,
+    });
+    if let Some(found) = under.next() {
+        return under.next().is_none().then_some(found);
+    }
+    let mut own = parsed
+        .entries
+        .iter()
+        .filter(|e| e.path.len() == 1 && e.path[0] == name);
+    let found = own.next()?;
+    if own.next().is_some() {
+        return None;
+    }
+    // A grant's value: a string, or (SQL) a table of `access` and
+    // `statements`; anything else is not a grant line of this field.
+    let value = tokens.get(found.value)?;
+    let fits = match value.kind {
+        Kind::Str => true,
+        Kind::Punct(b'{') => {
+            field == "sql"
+                && parsed
+                    .entries
+                    .iter()
+                    .filter(|e| e.path.len() == 2 && e.path[0] == name)
+                    .all(|e| matches!(e.path[1].as_str(), "access" | "statements"))
+        }
+        _ => false,
+    };
+    fits.then_some(found)
+}
+
+/// The string item `item` of the array `grants.FIELD` (or `FIELD`, under
+/// `[function.grants]`) on the line, else of the array an item line continues.
+fn grant_item(
+    line: &str,
+    parsed: &Parsed,
+    tokens: &[Token],
+    field: &str,
+    item: &str,
+) -> Option<Item> {
+    let named = |i: &&Item| tokens[i.token].name(line) == item;
+    let mut found = parsed
+        .items
+        .iter()
+        .filter(|i| match i.array.as_deref() {
+            Some([f]) => f == field,
+            Some([g, f]) => g == "grants" && f == field,
+            _ => false,
+        })
+        .filter(named);
+    if let Some(first) = found.next() {
+        return found.next().is_none().then(|| first.clone());
+    }
+    let mut loose = parsed
+        .items
+        .iter()
+        .filter(|i| i.array.is_none())
+        .filter(named);
+    let first = loose.next()?;
+    loose.next().is_none().then(|| first.clone())
 }
 
 /// The range `[from, to)` of `line` holding a whole `key = value` or an
@@ -175,40 +407,38 @@ fn cut(line: &str, from: usize, to: usize) -> String {
     format!("{}{}", &line[..from], &line[to..])
 }
 
-/// The first token of the dotted key ending at `key` (`grants.kv.a`).
-fn dotted_start(tokens: &[Token], key: usize) -> usize {
-    let mut first = key;
-    while first >= 2
-        && tokens[first - 1].is(b'.')
-        && matches!(tokens[first - 2].kind, Kind::Bare | Kind::Str)
-    {
-        first -= 2;
+/// `line` without `entry` (a dotted key whole), then without the table
+/// or array holding it if that is left empty, and so on up.
+fn remove_entry(line: &str, tokens: &[Token], entry: &Entry) -> Option<String> {
+    let (from, to) = removal(tokens, entry.first, entry.end?);
+    let container = entry.path[..entry.base].to_vec();
+    Some(drop_emptied(cut(line, from, to), &container))
+}
+
+/// `line` without the entry at `path` if its value is now `{}` or `[]`.
+fn drop_emptied(line: String, path: &[String]) -> String {
+    if path.is_empty() {
+        return line;
     }
-    first
-}
-
-/// `line` without `tokens[key] = value` (a dotted key whole).
-fn remove_pair(line: &str, tokens: &[Token], key: usize) -> Option<String> {
-    let last = value_end(tokens, key + 2)?;
-    let first = dotted_start(tokens, key);
-    let (from, to) = removal(tokens, first, last);
-    Some(cut(line, from, to))
-}
-
-/// `field = []` or `field = {}` left by a removal goes too.
-fn drop_empty(line: String) -> String {
     let Some(tokens) = lex(&line) else {
         return line;
     };
-    let empty = (0..tokens.len().saturating_sub(3)).find(|&i| {
-        matches!(tokens[i].kind, Kind::Bare | Kind::Str)
-            && tokens[i + 1].is(b'=')
-            && ((tokens[i + 2].is(b'[') && tokens[i + 3].is(b']'))
-                || (tokens[i + 2].is(b'{') && tokens[i + 3].is(b'}')))
-            && dotted_start(&tokens, i) == i
-    });
-    match empty.and_then(|i| remove_pair(&line, &tokens, i)) {
-        Some(shorter) => drop_empty(shorter),
+    let Some(parsed) = parse(&line, &tokens) else {
+        return line;
+    };
+    let Some(entry) = parsed.entries.iter().find(|e| e.path == path) else {
+        return line;
+    };
+    let empty = entry.end == Some(entry.value + 1)
+        && tokens
+            .get(entry.value)
+            .zip(tokens.get(entry.value + 1))
+            .is_some_and(|(o, c)| (o.is(b'{') && c.is(b'}')) || (o.is(b'[') && c.is(b']')));
+    if !empty {
+        return line;
+    }
+    match remove_entry(&line, &tokens, entry) {
+        Some(shorter) => shorter,
         None => line,
     }
 }
@@ -231,18 +461,20 @@ fn tidy(line: String) -> String {
 }
 
 /// `line` with `edit` applied; `Some("")` when the line should go, `None`
-/// when the line does not hold what the edit names.
+/// when the line does not hold what the edit names where it names it.
 pub(super) fn apply(line: &str, edit: &Edit) -> Option<String> {
     let tokens = lex(line)?;
+    let parsed = parse(line, &tokens)?;
     let edited = match edit {
-        Edit::ReadOnly { store } => {
-            let key = find_key(line, &tokens, store, 0, tokens.len())?;
-            let value = tokens.get(key + 2)?;
+        Edit::ReadOnly { field, store } => {
+            let entry = grant_entry(&tokens, &parsed, field, store)?;
+            let value = tokens.get(entry.value)?;
             let target = if value.kind == Kind::Str {
-                key + 2
+                entry.value
             } else if value.is(b'{') {
-                let end = closing(&tokens, key + 2).unwrap_or(tokens.len());
-                find_key(line, &tokens, "access", key + 3, end)? + 2
+                let mut access = entry.path.clone();
+                access.push("access".into());
+                parsed.entries.iter().find(|e| e.path == access)?.value
             } else {
                 return None;
             };
@@ -253,43 +485,30 @@ pub(super) fn apply(line: &str, edit: &Edit) -> Option<String> {
             let quote = &line[t.start..=t.start];
             format!("{}{quote}read{quote}{}", &line[..t.start], &line[t.end..])
         }
-        Edit::RemoveKey { key } => {
-            let at = find_key(line, &tokens, key, 0, tokens.len())?;
-            remove_pair(line, &tokens, at)?
+        Edit::RemoveKey { field, key } => {
+            let entry = grant_entry(&tokens, &parsed, field, key)?;
+            remove_entry(line, &tokens, entry)?
         }
         Edit::RemoveItem { field, item } | Edit::ReplaceItem { field, item, .. } => {
-            let at = item_in(line, &tokens, field, item)?;
+            let found = grant_item(line, &parsed, &tokens, field, item)?;
+            let t = tokens[found.token];
             match edit {
                 Edit::ReplaceItem { with, .. } => {
-                    let t = tokens[at];
                     let quote = &line[t.start..=t.start];
                     let items: Vec<String> =
                         with.iter().map(|w| format!("{quote}{w}{quote}")).collect();
                     format!("{}{}{}", &line[..t.start], items.join(", "), &line[t.end..])
                 }
                 _ => {
-                    let (from, to) = removal(&tokens, at, at);
-                    cut(line, from, to)
+                    let (from, to) = removal(&tokens, found.token, found.token);
+                    let array = found.array.unwrap_or_default();
+                    drop_emptied(cut(line, from, to), &array)
                 }
             }
         }
     };
-    let edited = tidy(drop_empty(edited));
+    let edited = tidy(edited);
     Some(edited.trim_end().to_string())
-}
-
-/// The string token `item` of the array `field = [...]`: inside that
-/// array when the line opens it, else anywhere on the line (an item line
-/// of an array spread over several lines).
-fn item_in(line: &str, tokens: &[Token], field: &str, item: &str) -> Option<usize> {
-    let is_item = |i: usize| tokens[i].kind == Kind::Str && tokens[i].name(line) == item;
-    match find_key(line, tokens, field, 0, tokens.len()) {
-        Some(key) if tokens.get(key + 2).is_some_and(|t| t.is(b'[')) => {
-            let end = closing(tokens, key + 2).unwrap_or(tokens.len());
-            (key + 3..end).find(|&i| is_item(i))
-        }
-        _ => (0..tokens.len()).find(|&i| is_item(i)),
-    }
 }
 
 #[cfg(test)]
@@ -298,7 +517,15 @@ mod tests {
 
     fn read_only(store: &str) -> Edit {
         Edit::ReadOnly {
+            field: "kv",
             store: store.into(),
+        }
+    }
+
+    fn remove_key(field: &'static str, key: &str) -> Edit {
+        Edit::RemoveKey {
+            field,
+            key: key.into(),
         }
     }
 
@@ -321,7 +548,14 @@ mod tests {
         // A SQL table grant: its `access`, statements kept.
         let sql = r#"grants = { sql = { events = { access = 'read-write', statements = ["SELECT 1"] } } }"#;
         assert_eq!(
-            apply(sql, &read_only("events")).as_deref(),
+            apply(
+                sql,
+                &Edit::ReadOnly {
+                    field: "sql",
+                    store: "events".into()
+                }
+            )
+            .as_deref(),
             Some(
                 r#"grants = { sql = { events = { access = 'read', statements = ["SELECT 1"] } } }"#
             )
@@ -347,11 +581,11 @@ mod tests {
         let line = r#"grants = { kv = { a = "read", b = "read-write" }, secrets = ["x", "y"] }"#;
         let cases = [
             (
-                Edit::RemoveKey { key: "a".into() },
+                remove_key("kv", "a"),
                 r#"grants = { kv = { b = "read-write" }, secrets = ["x", "y"] }"#,
             ),
             (
-                Edit::RemoveKey { key: "b".into() },
+                remove_key("kv", "b"),
                 r#"grants = { kv = { a = "read" }, secrets = ["x", "y"] }"#,
             ),
             (
@@ -402,24 +636,100 @@ mod tests {
             Some("")
         );
         assert_eq!(
-            apply(
-                r#"grants.kv.spare = "read""#,
-                &Edit::RemoveKey {
-                    key: "spare".into()
-                }
-            )
-            .as_deref(),
+            apply(r#"grants.kv.spare = "read""#, &remove_key("kv", "spare")).as_deref(),
             Some("")
         );
         // A statement list spread over lines is not cut in half.
         assert_eq!(
             apply(
                 r#"grants = { sql = { events = { access = "read", statements = ["#,
-                &Edit::RemoveKey {
-                    key: "events".into()
-                }
+                &remove_key("sql", "events")
             ),
             None
+        );
+    }
+
+    /// Outside review, issue 13 (T16): a grant is found in its own
+    /// capability's table, never by a key of the same name elsewhere.
+    #[test]
+    fn t16_a_grant_is_found_in_its_own_table_not_by_its_name_anywhere() {
+        // The store `kv` in the `kv` table: that key goes, not the table.
+        let line =
+            r#"grants = { kv = { kv = "read", data = "read-write", other = "read-write" } }"#;
+        assert_eq!(
+            apply(line, &remove_key("kv", "kv")).as_deref(),
+            Some(r#"grants = { kv = { data = "read-write", other = "read-write" } }"#)
+        );
+        assert_eq!(
+            apply(line, &read_only("other")).as_deref(),
+            Some(r#"grants = { kv = { kv = "read", data = "read-write", other = "read" } }"#)
+        );
+        // The kv store `access`, not the SQL grant's `access`.
+        let line = r#"grants = { sql = { events = { access = "read-write", statements = ["SELECT 1"] } }, kv = { access = "read" } }"#;
+        assert_eq!(
+            apply(line, &remove_key("kv", "access")).as_deref(),
+            Some(
+                r#"grants = { sql = { events = { access = "read-write", statements = ["SELECT 1"] } } }"#
+            )
+        );
+        let line = r#"grants = { sql = { events = { access = "read-write" } }, kv = { access = "read-write" } }"#;
+        assert_eq!(
+            apply(line, &read_only("access")).as_deref(),
+            Some(
+                r#"grants = { sql = { events = { access = "read-write" } }, kv = { access = "read" } }"#
+            )
+        );
+        // The SQL store `kv`, not the kv table.
+        let line = r#"grants = { kv = { cache = "read" }, sql = { kv = "read" } }"#;
+        assert_eq!(
+            apply(line, &remove_key("sql", "kv")).as_deref(),
+            Some(r#"grants = { kv = { cache = "read" } }"#)
+        );
+        // A secret named as a config key: the secrets array's.
+        let line = r#"grants = { config = ["token"], secrets = ["token", "x"] }"#;
+        assert_eq!(
+            apply(line, &remove_item("secrets", "token")).as_deref(),
+            Some(r#"grants = { config = ["token"], secrets = ["x"] }"#)
+        );
+        // A store whose name is only a value or another key: no edit.
+        assert_eq!(
+            apply(
+                r#"grants = { sql = { kv = { access = "read" } } }"#,
+                &remove_key("kv", "access")
+            ),
+            None
+        );
+        assert_eq!(
+            apply(r#"kv = { data = "read" }"#, &remove_key("kv", "kv")),
+            None
+        );
+        // A grant table's own line (`[function.grants.kv]`) and TOML 1.1
+        // inline tables spread over lines.
+        assert_eq!(
+            apply(r#"kv = "read-write""#, &read_only("kv")).as_deref(),
+            Some(r#"kv = "read""#)
+        );
+        assert_eq!(
+            apply(
+                r#"    kv = "read", data = "read","#,
+                &remove_key("kv", "kv")
+            )
+            .as_deref(),
+            Some(r#"    data = "read","#)
+        );
+        // Strings that look like keys stay strings.
+        let line = r#"grants = { sql = { events = { access = "read", statements = ["SELECT 'kv = {'", "x"] } }, kv = { a = "read" } }"#;
+        assert_eq!(
+            apply(line, &remove_key("kv", "a")).as_deref(),
+            Some(
+                r#"grants = { sql = { events = { access = "read", statements = ["SELECT 'kv = {'", "x"] } } }"#
+            )
+        );
+        // An empty list a grant had before is not the edit's to drop.
+        let line = r#"grants = { kv = { a = "read" }, config = [], secrets = ["x"] }"#;
+        assert_eq!(
+            apply(line, &remove_key("kv", "a")).as_deref(),
+            Some(r#"grants = { config = [], secrets = ["x"] }"#)
         );
     }
 
