@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use bulkhead_report::privileges::{Evidence, Review, Window};
+use bulkhead_report::privileges::{Evidence, MIN_WINDOW_MS, Review, Window};
 use bulkhead_store::meter::{hour_of, usage_since};
 use bulkhead_store::{AuditQuery, now_ms};
 use clap::{Subcommand, ValueEnum};
@@ -39,7 +39,8 @@ pub enum ReviewCommand {
     Privileges {
         #[command(flatten)]
         target: Target,
-        /// How far back to look, like 30d, 7d or 12h.
+        /// How far back to look, like 30d, 7d or 12h; at least 1h (the
+        /// meter's grain).
         #[arg(long, default_value = "30d", value_name = "DURATION")]
         since: String,
         #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -71,6 +72,14 @@ fn privileges(target: &Target, since: &str, format: Format) -> Result<ExitCode> 
     let span = humantime::parse_duration(since).with_context(|| {
         format!("`--since {since}` is not a duration; write one like 30d, 7d or 12h")
     })?;
+    // T16: the meter counts calls per hour, so a shorter window cannot
+    // tell a grant unused from one whose function ran minutes before it.
+    let min = u128::try_from(MIN_WINDOW_MS).unwrap_or(u128::MAX);
+    if span.as_millis() < min {
+        bail!(
+            "`--since {since}` is shorter than an hour: the meter counts calls per hour, so a shorter window cannot tell an unused grant from one used just before it; write 1h or more, like 30d, 7d or 12h"
+        );
+    }
     let app = match bulkhead_manifest::load(&target.app_dir, &target.env) {
         Ok(app) => app,
         Err(problems) => {

@@ -43,6 +43,19 @@ pub struct Window {
     pub until_ms: i64,
 }
 
+/// The shortest window a review can judge: the meter's grain. The CLI
+/// refuses shorter ones; given one, the review suggests nothing.
+pub const MIN_WINDOW_MS: i64 = evidence::HOUR_MS;
+
+impl Window {
+    /// Shorter than the meter's hour: whether a function ran in it cannot
+    /// be told from the meter, so "unused" would mean only "not in these
+    /// few minutes" (T16).
+    pub fn is_short(&self) -> bool {
+        self.until_ms.saturating_sub(self.since_ms) < MIN_WINDOW_MS
+    }
+}
+
 /// How long the meter keeps its rows (`bulkhead_store::meter`).
 pub const METER_DAYS: i64 = bulkhead_store::meter::RETENTION_DAYS;
 
@@ -120,6 +133,10 @@ pub enum Status {
     RefusedOnly,
     /// Neither used nor tried.
     Unused,
+    /// No use recorded, but the window cannot tell: it is shorter than the
+    /// meter's hour, or the function's only calls fall in the hour the
+    /// window starts in. Nothing is suggested.
+    Uncertain,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +193,7 @@ pub struct Summary {
     pub wider: usize,
     pub refused_only: usize,
     pub unused: usize,
+    pub uncertain: usize,
     pub functions: usize,
     pub functions_never_invoked: usize,
 }
@@ -191,16 +209,20 @@ impl Review {
         let mut grants = Vec::new();
         let mut functions = Vec::new();
         let mut edits: BTreeMap<usize, Vec<(Edit, String)>> = BTreeMap::new();
+        let short = evidence.window.is_short();
         for function in &app.functions {
             let Some(tally) = evidence.functions.get(&function.name) else {
                 continue;
             };
             let line = app.lines.get(&format!("function.{}", function.name));
             let report = function_report(function, line, tally, evidence);
+            // T16: a grant is only called unused when the window can tell
+            // (see `Status::Uncertain`).
+            let uncertain = short || report.invoked == Invoked::PerhapsBeforeWindow;
             functions.push(report);
             for (grant, used) in &tally.grants {
                 let line = app.lines.get(&grant.line_key(&function.name));
-                let (mut report, edit) = grant_report(&function.name, grant, used, line);
+                let (mut report, edit) = grant_report(&function.name, grant, used, line, uncertain);
                 if let (Some(suggestion), Some(edit)) = (report.suggestion.as_mut(), edit) {
                     let now = text_of(line);
                     suggestion.suggested_line = now.as_deref().and_then(|l| edit::apply(l, &edit));
@@ -223,7 +245,7 @@ impl Review {
         let summary = summarise(&grants, &functions);
         let never: Vec<(usize, String)> = functions
             .iter()
-            .filter(|f| f.invoked == Invoked::Never)
+            .filter(|f| f.invoked == Invoked::Never && f.suggestion.is_some())
             .map(|f| {
                 (
                     f.line.unwrap_or(0),
@@ -287,7 +309,7 @@ fn function_report(
         Invoked::Never
     };
     let suggestion = match invoked {
-        Invoked::Never => Some(format!(
+        Invoked::Never if !evidence.window.is_short() => Some(format!(
             "remove it, or check its route `{}`",
             function.route.as_str()
         )),
@@ -310,11 +332,20 @@ fn function_report(
 type Smaller = (&'static str, String, Edit);
 
 /// What the window shows of a grant, in words, and the smaller grant.
-fn judge(grant: &Grant, used: &GrantUse) -> (Status, String, Option<Smaller>) {
+fn judge(grant: &Grant, used: &GrantUse, uncertain: bool) -> (Status, String, Option<Smaller>) {
     let field = grant.capability.field();
     let name = grant.name.clone();
     if used.exercised() {
         let uses = used.used.count.max(used.writes.count);
+        if grant.access == Some(StoreAccess::ReadWrite) && !used.writes.any() && used.failed.any() {
+            // A failed INSERT needed the write it did not make: not
+            // narrowed on what failing statements were (T16).
+            let finding = format!(
+                "used {uses} time(s), never written; {} failed statement(s), perhaps writes",
+                used.failed.count
+            );
+            return (Status::Used, finding, None);
+        }
         if grant.access == Some(StoreAccess::ReadWrite) && !used.writes.any() {
             let edit = Edit::ReadOnly { field, store: name };
             let text = "grant \"read\": nothing was written".to_string();
@@ -345,6 +376,11 @@ fn judge(grant: &Grant, used: &GrantUse) -> (Status, String, Option<Smaller>) {
         );
         return (Status::RefusedOnly, finding, None);
     }
+    if uncertain {
+        let finding = "no use recorded, but the window cannot tell whether the function ran in it"
+            .to_string();
+        return (Status::Uncertain, finding, None);
+    }
     let (never, edit) = match grant.capability {
         Capability::Kv => ("never opened", Edit::RemoveKey { field, key: name }),
         Capability::Sql => ("no statement ran", Edit::RemoveKey { field, key: name }),
@@ -363,8 +399,9 @@ fn grant_report(
     grant: &Grant,
     used: &GrantUse,
     line: Option<usize>,
+    uncertain: bool,
 ) -> (GrantReport, Option<Edit>) {
-    let (status, finding, smaller) = judge(grant, used);
+    let (status, finding, smaller) = judge(grant, used, uncertain);
     let (suggestion, edit) = match smaller {
         Some((change, text, edit)) => (
             Some(Suggestion {
@@ -389,6 +426,12 @@ fn grant_report(
             "the function tried to use it, so the grant is not suggested for removal: check why it was refused"
                 .to_string(),
         );
+    }
+    if used.failed.any() {
+        inferred.push(format!(
+            "{} use(s) were statements that reached the database and failed there: counted as uses",
+            used.failed.count
+        ));
     }
     if used.more_hosts > 0 {
         inferred.push(format!(
@@ -441,6 +484,7 @@ fn summarise(grants: &[GrantReport], functions: &[FunctionReport]) -> Summary {
         wider: status(Status::Wider),
         refused_only: status(Status::RefusedOnly),
         unused: status(Status::Unused),
+        uncertain: status(Status::Uncertain),
         functions: functions.len(),
         functions_never_invoked: functions
             .iter()

@@ -5,7 +5,8 @@
 //! for a read grant, authorizer, limits, the call's deadline). Every denial
 //! is logged and audited with function, store, reason and correlation id,
 //! never a parameter value. A statement that ran is audited once per call,
-//! store and kind (`access = "read"` or `"write"`), so the privilege review
+//! store and kind (`access = "read"` or `"write"`, or `"failed"` for one
+//! that reached the database and failed there), so the privilege review
 //! can tell a store never used and a read-write grant that never writes
 //! (T16).
 
@@ -183,7 +184,11 @@ impl Host for SqlCtx {
 }
 
 impl SqlCtx {
-    /// Policy refusals are audited; a guest's own mistakes are only logged.
+    /// Policy refusals are audited as refusals. A statement that reached the
+    /// database and failed there (a constraint, a syntax error, a limit)
+    /// was still a use of the grant: it is audited once per call as
+    /// `access = "failed"`, so the privilege review does not call a grant
+    /// whose every statement failed unused (T16).
     fn refused(&self, store: &str, error: QueryError) -> Error {
         match error {
             QueryError::ReadOnly => {
@@ -198,8 +203,12 @@ impl SqlCtx {
                 self.deny(store, why);
                 Error::Denied(why.to_string())
             }
-            QueryError::Invalid(why) => Error::Invalid(why),
+            QueryError::Invalid(why) => {
+                self.call.used_once("sql", Target::Store(store), "failed");
+                Error::Invalid(why)
+            }
             QueryError::Limit(why) => {
+                self.call.used_once("sql", Target::Store(store), "failed");
                 self.call.report(Report {
                     kind: Kind::Failed,
                     capability: "sql",

@@ -174,6 +174,9 @@ pub(super) struct GrantUse {
     pub used: Seen,
     /// Of those, writes (stores only).
     pub writes: Seen,
+    /// Of the uses, SQL statements that reached the database and failed
+    /// there: whether they were writes is not recorded.
+    pub failed: Seen,
     /// Refused attempts on the granted resource (a secret not set, a
     /// statement the grant does not declare, a destination that resolved
     /// to a private address): the function tried to use it.
@@ -437,6 +440,9 @@ impl Evidence {
         let write = outcome == "write";
         if write {
             tally.writes.add(count, time, folded);
+        }
+        if capability == Capability::Sql && outcome == "failed" {
+            tally.failed.add(count, time, folded);
         }
         // A key-value write is recorded beside the open that made it a
         // use: the open is the use. A SQL statement is a use either way.

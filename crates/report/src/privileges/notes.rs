@@ -11,6 +11,12 @@ use super::{Evidence, GrantReport, METER_DAYS, Status, time};
 pub(super) fn window(app: &App, evidence: &Evidence) -> Vec<String> {
     let since = evidence.window.since_ms;
     let mut notes = Vec::new();
+    if evidence.window.is_short() {
+        notes.push(
+            "the window is shorter than the meter's hour: whether a function ran in it cannot be told, so no grant is called unused and nothing is suggested"
+                .to_string(),
+        );
+    }
     let served = evidence.first_deploy_ms.filter(|t| *t > since);
     match (evidence.trail_start_ms, served) {
         (None, _) => notes.push("the audit trail is empty: nothing was recorded".to_string()),
@@ -104,6 +110,12 @@ pub(super) fn inferences(grants: &[GrantReport]) -> Vec<String> {
     if folded > 0 {
         notes.push(format!(
             "{folded} grant(s) used only or partly per folded counts: the uses are counted, their times are their calls' ends"
+        ));
+    }
+    let uncertain = count(&|g| g.status == Status::Uncertain);
+    if uncertain > 0 {
+        notes.push(format!(
+            "{uncertain} grant(s) have no recorded use but are uncertain, not unused: their function's calls may fall outside the window or the window is too short to tell; not suggested for removal"
         ));
     }
     let refused = count(&|g| g.status == Status::RefusedOnly);

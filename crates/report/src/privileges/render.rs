@@ -165,8 +165,15 @@ pub(super) fn table(review: &Review) -> String {
     let s = &review.summary;
     let _ = writeln!(
         out,
-        "\n{} grant(s) in {} function(s): {} used as granted, {} wider than their use, {} unused, {} only refused; {} function(s) never invoked.",
-        s.grants, s.functions, s.used, s.wider, s.unused, s.refused_only, s.functions_never_invoked
+        "\n{} grant(s) in {} function(s): {} used as granted, {} wider than their use, {} unused, {} uncertain, {} only refused; {} function(s) never invoked.",
+        s.grants,
+        s.functions,
+        s.used,
+        s.wider,
+        s.unused,
+        s.uncertain,
+        s.refused_only,
+        s.functions_never_invoked
     );
     if s.wider + s.unused > 0 {
         out.push_str("`--format diff` shows the manifest lines to change.\n");

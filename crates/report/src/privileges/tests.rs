@@ -351,27 +351,84 @@ fn t16_the_suggested_manifest_loads_with_the_smaller_grants() {
     assert_eq!(suggested.lines().count(), MANIFEST.lines().count() - 2);
 }
 
+/// Outside review, issue 13 (T16): a window shorter than the meter's hour
+/// (`--since 0s`, `1ms`) called every grant unused and the diff deleted
+/// every grant line, beside functions with calls "perhaps before it".
 #[test]
-fn t16_a_window_after_every_call_finds_every_grant_unused() {
+fn t16_a_window_shorter_than_the_meters_hour_calls_nothing_unused() {
     let app = app(MANIFEST);
-    // From the last record on (to the millisecond): nothing is in it.
+    for since_ms in [NOW, NOW - 1, NOW - HOUR_MS + 8] {
+        let window = Window {
+            since_ms,
+            until_ms: NOW,
+        };
+        let review = Review::new(&app, MANIFEST, &busy_day(&app, window));
+        for g in &review.grants {
+            // Tried and refused stays so; nothing else is called unused.
+            assert_ne!(g.status, Status::Unused, "{} {}", g.capability, g.name);
+            assert!(g.suggestion.is_none(), "{} {}", g.capability, g.name);
+            assert_eq!(g.uses, 0);
+        }
+        assert_eq!(review.summary.unused, 0);
+        assert!(review.summary.uncertain > 0);
+        assert!(
+            review.functions.iter().all(|f| f.suggestion.is_none()),
+            "{:?}",
+            review.functions
+        );
+        let diff = review.diff();
+        assert!(!diff.contains("--- a/"), "{diff}");
+        assert!(!diff.lines().any(|l| l.starts_with('-')), "{diff}");
+        assert!(
+            review
+                .notes
+                .iter()
+                .any(|n| n.contains("shorter than the meter's hour")),
+            "{:?}",
+            review.notes
+        );
+    }
+}
+
+/// A window of an hour or more that starts after every record: the
+/// function whose calls may be from before it keeps its grants
+/// (uncertain); the function that was never called loses its grant.
+#[test]
+fn t16_grants_of_a_function_perhaps_called_before_the_window_are_uncertain() {
+    let app = app(MANIFEST);
     let window = Window {
         since_ms: NOW - HOUR_MS + 8,
-        until_ms: NOW,
+        until_ms: NOW + HOUR_MS,
     };
     let review = Review::new(&app, MANIFEST, &busy_day(&app, window));
-    for g in &review.grants {
-        assert_eq!(g.status, Status::Unused, "{} {}", g.capability, g.name);
-        assert_eq!(g.uses, 0);
-    }
-    // The meter's hour began before the window: perhaps, not yes.
     let api = review.functions.iter().find(|f| f.name == "api").unwrap();
     assert_eq!(api.invoked, Invoked::PerhapsBeforeWindow);
+    for g in review.grants.iter().filter(|g| g.function == "api") {
+        assert_eq!(g.uses, 0);
+        assert_eq!(g.status, Status::Uncertain, "{} {}", g.capability, g.name);
+        assert!(g.suggestion.is_none(), "{} {}", g.capability, g.name);
+    }
+    let idle = grant(&review, "idle", "secret", "token");
+    assert_eq!(idle.status, Status::Unused);
+    assert_eq!(idle.suggestion.as_ref().unwrap().change, "remove");
+    // The diff touches `idle`'s line only.
+    let diff = review.diff();
+    let removed: Vec<&str> = diff
+        .lines()
+        .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+        .collect();
+    assert_eq!(removed, [r#"-grants = { secrets = ["token"] }"#], "{diff}");
     assert!(
         review
             .notes
             .iter()
             .any(|n| n.contains("counts calls per hour"))
+    );
+    assert!(
+        review
+            .notes
+            .iter()
+            .any(|n| n.contains("uncertain, not unused"))
     );
 }
 
@@ -487,4 +544,30 @@ events = { access = "read", statements = [
         "{diff}"
     );
     assert!(!diff.contains("--- a/"), "{diff}");
+}
+
+/// Outside review, issue 13 (T16): a statement that failed in the
+/// database (`access = "failed"`) is a use; under a read-write grant it
+/// may have been a write, so the grant is not narrowed to `read` either.
+#[test]
+fn t16_a_failed_statement_is_a_use_and_not_narrowed() {
+    let app = app(MANIFEST);
+    let window = Window {
+        since_ms: NOW - DAY,
+        until_ms: NOW,
+    };
+    let mut evidence = Evidence::new(&app, window);
+    evidence.trail_starts(NOW - 2 * DAY);
+    evidence.add(&used(
+        "api",
+        NOW - 10,
+        json!({"capability": "sql", "store": "events", "access": "failed"}),
+    ));
+    let review = Review::new(&app, MANIFEST, &evidence);
+    let events = grant(&review, "api", "sql", "events");
+    assert_eq!(events.status, Status::Used, "{}", events.finding);
+    assert!(events.suggestion.is_none());
+    assert_eq!((events.uses, events.writes), (1, Some(0)));
+    assert!(events.finding.contains("failed"), "{}", events.finding);
+    assert!(events.inferred.iter().any(|i| i.contains("failed there")));
 }
