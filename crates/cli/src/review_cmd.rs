@@ -19,7 +19,8 @@ pub enum ReviewCommand {
     /// Grants never used over a window, and the smaller grant to write.
     #[command(
         long_about = "Review the grants of the app in APP_DIR against what its functions did \
-                      over the last --since: the audit trail records each use of a grant (a \
+                      over the last --since (1h or more: the meter counts calls per hour): \
+                      the audit trail records each use of a grant (a \
                       store opened, queried or written, a secret or config key read, an \
                       outbound origin called) and each refused attempt; the meter counts calls \
                       per function per hour.\n\n\
@@ -30,7 +31,9 @@ pub enum ReviewCommand {
                       never invoked. Grants used are listed with their last use.\n\n\
                       The header says what the records cannot show: a trail that starts after \
                       the window does, events dropped or counted but not written, and what was \
-                      inferred (uses known from folded counts, grants only tried and refused). \
+                      inferred (uses known from folded counts, grants only tried and refused, \
+                      grants of a function whose calls may predate the window: uncertain, \
+                      never suggested for removal). \
                       `--format diff` prints the grant lines to change as a unified diff of \
                       bulkhead.toml (apply it with `patch -p1` or `git apply --unidiff-zero`). \
                       Exits 0 whatever it finds; it is a report, not a gate.",
