@@ -725,6 +725,38 @@ mod tests {
                 r#"grants = { sql = { events = { access = "read", statements = ["SELECT 'kv = {'", "x"] } } }"#
             )
         );
+        // A kv and a SQL store of one name: each edit its own.
+        let line = r#"grants = { kv = { events = "read-write" }, sql = { events = { access = "read-write" } } }"#;
+        assert_eq!(
+            apply(
+                line,
+                &Edit::ReadOnly {
+                    field: "sql",
+                    store: "events".into()
+                }
+            )
+            .as_deref(),
+            Some(
+                r#"grants = { kv = { events = "read-write" }, sql = { events = { access = "read" } } }"#
+            )
+        );
+        assert_eq!(
+            apply(line, &remove_key("kv", "events")).as_deref(),
+            Some(r#"grants = { sql = { events = { access = "read-write" } } }"#)
+        );
+        // Under `[function.grants]`: `FIELD = { .. }` and `FIELD.NAME`.
+        assert_eq!(
+            apply(
+                r#"kv = { kv = "read", data = "read" }  # kv: old"#,
+                &remove_key("kv", "kv")
+            )
+            .as_deref(),
+            Some(r#"kv = { data = "read" }  # kv: old"#)
+        );
+        assert_eq!(
+            apply(r#"kv.kv = "read""#, &remove_key("kv", "kv")).as_deref(),
+            Some("")
+        );
         // An empty list a grant had before is not the edit's to drop.
         let line = r#"grants = { kv = { a = "read" }, config = [], secrets = ["x"] }"#;
         assert_eq!(
