@@ -140,8 +140,16 @@ pub(crate) fn stopped(dir: &Path, own: Option<&Path>) -> Vec<Stopped> {
     found
 }
 
+/// A temp marker older than this is one whose writer died starting; a
+/// younger one may be a writer between creating and locking it.
+const TEMP_STALE: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn remove_dead_temp(path: &Path) {
-    if let Ok(file) = File::open(path)
+    let stale = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > TEMP_STALE));
+    if stale
+        && let Ok(file) = File::open(path)
         && file.try_lock().is_ok()
     {
         let _ = fs::remove_file(path);
