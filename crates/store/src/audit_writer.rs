@@ -217,7 +217,7 @@ impl AuditLog {
             stopped,
             run: Some(run),
             received: 0,
-            taken: Taken::default(),
+            taken: Vec::new(),
             lost: 0,
             lost_error: String::new(),
         };
@@ -377,9 +377,9 @@ struct Writer {
     run: Option<Run>,
     /// Events taken from the queue so far: the last ticket taken.
     received: u64,
-    /// The counts the `audit.dropped` record of the batch under way
-    /// carries: put back if that batch cannot be written.
-    taken: Taken,
+    /// The counts the `audit.dropped` records of the batch under way
+    /// carry: put back if that batch cannot be written.
+    taken: Vec<Taken>,
     /// Events lost because a batch could not be written, not yet on the
     /// record, and the last error (item 4 of issue 19).
     lost: u64,
@@ -624,14 +624,17 @@ impl Writer {
     /// next `audit.dropped` record says all of it (T09, issue 19).
     fn lose(&mut self, n: usize, e: &rusqlite::Error) {
         let taken = std::mem::take(&mut self.taken);
-        let carried = usize::from(taken.unsourced + taken.sourced.total() + taken.lost > 0);
-        let new = u64::try_from(n.saturating_sub(carried)).unwrap_or(u64::MAX);
+        // The `audit.dropped` records themselves are not events lost.
+        let new = u64::try_from(n.saturating_sub(taken.len())).unwrap_or(u64::MAX);
         self.shared.dropped_total.fetch_add(new, Ordering::Relaxed);
-        self.lost = self.lost.saturating_add(new).saturating_add(taken.lost);
-        self.shared
-            .dropped
-            .fetch_add(taken.unsourced, Ordering::Relaxed);
-        self.shared.quota.restore(taken.sourced);
+        self.lost = self.lost.saturating_add(new);
+        for carried in taken {
+            self.lost = self.lost.saturating_add(carried.lost);
+            self.shared
+                .dropped
+                .fetch_add(carried.unsourced, Ordering::Relaxed);
+            self.shared.quota.restore(carried.sourced);
+        }
         let mut text = e.to_string();
         if text.len() > MAX_ERROR_TEXT {
             let mut end = MAX_ERROR_TEXT;
@@ -672,11 +675,11 @@ impl Writer {
         if sourced.other_sources > 0 {
             event = event.detail("other_sources", sourced.other_sources);
         }
-        self.taken = Taken {
+        self.taken.push(Taken {
             unsourced,
             sourced,
             lost,
-        };
+        });
         Some(Pending {
             event,
             time_ms: now_ms(),
@@ -940,7 +943,7 @@ impl Writer {
         for stopped in std::mem::take(&mut self.stopped) {
             stopped.settle();
         }
-        self.taken = Taken::default();
+        self.taken.clear();
         self.last = (seq, prev_hash);
         self.breaks = meta.breaks;
         if written || rewrite_head {
