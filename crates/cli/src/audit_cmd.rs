@@ -20,7 +20,9 @@ pub enum AuditCommand {
                       inserted or deleted, and exits non-zero. A break the server found and \
                       recorded (an `audit.chain_broken` record starting a new segment) is \
                       reported for ever. Records a writer spilled at its close (the \
-                      database was locked) are appended first.",
+                      database was locked) are appended first. Unclean stops of the \
+                      server (killed, crashed) are listed as a NOTE: they are no break, \
+                      but records written without waiting may be missing after them.",
         after_help = "Example:\n  bulkhead audit verify my-app --env prod"
     )]
     Verify {
@@ -80,6 +82,28 @@ pub(crate) fn take_in_spills(store: &Store) -> Result<bool> {
     Ok(store.audit_spill_pending())
 }
 
+/// The most unclean stops `audit verify` lists one by one (the latest).
+const STOPS_LISTED: usize = 5;
+
+/// Unclean stops (issue 19, T09): not a break (verify still exits 0 for an
+/// intact trail), but records written without waiting may be missing.
+fn print_unclean_stops(stops: &[bulkhead_store::UncleanStop]) {
+    if stops.is_empty() {
+        return;
+    }
+    println!(
+        "NOTE: the audit writer stopped uncleanly {} time(s) (killed or crashed): the records of acknowledged calls were durable before their answers, but records written without waiting may be missing (README: Audit trail, group commit)",
+        stops.len()
+    );
+    let skip = stops.len().saturating_sub(STOPS_LISTED);
+    if skip > 0 {
+        println!("  ... {skip} earlier (`bulkhead audit query --kind audit.unclean_stop`)");
+    }
+    for stop in &stops[skip..] {
+        println!("  - {}", stop.describe());
+    }
+}
+
 pub fn run(command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { target } => {
@@ -98,7 +122,9 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                     println!("head file {}: INVALID ({why})", path.display());
                 }
             }
-            match verification {
+            // Issue 19: a crash is no break, but a window may be missing.
+            let stops = store.audit_unclean_stops()?;
+            let code = match verification {
                 // Records spilled at a shutdown and not yet taken in are
                 // not on the chain: the trail is not complete (T09).
                 Verification::Intact { records } if waiting => {
@@ -119,7 +145,9 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                     println!("BROKEN at record {seq}: {reason}");
                     Ok(ExitCode::FAILURE)
                 }
-            }
+            };
+            print_unclean_stops(&stops);
+            code
         }
         AuditCommand::Query {
             target,

@@ -32,12 +32,13 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
     // Every writer of the trail (this server, CLI commands) holds to the
     // budget kept in the store (T09).
     store.set_audit_max_size(app.audit_max_size.bytes())?;
-    let audit = AuditLog::start(&store)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("bulkhead")
         .build()
         .context("cannot start the async runtime")?;
+    ignore_file_size_signal(&runtime);
+    let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
         app,
@@ -210,6 +211,23 @@ async fn serve(
     }
     audit.record(AuditEvent::new("shutdown").detail("app", app.name.as_str()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A write past a file-size limit (`ulimit -f`) would kill the server with
+/// SIGXFSZ, by default: handled, the write fails with EFBIG instead, and
+/// the store counts what it could not write (T09, issue 19). Tokio's
+/// handler replaces the default action for the rest of the process.
+fn ignore_file_size_signal(runtime: &tokio::runtime::Runtime) {
+    #[cfg(unix)]
+    {
+        let _guard = runtime.enter();
+        let kind = tokio::signal::unix::SignalKind::from_raw(libc::SIGXFSZ);
+        if let Err(e) = tokio::signal::unix::signal(kind) {
+            warn!(target: "bulkhead::listener", error = %e, "cannot handle SIGXFSZ: a file-size limit would stop the server");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = runtime;
 }
 
 /// SIGTERM (and Ctrl-C). The SIGTERM handler is installed when this is

@@ -27,11 +27,12 @@
 //! into a log or audit record only through [`client_text`], which caps it,
 //! so one record cannot carry kilobytes of attacker-chosen text (T09).
 
-use bulkhead_store::{AuditEvent, AuditLog, now_ms};
+use bulkhead_store::{AuditEvent, AuditLog, Ticket, now_ms};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::caller::Caller;
 
@@ -70,6 +71,13 @@ fn kind_of(slug: &str) -> &'static str {
         _ => "request.refused",
     }
 }
+
+/// How long an answer waits, at most, for its call's audit records to be
+/// durable (group commit, issue 19): past it, it goes out anyway and is
+/// counted (`audit_answers_not_durable`). A batch commits in milliseconds;
+/// only a writer that cannot write (the database locked by another process,
+/// a full disk) takes this long.
+pub const DURABLE_WAIT: Duration = Duration::from_secs(1);
 
 /// At most this many (reason, function, caller) windows are open at once.
 /// Past it (a flood from more callers than that, say many IPv6 /64s), new
@@ -124,6 +132,23 @@ struct RepeatKey {
     caller: Arc<str>,
 }
 
+/// How [`Refusals::record_folded`] recorded a refusal.
+pub enum Recorded {
+    /// In full, with its ticket (`None`: dropped, and counted).
+    Full(Option<Ticket>),
+    /// Counted into its second's window (written as the window closes).
+    Folded,
+}
+
+impl Recorded {
+    pub fn ticket(self) -> Option<Ticket> {
+        match self {
+            Self::Full(ticket) => ticket,
+            Self::Folded => None,
+        }
+    }
+}
+
 /// One second of one repeated refusal.
 struct Window {
     second: u64,
@@ -139,11 +164,14 @@ pub struct Refusals {
 }
 
 impl Refusals {
-    /// A refused request of the public listener.
-    pub fn record(&self, audit: &AuditLog, facts: RequestFacts<'_>) {
+    /// A refused request of the public listener: the ticket of its record
+    /// when it was recorded in full (the first of its second), `None` when
+    /// it was only counted. Only a full record is waited for: a flood of
+    /// refusals is answered at the speed of a counter (issue 19).
+    pub fn record(&self, audit: &AuditLog, facts: RequestFacts<'_>) -> Option<Ticket> {
         match facts.caller {
-            Some(caller) => {
-                self.record_folded(
+            Some(caller) => self
+                .record_folded(
                     audit,
                     Fold {
                         kind: kind_of(facts.reason),
@@ -154,8 +182,8 @@ impl Refusals {
                         correlation_id: facts.correlation_id,
                     },
                     || full_record(&facts),
-                );
-            }
+                )
+                .ticket(),
             // Not reached from the pipeline, which names the caller first.
             None => audit.record(full_record(&facts)),
         }
@@ -193,6 +221,16 @@ impl Refusals {
     /// disk through the log either (T09).
     #[must_use]
     pub fn record_listener(&self, audit: &AuditLog, peer: IpAddr, reason: &'static str) -> bool {
+        let recorded = self.record_listener_folded(audit, peer, reason);
+        matches!(recorded, Recorded::Full(_))
+    }
+
+    fn record_listener_folded(
+        &self,
+        audit: &AuditLog,
+        peer: IpAddr,
+        reason: &'static str,
+    ) -> Recorded {
         let caller = Caller::of(None, peer);
         self.record_folded(
             audit,
@@ -213,14 +251,14 @@ impl Refusals {
     }
 
     /// Record `full()` if it is the first refusal of its kind, reason,
-    /// function and caller this second, and return `true`; otherwise only
-    /// count it. A window of an earlier second is recorded as it closes.
+    /// function and caller this second; otherwise only count it. A window
+    /// of an earlier second is recorded as it closes.
     pub fn record_folded(
         &self,
         audit: &AuditLog,
         fold: Fold<'_>,
         full: impl FnOnce() -> AuditEvent,
-    ) -> bool {
+    ) -> Recorded {
         let mut key = RepeatKey {
             kind: fold.kind,
             reason: fold.reason,
@@ -238,7 +276,7 @@ impl Refusals {
                     window.folded += 1;
                     fold.correlation_id
                         .clone_into(&mut window.last_correlation_id);
-                    return false;
+                    return Recorded::Folded;
                 }
                 Some(window) => {
                     let fresh = Window::new(second, fold.status);
@@ -253,8 +291,7 @@ impl Refusals {
         if let Some(window) = closed.filter(|w| w.folded > 0) {
             audit.record_from(key.caller.clone(), summary(&key, &window));
         }
-        audit.record_from(fold.caller.key(), full());
-        true
+        Recorded::Full(audit.record_from(fold.caller.key(), full()))
     }
 
     /// Record the folded count of every window before this second (or of

@@ -69,6 +69,9 @@ struct AuditGauges {
     size_ratio: Share,
     full: Gauge,
     traffic_full: Gauge,
+    /// Answers sent before their records were durable (issue 19).
+    not_durable: Counter,
+    not_durable_seen: std::sync::atomic::AtomicU64,
 }
 
 fn latency_histogram() -> Histogram {
@@ -176,6 +179,11 @@ impl Metrics {
             "1 once the audit trail reached 90 % of its size budget: request and guest events are counted, not written; admin and security events still are",
             audit.traffic_full.clone(),
         );
+        registry.register(
+            "audit_answers_not_durable",
+            "Answers sent before their call's audit records were durable: the audit writer did not commit within the wait's bound (1 s), or could not write them (counted in an audit.dropped record)",
+            audit.not_durable.clone(),
+        );
         Self {
             audit,
             registry,
@@ -269,6 +277,12 @@ impl Metrics {
         }
         gauges.full.set(i64::from(status.full));
         gauges.traffic_full.set(i64::from(status.traffic_full));
+        let seen = gauges
+            .not_durable_seen
+            .fetch_max(status.not_durable, std::sync::atomic::Ordering::Relaxed);
+        if status.not_durable > seen {
+            gauges.not_durable.inc_by(status.not_durable - seen);
+        }
     }
 
     /// The registry in OpenMetrics text, with the gauges read just now.

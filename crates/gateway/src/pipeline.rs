@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bulkhead_manifest::input::HOP_BY_HOP;
 use bulkhead_runtime::{Invocation, RequestTrailers};
+use bulkhead_store::CallTickets;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -38,6 +39,9 @@ struct Outcome<'s> {
     caller: Option<Caller>,
     reason: Option<&'static str>,
     detail: Option<String>,
+    /// The last ticket of the request's audit records: the call's, and its
+    /// refusal's. The answer waits for it (group commit, issue 19).
+    tickets: CallTickets,
 }
 
 pub(crate) async fn handle(
@@ -66,6 +70,7 @@ pub(crate) async fn handle(
         caller: None,
         reason: None,
         detail: None,
+        tickets: CallTickets::default(),
     };
     let mut response =
         match pipeline(&shared, request, peer, &connection, &trace, &mut outcome).await {
@@ -144,7 +149,7 @@ pub(crate) async fn handle(
                 peer = %peer,
                 "request refused"
             );
-            shared.refusals.record(
+            let ticket = shared.refusals.record(
                 &shared.audit,
                 audit::RequestFacts {
                     correlation_id,
@@ -158,8 +163,17 @@ pub(crate) async fn handle(
                     caller: outcome.caller.as_ref(),
                 },
             );
+            outcome.tickets.note(ticket);
         }
     }
+    // T09 (issue 19): the call's records are durable before its answer (a
+    // stream's head) goes out; what is recorded after the head (a stream's
+    // end or cut, the fold summary of a streamed call) is not waited for.
+    // Bounded: past `DURABLE_WAIT` the answer goes out, counted.
+    shared
+        .audit
+        .wait_durable(outcome.tickets.last(), audit::DURABLE_WAIT)
+        .await;
     response
 }
 
@@ -435,6 +449,7 @@ async fn pipeline<'s>(
         // The call's audit records count against this caller's share (T09).
         caller: caller.key(),
         can_stream: client_can_stream,
+        audit_tickets: outcome.tickets.clone(),
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(

@@ -24,7 +24,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use bulkhead_store::{AuditEvent, AuditLog};
+use bulkhead_store::{AuditEvent, AuditLog, CallTickets};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
@@ -272,6 +272,9 @@ struct Inner {
     /// queue (T09).
     caller: Arc<str>,
     audit: AuditLog,
+    /// The last ticket of the call's records: the gateway waits for it to
+    /// be durable before it answers (group commit, issue 19).
+    tickets: CallTickets,
     /// Secret values read during the call: redacted from what is reported.
     redactions: Redactions,
     deadline: Instant,
@@ -332,10 +335,11 @@ impl CallContext {
         correlation_id: String,
         subject: Option<String>,
         caller: Arc<str>,
-        audit: AuditLog,
+        audit: (AuditLog, CallTickets),
         redactions: Redactions,
         deadline: Instant,
     ) -> Self {
+        let (audit, tickets) = audit;
         Self {
             inner: Arc::new(Inner {
                 function,
@@ -343,6 +347,7 @@ impl CallContext {
                 subject,
                 caller,
                 audit,
+                tickets,
                 redactions,
                 deadline,
                 fold: Mutex::new(Fold::default()),
@@ -506,7 +511,9 @@ impl CallContext {
             Outcome::Address(address) => event = event.detail("address", address.to_string()),
             Outcome::Error(_) | Outcome::Limit(_) | Outcome::Nothing => {}
         }
-        inner.audit.record_from(inner.caller.clone(), event);
+        inner
+            .tickets
+            .note(inner.audit.record_from(inner.caller.clone(), event));
     }
 
     /// An audit event about this call: who, which function, which request.
@@ -555,7 +562,9 @@ impl Drop for Inner {
         if let Some(subject) = &self.subject {
             event = event.subject(subject);
         }
-        self.audit.record_from(self.caller.clone(), event);
+        // Waited for when the answer is whole; after a stream's head, not.
+        self.tickets
+            .note(self.audit.record_from(self.caller.clone(), event));
     }
 }
 

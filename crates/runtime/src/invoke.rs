@@ -58,6 +58,9 @@ pub struct Invocation {
     /// end of the connection), so its answer is read whole before its head
     /// is sent, and a failure still gets a problem response (issue 12).
     pub can_stream: bool,
+    /// The last ticket of the call's audit records, noted as they are
+    /// recorded: the gateway waits for it before it answers (issue 19).
+    pub audit_tickets: bulkhead_store::CallTickets,
 }
 
 /// Trailer fields of a chunked request body, already filtered by the
@@ -203,7 +206,7 @@ async fn run(
         invocation.correlation_id.clone(),
         invocation.subject.clone(),
         invocation.caller.clone(),
-        sealed.audit.clone(),
+        (sealed.audit.clone(), invocation.audit_tickets.clone()),
         redactions.clone(),
         deadline,
     );

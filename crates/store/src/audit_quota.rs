@@ -114,6 +114,24 @@ impl Quota {
         }
     }
 
+    /// Put back counts taken for a record that could not be written.
+    pub fn restore(&self, counts: Dropped) {
+        if counts.total() == 0 {
+            return;
+        }
+        let mut dropped = lock(&self.dropped);
+        dropped.other_sources = dropped.other_sources.saturating_add(counts.other_sources);
+        for (source, n) in counts.by_source {
+            if let Some(held) = dropped.by_source.get_mut(&source) {
+                *held = held.saturating_add(n);
+            } else if dropped.by_source.len() < MAX_LISTED {
+                dropped.by_source.insert(source, n);
+            } else {
+                dropped.other_sources = dropped.other_sources.saturating_add(n);
+            }
+        }
+    }
+
     /// The drops counted since the last call.
     pub fn take_dropped(&self) -> Dropped {
         std::mem::take(&mut *lock(&self.dropped))

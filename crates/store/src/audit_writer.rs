@@ -28,9 +28,21 @@
 //! The head file (`audit.head`, MAC'd under the audit key) is brought up to
 //! date after a durable commit, at most every [`HEAD_FILE_EVERY`] while
 //! events keep coming, at once on a flush (every CLI command, shutdown) or
-//! a break, and by itself when the writer goes idle. Data commits stay
-//! `synchronous = NORMAL` (WAL); group-commit durability (issue 19) can
-//! make every batch durable without changing any of this.
+//! a break, and by itself when the writer goes idle.
+//!
+//! Every batch is committed with `synchronous = FULL`, so that a committed
+//! batch survives a crash or a power cut; each event gets a ticket, and a
+//! response waits for the batch holding its call's last ticket before it
+//! is sent (group commit, issue 19: see `audit_durable`). A batch closes as
+//! soon as the queue is empty: what comes while one commits is the next.
+//! A batch that cannot be written (a full disk, a file-size limit, an I/O
+//! error) is counted, with the error, in the next `audit.dropped` record
+//! (`write_failed`, `write_error`); counts a lost batch carried are kept
+//! for the next one.
+//!
+//! A writer that stops without closing (SIGKILL, a crash) is found by the
+//! next one to start, which records it (`audit.unclean_stop`, see
+//! `audit_runs`).
 //!
 //! Once the head file is written for a head that did not say so yet (a
 //! new segment, a store of an older Bulkhead), the keyed head is marked
@@ -63,7 +75,9 @@ use crate::audit::{
     head_mac, read_db_head, read_head_file, record_hash, write_head_file,
 };
 use crate::audit_budget::{Budget, Meta, Pending, traffic_max};
-use crate::audit_quota::{CHANNEL_CAPACITY, Quota};
+use crate::audit_durable::{Durability, Durable, Ticket};
+use crate::audit_quota::{CHANNEL_CAPACITY, Dropped, Quota};
+use crate::audit_runs::{self, Run, Stopped};
 use crate::audit_spill::{self, RECOVERED, Spill, aside_path, rejected_record};
 use crate::{Store, StoreError, now_ms};
 
@@ -129,6 +143,9 @@ pub struct AuditStatus {
     /// At or past the traffic share of the budget: sourced (request and
     /// guest) events are counted, not written.
     pub traffic_full: bool,
+    /// Answers sent before their call's records were durable: the wait's
+    /// bound passed, or the batch could not be written (issue 19).
+    pub not_durable: u64,
 }
 
 #[derive(Default)]
@@ -146,6 +163,11 @@ struct Shared {
     traffic_full: AtomicBool,
     /// Handles waiting in `close` for the writer to finish.
     closers: Mutex<Vec<SyncSender<()>>>,
+    /// Events queued so far: the last ticket given. Held while an event is
+    /// sent, so that the writer's n-th event is ticket n.
+    submitted: Mutex<u64>,
+    /// How far the writer has committed (group commit).
+    durable: Durable,
 }
 
 /// A handle to the audit trail; cheap to clone, usable from any thread.
@@ -162,7 +184,11 @@ impl AuditLog {
     pub fn start(store: &Store) -> Result<Self, StoreError> {
         let (sender, receiver) = sync_channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared::default());
-        let (mut writer, mut first) = Writer::open(store, shared.clone())?;
+        let (mut writer, mut first) = Writer::open(store, shared.clone(), true)?;
+        let dir_error = |source| StoreError::Dir {
+            dir: store.dir().to_path_buf(),
+            source,
+        };
         let pending = first.len();
         if let Err(e) = writer.append(&mut first, true) {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
@@ -173,41 +199,50 @@ impl AuditLog {
         std::thread::Builder::new()
             .name("bulkhead-audit".into())
             .spawn(move || writer.run(receiver))
-            .map_err(|e| StoreError::Dir {
-                dir: store.dir().to_path_buf(),
-                source: e,
-            })?;
+            .map_err(dir_error)?;
         Ok(Self { sender, shared })
     }
 
     /// Append an admin, CLI or system `event` (one no request or guest
-    /// caused); never blocks.
-    pub fn record(&self, event: AuditEvent) {
-        self.enqueue(event, None);
+    /// caused); never blocks. Its ticket, unless it was dropped (counted).
+    pub fn record(&self, event: AuditEvent) -> Option<Ticket> {
+        self.enqueue(event, None)
     }
 
     /// Append `event`, caused by `source`: the caller key of the request
     /// or call (`sub:…`, `ip:…`). Never blocks. Past the source's share of
     /// the queue, or all sources' share, the event is dropped and counted
-    /// under `source` (T09).
-    pub fn record_from(&self, source: impl Into<Arc<str>>, event: AuditEvent) {
+    /// under `source` (T09). Its ticket, unless it was dropped.
+    pub fn record_from(&self, source: impl Into<Arc<str>>, event: AuditEvent) -> Option<Ticket> {
         let source = source.into();
         if !self.shared.quota.take(&source) {
             self.shared.quota.dropped(&source);
             self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
-        self.enqueue(event, Some(source));
+        self.enqueue(event, Some(source))
     }
 
-    fn enqueue(&self, event: AuditEvent, source: Option<Arc<str>>) {
+    fn enqueue(&self, event: AuditEvent, source: Option<Arc<str>>) -> Option<Ticket> {
         let queued = Box::new(Queued {
             event,
             time_ms: now_ms(),
             source,
         });
-        let Err(refused) = self.sender.try_send(Message::Event(queued)) else {
-            return;
+        let refused = {
+            // The ticket and the place in the queue in one step (issue 19).
+            let mut submitted = self
+                .shared
+                .submitted
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match self.sender.try_send(Message::Event(queued)) {
+                Ok(()) => {
+                    *submitted += 1;
+                    return Some(Ticket(*submitted));
+                }
+                Err(refused) => refused,
+            }
         };
         self.shared.dropped_total.fetch_add(1, Ordering::Relaxed);
         let (TrySendError::Full(message) | TrySendError::Disconnected(message)) = refused;
@@ -223,6 +258,15 @@ impl AuditLog {
             },
             Message::Flush(_) | Message::Close => {}
         }
+        None
+    }
+
+    /// Wait, at most `bound`, until the batch holding `ticket` is committed
+    /// and synced (group commit, issue 19); `None` returns at once. Holds
+    /// no thread. An answer that goes out without it is counted
+    /// ([`AuditStatus::not_durable`]) and logged.
+    pub async fn wait_durable(&self, ticket: Option<Ticket>, bound: Duration) -> Durability {
+        self.shared.durable.wait(ticket, bound).await
     }
 
     /// Wait until everything recorded so far is committed (bounded).
@@ -244,6 +288,7 @@ impl AuditLog {
             max_size_bytes: s.max_bytes.load(Ordering::Relaxed),
             full: s.full.load(Ordering::Relaxed),
             traffic_full: s.traffic_full.load(Ordering::Relaxed),
+            not_durable: s.durable.late(),
         }
     }
 
@@ -293,11 +338,37 @@ struct Writer {
     recovered: Vec<Spill>,
     /// When the head file was last written.
     file_written_ms: i64,
+    /// Markers of writers that stopped without closing: recorded with the
+    /// next batch that commits, each deleted after that commit (T09).
+    stopped: Vec<Stopped>,
+    /// This writer's run marker, deleted on a clean close.
+    run: Option<Run>,
+    /// Events taken from the queue so far: the last ticket taken.
+    received: u64,
+    /// The counts the `audit.dropped` records of the batch under way
+    /// carry: put back if that batch cannot be written.
+    taken: Vec<Taken>,
+    /// Events lost because a batch could not be written, not yet on the
+    /// record, and the last error (item 4 of issue 19).
+    lost: u64,
+    lost_error: String,
 }
+
+/// What one `audit.dropped` record carries.
+#[derive(Default)]
+struct Taken {
+    unsourced: u64,
+    sourced: Dropped,
+    lost: u64,
+}
+
+/// The longest write error an `audit.dropped` record keeps.
+const MAX_ERROR_TEXT: usize = 200;
 
 /// The chain's last record, whole, so that its hash can be recomputed.
 struct Last {
     seq: i64,
+    time_ms: i64,
     hash: String,
     intact: bool,
 }
@@ -305,9 +376,33 @@ struct Last {
 impl Writer {
     /// A writer for `store`, and the records of the spill files it set
     /// aside, to be appended first.
-    fn open(store: &Store, shared: Arc<Shared>) -> Result<(Self, Vec<Pending>), StoreError> {
+    /// A writer for `store`. With `runs`, it holds a run marker while it
+    /// lives and records the writers that stopped without closing (the
+    /// server and `AuditLog` users); a one-shot writer (`append_once`)
+    /// leaves both to them.
+    fn open(
+        store: &Store,
+        shared: Arc<Shared>,
+        runs: bool,
+    ) -> Result<(Self, Vec<Pending>), StoreError> {
         let conn = store.connect()?;
+        // Every batch synced: group commit (issue 19).
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| store.db_error(e))?;
         let key = store.audit_key()?;
+        let dir_error = |source| StoreError::Dir {
+            dir: store.dir().to_path_buf(),
+            source,
+        };
+        // T09: this writer's run marker, then those of writers that
+        // stopped without closing (recorded with the first batch).
+        let (run, stopped) = if runs {
+            let run = audit_runs::begin(store.dir()).map_err(dir_error)?;
+            let stopped = audit_runs::stopped(store.dir(), Some(run.path()));
+            (Some(run), stopped)
+        } else {
+            (None, Vec::new())
+        };
         // T09: records a writer spilled at its close, verified; spills
         // that are not appended are set aside and recorded.
         let (recovered, first) = audit_spill::read_all(store.dir(), &key);
@@ -325,6 +420,12 @@ impl Writer {
             file_written_ms: 0,
             retry: Vec::new(),
             recovered,
+            stopped,
+            run,
+            received: 0,
+            taken: Vec::new(),
+            lost: 0,
+            lost_error: String::new(),
         };
         Ok((writer, first))
     }
@@ -341,7 +442,8 @@ pub(crate) fn append_once<E: From<rusqlite::Error>>(
     store: &Store,
     change: impl FnOnce(&Connection) -> Result<Vec<AuditEvent>, E>,
 ) -> Result<(), Result<StoreError, E>> {
-    let (mut writer, mut first) = Writer::open(store, Arc::new(Shared::default())).map_err(Ok)?;
+    let (mut writer, mut first) =
+        Writer::open(store, Arc::new(Shared::default()), false).map_err(Ok)?;
     writer.append_with(&mut first, true, change).map_err(Err)
 }
 
@@ -350,7 +452,8 @@ impl Writer {
         let (events, flushes) = loop {
             // A kept batch, or spills read at start, are tried again even
             // when nothing comes.
-            let waiting = !self.retry.is_empty() || !self.recovered.is_empty();
+            let waiting =
+                !self.retry.is_empty() || !self.recovered.is_empty() || !self.stopped.is_empty();
             let wait = if waiting {
                 Some(RETRY_EVERY)
             } else if self.file_stale {
@@ -402,10 +505,24 @@ impl Writer {
                 events.extend(self.dropped_record());
             }
             let pending = events.len();
-            if (pending > 0 || !flushes.is_empty() || !self.recovered.is_empty())
-                && let Err(e) = self.append(&mut events, !flushes.is_empty())
-            {
-                self.keep_or_count(events, pending, &e);
+            let attempted = pending > 0
+                || !flushes.is_empty()
+                || !self.recovered.is_empty()
+                || !self.stopped.is_empty();
+            let written = !attempted || {
+                let result = self.append(&mut events, !flushes.is_empty());
+                match result {
+                    Ok(()) => true,
+                    Err(e) => {
+                        self.keep_or_count(events, pending, &e);
+                        false
+                    }
+                }
+            };
+            // Group commit: what waits for these tickets may go (a kept
+            // batch is tried again first).
+            if self.retry.is_empty() {
+                self.shared.durable.settle(self.received, written);
             }
             for done in flushes {
                 let _ = done.send(());
@@ -429,7 +546,7 @@ impl Writer {
     /// Unpack `batch` into `events` and `flushes`, giving back the places
     /// its sourced events held; whether it asks the writer to close.
     fn take_messages(
-        &self,
+        &mut self,
         batch: Vec<Message>,
         events: &mut Vec<Pending>,
         flushes: &mut Vec<SyncSender<()>>,
@@ -446,6 +563,7 @@ impl Writer {
                         source,
                     } = *queued;
                     let traffic = source.is_some();
+                    self.received += 1;
                     if let Some(source) = source {
                         *taken.entry(source).or_insert(0) += 1;
                     }
@@ -478,13 +596,18 @@ impl Writer {
             warn!(target: "bulkhead::audit", error = %e, "cannot shorten the busy timeout for the last audit batch");
         }
         let pending = events.len();
-        if (pending > 0 || !self.recovered.is_empty() || self.budget.has_counts())
+        let mut written = true;
+        if (pending > 0
+            || !self.recovered.is_empty()
+            || !self.stopped.is_empty()
+            || self.budget.has_counts())
             && let Err(e) = self.append(&mut events, true)
         {
+            written = false;
             if events.is_empty() && pending > 0 {
                 // Failed while being written: gone, but counted, and the
                 // count is spilled.
-                self.count_lost(pending);
+                self.lose(pending, &e);
                 events.extend(self.dropped_record());
             }
             error!(target: "bulkhead::audit", error = %e, pending, "cannot write the last audit records and counts");
@@ -497,6 +620,11 @@ impl Writer {
         }
         if self.file_stale {
             self.anchor();
+        }
+        self.shared.durable.settle(self.received, written);
+        // A clean close: no unclean stop to report (T09).
+        if let Some(run) = self.run.take() {
+            run.end();
         }
     }
 
@@ -524,7 +652,7 @@ impl Writer {
         if pending == 0 {
             warn!(target: "bulkhead::audit", error = %e, "cannot write to the audit trail yet: trying again");
         } else if events.is_empty() {
-            self.count_lost(pending);
+            self.lose(pending, e);
             error!(target: "bulkhead::audit", error = %e, lost = pending, "cannot write audit records: counted as dropped");
         } else {
             warn!(target: "bulkhead::audit", error = %e, pending, "cannot write audit records yet: kept, trying again");
@@ -532,26 +660,54 @@ impl Writer {
         }
     }
 
-    /// Count `n` events lost while being written as dropped: the next
-    /// `audit.dropped` record says so (T09).
-    fn count_lost(&self, n: usize) {
-        let lost = u64::try_from(n).unwrap_or(u64::MAX);
-        self.shared.dropped.fetch_add(lost, Ordering::Relaxed);
-        self.shared.dropped_total.fetch_add(lost, Ordering::Relaxed);
+    /// A batch of `n` events was lost while being written (a full disk,
+    /// a file-size limit, an I/O error): count them with the error, and
+    /// put back the counts its `audit.dropped` record carried, so that the
+    /// next `audit.dropped` record says all of it (T09, issue 19).
+    fn lose(&mut self, n: usize, e: &rusqlite::Error) {
+        let taken = std::mem::take(&mut self.taken);
+        // The `audit.dropped` records themselves are not events lost.
+        let new = u64::try_from(n.saturating_sub(taken.len())).unwrap_or(u64::MAX);
+        self.shared.dropped_total.fetch_add(new, Ordering::Relaxed);
+        self.lost = self.lost.saturating_add(new);
+        for carried in taken {
+            self.lost = self.lost.saturating_add(carried.lost);
+            self.shared
+                .dropped
+                .fetch_add(carried.unsourced, Ordering::Relaxed);
+            self.shared.quota.restore(carried.sourced);
+        }
+        let mut text = e.to_string();
+        if text.len() > MAX_ERROR_TEXT {
+            let mut end = MAX_ERROR_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        self.lost_error = text;
     }
 
     /// One `audit.dropped` record for the events dropped since the last
     /// one, if any: how many, and by which source (T09). A record of
     /// traffic drops alone counts as traffic for the size budget, so a
     /// flood cannot spend the admin reserve through its drops.
-    fn dropped_record(&self) -> Option<Pending> {
+    fn dropped_record(&mut self) -> Option<Pending> {
         let unsourced = self.shared.dropped.swap(0, Ordering::Relaxed);
         let sourced = self.shared.quota.take_dropped();
-        let total = unsourced.saturating_add(sourced.total());
+        let lost = std::mem::take(&mut self.lost);
+        let total = unsourced
+            .saturating_add(sourced.total())
+            .saturating_add(lost);
         if total == 0 {
             return None;
         }
         let mut event = AuditEvent::new("audit.dropped").detail("events", total);
+        if lost > 0 {
+            event = event
+                .detail("write_failed", lost)
+                .detail("write_error", self.lost_error.as_str());
+        }
         if unsourced > 0 {
             event = event.detail("unsourced", unsourced);
         }
@@ -561,10 +717,15 @@ impl Writer {
         if sourced.other_sources > 0 {
             event = event.detail("other_sources", sourced.other_sources);
         }
+        self.taken.push(Taken {
+            unsourced,
+            sourced,
+            lost,
+        });
         Some(Pending {
             event,
             time_ms: now_ms(),
-            traffic: unsourced == 0,
+            traffic: unsourced == 0 && lost == 0,
         })
     }
 
@@ -573,21 +734,16 @@ impl Writer {
     /// so that the file is never ahead of what survives a power cut, which
     /// would look like a rollback; then the file, written whole.
     fn anchor(&mut self) {
-        let durable = self
-            .conn
-            .pragma_update(None, "synchronous", "FULL")
-            .and_then(|()| {
-                self.conn.execute(
-                    "INSERT INTO audit_meta (id, size_bytes, anchors) VALUES (1, 0, 1)
-                     ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
-                    [],
-                )
-            });
-        // Back to NORMAL whatever happened: data commits stay cheap.
-        let normal = self.conn.pragma_update(None, "synchronous", "NORMAL");
-        let durable = durable.and(normal);
+        // Every commit of this connection is synchronous (FULL); this one
+        // also syncs what other connections committed NORMAL before it.
+        let durable = self.conn.execute(
+            "INSERT INTO audit_meta (id, size_bytes, anchors) VALUES (1, 0, 1)
+                 ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
+            [],
+        );
         let (seq, hash) = &self.last;
         let result = durable
+            .map(drop)
             .map_err(std::io::Error::other)
             .and_then(|()| write_head_file(&self.head_file, &self.key, *seq, hash));
         match result {
@@ -724,6 +880,14 @@ impl Writer {
                     ));
                 }
             }
+            // T09: writers that stopped without closing, and where the
+            // trail ended then (this writer has appended nothing yet).
+            let end = last.as_ref().map(|l| (l.seq, l.time_ms));
+            all.extend(
+                self.stopped
+                    .iter()
+                    .map(|stopped| Pending::system(stopped.record(end), now_ms())),
+            );
             all.append(events);
             all
         };
@@ -833,6 +997,10 @@ impl Writer {
         {
             settle_spill(&spill.path, replayed);
         }
+        for stopped in std::mem::take(&mut self.stopped) {
+            stopped.settle();
+        }
+        self.taken.clear();
         self.last = (seq, prev_hash);
         self.breaks = meta.breaks;
         if written || rewrite_head {
@@ -923,6 +1091,7 @@ fn last_record(conn: &Connection) -> rusqlite::Result<Option<Last>> {
             );
             Ok(Last {
                 seq,
+                time_ms: row.get(1)?,
                 intact: recomputed == hash,
                 hash,
             })

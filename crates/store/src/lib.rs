@@ -4,7 +4,9 @@
 
 pub mod audit;
 mod audit_budget;
+mod audit_durable;
 mod audit_quota;
+mod audit_runs;
 mod audit_spill;
 mod audit_writer;
 mod audited;
@@ -22,6 +24,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::Connection;
 
 pub use audit::{AuditEvent, AuditQuery, AuditRecord, CHAIN_BROKEN, HeadFile, Verification};
+pub use audit_durable::{CallTickets, Durability, Ticket};
+pub use audit_runs::{UNCLEAN_STOP, UncleanStop};
 pub use audit_writer::{AuditLog, AuditStatus, DEFAULT_AUDIT_MAX_BYTES};
 pub use meter::{MeterLog, Usage};
 
