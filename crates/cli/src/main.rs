@@ -296,13 +296,30 @@ fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
     options.open(path)
 }
 
-/// Print each problem on its own line; the caller exits non-zero.
+/// Print each problem on its own line; the caller exits non-zero. A
+/// problem may quote the manifest (a key, a value, a path): control and
+/// invisible-formatting characters are shown as U+FFFD, so a manifest
+/// cannot colour, clear or reorder the terminal.
 fn report(problems: &[String]) -> ExitCode {
     eprintln!("error: {} problem(s) found:", problems.len());
     for problem in problems {
-        eprintln!("  - {problem}");
+        eprintln!("  - {}", printable(problem));
     }
     ExitCode::FAILURE
+}
+
+/// `text` with control and invisible-formatting characters as U+FFFD.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            c if c.is_control() => '\u{fffd}',
+            '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2069}'
+            | '\u{feff}' => '\u{fffd}',
+            c => c,
+        })
+        .collect()
 }
 
 fn load_app(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {

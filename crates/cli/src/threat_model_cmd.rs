@@ -157,16 +157,32 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    // A report is not a secret: readable like any file the user writes.
+    // The mode a plain write would give: the file's own when it exists,
+    // else what the umask allows.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        let mode = match std::fs::metadata(path) {
+            Ok(meta) => meta.permissions().mode() & 0o7777,
+            Err(_) => 0o666 & !current_umask(),
+        };
         let _ = tmp
             .as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o644));
+            .set_permissions(std::fs::Permissions::from_mode(mode));
     }
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The process's umask (read by setting it and putting it back: this
+/// command runs no other thread that creates files meanwhile).
+#[cfg(unix)]
+fn current_umask() -> u32 {
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let mask = unsafe { libc::umask(0o022) };
+    // SAFETY: as above; puts the original mask back.
+    unsafe { libc::umask(mask) };
+    mask
 }

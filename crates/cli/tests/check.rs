@@ -570,24 +570,40 @@ fn outside_dev_a_localhost_grant_is_refused_and_loopback_warned_t19() {
     assert_eq!(warning["level"], "WARN", "{warning}");
 }
 
-/// A component holding `depth` components, each inside the last.
-fn nested_component(depth: usize) -> Vec<u8> {
+fn leb(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A component holding `depth` components, each inside the last, each
+/// level instantiating the one inside it `fan_out` times.
+fn nested_component(depth: usize, fan_out: usize) -> Vec<u8> {
     const HEADER: &[u8] = b"\0asm\x0d\0\x01\0";
     let mut bytes = HEADER.to_vec();
     for _ in 0..depth {
         let mut outer = HEADER.to_vec();
         outer.push(4); // a nested component section
-        let mut len = bytes.len();
-        loop {
-            let byte = (len & 0x7f) as u8;
-            len >>= 7;
-            if len == 0 {
-                outer.push(byte);
-                break;
-            }
-            outer.push(byte | 0x80);
-        }
+        leb(&mut outer, bytes.len());
         outer.extend_from_slice(&bytes);
+        if fan_out > 0 {
+            // A component instance section: `fan_out` instantiations of
+            // component 0 with no arguments.
+            let mut section = Vec::new();
+            leb(&mut section, fan_out);
+            for _ in 0..fan_out {
+                section.extend_from_slice(&[0, 0, 0]);
+            }
+            outer.push(5);
+            leb(&mut outer, section.len());
+            outer.extend_from_slice(&section);
+        }
         bytes = outer;
     }
     bytes
@@ -598,7 +614,7 @@ fn t05_a_component_nested_thousands_deep_is_refused_before_it_is_compiled() {
     // Outside attack on issue 13: 20,000 levels in 238 KB took wasmtime's
     // compiler past 3 GB; 200,000 levels, 23 GB and the OOM killer.
     let app = TestApp::new(VALID, &["hello"]);
-    fs::write(app.path().join("hello.wasm"), nested_component(5000)).expect("write");
+    fs::write(app.path().join("hello.wasm"), nested_component(5000, 0)).expect("write");
     let out = app.run(&["check"]);
     assert!(!out.status.success());
     let text = stderr(&out);
@@ -606,4 +622,27 @@ fn t05_a_component_nested_thousands_deep_is_refused_before_it_is_compiled() {
     // The threat model reads it without compiling, and says nothing worse.
     let out = app.run(&["threat-model"]);
     assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn t05_a_component_that_fans_out_its_instances_is_refused_before_it_is_compiled() {
+    // Second outside attack on issue 13: nine levels (under the depth
+    // limit), each instantiating the next ten times, 357 bytes: 10^8
+    // instances, past 2 GB in the compiler.
+    let app = TestApp::new(VALID, &["hello"]);
+    fs::write(app.path().join("hello.wasm"), nested_component(9, 10)).expect("write");
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("instances when instantiated, over the 10000 allowed"),
+        "{text}"
+    );
+    // A few instantiations, as real components make, are not refused for it.
+    fs::write(app.path().join("hello.wasm"), nested_component(3, 2)).expect("write");
+    let text = stderr(&app.run(&["check"]));
+    assert!(
+        !text.contains("allowed") && !text.contains("nested more"),
+        "{text}"
+    );
 }

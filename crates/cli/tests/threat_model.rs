@@ -669,6 +669,22 @@ fn t21_manifest_text_cannot_inject_into_the_markdown_or_the_terminal() {
         !stderr.contains('\u{1b}') && !stderr.contains('\u{202e}'),
         "{stderr}"
     );
+    // Manifest problems quote the manifest: not its escape sequences.
+    let app = TestApp::new(
+        &CAREFUL.replace(
+            "auth = \"api-key\"\nscopes = [\"conference:read\"]",
+            "auth = \"\\u001b[2Jx\\u202e\"\nscopes = [\"conference:read\"]",
+        ),
+        &["kv", "hello"],
+    );
+    let out = app.run(&["threat-model"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains('\u{fffd}'), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{202e}'),
+        "{stderr}"
+    );
     // An accepted risk's target is a name, not markup.
     let manifest = format!(
         "{CAREFUL}\n[[accept]]\nrule = \"public-route\"\ntarget = \"x`<b>\"\nreason = \"r\"\n"
@@ -716,4 +732,44 @@ fn t03_a_mitigated_rate_limit_cites_the_line_that_sets_it() {
         .expect("a rate-limit threat for profile");
     assert_eq!(rate["status"], "mitigated");
     assert_eq!(rate["line"], line_of(&manifest, "per_caller = \"5/s\""));
+}
+
+#[test]
+fn t21_accepting_one_grant_of_a_function_never_covers_its_other_grants() {
+    // Second outside attack: an acceptance of `wide-outbound` for the
+    // function covered every origin added to it later.
+    let manifest = format!(
+        "{}\n[[accept]]\nrule = \"wide-outbound\"\ntarget = \"profile:https://*.example.com:443\"\nreason = \"regional hosts vary\"\n",
+        CAREFUL.replace(
+            "scopes = [\"conference:read\"]",
+            "scopes = [\"conference:read\"]\ngrants = { outbound = [\"https://*.example.com\", \"http://10.0.0.5:8080\"] }",
+        )
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let (model, _) = threat_model(&app, &[]);
+    let status = |origin: &str| {
+        threats(&model)
+            .iter()
+            .find(|t| t["rule"] == "wide-outbound" && t["accept_as"] == format!("profile:{origin}"))
+            .map(|t| t["status"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(
+        status("https://*.example.com:443").as_deref(),
+        Some("accepted")
+    );
+    assert_eq!(status("http://10.0.0.5:8080").as_deref(), Some("open"));
+    // Naming only the function accepts none of its grants: it is stale.
+    let manifest = manifest.replace(
+        "target = \"profile:https://*.example.com:443\"",
+        "target = \"profile\"",
+    );
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let (model, _) = threat_model(&app, &[]);
+    assert!(!open_of(&open(&model), "stale-acceptance").is_empty());
+    // The Markdown says what to name.
+    let text = String::from_utf8_lossy(&app.run(&["threat-model"]).stdout).into_owned();
+    assert!(
+        text.contains("`wide-outbound` for `profile:http://10.0.0.5:8080`"),
+        "{text}"
+    );
 }

@@ -283,7 +283,7 @@ fn findings(out: &mut String, model: &ThreatModel) {
                     Html::text(&format!("{} {}", t.threat_id, t.stride.as_str())),
                     Html::text(&t.title),
                     Html::text(&t.detail),
-                    Html::code(t.rule),
+                    Html::text(&format!("`{}` for `{}`", t.rule, t.accept_as)),
                     Html::line(t.line),
                 ]
             }),

@@ -98,7 +98,7 @@ pub fn markdown(model: &ThreatModel) -> String {
                     format!("{} {}", t.threat_id, t.stride.as_str()),
                     t.title.clone(),
                     t.detail.clone(),
-                    format!("`{}`", t.rule),
+                    format!("`{}` for `{}`", t.rule, t.accept_as),
                     line(t.line),
                 ]
             }),

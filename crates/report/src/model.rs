@@ -289,8 +289,12 @@ pub struct Threat {
     pub stride: Stride,
     /// The element it is about (an [`Element::id`]).
     pub element: String,
-    /// The route, function, store or origin, as `[[accept]] target` names it.
+    /// The function, store or app it is about.
     pub target: String,
+    /// What `[[accept]] target` names to accept it: `target`, or for a
+    /// finding about one grant of a function `FUNCTION:GRANT` (an origin,
+    /// store or grant key), so an acceptance covers that grant only.
+    pub accept_as: String,
     /// Short and about this app: "route `/admin` is public".
     pub title: String,
     pub status: Status,

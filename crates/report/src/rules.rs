@@ -87,11 +87,12 @@ impl Findings<'_> {
             Outcome::Mitigated(control) => (Status::Mitigated, title, control),
             Outcome::Open(finding, fix) => (Status::Open, finding, fix),
         };
-        let id = if key.is_empty() {
-            format!("{}:{target}", rule.id)
+        let accept_as = if key.is_empty() {
+            target.to_string()
         } else {
-            format!("{}:{target}:{key}", rule.id)
+            format!("{target}:{key}")
         };
+        let id = format!("{}:{accept_as}", rule.id);
         self.threats.push(Threat {
             id,
             rule: rule.id,
@@ -99,6 +100,7 @@ impl Findings<'_> {
             stride: rule.stride,
             element: element.into(),
             target: target.into(),
+            accept_as,
             title,
             status,
             severity,
@@ -973,7 +975,7 @@ fn accept(f: &mut Findings<'_>) {
         for t in &mut f.threats {
             if t.status != Status::Mitigated
                 && t.rule != STALE_ACCEPT.id
-                && risk.covers(t.rule, &t.target, t.severity == Severity::High)
+                && risk.covers(t.rule, &t.accept_as, t.severity == Severity::High)
             {
                 matched = true;
                 t.status = Status::Accepted;
@@ -998,7 +1000,7 @@ fn accept(f: &mut Findings<'_>) {
                         risk.rule
                     ),
                     "remove it, or fix its `rule` and `target` (without a `target` it never \
-                     covers a high finding: name the function, store or origin)"
+                     covers a high finding: name the target as the report prints it after the rule)"
                         .into(),
                 ),
                 Some(risk.line),

@@ -347,6 +347,7 @@ pub fn model() -> ThreatModel {
         stride: Stride::Spoofing,
         element: element.into(),
         target: h("target"),
+        accept_as: h("target"),
         title: h(&format!("title-{n}")),
         status,
         severity,
