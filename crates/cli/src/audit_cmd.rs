@@ -1,6 +1,7 @@
 //! `bulkhead audit`: verify the chain, and tell the story of a request or
 //! a caller.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
@@ -181,28 +182,35 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 since_ms,
                 limit,
             })?;
-            match format {
-                Format::Json => {
-                    for record in &records {
-                        let mut value = serde_json::to_value(record)?;
-                        value["time"] = record.time().into();
-                        println!("{value}");
-                    }
+            let mut out = std::io::stdout().lock();
+            let written = match format {
+                Format::Json => records.iter().try_for_each(|record| {
+                    let mut value = serde_json::to_value(record).map_err(std::io::Error::other)?;
+                    value["time"] = record.time().into();
+                    writeln!(out, "{value}")
+                }),
+                Format::Table => print_table(&mut out, &records),
+            };
+            // A reader that stopped early (`| head`) is not an error.
+            match written.and_then(|()| out.flush()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow::Error::new(e).context("cannot write the records to stdout"))
                 }
-                Format::Table => print_table(&records),
+                _ => Ok(ExitCode::SUCCESS),
             }
-            Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn print_table(records: &[AuditRecord]) {
-    println!(
+fn print_table(out: &mut impl std::io::Write, records: &[AuditRecord]) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:>6}  {:<24}  {:<18}  {:<32}  {:<16}  DETAIL",
         "SEQ", "TIME", "KIND", "CORRELATION", "FUNCTION"
-    );
+    )?;
     for r in records {
-        println!(
+        writeln!(
+            out,
             "{:>6}  {:<24}  {:<18}  {:<32}  {:<16}  {}",
             r.seq,
             r.time(),
@@ -210,7 +218,8 @@ fn print_table(records: &[AuditRecord]) {
             r.correlation_id.as_deref().unwrap_or("-"),
             r.function.as_deref().unwrap_or("-"),
             r.detail
-        );
+        )?;
     }
     eprintln!("{} record(s)", records.len());
+    Ok(())
 }

@@ -162,7 +162,7 @@ async fn t09_acknowledged_calls_keep_their_records_across_sigkill() {
         said.contains(&format!("stopped uncleanly {kills} time(s)")),
         "{said}"
     );
-    assert!(said.contains("no writer has started since"), "{said}");
+    assert!(said.contains("no server has started since"), "{said}");
 
     // A restart records the last kill too: every kill is on the trail,
     // chained, and a clean stop adds none.
@@ -176,7 +176,7 @@ async fn t09_acknowledged_calls_keep_their_records_across_sigkill() {
         said.contains(&format!("stopped uncleanly {kills} time(s)")),
         "{said}"
     );
-    assert!(!said.contains("no writer has started since"), "{said}");
+    assert!(!said.contains("no server has started since"), "{said}");
 }
 
 /// A clean stop (SIGTERM) is not an unclean one: `verify` says intact and

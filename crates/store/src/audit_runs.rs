@@ -204,23 +204,30 @@ pub struct UncleanStop {
     /// started since (only the marker tells).
     pub recorded_at: Option<i64>,
     pub pid: Option<u64>,
+    /// When the stopped writer started: its last durable commit is not
+    /// known, only that it came after this (other writers, CLI commands or
+    /// a second server, may have appended since it died).
+    pub started_ms: Option<i64>,
 }
 
 impl UncleanStop {
     /// One line for `audit verify`.
     pub fn describe(&self) -> String {
-        let when = if self.after_time_ms > 0 {
-            format_time(self.after_time_ms)
-        } else {
-            "its start".to_string()
+        // The window opens at the writer's start: where its own durable
+        // trail ended is not known (records written after its death by
+        // CLI commands or another server say nothing about it).
+        let when = match self.started_ms {
+            Some(started) if started > 0 => format!("its start at {}", format_time(started)),
+            _ if self.after_time_ms > 0 => format_time(self.after_time_ms),
+            _ => "its start".to_string(),
         };
         let pid = self.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
         let recorded = match self.recorded_at {
             Some(seq) => format!("recorded at record {seq} ({UNCLEAN_STOP})"),
-            None => "no writer has started since".to_string(),
+            None => "not recorded on the trail yet (no server has started since)".to_string(),
         };
         format!(
-            "a writer{pid} stopped uncleanly at or after record {}: records of events after {when} may be missing ({WINDOW}); {recorded}",
+            "a writer{pid} stopped uncleanly; records of events after {when} that were not waited for may be missing ({WINDOW}); the trail held record {} when this was noticed; {recorded}",
             self.after_record
         )
     }
@@ -242,6 +249,7 @@ impl Store {
                 after_time_ms: r.detail["after_time_ms"].as_i64().unwrap_or(0),
                 recorded_at: Some(r.seq),
                 pid: r.detail["pid"].as_u64(),
+                started_ms: r.detail["writer_started_ms"].as_i64(),
             })
             .collect();
         let waiting = stopped(self.dir(), None);
@@ -253,6 +261,7 @@ impl Store {
                 after_time_ms: time_ms,
                 recorded_at: None,
                 pid: s.pid,
+                started_ms: s.started_ms,
             }));
         }
         Ok(stops)

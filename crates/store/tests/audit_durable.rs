@@ -149,7 +149,12 @@ fn t09_an_unclean_stop_is_reported_then_recorded_once() {
     assert_eq!(stops[0].recorded_at, None);
     assert_eq!(stops[0].after_record, 1);
     assert_eq!(stops[0].pid, Some(4242));
-    assert!(stops[0].describe().contains("at or after record 1"));
+    assert_eq!(stops[0].started_ms, Some(1));
+    // The window opens at the writer's start, not where the trail ended
+    // when the stop was noticed (others may have appended since).
+    let said = stops[0].describe();
+    assert!(said.contains("after its start at 1970-01-01"), "{said}");
+    assert!(said.contains("held record 1 when this was noticed"), "{said}");
 
     let log = AuditLog::start(&store).unwrap();
     log.flush();
