@@ -154,7 +154,10 @@ fn t09_an_unclean_stop_is_reported_then_recorded_once() {
     // when the stop was noticed (others may have appended since).
     let said = stops[0].describe();
     assert!(said.contains("after its start at 1970-01-01"), "{said}");
-    assert!(said.contains("held record 1 when this was noticed"), "{said}");
+    assert!(
+        said.contains("held record 1 when this was noticed"),
+        "{said}"
+    );
 
     let log = AuditLog::start(&store).unwrap();
     log.flush();
