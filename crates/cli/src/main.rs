@@ -303,33 +303,20 @@ fn open_log_file(path: &Path) -> std::io::Result<std::fs::File> {
 fn report(problems: &[String]) -> ExitCode {
     eprintln!("error: {} problem(s) found:", problems.len());
     for problem in problems {
-        eprintln!("  - {}", printable(problem));
+        eprintln!("  - {}", bulkhead_manifest::text::visible(problem));
     }
     ExitCode::FAILURE
 }
 
-/// `text` with control and invisible-formatting characters as U+FFFD.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            c if c.is_control() => '\u{fffd}',
-            '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{feff}' => '\u{fffd}',
-            c => c,
-        })
-        .collect()
+/// The validated manifest of `target`, or every problem with it.
+fn load_manifest(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {
+    bulkhead_manifest::load(&target.app_dir, &target.env)
+        .map_err(|problems| problems.0.iter().map(ToString::to_string).collect())
 }
 
+/// [`load_manifest`], refusing what this build cannot serve.
 fn load_app(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {
-    let app = bulkhead_manifest::load(&target.app_dir, &target.env).map_err(|problems| {
-        problems
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-    })?;
+    let app = load_manifest(target)?;
     if let Some(telemetry) = &app.telemetry
         && !cfg!(feature = "otlp")
     {

@@ -83,12 +83,9 @@ fn privileges(target: &Target, since: &str, format: Format) -> Result<ExitCode> 
             "`--since {since}` is shorter than an hour: the meter counts calls per hour, so a shorter window cannot tell an unused grant from one used just before it; write 1h or more, like 30d, 7d or 12h"
         );
     }
-    let app = match bulkhead_manifest::load(&target.app_dir, &target.env) {
+    let app = match crate::load_manifest(target) {
         Ok(app) => app,
-        Err(problems) => {
-            let problems: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
-            return Ok(crate::report(&problems));
-        }
+        Err(problems) => return Ok(crate::report(&problems)),
     };
     let source = std::fs::read_to_string(&app.manifest_path)
         .with_context(|| format!("cannot read {}", app.manifest_path.display()))?;

@@ -2,6 +2,7 @@
 //! deployed (T21), written in the format asked for, and an exit status a CI
 //! pipeline can gate on.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -53,10 +54,16 @@ pub fn run(
         Ok(app) => app,
         Err(problems) => return Ok(report(&problems)),
     };
+    // Functions may share a component: each file is read and hashed once.
+    let mut read: HashMap<&Path, ComponentFacts> = HashMap::new();
     let components: Vec<ComponentFacts> = app
         .functions
         .iter()
-        .map(|f| ComponentFacts::read(&f.component))
+        .map(|f| {
+            read.entry(f.component.as_path())
+                .or_insert_with(|| ComponentFacts::read(&f.component))
+                .clone()
+        })
         .collect();
     let model = bulkhead_report::threat_model(&app, &components);
     let text = match format {

@@ -21,14 +21,10 @@ const MAX_REASON: usize = 500;
 /// stale `[[accept]]` cover a new hole unseen.
 const STALE_ACCEPTANCE: &str = "stale-acceptance";
 
-/// Text that reaches reports and terminals: no control characters, no
-/// bidirectional overrides or invisible formatting that could make a
-/// reason or target read as something else.
+/// Text that reaches reports and terminals: nothing that could make a
+/// reason read as something else.
 fn printable(text: &str) -> bool {
-    !text.chars().any(|c| {
-        c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2069}' | '\u{feff}')
-    })
+    !text.chars().any(crate::text::is_hidden)
 }
 
 /// A target names a function, store, origin or the app: no spaces, no

@@ -21,6 +21,18 @@ pub struct Grants {
     pub config: Vec<String>,
 }
 
+impl Grants {
+    /// Every store grant, key-value then SQL, with its access.
+    pub fn stores(&self) -> impl Iterator<Item = (&str, StoreAccess)> {
+        let kv = self
+            .kv
+            .iter()
+            .map(|(name, access)| (name.as_str(), *access));
+        let sql = self.sql.iter().map(|(name, g)| (name.as_str(), g.access));
+        kv.chain(sql)
+    }
+}
+
 /// What a store grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreAccess {

@@ -18,6 +18,7 @@ mod resolve;
 pub mod route;
 pub mod stores;
 mod telemetry;
+pub mod text;
 pub mod traffic;
 pub mod units;
 

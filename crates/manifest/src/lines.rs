@@ -5,7 +5,7 @@
 //! Keys are dotted paths as the manifest spells them, with the function's
 //! or store's name in place of the array index: `function.NAME.route`,
 //! `function.NAME.grants.kv.STORE`, `store.NAME.retention`,
-//! `limits.rate_limit`, `accept.2`.
+//! `limits.rate_limit`. Only the settings a report cites are kept.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -63,12 +63,6 @@ impl Builder<'_> {
         self.opt(key("metering"), &limits.metering);
         self.opt(key("dynamic_throttle"), &limits.dynamic_throttle);
         self.opt(key("trusted_proxies"), &limits.trusted_proxies);
-        self.opt(key("timeout"), &limits.timeout);
-        self.opt(key("memory"), &limits.memory);
-        self.opt(
-            key("max_concurrent_requests"),
-            &limits.max_concurrent_requests,
-        );
     }
 }
 
@@ -80,7 +74,6 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
     b.at("app".into(), raw.app.name.span());
     b.opt("app.hostnames".into(), &raw.app.hostnames);
     if let Some(overlay) = raw.env.get(env) {
-        b.at(format!("env.{env}"), overlay.span());
         b.limits("limits", &overlay.get_ref().limits);
         b.opt(
             "telemetry.otlp_endpoint".into(),
@@ -94,10 +87,6 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
     );
     if let Some(jwt) = &raw.auth.jwt {
         b.at("auth.jwt".into(), jwt.span());
-        b.at(
-            "auth.jwt.algorithms".into(),
-            jwt.get_ref().algorithms.span(),
-        );
         b.opt(
             "auth.jwt.max_token_lifetime".into(),
             &jwt.get_ref().max_token_lifetime,
@@ -107,12 +96,8 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         let prefix = format!("store.{}", name.get_ref());
         b.at(prefix.clone(), name.span());
         let s = store.get_ref();
-        b.at(format!("{prefix}.kind"), s.kind.span());
         b.opt(format!("{prefix}.scope"), &s.scope);
         b.opt(format!("{prefix}.retention"), &s.retention);
-    }
-    for (key, value) in &raw.config {
-        b.at(format!("config.{}", key.get_ref()), value.span());
     }
     for spanned in &raw.function {
         let f = spanned.get_ref();
@@ -130,7 +115,6 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         b.opt(key("timeout"), &f.timeout);
         b.opt(key("memory"), &f.memory);
         b.opt(key("input.body_schema"), &f.input.body_schema);
-        b.opt(key("input.max_body"), &f.input.max_body);
         let g = &f.grants;
         for origin in &g.outbound {
             b.at(key("grants.outbound"), origin.span());
@@ -171,9 +155,6 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
                 config.span(),
             );
         }
-    }
-    for (i, accept) in raw.accept.iter().enumerate() {
-        b.at(format!("accept.{i}"), accept.get_ref().rule.span());
     }
     SourceLines(b.lines)
 }

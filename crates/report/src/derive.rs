@@ -315,13 +315,7 @@ pub(crate) fn store_users(app: &App, name: &str) -> (Vec<String>, Vec<String>) {
     let mut readers = Vec::new();
     let mut writers = Vec::new();
     for f in &app.functions {
-        let access = f
-            .grants
-            .kv
-            .get(name)
-            .copied()
-            .or_else(|| f.grants.sql.get(name).map(|g| g.access));
-        if let Some(access) = access {
+        if let Some((_, access)) = f.grants.stores().find(|(store, _)| *store == name) {
             readers.push(f.name.clone());
             if access.can_write() {
                 writers.push(f.name.clone());
@@ -496,13 +490,7 @@ pub(crate) fn diagram(app: &App) -> Diagram {
             &fn_id(&f.name),
             format!("{} {}", f.methods.join(","), f.route),
         );
-        for (store, access) in f
-            .grants
-            .kv
-            .iter()
-            .map(|(s, a)| (s, *a))
-            .chain(f.grants.sql.iter().map(|(s, g)| (s, g.access)))
-        {
+        for (store, access) in f.grants.stores() {
             flow(&fn_id(&f.name), &store_id(store), access.as_str().into());
         }
         if !f.grants.secrets.is_empty() {

@@ -5,6 +5,8 @@
 
 use std::fmt::Write;
 
+use bulkhead_manifest::text::is_hidden;
+
 use crate::model::*;
 use crate::tables::{self, Cell, Table};
 
@@ -16,11 +18,8 @@ pub fn plain(text: &str) -> String {
     text.chars()
         .map(|c| match c {
             '<' => "&lt;".to_string(),
-            c if c.is_control() && c != '\n' => '\u{fffd}'.to_string(),
-            '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2060}'..='\u{2069}'
-            | '\u{feff}' => '\u{fffd}'.to_string(),
+            '\n' => "\n".to_string(),
+            c if is_hidden(c) => '\u{fffd}'.to_string(),
             c => c.to_string(),
         })
         .collect()

@@ -339,12 +339,10 @@ fn public_severity(app: &App, function: &Function) -> Severity {
         .as_str()
         .split('/')
         .any(|segment| segment.eq_ignore_ascii_case("admin"));
-    let writes =
-        g.kv.values().any(|a| a.can_write()) || g.sql.values().any(|s| s.access.can_write());
-    let personal =
-        g.kv.keys()
-            .chain(g.sql.keys())
-            .any(|s| app.store(s).is_some_and(StoreSpec::personal_data));
+    let writes = g.stores().any(|(_, access)| access.can_write());
+    let personal = g
+        .stores()
+        .any(|(s, _)| app.store(s).is_some_and(StoreSpec::personal_data));
     if admin || writes || personal || !g.secrets.is_empty() {
         Severity::High
     } else if g.kv.is_empty() && g.sql.is_empty() && g.outbound.is_empty() && g.config.is_empty() {
@@ -403,18 +401,9 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
     if let Access::Authenticated { scopes, .. } = &function.access {
         let writes: Vec<&str> = function
             .grants
-            .kv
-            .iter()
-            .filter(|(_, a)| a.can_write())
-            .map(|(s, _)| s.as_str())
-            .chain(
-                function
-                    .grants
-                    .sql
-                    .iter()
-                    .filter(|(_, g)| g.access.can_write())
-                    .map(|(s, _)| s.as_str()),
-            )
+            .stores()
+            .filter(|(_, access)| access.can_write())
+            .map(|(store, _)| store)
             .collect();
         if !writes.is_empty() {
             let outcome = if scopes.is_empty() {
