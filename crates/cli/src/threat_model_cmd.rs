@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use bulkhead_report::{ComponentFacts, Severity, ThreatModel};
+use bulkhead_store::files;
 use clap::ValueEnum;
 
 use crate::{Target, load_app, report};
@@ -138,58 +139,26 @@ fn gate(model: &ThreatModel, fail_on: Option<FailOn>) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Write `bytes` to `path` through a fresh temporary file beside it
-/// (random name, created exclusively, never a path someone planted), so a
+/// Write `bytes` to `path` atomically ([`files::write_atomically`]), so a
 /// crash or a full disk never leaves half a report where a CI step reads
 /// one. Only a regular file is replaced: a device, FIFO, directory or
-/// symlink at `path` is refused rather than swapped for a report.
+/// symlink at `path` is refused rather than swapped for a report. A new
+/// file gets what the umask allows, a replaced one keeps its mode.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Ok(meta) = std::fs::symlink_metadata(path)
-        && !meta.file_type().is_file()
-    {
-        bail!(
+    let existing = match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_file() => bail!(
             "--output {} exists and is not a regular file (a directory, symlink, device or pipe); \
              name a new file, or leave out --output to write to stdout",
             path.display()
-        );
-    }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
+        ),
+        Ok(meta) => Some(meta.permissions()),
+        Err(_) => None,
     };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".bulkhead-report-")
-        .tempfile_in(&dir)
-        .with_context(|| format!("cannot create a file in {}", dir.display()))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
+    files::write_atomically(path, &[bytes], 0o666)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    // The mode a plain write would give: the file's own when it exists,
-    // else what the umask allows.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = match std::fs::metadata(path) {
-            Ok(meta) => meta.permissions().mode() & 0o7777,
-            Err(_) => 0o666 & !current_umask(),
-        };
-        let _ = tmp
-            .as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode));
+    if let Some(permissions) = existing {
+        std::fs::set_permissions(path, permissions)
+            .with_context(|| format!("cannot keep the mode of {}", path.display()))?;
     }
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
-}
-
-/// The process's umask (read by setting it and putting it back: this
-/// command runs no other thread that creates files meanwhile).
-#[cfg(unix)]
-fn current_umask() -> u32 {
-    // SAFETY: umask only swaps the process's file-creation mask.
-    let mask = unsafe { libc::umask(0o022) };
-    // SAFETY: as above; puts the original mask back.
-    unsafe { libc::umask(mask) };
-    mask
 }

@@ -465,7 +465,7 @@ fn t21_the_markdown_reads_like_a_threat_model_and_output_files_are_whole() {
     let leftovers: Vec<_> = fs::read_dir(app.path())
         .expect("app dir")
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);

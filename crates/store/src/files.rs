@@ -141,12 +141,23 @@ fn tighten(path: &Path, _mode: u32) -> std::io::Result<()> {
 /// file's name is unique to this process and call, so two writers of the
 /// same file (two threads, two processes) never share one.
 pub fn write_private(path: &Path, parts: &[&[u8]]) -> std::io::Result<()> {
+    write_atomically(path, parts, 0o600)
+}
+
+/// Write `parts` to `path` atomically: to a temp file beside it, created
+/// exclusively (a name planted there, a symlink included, is never
+/// followed) with `mode` less the umask, synced, then renamed over `path`
+/// and the directory synced. A reader sees the old file or the whole new
+/// one, never a part.
+pub fn write_atomically(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<()> {
     let tmp = temp_sibling(path);
     let result = (|| {
         let mut options = fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+        #[cfg(not(unix))]
+        let _ = mode;
         let mut file = options.open(&tmp)?;
         for part in parts {
             file.write_all(part)?;
