@@ -26,13 +26,6 @@ pub(crate) fn boundary_id(from_zone: &str, to_zone: &str) -> String {
     format!("{from_zone}->{to_zone}")
 }
 
-fn zone_name(id: &str) -> &'static str {
-    ZONES
-        .iter()
-        .find(|(z, _)| *z == id)
-        .map_or("?", |(_, name)| name)
-}
-
 pub(crate) fn fn_id(name: &str) -> String {
     format!("fn:{name}")
 }
@@ -553,7 +546,7 @@ pub(crate) fn diagram(app: &App) -> Diagram {
 }
 
 fn element(id: &str, kind: ElementKind, name: &str, zone: &str, description: &str) -> Element {
-    debug_assert!(ZONES.iter().any(|(z, _)| *z == zone), "{}", zone_name(zone));
+    debug_assert!(ZONES.iter().any(|(z, _)| *z == zone), "unknown zone {zone}");
     Element {
         id: id.into(),
         kind,
