@@ -646,3 +646,59 @@ fn t05_a_component_that_fans_out_its_instances_is_refused_before_it_is_compiled(
         "{text}"
     );
 }
+
+/// Third outside attack: siblings reached by `alias outer`, each
+/// instantiating the previous one ten times, `chain` of them (nesting
+/// stays at two levels): 10^chain instances from a few hundred bytes.
+fn alias_chain_component(chain: usize, fan_out: usize) -> Vec<u8> {
+    const COMPONENT: &[u8] = b"\0asm\x0d\0\x01\0";
+    const MODULE: &[u8] = b"\0asm\x01\0\0\0";
+    let section = |id: u8, body: &[u8]| {
+        let mut out = vec![id];
+        leb(&mut out, body.len());
+        out.extend_from_slice(body);
+        out
+    };
+    let vec_of = |items: &[Vec<u8>]| {
+        let mut out = Vec::new();
+        leb(&mut out, items.len());
+        for item in items {
+            out.extend_from_slice(item);
+        }
+        out
+    };
+    // C0: one core instance of an empty module.
+    let mut c0 = COMPONENT.to_vec();
+    c0.extend(section(1, MODULE));
+    c0.extend(section(2, &vec_of(&[vec![0, 0, 0]])));
+    let mut root = COMPONENT.to_vec();
+    root.extend(section(4, &c0));
+    for i in 1..=chain {
+        let mut alias = vec![4, 2, 1]; // sort component, outer, one level up
+        leb(&mut alias, i - 1);
+        let mut ci = COMPONENT.to_vec();
+        ci.extend(section(6, &vec_of(&[alias])));
+        ci.extend(section(5, &vec_of(&vec![vec![0, 0, 0]; fan_out])));
+        root.extend(section(4, &ci));
+    }
+    let mut last = vec![0];
+    leb(&mut last, chain);
+    last.push(0);
+    root.extend(section(5, &vec_of(&[last])));
+    root
+}
+
+#[test]
+fn t05_instances_fanned_out_through_aliased_siblings_are_refused_before_compiling() {
+    // 390 bytes took `check` past 2 GB in 5 s before the bound counted
+    // instantiations whatever component they name.
+    let app = TestApp::new(VALID, &["hello"]);
+    fs::write(app.path().join("hello.wasm"), alias_chain_component(7, 10)).expect("write");
+    let out = app.run(&["check"]);
+    assert!(!out.status.success());
+    let text = stderr(&out);
+    assert!(
+        text.contains("instances when instantiated, over the 10000 allowed"),
+        "{text}"
+    );
+}

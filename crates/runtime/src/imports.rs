@@ -166,85 +166,71 @@ pub fn read_component_imports(bytes: &[u8]) -> Result<Vec<String>, String> {
 /// compiler needs memory growing with the depth, gigabytes at 20,000.
 pub const MAX_NESTING: usize = 32;
 
-/// Most instances a component may create when instantiated, counted
-/// through its nesting (a component instantiated ten times that itself
-/// instantiates ten is a hundred). Real components create a handful; a
-/// 357-byte file instantiating ten-fold through nine levels asks the
-/// compiler for 10^8 and gigabytes.
+/// Most instances a component may create when instantiated. Real
+/// components create a handful; a few hundred bytes instantiating ten-fold
+/// through nine levels, or through a chain of sibling components reached
+/// by alias, ask the compiler for 10^8 and gigabytes.
 pub const MAX_INSTANCES: u64 = 10_000;
 
 /// Refuse, before it is compiled, a component nested deeper than
-/// [`MAX_NESTING`] or creating more than [`MAX_INSTANCES`] instances (T05
-/// at deploy). Read without compiling; malformed bytes are left to the
-/// compiler to describe.
+/// [`MAX_NESTING`] or that may create more than [`MAX_INSTANCES`]
+/// instances (T05 at deploy). Read without compiling; malformed bytes are
+/// left to the compiler to describe.
+///
+/// The bound does not follow which component each `instantiate` names
+/// (nested, imported, aliased from an outer scope or an instance's
+/// exports): components cannot instantiate themselves, so every chain of
+/// instantiations passes through distinct components, and the product
+/// over all of them of (1 + the instantiations each makes) bounds the
+/// component instances however they are wired; each of those may hold at
+/// most all the core instances the file declares.
 pub fn check_nesting(bytes: &[u8]) -> Result<(), String> {
-    use wasmparser::{ComponentInstance, Encoding, Instance, Parser, Payload};
-    /// One component or module being read: its instantiations, and the
-    /// most instances any component nested directly in it creates.
-    struct Frame {
-        component: bool,
-        core: u64,
-        nested: u64,
-        widest_child: u64,
-    }
-    let mut stack: Vec<Frame> = Vec::new();
+    use wasmparser::{ComponentInstance, Instance, Parser, Payload};
+    // Per component or module being read: the component instantiations it
+    // makes so far.
+    let mut frames: Vec<u64> = Vec::new();
+    let mut component_instances = 1u64;
+    let mut core_instances = 0u64;
     for payload in Parser::new(0).parse_all(bytes) {
         let Ok(payload) = payload else {
             return Ok(());
         };
         match payload {
-            Payload::Version { encoding, .. } => {
-                if stack.len() >= MAX_NESTING {
+            Payload::Version { .. } => {
+                frames.push(0);
+                if frames.len() > MAX_NESTING {
                     return Err(format!(
                         "components and modules are nested more than {MAX_NESTING} levels deep"
                     ));
                 }
-                stack.push(Frame {
-                    component: encoding == Encoding::Component,
-                    core: 0,
-                    nested: 0,
-                    widest_child: 0,
-                });
+            }
+            Payload::End(_) => {
+                let made = frames.pop().unwrap_or(0);
+                component_instances = component_instances.saturating_mul(made.saturating_add(1));
             }
             Payload::InstanceSection(reader) => {
                 let count = reader
                     .into_iter()
                     .filter(|i| matches!(i, Ok(Instance::Instantiate { .. })))
                     .count();
-                if let Some(frame) = stack.last_mut() {
-                    frame.core = frame.core.saturating_add(count as u64);
-                }
+                core_instances = core_instances.saturating_add(count as u64);
             }
             Payload::ComponentInstanceSection(reader) => {
                 let count = reader
                     .into_iter()
                     .filter(|i| matches!(i, Ok(ComponentInstance::Instantiate { .. })))
                     .count();
-                if let Some(frame) = stack.last_mut() {
-                    frame.nested = frame.nested.saturating_add(count as u64);
-                }
-            }
-            Payload::End(_) => {
-                let Some(done) = stack.pop() else {
-                    return Ok(());
-                };
-                // An upper bound: every nested instantiation is charged as
-                // the costliest child.
-                let instances = 1u64
-                    .saturating_add(done.core)
-                    .saturating_add(done.nested.saturating_mul(done.widest_child.max(1)));
-                if instances > MAX_INSTANCES {
-                    return Err(format!(
-                        "it would create up to {instances} instances when instantiated, over the {MAX_INSTANCES} allowed"
-                    ));
-                }
-                if let Some(parent) = stack.last_mut()
-                    && done.component
-                {
-                    parent.widest_child = parent.widest_child.max(instances);
+                if let Some(made) = frames.last_mut() {
+                    *made = made.saturating_add(count as u64);
                 }
             }
             _ => {}
+        }
+        let instances = component_instances.saturating_mul(core_instances.saturating_add(1));
+        if instances > MAX_INSTANCES {
+            return Err(format!(
+                "it may create up to {instances} instances when instantiated, over the {MAX_INSTANCES} allowed"
+            ));
         }
     }
     Ok(())
