@@ -9,6 +9,7 @@ mod deploy;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod review_cmd;
+mod sbom_cmd;
 mod secrets_cmd;
 mod serve;
 mod sweeper;
@@ -151,6 +152,37 @@ enum Command {
         #[arg(long, value_enum, value_name = "SEVERITY")]
         fail_on: Option<threat_model_cmd::FailOn>,
     },
+    /// Write a CycloneDX SBOM of the host and the app's components (T18).
+    #[command(
+        long_about = "Write a CycloneDX 1.5 JSON software bill of materials (SBOM) of what the app \
+                      in APP_DIR runs on and with (T18):\n\n\
+                      - the host: this bulkhead binary and every crate linked into it, each with \
+                      its version, package URL (pkg:cargo/NAME@VERSION), the SHA-256 checksum \
+                      Cargo.lock pins and its licence, as recorded when the binary was built;\n\
+                      - the app: each function (name, route) and the component it runs (path, \
+                      SHA-256 digest, the interfaces it imports, and its signer when a trusted \
+                      signature verifies it),\n\
+                      linked by a dependency graph (app -> functions -> components, app -> host \
+                      -> crates).\n\n\
+                      Nothing is compiled or served. The output is deterministic (sorted, serial \
+                      number derived from the content, no timestamp unless --timestamp), so two \
+                      runs over the same app and binary are byte-identical. A component that is \
+                      missing, unreadable or not the digest the manifest pins is an error.",
+        after_help = "Examples:\n  bulkhead sbom examples/hello\n  \
+                      bulkhead sbom my-app --env prod --output my-app.cdx.json\n  \
+                      bulkhead sbom my-app --timestamp -o sbom.json"
+    )]
+    Sbom {
+        #[command(flatten)]
+        target: Target,
+        /// Write to this file (replaced atomically) instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Record when the SBOM was made (metadata.timestamp). Off by default,
+        /// so the same input gives the same bytes.
+        #[arg(long)]
+        timestamp: bool,
+    },
     /// What the functions used and what it costs, from the durable meter.
     #[command(
         long_about = "Report the usage the meter recorded for APP_DIR: requests, wall time, \
@@ -222,6 +254,11 @@ fn main() -> ExitCode {
             output,
             fail_on,
         } => threat_model_cmd::run(&target, format, output.as_deref(), fail_on),
+        Command::Sbom {
+            target,
+            output,
+            timestamp,
+        } => sbom_cmd::run(&target, output.as_deref(), timestamp),
         Command::Usage {
             target,
             by,

@@ -144,7 +144,7 @@ fn gate(model: &ThreatModel, fail_on: Option<FailOn>) -> ExitCode {
 /// one. Only a regular file is replaced: a device, FIFO, directory or
 /// symlink at `path` is refused rather than swapped for a report. A new
 /// file gets what the umask allows, a replaced one keeps its mode.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let existing = match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_file() => bail!(
             "--output {} exists and is not a regular file (a directory, symlink, device or pipe); \

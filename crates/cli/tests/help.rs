@@ -28,6 +28,10 @@ fn help_pairs_each_subcommand_with_its_own_summary() {
             "usage",
             "What the functions used and what it costs, from the durable meter",
         ),
+        (
+            "sbom",
+            "Write a CycloneDX SBOM of the host and the app's components (T18)",
+        ),
         ("audit", "Inspect the tamper-evident audit trail"),
         ("admin", "Manage access to the admin listener"),
         ("token", "Issue, list and revoke opaque session tokens"),

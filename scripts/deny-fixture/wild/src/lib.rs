@@ -1,0 +1,1 @@
+//! Depended on with a wildcard.
