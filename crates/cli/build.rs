@@ -23,7 +23,16 @@ fn main() {
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = dir.join("../..");
     let lock = root.join("Cargo.lock");
-    for file in [&lock, &root.join("Cargo.toml"), &dir.join("Cargo.toml")] {
+    // The lock and every manifest of the workspace decide what is linked.
+    let mut inputs = vec![lock.clone(), root.join("Cargo.toml")];
+    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
+        inputs.extend(
+            crates
+                .filter_map(Result::ok)
+                .map(|e| e.path().join("Cargo.toml")),
+        );
+    }
+    for file in inputs {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     println!("cargo:rerun-if-changed=build.rs");

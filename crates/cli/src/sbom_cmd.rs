@@ -103,10 +103,10 @@ fn deployed(app: &App) -> Result<BTreeMap<PathBuf, Deployed>> {
             let why = facts.imports.err().unwrap_or_else(|| "unreadable".into());
             bail!(
                 "function `{}`: component {} cannot be described: {why}; build it, or fix its \
-                 `component =` in {}",
+                 `component =` at {}",
                 f.name,
                 f.component.display(),
-                app.manifest_path.display()
+                at(app, &f.name, "component")
             );
         };
         let hex = digest
@@ -117,11 +117,11 @@ fn deployed(app: &App) -> Result<BTreeMap<PathBuf, Deployed>> {
             && hex != hex::encode(pinned)
         {
             bail!(
-                "function `{}`: component {} is sha256:{hex}, not the digest {} pins; \
+                "function `{}`: component {} is sha256:{hex}, not the digest pinned at {}; \
                  `bulkhead check` refuses it too. Rebuild the pinned artefact, or pin the new one",
                 f.name,
                 f.component.display(),
-                app.manifest_path.display()
+                at(app, &f.name, "digest")
             );
         }
         out.insert(
@@ -146,6 +146,18 @@ fn deployed(app: &App) -> Result<BTreeMap<PathBuf, Deployed>> {
 /// SBOM then names the signer and marks the component `verified`.
 fn verified_signer(_app: &App, _component: &Path) -> Option<String> {
     None
+}
+
+/// `bulkhead.toml:LINE` of a function's setting (or of the function).
+fn at(app: &App, function: &str, key: &str) -> String {
+    let line = app.lines.first(&[
+        &format!("function.{function}.{key}"),
+        &format!("function.{function}"),
+    ]);
+    match line {
+        Some(line) => format!("{}:{line}", app.manifest_path.display()),
+        None => app.manifest_path.display().to_string(),
+    }
 }
 
 fn relative_name(app: &App, path: &Path) -> String {

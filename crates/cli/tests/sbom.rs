@@ -456,6 +456,27 @@ auth = "public"
     );
     let stderr = failure(&missing.run(&["sbom"]));
     assert!(stderr.contains("gone.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("bulkhead.toml:6"),
+        "the line of `component =`: {stderr}"
+    );
+
+    // A file that is not a WebAssembly component cannot be described.
+    std::fs::write(
+        missing.path().join("gone.wasm"),
+        b"#!/bin/sh\necho not wasm\n",
+    )
+    .expect("write");
+    let stderr = failure(&missing.run(&["sbom"]));
+    assert!(stderr.contains("gone.wasm"), "{stderr}");
+    assert!(
+        stderr.contains("not a valid WebAssembly binary"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("bulkhead.toml:6"),
+        "the line of `component =`: {stderr}"
+    );
 
     let pinned = hex::encode(Sha256::digest(b"another artefact"));
     let swapped = TestApp::new(
@@ -476,6 +497,10 @@ auth = "public"
     let stderr = failure(&swapped.run(&["sbom"]));
     assert!(stderr.contains("hello.wasm"), "{stderr}");
     assert!(stderr.contains("not the digest"), "{stderr}");
+    assert!(
+        stderr.contains("bulkhead.toml:7"),
+        "the line of `digest =`: {stderr}"
+    );
 
     // --output onto a directory is refused, and the directory stays.
     let app = hello();
