@@ -30,7 +30,8 @@ const HOST_LIMITS: &str = "lists the crates linked into this bulkhead binary (no
     for its target and features); build scripts and proc-macros run only while compiling and are \
     left out; C code vendored by -sys crates (aws-lc, SQLCipher, ...) appears as the crate that \
     vendors it; shared system libraries (libc, the system's libcrypto) are not listed; workspace \
-    crates carry no hash";
+    crates carry no hash; resolved as `cargo build -p bulkhead-cli` does, so features a \
+    whole-workspace build unifies in are not seen";
 
 pub fn run(target: &Target, output: Option<&Path>, timestamp: bool) -> Result<ExitCode> {
     let app = match load_manifest(target) {
@@ -174,48 +175,8 @@ fn bom(
 ) -> Result<Value> {
     let app_ref = format!("app:{}", app.name);
     let (host_ref, host_components, mut dependencies) = host_part(host)?;
-
-    let mut components = vec![];
-    let mut functions = BTreeMap::new();
-    for d in deployed.values() {
-        let component_ref = format!("component:{}", d.name);
-        let mut properties: Vec<Value> = d
-            .imports
-            .iter()
-            .map(|i| json!({"name": "bulkhead:import", "value": i}))
-            .collect();
-        properties.push(json!({
-            "name": "bulkhead:signature",
-            "value": if d.signer.is_some() { "verified" } else { "not verified" },
-        }));
-        if let Some(signer) = &d.signer {
-            properties.push(json!({"name": "bulkhead:signer", "value": signer}));
-        }
-        components.push(json!({
-            "type": "library",
-            "bom-ref": component_ref,
-            "name": d.name,
-            "description": "WebAssembly component (wasi:http)",
-            "hashes": [{"alg": "SHA-256", "content": d.digest}],
-            "properties": properties,
-        }));
-        dependencies.insert(component_ref.clone(), BTreeSet::new());
-        for f in &d.functions {
-            functions.insert(f.clone(), component_ref.clone());
-        }
-    }
-    for f in &app.functions {
-        let function_ref = format!("function:{}", f.name);
-        components.push(json!({
-            "type": "application",
-            "bom-ref": function_ref,
-            "name": f.name,
-            "description": "Bulkhead function",
-            "properties": [{"name": "bulkhead:route", "value": f.route.to_string()}],
-        }));
-        let uses = functions.get(&f.name).cloned().into_iter().collect();
-        dependencies.insert(function_ref, uses);
-    }
+    let (mut components, app_dependencies) = app_part(app, deployed);
+    dependencies.extend(app_dependencies);
     let mut app_uses: BTreeSet<String> = app
         .functions
         .iter()
@@ -265,6 +226,54 @@ fn bom(
     Ok(bom)
 }
 
+/// The app's functions and components, and their edges, keyed by bom-ref.
+fn app_part(app: &App, deployed: &BTreeMap<PathBuf, Deployed>) -> (Vec<Value>, Graph) {
+    let mut dependencies = Graph::new();
+    let mut components = vec![];
+    // Function name -> the bom-ref of the component it runs.
+    let mut functions = BTreeMap::new();
+    for d in deployed.values() {
+        let component_ref = format!("component:{}", d.name);
+        let mut properties: Vec<Value> = d
+            .imports
+            .iter()
+            .map(|i| json!({"name": "bulkhead:import", "value": i}))
+            .collect();
+        properties.push(json!({
+            "name": "bulkhead:signature",
+            "value": if d.signer.is_some() { "verified" } else { "not verified" },
+        }));
+        if let Some(signer) = &d.signer {
+            properties.push(json!({"name": "bulkhead:signer", "value": signer}));
+        }
+        components.push(json!({
+            "type": "library",
+            "bom-ref": component_ref,
+            "name": d.name,
+            "description": "WebAssembly component (wasi:http)",
+            "hashes": [{"alg": "SHA-256", "content": d.digest}],
+            "properties": properties,
+        }));
+        dependencies.insert(component_ref.clone(), BTreeSet::new());
+        for f in &d.functions {
+            functions.insert(f.clone(), component_ref.clone());
+        }
+    }
+    for f in &app.functions {
+        let function_ref = format!("function:{}", f.name);
+        components.push(json!({
+            "type": "application",
+            "bom-ref": function_ref,
+            "name": f.name,
+            "description": "Bulkhead function",
+            "properties": [{"name": "bulkhead:route", "value": f.route.to_string()}],
+        }));
+        let uses = functions.get(&f.name).cloned().into_iter().collect();
+        dependencies.insert(function_ref, uses);
+    }
+    (components, dependencies)
+}
+
 fn features(host: &Value) -> String {
     let names: Vec<&str> = host["features"]
         .as_array()
@@ -277,9 +286,12 @@ fn features(host: &Value) -> String {
     }
 }
 
-/// The host: the `bulkhead` application, its crates, and the edges between
-/// them, keyed by bom-ref.
-type HostPart = (String, Vec<Value>, BTreeMap<String, BTreeSet<String>>);
+/// Who depends on whom, by bom-ref.
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// The host: the `bulkhead` application's bom-ref, it and its crates, and
+/// the edges between them.
+type HostPart = (String, Vec<Value>, Graph);
 
 fn host_part(host: &Value) -> Result<HostPart> {
     let packages = host["packages"].as_array().context(
@@ -291,7 +303,7 @@ fn host_part(host: &Value) -> Result<HostPart> {
         format!("pkg:cargo/{name}@{version}")
     };
     let mut components = vec![];
-    let mut dependencies = BTreeMap::new();
+    let mut dependencies = Graph::new();
     let mut host_ref = None;
     for p in packages {
         let (name, version) = (field(p, "name"), field(p, "version"));
