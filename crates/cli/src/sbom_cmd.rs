@@ -10,7 +10,6 @@
 //! same app and binary are byte-identical and an SBOM can be diffed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -46,23 +45,7 @@ pub fn run(target: &Target, output: Option<&Path>, timestamp: bool) -> Result<Ex
     let bom = bom(&app, &deployed, &host, now.as_deref())?;
     let mut text = serde_json::to_string_pretty(&bom).context("cannot serialise the SBOM")?;
     text.push('\n');
-    match output {
-        Some(path) => {
-            threat_model_cmd::write_atomically(path, text.as_bytes())?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth a message.
-            if let Err(e) = stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-                && e.kind() != std::io::ErrorKind::BrokenPipe
-            {
-                return Err(e).context("cannot write the SBOM to stdout");
-            }
-        }
-    }
+    threat_model_cmd::emit(output, &text, "the SBOM")?;
     let crates = bom["components"]
         .as_array()
         .map_or(0, |c| c.iter().filter(|c| c["purl"].is_string()).count());

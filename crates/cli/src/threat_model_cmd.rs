@@ -74,23 +74,7 @@ pub fn run(
         Format::ThreatDragon => bulkhead_report::threat_dragon(&model),
         Format::Sarif => bulkhead_report::sarif(&model),
     };
-    match output {
-        Some(path) => {
-            write_atomically(path, text.as_bytes())?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => {
-            let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth a message.
-            if let Err(e) = stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-                && e.kind() != std::io::ErrorKind::BrokenPipe
-            {
-                return Err(e).context("cannot write the threat model to stdout");
-            }
-        }
-    }
+    emit(output, &text, "the threat model")?;
     eprintln!("{}", summary(&model));
     Ok(gate(&model, fail_on))
 }
@@ -139,12 +123,35 @@ fn gate(model: &ThreatModel, fail_on: Option<FailOn>) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Write `text` (`what` it is, for errors) to `output`, atomically, or to
+/// stdout when there is none.
+pub(crate) fn emit(output: Option<&Path>, text: &str, what: &str) -> Result<()> {
+    match output {
+        Some(path) => {
+            write_atomically(path, text.as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not an error worth a message.
+            if let Err(e) = stdout
+                .write_all(text.as_bytes())
+                .and_then(|()| stdout.flush())
+                && e.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                return Err(e).with_context(|| format!("cannot write {what} to stdout"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` atomically ([`files::write_atomically`]), so a
 /// crash or a full disk never leaves half a report where a CI step reads
 /// one. Only a regular file is replaced: a device, FIFO, directory or
 /// symlink at `path` is refused rather than swapped for a report. A new
 /// file gets what the umask allows, a replaced one keeps its mode.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let existing = match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_file() => bail!(
             "--output {} exists and is not a regular file (a directory, symlink, device or pipe); \
