@@ -12,14 +12,18 @@ pub mod grants;
 pub mod hosts;
 pub mod input;
 mod lines;
+pub mod lock;
 mod problem;
 mod raw;
 mod resolve;
 pub mod route;
 pub mod stores;
+pub mod strict;
+pub mod supply;
 mod telemetry;
 pub mod text;
 pub mod traffic;
+pub mod trust;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +34,12 @@ pub use cost::{Budget, Pricing};
 pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
 pub use lines::SourceLines;
+pub use lock::{LOCK_FILE, Lock};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use stores::{Scope, StoreKind, StoreSpec};
 pub use traffic::{RateLimit, Throttle, TrustedProxies};
+pub use trust::{Signed, Signers, TrustError};
 pub use units::{ByteSize, Duration};
 
 /// The manifest's file name inside an app directory.
@@ -83,6 +89,11 @@ pub struct App {
     pub audit_max_size: ByteSize,
     /// `[[accept]]`: findings of the threat model accepted, with a reason.
     pub accepted: Vec<AcceptedRisk>,
+    /// `[trust] signers`: the keys a component's signature must come
+    /// from (T18); empty when not set.
+    pub signers: Signers,
+    /// `bulkhead.lock`, when the app has one (T18).
+    pub lock: Option<Lock>,
     /// Where each setting is written, for reports (T21).
     pub lines: SourceLines,
 }
@@ -97,6 +108,13 @@ impl App {
     /// The declared store called `name`.
     pub fn store(&self, name: &str) -> Option<&StoreSpec> {
         self.stores.iter().find(|s| s.name == name)
+    }
+
+    /// The component of `function`, relative to the app directory and
+    /// `/`-separated: the name its lock entry and signature carry.
+    pub fn component_name(&self, function: &Function) -> String {
+        trust::app_relative(&self.dir, &function.component)
+            .unwrap_or_else(|| function.component.display().to_string())
     }
 
     /// Where this app keeps state for its environment (compile cache, data).
@@ -182,12 +200,17 @@ pub struct Function {
     pub component: PathBuf,
     /// Expected SHA-256 of the component, when the manifest pins one (T18).
     pub digest: Option<[u8; 32]>,
+    /// The component's SHA-256 in `bulkhead.lock`, when listed there (T18).
+    pub locked: Option<[u8; 32]>,
     pub route: RoutePattern,
     pub methods: Vec<String>,
     pub limits: FunctionLimits,
     pub grants: Grants,
     /// Who may call it (T11); authenticated unless `auth = "public"`.
     pub access: Access,
+    /// `public_reason`: why a public route is public (required outside
+    /// `dev`, T19).
+    pub public_reason: Option<String>,
     /// What a well-formed request looks like (T10).
     pub input: Input,
     /// Daily spend limits of this function (T04).

@@ -81,6 +81,10 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         );
     }
     b.limits("limits", &raw.limits);
+    if let Some(overlay) = raw.env.get(env) {
+        b.opt("trust.signers".into(), &overlay.get_ref().trust.signers);
+    }
+    b.opt("trust.signers".into(), &raw.trust.signers);
     b.opt(
         "telemetry.otlp_endpoint".into(),
         &raw.telemetry.otlp_endpoint,
@@ -109,6 +113,7 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         b.opt(key("digest"), &f.digest);
         b.opt(key("methods"), &f.methods);
         b.opt(key("auth"), &f.auth);
+        b.opt(key("public_reason"), &f.public_reason);
         b.opt(key("scopes"), &f.scopes);
         b.opt(key("rate_limit"), &f.rate_limit);
         b.opt(key("budget"), &f.budget);

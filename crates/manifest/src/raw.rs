@@ -52,7 +52,19 @@ pub(crate) struct RawManifest {
     /// `[[accept]]`: risks the threat model reports as accepted (T21).
     #[serde(default)]
     pub accept: Vec<Spanned<RawAccept>>,
+    /// `[trust]`: the keys whose signatures components need (T18).
+    #[serde(default)]
+    pub trust: RawTrust,
 }
+
+/// `[trust]` as written: minisign public key files, relative to the app.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrust {
+    pub signers: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+overlaid!(RawTrust { signers });
 
 /// `[[accept]]` as written: a finding of the threat model, its target and
 /// why it is accepted.
@@ -210,6 +222,8 @@ pub(crate) struct RawFunction {
     #[serde(default)]
     pub grants: RawGrants,
     pub auth: Option<Spanned<RawAccess>>,
+    /// Why a public route is public; required outside `dev` (T19).
+    pub public_reason: Option<Spanned<String>>,
     pub scopes: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub input: RawInput,
@@ -290,4 +304,6 @@ pub(crate) struct RawEnv {
     pub telemetry: RawTelemetry,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub trust: RawTrust,
 }

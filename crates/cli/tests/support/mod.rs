@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
+pub mod prod;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -130,7 +132,14 @@ impl Server {
     /// Start with extra arguments; the admin listener gets a free loopback
     /// port unless `extra` says otherwise.
     pub fn start_with(app: &TestApp, extra: &[&str]) -> Self {
+        Self::start_with_env(app, extra, &[])
+    }
+
+    /// [`Server::start_with`], with extra environment variables (such as
+    /// `BULKHEAD_MASTER_KEY_FILE`).
+    pub fn start_with_env(app: &TestApp, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        command.envs(envs.iter().copied());
         command
             .arg("serve")
             .arg(app.path())
