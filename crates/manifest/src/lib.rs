@@ -22,6 +22,7 @@ pub mod strict;
 pub mod supply;
 mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod traffic;
 pub mod trust;
 pub mod units;
@@ -38,6 +39,7 @@ pub use lock::{LOCK_FILE, Lock};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use stores::{Scope, StoreKind, StoreSpec};
+pub use tls::{Tls, TlsListener};
 pub use traffic::{RateLimit, Throttle, TrustedProxies};
 pub use trust::{Signed, Signers, TrustError};
 pub use units::{ByteSize, Duration};
@@ -87,6 +89,9 @@ pub struct App {
     /// `[audit] max_size`: past 80 % of it the audit writer warns, at 100 %
     /// it only counts events (T09).
     pub audit_max_size: ByteSize,
+    /// `[tls]`: how the public listener is encrypted (T15); `None` for
+    /// plain HTTP, which `serve` allows on loopback, or anywhere in `dev`.
+    pub tls: Option<Tls>,
     /// `[[accept]]`: findings of the threat model accepted, with a reason.
     pub accepted: Vec<AcceptedRisk>,
     /// `[trust] signers`: the keys a component's signature must come
@@ -218,6 +223,9 @@ pub struct Function {
     /// Refuse the component if it imports a capability interface that its
     /// grants do not enable (T18); the function's value, else `[app]`'s.
     pub strict_imports: bool,
+    /// `client_cert = "required"`: a caller without a certificate verified
+    /// against `[tls] client_ca` is refused (401) before anything else (T15).
+    pub client_cert_required: bool,
 }
 
 /// Per-call bounds of one function (T01, T05).

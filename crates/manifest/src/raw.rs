@@ -35,6 +35,9 @@ pub(crate) struct RawManifest {
     /// `[audit]`: the audit trail's size budget (T09).
     #[serde(default)]
     pub audit: RawAudit,
+    /// `[tls]`: encryption on the public listener (T15).
+    #[serde(default)]
+    pub tls: RawTls,
     #[serde(default)]
     pub function: Vec<Spanned<RawFunction>>,
     #[serde(default)]
@@ -228,6 +231,9 @@ pub(crate) struct RawFunction {
     #[serde(default)]
     pub input: RawInput,
     pub strict_imports: Option<bool>,
+    /// `client_cert = "required"`: only callers with a verified client
+    /// certificate (mTLS, `[tls] client_ca`) reach it (T11, T15).
+    pub client_cert: Option<Spanned<String>>,
 }
 
 /// `input.*`: what a well-formed request to this function looks like (T10).
@@ -294,6 +300,25 @@ pub(crate) struct RawAudit {
 
 overlaid!(RawAudit { max_size });
 
+/// `[tls]`: the public listener's certificate, key and client CA (T15).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub hsts: Option<Spanned<String>>,
+    pub terminated_upstream: Option<Spanned<String>>,
+}
+
+overlaid!(RawTls {
+    cert,
+    key,
+    client_ca,
+    hsts,
+    terminated_upstream,
+});
+
 /// `[env.NAME]`: what changes in one environment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,4 +331,6 @@ pub(crate) struct RawEnv {
     pub audit: RawAudit,
     #[serde(default)]
     pub trust: RawTrust,
+    #[serde(default)]
+    pub tls: RawTls,
 }

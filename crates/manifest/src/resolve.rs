@@ -108,6 +108,16 @@ pub(crate) fn resolve(
         None => raw.audit.clone(),
     };
     let audit_max_size = crate::audit::resolve(&mut out, &audit);
+    let tls = match overlay {
+        Some(overlay) => raw.tls.overlaid(&overlay.tls),
+        None => raw.tls.clone(),
+    };
+    let dev = env == crate::DEFAULT_ENV;
+    let tls = crate::tls::resolve(&mut out, app_dir, &tls, dev);
+    let client_ca = tls
+        .as_ref()
+        .and_then(|t| t.listener())
+        .is_some_and(|l| l.client_ca.is_some());
 
     let hostnames = raw
         .app
@@ -138,7 +148,8 @@ pub(crate) fn resolve(
         config: &config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         pricing: &pricing,
-        dev: env == crate::DEFAULT_ENV,
+        dev,
+        client_ca,
     };
 
     let mut functions = Vec::new();
@@ -211,6 +222,7 @@ pub(crate) fn resolve(
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         hostnames,
         audit_max_size,
+        tls,
         accepted,
         signers,
         lock,
@@ -419,6 +431,8 @@ struct Shared<'a> {
     pricing: &'a crate::cost::Pricing,
     /// The environment is `dev`: only there may a grant name `localhost`.
     dev: bool,
+    /// `[tls] client_ca` is set, so a route may require a client certificate.
+    client_ca: bool,
 }
 
 fn function(
@@ -625,6 +639,9 @@ fn function(
         }
     }
 
+    let client_cert_required =
+        crate::tls::client_cert(out, name, f.client_cert.as_ref(), shared.client_ca);
+
     let stored = crate::stores::resolve_grants(
         out,
         name,
@@ -667,6 +684,7 @@ fn function(
         input: input?,
         budget,
         strict_imports: f.strict_imports.unwrap_or(shared.strict_imports),
+        client_cert_required,
     })
 }
 

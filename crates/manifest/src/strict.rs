@@ -27,6 +27,7 @@ pub fn check(app: &App, host: &Host) -> Vec<Problem> {
         app,
         problems: Vec::new(),
     };
+    rules.tls();
     rules.pinned();
     rules.public_routes();
     rules.strict_imports();
@@ -63,6 +64,16 @@ impl Rules<'_> {
             location,
             message: format!("strict `{}`: {message}", self.app.env),
         });
+    }
+
+    /// T15: the public listener speaks TLS, or a proxy on this machine does.
+    fn tls(&mut self) {
+        if self.app.tls.is_none() {
+            self.at(
+                None,
+                format!("the public listener is plain HTTP; add `[env.{}.tls]` (or `[tls]`) with `cert = \"…\"` and `key = \"…\"` (PEM files), or, when a TLS-terminating proxy on this machine forwards to a loopback listener, `terminated_upstream = \"which proxy terminates TLS\"`", self.app.env),
+            );
+        }
     }
 
     /// T18: every component pinned by the lock or a `digest =` line.

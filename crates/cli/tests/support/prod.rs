@@ -77,7 +77,8 @@ impl MasterKey {
 }
 
 /// Rewrite `app`'s manifest to meet strict `prod` (T19): `strict_imports`,
-/// a reason on every public route, `[trust] signers`; then lock and sign
+/// a reason on every public route, `[trust] signers`, TLS terminated
+/// upstream (tests listen on loopback); then lock and sign
 /// it with a fresh key. Returns the master key to serve it with.
 pub fn make_prod_ready(app: &TestApp) -> MasterKey {
     let manifest = app.path().join("bulkhead.toml");
@@ -88,7 +89,9 @@ pub fn make_prod_ready(app: &TestApp) -> MasterKey {
             "auth = \"public\"\n",
             "auth = \"public\"\npublic_reason = \"a test route anyone may call\"\n",
         );
-    let text = format!("{text}\n[trust]\nsigners = [\"keys/release.pub\"]\n");
+    let text = format!(
+        "{text}\n[trust]\nsigners = [\"keys/release.pub\"]\n\n[tls]\nterminated_upstream = \"the test's loopback client stands in for a TLS proxy\"\n"
+    );
     std::fs::write(&manifest, text).unwrap();
     let key = keygen(app, "release");
     lock_and_sign(app, &key);
