@@ -100,7 +100,15 @@ impl TestApp {
 
     /// The audit records of `kind` (`bulkhead audit query --kind KIND`).
     pub fn audit_records(&self, kind: &str) -> Vec<Value> {
-        let out = self.run_with(&["audit", "query"], &["--kind", kind, "--format", "json"]);
+        self.audit_records_in("dev", kind)
+    }
+
+    /// The audit records of `kind` in environment `env`.
+    pub fn audit_records_in(&self, env: &str, kind: &str) -> Vec<Value> {
+        let out = self.run_with(
+            &["audit", "query"],
+            &["--env", env, "--kind", kind, "--format", "json"],
+        );
         assert!(
             out.status.success(),
             "{}",
