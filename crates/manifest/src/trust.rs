@@ -432,3 +432,155 @@ fn base64_decode(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Key {
+        signers: Signers,
+        secret: minisign::SecretKey,
+        id: String,
+    }
+
+    fn key() -> Key {
+        let pair = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let public = pair.pk.to_box().unwrap().to_string();
+        let key = minisign_verify::PublicKey::decode(&public).unwrap();
+        let id = public_key_id(&public).unwrap();
+        let signer = Signer {
+            file: "keys/test.pub".into(),
+            key_id: id.clone(),
+            key,
+        };
+        Key {
+            signers: Signers {
+                list: vec![signer],
+                line: None,
+            },
+            secret: pair.sk,
+            id,
+        }
+    }
+
+    fn sign(key: &Key, bytes: &[u8], comment: &str) -> Vec<u8> {
+        minisign::sign(
+            None,
+            &key.secret,
+            std::io::Cursor::new(bytes),
+            Some(comment),
+            None,
+        )
+        .unwrap()
+        .into_string()
+        .into_bytes()
+    }
+
+    #[test]
+    fn t18_a_signature_binds_the_file_name_and_its_bytes() {
+        let key = key();
+        let bytes = b"\0asm component";
+        let comment = trusted_comment("build/my app.wasm", &sha256(bytes), 1_700_000_000);
+        let signature = sign(&key, bytes, &comment);
+        let signed =
+            verify_bytes("build/my app.wasm", bytes, &signature, "s", &key.signers).unwrap();
+        assert_eq!(signed.key_id, key.id);
+        assert_eq!(signed.signed_at, 1_700_000_000);
+        assert_eq!(signed.file, "build/my app.wasm");
+        // Another name, other bytes, another key: each refused for what it is.
+        let err = verify_bytes("build/other.wasm", bytes, &signature, "s", &key.signers);
+        assert!(
+            matches!(err, Err(TrustError::OtherFile { ref why, .. }) if why.contains("signed for `build/my app.wasm`")),
+            "{err:?}"
+        );
+        let err = verify_bytes("build/my app.wasm", b"other", &signature, "s", &key.signers);
+        assert!(matches!(err, Err(TrustError::OtherFile { .. })), "{err:?}");
+        let other = key_pair_signers();
+        let err = verify_bytes("build/my app.wasm", bytes, &signature, "s", &other).unwrap_err();
+        assert!(
+            matches!(&err, TrustError::UntrustedKey { key_id, .. } if *key_id == key.id),
+            "{err:?}"
+        );
+        assert_eq!(err.slug(), "untrusted-key");
+        // A comment naming the right file with another digest.
+        let lying = trusted_comment("build/my app.wasm", &[0; 32], 1);
+        let err = verify_bytes(
+            "build/my app.wasm",
+            bytes,
+            &sign(&key, bytes, &lying),
+            "s",
+            &key.signers,
+        );
+        assert!(
+            matches!(err, Err(TrustError::OtherFile { ref why, .. }) if why.contains("this file is sha256:")),
+            "{err:?}"
+        );
+    }
+
+    fn key_pair_signers() -> Signers {
+        key().signers
+    }
+
+    /// Hostile signature files are refused as malformed, never a panic.
+    #[test]
+    fn t18_malformed_signatures_are_refused_without_panicking() {
+        let key = key();
+        let good =
+            String::from_utf8(sign(&key, b"x", &trusted_comment("x", &sha256(b"x"), 1))).unwrap();
+        let lines: Vec<&str> = good.lines().collect();
+        let cases: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"\xff\xfe".to_vec(),
+            b"one line".to_vec(),
+            format!(
+                "{}\n{}\ntrusted comment:\n{}\n",
+                lines[0], lines[1], lines[3]
+            )
+            .into_bytes(),
+            format!("{}\n{}\ntrusted\n{}\n", lines[0], lines[1], lines[3]).into_bytes(),
+            format!(
+                "{}\n{}\ntrusted comment: \n{}\n",
+                lines[0], lines[1], lines[3]
+            )
+            .into_bytes(),
+            format!("{}\nAAAA\n{}\n{}\n", lines[0], lines[2], lines[3]).into_bytes(),
+            format!("{}\n{}\n{}\n!!!\n", lines[0], lines[1], lines[2]).into_bytes(),
+            format!("{}\n{}\n{}\n", lines[0], lines[1], lines[2]).into_bytes(),
+            vec![b'a'; 10_000],
+        ];
+        for (i, case) in cases.iter().enumerate() {
+            let result = verify_bytes("x", b"x", case, "x.minisig", &key.signers);
+            assert!(result.is_err(), "case {i} was accepted");
+        }
+        assert!(verify_bytes("x", b"x", good.as_bytes(), "x.minisig", &key.signers).is_ok());
+    }
+
+    #[test]
+    fn t18_comments_parse_from_the_end_so_names_may_hold_spaces() {
+        let digest = "ab".repeat(32);
+        let comment = format!("bulkhead-v1 file=a b c.wasm sha256={digest} signed_at=7");
+        let claim = parse_comment(&comment).unwrap();
+        assert_eq!((claim.file, claim.signed_at), ("a b c.wasm", 7));
+        for bad in [
+            "timestamp:1700000000\tfile:x".to_string(),
+            format!("bulkhead-v2 file=x sha256={digest} signed_at=7"),
+            format!("bulkhead-v1 file=x sha256={digest}"),
+            "bulkhead-v1 file=x sha256=zz signed_at=7".to_string(),
+            format!("bulkhead-v1 file=x sha256={digest} signed_at=-1"),
+        ] {
+            assert!(parse_comment(&bad).is_none(), "{bad}");
+        }
+        assert_eq!(
+            app_relative(Path::new("/app"), Path::new("/app/./b/c.wasm")).as_deref(),
+            Some("b/c.wasm")
+        );
+        assert_eq!(
+            app_relative(Path::new("/app"), Path::new("/other/c.wasm")),
+            None
+        );
+        assert_eq!(
+            app_relative(Path::new("/app"), Path::new("/app/a\nb")),
+            None
+        );
+    }
+}
