@@ -86,7 +86,9 @@ enum Command {
                       Components are compiled once and cached (integrity-checked) under \
                       APP_DIR/.bulkhead/ENV/compile-cache, so a restart is fast. Metrics and health \
                       are served on a separate admin address. Stop with Ctrl-C: requests under way \
-                      are allowed to finish.",
+                      are allowed to finish. Before anything runs, it verifies what `check` does \
+                      (the lock, signatures and, outside `dev`, the strict rules) and refuses to \
+                      start with every problem listed, recorded as `deploy.refused` in the audit trail.",
         after_help = "Examples:\n  bulkhead serve examples/hello\n  bulkhead serve examples/hello --listen 0.0.0.0:8080 --admin-listen off\n  bulkhead serve my-app --env prod --log-file /var/log/bulkhead.jsonl"
     )]
     Serve {
@@ -106,7 +108,10 @@ enum Command {
     /// Validate the manifest and every component without serving.
     #[command(
         long_about = "Validate APP_DIR/bulkhead.toml and every component it names: digests, \
-                      compilation, imports and exports. Prints what each function would serve \
+                      bulkhead.lock, signatures from `[trust] signers` (required outside `dev`), \
+                      compilation, imports and exports; outside `dev`, the strict rules too \
+                      (TLS, pinned and signed components, `public_reason` on public routes, \
+                      strict_imports, a master key of its own, rate limits, a budget). Prints what each function would serve \
                       with, including its outbound destinations with a warning for any that \
                       reaches this machine or a metadata service or can never be reached, and \
                       exits non-zero listing every problem found (such as a grant naming \
