@@ -583,4 +583,65 @@ mod tests {
             None
         );
     }
+
+    /// `[trust] signers` overlays per environment and each key file is
+    /// checked at load, at its line.
+    #[test]
+    fn t18_signers_overlay_per_environment_and_bad_key_files_name_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"").unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        let a = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let b = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let a_pub = a.pk.to_box().unwrap().to_string();
+        let b_pub = b.pk.to_box().unwrap().to_string();
+        std::fs::write(dir.path().join("keys/a.pub"), &a_pub).unwrap();
+        std::fs::write(dir.path().join("keys/b.pub"), &b_pub).unwrap();
+        std::fs::write(
+            dir.path().join("keys/bad.pub"),
+            "untrusted comment: x\nnot base64\n",
+        )
+        .unwrap();
+        let manifest = "[app]\nname = \"t\"\n\n[[function]]\nname = \"f\"\ncomponent = \"f.wasm\"\nroute = \"/f\"\nauth = \"public\"\n\n[trust]\nsigners = [\"keys/a.pub\"]\n\n[env.prod.trust]\nsigners = [\"keys/b.pub\"]\n";
+        let load = |text: &str, env: &str| {
+            crate::parse(dir.path(), &dir.path().join("bulkhead.toml"), text, env)
+        };
+        let ids = |app: &crate::App| {
+            app.signers
+                .iter()
+                .map(|s| s.key_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ids(&load(manifest, "dev").unwrap()),
+            [public_key_id(&a_pub).unwrap()]
+        );
+        let prod = load(manifest, "prod").unwrap();
+        assert_eq!(ids(&prod), [public_key_id(&b_pub).unwrap()]);
+        assert_eq!(prod.lines.get("trust.signers"), Some(14));
+        for (file, expected) in [
+            ("keys/bad.pub", "is not a minisign public key"),
+            ("keys/none.pub", "does not exist"),
+            ("../a.pub", "inside the app directory"),
+        ] {
+            let text = manifest.replace("keys/a.pub", file);
+            let err = load(&text, "dev").unwrap_err().to_string();
+            assert!(err.contains("bulkhead.toml:11:"), "{err}");
+            assert!(err.contains(expected), "{err}");
+        }
+        let twice = manifest.replace("[\"keys/a.pub\"]", "[\"keys/a.pub\", \"./keys/a.pub\"]");
+        assert!(
+            load(&twice, "dev")
+                .unwrap_err()
+                .to_string()
+                .contains("list each key once")
+        );
+        let empty = manifest.replace("[\"keys/a.pub\"]", "[]");
+        assert!(
+            load(&empty, "dev")
+                .unwrap_err()
+                .to_string()
+                .contains("`signers` is empty")
+        );
+    }
 }
