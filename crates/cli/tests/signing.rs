@@ -9,8 +9,8 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use support::TestApp;
 use support::prod::{bulkhead, keygen, lock_and_sign, sign, text};
-use support::{Server, TestApp};
 
 const SIGNED: &str = r#"
 [app]
@@ -103,6 +103,23 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         std::fs::read_to_string(dir.join("keys/release.key")).unwrap(),
         secret
     );
+
+    // No password and no terminal: keygen refuses rather than prompt.
+    let refused = bulkhead(
+        &[
+            "keygen",
+            "--output",
+            dir.join("keys/other").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("stdin is not a terminal"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!dir.join("keys/other.key").exists());
 
     // Without the password the key does not open, and nothing prompts.
     let refused = bulkhead(
@@ -500,5 +517,4 @@ fn t18_dev_without_signers_needs_no_signature() {
         "{}",
         text(&out)
     );
-    let _ = Server::start;
 }
