@@ -196,7 +196,7 @@ pub(crate) fn verify_beside(
     let signature = signature_path(path);
     let signature_name =
         app_relative(app_dir, &signature).unwrap_or_else(|| signature.display().to_string());
-    let text = match std::fs::read(&signature) {
+    let text = match read_bounded(&signature) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(TrustError::Missing {
@@ -214,8 +214,20 @@ pub(crate) fn verify_beside(
     verify_bytes(file, bytes, &text, &signature_name, signers)
 }
 
-/// Largest signature file read: a minisign signature is about 300 bytes.
+/// Largest signature or key file read: a minisign signature is about 300
+/// bytes, a public key about 100.
 const MAX_SIGNATURE_BYTES: usize = 4096;
+
+/// At most one byte past [`MAX_SIGNATURE_BYTES`] of `path`, so a huge
+/// file planted as a signature or key costs nothing to refuse.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_SIGNATURE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
 
 /// Verify `signature` (the text of a `.minisig`, named `signature_name`
 /// in messages) over `bytes`, which are the file `file` (relative to the
@@ -358,9 +370,10 @@ pub fn public_key_id(text: &str) -> Option<String> {
 /// Read one `[trust] signers` key file.
 fn read_signer(app_dir: &Path, file: &str) -> Result<Signer, String> {
     let path = app_dir.join(file);
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let text = read_bounded(&path).map_err(|e| {
         format!("cannot read the minisign public key `{file}` ({e}); create one with `bulkhead keygen --output keys/release`, or fix the path")
     })?;
+    let text = String::from_utf8_lossy(&text);
     let malformed = || {
         format!(
             "`{file}` is not a minisign public key (two lines: `untrusted comment: …` and the key); use the `.pub` file `bulkhead keygen` or `minisign -G` wrote"
