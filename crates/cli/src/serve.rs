@@ -21,15 +21,18 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
             format!("--admin-listen `{text}` is not an address like 127.0.0.1:9901 (or `off`)")
         })?),
     };
+    // T19: outside `dev` the admin listener needs a token wherever it
+    // listens; listed with every other strict reason.
     let mut host = crate::strict_host(target);
     if let Some(address) = admin_address
-        && !address.ip().is_loopback()
         && target.env != bulkhead_manifest::DEFAULT_ENV
         && target.store(true)?.admin_token_hashes()?.is_empty()
     {
-        host.exposed_admin = Some(format!(
-            "would listen on {address}, beyond loopback, with no token"
-        ));
+        host.exposed_admin = Some(if address.ip().is_loopback() {
+            format!("on {address} has no token (outside `dev` even loopback needs one)")
+        } else {
+            format!("would listen on {address}, beyond loopback, with no token")
+        });
     }
     let (app, evidence) = match load_verified(target, &host) {
         Ok(loaded) => loaded,

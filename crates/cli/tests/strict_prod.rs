@@ -317,6 +317,27 @@ fn t19_each_strict_rule_refuses_prod_with_its_line_and_fix() {
         "{}",
         text(&out)
     );
+    // On loopback too, outside dev: in the same list as every other reason.
+    let out = bulkhead(
+        &[
+            "serve",
+            app.path().to_str().unwrap(),
+            "--env",
+            "prod",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        &env,
+    );
+    assert!(!out.status.success());
+    let said = text(&out);
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(
+        said.contains("has no token (outside `dev` even loopback needs one)"),
+        "{said}"
+    );
 }
 
 /// Every rule broken at once: `check` and `serve` list every reason in one
