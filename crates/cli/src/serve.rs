@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
+use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::{App, MANIFEST_FILE};
 use bulkhead_store::{AuditEvent, AuditLog, Store};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::{Target, deploy, load_app, report};
+use crate::{Target, deploy, load_verified, report};
 
 pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<ExitCode> {
     let admin_address = match admin_listen {
@@ -20,9 +21,25 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
             format!("--admin-listen `{text}` is not an address like 127.0.0.1:9901 (or `off`)")
         })?),
     };
-    let app = match load_app(target) {
-        Ok(app) => app,
-        Err(problems) => return Ok(report(&problems)),
+    // T19: outside `dev` the admin listener needs a token wherever it
+    // listens; listed with every other strict reason.
+    let mut host = crate::strict_host(target);
+    if let Some(address) = admin_address
+        && target.env != bulkhead_manifest::DEFAULT_ENV
+        && target.store(true)?.admin_token_hashes()?.is_empty()
+    {
+        host.exposed_admin = Some(if address.ip().is_loopback() {
+            format!("on {address} has no token (outside `dev` even loopback needs one)")
+        } else {
+            format!("would listen on {address}, beyond loopback, with no token")
+        });
+    }
+    let (app, evidence) = match load_verified(target, &host) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            audit_refusal(target, &problems);
+            return Ok(report(&problems));
+        }
     };
     let store = target.store(true)?;
     let access = match admin_address {
@@ -42,6 +59,7 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
         app,
+        evidence,
         listen,
         access,
         audit.clone(),
@@ -57,6 +75,26 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
     }
     audit.close();
     result
+}
+
+/// T18/T19: a deploy refused before anything ran (unsigned, unlocked or
+/// changed components, strict `prod` rules) is recorded in the
+/// environment's audit trail with every reason; best effort, since the
+/// refusal itself is what matters.
+fn audit_refusal(target: &Target, problems: &[String]) {
+    let Ok(store) = target.store(true) else {
+        return;
+    };
+    let Ok(audit) = AuditLog::start(&store) else {
+        return;
+    };
+    audit.record(
+        AuditEvent::new("deploy.refused")
+            .detail("env", target.env.as_str())
+            .detail("problems", problems.to_vec()),
+    );
+    audit.close();
+    warn!(target: "bulkhead::deploy", env = %target.env, problems = problems.len(), reason = "deploy-refused", "deploy refused");
 }
 
 /// Where request spans go: a collector, when the binary has the `otlp`
@@ -108,6 +146,7 @@ fn admin_access(
 
 async fn serve(
     app: App,
+    evidence: Vec<Evidence>,
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
@@ -180,7 +219,13 @@ async fn serve(
                     .iter()
                     .zip(&deployment.functions)
                     .map(|(spec, loaded)| {
-                        json!({"name": spec.name, "route": spec.route.as_str(), "digest": loaded.digest()})
+                        // T18: which key vouched for the code now served.
+                        let file = app.component_name(spec);
+                        let signer = evidence
+                            .iter()
+                            .find(|e| e.file == file)
+                            .map_or("unsigned", Evidence::signer);
+                        json!({"name": spec.name, "route": spec.route.as_str(), "component": file, "digest": loaded.digest(), "signer": signer})
                     })
                     .collect::<Vec<_>>(),
             ),

@@ -44,7 +44,62 @@ fn help_pairs_each_subcommand_with_its_own_summary() {
             "data",
             "Erase or export one subject's data (subject-scoped stores)",
         ),
+        ("keygen", "Make a minisign key pair to sign apps with"),
+        (
+            "sign",
+            "Sign every component of an app, its manifest and its lock",
+        ),
+        ("lock", "Pin every component's SHA-256 in bulkhead.lock"),
     ] {
         assert_eq!(line_of(command), summary, "in:\n{text}");
+    }
+}
+
+/// T18: the signing commands' help teaches the whole flow: where keys go,
+/// how passwords are given (never argv), what is signed, how to verify
+/// with the minisign CLI, what the lock pins and how CI checks it.
+#[test]
+fn the_signing_commands_teach_their_flow() {
+    let help = |command: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args([command, "--help"])
+            .output()
+            .expect("bulkhead runs");
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let keygen = help("keygen");
+    for part in [
+        "--output",
+        "--password-file",
+        "--unencrypted",
+        "mode 0600",
+        "never from the command line",
+        "signers = [\"keys/release.pub\"]",
+    ] {
+        assert!(
+            keygen.contains(part),
+            "keygen --help lacks `{part}`:\n{keygen}"
+        );
+    }
+    let sign = help("sign");
+    for part in [
+        "--key",
+        "--password-file",
+        "FILE.minisig",
+        "bulkhead-v1 file=PATH sha256=HEX signed_at=UNIX",
+        "minisign -V -p keys/release.pub -m FILE",
+        "outside `dev` they are required",
+    ] {
+        assert!(sign.contains(part), "sign --help lacks `{part}`:\n{sign}");
+    }
+    let lock = help("lock");
+    for part in [
+        "--check",
+        "exit status is 1",
+        "never rewritten",
+        "bulkhead lock my-app --check",
+    ] {
+        assert!(lock.contains(part), "lock --help lacks `{part}`:\n{lock}");
     }
 }

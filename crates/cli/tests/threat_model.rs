@@ -773,3 +773,40 @@ fn t21_accepting_one_grant_of_a_function_never_covers_its_other_grants() {
         "{text}"
     );
 }
+
+/// T18: a locked, signed app has no unpinned component: the threat model
+/// reports each mitigated by the lock and the trusted keys, with the line
+/// of `[trust] signers`, and the lock alone closes the finding.
+#[test]
+fn t18_a_locked_and_signed_app_is_reported_mitigated() {
+    let manifest = format!("{CAREFUL}\n[trust]\nsigners = [\"keys/release.pub\"]\n");
+    let app = TestApp::new(&manifest, &["kv", "hello"]);
+    let key = support::prod::keygen(&app, "release");
+    support::prod::lock_and_sign(&app, &key);
+    let (model, out) = threat_model(&app, &["--fail-on", "medium"]);
+    assert!(
+        out.status.success(),
+        "{}\n{:#?}",
+        String::from_utf8_lossy(&out.stderr),
+        open(&model)
+    );
+    for function in ["register", "profile"] {
+        let finding = threats(&model)
+            .iter()
+            .find(|t| t["rule"] == "unpinned-component" && t["target"] == function)
+            .expect("the supply-chain finding is listed");
+        assert_eq!(finding["status"], "mitigated", "{finding}");
+        let detail = finding.to_string();
+        assert!(
+            detail.contains("locked in `bulkhead.lock` to sha256:"),
+            "{detail}"
+        );
+        assert!(
+            detail.contains(&format!(
+                "signed by a key of `[trust] signers`, verified at every deploy (bulkhead.toml line {})",
+                line_of(&manifest, "signers =")
+            )),
+            "{detail}"
+        );
+    }
+}

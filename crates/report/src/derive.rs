@@ -157,7 +157,7 @@ pub(crate) fn inventory(app: &App, components: &[ComponentFacts]) -> Inventory {
             name: f.name.clone(),
             component: relative(app, &f.component),
             digest: facts.digest.clone(),
-            pinned: f.digest.is_some(),
+            pinned: f.digest.is_some() || f.locked.is_some(),
             imports,
             grants: grant_lines(f),
             strict_imports: f.strict_imports,

@@ -586,21 +586,36 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         f.line(&[&key("timeout"), &key("memory"), &format!("function.{name}")]),
     );
 
-    // Tampering: the supply chain (T18).
+    // Tampering: the supply chain (T18): a digest pin or the lock, and
+    // signatures from the app's trusted keys when it names them.
     let component = relative(app, &function.component);
-    let outcome = match (&function.digest, &facts.digest) {
-        (Some(pin), _) => Outcome::Mitigated(format!(
-            "pinned to sha256:{}…; a changed file is refused ({})",
+    let signed = if app.signers.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; signed by a key of `[trust] signers`, verified at every deploy ({})",
+            at(f.line(&["trust.signers"]))
+        )
+    };
+    let lock_fix = "or lock every component with `bulkhead lock APP_DIR`";
+    let outcome = match (&function.digest, &function.locked, &facts.digest) {
+        (Some(pin), _, _) => Outcome::Mitigated(format!(
+            "pinned to sha256:{}…; a changed file is refused ({}){signed}",
             &hex::encode(pin)[..12],
             at(f.line(&[&key("digest")]))
         )),
-        (None, Some(actual)) => Outcome::Open(
+        (None, Some(locked), _) => Outcome::Mitigated(format!(
+            "locked in `{}` to sha256:{}…; a changed file is refused{signed}",
+            bulkhead_manifest::LOCK_FILE,
+            &hex::encode(locked)[..12],
+        )),
+        (None, None, Some(actual)) => Outcome::Open(
             format!("component `{component}` is not pinned by digest"),
-            format!("pin it: `digest = \"{actual}\"` in `{name}`"),
+            format!("pin it: `digest = \"{actual}\"` in `{name}`, {lock_fix}"),
         ),
-        (None, None) => Outcome::Open(
+        (None, None, None) => Outcome::Open(
             format!("component `{component}` is not pinned by digest"),
-            format!("build `{component}`, then pin it with `digest = \"sha256:…\"`"),
+            format!("build `{component}`, then pin it with `digest = \"sha256:…\"`, {lock_fix}"),
         ),
     };
     f.add(
