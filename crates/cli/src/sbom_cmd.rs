@@ -123,13 +123,15 @@ fn deployed(app: &App) -> Result<BTreeMap<PathBuf, Deployed>> {
 }
 
 /// The key id of the trusted signer whose `.minisig` beside `component`
-/// verifies it under the environment's `[trust] signers`.
-///
-/// Seam for signing (issue 14's signed components): this build verifies no
-/// signature, so it claims no signer. Wire the signature check here; the
-/// SBOM then names the signer and marks the component `verified`.
-fn verified_signer(_app: &App, _component: &Path) -> Option<String> {
-    None
+/// verifies it under the environment's `[trust] signers` (T18); `None`
+/// when the app names no signers or the signature does not verify.
+fn verified_signer(app: &App, component: &Path) -> Option<String> {
+    if app.signers.is_empty() {
+        return None;
+    }
+    bulkhead_manifest::trust::verify_file(component, &app.dir, &app.signers)
+        .ok()
+        .map(|signed| signed.key_id)
 }
 
 /// `bulkhead.toml:LINE` of a function's setting (or of the function).

@@ -516,3 +516,40 @@ auth = "public"
     assert!(stderr.contains("not a regular file"), "{stderr}");
     assert!(dir.path().is_dir());
 }
+
+/// T18: a component whose `.minisig` verifies under `[trust] signers` is
+/// listed as verified with its signer's key id; once its signature is
+/// moved away it is listed as not verified, never as signed.
+#[test]
+fn a_signed_component_names_its_verified_signer() {
+    let app = TestApp::new(
+        "[app]\nname = \"signed\"\n\n[trust]\nsigners = [\"keys/release.pub\"]\n\n\
+         [[function]]\nname = \"hello\"\ncomponent = \"hello.wasm\"\nroute = \"/hello\"\nauth = \"public\"\n",
+        &["hello"],
+    );
+    let key = support::prod::keygen(&app, "release");
+    support::prod::sign(&app, &key);
+    let bom = parse(&sbom(&app, &[]));
+    let component = by_ref(&bom, "component:hello.wasm");
+    assert_eq!(property(component, "bulkhead:signature"), ["verified"]);
+    let signer = property(component, "bulkhead:signer");
+    assert_eq!(signer.len(), 1, "{component}");
+    let public = std::fs::read_to_string(app.path().join("keys/release.pub")).unwrap();
+    // The key id is what `minisign` prints in the public key's comment.
+    assert!(
+        public.to_uppercase().contains(&signer[0].to_uppercase()),
+        "signer {} is not the key in release.pub:\n{public}",
+        signer[0]
+    );
+
+    std::fs::rename(
+        app.path().join("hello.wasm.minisig"),
+        app.path().join("moved.minisig"),
+    )
+    .unwrap();
+    // The SBOM describes what is there, signed or not (`check` refuses).
+    let bom = parse(&sbom(&app, &[]));
+    let component = by_ref(&bom, "component:hello.wasm");
+    assert_eq!(property(component, "bulkhead:signature"), ["not verified"]);
+    assert!(property(component, "bulkhead:signer").is_empty());
+}
