@@ -467,6 +467,15 @@ fn t15_self_signed_writes_a_dev_pair_that_serves() {
         let hello = conn.get(server.addr.port(), "/hello").await.unwrap();
         assert_eq!(hello.status, 200);
     });
+    // The threat model counts the listener's TLS as the mitigation (T21).
+    let model = app.run(&["threat-model"]);
+    let model = String::from_utf8_lossy(&model.stdout);
+    assert!(
+        model.lines().any(|l| l.contains("eavesdropping")
+            && l.contains("| mitigated |")
+            && l.contains("the gateway terminates TLS")),
+        "{model}"
+    );
     // Not outside dev.
     let out = app.run_with(&["tls", "self-signed"], &["--env", "prod"]);
     assert!(!out.status.success());
