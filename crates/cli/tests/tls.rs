@@ -156,7 +156,7 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn t15_old_protocol_versions_and_plain_http_are_refused_cleanly() {
     let ca = Ca::new("test CA");
-    let app = tls_app(&ca, "");
+    let app = tls_app(&ca, "\n[limits]\nheader_read_timeout = \"1s\"\n");
     let server = Server::start(&app);
     // TLS 1.1: one fatal alert record (0x15, level 2), no ServerHello
     // (0x16): rustls has no version in common with it.
@@ -170,6 +170,14 @@ fn t15_old_protocol_versions_and_plain_http_are_refused_cleanly() {
         b"GET /hello HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
     );
     assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    // Slowloris on the handshake: a connection that sends nothing is
+    // closed at the head deadline (1 s here), its place given back.
+    let answer = raw(server.addr, b"");
+    assert!(answer.is_empty(), "{answer:?}");
+    server.wait_for_log(
+        |r| r["reason"] == "tls-handshake-timeout",
+        Duration::from_secs(10),
+    );
     // curl refusing to go below TLS 1.2 is refused too.
     let out = Command::new("curl")
         .args(["--silent", "--insecure", "--tlsv1.0", "--tls-max", "1.1"])

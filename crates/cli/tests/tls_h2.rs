@@ -629,3 +629,35 @@ fn t01_an_oversized_header_list_and_a_continuation_flood_are_refused() {
     assert!(server.is_running());
     assert_no_5xx(&server);
 }
+
+#[test]
+fn t01_an_idle_h2_connection_is_closed_like_an_idle_h1_one() {
+    let ca = Ca::new("h2 CA");
+    let app = TestApp::new(
+        &format!("{APP}\n[limits]\nheader_read_timeout = \"1s\"\n{TLS_SECTION}"),
+        &["hello"],
+    );
+    install(app.path(), &ca.server());
+    let server = Server::start(&app);
+    let config = client(&[&ca], None, H2);
+    runtime().block_on(async {
+        // A well-behaved client (it answers pings) that sends one request
+        // and then nothing: the server ends the connection with GOAWAY.
+        let stream = connect(server.addr, &config).await.unwrap();
+        let (mut sender, connection) = h2::client::handshake(stream).await.unwrap();
+        let open = tokio::spawn(connection);
+        let request = http::Request::get("https://localhost/hello")
+            .body(())
+            .unwrap();
+        let H2Answer::Answer(answer) = h2_send(&mut sender, request, Bytes::new()).await else {
+            panic!("served");
+        };
+        assert_eq!(answer.status, Some(200));
+        // Bounded wait for the close; an idle connection kept open fails here.
+        let closed = tokio::time::timeout(Duration::from_secs(30), open).await;
+        assert!(
+            matches!(closed, Ok(Ok(Ok(())))),
+            "closed gracefully: {closed:?}"
+        );
+    });
+}
