@@ -197,7 +197,7 @@ fn t15_old_protocol_versions_and_plain_http_are_refused_cleanly() {
         let hello = conn.get(server.addr.port(), "/hello").await.unwrap();
         assert_eq!(hello.status, 200);
     });
-    drop(server);
+    assert!(server.stop().success());
     let refused = app.audit_records("listener.refused");
     assert!(
         refused
@@ -327,7 +327,7 @@ fn t15_certificate_rotation_under_load_drops_nothing() {
     );
     let still = rt.block_on(async { server_cert(&connect(addr, &fresh()).await.unwrap()) });
     assert_eq!(still, new_pair.der);
-    drop(server);
+    assert!(server.stop().success());
     assert_eq!(app.audit_records("tls.reloaded").len(), 1);
     let refused = app.audit_records("tls.reload_refused");
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -390,7 +390,7 @@ fn t15_a_route_requiring_a_client_certificate() {
         |r| r["reason"] == "client-certificate-required" && r["status"] == 401,
         Duration::from_secs(10),
     );
-    drop(server);
+    assert!(server.stop().success());
     let refusals = app.audit_records("request.refused");
     assert!(
         refusals
@@ -540,4 +540,91 @@ fn t15_tls_help_teaches() {
     assert!(text.contains("localhost"), "{text}");
     assert!(text.contains("[tls]"), "{text}");
     assert!(text.contains("`dev` only"), "{text}");
+}
+
+/// T01: a connection takes its places (per address, then in all) before
+/// its handshake: silent connections from one address hold only that
+/// address's share; the next from it is refused at once, unread, and
+/// another address still completes its handshake and is served.
+#[test]
+fn t01_handshakes_wait_behind_the_per_address_connection_share() {
+    let ca = Ca::new("test CA");
+    let app = tls_app(
+        &ca,
+        "\n[limits]\nmax_connections = 64\nmax_connections_per_address = 4\n",
+    );
+    let server = Server::start(&app);
+    let silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    // The fifth from 127.0.0.1: the plain 429 written before any handshake.
+    let answer = raw(server.addr, b"");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 429"),
+        "{answer:?}"
+    );
+    server.wait_for_log(
+        |r| r["reason"] == "address-connection-limit",
+        Duration::from_secs(10),
+    );
+    // Another address handshakes and is served meanwhile.
+    runtime().block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let tcp = socket.connect(server.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let stream = tokio_rustls::TlsConnector::from(client(&[&ca], None, H2_H1))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut conn = Client::over(stream).await.unwrap();
+        let hello = conn.get(server.addr.port(), "/hello").await.unwrap();
+        assert_eq!(hello.status, 200);
+    });
+    drop(silent);
+}
+
+/// A pair that cannot be served stops `serve` before it listens, naming
+/// the file and what is wrong; the key's bytes never appear.
+#[test]
+fn t15_serve_refuses_a_pair_it_cannot_serve() {
+    let ca = Ca::new("test CA");
+    let app = tls_app(&ca, "");
+    let other = ca.server();
+    let cert = app.path().join("tls/cert.pem");
+    let key = app.path().join("tls/key.pem");
+    let good_cert = std::fs::read_to_string(&cert).unwrap();
+    for (name, cert_text, key_text, expected) in [
+        (
+            "garbage certificate",
+            "not a certificate",
+            None,
+            "holds no PEM certificate",
+        ),
+        (
+            "key of another pair",
+            good_cert.as_str(),
+            Some(other.key_pem.as_str()),
+            "does not fit the certificate",
+        ),
+        (
+            "garbage key",
+            good_cert.as_str(),
+            Some("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+            "is not a PEM private key",
+        ),
+    ] {
+        std::fs::write(&cert, cert_text).unwrap();
+        if let Some(text) = key_text {
+            std::fs::write(&key, text).unwrap();
+        }
+        let out = app.run_with(
+            &["serve"],
+            &["--listen", "127.0.0.1:0", "--admin-listen", "off"],
+        );
+        assert!(!out.status.success(), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{name}: {err}");
+        assert!(!err.contains("BEGIN PRIVATE KEY"), "{name}: {err}");
+    }
 }

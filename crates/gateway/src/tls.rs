@@ -115,8 +115,14 @@ fn certified(settings: &TlsListener, read: &Read) -> Result<CertifiedKey, TlsErr
         key: settings.key.clone(),
         reason: e.to_string(),
     };
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(mismatch)?;
-    // `from_der` lets an unknown consistency pass; a pair must be proven.
+    let key = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|_| TlsError::BadKey {
+            path: settings.key.clone(),
+        })?;
+    let certified = CertifiedKey::new(chain, key);
+    // Proven, not assumed: an unknown consistency is refused too.
     certified.keys_match().map_err(mismatch)?;
     Ok(certified)
 }
