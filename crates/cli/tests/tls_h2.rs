@@ -571,6 +571,11 @@ fn t01_rapid_reset_closes_the_connection() {
         still_serves(server.addr, &config).await;
     });
     assert!(server.is_running());
+    // The connection it ended is logged (and audited) as refused.
+    server.wait_for_log(
+        |r| r["message"] == "connection refused" && r["error"] == "http2 error",
+        Duration::from_secs(10),
+    );
 }
 
 #[test]
@@ -653,11 +658,10 @@ fn t01_an_idle_h2_connection_is_closed_like_an_idle_h1_one() {
             panic!("served");
         };
         assert_eq!(answer.status, Some(200));
-        // Bounded wait for the close; an idle connection kept open fails here.
+        // Bounded wait for the close; an idle connection kept open fails
+        // here. Closed by GOAWAY, or (on a loaded machine, a late pong) by
+        // the ping deadline: either way it does not stay open.
         let closed = tokio::time::timeout(Duration::from_secs(30), open).await;
-        assert!(
-            matches!(closed, Ok(Ok(Ok(())))),
-            "closed gracefully: {closed:?}"
-        );
+        assert!(matches!(closed, Ok(Ok(_))), "closed: {closed:?}");
     });
 }
