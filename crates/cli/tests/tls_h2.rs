@@ -573,7 +573,7 @@ fn t01_rapid_reset_closes_the_connection() {
     assert!(server.is_running());
     // The connection it ended is logged (and audited) as refused.
     server.wait_for_log(
-        |r| r["message"] == "connection refused" && r["error"] == "http2 error",
+        |r| r["message"] == "connection refused" && r["reason"] == "http2-protocol-error",
         Duration::from_secs(10),
     );
 }

@@ -282,6 +282,11 @@ fn refusal_response(reason: &str, correlation_id: &str) -> Vec<u8> {
     out
 }
 
+/// The HTTP/2 error under a connection's error, if it is one.
+fn http2_error(error: &hyper::Error) -> Option<&h2::Error> {
+    std::error::Error::source(error)?.downcast_ref::<h2::Error>()
+}
+
 /// Malformed framing, oversized heads and slow clients end here: the HTTP
 /// parser has already answered (400/431) or closed the connection.
 pub(crate) fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error) {
@@ -295,6 +300,9 @@ pub(crate) fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hy
         "malformed-http"
     } else if error.is_incomplete_message() || error.is_canceled() {
         "client-gone"
+    } else if http2_error(error).is_some() {
+        // Rapid reset, a CONTINUATION flood, broken framing (T01, T15).
+        "http2-protocol-error"
     } else {
         "connection-error"
     };
@@ -306,7 +314,9 @@ pub(crate) fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hy
             .refusals
             .record_listener(&shared.audit, peer.ip(), reason)
         {
-            warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, "connection refused");
+            // The HTTP/2 layer's own words: which frame rule was broken.
+            let detail = http2_error(error).map(ToString::to_string);
+            warn!(target: "bulkhead::listener", peer = %peer, reason, error = %error, detail, "connection refused");
         }
     }
 }
