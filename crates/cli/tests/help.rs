@@ -34,6 +34,10 @@ fn help_pairs_each_subcommand_with_its_own_summary() {
         ),
         ("audit", "Inspect the tamper-evident audit trail"),
         ("admin", "Manage access to the admin listener"),
+        (
+            "tls",
+            "TLS for the public listener: a development certificate",
+        ),
         ("token", "Issue, list and revoke opaque session tokens"),
         ("keys", "Create, list and revoke API keys"),
         (

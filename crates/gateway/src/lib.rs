@@ -7,6 +7,7 @@ mod audit;
 pub mod authn;
 mod budget;
 mod caller;
+mod connection;
 pub mod correlation;
 mod metrics;
 mod pipeline;
@@ -18,6 +19,7 @@ mod send_timeout;
 mod server;
 pub mod spans;
 mod throttle;
+mod tls;
 pub mod validate;
 
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use throttle::Shedder;
 pub use admin::AdminAccess;
 pub use budget::worst_case;
 pub use spans::{RequestSpan, SpanExport};
+pub use tls::TlsError;
 
 /// An app ready to serve: its functions loaded, its gates set.
 #[derive(Clone)]
@@ -66,6 +69,8 @@ pub(crate) struct Shared {
     spans: Option<Arc<dyn SpanExport>>,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
+    /// `[tls]` when the gateway terminates TLS (T15).
+    tls: Option<Arc<tls::Tls>>,
 }
 
 pub(crate) struct FunctionSlot {
@@ -79,6 +84,8 @@ pub(crate) struct FunctionSlot {
     access: bulkhead_manifest::Access,
     /// The function's input rules, compiled once (T10).
     rules: validate::Rules,
+    /// Only callers with a verified client certificate reach it (T15).
+    client_cert_required: bool,
 }
 
 impl Gateway {
@@ -93,6 +100,16 @@ impl Gateway {
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
         let authenticator = authn::Authenticator::new(app, store.clone())?;
+        // The certificate is loaded now: a server never starts with a pair
+        // it cannot serve (T15).
+        let tls = app
+            .tls
+            .as_ref()
+            .and_then(|t| t.listener())
+            .map(tls::Tls::new)
+            .transpose()
+            .map_err(|e| format!("[tls]: {e}"))?
+            .map(Arc::new);
         let router = Router::new(
             app.functions
                 .iter()
@@ -128,6 +145,7 @@ impl Gateway {
                     gate,
                     access: spec.access.clone(),
                     rules,
+                    client_cert_required: spec.client_cert_required,
                 }
             })
             .collect();
@@ -151,6 +169,7 @@ impl Gateway {
                 metrics: Metrics::new(),
                 spans,
                 ready: AtomicBool::new(false),
+                tls,
             }),
         })
     }
