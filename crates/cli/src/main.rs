@@ -14,8 +14,8 @@ mod secrets_cmd;
 mod serve;
 mod sweeper;
 mod threat_model_cmd;
-mod trust_cmd;
 mod tls_cmd;
+mod trust_cmd;
 mod usage_cmd;
 
 use std::net::SocketAddr;

@@ -493,36 +493,48 @@ fn t15_self_signed_writes_a_dev_pair_that_serves() {
 
 #[test]
 fn t15_plain_http_beyond_loopback_is_refused_outside_dev() {
+    // Without `[tls]`, strict environments refuse the app itself (T19).
     let plain = TestApp::new(APP, &["hello"]);
-    let upstream = TestApp::new(
-        &format!("{APP}\n[tls]\nterminated_upstream = \"nginx on this host\"\n"),
-        &["hello"],
-    );
-    for app in [&plain, &upstream] {
-        for env in ["staging", "prod"] {
-            let out = app.run_with(
-                &["serve"],
-                &[
-                    "--env",
-                    env,
-                    "--listen",
-                    "0.0.0.0:0",
-                    "--admin-listen",
-                    "off",
-                ],
-            );
-            assert!(!out.status.success());
-            let err = String::from_utf8_lossy(&out.stderr);
-            assert!(err.contains("plain HTTP beyond this machine"), "{err}");
-            assert!(err.contains("bulkhead.toml"), "{err}");
-            assert!(
-                err.contains("listen on loopback"),
-                "the fix is named: {err}"
-            );
-        }
+    for env in ["staging", "prod"] {
+        let out = plain.run_with(&["check"], &["--env", env]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("the public listener is plain HTTP"), "{err}");
+    }
+    // With TLS terminated upstream, the app passes every strict rule, and
+    // still may not listen in plain HTTP beyond this machine.
+    let upstream = TestApp::new(APP, &["hello"]);
+    let master = support::prod::make_prod_ready(&upstream);
+    let path = upstream.path().to_str().unwrap().to_owned();
+    for env in ["staging", "prod"] {
+        let out = support::prod::bulkhead(
+            &[
+                "serve",
+                &path,
+                "--env",
+                env,
+                "--listen",
+                "0.0.0.0:0",
+                "--admin-listen",
+                "off",
+            ],
+            &master.env(),
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("plain HTTP beyond this machine"), "{err}");
+        assert!(err.contains("bulkhead.toml"), "{err}");
+        assert!(
+            err.contains("listen on loopback"),
+            "the fix is named: {err}"
+        );
     }
     // Behind a proxy on loopback, prod serves.
-    let server = Server::start_with(&upstream, &["--env", "prod", "--admin-listen", "off"]);
+    let server = Server::start_with_env(
+        &upstream,
+        &["--env", "prod", "--admin-listen", "off"],
+        &master.env(),
+    );
     runtime().block_on(async {
         let hello = support::get(server.addr, "/hello").await;
         assert_eq!(hello.status, 200);
