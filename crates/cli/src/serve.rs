@@ -11,20 +11,55 @@ use bulkhead_store::{AuditEvent, AuditLog, Store};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::{Target, deploy, load_app, report};
+use crate::live::Live;
+use crate::versions::Versions;
+use crate::{Target, deploy, load_app, load_app_in, report};
 
-pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<ExitCode> {
+pub fn run(
+    target: &Target,
+    listen: SocketAddr,
+    admin_listen: &str,
+    keep_versions: usize,
+) -> Result<ExitCode> {
     let admin_address = match admin_listen {
         "off" => None,
         text => Some(text.parse::<SocketAddr>().with_context(|| {
             format!("--admin-listen `{text}` is not an address like 127.0.0.1:9901 (or `off`)")
         })?),
     };
-    let app = match load_app(target) {
+    let mut app = match load_app(target) {
         Ok(app) => app,
         Err(problems) => return Ok(report(&problems)),
     };
     let store = target.store(true)?;
+    // T19: outside `dev`, a restart serves the last version deployed (or
+    // rolled back to), never older code; `dev` serves APP_DIR, so edits
+    // take effect on restart. Either way APP_DIR served is kept as a
+    // version when it differs from the current one.
+    let versions = Versions::open(&app.state_dir())?;
+    versions.clean_staging();
+    let from_version = if app.is_dev() {
+        None
+    } else {
+        versions.current()
+    };
+    if let Some(name) = &from_version {
+        app = match load_app_in(&versions.files(name), &target.env) {
+            Ok(mut deployed) => {
+                deployed.dir = target.app_dir.clone();
+                info!(target: "bulkhead::deploy", version = %name, "serving the deployed version {name}, not APP_DIR; send SIGHUP or `bulkhead deploy` to serve APP_DIR's files");
+                deployed
+            }
+            Err(mut problems) => {
+                problems.push(format!(
+                    "the deployed version {name} cannot be loaded; roll back offline with `bulkhead rollback {} --env {} --to VERSION`",
+                    target.app_dir.display(),
+                    target.env
+                ));
+                return Ok(report(&problems));
+            }
+        };
+    }
     let access = match admin_address {
         Some(address) => Some((address, admin_access(&store, &app.env, address, target)?)),
         None => None,
@@ -47,6 +82,12 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
         audit.clone(),
         store,
         spans.clone(),
+        Kept {
+            versions,
+            keep: keep_versions,
+            app_dir: target.app_dir.clone(),
+            from_version,
+        },
     ));
     // After the drain, so every request's span is queued; the runtime still
     // runs the last exports.
@@ -106,6 +147,15 @@ fn admin_access(
     )
 }
 
+/// The versions a server keeps and where it started from (T19).
+struct Kept {
+    versions: Versions,
+    keep: usize,
+    app_dir: std::path::PathBuf,
+    /// The kept version served at start; `None` for APP_DIR.
+    from_version: Option<String>,
+}
+
 async fn serve(
     app: App,
     listen: SocketAddr,
@@ -113,6 +163,7 @@ async fn serve(
     audit: AuditLog,
     store: Store,
     spans: Option<Arc<dyn SpanExport>>,
+    kept: Kept,
 ) -> Result<ExitCode> {
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
     let deployment = match tokio::task::block_in_place(|| {
@@ -133,6 +184,20 @@ async fn serve(
         Ok(gateway) => gateway,
         Err(problem) => return Ok(report(&[problem])),
     };
+    let live = Arc::new(Live::new(
+        gateway.clone(),
+        kept.app_dir,
+        app.env.clone(),
+        audit.clone(),
+        kept.versions,
+        kept.keep,
+    ));
+    gateway.set_deployer(live.clone());
+    if kept.from_version.is_none() {
+        let (live, app, functions) = (live.clone(), app.clone(), deployment.functions.clone());
+        tokio::task::spawn_blocking(move || live.record_start(&app, &functions));
+    }
+    reload_on_hangup(&live);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -211,6 +276,42 @@ async fn serve(
     }
     audit.record(AuditEvent::new("shutdown").detail("app", app.name.as_str()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads APP_DIR and deploys it as `POST /deploys` would
+/// (T19): verified completely, switched, kept, audited; a failed reload
+/// keeps serving the old version and logs every problem.
+fn reload_on_hangup(live: &Arc<Live>) {
+    #[cfg(unix)]
+    {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        let mut hangups = match tokio::signal::unix::signal(kind) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %e, "cannot handle SIGHUP: reloads need `bulkhead deploy`");
+                return;
+            }
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                info!(target: "bulkhead::deploy", "SIGHUP: reloading APP_DIR");
+                let live = live.clone();
+                let who = bulkhead_gateway::Who("SIGHUP".into());
+                match tokio::task::spawn_blocking(move || live.reload(&who)).await {
+                    Ok(Ok(outcome)) => {
+                        info!(target: "bulkhead::deploy", version = %outcome.version, "SIGHUP reload serving")
+                    }
+                    Ok(Err(e)) => {
+                        warn!(target: "bulkhead::deploy", error = %e, "SIGHUP reload refused: still serving the previous version")
+                    }
+                    Err(e) => warn!(target: "bulkhead::deploy", error = %e, "SIGHUP reload failed"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = live;
 }
 
 /// A write past a file-size limit (`ulimit -f`) would kill the server with

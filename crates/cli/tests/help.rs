@@ -29,6 +29,18 @@ fn help_pairs_each_subcommand_with_its_own_summary() {
             "What the functions used and what it costs, from the durable meter",
         ),
         ("audit", "Inspect the tamper-evident audit trail"),
+        (
+            "deploy",
+            "Send a new version of the app to a running server, live",
+        ),
+        (
+            "versions",
+            "List the kept versions of the app, newest first",
+        ),
+        (
+            "rollback",
+            "Switch back to a kept version: live, or for the next start",
+        ),
         ("admin", "Manage access to the admin listener"),
         ("token", "Issue, list and revoke opaque session tokens"),
         ("keys", "Create, list and revoke API keys"),

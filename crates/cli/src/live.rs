@@ -1,0 +1,315 @@
+//! Live deploys (T19, T18): a new version of the app, from a bundle
+//! (`POST /deploys`), from APP_DIR (SIGHUP, and `serve` at start), or a
+//! kept version (rollback), is verified completely before anything
+//! changes: unpacked into a fresh staging directory, loaded exactly as
+//! `check` loads an app (manifest, digests, imports, migrations as a dry
+//! run), checked against what only a restart may change; only then are
+//! its migrations applied, the version kept, the gateway switched and the
+//! `current` pointer moved. On any failure nothing changes and every
+//! problem is returned, logged and audited, with who asked.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bulkhead_gateway::{DeployError, DeployOutcome, Deployer, Gateway, Who};
+use bulkhead_manifest::App;
+use bulkhead_store::{AuditEvent, AuditLog};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::bundle::{self, Index};
+use crate::deploy::{self, Deployment, Mode};
+use crate::versions::{Record, Versions};
+
+pub struct Live {
+    gateway: Gateway,
+    /// The server's APP_DIR: where state lives, what SIGHUP re-reads.
+    app_dir: PathBuf,
+    env: String,
+    audit: AuditLog,
+    versions: Versions,
+    keep: usize,
+    /// One deploy or rollback at a time; a second is told to retry.
+    busy: Mutex<()>,
+}
+
+impl Live {
+    pub fn new(
+        gateway: Gateway,
+        app_dir: PathBuf,
+        env: String,
+        audit: AuditLog,
+        versions: Versions,
+        keep: usize,
+    ) -> Self {
+        Self {
+            gateway,
+            app_dir,
+            env,
+            audit,
+            versions,
+            keep,
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// The deploy lock, or `Busy` while another deploy holds it.
+    fn try_busy(&self) -> Result<std::sync::MutexGuard<'_, ()>, DeployError> {
+        match self.busy.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(DeployError::Busy),
+        }
+    }
+
+    /// Deploy the app as it is in APP_DIR now (SIGHUP).
+    pub fn reload(&self, who: &Who) -> Result<DeployOutcome, DeployError> {
+        let app = crate::load_app_in(&self.app_dir, &self.env).map_err(|problems| {
+            self.refused(who, "", None, &problems);
+            DeployError::Refused(problems)
+        })?;
+        let (archive, _) = bundle::pack(&app).map_err(|problem| {
+            let problems = vec![problem];
+            self.refused(who, "", None, &problems);
+            DeployError::Refused(problems)
+        })?;
+        self.install(&archive, who, "sighup", "")
+    }
+
+    /// Keep APP_DIR as served at start as a version, unless it is the
+    /// current one already, and make it current.
+    pub fn record_start(&self, app: &App, functions: &[bulkhead_runtime::LoadedFunction]) {
+        let _guard = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| -> anyhow::Result<Option<Record>> {
+            let (archive, index) = bundle::pack(app).map_err(anyhow::Error::msg)?;
+            if let Some(current) = self.versions.current()
+                && let Ok(record) = self.versions.record(&current)
+                && record.files == index.digests()
+            {
+                return Ok(None);
+            }
+            let staging = self.versions.staging()?;
+            if let Err(problems) = bundle::unpack(&archive, &staging.join("files")) {
+                let _ = std::fs::remove_dir_all(&staging);
+                anyhow::bail!("{}", problems.join("; "));
+            }
+            let record = self
+                .versions
+                .commit(&staging, record_of(&index, functions, "serve", "serve"))?;
+            self.versions.set_current(&record.name)?;
+            let _ = self.versions.prune(self.keep);
+            Ok(Some(record))
+        })();
+        match result {
+            Ok(Some(record)) => {
+                info!(target: "bulkhead::deploy", version = %record.name, "APP_DIR kept as a version")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %format!("{e:#}"), "could not keep APP_DIR as a version; serving it anyway")
+            }
+        }
+    }
+
+    /// Unpack, verify, keep and switch to `archive`.
+    fn install(
+        &self,
+        archive: &[u8],
+        who: &Who,
+        source: &str,
+        correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        let _guard = self.try_busy()?;
+        let staging = self
+            .versions
+            .staging()
+            .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
+        let files = staging.join("files");
+        let verified = bundle::unpack(archive, &files).and_then(|index| {
+            let deployment = self.verify(&files)?;
+            Ok((index, deployment))
+        });
+        let (index, deployment) = match verified {
+            Ok(pair) => pair,
+            Err(problems) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                self.refused(who, correlation_id, None, &problems);
+                return Err(DeployError::Refused(problems));
+            }
+        };
+        let record = record_of(&index, &deployment.functions, &who.0, source);
+        // Kept (synced) before anything serves it.
+        let record = self.versions.commit(&staging, record).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            DeployError::Failed(format!("{e:#}"))
+        })?;
+        self.switch(deployment, &record, who, correlation_id, "deploy")
+    }
+
+    /// Load the app in `files` as `check` does, then as `serve` does
+    /// (applying its migrations): every problem, or the loaded app.
+    fn verify(&self, files: &Path) -> Result<Deployment, Vec<String>> {
+        let mut app = crate::load_app_in(files, &self.env)?;
+        // Its state is the server's, not the staging directory's.
+        app.dir = self.app_dir.clone();
+        let fixed = self.gateway.restart_only_changes(&app);
+        if !fixed.is_empty() {
+            return Err(fixed);
+        }
+        let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
+        // Everything, migrations as a dry run, before anything is applied.
+        deploy::deploy(app.clone(), self.audit.clone(), Mode::Check, &progress)?;
+        deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)
+    }
+
+    /// Switch the gateway to `deployment` (kept as `record`), move the
+    /// pointer, prune, audit.
+    fn switch(
+        &self,
+        deployment: Deployment,
+        record: &Record,
+        who: &Who,
+        correlation_id: &str,
+        kind: &'static str,
+    ) -> Result<DeployOutcome, DeployError> {
+        let Deployment { app, functions, .. } = deployment;
+        if let Err(problems) = self.gateway.switch(&app, functions) {
+            self.refused(who, correlation_id, Some(record), &problems);
+            return Err(DeployError::Refused(problems));
+        }
+        if let Err(e) = self.versions.set_current(&record.name) {
+            // Serving it already: say the restart would not.
+            warn!(target: "bulkhead::deploy", version = %record.name, error = %format!("{e:#}"), "switched, but could not record it as current: a restart would serve the previous version");
+        }
+        match self.versions.prune(self.keep) {
+            Ok(deleted) if !deleted.is_empty() => {
+                info!(target: "bulkhead::deploy", deleted = ?deleted, "older versions deleted")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %format!("{e:#}"), "could not delete older versions")
+            }
+        }
+        let event = match kind {
+            "rollback" => "deploy.rollback",
+            _ => "deploy",
+        };
+        info!(target: "bulkhead::deploy", correlation_id, version = %record.name, who = %who.0, functions = ?record.functions, "{}", if kind == "rollback" { "rolled back" } else { "deployed" });
+        self.audit.record(
+            correlated(AuditEvent::new(event), correlation_id)
+                .detail("app", app.name.as_str())
+                .detail("env", app.env.as_str())
+                .detail("version", record.name.as_str())
+                .detail("who", who.0.as_str())
+                .detail("source", record.source.as_str())
+                .detail("functions", json!(record.functions))
+                .detail("files", json!(record.files)),
+        );
+        self.audit.flush();
+        Ok(DeployOutcome {
+            version: record.name.clone(),
+            report: json!({
+                "version": record.name,
+                "kind": kind,
+                "functions": record.functions,
+                "files": record.files,
+            }),
+        })
+    }
+
+    /// Log and audit a refusal with every problem and what is known of
+    /// the version (T09).
+    fn refused(
+        &self,
+        who: &Who,
+        correlation_id: &str,
+        record: Option<&Record>,
+        problems: &[String],
+    ) {
+        warn!(target: "bulkhead::deploy", correlation_id, who = %who.0, problems = ?problems, "deploy refused: nothing changed");
+        let mut event = correlated(AuditEvent::new("deploy.refused"), correlation_id)
+            .detail("who", who.0.as_str())
+            .detail("reason", "verification-failed")
+            .detail("problems", json!(problems));
+        if let Some(record) = record {
+            event = event
+                .detail("version", record.name.as_str())
+                .detail("functions", json!(record.functions));
+        }
+        self.audit.record(event);
+        self.audit.flush();
+    }
+}
+
+impl Deployer for Live {
+    fn deploy(
+        &self,
+        bundle: &[u8],
+        who: &Who,
+        correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        self.install(bundle, who, "deploy", correlation_id)
+    }
+
+    fn rollback(
+        &self,
+        version: &str,
+        who: &Who,
+        correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        let _guard = self.try_busy()?;
+        let record = self
+            .versions
+            .record(version)
+            .map_err(|_| DeployError::UnknownVersion(version.to_string()))?;
+        let deployment = self
+            .verify(&self.versions.files(&record.name))
+            .map_err(|problems| {
+                self.refused(who, correlation_id, Some(&record), &problems);
+                DeployError::Refused(problems)
+            })?;
+        self.switch(deployment, &record, who, correlation_id, "rollback")
+    }
+
+    fn versions(&self) -> Result<serde_json::Value, DeployError> {
+        let list = self
+            .versions
+            .list()
+            .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
+        Ok(json!({
+            "current": self.versions.current(),
+            "versions": list,
+        }))
+    }
+}
+
+/// `event` with the request's correlation ID, when there is a request.
+fn correlated(event: AuditEvent, correlation_id: &str) -> AuditEvent {
+    if correlation_id.is_empty() {
+        event
+    } else {
+        event.correlation_id(correlation_id)
+    }
+}
+
+/// The record of a version made of `index`'s files, loaded as `functions`.
+fn record_of(
+    index: &Index,
+    functions: &[bulkhead_runtime::LoadedFunction],
+    who: &str,
+    source: &str,
+) -> Record {
+    Record {
+        name: String::new(),
+        number: 0,
+        created_ms: bulkhead_store::now_ms(),
+        who: who.to_string(),
+        source: source.to_string(),
+        functions: functions
+            .iter()
+            .map(|f| (f.name().to_string(), f.digest()))
+            .collect(),
+        files: index.digests(),
+        signed_at: None,
+    }
+}

@@ -1,0 +1,647 @@
+//! Live deploys, SIGHUP reloads, versions and rollback (T19, T18), against
+//! the real binary over real HTTP: a deploy under continuous load loses no
+//! request and switches new requests; hostile or broken bundles change
+//! nothing; rollback restores the previous digests; a restart serves the
+//! deployed version; a deploy without the admin token is refused and
+//! audited.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use support::{Server, TestApp, get, guest, request, send};
+
+/// Version 1 answers with hello's greeting.
+const V1: &str = r#"
+[app]
+name = "deployed"
+
+# The load test's clients stay under it; restart-only, so both versions say it.
+[limits]
+rate_limit = { per_caller = "100000/s", burst = 1000 }
+
+[[function]]
+name = "greet"
+component = "hello.wasm"
+route = "/greet"
+auth = "public"
+"#;
+
+/// Version 2: the same route, answered by echo (JSON).
+const V2: &str = r#"
+[app]
+name = "deployed"
+
+# The load test's clients stay under it; restart-only, so both versions say it.
+[limits]
+rate_limit = { per_caller = "100000/s", burst = 1000 }
+
+[[function]]
+name = "greet"
+component = "echo.wasm"
+route = "/greet"
+auth = "public"
+"#;
+
+const HELLO: &str = "Hello from a sealed compartment!\n";
+
+fn app_v1() -> TestApp {
+    TestApp::new(V1, &["hello", "echo"])
+}
+
+fn set_manifest(app: &TestApp, manifest: &str) {
+    std::fs::write(app.path().join("bulkhead.toml"), manifest).expect("write manifest");
+}
+
+/// Which version answered `/greet`: 1 (hello) or 2 (echo).
+async fn which(addr: SocketAddr) -> u8 {
+    let reply = get(addr, "/greet").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    version_of(&reply.body)
+}
+
+fn version_of(body: &[u8]) -> u8 {
+    if body == HELLO.as_bytes() {
+        1
+    } else {
+        let json: Value = serde_json::from_slice(body).expect("echo answers JSON");
+        assert_eq!(json["method"], "GET");
+        2
+    }
+}
+
+/// `bulkhead ARGS APP_DIR OPTIONS` with no token in the environment.
+fn bulkhead(args: &[&str], app: &Path, options: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(args)
+        .arg(app)
+        .args(options)
+        .env_remove("BULKHEAD_ADMIN_TOKEN_FILE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("bulkhead runs")
+}
+
+fn deploy(app: &TestApp, admin: SocketAddr, extra: &[&str]) -> Output {
+    let to = format!("http://{admin}");
+    let mut options = vec!["--to", to.as_str()];
+    options.extend_from_slice(extra);
+    bulkhead(&["deploy"], app.path(), &options)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// POST raw bytes to the admin listener's `/deploys`.
+async fn post_bundle(admin: SocketAddr, bundle: Vec<u8>) -> support::Reply {
+    send(admin, request("POST", admin, "/deploys", bundle)).await
+}
+
+/// One tar entry with any path and type: the hostile archives a real
+/// client never makes (the tar crate's builder refuses `..`).
+fn raw_entry(out: &mut Vec<u8>, path: &str, kind: tar::EntryType, data: &[u8], link: &str) {
+    let mut header = tar::Header::new_gnu();
+    {
+        let gnu = header.as_gnu_mut().expect("a GNU header");
+        gnu.name = [0; 100];
+        gnu.name[..path.len()].copy_from_slice(path.as_bytes());
+        gnu.linkname = [0; 100];
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    }
+    header.set_entry_type(kind);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    let pad = (512 - data.len() % 512) % 512;
+    out.extend(std::iter::repeat_n(0u8, pad));
+}
+
+fn index_entry(path: &str, data: &[u8]) -> Value {
+    serde_json::json!({
+        "path": path,
+        "sha256": hex::encode(Sha256::digest(data)),
+        "size": data.len(),
+    })
+}
+
+/// A bundle of `files` whose index lists `listed` (path and content).
+fn bundle(
+    files: &[(&str, &[u8])],
+    listed: &[(&str, &[u8])],
+    extra: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
+    let index = serde_json::json!({
+        "format": 1,
+        "app": "deployed",
+        "files": listed.iter().map(|(p, d)| index_entry(p, d)).collect::<Vec<_>>(),
+    });
+    let mut out = Vec::new();
+    raw_entry(
+        &mut out,
+        "bulkhead-bundle.json",
+        tar::EntryType::Regular,
+        index.to_string().as_bytes(),
+        "",
+    );
+    for (path, data) in files {
+        raw_entry(&mut out, path, tar::EntryType::Regular, data, "");
+    }
+    extra(&mut out);
+    out.extend(std::iter::repeat_n(0u8, 1024));
+    out
+}
+
+/// Wait (bounded) until `done`; it only synchronises.
+fn wait_until(done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn audit_records_env(app: &TestApp, kind: &str, env: &str) -> Vec<Value> {
+    let out = app.run_with(
+        &["audit", "query"],
+        &["--kind", kind, "--format", "json", "--env", env],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .collect()
+}
+
+fn kept_versions(app: &TestApp, env: &str) -> Vec<String> {
+    let out = bulkhead(&["versions"], app.path(), &["--env", env]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("    "))
+        .map(|l| l.trim_start_matches("* ").trim().to_string())
+        .collect()
+}
+
+/// T19: a deploy under continuous load loses no request (every one is
+/// answered 200 on a keep-alive connection that is never dropped), and
+/// once it returns every new request gets the new version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deploy_under_load_loses_no_request_t19() {
+    const CLIENTS: usize = 4;
+    /// A bound, never reached unless the deploy takes about half a minute.
+    const MAX_PER_CLIENT: usize = 20_000;
+    let app = app_v1();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(which(server.addr).await, 1);
+    // `serve` keeps APP_DIR as served (v1) in the background first.
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+
+    let deployed = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (deployed, failures, addr) = (deployed.clone(), failures.clone(), server.addr);
+        clients.push(tokio::spawn(async move {
+            // One keep-alive connection per client, across the switch.
+            let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                    .await
+                    .expect("handshake");
+            tokio::spawn(connection);
+            let (mut seen, mut after) = ([0usize; 3], 0usize);
+            for _ in 0..MAX_PER_CLIENT {
+                let switched = deployed.load(Ordering::SeqCst);
+                let sent = sender
+                    .send_request(request("GET", addr, "/greet", Bytes::new()))
+                    .await;
+                let Ok(response) = sent else {
+                    failures.fetch_add(1, Ordering::SeqCst);
+                    break;
+                };
+                let status = response.status();
+                let body = response.into_body().collect().await.map(|b| b.to_bytes());
+                match body {
+                    Ok(body) if status == 200 => {
+                        let version = version_of(&body);
+                        seen[version as usize] += 1;
+                        if switched {
+                            assert_eq!(
+                                version, 2,
+                                "a request after the deploy got the old version"
+                            );
+                            after += 1;
+                        }
+                    }
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                if after >= 20 {
+                    break;
+                }
+                // Continuous, not a flood: the point is the switch.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            (seen, after)
+        }));
+    }
+    // Load is under way before the deploy starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    set_manifest(&app, V2);
+    let out = tokio::task::spawn_blocking({
+        let app_path = app.path().to_path_buf();
+        move || {
+            bulkhead(
+                &["deploy"],
+                &app_path,
+                &["--to", &format!("http://{admin}")],
+            )
+        }
+    })
+    .await
+    .expect("deploy ran");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("deployed v2"), "{}", text(&out));
+    deployed.store(true, Ordering::SeqCst);
+
+    let mut total = 0;
+    for client in clients {
+        let (seen, after) = client.await.expect("client task");
+        total += seen[1] + seen[2];
+        assert!(
+            after > 0,
+            "every client kept its connection past the switch"
+        );
+    }
+    assert_eq!(failures.load(Ordering::SeqCst), 0, "no request lost");
+    assert!(total >= CLIENTS * 20);
+    assert_eq!(which(server.addr).await, 2);
+    support::assert_no_5xx(&server);
+
+    let records = app.audit_records("deploy");
+    let last = records.last().expect("a deploy record");
+    assert_eq!(last["detail"]["version"], "v2", "{last}");
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(std::fs::read(guest("echo")).unwrap()))
+    );
+    assert_eq!(
+        last["detail"]["functions"]["greet"],
+        digest.as_str(),
+        "{last}"
+    );
+}
+
+/// T19, T18: a bundle that fails verification changes nothing: hostile
+/// archive paths, links, a file not in the index, an index entry with no
+/// file, a tampered file, a broken manifest, a component that is not
+/// wasm, a restart-only change, an oversized bundle. Each is refused with
+/// its problem and audited; the old version keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_that_fails_verification_changes_nothing_t19() {
+    let app = app_v1();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(which(server.addr).await, 1);
+    let hello = std::fs::read(guest("hello")).unwrap();
+    let echo = std::fs::read(guest("echo")).unwrap();
+    let v2 = V2.as_bytes();
+    let ok_files: [(&str, &[u8]); 2] = [("bulkhead.toml", v2), ("echo.wasm", &echo)];
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+    let before = kept_versions(&app, "dev");
+
+    let symlink = |out: &mut Vec<u8>| {
+        raw_entry(
+            out,
+            "link.wasm",
+            tar::EntryType::Symlink,
+            b"",
+            "/etc/passwd",
+        )
+    };
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "parent path",
+            bundle(&ok_files, &ok_files, |out| {
+                raw_entry(out, "../escape.txt", tar::EntryType::Regular, b"x", "")
+            }),
+            "`..` is not allowed",
+        ),
+        (
+            "absolute path",
+            bundle(&ok_files, &ok_files, |out| {
+                raw_entry(out, "/tmp/escape.txt", tar::EntryType::Regular, b"x", "")
+            }),
+            "absolute paths are not allowed",
+        ),
+        (
+            "symlink",
+            bundle(&ok_files, &ok_files, symlink),
+            "symbolic link",
+        ),
+        (
+            "state dir",
+            bundle(&ok_files, &ok_files, |out| {
+                raw_entry(
+                    out,
+                    ".bulkhead/dev/state.db",
+                    tar::EntryType::Regular,
+                    b"x",
+                    "",
+                )
+            }),
+            "hidden files",
+        ),
+        (
+            "not in index",
+            bundle(
+                &[ok_files[0], ok_files[1], ("extra.txt", b"x")],
+                &ok_files,
+                |_| {},
+            ),
+            "not in `bulkhead-bundle.json`",
+        ),
+        (
+            "missing file",
+            bundle(&ok_files[..1], &ok_files, |_| {}),
+            "missing from the bundle",
+        ),
+        (
+            "tampered",
+            bundle(
+                &[("bulkhead.toml", v2), ("echo.wasm", &hello)],
+                &ok_files,
+                |_| {},
+            ),
+            "does not match its digest",
+        ),
+        (
+            "bad manifest",
+            bundle(
+                &[
+                    (
+                        "bulkhead.toml",
+                        b"[app]\nname = \"deployed\"\nunknown = 1\n",
+                    ),
+                    ok_files[1],
+                ],
+                &[
+                    (
+                        "bulkhead.toml",
+                        b"[app]\nname = \"deployed\"\nunknown = 1\n",
+                    ),
+                    ok_files[1],
+                ],
+                |_| {},
+            ),
+            "bulkhead.toml",
+        ),
+        (
+            "not wasm",
+            bundle(
+                &[("bulkhead.toml", v2), ("echo.wasm", b"not a component")],
+                &[("bulkhead.toml", v2), ("echo.wasm", b"not a component")],
+                |_| {},
+            ),
+            "function `greet`",
+        ),
+    ];
+    for (name, body, expected) in cases {
+        let reply = post_bundle(admin, body).await;
+        let problem = reply.assert_problem(422, "deploy-refused");
+        let problems = problem["problems"].to_string();
+        assert!(problems.contains(expected), "{name}: {problems}");
+        assert_eq!(which(server.addr).await, 1, "{name} changed the version");
+    }
+    assert!(!app.path().join("../escape.txt").exists());
+
+    // A restart-only setting: refused, naming it.
+    let limits = V2.replace("burst = 1000 }", "burst = 1000 }\nmax_connections = 7");
+    set_manifest(&app, &limits);
+    let out = deploy(&app, admin, &[]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("only change with a restart"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(which(server.addr).await, 1);
+
+    // Oversized: refused from its declared length, before it is read.
+    let big = request("POST", admin, "/deploys", Bytes::new());
+    let (mut parts, _) = big.into_parts();
+    parts.headers.insert("content-length", (65u64 << 20).into());
+    let stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(http::Request::from_parts(parts, Full::new(Bytes::new())))
+        .await
+        .expect("an answer before the body");
+    assert_eq!(response.status(), 413);
+
+    assert_eq!(kept_versions(&app, "dev"), before, "no version was kept");
+    let refused = app.audit_records("deploy.refused");
+    assert!(refused.len() >= 10, "{refused:?}");
+    let staging: Vec<_> = std::fs::read_dir(app.path().join(".bulkhead/dev/versions"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .collect();
+    assert!(staging.is_empty(), "staging directories left: {staging:?}");
+    support::assert_no_5xx(&server);
+}
+
+/// T19: rollback to a kept version restores its digests, live; the
+/// versions listed name who made each and its digests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_restores_the_previous_digests_t19() {
+    let app = app_v1();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let url = format!("http://{admin}");
+    // `serve` keeps APP_DIR as served: v1 (in the background).
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+    set_manifest(&app, V2);
+    let out = deploy(&app, admin, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(which(server.addr).await, 2);
+
+    let listed = bulkhead(&["versions"], app.path(), &["--admin", &url]);
+    let listing = text(&listed);
+    assert!(listing.contains("* v2"), "{listing}");
+    assert!(listing.contains("  v1"), "{listing}");
+
+    let out = bulkhead(&["rollback"], app.path(), &["--to", "v1", "--admin", &url]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(which(server.addr).await, 1);
+    let hello = format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(std::fs::read(guest("hello")).unwrap()))
+    );
+    assert!(text(&out).contains(&hello), "{}", text(&out));
+    let rollback = app.audit_records("deploy.rollback");
+    let last = rollback.last().expect("a rollback record");
+    assert_eq!(
+        last["detail"]["functions"]["greet"],
+        hello.as_str(),
+        "{last}"
+    );
+
+    // An unknown version: 404, nothing changes.
+    let out = bulkhead(&["rollback"], app.path(), &["--to", "v99", "--admin", &url]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("404"), "{}", text(&out));
+    assert_eq!(which(server.addr).await, 1);
+}
+
+/// T19: SIGHUP re-reads APP_DIR and deploys it; a broken APP_DIR keeps
+/// the old version serving and logs every problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_app_dir_t19() {
+    let app = app_v1();
+    let server = Server::start(&app);
+    assert_eq!(which(server.addr).await, 1);
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+    set_manifest(&app, V2);
+    let hup = |server: &Server| {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup(&server);
+    server.wait_for_log(
+        |r| r["message"] == "SIGHUP reload serving",
+        Duration::from_secs(120),
+    );
+    assert_eq!(which(server.addr).await, 2);
+
+    set_manifest(
+        &app,
+        "[app]\nname = \"deployed\"\n[[function]]\nname = \"greet\"\n",
+    );
+    hup(&server);
+    let refused = server.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("SIGHUP reload refused"))
+        },
+        Duration::from_secs(120),
+    );
+    assert!(
+        refused["error"].as_str().unwrap().contains("bulkhead.toml"),
+        "{refused}"
+    );
+    assert_eq!(which(server.addr).await, 2);
+    let records = app.audit_records("deploy");
+    assert_eq!(records.last().unwrap()["detail"]["who"], "SIGHUP");
+}
+
+/// T19, T08: outside `dev` a deploy needs the admin token, read from a
+/// file: none or a wrong one is refused and audited, and changes
+/// nothing; with it, the version switches, and a restart serves the
+/// deployed version, not older code from APP_DIR.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploys_need_the_admin_token_and_survive_a_restart_t19() {
+    let app = app_v1();
+    let created = app.run_with(&["admin", "token"], &["--env", "staging"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let token_file = app.path().join("admin.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let wrong_file = app.path().join("wrong.token");
+    std::fs::write(
+        &wrong_file,
+        "bha_0000000000000000000000000000000000000000000000000000000000000000",
+    )
+    .unwrap();
+    let server = Server::start_with(&app, &["--env", "staging"]);
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(which(server.addr).await, 1);
+    wait_until(|| kept_versions(&app, "staging").len() == 1);
+    set_manifest(&app, V2);
+
+    let none = deploy(&app, admin, &["--env", "staging"]);
+    assert!(!none.status.success());
+    assert!(text(&none).contains("401"), "{}", text(&none));
+    let wrong = deploy(
+        &app,
+        admin,
+        &[
+            "--env",
+            "staging",
+            "--token-file",
+            wrong_file.to_str().unwrap(),
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(text(&wrong).contains("401"), "{}", text(&wrong));
+    assert!(!text(&wrong).contains("bha_"), "the token is never printed");
+    assert_eq!(which(server.addr).await, 1);
+
+    let ok = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["deploy"])
+        .arg(app.path())
+        .args(["--env", "staging", "--to", &format!("http://{admin}")])
+        .env("BULKHEAD_ADMIN_TOKEN_FILE", &token_file)
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{}", text(&ok));
+    assert_eq!(which(server.addr).await, 2);
+    server.stop();
+
+    let refused = audit_records_env(&app, "admin.refused", "staging");
+    assert!(
+        refused
+            .iter()
+            .filter(|r| r["detail"]["path"] == "/deploys")
+            .count()
+            >= 2,
+        "{refused:?}"
+    );
+    let deploys = audit_records_env(&app, "deploy", "staging");
+    let who = deploys.last().unwrap()["detail"]["who"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(who.starts_with("admin-token sha256:"), "{who}");
+
+    // APP_DIR goes back to v1's files; the restart still serves v2.
+    set_manifest(&app, V1);
+    let server = Server::start_with(&app, &["--env", "staging"]);
+    assert_eq!(which(server.addr).await, 2);
+    // Offline rollback sets what the next start serves.
+    let out = bulkhead(
+        &["rollback"],
+        app.path(),
+        &["--env", "staging", "--to", "v1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    server.stop();
+    let server = Server::start_with(&app, &["--env", "staging"]);
+    assert_eq!(which(server.addr).await, 1);
+}
