@@ -159,7 +159,7 @@ fn append(builder: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) -> Resul
 /// part of it and is the caller's to delete.
 pub fn unpack(archive: &[u8], dest: &Path) -> Result<Index, Vec<String>> {
     let mut problems = Vec::new();
-    std::fs::create_dir(dest)
+    private_dirs(dest, false)
         .map_err(|e| vec![format!("cannot create {}: {e}", dest.display())])?;
     let mut seen: BTreeMap<String, (String, u64)> = BTreeMap::new();
     let mut index_bytes: Option<Vec<u8>> = None;
@@ -346,17 +346,28 @@ fn kind_name(kind: tar::EntryType) -> &'static str {
 }
 
 /// Create `path` (and its parent directories) with `data`, never
-/// replacing or following anything already there; synced to disk.
+/// replacing or following anything already there; synced to disk. Owner
+/// only, as everything in the state directory (T15, T19).
 fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
+        private_dirs(parent, true)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
     file.write_all(data)?;
     file.sync_all()
+}
+
+/// Create `dir` 0700 (with its missing parents when `recursive`).
+fn private_dirs(dir: &Path, recursive: bool) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(recursive);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //!
 //! A version is written whole under a staging name, synced, then renamed
 //! into place; only then does `current` change, itself replaced
-//! atomically. A crash at any point leaves either the old pointer or the
+//! atomically. Everything is owner-only, as the rest of the state
+//! directory (T15). A crash at any point leaves either the old pointer or the
 //! new one, never a pointer to a partial version; leftover staging
 //! directories are deleted at the next start.
 
@@ -82,7 +83,8 @@ impl Versions {
     pub fn staging(&self) -> Result<PathBuf> {
         let suffix = hex::encode(files::random_bytes::<8>().context("randomness")?);
         let path = self.dir.join(format!("{STAGING_PREFIX}{suffix}"));
-        std::fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        files::create_private_dir(&path)
+            .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(path)
     }
 
@@ -93,7 +95,7 @@ impl Versions {
         record.number = number;
         record.name = format!("v{number}");
         let json = serde_json::to_vec_pretty(&record)?;
-        files::write_atomically(&staged.join(RECORD), &[json.as_slice()], 0o644)?;
+        files::write_private(&staged.join(RECORD), &[json.as_slice()])?;
         sync_tree(staged)?;
         let target = self.dir.join(&record.name);
         std::fs::rename(staged, &target)
@@ -104,7 +106,7 @@ impl Versions {
 
     /// Make `name` the version the next `serve` starts from.
     pub fn set_current(&self, name: &str) -> Result<()> {
-        files::write_atomically(&self.dir.join(CURRENT), &[name.as_bytes()], 0o644)
+        files::write_private(&self.dir.join(CURRENT), &[name.as_bytes()])
             .with_context(|| format!("cannot record {name} as the current version"))
     }
 

@@ -645,3 +645,68 @@ async fn deploys_need_the_admin_token_and_survive_a_restart_t19() {
     let server = Server::start_with(&app, &["--env", "staging"]);
     assert_eq!(which(server.addr).await, 1);
 }
+
+/// The limits test's app: `greet` rate-limited per caller, `count` on a
+/// per-caller daily budget, `which` free; `{A}`/`{B}` name components.
+const LIMITED: &str = r#"
+[app]
+name = "limited"
+
+[[function]]
+name = "greet"
+component = "{A}.wasm"
+route = "/greet"
+auth = "public"
+rate_limit = { per_caller = "1/h", burst = 2 }
+
+[[function]]
+name = "count"
+component = "{B}.wasm"
+route = "/count"
+auth = "public"
+budget = { per_caller_requests_per_day = 2 }
+
+[[function]]
+name = "which"
+component = "{A}.wasm"
+route = "/which"
+auth = "public"
+"#;
+
+/// T19, T03, T04: a deploy is not a way to reset a caller's limits: a
+/// caller out of its rate and out of its daily budget stays out after a
+/// new version (other components, same settings) is switched in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_resets_no_callers_limits_t19() {
+    let limited = |a: &str, b: &str| LIMITED.replace("{A}", a).replace("{B}", b);
+    let app = TestApp::new(&limited("hello", "echo"), &["hello", "echo"]);
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+    for _ in 0..2 {
+        assert_eq!(get(server.addr, "/greet").await.status, 200);
+        assert_eq!(get(server.addr, "/count").await.status, 200);
+    }
+    get(server.addr, "/greet")
+        .await
+        .assert_problem(429, "rate-limited");
+    get(server.addr, "/count")
+        .await
+        .assert_problem(429, "budget-exhausted");
+    assert_eq!(get(server.addr, "/which").await.body, HELLO.as_bytes());
+
+    set_manifest(&app, &limited("echo", "hello"));
+    let out = deploy(&app, admin, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    // The new version serves...
+    let which = get(server.addr, "/which").await;
+    assert_eq!(which.status, 200);
+    assert_ne!(which.body, HELLO.as_bytes());
+    // ...and the caller is still out of its rate and its budget.
+    get(server.addr, "/greet")
+        .await
+        .assert_problem(429, "rate-limited");
+    get(server.addr, "/count")
+        .await
+        .assert_problem(429, "budget-exhausted");
+}
