@@ -1,9 +1,10 @@
 //! Deploy bundles (T19, T18): an app's deployable files in one tar
 //! archive with an index of each file's SHA-256 (`bulkhead-bundle.json`).
 //!
-//! Packing takes exactly the files the manifest names (the manifest, the
-//! lock, components with their `.minisig`, body schemas, the JWKS file,
-//! migrations): never the `.bulkhead/` state, never a private key.
+//! Packing takes exactly the files the manifest names (the manifest and
+//! the lock with their `.minisig`, components with theirs, the `[trust]`
+//! public keys, body schemas, the JWKS file, migrations): never the
+//! `.bulkhead/` state, never a private key.
 //!
 //! Unpacking treats the archive as hostile: only regular files, at
 //! relative, normal paths (no `..`, no absolute path, no hidden component,
@@ -62,9 +63,21 @@ impl Index {
 /// The files of `app` a deploy ships, relative to its directory.
 pub fn deployable_files(app: &App) -> Result<Vec<PathBuf>, String> {
     let mut files = BTreeSet::new();
-    files.insert(PathBuf::from(MANIFEST_FILE));
-    if app.dir.join(LOCK_FILE).is_file() {
-        files.insert(PathBuf::from(LOCK_FILE));
+    // The manifest and the lock, with their signatures when signed (T18).
+    for name in [
+        MANIFEST_FILE.to_string(),
+        format!("{MANIFEST_FILE}.minisig"),
+        LOCK_FILE.to_string(),
+        format!("{LOCK_FILE}.minisig"),
+    ] {
+        if name == MANIFEST_FILE || app.dir.join(&name).is_file() {
+            files.insert(PathBuf::from(name));
+        }
+    }
+    // `[trust] signers`: public keys. The server trusts its own, never
+    // these, for this deploy; they are the trust of the next ones.
+    for signer in app.signers.iter() {
+        files.insert(PathBuf::from(&signer.file));
     }
     let relative = |path: &Path| -> Result<PathBuf, String> {
         path.strip_prefix(&app.dir)
@@ -123,10 +136,18 @@ pub fn pack(app: &App) -> Result<(Vec<u8>, Index), String> {
         let full = app.dir.join(&path);
         let data =
             std::fs::read(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))?;
-        let text = path
-            .to_str()
-            .ok_or_else(|| format!("{} is not a UTF-8 path", full.display()))?
-            .replace('\\', "/");
+        // `keys/a.pub` however the manifest spells it (`./keys/a.pub`).
+        let parts: Option<Vec<&str>> = path
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .map(|c| match c {
+                Component::Normal(part) => part.to_str(),
+                _ => None,
+            })
+            .collect();
+        let text = parts
+            .map(|parts| parts.join("/"))
+            .ok_or_else(|| format!("{} is not a plain UTF-8 path in the app", full.display()))?;
         index.files.push(IndexEntry {
             path: text.clone(),
             sha256: hex::encode(Sha256::digest(&data)),

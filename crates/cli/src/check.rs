@@ -7,11 +7,11 @@ use bulkhead_gateway::authn::Authenticator;
 use bulkhead_report::describe;
 use bulkhead_runtime::egress::{self, Reach};
 
-use crate::{Target, deploy, load_app, report};
+use crate::{Target, deploy, load_verified, report};
 
 pub fn run(target: &Target) -> Result<ExitCode> {
-    let app = match load_app(target) {
-        Ok(app) => app,
+    let (app, evidence) = match load_verified(target, &crate::strict_host(target)) {
+        Ok(loaded) => loaded,
         Err(problems) => return Ok(report(&problems)),
     };
     let store = target.store(true)?;
@@ -49,6 +49,22 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             spec.component.display(),
             loaded.digest()
         );
+        // T18: who vouches for it, and whether the lock pins it.
+        if let Some(proof) = evidence.iter().find(|e| e.file == app.component_name(spec)) {
+            let signed = match &proof.signed {
+                Some(s) => format!("signed by key {}", s.key_id),
+                None => "unsigned".into(),
+            };
+            let pinned = match (
+                spec.locked.is_some(),
+                app.lines.get(&format!("function.{}.digest", spec.name)),
+            ) {
+                (true, _) => "locked in bulkhead.lock",
+                (false, Some(_)) => "pinned by `digest =`",
+                (false, None) => "not pinned",
+            };
+            println!("  trust      {signed}; {pinned}");
+        }
         println!(
             "  limits     timeout {}, memory {}, request body {}, response body {}, {} running / {} outstanding, {} per caller",
             l.timeout,

@@ -7,12 +7,23 @@
 //! its migrations applied, the version kept, the gateway switched and the
 //! `current` pointer moved. On any failure nothing changes and every
 //! problem is returned, logged and audited, with who asked.
+//!
+//! Trust comes from the running version, never from the bundle (T18):
+//! when it names `[trust] signers`, the new version's `bulkhead.toml` must
+//! carry a signature by one of those keys, and its components are checked
+//! against those keys, whatever signers the bundle lists (which become the
+//! trust of the versions after it). A manifest signed before the serving
+//! version's (`signed_at`) is a replay and is refused: a rollback to a
+//! kept version is the only way back.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use bulkhead_gateway::{DeployError, DeployOutcome, Deployer, Gateway, Who};
 use bulkhead_manifest::App;
+use bulkhead_manifest::strict::Host;
+use bulkhead_manifest::supply::Evidence;
+use bulkhead_manifest::trust::{self, Signers};
 use bulkhead_store::{AuditEvent, AuditLog};
 use serde_json::json;
 use tracing::{info, warn};
@@ -29,26 +40,63 @@ pub struct Live {
     audit: AuditLog,
     versions: Versions,
     keep: usize,
+    /// The strict `prod` rules' view of this host (T19).
+    host: Host,
+    /// What the serving version trusts, and when its manifest was signed.
+    trust: Mutex<Trust>,
     /// One deploy or rollback at a time; a second is told to retry.
     busy: Mutex<()>,
 }
 
+#[derive(Clone)]
+struct Trust {
+    signers: Signers,
+    signed_at: Option<u64>,
+}
+
+impl Trust {
+    /// `app`'s signers, and its manifest's signature time when signed by
+    /// one of them (verified where its files are, which may be a version).
+    fn of(app: &App) -> Self {
+        let dir = app.manifest_path.parent().unwrap_or(&app.dir);
+        let signed_at = (!app.signers.is_empty())
+            .then(|| trust::verify_file(&app.manifest_path, dir, &app.signers).ok())
+            .flatten()
+            .map(|signed| signed.signed_at);
+        Self {
+            signers: app.signers.clone(),
+            signed_at,
+        }
+    }
+}
+
+/// A version loaded, verified and ready to switch to.
+struct Verified {
+    deployment: Deployment,
+    evidence: Vec<Evidence>,
+    signed_at: Option<u64>,
+    signers: Signers,
+}
+
 impl Live {
+    /// `serving` is the app the server started with.
     pub fn new(
         gateway: Gateway,
-        app_dir: PathBuf,
-        env: String,
+        serving: &App,
+        host: Host,
         audit: AuditLog,
         versions: Versions,
         keep: usize,
     ) -> Self {
         Self {
             gateway,
-            app_dir,
-            env,
+            app_dir: serving.dir.clone(),
+            env: serving.env.clone(),
             audit,
             versions,
             keep,
+            host,
+            trust: Mutex::new(Trust::of(serving)),
             busy: Mutex::new(()),
         }
     }
@@ -93,9 +141,9 @@ impl Live {
                 let _ = std::fs::remove_dir_all(&staging);
                 anyhow::bail!("{}", problems.join("; "));
             }
-            let record = self
-                .versions
-                .commit(&staging, record_of(&index, functions, "serve", "serve"))?;
+            let mut record = record_of(&index, functions, "serve", "serve");
+            record.signed_at = self.lock_trust().signed_at;
+            let record = self.versions.commit(&staging, record)?;
             self.versions.set_current(&record.name)?;
             let _ = self.versions.prune(self.keep);
             Ok(Some(record))
@@ -126,10 +174,10 @@ impl Live {
             .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
         let files = staging.join("files");
         let verified = bundle::unpack(archive, &files).and_then(|index| {
-            let deployment = self.verify(&files)?;
-            Ok((index, deployment))
+            let verified = self.verify(&files, false)?;
+            Ok((index, verified))
         });
-        let (index, deployment) = match verified {
+        let (index, verified) = match verified {
             Ok(pair) => pair,
             Err(problems) => {
                 let _ = std::fs::remove_dir_all(&staging);
@@ -137,19 +185,64 @@ impl Live {
                 return Err(DeployError::Refused(problems));
             }
         };
-        let record = record_of(&index, &deployment.functions, &who.0, source);
+        let mut record = record_of(&index, &verified.deployment.functions, &who.0, source);
+        record.signed_at = verified.signed_at;
         // Kept (synced) before anything serves it.
         let record = self.versions.commit(&staging, record).map_err(|e| {
             let _ = std::fs::remove_dir_all(&staging);
             DeployError::Failed(format!("{e:#}"))
         })?;
-        self.switch(deployment, &record, who, correlation_id, "deploy")
+        self.switch(verified, &record, who, correlation_id, "deploy")
     }
 
-    /// Load the app in `files` as `check` does, then as `serve` does
-    /// (applying its migrations): every problem, or the loaded app.
-    fn verify(&self, files: &Path) -> Result<Deployment, Vec<String>> {
+    fn lock_trust(&self) -> std::sync::MutexGuard<'_, Trust> {
+        self.trust.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Load the app in `files` as `check` does (the strict rules, the
+    /// supply chain under the serving version's trust, compilation,
+    /// imports, migrations as a dry run), then as `serve` does (applying
+    /// its migrations): every problem, or the loaded app. A `rollback` may
+    /// go back in time; a deploy may not.
+    fn verify(&self, files: &Path, rollback: bool) -> Result<Verified, Vec<String>> {
         let mut app = crate::load_app_in(files, &self.env)?;
+        let running = self.lock_trust().clone();
+        let mut problems: Vec<String> = bulkhead_manifest::strict::check(&app, &self.host)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let own_signers = app.signers.clone();
+        let mut signed_at = None;
+        if !running.signers.is_empty() {
+            // The serving version's keys, never the bundle's own (T18).
+            match trust::verify_file(&app.manifest_path, files, &running.signers) {
+                Ok(signed) => signed_at = Some(signed.signed_at),
+                Err(e) => problems.push(format!(
+                    "{e} (a new version must be signed by a key the serving version trusts: {})",
+                    running.signers.describe()
+                )),
+            }
+            if let (false, Some(active), Some(new)) = (rollback, running.signed_at, signed_at)
+                && new < active
+            {
+                problems.push(format!(
+                    "`bulkhead.toml` was signed at {new} (unix seconds), before the serving version's ({active}): an older signed version replayed is refused; to go back, roll back to a kept version (`bulkhead rollback --to VERSION`)"
+                ));
+            }
+            app.signers = running.signers.clone();
+        }
+        let evidence = match bulkhead_manifest::supply::verify(&mut app) {
+            Ok(evidence) => evidence,
+            Err(found) => {
+                problems.extend(found.0.iter().map(ToString::to_string));
+                Vec::new()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // The trust of the versions after this one.
+        app.signers = own_signers.clone();
         // Its state is the server's, not the staging directory's.
         app.dir = self.app_dir.clone();
         let fixed = self.gateway.restart_only_changes(&app);
@@ -159,24 +252,43 @@ impl Live {
         let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
         // Everything, migrations as a dry run, before anything is applied.
         deploy::deploy(app.clone(), self.audit.clone(), Mode::Check, &progress)?;
-        deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)
+        let deployment = deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)?;
+        Ok(Verified {
+            deployment,
+            evidence,
+            signed_at,
+            signers: own_signers,
+        })
     }
 
     /// Switch the gateway to `deployment` (kept as `record`), move the
     /// pointer, prune, audit.
     fn switch(
         &self,
-        deployment: Deployment,
+        verified: Verified,
         record: &Record,
         who: &Who,
         correlation_id: &str,
         kind: &'static str,
     ) -> Result<DeployOutcome, DeployError> {
+        let Verified {
+            deployment,
+            evidence,
+            signed_at,
+            signers,
+        } = verified;
         let Deployment { app, functions, .. } = deployment;
         if let Err(problems) = self.gateway.switch(&app, functions) {
             self.refused(who, correlation_id, Some(record), &problems);
             return Err(DeployError::Refused(problems));
         }
+        *self.lock_trust() = Trust { signers, signed_at };
+        let signer_of: std::collections::BTreeMap<&str, &str> = app
+            .functions
+            .iter()
+            .zip(&evidence)
+            .map(|(f, e)| (f.name.as_str(), e.signer()))
+            .collect();
         if let Err(e) = self.versions.set_current(&record.name) {
             // Serving it already: say the restart would not.
             warn!(target: "bulkhead::deploy", version = %record.name, error = %format!("{e:#}"), "switched, but could not record it as current: a restart would serve the previous version");
@@ -203,6 +315,8 @@ impl Live {
                 .detail("who", who.0.as_str())
                 .detail("source", record.source.as_str())
                 .detail("functions", json!(record.functions))
+                .detail("signers", json!(signer_of))
+                .detail("signed_at", json!(record.signed_at))
                 .detail("files", json!(record.files)),
         );
         self.audit.flush();
@@ -262,13 +376,13 @@ impl Deployer for Live {
             .versions
             .record(version)
             .map_err(|_| DeployError::UnknownVersion(version.to_string()))?;
-        let deployment = self
-            .verify(&self.versions.files(&record.name))
+        let verified = self
+            .verify(&self.versions.files(&record.name), true)
             .map_err(|problems| {
                 self.refused(who, correlation_id, Some(&record), &problems);
                 DeployError::Refused(problems)
             })?;
-        self.switch(deployment, &record, who, correlation_id, "rollback")
+        self.switch(verified, &record, who, correlation_id, "rollback")
     }
 
     fn versions(&self) -> Result<serde_json::Value, DeployError> {

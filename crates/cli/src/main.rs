@@ -16,6 +16,7 @@ mod secrets_cmd;
 mod serve;
 mod sweeper;
 mod threat_model_cmd;
+mod trust_cmd;
 mod usage_cmd;
 mod versions;
 
@@ -268,6 +269,74 @@ enum Command {
         #[command(flatten)]
         access: deploy_cmd::Admin,
     },
+    /// Make a minisign key pair to sign apps with.
+    #[command(
+        long_about = "Make a minisign key pair: OUTPUT.key (the secret key, mode 0600, \
+                      password-protected) and OUTPUT.pub (the public key, to list in the \
+                      manifest's `[trust] signers`). The password is asked on the terminal, \
+                      twice, or read from the first line of --password-file; never from the \
+                      command line. --unencrypted writes a key without password, for a CI key \
+                      kept in a secret store. Existing files are never overwritten; the secret \
+                      key is never printed. The keys are standard minisign keys: the `minisign` \
+                      CLI uses them too.",
+        after_help = "Examples:\n  bulkhead keygen --output keys/release\n  \
+                      bulkhead keygen --output keys/ci --password-file /run/secrets/sign-pass\n  \
+                      bulkhead keygen --output keys/ci --unencrypted\n\n\
+                      Then trust it in bulkhead.toml:\n  [trust]\n  signers = [\"keys/release.pub\"]"
+    )]
+    Keygen {
+        /// Where to write the pair: OUTPUT.key and OUTPUT.pub.
+        #[arg(long, short, default_value = "keys/release", value_name = "PATH")]
+        output: PathBuf,
+        /// Read the new key's password from the first line of this file.
+        #[arg(long, value_name = "FILE", conflicts_with = "unencrypted")]
+        password_file: Option<PathBuf>,
+        /// Write the secret key without a password (CI keys only).
+        #[arg(long)]
+        unencrypted: bool,
+    },
+    /// Sign every component of an app, its manifest and its lock.
+    #[command(
+        long_about = "Sign every component the app in APP_DIR serves, its bulkhead.toml and, \
+                      when present, its bulkhead.lock, with a minisign secret key. Each signature \
+                      is written (atomically) beside its file as FILE.minisig; its trusted comment \
+                      `bulkhead-v1 file=PATH sha256=HEX signed_at=UNIX` binds it to that file's \
+                      name and bytes, so it cannot be moved to another file. `check` and `serve` \
+                      verify them against `[trust] signers`; outside `dev` they are required. \
+                      The `minisign` CLI verifies them too: \
+                      `minisign -V -p keys/release.pub -m FILE`.",
+        after_help = "Examples:\n  bulkhead lock my-app && bulkhead sign my-app --key keys/release.key\n  \
+                      bulkhead sign my-app --key keys/ci.key --password-file /run/secrets/sign-pass"
+    )]
+    Sign {
+        #[command(flatten)]
+        target: Target,
+        /// The minisign secret key file (from `bulkhead keygen` or `minisign -G`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// Read the key's password from the first line of this file; without
+        /// it a password-protected key asks on the terminal.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+    },
+    /// Pin every component's SHA-256 in bulkhead.lock.
+    #[command(
+        long_about = "Write APP_DIR/bulkhead.lock: the SHA-256 of every component the app \
+                      serves, one entry per path, sorted, replaced atomically. `check` and \
+                      `serve` refuse a component that no longer matches it (a swapped artefact, \
+                      or an older version that is still validly signed), naming both digests. \
+                      A `digest =` line in the manifest must agree with it. The manifest itself \
+                      is never rewritten. With --check nothing is written: the exit status is \
+                      1 when the lock is missing or stale (for CI).",
+        after_help = "Examples:\n  bulkhead lock my-app\n  bulkhead lock my-app --check"
+    )]
+    Lock {
+        #[command(flatten)]
+        target: Target,
+        /// Only compare: exit 1 if the lock is missing or stale.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -323,6 +392,17 @@ fn main() -> ExitCode {
             admin,
             access,
         } => deploy_cmd::rollback(&target, &to, admin.as_deref(), &access),
+        Command::Keygen {
+            output,
+            password_file,
+            unencrypted,
+        } => trust_cmd::keygen(&output, password_file.as_deref(), unencrypted),
+        Command::Sign {
+            target,
+            key,
+            password_file,
+        } => trust_cmd::sign(&target, &key, password_file.as_deref()),
+        Command::Lock { target, check } => trust_cmd::lock(&target, check),
     };
     match result {
         Ok(code) => code,
@@ -432,4 +512,51 @@ fn load_app_in(dir: &Path, env: &str) -> Result<bulkhead_manifest::App, Vec<Stri
         return Err(vec![problem.to_string()]);
     }
     Ok(app)
+}
+
+/// [`load_app`], then the supply chain (T18): every component matches
+/// `bulkhead.lock` and carries a trusted signature when required, and the
+/// manifest's own signature holds; outside `dev`, the strict rules (T19).
+/// Every problem of both at once. What `check` and `serve` deploy.
+fn load_verified(target: &Target, host: &bulkhead_manifest::strict::Host) -> Verified {
+    load_verified_in(&target.app_dir, &target.env, host)
+}
+
+/// An app verified as `check` and `serve` verify one, with the evidence
+/// of each component; or every problem.
+type Verified = Result<
+    (
+        bulkhead_manifest::App,
+        Vec<bulkhead_manifest::supply::Evidence>,
+    ),
+    Vec<String>,
+>;
+
+/// [`load_verified`] of the app whose files are in `dir` (APP_DIR, or a
+/// kept or staged version's files, T19).
+fn load_verified_in(dir: &Path, env: &str, host: &bulkhead_manifest::strict::Host) -> Verified {
+    let mut app = load_app_in(dir, env)?;
+    // Before `supply::verify` pins every function to what it verified.
+    let mut problems: Vec<String> = bulkhead_manifest::strict::check(&app, host)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    match bulkhead_manifest::supply::verify(&mut app) {
+        Ok(evidence) if problems.is_empty() => return Ok((app, evidence)),
+        Ok(_) => {}
+        Err(found) => problems.extend(found.0.iter().map(ToString::to_string)),
+    }
+    Err(problems)
+}
+
+/// The host's side of strict `prod` (T19): the master key, and the admin
+/// listener when `serve` opens one.
+fn strict_host(target: &Target) -> bulkhead_manifest::strict::Host {
+    let dev = target.env == DEFAULT_ENV;
+    bulkhead_manifest::strict::Host {
+        dev_master_key: (!dev)
+            .then(|| bulkhead_store::crypto::dev_master_key(&target.app_dir))
+            .flatten(),
+        exposed_admin: None,
+    }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
+use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::{App, MANIFEST_FILE};
 use bulkhead_store::{AuditEvent, AuditLog, Store};
 use serde_json::json;
@@ -13,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::live::Live;
 use crate::versions::Versions;
-use crate::{Target, deploy, load_app, load_app_in, report};
+use crate::{Target, deploy, load_verified, load_verified_in, report};
 
 pub fn run(
     target: &Target,
@@ -27,9 +28,22 @@ pub fn run(
             format!("--admin-listen `{text}` is not an address like 127.0.0.1:9901 (or `off`)")
         })?),
     };
-    let mut app = match load_app(target) {
-        Ok(app) => app,
-        Err(problems) => return Ok(report(&problems)),
+    let mut host = crate::strict_host(target);
+    if let Some(address) = admin_address
+        && !address.ip().is_loopback()
+        && target.env != bulkhead_manifest::DEFAULT_ENV
+        && target.store(true)?.admin_token_hashes()?.is_empty()
+    {
+        host.exposed_admin = Some(format!(
+            "would listen on {address}, beyond loopback, with no token"
+        ));
+    }
+    let (mut app, mut evidence) = match load_verified(target, &host) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            audit_refusal(target, &problems);
+            return Ok(report(&problems));
+        }
     };
     let store = target.store(true)?;
     // T19: outside `dev`, a restart serves the last version deployed (or
@@ -44,11 +58,12 @@ pub fn run(
         versions.current()
     };
     if let Some(name) = &from_version {
-        app = match load_app_in(&versions.files(name), &target.env) {
-            Ok(mut deployed) => {
+        (app, evidence) = match load_verified_in(&versions.files(name), &target.env, &host) {
+            Ok((mut deployed, verified)) => {
+                // Verified where its files are; its state is APP_DIR's.
                 deployed.dir = target.app_dir.clone();
                 info!(target: "bulkhead::deploy", version = %name, "serving the deployed version {name}, not APP_DIR; send SIGHUP or `bulkhead deploy` to serve APP_DIR's files");
-                deployed
+                (deployed, verified)
             }
             Err(mut problems) => {
                 problems.push(format!(
@@ -76,7 +91,7 @@ pub fn run(
     let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
-        app,
+        (app, evidence),
         listen,
         access,
         audit.clone(),
@@ -85,8 +100,8 @@ pub fn run(
         Kept {
             versions,
             keep: keep_versions,
-            app_dir: target.app_dir.clone(),
             from_version,
+            host,
         },
     ));
     // After the drain, so every request's span is queued; the runtime still
@@ -98,6 +113,26 @@ pub fn run(
     }
     audit.close();
     result
+}
+
+/// T18/T19: a deploy refused before anything ran (unsigned, unlocked or
+/// changed components, strict `prod` rules) is recorded in the
+/// environment's audit trail with every reason; best effort, since the
+/// refusal itself is what matters.
+fn audit_refusal(target: &Target, problems: &[String]) {
+    let Ok(store) = target.store(true) else {
+        return;
+    };
+    let Ok(audit) = AuditLog::start(&store) else {
+        return;
+    };
+    audit.record(
+        AuditEvent::new("deploy.refused")
+            .detail("env", target.env.as_str())
+            .detail("problems", problems.to_vec()),
+    );
+    audit.close();
+    warn!(target: "bulkhead::deploy", env = %target.env, problems = problems.len(), reason = "deploy-refused", "deploy refused");
 }
 
 /// Where request spans go: a collector, when the binary has the `otlp`
@@ -151,13 +186,14 @@ fn admin_access(
 struct Kept {
     versions: Versions,
     keep: usize,
-    app_dir: std::path::PathBuf,
     /// The kept version served at start; `None` for APP_DIR.
     from_version: Option<String>,
+    /// The strict rules' view of this host, for live deploys (T19).
+    host: bulkhead_manifest::strict::Host,
 }
 
 async fn serve(
-    app: App,
+    (app, evidence): (App, Vec<Evidence>),
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
@@ -186,8 +222,8 @@ async fn serve(
     };
     let live = Arc::new(Live::new(
         gateway.clone(),
-        kept.app_dir,
-        app.env.clone(),
+        app,
+        kept.host,
         audit.clone(),
         kept.versions,
         kept.keep,
@@ -245,7 +281,13 @@ async fn serve(
                     .iter()
                     .zip(&deployment.functions)
                     .map(|(spec, loaded)| {
-                        json!({"name": spec.name, "route": spec.route.as_str(), "digest": loaded.digest()})
+                        // T18: which key vouched for the code now served.
+                        let file = app.component_name(spec);
+                        let signer = evidence
+                            .iter()
+                            .find(|e| e.file == file)
+                            .map_or("unsigned", Evidence::signer);
+                        json!({"name": spec.name, "route": spec.route.as_str(), "component": file, "digest": loaded.digest(), "signer": signer})
                     })
                     .collect::<Vec<_>>(),
             ),

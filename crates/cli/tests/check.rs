@@ -232,8 +232,16 @@ fn environments_overlay_the_limits() {
     );
     let app = TestApp::new(&manifest, &["hello"]);
     assert!(stdout(&app.run(&["check"])).contains("timeout 10s"));
-    assert!(stdout(&app.run(&["check", "--env", "prod"])).contains("timeout 1s"));
-    assert!(stdout(&app.run(&["check", "--env", "canary"])).contains("memory 64MiB"));
+    // Outside dev the strict rules hold (T19): signed, locked, reasons given.
+    let master_key = support::prod::make_prod_ready(&app);
+    let path = app.path().to_str().unwrap();
+    let check = |env: &str| {
+        let out = support::prod::bulkhead(&["check", path, "--env", env], &master_key.env());
+        assert!(out.status.success(), "{}", support::prod::text(&out));
+        stdout(&out)
+    };
+    assert!(check("prod").contains("timeout 1s"));
+    assert!(check("canary").contains("memory 64MiB"));
     let err = stderr(&app.run(&["check", "--env", "prdo"]));
     assert!(err.contains("environment `prdo` is not declared"), "{err}");
     assert!(err.contains("canary"), "{err}");
@@ -547,16 +555,24 @@ fn outside_dev_a_localhost_grant_is_refused_and_loopback_warned_t19() {
     }
 
     let app = TestApp::new(&with_outbound(r#""http://127.0.0.1:9000""#), &["hello"]);
-    let out = app.run_with(&["check"], &["--env", "prod"]);
+    assert!(!stdout(&app.run(&["check"])).contains("warning"));
+    let master_key = support::prod::make_prod_ready(&app);
+    let out = support::prod::bulkhead(
+        &["check", app.path().to_str().unwrap(), "--env", "prod"],
+        &master_key.env(),
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
         text.contains("  warning    http://127.0.0.1:9000 reaches this machine's loopback"),
         "{text}"
     );
-    assert!(!stdout(&app.run(&["check"])).contains("warning"));
     // `serve` does not reach it silently either: the deploy logs it.
-    let server = Server::start_with(&app, &["--env", "prod", "--admin-listen", "off"]);
+    let server = Server::start_with_env(
+        &app,
+        &["--env", "prod", "--admin-listen", "off"],
+        &master_key.env(),
+    );
     let warning = server.wait_for_log(
         |r| {
             r["target"] == "bulkhead::deploy"

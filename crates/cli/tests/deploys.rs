@@ -561,31 +561,72 @@ async fn sighup_reloads_app_dir_t19() {
     assert_eq!(records.last().unwrap()["detail"]["who"], "SIGHUP");
 }
 
-/// T19, T08: outside `dev` a deploy needs the admin token, read from a
-/// file: none or a wrong one is refused and audited, and changes
-/// nothing; with it, the version switches, and a restart serves the
-/// deployed version, not older code from APP_DIR.
+/// A copy of `app`'s files (not its `.bulkhead/` state) in a new
+/// directory.
+fn copy_app(app: &TestApp) -> (tempfile::TempDir, TestApp) {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name() == ".bulkhead" {
+                continue;
+            }
+            if entry.file_type().unwrap().is_dir() {
+                copy(&entry.path(), &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy(app.path(), dir.path());
+    let copy = TestApp::existing(dir.path());
+    (dir, copy)
+}
+
+/// Point the prod-ready app's function at `component`, then lock and
+/// sign it again with `key`.
+fn resign(app: &TestApp, from: &str, to: &str, key: &Path) {
+    let manifest = app.path().join("bulkhead.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace(from, to)).unwrap();
+    support::prod::lock_and_sign(app, key);
+}
+
+/// T19, T18, T08: in `prod` a deploy needs the admin token, read from a
+/// file (none or a wrong one: 401, audited, nothing changes), and a
+/// `bulkhead.toml` signed by a key the serving version trusts: unsigned,
+/// or signed by a key the bundle itself declares, is refused; an older
+/// signed version replayed is refused. A good one switches, and a restart
+/// serves it, not older code put back in APP_DIR; an offline rollback
+/// sets what the next start serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deploys_need_the_admin_token_and_survive_a_restart_t19() {
+async fn signed_deploys_need_the_token_a_trusted_key_and_no_replay_t19() {
     let app = app_v1();
-    let created = app.run_with(&["admin", "token"], &["--env", "staging"]);
+    let master = support::prod::make_prod_ready(&app);
+    let release = app.path().join("keys/release.key");
+    let created = app.run_with(&["admin", "token"], &["--env", "prod"]);
     assert!(created.status.success(), "{}", text(&created));
     let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
-    let token_file = app.path().join("admin.token");
+    let keys = tempfile::tempdir().unwrap();
+    let token_file = keys.path().join("admin.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let wrong_file = app.path().join("wrong.token");
-    std::fs::write(
-        &wrong_file,
-        "bha_0000000000000000000000000000000000000000000000000000000000000000",
-    )
-    .unwrap();
-    let server = Server::start_with(&app, &["--env", "staging"]);
+    let wrong_file = keys.path().join("wrong.token");
+    std::fs::write(&wrong_file, format!("bha_{}", "0".repeat(64))).unwrap();
+    let token_arg = token_file.to_str().unwrap().to_string();
+    let prod = ["--env", "prod"];
+    let server = Server::start_with_env(&app, &prod, &master.env());
     let admin = server.admin.expect("admin listener");
     assert_eq!(which(server.addr).await, 1);
-    wait_until(|| kept_versions(&app, "staging").len() == 1);
-    set_manifest(&app, V2);
+    wait_until(|| kept_versions(&app, "prod").len() == 1);
+    // v1 as signed now: replayed later.
+    let (_old_dir, old) = copy_app(&app);
+    // Signatures count seconds: the next one must be later than v1's.
+    std::thread::sleep(Duration::from_millis(1100));
+    resign(&app, "\"hello.wasm\"", "\"echo.wasm\"", &release);
 
-    let none = deploy(&app, admin, &["--env", "staging"]);
+    // No token, a wrong token: 401, nothing changes.
+    let none = deploy(&app, admin, &prod);
     assert!(!none.status.success());
     assert!(text(&none).contains("401"), "{}", text(&none));
     let wrong = deploy(
@@ -593,7 +634,7 @@ async fn deploys_need_the_admin_token_and_survive_a_restart_t19() {
         admin,
         &[
             "--env",
-            "staging",
+            "prod",
             "--token-file",
             wrong_file.to_str().unwrap(),
         ],
@@ -603,18 +644,53 @@ async fn deploys_need_the_admin_token_and_survive_a_restart_t19() {
     assert!(!text(&wrong).contains("bha_"), "the token is never printed");
     assert_eq!(which(server.addr).await, 1);
 
+    // Unsigned manifest: refused.
+    let (_unsigned_dir, unsigned) = copy_app(&app);
+    std::fs::remove_file(unsigned.path().join("bulkhead.toml.minisig")).unwrap();
+    let out = deploy(
+        &unsigned,
+        admin,
+        &["--env", "prod", "--token-file", &token_arg],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not signed"), "{}", text(&out));
+
+    // Signed by a key the bundle brings itself: refused.
+    let (_rogue_dir, rogue) = copy_app(&app);
+    let rogue_key = support::prod::keygen(&rogue, "rogue");
+    resign(&rogue, "keys/release.pub", "keys/rogue.pub", &rogue_key);
+    let out = deploy(
+        &rogue,
+        admin,
+        &["--env", "prod", "--token-file", &token_arg],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("not a trusted signer"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(which(server.addr).await, 1);
+
+    // Signed by the trusted key, with the token (from the environment).
     let ok = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["deploy"])
+        .arg("deploy")
         .arg(app.path())
-        .args(["--env", "staging", "--to", &format!("http://{admin}")])
+        .args(["--env", "prod", "--to", &format!("http://{admin}")])
         .env("BULKHEAD_ADMIN_TOKEN_FILE", &token_file)
         .output()
         .unwrap();
     assert!(ok.status.success(), "{}", text(&ok));
     assert_eq!(which(server.addr).await, 2);
+
+    // v1 replayed: its signature is older than the serving version's.
+    let out = deploy(&old, admin, &["--env", "prod", "--token-file", &token_arg]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("replayed is refused"), "{}", text(&out));
+    assert_eq!(which(server.addr).await, 2);
     server.stop();
 
-    let refused = audit_records_env(&app, "admin.refused", "staging");
+    let refused = audit_records_env(&app, "admin.refused", "prod");
     assert!(
         refused
             .iter()
@@ -623,26 +699,29 @@ async fn deploys_need_the_admin_token_and_survive_a_restart_t19() {
             >= 2,
         "{refused:?}"
     );
-    let deploys = audit_records_env(&app, "deploy", "staging");
-    let who = deploys.last().unwrap()["detail"]["who"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(who.starts_with("admin-token sha256:"), "{who}");
+    assert!(audit_records_env(&app, "deploy.refused", "prod").len() >= 3);
+    let deploys = audit_records_env(&app, "deploy", "prod");
+    let last = deploys.last().unwrap();
+    let who = last["detail"]["who"].as_str().unwrap();
+    assert!(who.starts_with("admin-token sha256:"), "{last}");
+    assert!(last["detail"]["signers"]["greet"].is_string(), "{last}");
 
-    // APP_DIR goes back to v1's files; the restart still serves v2.
-    set_manifest(&app, V1);
-    let server = Server::start_with(&app, &["--env", "staging"]);
+    // APP_DIR gets v1's files back; the restart still serves v2.
+    for file in [
+        "bulkhead.toml",
+        "bulkhead.toml.minisig",
+        "bulkhead.lock",
+        "bulkhead.lock.minisig",
+    ] {
+        std::fs::copy(old.path().join(file), app.path().join(file)).unwrap();
+    }
+    let server = Server::start_with_env(&app, &prod, &master.env());
     assert_eq!(which(server.addr).await, 2);
-    // Offline rollback sets what the next start serves.
-    let out = bulkhead(
-        &["rollback"],
-        app.path(),
-        &["--env", "staging", "--to", "v1"],
-    );
-    assert!(out.status.success(), "{}", text(&out));
     server.stop();
-    let server = Server::start_with(&app, &["--env", "staging"]);
+    // Offline rollback sets what the next start serves.
+    let out = bulkhead(&["rollback"], app.path(), &["--env", "prod", "--to", "v1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let server = Server::start_with_env(&app, &prod, &master.env());
     assert_eq!(which(server.addr).await, 1);
 }
 

@@ -318,9 +318,12 @@ async fn metrics_are_served_on_the_admin_listener_only() {
 #[tokio::test]
 async fn the_admin_listener_requires_its_token() {
     let app = TestApp::new(APP, &["hello", "echo"]);
-    let refused = app.run_with(
-        &["serve"],
+    // Everything else strict `prod` asks for is there (T19).
+    let master_key = support::prod::make_prod_ready(&app);
+    let refused = support::prod::bulkhead(
         &[
+            "serve",
+            app.path().to_str().unwrap(),
             "--env",
             "prod",
             "--listen",
@@ -328,6 +331,7 @@ async fn the_admin_listener_requires_its_token() {
             "--admin-listen",
             "127.0.0.1:0",
         ],
+        &master_key.env(),
     );
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("bulkhead admin token"));
@@ -337,7 +341,7 @@ async fn the_admin_listener_requires_its_token() {
     let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
     assert!(token.starts_with("bha_") && token.len() > 60);
 
-    let server = Server::start_with(&app, &["--env", "prod"]);
+    let server = Server::start_with_env(&app, &["--env", "prod"], &master_key.env());
     let admin = server.admin.expect("admin listener");
     let missing = get(admin, "/metrics").await;
     missing.assert_problem(401, "admin-token-missing");

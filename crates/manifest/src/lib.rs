@@ -12,14 +12,19 @@ pub mod grants;
 pub mod hosts;
 pub mod input;
 mod lines;
+pub mod lock;
 mod problem;
 mod raw;
 mod resolve;
 pub mod route;
 pub mod stores;
+pub mod strict;
+pub mod supply;
 mod telemetry;
 pub mod text;
+pub mod tls;
 pub mod traffic;
+pub mod trust;
 pub mod units;
 
 use std::path::{Path, PathBuf};
@@ -30,10 +35,13 @@ pub use cost::{Budget, Pricing};
 pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
 pub use lines::SourceLines;
+pub use lock::{LOCK_FILE, Lock};
 pub use problem::{Problem, Problems};
 pub use route::RoutePattern;
 pub use stores::{Scope, StoreKind, StoreSpec};
+pub use tls::{Tls, TlsListener};
 pub use traffic::{RateLimit, Throttle, TrustedProxies};
+pub use trust::{Signed, Signers, TrustError};
 pub use units::{ByteSize, Duration};
 
 /// The manifest's file name inside an app directory.
@@ -81,8 +89,16 @@ pub struct App {
     /// `[audit] max_size`: past 80 % of it the audit writer warns, at 100 %
     /// it only counts events (T09).
     pub audit_max_size: ByteSize,
+    /// `[tls]`: how the public listener is encrypted (T15); `None` for
+    /// plain HTTP, which `serve` allows on loopback, or anywhere in `dev`.
+    pub tls: Option<Tls>,
     /// `[[accept]]`: findings of the threat model accepted, with a reason.
     pub accepted: Vec<AcceptedRisk>,
+    /// `[trust] signers`: the keys a component's signature must come
+    /// from (T18); empty when not set.
+    pub signers: Signers,
+    /// `bulkhead.lock`, when the app has one (T18).
+    pub lock: Option<Lock>,
     /// Where each setting is written, for reports (T21).
     pub lines: SourceLines,
 }
@@ -97,6 +113,13 @@ impl App {
     /// The declared store called `name`.
     pub fn store(&self, name: &str) -> Option<&StoreSpec> {
         self.stores.iter().find(|s| s.name == name)
+    }
+
+    /// The component of `function`, relative to the app directory and
+    /// `/`-separated: the name its lock entry and signature carry.
+    pub fn component_name(&self, function: &Function) -> String {
+        trust::app_relative(&self.dir, &function.component)
+            .unwrap_or_else(|| function.component.display().to_string())
     }
 
     /// Where this app keeps state for its environment (compile cache, data).
@@ -182,12 +205,17 @@ pub struct Function {
     pub component: PathBuf,
     /// Expected SHA-256 of the component, when the manifest pins one (T18).
     pub digest: Option<[u8; 32]>,
+    /// The component's SHA-256 in `bulkhead.lock`, when listed there (T18).
+    pub locked: Option<[u8; 32]>,
     pub route: RoutePattern,
     pub methods: Vec<String>,
     pub limits: FunctionLimits,
     pub grants: Grants,
     /// Who may call it (T11); authenticated unless `auth = "public"`.
     pub access: Access,
+    /// `public_reason`: why a public route is public (required outside
+    /// `dev`, T19).
+    pub public_reason: Option<String>,
     /// What a well-formed request looks like (T10).
     pub input: Input,
     /// Daily spend limits of this function (T04).
@@ -195,6 +223,9 @@ pub struct Function {
     /// Refuse the component if it imports a capability interface that its
     /// grants do not enable (T18); the function's value, else `[app]`'s.
     pub strict_imports: bool,
+    /// `client_cert = "required"`: a caller without a certificate verified
+    /// against `[tls] client_ca` is refused (401) before anything else (T15).
+    pub client_cert_required: bool,
 }
 
 /// Per-call bounds of one function (T01, T05).

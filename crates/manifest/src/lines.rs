@@ -13,7 +13,7 @@ use std::ops::Range;
 use toml::Spanned;
 
 use crate::problem::line_and_column;
-use crate::raw::{RawLimits, RawManifest};
+use crate::raw::{RawLimits, RawManifest, RawTls};
 
 /// Setting -> 1-based line in the manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +54,14 @@ impl Builder<'_> {
         }
     }
 
+    /// `[tls]` keys a strict environment's refusals cite (T15).
+    fn tls(&mut self, tls: &RawTls) {
+        self.opt("tls.cert".into(), &tls.cert);
+        self.opt("tls.client_ca".into(), &tls.client_ca);
+        self.opt("tls.hsts".into(), &tls.hsts);
+        self.opt("tls.terminated_upstream".into(), &tls.terminated_upstream);
+    }
+
     /// `[limits]` keys a threat model cites; an environment's overlay
     /// (visited first) wins over the base section.
     fn limits(&mut self, prefix: &str, limits: &RawLimits) {
@@ -81,6 +89,12 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         );
     }
     b.limits("limits", &raw.limits);
+    if let Some(overlay) = raw.env.get(env) {
+        b.opt("trust.signers".into(), &overlay.get_ref().trust.signers);
+        b.tls(&overlay.get_ref().tls);
+    }
+    b.opt("trust.signers".into(), &raw.trust.signers);
+    b.tls(&raw.tls);
     b.opt(
         "telemetry.otlp_endpoint".into(),
         &raw.telemetry.otlp_endpoint,
@@ -109,12 +123,14 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         b.opt(key("digest"), &f.digest);
         b.opt(key("methods"), &f.methods);
         b.opt(key("auth"), &f.auth);
+        b.opt(key("public_reason"), &f.public_reason);
         b.opt(key("scopes"), &f.scopes);
         b.opt(key("rate_limit"), &f.rate_limit);
         b.opt(key("budget"), &f.budget);
         b.opt(key("timeout"), &f.timeout);
         b.opt(key("memory"), &f.memory);
         b.opt(key("input.body_schema"), &f.input.body_schema);
+        b.opt(key("client_cert"), &f.client_cert);
         let g = &f.grants;
         for origin in &g.outbound {
             b.at(key("grants.outbound"), origin.span());

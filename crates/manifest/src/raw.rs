@@ -35,6 +35,9 @@ pub(crate) struct RawManifest {
     /// `[audit]`: the audit trail's size budget (T09).
     #[serde(default)]
     pub audit: RawAudit,
+    /// `[tls]`: encryption on the public listener (T15).
+    #[serde(default)]
+    pub tls: RawTls,
     #[serde(default)]
     pub function: Vec<Spanned<RawFunction>>,
     #[serde(default)]
@@ -52,7 +55,19 @@ pub(crate) struct RawManifest {
     /// `[[accept]]`: risks the threat model reports as accepted (T21).
     #[serde(default)]
     pub accept: Vec<Spanned<RawAccept>>,
+    /// `[trust]`: the keys whose signatures components need (T18).
+    #[serde(default)]
+    pub trust: RawTrust,
 }
+
+/// `[trust]` as written: minisign public key files, relative to the app.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrust {
+    pub signers: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+overlaid!(RawTrust { signers });
 
 /// `[[accept]]` as written: a finding of the threat model, its target and
 /// why it is accepted.
@@ -210,10 +225,15 @@ pub(crate) struct RawFunction {
     #[serde(default)]
     pub grants: RawGrants,
     pub auth: Option<Spanned<RawAccess>>,
+    /// Why a public route is public; required outside `dev` (T19).
+    pub public_reason: Option<Spanned<String>>,
     pub scopes: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     pub input: RawInput,
     pub strict_imports: Option<bool>,
+    /// `client_cert = "required"`: only callers with a verified client
+    /// certificate (mTLS, `[tls] client_ca`) reach it (T11, T15).
+    pub client_cert: Option<Spanned<String>>,
 }
 
 /// `input.*`: what a well-formed request to this function looks like (T10).
@@ -280,6 +300,25 @@ pub(crate) struct RawAudit {
 
 overlaid!(RawAudit { max_size });
 
+/// `[tls]`: the public listener's certificate, key and client CA (T15).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTls {
+    pub cert: Option<Spanned<String>>,
+    pub key: Option<Spanned<String>>,
+    pub client_ca: Option<Spanned<String>>,
+    pub hsts: Option<Spanned<String>>,
+    pub terminated_upstream: Option<Spanned<String>>,
+}
+
+overlaid!(RawTls {
+    cert,
+    key,
+    client_ca,
+    hsts,
+    terminated_upstream,
+});
+
 /// `[env.NAME]`: what changes in one environment.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -290,4 +329,8 @@ pub(crate) struct RawEnv {
     pub telemetry: RawTelemetry,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub trust: RawTrust,
+    #[serde(default)]
+    pub tls: RawTls,
 }

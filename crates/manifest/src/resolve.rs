@@ -108,6 +108,16 @@ pub(crate) fn resolve(
         None => raw.audit.clone(),
     };
     let audit_max_size = crate::audit::resolve(&mut out, &audit);
+    let tls = match overlay {
+        Some(overlay) => raw.tls.overlaid(&overlay.tls),
+        None => raw.tls.clone(),
+    };
+    let dev = env == crate::DEFAULT_ENV;
+    let tls = crate::tls::resolve(&mut out, app_dir, &tls, dev);
+    let client_ca = tls
+        .as_ref()
+        .and_then(|t| t.listener())
+        .is_some_and(|l| l.client_ca.is_some());
 
     let hostnames = raw
         .app
@@ -118,13 +128,28 @@ pub(crate) fn resolve(
     let stores = crate::stores::resolve_stores(&mut out, app_dir, &raw.store);
     let config = crate::stores::resolve_config(&mut out, &raw.config);
     let accepted = crate::accept::resolve(&mut out, &raw.accept);
+    let trust = match overlay {
+        Some(overlay) => raw.trust.overlaid(&overlay.trust),
+        None => raw.trust.clone(),
+    };
+    let signers = crate::trust::resolve(&mut out, app_dir, trust.signers.as_ref());
+    let lock = match crate::Lock::read(app_dir) {
+        Ok(lock) => lock,
+        Err(message) => {
+            let file = app_dir.join(crate::LOCK_FILE);
+            out.in_file(&file, None, format!("`{}` {message}", crate::LOCK_FILE));
+            None
+        }
+    };
     let shared = Shared {
+        lock: lock.as_ref(),
         stores: &stores,
         raw_stores: &raw.store,
         config: &config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         pricing: &pricing,
-        dev: env == crate::DEFAULT_ENV,
+        dev,
+        client_ca,
     };
 
     let mut functions = Vec::new();
@@ -197,7 +222,10 @@ pub(crate) fn resolve(
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         hostnames,
         audit_max_size,
+        tls,
         accepted,
+        signers,
+        lock,
         lines: crate::SourceLines::default(),
     })
 }
@@ -394,6 +422,8 @@ fn pick<T: Copy>(
 
 /// App-wide sections a function's grants refer to.
 struct Shared<'a> {
+    /// `bulkhead.lock`, whose entry a `digest =` must agree with (T18).
+    lock: Option<&'a crate::Lock>,
     stores: &'a [StoreSpec],
     raw_stores: &'a BTreeMap<Spanned<String>, Spanned<RawStore>>,
     config: &'a BTreeMap<String, String>,
@@ -401,6 +431,8 @@ struct Shared<'a> {
     pricing: &'a crate::cost::Pricing,
     /// The environment is `dev`: only there may a grant name `localhost`.
     dev: bool,
+    /// `[tls] client_ca` is set, so a route may require a client certificate.
+    client_ca: bool,
 }
 
 fn function(
@@ -434,6 +466,25 @@ fn function(
             None
         }
     });
+
+    // T18: the lock and a `digest =` pin must say the same.
+    let locked = component
+        .as_ref()
+        .and_then(|path| crate::trust::app_relative(app_dir, path))
+        .and_then(|file| Some((shared.lock?.get(&file).copied()?, file)));
+    if let (Some(pin), Some((lock, file)), Some(d)) = (digest, &locked, &f.digest)
+        && pin != *lock
+    {
+        out.at(
+            Some(d.span()),
+            format!(
+                "function `{name}`: `digest` says sha256:{} but `{}` pins `{file}` to sha256:{}; after review, fix the `digest` line or run `bulkhead lock APP_DIR`",
+                hex::encode(pin),
+                crate::LOCK_FILE,
+                hex::encode(lock)
+            ),
+        );
+    }
 
     let route = RoutePattern::parse(f.route.get_ref())
         .map_err(|e| out.at(Some(f.route.span()), format!("function `{name}`: {e}")))
@@ -560,6 +611,8 @@ fn function(
         jwt_configured,
     );
 
+    let public_reason = resolve_public_reason(out, name, &access, f.public_reason.as_ref());
+
     let mut outbound = Vec::new();
     for entry in &f.grants.outbound {
         match OutboundRule::parse(entry.get_ref()) {
@@ -586,6 +639,9 @@ fn function(
         }
     }
 
+    let client_cert_required =
+        crate::tls::client_cert(out, name, f.client_cert.as_ref(), shared.client_ca);
+
     let stored = crate::stores::resolve_grants(
         out,
         name,
@@ -602,6 +658,7 @@ fn function(
         name: name.clone(),
         component: component?,
         digest,
+        locked: locked.map(|(digest, _)| digest),
         route: route?,
         methods,
         limits: FunctionLimits {
@@ -623,10 +680,36 @@ fn function(
             config: stored.config,
         },
         access,
+        public_reason,
         input: input?,
         budget,
         strict_imports: f.strict_imports.unwrap_or(shared.strict_imports),
+        client_cert_required,
     })
+}
+
+/// `public_reason = "…"`: plain text saying why anyone may call the
+/// route, and only on a public route (T19).
+fn resolve_public_reason(
+    out: &mut Collector<'_>,
+    name: &str,
+    access: &crate::Access,
+    reason: Option<&Spanned<String>>,
+) -> Option<String> {
+    let reason = reason?;
+    let text = reason.get_ref().trim();
+    if !access.is_public() {
+        out.at(
+            Some(reason.span()),
+            format!("function `{name}`: `public_reason` explains a public route, but this one requires a credential; remove `public_reason` or set `auth = \"public\"`"),
+        );
+    } else if text.is_empty() || text.len() > 500 || text.chars().any(crate::text::is_hidden) {
+        out.at(
+            Some(reason.span()),
+            format!("function `{name}`: `public_reason` must say in plain text (1 to 500 characters, no control characters) why anyone may call this route"),
+        );
+    }
+    Some(text.to_string())
 }
 
 /// A file named in the manifest: inside the app directory, existing.

@@ -151,6 +151,37 @@ impl MasterKey {
     }
 }
 
+/// Why the master key an environment other than `dev` of the app in
+/// `app_dir` would use is a development key, if it is (T15, T19): no
+/// `BULKHEAD_MASTER_KEY_FILE`, a file inside the app's state (an
+/// environment's generated `master.key`), or the same bytes as the `dev`
+/// environment's generated key. A key file that cannot be read is left to
+/// [`MasterKey::load`], which refuses it with its own reason.
+pub fn dev_master_key(app_dir: &Path) -> Option<String> {
+    let path = match std::env::var_os(MASTER_KEY_ENV) {
+        Some(path) if !path.is_empty() => std::path::PathBuf::from(path),
+        _ => return Some(format!("{MASTER_KEY_ENV} is not set")),
+    };
+    let state = app_dir.join(".bulkhead");
+    if let (Ok(key), Ok(state)) = (path.canonicalize(), state.canonicalize())
+        && key.starts_with(&state)
+    {
+        return Some(format!(
+            "{MASTER_KEY_ENV} names {}, inside the app's state directory, where `dev` generates its key",
+            path.display()
+        ));
+    }
+    let dev = state.join("dev").join(DEV_MASTER_KEY_FILE);
+    if let (Ok(key), Ok(dev_key)) = (MasterKey::from_file(&path), MasterKey::from_file(&dev))
+        && key.0.expose_secret() == dev_key.0.expose_secret()
+    {
+        return Some(format!(
+            "{MASTER_KEY_ENV} holds the same key as the `dev` environment's generated {DEV_MASTER_KEY_FILE}"
+        ));
+    }
+    None
+}
+
 /// One data key (DEK), unwrapped in memory only while it is used.
 pub struct DataKey(SecretBox<[u8; 32]>);
 

@@ -15,6 +15,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 
+pub mod prod;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -98,7 +100,15 @@ impl TestApp {
 
     /// The audit records of `kind` (`bulkhead audit query --kind KIND`).
     pub fn audit_records(&self, kind: &str) -> Vec<Value> {
-        let out = self.run_with(&["audit", "query"], &["--kind", kind, "--format", "json"]);
+        self.audit_records_in("dev", kind)
+    }
+
+    /// The audit records of `kind` in environment `env`.
+    pub fn audit_records_in(&self, env: &str, kind: &str) -> Vec<Value> {
+        let out = self.run_with(
+            &["audit", "query"],
+            &["--env", env, "--kind", kind, "--format", "json"],
+        );
         assert!(
             out.status.success(),
             "{}",
@@ -130,7 +140,14 @@ impl Server {
     /// Start with extra arguments; the admin listener gets a free loopback
     /// port unless `extra` says otherwise.
     pub fn start_with(app: &TestApp, extra: &[&str]) -> Self {
+        Self::start_with_env(app, extra, &[])
+    }
+
+    /// [`Server::start_with`], with extra environment variables (such as
+    /// `BULKHEAD_MASTER_KEY_FILE`).
+    pub fn start_with_env(app: &TestApp, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
+        command.envs(envs.iter().copied());
         command
             .arg("serve")
             .arg(app.path())

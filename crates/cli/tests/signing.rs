@@ -1,0 +1,504 @@
+//! Signed components and the lock (T18): keys from `bulkhead keygen` and
+//! from the reference `minisign` CLI, each side verifying the other's
+//! signatures; and the attacks: a tampered component, another key, a
+//! signature moved to another file, a replayed older signed version, a
+//! manifest edited after signing. Real binaries, real files, real guests.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::prod::{bulkhead, keygen, lock_and_sign, sign, text};
+use support::{Server, TestApp};
+
+const SIGNED: &str = r#"
+[app]
+name = "signed"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+
+[trust]
+signers = ["keys/release.pub"]
+"#;
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn minisign(args: &[&str], stdin: &[u8], dir: &Path) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = Command::new("minisign")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the minisign CLI runs (Debian package `minisign`, installed by scripts/test)");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin)
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn check(app: &TestApp) -> std::process::Output {
+    bulkhead(&["check", app.path().to_str().unwrap()], &[])
+}
+
+/// T18: `bulkhead keygen` (password-protected, from a file) and `bulkhead
+/// sign` make signatures the reference CLI accepts; the key opens in the
+/// CLI with its password given on stdin; the secret is never printed.
+#[test]
+fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
+    let app = TestApp::new(SIGNED, &["hello"]);
+    let dir = app.path();
+    let password = dir.join("pass.txt");
+    std::fs::write(&password, "correct horse battery\n").unwrap();
+    let out = bulkhead(
+        &[
+            "keygen",
+            "--output",
+            dir.join("keys/release").to_str().unwrap(),
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let secret = std::fs::read_to_string(dir.join("keys/release.key")).unwrap();
+    let secret_line = secret.lines().nth(1).unwrap();
+    assert!(
+        !text(&out).contains(secret_line),
+        "the secret key is never printed"
+    );
+    assert!(text(&out).contains("signers = ["), "{}", text(&out));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dir.join("keys/release.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Never overwritten.
+    let again = bulkhead(
+        &[
+            "keygen",
+            "--output",
+            dir.join("keys/release").to_str().unwrap(),
+            "--unencrypted",
+        ],
+        &[],
+    );
+    assert!(!again.status.success());
+    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("keys/release.key")).unwrap(),
+        secret
+    );
+
+    // Without the password the key does not open, and nothing prompts.
+    let refused = bulkhead(
+        &[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            dir.join("keys/release.key").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("--password-file"),
+        "{}",
+        text(&refused)
+    );
+    let wrong = dir.join("wrong.txt");
+    std::fs::write(&wrong, "not it\n").unwrap();
+    let refused = bulkhead(
+        &[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            dir.join("keys/release.key").to_str().unwrap(),
+            "--password-file",
+            wrong.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused).contains("wrong password"),
+        "{}",
+        text(&refused)
+    );
+
+    let out = bulkhead(
+        &[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            dir.join("keys/release.key").to_str().unwrap(),
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        printed.lines().filter(|l| l.starts_with("signed ")).count(),
+        2,
+        "{printed}"
+    );
+    for file in ["hello.wasm", "bulkhead.toml"] {
+        let verified = minisign(&["-V", "-p", "keys/release.pub", "-m", file], b"", dir);
+        assert!(
+            verified.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&verified.stderr)
+        );
+        let said = String::from_utf8_lossy(&verified.stdout).into_owned()
+            + &String::from_utf8_lossy(&verified.stderr);
+        assert!(
+            said.contains(&format!("bulkhead-v1 file={file} sha256=")),
+            "{said}"
+        );
+    }
+    // The password-protected key opens in the reference CLI (password on
+    // stdin, never in argv) and signs there too.
+    std::fs::write(dir.join("other.bin"), b"other").unwrap();
+    let signed = minisign(
+        &["-S", "-s", "keys/release.key", "-m", "other.bin"],
+        b"correct horse battery\n",
+        dir,
+    );
+    assert!(
+        signed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&signed.stderr)
+    );
+    assert!(
+        minisign(
+            &["-V", "-p", "keys/release.pub", "-m", "other.bin"],
+            b"",
+            dir
+        )
+        .status
+        .success()
+    );
+
+    let out = check(&app);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("trust      signed by key"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// T18: a key made by `minisign -G -W` signing with `minisign -S -t` and
+/// Bulkhead's trusted comment: Bulkhead accepts it and serves the app.
+#[test]
+fn t18_a_minisign_cli_key_and_signature_are_accepted() {
+    let app = TestApp::new(&SIGNED.replace("release.pub", "cli.pub"), &["hello"]);
+    let dir = app.path();
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    let made = minisign(
+        &["-G", "-W", "-p", "keys/cli.pub", "-s", "keys/cli.key"],
+        b"",
+        dir,
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for file in ["hello.wasm", "bulkhead.toml"] {
+        let comment = format!(
+            "bulkhead-v1 file={file} sha256={} signed_at=1700000000",
+            sha256_hex(&dir.join(file))
+        );
+        let signed = minisign(
+            &["-S", "-s", "keys/cli.key", "-m", file, "-t", &comment],
+            b"",
+            dir,
+        );
+        assert!(
+            signed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+    }
+    let out = check(&app);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("trust      signed by key"),
+        "{}",
+        text(&out)
+    );
+    // A plain `minisign -S` (its default comment) names no file: refused.
+    let plain = minisign(&["-S", "-s", "keys/cli.key", "-m", "hello.wasm"], b"", dir);
+    assert!(plain.status.success());
+    let out = check(&app);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("was made for another file"),
+        "{}",
+        text(&out)
+    );
+    assert!(text(&out).contains("bulkhead-v1 file="), "{}", text(&out));
+}
+
+/// T18: each attack on a signed app is refused at `check` and `serve`,
+/// naming the file and the fix; `serve` audits the refusal.
+#[test]
+fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
+    let app = TestApp::new(
+        &format!(
+            "{SIGNED}\n[[function]]\nname = \"echo\"\ncomponent = \"echo.wasm\"\nroute = \"/echo\"\nauth = \"public\"\n"
+        ),
+        &["hello", "echo"],
+    );
+    let dir = app.path();
+    let key = keygen(&app, "release");
+    sign(&app, &key);
+    assert!(check(&app).status.success(), "{}", text(&check(&app)));
+    let hello = std::fs::read(dir.join("hello.wasm")).unwrap();
+    let hello_sig = std::fs::read(dir.join("hello.wasm.minisig")).unwrap();
+    let restore = || {
+        std::fs::write(dir.join("hello.wasm"), &hello).unwrap();
+        std::fs::write(dir.join("hello.wasm.minisig"), &hello_sig).unwrap();
+    };
+    let refused = |what: &str, expected: &[&str]| {
+        let out = check(&app);
+        assert!(!out.status.success(), "{what}: check accepted it");
+        let said = text(&out);
+        for part in expected {
+            assert!(said.contains(part), "{what}: no `{part}` in:\n{said}");
+        }
+    };
+
+    // Tampered: one byte appended.
+    let mut tampered = hello.clone();
+    tampered.push(0);
+    std::fs::write(dir.join("hello.wasm"), &tampered).unwrap();
+    refused(
+        "tampered",
+        &[
+            "`hello.wasm`",
+            "does not verify over this file's bytes",
+            "bulkhead sign",
+        ],
+    );
+    // `serve` refuses it as well, and records why.
+    let out = app.run_with(
+        &["serve"],
+        &["--listen", "127.0.0.1:0", "--admin-listen", "off"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("does not verify"), "{}", text(&out));
+    let records = app.audit_records("deploy.refused");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records[0].to_string().contains("hello.wasm"),
+        "{}",
+        records[0]
+    );
+    restore();
+
+    // Signed by a key that is not trusted.
+    let other = keygen(&app, "other");
+    let out = bulkhead(
+        &[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            other.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let other_id = std::fs::read_to_string(dir.join("keys/other.pub")).unwrap();
+    let other_id = other_id
+        .lines()
+        .next()
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    refused(
+        "another key",
+        &[
+            "is signed by key",
+            &other_id,
+            "not a trusted signer",
+            "keys/release.pub",
+        ],
+    );
+    sign(&app, &key);
+
+    // A valid signature moved to another file: echo's beside hello.
+    std::fs::copy(
+        dir.join("echo.wasm.minisig"),
+        dir.join("hello.wasm.minisig"),
+    )
+    .unwrap();
+    refused(
+        "another file's signature",
+        &["`hello.wasm`", "made for another file"],
+    );
+    restore();
+    // Renamed: hello.wasm served as echo.wasm with its own signature.
+    std::fs::copy(dir.join("hello.wasm"), dir.join("echo.wasm")).unwrap();
+    std::fs::copy(
+        dir.join("hello.wasm.minisig"),
+        dir.join("echo.wasm.minisig"),
+    )
+    .unwrap();
+    refused(
+        "renamed",
+        &["`echo.wasm`", "it was signed for `hello.wasm`"],
+    );
+    std::fs::copy(support::guest("echo"), dir.join("echo.wasm")).unwrap();
+    sign(&app, &key);
+
+    // The manifest edited after signing.
+    let manifest = std::fs::read_to_string(dir.join("bulkhead.toml")).unwrap();
+    std::fs::write(
+        dir.join("bulkhead.toml"),
+        manifest.replace("/echo\"", "/admin\""),
+    )
+    .unwrap();
+    refused(
+        "edited manifest",
+        &["bulkhead.toml", "edited after it was signed"],
+    );
+    std::fs::write(dir.join("bulkhead.toml"), &manifest).unwrap();
+    assert!(check(&app).status.success());
+
+    // A replayed older version: validly signed, but not what the lock pins.
+    lock_and_sign(&app, &key);
+    let old = (hello.clone(), hello_sig.clone());
+    std::fs::copy(support::guest("echo"), dir.join("hello.wasm")).unwrap();
+    lock_and_sign(&app, &key);
+    assert!(check(&app).status.success(), "{}", text(&check(&app)));
+    std::fs::write(dir.join("hello.wasm"), &old.0).unwrap();
+    std::fs::write(dir.join("hello.wasm.minisig"), &old.1).unwrap();
+    refused(
+        "replayed",
+        &["`hello.wasm` changed since it was locked", "bulkhead lock"],
+    );
+}
+
+/// T18: `bulkhead lock` pins every component, sorted, never touching the
+/// manifest; `--check` fails a stale lock; a changed component is refused
+/// naming both digests, and a `digest =` line must agree with the lock.
+#[test]
+fn t18_the_lock_pins_components_and_check_mode_catches_a_stale_one() {
+    let manifest = "[app]\nname = \"locked\"\n\n# keep this comment\n[[function]]\nname = \"hello\"\ncomponent = \"./hello.wasm\"\nroute = \"/hello\"\nauth = \"public\"\n\n[[function]]\nname = \"echo\"\ncomponent = \"echo.wasm\"\nroute = \"/echo\"\nauth = \"public\"\n";
+    let app = TestApp::new(manifest, &["hello", "echo"]);
+    let dir = app.path();
+    let path = dir.to_str().unwrap();
+    let stale = bulkhead(&["lock", path, "--check"], &[]);
+    assert_eq!(stale.status.code(), Some(1), "{}", text(&stale));
+    assert!(
+        text(&stale).contains("there is no bulkhead.lock"),
+        "{}",
+        text(&stale)
+    );
+    let out = bulkhead(&["lock", path], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("bulkhead.toml")).unwrap(),
+        manifest
+    );
+    let lock = std::fs::read_to_string(dir.join("bulkhead.lock")).unwrap();
+    assert!(lock.starts_with("# Generated by `bulkhead lock`"), "{lock}");
+    let hello_digest = sha256_hex(&dir.join("hello.wasm"));
+    assert!(lock.contains(&hello_digest), "{lock}");
+    assert!(
+        lock.find("echo.wasm").unwrap() < lock.find("\"hello.wasm").unwrap(),
+        "sorted: {lock}"
+    );
+    assert!(bulkhead(&["lock", path, "--check"], &[]).status.success());
+    assert!(check(&app).status.success());
+
+    // Swapped: refused with both digests and the fix.
+    std::fs::copy(support::guest("echo"), dir.join("hello.wasm")).unwrap();
+    let new_digest = sha256_hex(&dir.join("hello.wasm"));
+    let out = check(&app);
+    assert!(!out.status.success());
+    let said = text(&out);
+    for part in [
+        "bulkhead.toml:7:",
+        "`hello.wasm` changed since it was locked",
+        &hello_digest,
+        &new_digest,
+        "bulkhead lock APP_DIR",
+    ] {
+        assert!(said.contains(part), "no `{part}` in:\n{said}");
+    }
+    let stale = bulkhead(&["lock", path, "--check"], &[]);
+    assert_eq!(stale.status.code(), Some(1));
+    assert!(
+        text(&stale).contains(&format!(
+            "hello.wasm: locked sha256:{hello_digest}, now sha256:{new_digest}"
+        )),
+        "{}",
+        text(&stale)
+    );
+
+    // A `digest =` pin that disagrees with the lock.
+    std::fs::copy(support::guest("hello"), dir.join("hello.wasm")).unwrap();
+    let pinned = manifest.replace(
+        "component = \"./hello.wasm\"\n",
+        &format!("component = \"./hello.wasm\"\ndigest = \"sha256:{new_digest}\"\n"),
+    );
+    std::fs::write(dir.join("bulkhead.toml"), pinned).unwrap();
+    let out = check(&app);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bulkhead.toml:8:"), "{}", text(&out));
+    assert!(
+        text(&out).contains("but `bulkhead.lock` pins `hello.wasm`"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Signatures and locks are optional in `dev` until the app names signers.
+#[test]
+fn t18_dev_without_signers_needs_no_signature() {
+    let app = TestApp::new(
+        &SIGNED.replace("[trust]\nsigners = [\"keys/release.pub\"]\n", ""),
+        &["hello"],
+    );
+    let out = check(&app);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("trust      unsigned; not pinned"),
+        "{}",
+        text(&out)
+    );
+    // A named key file that is not a key: the manifest line says so.
+    let app = TestApp::new(SIGNED, &["hello"]);
+    std::fs::create_dir_all(app.path().join("keys")).unwrap();
+    std::fs::write(app.path().join("keys/release.pub"), "not a key\n").unwrap();
+    let out = check(&app);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("bulkhead.toml:12:"), "{}", text(&out));
+    assert!(
+        text(&out).contains("is not a minisign public key"),
+        "{}",
+        text(&out)
+    );
+    let _ = Server::start;
+}

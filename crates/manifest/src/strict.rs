@@ -1,0 +1,166 @@
+//! Strict `prod` (T19): outside `dev`, an app is deployed only when every
+//! strict default holds. Each rule broken is one problem at its manifest
+//! line with the exact fix, and all are reported at once, by `check` and
+//! by `serve` alike. Signatures themselves are checked by
+//! [`crate::supply`]; the facts only the host knows (the master key, the
+//! admin listener) come in [`Host`].
+
+use crate::App;
+use crate::problem::Problem;
+
+/// What the host knows about this deploy, beyond the manifest.
+#[derive(Debug, Clone, Default)]
+pub struct Host {
+    /// Why the master key is a development key, when it is.
+    pub dev_master_key: Option<String>,
+    /// Why the admin listener is exposed, when it leaves loopback
+    /// without a token or mTLS.
+    pub exposed_admin: Option<String>,
+}
+
+/// Every strict rule `app` breaks; empty in `dev`.
+pub fn check(app: &App, host: &Host) -> Vec<Problem> {
+    if app.is_dev() {
+        return Vec::new();
+    }
+    let mut rules = Rules {
+        app,
+        problems: Vec::new(),
+    };
+    rules.tls();
+    rules.pinned();
+    rules.public_routes();
+    rules.strict_imports();
+    rules.rate_limits();
+    rules.budget();
+    if let Some(why) = &host.dev_master_key {
+        rules.at(
+            None,
+            format!("the master key is a development key ({why}); outside `dev` set BULKHEAD_MASTER_KEY_FILE to a key file of its own, kept outside the app directory: `head -c 32 /dev/urandom > /etc/bulkhead/{}.key && chmod 600 /etc/bulkhead/{}.key`", app.env, app.env),
+        );
+    }
+    if let Some(why) = &host.exposed_admin {
+        rules.at(
+            None,
+            format!("the admin listener {why}; create a token with `bulkhead admin token APP_DIR --env {}`, keep it on loopback, or pass `--admin-listen off`", app.env),
+        );
+    }
+    rules.problems
+}
+
+struct Rules<'a> {
+    app: &'a App,
+    problems: Vec<Problem>,
+}
+
+impl Rules<'_> {
+    fn line(&self, keys: &[&str]) -> Option<(usize, usize)> {
+        self.app.lines.first(keys).map(|line| (line, 1))
+    }
+
+    fn at(&mut self, location: Option<(usize, usize)>, message: String) {
+        self.problems.push(Problem {
+            file: self.app.manifest_path.clone(),
+            location,
+            message: format!("strict `{}`: {message}", self.app.env),
+        });
+    }
+
+    /// T15: the public listener speaks TLS, or a proxy on this machine does.
+    fn tls(&mut self) {
+        if self.app.tls.is_none() {
+            self.at(
+                None,
+                format!("the public listener is plain HTTP; add `[env.{}.tls]` (or `[tls]`) with `cert = \"…\"` and `key = \"…\"` (PEM files), or, when a TLS-terminating proxy on this machine forwards to a loopback listener, `terminated_upstream = \"which proxy terminates TLS\"`", self.app.env),
+            );
+        }
+    }
+
+    /// T18: every component pinned by the lock or a `digest =` line.
+    fn pinned(&mut self) {
+        for f in &self.app.functions {
+            let digest = format!("function.{}.digest", f.name);
+            if f.locked.is_some() || self.app.lines.get(&digest).is_some() {
+                continue;
+            }
+            let at = self.line(&[&format!("function.{}.component", f.name)]);
+            let component = self.app.component_name(f);
+            self.at(
+                at,
+                format!("function `{}`: component `{component}` is not pinned; run `bulkhead lock APP_DIR` after review (or add `digest = \"sha256:…\"`), then `bulkhead sign`", f.name),
+            );
+        }
+    }
+
+    /// T11/T19: a public route says why.
+    fn public_routes(&mut self) {
+        for f in &self.app.functions {
+            if !f.access.is_public() || f.public_reason.is_some() {
+                continue;
+            }
+            let name = &f.name;
+            let at = self.line(&[
+                &format!("function.{name}.auth"),
+                &format!("function.{name}"),
+            ]);
+            self.at(
+                at,
+                format!("function `{name}` is public without a reason; add `public_reason = \"why anyone may call it\"` to it, or require a credential (`auth = \"jwt\"`, …)"),
+            );
+        }
+    }
+
+    /// T18: a capability import without its grant is refused.
+    fn strict_imports(&mut self) {
+        if !self.app.strict_imports {
+            let loose = self.app.functions.iter().any(|f| !f.strict_imports);
+            if loose {
+                let at = self.line(&["app"]);
+                self.at(
+                    at,
+                    "`strict_imports` is off; add `strict_imports = true` under `[app]`".into(),
+                );
+            }
+            return;
+        }
+        for f in self.app.functions.iter().filter(|f| !f.strict_imports) {
+            let at = self.line(&[&format!("function.{}", f.name)]);
+            self.at(
+                at,
+                format!("function `{}` turns `strict_imports` off; remove `strict_imports = false` from it", f.name),
+            );
+        }
+    }
+
+    /// T03: no caller may go unthrottled.
+    fn rate_limits(&mut self) {
+        if self.app.limits.rate_limit.is_none() {
+            let at = self.line(&["limits.rate_limit"]);
+            self.at(
+                at,
+                "`[limits] rate_limit` is off; set a per-caller rate, like `rate_limit = { per_caller = \"10/s\", burst = 20 }`, or remove it for the default".into(),
+            );
+        }
+        for f in &self.app.functions {
+            let key = format!("function.{}.rate_limit", f.name);
+            if f.limits.rate_limit.is_none() && self.app.lines.get(&key).is_some() {
+                let at = self.line(&[&key]);
+                self.at(
+                    at,
+                    format!("function `{}` turns its `rate_limit` off; give it a rate, like `rate_limit = {{ per_caller = \"5/s\" }}`, or remove it to inherit the app's", f.name),
+                );
+            }
+        }
+    }
+
+    /// T04: the bill has a ceiling.
+    fn budget(&mut self) {
+        if self.app.budget.is_unlimited() {
+            let at = self.line(&["limits.metering", "limits.budget"]);
+            self.at(
+                at,
+                "the app has no budget; set `[limits] budget = { per_day = \"10 USD\" }` (and keep metering on)".into(),
+            );
+        }
+    }
+}
