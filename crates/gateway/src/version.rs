@@ -157,9 +157,31 @@ impl Fixed {
                 } => format!("{} sql {retention:?} {personal_data}", s.name),
             })
             .collect();
+        // Files by their path in the app: a version's files live elsewhere.
+        let here = app.manifest_path.parent().unwrap_or(&app.dir);
+        let rel = |path: &std::path::Path| {
+            path.strip_prefix(here)
+                .unwrap_or(path)
+                .display()
+                .to_string()
+        };
+        let tls = match &app.tls {
+            None => "none".to_string(),
+            Some(bulkhead_manifest::Tls::TerminatedUpstream { reason }) => {
+                format!("terminated upstream: {reason}")
+            }
+            Some(bulkhead_manifest::Tls::Listener(listener)) => format!(
+                "cert {} key {} client_ca {:?} hsts {:?}",
+                rel(&listener.cert),
+                rel(&listener.key),
+                listener.client_ca.as_deref().map(rel),
+                listener.hsts
+            ),
+        };
         Self {
             settings: vec![
                 ("[app] name", app.name.clone()),
+                ("[tls] (the listener's TLS)", tls),
                 ("the environment", app.env.clone()),
                 (
                     "[limits] (listener, connections, app-wide gates)",
