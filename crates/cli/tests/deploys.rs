@@ -809,3 +809,77 @@ async fn a_deploy_resets_no_callers_limits_t19() {
         .await
         .assert_problem(429, "budget-exhausted");
 }
+
+const WITH_SQL: &str = r#"
+[app]
+name = "migrated"
+
+[store.events]
+kind = "sql"
+migrations = "migrations/events"
+
+[[function]]
+name = "greet"
+component = "{C}"
+route = "/greet"
+auth = "public"
+"#;
+
+/// What `bulkhead check` says of the `events` store's migrations.
+fn migrations_line(app: &TestApp) -> String {
+    let out = bulkhead(&["check"], app.path(), &[]);
+    let all = text(&out);
+    all.lines()
+        .find(|l| l.contains("SQL store `events`"))
+        .unwrap_or_else(|| panic!("no migrations line in:\n{all}"))
+        .to_string()
+}
+
+/// T19, T06: a new version's migrations are applied only once the whole
+/// version is verified: a broken migration, or a good one shipped with a
+/// component that does not load, applies nothing; a good version applies
+/// its migration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_apply_only_after_the_whole_version_is_verified_t19() {
+    let app = TestApp::new(&WITH_SQL.replace("{C}", "hello.wasm"), &["hello"]);
+    let dir = app.path().join("migrations/events");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("001_init.sql"),
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);\n",
+    )
+    .unwrap();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+    assert!(migrations_line(&app).contains("1 migration(s) already applied, 0"));
+
+    // A broken migration: refused in the dry run, nothing applied.
+    std::fs::write(dir.join("002_bad.sql"), "CREATE TABLE broken (;\n").unwrap();
+    let out = deploy(&app, admin, &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("002_bad.sql"), "{}", text(&out));
+    std::fs::remove_file(dir.join("002_bad.sql")).unwrap();
+
+    // A good migration with a component that does not load: nothing applied.
+    std::fs::write(
+        dir.join("002_more.sql"),
+        "ALTER TABLE events ADD COLUMN at INTEGER;\n",
+    )
+    .unwrap();
+    std::fs::write(app.path().join("broken.wasm"), b"not a component").unwrap();
+    set_manifest(&app, &WITH_SQL.replace("{C}", "broken.wasm"));
+    let out = deploy(&app, admin, &[]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("function `greet`"), "{}", text(&out));
+    set_manifest(&app, &WITH_SQL.replace("{C}", "hello.wasm"));
+    let line = migrations_line(&app);
+    assert!(line.contains("1 migration(s) already applied, 1"), "{line}");
+
+    // The whole version verified: its migration applied.
+    let out = deploy(&app, admin, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let line = migrations_line(&app);
+    assert!(line.contains("2 migration(s) already applied, 0"), "{line}");
+    assert_eq!(get(server.addr, "/greet").await.status, 200);
+}
