@@ -32,6 +32,9 @@ use crate::bundle::{self, Index};
 use crate::deploy::{self, Deployment, Mode};
 use crate::versions::{Record, Versions};
 
+/// How long a deploy waits for one under way before it is told to retry.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct Live {
     gateway: Gateway,
     /// The server's APP_DIR: where state lives, what SIGHUP re-reads.
@@ -101,12 +104,21 @@ impl Live {
         }
     }
 
-    /// The deploy lock, or `Busy` while another deploy holds it.
+    /// The deploy lock, waited for a few seconds (the start's own record,
+    /// a short deploy), then `Busy`: never a queue of deploys.
     fn try_busy(&self) -> Result<std::sync::MutexGuard<'_, ()>, DeployError> {
-        match self.busy.try_lock() {
-            Ok(guard) => Ok(guard),
-            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(DeployError::Busy),
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.busy.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Err(DeployError::Busy),
+            }
         }
     }
 

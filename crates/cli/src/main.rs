@@ -16,6 +16,7 @@ mod secrets_cmd;
 mod serve;
 mod sweeper;
 mod threat_model_cmd;
+mod tls_cmd;
 mod trust_cmd;
 mod usage_cmd;
 mod versions;
@@ -187,6 +188,9 @@ enum Command {
     /// Manage access to the admin listener.
     #[command(subcommand)]
     Admin(admin_cmd::AdminCommand),
+    /// TLS for the public listener: a development certificate.
+    #[command(subcommand)]
+    Tls(tls_cmd::TlsCommand),
     /// Issue, list and revoke opaque session tokens.
     #[command(subcommand)]
     Token(credentials_cmd::TokenCommand),
@@ -375,6 +379,7 @@ fn main() -> ExitCode {
         } => usage_cmd::run(&target, by, &since, format),
         Command::Audit(command) => audit_cmd::run(command),
         Command::Admin(command) => admin_cmd::run(command),
+        Command::Tls(command) => tls_cmd::run(command),
         Command::Token(command) => credentials_cmd::run_token(command),
         Command::Keys(command) => credentials_cmd::run_keys(command),
         Command::Secrets(command) => secrets_cmd::run(command),

@@ -45,6 +45,9 @@ pub fn run(
             return Ok(report(&problems));
         }
     };
+    if let Err(problem) = crate::tls_cmd::listener_policy(&app, listen) {
+        return Ok(report(&[problem]));
+    }
     let store = target.store(true)?;
     // T19: outside `dev`, a restart serves the last version deployed (or
     // rolled back to), never older code; `dev` serves APP_DIR, so edits
@@ -76,7 +79,7 @@ pub fn run(
         };
     }
     let access = match admin_address {
-        Some(address) => Some((address, admin_access(&store, &app.env, address, target)?)),
+        Some(address) => Some((address, admin_access(&store, &app, address, target)?)),
         None => None,
     };
     // Every writer of the trail (this server, CLI commands) holds to the
@@ -151,8 +154,28 @@ fn span_export(_: &App, _: &tokio::runtime::Handle) -> Result<Option<Arc<dyn Spa
 /// The admin listener's policy: tokens if any exist; open only in `dev` on
 /// loopback, and only until the first token is created (which applies at
 /// once, without a restart); otherwise refuse to start rather than expose
-/// metrics.
+/// metrics. With `[tls] client_ca` set it also requires TLS with a client
+/// certificate verified against it (mTLS, T15, T17), on any address.
 fn admin_access(
+    store: &Store,
+    app: &App,
+    address: SocketAddr,
+    target: &Target,
+) -> Result<AdminAccess> {
+    let access = admin_tokens(store, &app.env, address, target)?;
+    let mtls = app
+        .tls
+        .as_ref()
+        .and_then(|t| t.listener())
+        .is_some_and(|l| l.client_ca.is_some());
+    Ok(if mtls {
+        access.require_client_certificate()
+    } else {
+        access
+    })
+}
+
+fn admin_tokens(
     store: &Store,
     env: &str,
     address: SocketAddr,
@@ -299,6 +322,7 @@ async fn serve(
     info!(
         target: "bulkhead::listener",
         address = %address,
+        tls = app.tls.as_ref().is_some_and(|t| t.listener().is_some()),
         app = %app.name,
         env = %app.env,
         functions = deployment.functions.len(),

@@ -42,6 +42,10 @@ fn help_pairs_each_subcommand_with_its_own_summary() {
             "Switch back to a kept version: live, or for the next start",
         ),
         ("admin", "Manage access to the admin listener"),
+        (
+            "tls",
+            "TLS for the public listener: a development certificate",
+        ),
         ("token", "Issue, list and revoke opaque session tokens"),
         ("keys", "Create, list and revoke API keys"),
         (

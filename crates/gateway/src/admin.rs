@@ -80,6 +80,9 @@ pub struct AdminAccess {
     /// The hashes last read (None until a read succeeds), and when the
     /// store was last asked.
     cache: Mutex<TokenCache>,
+    /// Serve over TLS and require a client certificate verified against
+    /// `[tls] client_ca` before any request is read (T15, T17).
+    client_certificates: bool,
 }
 
 struct TokenCache {
@@ -123,9 +126,17 @@ impl AdminAccess {
                 hashes: None,
                 failing: false,
             }),
+            client_certificates: false,
         };
         access.refresh(&mut access.lock());
         access
+    }
+
+    /// Also require TLS with a client certificate verified against the
+    /// app's `[tls] client_ca` (mTLS), on top of the tokens (T15, T17).
+    pub fn require_client_certificate(mut self) -> Self {
+        self.client_certificates = true;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, TokenCache> {
@@ -218,6 +229,16 @@ impl Gateway {
         access: AdminAccess,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
+        // mTLS: the handshake requires a client certificate (T15).
+        let acceptor = match (access.client_certificates, &self.shared.tls) {
+            (false, _) => None,
+            (true, Some(tls)) if tls.admin.is_some() => tls.admin.clone(),
+            (true, _) => {
+                return Err(std::io::Error::other(
+                    "the admin listener requires client certificates but `[tls] client_ca` is not set",
+                ));
+            }
+        };
         let access = Arc::new(access);
         // While the `dev` listener is open, the store is watched even when
         // no admin request comes; it stops once a token has been seen.
@@ -286,9 +307,32 @@ impl Gateway {
                     Ok::<_, std::convert::Infallible>(response.map(Full::new))
                 }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let builder = builder.clone();
+            let acceptor = acceptor.clone();
+            let shared = self.shared.clone();
             tokio::spawn(async move {
-                let _ = connection.await;
+                match acceptor {
+                    None => {
+                        let _ = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(acceptor) => {
+                        match tokio::time::timeout(ADMIN_HEADER_TIMEOUT, acceptor.accept(stream))
+                            .await
+                        {
+                            Ok(Ok(stream)) => {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                            Ok(Err(error)) => {
+                                admin_handshake_refused(&shared, peer, Some(&error));
+                            }
+                            Err(_) => admin_handshake_refused(&shared, peer, None),
+                        }
+                    }
+                }
                 drop(permit);
                 drop(peer_slot);
             });
@@ -306,6 +350,24 @@ impl Gateway {
 enum Handled {
     Answered(Response<Bytes>),
     Deploys(Who, String),
+}
+
+/// A client without a trusted certificate (or too slow to show one):
+/// logged, metered and audited folded, like every admin refusal (T09).
+fn admin_handshake_refused(shared: &Shared, peer: SocketAddr, error: Option<&std::io::Error>) {
+    let reason = if error.is_some() {
+        "admin-tls-handshake-failed"
+    } else {
+        "admin-tls-handshake-timeout"
+    };
+    shared.metrics.refuse(reason);
+    if shared
+        .refusals
+        .record_listener(&shared.audit, peer.ip(), reason)
+    {
+        let error = error.map(ToString::to_string).unwrap_or_default();
+        warn!(target: "bulkhead::admin", peer = %peer, reason, error, "admin TLS handshake refused");
+    }
 }
 
 fn handle(

@@ -7,6 +7,7 @@ mod audit;
 pub mod authn;
 mod budget;
 mod caller;
+mod connection;
 pub mod correlation;
 mod deploys;
 mod metrics;
@@ -19,6 +20,7 @@ mod send_timeout;
 mod server;
 pub mod spans;
 mod throttle;
+mod tls;
 pub mod validate;
 mod version;
 
@@ -40,6 +42,7 @@ pub use admin::AdminAccess;
 pub use budget::worst_case;
 pub use deploys::{DeployError, DeployOutcome, Deployer, Who};
 pub use spans::{RequestSpan, SpanExport};
+pub use tls::TlsError;
 
 /// An app ready to serve: its functions loaded, its gates set.
 #[derive(Clone)]
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     /// Live deploys, rollbacks and versions, when the server takes them
     /// (T19): set by the CLI, which knows how to load an app.
     deployer: RwLock<Option<Arc<dyn Deployer>>>,
+    /// `[tls]` when the gateway terminates TLS (T15): restart-only.
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl Shared {
@@ -100,6 +105,16 @@ impl Gateway {
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
         let version = Version::new(app, functions, &store, None)?;
+        // The certificate is loaded now: a server never starts with a pair
+        // it cannot serve (T15).
+        let tls = app
+            .tls
+            .as_ref()
+            .and_then(|t| t.listener())
+            .map(tls::Tls::new)
+            .transpose()
+            .map_err(|e| format!("[tls]: {e}"))?
+            .map(Arc::new);
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: app.limits.clone(),
@@ -119,6 +134,7 @@ impl Gateway {
                 version: RwLock::new(Arc::new(version)),
                 fixed: version::Fixed::of(app),
                 deployer: RwLock::new(None),
+                tls,
             }),
         })
     }

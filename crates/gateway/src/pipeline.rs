@@ -246,6 +246,22 @@ async fn pipeline<'s>(
     let function = &slot.function;
     outcome.slot = Some(slot);
 
+    // A route that requires a client certificate (mTLS, T15) is refused
+    // to a caller whose connection presented none the server verified.
+    if slot.client_cert_required
+        && request
+            .extensions()
+            .get::<crate::tls::VerifiedClientCert>()
+            .is_none()
+    {
+        return Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "client-certificate-required",
+            "Client certificate required",
+            "This route accepts only callers that present a client certificate the server trusts.",
+        ));
+    }
+
     // Authenticate and authorize (T11) before anything costs more; failed
     // attempts are counted per client, not per proxy (T03).
     let identity = version

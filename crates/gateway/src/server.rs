@@ -2,6 +2,8 @@
 //! address, so one address cannot take them all), bounded request heads, a
 //! deadline on reading headers (slowloris; it also closes idle keep-alive
 //! connections), graceful shutdown that lets requests under way finish.
+//! Each accepted connection is served by [`crate::connection`]: over TLS
+//! when `[tls]` is set (T15), the handshake after its places are taken.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,19 +14,18 @@ use std::time::Duration;
 
 use http::StatusCode;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::caller::network_of;
+use crate::connection::{Connection, http2_builder};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
 use crate::problem::Problem;
-use crate::respond::ConnectionCut;
 use crate::send_timeout::{SendTimeout, is_send_timeout};
-use crate::{Gateway, Shared, pipeline};
+use crate::{Gateway, Shared};
 
 /// How long shutdown waits for requests under way.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -49,7 +50,27 @@ impl Gateway {
             .max_buf_size(limits.max_header_bytes.as_usize())
             .max_headers(limits.max_headers as usize)
             .keep_alive(true);
+        let http2 = http2_builder(&limits);
         let graceful = GracefulShutdown::new();
+        // HTTP/2 connections close themselves when idle, so they are
+        // drained through their own signal; `h2_open` closes once the
+        // last of them ended.
+        let (draining, _) = tokio::sync::watch::channel(false);
+        let (h2_open, mut h2_closed) = tokio::sync::mpsc::channel::<()>(1);
+        // Changed certificate files are loaded for new handshakes (T15).
+        let reloader = self.shared.tls.clone().map(|tls| {
+            let audit = self.shared.audit.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(crate::tls::POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let tls = tls.clone();
+                    let audit = audit.clone();
+                    let _ = tokio::task::spawn_blocking(move || tls.reload(&audit)).await;
+                }
+            })
+        });
         tokio::pin!(shutdown);
         if let Some(shedder) = &self.shared.shedder {
             shedder.start(
@@ -103,38 +124,20 @@ impl Gateway {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let shared = self.shared.clone();
-            // A response stream stalled past its call's deadline ends the
-            // connection: hyper would wait on a client that reads nothing.
-            let cut = ConnectionCut::default();
-            let service = service_fn({
-                let cut = cut.clone();
-                move |request| {
-                    let shared = shared.clone();
-                    let cut = cut.clone();
-                    async move {
-                        let response = pipeline::handle(shared, request, peer.ip(), cut).await;
-                        Ok::<_, std::convert::Infallible>(response)
-                    }
-                }
-            });
             // Closed once its client reads nothing for as long as a head may
             // take to arrive (T01).
             let stream = SendTimeout::new(stream, limits.header_read_timeout.get());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            let connection = graceful.watch(connection);
-            let shared = self.shared.clone();
+            let connection = Connection {
+                shared: self.shared.clone(),
+                peer,
+                http1: builder.clone(),
+                http2: http2.clone(),
+                graceful: graceful.watcher(),
+                draining: draining.subscribe(),
+                _h2_open: h2_open.clone(),
+            };
             tokio::spawn(async move {
-                tokio::select! {
-                    result = connection => {
-                        if let Err(e) = result {
-                            log_connection_error(&shared, peer, &e);
-                        }
-                    }
-                    () = cut.requested() => {
-                        debug!(target: "bulkhead::listener", peer = %peer, "connection cut: its response stalled");
-                    }
-                }
+                connection.run(stream).await;
                 drop(permit);
                 drop(address_slot);
             });
@@ -143,10 +146,16 @@ impl Gateway {
         self.shared.ready.store(false, Ordering::Release);
         info!(target: "bulkhead::listener", "shutting down; draining requests under way");
         drop(listener);
-        if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-            .await
-            .is_err()
-        {
+        let _ = draining.send(true);
+        drop(h2_open);
+        let drained = async {
+            graceful.shutdown().await;
+            let _ = h2_closed.recv().await;
+        };
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
+        if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
             warn!(target: "bulkhead::listener", "drain timed out; closing remaining connections");
         }
         flusher.abort();
@@ -275,7 +284,7 @@ fn refusal_response(reason: &str, correlation_id: &str) -> Vec<u8> {
 
 /// Malformed framing, oversized heads and slow clients end here: the HTTP
 /// parser has already answered (400/431) or closed the connection.
-fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error) {
+pub(crate) fn log_connection_error(shared: &Shared, peer: SocketAddr, error: &hyper::Error) {
     let reason = if is_send_timeout(error) {
         "send-timeout"
     } else if error.is_timeout() {

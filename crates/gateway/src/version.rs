@@ -42,6 +42,8 @@ pub(crate) struct FunctionSlot {
     pub(crate) access: bulkhead_manifest::Access,
     /// The function's input rules, compiled once (T10).
     pub(crate) rules: validate::Rules,
+    /// Only callers with a verified client certificate reach it (T15).
+    pub(crate) client_cert_required: bool,
 }
 
 impl Version {
@@ -101,6 +103,7 @@ impl Version {
                     route: spec.route.to_string(),
                     rules: validate::Rules::new(&spec.input),
                     access: spec.access.clone(),
+                    client_cert_required: spec.client_cert_required,
                     gate,
                     limiter,
                     function,

@@ -144,18 +144,25 @@ fn app_wide(f: &mut Findings<'_>) {
     } else {
         Severity::Medium
     };
-    let outcome = if proxies {
-        Outcome::Mitigated(format!(
+    let outcome = match &app.tls {
+        Some(bulkhead_manifest::Tls::Listener(_)) => Outcome::Mitigated(format!(
+            "the gateway terminates TLS 1.2/1.3 itself, with HSTS ({})",
+            at(f.line(&["tls.cert"]))
+        )),
+        Some(bulkhead_manifest::Tls::TerminatedUpstream { .. }) => Outcome::Mitigated(format!(
+            "a proxy on this host terminates TLS; outside `dev` the gateway listens on loopback only ({})",
+            at(f.line(&["tls.terminated_upstream"]))
+        )),
+        None if proxies => Outcome::Mitigated(format!(
             "requests come through the trusted proxies, which terminate TLS ({})",
             at(f.line(&["limits.trusted_proxies"]))
-        ))
-    } else {
-        Outcome::Open(
+        )),
+        None => Outcome::Open(
             "the public listener speaks plain HTTP".into(),
-            "put a TLS-terminating proxy in front and list it in `[limits] trusted_proxies`, \
-             or keep the listener on loopback"
+            "add `[tls]` with `cert` and `key`, or put a TLS-terminating proxy in front, \
+             list it in `[limits] trusted_proxies` and say so with `[tls] terminated_upstream`"
                 .into(),
-        )
+        ),
     };
     f.add(
         PLAIN_HTTP,
@@ -165,7 +172,11 @@ fn app_wide(f: &mut Findings<'_>) {
         severity,
         "eavesdropping on requests and responses".into(),
         outcome,
-        f.line(&["limits.trusted_proxies"]),
+        f.line(&[
+            "tls.cert",
+            "tls.terminated_upstream",
+            "limits.trusted_proxies",
+        ]),
     );
 
     let outcome = match &app.hostnames {

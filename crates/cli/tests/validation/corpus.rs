@@ -2,6 +2,72 @@
 //! what each must get. Targets are written as a client would send them;
 //! nothing here is normalised before it reaches the server.
 
+/// The app the corpus attacks (served over HTTP/1.1 by `validation.rs`,
+/// over HTTP/2 by `tls_h2.rs`).
+pub const MANIFEST: &str = r#"
+[app]
+name = "validation"
+hostnames = ["x"]
+
+[[function]]
+name = "register"
+component = "echo.wasm"
+route = "/register/{handle}"
+auth = "public"
+methods = ["POST"]
+input.path.handle = "[a-z0-9-]{1,20}"
+input.body_schema = "schemas/register.json"
+input.max_body = "64KiB"
+input.headers = ["x-request-source"]
+
+[[function]]
+name = "items"
+component = "echo.wasm"
+route = "/items/{id}"
+auth = "public"
+input.query.page = "[0-9]{1,3}"
+input.query.q = "[A-Za-z0-9 ]{1,32}"
+input.query.sort = true
+
+[[function]]
+name = "notes"
+component = "echo.wasm"
+route = "/notes"
+auth = "public"
+methods = ["POST"]
+input.content_types = ["text/plain"]
+input.max_body = "1KiB"
+
+[[function]]
+name = "open"
+component = "echo.wasm"
+route = "/open/{word}"
+auth = "public"
+input.allow_unknown_query = true
+
+# No input rules: only strict JSON applies, decided by the media type.
+[[function]]
+name = "free"
+component = "echo.wasm"
+route = "/free"
+auth = "public"
+methods = ["POST"]
+"#;
+
+pub const SCHEMA: &str = r#"{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["name", "email"],
+  "additionalProperties": false,
+  "properties": {
+    "name": {"type": "string", "minLength": 1, "maxLength": 64},
+    "email": {"type": "string", "format": "email", "maxLength": 254},
+    "age": {"type": "integer", "minimum": 0, "maximum": 150},
+    "tags": {"type": "array", "maxItems": 16, "items": {"type": "string", "pattern": "^[a-z]{1,16}$"}},
+    "extra": {"type": "object"}
+  }
+}"#;
+
 /// What a hostile request must get.
 #[derive(Clone, Copy, Debug)]
 pub enum Expect {

@@ -94,6 +94,9 @@ pub fn check_host(
         }
         // HTTP/1.0 may leave `Host` out (RFC 9112 §3.2); 1.1 may not.
         None if version == Version::HTTP_10 || version == Version::HTTP_09 => None,
+        // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1), checked
+        // below as the target's authority, like HTTP/1.1's absolute form.
+        None if version == Version::HTTP_2 && uri.authority().is_some() => None,
         None => return Err(refuse("header.host", Rule::MissingHost)),
     };
     // Absolute form: `http://host/path`. A server must use its authority

@@ -685,3 +685,36 @@ proptest! {
         }
     }
 }
+
+/// T10 on HTTP/2 (T15): the host is `:authority` (the target's authority);
+/// a `Host` beside it must agree, and `[app] hostnames` applies to it.
+#[test]
+fn t10_t15_h2_authority_is_the_host() {
+    use http::Version as V;
+    let refused = |field: &str, rule: &str| Err((field.to_string(), rule.to_string()));
+    assert_eq!(
+        host_check(V::HTTP_2, "https://x/a", &[], Some(&["x"])),
+        Ok(())
+    );
+    assert_eq!(
+        host_check(V::HTTP_2, "https://x/a", &["x:443"], None),
+        Ok(())
+    );
+    assert_eq!(
+        host_check(V::HTTP_2, "https://evil.example/a", &[], Some(&["x"])),
+        refused("header.host", "not-allowed")
+    );
+    assert_eq!(
+        host_check(V::HTTP_2, "https://x/a", &["evil.example"], None),
+        refused("target", "mismatch")
+    );
+    assert_eq!(
+        host_check(V::HTTP_2, "https://x/a", &["x", "x"], None),
+        refused("header.host", "repeated")
+    );
+    // Neither `:authority` nor `Host`: no host at all.
+    assert_eq!(
+        host_check(V::HTTP_2, "/a", &[], None),
+        refused("header.host", "missing")
+    );
+}
