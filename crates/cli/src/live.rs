@@ -1,7 +1,7 @@
 //! Live deploys (T19, T18): a new version of the app, from a bundle
 //! (`POST /deploys`), from APP_DIR (SIGHUP, and `serve` at start), or a
 //! kept version (rollback), is verified completely before anything
-//! changes: unpacked into a fresh staging directory, loaded exactly as
+//! changes: unpacked into the next version's fresh directory, loaded exactly as
 //! `check` loads an app (manifest, digests, imports, migrations as a dry
 //! run), checked against what only a restart may change; only then are
 //! its migrations applied, the version kept, the gateway switched and the

@@ -2,11 +2,11 @@
 //! files (`files/`) and its record (`version.json`: who, when, source,
 //! every digest); `STATE/versions/current` names the version serving.
 //!
-//! A version is written whole under a staging name, synced, then renamed
-//! into place; only then does `current` change, itself replaced
-//! atomically. Everything is owner-only, as the rest of the state
+//! A version is written whole, synced, then its record is written
+//! atomically (a directory without one is not a version); only then does
+//! `current` change, itself replaced atomically. Everything is owner-only, as the rest of the state
 //! directory (T15). A crash at any point leaves either the old pointer or the
-//! new one, never a pointer to a partial version; leftover staging
+//! new one, never a pointer to a partial version; unfinished version
 //! directories are deleted at the next start.
 
 use std::collections::BTreeMap;
@@ -68,38 +68,56 @@ impl Versions {
             return;
         };
         for entry in entries.flatten() {
-            if entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(STAGING_PREFIX)
-            {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let unfinished = valid_name(&name) && !entry.path().join(RECORD).is_file();
+            if unfinished || name.starts_with(STAGING_PREFIX) {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
     }
 
-    /// A fresh staging directory's path (not created); its `files/` is
-    /// where a bundle is unpacked.
+    /// The next version's directory, created empty (owner-only); its
+    /// `files/` is where a bundle is unpacked. It is a version only once
+    /// [`Self::commit`] writes its record: the app is loaded from here,
+    /// so the paths it holds stay valid once it serves. Call under the
+    /// deploy lock.
     pub fn staging(&self) -> Result<PathBuf> {
-        let suffix = hex::encode(files::random_bytes::<8>().context("randomness")?);
-        let path = self.dir.join(format!("{STAGING_PREFIX}{suffix}"));
-        files::create_private_dir(&path)
+        let highest = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("cannot read {}", self.dir.display()))?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                valid_name(&name)
+                    .then(|| name[1..].parse::<u64>().ok())
+                    .flatten()
+            })
+            .max()
+            .unwrap_or(0);
+        let path = self.dir.join(format!("v{}", highest + 1));
+        // Exclusive: never into a directory already there.
+        let mut builder = std::fs::DirBuilder::new();
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(&path)
             .with_context(|| format!("cannot create {}", path.display()))?;
         Ok(path)
     }
 
-    /// Make `staged` (its `files/` verified) the next version, recorded
-    /// as `record` says; synced before it is renamed into place.
+    /// Make `staged` (its `files/` verified) a version, recorded as
+    /// `record` says: every file synced, then the record written
+    /// atomically (what makes it a version), then the directory synced.
     pub fn commit(&self, staged: &Path, mut record: Record) -> Result<Record> {
-        let number = self.list()?.iter().map(|r| r.number).max().unwrap_or(0) + 1;
-        record.number = number;
-        record.name = format!("v{number}");
+        let name = staged
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .filter(|n| valid_name(n))
+            .with_context(|| format!("{} is not a version directory", staged.display()))?;
+        record.number = name[1..].parse().unwrap_or(0);
+        record.name = name;
+        sync_tree(staged)?;
         let json = serde_json::to_vec_pretty(&record)?;
         files::write_private(&staged.join(RECORD), &[json.as_slice()])?;
-        sync_tree(staged)?;
-        let target = self.dir.join(&record.name);
-        std::fs::rename(staged, &target)
-            .with_context(|| format!("cannot move the new version to {}", target.display()))?;
         sync_dir(&self.dir)?;
         Ok(record)
     }

@@ -484,12 +484,13 @@ async fn a_deploy_that_fails_verification_changes_nothing_t19() {
     assert_eq!(kept_versions(&app, "dev"), before, "no version was kept");
     let refused = app.audit_records("deploy.refused");
     assert!(refused.len() >= 10, "{refused:?}");
-    let staging: Vec<_> = std::fs::read_dir(app.path().join(".bulkhead/dev/versions"))
+    // Nothing half-made is left: every directory is a recorded version.
+    let left: Vec<_> = std::fs::read_dir(app.path().join(".bulkhead/dev/versions"))
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
+        .filter(|e| e.file_name() != "current" && !e.path().join("version.json").is_file())
         .collect();
-    assert!(staging.is_empty(), "staging directories left: {staging:?}");
+    assert!(left.is_empty(), "unfinished versions left: {left:?}");
     support::assert_no_5xx(&server);
 }
 
