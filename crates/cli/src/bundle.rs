@@ -4,7 +4,8 @@
 //! Packing takes exactly the files the manifest names (the manifest and
 //! the lock with their `.minisig`, components with theirs, the `[trust]`
 //! public keys, body schemas, the JWKS file, migrations): never the
-//! `.bulkhead/` state, never a private key.
+//! `.bulkhead/` state, never a private key (the server carries the `[tls]`
+//! files and the JWE key over from the version it serves).
 //!
 //! Unpacking treats the archive as hostile: only regular files, at
 //! relative, normal paths (no `..`, no absolute path, no hidden component,
@@ -96,16 +97,10 @@ pub fn deployable_files(app: &App) -> Result<Vec<PathBuf>, String> {
             files.insert(relative(&schema.path)?);
         }
     }
-    if let Some(jwt) = &app.jwt {
-        if let JwtKeys::File(path) = &jwt.keys {
-            files.insert(relative(path)?);
-        }
-        if jwt.jwe.is_some() {
-            return Err(format!(
-                "{}: `[auth.jwt] decryption_key` is a private key, which a bundle never carries; a live deploy cannot serve JWE yet: restart the server on the new app instead",
-                app.manifest_path.display()
-            ));
-        }
+    if let Some(jwt) = &app.jwt
+        && let JwtKeys::File(path) = &jwt.keys
+    {
+        files.insert(relative(path)?);
     }
     for store in &app.stores {
         if let StoreKind::Sql { migrations, .. } = &store.kind {

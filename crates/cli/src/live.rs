@@ -47,6 +47,8 @@ pub struct Live {
     host: Host,
     /// What the serving version trusts, and when its manifest was signed.
     trust: Mutex<Trust>,
+    /// The serving version's private files, which a bundle never carries.
+    private: Mutex<Vec<(PathBuf, PathBuf)>>,
     /// One deploy or rollback at a time; a second is told to retry.
     busy: Mutex<()>,
 }
@@ -100,6 +102,7 @@ impl Live {
             keep,
             host,
             trust: Mutex::new(Trust::of(serving)),
+            private: Mutex::new(private_files(serving)),
             busy: Mutex::new(()),
         }
     }
@@ -149,7 +152,9 @@ impl Live {
                 return Ok(None);
             }
             let staging = self.versions.staging()?;
-            if let Err(problems) = bundle::unpack(&archive, &staging.join("files")) {
+            if let Err(problems) = bundle::unpack(&archive, &staging.join("files"))
+                .and_then(|_| self.carry_private(&staging.join("files")))
+            {
                 let _ = std::fs::remove_dir_all(&staging);
                 anyhow::bail!("{}", problems.join("; "));
             }
@@ -186,6 +191,7 @@ impl Live {
             .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
         let files = staging.join("files");
         let verified = bundle::unpack(archive, &files).and_then(|index| {
+            self.carry_private(&files)?;
             let verified = self.verify(&files, false)?;
             Ok((index, verified))
         });
@@ -205,6 +211,38 @@ impl Live {
             DeployError::Failed(format!("{e:#}"))
         })?;
         self.switch(verified, &record, who, correlation_id, "deploy")
+    }
+
+    /// Copy the serving version's private files (`[tls]` cert, key and
+    /// client CA, the JWE key) into a new version's `files`, where the
+    /// bundle has none at that path: a bundle never carries a private key,
+    /// and `[tls]` only changes with a restart anyway (T15, T19).
+    fn carry_private(&self, files: &Path) -> Result<(), Vec<String>> {
+        let private = self
+            .private
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (relative, source) in private {
+            let target = files.join(&relative);
+            if target.exists() {
+                continue;
+            }
+            let copied = (|| -> std::io::Result<()> {
+                if let Some(parent) = target.parent() {
+                    bulkhead_store::files::create_private_dir(parent)?;
+                }
+                let bytes = std::fs::read(&source)?;
+                bulkhead_store::files::write_private(&target, &[bytes.as_slice()])
+            })();
+            if let Err(e) = copied {
+                return Err(vec![format!(
+                    "cannot carry {} over from the serving version: {e}",
+                    relative.display()
+                )]);
+            }
+        }
+        Ok(())
     }
 
     fn lock_trust(&self) -> std::sync::MutexGuard<'_, Trust> {
@@ -295,6 +333,7 @@ impl Live {
             return Err(DeployError::Refused(problems));
         }
         *self.lock_trust() = Trust { signers, signed_at };
+        *self.private.lock().unwrap_or_else(|p| p.into_inner()) = private_files(&app);
         let signer_of: std::collections::BTreeMap<&str, &str> = app
             .functions
             .iter()
@@ -407,6 +446,31 @@ impl Deployer for Live {
             "versions": list,
         }))
     }
+}
+
+/// `app`'s files a bundle never carries, by their path in the app (where
+/// its manifest is) and where they are now.
+fn private_files(app: &App) -> Vec<(PathBuf, PathBuf)> {
+    let here = app.manifest_path.parent().unwrap_or(&app.dir);
+    let mut paths = Vec::new();
+    if let Some(listener) = app.tls.as_ref().and_then(|t| t.listener()) {
+        paths.push(listener.cert.clone());
+        paths.push(listener.key.clone());
+        paths.extend(listener.client_ca.clone());
+    }
+    if let Some(jwe) = app.jwt.as_ref().and_then(|j| j.jwe.as_ref()) {
+        paths.push(jwe.decryption_key.clone());
+    }
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(here).ok()?.to_path_buf();
+            let plain = relative
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            plain.then_some((relative, path))
+        })
+        .collect()
 }
 
 /// `event` with the request's correlation ID, when there is a request.

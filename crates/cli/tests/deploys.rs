@@ -5,6 +5,8 @@
 //! deployed version; a deploy without the admin token is refused and
 //! audited.
 
+#[path = "tls/common.rs"]
+mod common;
 mod support;
 
 use std::net::SocketAddr;
@@ -883,4 +885,85 @@ async fn migrations_apply_only_after_the_whole_version_is_verified_t19() {
     let line = migrations_line(&app);
     assert!(line.contains("2 migration(s) already applied, 0"), "{line}");
     assert_eq!(get(server.addr, "/greet").await.status, 200);
+}
+
+/// T19, T15: over `https://` with mTLS (the admin listener asks a client
+/// certificate when `[tls] client_ca` is set): `bulkhead deploy` checks
+/// the server against `--cacert` and presents `--cert`/`--key`; without
+/// a client certificate it cannot deploy. The bundle carries no private
+/// key: the server keeps its own `[tls]` files for the new version.
+#[test]
+fn a_deploy_over_https_with_a_client_certificate_t19() {
+    let server_ca = common::Ca::new("server CA");
+    let client_ca = common::Ca::new("client CA");
+    let tls = format!("{}client_ca = \"tls/clients.pem\"\n", common::TLS_SECTION);
+    let app = TestApp::new(&format!("{V1}{tls}"), &["hello", "echo"]);
+    common::install(app.path(), &server_ca.server());
+    std::fs::write(app.path().join("tls/clients.pem"), &client_ca.pem).unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let operator = client_ca.client("operator");
+    let (cacert, cert, key) = (
+        keys.path().join("ca.pem"),
+        keys.path().join("operator.pem"),
+        keys.path().join("operator.key"),
+    );
+    std::fs::write(&cacert, &server_ca.pem).unwrap();
+    std::fs::write(&cert, &operator.cert_pem).unwrap();
+    std::fs::write(&key, &operator.key_pem).unwrap();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let greet = |server: &Server| {
+        let config = common::client(&[&server_ca], None, &[b"http/1.1"]);
+        common::runtime().block_on(async {
+            let mut conn = common::Client::connect(server.addr, &config).await.unwrap();
+            let reply = conn.get(server.addr.port(), "/greet").await.unwrap();
+            assert_eq!(reply.status, 200);
+            version_of(&reply.body)
+        })
+    };
+    assert_eq!(greet(&server), 1);
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+    set_manifest(&app, &format!("{V2}{tls}"));
+    let to = format!("https://127.0.0.1:{}", admin.port());
+    let (cacert, cert, key) = (
+        cacert.to_str().unwrap(),
+        cert.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+
+    // No client certificate: the handshake fails, nothing changes.
+    let out = bulkhead(&["deploy"], app.path(), &["--to", &to, "--cacert", cacert]);
+    // (TLS 1.3: the server refuses after the client's half of the
+    // handshake, so the client sees the connection end.)
+    assert!(!out.status.success());
+    assert!(!text(&out).contains("deployed v"), "{}", text(&out));
+    // Not the server's CA: refused by the client.
+    let other = keys.path().join("other.pem");
+    std::fs::write(&other, &client_ca.pem).unwrap();
+    let out = bulkhead(
+        &["deploy"],
+        app.path(),
+        &[
+            "--to",
+            &to,
+            "--cacert",
+            other.to_str().unwrap(),
+            "--cert",
+            cert,
+            "--key",
+            key,
+        ],
+    );
+    assert!(!out.status.success());
+    assert_eq!(greet(&server), 1);
+
+    let out = bulkhead(
+        &["deploy"],
+        app.path(),
+        &[
+            "--to", &to, "--cacert", cacert, "--cert", cert, "--key", key,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(greet(&server), 2);
 }
