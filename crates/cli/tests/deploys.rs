@@ -966,4 +966,15 @@ fn a_deploy_over_https_with_a_client_certificate_t19() {
     );
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(greet(&server), 2);
+    // The record names the client certificate that deployed.
+    let fingerprint = hex::encode(&Sha256::digest(operator.der.as_ref())[..8]);
+    let deploys = app.audit_records("deploy");
+    let who = deploys.last().unwrap()["detail"]["who"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        who.ends_with(&format!("client certificate sha256:{fingerprint}")),
+        "{who}"
+    );
 }

@@ -288,8 +288,16 @@ impl Gateway {
             let shared = self.shared.clone();
             let access = access.clone();
             let limiter = limiter.clone();
+            // The client certificate's fingerprint, once mTLS has checked
+            // it: who a deploy names beside the token (T19).
+            let certificate = Arc::new(std::sync::OnceLock::<String>::new());
+            let presented = certificate.clone();
             let service = service_fn(move |request| {
-                let handled = handle(&shared, &access, &limiter, peer, &request);
+                let mut handled = handle(&shared, &access, &limiter, peer, &request);
+                if let (Handled::Deploys(who, _), Some(cert)) = (&mut handled, presented.get()) {
+                    who.0
+                        .push_str(&format!(", client certificate sha256:{cert}"));
+                }
                 let shared = shared.clone();
                 async move {
                     let response = match handled {
@@ -322,6 +330,15 @@ impl Gateway {
                             .await
                         {
                             Ok(Ok(stream)) => {
+                                if let Some(leaf) = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                {
+                                    let _ = certificate
+                                        .set(hex::encode(&Sha256::digest(leaf.as_ref())[..8]));
+                                }
                                 let _ = builder
                                     .serve_connection(TokioIo::new(stream), service)
                                     .await;
