@@ -2,10 +2,13 @@
 
 mod admin_cmd;
 mod audit_cmd;
+mod bundle;
 mod check;
 mod credentials_cmd;
 mod data_cmd;
 mod deploy;
+mod deploy_cmd;
+mod live;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod review_cmd;
@@ -17,6 +20,7 @@ mod threat_model_cmd;
 mod tls_cmd;
 mod trust_cmd;
 mod usage_cmd;
+mod versions;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -106,6 +110,10 @@ enum Command {
         /// Write the JSON log lines to this file (appended) instead of stderr.
         #[arg(long, value_name = "PATH")]
         log_file: Option<PathBuf>,
+        /// How many versions to keep for rollback under
+        /// APP_DIR/.bulkhead/ENV/versions (the serving one is always kept).
+        #[arg(long, default_value_t = versions::DEFAULT_KEEP, value_name = "N")]
+        keep_versions: usize,
     },
     /// Validate the manifest and every component without serving.
     #[command(
@@ -235,6 +243,73 @@ enum Command {
     /// Review the app against what it did: grants never used (T16).
     #[command(subcommand)]
     Review(review_cmd::ReviewCommand),
+    /// Send a new version of the app to a running server, live.
+    #[command(
+        long_about = "Pack the deployable files of APP_DIR (bulkhead.toml, bulkhead.lock, every \
+                      component and its .minisig, body schemas, the JWKS file, migrations; never \
+                      .bulkhead/ state or private keys) into one bundle with an index of their \
+                      SHA-256 digests, and send it to the admin listener of a running `bulkhead \
+                      serve` (POST /deploys).\n\n\
+                      The server verifies the whole version as `bulkhead check` would (manifest, \
+                      digests, imports, migrations as a dry run) before anything changes; then it \
+                      applies the migrations, keeps the version and switches to it: requests under \
+                      way finish on the old version, new ones get the new one, no connection is \
+                      dropped. On any problem nothing changes and every problem is printed. \
+                      Listener and app-wide `[limits]`, stores and telemetry only change with a \
+                      restart; a bundle changing them is refused.\n\n\
+                      The admin token is read from --token-file, or from the file \
+                      BULKHEAD_ADMIN_TOKEN_FILE names: never from the command line.",
+        after_help = "Examples:\n  bulkhead deploy my-app --to http://127.0.0.1:9901 --token-file ~/.bulkhead-admin\n  \
+                      BULKHEAD_ADMIN_TOKEN_FILE=/run/secrets/admin bulkhead deploy my-app --env prod \\\n    \
+                      --to https://admin.internal:9901 --cacert ca.pem --cert me.pem --key me.key"
+    )]
+    Deploy {
+        #[command(flatten)]
+        target: Target,
+        /// The admin listener, like http://127.0.0.1:9901 or https://host:9901.
+        #[arg(long, value_name = "URL")]
+        to: String,
+        #[command(flatten)]
+        admin: deploy_cmd::Admin,
+    },
+    /// List the kept versions of the app, newest first.
+    #[command(
+        long_about = "List the versions kept under APP_DIR/.bulkhead/ENV/versions (or, with \
+                      --admin, those of a running server): name, when, how it came (serve, \
+                      deploy, sighup), who made it, and each function's component digest. `*` \
+                      marks the version serving, or the one the next `serve` starts from.",
+        after_help = "Examples:\n  bulkhead versions my-app --env prod\n  bulkhead versions my-app --admin http://127.0.0.1:9901 --token-file admin.token"
+    )]
+    Versions {
+        #[command(flatten)]
+        target: Target,
+        /// Ask this running server's admin listener instead of reading the state directory.
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+        #[command(flatten)]
+        access: deploy_cmd::Admin,
+    },
+    /// Switch back to a kept version: live, or for the next start.
+    #[command(
+        long_about = "Switch back to a kept version (`bulkhead versions` lists them). With --admin, \
+                      the running server verifies that version again and switches to it live, as a \
+                      deploy does. Without it (offline, not in `dev`, which always serves APP_DIR), \
+                      it sets the version the next `bulkhead serve` starts from. Rolling back is the \
+                      only way to an older version: the versions kept are what it can reach.",
+        after_help = "Examples:\n  bulkhead rollback my-app --env prod --to v3 --admin http://127.0.0.1:9901 --token-file admin.token\n  bulkhead rollback my-app --env prod --to v3"
+    )]
+    Rollback {
+        #[command(flatten)]
+        target: Target,
+        /// The version to switch to, like v3.
+        #[arg(long, value_name = "VERSION")]
+        to: String,
+        /// The running server's admin listener; without it, offline.
+        #[arg(long, value_name = "URL")]
+        admin: Option<String>,
+        #[command(flatten)]
+        access: deploy_cmd::Admin,
+    },
     /// Make a minisign key pair to sign apps with.
     #[command(
         long_about = "Make a minisign key pair: OUTPUT.key (the secret key, mode 0600, \
@@ -323,8 +398,9 @@ fn main() -> ExitCode {
             target,
             listen,
             admin_listen,
+            keep_versions,
             ..
-        } => serve::run(&target, listen, &admin_listen),
+        } => serve::run(&target, listen, &admin_listen, keep_versions),
         Command::Check { target } => check::run(&target),
         Command::ThreatModel {
             target,
@@ -351,6 +427,18 @@ fn main() -> ExitCode {
         Command::Secrets(command) => secrets_cmd::run(command),
         Command::Data(command) => data_cmd::run(command),
         Command::Review(command) => review_cmd::run(command),
+        Command::Deploy { target, to, admin } => deploy_cmd::deploy(&target, &to, &admin),
+        Command::Versions {
+            target,
+            admin,
+            access,
+        } => deploy_cmd::versions(&target, admin.as_deref(), &access),
+        Command::Rollback {
+            target,
+            to,
+            admin,
+            access,
+        } => deploy_cmd::rollback(&target, &to, admin.as_deref(), &access),
         Command::Keygen {
             output,
             password_file,
@@ -443,7 +531,19 @@ fn load_manifest(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>>
 
 /// [`load_manifest`], refusing what this build cannot serve.
 fn load_app(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {
-    let app = load_manifest(target)?;
+    load_app_in(&target.app_dir, &target.env)
+}
+
+/// [`load_app`] of the app whose files are in `dir` (an app directory, or
+/// a kept or staged version's files).
+fn load_app_in(dir: &Path, env: &str) -> Result<bulkhead_manifest::App, Vec<String>> {
+    let app = bulkhead_manifest::load(dir, env).map_err(|problems| {
+        problems
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    })?;
     if let Some(telemetry) = &app.telemetry
         && !cfg!(feature = "otlp")
     {
@@ -465,17 +565,24 @@ fn load_app(target: &Target) -> Result<bulkhead_manifest::App, Vec<String>> {
 /// `bulkhead.lock` and carries a trusted signature when required, and the
 /// manifest's own signature holds; outside `dev`, the strict rules (T19).
 /// Every problem of both at once. What `check` and `serve` deploy.
-fn load_verified(
-    target: &Target,
-    host: &bulkhead_manifest::strict::Host,
-) -> Result<
+fn load_verified(target: &Target, host: &bulkhead_manifest::strict::Host) -> Verified {
+    load_verified_in(&target.app_dir, &target.env, host)
+}
+
+/// An app verified as `check` and `serve` verify one, with the evidence
+/// of each component; or every problem.
+type Verified = Result<
     (
         bulkhead_manifest::App,
         Vec<bulkhead_manifest::supply::Evidence>,
     ),
     Vec<String>,
-> {
-    let mut app = load_app(target)?;
+>;
+
+/// [`load_verified`] of the app whose files are in `dir` (APP_DIR, or a
+/// kept or staged version's files, T19).
+fn load_verified_in(dir: &Path, env: &str, host: &bulkhead_manifest::strict::Host) -> Verified {
+    let mut app = load_app_in(dir, env)?;
     // Before `supply::verify` pins every function to what it verified.
     let mut problems: Vec<String> = bulkhead_manifest::strict::check(&app, host)
         .iter()

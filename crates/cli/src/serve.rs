@@ -12,9 +12,16 @@ use bulkhead_store::{AuditEvent, AuditLog, Store};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::{Target, deploy, load_verified, report};
+use crate::live::Live;
+use crate::versions::Versions;
+use crate::{Target, deploy, load_verified, load_verified_in, report};
 
-pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<ExitCode> {
+pub fn run(
+    target: &Target,
+    listen: SocketAddr,
+    admin_listen: &str,
+    keep_versions: usize,
+) -> Result<ExitCode> {
     let admin_address = match admin_listen {
         "off" => None,
         text => Some(text.parse::<SocketAddr>().with_context(|| {
@@ -34,7 +41,7 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
             format!("would listen on {address}, beyond loopback, with no token")
         });
     }
-    let (app, evidence) = match load_verified(target, &host) {
+    let (mut app, mut evidence) = match load_verified(target, &host) {
         Ok(loaded) => loaded,
         Err(problems) => {
             audit_refusal(target, &problems);
@@ -45,6 +52,35 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
         return Ok(report(&[problem]));
     }
     let store = target.store(true)?;
+    // T19: outside `dev`, a restart serves the last version deployed (or
+    // rolled back to), never older code; `dev` serves APP_DIR, so edits
+    // take effect on restart. Either way APP_DIR served is kept as a
+    // version when it differs from the current one.
+    let versions = Versions::open(&app.state_dir())?;
+    versions.clean_staging();
+    let from_version = if app.is_dev() {
+        None
+    } else {
+        versions.current()
+    };
+    if let Some(name) = &from_version {
+        (app, evidence) = match load_verified_in(&versions.files(name), &target.env, &host) {
+            Ok((mut deployed, verified)) => {
+                // Verified where its files are; its state is APP_DIR's.
+                deployed.dir = target.app_dir.clone();
+                info!(target: "bulkhead::deploy", version = %name, "serving the deployed version {name}, not APP_DIR; send SIGHUP or `bulkhead deploy` to serve APP_DIR's files");
+                (deployed, verified)
+            }
+            Err(mut problems) => {
+                problems.push(format!(
+                    "the deployed version {name} cannot be loaded; roll back offline with `bulkhead rollback {} --env {} --to VERSION`",
+                    target.app_dir.display(),
+                    target.env
+                ));
+                return Ok(report(&problems));
+            }
+        };
+    }
     let access = match admin_address {
         Some(address) => Some((address, admin_access(&store, &app, address, target)?)),
         None => None,
@@ -61,13 +97,18 @@ pub fn run(target: &Target, listen: SocketAddr, admin_listen: &str) -> Result<Ex
     let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
-        app,
-        evidence,
+        (app, evidence),
         listen,
         access,
         audit.clone(),
         store,
         spans.clone(),
+        Kept {
+            versions,
+            keep: keep_versions,
+            from_version,
+            host,
+        },
     ));
     // After the drain, so every request's span is queued; the runtime still
     // runs the last exports.
@@ -167,14 +208,24 @@ fn admin_tokens(
     )
 }
 
+/// The versions a server keeps and where it started from (T19).
+struct Kept {
+    versions: Versions,
+    keep: usize,
+    /// The kept version served at start; `None` for APP_DIR.
+    from_version: Option<String>,
+    /// The strict rules' view of this host, for live deploys (T19).
+    host: bulkhead_manifest::strict::Host,
+}
+
 async fn serve(
-    app: App,
-    evidence: Vec<Evidence>,
+    (app, evidence): (App, Vec<Evidence>),
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
     store: Store,
     spans: Option<Arc<dyn SpanExport>>,
+    kept: Kept,
 ) -> Result<ExitCode> {
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
     let deployment = match tokio::task::block_in_place(|| {
@@ -195,6 +246,20 @@ async fn serve(
         Ok(gateway) => gateway,
         Err(problem) => return Ok(report(&[problem])),
     };
+    let live = Arc::new(Live::new(
+        gateway.clone(),
+        app,
+        kept.host,
+        audit.clone(),
+        kept.versions,
+        kept.keep,
+    ));
+    gateway.set_deployer(live.clone());
+    if kept.from_version.is_none() {
+        let (live, app, functions) = (live.clone(), app.clone(), deployment.functions.clone());
+        tokio::task::spawn_blocking(move || live.record_start(&app, &functions));
+    }
+    reload_on_hangup(&live);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| {
@@ -280,6 +345,42 @@ async fn serve(
     }
     audit.record(AuditEvent::new("shutdown").detail("app", app.name.as_str()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGHUP re-reads APP_DIR and deploys it as `POST /deploys` would
+/// (T19): verified completely, switched, kept, audited; a failed reload
+/// keeps serving the old version and logs every problem.
+fn reload_on_hangup(live: &Arc<Live>) {
+    #[cfg(unix)]
+    {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        let mut hangups = match tokio::signal::unix::signal(kind) {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %e, "cannot handle SIGHUP: reloads need `bulkhead deploy`");
+                return;
+            }
+        };
+        let live = live.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                info!(target: "bulkhead::deploy", "SIGHUP: reloading APP_DIR");
+                let live = live.clone();
+                let who = bulkhead_gateway::Who("SIGHUP".into());
+                match tokio::task::spawn_blocking(move || live.reload(&who)).await {
+                    Ok(Ok(outcome)) => {
+                        info!(target: "bulkhead::deploy", version = %outcome.version, "SIGHUP reload serving")
+                    }
+                    Ok(Err(e)) => {
+                        warn!(target: "bulkhead::deploy", error = %e, "SIGHUP reload refused: still serving the previous version")
+                    }
+                    Err(e) => warn!(target: "bulkhead::deploy", error = %e, "SIGHUP reload failed"),
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = live;
 }
 
 /// A write past a file-size limit (`ulimit -f`) would kill the server with

@@ -33,6 +33,18 @@ fn help_pairs_each_subcommand_with_its_own_summary() {
             "Write a CycloneDX SBOM of the host and the app's components (T18)",
         ),
         ("audit", "Inspect the tamper-evident audit trail"),
+        (
+            "deploy",
+            "Send a new version of the app to a running server, live",
+        ),
+        (
+            "versions",
+            "List the kept versions of the app, newest first",
+        ),
+        (
+            "rollback",
+            "Switch back to a kept version: live, or for the next start",
+        ),
         ("admin", "Manage access to the admin listener"),
         (
             "tls",

@@ -29,6 +29,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
@@ -36,6 +37,7 @@ use tracing::{info, warn};
 use crate::audit::{AdminFacts, client_text};
 use crate::caller::network_of;
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
+use crate::deploys::{self, Who};
 use crate::problem::Problem;
 use crate::ratelimit::KeyedLimiter;
 use crate::server::{PerAddress, refuse};
@@ -286,9 +288,32 @@ impl Gateway {
             let shared = self.shared.clone();
             let access = access.clone();
             let limiter = limiter.clone();
+            // The client certificate's fingerprint, once mTLS has checked
+            // it: who a deploy names beside the token (T19).
+            let certificate = Arc::new(std::sync::OnceLock::<String>::new());
+            let presented = certificate.clone();
             let service = service_fn(move |request| {
-                let response = handle(&shared, &access, &limiter, peer, &request).map(Full::new);
-                async move { Ok::<_, std::convert::Infallible>(response) }
+                let mut handled = handle(&shared, &access, &limiter, peer, &request);
+                if let (Handled::Deploys(who, _), Some(cert)) = (&mut handled, presented.get()) {
+                    who.0
+                        .push_str(&format!(", client certificate sha256:{cert}"));
+                }
+                let shared = shared.clone();
+                async move {
+                    let response = match handled {
+                        Handled::Answered(response) => response,
+                        // `/deploys` reads a body: answered by its module (T19).
+                        Handled::Deploys(who, correlation_id) => {
+                            let mut response =
+                                deploys::serve(shared, request, who, correlation_id.clone()).await;
+                            if let Ok(id) = HeaderValue::from_str(&correlation_id) {
+                                response.headers_mut().insert(CORRELATION_HEADER, id);
+                            }
+                            response
+                        }
+                    };
+                    Ok::<_, std::convert::Infallible>(response.map(Full::new))
+                }
             });
             let builder = builder.clone();
             let acceptor = acceptor.clone();
@@ -305,6 +330,15 @@ impl Gateway {
                             .await
                         {
                             Ok(Ok(stream)) => {
+                                if let Some(leaf) = stream
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|chain| chain.first())
+                                {
+                                    let _ = certificate
+                                        .set(hex::encode(&Sha256::digest(leaf.as_ref())[..8]));
+                                }
                                 let _ = builder
                                     .serve_connection(TokioIo::new(stream), service)
                                     .await;
@@ -327,6 +361,12 @@ impl Gateway {
         self.shared.refusals.flush(&self.shared.audit, true);
         Ok(())
     }
+}
+
+/// An admin request answered at once, or let through to `/deploys`.
+enum Handled {
+    Answered(Response<Bytes>),
+    Deploys(Who, String),
 }
 
 /// A client without a trusted certificate (or too slow to show one):
@@ -353,7 +393,7 @@ fn handle(
     limiter: &KeyedLimiter<IpAddr>,
     peer: SocketAddr,
     request: &Request<Incoming>,
-) -> Response<Bytes> {
+) -> Handled {
     let trace = TraceContext::from_headers(request.headers());
     let correlation_id = trace.correlation_id();
     // Whatever the client wrote is recorded capped (T09).
@@ -363,7 +403,7 @@ fn handle(
         .check(&network_of(peer.ip()))
         .map_err(rate_limited)
         .and_then(|()| check_host(access, request))
-        .and_then(|()| authorize(access, request));
+        .and_then(|()| authorize(access, request, peer));
     let mut response = match checked {
         Err(problem) => {
             let status = problem.status.as_u16();
@@ -381,7 +421,11 @@ fn handle(
             );
             problem.into_response(correlation_id)
         }
-        Ok(()) => {
+        Ok(who) if deploys::is_deploys(request.uri().path()) => {
+            info!(target: "bulkhead::admin", correlation_id, method = %method, path = %path, who = %who.0, "admin request");
+            return Handled::Deploys(who, correlation_id.to_string());
+        }
+        Ok(_) => {
             let response = route(shared, request, correlation_id);
             info!(target: "bulkhead::admin", correlation_id, method = %method, path = %path, status = response.status().as_u16(), "admin request");
             response
@@ -398,7 +442,7 @@ fn handle(
             .headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    response
+    Handled::Answered(response)
 }
 
 fn rate_limited(wait: Duration) -> Problem {
@@ -431,9 +475,16 @@ fn check_host(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), P
         .map_err(|refusal| refusal.to_problem())
 }
 
-fn authorize(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Problem> {
+/// Who the request comes from: the admin token's public fingerprint (the
+/// first bytes of the SHA-256 the store keeps, never the token), or the
+/// peer when `dev` is open without a token.
+fn authorize(
+    access: &AdminAccess,
+    request: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Who, Problem> {
     let hashes = match access.gate() {
-        Gate::Open => return Ok(()),
+        Gate::Open => return Ok(Who(format!("loopback {} (dev, no admin token)", peer.ip()))),
         Gate::Tokens(hashes) => hashes,
     };
     let presented = request
@@ -455,7 +506,13 @@ fn authorize(access: &AdminAccess, request: &Request<Incoming>) -> Result<(), Pr
             "admin-token-missing",
             "Send an admin token as `Authorization: Bearer …`; create one with `bulkhead admin token`.",
         )),
-        Some(token) if token_matches(token.trim(), hashes.as_slice()) => Ok(()),
+        Some(token) if token_matches(token.trim(), hashes.as_slice()) => {
+            let hash = Sha256::digest(token.trim().as_bytes());
+            Ok(Who(format!(
+                "admin-token sha256:{}",
+                hex::encode(&hash[..8])
+            )))
+        }
         Some(_) => Err(unauthorized(
             "admin-token-invalid",
             "The admin token is not valid.",
@@ -484,15 +541,16 @@ fn route(shared: &Shared, request: &Request<Incoming>, correlation_id: &str) -> 
     }
     match request.uri().path() {
         "/metrics" => {
-            let live = shared
+            let version = shared.current();
+            let live = version
                 .functions
                 .first()
                 .map_or(0, |f| f.function.live_instances());
-            let outstanding = shared
+            let outstanding = version
                 .functions
                 .iter()
                 .map(|slot| (slot.function.name(), slot.gate.outstanding()));
-            if let Some(meter) = &shared.meter {
+            if let Some(meter) = &version.meter {
                 shared.metrics.set_budget_shares(meter.shares());
             }
             shared.metrics.set_audit(shared.audit.status());
@@ -531,7 +589,7 @@ fn route(shared: &Shared, request: &Request<Incoming>, correlation_id: &str) -> 
             StatusCode::NOT_FOUND,
             "not-found",
             "Not found",
-            "The admin listener serves /metrics, /healthz and /readyz.",
+            "The admin listener serves /metrics, /healthz, /readyz and /deploys.",
         )
         .into_response(correlation_id),
     }

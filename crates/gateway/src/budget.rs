@@ -80,7 +80,9 @@ pub struct Meter {
     worst_cases: Vec<Usage>,
     function_names: Vec<Arc<str>>,
     log: MeterLog,
-    ledger: Mutex<Ledger>,
+    /// Shared with the versions that follow (T04, T19): a deploy neither
+    /// forgets what was spent today nor what calls under way reserved.
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 #[derive(Default)]
@@ -88,10 +90,11 @@ struct Ledger {
     day: i64,
     app: Totals,
     app_callers: HashMap<Arc<str>, Totals>,
-    functions: Vec<Totals>,
-    function_callers: Vec<HashMap<Arc<str>, Totals>>,
+    /// Per function name, so versions with other functions share it.
+    functions: HashMap<Arc<str>, Totals>,
+    function_callers: HashMap<Arc<str>, HashMap<Arc<str>, Totals>>,
     /// Budget alerts already logged today: (scope, function, caller, level).
-    alerted: HashSet<(u8, usize, Arc<str>, u8)>,
+    alerted: HashSet<(u8, Arc<str>, Arc<str>, u8)>,
 }
 
 /// One scope's day: what is spent, and what running calls have reserved.
@@ -140,22 +143,42 @@ impl Meter {
         store: &Store,
     ) -> Result<Arc<Self>, StoreError> {
         let log = MeterLog::start(store)?;
-        let function_names: Vec<Arc<str>> = app
-            .functions
-            .iter()
-            .map(|f| f.name.as_str().into())
-            .collect();
-        let meter = Self {
+        let meter = Self::with(app, limits, log, Arc::default());
+        meter.reload(store)?;
+        Ok(Arc::new(meter))
+    }
+
+    /// The meter of the version that follows this one (T19): `app`'s
+    /// prices and budgets over the same ledger and durable log, so today's
+    /// spending and the reservations of calls under way carry over.
+    pub fn successor(&self, app: &App, limits: &[&FunctionLimits]) -> Arc<Self> {
+        Arc::new(Self::with(
+            app,
+            limits,
+            self.log.clone(),
+            self.ledger.clone(),
+        ))
+    }
+
+    fn with(
+        app: &App,
+        limits: &[&FunctionLimits],
+        log: MeterLog,
+        ledger: Arc<Mutex<Ledger>>,
+    ) -> Self {
+        Self {
             pricing: app.pricing.clone(),
             app_budget: app.budget.clone(),
             function_budgets: app.functions.iter().map(|f| f.budget.clone()).collect(),
             worst_cases: limits.iter().map(|l| worst_case(l)).collect(),
-            ledger: Mutex::new(Ledger::empty(day_of(now_ms()), function_names.len())),
-            function_names,
+            ledger,
+            function_names: app
+                .functions
+                .iter()
+                .map(|f| f.name.as_str().into())
+                .collect(),
             log,
-        };
-        meter.reload(store)?;
-        Ok(Arc::new(meter))
+        }
     }
 
     /// Rebuild today's totals from the durable meter.
@@ -163,7 +186,7 @@ impl Meter {
         let today = day_of(now_ms());
         let rows = usage_since(store, hour_of(today * DAY_MS))?;
         let mut ledger = self.lock();
-        *ledger = Ledger::empty(today, self.function_names.len());
+        *ledger = Ledger::empty(today);
         for row in rows {
             let caller: Arc<str> = row.caller.as_str().into();
             ledger.app.spent.add(&row.usage);
@@ -173,18 +196,21 @@ impl Meter {
                 .or_default()
                 .spent
                 .add(&row.usage);
-            if let Some(i) = self
-                .function_names
-                .iter()
-                .position(|f| **f == *row.function)
-            {
-                ledger.functions[i].spent.add(&row.usage);
-                ledger.function_callers[i]
-                    .entry(caller)
-                    .or_default()
-                    .spent
-                    .add(&row.usage);
-            }
+            let function: Arc<str> = row.function.as_str().into();
+            ledger
+                .functions
+                .entry(function.clone())
+                .or_default()
+                .spent
+                .add(&row.usage);
+            ledger
+                .function_callers
+                .entry(function)
+                .or_default()
+                .entry(caller)
+                .or_default()
+                .spent
+                .add(&row.usage);
         }
         Ok(())
     }
@@ -230,7 +256,7 @@ impl Meter {
             }
         }
         let worst = self.worst_cases[function];
-        ledger.each_scope(function, &caller, |t| {
+        ledger.each_scope(&self.function_names[function], &caller, |t| {
             t.spent.add(&one);
             t.reserved.add(&worst);
         });
@@ -262,6 +288,7 @@ impl Meter {
         caller: &Arc<str>,
     ) -> [(Scope, &Limits, Totals); 4] {
         let budget = &self.function_budgets[function];
+        let name = &self.function_names[function];
         [
             (Scope::App, &self.app_budget.total, ledger.app),
             (
@@ -269,11 +296,18 @@ impl Meter {
                 &self.app_budget.per_caller,
                 usage_of(&ledger.app_callers, caller),
             ),
-            (Scope::Function, &budget.total, ledger.functions[function]),
+            (
+                Scope::Function,
+                &budget.total,
+                usage_of(&ledger.functions, name),
+            ),
             (
                 Scope::FunctionPerCaller,
                 &budget.per_caller,
-                usage_of(&ledger.function_callers[function], caller),
+                ledger
+                    .function_callers
+                    .get(name)
+                    .map_or_else(Totals::default, |callers| usage_of(callers, caller)),
             ),
         ]
     }
@@ -311,20 +345,21 @@ impl Meter {
             Scope::AppPerCaller | Scope::FunctionPerCaller => caller.clone(),
             _ => "".into(),
         };
-        let function_index = match scope {
-            Scope::Function | Scope::FunctionPerCaller => function,
-            _ => usize::MAX,
+        let function_key: Arc<str> = match scope {
+            Scope::Function | Scope::FunctionPerCaller => self
+                .function_names
+                .get(function)
+                .cloned()
+                .unwrap_or_else(|| "".into()),
+            _ => "".into(),
         };
         if !ledger
             .alerted
-            .insert((scope as u8, function_index, caller_key.clone(), level))
+            .insert((scope as u8, function_key.clone(), caller_key.clone(), level))
         {
             return;
         }
-        let function = self
-            .function_names
-            .get(function_index)
-            .map_or("", |name| &**name);
+        let function = &*function_key;
         let scope_name = format!("{scope:?}");
         let used_percent = (share * 100.0).round();
         if level >= 100 {
@@ -345,7 +380,7 @@ impl Meter {
         for (i, name) in self.function_names.iter().enumerate() {
             let share = self.share(
                 &self.function_budgets[i].total,
-                &ledger.functions[i].spent,
+                &usage_of(&ledger.functions, name).spent,
                 &Usage::default(),
             );
             out.push((Some(&**name), share));
@@ -411,10 +446,14 @@ impl Charge {
         ledger.roll(day_of(now_ms()));
         let charged_today = ledger.day == self.day;
         let worst = self.meter.worst_cases[self.function];
-        ledger.each_scope(self.function, &self.caller, |t| {
-            t.reserved.sub(&worst);
-            settle(&mut t.spent, charged_today);
-        });
+        ledger.each_scope(
+            &self.meter.function_names[self.function],
+            &self.caller,
+            |t| {
+                t.reserved.sub(&worst);
+                settle(&mut t.spent, charged_today);
+            },
+        );
     }
 }
 
@@ -438,11 +477,9 @@ impl Drop for Charge {
 }
 
 impl Ledger {
-    fn empty(day: i64, functions: usize) -> Self {
+    fn empty(day: i64) -> Self {
         Self {
             day,
-            functions: vec![Totals::default(); functions],
-            function_callers: vec![HashMap::new(); functions],
             ..Default::default()
         }
     }
@@ -463,12 +500,12 @@ impl Ledger {
             day,
             app: Totals::holding(self.app.reserved),
             app_callers: held(&self.app_callers),
-            functions: self
-                .functions
+            functions: held(&self.functions),
+            function_callers: self
+                .function_callers
                 .iter()
-                .map(|t| Totals::holding(t.reserved))
+                .map(|(function, callers)| (function.clone(), held(callers)))
                 .collect(),
-            function_callers: self.function_callers.iter().map(held).collect(),
             alerted: HashSet::new(),
         };
     }
@@ -477,15 +514,17 @@ impl Ledger {
     /// by `caller` counts in: the app, the function, and the caller of each.
     fn each_scope(
         &mut self,
-        function: usize,
+        function: &Arc<str>,
         caller: &Arc<str>,
         mut change: impl FnMut(&mut Totals),
     ) {
         change(&mut self.app);
         change(self.app_callers.entry(caller.clone()).or_default());
-        change(&mut self.functions[function]);
+        change(self.functions.entry(function.clone()).or_default());
         change(
-            self.function_callers[function]
+            self.function_callers
+                .entry(function.clone())
+                .or_default()
                 .entry(caller.clone())
                 .or_default(),
         );
@@ -546,30 +585,31 @@ mod tests {
     #[test]
     fn a_new_day_keeps_only_what_running_calls_hold() {
         let caller: Arc<str> = "ip:198.51.100.1".into();
-        let mut ledger = Ledger::empty(10, 2);
-        ledger.each_scope(1, &caller, |t| {
+        let (first, second): (Arc<str>, Arc<str>) = ("first".into(), "second".into());
+        let mut ledger = Ledger::empty(10);
+        ledger.each_scope(&second, &caller, |t| {
             t.spent.add(&usage(5, 100));
             t.reserved.add(&usage(0, 40));
         });
         let idle: Arc<str> = "ip:198.51.100.2".into();
-        ledger.each_scope(0, &idle, |t| t.spent.add(&usage(1, 1)));
+        ledger.each_scope(&first, &idle, |t| t.spent.add(&usage(1, 1)));
 
         ledger.roll(11);
         assert_eq!(ledger.day, 11);
         for totals in [
             ledger.app,
-            ledger.functions[1],
+            ledger.functions[&second],
             ledger.app_callers[&caller],
-            ledger.function_callers[1][&caller],
+            ledger.function_callers[&second][&caller],
         ] {
             assert_eq!(totals.spent, Usage::default());
             assert_eq!(totals.reserved, usage(0, 40));
         }
-        assert_eq!(ledger.functions[0].reserved, Usage::default());
+        assert!(!ledger.functions.contains_key(&first));
         assert!(!ledger.app_callers.contains_key(&idle));
 
         // The call ends after midnight: its reservation comes off today.
-        ledger.each_scope(1, &caller, |t| {
+        ledger.each_scope(&second, &caller, |t| {
             t.reserved.sub(&usage(0, 40));
             t.spent.add(&usage(0, 30));
         });

@@ -9,6 +9,7 @@ mod budget;
 mod caller;
 mod connection;
 pub mod correlation;
+mod deploys;
 mod metrics;
 mod pipeline;
 pub mod problem;
@@ -21,23 +22,25 @@ pub mod spans;
 mod throttle;
 mod tls;
 pub mod validate;
+mod version;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
 
 use bulkhead_manifest::{App, AppLimits};
 use bulkhead_runtime::LoadedFunction;
 use bulkhead_store::{AuditLog, Store};
 
 use admission::Gate;
-use budget::Meter;
 use metrics::Metrics;
 use ratelimit::CallerLimiter;
-use router::Router;
 use throttle::Shedder;
+pub(crate) use version::FunctionSlot;
+use version::Version;
 
 pub use admin::AdminAccess;
 pub use budget::worst_case;
+pub use deploys::{DeployError, DeployOutcome, Deployer, Who};
 pub use spans::{RequestSpan, SpanExport};
 pub use tls::TlsError;
 
@@ -47,45 +50,47 @@ pub struct Gateway {
     shared: Arc<Shared>,
 }
 
+/// What lives as long as the process: the listener's bounds, the app-wide
+/// gates and limiters, the audit trail, metrics. A deploy never replaces
+/// these, so it can neither reset a caller's limits nor drop a connection
+/// (T19, T03).
 pub(crate) struct Shared {
     limits: AppLimits,
-    /// `[app] hostnames`, canonical; `None` for any host (T10).
-    hostnames: Option<Vec<String>>,
-    router: Router,
     app_gate: Arc<Gate>,
     /// Per-caller rate limit across the app (T02, T03).
     app_limiter: Option<CallerLimiter>,
     /// Sheds new work while the process is overloaded (T01).
     shedder: Option<Arc<Shedder>>,
-    /// Meters every call and enforces budgets (T04); `None` if metering is off.
-    meter: Option<Arc<Meter>>,
-    functions: Vec<FunctionSlot>,
     audit: AuditLog,
     /// Audits refusals, folding a flood's repeats (T09).
     refusals: audit::Refusals,
-    authenticator: authn::Authenticator,
     metrics: Metrics,
     /// Where request spans go, when trace export is on (T08).
     spans: Option<Arc<dyn SpanExport>>,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
-    /// `[tls]` when the gateway terminates TLS (T15).
+    store: Store,
+    /// The app version new requests get (T19). Each request reads it once
+    /// and keeps it to its end, so a switch never changes a request under
+    /// way; the lock is held only to clone or replace the pointer.
+    version: RwLock<Arc<Version>>,
+    /// The settings only a restart changes, as the running app has them.
+    fixed: version::Fixed,
+    /// Live deploys, rollbacks and versions, when the server takes them
+    /// (T19): set by the CLI, which knows how to load an app.
+    deployer: RwLock<Option<Arc<dyn Deployer>>>,
+    /// `[tls]` when the gateway terminates TLS (T15): restart-only.
     tls: Option<Arc<tls::Tls>>,
 }
 
-pub(crate) struct FunctionSlot {
-    /// Position in the manifest (and in the meter's ledger).
-    index: usize,
-    function: LoadedFunction,
-    /// The route as the manifest writes it, like `/users/{id}`.
-    route: String,
-    gate: Arc<Gate>,
-    limiter: Option<CallerLimiter>,
-    access: bulkhead_manifest::Access,
-    /// The function's input rules, compiled once (T10).
-    rules: validate::Rules,
-    /// Only callers with a verified client certificate reach it (T15).
-    client_cert_required: bool,
+impl Shared {
+    /// The version serving new requests.
+    pub(crate) fn current(&self) -> Arc<Version> {
+        self.version
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 impl Gateway {
@@ -99,7 +104,7 @@ impl Gateway {
         store: Store,
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
-        let authenticator = authn::Authenticator::new(app, store.clone())?;
+        let version = Version::new(app, functions, &store, None)?;
         // The certificate is loaded now: a server never starts with a pair
         // it cannot serve (T15).
         let tls = app
@@ -110,50 +115,9 @@ impl Gateway {
             .transpose()
             .map_err(|e| format!("[tls]: {e}"))?
             .map(Arc::new);
-        let router = Router::new(
-            app.functions
-                .iter()
-                .map(|f| (f.route.clone(), f.methods.clone())),
-        );
-        let meter = if app.limits.metering {
-            let limits: Vec<_> = functions.iter().map(|f| f.limits()).collect();
-            Some(
-                Meter::new(app, &limits, &store)
-                    .map_err(|e| format!("cannot open the meter: {e}"))?,
-            )
-        } else {
-            None
-        };
-        let functions = functions
-            .into_iter()
-            .zip(&app.functions)
-            .enumerate()
-            .map(|(index, (function, spec))| {
-                let limits = function.limits();
-                let gate = Gate::new(
-                    limits.max_concurrent_requests,
-                    limits.max_outstanding_requests,
-                    limits.max_outstanding_per_caller,
-                );
-                let route = spec.route.to_string();
-                let rules = validate::Rules::new(&spec.input);
-                FunctionSlot {
-                    index,
-                    limiter: limits.rate_limit.as_ref().map(CallerLimiter::new),
-                    function,
-                    route,
-                    gate,
-                    access: spec.access.clone(),
-                    rules,
-                    client_cert_required: spec.client_cert_required,
-                }
-            })
-            .collect();
         Ok(Self {
             shared: Arc::new(Shared {
                 limits: app.limits.clone(),
-                hostnames: app.hostnames.clone(),
-                router,
                 app_gate: Gate::new(
                     app.limits.max_concurrent_requests,
                     app.limits.max_outstanding_requests,
@@ -161,16 +125,53 @@ impl Gateway {
                 ),
                 app_limiter: app.limits.rate_limit.as_ref().map(CallerLimiter::new),
                 shedder: app.throttle.map(Shedder::new),
-                meter,
-                functions,
                 audit,
                 refusals: audit::Refusals::default(),
-                authenticator,
                 metrics: Metrics::new(),
                 spans,
                 ready: AtomicBool::new(false),
+                store,
+                version: RwLock::new(Arc::new(version)),
+                fixed: version::Fixed::of(app),
+                deployer: RwLock::new(None),
                 tls,
             }),
         })
+    }
+
+    /// Switch new requests to `app` (T19): requests under way finish on
+    /// the version they started with. Refused, with every reason and
+    /// nothing changed, when `app` changes what only a restart may.
+    /// Per-function gates, rate limiters and the budget ledger carry over
+    /// by function name, so a deploy resets no caller's limits (T03, T04).
+    pub fn switch(&self, app: &App, functions: Vec<LoadedFunction>) -> Result<(), Vec<String>> {
+        let changed = self.shared.fixed.changes(app);
+        if !changed.is_empty() {
+            return Err(changed);
+        }
+        let previous = self.shared.current();
+        let next = Version::new(app, functions, &self.shared.store, Some(&*previous))
+            .map_err(|e| vec![e])?;
+        *self
+            .shared
+            .version
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        Ok(())
+    }
+
+    /// The restart-only settings `app` would change; empty when it can be
+    /// switched in live.
+    pub fn restart_only_changes(&self, app: &App) -> Vec<String> {
+        self.shared.fixed.changes(app)
+    }
+
+    /// Let the admin listener take deploys (`/deploys`) through `deployer`.
+    pub fn set_deployer(&self, deployer: Arc<dyn Deployer>) {
+        *self
+            .shared
+            .deployer
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(deployer);
     }
 }

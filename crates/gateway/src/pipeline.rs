@@ -25,6 +25,7 @@ use crate::respond::{self, ConnectionCut, CutReport, Held, Outgoing};
 use crate::router::RouteMatch;
 use crate::spans::{RequestSpan, method_name};
 use crate::validate::{self, Rules};
+use crate::version::Version;
 use crate::{FunctionSlot, Shared, audit};
 
 /// Header prefix reserved for what the gateway tells the function; a client
@@ -52,6 +53,9 @@ pub(crate) async fn handle(
 ) -> Response<Outgoing> {
     let started = Instant::now();
     let started_at = SystemTime::now();
+    // The version this request runs on, to its end (T19): a deploy during
+    // it switches only the requests that start after.
+    let version = shared.current();
     let mut trace = TraceContext::from_headers(request.headers());
     let spans = shared
         .spans
@@ -72,16 +76,25 @@ pub(crate) async fn handle(
         detail: None,
         tickets: CallTickets::default(),
     };
-    let mut response =
-        match pipeline(&shared, request, peer, &connection, &trace, &mut outcome).await {
-            Ok(response) => response,
-            Err(problem) => {
-                outcome.reason = Some(problem.slug);
-                problem
-                    .into_response(trace.correlation_id())
-                    .map(Outgoing::bytes)
-            }
-        };
+    let mut response = match pipeline(
+        &shared,
+        &version,
+        request,
+        peer,
+        &connection,
+        &trace,
+        &mut outcome,
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(problem) => {
+            outcome.reason = Some(problem.slug);
+            problem
+                .into_response(trace.correlation_id())
+                .map(Outgoing::bytes)
+        }
+    };
     if let Ok(id) = HeaderValue::from_str(trace.correlation_id()) {
         response.headers_mut().insert(CORRELATION_HEADER, id);
     }
@@ -179,6 +192,7 @@ pub(crate) async fn handle(
 
 async fn pipeline<'s>(
     shared: &'s Shared,
+    version: &'s Arc<Version>,
     request: Request<Incoming>,
     peer: IpAddr,
     connection: &ConnectionCut,
@@ -199,7 +213,7 @@ async fn pipeline<'s>(
         request.version(),
         request.uri(),
         request.headers(),
-        shared.hostnames.as_deref(),
+        version.hostnames.as_deref(),
     )
     .map_err(|r| refuse(r, outcome))?;
 
@@ -209,8 +223,8 @@ async fn pipeline<'s>(
     let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
 
     // Route.
-    let (slot, params) = match shared.router.find(request.method().as_str(), &segments) {
-        RouteMatch::Found { function, params } => (&shared.functions[function], params),
+    let (slot, params) = match version.router.find(request.method().as_str(), &segments) {
+        RouteMatch::Found { function, params } => (&version.functions[function], params),
         RouteMatch::MethodNotAllowed { allow } => {
             return Err(Problem::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -250,7 +264,7 @@ async fn pipeline<'s>(
 
     // Authenticate and authorize (T11) before anything costs more; failed
     // attempts are counted per client, not per proxy (T03).
-    let identity = shared
+    let identity = version
         .authenticator
         .check(request.headers(), &slot.access, client)
         .map_err(|refusal| {
@@ -267,7 +281,7 @@ async fn pipeline<'s>(
         _ => Caller::of(identity.as_ref(), client),
     };
     outcome.caller = Some(caller.clone());
-    for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_ref()]
+    for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_deref()]
         .into_iter()
         .flatten()
     {
@@ -391,7 +405,7 @@ async fn pipeline<'s>(
         .map_err(|r| refuse(r, outcome))?;
 
     // Budgets (T04): refused before it can cost anything.
-    let mut charge = match &shared.meter {
+    let mut charge = match &version.meter {
         Some(meter) => Some(meter.admit(slot.index, &caller).map_err(|refused| {
             if refused.held {
                 Problem::new(
@@ -484,7 +498,8 @@ async fn pipeline<'s>(
                 // Running slots and outstanding places alike: a stream
                 // counts against both bounds, its caller's share and the
                 // throttle until it ends (outside attack on issue 12).
-                _places: Box::new((places, function_place, app_place)),
+                // The version too: a stream ends on the code it began on.
+                _places: Box::new((places, function_place, app_place, version.clone())),
                 charge,
             },
             deadline,

@@ -21,6 +21,9 @@ pub struct Problem {
     /// as extension members. Both come from the manifest, the schema or
     /// the gateway, never from the request.
     check: Option<Box<(String, String)>>,
+    /// Every problem found, for a refusal that has several (a deploy that
+    /// fails verification, T19): written by us, naming files and lines.
+    problems: Vec<String>,
     /// Headers the response carries besides the problem body.
     headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -38,6 +41,7 @@ impl Problem {
             title,
             detail: detail.into(),
             check: None,
+            problems: Vec::new(),
             headers: Vec::new(),
         }
     }
@@ -45,6 +49,12 @@ impl Problem {
     /// Name the field and the rule a validation refusal is about.
     pub fn field(mut self, field: &str, rule: &str) -> Self {
         self.check = Some(Box::new((field.to_string(), rule.to_string())));
+        self
+    }
+
+    /// List every problem found, as the `problems` extension member.
+    pub fn problems(mut self, problems: Vec<String>) -> Self {
+        self.problems = problems;
         self
     }
 
@@ -94,6 +104,7 @@ impl Problem {
             correlation_id,
             field,
             rule,
+            problems: &self.problems,
         };
         // Serializing plain strings and numbers cannot fail; an empty body
         // would still carry the status.
@@ -113,6 +124,10 @@ impl Problem {
     }
 }
 
+fn no_problems(problems: &&[String]) -> bool {
+    problems.is_empty()
+}
+
 /// The problem document, members in the RFC's order.
 #[derive(Serialize)]
 struct ProblemBody<'a> {
@@ -126,4 +141,6 @@ struct ProblemBody<'a> {
     field: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rule: Option<&'a str>,
+    #[serde(skip_serializing_if = "no_problems")]
+    problems: &'a [String],
 }

@@ -161,7 +161,7 @@ impl Gateway {
         flusher.abort();
         self.shared.refusals.flush(&self.shared.audit, true);
         // Commit the last usage: a restart must not forget what was spent (T04).
-        if let Some(meter) = &self.shared.meter {
+        if let Some(meter) = &self.shared.current().meter {
             meter.close();
         }
         Ok(())

@@ -13,7 +13,7 @@ mod jwe;
 mod jwt;
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bulkhead_manifest::{Access, App, CredentialKind};
@@ -86,13 +86,21 @@ pub struct Authenticator {
     store: Store,
     /// Connections reused across requests (one is taken per check).
     connections: Mutex<Vec<rusqlite::Connection>>,
-    throttle: FailedAuthThrottle,
+    /// Shared with the versions that follow (T03, T19): a deploy does not
+    /// forgive a client's failed attempts.
+    throttle: Arc<FailedAuthThrottle>,
 }
 
 impl Authenticator {
     /// Set up from the app's `[auth]`; keys are loaded now, so a bad JWKS
     /// or JWE key fails the deploy rather than the first request.
     pub fn new(app: &App, store: Store) -> Result<Self, String> {
+        Self::after(app, store, None)
+    }
+
+    /// [`Self::new`] for the version that follows `previous`, keeping its
+    /// failed-authentication throttle (its settings are restart-only).
+    pub fn after(app: &App, store: Store, previous: Option<&Self>) -> Result<Self, String> {
         let jwt = app.jwt.as_ref().map(JwtVerifier::new).transpose()?;
         let jwe = app
             .jwt
@@ -105,10 +113,13 @@ impl Authenticator {
             jwe,
             store,
             connections: Mutex::new(Vec::new()),
-            throttle: FailedAuthThrottle::new(
-                app.failed_auth_per_minute,
-                app.auth_backoff_decay.get(),
-            ),
+            throttle: match previous {
+                Some(previous) => previous.throttle.clone(),
+                None => Arc::new(FailedAuthThrottle::new(
+                    app.failed_auth_per_minute,
+                    app.auth_backoff_decay.get(),
+                )),
+            },
         })
     }
 

@@ -1,0 +1,505 @@
+//! Live deploys (T19, T18): a new version of the app, from a bundle
+//! (`POST /deploys`), from APP_DIR (SIGHUP, and `serve` at start), or a
+//! kept version (rollback), is verified completely before anything
+//! changes: unpacked into the next version's fresh directory, loaded exactly as
+//! `check` loads an app (manifest, digests, imports, migrations as a dry
+//! run), checked against what only a restart may change; only then are
+//! its migrations applied, the version kept, the gateway switched and the
+//! `current` pointer moved. On any failure nothing changes and every
+//! problem is returned, logged and audited, with who asked.
+//!
+//! Trust comes from the running version, never from the bundle (T18):
+//! when it names `[trust] signers`, the new version's `bulkhead.toml` must
+//! carry a signature by one of those keys, and its components are checked
+//! against those keys, whatever signers the bundle lists (which become the
+//! trust of the versions after it). A manifest signed before the serving
+//! version's (`signed_at`) is a replay and is refused: a rollback to a
+//! kept version is the only way back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use bulkhead_gateway::{DeployError, DeployOutcome, Deployer, Gateway, Who};
+use bulkhead_manifest::App;
+use bulkhead_manifest::strict::Host;
+use bulkhead_manifest::supply::Evidence;
+use bulkhead_manifest::trust::{self, Signers};
+use bulkhead_store::{AuditEvent, AuditLog};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::bundle::{self, Index};
+use crate::deploy::{self, Deployment, Mode};
+use crate::versions::{Record, Versions};
+
+/// How long a deploy waits for one under way before it is told to retry.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub struct Live {
+    gateway: Gateway,
+    /// The server's APP_DIR: where state lives, what SIGHUP re-reads.
+    app_dir: PathBuf,
+    env: String,
+    audit: AuditLog,
+    versions: Versions,
+    keep: usize,
+    /// The strict `prod` rules' view of this host (T19).
+    host: Host,
+    /// What the serving version trusts, and when its manifest was signed.
+    trust: Mutex<Trust>,
+    /// The serving version's private files, which a bundle never carries.
+    private: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// One deploy or rollback at a time; a second is told to retry.
+    busy: Mutex<()>,
+}
+
+#[derive(Clone)]
+struct Trust {
+    signers: Signers,
+    signed_at: Option<u64>,
+}
+
+impl Trust {
+    /// `app`'s signers, and its manifest's signature time when signed by
+    /// one of them (verified where its files are, which may be a version).
+    fn of(app: &App) -> Self {
+        let dir = app.manifest_path.parent().unwrap_or(&app.dir);
+        let signed_at = (!app.signers.is_empty())
+            .then(|| trust::verify_file(&app.manifest_path, dir, &app.signers).ok())
+            .flatten()
+            .map(|signed| signed.signed_at);
+        Self {
+            signers: app.signers.clone(),
+            signed_at,
+        }
+    }
+}
+
+/// A version loaded, verified and ready to switch to.
+struct Verified {
+    deployment: Deployment,
+    evidence: Vec<Evidence>,
+    signed_at: Option<u64>,
+    signers: Signers,
+}
+
+impl Live {
+    /// `serving` is the app the server started with.
+    pub fn new(
+        gateway: Gateway,
+        serving: &App,
+        host: Host,
+        audit: AuditLog,
+        versions: Versions,
+        keep: usize,
+    ) -> Self {
+        Self {
+            gateway,
+            app_dir: serving.dir.clone(),
+            env: serving.env.clone(),
+            audit,
+            versions,
+            keep,
+            host,
+            trust: Mutex::new(Trust::of(serving)),
+            private: Mutex::new(private_files(serving)),
+            busy: Mutex::new(()),
+        }
+    }
+
+    /// The deploy lock, waited for a few seconds (the start's own record,
+    /// a short deploy), then `Busy`: never a queue of deploys.
+    fn try_busy(&self) -> Result<std::sync::MutexGuard<'_, ()>, DeployError> {
+        let deadline = std::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.busy.try_lock() {
+                Ok(guard) => return Ok(guard),
+                Err(std::sync::TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(std::sync::TryLockError::WouldBlock)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Err(DeployError::Busy),
+            }
+        }
+    }
+
+    /// Deploy the app as it is in APP_DIR now (SIGHUP).
+    pub fn reload(&self, who: &Who) -> Result<DeployOutcome, DeployError> {
+        let app = crate::load_app_in(&self.app_dir, &self.env).map_err(|problems| {
+            self.refused(who, "", None, &problems);
+            DeployError::Refused(problems)
+        })?;
+        let (archive, _) = bundle::pack(&app).map_err(|problem| {
+            let problems = vec![problem];
+            self.refused(who, "", None, &problems);
+            DeployError::Refused(problems)
+        })?;
+        self.install(&archive, who, "sighup", "")
+    }
+
+    /// Keep APP_DIR as served at start as a version, unless it is the
+    /// current one already, and make it current.
+    pub fn record_start(&self, app: &App, functions: &[bulkhead_runtime::LoadedFunction]) {
+        let _guard = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        let result = (|| -> anyhow::Result<Option<Record>> {
+            let (archive, index) = bundle::pack(app).map_err(anyhow::Error::msg)?;
+            if let Some(current) = self.versions.current()
+                && let Ok(record) = self.versions.record(&current)
+                && record.files == index.digests()
+            {
+                return Ok(None);
+            }
+            let staging = self.versions.staging()?;
+            if let Err(problems) = bundle::unpack(&archive, &staging.join("files"))
+                .and_then(|_| self.carry_private(&staging.join("files")))
+            {
+                let _ = std::fs::remove_dir_all(&staging);
+                anyhow::bail!("{}", problems.join("; "));
+            }
+            let mut record = record_of(&index, functions, "serve", "serve");
+            record.signed_at = self.lock_trust().signed_at;
+            let record = self.versions.commit(&staging, record)?;
+            self.versions.set_current(&record.name)?;
+            let _ = self.versions.prune(self.keep);
+            Ok(Some(record))
+        })();
+        match result {
+            Ok(Some(record)) => {
+                info!(target: "bulkhead::deploy", version = %record.name, "APP_DIR kept as a version")
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %format!("{e:#}"), "could not keep APP_DIR as a version; serving it anyway")
+            }
+        }
+    }
+
+    /// Unpack, verify, keep and switch to `archive`.
+    fn install(
+        &self,
+        archive: &[u8],
+        who: &Who,
+        source: &str,
+        correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        let _guard = self.try_busy()?;
+        let staging = self
+            .versions
+            .staging()
+            .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
+        let files = staging.join("files");
+        let verified = bundle::unpack(archive, &files).and_then(|index| {
+            self.carry_private(&files)?;
+            let verified = self.verify(&files, false)?;
+            Ok((index, verified))
+        });
+        let (index, verified) = match verified {
+            Ok(pair) => pair,
+            Err(problems) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                self.refused(who, correlation_id, None, &problems);
+                return Err(DeployError::Refused(problems));
+            }
+        };
+        let mut record = record_of(&index, &verified.deployment.functions, &who.0, source);
+        record.signed_at = verified.signed_at;
+        // Kept (synced) before anything serves it.
+        let record = self.versions.commit(&staging, record).map_err(|e| {
+            let _ = std::fs::remove_dir_all(&staging);
+            DeployError::Failed(format!("{e:#}"))
+        })?;
+        self.switch(verified, &record, who, correlation_id, "deploy")
+    }
+
+    /// Copy the serving version's private files (`[tls]` cert, key and
+    /// client CA, the JWE key) into a new version's `files`, where the
+    /// bundle has none at that path: a bundle never carries a private key,
+    /// and `[tls]` only changes with a restart anyway (T15, T19).
+    fn carry_private(&self, files: &Path) -> Result<(), Vec<String>> {
+        let private = self
+            .private
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for (relative, source) in private {
+            let target = files.join(&relative);
+            if target.exists() {
+                continue;
+            }
+            let copied = (|| -> std::io::Result<()> {
+                if let Some(parent) = target.parent() {
+                    bulkhead_store::files::create_private_dir(parent)?;
+                }
+                let bytes = std::fs::read(&source)?;
+                bulkhead_store::files::write_private(&target, &[bytes.as_slice()])
+            })();
+            if let Err(e) = copied {
+                return Err(vec![format!(
+                    "cannot carry {} over from the serving version: {e}",
+                    relative.display()
+                )]);
+            }
+        }
+        Ok(())
+    }
+
+    fn lock_trust(&self) -> std::sync::MutexGuard<'_, Trust> {
+        self.trust.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Load the app in `files` as `check` does (the strict rules, the
+    /// supply chain under the serving version's trust, compilation,
+    /// imports, migrations as a dry run), then as `serve` does (applying
+    /// its migrations): every problem, or the loaded app. A `rollback` may
+    /// go back in time; a deploy may not.
+    fn verify(&self, files: &Path, rollback: bool) -> Result<Verified, Vec<String>> {
+        let mut app = crate::load_app_in(files, &self.env)?;
+        let running = self.lock_trust().clone();
+        let mut problems: Vec<String> = bulkhead_manifest::strict::check(&app, &self.host)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let own_signers = app.signers.clone();
+        let mut signed_at = None;
+        if !running.signers.is_empty() {
+            // The serving version's keys, never the bundle's own (T18).
+            match trust::verify_file(&app.manifest_path, files, &running.signers) {
+                Ok(signed) => signed_at = Some(signed.signed_at),
+                Err(e) => problems.push(format!(
+                    "{e} (a new version must be signed by a key the serving version trusts: {})",
+                    running.signers.describe()
+                )),
+            }
+            if let (false, Some(active), Some(new)) = (rollback, running.signed_at, signed_at)
+                && new < active
+            {
+                problems.push(format!(
+                    "`bulkhead.toml` was signed at {new} (unix seconds), before the serving version's ({active}): an older signed version replayed is refused; to go back, roll back to a kept version (`bulkhead rollback --to VERSION`)"
+                ));
+            }
+            app.signers = running.signers.clone();
+        }
+        let evidence = match bulkhead_manifest::supply::verify(&mut app) {
+            Ok(evidence) => evidence,
+            Err(found) => {
+                problems.extend(found.0.iter().map(ToString::to_string));
+                Vec::new()
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // The trust of the versions after this one.
+        app.signers = own_signers.clone();
+        // Its state is the server's, not the staging directory's.
+        app.dir = self.app_dir.clone();
+        let fixed = self.gateway.restart_only_changes(&app);
+        if !fixed.is_empty() {
+            return Err(fixed);
+        }
+        let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
+        // Everything, migrations as a dry run, before anything is applied.
+        deploy::deploy(app.clone(), self.audit.clone(), Mode::Check, &progress)?;
+        let deployment = deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)?;
+        Ok(Verified {
+            deployment,
+            evidence,
+            signed_at,
+            signers: own_signers,
+        })
+    }
+
+    /// Switch the gateway to `deployment` (kept as `record`), move the
+    /// pointer, prune, audit.
+    fn switch(
+        &self,
+        verified: Verified,
+        record: &Record,
+        who: &Who,
+        correlation_id: &str,
+        kind: &'static str,
+    ) -> Result<DeployOutcome, DeployError> {
+        let Verified {
+            deployment,
+            evidence,
+            signed_at,
+            signers,
+        } = verified;
+        let Deployment { app, functions, .. } = deployment;
+        if let Err(problems) = self.gateway.switch(&app, functions) {
+            self.refused(who, correlation_id, Some(record), &problems);
+            return Err(DeployError::Refused(problems));
+        }
+        *self.lock_trust() = Trust { signers, signed_at };
+        *self.private.lock().unwrap_or_else(|p| p.into_inner()) = private_files(&app);
+        let signer_of: std::collections::BTreeMap<&str, &str> = app
+            .functions
+            .iter()
+            .zip(&evidence)
+            .map(|(f, e)| (f.name.as_str(), e.signer()))
+            .collect();
+        if let Err(e) = self.versions.set_current(&record.name) {
+            // Serving it already: say the restart would not.
+            warn!(target: "bulkhead::deploy", version = %record.name, error = %format!("{e:#}"), "switched, but could not record it as current: a restart would serve the previous version");
+        }
+        match self.versions.prune(self.keep) {
+            Ok(deleted) if !deleted.is_empty() => {
+                info!(target: "bulkhead::deploy", deleted = ?deleted, "older versions deleted")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %format!("{e:#}"), "could not delete older versions")
+            }
+        }
+        let event = match kind {
+            "rollback" => "deploy.rollback",
+            _ => "deploy",
+        };
+        info!(target: "bulkhead::deploy", correlation_id, version = %record.name, who = %who.0, functions = ?record.functions, "{}", if kind == "rollback" { "rolled back" } else { "deployed" });
+        self.audit.record(
+            correlated(AuditEvent::new(event), correlation_id)
+                .detail("app", app.name.as_str())
+                .detail("env", app.env.as_str())
+                .detail("version", record.name.as_str())
+                .detail("who", who.0.as_str())
+                .detail("source", record.source.as_str())
+                .detail("functions", json!(record.functions))
+                .detail("signers", json!(signer_of))
+                .detail("signed_at", json!(record.signed_at))
+                .detail("files", json!(record.files)),
+        );
+        self.audit.flush();
+        Ok(DeployOutcome {
+            version: record.name.clone(),
+            report: json!({
+                "version": record.name,
+                "kind": kind,
+                "functions": record.functions,
+                "files": record.files,
+            }),
+        })
+    }
+
+    /// Log and audit a refusal with every problem and what is known of
+    /// the version (T09).
+    fn refused(
+        &self,
+        who: &Who,
+        correlation_id: &str,
+        record: Option<&Record>,
+        problems: &[String],
+    ) {
+        warn!(target: "bulkhead::deploy", correlation_id, who = %who.0, problems = ?problems, "deploy refused: nothing changed");
+        let mut event = correlated(AuditEvent::new("deploy.refused"), correlation_id)
+            .detail("who", who.0.as_str())
+            .detail("reason", "verification-failed")
+            .detail("problems", json!(problems));
+        if let Some(record) = record {
+            event = event
+                .detail("version", record.name.as_str())
+                .detail("functions", json!(record.functions));
+        }
+        self.audit.record(event);
+        self.audit.flush();
+    }
+}
+
+impl Deployer for Live {
+    fn deploy(
+        &self,
+        bundle: &[u8],
+        who: &Who,
+        correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        self.install(bundle, who, "deploy", correlation_id)
+    }
+
+    fn rollback(
+        &self,
+        version: &str,
+        who: &Who,
+        correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        let _guard = self.try_busy()?;
+        let record = self
+            .versions
+            .record(version)
+            .map_err(|_| DeployError::UnknownVersion(version.to_string()))?;
+        let verified = self
+            .verify(&self.versions.files(&record.name), true)
+            .map_err(|problems| {
+                self.refused(who, correlation_id, Some(&record), &problems);
+                DeployError::Refused(problems)
+            })?;
+        self.switch(verified, &record, who, correlation_id, "rollback")
+    }
+
+    fn versions(&self) -> Result<serde_json::Value, DeployError> {
+        let list = self
+            .versions
+            .list()
+            .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
+        Ok(json!({
+            "current": self.versions.current(),
+            "versions": list,
+        }))
+    }
+}
+
+/// `app`'s files a bundle never carries, by their path in the app (where
+/// its manifest is) and where they are now.
+fn private_files(app: &App) -> Vec<(PathBuf, PathBuf)> {
+    let here = app.manifest_path.parent().unwrap_or(&app.dir);
+    let mut paths = Vec::new();
+    if let Some(listener) = app.tls.as_ref().and_then(|t| t.listener()) {
+        paths.push(listener.cert.clone());
+        paths.push(listener.key.clone());
+        paths.extend(listener.client_ca.clone());
+    }
+    if let Some(jwe) = app.jwt.as_ref().and_then(|j| j.jwe.as_ref()) {
+        paths.push(jwe.decryption_key.clone());
+    }
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let relative = path.strip_prefix(here).ok()?.to_path_buf();
+            let plain = relative
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            plain.then_some((relative, path))
+        })
+        .collect()
+}
+
+/// `event` with the request's correlation ID, when there is a request.
+fn correlated(event: AuditEvent, correlation_id: &str) -> AuditEvent {
+    if correlation_id.is_empty() {
+        event
+    } else {
+        event.correlation_id(correlation_id)
+    }
+}
+
+/// The record of a version made of `index`'s files, loaded as `functions`.
+fn record_of(
+    index: &Index,
+    functions: &[bulkhead_runtime::LoadedFunction],
+    who: &str,
+    source: &str,
+) -> Record {
+    Record {
+        name: String::new(),
+        number: 0,
+        created_ms: bulkhead_store::now_ms(),
+        who: who.to_string(),
+        source: source.to_string(),
+        functions: functions
+            .iter()
+            .map(|f| (f.name().to_string(), f.digest()))
+            .collect(),
+        files: index.digests(),
+        signed_at: None,
+    }
+}
