@@ -22,48 +22,34 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use support::{Server, TestApp, get, guest, request, send};
 
-/// Version 1 answers with hello's greeting.
-const V1: &str = r#"
+/// The app whose function `greet` runs `component`: version 1 runs hello
+/// (its greeting), version 2 echo (JSON) on the same route.
+fn version(component: &str) -> String {
+    format!(
+        r#"
 [app]
 name = "deployed"
 
 # The load test's clients stay under it; restart-only, so both versions say it.
 [limits]
-rate_limit = { per_caller = "100000/s", burst = 1000 }
+rate_limit = {{ per_caller = "100000/s", burst = 1000 }}
 # A busy test machine must not shed the load test's requests (T02): what
 # is counted here is the switch.
-dynamic_throttle = { enabled = false }
+dynamic_throttle = {{ enabled = false }}
 
 [[function]]
 name = "greet"
-component = "hello.wasm"
+component = "{component}"
 route = "/greet"
 auth = "public"
-"#;
-
-/// Version 2: the same route, answered by echo (JSON).
-const V2: &str = r#"
-[app]
-name = "deployed"
-
-# The load test's clients stay under it; restart-only, so both versions say it.
-[limits]
-rate_limit = { per_caller = "100000/s", burst = 1000 }
-# A busy test machine must not shed the load test's requests (T02): what
-# is counted here is the switch.
-dynamic_throttle = { enabled = false }
-
-[[function]]
-name = "greet"
-component = "echo.wasm"
-route = "/greet"
-auth = "public"
-"#;
+"#
+    )
+}
 
 const HELLO: &str = "Hello from a sealed compartment!\n";
 
 fn app_v1() -> TestApp {
-    TestApp::new(V1, &["hello", "echo"])
+    TestApp::new(&version("hello.wasm"), &["hello", "echo"])
 }
 
 fn set_manifest(app: &TestApp, manifest: &str) {
@@ -278,7 +264,7 @@ async fn a_deploy_under_load_loses_no_request_t19() {
     }
     // Load is under way before the deploy starts.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    set_manifest(&app, V2);
+    set_manifest(&app, &version("echo.wasm"));
     let out = tokio::task::spawn_blocking({
         let app_path = app.path().to_path_buf();
         move || {
@@ -345,7 +331,8 @@ async fn a_deploy_that_fails_verification_changes_nothing_t19() {
     assert_eq!(which(server.addr).await, 1);
     let hello = std::fs::read(guest("hello")).unwrap();
     let echo = std::fs::read(guest("echo")).unwrap();
-    let v2 = V2.as_bytes();
+    let v2 = version("echo.wasm");
+    let v2 = v2.as_bytes();
     let ok_files: [(&str, &[u8]); 2] = [("bulkhead.toml", v2), ("echo.wasm", &echo)];
     wait_until(|| kept_versions(&app, "dev").len() == 1);
     let before = kept_versions(&app, "dev");
@@ -456,7 +443,8 @@ async fn a_deploy_that_fails_verification_changes_nothing_t19() {
     assert!(!app.path().join("../escape.txt").exists());
 
     // A restart-only setting: refused, naming it.
-    let limits = V2.replace("burst = 1000 }", "burst = 1000 }\nmax_connections = 7");
+    let limits =
+        version("echo.wasm").replace("burst = 1000 }", "burst = 1000 }\nmax_connections = 7");
     set_manifest(&app, &limits);
     let out = deploy(&app, admin, &[]);
     assert!(!out.status.success());
@@ -506,7 +494,7 @@ async fn rollback_restores_the_previous_digests_t19() {
     let url = format!("http://{admin}");
     // `serve` keeps APP_DIR as served: v1 (in the background).
     wait_until(|| kept_versions(&app, "dev").len() == 1);
-    set_manifest(&app, V2);
+    set_manifest(&app, &version("echo.wasm"));
     let out = deploy(&app, admin, &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(which(server.addr).await, 2);
@@ -547,7 +535,7 @@ async fn sighup_reloads_app_dir_t19() {
     let server = Server::start(&app);
     assert_eq!(which(server.addr).await, 1);
     wait_until(|| kept_versions(&app, "dev").len() == 1);
-    set_manifest(&app, V2);
+    set_manifest(&app, &version("echo.wasm"));
     let hup = |server: &Server| {
         let status = Command::new("kill")
             .args(["-HUP", &server.pid().to_string()])
@@ -897,7 +885,10 @@ fn a_deploy_over_https_with_a_client_certificate_t19() {
     let server_ca = common::Ca::new("server CA");
     let client_ca = common::Ca::new("client CA");
     let tls = format!("{}client_ca = \"tls/clients.pem\"\n", common::TLS_SECTION);
-    let app = TestApp::new(&format!("{V1}{tls}"), &["hello", "echo"]);
+    let app = TestApp::new(
+        &format!("{}{tls}", version("hello.wasm")),
+        &["hello", "echo"],
+    );
     common::install(app.path(), &server_ca.server());
     std::fs::write(app.path().join("tls/clients.pem"), &client_ca.pem).unwrap();
     let keys = tempfile::tempdir().unwrap();
@@ -923,7 +914,7 @@ fn a_deploy_over_https_with_a_client_certificate_t19() {
     };
     assert_eq!(greet(&server), 1);
     wait_until(|| kept_versions(&app, "dev").len() == 1);
-    set_manifest(&app, &format!("{V2}{tls}"));
+    set_manifest(&app, &format!("{}{tls}", version("echo.wasm")));
     let to = format!("https://127.0.0.1:{}", admin.port());
     let (cacert, cert, key) = (
         cacert.to_str().unwrap(),
