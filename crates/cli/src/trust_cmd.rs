@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
+use bulkhead_manifest::files::{MAX_COMPONENT_BYTES, read_bounded};
 use bulkhead_manifest::trust::{self, SIGNATURE_EXTENSION};
 use bulkhead_manifest::{LOCK_FILE, Lock};
 use zeroize::Zeroizing;
@@ -127,8 +128,9 @@ pub fn sign(target: &Target, key: &Path, password_file: Option<&Path>) -> Result
                 path.display()
             )
         })?;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        // Bounded (T18, T05): a file to sign that is /dev/zero is refused.
+        let bytes = read_bounded(path, MAX_COMPONENT_BYTES)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let sha256 = trust::sha256(&bytes);
         let comment = trust::trusted_comment(&name, &sha256, signed_at);
         let signature = minisign::sign(
@@ -168,7 +170,7 @@ pub fn lock(target: &Target, check: bool) -> Result<ExitCode> {
                 function.component.display()
             )
         })?;
-        let bytes = std::fs::read(&function.component)
+        let bytes = read_bounded(&function.component, MAX_COMPONENT_BYTES)
             .with_context(|| format!("cannot read {}", function.component.display()))?;
         fresh.insert(name, trust::sha256(&bytes));
     }
