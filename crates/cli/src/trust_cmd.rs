@@ -27,12 +27,17 @@ const PUBLIC_MODE: u32 = 0o644;
 pub fn keygen(output: &Path, password_file: Option<&Path>, unencrypted: bool) -> Result<ExitCode> {
     let secret_path = with_extension(output, "key");
     let public_path = with_extension(output, "pub");
+    let exists = |path: &Path| {
+        anyhow::anyhow!(
+            "{} already exists; keygen never overwrites a key: pick another --output, or move the old pair away first",
+            path.display()
+        )
+    };
+    // Early, before a password is asked; a symlink, dangling or not, counts
+    // (T18). The writes below refuse an existing name again, atomically.
     for path in [&secret_path, &public_path] {
-        if path.exists() {
-            bail!(
-                "{} already exists; keygen never overwrites a key: pick another --output, or move the old pair away first",
-                path.display()
-            );
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(exists(path));
         }
     }
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -69,10 +74,23 @@ pub fn keygen(output: &Path, password_file: Option<&Path>, unencrypted: bool) ->
         .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?
         .to_string();
     let key_id = trust::public_key_id(&public).unwrap_or_else(|| "?".into());
-    bulkhead_store::files::write_private(&secret_path, &[secret.as_bytes()])
-        .with_context(|| format!("cannot write {}", secret_path.display()))?;
-    bulkhead_store::files::write_atomically(&public_path, &[public.as_bytes()], PUBLIC_MODE)
-        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    // T18: linked into place, never renamed over: anything that appeared
+    // at either name since the check above is left alone, and refused.
+    let write_new = |path: &Path, bytes: &[u8], mode: u32| {
+        bulkhead_store::files::write_new(path, &[bytes], mode).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists(path)
+            } else {
+                anyhow::anyhow!("cannot write {}: {e}", path.display())
+            }
+        })
+    };
+    write_new(&secret_path, secret.as_bytes(), 0o600)?;
+    if let Err(e) = write_new(&public_path, public.as_bytes(), PUBLIC_MODE) {
+        // No half pair left behind: the secret just written is ours.
+        let _ = std::fs::remove_file(&secret_path);
+        return Err(e);
+    }
     println!(
         "wrote {} (secret key, mode 0600, {}) and {} (public key {key_id})",
         secret_path.display(),
