@@ -91,7 +91,7 @@ fn privileges(target: &Target, since: &str, format: Format) -> Result<ExitCode> 
         &app.manifest_path,
         bulkhead_manifest::files::MAX_TEXT_BYTES,
     )
-        .with_context(|| format!("cannot read {}", app.manifest_path.display()))?;
+    .with_context(|| format!("cannot read {}", app.manifest_path.display()))?;
     let store = target.store(false)?;
     let waiting = take_in_spills(&store)?;
     let until_ms = now_ms();

@@ -572,7 +572,11 @@ auth = "public"
         &["hello"],
     );
     let out = app.run(&["lock"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let locked = sha256_hex(&app.path().join("hello.wasm"));
     sbom(&app, &[]);
     std::fs::copy(support::guest("echo"), app.path().join("hello.wasm")).expect("swap");

@@ -76,10 +76,12 @@ struct Read {
 /// A PEM file, bounded (T15, T18): a device, FIFO or file over 1 MiB is
 /// refused, not read forever.
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    bulkhead_manifest::files::read_bounded(path, bulkhead_manifest::files::MAX_TEXT_BYTES).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    bulkhead_manifest::files::read_bounded(path, bulkhead_manifest::files::MAX_TEXT_BYTES).map_err(
+        |source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 fn read_pair(settings: &TlsListener) -> Result<Read, TlsError> {

@@ -178,10 +178,13 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// one of `signers`, over these bytes, for this file name.
 pub fn verify_file(path: &Path, app_dir: &Path, signers: &Signers) -> Result<Signed, TrustError> {
     let file = app_relative(app_dir, path).unwrap_or_else(|| path.display().to_string());
-    let bytes = crate::files::read_bounded(path, crate::files::MAX_COMPONENT_BYTES).map_err(|e| TrustError::Unreadable {
-        file: file.clone(),
-        why: e.to_string(),
-    })?;
+    let bytes =
+        crate::files::read_bounded(path, crate::files::MAX_COMPONENT_BYTES).map_err(|e| {
+            TrustError::Unreadable {
+                file: file.clone(),
+                why: e.to_string(),
+            }
+        })?;
     verify_beside(path, app_dir, &file, &bytes, signers)
 }
 
