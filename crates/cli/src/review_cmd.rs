@@ -87,8 +87,11 @@ fn privileges(target: &Target, since: &str, format: Format) -> Result<ExitCode> 
         Ok(app) => app,
         Err(problems) => return Ok(crate::report(&problems)),
     };
-    let source = std::fs::read_to_string(&app.manifest_path)
-        .with_context(|| format!("cannot read {}", app.manifest_path.display()))?;
+    let source = bulkhead_manifest::files::read_bounded_text(
+        &app.manifest_path,
+        bulkhead_manifest::files::MAX_TEXT_BYTES,
+    )
+    .with_context(|| format!("cannot read {}", app.manifest_path.display()))?;
     let store = target.store(false)?;
     let waiting = take_in_spills(&store)?;
     let until_ms = now_ms();

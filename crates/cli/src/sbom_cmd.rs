@@ -72,7 +72,8 @@ struct Deployed {
 }
 
 /// Every component the app deploys, keyed by path. A component that cannot
-/// be read, or that differs from the digest the manifest pins, is an error:
+/// be read, or that differs from the digest the manifest or `bulkhead.lock`
+/// pins, is an error:
 /// an SBOM must describe what would really be served.
 fn deployed(app: &App) -> Result<BTreeMap<PathBuf, Deployed>> {
     let mut out: BTreeMap<PathBuf, Deployed> = BTreeMap::new();
@@ -106,6 +107,21 @@ fn deployed(app: &App) -> Result<BTreeMap<PathBuf, Deployed>> {
                 f.name,
                 f.component.display(),
                 at(app, &f.name, "digest")
+            );
+        }
+        // T18: a component that no longer matches `bulkhead.lock` is not
+        // what was reviewed and locked; refused, as `bulkhead check` does.
+        if let Some(locked) = f.locked
+            && hex != hex::encode(locked)
+        {
+            bail!(
+                "function `{}`: component {} is sha256:{hex}, but {} pins sha256:{}; \
+                 `bulkhead check` refuses it too. Review the new artefact, then run \
+                 `bulkhead lock APP_DIR` (and `bulkhead sign`), or rebuild the locked one",
+                f.name,
+                f.component.display(),
+                app.dir.join(bulkhead_manifest::LOCK_FILE).display(),
+                hex::encode(locked)
             );
         }
         out.insert(

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
+use bulkhead_manifest::files::{MAX_COMPONENT_BYTES, read_bounded};
 use bulkhead_manifest::trust::{self, SIGNATURE_EXTENSION};
 use bulkhead_manifest::{LOCK_FILE, Lock};
 use zeroize::Zeroizing;
@@ -26,12 +27,17 @@ const PUBLIC_MODE: u32 = 0o644;
 pub fn keygen(output: &Path, password_file: Option<&Path>, unencrypted: bool) -> Result<ExitCode> {
     let secret_path = with_extension(output, "key");
     let public_path = with_extension(output, "pub");
+    let exists = |path: &Path| {
+        anyhow::anyhow!(
+            "{} already exists; keygen never overwrites a key: pick another --output, or move the old pair away first",
+            path.display()
+        )
+    };
+    // Early, before a password is asked; a symlink, dangling or not, counts
+    // (T18). The writes below refuse an existing name again, atomically.
     for path in [&secret_path, &public_path] {
-        if path.exists() {
-            bail!(
-                "{} already exists; keygen never overwrites a key: pick another --output, or move the old pair away first",
-                path.display()
-            );
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(exists(path));
         }
     }
     if let Some(parent) = output.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -68,10 +74,23 @@ pub fn keygen(output: &Path, password_file: Option<&Path>, unencrypted: bool) ->
         .map_err(|e| anyhow::anyhow!("cannot encode the public key: {e}"))?
         .to_string();
     let key_id = trust::public_key_id(&public).unwrap_or_else(|| "?".into());
-    bulkhead_store::files::write_private(&secret_path, &[secret.as_bytes()])
-        .with_context(|| format!("cannot write {}", secret_path.display()))?;
-    bulkhead_store::files::write_atomically(&public_path, &[public.as_bytes()], PUBLIC_MODE)
-        .with_context(|| format!("cannot write {}", public_path.display()))?;
+    // T18: linked into place, never renamed over: anything that appeared
+    // at either name since the check above is left alone, and refused.
+    let write_new = |path: &Path, bytes: &[u8], mode: u32| {
+        bulkhead_store::files::write_new(path, &[bytes], mode).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                exists(path)
+            } else {
+                anyhow::anyhow!("cannot write {}: {e}", path.display())
+            }
+        })
+    };
+    write_new(&secret_path, secret.as_bytes(), 0o600)?;
+    if let Err(e) = write_new(&public_path, public.as_bytes(), PUBLIC_MODE) {
+        // No half pair left behind: the secret just written is ours.
+        let _ = std::fs::remove_file(&secret_path);
+        return Err(e);
+    }
     println!(
         "wrote {} (secret key, mode 0600, {}) and {} (public key {key_id})",
         secret_path.display(),
@@ -127,8 +146,9 @@ pub fn sign(target: &Target, key: &Path, password_file: Option<&Path>) -> Result
                 path.display()
             )
         })?;
-        let bytes =
-            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        // Bounded (T18, T05): a file to sign that is /dev/zero is refused.
+        let bytes = read_bounded(path, MAX_COMPONENT_BYTES)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let sha256 = trust::sha256(&bytes);
         let comment = trust::trusted_comment(&name, &sha256, signed_at);
         let signature = minisign::sign(
@@ -168,7 +188,7 @@ pub fn lock(target: &Target, check: bool) -> Result<ExitCode> {
                 function.component.display()
             )
         })?;
-        let bytes = std::fs::read(&function.component)
+        let bytes = read_bounded(&function.component, MAX_COMPONENT_BYTES)
             .with_context(|| format!("cannot read {}", function.component.display()))?;
         fresh.insert(name, trust::sha256(&bytes));
     }

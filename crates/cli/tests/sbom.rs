@@ -553,3 +553,41 @@ fn a_signed_component_names_its_verified_signer() {
     assert_eq!(property(component, "bulkhead:signature"), ["not verified"]);
     assert!(property(component, "bulkhead:signer").is_empty());
 }
+
+/// T18: a component that no longer matches `bulkhead.lock` is not the
+/// reviewed artefact: the SBOM is refused (exit 1, nothing on stdout),
+/// naming the lock, both digests and the fix, as for a `digest =` pin.
+#[test]
+fn sbom_refuses_a_component_that_differs_from_the_lock() {
+    let app = TestApp::new(
+        r#"[app]
+name = "locked"
+
+[[function]]
+name = "hello"
+component = "hello.wasm"
+route = "/hello"
+auth = "public"
+"#,
+        &["hello"],
+    );
+    let out = app.run(&["lock"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let locked = sha256_hex(&app.path().join("hello.wasm"));
+    sbom(&app, &[]);
+    std::fs::copy(support::guest("echo"), app.path().join("hello.wasm")).expect("swap");
+    let now = sha256_hex(&app.path().join("hello.wasm"));
+    assert_ne!(locked, now);
+    let out = app.run(&["sbom"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = failure(&out);
+    assert!(stderr.contains("hello.wasm"), "{stderr}");
+    assert!(stderr.contains("bulkhead.lock"), "{stderr}");
+    assert!(stderr.contains(&locked), "the locked digest: {stderr}");
+    assert!(stderr.contains(&now), "the file's digest: {stderr}");
+    assert!(stderr.contains("bulkhead lock APP_DIR"), "{stderr}");
+}

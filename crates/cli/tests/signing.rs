@@ -518,3 +518,38 @@ fn t18_dev_without_signers_needs_no_signature() {
         text(&out)
     );
 }
+
+/// T18: `keygen` never replaces a directory entry at OUTPUT.key or
+/// OUTPUT.pub, a dangling symlink included: refused, the link left as it
+/// was, nothing written where it points, no half pair left behind.
+#[test]
+fn t18_keygen_never_replaces_a_dangling_symlink() {
+    let app = TestApp::new(SIGNED, &["hello"]);
+    let dir = app.path();
+    std::fs::create_dir_all(dir.join("keys")).unwrap();
+    for name in ["release.key", "release.pub"] {
+        let link = dir.join("keys").join(name);
+        let target = dir.join(format!("elsewhere-{name}"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let out = bulkhead(
+            &[
+                "keygen",
+                "--output",
+                dir.join("keys/release").to_str().unwrap(),
+                "--unencrypted",
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{name}: {}", text(&out));
+        assert!(text(&out).contains("already exists"), "{}", text(&out));
+        assert!(text(&out).contains(name), "{}", text(&out));
+        assert_eq!(std::fs::read_link(&link).unwrap(), target, "{name}");
+        assert!(!target.exists(), "{name}: nothing written through the link");
+        let entries: Vec<_> = std::fs::read_dir(dir.join("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries.len(), 1, "{name}: {entries:?}");
+        std::fs::remove_file(&link).unwrap();
+    }
+}

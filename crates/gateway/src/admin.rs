@@ -278,11 +278,23 @@ impl Gateway {
             // place. Refusals are answered, logged, metered and audited
             // folded (T09), as on the public listener.
             let Some(peer_slot) = per_peer.take(peer.ip()) else {
-                refuse(&self.shared, stream, peer, "admin-address-connection-limit");
+                refuse(
+                    &self.shared,
+                    stream,
+                    peer,
+                    "admin-address-connection-limit",
+                    acceptor.is_some(),
+                );
                 continue;
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
-                refuse(&self.shared, stream, peer, "admin-connection-limit");
+                refuse(
+                    &self.shared,
+                    stream,
+                    peer,
+                    "admin-connection-limit",
+                    acceptor.is_some(),
+                );
                 continue;
             };
             let shared = self.shared.clone();

@@ -114,13 +114,15 @@ impl Gateway {
                     match per_address.take(peer.ip()) {
                         Some(slot) => Some(slot),
                         None => {
-                            refuse(&self.shared, stream, peer, "address-connection-limit");
+                            let tls = self.shared.tls.is_some();
+                            refuse(&self.shared, stream, peer, "address-connection-limit", tls);
                             continue;
                         }
                     }
                 };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
-                refuse(&self.shared, stream, peer, "connection-limit");
+                let tls = self.shared.tls.is_some();
+                refuse(&self.shared, stream, peer, "connection-limit", tls);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -229,10 +231,18 @@ impl Drop for AddressSlot {
 
 /// Refuse a connection before reading anything from it: a best-effort 429
 /// (one non-blocking write; there is no request yet, so nothing else can
-/// be answered), then close. Logged with its correlation ID, metered, and
+/// be answered), then close. On a TLS listener (`tls`) nothing is written
+/// (T15, T01): a plaintext 429 is garbage to a TLS client and would go
+/// around HSTS; the connection is closed before any handshake. Logged with its correlation ID, metered, and
 /// audited folded per peer network and second (T01, T09). The admin
 /// listener's refusals come here too, under their own reasons (`admin-…`).
-pub(crate) fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reason: &'static str) {
+pub(crate) fn refuse(
+    shared: &Shared,
+    stream: TcpStream,
+    peer: SocketAddr,
+    reason: &'static str,
+    tls: bool,
+) {
     let trace = TraceContext::from_headers(&http::HeaderMap::new());
     let correlation_id = trace.correlation_id();
     shared.metrics.refuse(reason);
@@ -245,7 +255,9 @@ pub(crate) fn refuse(shared: &Shared, stream: TcpStream, peer: SocketAddr, reaso
     {
         warn!(target: "bulkhead::listener", peer = %peer, reason, correlation_id, "connection refused");
     }
-    let _ = stream.try_write(&refusal_response(reason, correlation_id));
+    if !tls {
+        let _ = stream.try_write(&refusal_response(reason, correlation_id));
+    }
     // Read what the client already sent, so closing does not reset the
     // connection before it reads the answer; never wait for more.
     let mut sink = [0u8; 4096];

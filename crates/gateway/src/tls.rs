@@ -5,7 +5,7 @@
 //! their files change, without dropping a connection.
 //!
 //! Reload: a background task reads both files every [`POLL`]; when their
-//! SHA-256 changes, the new pair is parsed and checked (the key must match
+//! SHA-256 (over contents, mode and ctime, so a `chmod` counts) changes, the new pair is parsed and checked (the key must match
 //! the certificate) and swapped into [`Reloading`], which every new
 //! handshake asks. A pair that does not load keeps the old one, logged and
 //! audited; open connections keep the key they were made with.
@@ -73,11 +73,15 @@ struct Read {
     hash: [u8; 32],
 }
 
+/// A PEM file, bounded (T15, T18): a device, FIFO or file over 1 MiB is
+/// refused, not read forever.
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
+    bulkhead_manifest::files::read_bounded(path, bulkhead_manifest::files::MAX_TEXT_BYTES).map_err(
+        |source| TlsError::Read {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 fn read_pair(settings: &TlsListener) -> Result<Read, TlsError> {
@@ -87,11 +91,29 @@ fn read_pair(settings: &TlsListener) -> Result<Read, TlsError> {
     hash.update((cert.len() as u64).to_be_bytes());
     hash.update(&cert);
     hash.update(&key[..]);
+    // T15: the files' mode and ctime too, so the `chmod 600` a refused
+    // key's message asks for is itself a change, and the pair is tried again.
+    for path in [&settings.cert, &settings.key] {
+        hash.update(stat_fingerprint(path));
+    }
     Ok(Read {
         cert,
         key,
         hash: hash.finalize().into(),
     })
+}
+
+/// Mode and ctime of `path` (followed, as it is read); zeros if it cannot
+/// be stat'ed (the read just before would have failed).
+fn stat_fingerprint(path: &Path) -> [u8; 20] {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = [0u8; 20];
+    if let Ok(meta) = std::fs::metadata(path) {
+        out[..4].copy_from_slice(&meta.mode().to_be_bytes());
+        out[4..12].copy_from_slice(&meta.ctime().to_be_bytes());
+        out[12..20].copy_from_slice(&meta.ctime_nsec().to_be_bytes());
+    }
+    out
 }
 
 /// Parse and check one pair: a chain, a key, and the key the chain's.

@@ -483,7 +483,8 @@ fn read_schema(path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
-    std::fs::read_to_string(path).map_err(|e| {
+    // Bounded (T18, T05): the file checked above is the one read.
+    crate::files::read_bounded_text(path, SCHEMA_FILE_LIMIT).map_err(|e| {
         format!(
             "file `{}` cannot be read as UTF-8 text ({e})",
             path.display()

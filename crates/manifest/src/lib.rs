@@ -8,6 +8,7 @@ mod accept;
 mod audit;
 pub mod auth;
 pub mod cost;
+pub mod files;
 pub mod grants;
 pub mod hosts;
 pub mod input;
@@ -293,7 +294,8 @@ pub mod defaults {
 /// Read and validate `APP_DIR/bulkhead.toml` for environment `env`.
 pub fn load(app_dir: &Path, env: &str) -> Result<App, Problems> {
     let manifest_path = app_dir.join(MANIFEST_FILE);
-    let source = std::fs::read_to_string(&manifest_path).map_err(|e| {
+    // Bounded (T18, T05): a manifest that is /dev/zero or a FIFO is refused.
+    let source = files::read_bounded_text(&manifest_path, files::MAX_TEXT_BYTES).map_err(|e| {
         Problems(vec![Problem {
             file: manifest_path.clone(),
             location: None,

@@ -66,7 +66,8 @@ impl Lock {
     /// and what is wrong with it.
     pub fn read(app_dir: &Path) -> Result<Option<Self>, String> {
         let path = app_dir.join(LOCK_FILE);
-        let text = match std::fs::read_to_string(&path) {
+        // Bounded (T18, T05): a lock that is /dev/zero or a FIFO is refused.
+        let text = match crate::files::read_bounded_text(&path, crate::files::MAX_TEXT_BYTES) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("cannot read it ({e})")),

@@ -734,14 +734,24 @@ pub(crate) fn app_file(
         return None;
     }
     let path = app_dir.join(relative);
-    if !path.is_file() {
-        out.at(
-            Some(value.span()),
-            format!("{what} file `{text}` does not exist; {fix}"),
-        );
-        return None;
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Some(path),
+        // T18, T05: a device, FIFO or socket planted where a file belongs.
+        Ok(_) => {
+            out.at(
+                Some(value.span()),
+                format!("{what} file `{text}` is not a regular file (a device, FIFO, socket or directory); {fix}"),
+            );
+            None
+        }
+        Err(_) => {
+            out.at(
+                Some(value.span()),
+                format!("{what} file `{text}` does not exist; {fix}"),
+            );
+            None
+        }
     }
-    Some(path)
 }
 
 fn parse_digest(text: &str) -> Option<[u8; 32]> {

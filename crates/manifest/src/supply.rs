@@ -87,7 +87,11 @@ pub fn verify(app: &mut App) -> Result<Vec<Evidence>, Problems> {
             location,
             message: format!("function `{}`: {message}", function.name),
         };
-        let bytes = match std::fs::read(&function.component) {
+        // Bounded (T18, T05): a component that is /dev/zero is refused.
+        let bytes = match crate::files::read_bounded(
+            &function.component,
+            crate::files::MAX_COMPONENT_BYTES,
+        ) {
             Ok(bytes) => bytes,
             Err(e) => {
                 problems.push(problem(format!("cannot read `{file}` ({e})")));

@@ -178,10 +178,13 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// one of `signers`, over these bytes, for this file name.
 pub fn verify_file(path: &Path, app_dir: &Path, signers: &Signers) -> Result<Signed, TrustError> {
     let file = app_relative(app_dir, path).unwrap_or_else(|| path.display().to_string());
-    let bytes = std::fs::read(path).map_err(|e| TrustError::Unreadable {
-        file: file.clone(),
-        why: e.to_string(),
-    })?;
+    let bytes =
+        crate::files::read_bounded(path, crate::files::MAX_COMPONENT_BYTES).map_err(|e| {
+            TrustError::Unreadable {
+                file: file.clone(),
+                why: e.to_string(),
+            }
+        })?;
     verify_beside(path, app_dir, &file, &bytes, signers)
 }
 
@@ -218,15 +221,11 @@ pub(crate) fn verify_beside(
 /// bytes, a public key about 100.
 const MAX_SIGNATURE_BYTES: usize = 4096;
 
-/// At most one byte past [`MAX_SIGNATURE_BYTES`] of `path`, so a huge
-/// file planted as a signature or key costs nothing to refuse.
+/// `path`, a regular file of at most [`MAX_SIGNATURE_BYTES`], so a huge
+/// file, a device or a FIFO planted as a signature or key is refused at
+/// once (T18, T05).
 fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_SIGNATURE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
+    crate::files::read_bounded(path, MAX_SIGNATURE_BYTES as u64)
 }
 
 /// Verify `signature` (the text of a `.minisig`, named `signature_name`

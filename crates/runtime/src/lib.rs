@@ -162,7 +162,12 @@ impl Runtime {
         function: &Function,
     ) -> Result<(LoadedFunction, CacheOutcome), LoadError> {
         let path = function.component.display().to_string();
-        let wasm = std::fs::read(&function.component).map_err(|source| LoadError::Read {
+        // Bounded (T18, T05): a component that is /dev/zero or a FIFO is refused.
+        let wasm = bulkhead_manifest::files::read_bounded(
+            &function.component,
+            bulkhead_manifest::files::MAX_COMPONENT_BYTES,
+        )
+        .map_err(|source| LoadError::Read {
             path: path.clone(),
             source,
         })?;

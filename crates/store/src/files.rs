@@ -177,6 +177,49 @@ pub fn write_atomically(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::Res
     result
 }
 
+/// Write `parts` to a new file `path`, never replacing anything there: a
+/// file, a symlink or a dangling symlink makes it fail with
+/// `AlreadyExists` (T18: `keygen` never overwrites a key). The temp file
+/// is written whole and synced, then hard-linked into place (`link(2)`
+/// refuses an existing name atomically; no check-then-rename) and removed.
+/// Without hard links, `path` is created with `O_CREAT|O_EXCL`, which
+/// refuses an existing name, a symlink included, just the same.
+pub fn write_new(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, mode);
+    #[cfg(not(unix))]
+    let _ = mode;
+    let write = |target: &Path| -> std::io::Result<()> {
+        let mut file = options.open(target)?;
+        for part in parts {
+            file.write_all(part)?;
+        }
+        file.sync_all()
+    };
+    let tmp = temp_sibling(path);
+    let linked = write(&tmp).and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Err(e),
+        Err(_) => {
+            if let Err(e) = write(path) {
+                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                    let _ = fs::remove_file(path);
+                }
+                return Err(e);
+            }
+        }
+    }
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// A 256-bit key kept in `path`, created on first use.
 pub fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     match fs::read(path) {

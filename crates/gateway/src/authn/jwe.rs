@@ -14,12 +14,19 @@ pub struct JweOpener {
 
 impl JweOpener {
     pub fn new(settings: &JweSettings) -> Result<Self, String> {
-        let pem = Zeroizing::new(std::fs::read(&settings.decryption_key).map_err(|e| {
-            format!(
-                "cannot read the JWE key {}: {e}",
-                settings.decryption_key.display()
+        // Bounded (T15, T18): a key file that is a device or FIFO is refused.
+        let pem = Zeroizing::new(
+            bulkhead_manifest::files::read_bounded(
+                &settings.decryption_key,
+                bulkhead_manifest::files::MAX_TEXT_BYTES,
             )
-        })?);
+            .map_err(|e| {
+                format!(
+                    "cannot read the JWE key {}: {e}",
+                    settings.decryption_key.display()
+                )
+            })?,
+        );
         let decrypter: Box<dyn JweDecrypter> = match settings.algorithm.as_str() {
             "ECDH-ES+A256KW" => Box::new(
                 jwe::ECDH_ES_A256KW

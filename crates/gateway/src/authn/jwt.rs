@@ -210,8 +210,12 @@ fn modified(keys: &JwtKeys) -> Option<SystemTime> {
 fn load_keys(source: &JwtKeys, allowed: &[String]) -> Result<Vec<Key>, String> {
     let (text, path) = match source {
         JwtKeys::File(path) => (
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))?,
+            // Bounded (T18, T05): a JWKS that is /dev/zero or a FIFO is refused.
+            bulkhead_manifest::files::read_bounded_text(
+                path,
+                bulkhead_manifest::files::MAX_TEXT_BYTES,
+            )
+            .map_err(|e| format!("cannot read JWKS {}: {e}", path.display()))?,
             path.display().to_string(),
         ),
         JwtKeys::Inline(json) => (json.clone(), "[auth.jwt] keys".to_string()),
