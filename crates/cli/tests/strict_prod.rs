@@ -415,3 +415,57 @@ fn t19_a_public_reason_on_an_authenticated_route_is_refused() {
         "{said}"
     );
 }
+
+/// Review of issue 14, finding A (T19, T18): another local user who may
+/// write to the app directory or a `[trust] signers` key could move in their
+/// own `.bulkhead/` state or their own key (and re-sign); outside `dev`,
+/// `check` and `serve` refuse both, each with its path and fix. `dev`
+/// still deploys.
+#[test]
+fn t19_a_group_writable_app_dir_or_signer_key_is_refused_outside_dev() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = ready_app(READY);
+    let master_key = MasterKey::new();
+    let out = check_prod(&app, &master_key.env());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let dir = app.path().canonicalize().unwrap();
+    let signer = dir.join("keys/release.pub");
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(&dir, 0o775);
+    mode(&signer, 0o664);
+    let check = check_prod(&app, &master_key.env());
+    let serve = bulkhead(
+        &[
+            "serve",
+            app.path().to_str().unwrap(),
+            "--env",
+            "prod",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+        ],
+        &master_key.env(),
+    );
+    for (command, out) in [("check", &check), ("serve", &serve)] {
+        let said = text(out);
+        assert!(!out.status.success(), "{command}: {said}");
+        assert!(
+            said.contains("error: 2 problem(s) found"),
+            "{command}: {said}"
+        );
+        for path in [&dir, &signer] {
+            let fix = format!("`chmod go-w {}`", path.display());
+            assert!(said.contains(&fix), "{command}: no {fix} in:\n{said}");
+        }
+        assert!(said.contains("writable by its group or others"), "{said}");
+        assert!(!said.contains("listening"), "{command}: {said}");
+    }
+    assert!(app.run(&["check"]).status.success(), "dev deploys it");
+    mode(&dir, 0o755);
+    mode(&signer, 0o644);
+    let out = check_prod(&app, &master_key.env());
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -33,6 +33,7 @@ pub fn check(app: &App, host: &Host) -> Vec<Problem> {
     rules.strict_imports();
     rules.rate_limits();
     rules.budget();
+    rules.ownership();
     if let Some(why) = &host.dev_master_key {
         rules.at(
             None,
@@ -163,4 +164,80 @@ impl Rules<'_> {
             );
         }
     }
+
+    /// T19/T18: what `serve` trusts on disk is the app's own, not another
+    /// local user's. The app directory, `.bulkhead/` and this
+    /// environment's state directory, `bulkhead.toml`, `bulkhead.lock`,
+    /// every `[trust] signers` key and every component (and each directory
+    /// between them and the app directory) must belong to the user running
+    /// bulkhead (or root) and be writable by nobody else: otherwise another
+    /// user swaps in their own state, key or component and re-signs it.
+    fn ownership(&mut self) {
+        let dir = self.app.dir.clone();
+        let mut paths = vec![
+            dir.clone(),
+            dir.join(".bulkhead"),
+            self.app.state_dir(),
+            self.app.manifest_path.clone(),
+            dir.join(crate::lock::LOCK_FILE),
+        ];
+        paths.extend(self.app.signers.iter().map(|s| dir.join(&s.file)));
+        paths.extend(self.app.functions.iter().map(|f| f.component.clone()));
+        let mut seen = std::collections::BTreeSet::new();
+        for path in paths {
+            // Each directory between the file and the app directory too.
+            let mut chain = vec![path.clone()];
+            if path.starts_with(&dir) {
+                let mut parent = path.parent();
+                while let Some(p) = parent.filter(|p| p.starts_with(&dir) && *p != dir) {
+                    chain.push(p.to_path_buf());
+                    parent = p.parent();
+                }
+            }
+            for path in chain {
+                if !seen.insert(path.clone()) {
+                    continue;
+                }
+                if let Some(why) = foreign_or_writable(&path) {
+                    self.at(None, why);
+                }
+            }
+        }
+    }
+}
+
+/// The user this process runs as (its effective uid).
+#[cfg(unix)]
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why `path` may not be trusted (T19, T18): it belongs to a user other
+/// than this one or root, or its group or others may write to it. `None`
+/// when it is fine or absent (a missing file is reported elsewhere).
+#[cfg(unix)]
+pub fn foreign_or_writable(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    let me = current_uid();
+    let shown = path.display();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "`{shown}` belongs to uid {}, not to the user running bulkhead (uid {me}) or root: another local user could replace it; check its contents, then `chown {me} {shown}`",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "`{shown}` is writable by its group or others (mode {mode:o}): another local user could replace what it holds; run `chmod go-w {shown}`"
+        ));
+    }
+    None
+}
+
+#[cfg(not(unix))]
+pub fn foreign_or_writable(_path: &std::path::Path) -> Option<String> {
+    None
 }
