@@ -469,3 +469,44 @@ fn t19_a_group_writable_app_dir_or_signer_key_is_refused_outside_dev() {
     let out = check_prod(&app, &master_key.env());
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Review of issue 14, finding B (T15, T19): outside `dev`, a master key
+/// file open to group or others, or kept inside the app directory (also
+/// reached through `..`), is refused with its fix; `dev` ignores it.
+#[test]
+fn t15_a_loose_master_key_or_one_inside_the_app_is_refused_outside_dev() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = ready_app(READY);
+    let master_key = MasterKey::new();
+    let key = master_key.path.to_str().unwrap().to_string();
+    std::fs::set_permissions(&master_key.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check_prod(&app, &master_key.env());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(said.contains(&format!("`chmod 600 {key}`")), "{said}");
+    assert!(
+        !said.contains(&"5a".repeat(32)),
+        "the key is never printed: {said}"
+    );
+
+    let inside = app.path().join("secrets");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::copy(&master_key.path, inside.join("prod.key")).unwrap();
+    std::fs::set_permissions(
+        inside.join("prod.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let dotted = app.path().join("secrets/../secrets/prod.key");
+    let out = check_prod(
+        &app,
+        &[("BULKHEAD_MASTER_KEY_FILE", dotted.to_str().unwrap())],
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(said.contains("is inside the app directory"), "{said}");
+    assert!(said.contains("/etc/bulkhead/prod.key"), "{said}");
+    assert!(app.run(&["check"]).status.success(), "dev deploys it");
+}

@@ -13,6 +13,9 @@ use crate::problem::Problem;
 pub struct Host {
     /// Why the master key is a development key, when it is.
     pub dev_master_key: Option<String>,
+    /// Why the master key file is exposed, when it is (T15, T19): open to
+    /// group or others, or inside the app directory.
+    pub exposed_master_key: Vec<String>,
     /// Why the admin listener is exposed, when it leaves loopback
     /// without a token or mTLS.
     pub exposed_admin: Option<String>,
@@ -39,6 +42,9 @@ pub fn check(app: &App, host: &Host) -> Vec<Problem> {
             None,
             format!("the master key is a development key ({why}); outside `dev` set BULKHEAD_MASTER_KEY_FILE to a key file of its own, kept outside the app directory: `head -c 32 /dev/urandom > /etc/bulkhead/{}.key && chmod 600 /etc/bulkhead/{}.key`", app.env, app.env),
         );
+    }
+    for why in &host.exposed_master_key {
+        rules.at(None, format!("the master key file {why}"));
     }
     if let Some(why) = &host.exposed_admin {
         rules.at(
