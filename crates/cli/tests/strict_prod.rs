@@ -510,3 +510,55 @@ fn t15_a_loose_master_key_or_one_inside_the_app_is_refused_outside_dev() {
     assert!(said.contains("/etc/bulkhead/prod.key"), "{said}");
     assert!(app.run(&["check"]).status.success(), "dev deploys it");
 }
+
+/// Review of issue 14, finding C (T15, T19): outside `dev`, the pair
+/// `bulkhead tls self-signed` writes is refused, where it lies (inside
+/// `.bulkhead/`) and wherever it is copied to (its subject marks it).
+#[test]
+fn t15_the_dev_self_signed_certificate_is_refused_outside_dev() {
+    let manifest = READY.replace(
+        "cert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+        "cert = \".bulkhead/dev/tls/cert.pem\"\nkey = \".bulkhead/dev/tls/key.pem\"\n",
+    );
+    let app = ready_app(&manifest);
+    let out = app.run(&["tls", "self-signed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let master_key = MasterKey::new();
+    let out = check_prod(&app, &master_key.env());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 3 problem(s) found"), "{said}");
+    assert!(said.contains("`[tls]` cert `"), "{said}");
+    assert!(said.contains("`[tls]` key `"), "{said}");
+    assert!(
+        said.contains("is inside the app's `.bulkhead/` state"),
+        "{said}"
+    );
+    assert!(
+        said.contains("is a development certificate made by `bulkhead tls self-signed`"),
+        "{said}"
+    );
+    let line = line_of(&manifest, "cert = \".bulkhead");
+    assert!(said.contains(&format!("bulkhead.toml:{line}:")), "{said}");
+
+    // Copied out of `.bulkhead/`: still refused by its subject.
+    let app = ready_app(READY);
+    let out = app.run(&["tls", "self-signed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(
+        app.path().join(".bulkhead/dev/tls/cert.pem"),
+        app.path().join("tls/cert.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        app.path().join(".bulkhead/dev/tls/key.pem"),
+        app.path().join("tls/key.pem"),
+    )
+    .unwrap();
+    let out = check_prod(&app, &master_key.env());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(said.contains("is a development certificate"), "{said}");
+    assert!(app.run(&["check"]).status.success(), "dev deploys it");
+}

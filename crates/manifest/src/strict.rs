@@ -75,6 +75,29 @@ impl Rules<'_> {
 
     /// T15: the public listener speaks TLS, or a proxy on this machine does.
     fn tls(&mut self) {
+        // Review of issue 14, finding C (T15, T19): not the dev pair.
+        if let Some(listener) = self.app.tls.as_ref().and_then(|t| t.listener()) {
+            let env_cert = format!("env.{}.tls.cert", self.app.env);
+            let env_tls = format!("env.{}.tls", self.app.env);
+            let at = self.line(&[&env_cert, "tls.cert", &env_tls, "tls"]);
+            let state = self.app.dir.join(".bulkhead").canonicalize().ok();
+            for (what, path) in [("cert", &listener.cert), ("key", &listener.key)] {
+                if let (Ok(file), Some(state)) = (path.canonicalize(), &state)
+                    && file.starts_with(state)
+                {
+                    self.at(
+                        at,
+                        format!("`[tls]` {what} `{}` is inside the app's `.bulkhead/` state, where `bulkhead tls self-signed` writes the dev pair; outside `dev` use a certificate from a CA your clients trust, kept outside `.bulkhead/` (like /etc/bulkhead/tls/)", path.display()),
+                    );
+                }
+            }
+            if crate::tls::is_dev_certificate(&listener.cert) {
+                self.at(
+                    at,
+                    format!("`[tls]` cert `{}` is a development certificate made by `bulkhead tls self-signed` (subject \"{}\"); outside `dev` use a certificate from a CA your clients trust", listener.cert.display(), crate::tls::DEV_CERT_ORGANIZATION),
+                );
+            }
+        }
         if self.app.tls.is_none() {
             self.at(
                 None,
