@@ -103,7 +103,6 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         "the secret key is never printed"
     );
     assert!(text(&out).contains("signers = ["), "{}", text(&out));
-    use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(dir.join("keys/release.key"))
         .unwrap()
         .permissions()
