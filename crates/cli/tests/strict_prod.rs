@@ -562,3 +562,49 @@ fn t15_the_dev_self_signed_certificate_is_refused_outside_dev() {
     assert!(said.contains("is a development certificate"), "{said}");
     assert!(app.run(&["check"]).status.success(), "dev deploys it");
 }
+
+/// Review of issue 14, finding A (T18, T19): outside `dev`, a function
+/// signed by another key than at the last deploy is audited
+/// (`trust.signer_changed`, old and new key IDs) when served.
+#[test]
+fn t18_a_changed_signer_key_is_audited_outside_dev() {
+    let upstream = READY.replace(
+        "[env.prod.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+        "[env.prod.tls]\nterminated_upstream = \"a TLS proxy on this host\"\n",
+    );
+    let app = ready_app(&upstream);
+    let master_key = MasterKey::new();
+    let args = ["--env", "prod", "--admin-listen", "off"];
+    drop(Server::start_with_env(&app, &args, &master_key.env()));
+    assert!(
+        app.audit_records_in("prod", "trust.signer_changed")
+            .is_empty()
+    );
+
+    let key_id = |name: &str| {
+        let text = std::fs::read_to_string(app.path().join(format!("keys/{name}.pub"))).unwrap();
+        text.lines()
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let other = keygen(&app, "other");
+    let manifest = upstream.replace("keys/release.pub", "keys/other.pub");
+    std::fs::write(app.path().join("bulkhead.toml"), &manifest).unwrap();
+    lock_and_sign(&app, &other);
+    drop(Server::start_with_env(&app, &args, &master_key.env()));
+    let changed = app.audit_records_in("prod", "trust.signer_changed");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let record = changed[0].to_string();
+    assert!(
+        record.contains(&format!("\"old_signer\":\"{}\"", key_id("release"))),
+        "{record}"
+    );
+    assert!(
+        record.contains(&format!("\"new_signer\":\"{}\"", key_id("other"))),
+        "{record}"
+    );
+}
