@@ -604,6 +604,11 @@ fn strict_host(target: &Target) -> bulkhead_manifest::strict::Host {
         dev_master_key: (!dev)
             .then(|| bulkhead_store::crypto::dev_master_key(&target.app_dir))
             .flatten(),
+        exposed_master_key: if dev {
+            Vec::new()
+        } else {
+            bulkhead_store::crypto::exposed_master_key(&target.app_dir, &target.env)
+        },
         exposed_admin: None,
     }
 }

@@ -235,6 +235,12 @@ async fn serve(
         Err(problems) => return Ok(report(&problems)),
     };
     let app = &deployment.app;
+    // Before this deploy's own record (T18): who signed what last time.
+    let before = if app.is_dev() {
+        Default::default()
+    } else {
+        last_signers(&store)
+    };
     crate::sweeper::start(app, &deployment.data);
     let gateway = match Gateway::new(
         app,
@@ -296,6 +302,28 @@ async fn serve(
         None => None,
     };
 
+    // Review of issue 14, finding A (T18, T19): outside `dev`, a function
+    // now signed by another key than at the last deploy is said aloud.
+    if !app.is_dev() {
+        for spec in &app.functions {
+            let file = app.component_name(spec);
+            let now = evidence
+                .iter()
+                .find(|e| e.file == file)
+                .map_or("unsigned", Evidence::signer);
+            if let Some(old) = before.get(&spec.name)
+                && old != now
+            {
+                warn!(target: "bulkhead::trust", function = %spec.name, old_signer = %old, new_signer = %now, "the function's signer key changed since the last deploy");
+                audit.record(
+                    AuditEvent::new("trust.signer_changed")
+                        .function(spec.name.as_str())
+                        .detail("old_signer", old.as_str())
+                        .detail("new_signer", now),
+                );
+            }
+        }
+    }
     audit.record(
         AuditEvent::new("deploy")
             .detail("app", app.name.as_str())
@@ -419,4 +447,37 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
         }
         let _ = interrupt.await;
     }
+}
+
+/// Each function's signer key ID in the last deploy record (T18): a
+/// `serve` record lists `functions` with their `signer`, a live deploy's
+/// record a `signers` map. Empty when there is none or it cannot be read.
+fn last_signers(store: &Store) -> std::collections::BTreeMap<String, String> {
+    let query = bulkhead_store::AuditQuery {
+        kind: Some("deploy".into()),
+        ..Default::default()
+    };
+    let Some(last) = store
+        .query_audit(&query)
+        .ok()
+        .and_then(|r| r.into_iter().last())
+    else {
+        return Default::default();
+    };
+    let mut signers = std::collections::BTreeMap::new();
+    if let Some(functions) = last.detail["functions"].as_array() {
+        for f in functions {
+            if let (Some(name), Some(signer)) = (f["name"].as_str(), f["signer"].as_str()) {
+                signers.insert(name.to_string(), signer.to_string());
+            }
+        }
+    }
+    if let Some(map) = last.detail["signers"].as_object() {
+        for (name, signer) in map {
+            if let Some(signer) = signer.as_str() {
+                signers.insert(name.clone(), signer.to_string());
+            }
+        }
+    }
+    signers
 }

@@ -270,8 +270,50 @@ fn with_extension(output: &Path, extension: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Whether `text` has the shape of a minisign secret key file: an
+/// `untrusted comment:` line, then the base64 of a 158-byte Ed25519 key
+/// blob (`Ed`, the KDF, `B2`, ...).
+fn looks_like_secret_key(text: &str) -> bool {
+    use base64::Engine as _;
+    let mut lines = text.lines();
+    let comment = lines.next().unwrap_or("");
+    let blob = lines.next().unwrap_or("").trim();
+    if !comment.starts_with("untrusted comment:") {
+        return false;
+    }
+    match base64::engine::general_purpose::STANDARD.decode(blob) {
+        Ok(bytes) => {
+            bytes.len() == 158 && bytes.starts_with(b"Ed") && bytes.get(4..6) == Some(b"B2")
+        }
+        Err(_) => false,
+    }
+}
+
+/// Refuse a secret file (a secret key, a password) readable or writable
+/// by group or others, with the fix (T18): as the TLS key is.
+fn owner_only(path: &Path, what: &str) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot read the {what} {}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            bail!(
+                "the {what} {} is open to other users (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what);
+    Ok(())
+}
+
 /// A password file's first line, without its line break; never empty.
 fn read_password(path: &Path) -> Result<Zeroizing<String>> {
+    owner_only(path, "password file")?;
     let text = Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the password file {}", path.display()))?,
@@ -289,18 +331,25 @@ fn read_password(path: &Path) -> Result<Zeroizing<String>> {
 /// The secret key in `path`, opened with the password from
 /// `password_file`, or asked on the terminal when it has one.
 fn open_secret_key(path: &Path, password_file: Option<&Path>) -> Result<minisign::SecretKey> {
+    owner_only(path, "secret key file")?;
     let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
         format!(
             "cannot read the secret key {}; make one with `bulkhead keygen`",
             path.display()
         )
     })?);
-    let boxed = minisign::SecretKeyBox::from_string(&text).map_err(|_| {
+    let not_a_key = || {
         anyhow::anyhow!(
             "{} is not a minisign secret key; pass the `.key` file `bulkhead keygen` (or `minisign -G`) wrote",
             path.display()
         )
-    })?;
+    };
+    // Review of issue 14, finding D (T18): any other file (a manifest, a
+    // public key) is named as not a key, not taken for a locked one.
+    if !looks_like_secret_key(&text) {
+        return Err(not_a_key());
+    }
+    let boxed = minisign::SecretKeyBox::from_string(&text).map_err(|_| not_a_key())?;
     // An unencrypted key opens without a password; anything else needs one.
     if let Ok(key) = boxed.clone().into_unencrypted_secret_key()
         && !key.is_encrypted()

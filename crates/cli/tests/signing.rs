@@ -63,6 +63,28 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
     let dir = app.path();
     let password = dir.join("pass.txt");
     std::fs::write(&password, "correct horse battery\n").unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    let chmod =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    // Review of issue 14, finding D (T18): a password file others can read
+    // is refused with the fix, and no key is made.
+    chmod(&password, 0o644);
+    let out = bulkhead(
+        &[
+            "keygen",
+            "--output",
+            dir.join("keys/release").to_str().unwrap(),
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let fix = format!("`chmod 600 {}`", password.display());
+    assert!(text(&out).contains(&fix), "{}", text(&out));
+    assert!(!text(&out).contains("correct horse"), "{}", text(&out));
+    assert!(!dir.join("keys/release.key").exists());
+    chmod(&password, 0o600);
     let out = bulkhead(
         &[
             "keygen",
@@ -81,7 +103,6 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         "the secret key is never printed"
     );
     assert!(text(&out).contains("signers = ["), "{}", text(&out));
-    use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(dir.join("keys/release.key"))
         .unwrap()
         .permissions()
@@ -139,6 +160,51 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
     );
     let wrong = dir.join("wrong.txt");
     std::fs::write(&wrong, "not it\n").unwrap();
+    chmod(&wrong, 0o600);
+    // A secret key others can read is refused with the fix; the manifest
+    // passed as a key is named as not a key (finding D, T18).
+    let secret_key = dir.join("keys/release.key");
+    chmod(&secret_key, 0o640);
+    let loose = bulkhead(
+        &[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            secret_key.to_str().unwrap(),
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!loose.status.success());
+    let fix = format!("`chmod 600 {}`", secret_key.display());
+    assert!(text(&loose).contains(&fix), "{}", text(&loose));
+    chmod(&secret_key, 0o600);
+    let manifest = dir.join("bulkhead.toml");
+    let manifest_copy = dir.join("manifest-as-key.toml");
+    std::fs::copy(&manifest, &manifest_copy).unwrap();
+    chmod(&manifest_copy, 0o600);
+    let not_key = bulkhead(
+        &[
+            "sign",
+            dir.to_str().unwrap(),
+            "--key",
+            manifest_copy.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!not_key.status.success());
+    assert!(
+        text(&not_key).contains("is not a minisign secret key"),
+        "{}",
+        text(&not_key)
+    );
+    assert!(
+        !text(&not_key).contains("password-protected"),
+        "{}",
+        text(&not_key)
+    );
+    std::fs::remove_file(&manifest_copy).unwrap();
     let refused = bulkhead(
         &[
             "sign",

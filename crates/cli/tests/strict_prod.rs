@@ -415,3 +415,196 @@ fn t19_a_public_reason_on_an_authenticated_route_is_refused() {
         "{said}"
     );
 }
+
+/// Review of issue 14, finding A (T19, T18): another local user who may
+/// write to the app directory or a `[trust] signers` key could move in their
+/// own `.bulkhead/` state or their own key (and re-sign); outside `dev`,
+/// `check` and `serve` refuse both, each with its path and fix. `dev`
+/// still deploys.
+#[test]
+fn t19_a_group_writable_app_dir_or_signer_key_is_refused_outside_dev() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = ready_app(READY);
+    let master_key = MasterKey::new();
+    let out = check_prod(&app, &master_key.env());
+    assert!(out.status.success(), "{}", text(&out));
+
+    let dir = app.path().canonicalize().unwrap();
+    let signer = dir.join("keys/release.pub");
+    let mode =
+        |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    mode(&dir, 0o775);
+    mode(&signer, 0o664);
+    let check = check_prod(&app, &master_key.env());
+    let serve = bulkhead(
+        &[
+            "serve",
+            app.path().to_str().unwrap(),
+            "--env",
+            "prod",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+        ],
+        &master_key.env(),
+    );
+    for (command, out) in [("check", &check), ("serve", &serve)] {
+        let said = text(out);
+        assert!(!out.status.success(), "{command}: {said}");
+        assert!(
+            said.contains("error: 2 problem(s) found"),
+            "{command}: {said}"
+        );
+        for path in [&dir, &signer] {
+            let fix = format!("`chmod go-w {}`", path.display());
+            assert!(said.contains(&fix), "{command}: no {fix} in:\n{said}");
+        }
+        assert!(said.contains("writable by its group or others"), "{said}");
+        assert!(!said.contains("listening"), "{command}: {said}");
+    }
+    assert!(app.run(&["check"]).status.success(), "dev deploys it");
+    mode(&dir, 0o755);
+    mode(&signer, 0o644);
+    let out = check_prod(&app, &master_key.env());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Review of issue 14, finding B (T15, T19): outside `dev`, a master key
+/// file open to group or others, or kept inside the app directory (also
+/// reached through `..`), is refused with its fix; `dev` ignores it.
+#[test]
+fn t15_a_loose_master_key_or_one_inside_the_app_is_refused_outside_dev() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let app = ready_app(READY);
+    let master_key = MasterKey::new();
+    let key = master_key.path.to_str().unwrap().to_string();
+    std::fs::set_permissions(&master_key.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check_prod(&app, &master_key.env());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(said.contains(&format!("`chmod 600 {key}`")), "{said}");
+    assert!(
+        !said.contains(&"5a".repeat(32)),
+        "the key is never printed: {said}"
+    );
+
+    let inside = app.path().join("secrets");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::copy(&master_key.path, inside.join("prod.key")).unwrap();
+    std::fs::set_permissions(
+        inside.join("prod.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let dotted = app.path().join("secrets/../secrets/prod.key");
+    let out = check_prod(
+        &app,
+        &[("BULKHEAD_MASTER_KEY_FILE", dotted.to_str().unwrap())],
+    );
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(said.contains("is inside the app directory"), "{said}");
+    assert!(said.contains("/etc/bulkhead/prod.key"), "{said}");
+    assert!(app.run(&["check"]).status.success(), "dev deploys it");
+}
+
+/// Review of issue 14, finding C (T15, T19): outside `dev`, the pair
+/// `bulkhead tls self-signed` writes is refused, where it lies (inside
+/// `.bulkhead/`) and wherever it is copied to (its subject marks it).
+#[test]
+fn t15_the_dev_self_signed_certificate_is_refused_outside_dev() {
+    let manifest = READY.replace(
+        "cert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+        "cert = \".bulkhead/dev/tls/cert.pem\"\nkey = \".bulkhead/dev/tls/key.pem\"\n",
+    );
+    let app = ready_app(&manifest);
+    let out = app.run(&["tls", "self-signed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let master_key = MasterKey::new();
+    let out = check_prod(&app, &master_key.env());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 3 problem(s) found"), "{said}");
+    assert!(said.contains("`[tls]` cert `"), "{said}");
+    assert!(said.contains("`[tls]` key `"), "{said}");
+    assert!(
+        said.contains("is inside the app's `.bulkhead/` state"),
+        "{said}"
+    );
+    assert!(
+        said.contains("is a development certificate made by `bulkhead tls self-signed`"),
+        "{said}"
+    );
+    let line = line_of(&manifest, "cert = \".bulkhead");
+    assert!(said.contains(&format!("bulkhead.toml:{line}:")), "{said}");
+
+    // Copied out of `.bulkhead/`: still refused by its subject.
+    let app = ready_app(READY);
+    let out = app.run(&["tls", "self-signed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    std::fs::copy(
+        app.path().join(".bulkhead/dev/tls/cert.pem"),
+        app.path().join("tls/cert.pem"),
+    )
+    .unwrap();
+    std::fs::copy(
+        app.path().join(".bulkhead/dev/tls/key.pem"),
+        app.path().join("tls/key.pem"),
+    )
+    .unwrap();
+    let out = check_prod(&app, &master_key.env());
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("error: 1 problem(s) found"), "{said}");
+    assert!(said.contains("is a development certificate"), "{said}");
+    assert!(app.run(&["check"]).status.success(), "dev deploys it");
+}
+
+/// Review of issue 14, finding A (T18, T19): outside `dev`, a function
+/// signed by another key than at the last deploy is audited
+/// (`trust.signer_changed`, old and new key IDs) when served.
+#[test]
+fn t18_a_changed_signer_key_is_audited_outside_dev() {
+    let upstream = READY.replace(
+        "[env.prod.tls]\ncert = \"tls/cert.pem\"\nkey = \"tls/key.pem\"\n",
+        "[env.prod.tls]\nterminated_upstream = \"a TLS proxy on this host\"\n",
+    );
+    let app = ready_app(&upstream);
+    let master_key = MasterKey::new();
+    let args = ["--env", "prod", "--admin-listen", "off"];
+    drop(Server::start_with_env(&app, &args, &master_key.env()));
+    assert!(
+        app.audit_records_in("prod", "trust.signer_changed")
+            .is_empty()
+    );
+
+    let key_id = |name: &str| {
+        let text = std::fs::read_to_string(app.path().join(format!("keys/{name}.pub"))).unwrap();
+        text.lines()
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let other = keygen(&app, "other");
+    let manifest = upstream.replace("keys/release.pub", "keys/other.pub");
+    std::fs::write(app.path().join("bulkhead.toml"), &manifest).unwrap();
+    lock_and_sign(&app, &other);
+    drop(Server::start_with_env(&app, &args, &master_key.env()));
+    let changed = app.audit_records_in("prod", "trust.signer_changed");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    let record = changed[0].to_string();
+    assert!(
+        record.contains(&format!("\"old_signer\":\"{}\"", key_id("release"))),
+        "{record}"
+    );
+    assert!(
+        record.contains(&format!("\"new_signer\":\"{}\"", key_id("other"))),
+        "{record}"
+    );
+}

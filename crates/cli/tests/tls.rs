@@ -533,6 +533,67 @@ fn t15_self_signed_writes_a_dev_pair_that_serves() {
             && l.contains("the gateway terminates TLS")),
         "{model}"
     );
+    // Review of issue 14, findings C and 13 (T15): CN `localhost`, marked
+    // as a development certificate, valid 90 days from today (not
+    // 1975-4096); an existing pair is kept unless `--force`.
+    let shown = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-startdate",
+            "-enddate",
+            "-checkend",
+        ])
+        .arg((89 * 86_400).to_string())
+        .arg("-in")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl runs");
+    let shown_text = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown.status.success(),
+        "valid 89 days from now: {shown_text}"
+    );
+    assert!(
+        shown_text.contains("CN = localhost") || shown_text.contains("CN=localhost"),
+        "{shown_text}"
+    );
+    assert!(
+        shown_text.contains("Bulkhead development certificate (not for prod)"),
+        "{shown_text}"
+    );
+    let expired_in_91 = Command::new("openssl")
+        .args(["x509", "-noout", "-checkend"])
+        .arg((91 * 86_400).to_string())
+        .arg("-in")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(
+        !expired_in_91.status.success(),
+        "not valid 91 days from now: {shown_text}"
+    );
+    let before = std::fs::read(dir.join("key.pem")).unwrap();
+    let out = app.run(&["tls", "self-signed"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("exists already") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(dir.join("key.pem")).unwrap(), before, "kept");
+    let out = app.run(&["tls", "self-signed", "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        std::fs::read(dir.join("key.pem")).unwrap(),
+        before,
+        "replaced"
+    );
     // Not outside dev.
     let out = app.run_with(&["tls", "self-signed"], &["--env", "prod"]);
     assert!(!out.status.success());

@@ -13,6 +13,9 @@ use crate::problem::Problem;
 pub struct Host {
     /// Why the master key is a development key, when it is.
     pub dev_master_key: Option<String>,
+    /// Why the master key file is exposed, when it is (T15, T19): open to
+    /// group or others, or inside the app directory.
+    pub exposed_master_key: Vec<String>,
     /// Why the admin listener is exposed, when it leaves loopback
     /// without a token or mTLS.
     pub exposed_admin: Option<String>,
@@ -33,11 +36,15 @@ pub fn check(app: &App, host: &Host) -> Vec<Problem> {
     rules.strict_imports();
     rules.rate_limits();
     rules.budget();
+    rules.ownership();
     if let Some(why) = &host.dev_master_key {
         rules.at(
             None,
             format!("the master key is a development key ({why}); outside `dev` set BULKHEAD_MASTER_KEY_FILE to a key file of its own, kept outside the app directory: `head -c 32 /dev/urandom > /etc/bulkhead/{}.key && chmod 600 /etc/bulkhead/{}.key`", app.env, app.env),
         );
+    }
+    for why in &host.exposed_master_key {
+        rules.at(None, format!("the master key file {why}"));
     }
     if let Some(why) = &host.exposed_admin {
         rules.at(
@@ -68,6 +75,29 @@ impl Rules<'_> {
 
     /// T15: the public listener speaks TLS, or a proxy on this machine does.
     fn tls(&mut self) {
+        // Review of issue 14, finding C (T15, T19): not the dev pair.
+        if let Some(listener) = self.app.tls.as_ref().and_then(|t| t.listener()) {
+            let env_cert = format!("env.{}.tls.cert", self.app.env);
+            let env_tls = format!("env.{}.tls", self.app.env);
+            let at = self.line(&[&env_cert, "tls.cert", &env_tls, "tls"]);
+            let state = self.app.dir.join(".bulkhead").canonicalize().ok();
+            for (what, path) in [("cert", &listener.cert), ("key", &listener.key)] {
+                if let (Ok(file), Some(state)) = (path.canonicalize(), &state)
+                    && file.starts_with(state)
+                {
+                    self.at(
+                        at,
+                        format!("`[tls]` {what} `{}` is inside the app's `.bulkhead/` state, where `bulkhead tls self-signed` writes the dev pair; outside `dev` use a certificate from a CA your clients trust, kept outside `.bulkhead/` (like /etc/bulkhead/tls/)", path.display()),
+                    );
+                }
+            }
+            if crate::tls::is_dev_certificate(&listener.cert) {
+                self.at(
+                    at,
+                    format!("`[tls]` cert `{}` is a development certificate made by `bulkhead tls self-signed` (subject \"{}\"); outside `dev` use a certificate from a CA your clients trust", listener.cert.display(), crate::tls::DEV_CERT_ORGANIZATION),
+                );
+            }
+        }
         if self.app.tls.is_none() {
             self.at(
                 None,
@@ -163,4 +193,80 @@ impl Rules<'_> {
             );
         }
     }
+
+    /// T19/T18: what `serve` trusts on disk is the app's own, not another
+    /// local user's. The app directory, `.bulkhead/` and this
+    /// environment's state directory, `bulkhead.toml`, `bulkhead.lock`,
+    /// every `[trust] signers` key and every component (and each directory
+    /// between them and the app directory) must belong to the user running
+    /// bulkhead (or root) and be writable by nobody else: otherwise another
+    /// user swaps in their own state, key or component and re-signs it.
+    fn ownership(&mut self) {
+        let dir = self.app.dir.clone();
+        let mut paths = vec![
+            dir.clone(),
+            dir.join(".bulkhead"),
+            self.app.state_dir(),
+            self.app.manifest_path.clone(),
+            dir.join(crate::lock::LOCK_FILE),
+        ];
+        paths.extend(self.app.signers.iter().map(|s| dir.join(&s.file)));
+        paths.extend(self.app.functions.iter().map(|f| f.component.clone()));
+        let mut seen = std::collections::BTreeSet::new();
+        for path in paths {
+            // Each directory between the file and the app directory too.
+            let mut chain = vec![path.clone()];
+            if path.starts_with(&dir) {
+                let mut parent = path.parent();
+                while let Some(p) = parent.filter(|p| p.starts_with(&dir) && *p != dir) {
+                    chain.push(p.to_path_buf());
+                    parent = p.parent();
+                }
+            }
+            for path in chain {
+                if !seen.insert(path.clone()) {
+                    continue;
+                }
+                if let Some(why) = foreign_or_writable(&path) {
+                    self.at(None, why);
+                }
+            }
+        }
+    }
+}
+
+/// The user this process runs as (its effective uid).
+#[cfg(unix)]
+pub fn current_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Why `path` may not be trusted (T19, T18): it belongs to a user other
+/// than this one or root, or its group or others may write to it. `None`
+/// when it is fine or absent (a missing file is reported elsewhere).
+#[cfg(unix)]
+pub fn foreign_or_writable(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    let me = current_uid();
+    let shown = path.display();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!(
+            "`{shown}` belongs to uid {}, not to the user running bulkhead (uid {me}) or root: another local user could replace it; check its contents, then `chown {me} {shown}`",
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Some(format!(
+            "`{shown}` is writable by its group or others (mode {mode:o}): another local user could replace what it holds; run `chmod go-w {shown}`"
+        ));
+    }
+    None
+}
+
+#[cfg(not(unix))]
+pub fn foreign_or_writable(_path: &std::path::Path) -> Option<String> {
+    None
 }

@@ -56,6 +56,39 @@ pub mod defaults {
     pub const HSTS_MAX_AGE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 }
 
+/// The organisation in the subject of every certificate `bulkhead tls
+/// self-signed` makes: strict `prod` refuses a certificate carrying it
+/// (T15, T19).
+pub const DEV_CERT_ORGANIZATION: &str = "Bulkhead development certificate (not for prod)";
+
+/// Whether the PEM file `cert` holds a certificate made by `bulkhead tls
+/// self-signed` (its subject names [`DEV_CERT_ORGANIZATION`]). The DER of
+/// each `CERTIFICATE` block is searched for the organisation's UTF-8 bytes,
+/// which is how an X.509 name encodes it; unreadable files are `false`
+/// (the TLS loader refuses them with its own reason).
+pub fn is_dev_certificate(cert: &Path) -> bool {
+    use base64::Engine as _;
+    let Ok(text) = std::fs::read_to_string(cert) else {
+        return false;
+    };
+    let marker = DEV_CERT_ORGANIZATION.as_bytes();
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        rest = &rest[start + "-----BEGIN CERTIFICATE-----".len()..];
+        let Some(end) = rest.find("-----END CERTIFICATE-----") else {
+            return false;
+        };
+        let body: String = rest[..end].split_whitespace().collect();
+        if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body)
+            && der.windows(marker.len()).any(|w| w == marker)
+        {
+            return true;
+        }
+        rest = &rest[end..];
+    }
+    false
+}
+
 /// Why `key` may not be served as a private key: it is readable by its
 /// group or by others. The message says how to fix it.
 pub fn check_key_private(key: &Path) -> Result<(), String> {

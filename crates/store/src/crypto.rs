@@ -182,6 +182,43 @@ pub fn dev_master_key(app_dir: &Path) -> Option<String> {
     None
 }
 
+/// Why the file `BULKHEAD_MASTER_KEY_FILE` names is exposed outside `dev`
+/// (T15, T19): readable or writable by group or others, or inside the app
+/// directory (after resolving symlinks and `..`), where whoever can read or
+/// copy the app (a bundle, a backup, a repository) takes the key with it.
+/// Each reason ends with its fix; empty when the variable is unset or the
+/// file is missing (reported by [`dev_master_key`] and [`MasterKey::load`]).
+pub fn exposed_master_key(app_dir: &Path, env: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let path = match std::env::var_os(MASTER_KEY_ENV) {
+        Some(path) if !path.is_empty() => std::path::PathBuf::from(path),
+        _ => return found,
+    };
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(&path) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            found.push(format!(
+                "`{}` ({MASTER_KEY_ENV}) is readable or writable by group or others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    if let (Ok(key), Ok(app)) = (path.canonicalize(), app_dir.canonicalize())
+        && key.starts_with(&app)
+    {
+        found.push(format!(
+            "`{}` ({MASTER_KEY_ENV}) is inside the app directory `{}`, where a copy, bundle or backup of the app takes it along; keep it outside, like `mv {} /etc/bulkhead/{env}.key` and set {MASTER_KEY_ENV}=/etc/bulkhead/{env}.key",
+            path.display(),
+            app.display(),
+            path.display()
+        ));
+    }
+    found
+}
+
 /// One data key (DEK), unwrapped in memory only while it is used.
 pub struct DataKey(SecretBox<[u8; 32]>);
 

@@ -23,6 +23,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)?;
+    refuse_foreign(dir)?;
     tighten(dir, 0o700).map_err(|e| {
         std::io::Error::new(
             e.kind(),
@@ -45,6 +46,7 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 /// that this process is still appending to: those records would be lost.
 pub fn create_private_file(path: &Path) -> std::io::Result<()> {
     create_absent(path)?;
+    refuse_foreign(path)?;
     tighten(path, 0o600)?;
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut companion = path.as_os_str().to_owned();
@@ -119,6 +121,36 @@ fn temp_sibling(path: &Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".tmp{}.{n}", std::process::id()));
     path.with_file_name(name)
+}
+
+/// Refuse `path` when it belongs to another user than the one running
+/// bulkhead (its effective uid) or root (T19, T18): a state directory or
+/// key put there by another local user (say, through a world-writable app
+/// directory) would hand them the API keys, the audit chain and the MAC
+/// keys. Checked with `lstat`, so a symlink planted by them counts as
+/// theirs. The error names the path and the fix.
+#[cfg(unix)]
+pub fn refuse_foreign(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let owner = fs::symlink_metadata(path)?.uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if owner == me || owner == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!(
+            "{} belongs to uid {owner}, not to the user running bulkhead (uid {me}) or root: another local user may have put it there; move it away and check it, or, if it is really yours, `chown -R {me} {}`",
+            path.display(),
+            path.display()
+        ),
+    ))
+}
+
+#[cfg(not(unix))]
+pub fn refuse_foreign(_path: &Path) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Clear group and other bits of `path`, if any are set.
@@ -224,6 +256,7 @@ pub fn write_new(path: &Path, parts: &[&[u8]], mode: u32) -> std::io::Result<()>
 pub fn load_or_create_key(path: &Path) -> std::io::Result<[u8; 32]> {
     match fs::read(path) {
         Ok(bytes) => {
+            refuse_foreign(path)?;
             let key = <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
                 std::io::Error::other(format!(
                     "{} is not a 32-byte key; restore it from backup (deleting it invalidates what it protects)",
@@ -288,5 +321,43 @@ mod tests {
         assert_eq!(mode(&key), 0o600);
         write_private(&dir.join("f"), &[b"x"]).unwrap();
         assert_eq!(mode(&dir.join("f")), 0o600);
+    }
+
+    /// Review of issue 14, finding A (T19, T18): a state directory or key
+    /// file that another user (here uid 65534, `nobody`) put in place is
+    /// refused, naming the path, in every environment. Needs root to
+    /// chown (CI runs as root); otherwise it says so and checks nothing.
+    #[test]
+    fn state_and_keys_of_another_user_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join(".bulkhead");
+        fs::create_dir(&dir).unwrap();
+        let key = root.path().join("audit.key");
+        fs::write(&key, [1u8; 32]).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        let db = root.path().join("x.db");
+        fs::write(&db, b"").unwrap();
+        for path in [&dir, &key, &db] {
+            if let Err(e) = std::os::unix::fs::chown(path, Some(65534), Some(65534)) {
+                eprintln!(
+                    "NOTE: not root ({e}): the refusal of another user's files is NOT checked here"
+                );
+                return;
+            }
+        }
+        let e = create_private_dir(&dir).unwrap_err().to_string();
+        assert!(
+            e.contains(&dir.display().to_string()) && e.contains("uid 65534"),
+            "{e}"
+        );
+        let e = create_state_dir(&dir.join("prod")).unwrap_err().to_string();
+        assert!(e.contains("uid 65534"), "{e}");
+        let e = load_or_create_key(&key).unwrap_err().to_string();
+        assert!(
+            e.contains(&key.display().to_string()) && e.contains("chown"),
+            "{e}"
+        );
+        let e = create_private_file(&db).unwrap_err().to_string();
+        assert!(e.contains("uid 65534"), "{e}");
     }
 }
