@@ -57,6 +57,10 @@ pub struct Live {
 struct Trust {
     signers: Signers,
     signed_at: Option<u64>,
+    /// The serving version's signed lock: its `signed_at` and its bytes. A
+    /// new version's lock signed earlier is a replay; one signed in the
+    /// same second must be this very lock (T18, T19).
+    lock: Option<(u64, Vec<u8>)>,
 }
 
 impl Trust {
@@ -71,7 +75,50 @@ impl Trust {
         Self {
             signers: app.signers.clone(),
             signed_at,
+            lock: signed_lock(dir, &app.signers),
         }
+    }
+}
+
+/// The lock in `dir` with its `signed_at`, when signed by one of `signers`.
+fn signed_lock(dir: &Path, signers: &Signers) -> Option<(u64, Vec<u8>)> {
+    if signers.is_empty() {
+        return None;
+    }
+    let path = dir.join(bulkhead_manifest::LOCK_FILE);
+    let signed = trust::verify_file(&path, dir, signers).ok()?;
+    let bytes = std::fs::read(&path).ok()?;
+    Some((signed.signed_at, bytes))
+}
+
+/// Every file of a new version must be pinned by its signed lock, or be the
+/// lock, or a `.minisig` of one of those (T18, T19): nothing rides along
+/// unverified. Each refusal names the file.
+fn unpinned(paths: &[String], lock: Option<&bulkhead_manifest::Lock>) -> Vec<String> {
+    let Some(lock) = lock else {
+        return Vec::new();
+    };
+    let lock_name = bulkhead_manifest::LOCK_FILE;
+    let pinned = |path: &str| path == lock_name || lock.pins(path);
+    let mut problems = Vec::new();
+    for path in paths {
+        let ok = pinned(path) || path.strip_suffix(".minisig").is_some_and(&pinned);
+        if !ok {
+            let shown: String = bulkhead_manifest::text::visible(path)
+                .chars()
+                .take(120)
+                .collect();
+            problems.push(format!(
+                "`{shown}` is in the bundle but not pinned by the signed `{lock_name}`: only the files the manifest names are deployed; remove it, or name it in the manifest and run `bulkhead lock` and `bulkhead sign` again"
+            ));
+        }
+    }
+    problems
+}
+
+impl Verified {
+    fn lock_of(dir: &Path, signers: &Signers) -> Option<(u64, Vec<u8>)> {
+        signed_lock(dir, signers)
     }
 }
 
@@ -81,6 +128,7 @@ struct Verified {
     evidence: Vec<Evidence>,
     signed_at: Option<u64>,
     signers: Signers,
+    lock: Option<(u64, Vec<u8>)>,
 }
 
 impl Live {
@@ -192,7 +240,8 @@ impl Live {
         let files = staging.join("files");
         let verified = bundle::unpack(archive, &files).and_then(|index| {
             self.carry_private(&files)?;
-            let verified = self.verify(&files, false)?;
+            let paths: Vec<String> = index.files.iter().map(|f| f.path.clone()).collect();
+            let verified = self.verify(&files, false, &paths)?;
             Ok((index, verified))
         });
         let (index, verified) = match verified {
@@ -254,7 +303,12 @@ impl Live {
     /// imports, migrations as a dry run), then as `serve` does (applying
     /// its migrations): every problem, or the loaded app. A `rollback` may
     /// go back in time; a deploy may not.
-    fn verify(&self, files: &Path, rollback: bool) -> Result<Verified, Vec<String>> {
+    fn verify(
+        &self,
+        files: &Path,
+        rollback: bool,
+        paths: &[String],
+    ) -> Result<Verified, Vec<String>> {
         let mut app = crate::load_app_in(files, &self.env)?;
         let running = self.lock_trust().clone();
         let mut problems: Vec<String> = bulkhead_manifest::strict::check(&app, &self.host)
@@ -263,6 +317,7 @@ impl Live {
             .collect();
         let own_signers = app.signers.clone();
         let mut signed_at = None;
+        let mut lock_state = None;
         if !running.signers.is_empty() {
             // The serving version's keys, never the bundle's own (T18).
             match trust::verify_file(&app.manifest_path, files, &running.signers) {
@@ -279,7 +334,33 @@ impl Live {
                     "`bulkhead.toml` was signed at {new} (unix seconds), before the serving version's ({active}): an older signed version replayed is refused; to go back, roll back to a kept version (`bulkhead rollback --to VERSION`)"
                 ));
             }
+            // The lock pins the manifest and every file (T18, T19): its
+            // signature time may not go back either, and the same second
+            // means the same lock.
+            let lock = trust::verify_file(
+                &files.join(bulkhead_manifest::LOCK_FILE),
+                files,
+                &running.signers,
+            );
+            if let Ok(new) = &lock {
+                lock_state = Some(new.signed_at);
+            }
+            if let (false, Ok(new), Some((active, active_bytes))) = (rollback, &lock, &running.lock)
+            {
+                let same = std::fs::read(files.join(bulkhead_manifest::LOCK_FILE))
+                    .is_ok_and(|bytes| bytes == *active_bytes);
+                if new.signed_at < *active || (new.signed_at == *active && !same) {
+                    problems.push(format!(
+                        "`bulkhead.lock` was signed at {} (unix seconds), {} the serving version's ({active}): an older signed version replayed, or files mixed from two versions, are refused; sign a new version with `bulkhead lock` and `bulkhead sign`, or roll back to a kept version (`bulkhead rollback --to VERSION`)",
+                        new.signed_at,
+                        if new.signed_at < *active { "before" } else { "in the same second as, but different from," }
+                    ));
+                }
+            }
             app.signers = running.signers.clone();
+        }
+        if bulkhead_manifest::supply::signatures_required(&app) {
+            problems.extend(unpinned(paths, app.lock.as_ref()));
         }
         let evidence = match bulkhead_manifest::supply::verify(&mut app) {
             Ok(evidence) => evidence,
@@ -303,11 +384,21 @@ impl Live {
         // Everything, migrations as a dry run, before anything is applied.
         deploy::deploy(app.clone(), self.audit.clone(), Mode::Check, &progress)?;
         let deployment = deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)?;
+        // What the next deploy's lock is compared with: this lock as
+        // verified under the serving keys, else under its own.
+        let lock = match (
+            lock_state,
+            std::fs::read(files.join(bulkhead_manifest::LOCK_FILE)),
+        ) {
+            (Some(at), Ok(bytes)) => Some((at, bytes)),
+            _ => Verified::lock_of(files, &own_signers),
+        };
         Ok(Verified {
             deployment,
             evidence,
             signed_at,
             signers: own_signers,
+            lock,
         })
     }
 
@@ -326,13 +417,18 @@ impl Live {
             evidence,
             signed_at,
             signers,
+            lock,
         } = verified;
         let Deployment { app, functions, .. } = deployment;
         if let Err(problems) = self.gateway.switch(&app, functions) {
             self.refused(who, correlation_id, Some(record), &problems);
             return Err(DeployError::Refused(problems));
         }
-        *self.lock_trust() = Trust { signers, signed_at };
+        *self.lock_trust() = Trust {
+            signers,
+            signed_at,
+            lock,
+        };
         *self.private.lock().unwrap_or_else(|p| p.into_inner()) = private_files(&app);
         let signer_of: std::collections::BTreeMap<&str, &str> = app
             .functions
@@ -428,7 +524,11 @@ impl Deployer for Live {
             .record(version)
             .map_err(|_| DeployError::UnknownVersion(version.to_string()))?;
         let verified = self
-            .verify(&self.versions.files(&record.name), true)
+            .verify(
+                &self.versions.files(&record.name),
+                true,
+                &record.files.keys().cloned().collect::<Vec<_>>(),
+            )
             .map_err(|problems| {
                 self.refused(who, correlation_id, Some(&record), &problems);
                 DeployError::Refused(problems)

@@ -969,3 +969,141 @@ fn a_deploy_over_https_with_a_client_certificate_t19() {
         "{who}"
     );
 }
+
+/// The app of the lock tests: `greet` runs `greet.wasm` (whose bytes
+/// change between versions) and `[auth.jwt]` names a JWKS file; made
+/// strict-`prod`-ready, locked and signed. Returns the app, the master key,
+/// the signing key and a file holding the admin token.
+fn signed_jwks_app() -> (
+    TestApp,
+    support::prod::MasterKey,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    let manifest = format!(
+        "{}\n[auth.jwt]\nissuer = \"https://issuer.example\"\naudience = \"deployed\"\njwks = \"keys/jwks.json\"\nalgorithms = [\"EdDSA\", \"ES256\", \"RS256\"]\n",
+        version("greet.wasm")
+    );
+    let app = TestApp::new(&manifest, &["hello", "echo"]);
+    std::fs::copy(app.path().join("hello.wasm"), app.path().join("greet.wasm")).unwrap();
+    std::fs::create_dir_all(app.path().join("keys")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth/jwks.json"),
+        app.path().join("keys/jwks.json"),
+    )
+    .unwrap();
+    let master = support::prod::make_prod_ready(&app);
+    let created = app.run_with(&["admin", "token"], &["--env", "prod"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("admin.token"), format!("{token}\n")).unwrap();
+    let release = app.path().join("keys/release.key");
+    (app, master, release, keys)
+}
+
+/// T18, T19 (review finding A): the signed lock pins `bulkhead.toml` and
+/// every file it names. An admin-token holder without the signing key
+/// re-sends the serving version's signed files with its own JWKS: refused,
+/// naming the file. A file the lock does not pin rides along: refused.
+/// v3's signed manifest with v2's signed lock and component (a downgrade
+/// by mixing two signed versions): refused, and v3 is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_lock_binds_the_manifest_to_every_file_t18_t19() {
+    let (app, master, release, keys) = signed_jwks_app();
+    let token_file = keys.path().join("admin.token");
+    let token_arg = token_file.to_str().unwrap().to_string();
+    let with_token = ["--env", "prod", "--token-file", token_arg.as_str()];
+    let prod = ["--env", "prod"];
+    let server = Server::start_with_env(&app, &prod, &master.env());
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(which(server.addr).await, 1);
+    wait_until(|| kept_versions(&app, "prod").len() == 1);
+
+    // The serving version's signed files, with the attacker's JWKS.
+    let (_swap_dir, swap) = copy_app(&app);
+    std::fs::write(
+        swap.path().join("keys/jwks.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"attacker","alg":"EdDSA"}]}"#,
+    )
+    .unwrap();
+    let out = deploy(&swap, admin, &with_token);
+    assert!(!out.status.success(), "the JWKS swap was accepted");
+    let said = text(&out);
+    assert!(said.contains("keys/jwks.json"), "{said}");
+    assert!(said.contains("changed since it was locked"), "{said}");
+
+    // A file no lock pins, riding along with the serving version's files.
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in [
+        "bulkhead.toml",
+        "bulkhead.toml.minisig",
+        "bulkhead.lock",
+        "bulkhead.lock.minisig",
+        "greet.wasm",
+        "greet.wasm.minisig",
+        "keys/jwks.json",
+        "keys/release.pub",
+    ] {
+        files.push((name.into(), std::fs::read(app.path().join(name)).unwrap()));
+    }
+    files.push(("extra/payload.txt".into(), b"not named anywhere".to_vec()));
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
+    let archive = bundle(&refs, &refs, |_| {});
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let mut req = request("POST", admin, "/deploys", archive);
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    let reply = send(admin, req).await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(
+        reply.text().contains("extra/payload.txt"),
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains("not pinned"), "{}", reply.text());
+    assert_eq!(which(server.addr).await, 1);
+
+    // v2 (hello's bytes) as signed now; then v3 (echo's bytes), deployed.
+    let (_v2_dir, v2) = copy_app(&app);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::copy(app.path().join("echo.wasm"), app.path().join("greet.wasm")).unwrap();
+    resign(
+        &app,
+        "a test route anyone may call",
+        "a test route anyone may call (v3)",
+        &release,
+    );
+    let out = deploy(&app, admin, &with_token);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(which(server.addr).await, 2);
+
+    // v3's signed manifest with v2's signed lock and component.
+    let (_mixed_dir, mixed) = copy_app(&app);
+    for file in [
+        "bulkhead.lock",
+        "bulkhead.lock.minisig",
+        "greet.wasm",
+        "greet.wasm.minisig",
+    ] {
+        std::fs::copy(v2.path().join(file), mixed.path().join(file)).unwrap();
+    }
+    let out = deploy(&mixed, admin, &with_token);
+    assert!(
+        !out.status.success(),
+        "the downgrade by mixing was accepted"
+    );
+    let said = text(&out);
+    assert!(
+        said.contains("`bulkhead.toml` changed since it was locked"),
+        "{said}"
+    );
+    assert!(said.contains("`bulkhead.lock` was signed at"), "{said}");
+    assert_eq!(which(server.addr).await, 2);
+    server.stop();
+}
