@@ -239,8 +239,21 @@ impl Live {
             .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
         let files = staging.join("files");
         let verified = bundle::unpack(archive, &files).and_then(|index| {
-            self.carry_private(&files)?;
             let paths: Vec<String> = index.files.iter().map(|f| f.path.clone()).collect();
+            // Never a private key from a bundle, never a file where the
+            // serving version keeps its own (T15, T19).
+            let serving: Vec<PathBuf> = self
+                .private
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(relative, _)| relative.clone())
+                .collect();
+            let private = private_entries(&files, &paths, &serving, "the serving version's");
+            if !private.is_empty() {
+                return Err(private);
+            }
+            self.carry_private(&files)?;
             let verified = self.verify(&files, false, &paths)?;
             Ok((index, verified))
         });
@@ -263,9 +276,10 @@ impl Live {
     }
 
     /// Copy the serving version's private files (`[tls]` cert, key and
-    /// client CA, the JWE key) into a new version's `files`, where the
-    /// bundle has none at that path: a bundle never carries a private key,
-    /// and `[tls]` only changes with a restart anyway (T15, T19).
+    /// client CA, the JWE key) into a new version's `files`: a bundle never
+    /// carries one (a bundle entry at such a path is refused before this),
+    /// the server always uses its own, and `[tls]` only changes with a
+    /// restart anyway (T15, T19).
     fn carry_private(&self, files: &Path) -> Result<(), Vec<String>> {
         let private = self
             .private
@@ -274,10 +288,10 @@ impl Live {
             .clone();
         for (relative, source) in private {
             let target = files.join(&relative);
-            if target.exists() {
-                continue;
-            }
             let copied = (|| -> std::io::Result<()> {
+                if target.symlink_metadata().is_ok() {
+                    std::fs::remove_file(&target)?;
+                }
                 if let Some(parent) = target.parent() {
                     bulkhead_store::files::create_private_dir(parent)?;
                 }
@@ -315,6 +329,17 @@ impl Live {
             .iter()
             .map(ToString::to_string)
             .collect();
+        // The new manifest's `[tls]` and JWE paths are the server's own too:
+        // a bundle entry there is refused, never served (T15, T19).
+        let own_private: Vec<PathBuf> = private_files(&app).into_iter().map(|(r, _)| r).collect();
+        if !rollback {
+            problems.extend(private_entries(
+                files,
+                paths,
+                &own_private,
+                "the new manifest's",
+            ));
+        }
         let own_signers = app.signers.clone();
         let mut signed_at = None;
         let mut lock_state = None;
@@ -564,13 +589,61 @@ fn private_files(app: &App) -> Vec<(PathBuf, PathBuf)> {
     paths
         .into_iter()
         .filter_map(|path| {
-            let relative = path.strip_prefix(here).ok()?.to_path_buf();
-            let plain = relative
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            plain.then_some((relative, path))
+            let relative = path.strip_prefix(here).ok()?;
+            // `tls/key.pem` however the manifest spells it (`./tls/key.pem`).
+            let mut plain = PathBuf::new();
+            for part in relative.components() {
+                match part {
+                    std::path::Component::Normal(name) => plain.push(name),
+                    std::path::Component::CurDir => {}
+                    _ => return None,
+                }
+            }
+            (!plain.as_os_str().is_empty()).then_some((plain, path))
         })
         .collect()
+}
+
+/// Does `data` hold private-key material: a PEM `PRIVATE KEY` block (PKCS#1,
+/// PKCS#8, SEC1, encrypted) or a minisign secret key (T15, T18)?
+fn is_private_key(data: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 3] = [
+        b"PRIVATE KEY-----",
+        b"untrusted comment: minisign encrypted secret key",
+        b"minisign secret key",
+    ];
+    MARKERS
+        .iter()
+        .any(|marker| data.windows(marker.len()).any(|w| w == *marker))
+}
+
+/// The bundle entries (`paths`, unpacked in `files`) that are private-key
+/// material, or sit at one of `reserved` (the `[tls]` cert, key and client
+/// CA and the JWE key of `whose` manifest, which the server keeps its own
+/// of): each named, with the fix (T15, T19).
+fn private_entries(
+    files: &Path,
+    paths: &[String],
+    reserved: &[PathBuf],
+    whose: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for path in paths {
+        let shown: String = bulkhead_manifest::text::visible(path)
+            .chars()
+            .take(120)
+            .collect();
+        if reserved.iter().any(|r| r == Path::new(path)) {
+            problems.push(format!(
+                "`{shown}` is {whose} `[tls]` certificate, key or client CA, or JWE decryption key: a bundle never replaces them (the server keeps its own; change them on the server and restart); remove it from the bundle"
+            ));
+        } else if std::fs::read(files.join(path)).is_ok_and(|data| is_private_key(&data)) {
+            problems.push(format!(
+                "`{shown}` holds a private key: a bundle never carries one (keep signing keys off the server, and `[tls]`/JWE keys on it); remove it from the bundle"
+            ));
+        }
+    }
+    problems
 }
 
 /// `event` with the request's correlation ID, when there is a request.

@@ -1107,3 +1107,89 @@ async fn a_signed_lock_binds_the_manifest_to_every_file_t18_t19() {
     assert_eq!(which(server.addr).await, 2);
     server.stop();
 }
+
+/// T15, T19 (review finding B): a bundle never replaces the server's
+/// `[tls]` certificate or key (nor client CA, nor JWE key), and never
+/// carries private-key material: a bundle with its own `tls/cert.pem` and
+/// `tls/key.pem`, or with a minisign secret key or a PEM private key
+/// anywhere, is refused naming each entry; the server keeps serving its
+/// own certificate, and the version a clean bundle makes holds the
+/// server's own `[tls]` files.
+#[test]
+fn a_bundle_never_replaces_the_servers_tls_files_or_carries_private_keys_t15_t19() {
+    let server_ca = common::Ca::new("server CA");
+    let attacker_ca = common::Ca::new("attacker CA");
+    let app = TestApp::new(
+        &format!("{}{}", version("hello.wasm"), common::TLS_SECTION),
+        &["hello", "echo"],
+    );
+    let served = server_ca.server();
+    common::install(app.path(), &served);
+    let own_cert = std::fs::read(app.path().join("tls/cert.pem")).unwrap();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let config = common::client(&[&server_ca], None, &[b"http/1.1"]);
+    let greet = |addr: SocketAddr| {
+        common::runtime().block_on(async {
+            let mut conn = common::Client::connect(addr, &config).await.unwrap();
+            version_of(&conn.get(addr.port(), "/greet").await.unwrap().body)
+        })
+    };
+    assert_eq!(greet(server.addr), 1);
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+
+    let manifest = format!("{}{}", version("echo.wasm"), common::TLS_SECTION);
+    let echo = std::fs::read(app.path().join("echo.wasm")).unwrap();
+    let rogue = attacker_ca.server();
+    let minisign_key = b"untrusted comment: minisign encrypted secret key\nRWRTY0IyAAAA\n";
+    let pem_key =
+        b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    let hostile: Vec<(&str, &[u8])> = vec![
+        ("bulkhead.toml", manifest.as_bytes()),
+        ("echo.wasm", &echo),
+        ("tls/cert.pem", rogue.cert_pem.as_bytes()),
+        ("tls/key.pem", rogue.key_pem.as_bytes()),
+        ("keys/release.key", minisign_key),
+        ("notes/key.txt", pem_key),
+    ];
+    // (The admin listener speaks TLS only with `client_ca`: plain here.)
+    let post = |archive: Vec<u8>| common::runtime().block_on(post_bundle(admin, archive));
+    let reply = post(bundle(&hostile, &hostile, |_| {}));
+    let body = reply.text();
+    assert_eq!(reply.status, 422, "{body}");
+    for entry in [
+        "tls/cert.pem",
+        "tls/key.pem",
+        "keys/release.key",
+        "notes/key.txt",
+    ] {
+        assert!(
+            body.contains(&format!("`{entry}`")),
+            "no `{entry}` in {body}"
+        );
+    }
+    assert!(body.contains("holds a private key"), "{body}");
+    assert!(body.contains("never replaces them"), "{body}");
+    assert!(!body.contains("PRIVATE KEY-----"), "never echoed: {body}");
+    assert_eq!(greet(server.addr), 1);
+
+    // A clean bundle: switched; its version holds the server's own files.
+    let clean: Vec<(&str, &[u8])> =
+        vec![("bulkhead.toml", manifest.as_bytes()), ("echo.wasm", &echo)];
+    let reply = post(bundle(&clean, &clean, |_| {}));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(greet(server.addr), 2);
+    let current =
+        std::fs::read_to_string(app.path().join(".bulkhead/dev/versions/current")).unwrap();
+    let kept = app
+        .path()
+        .join(".bulkhead/dev/versions")
+        .join(current.trim())
+        .join("files/tls");
+    assert_eq!(std::fs::read(kept.join("cert.pem")).unwrap(), own_cert);
+    assert_eq!(
+        std::fs::read_to_string(kept.join("key.pem")).unwrap(),
+        served.key_pem
+    );
+    server.stop();
+}
