@@ -175,15 +175,10 @@ impl Live {
 
     /// Deploy the app as it is in APP_DIR now (SIGHUP).
     pub fn reload(&self, who: &Who) -> Result<DeployOutcome, DeployError> {
-        let app = crate::load_app_in(&self.app_dir, &self.env).map_err(|problems| {
-            self.refused(who, "", None, &problems);
-            DeployError::Refused(problems)
-        })?;
-        let (archive, _) = bundle::pack(&app).map_err(|problem| {
-            let problems = vec![problem];
-            self.refused(who, "", None, &problems);
-            DeployError::Refused(problems)
-        })?;
+        let app = crate::load_app_in(&self.app_dir, &self.env)
+            .map_err(|problems| self.refused(who, "", None, problems))?;
+        let (archive, _) =
+            bundle::pack(&app).map_err(|problem| self.refused(who, "", None, vec![problem]))?;
         self.install(&archive, who, "sighup", "")
     }
 
@@ -261,8 +256,10 @@ impl Live {
             Ok(pair) => pair,
             Err(problems) => {
                 let _ = std::fs::remove_dir_all(&staging);
-                self.refused(who, correlation_id, None, &problems);
-                return Err(DeployError::Refused(problems));
+                // Named relative to the bundle, not the staging directory.
+                let prefix = format!("{}/", files.display());
+                let problems = problems.iter().map(|p| p.replace(&prefix, "")).collect();
+                return Err(self.refused(who, correlation_id, None, problems));
             }
         };
         let mut record = record_of(&index, &verified.deployment.functions, &who.0, source);
@@ -446,8 +443,7 @@ impl Live {
         } = verified;
         let Deployment { app, functions, .. } = deployment;
         if let Err(problems) = self.gateway.switch(&app, functions) {
-            self.refused(who, correlation_id, Some(record), &problems);
-            return Err(DeployError::Refused(problems));
+            return Err(self.refused(who, correlation_id, Some(record), problems));
         }
         *self.lock_trust() = Trust {
             signers,
@@ -503,15 +499,16 @@ impl Live {
         })
     }
 
-    /// Log and audit a refusal with every problem and what is known of
-    /// the version (T09).
+    /// Log and audit a refusal with its problems (bounded: T09) and what
+    /// is known of the version; the refusal to answer with.
     fn refused(
         &self,
         who: &Who,
         correlation_id: &str,
         record: Option<&Record>,
-        problems: &[String],
-    ) {
+        problems: Vec<String>,
+    ) -> DeployError {
+        let problems = bounded(problems);
         warn!(target: "bulkhead::deploy", correlation_id, who = %who.0, problems = ?problems, "deploy refused: nothing changed");
         let mut event = correlated(AuditEvent::new("deploy.refused"), correlation_id)
             .detail("who", who.0.as_str())
@@ -524,7 +521,39 @@ impl Live {
         }
         self.audit.record(event);
         self.audit.flush();
+        DeployError::Refused(problems)
     }
+}
+
+/// At most this many problems are answered, logged and audited (T09).
+const MAX_PROBLEMS: usize = 20;
+/// At most this many characters of one problem.
+const MAX_PROBLEM_CHARS: usize = 600;
+
+/// `problems` bounded (T09): the first [`MAX_PROBLEMS`], each cut at
+/// [`MAX_PROBLEM_CHARS`] characters, then `… and N more`. A hostile bundle
+/// with 600k bad entries gets a short answer, log line and audit record.
+fn bounded(problems: Vec<String>) -> Vec<String> {
+    let total = problems.len();
+    let mut out: Vec<String> = problems
+        .into_iter()
+        .take(MAX_PROBLEMS)
+        .map(|problem| {
+            if problem.chars().count() <= MAX_PROBLEM_CHARS {
+                problem
+            } else {
+                let cut: String = problem.chars().take(MAX_PROBLEM_CHARS).collect();
+                format!("{cut}… (cut)")
+            }
+        })
+        .collect();
+    if total > MAX_PROBLEMS {
+        out.push(format!(
+            "… and {} more problem(s), not listed; fix these first",
+            total - MAX_PROBLEMS
+        ));
+    }
+    out
 }
 
 impl Deployer for Live {
@@ -554,10 +583,7 @@ impl Deployer for Live {
                 true,
                 &record.files.keys().cloned().collect::<Vec<_>>(),
             )
-            .map_err(|problems| {
-                self.refused(who, correlation_id, Some(&record), &problems);
-                DeployError::Refused(problems)
-            })?;
+            .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
         self.switch(verified, &record, who, correlation_id, "rollback")
     }
 

@@ -400,7 +400,7 @@ async fn a_deploy_that_fails_verification_changes_nothing_t19() {
                 &ok_files,
                 |_| {},
             ),
-            "does not match its digest",
+            "does not match its `sha256`/`size`",
         ),
         (
             "bad manifest",
@@ -1191,5 +1191,59 @@ fn a_bundle_never_replaces_the_servers_tls_files_or_carries_private_keys_t15_t19
         std::fs::read_to_string(kept.join("key.pem")).unwrap(),
         served.key_pem
     );
+    server.stop();
+}
+
+/// T09 (review finding C): a refusal is bounded whatever the bundle holds.
+/// An index of 5000 entries, each with a 1000-character `sha256` and no
+/// file, gets a short 422 (the first problems, then "and N more"), and its
+/// audit record is as short; no index value is echoed. A broken manifest
+/// is named relative to the bundle, not the staging directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_bounded_and_names_bundle_paths_t09() {
+    let app = app_v1();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let marker = "ab".repeat(500);
+    let mut index_files = Vec::new();
+    for n in 0..5000 {
+        index_files.push(serde_json::json!({
+            "path": format!("missing/{n}.wasm"),
+            "sha256": marker,
+            "size": 1,
+        }));
+    }
+    let index = serde_json::json!({ "format": 1, "app": "deployed", "files": index_files });
+    let mut archive = Vec::new();
+    raw_entry(
+        &mut archive,
+        "bulkhead-bundle.json",
+        tar::EntryType::Regular,
+        index.to_string().as_bytes(),
+        "",
+    );
+    archive.extend(std::iter::repeat_n(0u8, 1024));
+    assert!(archive.len() > 5_000_000);
+    let reply = post_bundle(admin, archive).await;
+    let body = reply.text();
+    assert_eq!(reply.status, 422, "{}", &body[..body.len().min(2000)]);
+    assert!(body.len() < 16 * 1024, "{} bytes answered", body.len());
+    assert!(body.contains("and 4980 more"), "{body}");
+    assert!(!body.contains(&marker[..64]), "an index value was echoed");
+    let refused = app.audit_records("deploy.refused");
+    let last = refused.last().expect("audited").to_string();
+    assert!(last.len() < 16 * 1024, "{} bytes audited", last.len());
+    assert!(last.contains("and 4980 more"), "{last}");
+
+    // A broken manifest: named as in the bundle.
+    let manifest = b"[app]\nname = \"deployed\"\n[[function]]\nname = 7\n";
+    let files: Vec<(&str, &[u8])> = vec![("bulkhead.toml", manifest)];
+    let reply = post_bundle(admin, bundle(&files, &files, |_| {})).await;
+    let body = reply.text();
+    assert_eq!(reply.status, 422, "{body}");
+    assert!(body.contains("bulkhead.toml"), "{body}");
+    assert!(!body.contains("versions/"), "{body}");
+    assert!(!body.contains(".bulkhead"), "{body}");
+    assert_eq!(which(server.addr).await, 1);
     server.stop();
 }
