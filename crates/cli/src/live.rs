@@ -577,6 +577,10 @@ impl Deployer for Live {
             .versions
             .record(version)
             .map_err(|_| DeployError::UnknownVersion(version.to_string()))?;
+        // T19: a kept version changed on disk since it was kept is refused.
+        self.versions
+            .verify_files(&record.name)
+            .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
         let verified = self
             .verify(
                 &self.versions.files(&record.name),

@@ -1247,3 +1247,73 @@ async fn a_refusal_is_bounded_and_names_bundle_paths_t09() {
     assert_eq!(which(server.addr).await, 1);
     server.stop();
 }
+
+/// T19 (review finding D): a restart does not trust whatever is in
+/// `versions/<current>/`. Someone with write access to the state directory
+/// (but not to the record) swaps the kept component for other code, then
+/// re-locks and re-signs the version with the app's own key: the restart
+/// refuses to start, naming the file and both digests, instead of serving
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_refuses_a_kept_version_changed_on_disk_t19() {
+    let app = app_v1();
+    let master = support::prod::make_prod_ready(&app);
+    let created = app.run_with(&["admin", "token"], &["--env", "prod"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let prod = ["--env", "prod"];
+    let server = Server::start_with_env(&app, &prod, &master.env());
+    assert_eq!(which(server.addr).await, 1);
+    wait_until(|| kept_versions(&app, "prod").len() == 1);
+    server.stop();
+
+    let kept = app.path().join(".bulkhead/prod/versions/v1/files");
+    let recorded = hex::encode(Sha256::digest(
+        std::fs::read(kept.join("hello.wasm")).unwrap(),
+    ));
+    std::fs::copy(app.path().join("echo.wasm"), kept.join("hello.wasm")).unwrap();
+    let swapped = hex::encode(Sha256::digest(
+        std::fs::read(kept.join("hello.wasm")).unwrap(),
+    ));
+    let key = app.path().join("keys/release.key");
+    for args in [
+        vec!["lock", kept.to_str().unwrap()],
+        vec![
+            "sign",
+            kept.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ] {
+        let out = support::prod::bulkhead(&args, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("serve")
+        .arg(app.path())
+        .args([
+            "--env",
+            "prod",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+        ])
+        .envs(master.env())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(
+        !out.status.success(),
+        "served a tampered kept version: {said}"
+    );
+    for part in [
+        "`hello.wasm`",
+        recorded.as_str(),
+        swapped.as_str(),
+        "refusing to serve the deployed version v1",
+    ] {
+        assert!(said.contains(part), "no `{part}` in:\n{said}");
+    }
+    assert!(!said.contains("listening"), "{said}");
+}
