@@ -1287,7 +1287,7 @@ async fn a_restart_refuses_a_kept_version_changed_on_disk_t19() {
         let out = support::prod::bulkhead(&args, &[]);
         assert!(out.status.success(), "{}", text(&out));
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .arg("serve")
         .arg(app.path())
         .args([
@@ -1300,8 +1300,20 @@ async fn a_restart_refuses_a_kept_version_changed_on_disk_t19() {
         ])
         .envs(master.env())
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    // A server that (wrongly) starts never exits: stop it rather than hang.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
     let said = text(&out);
     assert!(
         !out.status.success(),
