@@ -183,13 +183,17 @@ pub fn unpack(archive: &[u8], dest: &Path) -> Result<Index, Vec<String>> {
     let mut tar = tar::Archive::new(archive);
     let entries = match tar.entries() {
         Ok(entries) => entries,
-        Err(e) => return Err(vec![format!("the bundle is not a tar archive: {e}")]),
+        // The tar crate's errors may quote raw header bytes: never echoed (T09).
+        Err(_) => return Err(vec!["the bundle is not a tar archive".to_string()]),
     };
     for entry in entries {
         let mut entry = match entry {
             Ok(entry) => entry,
-            Err(e) => {
-                problems.push(format!("the bundle is not a valid tar archive: {e}"));
+            Err(_) => {
+                problems.push(format!(
+                    "the bundle is not a valid tar archive (entry {} is malformed); make bundles with `bulkhead deploy`",
+                    count + 1
+                ));
                 break;
             }
         };
@@ -226,8 +230,14 @@ pub fn unpack(archive: &[u8], dest: &Path) -> Result<Index, Vec<String>> {
             continue;
         }
         let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 20));
-        if let Err(e) = (&mut entry).take(MAX_FILE_BYTES + 1).read_to_end(&mut data) {
-            problems.push(format!("bundle entry `{shown}`: cannot be read: {e}"));
+        if (&mut entry)
+            .take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut data)
+            .is_err()
+        {
+            problems.push(format!(
+                "bundle entry `{shown}`: cannot be read (truncated or malformed)"
+            ));
             continue;
         }
         if path == INDEX_FILE {
@@ -263,18 +273,38 @@ pub fn unpack(archive: &[u8], dest: &Path) -> Result<Index, Vec<String>> {
                 ));
                 return Err(problems);
             }
+            // serde's message may quote the input (a 3 MB string): only
+            // where, never what (T09).
             Err(e) => {
-                problems.push(format!("`{INDEX_FILE}` is not a valid index: {e}"));
+                problems.push(format!(
+                    "`{INDEX_FILE}` is not a valid index (line {}, column {}: {}); make bundles with `bulkhead deploy`",
+                    e.line(),
+                    e.column(),
+                    match e.classify() {
+                        serde_json::error::Category::Io => "unreadable",
+                        serde_json::error::Category::Syntax => "not valid JSON",
+                        serde_json::error::Category::Data => "a field is missing, unknown or of the wrong type",
+                        serde_json::error::Category::Eof => "it ends too early",
+                    }
+                ));
                 return Err(problems);
             }
         },
     };
     let mut listed = BTreeSet::new();
-    for entry in &index.files {
-        let shown: String = bulkhead_manifest::text::visible(&entry.path)
-            .chars()
-            .take(120)
-            .collect();
+    for (number, entry) in index.files.iter().enumerate() {
+        // An index path is named only once it is a valid bundle path
+        // (bounded); otherwise its entry number (T09).
+        let shown = match checked_path(entry.path.as_bytes()) {
+            Ok(path) => path,
+            Err(why) => {
+                problems.push(format!(
+                    "`{INDEX_FILE}` entry {}: `path` is not valid ({why})",
+                    number + 1
+                ));
+                continue;
+            }
+        };
         if !listed.insert(entry.path.clone()) {
             problems.push(format!("`{INDEX_FILE}` lists `{shown}` twice"));
             continue;
@@ -284,9 +314,10 @@ pub fn unpack(archive: &[u8], dest: &Path) -> Result<Index, Vec<String>> {
                 "`{shown}` is listed in `{INDEX_FILE}` but missing from the bundle"
             )),
             Some((digest, size)) if *digest != entry.sha256 || *size != entry.size => {
+                // The index's own value is never echoed (T09).
                 problems.push(format!(
-                    "`{shown}` does not match its digest in `{INDEX_FILE}` (sha256:{digest}, the index says sha256:{}): the bundle was altered",
-                    entry.sha256
+                    "`{shown}` does not match its `sha256`/`size` in `{INDEX_FILE}` (entry {}; the file is sha256:{digest}, {size} bytes): the bundle was altered",
+                    number + 1
                 ));
             }
             Some(_) => {}

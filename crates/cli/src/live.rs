@@ -57,6 +57,10 @@ pub struct Live {
 struct Trust {
     signers: Signers,
     signed_at: Option<u64>,
+    /// The serving version's signed lock: its `signed_at` and its bytes. A
+    /// new version's lock signed earlier is a replay; one signed in the
+    /// same second must be this very lock (T18, T19).
+    lock: Option<(u64, Vec<u8>)>,
 }
 
 impl Trust {
@@ -71,7 +75,50 @@ impl Trust {
         Self {
             signers: app.signers.clone(),
             signed_at,
+            lock: signed_lock(dir, &app.signers),
         }
+    }
+}
+
+/// The lock in `dir` with its `signed_at`, when signed by one of `signers`.
+fn signed_lock(dir: &Path, signers: &Signers) -> Option<(u64, Vec<u8>)> {
+    if signers.is_empty() {
+        return None;
+    }
+    let path = dir.join(bulkhead_manifest::LOCK_FILE);
+    let signed = trust::verify_file(&path, dir, signers).ok()?;
+    let bytes = std::fs::read(&path).ok()?;
+    Some((signed.signed_at, bytes))
+}
+
+/// Every file of a new version must be pinned by its signed lock, or be the
+/// lock, or a `.minisig` of one of those (T18, T19): nothing rides along
+/// unverified. Each refusal names the file.
+fn unpinned(paths: &[String], lock: Option<&bulkhead_manifest::Lock>) -> Vec<String> {
+    let Some(lock) = lock else {
+        return Vec::new();
+    };
+    let lock_name = bulkhead_manifest::LOCK_FILE;
+    let pinned = |path: &str| path == lock_name || lock.pins(path);
+    let mut problems = Vec::new();
+    for path in paths {
+        let ok = pinned(path) || path.strip_suffix(".minisig").is_some_and(&pinned);
+        if !ok {
+            let shown: String = bulkhead_manifest::text::visible(path)
+                .chars()
+                .take(120)
+                .collect();
+            problems.push(format!(
+                "`{shown}` is in the bundle but not pinned by the signed `{lock_name}`: only the files the manifest names are deployed; remove it, or name it in the manifest and run `bulkhead lock` and `bulkhead sign` again"
+            ));
+        }
+    }
+    problems
+}
+
+impl Verified {
+    fn lock_of(dir: &Path, signers: &Signers) -> Option<(u64, Vec<u8>)> {
+        signed_lock(dir, signers)
     }
 }
 
@@ -81,6 +128,7 @@ struct Verified {
     evidence: Vec<Evidence>,
     signed_at: Option<u64>,
     signers: Signers,
+    lock: Option<(u64, Vec<u8>)>,
 }
 
 impl Live {
@@ -127,15 +175,10 @@ impl Live {
 
     /// Deploy the app as it is in APP_DIR now (SIGHUP).
     pub fn reload(&self, who: &Who) -> Result<DeployOutcome, DeployError> {
-        let app = crate::load_app_in(&self.app_dir, &self.env).map_err(|problems| {
-            self.refused(who, "", None, &problems);
-            DeployError::Refused(problems)
-        })?;
-        let (archive, _) = bundle::pack(&app).map_err(|problem| {
-            let problems = vec![problem];
-            self.refused(who, "", None, &problems);
-            DeployError::Refused(problems)
-        })?;
+        let app = crate::load_app_in(&self.app_dir, &self.env)
+            .map_err(|problems| self.refused(who, "", None, problems))?;
+        let (archive, _) =
+            bundle::pack(&app).map_err(|problem| self.refused(who, "", None, vec![problem]))?;
         self.install(&archive, who, "sighup", "")
     }
 
@@ -191,16 +234,32 @@ impl Live {
             .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
         let files = staging.join("files");
         let verified = bundle::unpack(archive, &files).and_then(|index| {
+            let paths: Vec<String> = index.files.iter().map(|f| f.path.clone()).collect();
+            // Never a private key from a bundle, never a file where the
+            // serving version keeps its own (T15, T19).
+            let serving: Vec<PathBuf> = self
+                .private
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(relative, _)| relative.clone())
+                .collect();
+            let private = private_entries(&files, &paths, &serving, "the serving version's");
+            if !private.is_empty() {
+                return Err(private);
+            }
             self.carry_private(&files)?;
-            let verified = self.verify(&files, false)?;
+            let verified = self.verify(&files, false, &paths)?;
             Ok((index, verified))
         });
         let (index, verified) = match verified {
             Ok(pair) => pair,
             Err(problems) => {
                 let _ = std::fs::remove_dir_all(&staging);
-                self.refused(who, correlation_id, None, &problems);
-                return Err(DeployError::Refused(problems));
+                // Named relative to the bundle, not the staging directory.
+                let prefix = format!("{}/", files.display());
+                let problems = problems.iter().map(|p| p.replace(&prefix, "")).collect();
+                return Err(self.refused(who, correlation_id, None, problems));
             }
         };
         let mut record = record_of(&index, &verified.deployment.functions, &who.0, source);
@@ -214,9 +273,10 @@ impl Live {
     }
 
     /// Copy the serving version's private files (`[tls]` cert, key and
-    /// client CA, the JWE key) into a new version's `files`, where the
-    /// bundle has none at that path: a bundle never carries a private key,
-    /// and `[tls]` only changes with a restart anyway (T15, T19).
+    /// client CA, the JWE key) into a new version's `files`: a bundle never
+    /// carries one (a bundle entry at such a path is refused before this),
+    /// the server always uses its own, and `[tls]` only changes with a
+    /// restart anyway (T15, T19).
     fn carry_private(&self, files: &Path) -> Result<(), Vec<String>> {
         let private = self
             .private
@@ -225,10 +285,10 @@ impl Live {
             .clone();
         for (relative, source) in private {
             let target = files.join(&relative);
-            if target.exists() {
-                continue;
-            }
             let copied = (|| -> std::io::Result<()> {
+                if target.symlink_metadata().is_ok() {
+                    std::fs::remove_file(&target)?;
+                }
                 if let Some(parent) = target.parent() {
                     bulkhead_store::files::create_private_dir(parent)?;
                 }
@@ -254,15 +314,32 @@ impl Live {
     /// imports, migrations as a dry run), then as `serve` does (applying
     /// its migrations): every problem, or the loaded app. A `rollback` may
     /// go back in time; a deploy may not.
-    fn verify(&self, files: &Path, rollback: bool) -> Result<Verified, Vec<String>> {
+    fn verify(
+        &self,
+        files: &Path,
+        rollback: bool,
+        paths: &[String],
+    ) -> Result<Verified, Vec<String>> {
         let mut app = crate::load_app_in(files, &self.env)?;
         let running = self.lock_trust().clone();
         let mut problems: Vec<String> = bulkhead_manifest::strict::check(&app, &self.host)
             .iter()
             .map(ToString::to_string)
             .collect();
+        // The new manifest's `[tls]` and JWE paths are the server's own too:
+        // a bundle entry there is refused, never served (T15, T19).
+        let own_private: Vec<PathBuf> = private_files(&app).into_iter().map(|(r, _)| r).collect();
+        if !rollback {
+            problems.extend(private_entries(
+                files,
+                paths,
+                &own_private,
+                "the new manifest's",
+            ));
+        }
         let own_signers = app.signers.clone();
         let mut signed_at = None;
+        let mut lock_state = None;
         if !running.signers.is_empty() {
             // The serving version's keys, never the bundle's own (T18).
             match trust::verify_file(&app.manifest_path, files, &running.signers) {
@@ -279,7 +356,33 @@ impl Live {
                     "`bulkhead.toml` was signed at {new} (unix seconds), before the serving version's ({active}): an older signed version replayed is refused; to go back, roll back to a kept version (`bulkhead rollback --to VERSION`)"
                 ));
             }
+            // The lock pins the manifest and every file (T18, T19): its
+            // signature time may not go back either, and the same second
+            // means the same lock.
+            let lock = trust::verify_file(
+                &files.join(bulkhead_manifest::LOCK_FILE),
+                files,
+                &running.signers,
+            );
+            if let Ok(new) = &lock {
+                lock_state = Some(new.signed_at);
+            }
+            if let (false, Ok(new), Some((active, active_bytes))) = (rollback, &lock, &running.lock)
+            {
+                let same = std::fs::read(files.join(bulkhead_manifest::LOCK_FILE))
+                    .is_ok_and(|bytes| bytes == *active_bytes);
+                if new.signed_at < *active || (new.signed_at == *active && !same) {
+                    problems.push(format!(
+                        "`bulkhead.lock` was signed at {} (unix seconds), {} the serving version's ({active}): an older signed version replayed, or files mixed from two versions, are refused; sign a new version with `bulkhead lock` and `bulkhead sign`, or roll back to a kept version (`bulkhead rollback --to VERSION`)",
+                        new.signed_at,
+                        if new.signed_at < *active { "before" } else { "in the same second as, but different from," }
+                    ));
+                }
+            }
             app.signers = running.signers.clone();
+        }
+        if bulkhead_manifest::supply::signatures_required(&app) {
+            problems.extend(unpinned(paths, app.lock.as_ref()));
         }
         let evidence = match bulkhead_manifest::supply::verify(&mut app) {
             Ok(evidence) => evidence,
@@ -303,11 +406,21 @@ impl Live {
         // Everything, migrations as a dry run, before anything is applied.
         deploy::deploy(app.clone(), self.audit.clone(), Mode::Check, &progress)?;
         let deployment = deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)?;
+        // What the next deploy's lock is compared with: this lock as
+        // verified under the serving keys, else under its own.
+        let lock = match (
+            lock_state,
+            std::fs::read(files.join(bulkhead_manifest::LOCK_FILE)),
+        ) {
+            (Some(at), Ok(bytes)) => Some((at, bytes)),
+            _ => Verified::lock_of(files, &own_signers),
+        };
         Ok(Verified {
             deployment,
             evidence,
             signed_at,
             signers: own_signers,
+            lock,
         })
     }
 
@@ -326,13 +439,17 @@ impl Live {
             evidence,
             signed_at,
             signers,
+            lock,
         } = verified;
         let Deployment { app, functions, .. } = deployment;
         if let Err(problems) = self.gateway.switch(&app, functions) {
-            self.refused(who, correlation_id, Some(record), &problems);
-            return Err(DeployError::Refused(problems));
+            return Err(self.refused(who, correlation_id, Some(record), problems));
         }
-        *self.lock_trust() = Trust { signers, signed_at };
+        *self.lock_trust() = Trust {
+            signers,
+            signed_at,
+            lock,
+        };
         *self.private.lock().unwrap_or_else(|p| p.into_inner()) = private_files(&app);
         let signer_of: std::collections::BTreeMap<&str, &str> = app
             .functions
@@ -382,15 +499,16 @@ impl Live {
         })
     }
 
-    /// Log and audit a refusal with every problem and what is known of
-    /// the version (T09).
+    /// Log and audit a refusal with its problems (bounded: T09) and what
+    /// is known of the version; the refusal to answer with.
     fn refused(
         &self,
         who: &Who,
         correlation_id: &str,
         record: Option<&Record>,
-        problems: &[String],
-    ) {
+        problems: Vec<String>,
+    ) -> DeployError {
+        let problems = bounded(problems);
         warn!(target: "bulkhead::deploy", correlation_id, who = %who.0, problems = ?problems, "deploy refused: nothing changed");
         let mut event = correlated(AuditEvent::new("deploy.refused"), correlation_id)
             .detail("who", who.0.as_str())
@@ -403,7 +521,39 @@ impl Live {
         }
         self.audit.record(event);
         self.audit.flush();
+        DeployError::Refused(problems)
     }
+}
+
+/// At most this many problems are answered, logged and audited (T09).
+const MAX_PROBLEMS: usize = 20;
+/// At most this many characters of one problem.
+const MAX_PROBLEM_CHARS: usize = 600;
+
+/// `problems` bounded (T09): the first [`MAX_PROBLEMS`], each cut at
+/// [`MAX_PROBLEM_CHARS`] characters, then `… and N more`. A hostile bundle
+/// with 600k bad entries gets a short answer, log line and audit record.
+fn bounded(problems: Vec<String>) -> Vec<String> {
+    let total = problems.len();
+    let mut out: Vec<String> = problems
+        .into_iter()
+        .take(MAX_PROBLEMS)
+        .map(|problem| {
+            if problem.chars().count() <= MAX_PROBLEM_CHARS {
+                problem
+            } else {
+                let cut: String = problem.chars().take(MAX_PROBLEM_CHARS).collect();
+                format!("{cut}… (cut)")
+            }
+        })
+        .collect();
+    if total > MAX_PROBLEMS {
+        out.push(format!(
+            "… and {} more problem(s), not listed; fix these first",
+            total - MAX_PROBLEMS
+        ));
+    }
+    out
 }
 
 impl Deployer for Live {
@@ -427,12 +577,17 @@ impl Deployer for Live {
             .versions
             .record(version)
             .map_err(|_| DeployError::UnknownVersion(version.to_string()))?;
+        // T19: a kept version changed on disk since it was kept is refused.
+        self.versions
+            .verify_files(&record.name)
+            .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
         let verified = self
-            .verify(&self.versions.files(&record.name), true)
-            .map_err(|problems| {
-                self.refused(who, correlation_id, Some(&record), &problems);
-                DeployError::Refused(problems)
-            })?;
+            .verify(
+                &self.versions.files(&record.name),
+                true,
+                &record.files.keys().cloned().collect::<Vec<_>>(),
+            )
+            .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
         self.switch(verified, &record, who, correlation_id, "rollback")
     }
 
@@ -464,13 +619,61 @@ fn private_files(app: &App) -> Vec<(PathBuf, PathBuf)> {
     paths
         .into_iter()
         .filter_map(|path| {
-            let relative = path.strip_prefix(here).ok()?.to_path_buf();
-            let plain = relative
-                .components()
-                .all(|c| matches!(c, std::path::Component::Normal(_)));
-            plain.then_some((relative, path))
+            let relative = path.strip_prefix(here).ok()?;
+            // `tls/key.pem` however the manifest spells it (`./tls/key.pem`).
+            let mut plain = PathBuf::new();
+            for part in relative.components() {
+                match part {
+                    std::path::Component::Normal(name) => plain.push(name),
+                    std::path::Component::CurDir => {}
+                    _ => return None,
+                }
+            }
+            (!plain.as_os_str().is_empty()).then_some((plain, path))
         })
         .collect()
+}
+
+/// Does `data` hold private-key material: a PEM `PRIVATE KEY` block (PKCS#1,
+/// PKCS#8, SEC1, encrypted) or a minisign secret key (T15, T18)?
+fn is_private_key(data: &[u8]) -> bool {
+    const MARKERS: [&[u8]; 3] = [
+        b"PRIVATE KEY-----",
+        b"untrusted comment: minisign encrypted secret key",
+        b"minisign secret key",
+    ];
+    MARKERS
+        .iter()
+        .any(|marker| data.windows(marker.len()).any(|w| w == *marker))
+}
+
+/// The bundle entries (`paths`, unpacked in `files`) that are private-key
+/// material, or sit at one of `reserved` (the `[tls]` cert, key and client
+/// CA and the JWE key of `whose` manifest, which the server keeps its own
+/// of): each named, with the fix (T15, T19).
+fn private_entries(
+    files: &Path,
+    paths: &[String],
+    reserved: &[PathBuf],
+    whose: &str,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for path in paths {
+        let shown: String = bulkhead_manifest::text::visible(path)
+            .chars()
+            .take(120)
+            .collect();
+        if reserved.iter().any(|r| r == Path::new(path)) {
+            problems.push(format!(
+                "`{shown}` is {whose} `[tls]` certificate, key or client CA, or JWE decryption key: a bundle never replaces them (the server keeps its own; change them on the server and restart); remove it from the bundle"
+            ));
+        } else if std::fs::read(files.join(path)).is_ok_and(|data| is_private_key(&data)) {
+            problems.push(format!(
+                "`{shown}` holds a private key: a bundle never carries one (keep signing keys off the server, and `[tls]`/JWE keys on it); remove it from the bundle"
+            ));
+        }
+    }
+    problems
 }
 
 /// `event` with the request's correlation ID, when there is a request.

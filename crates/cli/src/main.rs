@@ -366,8 +366,10 @@ enum Command {
                       serves, one entry per path, sorted, replaced atomically. `check` and \
                       `serve` refuse a component that no longer matches it (a swapped artefact, \
                       or an older version that is still validly signed), naming both digests. \
-                      A `digest =` line in the manifest must agree with it. The manifest itself \
-                      is never rewritten. With --check nothing is written: the exit status is \
+                      A `digest =` line in the manifest must agree with it. It also pins \
+                      bulkhead.toml and every file the manifest names (keys, JWKS, schemas, \
+                      migrations): where signatures are required, a changed one is refused \
+                      (T18). The manifest itself is never rewritten. With --check nothing is written: the exit status is \
                       1 when the lock is missing or stale (for CI).",
         after_help = "Examples:\n  bulkhead lock my-app\n  bulkhead lock my-app --check"
     )]

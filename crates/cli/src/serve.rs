@@ -64,6 +64,14 @@ pub fn run(
         versions.current()
     };
     if let Some(name) = &from_version {
+        // T19: the kept files are what was verified and recorded at deploy,
+        // or the server does not start (naming each file and both digests).
+        if let Err(mut problems) = versions.verify_files(name) {
+            problems.push(format!(
+                "refusing to serve the deployed version {name}: its files differ from its record"
+            ));
+            return Ok(report(&problems));
+        }
         (app, evidence) = match load_verified_in(&versions.files(name), &target.env, &host) {
             Ok((mut deployed, verified)) => {
                 // Verified where its files are; its state is APP_DIR's.

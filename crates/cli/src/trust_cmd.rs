@@ -192,6 +192,14 @@ pub fn lock(target: &Target, check: bool) -> Result<ExitCode> {
             .with_context(|| format!("cannot read {}", function.component.display()))?;
         fresh.insert(name, trust::sha256(&bytes));
     }
+    // `bulkhead.toml` and every file it names: one signed lock binds one
+    // manifest to one set of files (T18, T19).
+    let named = bulkhead_manifest::supply::named_files(&app).map_err(anyhow::Error::msg)?;
+    for (name, path) in named {
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        fresh.insert_file(name, trust::sha256(&bytes));
+    }
     let path = app.dir.join(LOCK_FILE);
     if check {
         let stale = stale_entries(app.lock.as_ref(), &fresh);
@@ -218,7 +226,7 @@ pub fn lock(target: &Target, check: bool) -> Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("cannot write the lock: {e}"))?;
     bulkhead_store::files::write_atomically(&path, &[text.as_bytes()], PUBLIC_MODE)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    for (name, sha256) in fresh.iter() {
+    for (name, sha256) in fresh.iter().chain(fresh.files()) {
         println!("locked {name} sha256:{}", hex_digest(sha256));
     }
     println!(
@@ -253,6 +261,24 @@ fn stale_entries(current: Option<&Lock>, fresh: &Lock) -> Vec<String> {
     for (name, _) in current.iter() {
         if fresh.get(name).is_none() {
             lines.push(format!("{name}: locked, but no function serves it"));
+        }
+    }
+    for (name, sha256) in fresh.files() {
+        match current.file(name) {
+            None => lines.push(format!("{name}: not in the lock")),
+            Some(old) if old != sha256 => lines.push(format!(
+                "{name}: locked sha256:{}, now sha256:{}",
+                hex_digest(old),
+                hex_digest(sha256)
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in current.files() {
+        if fresh.file(name).is_none() {
+            lines.push(format!(
+                "{name}: locked, but the manifest no longer names it"
+            ));
         }
     }
     lines

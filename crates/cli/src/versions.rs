@@ -170,6 +170,43 @@ impl Versions {
         self.dir.join(name).join("files")
     }
 
+    /// Check version `name`'s files against the digests its record holds
+    /// (T19): a file changed, or gone, since the version was kept is a
+    /// problem naming it and both digests. (Whoever can rewrite the record
+    /// too is out of reach of this check.)
+    pub fn verify_files(&self, name: &str) -> Result<(), Vec<String>> {
+        use sha2::Digest as _;
+        let record = self.record(name).map_err(|e| vec![format!("{e:#}")])?;
+        let dir = self.files(name);
+        let fix = format!(
+            "the kept version {name} was changed on disk after it was deployed; restore it, or roll back offline to another version (`bulkhead rollback APP_DIR --env ENV --to VERSION`) and deploy again"
+        );
+        let mut problems = Vec::new();
+        for (path, recorded) in &record.files {
+            let file = dir.join(path);
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    let actual = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+                    if actual != *recorded {
+                        problems.push(format!(
+                            "{}: `{path}` is {actual}, but {name}'s record says {recorded}; {fix}",
+                            file.display()
+                        ));
+                    }
+                }
+                Err(e) => problems.push(format!(
+                    "{}: `{path}` cannot be read ({e}), but {name}'s record lists it as {recorded}; {fix}",
+                    file.display()
+                )),
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
     /// Delete the oldest versions past `keep`, never the current one.
     pub fn prune(&self, keep: usize) -> Result<Vec<String>> {
         let current = self.current();

@@ -400,7 +400,7 @@ async fn a_deploy_that_fails_verification_changes_nothing_t19() {
                 &ok_files,
                 |_| {},
             ),
-            "does not match its digest",
+            "does not match its `sha256`/`size`",
         ),
         (
             "bad manifest",
@@ -968,4 +968,364 @@ fn a_deploy_over_https_with_a_client_certificate_t19() {
         who.ends_with(&format!("client certificate sha256:{fingerprint}")),
         "{who}"
     );
+}
+
+/// The app of the lock tests: `greet` runs `greet.wasm` (whose bytes
+/// change between versions) and `[auth.jwt]` names a JWKS file; made
+/// strict-`prod`-ready, locked and signed. Returns the app, the master key,
+/// the signing key and a file holding the admin token.
+fn signed_jwks_app() -> (
+    TestApp,
+    support::prod::MasterKey,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    let manifest = format!(
+        "{}\n[auth.jwt]\nissuer = \"https://issuer.example\"\naudience = \"deployed\"\njwks = \"keys/jwks.json\"\nalgorithms = [\"EdDSA\", \"ES256\", \"RS256\"]\n",
+        version("greet.wasm")
+    );
+    let app = TestApp::new(&manifest, &["hello", "echo"]);
+    std::fs::copy(app.path().join("hello.wasm"), app.path().join("greet.wasm")).unwrap();
+    std::fs::create_dir_all(app.path().join("keys")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth/jwks.json"),
+        app.path().join("keys/jwks.json"),
+    )
+    .unwrap();
+    let master = support::prod::make_prod_ready(&app);
+    let created = app.run_with(&["admin", "token"], &["--env", "prod"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let token = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    let keys = tempfile::tempdir().unwrap();
+    std::fs::write(keys.path().join("admin.token"), format!("{token}\n")).unwrap();
+    let release = app.path().join("keys/release.key");
+    (app, master, release, keys)
+}
+
+/// T18, T19 (review finding A): the signed lock pins `bulkhead.toml` and
+/// every file it names. An admin-token holder without the signing key
+/// re-sends the serving version's signed files with its own JWKS: refused,
+/// naming the file. A file the lock does not pin rides along: refused.
+/// v3's signed manifest with v2's signed lock and component (a downgrade
+/// by mixing two signed versions): refused, and v3 is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_lock_binds_the_manifest_to_every_file_t18_t19() {
+    let (app, master, release, keys) = signed_jwks_app();
+    let token_file = keys.path().join("admin.token");
+    let token_arg = token_file.to_str().unwrap().to_string();
+    let with_token = ["--env", "prod", "--token-file", token_arg.as_str()];
+    let prod = ["--env", "prod"];
+    let server = Server::start_with_env(&app, &prod, &master.env());
+    let admin = server.admin.expect("admin listener");
+    assert_eq!(which(server.addr).await, 1);
+    wait_until(|| kept_versions(&app, "prod").len() == 1);
+
+    // The serving version's signed files, with the attacker's JWKS.
+    let (_swap_dir, swap) = copy_app(&app);
+    std::fs::write(
+        swap.path().join("keys/jwks.json"),
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","kid":"attacker","alg":"EdDSA"}]}"#,
+    )
+    .unwrap();
+    let out = deploy(&swap, admin, &with_token);
+    assert!(!out.status.success(), "the JWKS swap was accepted");
+    let said = text(&out);
+    assert!(said.contains("keys/jwks.json"), "{said}");
+    assert!(said.contains("changed since it was locked"), "{said}");
+
+    // A file no lock pins, riding along with the serving version's files.
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in [
+        "bulkhead.toml",
+        "bulkhead.toml.minisig",
+        "bulkhead.lock",
+        "bulkhead.lock.minisig",
+        "greet.wasm",
+        "greet.wasm.minisig",
+        "keys/jwks.json",
+        "keys/release.pub",
+    ] {
+        files.push((name.into(), std::fs::read(app.path().join(name)).unwrap()));
+    }
+    files.push(("extra/payload.txt".into(), b"not named anywhere".to_vec()));
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
+    let archive = bundle(&refs, &refs, |_| {});
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    let mut req = request("POST", admin, "/deploys", archive);
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token.trim()).parse().unwrap(),
+    );
+    let reply = send(admin, req).await;
+    assert_eq!(reply.status, 422, "{}", reply.text());
+    assert!(
+        reply.text().contains("extra/payload.txt"),
+        "{}",
+        reply.text()
+    );
+    assert!(reply.text().contains("not pinned"), "{}", reply.text());
+    assert_eq!(which(server.addr).await, 1);
+
+    // v2 (hello's bytes) as signed now; then v3 (echo's bytes), deployed.
+    let (_v2_dir, v2) = copy_app(&app);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::copy(app.path().join("echo.wasm"), app.path().join("greet.wasm")).unwrap();
+    resign(
+        &app,
+        "a test route anyone may call",
+        "a test route anyone may call (v3)",
+        &release,
+    );
+    let out = deploy(&app, admin, &with_token);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(which(server.addr).await, 2);
+
+    // v3's signed manifest with v2's signed lock and component.
+    let (_mixed_dir, mixed) = copy_app(&app);
+    for file in [
+        "bulkhead.lock",
+        "bulkhead.lock.minisig",
+        "greet.wasm",
+        "greet.wasm.minisig",
+    ] {
+        std::fs::copy(v2.path().join(file), mixed.path().join(file)).unwrap();
+    }
+    let out = deploy(&mixed, admin, &with_token);
+    assert!(
+        !out.status.success(),
+        "the downgrade by mixing was accepted"
+    );
+    let said = text(&out);
+    assert!(
+        said.contains("`bulkhead.toml` changed since it was locked"),
+        "{said}"
+    );
+    assert!(said.contains("`bulkhead.lock` was signed at"), "{said}");
+    assert_eq!(which(server.addr).await, 2);
+    server.stop();
+}
+
+/// T15, T19 (review finding B): a bundle never replaces the server's
+/// `[tls]` certificate or key (nor client CA, nor JWE key), and never
+/// carries private-key material: a bundle with its own `tls/cert.pem` and
+/// `tls/key.pem`, or with a minisign secret key or a PEM private key
+/// anywhere, is refused naming each entry; the server keeps serving its
+/// own certificate, and the version a clean bundle makes holds the
+/// server's own `[tls]` files.
+#[test]
+fn a_bundle_never_replaces_the_servers_tls_files_or_carries_private_keys_t15_t19() {
+    let server_ca = common::Ca::new("server CA");
+    let attacker_ca = common::Ca::new("attacker CA");
+    let app = TestApp::new(
+        &format!("{}{}", version("hello.wasm"), common::TLS_SECTION),
+        &["hello", "echo"],
+    );
+    let served = server_ca.server();
+    common::install(app.path(), &served);
+    let own_cert = std::fs::read(app.path().join("tls/cert.pem")).unwrap();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let config = common::client(&[&server_ca], None, &[b"http/1.1"]);
+    let greet = |addr: SocketAddr| {
+        common::runtime().block_on(async {
+            let mut conn = common::Client::connect(addr, &config).await.unwrap();
+            version_of(&conn.get(addr.port(), "/greet").await.unwrap().body)
+        })
+    };
+    assert_eq!(greet(server.addr), 1);
+    wait_until(|| kept_versions(&app, "dev").len() == 1);
+
+    let manifest = format!("{}{}", version("echo.wasm"), common::TLS_SECTION);
+    let echo = std::fs::read(app.path().join("echo.wasm")).unwrap();
+    let rogue = attacker_ca.server();
+    let minisign_key = b"untrusted comment: minisign encrypted secret key\nRWRTY0IyAAAA\n";
+    let pem_key =
+        b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    let hostile: Vec<(&str, &[u8])> = vec![
+        ("bulkhead.toml", manifest.as_bytes()),
+        ("echo.wasm", &echo),
+        ("tls/cert.pem", rogue.cert_pem.as_bytes()),
+        ("tls/key.pem", rogue.key_pem.as_bytes()),
+        ("keys/release.key", minisign_key),
+        ("notes/key.txt", pem_key),
+    ];
+    // (The admin listener speaks TLS only with `client_ca`: plain here.)
+    let post = |archive: Vec<u8>| common::runtime().block_on(post_bundle(admin, archive));
+    let reply = post(bundle(&hostile, &hostile, |_| {}));
+    let body = reply.text();
+    assert_eq!(reply.status, 422, "{body}");
+    for entry in [
+        "tls/cert.pem",
+        "tls/key.pem",
+        "keys/release.key",
+        "notes/key.txt",
+    ] {
+        assert!(
+            body.contains(&format!("`{entry}`")),
+            "no `{entry}` in {body}"
+        );
+    }
+    assert!(body.contains("holds a private key"), "{body}");
+    assert!(body.contains("never replaces them"), "{body}");
+    assert!(!body.contains("PRIVATE KEY-----"), "never echoed: {body}");
+    assert_eq!(greet(server.addr), 1);
+
+    // A clean bundle: switched; its version holds the server's own files.
+    let clean: Vec<(&str, &[u8])> =
+        vec![("bulkhead.toml", manifest.as_bytes()), ("echo.wasm", &echo)];
+    let reply = post(bundle(&clean, &clean, |_| {}));
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    assert_eq!(greet(server.addr), 2);
+    let current =
+        std::fs::read_to_string(app.path().join(".bulkhead/dev/versions/current")).unwrap();
+    let kept = app
+        .path()
+        .join(".bulkhead/dev/versions")
+        .join(current.trim())
+        .join("files/tls");
+    assert_eq!(std::fs::read(kept.join("cert.pem")).unwrap(), own_cert);
+    assert_eq!(
+        std::fs::read_to_string(kept.join("key.pem")).unwrap(),
+        served.key_pem
+    );
+    server.stop();
+}
+
+/// T09 (review finding C): a refusal is bounded whatever the bundle holds.
+/// An index of 5000 entries, each with a 1000-character `sha256` and no
+/// file, gets a short 422 (the first problems, then "and N more"), and its
+/// audit record is as short; no index value is echoed. A broken manifest
+/// is named relative to the bundle, not the staging directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_is_bounded_and_names_bundle_paths_t09() {
+    let app = app_v1();
+    let server = Server::start(&app);
+    let admin = server.admin.expect("admin listener");
+    let marker = "ab".repeat(500);
+    let mut index_files = Vec::new();
+    for n in 0..5000 {
+        index_files.push(serde_json::json!({
+            "path": format!("missing/{n}.wasm"),
+            "sha256": marker,
+            "size": 1,
+        }));
+    }
+    let index = serde_json::json!({ "format": 1, "app": "deployed", "files": index_files });
+    let mut archive = Vec::new();
+    raw_entry(
+        &mut archive,
+        "bulkhead-bundle.json",
+        tar::EntryType::Regular,
+        index.to_string().as_bytes(),
+        "",
+    );
+    archive.extend(std::iter::repeat_n(0u8, 1024));
+    assert!(archive.len() > 5_000_000);
+    let reply = post_bundle(admin, archive).await;
+    let body = reply.text();
+    assert_eq!(reply.status, 422, "{}", &body[..body.len().min(2000)]);
+    assert!(body.len() < 16 * 1024, "{} bytes answered", body.len());
+    assert!(body.contains("and 4980 more"), "{body}");
+    assert!(!body.contains(&marker[..64]), "an index value was echoed");
+    let refused = app.audit_records("deploy.refused");
+    let last = refused.last().expect("audited").to_string();
+    assert!(last.len() < 16 * 1024, "{} bytes audited", last.len());
+    assert!(last.contains("and 4980 more"), "{last}");
+
+    // A broken manifest: named as in the bundle.
+    let manifest = b"[app]\nname = \"deployed\"\n[[function]]\nname = 7\n";
+    let files: Vec<(&str, &[u8])> = vec![("bulkhead.toml", manifest)];
+    let reply = post_bundle(admin, bundle(&files, &files, |_| {})).await;
+    let body = reply.text();
+    assert_eq!(reply.status, 422, "{body}");
+    assert!(body.contains("bulkhead.toml"), "{body}");
+    assert!(!body.contains("versions/"), "{body}");
+    assert!(!body.contains(".bulkhead"), "{body}");
+    assert_eq!(which(server.addr).await, 1);
+    server.stop();
+}
+
+/// T19 (review finding D): a restart does not trust whatever is in
+/// `versions/<current>/`. Someone with write access to the state directory
+/// (but not to the record) swaps the kept component for other code, then
+/// re-locks and re-signs the version with the app's own key: the restart
+/// refuses to start, naming the file and both digests, instead of serving
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_refuses_a_kept_version_changed_on_disk_t19() {
+    let app = app_v1();
+    let master = support::prod::make_prod_ready(&app);
+    let created = app.run_with(&["admin", "token"], &["--env", "prod"]);
+    assert!(created.status.success(), "{}", text(&created));
+    let prod = ["--env", "prod"];
+    let server = Server::start_with_env(&app, &prod, &master.env());
+    assert_eq!(which(server.addr).await, 1);
+    wait_until(|| kept_versions(&app, "prod").len() == 1);
+    server.stop();
+
+    let kept = app.path().join(".bulkhead/prod/versions/v1/files");
+    let recorded = hex::encode(Sha256::digest(
+        std::fs::read(kept.join("hello.wasm")).unwrap(),
+    ));
+    std::fs::copy(app.path().join("echo.wasm"), kept.join("hello.wasm")).unwrap();
+    let swapped = hex::encode(Sha256::digest(
+        std::fs::read(kept.join("hello.wasm")).unwrap(),
+    ));
+    let key = app.path().join("keys/release.key");
+    for args in [
+        vec!["lock", kept.to_str().unwrap()],
+        vec![
+            "sign",
+            kept.to_str().unwrap(),
+            "--key",
+            key.to_str().unwrap(),
+        ],
+    ] {
+        let out = support::prod::bulkhead(&args, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("serve")
+        .arg(app.path())
+        .args([
+            "--env",
+            "prod",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "off",
+        ])
+        .envs(master.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A server that (wrongly) starts never exits: stop it rather than hang.
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = text(&out);
+    assert!(
+        !out.status.success(),
+        "served a tampered kept version: {said}"
+    );
+    for part in [
+        "`hello.wasm`",
+        recorded.as_str(),
+        swapped.as_str(),
+        "refusing to serve the deployed version v1",
+    ] {
+        assert!(said.contains(part), "no `{part}` in:\n{said}");
+    }
+    assert!(!said.contains("listening"), "{said}");
 }

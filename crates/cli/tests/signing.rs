@@ -223,6 +223,9 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         text(&refused)
     );
 
+    // The lock pins the manifest and every file it names (T18, T19).
+    let locked = bulkhead(&["lock", dir.to_str().unwrap()], &[]);
+    assert!(locked.status.success(), "{}", text(&locked));
     let out = bulkhead(
         &[
             "sign",
@@ -238,7 +241,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         printed.lines().filter(|l| l.starts_with("signed ")).count(),
-        2,
+        3,
         "{printed}"
     );
     for file in ["hello.wasm", "bulkhead.toml"] {
@@ -304,7 +307,9 @@ fn t18_a_minisign_cli_key_and_signature_are_accepted() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    for file in ["hello.wasm", "bulkhead.toml"] {
+    let locked = bulkhead(&["lock", dir.to_str().unwrap()], &[]);
+    assert!(locked.status.success(), "{}", text(&locked));
+    for file in ["hello.wasm", "bulkhead.toml", "bulkhead.lock"] {
         let comment = format!(
             "bulkhead-v1 file={file} sha256={} signed_at=1700000000",
             sha256_hex(&dir.join(file))
@@ -352,7 +357,7 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
     );
     let dir = app.path();
     let key = keygen(&app, "release");
-    sign(&app, &key);
+    lock_and_sign(&app, &key);
     assert!(check(&app).status.success(), "{}", text(&check(&app)));
     let hello = std::fs::read(dir.join("hello.wasm")).unwrap();
     let hello_sig = std::fs::read(dir.join("hello.wasm.minisig")).unwrap();
@@ -376,8 +381,8 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
     refused(
         "tampered",
         &[
-            "`hello.wasm`",
-            "does not verify over this file's bytes",
+            "`hello.wasm` changed since it was locked",
+            "bulkhead lock APP_DIR",
             "bulkhead sign",
         ],
     );
@@ -387,7 +392,11 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
         &["--listen", "127.0.0.1:0", "--admin-listen", "off"],
     );
     assert!(!out.status.success());
-    assert!(text(&out).contains("does not verify"), "{}", text(&out));
+    assert!(
+        text(&out).contains("changed since it was locked"),
+        "{}",
+        text(&out)
+    );
     let records = app.audit_records("deploy.refused");
     assert_eq!(records.len(), 1, "{records:?}");
     assert!(
@@ -447,10 +456,7 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
         dir.join("echo.wasm.minisig"),
     )
     .unwrap();
-    refused(
-        "renamed",
-        &["`echo.wasm`", "it was signed for `hello.wasm`"],
-    );
+    refused("renamed", &["`echo.wasm` changed since it was locked"]);
     std::fs::copy(support::guest("echo"), dir.join("echo.wasm")).unwrap();
     sign(&app, &key);
 
@@ -463,7 +469,11 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
     .unwrap();
     refused(
         "edited manifest",
-        &["bulkhead.toml", "edited after it was signed"],
+        &[
+            "bulkhead.toml",
+            "edited after it was signed",
+            "`bulkhead.toml` changed since it was locked",
+        ],
     );
     std::fs::write(dir.join("bulkhead.toml"), &manifest).unwrap();
     assert!(check(&app).status.success());
@@ -479,6 +489,56 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
     refused(
         "replayed",
         &["`hello.wasm` changed since it was locked", "bulkhead lock"],
+    );
+}
+
+/// T18, T19 (review finding A): the signed lock pins `bulkhead.toml`. A
+/// manifest edited after `bulkhead lock` and then signed again (manifest
+/// and lock signatures both valid) is refused outside `dev`, naming the
+/// file, both digests and the fix; `lock --check` names it too.
+#[test]
+fn t18_t19_a_manifest_edited_after_lock_is_refused_outside_dev() {
+    let app = TestApp::new(
+        &SIGNED.replace("[trust]\nsigners = [\"keys/release.pub\"]\n", ""),
+        &["hello"],
+    );
+    let dir = app.path();
+    // Strict `prod`-ready, locked and signed with keys/release.key.
+    let master = support::prod::make_prod_ready(&app);
+    let key = dir.join("keys/release.key");
+    let staging = || {
+        bulkhead(
+            &["check", dir.to_str().unwrap(), "--env", "prod"],
+            &master.env(),
+        )
+    };
+    assert!(staging().status.success(), "{}", text(&staging()));
+    let before = sha256_hex(&dir.join("bulkhead.toml"));
+    let manifest = std::fs::read_to_string(dir.join("bulkhead.toml")).unwrap();
+    std::fs::write(
+        dir.join("bulkhead.toml"),
+        manifest.replace("route = \"/hello\"", "route = \"/admin\""),
+    )
+    .unwrap();
+    sign(&app, &key);
+    let after = sha256_hex(&dir.join("bulkhead.toml"));
+    let out = staging();
+    assert!(!out.status.success(), "an edited manifest was accepted");
+    let said = text(&out);
+    for part in [
+        "`bulkhead.toml` changed since it was locked",
+        before.as_str(),
+        after.as_str(),
+        "bulkhead lock APP_DIR",
+    ] {
+        assert!(said.contains(part), "no `{part}` in:\n{said}");
+    }
+    let stale = bulkhead(&["lock", dir.to_str().unwrap(), "--check"], &[]);
+    assert_eq!(stale.status.code(), Some(1), "{}", text(&stale));
+    assert!(
+        text(&stale).contains("bulkhead.toml: locked sha256:"),
+        "{}",
+        text(&stale)
     );
 }
 

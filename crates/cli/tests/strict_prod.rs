@@ -356,6 +356,8 @@ fn t19_every_broken_rule_is_listed_at_once_by_check_and_serve() {
         "the app has no budget",
         "the master key is a development key",
         "`[trust] signers` is not set",
+        // T18, T19: the signed lock pins the manifest and its files.
+        "there is no `bulkhead.lock`",
     ];
     let check = check_prod(&app, &[]);
     let serve = bulkhead(

@@ -6,7 +6,8 @@
 
 use crate::problem::{Problem, Problems};
 use crate::trust::{self, Signed, TrustError};
-use crate::{App, LOCK_FILE, MANIFEST_FILE};
+use crate::{App, JwtKeys, LOCK_FILE, MANIFEST_FILE, StoreKind};
+use std::path::PathBuf;
 
 /// What was verified of one component: its digest and, when signed, by whom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +39,116 @@ pub fn signatures_required(app: &App) -> bool {
     !app.signers.is_empty() || !app.is_dev()
 }
 
+/// `bulkhead.toml` and every other file the manifest names, except its
+/// components (pinned as components) and the `[tls]` and JWE files (the
+/// server keeps its own, never a bundle's; T15): `[trust]` public keys, the
+/// JWKS file, body schemas, `*.sql` migrations. App-relative name and path,
+/// sorted: what `bulkhead lock` pins as `[[file]]` (T18, T19).
+pub fn named_files(app: &App) -> Result<Vec<(String, PathBuf)>, String> {
+    let mut paths = vec![app.manifest_path.clone()];
+    for signer in app.signers.iter() {
+        paths.push(app.dir.join(&signer.file));
+    }
+    for function in &app.functions {
+        if let Some(schema) = &function.input.body_schema {
+            paths.push(schema.path.clone());
+        }
+    }
+    if let Some(jwt) = &app.jwt
+        && let JwtKeys::File(path) = &jwt.keys
+    {
+        paths.push(path.clone());
+    }
+    for store in &app.stores {
+        if let StoreKind::Sql { migrations, .. } = &store.kind {
+            let entries = std::fs::read_dir(migrations)
+                .map_err(|e| format!("cannot read {}: {e}", migrations.display()))?;
+            for entry in entries {
+                let path = entry
+                    .map_err(|e| format!("cannot read {}: {e}", migrations.display()))?
+                    .path();
+                if path.is_file() && path.extension().is_some_and(|e| e == "sql") {
+                    paths.push(path);
+                }
+            }
+        }
+    }
+    let mut named = std::collections::BTreeMap::new();
+    for path in paths {
+        let name = trust::app_relative(&app.dir, &path).ok_or_else(|| {
+            format!(
+                "{} cannot be pinned in `{LOCK_FILE}` (outside the app directory, not UTF-8 or holding a line break); move it into the app",
+                path.display()
+            )
+        })?;
+        named.insert(name, path);
+    }
+    Ok(named.into_iter().collect())
+}
+
+/// Where signatures are required, the signed lock covers the manifest and
+/// every file it names (T18, T19): the lock must exist, pin `bulkhead.toml`
+/// as it is now and every named file as it is now.
+fn check_named_files(app: &App, problems: &mut Vec<Problem>) {
+    let manifest = app.manifest_path.clone();
+    let fix = "review the files, then run `bulkhead lock APP_DIR` and `bulkhead sign APP_DIR --key KEY_FILE`";
+    let Some(lock) = &app.lock else {
+        problems.push(Problem {
+            file: app.dir.join(LOCK_FILE),
+            location: None,
+            message: format!(
+                "there is no `{LOCK_FILE}`: where signatures are required (`[trust] signers` is set, or the environment is not `dev`; here `{}`) a signed lock must pin `{MANIFEST_FILE}` and every file it names; {fix}",
+                app.env
+            ),
+        });
+        return;
+    };
+    let named = match named_files(app) {
+        Ok(named) => named,
+        Err(e) => {
+            problems.push(Problem {
+                file: manifest,
+                location: None,
+                message: e,
+            });
+            return;
+        }
+    };
+    for (name, path) in named {
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                problems.push(Problem {
+                    file: path.clone(),
+                    location: None,
+                    message: format!("cannot read `{name}` ({e})"),
+                });
+                continue;
+            }
+        };
+        let sha256 = trust::sha256(&bytes);
+        match lock.file(&name) {
+            None => problems.push(Problem {
+                file: path.clone(),
+                location: None,
+                message: format!(
+                    "`{name}` is not pinned in `{LOCK_FILE}` (a lock from before this bulkhead, or the manifest now names a new file); {fix}"
+                ),
+            }),
+            Some(locked) if *locked != sha256 => problems.push(Problem {
+                file: path.clone(),
+                location: None,
+                message: format!(
+                    "`{name}` changed since it was locked: `{LOCK_FILE}` pins sha256:{}, the file is sha256:{} (edited after `bulkhead lock`, or taken from another version); {fix}",
+                    hex::encode(locked),
+                    hex::encode(sha256)
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
+}
+
 /// Verify every component of `app` against the lock and the signers, and
 /// pin each function to the digest verified here, so the runtime refuses
 /// a file swapped between this check and its compilation. Returns one
@@ -57,15 +168,19 @@ pub fn verify(app: &mut App) -> Result<Vec<Evidence>, Problems> {
             ),
         });
     }
-    // The manifest and the lock: verified when signed, required outside dev.
+    // The manifest and the lock: verified when signed, required where
+    // signatures are (the lock pins everything else; T18, T19).
     let mut own = vec![(manifest.clone(), MANIFEST_FILE)];
     if app.lock.is_some() {
         own.push((app.dir.join(LOCK_FILE), LOCK_FILE));
     }
+    if required {
+        check_named_files(app, &mut problems);
+    }
     for (path, name) in own {
         let signed = trust::signature_path(&path).exists();
         if !app.signers.is_empty()
-            && (signed || !app.is_dev())
+            && (signed || required)
             && let Err(e) = trust::verify_file(&path, &app.dir, &app.signers)
         {
             problems.push(Problem {
