@@ -18,14 +18,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read as _, Write as _};
 use std::path::{Component, Path, PathBuf};
 
-use bulkhead_manifest::{App, JwtKeys, MANIFEST_FILE, StoreKind};
+use bulkhead_manifest::{App, LOCK_FILE, MANIFEST_FILE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The index's name inside the archive; no app file may take it.
 pub const INDEX_FILE: &str = "bulkhead-bundle.json";
-/// The lock file, shipped when the app has one.
-const LOCK_FILE: &str = "bulkhead.lock";
 /// At most this many files in a bundle (T01).
 pub const MAX_FILES: usize = 1000;
 /// At most this many bytes in one file (T01); the whole bundle is bounded
@@ -61,24 +59,23 @@ impl Index {
     }
 }
 
-/// The files of `app` a deploy ships, relative to its directory.
+/// The files of `app` a deploy ships, relative to its directory: what the
+/// lock pins (the manifest and every file it names: `[trust]` public keys,
+/// the JWKS file, body schemas, migrations), the lock and the signatures
+/// when present (T18), and each component with its signature.
 pub fn deployable_files(app: &App) -> Result<Vec<PathBuf>, String> {
-    let mut files = BTreeSet::new();
-    // The manifest and the lock, with their signatures when signed (T18).
+    let mut files: BTreeSet<PathBuf> = bulkhead_manifest::supply::named_files(app)?
+        .into_iter()
+        .map(|(name, _)| PathBuf::from(name))
+        .collect();
     for name in [
-        MANIFEST_FILE.to_string(),
         format!("{MANIFEST_FILE}.minisig"),
         LOCK_FILE.to_string(),
         format!("{LOCK_FILE}.minisig"),
     ] {
-        if name == MANIFEST_FILE || app.dir.join(&name).is_file() {
+        if app.dir.join(&name).is_file() {
             files.insert(PathBuf::from(name));
         }
-    }
-    // `[trust] signers`: public keys. The server trusts its own, never
-    // these, for this deploy; they are the trust of the next ones.
-    for signer in app.signers.iter() {
-        files.insert(PathBuf::from(&signer.file));
     }
     let relative = |path: &Path| -> Result<PathBuf, String> {
         path.strip_prefix(&app.dir)
@@ -86,34 +83,11 @@ pub fn deployable_files(app: &App) -> Result<Vec<PathBuf>, String> {
             .map_err(|_| format!("{} is outside the app directory", path.display()))
     };
     for function in &app.functions {
-        let component = relative(&function.component)?;
+        files.insert(relative(&function.component)?);
         let mut signature = function.component.clone().into_os_string();
         signature.push(".minisig");
         if Path::new(&signature).is_file() {
             files.insert(relative(Path::new(&signature))?);
-        }
-        files.insert(component);
-        if let Some(schema) = &function.input.body_schema {
-            files.insert(relative(&schema.path)?);
-        }
-    }
-    if let Some(jwt) = &app.jwt
-        && let JwtKeys::File(path) = &jwt.keys
-    {
-        files.insert(relative(path)?);
-    }
-    for store in &app.stores {
-        if let StoreKind::Sql { migrations, .. } = &store.kind {
-            let entries = std::fs::read_dir(migrations)
-                .map_err(|e| format!("cannot read {}: {e}", migrations.display()))?;
-            for entry in entries {
-                let path = entry
-                    .map_err(|e| format!("cannot read {}: {e}", migrations.display()))?
-                    .path();
-                if path.is_file() && path.extension().is_some_and(|e| e == "sql") {
-                    files.insert(relative(&path)?);
-                }
-            }
         }
     }
     Ok(files.into_iter().collect())

@@ -247,41 +247,50 @@ fn stale_entries(current: Option<&Lock>, fresh: &Lock) -> Vec<String> {
         return vec![format!("there is no {LOCK_FILE}")];
     };
     let mut lines = Vec::new();
-    for (name, sha256) in fresh.iter() {
-        match current.get(name) {
-            None => lines.push(format!("{name}: not in the lock")),
-            Some(old) if old != sha256 => lines.push(format!(
-                "{name}: locked sha256:{}, now sha256:{}",
-                hex_digest(old),
-                hex_digest(sha256)
-            )),
-            Some(_) => {}
-        }
-    }
-    for (name, _) in current.iter() {
-        if fresh.get(name).is_none() {
-            lines.push(format!("{name}: locked, but no function serves it"));
-        }
-    }
-    for (name, sha256) in fresh.files() {
-        match current.file(name) {
-            None => lines.push(format!("{name}: not in the lock")),
-            Some(old) if old != sha256 => lines.push(format!(
-                "{name}: locked sha256:{}, now sha256:{}",
-                hex_digest(old),
-                hex_digest(sha256)
-            )),
-            Some(_) => {}
-        }
-    }
-    for (name, _) in current.files() {
-        if fresh.file(name).is_none() {
-            lines.push(format!(
-                "{name}: locked, but the manifest no longer names it"
-            ));
-        }
-    }
+    compare_pins(
+        &mut lines,
+        (fresh.iter(), |name| fresh.get(name)),
+        (current.iter(), |name| current.get(name)),
+        "no function serves it",
+    );
+    compare_pins(
+        &mut lines,
+        (fresh.files(), |name| fresh.file(name)),
+        (current.files(), |name| current.file(name)),
+        "the manifest no longer names it",
+    );
     lines
+}
+
+/// One line per pin that differs between the fresh lock and the current
+/// one: missing, changed, or no longer needed (`gone` says why).
+fn compare_pins<'a, F, C>(
+    lines: &mut Vec<String>,
+    fresh: (impl Iterator<Item = (&'a str, &'a [u8; 32])>, F),
+    current: (impl Iterator<Item = (&'a str, &'a [u8; 32])>, C),
+    gone: &str,
+) where
+    F: Fn(&str) -> Option<&'a [u8; 32]>,
+    C: Fn(&str) -> Option<&'a [u8; 32]>,
+{
+    let (fresh_pins, in_fresh) = fresh;
+    let (current_pins, in_current) = current;
+    for (name, sha256) in fresh_pins {
+        match in_current(name) {
+            None => lines.push(format!("{name}: not in the lock")),
+            Some(old) if old != sha256 => lines.push(format!(
+                "{name}: locked sha256:{}, now sha256:{}",
+                hex_digest(old),
+                hex_digest(sha256)
+            )),
+            Some(_) => {}
+        }
+    }
+    for (name, _) in current_pins {
+        if in_fresh(name).is_none() {
+            lines.push(format!("{name}: locked, but {gone}"));
+        }
+    }
 }
 
 fn hex_digest(sha256: &[u8; 32]) -> String {
