@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use support::TestApp;
-use support::prod::{bulkhead, keygen, lock_and_sign, sign, text};
+use support::prod::{assert_refused, assert_says, bulkhead, keygen, lock_and_sign, sign, text};
 
 const SIGNED: &str = r#"
 [app]
@@ -81,7 +81,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
     );
     assert!(!out.status.success());
     let fix = format!("`chmod 600 {}`", password.display());
-    assert!(text(&out).contains(&fix), "{}", text(&out));
+    assert_says(&out, &[&fix]);
     assert!(!text(&out).contains("correct horse"), "{}", text(&out));
     assert!(!dir.join("keys/release.key").exists());
     chmod(&password, 0o600);
@@ -102,7 +102,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         !text(&out).contains(secret_line),
         "the secret key is never printed"
     );
-    assert!(text(&out).contains("signers = ["), "{}", text(&out));
+    assert_says(&out, &["signers = ["]);
     let mode = std::fs::metadata(dir.join("keys/release.key"))
         .unwrap()
         .permissions()
@@ -118,8 +118,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         ],
         &[],
     );
-    assert!(!again.status.success());
-    assert!(text(&again).contains("already exists"), "{}", text(&again));
+    assert_refused(&again, &["already exists"]);
     assert_eq!(
         std::fs::read_to_string(dir.join("keys/release.key")).unwrap(),
         secret
@@ -134,12 +133,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         ],
         &[],
     );
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused).contains("stdin is not a terminal"),
-        "{}",
-        text(&refused)
-    );
+    assert_refused(&refused, &["stdin is not a terminal"]);
     assert!(!dir.join("keys/other.key").exists());
 
     // Without the password the key does not open, and nothing prompts.
@@ -152,12 +146,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         ],
         &[],
     );
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused).contains("--password-file"),
-        "{}",
-        text(&refused)
-    );
+    assert_refused(&refused, &["--password-file"]);
     let wrong = dir.join("wrong.txt");
     std::fs::write(&wrong, "not it\n").unwrap();
     chmod(&wrong, 0o600);
@@ -178,7 +167,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
     );
     assert!(!loose.status.success());
     let fix = format!("`chmod 600 {}`", secret_key.display());
-    assert!(text(&loose).contains(&fix), "{}", text(&loose));
+    assert_says(&loose, &[&fix]);
     chmod(&secret_key, 0o600);
     let manifest = dir.join("bulkhead.toml");
     let manifest_copy = dir.join("manifest-as-key.toml");
@@ -193,12 +182,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         ],
         &[],
     );
-    assert!(!not_key.status.success());
-    assert!(
-        text(&not_key).contains("is not a minisign secret key"),
-        "{}",
-        text(&not_key)
-    );
+    assert_refused(&not_key, &["is not a minisign secret key"]);
     assert!(
         !text(&not_key).contains("password-protected"),
         "{}",
@@ -216,12 +200,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
         ],
         &[],
     );
-    assert!(!refused.status.success());
-    assert!(
-        text(&refused).contains("wrong password"),
-        "{}",
-        text(&refused)
-    );
+    assert_refused(&refused, &["wrong password"]);
 
     // The lock pins the manifest and every file it names (T18, T19).
     let locked = bulkhead(&["lock", dir.to_str().unwrap()], &[]);
@@ -283,11 +262,7 @@ fn t18_bulkhead_keys_and_signatures_verify_with_the_minisign_cli() {
 
     let out = check(&app);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("trust      signed by key"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, &["trust      signed by key"]);
 }
 
 /// T18: a key made by `minisign -G -W` signing with `minisign -S -t` and
@@ -327,22 +302,13 @@ fn t18_a_minisign_cli_key_and_signature_are_accepted() {
     }
     let out = check(&app);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("trust      signed by key"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, &["trust      signed by key"]);
     // A plain `minisign -S` (its default comment) names no file: refused.
     let plain = minisign(&["-S", "-s", "keys/cli.key", "-m", "hello.wasm"], b"", dir);
     assert!(plain.status.success());
     let out = check(&app);
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("was made for another file"),
-        "{}",
-        text(&out)
-    );
-    assert!(text(&out).contains("bulkhead-v1 file="), "{}", text(&out));
+    assert_refused(&out, &["was made for another file"]);
+    assert_says(&out, &["bulkhead-v1 file="]);
 }
 
 /// T18: each attack on a signed app is refused at `check` and `serve`,
@@ -391,12 +357,7 @@ fn t18_tampered_foreign_moved_replayed_and_edited_are_refused() {
         &["serve"],
         &["--listen", "127.0.0.1:0", "--admin-listen", "off"],
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("changed since it was locked"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&out, &["changed since it was locked"]);
     let records = app.audit_records("deploy.refused");
     assert_eq!(records.len(), 1, "{records:?}");
     assert!(
@@ -535,11 +496,7 @@ fn t18_t19_a_manifest_edited_after_lock_is_refused_outside_dev() {
     }
     let stale = bulkhead(&["lock", dir.to_str().unwrap(), "--check"], &[]);
     assert_eq!(stale.status.code(), Some(1), "{}", text(&stale));
-    assert!(
-        text(&stale).contains("bulkhead.toml: locked sha256:"),
-        "{}",
-        text(&stale)
-    );
+    assert_says(&stale, &["bulkhead.toml: locked sha256:"]);
 }
 
 /// T18: `bulkhead lock` pins every component, sorted, never touching the
@@ -553,11 +510,7 @@ fn t18_the_lock_pins_components_and_check_mode_catches_a_stale_one() {
     let path = dir.to_str().unwrap();
     let stale = bulkhead(&["lock", path, "--check"], &[]);
     assert_eq!(stale.status.code(), Some(1), "{}", text(&stale));
-    assert!(
-        text(&stale).contains("there is no bulkhead.lock"),
-        "{}",
-        text(&stale)
-    );
+    assert_says(&stale, &["there is no bulkhead.lock"]);
     let out = bulkhead(&["lock", path], &[]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
@@ -592,12 +545,11 @@ fn t18_the_lock_pins_components_and_check_mode_catches_a_stale_one() {
     }
     let stale = bulkhead(&["lock", path, "--check"], &[]);
     assert_eq!(stale.status.code(), Some(1));
-    assert!(
-        text(&stale).contains(&format!(
+    assert_says(
+        &stale,
+        &[&format!(
             "hello.wasm: locked sha256:{hello_digest}, now sha256:{new_digest}"
-        )),
-        "{}",
-        text(&stale)
+        )],
     );
 
     // A `digest =` pin that disagrees with the lock.
@@ -608,13 +560,8 @@ fn t18_the_lock_pins_components_and_check_mode_catches_a_stale_one() {
     );
     std::fs::write(dir.join("bulkhead.toml"), pinned).unwrap();
     let out = check(&app);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("bulkhead.toml:8:"), "{}", text(&out));
-    assert!(
-        text(&out).contains("but `bulkhead.lock` pins `hello.wasm`"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&out, &["bulkhead.toml:8:"]);
+    assert_says(&out, &["but `bulkhead.lock` pins `hello.wasm`"]);
 }
 
 /// Signatures and locks are optional in `dev` until the app names signers.
@@ -626,23 +573,14 @@ fn t18_dev_without_signers_needs_no_signature() {
     );
     let out = check(&app);
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("trust      unsigned; not pinned"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, &["trust      unsigned; not pinned"]);
     // A named key file that is not a key: the manifest line says so.
     let app = TestApp::new(SIGNED, &["hello"]);
     std::fs::create_dir_all(app.path().join("keys")).unwrap();
     std::fs::write(app.path().join("keys/release.pub"), "not a key\n").unwrap();
     let out = check(&app);
-    assert!(!out.status.success());
-    assert!(text(&out).contains("bulkhead.toml:12:"), "{}", text(&out));
-    assert!(
-        text(&out).contains("is not a minisign public key"),
-        "{}",
-        text(&out)
-    );
+    assert_refused(&out, &["bulkhead.toml:12:"]);
+    assert_says(&out, &["is not a minisign public key"]);
 }
 
 /// T18: `keygen` never replaces a directory entry at OUTPUT.key or
@@ -667,8 +605,8 @@ fn t18_keygen_never_replaces_a_dangling_symlink() {
             &[],
         );
         assert!(!out.status.success(), "{name}: {}", text(&out));
-        assert!(text(&out).contains("already exists"), "{}", text(&out));
-        assert!(text(&out).contains(name), "{}", text(&out));
+        assert_says(&out, &["already exists"]);
+        assert_says(&out, &[name]);
         assert_eq!(std::fs::read_link(&link).unwrap(), target, "{name}");
         assert!(!target.exists(), "{name}: nothing written through the link");
         let entries: Vec<_> = std::fs::read_dir(dir.join("keys"))

@@ -9,7 +9,9 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::prod::{MasterKey, bulkhead, keygen, lock_and_sign, text};
+use support::prod::{
+    MasterKey, assert_refused, assert_says, bulkhead, keygen, lock_and_sign, text,
+};
 use support::{Server, TestApp};
 
 const READY: &str = r#"[app]
@@ -104,16 +106,8 @@ fn t19_a_signed_locked_tls_app_passes_strict_prod_and_serves() {
     let master_key = MasterKey::new();
     let out = check_prod(&app, &master_key.env());
     assert!(out.status.success(), "{}", text(&out));
-    assert!(
-        text(&out).contains("trust      signed by key"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains("locked in bulkhead.lock"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, &["trust      signed by key"]);
+    assert_says(&out, &["locked in bulkhead.lock"]);
 
     // Served behind a TLS proxy on this machine (this test's client stands
     // in for it), so the listener stays on loopback.
@@ -306,17 +300,11 @@ fn t19_each_strict_rule_refuses_prod_with_its_line_and_fix() {
         ],
         &env,
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out).contains("would listen on 0.0.0.0:0, beyond loopback, with no token"),
-        "{}",
-        text(&out)
+    assert_refused(
+        &out,
+        &["would listen on 0.0.0.0:0, beyond loopback, with no token"],
     );
-    assert!(
-        text(&out).contains("bulkhead admin token"),
-        "{}",
-        text(&out)
-    );
+    assert_says(&out, &["bulkhead admin token"]);
     // On loopback too, outside dev: in the same list as every other reason.
     let out = bulkhead(
         &[

@@ -17,6 +17,20 @@ pub fn bulkhead(args: &[&str], envs: &[(&str, &str)]) -> Output {
         .expect("bulkhead runs")
 }
 
+/// The command's output says each of `needles`.
+pub fn assert_says(output: &Output, needles: &[&str]) {
+    let said = text(output);
+    for needle in needles {
+        assert!(said.contains(needle), "{needle:?} not in:\n{said}");
+    }
+}
+
+/// The command failed, and its output says each of `needles`.
+pub fn assert_refused(output: &Output, needles: &[&str]) {
+    assert!(!output.status.success(), "accepted:\n{}", text(output));
+    assert_says(output, needles);
+}
+
 pub fn text(output: &Output) -> String {
     format!(
         "{}{}",
