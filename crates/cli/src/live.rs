@@ -100,9 +100,14 @@ fn unpinned(paths: &[String], lock: Option<&bulkhead_manifest::Lock>) -> Vec<Str
     };
     let lock_name = bulkhead_manifest::LOCK_FILE;
     let pinned = |path: &str| path == lock_name || lock.pins(path);
+    // Signatures only where one is read: the lock's, the manifest's and
+    // each component's; no `.minisig` beside another file rides along.
+    let signed = |path: &str| {
+        path == lock_name || path == bulkhead_manifest::MANIFEST_FILE || lock.get(path).is_some()
+    };
     let mut problems = Vec::new();
     for path in paths {
-        let ok = pinned(path) || path.strip_suffix(".minisig").is_some_and(&pinned);
+        let ok = pinned(path) || path.strip_suffix(".minisig").is_some_and(&signed);
         if !ok {
             let shown: String = bulkhead_manifest::text::visible(path)
                 .chars()
@@ -645,6 +650,21 @@ fn is_private_key(data: &[u8]) -> bool {
     MARKERS
         .iter()
         .any(|marker| data.windows(marker.len()).any(|w| w == *marker))
+        || holds_minisign_secret_key(data)
+}
+
+/// A minisign secret key whatever its comment says (`bulkhead keygen`
+/// writes its own): a line whose base64 is a 158-byte `Ed…` key box.
+fn holds_minisign_secret_key(data: &[u8]) -> bool {
+    use base64::Engine as _;
+    const SECRET_KEY_BOX_BYTES: usize = 158;
+    data.split(|b| *b == b'\n').any(|line| {
+        let line = line.trim_ascii();
+        line.len() < 256
+            && base64::engine::general_purpose::STANDARD
+                .decode(line)
+                .is_ok_and(|key| key.len() == SECRET_KEY_BOX_BYTES && key.starts_with(b"Ed"))
+    })
 }
 
 /// The bundle entries (`paths`, unpacked in `files`) that are private-key

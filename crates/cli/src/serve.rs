@@ -235,6 +235,13 @@ async fn serve(
     spans: Option<Arc<dyn SpanExport>>,
     kept: Kept,
 ) -> Result<ExitCode> {
+    // The directory the signatures were verified in: a kept version's own
+    // files when serving one, so its components are found under their
+    // signed names (T18).
+    let verified_in = match &kept.from_version {
+        Some(name) => kept.versions.files(name),
+        None => app.dir.clone(),
+    };
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
     let deployment = match tokio::task::block_in_place(|| {
         deploy::deploy(app, audit.clone(), deploy::Mode::Serve, &progress)
@@ -314,11 +321,7 @@ async fn serve(
     // now signed by another key than at the last deploy is said aloud.
     if !app.is_dev() {
         for spec in &app.functions {
-            let file = app.component_name(spec);
-            let now = evidence
-                .iter()
-                .find(|e| e.file == file)
-                .map_or("unsigned", Evidence::signer);
+            let now = signer_of(&evidence, &verified_in, app, spec);
             if let Some(old) = before.get(&spec.name)
                 && old != now
             {
@@ -345,10 +348,7 @@ async fn serve(
                     .map(|(spec, loaded)| {
                         // T18: which key vouched for the code now served.
                         let file = app.component_name(spec);
-                        let signer = evidence
-                            .iter()
-                            .find(|e| e.file == file)
-                            .map_or("unsigned", Evidence::signer);
+                        let signer = signer_of(&evidence, &verified_in, app, spec);
                         json!({"name": spec.name, "route": spec.route.as_str(), "component": file, "digest": loaded.digest(), "signer": signer})
                     })
                     .collect::<Vec<_>>(),
@@ -381,6 +381,22 @@ async fn serve(
     }
     audit.record(AuditEvent::new("shutdown").detail("app", app.name.as_str()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The key that signed `spec`'s component, as verified in `verified_in`
+/// (APP_DIR or a kept version's files), or `unsigned`.
+fn signer_of<'a>(
+    evidence: &'a [Evidence],
+    verified_in: &std::path::Path,
+    app: &App,
+    spec: &bulkhead_manifest::Function,
+) -> &'a str {
+    let file = bulkhead_manifest::trust::app_relative(verified_in, &spec.component)
+        .unwrap_or_else(|| app.component_name(spec));
+    evidence
+        .iter()
+        .find(|e| e.file == file)
+        .map_or("unsigned", Evidence::signer)
 }
 
 /// SIGHUP re-reads APP_DIR and deploys it as `POST /deploys` would

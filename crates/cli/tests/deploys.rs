@@ -728,6 +728,17 @@ async fn signed_deploys_need_the_token_a_trusted_key_and_no_replay_t19() {
     }
     let server = Server::start_with_env(&app, &prod, &master.env());
     assert_eq!(which(server.addr).await, 2);
+    // Started from the kept version, its deploy record still names the key
+    // that signed each component, and no signer change is claimed (T18).
+    let deploys = audit_records_env(&app, "deploy", "prod");
+    let last = deploys.last().unwrap();
+    let functions = last["detail"]["functions"].as_array().expect("functions");
+    assert!(!functions.is_empty(), "{last}");
+    assert!(
+        functions.iter().all(|f| f["signer"] != "unsigned"),
+        "{last}"
+    );
+    assert!(audit_records_env(&app, "trust.signer_changed", "prod").is_empty());
     server.stop();
     // Offline rollback sets what the next start serves.
     let out = bulkhead(&["rollback"], app.path(), &["--env", "prod", "--to", "v1"]);
@@ -1048,6 +1059,9 @@ async fn a_signed_lock_binds_the_manifest_to_every_file_t18_t19() {
         files.push((name.into(), std::fs::read(app.path().join(name)).unwrap()));
     }
     files.push(("extra/payload.txt".into(), b"not named anywhere".to_vec()));
+    // A "signature" beside a pinned file that has none to read: nothing
+    // checks it, so it may not ride along either (outside review).
+    files.push(("keys/jwks.json.minisig".into(), vec![b'x'; 4096]));
     let refs: Vec<(&str, &[u8])> = files
         .iter()
         .map(|(p, d)| (p.as_str(), d.as_slice()))
@@ -1061,11 +1075,9 @@ async fn a_signed_lock_binds_the_manifest_to_every_file_t18_t19() {
     );
     let reply = send(admin, req).await;
     assert_eq!(reply.status, 422, "{}", reply.text());
-    assert!(
-        reply.text().contains("extra/payload.txt"),
-        "{}",
-        reply.text()
-    );
+    for entry in ["extra/payload.txt", "keys/jwks.json.minisig"] {
+        assert!(reply.text().contains(entry), "{entry}: {}", reply.text());
+    }
     assert!(reply.text().contains("not pinned"), "{}", reply.text());
     assert_eq!(which(server.addr).await, 1);
 
@@ -1144,6 +1156,9 @@ fn a_bundle_never_replaces_the_servers_tls_files_or_carries_private_keys_t15_t19
     let minisign_key = b"untrusted comment: minisign encrypted secret key\nRWRTY0IyAAAA\n";
     let pem_key =
         b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+    // A real secret key from `bulkhead keygen` (its own comment), under an
+    // innocent name (outside review: only minisign's comments were known).
+    let stray = std::fs::read(support::prod::keygen(&app, "stray")).unwrap();
     let hostile: Vec<(&str, &[u8])> = vec![
         ("bulkhead.toml", manifest.as_bytes()),
         ("echo.wasm", &echo),
@@ -1151,6 +1166,7 @@ fn a_bundle_never_replaces_the_servers_tls_files_or_carries_private_keys_t15_t19
         ("tls/key.pem", rogue.key_pem.as_bytes()),
         ("keys/release.key", minisign_key),
         ("notes/key.txt", pem_key),
+        ("notes/readme.txt", &stray),
     ];
     // (The admin listener speaks TLS only with `client_ca`: plain here.)
     let post = |archive: Vec<u8>| common::runtime().block_on(post_bundle(admin, archive));
@@ -1162,6 +1178,7 @@ fn a_bundle_never_replaces_the_servers_tls_files_or_carries_private_keys_t15_t19
         "tls/key.pem",
         "keys/release.key",
         "notes/key.txt",
+        "notes/readme.txt",
     ] {
         assert!(
             body.contains(&format!("`{entry}`")),

@@ -170,3 +170,40 @@ fn t15_a_tls_pem_that_is_dev_zero_is_refused() {
     );
     assert_refused(&out, "cert.pem", "is not a regular file");
 }
+
+/// T18, T05 (outside review): a file the signed lock pins (here the JWKS)
+/// grown to 2 GiB (sparse: nothing is written) is refused by its cap when
+/// the lock is checked, never read whole into memory.
+#[test]
+fn t18_a_pinned_file_grown_huge_is_refused_by_its_cap() {
+    let manifest = format!(
+        "{SIGNED}\n[auth.jwt]\nissuer = \"https://issuer.example\"\naudience = \"hostile\"\njwks = \"keys/jwks.json\"\nalgorithms = [\"EdDSA\", \"ES256\", \"RS256\"]\n"
+    );
+    let app = TestApp::new(&manifest, &["hello"]);
+    std::fs::create_dir_all(app.path().join("keys")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/auth/jwks.json"),
+        app.path().join("keys/jwks.json"),
+    )
+    .unwrap();
+    let key = keygen(&app, "release");
+    lock_and_sign(&app, &key);
+    let ok = bounded(app.path(), &["check"], &[]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let jwks = std::fs::OpenOptions::new()
+        .write(true)
+        .open(app.path().join("keys/jwks.json"))
+        .unwrap();
+    jwks.set_len(2 << 30).unwrap();
+    drop(jwks);
+    let out = bounded(app.path(), &["check"], &[]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("keys/jwks.json"), "{said}");
+    assert!(said.contains("-byte cap for this file"), "{said}");
+}

@@ -115,7 +115,8 @@ fn check_named_files(app: &App, problems: &mut Vec<Problem>) {
         }
     };
     for (name, path) in named {
-        let bytes = match std::fs::read(&path) {
+        // Bounded like every file the app directory supplies (T05, T18).
+        let bytes = match crate::files::read_bounded(&path, crate::files::MAX_TEXT_BYTES) {
             Ok(bytes) => bytes,
             Err(e) => {
                 problems.push(Problem {
