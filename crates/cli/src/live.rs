@@ -57,10 +57,10 @@ pub struct Live {
 struct Trust {
     signers: Signers,
     signed_at: Option<u64>,
-    /// The serving version's signed lock: its `signed_at` and its bytes. A
-    /// new version's lock signed earlier is a replay; one signed in the
+    /// The serving version's signed lock: its `signed_at` and its SHA-256.
+    /// A new version's lock signed earlier is a replay; one signed in the
     /// same second must be this very lock (T18, T19).
-    lock: Option<(u64, Vec<u8>)>,
+    lock: Option<(u64, [u8; 32])>,
 }
 
 impl Trust {
@@ -80,15 +80,15 @@ impl Trust {
     }
 }
 
-/// The lock in `dir` with its `signed_at`, when signed by one of `signers`.
-fn signed_lock(dir: &Path, signers: &Signers) -> Option<(u64, Vec<u8>)> {
+/// The lock in `dir` with its `signed_at` and the SHA-256 its signature
+/// verified, when signed by one of `signers`.
+fn signed_lock(dir: &Path, signers: &Signers) -> Option<(u64, [u8; 32])> {
     if signers.is_empty() {
         return None;
     }
     let path = dir.join(bulkhead_manifest::LOCK_FILE);
     let signed = trust::verify_file(&path, dir, signers).ok()?;
-    let bytes = std::fs::read(&path).ok()?;
-    Some((signed.signed_at, bytes))
+    Some((signed.signed_at, signed.sha256))
 }
 
 /// Every file of a new version must be pinned by its signed lock, or be the
@@ -121,19 +121,13 @@ fn unpinned(paths: &[String], lock: Option<&bulkhead_manifest::Lock>) -> Vec<Str
     problems
 }
 
-impl Verified {
-    fn lock_of(dir: &Path, signers: &Signers) -> Option<(u64, Vec<u8>)> {
-        signed_lock(dir, signers)
-    }
-}
-
 /// A version loaded, verified and ready to switch to.
 struct Verified {
     deployment: Deployment,
     evidence: Vec<Evidence>,
     signed_at: Option<u64>,
     signers: Signers,
-    lock: Option<(u64, Vec<u8>)>,
+    lock: Option<(u64, [u8; 32])>,
 }
 
 impl Live {
@@ -370,12 +364,12 @@ impl Live {
                 &running.signers,
             );
             if let Ok(new) = &lock {
-                lock_state = Some(new.signed_at);
+                lock_state = Some((new.signed_at, new.sha256));
             }
-            if let (false, Ok(new), Some((active, active_bytes))) = (rollback, &lock, &running.lock)
+            if let (false, Ok(new), Some((active, active_sha256))) =
+                (rollback, &lock, &running.lock)
             {
-                let same = std::fs::read(files.join(bulkhead_manifest::LOCK_FILE))
-                    .is_ok_and(|bytes| bytes == *active_bytes);
+                let same = new.sha256 == *active_sha256;
                 if new.signed_at < *active || (new.signed_at == *active && !same) {
                     problems.push(format!(
                         "`bulkhead.lock` was signed at {} (unix seconds), {} the serving version's ({active}): an older signed version replayed, or files mixed from two versions, are refused; sign a new version with `bulkhead lock` and `bulkhead sign`, or roll back to a kept version (`bulkhead rollback --to VERSION`)",
@@ -413,13 +407,7 @@ impl Live {
         let deployment = deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)?;
         // What the next deploy's lock is compared with: this lock as
         // verified under the serving keys, else under its own.
-        let lock = match (
-            lock_state,
-            std::fs::read(files.join(bulkhead_manifest::LOCK_FILE)),
-        ) {
-            (Some(at), Ok(bytes)) => Some((at, bytes)),
-            _ => Verified::lock_of(files, &own_signers),
-        };
+        let lock = lock_state.or_else(|| signed_lock(files, &own_signers));
         Ok(Verified {
             deployment,
             evidence,

@@ -168,7 +168,7 @@ pub fn sign(target: &Target, key: &Path, password_file: Option<&Path>) -> Result
         .with_context(|| format!("cannot write {}", signature_path.display()))?;
         println!(
             "signed {name} (sha256:{}) with key {key_id}: {name}.{SIGNATURE_EXTENSION}",
-            hex_digest(&sha256)
+            hex::encode(sha256)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -227,7 +227,7 @@ pub fn lock(target: &Target, check: bool) -> Result<ExitCode> {
     bulkhead_store::files::write_atomically(&path, &[text.as_bytes()], PUBLIC_MODE)
         .with_context(|| format!("cannot write {}", path.display()))?;
     for (name, sha256) in fresh.iter().chain(fresh.files()) {
-        println!("locked {name} sha256:{}", hex_digest(sha256));
+        println!("locked {name} sha256:{}", hex::encode(sha256));
     }
     println!(
         "wrote {}; sign it with the components: `bulkhead sign {} --key KEY_FILE`",
@@ -280,8 +280,8 @@ fn compare_pins<'a, F, C>(
             None => lines.push(format!("{name}: not in the lock")),
             Some(old) if old != sha256 => lines.push(format!(
                 "{name}: locked sha256:{}, now sha256:{}",
-                hex_digest(old),
-                hex_digest(sha256)
+                hex::encode(old),
+                hex::encode(sha256)
             )),
             Some(_) => {}
         }
@@ -291,10 +291,6 @@ fn compare_pins<'a, F, C>(
             lines.push(format!("{name}: locked, but {gone}"));
         }
     }
-}
-
-fn hex_digest(sha256: &[u8; 32]) -> String {
-    sha256.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `OUTPUT.EXT` (the output names a pair, not a file).
