@@ -169,8 +169,9 @@ const H1_ONLY: &[&str] = &[
     "http/1.0 absolute form elsewhere",
 ];
 
-#[test]
-fn t10_the_validation_corpus_over_h2_is_refused_like_over_h1() {
+/// The validation corpus's app (echo behind its routes and schema) served
+/// over TLS with a certificate from its own CA.
+fn validation_app() -> (Ca, TestApp, Server) {
     let ca = Ca::new("h2 CA");
     let manifest = format!("{}{TLS_SECTION}", validation_corpus::MANIFEST);
     let app = TestApp::new(&manifest, &["echo"]);
@@ -182,6 +183,12 @@ fn t10_the_validation_corpus_over_h2_is_refused_like_over_h1() {
     .unwrap();
     install(app.path(), &ca.server());
     let server = Server::start(&app);
+    (ca, app, server)
+}
+
+#[test]
+fn t10_the_validation_corpus_over_h2_is_refused_like_over_h1() {
+    let (ca, _app, server) = validation_app();
     let config = client(&[&ca], None, H2);
     let mut same = 0;
     let mut reset = Vec::new();
@@ -262,17 +269,7 @@ fn t10_the_validation_corpus_over_h2_is_refused_like_over_h1() {
 
 #[test]
 fn t10_authority_and_host_must_agree_and_be_allowed_over_h2() {
-    let ca = Ca::new("h2 CA");
-    let manifest = format!("{}{TLS_SECTION}", validation_corpus::MANIFEST);
-    let app = TestApp::new(&manifest, &["echo"]);
-    std::fs::create_dir(app.path().join("schemas")).unwrap();
-    std::fs::write(
-        app.path().join("schemas/register.json"),
-        validation_corpus::SCHEMA,
-    )
-    .unwrap();
-    install(app.path(), &ca.server());
-    let server = Server::start(&app);
+    let (ca, _app, server) = validation_app();
     let config = client(&[&ca], None, H2);
     runtime().block_on(async {
         let mut sender = h2_connection(server.addr, &config).await;
