@@ -378,12 +378,19 @@ impl Live {
                     ));
                 }
             }
-            app.signers = running.signers.clone();
         }
-        if bulkhead_manifest::supply::signatures_required(&app) {
+        // Signatures are checked against the serving version's keys when it
+        // has any; what the lock must pin is what the new manifest names,
+        // its own `[trust]` key files included (T18, T19).
+        let trusted = if running.signers.is_empty() {
+            own_signers.clone()
+        } else {
+            running.signers.clone()
+        };
+        if !trusted.is_empty() || !app.is_dev() {
             problems.extend(unpinned(paths, app.lock.as_ref()));
         }
-        let evidence = match bulkhead_manifest::supply::verify(&mut app) {
+        let evidence = match bulkhead_manifest::supply::verify_under(&mut app, &trusted) {
             Ok(evidence) => evidence,
             Err(found) => {
                 problems.extend(found.0.iter().map(ToString::to_string));
@@ -393,8 +400,6 @@ impl Live {
         if !problems.is_empty() {
             return Err(problems);
         }
-        // The trust of the versions after this one.
-        app.signers = own_signers.clone();
         // Its state is the server's, not the staging directory's.
         app.dir = self.app_dir.clone();
         let fixed = self.gateway.restart_only_changes(&app);

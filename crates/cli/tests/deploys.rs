@@ -1044,6 +1044,33 @@ async fn a_signed_lock_binds_the_manifest_to_every_file_t18_t19() {
     assert!(said.contains("keys/jwks.json"), "{said}");
     assert!(said.contains("changed since it was locked"), "{said}");
 
+    // A release adding a signer: the new key file is pinned by the lock
+    // like every file the new manifest names, so one swapped after signing
+    // is refused, never trusted from then on (outside review).
+    let (_add_dir, add) = copy_app(&app);
+    support::prod::keygen(&add, "new");
+    resign(
+        &add,
+        "signers = [\"keys/release.pub\"]",
+        "signers = [\"keys/release.pub\", \"keys/new.pub\"]",
+        &release,
+    );
+    support::prod::keygen(&add, "attacker");
+    std::fs::copy(
+        add.path().join("keys/attacker.pub"),
+        add.path().join("keys/new.pub"),
+    )
+    .unwrap();
+    let out = deploy(&add, admin, &with_token);
+    assert!(
+        !out.status.success(),
+        "a swapped new signer key was accepted"
+    );
+    let said = text(&out);
+    assert!(said.contains("keys/new.pub"), "{said}");
+    assert!(said.contains("changed since it was locked"), "{said}");
+    assert_eq!(which(server.addr).await, 1);
+
     // A file no lock pins, riding along with the serving version's files.
     let mut files: Vec<(String, Vec<u8>)> = Vec::new();
     for name in [

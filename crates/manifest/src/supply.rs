@@ -5,7 +5,7 @@
 //! Every problem is reported at once, each naming the file and the fix.
 
 use crate::problem::{Problem, Problems};
-use crate::trust::{self, Signed, TrustError};
+use crate::trust::{self, Signed, Signers, TrustError};
 use crate::{App, JwtKeys, LOCK_FILE, MANIFEST_FILE, StoreKind};
 use std::path::PathBuf;
 
@@ -155,11 +155,20 @@ fn check_named_files(app: &App, problems: &mut Vec<Problem>) {
 /// a file swapped between this check and its compilation. Returns one
 /// [`Evidence`] per function, in order.
 pub fn verify(app: &mut App) -> Result<Vec<Evidence>, Problems> {
-    let required = signatures_required(app);
+    let trusted = app.signers.clone();
+    verify_under(app, &trusted)
+}
+
+/// [`verify`], with every signature checked against `trusted` (for a live
+/// deploy, the serving version's keys: a bundle cannot bring its own),
+/// while the files the lock must pin are those `app`'s own manifest
+/// names, its own `[trust]` key files included (T18, T19).
+pub fn verify_under(app: &mut App, trusted: &Signers) -> Result<Vec<Evidence>, Problems> {
+    let required = !trusted.is_empty() || !app.is_dev();
     let mut problems = Vec::new();
     let manifest = app.manifest_path.clone();
     let at = |app: &App, key: &str| app.lines.get(key).map(|line| (line, 1));
-    if required && app.signers.is_empty() {
+    if required && trusted.is_empty() {
         problems.push(Problem {
             file: manifest.clone(),
             location: None,
@@ -180,9 +189,9 @@ pub fn verify(app: &mut App) -> Result<Vec<Evidence>, Problems> {
     }
     for (path, name) in own {
         let signed = trust::signature_path(&path).exists();
-        if !app.signers.is_empty()
+        if !trusted.is_empty()
             && (signed || required)
-            && let Err(e) = trust::verify_file(&path, &app.dir, &app.signers)
+            && let Err(e) = trust::verify_file(&path, &app.dir, trusted)
         {
             problems.push(Problem {
                 file: path.clone(),
@@ -225,8 +234,8 @@ pub fn verify(app: &mut App) -> Result<Vec<Evidence>, Problems> {
             )));
             continue;
         }
-        let signed = if required && !app.signers.is_empty() {
-            match trust::verify_beside(&function.component, &app.dir, &file, &bytes, &app.signers) {
+        let signed = if required && !trusted.is_empty() {
+            match trust::verify_beside(&function.component, &app.dir, &file, &bytes, trusted) {
                 Ok(signed) => Some(signed),
                 Err(e) => {
                     problems.push(problem(e.to_string()));
