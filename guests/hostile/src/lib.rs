@@ -15,6 +15,12 @@
 //! - `/shout`     writes hostile text to stdout and stderr, then answers
 //! - `/nobody`    returns without ever setting a response
 //! - `/counter`   counts calls in a global: always 1 if no state survives
+//! - `/stain`     writes a secret pattern derived from `?seed=N` into a
+//!   static, the stack and 12 MiB of heap (growing memory, every other
+//!   page dirty), then answers (issue 17: slot reuse must not leak it)
+//! - `/peek`      scans all of its linear memory for `?seed=N`'s pattern and
+//!   answers `found F pages P counter C`: F must be 0, P the initial
+//!   memory size and C 1 in a fresh instance
 //! - `/fetch`     GETs `?url=http://host:port/path` and answers with what came back;
 //!   `&pad=N` adds an `x-pad` header of N bytes (headers count against the
 //!   outbound byte cap, T17)
@@ -36,6 +42,10 @@ wasip2::http::proxy::export!(Hostile);
 struct Hostile;
 
 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Where `/stain` puts the pattern in static memory (zero-initialised, so
+/// part of the initial memory a reused slot must restore).
+static STAINS: [std::sync::atomic::AtomicU64; 512] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 512];
 
 impl wasip2::exports::http::incoming_handler::Guest for Hostile {
     fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
@@ -106,9 +116,85 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 reply(response_out, 200, &n.to_string())
             }
+            "stain" => {
+                let seed = param(query, "seed").parse().unwrap_or(1);
+                reply(response_out, 200, &stain(seed))
+            }
+            "peek" => {
+                let seed = param(query, "seed").parse().unwrap_or(1);
+                reply(response_out, 200, &peek(seed))
+            }
             _ => reply(response_out, 404, "unknown behaviour"),
         }
     }
+}
+
+/// Word `i` of `seed`'s secret pattern (splitmix64). Computed, never
+/// stored, by `/peek`, so finding it in memory means a call wrote it.
+fn pattern(seed: u64, i: u64) -> u64 {
+    let mut z = seed
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(i.wrapping_add(1).wrapping_mul(0xbf58_476d_1ce4_e5b9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Write the secret pattern (two words) into a static, the stack and every
+/// other 4 KiB page of a 12 MiB heap block: many separate dirty regions
+/// (past the 32 wasmtime's page-map reset copies back, so both its copy and
+/// its `madvise` paths are exercised) and a grown memory.
+fn stain(seed: u64) -> String {
+    let (w0, w1) = (pattern(seed, 0), pattern(seed, 1));
+    STAINS[0].store(w0, std::sync::atomic::Ordering::Relaxed);
+    STAINS[1].store(w1, std::sync::atomic::Ordering::Relaxed);
+    let on_stack = std::hint::black_box([w0, w1]);
+    const HEAP_WORDS: usize = (12 << 20) / 8;
+    const PAGE_WORDS: usize = 4096 / 8;
+    let mut heap = vec![0u64; HEAP_WORDS];
+    let mut pages = 0;
+    for page in (0..HEAP_WORDS).step_by(2 * PAGE_WORDS) {
+        heap[page] = w0;
+        heap[page + 1] = w1;
+        pages += 1;
+    }
+    std::hint::black_box(&heap);
+    // Left in memory on purpose: the instance ends with it.
+    std::mem::forget(heap);
+    std::hint::black_box(on_stack);
+    // The scan must see what was just written, or `/peek` proves nothing.
+    let (found, total) = scan(seed);
+    format!("stained {pages} heap pages found {found} pages {total}")
+}
+
+/// `found F pages P counter C`: where `seed`'s pattern sits in this
+/// instance's memory, its size and the calls this instance has seen.
+fn peek(seed: u64) -> String {
+    let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let (found, pages) = scan(seed);
+    format!("found {found} pages {pages} counter {calls}")
+}
+
+/// How often `seed`'s pattern occurs in linear memory, and its size in pages.
+fn scan(seed: u64) -> (u32, usize) {
+    let (w0, w1) = (pattern(seed, 0), pattern(seed, 1));
+    let pages = core::arch::wasm32::memory_size(0);
+    let end = pages * 65536;
+    let mut found = 0u32;
+    // Address 0 is valid wasm memory, but start past it: Rust's null.
+    let mut addr = 8usize;
+    while addr + 16 <= end {
+        // SAFETY: every address below `memory.size` is readable wasm memory.
+        let (a, b) = unsafe {
+            let p = addr as *const u64;
+            (p.read_volatile(), p.add(1).read_volatile())
+        };
+        if a == w0 && b == w1 {
+            found += 1;
+        }
+        addr += 8;
+    }
+    (found, pages)
 }
 
 /// The value of `name` in a query string, or "".
