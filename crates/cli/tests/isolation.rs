@@ -74,7 +74,11 @@ async fn a_reused_slot_keeps_nothing_of_the_previous_call() {
             // The scan sees what the call wrote: 1,536 heap pages and the
             // static at least, in a memory grown past its initial size.
             let (found, pages) = found_and_pages(&stained.text());
-            assert!(found > 1536, "the scan must see the stain: {}", stained.text());
+            assert!(
+                found > 1536,
+                "the scan must see the stain: {}",
+                stained.text()
+            );
             assert!(pages > initial_pages, "{}", stained.text());
         }
         let peeks: Vec<_> = (0..width)
