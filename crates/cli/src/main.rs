@@ -114,6 +114,12 @@ enum Command {
         /// APP_DIR/.bulkhead/ENV/versions (the serving one is always kept).
         #[arg(long, default_value_t = versions::DEFAULT_KEEP, value_name = "N")]
         keep_versions: usize,
+        /// Threads serving requests (and running functions); default one
+        /// per core. Set it below the cores to leave some to other
+        /// processes on a shared host, or to measure how throughput scales
+        /// with cores (bench/scaling).
+        #[arg(long, value_name = "N")]
+        workers: Option<std::num::NonZeroUsize>,
     },
     /// Validate the manifest and every component without serving.
     #[command(
@@ -401,8 +407,9 @@ fn main() -> ExitCode {
             listen,
             admin_listen,
             keep_versions,
+            workers,
             ..
-        } => serve::run(&target, listen, &admin_listen, keep_versions),
+        } => serve::run(&target, listen, &admin_listen, keep_versions, workers),
         Command::Check { target } => check::run(&target),
         Command::ThreatModel {
             target,

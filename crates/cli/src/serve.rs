@@ -21,6 +21,7 @@ pub fn run(
     listen: SocketAddr,
     admin_listen: &str,
     keep_versions: usize,
+    workers: Option<std::num::NonZeroUsize>,
 ) -> Result<ExitCode> {
     let admin_address = match admin_listen {
         "off" => None,
@@ -96,7 +97,12 @@ pub fn run(
     // Every writer of the trail (this server, CLI commands) holds to the
     // budget kept in the store (T09).
     store.set_audit_max_size(app.audit_max_size.bytes())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        // `--workers`: tokio's default is one per core (issue 17).
+        runtime.worker_threads(workers.get());
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("bulkhead")
         .build()

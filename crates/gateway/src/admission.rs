@@ -16,12 +16,23 @@
 //! once its body is read ([`Admitted::activate`]) does it count against the
 //! dynamic throttle's limit (T01, [`crate::throttle`]), so bodies that never
 //! arrive cannot make the gateway shed everyone else's requests.
+//!
+//! Issue 17: no gate-wide lock on a request's way. The counts are atomics
+//! whose bounds are taken by compare-and-swap (never past a bound); a
+//! caller's own counts sit in a sharded map (dashmap), locked per shard,
+//! so only requests of callers in the same shard meet. The gate-wide lock
+//! remains where the gate is at a bound and fairness needs the whole
+//! picture: queueing for a running slot (and handing freed slots on in
+//! turn), pushing out the heaviest caller when every place is taken, and
+//! activating at the dynamic throttle's limit. A gate away from its bounds
+//! never takes it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use crate::caller::Caller;
@@ -30,52 +41,88 @@ use crate::throttle;
 /// No dynamic limit set.
 const UNLIMITED: u32 = u32::MAX;
 
+/// A place's life, in [`Ticket::state`]: still sending its body (it may
+/// be pushed out as a reader), past that (activated or waiting to run),
+/// or given back (pushed out, or its request ended).
+const READING: u8 = 0;
+const PAST: u8 = 1;
+const GONE: u8 = 2;
+
+/// Reading lists are pruned of tickets past reading once this long.
+const PRUNE_AT: usize = 8;
+
 pub struct Gate {
     max_running: u32,
     max_outstanding: u32,
     /// Places one caller may hold (T02).
     per_caller: u32,
-    /// Mirrors `State::outstanding`, readable without the lock.
     outstanding: AtomicU32,
-    /// Mirrors `State::active`.
+    /// Outstanding requests whose bodies are read (queued or running).
     active: AtomicU32,
+    running: AtomicU32,
+    /// Waiters in the queue (some may have given up since): while any
+    /// are, freed slots go through the queue, in turn.
+    queued: AtomicU32,
     /// The dynamic throttle's limit on active requests, or [`UNLIMITED`].
     limit: AtomicU32,
-    state: Mutex<State>,
-}
-
-#[derive(Default)]
-struct State {
-    running: u32,
-    outstanding: u32,
-    /// Outstanding requests whose bodies are read (queued or running).
-    active: u32,
     /// Most active at once since the last [`Gate::sample`].
-    peak_active: u32,
-    /// Seconds from activation to the end of running, summed, and how many
-    /// requests, since the last [`Gate::sample`].
-    latency_sum: f64,
-    latency_count: u64,
-    callers: HashMap<Caller, CallerState>,
-    /// Callers with queued requests, in the order they get the next slot.
-    turns: VecDeque<Caller>,
-    /// Tickets pushed out of the queue; their places are already given back.
-    evicted: HashSet<u64>,
-    next_ticket: u64,
+    peak_active: AtomicU32,
+    /// Nanoseconds from activation to the end of running, summed, and how
+    /// many requests, since the last [`Gate::sample`].
+    latency_ns: AtomicU64,
+    latency_count: AtomicU64,
+    /// Each caller's counts, sharded: locked only by its own shard's
+    /// callers.
+    callers: DashMap<Caller, CallerState>,
+    /// Only at a bound: see the module doc. Taken before any shard of
+    /// `callers`, never while holding one.
+    queue: Mutex<Queue>,
 }
 
 #[derive(Default)]
 struct CallerState {
-    outstanding: u32,
+    outstanding: AtomicU32,
     /// Of those, activated (body read).
-    active: u32,
-    /// Admitted, not yet queued: still reading and checking their bodies.
-    reading: Vec<u64>,
-    queue: VecDeque<Waiter>,
+    active: AtomicU32,
+    /// Admitted, maybe still reading and checking their bodies; those
+    /// past reading are pruned lazily.
+    reading: Mutex<Vec<Arc<Ticket>>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: HashMap<Caller, VecDeque<Waiter>>,
+    /// Callers with queued requests, in the order they get the next slot.
+    turns: VecDeque<Caller>,
+}
+
+#[derive(Default)]
+struct Ticket {
+    state: AtomicU8,
+}
+
+impl Ticket {
+    /// Move from reading to past it; false if it was pushed out.
+    fn past_reading(&self) -> bool {
+        match self
+            .state
+            .compare_exchange(READING, PAST, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(state) => state != GONE,
+        }
+    }
+
+    /// Give its place back; true only for whoever does it first.
+    fn give_back(&self, from: u8) -> bool {
+        self.state
+            .compare_exchange(from, GONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
 }
 
 struct Waiter {
-    ticket: u64,
+    ticket: Arc<Ticket>,
     /// When it was activated, if it was.
     since: Option<Instant>,
     turn: oneshot::Sender<Running>,
@@ -85,7 +132,7 @@ struct Waiter {
 pub struct Admitted {
     gate: Arc<Gate>,
     caller: Caller,
-    ticket: u64,
+    ticket: Arc<Ticket>,
     /// When its body was read and it became active.
     activated: Option<Instant>,
 }
@@ -149,15 +196,21 @@ impl Gate {
             per_caller: per_caller.clamp(1, max_outstanding),
             outstanding: AtomicU32::new(0),
             active: AtomicU32::new(0),
+            running: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
             limit: AtomicU32::new(UNLIMITED),
-            state: Mutex::new(State::default()),
+            peak_active: AtomicU32::new(0),
+            latency_ns: AtomicU64::new(0),
+            latency_count: AtomicU64::new(0),
+            callers: DashMap::new(),
+            queue: Mutex::new(Queue::default()),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent counts: every
-        // update below is a handful of integer and queue operations.
-        self.state
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves a consistent queue: every
+        // update is a push or a pop.
+        self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -167,26 +220,50 @@ impl Gate {
     /// holds its part of it, or if every place is taken by callers holding
     /// no more than it would.
     pub fn try_admit(self: &Arc<Self>, caller: &Caller) -> Result<Admitted, Refused> {
-        let mut state = self.lock();
-        let mine = state.callers.get(caller).map_or(0, |c| c.outstanding);
+        let mine = self
+            .callers
+            .get(caller)
+            .map_or(0, |c| c.outstanding.load(Ordering::Acquire));
         if mine >= self.per_caller {
             return Err(Refused::CallerShare);
         }
         // Shed early, before the body is read, what would be shed once it is.
-        if !self.may_activate(&state, caller) {
+        if !self.may_activate(caller) {
             return Err(Refused::Overloaded);
         }
-        if state.outstanding >= self.max_outstanding {
-            self.push_out_heaviest(&mut state, mine + 1)
-                .ok_or(Refused::Full)?;
+        if !take_below(&self.outstanding, self.max_outstanding) {
+            // Every place is taken: push out a heavier caller's (its place
+            // passes to this request), one at a time.
+            let mut queue = self.lock();
+            if !take_below(&self.outstanding, self.max_outstanding) {
+                self.push_out_heaviest(&mut queue, mine + 1)
+                    .ok_or(Refused::Full)?;
+            }
         }
-        state.outstanding += 1;
-        self.outstanding.store(state.outstanding, Ordering::Release);
-        let ticket = state.next_ticket;
-        state.next_ticket += 1;
-        let entry = state.callers.entry(caller.clone()).or_default();
-        entry.outstanding += 1;
-        entry.reading.push(ticket);
+        // T02: the share is checked again where it is taken, under the
+        // caller's shard lock, so racing requests of one caller never
+        // hold more than it.
+        let ticket = Arc::new(Ticket::default());
+        let entry = self.callers.entry(caller.clone()).or_default();
+        if entry
+            .outstanding
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.per_caller).then_some(n + 1)
+            })
+            .is_err()
+        {
+            drop(entry);
+            self.outstanding.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::CallerShare);
+        }
+        {
+            let mut reading = lock(&entry.reading);
+            if reading.len() >= PRUNE_AT {
+                reading.retain(|t| t.state.load(Ordering::Acquire) == READING);
+            }
+            reading.push(ticket.clone());
+        }
+        drop(entry);
         Ok(Admitted {
             gate: self.clone(),
             caller: caller.clone(),
@@ -198,53 +275,104 @@ impl Gate {
     /// Whether one more active request of `caller` fits the dynamic limit:
     /// below it, always; at it, only a caller under its fair part, and only
     /// as far as heavier callers hold more than theirs (T01, T02).
-    fn may_activate(&self, state: &State, caller: &Caller) -> bool {
+    fn may_activate(&self, caller: &Caller) -> bool {
         let limit = self.limit.load(Ordering::Acquire);
-        if limit == UNLIMITED || state.active < limit {
+        if limit == UNLIMITED || self.active.load(Ordering::Acquire) < limit {
             return true;
         }
-        let mine = state.callers.get(caller).map_or(0, |c| c.active);
-        let others = state
-            .callers
-            .iter()
-            .filter(|(key, c)| c.active > 0 && *key != caller)
-            .map(|(_, c)| c.active);
-        throttle::fair_admits(limit, state.active, mine, others)
+        self.fair_at_limit(limit, caller)
+    }
+
+    /// At the limit: who holds how many active requests.
+    fn fair_at_limit(&self, limit: u32, caller: &Caller) -> bool {
+        let mut mine = 0;
+        let mut others = Vec::new();
+        for entry in self.callers.iter() {
+            let active = entry.active.load(Ordering::Acquire);
+            if entry.key() == caller {
+                mine = active;
+            } else if active > 0 {
+                others.push(active);
+            }
+        }
+        let active = self.active.load(Ordering::Acquire);
+        throttle::fair_admits(limit, active, mine, others.into_iter())
     }
 
     /// Refuse the newest request not yet running of the caller holding the
     /// most places, if it holds more than `share`: a queued one first, else
     /// one still sending its body (a slow body must not hold a place
-    /// against lighter callers). Its place is freed now.
-    fn push_out_heaviest(&self, state: &mut State, share: u32) -> Option<()> {
-        let heaviest = state
-            .callers
-            .iter()
-            .filter(|(_, c)| !c.queue.is_empty() || !c.reading.is_empty())
-            .max_by_key(|(_, c)| c.outstanding)
-            .filter(|(_, c)| c.outstanding > share)
-            .map(|(caller, _)| caller.clone())?;
-        let entry = state.callers.get_mut(&heaviest)?;
+    /// against lighter callers). Its place passes to the newcomer.
+    fn push_out_heaviest(&self, queue: &mut Queue, share: u32) -> Option<()> {
+        loop {
+            let heaviest = self
+                .callers
+                .iter()
+                .filter(|entry| {
+                    queue.waiting.contains_key(entry.key()) || !lock(&entry.reading).is_empty()
+                })
+                .map(|entry| {
+                    (
+                        entry.outstanding.load(Ordering::Acquire),
+                        entry.key().clone(),
+                    )
+                })
+                .max_by_key(|(outstanding, _)| *outstanding)
+                .filter(|(outstanding, _)| *outstanding > share)
+                .map(|(_, caller)| caller)?;
+            if self.push_out_one(queue, &heaviest) {
+                return Some(());
+            }
+        }
+    }
+
+    /// Push out `caller`'s newest queued request, else its newest reader;
+    /// false if it had none left (they ended meanwhile).
+    fn push_out_one(&self, queue: &mut Queue, caller: &Caller) -> bool {
         // Dropping a waiter's sender tells it that it was pushed out; a
-        // reader finds out when it asks to run.
-        let (ticket, was_active) = match entry.queue.pop_back() {
-            Some(waiter) => (waiter.ticket, waiter.since.is_some()),
-            None => (entry.reading.pop()?, false),
+        // reader finds out when it asks to activate or run.
+        while let Some(waiter) = queue.waiting.get_mut(caller).and_then(|q| q.pop_back()) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if queue.waiting.get(caller).is_some_and(|q| q.is_empty()) {
+                queue.waiting.remove(caller);
+                queue.turns.retain(|c| c != caller);
+            }
+            if waiter.ticket.give_back(PAST) {
+                self.forget(caller, waiter.since.is_some());
+                return true;
+            }
+        }
+        let Some(entry) = self.callers.get(caller) else {
+            // Its queue held only requests that had ended: the caller went.
+            return false;
         };
-        entry.outstanding -= 1;
+        let mut reading = lock(&entry.reading);
+        while let Some(ticket) = reading.pop() {
+            if ticket.give_back(READING) {
+                drop(reading);
+                drop(entry);
+                self.forget(caller, false);
+                return true;
+            }
+        }
+        drop(reading);
+        drop(entry);
+        // Nothing to push out after all: the scan must not pick it again.
+        false
+    }
+
+    /// A pushed-out place leaves its caller's counts (the gate's count of
+    /// outstanding places passes to the newcomer).
+    fn forget(&self, caller: &Caller, was_active: bool) {
         if was_active {
-            entry.active -= 1;
+            self.active.fetch_sub(1, Ordering::AcqRel);
         }
-        if entry.queue.is_empty() {
-            state.turns.retain(|c| *c != heaviest);
+        if let Some(entry) = self.callers.get(caller) {
+            entry.outstanding.fetch_sub(1, Ordering::AcqRel);
+            if was_active {
+                entry.active.fetch_sub(1, Ordering::AcqRel);
+            }
         }
-        state.outstanding -= 1;
-        if was_active {
-            state.active -= 1;
-            self.active.store(state.active, Ordering::Release);
-        }
-        state.evicted.insert(ticket);
-        Some(())
     }
 
     pub fn outstanding(&self) -> u32 {
@@ -266,52 +394,95 @@ impl Gate {
 
     /// What happened since the last sample; starts the next interval.
     pub fn sample(&self) -> Sample {
-        let mut state = self.lock();
-        let latency =
-            (state.latency_count > 0).then(|| state.latency_sum / state.latency_count as f64);
-        let sample = Sample {
-            active: state.active,
-            peak_active: state.peak_active.max(state.active),
-            latency,
-        };
-        state.peak_active = state.active;
-        state.latency_sum = 0.0;
-        state.latency_count = 0;
-        sample
+        let active = self.active.load(Ordering::Acquire);
+        let peak = self.peak_active.swap(active, Ordering::AcqRel);
+        let sum = self.latency_ns.swap(0, Ordering::AcqRel);
+        let count = self.latency_count.swap(0, Ordering::AcqRel);
+        Sample {
+            active,
+            peak_active: peak.max(active),
+            latency: (count > 0).then(|| sum as f64 / 1e9 / count as f64),
+        }
     }
 
-    /// Give a freed running slot to the next caller in turn, or back.
+    /// A running slot is free: hand it to the next caller in turn if any
+    /// waits, else give it back.
     fn release_running(self: &Arc<Self>, since: Option<Instant>) {
-        let mut state = self.lock();
         if let Some(since) = since {
-            state.latency_sum += since.elapsed().as_secs_f64();
-            state.latency_count += 1;
+            let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.latency_ns.fetch_add(ns, Ordering::AcqRel);
+            self.latency_count.fetch_add(1, Ordering::AcqRel);
         }
-        while let Some(caller) = state.turns.pop_front() {
-            let Some(entry) = state.callers.get_mut(&caller) else {
-                continue;
-            };
-            let Some(waiter) = entry.queue.pop_front() else {
-                continue;
-            };
-            if !entry.queue.is_empty() {
-                state.turns.push_back(caller);
-            }
-            let slot = Running {
+        // SeqCst with the queueing side (`run`): either this sees its
+        // waiter, or the waiter sees this free slot. No wake-up is lost.
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            let mut queue = self.lock();
+            self.hand_on(&mut queue);
+        }
+    }
+
+    /// While a slot is free and someone waits, give it to the next caller
+    /// in turn.
+    fn hand_on(self: &Arc<Self>, queue: &mut Queue) {
+        while take_below(&self.running, self.max_running) {
+            let mut slot = Some(Running {
                 gate: Some(self.clone()),
-                since: waiter.since,
-            };
-            match waiter.turn.send(slot) {
-                Ok(()) => return,
-                // The waiter gave up; its place is given back by its own
-                // `Admitted`. Disarm the slot so dropping it does not lock.
-                Err(mut slot) => {
-                    slot.gate = None;
+                since: None,
+            });
+            while let Some(caller) = queue.turns.pop_front() {
+                let Some(waiters) = queue.waiting.get_mut(&caller) else {
+                    continue;
+                };
+                let Some(waiter) = waiters.pop_front() else {
+                    queue.waiting.remove(&caller);
+                    continue;
+                };
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                if waiters.is_empty() {
+                    queue.waiting.remove(&caller);
+                } else {
+                    queue.turns.push_back(caller);
+                }
+                if waiter.ticket.state.load(Ordering::Acquire) == GONE {
+                    continue;
+                }
+                let Some(mut turn) = slot.take() else {
+                    break;
+                };
+                turn.since = waiter.since;
+                // The waiter may have given up; its place is given back by
+                // its own `Admitted`. Then try the next.
+                if let Err(back) = waiter.turn.send(turn) {
+                    slot = Some(back);
+                } else {
+                    break;
                 }
             }
+            if let Some(mut unused) = slot {
+                // Nobody left waiting: the slot goes back, without running
+                // this again through `Drop`.
+                unused.gate = None;
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
         }
-        state.running -= 1;
     }
+}
+
+/// Take one below `bound`: never past it, however many race.
+fn take_below(count: &AtomicU32, bound: u32) -> bool {
+    count
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n < bound).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Admitted {
@@ -319,25 +490,36 @@ impl Admitted {
     /// throttle's limit, unless that limit is reached and its caller holds
     /// its fair part of it (T01). Pushed out while reading: `Full`.
     pub fn activate(&mut self) -> Result<(), Refused> {
-        let gate = self.gate.clone();
-        let mut state = gate.lock();
-        if state.evicted.contains(&self.ticket) {
+        if !self.ticket.past_reading() {
             return Err(Refused::Full);
         }
         if self.activated.is_some() {
             return Ok(());
         }
-        if let Some(entry) = state.callers.get_mut(&self.caller) {
-            entry.reading.retain(|t| *t != self.ticket);
-        }
-        if !gate.may_activate(&state, &self.caller) {
+        let gate = &self.gate;
+        let limit = gate.limit.load(Ordering::Acquire);
+        let fits = if limit == UNLIMITED {
+            gate.active.fetch_add(1, Ordering::AcqRel);
+            true
+        } else if take_below(&gate.active, limit) {
+            true
+        } else {
+            // At the limit: decisions are taken one at a time, with every
+            // caller's count in view.
+            let _queue = gate.lock();
+            let fits = gate.fair_at_limit(limit, &self.caller);
+            if fits {
+                gate.active.fetch_add(1, Ordering::AcqRel);
+            }
+            fits
+        };
+        if !fits {
             return Err(Refused::Overloaded);
         }
-        state.active += 1;
-        state.peak_active = state.peak_active.max(state.active);
-        gate.active.store(state.active, Ordering::Release);
-        if let Some(entry) = state.callers.get_mut(&self.caller) {
-            entry.active += 1;
+        let active = gate.active.load(Ordering::Acquire);
+        gate.peak_active.fetch_max(active, Ordering::AcqRel);
+        if let Some(entry) = gate.callers.get(&self.caller) {
+            entry.active.fetch_add(1, Ordering::AcqRel);
         }
         self.activated = Some(Instant::now());
         Ok(())
@@ -345,33 +527,36 @@ impl Admitted {
 
     /// Wait (queued, in turn with other callers) for a running slot.
     pub async fn run(&self) -> Result<Running, PushedOut> {
+        if !self.ticket.past_reading() {
+            return Err(PushedOut);
+        }
+        let gate = &self.gate;
+        let slot = || Running {
+            gate: Some(gate.clone()),
+            since: self.activated,
+        };
+        if gate.queued.load(Ordering::SeqCst) == 0 && take_below(&gate.running, gate.max_running) {
+            return Ok(slot());
+        }
         let receiver = {
-            let gate = &self.gate;
-            let mut state = gate.lock();
-            if state.evicted.contains(&self.ticket) {
-                return Err(PushedOut);
-            }
-            if let Some(entry) = state.callers.get_mut(&self.caller) {
-                entry.reading.retain(|t| *t != self.ticket);
-            }
-            if state.running < gate.max_running && state.turns.is_empty() {
-                state.running += 1;
-                return Ok(Running {
-                    gate: Some(gate.clone()),
-                    since: self.activated,
-                });
+            let mut queue = gate.lock();
+            if queue.turns.is_empty() && take_below(&gate.running, gate.max_running) {
+                return Ok(slot());
             }
             let (turn, receiver) = oneshot::channel();
-            let entry = state.callers.entry(self.caller.clone()).or_default();
-            let first = entry.queue.is_empty();
-            entry.queue.push_back(Waiter {
-                ticket: self.ticket,
+            let waiters = queue.waiting.entry(self.caller.clone()).or_default();
+            let first = waiters.is_empty();
+            waiters.push_back(Waiter {
+                ticket: self.ticket.clone(),
                 since: self.activated,
                 turn,
             });
             if first {
-                state.turns.push_back(self.caller.clone());
+                queue.turns.push_back(self.caller.clone());
             }
+            gate.queued.fetch_add(1, Ordering::SeqCst);
+            // A slot freed before the count above was seen: hand it on.
+            gate.hand_on(&mut queue);
             receiver
         };
         receiver.await.map_err(|_| PushedOut)
@@ -380,40 +565,36 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut state = self.gate.lock();
-        if state.evicted.remove(&self.ticket) {
+        let state = self.ticket.state.swap(GONE, Ordering::AcqRel);
+        if state == GONE {
+            // Pushed out: its place was given back then.
             return;
         }
-        state.outstanding -= 1;
-        self.gate
-            .outstanding
-            .store(state.outstanding, Ordering::Release);
+        let gate = &self.gate;
+        gate.outstanding.fetch_sub(1, Ordering::AcqRel);
         let active = self.activated.is_some();
         if active {
-            state.active -= 1;
-            self.gate.active.store(state.active, Ordering::Release);
+            gate.active.fetch_sub(1, Ordering::AcqRel);
         }
-        let mut gone = false;
-        if let Some(entry) = state.callers.get_mut(&self.caller) {
-            entry.outstanding -= 1;
-            if active {
-                entry.active -= 1;
+        let gone = match gate.callers.get(&self.caller) {
+            Some(entry) => {
+                if active {
+                    entry.active.fetch_sub(1, Ordering::AcqRel);
+                }
+                entry.outstanding.fetch_sub(1, Ordering::AcqRel) == 1
             }
-            // Still reading, or queued and it gave up waiting: leave.
-            entry.reading.retain(|t| *t != self.ticket);
-            entry.queue.retain(|w| w.ticket != self.ticket);
-            gone = entry.outstanding == 0 && entry.queue.is_empty();
-        }
+            None => false,
+        };
+        // A caller with nothing outstanding leaves the map (it stays
+        // bounded by the outstanding places); a racing admission of the
+        // same caller keeps it.
         if gone {
-            state.callers.remove(&self.caller);
-            state.turns.retain(|c| *c != self.caller);
-        } else if state
-            .callers
-            .get(&self.caller)
-            .is_some_and(|c| c.queue.is_empty())
-        {
-            state.turns.retain(|c| *c != self.caller);
+            gate.callers.remove_if(&self.caller, |_, c| {
+                c.outstanding.load(Ordering::Acquire) == 0
+            });
         }
+        // A waiter that gave up stays queued until a slot reaches it, and
+        // is then skipped (`hand_on`).
     }
 }
 
@@ -558,6 +739,135 @@ mod tests {
         drop(heavy);
         drop(light);
         assert_eq!((gate.active(), gate.outstanding()), (0, 0));
+    }
+
+    /// Many tasks of four callers on a multi-thread runtime (issue 17):
+    /// the gate never holds more places than its bound or a caller more
+    /// than its share (T02), never runs more than its running bound, and no
+    /// queued request misses its turn (each gets a slot within seconds).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn racing_requests_never_pass_the_bounds_nor_lose_a_turn_t01_t02() {
+        const CALLERS: u8 = 4;
+        const SHARE: u32 = 2;
+        const RUNNING: u32 = 3;
+        let places = u32::from(CALLERS) * SHARE;
+        let gate = Gate::new(RUNNING, places, SHARE);
+        let breaches = Arc::new(AtomicU32::new(0));
+        let lost = Arc::new(AtomicU32::new(0));
+        let ran = Arc::new(AtomicU32::new(0));
+        let tasks: Vec<_> = (0..32u8)
+            .map(|t| {
+                let (gate, breaches, lost, ran) =
+                    (gate.clone(), breaches.clone(), lost.clone(), ran.clone());
+                tokio::spawn(async move {
+                    let who = caller(t % CALLERS);
+                    for _ in 0..200 {
+                        let Ok(mut place) = gate.try_admit(&who) else {
+                            tokio::task::yield_now().await;
+                            continue;
+                        };
+                        let mine = gate
+                            .callers
+                            .get(&who)
+                            .map_or(0, |c| c.outstanding.load(Ordering::SeqCst));
+                        if mine > SHARE || gate.outstanding() > places {
+                            breaches.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if place.activate().is_err() {
+                            breaches.fetch_add(1, Ordering::SeqCst);
+                        }
+                        let run = place.run();
+                        match tokio::time::timeout(std::time::Duration::from_secs(10), run).await {
+                            Ok(Ok(slot)) => {
+                                ran.fetch_add(1, Ordering::SeqCst);
+                                if gate.running.load(Ordering::SeqCst) > RUNNING {
+                                    breaches.fetch_add(1, Ordering::SeqCst);
+                                }
+                                tokio::task::yield_now().await;
+                                drop(slot);
+                            }
+                            // Nobody is heavier than a share here: no push-out.
+                            Ok(Err(PushedOut)) => {
+                                breaches.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(_) => {
+                                lost.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(breaches.load(Ordering::SeqCst), 0);
+        assert_eq!(lost.load(Ordering::SeqCst), 0);
+        assert!(ran.load(Ordering::SeqCst) > 0);
+        assert_eq!((gate.active(), gate.outstanding()), (0, 0));
+        assert_eq!(gate.running.load(Ordering::SeqCst), 0);
+        assert!(gate.callers.is_empty());
+    }
+
+    /// A flooder racing newcomers at a full gate (issue 17, T02): places
+    /// pass from the flooder to newcomers, the bound is never passed, every
+    /// queued request either runs or learns it was pushed out, and every
+    /// count is back to zero at the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_flood_racing_newcomers_never_passes_the_bound_t02() {
+        const PLACES: u32 = 6;
+        let gate = Gate::new(2, PLACES, PLACES);
+        let breaches = Arc::new(AtomicU32::new(0));
+        let lost = Arc::new(AtomicU32::new(0));
+        let pushed = Arc::new(AtomicU32::new(0));
+        let tasks: Vec<_> = (0..24u8)
+            .map(|t| {
+                let (gate, breaches, lost, pushed) =
+                    (gate.clone(), breaches.clone(), lost.clone(), pushed.clone());
+                tokio::spawn(async move {
+                    // Two thirds of the tasks are one flooder.
+                    let who = if t % 3 == 0 {
+                        caller(10 + t)
+                    } else {
+                        caller(1)
+                    };
+                    for _ in 0..150 {
+                        let Ok(mut place) = gate.try_admit(&who) else {
+                            tokio::task::yield_now().await;
+                            continue;
+                        };
+                        if gate.outstanding() > PLACES {
+                            breaches.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if place.activate().is_err() {
+                            pushed.fetch_add(1, Ordering::SeqCst);
+                            continue;
+                        }
+                        let run = place.run();
+                        match tokio::time::timeout(std::time::Duration::from_secs(10), run).await {
+                            Ok(Ok(slot)) => {
+                                tokio::task::yield_now().await;
+                                drop(slot);
+                            }
+                            Ok(Err(PushedOut)) => {
+                                pushed.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(_) => {
+                                lost.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(breaches.load(Ordering::SeqCst), 0);
+        assert_eq!(lost.load(Ordering::SeqCst), 0);
+        assert_eq!((gate.active(), gate.outstanding()), (0, 0));
+        assert_eq!(gate.running.load(Ordering::SeqCst), 0);
+        assert!(gate.callers.is_empty());
     }
 
     fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {

@@ -4,9 +4,13 @@
 //! on the disk; a crash loses at most that window, and `close` commits the
 //! rest. Budgets are read back from here at start, so restarting the
 //! server never resets them.
+//!
+//! The tally is split into shards, one picked per thread (issue 17): the
+//! gateway's worker threads record calls without meeting on one lock; the
+//! writer merges the shards (the same key in two shards adds up).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -14,6 +18,18 @@ use rusqlite::{Connection, params};
 use tracing::error;
 
 use crate::{Store, StoreError};
+
+/// Tally shards: more than the worker threads of most hosts.
+const SHARDS: usize = 16;
+
+/// Which shard this thread records into: threads are dealt out in turn.
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|shard| *shard)
+}
 
 /// How often pending usage is committed.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -90,7 +106,7 @@ pub fn hour_of(ms: i64) -> i64 {
 type Key = (i64, Arc<str>, Arc<str>);
 
 struct Pending {
-    tally: Mutex<HashMap<Key, Usage>>,
+    tally: [Mutex<HashMap<Key, Usage>>; SHARDS],
     conn: Mutex<Connection>,
     stop: AtomicBool,
     wake: Condvar,
@@ -111,7 +127,7 @@ impl MeterLog {
         conn.execute("DELETE FROM meters WHERE hour < ?1", [oldest_kept])
             .map_err(|e| store.db_error(e))?;
         let pending = Arc::new(Pending {
-            tally: Mutex::new(HashMap::new()),
+            tally: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             conn: Mutex::new(conn),
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
@@ -139,7 +155,7 @@ impl MeterLog {
     /// copied: this runs once per call.
     pub fn record(&self, time_ms: i64, function: &Arc<str>, caller: &Arc<str>, usage: &Usage) {
         let key = (hour_of(time_ms), function.clone(), caller.clone());
-        if let Ok(mut tally) = self.pending.tally.lock() {
+        if let Ok(mut tally) = self.pending.tally[shard()].lock() {
             tally.entry(key).or_default().add(usage);
         }
     }
@@ -162,13 +178,25 @@ impl Pending {
         let Ok(mut conn) = self.conn.lock() else {
             return;
         };
-        let batch = match self.tally.lock() {
-            Ok(mut tally) if !tally.is_empty() => std::mem::take(&mut *tally),
-            _ => return,
-        };
+        let mut batch: HashMap<Key, Usage> = HashMap::new();
+        for shard in &self.tally {
+            let Ok(mut tally) = shard.lock() else {
+                continue;
+            };
+            if batch.is_empty() {
+                batch = std::mem::take(&mut *tally);
+            } else {
+                for (key, usage) in tally.drain() {
+                    batch.entry(key).or_default().add(&usage);
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
         if let Err(e) = write(&mut conn, &batch) {
             error!(target: "bulkhead::meter", error = %e, rows = batch.len(), "cannot commit usage; keeping it for the next attempt");
-            if let Ok(mut tally) = self.tally.lock() {
+            if let Ok(mut tally) = self.tally[0].lock() {
                 for (key, usage) in batch {
                     tally.entry(key).or_default().add(&usage);
                 }
