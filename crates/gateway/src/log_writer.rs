@@ -169,7 +169,11 @@ impl Drop for LogGuard {
         self.inner.lock().closed = true;
         self.inner.wake.notify_one();
         let deadline = Instant::now() + CLOSE_WAIT;
-        let mut finished = self.inner.finished.lock().unwrap_or_else(|p| p.into_inner());
+        let mut finished = self
+            .inner
+            .finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         while !*finished {
             let now = Instant::now();
             if now >= deadline {
@@ -366,7 +370,8 @@ mod tests {
     fn a_batch_is_one_write() {
         let sink = Held::default();
         let stuck = sink.stuck.lock().unwrap();
-        let (writer, guard) = LogWriter::start_with(Box::new(sink.clone()), 1 << 20, 2 << 20).unwrap();
+        let (writer, guard) =
+            LogWriter::start_with(Box::new(sink.clone()), 1 << 20, 2 << 20).unwrap();
         writer.push(Kind::Access, b"{}\n");
         let deadline = Instant::now() + Duration::from_secs(10);
         while !writer.inner.lock().lines.is_empty() && Instant::now() < deadline {
