@@ -462,11 +462,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// JSON logs on stderr or to `file`. Lines are written by a worker thread,
-/// so a request never waits on the terminal or the disk; the buffer blocks
-/// rather than drops when full (a log line is evidence), and the returned
-/// guard flushes it when dropped.
-fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::WorkerGuard> {
+/// JSON logs on stderr or to `file`. Lines are written by one thread in
+/// batches, so a request never waits on the terminal or the disk; when the
+/// bounded queue is full a line is dropped, counted on /metrics
+/// (`bulkhead_log_dropped_total`) and reported in a summary line, never
+/// waited for (T09, issue 17: the audit trail is the record that is never
+/// dropped). The returned guard writes what is queued when dropped.
+fn init_logging(file: Option<&Path>) -> Result<bulkhead_gateway::log_writer::LogGuard> {
     let filter = EnvFilter::try_from_env("BULKHEAD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let sink: Box<dyn std::io::Write + Send> = match file {
         Some(path) => Box::new(
@@ -475,24 +477,19 @@ fn init_logging(file: Option<&Path>) -> Result<tracing_appender::non_blocking::W
         ),
         None => Box::new(std::io::stderr()),
     };
-    // The writer thread flushes after each batch it drains, so buffering
-    // only turns a flood's thousands of lines into a few writes.
-    let sink = std::io::BufWriter::with_capacity(64 * 1024, sink);
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        // Every slot is allocated and touched at start-up; 16 Ki lines is a
-        // fraction of a second of the worst flood.
-        .buffered_lines_limit(16 * 1024)
-        .thread_name("bulkhead-log")
-        .finish(sink);
+    let (writer, guard) = bulkhead_gateway::log_writer::LogWriter::start(sink)
+        .map_err(|e| anyhow::anyhow!("cannot start the log writer: {e}"))?;
+    let events = writer.clone();
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(move || events.clone())
         .init();
+    // After the subscriber: the access log asks its filter what it wants.
+    bulkhead_gateway::access_log::install(writer);
     Ok(guard)
 }
 

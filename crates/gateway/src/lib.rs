@@ -1,6 +1,7 @@
 //! The gateway: the listener and the request pipeline in front of the
 //! sandbox, one module per stage.
 
+pub mod access_log;
 mod admin;
 mod admission;
 mod audit;
@@ -10,6 +11,7 @@ mod caller;
 mod connection;
 pub mod correlation;
 mod deploys;
+pub mod log_writer;
 mod metrics;
 mod pipeline;
 pub mod problem;

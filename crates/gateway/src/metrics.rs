@@ -53,6 +53,9 @@ pub struct Metrics {
     throttle_limit: Gauge,
     throttle_signals: Family<SignalLabels, Share>,
     audit: AuditGauges,
+    /// Log lines the log writer dropped (T09, issue 17).
+    log_dropped: Counter,
+    log_dropped_seen: AtomicU64,
 }
 
 /// The audit trail's state (T09): its head, recorded breaks, dropped
@@ -184,7 +187,15 @@ impl Metrics {
             "Answers sent before their call's audit records were durable: the audit writer did not commit within the wait's bound (1 s), or could not write them (counted in an audit.dropped record)",
             audit.not_durable.clone(),
         );
+        let log_dropped = Counter::default();
+        registry.register(
+            "log_dropped",
+            "Log lines dropped because the log writer's queue was full or its sink failed; a summary line says how many once it catches up (the audit trail is never dropped this way)",
+            log_dropped.clone(),
+        );
         Self {
+            log_dropped,
+            log_dropped_seen: AtomicU64::new(0),
             audit,
             registry,
             requests,
@@ -299,6 +310,13 @@ impl Metrics {
                     function: function.to_string(),
                 })
                 .set(i64::from(count));
+        }
+        let dropped = crate::access_log::dropped();
+        let seen = self
+            .log_dropped_seen
+            .fetch_max(dropped, std::sync::atomic::Ordering::Relaxed);
+        if dropped > seen {
+            self.log_dropped.inc_by(dropped - seen);
         }
         let mut out = String::new();
         // Writing to a String cannot fail.

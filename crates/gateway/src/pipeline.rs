@@ -14,8 +14,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use tracing::{info, warn};
 
+use crate::access_log::{self, Level};
 use crate::admission::{PushedOut, Refused};
 use crate::authn::Identity;
 use crate::caller::{Caller, client_address, client_scheme};
@@ -65,10 +65,13 @@ pub(crate) async fn handle(
     if spans.is_some() {
         trace.mark_sampled();
     }
-    // What the client wrote goes into the record capped (T09).
-    let method = audit::client_text(request.method().as_str()).into_owned();
-    let span_method = method_name(request.method());
-    let path = audit::client_text(request.uri().path()).into_owned();
+    // What the client wrote goes into the record capped (T09). The method
+    // and URI are kept (a shared buffer's count, not a copy) for the record.
+    let request_method = request.method().clone();
+    let request_uri = request.uri().clone();
+    let method = audit::client_text(request_method.as_str());
+    let span_method = method_name(&request_method);
+    let path = audit::client_text(request_uri.path());
     let mut outcome = Outcome {
         slot: None,
         subject: None,
@@ -130,41 +133,39 @@ pub(crate) async fn handle(
             correlation_id: correlation_id.to_string(),
             function: function.to_string(),
             subject: subject.to_string(),
-            method: method.clone(),
-            path: path.clone(),
+            method: method.to_string(),
+            path: path.to_string(),
             status,
             caller: outcome.caller.clone(),
         });
     }
+    // T09 (issue 17): serialised here, written by the log thread.
+    let logged_at = started_at + elapsed;
     match outcome.reason {
-        None => info!(
-            target: "bulkhead::access",
-            correlation_id,
-            method,
-            path,
-            function,
-            subject,
-            status,
-            duration_ms,
-            "request"
-        ),
+        None => access_log::write(Level::Info, "request", logged_at, |line| {
+            line.str("correlation_id", correlation_id)
+                .str("method", &method)
+                .str("path", &path)
+                .str("function", function)
+                .str("subject", subject)
+                .num("status", status.into())
+                .float("duration_ms", duration_ms);
+        }),
         Some(reason) => {
             let detail = audit::client_text(outcome.detail.as_deref().unwrap_or(""));
             let detail = detail.as_ref();
-            warn!(
-                target: "bulkhead::access",
-                correlation_id,
-                method,
-                path,
-                function,
-                subject,
-                status,
-                duration_ms,
-                reason,
-                detail,
-                peer = %peer,
-                "request refused"
-            );
+            access_log::write(Level::Warn, "request refused", logged_at, |line| {
+                line.str("correlation_id", correlation_id)
+                    .str("method", &method)
+                    .str("path", &path)
+                    .str("function", function)
+                    .str("subject", subject)
+                    .num("status", status.into())
+                    .float("duration_ms", duration_ms)
+                    .str("reason", reason)
+                    .str("detail", detail)
+                    .ip("peer", peer);
+            });
             // `skip` is `false` outside bench builds (stages.rs): T09 stays on.
             let ticket = (!skip(Stage::Audit)).then(|| shared.refusals.record(
                 &shared.audit,

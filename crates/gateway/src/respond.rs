@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::SystemTime;
 
 use bulkhead_manifest::input::HOP_BY_HOP;
 use bulkhead_runtime::{InvokeError, ResponseBody};
@@ -19,8 +20,9 @@ use http::{HeaderMap, HeaderName, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::debug;
 
+use crate::access_log::{self, Level};
 use crate::budget::Charge;
 use crate::caller::Caller;
 use crate::pipeline::{RESERVED_PREFIX, connection_named};
@@ -173,18 +175,16 @@ impl StreamState {
         );
         let shared = &report.shared;
         shared.metrics.refuse(slug);
-        warn!(
-            target: "bulkhead::access",
-            correlation_id = %report.correlation_id,
-            method = %report.method,
-            path = %report.path,
-            function = %report.function,
-            subject = %report.subject,
-            status = report.status,
-            reason = slug,
-            detail = %detail,
-            "response cut"
-        );
+        access_log::write(Level::Warn, "response cut", SystemTime::now(), |line| {
+            line.str("correlation_id", &report.correlation_id)
+                .str("method", &report.method)
+                .str("path", &report.path)
+                .str("function", &report.function)
+                .str("subject", &report.subject)
+                .num("status", report.status.into())
+                .str("reason", slug)
+                .str("detail", &detail);
+        });
         shared.refusals.record(
             &shared.audit,
             audit::RequestFacts {
