@@ -18,7 +18,11 @@ import targets  # noqa: E402
 
 PATHS = [
     ("ratelimit", "refusal-ratelimit", "rate-limited", "a caller over its per-caller rate limit (429 rate-limited)"),
-    ("overload", "refusal-overload", "too-many-requests", "admission full (429 too-many-requests)"),
+    # Every running place is taken by a held stream: the dynamic throttle's
+    # in-flight signal is at its limit, so new work is shed (`overloaded`)
+    # before the gate counts it full (`too-many-requests`); both are 429.
+    ("overload", "refusal-overload", ("overloaded", "too-many-requests"),
+     "overload: every place taken, new work shed (429 overloaded)"),
     ("unauthenticated", "refusal-unauthenticated", "unauthenticated", "no credential on an authenticated route (401)"),
 ]
 
@@ -61,7 +65,8 @@ def main():
         rounds = sorted(set(per[name]) & set(admitted))
         ratios = [admitted[k] / per[name][k] for k in rounds if per[name][k] > 0]
         med = statistics.median(ratios) if ratios else None
-        logged = log_counts(os.path.join(logs, f"{name}.stderr.jsonl")).get(reason, 0)
+        counts = log_counts(os.path.join(logs, f"{name}.stderr.jsonl"))
+        logged = sum(counts.get(r, 0) for r in (reason if isinstance(reason, tuple) else (reason,)))
         print(f"| {what} | {statistics.median(per[name].values()):.1f} | "
               f"{', '.join(f'{x:.1f}' for x in per[name].values())} | "
               f"{'—' if med is None else f'{med:.1f}×'} | {', '.join(f'{x:.1f}' for x in ratios)} | ≥ 10× | "

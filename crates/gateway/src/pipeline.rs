@@ -167,20 +167,22 @@ pub(crate) async fn handle(
                     .ip("peer", peer);
             });
             // `skip` is `false` outside bench builds (stages.rs): T09 stays on.
-            let ticket = (!skip(Stage::Audit)).then(|| shared.refusals.record(
-                &shared.audit,
-                audit::RequestFacts {
-                    correlation_id,
-                    function,
-                    subject,
-                    method: &method,
-                    path: &path,
-                    status,
-                    reason,
-                    detail,
-                    caller: outcome.caller.as_ref(),
-                },
-            ));
+            let ticket = (!skip(Stage::Audit)).then(|| {
+                shared.refusals.record(
+                    &shared.audit,
+                    audit::RequestFacts {
+                        correlation_id,
+                        function,
+                        subject,
+                        method: &method,
+                        path: &path,
+                        status,
+                        reason,
+                        detail,
+                        caller: outcome.caller.as_ref(),
+                    },
+                )
+            });
             outcome.tickets.note(ticket.flatten());
         }
     }
