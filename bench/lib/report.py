@@ -1,15 +1,28 @@
 #!/usr/bin/env python3
 """Turn bench/run's raw JSON lines into the Markdown report.
 
-usage: report.py RAW_JSONL META_JSON BULKHEAD_STDERR_LOG > latest.md
+usage: report.py RAW_JSONL META_JSON BULKHEAD_STDERR_LOG [RESULTS_DIR] > latest.md
+
+With RESULTS_DIR it also writes issue 17's targets hello-throughput,
+hello-p99 and cold-start into RESULTS_DIR/targets/ and ends the report with
+the table of every target found there (lib/targets.py).
 """
 
 import gzip
 import json
 import re
 import statistics
+import os
 import sys
 from collections import Counter
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import targets  # noqa: E402
+
+# Issue 17's goals, bulkhead / wasmtime serve.
+THROUGHPUT_GOAL = 1.25
+P99_GOAL = 1.0
+COLD_GOAL = 1.0
 
 
 def fmt_us(us):
@@ -62,15 +75,15 @@ def aggregate(runs):
     }
 
 
-def verdict(paired, at_least_one):
-    """From the per-round paired ratios: met / NOT met, or a tie when they straddle 1.00."""
+def verdict(paired, at_least_one, goal=1.0):
+    """From the per-round paired ratios: met / NOT met, or a tie when they straddle the goal."""
     if not paired:
         return "—"
     rounds = ", ".join(f"{x:.2f}" for x in paired)
-    if min(paired) <= 1.0 <= max(paired):
-        return f"tie: rounds straddle 1.00 ({rounds})"
+    if min(paired) <= goal <= max(paired):
+        return f"tie: rounds straddle {goal:.2f} ({rounds})"
     med = statistics.median(paired)
-    met = med >= 1.0 if at_least_one else med <= 1.0
+    met = med >= goal if at_least_one else med <= goal
     return f"{'met' if met else 'NOT met'} (rounds {rounds})"
 
 
@@ -103,6 +116,7 @@ def bulkhead_log_summary(path):
 
 def main():
     raw_path, meta_path, log_path = sys.argv[1:4]
+    results_dir = sys.argv[4] if len(sys.argv) > 4 else None
     meta = json.load(open(meta_path))
     rows = [json.loads(l) for l in open(raw_path) if l.strip()]
     load = [r for r in rows if r["kind"] == "load"]
@@ -146,11 +160,11 @@ def main():
     if hi["bulkhead"] and hi["wasmtime"]:
         b, m = hi["bulkhead"], hi["wasmtime"]
         w(f"| throughput, {C} connections (req/s) | {fmt_rps(b['rps'])} | {fmt_rps(m['rps'])} | "
-          f"**{fmt_ratio(ratio(b['rps'], m['rps']))}** | ≥ 1.00 | {verdict(tp_pairs, True)} |")
+          f"**{fmt_ratio(ratio(b['rps'], m['rps']))}** | ≥ {THROUGHPUT_GOAL:.2f} | {verdict(tp_pairs, True, THROUGHPUT_GOAL)} |")
         w(f"| p50 latency, {C} connections ¹ | {fmt_us(b['p50'])} | {fmt_us(m['p50'])} | "
           f"{fmt_ratio(ratio(b['p50'], m['p50']))} | — | |")
         w(f"| p99 latency, {C} connections ¹ | {fmt_us(b['p99'])} | {fmt_us(m['p99'])} | "
-          f"**{fmt_ratio(ratio(b['p99'], m['p99']))}** | ≤ 1.00 | {verdict(p99_pairs, False)} |")
+          f"**{fmt_ratio(ratio(b['p99'], m['p99']))}** | ≤ {P99_GOAL:.2f} | {verdict(p99_pairs, False, P99_GOAL)} |")
     if lo["bulkhead"] and lo["wasmtime"]:
         b, m = lo["bulkhead"], lo["wasmtime"]
         tb, tm = per_request_us(b), per_request_us(m)
@@ -163,7 +177,7 @@ def main():
     if cb and cw:
         n = len(cb["runs_ms"])
         w(f"| cold start to first 200, median of {n} ³ | {fmt_ms(cb['median_ms'])} | {fmt_ms(cw['median_ms'])} | "
-          f"{fmt_ratio(ratio(cb['median_ms'], cw['median_ms']))} | — | |")
+          f"{fmt_ratio(ratio(cb['median_ms'], cw['median_ms']))} | ≤ {COLD_GOAL:.2f} | |")
     if cb and cc:
         w(f"| cold start, wasmtime compiling at start (info) ⁴ | {fmt_ms(cb['median_ms'])} | {fmt_ms(cc['median_ms'])} | "
           f"{fmt_ratio(ratio(cb['median_ms'], cc['median_ms']))} | — | |")
@@ -252,6 +266,16 @@ def main():
             w("```")
     w("")
 
+    if results_dir:
+        write_targets(results_dir, tp_pairs, p99_pairs, cb, cw, meta)
+        w("## Issue 17 targets")
+        w("")
+        w("Every target's measured value (median of the runs) and pass/miss, from "
+          f"`{os.path.join(results_dir, 'targets')}`; a target whose script did not run is *not measured*.")
+        w("")
+        w(targets.table(results_dir))
+        w("")
+
     w("## Setup")
     w("")
     for k, label in (
@@ -270,6 +294,33 @@ def main():
             w(f"- {label}: {meta[k]}")
     w("")
     sys.stdout.write("\n".join(out))
+
+
+def write_targets(results_dir, tp_pairs, p99_pairs, cb, cw, meta):
+    """bench/run's own targets: per-round ratios, median of the rounds."""
+
+    class A:
+        pass
+
+    def put(tid, target, goal, runs, note):
+        a = A()
+        a.dir, a.id, a.target, a.goal, a.unit, a.runs, a.note, a.rows, a.pass_ = (
+            results_dir, tid, target, goal, "ratio", runs, note, None, None)
+        targets.write(a)
+
+    load = meta.get("load", "")
+    if tp_pairs:
+        put("hello-throughput", "hello throughput with every default control on, bulkhead / wasmtime serve",
+            f">= {THROUGHPUT_GOAL}", tp_pairs, f"per-round ratio of req/s, servers alternating; {load}")
+    if p99_pairs:
+        put("hello-p99", "hello p99 latency, bulkhead / wasmtime serve", f"<= {P99_GOAL}", p99_pairs,
+            f"per-round ratio of wrk's p99; {load}")
+    if cb and cw:
+        pairs = [b / w for b, w in zip(cb["runs_ms"], cw["runs_ms"]) if w]
+        put("cold-start", "cold start to first 200 (warm compile cache vs precompiled .cwasm), bulkhead / wasmtime serve",
+            f"<= {COLD_GOAL}", pairs,
+            f"spawn to first 200, alternating runs, ratio per pair of runs; medians {cb['median_ms']:.1f} vs "
+            f"{cw['median_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ impl Caller {
     pub fn of(identity: Option<&Identity>, client: IpAddr) -> Self {
         match identity {
             Some(identity) => Self(format!("sub:{}", identity.principal).into()),
-            None => Self(format!("ip:{}", network_of(client)).into()),
+            None => Self(address_key(network_of(client)).into()),
         }
     }
 
@@ -32,6 +32,29 @@ impl Caller {
     pub fn key(&self) -> Arc<str> {
         self.0.clone()
     }
+}
+
+/// `ip:ADDRESS`. IPv4 written digit by digit: `Display` through the
+/// formatter was ~2 % of a refusal's CPU (issue 17); same text.
+fn address_key(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return format!("ip:{ip}");
+    };
+    let mut key = String::with_capacity(18);
+    key.push_str("ip:");
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            key.push('.');
+        }
+        if octet >= 100 {
+            key.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            key.push(char::from(b'0' + octet / 10 % 10));
+        }
+        key.push(char::from(b'0' + octet % 10));
+    }
+    key
 }
 
 /// The key of an address: IPv4 as is (mapped forms folded), IPv6 by its
@@ -168,6 +191,30 @@ fn x_forwarded_for_chain(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hand-written IPv4 key is the text `Display` writes (issue 17):
+    /// rate limits, shares and audit records key on it.
+    #[test]
+    fn address_keys_match_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "9.10.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+            "10.200.5.250",
+            "2001:db8::1",
+            "::ffff:192.0.2.7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let network = network_of(ip);
+            assert_eq!(address_key(network), format!("ip:{network}"), "{ip}");
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::new(octet, 0, octet, 1));
+            assert_eq!(address_key(ip), format!("ip:{ip}"));
+        }
+    }
 
     fn proxies(list: &[&str]) -> TrustedProxies {
         proxies_reading(list, "x-forwarded-for")

@@ -21,6 +21,7 @@ mod router;
 mod send_timeout;
 mod server;
 pub mod spans;
+mod stages;
 mod throttle;
 mod tls;
 pub mod validate;

@@ -24,6 +24,7 @@ use crate::problem::Problem;
 use crate::respond::{self, ConnectionCut, CutReport, Held, Outgoing};
 use crate::router::RouteMatch;
 use crate::spans::{RequestSpan, method_name};
+use crate::stages::{self, Stage, skip};
 use crate::validate::{self, Rules};
 use crate::version::Version;
 use crate::{FunctionSlot, Shared, audit};
@@ -56,7 +57,7 @@ pub(crate) async fn handle(
     // The version this request runs on, to its end (T19): a deploy during
     // it switches only the requests that start after.
     let version = shared.current();
-    let mut trace = TraceContext::from_headers(request.headers());
+    let mut trace = stages::trace_context(request.headers());
     let spans = shared
         .spans
         .as_deref()
@@ -108,9 +109,11 @@ pub(crate) async fn handle(
     let subject = audit::client_text(outcome.subject.as_deref().unwrap_or(""));
     let subject = subject.as_ref();
     let correlation_id = trace.correlation_id();
-    shared
-        .metrics
-        .observe(function, status, elapsed.as_secs_f64(), outcome.reason);
+    if !skip(Stage::Metrics) {
+        shared
+            .metrics
+            .observe(function, status, elapsed.as_secs_f64(), outcome.reason);
+    }
     if let Some(spans) = spans {
         spans.export(RequestSpan {
             trace: &trace,
@@ -163,31 +166,36 @@ pub(crate) async fn handle(
                     .str("detail", detail)
                     .ip("peer", peer);
             });
-            let ticket = shared.refusals.record(
-                &shared.audit,
-                audit::RequestFacts {
-                    correlation_id,
-                    function,
-                    subject,
-                    method: &method,
-                    path: &path,
-                    status,
-                    reason,
-                    detail,
-                    caller: outcome.caller.as_ref(),
-                },
-            );
-            outcome.tickets.note(ticket);
+            // `skip` is `false` outside bench builds (stages.rs): T09 stays on.
+            let ticket = (!skip(Stage::Audit)).then(|| {
+                shared.refusals.record(
+                    &shared.audit,
+                    audit::RequestFacts {
+                        correlation_id,
+                        function,
+                        subject,
+                        method: &method,
+                        path: &path,
+                        status,
+                        reason,
+                        detail,
+                        caller: outcome.caller.as_ref(),
+                    },
+                )
+            });
+            outcome.tickets.note(ticket.flatten());
         }
     }
     // T09 (issue 19): the call's records are durable before its answer (a
     // stream's head) goes out; what is recorded after the head (a stream's
     // end or cut, the fold summary of a streamed call) is not waited for.
     // Bounded: past `DURABLE_WAIT` the answer goes out, counted.
-    shared
-        .audit
-        .wait_durable(outcome.tickets.last(), audit::DURABLE_WAIT)
-        .await;
+    if !skip(Stage::Audit) {
+        shared
+            .audit
+            .wait_durable(outcome.tickets.last(), audit::DURABLE_WAIT)
+            .await;
+    }
     response
 }
 
@@ -210,21 +218,33 @@ async fn pipeline<'s>(
     // One valid Host, agreeing with an absolute-form target, one of
     // `[app] hostnames` if set (T10, RFC 9112 §3.2); kept, canonical, for
     // the function.
-    let host = validate::check_host(
-        request.version(),
-        request.uri(),
-        request.headers(),
-        version.hostnames.as_deref(),
-    )
-    .map_err(|r| refuse(r, outcome))?;
+    let host = if skip(Stage::Validation) {
+        None
+    } else {
+        validate::check_host(
+            request.version(),
+            request.uri(),
+            request.headers(),
+            version.hostnames.as_deref(),
+        )
+        .map_err(|r| refuse(r, outcome))?
+    };
 
     // Decode the path once and refuse what is ambiguous, before routing (T10).
-    let decoded = validate::decode_path(request.uri().path())
-        .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
-    let segments: Vec<&str> = decoded.iter().map(|s| s.as_ref()).collect();
-
-    // Route.
-    let (slot, params) = match version.router.find(request.method().as_str(), &segments) {
+    let (decoded, segments): (Vec<_>, Vec<&str>);
+    let found = if skip(Stage::Route) {
+        RouteMatch::Found {
+            function: 0,
+            params: Vec::new(),
+        }
+    } else {
+        decoded = validate::decode_path(request.uri().path())
+            .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
+        segments = decoded.iter().map(|s| s.as_ref()).collect();
+        // Route.
+        version.router.find(request.method().as_str(), &segments)
+    };
+    let (slot, params) = match found {
         RouteMatch::Found { function, params } => (&version.functions[function], params),
         RouteMatch::MethodNotAllowed { allow } => {
             return Err(Problem::new(
@@ -298,9 +318,11 @@ async fn pipeline<'s>(
     }
 
     // Validate parameters, query, framing and content type (T10).
-    slot.rules
-        .check_head(&params, request.uri().query(), request.headers())
-        .map_err(|r| refuse(r, outcome))?;
+    if !skip(Stage::Validation) {
+        slot.rules
+            .check_head(&params, request.uri().query(), request.headers())
+            .map_err(|r| refuse(r, outcome))?;
+    }
 
     let too_many = |scope: &str| {
         Problem::new(
@@ -330,14 +352,22 @@ async fn pipeline<'s>(
         Refused::Full => too_many(scope),
     }
     };
-    let mut app_place = shared.app_gate.try_admit(&caller).map_err(|r| {
-        outcome.detail = Some(r.describe("app"));
-        refused(r, "app")
-    })?;
-    let function_place = slot.gate.try_admit(&caller).map_err(|r| {
-        outcome.detail = Some(r.describe("function"));
-        refused(r, "function")
-    })?;
+    // `None` only when the bench turned admission off (stages.rs).
+    let admit = !skip(Stage::Admission);
+    let mut app_place = admit
+        .then(|| shared.app_gate.try_admit(&caller))
+        .transpose()
+        .map_err(|r| {
+            outcome.detail = Some(r.describe("app"));
+            refused(r, "app")
+        })?;
+    let function_place = admit
+        .then(|| slot.gate.try_admit(&caller))
+        .transpose()
+        .map_err(|r| {
+            outcome.detail = Some(r.describe("function"));
+            refused(r, "function")
+        })?;
 
     // Read the body, bounded in size and time (T01), framed by its length
     // or chunked: a chunked one is cut off as soon as it passes the cap.
@@ -395,15 +425,19 @@ async fn pipeline<'s>(
 
     // Its body is read: it now counts against the dynamic throttle's limit,
     // unless that is reached and this caller holds its part (T01).
-    app_place.activate().map_err(|r| {
-        outcome.detail = Some(r.describe("app"));
-        refused(r, "app")
-    })?;
+    if let Some(place) = app_place.as_mut() {
+        place.activate().map_err(|r| {
+            outcome.detail = Some(r.describe("app"));
+            refused(r, "app")
+        })?;
+    }
 
     // Validate the body: strict JSON, then the schema (T10).
-    slot.rules
-        .check_body(&parts.method, &parts.headers, &body)
-        .map_err(|r| refuse(r, outcome))?;
+    if !skip(Stage::Validation) {
+        slot.rules
+            .check_body(&parts.method, &parts.headers, &body)
+            .map_err(|r| refuse(r, outcome))?;
+    }
 
     // Budgets (T04): refused before it can cost anything.
     let mut charge = match &version.meter {
@@ -436,9 +470,12 @@ async fn pipeline<'s>(
     // timeout.
     let queue_timeout = limits.timeout.get();
     let permits = tokio::time::timeout(queue_timeout, async {
+        let (Some(function_place), Some(app_place)) = (&function_place, &app_place) else {
+            return Ok(None);
+        };
         let function = function_place.run().await.map_err(|PushedOut| "function")?;
         let app = app_place.run().await.map_err(|PushedOut| "app")?;
-        Ok((function, app))
+        Ok(Some((function, app)))
     })
     .await;
     let places = match permits {
