@@ -128,7 +128,7 @@ pub fn run(
     let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
-        (app, evidence),
+        (app, evidence, engine),
         listen,
         access,
         audit.clone(),
@@ -140,7 +140,6 @@ pub fn run(
             from_version,
             host,
         },
-        engine,
     ));
     // After the drain, so every request's span is queued; the runtime still
     // runs the last exports.
@@ -254,15 +253,15 @@ struct Kept {
     host: bulkhead_manifest::strict::Host,
 }
 
+/// `engine`: the engine being built beside the rest of start-up.
 async fn serve(
-    (app, evidence): (App, Vec<Evidence>),
+    (app, evidence, engine): (App, Vec<Evidence>, Option<EngineThread>),
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
     store: Store,
     spans: Option<Arc<dyn SpanExport>>,
     kept: Kept,
-    engine: Option<EngineThread>,
 ) -> Result<ExitCode> {
     // The directory the signatures were verified in: a kept version's own
     // files when serving one, so its components are found under their
