@@ -8,7 +8,8 @@ use anyhow::{Context as _, Result};
 use bulkhead_manifest::{App, StoreKind};
 use bulkhead_runtime::imports::ImportKind;
 use bulkhead_runtime::{
-    CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Runtime, SqlStores,
+    CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Prepared, Runtime,
+    SqlStores,
 };
 use bulkhead_store::crypto::Keyring;
 use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
@@ -30,14 +31,9 @@ pub struct Deployment {
     pub data: Arc<DataPlane>,
 }
 
-/// Load every function of `app`; on failure, every problem found.
-pub fn deploy(
-    app: App,
-    audit: AuditLog,
-    mode: Mode,
-    progress: &dyn Fn(&str),
-) -> Result<Deployment, Vec<String>> {
-    let settings = EngineSettings {
+/// The engine settings `app` needs.
+pub fn engine_settings(app: &App) -> EngineSettings {
+    EngineSettings {
         max_instances: app.limits.max_instances,
         max_memory: app
             .functions
@@ -45,11 +41,35 @@ pub fn deploy(
             .map(|f| f.limits.memory.as_usize())
             .max()
             .unwrap_or(0),
-    };
+    }
+}
+
+/// Load every function of `app`; on failure, every problem found.
+pub fn deploy(
+    app: App,
+    audit: AuditLog,
+    mode: Mode,
+    progress: &dyn Fn(&str),
+) -> Result<Deployment, Vec<String>> {
+    deploy_on(app, audit, mode, progress, None)
+}
+
+/// [`deploy`] on an engine built beforehand (issue 17: `serve` builds it
+/// on a thread during start-up), used when its settings fit `app`.
+pub fn deploy_on(
+    app: App,
+    audit: AuditLog,
+    mode: Mode,
+    progress: &dyn Fn(&str),
+    prepared: Option<Prepared>,
+) -> Result<Deployment, Vec<String>> {
+    let settings = engine_settings(&app);
     let data = open_data(&app).map_err(|e| vec![format!("{e:#}")])?;
-    let mut runtime = Runtime::new(&settings, audit.clone())
-        .map_err(|e| vec![e.to_string()])?
-        .with_data(data.clone());
+    let prepared = match prepared {
+        Some(prepared) if prepared.fits(&settings) => prepared,
+        _ => Runtime::prepare(&settings).map_err(|e| vec![e.to_string()])?,
+    };
+    let mut runtime = Runtime::from_prepared(prepared, audit.clone()).with_data(data.clone());
     runtime.set_sql_stores(open_sql_stores(&app, mode, progress)?);
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();

@@ -64,6 +64,18 @@ struct Target {
 impl Target {
     /// The environment's store, which must already exist unless `create`.
     fn store(&self, create: bool) -> Result<Store> {
+        Ok(Store::open(&self.state_dir(create)?)?)
+    }
+
+    /// [`Target::store`] (created if needed) with the connection that
+    /// opened it, for `serve` to hold while it runs (issue 17).
+    fn store_held(&self) -> Result<(Store, bulkhead_store::Held)> {
+        Ok(Store::open_held(&self.state_dir(true)?)?)
+    }
+
+    /// The environment's state directory, which must already exist unless
+    /// `create`.
+    fn state_dir(&self, create: bool) -> Result<PathBuf> {
         if !bulkhead_manifest::valid_env_name(&self.env) {
             bail!(
                 "environment name `{}` must be lowercase letters, digits or `-`",
@@ -80,7 +92,7 @@ impl Target {
                 self.env
             );
         }
-        Ok(Store::open(&dir)?)
+        Ok(dir)
     }
 }
 

@@ -8,13 +8,17 @@ use anyhow::{Context as _, Result, bail};
 use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
 use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::{App, MANIFEST_FILE};
-use bulkhead_store::{AuditEvent, AuditLog, Store};
+use bulkhead_store::{AuditEvent, AuditLog, Durability, Store};
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::live::Live;
 use crate::versions::Versions;
 use crate::{Target, deploy, load_verified, load_verified_in, report};
+
+/// How long the first request waits, at most, for the deploy record's
+/// commit (as long as the flush it replaced waited).
+const DEPLOY_RECORD_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn run(
     target: &Target,
@@ -32,9 +36,17 @@ pub fn run(
     // T19: outside `dev` the admin listener needs a token wherever it
     // listens; listed with every other strict reason.
     let mut host = crate::strict_host(target);
+    // Issue 17: one connection held while the server runs, so no
+    // connection closed during start-up checkpoints the WAL (see
+    // `Store::open_held`).
+    let mut held: Option<(Store, bulkhead_store::Held)> = None;
     if let Some(address) = admin_address
         && target.env != bulkhead_manifest::DEFAULT_ENV
-        && target.store(true)?.admin_token_hashes()?.is_empty()
+        && held
+            .insert(target.store_held()?)
+            .0
+            .admin_token_hashes()?
+            .is_empty()
     {
         host.exposed_admin = Some(if address.ip().is_loopback() {
             format!("on {address} has no token (outside `dev` even loopback needs one)")
@@ -52,7 +64,18 @@ pub fn run(
     if let Err(problem) = crate::tls_cmd::listener_policy(&app, listen) {
         return Ok(report(&[problem]));
     }
-    let store = target.store(true)?;
+    // Issue 17: the engine (pool, epoch ticker, linker) needs no state:
+    // built on a thread while the state, the versions and the audit trail
+    // open. Nothing is compiled or loaded in it before `deploy` (T18).
+    let settings = deploy::engine_settings(&app);
+    let engine = std::thread::Builder::new()
+        .name("bulkhead-engine".into())
+        .spawn(move || bulkhead_runtime::Runtime::prepare(&settings))
+        .ok();
+    let (store, _held) = match held {
+        Some(held) => held,
+        None => target.store_held()?,
+    };
     // T19: outside `dev`, a restart serves the last version deployed (or
     // rolled back to), never older code; `dev` serves APP_DIR, so edits
     // take effect on restart. Either way APP_DIR served is kept as a
@@ -111,7 +134,7 @@ pub fn run(
     let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
-        (app, evidence),
+        (app, evidence, engine),
         listen,
         access,
         audit.clone(),
@@ -222,6 +245,10 @@ fn admin_tokens(
     )
 }
 
+/// The engine being built beside the rest of start-up (issue 17).
+type EngineThread =
+    std::thread::JoinHandle<Result<bulkhead_runtime::Prepared, bulkhead_runtime::RuntimeError>>;
+
 /// The versions a server keeps and where it started from (T19).
 struct Kept {
     versions: Versions,
@@ -232,8 +259,9 @@ struct Kept {
     host: bulkhead_manifest::strict::Host,
 }
 
+/// `engine`: the engine being built beside the rest of start-up.
 async fn serve(
-    (app, evidence): (App, Vec<Evidence>),
+    (app, evidence, engine): (App, Vec<Evidence>, Option<EngineThread>),
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     audit: AuditLog,
@@ -250,7 +278,12 @@ async fn serve(
     };
     let progress = |line: &str| info!(target: "bulkhead::deploy", "{line}");
     let deployment = match tokio::task::block_in_place(|| {
-        deploy::deploy(app, audit.clone(), deploy::Mode::Serve, &progress)
+        // A failed or panicked build is built again, inline, so its error
+        // is reported as a deploy problem.
+        let prepared = engine
+            .and_then(|thread| thread.join().ok())
+            .and_then(Result::ok);
+        deploy::deploy_on(app, audit.clone(), deploy::Mode::Serve, &progress, prepared)
     }) {
         Ok(deployment) => deployment,
         Err(problems) => return Ok(report(&problems)),
@@ -341,7 +374,7 @@ async fn serve(
             }
         }
     }
-    audit.record(
+    let deployed = audit.record(
         AuditEvent::new("deploy")
             .detail("app", app.name.as_str())
             .detail("env", app.env.as_str())
@@ -360,9 +393,18 @@ async fn serve(
                     .collect::<Vec<_>>(),
             ),
     );
-    // T09 (issue 19): the record first: committed before the first request
-    // is served, so a server killed at once still left its deploy record.
-    audit.flush();
+    // T09 (issue 19): the record first: committed and synced before the
+    // first request is served, so a server killed at once still left its
+    // deploy record. Issue 17: its own group commit, not a flush, which
+    // would also write the head file on this path; the writer anchors it
+    // within HEAD_FILE_EVERY, as for every batch. Connections that arrive
+    // meanwhile wait in the listen backlog, not refused.
+    match audit.wait_durable(deployed, DEPLOY_RECORD_BOUND).await {
+        Durability::Durable | Durability::Nothing => {}
+        other => {
+            warn!(target: "bulkhead::audit", outcome = ?other, "the deploy record is not committed yet: serving anyway (counted as not durable)");
+        }
+    }
     let signalled = shutdown_signal();
     info!(
         target: "bulkhead::listener",

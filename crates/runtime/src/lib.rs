@@ -111,9 +111,47 @@ pub struct Runtime {
     data: Arc<DataPlane>,
 }
 
+/// The engine, its epoch ticker and the linker, built before the rest of
+/// a [`Runtime`] (issue 17: `serve` builds them on a thread while the
+/// state and the audit trail open). Nothing runs in it until a function,
+/// verified and loaded, is served through a [`Runtime`].
+pub struct Prepared {
+    settings: EngineSettings,
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker: EpochTicker,
+}
+
+impl Prepared {
+    /// Whether this engine was built with `settings` (part of the compile
+    /// cache key, and the pool's size).
+    pub fn fits(&self, settings: &EngineSettings) -> bool {
+        self.settings.max_instances == settings.max_instances
+            && self.settings.max_memory == settings.max_memory
+    }
+}
+
 impl Runtime {
     /// `audit` receives the sandbox's security events (capability denials).
     pub fn new(settings: &EngineSettings, audit: AuditLog) -> Result<Self, RuntimeError> {
+        Ok(Self::from_prepared(Self::prepare(settings)?, audit))
+    }
+
+    /// The runtime of an engine built by [`Runtime::prepare`].
+    pub fn from_prepared(prepared: Prepared, audit: AuditLog) -> Self {
+        Self {
+            engine: prepared.engine,
+            audit,
+            linker: prepared.linker,
+            ticker: Arc::new(prepared.ticker),
+            sql_stores: SqlStores::new(),
+            data: Arc::new(DataPlane::empty()),
+        }
+    }
+
+    /// Build the engine, start its epoch ticker and link the host
+    /// interfaces: the part of [`Runtime::new`] that needs no state.
+    pub fn prepare(settings: &EngineSettings) -> Result<Prepared, RuntimeError> {
         let engine = engine::build_engine(settings)?;
         let mut linker = Linker::new(&engine);
         // Full WASI 0.2 (each part with nothing granted, see `HostState`)
@@ -130,13 +168,11 @@ impl Runtime {
         sql::add_to_linker(&mut linker, |state: &mut HostState| &mut state.sql)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         let ticker = EpochTicker::start(&engine)?;
-        Ok(Self {
+        Ok(Prepared {
+            settings: settings.clone(),
             engine,
-            audit,
             linker,
-            ticker: Arc::new(ticker),
-            sql_stores: SqlStores::new(),
-            data: Arc::new(DataPlane::empty()),
+            ticker,
         })
     }
 

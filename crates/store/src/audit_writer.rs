@@ -194,6 +194,15 @@ impl AuditLog {
             error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
             writer.keep_or_count(first, pending, &e);
         }
+        // Issue 17: the head file was just checked (or written) and is up
+        // to date, so the next batch's file write waits its turn (at most
+        // HEAD_FILE_EVERY, or at once when idle) like any other batch's:
+        // the first record after a start is committed and synced without
+        // the file write on its path (T09: a lagging file only narrows what
+        // the rollback check sees, as under steady traffic).
+        if !writer.file_stale {
+            writer.file_written_ms = now_ms();
+        }
         // Never joined: `close` waits for the writer's reply, bounded, so a
         // writer whose disk hangs cannot hold a shutdown up.
         std::thread::Builder::new()

@@ -56,6 +56,10 @@ pub struct Store {
     dir: PathBuf,
 }
 
+/// A connection to the state database held open, unused, while it lives
+/// (see [`Store::open_held`]).
+pub struct Held(#[allow(dead_code)] Connection);
+
 /// The schema version from which every store has a keyed audit head from
 /// the moment it is created (migration 7 and [`Store::open`]): a store
 /// below it is one of an older Bulkhead (T09).
@@ -165,6 +169,15 @@ impl Store {
     /// A new store's audit trail is anchored at once (T09): its keyed head
     /// and head file name record 0, so that deleting them later is seen.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_held(dir).map(|(store, _)| store)
+    }
+
+    /// [`Store::open`], returning the connection it opened too. Issue 17:
+    /// a server holds it while it runs, so no connection closed on the
+    /// start path is the database's last one: SQLite checkpoints the WAL
+    /// (three syncs) when its last connection closes, which a held
+    /// connection leaves to the automatic checkpoints and the shutdown.
+    pub fn open_held(dir: &Path) -> Result<(Self, Held), StoreError> {
         let dir_error = |source| StoreError::Dir {
             dir: dir.to_path_buf(),
             source,
@@ -179,7 +192,7 @@ impl Store {
         files::make_private(&dir.join(audit::HEAD_FILE)).map_err(dir_error)?;
         let mut conn = store.connect()?;
         store.migrate(&mut conn)?;
-        Ok(store)
+        Ok((store, Held(conn)))
     }
 
     pub fn dir(&self) -> &Path {
