@@ -27,7 +27,7 @@ pub const RESERVE_BYTES: usize = 1 << 20;
 /// After a batch the writer waits this long before the next, so a busy
 /// server's lines gather into few writes and a request never has to wake
 /// the writer; an idle writer is woken by the first line.
-const BATCH_PAUSE: Duration = Duration::from_millis(2);
+const BATCH_PAUSE: Duration = Duration::from_millis(10);
 /// How long a stopping process waits for queued lines to be written.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// A batch buffer grown past this by a flood is given back afterwards.
@@ -247,11 +247,11 @@ fn write_batches(inner: &Inner, mut sink: Box<dyn Write + Send>) {
 fn summary_line(out: &mut Vec<u8>, access: u64, other: u64) {
     out.extend_from_slice(b"{\"timestamp\":\"");
     timestamp(out, SystemTime::now());
-    let _ = write!(
+    let _ = writeln!(
         out,
         "\",\"level\":\"WARN\",\"message\":\"log lines dropped: the log sink could not keep up\",\
          \"dropped\":{},\"access_lines\":{access},\"other_lines\":{other},\
-         \"target\":\"bulkhead::log\"}}\n",
+         \"target\":\"bulkhead::log\"}}",
         access + other
     );
 }
