@@ -129,9 +129,9 @@ enum Command {
         /// Threads serving requests (and running functions); default one
         /// per core. Set it below the cores to leave some to other
         /// processes on a shared host, or to measure how throughput scales
-        /// with cores (bench/scaling).
-        #[arg(long, value_name = "N")]
-        workers: Option<std::num::NonZeroUsize>,
+        /// with cores (bench/scaling). At most 1024: each is an OS thread.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=serve::MAX_WORKERS))]
+        workers: Option<u16>,
     },
     /// Validate the manifest and every component without serving.
     #[command(

@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
 use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::{App, MANIFEST_FILE};
-use bulkhead_store::{AuditEvent, AuditLog, Durability, Store};
+use bulkhead_store::{AuditEvent, AuditLog, Store};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -16,16 +16,45 @@ use crate::live::Live;
 use crate::versions::Versions;
 use crate::{Target, deploy, load_verified, load_verified_in, report};
 
-/// How long the first request waits, at most, for the deploy record's
-/// commit (as long as the flush it replaced waited).
-const DEPLOY_RECORD_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most `--workers` accepted: each is an OS thread, and a host's
+/// thread limit (ulimit -u, a container's pids limit) is often near this.
+pub const MAX_WORKERS: i64 = 1024;
+
+/// The async runtime, with `workers` threads or tokio's one per core
+/// (issue 17). tokio panics when the OS refuses a worker thread, and
+/// unwinding then waits for ever on the threads it did start: so while it
+/// builds, a panic prints what to do and exits at once instead.
+fn start_runtime(workers: Option<u16>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(usize::from(workers.max(1)));
+    }
+    builder.enable_all().thread_name("bulkhead");
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|panic| {
+        let why = panic
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        eprintln!(
+            "error: cannot start the async runtime ({why}); lower --workers or raise the \
+             process's thread limit (ulimit -u, systemd TasksMax, the container's pids limit)"
+        );
+        std::process::exit(1);
+    }));
+    let built = builder.build();
+    std::panic::set_hook(previous);
+    built.context("cannot start the async runtime")
+}
 
 pub fn run(
     target: &Target,
     listen: SocketAddr,
     admin_listen: &str,
     keep_versions: usize,
-    workers: Option<std::num::NonZeroUsize>,
+    workers: Option<u16>,
 ) -> Result<ExitCode> {
     let admin_address = match admin_listen {
         "off" => None,
@@ -120,16 +149,7 @@ pub fn run(
     // Every writer of the trail (this server, CLI commands) holds to the
     // budget kept in the store (T09).
     store.set_audit_max_size(app.audit_max_size.bytes())?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = workers {
-        // `--workers`: tokio's default is one per core (issue 17).
-        runtime.worker_threads(workers.get());
-    }
-    let runtime = runtime
-        .enable_all()
-        .thread_name("bulkhead")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = start_runtime(workers)?;
     ignore_file_size_signal(&runtime);
     let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
@@ -374,7 +394,7 @@ async fn serve(
             }
         }
     }
-    let deployed = audit.record(
+    audit.record(
         AuditEvent::new("deploy")
             .detail("app", app.name.as_str())
             .detail("env", app.env.as_str())
@@ -393,18 +413,15 @@ async fn serve(
                     .collect::<Vec<_>>(),
             ),
     );
-    // T09 (issue 19): the record first: committed and synced before the
-    // first request is served, so a server killed at once still left its
-    // deploy record. Issue 17: its own group commit, not a flush, which
-    // would also write the head file on this path; the writer anchors it
-    // within HEAD_FILE_EVERY, as for every batch. Connections that arrive
-    // meanwhile wait in the listen backlog, not refused.
-    match audit.wait_durable(deployed, DEPLOY_RECORD_BOUND).await {
-        Durability::Durable | Durability::Nothing => {}
-        other => {
-            warn!(target: "bulkhead::audit", outcome = ?other, "the deploy record is not committed yet: serving anyway (counted as not durable)");
-        }
-    }
+    // T09 (issue 19): the record first: committed before the first request
+    // is served, so a server killed at once still left its deploy record;
+    // and anchored in the head file, so a rolled-back state database cannot
+    // take the deploy record (or the first requests' records) with it
+    // unseen. Issue 17 tried waiting for the record's own group commit
+    // instead (no head-file write on the start path); an outside review
+    // showed the rollback that opened, so the flush stays. Connections that
+    // arrive meanwhile wait in the listen backlog, not refused.
+    audit.flush();
     let signalled = shutdown_signal();
     info!(
         target: "bulkhead::listener",

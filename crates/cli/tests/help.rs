@@ -119,3 +119,22 @@ fn the_signing_commands_teach_their_flow() {
         assert!(lock.contains(part), "lock --help lacks `{part}`:\n{lock}");
     }
 }
+
+/// `serve --workers` takes 1 to 1024 and says so; 0, text and huge values
+/// are refused before anything starts (each worker is an OS thread).
+#[test]
+fn serve_workers_is_bounded() {
+    for bad in ["0", "1025", "5000", "18446744073709551615", "-1", "abc"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(["serve", "/nonexistent-app", &format!("--workers={bad}")])
+            .output()
+            .expect("bulkhead runs");
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "--workers {bad} was not refused"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--workers"), "--workers {bad}: {err}");
+    }
+}

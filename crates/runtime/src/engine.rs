@@ -62,10 +62,29 @@ const TABLE_KEEP_RESIDENT: usize = 1 << 20;
 /// every call would cost more than the faults it saves).
 fn keep_resident(pool: &mut PoolingAllocationConfig, max_memory: usize) {
     pool.table_keep_resident(TABLE_KEEP_RESIDENT);
-    if PoolingAllocationConfig::is_pagemap_scan_available() {
+    // wasmtime 48's scan resets only pages that are written AND present: a
+    // written page the kernel swapped out would be neither copied back nor
+    // dropped, and the next call in the slot could read it (T05, T16;
+    // bytecodealliance/wasmtime#14357). With any swap device on, memories
+    // are reset with `madvise` as before.
+    if PoolingAllocationConfig::is_pagemap_scan_available() && !swap_in_use() {
         pool.pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(MEMORY_KEEP_RESIDENT.min(max_memory));
     }
+}
+
+/// Whether the host has a swap device (or zswap/zram swap) active. An
+/// unreadable `/proc/swaps` counts as swap: the safe answer.
+fn swap_in_use() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(table) => swap_table_lists_a_device(&table),
+        Err(_) => true,
+    }
+}
+
+/// `/proc/swaps` is a header line and one line per active swap area.
+fn swap_table_lists_a_device(table: &str) -> bool {
+    table.lines().skip(1).any(|line| !line.trim().is_empty())
 }
 
 pub(crate) fn build_engine(settings: &EngineSettings) -> Result<Engine, RuntimeError> {
@@ -140,4 +159,20 @@ pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos().max(1);
     let ticks = timeout.as_nanos().div_ceil(tick);
     u64::try_from(ticks).unwrap_or(u64::MAX).saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::swap_table_lists_a_device;
+
+    /// T05, T16: the resident reset is turned off whenever a swap area is
+    /// listed, and only then.
+    #[test]
+    fn a_listed_swap_area_turns_the_resident_reset_off() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swap_table_lists_a_device(header));
+        assert!(!swap_table_lists_a_device(""));
+        let with_swap = format!("{header}/dev/zram0 partition 4194300 0 100\n");
+        assert!(swap_table_lists_a_device(&with_swap));
+    }
 }
