@@ -565,7 +565,18 @@ fn t18_a_changed_signer_key_is_audited_outside_dev() {
     let app = ready_app(&upstream);
     let master_key = MasterKey::new();
     let args = ["--env", "prod", "--admin-listen", "off"];
-    drop(Server::start_with_env(&app, &args, &master_key.env()));
+    let first = Server::start_with_env(&app, &args, &master_key.env());
+    first.wait_for_log(
+        |r| r["message"] == "APP_DIR kept as a version",
+        std::time::Duration::from_secs(60),
+    );
+    drop(first);
+    // Outside `dev` a restart serves the kept current version; without one
+    // (here: removed, as on a host whose versions were cleared) it serves
+    // APP_DIR, the path this check guards. Waiting for the copy above and
+    // removing it makes the run deterministic: before, it depended on
+    // whether the background copy finished before the kill.
+    std::fs::remove_dir_all(app.path().join(".bulkhead/prod/versions")).unwrap();
     assert!(
         app.audit_records_in("prod", "trust.signer_changed")
             .is_empty()

@@ -741,6 +741,14 @@ mod tests {
         assert_eq!((gate.active(), gate.outstanding()), (0, 0));
     }
 
+    /// After every racing task ended, every count is back to zero and no
+    /// caller is left in the map (issue 17).
+    fn assert_back_to_zero(gate: &Gate) {
+        assert_eq!((gate.active(), gate.outstanding()), (0, 0));
+        assert_eq!(gate.running.load(Ordering::SeqCst), 0);
+        assert!(gate.callers.is_empty());
+    }
+
     /// Many tasks of four callers on a multi-thread runtime (issue 17):
     /// the gate never holds more places than its bound or a caller more
     /// than its share (T02), never runs more than its running bound, and no
@@ -804,9 +812,7 @@ mod tests {
         assert_eq!(breaches.load(Ordering::SeqCst), 0);
         assert_eq!(lost.load(Ordering::SeqCst), 0);
         assert!(ran.load(Ordering::SeqCst) > 0);
-        assert_eq!((gate.active(), gate.outstanding()), (0, 0));
-        assert_eq!(gate.running.load(Ordering::SeqCst), 0);
-        assert!(gate.callers.is_empty());
+        assert_back_to_zero(&gate);
     }
 
     /// A flooder racing newcomers at a full gate (issue 17, T02): places
@@ -865,9 +871,7 @@ mod tests {
         }
         assert_eq!(breaches.load(Ordering::SeqCst), 0);
         assert_eq!(lost.load(Ordering::SeqCst), 0);
-        assert_eq!((gate.active(), gate.outstanding()), (0, 0));
-        assert_eq!(gate.running.load(Ordering::SeqCst), 0);
-        assert!(gate.callers.is_empty());
+        assert_back_to_zero(&gate);
     }
 
     fn futures_poll<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> Option<F::Output> {

@@ -141,28 +141,24 @@ pub(crate) async fn handle(
     }
     // T09 (issue 17): serialised here, written by the log thread.
     let logged_at = started_at + elapsed;
+    // The fields every access line has, answered or refused.
+    let request_fields = |line: &mut access_log::Line<'_>| {
+        line.str("correlation_id", correlation_id)
+            .str("method", &method)
+            .str("path", &path)
+            .str("function", function)
+            .str("subject", subject)
+            .num("status", status.into())
+            .float("duration_ms", duration_ms);
+    };
     match outcome.reason {
-        None => access_log::write(Level::Info, "request", logged_at, |line| {
-            line.str("correlation_id", correlation_id)
-                .str("method", &method)
-                .str("path", &path)
-                .str("function", function)
-                .str("subject", subject)
-                .num("status", status.into())
-                .float("duration_ms", duration_ms);
-        }),
+        None => access_log::write(Level::Info, "request", logged_at, request_fields),
         Some(reason) => {
             let detail = audit::client_text(outcome.detail.as_deref().unwrap_or(""));
             let detail = detail.as_ref();
             access_log::write(Level::Warn, "request refused", logged_at, |line| {
-                line.str("correlation_id", correlation_id)
-                    .str("method", &method)
-                    .str("path", &path)
-                    .str("function", function)
-                    .str("subject", subject)
-                    .num("status", status.into())
-                    .float("duration_ms", duration_ms)
-                    .str("reason", reason)
+                request_fields(line);
+                line.str("reason", reason)
                     .str("detail", detail)
                     .ip("peer", peer);
             });
