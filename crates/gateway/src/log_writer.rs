@@ -259,33 +259,13 @@ fn summary_line(out: &mut Vec<u8>, access: u64, other: u64) {
 /// `at` as tracing's JSON timestamps write it: RFC 3339 in UTC with
 /// microseconds, `2026-12-03T15:02:24.123456Z`.
 pub fn timestamp(out: &mut Vec<u8>, at: SystemTime) {
-    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let of_day = secs % 86_400;
+    // humantime, as the audit trail and the CLI format their times; a time
+    // before the epoch (a clock set back) is written as the epoch.
     let _ = write!(
         out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day % 3600 / 60,
-        of_day % 60,
-        since.subsec_micros()
+        "{}",
+        humantime::format_rfc3339_micros(at.max(UNIX_EPOCH))
     );
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (H. Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

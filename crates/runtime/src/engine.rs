@@ -14,7 +14,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Settings that shape the engine. They are part of the compile-cache key,
 /// through wasmtime's own compatibility hash.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineSettings {
     /// Live component instances at once, across all functions.
     pub max_instances: u32,

@@ -126,8 +126,7 @@ impl Prepared {
     /// Whether this engine was built with `settings` (part of the compile
     /// cache key, and the pool's size).
     pub fn fits(&self, settings: &EngineSettings) -> bool {
-        self.settings.max_instances == settings.max_instances
-            && self.settings.max_memory == settings.max_memory
+        self.settings == *settings
     }
 }
 
