@@ -8,6 +8,7 @@ mod credentials_cmd;
 mod data_cmd;
 mod deploy;
 mod deploy_cmd;
+mod dev_cmd;
 mod live;
 #[cfg(feature = "otlp")]
 mod otlp;
@@ -249,6 +250,9 @@ enum Command {
     /// Issue, list and revoke opaque session tokens.
     #[command(subcommand)]
     Token(credentials_cmd::TokenCommand),
+    /// Development helpers: `dev login` signs in a test user (dev only).
+    #[command(subcommand)]
+    Dev(dev_cmd::DevCommand),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(credentials_cmd::KeysCommand),
@@ -444,6 +448,7 @@ fn main() -> ExitCode {
         Command::Admin(command) => admin_cmd::run(command),
         Command::Tls(command) => tls_cmd::run(command),
         Command::Token(command) => credentials_cmd::run_token(command),
+        Command::Dev(command) => dev_cmd::run(command),
         Command::Keys(command) => credentials_cmd::run_keys(command),
         Command::Secrets(command) => secrets_cmd::run(command),
         Command::Data(command) => data_cmd::run(command),
