@@ -79,22 +79,25 @@ pub fn run(app_dir: &Path) -> Result<ExitCode> {
             new_cmd::shell_word(&app_dir.display().to_string())
         )
     })?;
-    // Everything but the components (not built yet) must already be valid.
-    if let Err(found) =
-        bulkhead_manifest::parse(&app, &manifest_path, &text, bulkhead_manifest::DEFAULT_ENV)
-    {
-        let problems: Vec<String> = found
-            .0
-            .iter()
-            .filter(|p| !new_cmd::is_unbuilt_component(&p.message))
-            .map(ToString::to_string)
-            .collect();
-        if !problems.is_empty() {
-            eprintln!("nothing was built: fix bulkhead.toml first");
-            return Ok(crate::report(&problems));
-        }
+    let wanted: Components = toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not valid TOML: {} (`bulkhead check` says where)",
+            manifest_path.display(),
+            e.message().trim()
+        )
+    })?;
+    if wanted.function.is_empty() {
+        bail!(
+            "the app has no function to build; add one with `bulkhead new function hello --lang rust --app {}`",
+            new_cmd::shell_word(&app_dir.display().to_string())
+        );
     }
-    let wanted: Components = toml::from_str(&text).context("bulkhead.toml")?;
+    // Everything but the components (not built yet) must already be valid.
+    let problems = new_cmd::problems_but_unbuilt(&app, &manifest_path, &text);
+    if !problems.is_empty() {
+        eprintln!("nothing was built: fix bulkhead.toml first");
+        return Ok(crate::report(&problems));
+    }
     let recipes = read_recipes(&app)?;
     let tools = tools_dir(&app);
 
@@ -144,10 +147,7 @@ pub fn run(app_dir: &Path) -> Result<ExitCode> {
         }
     }
     if jobs.is_empty() {
-        bail!(
-            "the app has no function to build; add one with `bulkhead new function hello --lang rust --app {}`",
-            new_cmd::shell_word(&app_dir.display().to_string())
-        );
+        say("no function has a recipe here: nothing to build");
     }
 
     if jobs.iter().any(|(_, _, r)| r.lang == Lang::Python) {

@@ -281,20 +281,7 @@ fn new_function(app_dir: &Path, name: &str, lang: Lang, route: Option<&str>) -> 
     }
     text.push('\n');
     text.push_str(&function_entry(name, lang, route, &params, &component));
-    let problems: Vec<String> = match bulkhead_manifest::parse(
-        app_dir,
-        &manifest_path,
-        &text,
-        bulkhead_manifest::DEFAULT_ENV,
-    ) {
-        Ok(_) => Vec::new(),
-        Err(found) => found
-            .0
-            .iter()
-            .filter(|p| !is_unbuilt_component(&p.message))
-            .map(ToString::to_string)
-            .collect(),
-    };
+    let problems = problems_but_unbuilt(app_dir, &manifest_path, &text);
     if !problems.is_empty() {
         eprintln!(
             "nothing was written: bulkhead.toml with the function `{name}` would not be valid"
@@ -358,9 +345,57 @@ fn new_function(app_dir: &Path, name: &str, lang: Lang, route: Option<&str>) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether a manifest problem only says a component is not built yet.
-pub(crate) fn is_unbuilt_component(message: &str) -> bool {
-    message.contains(": component file `") && message.contains("` does not exist")
+/// Every problem of manifest `text` but components not built yet: each
+/// `component =` naming no file is pointed, for the check only, at the
+/// manifest itself (a regular file inside the app), so the function is
+/// still resolved and every rule across functions (duplicate names,
+/// overlapping routes, T19) still applies. The replacement stays on the
+/// value's own line, so every problem keeps its line.
+pub(crate) fn problems_but_unbuilt(
+    app_dir: &Path,
+    manifest_path: &Path,
+    text: &str,
+) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Functions {
+        #[serde(default)]
+        function: Vec<Component>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Component {
+        component: Option<toml::Spanned<String>>,
+    }
+    let mut patched = text.to_string();
+    if let Ok(found) = toml::from_str::<Functions>(text) {
+        let mut spans: Vec<std::ops::Range<usize>> = found
+            .function
+            .iter()
+            .filter_map(|f| f.component.as_ref())
+            .filter(|c| {
+                let path = Path::new(c.get_ref());
+                path.is_relative()
+                    && path
+                        .components()
+                        .all(|p| matches!(p, std::path::Component::Normal(_)))
+                    && std::fs::symlink_metadata(app_dir.join(path)).is_err()
+            })
+            .map(toml::Spanned::span)
+            .filter(|span| text.get(span.clone()).is_some_and(|v| !v.contains('\n')))
+            .collect();
+        spans.sort_by_key(|span| std::cmp::Reverse(span.start));
+        for span in spans {
+            patched.replace_range(span, &format!("\"{}\"", bulkhead_manifest::MANIFEST_FILE));
+        }
+    }
+    match bulkhead_manifest::parse(
+        app_dir,
+        manifest_path,
+        &patched,
+        bulkhead_manifest::DEFAULT_ENV,
+    ) {
+        Ok(_) => Vec::new(),
+        Err(found) => found.0.iter().map(ToString::to_string).collect(),
+    }
 }
 
 fn valid_app_name(name: &str) -> bool {

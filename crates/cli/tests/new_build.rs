@@ -295,7 +295,7 @@ fn new_function_refuses_bad_names_languages_and_invalid_manifests() {
         "build",
         "std",
         "x--y",
-        "-x",
+        "x-",
     ] {
         let err = refused(&add(name, &["--lang", "rust"]));
         assert!(
