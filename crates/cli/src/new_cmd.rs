@@ -510,9 +510,9 @@ fn function_entry(
         quoted(component)
     ));
     out.push_str(&format!("route = {}\n", quoted(route)));
-    out.push_str("methods = [\"GET\"]                   # only these methods; others get 405\n");
+    out.push_str("methods = [\"GET\"]                    # only these methods; others get 405\n");
     out.push_str(
-        "auth = [\"api-key\", \"session\"]       # a credential is required (T11): `bulkhead keys create` or\n\
+        "auth = [\"api-key\", \"session\"]        # a credential is required (T11): `bulkhead keys create` or\n\
          \x20                                    # `bulkhead token issue`; add \"jwt\" with [auth.jwt]\n",
     );
     out.push_str(&format!(

@@ -370,6 +370,43 @@ fn build_names_what_is_missing() {
     std::fs::write(&manifest, text).unwrap();
     let err = refused(&bulkhead([OsStr::new("build"), app.as_os_str()]));
     assert!(err.contains("nothing builds `build/lost.wasm`"), "{err}");
+
+    // A missing toolchain is named with what installs it: an empty PATH
+    // and an empty tool folder.
+    for (lang, tool, fix) in [
+        (
+            "python",
+            "`python3` is not installed",
+            "install Python 3.11",
+        ),
+        ("js", "`node` is not installed", "install Node.js 20"),
+        ("rust", "`cargo` is not installed", "rustup"),
+    ] {
+        let app = temp.path().join(format!("bare-{lang}"));
+        ok(&bulkhead([OsStr::new("new"), app.as_os_str()]));
+        ok(&bulkhead([
+            OsStr::new("new"),
+            OsStr::new("function"),
+            OsStr::new("hello"),
+            OsStr::new("--lang"),
+            OsStr::new(lang),
+            OsStr::new("--app"),
+            app.as_os_str(),
+        ]));
+        let empty = temp.path().join(format!("empty-{lang}"));
+        std::fs::create_dir(&empty).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .arg("build")
+            .arg(&app)
+            .env("PATH", &empty)
+            .env("BULKHEAD_TOOLS_DIR", &empty)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let err = refused(&out);
+        assert!(err.contains(tool) && err.contains(fix), "{lang}: {err}");
+        assert!(!app.join("build/hello.wasm").exists());
+    }
 }
 
 #[test]
