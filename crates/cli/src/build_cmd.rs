@@ -56,10 +56,14 @@ struct Components {
 struct ComponentOf {
     name: String,
     component: String,
+    route: Option<String>,
 }
 
+/// One line of progress. Names and paths in it come from the app's files:
+/// control and invisible characters are shown as U+FFFD, so they cannot
+/// drive the terminal.
 fn say(text: &str) {
-    println!("==> {text}");
+    println!("==> {}", bulkhead_manifest::text::visible(text));
 }
 
 pub fn run(app_dir: &Path) -> Result<ExitCode> {
@@ -184,7 +188,14 @@ pub fn run(app_dir: &Path) -> Result<ExitCode> {
         "  KEY=$(bulkhead keys create {word} --subject me --scopes {})",
         scopes.join(",")
     );
-    println!("  curl -H \"authorization: Bearer $KEY\" http://127.0.0.1:8080/ROUTE");
+    for route in wanted.function.iter().filter_map(|f| f.route.as_deref()) {
+        // The route as written, `{param}`s left for the user to fill in;
+        // `visible` keeps a hostile manifest from writing to the terminal.
+        println!(
+            "  curl -H \"authorization: Bearer $KEY\" http://127.0.0.1:8080{}",
+            bulkhead_manifest::text::visible(route)
+        );
+    }
     println!(
         "  (for a person, a short-lived token instead: bulkhead token issue {word} --subject me --scopes … --ttl 15m)"
     );

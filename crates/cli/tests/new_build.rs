@@ -97,7 +97,16 @@ async fn three_commands(lang: &str) {
     let built = ok(&bulkhead([OsStr::new("build"), app.as_os_str()]));
     assert!(built.contains("bulkhead serve"), "{built}");
     assert!(built.contains("bulkhead keys create"), "{built}");
+    assert!(
+        built.contains(&format!("http://127.0.0.1:8080/hi/{lang}/{{id}}")),
+        "{built}"
+    );
     assert!(app.join(format!("build/{name}.wasm")).is_file());
+    if lang != "rust" {
+        // Nothing changed: not built again.
+        let again = ok(&bulkhead([OsStr::new("build"), app.as_os_str()]));
+        assert!(again.contains(&format!("{name}: up to date")), "{again}");
+    }
 
     // The manifest passes `check`, and its threat model has no open high
     // finding (T21): the defaults it spells out are the secure ones.
