@@ -11,6 +11,7 @@
 mod backoff;
 mod jwe;
 mod jwt;
+mod parsed_keys;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
