@@ -58,10 +58,14 @@ impl Provider {
             .stderr(Stdio::null())
             .spawn()
             .expect("node runs (Node.js 20+ is needed for the sign-in tests)");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped"))
+        stdout
             .read_line(&mut line)
             .expect("the provider prints its issuer");
+        // Keep reading what it prints after (its notices), or it dies of
+        // a broken pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
         let issuer: Value = serde_json::from_str(&line).expect("one JSON line");
         Self {
             child,
@@ -93,7 +97,7 @@ enum Kind {
 }
 
 struct Setup {
-    _provider: Provider,
+    provider: Provider,
     app: TestApp,
     server: Server,
     origin: String,
@@ -135,6 +139,8 @@ route = "/echo"
 methods = ["GET", "POST"]
 auth = "session"
 scopes = ["attendee"]
+input.query.from = true
+input.query.x = true
 "#
     );
     let app = TestApp::new(&manifest, &["echo"]);
@@ -142,7 +148,7 @@ scopes = ["attendee"]
     let listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&app, &["--listen", &listen]);
     Setup {
-        _provider: provider,
+        provider,
         app,
         server,
         origin,
@@ -264,7 +270,10 @@ impl Browser {
                 .await
                 .expect("handshake");
         tokio::spawn(connection);
-        let response = sender.send_request(request).await.expect("a response");
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("a body").to_bytes();
         let seen = Seen {
@@ -384,10 +393,7 @@ async fn t11_t12_full_sign_in_reaches_the_function_with_the_subject_only() {
     assert!(hops[0].url.contains("/.bulkhead/login"));
     assert_eq!(hops[0].status, 302);
     let authorize = hops[0].header("location").unwrap();
-    assert!(
-        authorize.starts_with(&setup._provider.issuer),
-        "{authorize}"
-    );
+    assert!(authorize.starts_with(&setup.provider.issuer), "{authorize}");
     for param in [
         "state=",
         "nonce=",

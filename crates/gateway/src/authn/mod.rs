@@ -214,7 +214,7 @@ impl Authenticator {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let Some(value) = values.next() else {
             // Signed in at the gateway (issue 15): the session cookie.
-            return self.from_cookie(headers, kinds);
+            return self.by_cookie(headers, kinds);
         };
         if values.next().is_some() {
             return Err(invalid("more than one Authorization header"));
@@ -267,7 +267,7 @@ impl Authenticator {
     }
 
     /// The session cookie `[auth.login]` sets, when no `Authorization` is sent.
-    fn from_cookie(
+    fn by_cookie(
         &self,
         headers: &HeaderMap,
         kinds: &[CredentialKind],

@@ -427,10 +427,13 @@ impl Login {
                     "scope": self.settings.session_scopes.join(" "),
                 });
                 let mut response = Response::new(Outgoing::bytes(Bytes::from(body.to_string())));
-                response.headers_mut().insert(
+                let headers = response.headers_mut();
+                headers.insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),
                 );
+                // A bearer token: never kept by a cache (RFC 6749 §5.1).
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 response
             }
         };

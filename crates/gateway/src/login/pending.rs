@@ -117,6 +117,7 @@ impl Pending {
         Ok(entry.started)
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
