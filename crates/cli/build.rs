@@ -123,7 +123,7 @@ fn parse_tree(
     struct Package {
         name: String,
         version: String,
-        registry: bool,
+        source: &'static str,
         license: String,
         repository: String,
         deps: BTreeSet<String>,
@@ -150,7 +150,13 @@ fn parse_tree(
             .and_then(|v| v.strip_prefix('v'))
             .unwrap_or_else(|| panic!("no version in `{id}`"))
             .to_string();
-        let registry = words.next().is_none();
+        // A crate patched in from vendor/ (the published crate plus a patch,
+        // vendor/README.md) is neither the registry's nor the workspace's.
+        let source = match words.next() {
+            None => "crates.io",
+            Some(path) if path.contains("/vendor/") => "vendor",
+            Some(_) => "path",
+        };
         let key = format!("{name}@{version}");
         path.truncate(depth);
         if let Some(parent) = path.last()
@@ -162,7 +168,7 @@ fn parse_tree(
         packages.entry(key).or_insert(Package {
             name,
             version,
-            registry,
+            source,
             license,
             repository,
             deps: BTreeSet::new(),
@@ -172,13 +178,14 @@ fn parse_tree(
         .into_values()
         .map(|p| {
             let checksum = checksums.get(&(p.name.clone(), p.version.clone()));
+            let registry = p.source == "crates.io";
             serde_json::json!({
                 "name": p.name,
                 "version": p.version,
-                "source": if p.registry { "crates.io" } else { "path" },
+                "source": p.source,
                 "license": p.license,
                 "repository": p.repository,
-                "checksum": if p.registry { checksum.cloned() } else { None },
+                "checksum": if registry { checksum.cloned() } else { None },
                 "dependencies": p.deps,
             })
         })

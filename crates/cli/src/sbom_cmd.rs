@@ -338,8 +338,17 @@ fn host_part(host: &Value) -> Result<HostPart> {
         if !repository.is_empty() {
             c["externalReferences"] = json!([{"type": "vcs", "url": repository}]);
         }
-        if field(p, "source") != "crates.io" {
-            c["properties"] = json!([{"name": "bulkhead:source", "value": "workspace"}]);
+        match field(p, "source").as_str() {
+            "crates.io" => {}
+            // The published crate plus a patch of ours (vendor/README.md):
+            // no registry checksum describes what was built (T18).
+            "vendor" => {
+                c["properties"] = json!([
+                    {"name": "bulkhead:source", "value": "vendored"},
+                    {"name": "bulkhead:patch", "value": format!("vendor/{name}.patch")},
+                ]);
+            }
+            _ => c["properties"] = json!([{"name": "bulkhead:source", "value": "workspace"}]),
         }
         components.push(c);
     }

@@ -263,10 +263,23 @@ fn host_lists_the_linked_crates_with_their_cargo_lock_checksums() {
                     "{name} {version}"
                 );
             }
-            // Only the workspace's own crates have no registry checksum.
-            None => {
-                assert!(name.starts_with("bulkhead-"), "{name} has no checksum");
+            // Only the workspace's own crates and the patched copies in
+            // vendor/ (wasmtime, issue 17) have no registry checksum; those
+            // say so, and name their patch.
+            None if name.starts_with("bulkhead-") => {
                 assert!(c["hashes"].is_null());
+                assert_eq!(c["properties"][0]["value"], "workspace", "{name}");
+            }
+            None => {
+                assert_eq!(name, "wasmtime", "{name} has no checksum");
+                assert!(c["hashes"].is_null());
+                assert_eq!(
+                    c["properties"],
+                    serde_json::json!([
+                        {"name": "bulkhead:source", "value": "vendored"},
+                        {"name": "bulkhead:patch", "value": "vendor/wasmtime.patch"},
+                    ])
+                );
             }
         }
     }

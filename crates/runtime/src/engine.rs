@@ -49,6 +49,10 @@ const MAX_WASM_STACK: usize = 1 << 20;
 /// reused; only the mechanism differs (see tests/isolation.rs in the CLI).
 /// The bound is per slot and applies after a call ends; it is below what
 /// the call itself may hold (`max_memory`), so it adds no new worst case.
+/// wasmtime 48 as published stopped the scan at 32 written regions and
+/// dropped the rest, which left a CPython call ~210 faults; the vendored
+/// wasmtime (vendor/README.md) scans on to this bound, so a Python call
+/// now takes none.
 const MEMORY_KEEP_RESIDENT: usize = 8 << 20;
 /// The same for tables: CPython's function table is written by lazy
 /// funcref initialisation on every call; zeroing the table's used size (at
