@@ -10,9 +10,16 @@ server and appends one JSON line per run to --out.
 The variants alternate run by run (A B C A B C ...) so machine noise is spread
 evenly; --warmup runs of each are made first and discarded (they fill the
 page cache and, for bulkhead, the compile cache).
+
+Beside the wall time, each run records the server's CPU time (user + system,
+every thread, the exited ones included) from spawn to that first 200, read
+from the process's CPU clock (clock_getcpuclockid) at the moment the 200
+arrives, in nanoseconds: less sensitive to the machine's load than wall time
+(issue 17).
 """
 
 import argparse
+import ctypes
 import json
 import os
 import signal
@@ -21,6 +28,21 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def cpu_ms(pid):
+    """CPU time (user + system, all threads, exited ones included) the
+    process `pid` has used so far, in ms; None if it cannot be read."""
+    clock = ctypes.c_int()
+    if _LIBC.clock_getcpuclockid(pid, ctypes.byref(clock)) != 0:
+        return None
+    try:
+        return time.clock_gettime(clock.value) * 1000.0
+    except OSError:
+        return None
 
 
 def free_port():
@@ -71,6 +93,12 @@ def commands():
     return {
         # Warm compile cache under APP/.bulkhead/dev/compile-cache.
         "bulkhead": lambda addr: [bulkhead, "serve", os.environ["BENCH_APP"], "--listen", addr],
+        # For comparing two builds (A/B): BULKHEAD_B serving its own copy of
+        # the app, BENCH_APP_B (so neither's state is the other's).
+        "bulkhead-b": lambda addr: [
+            os.environ.get("BULKHEAD_B", bulkhead), "serve",
+            os.environ.get("BENCH_APP_B", os.environ["BENCH_APP"]), "--listen", addr,
+        ],
         # The fair peer: code compiled ahead of time by `wasmtime compile`.
         "wasmtime-cwasm": lambda addr: [
             wasmtime, "serve", *wopts, "--allow-precompiled", "--addr", addr,
@@ -97,7 +125,8 @@ def one_run(label, make_cmd, log, deadline_s):
                 raise RuntimeError(f"{label}: server exited with {proc.returncode} before answering; see its log")
             status = probe(port)
             if status == 200:
-                return (time.perf_counter() - t0) * 1000.0, first_status
+                wall = (time.perf_counter() - t0) * 1000.0
+                return wall, cpu_ms(proc.pid), first_status
             if status is not None and first_status is None:
                 first_status = status
             if time.perf_counter() - t0 > deadline_s:
@@ -121,16 +150,20 @@ def main():
     variants = args.variants.split(",")
     logs = {v: open(os.path.join(args.log_dir, f"coldstart-{v}.log"), "ab") for v in variants}
     times = {v: [] for v in variants}
+    cpus = {v: [] for v in variants}
     try:
         for i in range(args.warmup + args.runs):
             for v in variants:
-                ms, early = one_run(v, table[v], logs[v], args.deadline)
+                ms, cpu, early = one_run(v, table[v], logs[v], args.deadline)
                 measured = i >= args.warmup
                 if measured:
                     times[v].append(ms)
+                    if cpu is not None:
+                        cpus[v].append(cpu)
                 tag = f"run {i + 1 - args.warmup}" if measured else f"warm-up {i + 1}"
                 note = f" (answered {early} before its first 200)" if early else ""
-                print(f"[bench]   cold start {v:17s} {tag:9s}: {ms:8.1f} ms{note}", file=sys.stderr, flush=True)
+                cpu_note = f", CPU {cpu:6.1f} ms" if cpu is not None else ""
+                print(f"[bench]   cold start {v:17s} {tag:9s}: {ms:8.1f} ms{cpu_note}{note}", file=sys.stderr, flush=True)
                 time.sleep(0.2)
     finally:
         for f in logs.values():
@@ -144,6 +177,9 @@ def main():
                 "median_ms": round(statistics.median(times[v]), 2),
                 "min_ms": round(min(times[v]), 2),
                 "max_ms": round(max(times[v]), 2),
+                # CPU (user + system) of the server from spawn to its first 200.
+                "cpu_runs_ms": [round(t, 2) for t in cpus[v]],
+                "cpu_median_ms": round(statistics.median(cpus[v]), 2) if cpus[v] else None,
             }) + "\n")
 
 

@@ -85,15 +85,19 @@ def main():
 
     a = Args()
     a.dir = results
-    a.id = "stage-costs"
-    a.target = "CPU per request of each stage (not auth, not body validation); measured = the costliest: " + worst["stage"]
-    a.goal = f"<= {LIMIT_US:g}"
+    # The instruction count (ir_report.py) decides `stage-costs`: on this
+    # shared VM the CPU-time method's noise (the A/A row) is as large as
+    # the goal, so its figure is shown for information only.
+    a.id = "stage-costs-cpu"
+    a.target = ("informational: CPU time per request of each stage, wall/CPU method (noise about as large "
+                "as the 2 us goal, see the A/A row); measured = the costliest: " + worst["stage"])
+    a.goal = "informational"
     a.unit = "us"
     a.runs = [float(x) for x in worst["per round"].split(", ")]
     a.note = ("server CPU (utime+stime, /proc/PID/stat) per request, wrk -t1 -c16, each stage on minus off, "
               "paired per round, median of rounds; pass only if every row is <= 2 us")
     a.rows = rows_path
-    a.pass_ = "yes" if all(r["result"] == "pass" for r in checked) else "no"
+    a.pass_ = None
     targets.write(a)
 
 

@@ -6,7 +6,8 @@
 SPEC: {"bulkhead": PATH, "summary_lua": PATH, "threads": 1, "connections": 16,
        "seconds": 4, "warmup": 2, "rounds": 3, "log_dir": DIR,
        "variants": [{"name", "app", "path", "env": {}, "headers": [],
-                     "expect": 200, "hold": "/s/sse?...", "warm": "/"}]}
+                     "expect": 200, "hold": "/s/sse?...", "warm": "/",
+                     "cmd": [PATH, "127.0.0.1:{port}"] (optional: another server)}]}
 
 Starts one `bulkhead serve` per variant on its own loopback port, then loads
 them alternately, round after round (A B C ... A B C ...), each with
@@ -95,9 +96,11 @@ def main():
             env = dict(os.environ)
             env.update(v.get("env", {}))
             log = open(os.path.join(log_dir, f"{v['name']}.stderr.jsonl"), "w")
-            p = subprocess.Popen(
-                [spec["bulkhead"], "serve", v["app"], "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+            # A variant may run another server ("cmd", "{port}" filled in):
+            # bench/refusals' floor, a bare hyper server.
+            cmd = ([a.replace("{port}", str(port)) for a in v["cmd"]] if v.get("cmd") else
+                   [spec["bulkhead"], "serve", v["app"], "--listen", f"127.0.0.1:{port}", "--admin-listen", "off"])
+            p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
             procs[v["name"]] = (p, port, v)
             warm = v.get("warm", v["path"])
             for _ in range(1200):

@@ -84,6 +84,29 @@ def main():
                   "servers alternating, ratio paired per round, median of rounds")
         targets.write(a)
 
+    floor = per.get("floor", {})
+    if floor and admitted:
+        rounds = sorted(set(floor) & set(admitted))
+        ratios = [admitted[k] / floor[k] for k in rounds if floor[k] > 0]
+        med = statistics.median(ratios) if ratios else None
+        print(f"| floor: a bare hyper server answering a fixed 429 (no gateway) | "
+              f"{statistics.median(floor.values()):.1f} | {', '.join(f'{x:.1f}' for x in floor.values())} | "
+              f"{'—' if med is None else f'{med:.1f}×'} | {', '.join(f'{x:.1f}' for x in ratios)} | "
+              f"informational | the best ratio any refusal can reach here | |")
+
+        class F:
+            pass
+
+        f = F()
+        f.dir, f.id, f.unit, f.rows, f.pass_ = results, "refusal-floor", "ratio", None, None
+        f.target = ("informational: admitted hello CPU / CPU of a bare hyper server's fixed 429 "
+                    "(crates/gateway/examples/refusal_floor.rs): the best ratio a refusal can reach on this stack")
+        f.goal = "informational"
+        f.runs = ratios
+        f.note = ("the same runtime and HTTP/1.1 settings as bulkhead serve, no checks, no log, no audit; "
+                  "server CPU per request, alternating with the others, paired per round")
+        targets.write(f)
+
 
 if __name__ == "__main__":
     main()

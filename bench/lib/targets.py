@@ -24,12 +24,14 @@ EXPECTED = [
     ("hello-throughput", "hello throughput, bulkhead / wasmtime serve", ">= 1.25"),
     ("hello-p99", "hello p99 latency, bulkhead / wasmtime serve", "<= 1.0"),
     ("cold-start", "cold start to first 200, bulkhead / wasmtime serve (warm caches)", "<= 1.0"),
-    ("stage-costs", "CPU per request each stage adds (auth and body validation excepted)", "<= 2 us"),
+    ("stage-costs", "CPU per request each stage adds (auth and body validation excepted), by instruction count", "<= 2 us"),
+    ("stage-costs-cpu", "informational: the same by CPU time (noise about as large as the goal)", "informational"),
     ("jwt-es256", "JWT ES256 verification p50", "<= 40"),
     ("jwt-eddsa", "JWT EdDSA verification p50", "<= 30"),
     ("refusal-ratelimit", "admitted hello CPU / rate-limited refusal CPU", ">= 10"),
     ("refusal-overload", "admitted hello CPU / admission-full refusal CPU", ">= 10"),
     ("refusal-unauthenticated", "admitted hello CPU / unauthenticated refusal CPU", ">= 10"),
+    ("refusal-floor", "informational: admitted hello CPU / a bare hyper server's fixed 429", "informational"),
     ("python-call-cost", "Python call cost", "see bench/lang"),
     ("js-call-cost", "JavaScript call cost", "see bench/lang"),
     ("scaling", "scaling with cores", "see bench/scaling"),
@@ -175,7 +177,7 @@ def main():
         print(table(args.dir))
     else:
         found = load(args.dir)
-        bad = [i for i, _, _ in EXPECTED if verdict(found.get(i)) != "pass"]
+        bad = [i for i, _, g in EXPECTED if g != "informational" and verdict(found.get(i)) != "pass"]
         print("\n".join(f"{i}: {verdict(found.get(i))}" for i in bad) or "every target passes")
         sys.exit(1 if bad else 0)
 

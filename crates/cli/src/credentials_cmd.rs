@@ -88,18 +88,20 @@ pub fn run_token(command: TokenCommand) -> Result<ExitCode> {
             subject,
             scopes,
             ttl,
-        } => issue(
-            &target,
-            Kind::Session,
-            &subject,
-            &scopes,
-            &ttl,
-            DAY_MS,
-            None,
-        ),
+        } => issue_session(&target, &subject, &scopes, &ttl),
         TokenCommand::List { target } => list(&target, Kind::Session),
         TokenCommand::Revoke { target, id } => revoke(&target, Kind::Session, &id),
     }
+}
+
+/// Issue a session token for `subject` (printed once on stdout).
+pub fn issue_session(
+    target: &Target,
+    subject: &str,
+    scopes: &[String],
+    ttl: &str,
+) -> Result<ExitCode> {
+    issue(target, Kind::Session, subject, scopes, ttl, DAY_MS, None)
 }
 
 pub fn run_keys(command: KeysCommand) -> Result<ExitCode> {
@@ -153,7 +155,9 @@ fn issue(
     let valid =
         |s: &str| !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_graphic());
     if !valid(subject) {
-        bail!("--subject must be 1 to 256 printable ASCII characters without spaces");
+        bail!(
+            "the subject (`--subject`, or `--as` for `dev login`) must be 1 to 256 printable ASCII characters without spaces"
+        );
     }
     let scopes: Vec<String> = scopes.iter().filter(|s| !s.is_empty()).cloned().collect();
     if let Some(bad) = scopes.iter().find(|s| !valid(s)) {

@@ -51,21 +51,29 @@ pub fn deploy(
     mode: Mode,
     progress: &dyn Fn(&str),
 ) -> Result<Deployment, Vec<String>> {
-    deploy_on(app, audit, mode, progress, None)
+    deploy_on(app, audit, mode, progress, Opened::default())
 }
 
-/// [`deploy`] on an engine built beforehand (issue 17: `serve` builds it
-/// on a thread during start-up), used when its settings fit `app`.
+/// What `serve` opened beforehand (issue 17): the engine, built on a
+/// thread during start-up, used when its settings fit the app; the state
+/// store, whose held connection the data plane's set-up borrows.
+#[derive(Default)]
+pub struct Opened {
+    pub prepared: Option<Prepared>,
+    pub store: Option<Store>,
+}
+
+/// [`deploy`] with what was opened beforehand (see [`Opened`]).
 pub fn deploy_on(
     app: App,
     audit: AuditLog,
     mode: Mode,
     progress: &dyn Fn(&str),
-    prepared: Option<Prepared>,
+    opened: Opened,
 ) -> Result<Deployment, Vec<String>> {
     let settings = engine_settings(&app);
-    let data = open_data(&app).map_err(|e| vec![format!("{e:#}")])?;
-    let prepared = match prepared {
+    let data = open_data(&app, opened.store).map_err(|e| vec![format!("{e:#}")])?;
+    let prepared = match opened.prepared {
         Some(prepared) if prepared.fits(&settings) => prepared,
         _ => Runtime::prepare(&settings).map_err(|e| vec![e.to_string()])?,
     };
@@ -278,9 +286,14 @@ impl SqlKeys {
 }
 
 /// The data backends: the master key is needed only if the app declares a
-/// key-value store or grants a secret (T14/T15).
-fn open_data(app: &App) -> Result<Arc<DataPlane>> {
-    let store = Store::open(&app.state_dir())?;
+/// key-value store or grants a secret (T14/T15). `store`: the app's state
+/// store when the caller has it open already (issue 17: `serve`, so that
+/// start-up does not open and migrate it a second time).
+fn open_data(app: &App, store: Option<Store>) -> Result<Arc<DataPlane>> {
+    let store = match store {
+        Some(store) => store,
+        None => Store::open(&app.state_dir())?,
+    };
     Ok(Arc::new(DataPlane::open(app, &store)?))
 }
 

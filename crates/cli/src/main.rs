@@ -2,13 +2,16 @@
 
 mod admin_cmd;
 mod audit_cmd;
+mod build_cmd;
 mod bundle;
 mod check;
 mod credentials_cmd;
 mod data_cmd;
 mod deploy;
 mod deploy_cmd;
+mod dev_cmd;
 mod live;
+mod new_cmd;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod review_cmd;
@@ -249,6 +252,9 @@ enum Command {
     /// Issue, list and revoke opaque session tokens.
     #[command(subcommand)]
     Token(credentials_cmd::TokenCommand),
+    /// Development helpers: `dev login` signs in a test user (dev only).
+    #[command(subcommand)]
+    Dev(dev_cmd::DevCommand),
     /// Create, list and revoke API keys.
     #[command(subcommand)]
     Keys(credentials_cmd::KeysCommand),
@@ -261,6 +267,63 @@ enum Command {
     /// Review the app against what it did: grants never used (T16).
     #[command(subcommand)]
     Review(review_cmd::ReviewCommand),
+    /// Make a new app, or add a function to one (`new function`).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        long_about = "Make a new app in APP_DIR: a bulkhead.toml with every default control spelt \
+                      out and commented (limits, rate limits, the dynamic throttle, budgets, \
+                      failed-sign-in back-off, audit) and a .gitignore. APP_DIR must not exist or \
+                      be empty (nothing is ever overwritten) and must not be a symbolic link. The \
+                      app is named after the directory unless --name says otherwise.\n\n\
+                      Then add functions with `bulkhead new function NAME --lang rust|python|js \
+                      --app APP_DIR`: each gets a component skeleton, its build recipe and a \
+                      manifest entry with auth on, its input declared and nothing granted.",
+        after_help = "A first secure function, from nothing to an authenticated call:\n  \
+                      bulkhead new my-app\n  \
+                      bulkhead new function hello --lang rust --app my-app    # or --lang python, --lang js\n  \
+                      bulkhead build my-app\n  \
+                      bulkhead serve my-app\n\n\
+                      In another terminal:\n  \
+                      KEY=$(bulkhead keys create my-app --subject me --scopes hello)\n  \
+                      curl -H \"authorization: Bearer $KEY\" http://127.0.0.1:8080/hello\n  \
+                      curl -i http://127.0.0.1:8080/hello     # 401: no credential, no call"
+    )]
+    New {
+        #[command(subcommand)]
+        what: Option<new_cmd::NewCommand>,
+        /// The new app's directory (created; if it exists it must be empty).
+        #[arg(required = true)]
+        app_dir: Option<PathBuf>,
+        /// The app's name; default: the directory's name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Build every component of an app with its toolchain.
+    #[command(
+        long_about = "Build the component of every function in APP_DIR/bulkhead.toml from its \
+                      recipe (functions/NAME/build.toml, written by `bulkhead new function`) and \
+                      write it where the function's `component =` points (replaced atomically):\n\n\
+                      - rust: cargo build --release --locked --target wasm32-wasip2 (the target is \
+                      added with rustup when missing);\n\
+                      - python: componentize-py 0.25.1 against the app's wit/ folder;\n\
+                      - js: componentize-js 0.23.0 (StarlingMonkey), through a copy of wit/ at \
+                      WASI 0.2.10, the version its engine exports.\n\n\
+                      componentize-py and componentize-js are installed on first use, at the \
+                      versions examples/hello/build.sh pins, into APP_DIR/.tools (venv/ and node/), \
+                      or into the folder BULKHEAD_TOOLS_DIR names to share one install between apps. \
+                      A Python or JavaScript component is rebuilt only when its sources, the WIT or \
+                      the tool changed; cargo decides for Rust. Every tool runs as a program with \
+                      arguments, never through a shell. Components the manifest names without a \
+                      recipe are kept as they are.",
+        after_help = "Examples:\n  bulkhead build my-app\n  \
+                      BULKHEAD_TOOLS_DIR=~/.cache/bulkhead/tools bulkhead build my-app\n\n\
+                      Then:\n  bulkhead serve my-app"
+    )]
+    Build {
+        /// The app directory, holding bulkhead.toml.
+        app_dir: PathBuf,
+    },
     /// Send a new version of the app to a running server, live.
     #[command(
         long_about = "Pack the deployable files of APP_DIR (bulkhead.toml, bulkhead.lock, every \
@@ -444,10 +507,17 @@ fn main() -> ExitCode {
         Command::Admin(command) => admin_cmd::run(command),
         Command::Tls(command) => tls_cmd::run(command),
         Command::Token(command) => credentials_cmd::run_token(command),
+        Command::Dev(command) => dev_cmd::run(command),
         Command::Keys(command) => credentials_cmd::run_keys(command),
         Command::Secrets(command) => secrets_cmd::run(command),
         Command::Data(command) => data_cmd::run(command),
         Command::Review(command) => review_cmd::run(command),
+        Command::New {
+            what,
+            app_dir,
+            name,
+        } => new_cmd::run(what, app_dir.as_deref(), name.as_deref()),
+        Command::Build { app_dir } => build_cmd::run(&app_dir),
         Command::Deploy { target, to, admin } => deploy_cmd::deploy(&target, &to, &admin),
         Command::Versions {
             target,

@@ -56,6 +56,8 @@ pub fn run(
     keep_versions: usize,
     workers: Option<u16>,
 ) -> Result<ExitCode> {
+    // Issue 17: SQLite's one-time set-up beside the manifest's checks.
+    bulkhead_store::warm_up();
     let admin_address = match admin_listen {
         "off" => None,
         text => Some(text.parse::<SocketAddr>().with_context(|| {
@@ -101,7 +103,7 @@ pub fn run(
         .name("bulkhead-engine".into())
         .spawn(move || bulkhead_runtime::Runtime::prepare(&settings))
         .ok();
-    let (store, _held) = match held {
+    let (store, held) = match held {
         Some(held) => held,
         None => target.store_held()?,
     };
@@ -149,15 +151,18 @@ pub fn run(
     // Every writer of the trail (this server, CLI commands) holds to the
     // budget kept in the store (T09).
     store.set_audit_max_size(app.audit_max_size.bytes())?;
+    // Issue 17: the writer opens on its own thread (connection, run
+    // marker and its syncs, the head check) while the runtime starts and
+    // the functions load; `serve` waits for it before it listens (T09).
+    let (audit, audit_opening) = AuditLog::start_opening(&store)?;
     let runtime = start_runtime(workers)?;
     ignore_file_size_signal(&runtime);
-    let audit = AuditLog::start(&store)?;
     let spans = span_export(&app, runtime.handle())?;
     let result = runtime.block_on(serve(
         (app, evidence, engine),
         listen,
         access,
-        audit.clone(),
+        (audit.clone(), audit_opening),
         store,
         spans.clone(),
         Kept {
@@ -175,6 +180,8 @@ pub fn run(
         warn!(target: "bulkhead::telemetry", error = %e, "could not send every queued span");
     }
     audit.close();
+    // Issue 17: the next start finds an empty WAL (nothing to read back).
+    held.checkpoint();
     result
 }
 
@@ -284,7 +291,7 @@ async fn serve(
     (app, evidence, engine): (App, Vec<Evidence>, Option<EngineThread>),
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
-    audit: AuditLog,
+    (audit, audit_opening): (AuditLog, bulkhead_store::AuditOpening),
     store: Store,
     spans: Option<Arc<dyn SpanExport>>,
     kept: Kept,
@@ -303,7 +310,11 @@ async fn serve(
         let prepared = engine
             .and_then(|thread| thread.join().ok())
             .and_then(Result::ok);
-        deploy::deploy_on(app, audit.clone(), deploy::Mode::Serve, &progress, prepared)
+        let opened = deploy::Opened {
+            prepared,
+            store: Some(store.clone()),
+        };
+        deploy::deploy_on(app, audit.clone(), deploy::Mode::Serve, &progress, opened)
     }) {
         Ok(deployment) => deployment,
         Err(problems) => return Ok(report(&problems)),
@@ -335,10 +346,9 @@ async fn serve(
         kept.keep,
     ));
     gateway.set_deployer(live.clone());
-    if kept.from_version.is_none() {
-        let (live, app, functions) = (live.clone(), app.clone(), deployment.functions.clone());
-        tokio::task::spawn_blocking(move || live.record_start(&app, &functions));
-    }
+    // T09: nothing is served, and nothing is kept as a version, unless the
+    // audit writer opened (its run marker synced, the chain's end checked).
+    tokio::task::block_in_place(|| audit_opening.wait()).context("cannot start the audit trail")?;
     reload_on_hangup(&live);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -422,6 +432,12 @@ async fn serve(
     // showed the rollback that opened, so the flush stays. Connections that
     // arrive meanwhile wait in the listen backlog, not refused.
     audit.flush();
+    // Issue 17: after the flush, so that packing and hashing APP_DIR does
+    // not take a core from the start-up path; as before, in the background.
+    if kept.from_version.is_none() {
+        let (live, app, functions) = (live.clone(), app.clone(), deployment.functions.clone());
+        tokio::task::spawn_blocking(move || live.record_start(&app, &functions));
+    }
     let signalled = shutdown_signal();
     info!(
         target: "bulkhead::listener",

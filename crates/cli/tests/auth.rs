@@ -537,3 +537,66 @@ async fn a_key_removed_from_the_jwks_stops_working() {
         Duration::from_secs(10),
     );
 }
+
+/// Issue 17 (T11): keys are parsed once, when the JWKS loads, and a token
+/// is verified with the parsed key its `kid` names. A token signed by
+/// another key under that same `kid` and `alg` is still refused; and when
+/// the JWKS file replaces a key under the same `kid`, the new key verifies
+/// and the old one's tokens are refused: nothing parsed before the reload
+/// is used after it.
+#[tokio::test]
+async fn another_key_under_the_same_kid_never_verifies_t11() {
+    let app = app(10_000);
+    let server = Server::start(&app);
+    let p256 = EncodingKey::from_ec_pem(&fixture("p256.pem")).unwrap();
+    let other_p256 = EncodingKey::from_ec_pem(&fixture("other-p256.pem")).unwrap();
+    let stranger = EncodingKey::from_ed_pem(&fixture("stranger.pem")).unwrap();
+    let ours_es = sign(Algorithm::ES256, Some("ec-1"), &p256, &claims());
+    let theirs_es = sign(Algorithm::ES256, Some("ec-1"), &other_p256, &claims());
+    let ours_ed = ed_token(&claims());
+    let theirs_ed = sign(Algorithm::EdDSA, Some("ed-1"), &stranger, &claims());
+    // Each verified once first, so its key's parsed form is in use.
+    for _ in 0..2 {
+        assert_eq!(call(&server, "/echo", Some(&ours_es)).await.status, 200);
+        assert_eq!(call(&server, "/echo", Some(&ours_ed)).await.status, 200);
+        call(&server, "/echo", Some(&theirs_es))
+            .await
+            .assert_problem(401, "invalid-token");
+        call(&server, "/echo", Some(&theirs_ed))
+            .await
+            .assert_problem(401, "invalid-token");
+    }
+
+    // Rotation: `ed-1` is now the stranger's key (its public half).
+    let mut jwks: Value = serde_json::from_slice(&fixture("jwks.json")).unwrap();
+    for key in jwks["keys"].as_array_mut().unwrap() {
+        if key["kid"] == "ed-1" {
+            key["x"] = json!(STRANGER_ED25519_X);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(app.path().join("keys/jwks.json"), jwks.to_string()).unwrap();
+    let mut rotated = false;
+    for _ in 0..50 {
+        if call(&server, "/echo", Some(&theirs_ed)).await.status == 200 {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        rotated,
+        "the new key under `ed-1` must verify after the reload"
+    );
+    call(&server, "/echo", Some(&ours_ed))
+        .await
+        .assert_problem(401, "invalid-token");
+    // The other keys are untouched.
+    assert_eq!(call(&server, "/echo", Some(&ours_es)).await.status, 200);
+    call(&server, "/echo", Some(&theirs_es))
+        .await
+        .assert_problem(401, "invalid-token");
+}
+
+/// The public half of `fixtures/auth/stranger.pem` (Ed25519), as a JWK `x`.
+const STRANGER_ED25519_X: &str = "CZAUQ2bzVSdEBIiW-i7rRIabUh73N1clBcq7NFuBZ7w";

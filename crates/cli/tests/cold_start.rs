@@ -120,3 +120,61 @@ fn requests_sent_from_the_first_moment_get_the_function_and_follow_the_deploy_re
         );
     }
 }
+
+/// Issue 17 moved the audit writer's opening (its connection, audit key,
+/// run marker and head check) onto its own thread, beside the deploy. It is
+/// still a condition of serving (T09): a writer that cannot open stops the
+/// start before the listener opens, with the reason, and no request is
+/// ever answered. Here the audit key is damaged (not 32 bytes) after a
+/// first, good start.
+#[test]
+fn a_writer_that_cannot_open_on_its_thread_still_stops_the_start_before_listening() {
+    let app = TestApp::new(APP, &["hello"]);
+    support::Server::start(&app).stop();
+    let key = app.path().join(".bulkhead/dev/audit.key");
+    assert!(key.is_file(), "the first start made the audit key");
+    std::fs::write(&key, b"short").expect("damage the audit key");
+
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("serve")
+        .arg(app.path())
+        .args(["--listen", &addr.to_string(), "--admin-listen", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bulkhead starts");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        // Never an answer, whatever it would be.
+        if let Some(answer) = get(addr) {
+            let _ = child.kill();
+            panic!(
+                "a server whose audit writer cannot open answered: {:?} {}",
+                answer.status,
+                answer.text()
+            );
+        }
+        if let Some(status) = child.try_wait().expect("child status") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server neither answered nor stopped");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!status.success(), "the start must fail: {stderr}");
+    assert!(
+        stderr.contains("audit") && stderr.contains("32-byte key"),
+        "the error says what stopped the start: {stderr}"
+    );
+}

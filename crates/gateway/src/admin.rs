@@ -504,7 +504,7 @@ fn authorize(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let unauthorized = |slug, detail: &str| {
+    let unauthorized = |slug, detail: &'static str| {
         Problem::new(
             StatusCode::UNAUTHORIZED,
             slug,

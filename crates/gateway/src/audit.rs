@@ -66,8 +66,10 @@ fn kind_of(slug: &str) -> &'static str {
         "function-trapped" | "no-response" | "function-error" | "internal" => "function.failed",
         "too-many-requests" | "rate-limited" | "overloaded" | "budget-exhausted"
         | "budget-held" | "queue-timeout" | "auth-backoff" => "request.throttled",
-        "unauthenticated" | "invalid-token" => "auth.failed",
-        "insufficient-scope" => "authz.denied",
+        "unauthenticated" | "invalid-token" | "login-failed" | "login-state-invalid" => {
+            "auth.failed"
+        }
+        "insufficient-scope" | "cross-site-request" => "authz.denied",
         _ => "request.refused",
     }
 }

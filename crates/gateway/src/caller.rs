@@ -362,6 +362,7 @@ mod tests {
                     principal: principal(kind, issuer, "ci-bot"),
                     scopes: vec![],
                     kind,
+                    via_cookie: false,
                 }),
                 client,
             )

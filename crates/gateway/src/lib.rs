@@ -12,6 +12,8 @@ mod connection;
 pub mod correlation;
 mod deploys;
 pub mod log_writer;
+/// Sign-in at the gateway, `[auth.login]` (issue 15).
+mod login;
 mod metrics;
 mod pipeline;
 pub mod problem;

@@ -226,6 +226,27 @@ async fn pipeline<'s>(
         .map_err(|r| refuse(r, outcome))?
     };
 
+    // Sign-in at the gateway (issue 15, T11/T12): its reserved paths.
+    if let Some(login) = version.login.as_deref()
+        && let Some(answer) = login
+            .serve(
+                shared,
+                crate::login::Asked {
+                    method: request.method(),
+                    uri: request.uri(),
+                    headers: request.headers(),
+                },
+                client,
+                trace.correlation_id(),
+            )
+            .await
+    {
+        return answer.map_err(|refusal| {
+            outcome.detail = Some(refusal.reason);
+            *refusal.problem
+        });
+    }
+
     // Decode the path once and refuse what is ambiguous, before routing (T10).
     let (decoded, segments): (Vec<_>, Vec<&str>);
     let found = if skip(Stage::Route) {
@@ -291,6 +312,16 @@ async fn pipeline<'s>(
         })?;
     // Records name the qualified subject: `api-key:S`, `jwt:ISSUER:S` (T13).
     outcome.subject = identity.as_ref().map(|i| i.principal.clone());
+    // Cookie-authenticated and state-changing: same origin only (issue 15, CSRF).
+    if let (Some(login), Some(true)) = (
+        version.login.as_deref(),
+        identity.as_ref().map(|i| i.via_cookie),
+    ) && let Some(reason) =
+        crate::login::cross_site(request.method(), request.headers(), login.origin())
+    {
+        outcome.detail = Some(reason);
+        return Err(*crate::login::cross_site_refusal(String::new()).problem);
+    }
 
     // Rate limits per caller, app-wide then this function's (T02, T03).
     let caller = match (&identity, outcome.caller.take()) {

@@ -342,7 +342,7 @@ impl Drop for GuestStream {
 }
 
 pub(crate) fn invoke_problem(error: &InvokeError) -> Problem {
-    let failed = |slug, title, detail: &str| {
+    let failed = |slug, title, detail: &'static str| {
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, slug, title, detail)
     };
     match error {

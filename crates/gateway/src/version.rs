@@ -27,6 +27,8 @@ pub(crate) struct Version {
     pub(crate) router: Router,
     pub(crate) functions: Vec<FunctionSlot>,
     pub(crate) authenticator: Authenticator,
+    /// `[auth.login]`: sign-in at the gateway (issue 15), if configured.
+    pub(crate) login: Option<Arc<crate::login::Login>>,
     /// Meters every call and enforces budgets (T04); `None` if metering is off.
     pub(crate) meter: Option<Arc<Meter>>,
 }
@@ -57,6 +59,8 @@ impl Version {
     ) -> Result<Self, String> {
         let authenticator =
             Authenticator::after(app, store.clone(), previous.map(|p| &p.authenticator))?;
+        let login =
+            crate::login::Login::new(app, store, previous.and_then(|p| p.login.as_deref()))?;
         let router = Router::new(
             app.functions
                 .iter()
@@ -115,6 +119,7 @@ impl Version {
             router,
             functions,
             authenticator,
+            login,
             meter,
         })
     }

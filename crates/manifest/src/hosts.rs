@@ -20,8 +20,11 @@ pub fn canonical_host(host: &str) -> Option<String> {
         let ip: Ipv6Addr = inner.strip_suffix(']')?.parse().ok()?;
         return Some(format!("[{ip}]"));
     }
-    if let Ok(ip) = host.parse::<Ipv4Addr>() {
-        return Some(ip.to_string());
+    if host.parse::<Ipv4Addr>().is_ok() {
+        // std parses only the canonical dotted quad (no leading zeros, no
+        // other radix): the text is already its one spelling, and copying
+        // it skips `Display` (issue 17: a share of every request's Host check).
+        return Some(host.to_string());
     }
     // A browser reads a name whose last label is a number (`2130706433`,
     // `0x7f.0.0.1`, `0177.1`, `127.000.000.001`) as an IPv4 address (WHATWG

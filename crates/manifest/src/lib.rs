@@ -14,6 +14,7 @@ pub mod hosts;
 pub mod input;
 mod lines;
 pub mod lock;
+pub mod login;
 mod problem;
 mod raw;
 mod resolve;
@@ -64,6 +65,8 @@ pub struct App {
     pub limits: AppLimits,
     /// `[auth.jwt]`, when the app trusts a token issuer.
     pub jwt: Option<JwtSettings>,
+    /// `[auth.login]`, when the gateway signs callers in (issue 15).
+    pub login: Option<login::LoginSettings>,
     /// Failed authentications per client address per minute before back-off.
     pub failed_auth_per_minute: u32,
     /// One failed-authentication strike is forgiven per this much time (T03).

@@ -110,6 +110,8 @@ pub(crate) struct RawSqlGrantTable {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAuth {
     pub jwt: Option<Spanned<RawJwt>>,
+    /// `[auth.login]`: sign-in at the gateway (issue 15).
+    pub login: Option<Spanned<crate::login::RawLogin>>,
     pub failed_attempts_per_minute: Option<Spanned<u32>>,
     /// One back-off strike is forgiven per this much time (T03).
     pub backoff_decay: Option<Spanned<Duration>>,

@@ -87,6 +87,11 @@ pub(crate) fn resolve(
         .as_ref()
         .and_then(|jwt| crate::auth::resolve_jwt(&mut out, app_dir, jwt));
     let jwt_configured = raw.auth.jwt.is_some();
+    let login = raw
+        .auth
+        .login
+        .as_ref()
+        .and_then(|login| crate::login::resolve(&mut out, login));
     let failed_auth_per_minute = positive(
         &mut out,
         "failed_attempts_per_minute",
@@ -200,6 +205,21 @@ pub(crate) fn resolve(
         budget = crate::cost::Budget::default();
     }
 
+    // Sign-in at the gateway (issue 15, T12): the session cookie is the
+    // gateway's credential; no function may be handed it.
+    if login.is_some() {
+        for (span, function) in &functions {
+            if function.input.headers.iter().any(|h| h == "cookie") {
+                out.at(
+                    Some(span.clone()),
+                    format!(
+                        "function `{}`: with [auth.login] the `cookie` header carries the sign-in session; it cannot be let through to a function",
+                        function.name
+                    ),
+                );
+            }
+        }
+    }
     if !out.problems.is_empty() {
         return Err(Problems(out.problems));
     }
@@ -210,6 +230,7 @@ pub(crate) fn resolve(
         env: env.to_string(),
         limits: app_limits,
         jwt,
+        login,
         failed_auth_per_minute,
         auth_backoff_decay,
         functions: functions.into_iter().map(|(_, f)| f).collect(),

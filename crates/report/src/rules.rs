@@ -917,10 +917,20 @@ fn per_store(f: &mut Findings<'_>, store: &StoreSpec) {
                 "records older than {r} are never returned and are swept ({})",
                 at(line)
             )),
-            None => Outcome::Open(
+            None if store.is_kv() => Outcome::Open(
                 format!("store `{name}` holds personal data and has no `retention`"),
                 format!(
                     "add `retention = \"48h\"` (as long as the data is needed) to `[store.{name}]`"
+                ),
+            ),
+            // A SQL store takes no `retention` (Bulkhead cannot know which
+            // rows expire), so the fix must not tell the user to add one.
+            None => Outcome::Open(
+                format!(
+                    "SQL store `{name}` holds personal data and keeps it until a statement deletes it"
+                ),
+                format!(
+                    "delete expired rows with a declared `DELETE` statement and erase a subject's rows on request, then record that with `[[accept]] rule = \"personal-data-retention\"`, `target = \"{name}\"` and the reason"
                 ),
             ),
         };

@@ -727,7 +727,7 @@ impl Store {
         query: &AuditQuery,
         mut visit: impl FnMut(AuditRecord),
     ) -> Result<(), StoreError> {
-        let conn = self.connect()?;
+        let conn = self.lease()?;
         let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1 = 1");
         let mut values: Vec<rusqlite::types::Value> = Vec::new();
         let mut filter = |column: &str, value: &Option<String>| {

@@ -269,7 +269,7 @@ impl Store {
 
     /// The trail's last record: its number and time.
     pub(crate) fn audit_end(&self) -> Result<Option<(i64, i64)>, StoreError> {
-        let conn = self.connect()?;
+        let conn = self.lease()?;
         last_end(&conn).map_err(|e| self.db_error(e))
     }
 }

@@ -177,39 +177,70 @@ pub struct AuditLog {
     shared: Arc<Shared>,
 }
 
+/// A writer opening on its own thread ([`AuditLog::start_opening`]).
+#[must_use = "wait for the writer to open before relying on the trail"]
+pub struct AuditOpening(Receiver<Result<(), StoreError>>);
+
+impl AuditOpening {
+    /// Wait until the writer has opened and checked the chain's end (or
+    /// could not: its error).
+    pub fn wait(self) -> Result<(), StoreError> {
+        match self.0.recv() {
+            Ok(opened) => opened,
+            // The thread ended without a word: it panicked.
+            Err(_) => Err(StoreError::Writer(
+                "the audit writer stopped while it opened".into(),
+            )),
+        }
+    }
+}
+
 impl AuditLog {
     /// Start the writer for `store`. The chain's end is checked against
     /// its heads at once: a broken or rolled-back trail is logged and
     /// recorded before anything else is written.
     pub fn start(store: &Store) -> Result<Self, StoreError> {
+        let (audit, opening) = Self::start_opening(store)?;
+        opening.wait()?;
+        Ok(audit)
+    }
+
+    /// [`AuditLog::start`] without waiting for the writer to open (issue
+    /// 17): its thread connects, creates and syncs its run marker, takes
+    /// over the markers of writers that stopped uncleanly, reads the spill
+    /// files and checks the chain's end against both heads, while the
+    /// caller goes on with its own start-up. Events recorded meanwhile wait
+    /// in the queue and are written after that check, as before. The caller
+    /// must [`AuditOpening::wait`] before it relies on the trail (a server:
+    /// before it listens), and refuse to go on if the writer could not
+    /// open (T09: nothing is served without a working trail).
+    pub fn start_opening(store: &Store) -> Result<(Self, AuditOpening), StoreError> {
         let (sender, receiver) = sync_channel(CHANNEL_CAPACITY);
         let shared = Arc::new(Shared::default());
-        let (mut writer, mut first) = Writer::open(store, shared.clone(), true)?;
+        let (opened, opening) = sync_channel(1);
         let dir_error = |source| StoreError::Dir {
             dir: store.dir().to_path_buf(),
             source,
         };
-        let pending = first.len();
-        if let Err(e) = writer.append(&mut first, true) {
-            error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
-            writer.keep_or_count(first, pending, &e);
-        }
-        // Issue 17: the head file was just checked (or written) and is up
-        // to date, so the next batch's file write waits its turn (at most
-        // HEAD_FILE_EVERY, or at once when idle) like any other batch's:
-        // the first record after a start is committed and synced without
-        // the file write on its path (T09: a lagging file only narrows what
-        // the rollback check sees, as under steady traffic).
-        if !writer.file_stale {
-            writer.file_written_ms = now_ms();
-        }
+        let store = store.clone();
+        let writer_shared = shared.clone();
         // Never joined: `close` waits for the writer's reply, bounded, so a
         // writer whose disk hangs cannot hold a shutdown up.
         std::thread::Builder::new()
             .name("bulkhead-audit".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || match Writer::open_checked(&store, writer_shared) {
+                Ok(writer) => {
+                    let _ = opened.send(Ok(()));
+                    writer.run(receiver);
+                }
+                // The queue goes with the receiver: later sends fail and
+                // are counted as dropped; the caller refuses to go on.
+                Err(e) => {
+                    let _ = opened.send(Err(e));
+                }
+            })
             .map_err(dir_error)?;
-        Ok(Self { sender, shared })
+        Ok((Self { sender, shared }, AuditOpening(opening)))
     }
 
     /// Append an admin, CLI or system `event` (one no request or guest
@@ -437,6 +468,31 @@ impl Writer {
             lost_error: String::new(),
         };
         Ok((writer, first))
+    }
+}
+
+impl Writer {
+    /// [`Writer::open`] with a run marker, then the start check: the
+    /// chain's end against its heads, the spills and the writers that
+    /// stopped uncleanly appended (what [`AuditLog::start`] does before
+    /// the writer takes any event).
+    fn open_checked(store: &Store, shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let (mut writer, mut first) = Writer::open(store, shared, true)?;
+        let pending = first.len();
+        if let Err(e) = writer.append(&mut first, true) {
+            error!(target: "bulkhead::audit", error = %e, "cannot check the audit trail's head");
+            writer.keep_or_count(first, pending, &e);
+        }
+        // Issue 17: the head file was just checked (or written) and is up
+        // to date, so the next batch's file write waits its turn (at most
+        // HEAD_FILE_EVERY, or at once when idle) like any other batch's:
+        // the first record after a start is committed and synced without
+        // the file write on its path (T09: a lagging file only narrows what
+        // the rollback check sees, as under steady traffic).
+        if !writer.file_stale {
+            writer.file_written_ms = now_ms();
+        }
+        Ok(writer)
     }
 }
 
@@ -750,12 +806,20 @@ impl Writer {
                  ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
             [],
         );
+        match durable {
+            Ok(_) => self.write_file(),
+            Err(e) => {
+                error!(target: "bulkhead::audit", error = %e, path = %self.head_file.display(), "cannot write the audit head file");
+            }
+        }
+    }
+
+    /// The second half of [`Writer::anchor`]: the head file for `last`,
+    /// once a durable commit of this connection (which synced the WAL up to
+    /// `last`) has counted it in `anchors`.
+    fn write_file(&mut self) {
         let (seq, hash) = &self.last;
-        let result = durable
-            .map(drop)
-            .map_err(std::io::Error::other)
-            .and_then(|()| write_head_file(&self.head_file, &self.key, *seq, hash));
-        match result {
+        match write_head_file(&self.head_file, &self.key, *seq, hash) {
             Ok(()) => {
                 self.file_stale = false;
                 self.file_written_ms = now_ms();
@@ -999,6 +1063,27 @@ impl Writer {
                 [i64::try_from(meta.size_bytes).unwrap_or(i64::MAX)],
             )?;
         }
+        // Whether the head file is brought up to date right after this
+        // commit (see below). Issue 17: if so, the durable commit that must
+        // precede the file (T09, `anchor`) is this batch's own: the count
+        // goes into its transaction, which makes it a write committed with
+        // `synchronous = FULL` (the WAL synced up to this head), instead of
+        // a second commit and sync of its own before the file.
+        let head_anchored = if written || rewrite_head {
+            anchored
+        } else {
+            self.head_anchored
+        };
+        let file_stale = self.file_stale || written || !head_anchored;
+        let anchor_now =
+            file_stale && (broke || flush || now - self.file_written_ms >= HEAD_FILE_EVERY_MS);
+        if anchor_now {
+            tx.execute(
+                "INSERT INTO audit_meta (id, size_bytes, anchors) VALUES (1, 0, 1)
+                 ON CONFLICT (id) DO UPDATE SET anchors = anchors + 1",
+                [],
+            )?;
+        }
         tx.commit()?;
         for (spill, replayed) in std::mem::take(&mut self.recovered)
             .into_iter()
@@ -1012,18 +1097,15 @@ impl Writer {
         self.taken.clear();
         self.last = (seq, prev_hash);
         self.breaks = meta.breaks;
-        if written || rewrite_head {
-            self.head_anchored = anchored;
-        }
         // Bring the file up to date, and anchor a head that is not yet
-        // (one written by an older version, or a new segment's first).
-        if written || !self.head_anchored {
-            self.file_stale = true;
-        }
-        // After a break at once: the old head file names records that the
-        // new segment does not hold.
-        if self.file_stale && (broke || flush || now - self.file_written_ms >= HEAD_FILE_EVERY_MS) {
-            self.anchor();
+        // (one written by an older version, or a new segment's first):
+        // after a break at once (the old head file names records that the
+        // new segment does not hold), on a flush, or when the last write is
+        // HEAD_FILE_EVERY old.
+        self.head_anchored = head_anchored;
+        self.file_stale = file_stale;
+        if anchor_now {
+            self.write_file();
         }
         let s = &self.shared;
         s.head_seq.store(seq, Ordering::Relaxed);

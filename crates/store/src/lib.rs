@@ -20,13 +20,14 @@ pub mod sql;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rusqlite::Connection;
 
 pub use audit::{AuditEvent, AuditQuery, AuditRecord, CHAIN_BROKEN, HeadFile, Verification};
 pub use audit_durable::{CallTickets, Durability, Ticket};
 pub use audit_runs::{UNCLEAN_STOP, UncleanStop};
-pub use audit_writer::{AuditLog, AuditStatus, DEFAULT_AUDIT_MAX_BYTES};
+pub use audit_writer::{AuditLog, AuditOpening, AuditStatus, DEFAULT_AUDIT_MAX_BYTES};
 pub use meter::{MeterLog, Usage};
 
 const DB_FILE: &str = "state.db";
@@ -48,17 +49,71 @@ pub enum StoreError {
     Key(std::io::Error),
     #[error("audit head file: {0}")]
     HeadFile(std::io::Error),
+    #[error("audit trail: {0}")]
+    Writer(String),
 }
 
 /// The state directory of one app environment.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Issue 17: the connection [`Store::open_held`] opened, lent to one-
+    /// shot statements (see [`Store::lease`]) so that a server's start-up
+    /// does not open a connection (a file open, the WAL index mapped, three
+    /// pragmas) for each of them. Shared by every clone.
+    spare: Option<Arc<Mutex<Connection>>>,
 }
 
-/// A connection to the state database held open, unused, while it lives
-/// (see [`Store::open_held`]).
-pub struct Held(#[allow(dead_code)] Connection);
+/// The connection [`Store::open_held`] opened, held open while it lives.
+pub struct Held(#[allow(dead_code)] Arc<Mutex<Connection>>);
+
+impl Held {
+    /// Issue 17: at a clean shutdown, move the WAL into the database and
+    /// truncate it. Without it the WAL outlives the process (the server's
+    /// threads still hold connections when it exits, so none is the last to
+    /// close and checkpoint it) and grows by every start's records; the next
+    /// start's first connection then reads and checksums all of it to
+    /// rebuild the WAL index. Best effort and bounded: a connection still
+    /// reading makes it a partial checkpoint, which loses nothing.
+    pub fn checkpoint(&self) {
+        let Ok(conn) = self.0.lock() else {
+            return;
+        };
+        let _ = conn.busy_timeout(std::time::Duration::from_millis(200));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::debug!(target: "bulkhead::store", error = %e, "no WAL checkpoint at shutdown");
+        }
+    }
+}
+
+/// Issue 17: SQLite's one-time set-up, on a thread of its own so that it
+/// runs beside the caller's start-up instead of inside its first
+/// connection. With SQLCipher it seeds OpenSSL's random generator (and
+/// loads OpenSSL's configuration): a millisecond or more of CPU. Nothing is
+/// opened but a database in memory, dropped at once; a connection opened
+/// meanwhile waits for the set-up as it would have run it.
+pub fn warm_up() {
+    let _ = std::thread::Builder::new()
+        .name("bulkhead-sqlite".into())
+        .spawn(|| drop(Connection::open_in_memory()));
+}
+
+/// A connection for one statement or a few: the store's spare one when it
+/// has one and no other thread is using it, else a new one.
+pub(crate) enum Lease<'a> {
+    Spare(MutexGuard<'a, Connection>),
+    Own(Connection),
+}
+
+impl std::ops::Deref for Lease<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            Lease::Spare(conn) => conn,
+            Lease::Own(conn) => conn,
+        }
+    }
+}
 
 /// The schema version from which every store has a keyed audit head from
 /// the moment it is created (migration 7 and [`Store::open`]): a store
@@ -183,8 +238,9 @@ impl Store {
             source,
         };
         files::create_state_dir(dir).map_err(dir_error)?;
-        let store = Self {
+        let mut store = Self {
             dir: dir.to_path_buf(),
+            spare: None,
         };
         // Owner-only before SQLite creates it: its -wal and -shm copy its
         // mode. An existing database is not opened (T09: SQLite's locks).
@@ -192,6 +248,8 @@ impl Store {
         files::make_private(&dir.join(audit::HEAD_FILE)).map_err(dir_error)?;
         let mut conn = store.connect()?;
         store.migrate(&mut conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        store.spare = Some(conn.clone());
         Ok((store, Held(conn)))
     }
 
@@ -221,6 +279,19 @@ impl Store {
         Ok(conn)
     }
 
+    /// A connection for a one-shot statement (issue 17): the spare one
+    /// when this store has one and it is free, else a new one. Never for a
+    /// transaction left open, nor one held across a call that may lease
+    /// again (that one gets a new connection, as before).
+    pub(crate) fn lease(&self) -> Result<Lease<'_>, StoreError> {
+        if let Some(spare) = &self.spare
+            && let Ok(conn) = spare.try_lock()
+        {
+            return Ok(Lease::Spare(conn));
+        }
+        self.connect().map(Lease::Own)
+    }
+
     /// Run the migrations not yet applied, and anchor a new audit trail,
     /// under the write lock: two processes opening one new store at once
     /// take turns.
@@ -246,12 +317,25 @@ impl Store {
     /// The audit trail's size budget (`[audit] max_size`), kept in the
     /// database so that every writer of the trail (the server, CLI
     /// commands) holds to the same one.
+    /// Issue 17: a budget already in place is not written again, so a
+    /// restart with the same one starts no write transaction.
     pub fn set_audit_max_size(&self, bytes: u64) -> Result<(), StoreError> {
-        let conn = self.connect()?;
+        use rusqlite::OptionalExtension as _;
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let conn = self.lease()?;
+        let current: Option<Option<i64>> = conn
+            .query_row("SELECT max_bytes FROM audit_meta WHERE id = 1", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.db_error(e))?;
+        if current == Some(Some(bytes)) {
+            return Ok(());
+        }
         conn.execute(
             "INSERT INTO audit_meta (id, size_bytes, max_bytes) VALUES (1, 0, ?1)
              ON CONFLICT (id) DO UPDATE SET max_bytes = excluded.max_bytes",
-            [i64::try_from(bytes).unwrap_or(i64::MAX)],
+            [bytes],
         )
         .map(drop)
         .map_err(|e| self.db_error(e))

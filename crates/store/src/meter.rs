@@ -252,7 +252,7 @@ pub struct UsageRow {
 
 /// Every meter row from `since_hour` on.
 pub fn usage_since(store: &Store, since_hour: i64) -> Result<Vec<UsageRow>, StoreError> {
-    let conn = store.connect()?;
+    let conn = store.lease()?;
     let read = || -> rusqlite::Result<Vec<UsageRow>> {
         let mut statement = conn.prepare(
             "SELECT hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes

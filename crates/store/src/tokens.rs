@@ -44,7 +44,7 @@ impl Store {
 
     /// Hashes of every admin token, for the admin listener to check against.
     pub fn admin_token_hashes(&self) -> Result<Vec<[u8; 32]>, StoreError> {
-        let conn = self.connect()?;
+        let conn = self.lease()?;
         let mut statement = conn
             .prepare("SELECT hash FROM admin_tokens")
             .map_err(|e| self.db_error(e))?;

@@ -148,10 +148,12 @@ impl Server {
     pub fn start_with_env(app: &TestApp, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bulkhead"));
         command.envs(envs.iter().copied());
-        command
-            .arg("serve")
-            .arg(app.path())
-            .args(["--listen", "127.0.0.1:0"]);
+        command.arg("serve").arg(app.path());
+        // A fixed port when the test needs to know it before the start
+        // (a redirect URL registered with an identity provider, issue 15).
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--admin-listen") {
             command.args(["--admin-listen", "127.0.0.1:0"]);
         }

@@ -4,7 +4,7 @@
 //! `iat` with `exp - iat` under the maximum lifetime.
 
 use std::str::FromStr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bulkhead_manifest::{JwtKeys, JwtSettings};
@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
 use super::Verified;
+use super::parsed_keys::{self, ParsedKey};
 
 /// The longest `sub` accepted, in bytes (T20).
 pub const MAX_SUB_BYTES: usize = 1024;
@@ -27,6 +28,10 @@ struct Key {
     kid: Option<String>,
     algorithm: Algorithm,
     key: DecodingKey,
+    /// The same key parsed once, for ES256, ES384 and EdDSA (issue 17).
+    parsed: Option<Arc<ParsedKey>>,
+    /// What every token for this key must satisfy, built once.
+    validation: Validation,
 }
 
 struct KeySet {
@@ -62,7 +67,10 @@ enum ScopeList {
 impl JwtVerifier {
     /// Load the JWKS now; an unusable file is an error (for `check`).
     pub fn new(settings: &JwtSettings) -> Result<Self, String> {
-        let keys = load_keys(&settings.keys, &settings.algorithms)?;
+        if let Err(why) = parsed_keys::install() {
+            tracing::warn!(target: "bulkhead::auth", "{why}");
+        }
+        let keys = load_keys(settings)?;
         Ok(Self {
             settings: settings.clone(),
             keys: RwLock::new(KeySet {
@@ -99,7 +107,7 @@ impl JwtVerifier {
         if now == set.modified {
             return;
         }
-        match load_keys(&self.settings.keys, &self.settings.algorithms) {
+        match load_keys(&self.settings) {
             Ok(keys) => {
                 set.keys = keys;
                 set.modified = now;
@@ -144,14 +152,10 @@ impl JwtVerifier {
                 header.alg, key.algorithm
             ));
         }
-        let mut validation = Validation::new(key.algorithm);
-        validation.set_issuer(&[&self.settings.issuer]);
-        validation.set_audience(&[&self.settings.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = self.settings.leeway.get().as_secs();
-        validation.validate_nbf = true;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &validation)
-            .map_err(|e| format!("JWT refused: {e}"))?;
+        let data = parsed_keys::with_key(key.parsed.as_ref(), || {
+            jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation)
+        })
+        .map_err(|e| format!("JWT refused: {e}"))?;
         let claims = data.claims;
         let leeway = self.settings.leeway.get().as_secs();
         let now = jsonwebtoken::get_current_timestamp();
@@ -206,8 +210,22 @@ fn modified(keys: &JwtKeys) -> Option<SystemTime> {
     }
 }
 
+/// What a token for a key of `algorithm` must satisfy: its `alg` only, the
+/// issuer and audience, `exp`, `iss`, `aud` and `sub` present, `nbf`
+/// checked (T11).
+fn validation(settings: &JwtSettings, algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_issuer(&[&settings.issuer]);
+    validation.set_audience(&[&settings.audience]);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation.leeway = settings.leeway.get().as_secs();
+    validation.validate_nbf = true;
+    validation
+}
+
 /// Read a JWKS; each key gets exactly one algorithm, which must be allowed.
-fn load_keys(source: &JwtKeys, allowed: &[String]) -> Result<Vec<Key>, String> {
+fn load_keys(settings: &JwtSettings) -> Result<Vec<Key>, String> {
+    let (source, allowed) = (&settings.keys, &settings.algorithms);
     let (text, path) = match source {
         JwtKeys::File(path) => (
             // Bounded (T18, T05): a JWKS that is /dev/zero or a FIFO is refused.
@@ -236,10 +254,14 @@ fn load_keys(source: &JwtKeys, allowed: &[String]) -> Result<Vec<Key>, String> {
         }
         check_key_size(jwk).map_err(|e| format!("JWKS key {name}: {e}"))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("JWKS key {name}: {e}"))?;
+        let parsed =
+            ParsedKey::new(algorithm, &key).map_err(|e| format!("JWKS key {name}: {e}"))?;
         keys.push(Key {
             kid: jwk.common.key_id.clone(),
             algorithm,
             key,
+            parsed,
+            validation: validation(settings, algorithm),
         });
     }
     if keys.is_empty() {

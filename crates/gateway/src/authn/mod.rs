@@ -11,6 +11,7 @@
 mod backoff;
 mod jwe;
 mod jwt;
+mod parsed_keys;
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,9 @@ pub struct Identity {
     pub principal: String,
     pub scopes: Vec<String>,
     pub kind: CredentialKind,
+    /// Authenticated by the sign-in session cookie (issue 15): a
+    /// state-changing request must then be same-origin (CSRF).
+    pub via_cookie: bool,
 }
 
 /// Characters escaped in an issuer inside a principal: `:` ends it, `%`
@@ -89,6 +93,8 @@ pub struct Authenticator {
     /// Shared with the versions that follow (T03, T19): a deploy does not
     /// forgive a client's failed attempts.
     throttle: Arc<FailedAuthThrottle>,
+    /// `[auth.login]` is configured: the session cookie is a credential.
+    cookies: bool,
 }
 
 impl Authenticator {
@@ -120,6 +126,7 @@ impl Authenticator {
                     app.auth_backoff_decay.get(),
                 )),
             },
+            cookies: app.login.is_some(),
         })
     }
 
@@ -207,7 +214,8 @@ impl Authenticator {
     ) -> Result<Identity, Refusal> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let Some(value) = values.next() else {
-            return Err(unauthenticated());
+            // Signed in at the gateway (issue 15): the session cookie.
+            return self.by_cookie(headers, kinds);
         };
         if values.next().is_some() {
             return Err(invalid("more than one Authorization header"));
@@ -255,6 +263,37 @@ impl Authenticator {
             subject: verified.subject,
             scopes: verified.scopes,
             kind,
+            via_cookie: false,
+        })
+    }
+
+    /// The session cookie `[auth.login]` sets, when no `Authorization` is sent.
+    fn by_cookie(
+        &self,
+        headers: &HeaderMap,
+        kinds: &[CredentialKind],
+    ) -> Result<Identity, Refusal> {
+        if !self.cookies {
+            return Err(unauthenticated());
+        }
+        let token = match crate::login::cookies::session(headers) {
+            Ok(Some(token)) => token,
+            Ok(None) => return Err(unauthenticated()),
+            Err(reason) => return Err(invalid(reason)),
+        };
+        if !kinds.contains(&CredentialKind::Session) {
+            return Err(invalid("this function does not accept session credentials"));
+        }
+        let verified = self
+            .verify_opaque(Kind::Session, token)
+            .map_err(|reason| invalid(&reason))?;
+        Ok(Identity {
+            principal: principal(CredentialKind::Session, None, &verified.subject),
+            issuer: None,
+            subject: verified.subject,
+            scopes: verified.scopes,
+            kind: CredentialKind::Session,
+            via_cookie: true,
         })
     }
 

@@ -26,10 +26,28 @@ struct Host {
 impl Host {
     /// `host[:port]` in its one canonical spelling.
     fn into_authority(self) -> String {
-        match self.port {
-            Some(port) => format!("{}:{port}", self.name),
-            None => self.name,
+        let Some(port) = self.port else {
+            return self.name;
+        };
+        // Without the formatter (issue 17: it was ~4 % of a refusal's CPU).
+        let mut authority = self.name;
+        authority.reserve(6);
+        authority.push(':');
+        let mut digits = [0u8; 5];
+        let mut n = port;
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        for &digit in &digits[start..] {
+            authority.push(char::from(digit));
+        }
+        authority
     }
 
     /// `Host` and an absolute-form target agree when they name the same

@@ -718,3 +718,35 @@ fn t10_t15_h2_authority_is_the_host() {
         refused("header.host", "missing")
     );
 }
+
+/// T10: what the function is told is the host in its one canonical
+/// spelling, port included (issue 17 writes it without the formatter).
+#[test]
+fn the_accepted_host_is_canonical_t10() {
+    let accepted = |host: &str| {
+        let mut map = HeaderMap::new();
+        map.append(http::header::HOST, HeaderValue::from_str(host).unwrap());
+        check_host(http::Version::HTTP_11, &"/".parse().unwrap(), &map, None)
+            .ok()
+            .flatten()
+    };
+    for (given, canonical) in [
+        ("127.0.0.1:8080", "127.0.0.1:8080"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("API.Example.com:08080", "api.example.com:8080"),
+        ("example.com:1", "example.com:1"),
+        ("example.com:10", "example.com:10"),
+        ("example.com:65535", "example.com:65535"),
+        ("[0:0::1]:443", "[::1]:443"),
+    ] {
+        assert_eq!(accepted(given).as_deref(), Some(canonical), "{given}");
+    }
+    for refused in [
+        "example.com:0",
+        "example.com:65536",
+        "127.000.0.1:80",
+        "0x7f.0.0.1",
+    ] {
+        assert_eq!(accepted(refused), None, "{refused}");
+    }
+}

@@ -1,0 +1,903 @@
+//! Sign-in at the gateway (issue 15; T11, T12), against a REAL OpenID
+//! provider on loopback: `oidc-provider` (OpenID-certified, npm), started
+//! with node from tests/oidc (installed by `npm ci --prefix
+//! crates/cli/tests/oidc`, a step of scripts/test). A small browser (hyper,
+//! a cookie jar per host, following redirects) signs in through the real
+//! `bulkhead serve` and the real provider, and the echo guest shows exactly
+//! what a function is handed.
+//!
+//! Attacks: a tampered `state`, a replayed callback, a replayed code under
+//! a fresh state, a callback from another browser, an ID token with the
+//! wrong `nonce` (the provider re-signs it with its own key), open
+//! redirects on the return path, an expired session, a revoked one, and
+//! cross-site state-changing requests carrying the cookie.
+
+mod support;
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use serde_json::Value;
+use support::{Server, TestApp};
+
+const CLIENT_ID: &str = "bulkhead-test";
+const CLIENT_SECRET: &str = "provider-client-secret-4711";
+const SESSION_COOKIE: &str = "__Host-bulkhead-session";
+const LOGIN_COOKIE: &str = "__Host-bulkhead-login";
+
+fn oidc_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oidc")
+}
+
+/// The provider, a node process, killed on drop.
+struct Provider {
+    child: Child,
+    issuer: String,
+}
+
+impl Provider {
+    fn start(redirect_uri: &str, bad_nonce: bool) -> Self {
+        assert!(
+            oidc_dir().join("node_modules/oidc-provider").is_dir(),
+            "the test provider is not installed: run `npm ci --prefix crates/cli/tests/oidc` (scripts/test does)"
+        );
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("provider.mjs"))
+            .env("OIDC_CLIENT_ID", CLIENT_ID)
+            .env("OIDC_CLIENT_SECRET", CLIENT_SECRET)
+            .env("OIDC_REDIRECT_URI", redirect_uri)
+            .env("OIDC_SUBJECT", "ada")
+            .env("OIDC_BAD_NONCE", if bad_nonce { "1" } else { "0" })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs (Node.js 20+ is needed for the sign-in tests)");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("the provider prints its issuer");
+        // Keep reading what it prints after (its notices), or it dies of
+        // a broken pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let issuer: Value = serde_json::from_str(&line).expect("one JSON line");
+        Self {
+            child,
+            issuer: issuer["issuer"].as_str().expect("issuer").to_string(),
+        }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// How the app names its identity provider.
+enum Kind {
+    Oidc,
+    /// The same provider, as a plain OAuth2 endpoint triple.
+    OAuth2,
+}
+
+struct Setup {
+    provider: Provider,
+    app: TestApp,
+    server: Server,
+    origin: String,
+}
+
+fn setup(kind: Kind, session_ttl: &str, bad_nonce: bool) -> Setup {
+    let port = free_port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let redirect = format!("{origin}/.bulkhead/callback");
+    let provider = Provider::start(&redirect, bad_nonce);
+    let issuer = &provider.issuer;
+    let source = match kind {
+        Kind::Oidc => format!(r#"issuer = "{issuer}""#),
+        Kind::OAuth2 => format!(
+            r#"authorization_endpoint = "{issuer}/auth"
+token_endpoint = "{issuer}/token"
+userinfo_endpoint = "{issuer}/me"
+subject_claim = "sub"
+scopes = ["openid"]"#
+        ),
+    };
+    let manifest = format!(
+        r#"
+[app]
+name = "signin"
+
+[auth.login]
+{source}
+client_id = "{CLIENT_ID}"
+client_secret_name = "login_client"
+redirect_url = "{redirect}"
+session_ttl = "{session_ttl}"
+session_scopes = ["attendee"]
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo"
+methods = ["GET", "POST"]
+auth = "session"
+scopes = ["attendee"]
+input.query.from = true
+input.query.x = true
+"#
+    );
+    let app = TestApp::new(&manifest, &["echo"]);
+    set_secret(&app, "login_client", CLIENT_SECRET);
+    let listen = format!("127.0.0.1:{port}");
+    let server = Server::start_with(&app, &["--listen", &listen]);
+    Setup {
+        provider,
+        app,
+        server,
+        origin,
+    }
+}
+
+fn set_secret(app: &TestApp, name: &str, value: &str) {
+    use std::io::Write as _;
+    let mut set = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["secrets", "set"])
+        .arg(app.path())
+        .arg(name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{value}\n").as_bytes())
+        .unwrap();
+    let out = set.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// One response a browser saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    url: String,
+    status: u16,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(String::from))
+            .collect()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "{} {}: not JSON ({e}): {}",
+                self.status,
+                self.url,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// An RFC 9457 problem of `status` and `slug` with the correlation ID.
+    fn assert_problem(&self, status: u16, slug: &str) -> Value {
+        let text = String::from_utf8_lossy(&self.body);
+        assert_eq!(self.status, status, "{}: {text}", self.url);
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let problem = self.json();
+        assert_eq!(
+            problem["type"],
+            format!("https://bulkhead.dev/problems/{slug}")
+        );
+        assert_eq!(
+            problem["correlation_id"].as_str(),
+            self.header("bulkhead-correlation-id")
+        );
+        problem
+    }
+
+    fn echoed(&self, name: &str) -> Vec<String> {
+        support::echoed_headers(&self.json())
+            .into_iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v)
+            .collect()
+    }
+}
+
+/// A small browser: a cookie jar per host:port, redirects followed.
+#[derive(Default, Clone)]
+struct Browser {
+    jar: HashMap<String, HashMap<String, String>>,
+}
+
+impl Browser {
+    async fn fetch(&mut self, method: &str, url: &str, headers: &[(&str, &str)]) -> Seen {
+        let uri: http::Uri = url.parse().expect("absolute URL");
+        let authority = uri.authority().expect("host").to_string();
+        let addr: SocketAddr = authority.parse().expect("loopback address");
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(uri.path_and_query().map_or("/", |pq| pq.as_str()))
+            .header("host", &authority);
+        if let Some(cookies) = self.jar.get(&authority).filter(|c| !c.is_empty()) {
+            let line: Vec<String> = cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            request = request.header("cookie", line.join("; "));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(Bytes::new())).unwrap();
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .expect("handshake");
+        tokio::spawn(connection);
+        let response = sender
+            .send_request(request)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("a body").to_bytes();
+        let seen = Seen {
+            url: url.to_string(),
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        };
+        let jar = self.jar.entry(authority).or_default();
+        for cookie in seen.set_cookies() {
+            let pair = cookie.split(';').next().unwrap_or("");
+            if let Some((name, value)) = pair.split_once('=') {
+                if value.is_empty() || cookie.contains("Max-Age=0") {
+                    jar.remove(name);
+                } else {
+                    jar.insert(name.to_string(), value.to_string());
+                }
+            }
+        }
+        seen
+    }
+
+    /// GET `url`, following redirects until an answer that is not one, or
+    /// until the next URL's path is `stop_before` (not requested).
+    async fn follow(
+        &mut self,
+        url: &str,
+        stop_before: Option<&str>,
+    ) -> (Vec<Seen>, Option<String>) {
+        let mut hops = Vec::new();
+        let mut next = url.to_string();
+        for _ in 0..20 {
+            let seen = self.fetch("GET", &next, &[]).await;
+            let location = seen.header("location").map(String::from);
+            let redirect = matches!(seen.status, 301 | 302 | 303 | 307 | 308);
+            hops.push(seen);
+            let Some(location) = location.filter(|_| redirect) else {
+                return (hops, None);
+            };
+            next = if location.starts_with('/') {
+                let uri: http::Uri = next.parse().unwrap();
+                format!("http://{}{location}", uri.authority().unwrap())
+            } else {
+                location
+            };
+            if let Some(stop) = stop_before {
+                let uri: http::Uri = next.parse().unwrap();
+                if uri.path() == stop {
+                    return (hops, Some(next));
+                }
+            }
+        }
+        panic!("more than 20 redirects from {url}");
+    }
+
+    fn cookie(&self, origin: &str, name: &str) -> Option<String> {
+        let authority = origin.trim_start_matches("http://");
+        self.jar.get(authority)?.get(name).cloned()
+    }
+}
+
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn query_param(url: &str, name: &str) -> String {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("{url} has no {name}"))
+        .to_string()
+}
+
+fn with_param(url: &str, name: &str, value: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap();
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| {
+            if pair.starts_with(&format!("{name}=")) {
+                format!("{name}={value}")
+            } else {
+                pair.to_string()
+            }
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+/// Sign in through the provider; returns the browser holding the cookie.
+async fn signed_in(setup: &Setup, return_to: &str) -> (Browser, Vec<Seen>) {
+    let mut browser = Browser::default();
+    let start = format!(
+        "{}/.bulkhead/login?return={}",
+        setup.origin,
+        encode(return_to)
+    );
+    let (hops, _) = browser.follow(&start, None).await;
+    (browser, hops)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t11_t12_full_sign_in_reaches_the_function_with_the_subject_only() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    let (browser, hops) = signed_in(&setup, "/echo?from=login").await;
+
+    // The path: gateway -> provider (authorize, interaction) -> gateway
+    // callback -> the return path, answered by the function.
+    assert!(hops[0].url.contains("/.bulkhead/login"));
+    assert_eq!(hops[0].status, 302);
+    let authorize = hops[0].header("location").unwrap();
+    assert!(authorize.starts_with(&setup.provider.issuer), "{authorize}");
+    for param in [
+        "state=",
+        "nonce=",
+        "code_challenge=",
+        "code_challenge_method=S256",
+    ] {
+        assert!(authorize.contains(param), "{authorize} lacks {param}");
+    }
+    let callback = hops
+        .iter()
+        .find(|h| h.url.contains("/.bulkhead/callback"))
+        .expect("the provider sent the browser back");
+    assert_eq!(callback.status, 303);
+    assert_eq!(callback.header("location"), Some("/echo?from=login"));
+    let session_cookie = callback
+        .set_cookies()
+        .into_iter()
+        .find(|c| c.starts_with(SESSION_COOKIE))
+        .expect("a session cookie");
+    for attribute in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=600",
+    ] {
+        assert!(
+            session_cookie.contains(attribute),
+            "{session_cookie} lacks {attribute}"
+        );
+    }
+    assert!(!session_cookie.contains("Domain"), "{session_cookie}");
+    let token = browser.cookie(&setup.origin, SESSION_COOKIE).unwrap();
+    assert!(
+        token.starts_with("bhs_") && token.len() == 4 + 64,
+        "{token}"
+    );
+    // The browser binding is dropped once used.
+    assert!(browser.cookie(&setup.origin, LOGIN_COOKIE).is_none());
+
+    let last = hops.last().unwrap();
+    assert_eq!(last.status, 200, "{}", String::from_utf8_lossy(&last.body));
+    assert_eq!(last.echoed("bulkhead-subject"), ["ada"]);
+    assert_eq!(last.echoed("bulkhead-scopes"), ["attendee"]);
+    assert_eq!(last.echoed("bulkhead-credential"), ["session"]);
+    // No provider token, no code, no session token, no cookie reaches it.
+    let code = query_param(&callback.url, "code");
+    let echoed = support::echoed_headers(&last.json());
+    for (name, value) in &echoed {
+        assert!(
+            !["authorization", "cookie"].contains(&name.as_str()),
+            "{name} reached the function"
+        );
+        for secret in [code.as_str(), token.as_str(), "eyJ", CLIENT_SECRET] {
+            assert!(!value.contains(secret), "{name}: {value} carries {secret}");
+        }
+    }
+    let body = String::from_utf8_lossy(&last.body);
+    assert!(!body.contains(&token) && !body.contains("eyJ") && !body.contains(&code));
+
+    // Audited: the sign-in, by the session principal; never a token.
+    let logins = setup.app.audit_records("auth.login");
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0]["subject"], "session:ada");
+    let text = logins[0].to_string();
+    assert!(!text.contains(&token) && !text.contains(&code), "{text}");
+
+    // An API client: the same flow with mode=token gives a bearer token.
+    let mut cli = Browser::default();
+    let start = format!("{}/.bulkhead/login?mode=token", setup.origin);
+    let (hops, _) = cli.follow(&start, None).await;
+    let answer = hops.last().unwrap();
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.header("cache-control"), Some("no-store"));
+    let grant = answer.json();
+    assert_eq!(grant["token_type"], "Bearer");
+    assert_eq!(grant["expires_in"], 600);
+    let bearer = grant["access_token"].as_str().unwrap().to_string();
+    assert!(bearer.starts_with("bhs_"));
+    assert!(cli.cookie(&setup.origin, SESSION_COOKIE).is_none());
+    let mut plain = Browser::default();
+    let auth = format!("Bearer {bearer}");
+    let echo = plain
+        .fetch(
+            "GET",
+            &format!("{}/echo", setup.origin),
+            &[("authorization", &auth)],
+        )
+        .await;
+    assert_eq!(echo.status, 200);
+    assert_eq!(echo.echoed("bulkhead-subject"), ["ada"]);
+    support::assert_no_5xx(&setup.server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_tampered_state_replays_and_other_browsers_are_refused() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    let mut browser = Browser::default();
+    let start = format!("{}/.bulkhead/login", setup.origin);
+    let (_, callback) = browser.follow(&start, Some("/.bulkhead/callback")).await;
+    let callback = callback.expect("the provider redirects to the callback");
+    let state = query_param(&callback, "state");
+
+    // A tampered state finds no sign-in.
+    let mut flipped = state.clone().into_bytes();
+    flipped[0] = if flipped[0] == b'A' { b'B' } else { b'A' };
+    let tampered = with_param(&callback, "state", &String::from_utf8(flipped).unwrap());
+    let refused = browser.fetch("GET", &tampered, &[]).await;
+    refused.assert_problem(400, "login-state-invalid");
+    assert!(
+        refused
+            .set_cookies()
+            .iter()
+            .all(|c| !c.starts_with(SESSION_COOKIE))
+    );
+
+    // The right callback from another browser (no binding cookie): refused,
+    // and the sign-in is used up.
+    let mut other = Browser::default();
+    let mut stolen = browser.clone();
+    other
+        .fetch("GET", &callback, &[])
+        .await
+        .assert_problem(400, "login-state-invalid");
+    // ... so even the browser that started it cannot finish it now.
+    stolen
+        .fetch("GET", &callback, &[])
+        .await
+        .assert_problem(400, "login-state-invalid");
+
+    // A fresh sign-in completes; replaying its callback is refused.
+    let mut browser = Browser::default();
+    let (_, callback) = browser.follow(&start, Some("/.bulkhead/callback")).await;
+    let callback = callback.unwrap();
+    let first = browser.fetch("GET", &callback, &[]).await;
+    assert_eq!(
+        first.status,
+        303,
+        "{}",
+        String::from_utf8_lossy(&first.body)
+    );
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
+    browser
+        .fetch("GET", &callback, &[])
+        .await
+        .assert_problem(400, "login-state-invalid");
+
+    // The used code under a fresh, valid state: the provider refuses it.
+    let used_code = query_param(&callback, "code");
+    let mut again = Browser::default();
+    let (_, fresh) = again.follow(&start, Some("/.bulkhead/callback")).await;
+    let replayed = with_param(&fresh.unwrap(), "code", &used_code);
+    again
+        .fetch("GET", &replayed, &[])
+        .await
+        .assert_problem(401, "login-failed");
+    assert!(again.cookie(&setup.origin, SESSION_COOKIE).is_none());
+
+    // The provider's own refusal (error=access_denied) is a failed sign-in.
+    let mut denied = Browser::default();
+    let (_, fresh) = denied.follow(&start, Some("/.bulkhead/callback")).await;
+    let fresh = fresh.unwrap();
+    let state = query_param(&fresh, "state");
+    let error = format!(
+        "{}/.bulkhead/callback?state={state}&error=access_denied",
+        setup.origin
+    );
+    denied
+        .fetch("GET", &error, &[])
+        .await
+        .assert_problem(401, "login-failed");
+
+    // Each failure is audited as a failed authentication, no code in it.
+    let failures = setup.app.audit_records("auth.failed");
+    let reasons: Vec<&str> = failures
+        .iter()
+        .filter_map(|r| r["detail"]["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"login-state-invalid"), "{failures:?}");
+    assert!(reasons.contains(&"login-failed"), "{failures:?}");
+    assert!(!Value::Array(failures).to_string().contains(&used_code));
+    support::assert_no_5xx(&setup.server);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_an_id_token_with_another_nonce_is_refused() {
+    // The provider re-signs its ID token, with its own key, carrying
+    // another nonce: signature, issuer and audience hold, the nonce not.
+    let setup = setup(Kind::Oidc, "10m", true);
+    let mut browser = Browser::default();
+    let (hops, _) = browser
+        .follow(&format!("{}/.bulkhead/login", setup.origin), None)
+        .await;
+    let last = hops.last().unwrap();
+    last.assert_problem(401, "login-failed");
+    assert!(last.url.contains("/.bulkhead/callback"));
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_none());
+    let refused = setup.server.wait_for_log(
+        |r| r["message"] == "request refused" && r["reason"] == "login-failed",
+        Duration::from_secs(10),
+    );
+    let detail = refused["detail"].as_str().unwrap().to_ascii_lowercase();
+    assert!(detail.contains("nonce"), "{detail}");
+    assert!(setup.app.audit_records("auth.login").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_the_return_path_stays_on_this_site() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    for hostile in [
+        "//evil.example/",
+        "/\\evil.example",
+        "\\\\evil.example",
+        "https://evil.example/",
+        "http:evil.example",
+        "evil.example",
+        "/%2F%2Fevil.example",
+        "/%5Cevil.example",
+        "/\t/evil.example",
+        "/ /evil.example",
+        "javascript:alert(1)",
+        "/.bulkhead/logout",
+        "",
+    ] {
+        let mut browser = Browser::default();
+        let url = format!(
+            "{}/.bulkhead/login?return={}",
+            setup.origin,
+            encode(hostile)
+        );
+        let seen = browser.fetch("GET", &url, &[]).await;
+        let problem = seen.assert_problem(400, "bad-return-path");
+        assert!(seen.header("location").is_none(), "{hostile:?}");
+        assert!(
+            !problem.to_string().contains("evil"),
+            "echoes input: {problem}"
+        );
+    }
+    // Two return paths: ambiguous, refused.
+    let mut browser = Browser::default();
+    browser
+        .fetch(
+            "GET",
+            &format!(
+                "{}/.bulkhead/login?return=/a&return=//evil.example",
+                setup.origin
+            ),
+            &[],
+        )
+        .await
+        .assert_problem(400, "bad-login-request");
+    // A local path goes through, and is where the browser ends up.
+    let (browser, hops) = signed_in(&setup, "/echo?x=1").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    assert!(hops.last().unwrap().url.ends_with("/echo?x=1"));
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t11_cross_site_state_changes_with_the_cookie_are_refused() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    let (mut browser, _) = signed_in(&setup, "/echo").await;
+    let echo = format!("{}/echo", setup.origin);
+    let origin = setup.origin.clone();
+    for headers in [
+        vec![],
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "null")],
+        vec![("sec-fetch-site", "cross-site")],
+        vec![("sec-fetch-site", "same-site")],
+        vec![
+            ("sec-fetch-site", "same-origin"),
+            ("origin", "https://evil.example"),
+        ],
+    ] {
+        let seen = browser.fetch("POST", &echo, &headers).await;
+        seen.assert_problem(403, "cross-site-request");
+    }
+    assert!(
+        setup
+            .app
+            .audit_records("authz.denied")
+            .iter()
+            .any(|r| r["detail"]["reason"] == "cross-site-request")
+    );
+    // From the app's own pages: allowed.
+    for headers in [
+        vec![("sec-fetch-site", "same-origin")],
+        vec![("origin", origin.as_str())],
+    ] {
+        let seen = browser.fetch("POST", &echo, &headers).await;
+        assert_eq!(seen.status, 200, "{headers:?}");
+        assert_eq!(seen.echoed("bulkhead-subject"), ["ada"]);
+    }
+    // A cross-site top-level GET (a link) is not state-changing: it passes.
+    let seen = browser
+        .fetch("GET", &echo, &[("sec-fetch-site", "cross-site")])
+        .await;
+    assert_eq!(seen.status, 200);
+    // A Bearer session is not a cookie: no CSRF rule applies.
+    let token = browser.cookie(&setup.origin, SESSION_COOKIE).unwrap();
+    let auth = format!("Bearer {token}");
+    let seen = Browser::default()
+        .fetch(
+            "POST",
+            &echo,
+            &[("authorization", &auth), ("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(seen.status, 200);
+    // Signing out cross-site is refused too (it changes state).
+    browser
+        .fetch(
+            "POST",
+            &format!("{}/.bulkhead/logout", setup.origin),
+            &[("origin", "https://evil.example")],
+        )
+        .await
+        .assert_problem(403, "cross-site-request");
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_logout_revokes_and_sessions_expire() {
+    let setup = setup(Kind::Oidc, "3s", false);
+    let echo = format!("{}/echo", setup.origin);
+    let logout = format!("{}/.bulkhead/logout", setup.origin);
+
+    // Logout revokes the session: the same cookie is dead after.
+    let (mut browser, _) = signed_in(&setup, "/echo").await;
+    let token = browser.cookie(&setup.origin, SESSION_COOKIE).unwrap();
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+    browser
+        .fetch("GET", &logout, &[])
+        .await
+        .assert_problem(405, "method-not-allowed");
+    let origin = setup.origin.clone();
+    let out = browser
+        .fetch("POST", &logout, &[("origin", origin.as_str())])
+        .await;
+    assert_eq!(out.status, 204);
+    assert!(
+        out.set_cookies()
+            .iter()
+            .any(|c| c.starts_with(SESSION_COOKIE) && c.contains("Max-Age=0"))
+    );
+    let cookie = format!("{SESSION_COOKIE}={token}");
+    let dead = Browser::default()
+        .fetch("GET", &echo, &[("cookie", &cookie)])
+        .await;
+    dead.assert_problem(401, "invalid-token");
+    let logouts = setup.app.audit_records("auth.logout");
+    assert_eq!(logouts.len(), 1);
+    assert_eq!(logouts[0]["subject"], "session:ada");
+    setup.server.wait_for_log(
+        |r| r["message"] == "request refused" && r["detail"] == "credential revoked",
+        Duration::from_secs(10),
+    );
+
+    // Sessions expire: after the TTL the cookie no longer opens anything.
+    let (mut browser, hops) = signed_in(&setup, "/echo").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    browser
+        .fetch("GET", &echo, &[])
+        .await
+        .assert_problem(401, "invalid-token");
+    setup.server.wait_for_log(
+        |r| r["message"] == "request refused" && r["detail"] == "credential expired",
+        Duration::from_secs(10),
+    );
+    // Without any session, signing out is a refusal, not a success.
+    Browser::default()
+        .fetch("POST", &logout, &[])
+        .await
+        .assert_problem(401, "unauthenticated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn t11_plain_oauth2_signs_in_with_the_user_info_subject() {
+    // The same real provider named as a plain OAuth2 endpoint triple (what
+    // GitHub offers): no ID token is used, the subject comes from user-info.
+    let setup = setup(Kind::OAuth2, "10m", false);
+    let (browser, hops) = signed_in(&setup, "/echo").await;
+    let authorize = hops[0].header("location").unwrap();
+    assert!(authorize.contains("code_challenge=") && authorize.contains("state="));
+    let last = hops.last().unwrap();
+    assert_eq!(last.status, 200, "{}", String::from_utf8_lossy(&last.body));
+    assert_eq!(last.echoed("bulkhead-subject"), ["ada"]);
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
+    for (name, _) in support::echoed_headers(&last.json()) {
+        assert!(
+            name != "authorization" && name != "cookie",
+            "{name} reached the function"
+        );
+    }
+}
+
+#[test]
+fn the_manifest_refuses_unsafe_sign_in_settings() {
+    let app = |login: &str| {
+        TestApp::new(
+            &format!(
+                r#"
+[app]
+name = "signin"
+
+[auth.login]
+client_id = "x"
+{login}
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo"
+"#
+            ),
+            &["echo"],
+        )
+    };
+    for (login, says) in [
+        (
+            r#"issuer = "http://idp.example.com"
+redirect_url = "https://app.example/.bulkhead/callback""#,
+            "must use https",
+        ),
+        (
+            r#"issuer = "https://idp.example.com"
+redirect_url = "https://app.example/elsewhere""#,
+            "/.bulkhead/callback",
+        ),
+        (
+            r#"issuer = "https://idp.example.com"
+redirect_url = "https://app.example/.bulkhead/callback"
+client_secret_name = "Secret Value 123!""#,
+            "never goes in the manifest",
+        ),
+        (
+            r#"issuer = "https://idp.example.com"
+token_endpoint = "https://idp.example.com/token"
+redirect_url = "https://app.example/.bulkhead/callback""#,
+            "needs either `issuer`",
+        ),
+        (
+            r#"issuer = "https://idp.example.com"
+redirect_url = "https://app.example/.bulkhead/callback"
+session_ttl = "30d""#,
+            "short-lived",
+        ),
+    ] {
+        let out = app(login).run(&["check"]);
+        let text = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{login} passed");
+        assert!(text.contains(says), "{login}: {text}");
+    }
+}
+
+#[test]
+fn the_client_secret_must_be_in_the_store() {
+    // Named in the manifest, never set: the start stops and says what to run.
+    let app = TestApp::new(
+        r#"
+[app]
+name = "signin"
+
+[auth.login]
+issuer = "https://idp.example.com"
+client_id = "x"
+client_secret_name = "login_client"
+redirect_url = "https://app.example/.bulkhead/callback"
+
+[[function]]
+name = "echo"
+component = "echo.wasm"
+route = "/echo"
+"#,
+        &["echo"],
+    );
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("serve")
+        .arg(app.path())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve started without its client secret");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("client secret `login_client` is not set")
+            && stderr.contains("bulkhead secrets set"),
+        "{stderr}"
+    );
+}

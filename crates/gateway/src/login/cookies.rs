@@ -1,0 +1,93 @@
+//! The gateway's own cookies (issue 15, T12). Both carry the `__Host-`
+//! prefix: a browser keeps them only when set `Secure`, with `Path=/` and
+//! without `Domain`, so a sibling subdomain can neither set nor overwrite
+//! them (cookie tossing). Both are `HttpOnly` (no script reads them) and
+//! `SameSite=Lax` (not sent on cross-site subrequests or POSTs).
+
+use http::{HeaderMap, HeaderValue, header};
+
+/// The signed-in session: an opaque `bhs_…` token (the store keeps only
+/// its SHA-256).
+pub const SESSION: &str = "__Host-bulkhead-session";
+/// Binds a sign-in under way to the browser that started it (login CSRF).
+pub const LOGIN_BINDING: &str = "__Host-bulkhead-login";
+
+/// Longest cookie value looked at.
+const MAX_VALUE: usize = 512;
+
+/// `NAME=VALUE; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=SECONDS`.
+pub fn set(name: &str, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "{name}={value}; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age={max_age_secs}"
+    ))
+    .ok()
+}
+
+/// Tells the browser to drop cookie `name`.
+pub fn clear(name: &str) -> Option<HeaderValue> {
+    set(name, "", 0)
+}
+
+/// The value of cookie `name` across every `Cookie` header: `Ok(None)` if
+/// absent, `Err` if sent twice (ambiguous: refused, never guessed) or too
+/// long.
+pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, &'static str> {
+    let mut found = None;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            let Some((key, value)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if key != name {
+                continue;
+            }
+            if found.is_some() {
+                return Err("the cookie is sent more than once");
+            }
+            if value.len() > MAX_VALUE {
+                return Err("cookie value too long");
+            }
+            found = Some(value);
+        }
+    }
+    Ok(found)
+}
+
+/// The session token of the session cookie, if one is sent.
+pub fn session(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
+    match get(headers, SESSION)? {
+        None | Some("") => Ok(None),
+        Some(token) if token.starts_with("bhs_") => Ok(Some(token)),
+        Some(_) => Err("session cookie does not hold a session token"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for c in cookies {
+            map.append(header::COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn reads_one_and_refuses_two() {
+        let h = headers(&["a=1; __Host-bulkhead-session=bhs_x; b=2"]);
+        assert_eq!(session(&h), Ok(Some("bhs_x")));
+        let h = headers(&[
+            "__Host-bulkhead-session=bhs_x",
+            "__Host-bulkhead-session=bhs_y",
+        ]);
+        assert!(session(&h).is_err());
+        let h = headers(&["__Host-bulkhead-session=bhk_x"]);
+        assert!(session(&h).is_err());
+        assert_eq!(session(&headers(&["other=1"])), Ok(None));
+    }
+}
