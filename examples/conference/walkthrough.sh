@@ -65,7 +65,7 @@ say "4. Where to look next:"
 cat <<MORE
   bulkhead threat-model examples/conference          # the threat model: every control, mitigated or open
   bulkhead audit verify examples/conference          # the audit trail's hash chain (the refusals above are in it)
-  bulkhead data export examples/conference --subject session:ada   # what the app holds about ada
+  bulkhead data export examples/conference --subject session:ada   # ada's records in subject-scoped stores (her ratings: GET /me/data)
   curl -s http://127.0.0.1:9901/metrics              # admin listener: loopback only in dev
 MORE
 exit "$failed"

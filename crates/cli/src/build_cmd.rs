@@ -675,13 +675,28 @@ fn stamp_path(out: &Path) -> PathBuf {
 }
 
 fn up_to_date(out: &Path, fingerprint: &str) -> bool {
-    out.is_file() && std::fs::read_to_string(stamp_path(out)).is_ok_and(|s| s.trim() == fingerprint)
+    let stamp = stamp_path(out);
+    out.is_file()
+        && std::fs::symlink_metadata(&stamp).is_ok_and(|m| m.file_type().is_file())
+        && std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == fingerprint)
 }
 
+/// Write the stamp beside the component. Never through a link a hostile
+/// app planted there (T18, outside review): a fresh file is created
+/// exclusively and renamed over the stamp, and a rename replaces a link
+/// itself, never what it points to.
 fn stamp(out: &Path, fingerprint: &str) -> Result<()> {
     let path = stamp_path(out);
-    std::fs::write(&path, format!("{fingerprint}\n"))
-        .with_context(|| format!("cannot write {}", path.display()))
+    let fresh = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&fresh);
+    crate::new_cmd::write_new(&fresh, &format!("{fingerprint}\n"))?;
+    std::fs::rename(&fresh, &path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A hash of the tool's label and every source file's path and content

@@ -76,10 +76,13 @@ fn login(app_dir: PathBuf, name: &str, ttl: &str) -> Result<ExitCode> {
         .flatten()
         .collect();
     let scopes: Vec<String> = scopes.into_iter().collect();
+    // The name is printed only once `issue_session` has checked it (visible
+    // ASCII): never raw to the terminal (outside review).
+    let code = credentials_cmd::issue_session(&target, name, &scopes, ttl)?;
     eprintln!(
         "dev identity `session:{name}` with scopes [{}], for `{}` in dev only",
         scopes.join(" "),
         app.name
     );
-    credentials_cmd::issue_session(&target, name, &scopes, ttl)
+    Ok(code)
 }

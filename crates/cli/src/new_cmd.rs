@@ -218,7 +218,8 @@ fn new_app(dir: &Path, name: Option<&str>) -> Result<ExitCode> {
         }
         Err(e) => bail!("cannot read {}: {e}", dir.display()),
     }
-    let shown = dir.display().to_string();
+    // Shown on the terminal: control characters replaced (outside review).
+    let shown = bulkhead_manifest::text::visible(&dir.display().to_string());
     let manifest = APP_MANIFEST
         .replace("{{APP}}", &app_name)
         .replace("{{DIR}}", &shell_word(&shown));
@@ -681,7 +682,10 @@ fn temp_beside(path: &Path) -> PathBuf {
 
 /// `text` as one shell word, for the commands printed to copy.
 pub(crate) fn shell_word(text: &str) -> String {
+    // A leading `~` is expanded by the shell and a leading `-` read as an
+    // option (outside review): quote those too.
     let plain = !text.is_empty()
+        && !text.starts_with(['~', '-'])
         && text
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-._/~+,:@".contains(c));

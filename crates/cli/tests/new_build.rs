@@ -94,7 +94,14 @@ async fn three_commands(lang: &str) {
         OsStr::new("--app"),
         app.as_os_str(),
     ]));
+    // A stamp planted as a link to a file of the user's is replaced, never
+    // written through (T18, outside review: it overwrote the target).
+    let victim = temp.path().join("victim.txt");
+    std::fs::write(&victim, "precious").unwrap();
+    std::fs::create_dir_all(app.join("build")).unwrap();
+    std::os::unix::fs::symlink(&victim, app.join(format!("build/.{name}.wasm.stamp"))).unwrap();
     let built = ok(&bulkhead([OsStr::new("build"), app.as_os_str()]));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
     assert!(built.contains("bulkhead serve"), "{built}");
     assert!(built.contains("bulkhead keys create"), "{built}");
     assert!(

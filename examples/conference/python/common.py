@@ -8,6 +8,7 @@ bound what they read and never echo input into a problem.
 """
 
 import json
+from urllib.parse import unquote
 
 from componentize_py_types import Err, Ok
 from wit_world.imports.streams import StreamError_Closed
@@ -42,8 +43,11 @@ def subject(request: IncomingRequest) -> str:
 
 
 def path_segments(request: IncomingRequest) -> list[str]:
+    """The path's segments, percent-decoded: the gateway checked each
+    parameter's pattern on the decoded value (`/register/%61da` is `ada`),
+    so the raw text is not what was validated (outside review)."""
     path = (request.path_with_query() or "/").split("?", 1)[0]
-    return [segment for segment in path.split("/") if segment]
+    return [unquote(segment) for segment in path.split("/") if segment]
 
 
 def read_json(request: IncomingRequest) -> dict:
