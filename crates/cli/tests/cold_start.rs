@@ -178,3 +178,29 @@ fn a_writer_that_cannot_open_on_its_thread_still_stops_the_start_before_listenin
         "the error says what stopped the start: {stderr}"
     );
 }
+
+/// Issue 17: a clean stop moves the WAL into `state.db` and truncates it,
+/// so the next start's first connection has nothing to read back (before,
+/// the WAL grew by every start's records and each start read all of it).
+/// Nothing is lost: the deploy records are all still there.
+#[test]
+fn a_clean_stop_leaves_an_empty_wal() {
+    let app = TestApp::new(APP, &["hello"]);
+    for _ in 0..2 {
+        let server = support::Server::start(&app);
+        assert!(server.stop().success(), "a clean stop");
+    }
+    let wal = app.path().join(".bulkhead/dev/state.db-wal");
+    let len = std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(
+        len,
+        0,
+        "{} holds {len} bytes after a clean stop",
+        wal.display()
+    );
+    assert_eq!(
+        app.audit_records("deploy").len(),
+        2,
+        "every start's deploy record kept"
+    );
+}
