@@ -1,7 +1,7 @@
 //! `bulkhead build APP_DIR`: build every component of an app with its
 //! toolchain (issue 15): Rust with cargo for wasm32-wasip2, Python with
 //! componentize-py, JavaScript with componentize-js, at the versions
-//! examples/hello/build.sh pins.
+//! examples/lib/build-lib.sh pins (the examples' build scripts).
 //!
 //! The Python and JavaScript tools are installed on first use into the
 //! app's tool folder, `APP_DIR/.tools` (`venv/` and `node/`, the layout of
@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::new_cmd::{self, FUNCTIONS_DIR, Lang, RECIPE_FILE, WORLD};
 
-/// Pinned as in examples/hello/build.sh (a unit test holds them equal).
+/// Pinned as in examples/lib/build-lib.sh (a unit test holds them equal).
 pub(crate) const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 pub(crate) const COMPONENTIZE_JS_VERSION: &str = "0.23.0";
 /// componentize-js 0.23's engine exports wasi:http/incoming-handler at
@@ -325,7 +325,7 @@ fn install_python_tools(tools: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(&venv);
         // Debian's python3 lacks ensurepip unless python3-venv is
         // installed: then make the venv without pip and fill it with the
-        // system pip, as examples/hello/build.sh does.
+        // system pip, as examples/lib/build-lib.sh does.
         let made = Command::new("python3")
             .args(["-m", "venv"])
             .arg(&venv)
@@ -578,7 +578,7 @@ fn build_js(app: &Path, dir: &Path, tools: &Path, out: &Path) -> Result<()> {
 
 /// The app's WIT at the version componentize-js's engine exports: the same
 /// interfaces, with `exit-with-code` (not yet stable in 0.2.10) marked
-/// unstable, as examples/hello/build.sh derives it. The host serves every
+/// unstable, as examples/lib/build-lib.sh derives it. The host serves every
 /// 0.2.x version.
 fn derive_js_wit(wit: &Path, wit_js: &Path) -> Result<()> {
     if std::fs::symlink_metadata(wit_js).is_ok() {
@@ -747,10 +747,10 @@ fn collect(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// The versions are the ones examples/hello/build.sh pins.
+    /// The versions are the ones the examples' build scripts pin.
     #[test]
     fn pins_match_examples_hello() {
-        let script = include_str!("../../../examples/hello/build.sh");
+        let script = include_str!("../../../examples/lib/build-lib.sh");
         assert!(script.contains(&format!(
             "COMPONENTIZE_PY_VERSION={COMPONENTIZE_PY_VERSION}\n"
         )));

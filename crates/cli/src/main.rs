@@ -310,7 +310,7 @@ enum Command {
                       - js: componentize-js 0.23.0 (StarlingMonkey), through a copy of wit/ at \
                       WASI 0.2.10, the version its engine exports.\n\n\
                       componentize-py and componentize-js are installed on first use, at the \
-                      versions examples/hello/build.sh pins, into APP_DIR/.tools (venv/ and node/), \
+                      versions examples/lib/build-lib.sh pins, into APP_DIR/.tools (venv/ and node/), \
                       or into the folder BULKHEAD_TOOLS_DIR names to share one install between apps. \
                       A Python or JavaScript component is rebuilt only when its sources, the WIT or \
                       the tool changed; cargo decides for Rust. Every tool runs as a program with \
