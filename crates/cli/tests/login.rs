@@ -772,6 +772,37 @@ async fn t12_logout_revokes_and_sessions_expire() {
         .assert_problem(401, "unauthenticated");
 }
 
+/// T03, T12 (outside review): a guesser sharing the browser's address puts
+/// the address in back-off; a session cookie accepted before still passes,
+/// as a known `Authorization` credential does.
+#[tokio::test(flavor = "multi_thread")]
+async fn t03_a_signed_in_browser_passes_its_address_back_off() {
+    let setup = setup(Kind::Oidc, "15m", false);
+    let echo = format!("{}/echo", setup.origin);
+    let (mut browser, _) = signed_in(&setup, "/echo").await;
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+    // Wrong bearer tokens from the same address until it is shut out.
+    let mut shut_out = false;
+    for _ in 0..30 {
+        let reply = Browser::default()
+            .fetch("GET", &echo, &[("authorization", "Bearer bhs_guess")])
+            .await;
+        if reply.status == 429 {
+            reply.assert_problem(429, "auth-backoff");
+            shut_out = true;
+            break;
+        }
+    }
+    assert!(shut_out, "the guesses never led to a back-off");
+    // The signed-in browser is still served; a stranger's cookie is not.
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+    let cookie = format!("{SESSION_COOKIE}=bhs_guess");
+    Browser::default()
+        .fetch("GET", &echo, &[("cookie", &cookie)])
+        .await
+        .assert_problem(429, "auth-backoff");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn t11_plain_oauth2_signs_in_with_the_user_info_subject() {
     // The same real provider named as a plain OAuth2 endpoint triple (what
@@ -849,6 +880,21 @@ session_ttl = "30d""#,
             + &String::from_utf8_lossy(&out.stdout);
         assert!(!out.status.success(), "{login} passed");
         assert!(text.contains(says), "{login}: {text}");
+    }
+    // The session travels in the cookie or, in token mode, as a bearer
+    // token: neither header may reach a function (T11, T12; outside review:
+    // `authorization` did, handing the function a session to replay).
+    for header in ["cookie", "authorization", "Authorization"] {
+        let login = format!(
+            "issuer = \"https://idp.example.com\"\nredirect_url = \"https://app.example/.bulkhead/callback\"\n\n[[function]]\nname = \"peek\"\ncomponent = \"echo.wasm\"\nroute = \"/peek\"\ninput.headers = [\"{header}\"]"
+        );
+        let out = app(&login).run(&["check"]);
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{header} passed");
+        assert!(
+            text.contains("cannot be let through to a function"),
+            "{header}: {text}"
+        );
     }
 }
 

@@ -292,6 +292,27 @@ fn strip_fields(fields: &mut HeaderMap, trailers: bool) {
     for name in reserved {
         fields.remove(name);
     }
+    // The gateway's own cookies (the sign-in session and its binding,
+    // `__Host-bulkhead-*`) are set by the gateway alone: a function could
+    // otherwise sign the browser into another account or out of its own
+    // (T12; outside review of issue 15). Cookie prefixes are matched
+    // without case, as browsers match them.
+    if fields.contains_key(http::header::SET_COOKIE) {
+        let kept: Vec<http::HeaderValue> = fields
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .filter(|value| {
+                let text = String::from_utf8_lossy(value.as_bytes());
+                let name = text.split('=').next().unwrap_or_default().trim();
+                !name.to_ascii_lowercase().starts_with("__host-bulkhead-")
+            })
+            .cloned()
+            .collect();
+        fields.remove(http::header::SET_COOKIE);
+        for value in kept {
+            fields.append(http::header::SET_COOKIE, value);
+        }
+    }
 }
 
 impl GuestStream {
@@ -420,5 +441,25 @@ mod tests {
         trailers.insert("trailer", HeaderValue::from_static("x"));
         strip_fields(&mut trailers, true);
         assert!(trailers.is_empty());
+    }
+
+    #[test]
+    fn a_function_cannot_set_the_gateways_cookies_t12() {
+        let mut fields = HeaderMap::new();
+        for cookie in [
+            "__Host-bulkhead-session=bhs_attacker; Path=/; Secure",
+            "__host-Bulkhead-login=x; Max-Age=0",
+            " __Host-bulkhead-session=; Max-Age=0",
+            "theme=dark; Path=/",
+        ] {
+            fields.append(http::header::SET_COOKIE, HeaderValue::from_static(cookie));
+        }
+        strip_fields(&mut fields, false);
+        let left: Vec<&str> = fields
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap_or_default())
+            .collect();
+        assert_eq!(left, ["theme=dark; Path=/"]);
     }
 }

@@ -205,18 +205,22 @@ pub(crate) fn resolve(
         budget = crate::cost::Budget::default();
     }
 
-    // Sign-in at the gateway (issue 15, T12): the session cookie is the
-    // gateway's credential; no function may be handed it.
+    // Sign-in at the gateway (issue 15, T12): the session, in the cookie or
+    // as a bearer token (`mode=token`), is the gateway's credential; no
+    // function may be handed it to replay (outside review: `authorization`
+    // was let through).
     if login.is_some() {
         for (span, function) in &functions {
-            if function.input.headers.iter().any(|h| h == "cookie") {
-                out.at(
-                    Some(span.clone()),
-                    format!(
-                        "function `{}`: with [auth.login] the `cookie` header carries the sign-in session; it cannot be let through to a function",
-                        function.name
-                    ),
-                );
+            for header in ["cookie", "authorization"] {
+                if function.input.headers.iter().any(|h| h == header) {
+                    out.at(
+                        Some(span.clone()),
+                        format!(
+                            "function `{}`: with [auth.login] the `{header}` header carries the sign-in session; it cannot be let through to a function",
+                            function.name
+                        ),
+                    );
+                }
             }
         }
     }

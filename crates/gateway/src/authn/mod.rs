@@ -142,9 +142,18 @@ impl Authenticator {
         };
         // What is remembered of the credential presented (one header: two
         // are refused below anyway).
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .map(|v| backoff::fingerprint(v.as_bytes()));
+        // With sign-in at the gateway the session may come as its cookie:
+        // a cookie accepted before passes a back-off like a header does
+        // (T03, T12; outside review: signed-in browsers were shut out by a
+        // guesser sharing their address).
+        let presented = match headers.get(header::AUTHORIZATION) {
+            Some(value) => Some(backoff::fingerprint(value.as_bytes())),
+            None if self.cookies => crate::login::cookies::session(headers)
+                .ok()
+                .flatten()
+                .map(|token| backoff::fingerprint(token.as_bytes())),
+            None => None,
+        };
         if let Some(wait) = self.throttle.blocked(peer) {
             // T03: during a back-off only a credential accepted before gets
             // verified; a guess never is one (see `backoff`).

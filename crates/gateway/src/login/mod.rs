@@ -144,7 +144,7 @@ impl Login {
             )));
         }
         let answer = match endpoint {
-            LOGIN_PATH => self.start(&request).await,
+            LOGIN_PATH => self.start(&request, caller.key()).await,
             CALLBACK_PATH => {
                 self.callback(shared, &request, &caller, correlation_id)
                     .await
@@ -155,7 +155,7 @@ impl Login {
     }
 
     /// `GET /.bulkhead/login`: to the provider, with PKCE, state and nonce.
-    async fn start(&self, request: &Asked<'_>) -> Answer {
+    async fn start(&self, request: &Asked<'_>, client: std::sync::Arc<str>) -> Answer {
         only(request.method, &Method::GET)?;
         let query = Query::parse(request.uri.query())?;
         let return_to = match query.one("return")? {
@@ -231,7 +231,7 @@ impl Login {
             return_to,
             mode,
         };
-        if !self.pending.insert(state.secret(), started) {
+        if !self.pending.insert(state.secret(), started, client) {
             return Err(refusal(
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -15,6 +15,11 @@ use zeroize::Zeroizing;
 
 /// Most sign-ins under way at once (about 0.5 KiB each).
 pub const MAX_PENDING: usize = 10_000;
+/// Most sign-ins under way for one client (its address, an IPv6 /64): a
+/// new one pushes out that client's oldest, so a flood of `/login` from
+/// one place displaces only its own and never locks others out (T01;
+/// outside review: one address filled the whole table for ten minutes).
+pub const MAX_PENDING_PER_CLIENT: usize = 16;
 /// A sign-in must come back from the provider within this.
 pub const PENDING_TTL: Duration = Duration::from_secs(600);
 
@@ -40,6 +45,8 @@ pub struct Started {
 struct Entry {
     started: Started,
     at: Instant,
+    /// The caller key of the client that started it.
+    client: std::sync::Arc<str>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -73,8 +80,20 @@ pub fn digest(text: &str) -> [u8; 32] {
 impl Pending {
     /// Keep `started` under `state`; `false` when [`MAX_PENDING`] live
     /// sign-ins are already under way.
-    pub fn insert(&self, state: &str, started: Started) -> bool {
+    /// `client` is the caller key of the client's address: it holds at
+    /// most [`MAX_PENDING_PER_CLIENT`], its oldest pushed out first.
+    pub fn insert(&self, state: &str, started: Started, client: std::sync::Arc<str>) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mine: Vec<([u8; 32], Instant)> = entries
+            .iter()
+            .filter(|(_, e)| e.client == client)
+            .map(|(k, e)| (*k, e.at))
+            .collect();
+        if mine.len() >= MAX_PENDING_PER_CLIENT
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, at)| *at)
+        {
+            entries.remove(oldest);
+        }
         if entries.len() >= MAX_PENDING {
             entries.retain(|_, e| e.at.elapsed() < PENDING_TTL);
         }
@@ -86,6 +105,7 @@ impl Pending {
             Entry {
                 started,
                 at: Instant::now(),
+                client,
             },
         );
         true
@@ -140,14 +160,14 @@ mod tests {
     #[test]
     fn single_use_and_bound_to_the_browser() {
         let pending = Pending::default();
-        assert!(pending.insert("s1", started("b1")));
+        assert!(pending.insert("s1", started("b1"), "a".into()));
         assert_eq!(
             pending.take("s1", Some("b2")).err(),
             Some(Taken::OtherBrowser)
         );
         // Taken out even though it failed: a second try finds nothing.
         assert_eq!(pending.take("s1", Some("b1")).err(), Some(Taken::Unknown));
-        assert!(pending.insert("s2", started("b1")));
+        assert!(pending.insert("s2", started("b1"), "a".into()));
         assert!(pending.take("s2", Some("b1")).is_ok());
         assert_eq!(pending.take("s2", Some("b1")).err(), Some(Taken::Unknown));
         assert_eq!(pending.take("s3", None).err(), Some(Taken::Unknown));
@@ -157,9 +177,30 @@ mod tests {
     fn bounded() {
         let pending = Pending::default();
         for i in 0..MAX_PENDING {
-            assert!(pending.insert(&format!("s{i}"), started("b")));
+            let client = format!("addr:{}", i / MAX_PENDING_PER_CLIENT);
+            assert!(pending.insert(&format!("s{i}"), started("b"), client.into()));
         }
-        assert!(!pending.insert("one-more", started("b")));
+        assert!(!pending.insert("one-more", started("b"), "addr:new".into()));
         assert_eq!(pending.len(), MAX_PENDING);
+    }
+
+    /// T01 (outside review): one client's flood pushes out only its own
+    /// oldest sign-ins; another client's stays and still completes.
+    #[test]
+    fn one_client_cannot_fill_the_table_t01() {
+        let pending = Pending::default();
+        assert!(pending.insert("theirs", started("b2"), "addr:two".into()));
+        for i in 0..MAX_PENDING + 100 {
+            assert!(pending.insert(&format!("s{i}"), started("b"), "addr:one".into()));
+        }
+        assert_eq!(pending.len(), MAX_PENDING_PER_CLIENT + 1);
+        // The flooder's first ones were pushed out, its newest kept.
+        assert_eq!(pending.take("s0", Some("b")).err(), Some(Taken::Unknown));
+        assert!(
+            pending
+                .take(&format!("s{}", MAX_PENDING + 99), Some("b"))
+                .is_ok()
+        );
+        assert!(pending.take("theirs", Some("b2")).is_ok());
     }
 }
