@@ -50,22 +50,27 @@ def path_segments(request: IncomingRequest) -> list[str]:
     return [unquote(segment) for segment in path.split("/") if segment]
 
 
-def read_json(request: IncomingRequest) -> dict:
-    """The request body as a JSON object (the gateway checked it against
-    the route's schema); at most MAX_BODY bytes are read."""
-    body = request.consume()
+def read_body(body, limit: int) -> bytes:
+    """An incoming body (a request's or an outbound response's), read to
+    its end; ValueError past `limit` bytes, so nothing unbounded is held."""
     data = bytearray()
     with body.stream() as stream:
-        while len(data) <= MAX_BODY:
+        while len(data) <= limit:
             try:
                 data += stream.blocking_read(16 * 1024)
             except Err as e:
                 if isinstance(e.value, StreamError_Closed):
                     break
                 raise
-    if len(data) > MAX_BODY:
+    if len(data) > limit:
         raise ValueError("body too large")
-    value = json.loads(data or b"{}")
+    return bytes(data)
+
+
+def read_json(request: IncomingRequest) -> dict:
+    """The request body as a JSON object (the gateway checked it against
+    the route's schema); at most MAX_BODY bytes are read."""
+    value = json.loads(read_body(request.consume(), MAX_BODY) or b"{}")
     if not isinstance(value, dict):
         raise ValueError("body is not an object")
     return value

@@ -14,7 +14,6 @@ import time
 from componentize_py_types import Err, Ok
 from wit_world import exports
 from wit_world.imports import outgoing_handler, wasi_config_store, wasi_keyvalue_store
-from wit_world.imports.streams import StreamError_Closed
 from wit_world.imports.types import (
     Fields,
     IncomingRequest,
@@ -25,7 +24,7 @@ from wit_world.imports.types import (
     Scheme_Https,
 )
 
-from common import path_segments, problem, read_json, send_json
+from common import path_segments, problem, read_body, read_json, send_json
 
 MAX_PROFILE = 64 * 1024
 
@@ -59,19 +58,7 @@ def github_profile(handle: str) -> dict | None:
         response = outcome.value.value
         if response.status() != 200:
             return None
-        body = response.consume()
-        data = bytearray()
-        with body.stream() as stream:
-            while len(data) <= MAX_PROFILE:
-                try:
-                    data += stream.blocking_read(16 * 1024)
-                except Err as e:
-                    if isinstance(e.value, StreamError_Closed):
-                        break
-                    raise
-        if len(data) > MAX_PROFILE:
-            return None
-        profile = json.loads(data)
+        profile = json.loads(read_body(response.consume(), MAX_PROFILE))
     except Exception:
         return None
     if not isinstance(profile, dict):

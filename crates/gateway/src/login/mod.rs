@@ -877,59 +877,31 @@ mod tests {
             }
             map
         };
-        assert!(cross_site(&Method::GET, &h(&[]), origin).is_none());
-        assert!(cross_site(&Method::POST, &h(&[]), origin).is_some());
-        assert!(
-            cross_site(
-                &Method::POST,
-                &h(&[("sec-fetch-site", "same-origin")]),
-                origin
-            )
-            .is_none()
-        );
-        assert!(
-            cross_site(
-                &Method::POST,
-                &h(&[("sec-fetch-site", "same-site")]),
-                origin
-            )
-            .is_some()
-        );
-        assert!(
-            cross_site(
-                &Method::POST,
-                &h(&[("sec-fetch-site", "cross-site")]),
-                origin
-            )
-            .is_some()
-        );
-        assert!(
-            cross_site(
-                &Method::DELETE,
-                &h(&[("origin", "https://app.example")]),
-                origin
-            )
-            .is_none()
-        );
-        assert!(
-            cross_site(
-                &Method::PUT,
-                &h(&[("origin", "https://evil.example")]),
-                origin
-            )
-            .is_some()
-        );
-        assert!(cross_site(&Method::POST, &h(&[("origin", "null")]), origin).is_some());
-        assert!(
-            cross_site(
-                &Method::POST,
-                &h(&[
+        // (method, request headers, refused as cross-site?)
+        let cases: [(Method, &[(&'static str, &'static str)], bool); 9] = [
+            (Method::GET, &[], false),
+            (Method::POST, &[], true),
+            (Method::POST, &[("sec-fetch-site", "same-origin")], false),
+            (Method::POST, &[("sec-fetch-site", "same-site")], true),
+            (Method::POST, &[("sec-fetch-site", "cross-site")], true),
+            (Method::DELETE, &[("origin", "https://app.example")], false),
+            (Method::PUT, &[("origin", "https://evil.example")], true),
+            (Method::POST, &[("origin", "null")], true),
+            (
+                Method::POST,
+                &[
                     ("sec-fetch-site", "same-origin"),
-                    ("origin", "https://evil.example")
-                ]),
-                origin
-            )
-            .is_some()
-        );
+                    ("origin", "https://evil.example"),
+                ],
+                true,
+            ),
+        ];
+        for (method, headers, refused) in cases {
+            assert_eq!(
+                cross_site(&method, &h(headers), origin).is_some(),
+                refused,
+                "{method} {headers:?}"
+            );
+        }
     }
 }
