@@ -878,7 +878,8 @@ mod tests {
             map
         };
         // (method, request headers, refused as cross-site?)
-        let cases: [(Method, &[(&'static str, &'static str)], bool); 9] = [
+        type Case = (Method, &'static [(&'static str, &'static str)], bool);
+        let cases: [Case; 9] = [
             (Method::GET, &[], false),
             (Method::POST, &[], true),
             (Method::POST, &[("sec-fetch-site", "same-origin")], false),
