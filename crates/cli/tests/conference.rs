@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use support::{Reply, Server, TestApp, repo_root, send};
+use support::{Reply, Server, TestApp, repo_root, send, set_secret};
 
 const FUNCTIONS: [&str; 5] = ["register", "rate", "mydata", "talks", "badge"];
 const GITHUB_TOKEN: &str = "ghp_ConferenceCanary0123456789";
@@ -158,29 +158,6 @@ fn compiled() -> Option<&'static Path> {
 
 fn copy(from: &Path, to: &Path, file: &str) {
     std::fs::copy(from.join(file), to.join(file)).unwrap_or_else(|e| panic!("copy {file}: {e}"));
-}
-
-fn set_secret(app: &TestApp, name: &str, value: &str) {
-    let mut set = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["secrets", "set"])
-        .arg(app.path())
-        .arg(name)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("bulkhead runs");
-    use std::io::Write as _;
-    set.stdin
-        .take()
-        .expect("stdin")
-        .write_all(value.as_bytes())
-        .expect("write the secret");
-    let out = set.wait_with_output().expect("secrets set ends");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// A dev identity for `name`, as the walkthrough signs one in.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use serde_json::Value;
-use support::{Server, TestApp};
+use support::{Server, TestApp, set_secret};
 
 const CLIENT_ID: &str = "bulkhead-test";
 const CLIENT_SECRET: &str = "provider-client-secret-4711";
@@ -153,30 +153,6 @@ input.query.x = true
         server,
         origin,
     }
-}
-
-fn set_secret(app: &TestApp, name: &str, value: &str) {
-    use std::io::Write as _;
-    let mut set = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
-        .args(["secrets", "set"])
-        .arg(app.path())
-        .arg(name)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    set.stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{value}\n").as_bytes())
-        .unwrap();
-    let out = set.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One response a browser saw.

@@ -121,6 +121,31 @@ impl TestApp {
     }
 }
 
+/// `bulkhead secrets set APP_DIR NAME` with `value` on stdin, as a user
+/// sets a secret (never on the command line); asserts it succeeded.
+pub fn set_secret(app: &TestApp, name: &str, value: &str) {
+    let mut set = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(["secrets", "set"])
+        .arg(app.path())
+        .arg(name)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bulkhead runs");
+    set.stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(format!("{value}\n").as_bytes())
+        .expect("write the secret");
+    let out = set.wait_with_output().expect("secrets set ends");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A running `bulkhead serve`, killed on drop.
 pub struct Server {
     child: Child,
