@@ -303,7 +303,15 @@ fn strip_fields(fields: &mut HeaderMap, trailers: bool) {
             .iter()
             .filter(|value| {
                 let text = String::from_utf8_lossy(value.as_bytes());
-                let name = text.split('=').next().unwrap_or_default().trim();
+                let pair = text.split(';').next().unwrap_or_default();
+                let (name, rest) = pair.split_once('=').unwrap_or(("", pair));
+                // A nameless cookie (`=__Host-bulkhead-session=…`, or no
+                // `=` at all) is sent back by older browsers as its value:
+                // judge it by that (outside re-review).
+                let name = match name.trim() {
+                    "" => rest.trim(),
+                    name => name,
+                };
                 !name.to_ascii_lowercase().starts_with("__host-bulkhead-")
             })
             .cloned()
@@ -450,6 +458,8 @@ mod tests {
             "__Host-bulkhead-session=bhs_attacker; Path=/; Secure",
             "__host-Bulkhead-login=x; Max-Age=0",
             " __Host-bulkhead-session=; Max-Age=0",
+            "=__Host-bulkhead-session=bhs_attacker; Path=/; Secure",
+            "__Host-bulkhead-session",
             "theme=dark; Path=/",
         ] {
             fields.append(http::header::SET_COOKIE, HeaderValue::from_static(cookie));
