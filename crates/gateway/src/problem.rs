@@ -81,6 +81,11 @@ impl Problem {
         self.header_text(header::WWW_AUTHENTICATE, challenge)
     }
 
+    /// A cookie set (or cleared) with the refusal; several may be.
+    pub fn set_cookie(self, cookie: HeaderValue) -> Self {
+        self.header(header::SET_COOKIE, cookie)
+    }
+
     fn header_text(self, name: HeaderName, value: &str) -> Self {
         match HeaderValue::from_str(value) {
             Ok(value) => self.header(name, value),
@@ -104,7 +109,12 @@ impl Problem {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         for (name, value) in self.headers {
-            headers.insert(name, value);
+            // Set-Cookie is the one header that may come several times.
+            if name == header::SET_COOKIE {
+                headers.append(name, value);
+            } else {
+                headers.insert(name, value);
+            }
         }
         response
     }

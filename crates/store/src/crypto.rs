@@ -234,6 +234,13 @@ impl DataKey {
         Ok(Self(SecretBox::new(Box::new(*key))))
     }
 
+    /// A random key that lives in memory only (never wrapped or stored):
+    /// for what may be lost with the process, such as sign-ins under way
+    /// when no master key is configured.
+    pub fn ephemeral() -> Result<Self, CryptoError> {
+        Self::generate()
+    }
+
     fn cipher(&self) -> XChaCha20Poly1305 {
         XChaCha20Poly1305::new(&(*self.0.expose_secret()).into())
     }

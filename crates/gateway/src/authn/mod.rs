@@ -163,9 +163,30 @@ impl Authenticator {
         }
         let identity = match self.authenticate(headers, kinds) {
             Ok(identity) => identity,
-            Err(refusal) => {
+            Err(mut refusal) => {
+                let by_cookie = self.cookies
+                    && refusal.problem.slug == "invalid-token"
+                    && headers.get(header::AUTHORIZATION).is_none();
+                // A session cookie that no longer opens anything is cleared
+                // (T12, outside review: browsers kept sending it). One the
+                // store knows as expired or revoked was a real session (256
+                // random bits are not guessed): no strike for the address
+                // (T03). An unknown one still counts as a guess.
+                let stale = by_cookie
+                    && [
+                        bulkhead_store::credentials::Rejection::Expired.as_str(),
+                        bulkhead_store::credentials::Rejection::Revoked.as_str(),
+                    ]
+                    .contains(&refusal.reason.as_str());
+                if by_cookie
+                    && let Some(clear) =
+                        crate::login::cookies::clear(crate::login::cookies::SESSION)
+                {
+                    refusal.problem = Box::new(refusal.problem.set_cookie(clear));
+                }
                 // Only a presented, wrong credential counts as a guess.
                 if refusal.problem.slug == "invalid-token"
+                    && !stale
                     && let Some(wait) = self.throttle.failed(peer)
                 {
                     return Err(Refusal {

@@ -1,7 +1,7 @@
-//! The gateway's own cookies (issue 15, T12). Both carry the `__Host-`
+//! The gateway's own cookies (issue 15, T12). All carry the `__Host-`
 //! prefix: a browser keeps them only when set `Secure`, with `Path=/` and
 //! without `Domain`, so a sibling subdomain can neither set nor overwrite
-//! them (cookie tossing). Both are `HttpOnly` (no script reads them) and
+//! them (cookie tossing). All are `HttpOnly` (no script reads them) and
 //! `SameSite=Lax` (not sent on cross-site subrequests or POSTs).
 
 use http::{HeaderMap, HeaderValue, header};
@@ -9,11 +9,12 @@ use http::{HeaderMap, HeaderValue, header};
 /// The signed-in session: an opaque `bhs_…` token (the store keeps only
 /// its SHA-256).
 pub const SESSION: &str = "__Host-bulkhead-session";
-/// Binds a sign-in under way to the browser that started it (login CSRF).
-pub const LOGIN_BINDING: &str = "__Host-bulkhead-login";
+// A sign-in under way is `__Host-bulkhead-signin-<id>`: see `signins`.
 
-/// Longest cookie value looked at.
+/// Longest cookie value looked at (the session's).
 const MAX_VALUE: usize = 512;
+/// Most cookies of one name prefix looked at in a request.
+const MAX_WITH_PREFIX: usize = 32;
 
 /// `NAME=VALUE; Path=/; HttpOnly; Secure; SameSite=Lax; Max-Age=SECONDS`.
 pub fn set(name: &str, value: &str, max_age_secs: u64) -> Option<HeaderValue> {
@@ -32,6 +33,15 @@ pub fn clear(name: &str) -> Option<HeaderValue> {
 /// absent, `Err` if sent twice (ambiguous: refused, never guessed) or too
 /// long.
 pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, &'static str> {
+    get_limited(headers, name, MAX_VALUE)
+}
+
+/// [`get`] with values up to `max` bytes.
+pub fn get_limited<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+    max: usize,
+) -> Result<Option<&'h str>, &'static str> {
     let mut found = None;
     for value in headers.get_all(header::COOKIE) {
         let Ok(text) = value.to_str() else {
@@ -47,13 +57,27 @@ pub fn get<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, &'
             if found.is_some() {
                 return Err("the cookie is sent more than once");
             }
-            if value.len() > MAX_VALUE {
+            if value.len() > max {
                 return Err("cookie value too long");
             }
             found = Some(value);
         }
     }
     Ok(found)
+}
+
+/// The (name, value) of the cookies whose name starts with `prefix`, at
+/// most [`MAX_WITH_PREFIX`] of them.
+pub fn with_prefix<'h>(headers: &'h HeaderMap, prefix: &str) -> Vec<(&'h str, &'h str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(key, _)| key.starts_with(prefix))
+        .take(MAX_WITH_PREFIX)
+        .collect()
 }
 
 /// The session token of the session cookie, if one is sent.

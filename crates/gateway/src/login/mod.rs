@@ -6,8 +6,9 @@
 //! `exp` and `nonce` checks) or, for a plain OAuth2 provider like GitHub,
 //! PKCE and `state` against an explicit endpoint triple (the `oauth2`
 //! crate), the subject then read from the user-info endpoint. What the
-//! callback needs waits server-side, bounded and single-use
-//! ([`pending`]), bound to the browser by a `__Host-` cookie.
+//! callback needs is sealed into a `__Host-bulkhead-signin-<id>` cookie
+//! bound to the `state` ([`signins`]): no sign-in state on the server, so
+//! no flood can fill a table and lock others out (T01).
 //!
 //! `GET /.bulkhead/callback` exchanges the code, verifies, and issues the
 //! gateway's own opaque session (`bhs_…`, stored hashed, short TTL,
@@ -24,7 +25,7 @@
 
 pub(crate) mod cookies;
 mod http_client;
-mod pending;
+mod signins;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -52,7 +53,7 @@ use crate::authn::{Refusal, principal};
 use crate::caller::Caller;
 use crate::problem::Problem;
 use crate::respond::Outgoing;
-use pending::{Mode, Pending, Started};
+use signins::{Mode, Signins, Started};
 
 /// The discovery document (endpoints, ID token keys) is fetched again
 /// after this, so a provider's key rotation is picked up.
@@ -69,9 +70,9 @@ pub(crate) struct Login {
     client_secret: Option<Zeroizing<String>>,
     /// OpenID Connect: the provider's discovery document, once fetched.
     discovered: tokio::sync::Mutex<Option<(Instant, Arc<CoreProviderMetadata>)>>,
-    /// Shared with the versions that follow: a deploy does not break a
-    /// sign-in under way.
-    pending: Arc<Pending>,
+    /// The sign-in sealing key (and used states), shared with the versions
+    /// that follow: a deploy does not break a sign-in under way.
+    signins: Arc<Signins>,
     store: Store,
 }
 
@@ -104,7 +105,10 @@ impl Login {
             settings,
             client_secret,
             discovered: tokio::sync::Mutex::new(None),
-            pending: previous.map_or_else(Arc::default, |p| p.pending.clone()),
+            signins: match previous {
+                Some(previous) => previous.signins.clone(),
+                None => Arc::new(Signins::new(sealing_key(app, store)?)),
+            },
             store: store.clone(),
         })))
     }
@@ -144,7 +148,7 @@ impl Login {
             )));
         }
         let answer = match endpoint {
-            LOGIN_PATH => self.start(&request, caller.key()).await,
+            LOGIN_PATH => self.start(&request).await,
             CALLBACK_PATH => {
                 self.callback(shared, &request, &caller, correlation_id)
                     .await
@@ -155,7 +159,7 @@ impl Login {
     }
 
     /// `GET /.bulkhead/login`: to the provider, with PKCE, state and nonce.
-    async fn start(&self, request: &Asked<'_>, client: std::sync::Arc<str>) -> Answer {
+    async fn start(&self, request: &Asked<'_>) -> Answer {
         only(request.method, &Method::GET)?;
         let query = Query::parse(request.uri.query())?;
         let return_to = match query.one("return")? {
@@ -188,30 +192,58 @@ impl Login {
             }
         };
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let scopes = self
-            .settings
-            .scopes
-            .iter()
-            .filter(|s| s.as_str() != "openid")
-            .map(|s| Scope::new(s.clone()));
-        let (url, state, nonce) = match &self.settings.provider {
-            LoginProvider::Oidc { .. } => {
+        let oidc = matches!(self.settings.provider, LoginProvider::Oidc { .. });
+        let nonce = oidc.then(Nonce::new_random);
+        // Nothing kept here: the sign-in travels sealed in its cookie.
+        let begun = self
+            .signins
+            .begin(&Started {
+                verifier: Zeroizing::new(verifier.into_secret()),
+                nonce: Zeroizing::new(
+                    nonce
+                        .as_ref()
+                        .map(|n| n.secret().clone())
+                        .unwrap_or_default(),
+                ),
+                return_to,
+                mode,
+            })
+            .map_err(|e| {
+                refusal(
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "login-unavailable",
+                        "Sign-in unavailable",
+                        "Signing in is not possible right now; retry later.",
+                    ),
+                    e.to_string(),
+                )
+            })?;
+        let state = CsrfToken::new(begun.state.clone());
+        let url = match (&self.settings.provider, nonce) {
+            (LoginProvider::Oidc { .. }, Some(nonce)) => {
+                let scopes = self
+                    .settings
+                    .scopes
+                    .iter()
+                    .filter(|s| s.as_str() != "openid")
+                    .map(|s| Scope::new(s.clone()));
                 let client = self.oidc_client().await?;
-                let (url, state, nonce) = client
+                let (url, _, _) = client
                     .authorize_url(
                         AuthenticationFlow::<CoreResponseType>::AuthorizationCode,
-                        CsrfToken::new_random,
-                        Nonce::new_random,
+                        move || state,
+                        move || nonce,
                     )
                     .add_scopes(scopes)
                     .set_pkce_challenge(challenge)
                     .url();
-                (url, state, Some(nonce))
+                url
             }
-            LoginProvider::OAuth2 { .. } => {
+            _ => {
                 let client = self.oauth2_client()?;
-                let (url, state) = client
-                    .authorize_url(CsrfToken::new_random)
+                let (url, _) = client
+                    .authorize_url(move || state)
                     .add_scopes(
                         self.settings
                             .scopes
@@ -220,42 +252,46 @@ impl Login {
                     )
                     .set_pkce_challenge(challenge)
                     .url();
-                (url, state, None)
+                url
             }
         };
-        let binding = CsrfToken::new_random();
-        let started = Started {
-            binding: pending::digest(binding.secret()),
-            verifier: Zeroizing::new(verifier.into_secret()),
-            nonce: Zeroizing::new(nonce.map(|n| n.secret().clone()).unwrap_or_default()),
-            return_to,
-            mode,
-        };
-        if !self.pending.insert(state.secret(), started, client) {
-            return Err(refusal(
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "login-busy",
-                    "Too many sign-ins under way",
-                    "Too many sign-ins are under way; retry in a minute.",
-                )
-                .retry_after(60),
-                format!("{} sign-ins already pending", pending::MAX_PENDING),
-            ));
-        }
         let mut response = empty(StatusCode::FOUND);
         let headers = response.headers_mut();
         if let Ok(location) = HeaderValue::from_str(url.as_str()) {
             headers.insert(header::LOCATION, location);
         }
+        // Other tabs' sign-ins stay (each has its own cookie), at most
+        // MAX_PER_BROWSER of them: the oldest beyond that are cleared.
+        for name in self.surplus_signins(request.headers) {
+            if let Some(cookie) = cookies::clear(&name) {
+                headers.append(header::SET_COOKIE, cookie);
+            }
+        }
         if let Some(cookie) = cookies::set(
-            cookies::LOGIN_BINDING,
-            binding.secret(),
-            pending::PENDING_TTL.as_secs(),
+            &begun.cookie_name,
+            &begun.cookie_value,
+            signins::SIGNIN_TTL.as_secs(),
         ) {
             headers.append(header::SET_COOKIE, cookie);
         }
         Ok(response)
+    }
+
+    /// The sign-in cookies `headers` carries beyond the
+    /// `MAX_PER_BROWSER - 1` newest (a new one is about to join them);
+    /// ones that do not open count as oldest.
+    fn surplus_signins(&self, headers: &HeaderMap) -> Vec<String> {
+        let mut held: Vec<(u64, &str)> = cookies::with_prefix(headers, signins::COOKIE_PREFIX)
+            .into_iter()
+            .map(|(name, value)| (self.signins.expiry_of(name, value).unwrap_or(0), name))
+            .collect();
+        let keep = signins::MAX_PER_BROWSER - 1;
+        if held.len() <= keep {
+            return Vec::new();
+        }
+        held.sort_unstable();
+        held.truncate(held.len() - keep);
+        held.into_iter().map(|(_, name)| name.to_string()).collect()
     }
 
     /// `GET /.bulkhead/callback`: code for tokens, verified, for a session.
@@ -282,13 +318,43 @@ impl Login {
         let state = query
             .one("state")?
             .ok_or_else(|| state_refused("callback without state".into()))?;
-        let binding = cookies::get(request.headers, cookies::LOGIN_BINDING)
-            .map_err(|r| state_refused(r.to_string()))?;
-        // Single-use: taken out now, whatever follows.
+        let cookie_name = Signins::cookie_for(&state)
+            .ok_or_else(|| state_refused(signins::Taken::Unknown.as_str().into()))?;
+        // The sign-in's cookie is cleared by every answer from here on.
+        let clear = cookies::clear(&cookie_name);
+        let clearing = |mut refused: Refusal| {
+            if let Some(cookie) = clear.clone() {
+                refused.problem = Box::new(refused.problem.set_cookie(cookie));
+            }
+            refused
+        };
+        let sealed = cookies::get_limited(request.headers, &cookie_name, signins::MAX_COOKIE_VALUE)
+            .map_err(|r| clearing(state_refused(r.to_string())))?;
+        // Single-use: used up now, whatever follows.
         let started = self
-            .pending
-            .take(&state, binding)
-            .map_err(|taken| state_refused(taken.as_str().to_string()))?;
+            .signins
+            .take(&state, sealed)
+            .map_err(|taken| clearing(state_refused(taken.as_str().to_string())))?;
+        self.finish(shared, &query, started, caller, correlation_id)
+            .await
+            .map(|mut response| {
+                if let Some(cookie) = clear.clone() {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
+                }
+                response
+            })
+            .map_err(clearing)
+    }
+
+    /// The callback once its sign-in is taken: the code for a session.
+    async fn finish(
+        &self,
+        shared: &Shared,
+        query: &Query,
+        started: Started,
+        caller: &Caller,
+        correlation_id: &str,
+    ) -> Answer {
         if let Some(error) = query.one("error")? {
             return Err(login_failed(format!(
                 "the provider answered error={}",
@@ -407,7 +473,7 @@ impl Login {
             credential = %id,
             "signed in"
         );
-        let mut response = match started.mode {
+        let response = match started.mode {
             Mode::Cookie => {
                 let mut response = empty(StatusCode::SEE_OTHER);
                 let headers = response.headers_mut();
@@ -437,9 +503,6 @@ impl Login {
                 response
             }
         };
-        if let Some(cookie) = cookies::clear(cookies::LOGIN_BINDING) {
-            response.headers_mut().append(header::SET_COOKIE, cookie);
-        }
         Ok(response)
     }
 
@@ -626,6 +689,28 @@ impl Login {
 }
 
 /// The client secret named by `client_secret_name`, from the secret store.
+/// The key sign-ins are sealed with: the app's `login` data key in the
+/// keyring, so a restart mid-sign-in does not break it; without a master
+/// key (not `dev`, none configured) one held in memory, so sign-ins under
+/// way then fail across a restart (said once in the log).
+fn sealing_key(app: &App, store: &Store) -> Result<bulkhead_store::crypto::DataKey, String> {
+    use bulkhead_store::crypto::{CryptoError, DataKey, Keyring};
+    match Keyring::open(store.dir(), &app.env) {
+        Ok(keyring) => keyring
+            .data_key(signins::KEY_OWNER, "", "", true)
+            .map_err(|e| format!("[auth.login] cannot read the sign-in key: {e}"))?
+            .ok_or_else(|| "[auth.login] the sign-in key was not created".to_string()),
+        Err(CryptoError::NoMasterKey { .. }) => {
+            tracing::warn!(
+                "[auth.login] no master key: sign-ins are sealed under a key held in memory; those under way fail across a restart (set BULKHEAD_MASTER_KEY_FILE to keep them)"
+            );
+            DataKey::ephemeral()
+                .map_err(|e| format!("[auth.login] cannot make the sign-in key: {e}"))
+        }
+        Err(e) => Err(format!("[auth.login] cannot open the keyring: {e}")),
+    }
+}
+
 fn read_secret(app: &App, store: &Store, name: &str) -> Result<Zeroizing<String>, String> {
     use secrecy::ExposeSecret as _;
     let keyring = bulkhead_store::crypto::Keyring::open(store.dir(), &app.env)
