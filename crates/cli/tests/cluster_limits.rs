@@ -314,3 +314,34 @@ async fn redis_stopping_mid_way_leaves_each_node_half_t02() {
         support::assert_no_5xx(server);
     }
 }
+
+/// Issue 16: `bulkhead check` (and so `serve`) refuses what this build
+/// cannot do or must not take: `backend = "postgres"` (never served from
+/// SQLite instead), a Redis password or a database URL in the manifest;
+/// the URL is never echoed.
+#[test]
+fn check_refuses_postgres_and_passwords_in_the_manifest() {
+    for (cluster, expected) in [
+        (
+            "backend = \"postgres\"",
+            "is not yet supported in this build",
+        ),
+        (
+            "redis_url = \"redis://:hunter2@127.0.0.1:6379/\"",
+            "`redis_url` holds a password",
+        ),
+        (
+            "database_url = \"postgres://app:hunter2@127.0.0.1/app\"",
+            "BULKHEAD_DATABASE_URL",
+        ),
+    ] {
+        let app = node(4, cluster);
+        let out = app.run(&["check"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{cluster}: {stdout}{stderr}");
+        let all = format!("{stdout}{stderr}");
+        assert!(all.contains(expected), "{cluster}: {all}");
+        assert!(!all.contains("hunter2"), "echoed: {all}");
+    }
+}
