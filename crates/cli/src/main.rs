@@ -646,6 +646,20 @@ fn load_app_in(dir: &Path, env: &str) -> Result<bulkhead_manifest::App, Vec<Stri
         };
         return Err(vec![problem.to_string()]);
     }
+    // Issue 16: refused, never served from SQLite instead, until the
+    // PostgreSQL state back end is wired into this binary.
+    if app.cluster.backend == bulkhead_manifest::Backend::Postgres {
+        let problem = bulkhead_manifest::Problem {
+            file: app.manifest_path.clone(),
+            location: app.cluster.backend_location,
+            message: "`[cluster] backend = \"postgres\"` is not yet supported in this build: \
+                      the PostgreSQL state back end is not wired in yet, and the app is never \
+                      served from embedded SQLite instead; remove `backend` (or set it to \
+                      \"embedded\") to serve one node, sharing rate limits through `redis_url`"
+                .into(),
+        };
+        return Err(vec![problem.to_string()]);
+    }
     Ok(app)
 }
 

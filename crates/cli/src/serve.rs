@@ -185,6 +185,32 @@ pub fn run(
     result
 }
 
+/// Issue 16: per-caller rate limits shared through Redis, when `[cluster]`
+/// (or `BULKHEAD_REDIS_URL`) names one. Nothing is sent yet: a Redis
+/// that does not answer leaves the node at its share, never unlimited.
+fn cluster_limits(
+    app: &App,
+) -> Result<Option<Arc<bulkhead_gateway::cluster::ClusterLimits>>, String> {
+    use bulkhead_manifest::cluster::REDIS_URL_ENV;
+    let url = app
+        .cluster
+        .redis_url(&app.dir, std::env::var(REDIS_URL_ENV).ok())
+        .map_err(|e| format!("[cluster]: {e}"))?;
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let limits =
+        bulkhead_gateway::cluster::ClusterLimits::start(&url, &app.name, &app.env, &app.cluster)
+            .map_err(|e| format!("[cluster]: {e}"))?;
+    info!(
+        target: "bulkhead::cluster",
+        key_prefix = %app.cluster.key_prefix,
+        fallback_nodes = app.cluster.fallback_nodes,
+        "per-caller rate limits are shared with the other nodes through Redis"
+    );
+    Ok(Some(limits))
+}
+
 /// T18/T19: a deploy refused before anything ran (unsigned, unlocked or
 /// changed components, strict `prod` rules) is recorded in the
 /// environment's audit trail with every reason; best effort, since the
@@ -327,12 +353,17 @@ async fn serve(
         last_signers(&store)
     };
     crate::sweeper::start(app, &deployment.data);
-    let gateway = match Gateway::new(
+    let cluster = match cluster_limits(app) {
+        Ok(cluster) => cluster,
+        Err(problem) => return Ok(report(&[problem])),
+    };
+    let gateway = match Gateway::in_cluster(
         app,
         deployment.functions.clone(),
         audit.clone(),
         store,
         spans,
+        cluster,
     ) {
         Ok(gateway) => gateway,
         Err(problem) => return Ok(report(&[problem])),

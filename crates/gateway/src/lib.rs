@@ -8,6 +8,8 @@ mod audit;
 pub mod authn;
 mod budget;
 mod caller;
+/// Per-caller limits shared through Redis (issue 16).
+pub mod cluster;
 mod connection;
 pub mod correlation;
 mod deploys;
@@ -38,7 +40,7 @@ use bulkhead_store::{AuditLog, Store};
 
 use admission::Gate;
 use metrics::Metrics;
-use ratelimit::CallerLimiter;
+use ratelimit::Limiter;
 use throttle::Shedder;
 pub(crate) use version::FunctionSlot;
 use version::Version;
@@ -63,7 +65,9 @@ pub(crate) struct Shared {
     limits: AppLimits,
     app_gate: Arc<Gate>,
     /// Per-caller rate limit across the app (T02, T03).
-    app_limiter: Option<CallerLimiter>,
+    app_limiter: Option<Limiter>,
+    /// Limits shared with the other nodes through Redis (issue 16).
+    cluster: Option<Arc<cluster::ClusterLimits>>,
     /// Sheds new work while the process is overloaded (T01).
     shedder: Option<Arc<Shedder>>,
     audit: AuditLog,
@@ -109,7 +113,20 @@ impl Gateway {
         store: Store,
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
-        let version = Version::new(app, functions, &store, None)?;
+        Self::in_cluster(app, functions, audit, store, spans, None)
+    }
+
+    /// [`Gateway::new`], its per-caller rate limits shared with the other
+    /// nodes through `cluster` (issue 16) when given.
+    pub fn in_cluster(
+        app: &App,
+        functions: Vec<LoadedFunction>,
+        audit: AuditLog,
+        store: Store,
+        spans: Option<Arc<dyn SpanExport>>,
+        cluster: Option<Arc<cluster::ClusterLimits>>,
+    ) -> Result<Self, String> {
+        let version = Version::new(app, functions, &store, None, cluster.as_ref())?;
         // The certificate is loaded now: a server never starts with a pair
         // it cannot serve (T15).
         let tls = app
@@ -128,11 +145,16 @@ impl Gateway {
                     app.limits.max_outstanding_requests,
                     app.limits.max_outstanding_per_caller,
                 ),
-                app_limiter: app.limits.rate_limit.as_ref().map(CallerLimiter::new),
+                app_limiter: app
+                    .limits
+                    .rate_limit
+                    .as_ref()
+                    .map(|rate| Limiter::new(rate, "app", cluster.as_ref())),
                 shedder: app.throttle.map(Shedder::new),
                 audit,
                 refusals: audit::Refusals::default(),
-                metrics: Metrics::new(),
+                metrics: Metrics::new(cluster.as_ref().map(|c| &c.metrics)),
+                cluster,
                 spans,
                 ready: AtomicBool::new(false),
                 store,
@@ -155,8 +177,14 @@ impl Gateway {
             return Err(changed);
         }
         let previous = self.shared.current();
-        let next = Version::new(app, functions, &self.shared.store, Some(&*previous))
-            .map_err(|e| vec![e])?;
+        let next = Version::new(
+            app,
+            functions,
+            &self.shared.store,
+            Some(&*previous),
+            self.shared.cluster.as_ref(),
+        )
+        .map_err(|e| vec![e])?;
         *self
             .shared
             .version

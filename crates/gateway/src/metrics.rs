@@ -83,7 +83,8 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `cluster`: the shared limits' metrics, when the node has them.
+    pub(crate) fn new(cluster: Option<&crate::cluster::ClusterMetrics>) -> Self {
         let mut registry = Registry::with_prefix("bulkhead");
         let requests = Family::<RequestLabels, Counter>::default();
         let duration = Family::<FunctionLabels, Histogram>::new_with_constructor(
@@ -187,6 +188,23 @@ impl Metrics {
             "Answers sent before their call's audit records were durable: the audit writer did not commit within the wait's bound (1 s), or could not write them (counted in an audit.dropped record)",
             audit.not_durable.clone(),
         );
+        if let Some(cluster) = cluster {
+            registry.register(
+                "cluster_limits_fallback",
+                "Per-caller rate-limit checks this node decided alone, at its share of the limit (the limit divided by the live nodes last counted), because Redis did not answer within [cluster] check_timeout (issue 16)",
+                cluster.fallback.clone(),
+            );
+            registry.register(
+                "cluster_nodes",
+                "Live nodes sharing the limits, as last counted in Redis (or [cluster] fallback_nodes before any count)",
+                cluster.nodes.clone(),
+            );
+            registry.register(
+                "cluster_limits_degraded",
+                "1 while Redis is unreachable and this node decides per-caller limits alone, at its share",
+                cluster.degraded.clone(),
+            );
+        }
         let log_dropped = Counter::default();
         registry.register(
             "log_dropped",

@@ -333,7 +333,7 @@ async fn pipeline<'s>(
         .into_iter()
         .flatten()
     {
-        limiter.check(&caller).map_err(|wait| {
+        limiter.admit(&caller).await.map_err(|wait| {
             Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate-limited",

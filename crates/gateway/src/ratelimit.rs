@@ -1,6 +1,11 @@
-//! Per-caller rate limits (T02, T03): a GCRA limiter (governor) per scope,
-//! keyed by [`Caller`]. Over the limit, the request is refused before its
-//! body is read, with the time until the caller may try again.
+//! Per-caller rate limits (T02, T03): a GCRA limiter per scope, keyed by
+//! [`Caller`]. Over the limit, the request is refused before its body is
+//! read, with the time until the caller may try again.
+//!
+//! Two backends behind [`CallerRateLimit`] (issue 16): in this process
+//! (governor, the default: one node), or shared by every node through
+//! Redis ([`crate::cluster`], when `[cluster]` names a Redis). [`Limiter`]
+//! dispatches statically, so the in-process check costs what it did.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
@@ -12,6 +17,70 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::caller::Caller;
+use crate::cluster::{ClusterLimits, SharedLimiter};
+
+/// One scope's per-caller rate limit, whichever backend holds it.
+pub(crate) trait CallerRateLimit {
+    /// `Err(wait)` when `caller` is over its rate.
+    fn check_caller(
+        &self,
+        caller: &Caller,
+    ) -> impl std::future::Future<Output = Result<(), Duration>> + Send;
+}
+
+impl Limiter {
+    /// [`Limiter::admit`] for a path that cannot wait (the sign-in
+    /// endpoints, issue 15): a shared limit is checked at this node's
+    /// share, never looser.
+    pub(crate) fn check(&self, caller: &Caller) -> Result<(), Duration> {
+        match self {
+            Self::Local(limiter) => limiter.check(caller),
+            Self::Shared(limiter) => limiter.check_share(caller),
+        }
+    }
+}
+
+impl CallerRateLimit for CallerLimiter {
+    async fn check_caller(&self, caller: &Caller) -> Result<(), Duration> {
+        self.check(caller)
+    }
+}
+
+impl CallerRateLimit for SharedLimiter {
+    async fn check_caller(&self, caller: &Caller) -> Result<(), Duration> {
+        self.check(caller).await
+    }
+}
+
+/// The limiter of one scope: in this process, or shared through Redis.
+pub(crate) enum Limiter {
+    Local(CallerLimiter),
+    Shared(SharedLimiter),
+}
+
+impl Limiter {
+    /// `scope`: `app`, or `fn:NAME`; `cluster`, the shared limits if any.
+    pub(crate) fn new(
+        limit: &RateLimit,
+        scope: &str,
+        cluster: Option<&std::sync::Arc<ClusterLimits>>,
+    ) -> Self {
+        match cluster {
+            Some(cluster) => Self::Shared(SharedLimiter::new(cluster, scope, limit)),
+            None => Self::Local(CallerLimiter::new(limit)),
+        }
+    }
+
+    /// `Err(wait)` when `caller` is over its rate: the request path.
+    pub(crate) async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
+        match self {
+            // Decided here and now: no await on the default path.
+            Self::Local(limiter) => limiter.check(caller),
+            // Boxed: the request's future does not grow by the Redis call's.
+            Self::Shared(limiter) => Box::pin(limiter.check_caller(caller)).await,
+        }
+    }
+}
 
 /// Keys tracked before idle ones are swept.
 const SWEEP_ABOVE: usize = 50_000;

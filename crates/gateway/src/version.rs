@@ -17,7 +17,7 @@ use bulkhead_store::Store;
 use crate::admission::Gate;
 use crate::authn::Authenticator;
 use crate::budget::Meter;
-use crate::ratelimit::CallerLimiter;
+use crate::ratelimit::Limiter;
 use crate::router::Router;
 use crate::validate;
 
@@ -40,7 +40,7 @@ pub(crate) struct FunctionSlot {
     /// The route as the manifest writes it, like `/users/{id}`.
     pub(crate) route: String,
     pub(crate) gate: Arc<Gate>,
-    pub(crate) limiter: Option<Arc<CallerLimiter>>,
+    pub(crate) limiter: Option<Arc<Limiter>>,
     pub(crate) access: bulkhead_manifest::Access,
     /// The function's input rules, compiled once (T10).
     pub(crate) rules: validate::Rules,
@@ -56,6 +56,7 @@ impl Version {
         functions: Vec<LoadedFunction>,
         store: &Store,
         previous: Option<&Version>,
+        cluster: Option<&Arc<crate::cluster::ClusterLimits>>,
     ) -> Result<Self, String> {
         let authenticator =
             Authenticator::after(app, store.clone(), previous.map(|p| &p.authenticator))?;
@@ -100,7 +101,10 @@ impl Version {
                     {
                         slot.limiter.clone()
                     }
-                    (_, rate) => rate.as_ref().map(|r| Arc::new(CallerLimiter::new(r))),
+                    (_, rate) => rate.as_ref().map(|r| {
+                        let scope = format!("fn:{}", function.name());
+                        Arc::new(Limiter::new(r, &scope, cluster))
+                    }),
                 };
                 FunctionSlot {
                     index,
@@ -204,6 +208,7 @@ impl Fixed {
                     ),
                 ),
                 ("[telemetry]", format!("{:?}", app.telemetry)),
+                ("[cluster]", format!("{:?}", app.cluster)),
                 ("[audit] max_size", format!("{:?}", app.audit_max_size)),
                 (
                     "the declared stores (names, kinds, scope, retention; migrations may change)",

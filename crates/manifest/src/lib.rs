@@ -7,6 +7,7 @@
 mod accept;
 mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod cost;
 pub mod files;
 pub mod grants;
@@ -33,6 +34,7 @@ use std::path::{Path, PathBuf};
 
 pub use accept::AcceptedRisk;
 pub use auth::{Access, CredentialKind, JweSettings, JwtKeys, JwtSettings};
+pub use cluster::{Backend, Cluster};
 pub use cost::{Budget, Pricing};
 pub use grants::{Grants, OutboundRule, SqlGrant, StoreAccess};
 pub use input::{BodySchema, Input, Param, Pattern};
@@ -103,6 +105,8 @@ pub struct App {
     pub signers: Signers,
     /// `bulkhead.lock`, when the app has one (T18).
     pub lock: Option<Lock>,
+    /// `[cluster]`: where shared state lives with several nodes (issue 16).
+    pub cluster: Cluster,
     /// Where each setting is written, for reports (T21).
     pub lines: SourceLines,
 }

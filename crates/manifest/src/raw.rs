@@ -58,7 +58,36 @@ pub(crate) struct RawManifest {
     /// `[trust]`: the keys whose signatures components need (T18).
     #[serde(default)]
     pub trust: RawTrust,
+    /// `[cluster]`: shared state for several nodes (issue 16).
+    #[serde(default)]
+    pub cluster: RawCluster,
 }
+
+/// `[cluster]` as written (issue 16). `database_url` is read only to be
+/// refused with a clear problem: it never belongs in the manifest.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCluster {
+    pub backend: Option<Spanned<String>>,
+    pub redis_url: Option<Spanned<String>>,
+    pub redis_url_file: Option<Spanned<String>>,
+    pub database_url: Option<Spanned<toml::Value>>,
+    pub database_url_file: Option<Spanned<String>>,
+    pub key_prefix: Option<Spanned<String>>,
+    pub fallback_nodes: Option<Spanned<u32>>,
+    pub check_timeout: Option<Spanned<Duration>>,
+}
+
+overlaid!(RawCluster {
+    backend,
+    redis_url,
+    redis_url_file,
+    database_url,
+    database_url_file,
+    key_prefix,
+    fallback_nodes,
+    check_timeout,
+});
 
 /// `[trust]` as written: minisign public key files, relative to the app.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -335,4 +364,6 @@ pub(crate) struct RawEnv {
     pub trust: RawTrust,
     #[serde(default)]
     pub tls: RawTls,
+    #[serde(default)]
+    pub cluster: RawCluster,
 }

@@ -124,6 +124,12 @@ pub(crate) fn resolve(
         .and_then(|t| t.listener())
         .is_some_and(|l| l.client_ca.is_some());
 
+    let cluster = match overlay {
+        Some(overlay) => raw.cluster.overlaid(&overlay.cluster),
+        None => raw.cluster.clone(),
+    };
+    let cluster = crate::cluster::resolve(&mut out, &cluster);
+
     let hostnames = raw
         .app
         .hostnames
@@ -251,6 +257,7 @@ pub(crate) fn resolve(
         accepted,
         signers,
         lock,
+        cluster,
         lines: crate::SourceLines::default(),
     })
 }

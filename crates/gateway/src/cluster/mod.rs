@@ -1,0 +1,297 @@
+//! Per-caller rate limits shared by every node through Redis (issue 16,
+//! T02, T03). Each check is one atomic server-side script (GCRA, after
+//! rwz/redis-gcra and redis-cell: `gcra.lua`), so a caller's limit holds
+//! across nodes exactly while Redis answers: every node counts against the
+//! same key, on Redis's clock.
+//!
+//! The request path never waits long for Redis: a check that takes more
+//! than `[cluster] check_timeout` (50 ms by default) or fails is decided
+//! locally, and the node turns
+//! *degraded*: until Redis answers a heartbeat again (each
+//! [`HEARTBEAT_EVERY`]), every check is decided by a local governor
+//! limiter holding this node's share of the limit (the limit divided by
+//! the live nodes last counted in Redis, or by `[cluster] fallback_nodes`
+//! before any count; at least 1). Never "no limit". The switch is logged
+//! once each way and each local decision is counted in the metric
+//! `bulkhead_cluster_limits_fallback`.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bulkhead_manifest::RateLimit;
+use bulkhead_manifest::cluster::SecretUrl;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use redis::aio::ConnectionManager;
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use crate::caller::Caller;
+use crate::ratelimit::CallerLimiter;
+
+/// How often a node says it is alive, and probes Redis while degraded.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A node that has not beaten for this long is no longer counted.
+const NODE_TTL: Duration = Duration::from_secs(5);
+/// The heartbeat's own bound: off the request path, so longer.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the shared limits cannot start. Never holds the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the Redis URL is not one the client accepts ({kind})")]
+    Url { kind: String },
+}
+
+/// What `/metrics` shows of the shared limits.
+#[derive(Clone, Default)]
+pub(crate) struct ClusterMetrics {
+    /// Rate-limit checks decided by the local share (Redis unreachable).
+    pub fallback: Counter,
+    /// Live nodes last counted in Redis.
+    pub nodes: Gauge,
+    /// 1 while this node decides limits locally.
+    pub degraded: Gauge,
+}
+
+/// The Redis side of one app's shared limits: a lazily connected,
+/// self-reconnecting connection, this node's heartbeat and what it knows
+/// of the others.
+pub struct ClusterLimits {
+    connection: ConnectionManager,
+    gcra: redis::Script,
+    heartbeat: redis::Script,
+    /// `KEY_PREFIX:APP:ENV`: every key starts with it.
+    prefix: String,
+    node: String,
+    /// Live nodes last counted (or `fallback_nodes` before any count).
+    nodes: AtomicU32,
+    degraded: AtomicBool,
+    /// The longest a request waits for Redis before deciding locally.
+    check_timeout: Duration,
+    pub(crate) metrics: ClusterMetrics,
+}
+
+impl ClusterLimits {
+    /// Connect lazily to `url` (nothing is sent yet) and start this
+    /// node's heartbeat. Must run inside the tokio runtime.
+    pub fn start(
+        url: &SecretUrl,
+        app: &str,
+        env: &str,
+        cluster: &bulkhead_manifest::Cluster,
+    ) -> Result<Arc<Self>, ClusterError> {
+        let client = redis::Client::open(url.expose()).map_err(|e| ClusterError::Url {
+            kind: format!("{:?}", e.kind()),
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(HEARTBEAT_TIMEOUT))
+            .set_response_timeout(Some(HEARTBEAT_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_max_delay(HEARTBEAT_EVERY);
+        let connection = ConnectionManager::new_lazy_with_config(client, config).map_err(|e| {
+            ClusterError::Url {
+                kind: format!("{:?}", e.kind()),
+            }
+        })?;
+        let mut id = [0u8; 8];
+        rand::fill(&mut id);
+        let limits = Arc::new(Self {
+            connection,
+            gcra: redis::Script::new(include_str!("gcra.lua")),
+            heartbeat: redis::Script::new(include_str!("nodes.lua")),
+            prefix: format!("{}:{app}:{env}", cluster.key_prefix),
+            node: hex::encode(id),
+            nodes: AtomicU32::new(cluster.fallback_nodes.max(1)),
+            degraded: AtomicBool::new(false),
+            check_timeout: cluster.check_timeout,
+            metrics: ClusterMetrics::default(),
+        });
+        limits
+            .metrics
+            .nodes
+            .set(i64::from(cluster.fallback_nodes.max(1)));
+        tokio::spawn(beat(Arc::downgrade(&limits)));
+        Ok(limits)
+    }
+
+    /// The nodes sharing the limits, as last known; at least 1.
+    pub fn nodes(&self) -> u32 {
+        self.nodes.load(Ordering::Relaxed).max(1)
+    }
+
+    fn degrade(&self, why: &str) {
+        if !self.degraded.swap(true, Ordering::Relaxed) {
+            self.metrics.degraded.set(1);
+            warn!(
+                target: "bulkhead::cluster",
+                reason = why,
+                nodes = self.nodes(),
+                "Redis is unreachable: per-caller limits are now this node's share (the limit divided by the live nodes last counted)"
+            );
+        }
+    }
+
+    fn recover(&self, nodes: u32) {
+        self.nodes.store(nodes.max(1), Ordering::Relaxed);
+        self.metrics.nodes.set(i64::from(nodes.max(1)));
+        if self.degraded.swap(false, Ordering::Relaxed) {
+            self.metrics.degraded.set(0);
+            info!(
+                target: "bulkhead::cluster",
+                nodes,
+                "Redis answers again: per-caller limits are shared across nodes again"
+            );
+        }
+    }
+
+    /// One heartbeat: register this node, count the live ones.
+    async fn beat_once(&self) -> Result<u32, String> {
+        let mut connection = self.connection.clone();
+        let mut invocation = self.heartbeat.prepare_invoke();
+        invocation
+            .key(format!("{}:nodes", self.prefix))
+            .arg(&self.node)
+            .arg(u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX));
+        match tokio::time::timeout(HEARTBEAT_TIMEOUT, invocation.invoke_async(&mut connection))
+            .await
+        {
+            Ok(Ok(nodes)) => Ok(nodes),
+            Ok(Err(e)) => Err(format!("{:?}", e.kind())),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+}
+
+/// Beat every [`HEARTBEAT_EVERY`] while the limits are in use.
+async fn beat(limits: std::sync::Weak<ClusterLimits>) {
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(limits) = limits.upgrade() else {
+            return;
+        };
+        match limits.beat_once().await {
+            Ok(nodes) => limits.recover(nodes),
+            Err(why) => limits.degrade(&why),
+        }
+    }
+}
+
+/// One scope's per-caller limit (the app's or a function's), held in
+/// Redis, with this node's share as the fallback.
+pub(crate) struct SharedLimiter {
+    cluster: Arc<ClusterLimits>,
+    /// `PREFIX:rl:SCOPE:`; the caller's hashed key follows.
+    key: String,
+    interval_us: u64,
+    burst: u32,
+    rate: RateLimit,
+    /// The local share, built for a node count when first needed.
+    fallback: Mutex<Option<(u32, Arc<CallerLimiter>)>>,
+}
+
+impl SharedLimiter {
+    /// `scope`: `app`, or `fn:NAME` for a function's own limit.
+    pub(crate) fn new(cluster: &Arc<ClusterLimits>, scope: &str, rate: &RateLimit) -> Self {
+        let interval = rate.interval().max(Duration::from_micros(1));
+        Self {
+            key: format!("{}:rl:{scope}:", cluster.prefix),
+            cluster: cluster.clone(),
+            interval_us: u64::try_from(interval.as_micros()).unwrap_or(u64::MAX),
+            burst: rate.burst.max(1),
+            rate: *rate,
+            fallback: Mutex::new(None),
+        }
+    }
+
+    /// `Err(wait)` when `caller` is over the limit, across the cluster
+    /// while Redis answers, else over this node's share of it.
+    pub(crate) async fn check(&self, caller: &Caller) -> Result<(), Duration> {
+        if !self.cluster.degraded.load(Ordering::Relaxed) {
+            match self.shared(caller).await {
+                Ok(decision) => return decision,
+                Err(why) => self.cluster.degrade(&why),
+            }
+        }
+        self.cluster.metrics.fallback.inc();
+        self.local().check(caller)
+    }
+
+    /// This node's share alone, for a path that cannot wait on Redis.
+    pub(crate) fn check_share(&self, caller: &Caller) -> Result<(), Duration> {
+        self.local().check(caller)
+    }
+
+    async fn shared(&self, caller: &Caller) -> Result<Result<(), Duration>, String> {
+        // Hashed: bounded keys, and no subject or address stored in Redis.
+        let digest = Sha256::digest(caller.key().as_bytes());
+        let key = format!("{}{}", self.key, hex::encode(&digest[..16]));
+        let mut connection = self.cluster.connection.clone();
+        let mut invocation = self.cluster.gcra.prepare_invoke();
+        invocation.key(key).arg(self.interval_us).arg(self.burst);
+        let answer: (i64, i64) = match tokio::time::timeout(
+            self.cluster.check_timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => return Err(format!("{:?}", e.kind())),
+            Err(_) => return Err("timeout".into()),
+        };
+        Ok(match answer {
+            (1, _) => Ok(()),
+            (_, wait) => Err(Duration::from_micros(u64::try_from(wait).unwrap_or(0))),
+        })
+    }
+
+    /// This node's share: the rate and burst divided by the live nodes.
+    fn local(&self) -> Arc<CallerLimiter> {
+        let nodes = self.cluster.nodes();
+        let mut fallback = self.fallback.lock().unwrap_or_else(|p| p.into_inner());
+        match &*fallback {
+            Some((n, limiter)) if *n == nodes => limiter.clone(),
+            _ => {
+                let limiter = Arc::new(CallerLimiter::new(&share(&self.rate, nodes)));
+                *fallback = Some((nodes, limiter.clone()));
+                limiter
+            }
+        }
+    }
+}
+
+/// `rate` divided among `nodes`: each gets the rate over `nodes` and the
+/// burst over `nodes` (rounded down, at least 1), so together they never
+/// admit more than the whole limit, bar one request per node and burst.
+pub(crate) fn share(rate: &RateLimit, nodes: u32) -> RateLimit {
+    let nodes = nodes.max(1);
+    RateLimit {
+        count: rate.count,
+        period: rate.period.saturating_mul(nodes),
+        burst: (rate.burst / nodes).max(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_share_divides_rate_and_burst_and_never_reaches_zero() {
+        let rate = RateLimit {
+            count: 10,
+            period: Duration::from_secs(1),
+            burst: 6,
+        };
+        let half = share(&rate, 2);
+        assert_eq!(half.burst, 3);
+        assert_eq!(half.interval(), Duration::from_millis(200));
+        assert_eq!(share(&rate, 0), rate);
+        let many = share(&rate, 100);
+        assert_eq!(many.burst, 1);
+        assert_eq!(many.interval(), Duration::from_secs(10));
+    }
+}
