@@ -34,7 +34,7 @@ use std::sync::{Arc, RwLock};
 
 use bulkhead_manifest::{App, AppLimits};
 use bulkhead_runtime::LoadedFunction;
-use bulkhead_store::{AuditLog, Store};
+use bulkhead_store::{AuditLog, State};
 
 use admission::Gate;
 use metrics::Metrics;
@@ -74,7 +74,7 @@ pub(crate) struct Shared {
     spans: Option<Arc<dyn SpanExport>>,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
-    store: Store,
+    state: State,
     /// The app version new requests get (T19). Each request reads it once
     /// and keeps it to its end, so a switch never changes a request under
     /// way; the lock is held only to clone or replace the pointer.
@@ -106,10 +106,10 @@ impl Gateway {
         app: &App,
         functions: Vec<LoadedFunction>,
         audit: AuditLog,
-        store: Store,
+        state: State,
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
-        let version = Version::new(app, functions, &store, None)?;
+        let version = Version::new(app, functions, &state, None)?;
         // The certificate is loaded now: a server never starts with a pair
         // it cannot serve (T15).
         let tls = app
@@ -135,7 +135,7 @@ impl Gateway {
                 metrics: Metrics::new(),
                 spans,
                 ready: AtomicBool::new(false),
-                store,
+                state,
                 version: RwLock::new(Arc::new(version)),
                 fixed: version::Fixed::of(app),
                 deployer: RwLock::new(None),
@@ -155,7 +155,7 @@ impl Gateway {
             return Err(changed);
         }
         let previous = self.shared.current();
-        let next = Version::new(app, functions, &self.shared.store, Some(&*previous))
+        let next = Version::new(app, functions, &self.shared.state, Some(&*previous))
             .map_err(|e| vec![e])?;
         *self
             .shared
