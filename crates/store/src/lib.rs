@@ -53,6 +53,10 @@ pub enum StoreError {
     HeadFile(std::io::Error),
     #[error("audit trail: {0}")]
     Writer(String),
+    /// A backend other than the embedded one could not be opened (the
+    /// message never holds its URL).
+    #[error("state backend: {0}")]
+    Backend(String),
 }
 
 /// The state directory of one app environment.

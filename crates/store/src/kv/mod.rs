@@ -21,8 +21,10 @@ use zeroize::Zeroizing;
 use crate::crypto::{Aad, CryptoError, DataKey, Destroyed, KeyStore, Keyring};
 use crate::{Store, StoreError, now_ms};
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{PgConfig, PostgresKv, valid_schema};
 pub use sqlite::SqliteKv;
 
 const OWNER: &str = "kv";
