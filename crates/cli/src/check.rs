@@ -14,8 +14,8 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         Ok(loaded) => loaded,
         Err(problems) => return Ok(report(&problems)),
     };
-    let store = target.store(true)?;
-    let audit = bulkhead_store::AuditLog::start(&store)?;
+    let state = target.state(true)?;
+    let audit = bulkhead_store::AuditLog::start(state.store())?;
     let deployment =
         match deploy::deploy(app, audit, deploy::Mode::Check, &|line| eprintln!("{line}")) {
             Ok(deployment) => deployment,
@@ -25,7 +25,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     // The authenticator, as `serve` builds it: a bad JWKS or JWE key is a
     // problem now. (Not the whole gateway: a dry run has no use for the
     // meter's writer and its retention sweep.)
-    if let Err(problem) = Authenticator::new(app, store) {
+    if let Err(problem) = Authenticator::new(app, state.credentials().clone()) {
         return Ok(report(&[problem]));
     }
     println!(

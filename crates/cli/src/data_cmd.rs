@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use bulkhead_gateway::authn::principal;
 use bulkhead_manifest::CredentialKind;
-use bulkhead_store::crypto::{KeyStore, Keyring};
+use bulkhead_store::crypto::KeyStore;
 use bulkhead_store::kv::{self, Kv};
 use bulkhead_store::{AuditEvent, Store};
 use clap::Subcommand;
@@ -261,8 +261,9 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
         Ok(app) => app,
         Err(problems) => return Ok(crate::report(&problems)),
     };
-    let store = target.store(false)?;
-    check_subject(&store, &KeyStore::open(store.dir())?, subject)?;
+    let state = target.state(false)?;
+    let store = state.store();
+    check_subject(store, &KeyStore::open(store.dir())?, subject)?;
     let mut stores: Vec<String> = app
         .stores
         .iter()
@@ -288,8 +289,8 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
         );
     }
     stores.extend(undeclared.iter().cloned());
-    let keyring = Keyring::open(store.dir(), &target.env)?;
-    let kv = Kv::open(&store, std::sync::Arc::new(keyring))?;
+    let keyring = state.keyring(&target.env)?;
+    let kv = Kv::new(state.kv()?, std::sync::Arc::new(keyring));
     let records = kv.export_subject(subject, &stores)?;
     let records: Vec<_> = records
         .iter()

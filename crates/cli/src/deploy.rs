@@ -13,7 +13,7 @@ use bulkhead_runtime::{
 };
 use bulkhead_store::crypto::Keyring;
 use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
-use bulkhead_store::{AuditEvent, AuditLog, Store};
+use bulkhead_store::{AuditEvent, AuditLog, State, StateConfig};
 use tracing::warn;
 
 /// `serve` applies migrations; `check` runs them in a transaction it rolls
@@ -55,12 +55,12 @@ pub fn deploy(
 }
 
 /// What `serve` opened beforehand (issue 17): the engine, built on a
-/// thread during start-up, used when its settings fit the app; the state
-/// store, whose held connection the data plane's set-up borrows.
+/// thread during start-up, used when its settings fit the app; the
+/// app's state, whose held connection the data plane's set-up borrows.
 #[derive(Default)]
 pub struct Opened {
     pub prepared: Option<Prepared>,
-    pub store: Option<Store>,
+    pub state: Option<State>,
 }
 
 /// [`deploy`] with what was opened beforehand (see [`Opened`]).
@@ -72,7 +72,7 @@ pub fn deploy_on(
     opened: Opened,
 ) -> Result<Deployment, Vec<String>> {
     let settings = engine_settings(&app);
-    let data = open_data(&app, opened.store).map_err(|e| vec![format!("{e:#}")])?;
+    let data = open_data(&app, opened.state).map_err(|e| vec![format!("{e:#}")])?;
     let prepared = match opened.prepared {
         Some(prepared) if prepared.fits(&settings) => prepared,
         _ => Runtime::prepare(&settings).map_err(|e| vec![e.to_string()])?,
@@ -286,15 +286,17 @@ impl SqlKeys {
 }
 
 /// The data backends: the master key is needed only if the app declares a
-/// key-value store or grants a secret (T14/T15). `store`: the app's state
-/// store when the caller has it open already (issue 17: `serve`, so that
+/// key-value store or grants a secret (T14/T15). `state`: the app's
+/// state when the caller has it open already (issue 17: `serve`, so that
 /// start-up does not open and migrate it a second time).
-fn open_data(app: &App, store: Option<Store>) -> Result<Arc<DataPlane>> {
-    let store = match store {
-        Some(store) => store,
-        None => Store::open(&app.state_dir())?,
+fn open_data(app: &App, state: Option<State>) -> Result<Arc<DataPlane>> {
+    let state = match state {
+        Some(state) => state,
+        None => State::open(&StateConfig::Embedded {
+            dir: app.state_dir(),
+        })?,
     };
-    Ok(Arc::new(DataPlane::open(app, &store)?))
+    Ok(Arc::new(DataPlane::open(app, &state)?))
 }
 
 fn open_cache(app: &App, runtime: &Runtime) -> Result<CompileCache> {

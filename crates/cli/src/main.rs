@@ -67,13 +67,17 @@ struct Target {
 impl Target {
     /// The environment's store, which must already exist unless `create`.
     fn store(&self, create: bool) -> Result<Store> {
-        Ok(Store::open(&self.state_dir(create)?)?)
+        Ok(self.state(create)?.store().clone())
     }
 
-    /// [`Target::store`] (created if needed) with the connection that
-    /// opened it, for `serve` to hold while it runs (issue 17).
-    fn store_held(&self) -> Result<(Store, bulkhead_store::Held)> {
-        Ok(Store::open_held(&self.state_dir(true)?)?)
+    /// The environment's state, opened with its backends (the one place
+    /// the CLI names where state lives), which must already exist unless
+    /// `create`. `serve` holds it while it runs (issue 17).
+    fn state(&self, create: bool) -> Result<bulkhead_store::State> {
+        let dir = self.state_dir(create)?;
+        Ok(bulkhead_store::State::open(
+            &bulkhead_store::StateConfig::Embedded { dir },
+        )?)
     }
 
     /// The environment's state directory, which must already exist unless

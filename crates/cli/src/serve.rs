@@ -8,7 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
 use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::{App, MANIFEST_FILE};
-use bulkhead_store::{AuditEvent, AuditLog, Store};
+use bulkhead_store::{AuditEvent, AuditLog, State, Store};
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -70,12 +70,12 @@ pub fn run(
     // Issue 17: one connection held while the server runs, so no
     // connection closed during start-up checkpoints the WAL (see
     // `Store::open_held`).
-    let mut held: Option<(Store, bulkhead_store::Held)> = None;
+    let mut held: Option<State> = None;
     if let Some(address) = admin_address
         && target.env != bulkhead_manifest::DEFAULT_ENV
         && held
-            .insert(target.store_held()?)
-            .0
+            .insert(target.state(true)?)
+            .store()
             .admin_token_hashes()?
             .is_empty()
     {
@@ -103,10 +103,11 @@ pub fn run(
         .name("bulkhead-engine".into())
         .spawn(move || bulkhead_runtime::Runtime::prepare(&settings))
         .ok();
-    let (store, held) = match held {
-        Some(held) => held,
-        None => target.store_held()?,
+    let state = match held {
+        Some(state) => state,
+        None => target.state(true)?,
     };
+    let store = state.store().clone();
     // T19: outside `dev`, a restart serves the last version deployed (or
     // rolled back to), never older code; `dev` serves APP_DIR, so edits
     // take effect on restart. Either way APP_DIR served is kept as a
@@ -163,7 +164,7 @@ pub fn run(
         listen,
         access,
         (audit.clone(), audit_opening),
-        store,
+        state.clone(),
         spans.clone(),
         Kept {
             versions,
@@ -181,7 +182,7 @@ pub fn run(
     }
     audit.close();
     // Issue 17: the next start finds an empty WAL (nothing to read back).
-    held.checkpoint();
+    state.checkpoint();
     result
 }
 
@@ -318,7 +319,7 @@ async fn serve(
     listen: SocketAddr,
     admin: Option<(SocketAddr, AdminAccess)>,
     (audit, audit_opening): (AuditLog, bulkhead_store::AuditOpening),
-    store: Store,
+    state: State,
     spans: Option<Arc<dyn SpanExport>>,
     kept: Kept,
 ) -> Result<ExitCode> {
@@ -338,7 +339,7 @@ async fn serve(
             .and_then(Result::ok);
         let opened = deploy::Opened {
             prepared,
-            store: Some(store.clone()),
+            state: Some(state.clone()),
         };
         deploy::deploy_on(app, audit.clone(), deploy::Mode::Serve, &progress, opened)
     }) {
@@ -350,7 +351,7 @@ async fn serve(
     let before = if app.is_dev() {
         Default::default()
     } else {
-        last_signers(&store)
+        last_signers(state.store())
     };
     crate::sweeper::start(app, &deployment.data);
     let cluster = match cluster_limits(app) {
@@ -361,7 +362,7 @@ async fn serve(
         app,
         deployment.functions.clone(),
         audit.clone(),
-        store,
+        state,
         spans,
         cluster,
     ) {

@@ -57,7 +57,9 @@ scopes = ["s"]
     let (_, session) = store
         .issue_credential(Kind::Session, "ada", &["s".to_string()], 3_600_000, None)
         .expect("session");
-    let authenticator = Authenticator::new(&app, store).expect("authenticator");
+    let credentials = bulkhead_store::credentials::SqliteCredentials::new(store);
+    let authenticator =
+        Authenticator::new(&app, std::sync::Arc::new(credentials)).expect("authenticator");
     let access = &app.functions[0].access;
 
     let now = jsonwebtoken::get_current_timestamp();

@@ -36,7 +36,7 @@ use std::sync::{Arc, RwLock};
 
 use bulkhead_manifest::{App, AppLimits};
 use bulkhead_runtime::LoadedFunction;
-use bulkhead_store::{AuditLog, Store};
+use bulkhead_store::{AuditLog, State};
 
 use admission::Gate;
 use metrics::Metrics;
@@ -78,7 +78,7 @@ pub(crate) struct Shared {
     spans: Option<Arc<dyn SpanExport>>,
     /// Serving and not draining: what `/readyz` reports.
     ready: AtomicBool,
-    store: Store,
+    state: State,
     /// The app version new requests get (T19). Each request reads it once
     /// and keeps it to its end, so a switch never changes a request under
     /// way; the lock is held only to clone or replace the pointer.
@@ -110,10 +110,10 @@ impl Gateway {
         app: &App,
         functions: Vec<LoadedFunction>,
         audit: AuditLog,
-        store: Store,
+        state: State,
         spans: Option<Arc<dyn SpanExport>>,
     ) -> Result<Self, String> {
-        Self::in_cluster(app, functions, audit, store, spans, None)
+        Self::in_cluster(app, functions, audit, state, spans, None)
     }
 
     /// [`Gateway::new`], its per-caller rate limits shared with the other
@@ -122,11 +122,11 @@ impl Gateway {
         app: &App,
         functions: Vec<LoadedFunction>,
         audit: AuditLog,
-        store: Store,
+        state: State,
         spans: Option<Arc<dyn SpanExport>>,
         cluster: Option<Arc<cluster::ClusterLimits>>,
     ) -> Result<Self, String> {
-        let version = Version::new(app, functions, &store, None, cluster.as_ref())?;
+        let version = Version::new(app, functions, &state, None, cluster.as_ref())?;
         // The certificate is loaded now: a server never starts with a pair
         // it cannot serve (T15).
         let tls = app
@@ -157,7 +157,7 @@ impl Gateway {
                 cluster,
                 spans,
                 ready: AtomicBool::new(false),
-                store,
+                state,
                 version: RwLock::new(Arc::new(version)),
                 fixed: version::Fixed::of(app),
                 deployer: RwLock::new(None),
@@ -180,7 +180,7 @@ impl Gateway {
         let next = Version::new(
             app,
             functions,
-            &self.shared.store,
+            &self.shared.state,
             Some(&*previous),
             self.shared.cluster.as_ref(),
         )

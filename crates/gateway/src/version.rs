@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bulkhead_manifest::App;
 use bulkhead_runtime::LoadedFunction;
-use bulkhead_store::Store;
+use bulkhead_store::State;
 
 use crate::admission::Gate;
 use crate::authn::Authenticator;
@@ -54,12 +54,16 @@ impl Version {
     pub(crate) fn new(
         app: &App,
         functions: Vec<LoadedFunction>,
-        store: &Store,
+        state: &State,
         previous: Option<&Version>,
         cluster: Option<&Arc<crate::cluster::ClusterLimits>>,
     ) -> Result<Self, String> {
-        let authenticator =
-            Authenticator::after(app, store.clone(), previous.map(|p| &p.authenticator))?;
+        let store = state.store();
+        let authenticator = Authenticator::after(
+            app,
+            state.credentials().clone(),
+            previous.map(|p| &p.authenticator),
+        )?;
         let login =
             crate::login::Login::new(app, store, previous.and_then(|p| p.login.as_deref()))?;
         let router = Router::new(

@@ -50,8 +50,7 @@ async fn read_secret(data: &CallData, name: &str) -> Result<Option<String>, Erro
             let Some(source) = source.secrets.as_ref() else {
                 return Ok(None);
             };
-            let conn = source.conn.lock().unwrap_or_else(|p| p.into_inner());
-            source.secrets.get(&conn, &owned)
+            source.secrets.get(&*source.backend, &owned)
         })
         .await;
         match result {

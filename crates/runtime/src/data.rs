@@ -9,11 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_manifest::{Grants, StoreSpec};
-use bulkhead_store::Store;
-use bulkhead_store::crypto::Keyring;
+use bulkhead_store::State;
 use bulkhead_store::kv::Kv;
-use bulkhead_store::secrets::Secrets;
-use rusqlite::Connection;
+use bulkhead_store::secrets::{Secrets, SharedSecrets};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::call::{CallContext, Kind, Outcome, Report, Target};
@@ -28,7 +26,7 @@ pub struct DataPlane {
 
 pub(crate) struct SecretSource {
     pub secrets: Secrets,
-    pub conn: Mutex<Connection>,
+    pub backend: SharedSecrets,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +53,7 @@ impl DataPlane {
     /// Open the backends `app` needs. The master key is loaded only when
     /// the app declares a key-value store or grants a secret, so an app
     /// without either runs anywhere without one.
-    pub fn open(app: &bulkhead_manifest::App, store: &Store) -> Result<Self, DataError> {
+    pub fn open(app: &bulkhead_manifest::App, state: &State) -> Result<Self, DataError> {
         let needs_kv = app.stores.iter().any(StoreSpec::is_kv);
         let needs_secrets = app.functions.iter().any(|f| !f.grants.secrets.is_empty());
         let mut plane = Self::empty();
@@ -64,14 +62,14 @@ impl DataPlane {
         if !needs_kv && !needs_secrets {
             return Ok(plane);
         }
-        let keyring = Arc::new(Keyring::open(store.dir(), &app.env)?);
+        let keyring = Arc::new(state.keyring(&app.env)?);
         if needs_kv {
-            plane.kv = Some(Arc::new(Kv::open(store, keyring.clone())?));
+            plane.kv = Some(Arc::new(Kv::new(state.kv()?, keyring.clone())));
         }
         if needs_secrets {
             plane.secrets = Some(SecretSource {
                 secrets: Secrets::new(keyring),
-                conn: Mutex::new(store.connect()?),
+                backend: state.secrets()?,
             });
         }
         Ok(plane)

@@ -17,6 +17,7 @@ pub mod kv;
 pub mod meter;
 pub mod secrets;
 pub mod sql;
+pub mod state;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ pub use audit_durable::{CallTickets, Durability, Ticket};
 pub use audit_runs::{UNCLEAN_STOP, UncleanStop};
 pub use audit_writer::{AuditLog, AuditOpening, AuditStatus, DEFAULT_AUDIT_MAX_BYTES};
 pub use meter::{MeterLog, Usage};
+pub use state::{State, StateConfig};
 
 const DB_FILE: &str = "state.db";
 pub(crate) const AUDIT_KEY_FILE: &str = "audit.key";
@@ -51,6 +53,10 @@ pub enum StoreError {
     HeadFile(std::io::Error),
     #[error("audit trail: {0}")]
     Writer(String),
+    /// A backend other than the embedded one could not be opened (the
+    /// message never holds its URL).
+    #[error("state backend: {0}")]
+    Backend(String),
 }
 
 /// The state directory of one app environment.
@@ -344,6 +350,12 @@ impl Store {
     pub(crate) fn audit_key(&self) -> Result<[u8; 32], StoreError> {
         files::load_or_create_key(&self.dir.join(AUDIT_KEY_FILE)).map_err(StoreError::Key)
     }
+}
+
+/// `mutex`'s value, even if a thread panicked holding it (the state it
+/// guards is a connection, left consistent by SQLite).
+pub(crate) fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Milliseconds since the Unix epoch, now.

@@ -3,6 +3,10 @@
 //! functions granted them. Only the newest version of a secret is kept:
 //! `rotate` replaces the value and bumps the version, so a leaked old value
 //! cannot be read back from the store.
+//!
+//! [`Secrets`] seals and opens; a [`SecretBackend`] keeps the sealed values
+//! (a SQLite connection is the embedded one, so the CLI can write a secret
+//! in the transaction that also appends its audit record, T09).
 
 use std::sync::Arc;
 
@@ -54,35 +58,67 @@ fn check_value(value: &[u8]) -> Result<(), SecretError> {
     Ok(())
 }
 
+/// Where sealed secrets are kept, newest version only.
+pub trait SecretBackend {
+    /// The version and sealed value of `name`.
+    fn sealed(&self, name: &str) -> Result<Option<(i64, Vec<u8>)>, SecretError>;
+    fn info(&self, name: &str) -> Result<Option<SecretInfo>, SecretError>;
+    /// Every secret's name and version, by name.
+    fn list(&self) -> Result<Vec<SecretInfo>, SecretError>;
+    /// Insert or replace `name` with `version` (created time kept).
+    fn write(
+        &self,
+        name: &str,
+        version: i64,
+        sealed: &[u8],
+        now_ms: i64,
+    ) -> Result<(), SecretError>;
+    /// Delete `name`; false when there was none.
+    fn remove(&self, name: &str) -> Result<bool, SecretError>;
+}
+
+/// A backend the server's threads share.
+pub type SharedSecrets = Box<dyn SecretBackend + Send + Sync>;
+
 impl Secrets {
     pub fn new(keyring: Arc<Keyring>) -> Self {
         Self { keyring }
     }
 
     /// Create secret `name` (version 1); refused if it exists.
-    pub fn set(&self, conn: &Connection, name: &str, value: &[u8]) -> Result<i64, SecretError> {
+    pub fn set(
+        &self,
+        backend: &dyn SecretBackend,
+        name: &str,
+        value: &[u8],
+    ) -> Result<i64, SecretError> {
         check_value(value)?;
-        if self.info(conn, name)?.is_some() {
+        if backend.info(name)?.is_some() {
             return Err(SecretError::Exists(name.to_string()));
         }
-        self.write(conn, name, 1, value)?;
+        self.write(backend, name, 1, value)?;
         Ok(1)
     }
 
     /// Replace the value of existing secret `name`; returns the new version.
-    pub fn rotate(&self, conn: &Connection, name: &str, value: &[u8]) -> Result<i64, SecretError> {
+    pub fn rotate(
+        &self,
+        backend: &dyn SecretBackend,
+        name: &str,
+        value: &[u8],
+    ) -> Result<i64, SecretError> {
         check_value(value)?;
-        let Some(info) = self.info(conn, name)? else {
+        let Some(info) = backend.info(name)? else {
             return Err(SecretError::Missing(name.to_string()));
         };
         let version = info.version.saturating_add(1);
-        self.write(conn, name, version, value)?;
+        self.write(backend, name, version, value)?;
         Ok(version)
     }
 
     fn write(
         &self,
-        conn: &Connection,
+        backend: &dyn SecretBackend,
         name: &str,
         version: i64,
         value: &[u8],
@@ -92,50 +128,34 @@ impl Secrets {
             .data_key(OWNER, "", "", true)?
             .ok_or(CryptoError::Unwrap)?;
         let sealed = dek.seal(&aad(name, version), value)?;
-        let now = now_ms();
-        conn.execute(
-            "INSERT INTO secrets (name, version, sealed, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (name) DO UPDATE SET version = excluded.version, sealed = excluded.sealed, updated_ms = excluded.updated_ms",
-            params![name, version, sealed, now],
-        )?;
-        Ok(())
+        backend.write(name, version, &sealed, now_ms())
     }
 
     /// Delete secret `name`; false when there was none.
-    pub fn remove(conn: &Connection, name: &str) -> Result<bool, SecretError> {
-        Ok(conn.execute("DELETE FROM secrets WHERE name = ?1", params![name])? > 0)
+    pub fn remove(backend: &dyn SecretBackend, name: &str) -> Result<bool, SecretError> {
+        backend.remove(name)
     }
 
-    pub fn info(&self, conn: &Connection, name: &str) -> Result<Option<SecretInfo>, SecretError> {
-        Ok(conn
-            .query_row(
-                "SELECT name, version, created_ms, updated_ms FROM secrets WHERE name = ?1",
-                params![name],
-                info_of,
-            )
-            .optional()?)
+    pub fn info(
+        &self,
+        backend: &dyn SecretBackend,
+        name: &str,
+    ) -> Result<Option<SecretInfo>, SecretError> {
+        backend.info(name)
     }
 
     /// Every secret's name and version, by name.
-    pub fn list(conn: &Connection) -> Result<Vec<SecretInfo>, SecretError> {
-        let mut stmt = conn
-            .prepare("SELECT name, version, created_ms, updated_ms FROM secrets ORDER BY name")?;
-        let rows = stmt
-            .query_map([], info_of)?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
+    pub fn list(backend: &dyn SecretBackend) -> Result<Vec<SecretInfo>, SecretError> {
+        backend.list()
     }
 
     /// The value of secret `name`, if it exists.
-    pub fn get(&self, conn: &Connection, name: &str) -> Result<Option<SecretString>, SecretError> {
-        let row: Option<(i64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT version, sealed FROM secrets WHERE name = ?1",
-                params![name],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()?;
-        let Some((version, sealed)) = row else {
+    pub fn get(
+        &self,
+        backend: &dyn SecretBackend,
+        name: &str,
+    ) -> Result<Option<SecretString>, SecretError> {
+        let Some((version, sealed)) = backend.sealed(name)? else {
             return Ok(None);
         };
         let dek = self
@@ -145,6 +165,82 @@ impl Secrets {
         let plain = dek.open(&aad(name, version), &sealed)?;
         let text = String::from_utf8(plain.to_vec()).map_err(|_| SecretError::BadValue)?;
         Ok(Some(SecretString::from(text)))
+    }
+}
+
+/// The embedded backend: the `secrets` table of the state database.
+impl SecretBackend for Connection {
+    fn sealed(&self, name: &str) -> Result<Option<(i64, Vec<u8>)>, SecretError> {
+        Ok(self
+            .query_row(
+                "SELECT version, sealed FROM secrets WHERE name = ?1",
+                params![name],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    fn info(&self, name: &str) -> Result<Option<SecretInfo>, SecretError> {
+        Ok(self
+            .query_row(
+                "SELECT name, version, created_ms, updated_ms FROM secrets WHERE name = ?1",
+                params![name],
+                info_of,
+            )
+            .optional()?)
+    }
+
+    fn list(&self) -> Result<Vec<SecretInfo>, SecretError> {
+        let mut stmt = self
+            .prepare("SELECT name, version, created_ms, updated_ms FROM secrets ORDER BY name")?;
+        let rows = stmt
+            .query_map([], info_of)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        version: i64,
+        sealed: &[u8],
+        now_ms: i64,
+    ) -> Result<(), SecretError> {
+        self.execute(
+            "INSERT INTO secrets (name, version, sealed, created_ms, updated_ms) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version, sealed = excluded.sealed, updated_ms = excluded.updated_ms",
+            params![name, version, sealed, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) -> Result<bool, SecretError> {
+        Ok(self.execute("DELETE FROM secrets WHERE name = ?1", params![name])? > 0)
+    }
+}
+
+/// A connection the server's threads share, one call at a time.
+impl<T: SecretBackend> SecretBackend for std::sync::Mutex<T> {
+    fn sealed(&self, name: &str) -> Result<Option<(i64, Vec<u8>)>, SecretError> {
+        crate::locked(self).sealed(name)
+    }
+    fn info(&self, name: &str) -> Result<Option<SecretInfo>, SecretError> {
+        crate::locked(self).info(name)
+    }
+    fn list(&self) -> Result<Vec<SecretInfo>, SecretError> {
+        crate::locked(self).list()
+    }
+    fn write(
+        &self,
+        name: &str,
+        version: i64,
+        sealed: &[u8],
+        now_ms: i64,
+    ) -> Result<(), SecretError> {
+        crate::locked(self).write(name, version, sealed, now_ms)
+    }
+    fn remove(&self, name: &str) -> Result<bool, SecretError> {
+        crate::locked(self).remove(name)
     }
 }
 

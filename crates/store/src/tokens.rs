@@ -2,10 +2,10 @@
 //! The token is high-entropy, so a fast hash is enough; digests are
 //! compared in constant time.
 
-use rusqlite::params;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq as _;
 
+use crate::credentials::CredentialBackend;
 use crate::{Store, StoreError, files, now_ms};
 
 /// A freshly created token: `secret` is shown once and never stored.
@@ -29,32 +29,12 @@ impl Store {
         &self,
         conn: &rusqlite::Connection,
     ) -> Result<NewToken, StoreError> {
-        let id = hex::encode(files::random_bytes::<4>().map_err(StoreError::Key)?);
-        let secret = format!(
-            "bha_{}",
-            hex::encode(files::random_bytes::<32>().map_err(StoreError::Key)?)
-        );
-        conn.execute(
-            "INSERT INTO admin_tokens (id, hash, created_ms) VALUES (?1, ?2, ?3)",
-            params![id, hex::encode(digest(&secret)), now_ms()],
-        )
-        .map_err(|e| self.db_error(e))?;
-        Ok(NewToken { id, secret })
+        create_admin_token(conn)
     }
 
     /// Hashes of every admin token, for the admin listener to check against.
     pub fn admin_token_hashes(&self) -> Result<Vec<[u8; 32]>, StoreError> {
-        let conn = self.lease()?;
-        let mut statement = conn
-            .prepare("SELECT hash FROM admin_tokens")
-            .map_err(|e| self.db_error(e))?;
-        let hashes = statement
-            .query_map([], |row| row.get::<_, String>(0))
-            .map_err(|e| self.db_error(e))?
-            .filter_map(|h| h.ok())
-            .filter_map(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?.as_slice()).ok())
-            .collect();
-        Ok(hashes)
+        admin_token_hashes(&*self.lease()?)
     }
 
     /// Remove every admin token; returns how many there were.
@@ -64,9 +44,29 @@ impl Store {
 
     /// [`Store::revoke_admin_tokens`] on `conn`.
     pub fn revoke_admin_tokens_in(&self, conn: &rusqlite::Connection) -> Result<usize, StoreError> {
-        conn.execute("DELETE FROM admin_tokens", [])
-            .map_err(|e| self.db_error(e))
+        conn.revoke_admin_tokens()
     }
+}
+
+/// Create an admin token in `backend`; its secret is shown once.
+pub fn create_admin_token(backend: &dyn CredentialBackend) -> Result<NewToken, StoreError> {
+    let id = hex::encode(files::random_bytes::<4>().map_err(StoreError::Key)?);
+    let secret = format!(
+        "bha_{}",
+        hex::encode(files::random_bytes::<32>().map_err(StoreError::Key)?)
+    );
+    backend.insert_admin_token(&id, &hex::encode(digest(&secret)), now_ms())?;
+    Ok(NewToken { id, secret })
+}
+
+/// Hashes of every admin token in `backend`, for the admin listener to
+/// check against (a malformed stored hash matches nothing).
+pub fn admin_token_hashes(backend: &dyn CredentialBackend) -> Result<Vec<[u8; 32]>, StoreError> {
+    Ok(backend
+        .admin_token_hashes()?
+        .into_iter()
+        .filter_map(|h| <[u8; 32]>::try_from(hex::decode(h).ok()?.as_slice()).ok())
+        .collect())
 }
 
 /// Does `presented` match one of `hashes`? Constant-time per comparison.

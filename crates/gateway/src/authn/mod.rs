@@ -14,12 +14,11 @@ mod jwt;
 mod parsed_keys;
 
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bulkhead_manifest::{Access, App, CredentialKind};
-use bulkhead_store::Store;
-use bulkhead_store::credentials::Kind;
+use bulkhead_store::credentials::{Kind, SharedCredentials};
 use http::{HeaderMap, StatusCode, header};
 
 use crate::problem::Problem;
@@ -87,9 +86,9 @@ pub struct Refusal {
 pub struct Authenticator {
     jwt: Option<JwtVerifier>,
     jwe: Option<JweOpener>,
-    store: Store,
-    /// Connections reused across requests (one is taken per check).
-    connections: Mutex<Vec<rusqlite::Connection>>,
+    /// Where sessions and API keys are checked (its backend reuses its
+    /// connections across requests).
+    credentials: SharedCredentials,
     /// Shared with the versions that follow (T03, T19): a deploy does not
     /// forgive a client's failed attempts.
     throttle: Arc<FailedAuthThrottle>,
@@ -100,13 +99,17 @@ pub struct Authenticator {
 impl Authenticator {
     /// Set up from the app's `[auth]`; keys are loaded now, so a bad JWKS
     /// or JWE key fails the deploy rather than the first request.
-    pub fn new(app: &App, store: Store) -> Result<Self, String> {
-        Self::after(app, store, None)
+    pub fn new(app: &App, credentials: SharedCredentials) -> Result<Self, String> {
+        Self::after(app, credentials, None)
     }
 
     /// [`Self::new`] for the version that follows `previous`, keeping its
     /// failed-authentication throttle (its settings are restart-only).
-    pub fn after(app: &App, store: Store, previous: Option<&Self>) -> Result<Self, String> {
+    pub fn after(
+        app: &App,
+        credentials: SharedCredentials,
+        previous: Option<&Self>,
+    ) -> Result<Self, String> {
         let jwt = app.jwt.as_ref().map(JwtVerifier::new).transpose()?;
         let jwe = app
             .jwt
@@ -117,8 +120,7 @@ impl Authenticator {
         Ok(Self {
             jwt,
             jwe,
-            store,
-            connections: Mutex::new(Vec::new()),
+            credentials,
             throttle: match previous {
                 Some(previous) => previous.throttle.clone(),
                 None => Arc::new(FailedAuthThrottle::new(
@@ -346,17 +348,7 @@ impl Authenticator {
     }
 
     fn verify_opaque(&self, kind: Kind, token: &str) -> Result<Verified, String> {
-        let conn = match self.connections.lock().ok().and_then(|mut pool| pool.pop()) {
-            Some(conn) => conn,
-            None => self
-                .store
-                .reader()
-                .map_err(|e| format!("credential store unavailable: {e}"))?,
-        };
-        let result = self.store.verify_credential(&conn, kind, token);
-        if let Ok(mut pool) = self.connections.lock() {
-            pool.push(conn);
-        }
+        let result = bulkhead_store::credentials::verify(&*self.credentials, kind, token);
         match result.map_err(|e| format!("credential store unavailable: {e}"))? {
             Ok(grant) => Ok(Verified {
                 subject: grant.subject,

@@ -1,6 +1,9 @@
-//! The key-value backend (T13, T15, T20): records in the `kv` table of the
-//! state database, keys and values sealed under a data key per store, or per
-//! subject for a subject-scoped store.
+//! Key-value state (T13, T15, T20): [`Kv`] seals keys and values under a
+//! data key per store, or per subject for a subject-scoped store, *before*
+//! they reach a [`KvBackend`] (the `StoreManager` of Spin's key-value
+//! factor): the backend only ever holds sealed blobs, keyed by (store,
+//! subject, keyed hash of the key). SQLite (`sqlite.rs`, the `kv` table of
+//! the state database) is the embedded backend.
 //!
 //! - A record's subject is its own column, fixed by the host from the
 //!   verified identity; a guest names only the key, so it cannot reach
@@ -11,13 +14,18 @@
 //! - Retention: `expires_ms` is set on write; reads never return an expired
 //!   row and [`Kv::sweep`] deletes them.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension, params};
 use zeroize::Zeroizing;
 
 use crate::crypto::{Aad, CryptoError, DataKey, Destroyed, KeyStore, Keyring};
 use crate::{Store, StoreError, now_ms};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::{PgConfig, PostgresKv, valid_schema};
+pub use sqlite::SqliteKv;
 
 const OWNER: &str = "kv";
 /// Most keys one `list` page returns.
@@ -31,6 +39,10 @@ pub enum KvError {
     Crypto(#[from] CryptoError),
     #[error("key-value database: {0}")]
     Db(#[from] rusqlite::Error),
+    /// A backend other than the embedded one failed (its own error type,
+    /// kept as the source; never holds a key or a value).
+    #[error("key-value backend: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     #[error("the stored value is not a decimal counter")]
     NotACounter,
     #[error("counter overflow")]
@@ -57,22 +69,117 @@ pub struct ExportedRecord {
     pub expires_ms: Option<i64>,
 }
 
-/// The key-value backend of one app environment.
+/// The key a backend sees: the subject is part of it, fixed by the host
+/// from the verified identity, never a prefix a guest could forge (T13).
+/// `key_id` is a keyed hash of the guest's key; the key itself only
+/// reaches the backend sealed.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordKey<'a> {
+    pub store: &'a str,
+    pub subject: &'a str,
+    pub key_id: &'a [u8],
+}
+
+/// A record as written: key and value sealed by [`Kv`].
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub key_sealed: Vec<u8>,
+    pub value_sealed: Vec<u8>,
+    pub updated_ms: i64,
+    pub expires_ms: Option<i64>,
+}
+
+/// A record as stored, with its key id (export).
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub key_id: Vec<u8>,
+    pub record: Sealed,
+}
+
+/// A change made atomically by [`KvBackend::update`]: given the live
+/// sealed value (if any), the record to write.
+pub type Change<'a> = dyn FnMut(Option<&[u8]>) -> Result<Sealed, KvError> + 'a;
+
+/// Where sealed key-value records are kept. Every read honours expiry
+/// (`now_ms`): an expired record is absent whether or not it was swept.
+/// One `dyn` call per operation; implementations are blocking (the runtime
+/// calls them off its async threads). No `Sync` bound: a single SQLite
+/// connection is one (inside an operator's audited transaction); what a
+/// server shares is a [`SharedKv`].
+pub trait KvBackend {
+    /// The sealed value at `key`, unless absent or expired.
+    fn get(&self, key: &RecordKey<'_>, now_ms: i64) -> Result<Option<Vec<u8>>, KvError>;
+    /// Insert or replace the record at `key`.
+    fn put(&self, key: &RecordKey<'_>, record: &Sealed) -> Result<(), KvError>;
+    /// Delete the record at `key` (no error when absent).
+    fn delete(&self, key: &RecordKey<'_>) -> Result<(), KvError>;
+    /// Up to `limit` live (key id, sealed key) pairs of (store, subject)
+    /// from `offset`, ordered by key id.
+    fn list(
+        &self,
+        store: &str,
+        subject: &str,
+        now_ms: i64,
+        limit: usize,
+        offset: u64,
+    ) -> Result<KeyPage, KvError>;
+    /// Read the live value at `key` and write what `change` returns, as
+    /// one atomic step against every other writer (nodes included); an
+    /// error from `change` writes nothing.
+    fn update(
+        &self,
+        key: &RecordKey<'_>,
+        now_ms: i64,
+        change: &mut Change<'_>,
+    ) -> Result<(), KvError>;
+    /// Every live record of (store, subject), ordered by key id.
+    fn records(
+        &self,
+        store: &str,
+        subject: &str,
+        now_ms: i64,
+    ) -> Result<Vec<StoredRecord>, KvError>;
+    /// Delete every record expired at `now_ms`; returns how many.
+    fn sweep(&self, now_ms: i64) -> Result<usize, KvError>;
+    /// How many rows `subject` holds, expired or not.
+    fn subject_rows(&self, subject: &str) -> Result<usize, KvError>;
+    /// The stores, sorted, holding rows of `subject`.
+    fn subject_stores(&self, subject: &str) -> Result<Vec<String>, KvError>;
+    /// Up to `limit` non-empty subjects holding rows that `keep` accepts.
+    fn subjects(&self, keep: &dyn Fn(&str) -> bool, limit: usize) -> Result<Vec<String>, KvError>;
+    /// Delete every row of `subject` (overwritten where the engine can);
+    /// returns how many.
+    fn delete_subject(&self, subject: &str) -> Result<usize, KvError>;
+    /// After an erasure has committed: push deleted rows out of logs the
+    /// engine keeps beside its data, where it can (best effort).
+    fn after_erase(&self) {}
+}
+
+/// (key id, sealed key) pairs: one page of [`KvBackend::list`].
+pub type KeyPage = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A backend the server's threads share.
+pub type SharedKv = Arc<dyn KvBackend + Send + Sync>;
+
+/// The key-value capability's state for one app environment: the keyring
+/// that seals, and the backend that keeps the sealed records.
 pub struct Kv {
-    conn: Mutex<Connection>,
+    backend: SharedKv,
     keyring: Arc<Keyring>,
 }
 
 impl Kv {
+    /// The embedded backend: the `kv` table of `store`'s database.
     pub fn open(store: &Store, keyring: Arc<Keyring>) -> Result<Self, KvError> {
-        Ok(Self {
-            conn: Mutex::new(store.connect()?),
-            keyring,
-        })
+        Ok(Self::new(Arc::new(SqliteKv::open(store)?), keyring))
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn new(backend: SharedKv, keyring: Arc<Keyring>) -> Self {
+        Self { backend, keyring }
+    }
+
+    pub fn backend(&self) -> &dyn KvBackend {
+        &*self.backend
     }
 
     fn dek(&self, space: &Space, create: bool) -> Result<Option<DataKey>, KvError> {
@@ -103,20 +210,24 @@ impl Kv {
         dek.lookup_id(b"kv-key", key.as_bytes())
     }
 
+    fn record_key<'a>(space: &'a Space, key_id: &'a [u8]) -> RecordKey<'a> {
+        RecordKey {
+            store: &space.store,
+            subject: &space.subject,
+            key_id,
+        }
+    }
+
     /// The value of `key`, unless absent or expired.
     pub fn get(&self, space: &Space, key: &str) -> Result<Option<Zeroizing<Vec<u8>>>, KvError> {
-        let conn = self.conn();
         let Some(dek) = self.dek(space, false)? else {
             return Ok(None);
         };
-        let sealed: Option<Vec<u8>> = conn
-            .query_row(
-                "SELECT value_sealed FROM kv WHERE store = ?1 AND subject = ?2 AND key_id = ?3 AND (expires_ms IS NULL OR expires_ms > ?4)",
-                params![space.store, space.subject, Self::key_id(&dek, key), now_ms()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        match sealed {
+        let key_id = Self::key_id(&dek, key);
+        match self
+            .backend
+            .get(&Self::record_key(space, &key_id), now_ms())?
+        {
             Some(blob) => Ok(Some(dek.open(&Self::value_aad(space, key), &blob)?)),
             None => Ok(None),
         }
@@ -128,8 +239,10 @@ impl Kv {
 
     /// Write `value` under `key`, restarting its retention.
     pub fn set(&self, space: &Space, key: &str, value: &[u8]) -> Result<(), KvError> {
-        let conn = self.conn();
-        Self::set_in(&conn, &self.dek_or_create(space)?, space, key, value)
+        let dek = self.dek_or_create(space)?;
+        let key_id = Self::key_id(&dek, key);
+        let record = Self::seal(&dek, space, key, &key_id, value)?;
+        self.backend.put(&Self::record_key(space, &key_id), &record)
     }
 
     fn dek_or_create(&self, space: &Space) -> Result<DataKey, KvError> {
@@ -137,57 +250,43 @@ impl Kv {
             .ok_or(KvError::Crypto(CryptoError::Unwrap))
     }
 
-    fn set_in(
-        conn: &Connection,
+    fn seal(
         dek: &DataKey,
         space: &Space,
         key: &str,
+        key_id: &[u8],
         value: &[u8],
-    ) -> Result<(), KvError> {
-        let key_id = Self::key_id(dek, key);
-        let key_sealed = dek.seal(&Self::key_aad(space, &key_id), key.as_bytes())?;
-        let value_sealed = dek.seal(&Self::value_aad(space, key), value)?;
+    ) -> Result<Sealed, KvError> {
         let now = now_ms();
-        let expires = space.retention_ms.map(|r| now.saturating_add(r));
-        conn.execute(
-            "INSERT INTO kv (store, subject, key_id, key_sealed, value_sealed, updated_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (store, subject, key_id) DO UPDATE SET key_sealed = excluded.key_sealed, value_sealed = excluded.value_sealed, updated_ms = excluded.updated_ms, expires_ms = excluded.expires_ms",
-            params![space.store, space.subject, key_id, key_sealed, value_sealed, now, expires],
-        )?;
-        Ok(())
+        Ok(Sealed {
+            key_sealed: dek.seal(&Self::key_aad(space, key_id), key.as_bytes())?,
+            value_sealed: dek.seal(&Self::value_aad(space, key), value)?,
+            updated_ms: now,
+            expires_ms: space.retention_ms.map(|r| now.saturating_add(r)),
+        })
     }
 
     /// Delete `key` (no error when absent).
     pub fn delete(&self, space: &Space, key: &str) -> Result<(), KvError> {
-        let conn = self.conn();
         let Some(dek) = self.dek(space, false)? else {
             return Ok(());
         };
-        conn.execute(
-            "DELETE FROM kv WHERE store = ?1 AND subject = ?2 AND key_id = ?3",
-            params![space.store, space.subject, Self::key_id(&dek, key)],
-        )?;
-        Ok(())
+        let key_id = Self::key_id(&dek, key);
+        self.backend.delete(&Self::record_key(space, &key_id))
     }
 
     /// One page of live keys from `offset`, and the next page's offset.
     pub fn list(&self, space: &Space, offset: u64) -> Result<(Vec<String>, Option<u64>), KvError> {
-        let conn = self.conn();
         let Some(dek) = self.dek(space, false)? else {
             return Ok((Vec::new(), None));
         };
-        let mut stmt = conn.prepare(
-            "SELECT key_id, key_sealed FROM kv WHERE store = ?1 AND subject = ?2 AND (expires_ms IS NULL OR expires_ms > ?3)
-             ORDER BY key_id LIMIT ?4 OFFSET ?5",
+        let rows = self.backend.list(
+            &space.store,
+            &space.subject,
+            now_ms(),
+            LIST_PAGE + 1,
+            offset,
         )?;
-        let limit = i64::try_from(LIST_PAGE + 1).unwrap_or(i64::MAX);
-        let offset_sql = i64::try_from(offset).unwrap_or(i64::MAX);
-        let rows = stmt
-            .query_map(
-                params![space.store, space.subject, now_ms(), limit, offset_sql],
-                |row| Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?)),
-            )?
-            .collect::<Result<Vec<_>, _>>()?;
         let more = rows.len() > LIST_PAGE;
         let mut keys = Vec::new();
         for (key_id, sealed) in rows.into_iter().take(LIST_PAGE) {
@@ -200,44 +299,43 @@ impl Kv {
 
     /// Add `delta` to the decimal counter at `key` (absent: 0), atomically.
     pub fn increment(&self, space: &Space, key: &str, delta: u64) -> Result<u64, KvError> {
-        let mut conn = self.conn();
         let dek = self.dek_or_create(space)?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let sealed: Option<Vec<u8>> = tx
-            .query_row(
-                "SELECT value_sealed FROM kv WHERE store = ?1 AND subject = ?2 AND key_id = ?3 AND (expires_ms IS NULL OR expires_ms > ?4)",
-                params![space.store, space.subject, Self::key_id(&dek, key), now_ms()],
-                |row| row.get(0),
-            )
-            .optional()?;
-        let current = match sealed {
-            None => 0,
-            Some(blob) => {
-                let plain = dek.open(&Self::value_aad(space, key), &blob)?;
-                std::str::from_utf8(&plain)
-                    .ok()
-                    .and_then(|t| t.parse::<u64>().ok())
-                    .ok_or(KvError::NotACounter)?
-            }
-        };
-        let next = current.checked_add(delta).ok_or(KvError::Overflow)?;
-        Self::set_in(&tx, &dek, space, key, next.to_string().as_bytes())?;
-        tx.commit()?;
+        let key_id = Self::key_id(&dek, key);
+        let mut next = 0;
+        self.backend
+            .update(&Self::record_key(space, &key_id), now_ms(), &mut |sealed| {
+                let current = match sealed {
+                    None => 0,
+                    Some(blob) => {
+                        let plain = dek.open(&Self::value_aad(space, key), blob)?;
+                        std::str::from_utf8(&plain)
+                            .ok()
+                            .and_then(|t| t.parse::<u64>().ok())
+                            .ok_or(KvError::NotACounter)?
+                    }
+                };
+                next = current.checked_add(delta).ok_or(KvError::Overflow)?;
+                Self::seal(&dek, space, key, &key_id, next.to_string().as_bytes())
+            })?;
         Ok(next)
     }
 
     /// Delete every expired record; returns how many.
     pub fn sweep(&self) -> Result<usize, KvError> {
-        Ok(self.conn().execute(
-            "DELETE FROM kv WHERE expires_ms IS NOT NULL AND expires_ms <= ?1",
-            params![now_ms()],
-        )?)
+        self.backend.sweep(now_ms())
     }
 
     /// Crypto-shred `subject`: destroy its data keys, then delete its rows
     /// in every subject-scoped store.
     pub fn erase_subject(&self, subject: &str) -> Result<Erased, KvError> {
-        erase_subject(self.keyring.key_store(), &mut self.conn(), subject)
+        let destroyed = destroy_subject_keys(self.keyring.key_store(), subject)?;
+        let rows = delete_subject_records(&*self.backend, subject)?;
+        self.backend.after_erase();
+        Ok(Erased {
+            keys_destroyed: destroyed.keys,
+            records_deleted: rows,
+            keys_checkpointed: destroyed.checkpointed,
+        })
     }
 
     /// Every live record of `subject` in the named stores, decrypted.
@@ -246,7 +344,6 @@ impl Kv {
         subject: &str,
         stores: &[String],
     ) -> Result<Vec<ExportedRecord>, KvError> {
-        let conn = self.conn();
         let mut out = Vec::new();
         for store in stores {
             let space = Space {
@@ -257,31 +354,16 @@ impl Kv {
             let Some(dek) = self.dek(&space, false)? else {
                 continue;
             };
-            let mut stmt = conn.prepare(
-                "SELECT key_id, key_sealed, value_sealed, updated_ms, expires_ms FROM kv
-                 WHERE store = ?1 AND subject = ?2 AND (expires_ms IS NULL OR expires_ms > ?3) ORDER BY key_id",
-            )?;
-            let rows = stmt
-                .query_map(params![store, subject, now_ms()], |row| {
-                    Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        row.get::<_, Vec<u8>>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                        row.get::<_, i64>(3)?,
-                        row.get::<_, Option<i64>>(4)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            for (key_id, key_sealed, value_sealed, updated_ms, expires_ms) in rows {
-                let key = dek.open(&Self::key_aad(&space, &key_id), &key_sealed)?;
+            for StoredRecord { key_id, record } in self.backend.records(store, subject, now_ms())? {
+                let key = dek.open(&Self::key_aad(&space, &key_id), &record.key_sealed)?;
                 let key = String::from_utf8_lossy(&key).into_owned();
-                let value = dek.open(&Self::value_aad(&space, &key), &value_sealed)?;
+                let value = dek.open(&Self::value_aad(&space, &key), &record.value_sealed)?;
                 out.push(ExportedRecord {
                     store: store.clone(),
                     key,
                     value,
-                    updated_ms,
-                    expires_ms,
+                    updated_ms: record.updated_ms,
+                    expires_ms: record.expires_ms,
                 });
             }
         }
@@ -295,29 +377,19 @@ impl Kv {
 /// subject, never a success (T20).
 pub fn subject_holdings(
     keys: &KeyStore,
-    conn: &Connection,
+    backend: &dyn KvBackend,
     subject: &str,
 ) -> Result<(usize, usize), KvError> {
     let data_keys = keys.count_subject(OWNER, subject)?;
-    let rows: i64 = conn.query_row(
-        "SELECT count(*) FROM kv WHERE subject = ?1",
-        params![subject],
-        |row| row.get(0),
-    )?;
-    Ok((data_keys, usize::try_from(rows).unwrap_or(0)))
+    Ok((data_keys, backend.subject_rows(subject)?))
 }
 
 /// The stores, sorted, holding rows of `subject` (read-only), whether or
 /// not the manifest still declares them subject-scoped: a store renamed or
 /// made app-wide keeps its rows under the old name, and an export must not
 /// leave them out (T20).
-pub fn subject_stores(conn: &Connection, subject: &str) -> Result<Vec<String>, KvError> {
-    let mut statement =
-        conn.prepare("SELECT DISTINCT store FROM kv WHERE subject = ?1 ORDER BY store")?;
-    let stores = statement
-        .query_map(params![subject], |row| row.get(0))?
-        .collect::<Result<Vec<String>, _>>()?;
-    Ok(stores)
+pub fn subject_stores(backend: &dyn KvBackend, subject: &str) -> Result<Vec<String>, KvError> {
+    backend.subject_stores(subject)
 }
 
 /// The subjects holding rows or data keys that `keep` accepts, sorted, at
@@ -325,35 +397,27 @@ pub fn subject_stores(conn: &Connection, subject: &str) -> Result<Vec<String>, K
 /// operator whose subject holds nothing (T20).
 pub fn find_subjects(
     keys: &KeyStore,
-    conn: &Connection,
+    backend: &dyn KvBackend,
     keep: &dyn Fn(&str) -> bool,
     limit: usize,
 ) -> Result<Vec<String>, KvError> {
-    let mut found = std::collections::BTreeSet::new();
-    let mut statement = conn.prepare("SELECT DISTINCT subject FROM kv WHERE subject <> ''")?;
-    let mut rows = statement.query([])?;
-    while found.len() < limit {
-        let Some(row) = rows.next()? else { break };
-        let subject: String = row.get(0)?;
-        if keep(&subject) {
-            found.insert(subject);
-        }
-    }
+    let mut found: std::collections::BTreeSet<String> =
+        backend.subjects(keep, limit)?.into_iter().collect();
     found.extend(keys.subjects(OWNER, keep, limit)?);
     Ok(found.into_iter().take(limit).collect())
 }
 
-/// Crypto-shred `subject` (see [`Kv::erase_subject`]); needs no master
-/// key: the wrapped keys and the rows are deleted, not read.
-/// The keys go first: once they are destroyed the rows are unreadable
-/// even if deleting them fails or a backup holds them.
+/// Crypto-shred `subject` (see [`Kv::erase_subject`]) in the embedded
+/// store; needs no master key: the wrapped keys and the rows are deleted,
+/// not read. The keys go first: once they are destroyed the rows are
+/// unreadable even if deleting them fails or a backup holds them.
 pub fn erase_subject(
     keys: &KeyStore,
-    conn: &mut Connection,
+    conn: &mut rusqlite::Connection,
     subject: &str,
 ) -> Result<Erased, KvError> {
     let destroyed = destroy_subject_keys(keys, subject)?;
-    let rows = delete_subject_records(conn, subject)?;
+    let rows = delete_subject_records(&*conn, subject)?;
     checkpoint_after_erase(conn);
     Ok(Erased {
         keys_destroyed: destroyed.keys,
@@ -374,22 +438,21 @@ pub fn destroy_subject_keys(keys: &KeyStore, subject: &str) -> Result<Destroyed,
     Ok(keys.destroy_subject(OWNER, subject)?)
 }
 
-/// The second step: delete `subject`'s rows in `state.db`, overwritten
-/// (`secure_delete`). `conn` may be a transaction that also appends the
-/// `data.erased` record (T09, issue 19).
-pub fn delete_subject_records(conn: &Connection, subject: &str) -> Result<usize, KvError> {
+/// The second step: delete `subject`'s rows. On the embedded backend
+/// `backend` may be a transaction that also appends the `data.erased`
+/// record (T09, issue 19); rows are overwritten (`secure_delete`).
+pub fn delete_subject_records(backend: &dyn KvBackend, subject: &str) -> Result<usize, KvError> {
     if subject.is_empty() {
         return Ok(0);
     }
-    conn.pragma_update(None, "secure_delete", "ON")?;
-    Ok(conn.execute("DELETE FROM kv WHERE subject = ?1", params![subject])?)
+    backend.delete_subject(subject)
 }
 
 /// After the rows are deleted and committed: move the WAL into the
 /// database and truncate it. Best effort: a running server's readers may
 /// hold the WAL a while; what stays there is sealed under keys destroyed
 /// before.
-pub fn checkpoint_after_erase(conn: &Connection) {
+pub fn checkpoint_after_erase(conn: &rusqlite::Connection) {
     let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
@@ -448,13 +511,13 @@ mod tests {
         let exported = kv.export_subject("alice", &["s".into()]).unwrap();
         assert_eq!(exported.len(), 2);
         // What an erase would destroy, and the close matches, read-only.
-        let holdings = |subject| subject_holdings(kv.keyring.key_store(), &kv.conn(), subject);
+        let holdings = |subject| subject_holdings(kv.keyring.key_store(), kv.backend(), subject);
         assert_eq!(holdings("alice").unwrap(), (1, 2));
         assert_eq!(holdings("Alice").unwrap(), (0, 0));
         let like_alice = |s: &str| s.eq_ignore_ascii_case("ALICE");
-        let found = find_subjects(kv.keyring.key_store(), &kv.conn(), &like_alice, 20);
+        let found = find_subjects(kv.keyring.key_store(), kv.backend(), &like_alice, 20);
         assert_eq!(found.unwrap(), ["alice"]);
-        assert_eq!(subject_stores(&kv.conn(), "alice").unwrap(), ["s"]);
+        assert_eq!(subject_stores(kv.backend(), "alice").unwrap(), ["s"]);
         let erased = kv.erase_subject("alice").unwrap();
         assert_eq!((erased.keys_destroyed, erased.records_deleted), (1, 2));
         assert_eq!(holdings("alice").unwrap(), (0, 0));

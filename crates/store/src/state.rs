@@ -1,0 +1,159 @@
+//! Where an app environment's state lives, opened in one place. Each kind
+//! of state has a backend trait beside its capability (like Spin's
+//! key-value factor and its `StoreManager`):
+//!
+//! | state | trait | embedded (SQLite) |
+//! |---|---|---|
+//! | key-value | [`KvBackend`](crate::kv::KvBackend) | [`SqliteKv`](crate::kv::SqliteKv), `Connection` |
+//! | secrets | [`SecretBackend`](crate::secrets::SecretBackend) | `Connection` |
+//! | sessions, API keys, admin tokens | [`CredentialBackend`](crate::credentials::CredentialBackend) | [`SqliteCredentials`](crate::credentials::SqliteCredentials), `Connection` |
+//!
+//! Sealing (T15) and every check (expiry, revocation, subject scope) stay
+//! above the traits, so a backend only ever sees sealed blobs and hashes.
+//! [`State::open`] is the one place a [`StateConfig`] becomes backends; the
+//! runtime and the gateway take them from the [`State`].
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use crate::credentials::{SharedCredentials, SqliteCredentials};
+use crate::crypto::{CryptoError, Keyring};
+use crate::kv::{KvError, PgConfig, PostgresKv, SharedKv, SqliteKv, valid_schema};
+use crate::secrets::SharedSecrets;
+use crate::{Held, Store, StoreError};
+
+/// Which backends hold an app environment's state.
+#[derive(Debug, Clone)]
+pub enum StateConfig {
+    /// SQLite files in one directory per app and environment (the default:
+    /// nothing to install).
+    Embedded { dir: PathBuf },
+    /// Key-value records in PostgreSQL (issue 16), in the schema `postgres`
+    /// names, so every node of a deployment shares them; everything else
+    /// (and the data keys) still in `dir`, for now.
+    Postgres { dir: PathBuf, postgres: PgConfig },
+}
+
+impl StateConfig {
+    /// PostgreSQL at `url` for app `app` in environment `env`: the schema
+    /// is named after both ([`schema_for`]).
+    pub fn postgres(dir: PathBuf, url: secrecy::SecretString, app: &str, env: &str) -> Self {
+        Self::Postgres {
+            dir,
+            postgres: PgConfig {
+                url,
+                schema: schema_for(app, env),
+            },
+        }
+    }
+}
+
+/// The PostgreSQL schema of `app` in `env`: `bh_APP_ENV` with anything
+/// but a-z and 0-9 made `_`; when that changed or cut the names, a hash of
+/// them is appended, so two apps never share a schema.
+pub fn schema_for(app: &str, env: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9') => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    let plain = format!("bh_{}_{}", clean(app), clean(env));
+    if plain == format!("bh_{app}_{env}") && valid_schema(&plain) {
+        return plain;
+    }
+    let digest = Sha256::digest(format!("{app}\0{env}").as_bytes());
+    let mut schema: String = plain.chars().take(33).collect();
+    schema.push('_');
+    schema.push_str(&hex::encode(&digest[..8]));
+    schema
+}
+
+/// The opened state of one app environment. Cheap to clone: every clone
+/// shares the same backends.
+#[derive(Clone)]
+pub struct State {
+    store: Store,
+    /// The shared key-value backend, when not the embedded one.
+    kv: Option<SharedKv>,
+    credentials: SharedCredentials,
+    /// The connection held open while the state is (issue 17).
+    held: Arc<Held>,
+}
+
+impl State {
+    /// Open (creating and migrating if needed) the state `config` names.
+    pub fn open(config: &StateConfig) -> Result<Self, StoreError> {
+        let (dir, kv) = match config {
+            StateConfig::Embedded { dir } => (dir, None),
+            StateConfig::Postgres { dir, postgres } => {
+                let kv: SharedKv = Arc::new(
+                    PostgresKv::open(postgres).map_err(|e| StoreError::Backend(e.to_string()))?,
+                );
+                (dir, Some(kv))
+            }
+        };
+        let (store, held) = Store::open_held(dir)?;
+        Ok(Self {
+            credentials: Arc::new(SqliteCredentials::new(store.clone())),
+            store,
+            kv,
+            held: Arc::new(held),
+        })
+    }
+
+    /// The state directory: the audit trail, the meter, the data keys and
+    /// what stays embedded on every backend.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Sessions, API keys and admin tokens.
+    pub fn credentials(&self) -> &SharedCredentials {
+        &self.credentials
+    }
+
+    /// The keyring of environment `env`: the master key and the data keys
+    /// it wraps, which seal key-value records and secrets before they reach
+    /// a backend.
+    pub fn keyring(&self, env: &str) -> Result<Keyring, CryptoError> {
+        Keyring::open(self.store.dir(), env)
+    }
+
+    /// A key-value backend for the server's threads to share.
+    pub fn kv(&self) -> Result<SharedKv, KvError> {
+        if let Some(kv) = &self.kv {
+            return Ok(kv.clone());
+        }
+        Ok(Arc::new(SqliteKv::open(&self.store)?))
+    }
+
+    /// A secrets backend for the server's threads to share.
+    pub fn secrets(&self) -> Result<SharedSecrets, StoreError> {
+        Ok(Box::new(Mutex::new(self.store.connect()?)))
+    }
+
+    /// At a clean shutdown (issue 17, see [`Held::checkpoint`]).
+    pub fn checkpoint(&self) {
+        self.held.checkpoint();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemas_are_valid_and_distinct() {
+        assert_eq!(schema_for("conference", "prod"), "bh_conference_prod");
+        let odd = schema_for("My-App", "prod");
+        assert!(valid_schema(&odd), "{odd}");
+        assert_ne!(odd, schema_for("my_app", "prod"));
+        let long = schema_for(&"a".repeat(200), "staging");
+        assert!(valid_schema(&long), "{long}");
+        assert_ne!(long, schema_for(&"a".repeat(201), "staging"));
+    }
+}
