@@ -58,6 +58,9 @@ pub(crate) struct RawManifest {
     /// `[trust]`: the keys whose signatures components need (T18).
     #[serde(default)]
     pub trust: RawTrust,
+    /// `[queue.NAME]`: queues functions send to and are triggered by (issue 18).
+    #[serde(default)]
+    pub queue: BTreeMap<Spanned<String>, Spanned<crate::queues::RawQueue>>,
 }
 
 /// `[trust]` as written: minisign public key files, relative to the app.
@@ -180,6 +183,8 @@ pub(crate) struct RawLimits {
     pub dynamic_throttle: Option<Spanned<RawThrottle>>,
     pub metering: Option<Spanned<bool>>,
     pub budget: Option<Spanned<RawBudget>>,
+    /// Hops of one causal chain of events before it is stopped (issue 18, T04).
+    pub max_event_depth: Option<Spanned<u32>>,
 }
 
 overlaid!(RawLimits {
@@ -204,6 +209,7 @@ overlaid!(RawLimits {
     dynamic_throttle,
     metering,
     budget,
+    max_event_depth,
 });
 
 #[derive(Debug, Deserialize)]
@@ -212,7 +218,10 @@ pub(crate) struct RawFunction {
     pub name: Spanned<String>,
     pub component: Spanned<String>,
     pub digest: Option<Spanned<String>>,
-    pub route: Spanned<String>,
+    /// Required unless the function has a `trigger` (then refused).
+    pub route: Option<Spanned<String>>,
+    /// `trigger = { schedule | every | queue = ... }` (issue 18).
+    pub trigger: Option<Spanned<crate::triggers::RawTrigger>>,
     pub methods: Option<Spanned<Vec<String>>>,
     pub timeout: Option<Spanned<Duration>>,
     pub memory: Option<Spanned<ByteSize>>,
@@ -276,6 +285,10 @@ pub(crate) struct RawGrants {
     pub secrets: Vec<Spanned<String>>,
     #[serde(default)]
     pub config: Vec<Spanned<String>>,
+    /// `queues = { NAME = "send" }` (issue 18): read by hand for errors
+    /// that name the valid keys.
+    #[serde(default)]
+    pub queues: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
 
 /// `[telemetry]`: optional export of one span per request over OTLP (T08).
