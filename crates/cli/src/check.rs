@@ -32,7 +32,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         "app `{}` (env {}): {} function(s), all OK",
         app.name,
         app.env,
-        app.functions.len()
+        app.functions.len() + app.triggered.len()
     );
     print_flood_controls(app);
     for (spec, loaded) in app.functions.iter().zip(&deployment.functions) {
@@ -118,6 +118,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         print_input(&spec.input);
         print_data_grants(spec);
     }
+    print_events(app);
     let public: Vec<&str> = app
         .functions
         .iter()
@@ -262,6 +263,63 @@ fn print_data_grants(spec: &bulkhead_manifest::Function) {
     }
     if !grants.config.is_empty() {
         println!("  config     {}", grants.config.join(", "));
+    }
+    if !grants.queues.is_empty() {
+        let queues: Vec<String> = grants
+            .queues
+            .iter()
+            .map(|(queue, cap)| {
+                format!(
+                    "{queue} (send, at most {} message(s) and {} per call)",
+                    cap.max_messages_per_call, cap.max_bytes_per_call
+                )
+            })
+            .collect();
+        println!("  queues     {}", queues.join(", "));
+    }
+}
+
+/// Issue 18: triggered functions and queues, checked but not yet run.
+fn print_events(app: &bulkhead_manifest::App) {
+    for triggered in &app.triggered {
+        let f = &triggered.function;
+        let l = &f.limits;
+        println!(
+            "
+{} -> {} (not yet run by this build: `serve` refuses the app)",
+            triggered.trigger.describe(),
+            f.name
+        );
+        println!("  component  {}", f.component.display());
+        println!(
+            "  caller     {} (meters, budgets and audit records)",
+            triggered.trigger.caller(&f.name)
+        );
+        println!(
+            "  limits     timeout {}, memory {}, event body {}, {} running at once",
+            l.timeout, l.memory, l.max_request_body, l.max_concurrent_requests
+        );
+        print_data_grants(f);
+    }
+    if app.queues.is_empty() {
+        return;
+    }
+    println!(
+        "
+queues (at least once; a chain of events deeper than {} is stopped)",
+        app.limits.max_event_depth
+    );
+    for q in &app.queues {
+        let dead = q
+            .dead_letter
+            .as_deref()
+            .map_or("kept undelivered (no dead_letter)".to_string(), |d| {
+                format!("dead letters to `{d}`")
+            });
+        println!(
+            "  {:<16} retention {}, messages up to {}, {} attempt(s), visibility {}, {dead}",
+            q.name, q.retention, q.max_message_bytes, q.max_attempts, q.visibility_timeout
+        );
     }
 }
 

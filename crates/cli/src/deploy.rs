@@ -36,12 +36,37 @@ pub fn engine_settings(app: &App) -> EngineSettings {
     EngineSettings {
         max_instances: app.limits.max_instances,
         max_memory: app
-            .functions
-            .iter()
+            .all_functions()
             .map(|f| f.limits.memory.as_usize())
             .max()
             .unwrap_or(0),
     }
+}
+
+/// Issue 18, first slice: the manifest declares triggers and queues, and
+/// the store keeps queues, but nothing runs a triggered function yet.
+/// Serving such an app would silently never run them: refused, naming
+/// each one. `check` accepts the app (and compiles its components).
+pub fn refuse_triggers(app: &App) -> Result<(), Vec<String>> {
+    if app.triggered.is_empty() {
+        return Ok(());
+    }
+    let mut problems: Vec<String> = app
+        .triggered
+        .iter()
+        .map(|t| {
+            format!(
+                "{}: function `{}` has a trigger ({}), but triggers are not yet run by this build",
+                app.manifest_path.display(),
+                t.function.name,
+                t.trigger.describe()
+            )
+        })
+        .collect();
+    problems.push(
+        "schedules and queues are checked (`bulkhead check`) but not yet run (issue 18); remove each function's `trigger` to serve the app, or serve it with a build that runs triggers".into(),
+    );
+    Err(problems)
 }
 
 /// Load every function of `app`; on failure, every problem found.
@@ -71,6 +96,9 @@ pub fn deploy_on(
     progress: &dyn Fn(&str),
     opened: Opened,
 ) -> Result<Deployment, Vec<String>> {
+    if mode == Mode::Serve {
+        refuse_triggers(&app)?;
+    }
     let settings = engine_settings(&app);
     let data = open_data(&app, opened.state).map_err(|e| vec![format!("{e:#}")])?;
     let prepared = match opened.prepared {
@@ -122,6 +150,16 @@ pub fn deploy_on(
                 functions.push(loaded);
             }
             Err(e) => problems.push(format!("function `{}`: {e}", function.name)),
+        }
+    }
+    // Issue 18: `check` compiles triggered functions too (T18: their
+    // imports against their grants), though nothing runs them yet.
+    if mode == Mode::Check {
+        for triggered in &app.triggered {
+            let function = &triggered.function;
+            if let Err(e) = runtime.load(&cache, function) {
+                problems.push(format!("function `{}`: {e}", function.name));
+            }
         }
     }
     if rejected {

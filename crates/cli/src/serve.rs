@@ -92,6 +92,12 @@ pub fn run(
             return Ok(report(&problems));
         }
     };
+    // Issue 18: before anything starts (a deployed version is checked
+    // again by `deploy_on`).
+    if let Err(problems) = deploy::refuse_triggers(&app) {
+        audit_refusal(target, &problems);
+        return Ok(report(&problems));
+    }
     if let Err(problem) = crate::tls_cmd::listener_policy(&app, listen) {
         return Ok(report(&[problem]));
     }

@@ -126,7 +126,7 @@ pub fn sign(target: &Target, key: &Path, password_file: Option<&Path>) -> Result
     )
     .unwrap_or_else(|| "?".into());
     let mut files: Vec<PathBuf> = Vec::new();
-    for function in &app.functions {
+    for function in app.all_functions() {
         if !files.contains(&function.component) {
             files.push(function.component.clone());
         }
@@ -181,7 +181,7 @@ pub fn lock(target: &Target, check: bool) -> Result<ExitCode> {
         Err(problems) => return Ok(report(&problems)),
     };
     let mut fresh = Lock::default();
-    for function in &app.functions {
+    for function in app.all_functions() {
         let name = trust::app_relative(&app.dir, &function.component).with_context(|| {
             format!(
                 "{} cannot be listed in the lock (not UTF-8 or holding a line break); rename it",

@@ -19,6 +19,8 @@ pub struct Grants {
     pub secrets: Vec<String>,
     /// `[config]` keys this function may read through `wasi:config`.
     pub config: Vec<String>,
+    /// Queues this function may send to, with its cap per call (issue 18).
+    pub queues: BTreeMap<String, crate::queues::QueueGrant>,
 }
 
 impl Grants {

@@ -17,6 +17,7 @@ mod lines;
 pub mod lock;
 pub mod login;
 mod problem;
+pub mod queues;
 mod raw;
 mod resolve;
 pub mod route;
@@ -27,6 +28,7 @@ mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod traffic;
+pub mod triggers;
 pub mod trust;
 pub mod units;
 
@@ -41,10 +43,12 @@ pub use input::{BodySchema, Input, Param, Pattern};
 pub use lines::SourceLines;
 pub use lock::{LOCK_FILE, Lock};
 pub use problem::{Problem, Problems};
+pub use queues::{QueueGrant, QueueSpec};
 pub use route::RoutePattern;
 pub use stores::{Scope, StoreKind, StoreSpec};
 pub use tls::{Tls, TlsListener};
 pub use traffic::{RateLimit, Throttle, TrustedProxies};
+pub use triggers::{Overlap, Trigger, Triggered};
 pub use trust::{Signed, Signers, TrustError};
 pub use units::{ByteSize, Duration};
 
@@ -73,7 +77,12 @@ pub struct App {
     pub failed_auth_per_minute: u32,
     /// One failed-authentication strike is forgiven per this much time (T03).
     pub auth_backoff_decay: Duration,
+    /// The HTTP-routed functions: the only ones the gateway routes to.
     pub functions: Vec<Function>,
+    /// Functions run by a schedule or a queue (issue 18), never routed.
+    pub triggered: Vec<Triggered>,
+    /// `[queue.NAME]` sections (issue 18).
+    pub queues: Vec<QueueSpec>,
     /// Trace export, when `[telemetry]` names an endpoint.
     pub telemetry: Option<Telemetry>,
     /// Shedding under overload, unless `dynamic_throttle.enabled = false`.
@@ -116,6 +125,26 @@ impl App {
     /// conveniences (an outbound `localhost` grant) are allowed.
     pub fn is_dev(&self) -> bool {
         self.env == DEFAULT_ENV
+    }
+
+    /// Every function, HTTP-routed then triggered: what is verified,
+    /// pinned and compiled (T18) whichever way it is run.
+    pub fn all_functions(&self) -> impl Iterator<Item = &Function> {
+        self.functions
+            .iter()
+            .chain(self.triggered.iter().map(|t| &t.function))
+    }
+
+    /// [`App::all_functions`], to be changed (a digest filled in).
+    pub fn all_functions_mut(&mut self) -> impl Iterator<Item = &mut Function> {
+        self.functions
+            .iter_mut()
+            .chain(self.triggered.iter_mut().map(|t| &mut t.function))
+    }
+
+    /// The declared queue called `name`.
+    pub fn queue(&self, name: &str) -> Option<&QueueSpec> {
+        self.queues.iter().find(|q| q.name == name)
     }
 
     /// The declared store called `name`.
@@ -183,6 +212,9 @@ pub struct AppLimits {
     pub max_header_bytes: ByteSize,
     /// Most header fields in one request.
     pub max_headers: u32,
+    /// Hops of one causal chain of events (HTTP call → message → call →
+    /// message …) before it is stopped and dead-lettered (issue 18, T04).
+    pub max_event_depth: u32,
 }
 
 /// Export of one span per request over OTLP/HTTP (T08).

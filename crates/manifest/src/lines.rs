@@ -119,7 +119,8 @@ pub(crate) fn map(source: &str, raw: &RawManifest, env: &str) -> SourceLines {
         let key = |name: &str| format!("{prefix}.{name}");
         b.at(prefix.clone(), f.name.span());
         b.at(key("component"), f.component.span());
-        b.at(key("route"), f.route.span());
+        b.opt(key("route"), &f.route);
+        b.opt(key("trigger"), &f.trigger);
         b.opt(key("digest"), &f.digest);
         b.opt(key("methods"), &f.methods);
         b.opt(key("auth"), &f.auth);

@@ -61,6 +61,9 @@ pub(crate) struct RawManifest {
     /// `[cluster]`: shared state for several nodes (issue 16).
     #[serde(default)]
     pub cluster: RawCluster,
+    /// `[queue.NAME]`: queues functions send to and are triggered by (issue 18).
+    #[serde(default)]
+    pub queue: BTreeMap<Spanned<String>, Spanned<crate::queues::RawQueue>>,
 }
 
 /// `[cluster]` as written (issue 16). `database_url` is read only to be
@@ -209,6 +212,8 @@ pub(crate) struct RawLimits {
     pub dynamic_throttle: Option<Spanned<RawThrottle>>,
     pub metering: Option<Spanned<bool>>,
     pub budget: Option<Spanned<RawBudget>>,
+    /// Hops of one causal chain of events before it is stopped (issue 18, T04).
+    pub max_event_depth: Option<Spanned<u32>>,
 }
 
 overlaid!(RawLimits {
@@ -233,6 +238,7 @@ overlaid!(RawLimits {
     dynamic_throttle,
     metering,
     budget,
+    max_event_depth,
 });
 
 #[derive(Debug, Deserialize)]
@@ -241,7 +247,10 @@ pub(crate) struct RawFunction {
     pub name: Spanned<String>,
     pub component: Spanned<String>,
     pub digest: Option<Spanned<String>>,
-    pub route: Spanned<String>,
+    /// Required unless the function has a `trigger` (then refused).
+    pub route: Option<Spanned<String>>,
+    /// `trigger = { schedule | every | queue = ... }` (issue 18).
+    pub trigger: Option<Spanned<crate::triggers::RawTrigger>>,
     pub methods: Option<Spanned<Vec<String>>>,
     pub timeout: Option<Spanned<Duration>>,
     pub memory: Option<Spanned<ByteSize>>,
@@ -305,6 +314,10 @@ pub(crate) struct RawGrants {
     pub secrets: Vec<Spanned<String>>,
     #[serde(default)]
     pub config: Vec<Spanned<String>>,
+    /// `queues = { NAME = "send" }` (issue 18): read by hand for errors
+    /// that name the valid keys.
+    #[serde(default)]
+    pub queues: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
 
 /// `[telemetry]`: optional export of one span per request over OTLP (T08).

@@ -137,6 +137,7 @@ pub(crate) fn resolve(
         .map(|list| hostnames(&mut out, list));
 
     let stores = crate::stores::resolve_stores(&mut out, app_dir, &raw.store);
+    let queues = crate::queues::resolve(&mut out, &raw.queue);
     let config = crate::stores::resolve_config(&mut out, &raw.config);
     let accepted = crate::accept::resolve(&mut out, &raw.accept);
     let trust = match overlay {
@@ -156,6 +157,7 @@ pub(crate) fn resolve(
         lock: lock.as_ref(),
         stores: &stores,
         raw_stores: &raw.store,
+        queues: &queues,
         config: &config,
         strict_imports: raw.app.strict_imports.unwrap_or(false),
         pricing: &pricing,
@@ -164,6 +166,7 @@ pub(crate) fn resolve(
     };
 
     let mut functions = Vec::new();
+    let mut triggered = Vec::new();
     let mut names = HashSet::new();
     for spanned in &raw.function {
         let f = spanned.get_ref();
@@ -176,6 +179,11 @@ pub(crate) fn resolve(
                 ),
             );
         }
+        // Issue 18: HTTP-routed or triggered, never both.
+        let trigger = f.trigger.as_ref().map(|t| {
+            crate::triggers::check_not_routed(&mut out, f, t.span());
+            crate::triggers::resolve(&mut out, f.name.get_ref(), t, &queues)
+        });
         if let Some(function) = function(
             &mut out,
             app_dir,
@@ -185,9 +193,16 @@ pub(crate) fn resolve(
             &shared,
             f,
         ) {
-            functions.push((spanned.span(), function));
+            match trigger {
+                None => functions.push((spanned.span(), function)),
+                Some(Some(trigger)) => {
+                    triggered.push((spanned.span(), crate::Triggered { function, trigger }));
+                }
+                Some(None) => {}
+            }
         }
     }
+    crate::triggers::finish(&mut out, &mut triggered, &queues);
     if raw.function.is_empty() {
         out.at(
             None,
@@ -244,6 +259,8 @@ pub(crate) fn resolve(
         failed_auth_per_minute,
         auth_backoff_decay,
         functions: functions.into_iter().map(|(_, f)| f).collect(),
+        triggered: triggered.into_iter().map(|(_, t)| t).collect(),
+        queues,
         telemetry,
         throttle,
         pricing,
@@ -414,6 +431,7 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             raw.max_headers.as_ref(),
             defaults::MAX_HEADERS,
         ),
+        max_event_depth: crate::queues::resolve_depth(out, raw.max_event_depth.as_ref()),
     }
 }
 
@@ -458,6 +476,8 @@ struct Shared<'a> {
     lock: Option<&'a crate::Lock>,
     stores: &'a [StoreSpec],
     raw_stores: &'a BTreeMap<Spanned<String>, Spanned<RawStore>>,
+    /// `[queue.*]`, which `grants.queues` and queue triggers name.
+    queues: &'a [crate::QueueSpec],
     config: &'a BTreeMap<String, String>,
     strict_imports: bool,
     pricing: &'a crate::cost::Pricing,
@@ -518,13 +538,26 @@ fn function(
         );
     }
 
-    let route = RoutePattern::parse(f.route.get_ref())
-        .map_err(|e| out.at(Some(f.route.span()), format!("function `{name}`: {e}")))
-        .ok();
+    // A triggered function is posted its events on an internal route
+    // that no router holds (issue 18).
+    let route = match (&f.route, &f.trigger) {
+        (Some(route), _) => RoutePattern::parse(route.get_ref())
+            .map_err(|e| out.at(Some(route.span()), format!("function `{name}`: {e}")))
+            .ok(),
+        (None, Some(_)) => RoutePattern::parse(crate::triggers::INTERNAL_ROUTE).ok(),
+        (None, None) => {
+            out.at(
+                Some(f.name.span()),
+                format!("function `{name}` has no `route`; add `route = \"/path\"` to serve it over HTTP, or a `trigger` (`{{ schedule = \"0 */5 * * * *\" }}`, `{{ every = \"30s\" }}` or `{{ queue = \"NAME\" }}`) to run it on events"),
+            );
+            None
+        }
+    };
 
     let input = input::resolve(out, app_dir, name, route.as_ref(), &f.input);
 
     let methods = match &f.methods {
+        None if f.trigger.is_some() => vec!["POST".to_string()],
         None => defaults::METHODS.iter().map(|m| m.to_string()).collect(),
         Some(list) => {
             let mut seen = Vec::new();
@@ -683,6 +716,8 @@ fn function(
         shared.config,
     );
 
+    let queues = crate::queues::resolve_grants(out, name, &f.grants.queues, shared.queues);
+
     if out.problems.len() > before {
         return None;
     }
@@ -710,6 +745,7 @@ fn function(
             sql: stored.sql,
             secrets: stored.secrets,
             config: stored.config,
+            queues,
         },
         access,
         public_reason,

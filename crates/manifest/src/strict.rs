@@ -108,7 +108,7 @@ impl Rules<'_> {
 
     /// T18: every component pinned by the lock or a `digest =` line.
     fn pinned(&mut self) {
-        for f in &self.app.functions {
+        for f in self.app.all_functions() {
             let digest = format!("function.{}.digest", f.name);
             if f.locked.is_some() || self.app.lines.get(&digest).is_some() {
                 continue;
@@ -124,7 +124,7 @@ impl Rules<'_> {
 
     /// T11/T19: a public route says why.
     fn public_routes(&mut self) {
-        for f in &self.app.functions {
+        for f in self.app.all_functions() {
             if !f.access.is_public() || f.public_reason.is_some() {
                 continue;
             }
@@ -143,7 +143,7 @@ impl Rules<'_> {
     /// T18: a capability import without its grant is refused.
     fn strict_imports(&mut self) {
         if !self.app.strict_imports {
-            let loose = self.app.functions.iter().any(|f| !f.strict_imports);
+            let loose = self.app.all_functions().any(|f| !f.strict_imports);
             if loose {
                 let at = self.line(&["app"]);
                 self.at(
@@ -153,7 +153,7 @@ impl Rules<'_> {
             }
             return;
         }
-        for f in self.app.functions.iter().filter(|f| !f.strict_imports) {
+        for f in self.app.all_functions().filter(|f| !f.strict_imports) {
             let at = self.line(&[&format!("function.{}", f.name)]);
             self.at(
                 at,
@@ -171,7 +171,7 @@ impl Rules<'_> {
                 "`[limits] rate_limit` is off; set a per-caller rate, like `rate_limit = { per_caller = \"10/s\", burst = 20 }`, or remove it for the default".into(),
             );
         }
-        for f in &self.app.functions {
+        for f in self.app.all_functions() {
             let key = format!("function.{}.rate_limit", f.name);
             if f.limits.rate_limit.is_none() && self.app.lines.get(&key).is_some() {
                 let at = self.line(&[&key]);
@@ -211,7 +211,7 @@ impl Rules<'_> {
             dir.join(crate::lock::LOCK_FILE),
         ];
         paths.extend(self.app.signers.iter().map(|s| dir.join(&s.file)));
-        paths.extend(self.app.functions.iter().map(|f| f.component.clone()));
+        paths.extend(self.app.all_functions().map(|f| f.component.clone()));
         let mut seen = std::collections::BTreeSet::new();
         for path in paths {
             // Each directory between the file and the app directory too.

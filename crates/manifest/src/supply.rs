@@ -202,8 +202,9 @@ pub fn verify_under(app: &mut App, trusted: &Signers) -> Result<Vec<Evidence>, P
     }
 
     let mut evidence = Vec::new();
-    for index in 0..app.functions.len() {
-        let function = &app.functions[index];
+    // Issue 18: triggered functions' components are verified alike.
+    let mut verified = Vec::new();
+    for function in app.all_functions() {
         let file = app.component_name(function);
         let key = format!("function.{}.component", function.name);
         let location = at(app, &key);
@@ -250,10 +251,14 @@ pub fn verify_under(app: &mut App, trusted: &Signers) -> Result<Vec<Evidence>, P
             sha256,
             signed,
         });
-        // Compile exactly what was verified (T18).
-        let function = &mut app.functions[index];
-        if function.digest.is_none() {
-            function.digest = Some(sha256);
+        verified.push((function.name.clone(), sha256));
+    }
+    // Compile exactly what was verified (T18).
+    for function in app.all_functions_mut() {
+        if function.digest.is_none()
+            && let Some((_, sha256)) = verified.iter().find(|(name, _)| *name == function.name)
+        {
+            function.digest = Some(*sha256);
         }
     }
     if problems.is_empty() {
