@@ -14,6 +14,7 @@ mod live;
 mod new_cmd;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod queue_cmd;
 mod review_cmd;
 mod sbom_cmd;
 mod secrets_cmd;
@@ -268,6 +269,9 @@ enum Command {
     /// Erase or export one subject's data (subject-scoped stores).
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Inspect and operate an app's queues: list, peek, purge, redrive.
+    #[command(subcommand)]
+    Queue(queue_cmd::QueueCommand),
     /// Review the app against what it did: grants never used (T16).
     #[command(subcommand)]
     Review(review_cmd::ReviewCommand),
@@ -515,6 +519,7 @@ fn main() -> ExitCode {
         Command::Keys(command) => credentials_cmd::run_keys(command),
         Command::Secrets(command) => secrets_cmd::run(command),
         Command::Data(command) => data_cmd::run(command),
+        Command::Queue(command) => queue_cmd::run(command),
         Command::Review(command) => review_cmd::run(command),
         Command::New {
             what,
