@@ -324,7 +324,7 @@ class PlainManifests(unittest.TestCase):
         self.assertEqual(
             sorted(o["kind"] for o in objects),
             sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace",
-                    "NetworkPolicy", "Service", "ServiceAccount"]),
+                    "NetworkPolicy", "PodDisruptionBudget", "Service", "ServiceAccount"]),
         )
         for obj in objects:
             validate(self, obj, "deploy/kubernetes")
@@ -376,6 +376,9 @@ class PlainManifests(unittest.TestCase):
         self.assertEqual(hpa["spec"]["scaleTargetRef"],
                          {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]})
         self.assertGreaterEqual(hpa["spec"]["minReplicas"], 2)
+        pdb = one(objects, "PodDisruptionBudget")
+        self.assertEqual(pdb["spec"]["selector"], deployment["spec"]["selector"])
+        self.assertEqual(pdb["spec"]["maxUnavailable"], 1)
 
 
 class TheChecksBite(unittest.TestCase):
