@@ -192,13 +192,14 @@ class PodOnThisMachine(unittest.TestCase):
         result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=self.root, timeout=120)
         self.assertEqual(result.returncode, 0, f"init container: {result.stdout}{result.stderr}")
         authorization = self.root / "run/bulkhead/admin/authorization"
-        info = authorization.stat()
-        self.assertEqual(stat.S_IMODE(info.st_mode), 0o600)
         master = self.root / "run/bulkhead/secrets/master.key"
-        self.assertEqual(stat.S_IMODE(master.stat().st_mode), 0o600)
+        tls_key = self.root / "var/lib/bulkhead/app/tls/tls.key"
+        # Owner-only: umask 077 over the Secret's 0440 leaves 0400.
+        for path in (authorization, master, tls_key):
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode) & 0o077, 0, path)
         if self.as_root:
-            self.assertEqual(info.st_uid, POD_USER)
-            self.assertEqual(master.stat().st_uid, POD_USER)
+            for path in (authorization, master, tls_key):
+                self.assertEqual(path.stat().st_uid, POD_USER, path)
         self.assertTrue(authorization.read_text().startswith("Authorization: Bearer "))
 
         # The server, with the Deployment's own arguments.
