@@ -41,9 +41,9 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 POD_PATHS = ("/var/lib/bulkhead", "/run/bulkhead", "/etc/bulkhead", "/opt/bulkhead")
 
 
-def free_port():
+def free_port(host="127.0.0.1"):
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 
@@ -116,7 +116,7 @@ class PodOnThisMachine(unittest.TestCase):
             (r / d).mkdir(mode=0o755, exist_ok=True)
         # The image: components, signatures, the signers' keys; root's, a=rX.
         image_app = r / "opt/bulkhead/app"
-        shutil.copytree(signed, image_app, ignore=shutil.ignore_patterns("bulkhead.*", "tls"))
+        shutil.copytree(signed, image_app, ignore=shutil.ignore_patterns("bulkhead.*", "tls", ".bulkhead"))
         for p in [image_app, *image_app.rglob("*")]:
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         # The ConfigMap: files behind ..data symlinks, as the kubelet writes them.
@@ -202,16 +202,29 @@ class PodOnThisMachine(unittest.TestCase):
                 self.assertEqual(path.stat().st_uid, POD_USER, path)
         self.assertTrue(authorization.read_text().startswith("Authorization: Bearer "))
 
-        # The server, with the Deployment's own arguments.
-        port, admin = free_port(), free_port()
-        args = [self.moved(a) for a in self.server["args"]]
-        args[args.index("--listen") + 1] = args[args.index("--listen") + 1].replace(":8443", f":{port}")
-        args[args.index("--admin-listen") + 1] = args[args.index("--admin-listen") + 1].replace(":9901", f":{admin}")
-        self.assertTrue(args[args.index("--listen") + 1].startswith("0.0.0.0:"), args)
-        argv, env, _ = self.run_as_pod([str(self.bulkhead), *args])
+        # The server, with the Deployment's own arguments. Other tests bind
+        # ports too: a port taken between the pick and the bind is picked
+        # again (at most three times).
         log = open(self.root / "server.log", "w+")
         self.addCleanup(log.close)
-        server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        for attempt in range(3):
+            port, admin = free_port("0.0.0.0"), free_port()
+            args = [self.moved(a) for a in self.server["args"]]
+            listen, admin_listen = args.index("--listen") + 1, args.index("--admin-listen") + 1
+            self.assertTrue(args[listen].startswith("0.0.0.0:"), args)
+            args[listen] = args[listen].replace(":8443", f":{port}")
+            args[admin_listen] = args[admin_listen].replace(":9901", f":{admin}")
+            argv, env, _ = self.run_as_pod([str(self.bulkhead), *args])
+            log.seek(0)
+            log.truncate()
+            server = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+            try:
+                server.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                break  # still running: listening
+            log.flush()
+            if "Address already in use" not in (self.root / "server.log").read_text() or attempt == 2:
+                break
 
         def stop():
             if server.poll() is None:
@@ -238,6 +251,12 @@ class PodOnThisMachine(unittest.TestCase):
                 break
             self.assertLess(time.monotonic(), deadline, f"the startup probe never passed: {server_log()}")
             time.sleep(startup["periodSeconds"])
+        if self.as_root:
+            status = Path(f"/proc/{server.pid}/status").read_text()
+            uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+            self.assertEqual(set(uids), {str(POD_USER)}, "the server does not run as the pod's user")
+            self.assertIn("NoNewPrivs:\t1", status)
+            self.assertRegex(status, r"CapEff:\s+0+\n", "the server holds capabilities")
         for name in ("readinessProbe", "livenessProbe"):
             result = probe(name)
             self.assertEqual(result.returncode, 0, f"{name}: {result.stderr}")
