@@ -182,15 +182,31 @@ class PodOnThisMachine(unittest.TestCase):
 
     # --- the pod --------------------------------------------------------------
 
-    def test_the_pod_starts_serves_probes_and_drains_as_its_user(self):
+    def run_init_container(self):
         app = self.signed_app()
         self.lay_out_volumes(app)
-        # The init container.
         self.assertEqual(self.init["command"][:2], ["/bin/sh", "-ec"])
         script = self.moved(self.init["command"][2])
         argv, env, _ = self.run_as_pod(["/bin/sh", "-ec", script])
         result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=self.root, timeout=120)
         self.assertEqual(result.returncode, 0, f"init container: {result.stdout}{result.stderr}")
+        return app
+
+    def test_t15_without_the_owner_only_copy_prod_refuses_the_secret_volume_key(self):
+        """Why the init container copies: the Secret volume's key (0440,
+        group fsGroup) is refused by strict `prod` before anything serves."""
+        self.run_init_container()
+        args = [self.moved(a) for a in self.server["args"]]
+        args[args.index("--listen") + 1] = "127.0.0.1:0"
+        args[args.index("--admin-listen") + 1] = "127.0.0.1:0"
+        argv, env, _ = self.run_as_pod([str(self.bulkhead), *args])
+        env["BULKHEAD_MASTER_KEY_FILE"] = str(self.root / "etc/bulkhead/secrets/master.key")
+        result = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=self.root, timeout=120)
+        self.assertNotEqual(result.returncode, 0, result.stderr)
+        self.assertIn("readable or writable by group or others (mode 440)", result.stderr)
+
+    def test_the_pod_starts_serves_probes_and_drains_as_its_user(self):
+        app = self.run_init_container()
         authorization = self.root / "run/bulkhead/admin/authorization"
         master = self.root / "run/bulkhead/secrets/master.key"
         tls_key = self.root / "var/lib/bulkhead/app/tls/tls.key"
