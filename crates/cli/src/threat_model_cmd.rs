@@ -57,9 +57,9 @@ pub fn run(
     };
     // Functions may share a component: each file is read and hashed once.
     let mut read: HashMap<&Path, ComponentFacts> = HashMap::new();
+    // Routed then triggered, as `threat_model` takes them.
     let components: Vec<ComponentFacts> = app
-        .functions
-        .iter()
+        .all_functions()
         .map(|f| {
             read.entry(f.component.as_path())
                 .or_insert_with(|| ComponentFacts::read(&f.component))

@@ -105,8 +105,14 @@ fn list_peek_redrive_and_purge_a_dead_letter_queue() {
     // Without --payload: metadata only, and no audit record of a read.
     let (stdout, _) = ok(&app.run_with(&["queue", "peek"], &["telemetry"]));
     assert_eq!(stdout.lines().count(), 3, "{stdout}");
-    assert!(stdout.contains("\"correlation_id\":\"corr-one\""), "{stdout}");
-    assert!(!stdout.contains("bin-7"), "payload shown without --payload: {stdout}");
+    assert!(
+        stdout.contains("\"correlation_id\":\"corr-one\""),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("bin-7"),
+        "payload shown without --payload: {stdout}"
+    );
     assert!(app.audit_records("queue.peeked").is_empty());
 
     // With it: decrypted, escaped (T08: no raw escape sequence reaches the

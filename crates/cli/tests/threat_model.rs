@@ -810,3 +810,169 @@ fn t18_a_locked_and_signed_app_is_reported_mitigated() {
         );
     }
 }
+
+/// Issue 18: schedules and queues. Two queues feed each other through
+/// their consumers, and a third consumer sends to its own queue.
+const EVENTS: &str = r#"
+[app]
+name = "bins"
+
+[queue.readings]
+dead_letter = "readings-dead"
+
+[queue.readings-dead]
+
+[queue.alerts]
+
+[queue.echo]
+
+[[function]]
+name = "bridge"
+component = "hello.wasm"
+route = "/telemetry"
+methods = ["POST"]
+auth = "api-key"
+scopes = ["bins:send"]
+grants = { queues = { readings = "send" } }
+
+[[function]]
+name = "process"
+component = "hello.wasm"
+trigger = { queue = "readings" }
+grants = { queues = { alerts = "send" } }
+
+[[function]]
+name = "alert"
+component = "hello.wasm"
+trigger = { queue = "alerts" }
+grants = { queues = { readings = "send" } }
+
+[[function]]
+name = "echo"
+component = "hello.wasm"
+trigger = { queue = "echo" }
+grants = { queues = { echo = "send" } }
+
+[[function]]
+name = "graveyard"
+component = "hello.wasm"
+trigger = { queue = "readings-dead" }
+
+[[function]]
+name = "summary"
+component = "hello.wasm"
+trigger = { schedule = "0 0 6 * * *" }
+"#;
+
+fn finding<'a>(model: &'a Value, rule: &str, target: &str) -> &'a Value {
+    threats(model)
+        .iter()
+        .find(|t| t["rule"] == rule && t["target"] == target)
+        .unwrap_or_else(|| panic!("no {rule} finding for {target}"))
+}
+
+#[test]
+fn t04_triggered_functions_are_entry_points_and_event_loops_are_bounded() {
+    let app = TestApp::new(EVENTS, &["hello"]);
+    let (model, out) = threat_model(&app, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Entry points: the route and every trigger, with no network path.
+    let entries = model["inventory"]["entry_points"]
+        .as_array()
+        .expect("entry points");
+    let of = |function: &str| {
+        entries
+            .iter()
+            .find(|e| e["function"] == function)
+            .unwrap_or_else(|| panic!("{function} is not an entry point: {entries:#?}"))
+    };
+    assert_eq!(of("process")["route"], "queue `readings`");
+    assert_eq!(of("process")["auth"][0], "internal: no network path");
+    assert_eq!(of("process")["rate_limit"], "caller `trigger:process`");
+    assert!(
+        of("summary")["route"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("schedule `0 0 6 * * *`")),
+        "{entries:#?}"
+    );
+    let functions = model["inventory"]["functions"]
+        .as_array()
+        .expect("functions");
+    assert_eq!(functions.len(), 6, "{functions:#?}");
+
+    // A triggered function has no route: none of the route findings.
+    for rule in [
+        "public-route",
+        "rate-limit-off",
+        "input-validation",
+        "admission",
+    ] {
+        assert!(
+            !threats(&model)
+                .iter()
+                .any(|t| t["rule"] == rule && t["target"] == "process"),
+            "{rule} for a triggered function"
+        );
+    }
+    // Its code is still held to the sandbox, supply-chain and budget rules.
+    for rule in ["runaway-code", "unpinned-component", "no-budget"] {
+        finding(&model, rule, "process");
+    }
+
+    // T04: loops are found, named and bounded by max_event_depth.
+    let cycle = finding(&model, "event-loop", "process");
+    assert_eq!(cycle["status"], "mitigated", "{cycle:#?}");
+    assert_eq!(cycle["severity"], "medium", "{cycle:#?}");
+    let detail = cycle["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("`readings` → `alerts` → `readings` can trigger itself"),
+        "{detail}"
+    );
+    assert!(detail.contains("stops after 16 hops"), "{detail}");
+    let own = finding(&model, "event-loop", "echo");
+    assert!(
+        own["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("`echo` → `echo` can trigger itself")),
+        "{own:#?}"
+    );
+    // A dead-letter queue whose consumer sends nothing closes no loop.
+    let grave = finding(&model, "event-loop", "graveyard");
+    assert_eq!(grave["severity"], "low", "{grave:#?}");
+    let schedule = finding(&model, "event-loop", "summary");
+    assert!(
+        schedule["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("overlap = \"skip\"")),
+        "{schedule:#?}"
+    );
+
+    // The diagram: queues are stores, messages flow into their consumers.
+    let flows = model["diagram"]["flows"].as_array().expect("flows");
+    let flow = |from: &str, to: &str| flows.iter().any(|f| f["from"] == from && f["to"] == to);
+    assert!(flow("fn:bridge", "queue:readings"), "{flows:#?}");
+    assert!(flow("queue:readings", "fn:process"), "{flows:#?}");
+    assert!(flow("queue:readings", "queue:readings-dead"), "{flows:#?}");
+    assert!(flow("gateway", "fn:summary"), "{flows:#?}");
+    assert!(!flow("gateway", "fn:process"), "{flows:#?}");
+
+    // A lower max_event_depth is what the finding then states.
+    rewrite(
+        &app,
+        &EVENTS.replace(
+            "[app]\nname = \"bins\"\n",
+            "[app]\nname = \"bins\"\n\n[limits]\nmax_event_depth = 3\n",
+        ),
+    );
+    let (model, _) = threat_model(&app, &[]);
+    let detail = finding(&model, "event-loop", "echo")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(detail.contains("stops after 3 hops"), "{detail}");
+}

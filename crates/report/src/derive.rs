@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use bulkhead_manifest::grants::HostPattern;
+use bulkhead_manifest::triggers::Trigger;
 use bulkhead_manifest::{Access, App, Function, StoreKind};
 use bulkhead_runtime::imports::{self, ImportKind};
 
@@ -32,6 +33,10 @@ pub(crate) fn fn_id(name: &str) -> String {
 
 pub(crate) fn store_id(name: &str) -> String {
     format!("store:{name}")
+}
+
+pub(crate) fn queue_id(name: &str) -> String {
+    format!("queue:{name}")
 }
 
 pub(crate) fn origin_id(origin: &str) -> String {
@@ -139,46 +144,38 @@ pub(crate) fn inventory(app: &App, components: &[ComponentFacts]) -> Inventory {
             budget: budget_of(app, f),
             line: app.lines.first(&[&format!("function.{}.route", f.name)]),
         });
-        let worst = bulkhead_gateway::worst_case(l);
-        let imports = match &facts.imports {
-            Ok(names) => imports::classify_all(names, &f.grants)
-                .into_iter()
-                .map(|i| ImportEntry {
-                    behind: import_behind(i.kind),
-                    name: i.name,
-                })
-                .collect(),
-            Err(e) => vec![ImportEntry {
-                name: "(unreadable)".into(),
-                behind: e.clone(),
-            }],
-        };
-        functions.push(FunctionEntry {
-            name: f.name.clone(),
-            component: relative(app, &f.component),
-            digest: facts.digest.clone(),
-            pinned: f.digest.is_some() || f.locked.is_some(),
-            imports,
-            grants: grant_lines(f),
-            strict_imports: f.strict_imports,
+        functions.push(function_entry(app, f, facts));
+    }
+
+    // Functions run by a schedule or a queue (issue 18): an entry point
+    // with no network path; their facts follow the routed ones'.
+    let triggered_facts = components.get(app.functions.len()..).unwrap_or(&[]);
+    for (t, facts) in app.triggered.iter().zip(triggered_facts) {
+        let f = &t.function;
+        let l = &f.limits;
+        entry_points.push(EntryPoint {
+            route: t.trigger.describe(),
+            methods: vec!["event".into()],
+            function: f.name.clone(),
+            auth: vec!["internal: no network path".into()],
+            scopes: Vec::new(),
+            input: match &t.trigger {
+                Trigger::Queue { queue } => vec![format!(
+                    "messages of queue `{queue}` sent by functions granted `send`, sealed at rest"
+                )],
+                Trigger::Schedule { .. } | Trigger::Every { .. } => {
+                    vec!["an empty body at each firing".into()]
+                }
+            },
             limits: format!(
-                "timeout {}, memory {}, {} running / {} outstanding, {} per caller, outbound {}",
-                l.timeout,
-                l.memory,
-                l.max_concurrent_requests,
-                l.max_outstanding_requests,
-                l.max_outstanding_per_caller,
-                l.max_outbound_bytes
+                "event body {}, response body {}, timeout {}",
+                l.max_request_body, l.max_response_body, l.timeout
             ),
-            worst_case: format!(
-                "{:.6} GB-s, {:.6} {}",
-                worst.gb_seconds(),
-                app.pricing
-                    .cost(1, worst.gb_seconds(), worst.egress_bytes()),
-                app.pricing.currency
-            ),
-            line: app.lines.get(&format!("function.{}", f.name)),
+            rate_limit: format!("caller `{}`", t.trigger.caller(&f.name)),
+            budget: budget_of(app, f),
+            line: app.lines.first(&[&format!("function.{}.trigger", f.name)]),
         });
+        functions.push(function_entry(app, f, facts));
     }
 
     let stores = app
@@ -201,7 +198,7 @@ pub(crate) fn inventory(app: &App, components: &[ComponentFacts]) -> Inventory {
         .collect();
 
     let mut named: BTreeMap<(String, &str), Vec<String>> = BTreeMap::new();
-    for f in &app.functions {
+    for f in app.all_functions() {
         for s in &f.grants.secrets {
             named
                 .entry((s.clone(), "secret"))
@@ -228,7 +225,7 @@ pub(crate) fn inventory(app: &App, components: &[ComponentFacts]) -> Inventory {
         .collect();
 
     let mut origins: BTreeMap<String, (bool, Vec<String>)> = BTreeMap::new();
-    for f in &app.functions {
+    for f in app.all_functions() {
         for rule in &f.grants.outbound {
             let entry = origins
                 .entry(rule.to_string())
@@ -262,6 +259,51 @@ pub(crate) fn inventory(app: &App, components: &[ComponentFacts]) -> Inventory {
         },
         telemetry,
         boundaries: boundaries(app),
+    }
+}
+
+/// One function's row: its component, imports, grants and bounds.
+fn function_entry(app: &App, f: &Function, facts: &ComponentFacts) -> FunctionEntry {
+    let l = &f.limits;
+    let worst = bulkhead_gateway::worst_case(l);
+    let imports = match &facts.imports {
+        Ok(names) => imports::classify_all(names, &f.grants)
+            .into_iter()
+            .map(|i| ImportEntry {
+                behind: import_behind(i.kind),
+                name: i.name,
+            })
+            .collect(),
+        Err(e) => vec![ImportEntry {
+            name: "(unreadable)".into(),
+            behind: e.clone(),
+        }],
+    };
+    FunctionEntry {
+        name: f.name.clone(),
+        component: relative(app, &f.component),
+        digest: facts.digest.clone(),
+        pinned: f.digest.is_some() || f.locked.is_some(),
+        imports,
+        grants: grant_lines(f),
+        strict_imports: f.strict_imports,
+        limits: format!(
+            "timeout {}, memory {}, {} running / {} outstanding, {} per caller, outbound {}",
+            l.timeout,
+            l.memory,
+            l.max_concurrent_requests,
+            l.max_outstanding_requests,
+            l.max_outstanding_per_caller,
+            l.max_outbound_bytes
+        ),
+        worst_case: format!(
+            "{:.6} GB-s, {:.6} {}",
+            worst.gb_seconds(),
+            app.pricing
+                .cost(1, worst.gb_seconds(), worst.egress_bytes()),
+            app.pricing.currency
+        ),
+        line: app.lines.get(&format!("function.{}", f.name)),
     }
 }
 
@@ -307,7 +349,7 @@ fn encryption(kind: &StoreKind) -> &'static str {
 pub(crate) fn store_users(app: &App, name: &str) -> (Vec<String>, Vec<String>) {
     let mut readers = Vec::new();
     let mut writers = Vec::new();
-    for f in &app.functions {
+    for f in app.all_functions() {
         if let Some((_, access)) = f.grants.stores().find(|(store, _)| *store == name) {
             readers.push(f.name.clone());
             if access.can_write() {
@@ -325,7 +367,7 @@ fn boundaries(app: &App) -> Vec<BoundaryEntry> {
         .filter(|f| f.access.is_public())
         .count();
     let stores = app.stores.len();
-    let origins: usize = app.functions.iter().map(|f| f.grants.outbound.len()).sum();
+    let origins: usize = app.all_functions().map(|f| f.grants.outbound.len()).sum();
     let mut list = vec![
         BoundaryEntry {
             id: boundary_id("internet", "gateway"),
@@ -440,7 +482,7 @@ pub(crate) fn diagram(app: &App) -> Diagram {
         ));
         flow("gateway", "meter", "usage".into());
     }
-    let any_secret = app.functions.iter().any(|f| !f.grants.secrets.is_empty());
+    let any_secret = app.all_functions().any(|f| !f.grants.secrets.is_empty());
     if any_secret {
         elements.push(element(
             "secrets",
@@ -469,20 +511,53 @@ pub(crate) fn diagram(app: &App) -> Diagram {
             &facts.join(", "),
         ));
     }
+    for q in &app.queues {
+        let mut facts = vec![
+            "queue, sealed at rest".to_string(),
+            format!("retention {}", q.retention),
+        ];
+        if let Some(dead) = &q.dead_letter {
+            facts.push(format!("dead letters to {dead}"));
+        }
+        elements.push(element(
+            &queue_id(&q.name),
+            ElementKind::Store,
+            &q.name,
+            "state",
+            &facts.join(", "),
+        ));
+        if let Some(dead) = &q.dead_letter {
+            flow(&queue_id(&q.name), &queue_id(dead), "dead letters".into());
+        }
+    }
     let mut origins = Vec::new();
-    for f in &app.functions {
+    let routed = app.functions.iter().map(|f| (f, None));
+    let triggered = app
+        .triggered
+        .iter()
+        .map(|t| (&t.function, Some(&t.trigger)));
+    for (f, trigger) in routed.chain(triggered) {
+        let runs = match trigger {
+            None => format!("{} {}", f.methods.join(","), f.route),
+            Some(trigger) => trigger.describe(),
+        };
         elements.push(element(
             &fn_id(&f.name),
             ElementKind::Process,
             &f.name,
             "sandbox",
-            &format!("{} {}", f.methods.join(","), f.route),
+            &runs,
         ));
-        flow(
-            "gateway",
-            &fn_id(&f.name),
-            format!("{} {}", f.methods.join(","), f.route),
-        );
+        match trigger {
+            Some(Trigger::Queue { queue }) => {
+                flow(&queue_id(queue), &fn_id(&f.name), "messages".into());
+            }
+            // The host's scheduler, inside the gateway process, calls it.
+            _ => flow("gateway", &fn_id(&f.name), runs),
+        }
+        for queue in f.grants.queues.keys() {
+            flow(&fn_id(&f.name), &queue_id(queue), "sends".into());
+        }
         for (store, access) in f.grants.stores() {
             flow(&fn_id(&f.name), &store_id(store), access.as_str().into());
         }

@@ -210,7 +210,7 @@ impl Review {
         let mut functions = Vec::new();
         let mut edits: BTreeMap<usize, Vec<(Edit, String)>> = BTreeMap::new();
         let short = evidence.window.is_short();
-        for function in &app.functions {
+        for function in app.all_functions() {
             let Some(tally) = evidence.functions.get(&function.name) else {
                 continue;
             };

@@ -4,6 +4,7 @@
 //! open findings accepted. Every rule is tied to a threat of the catalogue.
 
 use bulkhead_manifest::grants::{HostPattern, Scheme};
+use bulkhead_manifest::triggers::{Overlap, Trigger, Triggered};
 use bulkhead_manifest::{Access, App, Function, StoreSpec};
 use bulkhead_runtime::egress::{self, Reach};
 use bulkhead_runtime::imports::{self, Capability, ImportKind};
@@ -55,7 +56,16 @@ rules! {
     RETENTION = "personal-data-retention", "T20", InformationDisclosure, "Personal data is kept for ever";
     SHARED_PERSONAL = "personal-data-shared", "T13", InformationDisclosure, "One caller may read another's personal data";
     AT_REST = "store-encryption", "T15", InformationDisclosure, "Stored data is readable on disk";
+    EVENT_LOOP = "event-loop", "T04", DenialOfService, "A chain of events triggers itself and runs up the bill";
     STALE_ACCEPT = "stale-acceptance", "T21", Repudiation, "An accepted risk no longer matches a finding";
+}
+
+/// How a function is reached: by its route, or by a schedule or a queue
+/// (issue 18), with no network path to it.
+#[derive(Clone, Copy)]
+enum Reached {
+    Route,
+    Trigger,
 }
 
 enum Outcome {
@@ -126,7 +136,15 @@ pub(crate) fn threats(app: &App, components: &[ComponentFacts]) -> Vec<Threat> {
     };
     app_wide(&mut f);
     for (function, facts) in app.functions.iter().zip(components) {
-        per_function(&mut f, function, facts);
+        per_function(&mut f, function, facts, Reached::Route);
+    }
+    // Triggered functions' facts follow the routed ones' (issue 18).
+    let triggered_facts = components.get(app.functions.len()..).unwrap_or(&[]);
+    for (triggered, facts) in app.triggered.iter().zip(triggered_facts) {
+        per_function(&mut f, &triggered.function, facts, Reached::Trigger);
+    }
+    for triggered in &app.triggered {
+        events(&mut f, triggered);
     }
     for store in &app.stores {
         per_store(&mut f, store);
@@ -363,13 +381,12 @@ fn public_severity(app: &App, function: &Function) -> Severity {
     }
 }
 
-fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFacts) {
+/// What only a routed function faces: callers from the network (T11, T03).
+fn callers(f: &mut Findings<'_>, function: &Function, element: &str, route: &str) {
     let app = f.app;
     let name = function.name.as_str();
-    let element = fn_id(name);
-    let route = function.route.as_str();
+    let element = element.to_string();
     let key = |k: &str| format!("function.{name}.{k}");
-    let fn_line = f.line(&[&key("route")]);
 
     // Spoofing (T11).
     let public = function.access.is_public();
@@ -482,6 +499,155 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
         outcome,
         rate_line,
     );
+}
+
+/// Events (issue 18, T04): a chain of events that triggers itself, and a
+/// schedule's runs piling up. Both are bounded by the platform; the
+/// finding says by what, and what one message can cost at most.
+fn events(f: &mut Findings<'_>, triggered: &Triggered) {
+    let app = f.app;
+    let name = triggered.function.name.as_str();
+    let element = fn_id(name);
+    let line = f.line(&[
+        &format!("function.{name}.trigger"),
+        &format!("function.{name}"),
+    ]);
+    match &triggered.trigger {
+        Trigger::Queue { queue } => {
+            let depth = app.limits.max_event_depth;
+            let worst = bulkhead_gateway::worst_case(&triggered.function.limits);
+            let one_call = app
+                .pricing
+                .cost(1, worst.gb_seconds(), worst.egress_bytes());
+            let bound = format!(
+                "a chain stops after {depth} hops (`max_event_depth`, {}): the message is dead-lettered, \
+                 logged, audited and counted, so one message costs at most {depth} calls \
+                 (at most {:.6} {} if each is `{name}`'s worst case), each metered and held to the \
+                 budgets as caller `trigger:{name}`",
+                at(f.line(&["limits.max_event_depth"])),
+                one_call * f64::from(depth),
+                app.pricing.currency
+            );
+            let (severity, detail) = match event_cycle(app, queue) {
+                Some(cycle) => (
+                    Severity::Medium,
+                    format!("{} can trigger itself; {bound}", cycle.join(" → ")),
+                ),
+                None => (
+                    Severity::Low,
+                    format!("no function reached from queue `{queue}` sends back into it; {bound}"),
+                ),
+            };
+            f.add(
+                EVENT_LOOP,
+                &element,
+                name,
+                "",
+                severity,
+                format!("a chain of events through queue `{queue}` running up the bill"),
+                Outcome::Mitigated(detail),
+                line,
+            );
+        }
+        Trigger::Schedule { overlap, .. } | Trigger::Every { overlap, .. } => {
+            let control = match overlap {
+                Overlap::Skip => {
+                    "`overlap = \"skip\"`: a firing while the last run still runs is skipped and counted"
+                }
+                Overlap::Queue => {
+                    "`overlap = \"queue\"`: a firing while the last run still runs waits, at most one"
+                }
+            };
+            f.add(
+                EVENT_LOOP,
+                &element,
+                name,
+                "",
+                Severity::Low,
+                format!("runs of `{name}`'s schedule piling up"),
+                Outcome::Mitigated(format!("{control} ({})", at(line))),
+                line,
+            );
+        }
+    }
+}
+
+/// The queues a message of `queue` can lead to: what its consumer may
+/// send to, and its dead-letter queue.
+fn next_queues<'a>(app: &'a App, queue: &str) -> Vec<&'a str> {
+    let mut next: Vec<&str> = app
+        .triggered
+        .iter()
+        .filter(|t| matches!(&t.trigger, Trigger::Queue { queue: q } if q == queue))
+        .flat_map(|t| t.function.grants.queues.keys().map(String::as_str))
+        .collect();
+    if let Some(dead) = app.queue(queue).and_then(|q| q.dead_letter.as_deref()) {
+        next.push(dead);
+    }
+    next
+}
+
+/// A path of queues from `start` back to itself (`` `a` → `b` → `a` ``),
+/// if messages can go round (breadth first: the shortest).
+fn event_cycle(app: &App, start: &str) -> Option<Vec<String>> {
+    let mut came_from: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    let mut frontier = vec![start];
+    while !frontier.is_empty() {
+        let mut next_frontier = Vec::new();
+        for queue in frontier {
+            for next in next_queues(app, queue) {
+                if next == start {
+                    // Walk back from `queue` to `start`, then close the loop.
+                    let mut path = vec![format!("`{queue}`")];
+                    let mut at_queue = queue;
+                    while let Some(prev) = came_from.get(at_queue) {
+                        path.push(format!("`{prev}`"));
+                        at_queue = prev;
+                    }
+                    path.reverse();
+                    path.push(format!("`{start}`"));
+                    return Some(path);
+                }
+                if !came_from.contains_key(next) {
+                    came_from.insert(next, queue);
+                    next_frontier.push(next);
+                }
+            }
+        }
+        frontier = next_frontier;
+    }
+    None
+}
+
+fn per_function(
+    f: &mut Findings<'_>,
+    function: &Function,
+    facts: &ComponentFacts,
+    reached: Reached,
+) {
+    let app = f.app;
+    let name = function.name.as_str();
+    let element = fn_id(name);
+    let routed = matches!(reached, Reached::Route);
+    // A triggered function has no route: findings name it by its caller.
+    let caller_name;
+    let route = if routed {
+        function.route.as_str()
+    } else {
+        caller_name = format!("trigger:{name}");
+        caller_name.as_str()
+    };
+    let key = |k: &str| format!("function.{name}.{k}");
+    let fn_line = f.line(&[&key(if routed { "route" } else { "trigger" })]);
+    let public = routed && function.access.is_public();
+    if routed {
+        callers(f, function, &element, route);
+    }
+    let severity = if public {
+        Severity::High
+    } else {
+        Severity::Medium
+    };
 
     let budget_line = f.line(&[&key("budget"), "limits.budget", "limits.metering"]);
     let outcome = if !app.limits.metering {
@@ -521,66 +687,68 @@ fn per_function(f: &mut Findings<'_>, function: &Function, facts: &ComponentFact
     );
 
     let l = &function.limits;
-    f.add(
-        ADMISSION,
-        &element,
-        name,
-        "",
-        Severity::High,
-        format!("a flood of requests to `{route}`"),
-        Outcome::Mitigated(format!(
-            "at most {} running and {} outstanding, {} per caller; the rest get 429 at once; \
-             connection, header and body limits on the listener",
-            l.max_concurrent_requests, l.max_outstanding_requests, l.max_outstanding_per_caller
-        )),
-        fn_line,
-    );
+    if routed {
+        f.add(
+            ADMISSION,
+            &element,
+            name,
+            "",
+            Severity::High,
+            format!("a flood of requests to `{route}`"),
+            Outcome::Mitigated(format!(
+                "at most {} running and {} outstanding, {} per caller; the rest get 429 at once; \
+                 connection, header and body limits on the listener",
+                l.max_concurrent_requests, l.max_outstanding_requests, l.max_outstanding_per_caller
+            )),
+            fn_line,
+        );
 
-    // Tampering: input (T10).
-    let input = &function.input;
-    let mut gaps = Vec::new();
-    let takes_body = function
-        .methods
-        .iter()
-        .any(|m| matches!(m.as_str(), "POST" | "PUT" | "PATCH"));
-    if takes_body && input.body_schema.is_none() {
-        gaps.push(format!(
-            "`{name}` takes {} bodies without `input.body_schema`: declare a JSON Schema and `input.content_types`",
-            function.methods.join("/")
-        ));
+        // Tampering: input (T10).
+        let input = &function.input;
+        let mut gaps = Vec::new();
+        let takes_body = function
+            .methods
+            .iter()
+            .any(|m| matches!(m.as_str(), "POST" | "PUT" | "PATCH"));
+        if takes_body && input.body_schema.is_none() {
+            gaps.push(format!(
+                "`{name}` takes {} bodies without `input.body_schema`: declare a JSON Schema and `input.content_types`",
+                function.methods.join("/")
+            ));
+        }
+        if input.allow_unknown_query {
+            gaps.push(format!(
+                "`{name}` lets undeclared query parameters through: remove `input.allow_unknown_query`"
+            ));
+        }
+        let outcome = if gaps.is_empty() {
+            Outcome::Mitigated(format!(
+                "path and query allowlists ({} rule(s)), unknown parameters refused{}, body up to {}",
+                input.path.len() + input.query.len(),
+                if input.body_schema.is_some() {
+                    ", body checked against its JSON Schema"
+                } else {
+                    ""
+                },
+                l.max_request_body
+            ))
+        } else {
+            Outcome::Open(
+                format!("`{route}` lets unchecked input through"),
+                gaps.join("; "),
+            )
+        };
+        f.add(
+            INPUT,
+            &element,
+            name,
+            "",
+            Severity::Low,
+            format!("malformed input to `{route}`"),
+            outcome,
+            f.line(&[&key("input.body_schema"), &key("methods"), &key("route")]),
+        );
     }
-    if input.allow_unknown_query {
-        gaps.push(format!(
-            "`{name}` lets undeclared query parameters through: remove `input.allow_unknown_query`"
-        ));
-    }
-    let outcome = if gaps.is_empty() {
-        Outcome::Mitigated(format!(
-            "path and query allowlists ({} rule(s)), unknown parameters refused{}, body up to {}",
-            input.path.len() + input.query.len(),
-            if input.body_schema.is_some() {
-                ", body checked against its JSON Schema"
-            } else {
-                ""
-            },
-            l.max_request_body
-        ))
-    } else {
-        Outcome::Open(
-            format!("`{route}` lets unchecked input through"),
-            gaps.join("; "),
-        )
-    };
-    f.add(
-        INPUT,
-        &element,
-        name,
-        "",
-        Severity::Low,
-        format!("malformed input to `{route}`"),
-        outcome,
-        f.line(&[&key("input.body_schema"), &key("methods"), &key("route")]),
-    );
 
     f.add(
         RUNAWAY,
