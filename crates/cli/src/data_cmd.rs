@@ -14,9 +14,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use bulkhead_gateway::authn::principal;
 use bulkhead_manifest::CredentialKind;
+use bulkhead_store::AuditEvent;
 use bulkhead_store::crypto::KeyStore;
 use bulkhead_store::kv::{self, Kv, KvBackend};
-use bulkhead_store::{AuditEvent, Store};
 use clap::Subcommand;
 use serde_json::json;
 

@@ -68,19 +68,24 @@ impl Drop for PgDatabase {
 fn psql(database: &str, sql: &str) {
     let url = format!("{PG_SERVER}/{database}");
     let sql = sql.to_string();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
-        let driver = tokio::spawn(connection);
-        client.batch_execute(&sql).await.unwrap();
-        drop(client);
-        let _ = driver.await;
-    });
+    // A thread of its own: called from async tests (and their drops).
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
+            let driver = tokio::spawn(connection);
+            client.batch_execute(&sql).await.unwrap();
+            drop(client);
+            let _ = driver.await;
+        });
+    })
+    .join()
+    .expect("psql");
 }
 
 fn manifest(app: &str) -> String {
@@ -127,7 +132,8 @@ database_url_file = "db-url"
 
 /// Two nodes' app directories and the master key they share.
 struct Cluster {
-    db: PgDatabase,
+    /// Dropped last of what the test made: the nodes stop first.
+    _db: PgDatabase,
     nodes: [TestApp; 2],
     _keys: tempfile::TempDir,
     master_key: String,
@@ -153,7 +159,7 @@ impl Cluster {
             app
         });
         Self {
-            db,
+            _db: db,
             nodes,
             master_key: master.display().to_string(),
             _keys: keys,
@@ -356,7 +362,11 @@ async fn a_node_killed_mid_writes_loses_no_acknowledged_write() {
         writer.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() >= 40, "only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 40,
+        "only {} writes acknowledged",
+        acked.len()
+    );
     for key in &acked {
         assert_eq!(
             ok(&b, &format!("/w?op=get&store=shared&key={key}"), None).await,

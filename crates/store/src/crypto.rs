@@ -345,8 +345,12 @@ pub struct Destroyed {
 /// master key stays on the node.
 pub trait DataKeyBackend: Send + Sync {
     /// The wrapped key of (`owner`, `store`, `subject`), if there is one.
-    fn wrapped(&self, owner: &str, store: &str, subject: &str)
-    -> Result<Option<Vec<u8>>, CryptoError>;
+    fn wrapped(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, CryptoError>;
     /// Store `wrapped` unless a key is there already (the first writer
     /// wins, on every node; the caller then reads the one kept).
     fn insert_if_absent(

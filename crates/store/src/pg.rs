@@ -405,7 +405,10 @@ fn secret_info(row: &tokio_postgres::Row) -> Result<crate::secrets::SecretInfo, 
 
 impl crate::secrets::SecretBackend for PostgresSecrets {
     fn sealed(&self, name: &str) -> Result<Option<(i64, Vec<u8>)>, crate::secrets::SecretError> {
-        let sql = format!("SELECT version, sealed FROM {} WHERE name = $1", self.table());
+        let sql = format!(
+            "SELECT version, sealed FROM {} WHERE name = $1",
+            self.table()
+        );
         let name = name.to_string();
         self.pg
             .call(move |pool| async move {
@@ -500,10 +503,7 @@ fn store_error(e: PgError) -> crate::StoreError {
 }
 
 impl crate::credentials::CredentialBackend for PostgresCredentials {
-    fn insert(
-        &self,
-        c: &crate::credentials::NewCredential<'_>,
-    ) -> Result<(), crate::StoreError> {
+    fn insert(&self, c: &crate::credentials::NewCredential<'_>) -> Result<(), crate::StoreError> {
         let sql = format!(
             "INSERT INTO {} (id, kind, hash, subject, scopes, label, created_ms, expires_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -533,10 +533,7 @@ impl crate::credentials::CredentialBackend for PostgresCredentials {
             .map_err(store_error)
     }
 
-    fn find(
-        &self,
-        hash: &str,
-    ) -> Result<Option<crate::credentials::Found>, crate::StoreError> {
+    fn find(&self, hash: &str) -> Result<Option<crate::credentials::Found>, crate::StoreError> {
         let sql = format!(
             "SELECT id, kind, subject, scopes, expires_ms, revoked_ms FROM {} WHERE hash = $1",
             self.table("credentials")

@@ -150,9 +150,9 @@ impl State {
     /// hold the same master key: a `dev` key generated in one node's state
     /// directory is refused there (T15).
     pub fn keyring(&self, env: &str) -> Result<Keyring, CryptoError> {
-        let Some(pg) = &self.pg else {
+        if self.pg.is_none() {
             return Keyring::open(self.store.dir(), env);
-        };
+        }
         if std::env::var_os(MASTER_KEY_ENV).is_none_or(|v| v.is_empty()) {
             return Err(CryptoError::SharedNoMasterKey);
         }

@@ -82,7 +82,10 @@ fn secrets_conform(state: &State, dir: &std::path::Path) {
     ));
     secrets.set(backend, "zeta", b"z").unwrap();
     let listed = Secrets::list(backend).unwrap();
-    let names: Vec<_> = listed.iter().map(|i| (i.name.as_str(), i.version)).collect();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|i| (i.name.as_str(), i.version))
+        .collect();
     assert_eq!(names, [("api", 2), ("zeta", 1)]);
     let info = secrets.info(backend, "api").unwrap().unwrap();
     assert!(info.created_ms <= info.updated_ms);
@@ -100,8 +103,15 @@ fn secrets_conform(state: &State, dir: &std::path::Path) {
 fn credentials_conform(state: &State) {
     let backend: &dyn CredentialBackend = &**state.credentials();
     let scopes = ["read".to_string(), "write".to_string()];
-    let (id, secret) =
-        credentials::issue(backend, Kind::ApiKey, "api-key:ci", &scopes, 60_000, Some("ci")).unwrap();
+    let (id, secret) = credentials::issue(
+        backend,
+        Kind::ApiKey,
+        "api-key:ci",
+        &scopes,
+        60_000,
+        Some("ci"),
+    )
+    .unwrap();
     assert!(secret.starts_with("bhk_"));
     let grant = credentials::verify(backend, Kind::ApiKey, &secret)
         .unwrap()
@@ -359,7 +369,10 @@ fn postgres_secrets_and_credentials_are_shared_by_nodes() {
         .unwrap();
     let seen = secrets_b.get(&*b.secrets().unwrap(), "token").unwrap();
     assert_eq!(seen.unwrap().expose_secret(), "s3cr3t-value");
-    let rows = db.query(&format!("SELECT encode(sealed, 'escape') FROM {}.secrets", db.schema));
+    let rows = db.query(&format!(
+        "SELECT encode(sealed, 'escape') FROM {}.secrets",
+        db.schema
+    ));
     assert!(!rows[0][0].as_deref().unwrap_or("").contains("s3cr3t"));
 
     let (id, secret) = credentials::issue(
