@@ -235,7 +235,8 @@ async fn ok(server: &Server, path: &str, key: Option<&str>) -> String {
 /// T11, T13, T15: a subject's record written through node A is read
 /// through node B, and another subject reads nothing of it on either; an
 /// app-wide record and its counter too. Nothing of it in either node's
-/// state directory: the data keys are in PostgreSQL, wrapped.
+/// state directory: the data keys are in PostgreSQL, wrapped. T20: erased
+/// through one node's CLI, gone on the other.
 #[tokio::test(flavor = "multi_thread")]
 async fn t11_two_nodes_share_subject_scoped_records() {
     let cluster = Cluster::new();
@@ -282,6 +283,16 @@ async fn t11_two_nodes_share_subject_scoped_records() {
     for node in &cluster.nodes {
         assert!(!node.path().join(".bulkhead/dev/keys.db").exists());
     }
+    // T20: alice erased through node B's CLI is gone on node A at once
+    // (her data key destroyed in the shared table); bob's record stays.
+    let out = cluster.cli_ok(1, &["data", "erase"], &["--subject", "api-key:alice"], b"");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1 data key(s) destroyed, 1 record(s) deleted"),
+        "{said}"
+    );
+    assert_eq!(ok(&a, get, Some(&alice)).await, "none");
+    assert_eq!(ok(&a, get, Some(&bob)).await, "value:bobvalue");
 }
 
 /// T12, T15: an API key created through one node's CLI authenticates on
