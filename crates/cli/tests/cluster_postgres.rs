@@ -295,9 +295,10 @@ async fn t11_two_nodes_share_subject_scoped_records() {
     assert_eq!(ok(&a, get, Some(&bob)).await, "value:bobvalue");
 }
 
-/// T12, T15: an API key created through one node's CLI authenticates on
-/// both nodes; revoked through the other node's CLI, both refuse it. A
-/// secret set once is read by the functions granted it on both nodes.
+/// T12, T15: an API key created through one node's CLI, and a `dev login`
+/// session through the other's, authenticate on both nodes; revoked
+/// through the other node's CLI, both refuse them. A secret set once is
+/// read by the functions granted it on both nodes.
 #[tokio::test(flavor = "multi_thread")]
 async fn t12_credentials_and_secrets_are_shared_by_nodes() {
     let cluster = Cluster::new();
@@ -320,10 +321,26 @@ async fn t12_credentials_and_secrets_are_shared_by_nodes() {
     let secrets = cluster.cli_ok(0, &["secrets", "list"], &[], b"");
     assert!(String::from_utf8_lossy(&secrets.stdout).contains("api_token"));
 
-    cluster.cli_ok(1, &["keys", "revoke"], &[&id], b"");
+    // A dev session signed in through node B's CLI opens both nodes too.
+    let out = cluster.cli_ok(1, &["dev", "login"], &["--as", "ada"], b"");
+    let session = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let session_id = said
+        .split_once("session token ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .expect("the session's id")
+        .to_string();
     for node in [&a, &b] {
-        let (status, text) = call(node, get, Some(&key)).await;
-        assert_eq!(status, 401, "{text}");
+        assert_eq!(ok(node, get, Some(&session)).await, "none");
+    }
+
+    cluster.cli_ok(1, &["keys", "revoke"], &[&id], b"");
+    cluster.cli_ok(0, &["token", "revoke"], &[&session_id], b"");
+    for node in [&a, &b] {
+        for credential in [&key, &session] {
+            let (status, text) = call(node, get, Some(credential)).await;
+            assert_eq!(status, 401, "{text}");
+        }
     }
     // Each CLI run is recorded in the trail of the node it ran on.
     let revoked = cluster.nodes[1].audit_records("key.revoked");
