@@ -433,3 +433,52 @@ fn serve_refuses_to_start_when_postgres_is_unreachable() {
     assert!(stderr.contains("cannot reach the database"), "{stderr}");
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
+
+/// T08, T19: an admin token created through node A's CLI closes node B's
+/// `dev` admin listener without a restart, and opens it; revoked through
+/// node B's CLI, node A refuses it (the tokens are shared, hashed).
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_tokens_are_shared_by_nodes() {
+    let cluster = Cluster::new();
+    let a = cluster.serve(0);
+    let b = cluster.serve(1);
+    let (admin_a, admin_b) = (a.admin.expect("admin A"), b.admin.expect("admin B"));
+    let metrics = |admin, token: Option<String>| async move {
+        let mut req = request("GET", admin, "/metrics", Bytes::new());
+        if let Some(token) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        try_send(admin, req).await.expect("a response").status
+    };
+    assert_eq!(
+        metrics(admin_b, None).await,
+        200,
+        "open in dev until a token"
+    );
+    let out = cluster.cli_ok(0, &["admin", "token"], &[], b"");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Bounded: each listener re-reads the tokens a few times a second.
+    for admin in [admin_a, admin_b] {
+        let mut status = 200;
+        for _ in 0..100 {
+            status = metrics(admin, None).await;
+            if status != 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 401, "the token closes every node's listener");
+        assert_eq!(metrics(admin, Some(token.clone())).await, 200);
+    }
+    cluster.cli_ok(1, &["admin", "revoke-tokens"], &[], b"");
+    let mut status = 200;
+    for _ in 0..100 {
+        status = metrics(admin_a, Some(token.clone())).await;
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401, "revoked through B, refused by A");
+}
