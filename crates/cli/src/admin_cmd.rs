@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use bulkhead_store::AuditEvent;
+use bulkhead_store::credentials::CredentialBackend;
 use clap::Subcommand;
 
 use crate::Target;
@@ -32,10 +33,17 @@ pub enum AdminCommand {
 pub fn run(command: AdminCommand) -> Result<ExitCode> {
     match command {
         AdminCommand::Token { target } => {
-            let store = target.store(true)?;
+            // Issue 16: on PostgreSQL the hash goes where every node reads.
+            let state = target.state(true)?;
+            let store = state.store().clone();
+            let shared = state.shared_credentials();
             // T09 (issue 19): the token and its record commit together.
             let token = store.change_audited(|tx| {
-                let token = store.create_admin_token_in(tx)?;
+                let backend: &dyn CredentialBackend = match &shared {
+                    Some(shared) => &**shared,
+                    None => tx,
+                };
+                let token = bulkhead_store::tokens::create_admin_token(backend)?;
                 let event =
                     AuditEvent::new("admin.token_created").detail("token_id", token.id.as_str());
                 anyhow::Ok((token, vec![event]))
@@ -48,9 +56,15 @@ pub fn run(command: AdminCommand) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AdminCommand::RevokeTokens { target } => {
-            let store = target.store(false)?;
+            let state = target.state(false)?;
+            let store = state.store().clone();
+            let shared = state.shared_credentials();
             let revoked = store.change_audited(|tx| {
-                let revoked = store.revoke_admin_tokens_in(tx)?;
+                let backend: &dyn CredentialBackend = match &shared {
+                    Some(shared) => &**shared,
+                    None => tx,
+                };
+                let revoked = backend.revoke_admin_tokens()?;
                 let event = AuditEvent::new("admin.tokens_revoked").detail("count", revoked);
                 anyhow::Ok((revoked, vec![event]))
             })?;

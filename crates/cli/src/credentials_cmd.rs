@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use bulkhead_store::AuditEvent;
-use bulkhead_store::credentials::{Kind, Listed};
+use bulkhead_store::credentials::{self, CredentialBackend, Kind, Listed};
 use clap::Subcommand;
 
 use crate::Target;
@@ -163,14 +163,22 @@ fn issue(
     if let Some(bad) = scopes.iter().find(|s| !valid(s)) {
         bail!("scope `{bad}` must be printable ASCII without spaces");
     }
-    let store = target.store(true)?;
+    // Issue 16: on PostgreSQL the hash goes to the table every node
+    // checks, the record to this node's trail.
+    let state = target.state(true)?;
+    let store = state.store().clone();
+    let shared = state.shared_credentials();
     let kind_name = match kind {
         Kind::Session => "token.issued",
         Kind::ApiKey => "key.created",
     };
     // T09 (issue 19): the credential and its record commit together.
     let (id, secret) = store.change_audited(|tx| {
-        let (id, secret) = store.issue_credential_in(tx, kind, subject, &scopes, ttl_ms, label)?;
+        let backend: &dyn CredentialBackend = match &shared {
+            Some(shared) => &**shared,
+            None => tx,
+        };
+        let (id, secret) = credentials::issue(backend, kind, subject, &scopes, ttl_ms, label)?;
         let event = AuditEvent::new(kind_name)
             .subject(subject)
             .detail("id", id.as_str())
@@ -187,13 +195,13 @@ fn issue(
 }
 
 fn list(target: &Target, kind: Kind) -> Result<ExitCode> {
-    let store = target.store(false)?;
+    let state = target.state(false)?;
     let now = bulkhead_store::now_ms();
     println!(
         "{:<14}  {:<24}  {:<10}  {:<30}  LABEL",
         "ID", "SUBJECT", "STATE", "SCOPES"
     );
-    let entries: Vec<Listed> = store.list_credentials(kind)?;
+    let entries: Vec<Listed> = state.credentials().list(kind)?;
     for entry in &entries {
         let state = if entry.revoked_ms.is_some() {
             "revoked"
@@ -216,14 +224,21 @@ fn list(target: &Target, kind: Kind) -> Result<ExitCode> {
 }
 
 fn revoke(target: &Target, kind: Kind, id: &str) -> Result<ExitCode> {
-    let store = target.store(false)?;
+    let state = target.state(false)?;
+    let store = state.store().clone();
+    let shared = state.shared_credentials();
     let kind_name = match kind {
         Kind::Session => "token.revoked",
         Kind::ApiKey => "key.revoked",
     };
-    // T09 (issue 19): the revocation and its record commit together.
+    // T09 (issue 19): the revocation and its record commit together (on
+    // PostgreSQL, issue 16: the revocation first, then its record here).
     store.change_audited(|tx| {
-        if !store.revoke_credential_in(tx, kind, id)? {
+        let backend: &dyn CredentialBackend = match &shared {
+            Some(shared) => &**shared,
+            None => tx,
+        };
+        if !backend.revoke(kind, id, bulkhead_store::now_ms())? {
             bail!("no active {} with id `{id}`; see `list`", noun(kind));
         }
         Ok(((), vec![AuditEvent::new(kind_name).detail("id", id)]))

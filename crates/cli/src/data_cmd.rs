@@ -14,9 +14,9 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use bulkhead_gateway::authn::principal;
 use bulkhead_manifest::CredentialKind;
+use bulkhead_store::AuditEvent;
 use bulkhead_store::crypto::KeyStore;
-use bulkhead_store::kv::{self, Kv};
-use bulkhead_store::{AuditEvent, Store};
+use bulkhead_store::kv::{self, Kv, KvBackend};
 use clap::Subcommand;
 use serde_json::json;
 
@@ -157,23 +157,22 @@ fn encoded_spellings(subject: &str) -> Vec<String> {
     spellings
 }
 
-fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
+fn check_subject(keys: &KeyStore, backend: &dyn KvBackend, subject: &str) -> Result<()> {
     // Any subject argv carries is taken: records stored by older versions
     // under a subject the gateway now refuses (control characters, over
     // 1024 bytes) must stay erasable (T20). Printed only through `shown`.
     if subject.is_empty() || subject.len() > MAX_SUBJECT_BYTES {
         bail!("--subject must be 1 byte to 64 KiB long");
     }
-    let conn = store.connect()?;
     let names = names_meant(subject);
     let close = |other: &str| other != subject && names.contains(&name_of(other).to_lowercase());
-    let (data_keys, rows) = kv::subject_holdings(keys, &conn, subject)?;
+    let (data_keys, rows) = kv::subject_holdings(keys, backend, subject)?;
     if data_keys + rows > 0 {
         if !KINDS.iter().any(|kind| subject.starts_with(kind)) {
             // A bare name holding rows addresses records written before
             // subjects were qualified (T13); its namesakes are other
             // subjects, named so the operator knows they are kept (T20).
-            let namesakes = kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)?;
+            let namesakes = kv::find_subjects(keys, backend, &close, CLOSE_MATCHES)?;
             let mut note = format!(
                 "note: `{}` is not qualified; it addresses the records written before subjects were qualified",
                 shown(subject)
@@ -196,11 +195,11 @@ fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
     // (subject, why it is named), each subject once.
     let mut matches: Vec<(String, &str)> = Vec::new();
     for spelled in encoded_spellings(subject) {
-        if kv::subject_holdings(keys, &conn, &spelled)? != (0, 0) {
+        if kv::subject_holdings(keys, backend, &spelled)? != (0, 0) {
             matches.push((spelled, "   (the issuer percent-encoded)"));
         }
     }
-    for other in kv::find_subjects(keys, &conn, &close, CLOSE_MATCHES)? {
+    for other in kv::find_subjects(keys, backend, &close, CLOSE_MATCHES)? {
         if !matches.iter().any(|(named, _)| *named == other) {
             matches.push((other, ""));
         }
@@ -222,9 +221,13 @@ fn check_subject(store: &Store, keys: &KeyStore, subject: &str) -> Result<()> {
 }
 
 fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
-    let store = target.store(false)?;
-    let keys = KeyStore::open(store.dir())?;
-    check_subject(&store, &keys, subject)?;
+    // Issue 16: on PostgreSQL the keys and rows are the ones every node
+    // shares; the records stay in this node's trail.
+    let state = target.state(false)?;
+    let store = state.store().clone();
+    let keys = state.key_store()?;
+    let backend = state.kv()?;
+    check_subject(&keys, &*backend, subject)?;
     // T09, T20 (issue 19): the data keys live in keys.db, apart from the
     // trail, so they cannot share its transaction. The intent is committed
     // first: a run killed after it leaves `data.erase_started` without
@@ -235,7 +238,11 @@ fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
     let keys_gone = kv::destroy_subject_keys(&keys, subject)?;
     let destroyed = keys_gone.keys;
     let deleted = store.change_audited(|tx| {
-        let deleted = kv::delete_subject_records(tx, subject)?;
+        let deleted = if state.is_shared() {
+            kv::delete_subject_records(&*backend, subject)?
+        } else {
+            kv::delete_subject_records(tx, subject)?
+        };
         let event = AuditEvent::new("data.erased")
             .subject(subject)
             .detail("keys_destroyed", destroyed)
@@ -243,9 +250,18 @@ fn erase(target: &Target, subject: &str) -> Result<ExitCode> {
             .detail("keys_checkpointed", keys_gone.checkpointed);
         anyhow::Ok((deleted, vec![event]))
     })?;
-    kv::checkpoint_after_erase(&store.connect()?);
+    if state.is_shared() {
+        backend.after_erase();
+    } else {
+        kv::checkpoint_after_erase(&store.connect()?);
+    }
     eprintln!("subject erased: {destroyed} data key(s) destroyed, {deleted} record(s) deleted");
-    if !keys_gone.checkpointed {
+    if state.is_shared() {
+        // T20: honest about what PostgreSQL keeps.
+        eprintln!(
+            "note: on PostgreSQL the deleted keys and rows are gone for every node at once; their old row versions stay in the database's files until PostgreSQL vacuums them, and in its WAL and backups (the keys wrapped under the master key)"
+        );
+    } else if !keys_gone.checkpointed {
         // The keys are deleted, but their wrapped bytes may stay in the
         // WAL until a later checkpoint: say so rather than imply they are
         // gone from disk (T20).
@@ -263,7 +279,8 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
     };
     let state = target.state(false)?;
     let store = state.store();
-    check_subject(store, &KeyStore::open(store.dir())?, subject)?;
+    let backend = state.kv()?;
+    check_subject(&state.key_store()?, &*backend, subject)?;
     let mut stores: Vec<String> = app
         .stores
         .iter()
@@ -273,7 +290,7 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
     // Every store holding rows of the subject, declared or not: a store
     // renamed or made app-wide keeps its rows under the old name, and an
     // export leaving them out would say "nothing" while data stays (T20).
-    let undeclared: Vec<String> = kv::subject_stores(&store.connect()?, subject)?
+    let undeclared: Vec<String> = kv::subject_stores(&*backend, subject)?
         .into_iter()
         .filter(|name| !stores.contains(name))
         .collect();
@@ -290,7 +307,7 @@ fn export(target: &Target, subject: &str) -> Result<ExitCode> {
     }
     stores.extend(undeclared.iter().cloned());
     let keyring = state.keyring(&target.env)?;
-    let kv = Kv::new(state.kv()?, std::sync::Arc::new(keyring));
+    let kv = Kv::new(backend.clone(), std::sync::Arc::new(keyring));
     let records = kv.export_subject(subject, &stores)?;
     let records: Vec<_> = records
         .iter()

@@ -330,11 +330,61 @@ impl SqlKeys {
 fn open_data(app: &App, state: Option<State>) -> Result<Arc<DataPlane>> {
     let state = match state {
         Some(state) => state,
-        None => State::open(&StateConfig::Embedded {
-            dir: app.state_dir(),
-        })?,
+        None => State::open(&state_config(app, app.state_dir())?)?,
     };
     Ok(Arc::new(DataPlane::open(app, &state)?))
+}
+
+/// Where the state of `app` lives (issue 16): the state directory `dir`,
+/// or PostgreSQL when `[cluster] backend = "postgres"`, at the URL from
+/// `database_url_file` or `BULKHEAD_DATABASE_URL` (never printed). What
+/// PostgreSQL does not hold yet stays in `dir` either way.
+pub(crate) fn state_config(app: &App, dir: std::path::PathBuf) -> Result<StateConfig> {
+    use bulkhead_manifest::cluster::DATABASE_URL_ENV;
+    if app.cluster.backend != bulkhead_manifest::Backend::Postgres {
+        return Ok(StateConfig::Embedded { dir });
+    }
+    let from_env = std::env::var(DATABASE_URL_ENV).ok();
+    let Some(url) = app.cluster.database_url(&app.dir, from_env)? else {
+        anyhow::bail!(
+            "`[cluster] backend = \"postgres\"` needs the database URL: set {DATABASE_URL_ENV} in the server's environment, or write it in a file only the server can read and name that file with `database_url_file`"
+        );
+    };
+    Ok(StateConfig::postgres(
+        dir,
+        url.expose().to_string(),
+        &app.name,
+        &app.env,
+    ))
+}
+
+/// [`state_config`] of the app in `app_dir` for a command that has not
+/// loaded its manifest. A manifest that never names `postgres` is embedded
+/// without a full load; one that does must load, or the command is refused
+/// (never served from, or written to, the embedded state instead).
+pub(crate) fn state_config_of(
+    app_dir: &std::path::Path,
+    env: &str,
+    dir: std::path::PathBuf,
+) -> Result<StateConfig> {
+    let manifest = app_dir.join(bulkhead_manifest::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+    if !text.contains("postgres") {
+        return Ok(StateConfig::Embedded { dir });
+    }
+    match bulkhead_manifest::load(app_dir, env) {
+        Ok(app) => state_config(&app, dir),
+        Err(problems) => anyhow::bail!(
+            "the manifest names where the state lives, and it has problems; `bulkhead check {}` lists them:\n  {}",
+            app_dir.display(),
+            problems
+                .0
+                .iter()
+                .map(|p| bulkhead_manifest::text::visible(&p.to_string()))
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ),
+    }
 }
 
 fn open_cache(app: &App, runtime: &Runtime) -> Result<CompileCache> {

@@ -68,7 +68,9 @@ struct Target {
 impl Target {
     /// The environment's store, which must already exist unless `create`.
     fn store(&self, create: bool) -> Result<Store> {
-        Ok(self.state(create)?.store().clone())
+        let dir = self.state_dir(create)?;
+        let state = bulkhead_store::State::open(&bulkhead_store::StateConfig::Embedded { dir })?;
+        Ok(state.store().clone())
     }
 
     /// The environment's state, opened with its backends (the one place
@@ -76,9 +78,8 @@ impl Target {
     /// `create`. `serve` holds it while it runs (issue 17).
     fn state(&self, create: bool) -> Result<bulkhead_store::State> {
         let dir = self.state_dir(create)?;
-        Ok(bulkhead_store::State::open(
-            &bulkhead_store::StateConfig::Embedded { dir },
-        )?)
+        let config = deploy::state_config_of(&self.app_dir, &self.env, dir)?;
+        Ok(bulkhead_store::State::open(&config)?)
     }
 
     /// The environment's state directory, which must already exist unless
@@ -655,20 +656,8 @@ fn load_app_in(dir: &Path, env: &str) -> Result<bulkhead_manifest::App, Vec<Stri
         };
         return Err(vec![problem.to_string()]);
     }
-    // Issue 16: refused, never served from SQLite instead, until the
-    // PostgreSQL state back end is wired into this binary.
-    if app.cluster.backend == bulkhead_manifest::Backend::Postgres {
-        let problem = bulkhead_manifest::Problem {
-            file: app.manifest_path.clone(),
-            location: app.cluster.backend_location,
-            message: "`[cluster] backend = \"postgres\"` is not yet supported in this build: \
-                      the PostgreSQL state back end is not wired in yet, and the app is never \
-                      served from embedded SQLite instead; remove `backend` (or set it to \
-                      \"embedded\") to serve one node, sharing rate limits through `redis_url`"
-                .into(),
-        };
-        return Err(vec![problem.to_string()]);
-    }
+    // Issue 16: `[cluster] backend = "postgres"` is served: the state
+    // opens on PostgreSQL (`deploy::state_config`), never embedded instead.
     Ok(app)
 }
 

@@ -13,8 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_store::AuditEvent;
-use bulkhead_store::crypto::Keyring;
-use bulkhead_store::secrets::{MAX_SECRET_BYTES, Secrets};
+use bulkhead_store::secrets::{MAX_SECRET_BYTES, SecretBackend, Secrets};
 use clap::Subcommand;
 use zeroize::Zeroizing;
 
@@ -142,8 +141,12 @@ fn read_value(file: Option<PathBuf>) -> Result<Zeroizing<Vec<u8>>> {
 
 fn write(target: &Target, name: &str, file: Option<PathBuf>, rotate: bool) -> Result<ExitCode> {
     check_name(name)?;
-    let store = target.store(true)?;
-    let keyring = Keyring::open(store.dir(), &target.env)?;
+    // Issue 16: on PostgreSQL the sealed value goes to the table every
+    // node reads, its record to this node's trail.
+    let state = target.state(true)?;
+    let store = state.store().clone();
+    let shared = state.shared_secrets();
+    let keyring = state.keyring(&target.env)?;
     let value = read_value(file)?;
     let secrets = Secrets::new(Arc::new(keyring));
     let kind = if rotate {
@@ -153,10 +156,14 @@ fn write(target: &Target, name: &str, file: Option<PathBuf>, rotate: bool) -> Re
     };
     // T09 (issue 19): the new value and its record commit together.
     let version = store.change_audited(|tx| {
+        let backend: &dyn SecretBackend = match &shared {
+            Some(shared) => &**shared,
+            None => tx,
+        };
         let version = if rotate {
-            secrets.rotate(tx, name, &value)?
+            secrets.rotate(backend, name, &value)?
         } else {
-            secrets.set(tx, name, &value)?
+            secrets.set(backend, name, &value)?
         };
         let event = AuditEvent::new(kind)
             .detail("name", name)
@@ -168,9 +175,8 @@ fn write(target: &Target, name: &str, file: Option<PathBuf>, rotate: bool) -> Re
 }
 
 fn list(target: &Target) -> Result<ExitCode> {
-    let store = target.store(false)?;
-    let conn = store.connect()?;
-    let listed = Secrets::list(&conn)?;
+    let state = target.state(false)?;
+    let listed = Secrets::list(&*state.secrets()?)?;
     if listed.is_empty() {
         eprintln!("no secrets in environment `{}`", target.env);
         return Ok(ExitCode::SUCCESS);
@@ -196,11 +202,18 @@ fn time(ms: i64) -> String {
 
 fn remove(target: &Target, name: &str) -> Result<ExitCode> {
     check_name(name)?;
-    let store = target.store(false)?;
-    // T09 (issue 19): the deletion and its record commit together.
+    let state = target.state(false)?;
+    let store = state.store().clone();
+    let shared = state.shared_secrets();
+    // T09 (issue 19): the deletion and its record commit together (on
+    // PostgreSQL, issue 16: the deletion first, then its record here).
     store.change_audited(|tx| {
         tx.pragma_update(None, "secure_delete", "ON")?;
-        if !Secrets::remove(tx, name)? {
+        let backend: &dyn SecretBackend = match &shared {
+            Some(shared) => &**shared,
+            None => tx,
+        };
+        if !Secrets::remove(backend, name)? {
             bail!("there is no secret `{name}`; `bulkhead secrets list` shows the names");
         }
         Ok((

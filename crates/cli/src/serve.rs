@@ -8,6 +8,7 @@ use anyhow::{Context as _, Result, bail};
 use bulkhead_gateway::{AdminAccess, Gateway, SpanExport};
 use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::{App, MANIFEST_FILE};
+use bulkhead_store::credentials::SharedCredentials;
 use bulkhead_store::{AuditEvent, AuditLog, State, Store};
 use serde_json::json;
 use tracing::{info, warn};
@@ -73,11 +74,10 @@ pub fn run(
     let mut held: Option<State> = None;
     if let Some(address) = admin_address
         && target.env != bulkhead_manifest::DEFAULT_ENV
-        && held
-            .insert(target.state(true)?)
-            .store()
-            .admin_token_hashes()?
-            .is_empty()
+        && bulkhead_store::tokens::admin_token_hashes(
+            &**held.insert(target.state(true)?).credentials(),
+        )?
+        .is_empty()
     {
         host.exposed_admin = Some(if address.ip().is_loopback() {
             format!("on {address} has no token (outside `dev` even loopback needs one)")
@@ -152,7 +152,10 @@ pub fn run(
         };
     }
     let access = match admin_address {
-        Some(address) => Some((address, admin_access(&store, &app, address, target)?)),
+        Some(address) => Some((
+            address,
+            admin_access(state.credentials(), &app, address, target)?,
+        )),
         None => None,
     };
     // Every writer of the trail (this server, CLI commands) holds to the
@@ -257,12 +260,12 @@ fn span_export(_: &App, _: &tokio::runtime::Handle) -> Result<Option<Arc<dyn Spa
 /// metrics. With `[tls] client_ca` set it also requires TLS with a client
 /// certificate verified against it (mTLS, T15, T17), on any address.
 fn admin_access(
-    store: &Store,
+    credentials: &SharedCredentials,
     app: &App,
     address: SocketAddr,
     target: &Target,
 ) -> Result<AdminAccess> {
-    let access = admin_tokens(store, &app.env, address, target)?;
+    let access = admin_tokens(credentials, &app.env, address, target)?;
     let mtls = app
         .tls
         .as_ref()
@@ -275,17 +278,19 @@ fn admin_access(
     })
 }
 
+/// The tokens are the state's (issue 16: on PostgreSQL, every node's).
 fn admin_tokens(
-    store: &Store,
+    credentials: &SharedCredentials,
     env: &str,
     address: SocketAddr,
     target: &Target,
 ) -> Result<AdminAccess> {
-    let reader = store.clone();
+    use bulkhead_store::tokens::admin_token_hashes;
+    let reader = credentials.clone();
     // A failed read is an error, never "no tokens", which would open the
     // `dev` listener (T08): the listener keeps the tokens it last read.
-    let read = Box::new(move || reader.admin_token_hashes().map_err(|e| e.to_string()));
-    let has_token = !store.admin_token_hashes()?.is_empty();
+    let read = Box::new(move || admin_token_hashes(&*reader).map_err(|e| e.to_string()));
+    let has_token = !admin_token_hashes(&**credentials)?.is_empty();
     if env == "dev" && address.ip().is_loopback() {
         if !has_token {
             warn!(

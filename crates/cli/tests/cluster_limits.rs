@@ -315,16 +315,16 @@ async fn redis_stopping_mid_way_leaves_each_node_half_t02() {
     }
 }
 
-/// Issue 16: `bulkhead check` (and so `serve`) refuses what this build
-/// cannot do or must not take: `backend = "postgres"` (never served from
-/// SQLite instead), a Redis password or a database URL in the manifest;
-/// the URL is never echoed.
+/// Issue 16: `bulkhead check` (and so `serve`) refuses what it must not
+/// take or cannot do: `backend = "postgres"` with no database URL (never
+/// served from SQLite instead), a Redis password or a database URL in the
+/// manifest; the URL is never echoed.
 #[test]
 fn check_refuses_postgres_and_passwords_in_the_manifest() {
     for (cluster, expected) in [
         (
             "backend = \"postgres\"",
-            "is not yet supported in this build",
+            "needs the database URL: set BULKHEAD_DATABASE_URL",
         ),
         (
             "redis_url = \"redis://:hunter2@127.0.0.1:6379/\"",

@@ -65,7 +65,7 @@ impl Version {
             previous.map(|p| &p.authenticator),
         )?;
         let login =
-            crate::login::Login::new(app, store, previous.and_then(|p| p.login.as_deref()))?;
+            crate::login::Login::new(app, state, previous.and_then(|p| p.login.as_deref()))?;
         let router = Router::new(
             app.functions
                 .iter()

@@ -40,6 +40,10 @@ pub enum CryptoError {
         "no master key for environment `{env}`: set {MASTER_KEY_ENV} to a file holding 32 random bytes, readable by this user only, for example:\n  head -c 32 /dev/urandom > /secure/bulkhead-master.key && chmod 600 /secure/bulkhead-master.key\n  export {MASTER_KEY_ENV}=/secure/bulkhead-master.key\n(only the `dev` environment generates one by itself; keep the file and a backup: data sealed under it cannot be read without it)"
     )]
     NoMasterKey { env: String },
+    #[error(
+        "with `[cluster] backend = \"postgres\"` every node must hold the same master key: set {MASTER_KEY_ENV} on each node to a file holding the same 32 random bytes, readable by the server's user only (no key is generated: one generated in a node's state directory would seal what no other node can read)"
+    )]
+    SharedNoMasterKey,
     #[error("master key file {path}: {why}")]
     MasterKeyFile { path: PathBuf, why: String },
     #[error(
@@ -54,6 +58,10 @@ pub enum CryptoError {
     Random(std::io::Error),
     #[error("data key table: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The shared data key store (PostgreSQL, issue 16) failed; never
+    /// holds a key or the database URL.
+    #[error("data key store: {0}")]
+    Backend(String),
 }
 
 /// The key that wraps every data key. Never logged, zeroed on drop.
@@ -331,13 +339,93 @@ pub struct Destroyed {
     pub checkpointed: bool,
 }
 
-/// Wrapped data keys in `keys.db`. Opening it needs no master key: erasing
-/// a subject's keys must work even when the master key is elsewhere.
+/// Where wrapped data keys are kept (issue 16): `keys.db` in the state
+/// directory ([`KeyStore::open`]) or a table every node shares
+/// ([`crate::pg::PostgresKeys`]). Only wrapped keys ever reach it; the
+/// master key stays on the node.
+pub trait DataKeyBackend: Send + Sync {
+    /// The wrapped key of (`owner`, `store`, `subject`), if there is one.
+    fn wrapped(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, CryptoError>;
+    /// Store `wrapped` unless a key is there already (the first writer
+    /// wins, on every node; the caller then reads the one kept).
+    fn insert_if_absent(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+        wrapped: &[u8],
+        now_ms: i64,
+    ) -> Result<(), CryptoError>;
+    /// Destroy the data keys of `subject` under `owner`.
+    fn destroy_subject(&self, owner: &str, subject: &str) -> Result<Destroyed, CryptoError>;
+    /// How many data keys `subject` has under `owner`.
+    fn count_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError>;
+    /// Up to `limit` non-empty subjects with keys under `owner` that
+    /// `keep` accepts.
+    fn subjects(
+        &self,
+        owner: &str,
+        keep: &dyn Fn(&str) -> bool,
+        limit: usize,
+    ) -> Result<Vec<String>, CryptoError>;
+}
+
+/// Wrapped data keys: in `keys.db` ([`KeyStore::open`]), or in a backend
+/// every node shares ([`KeyStore::new`]). Opening it needs no master key:
+/// erasing a subject's keys must work even when the master key is
+/// elsewhere.
 pub struct KeyStore {
-    conn: Mutex<Connection>,
+    backend: Box<dyn DataKeyBackend>,
 }
 
 impl KeyStore {
+    /// The embedded store: `keys.db` in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, CryptoError> {
+        Ok(Self::new(Box::new(SqliteKeys::open(state_dir)?)))
+    }
+
+    pub fn new(backend: Box<dyn DataKeyBackend>) -> Self {
+        Self { backend }
+    }
+
+    /// Destroy the data keys of `subject` under `owner`: what they sealed
+    /// can no longer be read, wherever copies of it are. On the embedded
+    /// store the WAL is then checkpointed and truncated so no old page
+    /// keeps the key; another process's open read transaction (a running
+    /// server) can stop that, which the result says (T20).
+    pub fn destroy_subject(&self, owner: &str, subject: &str) -> Result<Destroyed, CryptoError> {
+        self.backend.destroy_subject(owner, subject)
+    }
+
+    /// How many data keys `subject` has under `owner` (read-only): whether
+    /// an erase would destroy anything (T20).
+    pub fn count_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError> {
+        self.backend.count_subject(owner, subject)
+    }
+
+    /// The subjects with data keys under `owner` that `keep` accepts, at
+    /// most `limit` of them (read-only).
+    pub fn subjects(
+        &self,
+        owner: &str,
+        keep: &dyn Fn(&str) -> bool,
+        limit: usize,
+    ) -> Result<Vec<String>, CryptoError> {
+        self.backend.subjects(owner, keep, limit)
+    }
+}
+
+/// The embedded data key store: `keys.db` in the state directory.
+pub struct SqliteKeys {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteKeys {
     pub fn open(state_dir: &Path) -> Result<Self, CryptoError> {
         files::create_private_dir(state_dir).map_err(|e| CryptoError::MasterKeyFile {
             path: state_dir.to_path_buf(),
@@ -372,13 +460,42 @@ impl KeyStore {
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// Destroy the data keys of `subject` under `owner`: what they sealed
-    /// can no longer be read, wherever copies of it are. The WAL is then
-    /// checkpointed and truncated so no old page keeps the key; another
-    /// process's open read transaction (a running server) can stop that,
-    /// which the result says (T20).
-    pub fn destroy_subject(&self, owner: &str, subject: &str) -> Result<Destroyed, CryptoError> {
+impl DataKeyBackend for SqliteKeys {
+    fn wrapped(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, CryptoError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT wrapped FROM data_keys WHERE owner = ?1 AND store = ?2 AND subject = ?3",
+                params![owner, store, subject],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()?)
+    }
+
+    fn insert_if_absent(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+        wrapped: &[u8],
+        now_ms: i64,
+    ) -> Result<(), CryptoError> {
+        // Another process may have created it meanwhile: keep the first.
+        self.conn().execute(
+            "INSERT OR IGNORE INTO data_keys (owner, store, subject, wrapped, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![owner, store, subject, wrapped, now_ms],
+        )?;
+        Ok(())
+    }
+
+    fn destroy_subject(&self, owner: &str, subject: &str) -> Result<Destroyed, CryptoError> {
         let conn = self.conn();
         let keys = conn.execute(
             "DELETE FROM data_keys WHERE owner = ?1 AND subject = ?2",
@@ -400,9 +517,7 @@ impl KeyStore {
         Ok(Destroyed { keys, checkpointed })
     }
 
-    /// How many data keys `subject` has under `owner` (read-only): whether
-    /// an erase would destroy anything (T20).
-    pub fn count_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError> {
+    fn count_subject(&self, owner: &str, subject: &str) -> Result<usize, CryptoError> {
         let count: i64 = self.conn().query_row(
             "SELECT count(*) FROM data_keys WHERE owner = ?1 AND subject = ?2",
             params![owner, subject],
@@ -411,9 +526,7 @@ impl KeyStore {
         Ok(usize::try_from(count).unwrap_or(0))
     }
 
-    /// The subjects with data keys under `owner` that `keep` accepts, at
-    /// most `limit` of them (read-only).
-    pub fn subjects(
+    fn subjects(
         &self,
         owner: &str,
         keep: &dyn Fn(&str) -> bool,
@@ -466,16 +579,8 @@ impl Keyring {
         subject: &str,
         create: bool,
     ) -> Result<Option<DataKey>, CryptoError> {
-        let conn = self.keys.conn();
-        let select = |conn: &Connection| {
-            conn.query_row(
-                "SELECT wrapped FROM data_keys WHERE owner = ?1 AND store = ?2 AND subject = ?3",
-                params![owner, store, subject],
-                |row| row.get::<_, Vec<u8>>(0),
-            )
-            .optional()
-        };
-        if let Some(wrapped) = select(&conn)? {
+        let keys = &self.keys.backend;
+        if let Some(wrapped) = keys.wrapped(owner, store, subject)? {
             return self.master.unwrap(&wrapped).map(Some);
         }
         if !create {
@@ -483,12 +588,10 @@ impl Keyring {
         }
         let dek = DataKey::generate()?;
         let wrapped = self.master.wrap(&dek)?;
-        // Another process may have created it meanwhile: keep the first.
-        conn.execute(
-            "INSERT OR IGNORE INTO data_keys (owner, store, subject, wrapped, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![owner, store, subject, wrapped, crate::now_ms()],
-        )?;
-        match select(&conn)? {
+        // Another process or node may have created it meanwhile: the
+        // first one is kept, and read back, so every node uses it.
+        keys.insert_if_absent(owner, store, subject, &wrapped, crate::now_ms())?;
+        match keys.wrapped(owner, store, subject)? {
             Some(wrapped) => self.master.unwrap(&wrapped).map(Some),
             None => Err(CryptoError::Unwrap),
         }

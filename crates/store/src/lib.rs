@@ -15,6 +15,7 @@ pub mod crypto;
 pub mod files;
 pub mod kv;
 pub mod meter;
+pub mod pg;
 pub mod queue;
 pub mod secrets;
 pub mod sql;

@@ -26,6 +26,10 @@ pub enum SecretError {
     Crypto(#[from] CryptoError),
     #[error("secrets table: {0}")]
     Db(#[from] rusqlite::Error),
+    /// The shared secret store (PostgreSQL, issue 16) failed; never holds
+    /// a value or the database URL.
+    #[error("secret store: {0}")]
+    Backend(String),
     #[error("secret `{0}` already exists; use `bulkhead secrets rotate` to replace its value")]
     Exists(String),
     #[error("there is no secret `{0}`; `bulkhead secrets list` shows the names")]

@@ -7,6 +7,12 @@
 //! | key-value | [`KvBackend`](crate::kv::KvBackend) | [`SqliteKv`](crate::kv::SqliteKv), `Connection` |
 //! | secrets | [`SecretBackend`](crate::secrets::SecretBackend) | `Connection` |
 //! | sessions, API keys, admin tokens | [`CredentialBackend`](crate::credentials::CredentialBackend) | [`SqliteCredentials`](crate::credentials::SqliteCredentials), `Connection` |
+//! | wrapped data keys | [`DataKeyBackend`](crate::crypto::DataKeyBackend) | [`SqliteKeys`](crate::crypto::SqliteKeys) (`keys.db`) |
+//!
+//! With [`StateConfig::Postgres`] all four are in PostgreSQL, in the app
+//! environment's schema ([`crate::kv::PostgresKv`], [`crate::pg`]), so
+//! every node shares them; the audit trail, the meter, SQL stores and
+//! queues stay in the node's state directory for now.
 //!
 //! Sealing (T15) and every check (expiry, revocation, subject scope) stay
 //! above the traits, so a backend only ever sees sealed blobs and hashes.
@@ -17,8 +23,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::credentials::{SharedCredentials, SqliteCredentials};
-use crate::crypto::{CryptoError, Keyring};
+use crate::crypto::{CryptoError, KeyStore, Keyring, MASTER_KEY_ENV, MasterKey};
 use crate::kv::{KvError, PgConfig, PostgresKv, SharedKv, SqliteKv, valid_schema};
+use crate::pg::{Pg, PostgresCredentials, PostgresKeys, PostgresSecrets};
 use crate::secrets::SharedSecrets;
 use crate::{Held, Store, StoreError};
 
@@ -28,20 +35,26 @@ pub enum StateConfig {
     /// SQLite files in one directory per app and environment (the default:
     /// nothing to install).
     Embedded { dir: PathBuf },
-    /// Key-value records in PostgreSQL (issue 16), in the schema `postgres`
-    /// names, so every node of a deployment shares them; everything else
-    /// (and the data keys) still in `dir`, for now.
+    /// Key-value records, wrapped data keys, secrets and credentials in
+    /// PostgreSQL (issue 16), in the schema `postgres` names, so every
+    /// node of a deployment shares them; everything else (audit trail,
+    /// meter, SQL stores, queues) still in `dir`, for now.
     Postgres { dir: PathBuf, postgres: PgConfig },
 }
 
 impl StateConfig {
     /// PostgreSQL at `url` for app `app` in environment `env`: the schema
     /// is named after both ([`schema_for`]).
-    pub fn postgres(dir: PathBuf, url: secrecy::SecretString, app: &str, env: &str) -> Self {
+    pub fn postgres(
+        dir: PathBuf,
+        url: impl Into<secrecy::SecretString>,
+        app: &str,
+        env: &str,
+    ) -> Self {
         Self::Postgres {
             dir,
             postgres: PgConfig {
-                url,
+                url: url.into(),
                 schema: schema_for(app, env),
             },
         }
@@ -79,6 +92,8 @@ pub struct State {
     store: Store,
     /// The shared key-value backend, when not the embedded one.
     kv: Option<SharedKv>,
+    /// The shared data keys, secrets and credentials, when not embedded.
+    pg: Option<Arc<Pg>>,
     credentials: SharedCredentials,
     /// The connection held open while the state is (issue 17).
     held: Arc<Held>,
@@ -87,22 +102,35 @@ pub struct State {
 impl State {
     /// Open (creating and migrating if needed) the state `config` names.
     pub fn open(config: &StateConfig) -> Result<Self, StoreError> {
-        let (dir, kv) = match config {
-            StateConfig::Embedded { dir } => (dir, None),
+        let (dir, kv, pg) = match config {
+            StateConfig::Embedded { dir } => (dir, None, None),
             StateConfig::Postgres { dir, postgres } => {
+                // First: it names what to do when the database cannot be
+                // reached, and creates the schema under its lock.
+                let pg = Pg::open(postgres).map_err(|e| StoreError::Backend(e.to_string()))?;
                 let kv: SharedKv = Arc::new(
                     PostgresKv::open(postgres).map_err(|e| StoreError::Backend(e.to_string()))?,
                 );
-                (dir, Some(kv))
+                (dir, Some(kv), Some(pg))
             }
         };
         let (store, held) = Store::open_held(dir)?;
+        let credentials: SharedCredentials = match &pg {
+            Some(pg) => Arc::new(PostgresCredentials::new(pg.clone())),
+            None => Arc::new(SqliteCredentials::new(store.clone())),
+        };
         Ok(Self {
-            credentials: Arc::new(SqliteCredentials::new(store.clone())),
+            credentials,
             store,
             kv,
+            pg,
             held: Arc::new(held),
         })
+    }
+
+    /// Whether the state is shared with other nodes (PostgreSQL).
+    pub fn is_shared(&self) -> bool {
+        self.pg.is_some()
     }
 
     /// The state directory: the audit trail, the meter, the data keys and
@@ -118,9 +146,39 @@ impl State {
 
     /// The keyring of environment `env`: the master key and the data keys
     /// it wraps, which seal key-value records and secrets before they reach
-    /// a backend.
+    /// a backend. Shared by every node on PostgreSQL, where each node must
+    /// hold the same master key: a `dev` key generated in one node's state
+    /// directory is refused there (T15).
     pub fn keyring(&self, env: &str) -> Result<Keyring, CryptoError> {
-        Keyring::open(self.store.dir(), env)
+        if self.pg.is_none() {
+            return Keyring::open(self.store.dir(), env);
+        }
+        if std::env::var_os(MASTER_KEY_ENV).is_none_or(|v| v.is_empty()) {
+            return Err(CryptoError::SharedNoMasterKey);
+        }
+        let master = MasterKey::load(self.store.dir(), env)?;
+        Ok(Keyring::new(master, self.key_store()?))
+    }
+
+    /// The wrapped data keys, without the master key (erasure, T20).
+    pub fn key_store(&self) -> Result<KeyStore, CryptoError> {
+        match &self.pg {
+            Some(pg) => Ok(KeyStore::new(Box::new(PostgresKeys::new(pg.clone())))),
+            None => KeyStore::open(self.store.dir()),
+        }
+    }
+
+    /// The secrets backend when it is not the state database (PostgreSQL):
+    /// CLI commands write there, and their audit record in the trail.
+    pub fn shared_secrets(&self) -> Option<SharedSecrets> {
+        self.pg
+            .as_ref()
+            .map(|pg| Box::new(PostgresSecrets::new(pg.clone())) as SharedSecrets)
+    }
+
+    /// The credentials backend when it is not the state database.
+    pub fn shared_credentials(&self) -> Option<SharedCredentials> {
+        self.pg.as_ref().map(|_| self.credentials.clone())
     }
 
     /// A key-value backend for the server's threads to share.
@@ -133,6 +191,9 @@ impl State {
 
     /// A secrets backend for the server's threads to share.
     pub fn secrets(&self) -> Result<SharedSecrets, StoreError> {
+        if let Some(shared) = self.shared_secrets() {
+            return Ok(shared);
+        }
         Ok(Box::new(Mutex::new(self.store.connect()?)))
     }
 

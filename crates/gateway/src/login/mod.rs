@@ -91,15 +91,16 @@ impl Login {
     /// (a missing one fails the start or deploy with what to do).
     pub(crate) fn new(
         app: &App,
-        store: &Store,
+        state: &bulkhead_store::State,
         previous: Option<&Login>,
     ) -> Result<Option<Arc<Self>>, String> {
+        let store = state.store();
         let Some(settings) = app.login.clone() else {
             return Ok(None);
         };
         let client_secret = match &settings.client_secret {
             None => None,
-            Some(name) => Some(read_secret(app, store, name)?),
+            Some(name) => Some(read_secret(app, state, name)?),
         };
         Ok(Some(Arc::new(Self {
             settings,
@@ -107,7 +108,7 @@ impl Login {
             discovered: tokio::sync::Mutex::new(None),
             signins: match previous {
                 Some(previous) => previous.signins.clone(),
-                None => Arc::new(Signins::new(sealing_key(app, store)?)),
+                None => Arc::new(Signins::new(sealing_key(app, state)?)),
             },
             store: store.clone(),
         })))
@@ -693,9 +694,13 @@ impl Login {
 /// keyring, so a restart mid-sign-in does not break it; without a master
 /// key (not `dev`, none configured) one held in memory, so sign-ins under
 /// way then fail across a restart (said once in the log).
-fn sealing_key(app: &App, store: &Store) -> Result<bulkhead_store::crypto::DataKey, String> {
-    use bulkhead_store::crypto::{CryptoError, DataKey, Keyring};
-    match Keyring::open(store.dir(), &app.env) {
+/// On PostgreSQL (issue 16) the key is the one every node shares.
+fn sealing_key(
+    app: &App,
+    state: &bulkhead_store::State,
+) -> Result<bulkhead_store::crypto::DataKey, String> {
+    use bulkhead_store::crypto::{CryptoError, DataKey};
+    match state.keyring(&app.env) {
         Ok(keyring) => keyring
             .data_key(signins::KEY_OWNER, "", "", true)
             .map_err(|e| format!("[auth.login] cannot read the sign-in key: {e}"))?
@@ -711,15 +716,20 @@ fn sealing_key(app: &App, store: &Store) -> Result<bulkhead_store::crypto::DataK
     }
 }
 
-fn read_secret(app: &App, store: &Store, name: &str) -> Result<Zeroizing<String>, String> {
+fn read_secret(
+    app: &App,
+    state: &bulkhead_store::State,
+    name: &str,
+) -> Result<Zeroizing<String>, String> {
     use secrecy::ExposeSecret as _;
-    let keyring = bulkhead_store::crypto::Keyring::open(store.dir(), &app.env)
+    let keyring = state
+        .keyring(&app.env)
         .map_err(|e| format!("[auth.login] cannot open the secret store: {e}"))?;
     let secrets = bulkhead_store::secrets::Secrets::new(Arc::new(keyring));
-    let conn = store
-        .connect()
+    let backend = state
+        .secrets()
         .map_err(|e| format!("[auth.login] cannot open the secret store: {e}"))?;
-    match secrets.get(&conn, name) {
+    match secrets.get(&*backend, name) {
         Ok(Some(value)) => Ok(Zeroizing::new(value.expose_secret().trim_end().to_string())),
         Ok(None) => Err(format!(
             "[auth.login] the client secret `{name}` is not set; set it with `bulkhead secrets set {} {name}` (the value is read from standard input)",

@@ -142,8 +142,12 @@ impl Statements {
     /// the connecting role, which owns them.
     fn migration(schema: &str) -> String {
         let role = format!("{schema}_kv_call");
+        // One implicit transaction holding the advisory lock: nodes that
+        // start together take turns instead of racing the DDL.
+        let lock = crate::pg::MIGRATION_LOCK;
         format!(
             r"
+            SELECT pg_advisory_xact_lock({lock});
             CREATE SCHEMA IF NOT EXISTS {schema};
             CREATE TABLE IF NOT EXISTS {schema}.kv (
                 store TEXT NOT NULL,

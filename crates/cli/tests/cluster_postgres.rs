@@ -1,0 +1,484 @@
+//! Issue 16: two `bulkhead serve` nodes of one app on PostgreSQL, end to
+//! end. Each node is its own app directory (the same manifest, its own
+//! state directory) on its own loopback port; both hold the same master
+//! key and reach the same database, which the test creates and drops, so
+//! tests run in parallel. What one node (or the CLI beside it) writes, the
+//! other reads: key-value records written by the `kv` guest, still scoped
+//! per subject (T11, T13); API keys, revoked on one and refused on the
+//! other (T12); secrets (T15); and a node killed with SIGKILL loses no
+//! acknowledged write.
+
+mod support;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use support::{Server, TestApp, request, try_send};
+
+const QUERY: &str = "input.query.op = true\ninput.query.store = true\ninput.query.key = true\ninput.query.value = true\n";
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A database of its own (`bh_test_<random>`), dropped at the end with the
+/// call role the app's schema made.
+struct PgDatabase {
+    name: String,
+    /// The app's name: its schema and role are named after it.
+    app: String,
+}
+
+impl PgDatabase {
+    fn create() -> Self {
+        let suffix = random_hex();
+        let db = Self {
+            name: format!("bh_test_{suffix}"),
+            app: format!("pg{suffix}"),
+        };
+        psql("postgres", &format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    fn url(&self) -> String {
+        format!("{PG_SERVER}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        psql(
+            "postgres",
+            &format!("DROP ROLE IF EXISTS bh_{}_dev_kv_call", self.app),
+        );
+    }
+}
+
+/// Run `sql` on `database` as `postgres` (simple protocol).
+fn psql(database: &str, sql: &str) {
+    let url = format!("{PG_SERVER}/{database}");
+    let sql = sql.to_string();
+    // A thread of its own: called from async tests (and their drops).
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
+            let driver = tokio::spawn(connection);
+            client.batch_execute(&sql).await.unwrap();
+            drop(client);
+            let _ = driver.await;
+        });
+    })
+    .join()
+    .expect("psql");
+}
+
+fn manifest(app: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{app}"
+
+[store.shared]
+kind = "kv"
+
+[store.private]
+kind = "kv"
+scope = "subject"
+personal_data = true
+
+[[function]]
+name = "writer"
+component = "kv.wasm"
+route = "/w"
+auth = "public"
+{QUERY}grants = {{ kv = {{ shared = "read-write" }} }}
+
+[[function]]
+name = "mine"
+component = "kv.wasm"
+route = "/mine"
+{QUERY}grants = {{ kv = {{ private = "read-write" }} }}
+
+[[function]]
+name = "granted"
+component = "config.wasm"
+route = "/granted"
+auth = "public"
+input.query.key = '[a-z_]+'
+grants = {{ secrets = ["api_token"] }}
+
+[cluster]
+backend = "postgres"
+database_url_file = "db-url"
+"#
+    )
+}
+
+/// Two nodes' app directories and the master key they share.
+struct Cluster {
+    /// Dropped last of what the test made: the nodes stop first.
+    _db: PgDatabase,
+    nodes: [TestApp; 2],
+    _keys: tempfile::TempDir,
+    master_key: String,
+}
+
+impl Cluster {
+    fn new() -> Self {
+        Self::with_url(None)
+    }
+
+    /// `url`: the database URL written in each node's `db-url` file (the
+    /// test database's when `None`).
+    fn with_url(url: Option<&str>) -> Self {
+        let db = PgDatabase::create();
+        let keys = tempfile::tempdir().unwrap();
+        let master = keys.path().join("master.key");
+        bulkhead_store::files::write_private(&master, &[&[0x42; 32]]).unwrap();
+        let url = url.map_or_else(|| db.url(), str::to_string);
+        let nodes = [0, 1].map(|_| {
+            let app = TestApp::new(&manifest(&db.app), &["kv", "config"]);
+            bulkhead_store::files::write_private(&app.path().join("db-url"), &[url.as_bytes()])
+                .unwrap();
+            app
+        });
+        Self {
+            _db: db,
+            nodes,
+            master_key: master.display().to_string(),
+            _keys: keys,
+        }
+    }
+
+    fn serve(&self, node: usize) -> Server {
+        Server::start_with_env(
+            &self.nodes[node],
+            &[],
+            &[("BULKHEAD_MASTER_KEY_FILE", self.master_key.as_str())],
+        )
+    }
+
+    /// `bulkhead ARGS NODE_DIR EXTRA` with `stdin`, as an operator on
+    /// `node`'s machine runs it.
+    fn cli(&self, node: usize, args: &[&str], extra: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+            .args(args)
+            .arg(self.nodes[node].path())
+            .args(extra)
+            .env("BULKHEAD_MASTER_KEY_FILE", &self.master_key)
+            .env_remove("BULKHEAD_DATABASE_URL")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bulkhead runs");
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        child.wait_with_output().expect("bulkhead ends")
+    }
+
+    fn cli_ok(&self, node: usize, args: &[&str], extra: &[&str], stdin: &[u8]) -> Output {
+        let out = self.cli(node, args, extra, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// A new API key for `subject` through `node`'s CLI: (id, secret).
+    fn api_key(&self, node: usize, subject: &str) -> (String, String) {
+        let out = self.cli_ok(node, &["keys", "create"], &["--subject", subject], b"");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let id = stderr
+            .split_once("API key ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .expect("the key's id")
+            .to_string();
+        (id, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+async fn call(server: &Server, path: &str, key: Option<&str>) -> (u16, String) {
+    let mut req = request("GET", server.addr, path, Bytes::new());
+    if let Some(key) = key {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    }
+    let reply = try_send(server.addr, req).await.expect("a response");
+    (reply.status, reply.text())
+}
+
+async fn ok(server: &Server, path: &str, key: Option<&str>) -> String {
+    let (status, text) = call(server, path, key).await;
+    assert_eq!(status, 200, "{path}: {text}");
+    text
+}
+
+/// T11, T13, T15: a subject's record written through node A is read
+/// through node B, and another subject reads nothing of it on either; an
+/// app-wide record and its counter too. Nothing of it in either node's
+/// state directory: the data keys are in PostgreSQL, wrapped. T20: erased
+/// through one node's CLI, gone on the other.
+#[tokio::test(flavor = "multi_thread")]
+async fn t11_two_nodes_share_subject_scoped_records() {
+    let cluster = Cluster::new();
+    let (_, alice) = cluster.api_key(0, "alice");
+    let (_, bob) = cluster.api_key(1, "bob");
+    let a = cluster.serve(0);
+    let b = cluster.serve(1);
+    assert_ne!(a.addr, b.addr);
+
+    let set = "/mine?op=set&store=private&key=k&value=alicevalue";
+    let get = "/mine?op=get&store=private&key=k";
+    assert_eq!(ok(&a, set, Some(&alice)).await, "ok");
+    assert_eq!(ok(&b, get, Some(&alice)).await, "value:alicevalue");
+    for node in [&a, &b] {
+        assert_eq!(ok(node, get, Some(&bob)).await, "none");
+        assert_eq!(
+            ok(node, "/mine?op=list&store=private", Some(&bob)).await,
+            "keys:"
+        );
+    }
+    // Bob's write lands in his own space, on either node.
+    let bob_set = "/mine?op=set&store=private&key=k&value=bobvalue";
+    assert_eq!(ok(&b, bob_set, Some(&bob)).await, "ok");
+    assert_eq!(ok(&a, get, Some(&alice)).await, "value:alicevalue");
+    assert_eq!(ok(&a, get, Some(&bob)).await, "value:bobvalue");
+
+    // App-wide: written on one, counted on both.
+    assert_eq!(
+        ok(&a, "/w?op=set&store=shared&key=s&value=one", None).await,
+        "ok"
+    );
+    assert_eq!(
+        ok(&b, "/w?op=get&store=shared&key=s", None).await,
+        "value:one"
+    );
+    for node in [&a, &b, &a, &b] {
+        ok(node, "/w?op=incr&store=shared&key=n", None).await;
+    }
+    assert_eq!(
+        ok(&b, "/w?op=get&store=shared&key=n", None).await,
+        "value:4"
+    );
+    // The nodes' own files hold no data keys.
+    for node in &cluster.nodes {
+        assert!(!node.path().join(".bulkhead/dev/keys.db").exists());
+    }
+    // T20: alice erased through node B's CLI is gone on node A at once
+    // (her data key destroyed in the shared table); bob's record stays.
+    let out = cluster.cli_ok(1, &["data", "erase"], &["--subject", "api-key:alice"], b"");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("1 data key(s) destroyed, 1 record(s) deleted"),
+        "{said}"
+    );
+    assert_eq!(ok(&a, get, Some(&alice)).await, "none");
+    assert_eq!(ok(&a, get, Some(&bob)).await, "value:bobvalue");
+}
+
+/// T12, T15: an API key created through one node's CLI, and a `dev login`
+/// session through the other's, authenticate on both nodes; revoked
+/// through the other node's CLI, both refuse them. A secret set once is
+/// read by the functions granted it on both nodes.
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_credentials_and_secrets_are_shared_by_nodes() {
+    let cluster = Cluster::new();
+    let (id, key) = cluster.api_key(0, "carol");
+    cluster.cli_ok(1, &["secrets", "set"], &["api_token"], b"tok_Canary77\n");
+    let a = cluster.serve(0);
+    let b = cluster.serve(1);
+    let get = "/mine?op=get&store=private&key=k";
+    for node in [&a, &b] {
+        assert_eq!(ok(node, get, Some(&key)).await, "none");
+        // Read (not `none`), and redacted in the body (T14).
+        assert_eq!(
+            ok(node, "/granted?key=api_token", None).await,
+            "value:[REDACTED]"
+        );
+    }
+    // The list is the same from either node.
+    let listed = cluster.cli_ok(0, &["keys", "list"], &[], b"");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains(&id));
+    let secrets = cluster.cli_ok(0, &["secrets", "list"], &[], b"");
+    assert!(String::from_utf8_lossy(&secrets.stdout).contains("api_token"));
+
+    // A dev session signed in through node B's CLI opens both nodes too.
+    let out = cluster.cli_ok(1, &["dev", "login"], &["--as", "ada"], b"");
+    let session = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let said = String::from_utf8_lossy(&out.stderr);
+    let session_id = said
+        .split_once("session token ")
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .expect("the session's id")
+        .to_string();
+    for node in [&a, &b] {
+        assert_eq!(ok(node, get, Some(&session)).await, "none");
+    }
+
+    cluster.cli_ok(1, &["keys", "revoke"], &[&id], b"");
+    cluster.cli_ok(0, &["token", "revoke"], &[&session_id], b"");
+    for node in [&a, &b] {
+        for credential in [&key, &session] {
+            let (status, text) = call(node, get, Some(credential)).await;
+            assert_eq!(status, 401, "{text}");
+        }
+    }
+    // Each CLI run is recorded in the trail of the node it ran on.
+    let revoked = cluster.nodes[1].audit_records("key.revoked");
+    assert_eq!(revoked.len(), 1);
+    assert!(cluster.nodes[0].audit_records("key.revoked").is_empty());
+}
+
+/// A node killed with SIGKILL in the middle of writes loses no write it
+/// acknowledged: every key answered `ok` by node A is read back through
+/// node B.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_mid_writes_loses_no_acknowledged_write() {
+    let cluster = Cluster::new();
+    let a = Arc::new(cluster.serve(0));
+    let b = cluster.serve(1);
+    let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (addr, acked, count) = (a.addr, acked.clone(), count.clone());
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let key = format!("w{w}i{i}");
+                    let path = format!("/w?op=set&store=shared&key={key}&value=v{key}");
+                    match try_send(addr, request("GET", addr, &path, Bytes::new())).await {
+                        Ok(reply) if reply.status == 200 && reply.text() == "ok" => {
+                            acked.lock().unwrap().push(key);
+                            count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        // Cut off by the kill (or refused after it).
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    // Bounded wait for some acknowledged writes, then SIGKILL mid-flight.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::SeqCst) < 40 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Ok(a) = Arc::try_unwrap(a) else {
+        panic!("the server is shared")
+    };
+    a.kill();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 40,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    for key in &acked {
+        assert_eq!(
+            ok(&b, &format!("/w?op=get&store=shared&key={key}"), None).await,
+            format!("value:v{key}"),
+            "acknowledged write {key} lost"
+        );
+    }
+}
+
+/// `serve` against a database that does not answer stops at start with
+/// what to do, never the URL or its password.
+#[test]
+fn serve_refuses_to_start_when_postgres_is_unreachable() {
+    let cluster = Cluster::with_url(Some("postgres://app:hunter2@127.0.0.1:1/app"));
+    let out = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .arg("serve")
+        .arg(cluster.nodes[0].path())
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "off"])
+        .env("BULKHEAD_MASTER_KEY_FILE", &cluster.master_key)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bulkhead runs");
+    assert!(!out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("cannot reach the database"), "{all}");
+    assert!(all.contains("database_url_file"), "{all}");
+    assert!(!all.contains("hunter2"), "{all}");
+    // The CLI says the same.
+    let out = cluster.cli(0, &["keys", "create"], &["--subject", "x"], b"");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot reach the database"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+/// T08, T19: an admin token created through node A's CLI closes node B's
+/// `dev` admin listener without a restart, and opens it; revoked through
+/// node B's CLI, node A refuses it (the tokens are shared, hashed).
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_tokens_are_shared_by_nodes() {
+    let cluster = Cluster::new();
+    let a = cluster.serve(0);
+    let b = cluster.serve(1);
+    let (admin_a, admin_b) = (a.admin.expect("admin A"), b.admin.expect("admin B"));
+    let metrics = |admin, token: Option<String>| async move {
+        let mut req = request("GET", admin, "/metrics", Bytes::new());
+        if let Some(token) = token {
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        try_send(admin, req).await.expect("a response").status
+    };
+    assert_eq!(
+        metrics(admin_b, None).await,
+        200,
+        "open in dev until a token"
+    );
+    let out = cluster.cli_ok(0, &["admin", "token"], &[], b"");
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Bounded: each listener re-reads the tokens a few times a second.
+    for admin in [admin_a, admin_b] {
+        let mut status = 200;
+        for _ in 0..100 {
+            status = metrics(admin, None).await;
+            if status != 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 401, "the token closes every node's listener");
+        assert_eq!(metrics(admin, Some(token.clone())).await, 200);
+    }
+    cluster.cli_ok(1, &["admin", "revoke-tokens"], &[], b"");
+    let mut status = 200;
+    for _ in 0..100 {
+        status = metrics(admin_a, Some(token.clone())).await;
+        if status != 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 401, "revoked through B, refused by A");
+}

@@ -1,0 +1,652 @@
+//! The PostgreSQL state of one app environment beside its key-value
+//! records (issue 16): the wrapped data keys, the sealed secrets and the
+//! credential hashes, in tables of the environment's own schema, so that
+//! every node of a deployment shares them (T12, T15, T20).
+//!
+//! - Data keys are stored only wrapped by the master key each node holds
+//!   (AES key wrap, [`crate::crypto`]); a node without it reads nothing.
+//!   Two nodes asking for a missing key at once both insert with
+//!   `ON CONFLICT DO NOTHING` and then read the one that won, so every node
+//!   seals under the same key.
+//! - Secrets arrive sealed ([`crate::secrets::Secrets`]); credentials and
+//!   admin tokens only as SHA-256 hashes ([`crate::credentials`]).
+//! - The schema's tables are created at open, under an advisory lock so
+//!   that nodes starting together take turns (DDL only here).
+//! - Every call runs on a runtime of the connection's own and is waited
+//!   for over a channel, so it may be made from any thread, a server's
+//!   async workers included (they block for the round trip, as they do on
+//!   SQLite).
+//! - TLS to the database is not built in: a URL asking for it
+//!   (`sslmode=require`) is refused at open, never downgraded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+
+use crate::kv::{PgConfig, valid_schema};
+
+/// Most connections one node keeps for this state.
+const POOL_SIZE: usize = 8;
+/// How long a new connection may take (when the URL sets none).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call waits for a free or new connection.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The advisory lock the schema's DDL runs under (any constant: advisory
+/// locks are per database, and each test or deployment has its own).
+pub(crate) const MIGRATION_LOCK: i64 = 0x6275_6c6b_6865_6164; // "bulkhead"
+
+/// What went wrong talking to PostgreSQL. Never holds the URL.
+#[derive(Debug, thiserror::Error)]
+#[error("PostgreSQL: {0}")]
+pub struct PgError(pub String);
+
+impl PgError {
+    pub(crate) fn of(e: impl std::fmt::Display) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Connections to one app environment's schema, shared by the data keys,
+/// secrets and credentials backends of a node.
+pub struct Pg {
+    /// Taken only by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
+    pool: Pool,
+    schema: String,
+}
+
+/// The parsed URL, refused when it asks for what this build cannot do.
+pub(crate) fn parse_url(config: &PgConfig) -> Result<tokio_postgres::Config, PgError> {
+    use secrecy::ExposeSecret as _;
+    if !valid_schema(&config.schema) {
+        return Err(PgError(
+            "a PostgreSQL schema name is 1 to 50 of a-z, 0-9 and _, starting with a letter".into(),
+        ));
+    }
+    // The parser's message may quote the URL, password included.
+    let mut pg: tokio_postgres::Config = config.url.expose_secret().parse().map_err(|_| {
+        PgError("the PostgreSQL URL is not valid (sslmode may be disable or prefer)".into())
+    })?;
+    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(PgError(
+            "the PostgreSQL URL asks for TLS (sslmode=require), which this build does not support yet; reach the database over a private network or a local TLS tunnel and remove sslmode".into(),
+        ));
+    }
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    Ok(pg)
+}
+
+impl Pg {
+    /// Connect, and create the schema's tables if they are missing. Fails
+    /// (with what to do) when the database cannot be reached.
+    pub fn open(config: &PgConfig) -> Result<Arc<Self>, PgError> {
+        let pg = parse_url(config)?;
+        let manager = deadpool_postgres::Manager::from_config(
+            pg,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bulkhead-postgres")
+            .enable_all()
+            .build()
+            .map_err(PgError::of)?;
+        let pool = {
+            let _inside = runtime.enter();
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(WAIT_TIMEOUT))
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .build()
+        };
+        let pool = match pool {
+            Ok(pool) => pool,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(PgError::of(e));
+            }
+        };
+        let pg = Arc::new(Self {
+            runtime: Some(runtime),
+            pool,
+            schema: config.schema.clone(),
+        });
+        let migration = migration(&config.schema);
+        pg.call(move |pool| async move {
+            let client = pool.get().await.map_err(|e| {
+                PgError(format!(
+                    "cannot reach the database ({e}); check that PostgreSQL is running and that the URL in BULKHEAD_DATABASE_URL or `database_url_file` names it"
+                ))
+            })?;
+            client.batch_execute(&migration).await.map_err(PgError::of)
+        })?;
+        Ok(pg)
+    }
+
+    /// The schema's name (validated: safe to splice into statements).
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Run `work` on the connection's runtime and wait for its result.
+    pub(crate) fn call<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, PgError>
+    where
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(PgError("the PostgreSQL connection is closed".into()));
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let future = work(self.pool.clone());
+        runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.recv()
+            .unwrap_or_else(|_| Err(PgError("the PostgreSQL call was cut short".into())))
+    }
+}
+
+impl Drop for Pg {
+    /// Without waiting: it may be dropped on an async thread.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// `statement` with its parameters, prepared once per connection.
+pub(crate) async fn query(
+    pool: &Pool,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, PgError> {
+    let client = pool.get().await.map_err(PgError::of)?;
+    let prepared = client
+        .prepare_cached(statement)
+        .await
+        .map_err(PgError::of)?;
+    client.query(&prepared, params).await.map_err(PgError::of)
+}
+
+pub(crate) async fn execute(
+    pool: &Pool,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<u64, PgError> {
+    let client = pool.get().await.map_err(PgError::of)?;
+    let prepared = client
+        .prepare_cached(statement)
+        .await
+        .map_err(PgError::of)?;
+    client.execute(&prepared, params).await.map_err(PgError::of)
+}
+
+pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    index: usize,
+) -> Result<T, PgError> {
+    row.try_get(index).map_err(PgError::of)
+}
+
+/// The tables, idempotent; one implicit transaction (one simple-query
+/// batch) holding the advisory lock, so two nodes never race the DDL.
+fn migration(schema: &str) -> String {
+    format!(
+        r"
+        SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+        CREATE SCHEMA IF NOT EXISTS {schema};
+        CREATE TABLE IF NOT EXISTS {schema}.data_keys (
+            owner TEXT NOT NULL,
+            store TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            wrapped BYTEA NOT NULL,
+            created_ms BIGINT NOT NULL,
+            PRIMARY KEY (owner, store, subject)
+        );
+        CREATE TABLE IF NOT EXISTS {schema}.secrets (
+            name TEXT PRIMARY KEY,
+            version BIGINT NOT NULL,
+            sealed BYTEA NOT NULL,
+            created_ms BIGINT NOT NULL,
+            updated_ms BIGINT NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS {schema}.credentials (
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('session', 'api-key')),
+            hash TEXT NOT NULL UNIQUE,
+            subject TEXT NOT NULL,
+            scopes TEXT NOT NULL,
+            label TEXT,
+            created_ms BIGINT NOT NULL,
+            expires_ms BIGINT NOT NULL,
+            revoked_ms BIGINT
+        );
+        CREATE TABLE IF NOT EXISTS {schema}.admin_tokens (
+            id TEXT PRIMARY KEY,
+            hash TEXT NOT NULL,
+            created_ms BIGINT NOT NULL
+        );
+        "
+    )
+}
+
+/// The wrapped data keys every node shares (T15, T20): the `data_keys`
+/// table. A key is created race-free: `INSERT … ON CONFLICT DO NOTHING`,
+/// then the row that won is read back ([`crate::crypto::Keyring::data_key`]).
+pub struct PostgresKeys {
+    pg: Arc<Pg>,
+}
+
+impl PostgresKeys {
+    pub fn new(pg: Arc<Pg>) -> Self {
+        Self { pg }
+    }
+
+    fn table(&self) -> String {
+        format!("{}.data_keys", self.pg.schema())
+    }
+}
+
+fn crypto(e: PgError) -> crate::crypto::CryptoError {
+    crate::crypto::CryptoError::Backend(e.0)
+}
+
+fn count_of(rows: &[tokio_postgres::Row]) -> Result<usize, PgError> {
+    let n: i64 = match rows.first() {
+        Some(row) => column(row, 0)?,
+        None => 0,
+    };
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+impl crate::crypto::DataKeyBackend for PostgresKeys {
+    fn wrapped(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+    ) -> Result<Option<Vec<u8>>, crate::crypto::CryptoError> {
+        let sql = format!(
+            "SELECT wrapped FROM {} WHERE owner = $1 AND store = $2 AND subject = $3",
+            self.table()
+        );
+        let (owner, store, subject) = (owner.to_string(), store.to_string(), subject.to_string());
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[&owner, &store, &subject]).await?;
+                rows.first().map(|row| column(row, 0)).transpose()
+            })
+            .map_err(crypto)
+    }
+
+    fn insert_if_absent(
+        &self,
+        owner: &str,
+        store: &str,
+        subject: &str,
+        wrapped: &[u8],
+        now_ms: i64,
+    ) -> Result<(), crate::crypto::CryptoError> {
+        let sql = format!(
+            "INSERT INTO {} (owner, store, subject, wrapped, created_ms) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (owner, store, subject) DO NOTHING",
+            self.table()
+        );
+        let (owner, store, subject) = (owner.to_string(), store.to_string(), subject.to_string());
+        let wrapped = wrapped.to_vec();
+        self.pg
+            .call(move |pool| async move {
+                execute(&pool, &sql, &[&owner, &store, &subject, &wrapped, &now_ms])
+                    .await
+                    .map(drop)
+            })
+            .map_err(crypto)
+    }
+
+    /// The rows are deleted at once on every node; their old versions stay
+    /// in the database's files until PostgreSQL vacuums them (and in its
+    /// WAL and backups): `checkpointed` is false, so the operator is told.
+    fn destroy_subject(
+        &self,
+        owner: &str,
+        subject: &str,
+    ) -> Result<crate::crypto::Destroyed, crate::crypto::CryptoError> {
+        let sql = format!(
+            "DELETE FROM {} WHERE owner = $1 AND subject = $2",
+            self.table()
+        );
+        let (owner, subject) = (owner.to_string(), subject.to_string());
+        let keys = self
+            .pg
+            .call(move |pool| async move { execute(&pool, &sql, &[&owner, &subject]).await })
+            .map_err(crypto)?;
+        Ok(crate::crypto::Destroyed {
+            keys: usize::try_from(keys).unwrap_or(usize::MAX),
+            checkpointed: false,
+        })
+    }
+
+    fn count_subject(
+        &self,
+        owner: &str,
+        subject: &str,
+    ) -> Result<usize, crate::crypto::CryptoError> {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE owner = $1 AND subject = $2",
+            self.table()
+        );
+        let (owner, subject) = (owner.to_string(), subject.to_string());
+        self.pg
+            .call(move |pool| async move {
+                count_of(&query(&pool, &sql, &[&owner, &subject]).await?)
+            })
+            .map_err(crypto)
+    }
+
+    fn subjects(
+        &self,
+        owner: &str,
+        keep: &dyn Fn(&str) -> bool,
+        limit: usize,
+    ) -> Result<Vec<String>, crate::crypto::CryptoError> {
+        let sql = format!(
+            "SELECT DISTINCT subject FROM {} WHERE owner = $1 AND subject <> '' ORDER BY subject",
+            self.table()
+        );
+        let owner = owner.to_string();
+        let all: Vec<String> = self
+            .pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[&owner]).await?;
+                rows.iter().map(|row| column(row, 0)).collect()
+            })
+            .map_err(crypto)?;
+        Ok(all.into_iter().filter(|s| keep(s)).take(limit).collect())
+    }
+}
+
+/// The sealed secrets every node shares (T15): the `secrets` table,
+/// newest version only.
+pub struct PostgresSecrets {
+    pg: Arc<Pg>,
+}
+
+impl PostgresSecrets {
+    pub fn new(pg: Arc<Pg>) -> Self {
+        Self { pg }
+    }
+
+    fn table(&self) -> String {
+        format!("{}.secrets", self.pg.schema())
+    }
+}
+
+fn secret_error(e: PgError) -> crate::secrets::SecretError {
+    crate::secrets::SecretError::Backend(e.0)
+}
+
+fn secret_info(row: &tokio_postgres::Row) -> Result<crate::secrets::SecretInfo, PgError> {
+    Ok(crate::secrets::SecretInfo {
+        name: column(row, 0)?,
+        version: column(row, 1)?,
+        created_ms: column(row, 2)?,
+        updated_ms: column(row, 3)?,
+    })
+}
+
+impl crate::secrets::SecretBackend for PostgresSecrets {
+    fn sealed(&self, name: &str) -> Result<Option<(i64, Vec<u8>)>, crate::secrets::SecretError> {
+        let sql = format!(
+            "SELECT version, sealed FROM {} WHERE name = $1",
+            self.table()
+        );
+        let name = name.to_string();
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[&name]).await?;
+                rows.first()
+                    .map(|row| Ok((column(row, 0)?, column(row, 1)?)))
+                    .transpose()
+            })
+            .map_err(secret_error)
+    }
+
+    fn info(
+        &self,
+        name: &str,
+    ) -> Result<Option<crate::secrets::SecretInfo>, crate::secrets::SecretError> {
+        let sql = format!(
+            "SELECT name, version, created_ms, updated_ms FROM {} WHERE name = $1",
+            self.table()
+        );
+        let name = name.to_string();
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[&name]).await?;
+                rows.first().map(secret_info).transpose()
+            })
+            .map_err(secret_error)
+    }
+
+    fn list(&self) -> Result<Vec<crate::secrets::SecretInfo>, crate::secrets::SecretError> {
+        let sql = format!(
+            "SELECT name, version, created_ms, updated_ms FROM {} ORDER BY name",
+            self.table()
+        );
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[]).await?;
+                rows.iter().map(secret_info).collect()
+            })
+            .map_err(secret_error)
+    }
+
+    fn write(
+        &self,
+        name: &str,
+        version: i64,
+        sealed: &[u8],
+        now_ms: i64,
+    ) -> Result<(), crate::secrets::SecretError> {
+        let sql = format!(
+            "INSERT INTO {} (name, version, sealed, created_ms, updated_ms) VALUES ($1, $2, $3, $4, $4)
+             ON CONFLICT (name) DO UPDATE SET version = excluded.version, sealed = excluded.sealed, updated_ms = excluded.updated_ms",
+            self.table()
+        );
+        let (name, sealed) = (name.to_string(), sealed.to_vec());
+        self.pg
+            .call(move |pool| async move {
+                execute(&pool, &sql, &[&name, &version, &sealed, &now_ms])
+                    .await
+                    .map(drop)
+            })
+            .map_err(secret_error)
+    }
+
+    fn remove(&self, name: &str) -> Result<bool, crate::secrets::SecretError> {
+        let sql = format!("DELETE FROM {} WHERE name = $1", self.table());
+        let name = name.to_string();
+        self.pg
+            .call(move |pool| async move { Ok(execute(&pool, &sql, &[&name]).await? > 0) })
+            .map_err(secret_error)
+    }
+}
+
+/// The credential hashes every node shares (T12, T19): the `credentials`
+/// and `admin_tokens` tables. A credential revoked through one node is
+/// refused by every node at its next check: nothing is cached.
+pub struct PostgresCredentials {
+    pg: Arc<Pg>,
+}
+
+impl PostgresCredentials {
+    pub fn new(pg: Arc<Pg>) -> Self {
+        Self { pg }
+    }
+
+    fn table(&self, name: &str) -> String {
+        format!("{}.{name}", self.pg.schema())
+    }
+}
+
+fn store_error(e: PgError) -> crate::StoreError {
+    crate::StoreError::Backend(e.0)
+}
+
+impl crate::credentials::CredentialBackend for PostgresCredentials {
+    fn insert(&self, c: &crate::credentials::NewCredential<'_>) -> Result<(), crate::StoreError> {
+        let sql = format!(
+            "INSERT INTO {} (id, kind, hash, subject, scopes, label, created_ms, expires_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            self.table("credentials")
+        );
+        let (id, kind, hash, subject, scopes) = (
+            c.id.to_string(),
+            c.kind.as_str(),
+            c.hash.to_string(),
+            c.subject.to_string(),
+            c.scopes.to_string(),
+        );
+        let label = c.label.map(str::to_string);
+        let (created, expires) = (c.created_ms, c.expires_ms);
+        self.pg
+            .call(move |pool| async move {
+                execute(
+                    &pool,
+                    &sql,
+                    &[
+                        &id, &kind, &hash, &subject, &scopes, &label, &created, &expires,
+                    ],
+                )
+                .await
+                .map(drop)
+            })
+            .map_err(store_error)
+    }
+
+    fn find(&self, hash: &str) -> Result<Option<crate::credentials::Found>, crate::StoreError> {
+        let sql = format!(
+            "SELECT id, kind, subject, scopes, expires_ms, revoked_ms FROM {} WHERE hash = $1",
+            self.table("credentials")
+        );
+        let hash = hash.to_string();
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[&hash]).await?;
+                rows.first()
+                    .map(|r| {
+                        Ok(crate::credentials::Found {
+                            id: column(r, 0)?,
+                            kind: column(r, 1)?,
+                            subject: column(r, 2)?,
+                            scopes: column(r, 3)?,
+                            expires_ms: column(r, 4)?,
+                            revoked_ms: column(r, 5)?,
+                        })
+                    })
+                    .transpose()
+            })
+            .map_err(store_error)
+    }
+
+    fn revoke(
+        &self,
+        kind: crate::credentials::Kind,
+        id: &str,
+        now_ms: i64,
+    ) -> Result<bool, crate::StoreError> {
+        let sql = format!(
+            "UPDATE {} SET revoked_ms = $1 WHERE id = $2 AND kind = $3 AND revoked_ms IS NULL",
+            self.table("credentials")
+        );
+        let (id, kind) = (id.to_string(), kind.as_str());
+        self.pg
+            .call(move |pool| async move {
+                Ok(execute(&pool, &sql, &[&now_ms, &id, &kind]).await? > 0)
+            })
+            .map_err(store_error)
+    }
+
+    fn list(
+        &self,
+        kind: crate::credentials::Kind,
+    ) -> Result<Vec<crate::credentials::Listed>, crate::StoreError> {
+        let sql = format!(
+            "SELECT id, subject, scopes, label, created_ms, expires_ms, revoked_ms
+             FROM {} WHERE kind = $1 ORDER BY created_ms, id",
+            self.table("credentials")
+        );
+        let name = kind.as_str();
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[&name]).await?;
+                rows.iter()
+                    .map(|r| {
+                        let scopes: String = column(r, 2)?;
+                        Ok(crate::credentials::Listed {
+                            id: column(r, 0)?,
+                            kind: name,
+                            subject: column(r, 1)?,
+                            scopes: scopes
+                                .split(' ')
+                                .filter(|s| !s.is_empty())
+                                .map(String::from)
+                                .collect(),
+                            label: column(r, 3)?,
+                            created_ms: column(r, 4)?,
+                            expires_ms: column(r, 5)?,
+                            revoked_ms: column(r, 6)?,
+                        })
+                    })
+                    .collect()
+            })
+            .map_err(store_error)
+    }
+
+    fn insert_admin_token(
+        &self,
+        id: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<(), crate::StoreError> {
+        let sql = format!(
+            "INSERT INTO {} (id, hash, created_ms) VALUES ($1, $2, $3)",
+            self.table("admin_tokens")
+        );
+        let (id, hash) = (id.to_string(), hash.to_string());
+        self.pg
+            .call(move |pool| async move {
+                execute(&pool, &sql, &[&id, &hash, &now_ms]).await.map(drop)
+            })
+            .map_err(store_error)
+    }
+
+    fn admin_token_hashes(&self) -> Result<Vec<String>, crate::StoreError> {
+        let sql = format!("SELECT hash FROM {}", self.table("admin_tokens"));
+        self.pg
+            .call(move |pool| async move {
+                let rows = query(&pool, &sql, &[]).await?;
+                rows.iter().map(|row| column(row, 0)).collect()
+            })
+            .map_err(store_error)
+    }
+
+    fn revoke_admin_tokens(&self) -> Result<usize, crate::StoreError> {
+        let sql = format!("DELETE FROM {}", self.table("admin_tokens"));
+        self.pg
+            .call(move |pool| async move {
+                let n = execute(&pool, &sql, &[]).await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .map_err(store_error)
+    }
+}

@@ -1,0 +1,429 @@
+//! Conformance of the data keys, secrets and credentials backends (issue
+//! 16): the same body runs against the embedded state and against
+//! PostgreSQL, each opened where every backend is ([`State::open`]); then
+//! what only a shared backend must do: two nodes (two states, each with
+//! its own state directory) share data keys created once under a race
+//! (T15, T20), secrets (T15) and credentials (T12), and an unreachable
+//! database is refused at open with what to do, never its password.
+
+use std::sync::{Arc, Barrier};
+
+use bulkhead_store::credentials::{self, CredentialBackend, Kind, Rejection};
+use bulkhead_store::crypto::{Aad, CryptoError, Keyring, MasterKey};
+use bulkhead_store::secrets::{SecretError, Secrets};
+use bulkhead_store::{State, StateConfig, tokens};
+use secrecy::ExposeSecret as _;
+
+/// A master key file holding `byte` 32 times, in `dir`.
+fn master(dir: &std::path::Path, byte: u8) -> MasterKey {
+    let path = dir.join(format!("master-{byte}"));
+    bulkhead_store::files::write_private(&path, &[&[byte; 32]]).unwrap();
+    MasterKey::from_file(&path).unwrap()
+}
+
+/// The keyring of `state` under the master key `byte`.
+fn keyring(state: &State, dir: &std::path::Path, byte: u8) -> Arc<Keyring> {
+    Arc::new(Keyring::new(master(dir, byte), state.key_store().unwrap()))
+}
+
+/// Data keys: created once, read back, per subject, counted, listed and
+/// destroyed (crypto-shredding, T20); a wrong master key is detected.
+fn data_keys_conform(state: &State, dir: &std::path::Path) {
+    let ring = keyring(state, dir, 7);
+    assert!(ring.data_key("kv", "s", "alice", false).unwrap().is_none());
+    let alice = ring.data_key("kv", "s", "alice", true).unwrap().unwrap();
+    let aad = Aad::new(&[b"test", b"alice"]);
+    let sealed = alice.seal(&aad, b"value").unwrap();
+    let again = ring.data_key("kv", "s", "alice", true).unwrap().unwrap();
+    assert_eq!(&again.open(&aad, &sealed).unwrap()[..], b"value");
+    let bob = ring.data_key("kv", "s", "bob", true).unwrap().unwrap();
+    assert!(bob.open(&aad, &sealed).is_err(), "another subject's key");
+    ring.data_key("kv", "t", "alice", true).unwrap();
+    ring.data_key("kv", "s", "", true).unwrap();
+    let keys = ring.key_store();
+    assert_eq!(keys.count_subject("kv", "alice").unwrap(), 2);
+    let like = |s: &str| s.starts_with('a') || s.starts_with('b');
+    let mut found = keys.subjects("kv", &like, 10).unwrap();
+    found.sort();
+    assert_eq!(found, ["alice", "bob"]);
+    assert_eq!(keys.subjects("kv", &like, 1).unwrap().len(), 1);
+    let wrong = keyring(state, dir, 9);
+    assert!(matches!(
+        wrong.data_key("kv", "s", "alice", false),
+        Err(CryptoError::Unwrap)
+    ));
+    assert_eq!(keys.destroy_subject("kv", "alice").unwrap().keys, 2);
+    assert!(ring.data_key("kv", "s", "alice", false).unwrap().is_none());
+    assert_eq!(keys.count_subject("kv", "alice").unwrap(), 0);
+    assert!(ring.data_key("kv", "s", "bob", false).unwrap().is_some());
+}
+
+/// Secrets: set, refused twice, rotated, read, listed, removed (T15).
+fn secrets_conform(state: &State, dir: &std::path::Path) {
+    let secrets = Secrets::new(keyring(state, dir, 7));
+    let backend = state.secrets().unwrap();
+    let backend = &*backend;
+    assert_eq!(secrets.set(backend, "api", b"one").unwrap(), 1);
+    assert!(matches!(
+        secrets.set(backend, "api", b"x"),
+        Err(SecretError::Exists(_))
+    ));
+    let read = |name| secrets.get(backend, name).unwrap();
+    assert_eq!(read("api").unwrap().expose_secret(), "one");
+    assert_eq!(secrets.rotate(backend, "api", b"two").unwrap(), 2);
+    assert_eq!(read("api").unwrap().expose_secret(), "two");
+    assert!(matches!(
+        secrets.rotate(backend, "nope", b"x"),
+        Err(SecretError::Missing(_))
+    ));
+    assert!(matches!(
+        secrets.set(backend, "empty", b""),
+        Err(SecretError::BadValue)
+    ));
+    secrets.set(backend, "zeta", b"z").unwrap();
+    let listed = Secrets::list(backend).unwrap();
+    let names: Vec<_> = listed
+        .iter()
+        .map(|i| (i.name.as_str(), i.version))
+        .collect();
+    assert_eq!(names, [("api", 2), ("zeta", 1)]);
+    let info = secrets.info(backend, "api").unwrap().unwrap();
+    assert!(info.created_ms <= info.updated_ms);
+    // Sealed: the backend holds no plaintext.
+    let (version, sealed) = backend.sealed("api").unwrap().unwrap();
+    assert_eq!(version, 2);
+    assert!(!sealed.windows(3).any(|w| w == b"two"));
+    assert!(Secrets::remove(backend, "api").unwrap());
+    assert!(!Secrets::remove(backend, "api").unwrap());
+    assert!(read("api").is_none());
+}
+
+/// Sessions, API keys and admin tokens (T12, T19): only hashes kept;
+/// kind, revocation and expiry checked the same on every backend.
+fn credentials_conform(state: &State) {
+    let backend: &dyn CredentialBackend = &**state.credentials();
+    let scopes = ["read".to_string(), "write".to_string()];
+    let (id, secret) = credentials::issue(
+        backend,
+        Kind::ApiKey,
+        "api-key:ci",
+        &scopes,
+        60_000,
+        Some("ci"),
+    )
+    .unwrap();
+    assert!(secret.starts_with("bhk_"));
+    let grant = credentials::verify(backend, Kind::ApiKey, &secret)
+        .unwrap()
+        .unwrap();
+    assert_eq!(grant.id, id);
+    assert_eq!(grant.subject, "api-key:ci");
+    assert_eq!(grant.scopes, scopes);
+    assert_eq!(
+        credentials::verify(backend, Kind::Session, &secret).unwrap(),
+        Err(Rejection::WrongKind)
+    );
+    assert_eq!(
+        credentials::verify(backend, Kind::ApiKey, "bhk_guess").unwrap(),
+        Err(Rejection::Unknown)
+    );
+    let (_, expired) =
+        credentials::issue(backend, Kind::Session, "session:old", &[], -1, None).unwrap();
+    assert_eq!(
+        credentials::verify(backend, Kind::Session, &expired).unwrap(),
+        Err(Rejection::Expired)
+    );
+    // Revoked once, then nothing more to revoke; another kind's id is not it.
+    assert!(!backend.revoke(Kind::Session, &id, 1).unwrap());
+    assert!(backend.revoke(Kind::ApiKey, &id, 1).unwrap());
+    assert!(!backend.revoke(Kind::ApiKey, &id, 2).unwrap());
+    assert_eq!(
+        credentials::verify(backend, Kind::ApiKey, &secret).unwrap(),
+        Err(Rejection::Revoked)
+    );
+    let listed = backend.list(Kind::ApiKey).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].label.as_deref(), Some("ci"));
+    assert_eq!(listed[0].scopes, scopes);
+    assert_eq!(listed[0].revoked_ms, Some(1));
+    assert_eq!(backend.list(Kind::Session).unwrap().len(), 1);
+    // Admin tokens: hashes only, matched, revoked all at once.
+    let token = tokens::create_admin_token(backend).unwrap();
+    let hashes = tokens::admin_token_hashes(backend).unwrap();
+    assert!(tokens::token_matches(&token.secret, &hashes));
+    assert!(!tokens::token_matches("bha_guess", &hashes));
+    for stored in backend.admin_token_hashes().unwrap() {
+        assert!(!stored.contains(&token.secret));
+    }
+    assert_eq!(backend.revoke_admin_tokens().unwrap(), 1);
+    assert!(tokens::admin_token_hashes(backend).unwrap().is_empty());
+}
+
+fn conform(state: &State, dir: &std::path::Path) {
+    data_keys_conform(state, dir);
+    secrets_conform(state, dir);
+    credentials_conform(state);
+}
+
+#[test]
+fn embedded_state_backends_conform() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::open(&StateConfig::Embedded {
+        dir: dir.path().join("state"),
+    })
+    .unwrap();
+    assert!(!state.is_shared());
+    conform(&state, dir.path());
+}
+
+/// A database of its own on the local PostgreSQL (127.0.0.1:5432, user
+/// `postgres`, trust), dropped with its call role at the end, so tests run
+/// in parallel.
+struct PgDatabase {
+    name: String,
+    schema: String,
+    admin: tokio::runtime::Runtime,
+}
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+impl PgDatabase {
+    fn create() -> Self {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).unwrap();
+        let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let admin = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let db = Self {
+            name: format!("bh_test_{suffix}"),
+            schema: format!("bh_{suffix}"),
+            admin,
+        };
+        db.on("postgres", &format!("CREATE DATABASE {}", db.name));
+        db
+    }
+
+    fn url(&self) -> String {
+        format!("{PG_SERVER}/{}", self.name)
+    }
+
+    /// The state of one node: its own state directory, this database.
+    fn node(&self, dir: &std::path::Path) -> State {
+        State::open(&StateConfig::Postgres {
+            dir: dir.to_path_buf(),
+            postgres: bulkhead_store::kv::PgConfig {
+                url: self.url().into(),
+                schema: self.schema.clone(),
+            },
+        })
+        .unwrap()
+    }
+
+    /// Run `sql` (simple protocol) on `database` as `postgres`; the rows
+    /// of its last statement, as text.
+    fn on(&self, database: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+        let sql = sql.to_string();
+        let url = format!("{PG_SERVER}/{database}");
+        self.admin.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
+            let driver = tokio::spawn(connection);
+            let messages = client.simple_query(&sql).await.unwrap();
+            drop(client);
+            let _ = driver.await;
+            messages
+                .iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_string))
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.on(&self.name.clone(), sql)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Two batches: DROP DATABASE runs in no transaction block.
+        self.on(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+        self.on(
+            "postgres",
+            &format!("DROP ROLE IF EXISTS {}_kv_call", self.schema),
+        );
+    }
+}
+
+#[test]
+fn postgres_state_backends_conform() {
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let state = db.node(&dir.path().join("state"));
+    assert!(state.is_shared());
+    conform(&state, dir.path());
+    // Nothing of it in the embedded files: no keys.db, no rows.
+    assert!(!dir.path().join("state").join("keys.db").exists());
+    let conn = state.store().connect().unwrap();
+    for table in ["secrets", "credentials", "admin_tokens"] {
+        let rows: i64 = conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+}
+
+/// T15, T20: two nodes (own state directories, the same master key) ask
+/// for the same missing data key at once from many threads: one key is
+/// created, every node seals and opens with it, and the database holds it
+/// only wrapped (40 bytes of AES key wrap, never the key).
+#[test]
+fn postgres_data_keys_are_shared_and_created_once_under_a_race() {
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<State> = (0..2)
+        .map(|i| db.node(&dir.path().join(format!("node{i}"))))
+        .collect();
+    let rings: Vec<Arc<Keyring>> = nodes.iter().map(|n| keyring(n, dir.path(), 7)).collect();
+    const THREADS: usize = 8;
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let aad = Aad::new(&[b"race"]);
+    let sealed: Vec<(usize, Vec<u8>)> = (0..THREADS)
+        .map(|i| {
+            let ring = rings[i % 2].clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let dek = ring.data_key("kv", "s", "alice", true).unwrap().unwrap();
+                (
+                    i % 2,
+                    dek.seal(&Aad::new(&[b"race"]), format!("from {i}").as_bytes())
+                        .unwrap(),
+                )
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    // Every value opens on both nodes: one key.
+    for ring in &rings {
+        let dek = ring.data_key("kv", "s", "alice", false).unwrap().unwrap();
+        for (_, blob) in &sealed {
+            dek.open(&aad, blob).unwrap();
+        }
+    }
+    let rows = db.query(&format!(
+        "SELECT count(*), min(length(wrapped)) FROM {}.data_keys",
+        db.schema
+    ));
+    assert_eq!(rows[0][0].as_deref(), Some("1"));
+    assert_eq!(rows[0][1].as_deref(), Some("40"), "stored wrapped");
+    // Nothing in the nodes' own files.
+    for i in 0..2 {
+        assert!(!dir.path().join(format!("node{i}/keys.db")).exists());
+    }
+    // A node with another master key reads nothing (T15).
+    let stranger = keyring(&nodes[1], dir.path(), 9);
+    assert!(matches!(
+        stranger.data_key("kv", "s", "alice", false),
+        Err(CryptoError::Unwrap)
+    ));
+    // Shredded on one node: gone for the other (T20).
+    rings[0].key_store().destroy_subject("kv", "alice").unwrap();
+    assert!(
+        rings[1]
+            .data_key("kv", "s", "alice", false)
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// T12, T15: a secret set through one node is read through the other; a
+/// credential issued on one authenticates on the other, and revoked on
+/// the other is refused by the first at once (nothing cached).
+#[test]
+fn postgres_secrets_and_credentials_are_shared_by_nodes() {
+    let db = PgDatabase::create();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        db.node(&dir.path().join("a")),
+        db.node(&dir.path().join("b")),
+    );
+    let secrets_a = Secrets::new(keyring(&a, dir.path(), 7));
+    let secrets_b = Secrets::new(keyring(&b, dir.path(), 7));
+    secrets_a
+        .set(&*a.secrets().unwrap(), "token", b"s3cr3t-value")
+        .unwrap();
+    let seen = secrets_b.get(&*b.secrets().unwrap(), "token").unwrap();
+    assert_eq!(seen.unwrap().expose_secret(), "s3cr3t-value");
+    let rows = db.query(&format!(
+        "SELECT encode(sealed, 'escape') FROM {}.secrets",
+        db.schema
+    ));
+    assert!(!rows[0][0].as_deref().unwrap_or("").contains("s3cr3t"));
+
+    let (id, secret) = credentials::issue(
+        &**a.credentials(),
+        Kind::Session,
+        "session:ada",
+        &[],
+        60_000,
+        None,
+    )
+    .unwrap();
+    let on_b = credentials::verify(&**b.credentials(), Kind::Session, &secret).unwrap();
+    assert_eq!(on_b.unwrap().subject, "session:ada");
+    // Only the hash is stored.
+    let stored = db.query(&format!("SELECT hash FROM {}.credentials", db.schema));
+    assert_eq!(stored.len(), 1);
+    assert!(!stored[0][0].as_deref().unwrap_or("").contains(&secret[4..]));
+    assert!(b.credentials().revoke(Kind::Session, &id, 1).unwrap());
+    assert_eq!(
+        credentials::verify(&**a.credentials(), Kind::Session, &secret).unwrap(),
+        Err(Rejection::Revoked)
+    );
+}
+
+/// Start-up against a database that does not answer: refused at open,
+/// saying what to check, never the URL's password; a URL asking for TLS
+/// is refused, never downgraded.
+#[test]
+fn an_unreachable_database_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |url: &str| StateConfig::Postgres {
+        dir: dir.path().join("state"),
+        postgres: bulkhead_store::kv::PgConfig {
+            url: url.to_string().into(),
+            schema: "bh_unreachable".into(),
+        },
+    };
+    // Port 1 on loopback: refused at once.
+    let Err(err) = State::open(&config("postgres://app:hunter2@127.0.0.1:1/app")) else {
+        panic!("opened an unreachable database");
+    };
+    let err = err.to_string();
+    assert!(err.contains("cannot reach the database"), "{err}");
+    assert!(err.contains("BULKHEAD_DATABASE_URL"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let Err(err) = State::open(&config(
+        "postgres://app:hunter2@127.0.0.1:5432/app?sslmode=require",
+    )) else {
+        panic!("TLS asked for and not given");
+    };
+    let err = err.to_string();
+    assert!(err.contains("sslmode=require"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
