@@ -79,40 +79,50 @@ pub(crate) fn parse_url(config: &PgConfig) -> Result<tokio_postgres::Config, PgE
     Ok(pg)
 }
 
+/// A runtime of its own and a pool of up to `size` connections to the
+/// database `config` names (nothing is connected yet): shared by every
+/// PostgreSQL backend, so each refuses the same URLs the same way.
+pub(crate) fn connect(
+    config: &PgConfig,
+    size: usize,
+) -> Result<(tokio::runtime::Runtime, Pool), PgError> {
+    let pg = parse_url(config)?;
+    let manager = deadpool_postgres::Manager::from_config(
+        pg,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bulkhead-postgres")
+        .enable_all()
+        .build()
+        .map_err(PgError::of)?;
+    let pool = {
+        let _inside = runtime.enter();
+        Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+    };
+    match pool {
+        Ok(pool) => Ok((runtime, pool)),
+        Err(e) => {
+            runtime.shutdown_background();
+            Err(PgError::of(e))
+        }
+    }
+}
+
 impl Pg {
     /// Connect, and create the schema's tables if they are missing. Fails
     /// (with what to do) when the database cannot be reached.
     pub fn open(config: &PgConfig) -> Result<Arc<Self>, PgError> {
-        let pg = parse_url(config)?;
-        let manager = deadpool_postgres::Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bulkhead-postgres")
-            .enable_all()
-            .build()
-            .map_err(PgError::of)?;
-        let pool = {
-            let _inside = runtime.enter();
-            Pool::builder(manager)
-                .max_size(POOL_SIZE)
-                .runtime(deadpool_postgres::Runtime::Tokio1)
-                .wait_timeout(Some(WAIT_TIMEOUT))
-                .create_timeout(Some(CONNECT_TIMEOUT))
-                .build()
-        };
-        let pool = match pool {
-            Ok(pool) => pool,
-            Err(e) => {
-                runtime.shutdown_background();
-                return Err(PgError::of(e));
-            }
-        };
+        let (runtime, pool) = connect(config, POOL_SIZE)?;
         let pg = Arc::new(Self {
             runtime: Some(runtime),
             pool,

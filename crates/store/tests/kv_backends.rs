@@ -3,7 +3,10 @@
 //! backend that differs in subject scope (T13), expiry (T20), paging,
 //! atomic counters or erasure fails here.
 
+mod support;
+
 use std::sync::Arc;
+use support::PgDatabase;
 
 use bulkhead_store::crypto::{KeyStore, Keyring, MasterKey};
 use bulkhead_store::kv::{self, Kv, KvBackend, KvError, LIST_PAGE, SharedKv, Space};
@@ -118,89 +121,6 @@ fn embedded_backend_conforms() {
     })
     .unwrap();
     conformance(state.kv().unwrap(), dir.path());
-}
-
-/// A database of its own on the local PostgreSQL (127.0.0.1:5432, user
-/// `postgres`, trust), dropped with its call role at the end, so tests run
-/// in parallel.
-struct PgDatabase {
-    name: String,
-    schema: String,
-    admin: tokio::runtime::Runtime,
-}
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-impl PgDatabase {
-    fn create() -> Self {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).unwrap();
-        let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let admin = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let name = format!("bulkhead_test_{suffix}");
-        let db = Self {
-            schema: format!("bh_{suffix}"),
-            name,
-            admin,
-        };
-        db.on("postgres", &format!("CREATE DATABASE {}", db.name));
-        db
-    }
-
-    fn url(&self) -> String {
-        format!("{PG_SERVER}/{}", self.name)
-    }
-
-    fn config(&self) -> kv::PgConfig {
-        kv::PgConfig {
-            url: self.url().into(),
-            schema: self.schema.clone(),
-        }
-    }
-
-    /// Run `sql` (simple protocol) on `database` as `postgres`.
-    fn on(&self, database: &str, sql: &str) {
-        let sql = sql.to_string();
-        let url = format!("{PG_SERVER}/{database}");
-        self.admin.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
-            let driver = tokio::spawn(connection);
-            client.batch_execute(&sql).await.unwrap();
-            drop(client);
-            let _ = driver.await;
-        });
-    }
-
-    /// A connection to this database as `postgres`, for the test to query.
-    fn client(&self) -> tokio_postgres::Client {
-        let url = self.url();
-        self.admin.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            client
-        })
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Two batches: DROP DATABASE runs in no transaction block.
-        self.on(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-        self.on(
-            "postgres",
-            &format!("DROP ROLE IF EXISTS {}_kv_call", self.schema),
-        );
-    }
 }
 
 #[test]

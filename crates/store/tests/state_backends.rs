@@ -6,7 +6,10 @@
 //! (T15, T20), secrets (T15) and credentials (T12), and an unreachable
 //! database is refused at open with what to do, never its password.
 
+mod support;
+
 use std::sync::{Arc, Barrier};
+use support::PgDatabase;
 
 use bulkhead_store::credentials::{self, CredentialBackend, Kind, Rejection};
 use bulkhead_store::crypto::{Aad, CryptoError, Keyring, MasterKey};
@@ -174,97 +177,6 @@ fn embedded_state_backends_conform() {
     .unwrap();
     assert!(!state.is_shared());
     conform(&state, dir.path());
-}
-
-/// A database of its own on the local PostgreSQL (127.0.0.1:5432, user
-/// `postgres`, trust), dropped with its call role at the end, so tests run
-/// in parallel.
-struct PgDatabase {
-    name: String,
-    schema: String,
-    admin: tokio::runtime::Runtime,
-}
-
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
-
-impl PgDatabase {
-    fn create() -> Self {
-        let mut bytes = [0u8; 8];
-        getrandom::fill(&mut bytes).unwrap();
-        let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let admin = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let db = Self {
-            name: format!("bh_test_{suffix}"),
-            schema: format!("bh_{suffix}"),
-            admin,
-        };
-        db.on("postgres", &format!("CREATE DATABASE {}", db.name));
-        db
-    }
-
-    fn url(&self) -> String {
-        format!("{PG_SERVER}/{}", self.name)
-    }
-
-    /// The state of one node: its own state directory, this database.
-    fn node(&self, dir: &std::path::Path) -> State {
-        State::open(&StateConfig::Postgres {
-            dir: dir.to_path_buf(),
-            postgres: bulkhead_store::kv::PgConfig {
-                url: self.url().into(),
-                schema: self.schema.clone(),
-            },
-        })
-        .unwrap()
-    }
-
-    /// Run `sql` (simple protocol) on `database` as `postgres`; the rows
-    /// of its last statement, as text.
-    fn on(&self, database: &str, sql: &str) -> Vec<Vec<Option<String>>> {
-        let sql = sql.to_string();
-        let url = format!("{PG_SERVER}/{database}");
-        self.admin.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
-            let driver = tokio::spawn(connection);
-            let messages = client.simple_query(&sql).await.unwrap();
-            drop(client);
-            let _ = driver.await;
-            messages
-                .iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                        (0..row.len())
-                            .map(|i| row.get(i).map(str::to_string))
-                            .collect(),
-                    ),
-                    _ => None,
-                })
-                .collect()
-        })
-    }
-
-    fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        self.on(&self.name.clone(), sql)
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Two batches: DROP DATABASE runs in no transaction block.
-        self.on(
-            "postgres",
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-        self.on(
-            "postgres",
-            &format!("DROP ROLE IF EXISTS {}_kv_call", self.schema),
-        );
-    }
 }
 
 #[test]

@@ -182,44 +182,8 @@ impl PostgresKv {
     /// Connect, and create the schema, table, call role and policy if
     /// they are missing.
     pub fn open(config: &PgConfig) -> Result<Self, KvError> {
-        use secrecy::ExposeSecret as _;
-        if !valid_schema(&config.schema) {
-            return Err(KvError::Backend(
-                "a PostgreSQL schema name is 1 to 50 of a-z, 0-9 and _, starting with a letter"
-                    .into(),
-            ));
-        }
-        let pg: tokio_postgres::Config = config.url.expose_secret().parse().map_err(|_| {
-            // The parser's message may quote the URL, password included.
-            KvError::Backend("the PostgreSQL URL is not valid".into())
-        })?;
-        let manager = deadpool_postgres::Manager::from_config(
-            pg,
-            tokio_postgres::NoTls,
-            deadpool_postgres::ManagerConfig {
-                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-            },
-        );
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("bulkhead-postgres")
-            .enable_all()
-            .build()
-            .map_err(backend_error)?;
-        let pool = {
-            let _inside = runtime.enter();
-            Pool::builder(manager)
-                .max_size(POOL_SIZE)
-                .runtime(deadpool_postgres::Runtime::Tokio1)
-                .build()
-        };
-        let pool = match pool {
-            Ok(pool) => pool,
-            Err(e) => {
-                runtime.shutdown_background();
-                return Err(backend_error(e));
-            }
-        };
+        let (runtime, pool) =
+            crate::pg::connect(config, POOL_SIZE).map_err(|e| KvError::Backend(e.0.into()))?;
         let backend = Self {
             runtime: Some(runtime),
             pool,
