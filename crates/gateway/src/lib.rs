@@ -13,6 +13,8 @@ pub mod cluster;
 mod connection;
 pub mod correlation;
 mod deploys;
+/// Schedules and queue consumers (issue 18).
+mod events;
 pub mod log_writer;
 /// Sign-in at the gateway, `[auth.login]` (issue 15).
 mod login;
@@ -47,6 +49,7 @@ use version::Version;
 
 pub use admin::AdminAccess;
 pub use budget::worst_case;
+pub use events::Triggers;
 pub use deploys::{DeployError, DeployOutcome, Deployer, Who};
 pub use spans::{RequestSpan, SpanExport};
 pub use tls::TlsError;
