@@ -49,8 +49,8 @@ use version::Version;
 
 pub use admin::AdminAccess;
 pub use budget::worst_case;
-pub use events::Triggers;
 pub use deploys::{DeployError, DeployOutcome, Deployer, Who};
+pub use events::Triggers;
 pub use spans::{RequestSpan, SpanExport};
 pub use tls::TlsError;
 

@@ -20,7 +20,7 @@
 //! - One `capability.used` record per queue per call; the body never
 //!   appears in logs or audit records.
 
-use bulkhead_store::queue::{NewMessage, QueueError};
+use bulkhead_store::queue::{Failed, NewMessage, QueueError};
 use tracing::warn;
 use wasmtime::component::{HasData, Linker};
 
@@ -85,31 +85,29 @@ impl producer::Host for HostState {
         let depth = data.depth.saturating_add(1);
         let correlation_id = data.call.correlation_id().to_string();
         let name = queue.clone();
-        let enqueue = {
-            let backend = backend.clone();
-            let correlation_id = correlation_id.clone();
-            tokio::task::spawn_blocking(move || {
-                let message = NewMessage {
-                    payload: &body,
-                    correlation_id: &correlation_id,
-                    depth,
-                };
-                match backend.enqueue(&name, message) {
-                    // T04: stopped here, kept as a dead letter with why.
-                    Err(QueueError::TooDeep { depth, max }) => {
-                        let reason = format!(
-                            "causal depth {depth} is over max_event_depth {max}: a chain of events that keeps triggering itself was stopped"
-                        );
-                        Err((
-                            Some(backend.dead_letter_refused(&name, message, &reason)),
-                            QueueError::TooDeep { depth, max },
-                        ))
-                    }
-                    Err(e) => Err((None, e)),
-                    Ok(id) => Ok(id),
+        let enqueue = tokio::task::spawn_blocking(move || {
+            let message = NewMessage {
+                payload: &body,
+                correlation_id: &correlation_id,
+                depth,
+            };
+            match backend.enqueue(&name, message) {
+                Ok(_) => Sent::Stored,
+                // T04: stopped here, kept as a dead letter with why.
+                Err(QueueError::TooDeep { depth, max }) => {
+                    let reason = format!(
+                        "causal depth {depth} is over max_event_depth {max}: a chain of events that keeps triggering itself was stopped"
+                    );
+                    let went = match backend.dead_letter_refused(&name, message, &reason) {
+                        Ok(Failed::DeadLettered { to }) => format!("dead-lettered to `{to}`"),
+                        Ok(_) => "parked in its queue, undelivered".to_string(),
+                        Err(e) => format!("not kept ({e})"),
+                    };
+                    Sent::TooDeep { depth, max, went }
                 }
-            })
-        };
+                Err(e) => Sent::Refused(Box::new(e)),
+            }
+        });
         let outcome = match enqueue.await {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -123,24 +121,16 @@ impl producer::Host for HostState {
             entry.1 = entry.1.saturating_add(size);
         };
         match outcome {
-            Ok(_) => {
+            Sent::Stored => {
                 counted(data);
                 data.used_once("queue", &shown, "send");
                 Ok(())
             }
-            Err((buried, QueueError::TooDeep { depth, max })) => {
+            Sent::TooDeep { depth, max, went } => {
                 counted(data);
                 data.plane
                     .depth_exceeded
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let went = match &buried {
-                    Some(Ok(bulkhead_store::queue::Failed::DeadLettered { to })) => {
-                        format!("dead-lettered to `{to}`")
-                    }
-                    Some(Ok(_)) => "parked in its queue, undelivered".to_string(),
-                    Some(Err(e)) => format!("not kept ({e})"),
-                    None => "not kept".to_string(),
-                };
                 warn!(
                     target: "bulkhead::events",
                     function = %data.call.function(),
@@ -159,26 +149,40 @@ impl producer::Host for HostState {
                 );
                 Ok(())
             }
-            Err((_, QueueError::TooLarge { .. })) => {
-                data.call.deny(
-                    "queue",
-                    Target::Resource(&shown),
-                    "message over the queue's max_message_bytes",
-                );
-                Err(Error::TooLarge)
-            }
-            Err((_, QueueError::UnknownQueue(_))) => {
-                data.call.deny(
-                    "queue",
-                    Target::Resource(&shown),
-                    "the queue is not declared",
-                );
-                Err(Error::NotGranted)
-            }
-            Err((_, e)) => {
-                data.backend_failure("queue", &shown, &e.to_string());
-                Err(Error::Unavailable)
-            }
+            Sent::Refused(e) => match *e {
+                QueueError::TooLarge { .. } => {
+                    data.call.deny(
+                        "queue",
+                        Target::Resource(&shown),
+                        "message over the queue's max_message_bytes",
+                    );
+                    Err(Error::TooLarge)
+                }
+                QueueError::UnknownQueue(_) => {
+                    data.call.deny(
+                        "queue",
+                        Target::Resource(&shown),
+                        "the queue is not declared",
+                    );
+                    Err(Error::NotGranted)
+                }
+                e => {
+                    data.backend_failure("queue", &shown, &e.to_string());
+                    Err(Error::Unavailable)
+                }
+            },
         }
     }
+}
+
+/// What an enqueue came to, off the async runtime.
+enum Sent {
+    Stored,
+    /// T04: refused for its depth; `went` says where it was kept.
+    TooDeep {
+        depth: u32,
+        max: u32,
+        went: String,
+    },
+    Refused(Box<QueueError>),
 }

@@ -12,7 +12,7 @@
 //! - `slow...`: spins for a second (a schedule run that overlaps);
 //! - anything else: records.
 //!
-//! Recording writes key `event:BODY` (queue) or `schedule:ID` (schedule)
+//! Recording writes key `event-BODY` (queue) or `schedule-ID` (schedule)
 //! in store `events`, value `correlation=C depth=D attempt=A source=S`, and
 //! bumps nothing else: a key is written once however often it is delivered.
 
@@ -87,17 +87,17 @@ fn triggered(request: &IncomingRequest, body: &[u8]) -> (u16, String) {
         // The depth in the key: every hop is a key of its own.
         let depth = header(request, "bulkhead-event-depth");
         if let Err(e) = producer::send(&source, body) {
-            let _ = record(&format!("loop-error:{depth}"), &send_error(e));
+            let _ = record(&format!("loop-error-{depth}"), &send_error(e));
         }
-        return match record(&format!("event:{text}:{depth}"), &value) {
+        return match record(&format!("event-{text}-{depth}"), &value) {
             Ok(()) => (200, "ok".into()),
             Err(e) => (500, e),
         };
     }
     let key = if kind == "schedule" {
-        format!("schedule:{id}")
+        format!("schedule-{id}")
     } else {
-        format!("event:{text}")
+        format!("event-{text}")
     };
     match record(&key, &value) {
         Ok(()) => (200, "ok".into()),
