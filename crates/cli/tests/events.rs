@@ -281,6 +281,28 @@ fn a_schedule_fires_and_is_metered_under_its_trigger_caller() {
     );
 }
 
+/// T04: a triggered function is held to its budget like an HTTP one: past
+/// it, runs stop (exactly 2 ran); the refusal is logged and audited.
+#[test]
+fn a_schedule_past_its_budget_stops_running_t04() {
+    let manifest = format!(
+        "{RUN}\n[[function]]\nname = \"tick\"\ncomponent = \"events.wasm\"\ntrigger = {{ every = \"1s\" }}\nbudget = {{ per_caller_requests_per_day = 2 }}\ngrants = {{ kv = {{ events = \"read-write\" }} }}\n"
+    );
+    let app = TestApp::new(&manifest, &["events"]);
+    let server = start(&app);
+    server.wait_for_log(
+        |r| r["message"] == "a triggered run was refused by its budget" && r["function"] == "tick",
+        LIMIT,
+    );
+    let logs = server.stop_with_logs();
+    let runs = event_lines(&logs, "tick");
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    let refused = app.audit_records("event.refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["function"], "tick");
+    assert_eq!(refused[0]["detail"]["reason"], "budget-exhausted");
+}
+
 /// T08: the consumer's call carries the correlation ID of the HTTP call
 /// that sent the message: one trace across the hop, in the log and in the
 /// consumer's own audit records; its depth is 1.
@@ -494,4 +516,39 @@ fn sigkill_mid_stream_loses_no_message() {
         .filter(|r| r["status"] == 200)
         .count();
     assert!(after > N / 2, "{after} of {N} processed after the restart");
+}
+
+/// Graceful stop: a delivery under way when SIGTERM comes finishes and is
+/// acknowledged before the server exits; after a restart the queue is
+/// empty (nothing delivered twice, nothing lost).
+#[test]
+fn sigterm_lets_a_delivery_under_way_finish_and_settle() {
+    let app = TestApp::new(RUN, &["events"]);
+    let server = start(&app);
+    let (status, body, _) = post(&server, "/send?queue=bulk", "slow-graceful");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    wait_for_key(&server, "started-slow-graceful", LIMIT);
+    let logs = server.stop_with_logs();
+    let runs = event_lines(&logs, "bulker");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], 200);
+    let server = start(&app);
+    assert_ne!(kv(&server, "event-slow-graceful"), "none");
+    let admin = server.admin.expect("admin listener");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
+        let text = reply.text();
+        if text.contains("bulkhead_queue_depth{queue=\"bulk\"}") {
+            assert!(
+                text.contains("bulkhead_queue_depth{queue=\"bulk\"} 0"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = server.stop_with_logs();
+    assert!(event_lines(&logs, "bulker").is_empty(), "delivered again");
 }

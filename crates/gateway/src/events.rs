@@ -96,6 +96,7 @@ impl Gateway {
                 shared: self.shared.clone(),
                 caller: Caller::internal(&triggered.trigger.caller(&triggered.function.name)),
                 function,
+                refusing: AtomicBool::new(false),
             });
             match &triggered.trigger {
                 Trigger::Schedule { schedule, overlap } => {
@@ -151,6 +152,9 @@ struct Unit {
     /// `trigger:FUNCTION`: metered, budgeted and audited under this key.
     caller: Caller,
     function: LoadedFunction,
+    /// Its budget refuses it now: the refusal was logged and audited once
+    /// (T09: a refused schedule or consumer does not flood the trail).
+    refusing: AtomicBool,
 }
 
 /// One event handed to a function.
@@ -179,17 +183,24 @@ impl Unit {
         let Some(index) = meter.index_of(self.name()) else {
             return Err("the function is not part of the version being served".into());
         };
-        meter.admit(index, &self.caller).map(Some).map_err(|e| {
+        let admitted = meter.admit(index, &self.caller).map(Some).map_err(|e| {
             if e.held {
                 e.scope.describe_held().to_string()
             } else {
                 e.scope.describe().to_string()
             }
-        })
+        });
+        if admitted.is_ok() {
+            self.refusing.store(false, Ordering::Relaxed);
+        }
+        admitted
     }
 
-    /// A budget refusal: logged and audited.
+    /// A budget refusal: logged and audited, once until admitted again.
     fn refused(&self, kind: &str, source: &str, why: &str) {
+        if self.refusing.swap(true, Ordering::Relaxed) {
+            return;
+        }
         warn!(target: "bulkhead::events", function = %self.name(), event_kind = kind, event_source = source, reason = "budget-exhausted", detail = why, "a triggered run was refused by its budget");
         self.shared.audit.record_from(
             self.caller.key(),
@@ -479,7 +490,6 @@ async fn consume(
         usize::try_from(unit.function.limits().max_concurrent_requests.max(1)).unwrap_or(1),
     ));
     let mut running = JoinSet::new();
-    let mut refusing = false;
     loop {
         while running.try_join_next().is_some() {}
         let place = tokio::select! {
@@ -492,15 +502,9 @@ async fn consume(
         }
         // T04: charged before a lease, so a refusal spends no attempt.
         let charge = match unit.admit() {
-            Ok(charge) => {
-                refusing = false;
-                charge
-            }
+            Ok(charge) => charge,
             Err(why) => {
-                if !refusing {
-                    unit.refused("queue", &queue, &why);
-                }
-                refusing = true;
+                unit.refused("queue", &queue, &why);
                 drop(place);
                 if !pause(PAUSE, &mut stopped).await {
                     break;

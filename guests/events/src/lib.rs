@@ -9,7 +9,7 @@
 //! Triggered (`bulkhead-event-kind` set), the body decides:
 //! - `fail...`: answers 500 (the delivery fails; retried, then dead-lettered);
 //! - `loop...`: sends the body again to the queue it came from, then records;
-//! - `slow...`: spins for a second (a schedule run that overlaps);
+//! - `slow...`: records `started-BODY`, spins for a second, then records;
 //! - anything else: records.
 //!
 //! Recording writes key `event-BODY` (queue) or `schedule-ID` (schedule)
@@ -80,6 +80,7 @@ fn triggered(request: &IncomingRequest, body: &[u8]) -> (u16, String) {
         return (500, "failing as asked".into());
     }
     if text.starts_with("slow") {
+        let _ = record(&format!("started-{text}"), &value);
         let start = wasip2::clocks::monotonic_clock::now();
         while wasip2::clocks::monotonic_clock::now() - start < 1_000_000_000 {}
     }
