@@ -281,6 +281,46 @@ fn a_schedule_fires_and_is_metered_under_its_trigger_caller() {
     );
 }
 
+/// A schedule whose runs outlast its period does not pile up: with
+/// `overlap = "skip"` a firing while the last run goes is skipped, logged
+/// and counted (`bulkhead_schedule_skipped_total`), never run beside it.
+#[test]
+fn an_overlapping_schedule_skips_firings() {
+    let manifest = format!(
+        "{RUN}\n[[function]]\nname = \"slowtick\"\ncomponent = \"events.wasm\"\ntrigger = {{ every = \"1s\", overlap = \"skip\" }}\ngrants = {{ kv = {{ events = \"read-write\" }} }}\n"
+    );
+    let app = TestApp::new(&manifest, &["events"]);
+    let server = start(&app);
+    server.wait_for_log(
+        |r| r["reason"] == "overlap-skip" && r["function"] == "slowtick",
+        LIMIT,
+    );
+    server.wait_for_log(
+        |r| r["message"] == "event" && r["function"] == "slowtick",
+        LIMIT,
+    );
+    let admin = server.admin.expect("admin listener");
+    let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
+    let text = reply.text();
+    assert!(
+        text.contains("bulkhead_schedule_skipped_total{function=\"slowtick\"}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("bulkhead_schedule_firings_total{function=\"slowtick\"}"),
+        "{text}"
+    );
+    let logs = server.stop_with_logs();
+    // Never two runs at once: each run's log line comes before the next
+    // run could start, so the runs are as many as the firings not skipped.
+    let runs = event_lines(&logs, "slowtick").len();
+    let skipped = logs
+        .iter()
+        .filter(|r| r["reason"] == "overlap-skip" && r["function"] == "slowtick")
+        .count();
+    assert!(runs >= 1 && skipped >= 1, "{runs} runs, {skipped} skipped");
+}
+
 /// T04: a triggered function is held to its budget like an HTTP one: past
 /// it, runs stop (exactly 2 ran); the refusal is logged and audited.
 #[test]
@@ -357,6 +397,16 @@ fn a_failing_consumer_is_retried_then_dead_lettered() {
         },
         LIMIT,
     );
+    let admin = server.admin.expect("admin listener");
+    let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
+    let text = reply.text();
+    for line in [
+        "bulkhead_queue_retries_total{queue=\"telemetry\"} 1",
+        "bulkhead_queue_dead_letters_total{queue=\"telemetry\"} 1",
+        "bulkhead_queue_deliveries_total{queue=\"telemetry\",outcome=\"failed\"} 2",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     let logs = server.stop_with_logs();
     let runs = event_lines(&logs, "process");
     assert_eq!(runs.len(), 2, "max_attempts = 2: {runs:?}");

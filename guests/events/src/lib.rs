@@ -79,6 +79,12 @@ fn triggered(request: &IncomingRequest, body: &[u8]) -> (u16, String) {
     if text.starts_with("fail") {
         return (500, "failing as asked".into());
     }
+    // A schedule of a function named `slow…` runs for 2.5 s: longer than
+    // its period, so its firings overlap.
+    if kind == "schedule" && source.starts_with("slow") {
+        let start = wasip2::clocks::monotonic_clock::now();
+        while wasip2::clocks::monotonic_clock::now() - start < 2_500_000_000 {}
+    }
     if text.starts_with("slow") {
         let _ = record(&format!("started-{text}"), &value);
         let start = wasip2::clocks::monotonic_clock::now();
