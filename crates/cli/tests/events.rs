@@ -602,3 +602,41 @@ fn sigterm_lets_a_delivery_under_way_finish_and_settle() {
     let logs = server.stop_with_logs();
     assert!(event_lines(&logs, "bulker").is_empty(), "delivered again");
 }
+
+/// T19: triggers run the code and settings the server started with, so a
+/// live reload that changes a triggered function is refused (restart-only),
+/// naming why, and the server keeps serving.
+#[test]
+fn a_live_reload_changing_a_trigger_is_refused_t19() {
+    let app = TestApp::new(RUN, &["events"]);
+    let server = start(&app);
+    let changed = RUN.replacen(
+        "max_concurrent_requests = 2",
+        "max_concurrent_requests = 1",
+        1,
+    );
+    assert_ne!(changed, RUN);
+    std::fs::write(app.path().join("bulkhead.toml"), changed).unwrap();
+    let pid = server.pid().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let refused = server.wait_for_log(
+        |r| r["message"] == "SIGHUP reload refused: still serving the previous version",
+        LIMIT,
+    );
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("triggered functions and queues")),
+        "{refused}"
+    );
+    let (status, body, _) = post(&server, "/send?queue=telemetry", "after-reload");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    wait_for_key(&server, "event-after-reload", LIMIT);
+    server.stop_with_logs();
+}
