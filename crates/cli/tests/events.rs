@@ -638,5 +638,33 @@ fn a_live_reload_changing_a_trigger_is_refused_t19() {
     let (status, body, _) = post(&server, "/send?queue=telemetry", "after-reload");
     assert_eq!((status, body.as_str()), (200, "ok"));
     wait_for_key(&server, "event-after-reload", LIMIT);
+    let hup = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // A change that leaves the triggers alone is deployed live.
+    let harmless = format!("{RUN}\n# a comment\n");
+    std::fs::write(app.path().join("bulkhead.toml"), harmless).unwrap();
+    hup();
+    server.wait_for_log(|r| r["message"] == "SIGHUP reload serving", LIMIT);
+    // The component replaced on disk (no digest pinned): the triggered
+    // functions' code would change: refused.
+    std::fs::copy(support::guest("kv"), app.path().join("events.wasm")).unwrap();
+    hup();
+    server.wait_for_log(
+        |r| {
+            r["message"] == "SIGHUP reload refused: still serving the previous version"
+                && r["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("triggered function"))
+                && r["timestamp"] != refused["timestamp"]
+        },
+        LIMIT,
+    );
     server.stop_with_logs();
 }

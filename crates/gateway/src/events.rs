@@ -91,6 +91,12 @@ impl Gateway {
         stopped: watch::Receiver<bool>,
     ) -> Triggers {
         let mut tasks = JoinSet::new();
+        let _ = self.shared.trigger_digests.set(
+            functions
+                .iter()
+                .map(|f| (f.name().to_string(), f.digest()))
+                .collect(),
+        );
         for (triggered, function) in app.triggered.iter().zip(functions) {
             let unit = Arc::new(Unit {
                 shared: self.shared.clone(),
