@@ -279,14 +279,14 @@ fn print_data_grants(spec: &bulkhead_manifest::Function) {
     }
 }
 
-/// Issue 18: triggered functions and queues, checked but not yet run.
+/// Issue 18: triggered functions and queues.
 fn print_events(app: &bulkhead_manifest::App) {
     for triggered in &app.triggered {
         let f = &triggered.function;
         let l = &f.limits;
         println!(
             "
-{} -> {} (not yet run by this build: `serve` refuses the app)",
+{} -> {} (run by `serve`, never routed: POST / in-process)",
             triggered.trigger.describe(),
             f.name
         );

@@ -27,6 +27,8 @@ pub enum Mode {
 pub struct Deployment {
     pub app: App,
     pub functions: Vec<LoadedFunction>,
+    /// Issue 18: the triggered functions, in the order of `app.triggered`.
+    pub triggered: Vec<LoadedFunction>,
     /// Key-value, secrets and config backends (T13-T16).
     pub data: Arc<DataPlane>,
 }
@@ -41,32 +43,6 @@ pub fn engine_settings(app: &App) -> EngineSettings {
             .max()
             .unwrap_or(0),
     }
-}
-
-/// Issue 18, first slice: the manifest declares triggers and queues, and
-/// the store keeps queues, but nothing runs a triggered function yet.
-/// Serving such an app would silently never run them: refused, naming
-/// each one. `check` accepts the app (and compiles its components).
-pub fn refuse_triggers(app: &App) -> Result<(), Vec<String>> {
-    if app.triggered.is_empty() {
-        return Ok(());
-    }
-    let mut problems: Vec<String> = app
-        .triggered
-        .iter()
-        .map(|t| {
-            format!(
-                "{}: function `{}` has a trigger ({}), but triggers are not yet run by this build",
-                app.manifest_path.display(),
-                t.function.name,
-                t.trigger.describe()
-            )
-        })
-        .collect();
-    problems.push(
-        "schedules and queues are checked (`bulkhead check`) but not yet run (issue 18); remove each function's `trigger` to serve the app, or serve it with a build that runs triggers".into(),
-    );
-    Err(problems)
 }
 
 /// Load every function of `app`; on failure, every problem found.
@@ -96,9 +72,6 @@ pub fn deploy_on(
     progress: &dyn Fn(&str),
     opened: Opened,
 ) -> Result<Deployment, Vec<String>> {
-    if mode == Mode::Serve {
-        refuse_triggers(&app)?;
-    }
     let settings = engine_settings(&app);
     let data = open_data(&app, opened.state).map_err(|e| vec![format!("{e:#}")])?;
     let prepared = match opened.prepared {
@@ -152,14 +125,23 @@ pub fn deploy_on(
             Err(e) => problems.push(format!("function `{}`: {e}", function.name)),
         }
     }
-    // Issue 18: `check` compiles triggered functions too (T18: their
-    // imports against their grants), though nothing runs them yet.
-    if mode == Mode::Check {
-        for triggered in &app.triggered {
-            let function = &triggered.function;
-            if let Err(e) = runtime.load(&cache, function) {
-                problems.push(format!("function `{}`: {e}", function.name));
+    // Issue 18: triggered functions are loaded like routed ones (T18:
+    // their imports against their grants); the runner calls them.
+    let mut triggered = Vec::new();
+    for t in &app.triggered {
+        let function = &t.function;
+        match runtime.load(&cache, function) {
+            Ok((loaded, _)) => {
+                if mode == Mode::Serve {
+                    for import in loaded.imports() {
+                        if matches!(import.kind, ImportKind::Capability { .. }) {
+                            progress(&format!("function `{}`: {import}", function.name));
+                        }
+                    }
+                }
+                triggered.push(loaded);
             }
+            Err(e) => problems.push(format!("function `{}`: {e}", function.name)),
         }
     }
     if rejected {
@@ -184,6 +166,7 @@ pub fn deploy_on(
         Ok(Deployment {
             app,
             functions,
+            triggered,
             data,
         })
     } else {

@@ -410,6 +410,11 @@ impl Live {
         // Everything, migrations as a dry run, before anything is applied.
         deploy::deploy(app.clone(), self.audit.clone(), Mode::Check, &progress)?;
         let deployment = deploy::deploy(app, self.audit.clone(), Mode::Serve, &progress)?;
+        // Issue 18 (T19): the runner keeps the triggered code it started with.
+        let changed = self.gateway.trigger_code_changes(&deployment.triggered);
+        if !changed.is_empty() {
+            return Err(changed);
+        }
         // What the next deploy's lock is compared with: this lock as
         // verified under the serving keys, else under its own.
         let lock = lock_state.or_else(|| signed_lock(files, &own_signers));

@@ -92,12 +92,6 @@ pub fn run(
             return Ok(report(&problems));
         }
     };
-    // Issue 18: before anything starts (a deployed version is checked
-    // again by `deploy_on`).
-    if let Err(problems) = deploy::refuse_triggers(&app) {
-        audit_refusal(target, &problems);
-        return Ok(report(&problems));
-    }
     if let Err(problem) = crate::tls_cmd::listener_policy(&app, listen) {
         return Ok(report(&[problem]));
     }
@@ -405,6 +399,8 @@ async fn serve(
         .context("cannot read the listening address")?;
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let triggers_stopped = stopped.clone();
     let until_stopped = move || {
         let mut stopped = stopped.clone();
         async move {
@@ -492,14 +488,25 @@ async fn serve(
         manifest = %app.dir.join(MANIFEST_FILE).display(),
         "listening"
     );
+    let signal_stop = stop.clone();
     tokio::spawn(async move {
         signalled.await;
-        let _ = stop.send(true);
+        let _ = signal_stop.send(true);
     });
-    gateway
-        .serve(listener, until_stopped())
-        .await
-        .context("the listener failed")?;
+    // Issue 18: schedules and queue consumers, after the deploy record;
+    // the stop signal stops them with the listener.
+    let triggers = gateway.start_triggers(
+        app,
+        deployment.triggered.clone(),
+        deployment.data.clone(),
+        triggers_stopped,
+    );
+    let served = gateway.serve(listener, until_stopped()).await;
+    // Runs and deliveries under way finish and settle (issue 18); a
+    // listener that failed stops them too.
+    let _ = stop.send(true);
+    triggers.finish().await;
+    served.context("the listener failed")?;
     if let Some(task) = admin_task {
         let _ = task.await;
     }

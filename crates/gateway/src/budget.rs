@@ -138,7 +138,8 @@ struct Misfit {
 }
 
 impl Meter {
-    /// `limits` are the functions' own, in manifest order.
+    /// `limits` are the functions' own, in manifest order: the routed
+    /// ones, then the triggered ones ([`App::all_functions`]).
     pub fn new(
         app: &App,
         limits: &[&FunctionLimits],
@@ -167,10 +168,9 @@ impl Meter {
         Self::of_parts(
             app.pricing.clone(),
             app.budget.clone(),
-            app.functions.iter().map(|f| f.budget.clone()).collect(),
+            app.all_functions().map(|f| f.budget.clone()).collect(),
             limits.iter().map(|l| worst_case(l)).collect(),
-            app.functions
-                .iter()
+            app.all_functions()
                 .map(|f| f.name.as_str().into())
                 .collect(),
             log,
@@ -412,6 +412,12 @@ impl Meter {
         }
     }
 
+    /// Where `function` is in the ledger (issue 18: a triggered
+    /// function is metered after the routed ones).
+    pub(crate) fn index_of(&self, function: &str) -> Option<usize> {
+        self.function_names.iter().position(|n| &**n == function)
+    }
+
     /// Budget shares for metrics: the app, then each function.
     pub fn shares(&self) -> Vec<(Option<&str>, f64)> {
         let day = day_of(now_ms());
@@ -427,6 +433,12 @@ impl Meter {
             out.push((Some(&**name), share));
         }
         out
+    }
+
+    /// Commit pending usage now (issue 18: triggered runs that ended
+    /// after the listener's drain).
+    pub fn flush(&self) {
+        self.log.flush();
     }
 
     /// Commit pending usage and stop the meter's writer.

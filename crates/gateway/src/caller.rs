@@ -28,6 +28,12 @@ impl Caller {
         }
     }
 
+    /// A caller that is no client: `trigger:FUNCTION` for a schedule or
+    /// queue delivery (issue 18), metered and audited under that key.
+    pub fn internal(key: &str) -> Self {
+        Self(key.into())
+    }
+
     /// The key itself, shared.
     pub fn key(&self) -> Arc<str> {
         self.0.clone()

@@ -40,6 +40,32 @@ impl TraceContext {
         }
     }
 
+    /// The trace a queued message belongs to (issue 18): the sender's
+    /// correlation ID, when it is a trace ID, continued with a new span
+    /// (one trace across the hop, T08); a new trace otherwise.
+    pub(crate) fn continuing(correlation_id: &str) -> Self {
+        let valid = correlation_id.len() == 32
+            && correlation_id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && correlation_id.bytes().any(|b| b != b'0');
+        Self {
+            trace_id: if valid {
+                correlation_id.to_string()
+            } else {
+                random_hex::<16>()
+            },
+            span_id: random_hex::<8>(),
+            parent_span_id: None,
+            flags: 0,
+        }
+    }
+
+    /// A new trace, for a schedule's run (issue 18).
+    pub(crate) fn fresh() -> Self {
+        Self::from_headers(&HeaderMap::new())
+    }
+
     /// A constant context: what `bench/costs` serves when it measures the
     /// cost of correlation (issue 17). Never in a build without the
     /// `bench-stages` feature.

@@ -13,6 +13,8 @@ pub mod cluster;
 mod connection;
 pub mod correlation;
 mod deploys;
+/// Schedules and queue consumers (issue 18).
+mod events;
 pub mod log_writer;
 /// Sign-in at the gateway, `[auth.login]` (issue 15).
 mod login;
@@ -48,6 +50,7 @@ use version::Version;
 pub use admin::AdminAccess;
 pub use budget::worst_case;
 pub use deploys::{DeployError, DeployOutcome, Deployer, Who};
+pub use events::Triggers;
 pub use spans::{RequestSpan, SpanExport};
 pub use tls::TlsError;
 
@@ -90,6 +93,9 @@ pub(crate) struct Shared {
     deployer: RwLock<Option<Arc<dyn Deployer>>>,
     /// `[tls]` when the gateway terminates TLS (T15): restart-only.
     tls: Option<Arc<tls::Tls>>,
+    /// The digest of each triggered function the runner runs (issue 18):
+    /// a live deploy may not change them (T19).
+    trigger_digests: std::sync::OnceLock<Vec<(String, String)>>,
 }
 
 impl Shared {
@@ -162,6 +168,7 @@ impl Gateway {
                 fixed: version::Fixed::of(app),
                 deployer: RwLock::new(None),
                 tls,
+                trigger_digests: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -191,6 +198,28 @@ impl Gateway {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(())
+    }
+
+    /// Issue 18 (T19): each triggered function of a new version whose
+    /// code differs from what the runner runs, as a problem; a live deploy
+    /// may not change them (the runner keeps the code it started with).
+    pub fn trigger_code_changes(&self, triggered: &[LoadedFunction]) -> Vec<String> {
+        let running = self.shared.trigger_digests.get();
+        triggered
+            .iter()
+            .filter(|f| {
+                running.is_some_and(|r| {
+                    !r.iter()
+                        .any(|(name, digest)| name == f.name() && *digest == f.digest())
+                })
+            })
+            .map(|f| {
+                format!(
+                    "the component of triggered function `{}` differs from the running one's: triggered functions change only with a restart (`bulkhead serve`), not a live deploy",
+                    f.name()
+                )
+            })
+            .collect()
     }
 
     /// The restart-only settings `app` would change; empty when it can be

@@ -37,6 +37,140 @@ struct SignalLabels {
 type Share = Gauge<f64, AtomicU64>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabels {
+    queue: String,
+    outcome: String,
+}
+
+/// Schedules and queues (issue 18): labels are manifest names only.
+#[derive(Default)]
+pub(crate) struct EventMetrics {
+    depth: Family<QueueLabels, Gauge>,
+    oldest_age: Family<QueueLabels, Share>,
+    deliveries: Family<DeliveryLabels, Counter>,
+    retries: Family<QueueLabels, Counter>,
+    dead_letters: Family<QueueLabels, Counter>,
+    firings: Family<FunctionLabels, Counter>,
+    skipped: Family<FunctionLabels, Counter>,
+    depth_exceeded: Counter,
+    depth_exceeded_seen: AtomicU64,
+}
+
+impl EventMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "queue_depth",
+            "Messages in a queue not yet acknowledged (ready, in flight, waiting out a retry, or parked)",
+            self.depth.clone(),
+        );
+        registry.register(
+            "queue_oldest_message_age_seconds",
+            "Age of the oldest message in a queue (0 when empty)",
+            self.oldest_age.clone(),
+        );
+        registry.register(
+            "queue_deliveries",
+            "Messages handed to their consuming function, by outcome (acked, failed)",
+            self.deliveries.clone(),
+        );
+        registry.register(
+            "queue_retries",
+            "Failed deliveries to be retried after a back-off",
+            self.retries.clone(),
+        );
+        registry.register(
+            "queue_dead_letters",
+            "Messages dead-lettered (or parked) after their last failed delivery",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "schedule_firings",
+            "Schedule runs started, by function",
+            self.firings.clone(),
+        );
+        registry.register(
+            "schedule_skipped",
+            "Schedule firings skipped because the previous run was still going (overlap)",
+            self.skipped.clone(),
+        );
+        registry.register(
+            "event_depth_exceeded",
+            "Messages stopped because their chain of events passed max_event_depth (T04)",
+            self.depth_exceeded.clone(),
+        );
+    }
+
+    pub(crate) fn delivered(&self, queue: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                queue: queue.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn retried(&self, queue: &str) {
+        self.retries
+            .get_or_create(&QueueLabels {
+                queue: queue.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn dead_lettered(&self, queue: &str) {
+        self.dead_letters
+            .get_or_create(&QueueLabels {
+                queue: queue.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn fired(&self, function: &str) {
+        self.firings
+            .get_or_create(&FunctionLabels {
+                function: function.to_string(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn skipped(&self, function: &str) {
+        self.skipped
+            .get_or_create(&FunctionLabels {
+                function: function.to_string(),
+            })
+            .inc();
+    }
+
+    /// A queue's depth and the age of its oldest message, read just now.
+    pub(crate) fn set_queue(&self, queue: &str, depth: u64, oldest_age_seconds: f64) {
+        let labels = QueueLabels {
+            queue: queue.to_string(),
+        };
+        self.depth
+            .get_or_create(&labels)
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.oldest_age
+            .get_or_create(&labels)
+            .set(oldest_age_seconds);
+    }
+
+    /// The data plane's count of messages stopped at the depth limit.
+    pub(crate) fn set_depth_exceeded(&self, total: u64) {
+        let seen = self
+            .depth_exceeded_seen
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.depth_exceeded.inc_by(total - seen);
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: String,
 }
@@ -56,6 +190,8 @@ pub struct Metrics {
     /// Log lines the log writer dropped (T09, issue 17).
     log_dropped: Counter,
     log_dropped_seen: AtomicU64,
+    /// Schedules and queues (issue 18).
+    pub(crate) events: EventMetrics,
 }
 
 /// The audit trail's state (T09): its head, recorded breaks, dropped
@@ -211,7 +347,10 @@ impl Metrics {
             "Log lines dropped because the log writer's queue was full or its sink failed; a summary line says how many once it catches up (the audit trail is never dropped this way)",
             log_dropped.clone(),
         );
+        let events = EventMetrics::default();
+        events.register(&mut registry);
         Self {
+            events,
             log_dropped,
             log_dropped_seen: AtomicU64::new(0),
             audit,

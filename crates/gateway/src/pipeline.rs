@@ -545,6 +545,8 @@ async fn pipeline<'s>(
         caller: caller.key(),
         can_stream: client_can_stream,
         audit_tickets: outcome.tickets.clone(),
+        // An HTTP call starts a chain of events (issue 18, T04).
+        event_depth: 0,
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(

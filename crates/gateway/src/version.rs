@@ -72,7 +72,13 @@ impl Version {
                 .map(|f| (f.route.clone(), f.methods.clone())),
         );
         let meter = if app.limits.metering {
-            let limits: Vec<_> = functions.iter().map(|f| f.limits()).collect();
+            // Issue 18: triggered functions are metered too, after the
+            // routed ones (their limits are the manifest's, as loaded).
+            let limits: Vec<_> = functions
+                .iter()
+                .map(|f| f.limits())
+                .chain(app.triggered.iter().map(|t| &t.function.limits))
+                .collect();
             match previous.and_then(|p| p.meter.as_ref()) {
                 Some(meter) => Some(meter.successor(app, &limits)),
                 None => Some(
@@ -217,6 +223,25 @@ impl Fixed {
                 (
                     "the declared stores (names, kinds, scope, retention; migrations may change)",
                     stores.join(", "),
+                ),
+                // Issue 18: the runner runs the triggered functions the
+                // server started with; a live deploy cannot switch them.
+                (
+                    "triggered functions and queues (issue 18: triggers, their functions and [queue.*])",
+                    format!(
+                        "{:?} {:?}",
+                        app.triggered
+                            .iter()
+                            .map(|t| (
+                                &t.function.name,
+                                t.trigger.describe(),
+                                rel(&t.function.component),
+                                t.function.digest,
+                                format!("{:?} {:?}", t.function.limits, t.function.grants),
+                            ))
+                            .collect::<Vec<_>>(),
+                        app.queues
+                    ),
                 ),
             ],
         }

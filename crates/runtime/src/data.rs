@@ -5,12 +5,14 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_manifest::{Grants, StoreSpec};
 use bulkhead_store::State;
 use bulkhead_store::kv::Kv;
+use bulkhead_store::queue::{QueueBackend, QueueLimits, QueueSettings, SqliteQueue, SystemClock};
 use bulkhead_store::secrets::{Secrets, SharedSecrets};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -22,6 +24,10 @@ pub struct DataPlane {
     pub(crate) secrets: Option<SecretSource>,
     pub stores: Arc<[StoreSpec]>,
     pub config: Arc<BTreeMap<String, String>>,
+    /// The app's queues (issue 18), when it declares any.
+    pub queue: Option<Arc<dyn QueueBackend>>,
+    /// Messages stopped at `max_event_depth` (T04), for the metric.
+    pub depth_exceeded: AtomicU64,
 }
 
 pub(crate) struct SecretSource {
@@ -37,6 +43,8 @@ pub enum DataError {
     Kv(#[from] bulkhead_store::kv::KvError),
     #[error(transparent)]
     Store(#[from] bulkhead_store::StoreError),
+    #[error(transparent)]
+    Queue(#[from] bulkhead_store::queue::QueueError),
 }
 
 impl DataPlane {
@@ -47,6 +55,8 @@ impl DataPlane {
             secrets: None,
             stores: Arc::from(Vec::new()),
             config: Arc::new(BTreeMap::new()),
+            queue: None,
+            depth_exceeded: AtomicU64::new(0),
         }
     }
 
@@ -55,16 +65,21 @@ impl DataPlane {
     /// without either runs anywhere without one.
     pub fn open(app: &bulkhead_manifest::App, state: &State) -> Result<Self, DataError> {
         let needs_kv = app.stores.iter().any(StoreSpec::is_kv);
-        let needs_secrets = app.functions.iter().any(|f| !f.grants.secrets.is_empty());
+        // Triggered functions' grants too (issue 18).
+        let needs_secrets = app.all_functions().any(|f| !f.grants.secrets.is_empty());
+        let needs_queue = !app.queues.is_empty();
         let mut plane = Self::empty();
         plane.stores = app.stores.clone().into();
         plane.config = Arc::new(app.config.clone());
-        if !needs_kv && !needs_secrets {
+        if !needs_kv && !needs_secrets && !needs_queue {
             return Ok(plane);
         }
         let keyring = Arc::new(state.keyring(&app.env)?);
         if needs_kv {
             plane.kv = Some(Arc::new(Kv::new(state.kv()?, keyring.clone())));
+        }
+        if needs_queue {
+            plane.queue = Some(Arc::new(open_queue(app, state, &keyring)?));
         }
         if needs_secrets {
             plane.secrets = Some(SecretSource {
@@ -74,6 +89,40 @@ impl DataPlane {
         }
         Ok(plane)
     }
+}
+
+/// The embedded queue (issue 18) with the manifest's bounds, in the
+/// app's state database; messages sealed under a data key of `keyring`
+/// (T14).
+fn open_queue(
+    app: &bulkhead_manifest::App,
+    state: &State,
+    keyring: &bulkhead_store::crypto::Keyring,
+) -> Result<SqliteQueue, DataError> {
+    let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let queues = app
+        .queues
+        .iter()
+        .map(|q| QueueSettings {
+            name: q.name.clone(),
+            retention_ms: millis(q.retention.get()),
+            max_message_bytes: q.max_message_bytes.as_usize(),
+            max_attempts: q.max_attempts,
+            visibility_timeout_ms: millis(q.visibility_timeout.get()),
+            dead_letter: q.dead_letter.clone(),
+        })
+        .collect();
+    let limits = QueueLimits {
+        max_event_depth: app.limits.max_event_depth,
+        ..QueueLimits::default()
+    };
+    Ok(SqliteQueue::open(
+        state.store(),
+        keyring,
+        queues,
+        limits,
+        Arc::new(SystemClock),
+    )?)
 }
 
 /// Secret values read during one call: redacted from its output and from
@@ -168,6 +217,10 @@ pub(crate) struct CallData {
     pub call: CallContext,
     /// Key-value operations so far in this call.
     pub kv_ops: usize,
+    /// The causal depth of the event this call handles (0 for HTTP, T04).
+    pub depth: u32,
+    /// Messages and bytes sent so far per queue in this call (T04).
+    pub queue_sent: BTreeMap<String, (u32, u64)>,
 }
 
 /// A guest-chosen name, safe to log: only a valid resource name is kept.

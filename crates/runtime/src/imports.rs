@@ -1,6 +1,6 @@
 //! The import check at deploy (T18): every interface a component imports
 //! is classified before it is linked. Capabilities (outbound HTTP,
-//! key-value, config and secrets, SQL) are listed beside the grant that
+//! key-value, config and secrets, SQL, queues) are listed beside the grant that
 //! enables them; the WASI interfaces language runtimes import by habit are
 //! bound to implementations that grant nothing (no preopens, empty
 //! environment, every socket address refused and audited); anything else
@@ -18,6 +18,8 @@ pub enum Capability {
     KeyValue,
     Config,
     Sql,
+    /// `bulkhead:queue/producer` (issue 18).
+    Queue,
 }
 
 impl Capability {
@@ -28,6 +30,7 @@ impl Capability {
             Capability::KeyValue => "kv",
             Capability::Config => "config / secrets",
             Capability::Sql => "sql",
+            Capability::Queue => "queues",
         }
     }
 
@@ -40,6 +43,7 @@ impl Capability {
                 r#"grants = { config = ["KEY"] } or grants = { secrets = ["NAME"] }"#
             }
             Capability::Sql => r#"grants = { sql = { STORE = "read" } }"#,
+            Capability::Queue => r#"grants = { queues = { QUEUE = "send" } }"#,
         }
     }
 
@@ -49,6 +53,7 @@ impl Capability {
             Capability::KeyValue => !grants.kv.is_empty(),
             Capability::Config => !grants.config.is_empty() || !grants.secrets.is_empty(),
             Capability::Sql => !grants.sql.is_empty(),
+            Capability::Queue => !grants.queues.is_empty(),
         }
     }
 }
@@ -125,6 +130,7 @@ pub fn classify(name: &str, grants: &Grants) -> ImportKind {
         ("wasi:keyvalue", _) => capability(Capability::KeyValue),
         ("wasi:config", "store") => capability(Capability::Config),
         ("bulkhead:sql", "sql") => capability(Capability::Sql),
+        ("bulkhead:queue", "producer") => capability(Capability::Queue),
         ("wasi:io" | "wasi:clocks" | "wasi:random", _) => ImportKind::Plumbing,
         ("wasi:cli", "stdout" | "stderr" | "stdin" | "exit") => ImportKind::Plumbing,
         ("wasi:cli", _) | ("wasi:filesystem", _) | ("wasi:sockets", _) => ImportKind::DenyAll,

@@ -61,6 +61,10 @@ pub struct Invocation {
     /// The last ticket of the call's audit records, noted as they are
     /// recorded: the gateway waits for it before it answers (issue 19).
     pub audit_tickets: bulkhead_store::CallTickets,
+    /// The causal depth of the event the call handles (issue 18, T04):
+    /// 0 for an HTTP request or a schedule, the message's for a queue
+    /// delivery; what it sends is one deeper.
+    pub event_depth: u32,
 }
 
 /// Trailer fields of a chunked request body, already filtered by the
@@ -232,6 +236,8 @@ async fn run(
             grants: sealed.grants.clone(),
             call: call.clone(),
             kv_ops: 0,
+            depth: invocation.event_depth,
+            queue_sent: Default::default(),
         },
     );
     let internal = |e: wasmtime::Error| InvokeError::Internal(format!("{e:#}"));

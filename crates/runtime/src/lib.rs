@@ -19,6 +19,7 @@ mod kv;
 mod net;
 mod outbound;
 mod output;
+mod queue;
 mod response;
 mod sockets;
 mod sql;
@@ -76,7 +77,7 @@ pub enum LoadError {
     )]
     NotAComponent { path: String, detail: String },
     #[error(
-        "component `{path}` imports an interface Bulkhead does not offer: `{interface}`; Bulkhead offers wasi:http, bulkhead:sql, wasi:keyvalue, wasi:config and WASI 0.2 (filesystem, environment, sockets and the like, with nothing granted)"
+        "component `{path}` imports an interface Bulkhead does not offer: `{interface}`; Bulkhead offers wasi:http, bulkhead:sql, bulkhead:queue, wasi:keyvalue, wasi:config and WASI 0.2 (filesystem, environment, sockets and the like, with nothing granted)"
     )]
     UnsupportedImport { path: String, interface: String },
     #[error("component `{path}` cannot be linked: {detail}")]
@@ -163,6 +164,7 @@ impl Runtime {
         // Capabilities: linked always, usable only as the grants say.
         kv::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         config::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
+        queue::add_to_linker(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         sockets::shadow_create(&mut linker).map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
         sql::add_to_linker(&mut linker, |state: &mut HostState| &mut state.sql)
             .map_err(|e| RuntimeError::Link(format!("{e:#}")))?;
