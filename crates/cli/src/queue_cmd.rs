@@ -7,14 +7,11 @@
 //! and nothing a message holds is printed raw (T08: no terminal escapes).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Result, bail};
 use bulkhead_manifest::App;
 use bulkhead_store::AuditEvent;
-use bulkhead_store::queue::{
-    Peeked, QueueBackend as _, QueueLimits, QueueSettings, QueueStats, SqliteQueue, SystemClock,
-};
+use bulkhead_store::queue::{Peeked, QueueBackend as _, QueueStats, SqliteQueue};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -128,33 +125,6 @@ pub fn run(command: QueueCommand) -> Result<ExitCode> {
     }
 }
 
-/// The store's bounds of every queue `app` declares.
-pub(crate) fn queue_settings(app: &App) -> Vec<QueueSettings> {
-    app.queues
-        .iter()
-        .map(|q| QueueSettings {
-            name: q.name.clone(),
-            retention_ms: millis(q.retention.get()),
-            max_message_bytes: usize::try_from(q.max_message_bytes.bytes()).unwrap_or(usize::MAX),
-            max_attempts: q.max_attempts,
-            visibility_timeout_ms: millis(q.visibility_timeout.get()),
-            dead_letter: q.dead_letter.clone(),
-        })
-        .collect()
-}
-
-/// The app-wide queue bounds.
-pub(crate) fn queue_limits(app: &App) -> QueueLimits {
-    QueueLimits {
-        max_event_depth: app.limits.max_event_depth,
-        ..QueueLimits::default()
-    }
-}
-
-fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
-
 /// The app, its state and its queues, or the problems to report.
 struct Opened {
     app: App,
@@ -175,13 +145,7 @@ fn open(target: &Target) -> Result<Result<Opened, ExitCode>> {
     }
     let state = target.state(false)?;
     let keyring = state.keyring(&target.env)?;
-    let queues = SqliteQueue::open(
-        state.store(),
-        &keyring,
-        queue_settings(&app),
-        queue_limits(&app),
-        Arc::new(SystemClock),
-    )?;
+    let queues = bulkhead_runtime::data::open_queue(&app, &state, &keyring)?;
     Ok(Ok(Opened {
         app,
         store: state.store().clone(),

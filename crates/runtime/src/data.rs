@@ -93,8 +93,8 @@ impl DataPlane {
 
 /// The embedded queue (issue 18) with the manifest's bounds, in the
 /// app's state database; messages sealed under a data key of `keyring`
-/// (T14).
-fn open_queue(
+/// (T14). The server and `bulkhead queue` open it the same way.
+pub fn open_queue(
     app: &bulkhead_manifest::App,
     state: &State,
     keyring: &bulkhead_store::crypto::Keyring,
