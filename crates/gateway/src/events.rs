@@ -173,6 +173,10 @@ struct Event {
     trace: TraceContext,
     body: Bytes,
     content_type: &'static str,
+    /// When it was due (the firing's planned time, the message's enqueue
+    /// time), ms since the epoch: the run's log line says how late it
+    /// started (`lag_ms`: enqueue to handler start, a schedule's jitter).
+    due_ms: i64,
 }
 
 impl Unit {
@@ -223,6 +227,7 @@ impl Unit {
     async fn run(&self, event: &Event, charge: Option<Charge>) -> Result<u16, String> {
         let started = Instant::now();
         let started_at = SystemTime::now();
+        let lag_ms = now_ms().saturating_sub(event.due_ms).max(0);
         let invocation = Invocation {
             correlation_id: event.trace.correlation_id().to_string(),
             traceparent: event.trace.traceparent(),
@@ -278,6 +283,7 @@ impl Unit {
                 .str("event_id", &event.id)
                 .num("attempt", event.attempt.into())
                 .num("depth", event.depth.into())
+                .num("lag_ms", u64::try_from(lag_ms).unwrap_or(0))
                 .num("status", status.into())
                 .float("duration_ms", elapsed.as_secs_f64() * 1000.0);
             if !detail.is_empty() {
@@ -463,6 +469,7 @@ async fn fire(
         trace: TraceContext::fresh(),
         body: Bytes::from(body.to_string()),
         content_type: "application/json",
+        due_ms: at_ms,
     };
     match unit.admit() {
         Ok(charge) => {
@@ -572,6 +579,7 @@ async fn deliver(
         correlation_id,
         depth,
         attempt,
+        enqueued_ms,
         ..
     } = delivery;
     let event = Event {
@@ -583,6 +591,7 @@ async fn deliver(
         trace: TraceContext::continuing(&correlation_id),
         body: Bytes::copy_from_slice(&payload),
         content_type: "application/octet-stream",
+        due_ms: enqueued_ms,
     };
     drop(payload);
     let outcome = unit.run(&event, charge).await;
