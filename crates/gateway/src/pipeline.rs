@@ -231,6 +231,7 @@ async fn pipeline<'s>(
         && let Some(answer) = login
             .serve(
                 shared,
+                &version.authenticator,
                 crate::login::Asked {
                     method: request.method(),
                     uri: request.uri(),
@@ -569,6 +570,7 @@ async fn pipeline<'s>(
             },
             deadline,
             connection,
+            version.login.is_some(),
         )),
         Err(error) => {
             if let Some(charge) = charge {

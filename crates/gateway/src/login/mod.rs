@@ -49,7 +49,7 @@ use zeroize::Zeroizing;
 
 use crate::Shared;
 use crate::audit::client_text;
-use crate::authn::{Refusal, principal};
+use crate::authn::{Authenticator, Refusal, principal};
 use crate::caller::Caller;
 use crate::problem::Problem;
 use crate::respond::Outgoing;
@@ -62,6 +62,34 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 const MAX_RETURN_PATH: usize = 1024;
 /// Longest user-info answer member used as a subject or handle.
 const MAX_CLAIM: usize = 256;
+/// Code exchanges one client address may start per minute (a burst of as
+/// many, refilled evenly): each is an outbound call to the provider that
+/// carries the client secret (T01, T03).
+pub(crate) const EXCHANGES_PER_MINUTE: u32 = 20;
+/// Code exchanges under way at once, from all addresses (T01).
+pub(crate) const EXCHANGES_IN_FLIGHT: usize = 32;
+
+/// The bounds on code exchanges (outside review of issue 15: 300 callbacks
+/// with a genuine state and a bogus code made 300 token requests). Shared
+/// with the versions that follow, like the sign-in key.
+struct Exchanges {
+    /// Per client address (an IPv6 caller's /64), GCRA (governor).
+    per_address: crate::ratelimit::KeyedLimiter<IpAddr>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Exchanges {
+    fn new() -> Self {
+        let per_minute =
+            std::num::NonZeroU32::new(EXCHANGES_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            per_address: crate::ratelimit::KeyedLimiter::with_quota(governor::Quota::per_minute(
+                per_minute,
+            )),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(EXCHANGES_IN_FLIGHT)),
+        }
+    }
+}
 
 /// The sign-in service of one app version.
 pub(crate) struct Login {
@@ -73,6 +101,7 @@ pub(crate) struct Login {
     /// The sign-in sealing key (and used states), shared with the versions
     /// that follow: a deploy does not break a sign-in under way.
     signins: Arc<Signins>,
+    exchanges: Arc<Exchanges>,
     store: Store,
 }
 
@@ -109,6 +138,10 @@ impl Login {
                 Some(previous) => previous.signins.clone(),
                 None => Arc::new(Signins::new(sealing_key(app, store)?)),
             },
+            exchanges: match previous {
+                Some(previous) => previous.exchanges.clone(),
+                None => Arc::new(Exchanges::new()),
+            },
             store: store.clone(),
         })))
     }
@@ -123,6 +156,7 @@ impl Login {
     pub(crate) async fn serve(
         &self,
         shared: &Shared,
+        authenticator: &Authenticator,
         request: Asked<'_>,
         client: IpAddr,
         correlation_id: &str,
@@ -150,7 +184,7 @@ impl Login {
         let answer = match endpoint {
             LOGIN_PATH => self.start(&request).await,
             CALLBACK_PATH => {
-                self.callback(shared, &request, &caller, correlation_id)
+                self.callback(shared, authenticator, &request, client, correlation_id)
                     .await
             }
             _ => self.logout(shared, &request, &caller, correlation_id).await,
@@ -298,10 +332,12 @@ impl Login {
     async fn callback(
         &self,
         shared: &Shared,
+        authenticator: &Authenticator,
         request: &Asked<'_>,
-        caller: &Caller,
+        client: IpAddr,
         correlation_id: &str,
     ) -> Answer {
+        let caller = &Caller::of(None, client);
         only(request.method, &Method::GET)?;
         let query = Query::parse(request.uri.query())?;
         let state_refused = |reason: String| {
@@ -320,6 +356,35 @@ impl Login {
             .ok_or_else(|| state_refused("callback without state".into()))?;
         let cookie_name = Signins::cookie_for(&state)
             .ok_or_else(|| state_refused(signins::Taken::Unknown.as_str().into()))?;
+        // Before the sign-in is used up, and before anything reaches the
+        // provider (T01, T03): an address in the failed-authentication
+        // back-off is refused, as are exchanges past the address's rate or
+        // the number under way. The sign-in stays usable for a retry.
+        if let Some(wait) = authenticator.backed_off(client) {
+            return Err(crate::authn::backoff_refusal(wait));
+        }
+        let busy = |wait: Duration| {
+            refusal(
+                Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Rate limit reached",
+                    "Too many sign-ins are being completed right now; wait as long as Retry-After says.",
+                )
+                .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64),
+                "code exchanges over their bound".into(),
+            )
+        };
+        self.exchanges
+            .per_address
+            .check(&crate::caller::network_of(client))
+            .map_err(busy)?;
+        let _exchanging = self
+            .exchanges
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(Duration::from_secs(1)))?;
         // The sign-in's cookie is cleared by every answer from here on.
         let clear = cookies::clear(&cookie_name);
         let clearing = |mut refused: Refusal| {
@@ -337,6 +402,13 @@ impl Login {
             .map_err(|taken| clearing(state_refused(taken.as_str().to_string())))?;
         self.finish(shared, &query, started, caller, correlation_id)
             .await
+            .inspect_err(|refused| {
+                // A failed sign-in is a failed authentication of the
+                // address (T03): bogus codes lead to the back-off above.
+                if refused.problem.slug == "login-failed" {
+                    authenticator.count_failure(client);
+                }
+            })
             .map(|mut response| {
                 if let Some(cookie) = clear.clone() {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
