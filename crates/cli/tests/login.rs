@@ -1323,3 +1323,124 @@ auth = ["api-key"]
     assert_eq!(last.echoed("bulkhead-subject"), ["ada"]);
     support::assert_no_5xx(&setup.server);
 }
+
+/// T01, T03 (outside review of issue 15, low): a refused authentication is
+/// charged to the address's per-caller rate limit, so replays of a revoked
+/// cookie meet 429 `rate-limited` like any flood. Before: 1000 replays got
+/// 1000 401s (revoked sessions earn no back-off strike), never a 429.
+/// Signing out with `bearer` (lower case) works as the authenticator's
+/// reading does (info).
+#[tokio::test(flavor = "multi_thread")]
+async fn t01_t03_refused_credentials_are_charged_to_the_rate_limit() {
+    let limits = r#"
+[limits]
+rate_limit = { per_caller = "20/m", burst = 20 }
+"#;
+    let setup = setup_with(Kind::Oidc, "10m", false, limits);
+    let replayer = std::net::Ipv4Addr::new(127, 0, 0, 4);
+    let mut browser = Browser {
+        from: Some(replayer),
+        ..Browser::default()
+    };
+    let start = format!("{}/.bulkhead/login?return=/echo", setup.origin);
+    let (hops, _) = browser.follow(&start, None).await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    let token = browser.cookie(&setup.origin, SESSION_COOKIE).unwrap();
+    // Signed out with a lower-case scheme: revoked.
+    let bearer = format!("bearer {token}");
+    let out = browser
+        .fetch(
+            "POST",
+            &format!("{}/.bulkhead/logout", setup.origin),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", String::from_utf8_lossy(&out.body));
+    let echo = format!("{}/echo", setup.origin);
+    let cookie = format!("{SESSION_COOKIE}={token}");
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..40 {
+        let mut replay = Browser {
+            from: Some(replayer),
+            ..Browser::default()
+        };
+        let seen = replay.fetch("GET", &echo, &[("cookie", &cookie)]).await;
+        match seen.status {
+            401 => {
+                seen.assert_problem(401, "invalid-token");
+            }
+            429 => {
+                seen.assert_problem(429, "rate-limited");
+                assert!(seen.header("retry-after").is_some());
+            }
+            other => panic!("replay: {other}"),
+        }
+        *statuses.entry(seen.status).or_default() += 1;
+    }
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 20,
+        "{statuses:?}"
+    );
+    // A signed-in browser elsewhere is served as before.
+    let (mut other, hops) = signed_in(&setup, "/echo").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    assert_eq!(other.fetch("GET", &echo, &[]).await.status, 200);
+    support::assert_no_5xx(&setup.server);
+}
+
+/// The sessions `bulkhead token list` shows, by state.
+fn sessions_by_state(app: &TestApp) -> HashMap<String, usize> {
+    let out = app.run_with(&["token", "list"], &[]);
+    assert!(out.status.success());
+    let mut states = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        if let Some(state) = line.split_whitespace().nth(2) {
+            *states.entry(state.to_string()).or_default() += 1;
+        }
+    }
+    states
+}
+
+/// T01, T12 (outside review of issue 15, low): sessions were never pruned
+/// (300 sign-ins with a 1 s TTL left 302 rows, all expired) and one subject
+/// could hold any number. Now a sign-in deletes sessions expired a TTL ago
+/// or more (bounded, one `auth.sessions_pruned` record with the count) and
+/// revokes a subject's live sessions past the 16 newest
+/// (`auth.sessions_capped`).
+#[tokio::test(flavor = "multi_thread")]
+async fn t01_t12_sign_ins_prune_expired_sessions_and_cap_a_subjects() {
+    let setup = setup(Kind::Oidc, "1s", false);
+    for _ in 0..5 {
+        let (_, hops) = signed_in(&setup, "/echo").await;
+        assert_eq!(hops.last().unwrap().status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, hops) = signed_in(&setup, "/echo").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    let states = sessions_by_state(&setup.app);
+    assert_eq!(states.values().sum::<usize>(), 1, "{states:?}");
+    let pruned = setup.app.audit_records("auth.sessions_pruned");
+    let deleted: u64 = pruned
+        .iter()
+        .filter_map(|r| r["detail"]["deleted"].as_u64())
+        .sum();
+    assert_eq!(deleted, 5, "{pruned:?}");
+
+    let setup = setup_with(Kind::Oidc, "10m", false, "");
+    let (mut first, _) = signed_in(&setup, "/echo").await;
+    let echo = format!("{}/echo", setup.origin);
+    assert_eq!(first.fetch("GET", &echo, &[]).await.status, 200);
+    for _ in 0..17 {
+        let (_, hops) = signed_in(&setup, "/echo").await;
+        assert_eq!(hops.last().unwrap().status, 200);
+    }
+    let states = sessions_by_state(&setup.app);
+    assert_eq!(states.get("active"), Some(&16), "{states:?}");
+    assert_eq!(states.get("revoked"), Some(&2), "{states:?}");
+    // The oldest session is the one revoked.
+    first
+        .fetch("GET", &echo, &[])
+        .await
+        .assert_problem(401, "invalid-token");
+    assert!(!setup.app.audit_records("auth.sessions_capped").is_empty());
+}
