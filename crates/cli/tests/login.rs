@@ -1444,3 +1444,41 @@ async fn t01_t12_sign_ins_prune_expired_sessions_and_cap_a_subjects() {
         .assert_problem(401, "invalid-token");
     assert!(!setup.app.audit_records("auth.sessions_capped").is_empty());
 }
+
+/// T12 (outside review of issue 15, info): a callback whose `state` names
+/// a real sign-in's id but carries a forged tag is refused without
+/// clearing that sign-in's cookie, so the real callback still completes.
+/// Before: the forged callback (a cross-site link) cleared it, and the
+/// real one got 400 `login-state-invalid`.
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_a_forged_state_does_not_clear_a_real_sign_in() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    let mut browser = Browser::default();
+    let start = format!("{}/.bulkhead/login?return=/echo", setup.origin);
+    let (_, callback) = browser.follow(&start, Some("/.bulkhead/callback")).await;
+    let callback = callback.expect("the provider redirects to the callback");
+    let state = query_param(&callback, "state");
+    // The last characters are the tag's: the id (and cookie name) stay.
+    let mut forged = state.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = format!(
+        "{}/.bulkhead/callback?state={}&code=x",
+        setup.origin,
+        String::from_utf8(forged).unwrap()
+    );
+    let refused = browser.fetch("GET", &forged, &[]).await;
+    refused.assert_problem(400, "login-state-invalid");
+    assert!(
+        refused
+            .set_cookies()
+            .iter()
+            .all(|c| !c.starts_with(SIGNIN_PREFIX)),
+        "{:?}",
+        refused.set_cookies()
+    );
+    assert_eq!(browser.signin_cookies(&setup.origin).len(), 1);
+    let done = browser.fetch("GET", &callback, &[]).await;
+    assert_eq!(done.status, 303, "{}", String::from_utf8_lossy(&done.body));
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
+}

@@ -421,10 +421,17 @@ impl Login {
         let sealed = cookies::get_limited(request.headers, &cookie_name, signins::MAX_COOKIE_VALUE)
             .map_err(|r| clearing(state_refused(r.to_string())))?;
         // Single-use: used up now, whatever follows.
-        let started = self
-            .signins
-            .take(&state, sealed)
-            .map_err(|taken| clearing(state_refused(taken.as_str().to_string())))?;
+        let started = self.signins.take(&state, sealed).map_err(|taken| {
+            let refused = state_refused(taken.as_str().to_string());
+            // A state this gateway did not issue (a forged tag naming a
+            // real sign-in's id) leaves that sign-in's cookie alone:
+            // only its own callback may drop it (outside review).
+            if taken == signins::Taken::Unknown {
+                refused
+            } else {
+                clearing(refused)
+            }
+        })?;
         self.finish(shared, &query, started, caller, correlation_id)
             .await
             .inspect_err(|refused| {
