@@ -105,6 +105,11 @@ struct Setup {
 }
 
 fn setup(kind: Kind, session_ttl: &str, bad_nonce: bool) -> Setup {
+    setup_with(kind, session_ttl, bad_nonce, "")
+}
+
+/// [`setup`] with more `[[function]]` tables (the hostile guest is there).
+fn setup_with(kind: Kind, session_ttl: &str, bad_nonce: bool, more: &str) -> Setup {
     let port = free_port();
     let origin = format!("http://127.0.0.1:{port}");
     let redirect = format!("{origin}/.bulkhead/callback");
@@ -142,9 +147,10 @@ auth = "session"
 scopes = ["attendee"]
 input.query.from = true
 input.query.x = true
+{more}
 "#
     );
-    let app = TestApp::new(&manifest, &["echo"]);
+    let app = TestApp::new(&manifest, &["echo", "hostile"]);
     set_secret(&app, "login_client", CLIENT_SECRET);
     let listen = format!("127.0.0.1:{port}");
     let server = Server::start_with(&app, &["--listen", &listen]);
@@ -174,7 +180,7 @@ impl Seen {
         self.headers
             .get_all("set-cookie")
             .iter()
-            .filter_map(|v| v.to_str().ok().map(String::from))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .collect()
     }
 
@@ -222,6 +228,8 @@ impl Seen {
 #[derive(Default, Clone)]
 struct Browser {
     jar: HashMap<String, HashMap<String, String>>,
+    /// The loopback address connections come from (127.0.0.1 if unset).
+    from: Option<std::net::Ipv4Addr>,
 }
 
 impl Browser {
@@ -241,7 +249,13 @@ impl Browser {
             request = request.header(*name, *value);
         }
         let request = request.body(Full::new(Bytes::new())).unwrap();
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        if let Some(from) = self.from.filter(|_| addr.ip().is_loopback()) {
+            socket
+                .bind(SocketAddr::from((from, 0)))
+                .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+        }
+        let stream = socket.connect(addr).await.expect("connect");
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
@@ -1096,4 +1110,375 @@ async fn t12_a_sign_in_under_way_survives_a_restart() {
     assert_eq!(done.status, 303, "{}", String::from_utf8_lossy(&done.body));
     assert!(browser.cookie(&origin, SESSION_COOKIE).is_some());
     drop((server, provider));
+}
+
+/// A public function answering with the response fields its query names
+/// (the hostile guest's `/headers`).
+const HEADERS_FUNCTION: &str = r#"
+[[function]]
+name = "headers"
+component = "hostile.wasm"
+route = "/headers"
+methods = ["GET"]
+auth = "public"
+input.allow_unknown_query = true
+"#;
+
+/// T12, T01 (outside review of issue 15, medium): a function sets a
+/// non-ASCII cookie (`lang=é`); the browser sends it back beside the
+/// session. Before the fix the whole `Cookie` field was dropped: 401 on
+/// every route, 400 `login-state-invalid` on the callback, 401 on logout.
+/// Now only the bad pair is skipped. Also: a function's cookie bomb is cut
+/// to 8 cookies, 4 KiB per response (before: 40 x 400 B passed and the
+/// browser got 431 on sign-in), and its `Clear-Site-Data: "cookies"` no
+/// longer reaches the browser (before: it signed the browser out).
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_t01_cookies_a_function_sets_cannot_lock_a_browser_out() {
+    let setup = setup_with(Kind::Oidc, "10m", false, HEADERS_FUNCTION);
+    let echo = format!("{}/echo", setup.origin);
+    let headers = format!("{}/headers", setup.origin);
+    let (mut browser, hops) = signed_in(&setup, "/echo").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+
+    // The function sets `lang=é` (raw UTF-8 bytes), for a year.
+    let poison = format!(
+        "{headers}?h={}",
+        encode("Set-Cookie:lang=\u{e9}; Path=/; Max-Age=31536000")
+    );
+    let set = browser.fetch("GET", &poison, &[]).await;
+    assert_eq!(set.status, 200);
+    assert_eq!(
+        browser.cookie(&setup.origin, "lang").as_deref(),
+        Some("\u{e9}")
+    );
+    // Signed in still, by the cookie beside it.
+    let seen = browser.fetch("GET", &echo, &[]).await;
+    assert_eq!(seen.status, 200, "{}", String::from_utf8_lossy(&seen.body));
+    assert_eq!(seen.echoed("bulkhead-subject"), ["ada"]);
+    // A new sign-in completes with the poisoned jar (its callback reads the
+    // sign-in cookie beside `lang`).
+    let start = format!("{}/.bulkhead/login?return=/echo", setup.origin);
+    let (hops, _) = browser.follow(&start, None).await;
+    let callback = hops
+        .iter()
+        .find(|h| h.url.contains("/.bulkhead/callback"))
+        .expect("a callback");
+    assert_eq!(
+        callback.status,
+        303,
+        "{}",
+        String::from_utf8_lossy(&callback.body)
+    );
+    assert_eq!(hops.last().unwrap().status, 200);
+    // And signing out works with it.
+    let origin = setup.origin.clone();
+    let out = browser
+        .fetch(
+            "POST",
+            &format!("{}/.bulkhead/logout", setup.origin),
+            &[("origin", origin.as_str())],
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", String::from_utf8_lossy(&out.body));
+    // The bad pair is never echoed in a refusal.
+    let refused = browser.fetch("GET", &echo, &[]).await;
+    refused.assert_problem(401, "unauthenticated");
+    assert!(!String::from_utf8_lossy(&refused.body).contains("lang"));
+
+    // A cookie bomb: 40 cookies of 400 bytes asked, at most 8 and 4 KiB sent.
+    let (mut browser, _) = signed_in(&setup, "/echo").await;
+    let bomb = browser
+        .fetch("GET", &format!("{headers}?bomb=40&size=400"), &[])
+        .await;
+    assert_eq!(bomb.status, 200);
+    let set = bomb.set_cookies();
+    assert!(!set.is_empty() && set.len() <= 8, "{}", set.len());
+    assert!(set.iter().map(String::len).sum::<usize>() <= 4096);
+    // The browser can still sign in and is still served.
+    let again = browser.fetch("GET", &start, &[]).await;
+    assert_eq!(again.status, 302);
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+
+    // `Clear-Site-Data` naming cookies is dropped; other directives pass.
+    for directives in ["\"cookies\"", "\"cache\", \"*\""] {
+        let asked = format!(
+            "{headers}?h={}",
+            encode(&format!("Clear-Site-Data:{directives}"))
+        );
+        let seen = browser.fetch("GET", &asked, &[]).await;
+        assert_eq!(seen.status, 200);
+        assert!(seen.header("clear-site-data").is_none(), "{directives}");
+    }
+    let asked = format!("{headers}?h={}", encode("Clear-Site-Data:\"cache\""));
+    let seen = browser.fetch("GET", &asked, &[]).await;
+    assert_eq!(seen.header("clear-site-data"), Some("\"cache\""));
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+    support::assert_no_5xx(&setup.server);
+}
+
+/// T01, T03 (outside review of issue 15, medium): callbacks with a genuine
+/// state and its cookie but a bogus code each made one token request to
+/// the provider (with the client secret), without end. Now a failed code
+/// exchange is a failed authentication of the address: past the allowance
+/// (10 a minute) the address is in back-off, and its callbacks are refused
+/// with 429 before the provider is called. Another address signs in.
+#[tokio::test(flavor = "multi_thread")]
+async fn t01_t03_bogus_code_callbacks_lead_to_the_back_off() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for i in 0..30 {
+        let mut browser = Browser {
+            from: Some(attacker),
+            ..Browser::default()
+        };
+        let start = browser
+            .fetch("GET", &format!("{}/.bulkhead/login", setup.origin), &[])
+            .await;
+        assert_eq!(start.status, 302);
+        let state = query_param(start.header("location").unwrap(), "state");
+        let callback = format!(
+            "{}/.bulkhead/callback?state={state}&code=bogus{i}",
+            setup.origin
+        );
+        let seen = browser.fetch("GET", &callback, &[]).await;
+        match seen.status {
+            401 => {
+                seen.assert_problem(401, "login-failed");
+            }
+            429 => {
+                seen.assert_problem(429, "auth-backoff");
+                assert!(seen.header("retry-after").is_some());
+            }
+            other => panic!("callback {i}: {other}"),
+        }
+        *statuses.entry(seen.status).or_default() += 1;
+    }
+    // Each 401 is one token request; at most the allowance and the one
+    // that earned the strike reached the provider.
+    let exchanged = statuses.get(&401).copied().unwrap_or(0);
+    assert!(exchanged <= 11, "{statuses:?}");
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 19,
+        "{statuses:?}"
+    );
+    // Someone at another address signs in, start to finish.
+    let (browser, hops) = signed_in(&setup, "/echo").await;
+    let last = hops.last().unwrap();
+    assert_eq!(last.status, 200, "{}", String::from_utf8_lossy(&last.body));
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
+    support::assert_no_5xx(&setup.server);
+}
+
+/// T12, T03 (outside review of issue 15, low-medium): a valid session
+/// cookie on a route that takes no sessions (`auth = ["api-key"]`) is no
+/// credential for it: 401 `unauthenticated`, the cookie not cleared, no
+/// strike. Before: 401 `invalid-token` clearing the cookie (a cross-site
+/// link signed the browser out), and 12 visits put the address (a NAT
+/// neighbour's new sign-in too) in back-off.
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_t03_a_session_cookie_on_a_route_without_sessions_is_ignored() {
+    let keyonly = r#"
+[[function]]
+name = "keyonly"
+component = "echo.wasm"
+route = "/keyonly"
+methods = ["GET", "POST"]
+auth = ["api-key"]
+"#;
+    let setup = setup_with(Kind::Oidc, "10m", false, keyonly);
+    let shared = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    let mut browser = Browser {
+        from: Some(shared),
+        ..Browser::default()
+    };
+    let start = format!("{}/.bulkhead/login?return=/echo", setup.origin);
+    let (hops, _) = browser.follow(&start, None).await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    let keyonly = format!("{}/keyonly", setup.origin);
+    for _ in 0..15 {
+        let seen = browser
+            .fetch("GET", &keyonly, &[("sec-fetch-site", "cross-site")])
+            .await;
+        seen.assert_problem(401, "unauthenticated");
+        assert!(
+            seen.set_cookies()
+                .iter()
+                .all(|c| !c.starts_with(SESSION_COOKIE)),
+            "{:?}",
+            seen.set_cookies()
+        );
+    }
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
+    let echo = format!("{}/echo", setup.origin);
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+    // A neighbour behind the same address signs in anew: no back-off.
+    let mut neighbour = Browser {
+        from: Some(shared),
+        ..Browser::default()
+    };
+    let (hops, _) = neighbour.follow(&start, None).await;
+    let last = hops.last().unwrap();
+    assert_eq!(last.status, 200, "{}", String::from_utf8_lossy(&last.body));
+    assert_eq!(last.echoed("bulkhead-subject"), ["ada"]);
+    support::assert_no_5xx(&setup.server);
+}
+
+/// T01, T03 (outside review of issue 15, low): a refused authentication is
+/// charged to the address's per-caller rate limit, so replays of a revoked
+/// cookie meet 429 `rate-limited` like any flood. Before: 1000 replays got
+/// 1000 401s (revoked sessions earn no back-off strike), never a 429.
+/// Signing out with `bearer` (lower case) works as the authenticator's
+/// reading does (info).
+#[tokio::test(flavor = "multi_thread")]
+async fn t01_t03_refused_credentials_are_charged_to_the_rate_limit() {
+    let limits = r#"
+[limits]
+rate_limit = { per_caller = "20/m", burst = 20 }
+"#;
+    let setup = setup_with(Kind::Oidc, "10m", false, limits);
+    let replayer = std::net::Ipv4Addr::new(127, 0, 0, 4);
+    let mut browser = Browser {
+        from: Some(replayer),
+        ..Browser::default()
+    };
+    let start = format!("{}/.bulkhead/login?return=/echo", setup.origin);
+    let (hops, _) = browser.follow(&start, None).await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    let token = browser.cookie(&setup.origin, SESSION_COOKIE).unwrap();
+    // Signed out with a lower-case scheme: revoked.
+    let bearer = format!("bearer {token}");
+    let out = browser
+        .fetch(
+            "POST",
+            &format!("{}/.bulkhead/logout", setup.origin),
+            &[("authorization", &bearer)],
+        )
+        .await;
+    assert_eq!(out.status, 204, "{}", String::from_utf8_lossy(&out.body));
+    let echo = format!("{}/echo", setup.origin);
+    let cookie = format!("{SESSION_COOKIE}={token}");
+    let mut statuses: HashMap<u16, usize> = HashMap::new();
+    for _ in 0..40 {
+        let mut replay = Browser {
+            from: Some(replayer),
+            ..Browser::default()
+        };
+        let seen = replay.fetch("GET", &echo, &[("cookie", &cookie)]).await;
+        match seen.status {
+            401 => {
+                seen.assert_problem(401, "invalid-token");
+            }
+            429 => {
+                seen.assert_problem(429, "rate-limited");
+                assert!(seen.header("retry-after").is_some());
+            }
+            other => panic!("replay: {other}"),
+        }
+        *statuses.entry(seen.status).or_default() += 1;
+    }
+    assert!(
+        statuses.get(&429).copied().unwrap_or(0) >= 20,
+        "{statuses:?}"
+    );
+    // A signed-in browser elsewhere is served as before.
+    let (mut other, hops) = signed_in(&setup, "/echo").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    assert_eq!(other.fetch("GET", &echo, &[]).await.status, 200);
+    support::assert_no_5xx(&setup.server);
+}
+
+/// The sessions `bulkhead token list` shows, by state.
+fn sessions_by_state(app: &TestApp) -> HashMap<String, usize> {
+    let out = app.run_with(&["token", "list"], &[]);
+    assert!(out.status.success());
+    let mut states = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
+        if let Some(state) = line.split_whitespace().nth(2) {
+            *states.entry(state.to_string()).or_default() += 1;
+        }
+    }
+    states
+}
+
+/// T01, T12 (outside review of issue 15, low): sessions were never pruned
+/// (300 sign-ins with a 1 s TTL left 302 rows, all expired) and one subject
+/// could hold any number. Now a sign-in deletes sessions expired a TTL ago
+/// or more (bounded, one `auth.sessions_pruned` record with the count) and
+/// revokes a subject's live sessions past the 16 newest
+/// (`auth.sessions_capped`).
+#[tokio::test(flavor = "multi_thread")]
+async fn t01_t12_sign_ins_prune_expired_sessions_and_cap_a_subjects() {
+    let setup = setup(Kind::Oidc, "1s", false);
+    for _ in 0..5 {
+        let (_, hops) = signed_in(&setup, "/echo").await;
+        assert_eq!(hops.last().unwrap().status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (_, hops) = signed_in(&setup, "/echo").await;
+    assert_eq!(hops.last().unwrap().status, 200);
+    let states = sessions_by_state(&setup.app);
+    assert_eq!(states.values().sum::<usize>(), 1, "{states:?}");
+    let pruned = setup.app.audit_records("auth.sessions_pruned");
+    let deleted: u64 = pruned
+        .iter()
+        .filter_map(|r| r["detail"]["deleted"].as_u64())
+        .sum();
+    assert_eq!(deleted, 5, "{pruned:?}");
+
+    let setup = setup_with(Kind::Oidc, "10m", false, "");
+    let (mut first, _) = signed_in(&setup, "/echo").await;
+    let echo = format!("{}/echo", setup.origin);
+    assert_eq!(first.fetch("GET", &echo, &[]).await.status, 200);
+    for _ in 0..17 {
+        let (_, hops) = signed_in(&setup, "/echo").await;
+        assert_eq!(hops.last().unwrap().status, 200);
+    }
+    let states = sessions_by_state(&setup.app);
+    assert_eq!(states.get("active"), Some(&16), "{states:?}");
+    assert_eq!(states.get("revoked"), Some(&2), "{states:?}");
+    // The oldest session is the one revoked.
+    first
+        .fetch("GET", &echo, &[])
+        .await
+        .assert_problem(401, "invalid-token");
+    assert!(!setup.app.audit_records("auth.sessions_capped").is_empty());
+}
+
+/// T12 (outside review of issue 15, info): a callback whose `state` names
+/// a real sign-in's id but carries a forged tag is refused without
+/// clearing that sign-in's cookie, so the real callback still completes.
+/// Before: the forged callback (a cross-site link) cleared it, and the
+/// real one got 400 `login-state-invalid`.
+#[tokio::test(flavor = "multi_thread")]
+async fn t12_a_forged_state_does_not_clear_a_real_sign_in() {
+    let setup = setup(Kind::Oidc, "10m", false);
+    let mut browser = Browser::default();
+    let start = format!("{}/.bulkhead/login?return=/echo", setup.origin);
+    let (_, callback) = browser.follow(&start, Some("/.bulkhead/callback")).await;
+    let callback = callback.expect("the provider redirects to the callback");
+    let state = query_param(&callback, "state");
+    // The last characters are the tag's: the id (and cookie name) stay.
+    let mut forged = state.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = format!(
+        "{}/.bulkhead/callback?state={}&code=x",
+        setup.origin,
+        String::from_utf8(forged).unwrap()
+    );
+    let refused = browser.fetch("GET", &forged, &[]).await;
+    refused.assert_problem(400, "login-state-invalid");
+    assert!(
+        refused
+            .set_cookies()
+            .iter()
+            .all(|c| !c.starts_with(SIGNIN_PREFIX)),
+        "{:?}",
+        refused.set_cookies()
+    );
+    assert_eq!(browser.signin_cookies(&setup.origin).len(), 1);
+    let done = browser.fetch("GET", &callback, &[]).await;
+    assert_eq!(done.status, 303, "{}", String::from_utf8_lossy(&done.body));
+    assert!(browser.cookie(&setup.origin, SESSION_COOKIE).is_some());
 }

@@ -231,6 +231,7 @@ async fn pipeline<'s>(
         && let Some(answer) = login
             .serve(
                 shared,
+                &version.authenticator,
                 crate::login::Asked {
                     method: request.method(),
                     uri: request.uri(),
@@ -302,14 +303,33 @@ async fn pipeline<'s>(
 
     // Authenticate and authorize (T11) before anything costs more; failed
     // attempts are counted per client, not per proxy (T03).
-    let identity = version
+    let identity = match version
         .authenticator
         .check(request.headers(), &slot.access, client)
-        .map_err(|refusal| {
+    {
+        Ok(identity) => identity,
+        Err(refusal) => {
             outcome.detail = Some(refusal.reason);
             outcome.subject = refusal.subject;
-            *refusal.problem
-        })?;
+            // A refused authentication is charged to the client address's
+            // per-caller rate limit, app's then function's (T01, T03;
+            // outside review of issue 15: 1000 replays of a revoked cookie
+            // got 1000 401s, never a 429). Only the refused path pays for
+            // this check; an admitted request is charged once, below.
+            if refusal.problem.slug != "auth-backoff" {
+                let anonymous = Caller::of(None, client);
+                for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_deref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Err(wait) = limiter.admit(&anonymous).await {
+                        return Err(rate_limited(wait));
+                    }
+                }
+            }
+            return Err(*refusal.problem);
+        }
+    };
     // Records name the qualified subject: `api-key:S`, `jwt:ISSUER:S` (T13).
     outcome.subject = identity.as_ref().map(|i| i.principal.clone());
     // Cookie-authenticated and state-changing: same origin only (issue 15, CSRF).
@@ -333,15 +353,7 @@ async fn pipeline<'s>(
         .into_iter()
         .flatten()
     {
-        limiter.admit(&caller).await.map_err(|wait| {
-            Problem::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate-limited",
-                "Rate limit reached",
-                "You are sending requests faster than this service allows; wait as long as Retry-After says.",
-            )
-            .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
-        })?;
+        limiter.admit(&caller).await.map_err(rate_limited)?;
     }
 
     // Validate parameters, query, framing and content type (T10).
@@ -571,6 +583,7 @@ async fn pipeline<'s>(
             },
             deadline,
             connection,
+            version.login.is_some(),
         )),
         Err(error) => {
             if let Some(charge) = charge {
@@ -580,6 +593,17 @@ async fn pipeline<'s>(
             Err(respond::invoke_problem(&error))
         }
     }
+}
+
+/// Over a per-caller rate limit (T02, T03).
+fn rate_limited(wait: Duration) -> Problem {
+    Problem::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        "Rate limit reached",
+        "You are sending requests faster than this service allows; wait as long as Retry-After says.",
+    )
+    .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
 }
 
 /// Shed by the dynamic throttle (T01).

@@ -219,9 +219,14 @@ pub(crate) fn guest_response(
     mut held: Held,
     deadline: tokio::time::Instant,
     connection: &ConnectionCut,
+    login: bool,
 ) -> Response<Outgoing> {
     let (mut parts, body) = response.into_parts();
     strip_fields(&mut parts.headers, false);
+    bound_guest_cookies(&mut parts.headers);
+    if login {
+        strip_cookie_clearing(&mut parts.headers);
+    }
     if body.is_whole() {
         // The instance is gone: its places go back now.
         held._places = Box::new(());
@@ -320,6 +325,65 @@ fn strip_fields(fields: &mut HeaderMap, trailers: bool) {
         for value in kept {
             fields.append(http::header::SET_COOKIE, value);
         }
+    }
+}
+
+/// Most cookies one function response may set, and their total size
+/// (`Set-Cookie` values, bytes). A browser sends every cookie back on each
+/// request: a function setting 40 cookies of 400 bytes made the browser's
+/// `Cookie` field pass the gateway's header limit, so it got 431 on every
+/// path, signing in included (T01, T12; outside review of issue 15). What
+/// passes either bound is dropped (the first ones, in order, are kept) and
+/// logged.
+pub(crate) const MAX_GUEST_COOKIES: usize = 8;
+pub(crate) const MAX_GUEST_COOKIE_BYTES: usize = 4096;
+
+/// Keep at most [`MAX_GUEST_COOKIES`] `Set-Cookie` fields of a function's
+/// response, [`MAX_GUEST_COOKIE_BYTES`] in all.
+fn bound_guest_cookies(fields: &mut HeaderMap) {
+    let all = fields.get_all(http::header::SET_COOKIE).iter().count();
+    if all == 0 {
+        return;
+    }
+    let mut bytes = 0usize;
+    let mut kept = Vec::new();
+    for value in fields.get_all(http::header::SET_COOKIE) {
+        if kept.len() == MAX_GUEST_COOKIES || bytes + value.len() > MAX_GUEST_COOKIE_BYTES {
+            break;
+        }
+        bytes += value.len();
+        kept.push(value.clone());
+    }
+    if kept.len() == all {
+        return;
+    }
+    tracing::warn!(
+        target: "bulkhead::access",
+        set = all,
+        kept = kept.len(),
+        "a function set more cookies than one response may (at most {MAX_GUEST_COOKIES}, {MAX_GUEST_COOKIE_BYTES} bytes): the rest were dropped"
+    );
+    fields.remove(http::header::SET_COOKIE);
+    for value in kept {
+        fields.append(http::header::SET_COOKIE, value);
+    }
+}
+
+/// With sign-in at the gateway, a function's `Clear-Site-Data` that names
+/// `"cookies"` or `"*"` is dropped whole: it would delete the gateway's
+/// session cookie, signing the browser out from any function, a public
+/// one included (T12; outside review of issue 15). Signing out is
+/// `/.bulkhead/logout`, which also revokes the session.
+fn strip_cookie_clearing(fields: &mut HeaderMap) {
+    const CLEAR_SITE_DATA: &str = "clear-site-data";
+    let clears_cookies = fields.get_all(CLEAR_SITE_DATA).iter().any(|value| {
+        String::from_utf8_lossy(value.as_bytes())
+            .split(',')
+            .map(|d| d.trim().trim_matches('"').to_ascii_lowercase())
+            .any(|d| d == "cookies" || d == "*")
+    });
+    if clears_cookies {
+        fields.remove(CLEAR_SITE_DATA);
     }
 }
 
@@ -471,5 +535,36 @@ mod tests {
             .map(|v| v.to_str().unwrap_or_default())
             .collect();
         assert_eq!(left, ["theme=dark; Path=/"]);
+    }
+
+    /// T01, T12: a response sets at most 8 cookies, 4 KiB in all.
+    #[test]
+    fn function_cookies_are_bounded_per_response_t01() {
+        let mut fields = HeaderMap::new();
+        for i in 0..40 {
+            let cookie = format!("bomb{i}={}", "x".repeat(400));
+            fields.append(
+                http::header::SET_COOKIE,
+                HeaderValue::from_str(&cookie).unwrap(),
+            );
+        }
+        bound_guest_cookies(&mut fields);
+        let left: Vec<_> = fields.get_all(http::header::SET_COOKIE).iter().collect();
+        assert!(left.len() <= MAX_GUEST_COOKIES);
+        assert!(left.iter().map(|v| v.len()).sum::<usize>() <= MAX_GUEST_COOKIE_BYTES);
+        assert!(left[0].to_str().unwrap().starts_with("bomb0="));
+        for directives in ["\"cookies\"", "\"cache\", \"*\"", "\"Cookies\""] {
+            let mut fields = HeaderMap::new();
+            fields.insert(
+                "clear-site-data",
+                HeaderValue::from_str(directives).unwrap(),
+            );
+            strip_cookie_clearing(&mut fields);
+            assert!(fields.is_empty(), "{directives}");
+        }
+        let mut fields = HeaderMap::new();
+        fields.insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+        strip_cookie_clearing(&mut fields);
+        assert_eq!(fields.len(), 1);
     }
 }

@@ -262,6 +262,43 @@ impl Store {
     pub fn list_credentials(&self, kind: Kind) -> Result<Vec<Listed>, StoreError> {
         CredentialBackend::list(&self.connect()?, kind)
     }
+
+    /// Delete at most `max` sessions that expired at or before
+    /// `before_ms`, revoked or not (issue 15, T01: sign-ins no longer grow
+    /// the table without end); how many. Bounded work per call.
+    pub fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
+        let conn = self.connect()?;
+        conn.execute(
+            "DELETE FROM credentials WHERE id IN (
+                 SELECT id FROM credentials WHERE kind = ?1 AND expires_ms <= ?2 LIMIT ?3)",
+            params![
+                Kind::Session.as_str(),
+                before_ms,
+                i64::try_from(max).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(|e| db_error(&conn, e))
+    }
+
+    /// Revoke the live sessions of `subject` beyond its `keep` newest
+    /// (issue 15, T01); how many were revoked.
+    pub fn cap_sessions(&self, subject: &str, keep: usize) -> Result<usize, StoreError> {
+        let conn = self.connect()?;
+        let now = now_ms();
+        conn.execute(
+            "UPDATE credentials SET revoked_ms = ?1 WHERE id IN (
+                 SELECT id FROM credentials
+                 WHERE kind = ?2 AND subject = ?3 AND revoked_ms IS NULL AND expires_ms > ?1
+                 ORDER BY created_ms DESC, rowid DESC LIMIT -1 OFFSET ?4)",
+            params![
+                now,
+                Kind::Session.as_str(),
+                subject,
+                i64::try_from(keep).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(|e| db_error(&conn, e))
+    }
 }
 
 /// The error of a statement on `conn`, naming its database file.

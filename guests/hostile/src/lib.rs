@@ -30,6 +30,10 @@
 //!   8 KiB (default 3) (host memory, T05)
 //! - `/requests`  holds `?n=N` outgoing requests, each with a 16 KiB path
 //!   (host memory, T05)
+//! - `/headers`   answers with the response fields the query names:
+//!   `?h=NAME:VALUE` (repeatable, percent-encoded, any bytes) and
+//!   `&bomb=N&size=S` for N cookies of S bytes (T01, T12: what a function
+//!   may set on the gateway's clients)
 use std::io::Write as _;
 
 use wasip2::http::types::{
@@ -98,6 +102,7 @@ impl wasip2::exports::http::incoming_handler::Guest for Hostile {
                     .unwrap_or(1000);
                 reply(response_out, 200, &burn(n).to_string())
             }
+            "headers" => with_headers(response_out, query),
             "socket" => match param(query, "n").parse::<u64>() {
                 Ok(n) => reply(response_out, 200, &socket_flood(n)),
                 Err(_) => reply(response_out, 200, &sockets()),
@@ -195,6 +200,54 @@ fn scan(seed: u64) -> (u32, usize) {
         addr += 8;
     }
     (found, pages)
+}
+
+/// Answer 200 with the fields `query` asks for (see `/headers`).
+fn with_headers(response_out: ResponseOutparam, query: &str) {
+    let unescape = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && i + 2 < b.len()
+                && let Some(v) = s
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        out
+    };
+    let mut list: Vec<(String, Vec<u8>)> = Vec::new();
+    for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
+        if k == "h" {
+            let raw = unescape(v);
+            if let Some(at) = raw.iter().position(|&c| c == b':') {
+                let name = String::from_utf8_lossy(&raw[..at]).to_lowercase();
+                list.push((name, raw[at + 1..].to_vec()));
+            }
+        }
+    }
+    let bomb: usize = param(query, "bomb").parse().unwrap_or(0);
+    let size: usize = param(query, "size").parse().unwrap_or(0);
+    for i in 0..bomb {
+        let cookie = format!("bomb{i}={}; Path=/; Max-Age=86400", "x".repeat(size));
+        list.push(("set-cookie".into(), cookie.into_bytes()));
+    }
+    let fields = Fields::from_list(&list).unwrap_or_else(|_| Fields::new());
+    let resp = OutgoingResponse::new(fields);
+    let body = resp.body().expect("body is taken once");
+    ResponseOutparam::set(response_out, Ok(resp));
+    let mut out = body.write().expect("stream is taken once");
+    let _ = out.write_all(b"headers set");
+    drop(out);
+    let _ = OutgoingBody::finish(body, None);
 }
 
 /// The value of `name` in a query string, or "".

@@ -132,6 +132,19 @@ impl Authenticator {
         })
     }
 
+    /// If the failed-authentication back-off (T03) shuts `peer` out now,
+    /// for how much longer: sign-in's callback checks it too.
+    pub(crate) fn backed_off(&self, peer: IpAddr) -> Option<Duration> {
+        self.throttle.blocked(peer)
+    }
+
+    /// Count a failed authentication from `peer` that happened outside
+    /// [`Self::check`] (a sign-in whose code exchange failed); the penalty
+    /// if one starts now.
+    pub(crate) fn count_failure(&self, peer: IpAddr) -> Option<Duration> {
+        self.throttle.failed(peer)
+    }
+
     /// Authenticate and authorize a request for a function with `access`.
     pub fn check(
         &self,
@@ -305,7 +318,13 @@ impl Authenticator {
         headers: &HeaderMap,
         kinds: &[CredentialKind],
     ) -> Result<Identity, Refusal> {
-        if !self.cookies {
+        // A route that takes no sessions ignores the cookie: the browser
+        // sends it everywhere, so it is no credential presented to this
+        // route. Refused for lack of one, never cleared, never a strike
+        // (T12, T03; outside review of issue 15: a link to such a route
+        // signed the browser out, and 12 visits put its address, a NAT
+        // neighbour's too, in back-off).
+        if !self.cookies || !kinds.contains(&CredentialKind::Session) {
             return Err(unauthenticated());
         }
         let token = match crate::login::cookies::session(headers) {
@@ -313,9 +332,6 @@ impl Authenticator {
             Ok(None) => return Err(unauthenticated()),
             Err(reason) => return Err(invalid(reason)),
         };
-        if !kinds.contains(&CredentialKind::Session) {
-            return Err(invalid("this function does not accept session credentials"));
-        }
         let verified = self
             .verify_opaque(Kind::Session, token)
             .map_err(|reason| invalid(&reason))?;
@@ -392,7 +408,7 @@ fn invalid(reason: &str) -> Refusal {
     }
 }
 
-fn backoff_refusal(wait: Duration) -> Refusal {
+pub(crate) fn backoff_refusal(wait: Duration) -> Refusal {
     Refusal {
         problem: Box::new(
             Problem::new(

@@ -43,25 +43,17 @@ pub fn get_limited<'h>(
     max: usize,
 ) -> Result<Option<&'h str>, &'static str> {
     let mut found = None;
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else {
+    for (key, value) in pairs(headers) {
+        if key != name {
             continue;
-        };
-        for pair in text.split(';') {
-            let Some((key, value)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if key != name {
-                continue;
-            }
-            if found.is_some() {
-                return Err("the cookie is sent more than once");
-            }
-            if value.len() > max {
-                return Err("cookie value too long");
-            }
-            found = Some(value);
         }
+        if found.is_some() {
+            return Err("the cookie is sent more than once");
+        }
+        if value.len() > max {
+            return Err("cookie value too long");
+        }
+        found = Some(value);
     }
     Ok(found)
 }
@@ -69,15 +61,25 @@ pub fn get_limited<'h>(
 /// The (name, value) of the cookies whose name starts with `prefix`, at
 /// most [`MAX_WITH_PREFIX`] of them.
 pub fn with_prefix<'h>(headers: &'h HeaderMap, prefix: &str) -> Vec<(&'h str, &'h str)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|text| text.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+    pairs(headers)
         .filter(|(key, _)| key.starts_with(prefix))
         .take(MAX_WITH_PREFIX)
         .collect()
+}
+
+/// The `name=value` pairs of every `Cookie` field, read as bytes: a pair
+/// that is not UTF-8 (`lang=é`, which a function, a sibling site or the
+/// page's own script can set) is skipped alone, never the whole field, so
+/// it cannot hide the session or the sign-in cookie beside it (T12, T01;
+/// outside review of issue 15: one such cookie locked a browser out of
+/// signing in and out). A skipped pair is never echoed anywhere.
+fn pairs(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| std::str::from_utf8(pair).ok())
+        .filter_map(|pair| pair.trim().split_once('='))
 }
 
 /// The session token of the session cookie, if one is sent.
@@ -113,5 +115,28 @@ mod tests {
         let h = headers(&["__Host-bulkhead-session=bhk_x"]);
         assert!(session(&h).is_err());
         assert_eq!(session(&headers(&["other=1"])), Ok(None));
+    }
+
+    /// T12, T01: a non-UTF-8 pair is skipped alone, wherever it sits.
+    #[test]
+    fn a_non_utf8_cookie_hides_nothing_t12() {
+        let field = |bytes: &[u8]| {
+            let mut map = HeaderMap::new();
+            map.append(header::COOKIE, HeaderValue::from_bytes(bytes).unwrap());
+            map
+        };
+        for line in [
+            &b"__Host-bulkhead-session=bhs_x; lang=\xc3\xa9"[..],
+            b"lang=\xc3\xa9; __Host-bulkhead-session=bhs_x",
+            b"a=\xff\xfe; __Host-bulkhead-session=bhs_x; b=\xc3",
+        ] {
+            let h = field(line);
+            assert_eq!(session(&h), Ok(Some("bhs_x")));
+        }
+        let h = field(b"lang=\xc3\xa9; __Host-bulkhead-signin-AB=v");
+        assert_eq!(
+            with_prefix(&h, "__Host-bulkhead-signin-"),
+            [("__Host-bulkhead-signin-AB", "v")]
+        );
     }
 }

@@ -49,7 +49,7 @@ use zeroize::Zeroizing;
 
 use crate::Shared;
 use crate::audit::client_text;
-use crate::authn::{Refusal, principal};
+use crate::authn::{Authenticator, Refusal, principal};
 use crate::caller::Caller;
 use crate::problem::Problem;
 use crate::respond::Outgoing;
@@ -62,6 +62,59 @@ const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 const MAX_RETURN_PATH: usize = 1024;
 /// Longest user-info answer member used as a subject or handle.
 const MAX_CLAIM: usize = 256;
+/// Code exchanges one client address may start per minute (a burst of as
+/// many, refilled evenly): each is an outbound call to the provider that
+/// carries the client secret (T01, T03).
+pub(crate) const EXCHANGES_PER_MINUTE: u32 = 20;
+/// Code exchanges under way at once, from all addresses (T01).
+pub(crate) const EXCHANGES_IN_FLIGHT: usize = 32;
+
+/// Live sessions one subject holds at most: a sign-in beyond this revokes
+/// the oldest (issue 15, T01).
+pub(crate) const MAX_SESSIONS_PER_SUBJECT: usize = 16;
+/// Expired sessions deleted at most per sign-in (bounded work).
+const PRUNE_PER_SIGN_IN: usize = 256;
+
+/// The ID token signing algorithms accepted: asymmetric ones only (RSA,
+/// RSA-PSS, ECDSA, EdDSA), never `HS*` (keyed with the client secret,
+/// which the gateway holds too) or `none`.
+const ID_TOKEN_ALGS: &[openidconnect::core::CoreJwsSigningAlgorithm] = {
+    use openidconnect::core::CoreJwsSigningAlgorithm as A;
+    &[
+        A::RsaSsaPkcs1V15Sha256,
+        A::RsaSsaPkcs1V15Sha384,
+        A::RsaSsaPkcs1V15Sha512,
+        A::RsaSsaPssSha256,
+        A::RsaSsaPssSha384,
+        A::RsaSsaPssSha512,
+        A::EcdsaP256Sha256,
+        A::EcdsaP384Sha384,
+        A::EcdsaP521Sha512,
+        A::EdDsa,
+    ]
+};
+
+/// The bounds on code exchanges (outside review of issue 15: 300 callbacks
+/// with a genuine state and a bogus code made 300 token requests). Shared
+/// with the versions that follow, like the sign-in key.
+struct Exchanges {
+    /// Per client address (an IPv6 caller's /64), GCRA (governor).
+    per_address: crate::ratelimit::KeyedLimiter<IpAddr>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+}
+
+impl Exchanges {
+    fn new() -> Self {
+        let per_minute =
+            std::num::NonZeroU32::new(EXCHANGES_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            per_address: crate::ratelimit::KeyedLimiter::with_quota(governor::Quota::per_minute(
+                per_minute,
+            )),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(EXCHANGES_IN_FLIGHT)),
+        }
+    }
+}
 
 /// The sign-in service of one app version.
 pub(crate) struct Login {
@@ -73,6 +126,7 @@ pub(crate) struct Login {
     /// The sign-in sealing key (and used states), shared with the versions
     /// that follow: a deploy does not break a sign-in under way.
     signins: Arc<Signins>,
+    exchanges: Arc<Exchanges>,
     store: Store,
 }
 
@@ -110,6 +164,10 @@ impl Login {
                 Some(previous) => previous.signins.clone(),
                 None => Arc::new(Signins::new(sealing_key(app, state)?)),
             },
+            exchanges: match previous {
+                Some(previous) => previous.exchanges.clone(),
+                None => Arc::new(Exchanges::new()),
+            },
             store: store.clone(),
         })))
     }
@@ -124,6 +182,7 @@ impl Login {
     pub(crate) async fn serve(
         &self,
         shared: &Shared,
+        authenticator: &Authenticator,
         request: Asked<'_>,
         client: IpAddr,
         correlation_id: &str,
@@ -151,7 +210,7 @@ impl Login {
         let answer = match endpoint {
             LOGIN_PATH => self.start(&request).await,
             CALLBACK_PATH => {
-                self.callback(shared, &request, &caller, correlation_id)
+                self.callback(shared, authenticator, &request, client, correlation_id)
                     .await
             }
             _ => self.logout(shared, &request, &caller, correlation_id).await,
@@ -299,10 +358,12 @@ impl Login {
     async fn callback(
         &self,
         shared: &Shared,
+        authenticator: &Authenticator,
         request: &Asked<'_>,
-        caller: &Caller,
+        client: IpAddr,
         correlation_id: &str,
     ) -> Answer {
+        let caller = &Caller::of(None, client);
         only(request.method, &Method::GET)?;
         let query = Query::parse(request.uri.query())?;
         let state_refused = |reason: String| {
@@ -321,6 +382,35 @@ impl Login {
             .ok_or_else(|| state_refused("callback without state".into()))?;
         let cookie_name = Signins::cookie_for(&state)
             .ok_or_else(|| state_refused(signins::Taken::Unknown.as_str().into()))?;
+        // Before the sign-in is used up, and before anything reaches the
+        // provider (T01, T03): an address in the failed-authentication
+        // back-off is refused, as are exchanges past the address's rate or
+        // the number under way. The sign-in stays usable for a retry.
+        if let Some(wait) = authenticator.backed_off(client) {
+            return Err(crate::authn::backoff_refusal(wait));
+        }
+        let busy = |wait: Duration| {
+            refusal(
+                Problem::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate-limited",
+                    "Rate limit reached",
+                    "Too many sign-ins are being completed right now; wait as long as Retry-After says.",
+                )
+                .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64),
+                "code exchanges over their bound".into(),
+            )
+        };
+        self.exchanges
+            .per_address
+            .check(&crate::caller::network_of(client))
+            .map_err(busy)?;
+        let _exchanging = self
+            .exchanges
+            .in_flight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy(Duration::from_secs(1)))?;
         // The sign-in's cookie is cleared by every answer from here on.
         let clear = cookies::clear(&cookie_name);
         let clearing = |mut refused: Refusal| {
@@ -332,12 +422,26 @@ impl Login {
         let sealed = cookies::get_limited(request.headers, &cookie_name, signins::MAX_COOKIE_VALUE)
             .map_err(|r| clearing(state_refused(r.to_string())))?;
         // Single-use: used up now, whatever follows.
-        let started = self
-            .signins
-            .take(&state, sealed)
-            .map_err(|taken| clearing(state_refused(taken.as_str().to_string())))?;
+        let started = self.signins.take(&state, sealed).map_err(|taken| {
+            let refused = state_refused(taken.as_str().to_string());
+            // A state this gateway did not issue (a forged tag naming a
+            // real sign-in's id) leaves that sign-in's cookie alone:
+            // only its own callback may drop it (outside review).
+            if taken == signins::Taken::Unknown {
+                refused
+            } else {
+                clearing(refused)
+            }
+        })?;
         self.finish(shared, &query, started, caller, correlation_id)
             .await
+            .inspect_err(|refused| {
+                // A failed sign-in is a failed authentication of the
+                // address (T03): bogus codes lead to the back-off above.
+                if refused.problem.slug == "login-failed" {
+                    authenticator.count_failure(client);
+                }
+            })
             .map(|mut response| {
                 if let Some(cookie) = clear.clone() {
                     response.headers_mut().append(header::SET_COOKIE, cookie);
@@ -389,8 +493,14 @@ impl Login {
                     .id_token()
                     .ok_or_else(|| login_failed("token answer without an ID token".into()))?;
                 let nonce = Nonce::new(started.nonce.to_string());
+                // Asymmetric signatures only: never an HMAC keyed with the
+                // client secret, whatever the provider advertises (outside
+                // review of issue 15).
+                let verifier = client
+                    .id_token_verifier()
+                    .set_allowed_algs(ID_TOKEN_ALGS.iter().cloned());
                 let claims = id_token
-                    .claims(&client.id_token_verifier(), &nonce)
+                    .claims(&verifier, &nonce)
                     .map_err(|e| login_failed(format!("ID token refused: {e}")))?;
                 (claims.subject().to_string(), format!("login {issuer}"))
             }
@@ -448,6 +558,7 @@ impl Login {
                 )
             })?;
         let principal = principal(bulkhead_manifest::CredentialKind::Session, None, &subject);
+        self.tidy_sessions(shared, &subject, &principal, correlation_id);
         let ticket = shared.audit.record_from(
             caller.key(),
             AuditEvent::new("auth.login")
@@ -507,6 +618,49 @@ impl Login {
         Ok(response)
     }
 
+    /// After a sign-in (issue 15, T01; outside review: 300 sign-ins left
+    /// 302 rows, all expired): the oldest live sessions of `subject` past
+    /// [`MAX_SESSIONS_PER_SUBJECT`] are revoked (one `auth.sessions_capped`
+    /// record), and up to [`PRUNE_PER_SIGN_IN`] sessions that expired a
+    /// `session_ttl` ago or more are deleted (one `auth.sessions_pruned`
+    /// record with the count: an expired row needs no record of its own).
+    /// Failures are logged; the sign-in stands.
+    fn tidy_sessions(&self, shared: &Shared, subject: &str, principal: &str, correlation_id: &str) {
+        match self.store.cap_sessions(subject, MAX_SESSIONS_PER_SUBJECT) {
+            Ok(0) => {}
+            Ok(revoked) => {
+                let _ = shared.audit.record(
+                    AuditEvent::new("auth.sessions_capped")
+                        .correlation_id(correlation_id)
+                        .subject(client_text(principal))
+                        .detail("revoked", revoked)
+                        .detail("kept", MAX_SESSIONS_PER_SUBJECT),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(correlation_id, error = %e, "cannot cap the subject's sessions")
+            }
+        }
+        let ttl_ms = i64::try_from(self.settings.session_ttl.get().as_millis()).unwrap_or(i64::MAX);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        match self
+            .store
+            .prune_expired_sessions(now_ms.saturating_sub(ttl_ms), PRUNE_PER_SIGN_IN)
+        {
+            Ok(0) => {}
+            Ok(deleted) => {
+                let _ = shared.audit.record(
+                    AuditEvent::new("auth.sessions_pruned")
+                        .correlation_id(correlation_id)
+                        .detail("deleted", deleted),
+                );
+            }
+            Err(e) => tracing::warn!(correlation_id, error = %e, "cannot prune expired sessions"),
+        }
+    }
+
     /// `POST /.bulkhead/logout`: revoke the session presented.
     async fn logout(
         &self,
@@ -520,7 +674,11 @@ impl Login {
         let bearer = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(|v| {
+                // As the authenticator reads it (outside review).
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         let token = match bearer {
             Some(token) => Some(token),
