@@ -416,7 +416,10 @@ fn a_failing_consumer_is_retried_then_dead_lettered() {
     // `lag_ms`: from the enqueue to the run's start; the retry cannot
     // start before its back-off (1 s) has passed.
     assert!(runs[0]["lag_ms"].is_u64(), "{runs:?}");
-    assert!(runs[1]["lag_ms"].as_u64().is_some_and(|lag| lag >= 1_000), "{runs:?}");
+    assert!(
+        runs[1]["lag_ms"].as_u64().is_some_and(|lag| lag >= 1_000),
+        "{runs:?}"
+    );
     let failed = app.audit_records("event.failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0]["correlation_id"], sender.as_str());

@@ -140,6 +140,12 @@ pub trait CredentialBackend {
     fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError>;
     /// Remove every admin token; returns how many there were.
     fn revoke_admin_tokens(&self) -> Result<usize, StoreError>;
+    /// Delete up to `max` sessions that expired at or before `before_ms`
+    /// (issue 15, T01); how many were deleted.
+    fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError>;
+    /// Revoke the live sessions of `subject` beyond its `keep` newest
+    /// (issue 15, T01); how many were revoked.
+    fn cap_sessions(&self, subject: &str, keep: usize, now_ms: i64) -> Result<usize, StoreError>;
 }
 
 /// A backend the server's threads share.
@@ -262,43 +268,6 @@ impl Store {
     pub fn list_credentials(&self, kind: Kind) -> Result<Vec<Listed>, StoreError> {
         CredentialBackend::list(&self.connect()?, kind)
     }
-
-    /// Delete at most `max` sessions that expired at or before
-    /// `before_ms`, revoked or not (issue 15, T01: sign-ins no longer grow
-    /// the table without end); how many. Bounded work per call.
-    pub fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
-        let conn = self.connect()?;
-        conn.execute(
-            "DELETE FROM credentials WHERE id IN (
-                 SELECT id FROM credentials WHERE kind = ?1 AND expires_ms <= ?2 LIMIT ?3)",
-            params![
-                Kind::Session.as_str(),
-                before_ms,
-                i64::try_from(max).unwrap_or(i64::MAX)
-            ],
-        )
-        .map_err(|e| db_error(&conn, e))
-    }
-
-    /// Revoke the live sessions of `subject` beyond its `keep` newest
-    /// (issue 15, T01); how many were revoked.
-    pub fn cap_sessions(&self, subject: &str, keep: usize) -> Result<usize, StoreError> {
-        let conn = self.connect()?;
-        let now = now_ms();
-        conn.execute(
-            "UPDATE credentials SET revoked_ms = ?1 WHERE id IN (
-                 SELECT id FROM credentials
-                 WHERE kind = ?2 AND subject = ?3 AND revoked_ms IS NULL AND expires_ms > ?1
-                 ORDER BY created_ms DESC, rowid DESC LIMIT -1 OFFSET ?4)",
-            params![
-                now,
-                Kind::Session.as_str(),
-                subject,
-                i64::try_from(keep).unwrap_or(i64::MAX)
-            ],
-        )
-        .map_err(|e| db_error(&conn, e))
-    }
 }
 
 /// The error of a statement on `conn`, naming its database file.
@@ -410,6 +379,35 @@ impl CredentialBackend for Connection {
         self.execute("DELETE FROM admin_tokens", [])
             .map_err(|e| db_error(self, e))
     }
+
+    fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
+        self.execute(
+            "DELETE FROM credentials WHERE id IN (
+                 SELECT id FROM credentials WHERE kind = ?1 AND expires_ms <= ?2 LIMIT ?3)",
+            params![
+                Kind::Session.as_str(),
+                before_ms,
+                i64::try_from(max).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(|e| db_error(self, e))
+    }
+
+    fn cap_sessions(&self, subject: &str, keep: usize, now_ms: i64) -> Result<usize, StoreError> {
+        self.execute(
+            "UPDATE credentials SET revoked_ms = ?1 WHERE id IN (
+                 SELECT id FROM credentials
+                 WHERE kind = ?2 AND subject = ?3 AND revoked_ms IS NULL AND expires_ms > ?1
+                 ORDER BY created_ms DESC, rowid DESC LIMIT -1 OFFSET ?4)",
+            params![
+                now_ms,
+                Kind::Session.as_str(),
+                subject,
+                i64::try_from(keep).unwrap_or(i64::MAX)
+            ],
+        )
+        .map_err(|e| db_error(self, e))
+    }
 }
 
 /// The server's embedded backend: connections kept for reuse, one taken
@@ -464,5 +462,11 @@ impl CredentialBackend for SqliteCredentials {
     }
     fn revoke_admin_tokens(&self) -> Result<usize, StoreError> {
         self.with(|c| c.revoke_admin_tokens())
+    }
+    fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
+        self.with(|c| c.prune_expired_sessions(before_ms, max))
+    }
+    fn cap_sessions(&self, subject: &str, keep: usize, now_ms: i64) -> Result<usize, StoreError> {
+        self.with(|c| c.cap_sessions(subject, keep, now_ms))
     }
 }

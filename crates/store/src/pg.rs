@@ -659,4 +659,48 @@ impl crate::credentials::CredentialBackend for PostgresCredentials {
             })
             .map_err(store_error)
     }
+
+    fn prune_expired_sessions(
+        &self,
+        before_ms: i64,
+        max: usize,
+    ) -> Result<usize, crate::StoreError> {
+        let sql = format!(
+            "DELETE FROM {t} WHERE id IN (
+                 SELECT id FROM {t} WHERE kind = $1 AND expires_ms <= $2 LIMIT $3)",
+            t = self.table("credentials")
+        );
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let kind = crate::credentials::Kind::Session.as_str();
+        self.pg
+            .call(move |pool| async move {
+                let n = execute(&pool, &sql, &[&kind, &before_ms, &max]).await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .map_err(store_error)
+    }
+
+    fn cap_sessions(
+        &self,
+        subject: &str,
+        keep: usize,
+        now_ms: i64,
+    ) -> Result<usize, crate::StoreError> {
+        let sql = format!(
+            "UPDATE {t} SET revoked_ms = $1 WHERE id IN (
+                 SELECT id FROM {t}
+                 WHERE kind = $2 AND subject = $3 AND revoked_ms IS NULL AND expires_ms > $1
+                 ORDER BY created_ms DESC, id DESC OFFSET $4)",
+            t = self.table("credentials")
+        );
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let kind = crate::credentials::Kind::Session.as_str();
+        let subject = subject.to_string();
+        self.pg
+            .call(move |pool| async move {
+                let n = execute(&pool, &sql, &[&now_ms, &kind, &subject, &keep]).await?;
+                Ok(usize::try_from(n).unwrap_or(usize::MAX))
+            })
+            .map_err(store_error)
+    }
 }

@@ -160,6 +160,44 @@ fn credentials_conform(state: &State) {
     }
     assert_eq!(backend.revoke_admin_tokens().unwrap(), 1);
     assert!(tokens::admin_token_hashes(backend).unwrap().is_empty());
+
+    // Issue 15 (T01): sign-ins cap a subject's live sessions and prune the
+    // long-expired, on every backend (sign-in issues sessions through it).
+    let live: Vec<String> = (0..5)
+        .map(|_| {
+            credentials::issue(backend, Kind::Session, "session:ada", &[], 60_000, None)
+                .unwrap()
+                .1
+        })
+        .collect();
+    let other = credentials::issue(backend, Kind::Session, "session:bob", &[], 60_000, None)
+        .unwrap()
+        .1;
+    let now = bulkhead_store::now_ms();
+    assert_eq!(backend.cap_sessions("session:ada", 2, now).unwrap(), 3);
+    assert_eq!(backend.cap_sessions("session:ada", 2, now).unwrap(), 0);
+    let accepted: Vec<bool> = live
+        .iter()
+        .map(|s| {
+            credentials::verify(backend, Kind::Session, s)
+                .unwrap()
+                .is_ok()
+        })
+        .collect();
+    assert_eq!(accepted.iter().filter(|ok| **ok).count(), 2, "{accepted:?}");
+    assert!(
+        credentials::verify(backend, Kind::Session, &other)
+            .unwrap()
+            .is_ok()
+    );
+    // `session:old` expired at issue: pruned, one at a time if asked.
+    assert_eq!(backend.prune_expired_sessions(now, 1).unwrap(), 1);
+    assert_eq!(backend.prune_expired_sessions(now, 10).unwrap(), 0);
+    assert_eq!(
+        credentials::verify(backend, Kind::Session, &expired).unwrap(),
+        Err(Rejection::Unknown)
+    );
+    assert_eq!(backend.list(Kind::Session).unwrap().len(), 6);
 }
 
 fn conform(state: &State, dir: &std::path::Path) {

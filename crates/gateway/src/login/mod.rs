@@ -35,8 +35,8 @@ use bulkhead_manifest::App;
 use bulkhead_manifest::login::{
     CALLBACK_PATH, LOGIN_PATH, LOGOUT_PATH, LoginProvider, LoginSettings,
 };
-use bulkhead_store::credentials::Kind;
-use bulkhead_store::{AuditEvent, Store};
+use bulkhead_store::AuditEvent;
+use bulkhead_store::credentials::{self, Kind, SharedCredentials};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use openidconnect::core::{CoreClient, CoreProviderMetadata, CoreResponseType};
@@ -127,7 +127,9 @@ pub(crate) struct Login {
     /// that follow: a deploy does not break a sign-in under way.
     signins: Arc<Signins>,
     exchanges: Arc<Exchanges>,
-    store: Store,
+    /// Where sessions are issued, checked and revoked: the state's
+    /// credentials backend, shared by every node on PostgreSQL (issue 16).
+    credentials: SharedCredentials,
 }
 
 type Answer = Result<Response<Outgoing>, Refusal>;
@@ -148,7 +150,6 @@ impl Login {
         state: &bulkhead_store::State,
         previous: Option<&Login>,
     ) -> Result<Option<Arc<Self>>, String> {
-        let store = state.store();
         let Some(settings) = app.login.clone() else {
             return Ok(None);
         };
@@ -168,7 +169,7 @@ impl Login {
                 Some(previous) => previous.exchanges.clone(),
                 None => Arc::new(Exchanges::new()),
             },
-            store: store.clone(),
+            credentials: state.credentials().clone(),
         })))
     }
 
@@ -537,26 +538,25 @@ impl Login {
             ));
         }
         let ttl = self.settings.session_ttl.get();
-        let (id, token) = self
-            .store
-            .issue_credential(
-                Kind::Session,
-                &subject,
-                &self.settings.session_scopes,
-                i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
-                Some(&label),
+        let (id, token) = credentials::issue(
+            &*self.credentials,
+            Kind::Session,
+            &subject,
+            &self.settings.session_scopes,
+            i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
+            Some(&label),
+        )
+        .map_err(|e| {
+            refusal(
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "login-unavailable",
+                    "Sign-in unavailable",
+                    "Signing in is not possible right now; retry later.",
+                ),
+                format!("cannot issue the session: {e}"),
             )
-            .map_err(|e| {
-                refusal(
-                    Problem::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "login-unavailable",
-                        "Sign-in unavailable",
-                        "Signing in is not possible right now; retry later.",
-                    ),
-                    format!("cannot issue the session: {e}"),
-                )
-            })?;
+        })?;
         let principal = principal(bulkhead_manifest::CredentialKind::Session, None, &subject);
         self.tidy_sessions(shared, &subject, &principal, correlation_id);
         let ticket = shared.audit.record_from(
@@ -626,7 +626,11 @@ impl Login {
     /// record with the count: an expired row needs no record of its own).
     /// Failures are logged; the sign-in stands.
     fn tidy_sessions(&self, shared: &Shared, subject: &str, principal: &str, correlation_id: &str) {
-        match self.store.cap_sessions(subject, MAX_SESSIONS_PER_SUBJECT) {
+        let now_ms = bulkhead_store::now_ms();
+        match self
+            .credentials
+            .cap_sessions(subject, MAX_SESSIONS_PER_SUBJECT, now_ms)
+        {
             Ok(0) => {}
             Ok(revoked) => {
                 let _ = shared.audit.record(
@@ -642,11 +646,8 @@ impl Login {
             }
         }
         let ttl_ms = i64::try_from(self.settings.session_ttl.get().as_millis()).unwrap_or(i64::MAX);
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         match self
-            .store
+            .credentials
             .prune_expired_sessions(now_ms.saturating_sub(ttl_ms), PRUNE_PER_SIGN_IN)
         {
             Ok(0) => {}
@@ -726,19 +727,13 @@ impl Login {
                 e,
             )
         };
-        let conn = self
-            .store
-            .reader()
-            .map_err(|e| unavailable(e.to_string()))?;
-        let verified = self
-            .store
-            .verify_credential(&conn, Kind::Session, token)
+        let verified = credentials::verify(&*self.credentials, Kind::Session, token)
             .map_err(|e| unavailable(e.to_string()))?;
         // An unknown, expired or revoked session is already signed out.
         let mut ticket = None;
         if let Ok(grant) = verified {
-            self.store
-                .revoke_credential_in(&conn, Kind::Session, &grant.id)
+            self.credentials
+                .revoke(Kind::Session, &grant.id, bulkhead_store::now_ms())
                 .map_err(|e| unavailable(e.to_string()))?;
             let principal = principal(
                 bulkhead_manifest::CredentialKind::Session,
@@ -753,7 +748,6 @@ impl Login {
                     .detail("credential", grant.id.as_str()),
             );
         }
-        drop(conn);
         let _ = shared
             .audit
             .wait_durable(ticket, crate::audit::DURABLE_WAIT)
