@@ -675,3 +675,63 @@ fn a_live_reload_changing_a_trigger_is_refused_t19() {
     );
     server.stop_with_logs();
 }
+
+/// T04 (outside review of issue 18: a message sending several copies of
+/// itself fanned one request out to 121 runs within `max_event_depth`):
+/// every message one HTTP call sets off, at any depth, counts in one
+/// chain drawn by the host, and the chain stops at `max_event_messages`.
+/// Here the chain may send 2: the HTTP call's message and the looper's
+/// first send. The looper's second send is stopped, so it runs twice
+/// (depths 1 and 2), where `max_event_depth = 4` alone let it run 4 times.
+#[test]
+fn a_chain_of_events_stops_at_max_event_messages_t04() {
+    let manifest = RUN.replace(
+        "[limits]\nmax_event_depth = 4\n",
+        "[limits]\nmax_event_depth = 4\nmax_event_messages = 2\n",
+    );
+    assert_ne!(manifest, RUN);
+    let app = TestApp::new(&manifest, &["events"]);
+    let server = start(&app);
+    let (status, body, sender) = post(&server, "/send?queue=loop", "loop-c");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let stopped = server.wait_for_log(
+        |r| r["reason"] == "event-chain-exhausted" && r["target"] == "bulkhead::events",
+        LIMIT,
+    );
+    assert_eq!(stopped["correlation_id"], sender.as_str());
+    assert_eq!(stopped["function"], "looper");
+    wait_for_key(&server, "event-loop-c-2", LIMIT);
+    // A second call from another client starts a chain of its own: the
+    // first one's spent chain does not stop it (no lock-out, T01).
+    let (status, body, _) = post(&server, "/send?queue=telemetry", "fresh-chain");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    wait_for_key(&server, "event-fresh-chain", LIMIT);
+    let admin = server.admin.expect("admin listener");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
+        if reply
+            .text()
+            .contains("bulkhead_event_chain_exhausted_total 1")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", reply.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = server.stop_with_logs();
+    let depths: Vec<u64> = event_lines(&logs, "looper")
+        .iter()
+        .filter_map(|r| r["depth"].as_u64())
+        .collect();
+    assert_eq!(depths, [1, 2], "{logs:?}");
+    let denied = app.audit_records("capability.denied");
+    assert!(
+        denied.iter().any(|r| r["function"] == "looper"
+            && r["correlation_id"] == sender.as_str()
+            && r["detail"]["reason"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("event-chain-exhausted"))),
+        "{denied:?}"
+    );
+}

@@ -67,6 +67,7 @@ fn send(queues: &SqliteQueue, payload: &[u8], correlation_id: &str) {
                 payload,
                 correlation_id,
                 depth: 1,
+                chain: [5; 16],
             },
         )
         .unwrap();

@@ -177,6 +177,8 @@ struct Event {
     /// time), ms since the epoch: the run's log line says how late it
     /// started (`lag_ms`: enqueue to handler start, a schedule's jitter).
     due_ms: i64,
+    /// The causal chain a message belongs to; a schedule run starts one.
+    chain: Option<[u8; 16]>,
 }
 
 impl Unit {
@@ -237,6 +239,7 @@ impl Unit {
             can_stream: false,
             audit_tickets: CallTickets::default(),
             event_depth: event.depth,
+            event_chain: event.chain,
         };
         let mut charge = charge;
         if let Some(charge) = charge.as_mut() {
@@ -470,6 +473,7 @@ async fn fire(
         body: Bytes::from(body.to_string()),
         content_type: "application/json",
         due_ms: at_ms,
+        chain: None,
     };
     match unit.admit() {
         Ok(charge) => {
@@ -580,6 +584,7 @@ async fn deliver(
         depth,
         attempt,
         enqueued_ms,
+        chain,
         ..
     } = delivery;
     let event = Event {
@@ -592,6 +597,7 @@ async fn deliver(
         body: Bytes::copy_from_slice(&payload),
         content_type: "application/octet-stream",
         due_ms: enqueued_ms,
+        chain: Some(chain),
     };
     drop(payload);
     let outcome = unit.run(&event, charge).await;
@@ -685,6 +691,7 @@ async fn housekeeping(
         .await;
         let metrics = &shared.metrics.events;
         metrics.set_depth_exceeded(data.depth_exceeded.load(Ordering::Relaxed));
+        metrics.set_chain_exhausted(data.chain_exhausted.load(Ordering::Relaxed));
         if let Ok((swept, stats)) = read {
             match swept {
                 Some(Ok(0)) | None => {}

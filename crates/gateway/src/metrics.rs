@@ -59,6 +59,8 @@ pub(crate) struct EventMetrics {
     skipped: Family<FunctionLabels, Counter>,
     depth_exceeded: Counter,
     depth_exceeded_seen: AtomicU64,
+    chain_exhausted: Counter,
+    chain_exhausted_seen: AtomicU64,
 }
 
 impl EventMetrics {
@@ -102,6 +104,11 @@ impl EventMetrics {
             "event_depth_exceeded",
             "Messages stopped because their chain of events passed max_event_depth (T04)",
             self.depth_exceeded.clone(),
+        );
+        registry.register(
+            "event_chain_exhausted",
+            "Messages stopped because their chain of events had sent max_event_messages (T04)",
+            self.chain_exhausted.clone(),
         );
     }
 
@@ -157,6 +164,16 @@ impl EventMetrics {
         self.oldest_age
             .get_or_create(&labels)
             .set(oldest_age_seconds);
+    }
+
+    /// The data plane's count of messages stopped at the chain's limit.
+    pub(crate) fn set_chain_exhausted(&self, total: u64) {
+        let seen = self
+            .chain_exhausted_seen
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+        if total > seen {
+            self.chain_exhausted.inc_by(total - seen);
+        }
     }
 
     /// The data plane's count of messages stopped at the depth limit.

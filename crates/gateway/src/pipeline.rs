@@ -559,6 +559,7 @@ async fn pipeline<'s>(
         audit_tickets: outcome.tickets.clone(),
         // An HTTP call starts a chain of events (issue 18, T04).
         event_depth: 0,
+        event_chain: None,
     };
     if let Some(charge) = charge.as_mut() {
         charge.start(

@@ -215,6 +215,11 @@ pub struct AppLimits {
     /// Hops of one causal chain of events (HTTP call → message → call →
     /// message …) before it is stopped and dead-lettered (issue 18, T04).
     pub max_event_depth: u32,
+    /// Messages one causal chain (everything one HTTP call or schedule run
+    /// sets off, through every hop) may send in all: depth bounds hops,
+    /// this bounds width, so fan-out cannot multiply the bill (issue 18,
+    /// T04).
+    pub max_event_messages: u32,
 }
 
 /// Export of one span per request over OTLP/HTTP (T08).

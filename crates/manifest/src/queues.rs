@@ -40,6 +40,9 @@ pub mod defaults {
     /// Hops of one causal chain of events (Lambda stops loops at 16).
     pub const MAX_EVENT_DEPTH: u32 = 16;
     pub const EVENT_DEPTH_CEILING: u32 = 64;
+    /// Messages one causal chain may send in all.
+    pub const MAX_EVENT_MESSAGES: u32 = 1_000;
+    pub const EVENT_MESSAGES_CEILING: u32 = 1_000_000;
     /// Messages one call may send to one queue.
     pub const MESSAGES_PER_CALL: u32 = 10;
     pub const MESSAGES_PER_CALL_CEILING: u32 = 1000;
@@ -242,6 +245,25 @@ pub(crate) fn resolve_depth(out: &mut Collector<'_>, value: Option<&Spanned<u32>
         }
         Some(v) => *v.get_ref(),
         None => defaults::MAX_EVENT_DEPTH,
+    }
+}
+
+/// `[limits] max_event_messages`: 1 to [`defaults::EVENT_MESSAGES_CEILING`].
+pub(crate) fn resolve_chain_messages(out: &mut Collector<'_>, value: Option<&Spanned<u32>>) -> u32 {
+    match value {
+        Some(v) if *v.get_ref() == 0 || *v.get_ref() > defaults::EVENT_MESSAGES_CEILING => {
+            out.at(
+                Some(v.span()),
+                format!(
+                    "`max_event_messages` must be between 1 and {} (the default is {}): it bounds the messages one chain of events sends in all, so fan-out cannot multiply the bill",
+                    defaults::EVENT_MESSAGES_CEILING,
+                    defaults::MAX_EVENT_MESSAGES
+                ),
+            );
+            defaults::MAX_EVENT_MESSAGES
+        }
+        Some(v) => *v.get_ref(),
+        None => defaults::MAX_EVENT_MESSAGES,
     }
 }
 

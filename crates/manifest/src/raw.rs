@@ -214,6 +214,8 @@ pub(crate) struct RawLimits {
     pub budget: Option<Spanned<RawBudget>>,
     /// Hops of one causal chain of events before it is stopped (issue 18, T04).
     pub max_event_depth: Option<Spanned<u32>>,
+    /// Messages one causal chain of events may send in all (issue 18, T04).
+    pub max_event_messages: Option<Spanned<u32>>,
 }
 
 overlaid!(RawLimits {
@@ -239,6 +241,7 @@ overlaid!(RawLimits {
     metering,
     budget,
     max_event_depth,
+    max_event_messages,
 });
 
 #[derive(Debug, Deserialize)]

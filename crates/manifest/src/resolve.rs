@@ -432,6 +432,10 @@ fn app_limits(out: &mut Collector<'_>, raw: &RawLimits) -> AppLimits {
             defaults::MAX_HEADERS,
         ),
         max_event_depth: crate::queues::resolve_depth(out, raw.max_event_depth.as_ref()),
+        max_event_messages: crate::queues::resolve_chain_messages(
+            out,
+            raw.max_event_messages.as_ref(),
+        ),
     }
 }
 

@@ -28,6 +28,8 @@ pub struct DataPlane {
     pub queue: Option<Arc<dyn QueueBackend>>,
     /// Messages stopped at `max_event_depth` (T04), for the metric.
     pub depth_exceeded: AtomicU64,
+    /// Messages stopped at `max_event_messages` (T04), for the metric.
+    pub chain_exhausted: AtomicU64,
 }
 
 pub(crate) struct SecretSource {
@@ -57,6 +59,7 @@ impl DataPlane {
             config: Arc::new(BTreeMap::new()),
             queue: None,
             depth_exceeded: AtomicU64::new(0),
+            chain_exhausted: AtomicU64::new(0),
         }
     }
 
@@ -114,6 +117,7 @@ pub fn open_queue(
         .collect();
     let limits = QueueLimits {
         max_event_depth: app.limits.max_event_depth,
+        max_chain_messages: app.limits.max_event_messages,
         ..QueueLimits::default()
     };
     Ok(SqliteQueue::open(
@@ -219,6 +223,9 @@ pub(crate) struct CallData {
     pub kv_ops: usize,
     /// The causal depth of the event this call handles (0 for HTTP, T04).
     pub depth: u32,
+    /// The causal chain this call's sends count in (T04): the message's,
+    /// or one drawn at the call's first send.
+    pub chain: Option<[u8; 16]>,
     /// Messages and bytes sent so far per queue in this call (T04).
     pub queue_sent: BTreeMap<String, (u32, u64)>,
 }

@@ -65,6 +65,10 @@ pub struct Invocation {
     /// 0 for an HTTP request or a schedule, the message's for a queue
     /// delivery; what it sends is one deeper.
     pub event_depth: u32,
+    /// The causal chain of the message the call handles (issue 18, T04);
+    /// `None` for an HTTP request or a schedule run, which starts a chain
+    /// of its own when it first sends.
+    pub event_chain: Option<[u8; 16]>,
 }
 
 /// Trailer fields of a chunked request body, already filtered by the
@@ -237,6 +241,7 @@ async fn run(
             call: call.clone(),
             kv_ops: 0,
             depth: invocation.event_depth,
+            chain: invocation.event_chain,
             queue_sent: Default::default(),
         },
     );

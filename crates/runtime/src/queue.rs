@@ -83,6 +83,20 @@ impl producer::Host for HostState {
             return Err(Error::CapReached);
         }
         let depth = data.depth.saturating_add(1);
+        // T04: a call that handles no message starts a chain of its own,
+        // drawn by the host: a client or a guest can neither pick it nor
+        // reset it.
+        let chain = match data.chain {
+            Some(chain) => chain,
+            None => {
+                let Ok(chain) = bulkhead_store::files::random_bytes::<16>() else {
+                    data.backend_failure("queue", &shown, "no randomness for a chain id");
+                    return Err(Error::Unavailable);
+                };
+                data.chain = Some(chain);
+                chain
+            }
+        };
         let correlation_id = data.call.correlation_id().to_string();
         let name = queue.clone();
         let enqueue = tokio::task::spawn_blocking(move || {
@@ -90,6 +104,7 @@ impl producer::Host for HostState {
                 payload: &body,
                 correlation_id: &correlation_id,
                 depth,
+                chain,
             };
             match backend.enqueue(&name, message) {
                 Ok(_) => Sent::Stored,
@@ -104,6 +119,18 @@ impl producer::Host for HostState {
                         Err(e) => format!("not kept ({e})"),
                     };
                     Sent::TooDeep { depth, max, went }
+                }
+                // T04: fan-out stopped here, kept as a dead letter with why.
+                Err(QueueError::ChainExhausted { max }) => {
+                    let reason = format!(
+                        "the chain of events had sent {max} messages, its max_event_messages: fan-out that multiplies itself was stopped"
+                    );
+                    let went = match backend.dead_letter_refused(&name, message, &reason) {
+                        Ok(Failed::DeadLettered { to }) => format!("dead-lettered to `{to}`"),
+                        Ok(_) => "parked in its queue, undelivered".to_string(),
+                        Err(e) => format!("not kept ({e})"),
+                    };
+                    Sent::ChainExhausted { max, went }
                 }
                 Err(e) => Sent::Refused(Box::new(e)),
             }
@@ -149,6 +176,28 @@ impl producer::Host for HostState {
                 );
                 Ok(())
             }
+            Sent::ChainExhausted { max, went } => {
+                counted(data);
+                data.plane
+                    .chain_exhausted
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(
+                    target: "bulkhead::events",
+                    function = %data.call.function(),
+                    correlation_id = %data.call.correlation_id(),
+                    queue = %shown,
+                    max_event_messages = max,
+                    outcome = %went,
+                    reason = "event-chain-exhausted",
+                    "a chain of events that had sent max_event_messages was stopped (T04)"
+                );
+                data.call.deny(
+                    "queue",
+                    Target::Resource(&shown),
+                    "event-chain-exhausted: the chain of events has sent max_event_messages; the message was dead-lettered, not delivered",
+                );
+                Ok(())
+            }
             Sent::Refused(e) => match *e {
                 QueueError::TooLarge { .. } => {
                     data.call.deny(
@@ -181,6 +230,11 @@ enum Sent {
     /// T04: refused for its depth; `went` says where it was kept.
     TooDeep {
         depth: u32,
+        max: u32,
+        went: String,
+    },
+    /// T04: refused for its chain's count; `went` says where it was kept.
+    ChainExhausted {
         max: u32,
         went: String,
     },

@@ -66,6 +66,12 @@ const SCHEMA: &str = r"
     );
     CREATE INDEX IF NOT EXISTS queue_messages_ready ON queue_messages (queue, parked, visible_ms, seq);
     CREATE INDEX IF NOT EXISTS queue_messages_expiry ON queue_messages (expires_ms);
+    CREATE TABLE IF NOT EXISTS queue_chains (
+        chain BLOB PRIMARY KEY,
+        sent INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS queue_chains_expiry ON queue_chains (expires_ms);
 ";
 
 /// Milliseconds since the Unix epoch, from a source tests can drive.
@@ -119,6 +125,8 @@ pub struct QueueSettings {
 pub struct QueueLimits {
     /// `[limits] max_event_depth` (T04).
     pub max_event_depth: u32,
+    /// `[limits] max_event_messages` (T04): messages one chain sends in all.
+    pub max_chain_messages: u32,
     /// The first retry waits this long; each next one twice as long.
     pub retry_base_ms: i64,
     /// No retry waits longer.
@@ -129,6 +137,7 @@ impl Default for QueueLimits {
     fn default() -> Self {
         Self {
             max_event_depth: 16,
+            max_chain_messages: 1_000,
             retry_base_ms: 1_000,
             retry_max_ms: 5 * 60 * 1_000,
         }
@@ -144,6 +153,10 @@ pub struct NewMessage<'a> {
     /// Causal depth: 1 when sent by an HTTP call or a schedule, one more
     /// than the message being processed when sent while processing one.
     pub depth: u32,
+    /// The causal chain: chosen by the host (never a client or a guest)
+    /// for the HTTP call or schedule run that started it, and carried by
+    /// every message it sets off; its sends are counted together (T04).
+    pub chain: [u8; 16],
 }
 
 /// A message's id: random, so it reveals neither order nor volume.
@@ -178,6 +191,8 @@ pub struct Delivery {
     /// Why it was dead-lettered, for a message delivered from a
     /// dead-letter queue.
     pub dead_reason: Option<String>,
+    /// The chain it belongs to: what its consumer sends counts there too.
+    pub chain: [u8; 16],
 }
 
 /// What [`QueueBackend::ack`] did.
@@ -254,6 +269,11 @@ pub enum QueueError {
         "the message's causal depth {depth} is over max_event_depth {max}: a chain of events that keeps triggering itself is stopped"
     )]
     TooDeep { depth: u32, max: u32 },
+    /// T04: the chain of events has sent `max_event_messages` already.
+    #[error(
+        "the chain of events has sent {max} messages, its max_event_messages: fan-out that multiplies itself is stopped"
+    )]
+    ChainExhausted { max: u32 },
     #[error("a correlation id must be 1 to 128 printable ASCII characters")]
     BadCorrelationId,
     #[error(transparent)]
@@ -318,6 +338,17 @@ impl SqliteQueue {
         // Durable against power loss, not only SIGKILL: each commit syncs.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.execute_batch(SCHEMA)?;
+        // Tables made before chains were counted get the column; their
+        // messages (sealed without a chain) then fail authentication and
+        // are dead-lettered, never delivered.
+        let has_chain: bool = conn.query_row(
+            "SELECT count(*) FROM pragma_table_info('queue_messages') WHERE name = 'chain'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? > 0;
+        if !has_chain {
+            conn.execute_batch("ALTER TABLE queue_messages ADD COLUMN chain BLOB")?;
+        }
         let dek = keyring
             .data_key(OWNER, KEY_NAME, "", true)?
             .ok_or(CryptoError::Unwrap)?;
@@ -341,14 +372,41 @@ impl SqliteQueue {
             .ok_or_else(|| QueueError::UnknownQueue(queue.to_string()))
     }
 
-    fn aad(id: &[u8], correlation_id: &str, depth: u32, enqueued_ms: i64) -> Aad {
+    fn aad(id: &[u8], correlation_id: &str, depth: u32, enqueued_ms: i64, chain: &[u8]) -> Aad {
         Aad::new(&[
             b"queue-message",
             id,
             correlation_id.as_bytes(),
             &depth.to_be_bytes(),
             &enqueued_ms.to_be_bytes(),
+            chain,
         ])
+    }
+
+    /// Count one more message of `chain`, or refuse it past
+    /// `max_chain_messages` (T04); inside the enqueue's transaction.
+    fn count_in_chain(&self, tx: &Transaction<'_>, chain: &[u8; 16]) -> Result<(), QueueError> {
+        let now = self.clock.now_ms();
+        // Kept as long as a message of the chain may still be delivered.
+        let longest = self
+            .queues
+            .iter()
+            .map(|q| q.retention_ms)
+            .max()
+            .unwrap_or(0);
+        let sent: i64 = tx.query_row(
+            "INSERT INTO queue_chains (chain, sent, expires_ms) VALUES (?1, 1, ?2)
+             ON CONFLICT (chain) DO UPDATE SET sent = sent + 1, expires_ms = max(expires_ms, ?2)
+             RETURNING sent",
+            params![&chain[..], now.saturating_add(longest)],
+            |r| r.get(0),
+        )?;
+        if sent > i64::from(self.limits.max_chain_messages) {
+            return Err(QueueError::ChainExhausted {
+                max: self.limits.max_chain_messages,
+            });
+        }
+        Ok(())
     }
 
     /// The wait before delivery `attempts + 1`, after `attempts` failed.
@@ -390,15 +448,21 @@ impl SqliteQueue {
         let settings = self.settings(queue)?;
         let id = MessageId(crate::files::random_bytes::<16>().map_err(CryptoError::Random)?);
         let now = self.clock.now_ms();
-        let aad = Self::aad(&id.0, message.correlation_id, message.depth, now);
+        let aad = Self::aad(
+            &id.0,
+            message.correlation_id,
+            message.depth,
+            now,
+            &message.chain,
+        );
         let sealed = self.dek.seal(&aad, message.payload)?;
         let (reason, parked, origin) = match dead {
             Some((reason, parked, origin)) => (Some(reason), parked, origin),
             None => (None, false, None),
         };
         conn.execute(
-            "INSERT INTO queue_messages (msg_id, queue, payload_sealed, correlation_id, depth, enqueued_ms, visible_ms, expires_ms, parked, dead_reason, origin_queue)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO queue_messages (msg_id, queue, payload_sealed, correlation_id, depth, enqueued_ms, visible_ms, expires_ms, parked, dead_reason, origin_queue, chain)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8, ?9, ?10, ?11)",
             params![
                 &id.0[..],
                 queue,
@@ -409,7 +473,8 @@ impl SqliteQueue {
                 now.saturating_add(settings.retention_ms),
                 parked,
                 reason,
-                origin
+                origin,
+                &message.chain[..]
             ],
         )?;
         Ok(id)
@@ -462,7 +527,13 @@ impl SqliteQueue {
             self.bury(tx, row.seq, &settings.name, &reason)?;
             return Ok(None);
         }
-        let aad = Self::aad(&row.id, &row.correlation_id, row.depth, row.enqueued_ms);
+        let aad = Self::aad(
+            &row.id,
+            &row.correlation_id,
+            row.depth,
+            row.enqueued_ms,
+            &row.chain,
+        );
         let Ok(payload) = self.dek.open(&aad, &row.sealed) else {
             // T14: tampered at rest (or its depth lowered): never delivered.
             self.bury(tx, row.seq, &settings.name, "failed authentication at rest")?;
@@ -490,6 +561,7 @@ impl SqliteQueue {
             attempt: row.attempts.saturating_add(1),
             enqueued_ms: row.enqueued_ms,
             dead_reason: row.dead_reason,
+            chain: row.chain,
         }))
     }
 }
@@ -504,6 +576,8 @@ struct Row {
     attempts: u32,
     enqueued_ms: i64,
     dead_reason: Option<String>,
+    /// Zeros for a row made before chains (it then fails to open).
+    chain: [u8; 16],
 }
 
 fn message_id(blob: Vec<u8>) -> [u8; 16] {
@@ -536,7 +610,12 @@ impl QueueBackend for SqliteQueue {
                 max: self.limits.max_event_depth,
             });
         }
-        self.insert(&self.conn(), queue, &message, None)
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        self.count_in_chain(&tx, &message.chain)?;
+        let id = self.insert(&tx, queue, &message, None)?;
+        tx.commit()?;
+        Ok(id)
     }
 
     fn dead_letter_refused(
@@ -572,7 +651,7 @@ impl QueueBackend for SqliteQueue {
             let want = i64::try_from(max - out.len()).unwrap_or(i64::MAX);
             let rows = {
                 let mut statement = tx.prepare_cached(
-                    "SELECT seq, msg_id, payload_sealed, correlation_id, depth, attempts, enqueued_ms, dead_reason FROM queue_messages
+                    "SELECT seq, msg_id, payload_sealed, correlation_id, depth, attempts, enqueued_ms, dead_reason, chain FROM queue_messages
                      WHERE queue = ?1 AND parked = 0 AND visible_ms <= ?2 AND expires_ms > ?2 ORDER BY seq LIMIT ?3",
                 )?;
                 statement
@@ -586,6 +665,7 @@ impl QueueBackend for SqliteQueue {
                             attempts: r.get(5)?,
                             enqueued_ms: r.get(6)?,
                             dead_reason: r.get(7)?,
+                            chain: r.get::<_, Option<Vec<u8>>>(8)?.map_or([0; 16], message_id),
                         })
                     })?
                     .collect::<Result<Vec<_>, _>>()?
@@ -648,9 +728,16 @@ impl QueueBackend for SqliteQueue {
     }
 
     fn sweep(&self) -> Result<u64, QueueError> {
-        let deleted = self.conn().execute(
+        let conn = self.conn();
+        let now = self.clock.now_ms();
+        let deleted = conn.execute(
             "DELETE FROM queue_messages WHERE expires_ms <= ?1",
-            params![self.clock.now_ms()],
+            params![now],
+        )?;
+        // A chain's count outlives every message it may still deliver.
+        conn.execute(
+            "DELETE FROM queue_chains WHERE expires_ms <= ?1",
+            params![now],
         )?;
         Ok(count(deleted))
     }
@@ -660,7 +747,7 @@ impl QueueBackend for SqliteQueue {
         let now = self.clock.now_ms();
         let conn = self.conn();
         let mut statement = conn.prepare_cached(
-            "SELECT msg_id, payload_sealed, correlation_id, depth, attempts, enqueued_ms, visible_ms, lease_token IS NOT NULL AND visible_ms > ?2, parked, dead_reason, origin_queue
+            "SELECT msg_id, payload_sealed, correlation_id, depth, attempts, enqueued_ms, visible_ms, lease_token IS NOT NULL AND visible_ms > ?2, parked, dead_reason, origin_queue, chain
              FROM queue_messages WHERE queue = ?1 AND expires_ms > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -677,6 +764,7 @@ impl QueueBackend for SqliteQueue {
                 r.get::<_, bool>(8)?,
                 r.get::<_, Option<String>>(9)?,
                 r.get::<_, Option<String>>(10)?,
+                r.get::<_, Option<Vec<u8>>>(11)?.map_or([0; 16], message_id),
             ))
         })?;
         let mut out = Vec::new();
@@ -693,11 +781,12 @@ impl QueueBackend for SqliteQueue {
                 parked,
                 dead_reason,
                 origin,
+                chain,
             ) = row?;
             let payload = self
                 .dek
                 .open(
-                    &Self::aad(&id, &correlation_id, depth, enqueued_ms),
+                    &Self::aad(&id, &correlation_id, depth, enqueued_ms, &chain),
                     &sealed,
                 )
                 .ok();

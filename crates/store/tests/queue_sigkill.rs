@@ -65,6 +65,12 @@ fn child_enqueues_until_killed() {
                     payload: payload.as_bytes(),
                     correlation_id: "sigkill-test",
                     depth: 1,
+                    // One chain per message, as one HTTP call each.
+                    chain: {
+                        let mut chain = [0; 16];
+                        chain[..4].copy_from_slice(&i.to_be_bytes());
+                        chain
+                    },
                 },
             )
             .unwrap();

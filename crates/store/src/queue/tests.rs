@@ -27,6 +27,17 @@ fn settings(name: &str, dead_letter: Option<&str>) -> QueueSettings {
 }
 
 fn open_in(dir: &std::path::Path, clock: Arc<ManualClock>) -> SqliteQueue {
+    open_with(
+        dir,
+        clock,
+        QueueLimits {
+            max_event_depth: 4,
+            ..QueueLimits::default()
+        },
+    )
+}
+
+fn open_with(dir: &std::path::Path, clock: Arc<ManualClock>, limits: QueueLimits) -> SqliteQueue {
     let store = Store::open(dir).unwrap();
     let path = dir.join("master");
     if !path.exists() {
@@ -44,10 +55,7 @@ fn open_in(dir: &std::path::Path, clock: Arc<ManualClock>) -> SqliteQueue {
             settings("work-dead", None),
             settings("solo", None),
         ],
-        QueueLimits {
-            max_event_depth: 4,
-            ..QueueLimits::default()
-        },
+        limits,
         clock,
     )
     .unwrap()
@@ -70,6 +78,7 @@ fn msg(payload: &[u8]) -> NewMessage<'_> {
         payload,
         correlation_id: "req-1",
         depth: 1,
+        chain: [1; 16],
     }
 }
 
@@ -259,6 +268,56 @@ fn too_deep_is_refused_and_can_be_dead_lettered() {
             .unwrap(),
         Failed::Parked
     );
+}
+
+/// T04 (outside review of issue 18: one request fanned out to 121 runs
+/// and 243 dead letters within `max_event_depth`): a chain's messages are
+/// counted together whatever their depth, and a redriven message keeps
+/// its chain, so neither width nor a redrive multiplies the bill.
+#[test]
+fn a_chain_stops_at_max_chain_messages_and_keeps_its_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let q = open_with(
+        dir.path(),
+        clock,
+        QueueLimits {
+            max_chain_messages: 3,
+            ..QueueLimits::default()
+        },
+    );
+    let of = |c: u8, depth: u32| NewMessage {
+        chain: [c; 16],
+        depth,
+        ..msg(b"fan")
+    };
+    q.enqueue("work", of(7, 1)).unwrap();
+    q.enqueue("work", of(7, 2)).unwrap();
+    q.enqueue("solo", of(7, 2)).unwrap();
+    assert!(matches!(
+        q.enqueue("work", of(7, 3)),
+        Err(QueueError::ChainExhausted { max: 3 })
+    ));
+    // Another chain is its own.
+    q.enqueue("work", of(8, 1)).unwrap();
+    let got = q.lease("work", 10).unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got.iter().filter(|d| d.chain == [7; 16]).count(), 2);
+    for d in &got {
+        q.ack(&d.lease).unwrap();
+    }
+    // Acknowledged messages still count: the chain stays spent.
+    assert!(matches!(
+        q.enqueue("work", of(7, 1)),
+        Err(QueueError::ChainExhausted { max: 3 })
+    ));
+    // A refused message kept as a dead letter, redriven, keeps its chain.
+    q.dead_letter_refused("work", of(7, 4), "chain exhausted")
+        .unwrap();
+    assert_eq!(q.redrive("work-dead", None).unwrap(), 1);
+    let back = q.lease("work", 10).unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0].chain, [7; 16]);
 }
 
 #[test]
