@@ -305,6 +305,7 @@ async fn pipeline<'s>(
     let identity = version
         .authenticator
         .check(request.headers(), &slot.access, client)
+        .await
         .map_err(|refusal| {
             outcome.detail = Some(refusal.reason);
             outcome.subject = refusal.subject;
