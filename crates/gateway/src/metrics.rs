@@ -344,7 +344,7 @@ impl Metrics {
         if let Some(cluster) = cluster {
             registry.register(
                 "cluster_limits_fallback",
-                "Per-caller rate-limit checks this node decided alone, at its share of the limit (the limit divided by the live nodes last counted), because Redis did not answer within [cluster] check_timeout (issue 16)",
+                "Per-caller rate-limit checks this node decided alone, at its share of the limit (the limit divided by the live nodes last counted), and failed-authentication back-off checks it decided by its own back-off, because Redis did not answer within [cluster] check_timeout (issue 16)",
                 cluster.fallback.clone(),
             );
             registry.register(

@@ -306,6 +306,7 @@ async fn pipeline<'s>(
     let identity = match version
         .authenticator
         .check(request.headers(), &slot.access, client)
+        .await
     {
         Ok(identity) => identity,
         Err(refusal) => {

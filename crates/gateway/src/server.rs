@@ -76,6 +76,7 @@ impl Gateway {
             shedder.start(
                 self.shared.app_gate.clone(),
                 limits.max_outstanding_requests,
+                self.shared.cluster.clone(),
             );
         }
         // Folded refusals are recorded once their second is over (T09).

@@ -31,6 +31,15 @@
 //! while a signal was over, so under a steady overload it alternated between
 //! shedding everything and admitting everything; this one sheds the excess.
 //!
+//! In a cluster (issue 16, `[cluster] redis_url`) every node publishes its
+//! signals with its heartbeat and reads the mean of the live nodes'
+//! ([`crate::cluster`]). The controller then takes, signal by signal, the
+//! higher of this node's and the cluster's mean: a node sheds when it is
+//! over a threshold itself, or when the cluster as a whole is (its mean
+//! is), since the balancer would only move the excess onto the nodes that
+//! are still under it. While Redis does not answer, or the mean is more
+//! than a few heartbeats old, the node goes by its own signals alone.
+//!
 //! Requests still sending their bodies are not active: they cannot move the
 //! in-flight signal, so bodies that never come cannot make the gateway shed
 //! everyone else (T01, T02; their places are bounded per caller by the
@@ -356,8 +365,14 @@ impl Shedder {
         }
     }
 
-    /// Sample on a thread of its own until the process ends.
-    pub fn start(self: &Arc<Self>, app_gate: Arc<Gate>, max_outstanding: u32) {
+    /// Sample on a thread of its own until the process ends; `cluster`,
+    /// where this node's load is published and the cluster's read.
+    pub fn start(
+        self: &Arc<Self>,
+        app_gate: Arc<Gate>,
+        max_outstanding: u32,
+        cluster: Option<Arc<crate::cluster::ClusterLimits>>,
+    ) {
         let shedder = self.clone();
         let interval = self.settings.interval.get();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -374,19 +389,36 @@ impl Shedder {
                     let latency = sample
                         .latency
                         .or_else(|| (sample.peak_active > 0).then_some(interval.as_secs_f64()));
-                    let input = Input {
+                    let mut input = Input {
                         cpu: cpu.sample(),
                         memory: memory_share(),
                         in_flight: f64::from(sample.active) / f64::from(max_outstanding.max(1)),
                         peak_active: sample.peak_active,
                         latency,
                     };
+                    if let Some(cluster) = &cluster {
+                        cluster.publish_load([input.cpu, input.memory, input.in_flight]);
+                        if let Some(mean) = cluster.cluster_load() {
+                            input = with_cluster_load(input, mean);
+                        }
+                    }
                     shedder.update(&app_gate, &mut controller, input);
                 }
             });
         if let Err(e) = spawned {
             warn!(target: "bulkhead::throttle", error = %e, "cannot start the load sampler; the dynamic throttle is off");
         }
+    }
+}
+
+/// The rule in a cluster (issue 16, T01): each signal is the higher of
+/// this node's and the live nodes' mean (`[cpu, memory, in_flight]`).
+pub fn with_cluster_load(own: Input, mean: [f64; 3]) -> Input {
+    Input {
+        cpu: own.cpu.max(mean[0]),
+        memory: own.memory.max(mean[1]),
+        in_flight: own.in_flight.max(mean[2]),
+        ..own
     }
 }
 
@@ -478,6 +510,25 @@ fn available_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16, T01: per signal, the higher of the node's and the
+    /// cluster's mean; the rest of the input is the node's.
+    #[test]
+    fn the_cluster_load_raises_a_signal_never_lowers_it_t01() {
+        let own = Input {
+            cpu: 0.2,
+            memory: 0.7,
+            in_flight: 0.1,
+            peak_active: 5,
+            latency: Some(0.01),
+        };
+        let seen = with_cluster_load(own, [0.5, 0.3, 0.1]);
+        assert_eq!(seen.cpu, 0.5);
+        assert_eq!(seen.memory, 0.7);
+        assert_eq!(seen.in_flight, 0.1);
+        assert_eq!(seen.peak_active, 5);
+        assert_eq!(seen.latency, Some(0.01));
+    }
 
     fn controller() -> Controller {
         // Thresholds 0.8; 256 outstanding: ceiling 204; 2 cores: floor 8.

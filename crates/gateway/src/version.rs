@@ -63,6 +63,7 @@ impl Version {
             app,
             state.credentials().clone(),
             previous.map(|p| &p.authenticator),
+            cluster,
         )?;
         let login =
             crate::login::Login::new(app, state, previous.and_then(|p| p.login.as_deref()))?;

@@ -26,11 +26,21 @@
 //! signing in anew waits for the penalty, which decays. The memory of
 //! accepted credentials lives in this process: after a restart a
 //! credential is known again once it is accepted outside a back-off.
+//!
+//! With a Redis in `[cluster]` (issue 16) the back-off is the cluster's:
+//! failures, strikes and penalties live in Redis (one atomic script per
+//! failure, `cluster/backoff.lua`, the same rules, keyed by a hash of the
+//! client network), so guesses spread over any number of nodes earn the
+//! penalty at the same count as on one; accepted credentials are also
+//! remembered there (by a hash of their fingerprint). Every failure is
+//! still counted here too, so when Redis does not answer (within
+//! `[cluster] check_timeout`) the node decides by its own back-off, never
+//! by none, and counts that in `bulkhead_cluster_limits_fallback`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use governor::middleware::StateInformationMiddleware;
@@ -39,6 +49,7 @@ use sha2::{Digest, Sha256};
 
 // IPv6 callers are keyed by their /64: one host has a whole /64.
 use crate::caller::network_of;
+use crate::cluster::{BackoffRules, ClusterLimits};
 
 const FIRST_PENALTY: Duration = Duration::from_secs(1);
 const MAX_PENALTY: Duration = Duration::from_secs(15 * 60);
@@ -62,13 +73,35 @@ pub struct FailedAuthThrottle {
     penalties: Mutex<HashMap<IpAddr, Instant>>,
     /// Credentials accepted before, and when last.
     known: Mutex<HashMap<Fingerprint, Instant>>,
+    /// The cluster's back-off in Redis (issue 16), and its rules.
+    cluster: Option<(Arc<ClusterLimits>, BackoffRules)>,
 }
 
 impl FailedAuthThrottle {
     /// Allow `per_minute` failures per address (as a burst, refilled
     /// evenly over the minute) before the first strike; forgive one strike
     /// per `decay`.
+    #[cfg(test)]
     pub fn new(per_minute: u32, decay: Duration) -> Self {
+        Self::in_cluster(per_minute, decay, None)
+    }
+
+    /// [`Self::new`], shared with the other nodes through `cluster`
+    /// (issue 16) when given.
+    pub(crate) fn in_cluster(
+        per_minute: u32,
+        decay: Duration,
+        cluster: Option<&Arc<ClusterLimits>>,
+    ) -> Self {
+        let per_minute = per_minute.max(1);
+        let rules = BackoffRules {
+            allowance: per_minute,
+            allowance_interval: Duration::from_secs(60) / per_minute,
+            decay: decay.max(Duration::from_millis(1)),
+            max_strikes: MAX_STRIKES,
+            first_penalty: FIRST_PENALTY,
+            max_penalty: MAX_PENALTY,
+        };
         let allowance = NonZeroU32::new(per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         let most = NonZeroU32::new(MAX_STRIKES).unwrap_or(NonZeroU32::MIN);
         let strikes = Quota::with_period(decay.max(Duration::from_millis(1)))
@@ -79,7 +112,54 @@ impl FailedAuthThrottle {
             strikes: RateLimiter::keyed(strikes).with_middleware::<StateInformationMiddleware>(),
             penalties: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
+            cluster: cluster.map(|c| (c.clone(), rules)),
         }
+    }
+
+    /// If `ip` is shut out, for how much longer: across the cluster while
+    /// Redis answers, else here.
+    pub async fn blocked_anywhere(&self, ip: IpAddr) -> Option<Duration> {
+        if let Some((cluster, _)) = &self.cluster
+            && let Ok(wait) = cluster.backoff_blocked(network_of(ip)).await
+        {
+            return wait;
+        }
+        self.blocked(ip)
+    }
+
+    /// Count a failure from `ip`, here and across the cluster; the
+    /// penalty if one starts now (the cluster's while Redis answers).
+    pub async fn failed_anywhere(&self, ip: IpAddr) -> Option<Duration> {
+        // Counted here too: the fallback starts from what this node saw.
+        let here = self.failed(ip);
+        if let Some((cluster, rules)) = &self.cluster
+            && let Ok(penalty) = cluster.backoff_failed(network_of(ip), rules).await
+        {
+            return penalty;
+        }
+        here
+    }
+
+    /// Whether `credential` was accepted before, here or on another node.
+    pub async fn is_known_anywhere(&self, credential: &Fingerprint) -> bool {
+        if self.is_known(credential) {
+            return true;
+        }
+        match &self.cluster {
+            Some((cluster, _)) => cluster.is_known(credential).await,
+            None => false,
+        }
+    }
+
+    /// Remember that `credential` was accepted, and tell the other nodes
+    /// the first time this one sees it (a day).
+    pub fn remember_everywhere(&self, credential: Fingerprint) {
+        if let Some((cluster, _)) = &self.cluster
+            && !self.is_known(&credential)
+        {
+            cluster.remember(&credential, KNOWN_FOR);
+        }
+        self.remember(credential);
     }
 
     /// If `ip` is shut out, for how much longer.

@@ -100,15 +100,18 @@ impl Authenticator {
     /// Set up from the app's `[auth]`; keys are loaded now, so a bad JWKS
     /// or JWE key fails the deploy rather than the first request.
     pub fn new(app: &App, credentials: SharedCredentials) -> Result<Self, String> {
-        Self::after(app, credentials, None)
+        Self::after(app, credentials, None, None)
     }
 
     /// [`Self::new`] for the version that follows `previous`, keeping its
-    /// failed-authentication throttle (its settings are restart-only).
-    pub fn after(
+    /// failed-authentication throttle (its settings are restart-only);
+    /// `cluster`, where the throttle is shared with the other nodes
+    /// (issue 16), if anywhere.
+    pub(crate) fn after(
         app: &App,
         credentials: SharedCredentials,
         previous: Option<&Self>,
+        cluster: Option<&Arc<crate::cluster::ClusterLimits>>,
     ) -> Result<Self, String> {
         let jwt = app.jwt.as_ref().map(JwtVerifier::new).transpose()?;
         let jwe = app
@@ -123,9 +126,10 @@ impl Authenticator {
             credentials,
             throttle: match previous {
                 Some(previous) => previous.throttle.clone(),
-                None => Arc::new(FailedAuthThrottle::new(
+                None => Arc::new(FailedAuthThrottle::in_cluster(
                     app.failed_auth_per_minute,
                     app.auth_backoff_decay.get(),
+                    cluster,
                 )),
             },
             cookies: app.login.is_some(),
@@ -146,7 +150,8 @@ impl Authenticator {
     }
 
     /// Authenticate and authorize a request for a function with `access`.
-    pub fn check(
+    /// Asks Redis about the back-off when the app is in a cluster.
+    pub async fn check(
         &self,
         headers: &HeaderMap,
         access: &Access,
@@ -169,10 +174,14 @@ impl Authenticator {
                 .map(|token| backoff::fingerprint(token.as_bytes())),
             None => None,
         };
-        if let Some(wait) = self.throttle.blocked(peer) {
+        if let Some(wait) = self.throttle.blocked_anywhere(peer).await {
             // T03: during a back-off only a credential accepted before gets
             // verified; a guess never is one (see `backoff`).
-            if !presented.is_some_and(|f| self.throttle.is_known(&f)) {
+            let known = match &presented {
+                Some(f) => self.throttle.is_known_anywhere(f).await,
+                None => false,
+            };
+            if !known {
                 return Err(backoff_refusal(wait));
             }
         }
@@ -202,7 +211,7 @@ impl Authenticator {
                 // Only a presented, wrong credential counts as a guess.
                 if refusal.problem.slug == "invalid-token"
                     && !stale
-                    && let Some(wait) = self.throttle.failed(peer)
+                    && let Some(wait) = self.throttle.failed_anywhere(peer).await
                 {
                     return Err(Refusal {
                         reason: format!(
@@ -218,7 +227,7 @@ impl Authenticator {
             }
         };
         if let Some(fingerprint) = presented {
-            self.throttle.remember(fingerprint);
+            self.throttle.remember_everywhere(fingerprint);
         }
         let missing: Vec<&String> = scopes
             .iter()

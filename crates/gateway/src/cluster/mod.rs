@@ -14,10 +14,18 @@
 //! before any count; at least 1). Never "no limit". The switch is logged
 //! once each way and each local decision is counted in the metric
 //! `bulkhead_cluster_limits_fallback`.
+//!
+//! Redis also holds the failed-authentication back-off (T03,
+//! `backoff.lua`: one atomic script per failure, the same rules as the
+//! node-local back-off, keyed by a hash of the client's network) and each
+//! node's load for the dynamic throttle (T01: published with the
+//! heartbeat, `nodes.lua`). Both fall back to the node's own view while
+//! Redis does not answer: the local back-off (never none), the local load.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bulkhead_manifest::RateLimit;
 use bulkhead_manifest::cluster::SecretUrl;
@@ -47,7 +55,8 @@ pub enum ClusterError {
 /// What `/metrics` shows of the shared limits.
 #[derive(Clone, Default)]
 pub(crate) struct ClusterMetrics {
-    /// Rate-limit checks decided by the local share (Redis unreachable).
+    /// Rate-limit checks decided by the local share, and failed-auth
+    /// back-off checks decided by the local back-off (Redis unreachable).
     pub fallback: Counter,
     /// Live nodes last counted in Redis.
     pub nodes: Gauge,
@@ -62,6 +71,7 @@ pub struct ClusterLimits {
     connection: ConnectionManager,
     gcra: redis::Script,
     heartbeat: redis::Script,
+    backoff: redis::Script,
     /// `KEY_PREFIX:APP:ENV`: every key starts with it.
     prefix: String,
     node: String,
@@ -71,7 +81,17 @@ pub struct ClusterLimits {
     /// The longest a request waits for Redis before deciding locally.
     check_timeout: Duration,
     pub(crate) metrics: ClusterMetrics,
+    /// This node's throttle signals (CPU, memory, in-flight), published
+    /// with each heartbeat; `None` without a dynamic throttle.
+    own_load: Mutex<Option<[f64; 3]>>,
+    /// The mean signals of the live nodes reporting one, and when counted.
+    cluster_load: Mutex<Option<(Instant, [f64; 3])>>,
 }
+
+/// A cluster load older than this many heartbeats is not used.
+const LOAD_FRESH_BEATS: u32 = 3;
+/// Signals travel as millionths.
+const LOAD_SCALE: f64 = 1_000_000.0;
 
 impl ClusterLimits {
     /// Connect lazily to `url` (nothing is sent yet) and start this
@@ -101,12 +121,15 @@ impl ClusterLimits {
             connection,
             gcra: redis::Script::new(include_str!("gcra.lua")),
             heartbeat: redis::Script::new(include_str!("nodes.lua")),
+            backoff: redis::Script::new(include_str!("backoff.lua")),
             prefix: format!("{}:{app}:{env}", cluster.key_prefix),
             node: hex::encode(id),
             nodes: AtomicU32::new(cluster.fallback_nodes.max(1)),
             degraded: AtomicBool::new(false),
             check_timeout: cluster.check_timeout,
             metrics: ClusterMetrics::default(),
+            own_load: Mutex::new(None),
+            cluster_load: Mutex::new(None),
         });
         limits
             .metrics
@@ -128,7 +151,7 @@ impl ClusterLimits {
                 target: "bulkhead::cluster",
                 reason = why,
                 nodes = self.nodes(),
-                "Redis is unreachable: per-caller limits are now this node's share (the limit divided by the live nodes last counted)"
+                "Redis is unreachable: per-caller limits are now this node's share (the limit divided by the live nodes last counted); the failed-authentication back-off and the throttle's load are this node's own"
             );
         }
     }
@@ -141,27 +164,240 @@ impl ClusterLimits {
             info!(
                 target: "bulkhead::cluster",
                 nodes,
-                "Redis answers again: per-caller limits are shared across nodes again"
+                "Redis answers again: per-caller limits, the failed-authentication back-off and the throttle's load are shared across nodes again"
             );
         }
     }
 
-    /// One heartbeat: register this node, count the live ones.
-    async fn beat_once(&self) -> Result<u32, String> {
+    /// One heartbeat: register this node (and publish its load), count
+    /// the live ones; their mean load, if any reports one.
+    async fn beat_once(&self) -> Result<(u32, Option<[f64; 3]>), String> {
+        let load = match *self.own_load.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(signals) => signals
+                .iter()
+                .map(|s| format!("{}", (s.clamp(0.0, 1.0) * LOAD_SCALE).round() as u64))
+                .collect::<Vec<_>>()
+                .join(":"),
+            None => String::new(),
+        };
         let mut connection = self.connection.clone();
         let mut invocation = self.heartbeat.prepare_invoke();
         invocation
             .key(format!("{}:nodes", self.prefix))
+            .key(format!("{}:load", self.prefix))
             .arg(&self.node)
-            .arg(u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX));
-        match tokio::time::timeout(HEARTBEAT_TIMEOUT, invocation.invoke_async(&mut connection))
+            .arg(u64::try_from(NODE_TTL.as_millis()).unwrap_or(u64::MAX))
+            .arg(load);
+        let answer: Vec<i64> =
+            match tokio::time::timeout(HEARTBEAT_TIMEOUT, invocation.invoke_async(&mut connection))
+                .await
+            {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(e)) => return Err(format!("{:?}", e.kind())),
+                Err(_) => return Err("timeout".into()),
+            };
+        let nodes = answer
+            .first()
+            .and_then(|n| u32::try_from(*n).ok())
+            .unwrap_or(1);
+        let mean = match (answer.get(1), answer.get(2..5)) {
+            (Some(&reporting), Some(sums)) if reporting > 0 => {
+                let mean = |sum: i64| (sum as f64 / reporting as f64 / LOAD_SCALE).clamp(0.0, 1.0);
+                Some([mean(sums[0]), mean(sums[1]), mean(sums[2])])
+            }
+            _ => None,
+        };
+        Ok((nodes, mean))
+    }
+
+    /// Whether Redis is to be asked (not degraded).
+    fn answering(&self) -> bool {
+        !self.degraded.load(Ordering::Relaxed)
+    }
+
+    /// A check decided locally: counted, and the node degraded if Redis
+    /// failed just now (`why`).
+    fn fell_back(&self, why: Option<&str>) {
+        if let Some(why) = why {
+            self.degrade(why);
+        }
+        self.metrics.fallback.inc();
+    }
+
+    /// Run `invocation` within the request path's bound.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.check_timeout, invocation.invoke_async(&mut connection))
             .await
         {
-            Ok(Ok(nodes)) => Ok(nodes),
+            Ok(Ok(answer)) => Ok(answer),
             Ok(Err(e)) => Err(format!("{:?}", e.kind())),
             Err(_) => Err("timeout".into()),
         }
     }
+
+    /// Run `command` within the request path's bound.
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, String> {
+        let mut connection = self.connection.clone();
+        match tokio::time::timeout(self.check_timeout, command.query_async(&mut connection)).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(e)) => Err(format!("{:?}", e.kind())),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
+    /// The dynamic throttle's signals on this node (T01), for the next
+    /// heartbeat.
+    pub(crate) fn publish_load(&self, signals: [f64; 3]) {
+        *self.own_load.lock().unwrap_or_else(|p| p.into_inner()) = Some(signals);
+    }
+
+    /// The mean throttle signals of the live nodes, this one included,
+    /// while Redis answers and the count is fresh; else `None` (the
+    /// throttle then goes by this node's signals alone).
+    pub(crate) fn cluster_load(&self) -> Option<[f64; 3]> {
+        if !self.answering() {
+            return None;
+        }
+        let load = *self.cluster_load.lock().unwrap_or_else(|p| p.into_inner());
+        let (at, mean) = load?;
+        (at.elapsed() <= HEARTBEAT_EVERY.saturating_mul(LOAD_FRESH_BEATS)).then_some(mean)
+    }
+
+    /// `PREFIX:auth:HASH:`: where the back-off of `network` lives. Hashed
+    /// (with the prefix, so the same address is another key in another
+    /// deployment): no address stored in Redis.
+    fn backoff_key(&self, network: IpAddr) -> String {
+        let mut hash = Sha256::new();
+        hash.update(self.prefix.as_bytes());
+        hash.update(b"\0auth\0");
+        hash.update(network.to_string().as_bytes());
+        format!(
+            "{}:auth:{}",
+            self.prefix,
+            hex::encode(&hash.finalize()[..16])
+        )
+    }
+
+    /// T03: how much longer `network` is shut out, across the cluster.
+    /// `Err` when Redis did not answer (the caller decides locally).
+    pub(crate) async fn backoff_blocked(&self, network: IpAddr) -> Result<Option<Duration>, ()> {
+        if !self.answering() {
+            self.fell_back(None);
+            return Err(());
+        }
+        let mut command = redis::cmd("PTTL");
+        command.arg(format!("{}:p", self.backoff_key(network)));
+        match self.query::<i64>(&command).await {
+            Ok(ms) => Ok(u64::try_from(ms)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)),
+            Err(why) => {
+                self.fell_back(Some(&why));
+                Err(())
+            }
+        }
+    }
+
+    /// T03: count one failure from `network` across the cluster; the
+    /// penalty that starts now, if one does. `Err` when Redis did not
+    /// answer (the caller decides locally).
+    pub(crate) async fn backoff_failed(
+        &self,
+        network: IpAddr,
+        rules: &BackoffRules,
+    ) -> Result<Option<Duration>, ()> {
+        if !self.answering() {
+            self.fell_back(None);
+            return Err(());
+        }
+        let key = self.backoff_key(network);
+        let mut invocation = self.backoff.prepare_invoke();
+        invocation
+            .key(format!("{key}:a"))
+            .key(format!("{key}:s"))
+            .key(format!("{key}:p"))
+            .arg(micros(rules.allowance_interval))
+            .arg(rules.allowance)
+            .arg(micros(rules.decay))
+            .arg(rules.max_strikes)
+            .arg(millis(rules.first_penalty))
+            .arg(millis(rules.max_penalty));
+        match self.invoke::<i64>(invocation).await {
+            Ok(ms) => Ok(u64::try_from(ms)
+                .ok()
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis)),
+            Err(why) => {
+                self.fell_back(Some(&why));
+                Err(())
+            }
+        }
+    }
+
+    /// `PREFIX:known:HASH`: a credential accepted on some node.
+    fn known_key(&self, fingerprint: &[u8; 32]) -> String {
+        format!("{}:known:{}", self.prefix, hex::encode(&fingerprint[..16]))
+    }
+
+    /// T03: whether a node of the cluster accepted the credential with
+    /// this fingerprint (within `ttl`). `false` when Redis does not answer.
+    pub(crate) async fn is_known(&self, fingerprint: &[u8; 32]) -> bool {
+        if !self.answering() {
+            return false;
+        }
+        let mut command = redis::cmd("EXISTS");
+        command.arg(self.known_key(fingerprint));
+        match self.query::<i64>(&command).await {
+            Ok(found) => found > 0,
+            Err(why) => {
+                self.degrade(&why);
+                false
+            }
+        }
+    }
+
+    /// T03: tell the other nodes that the credential with this
+    /// fingerprint was accepted, for `ttl`. Off the request path.
+    pub(crate) fn remember(self: &Arc<Self>, fingerprint: &[u8; 32], ttl: Duration) {
+        if !self.answering() {
+            return;
+        }
+        let key = self.known_key(fingerprint);
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut command = redis::cmd("SET");
+            command.arg(key).arg(1).arg("PX").arg(millis(ttl));
+            if let Err(why) = cluster.query::<()>(&command).await {
+                cluster.degrade(&why);
+            }
+        });
+    }
+}
+
+/// The back-off's rules, as the node-local one has them (T03).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BackoffRules {
+    /// Failures allowed at once, and the time for one to come back.
+    pub allowance: u32,
+    pub allowance_interval: Duration,
+    /// The time for one strike to come back.
+    pub decay: Duration,
+    pub max_strikes: u32,
+    pub first_penalty: Duration,
+    pub max_penalty: Duration,
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Beat every [`HEARTBEAT_EVERY`] while the limits are in use.
@@ -174,7 +410,13 @@ async fn beat(limits: std::sync::Weak<ClusterLimits>) {
             return;
         };
         match limits.beat_once().await {
-            Ok(nodes) => limits.recover(nodes),
+            Ok((nodes, load)) => {
+                *limits
+                    .cluster_load
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = load.map(|mean| (Instant::now(), mean));
+                limits.recover(nodes);
+            }
             Err(why) => limits.degrade(&why),
         }
     }
