@@ -187,7 +187,7 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 Format::Json => records.iter().try_for_each(|record| {
                     let mut value = serde_json::to_value(record).map_err(std::io::Error::other)?;
                     value["time"] = record.time().into();
-                    writeln!(out, "{value}")
+                    writeln!(out, "{}", crate::terminal::safe(&value.to_string()))
                 }),
                 Format::Table => print_table(&mut out, &records),
             };
@@ -209,8 +209,7 @@ fn print_table(out: &mut impl std::io::Write, records: &[AuditRecord]) -> std::i
         "SEQ", "TIME", "KIND", "CORRELATION", "FUNCTION"
     )?;
     for r in records {
-        writeln!(
-            out,
+        let line = format!(
             "{:>6}  {:<24}  {:<18}  {:<32}  {:<16}  {}",
             r.seq,
             r.time(),
@@ -218,7 +217,8 @@ fn print_table(out: &mut impl std::io::Write, records: &[AuditRecord]) -> std::i
             r.correlation_id.as_deref().unwrap_or("-"),
             r.function.as_deref().unwrap_or("-"),
             r.detail
-        )?;
+        );
+        writeln!(out, "{}", crate::terminal::safe(&line))?;
     }
     eprintln!("{} record(s)", records.len());
     Ok(())

@@ -20,6 +20,7 @@ mod sbom_cmd;
 mod secrets_cmd;
 mod serve;
 mod sweeper;
+mod terminal;
 mod threat_model_cmd;
 mod tls_cmd;
 mod trust_cmd;

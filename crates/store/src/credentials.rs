@@ -140,13 +140,20 @@ pub trait CredentialBackend {
     fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError>;
     /// Remove every admin token; returns how many there were.
     fn revoke_admin_tokens(&self) -> Result<usize, StoreError>;
-    /// Delete up to `max` sessions that expired at or before `before_ms`
-    /// (issue 15, T01); how many were deleted.
+    /// Delete up to `max` sessions issued by sign-in (label starting with
+    /// [`SIGN_IN_LABEL`]) that expired at or before `before_ms` (issue 15,
+    /// T01); how many were deleted. Operators' tokens are never pruned.
     fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError>;
-    /// Revoke the live sessions of `subject` beyond its `keep` newest
-    /// (issue 15, T01); how many were revoked.
+    /// Revoke the live sessions issued by sign-in of `subject` beyond its
+    /// `keep` newest (issue 15, T01); how many were revoked. A token an
+    /// operator issued (`bulkhead token issue`) is never revoked by it.
     fn cap_sessions(&self, subject: &str, keep: usize, now_ms: i64) -> Result<usize, StoreError>;
 }
+
+/// The label every session issued by sign-in at the gateway starts with
+/// (`login ISSUER`, `login HANDLE`): what the session cap and pruning
+/// touch, never an operator's token.
+pub const SIGN_IN_LABEL: &str = "login";
 
 /// A backend the server's threads share.
 pub type SharedCredentials = std::sync::Arc<dyn CredentialBackend + Send + Sync>;
@@ -383,7 +390,8 @@ impl CredentialBackend for Connection {
     fn prune_expired_sessions(&self, before_ms: i64, max: usize) -> Result<usize, StoreError> {
         self.execute(
             "DELETE FROM credentials WHERE id IN (
-                 SELECT id FROM credentials WHERE kind = ?1 AND expires_ms <= ?2 LIMIT ?3)",
+                 SELECT id FROM credentials WHERE kind = ?1 AND expires_ms <= ?2
+                 AND substr(label, 1, 5) = 'login' LIMIT ?3)",
             params![
                 Kind::Session.as_str(),
                 before_ms,
@@ -398,6 +406,7 @@ impl CredentialBackend for Connection {
             "UPDATE credentials SET revoked_ms = ?1 WHERE id IN (
                  SELECT id FROM credentials
                  WHERE kind = ?2 AND subject = ?3 AND revoked_ms IS NULL AND expires_ms > ?1
+                 AND substr(label, 1, 5) = 'login'
                  ORDER BY created_ms DESC, rowid DESC LIMIT -1 OFFSET ?4)",
             params![
                 now_ms,

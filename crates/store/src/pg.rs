@@ -667,7 +667,8 @@ impl crate::credentials::CredentialBackend for PostgresCredentials {
     ) -> Result<usize, crate::StoreError> {
         let sql = format!(
             "DELETE FROM {t} WHERE id IN (
-                 SELECT id FROM {t} WHERE kind = $1 AND expires_ms <= $2 LIMIT $3)",
+                 SELECT id FROM {t} WHERE kind = $1 AND expires_ms <= $2
+                 AND substr(label, 1, 5) = 'login' LIMIT $3)",
             t = self.table("credentials")
         );
         let max = i64::try_from(max).unwrap_or(i64::MAX);
@@ -690,6 +691,7 @@ impl crate::credentials::CredentialBackend for PostgresCredentials {
             "UPDATE {t} SET revoked_ms = $1 WHERE id IN (
                  SELECT id FROM {t}
                  WHERE kind = $2 AND subject = $3 AND revoked_ms IS NULL AND expires_ms > $1
+                 AND substr(label, 1, 5) = 'login'
                  ORDER BY created_ms DESC, id DESC OFFSET $4)",
             t = self.table("credentials")
         );

@@ -163,16 +163,38 @@ fn credentials_conform(state: &State) {
 
     // Issue 15 (T01): sign-ins cap a subject's live sessions and prune the
     // long-expired, on every backend (sign-in issues sessions through it).
+    let signed_in = Some("login https://idp.example");
     let live: Vec<String> = (0..5)
         .map(|_| {
-            credentials::issue(backend, Kind::Session, "session:ada", &[], 60_000, None)
-                .unwrap()
-                .1
+            credentials::issue(
+                backend,
+                Kind::Session,
+                "session:ada",
+                &[],
+                60_000,
+                signed_in,
+            )
+            .unwrap()
+            .1
         })
         .collect();
-    let other = credentials::issue(backend, Kind::Session, "session:bob", &[], 60_000, None)
+    let other = credentials::issue(
+        backend,
+        Kind::Session,
+        "session:bob",
+        &[],
+        60_000,
+        signed_in,
+    )
+    .unwrap()
+    .1;
+    // An operator's token for the same subject (`bulkhead token issue`):
+    // neither capped nor pruned (outside re-review of issue 15).
+    let operator = credentials::issue(backend, Kind::Session, "session:ada", &[], 60_000, None)
         .unwrap()
         .1;
+    let (_, signed_in_old) =
+        credentials::issue(backend, Kind::Session, "session:old", &[], -1, signed_in).unwrap();
     let now = bulkhead_store::now_ms();
     assert_eq!(backend.cap_sessions("session:ada", 2, now).unwrap(), 3);
     assert_eq!(backend.cap_sessions("session:ada", 2, now).unwrap(), 0);
@@ -190,14 +212,24 @@ fn credentials_conform(state: &State) {
             .unwrap()
             .is_ok()
     );
-    // `session:old` expired at issue: pruned, one at a time if asked.
+    assert!(
+        credentials::verify(backend, Kind::Session, &operator)
+            .unwrap()
+            .is_ok()
+    );
+    // The signed-in `session:old` expired at issue: pruned, one at a time
+    // if asked; the operator's expired one stays (expired, not unknown).
     assert_eq!(backend.prune_expired_sessions(now, 1).unwrap(), 1);
     assert_eq!(backend.prune_expired_sessions(now, 10).unwrap(), 0);
     assert_eq!(
-        credentials::verify(backend, Kind::Session, &expired).unwrap(),
+        credentials::verify(backend, Kind::Session, &signed_in_old).unwrap(),
         Err(Rejection::Unknown)
     );
-    assert_eq!(backend.list(Kind::Session).unwrap().len(), 6);
+    assert_eq!(
+        credentials::verify(backend, Kind::Session, &expired).unwrap(),
+        Err(Rejection::Expired)
+    );
+    assert_eq!(backend.list(Kind::Session).unwrap().len(), 8);
 }
 
 fn conform(state: &State, dir: &std::path::Path) {

@@ -68,6 +68,10 @@ const MAX_CLAIM: usize = 256;
 pub(crate) const EXCHANGES_PER_MINUTE: u32 = 20;
 /// Code exchanges under way at once, from all addresses (T01).
 pub(crate) const EXCHANGES_IN_FLIGHT: usize = 32;
+/// Code exchanges under way at once from one client address (an IPv6
+/// caller's /64): holding every place of [`EXCHANGES_IN_FLIGHT`] takes 8
+/// addresses, not 2 (outside re-review of issue 15, T01).
+pub(crate) const EXCHANGES_IN_FLIGHT_PER_ADDRESS: usize = 4;
 
 /// Live sessions one subject holds at most: a sign-in beyond this revokes
 /// the oldest (issue 15, T01).
@@ -101,9 +105,48 @@ struct Exchanges {
     /// Per client address (an IPv6 caller's /64), GCRA (governor).
     per_address: crate::ratelimit::KeyedLimiter<IpAddr>,
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Exchanges under way per client network; an entry goes when its
+    /// count returns to 0, so the map holds at most `EXCHANGES_IN_FLIGHT`.
+    per_address_in_flight: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+/// One address's place among the exchanges under way, given back on drop.
+struct AddressPlace {
+    network: IpAddr,
+    counts: Arc<std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.network) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.network);
+            }
+        }
+    }
 }
 
 impl Exchanges {
+    /// A place for one more exchange from `network`, if it holds fewer
+    /// than [`EXCHANGES_IN_FLIGHT_PER_ADDRESS`].
+    fn place_for(&self, network: IpAddr) -> Option<AddressPlace> {
+        let mut counts = self
+            .per_address_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(network).or_insert(0);
+        if *n >= EXCHANGES_IN_FLIGHT_PER_ADDRESS {
+            return None;
+        }
+        *n += 1;
+        Some(AddressPlace {
+            network,
+            counts: self.per_address_in_flight.clone(),
+        })
+    }
+
     fn new() -> Self {
         let per_minute =
             std::num::NonZeroU32::new(EXCHANGES_PER_MINUTE).unwrap_or(std::num::NonZeroU32::MIN);
@@ -112,6 +155,7 @@ impl Exchanges {
                 per_minute,
             )),
             in_flight: Arc::new(tokio::sync::Semaphore::new(EXCHANGES_IN_FLIGHT)),
+            per_address_in_flight: Arc::default(),
         }
     }
 }
@@ -402,10 +446,12 @@ impl Login {
                 "code exchanges over their bound".into(),
             )
         };
-        self.exchanges
-            .per_address
-            .check(&crate::caller::network_of(client))
-            .map_err(busy)?;
+        let network = crate::caller::network_of(client);
+        self.exchanges.per_address.check(&network).map_err(busy)?;
+        let _address_place = self
+            .exchanges
+            .place_for(network)
+            .ok_or_else(|| busy(Duration::from_secs(1)))?;
         let _exchanging = self
             .exchanges
             .in_flight
@@ -503,7 +549,10 @@ impl Login {
                 let claims = id_token
                     .claims(&verifier, &nonce)
                     .map_err(|e| login_failed(format!("ID token refused: {e}")))?;
-                (claims.subject().to_string(), format!("login {issuer}"))
+                (
+                    claims.subject().to_string(),
+                    format!("{} {issuer}", credentials::SIGN_IN_LABEL),
+                )
             }
             LoginProvider::OAuth2 {
                 userinfo_endpoint,
@@ -528,7 +577,7 @@ impl Login {
                     .as_ref()
                     .and_then(|c| claim(&info, c))
                     .map_or_else(String::new, |h| format!(" {h}"));
-                (subject, format!("login{handle}"))
+                (subject, format!("{}{handle}", credentials::SIGN_IN_LABEL))
             }
         };
         if subject.is_empty() || subject.len() > MAX_CLAIM || subject.chars().any(char::is_control)
@@ -988,6 +1037,16 @@ fn local_path(path: &str) -> Result<String, &'static str> {
     if path.starts_with("/.bulkhead/") {
         return Err("a reserved path");
     }
+    // `/.//host` and `/..//host` normalise to `//host` (outside re-review
+    // of issue 15): no empty, `.` or `..` segment in the path part.
+    let path_part = path.split(['?', '#']).next().unwrap_or("");
+    if path_part.contains("//")
+        || path_part
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+    {
+        return Err("an empty, `.` or `..` segment");
+    }
     Ok(path.to_string())
 }
 
@@ -1092,10 +1151,22 @@ mod tests {
 
     #[test]
     fn return_paths_stay_on_this_site() {
-        for ok in ["/", "/account", "/talks?id=3&x=%20y", "/a/b.c~d"] {
+        for ok in [
+            "/",
+            "/account",
+            "/account/",
+            "/talks?id=3&x=%20y",
+            "/a/b.c~d",
+            "/a?next=//x",
+        ] {
             assert_eq!(local_path(ok).as_deref(), Ok(ok), "{ok}");
         }
         for bad in [
+            "/.//evil.example",
+            "/..//evil.example",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
             "//evil.example",
             "/\\evil.example",
             "\\\\evil.example",
@@ -1151,5 +1222,32 @@ mod tests {
                 "{method} {headers:?}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod exchange_tests {
+    use super::*;
+
+    /// T01 (outside re-review of issue 15: two addresses held all 32
+    /// places of the code exchanges under a slow provider): one address
+    /// holds at most four, and gives them back as its exchanges end.
+    #[test]
+    fn one_address_holds_at_most_four_exchanges_t01() {
+        let exchanges = Exchanges::new();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        let held: Vec<_> = (0..EXCHANGES_IN_FLIGHT_PER_ADDRESS)
+            .map(|_| exchanges.place_for(a).unwrap())
+            .collect();
+        assert!(exchanges.place_for(a).is_none());
+        assert!(exchanges.place_for(b).is_some());
+        drop(held);
+        assert!(exchanges.place_for(a).is_some());
+        let counts = exchanges
+            .per_address_in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        assert!(counts.is_empty(), "{counts:?}");
     }
 }
