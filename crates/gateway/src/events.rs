@@ -45,7 +45,7 @@ use http::{HeaderValue, Request};
 use http_body::Body as _;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::access_log::{self, Level};
 use crate::budget::Charge;
@@ -164,6 +164,16 @@ struct Unit {
 }
 
 /// One event handed to a function.
+/// Why a triggered run did not answer.
+struct RunFailed {
+    why: String,
+    /// No instance slot was free: the function never ran.
+    no_capacity: bool,
+}
+
+/// How long a message waits after its delivery found no instance slot.
+const NO_CAPACITY_RETRY_MS: i64 = 1_000;
+
 struct Event {
     kind: &'static str,
     source: String,
@@ -226,7 +236,7 @@ impl Unit {
     }
 
     /// Run the function on `event`: its status, or why it failed.
-    async fn run(&self, event: &Event, charge: Option<Charge>) -> Result<u16, String> {
+    async fn run(&self, event: &Event, charge: Option<Charge>) -> Result<u16, RunFailed> {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let lag_ms = now_ms().saturating_sub(event.due_ms).max(0);
@@ -259,9 +269,15 @@ impl Unit {
                     }
                     Ok(status)
                 }
-                Err(error) => Err(error.to_string()),
+                Err(error) => Err(RunFailed {
+                    no_capacity: matches!(error, bulkhead_runtime::InvokeError::Capacity),
+                    why: error.to_string(),
+                }),
             },
-            Err(why) => Err(why),
+            Err(why) => Err(RunFailed {
+                no_capacity: false,
+                why,
+            }),
         };
         if let Some(charge) = charge {
             charge.finish(0);
@@ -274,7 +290,7 @@ impl Unit {
                 *status,
                 "the function answered a non-2xx status",
             ),
-            Err(why) => (Level::Warn, 0, why.as_str()),
+            Err(failed) => (Level::Warn, 0, failed.why.as_str()),
         };
         let detail = bounded(detail);
         access_log::write(level, "event", started_at + elapsed, |line| {
@@ -486,7 +502,7 @@ async fn fire(
                     &format!("the function answered {status}"),
                     None,
                 ),
-                Err(why) => unit.audit_failure("event.failed", &event, &why, None),
+                Err(failed) => unit.audit_failure("event.failed", &event, &failed.why, None),
             }
         }
         Err(why) => unit.refused("schedule", unit.name(), &why),
@@ -621,7 +637,30 @@ async fn deliver(
             return;
         }
         Ok(status) => format!("the function answered {status}"),
-        Err(why) => why,
+        // The host had no instance slot (its live-instance cap, shared
+        // with HTTP): the message never reached the function, so it goes
+        // back without spending an attempt (outside review of issue 18:
+        // healthy messages were dead-lettered by a busy host), delivered
+        // again after a second.
+        Err(failed) if failed.no_capacity => {
+            metrics.delivered(&queue, "no-capacity");
+            let released =
+                tokio::task::spawn_blocking(move || backend.release(&lease, NO_CAPACITY_RETRY_MS))
+                    .await;
+            match released {
+                Ok(Ok(_)) => {
+                    debug!(target: "bulkhead::events", function = %unit.name(), queue = %queue, event_id = %event.id, "no instance slot was free: the message goes back, its attempt not counted");
+                }
+                Ok(Err(e)) => {
+                    warn!(target: "bulkhead::events", queue = %queue, error = %e, event_id = %event.id, "cannot give the message back: it is delivered again after its visibility timeout");
+                }
+                Err(e) => {
+                    warn!(target: "bulkhead::events", queue = %queue, error = %e, event_id = %event.id, "cannot give the message back: it is delivered again after its visibility timeout");
+                }
+            }
+            return;
+        }
+        Err(failed) => failed.why,
     };
     metrics.delivered(&queue, "failed");
     let failed = {

@@ -302,6 +302,10 @@ pub trait QueueBackend: Send + Sync {
     fn lease(&self, queue: &str, max: usize) -> Result<Vec<Delivery>, QueueError>;
     /// Done: delete the message.
     fn ack(&self, lease: &Lease) -> Result<Acked, QueueError>;
+    /// Not delivered after all (the host had no room to run it): back to
+    /// the queue, visible again after `after_ms`, its delivery not counted
+    /// as an attempt. False when the lease was stale.
+    fn release(&self, lease: &Lease, after_ms: i64) -> Result<bool, QueueError>;
     /// Not done: retry after a back-off, or dead-letter after the last attempt.
     fn fail(&self, lease: &Lease, reason: &str) -> Result<Failed, QueueError>;
     /// Delete every message past its retention; returns how many.
@@ -693,6 +697,16 @@ impl QueueBackend for SqliteQueue {
         } else {
             Acked::Stale
         })
+    }
+
+    fn release(&self, lease: &Lease, after_ms: i64) -> Result<bool, QueueError> {
+        let visible = self.clock.now_ms().saturating_add(after_ms.max(0));
+        let released = self.conn().execute(
+            "UPDATE queue_messages SET attempts = max(attempts - 1, 0), visible_ms = ?3, lease_token = NULL
+             WHERE msg_id = ?1 AND lease_token = ?2",
+            params![&lease.id.0[..], &lease.token[..], visible],
+        )?;
+        Ok(released == 1)
     }
 
     fn fail(&self, lease: &Lease, reason: &str) -> Result<Failed, QueueError> {

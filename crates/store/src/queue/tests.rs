@@ -320,6 +320,29 @@ fn a_chain_stops_at_max_chain_messages_and_keeps_its_chain() {
     assert_eq!(back[0].chain, [7; 16]);
 }
 
+/// Outside review of issue 18 (T01): a delivery the host had no room to
+/// run goes back without spending an attempt, so a busy host does not
+/// dead-letter healthy messages.
+#[test]
+fn a_released_delivery_spends_no_attempt() {
+    let f = fixture();
+    f.queue.enqueue("work", msg(b"m")).unwrap();
+    for _ in 0..5 {
+        let got = f.queue.lease("work", 1).unwrap();
+        assert_eq!(got[0].attempt, 1);
+        assert!(f.queue.release(&got[0].lease, 1_000).unwrap());
+        // A stale lease releases nothing.
+        assert!(!f.queue.release(&got[0].lease, 1_000).unwrap());
+        assert!(
+            f.queue.lease("work", 1).unwrap().is_empty(),
+            "hidden for a second"
+        );
+        f.clock.advance_ms(1_000);
+    }
+    let got = f.queue.lease("work", 1).unwrap();
+    assert_eq!(got[0].attempt, 1, "max_attempts is 3: not one was spent");
+}
+
 #[test]
 fn enqueue_refuses_bad_input() {
     let f = fixture();
