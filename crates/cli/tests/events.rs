@@ -217,6 +217,21 @@ fn kv(server: &Server, key: &str) -> String {
     reply.text()
 }
 
+/// Poll the admin listener's `/metrics` (bounded: a synchronisation, not
+/// a timing assertion) until it has `line`.
+fn wait_for_metric(server: &Server, line: &str) {
+    let admin = server.admin.expect("admin listener");
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
+        if reply.text().contains(line) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no `{line}` in {}", reply.text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Poll (bounded: a synchronisation, not a timing assertion) until `key`
 /// is recorded.
 fn wait_for_key(server: &Server, key: &str, limit: Duration) -> String {
@@ -500,19 +515,7 @@ fn a_self_enqueueing_function_stops_at_max_event_depth_t04() {
         wait_for_key(&server, &format!("event-loop-a-{depth}"), LIMIT);
     }
     // Counted in the metric, read from the admin listener.
-    let admin = server.admin.expect("admin listener");
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
-        if reply
-            .text()
-            .contains("bulkhead_event_depth_exceeded_total 1")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", reply.text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_metric(&server, "bulkhead_event_depth_exceeded_total 1");
     let logs = server.stop_with_logs();
     let runs = event_lines(&logs, "looper");
     let depths: Vec<u64> = runs.iter().filter_map(|r| r["depth"].as_u64()).collect();
@@ -706,19 +709,7 @@ fn a_chain_of_events_stops_at_max_event_messages_t04() {
     let (status, body, _) = post(&server, "/send?queue=telemetry", "fresh-chain");
     assert_eq!((status, body.as_str()), (200, "ok"));
     wait_for_key(&server, "event-fresh-chain", LIMIT);
-    let admin = server.admin.expect("admin listener");
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let reply = runtime().block_on(send(admin, request("GET", admin, "/metrics", "")));
-        if reply
-            .text()
-            .contains("bulkhead_event_chain_exhausted_total 1")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", reply.text());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_for_metric(&server, "bulkhead_event_chain_exhausted_total 1");
     let logs = server.stop_with_logs();
     let depths: Vec<u64> = event_lines(&logs, "looper")
         .iter()

@@ -108,29 +108,16 @@ impl producer::Host for HostState {
             };
             match backend.enqueue(&name, message) {
                 Ok(_) => Sent::Stored,
-                // T04: stopped here, kept as a dead letter with why.
-                Err(QueueError::TooDeep { depth, max }) => {
-                    let reason = format!(
-                        "causal depth {depth} is over max_event_depth {max}: a chain of events that keeps triggering itself was stopped"
-                    );
-                    let went = match backend.dead_letter_refused(&name, message, &reason) {
+                // T04: a chain too deep or that has sent its fill is
+                // stopped here, kept as a dead letter with why.
+                Err(stop @ (QueueError::TooDeep { .. } | QueueError::ChainExhausted { .. })) => {
+                    let went = match backend.dead_letter_refused(&name, message, &stop.to_string())
+                    {
                         Ok(Failed::DeadLettered { to }) => format!("dead-lettered to `{to}`"),
                         Ok(_) => "parked in its queue, undelivered".to_string(),
                         Err(e) => format!("not kept ({e})"),
                     };
-                    Sent::TooDeep { depth, max, went }
-                }
-                // T04: fan-out stopped here, kept as a dead letter with why.
-                Err(QueueError::ChainExhausted { max }) => {
-                    let reason = format!(
-                        "the chain of events had sent {max} messages, its max_event_messages: fan-out that multiplies itself was stopped"
-                    );
-                    let went = match backend.dead_letter_refused(&name, message, &reason) {
-                        Ok(Failed::DeadLettered { to }) => format!("dead-lettered to `{to}`"),
-                        Ok(_) => "parked in its queue, undelivered".to_string(),
-                        Err(e) => format!("not kept ({e})"),
-                    };
-                    Sent::ChainExhausted { max, went }
+                    Sent::Stopped { stop, went }
                 }
                 Err(e) => Sent::Refused(Box::new(e)),
             }
@@ -153,49 +140,38 @@ impl producer::Host for HostState {
                 data.used_once("queue", &shown, "send");
                 Ok(())
             }
-            Sent::TooDeep { depth, max, went } => {
+            Sent::Stopped { stop, went } => {
                 counted(data);
-                data.plane
-                    .depth_exceeded
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (counter, reason, denial) = match stop {
+                    QueueError::TooDeep { .. } => (
+                        &data.plane.depth_exceeded,
+                        "event-depth-exceeded",
+                        "event-depth-exceeded: the chain of events is deeper than max_event_depth; the message was dead-lettered, not delivered",
+                    ),
+                    _ => (
+                        &data.plane.chain_exhausted,
+                        "event-chain-exhausted",
+                        "event-chain-exhausted: the chain of events has sent max_event_messages; the message was dead-lettered, not delivered",
+                    ),
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (depth, max) = match stop {
+                    QueueError::TooDeep { depth, max } => (Some(depth), max),
+                    QueueError::ChainExhausted { max } => (None, max),
+                    _ => (None, 0),
+                };
                 warn!(
                     target: "bulkhead::events",
                     function = %data.call.function(),
                     correlation_id = %data.call.correlation_id(),
                     queue = %shown,
                     depth,
-                    max_event_depth = max,
+                    max,
                     outcome = %went,
-                    reason = "event-depth-exceeded",
-                    "a chain of events deeper than max_event_depth was stopped (T04)"
+                    reason,
+                    "a chain of events was stopped at its bound (T04): {stop}"
                 );
-                data.call.deny(
-                    "queue",
-                    Target::Resource(&shown),
-                    "event-depth-exceeded: the chain of events is deeper than max_event_depth; the message was dead-lettered, not delivered",
-                );
-                Ok(())
-            }
-            Sent::ChainExhausted { max, went } => {
-                counted(data);
-                data.plane
-                    .chain_exhausted
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                warn!(
-                    target: "bulkhead::events",
-                    function = %data.call.function(),
-                    correlation_id = %data.call.correlation_id(),
-                    queue = %shown,
-                    max_event_messages = max,
-                    outcome = %went,
-                    reason = "event-chain-exhausted",
-                    "a chain of events that had sent max_event_messages was stopped (T04)"
-                );
-                data.call.deny(
-                    "queue",
-                    Target::Resource(&shown),
-                    "event-chain-exhausted: the chain of events has sent max_event_messages; the message was dead-lettered, not delivered",
-                );
+                data.call.deny("queue", Target::Resource(&shown), denial);
                 Ok(())
             }
             Sent::Refused(e) => match *e {
@@ -227,15 +203,10 @@ impl producer::Host for HostState {
 /// What an enqueue came to, off the async runtime.
 enum Sent {
     Stored,
-    /// T04: refused for its depth; `went` says where it was kept.
-    TooDeep {
-        depth: u32,
-        max: u32,
-        went: String,
-    },
-    /// T04: refused for its chain's count; `went` says where it was kept.
-    ChainExhausted {
-        max: u32,
+    /// T04: stopped at `max_event_depth` or `max_event_messages`;
+    /// `went` says where it was kept.
+    Stopped {
+        stop: QueueError,
         went: String,
     },
     Refused(Box<QueueError>),
