@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Result, bail};
 use bulkhead_manifest::App;
 use bulkhead_store::AuditEvent;
-use bulkhead_store::queue::{Peeked, QueueBackend as _, QueueStats, SqliteQueue};
+use bulkhead_store::queue::{Peeked, QueueStats, SharedQueue};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 
@@ -129,7 +129,7 @@ pub fn run(command: QueueCommand) -> Result<ExitCode> {
 struct Opened {
     app: App,
     store: bulkhead_store::Store,
-    queues: SqliteQueue,
+    queues: SharedQueue,
 }
 
 fn open(target: &Target) -> Result<Result<Opened, ExitCode>> {

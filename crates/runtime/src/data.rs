@@ -12,7 +12,7 @@ use bulkhead_manifest::stores::valid_resource_name;
 use bulkhead_manifest::{Grants, StoreSpec};
 use bulkhead_store::State;
 use bulkhead_store::kv::Kv;
-use bulkhead_store::queue::{QueueBackend, QueueLimits, QueueSettings, SqliteQueue, SystemClock};
+use bulkhead_store::queue::{QueueLimits, QueueSettings, SharedQueue, SystemClock};
 use bulkhead_store::secrets::{Secrets, SharedSecrets};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -25,7 +25,7 @@ pub struct DataPlane {
     pub stores: Arc<[StoreSpec]>,
     pub config: Arc<BTreeMap<String, String>>,
     /// The app's queues (issue 18), when it declares any.
-    pub queue: Option<Arc<dyn QueueBackend>>,
+    pub queue: Option<SharedQueue>,
     /// Messages stopped at `max_event_depth` (T04), for the metric.
     pub depth_exceeded: AtomicU64,
     /// Messages stopped at `max_event_messages` (T04), for the metric.
@@ -82,7 +82,7 @@ impl DataPlane {
             plane.kv = Some(Arc::new(Kv::new(state.kv()?, keyring.clone())));
         }
         if needs_queue {
-            plane.queue = Some(Arc::new(open_queue(app, state, &keyring)?));
+            plane.queue = Some(open_queue(app, state, &keyring)?);
         }
         if needs_secrets {
             plane.secrets = Some(SecretSource {
@@ -94,14 +94,15 @@ impl DataPlane {
     }
 }
 
-/// The embedded queue (issue 18) with the manifest's bounds, in the
-/// app's state database; messages sealed under a data key of `keyring`
-/// (T14). The server and `bulkhead queue` open it the same way.
+/// The app's queues (issue 18) with the manifest's bounds, where `state`
+/// keeps them ([`State::queue`]: the state database, or PostgreSQL on a
+/// cluster, `FOR UPDATE SKIP LOCKED`); messages sealed under a data key of
+/// `keyring` (T14). The server and `bulkhead queue` open them the same way.
 pub fn open_queue(
     app: &bulkhead_manifest::App,
     state: &State,
     keyring: &bulkhead_store::crypto::Keyring,
-) -> Result<SqliteQueue, DataError> {
+) -> Result<SharedQueue, DataError> {
     let millis = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let queues = app
         .queues
@@ -120,13 +121,7 @@ pub fn open_queue(
         max_chain_messages: app.limits.max_event_messages,
         ..QueueLimits::default()
     };
-    Ok(SqliteQueue::open(
-        state.store(),
-        keyring,
-        queues,
-        limits,
-        Arc::new(SystemClock),
-    )?)
+    Ok(state.queue(keyring, queues, limits, Arc::new(SystemClock))?)
 }
 
 /// Secret values read during one call: redacted from its output and from

@@ -9,10 +9,13 @@
 //! | sessions, API keys, admin tokens | [`CredentialBackend`](crate::credentials::CredentialBackend) | [`SqliteCredentials`](crate::credentials::SqliteCredentials), `Connection` |
 //! | wrapped data keys | [`DataKeyBackend`](crate::crypto::DataKeyBackend) | [`SqliteKeys`](crate::crypto::SqliteKeys) (`keys.db`) |
 //!
-//! With [`StateConfig::Postgres`] all four are in PostgreSQL, in the app
-//! environment's schema ([`crate::kv::PostgresKv`], [`crate::pg`]), so
-//! every node shares them; the audit trail, the meter, SQL stores and
-//! queues stay in the node's state directory for now.
+//! | queues (issue 18) | [`QueueBackend`](crate::queue::QueueBackend) | [`SqliteQueue`](crate::queue::SqliteQueue) |
+//!
+//! With [`StateConfig::Postgres`] all five are in PostgreSQL, in the app
+//! environment's schema ([`crate::kv::PostgresKv`], [`crate::pg`],
+//! [`crate::queue::PostgresQueue`]), so every node shares them; the audit
+//! trail, the meter and SQL stores stay in the node's state directory for
+//! now.
 //!
 //! Sealing (T15) and every check (expiry, revocation, subject scope) stay
 //! above the traits, so a backend only ever sees sealed blobs and hashes.
@@ -26,6 +29,9 @@ use crate::credentials::{SharedCredentials, SqliteCredentials};
 use crate::crypto::{CryptoError, KeyStore, Keyring, MASTER_KEY_ENV, MasterKey};
 use crate::kv::{KvError, PgConfig, PostgresKv, SharedKv, SqliteKv, valid_schema};
 use crate::pg::{Pg, PostgresCredentials, PostgresKeys, PostgresSecrets};
+use crate::queue::{
+    Clock, PostgresQueue, QueueError, QueueLimits, QueueSettings, SharedQueue, SqliteQueue,
+};
 use crate::secrets::SharedSecrets;
 use crate::{Held, Store, StoreError};
 
@@ -35,10 +41,10 @@ pub enum StateConfig {
     /// SQLite files in one directory per app and environment (the default:
     /// nothing to install).
     Embedded { dir: PathBuf },
-    /// Key-value records, wrapped data keys, secrets and credentials in
-    /// PostgreSQL (issue 16), in the schema `postgres` names, so every
-    /// node of a deployment shares them; everything else (audit trail,
-    /// meter, SQL stores, queues) still in `dir`, for now.
+    /// Key-value records, wrapped data keys, secrets, credentials and
+    /// queues in PostgreSQL (issues 16, 18), in the schema `postgres`
+    /// names, so every node of a deployment shares them; everything else
+    /// (audit trail, meter, SQL stores) still in `dir`, for now.
     Postgres { dir: PathBuf, postgres: PgConfig },
 }
 
@@ -179,6 +185,35 @@ impl State {
     /// The credentials backend when it is not the state database.
     pub fn shared_credentials(&self) -> Option<SharedCredentials> {
         self.pg.as_ref().map(|_| self.credentials.clone())
+    }
+
+    /// The app's queues (issue 18): in PostgreSQL when the state is
+    /// shared, so every node leases from the same queues; else in the
+    /// state database. Messages are sealed under a data key of `keyring`
+    /// (T14), which on PostgreSQL every node shares.
+    pub fn queue(
+        &self,
+        keyring: &Keyring,
+        queues: Vec<QueueSettings>,
+        limits: QueueLimits,
+        clock: Arc<dyn Clock>,
+    ) -> Result<SharedQueue, QueueError> {
+        Ok(match &self.pg {
+            Some(pg) => Arc::new(PostgresQueue::open(
+                pg.clone(),
+                keyring,
+                queues,
+                limits,
+                clock,
+            )?),
+            None => Arc::new(SqliteQueue::open(
+                &self.store,
+                keyring,
+                queues,
+                limits,
+                clock,
+            )?),
+        })
     }
 
     /// A key-value backend for the server's threads to share.
