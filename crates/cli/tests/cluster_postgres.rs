@@ -147,13 +147,19 @@ impl Cluster {
     /// `url`: the database URL written in each node's `db-url` file (the
     /// test database's when `None`).
     fn with_url(url: Option<&str>) -> Self {
+        Self::of(url, manifest, &["kv", "config"])
+    }
+
+    /// Two nodes of the app `manifest` writes (given the app's name), with
+    /// `guests`.
+    fn of(url: Option<&str>, manifest: fn(&str) -> String, guests: &[&str]) -> Self {
         let db = PgDatabase::create();
         let keys = tempfile::tempdir().unwrap();
         let master = keys.path().join("master.key");
         bulkhead_store::files::write_private(&master, &[&[0x42; 32]]).unwrap();
         let url = url.map_or_else(|| db.url(), str::to_string);
         let nodes = [0, 1].map(|_| {
-            let app = TestApp::new(&manifest(&db.app), &["kv", "config"]);
+            let app = TestApp::new(&manifest(&db.app), guests);
             bulkhead_store::files::write_private(&app.path().join("db-url"), &[url.as_bytes()])
                 .unwrap();
             app
@@ -481,4 +487,148 @@ async fn admin_tokens_are_shared_by_nodes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, 401, "revoked through B, refused by A");
+}
+
+/// An app whose HTTP function sends to a queue its triggered function
+/// consumes (issue 18), on PostgreSQL: both nodes run the consumer.
+fn events_manifest(app: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{app}"
+
+[store.events]
+kind = "kv"
+
+[queue.jobs]
+dead_letter = "jobs-dead"
+
+[queue.jobs-dead]
+
+[[function]]
+name = "bridge"
+component = "events.wasm"
+route = "/send"
+methods = ["POST"]
+auth = "public"
+input.query.queue = true
+input.query.n = true
+grants = {{ queues = {{ jobs = {{ access = "send", max_messages = 100 }} }} }}
+
+[[function]]
+name = "reader"
+component = "events.wasm"
+route = "/kv"
+methods = ["GET"]
+auth = "public"
+input.query.key = "[A-Za-z0-9-]+"
+grants = {{ kv = {{ events = "read" }} }}
+
+[[function]]
+name = "consume"
+component = "events.wasm"
+max_concurrent_requests = 4
+trigger = {{ queue = "jobs" }}
+grants = {{ kv = {{ events = "read-write" }} }}
+
+[cluster]
+backend = "postgres"
+database_url_file = "db-url"
+"#
+    )
+}
+
+/// Issue 18 on a cluster (T01, T04): the queue is in PostgreSQL, so the
+/// messages node A's HTTP function sends are consumed by the triggered
+/// function on either node (`FOR UPDATE SKIP LOCKED`): every message is
+/// processed, none twice, its record readable through both nodes; then
+/// `bulkhead queue list` and `peek` beside node B read the same, empty
+/// queue from PostgreSQL, not from its state directory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_on_postgres_is_consumed_by_both_nodes_t01() {
+    const N: usize = 40;
+    let cluster = Cluster::of(None, events_manifest, &[]);
+    for node in &cluster.nodes {
+        std::fs::copy(support::guest("events"), node.path().join("events.wasm")).unwrap();
+    }
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    let send = request(
+        "POST",
+        a.addr,
+        &format!("/send?queue=jobs&n={N}"),
+        Bytes::from("job"),
+    );
+    let reply = try_send(a.addr, send).await.expect("a response");
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    for i in 0..N {
+        let path = format!("/kv?key=event-job-{i}");
+        let server = if i % 2 == 0 { &a } else { &b };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, value) = call(server, &path, None).await;
+            assert_eq!(status, 200, "{value}");
+            if value != "none" {
+                assert!(value.contains("depth=1 attempt=1 source=jobs"), "{value}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "job-{i} never processed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let processed = |server: &Server| -> Vec<String> {
+        server
+            .logs()
+            .iter()
+            .filter(|r| r["message"] == "event" && r["function"] == "consume")
+            .map(|r| {
+                assert_eq!(r["status"], 200, "{r}");
+                r["event_id"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    let (on_a, on_b) = (processed(&a), processed(&b));
+    let mut ids: Vec<&String> = on_a.iter().chain(&on_b).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        on_a.len() + on_b.len(),
+        "a message processed twice: {on_a:?} {on_b:?}"
+    );
+    assert_eq!(
+        ids.len(),
+        N,
+        "node A ran {}, node B {}",
+        on_a.len(),
+        on_b.len()
+    );
+    // Every acknowledgement committed, as `bulkhead queue list` beside
+    // node B reads it from PostgreSQL (bounded: the last ones may still be
+    // settling).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = cluster.cli_ok(1, &["queue", "list"], &["--format", "json"], b"");
+        let rows: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+        let jobs = rows
+            .as_array()
+            .and_then(|r| r.iter().find(|q| q["queue"] == "jobs"))
+            .unwrap_or_else(|| panic!("{rows}"))
+            .clone();
+        assert_eq!(jobs["ready"], 0, "{rows}");
+        if jobs["in_flight"] == 0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{rows}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let peek = cluster.cli_ok(1, &["queue", "peek"], &["jobs"], b"");
+    assert!(
+        peek.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&peek.stdout)
+    );
+    drop((a, b));
 }
