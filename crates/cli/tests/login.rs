@@ -137,6 +137,7 @@ client_secret_name = "login_client"
 redirect_url = "{redirect}"
 session_ttl = "{session_ttl}"
 session_scopes = ["attendee"]
+function_cookies = ["lang", "bomb0", "bomb1", "bomb2", "bomb3", "bomb4", "bomb5", "bomb6"]
 
 [[function]]
 name = "echo"
@@ -1195,6 +1196,47 @@ async fn t12_t01_cookies_a_function_sets_cannot_lock_a_browser_out() {
     assert!(!set.is_empty() && set.len() <= 8, "{}", set.len());
     assert!(set.iter().map(String::len).sum::<usize>() <= 4096);
     // The browser can still sign in and is still served.
+    let again = browser.fetch("GET", &start, &[]).await;
+    assert_eq!(again.status, 302);
+    assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);
+
+    // Fourth outside review (medium): cookies added up across responses,
+    // five visits made 19.5 KB and then 431 on every path. Now only the
+    // declared names pass, on `/`, host-only, each at most 512 bytes: the
+    // jar holds one of each however many responses set cookies.
+    for visit in 0..12 {
+        let mut asked = format!("{headers}?bomb=8&size=400");
+        for cookie in [
+            format!("fresh{visit}=1; Path=/"),
+            format!("lang=v{visit}; Path=/v{visit}"),
+            format!("lang=d{visit}; Domain=127.0.0.1"),
+            format!("bomb0={}", "y".repeat(600)),
+        ] {
+            asked.push_str(&format!("&h={}", encode(&format!("Set-Cookie:{cookie}"))));
+        }
+        let seen = browser.fetch("GET", &asked, &[]).await;
+        assert_eq!(seen.status, 200);
+        for set in seen.set_cookies() {
+            let name = set.split('=').next().unwrap_or_default();
+            assert!(name.starts_with("bomb"), "{set}");
+            assert!(set.ends_with("; Path=/; Max-Age=86400"), "{set}");
+            assert!(set.len() < 512, "{set}");
+        }
+    }
+    let jar = browser
+        .jar
+        .get(setup.origin.trim_start_matches("http://"))
+        .unwrap();
+    let function_bytes: usize = jar
+        .iter()
+        .filter(|(name, _)| !name.starts_with("__Host-bulkhead-"))
+        .map(|(name, value)| name.len() + value.len() + 2)
+        .sum();
+    assert!(
+        function_bytes <= 8 * 512,
+        "{function_bytes} bytes of function cookies"
+    );
+    assert!(jar.keys().all(|name| !name.starts_with("fresh")));
     let again = browser.fetch("GET", &start, &[]).await;
     assert_eq!(again.status, 302);
     assert_eq!(browser.fetch("GET", &echo, &[]).await.status, 200);

@@ -585,7 +585,10 @@ async fn pipeline<'s>(
             },
             deadline,
             connection,
-            version.login.is_some(),
+            version
+                .login
+                .as_deref()
+                .map(crate::login::Login::function_cookies),
         )),
         Err(error) => {
             if let Some(charge) = charge {

@@ -14,9 +14,10 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bulkhead_manifest::input::HOP_BY_HOP;
+use bulkhead_manifest::login::MAX_FUNCTION_COOKIE_BYTES;
 use bulkhead_runtime::{InvokeError, ResponseBody};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -219,12 +220,13 @@ pub(crate) fn guest_response(
     mut held: Held,
     deadline: tokio::time::Instant,
     connection: &ConnectionCut,
-    login: bool,
+    login_cookies: Option<&[String]>,
 ) -> Response<Outgoing> {
     let (mut parts, body) = response.into_parts();
     strip_fields(&mut parts.headers, false);
     bound_guest_cookies(&mut parts.headers);
-    if login {
+    if let Some(declared) = login_cookies {
+        keep_declared_cookies(&mut parts.headers, declared);
         strip_cookie_clearing(&mut parts.headers);
     }
     if body.is_whole() {
@@ -367,6 +369,73 @@ fn bound_guest_cookies(fields: &mut HeaderMap) {
     for value in kept {
         fields.append(http::header::SET_COOKIE, value);
     }
+}
+
+/// With sign-in at the gateway, a function may set only the cookies
+/// `[auth.login] function_cookies` declares, host-only (no `Domain`), on
+/// `/` (added when the cookie names no `Path`) and each at most
+/// [`MAX_FUNCTION_COOKIE_BYTES`] as `name=value`. The browser's jar then
+/// holds at most one of each, whatever the number of responses: the
+/// per-response bound alone let five visits to a public function fill it
+/// with 19.5 KB, and the browser got 431 on every path, signing in and out
+/// included (T01, T12; fourth outside review of issue 15). What does not
+/// fit is dropped and logged with what to change, never the value.
+fn keep_declared_cookies(fields: &mut HeaderMap, declared: &[String]) {
+    if !fields.contains_key(http::header::SET_COOKIE) {
+        return;
+    }
+    let mut dropped = 0usize;
+    let mut kept = Vec::new();
+    for value in fields.get_all(http::header::SET_COOKIE) {
+        match declared_cookie(value, declared) {
+            Some(value) => kept.push(value),
+            None => dropped += 1,
+        }
+    }
+    if dropped > 0 {
+        tracing::warn!(
+            target: "bulkhead::access",
+            dropped,
+            kept = kept.len(),
+            "a function set a cookie that [auth.login] does not allow: only the names in `function_cookies`, with `Path=/`, no `Domain`, and at most {MAX_FUNCTION_COOKIE_BYTES} bytes as name=value; the others were dropped"
+        );
+    }
+    fields.remove(http::header::SET_COOKIE);
+    for value in kept {
+        fields.append(http::header::SET_COOKIE, value);
+    }
+}
+
+/// `value` as it may be sent under [`keep_declared_cookies`], or `None`.
+/// Read as bytes: a value that is not UTF-8 is the function's business
+/// (the gateway reads such cookies pair by pair), its name and attributes
+/// are judged as text.
+fn declared_cookie(value: &HeaderValue, declared: &[String]) -> Option<HeaderValue> {
+    let bytes = value.as_bytes();
+    let pair_len = bytes.iter().position(|&b| b == b';').unwrap_or(bytes.len());
+    let text = String::from_utf8_lossy(bytes);
+    let mut parts = text.split(';');
+    let (name, _) = parts.next()?.split_once('=')?;
+    if pair_len > MAX_FUNCTION_COOKIE_BYTES || !declared.iter().any(|d| d == name.trim()) {
+        return None;
+    }
+    let mut has_path = false;
+    for attribute in parts {
+        let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
+        match key.trim().to_ascii_lowercase().as_str() {
+            // Another host's or path's copy would be a second jar entry.
+            "domain" => return None,
+            "path" if val.trim() != "/" => return None,
+            "path" => has_path = true,
+            _ => {}
+        }
+    }
+    if has_path {
+        return Some(value.clone());
+    }
+    // Without `Path` a browser files the cookie under the request's
+    // directory: one more entry per directory visited.
+    HeaderValue::from_bytes(&[bytes, b"; Path=/"].concat()).ok()
 }
 
 /// With sign-in at the gateway, a function's `Clear-Site-Data` that names
@@ -535,6 +604,58 @@ mod tests {
             .map(|v| v.to_str().unwrap_or_default())
             .collect();
         assert_eq!(left, ["theme=dark; Path=/"]);
+    }
+
+    /// T01, T12 (fourth outside review of issue 15): with sign-in, only
+    /// declared names pass, host-only, on `/`, each small, so the jar stays
+    /// bounded however many responses set cookies.
+    #[test]
+    fn with_login_only_declared_cookies_pass_on_one_path_t01_t12() {
+        let declared = vec!["lang".to_string(), "theme".to_string()];
+        let mut fields = HeaderMap::new();
+        for cookie in [
+            "lang=en",
+            "theme=dark; Path=/; Secure",
+            "theme=light; Path=/docs",
+            "lang=fr; Domain=example.com; Path=/",
+            "Lang=de",
+            "other=1; Path=/",
+            "=lang=x",
+            "lang",
+        ] {
+            fields.append(http::header::SET_COOKIE, HeaderValue::from_static(cookie));
+        }
+        let big = format!("theme={}", "x".repeat(MAX_FUNCTION_COOKIE_BYTES));
+        fields.append(
+            http::header::SET_COOKIE,
+            HeaderValue::from_str(&big).unwrap(),
+        );
+        fields.append(
+            http::header::SET_COOKIE,
+            HeaderValue::from_bytes(b"lang=\xc3\xa9; Path=/").unwrap(),
+        );
+        keep_declared_cookies(&mut fields, &declared);
+        let left: Vec<&[u8]> = fields
+            .get_all(http::header::SET_COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(
+            left,
+            [
+                &b"lang=en; Path=/"[..],
+                b"theme=dark; Path=/; Secure",
+                b"lang=\xc3\xa9; Path=/"
+            ]
+        );
+        // Nothing declared: nothing passes.
+        let mut fields = HeaderMap::new();
+        fields.append(
+            http::header::SET_COOKIE,
+            HeaderValue::from_static("lang=en"),
+        );
+        keep_declared_cookies(&mut fields, &[]);
+        assert!(fields.get(http::header::SET_COOKIE).is_none());
     }
 
     /// T01, T12: a response sets at most 8 cookies, 4 KiB in all.

@@ -42,7 +42,18 @@ pub struct LoginSettings {
     pub session_ttl: Duration,
     /// Bulkhead scopes a signed-in session carries (`bulkhead-scopes`).
     pub session_scopes: Vec<String>,
+    /// The only cookies a function's response may set (T01, T12): the
+    /// browser's jar then holds at most these, each host-only, on `/` and
+    /// of at most [`MAX_FUNCTION_COOKIE_BYTES`], so no function can grow
+    /// it past the header limit and lock the browser out with 431.
+    pub function_cookies: Vec<String>,
 }
+
+/// Most cookie names `function_cookies` may declare.
+pub const MAX_FUNCTION_COOKIES: usize = 8;
+/// Longest `name=value` of a function's cookie with `[auth.login]`: all
+/// of them together stay within 4 KiB of the browser's `Cookie` field.
+pub const MAX_FUNCTION_COOKIE_BYTES: usize = 512;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginProvider {
@@ -78,8 +89,16 @@ pub(crate) struct RawLogin {
     pub scopes: Option<Vec<String>>,
     pub session_ttl: Option<Duration>,
     pub session_scopes: Option<Vec<String>>,
+    pub function_cookies: Option<Vec<String>>,
 }
 
+/// A cookie name as RFC 6265 allows it (a token), bounded.
+fn valid_cookie_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
 /// An absolute URL the gateway may call or send browsers to: `https`, or
 /// `http` on a loopback host only (a provider in tests or on the same
 /// machine). Returns the origin.
@@ -263,6 +282,38 @@ pub(crate) fn resolve(
                 .into(),
         );
     }
+    let function_cookies = login.function_cookies.clone().unwrap_or_default();
+    if function_cookies.len() > MAX_FUNCTION_COOKIES {
+        fail(
+            out,
+            format!(
+                "[auth.login] `function_cookies` names at most {MAX_FUNCTION_COOKIES} cookies: each is sent back on every request, and the browser's `Cookie` field must stay within the header limit (T01)"
+            ),
+        );
+    }
+    for (i, name) in function_cookies.iter().enumerate() {
+        if !valid_cookie_name(name) {
+            fail(
+                out,
+                format!(
+                    "[auth.login] `function_cookies` entry {} is not a cookie name: 1 to 64 letters, digits or !#$%&'*+-.^_`|~",
+                    i + 1
+                ),
+            );
+        } else if name.to_ascii_lowercase().starts_with("__host-bulkhead-") {
+            fail(
+                out,
+                format!(
+                    "[auth.login] `function_cookies` cannot name `{name}`: `__Host-bulkhead-*` cookies are the gateway's own"
+                ),
+            );
+        } else if function_cookies[..i].contains(name) {
+            fail(
+                out,
+                format!("[auth.login] `function_cookies` names `{name}` twice"),
+            );
+        }
+    }
     if out.problems.len() > before {
         return None;
     }
@@ -275,5 +326,6 @@ pub(crate) fn resolve(
         scopes,
         session_ttl,
         session_scopes,
+        function_cookies,
     })
 }

@@ -222,6 +222,11 @@ impl Login {
         &self.settings.origin
     }
 
+    /// The cookies a function's response may set (T01, T12).
+    pub(crate) fn function_cookies(&self) -> &[String] {
+        &self.settings.function_cookies
+    }
+
     /// Answer a request for one of the reserved paths; `None` for any other
     /// path (the request goes on to routing).
     pub(crate) async fn serve(
