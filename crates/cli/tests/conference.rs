@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -23,50 +22,30 @@ const GITHUB_TOKEN: &str = "ghp_ConferenceCanary0123456789";
 /// A stand-in for api.github.com on loopback (there is no internet here):
 /// `/users/NAME` answers a profile; keeps each request's authorization.
 async fn github_stand_in() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the stand-in");
-    let address = listener.local_addr().expect("stand-in address");
     let seen: Arc<Mutex<Vec<String>>> = Arc::default();
     let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let log = log.clone();
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let auth = request
-                        .headers()
-                        .get("authorization")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("")
-                        .to_string();
-                    log.lock()
-                        .unwrap()
-                        .push(format!("{} {auth}", request.uri()));
-                    let login = request
-                        .uri()
-                        .path()
-                        .trim_start_matches("/users/")
-                        .to_string();
-                    let body = serde_json::json!({
-                        "id": 4242, "login": login, "name": "From the stand-in", "public_repos": 7,
-                        "token_seen": auth,
-                    });
-                    async move {
-                        Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(
-                            body.to_string(),
-                        ))))
-                    }
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
-        }
-    });
+    let address = support::stand_in(move |request: http::Request<hyper::body::Incoming>| {
+        let auth = request
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        log.lock()
+            .unwrap()
+            .push(format!("{} {auth}", request.uri()));
+        let login = request
+            .uri()
+            .path()
+            .trim_start_matches("/users/")
+            .to_string();
+        let body = serde_json::json!({
+            "id": 4242, "login": login, "name": "From the stand-in", "public_repos": 7,
+            "token_seen": auth,
+        });
+        async move { http::Response::new(Full::new(Bytes::from(body.to_string()))) }
+    })
+    .await;
     (address, seen)
 }
 
@@ -96,20 +75,7 @@ fn conference_app(github: SocketAddr) -> TestApp {
     // debug build takes minutes for the Python ones); each entry is still
     // checked against its component and the engine's settings when loaded.
     if let Some(cache) = compiled() {
-        let to = app.path().join(".bulkhead/dev/compile-cache");
-        std::fs::create_dir_all(&to).expect("mkdir the cache");
-        for dir in [
-            app.path().join(".bulkhead"),
-            app.path().join(".bulkhead/dev"),
-            to.clone(),
-        ] {
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .expect("chmod");
-        }
-        for entry in std::fs::read_dir(cache).expect("the cache") {
-            let entry = entry.expect("an entry");
-            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy an entry");
-        }
+        support::seed_compile_cache(&app, cache);
     }
     for file in [
         "schemas/register.json",
@@ -136,22 +102,7 @@ fn compiled() -> Option<&'static Path> {
         FILLING.set(true);
         let app = conference_app("127.0.0.1:9".parse().expect("an address"));
         FILLING.set(false);
-        let out = app.run(&["check"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = dir.path().join("compile-cache");
-        std::fs::create_dir(&cache).expect("mkdir");
-        for entry in
-            std::fs::read_dir(app.path().join(".bulkhead/dev/compile-cache")).expect("cache")
-        {
-            let entry = entry.expect("an entry");
-            std::fs::copy(entry.path(), cache.join(entry.file_name())).expect("copy");
-        }
-        (dir, cache)
+        support::fill_compile_cache(&app)
     });
     Some(path)
 }

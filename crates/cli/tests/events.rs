@@ -726,3 +726,47 @@ fn a_chain_of_events_stops_at_max_event_messages_t04() {
         "{denied:?}"
     );
 }
+
+/// T01 (outside review of issue 18, medium): consumers that ran long took
+/// every live instance, and HTTP calls got 503 `capacity`. Triggered runs
+/// now hold at most half of the pool: with `max_instances = 4` and a
+/// consumer allowed 8 runs at once, every HTTP call made while its slow
+/// messages run is answered.
+#[test]
+fn triggered_runs_leave_instances_for_http_calls_t01() {
+    let manifest = RUN
+        .replace("[limits]\n", "[limits]\nmax_instances = 4\n")
+        .replace(
+            "max_concurrent_requests = 2\ntrigger = { queue = \"bulk\" }",
+            "max_concurrent_requests = 8\ntrigger = { queue = \"bulk\" }",
+        );
+    assert!(
+        manifest.contains("max_concurrent_requests = 8") && manifest.contains("max_instances = 4")
+    );
+    let app = TestApp::new(&manifest, &["events"]);
+    let server = start(&app);
+    const N: usize = 8;
+    let (status, body, _) = post(&server, &format!("/send?queue=bulk&n={N}"), "slow");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    wait_for_key(&server, "started-slow-0", LIMIT);
+    // While the consumer is busy (each message spins for a second), HTTP
+    // calls keep getting an instance: `kv` asserts 200 on each.
+    let mut busy = 0;
+    for _ in 0..40 {
+        if kv(&server, "event-slow-7") == "none" {
+            busy += 1;
+        }
+    }
+    assert!(
+        busy > 0,
+        "the consumer finished before any HTTP call was made"
+    );
+    for i in 0..N {
+        wait_for_key(&server, &format!("event-slow-{i}"), LIMIT);
+    }
+    let logs = server.stop_with_logs();
+    assert!(
+        !logs.iter().any(|r| r["status"] == 503),
+        "an HTTP call got 503 while triggered runs were going"
+    );
+}

@@ -15,7 +15,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
@@ -72,65 +71,47 @@ struct Sms {
 /// `POST /v1/messages` with the right bearer token answers 201; any other
 /// token 401. Keeps every request.
 async fn sms_stand_in() -> (SocketAddr, Arc<Mutex<Vec<Sms>>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the stand-in");
-    let address = listener.local_addr().expect("stand-in address");
     let seen: Arc<Mutex<Vec<Sms>>> = Arc::default();
     let log = seen.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
+    let address = support::stand_in(move |request: http::Request<hyper::body::Incoming>| {
+        let log = log.clone();
+        async move {
+            let header = |name: &str| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string()
             };
-            let log = log.clone();
-            let service =
-                hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                    let log = log.clone();
-                    async move {
-                        let header = |name: &str| {
-                            request
-                                .headers()
-                                .get(name)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or("")
-                                .to_string()
-                        };
-                        let authorization = header("authorization");
-                        let idempotency_key = header("idempotency-key");
-                        let path = request.uri().path().to_string();
-                        let body = request
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        let ok = authorization == format!("Bearer {SMS_TOKEN}")
-                            && path == "/v1/messages";
-                        log.lock().unwrap().push(Sms {
-                            path,
-                            authorization,
-                            idempotency_key,
-                            body,
-                        });
-                        let mut response = http::Response::new(Full::new(Bytes::from_static(
-                            br#"{"status":"queued"}"#,
-                        )));
-                        *response.status_mut() = if ok {
-                            http::StatusCode::CREATED
-                        } else {
-                            http::StatusCode::UNAUTHORIZED
-                        };
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-            tokio::spawn(
-                hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
-            );
+            let authorization = header("authorization");
+            let idempotency_key = header("idempotency-key");
+            let path = request.uri().path().to_string();
+            let body = request
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let ok = authorization == format!("Bearer {SMS_TOKEN}") && path == "/v1/messages";
+            log.lock().unwrap().push(Sms {
+                path,
+                authorization,
+                idempotency_key,
+                body,
+            });
+            let mut response =
+                http::Response::new(Full::new(Bytes::from_static(br#"{"status":"queued"}"#)));
+            *response.status_mut() = if ok {
+                http::StatusCode::CREATED
+            } else {
+                http::StatusCode::UNAUTHORIZED
+            };
+            response
         }
-    });
+    })
+    .await;
     (address, seen)
 }
 
@@ -161,20 +142,7 @@ fn bins_app(manifest: &str, guests: &[&str]) -> TestApp {
     // file; each entry is still checked against its component and the
     // engine's settings when loaded.
     if let Some(cache) = compiled() {
-        let to = app.path().join(".bulkhead/dev/compile-cache");
-        std::fs::create_dir_all(&to).expect("mkdir the cache");
-        for dir in [
-            app.path().join(".bulkhead"),
-            app.path().join(".bulkhead/dev"),
-            to.clone(),
-        ] {
-            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                .expect("chmod");
-        }
-        for entry in std::fs::read_dir(cache).expect("the cache") {
-            let entry = entry.expect("an entry");
-            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy an entry");
-        }
+        support::seed_compile_cache(&app, cache);
     }
     app
 }
@@ -196,22 +164,7 @@ fn compiled() -> Option<&'static Path> {
             &[],
         );
         FILLING.set(false);
-        let out = app.run(&["check"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = dir.path().join("compile-cache");
-        std::fs::create_dir(&cache).expect("mkdir");
-        for entry in
-            std::fs::read_dir(app.path().join(".bulkhead/dev/compile-cache")).expect("cache")
-        {
-            let entry = entry.expect("an entry");
-            std::fs::copy(entry.path(), cache.join(entry.file_name())).expect("copy");
-        }
-        (dir, cache)
+        support::fill_compile_cache(&app)
     });
     Some(path)
 }

@@ -91,6 +91,11 @@ impl Gateway {
         stopped: watch::Receiver<bool>,
     ) -> Triggers {
         let mut tasks = JoinSet::new();
+        // T01 (outside review of issue 18): triggered runs share the
+        // host's live-instance pool with HTTP calls; long consumers filled
+        // it and every HTTP call got 503 `capacity`. Together they take at
+        // most half of it, so HTTP calls always have the rest.
+        let pool = Arc::new(Semaphore::new(triggered_share(app.limits.max_instances)));
         let _ = self.shared.trigger_digests.set(
             functions
                 .iter()
@@ -103,6 +108,7 @@ impl Gateway {
                 caller: Caller::internal(&triggered.trigger.caller(&triggered.function.name)),
                 function,
                 refusing: AtomicBool::new(false),
+                pool: pool.clone(),
             });
             match &triggered.trigger {
                 Trigger::Schedule { schedule, overlap } => {
@@ -161,6 +167,17 @@ struct Unit {
     /// Its budget refuses it now: the refusal was logged and audited once
     /// (T09: a refused schedule or consumer does not flood the trail).
     refusing: AtomicBool,
+    /// The triggered runs' share of the instance pool, shared by every
+    /// triggered function ([`triggered_share`]).
+    pool: Arc<Semaphore>,
+}
+
+/// How many instances triggered runs may hold at once: half of the
+/// host's live-instance pool (at least one), the rest kept for HTTP (T01).
+fn triggered_share(max_instances: u32) -> usize {
+    usize::try_from(max_instances / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
 }
 
 /// One event handed to a function.
@@ -491,6 +508,8 @@ async fn fire(
         due_ms: at_ms,
         chain: None,
     };
+    // A closed pool cannot happen (it is never closed); run without it then.
+    let _instance = unit.pool.clone().acquire_owned().await.ok();
     match unit.admit() {
         Ok(charge) => {
             unit.shared.metrics.events.fired(unit.name());
@@ -530,6 +549,12 @@ async fn consume(
             () = stopping(&mut stopped) => break,
         };
         let Ok(place) = place else { break };
+        let instance = tokio::select! {
+            instance = unit.pool.clone().acquire_owned() => instance,
+            () = stopping(&mut stopped) => break,
+        };
+        let Ok(instance) = instance else { break };
+        let place = (place, instance);
         if *stopped.borrow() {
             break;
         }

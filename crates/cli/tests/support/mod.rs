@@ -123,6 +123,76 @@ impl TestApp {
 
 /// `bulkhead secrets set APP_DIR NAME` with `value` on stdin, as a user
 /// sets a secret (never on the command line); asserts it succeeded.
+/// A stand-in for a third-party HTTP API on a loopback port (there is no
+/// internet here): every request is answered by `answer`.
+pub async fn stand_in<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = http::Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the stand-in");
+    let address = listener.local_addr().expect("stand-in address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let answer = answer.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let answer = answer.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(request).await) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    address
+}
+
+/// Check `app` (compiling its components into its dev compile cache) and
+/// keep a copy of that cache: the example tests compile their Python and
+/// JavaScript components once per file (a debug build takes minutes).
+pub fn fill_compile_cache(app: &TestApp) -> (tempfile::TempDir, PathBuf) {
+    let out = app.run(&["check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("compile-cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    for entry in std::fs::read_dir(app.path().join(".bulkhead/dev/compile-cache")).expect("cache") {
+        let entry = entry.expect("an entry");
+        std::fs::copy(entry.path(), cache.join(entry.file_name())).expect("copy");
+    }
+    (dir, cache)
+}
+
+/// Copy a cache [`fill_compile_cache`] kept into `app`'s dev state; each
+/// entry is still checked against its component and the engine's settings
+/// when loaded.
+pub fn seed_compile_cache(app: &TestApp, cache: &Path) {
+    let to = app.path().join(".bulkhead/dev/compile-cache");
+    std::fs::create_dir_all(&to).expect("mkdir the cache");
+    for dir in [
+        app.path().join(".bulkhead"),
+        app.path().join(".bulkhead/dev"),
+        to.clone(),
+    ] {
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .expect("chmod");
+    }
+    for entry in std::fs::read_dir(cache).expect("the cache") {
+        let entry = entry.expect("an entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy an entry");
+    }
+}
+
 pub fn set_secret(app: &TestApp, name: &str, value: &str) {
     let mut set = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
         .args(["secrets", "set"])
