@@ -29,8 +29,9 @@ pub enum QueueCommand {
     #[command(
         long_about = "List every queue the manifest declares ([queue.NAME]) with its counts: \
                       `ready` (deliverable now), `in_flight` (leased by a consumer and not yet \
-                      settled), `delayed` (waiting out a retry back-off), `parked` (dead and kept: \
-                      the queue has no dead_letter queue), and the age of its oldest message. \
+                      settled), `delayed` (waiting out a retry back-off), `parked` (dead and kept, \
+                      never delivered by itself: the queue has no dead_letter queue, or the message \
+                      was stopped by max_event_depth or max_event_messages), and the age of its oldest message. \
                       Reads the state directly: works while the app is served.",
         after_help = "Examples:\n  bulkhead queue list examples/waste-bins\n  bulkhead queue list my-app --env prod --format json"
     )]

@@ -770,3 +770,54 @@ fn triggered_runs_leave_instances_for_http_calls_t01() {
         "an HTTP call got 503 while triggered runs were going"
     );
 }
+
+/// T04 (outside review of issue 18, high): a message stopped at the depth
+/// limit went to the dead-letter queue as a live message; that queue's
+/// consumer, sending it back to the main queue, met the limit again, and
+/// the pair ran for ever (194 runs in 20 s from one request). Now a
+/// stopped message is parked: the dead-letter consumer runs only for the
+/// marker sent to it afterwards, never for the stopped message before it.
+#[test]
+fn a_dead_letter_consumer_that_sends_back_does_not_loop_t04() {
+    let manifest =
+        RUN.replace(
+            "loop = \"send\", bulk",
+            "loop = \"send\", \"loop-dead\" = \"send\", bulk",
+        )
+        .replacen(
+            "input.query.queue = true",
+            "input.query.queue = \"[a-z-]+\"",
+            1,
+        ) + "
+[[function]]
+name = \"deadloop\"
+component = \"events.wasm\"
+trigger = { queue = \"loop-dead\" }
+grants = { kv = { events = \"read-write\" }, queues = { loop = \"send\" } }
+";
+    assert!(manifest.contains("\"loop-dead\" = \"send\""));
+    let app = TestApp::new(&manifest, &["events"]);
+    let server = start(&app);
+    let (status, body, _) = post(&server, "/send?queue=loop", "loop@loop");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    wait_for_metric(&server, "bulkhead_event_depth_exceeded_total 1");
+    // Queues are first in, first out: the marker is leased after the
+    // stopped message, had that one been deliverable.
+    let (status, body, _) = post(&server, "/send?queue=loop-dead", "marker");
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    wait_for_key(&server, "event-marker", LIMIT);
+    let logs = server.stop_with_logs();
+    let runs = event_lines(&logs, "deadloop");
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(event_lines(&logs, "looper").len(), 4);
+    // The stopped message is kept, parked, for the operator.
+    let list = app.run_with(&["queue", "list"], &["--format", "json"]);
+    let (stdout, stderr) = text(&list);
+    assert!(list.status.success(), "{stderr}");
+    let rows: Vec<Value> = serde_json::from_str(&stdout).expect("a JSON array");
+    let dead = rows
+        .iter()
+        .find(|row| row["queue"] == "loop-dead")
+        .unwrap_or_else(|| panic!("no loop-dead in {stdout}"));
+    assert_eq!(dead["parked"], 1, "{stdout}");
+}

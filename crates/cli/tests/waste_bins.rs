@@ -356,9 +356,9 @@ fn the_manifest_declares_a_daily_schedule_dead_letters_and_narrow_grants() {
 
 /// (a) Three bins post six readings each, two of them twice (a device
 /// retrying): every reading is stored exactly once in effect, the
-/// duplicates included in the deliveries. (d) Each reading at or over the
-/// threshold reaches the SMS stand-in once, with the token secret; none
-/// under it does. The summary (here every second instead of daily) counts
+/// duplicates included in the deliveries. (d) Each bin's first reading
+/// at or over the threshold reaches the SMS stand-in once, with the token
+/// secret; the bin's later ones fall in its cooldown; none under it does. The summary (here every second instead of daily) counts
 /// the unique readings.
 #[tokio::test(flavor = "multi_thread")]
 async fn every_reading_is_stored_once_and_full_bins_text_the_crew_t04_t14_t17() {
@@ -412,7 +412,7 @@ async fn every_reading_is_stored_once_and_full_bins_text_the_crew_t04_t14_t17() 
     )
     .await;
     let deadline = Instant::now() + LIMIT;
-    while seen.lock().unwrap().len() < expected_alerts.len() {
+    while seen.lock().unwrap().len() < devices.len() {
         assert!(Instant::now() < deadline, "{:?}", seen.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -437,7 +437,11 @@ async fn every_reading_is_stored_once_and_full_bins_text_the_crew_t04_t14_t17() 
     assert_eq!(settled, posts, "{runs:?}");
     assert!(runs.iter().all(|r| r["caller"] == "trigger:process"));
 
-    // (d) One SMS per full reading, with the secret; none for the others.
+    // (d) One SMS per bin, for one of its full readings, with the secret;
+    // none for the others: each bin posted three full readings under fresh
+    // ids, and the cooldown (an hour) keeps the crew's phone, and the SMS
+    // bill, to one text per bin (T04; outside review: one bin's key texted
+    // the crew on every post before).
     let texts = seen.lock().unwrap().clone();
     let keys_seen: Vec<&str> = texts.iter().map(|s| s.idempotency_key.as_str()).collect();
     let unique: BTreeSet<String> = keys_seen.iter().map(|k| k.to_string()).collect();
@@ -446,7 +450,18 @@ async fn every_reading_is_stored_once_and_full_bins_text_the_crew_t04_t14_t17() 
         unique.len(),
         "an alert texted twice: {texts:?}"
     );
-    assert_eq!(unique, expected_alerts, "{texts:?}");
+    assert!(unique.is_subset(&expected_alerts), "{texts:?}");
+    let texted: BTreeSet<&str> = keys_seen
+        .iter()
+        .filter_map(|k| k.split_once('/').map(|(device, _)| device))
+        .collect();
+    assert_eq!(texts.len(), devices.len(), "{texts:?}");
+    assert_eq!(texted, devices.into_iter().collect(), "{texts:?}");
+    let alerts = event_lines(&logs, "alert");
+    assert!(
+        alerts.iter().filter(|r| r["status"] == 200).count() >= expected_alerts.len(),
+        "every full reading's alert settled: {alerts:?}"
+    );
     for text in &texts {
         assert_eq!(text.path, "/v1/messages");
         assert_eq!(text.authorization, format!("Bearer {SMS_TOKEN}"));
@@ -772,8 +787,11 @@ grants = { kv = { events = "read-write" }, queues = { loop = "send" } }
                 .is_some_and(|s| s.starts_with("event-depth-exceeded"))),
         "{denied:?}"
     );
-    // Kept for the operator in the dead-letter queue, not delivered.
-    assert_eq!(queue_row(&queue_rows(&app), "loop-dead")["ready"], 1);
+    // Kept for the operator in the dead-letter queue, parked: never
+    // delivered, even to a consumer of that queue.
+    let rows = queue_rows(&app);
+    assert_eq!(queue_row(&rows, "loop-dead")["parked"], 1, "{rows:?}");
+    assert_eq!(queue_row(&rows, "loop-dead")["ready"], 0, "{rows:?}");
     let out = app.run_with(&["queue", "peek"], &["loop-dead"]);
     let peeked = String::from_utf8_lossy(&out.stdout);
     assert!(

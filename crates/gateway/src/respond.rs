@@ -416,16 +416,16 @@ fn declared_cookie(value: &HeaderValue, declared: &[String]) -> Option<HeaderVal
     let text = String::from_utf8_lossy(bytes);
     let mut parts = text.split(';');
     let (name, _) = parts.next()?.split_once('=')?;
-    if pair_len > MAX_FUNCTION_COOKIE_BYTES || !declared.iter().any(|d| d == name.trim()) {
+    if pair_len > MAX_FUNCTION_COOKIE_BYTES || !declared.iter().any(|d| d == ows(name)) {
         return None;
     }
     let mut has_path = false;
     for attribute in parts {
         let (key, val) = attribute.split_once('=').unwrap_or((attribute, ""));
-        match key.trim().to_ascii_lowercase().as_str() {
+        match ows(key).to_ascii_lowercase().as_str() {
             // Another host's or path's copy would be a second jar entry.
             "domain" => return None,
-            "path" if val.trim() != "/" => return None,
+            "path" if ows(val) != "/" => return None,
             "path" => has_path = true,
             _ => {}
         }
@@ -436,6 +436,14 @@ fn declared_cookie(value: &HeaderValue, declared: &[String]) -> Option<HeaderVal
     // Without `Path` a browser files the cookie under the request's
     // directory: one more entry per directory visited.
     HeaderValue::from_bytes(&[bytes, b"; Path=/"].concat()).ok()
+}
+
+/// `text` without the spaces and tabs around it: all a browser strips
+/// (RFC 6265bis §5.6). `str::trim` strips every Unicode space, so
+/// `\u{a0}lang` passed as `lang` while a browser kept it as another name,
+/// one more jar entry per variant (T01; outside review of issue 15).
+fn ows(text: &str) -> &str {
+    text.trim_matches([' ', '\t'])
 }
 
 /// With sign-in at the gateway, a function's `Clear-Site-Data` that names
@@ -622,8 +630,16 @@ mod tests {
             "other=1; Path=/",
             "=lang=x",
             "lang",
+            // Unicode spaces are not trimmed by browsers: other names, and
+            // a path that is not `/` (outside review).
+            "\u{a0}lang=2; Path=/",
+            "lang\u{3000}=4; Path=/",
+            "lang=5; Path=\u{a0}/",
         ] {
-            fields.append(http::header::SET_COOKIE, HeaderValue::from_static(cookie));
+            fields.append(
+                http::header::SET_COOKIE,
+                HeaderValue::from_bytes(cookie.as_bytes()).unwrap(),
+            );
         }
         let big = format!("theme={}", "x".repeat(MAX_FUNCTION_COOKIE_BYTES));
         fields.append(

@@ -21,7 +21,7 @@
 //!   in its queue, undelivered, until its retention ends).
 //! - Loops (T04): every message carries its causal depth; an enqueue
 //!   deeper than `max_event_depth` is refused with [`QueueError::TooDeep`]
-//!   for the caller to dead-letter ([`QueueBackend::dead_letter_refused`]),
+//!   for the caller to dead-letter, parked ([`QueueBackend::dead_letter_refused`]),
 //!   log and audit. Every message also counts in its causal chain
 //!   (`queue_chains`, in the enqueue's transaction), which stops at
 //!   `max_event_messages` ([`QueueError::ChainExhausted`]).
@@ -276,9 +276,10 @@ pub type SharedQueue = std::sync::Arc<dyn QueueBackend>;
 pub trait QueueBackend: Send + Sync {
     /// Store a message durably; `Ok` only once it is committed.
     fn enqueue(&self, queue: &str, message: NewMessage<'_>) -> Result<MessageId, QueueError>;
-    /// Put a message refused at enqueue (too deep) straight into the
-    /// queue's dead-letter queue, or parked in the queue, with `reason`.
-    /// Returns where it went.
+    /// Put a message refused at enqueue (too deep, or its chain spent)
+    /// into the queue's dead-letter queue, else into the queue itself,
+    /// parked either way, with `reason`: kept for `peek` and `redrive`,
+    /// never delivered by itself (T04). Returns where it went.
     fn dead_letter_refused(
         &self,
         queue: &str,

@@ -340,6 +340,10 @@ fn too_deep_is_refused_and_can_be_dead_lettered_t04(b: Backend) {
     let dead = f.queue.peek("work-dead", 10).unwrap();
     assert_eq!(dead[0].depth, 5);
     assert_eq!(&dead[0].payload.as_ref().unwrap()[..], b"loop");
+    // Parked, never delivered by itself: a dead-letter consumer that sent
+    // it on would loop for ever (outside review of issue 18, high).
+    assert!(dead[0].parked);
+    assert!(f.queue.lease("work-dead", 10).unwrap().is_empty());
     assert_eq!(
         f.queue
             .dead_letter_refused("solo", deeper, "too deep")

@@ -8,9 +8,16 @@ message delivered again is acknowledged without a second SMS. The function
 runs one message at a time (`max_concurrent_requests = 1`), so two copies
 of one alert are never sent side by side. A crash between the SMS and the
 record sends it once more: an SMS API honouring the key drops it.
+
+One text per bin per `alert-cooldown-seconds` (default an hour): a bin, or
+a key pulled out of one, posting full readings under fresh ids would
+otherwise text the crew on every post, a bill Bulkhead does not meter (the
+SMS provider's; T04, outside review). Alerts inside the window are
+acknowledged without a text.
 """
 
 import json
+import time
 
 from componentize_py_types import Err, Ok
 from wit_world import exports
@@ -29,6 +36,7 @@ from wit_world.imports.types import (
 from common import read_json, reading_key, send
 
 SENT = "alerts-sent"
+DEFAULT_COOLDOWN = 3600
 
 
 def config(name: str) -> str | None:
@@ -74,6 +82,22 @@ def send_sms(key: str, text: str) -> bool:
         return False
 
 
+def cooldown_seconds() -> int:
+    try:
+        return max(0, int(config("alert-cooldown-seconds") or DEFAULT_COOLDOWN))
+    except ValueError:
+        return DEFAULT_COOLDOWN
+
+
+def cooling(sent, device: str, now: int) -> bool:
+    """True when the bin was texted about less than the cooldown ago."""
+    last = sent.get(f"cooldown/{device}")
+    try:
+        return last is not None and now - int(last) < cooldown_seconds()
+    except ValueError:
+        return False
+
+
 class IncomingHandler(exports.IncomingHandler):
     def handle(self, request: IncomingRequest, response_out: ResponseOutparam) -> None:
         try:
@@ -86,11 +110,16 @@ class IncomingHandler(exports.IncomingHandler):
             with wasi_keyvalue_store.open(SENT) as sent:
                 if sent.exists(key):
                     return send(response_out, 200, b"already sent", "text/plain")
+                now = int(time.time())
+                if cooling(sent, device, now):
+                    sent.set(key, b"cooldown")
+                    return send(response_out, 200, b"cooling down", "text/plain")
                 # The device id matched ^bin-[0-9]{1,6}$ at the gateway.
                 if not send_sms(key, f"{device} is {fill}% full"):
                     # Failed: retried with back-off, then dead-lettered.
                     return send(response_out, 502, b"sms not sent", "text/plain")
                 sent.set(key, b"1")
+                sent.set(f"cooldown/{device}", str(now).encode())
         except Err:
             return send(response_out, 503, b"store unavailable", "text/plain")
         send(response_out, 200, b"sent", "text/plain")

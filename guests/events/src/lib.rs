@@ -8,7 +8,8 @@
 //!
 //! Triggered (`bulkhead-event-kind` set), the body decides:
 //! - `fail...`: answers 500 (the delivery fails; retried, then dead-lettered);
-//! - `loop...`: sends the body again to the queue it came from, then records;
+//! - `loop...`: sends the body again to the queue it came from (`loop@Q...`:
+//!   to queue Q), then records;
 //! - `slow...`: records `started-BODY`, spins for a second, then records;
 //! - anything else: records.
 //!
@@ -93,7 +94,13 @@ fn triggered(request: &IncomingRequest, body: &[u8]) -> (u16, String) {
     if text.starts_with("loop") {
         // The depth in the key: every hop is a key of its own.
         let depth = header(request, "bulkhead-event-depth");
-        if let Err(e) = producer::send(&source, body) {
+        // `loop@Q…` sends to queue Q (up to a `-`) instead of its source:
+        // a dead-letter consumer sending back to the main queue.
+        let target = text
+            .strip_prefix("loop@")
+            .and_then(|rest| rest.split('-').next())
+            .unwrap_or(&source);
+        if let Err(e) = producer::send(target, body) {
             let _ = record(&format!("loop-error-{depth}"), &send_error(e));
         }
         return match record(&format!("event-{text}-{depth}"), &value) {

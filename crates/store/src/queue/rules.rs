@@ -245,10 +245,15 @@ impl QueueRules {
         let reason = bounded_reason(reason);
         let settings = self.settings(queue)?;
         Ok(match &settings.dead_letter {
+            // Parked there too, never delivered by itself: a dead-letter
+            // consumer that sends it on would meet the same limit, be
+            // dead-lettered again and run again, for ever (T04; outside
+            // review of issue 18, high). `redrive` is the operator's way out.
             Some(to) => {
                 let mut row = self.new_row(to, message)?;
                 row.dead_reason = Some(reason);
                 row.origin = Some(queue.to_string());
+                row.parked = true;
                 (row, Failed::DeadLettered { to: to.clone() })
             }
             None => {
