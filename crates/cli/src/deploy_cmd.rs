@@ -70,9 +70,30 @@ pub fn deploy(target: &Target, to: &str, admin: &Admin) -> Result<ExitCode> {
                 to
             );
             print_digests(&body);
+            print_cluster(&body);
             Ok(ExitCode::SUCCESS)
         }
         (status, body) => Ok(refused(status, &body)),
+    }
+}
+
+/// On a cluster (issue 16): whether the version went out to the other
+/// nodes.
+fn print_cluster(body: &Value) {
+    let cluster = &body["cluster"];
+    if cluster.is_null() {
+        return;
+    }
+    match cluster["published"].as_i64() {
+        Some(seq) => println!(
+            "    published to the other nodes (deploy #{seq}); each installs it after its own checks"
+        ),
+        None => eprintln!(
+            "warning: serving on this node only, not published to the other nodes: {}; deploy again once the database answers",
+            cluster["error"]
+                .as_str()
+                .unwrap_or("the database did not take it")
+        ),
     }
 }
 
@@ -141,6 +162,7 @@ pub fn rollback(
         )? {
             (200, body) => {
                 println!("rolled back to {}", body["version"].as_str().unwrap_or("?"));
+                print_cluster(&body);
                 print_digests(&body);
                 Ok(ExitCode::SUCCESS)
             }

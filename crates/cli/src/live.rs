@@ -16,14 +16,16 @@
 //! version's (`signed_at`) is a replay and is refused: a rollback to a
 //! kept version is the only way back.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bulkhead_gateway::{DeployError, DeployOutcome, Deployer, Gateway, Who};
 use bulkhead_manifest::App;
 use bulkhead_manifest::strict::Host;
 use bulkhead_manifest::supply::Evidence;
 use bulkhead_manifest::trust::{self, Signers};
+use bulkhead_store::deploy_channel::{DeployChannel, Published};
 use bulkhead_store::{AuditEvent, AuditLog};
 use serde_json::json;
 use tracing::{info, warn};
@@ -51,7 +53,19 @@ pub struct Live {
     private: Mutex<Vec<(PathBuf, PathBuf)>>,
     /// One deploy or rollback at a time; a second is told to retry.
     busy: Mutex<()>,
+    /// Where versions fan out to the other nodes, on PostgreSQL (issue 16).
+    fanout: OnceLock<Fanout>,
 }
+
+/// This node on the deployment's deploy channel.
+struct Fanout {
+    channel: Arc<DeployChannel>,
+    /// This process's id on the channel: its own publications are skipped.
+    node: String,
+}
+
+/// What a version published by another node is installed as.
+const FROM_CLUSTER: &str = "cluster";
 
 #[derive(Clone)]
 struct Trust {
@@ -151,6 +165,115 @@ impl Live {
             trust: Mutex::new(Trust::of(serving)),
             private: Mutex::new(private_files(serving)),
             busy: Mutex::new(()),
+            fanout: OnceLock::new(),
+        }
+    }
+
+    /// Fan deploys out through `channel` (issue 16, T19): every version
+    /// this node activates (a deploy, a SIGHUP reload, a rollback; not the
+    /// version it starts with) is published, and every version another
+    /// node publishes is installed here, verified as a deploy sent to this
+    /// node's admin listener would be (its signers, replays, imports,
+    /// migrations). At start the node catches up with the newest one.
+    pub fn fan_out(self: &Arc<Self>, channel: Arc<DeployChannel>) {
+        let mut id = [0u8; 6];
+        if getrandom::fill(&mut id).is_err() {
+            warn!(target: "bulkhead::deploy", "no randomness for a node id: deploys do not fan out");
+            return;
+        }
+        let fanout = Fanout {
+            channel: channel.clone(),
+            node: hex::encode(id),
+        };
+        if self.fanout.set(fanout).is_err() {
+            return;
+        }
+        let live = Arc::downgrade(self);
+        let mut seen = 0;
+        channel.listen(move || {
+            let Some(live) = live.upgrade() else {
+                return false;
+            };
+            live.follow(&mut seen);
+            true
+        });
+    }
+
+    /// Install the newest version published after `seen`, unless this node
+    /// published it or serves it already.
+    fn follow(&self, seen: &mut i64) {
+        let Some(fanout) = self.fanout.get() else {
+            return;
+        };
+        let published = match fanout.channel.newest_after(*seen) {
+            Ok(Some(published)) => published,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %e, "cannot read the deploys other nodes published; retrying");
+                return;
+            }
+        };
+        *seen = published.seq;
+        if published.origin == fanout.node || self.serving_files() == Some(published.files.clone())
+        {
+            return;
+        }
+        let Published {
+            kind,
+            origin,
+            files,
+            archive,
+            ..
+        } = published;
+        // A rollback goes back in time only to a version this node kept
+        // too; otherwise it is held to a deploy's rules (no replay, T19).
+        let rollback = kind == "rollback" && self.keeps(&files);
+        let who = Who(format!("cluster (node {origin})"));
+        match self.install(&archive, &who, FROM_CLUSTER, "", rollback) {
+            Ok(outcome) => {
+                info!(target: "bulkhead::deploy", version = %outcome.version, origin = %origin, "a version published by another node is now serving here")
+            }
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", origin = %origin, error = %e, "a version published by another node was refused here; this node keeps serving its version")
+            }
+        }
+    }
+
+    /// The digest of the serving version's files, as the channel names it.
+    fn serving_files(&self) -> Option<String> {
+        let current = self.versions.current()?;
+        let record = self.versions.record(&current).ok()?;
+        Some(files_digest(&record.files))
+    }
+
+    /// Whether a version with these files is kept here.
+    fn keeps(&self, files: &str) -> bool {
+        self.versions.list().is_ok_and(|list| {
+            list.iter()
+                .any(|record| files_digest(&record.files) == files)
+        })
+    }
+
+    /// Publish a version this node activated, for the others; what the
+    /// deploy's answer says of it.
+    fn publish(
+        &self,
+        kind: &str,
+        archive: Vec<u8>,
+        files: &BTreeMap<String, String>,
+    ) -> Option<serde_json::Value> {
+        let fanout = self.fanout.get()?;
+        match fanout
+            .channel
+            .publish(kind, &fanout.node, &files_digest(files), archive)
+        {
+            Ok(seq) => Some(json!({ "published": seq })),
+            Err(e) => {
+                warn!(target: "bulkhead::deploy", error = %e, "this version serves here but could not be published to the other nodes; deploy it again once the database answers");
+                Some(
+                    json!({ "published": null, "error": "the database did not take it; deploy again" }),
+                )
+            }
         }
     }
 
@@ -178,7 +301,7 @@ impl Live {
             .map_err(|problems| self.refused(who, "", None, problems))?;
         let (archive, _) =
             bundle::pack(&app).map_err(|problem| self.refused(who, "", None, vec![problem]))?;
-        self.install(&archive, who, "sighup", "")
+        self.install(&archive, who, "sighup", "", false)
     }
 
     /// Keep APP_DIR as served at start as a version, unless it is the
@@ -218,13 +341,16 @@ impl Live {
         }
     }
 
-    /// Unpack, verify, keep and switch to `archive`.
+    /// Unpack, verify, keep and switch to `archive`; publish it to the
+    /// other nodes unless it came from them. `rollback`: it may go back in
+    /// time (a version another node rolled back to, kept here too).
     fn install(
         &self,
         archive: &[u8],
         who: &Who,
         source: &str,
         correlation_id: &str,
+        rollback: bool,
     ) -> Result<DeployOutcome, DeployError> {
         let _guard = self.try_busy()?;
         let staging = self
@@ -248,7 +374,7 @@ impl Live {
                 return Err(private);
             }
             self.carry_private(&files)?;
-            let verified = self.verify(&files, false, &paths)?;
+            let verified = self.verify(&files, rollback, &paths)?;
             Ok((index, verified))
         });
         let (index, verified) = match verified {
@@ -268,7 +394,14 @@ impl Live {
             let _ = std::fs::remove_dir_all(&staging);
             DeployError::Failed(format!("{e:#}"))
         })?;
-        self.switch(verified, &record, who, correlation_id, "deploy")
+        let kind = if rollback { "rollback" } else { "deploy" };
+        let mut outcome = self.switch(verified, &record, who, correlation_id, kind)?;
+        if source != FROM_CLUSTER
+            && let Some(cluster) = self.publish(kind, archive.to_vec(), &record.files)
+        {
+            outcome.report["cluster"] = cluster;
+        }
+        Ok(outcome)
     }
 
     /// Copy the serving version's private files (`[tls]` cert, key and
@@ -566,7 +699,7 @@ impl Deployer for Live {
         who: &Who,
         correlation_id: &str,
     ) -> Result<DeployOutcome, DeployError> {
-        self.install(bundle, who, "deploy", correlation_id)
+        self.install(bundle, who, "deploy", correlation_id, false)
     }
 
     fn rollback(
@@ -591,7 +724,17 @@ impl Deployer for Live {
                 &record.files.keys().cloned().collect::<Vec<_>>(),
             )
             .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
-        self.switch(verified, &record, who, correlation_id, "rollback")
+        // The kept files as a bundle, for the other nodes (issue 16).
+        let archive = crate::load_app_in(&self.versions.files(&record.name), &self.env)
+            .ok()
+            .and_then(|app| bundle::pack(&app).ok());
+        let mut outcome = self.switch(verified, &record, who, correlation_id, "rollback")?;
+        if let Some((archive, _)) = archive
+            && let Some(cluster) = self.publish("rollback", archive, &record.files)
+        {
+            outcome.report["cluster"] = cluster;
+        }
+        Ok(outcome)
     }
 
     fn versions(&self) -> Result<serde_json::Value, DeployError> {
@@ -692,6 +835,20 @@ fn private_entries(
         }
     }
     problems
+}
+
+/// A version's files (path → digest) as one digest: how nodes tell
+/// whether a published version is the one they serve.
+fn files_digest(files: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    for (path, digest) in files {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())
 }
 
 /// `event` with the request's correlation ID, when there is a request.

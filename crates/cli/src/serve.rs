@@ -363,6 +363,7 @@ async fn serve(
         Ok(cluster) => cluster,
         Err(problem) => return Ok(report(&[problem])),
     };
+    let fanout_channel = state.deploy_channel();
     let gateway = match Gateway::in_cluster(
         app,
         deployment.functions.clone(),
@@ -383,6 +384,12 @@ async fn serve(
         kept.keep,
     ));
     gateway.set_deployer(live.clone());
+    // Issue 16 (T19): on PostgreSQL, versions fan out to every node.
+    match fanout_channel {
+        Ok(Some(channel)) => live.fan_out(channel),
+        Ok(None) => {}
+        Err(e) => return Ok(report(&[format!("cannot open the deploy channel: {e}")])),
+    }
     // T09: nothing is served, and nothing is kept as a version, unless the
     // audit writer opened (its run marker synced, the chain's end checked).
     tokio::task::block_in_place(|| audit_opening.wait()).context("cannot start the audit trail")?;

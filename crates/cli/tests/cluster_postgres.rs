@@ -130,11 +130,11 @@ database_url_file = "db-url"
     )
 }
 
-/// Two nodes' app directories and the master key they share.
+/// The nodes' app directories and the master key they share.
 struct Cluster {
     /// Dropped last of what the test made: the nodes stop first.
     _db: PgDatabase,
-    nodes: [TestApp; 2],
+    nodes: Vec<TestApp>,
     _keys: tempfile::TempDir,
     master_key: String,
 }
@@ -153,17 +153,23 @@ impl Cluster {
     /// Two nodes of the app `manifest` writes (given the app's name), with
     /// `guests`.
     fn of(url: Option<&str>, manifest: fn(&str) -> String, guests: &[&str]) -> Self {
+        Self::of_n(2, url, manifest, guests)
+    }
+
+    /// `n` nodes of the app `manifest` writes, with `guests`.
+    fn of_n(n: usize, url: Option<&str>, manifest: fn(&str) -> String, guests: &[&str]) -> Self {
         let db = PgDatabase::create();
         let keys = tempfile::tempdir().unwrap();
         let master = keys.path().join("master.key");
         bulkhead_store::files::write_private(&master, &[&[0x42; 32]]).unwrap();
         let url = url.map_or_else(|| db.url(), str::to_string);
-        let nodes = [0, 1].map(|_| {
+        let nodes = (0..n).map(|_| {
             let app = TestApp::new(&manifest(&db.app), guests);
             bulkhead_store::files::write_private(&app.path().join("db-url"), &[url.as_bytes()])
                 .unwrap();
             app
         });
+        let nodes = nodes.collect();
         Self {
             _db: db,
             nodes,
@@ -631,4 +637,300 @@ async fn a_queue_on_postgres_is_consumed_by_both_nodes_t01() {
         String::from_utf8_lossy(&peek.stdout)
     );
     drop((a, b));
+}
+
+fn budget_manifest(app: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{app}"
+
+[[function]]
+name = "metered"
+component = "hello.wasm"
+route = "/metered"
+auth = "public"
+budget = {{ requests_per_day = 30 }}
+
+[[function]]
+name = "free"
+component = "hello.wasm"
+route = "/free"
+auth = "public"
+
+[cluster]
+backend = "postgres"
+database_url_file = "db-url"
+"#
+    )
+}
+
+/// T04 across nodes (issue 16): a function's daily budget of 30 requests
+/// is one budget for the deployment, not one per node. Three nodes share
+/// it through PostgreSQL; 9 clients (3 per node) racing 180 requests get
+/// exactly 30 admitted, the rest refused with `budget-exhausted` problems.
+/// Without the shared ledger each node would admit 30 (90 in all).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daily_budget_holds_across_three_nodes_t04() {
+    let cluster = Cluster::of_n(3, None, budget_manifest, &["hello"]);
+    let servers: Vec<Arc<Server>> = (0..3).map(|n| Arc::new(cluster.serve(n))).collect();
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..9 {
+        let server = servers[client % 3].clone();
+        let admitted = admitted.clone();
+        clients.push(tokio::spawn(async move {
+            for _ in 0..20 {
+                let req = request("GET", server.addr, "/metered", Bytes::new());
+                let reply = try_send(server.addr, req).await.expect("a response");
+                if reply.status == 200 {
+                    admitted.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    reply.assert_problem(429, "budget-exhausted");
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::SeqCst), 30);
+    // Each node refuses from the shared totals, whatever it admitted.
+    for server in &servers {
+        let (status, body) = call(server, "/metered", None).await;
+        assert_eq!(status, 429, "{body}");
+        ok(server, "/free", None).await;
+    }
+}
+
+/// A TCP relay to the local PostgreSQL that the test can cut: while it is
+/// down, every connection through it is closed and new ones are closed at
+/// once, as when the database's network goes away.
+struct Relay {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut down = watch.clone();
+                if !*down.borrow() {
+                    continue; // dropped: closed at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect("127.0.0.1:5432").await
+                    else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { port, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+/// Issue 16: PostgreSQL briefly unreachable under two nodes sharing a
+/// 30-request budget (T04). Node A reaches the database through a relay
+/// the test cuts. While it is cut, A decides alone on its share (30 / 2
+/// live nodes: 10 more after its first 5, then 429), never "no budget"
+/// and never a 5xx; a function without a budget keeps working; the switch
+/// is logged. Once the relay is back, A
+/// recovers by itself and adds what it admitted meanwhile to the shared
+/// totals, so across both nodes exactly 30 requests are admitted in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
+    let relay = Relay::start().await;
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        relay.port, cluster._db.name
+    );
+    bulkhead_store::files::write_private(
+        &cluster.nodes[0].path().join("db-url"),
+        &[url.as_bytes()],
+    )
+    .unwrap();
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    let mut admitted = 0;
+    for server in [&a, &b] {
+        for _ in 0..5 {
+            ok(server, "/metered", None).await;
+            admitted += 1;
+        }
+    }
+
+    // A has counted both nodes (its heartbeat, every 5 s): its share is 15.
+    a.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("nodes sharing the budget ledger counted"))
+                && r["live_nodes"] == 2
+        },
+        Duration::from_secs(30),
+    );
+    relay.set(false);
+    // A's share is 15 and it admitted 5 itself: 10 more, then refusals
+    // from its share, never a 5xx.
+    let mut on_share = 0;
+    for _ in 0..14 {
+        let reply = try_send(a.addr, request("GET", a.addr, "/metered", Bytes::new()))
+            .await
+            .expect("a response");
+        if reply.status == 200 {
+            on_share += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+        }
+        ok(&a, "/free", None).await;
+    }
+    assert_eq!(on_share, 10);
+    admitted += on_share;
+    a.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the shared budget ledger is unreachable"))
+        },
+        Duration::from_secs(10),
+    );
+
+    relay.set(true);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !a.logs().iter().any(|r| {
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("the shared budget ledger answers again"))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never recovered: {:?}",
+            a.logs()
+                .iter()
+                .filter(|r| r["target"] == "bulkhead::budget")
+                .collect::<Vec<_>>()
+        );
+        let (status, body) = call(&a, "/metered", None).await;
+        assert!(status == 200 || status == 429, "{status} {body}");
+        admitted += usize::from(status == 200);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both nodes until the budget refuses: 30 in all, A's calls made on
+    // its share included.
+    for server in [&b, &a].iter().cycle().take(60) {
+        let reply = try_send(
+            server.addr,
+            request("GET", server.addr, "/metered", Bytes::new()),
+        )
+        .await
+        .expect("a response");
+        if reply.status == 200 {
+            admitted += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+        }
+    }
+    assert_eq!(admitted, 30);
+}
+
+fn fanout_manifest(app: &str) -> String {
+    format!(
+        r#"
+[app]
+name = "{app}"
+
+[[function]]
+name = "greet"
+component = "hello.wasm"
+route = "/greet"
+auth = "public"
+
+[cluster]
+backend = "postgres"
+database_url_file = "db-url"
+"#
+    )
+}
+
+/// Which version answers `/greet` on `server`: 1 (hello) or 2 (echo).
+async fn greeting(server: &Server) -> u8 {
+    let (status, body) = call(server, "/greet", None).await;
+    assert_eq!(status, 200, "{body}");
+    if body.starts_with("Hello") { 1 } else { 2 }
+}
+
+/// Poll until `server` answers with `version` (bounded).
+async fn until_serving(server: &Server, version: u8, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while greeting(server).await != version {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: never served v{version}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Issue 16 (T19): deploys fan out. Version 2 deployed to node A's admin
+/// listener reaches node B by itself (LISTEN/NOTIFY), installed through
+/// B's own verification and audited on B as coming from the cluster; a
+/// node C started afterwards with version 1 in its APP_DIR catches up to
+/// version 2; a rollback on A takes B and C back to version 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_on_one_node_reaches_every_node_t19() {
+    let cluster = Cluster::of_n(3, None, fanout_manifest, &["hello", "echo"]);
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    assert_eq!(greeting(&a).await, 1);
+    assert_eq!(greeting(&b).await, 1);
+
+    let v2 = fanout_manifest(&cluster._db.app).replace("hello.wasm", "echo.wasm");
+    std::fs::write(cluster.nodes[0].path().join("bulkhead.toml"), v2).unwrap();
+    let admin = format!("http://{}", a.admin.expect("A's admin listener"));
+    let out = cluster.cli_ok(0, &["deploy"], &["--to", &admin], b"");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("published to the other nodes"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(greeting(&a).await, 2);
+    until_serving(&b, 2, "B").await;
+    let from_cluster = b.wait_for_log(
+        |r| r["message"] == "a version published by another node is now serving here",
+        Duration::from_secs(10),
+    );
+    assert!(from_cluster["origin"].is_string(), "{from_cluster}");
+    let deploys = cluster.nodes[1].audit_records("deploy");
+    let last = deploys.last().expect("B's deploy record");
+    assert!(
+        last["detail"]["who"]
+            .as_str()
+            .is_some_and(|w| w.starts_with("cluster (node ")),
+        "{last}"
+    );
+    assert_eq!(last["detail"]["source"], "cluster", "{last}");
+
+    let c = cluster.serve(2);
+    until_serving(&c, 2, "C, started later").await;
+
+    let out = cluster.cli_ok(0, &["rollback"], &["--to", "v1", "--admin", &admin], b"");
+    assert!(out.status.success());
+    assert_eq!(greeting(&a).await, 1);
+    until_serving(&b, 1, "B after the rollback").await;
+    until_serving(&c, 1, "C after the rollback").await;
 }

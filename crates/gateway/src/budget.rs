@@ -29,17 +29,21 @@
 mod ledger;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use std::time::Instant;
 
 use bulkhead_manifest::cost::Limits;
 use bulkhead_manifest::{App, Budget, FunctionLimits, Pricing};
+use bulkhead_store::ledger::{LedgerKey, ScopeTotals, SharedLedger};
 use bulkhead_store::meter::{MeterLog, Usage, hour_of, usage_since};
-use bulkhead_store::{Store, StoreError, now_ms};
+use bulkhead_store::{State, Store, StoreError, now_ms};
 use tracing::{error, warn};
 
 use self::ledger::{ALERTED_80, ALERTED_100, Amount, Cells, FunctionBooks, Ledger, cells_of, lock};
+use http::StatusCode;
+
 use crate::caller::Caller;
+use crate::problem::Problem;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -106,6 +110,12 @@ pub struct Meter {
     ledger: Arc<Ledger>,
     /// Each function's books in the ledger, by manifest position.
     books: Vec<Arc<FunctionBooks>>,
+    /// The ledger every node shares, on PostgreSQL (issue 16): a request
+    /// fits this node's ledger first, then the deployment's.
+    shared: Option<Arc<SharedLedger>>,
+    /// Deciding on this node's share: the shared ledger did not answer
+    /// (logged once per switch).
+    degraded: Arc<AtomicBool>,
 }
 
 /// A request's place in today's budgets: its request is charged and its
@@ -119,6 +129,20 @@ pub struct Charge {
     caller: Arc<str>,
     running: Option<Running>,
     settled: bool,
+    /// How the deployment's ledger took it: settled there accordingly.
+    shared: Shared,
+}
+
+/// How a charge stands in the deployment's ledger (issue 16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    /// No shared ledger, or no limit to check there.
+    None,
+    /// Admitted by the shared ledger: settled there.
+    Admitted,
+    /// Admitted on this node's share while the ledger was unreachable:
+    /// its usage is added there once it answers.
+    OnShare,
 }
 
 /// A call under way: what its usage is measured from.
@@ -127,6 +151,40 @@ struct Running {
     memory_mib: u64,
     request_bytes: u64,
     outbound_bytes: Arc<AtomicU64>,
+}
+
+impl Exhausted {
+    /// The problem response of this refusal.
+    pub fn problem(&self) -> Problem {
+        if self.held {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "budget-held",
+                "Budget held by running calls",
+                format!(
+                    "{}, counting what calls still running may use; retry once they end.",
+                    self.scope.describe_held()
+                ),
+            )
+        } else {
+            Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "budget-exhausted",
+                "Budget exhausted",
+                format!("{}; it renews at 00:00 UTC.", self.scope.describe()),
+            )
+        }
+        .retry_after(self.retry_after)
+    }
+
+    /// The refusal in words, for triggered runs' logs and audit.
+    pub fn describe(&self) -> &'static str {
+        if self.held {
+            self.scope.describe_held()
+        } else {
+            self.scope.describe()
+        }
+    }
 }
 
 /// Why a charge did not fit, and whether a retry could change that.
@@ -143,11 +201,13 @@ impl Meter {
     pub fn new(
         app: &App,
         limits: &[&FunctionLimits],
-        store: &Store,
+        state: &State,
     ) -> Result<Arc<Self>, StoreError> {
+        let store = state.store();
         let log = MeterLog::start(store)?;
         let today = day_of(now_ms());
-        let meter = Self::with(app, limits, log, Arc::new(Ledger::new(today)));
+        let shared = state.budget_ledger()?;
+        let meter = Self::with(app, limits, log, Arc::new(Ledger::new(today)), shared);
         meter.reload(store, today)?;
         Ok(Arc::new(meter))
     }
@@ -161,10 +221,17 @@ impl Meter {
             limits,
             self.log.clone(),
             self.ledger.clone(),
+            self.shared.clone(),
         ))
     }
 
-    fn with(app: &App, limits: &[&FunctionLimits], log: MeterLog, ledger: Arc<Ledger>) -> Self {
+    fn with(
+        app: &App,
+        limits: &[&FunctionLimits],
+        log: MeterLog,
+        ledger: Arc<Ledger>,
+        shared: Option<Arc<SharedLedger>>,
+    ) -> Self {
         Self::of_parts(
             app.pricing.clone(),
             app.budget.clone(),
@@ -175,9 +242,11 @@ impl Meter {
                 .collect(),
             log,
             ledger,
+            shared,
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn of_parts(
         pricing: Pricing,
         app_budget: Budget,
@@ -186,6 +255,7 @@ impl Meter {
         function_names: Vec<Arc<str>>,
         log: MeterLog,
         ledger: Arc<Ledger>,
+        shared: Option<Arc<SharedLedger>>,
     ) -> Self {
         let books = function_names.iter().map(|n| ledger.function(n)).collect();
         Self {
@@ -197,6 +267,8 @@ impl Meter {
             log,
             ledger,
             books,
+            shared,
+            degraded: Arc::default(),
         }
     }
 
@@ -254,14 +326,143 @@ impl Meter {
             fit = self.try_charge(function, &caller, day, now, true);
         }
         fit.map_err(|misfit| misfit.exhausted)?;
-        Ok(Charge {
+        // Dropped unadmitted below, it gives this node's charge back.
+        let mut charge = Charge {
             meter: self.clone(),
             day,
             function,
             caller,
             running: None,
             settled: false,
-        })
+            shared: Shared::None,
+        };
+        charge.shared = self.admit_shared(&charge, now)?;
+        Ok(charge)
+    }
+
+    /// The deployment's budgets (issue 16): how the shared ledger took
+    /// `charge`. When it cannot be reached, this node decides alone on its
+    /// share of every limit (the limit divided by the nodes alive at the
+    /// last heartbeat), like the rate limits without Redis: never "no
+    /// budget", and never a refusal only because the database blinked.
+    fn admit_shared(&self, charge: &Charge, now: i64) -> Result<Shared, Exhausted> {
+        let Some(shared) = &self.shared else {
+            return Ok(Shared::None);
+        };
+        let (function, caller, day) = (charge.function, &charge.caller, charge.day);
+        let (keys, scopes) = self.shared_keys(function, caller, day);
+        if keys.is_empty() {
+            return Ok(Shared::None);
+        }
+        let worst = Amount::of(&self.worst_cases[function]);
+        let limits = self.limits(function).map(Limits::clone);
+        let pricing = self.pricing.clone();
+        let decide = move |totals: &[ScopeTotals]| {
+            let mut all = [(Amount::default(), Amount::default()); 4];
+            for (&i, t) in scopes.iter().zip(totals) {
+                all[i] = (Amount::from(t.spent), Amount::from(t.reserved));
+            }
+            let limits = [&limits[0], &limits[1], &limits[2], &limits[3]];
+            match misfit(&pricing, &limits, &all, worst) {
+                Some(found) => Err(found),
+                None => Ok(()),
+            }
+        };
+        match shared.admit(&keys, Amount::ONE_REQUEST.into(), worst.into(), decide) {
+            Ok(Ok(())) => {
+                if self.degraded.swap(false, Ordering::Relaxed) {
+                    warn!(target: "bulkhead::budget", "the shared budget ledger answers again: budgets are the deployment's again");
+                }
+                Ok(Shared::Admitted)
+            }
+            Ok(Err((i, held))) => {
+                if !held {
+                    self.with_scopes(function, caller, day, |cells| {
+                        self.alert(cells[i], day, i, function, caller, 1.0);
+                    });
+                }
+                Err(self.refusal(function, i, held, now))
+            }
+            Err(e) => {
+                let nodes = shared.live_nodes();
+                if !self.degraded.swap(true, Ordering::Relaxed) {
+                    error!(target: "bulkhead::budget", error = %e, live_nodes = nodes, "the shared budget ledger is unreachable: budgets are now this node's share (each limit divided by the live nodes last counted) until it answers");
+                }
+                self.admit_on_share(charge, nodes, now)
+            }
+        }
+    }
+
+    /// `charge` against this node's own totals (its adds included) and
+    /// its share of every limit.
+    fn admit_on_share(&self, charge: &Charge, nodes: usize, now: i64) -> Result<Shared, Exhausted> {
+        let (function, caller, day) = (charge.function, &charge.caller, charge.day);
+        let worst = Amount::of(&self.worst_cases[function]);
+        let limits = self.limits(function).map(|l| share_of(l, nodes));
+        let totals = self.with_scopes(function, caller, day, |cells| {
+            cells.map(|c| {
+                let reserved = c.reserved();
+                (c.spent(day), reserved)
+            })
+        });
+        let limits = [&limits[0], &limits[1], &limits[2], &limits[3]];
+        match misfit(&self.pricing, &limits, &totals, worst) {
+            Some((i, held)) => Err(self.refusal(function, i, held, now)),
+            None => Ok(Shared::OnShare),
+        }
+    }
+
+    /// The shared ledger's keys of a call of `function` by `caller` on
+    /// `day`: one per scope with a limit, and which scope each is.
+    fn shared_keys(
+        &self,
+        function: usize,
+        caller: &Arc<str>,
+        day: i64,
+    ) -> (Vec<LedgerKey>, Vec<usize>) {
+        let limits = self.limits(function);
+        let none: Arc<str> = Arc::from("");
+        let name = &self.function_names[function];
+        let mut keys = Vec::new();
+        let mut scopes = Vec::new();
+        for (i, scope) in SCOPES.iter().enumerate() {
+            if limits[i].is_unlimited() {
+                continue;
+            }
+            let per_function = matches!(scope, Scope::Function | Scope::FunctionPerCaller);
+            let per_caller = matches!(scope, Scope::AppPerCaller | Scope::FunctionPerCaller);
+            keys.push(LedgerKey {
+                day,
+                scope: i as i16,
+                function: if per_function {
+                    name.clone()
+                } else {
+                    none.clone()
+                },
+                caller: if per_caller {
+                    caller.clone()
+                } else {
+                    none.clone()
+                },
+            });
+            scopes.push(i);
+        }
+        (keys, scopes)
+    }
+
+    /// The refusal of a request of `function` by `SCOPES[i]`.
+    fn refusal(&self, function: usize, i: usize, held: bool, now: i64) -> Exhausted {
+        let retry_after = if held {
+            let timeout_us = self.worst_cases[function].wall_us;
+            timeout_us.div_ceil(1_000_000).max(1)
+        } else {
+            seconds_to_midnight(now)
+        };
+        Exhausted {
+            scope: SCOPES[i],
+            held,
+            retry_after,
+        }
     }
 
     /// Add this request's price and worst case to every scope and keep
@@ -287,26 +488,16 @@ impl Meter {
                 let reserved = c.reserved();
                 (c.spent(day), reserved)
             });
-            if let Some((i, held)) = self.misfit(&limits, &totals, worst) {
+            if let Some((i, held)) = misfit(&self.pricing, &limits, &totals, worst) {
                 for c in cells {
                     c.uncharge(day, one, worst);
                 }
-                let retry_after = if held {
-                    let timeout_us = self.worst_cases[function].wall_us;
-                    timeout_us.div_ceil(1_000_000).max(1)
-                } else {
-                    seconds_to_midnight(now)
-                };
                 let settled = !held && cells[i].alerted(day, ALERTED_100);
                 if !held && (last || settled) {
                     self.alert(cells[i], day, i, function, caller, 1.0);
                 }
                 return Err(Misfit {
-                    exhausted: Exhausted {
-                        scope: SCOPES[i],
-                        held,
-                        retry_after,
-                    },
+                    exhausted: self.refusal(function, i, held, now),
                     settled,
                 });
             }
@@ -314,32 +505,13 @@ impl Meter {
                 if limits[i].is_unlimited() {
                     continue;
                 }
-                let share = self.share(limits[i], spent);
+                let share = share(&self.pricing, limits[i], spent);
                 if share >= 0.8 {
                     self.alert(cells[i], day, i, function, caller, share);
                 }
             }
             Ok(())
         })
-    }
-
-    /// The first scope `totals` (this request's adds included) do not fit:
-    /// spent first in every scope, then spent plus what others reserved.
-    fn misfit(
-        &self,
-        limits: &[&Limits; 4],
-        totals: &[(Amount, Amount); 4],
-        worst: Amount,
-    ) -> Option<(usize, bool)> {
-        let over = |i: usize, used: &Amount| {
-            !limits[i].is_unlimited() && self.share(limits[i], used) > 1.0
-        };
-        if let Some(i) = (0..4).find(|&i| over(i, &totals[i].0)) {
-            return Some((i, false));
-        }
-        (0..4)
-            .find(|&i| over(i, &totals[i].0.plus(totals[i].1).minus(worst)))
-            .map(|i| (i, true))
     }
 
     /// Each budget that applies to a call of `function`, in [`SCOPES`]
@@ -352,25 +524,6 @@ impl Meter {
             &budget.total,
             &budget.per_caller,
         ]
-    }
-
-    /// The largest share of any limit that `used` takes.
-    fn share(&self, limits: &Limits, used: &Amount) -> f64 {
-        let total = used.usage();
-        let mut share: f64 = 0.0;
-        if let Some(limit) = limits.requests {
-            share = share.max(ratio(total.requests as f64, limit as f64));
-        }
-        if let Some(limit) = limits.gb_seconds {
-            share = share.max(ratio(total.gb_seconds(), limit));
-        }
-        if let Some(limit) = limits.money {
-            let cost = self
-                .pricing
-                .cost(total.requests, total.gb_seconds(), total.egress_bytes());
-            share = share.max(ratio(cost, limit));
-        }
-        share
     }
 
     /// Log that `SCOPES[i]` crossed 80 % (`share` below 1) or 100 %, once
@@ -423,10 +576,15 @@ impl Meter {
         let day = day_of(now_ms());
         let mut out = vec![(
             None,
-            self.share(&self.app_budget.total, &self.ledger.app.spent(day)),
+            share(
+                &self.pricing,
+                &self.app_budget.total,
+                &self.ledger.app.spent(day),
+            ),
         )];
         for (i, name) in self.function_names.iter().enumerate() {
-            let share = self.share(
+            let share = share(
+                &self.pricing,
                 &self.function_budgets[i].total,
                 &self.books[i].cells.spent(day),
             );
@@ -489,6 +647,16 @@ impl Charge {
                 c.settle(today, used, worst);
             }
         });
+        if let Some(shared) = &meter.shared {
+            let keys = || meter.shared_keys(self.function, &self.caller, self.day).0;
+            match self.shared {
+                Shared::Admitted => shared.settle(keys(), used.into(), worst.into()),
+                Shared::OnShare => {
+                    shared.record_unadmitted(keys(), used.plus(Amount::ONE_REQUEST).into());
+                }
+                Shared::None => {}
+            }
+        }
         usage.requests = 1;
         meter.log.record(
             now_ms(),
@@ -521,6 +689,12 @@ impl Drop for Charge {
                 c.sub_spent(charged, Amount::ONE_REQUEST);
             }
         });
+        if self.shared == Shared::Admitted
+            && let Some(shared) = &meter.shared
+        {
+            let (keys, _) = meter.shared_keys(self.function, &self.caller, charged);
+            shared.give_back(keys, worst.into());
+        }
     }
 }
 
@@ -537,6 +711,56 @@ pub fn worst_case(limits: &FunctionLimits) -> Usage {
         response_bytes: limits.max_response_body.bytes(),
         outbound_bytes: limits.max_outbound_bytes.bytes(),
     }
+}
+
+/// The first scope `totals` (this request's adds included) do not fit:
+/// spent first in every scope, then spent plus what others reserved.
+fn misfit(
+    pricing: &Pricing,
+    limits: &[&Limits; 4],
+    totals: &[(Amount, Amount); 4],
+    worst: Amount,
+) -> Option<(usize, bool)> {
+    let over = |i: usize, used: &Amount| {
+        !limits[i].is_unlimited() && share(pricing, limits[i], used) > 1.0
+    };
+    if let Some(i) = (0..4).find(|&i| over(i, &totals[i].0)) {
+        return Some((i, false));
+    }
+    (0..4)
+        .find(|&i| over(i, &totals[i].0.plus(totals[i].1).minus(worst)))
+        .map(|i| (i, true))
+}
+
+/// `limits` divided among `nodes` (a node's share while the shared ledger
+/// is unreachable): rounded down, but a limit above zero keeps at least
+/// one request.
+fn share_of(limits: &Limits, nodes: usize) -> Limits {
+    let n = nodes.max(1) as u64;
+    Limits {
+        money: limits.money.map(|m| m / n as f64),
+        requests: limits
+            .requests
+            .map(|r| if r == 0 { 0 } else { (r / n).max(1) }),
+        gb_seconds: limits.gb_seconds.map(|g| g / n as f64),
+    }
+}
+
+/// The largest share of any limit that `used` takes.
+fn share(pricing: &Pricing, limits: &Limits, used: &Amount) -> f64 {
+    let total = used.usage();
+    let mut share: f64 = 0.0;
+    if let Some(limit) = limits.requests {
+        share = share.max(ratio(total.requests as f64, limit as f64));
+    }
+    if let Some(limit) = limits.gb_seconds {
+        share = share.max(ratio(total.gb_seconds(), limit));
+    }
+    if let Some(limit) = limits.money {
+        let cost = pricing.cost(total.requests, total.gb_seconds(), total.egress_bytes());
+        share = share.max(ratio(cost, limit));
+    }
+    share
 }
 
 fn ratio(used: f64, limit: f64) -> f64 {
@@ -578,6 +802,7 @@ mod tests {
             vec!["hello".into()],
             log,
             Arc::new(Ledger::new(day_of(now_ms()))),
+            None,
         ))
     }
 

@@ -222,13 +222,10 @@ impl Unit {
         let Some(index) = meter.index_of(self.name()) else {
             return Err("the function is not part of the version being served".into());
         };
-        let admitted = meter.admit(index, &self.caller).map(Some).map_err(|e| {
-            if e.held {
-                e.scope.describe_held().to_string()
-            } else {
-                e.scope.describe().to_string()
-            }
-        });
+        let admitted = meter
+            .admit(index, &self.caller)
+            .map(Some)
+            .map_err(|e| e.describe().to_string());
         if admitted.is_ok() {
             self.refusing.store(false, Ordering::Relaxed);
         }

@@ -481,27 +481,11 @@ async fn pipeline<'s>(
 
     // Budgets (T04): refused before it can cost anything.
     let mut charge = match &version.meter {
-        Some(meter) => Some(meter.admit(slot.index, &caller).map_err(|refused| {
-            if refused.held {
-                Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "budget-held",
-                    "Budget held by running calls",
-                    format!(
-                        "{}, counting what calls still running may use; retry once they end.",
-                        refused.scope.describe_held()
-                    ),
-                )
-            } else {
-                Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "budget-exhausted",
-                    "Budget exhausted",
-                    format!("{}; it renews at 00:00 UTC.", refused.scope.describe()),
-                )
-            }
-            .retry_after(refused.retry_after)
-        })?),
+        Some(meter) => Some(
+            meter
+                .admit(slot.index, &caller)
+                .map_err(|refused| refused.problem())?,
+        ),
         None => None,
     };
 

@@ -58,7 +58,6 @@ impl Version {
         previous: Option<&Version>,
         cluster: Option<&Arc<crate::cluster::ClusterLimits>>,
     ) -> Result<Self, String> {
-        let store = state.store();
         let authenticator = Authenticator::after(
             app,
             state.credentials().clone(),
@@ -83,7 +82,7 @@ impl Version {
             match previous.and_then(|p| p.meter.as_ref()) {
                 Some(meter) => Some(meter.successor(app, &limits)),
                 None => Some(
-                    Meter::new(app, &limits, store)
+                    Meter::new(app, &limits, state)
                         .map_err(|e| format!("cannot open the meter: {e}"))?,
                 ),
             }

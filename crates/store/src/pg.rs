@@ -42,8 +42,19 @@ pub(crate) const MIGRATION_LOCK: i64 = 0x6275_6c6b_6865_6164; // "bulkhead"
 pub struct PgError(pub String);
 
 impl PgError {
-    pub(crate) fn of(e: impl std::fmt::Display) -> Self {
-        Self(e.to_string())
+    /// `e` with what caused it: a driver's "db error" alone says nothing.
+    pub(crate) fn of(e: impl std::error::Error) -> Self {
+        let mut text = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            let more = c.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            cause = c.source();
+        }
+        Self(text)
     }
 }
 
@@ -54,6 +65,8 @@ pub struct Pg {
     runtime: Option<tokio::runtime::Runtime>,
     pool: Pool,
     schema: String,
+    /// For a connection of its own outside the pool (LISTEN, issue 16).
+    config: tokio_postgres::Config,
 }
 
 /// The parsed URL, refused when it asks for what this build cannot do.
@@ -127,6 +140,7 @@ impl Pg {
             runtime: Some(runtime),
             pool,
             schema: config.schema.clone(),
+            config: parse_url(config)?,
         });
         let migration = migration(&config.schema);
         pg.call(move |pool| async move {
@@ -143,6 +157,11 @@ impl Pg {
     /// The schema's name (validated: safe to splice into statements).
     pub fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// The parsed URL, for a connection outside the pool.
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
     }
 
     /// Run `work` on the connection's runtime and wait for its result.

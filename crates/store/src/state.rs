@@ -13,9 +13,11 @@
 //!
 //! With [`StateConfig::Postgres`] all five are in PostgreSQL, in the app
 //! environment's schema ([`crate::kv::PostgresKv`], [`crate::pg`],
-//! [`crate::queue::PostgresQueue`]), so every node shares them; the audit
-//! trail, the meter and SQL stores stay in the node's state directory for
-//! now.
+//! [`crate::queue::PostgresQueue`]), so every node shares them, and so is
+//! the daily budgets' ledger ([`crate::ledger::SharedLedger`]; on one node
+//! it is the gateway's in-memory ledger, rebuilt from the meter); the
+//! audit trail, the hourly meter and SQL stores stay in the node's state
+//! directory for now.
 //!
 //! Sealing (T15) and every check (expiry, revocation, subject scope) stay
 //! above the traits, so a backend only ever sees sealed blobs and hashes.
@@ -27,7 +29,9 @@ use std::sync::{Arc, Mutex};
 
 use crate::credentials::{SharedCredentials, SqliteCredentials};
 use crate::crypto::{CryptoError, KeyStore, Keyring, MASTER_KEY_ENV, MasterKey};
+use crate::deploy_channel::DeployChannel;
 use crate::kv::{KvError, PgConfig, PostgresKv, SharedKv, SqliteKv, valid_schema};
+use crate::ledger::SharedLedger;
 use crate::pg::{Pg, PostgresCredentials, PostgresKeys, PostgresSecrets};
 use crate::queue::{
     Clock, PostgresQueue, QueueError, QueueLimits, QueueSettings, SharedQueue, SqliteQueue,
@@ -214,6 +218,29 @@ impl State {
                 clock,
             )?),
         })
+    }
+
+    /// The budget ledger every node shares (issue 16, T04), when the
+    /// state is: budgets then hold across nodes. Each call registers a
+    /// node with a heartbeat of its own: a server opens it once.
+    pub fn budget_ledger(&self) -> Result<Option<Arc<SharedLedger>>, StoreError> {
+        match &self.pg {
+            Some(pg) => SharedLedger::open(pg.clone())
+                .map(Some)
+                .map_err(|e| StoreError::Backend(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// Where deploys fan out to every node (issue 16, T19), when the
+    /// state is shared.
+    pub fn deploy_channel(&self) -> Result<Option<Arc<DeployChannel>>, StoreError> {
+        match &self.pg {
+            Some(pg) => DeployChannel::open(pg.clone())
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| StoreError::Backend(e.to_string())),
+            None => Ok(None),
+        }
     }
 
     /// A key-value backend for the server's threads to share.

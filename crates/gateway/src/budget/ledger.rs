@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use bulkhead_store::ledger::Tally;
 use bulkhead_store::meter::Usage;
 use dashmap::DashMap;
 use dashmap::mapref::one::Ref;
@@ -77,6 +78,27 @@ impl Amount {
             mib_us: self.mib_us,
             response_bytes: self.egress,
             ..Usage::default()
+        }
+    }
+}
+
+/// The shared ledger counts the same three (issue 16).
+impl From<Tally> for Amount {
+    fn from(t: Tally) -> Self {
+        Self {
+            requests: t.requests,
+            mib_us: t.mib_us,
+            egress: t.egress,
+        }
+    }
+}
+
+impl From<Amount> for Tally {
+    fn from(a: Amount) -> Self {
+        Self {
+            requests: a.requests,
+            mib_us: a.mib_us,
+            egress: a.egress,
         }
     }
 }

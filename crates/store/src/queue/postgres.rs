@@ -172,7 +172,7 @@ struct Shared {
     sql: Sql,
 }
 
-fn pg_error(e: impl std::fmt::Display) -> QueueError {
+fn pg_error(e: impl std::error::Error) -> QueueError {
     QueueError::Pg(PgError::of(e))
 }
 

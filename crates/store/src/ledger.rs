@@ -1,0 +1,710 @@
+//! The budget ledger every node of a deployment shares (issue 16, T04):
+//! today's totals per budget scope in PostgreSQL, so a daily budget holds
+//! across nodes exactly, reservations included.
+//!
+//! - **Admission** is one transaction: each of the request's scopes that
+//!   has a limit gets its price and its worst case added with an upsert
+//!   that returns the new totals and keeps the row locked; the caller's
+//!   `decide` judges them, and the transaction commits only if they fit.
+//!   Row locks serialise two nodes admitting into one scope, so the
+//!   budget is overshot by at most the last call admitted, as on one node.
+//!   Rows are always locked in one order ([`LedgerKey`]'s), so two
+//!   admissions never deadlock.
+//! - **Reservations** are also recorded per node (`budget_holds`) and each
+//!   node beats a heartbeat (`budget_nodes`). When a node stops beating
+//!   for [`DEAD_AFTER_MS`] (killed mid-call), any other node gives its
+//!   reservations back, so a crash never holds a budget until midnight.
+//!   Requests it admitted stay counted: they were charged.
+//! - **Settling** a call turns its reservation into what it used, on the
+//!   day it was admitted. A settlement that cannot reach the database is
+//!   kept (at most [`MAX_UNSETTLED`]) and retried by the heartbeat, so a
+//!   blip holds reservations a little longer, never forever.
+//! - Rows name callers (personal data, T20) and are deleted two days on.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tracing::{error, warn};
+
+use crate::now_ms;
+use crate::pg::{Pg, PgError};
+
+/// A node that has not beaten for this long is dead: its reservations
+/// are given back by the others.
+pub const DEAD_AFTER_MS: i64 = 30_000;
+/// How often a node beats, retries settlements and sweeps.
+const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// Settlements kept for a retry while the database is unreachable.
+const MAX_UNSETTLED: usize = 100_000;
+/// Days of totals kept (today and yesterday: a call admitted before
+/// midnight settles after it).
+const KEEP_DAYS: i64 = 2;
+
+/// One budget scope of one day: which (`scope`, an index the caller
+/// gives meaning to), of which function and caller (empty when the scope
+/// is app-wide or not per caller).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LedgerKey {
+    pub day: i64,
+    pub scope: i16,
+    pub function: Arc<str>,
+    pub caller: Arc<str>,
+}
+
+/// What a budget counts: requests, memory × time (MiB·µs), bytes out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub requests: u64,
+    pub mib_us: u64,
+    pub egress: u64,
+}
+
+/// A scope's totals after an admission's adds: what is spent (this
+/// request included) and what running calls reserve (its own included).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScopeTotals {
+    pub spent: Tally,
+    pub reserved: Tally,
+}
+
+/// A call's way out of the ledger: what it used, or that it never ran.
+#[derive(Debug, Clone)]
+enum Settlement {
+    Used {
+        keys: Vec<LedgerKey>,
+        used: Tally,
+        worst: Tally,
+    },
+    NeverRan {
+        keys: Vec<LedgerKey>,
+        worst: Tally,
+    },
+    /// A call a node admitted on its own share while the ledger was
+    /// unreachable: its request and usage, added when it answers.
+    Unadmitted {
+        keys: Vec<LedgerKey>,
+        used: Tally,
+    },
+}
+
+/// The shared ledger of one app environment, as one node sees it.
+pub struct SharedLedger {
+    pg: Arc<Pg>,
+    /// This process's id in `budget_holds` and `budget_nodes`: fresh at
+    /// every start, so a restarted node's old reservations are reaped.
+    node: String,
+    unsettled: Mutex<VecDeque<Settlement>>,
+    /// Nodes that beat within [`DEAD_AFTER_MS`], at the last beat: what a
+    /// node divides the budgets by while the ledger is unreachable.
+    live_nodes: std::sync::atomic::AtomicUsize,
+    /// After a failed call, requests do not try the database again until
+    /// then (ms since the epoch): they decide on the node's share at once
+    /// instead of each waiting out a timeout. The heartbeat still tries.
+    down_until_ms: std::sync::atomic::AtomicI64,
+}
+
+/// How long requests leave the database alone after a failed call.
+const BACK_OFF_MS: i64 = 2_000;
+
+fn big(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn small(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl SharedLedger {
+    /// Create the ledger's tables if missing, register this node and
+    /// start its heartbeat (which stops when the ledger is dropped).
+    pub fn open(pg: Arc<Pg>) -> Result<Arc<Self>, PgError> {
+        let mut id = [0u8; 12];
+        getrandom::fill(&mut id).map_err(PgError::of)?;
+        let ledger = Arc::new(Self {
+            node: hex::encode(id),
+            unsettled: Mutex::new(VecDeque::new()),
+            live_nodes: std::sync::atomic::AtomicUsize::new(1),
+            down_until_ms: std::sync::atomic::AtomicI64::new(0),
+            pg,
+        });
+        let migration = migration(ledger.pg.schema());
+        ledger.pg.call(move |pool| async move {
+            let client = pool.get().await.map_err(PgError::of)?;
+            client.batch_execute(&migration).await.map_err(PgError::of)
+        })?;
+        ledger.beat()?;
+        let weak = Arc::downgrade(&ledger);
+        std::thread::Builder::new()
+            .name("bulkhead-ledger".into())
+            .spawn(move || heartbeat(weak))
+            .map_err(PgError::of)?;
+        Ok(ledger)
+    }
+
+    /// This node's id (for tests and logs).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Add `one` to what each scope of `keys` spent and `worst` to what
+    /// it reserves, and keep them only if `decide` accepts the totals
+    /// (given in `keys` order). `Ok(Err(r))`: refused, nothing kept.
+    pub fn admit<R: Send + 'static>(
+        &self,
+        keys: &[LedgerKey],
+        one: Tally,
+        worst: Tally,
+        decide: impl FnOnce(&[ScopeTotals]) -> Result<(), R> + Send + 'static,
+    ) -> Result<Result<(), R>, PgError> {
+        if self.is_down() {
+            return Err(PgError(
+                "the budget ledger did not answer a moment ago".into(),
+            ));
+        }
+        // What waits first, so the totals judged include it.
+        self.retry_unsettled();
+        let schema = self.pg.schema().to_string();
+        let node = self.node.clone();
+        let order = locking_order(keys);
+        let keys = keys.to_vec();
+        self.watch(self.pg.call(move |pool| async move {
+            let mut client = pool.get().await.map_err(PgError::of)?;
+            let tx = client.transaction().await.map_err(PgError::of)?;
+            let add = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO {schema}.budget_days AS d
+                         (day, scope, function, caller, requests, mib_us, egress, reserved_mib_us, reserved_egress)
+                     VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $7)
+                     ON CONFLICT (day, scope, function, caller) DO UPDATE SET
+                         requests = d.requests + EXCLUDED.requests,
+                         reserved_mib_us = d.reserved_mib_us + EXCLUDED.reserved_mib_us,
+                         reserved_egress = d.reserved_egress + EXCLUDED.reserved_egress
+                     RETURNING requests, mib_us, egress, reserved_mib_us, reserved_egress"
+                ))
+                .await
+                .map_err(PgError::of)?;
+            let mut totals = vec![ScopeTotals::default(); keys.len()];
+            for &i in &order {
+                let k = &keys[i];
+                let row = tx
+                    .query_one(
+                        &add,
+                        &[
+                            &k.day,
+                            &k.scope,
+                            &&*k.function,
+                            &&*k.caller,
+                            &big(one.requests),
+                            &big(worst.mib_us),
+                            &big(worst.egress),
+                        ],
+                    )
+                    .await
+                    .map_err(PgError::of)?;
+                let get = |c: usize| -> Result<u64, PgError> {
+                    Ok(small(row.try_get::<_, i64>(c).map_err(PgError::of)?))
+                };
+                totals[i] = ScopeTotals {
+                    spent: Tally {
+                        requests: get(0)?,
+                        mib_us: get(1)?,
+                        egress: get(2)?,
+                    },
+                    reserved: Tally {
+                        requests: 0,
+                        mib_us: get(3)?,
+                        egress: get(4)?,
+                    },
+                };
+            }
+            if let Err(refused) = decide(&totals) {
+                tx.rollback().await.map_err(PgError::of)?;
+                return Ok(Err(refused));
+            }
+            let hold = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO {schema}.budget_holds AS h
+                         (node, day, scope, function, caller, mib_us, egress)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (node, day, scope, function, caller) DO UPDATE SET
+                         mib_us = h.mib_us + EXCLUDED.mib_us,
+                         egress = h.egress + EXCLUDED.egress"
+                ))
+                .await
+                .map_err(PgError::of)?;
+            for &i in &order {
+                let k = &keys[i];
+                tx.execute(
+                    &hold,
+                    &[
+                        &node,
+                        &k.day,
+                        &k.scope,
+                        &&*k.function,
+                        &&*k.caller,
+                        &big(worst.mib_us),
+                        &big(worst.egress),
+                    ],
+                )
+                .await
+                .map_err(PgError::of)?;
+            }
+            tx.commit().await.map_err(PgError::of)?;
+            Ok(Ok(()))
+        }))
+    }
+
+    /// Whether a call failed less than [`BACK_OFF_MS`] ago.
+    fn is_down(&self) -> bool {
+        now_ms()
+            < self
+                .down_until_ms
+                .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// `result`, noting a failure (requests back off) or a success.
+    fn watch<T>(&self, result: Result<T, PgError>) -> Result<T, PgError> {
+        let until = match &result {
+            Ok(_) => 0,
+            Err(_) => now_ms() + BACK_OFF_MS,
+        };
+        self.down_until_ms
+            .store(until, std::sync::atomic::Ordering::Relaxed);
+        result
+    }
+
+    /// A call admitted under `keys` ended having used `used`: its
+    /// reservation `worst` becomes that. Never fails: a settlement the
+    /// database does not take now is retried by the heartbeat.
+    pub fn settle(&self, keys: Vec<LedgerKey>, used: Tally, worst: Tally) {
+        self.apply_or_keep(Settlement::Used { keys, used, worst });
+    }
+
+    /// A call admitted on this node's share while the ledger was
+    /// unreachable used `used` (its request included): added to the
+    /// deployment's totals once the ledger answers.
+    pub fn record_unadmitted(&self, keys: Vec<LedgerKey>, used: Tally) {
+        self.apply_or_keep(Settlement::Unadmitted { keys, used });
+    }
+
+    /// Nodes alive at the last beat (at least 1).
+    pub fn live_nodes(&self) -> usize {
+        self.live_nodes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1)
+    }
+
+    /// A call admitted under `keys` never ran: its request and its
+    /// reservation are given back.
+    pub fn give_back(&self, keys: Vec<LedgerKey>, worst: Tally) {
+        self.apply_or_keep(Settlement::NeverRan { keys, worst });
+    }
+
+    fn apply_or_keep(&self, settlement: Settlement) {
+        // Behind what waits: usage recorded in the order it happened.
+        self.retry_unsettled();
+        if self.is_down() || self.unsettled() > 0 {
+            self.keep(settlement);
+            return;
+        }
+        if let Err(e) = self.watch(self.apply(settlement.clone())) {
+            warn!(target: "bulkhead::budget", error = %e, "the shared budget ledger did not take a settlement; it is retried");
+            self.keep(settlement);
+        }
+    }
+
+    fn keep(&self, settlement: Settlement) {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if unsettled.len() >= MAX_UNSETTLED {
+            // Dropped: its reservation stays held until this node stops
+            // and is reaped (fails closed, never open).
+            error!(target: "bulkhead::budget", "too many settlements wait for the shared budget ledger; one is dropped and its reservation stays held");
+            return;
+        }
+        unsettled.push_back(settlement);
+    }
+
+    /// One settlement, in one transaction. The node's hold comes off
+    /// first, and the scope's reservation only as far as the hold had it:
+    /// a node declared dead whose holds were reaped gives nothing back
+    /// twice.
+    fn apply(&self, settlement: Settlement) -> Result<(), PgError> {
+        let schema = self.pg.schema().to_string();
+        let node = self.node.clone();
+        self.pg.call(move |pool| async move {
+            let (keys, used, worst, requests) = match &settlement {
+                Settlement::Used { keys, used, worst } => (keys, *used, *worst, 0i64),
+                Settlement::NeverRan { keys, worst } => (keys, Tally::default(), *worst, 1),
+                Settlement::Unadmitted { keys, used } => {
+                    return add_unadmitted(&pool, &schema, keys, *used).await;
+                }
+            };
+            let mut client = pool.get().await.map_err(PgError::of)?;
+            let tx = client.transaction().await.map_err(PgError::of)?;
+            // The scopes' rows first, as an admission locks them, then the
+            // holds: one order for every transaction, so none deadlock.
+            let lock = tx
+                .prepare_cached(&format!(
+                    "SELECT 1 FROM {schema}.budget_days
+                     WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4
+                     FOR UPDATE"
+                ))
+                .await
+                .map_err(PgError::of)?;
+            let order = locking_order(keys);
+            for &i in &order {
+                let k = &keys[i];
+                tx.execute(&lock, &[&k.day, &k.scope, &&*k.function, &&*k.caller])
+                    .await
+                    .map_err(PgError::of)?;
+            }
+            let unhold = tx
+                .prepare_cached(&format!(
+                    "UPDATE {schema}.budget_holds
+                     SET mib_us = mib_us - $6, egress = egress - $7
+                     WHERE node = $1 AND day = $2 AND scope = $3 AND function = $4 AND caller = $5
+                       AND mib_us >= $6 AND egress >= $7"
+                ))
+                .await
+                .map_err(PgError::of)?;
+            let settle = tx
+                .prepare_cached(&format!(
+                    "UPDATE {schema}.budget_days SET
+                         requests = GREATEST(0, requests - $5),
+                         mib_us = mib_us + $6,
+                         egress = egress + $7,
+                         reserved_mib_us = GREATEST(0, reserved_mib_us - $8),
+                         reserved_egress = GREATEST(0, reserved_egress - $9)
+                     WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4"
+                ))
+                .await
+                .map_err(PgError::of)?;
+            for &i in &order {
+                let k = &keys[i];
+                let held = tx
+                    .execute(
+                        &unhold,
+                        &[
+                            &node,
+                            &k.day,
+                            &k.scope,
+                            &&*k.function,
+                            &&*k.caller,
+                            &big(worst.mib_us),
+                            &big(worst.egress),
+                        ],
+                    )
+                    .await
+                    .map_err(PgError::of)?
+                    > 0;
+                let (off_mib_us, off_egress) = if held {
+                    (big(worst.mib_us), big(worst.egress))
+                } else {
+                    (0, 0)
+                };
+                tx.execute(
+                    &settle,
+                    &[
+                        &k.day,
+                        &k.scope,
+                        &&*k.function,
+                        &&*k.caller,
+                        &requests,
+                        &big(used.mib_us),
+                        &big(used.egress),
+                        &off_mib_us,
+                        &off_egress,
+                    ],
+                )
+                .await
+                .map_err(PgError::of)?;
+            }
+            tx.commit().await.map_err(PgError::of)
+        })
+    }
+
+    /// Today's totals of `keys`, without adding anything (metrics, tests).
+    pub fn totals(&self, keys: &[LedgerKey]) -> Result<Vec<ScopeTotals>, PgError> {
+        let schema = self.pg.schema().to_string();
+        let keys = keys.to_vec();
+        self.pg.call(move |pool| async move {
+            let mut out = Vec::with_capacity(keys.len());
+            for k in &keys {
+                let rows = crate::pg::query(
+                    &pool,
+                    &format!(
+                        "SELECT requests, mib_us, egress, reserved_mib_us, reserved_egress
+                         FROM {schema}.budget_days
+                         WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4"
+                    ),
+                    &[&k.day, &k.scope, &&*k.function, &&*k.caller],
+                )
+                .await?;
+                let Some(row) = rows.first() else {
+                    out.push(ScopeTotals::default());
+                    continue;
+                };
+                let get = |c: usize| -> Result<u64, PgError> {
+                    Ok(small(crate::pg::column::<i64>(row, c)?))
+                };
+                out.push(ScopeTotals {
+                    spent: Tally {
+                        requests: get(0)?,
+                        mib_us: get(1)?,
+                        egress: get(2)?,
+                    },
+                    reserved: Tally {
+                        requests: 0,
+                        mib_us: get(3)?,
+                        egress: get(4)?,
+                    },
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Beat, give back dead nodes' reservations, retry what waits and
+    /// forget old days. Run every [`BEAT_EVERY`] by the heartbeat thread;
+    /// public so a test can run it at once.
+    pub fn beat(&self) -> Result<(), PgError> {
+        let schema = self.pg.schema().to_string();
+        let node = self.node.clone();
+        let now = now_ms();
+        let today = now.div_euclid(86_400_000);
+        self.watch(self.pg.call(move |pool| async move {
+            let mut client = pool.get().await.map_err(PgError::of)?;
+            client
+                .execute(
+                    &format!(
+                        "INSERT INTO {schema}.budget_nodes (node, seen_ms) VALUES ($1, $2)
+                         ON CONFLICT (node) DO UPDATE SET seen_ms = EXCLUDED.seen_ms"
+                    ),
+                    &[&node, &now],
+                )
+                .await
+                .map_err(PgError::of)?;
+            let live: i64 = client
+                .query_one(
+                    &format!("SELECT count(*) FROM {schema}.budget_nodes WHERE seen_ms >= $1"),
+                    &[&(now - DEAD_AFTER_MS)],
+                )
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(PgError::of)?;
+            // The dead nodes' holds, summed per scope, off the scopes'
+            // reservations, in the admissions' locking order.
+            let tx = client.transaction().await.map_err(PgError::of)?;
+            tx.execute(
+                &format!(
+                    "SELECT 1 FROM {schema}.budget_days d
+                     WHERE (d.day, d.scope, d.function, d.caller) IN (
+                         SELECT h.day, h.scope, h.function, h.caller
+                         FROM {schema}.budget_holds h JOIN {schema}.budget_nodes n USING (node)
+                         WHERE n.seen_ms < $1)
+                     ORDER BY d.day, d.scope, d.function, d.caller
+                     FOR UPDATE OF d"
+                ),
+                &[&(now - DEAD_AFTER_MS)],
+            )
+            .await
+            .map_err(PgError::of)?;
+            tx.execute(
+                &format!(
+                    "WITH dead AS (
+                         DELETE FROM {schema}.budget_nodes WHERE seen_ms < $1 RETURNING node
+                     ), gone AS (
+                         DELETE FROM {schema}.budget_holds h USING dead
+                         WHERE h.node = dead.node
+                         RETURNING h.day, h.scope, h.function, h.caller, h.mib_us, h.egress
+                     ), summed AS (
+                         SELECT day, scope, function, caller,
+                                SUM(mib_us)::BIGINT AS mib_us, SUM(egress)::BIGINT AS egress
+                         FROM gone GROUP BY day, scope, function, caller
+                     )
+                     UPDATE {schema}.budget_days d SET
+                         reserved_mib_us = GREATEST(0, d.reserved_mib_us - s.mib_us),
+                         reserved_egress = GREATEST(0, d.reserved_egress - s.egress)
+                     FROM summed s
+                     WHERE d.day = s.day AND d.scope = s.scope AND d.function = s.function AND d.caller = s.caller"
+                ),
+                &[&(now - DEAD_AFTER_MS)],
+            )
+            .await
+            .map_err(PgError::of)?;
+            tx.commit().await.map_err(PgError::of)?;
+            client
+                .batch_execute(&format!(
+                    "DELETE FROM {schema}.budget_holds WHERE node = '{node}' AND mib_us = 0 AND egress = 0;
+                     DELETE FROM {schema}.budget_days WHERE day < {keep};
+                     DELETE FROM {schema}.budget_holds WHERE day < {keep};",
+                    keep = today - KEEP_DAYS + 1,
+                ))
+                .await
+                .map_err(PgError::of)?;
+            Ok(live)
+        }))
+        .map(|live| {
+            let live = usize::try_from(live).unwrap_or(1).max(1);
+            let before = self
+                .live_nodes
+                .swap(live, std::sync::atomic::Ordering::Relaxed);
+            if before != live {
+                tracing::info!(target: "bulkhead::budget", live_nodes = live, "nodes sharing the budget ledger counted (a node's share while it is unreachable)");
+            }
+        })?;
+        self.retry_unsettled();
+        Ok(())
+    }
+
+    fn retry_unsettled(&self) {
+        if self.is_down() {
+            return;
+        }
+        loop {
+            let next = self
+                .unsettled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front();
+            let Some(settlement) = next else {
+                return;
+            };
+            if self.watch(self.apply(settlement.clone())).is_err() {
+                let mut unsettled = self
+                    .unsettled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                unsettled.push_front(settlement);
+                return;
+            }
+        }
+    }
+
+    /// Settlements waiting for the database (metrics).
+    pub fn unsettled(&self) -> usize {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+}
+
+impl Drop for SharedLedger {
+    /// A clean stop: settle what waits and leave the node list at once, so
+    /// nobody waits [`DEAD_AFTER_MS`] for reservations that are all given
+    /// back by then.
+    fn drop(&mut self) {
+        self.retry_unsettled();
+        let schema = self.pg.schema().to_string();
+        let node = self.node.clone();
+        let _ = self.pg.call(move |pool| async move {
+            crate::pg::execute(
+                &pool,
+                &format!("UPDATE {schema}.budget_nodes SET seen_ms = 0 WHERE node = $1"),
+                &[&node],
+            )
+            .await
+        });
+    }
+}
+
+/// Add a call admitted without the ledger to each scope of `keys`, in
+/// the locking order.
+async fn add_unadmitted(
+    pool: &deadpool_postgres::Pool,
+    schema: &str,
+    keys: &[LedgerKey],
+    used: Tally,
+) -> Result<(), PgError> {
+    let mut client = pool.get().await.map_err(PgError::of)?;
+    let tx = client.transaction().await.map_err(PgError::of)?;
+    let add = tx
+        .prepare_cached(&format!(
+            "INSERT INTO {schema}.budget_days AS d
+                 (day, scope, function, caller, requests, mib_us, egress, reserved_mib_us, reserved_egress)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0)
+             ON CONFLICT (day, scope, function, caller) DO UPDATE SET
+                 requests = d.requests + EXCLUDED.requests,
+                 mib_us = d.mib_us + EXCLUDED.mib_us,
+                 egress = d.egress + EXCLUDED.egress"
+        ))
+        .await
+        .map_err(PgError::of)?;
+    for i in locking_order(keys) {
+        let k = &keys[i];
+        tx.execute(
+            &add,
+            &[
+                &k.day,
+                &k.scope,
+                &&*k.function,
+                &&*k.caller,
+                &big(used.requests),
+                &big(used.mib_us),
+                &big(used.egress),
+            ],
+        )
+        .await
+        .map_err(PgError::of)?;
+    }
+    tx.commit().await.map_err(PgError::of)
+}
+
+/// The indexes of `keys` in the one order every transaction locks rows in.
+fn locking_order(keys: &[LedgerKey]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by(|&a, &b| keys[a].cmp(&keys[b]));
+    order
+}
+
+fn heartbeat(ledger: Weak<SharedLedger>) {
+    loop {
+        std::thread::sleep(BEAT_EVERY);
+        let Some(ledger) = ledger.upgrade() else {
+            return;
+        };
+        if let Err(e) = ledger.beat() {
+            warn!(target: "bulkhead::budget", error = %e, "the shared budget ledger's heartbeat failed; retrying");
+        }
+    }
+}
+
+fn migration(schema: &str) -> String {
+    format!(
+        r"
+        SELECT pg_advisory_xact_lock({lock});
+        CREATE TABLE IF NOT EXISTS {schema}.budget_days (
+            day BIGINT NOT NULL,
+            scope SMALLINT NOT NULL,
+            function TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            requests BIGINT NOT NULL,
+            mib_us BIGINT NOT NULL,
+            egress BIGINT NOT NULL,
+            reserved_mib_us BIGINT NOT NULL,
+            reserved_egress BIGINT NOT NULL,
+            PRIMARY KEY (day, scope, function, caller)
+        );
+        CREATE TABLE IF NOT EXISTS {schema}.budget_holds (
+            node TEXT NOT NULL,
+            day BIGINT NOT NULL,
+            scope SMALLINT NOT NULL,
+            function TEXT NOT NULL,
+            caller TEXT NOT NULL,
+            mib_us BIGINT NOT NULL,
+            egress BIGINT NOT NULL,
+            PRIMARY KEY (node, day, scope, function, caller)
+        );
+        CREATE TABLE IF NOT EXISTS {schema}.budget_nodes (
+            node TEXT PRIMARY KEY,
+            seen_ms BIGINT NOT NULL
+        );
+        ",
+        lock = crate::pg::MIGRATION_LOCK,
+    )
+}

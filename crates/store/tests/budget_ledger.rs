@@ -1,0 +1,212 @@
+//! The shared budget ledger (issue 16, T04) on a real PostgreSQL: two
+//! nodes (two states, one database) racing admissions from many threads
+//! never admit past a budget, settling gives every reservation back, and a
+//! node that stops beating (killed) has its reservations given back by
+//! another, exactly once even if it settles late.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bulkhead_store::ledger::{LedgerKey, ScopeTotals, SharedLedger, Tally};
+use support::PgDatabase;
+
+const ONE: Tally = Tally {
+    requests: 1,
+    mib_us: 0,
+    egress: 0,
+};
+
+const WORST: Tally = Tally {
+    requests: 0,
+    mib_us: 1_000,
+    egress: 10,
+};
+
+/// Today (UTC), in days since the epoch: the ledger forgets older days.
+fn today() -> i64 {
+    bulkhead_store::now_ms().div_euclid(86_400_000)
+}
+
+fn key(day: i64) -> LedgerKey {
+    LedgerKey {
+        day,
+        scope: 0,
+        function: Arc::from(""),
+        caller: Arc::from(""),
+    }
+}
+
+fn caller_key(day: i64, caller: &str) -> LedgerKey {
+    LedgerKey {
+        day,
+        scope: 1,
+        function: Arc::from(""),
+        caller: Arc::from(caller),
+    }
+}
+
+/// At most `limit` requests spent in every scope.
+fn within(limit: u64) -> impl FnOnce(&[ScopeTotals]) -> Result<(), ()> + Send + 'static {
+    move |totals| {
+        if totals.iter().all(|t| t.spent.requests <= limit) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+}
+
+struct Nodes {
+    ledgers: Vec<Arc<SharedLedger>>,
+    _states: Vec<bulkhead_store::State>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+fn nodes(db: &PgDatabase, n: usize) -> Nodes {
+    let dirs: Vec<_> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+    let states: Vec<_> = dirs.iter().map(|d| db.node(d.path())).collect();
+    let ledgers = states
+        .iter()
+        .map(|s| s.budget_ledger().unwrap().expect("shared on PostgreSQL"))
+        .collect();
+    Nodes {
+        ledgers,
+        _states: states,
+        _dirs: dirs,
+    }
+}
+
+/// T04: 8 threads on each of two nodes race for a budget of 100 requests
+/// (and 10 per caller over 3 callers): exactly what fits is admitted,
+/// never more, and once every call settles nothing stays reserved.
+#[test]
+fn two_nodes_racing_never_admit_past_a_budget_t04() {
+    let db = PgDatabase::create();
+    let nodes = nodes(&db, 2);
+    let day = today();
+    let admitted = Arc::new(AtomicU32::new(0));
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let ledger = nodes.ledgers[t % 2].clone();
+            let admitted = admitted.clone();
+            std::thread::spawn(move || {
+                let caller = format!("caller-{}", t % 3);
+                for _ in 0..12 {
+                    let keys = vec![key(day), caller_key(day, &caller)];
+                    let fits = ledger.admit(&keys, ONE, WORST, within(100)).unwrap();
+                    if fits.is_ok() {
+                        admitted.fetch_add(1, Ordering::SeqCst);
+                        ledger.settle(
+                            keys,
+                            Tally {
+                                requests: 0,
+                                mib_us: 7,
+                                egress: 1,
+                            },
+                            WORST,
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(admitted.load(Ordering::SeqCst), 100);
+    let totals = nodes.ledgers[0].totals(&[key(day)]).unwrap();
+    assert_eq!(totals[0].spent.requests, 100);
+    assert_eq!(totals[0].spent.mib_us, 700);
+    assert_eq!(totals[0].reserved, Tally::default());
+    // A refusal adds nothing.
+    let refused = nodes.ledgers[1]
+        .admit(&[key(day)], ONE, WORST, within(100))
+        .unwrap();
+    assert!(refused.is_err());
+    let after = nodes.ledgers[1].totals(&[key(day)]).unwrap();
+    assert_eq!(after, totals);
+}
+
+/// A call that never ran gives its request and reservation back.
+#[test]
+fn a_call_that_never_ran_gives_everything_back() {
+    let db = PgDatabase::create();
+    let nodes = nodes(&db, 1);
+    let ledger = &nodes.ledgers[0];
+    let day = today();
+    assert!(
+        ledger
+            .admit(&[key(day)], ONE, WORST, within(1))
+            .unwrap()
+            .is_ok()
+    );
+    assert!(
+        ledger
+            .admit(&[key(day)], ONE, WORST, within(1))
+            .unwrap()
+            .is_err()
+    );
+    ledger.give_back(vec![key(day)], WORST);
+    let totals = ledger.totals(&[key(day)]).unwrap();
+    assert_eq!(totals[0], ScopeTotals::default());
+    assert!(
+        ledger
+            .admit(&[key(day)], ONE, WORST, within(1))
+            .unwrap()
+            .is_ok()
+    );
+}
+
+/// T04 after a crash: node A admits two calls and stops beating (its
+/// heartbeat row is aged, as when it is killed). Node B's next beat gives
+/// A's reservations back, so A's budget is not held until midnight; its
+/// requests stay spent. If A was only paused and settles late, its
+/// reservation is not given back twice.
+#[test]
+fn a_dead_nodes_reservations_are_given_back_once_t04() {
+    let db = PgDatabase::create();
+    let nodes = nodes(&db, 2);
+    let (a, b) = (&nodes.ledgers[0], &nodes.ledgers[1]);
+    let day = today();
+    for _ in 0..2 {
+        assert!(
+            a.admit(&[key(day)], ONE, WORST, within(10))
+                .unwrap()
+                .is_ok()
+        );
+    }
+    assert!(
+        b.admit(&[key(day)], ONE, WORST, within(10))
+            .unwrap()
+            .is_ok()
+    );
+    let held = a.totals(&[key(day)]).unwrap()[0];
+    assert_eq!(held.reserved.mib_us, 3 * WORST.mib_us);
+
+    db.query(&format!(
+        "UPDATE {}.budget_nodes SET seen_ms = 0 WHERE node = '{}'",
+        db.schema,
+        a.node()
+    ));
+    b.beat().unwrap();
+    let reaped = b.totals(&[key(day)]).unwrap()[0];
+    assert_eq!(reaped.spent.requests, 3, "admitted requests stay spent");
+    assert_eq!(reaped.reserved.mib_us, WORST.mib_us, "only B's call holds");
+
+    // A settles late: its usage counts, nothing is given back twice.
+    let used = Tally {
+        requests: 0,
+        mib_us: 5,
+        egress: 0,
+    };
+    a.settle(vec![key(day)], used, WORST);
+    let late = b.totals(&[key(day)]).unwrap()[0];
+    assert_eq!(late.spent.mib_us, 5);
+    assert_eq!(late.reserved.mib_us, WORST.mib_us);
+    b.settle(vec![key(day)], used, WORST);
+    let done = b.totals(&[key(day)]).unwrap()[0];
+    assert_eq!(done.reserved, Tally::default());
+    assert_eq!(done.spent.mib_us, 10);
+}
