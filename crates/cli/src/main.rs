@@ -11,6 +11,7 @@ mod deploy;
 mod deploy_cmd;
 mod dev_cmd;
 mod live;
+mod migrate_state_cmd;
 mod new_cmd;
 #[cfg(feature = "otlp")]
 mod otlp;
@@ -157,6 +158,25 @@ enum Command {
         after_help = "Example:\n  bulkhead check examples/hello --env prod"
     )]
     Check {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move an embedded environment's shared state into PostgreSQL.
+    #[command(
+        long_about = "Move the shared state of an app environment kept embedded (SQLite in \
+                      APP_DIR/.bulkhead/ENV) into the PostgreSQL database its manifest's \
+                      `[cluster]` names (`backend = \"postgres\"`, the URL from \
+                      `database_url_file` or BULKHEAD_DATABASE_URL: never on the command line): \
+                      key-value records, data keys, secrets, sessions and API keys, admin tokens. \
+                      Records and secrets stay sealed; the data keys are wrapped again under the \
+                      master key every node will hold (BULKHEAD_MASTER_KEY_FILE, required). One \
+                      transaction into an empty schema; each table's rows are counted on both \
+                      sides; the audit trail must verify first and records `state.migrated`. The \
+                      audit trail, the meter and SQL stores stay in the state directory, where a \
+                      node on PostgreSQL keeps them. Stop every server of the environment first.",
+        after_help = "Example:\n  # bulkhead.toml: [cluster] backend = \"postgres\", database_url_file = \"/etc/bulkhead/db-url\"\n  BULKHEAD_MASTER_KEY_FILE=/etc/bulkhead/master.key bulkhead migrate-state my-app --env prod"
+    )]
+    MigrateState {
         #[command(flatten)]
         target: Target,
     },
@@ -496,6 +516,7 @@ fn main() -> ExitCode {
             ..
         } => serve::run(&target, listen, &admin_listen, keep_versions, workers),
         Command::Check { target } => check::run(&target),
+        Command::MigrateState { target } => migrate_state_cmd::run(&target),
         Command::ThreatModel {
             target,
             format,

@@ -934,3 +934,202 @@ async fn a_deploy_on_one_node_reaches_every_node_t19() {
     until_serving(&b, 1, "B after the rollback").await;
     until_serving(&c, 1, "C after the rollback").await;
 }
+
+/// A bundle (tar with its `bulkhead-bundle.json` index) of `files`, as
+/// `bulkhead deploy` packs one, built by hand: what a database writer
+/// would insert.
+fn forged_bundle(app: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    use sha2::{Digest as _, Sha256};
+    let index = serde_json::json!({
+        "format": 1,
+        "app": app,
+        "files": files.iter().map(|(path, data)| serde_json::json!({
+            "path": path,
+            "sha256": hex::encode(Sha256::digest(data)),
+            "size": data.len(),
+        })).collect::<Vec<_>>(),
+    });
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut append = |path: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        builder.append_data(&mut header, path, data).unwrap();
+    };
+    append("bulkhead-bundle.json", index.to_string().as_bytes());
+    for (path, data) in files {
+        append(path, data);
+    }
+    builder.into_inner().unwrap()
+}
+
+/// T18, T19: the database is a deploy channel, so a version written into
+/// its `deploys` table by someone who is not a signer (here: an unsigned
+/// manifest switching `/greet` to other code, inserted with SQL) is
+/// offered to every node, and every node refuses it through its own
+/// verification against the keys its serving version trusts: both keep
+/// serving version 1 and log the refusal.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_forged_in_the_database_is_refused_by_every_node_t18_t19() {
+    let cluster = Cluster::of_n(2, None, fanout_manifest, &["hello", "echo"]);
+    let signed = |app: &str| {
+        format!(
+            "{}\n[trust]\nsigners = [\"keys/release.pub\"]\n",
+            fanout_manifest(app)
+        )
+    };
+    let key = support::prod::keygen(&cluster.nodes[0], "release");
+    let public = std::fs::read(cluster.nodes[0].path().join("keys/release.pub")).unwrap();
+    for node in &cluster.nodes {
+        std::fs::write(node.path().join("bulkhead.toml"), signed(&cluster._db.app)).unwrap();
+        std::fs::create_dir_all(node.path().join("keys")).unwrap();
+        std::fs::write(node.path().join("keys/release.pub"), &public).unwrap();
+        support::prod::lock_and_sign(node, &key);
+    }
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    assert_eq!(greeting(&a).await, 1);
+    assert_eq!(greeting(&b).await, 1);
+
+    let forged = signed(&cluster._db.app).replace("hello.wasm", "echo.wasm");
+    let archive = forged_bundle(
+        &cluster._db.app,
+        &[
+            ("bulkhead.toml", forged.into_bytes()),
+            ("echo.wasm", std::fs::read(support::guest("echo")).unwrap()),
+            ("keys/release.pub", public),
+        ],
+    );
+    let schema = bulkhead_store::state::schema_for(&cluster._db.app, "dev");
+    psql(
+        &cluster._db.name,
+        &format!(
+            "INSERT INTO {schema}.deploys (kind, origin, files, archive, created_ms)
+             VALUES ('deploy', 'intruder', 'forged', decode('{}', 'hex'), 0);
+             NOTIFY {schema}_deploys, '1';",
+            hex::encode(&archive)
+        ),
+    );
+    for server in [&a, &b] {
+        let refused = server.wait_for_log(
+            |r| {
+                r["message"].as_str().is_some_and(|m| {
+                    m.starts_with("a version published by another node was refused here")
+                })
+            },
+            Duration::from_secs(30),
+        );
+        assert_eq!(refused["origin"], "intruder", "{refused}");
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not signed")),
+            "{refused}"
+        );
+        assert_eq!(greeting(server).await, 1);
+    }
+}
+
+/// `bulkhead ARGS APP_DIR EXTRA` with `stdin` and no master key file in
+/// the environment: an embedded `dev` app uses the key in its state.
+fn cli_embedded(app: &std::path::Path, args: &[&str], extra: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bulkhead"))
+        .args(args)
+        .arg(app)
+        .args(extra)
+        .env_remove("BULKHEAD_MASTER_KEY_FILE")
+        .env_remove("BULKHEAD_DATABASE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bulkhead runs");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().expect("bulkhead ends");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Issue 16: `bulkhead migrate-state` moves an embedded `dev` app's
+/// shared state into PostgreSQL. Served embedded first (its data keys
+/// under the `dev` key in its state directory): a subject-scoped record
+/// of alice's, an app-wide record, an API key, a secret. Migrated with the
+/// nodes' master key (the data keys wrapped again, T15), the app served
+/// on PostgreSQL reads every record, accepts the key and reads the
+/// secret; the move is audited; a second run is refused (no merge).
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_state_moves_an_embedded_app_into_postgres() {
+    let cluster = Cluster::of_n(1, None, manifest, &["kv", "config"]);
+    let node = &cluster.nodes[0];
+    let on_postgres = manifest(&cluster._db.app);
+    let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
+    assert!(on_postgres.contains(cluster_section));
+    let embedded = on_postgres.replace(cluster_section, "");
+    std::fs::write(node.path().join("bulkhead.toml"), &embedded).unwrap();
+
+    let created = cli_embedded(
+        node.path(),
+        &["keys", "create"],
+        &["--subject", "alice"],
+        b"",
+    );
+    let alice = String::from_utf8_lossy(&created.stdout).trim().to_string();
+    cli_embedded(
+        node.path(),
+        &["secrets", "set"],
+        &["api_token"],
+        b"tok_Moved42\n",
+    );
+    let server = Server::start(node);
+    let get = "/mine?op=get&store=private&key=k";
+    assert_eq!(
+        ok(
+            &server,
+            "/mine?op=set&store=private&key=k&value=alicevalue",
+            Some(&alice)
+        )
+        .await,
+        "ok"
+    );
+    assert_eq!(
+        ok(&server, "/w?op=set&store=shared&key=s&value=one", None).await,
+        "ok"
+    );
+    drop(server);
+    assert!(node.path().join(".bulkhead/dev/master.key").exists());
+
+    std::fs::write(node.path().join("bulkhead.toml"), &on_postgres).unwrap();
+    let out = cluster.cli_ok(0, &["migrate-state"], &[], b"");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("2 kv"), "{said}");
+    assert!(said.contains("1 secrets"), "{said}");
+    assert!(said.contains("1 credentials"), "{said}");
+    let moved = node.audit_records("state.migrated");
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["detail"]["rows"]["kv"], 2, "{moved:?}");
+
+    let server = cluster.serve(0);
+    assert_eq!(ok(&server, get, Some(&alice)).await, "value:alicevalue");
+    assert_eq!(
+        ok(&server, "/w?op=get&store=shared&key=s", None).await,
+        "value:one"
+    );
+    assert_eq!(
+        ok(&server, "/granted?key=api_token", None).await,
+        "value:[REDACTED]"
+    );
+    drop(server);
+
+    let again = cluster.cli(0, &["migrate-state"], &[], b"");
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds state"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

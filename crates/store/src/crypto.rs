@@ -147,6 +147,12 @@ impl MasterKey {
         Ok(out)
     }
 
+    /// `wrapped` (a data key under this master key) wrapped under `to`
+    /// instead (moving state to nodes that hold another master key).
+    pub(crate) fn rewrap(&self, wrapped: &[u8], to: &MasterKey) -> Result<Vec<u8>, CryptoError> {
+        to.wrap(&self.unwrap(wrapped)?)
+    }
+
     fn unwrap(&self, wrapped: &[u8]) -> Result<DataKey, CryptoError> {
         let mut key = Box::new([0u8; 32]);
         if wrapped.len() != WRAPPED_LEN {

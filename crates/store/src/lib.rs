@@ -22,6 +22,7 @@ pub mod queue;
 pub mod secrets;
 pub mod sql;
 pub mod state;
+pub mod state_move;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
