@@ -658,6 +658,11 @@ component = "hello.wasm"
 route = "/free"
 auth = "public"
 
+[[function]]
+name = "keyed"
+component = "hello.wasm"
+route = "/keyed"
+
 [cluster]
 backend = "postgres"
 database_url_file = "db-url"
@@ -750,7 +755,8 @@ impl Relay {
 /// the test cuts. While it is cut, A decides alone on its share (30 / 2
 /// live nodes: 10 more after its first 5, then 429), never "no budget"
 /// and never a 5xx; a function without a budget keeps working; the switch
-/// is logged. Once the relay is back, A
+/// is logged. A good API key that cannot be checked meanwhile gets a 503
+/// `credentials-unavailable` problem, not a 401 or a back-off (T03). Once the relay is back, A
 /// recovers by itself and adds what it admitted meanwhile to the shared
 /// totals, so across both nodes exactly 30 requests are admitted in all.
 #[tokio::test(flavor = "multi_thread")]
@@ -766,7 +772,9 @@ async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
         &[url.as_bytes()],
     )
     .unwrap();
+    let (_, key) = cluster.api_key(1, "dave");
     let (a, b) = (cluster.serve(0), cluster.serve(1));
+    ok(&a, "/keyed", Some(&key)).await;
     let mut admitted = 0;
     for server in [&a, &b] {
         for _ in 0..5 {
@@ -802,6 +810,20 @@ async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
     }
     assert_eq!(on_share, 10);
     admitted += on_share;
+    // A good API key cannot be checked: 503, never 401, and no strike
+    // (T03): after a dozen, the key still opens once the store answers.
+    for _ in 0..12 {
+        let reply = try_send(a.addr, {
+            let mut req = request("GET", a.addr, "/keyed", Bytes::new());
+            req.headers_mut()
+                .insert("authorization", format!("Bearer {key}").parse().unwrap());
+            req
+        })
+        .await
+        .expect("a response");
+        reply.assert_problem(503, "credentials-unavailable");
+        assert!(!reply.text().contains(&key));
+    }
     a.wait_for_log(
         |r| {
             r["message"]
@@ -831,6 +853,7 @@ async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
         admitted += usize::from(status == 200);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    ok(&a, "/keyed", Some(&key)).await;
     // Both nodes until the budget refuses: 30 in all, A's calls made on
     // its share included.
     for server in [&b, &a].iter().cycle().take(60) {

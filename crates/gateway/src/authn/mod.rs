@@ -302,11 +302,10 @@ impl Authenticator {
             )));
         }
         let verified = match kind {
-            CredentialKind::Jwt => self.verify_jwt(token),
+            CredentialKind::Jwt => self.verify_jwt(token).map_err(|reason| invalid(&reason)),
             CredentialKind::Session => self.verify_opaque(Kind::Session, token),
             CredentialKind::ApiKey => self.verify_opaque(Kind::ApiKey, token),
-        }
-        .map_err(|reason| invalid(&reason))?;
+        }?;
         let issuer = match kind {
             CredentialKind::Jwt => self.jwt.as_ref().map(JwtVerifier::issuer),
             CredentialKind::Session | CredentialKind::ApiKey => None,
@@ -341,9 +340,7 @@ impl Authenticator {
             Ok(None) => return Err(unauthenticated()),
             Err(reason) => return Err(invalid(reason)),
         };
-        let verified = self
-            .verify_opaque(Kind::Session, token)
-            .map_err(|reason| invalid(&reason))?;
+        let verified = self.verify_opaque(Kind::Session, token)?;
         Ok(Identity {
             principal: principal(CredentialKind::Session, None, &verified.subject),
             issuer: None,
@@ -372,14 +369,30 @@ impl Authenticator {
         }
     }
 
-    fn verify_opaque(&self, kind: Kind, token: &str) -> Result<Verified, String> {
-        let result = bulkhead_store::credentials::verify(&*self.credentials, kind, token);
-        match result.map_err(|e| format!("credential store unavailable: {e}"))? {
-            Ok(grant) => Ok(Verified {
+    /// A session or API key, checked in the credential store. A store
+    /// that does not answer (PostgreSQL unreachable, issue 16) is a 503,
+    /// never a 401: the credential may be good, so it is no guess (no
+    /// strike, T03) and a session cookie is not cleared (T12).
+    fn verify_opaque(&self, kind: Kind, token: &str) -> Result<Verified, Refusal> {
+        match bulkhead_store::credentials::verify(&*self.credentials, kind, token) {
+            Ok(Ok(grant)) => Ok(Verified {
                 subject: grant.subject,
                 scopes: grant.scopes,
             }),
-            Err(rejection) => Err(rejection.as_str().to_string()),
+            Ok(Err(rejection)) => Err(invalid(rejection.as_str())),
+            Err(e) => Err(Refusal {
+                problem: Box::new(
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "credentials-unavailable",
+                        "Credentials cannot be checked",
+                        "The credential store does not answer, so no session or API key can be checked; retry shortly.",
+                    )
+                    .retry_after(5),
+                ),
+                reason: format!("credential store unavailable: {e}"),
+                subject: None,
+            }),
         }
     }
 }
