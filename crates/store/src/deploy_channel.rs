@@ -158,7 +158,8 @@ impl DeployChannel {
             warn!(target: "bulkhead::deploy", "cannot listen for deploys from other nodes: no runtime");
             return;
         };
-        let config = self.pg.config().clone();
+        let (config, tls) = self.pg.config();
+        let (config, tls) = (config.clone(), tls.cloned());
         let listen = format!("LISTEN {}", self.channel());
         let (wake_tx, mut wake_rx) = tokio::sync::mpsc::channel::<()>(1);
         // The listening client (kept: dropping it closes the connection)
@@ -167,7 +168,7 @@ impl DeployChannel {
         loop {
             if connected.as_ref().is_none_or(|(_, c)| c.is_finished()) {
                 connected = runtime
-                    .block_on(connect_listener(&config, &listen, wake_tx.clone()))
+                    .block_on(connect_listener(&config, tls.as_ref(), &listen, wake_tx.clone()))
                     .map_err(|e| warn!(target: "bulkhead::deploy", error = %e, "cannot listen for deploys from other nodes; reading the table every few seconds instead"))
                     .ok();
             }
@@ -186,24 +187,43 @@ impl DeployChannel {
 /// which ends when the connection drops.
 async fn connect_listener(
     config: &tokio_postgres::Config,
+    tls: Option<&crate::pg_tls::MakeRustlsConnect>,
     listen: &str,
     wake: tokio::sync::mpsc::Sender<()>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
-    let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(PgError::of)?;
-    let driver = tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                    let _ = wake.try_send(());
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
-            }
+    let (client, driver) = match tls {
+        Some(tls) => {
+            let (client, connection) = config.connect(tls.clone()).await.map_err(PgError::of)?;
+            (client, tokio::spawn(drive(connection, wake)))
         }
-    });
+        None => {
+            let (client, connection) = config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(PgError::of)?;
+            (client, tokio::spawn(drive(connection, wake)))
+        }
+    };
     client.batch_execute(listen).await.map_err(PgError::of)?;
     Ok((client, driver))
+}
+
+/// Poll `connection` for notifications until it drops, waking the
+/// listener at each.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    wake: tokio::sync::mpsc::Sender<()>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                let _ = wake.try_send(());
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return,
+        }
+    }
 }

@@ -18,6 +18,7 @@ pub mod kv;
 pub mod ledger;
 pub mod meter;
 pub mod pg;
+pub mod pg_tls;
 pub mod queue;
 pub mod secrets;
 pub mod sql;

@@ -16,8 +16,11 @@
 //!   for over a channel, so it may be made from any thread, a server's
 //!   async workers included (they block for the round trip, as they do on
 //!   SQLite).
-//! - TLS to the database is not built in: a URL asking for it
-//!   (`sslmode=require`) is refused at open, never downgraded.
+//! - TLS to the database (T15): `sslmode=require` or `verify-full` in
+//!   the URL encrypts and verifies the server's certificate and name
+//!   against `sslrootcert` or the public roots ([`crate::pg_tls`]);
+//!   `verify-ca` is refused as weaker; `prefer` and `disable` connect in
+//!   the clear (a private network or a tunnel).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,29 +70,84 @@ pub struct Pg {
     schema: String,
     /// For a connection of its own outside the pool (LISTEN, issue 16).
     config: tokio_postgres::Config,
+    tls: Option<crate::pg_tls::MakeRustlsConnect>,
 }
 
-/// The parsed URL, refused when it asks for what this build cannot do.
-pub(crate) fn parse_url(config: &PgConfig) -> Result<tokio_postgres::Config, PgError> {
+/// A database URL as the driver takes it, and its TLS when it asks for it.
+pub(crate) type Parsed = (
+    tokio_postgres::Config,
+    Option<crate::pg_tls::MakeRustlsConnect>,
+);
+
+/// The parsed URL and, when it asks for TLS, the verifying connector;
+/// refused when it asks for what this build cannot do. Never echoes the
+/// URL (it may hold a password).
+pub(crate) fn parse_url(config: &PgConfig) -> Result<Parsed, PgError> {
     use secrecy::ExposeSecret as _;
     if !valid_schema(&config.schema) {
         return Err(PgError(
             "a PostgreSQL schema name is 1 to 50 of a-z, 0-9 and _, starting with a letter".into(),
         ));
     }
-    // The parser's message may quote the URL, password included.
-    let mut pg: tokio_postgres::Config = config.url.expose_secret().parse().map_err(|_| {
-        PgError("the PostgreSQL URL is not valid (sslmode may be disable or prefer)".into())
-    })?;
-    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(PgError(
-            "the PostgreSQL URL asks for TLS (sslmode=require), which this build does not support yet; reach the database over a private network or a local TLS tunnel and remove sslmode".into(),
-        ));
+    // `sslrootcert` and `verify-full` are libpq's, not the driver's: taken
+    // out of the URL here (URL form only; a plain path, not %-encoded).
+    let url = config.url.expose_secret();
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut mode = None;
+    let mut root = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => mode = Some(value.to_string()),
+            Some(("sslrootcert", value)) => root = Some(std::path::PathBuf::from(value)),
+            _ => kept.push(pair),
+        }
     }
+    let tls = match mode.as_deref() {
+        None | Some("disable" | "prefer") => {
+            if root.is_some() {
+                return Err(PgError(
+                    "the PostgreSQL URL names sslrootcert without sslmode=verify-full: add it, or remove sslrootcert".into(),
+                ));
+            }
+            None
+        }
+        Some("require" | "verify-full") => {
+            Some(crate::pg_tls::MakeRustlsConnect::new(root.as_deref())?)
+        }
+        Some("verify-ca") => {
+            return Err(PgError(
+                "sslmode=verify-ca checks the chain but not the database's name; use sslmode=verify-full".into(),
+            ));
+        }
+        Some(_) => {
+            return Err(PgError(
+                "the PostgreSQL URL's sslmode must be disable, prefer, require or verify-full"
+                    .into(),
+            ));
+        }
+    };
+    // What the driver is told: it only knows disable, prefer, require.
+    if mode.is_some() {
+        kept.push(match (&tls, mode.as_deref()) {
+            (Some(_), _) => "sslmode=require",
+            (None, Some("prefer")) => "sslmode=prefer",
+            (None, _) => "sslmode=disable",
+        });
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    // The parser's message may quote the URL, password included.
+    let mut pg: tokio_postgres::Config = url.parse().map_err(|_| {
+        PgError("the PostgreSQL URL is not valid (postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=/path/ca.pem])".into())
+    })?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
-    Ok(pg)
+    Ok((pg, tls))
 }
 
 /// A runtime of its own and a pool of up to `size` connections to the
@@ -99,14 +157,14 @@ pub(crate) fn connect(
     config: &PgConfig,
     size: usize,
 ) -> Result<(tokio::runtime::Runtime, Pool), PgError> {
-    let pg = parse_url(config)?;
-    let manager = deadpool_postgres::Manager::from_config(
-        pg,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        },
-    );
+    let (pg, tls) = parse_url(config)?;
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Some(tls) => deadpool_postgres::Manager::from_config(pg, tls, manager_config),
+        None => deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("bulkhead-postgres")
@@ -136,17 +194,19 @@ impl Pg {
     /// (with what to do) when the database cannot be reached.
     pub fn open(config: &PgConfig) -> Result<Arc<Self>, PgError> {
         let (runtime, pool) = connect(config, POOL_SIZE)?;
+        let parsed = parse_url(config)?;
         let pg = Arc::new(Self {
             runtime: Some(runtime),
             pool,
             schema: config.schema.clone(),
-            config: parse_url(config)?,
+            config: parsed.0,
+            tls: parsed.1,
         });
         let migration = migration(&config.schema);
         pg.call(move |pool| async move {
             let client = pool.get().await.map_err(|e| {
                 PgError(format!(
-                    "cannot reach the database ({e}); check that PostgreSQL is running and that the URL in BULKHEAD_DATABASE_URL or `database_url_file` names it"
+                    "cannot reach the database ({}); check that PostgreSQL is running and that the URL in BULKHEAD_DATABASE_URL or `database_url_file` names it", PgError::of(e).0
                 ))
             })?;
             client.batch_execute(&migration).await.map_err(PgError::of)
@@ -159,9 +219,14 @@ impl Pg {
         &self.schema
     }
 
-    /// The parsed URL, for a connection outside the pool.
-    pub(crate) fn config(&self) -> &tokio_postgres::Config {
-        &self.config
+    /// The parsed URL and its TLS, for a connection outside the pool.
+    pub(crate) fn config(
+        &self,
+    ) -> (
+        &tokio_postgres::Config,
+        Option<&crate::pg_tls::MakeRustlsConnect>,
+    ) {
+        (&self.config, self.tls.as_ref())
     }
 
     /// Run `work` on the connection's runtime and wait for its result.
