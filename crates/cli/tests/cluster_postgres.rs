@@ -639,18 +639,23 @@ async fn a_queue_on_postgres_is_consumed_by_both_nodes_t01() {
     drop((a, b));
 }
 
-fn budget_manifest(app: &str) -> String {
+/// An app named `app` of `functions`, its state on the test's PostgreSQL.
+fn on_postgres(app: &str, functions: &str) -> String {
     format!(
-        r#"
-[app]
-name = "{app}"
+        "[app]\nname = \"{app}\"\n{functions}\n[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n"
+    )
+}
 
+fn budget_manifest(app: &str) -> String {
+    on_postgres(
+        app,
+        r#"
 [[function]]
 name = "metered"
 component = "hello.wasm"
 route = "/metered"
 auth = "public"
-budget = {{ requests_per_day = 30 }}
+budget = { requests_per_day = 30 }
 
 [[function]]
 name = "free"
@@ -662,11 +667,7 @@ auth = "public"
 name = "keyed"
 component = "hello.wasm"
 route = "/keyed"
-
-[cluster]
-backend = "postgres"
-database_url_file = "db-url"
-"#
+"#,
     )
 }
 
@@ -873,21 +874,15 @@ async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
 }
 
 fn fanout_manifest(app: &str) -> String {
-    format!(
+    on_postgres(
+        app,
         r#"
-[app]
-name = "{app}"
-
 [[function]]
 name = "greet"
 component = "hello.wasm"
 route = "/greet"
 auth = "public"
-
-[cluster]
-backend = "postgres"
-database_url_file = "db-url"
-"#
+"#,
     )
 }
 

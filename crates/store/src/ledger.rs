@@ -190,33 +190,11 @@ impl SharedLedger {
                 let row = tx
                     .query_one(
                         &add,
-                        &[
-                            &k.day,
-                            &k.scope,
-                            &&*k.function,
-                            &&*k.caller,
-                            &big(one.requests),
-                            &big(worst.mib_us),
-                            &big(worst.egress),
-                        ],
+                        &params(k, &[&k.function, &k.caller], &[big(one.requests), big(worst.mib_us), big(worst.egress)]),
                     )
                     .await
                     .map_err(PgError::of)?;
-                let get = |c: usize| -> Result<u64, PgError> {
-                    Ok(small(row.try_get::<_, i64>(c).map_err(PgError::of)?))
-                };
-                totals[i] = ScopeTotals {
-                    spent: Tally {
-                        requests: get(0)?,
-                        mib_us: get(1)?,
-                        egress: get(2)?,
-                    },
-                    reserved: Tally {
-                        requests: 0,
-                        mib_us: get(3)?,
-                        egress: get(4)?,
-                    },
-                };
+                totals[i] = totals_of(&row)?;
             }
             if let Err(refused) = decide(&totals) {
                 tx.rollback().await.map_err(PgError::of)?;
@@ -448,21 +426,7 @@ impl SharedLedger {
                     out.push(ScopeTotals::default());
                     continue;
                 };
-                let get = |c: usize| -> Result<u64, PgError> {
-                    Ok(small(crate::pg::column::<i64>(row, c)?))
-                };
-                out.push(ScopeTotals {
-                    spent: Tally {
-                        requests: get(0)?,
-                        mib_us: get(1)?,
-                        egress: get(2)?,
-                    },
-                    reserved: Tally {
-                        requests: 0,
-                        mib_us: get(3)?,
-                        egress: get(4)?,
-                    },
-                });
+                out.push(totals_of(row)?);
             }
             Ok(out)
         })
@@ -639,20 +603,51 @@ async fn add_unadmitted(
         let k = &keys[i];
         tx.execute(
             &add,
-            &[
-                &k.day,
-                &k.scope,
-                &&*k.function,
-                &&*k.caller,
-                &big(used.requests),
-                &big(used.mib_us),
-                &big(used.egress),
-            ],
+            &params(
+                k,
+                &[&k.function, &k.caller],
+                &[big(used.requests), big(used.mib_us), big(used.egress)],
+            ),
         )
         .await
         .map_err(PgError::of)?;
     }
     tx.commit().await.map_err(PgError::of)
+}
+
+/// A scope's totals as a `budget_days` row's five counters return them.
+fn totals_of(row: &tokio_postgres::Row) -> Result<ScopeTotals, PgError> {
+    let get = |c: usize| -> Result<u64, PgError> { Ok(small(crate::pg::column::<i64>(row, c)?)) };
+    Ok(ScopeTotals {
+        spent: Tally {
+            requests: get(0)?,
+            mib_us: get(1)?,
+            egress: get(2)?,
+        },
+        reserved: Tally {
+            requests: 0,
+            mib_us: get(3)?,
+            egress: get(4)?,
+        },
+    })
+}
+
+/// `$1..$7` of the ledger's upserts: the key's four columns, then three
+/// amounts.
+fn params<'a>(
+    k: &'a LedgerKey,
+    names: &'a [&'a str; 2],
+    amounts: &'a [i64; 3],
+) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 7] {
+    [
+        &k.day,
+        &k.scope,
+        &names[0],
+        &names[1],
+        &amounts[0],
+        &amounts[1],
+        &amounts[2],
+    ]
 }
 
 /// The indexes of `keys` in the one order every transaction locks rows in.
