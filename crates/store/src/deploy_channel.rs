@@ -21,6 +21,9 @@ use crate::pg::{Pg, PgError};
 pub const POLL_EVERY: Duration = Duration::from_secs(5);
 /// Bundles kept in the table (the newest matter; older ones are history).
 const KEEP: i64 = 5;
+/// The largest bundle a node takes from the table: what its admin
+/// listener takes (a row written past it by hand is not loaded, T01).
+pub const MAX_ARCHIVE_BYTES: i32 = 64 << 20;
 
 /// A version one node activated, as the others receive it.
 #[derive(Debug, Clone)]
@@ -111,17 +114,21 @@ impl DeployChannel {
     }
 
     /// The newest version published after `seq`, if any (the ones between
-    /// are skipped: only the newest is served).
+    /// are skipped: only the newest is served). One over
+    /// [`MAX_ARCHIVE_BYTES`] comes with an empty archive (refused by the
+    /// node as a bundle it cannot read), never loaded.
     pub fn newest_after(&self, seq: i64) -> Result<Option<Published>, PgError> {
         let schema = self.pg.schema().to_string();
         self.pg.call(move |pool| async move {
             let rows = crate::pg::query(
                 &pool,
                 &format!(
-                    "SELECT seq, kind, origin, files, archive FROM {schema}.deploys
+                    "SELECT seq, kind, origin, files,
+                            CASE WHEN octet_length(archive) <= $2 THEN archive ELSE ''::BYTEA END
+                     FROM {schema}.deploys
                      WHERE seq > $1 ORDER BY seq DESC LIMIT 1"
                 ),
-                &[&seq],
+                &[&seq, &MAX_ARCHIVE_BYTES],
             )
             .await?;
             let Some(row) = rows.first() else {

@@ -106,6 +106,10 @@ pub struct SharedLedger {
 
 /// How long requests leave the database alone after a failed call.
 const BACK_OFF_MS: i64 = 2_000;
+/// The longest a request's ledger call may take (a database that stops
+/// answering without closing, or rows locked too long): then the node
+/// decides on its share. A request never waits on the network for longer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -168,7 +172,7 @@ impl SharedLedger {
         let node = self.node.clone();
         let order = locking_order(keys);
         let keys = keys.to_vec();
-        self.watch(self.pg.call(move |pool| async move {
+        self.watch(self.pg.call(move |pool| within(async move {
             let mut client = pool.get().await.map_err(PgError::of)?;
             let tx = client.transaction().await.map_err(PgError::of)?;
             let add = tx
@@ -230,7 +234,7 @@ impl SharedLedger {
             }
             tx.commit().await.map_err(PgError::of)?;
             Ok(Ok(()))
-        }))
+        })))
     }
 
     /// Whether a call failed less than [`BACK_OFF_MS`] ago.
@@ -313,95 +317,97 @@ impl SharedLedger {
     fn apply(&self, settlement: Settlement) -> Result<(), PgError> {
         let schema = self.pg.schema().to_string();
         let node = self.node.clone();
-        self.pg.call(move |pool| async move {
-            let (keys, used, worst, requests) = match &settlement {
-                Settlement::Used { keys, used, worst } => (keys, *used, *worst, 0i64),
-                Settlement::NeverRan { keys, worst } => (keys, Tally::default(), *worst, 1),
-                Settlement::Unadmitted { keys, used } => {
-                    return add_unadmitted(&pool, &schema, keys, *used).await;
-                }
-            };
-            let mut client = pool.get().await.map_err(PgError::of)?;
-            let tx = client.transaction().await.map_err(PgError::of)?;
-            // The scopes' rows first, as an admission locks them, then the
-            // holds: one order for every transaction, so none deadlock.
-            let lock = tx
-                .prepare_cached(&format!(
-                    "SELECT 1 FROM {schema}.budget_days
+        self.pg.call(move |pool| {
+            within(async move {
+                let (keys, used, worst, requests) = match &settlement {
+                    Settlement::Used { keys, used, worst } => (keys, *used, *worst, 0i64),
+                    Settlement::NeverRan { keys, worst } => (keys, Tally::default(), *worst, 1),
+                    Settlement::Unadmitted { keys, used } => {
+                        return add_unadmitted(&pool, &schema, keys, *used).await;
+                    }
+                };
+                let mut client = pool.get().await.map_err(PgError::of)?;
+                let tx = client.transaction().await.map_err(PgError::of)?;
+                // The scopes' rows first, as an admission locks them, then the
+                // holds: one order for every transaction, so none deadlock.
+                let lock = tx
+                    .prepare_cached(&format!(
+                        "SELECT 1 FROM {schema}.budget_days
                      WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4
                      FOR UPDATE"
-                ))
-                .await
-                .map_err(PgError::of)?;
-            let order = locking_order(keys);
-            for &i in &order {
-                let k = &keys[i];
-                tx.execute(&lock, &[&k.day, &k.scope, &&*k.function, &&*k.caller])
+                    ))
                     .await
                     .map_err(PgError::of)?;
-            }
-            let unhold = tx
-                .prepare_cached(&format!(
-                    "UPDATE {schema}.budget_holds
+                let order = locking_order(keys);
+                for &i in &order {
+                    let k = &keys[i];
+                    tx.execute(&lock, &[&k.day, &k.scope, &&*k.function, &&*k.caller])
+                        .await
+                        .map_err(PgError::of)?;
+                }
+                let unhold = tx
+                    .prepare_cached(&format!(
+                        "UPDATE {schema}.budget_holds
                      SET mib_us = mib_us - $6, egress = egress - $7
                      WHERE node = $1 AND day = $2 AND scope = $3 AND function = $4 AND caller = $5
                        AND mib_us >= $6 AND egress >= $7"
-                ))
-                .await
-                .map_err(PgError::of)?;
-            let settle = tx
-                .prepare_cached(&format!(
-                    "UPDATE {schema}.budget_days SET
+                    ))
+                    .await
+                    .map_err(PgError::of)?;
+                let settle = tx
+                    .prepare_cached(&format!(
+                        "UPDATE {schema}.budget_days SET
                          requests = GREATEST(0, requests - $5),
                          mib_us = mib_us + $6,
                          egress = egress + $7,
                          reserved_mib_us = GREATEST(0, reserved_mib_us - $8),
                          reserved_egress = GREATEST(0, reserved_egress - $9)
                      WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4"
-                ))
-                .await
-                .map_err(PgError::of)?;
-            for &i in &order {
-                let k = &keys[i];
-                let held = tx
-                    .execute(
-                        &unhold,
+                    ))
+                    .await
+                    .map_err(PgError::of)?;
+                for &i in &order {
+                    let k = &keys[i];
+                    let held = tx
+                        .execute(
+                            &unhold,
+                            &[
+                                &node,
+                                &k.day,
+                                &k.scope,
+                                &&*k.function,
+                                &&*k.caller,
+                                &big(worst.mib_us),
+                                &big(worst.egress),
+                            ],
+                        )
+                        .await
+                        .map_err(PgError::of)?
+                        > 0;
+                    let (off_mib_us, off_egress) = if held {
+                        (big(worst.mib_us), big(worst.egress))
+                    } else {
+                        (0, 0)
+                    };
+                    tx.execute(
+                        &settle,
                         &[
-                            &node,
                             &k.day,
                             &k.scope,
                             &&*k.function,
                             &&*k.caller,
-                            &big(worst.mib_us),
-                            &big(worst.egress),
+                            &requests,
+                            &big(used.mib_us),
+                            &big(used.egress),
+                            &off_mib_us,
+                            &off_egress,
                         ],
                     )
                     .await
-                    .map_err(PgError::of)?
-                    > 0;
-                let (off_mib_us, off_egress) = if held {
-                    (big(worst.mib_us), big(worst.egress))
-                } else {
-                    (0, 0)
-                };
-                tx.execute(
-                    &settle,
-                    &[
-                        &k.day,
-                        &k.scope,
-                        &&*k.function,
-                        &&*k.caller,
-                        &requests,
-                        &big(used.mib_us),
-                        &big(used.egress),
-                        &off_mib_us,
-                        &off_egress,
-                    ],
-                )
-                .await
-                .map_err(PgError::of)?;
-            }
-            tx.commit().await.map_err(PgError::of)
+                    .map_err(PgError::of)?;
+                }
+                tx.commit().await.map_err(PgError::of)
+            })
         })
     }
 
@@ -613,6 +619,13 @@ async fn add_unadmitted(
         .map_err(PgError::of)?;
     }
     tx.commit().await.map_err(PgError::of)
+}
+
+/// `work`, or an error once [`CALL_TIMEOUT`] has passed.
+async fn within<T>(work: impl Future<Output = Result<T, PgError>>) -> Result<T, PgError> {
+    tokio::time::timeout(CALL_TIMEOUT, work)
+        .await
+        .unwrap_or_else(|_| Err(PgError("the budget ledger did not answer in time".into())))
 }
 
 /// A scope's totals as a `budget_days` row's five counters return them.
