@@ -213,27 +213,43 @@ impl Live {
                 return;
             }
         };
-        *seen = published.seq;
         if published.origin == fanout.node || self.serving_files() == Some(published.files.clone())
         {
+            *seen = published.seq;
             return;
         }
         let Published {
+            seq,
             kind,
             origin,
             files,
             archive,
-            ..
         } = published;
-        // A rollback goes back in time only to a version this node kept
-        // too; otherwise it is held to a deploy's rules (no replay, T19).
-        let rollback = kind == "rollback" && self.keeps(&files);
         let who = Who(format!("cluster (node {origin})"));
-        match self.install(&archive, &who, FROM_CLUSTER, "", rollback) {
+        // A rollback goes back in time only to a version this node kept
+        // itself, installed from its own files: the row's archive and its
+        // `files` are a database writer's word, so a rollback never
+        // installs them (T18, T19; outside review: an old signed version
+        // labelled a rollback skipped the replay check). One this node
+        // never kept is held to a deploy's rules.
+        let kept = (kind == "rollback")
+            .then(|| self.kept_version(&files))
+            .flatten();
+        let result = match &kept {
+            Some(version) => self.roll_back(version, &who, "", false),
+            None => self.install(&archive, &who, FROM_CLUSTER, ""),
+        };
+        match result {
             Ok(outcome) => {
+                *seen = seq;
                 info!(target: "bulkhead::deploy", version = %outcome.version, origin = %origin, "a version published by another node is now serving here")
             }
+            // Nothing wrong with the version: tried again at the next wake.
+            Err(e @ (DeployError::Busy | DeployError::Failed(_))) => {
+                warn!(target: "bulkhead::deploy", origin = %origin, error = %e, "a version published by another node could not be installed yet; retrying")
+            }
             Err(e) => {
+                *seen = seq;
                 warn!(target: "bulkhead::deploy", origin = %origin, error = %e, "a version published by another node was refused here; this node keeps serving its version")
             }
         }
@@ -246,11 +262,12 @@ impl Live {
         Some(files_digest(&record.files))
     }
 
-    /// Whether a version with these files is kept here.
-    fn keeps(&self, files: &str) -> bool {
-        self.versions.list().is_ok_and(|list| {
-            list.iter()
-                .any(|record| files_digest(&record.files) == files)
+    /// The kept version with these files, if any.
+    fn kept_version(&self, files: &str) -> Option<String> {
+        self.versions.list().ok().and_then(|list| {
+            list.into_iter()
+                .find(|record| files_digest(&record.files) == files)
+                .map(|record| record.name)
         })
     }
 
@@ -301,7 +318,7 @@ impl Live {
             .map_err(|problems| self.refused(who, "", None, problems))?;
         let (archive, _) =
             bundle::pack(&app).map_err(|problem| self.refused(who, "", None, vec![problem]))?;
-        self.install(&archive, who, "sighup", "", false)
+        self.install(&archive, who, "sighup", "")
     }
 
     /// Keep APP_DIR as served at start as a version, unless it is the
@@ -342,15 +359,13 @@ impl Live {
     }
 
     /// Unpack, verify, keep and switch to `archive`; publish it to the
-    /// other nodes unless it came from them. `rollback`: it may go back in
-    /// time (a version another node rolled back to, kept here too).
+    /// other nodes unless it came from them.
     fn install(
         &self,
         archive: &[u8],
         who: &Who,
         source: &str,
         correlation_id: &str,
-        rollback: bool,
     ) -> Result<DeployOutcome, DeployError> {
         let _guard = self.try_busy()?;
         let staging = self
@@ -374,7 +389,7 @@ impl Live {
                 return Err(private);
             }
             self.carry_private(&files)?;
-            let verified = self.verify(&files, rollback, &paths)?;
+            let verified = self.verify(&files, false, &paths)?;
             Ok((index, verified))
         });
         let (index, verified) = match verified {
@@ -394,10 +409,9 @@ impl Live {
             let _ = std::fs::remove_dir_all(&staging);
             DeployError::Failed(format!("{e:#}"))
         })?;
-        let kind = if rollback { "rollback" } else { "deploy" };
-        let mut outcome = self.switch(verified, &record, who, correlation_id, kind)?;
+        let mut outcome = self.switch(verified, &record, who, correlation_id, "deploy")?;
         if source != FROM_CLUSTER
-            && let Some(cluster) = self.publish(kind, archive.to_vec(), &record.files)
+            && let Some(cluster) = self.publish("deploy", archive.to_vec(), &record.files)
         {
             outcome.report["cluster"] = cluster;
         }
@@ -699,7 +713,7 @@ impl Deployer for Live {
         who: &Who,
         correlation_id: &str,
     ) -> Result<DeployOutcome, DeployError> {
-        self.install(bundle, who, "deploy", correlation_id, false)
+        self.install(bundle, who, "deploy", correlation_id)
     }
 
     fn rollback(
@@ -707,6 +721,31 @@ impl Deployer for Live {
         version: &str,
         who: &Who,
         correlation_id: &str,
+    ) -> Result<DeployOutcome, DeployError> {
+        self.roll_back(version, who, correlation_id, true)
+    }
+
+    fn versions(&self) -> Result<serde_json::Value, DeployError> {
+        let list = self
+            .versions
+            .list()
+            .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
+        Ok(json!({
+            "current": self.versions.current(),
+            "versions": list,
+        }))
+    }
+}
+
+impl Live {
+    /// Switch back to the kept `version`, verified again as a deploy is;
+    /// `publish`: tell the other nodes (not when they asked).
+    fn roll_back(
+        &self,
+        version: &str,
+        who: &Who,
+        correlation_id: &str,
+        publish: bool,
     ) -> Result<DeployOutcome, DeployError> {
         let _guard = self.try_busy()?;
         let record = self
@@ -725,8 +764,9 @@ impl Deployer for Live {
             )
             .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
         // The kept files as a bundle, for the other nodes (issue 16).
-        let archive = crate::load_app_in(&self.versions.files(&record.name), &self.env)
-            .ok()
+        let archive = publish
+            .then(|| crate::load_app_in(&self.versions.files(&record.name), &self.env).ok())
+            .flatten()
             .and_then(|app| bundle::pack(&app).ok());
         let mut outcome = self.switch(verified, &record, who, correlation_id, "rollback")?;
         if let Some((archive, _)) = archive
@@ -735,17 +775,6 @@ impl Deployer for Live {
             outcome.report["cluster"] = cluster;
         }
         Ok(outcome)
-    }
-
-    fn versions(&self) -> Result<serde_json::Value, DeployError> {
-        let list = self
-            .versions
-            .list()
-            .map_err(|e| DeployError::Failed(format!("{e:#}")))?;
-        Ok(json!({
-            "current": self.versions.current(),
-            "versions": list,
-        }))
     }
 }
 

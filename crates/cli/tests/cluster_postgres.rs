@@ -987,7 +987,10 @@ fn forged_bundle(app: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
 /// manifest switching `/greet` to other code, inserted with SQL) is
 /// offered to every node, and every node refuses it through its own
 /// verification against the keys its serving version trusts: both keep
-/// serving version 1 and log the refusal.
+/// serving version 1 and log the refusal. Then (outside review, high) an
+/// old version the trusted key signed but nobody deployed, inserted as a
+/// *rollback* naming the files of a version every node kept: each node
+/// rolls back to its own kept copy, and the old code never runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_forged_in_the_database_is_refused_by_every_node_t18_t19() {
     let cluster = Cluster::of_n(2, None, fanout_manifest, &["hello", "echo"]);
@@ -999,6 +1002,16 @@ async fn a_version_forged_in_the_database_is_refused_by_every_node_t18_t19() {
     };
     let key = support::prod::keygen(&cluster.nodes[0], "release");
     let public = std::fs::read(cluster.nodes[0].path().join("keys/release.pub")).unwrap();
+    // An old version, signed by the trusted key but never deployed: `greet`
+    // runs echo. Signatures count seconds: v1 below is signed later.
+    let old = TestApp::new(
+        &signed(&cluster._db.app).replace("hello.wasm", "echo.wasm"),
+        &["echo"],
+    );
+    std::fs::create_dir_all(old.path().join("keys")).unwrap();
+    std::fs::write(old.path().join("keys/release.pub"), &public).unwrap();
+    support::prod::lock_and_sign(&old, &key);
+    std::thread::sleep(Duration::from_millis(1100));
     for node in &cluster.nodes {
         std::fs::write(node.path().join("bulkhead.toml"), signed(&cluster._db.app)).unwrap();
         std::fs::create_dir_all(node.path().join("keys")).unwrap();
@@ -1045,6 +1058,69 @@ async fn a_version_forged_in_the_database_is_refused_by_every_node_t18_t19() {
             "{refused}"
         );
         assert_eq!(greeting(server).await, 1);
+    }
+
+    // Two signed deploys through A, which B installs and keeps (v2, v3).
+    let admin = format!("http://{}", a.admin.expect("A's admin listener"));
+    for n in [2, 3] {
+        std::thread::sleep(Duration::from_millis(1100));
+        let manifest = format!("{}# version {n}\n", signed(&cluster._db.app));
+        std::fs::write(cluster.nodes[0].path().join("bulkhead.toml"), manifest).unwrap();
+        support::prod::lock_and_sign(&cluster.nodes[0], &key);
+        cluster.cli_ok(0, &["deploy"], &["--to", &admin], b"");
+        wait_for_serving_from_cluster(&b, n - 1).await;
+    }
+    // H1 of the outside review: the old signed version, labelled a
+    // rollback to v2's files (which every node kept), must not run: a
+    // rollback installs the node's own kept files, never the row's archive.
+    let files = [
+        "bulkhead.toml",
+        "bulkhead.toml.minisig",
+        "bulkhead.lock",
+        "bulkhead.lock.minisig",
+        "echo.wasm",
+        "echo.wasm.minisig",
+        "keys/release.pub",
+    ];
+    let old_files: Vec<(&str, Vec<u8>)> = files
+        .iter()
+        .filter_map(|f| std::fs::read(old.path().join(f)).ok().map(|d| (*f, d)))
+        .collect();
+    let archive = forged_bundle(&cluster._db.app, &old_files);
+    psql(
+        &cluster._db.name,
+        &format!(
+            "INSERT INTO {schema}.deploys (kind, origin, files, archive, created_ms)
+             SELECT 'rollback', 'replayer', files, decode('{}', 'hex'), 0
+             FROM {schema}.deploys WHERE kind = 'deploy' AND origin <> 'intruder' ORDER BY seq LIMIT 1;
+             NOTIFY {schema}_deploys, '1';",
+            hex::encode(&archive)
+        ),
+    );
+    wait_for_serving_from_cluster(&b, 3).await;
+    for server in [&a, &b] {
+        assert_eq!(greeting(server).await, 1, "the old signed version runs");
+    }
+}
+
+/// Wait (bounded) until `server` logged `n` versions from the cluster
+/// now serving.
+async fn wait_for_serving_from_cluster(server: &Server, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = server
+            .logs()
+            .iter()
+            .filter(|r| r["message"] == "a version published by another node is now serving here")
+            .count();
+        if seen >= n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{seen} of {n} versions from the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
