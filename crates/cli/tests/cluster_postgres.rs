@@ -917,7 +917,12 @@ async fn a_deploy_on_one_node_reaches_every_node_t19() {
     assert_eq!(greeting(&a).await, 1);
     assert_eq!(greeting(&b).await, 1);
 
-    let v2 = fanout_manifest(&cluster._db.app).replace("hello.wasm", "echo.wasm");
+    // Version 2 also adds a function above `[cluster]`, moving that line:
+    // still the same cluster settings (outside review, low).
+    let v2 = on_postgres(
+        &cluster._db.app,
+        "\n[[function]]\nname = \"greet\"\ncomponent = \"echo.wasm\"\nroute = \"/greet\"\nauth = \"public\"\n\n[[function]]\nname = \"extra\"\ncomponent = \"hello.wasm\"\nroute = \"/extra\"\nauth = \"public\"\n",
+    );
     std::fs::write(cluster.nodes[0].path().join("bulkhead.toml"), v2).unwrap();
     let admin = format!("http://{}", a.admin.expect("A's admin listener"));
     let out = cluster.cli_ok(0, &["deploy"], &["--to", &admin], b"");

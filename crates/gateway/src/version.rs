@@ -218,7 +218,13 @@ impl Fixed {
                     ),
                 ),
                 ("[telemetry]", format!("{:?}", app.telemetry)),
-                ("[cluster]", format!("{:?}", app.cluster)),
+                // Where `backend` is written is no setting (outside review:
+                // a line added above `[cluster]` refused every deploy).
+                ("[cluster]", {
+                    let mut cluster = app.cluster.clone();
+                    cluster.backend_location = None;
+                    format!("{cluster:?}")
+                }),
                 ("[audit] max_size", format!("{:?}", app.audit_max_size)),
                 (
                     "the declared stores (names, kinds, scope, retention; migrations may change)",

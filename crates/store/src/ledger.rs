@@ -21,7 +21,7 @@
 //!   blip holds reservations a little longer, never forever.
 //! - Rows name callers (personal data, T20) and are deleted two days on.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -44,7 +44,7 @@ const KEEP_DAYS: i64 = 2;
 /// One budget scope of one day: which (`scope`, an index the caller
 /// gives meaning to), of which function and caller (empty when the scope
 /// is app-wide or not per caller).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LedgerKey {
     pub day: i64,
     pub scope: i16,
@@ -95,6 +95,11 @@ pub struct SharedLedger {
     /// every start, so a restarted node's old reservations are reaped.
     node: String,
     unsettled: Mutex<VecDeque<Settlement>>,
+    /// What this node's admitted, unsettled calls reserve, per scope: the
+    /// truth its `budget_holds` rows are brought back to at every beat
+    /// (outside review: a commit whose answer was lost, or a late
+    /// settlement, left holds that no settlement would ever take off).
+    in_flight: Arc<Mutex<HashMap<LedgerKey, Tally>>>,
     /// Nodes that beat within [`DEAD_AFTER_MS`], at the last beat: what a
     /// node divides the budgets by while the ledger is unreachable.
     live_nodes: std::sync::atomic::AtomicUsize,
@@ -128,6 +133,7 @@ impl SharedLedger {
         let ledger = Arc::new(Self {
             node: hex::encode(id),
             unsettled: Mutex::new(VecDeque::new()),
+            in_flight: Arc::default(),
             live_nodes: std::sync::atomic::AtomicUsize::new(1),
             down_until_ms: std::sync::atomic::AtomicI64::new(0),
             pg,
@@ -172,6 +178,7 @@ impl SharedLedger {
         let node = self.node.clone();
         let order = locking_order(keys);
         let keys = keys.to_vec();
+        let in_flight = self.in_flight.clone();
         self.watch(self.pg.call(move |pool| within(async move {
             let mut client = pool.get().await.map_err(PgError::of)?;
             let tx = client.transaction().await.map_err(PgError::of)?;
@@ -232,7 +239,13 @@ impl SharedLedger {
                 .await
                 .map_err(PgError::of)?;
             }
-            tx.commit().await.map_err(PgError::of)?;
+            // Counted before the commit, under the scopes' row locks, so a
+            // beat's reconciliation never misses a committed admission.
+            track(&in_flight, &keys, worst, true);
+            if let Err(e) = tx.commit().await {
+                track(&in_flight, &keys, worst, false);
+                return Err(PgError::of(e));
+            }
             Ok(Ok(()))
         })))
     }
@@ -260,6 +273,7 @@ impl SharedLedger {
     /// reservation `worst` becomes that. Never fails: a settlement the
     /// database does not take now is retried by the heartbeat.
     pub fn settle(&self, keys: Vec<LedgerKey>, used: Tally, worst: Tally) {
+        track(&self.in_flight, &keys, worst, false);
         self.apply_or_keep(Settlement::Used { keys, used, worst });
     }
 
@@ -280,6 +294,7 @@ impl SharedLedger {
     /// A call admitted under `keys` never ran: its request and its
     /// reservation are given back.
     pub fn give_back(&self, keys: Vec<LedgerKey>, worst: Tally) {
+        track(&self.in_flight, &keys, worst, false);
         self.apply_or_keep(Settlement::NeverRan { keys, worst });
     }
 
@@ -296,7 +311,22 @@ impl SharedLedger {
         }
     }
 
+    /// Keep `settlement` for a retry. Only its usage is retried: its
+    /// reservation is the beat's to reconcile (a failed commit may have
+    /// landed, so retrying it whole could take it off twice). A call that
+    /// never ran stays counted: the safe side.
     fn keep(&self, settlement: Settlement) {
+        let settlement = match settlement {
+            Settlement::Used { keys, used, .. } => Settlement::Unadmitted {
+                keys,
+                used: Tally {
+                    requests: 0,
+                    ..used
+                },
+            },
+            Settlement::NeverRan { .. } => return,
+            unadmitted @ Settlement::Unadmitted { .. } => unadmitted,
+        };
         let mut unsettled = self
             .unsettled
             .lock()
@@ -444,10 +474,20 @@ impl SharedLedger {
     pub fn beat(&self) -> Result<(), PgError> {
         let schema = self.pg.schema().to_string();
         let node = self.node.clone();
-        let now = now_ms();
-        let today = now.div_euclid(86_400_000);
+        let today = now_ms().div_euclid(86_400_000);
+        let in_flight = self.in_flight.clone();
         self.watch(self.pg.call(move |pool| async move {
             let mut client = pool.get().await.map_err(PgError::of)?;
+            // The database's clock, not the node's: nodes whose clocks
+            // disagree never declare each other dead (outside review).
+            let now: i64 = client
+                .query_one(
+                    "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT",
+                    &[],
+                )
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(PgError::of)?;
             client
                 .execute(
                     &format!(
@@ -476,7 +516,7 @@ impl SharedLedger {
                          SELECT h.day, h.scope, h.function, h.caller
                          FROM {schema}.budget_holds h JOIN {schema}.budget_nodes n USING (node)
                          WHERE n.seen_ms < $1)
-                     ORDER BY d.day, d.scope, d.function, d.caller
+                     ORDER BY d.day, d.scope, d.function COLLATE \"C\", d.caller COLLATE \"C\"
                      FOR UPDATE OF d"
                 ),
                 &[&(now - DEAD_AFTER_MS)],
@@ -507,6 +547,7 @@ impl SharedLedger {
             .await
             .map_err(PgError::of)?;
             tx.commit().await.map_err(PgError::of)?;
+            reconcile(&mut client, &schema, &node, &in_flight).await?;
             client
                 .batch_execute(&format!(
                     "DELETE FROM {schema}.budget_holds WHERE node = '{node}' AND mib_us = 0 AND egress = 0;
@@ -614,6 +655,149 @@ async fn add_unadmitted(
                 &[&k.function, &k.caller],
                 &[big(used.requests), big(used.mib_us), big(used.egress)],
             ),
+        )
+        .await
+        .map_err(PgError::of)?;
+    }
+    tx.commit().await.map_err(PgError::of)
+}
+
+/// Add (`on`) or take off `worst` for each of `keys` in `in_flight`.
+fn track(in_flight: &Mutex<HashMap<LedgerKey, Tally>>, keys: &[LedgerKey], worst: Tally, on: bool) {
+    let mut map = in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for k in keys {
+        let held = map.entry(k.clone()).or_default();
+        if on {
+            held.mib_us = held.mib_us.saturating_add(worst.mib_us);
+            held.egress = held.egress.saturating_add(worst.egress);
+        } else {
+            held.mib_us = held.mib_us.saturating_sub(worst.mib_us);
+            held.egress = held.egress.saturating_sub(worst.egress);
+        }
+        if held.mib_us == 0 && held.egress == 0 {
+            map.remove(k);
+        }
+    }
+}
+
+/// Bring this node's holds back to what its running calls reserve
+/// (`in_flight`), moving each scope's reservation by the difference, in
+/// one transaction and the admissions' locking order: a hold a lost
+/// commit or a late settlement left behind is given back, one taken off
+/// twice is put back.
+async fn reconcile(
+    client: &mut deadpool_postgres::Object,
+    schema: &str,
+    node: &str,
+    in_flight: &Mutex<HashMap<LedgerKey, Tally>>,
+) -> Result<(), PgError> {
+    let tx = client.transaction().await.map_err(PgError::of)?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT day, scope, function, caller FROM {schema}.budget_holds
+                 WHERE node = $1 AND (mib_us <> 0 OR egress <> 0)"
+            ),
+            &[&node],
+        )
+        .await
+        .map_err(PgError::of)?;
+    let mut keys: Vec<LedgerKey> = rows
+        .iter()
+        .map(|r| {
+            Ok(LedgerKey {
+                day: r.try_get(0).map_err(PgError::of)?,
+                scope: r.try_get(1).map_err(PgError::of)?,
+                function: Arc::from(r.try_get::<_, &str>(2).map_err(PgError::of)?),
+                caller: Arc::from(r.try_get::<_, &str>(3).map_err(PgError::of)?),
+            })
+        })
+        .collect::<Result<_, PgError>>()?;
+    keys.extend(
+        in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .cloned(),
+    );
+    keys.sort();
+    keys.dedup();
+    for k in &keys {
+        tx.execute(
+            &format!(
+                "SELECT 1 FROM {schema}.budget_days
+                 WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4 FOR UPDATE"
+            ),
+            &[&k.day, &k.scope, &&*k.function, &&*k.caller],
+        )
+        .await
+        .map_err(PgError::of)?;
+    }
+    // Read under the locks: an admission counts itself before it commits.
+    let truth = in_flight
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    for k in &keys {
+        let held = tx
+            .query(
+                &format!(
+                    "SELECT mib_us, egress FROM {schema}.budget_holds
+                     WHERE node = $1 AND day = $2 AND scope = $3 AND function = $4 AND caller = $5
+                     FOR UPDATE"
+                ),
+                &[&node, &k.day, &k.scope, &&*k.function, &&*k.caller],
+            )
+            .await
+            .map_err(PgError::of)?;
+        let (mib_us, egress): (i64, i64) = match held.first() {
+            Some(row) => (
+                row.try_get(0).map_err(PgError::of)?,
+                row.try_get(1).map_err(PgError::of)?,
+            ),
+            None => (0, 0),
+        };
+        let want = truth.get(k).copied().unwrap_or_default();
+        let (want_mib_us, want_egress) = (big(want.mib_us), big(want.egress));
+        if (mib_us, egress) == (want_mib_us, want_egress) {
+            continue;
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {schema}.budget_holds (node, day, scope, function, caller, mib_us, egress)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (node, day, scope, function, caller) DO UPDATE SET
+                     mib_us = EXCLUDED.mib_us, egress = EXCLUDED.egress"
+            ),
+            &[
+                &node,
+                &k.day,
+                &k.scope,
+                &&*k.function,
+                &&*k.caller,
+                &want_mib_us,
+                &want_egress,
+            ],
+        )
+        .await
+        .map_err(PgError::of)?;
+        tx.execute(
+            &format!(
+                "UPDATE {schema}.budget_days SET
+                     reserved_mib_us = GREATEST(0, reserved_mib_us - $5),
+                     reserved_egress = GREATEST(0, reserved_egress - $6)
+                 WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4"
+            ),
+            &[
+                &k.day,
+                &k.scope,
+                &&*k.function,
+                &&*k.caller,
+                &(mib_us - want_mib_us),
+                &(egress - want_egress),
+            ],
         )
         .await
         .map_err(PgError::of)?;

@@ -210,3 +210,56 @@ fn a_dead_nodes_reservations_are_given_back_once_t04() {
     assert_eq!(done.reserved, Tally::default());
     assert_eq!(done.spent.mib_us, 10);
 }
+
+/// T04 (outside review, medium): a reservation the node no longer has a
+/// call for (an admission whose commit landed though its answer was lost,
+/// or a settlement that failed) is given back by the node's next beat, and
+/// one taken off twice is put back: the holds follow the calls really
+/// running, whatever happened on the wire.
+#[test]
+fn a_nodes_holds_are_reconciled_with_its_running_calls_t04() {
+    let db = PgDatabase::create();
+    let nodes = nodes(&db, 1);
+    let a = &nodes.ledgers[0];
+    let day = today();
+    assert!(
+        a.admit(&[key(day)], ONE, WORST, within(10))
+            .unwrap()
+            .is_ok()
+    );
+    // As if a second admission committed but its answer never came back.
+    db.query(&format!(
+        "UPDATE {s}.budget_holds SET mib_us = mib_us + 5000, egress = egress + 50 WHERE node = '{n}';
+         UPDATE {s}.budget_days SET reserved_mib_us = reserved_mib_us + 5000, reserved_egress = reserved_egress + 50;",
+        s = db.schema,
+        n = a.node()
+    ));
+    assert_eq!(a.totals(&[key(day)]).unwrap()[0].reserved.mib_us, 6000);
+    a.beat().unwrap();
+    let fixed = a.totals(&[key(day)]).unwrap()[0];
+    assert_eq!(
+        fixed.reserved,
+        Tally {
+            requests: 0,
+            ..WORST
+        }
+    );
+    // Taken off twice (a late settlement of a reaped call): put back.
+    db.query(&format!(
+        "UPDATE {s}.budget_holds SET mib_us = 0, egress = 0;
+         UPDATE {s}.budget_days SET reserved_mib_us = 0, reserved_egress = 0;",
+        s = db.schema
+    ));
+    a.beat().unwrap();
+    assert_eq!(
+        a.totals(&[key(day)]).unwrap()[0].reserved,
+        Tally {
+            requests: 0,
+            ..WORST
+        }
+    );
+    // Settled: nothing held, and the beat keeps it so.
+    a.settle(vec![key(day)], Tally::default(), WORST);
+    a.beat().unwrap();
+    assert_eq!(a.totals(&[key(day)]).unwrap()[0].reserved, Tally::default());
+}
