@@ -222,23 +222,18 @@ impl Live {
             seq,
             kind,
             origin,
-            files,
             archive,
+            ..
         } = published;
         let who = Who(format!("cluster (node {origin})"));
-        // A rollback goes back in time only to a version this node kept
-        // itself, installed from its own files: the row's archive and its
-        // `files` are a database writer's word, so a rollback never
-        // installs them (T18, T19; outside review: an old signed version
-        // labelled a rollback skipped the replay check). One this node
-        // never kept is held to a deploy's rules.
-        let kept = (kind == "rollback")
-            .then(|| self.kept_version(&files))
-            .flatten();
-        let result = match &kept {
-            Some(version) => self.roll_back(version, &who, "", false),
-            None => self.install(&archive, &who, FROM_CLUSTER, ""),
-        };
+        // Every row is held to a deploy's rules, a rollback too: the
+        // database is no admin, so it can never take a node back in time
+        // (T18, T19; two outside reviews: a row labelled a rollback skipped
+        // the replay check, then lowered the replay floor so that an older
+        // signed version followed). Without signers (`dev`) a rollback
+        // still fans out; with them, roll each node back through its admin
+        // listener.
+        let result = self.install(&archive, &who, FROM_CLUSTER, "");
         match result {
             Ok(outcome) => {
                 *seen = seq;
@@ -250,7 +245,11 @@ impl Live {
             }
             Err(e) => {
                 *seen = seq;
-                warn!(target: "bulkhead::deploy", origin = %origin, error = %e, "a version published by another node was refused here; this node keeps serving its version")
+                if kind == "rollback" {
+                    warn!(target: "bulkhead::deploy", origin = %origin, error = %e, "a rollback on another node is not applied here: an older signed version is never taken from the database; roll this node back with `bulkhead rollback --admin`");
+                } else {
+                    warn!(target: "bulkhead::deploy", origin = %origin, error = %e, "a version published by another node was refused here; this node keeps serving its version");
+                }
             }
         }
     }
@@ -260,15 +259,6 @@ impl Live {
         let current = self.versions.current()?;
         let record = self.versions.record(&current).ok()?;
         Some(files_digest(&record.files))
-    }
-
-    /// The kept version with these files, if any.
-    fn kept_version(&self, files: &str) -> Option<String> {
-        self.versions.list().ok().and_then(|list| {
-            list.into_iter()
-                .find(|record| files_digest(&record.files) == files)
-                .map(|record| record.name)
-        })
     }
 
     /// Publish a version this node activated, for the others; what the
@@ -722,7 +712,7 @@ impl Deployer for Live {
         who: &Who,
         correlation_id: &str,
     ) -> Result<DeployOutcome, DeployError> {
-        self.roll_back(version, who, correlation_id, true)
+        self.roll_back(version, who, correlation_id)
     }
 
     fn versions(&self) -> Result<serde_json::Value, DeployError> {
@@ -738,14 +728,13 @@ impl Deployer for Live {
 }
 
 impl Live {
-    /// Switch back to the kept `version`, verified again as a deploy is;
-    /// `publish`: tell the other nodes (not when they asked).
+    /// Switch back to the kept `version`, verified again as a deploy is,
+    /// and tell the other nodes.
     fn roll_back(
         &self,
         version: &str,
         who: &Who,
         correlation_id: &str,
-        publish: bool,
     ) -> Result<DeployOutcome, DeployError> {
         let _guard = self.try_busy()?;
         let record = self
@@ -764,9 +753,10 @@ impl Live {
             )
             .map_err(|problems| self.refused(who, correlation_id, Some(&record), problems))?;
         // The kept files as a bundle, for the other nodes (issue 16).
-        let archive = publish
-            .then(|| crate::load_app_in(&self.versions.files(&record.name), &self.env).ok())
-            .flatten()
+        let archive = self
+            .fanout
+            .get()
+            .and_then(|_| crate::load_app_in(&self.versions.files(&record.name), &self.env).ok())
             .and_then(|app| bundle::pack(&app).ok());
         let mut outcome = self.switch(verified, &record, who, correlation_id, "rollback")?;
         if let Some((archive, _)) = archive

@@ -992,10 +992,11 @@ fn forged_bundle(app: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
 /// manifest switching `/greet` to other code, inserted with SQL) is
 /// offered to every node, and every node refuses it through its own
 /// verification against the keys its serving version trusts: both keep
-/// serving version 1 and log the refusal. Then (outside review, high) an
-/// old version the trusted key signed but nobody deployed, inserted as a
-/// *rollback* naming the files of a version every node kept: each node
-/// rolls back to its own kept copy, and the old code never runs.
+/// serving version 1 and log the refusal. Then (two outside reviews,
+/// high) an old version the trusted key signed but nobody deployed,
+/// inserted as a *rollback* naming the files of a version every node
+/// kept: a row is held to a deploy's rules whatever its kind, so both
+/// nodes refuse it as a replay and the old code never runs.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_forged_in_the_database_is_refused_by_every_node_t18_t19() {
     let cluster = Cluster::of_n(2, None, fanout_manifest, &["hello", "echo"]);
@@ -1102,8 +1103,22 @@ async fn a_version_forged_in_the_database_is_refused_by_every_node_t18_t19() {
             hex::encode(&archive)
         ),
     );
-    wait_for_serving_from_cluster(&b, 3).await;
     for server in [&a, &b] {
+        let refused = server.wait_for_log(
+            |r| {
+                r["origin"] == "replayer"
+                    && r["message"].as_str().is_some_and(|m| {
+                        m.starts_with("a rollback on another node is not applied here")
+                    })
+            },
+            Duration::from_secs(30),
+        );
+        assert!(
+            refused["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("replayed is refused")),
+            "{refused}"
+        );
         assert_eq!(greeting(server).await, 1, "the old signed version runs");
     }
 }

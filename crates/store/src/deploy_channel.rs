@@ -123,7 +123,7 @@ impl DeployChannel {
             let rows = crate::pg::query(
                 &pool,
                 &format!(
-                    "SELECT seq, kind, origin, files,
+                    "SELECT seq, kind, left(origin, 64), left(files, 128),
                             CASE WHEN octet_length(archive) <= $2 THEN archive ELSE ''::BYTEA END
                      FROM {schema}.deploys
                      WHERE seq > $1 ORDER BY seq DESC LIMIT 1"

@@ -240,12 +240,12 @@ impl SharedLedger {
                 .map_err(PgError::of)?;
             }
             // Counted before the commit, under the scopes' row locks, so a
-            // beat's reconciliation never misses a committed admission.
-            track(&in_flight, &keys, worst, true);
-            if let Err(e) = tx.commit().await {
-                track(&in_flight, &keys, worst, false);
-                return Err(PgError::of(e));
-            }
+            // beat's reconciliation never misses a committed admission;
+            // taken off again unless the commit answers, even when the
+            // timeout drops this future mid-commit (second outside review).
+            let counted = Counted::new(&in_flight, &keys, worst);
+            tx.commit().await.map_err(PgError::of)?;
+            counted.keep();
             Ok(Ok(()))
         })))
     }
@@ -662,6 +662,45 @@ async fn add_unadmitted(
     tx.commit().await.map_err(PgError::of)
 }
 
+/// An admission counted in `in_flight`, taken off again when dropped
+/// unless kept: an admission whose commit failed, or whose future was
+/// dropped at the timeout, is not a running call. (If that commit landed
+/// after all, the next beat's reconciliation gives its hold back.)
+struct Counted<'a> {
+    in_flight: &'a Mutex<HashMap<LedgerKey, Tally>>,
+    keys: &'a [LedgerKey],
+    worst: Tally,
+    kept: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(
+        in_flight: &'a Mutex<HashMap<LedgerKey, Tally>>,
+        keys: &'a [LedgerKey],
+        worst: Tally,
+    ) -> Self {
+        track(in_flight, keys, worst, true);
+        Self {
+            in_flight,
+            keys,
+            worst,
+            kept: false,
+        }
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            track(self.in_flight, self.keys, self.worst, false);
+        }
+    }
+}
+
 /// Add (`on`) or take off `worst` for each of `keys` in `in_flight`.
 fn track(in_flight: &Mutex<HashMap<LedgerKey, Tally>>, keys: &[LedgerKey], worst: Tally, on: bool) {
     let mut map = in_flight
@@ -724,11 +763,16 @@ async fn reconcile(
     );
     keys.sort();
     keys.dedup();
+    // Locked by an upsert, not `SELECT … FOR UPDATE`: that would not wait
+    // for a first admission's uncommitted row, and would then count its
+    // reservation twice (second outside review).
     for k in &keys {
         tx.execute(
             &format!(
-                "SELECT 1 FROM {schema}.budget_days
-                 WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4 FOR UPDATE"
+                "INSERT INTO {schema}.budget_days AS d
+                     (day, scope, function, caller, requests, mib_us, egress, reserved_mib_us, reserved_egress)
+                 VALUES ($1, $2, $3, $4, 0, 0, 0, 0, 0)
+                 ON CONFLICT (day, scope, function, caller) DO UPDATE SET requests = d.requests"
             ),
             &[&k.day, &k.scope, &&*k.function, &&*k.caller],
         )
