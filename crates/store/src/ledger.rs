@@ -37,6 +37,8 @@ pub const DEAD_AFTER_MS: i64 = 30_000;
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// Settlements kept for a retry while the database is unreachable.
 const MAX_UNSETTLED: usize = 100_000;
+/// Settlements a request applies from the queue before its own.
+const ON_REQUEST: usize = 64;
 /// Days of totals kept (today and yesterday: a call admitted before
 /// midnight settles after it).
 const KEEP_DAYS: i64 = 2;
@@ -173,7 +175,7 @@ impl SharedLedger {
             ));
         }
         // What waits first, so the totals judged include it.
-        self.retry_unsettled();
+        self.retry_unsettled(ON_REQUEST);
         let schema = self.pg.schema().to_string();
         let node = self.node.clone();
         let order = locking_order(keys);
@@ -300,7 +302,7 @@ impl SharedLedger {
 
     fn apply_or_keep(&self, settlement: Settlement) {
         // Behind what waits: usage recorded in the order it happened.
-        self.retry_unsettled();
+        self.retry_unsettled(ON_REQUEST);
         if self.is_down() || self.unsettled() > 0 {
             self.keep(settlement);
             return;
@@ -514,8 +516,8 @@ impl SharedLedger {
                     "SELECT 1 FROM {schema}.budget_days d
                      WHERE (d.day, d.scope, d.function, d.caller) IN (
                          SELECT h.day, h.scope, h.function, h.caller
-                         FROM {schema}.budget_holds h JOIN {schema}.budget_nodes n USING (node)
-                         WHERE n.seen_ms < $1)
+                         FROM {schema}.budget_holds h LEFT JOIN {schema}.budget_nodes n USING (node)
+                         WHERE n.node IS NULL OR n.seen_ms < $1)
                      ORDER BY d.day, d.scope, d.function COLLATE \"C\", d.caller COLLATE \"C\"
                      FOR UPDATE OF d"
                 ),
@@ -528,8 +530,9 @@ impl SharedLedger {
                     "WITH dead AS (
                          DELETE FROM {schema}.budget_nodes WHERE seen_ms < $1 RETURNING node
                      ), gone AS (
-                         DELETE FROM {schema}.budget_holds h USING dead
-                         WHERE h.node = dead.node
+                         DELETE FROM {schema}.budget_holds h
+                         WHERE h.node IN (SELECT node FROM dead)
+                            OR NOT EXISTS (SELECT 1 FROM {schema}.budget_nodes n WHERE n.node = h.node)
                          RETURNING h.day, h.scope, h.function, h.caller, h.mib_us, h.egress
                      ), summed AS (
                          SELECT day, scope, function, caller,
@@ -568,15 +571,18 @@ impl SharedLedger {
                 tracing::info!(target: "bulkhead::budget", live_nodes = live, "nodes sharing the budget ledger counted (a node's share while it is unreachable)");
             }
         })?;
-        self.retry_unsettled();
+        self.retry_unsettled(MAX_UNSETTLED);
         Ok(())
     }
 
-    fn retry_unsettled(&self) {
+    /// Apply what waits, in order, at most `most` of it: a request takes
+    /// a bounded share ([`ON_REQUEST`]), the heartbeat all of it, so no
+    /// request drains a long queue after an outage (second review).
+    fn retry_unsettled(&self, most: usize) {
         if self.is_down() {
             return;
         }
-        loop {
+        for _ in 0..most {
             let next = self
                 .unsettled
                 .lock()
@@ -610,7 +616,7 @@ impl Drop for SharedLedger {
     /// nobody waits [`DEAD_AFTER_MS`] for reservations that are all given
     /// back by then.
     fn drop(&mut self) {
-        self.retry_unsettled();
+        self.retry_unsettled(MAX_UNSETTLED);
         let schema = self.pg.schema().to_string();
         let node = self.node.clone();
         let _ = self.pg.call(move |pool| async move {
