@@ -314,7 +314,11 @@ impl Meter {
 
     /// Charge one request to every budget of `function` for `caller`, or
     /// refuse it if any is spent.
-    pub fn admit(self: &Arc<Self>, function: usize, caller: &Caller) -> Result<Charge, Exhausted> {
+    pub async fn admit(
+        self: &Arc<Self>,
+        function: usize,
+        caller: &Caller,
+    ) -> Result<Charge, Exhausted> {
         let now = now_ms();
         let day = day_of(now);
         let caller = caller.key();
@@ -336,7 +340,7 @@ impl Meter {
             settled: false,
             shared: Shared::None,
         };
-        charge.shared = self.admit_shared(&charge, now)?;
+        charge.shared = self.admit_shared(&charge, now).await?;
         Ok(charge)
     }
 
@@ -345,7 +349,7 @@ impl Meter {
     /// share of every limit (the limit divided by the nodes alive at the
     /// last heartbeat), like the rate limits without Redis: never "no
     /// budget", and never a refusal only because the database blinked.
-    fn admit_shared(&self, charge: &Charge, now: i64) -> Result<Shared, Exhausted> {
+    async fn admit_shared(&self, charge: &Charge, now: i64) -> Result<Shared, Exhausted> {
         let Some(shared) = &self.shared else {
             return Ok(Shared::None);
         };
@@ -368,7 +372,10 @@ impl Meter {
                 None => Ok(()),
             }
         };
-        match shared.admit(&keys, Amount::ONE_REQUEST.into(), worst.into(), decide) {
+        match shared
+            .admit(&keys, Amount::ONE_REQUEST.into(), worst.into(), decide)
+            .await
+        {
             Ok(Ok(())) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     warn!(target: "bulkhead::budget", "the shared budget ledger answers again: budgets are the deployment's again");
@@ -599,9 +606,13 @@ impl Meter {
         self.log.flush();
     }
 
-    /// Commit pending usage and stop the meter's writer.
+    /// Commit pending usage and stop the meter's writer; settle what the
+    /// shared ledger still has under way.
     pub fn close(&self) {
         self.log.close();
+        if let Some(shared) = &self.shared {
+            shared.flush();
+        }
     }
 }
 
@@ -806,6 +817,19 @@ mod tests {
         ))
     }
 
+    /// The admission, waited for on this thread (no shared ledger here:
+    /// nothing to await for real).
+    fn admit_now(
+        meter: &Arc<Meter>,
+        function: usize,
+        caller: &Caller,
+    ) -> Result<Charge, Exhausted> {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(meter.admit(function, caller))
+    }
+
     fn caller(n: u8) -> Caller {
         Caller::of(None, std::net::IpAddr::from([192, 0, 2, n]))
     }
@@ -833,7 +857,7 @@ mod tests {
                 let (meter, admitted) = (meter.clone(), admitted.clone());
                 std::thread::spawn(move || {
                     for _ in 0..200 {
-                        if let Ok(mut charge) = meter.admit(0, &caller(t % 3)) {
+                        if let Ok(mut charge) = admit_now(&meter, 0, &caller(t % 3)) {
                             admitted.fetch_add(1, Ordering::Relaxed);
                             charge.start(0, 0, Arc::default());
                             charge.finish(0);
@@ -849,7 +873,7 @@ mod tests {
         let day = day_of(now_ms());
         assert_eq!(meter.ledger.app.spent(day).requests, 100);
         assert_eq!(meter.ledger.app.reserved(), Amount::default());
-        let refused = meter.admit(0, &caller(9)).err().expect("spent");
+        let refused = admit_now(&meter, 0, &caller(9)).err().expect("spent");
         assert!(!refused.held);
         assert_eq!(refused.scope, Scope::App);
     }
@@ -881,7 +905,7 @@ mod tests {
                 let (meter, holding, most) = (meter.clone(), holding.clone(), most.clone());
                 std::thread::spawn(move || {
                     for _ in 0..300 {
-                        let Ok(mut charge) = meter.admit(0, &caller(t)) else {
+                        let Ok(mut charge) = admit_now(&meter, 0, &caller(t)) else {
                             std::thread::yield_now();
                             continue;
                         };
@@ -924,12 +948,12 @@ mod tests {
                 ..Usage::default()
             },
         );
-        let first = meter.admit(0, &caller(1)).expect("room for one");
-        assert!(meter.admit(0, &caller(2)).is_err());
+        let first = admit_now(&meter, 0, &caller(1)).expect("room for one");
+        assert!(admit_now(&meter, 0, &caller(2)).is_err());
         drop(first);
         let day = day_of(now_ms());
         assert_eq!(meter.ledger.app.spent(day), Amount::default());
         assert_eq!(meter.ledger.app.reserved(), Amount::default());
-        assert!(meter.admit(0, &caller(2)).is_ok());
+        assert!(admit_now(&meter, 0, &caller(2)).is_ok());
     }
 }

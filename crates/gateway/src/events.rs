@@ -214,7 +214,7 @@ impl Unit {
     }
 
     /// Today's budgets (T04), as for an HTTP call of this function.
-    fn admit(&self) -> Result<Option<Charge>, String> {
+    async fn admit(&self) -> Result<Option<Charge>, String> {
         let version = self.shared.current();
         let Some(meter) = &version.meter else {
             return Ok(None);
@@ -224,6 +224,7 @@ impl Unit {
         };
         let admitted = meter
             .admit(index, &self.caller)
+            .await
             .map(Some)
             .map_err(|e| e.describe().to_string());
         if admitted.is_ok() {
@@ -507,7 +508,7 @@ async fn fire(
     };
     // A closed pool cannot happen (it is never closed); run without it then.
     let _instance = unit.pool.clone().acquire_owned().await.ok();
-    match unit.admit() {
+    match unit.admit().await {
         Ok(charge) => {
             unit.shared.metrics.events.fired(unit.name());
             match unit.run(&event, charge).await {
@@ -556,7 +557,7 @@ async fn consume(
             break;
         }
         // T04: charged before a lease, so a refusal spends no attempt.
-        let charge = match unit.admit() {
+        let charge = match unit.admit().await {
             Ok(charge) => charge,
             Err(why) => {
                 unit.refused("queue", &queue, &why);

@@ -484,6 +484,7 @@ async fn pipeline<'s>(
         Some(meter) => Some(
             meter
                 .admit(slot.index, &caller)
+                .await
                 .map_err(|refused| refused.problem())?,
         ),
         None => None,

@@ -102,6 +102,8 @@ pub struct SharedLedger {
     /// (outside review: a commit whose answer was lost, or a late
     /// settlement, left holds that no settlement would ever take off).
     in_flight: Arc<Mutex<HashMap<LedgerKey, Tally>>>,
+    /// Settlements spawned and not yet done ([`SharedLedger::flush`]).
+    spawned: Arc<std::sync::atomic::AtomicUsize>,
     /// Nodes that beat within [`DEAD_AFTER_MS`], at the last beat: what a
     /// node divides the budgets by while the ledger is unreachable.
     live_nodes: std::sync::atomic::AtomicUsize,
@@ -136,6 +138,7 @@ impl SharedLedger {
             node: hex::encode(id),
             unsettled: Mutex::new(VecDeque::new()),
             in_flight: Arc::default(),
+            spawned: Arc::default(),
             live_nodes: std::sync::atomic::AtomicUsize::new(1),
             down_until_ms: std::sync::atomic::AtomicI64::new(0),
             pg,
@@ -162,7 +165,7 @@ impl SharedLedger {
     /// Add `one` to what each scope of `keys` spent and `worst` to what
     /// it reserves, and keep them only if `decide` accepts the totals
     /// (given in `keys` order). `Ok(Err(r))`: refused, nothing kept.
-    pub fn admit<R: Send + 'static>(
+    pub async fn admit<R: Send + 'static>(
         &self,
         keys: &[LedgerKey],
         one: Tally,
@@ -175,13 +178,13 @@ impl SharedLedger {
             ));
         }
         // What waits first, so the totals judged include it.
-        self.retry_unsettled(ON_REQUEST);
+        self.retry_unsettled_async(ON_REQUEST).await;
         let schema = self.pg.schema().to_string();
         let node = self.node.clone();
         let order = locking_order(keys);
         let keys = keys.to_vec();
         let in_flight = self.in_flight.clone();
-        self.watch(self.pg.call(move |pool| within(async move {
+        self.watch(self.pg.call_async(move |pool| within(async move {
             let mut client = pool.get().await.map_err(PgError::of)?;
             let tx = client.transaction().await.map_err(PgError::of)?;
             let add = tx
@@ -249,7 +252,7 @@ impl SharedLedger {
             tx.commit().await.map_err(PgError::of)?;
             counted.keep();
             Ok(Ok(()))
-        })))
+        })).await)
     }
 
     /// Whether a call failed less than [`BACK_OFF_MS`] ago.
@@ -274,7 +277,7 @@ impl SharedLedger {
     /// A call admitted under `keys` ended having used `used`: its
     /// reservation `worst` becomes that. Never fails: a settlement the
     /// database does not take now is retried by the heartbeat.
-    pub fn settle(&self, keys: Vec<LedgerKey>, used: Tally, worst: Tally) {
+    pub fn settle(self: &Arc<Self>, keys: Vec<LedgerKey>, used: Tally, worst: Tally) {
         track(&self.in_flight, &keys, worst, false);
         self.apply_or_keep(Settlement::Used { keys, used, worst });
     }
@@ -282,7 +285,7 @@ impl SharedLedger {
     /// A call admitted on this node's share while the ledger was
     /// unreachable used `used` (its request included): added to the
     /// deployment's totals once the ledger answers.
-    pub fn record_unadmitted(&self, keys: Vec<LedgerKey>, used: Tally) {
+    pub fn record_unadmitted(self: &Arc<Self>, keys: Vec<LedgerKey>, used: Tally) {
         self.apply_or_keep(Settlement::Unadmitted { keys, used });
     }
 
@@ -295,22 +298,43 @@ impl SharedLedger {
 
     /// A call admitted under `keys` never ran: its request and its
     /// reservation are given back.
-    pub fn give_back(&self, keys: Vec<LedgerKey>, worst: Tally) {
+    pub fn give_back(self: &Arc<Self>, keys: Vec<LedgerKey>, worst: Tally) {
         track(&self.in_flight, &keys, worst, false);
         self.apply_or_keep(Settlement::NeverRan { keys, worst });
     }
 
-    fn apply_or_keep(&self, settlement: Settlement) {
-        // Behind what waits: usage recorded in the order it happened.
-        self.retry_unsettled(ON_REQUEST);
+    /// Apply `settlement` off the caller's thread (a call's end never
+    /// waits for the database); behind what waits, or kept for the
+    /// heartbeat when the database is down.
+    fn apply_or_keep(self: &Arc<Self>, settlement: Settlement) {
         if self.is_down() || self.unsettled() > 0 {
             self.keep(settlement);
             return;
         }
-        if let Err(e) = self.watch(self.apply(settlement.clone())) {
-            warn!(target: "bulkhead::budget", error = %e, "the shared budget ledger did not take a settlement; it is retried");
-            self.keep(settlement);
+        let ledger = self.clone();
+        self.spawned
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.pg.spawn(async move {
+            if let Err(e) = ledger.watch(ledger.apply_async(settlement.clone()).await) {
+                warn!(target: "bulkhead::budget", error = %e, "the shared budget ledger did not take a settlement; it is retried");
+                ledger.keep(settlement);
+            }
+            ledger
+                .spawned
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        });
+    }
+
+    /// Wait (at most 10 s) for the settlements under way, then apply what
+    /// waits: at a clean stop, and for tests.
+    pub fn flush(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.spawned.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
         }
+        self.retry_unsettled(MAX_UNSETTLED);
     }
 
     /// Keep `settlement` for a retry. Only its usage is retried: its
@@ -347,100 +371,17 @@ impl SharedLedger {
     /// a node declared dead whose holds were reaped gives nothing back
     /// twice.
     fn apply(&self, settlement: Settlement) -> Result<(), PgError> {
-        let schema = self.pg.schema().to_string();
-        let node = self.node.clone();
-        self.pg.call(move |pool| {
-            within(async move {
-                let (keys, used, worst, requests) = match &settlement {
-                    Settlement::Used { keys, used, worst } => (keys, *used, *worst, 0i64),
-                    Settlement::NeverRan { keys, worst } => (keys, Tally::default(), *worst, 1),
-                    Settlement::Unadmitted { keys, used } => {
-                        return add_unadmitted(&pool, &schema, keys, *used).await;
-                    }
-                };
-                let mut client = pool.get().await.map_err(PgError::of)?;
-                let tx = client.transaction().await.map_err(PgError::of)?;
-                // The scopes' rows first, as an admission locks them, then the
-                // holds: one order for every transaction, so none deadlock.
-                let lock = tx
-                    .prepare_cached(&format!(
-                        "SELECT 1 FROM {schema}.budget_days
-                     WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4
-                     FOR UPDATE"
-                    ))
-                    .await
-                    .map_err(PgError::of)?;
-                let order = locking_order(keys);
-                for &i in &order {
-                    let k = &keys[i];
-                    tx.execute(&lock, &[&k.day, &k.scope, &&*k.function, &&*k.caller])
-                        .await
-                        .map_err(PgError::of)?;
-                }
-                let unhold = tx
-                    .prepare_cached(&format!(
-                        "UPDATE {schema}.budget_holds
-                     SET mib_us = mib_us - $6, egress = egress - $7
-                     WHERE node = $1 AND day = $2 AND scope = $3 AND function = $4 AND caller = $5
-                       AND mib_us >= $6 AND egress >= $7"
-                    ))
-                    .await
-                    .map_err(PgError::of)?;
-                let settle = tx
-                    .prepare_cached(&format!(
-                        "UPDATE {schema}.budget_days SET
-                         requests = GREATEST(0, requests - $5),
-                         mib_us = mib_us + $6,
-                         egress = egress + $7,
-                         reserved_mib_us = GREATEST(0, reserved_mib_us - $8),
-                         reserved_egress = GREATEST(0, reserved_egress - $9)
-                     WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4"
-                    ))
-                    .await
-                    .map_err(PgError::of)?;
-                for &i in &order {
-                    let k = &keys[i];
-                    let held = tx
-                        .execute(
-                            &unhold,
-                            &[
-                                &node,
-                                &k.day,
-                                &k.scope,
-                                &&*k.function,
-                                &&*k.caller,
-                                &big(worst.mib_us),
-                                &big(worst.egress),
-                            ],
-                        )
-                        .await
-                        .map_err(PgError::of)?
-                        > 0;
-                    let (off_mib_us, off_egress) = if held {
-                        (big(worst.mib_us), big(worst.egress))
-                    } else {
-                        (0, 0)
-                    };
-                    tx.execute(
-                        &settle,
-                        &[
-                            &k.day,
-                            &k.scope,
-                            &&*k.function,
-                            &&*k.caller,
-                            &requests,
-                            &big(used.mib_us),
-                            &big(used.egress),
-                            &off_mib_us,
-                            &off_egress,
-                        ],
-                    )
-                    .await
-                    .map_err(PgError::of)?;
-                }
-                tx.commit().await.map_err(PgError::of)
-            })
-        })
+        let (schema, node) = (self.pg.schema().to_string(), self.node.clone());
+        self.pg
+            .call(move |pool| within(apply_on(pool, schema, node, settlement)))
+    }
+
+    /// [`Self::apply`], awaited without blocking the caller's thread.
+    async fn apply_async(&self, settlement: Settlement) -> Result<(), PgError> {
+        let (schema, node) = (self.pg.schema().to_string(), self.node.clone());
+        self.pg
+            .call_async(move |pool| within(apply_on(pool, schema, node, settlement)))
+            .await
     }
 
     /// Today's totals of `keys`, without adding anything (metrics, tests).
@@ -575,6 +516,33 @@ impl SharedLedger {
         Ok(())
     }
 
+    /// [`Self::retry_unsettled`] without blocking the caller's thread.
+    async fn retry_unsettled_async(&self, most: usize) {
+        if self.is_down() {
+            return;
+        }
+        for _ in 0..most {
+            let next = self
+                .unsettled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front();
+            let Some(settlement) = next else {
+                return;
+            };
+            if self
+                .watch(self.apply_async(settlement.clone()).await)
+                .is_err()
+            {
+                self.unsettled
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push_front(settlement);
+                return;
+            }
+        }
+    }
+
     /// Apply what waits, in order, at most `most` of it: a request takes
     /// a bounded share ([`ON_REQUEST`]), the heartbeat all of it, so no
     /// request drains a long queue after an outage (second review).
@@ -628,6 +596,103 @@ impl Drop for SharedLedger {
             .await
         });
     }
+}
+
+/// One settlement, in one transaction (see [`SharedLedger::apply`]).
+async fn apply_on(
+    pool: deadpool_postgres::Pool,
+    schema: String,
+    node: String,
+    settlement: Settlement,
+) -> Result<(), PgError> {
+    let (keys, used, worst, requests) = match &settlement {
+        Settlement::Used { keys, used, worst } => (keys, *used, *worst, 0i64),
+        Settlement::NeverRan { keys, worst } => (keys, Tally::default(), *worst, 1),
+        Settlement::Unadmitted { keys, used } => {
+            return add_unadmitted(&pool, &schema, keys, *used).await;
+        }
+    };
+    let mut client = pool.get().await.map_err(PgError::of)?;
+    let tx = client.transaction().await.map_err(PgError::of)?;
+    // The scopes' rows first, as an admission locks them, then the
+    // holds: one order for every transaction, so none deadlock.
+    let lock = tx
+        .prepare_cached(&format!(
+            "SELECT 1 FROM {schema}.budget_days
+         WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4
+         FOR UPDATE"
+        ))
+        .await
+        .map_err(PgError::of)?;
+    let order = locking_order(keys);
+    for &i in &order {
+        let k = &keys[i];
+        tx.execute(&lock, &[&k.day, &k.scope, &&*k.function, &&*k.caller])
+            .await
+            .map_err(PgError::of)?;
+    }
+    let unhold = tx
+        .prepare_cached(&format!(
+            "UPDATE {schema}.budget_holds
+         SET mib_us = mib_us - $6, egress = egress - $7
+         WHERE node = $1 AND day = $2 AND scope = $3 AND function = $4 AND caller = $5
+           AND mib_us >= $6 AND egress >= $7"
+        ))
+        .await
+        .map_err(PgError::of)?;
+    let settle = tx
+        .prepare_cached(&format!(
+            "UPDATE {schema}.budget_days SET
+             requests = GREATEST(0, requests - $5),
+             mib_us = mib_us + $6,
+             egress = egress + $7,
+             reserved_mib_us = GREATEST(0, reserved_mib_us - $8),
+             reserved_egress = GREATEST(0, reserved_egress - $9)
+         WHERE day = $1 AND scope = $2 AND function = $3 AND caller = $4"
+        ))
+        .await
+        .map_err(PgError::of)?;
+    for &i in &order {
+        let k = &keys[i];
+        let held = tx
+            .execute(
+                &unhold,
+                &[
+                    &node,
+                    &k.day,
+                    &k.scope,
+                    &&*k.function,
+                    &&*k.caller,
+                    &big(worst.mib_us),
+                    &big(worst.egress),
+                ],
+            )
+            .await
+            .map_err(PgError::of)?
+            > 0;
+        let (off_mib_us, off_egress) = if held {
+            (big(worst.mib_us), big(worst.egress))
+        } else {
+            (0, 0)
+        };
+        tx.execute(
+            &settle,
+            &[
+                &k.day,
+                &k.scope,
+                &&*k.function,
+                &&*k.caller,
+                &requests,
+                &big(used.mib_us),
+                &big(used.egress),
+                &off_mib_us,
+                &off_egress,
+            ],
+        )
+        .await
+        .map_err(PgError::of)?;
+    }
+    tx.commit().await.map_err(PgError::of)
 }
 
 /// Add a call admitted without the ledger to each scope of `keys`, in

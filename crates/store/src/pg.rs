@@ -229,6 +229,33 @@ impl Pg {
         (&self.config, self.tls.as_ref())
     }
 
+    /// Run `task` on the connection's runtime, not waiting for it.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        if let Some(runtime) = &self.runtime {
+            runtime.spawn(task);
+        }
+    }
+
+    /// Run `work` on the connection's runtime and await its result
+    /// without blocking the caller's thread (a gateway worker stays free
+    /// for other requests while the database answers).
+    pub(crate) async fn call_async<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, PgError>
+    where
+        F: Future<Output = Result<T, PgError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Some(runtime) = &self.runtime else {
+            return Err(PgError("the PostgreSQL connection is closed".into()));
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let future = work(self.pool.clone());
+        runtime.spawn(async move {
+            let _ = tx.send(future.await);
+        });
+        rx.await
+            .unwrap_or_else(|_| Err(PgError("the PostgreSQL call was cut short".into())))
+    }
+
     /// Run `work` on the connection's runtime and wait for its result.
     pub(crate) fn call<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, PgError>
     where

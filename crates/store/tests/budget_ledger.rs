@@ -47,6 +47,18 @@ fn caller_key(day: i64, caller: &str) -> LedgerKey {
     }
 }
 
+/// Settlements run off the caller's thread: wait for them before reading.
+trait Flushed {
+    fn flushed(&self) -> &Self;
+}
+
+impl Flushed for Arc<SharedLedger> {
+    fn flushed(&self) -> &Self {
+        self.flush();
+        self
+    }
+}
+
 /// At most `limit` requests spent in every scope.
 fn within(limit: u64) -> impl FnOnce(&[ScopeTotals]) -> Result<(), ()> + Send + 'static {
     move |totals| {
@@ -55,6 +67,33 @@ fn within(limit: u64) -> impl FnOnce(&[ScopeTotals]) -> Result<(), ()> + Send + 
         } else {
             Err(())
         }
+    }
+}
+
+/// The async admission, waited for (these tests run on plain threads).
+trait AdmitNow {
+    fn admit_now(
+        &self,
+        keys: &[LedgerKey],
+        one: Tally,
+        worst: Tally,
+        decide: impl FnOnce(&[ScopeTotals]) -> Result<(), ()> + Send + 'static,
+    ) -> Result<Result<(), ()>, bulkhead_store::pg::PgError>;
+}
+
+impl AdmitNow for Arc<SharedLedger> {
+    fn admit_now(
+        &self,
+        keys: &[LedgerKey],
+        one: Tally,
+        worst: Tally,
+        decide: impl FnOnce(&[ScopeTotals]) -> Result<(), ()> + Send + 'static,
+    ) -> Result<Result<(), ()>, bulkhead_store::pg::PgError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(self.admit(keys, one, worst, decide))
     }
 }
 
@@ -95,7 +134,7 @@ fn two_nodes_racing_never_admit_past_a_budget_t04() {
                 let caller = format!("caller-{}", t % 3);
                 for _ in 0..12 {
                     let keys = vec![key(day), caller_key(day, &caller)];
-                    let fits = ledger.admit(&keys, ONE, WORST, within(100)).unwrap();
+                    let fits = ledger.admit_now(&keys, ONE, WORST, within(100)).unwrap();
                     if fits.is_ok() {
                         admitted.fetch_add(1, Ordering::SeqCst);
                         ledger.settle(
@@ -116,16 +155,19 @@ fn two_nodes_racing_never_admit_past_a_budget_t04() {
         t.join().unwrap();
     }
     assert_eq!(admitted.load(Ordering::SeqCst), 100);
-    let totals = nodes.ledgers[0].totals(&[key(day)]).unwrap();
+    for ledger in &nodes.ledgers {
+        ledger.flush();
+    }
+    let totals = nodes.ledgers[0].flushed().totals(&[key(day)]).unwrap();
     assert_eq!(totals[0].spent.requests, 100);
     assert_eq!(totals[0].spent.mib_us, 700);
     assert_eq!(totals[0].reserved, Tally::default());
     // A refusal adds nothing.
     let refused = nodes.ledgers[1]
-        .admit(&[key(day)], ONE, WORST, within(100))
+        .admit_now(&[key(day)], ONE, WORST, within(100))
         .unwrap();
     assert!(refused.is_err());
-    let after = nodes.ledgers[1].totals(&[key(day)]).unwrap();
+    let after = nodes.ledgers[1].flushed().totals(&[key(day)]).unwrap();
     assert_eq!(after, totals);
 }
 
@@ -138,22 +180,22 @@ fn a_call_that_never_ran_gives_everything_back() {
     let day = today();
     assert!(
         ledger
-            .admit(&[key(day)], ONE, WORST, within(1))
+            .admit_now(&[key(day)], ONE, WORST, within(1))
             .unwrap()
             .is_ok()
     );
     assert!(
         ledger
-            .admit(&[key(day)], ONE, WORST, within(1))
+            .admit_now(&[key(day)], ONE, WORST, within(1))
             .unwrap()
             .is_err()
     );
     ledger.give_back(vec![key(day)], WORST);
-    let totals = ledger.totals(&[key(day)]).unwrap();
+    let totals = ledger.flushed().totals(&[key(day)]).unwrap();
     assert_eq!(totals[0], ScopeTotals::default());
     assert!(
         ledger
-            .admit(&[key(day)], ONE, WORST, within(1))
+            .admit_now(&[key(day)], ONE, WORST, within(1))
             .unwrap()
             .is_ok()
     );
@@ -172,17 +214,17 @@ fn a_dead_nodes_reservations_are_given_back_once_t04() {
     let day = today();
     for _ in 0..2 {
         assert!(
-            a.admit(&[key(day)], ONE, WORST, within(10))
+            a.admit_now(&[key(day)], ONE, WORST, within(10))
                 .unwrap()
                 .is_ok()
         );
     }
     assert!(
-        b.admit(&[key(day)], ONE, WORST, within(10))
+        b.admit_now(&[key(day)], ONE, WORST, within(10))
             .unwrap()
             .is_ok()
     );
-    let held = a.totals(&[key(day)]).unwrap()[0];
+    let held = a.flushed().totals(&[key(day)]).unwrap()[0];
     assert_eq!(held.reserved.mib_us, 3 * WORST.mib_us);
 
     db.query(&format!(
@@ -191,7 +233,7 @@ fn a_dead_nodes_reservations_are_given_back_once_t04() {
         a.node()
     ));
     b.beat().unwrap();
-    let reaped = b.totals(&[key(day)]).unwrap()[0];
+    let reaped = b.flushed().totals(&[key(day)]).unwrap()[0];
     assert_eq!(reaped.spent.requests, 3, "admitted requests stay spent");
     assert_eq!(reaped.reserved.mib_us, WORST.mib_us, "only B's call holds");
 
@@ -202,11 +244,12 @@ fn a_dead_nodes_reservations_are_given_back_once_t04() {
         egress: 0,
     };
     a.settle(vec![key(day)], used, WORST);
-    let late = b.totals(&[key(day)]).unwrap()[0];
+    a.flush();
+    let late = b.flushed().totals(&[key(day)]).unwrap()[0];
     assert_eq!(late.spent.mib_us, 5);
     assert_eq!(late.reserved.mib_us, WORST.mib_us);
     b.settle(vec![key(day)], used, WORST);
-    let done = b.totals(&[key(day)]).unwrap()[0];
+    let done = b.flushed().totals(&[key(day)]).unwrap()[0];
     assert_eq!(done.reserved, Tally::default());
     assert_eq!(done.spent.mib_us, 10);
 }
@@ -223,7 +266,7 @@ fn a_nodes_holds_are_reconciled_with_its_running_calls_t04() {
     let a = &nodes.ledgers[0];
     let day = today();
     assert!(
-        a.admit(&[key(day)], ONE, WORST, within(10))
+        a.admit_now(&[key(day)], ONE, WORST, within(10))
             .unwrap()
             .is_ok()
     );
@@ -234,9 +277,12 @@ fn a_nodes_holds_are_reconciled_with_its_running_calls_t04() {
         s = db.schema,
         n = a.node()
     ));
-    assert_eq!(a.totals(&[key(day)]).unwrap()[0].reserved.mib_us, 6000);
+    assert_eq!(
+        a.flushed().totals(&[key(day)]).unwrap()[0].reserved.mib_us,
+        6000
+    );
     a.beat().unwrap();
-    let fixed = a.totals(&[key(day)]).unwrap()[0];
+    let fixed = a.flushed().totals(&[key(day)]).unwrap()[0];
     assert_eq!(
         fixed.reserved,
         Tally {
@@ -252,7 +298,7 @@ fn a_nodes_holds_are_reconciled_with_its_running_calls_t04() {
     ));
     a.beat().unwrap();
     assert_eq!(
-        a.totals(&[key(day)]).unwrap()[0].reserved,
+        a.flushed().totals(&[key(day)]).unwrap()[0].reserved,
         Tally {
             requests: 0,
             ..WORST
@@ -261,5 +307,8 @@ fn a_nodes_holds_are_reconciled_with_its_running_calls_t04() {
     // Settled: nothing held, and the beat keeps it so.
     a.settle(vec![key(day)], Tally::default(), WORST);
     a.beat().unwrap();
-    assert_eq!(a.totals(&[key(day)]).unwrap()[0].reserved, Tally::default());
+    assert_eq!(
+        a.flushed().totals(&[key(day)]).unwrap()[0].reserved,
+        Tally::default()
+    );
 }
