@@ -231,31 +231,45 @@ impl Gate {
         if !self.may_activate(caller) {
             return Err(Refused::Overloaded);
         }
+        // T02: the caller's share first, taken under its shard lock, so
+        // racing requests of one caller never hold more than it; and so a
+        // push-out below compares the others with what this caller really
+        // holds (a stale count let a caller push out another at an equal
+        // share and then be refused its own: a place lost for nothing).
+        let mine = {
+            let entry = self.callers.entry(caller.clone()).or_default();
+            match entry
+                .outstanding
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.per_caller).then_some(n + 1)
+                }) {
+                Ok(before) => before + 1,
+                Err(_) => return Err(Refused::CallerShare),
+            }
+        };
         if !take_below(&self.outstanding, self.max_outstanding) {
             // Every place is taken: push out a heavier caller's (its place
             // passes to this request), one at a time.
             let mut queue = self.lock();
-            if !take_below(&self.outstanding, self.max_outstanding) {
-                self.push_out_heaviest(&mut queue, mine + 1)
-                    .ok_or(Refused::Full)?;
+            if !take_below(&self.outstanding, self.max_outstanding)
+                && self.push_out_heaviest(&mut queue, mine).is_none()
+            {
+                drop(queue);
+                // Its share back; a caller holding nothing leaves the map
+                // (refusals never grow it, T01).
+                let gone = self
+                    .callers
+                    .get(caller)
+                    .is_some_and(|e| e.outstanding.fetch_sub(1, Ordering::AcqRel) == 1);
+                if gone {
+                    self.callers
+                        .remove_if(caller, |_, c| c.outstanding.load(Ordering::Acquire) == 0);
+                }
+                return Err(Refused::Full);
             }
         }
-        // T02: the share is checked again where it is taken, under the
-        // caller's shard lock, so racing requests of one caller never
-        // hold more than it.
         let ticket = Arc::new(Ticket::default());
         let entry = self.callers.entry(caller.clone()).or_default();
-        if entry
-            .outstanding
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.per_caller).then_some(n + 1)
-            })
-            .is_err()
-        {
-            drop(entry);
-            self.outstanding.fetch_sub(1, Ordering::AcqRel);
-            return Err(Refused::CallerShare);
-        }
         {
             let mut reading = lock(&entry.reading);
             if reading.len() >= PRUNE_AT {
