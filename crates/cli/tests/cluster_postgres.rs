@@ -89,11 +89,10 @@ fn psql(database: &str, sql: &str) {
 }
 
 fn manifest(app: &str) -> String {
-    format!(
-        r#"
-[app]
-name = "{app}"
-
+    on_postgres(
+        app,
+        &format!(
+            r#"
 [store.shared]
 kind = "kv"
 
@@ -122,11 +121,8 @@ route = "/granted"
 auth = "public"
 input.query.key = '[a-z_]+'
 grants = {{ secrets = ["api_token"] }}
-
-[cluster]
-backend = "postgres"
-database_url_file = "db-url"
 "#
+        ),
     )
 }
 
@@ -498,11 +494,9 @@ async fn admin_tokens_are_shared_by_nodes() {
 /// An app whose HTTP function sends to a queue its triggered function
 /// consumes (issue 18), on PostgreSQL: both nodes run the consumer.
 fn events_manifest(app: &str) -> String {
-    format!(
+    on_postgres(
+        app,
         r#"
-[app]
-name = "{app}"
-
 [store.events]
 kind = "kv"
 
@@ -519,7 +513,7 @@ methods = ["POST"]
 auth = "public"
 input.query.queue = true
 input.query.n = true
-grants = {{ queues = {{ jobs = {{ access = "send", max_messages = 100 }} }} }}
+grants = { queues = { jobs = { access = "send", max_messages = 100 } } }
 
 [[function]]
 name = "reader"
@@ -528,19 +522,15 @@ route = "/kv"
 methods = ["GET"]
 auth = "public"
 input.query.key = "[A-Za-z0-9-]+"
-grants = {{ kv = {{ events = "read" }} }}
+grants = { kv = { events = "read" } }
 
 [[function]]
 name = "consume"
 component = "events.wasm"
 max_concurrent_requests = 4
-trigger = {{ queue = "jobs" }}
-grants = {{ kv = {{ events = "read-write" }} }}
-
-[cluster]
-backend = "postgres"
-database_url_file = "db-url"
-"#
+trigger = { queue = "jobs" }
+grants = { kv = { events = "read-write" } }
+"#,
     )
 }
 

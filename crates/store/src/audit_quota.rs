@@ -16,6 +16,8 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::locked;
+
 /// Events the writer's queue holds.
 pub(crate) const CHANNEL_CAPACITY: usize = 16_384;
 
@@ -104,7 +106,7 @@ impl Quota {
 
     /// Count one dropped event of `source`.
     pub fn dropped(&self, source: &Arc<str>) {
-        let mut dropped = lock(&self.dropped);
+        let mut dropped = locked(&self.dropped);
         if let Some(n) = dropped.by_source.get_mut(source) {
             *n = n.saturating_add(1);
         } else if dropped.by_source.len() < MAX_LISTED {
@@ -119,7 +121,7 @@ impl Quota {
         if counts.total() == 0 {
             return;
         }
-        let mut dropped = lock(&self.dropped);
+        let mut dropped = locked(&self.dropped);
         dropped.other_sources = dropped.other_sources.saturating_add(counts.other_sources);
         for (source, n) in counts.by_source {
             if let Some(held) = dropped.by_source.get_mut(&source) {
@@ -134,19 +136,13 @@ impl Quota {
 
     /// The drops counted since the last call.
     pub fn take_dropped(&self) -> Dropped {
-        std::mem::take(&mut *lock(&self.dropped))
+        std::mem::take(&mut *locked(&self.dropped))
     }
 
     fn shard(&self, source: &str) -> MutexGuard<'_, HashMap<Arc<str>, u32>> {
         let i = (self.hasher.hash_one(source) % SHARDS as u64) as usize;
-        lock(&self.shards[i])
+        locked(&self.shards[i])
     }
-}
-
-/// A panic elsewhere while holding the lock leaves counts still worth
-/// keeping.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `source` as a record keeps it: at most [`MAX_SOURCE_TEXT`] bytes, cut
@@ -180,7 +176,7 @@ mod tests {
         quota.give_back(&a, 1);
         quota.give_back(&b, 1);
         assert_eq!(quota.queued.load(Ordering::Relaxed), 0);
-        assert!(quota.shards.iter().all(|s| lock(s).is_empty()));
+        assert!(quota.shards.iter().all(|s| locked(s).is_empty()));
     }
 
     #[test]

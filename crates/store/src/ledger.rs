@@ -27,8 +27,8 @@ use std::time::Duration;
 
 use tracing::{error, warn};
 
-use crate::now_ms;
 use crate::pg::{Pg, PgError};
+use crate::{locked, now_ms};
 
 /// A node that has not beaten for this long is dead: its reservations
 /// are given back by the others.
@@ -353,14 +353,12 @@ impl SharedLedger {
             Settlement::NeverRan { .. } => return,
             unadmitted @ Settlement::Unadmitted { .. } => unadmitted,
         };
-        let mut unsettled = self
-            .unsettled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut unsettled = locked(&self.unsettled);
         if unsettled.len() >= MAX_UNSETTLED {
-            // Dropped: its reservation stays held until this node stops
-            // and is reaped (fails closed, never open).
-            error!(target: "bulkhead::budget", "too many settlements wait for the shared budget ledger; one is dropped and its reservation stays held");
+            // Dropped: its usage never reaches the shared totals (the
+            // reservation is the beat's to reconcile), so the deployment
+            // undercounts by it: said loudly, never silently.
+            error!(target: "bulkhead::budget", "too many settlements wait for the shared budget ledger; one is dropped and its usage is not counted in the shared totals");
             return;
         }
         unsettled.push_back(settlement);
@@ -522,22 +520,14 @@ impl SharedLedger {
             return;
         }
         for _ in 0..most {
-            let next = self
-                .unsettled
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pop_front();
-            let Some(settlement) = next else {
+            let Some(settlement) = locked(&self.unsettled).pop_front() else {
                 return;
             };
             if self
                 .watch(self.apply_async(settlement.clone()).await)
                 .is_err()
             {
-                self.unsettled
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push_front(settlement);
+                locked(&self.unsettled).push_front(settlement);
                 return;
             }
         }
@@ -551,20 +541,11 @@ impl SharedLedger {
             return;
         }
         for _ in 0..most {
-            let next = self
-                .unsettled
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .pop_front();
-            let Some(settlement) = next else {
+            let Some(settlement) = locked(&self.unsettled).pop_front() else {
                 return;
             };
             if self.watch(self.apply(settlement.clone())).is_err() {
-                let mut unsettled = self
-                    .unsettled
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                unsettled.push_front(settlement);
+                locked(&self.unsettled).push_front(settlement);
                 return;
             }
         }
@@ -572,10 +553,7 @@ impl SharedLedger {
 
     /// Settlements waiting for the database (metrics).
     pub fn unsettled(&self) -> usize {
-        self.unsettled
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        locked(&self.unsettled).len()
     }
 }
 
@@ -774,9 +752,7 @@ impl Drop for Counted<'_> {
 
 /// Add (`on`) or take off `worst` for each of `keys` in `in_flight`.
 fn track(in_flight: &Mutex<HashMap<LedgerKey, Tally>>, keys: &[LedgerKey], worst: Tally, on: bool) {
-    let mut map = in_flight
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut map = locked(in_flight);
     for k in keys {
         let held = map.entry(k.clone()).or_default();
         if on {
@@ -825,13 +801,7 @@ async fn reconcile(
             })
         })
         .collect::<Result<_, PgError>>()?;
-    keys.extend(
-        in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .keys()
-            .cloned(),
-    );
+    keys.extend(locked(in_flight).keys().cloned());
     keys.sort();
     keys.dedup();
     // Locked by an upsert, not `SELECT … FOR UPDATE`: that would not wait
@@ -851,10 +821,7 @@ async fn reconcile(
         .map_err(PgError::of)?;
     }
     // Read under the locks: an admission counts itself before it commits.
-    let truth = in_flight
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let truth = locked(in_flight).clone();
     for k in &keys {
         let held = tx
             .query(

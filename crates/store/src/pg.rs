@@ -157,7 +157,14 @@ pub(crate) fn connect(
     config: &PgConfig,
     size: usize,
 ) -> Result<(tokio::runtime::Runtime, Pool), PgError> {
-    let (pg, tls) = parse_url(config)?;
+    connect_parsed(parse_url(config)?, size)
+}
+
+/// [`connect`] for a URL already parsed (its TLS already built).
+fn connect_parsed(
+    (pg, tls): Parsed,
+    size: usize,
+) -> Result<(tokio::runtime::Runtime, Pool), PgError> {
     let manager_config = deadpool_postgres::ManagerConfig {
         recycling_method: deadpool_postgres::RecyclingMethod::Fast,
     };
@@ -193,14 +200,14 @@ impl Pg {
     /// Connect, and create the schema's tables if they are missing. Fails
     /// (with what to do) when the database cannot be reached.
     pub fn open(config: &PgConfig) -> Result<Arc<Self>, PgError> {
-        let (runtime, pool) = connect(config, POOL_SIZE)?;
-        let parsed = parse_url(config)?;
+        let (url, tls) = parse_url(config)?;
+        let (runtime, pool) = connect_parsed((url.clone(), tls.clone()), POOL_SIZE)?;
         let pg = Arc::new(Self {
             runtime: Some(runtime),
             pool,
             schema: config.schema.clone(),
-            config: parsed.0,
-            tls: parsed.1,
+            config: url,
+            tls,
         });
         let migration = migration(&config.schema);
         pg.call(move |pool| async move {
