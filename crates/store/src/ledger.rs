@@ -119,6 +119,11 @@ const BACK_OFF_MS: i64 = 2_000;
 /// answering without closing, or rows locked too long): then the node
 /// decides on its share. A request never waits on the network for longer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a heartbeat may take (it reconciles every scope this node
+/// holds): well inside [`DEAD_AFTER_MS`], so a stalled beat fails, is
+/// logged and is tried again, instead of hanging while the others take
+/// this node for dead (third outside review).
+const BEAT_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn big(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -417,7 +422,7 @@ impl SharedLedger {
         let node = self.node.clone();
         let today = now_ms().div_euclid(86_400_000);
         let in_flight = self.in_flight.clone();
-        self.watch(self.pg.call(move |pool| async move {
+        self.watch(self.pg.call(move |pool| within_for(BEAT_TIMEOUT, async move {
             let mut client = pool.get().await.map_err(PgError::of)?;
             // The database's clock, not the node's: nodes whose clocks
             // disagree never declare each other dead (outside review).
@@ -500,7 +505,7 @@ impl SharedLedger {
                 .await
                 .map_err(PgError::of)?;
             Ok(live)
-        }))
+        })))
         .map(|live| {
             let live = usize::try_from(live).unwrap_or(1).max(1);
             let before = self
@@ -889,7 +894,15 @@ async fn reconcile(
 
 /// `work`, or an error once [`CALL_TIMEOUT`] has passed.
 async fn within<T>(work: impl Future<Output = Result<T, PgError>>) -> Result<T, PgError> {
-    tokio::time::timeout(CALL_TIMEOUT, work)
+    within_for(CALL_TIMEOUT, work).await
+}
+
+/// `work`, or an error once `limit` has passed.
+async fn within_for<T>(
+    limit: Duration,
+    work: impl Future<Output = Result<T, PgError>>,
+) -> Result<T, PgError> {
+    tokio::time::timeout(limit, work)
         .await
         .unwrap_or_else(|_| Err(PgError("the budget ledger did not answer in time".into())))
 }

@@ -312,3 +312,32 @@ fn a_nodes_holds_are_reconciled_with_its_running_calls_t04() {
         Tally::default()
     );
 }
+
+/// T04, T01 (third outside review): a heartbeat the database stalls (here:
+/// `budget_nodes` locked by another session) fails within its bound and
+/// is logged and tried again, instead of hanging for ever while the other
+/// nodes take this one for dead; once the lock goes, the next beat works.
+#[test]
+fn a_stalled_heartbeat_fails_within_its_bound_t04() {
+    let db = PgDatabase::create();
+    let nodes = nodes(&db, 1);
+    let a = nodes.ledgers[0].clone();
+    let holder = db.client();
+    db.admin
+        .block_on(holder.batch_execute(&format!(
+            "BEGIN; LOCK TABLE {}.budget_nodes IN ACCESS EXCLUSIVE MODE",
+            db.schema
+        )))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let beating = a.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(beating.beat());
+    });
+    let stalled = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the heartbeat hung behind the lock");
+    assert!(stalled.is_err(), "a beat behind a held lock succeeded");
+    db.admin.block_on(holder.batch_execute("COMMIT")).unwrap();
+    a.beat().unwrap();
+}
