@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use bulkhead_manifest::cost::Limits;
 use bulkhead_manifest::{App, Budget, FunctionLimits, Pricing};
-use bulkhead_store::ledger::{LedgerKey, ScopeTotals, SharedLedger};
+use bulkhead_store::ledger::{Admitted, LedgerKey, ScopeTotals, SharedLedger};
 use bulkhead_store::meter::{MeterLog, Usage, hour_of, usage_since};
 use bulkhead_store::{State, Store, StoreError, now_ms};
 use tracing::{error, warn};
@@ -138,8 +138,9 @@ pub struct Charge {
 enum Shared {
     /// No shared ledger, or no limit to check there.
     None,
-    /// Admitted by the shared ledger: settled there.
-    Admitted,
+    /// Admitted by the shared ledger (alone, or from this node's lease):
+    /// settled there.
+    Admitted(Admitted),
     /// Admitted on this node's share while the ledger was unreachable:
     /// its usage is added there once it answers.
     OnShare,
@@ -361,10 +362,17 @@ impl Meter {
         let worst = Amount::of(&self.worst_cases[function]);
         let limits = self.limits(function).map(Limits::clone);
         let pricing = self.pricing.clone();
-        let decide = move |totals: &[ScopeTotals]| {
+        // `ahead`: a lease is asked for only if that many more calls
+        // would still fit after it (see `bulkhead_store::ledger`).
+        let decide = move |totals: &[ScopeTotals], ahead: u64| {
+            let (more_spent, more_reserved) =
+                (Amount::ONE_REQUEST.times(ahead), worst.times(ahead));
             let mut all = [(Amount::default(), Amount::default()); 4];
             for (&i, t) in scopes.iter().zip(totals) {
-                all[i] = (Amount::from(t.spent), Amount::from(t.reserved));
+                all[i] = (
+                    Amount::from(t.spent).plus(more_spent),
+                    Amount::from(t.reserved).plus(more_reserved),
+                );
             }
             let limits = [&limits[0], &limits[1], &limits[2], &limits[3]];
             match misfit(&pricing, &limits, &all, worst) {
@@ -372,15 +380,12 @@ impl Meter {
                 None => Ok(()),
             }
         };
-        match shared
-            .admit(&keys, Amount::ONE_REQUEST.into(), worst.into(), decide)
-            .await
-        {
-            Ok(Ok(())) => {
+        match shared.admit(&keys, worst.into(), decide).await {
+            Ok(Ok(admitted)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     warn!(target: "bulkhead::budget", "the shared budget ledger answers again: budgets are the deployment's again");
                 }
-                Ok(Shared::Admitted)
+                Ok(Shared::Admitted(admitted))
             }
             Ok(Err((i, held))) => {
                 if !held {
@@ -661,9 +666,11 @@ impl Charge {
         if let Some(shared) = &meter.shared {
             let keys = || meter.shared_keys(self.function, &self.caller, self.day).0;
             match self.shared {
-                Shared::Admitted => shared.settle(keys(), used.into(), worst.into()),
+                Shared::Admitted(admitted) => {
+                    shared.settle(&keys(), used.into(), worst.into(), admitted);
+                }
                 Shared::OnShare => {
-                    shared.record_unadmitted(keys(), used.plus(Amount::ONE_REQUEST).into());
+                    shared.record_unadmitted(&keys(), used.plus(Amount::ONE_REQUEST).into());
                 }
                 Shared::None => {}
             }
@@ -700,11 +707,11 @@ impl Drop for Charge {
                 c.sub_spent(charged, Amount::ONE_REQUEST);
             }
         });
-        if self.shared == Shared::Admitted
+        if let Shared::Admitted(admitted) = self.shared
             && let Some(shared) = &meter.shared
         {
             let (keys, _) = meter.shared_keys(self.function, &self.caller, charged);
-            shared.give_back(keys, worst.into());
+            shared.give_back(&keys, worst.into(), admitted);
         }
     }
 }

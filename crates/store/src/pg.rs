@@ -236,13 +236,6 @@ impl Pg {
         (&self.config, self.tls.as_ref())
     }
 
-    /// Run `task` on the connection's runtime, not waiting for it.
-    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        if let Some(runtime) = &self.runtime {
-            runtime.spawn(task);
-        }
-    }
-
     /// Run `work` on the connection's runtime and await its result
     /// without blocking the caller's thread (a gateway worker stays free
     /// for other requests while the database answers).

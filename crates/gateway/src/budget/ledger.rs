@@ -63,6 +63,15 @@ impl Amount {
         }
     }
 
+    /// `n` times this much.
+    pub fn times(self, n: u64) -> Self {
+        Self {
+            requests: self.requests.saturating_mul(n),
+            mib_us: self.mib_us.saturating_mul(n),
+            egress: self.egress.saturating_mul(n),
+        }
+    }
+
     pub fn minus(self, other: Amount) -> Self {
         Self {
             requests: self.requests.saturating_sub(other.requests),
