@@ -105,6 +105,31 @@ fn print_unclean_stops(stops: &[bulkhead_store::UncleanStop]) {
     }
 }
 
+/// On PostgreSQL (issue 16, T09): the deployment's chain, every node's
+/// records in one order. Whether it is intact (true without a cluster).
+fn verify_shared_chain(target: &Target) -> Result<bool> {
+    use bulkhead_store::audit_chain::ChainVerification;
+    let state = target.state(false)?;
+    if !state.is_shared() {
+        return Ok(true);
+    }
+    let keyring = state.keyring(&target.env)?;
+    match state.verify_shared_trail(&keyring)? {
+        Some(ChainVerification::Intact { records, nodes }) => {
+            println!(
+                "OK: the deployment's audit chain of `{}` is intact ({records} records from {nodes} node(s))",
+                target.env
+            );
+            Ok(true)
+        }
+        Some(ChainVerification::Broken { seq, reason }) => {
+            println!("BROKEN: the deployment's audit chain at record {seq}: {reason}");
+            Ok(false)
+        }
+        None => Ok(true),
+    }
+}
+
 pub fn run(command: AuditCommand) -> Result<ExitCode> {
     match command {
         AuditCommand::Verify { target } => {
@@ -148,7 +173,11 @@ pub fn run(command: AuditCommand) -> Result<ExitCode> {
                 }
             };
             print_unclean_stops(&stops);
-            code
+            let shared = verify_shared_chain(&target)?;
+            match code {
+                Ok(ExitCode::SUCCESS) if !shared => Ok(ExitCode::FAILURE),
+                code => code,
+            }
         }
         AuditCommand::Query {
             target,

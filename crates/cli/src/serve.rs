@@ -159,6 +159,9 @@ pub fn run(
     // marker and its syncs, the head check) while the runtime starts and
     // the functions load; `serve` waits for it before it listens (T09).
     let (audit, audit_opening) = AuditLog::start_opening(&store)?;
+    // Issue 16 (T09): on PostgreSQL this node's trail is shipped into the
+    // deployment's one chain.
+    let shared_trail = shared_trail(&state, &target.env)?;
     let runtime = start_runtime(workers)?;
     ignore_file_size_signal(&runtime);
     let spans = span_export(&app, runtime.handle())?;
@@ -184,9 +187,33 @@ pub fn run(
         warn!(target: "bulkhead::telemetry", error = %e, "could not send every queued span");
     }
     audit.close();
+    // After the trail closed: its last records are shipped too.
+    if let Some(trail) = shared_trail {
+        trail.close();
+    }
     // Issue 17: the next start finds an empty WAL (nothing to read back).
     state.checkpoint();
     result
+}
+
+/// The deployment's audit chain on PostgreSQL (issue 16, T09), shipping.
+fn shared_trail(
+    state: &State,
+    env: &str,
+) -> Result<Option<Arc<bulkhead_store::audit_chain::SharedTrail>>> {
+    if !state.is_shared() {
+        return Ok(None);
+    }
+    let keyring = state.keyring(env)?;
+    let Some(trail) = state
+        .shared_trail(&keyring)
+        .context("cannot open the deployment's audit chain")?
+    else {
+        return Ok(None);
+    };
+    trail.start()?;
+    info!(target: "bulkhead::audit", node = trail.node(), "this node's audit trail is shipped into the deployment's chain");
+    Ok(Some(trail))
 }
 
 /// Issue 16: per-caller rate limits shared through Redis, when `[cluster]`

@@ -1307,3 +1307,161 @@ async fn migrate_state_moves_an_embedded_app_into_postgres() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+/// The counts `audit verify` prints for `node`: its own trail's records,
+/// and the deployment's chain (records, nodes), with its exit status.
+fn audit_counts(cluster: &Cluster, node: usize) -> (bool, String, u64, u64) {
+    let out = cluster.cli(node, &["audit", "verify"], &[], b"");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let number_before = |text: &str, marker: &str| -> u64 {
+        text.split_once(marker)
+            .and_then(|(before, _)| before.rsplit(['(', ' ']).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let own = stdout
+        .lines()
+        .find(|l| l.starts_with("OK: the audit trail"))
+        .map_or(0, |l| number_before(l, " records)"));
+    let chain = stdout
+        .lines()
+        .find(|l| l.contains("deployment's audit chain"))
+        .map_or(0, |l| number_before(l, " records from"));
+    (out.status.success(), stdout, own, chain)
+}
+
+/// T09 across nodes (issue 16): two nodes' trails are one hash chain in
+/// PostgreSQL. Refusals on both nodes, a clean stop: `audit verify` finds
+/// the chain intact, holding every record of both nodes' own trails.
+/// Then the database is tampered with (a record edited, the last record
+/// deleted, the head moved back without the key): each is BROKEN; and a
+/// node started on the tampered chain does not launder it by appending.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_trail_is_one_chain_across_nodes_t09() {
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    for server in [&a, &b] {
+        for _ in 0..5 {
+            let (status, _) = call(server, "/keyed", Some("nope")).await;
+            assert_eq!(status, 401);
+        }
+    }
+    a.stop();
+    b.stop();
+    let (ok_a, out_a, own_a, chain) = audit_counts(&cluster, 0);
+    assert!(ok_a, "{out_a}");
+    assert!(out_a.contains("from 2 node(s)"), "{out_a}");
+    let (ok_b, out_b, own_b, chain_b) = audit_counts(&cluster, 1);
+    assert!(ok_b, "{out_b}");
+    assert!(own_a > 0 && own_b > 0, "{out_a}\n{out_b}");
+    assert_eq!(chain, own_a + own_b, "{out_a}\n{out_b}");
+    assert_eq!(chain_b, chain);
+
+    let db = &cluster._db.name;
+    let table = format!("bh_{}_dev.audit_chain", cluster._db.app);
+    // An edit: the record is named.
+    psql(
+        db,
+        &format!(
+            "CREATE TABLE saved AS SELECT * FROM {table} WHERE seq = 3;
+             UPDATE {table} SET detail = '{{}}' WHERE seq = 3"
+        ),
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("BROKEN: the deployment's audit chain at record 3"),
+        "{out}"
+    );
+    psql(
+        db,
+        &format!("UPDATE {table} t SET detail = s.detail FROM saved s WHERE t.seq = 3"),
+    );
+    assert!(audit_counts(&cluster, 0).0, "restored");
+    // The last record deleted: the head still names it.
+    psql(
+        db,
+        &format!(
+            "CREATE TABLE last AS SELECT * FROM {table} ORDER BY seq DESC LIMIT 1;
+             DELETE FROM {table} WHERE seq = (SELECT seq FROM last)"
+        ),
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok && out.contains("but its head names record"), "{out}");
+    // The head moved back to match, without the key: its MAC gives it away.
+    psql(
+        db,
+        &format!(
+            "UPDATE {table}_head h SET seq = c.seq, hash = c.hash
+             FROM (SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1) c"
+        ),
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok && out.contains("not one a node wrote"), "{out}");
+    // A node that starts on it starts a new segment, never extends it:
+    // the break stays on the record.
+    let a = cluster.serve(0);
+    let (status, _) = call(&a, "/keyed", Some("nope")).await;
+    assert_eq!(status, 401);
+    let logs = a.stop_with_logs();
+    assert!(
+        logs.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the deployment's audit chain was tampered with"))),
+        "no error logged"
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok, "{out}");
+    assert!(out.contains("started a new segment"), "{out}");
+}
+
+/// T09, issue 16: a node killed with SIGKILL while it and another node
+/// are under load loses nothing from the deployment's chain: once it is
+/// started again (and stopped cleanly), every record of both nodes' own
+/// trails is in the chain, in one verified order.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_mid_load_keeps_the_audit_chain_whole_t09() {
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    let load = |addr: std::net::SocketAddr, answered: Arc<AtomicUsize>| {
+        tokio::spawn(async move {
+            for done in 0..4000 {
+                let mut req = request("GET", addr, "/keyed", Bytes::new());
+                req.headers_mut()
+                    .insert("authorization", "Bearer nope".parse().unwrap());
+                if try_send(addr, req).await.is_err() {
+                    return done; // killed
+                }
+                answered.fetch_add(1, Ordering::SeqCst);
+            }
+            4000
+        })
+    };
+    let answered_a = Arc::new(AtomicUsize::new(0));
+    let load_a = load(a.addr, answered_a.clone());
+    let load_b = load(b.addr, Arc::new(AtomicUsize::new(0)));
+    for _ in 0..600 {
+        if answered_a.load(Ordering::SeqCst) >= 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.kill();
+    let done_a = load_a.await.unwrap();
+    assert!(
+        (200..4000).contains(&done_a),
+        "node A was not killed mid-load ({done_a} answered)"
+    );
+    load_b.await.unwrap();
+    let a = cluster.serve(0);
+    a.stop();
+    b.stop();
+    let (ok_a, out_a, own_a, chain) = audit_counts(&cluster, 0);
+    let (ok_b, out_b, own_b, _) = audit_counts(&cluster, 1);
+    assert!(ok_a && ok_b, "{out_a}\n{out_b}");
+    assert!(
+        out_a.contains("audit.unclean_stop") || out_a.contains("unclean"),
+        "{out_a}"
+    );
+    assert_eq!(chain, own_a + own_b, "{out_a}\n{out_b}");
+}

@@ -760,6 +760,47 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Up to `limit` records after record `after`, oldest first, each with
+    /// the detail text its hash covers (the deployment's chain ships them
+    /// whole, see `audit_chain`).
+    pub(crate) fn audit_records_after(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<crate::audit_chain::NodeRecord>, StoreError> {
+        let conn = self.lease()?;
+        let db = |e| self.db_error(e);
+        let mut statement = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))
+            .map_err(db)?;
+        let rows = statement
+            .query_map(rusqlite::params![after, limit], read_row)
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let Row {
+                record,
+                detail_json,
+            } = row.map_err(db)?;
+            out.push(crate::audit_chain::NodeRecord {
+                seq: record.seq,
+                time_ms: record.time_ms,
+                kind: record.kind,
+                correlation_id: record.correlation_id,
+                subject: record.subject,
+                function: record.function,
+                detail_json,
+                prev_hash: record.prev_hash,
+                hash: record.hash,
+            });
+        }
+        Ok(out)
+    }
+}
+
 fn broken(seq: i64, reason: String) -> Verification {
     Verification::Broken { seq, reason }
 }

@@ -4,6 +4,7 @@
 
 pub mod audit;
 mod audit_budget;
+pub mod audit_chain;
 mod audit_durable;
 mod audit_quota;
 mod audit_runs;

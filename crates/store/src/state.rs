@@ -15,9 +15,10 @@
 //! environment's schema ([`crate::kv::PostgresKv`], [`crate::pg`],
 //! [`crate::queue::PostgresQueue`]), so every node shares them, and so is
 //! the daily budgets' ledger ([`crate::ledger::SharedLedger`]; on one node
-//! it is the gateway's in-memory ledger, rebuilt from the meter); the
-//! audit trail, the hourly meter and SQL stores stay in the node's state
-//! directory for now.
+//! it is the gateway's in-memory ledger, rebuilt from the meter), and the
+//! deployment's audit chain ([`crate::audit_chain::SharedTrail`]: each
+//! node's trail, written locally first, shipped into one chain); the
+//! hourly meter and SQL stores stay in the node's state directory for now.
 //!
 //! Sealing (T15) and every check (expiry, revocation, subject scope) stay
 //! above the traits, so a backend only ever sees sealed blobs and hashes.
@@ -228,6 +229,32 @@ impl State {
             Some(pg) => SharedLedger::open(pg.clone())
                 .map(Some)
                 .map_err(|e| StoreError::Backend(e.to_string())),
+            None => Ok(None),
+        }
+    }
+
+    /// The deployment's audit chain (issue 16, T09), when the state is
+    /// shared: this node's trail is shipped into it. Its head is MAC'd
+    /// under a data key of `keyring`, which every node shares.
+    pub fn shared_trail(
+        &self,
+        keyring: &Keyring,
+    ) -> Result<Option<Arc<crate::audit_chain::SharedTrail>>, StoreError> {
+        match &self.pg {
+            Some(pg) => {
+                crate::audit_chain::SharedTrail::open(pg.clone(), &self.store, keyring).map(Some)
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Verify the deployment's audit chain, when the state is shared.
+    pub fn verify_shared_trail(
+        &self,
+        keyring: &Keyring,
+    ) -> Result<Option<crate::audit_chain::ChainVerification>, StoreError> {
+        match &self.pg {
+            Some(pg) => crate::audit_chain::SharedTrail::verify(pg, keyring).map(Some),
             None => Ok(None),
         }
     }
