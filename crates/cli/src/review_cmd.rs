@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
 use bulkhead_report::privileges::{Evidence, MIN_WINDOW_MS, Review, Window};
-use bulkhead_store::meter::{hour_of, usage_since};
+use bulkhead_store::meter::hour_of;
 use bulkhead_store::{AuditQuery, now_ms};
 use clap::{Subcommand, ValueEnum};
 
@@ -133,7 +133,8 @@ fn privileges(target: &Target, since: &str, format: Format) -> Result<ExitCode> 
         |record| evidence.add(&record),
     )?;
     if app.limits.metering {
-        evidence.add_usage(&usage_since(&store, hour_of(since_ms))?);
+        // The deployment's usage on PostgreSQL (issue 16).
+        evidence.add_usage(&target.state(false)?.usage_since(hour_of(since_ms))?);
     }
     if waiting {
         eprintln!(

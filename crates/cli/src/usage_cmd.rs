@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
 use bulkhead_manifest::Pricing;
-use bulkhead_store::meter::{Usage, hour_of, usage_since};
+use bulkhead_store::meter::{Usage, hour_of};
 use bulkhead_store::now_ms;
 use clap::ValueEnum;
 
@@ -43,9 +43,10 @@ pub fn run(target: &Target, by: GroupBy, since: &str, format: Format) -> Result<
             Pricing::default()
         }
     };
-    let store = target.store(false)?;
+    // On PostgreSQL (issue 16): the deployment's usage, every node's.
+    let state = target.state(false)?;
     let since_ms = now_ms().saturating_sub(i64::try_from(since.as_millis()).unwrap_or(i64::MAX));
-    let rows = usage_since(&store, hour_of(since_ms))?;
+    let rows = state.usage_since(hour_of(since_ms))?;
 
     let mut groups: BTreeMap<String, Usage> = BTreeMap::new();
     let mut total = Usage::default();

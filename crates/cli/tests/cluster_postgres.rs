@@ -1465,3 +1465,36 @@ async fn a_node_killed_mid_load_keeps_the_audit_chain_whole_t09() {
     );
     assert_eq!(chain, own_a + own_b, "{out_a}\n{out_b}");
 }
+
+/// T04, issue 16: the hourly meter is the deployment's. Calls through two
+/// nodes are added into the same rows of PostgreSQL, so `bulkhead usage`
+/// on either node reports every call (each node alone would see its own).
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_counts_every_nodes_calls_t04() {
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    for _ in 0..3 {
+        ok(&a, "/free", None).await;
+    }
+    for _ in 0..4 {
+        ok(&b, "/free", None).await;
+    }
+    a.stop();
+    b.stop();
+    for node in 0..2 {
+        let out = cluster.cli_ok(
+            node,
+            &["usage"],
+            &["--format", "json", "--by", "function"],
+            b"",
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let free = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == "free")
+            .unwrap_or_else(|| panic!("{report}"));
+        assert_eq!(free["requests"], 7, "{report}");
+    }
+}

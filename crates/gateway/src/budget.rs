@@ -35,8 +35,8 @@ use std::time::Instant;
 use bulkhead_manifest::cost::Limits;
 use bulkhead_manifest::{App, Budget, FunctionLimits, Pricing};
 use bulkhead_store::ledger::{Admitted, LedgerKey, ScopeTotals, SharedLedger};
-use bulkhead_store::meter::{MeterLog, Usage, hour_of, usage_since};
-use bulkhead_store::{State, Store, StoreError, now_ms};
+use bulkhead_store::meter::{MeterLog, Usage, hour_of};
+use bulkhead_store::{State, StoreError, now_ms};
 use tracing::{error, warn};
 
 use self::ledger::{ALERTED_80, ALERTED_100, Amount, Cells, FunctionBooks, Ledger, cells_of, lock};
@@ -204,12 +204,14 @@ impl Meter {
         limits: &[&FunctionLimits],
         state: &State,
     ) -> Result<Arc<Self>, StoreError> {
-        let store = state.store();
-        let log = MeterLog::start(store)?;
+        // On PostgreSQL the meter is the deployment's (issue 16): every
+        // node's calls, so this node's ledger starts from the deployment's
+        // spend today (the safe side for its own checks).
+        let log = state.meter_log()?;
         let today = day_of(now_ms());
         let shared = state.budget_ledger()?;
         let meter = Self::with(app, limits, log, Arc::new(Ledger::new(today)), shared);
-        meter.reload(store, today)?;
+        meter.reload(state, today)?;
         Ok(Arc::new(meter))
     }
 
@@ -274,8 +276,8 @@ impl Meter {
     }
 
     /// Rebuild today's totals from the durable meter, before any request.
-    fn reload(&self, store: &Store, today: i64) -> Result<(), StoreError> {
-        let rows = usage_since(store, hour_of(today * DAY_MS))?;
+    fn reload(&self, state: &State, today: i64) -> Result<(), StoreError> {
+        let rows = state.usage_since(hour_of(today * DAY_MS))?;
         let ledger = &self.ledger;
         for row in rows {
             let caller: Arc<str> = row.caller.as_str().into();
@@ -807,7 +809,7 @@ mod tests {
     /// A meter with one function whose call reserves `worst`, under
     /// `app` (the app's budget), in a fresh store.
     fn meter(dir: &std::path::Path, app: Limits, worst: Usage) -> Arc<Meter> {
-        let store = Store::open(dir).expect("store");
+        let store = bulkhead_store::Store::open(dir).expect("store");
         let log = MeterLog::start(&store).expect("meter log");
         Arc::new(Meter::of_parts(
             Pricing::default(),

@@ -33,7 +33,7 @@
 //!   blip holds reservations a little longer, never forever.
 //! - Rows name callers (personal data, T20) and are deleted two days on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -52,8 +52,8 @@ const BEAT_EVERY: Duration = Duration::from_secs(5);
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
 /// Settlements kept for a retry while the database is unreachable.
 const MAX_UNSETTLED: usize = 100_000;
-/// Settlements a request applies from the queue before its own.
-const ON_REQUEST: usize = 64;
+/// Kept settlements a settling retries (the beat retries them all).
+const ON_TICK: usize = 256;
 /// Days of totals kept (today and yesterday: a call admitted before
 /// midnight settles after it).
 const KEEP_DAYS: i64 = 2;
@@ -194,9 +194,13 @@ pub struct SharedLedger {
     /// This process's id in `budget_holds` and `budget_nodes`: fresh at
     /// every start, so a restarted node's old reservations are reaped.
     node: String,
-    unsettled: Mutex<VecDeque<Settlement>>,
+    /// Usage the database did not take yet, summed per set of scopes.
+    unsettled: Mutex<HashMap<Vec<LedgerKey>, Ended>>,
+    /// Held while settlements are applied or holds reconciled: a stop's
+    /// last settling never races a beat (outside review).
+    settling: Mutex<()>,
     /// Calls that ended since the last settling, per set of scopes.
-    ended: Mutex<HashMap<Vec<LedgerKey>, Ended>>,
+    ended: Arc<Mutex<HashMap<Vec<LedgerKey>, Ended>>>,
     leases: Mutex<HashMap<Vec<LedgerKey>, Lease>>,
     /// What this node's admitted, unsettled calls and its leases reserve,
     /// per scope: the truth its `budget_holds` rows are brought back to at
@@ -240,8 +244,9 @@ impl SharedLedger {
         getrandom::fill(&mut id).map_err(PgError::of)?;
         let ledger = Arc::new(Self {
             node: hex::encode(id),
-            unsettled: Mutex::new(VecDeque::new()),
-            ended: Mutex::default(),
+            unsettled: Mutex::default(),
+            settling: Mutex::default(),
+            ended: Arc::default(),
             leases: Mutex::default(),
             in_flight: Arc::default(),
             live_nodes: AtomicUsize::new(1),
@@ -289,8 +294,6 @@ impl SharedLedger {
                 "the budget ledger did not answer a moment ago".into(),
             ));
         }
-        // What waits first, so the totals judged include it.
-        self.retry_unsettled_async(ON_REQUEST).await;
         if size > 1 {
             let nodes = u64::try_from(self.live_nodes()).unwrap_or(u64::MAX);
             let ahead = size.saturating_mul(nodes).saturating_mul(LEASE_HEADROOM);
@@ -333,7 +336,21 @@ impl SharedLedger {
             held.requests = 0;
             1
         };
-        self.watch(self.pg.call_async(move |pool| within(async move {
+        // Cancel-safe (outside review, high): a request dropped while its
+        // admission runs (its client gone) gives back what was admitted
+        // for it, at the next settling, instead of holding it for ever.
+        let (ended, undo_keys) = (self.ended.clone(), keys.clone());
+        let undo = move |admitted: Result<Result<(), R>, PgError>| {
+            if let Ok(Ok(())) = admitted {
+                let back = Ended {
+                    used: Tally::default(),
+                    worst: held,
+                    unran: u64::try_from(spent).unwrap_or(0),
+                };
+                end_into(&ended, &undo_keys, back);
+            }
+        };
+        self.watch(self.pg.call_async_or(move |pool| within(async move {
             let mut client = pool.get().await.map_err(PgError::of)?;
             let tx = client.transaction().await.map_err(PgError::of)?;
             let add = tx
@@ -403,7 +420,7 @@ impl SharedLedger {
             tx.commit().await.map_err(PgError::of)?;
             counted.keep();
             Ok(Ok(()))
-        })).await)
+        }), undo).await)
     }
 
     /// Take a call from this node's lease on `keys`, or say how many
@@ -430,6 +447,19 @@ impl SharedLedger {
     /// A lease of `left` more calls was granted on `keys`.
     fn leased(&self, keys: &[LedgerKey], worst: Tally, left: u64, now: i64) {
         let mut leases = locked(&self.leases);
+        if leases.len() >= MOST_LEASED_SCOPES && !leases.contains_key(keys) {
+            // Past the bound (racing first admissions): given back at the
+            // next settling, the call itself stays admitted.
+            drop(leases);
+            self.end(
+                keys,
+                Ended {
+                    worst: worst.of_calls(left),
+                    ..Ended::default()
+                },
+            );
+            return;
+        }
         let lease = leases.entry(keys.to_vec()).or_insert(Lease {
             worst,
             left: 0,
@@ -575,13 +605,7 @@ impl SharedLedger {
 
     /// Sum `ended` into what the next settling applies.
     fn end(&self, keys: &[LedgerKey], ended: Ended) {
-        let mut all = locked(&self.ended);
-        match all.get_mut(keys) {
-            Some(sum) => sum.add(ended),
-            None => {
-                all.insert(keys.to_vec(), ended);
-            }
-        }
+        end_into(&self.ended, keys, ended);
     }
 
     /// Settle what ended since the last time, one transaction per set of
@@ -589,13 +613,14 @@ impl SharedLedger {
     /// database is down). Run every [`SETTLE_EVERY`] by the heartbeat
     /// thread, and by [`Self::flush`].
     fn settle_ended(&self) {
+        let _one = locked(&self.settling);
         let ended = std::mem::take(&mut *locked(&self.ended));
         for (keys, ended) in ended {
             // Off the truth the beat reconciles holds to now: if this
             // transaction fails, the beat gives the hold back.
             track(&self.in_flight, &keys, ended.worst, false);
             let settlement = Settlement { keys, ended };
-            if self.is_down() || self.unsettled() > 0 {
+            if self.is_down() {
                 self.keep(settlement);
                 continue;
             }
@@ -623,7 +648,17 @@ impl SharedLedger {
         if ended.used == Tally::default() {
             return;
         }
+        let used = Ended {
+            used: ended.used,
+            ..Ended::default()
+        };
         let mut unsettled = locked(&self.unsettled);
+        // Summed per set of scopes: an outage with many callers keeps one
+        // entry each, and the retry is one transaction each (review).
+        if let Some(sum) = unsettled.get_mut(&keys) {
+            sum.add(used);
+            return;
+        }
         if unsettled.len() >= MAX_UNSETTLED {
             // Dropped: its usage never reaches the shared totals (the
             // reservation is the beat's to reconcile), so the deployment
@@ -631,13 +666,7 @@ impl SharedLedger {
             error!(target: "bulkhead::budget", "too many settlements wait for the shared budget ledger; one is dropped and its usage is not counted in the shared totals");
             return;
         }
-        unsettled.push_back(Settlement {
-            keys,
-            ended: Ended {
-                used: ended.used,
-                ..Ended::default()
-            },
-        });
+        unsettled.insert(keys, used);
     }
 
     /// One settlement, in one transaction. The node's hold comes off
@@ -648,14 +677,6 @@ impl SharedLedger {
         let (schema, node) = (self.pg.schema().to_string(), self.node.clone());
         self.pg
             .call(move |pool| within(apply_on(pool, schema, node, settlement)))
-    }
-
-    /// [`Self::apply`], awaited without blocking the caller's thread.
-    async fn apply_async(&self, settlement: Settlement) -> Result<(), PgError> {
-        let (schema, node) = (self.pg.schema().to_string(), self.node.clone());
-        self.pg
-            .call_async(move |pool| within(apply_on(pool, schema, node, settlement)))
-            .await
     }
 
     /// Today's totals of `keys`, without adding anything (metrics, tests).
@@ -688,6 +709,7 @@ impl SharedLedger {
     /// forget old days. Run every [`BEAT_EVERY`] by the heartbeat thread;
     /// public so a test can run it at once.
     pub fn beat(&self) -> Result<(), PgError> {
+        let _one = locked(&self.settling);
         let schema = self.pg.schema().to_string();
         let node = self.node.clone();
         let today = now_ms().div_euclid(86_400_000);
@@ -784,42 +806,28 @@ impl SharedLedger {
                 tracing::info!(target: "bulkhead::budget", live_nodes = live, "nodes sharing the budget ledger counted (a node's share while it is unreachable)");
             }
         })?;
-        self.retry_unsettled(MAX_UNSETTLED);
         Ok(())
     }
 
-    /// [`Self::retry_unsettled`] without blocking the caller's thread.
-    async fn retry_unsettled_async(&self, most: usize) {
-        if self.is_down() {
-            return;
-        }
+    /// Apply kept usage, at most `most` sets of scopes: a settling
+    /// retries a bounded share ([`ON_TICK`]), a stop all of it, so no
+    /// retry after an outage holds the heartbeat past its bound (review).
+    fn retry_unsettled(&self, most: usize) {
         for _ in 0..most {
-            let Some(settlement) = locked(&self.unsettled).pop_front() else {
-                return;
-            };
-            if self
-                .watch(self.apply_async(settlement.clone()).await)
-                .is_err()
-            {
-                locked(&self.unsettled).push_front(settlement);
+            if self.is_down() {
                 return;
             }
-        }
-    }
-
-    /// Apply what waits, in order, at most `most` of it: a request takes
-    /// a bounded share ([`ON_REQUEST`]), the heartbeat all of it, so no
-    /// request drains a long queue after an outage (second review).
-    fn retry_unsettled(&self, most: usize) {
-        if self.is_down() {
-            return;
-        }
-        for _ in 0..most {
-            let Some(settlement) = locked(&self.unsettled).pop_front() else {
+            let next = {
+                let mut unsettled = locked(&self.unsettled);
+                let keys = unsettled.keys().next().cloned();
+                keys.and_then(|keys| unsettled.remove_entry(&keys))
+            };
+            let Some((keys, ended)) = next else {
                 return;
             };
+            let settlement = Settlement { keys, ended };
             if self.watch(self.apply(settlement.clone())).is_err() {
-                locked(&self.unsettled).push_front(settlement);
+                end_into(&self.unsettled, &settlement.keys, settlement.ended);
                 return;
             }
         }
@@ -847,6 +855,17 @@ impl Drop for SharedLedger {
             )
             .await
         });
+    }
+}
+
+/// Sum `ended` into `all` under `keys`.
+fn end_into(all: &Mutex<HashMap<Vec<LedgerKey>, Ended>>, keys: &[LedgerKey], ended: Ended) {
+    let mut all = locked(all);
+    match all.get_mut(keys) {
+        Some(sum) => sum.add(ended),
+        None => {
+            all.insert(keys.to_vec(), ended);
+        }
     }
 }
 
@@ -1186,6 +1205,7 @@ fn heartbeat(ledger: Weak<SharedLedger>) {
         };
         ledger.end_leases(now_ms(), false);
         ledger.settle_ended();
+        ledger.retry_unsettled(ON_TICK);
         if last_beat.elapsed() >= BEAT_EVERY {
             last_beat = std::time::Instant::now();
             if let Err(e) = ledger.beat() {

@@ -8,6 +8,12 @@
 //! The tally is split into shards, one picked per thread (issue 17): the
 //! gateway's worker threads record calls without meeting on one lock; the
 //! writer merges the shards (the same key in two shards adds up).
+//!
+//! On PostgreSQL (issue 16) every node adds into the same rows of the
+//! schema's `meters` table (one statement per commit, rows in one order
+//! so two nodes never deadlock), and `bulkhead usage` reads the
+//! deployment's usage from there. A commit the database does not take is
+//! kept in the tally for the next one, as on SQLite.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,6 +23,7 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tracing::error;
 
+use crate::pg::{Pg, PgError};
 use crate::{Store, StoreError};
 
 /// Tally shards: more than the worker threads of most hosts.
@@ -105,9 +112,16 @@ pub fn hour_of(ms: i64) -> i64 {
 
 type Key = (i64, Arc<str>, Arc<str>);
 
+/// Where the meter commits: the state directory's database, or the
+/// deployment's (issue 16).
+enum Sink {
+    Local(Connection),
+    Shared(Arc<Pg>),
+}
+
 struct Pending {
     tally: [Mutex<HashMap<Key, Usage>>; SHARDS],
-    conn: Mutex<Connection>,
+    sink: Mutex<Sink>,
     stop: AtomicBool,
     wake: Condvar,
     sleeping: Mutex<()>,
@@ -126,9 +140,52 @@ impl MeterLog {
         let oldest_kept = hour_of(crate::now_ms()) - RETENTION_DAYS * 24;
         conn.execute("DELETE FROM meters WHERE hour < ?1", [oldest_kept])
             .map_err(|e| store.db_error(e))?;
+        Self::start_on(Sink::Local(conn), || StoreError::Dir {
+            dir: store.dir().to_path_buf(),
+            source: std::io::Error::other("cannot start the meter's writer"),
+        })
+    }
+
+    /// Start the writer into the deployment's `meters` table (issue 16),
+    /// creating it if missing.
+    pub(crate) fn start_shared(pg: Arc<Pg>) -> Result<Self, StoreError> {
+        let (schema, oldest_kept) = (
+            pg.schema().to_string(),
+            hour_of(crate::now_ms()) - RETENTION_DAYS * 24,
+        );
+        pg.call(move |pool| async move {
+            let client = pool.get().await.map_err(PgError::of)?;
+            client
+                .batch_execute(&format!(
+                    "SELECT pg_advisory_xact_lock({lock});
+                     CREATE TABLE IF NOT EXISTS {schema}.meters (
+                         hour BIGINT NOT NULL,
+                         function TEXT NOT NULL,
+                         caller TEXT NOT NULL,
+                         requests BIGINT NOT NULL,
+                         wall_us BIGINT NOT NULL,
+                         mib_us BIGINT NOT NULL,
+                         request_bytes BIGINT NOT NULL,
+                         response_bytes BIGINT NOT NULL,
+                         outbound_bytes BIGINT NOT NULL,
+                         PRIMARY KEY (hour, function, caller)
+                     );
+                     DELETE FROM {schema}.meters WHERE hour < {oldest_kept};",
+                    lock = crate::pg::MIGRATION_LOCK,
+                ))
+                .await
+                .map_err(PgError::of)
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Self::start_on(Sink::Shared(pg), || {
+            StoreError::Backend("cannot start the meter's writer".into())
+        })
+    }
+
+    fn start_on(sink: Sink, error: impl FnOnce() -> StoreError) -> Result<Self, StoreError> {
         let pending = Arc::new(Pending {
             tally: std::array::from_fn(|_| Mutex::new(HashMap::new())),
-            conn: Mutex::new(conn),
+            sink: Mutex::new(sink),
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
             sleeping: Mutex::new(()),
@@ -144,10 +201,7 @@ impl MeterLog {
                     writer.commit();
                 }
             })
-            .map_err(|e| StoreError::Dir {
-                dir: store.dir().to_path_buf(),
-                source: e,
-            })?;
+            .map_err(|_| error())?;
         Ok(Self { pending })
     }
 
@@ -175,7 +229,7 @@ impl MeterLog {
 
 impl Pending {
     fn commit(&self) {
-        let Ok(mut conn) = self.conn.lock() else {
+        let Ok(mut sink) = self.sink.lock() else {
             return;
         };
         let mut batch: HashMap<Key, Usage> = HashMap::new();
@@ -194,7 +248,11 @@ impl Pending {
         if batch.is_empty() {
             return;
         }
-        if let Err(e) = write(&mut conn, &batch) {
+        let written = match &mut *sink {
+            Sink::Local(conn) => write(conn, &batch).map_err(|e| e.to_string()),
+            Sink::Shared(pg) => write_shared(pg, &batch).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
             error!(target: "bulkhead::meter", error = %e, rows = batch.len(), "cannot commit usage; keeping it for the next attempt");
             if let Ok(mut tally) = self.tally[0].lock() {
                 for (key, usage) in batch {
@@ -234,6 +292,110 @@ fn write(conn: &mut Connection, batch: &HashMap<Key, Usage>) -> rusqlite::Result
         }
     }
     tx.commit()
+}
+
+/// `batch` added into the deployment's rows: one statement, rows in key
+/// order (every node locks them in the same order).
+fn write_shared(pg: &Pg, batch: &HashMap<Key, Usage>) -> Result<(), PgError> {
+    let mut rows: Vec<(&Key, &Usage)> = batch.iter().collect();
+    rows.sort_by(|a, b| a.0.cmp(b.0));
+    let mut columns: (Vec<i64>, Vec<String>, Vec<String>) = Default::default();
+    let mut amounts: [Vec<i64>; 6] = Default::default();
+    for ((hour, function, caller), u) in rows {
+        columns.0.push(*hour);
+        columns.1.push(function.to_string());
+        columns.2.push(caller.to_string());
+        for (column, n) in amounts.iter_mut().zip([
+            u.requests,
+            u.wall_us,
+            u.mib_us,
+            u.request_bytes,
+            u.response_bytes,
+            u.outbound_bytes,
+        ]) {
+            column.push(as_i64(n));
+        }
+    }
+    let schema = pg.schema().to_string();
+    pg.call(move |pool| async move {
+        crate::pg::execute(
+            &pool,
+            &format!(
+                "INSERT INTO {schema}.meters AS m
+                     (hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes)
+                 SELECT * FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[],
+                                      $6::BIGINT[], $7::BIGINT[], $8::BIGINT[], $9::BIGINT[])
+                 ON CONFLICT (hour, function, caller) DO UPDATE SET
+                     requests = m.requests + EXCLUDED.requests,
+                     wall_us = m.wall_us + EXCLUDED.wall_us,
+                     mib_us = m.mib_us + EXCLUDED.mib_us,
+                     request_bytes = m.request_bytes + EXCLUDED.request_bytes,
+                     response_bytes = m.response_bytes + EXCLUDED.response_bytes,
+                     outbound_bytes = m.outbound_bytes + EXCLUDED.outbound_bytes"
+            ),
+            &[
+                &columns.0,
+                &columns.1,
+                &columns.2,
+                &amounts[0],
+                &amounts[1],
+                &amounts[2],
+                &amounts[3],
+                &amounts[4],
+                &amounts[5],
+            ],
+        )
+        .await
+        .map(drop)
+    })
+}
+
+/// Every row of the deployment's meter from `since_hour` on (issue 16).
+pub(crate) fn usage_since_shared(pg: &Pg, since_hour: i64) -> Result<Vec<UsageRow>, StoreError> {
+    let schema = pg.schema().to_string();
+    pg.call(move |pool| async move {
+        let exists: bool = crate::pg::query(
+            &pool,
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("{schema}.meters")],
+        )
+        .await?
+        .first()
+        .map(|r| crate::pg::column(r, 0))
+        .transpose()?
+        .unwrap_or(false);
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let rows = crate::pg::query(
+            &pool,
+            &format!(
+                "SELECT hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes
+                 FROM {schema}.meters WHERE hour >= $1 ORDER BY hour, function, caller"
+            ),
+            &[&since_hour],
+        )
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let n = |i: usize| crate::pg::column::<i64>(row, i).map(|v| u64::try_from(v).unwrap_or(0));
+                Ok(UsageRow {
+                    hour: crate::pg::column(row, 0)?,
+                    function: crate::pg::column(row, 1)?,
+                    caller: crate::pg::column(row, 2)?,
+                    usage: Usage {
+                        requests: n(3)?,
+                        wall_us: n(4)?,
+                        mib_us: n(5)?,
+                        request_bytes: n(6)?,
+                        response_bytes: n(7)?,
+                        outbound_bytes: n(8)?,
+                    },
+                })
+            })
+            .collect()
+    })
+    .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 fn as_i64(n: u64) -> i64 {

@@ -147,8 +147,63 @@ pub(crate) fn parse_url(config: &PgConfig) -> Result<Parsed, PgError> {
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }
+    // A node frozen or cut off inside a transaction (SIGSTOP, a network
+    // that drops packets without closing) must not hold rows every other
+    // node waits on: the server ends such a session after
+    // IDLE_IN_TRANSACTION, no statement waits for a lock past
+    // LOCK_TIMEOUT, and keepalives find a dead peer (outside review of
+    // issue 16: one frozen node stalled the ledger everywhere, and could
+    // not be reaped).
+    pg.keepalives(true).keepalives_idle(KEEPALIVE_IDLE);
+    let bound = format!(
+        "-c idle_in_transaction_session_timeout={} -c lock_timeout={}",
+        IDLE_IN_TRANSACTION.as_millis(),
+        LOCK_TIMEOUT.as_millis()
+    );
+    let options = match pg.get_options() {
+        Some(theirs) if !theirs.is_empty() => format!("{theirs} {bound}"),
+        _ => bound,
+    };
+    pg.options(&options);
     Ok((pg, tls))
 }
+
+/// What a cancel-safe call does with a result nobody read.
+type Undelivered<T> = Arc<std::sync::Mutex<Option<Box<dyn FnOnce(Result<T, PgError>) + Send>>>>;
+
+fn hand_back<T>(undelivered: &Undelivered<T>, result: Result<T, PgError>) {
+    let taken = crate::locked(undelivered).take();
+    if let Some(undelivered) = taken {
+        undelivered(result);
+    }
+}
+
+/// The caller's end of [`Pg::call_async_or`]: dropped unread, it hands
+/// a result already sent back to `undelivered`.
+struct Waiting<T> {
+    rx: tokio::sync::oneshot::Receiver<Result<T, PgError>>,
+    undelivered: Undelivered<T>,
+    read: bool,
+}
+
+impl<T> Drop for Waiting<T> {
+    fn drop(&mut self) {
+        if self.read {
+            return;
+        }
+        self.rx.close();
+        if let Ok(result) = self.rx.try_recv() {
+            hand_back(&self.undelivered, result);
+        }
+    }
+}
+
+/// How long the server lets a session sit idle inside a transaction.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+/// The longest any statement waits for a lock another session holds.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalives probe the server.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 
 /// A runtime of its own and a pool of up to `size` connections to the
 /// database `config` names (nothing is connected yet): shared by every
@@ -238,8 +293,17 @@ impl Pg {
 
     /// Run `work` on the connection's runtime and await its result
     /// without blocking the caller's thread (a gateway worker stays free
-    /// for other requests while the database answers).
-    pub(crate) async fn call_async<T, F>(&self, work: impl FnOnce(Pool) -> F) -> Result<T, PgError>
+    /// for other requests while the database answers). Cancel-safe: when
+    /// the caller stops waiting
+    /// (its request dropped: a client gone, a timeout), the result is
+    /// handed to `undelivered` instead of being lost, so what it holds
+    /// can be given back (outside review of issue 16: a dropped admission
+    /// kept its reservation for the node's life).
+    pub(crate) async fn call_async_or<T, F>(
+        &self,
+        work: impl FnOnce(Pool) -> F,
+        undelivered: impl FnOnce(Result<T, PgError>) + Send + 'static,
+    ) -> Result<T, PgError>
     where
         F: Future<Output = Result<T, PgError>> + Send + 'static,
         T: Send + 'static,
@@ -248,12 +312,26 @@ impl Pg {
             return Err(PgError("the PostgreSQL connection is closed".into()));
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
+        // Exactly one side runs it: the task, if the caller was gone before
+        // the result was sent; else the caller's guard, if it is dropped
+        // with the result unread.
+        let undelivered: Undelivered<T> =
+            Arc::new(std::sync::Mutex::new(Some(Box::new(undelivered))));
         let future = work(self.pool.clone());
+        let on_task = undelivered.clone();
         runtime.spawn(async move {
-            let _ = tx.send(future.await);
+            if let Err(result) = tx.send(future.await) {
+                hand_back(&on_task, result);
+            }
         });
-        rx.await
-            .unwrap_or_else(|_| Err(PgError("the PostgreSQL call was cut short".into())))
+        let mut waiting = Waiting {
+            rx,
+            undelivered,
+            read: false,
+        };
+        let result = (&mut waiting.rx).await;
+        waiting.read = true;
+        result.unwrap_or_else(|_| Err(PgError("the PostgreSQL call was cut short".into())))
     }
 
     /// Run `work` on the connection's runtime and wait for its result.
@@ -815,5 +893,43 @@ impl crate::credentials::CredentialBackend for PostgresCredentials {
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             })
             .map_err(store_error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// T04, T01 (outside review of issue 16): every pooled session is
+    /// bounded, so a node frozen inside a transaction (SIGSTOP, a network
+    /// that drops packets) cannot hold rows other nodes wait on: the
+    /// server ends its session once it sits idle in a transaction, and no
+    /// statement waits for a lock for ever. Against the local PostgreSQL.
+    #[test]
+    fn a_session_idle_in_a_transaction_is_ended_by_the_server() {
+        let config = crate::kv::PgConfig {
+            url: "postgres://postgres@127.0.0.1:5432/postgres"
+                .to_string()
+                .into(),
+            schema: "bh_unused".into(),
+        };
+        let (runtime, pool) = connect(&config, 1).unwrap();
+        runtime.block_on(async {
+            let client = pool.get().await.unwrap();
+            for (setting, bound) in [
+                ("idle_in_transaction_session_timeout", "5s"),
+                ("lock_timeout", "5s"),
+            ] {
+                let row = client
+                    .query_one(&format!("SHOW {setting}"), &[])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, String>(0), bound, "{setting}");
+            }
+            client.batch_execute("BEGIN").await.unwrap();
+            tokio::time::sleep(IDLE_IN_TRANSACTION + Duration::from_secs(1)).await;
+            let after = client.batch_execute("SELECT 1").await;
+            assert!(after.is_err(), "the idle transaction was not ended");
+        });
     }
 }

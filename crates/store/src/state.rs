@@ -17,8 +17,9 @@
 //! the daily budgets' ledger ([`crate::ledger::SharedLedger`]; on one node
 //! it is the gateway's in-memory ledger, rebuilt from the meter), and the
 //! deployment's audit chain ([`crate::audit_chain::SharedTrail`]: each
-//! node's trail, written locally first, shipped into one chain); the
-//! hourly meter and SQL stores stay in the node's state directory for now.
+//! node's trail, written locally first, shipped into one chain) and the
+//! hourly meter ([`State::meter_log`]); SQL stores stay in the node's
+//! state directory for now.
 //!
 //! Sealing (T15) and every check (expiry, revocation, subject scope) stay
 //! above the traits, so a backend only ever sees sealed blobs and hashes.
@@ -245,6 +246,24 @@ impl State {
                 crate::audit_chain::SharedTrail::open(pg.clone(), &self.store, keyring).map(Some)
             }
             None => Ok(None),
+        }
+    }
+
+    /// The meter's writer: into the deployment's `meters` table when the
+    /// state is shared (issue 16), else the state directory's.
+    pub fn meter_log(&self) -> Result<crate::meter::MeterLog, StoreError> {
+        match &self.pg {
+            Some(pg) => crate::meter::MeterLog::start_shared(pg.clone()),
+            None => crate::meter::MeterLog::start(&self.store),
+        }
+    }
+
+    /// Every meter row from `since_hour` on: the deployment's when the
+    /// state is shared (every node's calls), else this directory's.
+    pub fn usage_since(&self, since_hour: i64) -> Result<Vec<crate::meter::UsageRow>, StoreError> {
+        match &self.pg {
+            Some(pg) => crate::meter::usage_since_shared(pg, since_hour),
+            None => crate::meter::usage_since(&self.store, since_hour),
         }
     }
 

@@ -435,3 +435,57 @@ fn a_dead_nodes_lease_is_given_back_t04() {
     let reaped = b.totals(&[key(day)]).unwrap()[0];
     assert_eq!(reaped.reserved, Tally::default());
 }
+
+/// T04 (outside review, high): a request dropped while its admission is
+/// under way (its client gone, a timeout) gives back what was admitted
+/// for it: a lease's calls, or a call's request and reservation. Before,
+/// the commit landed after nobody waited, and the reservation was held
+/// for the node's life. The admission is held up by a lock on the scope's
+/// row, dropped, and then let through.
+#[test]
+fn an_admission_dropped_mid_way_gives_everything_back_t04() {
+    let db = PgDatabase::create();
+    let nodes = nodes(&db, 1);
+    let a = nodes.ledgers[0].clone();
+    let day = today();
+    for limit in [1000, 1] {
+        // The scope's row exists: admitted and given back.
+        let first = a
+            .admit_now(&[key(day)], WORST, within(limit))
+            .unwrap()
+            .unwrap();
+        a.give_back(&[key(day)], WORST, first);
+        assert_eq!(
+            a.flushed().totals(&[key(day)]).unwrap()[0],
+            ScopeTotals::default()
+        );
+        let holder = db.client();
+        db.admin
+            .block_on(holder.batch_execute(&format!(
+                "BEGIN; SELECT 1 FROM {}.budget_days FOR UPDATE",
+                db.schema
+            )))
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let keys = [key(day)];
+        let admitting = a.admit(&keys, WORST, within(limit));
+        let dropped = runtime.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_millis(300), admitting).await
+        });
+        assert!(dropped.is_err(), "the admission did not wait for the lock");
+        db.admin.block_on(holder.batch_execute("COMMIT")).unwrap();
+        // The admission commits now, unread: what it held comes back.
+        let mut back = a.flushed().totals(&[key(day)]).unwrap()[0];
+        for _ in 0..100 {
+            if back == ScopeTotals::default() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            back = a.flushed().totals(&[key(day)]).unwrap()[0];
+        }
+        assert_eq!(back, ScopeTotals::default(), "budget of {limit}");
+    }
+}
