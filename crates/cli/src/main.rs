@@ -167,13 +167,15 @@ enum Command {
                       APP_DIR/.bulkhead/ENV) into the PostgreSQL database its manifest's \
                       `[cluster]` names (`backend = \"postgres\"`, the URL from \
                       `database_url_file` or BULKHEAD_DATABASE_URL: never on the command line): \
-                      key-value records, data keys, secrets, sessions and API keys, admin tokens. \
+                      key-value records, data keys, secrets, sessions and API keys, admin tokens, \
+                      the hourly meter. \
                       Records and secrets stay sealed; the data keys are wrapped again under the \
                       master key every node will hold (BULKHEAD_MASTER_KEY_FILE, required). One \
                       transaction into an empty schema; each table's rows are counted on both \
                       sides; the audit trail must verify first and records `state.migrated`. The \
-                      audit trail, the meter and SQL stores stay in the state directory, where a \
-                      node on PostgreSQL keeps them. Stop every server of the environment first.",
+                      audit trail (each node's server ships it into the deployment's chain) and \
+                      SQL stores stay in the state directory. Stop every server of the \
+                      environment first.",
         after_help = "Example:\n  # bulkhead.toml: [cluster] backend = \"postgres\", database_url_file = \"/etc/bulkhead/db-url\"\n  BULKHEAD_MASTER_KEY_FILE=/etc/bulkhead/master.key bulkhead migrate-state my-app --env prod"
     )]
     MigrateState {
@@ -252,7 +254,8 @@ enum Command {
                       GB-seconds (memory reserved x time), bytes in and out (responses plus \
                       outbound HTTP), and their cost at the manifest's [pricing]. Calls refused \
                       before they ran are not billed. Usage is kept per hour, so --since is \
-                      rounded down to the start of an hour.",
+                      rounded down to the start of an hour. With [cluster] backend = \"postgres\" \
+                      it is the deployment's usage: every node's calls.",
         after_help = "Examples:\n  bulkhead usage my-app\n  bulkhead usage my-app --by caller --since 7d\n  bulkhead usage my-app --env prod --by hour --format json"
     )]
     Usage {

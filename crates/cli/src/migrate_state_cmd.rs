@@ -91,7 +91,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             .join(", ")
     );
     println!(
-        "serve every node with the same {MASTER_KEY_ENV}; the audit trail, the meter and SQL stores stay in {} (the embedded copy of what moved is kept: remove it once the nodes serve)",
+        "serve every node with the same {MASTER_KEY_ENV}; the audit trail and SQL stores stay in {} (the embedded copy of what moved is kept: remove it once the nodes serve)",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)

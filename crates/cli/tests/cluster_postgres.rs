@@ -1274,7 +1274,8 @@ async fn migrate_state_moves_an_embedded_app_into_postgres() {
         ok(&server, "/w?op=set&store=shared&key=s&value=one", None).await,
         "ok"
     );
-    drop(server);
+    // A clean stop: the meter's last usage is committed.
+    server.stop();
     assert!(node.path().join(".bulkhead/dev/master.key").exists());
 
     std::fs::write(node.path().join("bulkhead.toml"), &on_postgres).unwrap();
@@ -1283,6 +1284,14 @@ async fn migrate_state_moves_an_embedded_app_into_postgres() {
     assert!(said.contains("2 kv"), "{said}");
     assert!(said.contains("1 secrets"), "{said}");
     assert!(said.contains("1 credentials"), "{said}");
+    // The meter moves too (outside review: a daily budget must not start
+    // over, nor the usage history vanish, when an app moves).
+    let usage = cluster.cli_ok(0, &["usage"], &["--format", "json"], b"");
+    let usage: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    assert!(
+        usage["total"]["requests"].as_u64().unwrap_or(0) >= 2,
+        "{usage}"
+    );
     let moved = node.audit_records("state.migrated");
     assert_eq!(moved.len(), 1, "{moved:?}");
     assert_eq!(moved[0]["detail"]["rows"]["kv"], 2, "{moved:?}");
@@ -1497,4 +1506,132 @@ async fn usage_counts_every_nodes_calls_t04() {
             .unwrap_or_else(|| panic!("{report}"));
         assert_eq!(free["requests"], 7, "{report}");
     }
+}
+
+/// T09, issue 16 (outside review, high): a database put back to an older
+/// copy of the chain (its rows, its MAC'd head and the nodes' shipped
+/// marks, all as they were) is consistent by itself, as any restore
+/// would be; but the node that appended since keeps a mark of its last
+/// record: `audit verify` on it says BROKEN, and at its next shipment it
+/// logs the break and starts a new segment, so it stays BROKEN.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chain_rolled_back_in_the_database_is_caught_by_its_node_t09() {
+    let cluster = Cluster::of_n(1, None, budget_manifest, &["hello"]);
+    let a = cluster.serve(0);
+    let (status, _) = call(&a, "/keyed", Some("nope")).await;
+    assert_eq!(status, 401);
+    a.stop();
+    let db = &cluster._db.name;
+    let schema = format!("bh_{}_dev", cluster._db.app);
+    psql(
+        db,
+        &format!(
+            "CREATE TABLE old_chain AS SELECT * FROM {schema}.audit_chain;
+             CREATE TABLE old_head AS SELECT * FROM {schema}.audit_chain_head;
+             CREATE TABLE old_nodes AS SELECT * FROM {schema}.audit_chain_nodes;"
+        ),
+    );
+    let a = cluster.serve(0);
+    for _ in 0..3 {
+        let (status, _) = call(&a, "/keyed", Some("nope")).await;
+        assert_eq!(status, 401);
+    }
+    a.stop();
+    assert!(audit_counts(&cluster, 0).0);
+    psql(
+        db,
+        &format!(
+            "DELETE FROM {schema}.audit_chain; INSERT INTO {schema}.audit_chain SELECT * FROM old_chain;
+             DELETE FROM {schema}.audit_chain_head; INSERT INTO {schema}.audit_chain_head SELECT * FROM old_head;
+             DELETE FROM {schema}.audit_chain_nodes; INSERT INTO {schema}.audit_chain_nodes SELECT * FROM old_nodes;"
+        ),
+    );
+    // By itself the restored chain is consistent; the node's mark of the
+    // last record it appended gives it away.
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok && out.contains("put back to an older copy"), "{out}");
+    let a = cluster.serve(0);
+    let logs = a.stop_with_logs();
+    assert!(
+        logs.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the deployment's audit chain was tampered with"))),
+        "no error logged"
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok && out.contains("rolled back"), "{out}");
+}
+
+/// T09, issue 16 (outside review, medium): a node whose state directory
+/// is put back to an older copy no longer holds the records the chain
+/// says it shipped. Before, it skipped its new records silently (their
+/// numbers were "shipped" already); now it records the break and ships
+/// its whole trail again under a new node name: the new refusals reach
+/// the chain, and `audit verify` says why it is BROKEN.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restored_to_an_older_state_skips_nothing_t09() {
+    let cluster = Cluster::of_n(1, None, budget_manifest, &["hello"]);
+    let state = cluster.nodes[0].path().join(".bulkhead/dev");
+    let a = cluster.serve(0);
+    a.stop();
+    let copy = tempfile::tempdir().unwrap();
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let out = Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    cp(&state, copy.path());
+    let a = cluster.serve(0);
+    for _ in 0..2 {
+        let (status, _) = call(&a, "/keyed", Some("nope")).await;
+        assert_eq!(status, 401);
+    }
+    a.stop();
+    std::fs::remove_dir_all(&state).unwrap();
+    cp(&copy.path().join("dev"), &state);
+    let a = cluster.serve(0);
+    let (status, _) = call(&a, "/keyed", Some("after-the-restore")).await;
+    assert_eq!(status, 401);
+    let logs = a.stop_with_logs();
+    assert!(
+        logs.iter().any(|l| {
+            l["message"].as_str().is_some_and(|m| {
+                m.contains("audit chain was tampered with, or this node's trail was")
+            })
+        }),
+        "no error logged"
+    );
+    let (ok, out, own, _) = audit_counts(&cluster, 0);
+    assert!(!ok && out.contains("restored or replaced"), "{out}");
+    // Every record of the restored trail is in the chain, under the node's
+    // new name.
+    let db = &cluster._db.name;
+    let schema = format!("bh_{}_dev", cluster._db.app);
+    psql(
+        db,
+        &format!(
+            "CREATE TABLE shipped AS SELECT count(*) AS n FROM {schema}.audit_chain
+             WHERE node = (SELECT node FROM {schema}.audit_chain ORDER BY seq DESC LIMIT 1)
+               AND node_seq > 0"
+        ),
+    );
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            db,
+            "-Atc",
+            "SELECT n FROM shipped",
+        ])
+        .output()
+        .unwrap();
+    let shipped: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    assert_eq!(shipped, own, "{out:?}");
 }

@@ -45,8 +45,14 @@ use crate::{Store, StoreError, locked};
 pub const SHIP_EVERY: Duration = Duration::from_millis(200);
 /// Records per shipment (one transaction).
 const BATCH: u32 = 1_000;
+/// Records `verify` reads at a time.
+const VERIFY_PAGE: i64 = 10_000;
 /// The file in the state directory that names this node in the chain.
 const NODE_FILE: &str = "audit.node";
+/// The file in the state directory that holds this node's mark: the last
+/// record it appended to the chain (number and hash) and how far it had
+/// shipped its own trail then.
+const MARK_FILE: &str = "audit.chain.mark";
 /// The data key the head is MAC'd under, in the shared keyring.
 const KEY_OWNER: &str = "audit";
 const KEY_NAME: &str = "chain";
@@ -78,7 +84,12 @@ pub struct SharedTrail {
     pg: Arc<Pg>,
     key: Arc<DataKey>,
     store: Store,
-    node: String,
+    /// This node's name in the chain: a new one when its trail no longer
+    /// matches what it shipped (see [`SharedTrail::ship`]).
+    node: Mutex<String>,
+    /// A break this node found, written first in its next shipment.
+    pending_break: Mutex<Option<String>>,
+    mark_file: std::path::PathBuf,
     /// Serialises shipments of this process (the shipper thread and the
     /// last one at close).
     shipping: Mutex<()>,
@@ -101,15 +112,17 @@ impl SharedTrail {
             pg,
             key,
             store: store.clone(),
-            node,
+            node: Mutex::new(node),
+            pending_break: Mutex::new(None),
+            mark_file: store.dir().join(MARK_FILE),
             shipping: Mutex::new(()),
             stop: AtomicBool::new(false),
         }))
     }
 
     /// This node's name in the chain.
-    pub fn node(&self) -> &str {
-        &self.node
+    pub fn node(&self) -> String {
+        locked(&self.node).clone()
     }
 
     /// Ship every [`SHIP_EVERY`] on a thread of its own, until
@@ -155,20 +168,76 @@ impl SharedTrail {
         let _one = locked(&self.shipping);
         let mut total = 0;
         loop {
-            let shipped = self.shipped()?;
+            let node = self.node();
+            let shipped = self.shipped(&node)?;
+            if shipped > 0 && !self.still_matches(&node, shipped)? {
+                self.start_over(&node, shipped)?;
+                continue;
+            }
             let records = self.store.audit_records_after(shipped, BATCH)?;
-            if records.is_empty() {
+            let found_break = locked(&self.pending_break).take();
+            if records.is_empty() && found_break.is_none() {
                 return Ok(total);
             }
             let n = records.len();
-            self.append(records)?;
+            if let Err(e) = self.append(&node, records, found_break.clone()) {
+                *locked(&self.pending_break) = found_break;
+                return Err(e);
+            }
             total += n;
         }
     }
 
-    /// How far the chain holds this node's trail.
-    fn shipped(&self) -> Result<i64, StoreError> {
-        let (schema, node) = (self.pg.schema().to_string(), self.node.clone());
+    /// Whether this node's trail still holds, at `shipped`, the record the
+    /// chain holds for it there (outside review, T09: a state directory
+    /// restored to an older copy, or a raised mark in the database, made
+    /// the node skip its records silently).
+    fn still_matches(&self, node: &str, shipped: i64) -> Result<bool, StoreError> {
+        let local = self
+            .store
+            .audit_records_after(shipped - 1, 1)?
+            .into_iter()
+            .next()
+            .filter(|r| r.seq == shipped)
+            .map(|r| r.hash);
+        let (schema, node) = (self.pg.schema().to_string(), node.to_string());
+        let shipped_hash = self
+            .pg
+            .call(move |pool| async move {
+                let rows = crate::pg::query(
+                    &pool,
+                    &format!(
+                        "SELECT node_hash FROM {schema}.audit_chain
+                         WHERE node = $1 AND node_seq = $2 ORDER BY seq DESC LIMIT 1"
+                    ),
+                    &[&node, &shipped],
+                )
+                .await?;
+                rows.first()
+                    .map(|r| crate::pg::column::<String>(r, 0))
+                    .transpose()
+            })
+            .map_err(backend)?;
+        Ok(local.is_some() && local == shipped_hash)
+    }
+
+    /// This node's trail and what the chain says it shipped disagree: the
+    /// break goes on the chain, and the whole trail is shipped again under
+    /// a new node name, so nothing it holds is skipped.
+    fn start_over(&self, node: &str, shipped: i64) -> Result<(), StoreError> {
+        let reason = format!(
+            "the chain says node {node} shipped its trail to record {shipped}, but that trail does not hold that record (its state directory was restored or replaced, or the chain's mark for it was changed in the database); its trail is shipped again as a new node"
+        );
+        error!(target: "bulkhead::audit", node = node, shipped = shipped, "the deployment's audit chain was tampered with, or this node's trail was: starting a new segment that records the break");
+        let fresh = new_node_id(self.store.dir())?;
+        *locked(&self.node) = fresh;
+        *locked(&self.pending_break) = Some(reason);
+        Ok(())
+    }
+
+    /// How far the chain holds `node`'s trail.
+    fn shipped(&self, node: &str) -> Result<i64, StoreError> {
+        let (schema, node) = (self.pg.schema().to_string(), node.to_string());
         self.pg
             .call(move |pool| async move {
                 let rows = crate::pg::query(
@@ -186,11 +255,17 @@ impl SharedTrail {
     }
 
     /// One shipment (see the module's notes).
-    fn append(&self, records: Vec<NodeRecord>) -> Result<(), StoreError> {
+    fn append(
+        &self,
+        node: &str,
+        records: Vec<NodeRecord>,
+        found_break: Option<String>,
+    ) -> Result<(), StoreError> {
         let schema = self.pg.schema().to_string();
-        let node = self.node.clone();
+        let node = node.to_string();
         let key = self.key.clone();
-        self.pg
+        let mark = read_mark(&self.mark_file);
+        let appended = self.pg
             .call(move |pool| async move {
                 let mut client = pool.get().await.map_err(PgError::of)?;
                 let tx = client.transaction().await.map_err(PgError::of)?;
@@ -240,11 +315,39 @@ impl SharedTrail {
                 };
                 let records: Vec<NodeRecord> =
                     records.into_iter().filter(|r| r.seq > shipped).collect();
-                if records.is_empty() {
-                    return tx.commit().await.map_err(PgError::of);
+                if records.is_empty() && found_break.is_none() {
+                    tx.commit().await.map_err(PgError::of)?;
+                    return Ok(None);
                 }
+                // What this node appended last must still be there, and its
+                // shipped mark must not have gone back: a database put back
+                // to an older copy (head and all) verifies, but is caught
+                // here (T09).
+                let rolled_back = match &mark {
+                    Some((mark_seq, mark_hash, mark_shipped)) => {
+                        let at = tx
+                            .query(
+                                &format!("SELECT hash FROM {schema}.audit_chain WHERE seq = $1"),
+                                &[mark_seq],
+                            )
+                            .await
+                            .map_err(PgError::of)?;
+                        let same = match at.first() {
+                            Some(r) => crate::pg::column::<String>(r, 0)? == *mark_hash,
+                            None => false,
+                        };
+                        (!same || shipped < *mark_shipped).then(|| format!(
+                            "record {mark_seq}, which this node appended, is gone or changed, or the chain says it shipped its trail to record {shipped} where it had shipped to {mark_shipped}: the chain was rolled back or rewritten in the database"
+                        ))
+                    }
+                    None => None,
+                };
                 let found = last.clone().unwrap_or((0, GENESIS.to_string()));
-                let broken = if mac != head_mac(&key, head_seq, &head_hash) {
+                let broken = if let Some(found) = found_break {
+                    Some(found)
+                } else if let Some(rolled_back) = rolled_back {
+                    Some(rolled_back)
+                } else if mac != head_mac(&key, head_seq, &head_hash) {
                     Some("the chain's head is not one a node wrote (its MAC does not match)".to_string())
                 } else if found != (head_seq, head_hash.clone()) {
                     Some(format!(
@@ -318,24 +421,38 @@ impl SharedTrail {
                 )
                 .await
                 .map_err(PgError::of)?;
-                tx.commit().await.map_err(PgError::of)
+                tx.commit().await.map_err(PgError::of)?;
+                Ok(Some((seq, prev, to)))
             })
-            .map_err(backend)
+            .map_err(backend)?;
+        if let Some((seq, hash, shipped)) = appended {
+            write_mark(&self.mark_file, seq, &hash, shipped)?;
+        }
+        Ok(())
     }
 
     /// Walk the deployment's chain: every record's hash, each node's own
-    /// chain inside it, and the MAC'd head.
-    pub fn verify(pg: &Pg, keyring: &Keyring) -> Result<ChainVerification, StoreError> {
+    /// chain inside it, and the MAC'd head; and, when the node whose state
+    /// directory is `dir` has appended before, that its last record is
+    /// still there (a chain wiped or put back to an older copy verifies by
+    /// itself, but not against a node's mark: outside review, T09).
+    pub fn verify(pg: &Pg, keyring: &Keyring, dir: &Path) -> Result<ChainVerification, StoreError> {
         let key = chain_key(keyring)?;
         let schema = pg.schema().to_string();
+        let mark = read_mark(&dir.join(MARK_FILE));
         pg.call(move |pool| async move {
             let client = pool.get().await.map_err(PgError::of)?;
             // One snapshot: a node shipping meanwhile is no false alarm.
+            // Hashing a long chain takes a while between reads: the
+            // session is not idle for the server to end (review).
             client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .batch_execute(
+                    "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+                     SET LOCAL idle_in_transaction_session_timeout = 0",
+                )
                 .await
                 .map_err(PgError::of)?;
-            let verified = walk(&client, &schema, &key).await;
+            let verified = walk(&client, &schema, &key, mark).await;
             let _ = client.batch_execute("COMMIT").await;
             verified
         })
@@ -348,6 +465,7 @@ async fn walk(
     client: &deadpool_postgres::Object,
     schema: &str,
     key: &DataKey,
+    mark: Option<(i64, String, i64)>,
 ) -> Result<ChainVerification, PgError> {
     let exists: bool = client
         .query_one(
@@ -357,103 +475,137 @@ async fn walk(
         .await
         .and_then(|r| r.try_get(0))
         .map_err(PgError::of)?;
-    if !exists {
-        return Ok(ChainVerification::Intact {
-            records: 0,
-            nodes: 0,
-        });
-    }
-    let rows = client
-        .query(
-            &format!(
-                "SELECT seq, node, node_seq, time_ms, kind, correlation_id, subject, function,
-                        detail, node_prev_hash, node_hash, prev_hash, hash
-                 FROM {schema}.audit_chain ORDER BY seq"
-            ),
-            &[],
-        )
-        .await
-        .map_err(PgError::of)?;
     let broken = |seq: i64, reason: String| Ok(ChainVerification::Broken { seq, reason });
+    let lost = |seq: i64| {
+        Ok(ChainVerification::Broken {
+            seq,
+            reason: format!(
+                "record {seq}, which this node appended, is gone or changed: the chain was wiped or put back to an older copy in the database"
+            ),
+        })
+    };
+    if !exists {
+        return match mark {
+            Some((seq, _, _)) => lost(seq),
+            None => Ok(ChainVerification::Intact {
+                records: 0,
+                nodes: 0,
+            }),
+        };
+    }
     let mut prev = (0i64, GENESIS.to_string());
     let mut nodes: std::collections::HashMap<String, (i64, String)> = Default::default();
     let mut first_break = None;
-    for r in &rows {
-        let seq: i64 = crate::pg::column(r, 0)?;
-        let node: String = crate::pg::column(r, 1)?;
-        let record = NodeRecord {
-            seq: crate::pg::column(r, 2)?,
-            time_ms: crate::pg::column(r, 3)?,
-            kind: crate::pg::column(r, 4)?,
-            correlation_id: crate::pg::column(r, 5)?,
-            subject: crate::pg::column(r, 6)?,
-            function: crate::pg::column(r, 7)?,
-            detail_json: crate::pg::column(r, 8)?,
-            prev_hash: crate::pg::column(r, 9)?,
-            hash: crate::pg::column(r, 10)?,
-        };
-        let prev_hash: String = crate::pg::column(r, 11)?;
-        let hash: String = crate::pg::column(r, 12)?;
-        let segment = record.seq == 0 && record.kind == CHAIN_BROKEN;
-        if seq != prev.0 + 1 {
-            return broken(
-                prev.0 + 1,
-                format!("record {} is missing (the next is {seq})", prev.0 + 1),
-            );
+    let mut mark_found = false;
+    let mut any = false;
+    // Read in pages, within the snapshot: memory stays bounded whatever
+    // the chain's length (review).
+    loop {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT seq, node, node_seq, time_ms, kind, correlation_id, subject, function,
+                        detail, node_prev_hash, node_hash, prev_hash, hash
+                 FROM {schema}.audit_chain WHERE seq > $1 ORDER BY seq LIMIT {VERIFY_PAGE}"
+                ),
+                &[&prev.0],
+            )
+            .await
+            .map_err(PgError::of)?;
+        if rows.is_empty() {
+            break;
         }
-        let chained = if segment {
-            prev_hash == GENESIS
-        } else {
-            prev_hash == prev.1
-        };
-        if !chained || hash != chain_hash(seq, &node, &record, &prev_hash) {
-            return broken(
-                seq,
-                format!("record {seq} was changed, inserted or re-hashed in the database"),
-            );
-        }
-        if segment {
-            first_break.get_or_insert_with(|| {
+        any = true;
+        for r in &rows {
+            let seq: i64 = crate::pg::column(r, 0)?;
+            let node: String = crate::pg::column(r, 1)?;
+            let record = NodeRecord {
+                seq: crate::pg::column(r, 2)?,
+                time_ms: crate::pg::column(r, 3)?,
+                kind: crate::pg::column(r, 4)?,
+                correlation_id: crate::pg::column(r, 5)?,
+                subject: crate::pg::column(r, 6)?,
+                function: crate::pg::column(r, 7)?,
+                detail_json: crate::pg::column(r, 8)?,
+                prev_hash: crate::pg::column(r, 9)?,
+                hash: crate::pg::column(r, 10)?,
+            };
+            let prev_hash: String = crate::pg::column(r, 11)?;
+            let hash: String = crate::pg::column(r, 12)?;
+            let segment = record.seq == 0 && record.kind == CHAIN_BROKEN;
+            if seq != prev.0 + 1 {
+                return broken(
+                    prev.0 + 1,
+                    format!("record {} is missing (the next is {seq})", prev.0 + 1),
+                );
+            }
+            let chained = if segment {
+                prev_hash == GENESIS
+            } else {
+                prev_hash == prev.1
+            };
+            if !chained || hash != chain_hash(seq, &node, &record, &prev_hash) {
+                return broken(
+                    seq,
+                    format!("record {seq} was changed, inserted or re-hashed in the database"),
+                );
+            }
+            if segment {
+                first_break.get_or_insert_with(|| {
                 let why: Value = serde_json::from_str(&record.detail_json).unwrap_or(Value::Null);
                 let why = why["reason"].as_str().unwrap_or("the chain was found broken").to_string();
                 (seq, format!("{why}; the node that found it started a new segment at record {seq} ({CHAIN_BROKEN})"))
             });
-        } else {
-            // The node's own record, whole, and its place in that node's
-            // chain (a break in the node's own trail starts over there).
-            let own = record_hash(
-                record.seq,
-                record.time_ms,
-                &record.kind,
-                record.correlation_id.as_deref(),
-                record.subject.as_deref(),
-                record.function.as_deref(),
-                &record.detail_json,
-                &record.prev_hash,
-            );
-            if own != record.hash {
-                return broken(
-                    seq,
-                    format!(
-                        "record {seq} (node {node}'s record {}) was changed in the database",
-                        record.seq
-                    ),
+            } else {
+                // The node's own record, whole, and its place in that node's
+                // chain (a break in the node's own trail starts over there).
+                let own = record_hash(
+                    record.seq,
+                    record.time_ms,
+                    &record.kind,
+                    record.correlation_id.as_deref(),
+                    record.subject.as_deref(),
+                    record.function.as_deref(),
+                    &record.detail_json,
+                    &record.prev_hash,
                 );
-            }
-            if let Some((last_seq, last_hash)) = nodes.get(&node) {
-                let restarted = record.kind == CHAIN_BROKEN && record.prev_hash == GENESIS;
-                if record.seq <= *last_seq || (!restarted && record.prev_hash != *last_hash) {
+                if own != record.hash {
                     return broken(
                         seq,
                         format!(
-                            "record {seq} does not follow node {node}'s record {last_seq} (a record of that node is missing or out of order)"
+                            "record {seq} (node {node}'s record {}) was changed in the database",
+                            record.seq
                         ),
                     );
                 }
+                if let Some((last_seq, last_hash)) = nodes.get(&node) {
+                    let restarted = record.kind == CHAIN_BROKEN && record.prev_hash == GENESIS;
+                    if record.seq <= *last_seq || (!restarted && record.prev_hash != *last_hash) {
+                        return broken(
+                            seq,
+                            format!(
+                                "record {seq} does not follow node {node}'s record {last_seq} (a record of that node is missing or out of order)"
+                            ),
+                        );
+                    }
+                }
+                nodes.insert(node, (record.seq, record.hash.clone()));
             }
-            nodes.insert(node, (record.seq, record.hash.clone()));
+            if let Some((mark_seq, mark_hash, _)) = &mark
+                && seq == *mark_seq
+            {
+                if hash != *mark_hash {
+                    return lost(seq);
+                }
+                mark_found = true;
+            }
+            prev = (seq, hash);
         }
-        prev = (seq, hash);
+    }
+    if let Some((mark_seq, _, _)) = &mark
+        && !mark_found
+    {
+        return lost(*mark_seq);
     }
     let head = client
         .query(
@@ -463,7 +615,7 @@ async fn walk(
         .await
         .map_err(PgError::of)?;
     let Some(head) = head.first() else {
-        return if rows.is_empty() {
+        return if !any {
             Ok(ChainVerification::Intact {
                 records: 0,
                 nodes: 0,
@@ -562,6 +714,39 @@ fn chain_key(keyring: &Keyring) -> Result<DataKey, StoreError> {
         .ok_or_else(|| StoreError::Backend("the audit chain's key could not be created".into()))
 }
 
+/// This node's mark ([`MARK_FILE`]), if it has appended before.
+fn read_mark(path: &Path) -> Option<(i64, String, i64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    let seq = parts.next()?.parse().ok()?;
+    let hash = parts.next()?.to_string();
+    let shipped = parts.next()?.parse().ok()?;
+    Some((seq, hash, shipped))
+}
+
+fn write_mark(path: &Path, seq: i64, hash: &str, shipped: i64) -> Result<(), StoreError> {
+    let line = format!("{seq} {hash} {shipped}\n");
+    crate::files::write_atomically(path, &[line.as_bytes()], 0o600).map_err(|source| {
+        StoreError::Dir {
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            source,
+        }
+    })
+}
+
+/// A new name for this node, kept in its state directory in place of the
+/// old one.
+fn new_node_id(dir: &Path) -> Result<String, StoreError> {
+    let bytes = crate::files::random_bytes::<32>().map_err(StoreError::Key)?;
+    crate::files::write_atomically(&dir.join(NODE_FILE), &[&bytes], 0o600).map_err(|source| {
+        StoreError::Dir {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(hex::encode(&bytes[..12]))
+}
+
 /// This node's name in the chain, kept in its state directory.
 fn node_id(dir: &Path) -> Result<String, StoreError> {
     let bytes = crate::files::load_or_create_key(&dir.join(NODE_FILE)).map_err(StoreError::Key)?;
@@ -575,7 +760,7 @@ fn backend(e: PgError) -> StoreError {
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT pg_advisory_xact_lock({lock});
+        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
         CREATE TABLE IF NOT EXISTS {schema}.audit_chain (
             seq BIGINT PRIMARY KEY,
             node TEXT NOT NULL,

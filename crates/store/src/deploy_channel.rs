@@ -52,7 +52,7 @@ impl DeployChannel {
             let client = pool.get().await.map_err(PgError::of)?;
             client
                 .batch_execute(&format!(
-                    "SELECT pg_advisory_xact_lock({lock});
+                    "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
                      CREATE TABLE IF NOT EXISTS {schema}.deploys (
                          seq BIGSERIAL PRIMARY KEY,
                          kind TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),

@@ -1218,7 +1218,7 @@ fn heartbeat(ledger: Weak<SharedLedger>) {
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT pg_advisory_xact_lock({lock});
+        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
         CREATE TABLE IF NOT EXISTS {schema}.budget_days (
             day BIGINT NOT NULL,
             scope SMALLINT NOT NULL,

@@ -149,34 +149,7 @@ impl MeterLog {
     /// Start the writer into the deployment's `meters` table (issue 16),
     /// creating it if missing.
     pub(crate) fn start_shared(pg: Arc<Pg>) -> Result<Self, StoreError> {
-        let (schema, oldest_kept) = (
-            pg.schema().to_string(),
-            hour_of(crate::now_ms()) - RETENTION_DAYS * 24,
-        );
-        pg.call(move |pool| async move {
-            let client = pool.get().await.map_err(PgError::of)?;
-            client
-                .batch_execute(&format!(
-                    "SELECT pg_advisory_xact_lock({lock});
-                     CREATE TABLE IF NOT EXISTS {schema}.meters (
-                         hour BIGINT NOT NULL,
-                         function TEXT NOT NULL,
-                         caller TEXT NOT NULL,
-                         requests BIGINT NOT NULL,
-                         wall_us BIGINT NOT NULL,
-                         mib_us BIGINT NOT NULL,
-                         request_bytes BIGINT NOT NULL,
-                         response_bytes BIGINT NOT NULL,
-                         outbound_bytes BIGINT NOT NULL,
-                         PRIMARY KEY (hour, function, caller)
-                     );
-                     DELETE FROM {schema}.meters WHERE hour < {oldest_kept};",
-                    lock = crate::pg::MIGRATION_LOCK,
-                ))
-                .await
-                .map_err(PgError::of)
-        })
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        create_shared(&pg)?;
         Self::start_on(Sink::Shared(pg), || {
             StoreError::Backend("cannot start the meter's writer".into())
         })
@@ -292,6 +265,39 @@ fn write(conn: &mut Connection, batch: &HashMap<Key, Usage>) -> rusqlite::Result
         }
     }
     tx.commit()
+}
+
+/// The deployment's `meters` table, created if missing, rows past the
+/// retention deleted (a node's start; `migrate-state`).
+pub(crate) fn create_shared(pg: &Pg) -> Result<(), StoreError> {
+    let (schema, oldest_kept) = (
+        pg.schema().to_string(),
+        hour_of(crate::now_ms()) - RETENTION_DAYS * 24,
+    );
+    pg.call(move |pool| async move {
+            let client = pool.get().await.map_err(PgError::of)?;
+            client
+                .batch_execute(&format!(
+                    "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
+                     CREATE TABLE IF NOT EXISTS {schema}.meters (
+                         hour BIGINT NOT NULL,
+                         function TEXT NOT NULL,
+                         caller TEXT NOT NULL,
+                         requests BIGINT NOT NULL,
+                         wall_us BIGINT NOT NULL,
+                         mib_us BIGINT NOT NULL,
+                         request_bytes BIGINT NOT NULL,
+                         response_bytes BIGINT NOT NULL,
+                         outbound_bytes BIGINT NOT NULL,
+                         PRIMARY KEY (hour, function, caller)
+                     );
+                     DELETE FROM {schema}.meters WHERE hour < {oldest_kept};",
+                    lock = crate::pg::MIGRATION_LOCK,
+                ))
+                .await
+                .map_err(PgError::of)
+        })
+        .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 /// `batch` added into the deployment's rows: one statement, rows in key

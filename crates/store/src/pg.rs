@@ -201,6 +201,9 @@ impl<T> Drop for Waiting<T> {
 /// How long the server lets a session sit idle inside a transaction.
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 /// The longest any statement waits for a lock another session holds.
+/// Migrations wait as long as it takes instead (a backup's lock on a
+/// table must not stop a node from starting: outside review); each one
+/// turns it off for its own transaction.
 const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle time before TCP keepalives probe the server.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
@@ -401,7 +404,7 @@ pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
         CREATE SCHEMA IF NOT EXISTS {schema};
         CREATE TABLE IF NOT EXISTS {schema}.data_keys (
             owner TEXT NOT NULL,

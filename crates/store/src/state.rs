@@ -267,13 +267,16 @@ impl State {
         }
     }
 
-    /// Verify the deployment's audit chain, when the state is shared.
+    /// Verify the deployment's audit chain, when the state is shared
+    /// (and that it still holds what this node appended last).
     pub fn verify_shared_trail(
         &self,
         keyring: &Keyring,
     ) -> Result<Option<crate::audit_chain::ChainVerification>, StoreError> {
         match &self.pg {
-            Some(pg) => crate::audit_chain::SharedTrail::verify(pg, keyring).map(Some),
+            Some(pg) => {
+                crate::audit_chain::SharedTrail::verify(pg, keyring, self.store.dir()).map(Some)
+            }
             None => Ok(None),
         }
     }

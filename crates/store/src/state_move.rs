@@ -3,7 +3,8 @@
 //! nodes without losing its records, secrets or credentials.
 //!
 //! - What moves: key-value records, wrapped data keys, secrets, sessions
-//!   and API keys, admin tokens: the state every node must share. Rows
+//!   and API keys, admin tokens, and the hourly meter (usage, from which
+//!   today's budgets start): the state every node must share. Rows
 //!   are copied as they are stored (records and secrets stay sealed, the
 //!   credentials stay hashes); only the data keys are unwrapped from the
 //!   embedded master key and wrapped again under the nodes' master key
@@ -11,9 +12,10 @@
 //! - One PostgreSQL transaction: a failure leaves the target as it was.
 //!   The target must hold none of these rows yet (no merging), and every
 //!   table's count is compared after the commit.
-//! - What stays: the audit trail, the meter and SQL stores remain in the
-//!   state directory, where a node on PostgreSQL still keeps them; the
-//!   embedded copy is not deleted (remove it once the nodes serve).
+//! - What stays: the audit trail (each node's, shipped into the
+//!   deployment's chain by its server) and SQL stores remain in the state
+//!   directory; the embedded copy is not deleted (remove it once the
+//!   nodes serve).
 
 use std::path::Path;
 
@@ -58,7 +60,7 @@ pub enum MoveError {
 
 /// The tables moved, in order, with their columns (the same names in
 /// both databases).
-const TABLES: [(&str, &str); 5] = [
+const TABLES: [(&str, &str); 6] = [
     ("data_keys", "owner, store, subject, wrapped, created_ms"),
     (
         "kv",
@@ -70,6 +72,10 @@ const TABLES: [(&str, &str); 5] = [
         "id, kind, hash, subject, scopes, label, created_ms, expires_ms, revoked_ms",
     ),
     ("admin_tokens", "id, hash, created_ms"),
+    (
+        "meters",
+        "hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes",
+    ),
 ];
 
 /// A row as read from SQLite, column by column.
@@ -182,6 +188,7 @@ pub fn move_to_postgres(
     // The schema and its tables, as a node creates them.
     let pg = Pg::open(target)?;
     PostgresKv::open(target).map_err(|e| PgError(e.to_string()))?;
+    crate::meter::create_shared(&pg).map_err(|e| PgError(e.to_string()))?;
     let schema = target.schema.clone();
     for (table, _, _) in &read {
         let rows = count(&pg, &schema, table)?;

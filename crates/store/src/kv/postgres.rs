@@ -147,7 +147,7 @@ impl Statements {
         let lock = crate::pg::MIGRATION_LOCK;
         format!(
             r"
-            SELECT pg_advisory_xact_lock({lock});
+            SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
             CREATE SCHEMA IF NOT EXISTS {schema};
             CREATE TABLE IF NOT EXISTS {schema}.kv (
                 store TEXT NOT NULL,

@@ -44,7 +44,7 @@ use crate::pg::{MIGRATION_LOCK, Pg, PgError};
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
         CREATE SCHEMA IF NOT EXISTS {schema};
         CREATE TABLE IF NOT EXISTS {schema}.queue_messages (
             seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
