@@ -661,6 +661,36 @@ route = "/keyed"
     )
 }
 
+/// 9 clients, 3 per node, each sending `each` requests to `/metered` at
+/// once: how many were admitted; each refusal is checked by `refused`.
+async fn race_for_the_budget(
+    servers: &[Arc<Server>],
+    each: usize,
+    refused: fn(&support::Reply),
+) -> Arc<AtomicUsize> {
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for client in 0..9 {
+        let server = servers[client % servers.len()].clone();
+        let admitted = admitted.clone();
+        clients.push(tokio::spawn(async move {
+            for _ in 0..each {
+                let req = request("GET", server.addr, "/metered", Bytes::new());
+                let reply = try_send(server.addr, req).await.expect("a response");
+                if reply.status == 200 {
+                    admitted.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    refused(&reply);
+                }
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    admitted
+}
+
 /// T04 across nodes (issue 16): a function's daily budget of 30 requests
 /// is one budget for the deployment, not one per node. Three nodes share
 /// it through PostgreSQL; 9 clients (3 per node) racing 180 requests get
@@ -670,26 +700,10 @@ route = "/keyed"
 async fn a_daily_budget_holds_across_three_nodes_t04() {
     let cluster = Cluster::of_n(3, None, budget_manifest, &["hello"]);
     let servers: Vec<Arc<Server>> = (0..3).map(|n| Arc::new(cluster.serve(n))).collect();
-    let admitted = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for client in 0..9 {
-        let server = servers[client % 3].clone();
-        let admitted = admitted.clone();
-        clients.push(tokio::spawn(async move {
-            for _ in 0..20 {
-                let req = request("GET", server.addr, "/metered", Bytes::new());
-                let reply = try_send(server.addr, req).await.expect("a response");
-                if reply.status == 200 {
-                    admitted.fetch_add(1, Ordering::SeqCst);
-                } else {
-                    reply.assert_problem(429, "budget-exhausted");
-                }
-            }
-        }));
-    }
-    for client in clients {
-        client.await.unwrap();
-    }
+    let admitted = race_for_the_budget(&servers, 20, |reply| {
+        reply.assert_problem(429, "budget-exhausted");
+    })
+    .await;
     assert_eq!(admitted.load(Ordering::SeqCst), 30);
     // Each node refuses from the shared totals, whatever it admitted.
     for server in &servers {
@@ -728,26 +742,10 @@ fn budget_refusal(reply: &support::Reply) -> &'static str {
 async fn a_budget_leased_by_three_nodes_is_never_passed_t04() {
     let cluster = Cluster::of_n(3, None, leased_budget_manifest, &["hello"]);
     let servers: Vec<Arc<Server>> = (0..3).map(|n| Arc::new(cluster.serve(n))).collect();
-    let admitted = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for client in 0..9 {
-        let server = servers[client % 3].clone();
-        let admitted = admitted.clone();
-        clients.push(tokio::spawn(async move {
-            for _ in 0..90 {
-                let req = request("GET", server.addr, "/metered", Bytes::new());
-                let reply = try_send(server.addr, req).await.expect("a response");
-                if reply.status == 200 {
-                    admitted.fetch_add(1, Ordering::SeqCst);
-                    continue;
-                }
-                budget_refusal(&reply);
-            }
-        }));
-    }
-    for client in clients {
-        client.await.unwrap();
-    }
+    let admitted = race_for_the_budget(&servers, 90, |reply| {
+        budget_refusal(reply);
+    })
+    .await;
     assert!(admitted.load(Ordering::SeqCst) <= 600);
     for server in &servers {
         let mut tries = 0;

@@ -760,7 +760,7 @@ fn backend(e: PgError) -> StoreError {
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
+        {preamble}
         CREATE TABLE IF NOT EXISTS {schema}.audit_chain (
             seq BIGINT PRIMARY KEY,
             node TEXT NOT NULL,
@@ -787,6 +787,6 @@ fn migration(schema: &str) -> String {
             node_seq BIGINT NOT NULL
         );
         ",
-        lock = crate::pg::MIGRATION_LOCK,
+        preamble = crate::pg::migration_preamble(),
     )
 }

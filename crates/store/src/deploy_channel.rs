@@ -52,7 +52,7 @@ impl DeployChannel {
             let client = pool.get().await.map_err(PgError::of)?;
             client
                 .batch_execute(&format!(
-                    "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
+                    "{preamble}
                      CREATE TABLE IF NOT EXISTS {schema}.deploys (
                          seq BIGSERIAL PRIMARY KEY,
                          kind TEXT NOT NULL CHECK (kind IN ('deploy', 'rollback')),
@@ -61,7 +61,7 @@ impl DeployChannel {
                          archive BYTEA NOT NULL,
                          created_ms BIGINT NOT NULL
                      );",
-                    lock = crate::pg::MIGRATION_LOCK,
+                    preamble = crate::pg::migration_preamble(),
                 ))
                 .await
                 .map_err(PgError::of)

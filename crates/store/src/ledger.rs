@@ -1218,7 +1218,7 @@ fn heartbeat(ledger: Weak<SharedLedger>) {
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
+        {preamble}
         CREATE TABLE IF NOT EXISTS {schema}.budget_days (
             day BIGINT NOT NULL,
             scope SMALLINT NOT NULL,
@@ -1250,6 +1250,6 @@ fn migration(schema: &str) -> String {
             seen_ms BIGINT NOT NULL
         );
         ",
-        lock = crate::pg::MIGRATION_LOCK,
+        preamble = crate::pg::migration_preamble(),
     )
 }

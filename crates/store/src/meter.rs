@@ -275,10 +275,10 @@ pub(crate) fn create_shared(pg: &Pg) -> Result<(), StoreError> {
         hour_of(crate::now_ms()) - RETENTION_DAYS * 24,
     );
     pg.call(move |pool| async move {
-            let client = pool.get().await.map_err(PgError::of)?;
-            client
-                .batch_execute(&format!(
-                    "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
+        let client = pool.get().await.map_err(PgError::of)?;
+        client
+            .batch_execute(&format!(
+                "{preamble}
                      CREATE TABLE IF NOT EXISTS {schema}.meters (
                          hour BIGINT NOT NULL,
                          function TEXT NOT NULL,
@@ -292,12 +292,12 @@ pub(crate) fn create_shared(pg: &Pg) -> Result<(), StoreError> {
                          PRIMARY KEY (hour, function, caller)
                      );
                      DELETE FROM {schema}.meters WHERE hour < {oldest_kept};",
-                    lock = crate::pg::MIGRATION_LOCK,
-                ))
-                .await
-                .map_err(PgError::of)
-        })
-        .map_err(|e| StoreError::Backend(e.to_string()))
+                preamble = crate::pg::migration_preamble(),
+            ))
+            .await
+            .map_err(PgError::of)
+    })
+    .map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 /// `batch` added into the deployment's rows: one statement, rows in key
@@ -384,24 +384,36 @@ pub(crate) fn usage_since_shared(pg: &Pg, since_hour: i64) -> Result<Vec<UsageRo
         .await?;
         rows.iter()
             .map(|row| {
-                let n = |i: usize| crate::pg::column::<i64>(row, i).map(|v| u64::try_from(v).unwrap_or(0));
-                Ok(UsageRow {
-                    hour: crate::pg::column(row, 0)?,
-                    function: crate::pg::column(row, 1)?,
-                    caller: crate::pg::column(row, 2)?,
-                    usage: Usage {
-                        requests: n(3)?,
-                        wall_us: n(4)?,
-                        mib_us: n(5)?,
-                        request_bytes: n(6)?,
-                        response_bytes: n(7)?,
-                        outbound_bytes: n(8)?,
-                    },
-                })
+                usage_row(
+                    |i| crate::pg::column::<i64>(row, i),
+                    |i| crate::pg::column::<String>(row, i),
+                )
             })
             .collect()
     })
     .map_err(|e| StoreError::Backend(e.to_string()))
+}
+
+/// A meter row (hour, function, caller, then the six counters) from
+/// either database's getters.
+fn usage_row<E>(
+    number: impl Fn(usize) -> Result<i64, E>,
+    text: impl Fn(usize) -> Result<String, E>,
+) -> Result<UsageRow, E> {
+    let n = |i: usize| number(i).map(|v| u64::try_from(v).unwrap_or(0));
+    Ok(UsageRow {
+        hour: number(0)?,
+        function: text(1)?,
+        caller: text(2)?,
+        usage: Usage {
+            requests: n(3)?,
+            wall_us: n(4)?,
+            mib_us: n(5)?,
+            request_bytes: n(6)?,
+            response_bytes: n(7)?,
+            outbound_bytes: n(8)?,
+        },
+    })
 }
 
 fn as_i64(n: u64) -> i64 {
@@ -427,20 +439,7 @@ pub fn usage_since(store: &Store, since_hour: i64) -> Result<Vec<UsageRow>, Stor
              FROM meters WHERE hour >= ?1 ORDER BY hour, function, caller",
         )?;
         let rows = statement.query_map([since_hour], |row| {
-            let n = |i: usize| row.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
-            Ok(UsageRow {
-                hour: row.get(0)?,
-                function: row.get(1)?,
-                caller: row.get(2)?,
-                usage: Usage {
-                    requests: n(3)?,
-                    wall_us: n(4)?,
-                    mib_us: n(5)?,
-                    request_bytes: n(6)?,
-                    response_bytes: n(7)?,
-                    outbound_bytes: n(8)?,
-                },
-            })
+            usage_row(|i| row.get::<_, i64>(i), |i| row.get::<_, String>(i))
         })?;
         rows.collect()
     };

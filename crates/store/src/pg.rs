@@ -399,12 +399,22 @@ pub(crate) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
     row.try_get(index).map_err(PgError::of)
 }
 
+/// The first statements of every migration batch (one implicit
+/// transaction): wait for locks as long as it takes (a backup's lock on a
+/// table must not stop a node from starting, outside review), then take
+/// the schema's advisory lock, so nodes starting together take turns.
+pub(crate) fn migration_preamble() -> String {
+    format!(
+        "SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({MIGRATION_LOCK});"
+    )
+}
+
 /// The tables, idempotent; one implicit transaction (one simple-query
 /// batch) holding the advisory lock, so two nodes never race the DDL.
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+        {preamble}
         CREATE SCHEMA IF NOT EXISTS {schema};
         CREATE TABLE IF NOT EXISTS {schema}.data_keys (
             owner TEXT NOT NULL,
@@ -437,7 +447,8 @@ fn migration(schema: &str) -> String {
             hash TEXT NOT NULL,
             created_ms BIGINT NOT NULL
         );
-        "
+        ",
+        preamble = migration_preamble()
     )
 }
 

@@ -144,10 +144,10 @@ impl Statements {
         let role = format!("{schema}_kv_call");
         // One implicit transaction holding the advisory lock: nodes that
         // start together take turns instead of racing the DDL.
-        let lock = crate::pg::MIGRATION_LOCK;
+        let preamble = crate::pg::migration_preamble();
         format!(
             r"
-            SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({lock});
+            {preamble}
             CREATE SCHEMA IF NOT EXISTS {schema};
             CREATE TABLE IF NOT EXISTS {schema}.kv (
                 store TEXT NOT NULL,

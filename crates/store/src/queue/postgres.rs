@@ -36,7 +36,7 @@ use super::{
     QueueLimits, QueueSettings, QueueStats,
 };
 use crate::crypto::Keyring;
-use crate::pg::{MIGRATION_LOCK, Pg, PgError};
+use crate::pg::{Pg, PgError};
 
 /// The tables, idempotent; one implicit transaction (one simple-query
 /// batch) holding the schema's advisory lock, so nodes starting together
@@ -44,7 +44,7 @@ use crate::pg::{MIGRATION_LOCK, Pg, PgError};
 fn migration(schema: &str) -> String {
     format!(
         r"
-        SELECT set_config('lock_timeout', '0', true); SELECT pg_advisory_xact_lock({MIGRATION_LOCK});
+        {preamble}
         CREATE SCHEMA IF NOT EXISTS {schema};
         CREATE TABLE IF NOT EXISTS {schema}.queue_messages (
             seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -71,7 +71,8 @@ fn migration(schema: &str) -> String {
             expires_ms BIGINT NOT NULL
         );
         CREATE INDEX IF NOT EXISTS queue_chains_expiry ON {schema}.queue_chains (expires_ms);
-        "
+        ",
+        preamble = crate::pg::migration_preamble()
     )
 }
 
