@@ -1633,3 +1633,45 @@ async fn a_node_restored_to_an_older_state_skips_nothing_t09() {
     let shipped: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     assert_eq!(shipped, own, "{out:?}");
 }
+
+/// T09 (third outside review, low): a record a database writer numbers
+/// at the very top leaves the chain no number to go on with. Before, the
+/// next number wrapped to negative ones, which verify never read; now the
+/// node refuses to extend it (and says why), nothing is written below 1,
+/// and verify reads every row, whatever its number, and says BROKEN.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_numbered_at_the_top_stops_the_chain_loudly_t09() {
+    let cluster = Cluster::of_n(1, None, budget_manifest, &["hello"]);
+    cluster.serve(0).stop();
+    let db = &cluster._db.name;
+    let table = format!("bh_{}_dev.audit_chain", cluster._db.app);
+    psql(
+        db,
+        &format!(
+            "INSERT INTO {table} VALUES (9223372036854775807, 'x', 1, 0, 'k', NULL, NULL, NULL, '{{}}', 'a', 'b', 'c', 'd');
+             INSERT INTO {table} VALUES (-5, 'x', 1, 0, 'k', NULL, NULL, NULL, '{{}}', 'a', 'b', 'c', 'd');"
+        ),
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok && out.contains("the next is -5"), "{out}");
+    psql(db, &format!("DELETE FROM {table} WHERE seq = -5"));
+    let a = cluster.serve(0);
+    let (status, _) = call(&a, "/keyed", Some("nope")).await;
+    assert_eq!(status, 401);
+    let logs = a.stop_with_logs();
+    assert!(
+        logs.iter().any(|l| l["fields"]["error"]
+            .as_str()
+            .or(l["error"].as_str())
+            .is_some_and(|m| m.contains("no record number left"))),
+        "the node did not say why it cannot ship"
+    );
+    psql(
+        db,
+        &format!(
+            "DO $$ BEGIN IF EXISTS (SELECT 1 FROM {table} WHERE seq <= 0) THEN RAISE EXCEPTION 'a record below 1'; END IF; END $$"
+        ),
+    );
+    let (ok, out, _, _) = audit_counts(&cluster, 0);
+    assert!(!ok, "{out}");
+}

@@ -89,6 +89,10 @@ pub struct SharedTrail {
     node: Mutex<String>,
     /// A break this node found, written first in its next shipment.
     pending_break: Mutex<Option<String>>,
+    /// The (node, shipped) last found to match this node's trail: not
+    /// checked again while the chain says the same (third review: the
+    /// check every 200 ms was a query per node per tick).
+    matched: Mutex<Option<(String, i64)>>,
     mark_file: std::path::PathBuf,
     /// Serialises shipments of this process (the shipper thread and the
     /// last one at close).
@@ -114,6 +118,7 @@ impl SharedTrail {
             store: store.clone(),
             node: Mutex::new(node),
             pending_break: Mutex::new(None),
+            matched: Mutex::new(None),
             mark_file: store.dir().join(MARK_FILE),
             shipping: Mutex::new(()),
             stop: AtomicBool::new(false),
@@ -170,9 +175,13 @@ impl SharedTrail {
         loop {
             let node = self.node();
             let shipped = self.shipped(&node)?;
-            if shipped > 0 && !self.still_matches(&node, shipped)? {
-                self.start_over(&node, shipped)?;
-                continue;
+            let seen = Some((node.clone(), shipped));
+            if shipped > 0 && *locked(&self.matched) != seen {
+                if !self.still_matches(&node, shipped)? {
+                    self.start_over(&node, shipped)?;
+                    continue;
+                }
+                *locked(&self.matched) = seen;
             }
             let records = self.store.audit_records_after(shipped, BATCH)?;
             let found_break = locked(&self.pending_break).take();
@@ -367,6 +376,14 @@ impl SharedTrail {
                     .await
                     .map_err(PgError::of)?;
                 let mut seq = found.0.max(head_seq);
+                // Numbers past the end are for records to come; one an
+                // attacker put at the top leaves none (third review: it
+                // wrapped to negative numbers, which verify never read).
+                let next = |seq: i64| {
+                    seq.checked_add(1).ok_or_else(|| {
+                        PgError("the deployment's audit chain has no record number left (a record numbered at the top was put in the database): it cannot be extended; verify it and clean it".into())
+                    })
+                };
                 let mut prev = found.1;
                 if let Some(reason) = broken {
                     // T09: never launder a broken chain by extending it.
@@ -388,7 +405,7 @@ impl SharedTrail {
                         prev_hash: String::new(),
                         hash: String::new(),
                     };
-                    seq += 1;
+                    seq = next(seq)?;
                     prev = GENESIS.to_string();
                     let hash = chain_hash(seq, &node, &record, &prev);
                     tx.execute(&insert, &row(&seq, &node, &record, &prev, &hash))
@@ -398,7 +415,7 @@ impl SharedTrail {
                 }
                 let mut to = shipped;
                 for record in &records {
-                    seq += 1;
+                    seq = next(seq)?;
                     let hash = chain_hash(seq, &node, record, &prev);
                     tx.execute(&insert, &row(&seq, &node, record, &prev, &hash))
                         .await
@@ -494,6 +511,9 @@ async fn walk(
         };
     }
     let mut prev = (0i64, GENESIS.to_string());
+    // Pages start below every number, so a row numbered 0 or less is read
+    // (and found out of place) too.
+    let mut cursor = i64::MIN;
     let mut nodes: std::collections::HashMap<String, (i64, String)> = Default::default();
     let mut first_break = None;
     let mut mark_found = false;
@@ -508,7 +528,7 @@ async fn walk(
                         detail, node_prev_hash, node_hash, prev_hash, hash
                  FROM {schema}.audit_chain WHERE seq > $1 ORDER BY seq LIMIT {VERIFY_PAGE}"
                 ),
-                &[&prev.0],
+                &[&cursor],
             )
             .await
             .map_err(PgError::of)?;
@@ -533,10 +553,11 @@ async fn walk(
             let prev_hash: String = crate::pg::column(r, 11)?;
             let hash: String = crate::pg::column(r, 12)?;
             let segment = record.seq == 0 && record.kind == CHAIN_BROKEN;
-            if seq != prev.0 + 1 {
+            let expected = prev.0.saturating_add(1);
+            if seq != expected {
                 return broken(
-                    prev.0 + 1,
-                    format!("record {} is missing (the next is {seq})", prev.0 + 1),
+                    expected,
+                    format!("record {expected} is missing (the next is {seq})"),
                 );
             }
             let chained = if segment {
@@ -599,6 +620,7 @@ async fn walk(
                 }
                 mark_found = true;
             }
+            cursor = seq;
             prev = (seq, hash);
         }
     }
@@ -776,6 +798,7 @@ fn migration(schema: &str) -> String {
             prev_hash TEXT NOT NULL,
             hash TEXT NOT NULL
         );
+        CREATE INDEX IF NOT EXISTS audit_chain_node ON {schema}.audit_chain (node, node_seq);
         CREATE TABLE IF NOT EXISTS {schema}.audit_chain_head (
             id INTEGER PRIMARY KEY CHECK (id = 1),
             seq BIGINT NOT NULL,
