@@ -1675,3 +1675,51 @@ async fn a_record_numbered_at_the_top_stops_the_chain_loudly_t09() {
     let (ok, out, _, _) = audit_counts(&cluster, 0);
     assert!(!ok, "{out}");
 }
+
+/// T04 (outside review, medium, open until now): while PostgreSQL is
+/// unreachable a node decides on its share of a budget, against its own
+/// spend; a budget the deployment had already spent was then spent again,
+/// a share per node. Now a node remembers what each scope had spent when
+/// the shared ledger last judged it: B spends 25 of 30, A the last 5; with
+/// the database cut off under A, A refuses every call (before: 10 more on
+/// its share of 15), never a 5xx, and a function without a budget still
+/// answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_budget_stays_spent_while_postgres_is_unreachable_t04() {
+    let relay = Relay::start().await;
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        relay.port, cluster._db.name
+    );
+    bulkhead_store::files::write_private(
+        &cluster.nodes[0].path().join("db-url"),
+        &[url.as_bytes()],
+    )
+    .unwrap();
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    for _ in 0..25 {
+        ok(&b, "/metered", None).await;
+    }
+    for _ in 0..5 {
+        ok(&a, "/metered", None).await;
+    }
+    a.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("nodes sharing the budget ledger counted"))
+                && r["live_nodes"] == 2
+        },
+        Duration::from_secs(30),
+    );
+    relay.set(false);
+    for _ in 0..10 {
+        let reply = try_send(a.addr, request("GET", a.addr, "/metered", Bytes::new()))
+            .await
+            .expect("a response");
+        reply.assert_problem(429, "budget-exhausted");
+        ok(&a, "/free", None).await;
+    }
+    relay.set(true);
+}
