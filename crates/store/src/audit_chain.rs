@@ -294,11 +294,7 @@ impl SharedTrail {
                     )
                     .await
                     .map_err(PgError::of)?;
-                let (head_seq, head_hash, mac): (i64, String, String) = (
-                    crate::pg::column(&head, 0)?,
-                    crate::pg::column(&head, 1)?,
-                    crate::pg::column(&head, 2)?,
-                );
+                let (head_seq, head_hash, signed) = read_head(&head, &key)?;
                 // Under the head's lock: what this node shipped, and the end.
                 let shipped = tx
                     .query(
@@ -356,8 +352,8 @@ impl SharedTrail {
                     Some(found)
                 } else if let Some(rolled_back) = rolled_back {
                     Some(rolled_back)
-                } else if mac != head_mac(&key, head_seq, &head_hash) {
-                    Some("the chain's head is not one a node wrote (its MAC does not match)".to_string())
+                } else if !signed {
+                    Some(FORGED_HEAD.to_string())
                 } else if found != (head_seq, head_hash.clone()) {
                     Some(format!(
                         "the chain ends at record {} but its head names record {head_seq} (records deleted, added or re-hashed in the database)",
@@ -646,16 +642,9 @@ async fn walk(
             broken(prev.0, "the chain's head is gone".into())
         };
     };
-    let (head_seq, head_hash, mac): (i64, String, String) = (
-        crate::pg::column(head, 0)?,
-        crate::pg::column(head, 1)?,
-        crate::pg::column(head, 2)?,
-    );
-    if mac != head_mac(key, head_seq, &head_hash) {
-        return broken(
-            head_seq,
-            "the chain's head is not one a node wrote (its MAC does not match)".into(),
-        );
+    let (head_seq, head_hash, signed) = read_head(head, key)?;
+    if !signed {
+        return broken(head_seq, FORGED_HEAD.into());
     }
     if (head_seq, head_hash) != prev {
         return broken(
@@ -693,6 +682,21 @@ fn chain_hash(seq: i64, node: &str, record: &NodeRecord, prev: &str) -> String {
         prev
     ]);
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// What a head whose MAC does not match says.
+const FORGED_HEAD: &str = "the chain's head is not one a node wrote (its MAC does not match)";
+
+/// A head row (`seq, hash, mac`): its number and hash, and whether its
+/// MAC is one a node wrote.
+fn read_head(row: &tokio_postgres::Row, key: &DataKey) -> Result<(i64, String, bool), PgError> {
+    let (seq, hash, mac): (i64, String, String) = (
+        crate::pg::column(row, 0)?,
+        crate::pg::column(row, 1)?,
+        crate::pg::column(row, 2)?,
+    );
+    let signed = mac == head_mac(key, seq, &hash);
+    Ok((seq, hash, signed))
 }
 
 /// The head's MAC: under a key derived from the shared data key, for this

@@ -832,11 +832,6 @@ impl SharedLedger {
             }
         }
     }
-
-    /// Settlements waiting for the database (metrics).
-    pub fn unsettled(&self) -> usize {
-        locked(&self.unsettled).len()
-    }
 }
 
 impl Drop for SharedLedger {
