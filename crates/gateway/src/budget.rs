@@ -28,14 +28,13 @@
 
 mod ledger;
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bulkhead_manifest::cost::Limits;
 use bulkhead_manifest::{App, Budget, FunctionLimits, Pricing};
-use bulkhead_store::ledger::{Admitted, LedgerKey, ScopeTotals, SharedLedger, Tally};
+use bulkhead_store::ledger::{Admitted, LedgerKey, ScopeTotals, SharedLedger};
 use bulkhead_store::meter::{MeterLog, Usage, hour_of};
 use bulkhead_store::{State, StoreError, now_ms};
 use tracing::{error, warn};
@@ -117,15 +116,7 @@ pub struct Meter {
     /// Deciding on this node's share: the shared ledger did not answer
     /// (logged once per switch).
     degraded: Arc<AtomicBool>,
-    /// What each scope had spent, deployment-wide, when the shared ledger
-    /// last judged a call of it: while the ledger is unreachable a scope
-    /// already spent then is refused, not admitted again on this node's
-    /// share (outside review: the share could overspend a spent budget).
-    last_spent: Arc<Mutex<HashMap<LedgerKey, Tally>>>,
 }
-
-/// The most scopes whose last shared totals a node keeps.
-const MOST_REMEMBERED: usize = 65_536;
 
 /// A request's place in today's budgets: its request is charged and its
 /// worst case reserved on admission; the reservation becomes its real usage
@@ -281,7 +272,6 @@ impl Meter {
             books,
             shared,
             degraded: Arc::default(),
-            last_spent: Arc::default(),
         }
     }
 
@@ -376,9 +366,7 @@ impl Meter {
         let pricing = self.pricing.clone();
         // `ahead`: a lease is asked for only if that many more calls
         // would still fit after it (see `bulkhead_store::ledger`).
-        let (last_spent, judged) = (self.last_spent.clone(), keys.clone());
         let decide = move |totals: &[ScopeTotals], ahead: u64| {
-            remember(&last_spent, &judged, totals);
             let (more_spent, more_reserved) =
                 (Amount::ONE_REQUEST.times(ahead), worst.times(ahead));
             let mut all = [(Amount::default(), Amount::default()); 4];
@@ -423,23 +411,6 @@ impl Meter {
     /// its share of every limit.
     fn admit_on_share(&self, charge: &Charge, nodes: usize, now: i64) -> Result<Shared, Exhausted> {
         let (function, caller, day) = (charge.function, &charge.caller, charge.day);
-        // A scope the deployment had spent when last seen stays spent.
-        let (keys, scopes) = self.shared_keys(function, caller, day);
-        let seen = {
-            let last = self.last_spent.lock().unwrap_or_else(|p| p.into_inner());
-            let mut seen = [(Amount::default(), Amount::default()); 4];
-            for (key, &i) in keys.iter().zip(&scopes) {
-                if let Some(spent) = last.get(key) {
-                    // With this request, as an admission judges it.
-                    seen[i].0 = Amount::from(*spent).plus(Amount::ONE_REQUEST);
-                }
-            }
-            seen
-        };
-        let whole = self.limits(function);
-        if let Some((i, false)) = misfit(&self.pricing, &whole, &seen, Amount::default()) {
-            return Err(self.refusal(function, i, false, now));
-        }
         let worst = Amount::of(&self.worst_cases[function]);
         let limits = self.limits(function).map(|l| share_of(l, nodes));
         let totals = self.with_scopes(function, caller, day, |cells| {
@@ -779,18 +750,6 @@ fn misfit(
     (0..4)
         .find(|&i| over(i, &totals[i].0.plus(totals[i].1).minus(worst)))
         .map(|i| (i, true))
-}
-
-/// Keep what each of `keys` had spent, as the shared ledger's `totals`
-/// say (bounded: past [`MOST_REMEMBERED`] scopes it starts afresh).
-fn remember(last: &Mutex<HashMap<LedgerKey, Tally>>, keys: &[LedgerKey], totals: &[ScopeTotals]) {
-    let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-    if last.len() >= MOST_REMEMBERED {
-        last.clear();
-    }
-    for (key, t) in keys.iter().zip(totals) {
-        last.insert(key.clone(), t.spent);
-    }
 }
 
 /// `limits` divided among `nodes` (a node's share while the shared ledger
