@@ -12,7 +12,8 @@ use bulkhead_runtime::{
     SqlStores,
 };
 use bulkhead_store::crypto::Keyring;
-use bulkhead_store::sql::{SqlDatabase, SqlKey, read_migrations};
+use bulkhead_store::sql::postgres::PgSqlStore;
+use bulkhead_store::sql::{Migration, MigrationReport, SqlDatabase, SqlKey, read_migrations};
 use bulkhead_store::{AuditEvent, AuditLog, State, StateConfig};
 use tracing::warn;
 
@@ -73,13 +74,20 @@ pub fn deploy_on(
     opened: Opened,
 ) -> Result<Deployment, Vec<String>> {
     let settings = engine_settings(&app);
-    let data = open_data(&app, opened.state).map_err(|e| vec![format!("{e:#}")])?;
+    let state = match opened.state {
+        Some(state) => state,
+        None => state_config(&app, app.state_dir())
+            .and_then(|config| Ok(State::open(&config)?))
+            .map_err(|e| vec![format!("{e:#}")])?,
+    };
+    let sql_stores = open_sql_stores(&app, &state, mode, progress)?;
+    let data = open_data(&app, Some(state)).map_err(|e| vec![format!("{e:#}")])?;
     let prepared = match opened.prepared {
         Some(prepared) if prepared.fits(&settings) => prepared,
         _ => Runtime::prepare(&settings).map_err(|e| vec![e.to_string()])?,
     };
     let mut runtime = Runtime::from_prepared(prepared, audit.clone()).with_data(data.clone());
-    runtime.set_sql_stores(open_sql_stores(&app, mode, progress)?);
+    runtime.set_sql_stores(sql_stores);
     let cache = open_cache(&app, &runtime).map_err(|e| vec![format!("{e:#}")])?;
     let mut functions = Vec::new();
     let mut problems = Vec::new();
@@ -193,11 +201,14 @@ fn cache_entry_rejected(audit: &AuditLog, function: &str, digest: &str) {
     );
 }
 
-/// Open every SQL store and bring its schema up to date (T06, T15). Each
-/// database is encrypted under its own key, derived from the store's data
-/// key, which is kept only wrapped by the master key (envelope encryption).
+/// Open every SQL store and bring its schema up to date (T06, T15): on
+/// the embedded backend, each database is encrypted under its own key,
+/// derived from the store's data key, which is kept only wrapped by the
+/// master key (envelope encryption); on PostgreSQL (issue 16), each store
+/// is a schema with a database role per grant.
 fn open_sql_stores(
     app: &App,
+    state: &State,
     mode: Mode,
     progress: &dyn Fn(&str),
 ) -> Result<SqlStores, Vec<String>> {
@@ -222,45 +233,36 @@ fn open_sql_stores(
             ));
             continue;
         }
-        let migrations = match read_migrations(migrations) {
+        // PostgreSQL's own migrations, where the two dialects differ, sit
+        // in a `postgres/` directory beside the store's.
+        let dir = match state.postgres() {
+            Some(_) if migrations.join("postgres").is_dir() => migrations.join("postgres"),
+            _ => migrations.clone(),
+        };
+        let migrations = match read_migrations(&dir) {
             Ok(m) => m,
             Err(e) => {
                 problems.push(format!("store `{}`: {e}", spec.name));
                 continue;
             }
         };
-        let exists = bulkhead_store::sql::database_path(&state_dir, &spec.name).exists();
-        // `check` of a store not yet created: a throwaway key, in memory.
-        let key = if mode == Mode::Check && !exists {
-            bulkhead_store::files::random_bytes::<32>()
-                .map(SqlKey::new)
-                .map_err(|e| format!("randomness: {e}"))
-        } else {
-            let source = match &keys {
-                Some(k) => Ok(k),
-                None => SqlKeys::open(app).map(|k| &*keys.insert(k)),
-            };
-            source.and_then(|k| k.key(&spec.name, mode == Mode::Serve))
-        };
-        let key = match key {
-            Ok(k) => Arc::new(k),
-            Err(e) => {
-                problems.push(format!("SQL store `{}`: {e}", spec.name));
-                continue;
+        let outcome = match state.postgres() {
+            Some(pg) => {
+                open_postgres_store(app, state, pg, &spec.name, &migrations, mode, &mut stores)
             }
-        };
-        let outcome = match mode {
-            Mode::Serve => {
-                SqlDatabase::deploy(&state_dir, &spec.name, key, &migrations).map(|(db, report)| {
-                    stores.insert(spec.name.clone(), Arc::new(db));
-                    report
-                })
-            }
-            Mode::Check => SqlDatabase::check(&state_dir, &spec.name, key, &migrations),
+            None => open_embedded_store(
+                app,
+                &state_dir,
+                &spec.name,
+                &migrations,
+                mode,
+                &mut keys,
+                &mut stores,
+            ),
         };
         match outcome {
-            Ok(report) => progress(&format!(
-                "SQL store `{}`: {} migration(s) already applied, {} {}",
+            Ok((report, place)) => progress(&format!(
+                "SQL store `{}`{place}: {} migration(s) already applied, {} {}",
                 spec.name,
                 report.already.len(),
                 report.applied.len(),
@@ -269,7 +271,7 @@ fn open_sql_stores(
                     Mode::Check => "pending (checked, not applied)",
                 }
             )),
-            Err(e) => problems.push(e.to_string()),
+            Err(e) => problems.push(e),
         }
     }
     if problems.is_empty() {
@@ -277,6 +279,90 @@ fn open_sql_stores(
     } else {
         Err(problems)
     }
+}
+
+/// One SQL store as a SQLCipher file in the state directory.
+fn open_embedded_store(
+    app: &App,
+    state_dir: &std::path::Path,
+    name: &str,
+    migrations: &[Migration],
+    mode: Mode,
+    keys: &mut Option<SqlKeys>,
+    stores: &mut SqlStores,
+) -> Result<(MigrationReport, String), String> {
+    let exists = bulkhead_store::sql::database_path(state_dir, name).exists();
+    // `check` of a store not yet created: a throwaway key, in memory.
+    let key = if mode == Mode::Check && !exists {
+        bulkhead_store::files::random_bytes::<32>()
+            .map(SqlKey::new)
+            .map_err(|e| format!("randomness: {e}"))
+    } else {
+        let source = match keys {
+            Some(k) => Ok(&*k),
+            None => SqlKeys::open(app).map(|k| &*keys.insert(k)),
+        };
+        source.and_then(|k| k.key(name, mode == Mode::Serve))
+    };
+    let key = Arc::new(key.map_err(|e| format!("SQL store `{name}`: {e}"))?);
+    let report = match mode {
+        Mode::Serve => SqlDatabase::deploy(state_dir, name, key, migrations).map(|(db, report)| {
+            stores.insert(name.to_string(), Arc::new(db));
+            report
+        }),
+        Mode::Check => SqlDatabase::check(state_dir, name, key, migrations),
+    };
+    report
+        .map(|r| (r, String::new()))
+        .map_err(|e| e.to_string())
+}
+
+/// One SQL store as a PostgreSQL schema with a role per grant (issue 16).
+fn open_postgres_store(
+    app: &App,
+    state: &State,
+    pg: &Arc<bulkhead_store::pg::Pg>,
+    name: &str,
+    migrations: &[Migration],
+    mode: Mode,
+    stores: &mut SqlStores,
+) -> Result<(MigrationReport, String), String> {
+    if mode == Mode::Check {
+        return PgSqlStore::check(pg, name, migrations)
+            .map(|r| (r, " on PostgreSQL".to_string()))
+            .map_err(|e| e.to_string());
+    }
+    // A database from before the app moved to PostgreSQL is not served:
+    // say so rather than let its rows vanish silently.
+    let leftover = bulkhead_store::sql::database_path(&app.state_dir(), name);
+    if leftover.is_file() {
+        warn!(
+            target: "bulkhead::deploy",
+            store = name,
+            path = %leftover.display(),
+            "this SQL store is served from PostgreSQL; the embedded database left in the state directory is not read"
+        );
+    }
+    let dek = state
+        .keyring(&app.env)
+        .map_err(|e| e.to_string())
+        .and_then(|keyring| {
+            keyring
+                .data_key(bulkhead_store::sql::KEY_OWNER, name, "", true)
+                .map_err(|e| e.to_string())
+        })
+        .and_then(|dek| dek.ok_or_else(|| "its data key could not be created".to_string()))
+        .map_err(|e| format!("SQL store `{name}`: {e}"))?;
+    let (store, report, names) =
+        PgSqlStore::deploy(pg.clone(), name, &dek, migrations).map_err(|e| e.to_string())?;
+    stores.insert(name.to_string(), Arc::new(store));
+    Ok((
+        report,
+        format!(
+            " on PostgreSQL (schema {}; role {} for read grants, {} for read-write)",
+            names.schema, names.read_role, names.write_role
+        ),
+    ))
 }
 
 /// The environment's keyring (master key and wrapped data keys), opened

@@ -33,6 +33,23 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             dir.display()
         );
     }
+    // Issue 16: on PostgreSQL each SQL store is a schema of its own; its
+    // rows are not moved yet, so an app whose SQL stores hold data is not
+    // moved at all rather than served without them.
+    let sql_files: Vec<String> = app
+        .stores
+        .iter()
+        .filter(|spec| matches!(spec.kind, bulkhead_manifest::StoreKind::Sql { .. }))
+        .map(|spec| bulkhead_store::sql::database_path(&dir, &spec.name))
+        .filter(|path| path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    if !sql_files.is_empty() {
+        bail!(
+            "nothing was moved: migrate-state does not move SQL stores yet, and on PostgreSQL each SQL store is a schema of its own that would start empty. The embedded databases: {}. Copy their rows through a function once the nodes serve (a declared SELECT here, INSERT there), then move these files out of the state directory and run migrate-state again",
+            sql_files.join(", ")
+        );
+    }
     // The nodes' master key: every node must hold it (T15).
     if std::env::var_os(MASTER_KEY_ENV).is_none_or(|v| v.is_empty()) {
         bail!(
@@ -91,7 +108,7 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             .join(", ")
     );
     println!(
-        "serve every node with the same {MASTER_KEY_ENV}; the audit trail and SQL stores stay in {} (the embedded copy of what moved is kept: remove it once the nodes serve)",
+        "serve every node with the same {MASTER_KEY_ENV}; the node's own audit trail stays in {} (the embedded copy of what moved is kept: remove it once the nodes serve)",
         dir.display()
     );
     Ok(ExitCode::SUCCESS)

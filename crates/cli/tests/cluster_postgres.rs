@@ -61,6 +61,15 @@ impl Drop for PgDatabase {
             "postgres",
             &format!("DROP ROLE IF EXISTS bh_{}_dev_kv_call", self.app),
         );
+        // The SQL stores' grant roles (cluster-wide, named after the
+        // database).
+        let prefix = bulkhead_store::sql::postgres::role_prefix(&self.name);
+        psql(
+            "postgres",
+            &format!(
+                "DO $$ DECLARE r text; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{prefix}') LOOP EXECUTE format('DROP ROLE %I', r); END LOOP; END $$"
+            ),
+        );
     }
 }
 
@@ -1674,4 +1683,230 @@ async fn a_record_numbered_at_the_top_stops_the_chain_loudly_t09() {
     );
     let (ok, out, _, _) = audit_counts(&cluster, 0);
     assert!(!ok, "{out}");
+}
+
+fn sql_manifest(app: &str) -> String {
+    on_postgres(
+        app,
+        r#"
+[store.events]
+kind = "sql"
+migrations = "migrations/events"
+
+[store.other]
+kind = "sql"
+migrations = "migrations/other"
+
+[[function]]
+name = "writer"
+component = "sqlguest.wasm"
+route = "/w/{op}"
+auth = "public"
+input.query.body = '[a-z0-9-]{1,64}'
+input.query.id = '[0-9]{1,6}'
+input.query.store = '[a-z]{1,16}'
+grants = { sql = { events = "read-write" } }
+
+[[function]]
+name = "reader"
+component = "sqlguest.wasm"
+route = "/r/{op}"
+auth = "public"
+input.query.body = '[a-z0-9-]{1,64}'
+input.query.id = '[0-9]{1,6}'
+grants = { sql = { events = "read" } }
+
+[[function]]
+name = "declared"
+component = "sqlguest.wasm"
+route = "/d/{op}"
+auth = "public"
+input.query.id = '[0-9]{1,6}'
+input.query.body = '[a-z0-9-]{1,64}'
+grants = { sql = { events = { access = "read-write", statements = ["SELECT body FROM events WHERE id = ?1"] } } }
+"#,
+    )
+}
+
+/// Run `sql` on `database` as `postgres`; the server's refusal, if any.
+fn psql_try(database: &str, sql: &str) -> Result<(), String> {
+    let url = format!("{PG_SERVER}/{database}");
+    let sql = sql.to_string();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
+            let driver = tokio::spawn(connection);
+            let outcome = client.batch_execute(&sql).await.map_err(|e| {
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |db| db.message().to_string())
+            });
+            drop(client);
+            let _ = driver.await;
+            outcome
+        })
+    })
+    .join()
+    .expect("psql")
+}
+
+/// Issue 16 (T06, T16, T15): SQL stores live in PostgreSQL, a schema per
+/// store and a database role per grant. A row written through node A's
+/// read-write grant is read through node B's read grant; the read grant's
+/// write is refused by the database itself (its role has SELECT only),
+/// and so is, for the roles as PostgreSQL sees them, every table of
+/// another store and any DDL; the guest's `?1` statements run unchanged,
+/// an injection string stays a value, and `check` dry-runs the
+/// migrations against the same database.
+#[tokio::test(flavor = "multi_thread")]
+async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
+    let cluster = Cluster::of(None, sql_manifest, &["sqlguest"]);
+    for node in &cluster.nodes {
+        for (dir, sql) in [
+            // SQLite's dialect beside PostgreSQL's own, in `postgres/`.
+            (
+                "migrations/events",
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+            ),
+            (
+                "migrations/events/postgres",
+                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
+            ),
+            ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
+        ] {
+            let dir = node.path().join(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("001_init.sql"), sql).unwrap();
+        }
+    }
+    let checked = cluster.cli_ok(0, &["check"], &[], b"");
+    let said = String::from_utf8_lossy(&checked.stderr);
+    assert!(said.contains("SQL store `events` on PostgreSQL"), "{said}");
+
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    assert_eq!(
+        ok(&a, "/w/insert?body=from-node-a", None).await,
+        "ok columns= changes=1 rows=[]"
+    );
+    let row = "ok columns=body changes=0 rows=[[\"from-node-a\"]]";
+    assert_eq!(ok(&b, "/r/get?id=1", None).await, row);
+    assert_eq!(ok(&b, "/d/get?id=1", None).await, row);
+    assert_eq!(
+        ok(&b, "/w/inject", None).await,
+        "ok columns= changes=1 rows=[]\nok columns=body changes=0 rows=[[\"'); DROP TABLE events; --\"]]"
+    );
+    assert_eq!(
+        ok(&a, "/r/count", None).await,
+        "ok columns=count changes=0 rows=[[2]]"
+    );
+    let cases = [
+        (
+            "/r/insert?body=x",
+            "err denied: a write under a read grant (the database refused it)",
+        ),
+        ("/d/insert?body=x", "err statement-not-allowed"),
+        ("/w/count?store=other", "err not-granted: other"),
+        (
+            "/w/ddl",
+            "err denied: DDL (schema changes come from migrations only)",
+        ),
+        (
+            "/w/create",
+            "err denied: DDL (schema changes come from migrations only)",
+        ),
+        (
+            "/w/internal",
+            "err invalid: relation \"_bulkhead_migrations\" does not exist",
+        ),
+    ];
+    for (path, expected) in cases {
+        for node in [&a, &b] {
+            assert_eq!(ok(node, path, None).await, expected, "{path}");
+        }
+    }
+    // One statement per call: PostgreSQL refuses two in a prepared one.
+    let multi = ok(&a, "/w/multi", None).await;
+    assert!(
+        multi.starts_with("err invalid: cannot insert multiple commands"),
+        "{multi}"
+    );
+    assert_eq!(
+        ok(&b, "/r/count", None).await,
+        "ok columns=count changes=0 rows=[[2]]"
+    );
+
+    // The roles as the database itself sees them, without Bulkhead.
+    let db = &cluster._db.name;
+    let schema = bulkhead_store::state::schema_for(&cluster._db.app, "dev");
+    let events = bulkhead_store::sql::postgres::role_names(db, &schema, "events");
+    let other = bulkhead_store::sql::postgres::role_names(db, &schema, "other");
+    let as_role = |role: &str, sql: &str| psql_try(db, &format!("SET ROLE {role}; {sql}"));
+    let store = &events.schema;
+    assert_eq!(
+        as_role(
+            &events.read_role,
+            &format!("SELECT count(*) FROM {store}.events")
+        ),
+        Ok(())
+    );
+    for (role, sql) in [
+        (
+            &events.read_role,
+            format!("INSERT INTO {store}.events (body) VALUES ('x')"),
+        ),
+        (&events.read_role, format!("DELETE FROM {store}.events")),
+        (
+            &events.write_role,
+            format!("SELECT * FROM {}.secrets", other.schema),
+        ),
+        (
+            &events.write_role,
+            format!("CREATE TABLE {store}.stolen (a int)"),
+        ),
+        (&events.write_role, format!("DROP TABLE {store}.events")),
+        (
+            &events.write_role,
+            format!("SELECT * FROM {schema}.secrets"),
+        ),
+        (
+            &events.write_role,
+            format!("SELECT * FROM {schema}.sql_migrations"),
+        ),
+    ] {
+        let refused = as_role(role, &sql).expect_err(&sql);
+        assert!(
+            refused.contains("permission denied") || refused.contains("must be owner"),
+            "{sql}: {refused}"
+        );
+    }
+    // Nothing of the store on either node's disk.
+    for node in &cluster.nodes {
+        let files = walk(node.path());
+        assert!(
+            !files
+                .iter()
+                .any(|f| f.extension().is_some_and(|e| e == "db")
+                    && f.to_string_lossy().contains("/sql/")),
+            "{files:?}"
+        );
+    }
+    drop((a, b));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bulkhead_manifest::grants::{SqlGrant, StoreAccess};
 use bulkhead_manifest::stores::valid_resource_name;
-use bulkhead_store::sql::{Access, QueryError, QueryLimits, SqlDatabase, SqlValue};
+use bulkhead_store::sql::{Access, QueryError, QueryLimits, SqlStore, SqlValue};
 use tracing::debug;
 use wasmtime::component::HasData;
 
@@ -40,12 +40,13 @@ const MAX_RESULT_BYTES: usize = 4 << 20;
 /// Most statements one invocation may run.
 const MAX_QUERIES_PER_CALL: u32 = 10_000;
 
-/// The SQL stores open for this deployment, by name.
-pub type SqlStores = BTreeMap<String, Arc<SqlDatabase>>;
+/// The SQL stores open for this deployment, by name: SQLCipher files or
+/// PostgreSQL schemas, the capability does not care which.
+pub type SqlStores = BTreeMap<String, Arc<dyn SqlStore>>;
 
 /// One granted store, as one function may use it.
 pub(crate) struct SqlBinding {
-    db: Arc<SqlDatabase>,
+    db: Arc<dyn SqlStore>,
     access: Access,
     statements: Option<Vec<String>>,
 }
@@ -218,6 +219,10 @@ impl SqlCtx {
                 Error::Limit(why)
             }
             QueryError::Internal => Error::Invalid("the store failed; see the host log".into()),
+            // Issue 16: the database is away; the host log says why.
+            QueryError::Unavailable => {
+                Error::Invalid("the store is unavailable right now; try again later".into())
+            }
         }
     }
 }

@@ -294,6 +294,43 @@ impl Pg {
         (&self.config, self.tls.as_ref())
     }
 
+    /// A pool of up to `size` connections to the same database logging
+    /// in as `user` (an SQL store's grant role, issue 16), each cleaned
+    /// with `clean` before it is handed out again.
+    pub(crate) fn pool_as(
+        &self,
+        user: &str,
+        password: &secrecy::SecretString,
+        size: usize,
+        clean: &'static str,
+    ) -> Result<Pool, PgError> {
+        use secrecy::ExposeSecret as _;
+        let Some(runtime) = &self.runtime else {
+            return Err(PgError("the PostgreSQL connection is closed".into()));
+        };
+        let mut config = self.config.clone();
+        config.user(user).password(password.expose_secret());
+        let manager_config = deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Custom(clean.to_string()),
+        };
+        let manager = match self.tls.clone() {
+            Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+            None => deadpool_postgres::Manager::from_config(
+                config,
+                tokio_postgres::NoTls,
+                manager_config,
+            ),
+        };
+        let _inside = runtime.enter();
+        Pool::builder(manager)
+            .max_size(size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(WAIT_TIMEOUT))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(PgError::of)
+    }
+
     /// Run `work` on the connection's runtime and await its result
     /// without blocking the caller's thread (a gateway worker stays free
     /// for other requests while the database answers). Cancel-safe: when

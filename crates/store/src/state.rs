@@ -140,6 +140,12 @@ impl State {
         })
     }
 
+    /// The shared database, when the state is on PostgreSQL (its SQL
+    /// stores live there too).
+    pub fn postgres(&self) -> Option<&Arc<Pg>> {
+        self.pg.as_ref()
+    }
+
     /// Whether the state is shared with other nodes (PostgreSQL).
     pub fn is_shared(&self) -> bool {
         self.pg.is_some()

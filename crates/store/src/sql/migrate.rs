@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use sha2::{Digest, Sha256};
 
 use super::SqlStoreError;
@@ -71,6 +71,61 @@ const TRACKING: &str = "CREATE TABLE IF NOT EXISTS _bulkhead_migrations (
     applied_ms INTEGER NOT NULL
 )";
 
+/// What applying migrations would do, given what a store has applied
+/// (name, SHA-256): shared by both backends, so both refuse the same
+/// changed, missing and out-of-order files.
+pub(crate) struct Plan<'a> {
+    pub pending: Vec<&'a Migration>,
+    pub report: MigrationReport,
+}
+
+pub(crate) fn plan<'a>(
+    store: &str,
+    applied: &[(String, String)],
+    migrations: &'a [Migration],
+) -> Result<Plan<'a>, SqlStoreError> {
+    for (name, _) in applied {
+        if !migrations.iter().any(|m| &m.name == name) {
+            return Err(SqlStoreError::MigrationMissing {
+                store: store.to_string(),
+                name: name.clone(),
+            });
+        }
+    }
+    let last_applied = applied.iter().map(|(name, _)| name).max();
+    let mut plan = Plan {
+        pending: Vec::new(),
+        report: MigrationReport::default(),
+    };
+    for migration in migrations {
+        match applied.iter().find(|(name, _)| *name == migration.name) {
+            Some((_, old)) if *old == migration.sha256() => {
+                plan.report.already.push(migration.name.clone());
+            }
+            Some(_) => {
+                return Err(SqlStoreError::MigrationChanged {
+                    store: store.to_string(),
+                    name: migration.name.clone(),
+                });
+            }
+            None => {
+                if let Some(last) = last_applied
+                    && migration.name < *last
+                {
+                    return Err(SqlStoreError::MigrationOutOfOrder {
+                        store: store.to_string(),
+                        name: migration.name.clone(),
+                        last: last.clone(),
+                    });
+                }
+                plan.pending.push(migration);
+                plan.report.applied.push(migration.name.clone());
+            }
+        }
+    }
+    Ok(plan)
+}
+
 /// Apply what is pending, in one transaction. `commit = false` is the dry
 /// run of `bulkhead check`: everything is executed, then rolled back.
 pub(crate) fn apply(
@@ -85,7 +140,7 @@ pub(crate) fn apply(
     };
     let tx = conn.transaction().map_err(db)?;
     tx.execute_batch(TRACKING).map_err(db)?;
-    let mut applied: Vec<(String, String)> = {
+    let applied: Vec<(String, String)> = {
         let mut stmt = tx
             .prepare("SELECT name, sha256 FROM _bulkhead_migrations ORDER BY name")
             .map_err(db)?;
@@ -94,65 +149,24 @@ pub(crate) fn apply(
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)?
     };
-    applied.sort();
-    let mut report = MigrationReport::default();
-    for (name, _) in &applied {
-        if !migrations.iter().any(|m| &m.name == name) {
-            return Err(SqlStoreError::MigrationMissing {
+    let plan = plan(store, &applied, migrations)?;
+    for migration in &plan.pending {
+        tx.execute_batch(&migration.sql)
+            .map_err(|source| SqlStoreError::MigrationFailed {
                 store: store.to_string(),
-                name: name.clone(),
-            });
-        }
-    }
-    let last_applied = applied.last().map(|(n, _)| n.clone());
-    for migration in migrations {
-        let hash = migration.sha256();
-        let recorded: Option<String> = tx
-            .query_row(
-                "SELECT sha256 FROM _bulkhead_migrations WHERE name = ?1",
-                [&migration.name],
-                |row| row.get(0),
-            )
-            .optional()
-            .map_err(db)?;
-        match recorded {
-            Some(old) if old == hash => report.already.push(migration.name.clone()),
-            Some(_) => {
-                return Err(SqlStoreError::MigrationChanged {
-                    store: store.to_string(),
-                    name: migration.name.clone(),
-                });
-            }
-            None => {
-                if let Some(last) = &last_applied
-                    && migration.name < *last
-                {
-                    return Err(SqlStoreError::MigrationOutOfOrder {
-                        store: store.to_string(),
-                        name: migration.name.clone(),
-                        last: last.clone(),
-                    });
-                }
-                tx.execute_batch(&migration.sql).map_err(|source| {
-                    SqlStoreError::MigrationFailed {
-                        store: store.to_string(),
-                        name: migration.name.clone(),
-                        source,
-                    }
-                })?;
-                tx.execute(
-                    "INSERT INTO _bulkhead_migrations (name, sha256, applied_ms) VALUES (?1, ?2, ?3)",
-                    params![migration.name, hash, crate::now_ms()],
-                )
-                .map_err(db)?;
-                report.applied.push(migration.name.clone());
-            }
-        }
+                name: migration.name.clone(),
+                source: Box::new(source),
+            })?;
+        tx.execute(
+            "INSERT INTO _bulkhead_migrations (name, sha256, applied_ms) VALUES (?1, ?2, ?3)",
+            params![migration.name, migration.sha256(), crate::now_ms()],
+        )
+        .map_err(db)?;
     }
     if commit {
         tx.commit().map_err(db)?;
     } else {
         tx.rollback().map_err(db)?;
     }
-    Ok(report)
+    Ok(plan.report)
 }

@@ -1,14 +1,19 @@
-//! SQL stores (T06, T15, T16, T05): one SQLCipher database per
+//! SQL stores (T06, T15, T16, T05), behind one trait, [`SqlStore`]: on the
+//! embedded backend (this module), one SQLCipher database per
 //! `[store.NAME] kind = "sql"`, at `STATE_DIR/sql/NAME.db`, encrypted at
 //! rest with a 256-bit raw key (no passphrase derivation), its schema from
 //! migration files applied at deploy. Guests reach it one statement at a
 //! time, values only as bound parameters, through connections that the
 //! authorizer in [`policy`] confines: read grants get a read-only
 //! connection, nobody gets DDL, ATTACH, PRAGMA or transactions, and every
-//! query has limits and the call's deadline.
+//! query has limits and the call's deadline. On PostgreSQL
+//! ([`postgres`], issue 16), one schema per store and one database role
+//! per grant, so the database itself refuses what the grant does not give.
 
+mod dialect;
 mod migrate;
 pub mod policy;
+pub mod postgres;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -87,8 +92,29 @@ pub enum SqlStoreError {
     MigrationFailed {
         store: String,
         name: String,
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("SQL store `{store}` on PostgreSQL: {message}")]
+    Postgres { store: String, message: String },
+}
+
+/// One SQL store, whichever database holds it: what the `bulkhead:sql`
+/// capability calls. A new backend is one more implementation (see the
+/// README's architecture section).
+pub trait SqlStore: Send + Sync {
+    fn name(&self) -> &str;
+
+    /// Run one guest statement under a grant of `access`, when `allowed`
+    /// (the grant's declared statements, if it lists them) holds it.
+    /// Blocking: call from a blocking thread.
+    fn query(
+        &self,
+        access: Access,
+        allowed: Option<&[String]>,
+        statement: &str,
+        params: &[SqlValue],
+        limits: &QueryLimits,
+    ) -> Result<QueryResult, QueryError>;
 }
 
 /// A 256-bit raw SQLCipher key.
@@ -184,6 +210,10 @@ pub enum QueryError {
     Limit(String),
     #[error("the store failed")]
     Internal,
+    /// The store's database cannot be reached now (issue 16): a retry may
+    /// succeed.
+    #[error("the store is unavailable")]
+    Unavailable,
 }
 
 /// One SQL store's database and its pooled guest connections.
@@ -263,10 +293,6 @@ impl SqlDatabase {
             Connection::open_in_memory().map_err(|e| db.sql(e))?
         };
         migrate::apply(&mut conn, name, migrations, false)
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
     }
 
     pub fn path(&self) -> &Path {
@@ -355,9 +381,14 @@ impl SqlDatabase {
             Access::ReadWrite => &self.write,
         }
     }
+}
 
-    /// Run one guest statement. Blocking: call from a blocking thread.
-    pub fn query(
+impl SqlStore for SqlDatabase {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn query(
         &self,
         access: Access,
         allowed: Option<&[String]>,

@@ -1,0 +1,653 @@
+//! SQL stores on PostgreSQL (issue 16; T06, T16, T15, T05): one schema per
+//! store, its tables from the store's migrations, and two database roles
+//! per store, one per grant: the read role holds SELECT only, the
+//! read-write role SELECT, INSERT, UPDATE and DELETE, neither any DDL.
+//! Guest statements run on connections that log in *as* the grant's role,
+//! so it is PostgreSQL that refuses a write under a read grant, or a
+//! table of another store; a `SET ROLE` could be undone by the guest's own
+//! `RESET ROLE`, a login cannot.
+//!
+//! - Role names are cluster-wide in PostgreSQL, so they carry a hash of the
+//!   database, the app's schema and the store ([`role_names`]); their
+//!   passwords are derived from the store's data key (wrapped by the
+//!   master key, as ever), so every node computes the same one and none is
+//!   stored; the server is given only a SCRAM verifier, so no statement
+//!   log holds the password.
+//! - Migrations run as the connecting role (the owner) in one transaction
+//!   under the deployment's advisory lock, recorded with their SHA-256 in
+//!   the app schema's `sql_migrations`, out of every guest role's reach;
+//!   grants are renewed after them, so a new table is reachable at once.
+//! - Before PostgreSQL sees a guest statement: the grant's declared
+//!   statements, a data statement only ([`super::dialect`]), `?NNN`
+//!   written as `$NNN`. While it runs: the call's deadline (the query is
+//!   cancelled on the server), the row and byte limits (cancelled too),
+//!   and a role-wide `statement_timeout` as the server's own backstop.
+//!   Every connection is cleaned (`RESET ALL`, advisory locks released,
+//!   temporary tables dropped) before its next statement.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+use super::dialect::{StatementKind, statement_kind, to_postgres_placeholders};
+use super::{
+    Access, Migration, MigrationReport, QueryError, QueryLimits, QueryResult, SqlStore,
+    SqlStoreError, SqlValue, statement_allowed,
+};
+use crate::crypto::DataKey;
+use crate::pg::{Pg, PgError};
+
+/// Connections per role per node.
+const POOL_SIZE: usize = 4;
+/// Sessions one role may hold across the deployment.
+const CONNECTION_LIMIT: u32 = 64;
+/// The server's own bound on one guest statement, whatever the node does.
+const ROLE_STATEMENT_TIMEOUT: &str = "60s";
+/// How long a cancel request may take before the node gives up on it.
+const CANCEL_WAIT: Duration = Duration::from_secs(2);
+/// What a connection is cleaned with before it is used again (deadpool's
+/// `Clean` without `SET SESSION AUTHORIZATION`, which a login role that is
+/// not a superuser may not run).
+const CLEAN: &str = "CLOSE ALL; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
+
+/// One SQL store's schema and its two roles' connections.
+pub struct PgSqlStore {
+    name: String,
+    pg: Arc<Pg>,
+    read: Pool,
+    write: Pool,
+}
+
+/// Where a store lives and who may touch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSqlNames {
+    pub schema: String,
+    pub read_role: String,
+    pub write_role: String,
+}
+
+/// The schema of store `store` in app schema `app_schema`, and its roles,
+/// in database `database`. Names are ASCII `a-z0-9_`, at most 63 bytes.
+pub fn role_names(database: &str, app_schema: &str, store: &str) -> PgSqlNames {
+    let clean: String = store
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let hash = hex::encode(&Sha256::digest(format!("{app_schema}\0{store}").as_bytes())[..4]);
+    let mut schema: String = format!("{app_schema}_sql_{clean}");
+    if schema.len() > 63 || clean != store {
+        schema = format!(
+            "{}_sql_{}_{hash}",
+            &app_schema[..app_schema.len().min(30)],
+            &clean[..clean.len().min(20)]
+        );
+    }
+    let prefix = role_prefix(database);
+    PgSqlNames {
+        schema,
+        read_role: format!("{prefix}{hash}_read"),
+        write_role: format!("{prefix}{hash}_write"),
+    }
+}
+
+/// The start every SQL-store role of database `database` shares:
+/// `bhs_` and a hash of the database's name (tests drop theirs by it).
+pub fn role_prefix(database: &str) -> String {
+    format!(
+        "bhs_{}_",
+        hex::encode(&Sha256::digest(database.as_bytes())[..4])
+    )
+}
+
+/// The role's password: derived from the store's data key, so no node
+/// stores it and every node computes the same.
+fn role_password(dek: &DataKey, role: &str) -> SecretString {
+    let derived =
+        zeroize::Zeroizing::new(dek.lookup_id(b"bulkhead postgres role v1", role.as_bytes()));
+    SecretString::from(hex::encode(derived.as_slice()))
+}
+
+impl PgSqlStore {
+    /// Create (if needed) the store's schema and roles, apply pending
+    /// migrations, renew the grants, and open the roles' connections:
+    /// what `serve` does at deploy.
+    pub fn deploy(
+        pg: Arc<Pg>,
+        name: &str,
+        dek: &DataKey,
+        migrations: &[Migration],
+    ) -> Result<(Self, MigrationReport, PgSqlNames), SqlStoreError> {
+        let (report, names) = migrate(&pg, name, Some(dek), migrations, true)?;
+        let fail = |e: PgError| SqlStoreError::Postgres {
+            store: name.to_string(),
+            message: e.0,
+        };
+        let read = pg
+            .pool_as(
+                &names.read_role,
+                &role_password(dek, &names.read_role),
+                POOL_SIZE,
+                CLEAN,
+            )
+            .map_err(fail)?;
+        let write = pg
+            .pool_as(
+                &names.write_role,
+                &role_password(dek, &names.write_role),
+                POOL_SIZE,
+                CLEAN,
+            )
+            .map_err(fail)?;
+        let store = Self {
+            name: name.to_string(),
+            pg,
+            read,
+            write,
+        };
+        Ok((store, report, names))
+    }
+
+    /// The dry run of `bulkhead check`: everything `deploy` would do, in a
+    /// transaction rolled back.
+    pub fn check(
+        pg: &Arc<Pg>,
+        name: &str,
+        migrations: &[Migration],
+    ) -> Result<MigrationReport, SqlStoreError> {
+        migrate(pg, name, None, migrations, false).map(|(report, _)| report)
+    }
+}
+
+/// The migration of one store in one transaction. `dek` absent (a dry
+/// run): the roles' passwords are left as they are.
+fn migrate(
+    pg: &Arc<Pg>,
+    store: &str,
+    dek: Option<&DataKey>,
+    migrations: &[Migration],
+    commit: bool,
+) -> Result<(MigrationReport, PgSqlNames), SqlStoreError> {
+    let app_schema = pg.schema().to_string();
+    let store_name = store.to_string();
+    let migrations = migrations.to_vec();
+    // Verifiers, not passwords, reach the server (its statement log).
+    let verifiers = dek.map(|dek| {
+        move |role: &str| {
+            postgres_protocol::password::scram_sha_256(
+                role_password(dek, role).expose_secret().as_bytes(),
+            )
+        }
+    });
+    let failed = |message: String| SqlStoreError::Postgres {
+        store: store.to_string(),
+        message,
+    };
+    // The database's name first: the roles are named after it.
+    let database: String = pg
+        .call(|pool| async move {
+            let client = pool.get().await.map_err(PgError::of)?;
+            let row = client
+                .query_one("SELECT current_database()", &[])
+                .await
+                .map_err(PgError::of)?;
+            row.try_get(0).map_err(PgError::of)
+        })
+        .map_err(|e| failed(e.0))?;
+    let names = role_names(&database, &app_schema, store);
+    let passwords = verifiers.map(|v| (v(&names.read_role), v(&names.write_role)));
+    let setup = setup_statements(&app_schema, &names, store, &database, passwords.as_ref());
+    let grants = grant_statements(&names);
+    let schema = names.schema.clone();
+    let outcome = pg
+        .call(move |pool| async move {
+            Ok(async move {
+            let mut client = pool.get().await.map_err(|e| Step::Db(PgError::of(e)))?;
+            let tx = client.transaction().await.map_err(|e| Step::Db(PgError::of(e)))?;
+            tx.batch_execute(&setup).await.map_err(|e| Step::Db(PgError::of(e)))?;
+            let applied: Vec<(String, String)> = tx
+                .query(
+                    &format!("SELECT name, sha256 FROM {app_schema}.sql_migrations WHERE store = $1 ORDER BY name"),
+                    &[&store_name],
+                )
+                .await
+                .map_err(|e| Step::Db(PgError::of(e)))?
+                .iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect::<Result<_, tokio_postgres::Error>>()
+                .map_err(|e| Step::Db(PgError::of(e)))?;
+            let plan = super::migrate::plan(&store_name, &applied, &migrations)
+                .map_err(Step::Plan)?;
+            // Unqualified names in a migration are the store's own.
+            tx.batch_execute(&format!("SET LOCAL search_path = {schema}"))
+                .await
+                .map_err(|e| Step::Db(PgError::of(e)))?;
+            for migration in &plan.pending {
+                tx.batch_execute(&migration.sql)
+                    .await
+                    .map_err(|e| Step::Migration(migration.name.clone(), PgError::of(e)))?;
+                tx.execute(
+                    &format!("INSERT INTO {app_schema}.sql_migrations (store, name, sha256, applied_ms) VALUES ($1, $2, $3, $4)"),
+                    &[&store_name, &migration.name, &migration.sha256(), &crate::now_ms()],
+                )
+                .await
+                .map_err(|e| Step::Db(PgError::of(e)))?;
+            }
+            tx.batch_execute(&grants)
+                .await
+                .map_err(|e| Step::Db(PgError::of(e)))?;
+            if commit {
+                tx.commit().await.map_err(|e| Step::Db(PgError::of(e)))?;
+            } else {
+                tx.rollback().await.map_err(|e| Step::Db(PgError::of(e)))?;
+            }
+            Ok::<_, Step>(plan.report)
+            }
+            .await)
+        })
+        .map_err(|e| failed(e.0))?;
+    match outcome {
+        Ok(report) => Ok((report, names)),
+        Err(Step::Db(e)) => Err(failed(e.0)),
+        Err(Step::Plan(e)) => Err(e),
+        Err(Step::Migration(name, e)) => Err(SqlStoreError::MigrationFailed {
+            store: store.to_string(),
+            name,
+            source: e.0.into(),
+        }),
+    }
+}
+
+/// Why a migration transaction stopped.
+enum Step {
+    Db(PgError),
+    Plan(SqlStoreError),
+    Migration(String, PgError),
+}
+
+/// The schema, the migrations table, the roles and what they may never
+/// do; idempotent. Names are generated (`a-z0-9_`), safe to splice.
+fn setup_statements(
+    app_schema: &str,
+    names: &PgSqlNames,
+    store: &str,
+    database: &str,
+    verifiers: Option<&(String, String)>,
+) -> String {
+    let PgSqlNames {
+        schema,
+        read_role,
+        write_role,
+    } = names;
+    let mut sql = format!(
+        r"
+        {preamble}
+        CREATE SCHEMA IF NOT EXISTS {schema};
+        REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;
+        CREATE TABLE IF NOT EXISTS {app_schema}.sql_migrations (
+            store TEXT NOT NULL,
+            name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            applied_ms BIGINT NOT NULL,
+            PRIMARY KEY (store, name)
+        );
+        ",
+        preamble = crate::pg::migration_preamble()
+    );
+    for (role, grant) in [(read_role, "read"), (write_role, "read-write")] {
+        // The comment says what the role is to an operator listing roles;
+        // store names are `a-z0-9_-`, nothing to escape.
+        sql.push_str(&format!(
+            r"
+            DO $$ BEGIN
+                CREATE ROLE {role} NOLOGIN;
+            EXCEPTION WHEN duplicate_object THEN NULL;
+            END $$;
+            ALTER ROLE {role} WITH NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {CONNECTION_LIMIT};
+            ALTER ROLE {role} SET search_path = {schema};
+            ALTER ROLE {role} SET statement_timeout = '{ROLE_STATEMENT_TIMEOUT}';
+            ALTER ROLE {role} SET idle_in_transaction_session_timeout = '5s';
+            COMMENT ON ROLE {role} IS 'Bulkhead: the {grant} grant of SQL store {store} (schema {schema}, database {database})';
+            "
+        ));
+    }
+    if let Some((read, write)) = verifiers {
+        // SCRAM verifiers: `SCRAM-SHA-256$…` of base64 and `$:`, no quote.
+        sql.push_str(&format!(
+            "ALTER ROLE {read_role} WITH LOGIN PASSWORD '{read}'; ALTER ROLE {write_role} WITH LOGIN PASSWORD '{write}';"
+        ));
+    }
+    sql
+}
+
+/// What each role may do on the store's tables and sequences, renewed
+/// after every migration (T16: SELECT only for a read grant).
+fn grant_statements(names: &PgSqlNames) -> String {
+    let PgSqlNames {
+        schema,
+        read_role,
+        write_role,
+    } = names;
+    format!(
+        r"
+        GRANT USAGE ON SCHEMA {schema} TO {read_role}, {write_role};
+        REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {read_role}, {write_role};
+        GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {read_role};
+        GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {write_role};
+        REVOKE ALL ON ALL SEQUENCES IN SCHEMA {schema} FROM {read_role}, {write_role};
+        GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {read_role};
+        GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA {schema} TO {write_role};
+        "
+    )
+}
+
+impl SqlStore for PgSqlStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn query(
+        &self,
+        access: Access,
+        allowed: Option<&[String]>,
+        statement: &str,
+        params: &[SqlValue],
+        limits: &QueryLimits,
+    ) -> Result<QueryResult, QueryError> {
+        // T16: a grant that lists statements allows only those.
+        if !statement_allowed(allowed, statement) {
+            return Err(QueryError::StatementNotAllowed);
+        }
+        let kind = statement_kind(statement).map_err(QueryError::Denied)?;
+        let text = to_postgres_placeholders(statement)
+            .map_err(|why| QueryError::Invalid(why.to_string()))?;
+        let pool = match access {
+            Access::Read => self.read.clone(),
+            Access::ReadWrite => self.write.clone(),
+        };
+        let params = params.to_vec();
+        let limits = limits.clone();
+        let cancel_tls = self.pg.config().1.cloned();
+        let store = self.name.clone();
+        let outcome = self.pg.call(move |_| async move {
+            Ok(run(
+                &pool, cancel_tls, &store, access, kind, &text, params, &limits,
+            )
+            .await)
+        });
+        match outcome {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(target: "bulkhead::sql", store = %self.name, error = %e, "SQL store on PostgreSQL failed");
+                Err(QueryError::Internal)
+            }
+        }
+    }
+}
+
+/// One guest statement on a connection of the grant's role.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    pool: &Pool,
+    cancel_tls: Option<crate::pg_tls::MakeRustlsConnect>,
+    store: &str,
+    access: Access,
+    kind: StatementKind,
+    text: &str,
+    params: Vec<SqlValue>,
+    limits: &QueryLimits,
+) -> Result<QueryResult, QueryError> {
+    let client = match pool.get().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(target: "bulkhead::sql", store, error = %PgError::of(e), "cannot reach the SQL store's database");
+            return Err(QueryError::Unavailable);
+        }
+    };
+    let cancel = client.cancel_token();
+    let deadline = tokio::time::Instant::from_std(limits.deadline);
+    let work = async {
+        let prepared = client
+            .prepare(text)
+            .await
+            .map_err(|e| classify(store, access, kind, &e))?;
+        for column in prepared.columns() {
+            if !readable(column.type_()) {
+                return Err(QueryError::Invalid(format!(
+                    "column `{}` is of type {}, which Bulkhead does not pass to guests; cast it in the statement (::text, ::bigint, ::float8)",
+                    column.name(),
+                    column.type_().name()
+                )));
+            }
+        }
+        let types = prepared.params();
+        if types.len() != params.len() {
+            return Err(QueryError::Invalid(format!(
+                "the statement takes {} parameter(s), the call gave {}",
+                types.len(),
+                params.len()
+            )));
+        }
+        for (i, (value, ty)) in params.iter().zip(types).enumerate() {
+            if !binds(value, ty) {
+                return Err(QueryError::Invalid(format!(
+                    "parameter {} cannot be {} (the statement wants {})",
+                    i + 1,
+                    value_kind(value),
+                    ty.name()
+                )));
+            }
+        }
+        let bound: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let rows = client
+            .query_raw(&prepared, bound.iter())
+            .await
+            .map_err(|e| classify(store, access, kind, &e))?;
+        let mut out = QueryResult {
+            columns: prepared
+                .columns()
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
+            rows: Vec::new(),
+            changes: 0,
+            write: kind == StatementKind::Write,
+        };
+        let mut bytes = 0usize;
+        let mut rows = std::pin::pin!(rows);
+        while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
+            .await
+            .map_err(|e| classify(store, access, kind, &e))?
+        {
+            if out.rows.len() >= limits.max_rows {
+                return Err(QueryError::Limit(format!(
+                    "more than {} rows",
+                    limits.max_rows
+                )));
+            }
+            let mut values = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                let value = value_of(&row, i).map_err(|e| classify(store, access, kind, &e))?;
+                bytes = bytes.saturating_add(value.size());
+                values.push(value);
+            }
+            if bytes > limits.max_bytes {
+                return Err(QueryError::Limit(format!(
+                    "result over {} bytes",
+                    limits.max_bytes
+                )));
+            }
+            out.rows.push(values);
+        }
+        if kind == StatementKind::Write {
+            out.changes = rows.rows_affected().unwrap_or(0);
+        }
+        Ok(out)
+    };
+    let result = match tokio::time::timeout_at(deadline, work).await {
+        Ok(result) => result,
+        Err(_) => Err(QueryError::Limit("the call's deadline passed".into())),
+    };
+    // A statement cut short (deadline, a limit) may still run on the
+    // server: stop it there too (T05).
+    if matches!(result, Err(QueryError::Limit(_))) {
+        let cancelled = match cancel_tls {
+            Some(tls) => tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tls)).await,
+            None => {
+                tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tokio_postgres::NoTls)).await
+            }
+        };
+        if !matches!(cancelled, Ok(Ok(()))) {
+            tracing::warn!(target: "bulkhead::sql", store, "could not cancel a guest statement cut short; the role's statement_timeout ends it");
+        }
+    }
+    result
+}
+
+/// Why PostgreSQL refused or failed a guest statement. The guest gets the
+/// server's message (its own statement's fault), never its detail, which
+/// can quote row values; failures of the database itself go to the log.
+fn classify(
+    store: &str,
+    access: Access,
+    kind: StatementKind,
+    e: &tokio_postgres::Error,
+) -> QueryError {
+    let Some(db) = e.as_db_error() else {
+        tracing::error!(target: "bulkhead::sql", store, error = %PgError::of(e), "SQL store on PostgreSQL failed");
+        return QueryError::Unavailable;
+    };
+    let code = db.code();
+    if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+        return QueryError::Denied(if access == Access::Read && kind == StatementKind::Write {
+            "a write under a read grant (the database refused it)"
+        } else {
+            "the database refused it (a table outside the store, or an operation the grant's role may not do)"
+        });
+    }
+    if *code == SqlState::QUERY_CANCELED {
+        return QueryError::Limit("the call's deadline passed".into());
+    }
+    if *code == SqlState::PROGRAM_LIMIT_EXCEEDED || *code == SqlState::DISK_FULL {
+        return QueryError::Limit("the store is full or a value is too big".into());
+    }
+    // Class 08 (connection), 53 (resources), 57 (operator), 58 (system), XX.
+    let class = &code.code()[..2.min(code.code().len())];
+    if matches!(class, "08" | "53" | "57" | "58" | "XX") {
+        tracing::error!(target: "bulkhead::sql", store, sqlstate = code.code(), error = %db.message(), "SQL store on PostgreSQL failed");
+        return QueryError::Unavailable;
+    }
+    QueryError::Invalid(db.message().to_string())
+}
+
+/// Types a result column may have: what maps onto the guest's values.
+fn readable(ty: &Type) -> bool {
+    [
+        Type::INT2,
+        Type::INT4,
+        Type::INT8,
+        Type::FLOAT4,
+        Type::FLOAT8,
+        Type::BOOL,
+        Type::TEXT,
+        Type::VARCHAR,
+        Type::BPCHAR,
+        Type::NAME,
+        Type::UNKNOWN,
+        Type::BYTEA,
+    ]
+    .contains(ty)
+}
+
+fn value_of(row: &tokio_postgres::Row, i: usize) -> Result<SqlValue, tokio_postgres::Error> {
+    let ty = row.columns()[i].type_().clone();
+    let value = match ty {
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(SqlValue::Integer),
+        Type::FLOAT4 => row
+            .try_get::<_, Option<f32>>(i)?
+            .map(|v| SqlValue::Real(v.into())),
+        Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(SqlValue::Real),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(i)?
+            .map(|v| SqlValue::Integer(v.into())),
+        Type::BYTEA => row.try_get::<_, Option<Vec<u8>>>(i)?.map(SqlValue::Blob),
+        _ => row.try_get::<_, Option<String>>(i)?.map(SqlValue::Text),
+    };
+    Ok(value.unwrap_or(SqlValue::Null))
+}
+
+/// Whether a guest value can bind to a parameter PostgreSQL typed `ty`.
+fn binds(value: &SqlValue, ty: &Type) -> bool {
+    match value {
+        SqlValue::Null => true,
+        SqlValue::Integer(v) => match *ty {
+            Type::INT8 | Type::FLOAT8 | Type::FLOAT4 | Type::BOOL => true,
+            Type::INT4 => i32::try_from(*v).is_ok(),
+            Type::INT2 => i16::try_from(*v).is_ok(),
+            _ => false,
+        },
+        SqlValue::Real(_) => matches!(*ty, Type::FLOAT8 | Type::FLOAT4),
+        SqlValue::Text(_) => matches!(
+            *ty,
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
+        ),
+        SqlValue::Blob(_) => *ty == Type::BYTEA,
+    }
+}
+
+fn value_kind(value: &SqlValue) -> &'static str {
+    match value {
+        SqlValue::Null => "null",
+        SqlValue::Integer(_) => "an integer",
+        SqlValue::Real(_) => "a real",
+        SqlValue::Text(_) => "text",
+        SqlValue::Blob(_) => "a blob",
+    }
+}
+
+/// A guest value bound to a parameter already checked by [`binds`].
+#[derive(Debug)]
+struct Param<'a>(&'a SqlValue);
+
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            SqlValue::Null => Ok(IsNull::Yes),
+            SqlValue::Integer(v) => match *ty {
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                // Guest integers as reals: what SQLite would do.
+                Type::FLOAT8 => (*v as f64).to_sql(ty, out),
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            SqlValue::Real(v) => match *ty {
+                Type::FLOAT4 => (*v as f32).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            SqlValue::Text(v) => v.as_str().to_sql(ty, out),
+            SqlValue::Blob(v) => v.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
