@@ -1823,6 +1823,13 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
             "/w/internal",
             "err invalid: relation \"_bulkhead_migrations\" does not exist",
         ),
+        // Outside review: what PostgreSQL lets every role do is refused
+        // before it is sent (large objects would be a writable store
+        // under a read grant; a session lock outlives the call).
+        ("/r/largeobject", "err denied: a server function guests may not call"),
+        ("/r/lock", "err denied: a server function guests may not call"),
+        ("/w/notify", "err denied: a server function guests may not call"),
+        ("/r/into", "err denied: SELECT … INTO (a table made by a statement)"),
     ];
     for (path, expected) in cases {
         for node in [&a, &b] {
@@ -1884,6 +1891,16 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
             "{sql}: {refused}"
         );
     }
+    // Nothing was made outside the store's tables.
+    assert_eq!(
+        as_role(
+            "postgres",
+            "DO $$ BEGIN IF (SELECT count(*) FROM pg_largeobject_metadata) > 0 THEN RAISE 'a large object'; END IF; END $$"
+        ),
+        Ok(())
+    );
+    // No store's schema can be an app's (`bh_…`), whatever its name.
+    assert!(events.schema.starts_with("bs_events_"), "{}", events.schema);
     // Nothing of the store on either node's disk.
     for node in &cluster.nodes {
         let files = walk(node.path());

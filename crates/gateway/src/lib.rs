@@ -22,6 +22,7 @@ mod metrics;
 mod pipeline;
 pub mod problem;
 mod ratelimit;
+mod refusal;
 mod respond;
 mod router;
 mod send_timeout;

@@ -11,16 +11,16 @@ use bulkhead_manifest::input::HOP_BY_HOP;
 use bulkhead_runtime::{Invocation, RequestTrailers};
 use bulkhead_store::CallTickets;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::access_log::{self, Level};
-use crate::admission::{PushedOut, Refused};
+use crate::admission::PushedOut;
 use crate::authn::Identity;
 use crate::caller::{Caller, client_address, client_scheme};
 use crate::correlation::{CORRELATION_HEADER, TraceContext};
-use crate::problem::Problem;
+use crate::refusal::Refused;
 use crate::respond::{self, ConnectionCut, CutReport, Held, Outgoing};
 use crate::router::RouteMatch;
 use crate::spans::{RequestSpan, method_name};
@@ -40,6 +40,7 @@ struct Outcome<'s> {
     /// Who is calling, once the client address is known.
     caller: Option<Caller>,
     reason: Option<&'static str>,
+    /// What the log and audit record say of a refusal besides its slug.
     detail: Option<String>,
     /// The last ticket of the request's audit records: the call's, and its
     /// refusal's. The answer waits for it (group commit, issue 19).
@@ -92,7 +93,9 @@ pub(crate) async fn handle(
     .await
     {
         Ok(response) => response,
-        Err(problem) => {
+        Err(refused) => {
+            outcome.detail = refused.detail();
+            let problem = refused.into_problem();
             outcome.reason = Some(problem.slug);
             problem
                 .into_response(trace.correlation_id())
@@ -203,7 +206,7 @@ async fn pipeline<'s>(
     connection: &ConnectionCut,
     trace: &TraceContext,
     outcome: &mut Outcome<'s>,
-) -> Result<Response<Outgoing>, Problem> {
+) -> Result<Response<Outgoing>, Refused> {
     // The client's address: the peer, or what a trusted proxy says (T02);
     // until a subject is verified, it names the caller.
     let client = client_address(peer, request.headers(), &shared.limits.trusted_proxies);
@@ -222,8 +225,7 @@ async fn pipeline<'s>(
             request.uri(),
             request.headers(),
             version.hostnames.as_deref(),
-        )
-        .map_err(|r| refuse(r, outcome))?
+        )?
     };
 
     // Sign-in at the gateway (issue 15, T11/T12): its reserved paths.
@@ -242,10 +244,7 @@ async fn pipeline<'s>(
             )
             .await
     {
-        return answer.map_err(|refusal| {
-            outcome.detail = Some(refusal.reason);
-            *refusal.problem
-        });
+        return answer.map_err(Refused::Auth);
     }
 
     // Decode the path once and refuse what is ambiguous, before routing (T10).
@@ -256,8 +255,7 @@ async fn pipeline<'s>(
             params: Vec::new(),
         }
     } else {
-        decoded = validate::decode_path(request.uri().path())
-            .map_err(|rule| refuse(validate::Refusal::path(rule), outcome))?;
+        decoded = validate::decode_path(request.uri().path()).map_err(validate::Refusal::path)?;
         segments = decoded.iter().map(|s| s.as_ref()).collect();
         // Route.
         version.router.find(request.method().as_str(), &segments)
@@ -265,22 +263,9 @@ async fn pipeline<'s>(
     let (slot, params) = match found {
         RouteMatch::Found { function, params } => (&version.functions[function], params),
         RouteMatch::MethodNotAllowed { allow } => {
-            return Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
-                "This route does not accept that method; the Allow header lists the ones it does.",
-            )
-            .allow(&allow));
+            return Err(Refused::MethodNotAllowed { allow });
         }
-        RouteMatch::NotFound => {
-            return Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "No function is served on this path.",
-            ));
-        }
+        RouteMatch::NotFound => return Err(Refused::NotFound),
     };
     let function = &slot.function;
     outcome.slot = Some(slot);
@@ -293,12 +278,7 @@ async fn pipeline<'s>(
             .get::<crate::tls::VerifiedClientCert>()
             .is_none()
     {
-        return Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "client-certificate-required",
-            "Client certificate required",
-            "This route accepts only callers that present a client certificate the server trusts.",
-        ));
+        return Err(Refused::ClientCertificateRequired);
     }
 
     // Authenticate and authorize (T11) before anything costs more; failed
@@ -310,8 +290,7 @@ async fn pipeline<'s>(
     {
         Ok(identity) => identity,
         Err(refusal) => {
-            outcome.detail = Some(refusal.reason);
-            outcome.subject = refusal.subject;
+            outcome.subject = refusal.subject.clone();
             // A refused authentication is charged to the client address's
             // per-caller rate limit, app's then function's (T01, T03;
             // outside review of issue 15: 1000 replays of a revoked cookie
@@ -319,16 +298,15 @@ async fn pipeline<'s>(
             // this check; an admitted request is charged once, below.
             if refusal.problem.slug != "auth-backoff" {
                 let anonymous = Caller::of(None, client);
-                for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_deref()]
-                    .into_iter()
-                    .flatten()
-                {
-                    if let Err(wait) = limiter.admit(&anonymous).await {
-                        return Err(rate_limited(wait));
-                    }
+                let limiters = [shared.app_limiter.as_ref(), slot.limiter.as_deref()];
+                if let Err(wait) = crate::ratelimit::admit_each(limiters, &anonymous).await {
+                    return Err(Refused::RateLimited {
+                        wait,
+                        after: Some(refusal.reason),
+                    });
                 }
             }
-            return Err(*refusal.problem);
+            return Err(Refused::Auth(refusal));
         }
     };
     // Records name the qualified subject: `api-key:S`, `jwt:ISSUER:S` (T13).
@@ -340,8 +318,7 @@ async fn pipeline<'s>(
     ) && let Some(reason) =
         crate::login::cross_site(request.method(), request.headers(), login.origin())
     {
-        outcome.detail = Some(reason);
-        return Err(*crate::login::cross_site_refusal(String::new()).problem);
+        return Err(Refused::Auth(crate::login::cross_site_refusal(reason)));
     }
 
     // Rate limits per caller, app-wide then this function's (T02, T03).
@@ -350,81 +327,47 @@ async fn pipeline<'s>(
         _ => Caller::of(identity.as_ref(), client),
     };
     outcome.caller = Some(caller.clone());
-    for limiter in [shared.app_limiter.as_ref(), slot.limiter.as_deref()]
-        .into_iter()
-        .flatten()
-    {
-        limiter.admit(&caller).await.map_err(rate_limited)?;
-    }
+    crate::ratelimit::admit_each(
+        [shared.app_limiter.as_ref(), slot.limiter.as_deref()],
+        &caller,
+    )
+    .await
+    .map_err(|wait| Refused::RateLimited { wait, after: None })?;
 
     // Validate parameters, query, framing and content type (T10).
     if !skip(Stage::Validation) {
         slot.rules
-            .check_head(&params, request.uri().query(), request.headers())
-            .map_err(|r| refuse(r, outcome))?;
+            .check_head(&params, request.uri().query(), request.headers())?;
     }
 
-    let too_many = |scope: &str| {
-        Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-requests",
-            "Too many requests",
-            format!("The {scope} has as many requests outstanding as it accepts; retry later."),
-        )
-        .retry_after(1)
-    };
     // Admit: app-wide, then per function, fairly between callers (T01,
     // T02): over either bound or a caller's share of it, 429 at once; while
     // the dynamic throttle limits active requests, the heaviest callers'
     // excess is shed with `overloaded`.
-    let refused = |refusal: Refused, scope: &str| {
-        match refusal {
-        Refused::Overloaded => overloaded(shared),
-        Refused::CallerShare => Problem::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too-many-requests",
-            "Too many requests",
-            format!(
-                "You have as many requests outstanding at the {scope} as one caller may; retry once one has finished."
-            ),
-        )
-        .retry_after(1),
-        Refused::Full => too_many(scope),
-    }
+    let refused = |why, scope| {
+        Refused::admission(why, scope, || {
+            shared.shedder.as_ref().map_or(1, |s| s.retry_after())
+        })
     };
     // `None` only when the bench turned admission off (stages.rs).
     let admit = !skip(Stage::Admission);
     let mut app_place = admit
         .then(|| shared.app_gate.try_admit(&caller))
         .transpose()
-        .map_err(|r| {
-            outcome.detail = Some(r.describe("app"));
-            refused(r, "app")
-        })?;
+        .map_err(|r| refused(r, "app"))?;
     let function_place = admit
         .then(|| slot.gate.try_admit(&caller))
         .transpose()
-        .map_err(|r| {
-            outcome.detail = Some(r.describe("function"));
-            refused(r, "function")
-        })?;
+        .map_err(|r| refused(r, "function"))?;
 
     // Read the body, bounded in size and time (T01), framed by its length
     // or chunked: a chunked one is cut off as soon as it passes the cap.
     let limits = function.limits();
     let (parts, body) = request.into_parts();
     let max_body = limits.max_request_body.as_usize();
-    let too_large = || {
-        Problem::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-            "Request body too large",
-            format!("This function accepts request bodies of at most {max_body} bytes."),
-        )
-        .close_connection()
-    };
+    let too_large = Refused::BodyTooLarge { max: max_body };
     if validate::declared_length(&parts.headers).is_some_and(|n| n > max_body as u64) {
-        return Err(too_large());
+        return Err(too_large);
     }
     let read = tokio::time::timeout(
         shared.limits.body_read_timeout.get(),
@@ -432,30 +375,17 @@ async fn pipeline<'s>(
     )
     .await;
     let (body, trailers) = match read {
-        Err(_) => {
-            return Err(Problem::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body-timeout",
-                "Request body too slow",
-                "The request body did not arrive in time.",
-            )
-            .close_connection());
-        }
+        Err(_) => return Err(Refused::BodyTimeout),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return Err(too_large());
+            return Err(too_large);
         }
         Ok(Err(e)) => {
-            outcome.detail = Some(e.to_string());
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-body",
-                "Malformed request body",
-                "The request body could not be read.",
-            )
-            .close_connection());
+            return Err(Refused::BadBody {
+                error: e.to_string(),
+            });
         }
         Ok(Ok(collected)) => {
             let trailers = collected.trailers().map(|t| guest_trailers(t, &slot.rules));
@@ -466,27 +396,18 @@ async fn pipeline<'s>(
     // Its body is read: it now counts against the dynamic throttle's limit,
     // unless that is reached and this caller holds its part (T01).
     if let Some(place) = app_place.as_mut() {
-        place.activate().map_err(|r| {
-            outcome.detail = Some(r.describe("app"));
-            refused(r, "app")
-        })?;
+        place.activate().map_err(|r| refused(r, "app"))?;
     }
 
     // Validate the body: strict JSON, then the schema (T10).
     if !skip(Stage::Validation) {
         slot.rules
-            .check_body(&parts.method, &parts.headers, &body)
-            .map_err(|r| refuse(r, outcome))?;
+            .check_body(&parts.method, &parts.headers, &body)?;
     }
 
     // Budgets (T04): refused before it can cost anything.
     let mut charge = match &version.meter {
-        Some(meter) => Some(
-            meter
-                .admit(slot.index, &caller)
-                .await
-                .map_err(|refused| refused.problem())?,
-        ),
+        Some(meter) => Some(meter.admit(slot.index, &caller).await?),
         None => None,
     };
 
@@ -505,16 +426,8 @@ async fn pipeline<'s>(
     .await;
     let places = match permits {
         Ok(Ok(permits)) => permits,
-        Ok(Err(scope)) => return Err(too_many(scope)),
-        Err(_) => {
-            return Err(Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "queue-timeout",
-                "Service busy",
-                "The request waited too long for a free slot; retry later.",
-            )
-            .retry_after(1));
-        }
+        Ok(Err(scope)) => return Err(Refused::PushedOut { scope }),
+        Err(_) => return Err(Refused::QueueTimeout),
     };
 
     // Invoke, metered from here on (T04).
@@ -579,38 +492,9 @@ async fn pipeline<'s>(
             if let Some(charge) = charge {
                 charge.finish(0);
             }
-            outcome.detail = Some(error.to_string());
-            Err(respond::invoke_problem(&error))
+            Err(Refused::Invoke(error))
         }
     }
-}
-
-/// Over a per-caller rate limit (T02, T03).
-fn rate_limited(wait: Duration) -> Problem {
-    Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "rate-limited",
-        "Rate limit reached",
-        "You are sending requests faster than this service allows; wait as long as Retry-After says.",
-    )
-    .retry_after(wait.as_secs_f64().ceil().max(1.0) as u64)
-}
-
-/// Shed by the dynamic throttle (T01).
-fn overloaded(shared: &Shared) -> Problem {
-    Problem::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "overloaded",
-        "Service overloaded",
-        "The service is shedding load to stay up; retry after the time Retry-After gives.",
-    )
-    .retry_after(shared.shedder.as_ref().map_or(1, |s| s.retry_after()))
-}
-
-/// A validation refusal (T10): the log gets field and rule, the client the problem.
-fn refuse(refusal: validate::Refusal, outcome: &mut Outcome) -> Problem {
-    outcome.detail = Some(refusal.to_string());
-    refusal.to_problem()
 }
 
 /// The request as the function sees it: absolute URI, only the client
@@ -624,7 +508,7 @@ fn guest_request(
     trace: &TraceContext,
     identity: Option<&Identity>,
     rules: &Rules,
-) -> Result<Request<Bytes>, Problem> {
+) -> Result<Request<Bytes>, Refused> {
     // The host `validate::check_host` accepted, canonical (an HTTP/1.0
     // request without one: `localhost`), so the function never sees a
     // spelling other than the one checked (`API.Example.com:08080` is
@@ -640,14 +524,7 @@ fn guest_request(
         .authority(authority)
         .path_and_query(path_and_query)
         .build()
-        .map_err(|_| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "bad-request-target",
-                "Malformed request target",
-                "The request's path or Host header is not valid.",
-            )
-        })?;
+        .map_err(|_| Refused::BadRequestTarget)?;
     let body_len = body.len();
     // A chunked body has a length once read, even an empty one.
     let parts_had_length = parts.headers.contains_key(header::CONTENT_LENGTH)

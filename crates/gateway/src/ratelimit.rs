@@ -2,10 +2,11 @@
 //! [`Caller`]. Over the limit, the request is refused before its body is
 //! read, with the time until the caller may try again.
 //!
-//! Two backends behind [`CallerRateLimit`] (issue 16): in this process
-//! (governor, the default: one node), or shared by every node through
-//! Redis ([`crate::cluster`], when `[cluster]` names a Redis). [`Limiter`]
-//! dispatches statically, so the in-process check costs what it did.
+//! Two backends (issue 16): in this process (governor, the default: one
+//! node), or shared by every node through Redis ([`crate::cluster`], when
+//! `[cluster]` names a Redis). [`Limiter`] dispatches statically, so the
+//! in-process check costs what it did; [`admit_each`] checks a request's
+//! scopes, the shared ones in one Redis call.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
@@ -19,15 +20,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::caller::Caller;
 use crate::cluster::{ClusterLimits, SharedLimiter};
 
-/// One scope's per-caller rate limit, whichever backend holds it.
-pub(crate) trait CallerRateLimit {
-    /// `Err(wait)` when `caller` is over its rate.
-    fn check_caller(
-        &self,
-        caller: &Caller,
-    ) -> impl std::future::Future<Output = Result<(), Duration>> + Send;
-}
-
 impl Limiter {
     /// [`Limiter::admit`] for a path that cannot wait (the sign-in
     /// endpoints, issue 15): a shared limit is checked at this node's
@@ -37,18 +29,6 @@ impl Limiter {
             Self::Local(limiter) => limiter.check(caller),
             Self::Shared(limiter) => limiter.check_share(caller),
         }
-    }
-}
-
-impl CallerRateLimit for CallerLimiter {
-    async fn check_caller(&self, caller: &Caller) -> Result<(), Duration> {
-        self.check(caller)
-    }
-}
-
-impl CallerRateLimit for SharedLimiter {
-    async fn check_caller(&self, caller: &Caller) -> Result<(), Duration> {
-        self.check(caller).await
     }
 }
 
@@ -70,14 +50,32 @@ impl Limiter {
             None => Self::Local(CallerLimiter::new(limit)),
         }
     }
+}
 
-    /// `Err(wait)` when `caller` is over its rate: the request path.
-    pub(crate) async fn admit(&self, caller: &Caller) -> Result<(), Duration> {
-        match self {
-            // Decided here and now: no await on the default path.
-            Self::Local(limiter) => limiter.check(caller),
-            // Boxed: the request's future does not grow by the Redis call's.
-            Self::Shared(limiter) => Box::pin(limiter.check_caller(caller)).await,
+/// `Err(wait)` when `caller` is over any of `limiters` (the app's, then
+/// the function's): the request path. Local ones are decided here and
+/// now; shared ones in one Redis call for all (one round trip per
+/// request, issue 16's cost target), counted in none when one refuses.
+pub(crate) async fn admit_each(
+    limiters: [Option<&Limiter>; 2],
+    caller: &Caller,
+) -> Result<(), Duration> {
+    let mut shared: [Option<&SharedLimiter>; 2] = [None, None];
+    for (limiter, slot) in limiters.into_iter().zip(shared.iter_mut()) {
+        match limiter {
+            Some(Limiter::Local(limiter)) => limiter.check(caller)?,
+            Some(Limiter::Shared(limiter)) => *slot = Some(limiter),
+            None => {}
+        }
+    }
+    // Boxed: the request's future does not grow by the Redis call's.
+    match shared {
+        [None, None] => Ok(()),
+        [Some(one), None] | [None, Some(one)] => {
+            Box::pin(SharedLimiter::check_all(&[one], caller)).await
+        }
+        [Some(app), Some(function)] => {
+            Box::pin(SharedLimiter::check_all(&[app, function], caller)).await
         }
     }
 }

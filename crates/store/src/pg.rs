@@ -295,14 +295,13 @@ impl Pg {
     }
 
     /// A pool of up to `size` connections to the same database logging
-    /// in as `user` (an SQL store's grant role, issue 16), each cleaned
-    /// with `clean` before it is handed out again.
+    /// in as `user` (an SQL store's grant role, issue 16); its user cleans
+    /// each connection before giving it back.
     pub(crate) fn pool_as(
         &self,
         user: &str,
         password: &secrecy::SecretString,
         size: usize,
-        clean: &'static str,
     ) -> Result<Pool, PgError> {
         use secrecy::ExposeSecret as _;
         let Some(runtime) = &self.runtime else {
@@ -311,7 +310,7 @@ impl Pg {
         let mut config = self.config.clone();
         config.user(user).password(password.expose_secret());
         let manager_config = deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Custom(clean.to_string()),
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
         };
         let manager = match self.tls.clone() {
             Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),

@@ -58,6 +58,14 @@ impl wasip2::exports::http::incoming_handler::Guest for SqlGuest {
             "rekey" => run("PRAGMA rekey = 'guessable'", vec![]),
             "multi" => run("SELECT 1; DROP TABLE events", vec![]),
             "internal" => run("SELECT name FROM _bulkhead_migrations", vec![]),
+            // PostgreSQL's server functions and SELECT … INTO (issue 16).
+            "largeobject" => run(
+                "SELECT lo_from_bytea(0, ?1)",
+                vec![Value::Blob(b"hidden".to_vec())],
+            ),
+            "lock" => run("SELECT pg_advisory_lock(1)", vec![]),
+            "notify" => run("SELECT pg_notify('deploys', 'x')", vec![]),
+            "into" => run("SELECT body INTO TEMP stolen FROM events", vec![]),
             // Benchmark: `n` point queries, each timed with the monotonic
             // clock inside the guest; answers p50/p90/p99 in nanoseconds.
             "bench" => {

@@ -449,17 +449,25 @@ impl SharedLimiter {
         }
     }
 
-    /// `Err(wait)` when `caller` is over the limit, across the cluster
-    /// while Redis answers, else over this node's share of it.
-    pub(crate) async fn check(&self, caller: &Caller) -> Result<(), Duration> {
-        if !self.cluster.degraded.load(Ordering::Relaxed) {
-            match self.shared(caller).await {
+    /// `Err(wait)` when `caller` is over any of `limiters` (one cluster's:
+    /// the app's and the function's), across the cluster while Redis
+    /// answers, in one script call, else over this node's share of each.
+    pub(crate) async fn check_all(limiters: &[&Self], caller: &Caller) -> Result<(), Duration> {
+        let Some(first) = limiters.first() else {
+            return Ok(());
+        };
+        let cluster = &first.cluster;
+        if !cluster.degraded.load(Ordering::Relaxed) {
+            match Self::shared(limiters, caller).await {
                 Ok(decision) => return decision,
-                Err(why) => self.cluster.degrade(&why),
+                Err(why) => cluster.degrade(&why),
             }
         }
-        self.cluster.metrics.fallback.inc();
-        self.local().check(caller)
+        for limiter in limiters {
+            cluster.metrics.fallback.inc();
+            limiter.local().check(caller)?;
+        }
+        Ok(())
     }
 
     /// This node's share alone, for a path that cannot wait on Redis.
@@ -467,15 +475,23 @@ impl SharedLimiter {
         self.local().check(caller)
     }
 
-    async fn shared(&self, caller: &Caller) -> Result<Result<(), Duration>, String> {
+    async fn shared(limiters: &[&Self], caller: &Caller) -> Result<Result<(), Duration>, String> {
+        let Some(first) = limiters.first() else {
+            return Ok(Ok(()));
+        };
+        let cluster = &first.cluster;
         // Hashed: bounded keys, and no subject or address stored in Redis.
-        let digest = Sha256::digest(caller.key().as_bytes());
-        let key = format!("{}{}", self.key, hex::encode(&digest[..16]));
-        let mut connection = self.cluster.connection.clone();
-        let mut invocation = self.cluster.gcra.prepare_invoke();
-        invocation.key(key).arg(self.interval_us).arg(self.burst);
+        let digest = hex::encode(&Sha256::digest(caller.key().as_bytes())[..16]);
+        let mut connection = cluster.connection.clone();
+        let mut invocation = cluster.gcra.prepare_invoke();
+        for limiter in limiters {
+            invocation
+                .key(format!("{}{digest}", limiter.key))
+                .arg(limiter.interval_us)
+                .arg(limiter.burst);
+        }
         let answer: (i64, i64) = match tokio::time::timeout(
-            self.cluster.check_timeout,
+            cluster.check_timeout,
             invocation.invoke_async(&mut connection),
         )
         .await

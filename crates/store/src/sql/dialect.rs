@@ -55,94 +55,244 @@ fn has_write_keyword(text: &str) -> bool {
         })
 }
 
-/// `statement` with SQLite's `?NNN` and `?` placeholders written as
-/// PostgreSQL's `$NNN` (a bare `?` is the next number), outside string
-/// literals, quoted names and comments. A statement already in `$NNN`
-/// form passes unchanged. Refused: a `?` next to text this reader does
-/// not follow (escape strings, dollar quoting), rather than guessed at.
-pub(crate) fn to_postgres_placeholders(statement: &str) -> Result<String, &'static str> {
-    if !statement.contains('?') {
-        return Ok(statement.to_string());
+/// Server functions guests may not call on PostgreSQL (T05, T16), the
+/// way SQLite's authorizer refuses `load_extension`: PostgreSQL lets every
+/// role call them, so a read grant could otherwise write large objects,
+/// hold locks past its call, signal other sessions, change its own
+/// bounds, or run SQL hidden in a string (outside review of issue 16).
+/// Every name starting `lo_` is refused too.
+const DENIED_FUNCTIONS: &[&str] = &[
+    // Large objects: storage outside every table and grant.
+    "lowrite",
+    "loread",
+    // Other sessions and the nodes' own channels.
+    "pg_notify",
+    "pg_cancel_backend",
+    "pg_terminate_backend",
+    // Locks that outlive the statement.
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+    // SQL run from a string, out of every check here.
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "dblink",
+    "dblink_exec",
+    // The session's settings (the role's bounds).
+    "set_config",
+];
+
+/// Why a statement's text is refused before PostgreSQL sees it: a server
+/// function guests may not call, `SELECT … INTO` (a new table made by a
+/// read), Unicode-escaped names (which could spell either), a NUL byte,
+/// or text left open.
+pub(crate) fn refused_text(statement: &str, kind: StatementKind) -> Option<&'static str> {
+    if statement.contains('\0') {
+        return Some("a NUL byte in the statement");
     }
-    const UNCLEAR: &str = "a statement with `?` placeholders must not also hold E'…' strings or $-quoted text; write $1, $2… instead";
+    let mut refused = None;
+    let scanned = scan(statement, |token| {
+        // `"into"` is a name; only the bare word is the keyword.
+        let (name, keyword) = match token {
+            Token::Word(word) => (word.to_ascii_lowercase(), true),
+            Token::Quoted(name) => (name, false),
+            Token::UnicodeEscaped => {
+                refused.get_or_insert("a U& name or string (write it plainly)");
+                return;
+            }
+            Token::Placeholder { .. } => return,
+        };
+        if DENIED_FUNCTIONS.contains(&name.as_str()) || name.starts_with("lo_") {
+            refused.get_or_insert("a server function guests may not call");
+        } else if kind == StatementKind::Read && keyword && name == "into" {
+            refused.get_or_insert("SELECT … INTO (a table made by a statement)");
+        }
+    });
+    scanned.err().or(refused)
+}
+
+/// What [`scan`] reports outside literals and comments.
+enum Token<'a> {
+    /// A bare keyword or name.
+    Word(&'a str),
+    /// A double-quoted name, its `""` undone.
+    Quoted(String),
+    /// `U&'…'` or `U&"…"`.
+    UnicodeEscaped,
+    /// `?` or `?NNN`, at byte `at`, `len` bytes long.
+    Placeholder { at: usize, len: usize },
+}
+
+/// Walk `statement` as PostgreSQL's lexer splits it: string literals
+/// (`'…'`, `E'…'` with backslash escapes, `$tag$…$tag$`), quoted names
+/// and comments (nested `/* */`, `--`) are passed over; words, quoted
+/// names and `?` placeholders are reported. `Err` for text left open.
+fn scan<'a>(statement: &'a str, mut on: impl FnMut(Token<'a>)) -> Result<(), &'static str> {
     let bytes = statement.as_bytes();
-    let mut out = String::with_capacity(statement.len() + 8);
-    let mut next = 1u32;
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
     let mut i = 0;
-    // Copies from `start` up to `i` as they are.
-    let mut start = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'\'' | b'"' => {
-                let quote = bytes[i];
-                if quote == b'\'' && i > 0 && matches!(bytes[i - 1], b'e' | b'E') {
-                    return Err(UNCLEAR);
-                }
-                i += 1;
-                // A doubled quote is the quote itself; the literal goes on.
-                loop {
-                    match bytes.get(i) {
-                        None => return Err("an unterminated quoted string or name"),
-                        Some(&b) if b == quote => {
-                            if bytes.get(i + 1) == Some(&quote) {
-                                i += 2;
-                            } else {
-                                i += 1;
-                                break;
-                            }
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
+            b'\'' => i = skip_quoted(bytes, i, b'\'', false)?,
+            b'"' => {
+                let end = skip_quoted(bytes, i, b'"', false)?;
+                on(Token::Quoted(
+                    statement[i + 1..end - 1].replace("\"\"", "\""),
+                ));
+                i = end;
             }
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
                 while i < bytes.len() && bytes[i] != b'\n' {
                     i += 1;
                 }
             }
-            b'/' if bytes.get(i + 1) == Some(&b'*') => {
-                // Nested, as PostgreSQL reads them.
-                let mut depth = 0usize;
-                loop {
-                    match (bytes.get(i), bytes.get(i + 1)) {
-                        (None, _) => return Err("an unterminated comment"),
-                        (Some(b'/'), Some(b'*')) => {
-                            depth += 1;
-                            i += 2;
-                        }
-                        (Some(b'*'), Some(b'/')) => {
-                            depth -= 1;
-                            i += 2;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        _ => i += 1,
-                    }
-                }
-            }
-            // `$1` is a placeholder already; `$tag$` or `$$` opens quoting.
-            b'$' if !bytes.get(i + 1).is_some_and(u8::is_ascii_digit) => return Err(UNCLEAR),
-            b'?' => {
-                out.push_str(&statement[start..i]);
-                i += 1;
-                let digits_start = i;
-                while i < bytes.len() && bytes[i].is_ascii_digit() {
+            b'/' if bytes.get(i + 1) == Some(&b'*') => i = skip_comment(bytes, i)?,
+            b'$' => {
+                // `$1` is a parameter; `$tag$` or `$$` opens dollar quoting.
+                let tag_end = bytes[i + 1..]
+                    .iter()
+                    .position(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+                    .map_or(bytes.len(), |n| i + 1 + n);
+                if bytes.get(i + 1).is_some_and(u8::is_ascii_digit) {
+                    i = tag_end;
+                } else if bytes.get(tag_end) == Some(&b'$') {
+                    let tag = &statement[i..=tag_end];
+                    let body = tag_end + 1;
+                    let close = statement[body..]
+                        .find(tag)
+                        .ok_or("an unterminated $-quoted string")?;
+                    i = body + close + tag.len();
+                } else {
                     i += 1;
                 }
-                out.push('$');
-                if i > digits_start {
-                    out.push_str(&statement[digits_start..i]);
-                } else {
-                    out.push_str(&next.to_string());
-                    next = next.saturating_add(1);
+            }
+            b'?' => {
+                let digits = bytes[i + 1..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count();
+                on(Token::Placeholder {
+                    at: i,
+                    len: 1 + digits,
+                });
+                i += 1 + digits;
+            }
+            b if word_byte(b) && !b.is_ascii_digit() => {
+                let start = i;
+                while i < bytes.len() && word_byte(bytes[i]) {
+                    i += 1;
                 }
-                start = i;
+                let word = &statement[start..i];
+                match (word, bytes.get(i), bytes.get(i + 1)) {
+                    ("E" | "e", Some(b'\''), _) => i = skip_quoted(bytes, i, b'\'', true)?,
+                    ("U" | "u", Some(b'&'), Some(&quote)) if quote == b'\'' || quote == b'"' => {
+                        on(Token::UnicodeEscaped);
+                        i = skip_quoted(bytes, i + 1, quote, false)?;
+                    }
+                    _ => on(Token::Word(word)),
+                }
+            }
+            // Digits (numbers), operators, punctuation, whitespace.
+            _ => {
+                let start = i;
+                while i < bytes.len()
+                    && (bytes[i].is_ascii_digit() || (i == start && !word_byte(bytes[i])))
+                {
+                    i += 1;
+                }
+                // A number's trailing letters (`1e5`, `0x1F`) are part of it.
+                while i < bytes.len()
+                    && bytes[i].is_ascii_alphanumeric()
+                    && bytes[start].is_ascii_digit()
+                {
+                    i += 1;
+                }
+                if i == start {
+                    i += 1;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The index just past the nested comment opened at `start`.
+fn skip_comment(bytes: &[u8], start: usize) -> Result<usize, &'static str> {
+    let mut depth = 0usize;
+    let mut i = start;
+    loop {
+        match (bytes.get(i), bytes.get(i + 1)) {
+            (None, _) => return Err("an unterminated comment"),
+            (Some(b'/'), Some(b'*')) => {
+                depth += 1;
+                i += 2;
+            }
+            (Some(b'*'), Some(b'/')) => {
+                depth -= 1;
+                i += 2;
+                if depth == 0 {
+                    return Ok(i);
+                }
             }
             _ => i += 1,
         }
     }
-    out.push_str(&statement[start..]);
+}
+
+/// The index just past the literal or name opened by `quote` at `start`
+/// (a doubled quote is the quote itself; with `backslash`, so is `\'`).
+fn skip_quoted(
+    bytes: &[u8],
+    start: usize,
+    quote: u8,
+    backslash: bool,
+) -> Result<usize, &'static str> {
+    let mut i = start + 1;
+    loop {
+        match bytes.get(i) {
+            None => return Err("an unterminated quoted string or name"),
+            Some(b'\\') if backslash => i += 2,
+            Some(&b) if b == quote => {
+                if bytes.get(i + 1) == Some(&quote) {
+                    i += 2;
+                } else {
+                    return Ok(i + 1);
+                }
+            }
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// `statement` with SQLite's `?NNN` and `?` placeholders written as
+/// PostgreSQL's `$NNN` (a bare `?` is the next number), outside string
+/// literals, quoted names and comments, so one guest runs on either
+/// backend. A statement already in `$NNN` form passes unchanged.
+pub(crate) fn to_postgres_placeholders(statement: &str) -> Result<String, &'static str> {
+    if !statement.contains('?') {
+        return Ok(statement.to_string());
+    }
+    let mut out = String::with_capacity(statement.len() + 8);
+    let mut copied = 0;
+    let mut next = 1u32;
+    scan(statement, |token| {
+        if let Token::Placeholder { at, len } = token {
+            out.push_str(&statement[copied..at]);
+            out.push('$');
+            if len > 1 {
+                out.push_str(&statement[at + 1..at + len]);
+            } else {
+                out.push_str(&next.to_string());
+                next = next.saturating_add(1);
+            }
+            copied = at + len;
+        }
+    })?;
+    out.push_str(&statement[copied..]);
     Ok(out)
 }
 
@@ -184,13 +334,52 @@ mod tests {
                 "{sqlite}"
             );
         }
+        // Escape strings and dollar quoting are passed over as PostgreSQL
+        // reads them; text left open is refused.
+        assert_eq!(
+            to_postgres_placeholders("SELECT E'\\' ?', $$?$$, $a$ ? $a$, ?").as_deref(),
+            Ok("SELECT E'\\' ?', $$?$$, $a$ ? $a$, $1")
+        );
         for unclear in [
-            "SELECT E'\\' ?' , ?",
-            "SELECT $$?$$, ?",
             "SELECT 'open ?",
             "SELECT /* ? ",
+            "SELECT $x$ ?",
+            "SELECT E'\\' ?",
         ] {
             assert!(to_postgres_placeholders(unclear).is_err(), "{unclear}");
+        }
+    }
+
+    #[test]
+    fn t05_t16_server_functions_and_select_into_are_refused() {
+        use StatementKind::{Read, Write};
+        for (statement, kind) in [
+            ("SELECT lo_from_bytea(0, ?1)", Read),
+            ("SELECT pg_catalog.LO_CREAT(-1)", Read),
+            ("SELECT \"lo_from_bytea\"(0, ?1)", Read),
+            ("SELECT U&\"lo\\005ffrom_bytea\"(0, ?1)", Read),
+            ("SELECT lowrite(0, ?1)", Read),
+            ("SELECT pg_advisory_lock(1)", Read),
+            ("SELECT pg_notify('bh_app_dev_deploys', 'x')", Read),
+            (
+                "SELECT query_to_xml('SELECT lo_creat(-1)', true, true, '')",
+                Read,
+            ),
+            ("SELECT set_config('statement_timeout', '0', false)", Read),
+            ("SELECT 1 AS a INTO TEMP t", Read),
+            ("SELECT 'x\0'", Read),
+            ("UPDATE t SET a = lo_unlink(1)", Write),
+        ] {
+            assert!(refused_text(statement, kind).is_some(), "{statement}");
+        }
+        for (statement, kind) in [
+            ("SELECT body FROM events WHERE id = ?1", Read),
+            ("SELECT 'lo_from_bytea', \"into\" FROM t -- pg_notify", Read),
+            ("INSERT INTO events (body) VALUES ($1)", Write),
+            ("SELECT $$ into $$, E'\\' into' FROM t", Read),
+            ("SELECT 1e5, 0x1F, a$b FROM t", Read),
+        ] {
+            assert_eq!(refused_text(statement, kind), None, "{statement}");
         }
     }
 

@@ -34,7 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::dialect::{StatementKind, statement_kind, to_postgres_placeholders};
+use super::dialect::{StatementKind, refused_text, statement_kind, to_postgres_placeholders};
 use super::{
     Access, Migration, MigrationReport, QueryError, QueryLimits, QueryResult, SqlStore,
     SqlStoreError, SqlValue, statement_allowed,
@@ -50,9 +50,12 @@ const CONNECTION_LIMIT: u32 = 64;
 const ROLE_STATEMENT_TIMEOUT: &str = "60s";
 /// How long a cancel request may take before the node gives up on it.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
-/// What a connection is cleaned with before it is used again (deadpool's
-/// `Clean` without `SET SESSION AUTHORIZATION`, which a login role that is
-/// not a superuser may not run).
+/// What a connection is cleaned with as soon as a guest statement ends
+/// (deadpool's `Clean` without `SET SESSION AUTHORIZATION`, which a login
+/// role that is not a superuser may not run): nothing of one call (a
+/// setting, a lock, a temporary table) is left while it waits in the pool,
+/// or seen by the next (outside review of issue 16). A connection that
+/// cannot be cleaned is closed instead.
 const CLEAN: &str = "CLOSE ALL; RESET ALL; UNLISTEN *; SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES;";
 
 /// One SQL store's schema and its two roles' connections.
@@ -71,27 +74,30 @@ pub struct PgSqlNames {
     pub write_role: String,
 }
 
-/// The schema of store `store` in app schema `app_schema`, and its roles,
-/// in database `database`. Names are ASCII `a-z0-9_`, at most 63 bytes.
+/// The schema of store `store` of the app whose schema is `app_schema`,
+/// and its roles, in database `database`: `a-z0-9_`, at most 63 bytes.
+/// Schemas start `bs_`, which no app's schema (`bh_…`) does, and end in a
+/// 96-bit hash of the app's schema and the store, so no store's schema
+/// is another app's or another store's, whatever the names (outside
+/// review of issue 16: a store named after another app's hashed schema
+/// reached its tables). Role names are cluster-wide in PostgreSQL: theirs
+/// hash the database too.
 pub fn role_names(database: &str, app_schema: &str, store: &str) -> PgSqlNames {
+    let hash = |parts: &[&str]| hex::encode(&Sha256::digest(parts.join("\0").as_bytes())[..12]);
     let clean: String = store
         .chars()
+        .take(20)
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let hash = hex::encode(&Sha256::digest(format!("{app_schema}\0{store}").as_bytes())[..4]);
-    let mut schema: String = format!("{app_schema}_sql_{clean}");
-    if schema.len() > 63 || clean != store {
-        schema = format!(
-            "{}_sql_{}_{hash}",
-            &app_schema[..app_schema.len().min(30)],
-            &clean[..clean.len().min(20)]
-        );
-    }
-    let prefix = role_prefix(database);
+    let role = format!(
+        "{}{}",
+        role_prefix(database),
+        hash(&[database, app_schema, store])
+    );
     PgSqlNames {
-        schema,
-        read_role: format!("{prefix}{hash}_read"),
-        write_role: format!("{prefix}{hash}_write"),
+        schema: format!("bs_{clean}_{}", hash(&[app_schema, store])),
+        read_role: format!("{role}_read"),
+        write_role: format!("{role}_write"),
     }
 }
 
@@ -132,7 +138,6 @@ impl PgSqlStore {
                 &names.read_role,
                 &role_password(dek, &names.read_role),
                 POOL_SIZE,
-                CLEAN,
             )
             .map_err(fail)?;
         let write = pg
@@ -140,7 +145,6 @@ impl PgSqlStore {
                 &names.write_role,
                 &role_password(dek, &names.write_role),
                 POOL_SIZE,
-                CLEAN,
             )
             .map_err(fail)?;
         let store = Self {
@@ -363,6 +367,9 @@ impl SqlStore for PgSqlStore {
             return Err(QueryError::StatementNotAllowed);
         }
         let kind = statement_kind(statement).map_err(QueryError::Denied)?;
+        if let Some(why) = refused_text(statement, kind) {
+            return Err(QueryError::Denied(why));
+        }
         let text = to_postgres_placeholders(statement)
             .map_err(|why| QueryError::Invalid(why.to_string()))?;
         let pool = match access {
@@ -433,6 +440,12 @@ async fn run(
             )));
         }
         for (i, (value, ty)) in params.iter().zip(types).enumerate() {
+            if matches!(value, SqlValue::Text(text) if text.contains('\0')) {
+                return Err(QueryError::Invalid(format!(
+                    "parameter {} holds a NUL byte, which PostgreSQL text cannot",
+                    i + 1
+                )));
+            }
             if !binds(value, ty) {
                 return Err(QueryError::Invalid(format!(
                     "parameter {} cannot be {} (the statement wants {})",
@@ -494,7 +507,8 @@ async fn run(
     };
     // A statement cut short (deadline, a limit) may still run on the
     // server: stop it there too (T05).
-    if matches!(result, Err(QueryError::Limit(_))) {
+    let cut_short = matches!(result, Err(QueryError::Limit(_)));
+    if cut_short {
         let cancelled = match cancel_tls {
             Some(tls) => tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tls)).await,
             None => {
@@ -504,6 +518,14 @@ async fn run(
         if !matches!(cancelled, Ok(Ok(()))) {
             tracing::warn!(target: "bulkhead::sql", store, "could not cancel a guest statement cut short; the role's statement_timeout ends it");
         }
+    }
+    // Cleaned now, or closed: its session's locks and temporary tables go
+    // with it.
+    let cleaned = !cut_short
+        && !matches!(result, Err(QueryError::Unavailable))
+        && client.batch_execute(CLEAN).await.is_ok();
+    if !cleaned {
+        drop(deadpool_postgres::Object::take(client));
     }
     result
 }
