@@ -60,8 +60,8 @@ def main() -> None:
     print()
     print(
         f"Median over {len(rows)} rounds: the shared limiter adds {added:.0f} µs at p99 "
-        f"(ratio {ratio:.2f}); target ≤ {TARGET_US:.0f} µs: {verdict}. Two Redis checks "
-        "per request (the app's per-caller limit and the function's)."
+        f"(ratio {ratio:.2f}); target ≤ {TARGET_US:.0f} µs: {verdict}. Two scopes per "
+        "request (the app's per-caller limit and the function's), in one Redis script call."
     )
 
 

@@ -75,26 +75,9 @@ impl Drop for PgDatabase {
 
 /// Run `sql` on `database` as `postgres` (simple protocol).
 fn psql(database: &str, sql: &str) {
-    let url = format!("{PG_SERVER}/{database}");
-    let sql = sql.to_string();
-    // A thread of its own: called from async tests (and their drops).
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .expect("the local PostgreSQL at 127.0.0.1:5432 (issue 16)");
-            let driver = tokio::spawn(connection);
-            client.batch_execute(&sql).await.unwrap();
-            drop(client);
-            let _ = driver.await;
-        });
-    })
-    .join()
-    .expect("psql");
+    if let Err(refused) = psql_try(database, sql) {
+        panic!("{sql}: {refused}");
+    }
 }
 
 fn manifest(app: &str) -> String {
@@ -1686,46 +1669,7 @@ async fn a_record_numbered_at_the_top_stops_the_chain_loudly_t09() {
 }
 
 fn sql_manifest(app: &str) -> String {
-    on_postgres(
-        app,
-        r#"
-[store.events]
-kind = "sql"
-migrations = "migrations/events"
-
-[store.other]
-kind = "sql"
-migrations = "migrations/other"
-
-[[function]]
-name = "writer"
-component = "sqlguest.wasm"
-route = "/w/{op}"
-auth = "public"
-input.query.body = '[a-z0-9-]{1,64}'
-input.query.id = '[0-9]{1,6}'
-input.query.store = '[a-z]{1,16}'
-grants = { sql = { events = "read-write" } }
-
-[[function]]
-name = "reader"
-component = "sqlguest.wasm"
-route = "/r/{op}"
-auth = "public"
-input.query.body = '[a-z0-9-]{1,64}'
-input.query.id = '[0-9]{1,6}'
-grants = { sql = { events = "read" } }
-
-[[function]]
-name = "declared"
-component = "sqlguest.wasm"
-route = "/d/{op}"
-auth = "public"
-input.query.id = '[0-9]{1,6}'
-input.query.body = '[a-z0-9-]{1,64}'
-grants = { sql = { events = { access = "read-write", statements = ["SELECT body FROM events WHERE id = ?1"] } } }
-"#,
-    )
+    on_postgres(app, support::SQL_LEDGER)
 }
 
 /// Run `sql` on `database` as `postgres`; the server's refusal, if any.
@@ -1826,10 +1770,22 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
         // Outside review: what PostgreSQL lets every role do is refused
         // before it is sent (large objects would be a writable store
         // under a read grant; a session lock outlives the call).
-        ("/r/largeobject", "err denied: a server function guests may not call"),
-        ("/r/lock", "err denied: a server function guests may not call"),
-        ("/w/notify", "err denied: a server function guests may not call"),
-        ("/r/into", "err denied: SELECT … INTO (a table made by a statement)"),
+        (
+            "/r/largeobject",
+            "err denied: a server function guests may not call",
+        ),
+        (
+            "/r/lock",
+            "err denied: a server function guests may not call",
+        ),
+        (
+            "/w/notify",
+            "err denied: a server function guests may not call",
+        ),
+        (
+            "/r/into",
+            "err denied: SELECT … INTO (a table made by a statement)",
+        ),
     ];
     for (path, expected) in cases {
         for node in [&a, &b] {

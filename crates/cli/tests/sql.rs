@@ -9,49 +9,14 @@ mod support;
 
 use support::{Server, TestApp, get};
 
-const MANIFEST: &str = r#"
-[app]
-name = "ledger"
-
-[store.events]
-kind = "sql"
-migrations = "migrations/events"
-
-[store.other]
-kind = "sql"
-migrations = "migrations/other"
-
-[[function]]
-name = "writer"
-component = "sqlguest.wasm"
-route = "/w/{op}"
-auth = "public"
-input.query.body = '[a-z0-9-]{1,64}'
-input.query.id = '[0-9]{1,6}'
-input.query.store = '[a-z]{1,16}'
-grants = { sql = { events = "read-write" } }
-
-[[function]]
-name = "reader"
-component = "sqlguest.wasm"
-route = "/r/{op}"
-auth = "public"
-input.query.body = '[a-z0-9-]{1,64}'
-input.query.id = '[0-9]{1,6}'
-grants = { sql = { events = "read" } }
-
-[[function]]
-name = "declared"
-component = "sqlguest.wasm"
-route = "/d/{op}"
-auth = "public"
-input.query.id = '[0-9]{1,6}'
-input.query.body = '[a-z0-9-]{1,64}'
-grants = { sql = { events = { access = "read-write", statements = ["SELECT body FROM events WHERE id = ?1"] } } }
-"#;
+/// The app: the `sqlguest` functions (writer, reader, declared) over two
+/// stores (issue 16's cluster test serves the same on PostgreSQL).
+fn manifest() -> String {
+    format!("[app]\nname = \"ledger\"\n{}", support::SQL_LEDGER)
+}
 
 fn ledger() -> TestApp {
-    let app = TestApp::new(MANIFEST, &["sqlguest"]);
+    let app = TestApp::new(&manifest(), &["sqlguest"]);
     for (store, sql) in [
         (
             "events",

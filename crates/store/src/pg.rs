@@ -223,35 +223,45 @@ fn connect_parsed(
     (pg, tls): Parsed,
     size: usize,
 ) -> Result<(tokio::runtime::Runtime, Pool), PgError> {
-    let manager_config = deadpool_postgres::ManagerConfig {
-        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-    };
-    let manager = match tls {
-        Some(tls) => deadpool_postgres::Manager::from_config(pg, tls, manager_config),
-        None => deadpool_postgres::Manager::from_config(pg, tokio_postgres::NoTls, manager_config),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("bulkhead-postgres")
         .enable_all()
         .build()
         .map_err(PgError::of)?;
-    let pool = {
-        let _inside = runtime.enter();
-        Pool::builder(manager)
-            .max_size(size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(WAIT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-    };
-    match pool {
+    match build_pool(&runtime, pg, tls, size) {
         Ok(pool) => Ok((runtime, pool)),
         Err(e) => {
             runtime.shutdown_background();
-            Err(PgError::of(e))
+            Err(e)
         }
     }
+}
+
+/// A pool of up to `size` connections as `config` says, on `runtime`.
+fn build_pool(
+    runtime: &tokio::runtime::Runtime,
+    config: tokio_postgres::Config,
+    tls: Option<crate::pg_tls::MakeRustlsConnect>,
+    size: usize,
+) -> Result<Pool, PgError> {
+    let manager_config = deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    };
+    let manager = match tls {
+        Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+        None => {
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+        }
+    };
+    let _inside = runtime.enter();
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(WAIT_TIMEOUT))
+        .create_timeout(Some(CONNECT_TIMEOUT))
+        .build()
+        .map_err(PgError::of)
 }
 
 impl Pg {
@@ -309,25 +319,7 @@ impl Pg {
         };
         let mut config = self.config.clone();
         config.user(user).password(password.expose_secret());
-        let manager_config = deadpool_postgres::ManagerConfig {
-            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-        };
-        let manager = match self.tls.clone() {
-            Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
-            None => deadpool_postgres::Manager::from_config(
-                config,
-                tokio_postgres::NoTls,
-                manager_config,
-            ),
-        };
-        let _inside = runtime.enter();
-        Pool::builder(manager)
-            .max_size(size)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(WAIT_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(PgError::of)
+        build_pool(runtime, config, self.tls.clone(), size)
     }
 
     /// Run `work` on the connection's runtime and await its result

@@ -780,3 +780,45 @@ pub fn guest_calls(server: &Server, guest: &str) -> BTreeSet<String> {
         .filter_map(|r| r["correlation_id"].as_str().map(String::from))
         .collect()
 }
+
+/// Two SQL stores and three functions of the `sqlguest` component over
+/// `events` (a read-write grant at `/w/{op}`, a read grant at `/r/{op}`,
+/// one declared statement at `/d/{op}`): `tests/sql.rs` on the embedded
+/// backend, `tests/cluster_postgres.rs` on PostgreSQL (issue 16).
+pub const SQL_LEDGER: &str = r#"
+[store.events]
+kind = "sql"
+migrations = "migrations/events"
+
+[store.other]
+kind = "sql"
+migrations = "migrations/other"
+
+[[function]]
+name = "writer"
+component = "sqlguest.wasm"
+route = "/w/{op}"
+auth = "public"
+input.query.body = '[a-z0-9-]{1,64}'
+input.query.id = '[0-9]{1,6}'
+input.query.store = '[a-z]{1,16}'
+grants = { sql = { events = "read-write" } }
+
+[[function]]
+name = "reader"
+component = "sqlguest.wasm"
+route = "/r/{op}"
+auth = "public"
+input.query.body = '[a-z0-9-]{1,64}'
+input.query.id = '[0-9]{1,6}'
+grants = { sql = { events = "read" } }
+
+[[function]]
+name = "declared"
+component = "sqlguest.wasm"
+route = "/d/{op}"
+auth = "public"
+input.query.id = '[0-9]{1,6}'
+input.query.body = '[a-z0-9-]{1,64}'
+grants = { sql = { events = { access = "read-write", statements = ["SELECT body FROM events WHERE id = ?1"] } } }
+"#;

@@ -44,6 +44,8 @@ use crate::pg::{Pg, PgError};
 
 /// Connections per role per node.
 const POOL_SIZE: usize = 4;
+/// Statements each connection keeps prepared.
+const MAX_CACHED_STATEMENTS: usize = 64;
 /// Sessions one role may hold across the deployment.
 const CONNECTION_LIMIT: u32 = 64;
 /// The server's own bound on one guest statement, whatever the node does.
@@ -418,8 +420,14 @@ async fn run(
     let cancel = client.cancel_token();
     let deadline = tokio::time::Instant::from_std(limits.deadline);
     let work = async {
+        // Prepared once per connection (a round trip saved on every later
+        // call); the cache is emptied past a bound, so a guest sending ever
+        // new statements cannot grow it.
+        if client.statement_cache.size() >= MAX_CACHED_STATEMENTS {
+            client.statement_cache.clear();
+        }
         let prepared = client
-            .prepare(text)
+            .prepare_cached(text)
             .await
             .map_err(|e| classify(store, access, kind, &e))?;
         for column in prepared.columns() {
@@ -519,13 +527,16 @@ async fn run(
             tracing::warn!(target: "bulkhead::sql", store, "could not cancel a guest statement cut short; the role's statement_timeout ends it");
         }
     }
-    // Cleaned now, or closed: its session's locks and temporary tables go
-    // with it.
-    let cleaned = !cut_short
-        && !matches!(result, Err(QueryError::Unavailable))
-        && client.batch_execute(CLEAN).await.is_ok();
-    if !cleaned {
+    // Cleaned before it goes back to the pool, or closed: its session's
+    // locks and temporary tables go with it. The answer does not wait.
+    if cut_short || matches!(result, Err(QueryError::Unavailable)) {
         drop(deadpool_postgres::Object::take(client));
+    } else {
+        tokio::spawn(async move {
+            if client.batch_execute(CLEAN).await.is_err() {
+                drop(deadpool_postgres::Object::take(client));
+            }
+        });
     }
     result
 }
