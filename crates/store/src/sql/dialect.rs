@@ -46,55 +46,63 @@ pub(crate) fn statement_kind(statement: &str) -> Result<StatementKind, &'static 
     }
 }
 
+/// Whether a bare word of `text` (not a literal, comment or quoted name)
+/// is a data-changing keyword.
 fn has_write_keyword(text: &str) -> bool {
-    text.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .any(|w| {
-            ["INSERT", "UPDATE", "DELETE", "MERGE"]
+    let mut write = false;
+    let _ = scan(text, |token| {
+        if let Token::Word(word) = token {
+            write |= ["INSERT", "UPDATE", "DELETE", "MERGE"]
                 .iter()
-                .any(|k| w.eq_ignore_ascii_case(k))
-        })
+                .any(|k| word.eq_ignore_ascii_case(k));
+        }
+    });
+    write
 }
 
-/// Server functions guests may not call on PostgreSQL (T05, T16), the
-/// way SQLite's authorizer refuses `load_extension`: PostgreSQL lets every
-/// role call them, so a read grant could otherwise write large objects,
-/// hold locks past its call, signal other sessions, change its own
-/// bounds, or run SQL hidden in a string (outside review of issue 16).
-/// Every name starting `lo_` is refused too.
-const DENIED_FUNCTIONS: &[&str] = &[
-    // Large objects: storage outside every table and grant.
+/// Names guests may not use on PostgreSQL (T05, T16), the way SQLite's
+/// authorizer refuses `load_extension`: PostgreSQL lets every role call
+/// these, so a read grant could otherwise write large objects or the WAL,
+/// hold locks past its call or against every node's start, signal other
+/// sessions, change its own bounds or the next call's, read what other
+/// calls on its connection prepared, or run SQL hidden in a string
+/// (outside reviews of issue 16). Whole families by prefix: `pg_` (the
+/// server's own functions and views: locks, signals, WAL, settings,
+/// statistics, catalogs) and `lo`/`lo_` (large objects).
+const DENIED_PREFIXES: &[&str] = &["pg_", "lo_"];
+const DENIED_NAMES: &[&str] = &[
     "lowrite",
     "loread",
-    // Other sessions and the nodes' own channels.
-    "pg_notify",
-    "pg_cancel_backend",
-    "pg_terminate_backend",
-    // Locks that outlive the statement.
-    "pg_advisory_lock",
-    "pg_advisory_lock_shared",
-    "pg_try_advisory_lock",
-    "pg_try_advisory_lock_shared",
     // SQL run from a string, out of every check here.
     "query_to_xml",
     "query_to_xmlschema",
     "query_to_xml_and_xmlschema",
     "cursor_to_xml",
     "cursor_to_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
     "dblink",
     "dblink_exec",
-    // The session's settings (the role's bounds).
+    // The session's settings and state.
     "set_config",
+    "setseed",
+    // Data of the whole database, beside the grant.
+    "database_to_xml",
+    "schema_to_xml",
+    "database_to_xmlschema",
+    "schema_to_xmlschema",
 ];
 
 /// Why a statement's text is refused before PostgreSQL sees it: a server
 /// function guests may not call, `SELECT … INTO` (a new table made by a
 /// read), Unicode-escaped names (which could spell either), a NUL byte,
 /// or text left open.
-pub(crate) fn refused_text(statement: &str, kind: StatementKind) -> Option<&'static str> {
+pub(crate) fn refused_text(statement: &str) -> Option<&'static str> {
     if statement.contains('\0') {
         return Some("a NUL byte in the statement");
     }
     let mut refused = None;
+    let mut after_insert = false;
     let scanned = scan(statement, |token| {
         // `"into"` is a name; only the bare word is the keyword.
         let (name, keyword) = match token {
@@ -104,13 +112,21 @@ pub(crate) fn refused_text(statement: &str, kind: StatementKind) -> Option<&'sta
                 refused.get_or_insert("a U& name or string (write it plainly)");
                 return;
             }
-            Token::Placeholder { .. } => return,
+            Token::Placeholder { .. } => {
+                after_insert = false;
+                return;
+            }
         };
-        if DENIED_FUNCTIONS.contains(&name.as_str()) || name.starts_with("lo_") {
+        if DENIED_NAMES.contains(&name.as_str())
+            || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
             refused.get_or_insert("a server function guests may not call");
-        } else if kind == StatementKind::Read && keyword && name == "into" {
+        } else if keyword && name == "into" && !after_insert {
+            // Only `INSERT INTO` (and `MERGE INTO`): `SELECT … INTO` makes
+            // a table.
             refused.get_or_insert("SELECT … INTO (a table made by a statement)");
         }
+        after_insert = keyword && (name == "insert" || name == "merge");
     });
     scanned.err().or(refused)
 }
@@ -145,8 +161,10 @@ fn scan<'a>(statement: &'a str, mut on: impl FnMut(Token<'a>)) -> Result<(), &'s
                 ));
                 i = end;
             }
+            // PostgreSQL ends a `--` comment at a newline or a carriage
+            // return (outside review: `--\r` hid what followed).
             b'-' if bytes.get(i + 1) == Some(&b'-') => {
-                while i < bytes.len() && bytes[i] != b'\n' {
+                while i < bytes.len() && bytes[i] != b'\n' && bytes[i] != b'\r' {
                     i += 1;
                 }
             }
@@ -175,6 +193,15 @@ fn scan<'a>(statement: &'a str, mut on: impl FnMut(Token<'a>)) -> Result<(), &'s
                     .iter()
                     .take_while(|b| b.is_ascii_digit())
                     .count();
+                // Written as `$N`, a `?` touching a name would join it
+                // (`x?` is `x$1`, one identifier): refused, not guessed.
+                let before = i.checked_sub(1).and_then(|j| bytes.get(j));
+                let after = bytes.get(i + 1 + digits);
+                if before.is_some_and(|b| word_byte(*b)) || after.is_some_and(|b| word_byte(*b)) {
+                    return Err(
+                        "a `?` placeholder next to a name or `$`; put a space or an operator between",
+                    );
+                }
                 on(Token::Placeholder {
                     at: i,
                     len: 1 + digits,
@@ -352,34 +379,50 @@ mod tests {
 
     #[test]
     fn t05_t16_server_functions_and_select_into_are_refused() {
-        use StatementKind::{Read, Write};
-        for (statement, kind) in [
-            ("SELECT lo_from_bytea(0, ?1)", Read),
-            ("SELECT pg_catalog.LO_CREAT(-1)", Read),
-            ("SELECT \"lo_from_bytea\"(0, ?1)", Read),
-            ("SELECT U&\"lo\\005ffrom_bytea\"(0, ?1)", Read),
-            ("SELECT lowrite(0, ?1)", Read),
-            ("SELECT pg_advisory_lock(1)", Read),
-            ("SELECT pg_notify('bh_app_dev_deploys', 'x')", Read),
-            (
-                "SELECT query_to_xml('SELECT lo_creat(-1)', true, true, '')",
-                Read,
-            ),
-            ("SELECT set_config('statement_timeout', '0', false)", Read),
-            ("SELECT 1 AS a INTO TEMP t", Read),
-            ("SELECT 'x\0'", Read),
-            ("UPDATE t SET a = lo_unlink(1)", Write),
+        for statement in [
+            "SELECT lo_from_bytea(0, $1)",
+            "SELECT pg_catalog.LO_CREAT(-1)",
+            "SELECT \"lo_from_bytea\"(0, $1)",
+            "SELECT U&\"lo\\005ffrom_bytea\"(0, $1)",
+            "SELECT lowrite(0, $1)",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_advisory_xact_lock(1), pg_sleep(8)",
+            "SELECT pg_notify('bh_app_dev_deploys', 'x')",
+            "SELECT pg_logical_emit_message(false, 'x', 'y')",
+            "SELECT statement FROM pg_prepared_statements",
+            "SELECT query_to_xml('SELECT lo_creat(-1)', true, true, '')",
+            "SELECT word FROM ts_stat('SELECT to_tsvector(lo_creat(-1)::text)')",
+            "SELECT ts_rewrite('a'::tsquery, 'SELECT 1')",
+            "SELECT set_config('statement_timeout', '0', false)",
+            "SELECT setseed(0.42)",
+            "SELECT 1 AS a INTO TEMP t",
+            "WITH x AS (SELECT 1 AS a) SELECT a AS update INTO TEMP t2 FROM x",
+            "SELECT 'x\0'",
+            "UPDATE t SET a = lo_unlink(1)",
+            // Outside review: PostgreSQL ends `--` at a carriage return.
+            "SELECT 1 AS a --\r, lo_creat(-1)::bigint AS x",
         ] {
-            assert!(refused_text(statement, kind).is_some(), "{statement}");
+            assert!(refused_text(statement).is_some(), "{statement:?}");
         }
-        for (statement, kind) in [
-            ("SELECT body FROM events WHERE id = ?1", Read),
-            ("SELECT 'lo_from_bytea', \"into\" FROM t -- pg_notify", Read),
-            ("INSERT INTO events (body) VALUES ($1)", Write),
-            ("SELECT $$ into $$, E'\\' into' FROM t", Read),
-            ("SELECT 1e5, 0x1F, a$b FROM t", Read),
+        for statement in [
+            "SELECT body FROM events WHERE id = $1",
+            "SELECT 'lo_from_bytea', \"into\" FROM t -- pg_notify",
+            "INSERT INTO events (body) VALUES ($1)",
+            "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM d",
+            "MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN DELETE",
+            "SELECT $$ into $$, E'\\' into' FROM t",
+            "SELECT 1e5, 0x1F, a$b FROM t",
         ] {
-            assert_eq!(refused_text(statement, kind), None, "{statement}");
+            assert_eq!(refused_text(statement), None, "{statement}");
+        }
+        // A `?` written as `$1` must not join a name: `x?$a$` would be the
+        // identifier `x$1$a$` to PostgreSQL, and `$a$…$a$` no string.
+        for joined in [
+            "SELECT 1 AS x?$a$, lo_creat(-1) AS y, $a$ AS z --$a$",
+            "SELECT a? FROM t",
+            "SELECT ?a FROM t",
+        ] {
+            assert!(to_postgres_placeholders(joined).is_err(), "{joined}");
         }
     }
 

@@ -369,11 +369,12 @@ impl SqlStore for PgSqlStore {
             return Err(QueryError::StatementNotAllowed);
         }
         let kind = statement_kind(statement).map_err(QueryError::Denied)?;
-        if let Some(why) = refused_text(statement, kind) {
-            return Err(QueryError::Denied(why));
-        }
         let text = to_postgres_placeholders(statement)
             .map_err(|why| QueryError::Invalid(why.to_string()))?;
+        // Checked as PostgreSQL will read it: after the rewrite.
+        if let Some(why) = refused_text(&text) {
+            return Err(QueryError::Denied(why));
+        }
         let pool = match access {
             Access::Read => self.read.clone(),
             Access::ReadWrite => self.write.clone(),
