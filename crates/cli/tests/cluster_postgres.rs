@@ -1883,3 +1883,73 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+fn outbox_manifest(app: &str) -> String {
+    on_postgres(
+        app,
+        r#"
+[queue.outbox]
+
+[[function]]
+name = "bridge"
+component = "events.wasm"
+route = "/send"
+methods = ["POST"]
+auth = "public"
+input.query.queue = true
+input.query.n = true
+grants = { queues = { outbox = { access = "send", max_messages = 100 } } }
+"#,
+    )
+}
+
+/// Issue 16 (T01, T15): `migrate-state` moves the queues too: messages an
+/// embedded server accepted and nobody consumed yet are in PostgreSQL
+/// afterwards, in the order they were sent, still sealed (their data key
+/// moved with them), and read back through the CLI on the shared state.
+#[tokio::test(flavor = "multi_thread")]
+async fn migrate_state_moves_queued_messages_t01() {
+    let cluster = Cluster::of_n(1, None, outbox_manifest, &[]);
+    let node = &cluster.nodes[0];
+    std::fs::copy(support::guest("events"), node.path().join("events.wasm")).unwrap();
+    let on_postgres = outbox_manifest(&cluster._db.app);
+    let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
+    std::fs::write(
+        node.path().join("bulkhead.toml"),
+        on_postgres.replace(cluster_section, ""),
+    )
+    .unwrap();
+    let server = Server::start(node);
+    let send = request(
+        "POST",
+        server.addr,
+        "/send?queue=outbox&n=5",
+        Bytes::from("job"),
+    );
+    let reply = try_send(server.addr, send).await.expect("a response");
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    server.stop();
+
+    std::fs::write(node.path().join("bulkhead.toml"), &on_postgres).unwrap();
+    let out = cluster.cli_ok(0, &["migrate-state"], &[], b"");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("5 queue_messages"), "{said}");
+    let peek = cluster.cli_ok(
+        0,
+        &["queue", "peek"],
+        &["outbox", "--payload", "--format", "json"],
+        b"",
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&peek.stdout).unwrap();
+    let payloads: Vec<&str> = rows
+        .as_array()
+        .unwrap_or_else(|| panic!("{rows}"))
+        .iter()
+        .filter_map(|m| m["payload"].as_str())
+        .collect();
+    assert_eq!(
+        payloads,
+        ["job-0", "job-1", "job-2", "job-3", "job-4"],
+        "{rows}"
+    );
+}

@@ -40,7 +40,7 @@
 //! on PostgreSQL under the schema's advisory lock), not by a numbered
 //! migration of `lib.rs`.
 
-mod postgres;
+pub(crate) mod postgres;
 mod rules;
 mod sqlite;
 

@@ -3,8 +3,11 @@
 //! nodes without losing its records, secrets or credentials.
 //!
 //! - What moves: key-value records, wrapped data keys, secrets, sessions
-//!   and API keys, admin tokens, and the hourly meter (usage, from which
-//!   today's budgets start): the state every node must share. Rows
+//!   and API keys, admin tokens, the hourly meter (usage, from which
+//!   today's budgets start) and the queues (messages, sealed, in the
+//!   order they were sent; event-chain counts): the state every node must
+//!   share. A message leased by the embedded server when it stopped is
+//!   delivered again once its lease runs out (at least once, as ever). Rows
 //!   are copied as they are stored (records and secrets stay sealed, the
 //!   credentials stay hashes); only the data keys are unwrapped from the
 //!   embedded master key and wrapped again under the nodes' master key
@@ -13,9 +16,10 @@
 //!   The target must hold none of these rows yet (no merging), and every
 //!   table's count is compared after the commit.
 //! - What stays: the audit trail (each node's, shipped into the
-//!   deployment's chain by its server) and SQL stores remain in the state
-//!   directory; the embedded copy is not deleted (remove it once the
-//!   nodes serve).
+//!   deployment's chain by its server) remains in the state directory; an
+//!   app whose SQL stores hold rows is refused by the command before this
+//!   runs. The embedded copy is not deleted (remove it once the nodes
+//!   serve).
 
 use std::path::Path;
 
@@ -60,7 +64,7 @@ pub enum MoveError {
 
 /// The tables moved, in order, with their columns (the same names in
 /// both databases).
-const TABLES: [(&str, &str); 6] = [
+const TABLES: [(&str, &str); 8] = [
     ("data_keys", "owner, store, subject, wrapped, created_ms"),
     (
         "kv",
@@ -76,6 +80,12 @@ const TABLES: [(&str, &str); 6] = [
         "meters",
         "hour, function, caller, requests, wall_us, mib_us, request_bytes, response_bytes, outbound_bytes",
     ),
+    // Read in `seq` order, so PostgreSQL numbers them as they were sent.
+    (
+        "queue_messages",
+        "msg_id, queue, payload_sealed, correlation_id, depth, attempts, enqueued_ms, visible_ms, lease_token, expires_ms, parked, dead_reason, origin_queue, chain",
+    ),
+    ("queue_chains", "chain, sent, expires_ms"),
 ];
 
 /// A row as read from SQLite, column by column.
@@ -97,6 +107,8 @@ impl tokio_postgres::types::ToSql for Value {
     ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Value::Null => Ok(tokio_postgres::types::IsNull::Yes),
+            // SQLite keeps booleans (a message's `parked`) as integers.
+            Value::Int(n) if *ty == tokio_postgres::types::Type::BOOL => (*n != 0).to_sql(ty, out),
             Value::Int(n) => n.to_sql(ty, out),
             Value::Text(t) => t.to_sql(ty, out),
             Value::Blob(b) => b.to_sql(ty, out),
@@ -120,7 +132,12 @@ fn read_table(conn: &Connection, table: &str, columns: &str) -> Result<Vec<Row>,
         return Ok(Vec::new());
     }
     let width = columns.split(',').count();
-    let mut statement = conn.prepare(&format!("SELECT {columns} FROM {table}"))?;
+    let order = if table == "queue_messages" {
+        " ORDER BY seq"
+    } else {
+        ""
+    };
+    let mut statement = conn.prepare(&format!("SELECT {columns} FROM {table}{order}"))?;
     let rows = statement.query_map([], |r| {
         (0..width)
             .map(|i| {
@@ -189,6 +206,7 @@ pub fn move_to_postgres(
     let pg = Pg::open(target)?;
     PostgresKv::open(target).map_err(|e| PgError(e.to_string()))?;
     crate::meter::create_shared(&pg).map_err(|e| PgError(e.to_string()))?;
+    crate::queue::postgres::create_tables(&pg)?;
     let schema = target.schema.clone();
     for (table, _, _) in &read {
         let rows = count(&pg, &schema, table)?;

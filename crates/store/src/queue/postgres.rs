@@ -38,6 +38,16 @@ use super::{
 use crate::crypto::Keyring;
 use crate::pg::{Pg, PgError};
 
+/// The queues' tables in `pg`'s schema, as a node creates them
+/// (`migrate-state` moves messages into them).
+pub(crate) fn create_tables(pg: &Pg) -> Result<(), PgError> {
+    let migration = migration(pg.schema());
+    pg.call(move |pool| async move {
+        let client = pool.get().await.map_err(PgError::of)?;
+        client.batch_execute(&migration).await.map_err(PgError::of)
+    })
+}
+
 /// The tables, idempotent; one implicit transaction (one simple-query
 /// batch) holding the schema's advisory lock, so nodes starting together
 /// take turns.
