@@ -68,8 +68,9 @@ fn has_write_keyword(text: &str) -> bool {
 /// calls on its connection prepared, or run SQL hidden in a string
 /// (outside reviews of issue 16). Whole families by prefix: `pg_` (the
 /// server's own functions and views: locks, signals, WAL, settings,
-/// statistics, catalogs) and `lo`/`lo_` (large objects).
-const DENIED_PREFIXES: &[&str] = &["pg_", "lo_"];
+/// statistics, catalogs), `lo_` (large objects) and `txid_` (transaction
+/// ids: `txid_current` writes the WAL).
+const DENIED_PREFIXES: &[&str] = &["pg_", "lo_", "txid_"];
 const DENIED_NAMES: &[&str] = &[
     "lowrite",
     "loread",
@@ -144,18 +145,24 @@ enum Token<'a> {
 }
 
 /// Walk `statement` as PostgreSQL's lexer splits it: string literals
-/// (`'…'`, `E'…'` with backslash escapes, `$tag$…$tag$`), quoted names
+/// (`'…'`, `$tag$…$tag$`), quoted names
 /// and comments (nested `/* */`, `--`) are passed over; words, quoted
 /// names and `?` placeholders are reported. `Err` for text left open.
 fn scan<'a>(statement: &'a str, mut on: impl FnMut(Token<'a>)) -> Result<(), &'static str> {
     let bytes = statement.as_bytes();
-    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    let word_byte = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$';
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'\'' => i = skip_quoted(bytes, i, b'\'', false)?,
+            // Names and dollar-quote tags may hold bytes past ASCII in
+            // PostgreSQL (`$aé$` is a tag): outside strings and quoted
+            // names they are refused, not followed (third outside review).
+            b if b >= 0x80 => {
+                return Err("a character beyond ASCII outside a string or a quoted name");
+            }
+            b'\'' => i = skip_quoted(bytes, i, b'\'')?,
             b'"' => {
-                let end = skip_quoted(bytes, i, b'"', false)?;
+                let end = skip_quoted(bytes, i, b'"')?;
                 on(Token::Quoted(
                     statement[i + 1..end - 1].replace("\"\"", "\""),
                 ));
@@ -215,10 +222,16 @@ fn scan<'a>(statement: &'a str, mut on: impl FnMut(Token<'a>)) -> Result<(), &'s
                 }
                 let word = &statement[start..i];
                 match (word, bytes.get(i), bytes.get(i + 1)) {
-                    ("E" | "e", Some(b'\''), _) => i = skip_quoted(bytes, i, b'\'', true)?,
+                    // An escape string continued on a later line stays an
+                    // escape string to PostgreSQL (third outside review):
+                    // refused rather than followed. Values go in as
+                    // parameters.
+                    ("E" | "e", Some(b'\''), _) => {
+                        return Err("an E'…' escape string (pass the value as a parameter)");
+                    }
                     ("U" | "u", Some(b'&'), Some(&quote)) if quote == b'\'' || quote == b'"' => {
                         on(Token::UnicodeEscaped);
-                        i = skip_quoted(bytes, i + 1, quote, false)?;
+                        i = skip_quoted(bytes, i + 1, quote)?;
                     }
                     _ => on(Token::Word(word)),
                 }
@@ -271,18 +284,12 @@ fn skip_comment(bytes: &[u8], start: usize) -> Result<usize, &'static str> {
 }
 
 /// The index just past the literal or name opened by `quote` at `start`
-/// (a doubled quote is the quote itself; with `backslash`, so is `\'`).
-fn skip_quoted(
-    bytes: &[u8],
-    start: usize,
-    quote: u8,
-    backslash: bool,
-) -> Result<usize, &'static str> {
+/// (a doubled quote is the quote itself).
+fn skip_quoted(bytes: &[u8], start: usize, quote: u8) -> Result<usize, &'static str> {
     let mut i = start + 1;
     loop {
         match bytes.get(i) {
             None => return Err("an unterminated quoted string or name"),
-            Some(b'\\') if backslash => i += 2,
             Some(&b) if b == quote => {
                 if bytes.get(i + 1) == Some(&quote) {
                     i += 2;
@@ -361,11 +368,12 @@ mod tests {
                 "{sqlite}"
             );
         }
-        // Escape strings and dollar quoting are passed over as PostgreSQL
-        // reads them; text left open is refused.
+        // Dollar quoting is passed over as PostgreSQL reads it; escape
+        // strings, bytes past ASCII outside strings and text left open
+        // are refused.
         assert_eq!(
-            to_postgres_placeholders("SELECT E'\\' ?', $$?$$, $a$ ? $a$, ?").as_deref(),
-            Ok("SELECT E'\\' ?', $$?$$, $a$ ? $a$, $1")
+            to_postgres_placeholders("SELECT $$?$$, $a$ ? $a$, 'é ?', ?").as_deref(),
+            Ok("SELECT $$?$$, $a$ ? $a$, 'é ?', $1")
         );
         for unclear in [
             "SELECT 'open ?",
@@ -401,6 +409,11 @@ mod tests {
             "UPDATE t SET a = lo_unlink(1)",
             // Outside review: PostgreSQL ends `--` at a carriage return.
             "SELECT 1 AS a --\r, lo_creat(-1)::bigint AS x",
+            // Third outside review: an escape string continued on the next
+            // line, a dollar-quote tag past ASCII, transaction ids.
+            "SELECT E'a'\n'\\' AS b, ' AS c, lo_creat(-1)::bigint AS d --'",
+            "SELECT $aé$ ' $aé$ AS a, lo_creat(-1)::bigint AS b --'",
+            "SELECT txid_current() AS x",
         ] {
             assert!(refused_text(statement).is_some(), "{statement:?}");
         }
@@ -410,7 +423,7 @@ mod tests {
             "INSERT INTO events (body) VALUES ($1)",
             "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM d",
             "MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN DELETE",
-            "SELECT $$ into $$, E'\\' into' FROM t",
+            "SELECT $$ into $$, 'it''s into' FROM t",
             "SELECT 1e5, 0x1F, a$b FROM t",
         ] {
             assert_eq!(refused_text(statement), None, "{statement}");
