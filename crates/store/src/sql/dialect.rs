@@ -103,8 +103,15 @@ pub(crate) fn refused_text(statement: &str) -> Option<&'static str> {
         return Some("a NUL byte in the statement");
     }
     let mut refused = None;
-    let mut after_insert = false;
+    // Tokens seen, and whether the first was INSERT or MERGE: `INTO` is
+    // allowed only as the statement's second word (`INSERT INTO`,
+    // `MERGE INTO`). Anywhere else it may be `SELECT … INTO`, which makes a
+    // table, whatever precedes it (fourth outside review: a column named
+    // `insert` passed a rule that looked only at the word before).
+    let mut seen = 0usize;
+    let mut starts_insert = false;
     let scanned = scan(statement, |token| {
+        seen += 1;
         // `"into"` is a name; only the bare word is the keyword.
         let (name, keyword) = match token {
             Token::Word(word) => (word.to_ascii_lowercase(), true),
@@ -113,21 +120,19 @@ pub(crate) fn refused_text(statement: &str) -> Option<&'static str> {
                 refused.get_or_insert("a U& name or string (write it plainly)");
                 return;
             }
-            Token::Placeholder { .. } => {
-                after_insert = false;
-                return;
-            }
+            Token::Placeholder { .. } => return,
         };
+        if seen == 1 {
+            starts_insert = keyword && (name == "insert" || name == "merge");
+        }
         if DENIED_NAMES.contains(&name.as_str())
             || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+            || name.contains("_to_xml")
         {
             refused.get_or_insert("a server function guests may not call");
-        } else if keyword && name == "into" && !after_insert {
-            // Only `INSERT INTO` (and `MERGE INTO`): `SELECT … INTO` makes
-            // a table.
+        } else if keyword && name == "into" && !(seen == 2 && starts_insert) {
             refused.get_or_insert("SELECT … INTO (a table made by a statement)");
         }
-        after_insert = keyword && (name == "insert" || name == "merge");
     });
     scanned.err().or(refused)
 }
@@ -414,6 +419,16 @@ mod tests {
             "SELECT E'a'\n'\\' AS b, ' AS c, lo_creat(-1)::bigint AS d --'",
             "SELECT $aé$ ' $aé$ AS a, lo_creat(-1)::bigint AS b --'",
             "SELECT txid_current() AS x",
+            // Fourth: a column named `insert` or `merge` before INTO, and
+            // the rest of the `*_to_xml` family.
+            "SELECT 1 AS insert INTO TEMP x",
+            "SELECT v AS merge INTO TEMP y FROM t",
+            "SELECT g insert INTO TEMP big FROM generate_series(1,2000000) g",
+            "WITH x AS (SELECT 1) SELECT (SELECT 1) insert INTO TEMP t FROM x",
+            "SELECT table_to_xml('events', true, false, '')::text",
+            "SELECT database_to_xml_and_xmlschema(true, false, '')",
+            // The price of that rule: an INSERT inside WITH is refused too.
+            "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM d",
         ] {
             assert!(refused_text(statement).is_some(), "{statement:?}");
         }
@@ -421,7 +436,6 @@ mod tests {
             "SELECT body FROM events WHERE id = $1",
             "SELECT 'lo_from_bytea', \"into\" FROM t -- pg_notify",
             "INSERT INTO events (body) VALUES ($1)",
-            "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM d",
             "MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN DELETE",
             "SELECT $$ into $$, 'it''s into' FROM t",
             "SELECT 1e5, 0x1F, a$b FROM t",
