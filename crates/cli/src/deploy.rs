@@ -11,7 +11,7 @@ use bulkhead_runtime::{
     CacheOutcome, CompileCache, DataPlane, EngineSettings, LoadedFunction, Prepared, Runtime,
     SqlStores,
 };
-use bulkhead_store::crypto::Keyring;
+use bulkhead_store::crypto::{DataKey, Keyring};
 use bulkhead_store::sql::postgres::PgSqlStore;
 use bulkhead_store::sql::{Migration, MigrationReport, SqlDatabase, SqlKey, read_migrations};
 use bulkhead_store::{AuditEvent, AuditLog, State, StateConfig};
@@ -214,7 +214,6 @@ fn open_sql_stores(
 ) -> Result<SqlStores, Vec<String>> {
     let mut stores = SqlStores::new();
     let mut problems = Vec::new();
-    let state_dir = app.state_dir();
     let mut keys: Option<SqlKeys> = None;
     for spec in &app.stores {
         let StoreKind::Sql {
@@ -247,12 +246,19 @@ fn open_sql_stores(
             }
         };
         let outcome = match state.postgres() {
-            Some(pg) => {
-                open_postgres_store(app, state, pg, &spec.name, &migrations, mode, &mut stores)
-            }
+            Some(pg) => open_postgres_store(
+                app,
+                state,
+                pg,
+                &spec.name,
+                &migrations,
+                mode,
+                &mut keys,
+                &mut stores,
+            ),
             None => open_embedded_store(
                 app,
-                &state_dir,
+                state,
                 &spec.name,
                 &migrations,
                 mode,
@@ -284,13 +290,14 @@ fn open_sql_stores(
 /// One SQL store as a SQLCipher file in the state directory.
 fn open_embedded_store(
     app: &App,
-    state_dir: &std::path::Path,
+    state: &State,
     name: &str,
     migrations: &[Migration],
     mode: Mode,
     keys: &mut Option<SqlKeys>,
     stores: &mut SqlStores,
 ) -> Result<(MigrationReport, String), String> {
+    let state_dir = &app.state_dir();
     let exists = bulkhead_store::sql::database_path(state_dir, name).exists();
     // `check` of a store not yet created: a throwaway key, in memory.
     let key = if mode == Mode::Check && !exists {
@@ -298,11 +305,7 @@ fn open_embedded_store(
             .map(SqlKey::new)
             .map_err(|e| format!("randomness: {e}"))
     } else {
-        let source = match keys {
-            Some(k) => Ok(&*k),
-            None => SqlKeys::open(app).map(|k| &*keys.insert(k)),
-        };
-        source.and_then(|k| k.key(name, mode == Mode::Serve))
+        sql_keys(keys, app, state).and_then(|k| k.key(name, mode == Mode::Serve))
     };
     let key = Arc::new(key.map_err(|e| format!("SQL store `{name}`: {e}"))?);
     let report = match mode {
@@ -318,6 +321,7 @@ fn open_embedded_store(
 }
 
 /// One SQL store as a PostgreSQL schema with a role per grant (issue 16).
+#[allow(clippy::too_many_arguments)]
 fn open_postgres_store(
     app: &App,
     state: &State,
@@ -325,6 +329,7 @@ fn open_postgres_store(
     name: &str,
     migrations: &[Migration],
     mode: Mode,
+    keys: &mut Option<SqlKeys>,
     stores: &mut SqlStores,
 ) -> Result<(MigrationReport, String), String> {
     if mode == Mode::Check {
@@ -343,15 +348,8 @@ fn open_postgres_store(
             "this SQL store is served from PostgreSQL; the embedded database left in the state directory is not read"
         );
     }
-    let dek = state
-        .keyring(&app.env)
-        .map_err(|e| e.to_string())
-        .and_then(|keyring| {
-            keyring
-                .data_key(bulkhead_store::sql::KEY_OWNER, name, "", true)
-                .map_err(|e| e.to_string())
-        })
-        .and_then(|dek| dek.ok_or_else(|| "its data key could not be created".to_string()))
+    let dek = sql_keys(keys, app, state)
+        .and_then(|k| k.data_key(name, true))
         .map_err(|e| format!("SQL store `{name}`: {e}"))?;
     let (store, report, names) =
         PgSqlStore::deploy(pg.clone(), name, &dek, migrations).map_err(|e| e.to_string())?;
@@ -372,23 +370,43 @@ struct SqlKeys {
 }
 
 impl SqlKeys {
-    fn open(app: &App) -> Result<Self, String> {
-        let keyring = Keyring::open(&app.state_dir(), &app.env).map_err(|e| e.to_string())?;
+    /// The state's keyring: the state directory's, or (issue 16) the data
+    /// keys in PostgreSQL under the nodes' master key.
+    fn open(app: &App, state: &State) -> Result<Self, String> {
+        let keyring = state.keyring(&app.env).map_err(|e| e.to_string())?;
         Ok(Self { keyring })
     }
 
-    /// The store's SQLCipher key; created with the store by `serve` only.
-    fn key(&self, store: &str, create: bool) -> Result<SqlKey, String> {
+    /// The store's data key; created with the store by `serve` only.
+    fn data_key(&self, store: &str, create: bool) -> Result<DataKey, String> {
         match self
             .keyring
             .data_key(bulkhead_store::sql::KEY_OWNER, store, "", create)
         {
-            Ok(Some(dek)) => SqlKey::from_data_key(&dek, store).map_err(|e| e.to_string()),
+            Ok(Some(dek)) => Ok(dek),
             Ok(None) => Err(
                 "the database exists but its data key is gone; restore the state directory from backup".into(),
             ),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// The store's SQLCipher key, derived from its data key.
+    fn key(&self, store: &str, create: bool) -> Result<SqlKey, String> {
+        let dek = self.data_key(store, create)?;
+        SqlKey::from_data_key(&dek, store).map_err(|e| e.to_string())
+    }
+}
+
+/// The keyring of `state`, opened at first use and kept for every store.
+fn sql_keys<'k>(
+    keys: &'k mut Option<SqlKeys>,
+    app: &App,
+    state: &State,
+) -> Result<&'k SqlKeys, String> {
+    match keys {
+        Some(k) => Ok(&*k),
+        None => SqlKeys::open(app, state).map(|k| &*keys.insert(k)),
     }
 }
 

@@ -199,7 +199,7 @@ impl<T> Drop for Waiting<T> {
 }
 
 /// How long the server lets a session sit idle inside a transaction.
-const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
+pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(5);
 /// The longest any statement waits for a lock another session holds.
 /// Migrations wait as long as it takes instead (a backup's lock on a
 /// table must not stop a node from starting: outside review); each one

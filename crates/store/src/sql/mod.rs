@@ -194,6 +194,30 @@ pub struct QueryLimits {
     pub deadline: Instant,
 }
 
+impl QueryLimits {
+    /// Whether `out` may take one more row (T05).
+    pub(crate) fn room_for_row(&self, out: &QueryResult) -> Result<(), QueryError> {
+        if out.rows.len() >= self.max_rows {
+            return Err(QueryError::Limit(format!(
+                "more than {} rows",
+                self.max_rows
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether a result of `bytes` (values summed) is within the bound.
+    pub(crate) fn within_bytes(&self, bytes: usize) -> Result<(), QueryError> {
+        if bytes > self.max_bytes {
+            return Err(QueryError::Limit(format!(
+                "result over {} bytes",
+                self.max_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Why a guest's statement was refused. Messages name categories, never
 /// the statement's parameter values.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -502,12 +526,7 @@ fn run(
         let mut bytes = 0usize;
         let mut rows = stmt.raw_query();
         while let Some(row) = rows.next().map_err(fail)? {
-            if out.rows.len() >= limits.max_rows {
-                return Err(QueryError::Limit(format!(
-                    "more than {} rows",
-                    limits.max_rows
-                )));
-            }
+            limits.room_for_row(&out)?;
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
                 let value = match row.get_ref(i).map_err(fail)? {
@@ -520,12 +539,7 @@ fn run(
                 bytes = bytes.saturating_add(value.size());
                 values.push(value);
             }
-            if bytes > limits.max_bytes {
-                return Err(QueryError::Limit(format!(
-                    "result over {} bytes",
-                    limits.max_bytes
-                )));
-            }
+            limits.within_bytes(bytes)?;
             out.rows.push(values);
         }
         drop(rows);

@@ -23,7 +23,7 @@
 //!   cancelled on the server), the row and byte limits (cancelled too),
 //!   and a role-wide `statement_timeout` as the server's own backstop.
 //!   Every connection is cleaned (`RESET ALL`, advisory locks released,
-//!   temporary tables dropped) before its next statement.
+//!   temporary tables dropped) as soon as its statement ends, or closed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -211,48 +211,16 @@ fn migrate(
     let schema = names.schema.clone();
     let outcome = pg
         .call(move |pool| async move {
-            Ok(async move {
-            let mut client = pool.get().await.map_err(|e| Step::Db(PgError::of(e)))?;
-            let tx = client.transaction().await.map_err(|e| Step::Db(PgError::of(e)))?;
-            tx.batch_execute(&setup).await.map_err(|e| Step::Db(PgError::of(e)))?;
-            let applied: Vec<(String, String)> = tx
-                .query(
-                    &format!("SELECT name, sha256 FROM {app_schema}.sql_migrations WHERE store = $1 ORDER BY name"),
-                    &[&store_name],
-                )
-                .await
-                .map_err(|e| Step::Db(PgError::of(e)))?
-                .iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect::<Result<_, tokio_postgres::Error>>()
-                .map_err(|e| Step::Db(PgError::of(e)))?;
-            let plan = super::migrate::plan(&store_name, &applied, &migrations)
-                .map_err(Step::Plan)?;
-            // Unqualified names in a migration are the store's own.
-            tx.batch_execute(&format!("SET LOCAL search_path = {schema}"))
-                .await
-                .map_err(|e| Step::Db(PgError::of(e)))?;
-            for migration in &plan.pending {
-                tx.batch_execute(&migration.sql)
-                    .await
-                    .map_err(|e| Step::Migration(migration.name.clone(), PgError::of(e)))?;
-                tx.execute(
-                    &format!("INSERT INTO {app_schema}.sql_migrations (store, name, sha256, applied_ms) VALUES ($1, $2, $3, $4)"),
-                    &[&store_name, &migration.name, &migration.sha256(), &crate::now_ms()],
-                )
-                .await
-                .map_err(|e| Step::Db(PgError::of(e)))?;
-            }
-            tx.batch_execute(&grants)
-                .await
-                .map_err(|e| Step::Db(PgError::of(e)))?;
-            if commit {
-                tx.commit().await.map_err(|e| Step::Db(PgError::of(e)))?;
-            } else {
-                tx.rollback().await.map_err(|e| Step::Db(PgError::of(e)))?;
-            }
-            Ok::<_, Step>(plan.report)
-            }
+            Ok(migrate_in(
+                pool,
+                &app_schema,
+                &store_name,
+                &schema,
+                &setup,
+                &grants,
+                &migrations,
+                commit,
+            )
             .await)
         })
         .map_err(|e| failed(e.0))?;
@@ -273,6 +241,75 @@ enum Step {
     Db(PgError),
     Plan(SqlStoreError),
     Migration(String, PgError),
+}
+
+/// A database error of the migration transaction itself.
+fn db(e: impl std::error::Error) -> Step {
+    Step::Db(PgError::of(e))
+}
+
+/// The migration transaction of store `store`: `setup`, the pending
+/// migrations (unqualified names in the store's `schema`), each recorded
+/// in the app schema's `sql_migrations`, then `grants`; committed, or
+/// rolled back for a dry run.
+#[allow(clippy::too_many_arguments)]
+async fn migrate_in(
+    pool: Pool,
+    app_schema: &str,
+    store: &str,
+    schema: &str,
+    setup: &str,
+    grants: &str,
+    migrations: &[Migration],
+    commit: bool,
+) -> Result<MigrationReport, Step> {
+    let mut client = pool.get().await.map_err(db)?;
+    let tx = client.transaction().await.map_err(db)?;
+    tx.batch_execute(setup).await.map_err(db)?;
+    let applied: Vec<(String, String)> = tx
+        .query(
+            &format!(
+                "SELECT name, sha256 FROM {app_schema}.sql_migrations WHERE store = $1 ORDER BY name"
+            ),
+            &[&store],
+        )
+        .await
+        .map_err(db)?
+        .iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(db)?;
+    let plan = super::migrate::plan(store, &applied, migrations).map_err(Step::Plan)?;
+    // Unqualified names in a migration are the store's own.
+    tx.batch_execute(&format!("SET LOCAL search_path = {schema}"))
+        .await
+        .map_err(db)?;
+    let record = format!(
+        "INSERT INTO {app_schema}.sql_migrations (store, name, sha256, applied_ms) VALUES ($1, $2, $3, $4)"
+    );
+    for migration in &plan.pending {
+        tx.batch_execute(&migration.sql)
+            .await
+            .map_err(|e| Step::Migration(migration.name.clone(), PgError::of(e)))?;
+        tx.execute(
+            &record,
+            &[
+                &store,
+                &migration.name,
+                &migration.sha256(),
+                &crate::now_ms(),
+            ],
+        )
+        .await
+        .map_err(db)?;
+    }
+    tx.batch_execute(grants).await.map_err(db)?;
+    if commit {
+        tx.commit().await.map_err(db)?;
+    } else {
+        tx.rollback().await.map_err(db)?;
+    }
+    Ok(plan.report)
 }
 
 /// The schema, the migrations table, the roles and what they may never
@@ -304,6 +341,7 @@ fn setup_statements(
         ",
         preamble = crate::pg::migration_preamble()
     );
+    let idle = crate::pg::IDLE_IN_TRANSACTION.as_millis();
     for (role, grant) in [(read_role, "read"), (write_role, "read-write")] {
         // The comment says what the role is to an operator listing roles;
         // store names are `a-z0-9_-`, nothing to escape.
@@ -316,7 +354,7 @@ fn setup_statements(
             ALTER ROLE {role} WITH NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {CONNECTION_LIMIT};
             ALTER ROLE {role} SET search_path = {schema};
             ALTER ROLE {role} SET statement_timeout = '{ROLE_STATEMENT_TIMEOUT}';
-            ALTER ROLE {role} SET idle_in_transaction_session_timeout = '5s';
+            ALTER ROLE {role} SET idle_in_transaction_session_timeout = '{idle}ms';
             COMMENT ON ROLE {role} IS 'Bulkhead: the {grant} grant of SQL store {store} (schema {schema}, database {database})';
             "
         ));
@@ -485,24 +523,14 @@ async fn run(
             .await
             .map_err(|e| classify(store, access, kind, &e))?
         {
-            if out.rows.len() >= limits.max_rows {
-                return Err(QueryError::Limit(format!(
-                    "more than {} rows",
-                    limits.max_rows
-                )));
-            }
+            limits.room_for_row(&out)?;
             let mut values = Vec::with_capacity(row.len());
             for i in 0..row.len() {
                 let value = value_of(&row, i).map_err(|e| classify(store, access, kind, &e))?;
                 bytes = bytes.saturating_add(value.size());
                 values.push(value);
             }
-            if bytes > limits.max_bytes {
-                return Err(QueryError::Limit(format!(
-                    "result over {} bytes",
-                    limits.max_bytes
-                )));
-            }
+            limits.within_bytes(bytes)?;
             out.rows.push(values);
         }
         if kind == StatementKind::Write {
