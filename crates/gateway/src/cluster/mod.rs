@@ -458,7 +458,7 @@ impl SharedLimiter {
         };
         let cluster = &first.cluster;
         if !cluster.degraded.load(Ordering::Relaxed) {
-            match Self::shared(limiters, caller).await {
+            match Self::shared(cluster, limiters, caller).await {
                 Ok(decision) => return decision,
                 Err(why) => cluster.degrade(&why),
             }
@@ -475,11 +475,11 @@ impl SharedLimiter {
         self.local().check(caller)
     }
 
-    async fn shared(limiters: &[&Self], caller: &Caller) -> Result<Result<(), Duration>, String> {
-        let Some(first) = limiters.first() else {
-            return Ok(Ok(()));
-        };
-        let cluster = &first.cluster;
+    async fn shared(
+        cluster: &ClusterLimits,
+        limiters: &[&Self],
+        caller: &Caller,
+    ) -> Result<Result<(), Duration>, String> {
         // Hashed: bounded keys, and no subject or address stored in Redis.
         let digest = hex::encode(&Sha256::digest(caller.key().as_bytes())[..16]);
         let mut connection = cluster.connection.clone();
