@@ -1864,6 +1864,21 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
         ),
         Ok(())
     );
+    // Outside review: a read grant's sort wrote 1.4 GB of temporary files;
+    // both roles are bounded (the test connects as a superuser).
+    for role in [&events.read_role, &events.write_role] {
+        let limit = bulkhead_store::sql::postgres::ROLE_TEMP_FILE_LIMIT;
+        assert_eq!(
+            as_role(
+                "postgres",
+                &format!(
+                    "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}' AND 'temp_file_limit={limit}' = ANY(rolconfig)) THEN RAISE 'no temp_file_limit'; END IF; END $$"
+                )
+            ),
+            Ok(()),
+            "{role}"
+        );
+    }
     // No store's schema can be an app's (`bh_…`), whatever its name.
     assert!(events.schema.starts_with("bs_events_"), "{}", events.schema);
     // Nothing of the store on either node's disk.

@@ -50,6 +50,12 @@ const MAX_CACHED_STATEMENTS: usize = 64;
 const CONNECTION_LIMIT: u32 = 64;
 /// The server's own bound on one guest statement, whatever the node does.
 const ROLE_STATEMENT_TIMEOUT: &str = "60s";
+/// The temporary files one session of a grant role may write (sorts,
+/// hashes spilling to disk): a read grant's query could otherwise fill the
+/// database server's disk before its deadline (outside review of issue
+/// 16: 1.4 GB in one call). Set only by a superuser; the node warns when
+/// it could not.
+pub const ROLE_TEMP_FILE_LIMIT: &str = "1GB";
 /// How long a cancel request may take before the node gives up on it.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// What a connection is cleaned with as soon as a guest statement ends
@@ -135,6 +141,27 @@ impl PgSqlStore {
             store: name.to_string(),
             message: e.0,
         };
+        let role = names.read_role.clone();
+        let bounded: bool = pg
+            .call(move |pool| async move {
+                let client = pool.get().await.map_err(PgError::of)?;
+                let row = client
+                    .query_one(
+                        "SELECT coalesce($2 = ANY(rolconfig), false) FROM pg_roles WHERE rolname = $1",
+                        &[&role, &format!("temp_file_limit={ROLE_TEMP_FILE_LIMIT}")],
+                    )
+                    .await
+                    .map_err(PgError::of)?;
+                row.try_get(0).map_err(PgError::of)
+            })
+            .map_err(fail)?;
+        if !bounded {
+            tracing::warn!(
+                target: "bulkhead::sql",
+                store = name,
+                "the SQL store's roles have no temp_file_limit (setting it needs a superuser): a guest's query can write temporary files until its deadline; set temp_file_limit in postgresql.conf"
+            );
+        }
         let read = pg
             .pool_as(
                 &names.read_role,
@@ -355,6 +382,10 @@ fn setup_statements(
             ALTER ROLE {role} SET search_path = {schema};
             ALTER ROLE {role} SET statement_timeout = '{ROLE_STATEMENT_TIMEOUT}';
             ALTER ROLE {role} SET idle_in_transaction_session_timeout = '{idle}ms';
+            DO $$ BEGIN
+                ALTER ROLE {role} SET temp_file_limit = '{ROLE_TEMP_FILE_LIMIT}';
+            EXCEPTION WHEN insufficient_privilege THEN NULL;
+            END $$;
             COMMENT ON ROLE {role} IS 'Bulkhead: the {grant} grant of SQL store {store} (schema {schema}, database {database})';
             "
         ));
