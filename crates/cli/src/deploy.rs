@@ -232,13 +232,7 @@ fn open_sql_stores(
             ));
             continue;
         }
-        // PostgreSQL's own migrations, where the two dialects differ, sit
-        // in a `postgres/` directory beside the store's.
-        let dir = match state.postgres() {
-            Some(_) if migrations.join("postgres").is_dir() => migrations.join("postgres"),
-            _ => migrations.clone(),
-        };
-        let migrations = match read_migrations(&dir) {
+        let migrations = match store_migrations(migrations, state.postgres().is_some()) {
             Ok(m) => m,
             Err(e) => {
                 problems.push(format!("store `{}`: {e}", spec.name));
@@ -285,6 +279,20 @@ fn open_sql_stores(
     } else {
         Err(problems)
     }
+}
+
+/// A SQL store's migrations in `dir`: on PostgreSQL those of its
+/// `postgres/` directory where it has one (where the two dialects differ).
+pub(crate) fn store_migrations(
+    dir: &std::path::Path,
+    on_postgres: bool,
+) -> Result<Vec<Migration>, bulkhead_store::sql::SqlStoreError> {
+    let postgres = dir.join("postgres");
+    read_migrations(if on_postgres && postgres.is_dir() {
+        &postgres
+    } else {
+        dir
+    })
 }
 
 /// One SQL store as a SQLCipher file in the state directory.

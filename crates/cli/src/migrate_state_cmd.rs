@@ -5,7 +5,13 @@
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result, bail};
-use bulkhead_store::crypto::{DEV_MASTER_KEY_FILE, MASTER_KEY_ENV, MasterKey};
+use std::sync::Arc;
+
+use bulkhead_store::crypto::{DEV_MASTER_KEY_FILE, KeyStore, Keyring, MASTER_KEY_ENV, MasterKey};
+use bulkhead_store::pg::Pg;
+use bulkhead_store::sql::postgres::PgSqlStore;
+use bulkhead_store::sql::{SqlDatabase, SqlKey};
+use bulkhead_store::state_move::SqlCopy;
 use bulkhead_store::{AuditEvent, StateConfig, Store, Verification};
 
 use crate::Target;
@@ -33,23 +39,6 @@ pub fn run(target: &Target) -> Result<ExitCode> {
             dir.display()
         );
     }
-    // Issue 16: on PostgreSQL each SQL store is a schema of its own; its
-    // rows are not moved yet, so an app whose SQL stores hold data is not
-    // moved at all rather than served without them.
-    let sql_files: Vec<String> = app
-        .stores
-        .iter()
-        .filter(|spec| matches!(spec.kind, bulkhead_manifest::StoreKind::Sql { .. }))
-        .map(|spec| bulkhead_store::sql::database_path(&dir, &spec.name))
-        .filter(|path| path.is_file())
-        .map(|path| path.display().to_string())
-        .collect();
-    if !sql_files.is_empty() {
-        bail!(
-            "nothing was moved: migrate-state does not move SQL stores yet, and on PostgreSQL each SQL store is a schema of its own that would start empty. The embedded databases: {}. Copy their rows through a function once the nodes serve (a declared SELECT here, INSERT there), then move these files out of the state directory and run migrate-state again",
-            sql_files.join(", ")
-        );
-    }
     // The nodes' master key: every node must hold it (T15).
     if std::env::var_os(MASTER_KEY_ENV).is_none_or(|v| v.is_empty()) {
         bail!(
@@ -60,11 +49,14 @@ pub fn run(target: &Target) -> Result<ExitCode> {
     // What wrapped them here: the state directory's `dev` key, else the
     // same key the nodes hold.
     let dev_key = dir.join(DEV_MASTER_KEY_FILE);
-    let from = if dev_key.is_file() {
-        MasterKey::from_file(&dev_key)?
-    } else {
-        MasterKey::load(&dir, &target.env)?
+    let embedded_key = || {
+        if dev_key.is_file() {
+            MasterKey::from_file(&dev_key)
+        } else {
+            MasterKey::load(&dir, &target.env)
+        }
     };
+    let from = embedded_key()?;
     // T09: only an intact trail's environment is moved.
     let store = Store::open(&dir).context("cannot open the embedded state")?;
     match store.verify_audit()? {
@@ -84,8 +76,10 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         app.name, target.env, postgres.schema
     );
     let progress = |line: &str| eprintln!("  {line}");
+    let sql = sql_copies(&app, &dir, embedded_key()?, &postgres, &progress)
+        .context("nothing was moved")?;
     let moved =
-        bulkhead_store::state_move::move_to_postgres(&dir, &from, &to, &postgres, &progress)
+        bulkhead_store::state_move::move_to_postgres(&dir, &from, &to, &postgres, &sql, &progress)
             .context("nothing was moved")?;
     let schema = postgres.schema.clone();
     let counts: serde_json::Map<String, serde_json::Value> = moved
@@ -112,4 +106,53 @@ pub fn run(target: &Target) -> Result<ExitCode> {
         dir.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Each SQL store with an embedded database: its rows, read with its key
+/// (its data key under the embedded master key `from`), and its schema on
+/// PostgreSQL, made by its migrations as a node would (issue 16). The rows
+/// go in with the rest of the state, in one transaction.
+fn sql_copies(
+    app: &bulkhead_manifest::App,
+    dir: &std::path::Path,
+    from: MasterKey,
+    postgres: &bulkhead_store::kv::PgConfig,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<SqlCopy>> {
+    let stores: Vec<_> = app
+        .stores
+        .iter()
+        .filter_map(|spec| match &spec.kind {
+            bulkhead_manifest::StoreKind::Sql { migrations, .. } => Some((&spec.name, migrations)),
+            _ => None,
+        })
+        .filter(|(name, _)| bulkhead_store::sql::database_path(dir, name).is_file())
+        .collect();
+    if stores.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keyring = Keyring::new(from, KeyStore::open(dir)?);
+    let pg = Pg::open(postgres).context("cannot reach the PostgreSQL database")?;
+    let mut copies = Vec::new();
+    for (name, migrations) in stores {
+        let dek = keyring
+            .data_key(bulkhead_store::sql::KEY_OWNER, name, "", false)?
+            .with_context(|| format!("SQL store `{name}`: its database exists but its data key is gone; restore the state directory from backup"))?;
+        let key = Arc::new(SqlKey::from_data_key(&dek, name)?);
+        let tables = SqlDatabase::dump(dir, name, key)?;
+        let migrations = crate::deploy::store_migrations(migrations, true)?;
+        let names = PgSqlStore::prepare(&pg, name, &dek, &migrations)?;
+        progress(&format!(
+            "SQL store {name}: schema {} made by its {} migration(s); {} table(s) to copy",
+            names.schema,
+            migrations.len(),
+            tables.len()
+        ));
+        copies.push(SqlCopy {
+            store: name.clone(),
+            schema: names.schema,
+            tables,
+        });
+    }
+    Ok(copies)
 }

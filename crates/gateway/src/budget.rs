@@ -39,7 +39,9 @@ use bulkhead_store::meter::{MeterLog, Usage, hour_of};
 use bulkhead_store::{State, StoreError, now_ms};
 use tracing::{error, warn};
 
-use self::ledger::{ALERTED_80, ALERTED_100, Amount, Cells, FunctionBooks, Ledger, cells_of, lock};
+use self::ledger::{
+    ALERTED_80, ALERTED_100, Amount, Cells, FunctionBooks, Ledger, Seen, cells_of, lock,
+};
 use http::StatusCode;
 
 use crate::caller::Caller;
@@ -364,13 +366,18 @@ impl Meter {
         let worst = Amount::of(&self.worst_cases[function]);
         let limits = self.limits(function).map(Limits::clone);
         let pricing = self.pricing.clone();
+        // The totals the ledger returned, remembered below.
+        let observed: Arc<std::sync::Mutex<Vec<ScopeTotals>>> = Arc::default();
+        let observe = observed.clone();
         // `ahead`: a lease is asked for only if that many more calls
         // would still fit after it (see `bulkhead_store::ledger`).
+        let in_order = scopes.clone();
         let decide = move |totals: &[ScopeTotals], ahead: u64| {
+            *lock(&observe) = totals.to_vec();
             let (more_spent, more_reserved) =
                 (Amount::ONE_REQUEST.times(ahead), worst.times(ahead));
             let mut all = [(Amount::default(), Amount::default()); 4];
-            for (&i, t) in scopes.iter().zip(totals) {
+            for (&i, t) in in_order.iter().zip(totals) {
                 all[i] = (
                     Amount::from(t.spent).plus(more_spent),
                     Amount::from(t.reserved).plus(more_reserved),
@@ -382,7 +389,11 @@ impl Meter {
                 None => Ok(()),
             }
         };
-        match shared.admit(&keys, worst.into(), decide).await {
+        let answer = shared.admit(&keys, worst.into(), decide).await;
+        if answer.is_ok() {
+            self.remember(charge, &keys, &scopes, &lock(&observed));
+        }
+        match answer {
             Ok(Ok(admitted)) => {
                 if self.degraded.swap(false, Ordering::Relaxed) {
                     warn!(target: "bulkhead::budget", "the shared budget ledger answers again: budgets are the deployment's again");
@@ -407,20 +418,66 @@ impl Meter {
         }
     }
 
-    /// `charge` against this node's own totals (its adds included) and
-    /// its share of every limit.
+    /// Remember the deployment's totals the shared ledger returned for
+    /// `keys` (of `scopes`), beside this node's own at this moment.
+    fn remember(
+        &self,
+        charge: &Charge,
+        keys: &[LedgerKey],
+        scopes: &[usize],
+        totals: &[ScopeTotals],
+    ) {
+        let (function, caller, day) = (charge.function, &charge.caller, charge.day);
+        let local = self.with_scopes(function, caller, day, |cells| {
+            cells.map(|c| c.spent(day).plus(c.reserved()))
+        });
+        for ((key, &i), t) in keys.iter().zip(scopes).zip(totals) {
+            let deployment = Amount::from(t.spent).plus(Amount::from(t.reserved));
+            let local = local[i];
+            self.ledger.see(key, Seen { deployment, local });
+        }
+    }
+
+    /// `charge` on this node's share while the shared ledger is away,
+    /// two ways, both of which it must fit:
+    /// - its own totals (its adds included, and at start the deployment's
+    ///   spend) against each limit divided by the live nodes;
+    /// - what it added since it last saw a scope's deployment totals
+    ///   against its share of what the deployment had left then (issue
+    ///   16, T04): a budget nearly spent elsewhere leaves each node a
+    ///   share of the rest, not a fresh share of all of it. So the nodes
+    ///   together overshoot at most by what others spent after this
+    ///   node's last look (and each by its last call).
     fn admit_on_share(&self, charge: &Charge, nodes: usize, now: i64) -> Result<Shared, Exhausted> {
         let (function, caller, day) = (charge.function, &charge.caller, charge.day);
         let worst = Amount::of(&self.worst_cases[function]);
-        let limits = self.limits(function).map(|l| share_of(l, nodes));
+        let full = self.limits(function);
+        let shares = full.map(|l| share_of(l, nodes));
         let totals = self.with_scopes(function, caller, day, |cells| {
             cells.map(|c| {
                 let reserved = c.reserved();
                 (c.spent(day), reserved)
             })
         });
-        let limits = [&limits[0], &limits[1], &limits[2], &limits[3]];
-        match misfit(&self.pricing, &limits, &totals, worst) {
+        let shares = [&shares[0], &shares[1], &shares[2], &shares[3]];
+        if let Some((i, held)) = misfit(&self.pricing, &shares, &totals, worst) {
+            return Err(self.refusal(function, i, held, now));
+        }
+        let mut left = [Limits::default(); 4];
+        let mut since = [(Amount::default(), Amount::default()); 4];
+        let (keys, scopes) = self.shared_keys(function, caller, day);
+        for (key, &i) in keys.iter().zip(&scopes) {
+            let Some(seen) = self.ledger.seen(key) else {
+                continue;
+            };
+            let unspent = 1.0 - share(&self.pricing, full[i], &seen.deployment);
+            left[i] = scaled(full[i], (unspent / nodes.max(1) as f64).max(0.0));
+            let (spent, reserved) = totals[i];
+            let added = spent.plus(reserved).minus(seen.local);
+            since[i] = (added.minus(reserved), reserved);
+        }
+        let left = [&left[0], &left[1], &left[2], &left[3]];
+        match misfit(&self.pricing, &left, &since, worst) {
             Some((i, held)) => Err(self.refusal(function, i, held, now)),
             None => Ok(Shared::OnShare),
         }
@@ -763,6 +820,16 @@ fn share_of(limits: &Limits, nodes: usize) -> Limits {
             .requests
             .map(|r| if r == 0 { 0 } else { (r / n).max(1) }),
         gb_seconds: limits.gb_seconds.map(|g| g / n as f64),
+    }
+}
+
+/// `fraction` of `limits`, rounded down: a limit scaled to nothing
+/// refuses everything.
+fn scaled(limits: &Limits, fraction: f64) -> Limits {
+    Limits {
+        money: limits.money.map(|m| m * fraction),
+        requests: limits.requests.map(|r| (r as f64 * fraction) as u64),
+        gb_seconds: limits.gb_seconds.map(|g| g * fraction),
     }
 }
 

@@ -89,32 +89,47 @@ pub(crate) fn parse_url(config: &PgConfig) -> Result<Parsed, PgError> {
             "a PostgreSQL schema name is 1 to 50 of a-z, 0-9 and _, starting with a letter".into(),
         ));
     }
-    // `sslrootcert` and `verify-full` are libpq's, not the driver's: taken
-    // out of the URL here (URL form only; a plain path, not %-encoded).
+    // `sslrootcert`, `sslcert`, `sslkey` and `verify-full` are libpq's,
+    // not the driver's: taken out of the URL here (URL form only; a plain
+    // path, not %-encoded).
     let url = config.url.expose_secret();
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut kept = Vec::new();
     let mut mode = None;
     let mut root = None;
+    let mut cert = None;
+    let mut key = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
             Some(("sslmode", value)) => mode = Some(value.to_string()),
             Some(("sslrootcert", value)) => root = Some(std::path::PathBuf::from(value)),
+            Some(("sslcert", value)) => cert = Some(std::path::PathBuf::from(value)),
+            Some(("sslkey", value)) => key = Some(std::path::PathBuf::from(value)),
             _ => kept.push(pair),
         }
     }
+    let client = match (&cert, &key) {
+        (Some(cert), Some(key)) => Some(crate::pg_tls::ClientCert { cert, key }),
+        (None, None) => None,
+        _ => {
+            return Err(PgError(
+                "the PostgreSQL URL names one of sslcert and sslkey: a client certificate needs both (the certificate chain's PEM file and its private key's)".into(),
+            ));
+        }
+    };
     let tls = match mode.as_deref() {
         None | Some("disable" | "prefer") => {
-            if root.is_some() {
+            if root.is_some() || client.is_some() {
                 return Err(PgError(
-                    "the PostgreSQL URL names sslrootcert without sslmode=verify-full: add it, or remove sslrootcert".into(),
+                    "the PostgreSQL URL names sslrootcert, sslcert or sslkey without sslmode=verify-full: add it, or remove them".into(),
                 ));
             }
             None
         }
-        Some("require" | "verify-full") => {
-            Some(crate::pg_tls::MakeRustlsConnect::new(root.as_deref())?)
-        }
+        Some("require" | "verify-full") => Some(crate::pg_tls::MakeRustlsConnect::new(
+            root.as_deref(),
+            client,
+        )?),
         Some("verify-ca") => {
             return Err(PgError(
                 "sslmode=verify-ca checks the chain but not the database's name; use sslmode=verify-full".into(),
@@ -142,7 +157,7 @@ pub(crate) fn parse_url(config: &PgConfig) -> Result<Parsed, PgError> {
     };
     // The parser's message may quote the URL, password included.
     let mut pg: tokio_postgres::Config = url.parse().map_err(|_| {
-        PgError("the PostgreSQL URL is not valid (postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=/path/ca.pem])".into())
+        PgError("the PostgreSQL URL is not valid (postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=/path/ca.pem&sslcert=/path/client.pem&sslkey=/path/client.key])".into())
     })?;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);

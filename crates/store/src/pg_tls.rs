@@ -5,7 +5,11 @@
 //! or, without one, to the public web roots, and name the host the URL
 //! connects to. Unlike libpq, `require` never means "encrypt but trust
 //! anyone": a database that cannot prove its name is refused.
-//! `verify-ca` (a chain without the name) is refused as weaker. This file
+//! `verify-ca` (a chain without the name) is refused as weaker. With
+//! `sslcert` and `sslkey` the node proves itself too (a client
+//! certificate, for `cert` authentication or `clientcert=verify-full` in
+//! the server's `pg_hba.conf`); like libpq, a key file that its group or
+//! others may read is refused. This file
 //! is only the adapter (the same shape as the `tokio-postgres-rustls`
 //! crate); the TLS is rustls.
 
@@ -23,6 +27,53 @@ use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 
 use crate::pg::PgError;
 
+/// The node's own certificate: the PEM files `sslcert` (the chain, leaf
+/// first) and `sslkey` (its private key) name.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCert<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+impl ClientCert<'_> {
+    /// The chain and the key, read; the key file must be the owner's only.
+    fn load(
+        self,
+    ) -> Result<
+        (
+            Vec<rustls::pki_types::CertificateDer<'static>>,
+            rustls::pki_types::PrivateKeyDer<'static>,
+        ),
+        PgError,
+    > {
+        let chain = rustls::pki_types::CertificateDer::pem_file_iter(self.cert)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| PgError(format!("cannot read sslcert: {e}")))?;
+        if chain.is_empty() {
+            return Err(PgError("sslcert holds no certificate".into()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(self.key)
+                .map_err(|e| PgError(format!("cannot read sslkey: {e}")))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(PgError(format!(
+                    "sslkey {} may be read by its group or others (mode {:o}); make it the owner's only: chmod 600",
+                    self.key.display(),
+                    mode & 0o777
+                )));
+            }
+        }
+        // The parser's errors name the PEM section, never its bytes.
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(self.key)
+            .map_err(|e| PgError(format!("cannot read sslkey: {e}")))?;
+        Ok((chain, key))
+    }
+}
+
 /// Makes a verifying TLS session per connection.
 #[derive(Clone)]
 pub struct MakeRustlsConnect {
@@ -31,8 +82,8 @@ pub struct MakeRustlsConnect {
 
 impl MakeRustlsConnect {
     /// Trusting the certificates in the PEM file `root` (`sslrootcert`),
-    /// or the public web roots.
-    pub fn new(root: Option<&Path>) -> Result<Self, PgError> {
+    /// or the public web roots; presenting `client` when there is one.
+    pub fn new(root: Option<&Path>, client: Option<ClientCert<'_>>) -> Result<Self, PgError> {
         let mut roots = rustls::RootCertStore::empty();
         match root {
             Some(path) => {
@@ -52,11 +103,21 @@ impl MakeRustlsConnect {
             None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(PgError::of)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client {
+            Some(client) => {
+                let (chain, key) = client.load()?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    PgError(format!(
+                        "sslcert and sslkey do not make a client certificate: {e}"
+                    ))
+                })?
+            }
+            None => builder.with_no_client_auth(),
+        };
         Ok(Self {
             config: Arc::new(config),
         })

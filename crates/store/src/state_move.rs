@@ -5,8 +5,9 @@
 //! - What moves: key-value records, wrapped data keys, secrets, sessions
 //!   and API keys, admin tokens, the hourly meter (usage, from which
 //!   today's budgets start) and the queues (messages, sealed, in the
-//!   order they were sent; event-chain counts): the state every node must
-//!   share. A message leased by the embedded server when it stopped is
+//!   order they were sent; event-chain counts), and the SQL stores' rows
+//!   ([`SqlCopy`]: each into its store's schema, made by its migrations
+//!   first): the state every node must share. A message leased by the embedded server when it stopped is
 //!   delivered again once its lease runs out (at least once, as ever). Rows
 //!   are copied as they are stored (records and secrets stay sealed, the
 //!   credentials stay hashes); only the data keys are unwrapped from the
@@ -16,10 +17,8 @@
 //!   The target must hold none of these rows yet (no merging), and every
 //!   table's count is compared after the commit.
 //! - What stays: the audit trail (each node's, shipped into the
-//!   deployment's chain by its server) remains in the state directory; an
-//!   app whose SQL stores hold rows is refused by the command before this
-//!   runs. The embedded copy is not deleted (remove it once the nodes
-//!   serve).
+//!   deployment's chain by its server) remains in the state directory.
+//!   The embedded copy is not deleted (remove it once the nodes serve).
 
 use std::path::Path;
 
@@ -28,12 +27,24 @@ use rusqlite::Connection;
 use crate::crypto::{CryptoError, KEYS_DB_FILE, MasterKey};
 use crate::kv::{PgConfig, PostgresKv};
 use crate::pg::{Pg, PgError};
+use crate::sql::{DumpedTable, SqlValue};
 
 /// One table's rows, moved.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Moved {
-    pub table: &'static str,
+    pub table: String,
     pub rows: usize,
+}
+
+/// An embedded SQL store's tables ([`crate::sql::SqlDatabase::dump`]), to
+/// go into the store's PostgreSQL schema (already made by its migrations,
+/// [`crate::sql::postgres::PgSqlStore::prepare`]) in the same transaction
+/// as the rest of the state.
+#[derive(Debug, Clone)]
+pub struct SqlCopy {
+    pub store: String,
+    pub schema: String,
+    pub tables: Vec<DumpedTable>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,16 +60,22 @@ pub enum MoveError {
     )]
     NotEmpty {
         schema: String,
-        table: &'static str,
+        table: String,
         rows: i64,
     },
     #[error(
         "after the move, {table} has {target} rows in PostgreSQL but {source_rows} in the embedded state"
     )]
     Mismatch {
-        table: &'static str,
+        table: String,
         source_rows: usize,
         target: i64,
+    },
+    #[error("SQL store `{store}`, table `{table}`: {problem}")]
+    SqlTable {
+        store: String,
+        table: String,
+        problem: String,
     },
 }
 
@@ -158,12 +175,14 @@ fn read_table(conn: &Connection, table: &str, columns: &str) -> Result<Vec<Row>,
 
 /// Move the shared state of the embedded environment in `state_dir`
 /// (its data keys wrapped by `from`) into the schema `target` names, its
-/// data keys wrapped by `to`. `progress` hears one line per table.
+/// data keys wrapped by `to`, and the rows of `sql`'s stores into their
+/// schemas. `progress` hears one line per table.
 pub fn move_to_postgres(
     state_dir: &Path,
     from: &MasterKey,
     to: &MasterKey,
     target: &PgConfig,
+    sql: &[SqlCopy],
     progress: &dyn Fn(&str),
 ) -> Result<Vec<Moved>, MoveError> {
     let state = Connection::open_with_flags(
@@ -208,36 +227,53 @@ pub fn move_to_postgres(
     crate::meter::create_shared(&pg).map_err(|e| PgError(e.to_string()))?;
     crate::queue::postgres::create_tables(&pg)?;
     let schema = target.schema.clone();
-    for (table, _, _) in &read {
-        let rows = count(&pg, &schema, table)?;
-        if rows > 0 {
-            return Err(MoveError::NotEmpty {
-                schema,
-                table,
-                rows,
-            });
-        }
-    }
-    let plan: Vec<(String, usize, Vec<Row>)> = read
+    let mut plan: Vec<Insert> = read
         .iter()
         .map(|(table, columns, rows)| {
             let width = columns.split(',').count();
             let params: Vec<String> = (1..=width).map(|i| format!("${i}")).collect();
-            (
-                format!(
+            Insert {
+                label: (*table).to_string(),
+                table: format!("{schema}.{table}"),
+                statement: format!(
                     "INSERT INTO {schema}.{table} ({columns}) VALUES ({})",
                     params.join(", ")
                 ),
-                width,
-                rows.clone(),
-            )
+                rows: rows
+                    .iter()
+                    .map(|row| row.iter().cloned().map(Param::State).collect())
+                    .collect(),
+                sequences: Vec::new(),
+            }
         })
         .collect();
+    for copy in sql {
+        for table in &copy.tables {
+            plan.push(plan_sql_table(&pg, copy, table)?);
+        }
+    }
+    for insert in &plan {
+        let rows = count(&pg, &insert.table)?;
+        if rows > 0 {
+            return Err(MoveError::NotEmpty {
+                schema,
+                table: insert.label.clone(),
+                rows,
+            });
+        }
+    }
+    let statements = plan.clone();
     pg.call(move |pool| async move {
         let mut client = pool.get().await.map_err(PgError::of)?;
         let tx = client.transaction().await.map_err(PgError::of)?;
-        for (insert, _, rows) in &plan {
-            let statement = tx.prepare(insert).await.map_err(PgError::of)?;
+        for Insert {
+            statement,
+            rows,
+            sequences,
+            ..
+        } in &statements
+        {
+            let statement = tx.prepare(statement).await.map_err(PgError::of)?;
             for row in rows {
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
                     .iter()
@@ -245,30 +281,200 @@ pub fn move_to_postgres(
                     .collect();
                 tx.execute(&statement, &params).await.map_err(PgError::of)?;
             }
+            // A serial or identity column's sequence goes on from the
+            // largest value moved, as it would have in SQLite.
+            for (sequence, advance) in sequences {
+                tx.execute(advance.as_str(), &[sequence])
+                    .await
+                    .map_err(PgError::of)?;
+            }
         }
         tx.commit().await.map_err(PgError::of)
     })?;
     let mut moved = Vec::new();
-    for (table, _, rows) in &read {
-        let target_rows = count(&pg, &schema, table)?;
-        if usize::try_from(target_rows).ok() != Some(rows.len()) {
+    for insert in &plan {
+        let target_rows = count(&pg, &insert.table)?;
+        let rows = insert.rows.len();
+        if usize::try_from(target_rows).ok() != Some(rows) {
             return Err(MoveError::Mismatch {
-                table,
-                source_rows: rows.len(),
+                table: insert.label.clone(),
+                source_rows: rows,
                 target: target_rows,
             });
         }
-        progress(&format!("{table}: {} rows moved and counted", rows.len()));
+        progress(&format!("{}: {rows} rows moved and counted", insert.label));
         moved.push(Moved {
-            table,
-            rows: rows.len(),
+            table: insert.label.clone(),
+            rows,
         });
     }
     Ok(moved)
 }
 
-fn count(pg: &Pg, schema: &str, table: &str) -> Result<i64, PgError> {
-    let statement = format!("SELECT count(*) FROM {schema}.{table}");
+/// One table's rows and how they go in.
+#[derive(Clone)]
+struct Insert {
+    /// How the table is named to the user.
+    label: String,
+    /// Qualified, quoted where it needs to be.
+    table: String,
+    statement: String,
+    rows: Vec<Vec<Param>>,
+    /// (sequence, statement advancing it past the rows moved).
+    sequences: Vec<(String, String)>,
+}
+
+/// One value bound into an insert.
+#[derive(Debug, Clone)]
+enum Param {
+    /// The state's own columns, as they are stored.
+    State(Value),
+    /// A SQL store's value as text, cast by PostgreSQL to the column's type.
+    Text(Option<String>),
+    /// A SQL store's value for a `bytea` column.
+    Bytes(Option<Vec<u8>>),
+}
+
+impl tokio_postgres::types::ToSql for Param {
+    fn to_sql(
+        &self,
+        ty: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Param::State(value) => value.to_sql(ty, out),
+            Param::Text(text) => text.to_sql(ty, out),
+            Param::Bytes(bytes) => bytes.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// `name` quoted as a PostgreSQL identifier.
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// How table `table` of `copy`'s store goes into its schema: its columns
+/// found there by name (a generated column is left to PostgreSQL), each
+/// value bound as text and cast to the column's type (`bytea`: as bytes).
+fn plan_sql_table(pg: &Pg, copy: &SqlCopy, table: &DumpedTable) -> Result<Insert, MoveError> {
+    let problem = |problem: String| MoveError::SqlTable {
+        store: copy.store.clone(),
+        table: table.name.clone(),
+        problem,
+    };
+    let (schema, name) = (copy.schema.clone(), table.name.clone());
+    // (name, type, generated, sequence)
+    let columns: Vec<(String, String, bool, Option<String>)> = pg.call(move |pool| async move {
+        let rows = crate::pg::query(
+            &pool,
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attgenerated <> '', \
+                    pg_get_serial_sequence(quote_ident(n.nspname) || '.' || quote_ident(c.relname), a.attname) \
+             FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p') \
+               AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&schema, &name],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    crate::pg::column(r, 0)?,
+                    crate::pg::column(r, 1)?,
+                    crate::pg::column(r, 2)?,
+                    crate::pg::column(r, 3)?,
+                ))
+            })
+            .collect()
+    })?;
+    if columns.is_empty() {
+        return Err(problem(
+            "no such table in the store's PostgreSQL schema: its migrations (or those in the store's `postgres/` directory) must create every table the embedded database has".into(),
+        ));
+    }
+    let qualified = format!("{}.{}", copy.schema, quoted(&table.name));
+    // Per dumped column: where it goes (None: generated there, skipped).
+    let mut targets = Vec::new();
+    for column in &table.columns {
+        let Some((_, ty, generated, _)) = columns.iter().find(|(n, ..)| n == column) else {
+            return Err(problem(format!(
+                "column `{column}` is not in PostgreSQL's table"
+            )));
+        };
+        targets.push((!generated).then(|| (column.clone(), ty.clone())));
+    }
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for (name, ty) in targets.iter().flatten() {
+        names.push(quoted(name));
+        values.push(if ty == "bytea" {
+            format!("${}", values.len() + 1)
+        } else {
+            format!("CAST(${}::text AS {ty})", values.len() + 1)
+        });
+    }
+    let mut rows = Vec::with_capacity(table.rows.len());
+    for row in &table.rows {
+        let mut params = Vec::with_capacity(names.len());
+        for (value, target) in row.iter().zip(&targets) {
+            let Some((column, ty)) = target else {
+                continue;
+            };
+            let param = match (value, ty.as_str()) {
+                (SqlValue::Null, "bytea") => Param::Bytes(None),
+                (SqlValue::Blob(b), "bytea") => Param::Bytes(Some(b.clone())),
+                (SqlValue::Text(t), "bytea") => Param::Bytes(Some(t.as_bytes().to_vec())),
+                (SqlValue::Null, _) => Param::Text(None),
+                (SqlValue::Integer(n), ty) if ty != "bytea" => Param::Text(Some(n.to_string())),
+                (SqlValue::Real(f), ty) if ty != "bytea" => Param::Text(Some(f.to_string())),
+                (SqlValue::Text(t), _) => Param::Text(Some(t.clone())),
+                (SqlValue::Integer(_) | SqlValue::Real(_), _) | (SqlValue::Blob(_), _) => {
+                    return Err(problem(format!(
+                        "column `{column}` holds {} but PostgreSQL's column is `{ty}`",
+                        value.kind()
+                    )));
+                }
+            };
+            params.push(param);
+        }
+        rows.push(params);
+    }
+    let sequences = columns
+        .iter()
+        .filter_map(|(name, _, _, sequence)| {
+            sequence.as_ref().map(|sequence| {
+                (
+                    sequence.clone(),
+                    format!(
+                        "SELECT setval($1::text::regclass, m) FROM (SELECT max({})::bigint AS m FROM {qualified}) x WHERE m IS NOT NULL",
+                        quoted(name)
+                    ),
+                )
+            })
+        })
+        .collect();
+    Ok(Insert {
+        label: format!("SQL store {} table {}", copy.store, table.name),
+        statement: format!(
+            "INSERT INTO {qualified} ({}) OVERRIDING SYSTEM VALUE VALUES ({})",
+            names.join(", "),
+            values.join(", ")
+        ),
+        table: qualified,
+        rows,
+        sequences,
+    })
+}
+
+fn count(pg: &Pg, table: &str) -> Result<i64, PgError> {
+    let statement = format!("SELECT count(*) FROM {table}");
     pg.call(move |pool| async move {
         let rows = crate::pg::query(&pool, &statement, &[]).await?;
         rows.first()

@@ -486,3 +486,134 @@ fn tls_to_the_database_verifies_the_server_t15() {
         assert!(!err.contains("hunter2"), "{why}: {err}");
     }
 }
+
+/// The local server asks every TLS client for a certificate signed by
+/// `ca_pem` while this lives (`ssl_ca_file`, reloaded); dropped, it asks
+/// for none again. The file sits in the server's data directory, which
+/// outlives the test, so a later reload never finds it gone.
+struct ClientCaOnServer<'a> {
+    db: &'a PgDatabase,
+}
+
+impl<'a> ClientCaOnServer<'a> {
+    fn install(db: &'a PgDatabase, ca_pem: &str) -> Self {
+        let data = db.query("SHOW data_directory")[0][0].clone().unwrap();
+        let path = std::path::Path::new(&data).join("bulkhead-test-client-ca.pem");
+        std::fs::write(&path, ca_pem).unwrap();
+        db.query(&format!(
+            "ALTER SYSTEM SET ssl_ca_file = '{}'",
+            path.display()
+        ));
+        db.query("SELECT pg_reload_conf()");
+        Self { db }
+    }
+}
+
+impl Drop for ClientCaOnServer<'_> {
+    fn drop(&mut self) {
+        self.db.query("ALTER SYSTEM RESET ssl_ca_file");
+        self.db.query("SELECT pg_reload_conf()");
+    }
+}
+
+/// T15 (issue 16): TLS client certificates to the database. With
+/// `sslcert` and `sslkey` in the URL every connection of the node's pool
+/// presents the certificate, and the server, which checks client
+/// certificates against its CA, sees its name (`pg_stat_ssl.client_dn`).
+/// Refused before any connection, with no password in the error: a key
+/// file its group or others may read, and a certificate without its key.
+/// Refused by the server: a certificate from a CA it does not trust.
+#[test]
+fn a_client_certificate_proves_the_node_to_the_database_t15() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let db = PgDatabase::create();
+    let server_cert = server_certificate(&db);
+    let dir = tempfile::tempdir().unwrap();
+    let issue = |ca_name: &str, client_name: &str, tag: &str| {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, client_name);
+        let cert = client.signed_by(&key, &ca).unwrap();
+        let (cert_path, key_path) = (
+            dir.path().join(format!("{tag}.pem")),
+            dir.path().join(format!("{tag}.key")),
+        );
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (
+            ca.pem(),
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        )
+    };
+    let (ca_pem, cert, key) = issue("Bulkhead test client CA", "bulkhead-node", "node");
+    let (_, stranger_cert, stranger_key) = issue("A stranger's CA", "bulkhead-node", "stranger");
+    let _asks = ClientCaOnServer::install(&db, &ca_pem);
+    let config = |extra: &str| {
+        StateConfig::Postgres {
+        dir: dir.path().join("state"),
+        postgres: bulkhead_store::kv::PgConfig {
+            url: format!(
+                "postgres://postgres:hunter2@localhost:5432/{}?sslmode=verify-full&sslrootcert={server_cert}{extra}",
+                db.name
+            )
+            .into(),
+            schema: db.schema.clone(),
+        },
+    }
+    };
+    let with_cert = format!("&sslcert={cert}&sslkey={key}");
+    // The reload reaches new connections within moments: bounded wait.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let state = State::open(&config(&with_cert)).unwrap_or_else(|e| panic!("{e}"));
+        state.secrets().unwrap();
+        let seen = db.query(&format!(
+            "SELECT count(*) FILTER (WHERE s.client_dn = '/CN=bulkhead-node'), count(*) FROM pg_stat_ssl s
+             JOIN pg_stat_activity a USING (pid) WHERE a.datname = '{}' AND a.pid <> pg_backend_pid()",
+            db.name
+        ));
+        drop(state);
+        let (named, all) = (seen[0][0].clone(), seen[0][1].clone());
+        assert_ne!(all.as_deref(), Some("0"), "no connection seen");
+        if named == all {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never saw the client certificate on every connection: {named:?} of {all:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(&key, &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (extra, expected) in [
+        (
+            format!("&sslcert={cert}&sslkey={}", open_key.display()),
+            "chmod 600",
+        ),
+        (format!("&sslcert={cert}"), "needs both"),
+        (
+            format!("&sslcert={stranger_cert}&sslkey={stranger_key}"),
+            "",
+        ),
+    ] {
+        let Err(err) = State::open(&config(&extra)) else {
+            panic!("opened with {extra}");
+        };
+        let err = err.to_string();
+        assert!(err.contains(expected), "{extra}: {err}");
+        assert!(!err.contains("hunter2"), "{extra}: {err}");
+    }
+}

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bulkhead_store::ledger::Tally;
+use bulkhead_store::ledger::{LedgerKey, Tally};
 use bulkhead_store::meter::Usage;
 use dashmap::DashMap;
 use dashmap::mapref::one::Ref;
@@ -31,6 +31,20 @@ const MAX_ADD: u64 = 1 << 48;
 /// Alert levels already logged today, as bits of [`DayCells::alerted`].
 pub(super) const ALERTED_80: u8 = 1;
 pub(super) const ALERTED_100: u8 = 2;
+
+/// The most shared scopes whose totals a node remembers ([`Seen`]): past
+/// it, a scope's share while the shared ledger is away is the plain one.
+const MOST_SEEN: usize = 65_536;
+
+/// What this node last learned of one shared scope (issue 16, T04): the
+/// deployment's totals the shared ledger returned (spent and reserved,
+/// every node's), and this node's own at that moment. While the ledger is
+/// unreachable the node may add only its share of what was left then.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Seen {
+    pub deployment: Amount,
+    pub local: Amount,
+}
 
 /// What a budget limits: requests, memory × time, and bytes sent out.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -315,6 +329,8 @@ pub(super) struct Ledger {
     sweep: Mutex<()>,
     /// Serialises retries of refusals at a budget's boundary.
     pub boundary: Mutex<()>,
+    /// The deployment's shared totals as last seen, today's only.
+    seen: Mutex<HashMap<LedgerKey, Seen>>,
 }
 
 impl Ledger {
@@ -327,7 +343,22 @@ impl Ledger {
             roll: Mutex::new(()),
             sweep: Mutex::new(()),
             boundary: Mutex::new(()),
+            seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Remember what the shared ledger said of `key` (bounded: a scope
+    /// not remembered keeps the plain share).
+    pub fn see(&self, key: &LedgerKey, seen: Seen) {
+        let mut all = lock(&self.seen);
+        if all.len() < MOST_SEEN || all.contains_key(key) {
+            all.insert(key.clone(), seen);
+        }
+    }
+
+    /// What the shared ledger last said of `key`, if it is remembered.
+    pub fn seen(&self, key: &LedgerKey) -> Option<Seen> {
+        lock(&self.seen).get(key).copied()
     }
 
     pub fn function(&self, name: &Arc<str>) -> Arc<FunctionBooks> {
@@ -359,6 +390,7 @@ impl Ledger {
         // every add happens under a read lock: an add never lands in an
         // entry already removed.
         self.app_callers.retain(|_, cells| !cells.idle(day));
+        lock(&self.seen).retain(|key, _| key.day >= day);
         let functions: Vec<_> = lock(&self.functions).values().cloned().collect();
         for books in functions {
             books.callers.retain(|_, cells| !cells.idle(day));

@@ -65,6 +65,9 @@ pub fn read_migrations(dir: &Path) -> Result<Vec<Migration>, SqlStoreError> {
     Ok(migrations)
 }
 
+/// Where an embedded store records its applied migrations.
+pub(crate) const TRACKING_TABLE: &str = "_bulkhead_migrations";
+
 const TRACKING: &str = "CREATE TABLE IF NOT EXISTS _bulkhead_migrations (
     name TEXT PRIMARY KEY,
     sha256 TEXT NOT NULL,

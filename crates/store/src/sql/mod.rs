@@ -147,6 +147,14 @@ impl SqlKey {
     }
 }
 
+/// One table of an embedded SQL store, read whole ([`SqlDatabase::dump`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DumpedTable {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+}
+
 /// What a grant allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Access {
@@ -164,7 +172,30 @@ pub enum SqlValue {
     Blob(Vec<u8>),
 }
 
+impl From<ValueRef<'_>> for SqlValue {
+    fn from(value: ValueRef<'_>) -> Self {
+        match value {
+            ValueRef::Null => SqlValue::Null,
+            ValueRef::Integer(v) => SqlValue::Integer(v),
+            ValueRef::Real(v) => SqlValue::Real(v),
+            ValueRef::Text(v) => SqlValue::Text(String::from_utf8_lossy(v).into_owned()),
+            ValueRef::Blob(v) => SqlValue::Blob(v.to_vec()),
+        }
+    }
+}
+
 impl SqlValue {
+    /// What kind of value it is, for an error that must not show it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SqlValue::Null => "null",
+            SqlValue::Integer(_) => "an integer",
+            SqlValue::Real(_) => "a real",
+            SqlValue::Text(_) => "text",
+            SqlValue::Blob(_) => "a blob",
+        }
+    }
+
     fn size(&self) -> usize {
         match self {
             SqlValue::Text(s) => s.len(),
@@ -321,6 +352,61 @@ impl SqlDatabase {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every table of store `name`'s database in `state_dir` with its
+    /// rows, tables in the order they were created, rows in rowid order
+    /// (`migrate-state`, issue 16). SQLite's own tables and the migrations'
+    /// record are left out.
+    pub fn dump(
+        state_dir: &Path,
+        name: &str,
+        key: Arc<SqlKey>,
+    ) -> Result<Vec<DumpedTable>, SqlStoreError> {
+        let db = Self {
+            name: name.to_string(),
+            path: database_path(state_dir, name),
+            key,
+            read: Mutex::new(Vec::new()),
+            write: Mutex::new(Vec::new()),
+        };
+        let conn = db.open_admin(&db.path)?;
+        let sql = |e| db.sql(e);
+        let tables: Vec<(String, bool)> = conn
+            .prepare(
+                "SELECT name, sql LIKE '%WITHOUT ROWID%' COLLATE NOCASE FROM sqlite_schema \
+                 WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name <> ?1 \
+                 ORDER BY rowid",
+            )
+            .and_then(|mut s| {
+                s.query_map([migrate::TRACKING_TABLE], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect()
+            })
+            .map_err(sql)?;
+        let mut dumped = Vec::new();
+        for (table, without_rowid) in tables {
+            let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+            let order = if without_rowid { "" } else { " ORDER BY rowid" };
+            let mut statement = conn
+                .prepare(&format!("SELECT * FROM {quoted}{order}"))
+                .map_err(sql)?;
+            let columns: Vec<String> = statement.column_names().map(str::to_string).collect();
+            let width = columns.len();
+            let rows = statement
+                .query_map([], |r| {
+                    (0..width)
+                        .map(|i| Ok(SqlValue::from(r.get_ref(i)?)))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sql)?;
+            dumped.push(DumpedTable {
+                name: table,
+                columns,
+                rows,
+            });
+        }
+        Ok(dumped)
     }
 
     fn sql(&self, source: rusqlite::Error) -> SqlStoreError {
@@ -529,13 +615,7 @@ fn run(
             limits.room_for_row(&out)?;
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
-                let value = match row.get_ref(i).map_err(fail)? {
-                    ValueRef::Null => SqlValue::Null,
-                    ValueRef::Integer(v) => SqlValue::Integer(v),
-                    ValueRef::Real(v) => SqlValue::Real(v),
-                    ValueRef::Text(v) => SqlValue::Text(String::from_utf8_lossy(v).into_owned()),
-                    ValueRef::Blob(v) => SqlValue::Blob(v.to_vec()),
-                };
+                let value = SqlValue::from(row.get_ref(i).map_err(fail)?);
                 bytes = bytes.saturating_add(value.size());
                 values.push(value);
             }

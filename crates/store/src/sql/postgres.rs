@@ -141,27 +141,7 @@ impl PgSqlStore {
             store: name.to_string(),
             message: e.0,
         };
-        let role = names.read_role.clone();
-        let bounded: bool = pg
-            .call(move |pool| async move {
-                let client = pool.get().await.map_err(PgError::of)?;
-                let row = client
-                    .query_one(
-                        "SELECT coalesce($2 = ANY(rolconfig), false) FROM pg_roles WHERE rolname = $1",
-                        &[&role, &format!("temp_file_limit={ROLE_TEMP_FILE_LIMIT}")],
-                    )
-                    .await
-                    .map_err(PgError::of)?;
-                row.try_get(0).map_err(PgError::of)
-            })
-            .map_err(fail)?;
-        if !bounded {
-            tracing::warn!(
-                target: "bulkhead::sql",
-                store = name,
-                "the SQL store's roles have no temp_file_limit (setting it needs a superuser): a guest's query can write temporary files until its deadline; set temp_file_limit in postgresql.conf"
-            );
-        }
+        warn_unhardened(&pg, name, &names.read_role).map_err(fail)?;
         let read = pg
             .pool_as(
                 &names.read_role,
@@ -185,6 +165,18 @@ impl PgSqlStore {
         Ok((store, report, names))
     }
 
+    /// The store's schema, roles and migrations, without opening the
+    /// roles' connections: what `migrate-state` needs before it copies an
+    /// embedded store's rows in.
+    pub fn prepare(
+        pg: &Arc<Pg>,
+        name: &str,
+        dek: &DataKey,
+        migrations: &[Migration],
+    ) -> Result<PgSqlNames, SqlStoreError> {
+        migrate(pg, name, Some(dek), migrations, true).map(|(_, names)| names)
+    }
+
     /// The dry run of `bulkhead check`: everything `deploy` would do, in a
     /// transaction rolled back.
     pub fn check(
@@ -194,6 +186,52 @@ impl PgSqlStore {
     ) -> Result<MigrationReport, SqlStoreError> {
         migrate(pg, name, None, migrations, false).map(|(report, _)| report)
     }
+}
+
+/// Warn about what `setup_statements` could not do as the node's role:
+/// bound a grant role's temporary files, take PUBLIC's volatile functions
+/// and TEMPORARY privilege away ([`harden_database`]).
+fn warn_unhardened(pg: &Arc<Pg>, store: &str, role: &str) -> Result<(), PgError> {
+    let role = role.to_string();
+    let (bounded, functions, temporary): (bool, bool, bool) = pg.call(move |pool| async move {
+        let client = pool.get().await.map_err(PgError::of)?;
+        let row = client
+            .query_one(
+                "SELECT coalesce((SELECT $2 = ANY(rolconfig) FROM pg_roles WHERE rolname = $1), false), \
+                        has_function_privilege('public', 'pg_catalog.lo_creat(integer)', 'EXECUTE'), \
+                        has_database_privilege('public', current_database(), 'TEMPORARY')",
+                &[&role, &format!("temp_file_limit={ROLE_TEMP_FILE_LIMIT}")],
+            )
+            .await
+            .map_err(PgError::of)?;
+        Ok((
+            row.try_get(0).map_err(PgError::of)?,
+            row.try_get(1).map_err(PgError::of)?,
+            row.try_get(2).map_err(PgError::of)?,
+        ))
+    })?;
+    if !bounded {
+        tracing::warn!(
+            target: "bulkhead::sql",
+            store,
+            "the SQL store's roles have no temp_file_limit (setting it needs a superuser): a guest's query can write temporary files until its deadline; set temp_file_limit in postgresql.conf"
+        );
+    }
+    if functions {
+        tracing::warn!(
+            target: "bulkhead::sql",
+            store,
+            "PUBLIC may still execute the database's volatile functions (large objects, advisory locks, NOTIFY, set_config): only the statement check keeps a guest from them; deploy once as a superuser so the node revokes them"
+        );
+    }
+    if temporary {
+        tracing::warn!(
+            target: "bulkhead::sql",
+            store,
+            "PUBLIC may still create temporary tables in the database: only the statement check keeps a guest from them; deploy once as the database's owner or a superuser so the node revokes it"
+        );
+    }
+    Ok(())
 }
 
 /// The migration of one store in one transaction. `dek` absent (a dry
@@ -368,6 +406,7 @@ fn setup_statements(
         ",
         preamble = crate::pg::migration_preamble()
     );
+    sql.push_str(&harden_database());
     let idle = crate::pg::IDLE_IN_TRANSACTION.as_millis();
     for (role, grant) in [(read_role, "read"), (write_role, "read-write")] {
         // The comment says what the role is to an operator listing roles;
@@ -397,6 +436,69 @@ fn setup_statements(
         ));
     }
     sql
+}
+
+/// The volatile `pg_catalog` functions a guest's ordinary SQL needs, left
+/// to PUBLIC: sequences (a `serial` column's default calls `nextval`; the
+/// sequence's own privileges still decide), random values and the clock;
+/// and `pg_advisory_unlock_all`, which [`CLEAN`] runs as the guest's role
+/// (harmless: no guest can take an advisory lock).
+const GUEST_VOLATILE_FUNCTIONS: &str = "'nextval', 'currval', 'lastval', 'setval', 'random', 'random_normal', 'gen_random_uuid', 'clock_timestamp', 'timeofday', 'pg_advisory_unlock_all'";
+
+/// What no SQL-store role may do in the whole database, enforced by
+/// PostgreSQL's own privileges rather than by reading the statement (T16,
+/// T05; five outside reviews of issue 16 each got one function past the
+/// text scanner in `dialect.rs`, which stays as a second reading): PUBLIC
+/// loses EXECUTE on every volatile `pg_catalog` function but
+/// [`GUEST_VOLATILE_FUNCTIONS`] (large objects, advisory locks, NOTIFY,
+/// `set_config`, `setseed`, WAL messages, transaction ids, signalling other
+/// sessions, …), on the stable `pg_…` and `txid_…` ones (`txid_current`
+/// assigns a transaction id: a WAL write), the `…_to_xml…` family and
+/// `current_setting` (the server's settings and sessions, catalog
+/// internals), and the database's
+/// TEMPORARY privilege; the node's own
+/// role and the database's owner are granted both back. Revoking from
+/// PUBLIC needs a superuser (the functions are the bootstrap superuser's)
+/// or the database's owner (TEMPORARY): each half runs only for a role
+/// that may, and the node warns at deploy about what is left
+/// ([`PgSqlStore::deploy`]). Trigger, handler and `internal` functions are
+/// not called by name and keep their privileges; views run as their
+/// owner, so `pg_stat_activity` and its kind keep working for operators.
+fn harden_database() -> String {
+    format!(
+        r"
+    DO $$
+    DECLARE
+        f regprocedure;
+        db_owner name := (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database());
+        is_superuser boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+    BEGIN
+        IF is_superuser THEN
+            FOR f IN
+                SELECT p.oid::regprocedure FROM pg_proc p
+                WHERE p.pronamespace = 'pg_catalog'::regnamespace
+                  AND (p.provolatile = 'v'
+                       OR (p.provolatile = 's' AND (p.proname LIKE 'pg\_%' OR p.proname LIKE 'txid\_%'
+                           OR p.proname LIKE '%\_to\_xml%' OR p.proname = 'current_setting')))
+                  AND p.prokind IN ('f', 'p')
+                  AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype,
+                      'internal'::regtype, 'language_handler'::regtype, 'fdw_handler'::regtype,
+                      'index_am_handler'::regtype, 'tsm_handler'::regtype, 'table_am_handler'::regtype)
+                  AND p.proname NOT IN ({GUEST_VOLATILE_FUNCTIONS})
+                  AND has_function_privilege('public', p.oid, 'EXECUTE')
+            LOOP
+                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I, %I', f, current_user, db_owner);
+                EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+            END LOOP;
+        END IF;
+        IF (is_superuser OR pg_has_role(current_user, db_owner, 'MEMBER'))
+           AND has_database_privilege('public', current_database(), 'TEMPORARY') THEN
+            EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I, %I', current_database(), current_user, db_owner);
+            EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
+        END IF;
+    END $$;
+    "
+    )
 }
 
 /// What each role may do on the store's tables and sequences, renewed
@@ -528,7 +630,7 @@ async fn run(
                 return Err(QueryError::Invalid(format!(
                     "parameter {} cannot be {} (the statement wants {})",
                     i + 1,
-                    value_kind(value),
+                    value.kind(),
                     ty.name()
                 )));
             }
@@ -695,16 +797,6 @@ fn binds(value: &SqlValue, ty: &Type) -> bool {
             Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN
         ),
         SqlValue::Blob(_) => *ty == Type::BYTEA,
-    }
-}
-
-fn value_kind(value: &SqlValue) -> &'static str {
-    match value {
-        SqlValue::Null => "null",
-        SqlValue::Integer(_) => "an integer",
-        SqlValue::Real(_) => "a real",
-        SqlValue::Text(_) => "text",
-        SqlValue::Blob(_) => "a blob",
     }
 }
 
