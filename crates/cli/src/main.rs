@@ -168,13 +168,15 @@ enum Command {
                       `[cluster]` names (`backend = \"postgres\"`, the URL from \
                       `database_url_file` or BULKHEAD_DATABASE_URL: never on the command line): \
                       key-value records, data keys, secrets, sessions and API keys, admin tokens, \
-                      the hourly meter. \
+                      the hourly meter, the queues, and the SQL stores' rows (each into its \
+                      store's schema, made first by the store's migrations; each value cast by \
+                      PostgreSQL to its column's type). \
                       Records and secrets stay sealed; the data keys are wrapped again under the \
                       master key every node will hold (BULKHEAD_MASTER_KEY_FILE, required). One \
                       transaction into an empty schema; each table's rows are counted on both \
                       sides; the audit trail must verify first and records `state.migrated`. The \
-                      audit trail (each node's server ships it into the deployment's chain) and \
-                      SQL stores stay in the state directory. Stop every server of the \
+                      audit trail (each node's server ships it into the deployment's chain) \
+                      stays in the state directory. Stop every server of the \
                       environment first.",
         after_help = "Example:\n  # bulkhead.toml: [cluster] backend = \"postgres\", database_url_file = \"/etc/bulkhead/db-url\"\n  BULKHEAD_MASTER_KEY_FILE=/etc/bulkhead/master.key bulkhead migrate-state my-app --env prod"
     )]

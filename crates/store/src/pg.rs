@@ -159,6 +159,19 @@ pub(crate) fn parse_url(config: &PgConfig) -> Result<Parsed, PgError> {
     let mut pg: tokio_postgres::Config = url.parse().map_err(|_| {
         PgError("the PostgreSQL URL is not valid (postgres://USER[:PASSWORD]@HOST[:PORT]/DB[?sslmode=verify-full&sslrootcert=/path/ca.pem&sslcert=/path/client.pem&sslkey=/path/client.key])".into())
     })?;
+    // A Unix socket is never encrypted: TLS asked for, it would connect
+    // in the clear, certificates unchecked (outside review of issue 16).
+    #[cfg(unix)]
+    if tls.is_some()
+        && pg
+            .get_hosts()
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+    {
+        return Err(PgError(
+            "the PostgreSQL URL asks for TLS (sslmode=require or verify-full) but names a Unix-socket host, which is never encrypted: connect over TCP, or drop sslmode for a local socket".into(),
+        ));
+    }
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }

@@ -248,7 +248,7 @@ pub fn move_to_postgres(
         })
         .collect();
     for copy in sql {
-        for table in &copy.tables {
+        for table in in_reference_order(&pg, copy)? {
             plan.push(plan_sql_table(&pg, copy, table)?);
         }
     }
@@ -267,6 +267,7 @@ pub fn move_to_postgres(
         let mut client = pool.get().await.map_err(PgError::of)?;
         let tx = client.transaction().await.map_err(PgError::of)?;
         for Insert {
+            label,
             statement,
             rows,
             sequences,
@@ -279,7 +280,9 @@ pub fn move_to_postgres(
                     .iter()
                     .map(|v| v as &(dyn tokio_postgres::types::ToSql + Sync))
                     .collect();
-                tx.execute(&statement, &params).await.map_err(PgError::of)?;
+                tx.execute(&statement, &params)
+                    .await
+                    .map_err(|e| refused_row(label, &e))?;
             }
             // A serial or identity column's sequence goes on from the
             // largest value moved, as it would have in SQLite.
@@ -309,6 +312,29 @@ pub fn move_to_postgres(
         });
     }
     Ok(moved)
+}
+
+/// PostgreSQL's refusal of a moved row, without the row: its message and
+/// DETAIL quote the value (outside review of issue 16), so only what kind
+/// of refusal and which column or constraint are said.
+fn refused_row(label: &str, e: &tokio_postgres::Error) -> PgError {
+    let Some(db) = e.as_db_error() else {
+        return PgError::of(e);
+    };
+    let mut said = format!(
+        "PostgreSQL refused a row of {label} (SQLSTATE {}",
+        db.code().code()
+    );
+    if let Some(column) = db.column() {
+        said.push_str(&format!(", column {column}"));
+    }
+    if let Some(constraint) = db.constraint() {
+        said.push_str(&format!(", constraint {constraint}"));
+    }
+    said.push_str(
+        "): the value does not fit the PostgreSQL column's type or a constraint; fix the row in the embedded store, or the store's PostgreSQL migration, and run migrate-state again",
+    );
+    PgError(said)
 }
 
 /// One table's rows and how they go in.
@@ -353,6 +379,42 @@ impl tokio_postgres::types::ToSql for Param {
     }
 
     tokio_postgres::types::to_sql_checked!();
+}
+
+/// `copy`'s tables, each after the tables its foreign keys on PostgreSQL
+/// refer to (outside review: a child table created first failed the
+/// move), otherwise in the order they were created; tables in a cycle
+/// keep that order (only deferrable keys let them in).
+fn in_reference_order<'c>(pg: &Pg, copy: &'c SqlCopy) -> Result<Vec<&'c DumpedTable>, MoveError> {
+    let schema = copy.schema.clone();
+    let refers: Vec<(String, String)> = pg.call(move |pool| async move {
+        let rows = crate::pg::query(
+            &pool,
+            "SELECT child.relname::text, parent.relname::text FROM pg_constraint c \
+             JOIN pg_class child ON child.oid = c.conrelid JOIN pg_class parent ON parent.oid = c.confrelid \
+             WHERE c.contype = 'f' AND c.connamespace = $1::text::regnamespace AND c.conrelid <> c.confrelid",
+            &[&schema],
+        )
+        .await?;
+        rows.iter()
+            .map(|r| Ok((crate::pg::column(r, 0)?, crate::pg::column(r, 1)?)))
+            .collect()
+    })?;
+    let mut left: Vec<&DumpedTable> = copy.tables.iter().collect();
+    let mut ordered = Vec::with_capacity(left.len());
+    while !left.is_empty() {
+        // The first table none of whose parents is still to come.
+        let ready = left
+            .iter()
+            .position(|t| {
+                !refers.iter().any(|(child, parent)| {
+                    *child == t.name && left.iter().any(|other| other.name == *parent)
+                })
+            })
+            .unwrap_or(0);
+        ordered.push(left.remove(ready));
+    }
+    Ok(ordered)
 }
 
 /// `name` quoted as a PostgreSQL identifier.

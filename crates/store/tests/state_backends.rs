@@ -521,7 +521,8 @@ impl Drop for ClientCaOnServer<'_> {
 /// presents the certificate, and the server, which checks client
 /// certificates against its CA, sees its name (`pg_stat_ssl.client_dn`).
 /// Refused before any connection, with no password in the error: a key
-/// file its group or others may read, and a certificate without its key.
+/// file its group or others may read, a certificate without its key, and
+/// a Unix-socket host (never encrypted).
 /// Refused by the server: a certificate from a CA it does not trust.
 #[test]
 fn a_client_certificate_proves_the_node_to_the_database_t15() {
@@ -604,6 +605,11 @@ fn a_client_certificate_proves_the_node_to_the_database_t15() {
             "chmod 600",
         ),
         (format!("&sslcert={cert}"), "needs both"),
+        // A socket is never encrypted (outside review: it bypassed TLS).
+        (
+            format!("&sslcert={cert}&sslkey={key}&host=/var/run/postgresql"),
+            "Unix-socket",
+        ),
         (
             format!("&sslcert={stranger_cert}&sslkey={stranger_key}"),
             "",
@@ -616,4 +622,67 @@ fn a_client_certificate_proves_the_node_to_the_database_t15() {
         assert!(err.contains(expected), "{extra}: {err}");
         assert!(!err.contains("hunter2"), "{extra}: {err}");
     }
+}
+
+/// T05 (issue 16): a SQL store on PostgreSQL is bounded like an embedded
+/// one (1 GiB; here 256 KiB, measured before every write). Rows of
+/// 1,500 bytes go in until a write is refused as "the store is full",
+/// well before 2,000 of them; while full, reads and deletes still run;
+/// once half the rows are deleted (their space not yet vacuumed, so the
+/// space the database allocated has not shrunk) writes go in again.
+#[test]
+fn a_sql_store_on_postgres_is_bounded_t05() {
+    use bulkhead_store::sql::{Access, Migration, QueryError, QueryLimits, SqlStore, SqlValue};
+    let db = PgDatabase::create();
+    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
+    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
+    let migrations = [Migration {
+        name: "001_init.sql".into(),
+        sql: "CREATE TABLE blobs (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);".into(),
+    }];
+    let (store, _, _) =
+        bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "files", &dek, &migrations).unwrap();
+    let store = store.with_quota(256 * 1024);
+    let limits = || QueryLimits {
+        max_rows: 10,
+        max_bytes: 1 << 20,
+        deadline: std::time::Instant::now() + std::time::Duration::from_secs(30),
+    };
+    let run = |sql: &str, params: &[SqlValue]| {
+        store.query(Access::ReadWrite, None, sql, params, &limits())
+    };
+    // Not compressible, under the size PostgreSQL compresses or moves out.
+    let body = |n: u64| -> String {
+        let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..1500)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'!' + (x % 90) as u8)
+            })
+            .collect()
+    };
+    let insert = "INSERT INTO blobs (body) VALUES (?1)";
+    let mut written = 0;
+    let refused = loop {
+        assert!(
+            written < 2000,
+            "2000 rows of 1,500 bytes in a 256 KiB store"
+        );
+        match run(insert, &[SqlValue::Text(body(written))]) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&refused, QueryError::Limit(why) if why == "the store is full"),
+        "{refused:?}"
+    );
+    assert!(written > 100, "refused after {written} rows");
+    let count = run("SELECT count(*) FROM blobs", &[]).unwrap();
+    assert_eq!(count.rows, vec![vec![SqlValue::Integer(written as i64)]]);
+    assert!(run("UPDATE blobs SET body = 'x' WHERE id = 1", &[]).is_err());
+    run("DELETE FROM blobs WHERE id % 2 = 0", &[]).unwrap();
+    run(insert, &[SqlValue::Text(body(0))]).unwrap();
 }

@@ -247,11 +247,14 @@ async fn confine(tx: &Transaction<'_>, set_role: &str, subject: &str) -> Result<
         .prepare_cached("SELECT set_config('bulkhead.subject', $1, true)")
         .await
         .map_err(backend_error)?;
-    // Sent together (pipelined): one round trip for both.
-    let (set_role, set_subject) =
-        tokio::join!(tx.batch_execute(set_role), tx.execute(&set_config, &params),);
-    set_role.map_err(backend_error)?;
+    // Sent together (pipelined): one round trip for both. The subject
+    // first, while still the node's role: on a database whose SQL stores
+    // took `set_config` from PUBLIC (`sql::postgres`), the call role may
+    // not call it (`join!` polls, and so sends, in order).
+    let (set_subject, set_role) =
+        tokio::join!(tx.execute(&set_config, &params), tx.batch_execute(set_role));
     set_subject.map_err(backend_error)?;
+    set_role.map_err(backend_error)?;
     Ok(())
 }
 

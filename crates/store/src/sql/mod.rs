@@ -37,7 +37,7 @@ pub const SQL_DIR: &str = "sql";
 pub const KEY_OWNER: &str = "sql";
 
 /// Largest database a store may grow to (SQLITE_FULL past it).
-const MAX_DB_BYTES: i64 = 1 << 30;
+pub(crate) const MAX_DB_BYTES: i64 = 1 << 30;
 const PAGE_SIZE: i64 = 4096;
 /// SQLite VM steps between deadline checks.
 const PROGRESS_STEPS: i32 = 1000;
@@ -96,6 +96,14 @@ pub enum SqlStoreError {
     },
     #[error("SQL store `{store}` on PostgreSQL: {message}")]
     Postgres { store: String, message: String },
+    #[error(
+        "SQL store `{store}`: column `{column}` of table `{table}` holds text that is not UTF-8, which PostgreSQL's text cannot hold; fix those rows (or keep such values as BLOBs) before moving the store"
+    )]
+    NotUtf8 {
+        store: String,
+        table: String,
+        column: String,
+    },
 }
 
 /// One SQL store, whichever database holds it: what the `bulkhead:sql`
@@ -392,14 +400,34 @@ impl SqlDatabase {
                 .map_err(sql)?;
             let columns: Vec<String> = statement.column_names().map(str::to_string).collect();
             let width = columns.len();
+            // Text that is not UTF-8 stops the dump (outside review: it
+            // was replaced, silently, by U+FFFD).
             let rows = statement
                 .query_map([], |r| {
                     (0..width)
-                        .map(|i| Ok(SqlValue::from(r.get_ref(i)?)))
+                        .map(|i| match r.get_ref(i)? {
+                            ValueRef::Text(t) if std::str::from_utf8(t).is_err() => {
+                                Err(rusqlite::Error::InvalidColumnType(
+                                    i,
+                                    String::new(),
+                                    rusqlite::types::Type::Text,
+                                ))
+                            }
+                            value => Ok(SqlValue::from(value)),
+                        })
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
-                .map_err(sql)?;
+                .map_err(|e| match e {
+                    rusqlite::Error::InvalidColumnType(i, _, rusqlite::types::Type::Text) => {
+                        SqlStoreError::NotUtf8 {
+                            store: name.to_string(),
+                            table: table.clone(),
+                            column: columns.get(i).cloned().unwrap_or_default(),
+                        }
+                    }
+                    e => sql(e),
+                })?;
             dumped.push(DumpedTable {
                 name: table,
                 columns,

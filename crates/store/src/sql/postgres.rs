@@ -56,6 +56,9 @@ const ROLE_STATEMENT_TIMEOUT: &str = "60s";
 /// 16: 1.4 GB in one call). Set only by a superuser; the node warns when
 /// it could not.
 pub const ROLE_TEMP_FILE_LIMIT: &str = "1GB";
+/// How long a measured store size is trusted before a write measures
+/// again (T05: the 1 GiB bound, checked at most this often per node).
+const QUOTA_RECHECK: Duration = Duration::from_secs(1);
 /// How long a cancel request may take before the node gives up on it.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// What a connection is cleaned with as soon as a guest statement ends
@@ -72,6 +75,56 @@ pub struct PgSqlStore {
     pg: Arc<Pg>,
     read: Pool,
     write: Pool,
+    quota: Quota,
+}
+
+/// The store's size bound on PostgreSQL (T05), as on the embedded
+/// backend (1 GiB), measured by the node's own role at most every
+/// `recheck`: first the space the database gave the schema's tables
+/// (with indexes and TOAST; cheap, from the catalog); only when that
+/// reaches `bytes`, the rows themselves (`pg_column_size` of each live
+/// row: a scan), since PostgreSQL keeps a deleted row's space until it
+/// vacuums and never gives a file's space back by itself. While the rows
+/// reach `bytes`, INSERT, UPDATE and MERGE are refused ("the store is
+/// full"); DELETE and reads still run, so a guest can make room.
+struct Quota {
+    schema: String,
+    bytes: i64,
+    recheck: Duration,
+    /// The last measure (bytes) and when it was taken (ms since the epoch;
+    /// 0: never).
+    measured: std::sync::atomic::AtomicI64,
+    measured_ms: std::sync::atomic::AtomicI64,
+}
+
+impl Quota {
+    /// Whether the store is full, measuring again if the last measure is
+    /// stale; a measure that fails lets the write through (the database
+    /// refuses it anyway if it is down).
+    fn full(&self, pg: &Pg) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = crate::now_ms();
+        let last = self.measured_ms.load(Ordering::Acquire);
+        let stale = now.saturating_sub(last) >= self.recheck.as_millis() as i64;
+        // One caller measures; the others go on the last measure.
+        if stale
+            && self
+                .measured_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let (schema, bytes) = (self.schema.clone(), self.bytes);
+            let size = pg.call(move |pool| async move { measure(&pool, &schema, bytes).await });
+            match size {
+                Ok(size) => self.measured.store(size, Ordering::Release),
+                Err(e) => {
+                    tracing::warn!(target: "bulkhead::sql", schema = %self.schema, error = %e, "cannot measure the SQL store's size; writes are let through");
+                    self.measured_ms.store(last, Ordering::Release);
+                }
+            }
+        }
+        self.measured.load(Ordering::Acquire) >= self.bytes
+    }
 }
 
 /// Where a store lives and who may touch it.
@@ -118,6 +171,16 @@ pub fn role_prefix(database: &str) -> String {
     )
 }
 
+/// The statement that drops every role made for database `database`'s SQL
+/// stores (its grant roles and [`catalog_role`]): for an operator (or a
+/// test) removing a deployment, run after the database is dropped.
+pub fn drop_roles_statement(database: &str) -> String {
+    let prefix = role_prefix(database);
+    format!(
+        "DO $$ DECLARE r text; BEGIN FOR r IN SELECT rolname FROM pg_roles WHERE starts_with(rolname, '{prefix}') LOOP EXECUTE format('DROP ROLE %I', r); END LOOP; END $$"
+    )
+}
+
 /// The role's password: derived from the store's data key, so no node
 /// stores it and every node computes the same.
 fn role_password(dek: &DataKey, role: &str) -> SecretString {
@@ -156,13 +219,42 @@ impl PgSqlStore {
                 POOL_SIZE,
             )
             .map_err(fail)?;
+        // Each role logs in now, not at a guest's first call (outside
+        // review: under `cert` authentication they could not, and every
+        // call failed while the node looked healthy).
+        for (pool, role) in [(&read, &names.read_role), (&write, &names.write_role)] {
+            let pool = pool.clone();
+            pg.call(move |_| async move { pool.get().await.map(drop).map_err(PgError::of) })
+                .map_err(|e| SqlStoreError::Postgres {
+                    store: name.to_string(),
+                    message: format!(
+                        "its grant role {role} cannot log in ({e}): the node logs in as each SQL store's roles with a password, so the server's pg_hba.conf must let them use scram-sha-256 (with client certificates, `scram-sha-256 clientcert=verify-ca`: `cert` authentication would need a certificate naming each role)"
+                    ),
+                })?;
+        }
         let store = Self {
             name: name.to_string(),
             pg,
             read,
             write,
+            quota: Quota {
+                schema: names.schema.clone(),
+                bytes: super::MAX_DB_BYTES,
+                recheck: QUOTA_RECHECK,
+                measured: Default::default(),
+                measured_ms: Default::default(),
+            },
         };
         Ok((store, report, names))
+    }
+
+    /// The same store bounded at `bytes`, measured before every write:
+    /// for tests that cannot fill 1 GiB.
+    #[doc(hidden)]
+    pub fn with_quota(mut self, bytes: i64) -> Self {
+        self.quota.bytes = bytes;
+        self.quota.recheck = Duration::ZERO;
+        self
     }
 
     /// The store's schema, roles and migrations, without opening the
@@ -228,10 +320,56 @@ fn warn_unhardened(pg: &Arc<Pg>, store: &str, role: &str) -> Result<(), PgError>
         tracing::warn!(
             target: "bulkhead::sql",
             store,
-            "PUBLIC may still create temporary tables in the database: only the statement check keeps a guest from them; deploy once as the database's owner or a superuser so the node revokes it"
+            "PUBLIC may still create temporary tables in the database: only the statement check keeps a guest from them; deploy once as a superuser so the node revokes it"
         );
     }
     Ok(())
+}
+
+/// What the store `schema` holds, as [`Quota`] counts it: the space
+/// allocated to its tables if under `bytes`, else its live rows' bytes.
+async fn measure(pool: &Pool, schema: &str, bytes: i64) -> Result<i64, PgError> {
+    let one = |rows: Vec<tokio_postgres::Row>| {
+        rows.first()
+            .map_or(Ok(0), |row| crate::pg::column::<i64>(row, 0))
+    };
+    let allocated = one(crate::pg::query(
+        pool,
+        "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
+             WHERE c.relnamespace = $1::text::regnamespace AND c.relkind IN ('r', 'm')",
+        &[&schema],
+    )
+    .await?)?;
+    if allocated < bytes {
+        return Ok(allocated);
+    }
+    let tables = crate::pg::query(
+        pool,
+        "SELECT quote_ident(relname) FROM pg_class WHERE relnamespace = $1::text::regnamespace AND relkind IN ('r', 'm')",
+        &[&schema],
+    )
+    .await?;
+    let mut live = 0i64;
+    for table in &tables {
+        let table: String = crate::pg::column(table, 0)?;
+        live = live.saturating_add(one(crate::pg::query(
+            pool,
+            &format!(
+                "SELECT coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM {schema}.{table} t"
+            ),
+            &[],
+        )
+        .await?)?);
+    }
+    Ok(live)
+}
+
+/// Whether `statement` is a DELETE (it frees room: allowed in a full store).
+fn is_delete(statement: &str) -> bool {
+    statement
+        .trim_start()
+        .get(..6)
+        .is_some_and(|word| word.eq_ignore_ascii_case("delete"))
 }
 
 /// The migration of one store in one transaction. `dek` absent (a dry
@@ -406,18 +544,25 @@ fn setup_statements(
         ",
         preamble = crate::pg::migration_preamble()
     );
-    sql.push_str(&harden_database());
+    sql.push_str(&harden_database(database));
     let idle = crate::pg::IDLE_IN_TRANSACTION.as_millis();
+    // A database's name is the operator's: quoted as a literal.
+    let quoted_database = database.replace('\'', "''");
     for (role, grant) in [(read_role, "read"), (write_role, "read-write")] {
         // The comment says what the role is to an operator listing roles;
         // store names are `a-z0-9_-`, nothing to escape.
         sql.push_str(&format!(
             r"
             DO $$ BEGIN
-                CREATE ROLE {role} NOLOGIN;
+                CREATE ROLE {role} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
             EXCEPTION WHEN duplicate_object THEN NULL;
             END $$;
-            ALTER ROLE {role} WITH NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS CONNECTION LIMIT {CONNECTION_LIMIT};
+            DO $$ BEGIN
+                IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                    ALTER ROLE {role} WITH NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS;
+                END IF;
+            END $$;
+            ALTER ROLE {role} WITH CONNECTION LIMIT {CONNECTION_LIMIT};
             ALTER ROLE {role} SET search_path = {schema};
             ALTER ROLE {role} SET statement_timeout = '{ROLE_STATEMENT_TIMEOUT}';
             ALTER ROLE {role} SET idle_in_transaction_session_timeout = '{idle}ms';
@@ -425,7 +570,7 @@ fn setup_statements(
                 ALTER ROLE {role} SET temp_file_limit = '{ROLE_TEMP_FILE_LIMIT}';
             EXCEPTION WHEN insufficient_privilege THEN NULL;
             END $$;
-            COMMENT ON ROLE {role} IS 'Bulkhead: the {grant} grant of SQL store {store} (schema {schema}, database {database})';
+            COMMENT ON ROLE {role} IS 'Bulkhead: the {grant} grant of SQL store {store} (schema {schema}, database {quoted_database})';
             "
         ));
     }
@@ -445,55 +590,71 @@ fn setup_statements(
 /// (harmless: no guest can take an advisory lock).
 const GUEST_VOLATILE_FUNCTIONS: &str = "'nextval', 'currval', 'lastval', 'setval', 'random', 'random_normal', 'gen_random_uuid', 'clock_timestamp', 'timeofday', 'pg_advisory_unlock_all'";
 
+/// The role that keeps, in database `database`, what [`harden_database`]
+/// takes from PUBLIC: every role there but the SQL stores' is a member.
+/// Named with the stores' roles' prefix ([`role_prefix`]).
+pub fn catalog_role(database: &str) -> String {
+    format!("{}catalog", role_prefix(database))
+}
+
 /// What no SQL-store role may do in the whole database, enforced by
 /// PostgreSQL's own privileges rather than by reading the statement (T16,
 /// T05; five outside reviews of issue 16 each got one function past the
 /// text scanner in `dialect.rs`, which stays as a second reading): PUBLIC
 /// loses EXECUTE on every volatile `pg_catalog` function but
 /// [`GUEST_VOLATILE_FUNCTIONS`] (large objects, advisory locks, NOTIFY,
-/// `set_config`, `setseed`, WAL messages, transaction ids, signalling other
-/// sessions, …), on the stable `pg_…` and `txid_…` ones (`txid_current`
-/// assigns a transaction id: a WAL write), the `…_to_xml…` family and
-/// `current_setting` (the server's settings and sessions, catalog
-/// internals), and the database's
-/// TEMPORARY privilege; the node's own
-/// role and the database's owner are granted both back. Revoking from
-/// PUBLIC needs a superuser (the functions are the bootstrap superuser's)
-/// or the database's owner (TEMPORARY): each half runs only for a role
-/// that may, and the node warns at deploy about what is left
-/// ([`PgSqlStore::deploy`]). Trigger, handler and `internal` functions are
-/// not called by name and keep their privileges; views run as their
-/// owner, so `pg_stat_activity` and its kind keep working for operators.
-fn harden_database() -> String {
+/// `set_config`, `setseed`, WAL messages, signalling other sessions, …),
+/// on the stable ones that assign a transaction id (`txid_current`,
+/// `pg_current_xact_id`: a WAL write) and the `…_to_xml…` family, and the
+/// database's TEMPORARY privilege. [`catalog_role`] is granted them back,
+/// and every other role of the cluster (the node's, the owner's, an
+/// operator's, the key-value call roles) is made its member, at every
+/// deploy: so only the stores' roles, and roles created since, lose them.
+/// Revoking from PUBLIC needs a superuser (the functions are the
+/// bootstrap superuser's): for any other role nothing is done and the
+/// node warns at deploy ([`PgSqlStore::deploy`]). Trigger, handler and
+/// `internal` functions are not called by name and keep their privileges.
+fn harden_database(database: &str) -> String {
+    let catalog = catalog_role(database);
     format!(
         r"
     DO $$
     DECLARE
         f regprocedure;
-        db_owner name := (SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database());
-        is_superuser boolean := (SELECT rolsuper FROM pg_roles WHERE rolname = current_user);
+        member name;
     BEGIN
-        IF is_superuser THEN
-            FOR f IN
-                SELECT p.oid::regprocedure FROM pg_proc p
-                WHERE p.pronamespace = 'pg_catalog'::regnamespace
-                  AND (p.provolatile = 'v'
-                       OR (p.provolatile = 's' AND (p.proname LIKE 'pg\_%' OR p.proname LIKE 'txid\_%'
-                           OR p.proname LIKE '%\_to\_xml%' OR p.proname = 'current_setting')))
-                  AND p.prokind IN ('f', 'p')
-                  AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype,
-                      'internal'::regtype, 'language_handler'::regtype, 'fdw_handler'::regtype,
-                      'index_am_handler'::regtype, 'tsm_handler'::regtype, 'table_am_handler'::regtype)
-                  AND p.proname NOT IN ({GUEST_VOLATILE_FUNCTIONS})
-                  AND has_function_privilege('public', p.oid, 'EXECUTE')
-            LOOP
-                EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I, %I', f, current_user, db_owner);
-                EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
-            END LOOP;
+        IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+            RETURN;
         END IF;
-        IF (is_superuser OR pg_has_role(current_user, db_owner, 'MEMBER'))
-           AND has_database_privilege('public', current_database(), 'TEMPORARY') THEN
-            EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I, %I', current_database(), current_user, db_owner);
+        IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{catalog}') THEN
+            CREATE ROLE {catalog} NOLOGIN;
+            COMMENT ON ROLE {catalog} IS 'Bulkhead: keeps the catalog functions and TEMPORARY privilege taken from PUBLIC so that SQL stores'' roles lack them; GRANT it to a role that needs them';
+        END IF;
+        FOR member IN
+            SELECT r.rolname FROM pg_roles r
+            WHERE r.rolname NOT LIKE 'bhs\_%' AND r.rolname NOT LIKE 'pg\_%' AND NOT r.rolsuper
+              AND NOT pg_has_role(r.rolname, '{catalog}', 'MEMBER')
+        LOOP
+            EXECUTE format('GRANT {catalog} TO %I', member);
+        END LOOP;
+        FOR f IN
+            SELECT p.oid::regprocedure FROM pg_proc p
+            WHERE p.pronamespace = 'pg_catalog'::regnamespace
+              AND (p.provolatile = 'v'
+                   OR (p.provolatile = 's' AND (p.proname LIKE 'txid\_%'
+                       OR p.proname LIKE 'pg\_current\_xact\_id%' OR p.proname LIKE '%\_to\_xml%')))
+              AND p.prokind IN ('f', 'p')
+              AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype,
+                  'internal'::regtype, 'language_handler'::regtype, 'fdw_handler'::regtype,
+                  'index_am_handler'::regtype, 'tsm_handler'::regtype, 'table_am_handler'::regtype)
+              AND p.proname NOT IN ({GUEST_VOLATILE_FUNCTIONS})
+              AND has_function_privilege('public', p.oid, 'EXECUTE')
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO {catalog}', f);
+            EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        END LOOP;
+        IF has_database_privilege('public', current_database(), 'TEMPORARY') THEN
+            EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO {catalog}', current_database());
             EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
         END IF;
     END $$;
@@ -545,6 +706,13 @@ impl SqlStore for PgSqlStore {
         // Checked as PostgreSQL will read it: after the rewrite.
         if let Some(why) = refused_text(&text) {
             return Err(QueryError::Denied(why));
+        }
+        if access == Access::ReadWrite
+            && kind == StatementKind::Write
+            && !is_delete(statement)
+            && self.quota.full(&self.pg)
+        {
+            return Err(QueryError::Limit("the store is full".into()));
         }
         let pool = match access {
             Access::Read => self.read.clone(),

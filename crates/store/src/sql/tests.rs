@@ -311,3 +311,48 @@ fn t05_rows_and_deadline_are_capped() {
         .unwrap_err();
     assert!(matches!(err, QueryError::Invalid(_)));
 }
+
+/// `migrate-state` (issue 16) reads a store whole: its tables in the
+/// order they were made, rows in rowid order, without the migrations'
+/// record; text that is not UTF-8 stops it, naming the column, never the
+/// value (outside review: it was replaced by U+FFFD, silently).
+#[test]
+fn dump_reads_every_table_and_refuses_text_that_is_not_utf8() {
+    let dir = tempfile::tempdir().unwrap();
+    let made = vec![Migration {
+        name: "001.sql".into(),
+        sql: "CREATE TABLE \"we\"\"ird\" (\"Col A\" TEXT, b BLOB); \
+              INSERT INTO \"we\"\"ird\" VALUES ('x', x'00ff'), (NULL, NULL); \
+              CREATE TABLE n (v INTEGER, r REAL); INSERT INTO n VALUES (-9223372036854775808, 0.1);"
+            .into(),
+    }];
+    SqlDatabase::deploy(dir.path(), "s", key(3), &made).unwrap();
+    let tables = SqlDatabase::dump(dir.path(), "s", key(3)).unwrap();
+    let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["we\"ird", "n"]);
+    assert_eq!(tables[0].columns, ["Col A", "b"]);
+    assert_eq!(
+        tables[0].rows,
+        vec![
+            vec![text("x"), SqlValue::Blob(vec![0, 255])],
+            vec![SqlValue::Null, SqlValue::Null]
+        ]
+    );
+    assert_eq!(
+        tables[1].rows,
+        vec![vec![SqlValue::Integer(i64::MIN), SqlValue::Real(0.1)]]
+    );
+
+    let bad = tempfile::tempdir().unwrap();
+    let made = vec![Migration {
+        name: "001.sql".into(),
+        sql: "CREATE TABLE t (note TEXT); INSERT INTO t VALUES (CAST(x'41ff42' AS TEXT));".into(),
+    }];
+    SqlDatabase::deploy(bad.path(), "s", key(3), &made).unwrap();
+    match SqlDatabase::dump(bad.path(), "s", key(3)) {
+        Err(SqlStoreError::NotUtf8 { table, column, .. }) => {
+            assert_eq!((table.as_str(), column.as_str()), ("t", "note"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -109,5 +109,10 @@ impl Drop for PgDatabase {
             "postgres",
             &format!("DROP ROLE IF EXISTS {}_kv_call", self.schema),
         );
+        // The SQL stores' roles (cluster-wide, named after the database).
+        self.on(
+            "postgres",
+            &bulkhead_store::sql::postgres::drop_roles_statement(&self.name),
+        );
     }
 }
