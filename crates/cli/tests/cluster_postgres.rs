@@ -2294,3 +2294,92 @@ async fn migrate_state_refuses_a_row_without_quoting_it_t15_t20() {
         Ok(())
     );
 }
+
+/// Issue 16 (T04; outside review: 44 calls of a 30-request budget): a
+/// node stopped while the budget ledger is unreachable keeps what it
+/// admitted on its share in its state directory, and its next start
+/// applies it, so across both nodes exactly 30 requests are admitted in
+/// all, however the outage ended. The kept file names callers (T20): it
+/// is the owner's only, and gone once applied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_stopped_during_an_outage_keeps_what_it_admitted_t04() {
+    let relay = Relay::start().await;
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        relay.port, cluster._db.name
+    );
+    bulkhead_store::files::write_private(
+        &cluster.nodes[0].path().join("db-url"),
+        &[url.as_bytes()],
+    )
+    .unwrap();
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    ok(&a, "/metered", None).await;
+    ok(&b, "/metered", None).await;
+    let mut admitted = 2;
+    a.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("nodes sharing the budget ledger counted"))
+                && r["live_nodes"] == 2
+        },
+        Duration::from_secs(30),
+    );
+    relay.set(false);
+    let mut on_share = 0;
+    for _ in 0..20 {
+        let reply = try_send(a.addr, request("GET", a.addr, "/metered", Bytes::new()))
+            .await
+            .expect("a response");
+        if reply.status == 200 {
+            on_share += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+        }
+    }
+    assert!(on_share > 0, "nothing admitted on A's share");
+    admitted += on_share;
+    a.stop();
+    let carried = walk(cluster.nodes[0].path())
+        .into_iter()
+        .find(|f| f.ends_with(bulkhead_store::state::LEDGER_CARRIED_FILE))
+        .expect("what A admitted on its share, kept at its stop");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&carried).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+    }
+
+    // And the meter's rows of those calls (`bulkhead usage`).
+    let metered = walk(cluster.nodes[0].path())
+        .into_iter()
+        .find(|f| f.ends_with(bulkhead_store::state::METER_CARRIED_FILE))
+        .expect("the meter's rows of A's calls, kept at its stop");
+
+    relay.set(true);
+    let a = cluster.serve(0);
+    assert!(!carried.exists(), "applied at the start, then removed");
+    // Both nodes until the budget refuses: 30 in all, what A admitted on
+    // its share before it stopped included.
+    for server in [&b, &a].iter().cycle().take(80) {
+        let reply = try_send(
+            server.addr,
+            request("GET", server.addr, "/metered", Bytes::new()),
+        )
+        .await
+        .expect("a response");
+        if reply.status == 200 {
+            admitted += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+        }
+    }
+    assert_eq!(admitted, 30);
+    drop((a, b));
+    assert!(!metered.exists(), "committed after the start, then removed");
+    let usage = cluster.cli_ok(0, &["usage"], &["--format", "json"], b"");
+    let usage: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    assert_eq!(usage["total"]["requests"], 30, "{usage}");
+}

@@ -214,7 +214,14 @@ pub struct SharedLedger {
     /// then (ms since the epoch): they decide on the node's share at once
     /// instead of each waiting out a timeout. The heartbeat still tries.
     down_until_ms: AtomicI64,
+    /// Where what is still unsettled at a stop is kept for the next start
+    /// ([`Self::carry_in`]).
+    carry: std::sync::OnceLock<std::path::PathBuf>,
 }
+
+/// One kept settlement as the carried file holds it: its scopes (day,
+/// scope, function, caller) and the usage (requests, MiB·µs, egress).
+type CarriedSettlement = (Vec<(i64, i16, String, String)>, (u64, u64, u64));
 
 /// How long requests leave the database alone after a failed call.
 const BACK_OFF_MS: i64 = 2_000;
@@ -251,6 +258,7 @@ impl SharedLedger {
             in_flight: Arc::default(),
             live_nodes: AtomicUsize::new(1),
             down_until_ms: AtomicI64::new(0),
+            carry: std::sync::OnceLock::new(),
             pg,
         });
         let migration = migration(ledger.pg.schema());
@@ -265,6 +273,49 @@ impl SharedLedger {
             .spawn(move || heartbeat(weak))
             .map_err(PgError::of)?;
         Ok(ledger)
+    }
+
+    /// Keep, in `path`, what is still unsettled when this node stops (a
+    /// stop during an outage: usage admitted on its share), and apply now
+    /// what a previous run of this node kept there (issue 16, T04:
+    /// outside review, a stop during an outage let the deployment spend
+    /// that usage again). Called once, by the state that opened the
+    /// ledger.
+    pub fn carry_in(&self, path: std::path::PathBuf) {
+        let carried: Vec<CarriedSettlement> = crate::carried::load(&path);
+        let count = carried.len();
+        for (keys, (requests, mib_us, egress)) in carried {
+            let keys: Vec<LedgerKey> = keys
+                .into_iter()
+                .map(|(day, scope, function, caller)| LedgerKey {
+                    day,
+                    scope,
+                    function: function.into(),
+                    caller: caller.into(),
+                })
+                .collect();
+            let used = Tally {
+                requests,
+                mib_us,
+                egress,
+            };
+            self.keep(Settlement {
+                keys,
+                ended: Ended {
+                    used,
+                    ..Ended::default()
+                },
+            });
+        }
+        if count > 0 {
+            self.retry_unsettled(MAX_UNSETTLED);
+            let left = locked(&self.unsettled).len();
+            tracing::info!(target: "bulkhead::budget", carried = count, left, "usage the last run admitted on its share applied to the shared ledger");
+            if left == 0 {
+                crate::carried::remove(&path);
+            }
+        }
+        let _ = self.carry.set(path);
     }
 
     /// This node's id (for tests and logs).
@@ -637,6 +688,20 @@ impl SharedLedger {
         self.end_leases(now_ms(), true);
         self.settle_ended();
         self.retry_unsettled(MAX_UNSETTLED);
+        if let Some(path) = self.carry.get() {
+            let kept: Vec<CarriedSettlement> = locked(&self.unsettled)
+                .iter()
+                .map(|(keys, ended)| {
+                    (
+                        keys.iter()
+                            .map(|k| (k.day, k.scope, k.function.to_string(), k.caller.to_string()))
+                            .collect(),
+                        (ended.used.requests, ended.used.mib_us, ended.used.egress),
+                    )
+                })
+                .collect();
+            crate::carried::save(path, &kept);
+        }
     }
 
     /// Keep `settlement` for a retry. Only its usage is retried: its

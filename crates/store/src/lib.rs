@@ -11,6 +11,7 @@ mod audit_runs;
 mod audit_spill;
 mod audit_writer;
 mod audited;
+mod carried;
 pub mod credentials;
 pub mod crypto;
 pub mod deploy_channel;

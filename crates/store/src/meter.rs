@@ -61,7 +61,7 @@ pub(crate) const MIGRATION: &str = r"
 ";
 
 /// What some calls used.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Usage {
     pub requests: u64,
     /// Wall time of the calls, in microseconds.
@@ -125,7 +125,14 @@ struct Pending {
     stop: AtomicBool,
     wake: Condvar,
     sleeping: Mutex<()>,
+    /// On the shared meter: where rows the database did not take at a
+    /// stop are kept for the next start, and whether a file from the last
+    /// run is still to be removed once its rows are committed.
+    carry: Option<(std::path::PathBuf, AtomicBool)>,
 }
+
+/// One meter row as the carried file holds it.
+type CarriedRow = (i64, String, String, Usage);
 
 /// A handle to the meter; cheap to clone, usable from any thread.
 #[derive(Clone)]
@@ -140,7 +147,7 @@ impl MeterLog {
         let oldest_kept = hour_of(crate::now_ms()) - RETENTION_DAYS * 24;
         conn.execute("DELETE FROM meters WHERE hour < ?1", [oldest_kept])
             .map_err(|e| store.db_error(e))?;
-        Self::start_on(Sink::Local(conn), || StoreError::Dir {
+        Self::start_on(Sink::Local(conn), None, || StoreError::Dir {
             dir: store.dir().to_path_buf(),
             source: std::io::Error::other("cannot start the meter's writer"),
         })
@@ -148,20 +155,43 @@ impl MeterLog {
 
     /// Start the writer into the deployment's `meters` table (issue 16),
     /// creating it if missing.
-    pub(crate) fn start_shared(pg: Arc<Pg>) -> Result<Self, StoreError> {
+    /// Rows the database did not take at a stop are kept in `carry` and
+    /// committed after this start (T04: a stop during an outage loses no
+    /// usage).
+    pub(crate) fn start_shared(pg: Arc<Pg>, carry: std::path::PathBuf) -> Result<Self, StoreError> {
         create_shared(&pg)?;
-        Self::start_on(Sink::Shared(pg), || {
+        let carried: Vec<CarriedRow> = crate::carried::load(&carry);
+        let log = Self::start_on(Sink::Shared(pg), Some(carry), || {
             StoreError::Backend("cannot start the meter's writer".into())
-        })
+        })?;
+        let any = !carried.is_empty();
+        for (hour, function, caller, usage) in carried {
+            if let Ok(mut tally) = log.pending.tally[0].lock() {
+                tally
+                    .entry((hour, function.into(), caller.into()))
+                    .or_default()
+                    .add(&usage);
+            }
+        }
+        // Set once the rows are in: the first commit after it has them.
+        if let Some((_, from_last_run)) = &log.pending.carry {
+            from_last_run.store(any, Ordering::Release);
+        }
+        Ok(log)
     }
 
-    fn start_on(sink: Sink, error: impl FnOnce() -> StoreError) -> Result<Self, StoreError> {
+    fn start_on(
+        sink: Sink,
+        carry: Option<std::path::PathBuf>,
+        error: impl FnOnce() -> StoreError,
+    ) -> Result<Self, StoreError> {
         let pending = Arc::new(Pending {
             tally: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             sink: Mutex::new(sink),
             stop: AtomicBool::new(false),
             wake: Condvar::new(),
             sleeping: Mutex::new(()),
+            carry: carry.map(|path| (path, AtomicBool::new(false))),
         });
         let writer = pending.clone();
         std::thread::Builder::new()
@@ -192,11 +222,26 @@ impl MeterLog {
         self.pending.commit();
     }
 
-    /// Commit what is pending and stop the writer.
+    /// Commit what is pending and stop the writer; on the shared meter,
+    /// keep what the database did not take for the next start.
     pub fn close(&self) {
         self.pending.stop.store(true, Ordering::Release);
         self.pending.wake.notify_all();
         self.pending.commit();
+        if let Some((path, _)) = &self.pending.carry {
+            // Under the sink's lock: no commit has rows out of the tally
+            // meanwhile (the writer's last one may still run).
+            let _no_commit = self.pending.sink.lock();
+            let mut kept: Vec<CarriedRow> = Vec::new();
+            for shard in &self.pending.tally {
+                if let Ok(tally) = shard.lock() {
+                    kept.extend(tally.iter().map(|((hour, function, caller), usage)| {
+                        (*hour, function.to_string(), caller.to_string(), *usage)
+                    }));
+                }
+            }
+            crate::carried::save(path, &kept);
+        }
     }
 }
 
@@ -225,6 +270,13 @@ impl Pending {
             Sink::Local(conn) => write(conn, &batch).map_err(|e| e.to_string()),
             Sink::Shared(pg) => write_shared(pg, &batch).map_err(|e| e.to_string()),
         };
+        if written.is_ok()
+            && let Some((path, from_last_run)) = &self.carry
+            && from_last_run.swap(false, Ordering::AcqRel)
+        {
+            // The last run's rows were in this batch.
+            crate::carried::remove(path);
+        }
         if let Err(e) = written {
             error!(target: "bulkhead::meter", error = %e, rows = batch.len(), "cannot commit usage; keeping it for the next attempt");
             if let Ok(mut tally) = self.tally[0].lock() {

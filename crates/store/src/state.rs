@@ -97,6 +97,12 @@ pub fn schema_for(app: &str, env: &str) -> String {
     schema
 }
 
+/// Usage admitted on a node's share that the budget ledger had not taken
+/// at its last stop (issue 16, T04), in the node's state directory.
+pub const LEDGER_CARRIED_FILE: &str = "ledger-carried.json";
+/// Meter rows the shared meter had not taken at the last stop.
+pub const METER_CARRIED_FILE: &str = "meter-carried.json";
+
 /// The opened state of one app environment. Cheap to clone: every clone
 /// shares the same backends.
 #[derive(Clone)]
@@ -233,9 +239,12 @@ impl State {
     /// node with a heartbeat of its own: a server opens it once.
     pub fn budget_ledger(&self) -> Result<Option<Arc<SharedLedger>>, StoreError> {
         match &self.pg {
-            Some(pg) => SharedLedger::open(pg.clone())
-                .map(Some)
-                .map_err(|e| StoreError::Backend(e.to_string())),
+            Some(pg) => {
+                let ledger = SharedLedger::open(pg.clone())
+                    .map_err(|e| StoreError::Backend(e.to_string()))?;
+                ledger.carry_in(self.store.dir().join(LEDGER_CARRIED_FILE));
+                Ok(Some(ledger))
+            }
             None => Ok(None),
         }
     }
@@ -259,7 +268,10 @@ impl State {
     /// state is shared (issue 16), else the state directory's.
     pub fn meter_log(&self) -> Result<crate::meter::MeterLog, StoreError> {
         match &self.pg {
-            Some(pg) => crate::meter::MeterLog::start_shared(pg.clone()),
+            Some(pg) => crate::meter::MeterLog::start_shared(
+                pg.clone(),
+                self.store.dir().join(METER_CARRIED_FILE),
+            ),
             None => crate::meter::MeterLog::start(&self.store),
         }
     }

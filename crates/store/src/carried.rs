@@ -1,0 +1,80 @@
+//! What a node could not hand to the shared database before it stopped
+//! (issue 16, T04, T09): usage admitted on its share while the budget
+//! ledger was unreachable, and meter rows the database did not take. Kept
+//! in the node's state directory (owner-only, written atomically: names
+//! callers, T20) and applied at its next start, so a stop during an
+//! outage never lets the deployment spend a budget twice (outside review:
+//! 44 calls of a 30-request budget). The file goes once what it holds was
+//! applied; a start that applies it and then dies before removing it
+//! counts that usage twice: the safe side.
+
+use std::path::Path;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{error, warn};
+
+/// The most a carried file may hold: past it the file is not read (and
+/// is left for an operator), never a node's memory filled by it.
+const MAX_BYTES: u64 = 64 << 20;
+
+/// Write `items` to `path` for the next start; an empty list removes it.
+pub(crate) fn save<T: Serialize>(path: &Path, items: &[T]) {
+    if items.is_empty() {
+        remove(path);
+        return;
+    }
+    let written = serde_json::to_vec(items)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| crate::files::write_private(path, &[&bytes]));
+    match written {
+        Ok(()) => {
+            warn!(target: "bulkhead::cluster", path = %path.display(), items = items.len(), "the shared database did not take everything before the stop; kept for the next start")
+        }
+        Err(e) => {
+            error!(target: "bulkhead::cluster", path = %path.display(), error = %e, "cannot keep what the shared database did not take; it is lost with this stop")
+        }
+    }
+}
+
+/// What a previous run left in `path` (nothing if there is no file).
+/// A file that cannot be read is left in place, one that cannot be parsed
+/// moved aside (`.unreadable`), and either is logged.
+pub(crate) fn load<T: DeserializeOwned>(path: &Path) -> Vec<T> {
+    let read = std::fs::metadata(path).and_then(|meta| {
+        if meta.len() > MAX_BYTES {
+            Err(std::io::Error::other("larger than 64 MiB"))
+        } else {
+            std::fs::read(path)
+        }
+    });
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+        Err(e) => {
+            error!(target: "bulkhead::cluster", path = %path.display(), error = %e, "cannot read what the last run left for the shared database; left in place");
+            return Vec::new();
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(items) => items,
+        Err(e) => {
+            // Moved aside, so this run's stop does not write over it.
+            let aside = path.with_extension("unreadable");
+            let _ = std::fs::rename(path, &aside);
+            error!(target: "bulkhead::cluster", path = %aside.display(), error = %e, "what the last run left for the shared database is not readable; moved aside for an operator");
+            Vec::new()
+        }
+    }
+}
+
+/// Remove `path` once what it held was applied.
+pub(crate) fn remove(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            error!(target: "bulkhead::cluster", path = %path.display(), error = %e, "cannot remove what the last run left, though it was applied; remove it, or it is counted again at the next start")
+        }
+    }
+}
