@@ -2361,6 +2361,23 @@ async fn a_node_stopped_during_an_outage_keeps_what_it_admitted_t04() {
     relay.set(true);
     let a = cluster.serve(0);
     assert!(!carried.exists(), "applied at the start, then removed");
+    // Cut off again before its first admission (second outside review: a
+    // restarted node knew nothing of the deployment's spend and admitted
+    // a fresh share): it starts from the shared totals, carried usage
+    // included.
+    relay.set(false);
+    for _ in 0..20 {
+        let reply = try_send(a.addr, request("GET", a.addr, "/metered", Bytes::new()))
+            .await
+            .expect("a response");
+        if reply.status == 200 {
+            admitted += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+        }
+    }
+    assert!(admitted <= 30, "{admitted} of 30 admitted");
+    relay.set(true);
     // Both nodes until the budget refuses: 30 in all, what A admitted on
     // its share before it stopped included.
     for server in [&b, &a].iter().cycle().take(80) {
@@ -2377,7 +2394,9 @@ async fn a_node_stopped_during_an_outage_keeps_what_it_admitted_t04() {
         }
     }
     assert_eq!(admitted, 30);
-    drop((a, b));
+    // Clean stops: each meter commits its last rows.
+    a.stop();
+    b.stop();
     assert!(!metered.exists(), "committed after the start, then removed");
     let usage = cluster.cli_ok(0, &["usage"], &["--format", "json"], b"");
     let usage: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();

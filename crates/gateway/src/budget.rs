@@ -214,7 +214,53 @@ impl Meter {
         let shared = state.budget_ledger()?;
         let meter = Self::with(app, limits, log, Arc::new(Ledger::new(today)), shared);
         meter.reload(state, today)?;
+        meter.see_deployment(today);
         Ok(Arc::new(meter))
+    }
+
+    /// What the shared ledger holds today for the app's and each
+    /// function's budget, remembered as if an admission had just read it
+    /// (second outside review of issue 16: a node restarted and then cut
+    /// off before its first admission knew nothing of the deployment's
+    /// spend, and admitted a fresh share of it). Per-caller budgets are
+    /// learnt at each caller's first admission.
+    fn see_deployment(&self, day: i64) {
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let none: Arc<str> = Arc::from("");
+        for function in 0..self.function_names.len() {
+            let (keys, scopes) = self.shared_keys(function, &none, day);
+            let (keys, scopes): (Vec<LedgerKey>, Vec<usize>) = keys
+                .into_iter()
+                .zip(scopes)
+                .filter(|(_, i)| matches!(SCOPES[*i], Scope::App | Scope::Function))
+                .unzip();
+            if keys.is_empty() {
+                continue;
+            }
+            match shared.totals(&keys) {
+                Ok(totals) => {
+                    for ((key, &i), t) in keys.iter().zip(&scopes).zip(&totals) {
+                        let cells = match SCOPES[i] {
+                            Scope::App => &self.ledger.app,
+                            _ => &self.books[function].cells,
+                        };
+                        self.ledger.see(
+                            key,
+                            Seen {
+                                deployment: Amount::from(t.spent).plus(Amount::from(t.reserved)),
+                                local: cells.spent(day).plus(cells.reserved()),
+                            },
+                        );
+                    }
+                }
+                Err(e) => {
+                    warn!(target: "bulkhead::budget", error = %e, "cannot read the shared budgets at start; a cut-off node will use the plain share until it admits once");
+                    return;
+                }
+            }
+        }
     }
 
     /// The meter of the version that follows this one (T19): `app`'s

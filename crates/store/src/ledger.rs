@@ -285,6 +285,14 @@ impl SharedLedger {
         let carried: Vec<CarriedSettlement> = crate::carried::load(&path);
         let count = carried.len();
         for (keys, (requests, mib_us, egress)) in carried {
+            if keys.is_empty()
+                || !keys.iter().all(|(_, _, function, caller)| {
+                    crate::carried::sound_name(function) && crate::carried::sound_name(caller)
+                })
+            {
+                tracing::error!(target: "bulkhead::budget", "a carried settlement names a function or caller the shared ledger cannot take; dropped");
+                continue;
+            }
             let keys: Vec<LedgerKey> = keys
                 .into_iter()
                 .map(|(day, scope, function, caller)| LedgerKey {

@@ -160,7 +160,12 @@ impl MeterLog {
     /// usage).
     pub(crate) fn start_shared(pg: Arc<Pg>, carry: std::path::PathBuf) -> Result<Self, StoreError> {
         create_shared(&pg)?;
-        let carried: Vec<CarriedRow> = crate::carried::load(&carry);
+        let carried: Vec<CarriedRow> = crate::carried::load(&carry)
+            .into_iter()
+            .filter(|(_, function, caller, _): &CarriedRow| {
+                crate::carried::sound_name(function) && crate::carried::sound_name(caller)
+            })
+            .collect();
         let log = Self::start_on(Sink::Shared(pg), Some(carry), || {
             StoreError::Backend("cannot start the meter's writer".into())
         })?;
@@ -176,6 +181,12 @@ impl MeterLog {
         // Set once the rows are in: the first commit after it has them.
         if let Some((_, from_last_run)) = &log.pending.carry {
             from_last_run.store(any, Ordering::Release);
+        }
+        // Committed now, before the budgets are rebuilt from the shared
+        // meter (second outside review: a restarted node's own count left
+        // them out, and a second outage spent them again).
+        if any {
+            log.pending.commit();
         }
         Ok(log)
     }

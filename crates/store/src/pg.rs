@@ -312,7 +312,16 @@ impl Pg {
                     "cannot reach the database ({}); check that PostgreSQL is running and that the URL in BULKHEAD_DATABASE_URL or `database_url_file` names it", PgError::of(e).0
                 ))
             })?;
-            client.batch_execute(&migration).await.map_err(PgError::of)
+            client.batch_execute(&migration).await.map_err(|e| {
+                let denied = e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE);
+                let mut said = PgError::of(e);
+                if denied {
+                    // The likeliest cause since SQL stores took catalog
+                    // functions from PUBLIC (second outside review).
+                    said.0.push_str("; if a Bulkhead node with SQL stores ran on this database as a superuser, it took `set_config` and other catalog functions from PUBLIC: grant them back to this role with `GRANT bhs_<hash>_catalog TO <role>` (`\\du bhs_*catalog` in psql lists the role)");
+                }
+                said
+            })
         })?;
         Ok(pg)
     }

@@ -239,10 +239,7 @@ pub fn move_to_postgres(
                     "INSERT INTO {schema}.{table} ({columns}) VALUES ({})",
                     params.join(", ")
                 ),
-                rows: rows
-                    .iter()
-                    .map(|row| row.iter().cloned().map(Param::State).collect())
-                    .collect(),
+                rows: rows.iter().map(|row| row.to_vec()).collect(),
                 sequences: Vec::new(),
             }
         })
@@ -274,7 +271,10 @@ pub fn move_to_postgres(
             ..
         } in &statements
         {
-            let statement = tx.prepare(statement).await.map_err(PgError::of)?;
+            let statement = tx
+                .prepare(statement)
+                .await
+                .map_err(|e| refused_row(label, &e))?;
             for row in rows {
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = row
                     .iter()
@@ -289,10 +289,13 @@ pub fn move_to_postgres(
             for (sequence, advance) in sequences {
                 tx.execute(advance.as_str(), &[sequence])
                     .await
-                    .map_err(PgError::of)?;
+                    .map_err(|e| refused_row(label, &e))?;
             }
         }
-        tx.commit().await.map_err(PgError::of)
+        // Deferred constraints are checked here: their DETAIL quotes rows.
+        tx.commit()
+            .await
+            .map_err(|e| refused_row("the moved rows, at commit", &e))
     })?;
     let mut moved = Vec::new();
     for insert in &plan {
@@ -315,8 +318,9 @@ pub fn move_to_postgres(
 }
 
 /// PostgreSQL's refusal of a moved row, without the row: its message and
-/// DETAIL quote the value (outside review of issue 16), so only what kind
-/// of refusal and which column or constraint are said.
+/// DETAIL quote the value (outside reviews of issue 16: at the row, and
+/// at commit for a deferred constraint), so only what kind of refusal
+/// and which column or constraint are said.
 fn refused_row(label: &str, e: &tokio_postgres::Error) -> PgError {
     let Some(db) = e.as_db_error() else {
         return PgError::of(e);
@@ -345,40 +349,11 @@ struct Insert {
     /// Qualified, quoted where it needs to be.
     table: String,
     statement: String,
-    rows: Vec<Vec<Param>>,
+    /// As bound: a SQL store's values as text (cast by PostgreSQL to the
+    /// column's type) or, for a `bytea` column, bytes.
+    rows: Vec<Vec<Value>>,
     /// (sequence, statement advancing it past the rows moved).
     sequences: Vec<(String, String)>,
-}
-
-/// One value bound into an insert.
-#[derive(Debug, Clone)]
-enum Param {
-    /// The state's own columns, as they are stored.
-    State(Value),
-    /// A SQL store's value as text, cast by PostgreSQL to the column's type.
-    Text(Option<String>),
-    /// A SQL store's value for a `bytea` column.
-    Bytes(Option<Vec<u8>>),
-}
-
-impl tokio_postgres::types::ToSql for Param {
-    fn to_sql(
-        &self,
-        ty: &tokio_postgres::types::Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            Param::State(value) => value.to_sql(ty, out),
-            Param::Text(text) => text.to_sql(ty, out),
-            Param::Bytes(bytes) => bytes.to_sql(ty, out),
-        }
-    }
-
-    fn accepts(_: &tokio_postgres::types::Type) -> bool {
-        true
-    }
-
-    tokio_postgres::types::to_sql_checked!();
 }
 
 /// `copy`'s tables, each after the tables its foreign keys on PostgreSQL
@@ -490,13 +465,12 @@ fn plan_sql_table(pg: &Pg, copy: &SqlCopy, table: &DumpedTable) -> Result<Insert
                 continue;
             };
             let param = match (value, ty.as_str()) {
-                (SqlValue::Null, "bytea") => Param::Bytes(None),
-                (SqlValue::Blob(b), "bytea") => Param::Bytes(Some(b.clone())),
-                (SqlValue::Text(t), "bytea") => Param::Bytes(Some(t.as_bytes().to_vec())),
-                (SqlValue::Null, _) => Param::Text(None),
-                (SqlValue::Integer(n), ty) if ty != "bytea" => Param::Text(Some(n.to_string())),
-                (SqlValue::Real(f), ty) if ty != "bytea" => Param::Text(Some(f.to_string())),
-                (SqlValue::Text(t), _) => Param::Text(Some(t.clone())),
+                (SqlValue::Null, _) => Value::Null,
+                (SqlValue::Blob(b), "bytea") => Value::Blob(b.clone()),
+                (SqlValue::Text(t), "bytea") => Value::Blob(t.as_bytes().to_vec()),
+                (SqlValue::Integer(n), ty) if ty != "bytea" => Value::Text(n.to_string()),
+                (SqlValue::Real(f), ty) if ty != "bytea" => Value::Text(f.to_string()),
+                (SqlValue::Text(t), _) => Value::Text(t.clone()),
                 (SqlValue::Integer(_) | SqlValue::Real(_), _) | (SqlValue::Blob(_), _) => {
                     return Err(problem(format!(
                         "column `{column}` holds {} but PostgreSQL's column is `{ty}`",

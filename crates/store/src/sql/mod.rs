@@ -314,13 +314,7 @@ impl SqlDatabase {
             path: dir.clone(),
             source,
         })?;
-        let db = Self {
-            name: name.to_string(),
-            path: database_path(state_dir, name),
-            key,
-            read: Mutex::new(Vec::new()),
-            write: Mutex::new(Vec::new()),
-        };
+        let db = Self::at(state_dir, name, key);
         // Owner-only before SQLite creates it: its -wal and -shm copy its mode.
         crate::files::create_private_file(&db.path).map_err(|source| SqlStoreError::Io {
             store: name.to_string(),
@@ -342,16 +336,9 @@ impl SqlDatabase {
         key: Arc<SqlKey>,
         migrations: &[Migration],
     ) -> Result<MigrationReport, SqlStoreError> {
-        let path = database_path(state_dir, name);
-        let db = Self {
-            name: name.to_string(),
-            path: path.clone(),
-            key,
-            read: Mutex::new(Vec::new()),
-            write: Mutex::new(Vec::new()),
-        };
-        let mut conn = if path.exists() {
-            db.open_admin(&path)?
+        let db = Self::at(state_dir, name, key);
+        let mut conn = if db.path.exists() {
+            db.open_admin(&db.path)?
         } else {
             Connection::open_in_memory().map_err(|e| db.sql(e))?
         };
@@ -360,6 +347,17 @@ impl SqlDatabase {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Store `name`'s database in `state_dir`, not opened yet.
+    fn at(state_dir: &Path, name: &str, key: Arc<SqlKey>) -> Self {
+        Self {
+            name: name.to_string(),
+            path: database_path(state_dir, name),
+            key,
+            read: Mutex::new(Vec::new()),
+            write: Mutex::new(Vec::new()),
+        }
     }
 
     /// Every table of store `name`'s database in `state_dir` with its
@@ -371,13 +369,7 @@ impl SqlDatabase {
         name: &str,
         key: Arc<SqlKey>,
     ) -> Result<Vec<DumpedTable>, SqlStoreError> {
-        let db = Self {
-            name: name.to_string(),
-            path: database_path(state_dir, name),
-            key,
-            read: Mutex::new(Vec::new()),
-            write: Mutex::new(Vec::new()),
-        };
+        let db = Self::at(state_dir, name, key);
         let conn = db.open_admin(&db.path)?;
         let sql = |e| db.sql(e);
         let tables: Vec<(String, bool)> = conn

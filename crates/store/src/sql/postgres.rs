@@ -59,6 +59,9 @@ pub const ROLE_TEMP_FILE_LIMIT: &str = "1GB";
 /// How long a measured store size is trusted before a write measures
 /// again (T05: the 1 GiB bound, checked at most this often per node).
 const QUOTA_RECHECK: Duration = Duration::from_secs(1);
+/// How long a measure that scanned every row is trusted (the allocated
+/// space reached the bound; see [`Quota`]).
+const QUOTA_RESCAN: Duration = Duration::from_secs(30);
 /// How long a cancel request may take before the node gives up on it.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// What a connection is cleaned with as soon as a guest statement ends
@@ -84,46 +87,67 @@ pub struct PgSqlStore {
 /// (with indexes and TOAST; cheap, from the catalog); only when that
 /// reaches `bytes`, the rows themselves (`pg_column_size` of each live
 /// row: a scan), since PostgreSQL keeps a deleted row's space until it
-/// vacuums and never gives a file's space back by itself. While the rows
-/// reach `bytes`, INSERT, UPDATE and MERGE are refused ("the store is
-/// full"); DELETE and reads still run, so a guest can make room.
+/// vacuums and never gives a file's space back by itself; and twice
+/// `bytes` allocated is full whatever the rows (dead row versions are
+/// disk too). While full, INSERT, UPDATE and MERGE are refused ("the
+/// store is full"); DELETE and reads still run, so a guest can make room.
+/// A statement admitted before the bound writes until its deadline.
 struct Quota {
     schema: String,
     bytes: i64,
     recheck: Duration,
-    /// The last measure (bytes) and when it was taken (ms since the epoch;
-    /// 0: never).
-    measured: std::sync::atomic::AtomicI64,
+    /// How long a measure that scanned every row is trusted.
+    rescan: Duration,
+    /// Whether the last measure found the store full, and when the next is
+    /// due (ms since the epoch; 0: at once; `i64::MAX` while one runs).
+    full: std::sync::atomic::AtomicBool,
     measured_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Quota {
-    /// Whether the store is full, measuring again if the last measure is
-    /// stale; a measure that fails lets the write through (the database
-    /// refuses it anyway if it is down).
+    /// Whether the store is full, measuring again once the last measure
+    /// is due; a measure that fails lets the write through (the database
+    /// refuses it anyway if it is down) and is tried again after
+    /// `recheck`, not at the next write.
     fn full(&self, pg: &Pg) -> bool {
         use std::sync::atomic::Ordering;
         let now = crate::now_ms();
-        let last = self.measured_ms.load(Ordering::Acquire);
-        let stale = now.saturating_sub(last) >= self.recheck.as_millis() as i64;
+        let due = self.measured_ms.load(Ordering::Acquire);
         // One caller measures; the others go on the last measure.
-        if stale
+        if now >= due
             && self
                 .measured_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(due, i64::MAX, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
             let (schema, bytes) = (self.schema.clone(), self.bytes);
             let size = pg.call(move |pool| async move { measure(&pool, &schema, bytes).await });
+            let mut next = self.recheck;
             match size {
-                Ok(size) => self.measured.store(size, Ordering::Release),
+                Ok((allocated, live)) => {
+                    // Dead row versions are not live rows, but they are
+                    // disk: twice the bound allocated is full whatever
+                    // the rows (second outside review: updates under a
+                    // held snapshot grew a store without end).
+                    let full = allocated >= self.bytes.saturating_mul(2)
+                        || live.unwrap_or(allocated) >= self.bytes;
+                    self.full.store(full, Ordering::Release);
+                    // A scan of every row is not repeated every second
+                    // (second outside review: a bloated store paid one
+                    // per node per second).
+                    if live.is_some() {
+                        next = next.max(self.rescan);
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(target: "bulkhead::sql", schema = %self.schema, error = %e, "cannot measure the SQL store's size; writes are let through");
-                    self.measured_ms.store(last, Ordering::Release);
                 }
             }
+            let next_ms = i64::try_from(next.as_millis()).unwrap_or(i64::MAX);
+            self.measured_ms
+                .store(now.saturating_add(next_ms), Ordering::Release);
         }
-        self.measured.load(Ordering::Acquire) >= self.bytes
+        self.full.load(Ordering::Acquire)
     }
 }
 
@@ -241,7 +265,8 @@ impl PgSqlStore {
                 schema: names.schema.clone(),
                 bytes: super::MAX_DB_BYTES,
                 recheck: QUOTA_RECHECK,
-                measured: Default::default(),
+                rescan: QUOTA_RESCAN,
+                full: Default::default(),
                 measured_ms: Default::default(),
             },
         };
@@ -254,6 +279,7 @@ impl PgSqlStore {
     pub fn with_quota(mut self, bytes: i64) -> Self {
         self.quota.bytes = bytes;
         self.quota.recheck = Duration::ZERO;
+        self.quota.rescan = Duration::ZERO;
         self
     }
 
@@ -327,8 +353,9 @@ fn warn_unhardened(pg: &Arc<Pg>, store: &str, role: &str) -> Result<(), PgError>
 }
 
 /// What the store `schema` holds, as [`Quota`] counts it: the space
-/// allocated to its tables if under `bytes`, else its live rows' bytes.
-async fn measure(pool: &Pool, schema: &str, bytes: i64) -> Result<i64, PgError> {
+/// allocated to its tables and, once that reaches `bytes`, its live rows'
+/// bytes too.
+async fn measure(pool: &Pool, schema: &str, bytes: i64) -> Result<(i64, Option<i64>), PgError> {
     let one = |rows: Vec<tokio_postgres::Row>| {
         rows.first()
             .map_or(Ok(0), |row| crate::pg::column::<i64>(row, 0))
@@ -341,7 +368,7 @@ async fn measure(pool: &Pool, schema: &str, bytes: i64) -> Result<i64, PgError> 
     )
     .await?)?;
     if allocated < bytes {
-        return Ok(allocated);
+        return Ok((allocated, None));
     }
     let tables = crate::pg::query(
         pool,
@@ -361,7 +388,7 @@ async fn measure(pool: &Pool, schema: &str, bytes: i64) -> Result<i64, PgError> 
         )
         .await?)?);
     }
-    Ok(live)
+    Ok((allocated, Some(live)))
 }
 
 /// Whether `statement` is a DELETE (it frees room: allowed in a full store).
