@@ -807,6 +807,57 @@ impl Relay {
     }
 }
 
+/// `requests` calls of `/metered`, spread over `servers` in turn: how
+/// many were admitted; every other is a `budget-exhausted` problem.
+async fn admitted_of(servers: &[&Server], requests: usize) -> usize {
+    let mut admitted = 0;
+    for server in servers.iter().cycle().take(requests) {
+        let reply = try_send(
+            server.addr,
+            request("GET", server.addr, "/metered", Bytes::new()),
+        )
+        .await
+        .expect("a response");
+        if reply.status == 200 {
+            admitted += 1;
+        } else {
+            reply.assert_problem(429, "budget-exhausted");
+        }
+    }
+    admitted
+}
+
+/// Two nodes sharing `budget_manifest`'s 30-request budget, node A (0)
+/// reaching PostgreSQL through a relay the test can cut.
+async fn two_budget_nodes_a_behind_a_relay() -> (Relay, Cluster) {
+    let relay = Relay::start().await;
+    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        relay.port, cluster._db.name
+    );
+    bulkhead_store::files::write_private(
+        &cluster.nodes[0].path().join("db-url"),
+        &[url.as_bytes()],
+    )
+    .unwrap();
+    (relay, cluster)
+}
+
+/// Until `server`'s heartbeat has counted two live nodes (its share while
+/// the ledger is away is then half).
+fn until_both_counted(server: &Server) {
+    server.wait_for_log(
+        |r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("nodes sharing the budget ledger counted"))
+                && r["live_nodes"] == 2
+        },
+        Duration::from_secs(30),
+    );
+}
+
 /// Issue 16: PostgreSQL briefly unreachable under two nodes sharing a
 /// 30-request budget (T04). Node A reaches the database through a relay
 /// the test cuts. Before, A spends 6 and B 15; A's last call saw 21 of
@@ -821,17 +872,7 @@ impl Relay {
 /// totals, so across both nodes exactly 30 requests are admitted in all.
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
-    let relay = Relay::start().await;
-    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        relay.port, cluster._db.name
-    );
-    bulkhead_store::files::write_private(
-        &cluster.nodes[0].path().join("db-url"),
-        &[url.as_bytes()],
-    )
-    .unwrap();
+    let (relay, cluster) = two_budget_nodes_a_behind_a_relay().await;
     let (_, key) = cluster.api_key(1, "dave");
     let (a, b) = (cluster.serve(0), cluster.serve(1));
     ok(&a, "/keyed", Some(&key)).await;
@@ -844,15 +885,7 @@ async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
     }
 
     // A has counted both nodes (its heartbeat, every 5 s): its share is 15.
-    a.wait_for_log(
-        |r| {
-            r["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("nodes sharing the budget ledger counted"))
-                && r["live_nodes"] == 2
-        },
-        Duration::from_secs(30),
-    );
+    until_both_counted(&a);
     relay.set(false);
     // A's share of the 9 left when it last looked is 4.5: 4 more, then
     // refusals from its share, never a 5xx.
@@ -916,19 +949,7 @@ async fn postgres_briefly_unreachable_degrades_to_shares_then_recovers_t04() {
     ok(&a, "/keyed", Some(&key)).await;
     // Both nodes until the budget refuses: 30 in all, A's calls made on
     // its share included.
-    for server in [&b, &a].iter().cycle().take(60) {
-        let reply = try_send(
-            server.addr,
-            request("GET", server.addr, "/metered", Bytes::new()),
-        )
-        .await
-        .expect("a response");
-        if reply.status == 200 {
-            admitted += 1;
-        } else {
-            reply.assert_problem(429, "budget-exhausted");
-        }
-    }
+    admitted += admitted_of(&[&b, &a], 60).await;
     assert_eq!(admitted, 30);
 }
 
@@ -1741,22 +1762,21 @@ fn psql_try(database: &str, sql: &str) -> Result<(), String> {
 async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
     let cluster = Cluster::of(None, sql_and_kv_manifest, &["sqlguest", "kv"]);
     for node in &cluster.nodes {
-        for (dir, sql) in [
-            // SQLite's dialect beside PostgreSQL's own, in `postgres/`.
-            (
-                "migrations/events",
-                "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
-            ),
-            (
-                "migrations/events/postgres",
-                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
-            ),
-            ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
-        ] {
-            let dir = node.path().join(dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("001_init.sql"), sql).unwrap();
-        }
+        write_migrations(
+            node.path(),
+            &[
+                // SQLite's dialect beside PostgreSQL's own, in `postgres/`.
+                (
+                    "migrations/events",
+                    "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+                ),
+                (
+                    "migrations/events/postgres",
+                    "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
+                ),
+                ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
+            ],
+        );
     }
     let checked = cluster.cli_ok(0, &["check"], &[], b"");
     let said = String::from_utf8_lossy(&checked.stderr);
@@ -1981,6 +2001,16 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
     drop((a, b));
 }
 
+/// Each `(dir, sql)`: `sql` as `dir/001_init.sql` under `app` (a SQL
+/// store's migrations).
+fn write_migrations(app: &std::path::Path, files: &[(&str, &str)]) {
+    for (dir, sql) in files {
+        let dir = app.join(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("001_init.sql"), sql).unwrap();
+    }
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -2078,29 +2108,28 @@ async fn migrate_state_moves_queued_messages_t01() {
 async fn migrate_state_moves_sql_store_rows_t01_t15() {
     let cluster = Cluster::of_n(1, None, sql_manifest, &["sqlguest"]);
     let node = &cluster.nodes[0];
-    for (dir, sql) in [
-        (
-            "migrations/events",
-            "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
+    write_migrations(
+        node.path(),
+        &[
+            (
+                "migrations/events",
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
              CREATE TABLE kinds (r REAL, b BLOB, flag INTEGER, note TEXT); \
              INSERT INTO kinds VALUES (1.5, x'00ff', 1, NULL), (-0.25, x'', 0, 'it''s'); \
              CREATE TABLE child (id INTEGER PRIMARY KEY, parent INTEGER REFERENCES parent (id)); \
              CREATE TABLE parent (id INTEGER PRIMARY KEY); \
              INSERT INTO parent VALUES (1); INSERT INTO child VALUES (10, 1);",
-        ),
-        (
-            "migrations/events/postgres",
-            "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL); \
+            ),
+            (
+                "migrations/events/postgres",
+                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL); \
              CREATE TABLE kinds (r DOUBLE PRECISION, b BYTEA, flag BOOLEAN, note TEXT); \
              CREATE TABLE parent (id BIGINT PRIMARY KEY); \
              CREATE TABLE child (id BIGINT PRIMARY KEY, parent BIGINT REFERENCES parent (id));",
-        ),
-        ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
-    ] {
-        let dir = node.path().join(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("001_init.sql"), sql).unwrap();
-    }
+            ),
+            ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
+        ],
+    );
     let on_postgres = sql_manifest(&cluster._db.app);
     let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
     std::fs::write(
@@ -2183,21 +2212,20 @@ async fn migrate_state_moves_sql_store_rows_t01_t15() {
 async fn a_node_that_is_not_a_superuser_serves_sql_stores_and_warns_t16() {
     let cluster = Cluster::of_n(1, None, sql_manifest, &["sqlguest"]);
     let node = &cluster.nodes[0];
-    for (dir, sql) in [
-        (
-            "migrations/events",
-            "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
-        ),
-        (
-            "migrations/events/postgres",
-            "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
-        ),
-        ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
-    ] {
-        let dir = node.path().join(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("001_init.sql"), sql).unwrap();
-    }
+    write_migrations(
+        node.path(),
+        &[
+            (
+                "migrations/events",
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+            ),
+            (
+                "migrations/events/postgres",
+                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
+            ),
+            ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
+        ],
+    );
     let db = &cluster._db.name;
     // Named with the stores' roles' prefix: dropped with them.
     let role = format!("{}node", bulkhead_store::sql::postgres::role_prefix(db));
@@ -2242,23 +2270,22 @@ async fn a_node_that_is_not_a_superuser_serves_sql_stores_and_warns_t16() {
 async fn migrate_state_refuses_a_row_without_quoting_it_t15_t20() {
     let cluster = Cluster::of_n(1, None, sql_manifest, &["sqlguest"]);
     let node = &cluster.nodes[0];
-    for (dir, sql) in [
-        (
-            "migrations/events",
-            "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
+    write_migrations(
+        node.path(),
+        &[
+            (
+                "migrations/events",
+                "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL); \
              CREATE TABLE amounts (n TEXT); INSERT INTO amounts VALUES ('42'), ('secret-value-123');",
-        ),
-        (
-            "migrations/events/postgres",
-            "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL); \
+            ),
+            (
+                "migrations/events/postgres",
+                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL); \
              CREATE TABLE amounts (n INTEGER);",
-        ),
-        ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
-    ] {
-        let dir = node.path().join(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("001_init.sql"), sql).unwrap();
-    }
+            ),
+            ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
+        ],
+    );
     let on_postgres = sql_manifest(&cluster._db.app);
     let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
     std::fs::write(
@@ -2303,42 +2330,14 @@ async fn migrate_state_refuses_a_row_without_quoting_it_t15_t20() {
 /// is the owner's only, and gone once applied.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_stopped_during_an_outage_keeps_what_it_admitted_t04() {
-    let relay = Relay::start().await;
-    let cluster = Cluster::of_n(2, None, budget_manifest, &["hello"]);
-    let url = format!(
-        "postgres://postgres@127.0.0.1:{}/{}",
-        relay.port, cluster._db.name
-    );
-    bulkhead_store::files::write_private(
-        &cluster.nodes[0].path().join("db-url"),
-        &[url.as_bytes()],
-    )
-    .unwrap();
+    let (relay, cluster) = two_budget_nodes_a_behind_a_relay().await;
     let (a, b) = (cluster.serve(0), cluster.serve(1));
     ok(&a, "/metered", None).await;
     ok(&b, "/metered", None).await;
     let mut admitted = 2;
-    a.wait_for_log(
-        |r| {
-            r["message"]
-                .as_str()
-                .is_some_and(|m| m.starts_with("nodes sharing the budget ledger counted"))
-                && r["live_nodes"] == 2
-        },
-        Duration::from_secs(30),
-    );
+    until_both_counted(&a);
     relay.set(false);
-    let mut on_share = 0;
-    for _ in 0..20 {
-        let reply = try_send(a.addr, request("GET", a.addr, "/metered", Bytes::new()))
-            .await
-            .expect("a response");
-        if reply.status == 200 {
-            on_share += 1;
-        } else {
-            reply.assert_problem(429, "budget-exhausted");
-        }
-    }
+    let on_share = admitted_of(&[&a], 20).await;
     assert!(on_share > 0, "nothing admitted on A's share");
     admitted += on_share;
     a.stop();
@@ -2366,33 +2365,12 @@ async fn a_node_stopped_during_an_outage_keeps_what_it_admitted_t04() {
     // a fresh share): it starts from the shared totals, carried usage
     // included.
     relay.set(false);
-    for _ in 0..20 {
-        let reply = try_send(a.addr, request("GET", a.addr, "/metered", Bytes::new()))
-            .await
-            .expect("a response");
-        if reply.status == 200 {
-            admitted += 1;
-        } else {
-            reply.assert_problem(429, "budget-exhausted");
-        }
-    }
+    admitted += admitted_of(&[&a], 20).await;
     assert!(admitted <= 30, "{admitted} of 30 admitted");
     relay.set(true);
     // Both nodes until the budget refuses: 30 in all, what A admitted on
     // its share before it stopped included.
-    for server in [&b, &a].iter().cycle().take(80) {
-        let reply = try_send(
-            server.addr,
-            request("GET", server.addr, "/metered", Bytes::new()),
-        )
-        .await
-        .expect("a response");
-        if reply.status == 200 {
-            admitted += 1;
-        } else {
-            reply.assert_problem(429, "budget-exhausted");
-        }
-    }
+    admitted += admitted_of(&[&b, &a], 80).await;
     assert_eq!(admitted, 30);
     // Clean stops: each meter commits its last rows.
     a.stop();
