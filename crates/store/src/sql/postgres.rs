@@ -62,6 +62,8 @@ const QUOTA_RECHECK: Duration = Duration::from_secs(1);
 /// How long a measure that scanned every row is trusted (the allocated
 /// space reached the bound; see [`Quota`]).
 const QUOTA_RESCAN: Duration = Duration::from_secs(30);
+/// The longest a count of a store's rows may run on the server.
+const QUOTA_SCAN_LIMIT: Duration = Duration::from_secs(10);
 /// How long a cancel request may take before the node gives up on it.
 const CANCEL_WAIT: Duration = Duration::from_secs(2);
 /// What a connection is cleaned with as soon as a guest statement ends
@@ -106,9 +108,14 @@ struct Quota {
 
 impl Quota {
     /// Whether the store is full, measuring again once the last measure
-    /// is due; a measure that fails lets the write through (the database
-    /// refuses it anyway if it is down) and is tried again after
-    /// `recheck`, not at the next write.
+    /// is due. The cheap measure (allocated space) first: under the bound,
+    /// not full. At or over it, the store counts as full *while* its rows
+    /// are scanned (third outside review: every write got in during a
+    /// long scan), and the scan is bounded by [`QUOTA_SCAN_LIMIT`] on the
+    /// server; a scan that fails or runs out keeps it full until the next
+    /// one, 30 s on. A cheap measure that fails lets writes through (the
+    /// database refuses them anyway if it is down) and is tried again a
+    /// second later, not at the next write.
     fn full(&self, pg: &Pg) -> bool {
         use std::sync::atomic::Ordering;
         let now = crate::now_ms();
@@ -120,23 +127,30 @@ impl Quota {
                 .compare_exchange(due, i64::MAX, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            let (schema, bytes) = (self.schema.clone(), self.bytes);
-            let size = pg.call(move |pool| async move { measure(&pool, &schema, bytes).await });
             let mut next = self.recheck;
-            match size {
-                Ok((allocated, live)) => {
-                    // Dead row versions are not live rows, but they are
-                    // disk: twice the bound allocated is full whatever
-                    // the rows (second outside review: updates under a
-                    // held snapshot grew a store without end).
-                    let full = allocated >= self.bytes.saturating_mul(2)
-                        || live.unwrap_or(allocated) >= self.bytes;
-                    self.full.store(full, Ordering::Release);
-                    // A scan of every row is not repeated every second
-                    // (second outside review: a bloated store paid one
-                    // per node per second).
-                    if live.is_some() {
-                        next = next.max(self.rescan);
+            let schema = self.schema.clone();
+            match pg.call(move |pool| async move { allocated(&pool, &schema).await }) {
+                Ok(allocated) if allocated < self.bytes => {
+                    self.full.store(false, Ordering::Release)
+                }
+                // Dead row versions are not live rows, but they are disk:
+                // twice the bound allocated is full whatever the rows
+                // (second outside review: updates under a held snapshot
+                // grew a store without end).
+                Ok(allocated) if allocated >= self.bytes.saturating_mul(2) => {
+                    self.full.store(true, Ordering::Release);
+                }
+                Ok(_) => {
+                    self.full.store(true, Ordering::Release);
+                    // Not repeated every second (second outside review: a
+                    // bloated store paid a scan per node per second).
+                    next = next.max(self.rescan);
+                    let schema = self.schema.clone();
+                    match pg.call(move |pool| async move { live(&pool, &schema).await }) {
+                        Ok(live) => self.full.store(live >= self.bytes, Ordering::Release),
+                        Err(e) => {
+                            tracing::warn!(target: "bulkhead::sql", schema = %self.schema, error = %e, "cannot count the SQL store's rows; it stays full until the next count");
+                        }
                     }
                 }
                 Err(e) => {
@@ -352,43 +366,55 @@ fn warn_unhardened(pg: &Arc<Pg>, store: &str, role: &str) -> Result<(), PgError>
     Ok(())
 }
 
-/// What the store `schema` holds, as [`Quota`] counts it: the space
-/// allocated to its tables and, once that reaches `bytes`, its live rows'
-/// bytes too.
-async fn measure(pool: &Pool, schema: &str, bytes: i64) -> Result<(i64, Option<i64>), PgError> {
-    let one = |rows: Vec<tokio_postgres::Row>| {
-        rows.first()
-            .map_or(Ok(0), |row| crate::pg::column::<i64>(row, 0))
-    };
-    let allocated = one(crate::pg::query(
+/// The space the database gave the store `schema`'s tables, their
+/// indexes and TOAST (from the catalog: cheap).
+async fn allocated(pool: &Pool, schema: &str) -> Result<i64, PgError> {
+    let rows = crate::pg::query(
         pool,
         "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c \
-             WHERE c.relnamespace = $1::text::regnamespace AND c.relkind IN ('r', 'm')",
-        &[&schema],
-    )
-    .await?)?;
-    if allocated < bytes {
-        return Ok((allocated, None));
-    }
-    let tables = crate::pg::query(
-        pool,
-        "SELECT quote_ident(relname) FROM pg_class WHERE relnamespace = $1::text::regnamespace AND relkind IN ('r', 'm')",
+         WHERE c.relnamespace = $1::text::regnamespace AND c.relkind IN ('r', 'm')",
         &[&schema],
     )
     .await?;
+    rows.first()
+        .map_or(Ok(0), |row| crate::pg::column::<i64>(row, 0))
+}
+
+/// The bytes of the store `schema`'s live rows (`pg_column_size` of each:
+/// a scan), in one transaction the server ends after
+/// [`QUOTA_SCAN_LIMIT`].
+async fn live(pool: &Pool, schema: &str) -> Result<i64, PgError> {
+    let mut client = pool.get().await.map_err(PgError::of)?;
+    let tx = client.transaction().await.map_err(PgError::of)?;
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {}",
+        QUOTA_SCAN_LIMIT.as_millis()
+    ))
+    .await
+    .map_err(PgError::of)?;
+    let tables = tx
+        .query(
+            "SELECT quote_ident(relname) FROM pg_class WHERE relnamespace = $1::text::regnamespace AND relkind IN ('r', 'm')",
+            &[&schema],
+        )
+        .await
+        .map_err(PgError::of)?;
     let mut live = 0i64;
     for table in &tables {
         let table: String = crate::pg::column(table, 0)?;
-        live = live.saturating_add(one(crate::pg::query(
-            pool,
-            &format!(
-                "SELECT coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM {schema}.{table} t"
-            ),
-            &[],
-        )
-        .await?)?);
+        let row = tx
+            .query_one(
+                &format!(
+                    "SELECT coalesce(sum(pg_column_size(t.*)), 0)::bigint FROM {schema}.{table} t"
+                ),
+                &[],
+            )
+            .await
+            .map_err(PgError::of)?;
+        live = live.saturating_add(crate::pg::column::<i64>(&row, 0)?);
     }
-    Ok((allocated, Some(live)))
+    tx.rollback().await.map_err(PgError::of)?;
+    Ok(live)
 }
 
 /// Whether `statement` is a DELETE (it frees room: allowed in a full store).
