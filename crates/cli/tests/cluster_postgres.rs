@@ -2380,3 +2380,60 @@ async fn a_node_stopped_during_an_outage_keeps_what_it_admitted_t04() {
     let usage: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
     assert_eq!(usage["total"]["requests"], 30, "{usage}");
 }
+
+/// Issue 16 (T04): a node **killed** (SIGKILL) while the budget ledger is
+/// unreachable loses only what came after its last write of the carried
+/// files: they are written as the outage goes on (the ledger's at every
+/// beat, the meter's at most once a second), not only at a clean stop.
+/// Once both hold every call A admitted on its share, A is killed; its
+/// restart applies them, and exactly 30 of 30 are admitted in all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_killed_during_an_outage_keeps_what_it_had_written_t04() {
+    let (relay, cluster) = two_budget_nodes_a_behind_a_relay().await;
+    let (a, b) = (cluster.serve(0), cluster.serve(1));
+    ok(&a, "/metered", None).await;
+    ok(&b, "/metered", None).await;
+    until_both_counted(&a);
+    relay.set(false);
+    let on_share = admitted_of(&[&a], 20).await;
+    assert!(on_share > 0, "nothing admitted on A's share");
+    let state = cluster.nodes[0].path().to_path_buf();
+    // The requests each file holds, once it is there.
+    let requests_in = |name: &str| -> Option<u64> {
+        let path = walk(&state).into_iter().find(|f| f.ends_with(name))?;
+        let kept: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        let rows = kept.as_array()?;
+        Some(
+            rows.iter()
+                .map(|row| {
+                    // Ledger: [scopes, [requests, …]]; meter: [hour, function, caller, usage].
+                    row[1][0]
+                        .as_u64()
+                        .or_else(|| row[3]["requests"].as_u64())
+                        .unwrap_or(0)
+                })
+                .sum(),
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while requests_in(bulkhead_store::state::LEDGER_CARRIED_FILE) != Some(on_share as u64)
+        || requests_in(bulkhead_store::state::METER_CARRIED_FILE) != Some(on_share as u64)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the carried files never held A's {on_share} calls"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(a); // SIGKILL: no clean stop, nothing flushed
+
+    relay.set(true);
+    let a = cluster.serve(0);
+    let admitted = 2 + on_share + admitted_of(&[&b, &a], 80).await;
+    assert_eq!(admitted, 30);
+    a.stop();
+    b.stop();
+    let usage = cluster.cli_ok(0, &["usage"], &["--format", "json"], b"");
+    let usage: serde_json::Value = serde_json::from_slice(&usage.stdout).unwrap();
+    assert_eq!(usage["total"]["requests"], 30, "{usage}");
+}

@@ -4,7 +4,10 @@
 //! in the node's state directory (owner-only, written atomically: names
 //! callers, T20) and applied at its next start, so a stop during an
 //! outage never lets the deployment spend a budget twice (outside review:
-//! 44 calls of a 30-request budget). The file goes once what it holds was
+//! 44 calls of a 30-request budget). While the database is away it is
+//! also written as it grows (the ledger's every beat, the meter's at most
+//! once a second), so a node killed then loses only what came since. The
+//! file goes once what it holds was
 //! applied; a start that applies it and then dies before removing it
 //! counts that usage twice: the safe side.
 
@@ -19,7 +22,9 @@ use tracing::{error, warn};
 const MAX_BYTES: u64 = 64 << 20;
 
 /// Write `items` to `path` for the next start; an empty list removes it.
-pub(crate) fn save<T: Serialize>(path: &Path, items: &[T]) {
+/// `at_stop`: said in the log (while the node runs, it is kept quietly,
+/// so a node killed during an outage loses only what came since).
+pub(crate) fn save<T: Serialize>(path: &Path, items: &[T], at_stop: bool) {
     if items.is_empty() {
         remove(path);
         return;
@@ -28,6 +33,7 @@ pub(crate) fn save<T: Serialize>(path: &Path, items: &[T]) {
         .map_err(std::io::Error::other)
         .and_then(|bytes| crate::files::write_private(path, &[&bytes]));
     match written {
+        Ok(()) if !at_stop => {}
         Ok(()) => {
             warn!(target: "bulkhead::cluster", path = %path.display(), items = items.len(), "the shared database did not take everything before the stop; kept for the next start")
         }

@@ -217,6 +217,8 @@ pub struct SharedLedger {
     /// Where what is still unsettled at a stop is kept for the next start
     /// ([`Self::carry_in`]).
     carry: std::sync::OnceLock<std::path::PathBuf>,
+    /// The carried file may hold something: removed once nothing waits.
+    carried_on_disk: std::sync::atomic::AtomicBool,
 }
 
 /// One kept settlement as the carried file holds it: its scopes (day,
@@ -259,6 +261,7 @@ impl SharedLedger {
             live_nodes: AtomicUsize::new(1),
             down_until_ms: AtomicI64::new(0),
             carry: std::sync::OnceLock::new(),
+            carried_on_disk: std::sync::atomic::AtomicBool::new(false),
             pg,
         });
         let migration = migration(ledger.pg.schema());
@@ -321,6 +324,8 @@ impl SharedLedger {
             tracing::info!(target: "bulkhead::budget", carried = count, left, "usage the last run admitted on its share applied to the shared ledger");
             if left == 0 {
                 crate::carried::remove(&path);
+            } else {
+                self.carried_on_disk.store(true, Ordering::Release);
             }
         }
         let _ = self.carry.set(path);
@@ -696,6 +701,13 @@ impl SharedLedger {
         self.end_leases(now_ms(), true);
         self.settle_ended();
         self.retry_unsettled(MAX_UNSETTLED);
+        self.carry_out(true);
+    }
+
+    /// Write what is unsettled to the carried file (or remove it once
+    /// nothing is): at a stop, and at every beat while anything waits, so
+    /// a node killed during an outage loses only the last beat's worth.
+    fn carry_out(&self, at_stop: bool) {
         if let Some(path) = self.carry.get() {
             let kept: Vec<CarriedSettlement> = locked(&self.unsettled)
                 .iter()
@@ -708,7 +720,13 @@ impl SharedLedger {
                     )
                 })
                 .collect();
-            crate::carried::save(path, &kept);
+            if kept.is_empty() && !self.carried_on_disk.swap(false, Ordering::AcqRel) {
+                return;
+            }
+            if !kept.is_empty() {
+                self.carried_on_disk.store(true, Ordering::Release);
+            }
+            crate::carried::save(path, &kept, at_stop);
         }
     }
 
@@ -1279,6 +1297,7 @@ fn heartbeat(ledger: Weak<SharedLedger>) {
             if let Err(e) = ledger.beat() {
                 warn!(target: "bulkhead::budget", error = %e, "the shared budget ledger's heartbeat failed; retrying");
             }
+            ledger.carry_out(false);
         }
     }
 }

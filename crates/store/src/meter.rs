@@ -129,6 +129,8 @@ struct Pending {
     /// stop are kept for the next start, and whether a file from the last
     /// run is still to be removed once its rows are committed.
     carry: Option<(std::path::PathBuf, AtomicBool)>,
+    /// When rows were last written to the carried file (ms).
+    carried_ms: std::sync::atomic::AtomicI64,
 }
 
 /// One meter row as the carried file holds it.
@@ -203,6 +205,7 @@ impl MeterLog {
             wake: Condvar::new(),
             sleeping: Mutex::new(()),
             carry: carry.map(|path| (path, AtomicBool::new(false))),
+            carried_ms: std::sync::atomic::AtomicI64::new(0),
         });
         let writer = pending.clone();
         std::thread::Builder::new()
@@ -243,20 +246,25 @@ impl MeterLog {
             // Under the sink's lock: no commit has rows out of the tally
             // meanwhile (the writer's last one may still run).
             let _no_commit = self.pending.sink.lock();
-            let mut kept: Vec<CarriedRow> = Vec::new();
-            for shard in &self.pending.tally {
-                if let Ok(tally) = shard.lock() {
-                    kept.extend(tally.iter().map(|((hour, function, caller), usage)| {
-                        (*hour, function.to_string(), caller.to_string(), *usage)
-                    }));
-                }
-            }
-            crate::carried::save(path, &kept);
+            crate::carried::save(path, &self.pending.snapshot(), true);
         }
     }
 }
 
 impl Pending {
+    /// Every row not committed yet, as the carried file holds them.
+    fn snapshot(&self) -> Vec<CarriedRow> {
+        let mut kept = Vec::new();
+        for shard in &self.tally {
+            if let Ok(tally) = shard.lock() {
+                kept.extend(tally.iter().map(|((hour, function, caller), usage)| {
+                    (*hour, function.to_string(), caller.to_string(), *usage)
+                }));
+            }
+        }
+        kept
+    }
+
     fn commit(&self) {
         let Ok(mut sink) = self.sink.lock() else {
             return;
@@ -293,6 +301,17 @@ impl Pending {
             if let Ok(mut tally) = self.tally[0].lock() {
                 for (key, usage) in batch {
                     tally.entry(key).or_default().add(&usage);
+                }
+            }
+            // On disk too, at most once a second, so a node killed while
+            // the database is away loses only what came since.
+            if let Some((path, from_last_run)) = &self.carry {
+                let now = crate::now_ms();
+                if now.saturating_sub(self.carried_ms.load(Ordering::Acquire)) >= 1_000 {
+                    self.carried_ms.store(now, Ordering::Release);
+                    crate::carried::save(path, &self.snapshot(), false);
+                    // Removed after the next commit that takes them.
+                    from_last_run.store(true, Ordering::Release);
                 }
             }
         }
