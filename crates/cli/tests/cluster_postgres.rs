@@ -619,10 +619,17 @@ async fn a_queue_on_postgres_is_consumed_by_both_nodes_t01() {
 }
 
 /// An app named `app` of `functions`, its state on the test's PostgreSQL.
+/// What makes a test manifest a node of the shared deployment.
+const CLUSTER_SECTION: &str = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
+
 fn on_postgres(app: &str, functions: &str) -> String {
-    format!(
-        "[app]\nname = \"{app}\"\n{functions}\n[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n"
-    )
+    format!("[app]\nname = \"{app}\"\n{functions}\n{CLUSTER_SECTION}")
+}
+
+/// `manifest` without its `[cluster]` section: the app served embedded,
+/// as before `migrate-state`.
+fn embedded(manifest: &str) -> String {
+    manifest.replace(CLUSTER_SECTION, "")
 }
 
 fn budget_manifest(app: &str) -> String {
@@ -1261,9 +1268,8 @@ async fn migrate_state_moves_an_embedded_app_into_postgres() {
     let cluster = Cluster::of_n(1, None, manifest, &["kv", "config"]);
     let node = &cluster.nodes[0];
     let on_postgres = manifest(&cluster._db.app);
-    let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
-    assert!(on_postgres.contains(cluster_section));
-    let embedded = on_postgres.replace(cluster_section, "");
+    assert!(on_postgres.contains(CLUSTER_SECTION));
+    let embedded = embedded(&on_postgres);
     std::fs::write(node.path().join("bulkhead.toml"), &embedded).unwrap();
 
     let created = cli_embedded(
@@ -1762,21 +1768,7 @@ fn psql_try(database: &str, sql: &str) -> Result<(), String> {
 async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
     let cluster = Cluster::of(None, sql_and_kv_manifest, &["sqlguest", "kv"]);
     for node in &cluster.nodes {
-        write_migrations(
-            node.path(),
-            &[
-                // SQLite's dialect beside PostgreSQL's own, in `postgres/`.
-                (
-                    "migrations/events",
-                    "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
-                ),
-                (
-                    "migrations/events/postgres",
-                    "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
-                ),
-                ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
-            ],
-        );
+        write_migrations(node.path(), &LEDGER_MIGRATIONS);
     }
     let checked = cluster.cli_ok(0, &["check"], &[], b"");
     let said = String::from_utf8_lossy(&checked.stderr);
@@ -2001,6 +1993,20 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
     drop((a, b));
 }
 
+/// `SQL_LEDGER`'s stores: `events` in SQLite's dialect beside
+/// PostgreSQL's own (in `postgres/`), and `other`.
+const LEDGER_MIGRATIONS: [(&str, &str); 3] = [
+    (
+        "migrations/events",
+        "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    ),
+    (
+        "migrations/events/postgres",
+        "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
+    ),
+    ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
+];
+
 /// Each `(dir, sql)`: `sql` as `dir/001_init.sql` under `app` (a SQL
 /// store's migrations).
 fn write_migrations(app: &std::path::Path, files: &[(&str, &str)]) {
@@ -2053,12 +2059,7 @@ async fn migrate_state_moves_queued_messages_t01() {
     let node = &cluster.nodes[0];
     std::fs::copy(support::guest("events"), node.path().join("events.wasm")).unwrap();
     let on_postgres = outbox_manifest(&cluster._db.app);
-    let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
-    std::fs::write(
-        node.path().join("bulkhead.toml"),
-        on_postgres.replace(cluster_section, ""),
-    )
-    .unwrap();
+    std::fs::write(node.path().join("bulkhead.toml"), embedded(&on_postgres)).unwrap();
     let server = Server::start(node);
     let send = request(
         "POST",
@@ -2131,12 +2132,7 @@ async fn migrate_state_moves_sql_store_rows_t01_t15() {
         ],
     );
     let on_postgres = sql_manifest(&cluster._db.app);
-    let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
-    std::fs::write(
-        node.path().join("bulkhead.toml"),
-        on_postgres.replace(cluster_section, ""),
-    )
-    .unwrap();
+    std::fs::write(node.path().join("bulkhead.toml"), embedded(&on_postgres)).unwrap();
     let server = Server::start(node);
     for body in ["one", "two"] {
         assert_eq!(
@@ -2212,20 +2208,7 @@ async fn migrate_state_moves_sql_store_rows_t01_t15() {
 async fn a_node_that_is_not_a_superuser_serves_sql_stores_and_warns_t16() {
     let cluster = Cluster::of_n(1, None, sql_manifest, &["sqlguest"]);
     let node = &cluster.nodes[0];
-    write_migrations(
-        node.path(),
-        &[
-            (
-                "migrations/events",
-                "CREATE TABLE events (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
-            ),
-            (
-                "migrations/events/postgres",
-                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
-            ),
-            ("migrations/other", "CREATE TABLE secrets (v TEXT);"),
-        ],
-    );
+    write_migrations(node.path(), &LEDGER_MIGRATIONS);
     let db = &cluster._db.name;
     // Named with the stores' roles' prefix: dropped with them.
     let role = format!("{}node", bulkhead_store::sql::postgres::role_prefix(db));
@@ -2287,12 +2270,7 @@ async fn migrate_state_refuses_a_row_without_quoting_it_t15_t20() {
         ],
     );
     let on_postgres = sql_manifest(&cluster._db.app);
-    let cluster_section = "[cluster]\nbackend = \"postgres\"\ndatabase_url_file = \"db-url\"\n";
-    std::fs::write(
-        node.path().join("bulkhead.toml"),
-        on_postgres.replace(cluster_section, ""),
-    )
-    .unwrap();
+    std::fs::write(node.path().join("bulkhead.toml"), embedded(&on_postgres)).unwrap();
     let server = Server::start(node);
     assert_eq!(
         ok(&server, "/w/insert?body=kept", None).await,

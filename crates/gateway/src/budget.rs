@@ -246,13 +246,7 @@ impl Meter {
                             Scope::App => &self.ledger.app,
                             _ => &self.books[function].cells,
                         };
-                        self.ledger.see(
-                            key,
-                            Seen {
-                                deployment: Amount::from(t.spent).plus(Amount::from(t.reserved)),
-                                local: cells.spent(day).plus(cells.reserved()),
-                            },
-                        );
+                        self.ledger.see(key, Seen::of(t, cells, day));
                     }
                 }
                 Err(e) => {
@@ -459,7 +453,7 @@ impl Meter {
                 if !self.degraded.swap(true, Ordering::Relaxed) {
                     error!(target: "bulkhead::budget", error = %e, live_nodes = nodes, "the shared budget ledger is unreachable: budgets are now this node's share (each limit divided by the live nodes last counted) until it answers");
                 }
-                self.admit_on_share(charge, nodes, now)
+                self.admit_on_share(charge, &keys, &scopes, nodes, now)
             }
         }
     }
@@ -474,18 +468,21 @@ impl Meter {
         totals: &[ScopeTotals],
     ) {
         let (function, caller, day) = (charge.function, &charge.caller, charge.day);
-        let local = self.with_scopes(function, caller, day, |cells| {
-            cells.map(|c| c.spent(day).plus(c.reserved()))
+        let seen = self.with_scopes(function, caller, day, |cells| {
+            scopes
+                .iter()
+                .zip(totals)
+                .map(|(&i, t)| Seen::of(t, cells[i], day))
+                .collect::<Vec<_>>()
         });
-        for ((key, &i), t) in keys.iter().zip(scopes).zip(totals) {
-            let deployment = Amount::from(t.spent).plus(Amount::from(t.reserved));
-            let local = local[i];
-            self.ledger.see(key, Seen { deployment, local });
+        for (key, seen) in keys.iter().zip(seen) {
+            self.ledger.see(key, seen);
         }
     }
 
-    /// `charge` on this node's share while the shared ledger is away,
-    /// two ways, both of which it must fit:
+    /// `charge` (its shared `keys`, of `scopes`) on this node's share
+    /// while the shared ledger is away, two ways, both of which it must
+    /// fit:
     /// - its own totals (its adds included, and at start the deployment's
     ///   spend) against each limit divided by the live nodes;
     /// - what it added since it last saw a scope's deployment totals
@@ -494,7 +491,14 @@ impl Meter {
     ///   share of the rest, not a fresh share of all of it. So the nodes
     ///   together overshoot at most by what others spent after this
     ///   node's last look (and each by its last call).
-    fn admit_on_share(&self, charge: &Charge, nodes: usize, now: i64) -> Result<Shared, Exhausted> {
+    fn admit_on_share(
+        &self,
+        charge: &Charge,
+        keys: &[LedgerKey],
+        scopes: &[usize],
+        nodes: usize,
+        now: i64,
+    ) -> Result<Shared, Exhausted> {
         let (function, caller, day) = (charge.function, &charge.caller, charge.day);
         let worst = Amount::of(&self.worst_cases[function]);
         let full = self.limits(function);
@@ -511,8 +515,7 @@ impl Meter {
         }
         let mut left = [Limits::default(); 4];
         let mut since = [(Amount::default(), Amount::default()); 4];
-        let (keys, scopes) = self.shared_keys(function, caller, day);
-        for (key, &i) in keys.iter().zip(&scopes) {
+        for (key, &i) in keys.iter().zip(scopes) {
             let Some(seen) = self.ledger.seen(key) else {
                 continue;
             };

@@ -125,9 +125,9 @@ struct Pending {
     stop: AtomicBool,
     wake: Condvar,
     sleeping: Mutex<()>,
-    /// On the shared meter: where rows the database did not take at a
-    /// stop are kept for the next start, and whether a file from the last
-    /// run is still to be removed once its rows are committed.
+    /// On the shared meter: where rows the database did not take are kept
+    /// for the next start, and whether that file may hold rows (removed
+    /// after the next commit that takes them).
     carry: Option<(std::path::PathBuf, AtomicBool)>,
     /// When rows were last written to the carried file (ms).
     carried_ms: std::sync::atomic::AtomicI64,
@@ -181,8 +181,8 @@ impl MeterLog {
             }
         }
         // Set once the rows are in: the first commit after it has them.
-        if let Some((_, from_last_run)) = &log.pending.carry {
-            from_last_run.store(any, Ordering::Release);
+        if let Some((_, on_disk)) = &log.pending.carry {
+            on_disk.store(any, Ordering::Release);
         }
         // Committed now, before the budgets are rebuilt from the shared
         // meter (second outside review: a restarted node's own count left
@@ -290,10 +290,10 @@ impl Pending {
             Sink::Shared(pg) => write_shared(pg, &batch).map_err(|e| e.to_string()),
         };
         if written.is_ok()
-            && let Some((path, from_last_run)) = &self.carry
-            && from_last_run.swap(false, Ordering::AcqRel)
+            && let Some((path, on_disk)) = &self.carry
+            && on_disk.swap(false, Ordering::AcqRel)
         {
-            // The last run's rows were in this batch.
+            // The carried rows were in this batch.
             crate::carried::remove(path);
         }
         if let Err(e) = written {
@@ -305,13 +305,13 @@ impl Pending {
             }
             // On disk too, at most once a second, so a node killed while
             // the database is away loses only what came since.
-            if let Some((path, from_last_run)) = &self.carry {
+            if let Some((path, on_disk)) = &self.carry {
                 let now = crate::now_ms();
                 if now.saturating_sub(self.carried_ms.load(Ordering::Acquire)) >= 1_000 {
                     self.carried_ms.store(now, Ordering::Release);
                     crate::carried::save(path, &self.snapshot(), false);
                     // Removed after the next commit that takes them.
-                    from_last_run.store(true, Ordering::Release);
+                    on_disk.store(true, Ordering::Release);
                 }
             }
         }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bulkhead_store::ledger::{LedgerKey, Tally};
+use bulkhead_store::ledger::{LedgerKey, ScopeTotals, Tally};
 use bulkhead_store::meter::Usage;
 use dashmap::DashMap;
 use dashmap::mapref::one::Ref;
@@ -44,6 +44,17 @@ const MOST_SEEN: usize = 65_536;
 pub(super) struct Seen {
     pub deployment: Amount,
     pub local: Amount,
+}
+
+impl Seen {
+    /// The ledger's `totals` for a scope, beside this node's `cells` of it
+    /// on `day`: spent and reserved, both.
+    pub fn of(totals: &ScopeTotals, cells: &Cells, day: i64) -> Self {
+        Self {
+            deployment: Amount::from(totals.spent).plus(Amount::from(totals.reserved)),
+            local: cells.spent(day).plus(cells.reserved()),
+        }
+    }
 }
 
 /// What a budget limits: requests, memory × time, and bytes sent out.

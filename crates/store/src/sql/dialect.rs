@@ -12,17 +12,23 @@ pub(crate) enum StatementKind {
     Write,
 }
 
+/// The keyword `statement` starts with, in capitals (what decides its
+/// kind, [`statement_kind`]).
+pub(crate) fn leading_word(statement: &str) -> String {
+    statement
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_uppercase()
+}
+
 /// The kind of `statement`, or why guests may not run it. Only data
 /// statements pass: sessions, transactions, DDL, COPY and notifications
 /// are the host's (T06).
 pub(crate) fn statement_kind(statement: &str) -> Result<StatementKind, &'static str> {
     let text = statement.trim_start();
-    let word: String = text
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_uppercase();
-    match word.as_str() {
+    match leading_word(text).as_str() {
         "SELECT" | "VALUES" | "TABLE" => Ok(StatementKind::Read),
         "INSERT" | "UPDATE" | "DELETE" | "MERGE" => Ok(StatementKind::Write),
         // A data-modifying WITH needs the write grant's role; the kind only

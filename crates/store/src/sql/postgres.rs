@@ -34,7 +34,9 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::dialect::{StatementKind, refused_text, statement_kind, to_postgres_placeholders};
+use super::dialect::{
+    StatementKind, leading_word, refused_text, statement_kind, to_postgres_placeholders,
+};
 use super::{
     Access, Migration, MigrationReport, QueryError, QueryLimits, QueryResult, SqlStore,
     SqlStoreError, SqlValue, statement_allowed,
@@ -417,14 +419,6 @@ async fn live(pool: &Pool, schema: &str) -> Result<i64, PgError> {
     Ok(live)
 }
 
-/// Whether `statement` is a DELETE (it frees room: allowed in a full store).
-fn is_delete(statement: &str) -> bool {
-    statement
-        .trim_start()
-        .get(..6)
-        .is_some_and(|word| word.eq_ignore_ascii_case("delete"))
-}
-
 /// The migration of one store in one transaction. `dek` absent (a dry
 /// run): the roles' passwords are left as they are.
 fn migrate(
@@ -762,7 +756,8 @@ impl SqlStore for PgSqlStore {
         }
         if access == Access::ReadWrite
             && kind == StatementKind::Write
-            && !is_delete(statement)
+            // A DELETE frees room: allowed in a full store.
+            && leading_word(statement) != "DELETE"
             && self.quota.full(&self.pg)
         {
             return Err(QueryError::Limit("the store is full".into()));
