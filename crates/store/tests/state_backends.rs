@@ -642,7 +642,7 @@ fn a_sql_store_on_postgres_is_bounded_t05() {
     }];
     let (store, _, _) =
         bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "files", &dek, &migrations).unwrap();
-    let store = store.with_quota(256 * 1024);
+    let store = store.with_quota(256 * 1024, std::time::Duration::ZERO);
     let limits = || QueryLimits {
         max_rows: 10,
         max_bytes: 1 << 20,
@@ -685,4 +685,60 @@ fn a_sql_store_on_postgres_is_bounded_t05() {
     assert!(run("UPDATE blobs SET body = 'x' WHERE id = 1", &[]).is_err());
     run("DELETE FROM blobs WHERE id % 2 = 0", &[]).unwrap();
     run(insert, &[SqlValue::Text(body(0))]).unwrap();
+}
+
+/// T05 (fourth outside review of issue 16): between the bound and twice it
+/// allocated, the rows are counted at most every 30 s; in between, the
+/// last count plus what the allocated space grew stands for them, checked
+/// before every write. With counts an hour apart, writes are still refused
+/// once the store is full (a count trusted for its whole interval let
+/// every write in).
+#[test]
+fn a_sql_store_between_row_counts_is_still_bounded_t05() {
+    use bulkhead_store::sql::{Access, Migration, QueryError, QueryLimits, SqlStore, SqlValue};
+    let db = PgDatabase::create();
+    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
+    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
+    let migrations = [Migration {
+        name: "001_init.sql".into(),
+        sql: "CREATE TABLE blobs (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);".into(),
+    }];
+    let (store, _, _) =
+        bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "files", &dek, &migrations).unwrap();
+    let store = store.with_quota(256 * 1024, std::time::Duration::from_secs(3600));
+    let limits = QueryLimits {
+        max_rows: 10,
+        max_bytes: 1 << 20,
+        deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
+    };
+    let body: String = (0..1500u32)
+        .map(|i| char::from(b'!' + ((i.wrapping_mul(2_654_435_761) >> 7) % 90) as u8))
+        .collect();
+    let mut written = 0;
+    let refused = loop {
+        assert!(
+            written < 2000,
+            "2000 rows of 1,500 bytes in a 256 KiB store"
+        );
+        match store.query(
+            Access::ReadWrite,
+            None,
+            "INSERT INTO blobs (body) VALUES (?1 || ?2)",
+            &[
+                SqlValue::Text(body.clone()),
+                SqlValue::Text(written.to_string()),
+            ],
+            &limits,
+        ) {
+            Ok(_) => written += 1,
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&refused, QueryError::Limit(why) if why == "the store is full"),
+        "{refused:?}"
+    );
+    // By the rows (about 170 of them), not only at twice the bound
+    // allocated (about 300).
+    assert!(written < 240, "refused only after {written} rows");
 }

@@ -106,6 +106,11 @@ struct Quota {
     /// due (ms since the epoch; 0: at once; `i64::MAX` while one runs).
     full: std::sync::atomic::AtomicBool,
     measured_ms: std::sync::atomic::AtomicI64,
+    /// The last count of the rows (bytes), the allocated space then, and
+    /// when it was taken (ms since the epoch; 0: never).
+    scanned_live: std::sync::atomic::AtomicI64,
+    scanned_allocated: std::sync::atomic::AtomicI64,
+    scanned_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Quota {
@@ -129,7 +134,6 @@ impl Quota {
                 .compare_exchange(due, i64::MAX, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            let mut next = self.recheck;
             let schema = self.schema.clone();
             match pg.call(move |pool| async move { allocated(&pool, &schema).await }) {
                 Ok(allocated) if allocated < self.bytes => {
@@ -142,28 +146,51 @@ impl Quota {
                 Ok(allocated) if allocated >= self.bytes.saturating_mul(2) => {
                     self.full.store(true, Ordering::Release);
                 }
-                Ok(_) => {
-                    self.full.store(true, Ordering::Release);
-                    // Not repeated every second (second outside review: a
-                    // bloated store paid a scan per node per second).
-                    next = next.max(self.rescan);
-                    let schema = self.schema.clone();
-                    match pg.call(move |pool| async move { live(&pool, &schema).await }) {
-                        Ok(live) => self.full.store(live >= self.bytes, Ordering::Release),
-                        Err(e) => {
-                            tracing::warn!(target: "bulkhead::sql", schema = %self.schema, error = %e, "cannot count the SQL store's rows; it stays full until the next count");
-                        }
-                    }
-                }
+                Ok(allocated) => self.judge_rows(pg, now, allocated),
                 Err(e) => {
                     tracing::warn!(target: "bulkhead::sql", schema = %self.schema, error = %e, "cannot measure the SQL store's size; writes are let through");
                 }
             }
-            let next_ms = i64::try_from(next.as_millis()).unwrap_or(i64::MAX);
+            let next_ms = i64::try_from(self.recheck.as_millis()).unwrap_or(i64::MAX);
             self.measured_ms
                 .store(now.saturating_add(next_ms), Ordering::Release);
         }
         self.full.load(Ordering::Acquire)
+    }
+
+    /// Between the bound and twice it allocated: judged by the rows. They
+    /// are scanned at most every `rescan` (second outside review: a
+    /// bloated store paid a scan per node per second); in between, the
+    /// last count plus what the allocated space grew since stands for
+    /// them, still checked every second (fourth outside review: a count
+    /// trusted 30 s let every write in after a DELETE). The store counts
+    /// as full while its rows are scanned, and after a scan that failed.
+    fn judge_rows(&self, pg: &Pg, now: i64, allocated: i64) {
+        use std::sync::atomic::Ordering;
+        let rescan_ms = i64::try_from(self.rescan.as_millis()).unwrap_or(i64::MAX);
+        let scanned_ms = self.scanned_ms.load(Ordering::Acquire);
+        if scanned_ms != 0 && now.saturating_sub(scanned_ms) < rescan_ms {
+            let grown = allocated.saturating_sub(self.scanned_allocated.load(Ordering::Acquire));
+            let rows = self
+                .scanned_live
+                .load(Ordering::Acquire)
+                .saturating_add(grown.max(0));
+            self.full.store(rows >= self.bytes, Ordering::Release);
+            return;
+        }
+        self.full.store(true, Ordering::Release);
+        let schema = self.schema.clone();
+        let live = match pg.call(move |pool| async move { live(&pool, &schema).await }) {
+            Ok(live) => live,
+            Err(e) => {
+                tracing::warn!(target: "bulkhead::sql", schema = %self.schema, error = %e, "cannot count the SQL store's rows; it stays full until the next count");
+                self.bytes
+            }
+        };
+        self.scanned_live.store(live, Ordering::Release);
+        self.scanned_allocated.store(allocated, Ordering::Release);
+        self.scanned_ms.store(now.max(1), Ordering::Release);
+        self.full.store(live >= self.bytes, Ordering::Release);
     }
 }
 
@@ -283,19 +310,23 @@ impl PgSqlStore {
                 recheck: QUOTA_RECHECK,
                 rescan: QUOTA_RESCAN,
                 full: Default::default(),
+                scanned_live: Default::default(),
+                scanned_allocated: Default::default(),
+                scanned_ms: Default::default(),
                 measured_ms: Default::default(),
             },
         };
         Ok((store, report, names))
     }
 
-    /// The same store bounded at `bytes`, measured before every write:
-    /// for tests that cannot fill 1 GiB.
+    /// The same store bounded at `bytes`, measured before every write,
+    /// its rows counted at most every `rescan`: for tests that cannot
+    /// fill 1 GiB.
     #[doc(hidden)]
-    pub fn with_quota(mut self, bytes: i64) -> Self {
+    pub fn with_quota(mut self, bytes: i64, rescan: Duration) -> Self {
         self.quota.bytes = bytes;
         self.quota.recheck = Duration::ZERO;
-        self.quota.rescan = Duration::ZERO;
+        self.quota.rescan = rescan;
         self
     }
 
