@@ -1920,6 +1920,15 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
             "SELECT pg_current_xact_id()",
             "SELECT txid_current_snapshot()",
             "SELECT table_to_xml('pg_class', true, false, '')",
+            // The rest of the server: its sessions, settings, roles,
+            // databases, statistics (other stores' table names).
+            "SELECT count(*) FROM pg_stat_activity",
+            "SELECT pg_stat_get_backend_userid(1)",
+            "SELECT count(*) FROM pg_settings",
+            "SELECT count(*) FROM pg_roles",
+            "SELECT count(*) FROM pg_database",
+            "SELECT count(*) FROM pg_locks",
+            "SELECT count(*) FROM pg_stat_user_tables",
         ] {
             let refused = as_role(role, sql).expect_err(sql);
             assert!(refused.contains("permission denied"), "{sql}: {refused}");
@@ -1950,7 +1959,7 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
     assert_eq!(
         as_role(
             &operator,
-            "SELECT set_config('work_mem', '8MB', false), txid_current(), (SELECT count(*) FROM information_schema.tables)"
+            "SELECT set_config('work_mem', '8MB', false), txid_current(), (SELECT count(*) FROM information_schema.tables), (SELECT count(*) FROM pg_stat_activity), (SELECT count(*) FROM pg_roles)"
         ),
         Ok(())
     );

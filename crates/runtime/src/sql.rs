@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use bulkhead_manifest::grants::{SqlGrant, StoreAccess};
 use bulkhead_manifest::stores::valid_resource_name;
-use bulkhead_store::sql::{Access, QueryError, QueryLimits, SqlStore, SqlValue};
+use bulkhead_store::sql::{Access, MAX_RESULT_BYTES, QueryError, QueryLimits, SqlStore, SqlValue};
 use tracing::debug;
 use wasmtime::component::HasData;
 
@@ -35,8 +35,6 @@ const MAX_STATEMENT_BYTES: usize = 64 << 10;
 const MAX_PARAMS: usize = 100;
 /// Most rows one call may return.
 const MAX_ROWS: usize = 1000;
-/// Most result bytes (sum of values) one call may return.
-const MAX_RESULT_BYTES: usize = 4 << 20;
 /// Most statements one invocation may run.
 const MAX_QUERIES_PER_CALL: u32 = 10_000;
 

@@ -20,6 +20,7 @@ pub mod kv;
 pub mod ledger;
 pub mod meter;
 pub mod pg;
+mod pg_bound;
 pub mod pg_tls;
 pub mod queue;
 pub mod secrets;

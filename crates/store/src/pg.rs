@@ -273,15 +273,28 @@ fn build_pool(
     tls: Option<crate::pg_tls::MakeRustlsConnect>,
     size: usize,
 ) -> Result<Pool, PgError> {
-    let manager_config = deadpool_postgres::ManagerConfig {
-        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-    };
     let manager = match tls {
-        Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config),
+        Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config()),
         None => {
-            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config())
         }
     };
+    pool_of(runtime, manager, size)
+}
+
+/// Connections go back to a pool as they are (their users clean them).
+fn manager_config() -> deadpool_postgres::ManagerConfig {
+    deadpool_postgres::ManagerConfig {
+        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+    }
+}
+
+/// A pool of up to `size` connections `manager` makes, on `runtime`.
+fn pool_of(
+    runtime: &tokio::runtime::Runtime,
+    manager: deadpool_postgres::Manager,
+    size: usize,
+) -> Result<Pool, PgError> {
     let _inside = runtime.enter();
     Pool::builder(manager)
         .max_size(size)
@@ -343,12 +356,16 @@ impl Pg {
 
     /// A pool of up to `size` connections to the same database logging
     /// in as `user` (an SQL store's grant role, issue 16); its user cleans
-    /// each connection before giving it back.
+    /// each connection before giving it back. Each message a connection
+    /// reads is at most `max_message` bytes (T05): one that was larger
+    /// ends its connection and is counted in `overflows`.
     pub(crate) fn pool_as(
         &self,
         user: &str,
         password: &secrecy::SecretString,
         size: usize,
+        max_message: u32,
+        overflows: Arc<std::sync::atomic::AtomicU64>,
     ) -> Result<Pool, PgError> {
         use secrecy::ExposeSecret as _;
         let Some(runtime) = &self.runtime else {
@@ -356,7 +373,13 @@ impl Pg {
         };
         let mut config = self.config.clone();
         config.user(user).password(password.expose_secret());
-        build_pool(runtime, config, self.tls.clone(), size)
+        let connect = crate::pg_bound::BoundedConnect {
+            tls: self.tls.clone(),
+            max_message,
+            overflows,
+        };
+        let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
+        pool_of(runtime, manager, size)
     }
 
     /// Run `work` on the connection's runtime and await its result

@@ -465,6 +465,14 @@ fn tls_to_the_database_verifies_the_server_t15() {
         assert_eq!(tls, all, "{mode}: a connection without TLS");
         drop(state);
     }
+    // A SQL store's connections are the node's own sockets: verified the
+    // same way, and bounded above the TLS layer (T05).
+    let pg = bulkhead_store::pg::Pg::open(&bulkhead_store::kv::PgConfig {
+        url: url("localhost", "verify-full", &cert).into(),
+        schema: db.schema.clone(),
+    })
+    .unwrap();
+    a_store_answer_is_bounded(&db, pg, true);
 
     let stranger = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let stranger_pem = dir.path().join("stranger.pem");
@@ -622,6 +630,107 @@ fn a_client_certificate_proves_the_node_to_the_database_t15() {
         assert!(err.contains(expected), "{extra}: {err}");
         assert!(!err.contains("hunter2"), "{extra}: {err}");
     }
+}
+
+/// T05 (outside review of issue 16): what a SQL store's connection reads
+/// of one answer is bounded, whatever the statement computes. On `pg`
+/// (plaintext or TLS), a read grant's `repeat()` within the result bound
+/// passes; one of 300 MB is refused as over the message bound before the
+/// node holds it (its peak memory grows by far less than the value; it
+/// used to read it whole, then refuse it); so is an error message quoting
+/// a 20 MB value (it used to reach the guest whole). The store answers
+/// again at once. A statement cut short by the call's deadline is
+/// cancelled on the server (over a socket of the node's own), long before
+/// the role's 60 s `statement_timeout` would end it. Every connection of
+/// the store's roles is over TLS exactly when `tls`.
+fn a_store_answer_is_bounded(
+    db: &PgDatabase,
+    pg: std::sync::Arc<bulkhead_store::pg::Pg>,
+    tls: bool,
+) {
+    use bulkhead_store::sql::{
+        Access, MAX_RESULT_BYTES, QueryError, QueryLimits, SqlStore, SqlValue,
+    };
+    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
+    let (store, _, names) =
+        bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "calc", &dek, &[]).unwrap();
+    let within = |seconds: u64| QueryLimits {
+        max_rows: 10,
+        max_bytes: MAX_RESULT_BYTES,
+        deadline: std::time::Instant::now() + std::time::Duration::from_secs(seconds),
+    };
+    let read =
+        |sql: &str, seconds: u64| store.query(Access::Read, None, sql, &[], &within(seconds));
+    let fits = read("SELECT repeat('x', 3000000) AS v", 30).unwrap();
+    assert!(matches!(&fits.rows[0][0], SqlValue::Text(v) if v.len() == 3_000_000));
+    let peak = || {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let before = peak();
+    for sql in [
+        "SELECT repeat('x', 300000000) AS v",
+        "SELECT repeat('x', 20000000)::int AS v",
+    ] {
+        let refused = read(sql, 60).unwrap_err();
+        assert!(
+            matches!(&refused, QueryError::Limit(why) if why.contains("result message over")),
+            "{sql}: {refused:?}"
+        );
+        assert_eq!(
+            read("SELECT 1 AS one", 30).unwrap().rows,
+            vec![vec![SqlValue::Integer(1)]]
+        );
+    }
+    let grew = peak().saturating_sub(before);
+    assert!(
+        grew < 100 << 20,
+        "the node's peak memory grew by {grew} bytes"
+    );
+
+    let cut = read("SELECT count(*) FROM generate_series(1, 10000000000)", 1).unwrap_err();
+    assert!(
+        matches!(&cut, QueryError::Limit(why) if why.contains("deadline")),
+        "{cut:?}"
+    );
+    let running = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND state = 'active'",
+        names.read_role
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while db.query(&running)[0][0].as_deref() != Some("0") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the statement cut short still runs on the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let seen = db.query(&format!(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
+         JOIN pg_stat_activity a USING (pid) WHERE a.usename IN ('{}', '{}')",
+        names.read_role, names.write_role
+    ));
+    let (encrypted, all) = (seen[0][0].clone(), seen[0][1].clone());
+    assert_ne!(all.as_deref(), Some("0"), "no store connection seen");
+    let expected = if tls { all } else { Some("0".to_string()) };
+    assert_eq!(
+        encrypted, expected,
+        "store connections over TLS (tls: {tls})"
+    );
+    drop(store);
+}
+
+#[test]
+fn a_sql_store_answer_is_bounded_and_a_statement_cut_short_cancelled_t05() {
+    let db = PgDatabase::create();
+    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
+    a_store_answer_is_bounded(&db, pg, false);
 }
 
 /// T05 (issue 16): a SQL store on PostgreSQL is bounded like an embedded

@@ -38,6 +38,8 @@ pub const KEY_OWNER: &str = "sql";
 
 /// Largest database a store may grow to (SQLITE_FULL past it).
 pub(crate) const MAX_DB_BYTES: i64 = 1 << 30;
+/// Most result bytes (sum of values) one call may return (T05).
+pub const MAX_RESULT_BYTES: usize = 4 << 20;
 const PAGE_SIZE: i64 = 4096;
 /// SQLite VM steps between deadline checks.
 const PROGRESS_STEPS: i32 = 1000;

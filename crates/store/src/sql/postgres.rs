@@ -26,6 +26,7 @@
 //!   temporary tables dropped) as soon as its statement ends, or closed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -83,7 +84,15 @@ pub struct PgSqlStore {
     read: Pool,
     write: Pool,
     quota: Quota,
+    /// Connections of either pool ended for a message over
+    /// [`MAX_MESSAGE_BYTES`].
+    overflows: Arc<AtomicU64>,
 }
+
+/// Most bytes of one message a store's connection reads (T05): twice the
+/// result bound, so a row within the bound always fits, while a value
+/// computed far past it is refused before the node holds it.
+const MAX_MESSAGE_BYTES: u32 = 2 * super::MAX_RESULT_BYTES as u32;
 
 /// The store's size bound on PostgreSQL (T05), as on the embedded
 /// backend (1 GiB), measured by the node's own role at most every
@@ -272,20 +281,19 @@ impl PgSqlStore {
             message: e.0,
         };
         warn_unhardened(&pg, name, &names.read_role).map_err(fail)?;
-        let read = pg
-            .pool_as(
-                &names.read_role,
-                &role_password(dek, &names.read_role),
+        let overflows = Arc::new(AtomicU64::new(0));
+        let pool_as = |role: &str| {
+            pg.pool_as(
+                role,
+                &role_password(dek, role),
                 POOL_SIZE,
+                MAX_MESSAGE_BYTES,
+                overflows.clone(),
             )
-            .map_err(fail)?;
-        let write = pg
-            .pool_as(
-                &names.write_role,
-                &role_password(dek, &names.write_role),
-                POOL_SIZE,
-            )
-            .map_err(fail)?;
+            .map_err(fail)
+        };
+        let read = pool_as(&names.read_role)?;
+        let write = pool_as(&names.write_role)?;
         // Each role logs in now, not at a guest's first call (outside
         // review: under `cert` authentication they could not, and every
         // call failed while the node looked healthy).
@@ -315,6 +323,7 @@ impl PgSqlStore {
                 scanned_ms: Default::default(),
                 measured_ms: Default::default(),
             },
+            overflows,
         };
         Ok((store, report, names))
     }
@@ -668,6 +677,14 @@ fn setup_statements(
 /// (harmless: no guest can take an advisory lock).
 const GUEST_VOLATILE_FUNCTIONS: &str = "'nextval', 'currval', 'lastval', 'setval', 'random', 'random_normal', 'gen_random_uuid', 'clock_timestamp', 'timeofday', 'pg_advisory_unlock_all'";
 
+/// The `pg_catalog` relations beside the statistics views (`pg_stat…`)
+/// that tell about the rest of the server, not the store: its sessions,
+/// settings, roles, databases, tablespaces, locks and prepared
+/// transactions. Taken from PUBLIC with the functions behind them, so a
+/// store role's password, leaked, does not map the server (outside review
+/// of issue 16: only the text scanner stopped `pg_stat_activity`).
+const SERVER_RELATIONS: &str = "'pg_settings', 'pg_file_settings', 'pg_roles', 'pg_user', 'pg_group', 'pg_auth_members', 'pg_database', 'pg_db_role_setting', 'pg_shdescription', 'pg_tablespace', 'pg_locks', 'pg_prepared_xacts', 'pg_replication_slots', 'pg_replication_origin_status'";
+
 /// The role that keeps, in database `database`, what [`harden_database`]
 /// takes from PUBLIC: every role there but the SQL stores' is a member.
 /// Named with the stores' roles' prefix ([`role_prefix`]).
@@ -683,8 +700,10 @@ pub fn catalog_role(database: &str) -> String {
 /// [`GUEST_VOLATILE_FUNCTIONS`] (large objects, advisory locks, NOTIFY,
 /// `set_config`, `setseed`, WAL messages, signalling other sessions, …),
 /// on the stable ones that assign a transaction id (`txid_current`,
-/// `pg_current_xact_id`: a WAL write) and the `…_to_xml…` family, and the
-/// database's TEMPORARY privilege. [`catalog_role`] is granted them back,
+/// `pg_current_xact_id`: a WAL write), the `…_to_xml…` family and those
+/// behind the statistics views and `pg_settings`; SELECT on the
+/// statistics views and [`SERVER_RELATIONS`]; and the database's
+/// TEMPORARY privilege. [`catalog_role`] is granted them back,
 /// and every other role of the cluster (the node's, the owner's, an
 /// operator's, the key-value call roles) is made its member, at every
 /// deploy: so only the stores' roles, and roles created since, lose them.
@@ -699,6 +718,7 @@ fn harden_database(database: &str) -> String {
     DO $$
     DECLARE
         f regprocedure;
+        r regclass;
         member name;
     BEGIN
         IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
@@ -720,7 +740,8 @@ fn harden_database(database: &str) -> String {
             WHERE p.pronamespace = 'pg_catalog'::regnamespace
               AND (p.provolatile = 'v'
                    OR (p.provolatile = 's' AND (p.proname LIKE 'txid\_%'
-                       OR p.proname LIKE 'pg\_current\_xact\_id%' OR p.proname LIKE '%\_to\_xml%')))
+                       OR p.proname LIKE 'pg\_current\_xact\_id%' OR p.proname LIKE '%\_to\_xml%'
+                       OR p.proname LIKE 'pg\_stat\_get\_%' OR p.proname = 'pg_show_all_settings')))
               AND p.prokind IN ('f', 'p')
               AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype,
                   'internal'::regtype, 'language_handler'::regtype, 'fdw_handler'::regtype,
@@ -730,6 +751,15 @@ fn harden_database(database: &str) -> String {
         LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO {catalog}', f);
             EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+        END LOOP;
+        FOR r IN
+            SELECT c.oid::regclass FROM pg_class c
+            WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relkind IN ('r', 'v')
+              AND (c.relname LIKE 'pg\_stat%' OR c.relname IN ({SERVER_RELATIONS}))
+              AND has_table_privilege('public', c.oid, 'SELECT')
+        LOOP
+            EXECUTE format('GRANT SELECT ON %s TO {catalog}', r);
+            EXECUTE format('REVOKE SELECT ON %s FROM PUBLIC', r);
         END LOOP;
         IF has_database_privilege('public', current_database(), 'TEMPORARY') THEN
             EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO {catalog}', current_database());
@@ -799,13 +829,15 @@ impl SqlStore for PgSqlStore {
         };
         let params = params.to_vec();
         let limits = limits.clone();
-        let cancel_tls = self.pg.config().1.cloned();
+        let (config, tls) = self.pg.config();
+        let reach = Reach {
+            config: config.clone(),
+            tls: tls.cloned(),
+            overflows: self.overflows.clone(),
+        };
         let store = self.name.clone();
         let outcome = self.pg.call(move |_| async move {
-            Ok(run(
-                &pool, cancel_tls, &store, access, kind, &text, params, &limits,
-            )
-            .await)
+            Ok(run(&pool, &reach, &store, access, kind, &text, params, &limits).await)
         });
         match outcome {
             Ok(result) => result,
@@ -817,11 +849,20 @@ impl SqlStore for PgSqlStore {
     }
 }
 
+/// What a call needs of the database beside its pool: where to send a
+/// cancel, and the store's count of connections ended for a message over
+/// the bound.
+struct Reach {
+    config: tokio_postgres::Config,
+    tls: Option<crate::pg_tls::MakeRustlsConnect>,
+    overflows: Arc<AtomicU64>,
+}
+
 /// One guest statement on a connection of the grant's role.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     pool: &Pool,
-    cancel_tls: Option<crate::pg_tls::MakeRustlsConnect>,
+    reach: &Reach,
     store: &str,
     access: Access,
     kind: StatementKind,
@@ -837,6 +878,7 @@ async fn run(
         }
     };
     let cancel = client.cancel_token();
+    let overflows = reach.overflows.load(Ordering::Relaxed);
     let deadline = tokio::time::Instant::from_std(limits.deadline);
     let work = async {
         // Prepared once per connection (a round trip saved on every later
@@ -919,6 +961,16 @@ async fn run(
         Ok(out)
     };
     let result = match tokio::time::timeout_at(deadline, work).await {
+        // The connection was lost because the statement's answer was over
+        // the message bound (another call's at the same moment would read
+        // the same way: both are refusals).
+        Ok(Err(QueryError::Unavailable))
+            if reach.overflows.load(Ordering::Relaxed) != overflows =>
+        {
+            Err(QueryError::Limit(format!(
+                "a result message over {MAX_MESSAGE_BYTES} bytes (a value far past the result bound)"
+            )))
+        }
         Ok(result) => result,
         Err(_) => Err(QueryError::Limit("the call's deadline passed".into())),
     };
@@ -926,12 +978,11 @@ async fn run(
     // server: stop it there too (T05).
     let cut_short = matches!(result, Err(QueryError::Limit(_)));
     if cut_short {
-        let cancelled = match cancel_tls {
-            Some(tls) => tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tls)).await,
-            None => {
-                tokio::time::timeout(CANCEL_WAIT, cancel.cancel_query(tokio_postgres::NoTls)).await
-            }
-        };
+        let cancelled = tokio::time::timeout(
+            CANCEL_WAIT,
+            crate::pg_bound::cancel(&cancel, &reach.config, reach.tls.as_ref()),
+        )
+        .await;
         if !matches!(cancelled, Ok(Ok(()))) {
             tracing::warn!(target: "bulkhead::sql", store, "could not cancel a guest statement cut short; the role's statement_timeout ends it");
         }

@@ -1,0 +1,422 @@
+//! A bound on every message a SQL store's connection reads from
+//! PostgreSQL (T05). The driver reads a message whole before handing it
+//! on, so one guest statement under a read grant that computed a huge
+//! value (`SELECT repeat('x', 500000000)`) made the node hold all of it,
+//! the 4 MiB result bound refusing it only afterwards: a few such calls
+//! at once could take a node's memory (outside review of issue 16). Here
+//! the bytes are counted as they arrive: a message whose header announces
+//! more than the bound ends the connection before its body is read, and
+//! the server's session ends with it, failing to send the rest.
+//!
+//! The stream is the node's own socket (the driver's cannot be wrapped),
+//! connected as the driver would (each host in turn, its connect timeout,
+//! keepalives) and, with TLS, bounded above the TLS layer, where the
+//! messages are. Cancelling a statement opens the same kind of socket.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
+use tokio_postgres::config::Host;
+use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, NoTls, TlsConnect};
+use tokio_postgres::{CancelToken, Client, Config, Error};
+
+use crate::pg_tls::{MakeRustlsConnect, RustlsConnect, RustlsStream};
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How the pools of a SQL store's roles connect: each message read is at
+/// most `max_message` bytes, and every connection ended for one that was
+/// larger is counted in `overflows`.
+#[derive(Clone)]
+pub(crate) struct BoundedConnect {
+    pub(crate) tls: Option<MakeRustlsConnect>,
+    pub(crate) max_message: u32,
+    pub(crate) overflows: Arc<AtomicU64>,
+}
+
+impl BoundedConnect {
+    fn bound<S>(&self, stream: S) -> Bounded<S> {
+        Bounded {
+            stream,
+            framing: Framing::default(),
+            max_message: self.max_message,
+            overflows: self.overflows.clone(),
+        }
+    }
+}
+
+impl deadpool_postgres::Connect for BoundedConnect {
+    fn connect(
+        &self,
+        config: &Config,
+    ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), Error>> {
+        let config = config.clone();
+        Box::pin(async move {
+            let (socket, host) = open_socket(&config).await?;
+            match self.tls.clone() {
+                Some(make) => {
+                    let tls = BoundedTls {
+                        tls: rustls_for(make, &host).await?,
+                        connect: self.clone(),
+                    };
+                    let (client, connection) = config.connect_raw(socket, tls).await?;
+                    Ok((client, drive(connection)))
+                }
+                None => {
+                    let (client, connection) =
+                        config.connect_raw(self.bound(socket), NoTls).await?;
+                    Ok((client, drive(connection)))
+                }
+            }
+        })
+    }
+}
+
+/// The connection's task: it ends with the connection, logging why.
+fn drive<F>(connection: F) -> tokio::task::JoinHandle<()>
+where
+    F: Future<Output = Result<(), Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(target: "bulkhead::sql", error = %e, "a SQL store's connection ended");
+        }
+    })
+}
+
+/// Stop the statement running on `token`'s connection, over a socket of
+/// our own (the driver only knows the host of connections it made).
+pub(crate) async fn cancel(
+    token: &CancelToken,
+    config: &Config,
+    tls: Option<&MakeRustlsConnect>,
+) -> Result<(), Error> {
+    let (socket, host) = open_socket(config).await?;
+    match tls {
+        Some(make) => {
+            token
+                .cancel_query_raw(socket, rustls_for(make.clone(), &host).await?)
+                .await
+        }
+        None => token.cancel_query_raw(socket, NoTls).await,
+    }
+}
+
+async fn rustls_for(mut make: MakeRustlsConnect, host: &str) -> Result<RustlsConnect, Error> {
+    match MakeTlsConnect::<Socket>::make_tls_connect(&mut make, host) {
+        Ok(tls) => Ok(tls),
+        Err(_) => Err(failed(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the database host is not a name TLS can verify",
+        ))
+        .await),
+    }
+}
+
+/// TLS as the store's connection asks, its plaintext side bounded.
+struct BoundedTls {
+    tls: RustlsConnect,
+    connect: BoundedConnect,
+}
+
+impl TlsConnect<Socket> for BoundedTls {
+    type Stream = Bounded<RustlsStream<Socket>>;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, io::Result<Self::Stream>>;
+
+    fn connect(self, stream: Socket) -> Self::Future {
+        Box::pin(async move {
+            let stream = TlsConnect::<Socket>::connect(self.tls, stream).await?;
+            Ok(self.connect.bound(stream))
+        })
+    }
+}
+
+/// A socket to the first of `config`'s hosts that answers, set up as the
+/// driver sets up its own, with the host's name (for TLS).
+async fn open_socket(config: &Config) -> Result<(Socket, String), Error> {
+    let (hosts, addrs, ports) = (
+        config.get_hosts(),
+        config.get_hostaddrs(),
+        config.get_ports(),
+    );
+    let timeout = config.get_connect_timeout().copied();
+    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the URL names no host");
+    for i in 0..hosts.len().max(addrs.len()) {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let attempt = async {
+            // `hostaddr` is where to connect; `host`, the name TLS checks.
+            let tcp = |name: String| async move {
+                let stream = match addrs.get(i) {
+                    Some(ip) => TcpStream::connect((*ip, port)).await?,
+                    None => TcpStream::connect((name.as_str(), port)).await?,
+                };
+                stream.set_nodelay(true)?;
+                if config.get_keepalives() {
+                    let keepalive =
+                        socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+                    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+                }
+                Ok::<_, io::Error>((Socket::Tcp(stream), name))
+            };
+            match hosts.get(i) {
+                Some(Host::Tcp(name)) => tcp(name.clone()).await,
+                #[cfg(unix)]
+                Some(Host::Unix(dir)) => {
+                    let stream = UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
+                    Ok((Socket::Unix(stream), String::new()))
+                }
+                None => tcp(addrs.get(i).map(|ip| ip.to_string()).unwrap_or_default()).await,
+            }
+        };
+        let outcome = match timeout {
+            Some(limit) => tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection timed out",
+                    ))
+                }),
+            None => attempt.await,
+        };
+        match outcome {
+            Ok(opened) => return Ok(opened),
+            Err(e) => last = e,
+        }
+    }
+    Err(failed(last).await)
+}
+
+/// `e` as the driver's error (it has no public constructor): the driver
+/// reports it, failing to start up on a stream that fails with it.
+async fn failed(e: io::Error) -> Error {
+    struct Failing(Option<io::Error>);
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Err(self
+                .0
+                .take()
+                .unwrap_or_else(|| io::ErrorKind::Other.into())))
+        }
+    }
+    impl AsyncWrite for Failing {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Err(self
+                .0
+                .take()
+                .unwrap_or_else(|| io::ErrorKind::Other.into())))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    match Config::new()
+        .user("bulkhead")
+        .connect_raw(Failing(Some(e)), NoTls)
+        .await
+    {
+        Err(e) => e,
+        // Cannot start up on a stream that fails: never reached.
+        Ok(_) => Error::__private_api_timeout(),
+    }
+}
+
+/// A TCP or Unix-domain socket to the database.
+pub(crate) enum Socket {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(UnixStream),
+}
+
+macro_rules! on_socket {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            Socket::Tcp($s) => $e,
+            #[cfg(unix)]
+            Socket::Unix($s) => $e,
+        }
+    };
+}
+
+impl AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        on_socket!(self, s => Pin::new(s).poll_write(cx, buf))
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_flush(cx))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        on_socket!(self, s => Pin::new(s).poll_shutdown(cx))
+    }
+}
+
+/// A stream whose messages are counted as they are read (T05).
+pub(crate) struct Bounded<S> {
+    stream: S,
+    framing: Framing,
+    max_message: u32,
+    overflows: Arc<AtomicU64>,
+}
+
+/// Where the reader is in PostgreSQL's framing: a message is a type byte,
+/// a 4-byte big-endian length that counts itself, then its body.
+#[derive(Default)]
+struct Framing {
+    header: [u8; 5],
+    header_read: usize,
+    body_left: u64,
+}
+
+impl Framing {
+    /// Follow `bytes`; the length of the first message over `max`, if any.
+    fn follow(&mut self, mut bytes: &[u8], max: u32) -> Result<(), u32> {
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let skip = bytes
+                    .len()
+                    .min(usize::try_from(self.body_left).unwrap_or(usize::MAX));
+                self.body_left -= skip as u64;
+                bytes = &bytes[skip..];
+                continue;
+            }
+            self.header[self.header_read] = bytes[0];
+            self.header_read += 1;
+            bytes = &bytes[1..];
+            if self.header_read == self.header.len() {
+                self.header_read = 0;
+                let length = u32::from_be_bytes([
+                    self.header[1],
+                    self.header[2],
+                    self.header[3],
+                    self.header[4],
+                ]);
+                if length > max.saturating_add(4) {
+                    return Err(length);
+                }
+                // Under 4 the driver itself refuses the message.
+                self.body_left = u64::from(length.saturating_sub(4));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && let Err(length) = this
+                .framing
+                .follow(&buf.filled()[before..], this.max_message)
+        {
+            this.overflows.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "bulkhead::sql", bytes = length, bound = this.max_message, "a SQL store's statement answered with a message over the bound; its connection is closed (T05)");
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a message from the database over the bound",
+            )));
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Bounded<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+impl<S: tokio_postgres::tls::TlsStream + Unpin> tokio_postgres::tls::TlsStream for Bounded<S> {
+    fn channel_binding(&self) -> ChannelBinding {
+        self.stream.channel_binding()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Framing;
+
+    fn message(tag: u8, body: usize) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body as u32 + 4).to_be_bytes());
+        m.extend(std::iter::repeat_n(0u8, body));
+        m
+    }
+
+    #[test]
+    fn messages_under_the_bound_pass_in_any_split() {
+        let mut stream = message(b'T', 10);
+        stream.extend(message(b'D', 100));
+        stream.extend(message(b'C', 0));
+        for split in 1..stream.len() {
+            let mut framing = Framing::default();
+            for chunk in stream.chunks(split) {
+                assert_eq!(framing.follow(chunk, 100), Ok(()));
+            }
+            assert_eq!((framing.header_read, framing.body_left), (0, 0));
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_bound_is_caught_from_its_header_t05() {
+        let mut stream = message(b'T', 10);
+        stream.extend(&message(b'D', 101)[..5]);
+        for split in 1..stream.len() {
+            let mut framing = Framing::default();
+            let caught = stream
+                .chunks(split)
+                .map(|chunk| framing.follow(chunk, 100))
+                .find(Result::is_err);
+            assert_eq!(caught, Some(Err(105)), "split {split}");
+        }
+    }
+}
