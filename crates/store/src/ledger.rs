@@ -50,6 +50,9 @@ pub const DEAD_AFTER_MS: i64 = 30_000;
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// How often the calls that ended are settled and spent leases given back.
 const SETTLE_EVERY: Duration = Duration::from_millis(100);
+/// How soon usage kept during an outage reaches the carried file (T04:
+/// what a node killed then loses).
+const CARRY_EVERY: Duration = Duration::from_secs(1);
 /// Settlements kept for a retry while the database is unreachable.
 const MAX_UNSETTLED: usize = 100_000;
 /// Kept settlements a settling retries (the beat retries them all).
@@ -219,6 +222,8 @@ pub struct SharedLedger {
     carry: std::sync::OnceLock<std::path::PathBuf>,
     /// The carried file may hold something: removed once nothing waits.
     carried_on_disk: std::sync::atomic::AtomicBool,
+    /// Usage was kept since the carried file was last written.
+    carry_behind: std::sync::atomic::AtomicBool,
 }
 
 /// One kept settlement as the carried file holds it: its scopes (day,
@@ -262,6 +267,7 @@ impl SharedLedger {
             down_until_ms: AtomicI64::new(0),
             carry: std::sync::OnceLock::new(),
             carried_on_disk: std::sync::atomic::AtomicBool::new(false),
+            carry_behind: std::sync::atomic::AtomicBool::new(false),
             pg,
         });
         let migration = migration(ledger.pg.schema());
@@ -705,9 +711,11 @@ impl SharedLedger {
     }
 
     /// Write what is unsettled to the carried file (or remove it once
-    /// nothing is): at a stop, and at every beat while anything waits, so
-    /// a node killed during an outage loses only the last beat's worth.
+    /// nothing is): at a stop, at every beat, and within [`CARRY_EVERY`]
+    /// of usage kept, so a node killed during an outage loses at most
+    /// that much of what it admitted.
     fn carry_out(&self, at_stop: bool) {
+        self.carry_behind.store(false, Ordering::Release);
         if let Some(path) = self.carry.get() {
             let kept: Vec<CarriedSettlement> = locked(&self.unsettled)
                 .iter()
@@ -743,6 +751,7 @@ impl SharedLedger {
             used: ended.used,
             ..Ended::default()
         };
+        self.carry_behind.store(true, Ordering::Release);
         let mut unsettled = locked(&self.unsettled);
         // Summed per set of scopes: an outage with many callers keeps one
         // entry each, and the retry is one transaction each (review).
@@ -1284,6 +1293,7 @@ fn locking_order(keys: &[LedgerKey]) -> Vec<usize> {
 /// [`BEAT_EVERY`], until the ledger is dropped.
 fn heartbeat(ledger: Weak<SharedLedger>) {
     let mut last_beat = std::time::Instant::now();
+    let mut last_carry = last_beat;
     loop {
         std::thread::sleep(SETTLE_EVERY);
         let Some(ledger) = ledger.upgrade() else {
@@ -1298,6 +1308,11 @@ fn heartbeat(ledger: Weak<SharedLedger>) {
                 warn!(target: "bulkhead::budget", error = %e, "the shared budget ledger's heartbeat failed; retrying");
             }
             ledger.carry_out(false);
+            last_carry = std::time::Instant::now();
+        } else if last_carry.elapsed() >= CARRY_EVERY && ledger.carry_behind.load(Ordering::Acquire)
+        {
+            ledger.carry_out(false);
+            last_carry = std::time::Instant::now();
         }
     }
 }
