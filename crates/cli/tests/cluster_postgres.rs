@@ -2207,6 +2207,81 @@ async fn migrate_state_moves_sql_store_rows_t01_t15() {
     );
 }
 
+/// T05 (outside review of issue 16), through the real binary: a read
+/// grant's statement that computes a 300 MB value is refused as over the
+/// message bound, three times, while the node's peak memory grows by far
+/// less than one such value (it used to read each one whole before the
+/// result bound refused it); the store answers normally in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_grant_cannot_make_a_node_hold_a_huge_value_t05() {
+    let raw_manifest = |app: &str| {
+        on_postgres(
+            app,
+            &format!(
+                r#"{}
+[[function]]
+name = "raw"
+component = "sqlguest.wasm"
+route = "/raw/{{op}}"
+auth = "public"
+methods = ["POST"]
+grants = {{ sql = {{ events = "read" }} }}
+"#,
+                support::SQL_LEDGER
+            ),
+        )
+    };
+    let cluster = Cluster::of_n(1, None, raw_manifest, &["sqlguest"]);
+    write_migrations(
+        cluster.nodes[0].path(),
+        &[
+            (
+                "migrations/events",
+                "CREATE TABLE events (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body TEXT NOT NULL);",
+            ),
+            ("migrations/other", "CREATE TABLE other (v TEXT);"),
+        ],
+    );
+    let server = cluster.serve(0);
+    let peak = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    let raw = |sql: &'static str| async move {
+        let req = request("POST", server.addr, "/raw/raw", Bytes::from(sql));
+        let reply = try_send(server.addr, req).await.expect("a response");
+        assert_eq!(reply.status, 200, "{sql}: {}", reply.text());
+        reply.text()
+    };
+    assert_eq!(
+        raw("SELECT repeat('x', 10) AS v").await,
+        "ok columns=v changes=0 rows=[[\"xxxxxxxxxx\"]]"
+    );
+    let before = peak();
+    for _ in 0..3 {
+        let refused = raw("SELECT repeat('x', 300000000) AS v").await;
+        assert!(
+            refused.starts_with("err limit: a result message over 8388608 bytes"),
+            "{refused}"
+        );
+        assert_eq!(
+            raw("SELECT count(*) AS n FROM events").await,
+            "ok columns=n changes=0 rows=[[0]]"
+        );
+    }
+    let grew = peak().saturating_sub(before);
+    assert!(
+        grew < 100 << 20,
+        "the node's peak memory grew by {grew} bytes"
+    );
+}
+
 /// Issue 16 (T16; outside review): a node that connects as a role that
 /// is not a superuser (here CREATEROLE and CREATE on the database, as the
 /// README asks) still serves SQL stores: it makes the grant roles without

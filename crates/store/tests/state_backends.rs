@@ -638,8 +638,8 @@ fn a_client_certificate_proves_the_node_to_the_database_t15() {
 /// passes; one of 300 MB is refused as over the message bound before the
 /// node holds it (its peak memory grows by far less than the value; it
 /// used to read it whole, then refuse it); so is an error message quoting
-/// a 20 MB value (it used to reach the guest whole). The store answers
-/// again at once. A statement cut short by the call's deadline is
+/// a 20 MB value (it used to reach the guest whole), and one quoting 1 MB
+/// reaches it cut to 1 KiB. The store answers again at once. A statement cut short by the call's deadline is
 /// cancelled on the server (over a socket of the node's own), long before
 /// the role's 60 s `statement_timeout` would end it. Every connection of
 /// the store's roles is over TLS exactly when `tls`.
@@ -692,6 +692,13 @@ fn a_store_answer_is_bounded(
     assert!(
         grew < 100 << 20,
         "the node's peak memory grew by {grew} bytes"
+    );
+    // Under the message bound, a server message quoting a value reaches
+    // the guest cut to 1 KiB.
+    let quoted = read("SELECT repeat('x', 1000000)::int AS v", 30).unwrap_err();
+    assert!(
+        matches!(&quoted, QueryError::Invalid(why) if why.len() < 1200 && why.ends_with("(cut at 1024 bytes)")),
+        "{quoted:?}"
     );
 
     let cut = read("SELECT count(*) FROM generate_series(1, 10000000000)", 1).unwrap_err();

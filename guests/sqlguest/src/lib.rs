@@ -83,6 +83,12 @@ impl wasip2::exports::http::incoming_handler::Guest for SqlGuest {
                 }
                 last
             }
+            // Any statement, the request's body (for attacks on the
+            // store's bounds: a test guest only).
+            "raw" => {
+                let statement = read_body(request);
+                run(&statement, vec![])
+            }
             "inject" => {
                 let inserted = run(
                     "INSERT INTO events (body) VALUES (?1)",
@@ -98,6 +104,22 @@ impl wasip2::exports::http::incoming_handler::Guest for SqlGuest {
         };
         reply(response_out, &text);
     }
+}
+
+/// The request's body as text, at most 64 KiB.
+fn read_body(request: IncomingRequest) -> String {
+    let mut bytes = Vec::new();
+    if let Ok(body) = request.consume()
+        && let Ok(stream) = body.stream()
+    {
+        while bytes.len() < 64 << 10 {
+            match stream.blocking_read(64 << 10) {
+                Ok(chunk) => bytes.extend(chunk),
+                Err(_) => break,
+            }
+        }
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 fn bench(store: &str, id: i64, n: usize) -> String {

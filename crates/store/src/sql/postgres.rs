@@ -1034,8 +1034,18 @@ fn classify(
         tracing::error!(target: "bulkhead::sql", store, sqlstate = code.code(), error = %db.message(), "SQL store on PostgreSQL failed");
         return QueryError::Unavailable;
     }
-    QueryError::Invalid(db.message().to_string())
+    // The server's message may quote a value the statement computed
+    // (`invalid input syntax for type integer: "…"`): cut to a bound.
+    let message = db.message();
+    let cut = &message[..message.floor_char_boundary(MAX_ERROR_MESSAGE)];
+    if cut.len() < message.len() {
+        return QueryError::Invalid(format!("{cut}… (cut at {MAX_ERROR_MESSAGE} bytes)"));
+    }
+    QueryError::Invalid(message.to_string())
 }
+
+/// The longest server message a guest gets whole.
+const MAX_ERROR_MESSAGE: usize = 1024;
 
 /// Types a result column may have: what maps onto the guest's values.
 fn readable(ty: &Type) -> bool {
