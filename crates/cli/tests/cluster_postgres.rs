@@ -1929,6 +1929,14 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
             "SELECT count(*) FROM pg_database",
             "SELECT count(*) FROM pg_locks",
             "SELECT count(*) FROM pg_stat_user_tables",
+            // The rest of the database and who else is on the server.
+            "SELECT count(*) FROM pg_class",
+            "SELECT count(*) FROM pg_tables",
+            "SELECT count(*) FROM pg_shdepend",
+            "SELECT current_setting('ssl_cert_file')",
+            "SELECT has_database_privilege('postgres', 'CONNECT')",
+            "SELECT inet_server_addr()",
+            "SELECT pg_current_snapshot()",
         ] {
             let refused = as_role(role, sql).expect_err(sql);
             assert!(refused.contains("permission denied"), "{sql}: {refused}");
@@ -1937,7 +1945,7 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
         assert_eq!(
             as_role(
                 role,
-                "SELECT random(), gen_random_uuid(), clock_timestamp(), now(), pg_advisory_unlock_all()"
+                "SELECT random(), gen_random_uuid(), clock_timestamp(), now(), pg_advisory_unlock_all(), (SELECT count(*) FROM information_schema.tables)"
             ),
             Ok(()),
             "{role}"
@@ -1959,7 +1967,7 @@ async fn sql_stores_on_postgres_confine_each_grant_by_database_role_t06_t16() {
     assert_eq!(
         as_role(
             &operator,
-            "SELECT set_config('work_mem', '8MB', false), txid_current(), (SELECT count(*) FROM information_schema.tables), (SELECT count(*) FROM pg_stat_activity), (SELECT count(*) FROM pg_roles)"
+            "SELECT set_config('work_mem', '8MB', false), txid_current(), (SELECT count(*) FROM information_schema.tables), (SELECT count(*) FROM pg_stat_activity), (SELECT count(*) FROM pg_roles), (SELECT count(*) FROM pg_class), current_setting('work_mem')"
         ),
         Ok(())
     );
@@ -2280,6 +2288,22 @@ grants = {{ sql = {{ events = "read" }} }}
         grew < 100 << 20,
         "the node's peak memory grew by {grew} bytes"
     );
+    // Each overflow warned of once; none logged as the database failing
+    // (second outside review: a guest could raise such alerts at will).
+    let logs = server.stop_with_logs();
+    let said = |message: &str| {
+        logs.iter()
+            .filter(|r| r["message"].as_str() == Some(message))
+            .count()
+    };
+    assert_eq!(
+        said(
+            "a SQL store's statement answered with a message over the bound; its connection is closed (T05)"
+        ),
+        3,
+        "{logs:?}"
+    );
+    assert_eq!(said("SQL store on PostgreSQL failed"), 0, "{logs:?}");
 }
 
 /// Issue 16 (T16; outside review): a node that connects as a role that

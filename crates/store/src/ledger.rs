@@ -751,12 +751,16 @@ impl SharedLedger {
             used: ended.used,
             ..Ended::default()
         };
-        self.carry_behind.store(true, Ordering::Release);
         let mut unsettled = locked(&self.unsettled);
+        // Set under the lock, once the usage is in: a carry_out that
+        // clears it before then reads the usage too (outside review: set
+        // before, the write could miss it for a whole beat).
+        let behind = || self.carry_behind.store(true, Ordering::Release);
         // Summed per set of scopes: an outage with many callers keeps one
         // entry each, and the retry is one transaction each (review).
         if let Some(sum) = unsettled.get_mut(&keys) {
             sum.add(used);
+            behind();
             return;
         }
         if unsettled.len() >= MAX_UNSETTLED {
@@ -767,6 +771,7 @@ impl SharedLedger {
             return;
         }
         unsettled.insert(keys, used);
+        behind();
     }
 
     /// One settlement, in one transaction. The node's hold comes off

@@ -358,14 +358,14 @@ impl Pg {
     /// in as `user` (an SQL store's grant role, issue 16); its user cleans
     /// each connection before giving it back. Each message a connection
     /// reads is at most `max_message` bytes (T05): one that was larger
-    /// ends its connection and is counted in `overflows`.
+    /// ends its connection; both it and large ones are told in `counts`.
     pub(crate) fn pool_as(
         &self,
         user: &str,
         password: &secrecy::SecretString,
         size: usize,
         max_message: u32,
-        overflows: Arc<std::sync::atomic::AtomicU64>,
+        counts: Arc<crate::pg_bound::MessageCounts>,
     ) -> Result<Pool, PgError> {
         use secrecy::ExposeSecret as _;
         let Some(runtime) = &self.runtime else {
@@ -376,7 +376,7 @@ impl Pg {
         let connect = crate::pg_bound::BoundedConnect {
             tls: self.tls.clone(),
             max_message,
-            overflows,
+            counts,
         };
         let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
         pool_of(runtime, manager, size)

@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, NoTls, TlsConnect};
 use tokio_postgres::{CancelToken, Client, Config, Error};
 
@@ -31,14 +31,28 @@ use crate::pg_tls::{MakeRustlsConnect, RustlsConnect, RustlsStream};
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a SQL store's connections read past two sizes: messages over the
+/// bound (each ended its connection) and large ones (each grew its
+/// connection's read buffer, which the connection keeps): counted, so a
+/// call can tell that its own answer was one (another call's at the same
+/// moment reads the same way: both are refusals, or both reconnect).
+#[derive(Default)]
+pub(crate) struct MessageCounts {
+    pub(crate) over: AtomicU64,
+    pub(crate) large: AtomicU64,
+}
+
+/// A message this large grows a connection's read buffer for good: the
+/// connection is not pooled again after one.
+pub(crate) const LARGE_MESSAGE: u32 = 1 << 20;
+
 /// How the pools of a SQL store's roles connect: each message read is at
-/// most `max_message` bytes, and every connection ended for one that was
-/// larger is counted in `overflows`.
+/// most `max_message` bytes.
 #[derive(Clone)]
 pub(crate) struct BoundedConnect {
     pub(crate) tls: Option<MakeRustlsConnect>,
     pub(crate) max_message: u32,
-    pub(crate) overflows: Arc<AtomicU64>,
+    pub(crate) counts: Arc<MessageCounts>,
 }
 
 impl BoundedConnect {
@@ -47,36 +61,90 @@ impl BoundedConnect {
             stream,
             framing: Framing::default(),
             max_message: self.max_message,
-            overflows: self.overflows.clone(),
+            counts: self.counts.clone(),
         }
+    }
+
+    /// A session on the `i`th host, as the URL asks of it.
+    async fn connect_to(
+        &self,
+        config: &Config,
+        i: usize,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), Error> {
+        let (socket, host) = open_socket(config, i).await?;
+        let (client, task) = match self.tls.clone() {
+            Some(make) => {
+                let tls = BoundedTls {
+                    tls: rustls_for(make, &host).await?,
+                    connect: self.clone(),
+                };
+                let (client, connection) = config.connect_raw(socket, tls).await?;
+                (client, drive(connection))
+            }
+            None => {
+                let (client, connection) = config.connect_raw(self.bound(socket), NoTls).await?;
+                (client, drive(connection))
+            }
+        };
+        // As the driver's own connect: a standby does not do for a URL
+        // that asks for a server that takes writes.
+        if config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite {
+            let rows = client.simple_query("SHOW transaction_read_only").await?;
+            let read_only = rows.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("on"))
+            });
+            if read_only {
+                return Err(failed(io::Error::other(
+                    "the server is read-only and the URL asks for target_session_attrs=read-write",
+                ))
+                .await);
+            }
+        }
+        Ok((client, task))
     }
 }
 
 impl deadpool_postgres::Connect for BoundedConnect {
+    /// Each of the URL's hosts in turn (shuffled by `load_balance_hosts=
+    /// random`), the next one tried when a session cannot start on one
+    /// (outside review: only the first socket that opened was tried).
     fn connect(
         &self,
         config: &Config,
     ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), Error>> {
         let config = config.clone();
         Box::pin(async move {
-            let (socket, host) = open_socket(&config).await?;
-            match self.tls.clone() {
-                Some(make) => {
-                    let tls = BoundedTls {
-                        tls: rustls_for(make, &host).await?,
-                        connect: self.clone(),
-                    };
-                    let (client, connection) = config.connect_raw(socket, tls).await?;
-                    Ok((client, drive(connection)))
-                }
-                None => {
-                    let (client, connection) =
-                        config.connect_raw(self.bound(socket), NoTls).await?;
-                    Ok((client, drive(connection)))
+            let mut last = None;
+            for i in host_order(&config) {
+                match self.connect_to(&config, i).await {
+                    Ok(connected) => return Ok(connected),
+                    Err(e) => last = Some(e),
                 }
             }
+            Err(match last {
+                Some(e) => e,
+                None => failed(no_host()).await,
+            })
         })
     }
+}
+
+/// The URL's hosts by index, in the order to try them.
+fn host_order(config: &Config) -> Vec<usize> {
+    let count = config.get_hosts().len().max(config.get_hostaddrs().len());
+    let mut order: Vec<usize> = (0..count).collect();
+    if config.get_load_balance_hosts() == LoadBalanceHosts::Random && count > 1 {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_ok() {
+            let at = (u64::from_le_bytes(seed) % count as u64) as usize;
+            order.rotate_left(at);
+        }
+    }
+    order
+}
+
+fn no_host() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "the URL names no host")
 }
 
 /// The connection's task: it ends with the connection, logging why.
@@ -92,21 +160,34 @@ where
 }
 
 /// Stop the statement running on `token`'s connection, over a socket of
-/// our own (the driver only knows the host of connections it made).
+/// our own (the driver only knows the host of connections it made). The
+/// request goes to every host of the URL: only the one whose session
+/// holds the token's secret key acts on it.
 pub(crate) async fn cancel(
     token: &CancelToken,
     config: &Config,
     tls: Option<&MakeRustlsConnect>,
 ) -> Result<(), Error> {
-    let (socket, host) = open_socket(config).await?;
-    match tls {
-        Some(make) => {
-            token
-                .cancel_query_raw(socket, rustls_for(make.clone(), &host).await?)
-                .await
+    let mut outcome = Err(failed(no_host()).await);
+    for i in host_order(config) {
+        let sent = async {
+            let (socket, host) = open_socket(config, i).await?;
+            match tls {
+                Some(make) => {
+                    token
+                        .cancel_query_raw(socket, rustls_for(make.clone(), &host).await?)
+                        .await
+                }
+                None => token.cancel_query_raw(socket, NoTls).await,
+            }
+        };
+        match sent.await {
+            Ok(()) => outcome = Ok(()),
+            Err(e) if outcome.is_err() => outcome = Err(e),
+            Err(_) => {}
         }
-        None => token.cancel_query_raw(socket, NoTls).await,
     }
+    outcome
 }
 
 async fn rustls_for(mut make: MakeRustlsConnect, host: &str) -> Result<RustlsConnect, Error> {
@@ -139,60 +220,70 @@ impl TlsConnect<Socket> for BoundedTls {
     }
 }
 
-/// A socket to the first of `config`'s hosts that answers, set up as the
-/// driver sets up its own, with the host's name (for TLS).
-async fn open_socket(config: &Config) -> Result<(Socket, String), Error> {
+/// A socket to `config`'s `i`th host, set up as the driver sets up its
+/// own (connect timeout, keepalives, TCP user timeout), with the host's
+/// name (for TLS).
+async fn open_socket(config: &Config, i: usize) -> Result<(Socket, String), Error> {
     let (hosts, addrs, ports) = (
         config.get_hosts(),
         config.get_hostaddrs(),
         config.get_ports(),
     );
-    let timeout = config.get_connect_timeout().copied();
-    let mut last = io::Error::new(io::ErrorKind::InvalidInput, "the URL names no host");
-    for i in 0..hosts.len().max(addrs.len()) {
-        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-        let attempt = async {
-            // `hostaddr` is where to connect; `host`, the name TLS checks.
-            let tcp = |name: String| async move {
-                let stream = match addrs.get(i) {
-                    Some(ip) => TcpStream::connect((*ip, port)).await?,
-                    None => TcpStream::connect((name.as_str(), port)).await?,
-                };
-                stream.set_nodelay(true)?;
-                if config.get_keepalives() {
-                    let keepalive =
-                        socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
-                    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
-                }
-                Ok::<_, io::Error>((Socket::Tcp(stream), name))
+    let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+    let attempt = async {
+        // `hostaddr` is where to connect; `host`, the name TLS checks.
+        let tcp = |name: String| async move {
+            let stream = match addrs.get(i) {
+                Some(ip) => TcpStream::connect((*ip, port)).await?,
+                None => TcpStream::connect((name.as_str(), port)).await?,
             };
-            match hosts.get(i) {
-                Some(Host::Tcp(name)) => tcp(name.clone()).await,
-                #[cfg(unix)]
-                Some(Host::Unix(dir)) => {
-                    let stream = UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
-                    Ok((Socket::Unix(stream), String::new()))
+            stream.set_nodelay(true)?;
+            let socket = socket2::SockRef::from(&stream);
+            if config.get_keepalives() {
+                let mut keepalive =
+                    socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+                if let Some(interval) = config.get_keepalives_interval() {
+                    keepalive = keepalive.with_interval(interval);
                 }
-                None => tcp(addrs.get(i).map(|ip| ip.to_string()).unwrap_or_default()).await,
+                if let Some(retries) = config.get_keepalives_retries() {
+                    keepalive = keepalive.with_retries(retries);
+                }
+                socket.set_tcp_keepalive(&keepalive)?;
             }
+            #[cfg(target_os = "linux")]
+            if let Some(timeout) = config.get_tcp_user_timeout() {
+                socket.set_tcp_user_timeout(Some(*timeout))?;
+            }
+            Ok::<_, io::Error>((Socket::Tcp(stream), name))
         };
-        let outcome = match timeout {
-            Some(limit) => tokio::time::timeout(limit, attempt)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "connection timed out",
-                    ))
-                }),
-            None => attempt.await,
-        };
-        match outcome {
-            Ok(opened) => return Ok(opened),
-            Err(e) => last = e,
+        match hosts.get(i) {
+            Some(Host::Tcp(name)) => tcp(name.clone()).await,
+            #[cfg(unix)]
+            Some(Host::Unix(dir)) => {
+                let stream = UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).await?;
+                Ok((Socket::Unix(stream), String::new()))
+            }
+            None => match addrs.get(i) {
+                Some(ip) => tcp(ip.to_string()).await,
+                None => Err(no_host()),
+            },
         }
+    };
+    let outcome = match config.get_connect_timeout() {
+        Some(limit) => tokio::time::timeout(*limit, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection timed out",
+                ))
+            }),
+        None => attempt.await,
+    };
+    match outcome {
+        Ok(opened) => Ok(opened),
+        Err(e) => Err(failed(e).await),
     }
-    Err(failed(last).await)
 }
 
 /// `e` as the driver's error (it has no public constructor): the driver
@@ -288,7 +379,7 @@ pub(crate) struct Bounded<S> {
     stream: S,
     framing: Framing,
     max_message: u32,
-    overflows: Arc<AtomicU64>,
+    counts: Arc<MessageCounts>,
 }
 
 /// Where the reader is in PostgreSQL's framing: a message is a type byte,
@@ -301,8 +392,10 @@ struct Framing {
 }
 
 impl Framing {
-    /// Follow `bytes`; the length of the first message over `max`, if any.
-    fn follow(&mut self, mut bytes: &[u8], max: u32) -> Result<(), u32> {
+    /// Follow `bytes`: whether a message over [`LARGE_MESSAGE`] began in
+    /// them, or the length of the first one over `max`.
+    fn follow(&mut self, mut bytes: &[u8], max: u32) -> Result<bool, u32> {
+        let mut large = false;
         while !bytes.is_empty() {
             if self.body_left > 0 {
                 let skip = bytes
@@ -326,11 +419,12 @@ impl Framing {
                 if length > max.saturating_add(4) {
                     return Err(length);
                 }
+                large |= length > LARGE_MESSAGE;
                 // Under 4 the driver itself refuses the message.
                 self.body_left = u64::from(length.saturating_sub(4));
             }
         }
-        Ok(())
+        Ok(large)
     }
 }
 
@@ -343,17 +437,24 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && let Err(length) = this
+        if let Poll::Ready(Ok(())) = polled {
+            match this
                 .framing
                 .follow(&buf.filled()[before..], this.max_message)
-        {
-            this.overflows.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(target: "bulkhead::sql", bytes = length, bound = this.max_message, "a SQL store's statement answered with a message over the bound; its connection is closed (T05)");
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "a message from the database over the bound",
-            )));
+            {
+                Ok(false) => {}
+                Ok(true) => {
+                    this.counts.large.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(length) => {
+                    this.counts.over.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(target: "bulkhead::sql", bytes = length, bound = this.max_message, "a SQL store's statement answered with a message over the bound; its connection is closed (T05)");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a message from the database over the bound",
+                    )));
+                }
+            }
         }
         polled
     }
@@ -400,7 +501,7 @@ mod tests {
         for split in 1..stream.len() {
             let mut framing = Framing::default();
             for chunk in stream.chunks(split) {
-                assert_eq!(framing.follow(chunk, 100), Ok(()));
+                assert_eq!(framing.follow(chunk, 100), Ok(false));
             }
             assert_eq!((framing.header_read, framing.body_left), (0, 0));
         }
@@ -418,5 +519,15 @@ mod tests {
                 .find(Result::is_err);
             assert_eq!(caught, Some(Err(105)), "split {split}");
         }
+    }
+
+    #[test]
+    fn a_large_message_under_the_bound_is_told_t05() {
+        let large = super::LARGE_MESSAGE as usize;
+        let mut stream = message(b'D', large - 4);
+        stream.extend(message(b'D', large - 3));
+        let mut framing = Framing::default();
+        assert_eq!(framing.follow(&stream[..large + 1], 8 << 20), Ok(false));
+        assert_eq!(framing.follow(&stream[large + 1..], 8 << 20), Ok(true));
     }
 }

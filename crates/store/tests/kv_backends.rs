@@ -266,3 +266,37 @@ fn postgres_row_level_security_refuses_another_subjects_rows() {
         b"alice-value"
     );
 }
+
+/// T16 (second outside review of issue 16): a database hardened for SQL
+/// stores keeps `current_setting` for its catalog role's members, and the
+/// key-value policy reads the subject with it. A second app's key-value
+/// store, first opened after the hardening, makes its call role a member
+/// and works, subject scope and all (it was refused by the database).
+#[test]
+fn a_key_value_store_opened_after_the_hardening_works_t16() {
+    let db = PgDatabase::create();
+    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
+    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
+    bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "hardens", &dek, &[]).unwrap();
+    let later = format!("{}_later", db.schema);
+    let dir = tempfile::tempdir().unwrap();
+    let state = State::open(&StateConfig::Postgres {
+        dir: dir.path().join("state"),
+        postgres: bulkhead_store::kv::PgConfig {
+            url: db.url().into(),
+            schema: later.clone(),
+        },
+    })
+    .unwrap();
+    let kv = Kv::new(state.kv().unwrap(), keyring(dir.path()));
+    let (alice, bob) = (space("s", "alice"), space("s", "bob"));
+    kv.set(&alice, "k", b"alice-value").unwrap();
+    assert_eq!(&kv.get(&alice, "k").unwrap().unwrap()[..], b"alice-value");
+    assert!(kv.get(&bob, "k").unwrap().is_none());
+    // Its call role joined the catalog role.
+    let catalog = bulkhead_store::sql::postgres::catalog_role(&db.name);
+    let members = db.query(&format!(
+        "SELECT pg_has_role('{later}_kv_call', '{catalog}', 'MEMBER')"
+    ));
+    assert_eq!(members[0][0].as_deref(), Some("t"));
+}

@@ -661,8 +661,30 @@ fn a_store_answer_is_bounded(
     };
     let read =
         |sql: &str, seconds: u64| store.query(Access::Read, None, sql, &[], &within(seconds));
+    let sessions = || -> std::collections::BTreeSet<String> {
+        db.query(&format!(
+            "SELECT pid::text FROM pg_stat_activity WHERE usename = '{}'",
+            names.read_role
+        ))
+        .into_iter()
+        .filter_map(|row| row[0].clone())
+        .collect()
+    };
+    read("SELECT 1 AS one", 30).unwrap();
+    let pooled = sessions();
+    assert!(!pooled.is_empty());
     let fits = read("SELECT repeat('x', 3000000) AS v", 30).unwrap();
     assert!(matches!(&fits.rows[0][0], SqlValue::Text(v) if v.len() == 3_000_000));
+    // The connection that read it is closed, not pooled again with a
+    // read buffer of 3 MB (second outside review).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sessions().is_superset(&pooled) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connection that read a large answer is still pooled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let peak = || {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
@@ -736,7 +758,26 @@ fn a_store_answer_is_bounded(
 #[test]
 fn a_sql_store_answer_is_bounded_and_a_statement_cut_short_cancelled_t05() {
     let db = PgDatabase::create();
-    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
+    // The URL's first host accepts and closes every connection: the
+    // store's connections fall through to the server, as the node's own
+    // do (second outside review: only the first socket was tried), and
+    // cancels reach it too.
+    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closer.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for connection in closer.incoming() {
+            drop(connection);
+        }
+    });
+    let pg = bulkhead_store::pg::Pg::open(&bulkhead_store::kv::PgConfig {
+        url: format!(
+            "postgres://postgres@127.0.0.1:{port},127.0.0.1:5432/{}",
+            db.name
+        )
+        .into(),
+        schema: db.schema.clone(),
+    })
+    .unwrap();
     a_store_answer_is_bounded(&db, pg, false);
 }
 

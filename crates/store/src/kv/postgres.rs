@@ -190,10 +190,34 @@ impl PostgresKv {
             sql: Statements::new(&config.schema),
         };
         let migration = Statements::migration(&config.schema);
+        let call_role = format!("{}_kv_call", config.schema);
         backend.run(async |pool: &Pool| {
             let client = pool.get().await.map_err(backend_error)?;
             client
                 .batch_execute(&migration)
+                .await
+                .map_err(backend_error)?;
+            // The policy reads the subject with `current_setting`, which
+            // a database hardened for SQL stores keeps for its catalog
+            // role's members: a call role made after that joins them
+            // (a second app's, first started after the hardening). A node
+            // that may not grant it leaves it to the next SQL-store deploy.
+            let database: String = client
+                .query_one("SELECT current_database()", &[])
+                .await
+                .map_err(backend_error)?
+                .get(0);
+            let catalog = crate::sql::postgres::catalog_role(&database);
+            client
+                .batch_execute(&format!(
+                    "DO $$ BEGIN
+                        IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{catalog}')
+                           AND NOT pg_has_role('{call_role}', '{catalog}', 'MEMBER') THEN
+                            GRANT {catalog} TO {call_role};
+                        END IF;
+                    EXCEPTION WHEN insufficient_privilege THEN NULL;
+                    END $$;"
+                ))
                 .await
                 .map_err(backend_error)
         })?;

@@ -26,7 +26,7 @@
 //!   temporary tables dropped) as soon as its statement ends, or closed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -44,6 +44,7 @@ use super::{
 };
 use crate::crypto::DataKey;
 use crate::pg::{Pg, PgError};
+use crate::pg_bound::MessageCounts;
 
 /// Connections per role per node.
 const POOL_SIZE: usize = 4;
@@ -84,9 +85,9 @@ pub struct PgSqlStore {
     read: Pool,
     write: Pool,
     quota: Quota,
-    /// Connections of either pool ended for a message over
-    /// [`MAX_MESSAGE_BYTES`].
-    overflows: Arc<AtomicU64>,
+    /// What either pool's connections read past the message bound
+    /// ([`MAX_MESSAGE_BYTES`]) or past a large message.
+    counts: Arc<MessageCounts>,
 }
 
 /// Most bytes of one message a store's connection reads (T05): twice the
@@ -281,14 +282,14 @@ impl PgSqlStore {
             message: e.0,
         };
         warn_unhardened(&pg, name, &names.read_role).map_err(fail)?;
-        let overflows = Arc::new(AtomicU64::new(0));
+        let counts = Arc::new(MessageCounts::default());
         let pool_as = |role: &str| {
             pg.pool_as(
                 role,
                 &role_password(dek, role),
                 POOL_SIZE,
                 MAX_MESSAGE_BYTES,
-                overflows.clone(),
+                counts.clone(),
             )
             .map_err(fail)
         };
@@ -323,7 +324,7 @@ impl PgSqlStore {
                 scanned_ms: Default::default(),
                 measured_ms: Default::default(),
             },
-            overflows,
+            counts,
         };
         Ok((store, report, names))
     }
@@ -683,7 +684,21 @@ const GUEST_VOLATILE_FUNCTIONS: &str = "'nextval', 'currval', 'lastval', 'setval
 /// transactions. Taken from PUBLIC with the functions behind them, so a
 /// store role's password, leaked, does not map the server (outside review
 /// of issue 16: only the text scanner stopped `pg_stat_activity`).
-const SERVER_RELATIONS: &str = "'pg_settings', 'pg_file_settings', 'pg_roles', 'pg_user', 'pg_group', 'pg_auth_members', 'pg_database', 'pg_db_role_setting', 'pg_shdescription', 'pg_tablespace', 'pg_locks', 'pg_prepared_xacts', 'pg_replication_slots', 'pg_replication_origin_status'";
+/// With them (second outside review), the catalogs that map the database
+/// beyond the store's tables: every relation and its privileges
+/// (`pg_class`, `pg_tables`, …), dependencies on roles (`pg_shdepend`
+/// names every role of the server), comments and row-security policies.
+/// A driver reading a statement's types needs only `pg_type`,
+/// `pg_namespace`, `pg_range`, `pg_enum` and `pg_attribute`, left.
+const SERVER_RELATIONS: &str = "'pg_settings', 'pg_file_settings', 'pg_roles', 'pg_user', 'pg_group', 'pg_auth_members', 'pg_database', 'pg_db_role_setting', 'pg_shdescription', 'pg_tablespace', 'pg_locks', 'pg_prepared_xacts', 'pg_replication_slots', 'pg_replication_origin_status', 'pg_class', 'pg_tables', 'pg_views', 'pg_matviews', 'pg_indexes', 'pg_sequences', 'pg_shdepend', 'pg_depend', 'pg_description', 'pg_policy', 'pg_policies', 'pg_default_acl', 'pg_init_privs'";
+
+/// Functions of any volatility that tell about the server rather than
+/// the store (second outside review): its settings (`current_setting`:
+/// certificate paths, listen addresses), which databases exist
+/// (`has_database_privilege` answers a guessed name), its and the
+/// client's addresses, the databases in a tablespace, and other
+/// sessions' transaction ids.
+const SERVER_FUNCTIONS: &str = "'current_setting', 'has_database_privilege', 'inet_server_addr', 'inet_server_port', 'inet_client_addr', 'inet_client_port', 'pg_tablespace_databases', 'pg_current_snapshot'";
 
 /// The role that keeps, in database `database`, what [`harden_database`]
 /// takes from PUBLIC: every role there but the SQL stores' is a member.
@@ -701,9 +716,9 @@ pub fn catalog_role(database: &str) -> String {
 /// `set_config`, `setseed`, WAL messages, signalling other sessions, …),
 /// on the stable ones that assign a transaction id (`txid_current`,
 /// `pg_current_xact_id`: a WAL write), the `…_to_xml…` family and those
-/// behind the statistics views and `pg_settings`; SELECT on the
-/// statistics views and [`SERVER_RELATIONS`]; and the database's
-/// TEMPORARY privilege. [`catalog_role`] is granted them back,
+/// behind the statistics views and `pg_settings`, and
+/// [`SERVER_FUNCTIONS`]; SELECT on the statistics views and
+/// [`SERVER_RELATIONS`]; and the database's TEMPORARY privilege. [`catalog_role`] is granted them back,
 /// and every other role of the cluster (the node's, the owner's, an
 /// operator's, the key-value call roles) is made its member, at every
 /// deploy: so only the stores' roles, and roles created since, lose them.
@@ -738,7 +753,7 @@ fn harden_database(database: &str) -> String {
         FOR f IN
             SELECT p.oid::regprocedure FROM pg_proc p
             WHERE p.pronamespace = 'pg_catalog'::regnamespace
-              AND (p.provolatile = 'v'
+              AND (p.provolatile = 'v' OR p.proname IN ({SERVER_FUNCTIONS})
                    OR (p.provolatile = 's' AND (p.proname LIKE 'txid\_%'
                        OR p.proname LIKE 'pg\_current\_xact\_id%' OR p.proname LIKE '%\_to\_xml%'
                        OR p.proname LIKE 'pg\_stat\_get\_%' OR p.proname = 'pg_show_all_settings')))
@@ -833,7 +848,7 @@ impl SqlStore for PgSqlStore {
         let reach = Reach {
             config: config.clone(),
             tls: tls.cloned(),
-            overflows: self.overflows.clone(),
+            counts: self.counts.clone(),
         };
         let store = self.name.clone();
         let outcome = self.pg.call(move |_| async move {
@@ -850,12 +865,12 @@ impl SqlStore for PgSqlStore {
 }
 
 /// What a call needs of the database beside its pool: where to send a
-/// cancel, and the store's count of connections ended for a message over
-/// the bound.
+/// cancel, and what the store's connections read past the message bound
+/// or a large message.
 struct Reach {
     config: tokio_postgres::Config,
     tls: Option<crate::pg_tls::MakeRustlsConnect>,
-    overflows: Arc<AtomicU64>,
+    counts: Arc<MessageCounts>,
 }
 
 /// One guest statement on a connection of the grant's role.
@@ -878,7 +893,14 @@ async fn run(
         }
     };
     let cancel = client.cancel_token();
-    let overflows = reach.overflows.load(Ordering::Relaxed);
+    let (over, large) = (
+        reach.counts.over.load(Ordering::Relaxed),
+        reach.counts.large.load(Ordering::Relaxed),
+    );
+    // The connection was lost because this statement's answer was over
+    // the message bound (not the database failing).
+    let overflowed = || reach.counts.over.load(Ordering::Relaxed) != over;
+    let fail = |e: &tokio_postgres::Error| classify(store, access, kind, e, overflowed());
     let deadline = tokio::time::Instant::from_std(limits.deadline);
     let work = async {
         // Prepared once per connection (a round trip saved on every later
@@ -887,10 +909,7 @@ async fn run(
         if client.statement_cache.size() >= MAX_CACHED_STATEMENTS {
             client.statement_cache.clear();
         }
-        let prepared = client
-            .prepare_cached(text)
-            .await
-            .map_err(|e| classify(store, access, kind, &e))?;
+        let prepared = client.prepare_cached(text).await.map_err(|e| fail(&e))?;
         for column in prepared.columns() {
             if !readable(column.type_()) {
                 return Err(QueryError::Invalid(format!(
@@ -928,7 +947,7 @@ async fn run(
         let rows = client
             .query_raw(&prepared, bound.iter())
             .await
-            .map_err(|e| classify(store, access, kind, &e))?;
+            .map_err(|e| fail(&e))?;
         let mut out = QueryResult {
             columns: prepared
                 .columns()
@@ -943,12 +962,12 @@ async fn run(
         let mut rows = std::pin::pin!(rows);
         while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows)
             .await
-            .map_err(|e| classify(store, access, kind, &e))?
+            .map_err(|e| fail(&e))?
         {
             limits.room_for_row(&out)?;
             let mut values = Vec::with_capacity(row.len());
             for i in 0..row.len() {
-                let value = value_of(&row, i).map_err(|e| classify(store, access, kind, &e))?;
+                let value = value_of(&row, i).map_err(|e| fail(&e))?;
                 bytes = bytes.saturating_add(value.size());
                 values.push(value);
             }
@@ -961,16 +980,6 @@ async fn run(
         Ok(out)
     };
     let result = match tokio::time::timeout_at(deadline, work).await {
-        // The connection was lost because the statement's answer was over
-        // the message bound (another call's at the same moment would read
-        // the same way: both are refusals).
-        Ok(Err(QueryError::Unavailable))
-            if reach.overflows.load(Ordering::Relaxed) != overflows =>
-        {
-            Err(QueryError::Limit(format!(
-                "a result message over {MAX_MESSAGE_BYTES} bytes (a value far past the result bound)"
-            )))
-        }
         Ok(result) => result,
         Err(_) => Err(QueryError::Limit("the call's deadline passed".into())),
     };
@@ -988,8 +997,11 @@ async fn run(
         }
     }
     // Cleaned before it goes back to the pool, or closed: its session's
-    // locks and temporary tables go with it. The answer does not wait.
-    if cut_short || matches!(result, Err(QueryError::Unavailable)) {
+    // locks and temporary tables go with it, and so does the read buffer
+    // a large answer grew (outside review: each pooled connection kept
+    // up to 8 MiB). The answer does not wait.
+    let grew = reach.counts.large.load(Ordering::Relaxed) != large;
+    if cut_short || grew || matches!(result, Err(QueryError::Unavailable)) {
         drop(deadpool_postgres::Object::take(client));
     } else {
         tokio::spawn(async move {
@@ -1009,7 +1021,17 @@ fn classify(
     access: Access,
     kind: StatementKind,
     e: &tokio_postgres::Error,
+    overflowed: bool,
 ) -> QueryError {
+    if overflowed && e.as_db_error().is_none() {
+        // The node ended the connection: no failure of the database to
+        // log (outside review: each overflow logged one, at a guest's
+        // will). Another call's overflow at the same moment reads the same
+        // way: both are refusals.
+        return QueryError::Limit(format!(
+            "a result message over {MAX_MESSAGE_BYTES} bytes (a value far past the result bound)"
+        ));
+    }
     let Some(db) = e.as_db_error() else {
         tracing::error!(target: "bulkhead::sql", store, error = %PgError::of(e), "SQL store on PostgreSQL failed");
         return QueryError::Unavailable;
