@@ -273,13 +273,21 @@ fn build_pool(
     tls: Option<crate::pg_tls::MakeRustlsConnect>,
     size: usize,
 ) -> Result<Pool, PgError> {
-    let manager = match tls {
-        Some(tls) => deadpool_postgres::Manager::from_config(config, tls, manager_config()),
-        None => {
-            deadpool_postgres::Manager::from_config(config, tokio_postgres::NoTls, manager_config())
-        }
+    // Connected as a SQL store's pools are (`pg_bound`): each host of the
+    // URL in turn, each within the connect timeout from the socket to the
+    // login (second outside review: the driver's own connect bounds only
+    // the socket, so a host that took the connection and never answered
+    // held the node's start until the pool gave up, the next host never
+    // tried). Its messages are not bounded: they are the node's own.
+    let timeout = create_timeout(&config);
+    let connect = crate::pg_bound::BoundedConnect {
+        tls,
+        max_message: u32::MAX,
+        counts: Arc::default(),
+        role: config.get_user().unwrap_or_default().into(),
     };
-    pool_of(runtime, manager, size)
+    let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
+    pool_of(runtime, manager, size, timeout)
 }
 
 /// Connections go back to a pool as they are (their users clean them).
@@ -289,18 +297,36 @@ fn manager_config() -> deadpool_postgres::ManagerConfig {
     }
 }
 
-/// A pool of up to `size` connections `manager` makes, on `runtime`.
+/// How long a pool waits for a new connection to `config`: the connect
+/// timeout for each of its hosts in turn (second outside review: one
+/// host's whole timeout left the next none).
+fn create_timeout(config: &tokio_postgres::Config) -> Duration {
+    let hosts = config
+        .get_hosts()
+        .len()
+        .max(config.get_hostaddrs().len())
+        .max(1);
+    let per_host = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(CONNECT_TIMEOUT);
+    per_host.saturating_mul(u32::try_from(hosts).unwrap_or(u32::MAX))
+}
+
+/// A pool of up to `size` connections `manager` makes, on `runtime`,
+/// each made within `create_timeout`.
 fn pool_of(
     runtime: &tokio::runtime::Runtime,
     manager: deadpool_postgres::Manager,
     size: usize,
+    create_timeout: Duration,
 ) -> Result<Pool, PgError> {
     let _inside = runtime.enter();
     Pool::builder(manager)
         .max_size(size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(Some(WAIT_TIMEOUT))
-        .create_timeout(Some(CONNECT_TIMEOUT))
+        .wait_timeout(Some(WAIT_TIMEOUT.max(create_timeout)))
+        .create_timeout(Some(create_timeout))
         .build()
         .map_err(PgError::of)
 }
@@ -377,9 +403,11 @@ impl Pg {
             tls: self.tls.clone(),
             max_message,
             counts,
+            role: user.into(),
         };
+        let timeout = create_timeout(&config);
         let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
-        pool_of(runtime, manager, size)
+        pool_of(runtime, manager, size, timeout)
     }
 
     /// Run `work` on the connection's runtime and await its result

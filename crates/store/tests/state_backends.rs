@@ -758,20 +758,22 @@ fn a_store_answer_is_bounded(
 #[test]
 fn a_sql_store_answer_is_bounded_and_a_statement_cut_short_cancelled_t05() {
     let db = PgDatabase::create();
-    // The URL's first host accepts and closes every connection: the
-    // store's connections fall through to the server, as the node's own
-    // do (second outside review: only the first socket was tried), and
-    // cancels reach it too.
-    let closer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = closer.local_addr().unwrap().port();
+    // The URL's first host takes every connection and never answers:
+    // after its connect timeout (1 s, from the socket to the login) the
+    // node's connections and the store's fall through to the server
+    // (outside reviews: only the first socket that opened was tried, and
+    // a host that answered nothing held the pool until it gave up), and
+    // cancels reach it too (sent to every host at once).
+    let staller = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = staller.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for connection in closer.incoming() {
-            drop(connection);
-        }
+        let held: Vec<_> = staller.incoming().take(64).collect();
+        std::thread::sleep(std::time::Duration::from_secs(600));
+        drop(held);
     });
     let pg = bulkhead_store::pg::Pg::open(&bulkhead_store::kv::PgConfig {
         url: format!(
-            "postgres://postgres@127.0.0.1:{port},127.0.0.1:5432/{}",
+            "postgres://postgres@127.0.0.1:{port},127.0.0.1:5432/{}?connect_timeout=1",
             db.name
         )
         .into(),

@@ -98,6 +98,52 @@ const DENIED_NAMES: &[&str] = &[
     "schema_to_xml",
     "database_to_xmlschema",
     "schema_to_xmlschema",
+    // The server and the rest of the database, by name (second outside
+    // review of the revokes: an `oid` cast to `regrole` or `regclass`
+    // named every role of the server and every table, the app's own
+    // included, with no privilege checked). The database refuses the
+    // functions too; the casts only this check.
+    "current_setting",
+    "inet_server_addr",
+    "inet_server_port",
+    "inet_client_addr",
+    "inet_client_port",
+    "regclass",
+    "regcollation",
+    "regconfig",
+    "regdictionary",
+    "regnamespace",
+    "regoper",
+    "regoperator",
+    "regproc",
+    "regprocedure",
+    "regrole",
+    "regtype",
+    "to_regclass",
+    "to_regcollation",
+    "to_regnamespace",
+    "to_regoper",
+    "to_regoperator",
+    "to_regproc",
+    "to_regprocedure",
+    "to_regrole",
+    "to_regtype",
+    "obj_description",
+    "col_description",
+    "shobj_description",
+    "has_any_column_privilege",
+    "has_column_privilege",
+    "has_database_privilege",
+    "has_foreign_data_wrapper_privilege",
+    "has_function_privilege",
+    "has_language_privilege",
+    "has_parameter_privilege",
+    "has_schema_privilege",
+    "has_sequence_privilege",
+    "has_server_privilege",
+    "has_table_privilege",
+    "has_tablespace_privilege",
+    "has_type_privilege",
 ];
 
 /// Why a statement's text is refused before PostgreSQL sees it: a server
@@ -435,6 +481,16 @@ mod tests {
             "SELECT database_to_xml_and_xmlschema(true, false, '')",
             // The price of that rule: an INSERT inside WITH is refused too.
             "WITH d AS (DELETE FROM t RETURNING *) INSERT INTO u SELECT * FROM d",
+            // Second review of the revokes: names of roles and tables
+            // through casts, settings, databases by a guessed name.
+            "SELECT string_agg(g::oid::regrole::text, ',') FROM generate_series(16384, 2000000) g",
+            "SELECT g::oid::REGCLASS::text FROM generate_series(1, 99999) g",
+            "SELECT 'secrets'::\"regclass\"",
+            "SELECT to_regclass('bh_app.secrets')",
+            "SELECT current_setting('ssl_cert_file')",
+            "SELECT has_database_privilege('postgres', 'CONNECT')",
+            "SELECT has_table_privilege('bh_app.secrets', 'SELECT')",
+            "SELECT shobj_description(10, 'pg_authid')",
         ] {
             assert!(refused_text(statement).is_some(), "{statement:?}");
         }
@@ -445,6 +501,8 @@ mod tests {
             "MERGE INTO t USING u ON t.a = u.a WHEN MATCHED THEN DELETE",
             "SELECT $$ into $$, 'it''s into' FROM t",
             "SELECT 1e5, 0x1F, a$b FROM t",
+            // Names beside them stay a guest's own.
+            "SELECT has_children, region, 'regclass' FROM t",
         ] {
             assert_eq!(refused_text(statement), None, "{statement}");
         }

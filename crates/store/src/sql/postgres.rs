@@ -304,7 +304,7 @@ impl PgSqlStore {
                 .map_err(|e| SqlStoreError::Postgres {
                     store: name.to_string(),
                     message: format!(
-                        "its grant role {role} cannot log in ({e}): the node logs in as each SQL store's roles with a password, so the server's pg_hba.conf must let them use scram-sha-256 (with client certificates, `scram-sha-256 clientcert=verify-ca`: `cert` authentication would need a certificate naming each role)"
+                        "its grant role {role} cannot log in ({e}). If the server refused the login: the node logs in as each SQL store's roles with a password, so the server's pg_hba.conf must let them use scram-sha-256 (with client certificates, `scram-sha-256 clientcert=verify-ca`: `cert` authentication would need a certificate naming each role); if it timed out, check that every host in the URL answers within its connect_timeout"
                     ),
                 })?;
         }
