@@ -198,6 +198,26 @@ async fn connect_listener(
     listen: &str,
     wake: tokio::sync::mpsc::Sender<()>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
+    // The driver's connect bounds only the socket: a host that takes the
+    // connection and never answers would hold this thread, and with it
+    // the table's polling, for good (third outside review). Bounded as a
+    // pool's new connection is; the polling goes on meanwhile.
+    tokio::time::timeout(
+        crate::pg::create_timeout(config),
+        listener_session(config, tls, listen, wake),
+    )
+    .await
+    .map_err(|_| {
+        PgError("no host of the URL started a session within its connect timeout".into())
+    })?
+}
+
+async fn listener_session(
+    config: &tokio_postgres::Config,
+    tls: Option<&crate::pg_tls::MakeRustlsConnect>,
+    listen: &str,
+    wake: tokio::sync::mpsc::Sender<()>,
+) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
     let (client, driver) = match tls {
         Some(tls) => {
             let (client, connection) = config.connect(tls.clone()).await.map_err(PgError::of)?;
@@ -232,5 +252,45 @@ async fn drive<S, T>(
             Some(Ok(_)) => {}
             Some(Err(_)) | None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// A listener that takes every connection and never answers.
+    fn staller() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(16).collect();
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            drop(held);
+        });
+        port
+    }
+
+    /// Third outside review (T01): a first host that takes the connection
+    /// and never answers held the deploy listener, and the table's polling
+    /// with it, for good. Now it gives up within the URL's connect
+    /// timeout per host (here 1 s each), and the polling goes on. The
+    /// outer bound only detects a hang.
+    #[tokio::test]
+    async fn a_silent_host_does_not_hold_the_deploy_listener_t01() {
+        let port = staller();
+        let config: tokio_postgres::Config = format!(
+            "postgres://postgres@127.0.0.1:{port},127.0.0.1:{port}/postgres?connect_timeout=1"
+        )
+        .parse()
+        .unwrap();
+        let (wake, _woken) = tokio::sync::mpsc::channel(1);
+        let attempt = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            super::connect_listener(&config, None, "LISTEN x", wake),
+        )
+        .await;
+        let Ok(Err(e)) = attempt else {
+            panic!("the listener hung on a silent host, or connected to it");
+        };
+        assert!(e.0.contains("connect timeout"), "{}", e.0);
     }
 }

@@ -300,7 +300,7 @@ fn manager_config() -> deadpool_postgres::ManagerConfig {
 /// How long a pool waits for a new connection to `config`: the connect
 /// timeout for each of its hosts in turn (second outside review: one
 /// host's whole timeout left the next none).
-fn create_timeout(config: &tokio_postgres::Config) -> Duration {
+pub(crate) fn create_timeout(config: &tokio_postgres::Config) -> Duration {
     let hosts = config
         .get_hosts()
         .len()

@@ -192,33 +192,50 @@ where
 /// request goes to every host of the URL at once (second outside review:
 /// one after the other, a host that never answered used up the time and
 /// the cancel never reached the session's): only the one whose session
-/// holds the token's secret key acts on it.
+/// holds the token's secret key acts on it. Done at the first host that
+/// took it; the others go on by themselves, each within the connect
+/// timeout and a second (third outside review: waiting for every host, a
+/// silent one made each cancel look failed).
 pub(crate) async fn cancel(
     token: &CancelToken,
     config: &Config,
     tls: Option<&MakeRustlsConnect>,
 ) -> Result<(), Error> {
-    let mut sends = tokio::task::JoinSet::new();
-    for i in host_order(config) {
+    let order = host_order(config);
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(order.len().max(1));
+    let bound = crate::pg::create_timeout(config) + std::time::Duration::from_secs(1);
+    for i in order {
         let (token, config, tls) = (token.clone(), config.clone(), tls.cloned());
-        sends.spawn(async move {
-            let (socket, host) = open_socket(&config, i).await?;
-            match tls {
-                Some(make) => {
-                    token
-                        .cancel_query_raw(socket, rustls_for(make, &host).await?)
-                        .await
+        let sent_tx = sent_tx.clone();
+        tokio::spawn(async move {
+            let send = async {
+                let (socket, host) = open_socket(&config, i).await?;
+                match tls {
+                    Some(make) => {
+                        token
+                            .cancel_query_raw(socket, rustls_for(make, &host).await?)
+                            .await
+                    }
+                    None => token.cancel_query_raw(socket, NoTls).await,
                 }
-                None => token.cancel_query_raw(socket, NoTls).await,
-            }
+            };
+            let sent = match tokio::time::timeout(bound, send).await {
+                Ok(sent) => sent,
+                Err(_) => Err(failed(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the host did not take the cancel in time",
+                ))
+                .await),
+            };
+            let _ = sent_tx.send(sent).await;
         });
     }
+    drop(sent_tx);
     let mut outcome = Err(failed(no_host()).await);
-    while let Some(sent) = sends.join_next().await {
+    while let Some(sent) = sent_rx.recv().await {
         match sent {
-            Ok(Ok(())) => outcome = Ok(()),
-            Ok(Err(e)) if outcome.is_err() => outcome = Err(e),
-            _ => {}
+            Ok(()) => return Ok(()),
+            Err(e) => outcome = Err(e),
         }
     }
     outcome
@@ -556,6 +573,73 @@ mod tests {
                 .find(Result::is_err);
             assert_eq!(caught, Some(Err(105)), "split {split}");
         }
+    }
+
+    /// Third outside review (T05): a cancel waited for every host of the
+    /// URL, so one that took the connection and never answered made each
+    /// cancel look failed. With such a host first, the cancel reaches the
+    /// server's session and says so. The outer bound only detects a hang.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_cancel_is_done_at_the_host_that_takes_it_t05() {
+        use deadpool_postgres::Connect as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let held: Vec<_> = listener.incoming().take(16).collect();
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            drop(held);
+        });
+        let config: tokio_postgres::Config = format!(
+            "postgres://postgres@127.0.0.1:{port},127.0.0.1:5432/postgres?connect_timeout=1"
+        )
+        .parse()
+        .unwrap();
+        let connect = super::BoundedConnect {
+            tls: None,
+            max_message: u32::MAX,
+            counts: Default::default(),
+            role: "postgres".into(),
+        };
+        let (client, _task) = connect.connect(&config).await.unwrap();
+        let token = client.cancel_token();
+        let sleeping = tokio::spawn(async move {
+            let outcome = client.simple_query("SELECT pg_sleep(60)").await;
+            (outcome, client)
+        });
+        let bound = std::time::Duration::from_secs(30);
+        // The statement must be running before it can be cancelled.
+        let (watcher, watching) =
+            tokio_postgres::connect("postgres://postgres@127.0.0.1:5432/postgres", super::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(watching);
+        let started = std::time::Instant::now();
+        while watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0
+        {
+            assert!(started.elapsed() < bound, "the statement never started");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(matches!(
+            tokio::time::timeout(bound, super::cancel(&token, &config, None)).await,
+            Ok(Ok(()))
+        ));
+        let (outcome, _client) = tokio::time::timeout(bound, sleeping)
+            .await
+            .unwrap()
+            .unwrap();
+        let e = outcome.unwrap_err();
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::QUERY_CANCELED)
+        );
     }
 
     #[test]

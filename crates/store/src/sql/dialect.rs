@@ -108,17 +108,6 @@ const DENIED_NAMES: &[&str] = &[
     "inet_server_port",
     "inet_client_addr",
     "inet_client_port",
-    "regclass",
-    "regcollation",
-    "regconfig",
-    "regdictionary",
-    "regnamespace",
-    "regoper",
-    "regoperator",
-    "regproc",
-    "regprocedure",
-    "regrole",
-    "regtype",
     "to_regclass",
     "to_regcollation",
     "to_regnamespace",
@@ -144,6 +133,35 @@ const DENIED_NAMES: &[&str] = &[
     "has_table_privilege",
     "has_tablespace_privilege",
     "has_type_privilege",
+    // Third outside review: role names through privilege items, table
+    // names through their row types, a table's existence.
+    "acldefault",
+    "aclexplode",
+    "aclcontains",
+    "aclinsert",
+    "aclremove",
+    "aclitem",
+    "_aclitem",
+    "makeaclitem",
+    "format_type",
+    "row_security_active",
+];
+
+/// The `reg…` types whose output names a role, table, schema, type (a
+/// table's row type too), operator or function from its number with no
+/// privilege checked: denied with their array types (`_regrole`, third
+/// outside review) and their input and output functions (`regroleout`),
+/// as any name that, without leading underscores, starts with one of
+/// these. `regconfig`, `regdictionary` and `regcollation` name only
+/// text-search configurations and collations, and full-text search casts
+/// to them (`'english'::regconfig`): left.
+const OBJECT_NAME_TYPES: &[&str] = &[
+    "regclass",
+    "regnamespace",
+    "regoper",
+    "regproc",
+    "regrole",
+    "regtype",
 ];
 
 /// Why a statement's text is refused before PostgreSQL sees it: a server
@@ -177,8 +195,10 @@ pub(crate) fn refused_text(statement: &str) -> Option<&'static str> {
         if seen == 1 {
             starts_insert = keyword && (name == "insert" || name == "merge");
         }
+        let bare = name.trim_start_matches('_');
         if DENIED_NAMES.contains(&name.as_str())
             || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
+            || OBJECT_NAME_TYPES.iter().any(|t| bare.starts_with(t))
             || name.contains("_to_xml")
         {
             refused.get_or_insert("a server function guests may not call");
@@ -491,6 +511,15 @@ mod tests {
             "SELECT has_database_privilege('postgres', 'CONNECT')",
             "SELECT has_table_privilege('bh_app.secrets', 'SELECT')",
             "SELECT shobj_description(10, 'pg_authid')",
+            // Third review: the array types, privilege items, row types.
+            "SELECT ARRAY[10::oid]::_regrole::text",
+            "SELECT CAST('{postgres}' AS _REGROLE)",
+            "SELECT ARRAY[g::oid]::\"_regclass\" FROM generate_series(16384, 45000) g",
+            "SELECT regroleout(10::oid)",
+            "SELECT acldefault('r', g::oid)::text FROM generate_series(1, 20000) g",
+            "SELECT makeaclitem(10, 10, 'SELECT', false)",
+            "SELECT format_type(g::oid, NULL) FROM generate_series(16384, 40000) g",
+            "SELECT row_security_active('bh_x.y')",
         ] {
             assert!(refused_text(statement).is_some(), "{statement:?}");
         }
@@ -502,7 +531,8 @@ mod tests {
             "SELECT $$ into $$, 'it''s into' FROM t",
             "SELECT 1e5, 0x1F, a$b FROM t",
             // Names beside them stay a guest's own.
-            "SELECT has_children, region, 'regclass' FROM t",
+            "SELECT has_children, region, registry, regress, version(), description, 'regclass' FROM t",
+            "SELECT id FROM t WHERE to_tsvector('english'::regconfig, body) @@ plainto_tsquery($1)",
         ] {
             assert_eq!(refused_text(statement), None, "{statement}");
         }
