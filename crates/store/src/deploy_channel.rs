@@ -257,18 +257,6 @@ async fn drive<S, T>(
 
 #[cfg(test)]
 mod tests {
-    /// A listener that takes every connection and never answers.
-    fn staller() -> u16 {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let held: Vec<_> = listener.incoming().take(16).collect();
-            std::thread::sleep(std::time::Duration::from_secs(120));
-            drop(held);
-        });
-        port
-    }
-
     /// Third outside review (T01): a first host that takes the connection
     /// and never answers held the deploy listener, and the table's polling
     /// with it, for good. Now it gives up within the URL's connect
@@ -276,7 +264,7 @@ mod tests {
     /// outer bound only detects a hang.
     #[tokio::test]
     async fn a_silent_host_does_not_hold_the_deploy_listener_t01() {
-        let port = staller();
+        let port = crate::pg_bound::silent_host();
         let config: tokio_postgres::Config = format!(
             "postgres://postgres@127.0.0.1:{port},127.0.0.1:{port}/postgres?connect_timeout=1"
         )

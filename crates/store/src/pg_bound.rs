@@ -536,9 +536,23 @@ impl<S: tokio_postgres::tls::TlsStream + Unpin> tokio_postgres::tls::TlsStream f
     }
 }
 
+/// For tests: the port of a host that takes every connection and never
+/// answers (up to 16, held two minutes).
+#[cfg(test)]
+pub(crate) fn silent_host() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(16).collect();
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        drop(held);
+    });
+    port
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Framing;
+    use super::{Framing, silent_host};
 
     fn message(tag: u8, body: usize) -> Vec<u8> {
         let mut m = vec![tag];
@@ -582,13 +596,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_cancel_is_done_at_the_host_that_takes_it_t05() {
         use deadpool_postgres::Connect as _;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let held: Vec<_> = listener.incoming().take(16).collect();
-            std::thread::sleep(std::time::Duration::from_secs(120));
-            drop(held);
-        });
+        let port = silent_host();
         let config: tokio_postgres::Config = format!(
             "postgres://postgres@127.0.0.1:{port},127.0.0.1:5432/postgres?connect_timeout=1"
         )
