@@ -191,93 +191,73 @@ impl DeployChannel {
 }
 
 /// A connection of its own that `LISTEN`s, driven by the returned task,
-/// which ends when the connection drops.
+/// which ends when the connection drops. Connected as the pools are
+/// (`pg_bound`): each host of the URL in turn, each within the connect
+/// timeout from the socket to the login (third and fourth outside
+/// reviews: the driver's own connect bounds only the socket, so a host
+/// that took the connection and never answered held this thread, and the
+/// table's polling with it, and the next host was never tried).
 async fn connect_listener(
     config: &tokio_postgres::Config,
     tls: Option<&crate::pg_tls::MakeRustlsConnect>,
     listen: &str,
     wake: tokio::sync::mpsc::Sender<()>,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
-    // The driver's connect bounds only the socket: a host that takes the
-    // connection and never answers would hold this thread, and with it
-    // the table's polling, for good (third outside review). Bounded as a
-    // pool's new connection is; the polling goes on meanwhile.
-    tokio::time::timeout(
-        crate::pg::create_timeout(config),
-        listener_session(config, tls, listen, wake),
-    )
-    .await
-    .map_err(|_| {
-        PgError("no host of the URL started a session within its connect timeout".into())
-    })?
-}
-
-async fn listener_session(
-    config: &tokio_postgres::Config,
-    tls: Option<&crate::pg_tls::MakeRustlsConnect>,
-    listen: &str,
-    wake: tokio::sync::mpsc::Sender<()>,
-) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
-    let (client, driver) = match tls {
-        Some(tls) => {
-            let (client, connection) = config.connect(tls.clone()).await.map_err(PgError::of)?;
-            (client, tokio::spawn(drive(connection, wake)))
-        }
-        None => {
-            let (client, connection) = config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(PgError::of)?;
-            (client, tokio::spawn(drive(connection, wake)))
-        }
+    use deadpool_postgres::Connect as _;
+    let connect = crate::pg_bound::BoundedConnect {
+        tls: tls.cloned(),
+        max_message: u32::MAX,
+        counts: Default::default(),
+        role: config.get_user().unwrap_or_default().into(),
+        notify: Some(wake),
     };
-    client.batch_execute(listen).await.map_err(PgError::of)?;
-    Ok((client, driver))
-}
-
-/// Poll `connection` for notifications until it drops, waking the
-/// listener at each.
-async fn drive<S, T>(
-    mut connection: tokio_postgres::Connection<S, T>,
-    wake: tokio::sync::mpsc::Sender<()>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-            Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                let _ = wake.try_send(());
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return,
-        }
-    }
+    let listening = async {
+        let (client, driver) = connect.connect(config).await.map_err(PgError::of)?;
+        client.batch_execute(listen).await.map_err(PgError::of)?;
+        Ok((client, driver))
+    };
+    tokio::time::timeout(crate::pg::create_timeout(config), listening)
+        .await
+        .map_err(|_| {
+            PgError("no host of the URL started a session within its connect timeout".into())
+        })?
 }
 
 #[cfg(test)]
 mod tests {
-    /// Third outside review (T01): a first host that takes the connection
-    /// and never answers held the deploy listener, and the table's polling
-    /// with it, for good. Now it gives up within the URL's connect
-    /// timeout per host (here 1 s each), and the polling goes on. The
-    /// outer bound only detects a hang.
+    /// Third and fourth outside reviews (T01): a first host that takes
+    /// the connection and never answers held the deploy listener, and the
+    /// table's polling with it, and the next host was never tried. Now it
+    /// is passed over within its connect timeout (1 s) and the listener
+    /// listens on the server behind it; with only silent hosts it gives
+    /// up. The outer bound only detects a hang.
     #[tokio::test]
     async fn a_silent_host_does_not_hold_the_deploy_listener_t01() {
         let port = crate::pg_bound::silent_host();
-        let config: tokio_postgres::Config = format!(
-            "postgres://postgres@127.0.0.1:{port},127.0.0.1:{port}/postgres?connect_timeout=1"
-        )
-        .parse()
-        .unwrap();
-        let (wake, _woken) = tokio::sync::mpsc::channel(1);
-        let attempt = tokio::time::timeout(
-            std::time::Duration::from_secs(60),
-            super::connect_listener(&config, None, "LISTEN x", wake),
-        )
-        .await;
-        let Ok(Err(e)) = attempt else {
-            panic!("the listener hung on a silent host, or connected to it");
+        let bound = std::time::Duration::from_secs(60);
+        let listen = |hosts: String| async move {
+            let config: tokio_postgres::Config =
+                format!("postgres://postgres@{hosts}/postgres?connect_timeout=1")
+                    .parse()
+                    .unwrap();
+            let (wake, _woken) = tokio::sync::mpsc::channel(1);
+            tokio::time::timeout(
+                bound,
+                super::connect_listener(&config, None, "LISTEN x", wake),
+            )
+            .await
+            .expect("the listener hung")
+        };
+        let (client, _driver) = listen(format!("127.0.0.1:{port},127.0.0.1:5432"))
+            .await
+            .unwrap_or_else(|e| panic!("{}", e.0));
+        let listening = client
+            .query_one("SELECT count(*) FROM pg_listening_channels()", &[])
+            .await
+            .unwrap();
+        assert_eq!(listening.get::<_, i64>(0), 1);
+        let Err(e) = listen(format!("127.0.0.1:{port},127.0.0.1:{port}")).await else {
+            panic!("connected to a silent host");
         };
         assert!(e.0.contains("connect timeout"), "{}", e.0);
     }

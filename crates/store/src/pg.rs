@@ -32,7 +32,7 @@ use crate::kv::{PgConfig, valid_schema};
 /// Most connections one node keeps for this state.
 const POOL_SIZE: usize = 8;
 /// How long a new connection may take (when the URL sets none).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a call waits for a free or new connection.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The advisory lock the schema's DDL runs under (any constant: advisory
@@ -285,6 +285,7 @@ fn build_pool(
         max_message: u32::MAX,
         counts: Arc::default(),
         role: config.get_user().unwrap_or_default().into(),
+        notify: None,
     };
     let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
     pool_of(runtime, manager, size, timeout)
@@ -404,6 +405,7 @@ impl Pg {
             max_message,
             counts,
             role: user.into(),
+            notify: None,
         };
         let timeout = create_timeout(&config);
         let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());

@@ -58,6 +58,9 @@ pub(crate) struct BoundedConnect {
     pub(crate) counts: Arc<MessageCounts>,
     /// The role the pool logs in as, for the debug log.
     pub(crate) role: Arc<str>,
+    /// Woken at each notification a connection gets (the deploy
+    /// listener's); without it, notifications are dropped.
+    pub(crate) notify: Option<tokio::sync::mpsc::Sender<()>>,
 }
 
 impl BoundedConnect {
@@ -107,11 +110,11 @@ impl BoundedConnect {
                     connect: self.clone(),
                 };
                 let (client, connection) = config.connect_raw(socket, tls).await?;
-                (client, drive(connection))
+                (client, drive(connection, self.notify.clone()))
             }
             None => {
                 let (client, connection) = config.connect_raw(self.bound(socket), NoTls).await?;
-                (client, drive(connection))
+                (client, drive(connection, self.notify.clone()))
             }
         };
         // As the driver's own connect: a standby does not do for a URL
@@ -175,14 +178,31 @@ fn no_host() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, "the URL names no host")
 }
 
-/// The connection's task: it ends with the connection, logging why.
-fn drive<F>(connection: F) -> tokio::task::JoinHandle<()>
+/// The connection's task: it ends with the connection, waking `notify`
+/// at each notification.
+fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notify: Option<tokio::sync::mpsc::Sender<()>>,
+) -> tokio::task::JoinHandle<()>
 where
-    F: Future<Output = Result<(), Error>> + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(target: "bulkhead::sql", error = %e, "a SQL store's connection ended");
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                    if let Some(notify) = &notify {
+                        let _ = notify.try_send(());
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(target: "bulkhead::sql", error = %e, "a PostgreSQL connection ended");
+                    return;
+                }
+                None => return,
+            }
         }
     })
 }
@@ -192,10 +212,11 @@ where
 /// request goes to every host of the URL at once (second outside review:
 /// one after the other, a host that never answered used up the time and
 /// the cancel never reached the session's): only the one whose session
-/// holds the token's secret key acts on it. Done at the first host that
-/// took it; the others go on by themselves, each within the connect
-/// timeout and a second (third outside review: waiting for every host, a
-/// silent one made each cancel look failed).
+/// holds the token's secret key acts on it. Ok once the first host took
+/// the request (sent, not proof that anything stopped: a host that only
+/// accepts TCP takes it too); the others go on by themselves, each within
+/// its connect timeout and a second (third outside review: waiting for
+/// every host, a silent one made each cancel look failed).
 pub(crate) async fn cancel(
     token: &CancelToken,
     config: &Config,
@@ -203,7 +224,11 @@ pub(crate) async fn cancel(
 ) -> Result<(), Error> {
     let order = host_order(config);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(order.len().max(1));
-    let bound = crate::pg::create_timeout(config) + std::time::Duration::from_secs(1);
+    let bound = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(crate::pg::CONNECT_TIMEOUT)
+        + std::time::Duration::from_secs(1);
     for i in order {
         let (token, config, tls) = (token.clone(), config.clone(), tls.cloned());
         let sent_tx = sent_tx.clone();
@@ -607,6 +632,7 @@ mod tests {
             max_message: u32::MAX,
             counts: Default::default(),
             role: "postgres".into(),
+            notify: None,
         };
         let (client, _task) = connect.connect(&config).await.unwrap();
         let token = client.cancel_token();

@@ -715,6 +715,19 @@ fn a_store_answer_is_bounded(
         grew < 100 << 20,
         "the node's peak memory grew by {grew} bytes"
     );
+    // A table's number given to a sequence function does not name it
+    // (fifth outside review: `"secrets" is not a sequence`).
+    let table = db.query(&format!(
+        "SELECT c.oid::text, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = '{}' AND c.relkind = 'r' ORDER BY c.relname LIMIT 1",
+        db.schema
+    ));
+    let (oid, name) = (table[0][0].clone().unwrap(), table[0][1].clone().unwrap());
+    let wrong = read(&format!("SELECT currval({oid})"), 30).unwrap_err();
+    assert!(
+        matches!(&wrong, QueryError::Invalid(why) if why.contains("wrong type") && !why.contains(&name)),
+        "{wrong:?}"
+    );
     // Under the message bound, a server message quoting a value reaches
     // the guest cut to 1 KiB.
     let quoted = read("SELECT repeat('x', 1000000)::int AS v", 30).unwrap_err();

@@ -145,24 +145,42 @@ const DENIED_NAMES: &[&str] = &[
     "makeaclitem",
     "format_type",
     "row_security_active",
+    // Fifth outside review: `information_schema`'s privilege views list
+    // every table's row type with its schema (PUBLIC may use every type),
+    // and a table's number named it in this function's error.
+    "information_schema",
+    "satisfies_hash_partition",
 ];
 
 /// The `reg…` types whose output names a role, table, schema, type (a
 /// table's row type too), operator or function from its number with no
 /// privilege checked: denied with their array types (`_regrole`, third
-/// outside review) and their input and output functions (`regroleout`),
-/// as any name that, without leading underscores, starts with one of
-/// these. `regconfig`, `regdictionary` and `regcollation` name only
-/// text-search configurations and collations, and full-text search casts
-/// to them (`'english'::regconfig`): left.
+/// outside review) and their input, output, receive and send functions
+/// (`regroleout`), as those exact names after any leading underscores
+/// (a fifth review: a prefix rule refused columns like `regtype_id`).
+/// `regconfig`, `regdictionary` and `regcollation` name only text-search
+/// configurations and collations, and full-text search casts to them
+/// (`'english'::regconfig`): left.
 const OBJECT_NAME_TYPES: &[&str] = &[
     "regclass",
     "regnamespace",
     "regoper",
+    "regoperator",
     "regproc",
+    "regprocedure",
     "regrole",
     "regtype",
 ];
+
+/// Whether `name` is one of [`OBJECT_NAME_TYPES`], its array type or one
+/// of its I/O functions.
+fn names_objects(name: &str) -> bool {
+    let bare = name.trim_start_matches('_');
+    OBJECT_NAME_TYPES.iter().any(|t| {
+        bare.strip_prefix(t)
+            .is_some_and(|rest| ["", "in", "out", "recv", "send"].contains(&rest))
+    })
+}
 
 /// Why a statement's text is refused before PostgreSQL sees it: a server
 /// function guests may not call, `SELECT … INTO` (a new table made by a
@@ -195,10 +213,9 @@ pub(crate) fn refused_text(statement: &str) -> Option<&'static str> {
         if seen == 1 {
             starts_insert = keyword && (name == "insert" || name == "merge");
         }
-        let bare = name.trim_start_matches('_');
         if DENIED_NAMES.contains(&name.as_str())
             || DENIED_PREFIXES.iter().any(|p| name.starts_with(p))
-            || OBJECT_NAME_TYPES.iter().any(|t| bare.starts_with(t))
+            || names_objects(&name)
             || name.contains("_to_xml")
         {
             refused.get_or_insert("a server function guests may not call");
@@ -520,6 +537,12 @@ mod tests {
             "SELECT makeaclitem(10, 10, 'SELECT', false)",
             "SELECT format_type(g::oid, NULL) FROM generate_series(16384, 40000) g",
             "SELECT row_security_active('bh_x.y')",
+            // Fifth review: privilege views, a partition check's error.
+            "SELECT udt_schema, udt_name, grantor FROM information_schema.udt_privileges",
+            "SELECT * FROM \"information_schema\".usage_privileges",
+            "SELECT satisfies_hash_partition(47253, 2, 0, 1)",
+            "SELECT regprocedurein('now()')",
+            "SELECT ARRAY[1::oid]::__regtype",
         ] {
             assert!(refused_text(statement).is_some(), "{statement:?}");
         }
@@ -533,6 +556,7 @@ mod tests {
             // Names beside them stay a guest's own.
             "SELECT has_children, region, registry, regress, version(), description, 'regclass' FROM t",
             "SELECT id FROM t WHERE to_tsvector('english'::regconfig, body) @@ plainto_tsquery($1)",
+            "SELECT regtype_id, _regclass_code, \"regtypes\", regprocessed FROM t",
         ] {
             assert_eq!(refused_text(statement), None, "{statement}");
         }

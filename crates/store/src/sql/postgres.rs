@@ -1056,6 +1056,14 @@ fn classify(
         tracing::error!(target: "bulkhead::sql", store, sqlstate = code.code(), error = %db.message(), "SQL store on PostgreSQL failed");
         return QueryError::Unavailable;
     }
+    // A wrong object type names the object: a relation's number given
+    // to `currval`/`nextval`/`setval` (which guests keep) came back as
+    // `"secrets" is not a sequence` (fifth outside review).
+    if *code == SqlState::WRONG_OBJECT_TYPE {
+        return QueryError::Invalid(
+            "an object of the wrong type for this statement (name the store's own sequences and tables)".into(),
+        );
+    }
     // The server's message may quote a value the statement computed
     // (`invalid input syntax for type integer: "…"`): cut to a bound.
     let message = db.message();
