@@ -205,11 +205,8 @@ async fn connect_listener(
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
     use deadpool_postgres::Connect as _;
     let connect = crate::pg_bound::BoundedConnect {
-        tls: tls.cloned(),
-        max_message: u32::MAX,
-        counts: Default::default(),
-        role: config.get_user().unwrap_or_default().into(),
         notify: Some(wake),
+        ..crate::pg_bound::BoundedConnect::node(tls.cloned(), config)
     };
     let listening = async {
         let (client, driver) = connect.connect(config).await.map_err(PgError::of)?;

@@ -280,13 +280,7 @@ fn build_pool(
     // held the node's start until the pool gave up, the next host never
     // tried). Its messages are not bounded: they are the node's own.
     let timeout = create_timeout(&config);
-    let connect = crate::pg_bound::BoundedConnect {
-        tls,
-        max_message: u32::MAX,
-        counts: Arc::default(),
-        role: config.get_user().unwrap_or_default().into(),
-        notify: None,
-    };
+    let connect = crate::pg_bound::BoundedConnect::node(tls, &config);
     let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());
     pool_of(runtime, manager, size, timeout)
 }
@@ -307,11 +301,8 @@ pub(crate) fn create_timeout(config: &tokio_postgres::Config) -> Duration {
         .len()
         .max(config.get_hostaddrs().len())
         .max(1);
-    let per_host = config
-        .get_connect_timeout()
-        .copied()
-        .unwrap_or(CONNECT_TIMEOUT);
-    per_host.saturating_mul(u32::try_from(hosts).unwrap_or(u32::MAX))
+    crate::pg_bound::per_host_timeout(config)
+        .saturating_mul(u32::try_from(hosts).unwrap_or(u32::MAX))
 }
 
 /// A pool of up to `size` connections `manager` makes, on `runtime`,
@@ -401,11 +392,9 @@ impl Pg {
         let mut config = self.config.clone();
         config.user(user).password(password.expose_secret());
         let connect = crate::pg_bound::BoundedConnect {
-            tls: self.tls.clone(),
             max_message,
             counts,
-            role: user.into(),
-            notify: None,
+            ..crate::pg_bound::BoundedConnect::node(self.tls.clone(), &config)
         };
         let timeout = create_timeout(&config);
         let manager = deadpool_postgres::Manager::from_connect(config, connect, manager_config());

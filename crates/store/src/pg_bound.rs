@@ -64,6 +64,18 @@ pub(crate) struct BoundedConnect {
 }
 
 impl BoundedConnect {
+    /// The node's own connections to `config`'s database: messages
+    /// unbounded, notifications dropped.
+    pub(crate) fn node(tls: Option<MakeRustlsConnect>, config: &Config) -> Self {
+        Self {
+            tls,
+            max_message: u32::MAX,
+            counts: Arc::default(),
+            role: config.get_user().unwrap_or_default().into(),
+            notify: None,
+        }
+    }
+
     fn bound<S>(&self, stream: S) -> Bounded<S> {
         Bounded {
             stream,
@@ -84,16 +96,13 @@ impl BoundedConnect {
         config: &Config,
         i: usize,
     ) -> Result<(Client, tokio::task::JoinHandle<()>), Error> {
-        match config.get_connect_timeout() {
-            Some(limit) => match tokio::time::timeout(*limit, self.start_on(config, i)).await {
-                Ok(started) => started,
-                Err(_) => Err(failed(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the server did not start a session within the connect timeout",
-                ))
-                .await),
-            },
-            None => self.start_on(config, i).await,
+        match tokio::time::timeout(per_host_timeout(config), self.start_on(config, i)).await {
+            Ok(started) => started,
+            Err(_) => Err(failed(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the server did not start a session within the connect timeout",
+            ))
+            .await),
         }
     }
 
@@ -224,11 +233,7 @@ pub(crate) async fn cancel(
 ) -> Result<(), Error> {
     let order = host_order(config);
     let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(order.len().max(1));
-    let bound = config
-        .get_connect_timeout()
-        .copied()
-        .unwrap_or(crate::pg::CONNECT_TIMEOUT)
-        + std::time::Duration::from_secs(1);
+    let bound = per_host_timeout(config) + std::time::Duration::from_secs(1);
     for i in order {
         let (token, config, tls) = (token.clone(), config.clone(), tls.cloned());
         let sent_tx = sent_tx.clone();
@@ -256,14 +261,26 @@ pub(crate) async fn cancel(
         });
     }
     drop(sent_tx);
-    let mut outcome = Err(failed(no_host()).await);
+    let mut last = None;
     while let Some(sent) = sent_rx.recv().await {
         match sent {
             Ok(()) => return Ok(()),
-            Err(e) => outcome = Err(e),
+            Err(e) => last = Some(e),
         }
     }
-    outcome
+    Err(match last {
+        Some(e) => e,
+        None => failed(no_host()).await,
+    })
+}
+
+/// How long one host of `config` has, from the socket to the login: the
+/// URL's connect timeout, or the node's default.
+pub(crate) fn per_host_timeout(config: &Config) -> std::time::Duration {
+    config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(crate::pg::CONNECT_TIMEOUT)
 }
 
 async fn rustls_for(mut make: MakeRustlsConnect, host: &str) -> Result<RustlsConnect, Error> {
@@ -297,8 +314,8 @@ impl TlsConnect<Socket> for BoundedTls {
 }
 
 /// A socket to `config`'s `i`th host, set up as the driver sets up its
-/// own (connect timeout, keepalives, TCP user timeout), with the host's
-/// name (for TLS).
+/// own (keepalives, TCP user timeout), with the host's name (for TLS);
+/// the caller bounds the time ([`per_host_timeout`]).
 async fn open_socket(config: &Config, i: usize) -> Result<(Socket, String), Error> {
     let (hosts, addrs, ports) = (
         config.get_hosts(),
@@ -345,18 +362,8 @@ async fn open_socket(config: &Config, i: usize) -> Result<(Socket, String), Erro
             },
         }
     };
-    let outcome = match config.get_connect_timeout() {
-        Some(limit) => tokio::time::timeout(*limit, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "connection timed out",
-                ))
-            }),
-        None => attempt.await,
-    };
-    match outcome {
+    // Bounded by the caller: a session's start, or a cancel's send.
+    match attempt.await {
         Ok(opened) => Ok(opened),
         Err(e) => Err(failed(e).await),
     }
@@ -627,13 +634,7 @@ mod tests {
         )
         .parse()
         .unwrap();
-        let connect = super::BoundedConnect {
-            tls: None,
-            max_message: u32::MAX,
-            counts: Default::default(),
-            role: "postgres".into(),
-            notify: None,
-        };
+        let connect = super::BoundedConnect::node(None, &config);
         let (client, _task) = connect.connect(&config).await.unwrap();
         let token = client.cancel_token();
         let sleeping = tokio::spawn(async move {

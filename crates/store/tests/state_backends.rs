@@ -796,6 +796,25 @@ fn a_sql_store_answer_is_bounded_and_a_statement_cut_short_cancelled_t05() {
     a_store_answer_is_bounded(&db, pg, false);
 }
 
+/// A SQL store `files` of one table `blobs (id, body)` in a database of
+/// its own, bounded at 256 KiB, measured before every write, its rows
+/// counted at most every `rescan`. The database goes when it is dropped,
+/// after the store.
+fn blob_store(
+    rescan: std::time::Duration,
+) -> (PgDatabase, bulkhead_store::sql::postgres::PgSqlStore) {
+    let db = PgDatabase::create();
+    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
+    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
+    let migrations = [bulkhead_store::sql::Migration {
+        name: "001_init.sql".into(),
+        sql: "CREATE TABLE blobs (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);".into(),
+    }];
+    let (store, _, _) =
+        bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "files", &dek, &migrations).unwrap();
+    (db, store.with_quota(256 * 1024, rescan))
+}
+
 /// T05 (issue 16): a SQL store on PostgreSQL is bounded like an embedded
 /// one (1 GiB; here 256 KiB, measured before every write). Rows of
 /// 1,500 bytes go in until a write is refused as "the store is full",
@@ -804,17 +823,8 @@ fn a_sql_store_answer_is_bounded_and_a_statement_cut_short_cancelled_t05() {
 /// space the database allocated has not shrunk) writes go in again.
 #[test]
 fn a_sql_store_on_postgres_is_bounded_t05() {
-    use bulkhead_store::sql::{Access, Migration, QueryError, QueryLimits, SqlStore, SqlValue};
-    let db = PgDatabase::create();
-    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
-    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
-    let migrations = [Migration {
-        name: "001_init.sql".into(),
-        sql: "CREATE TABLE blobs (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);".into(),
-    }];
-    let (store, _, _) =
-        bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "files", &dek, &migrations).unwrap();
-    let store = store.with_quota(256 * 1024, std::time::Duration::ZERO);
+    use bulkhead_store::sql::{Access, QueryError, QueryLimits, SqlStore, SqlValue};
+    let (_db, store) = blob_store(std::time::Duration::ZERO);
     let limits = || QueryLimits {
         max_rows: 10,
         max_bytes: 1 << 20,
@@ -867,17 +877,8 @@ fn a_sql_store_on_postgres_is_bounded_t05() {
 /// every write in).
 #[test]
 fn a_sql_store_between_row_counts_is_still_bounded_t05() {
-    use bulkhead_store::sql::{Access, Migration, QueryError, QueryLimits, SqlStore, SqlValue};
-    let db = PgDatabase::create();
-    let pg = bulkhead_store::pg::Pg::open(&db.config()).unwrap();
-    let dek = bulkhead_store::crypto::DataKey::ephemeral().unwrap();
-    let migrations = [Migration {
-        name: "001_init.sql".into(),
-        sql: "CREATE TABLE blobs (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);".into(),
-    }];
-    let (store, _, _) =
-        bulkhead_store::sql::postgres::PgSqlStore::deploy(pg, "files", &dek, &migrations).unwrap();
-    let store = store.with_quota(256 * 1024, std::time::Duration::from_secs(3600));
+    use bulkhead_store::sql::{Access, QueryError, QueryLimits, SqlStore, SqlValue};
+    let (_db, store) = blob_store(std::time::Duration::from_secs(3600));
     let limits = QueryLimits {
         max_rows: 10,
         max_bytes: 1 << 20,

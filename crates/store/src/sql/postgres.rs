@@ -986,7 +986,9 @@ async fn run(
     // A statement cut short (deadline, a limit) may still run on the
     // server: stop it there too (T05).
     let cut_short = matches!(result, Err(QueryError::Limit(_)));
-    if cut_short {
+    // A connection already closed (the node ended it at a message over the
+    // bound) needs no cancel: the server's session ends failing to send.
+    if cut_short && !client.is_closed() {
         let cancelled = tokio::time::timeout(
             CANCEL_WAIT,
             crate::pg_bound::cancel(&cancel, &reach.config, reach.tls.as_ref()),
