@@ -76,10 +76,11 @@ impl BoundedConnect {
         }
     }
 
-    fn bound<S>(&self, stream: S) -> Bounded<S> {
+    /// `stream` bounded; `plaintext` when it is not inside TLS.
+    fn bound<S>(&self, stream: S, plaintext: bool) -> Bounded<S> {
         Bounded {
             stream,
-            framing: Framing::default(),
+            framing: Framing::new(plaintext),
             max_message: self.max_message,
             counts: self.counts.clone(),
             role: self.role.clone(),
@@ -122,7 +123,8 @@ impl BoundedConnect {
                 (client, drive(connection, self.notify.clone()))
             }
             None => {
-                let (client, connection) = config.connect_raw(self.bound(socket), NoTls).await?;
+                let (client, connection) =
+                    config.connect_raw(self.bound(socket, true), NoTls).await?;
                 (client, drive(connection, self.notify.clone()))
             }
         };
@@ -308,7 +310,7 @@ impl TlsConnect<Socket> for BoundedTls {
     fn connect(self, stream: Socket) -> Self::Future {
         Box::pin(async move {
             let stream = TlsConnect::<Socket>::connect(self.tls, stream).await?;
-            Ok(self.connect.bound(stream))
+            Ok(self.connect.bound(stream, false))
         })
     }
 }
@@ -473,14 +475,56 @@ struct Framing {
     header: [u8; 5],
     header_read: usize,
     body_left: u64,
+    /// Without TLS: the server may not ask for the password itself.
+    plaintext: bool,
+    /// An authentication request's code, as its bytes arrive.
+    auth_code: Option<([u8; 4], usize)>,
 }
 
+/// Why [`Framing::follow`] ends a connection.
+#[derive(Debug, PartialEq)]
+enum Refused {
+    /// A message of this length, over the bound.
+    Over(u32),
+    /// Without TLS, the server asked for the password in clear or as MD5
+    /// (a host of the URL that is not the database, or a path that can
+    /// be read, would get it: fifth outside review).
+    PasswordInClear,
+}
+
+/// PostgreSQL's authentication requests that send the password itself
+/// (cleartext) or its password-equivalent hash (MD5).
+const PASSWORD_REQUESTS: [u32; 2] = [3, 5];
+
 impl Framing {
+    fn new(plaintext: bool) -> Self {
+        Self {
+            plaintext,
+            ..Self::default()
+        }
+    }
+
     /// Follow `bytes`: whether a message over [`LARGE_MESSAGE`] began in
-    /// them, or the length of the first one over `max`.
-    fn follow(&mut self, mut bytes: &[u8], max: u32) -> Result<bool, u32> {
+    /// them, or why the connection must end.
+    fn follow(&mut self, mut bytes: &[u8], max: u32) -> Result<bool, Refused> {
         let mut large = false;
         while !bytes.is_empty() {
+            if let Some((code, read)) = &mut self.auth_code
+                && self.body_left > 0
+            {
+                code[*read] = bytes[0];
+                *read += 1;
+                self.body_left -= 1;
+                bytes = &bytes[1..];
+                if *read == code.len() {
+                    let asked = u32::from_be_bytes(*code);
+                    self.auth_code = None;
+                    if self.plaintext && PASSWORD_REQUESTS.contains(&asked) {
+                        return Err(Refused::PasswordInClear);
+                    }
+                }
+                continue;
+            }
             if self.body_left > 0 {
                 let skip = bytes
                     .len()
@@ -501,11 +545,14 @@ impl Framing {
                     self.header[4],
                 ]);
                 if length > max.saturating_add(4) {
-                    return Err(length);
+                    return Err(Refused::Over(length));
                 }
                 large |= length > LARGE_MESSAGE;
                 // Under 4 the driver itself refuses the message.
                 self.body_left = u64::from(length.saturating_sub(4));
+                if self.header[0] == b'R' && length >= 8 {
+                    self.auth_code = Some(([0; 4], 0));
+                }
             }
         }
         Ok(large)
@@ -530,7 +577,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Bounded<S> {
                 Ok(true) => {
                     this.counts.large.fetch_add(1, Ordering::Relaxed);
                 }
-                Err(length) => {
+                Err(Refused::PasswordInClear) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "the server asked for the password in clear or as MD5 over a connection without TLS; refused: use scram-sha-256 in its pg_hba.conf, or TLS (sslmode=verify-full)",
+                    )));
+                }
+                Err(Refused::Over(length)) => {
                     this.counts.over.fetch_add(1, Ordering::Relaxed);
                     // The call's own refusal is logged, attributed, by the
                     // runtime; this one only says which connection.
@@ -617,7 +670,11 @@ mod tests {
                 .chunks(split)
                 .map(|chunk| framing.follow(chunk, 100))
                 .find(Result::is_err);
-            assert_eq!(caught, Some(Err(105)), "split {split}");
+            assert_eq!(
+                caught,
+                Some(Err(super::Refused::Over(105))),
+                "split {split}"
+            );
         }
     }
 
@@ -677,12 +734,57 @@ mod tests {
         );
     }
 
+    /// Fifth outside review (T15): without TLS, a host of the URL that
+    /// asked for the password in clear (or as MD5) got it. Now the
+    /// request ends the connection before the driver answers it: the
+    /// fake host gets no password, for either kind.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn no_password_in_clear_without_tls_t15() {
+        use deadpool_postgres::Connect as _;
+        use std::io::{Read as _, Write as _};
+        for request in [
+            vec![b'R', 0, 0, 0, 8, 0, 0, 0, 3],
+            vec![b'R', 0, 0, 0, 12, 0, 0, 0, 5, 1, 2, 3, 4],
+        ] {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let fake = std::thread::spawn(move || {
+                let (mut peer, _) = listener.accept().unwrap();
+                peer.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+                    .unwrap();
+                let mut startup = [0u8; 512];
+                let _ = peer.read(&mut startup);
+                peer.write_all(&request).unwrap();
+                let mut heard = Vec::new();
+                let _ = peer.read_to_end(&mut heard);
+                heard
+            });
+            let config: tokio_postgres::Config = format!(
+                "postgres://postgres:hunter2secret@127.0.0.1:{port}/postgres?connect_timeout=5"
+            )
+            .parse()
+            .unwrap();
+            let Err(refused) = super::BoundedConnect::node(None, &config)
+                .connect(&config)
+                .await
+            else {
+                panic!("a session with a host that asks for the password in clear");
+            };
+            assert!(format!("{refused:?}").contains("in clear"), "{refused:?}");
+            let heard = fake.join().unwrap();
+            assert!(
+                !heard.windows(8).any(|w| w == b"hunter2s") && !heard.contains(&b'p'),
+                "the fake host heard {heard:?}"
+            );
+        }
+    }
+
     #[test]
     fn a_large_message_under_the_bound_is_told_t05() {
         let large = super::LARGE_MESSAGE as usize;
         let mut stream = message(b'D', large - 4);
         stream.extend(message(b'D', large - 3));
-        let mut framing = Framing::default();
+        let mut framing = Framing::new(true);
         assert_eq!(framing.follow(&stream[..large + 1], 8 << 20), Ok(false));
         assert_eq!(framing.follow(&stream[large + 1..], 8 << 20), Ok(true));
     }

@@ -753,6 +753,26 @@ fn a_store_answer_is_bounded(
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The role's temp_file_limit (here 64 kB, for the connections made
+    // from now on) is the statement's limit, not the database failing
+    // (fifth outside review). An overflow closes a connection: within the
+    // pool's four, one is made with the new setting.
+    db.query(&format!(
+        "ALTER ROLE {} SET temp_file_limit = '64kB'",
+        names.read_role
+    ));
+    let spilled = (0..8).any(|_| {
+        assert!(read("SELECT repeat('x', 9000000) AS v", 30).is_err());
+        match read(
+            "SELECT count(*) AS n FROM (SELECT g FROM generate_series(1, 1000000) g ORDER BY g DESC) s",
+            30,
+        ) {
+            Ok(_) => false,
+            Err(QueryError::Limit(why)) if why.contains("temporary files") => true,
+            Err(other) => panic!("{other:?}"),
+        }
+    });
+    assert!(spilled, "never refused by temp_file_limit");
     let seen = db.query(&format!(
         "SELECT count(*) FILTER (WHERE s.ssl), count(*) FROM pg_stat_ssl s
          JOIN pg_stat_activity a USING (pid) WHERE a.usename IN ('{}', '{}')",

@@ -1049,6 +1049,12 @@ fn classify(
     if *code == SqlState::QUERY_CANCELED {
         return QueryError::Limit("the call's deadline passed".into());
     }
+    // The role's temp_file_limit: the statement's bound, not the
+    // database failing (fifth outside review: an ERROR log and "the
+    // store is unavailable" at a guest's will).
+    if *code == SqlState::CONFIGURATION_LIMIT_EXCEEDED {
+        return QueryError::Limit("the statement's temporary files reached their bound".into());
+    }
     if *code == SqlState::PROGRAM_LIMIT_EXCEEDED || *code == SqlState::DISK_FULL {
         return QueryError::Limit("the store is full or a value is too big".into());
     }
